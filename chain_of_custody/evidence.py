@@ -1,0 +1,151 @@
+"""Turning stored bytes into evidence items, and reading them back with a custody entry for every read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from storage.objects import ObjectStore, StoredObject
+
+from .ledger import Ledger
+from .models import EvidenceItem
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an item came from, as the custody record keeps it."""
+
+    kind: str
+    actor: str
+    source_device_id: str | None = None
+    wearer: str | None = None
+    captured_start: datetime | None = None
+    captured_stop: datetime | None = None
+    filename: str | None = None
+    content_type: str = "application/octet-stream"
+    derived_from_id: str | None = None
+    retain_until: datetime | None = None
+
+
+def record_evidence(
+    session: Session,
+    ledger: Ledger,
+    stored: StoredObject,
+    provenance: Provenance,
+    *,
+    captured: dict[str, Any] | None = None,
+    received: dict[str, Any] | None = None,
+    quarantine_reason: str | None = None,
+    verified: dict[str, Any] | None = None,
+    item_id: str | None = None,
+) -> EvidenceItem:
+    """Create the item row and its first custody entries (captured, received, stored, verified or quarantined)."""
+    kwargs: dict[str, Any] = {"id": item_id} if item_id else {}
+    item = EvidenceItem(
+        kind=provenance.kind,
+        status="quarantined" if quarantine_reason else "stored",
+        quarantine_reason=quarantine_reason,
+        bucket=stored.bucket,
+        object_key=stored.key,
+        version_id=stored.version_id,
+        sha256=stored.sha256,
+        size=stored.size,
+        content_type=provenance.content_type,
+        filename=provenance.filename,
+        source_device_id=provenance.source_device_id,
+        wearer=provenance.wearer,
+        captured_start=provenance.captured_start,
+        captured_stop=provenance.captured_stop,
+        derived_from_id=provenance.derived_from_id,
+        retain_until=provenance.retain_until,
+        **kwargs,
+    )
+    session.add(item)
+    session.flush()
+    if captured is not None:
+        ledger.append(session, "captured", provenance.actor, item_id=item.id, details=captured)
+    if received is not None:
+        ledger.append(session, "received", provenance.actor, item_id=item.id, details=received)
+    ledger.append(
+        session,
+        "stored",
+        "service",
+        item_id=item.id,
+        details={
+            "bucket": stored.bucket,
+            "key": stored.key,
+            "version_id": stored.version_id,
+            "sha256": stored.sha256,
+            "size": stored.size,
+            "kind": provenance.kind,
+            "derived_from": provenance.derived_from_id,
+            "retain_until": provenance.retain_until.isoformat() if provenance.retain_until else None,
+        },
+    )
+    if quarantine_reason:
+        ledger.append(
+            session, "quarantined", "service", item_id=item.id, details={"reason": quarantine_reason}
+        )
+    elif verified is not None:
+        ledger.append(session, "verified", "service", item_id=item.id, details=verified)
+    return item
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """A single ``bytes=`` range (RFC 9110); None for the whole object; ValueError when unsatisfiable."""
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes" or "," in spec:
+        raise ValueError("only a single bytes range is supported")
+    first, _, last = spec.strip().partition("-")
+    if first == "":
+        n = int(last)
+        if n <= 0:
+            raise ValueError("empty suffix range")
+        return ByteRange(max(0, size - n), size - 1)
+    start = int(first)
+    end = int(last) if last else size - 1
+    if start >= size or end < start:
+        raise ValueError("range not satisfiable")
+    return ByteRange(start, min(end, size - 1))
+
+
+def read_item(
+    session: Session,
+    ledger: Ledger,
+    store: ObjectStore,
+    item: EvidenceItem,
+    actor: str,
+    byte_range: ByteRange | None,
+    purpose: str = "view",
+) -> Iterator[bytes]:
+    """Record the read in the custody ledger (in the caller's transaction), then stream the bytes."""
+    ledger.append(
+        session,
+        "viewed",
+        actor,
+        item_id=item.id,
+        details={
+            "purpose": purpose,
+            "range": [byte_range.start, byte_range.end] if byte_range else None,
+            "sha256": item.sha256,
+        },
+    )
+    if byte_range is None:
+        return store.read(item.object_key, item.version_id)
+    return store.read(item.object_key, item.version_id, offset=byte_range.start, length=byte_range.length)

@@ -1,0 +1,45 @@
+"""Streaming SHA-256: evidence is hashed as it passes, never read whole into memory."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+
+def sha256_file(path: Path, chunk: int = 1024 * 1024) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def sha256_stream(blocks: Iterable[bytes]) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    for block in blocks:
+        h.update(block)
+        size += len(block)
+    return h.hexdigest(), size
+
+
+class HashingTee:
+    """Passes blocks through while hashing them, for pipelines that store and hash in one pass."""
+
+    def __init__(self, blocks: Iterable[bytes]) -> None:
+        self._blocks = blocks
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for block in self._blocks:
+            self.sha256.update(block)
+            self.size += len(block)
+            yield block
+
+    @property
+    def hexdigest(self) -> str:
+        return self.sha256.hexdigest()

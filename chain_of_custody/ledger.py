@@ -1,0 +1,145 @@
+"""The custody ledger in the database: append under a lock, read back as signed entries.
+
+Appends take a row lock on the single ``ledger_head`` row (PostgreSQL) or the database write lock
+(SQLite, ``BEGIN IMMEDIATE``), so concurrent writers in any number of processes produce one chain.
+An append belongs to the caller's transaction: the business change and its custody entry commit
+together or not at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .canonical import canonical_json
+from .entries import ACTIONS, GENESIS, EntryBody, SignedEntry
+from .keys import ServiceKey, verify_signature
+from .models import CustodyEntry, LedgerHead
+
+
+def rfc3339(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def to_signed(row: CustodyEntry) -> SignedEntry:
+    body = EntryBody(
+        seq=row.seq,
+        id=row.id,
+        at=row.at,
+        action=row.action,
+        actor=row.actor,
+        item_id=row.item_id,
+        item_seq=row.item_seq,
+        details=row.details,
+        prev_hash=row.prev_hash,
+        item_prev_hash=row.item_prev_hash,
+        key_id=row.key_id,
+    )
+    return SignedEntry(body, row.entry_hash, row.signature)
+
+
+class Ledger:
+    """Appends signed entries and reads them back; verification lives in ``verify``."""
+
+    def __init__(self, key: ServiceKey) -> None:
+        self.key = key
+
+    def verifier(self, signature_b64: str, message: bytes) -> bool:
+        return verify_signature(self.key.public, signature_b64, message)
+
+    def append(
+        self,
+        session: Session,
+        action: str,
+        actor: str,
+        *,
+        item_id: str | None = None,
+        details: dict[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> CustodyEntry:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown custody action {action!r}")
+        head = session.execute(
+            select(LedgerHead).where(LedgerHead.id == 1).with_for_update()
+        ).scalar_one_or_none()
+        if head is None:
+            head = LedgerHead(id=1, last_seq=0, last_hash=GENESIS, checkpoint_seq=0)
+            session.add(head)
+            session.flush()
+        item_seq: int | None = None
+        item_prev: str | None = None
+        if item_id is not None:
+            last = session.execute(
+                select(CustodyEntry.item_seq, CustodyEntry.entry_hash)
+                .where(CustodyEntry.item_id == item_id)
+                .order_by(CustodyEntry.item_seq.desc())
+                .limit(1)
+            ).first()
+            item_seq = (last[0] if last else 0) + 1
+            item_prev = last[1] if last else None
+        body = EntryBody(
+            seq=head.last_seq + 1,
+            id=str(uuid.uuid4()),
+            at=rfc3339(at or datetime.now(UTC)),
+            action=action,
+            actor=actor,
+            item_id=item_id,
+            item_seq=item_seq,
+            details=canonical_json(details or {}).decode(),
+            prev_hash=head.last_hash,
+            item_prev_hash=item_prev,
+            key_id=self.key.key_id,
+        )
+        canonical = body.canonical()
+        entry_hash = body.digest()
+        row = CustodyEntry(
+            seq=body.seq,
+            id=body.id,
+            at=body.at,
+            action=action,
+            actor=actor,
+            item_id=item_id,
+            item_seq=item_seq,
+            details=body.details,
+            prev_hash=body.prev_hash,
+            item_prev_hash=item_prev,
+            key_id=body.key_id,
+            entry_hash=entry_hash,
+            signature=self.key.sign(canonical),
+        )
+        session.add(row)
+        head.last_seq = body.seq
+        head.last_hash = entry_hash
+        session.flush()
+        return row
+
+    @staticmethod
+    def item_entries(session: Session, item_id: str) -> list[SignedEntry]:
+        rows = session.scalars(
+            select(CustodyEntry).where(CustodyEntry.item_id == item_id).order_by(CustodyEntry.item_seq)
+        )
+        return [to_signed(r) for r in rows]
+
+    @staticmethod
+    def all_entries(session: Session, batch: int = 2000) -> Iterator[SignedEntry]:
+        """Every entry in seq order, read in batches so a large ledger streams."""
+        last = 0
+        while True:
+            rows = list(
+                session.scalars(
+                    select(CustodyEntry)
+                    .where(CustodyEntry.seq > last)
+                    .order_by(CustodyEntry.seq)
+                    .limit(batch)
+                )
+            )
+            if not rows:
+                return
+            for r in rows:
+                yield to_signed(r)
+            last = rows[-1].seq

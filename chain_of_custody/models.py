@@ -1,0 +1,83 @@
+"""Tables of the evidence domain: evidence items, custody entries and the ledger head."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from storage.db import Base, UTCDateTime, utcnow
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class EvidenceItem(Base):
+    """One stored, hashed, write-once object and what is known about where it came from."""
+
+    __tablename__ = "evidence_items"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(
+        String(32)
+    )  # clip, alarm, voice_memo, redacted_clip, redaction_record, export
+    status: Mapped[str] = mapped_column(String(16), default="stored")  # stored, quarantined, deleted
+    quarantine_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    bucket: Mapped[str] = mapped_column(String(63))
+    object_key: Mapped[str] = mapped_column(String(512))
+    version_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    content_type: Mapped[str] = mapped_column(String(128), default="application/octet-stream")
+    filename: Mapped[str | None] = mapped_column(String(255), default=None)
+    source_device_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    wearer: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    captured_start: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    captured_stop: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    derived_from_id: Mapped[str | None] = mapped_column(
+        ForeignKey("evidence_items.id"), default=None, index=True
+    )
+    retain_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    __table_args__ = (Index("ix_evidence_items_wearer_window", "wearer", "captured_start", "captured_stop"),)
+
+
+class CustodyEntry(Base):
+    """One signed, hash-chained line of the custody ledger. Never updated, never deleted."""
+
+    __tablename__ = "custody_entries"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    id: Mapped[str] = mapped_column(String(36), unique=True)
+    at: Mapped[str] = mapped_column(String(40))  # RFC 3339 text exactly as hashed
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    item_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    item_seq: Mapped[int | None] = mapped_column(Integer, default=None)
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON text exactly as hashed
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    item_prev_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    key_id: Mapped[str] = mapped_column(String(32))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+
+    __table_args__ = (
+        UniqueConstraint("item_id", "item_seq", name="uq_custody_entries_item_seq"),
+        Index("ix_custody_entries_item", "item_id", "item_seq"),
+    )
+
+
+class LedgerHead(Base):
+    """The single row that serialises appends (row lock on PostgreSQL) and remembers the chain's tip."""
+
+    __tablename__ = "ledger_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    checkpoint_seq: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,0 +1,188 @@
+"""Whole-service verification: the ledger chain, its checkpoints, every item row and every stored object.
+
+Each finding names exactly what is wrong (an edited row, a deleted entry, a swapped object, a bad
+signature) so that an auditor can act on it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.objects import ObjectStore, StorageError
+
+from .checkpoints import read_checkpoints
+from .entries import ChainReport, Problem, SignedEntry, check_global_chain
+from .keys import ServiceKey
+from .ledger import Ledger
+from .models import CustodyEntry, EvidenceItem, LedgerHead
+
+RECORD_FIELDS = ("bucket", "object_key", "version_id", "sha256", "size")
+
+
+@dataclass
+class VerifyOptions:
+    check_objects: bool = True
+    item_ids: list[str] | None = None
+
+
+def _stored_records(session: Session) -> dict[str, dict[str, object]]:
+    """The 'stored' custody details of every item: what the ledger says each object is."""
+    out: dict[str, dict[str, object]] = {}
+    for item_id, details in session.execute(
+        select(CustodyEntry.item_id, CustodyEntry.details).where(CustodyEntry.action == "stored")
+    ):
+        if item_id:
+            out[item_id] = json.loads(details)
+    return out
+
+
+def _deleted_items(session: Session) -> set[str]:
+    return {
+        i
+        for (i,) in session.execute(select(CustodyEntry.item_id).where(CustodyEntry.action == "deleted"))
+        if i is not None
+    }
+
+
+def verify_service(
+    session: Session,
+    store: ObjectStore,
+    key: ServiceKey,
+    options: VerifyOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ChainReport:
+    options = options or VerifyOptions()
+    report = ChainReport()
+    ledger = Ledger(key)
+    say = progress or (lambda _msg: None)
+
+    # 1. The global chain: every entry intact, signed, linked, none missing.
+    say("checking the custody ledger")
+    entries: list[SignedEntry] = []
+
+    def collect() -> object:
+        for e in ledger.all_entries(session):
+            entries.append(e)
+            yield e
+
+    tip = check_global_chain(collect(), ledger.verifier, report)  # type: ignore[arg-type]
+    by_seq = {e.body.seq: e for e in entries}
+
+    # 2. Per-item chains.
+    per_item: dict[str, list[SignedEntry]] = {}
+    for e in entries:
+        if e.body.item_id:
+            per_item.setdefault(e.body.item_id, []).append(e)
+    for item_id, chain in per_item.items():
+        prev = None
+        for i, e in enumerate(sorted(chain, key=lambda x: x.body.item_seq or 0), start=1):
+            if e.body.item_seq != i or e.body.item_prev_hash != prev:
+                report.problems.append(
+                    Problem(
+                        "item_chain_broken",
+                        f"custody entry #{e.body.seq} (item {item_id})",
+                        f"item entry {i} does not link to the one before it (an entry of this item was removed)",
+                    )
+                )
+                break
+            prev = e.entry_hash
+
+    # 3. The head row and the write-once checkpoints: nothing cut off the end.
+    head = session.get(LedgerHead, 1)
+    last_seq = entries[-1].body.seq if entries else 0
+    if head is not None and (head.last_seq != last_seq or head.last_hash != tip):
+        report.problems.append(
+            Problem(
+                "ledger_truncated",
+                "ledger head",
+                f"head records #{head.last_seq} but the ledger ends at #{last_seq} (entries removed from the end)",
+            )
+        )
+    say("checking checkpoints")
+    try:
+        checkpoints, bad = read_checkpoints(store, key)
+        for name in bad:
+            report.problems.append(Problem("bad_checkpoint", name, "checkpoint signature does not verify"))
+        for cp in checkpoints:
+            e = by_seq.get(cp.seq)
+            if e is None:
+                report.problems.append(
+                    Problem(
+                        "ledger_truncated", f"checkpoint #{cp.seq}", "the entry this checkpoint names is gone"
+                    )
+                )
+            elif e.entry_hash != cp.entry_hash:
+                report.problems.append(
+                    Problem(
+                        "entry_altered", f"custody entry #{cp.seq}", "hash differs from the signed checkpoint"
+                    )
+                )
+    except StorageError as exc:
+        report.problems.append(Problem("storage_unreachable", "checkpoints", str(exc)))
+
+    # 4. Item rows against the ledger, and stored objects against their recorded hash.
+    say("checking evidence items")
+    records = _stored_records(session)
+    deleted = _deleted_items(session)
+    q = select(EvidenceItem)
+    if options.item_ids:
+        q = q.where(EvidenceItem.id.in_(options.item_ids))
+    seen: set[str] = set()
+    for item in session.scalars(q):
+        seen.add(item.id)
+        where = f"evidence item {item.id}"
+        rec = records.get(item.id)
+        if rec is None:
+            report.problems.append(
+                Problem("item_unrecorded", where, "no 'stored' custody entry for this item")
+            )
+            continue
+        for f in RECORD_FIELDS:
+            rec_key = "key" if f == "object_key" else f
+            if rec.get(rec_key) != getattr(item, f):
+                report.problems.append(
+                    Problem(
+                        "item_row_altered",
+                        where,
+                        f"{f} is {getattr(item, f)!r} in the database but {rec.get(rec_key)!r} in the custody record",
+                    )
+                )
+        if item.status == "deleted" or item.id in deleted:
+            if item.id not in deleted or item.status != "deleted":
+                report.problems.append(
+                    Problem("item_row_altered", where, "deletion status disagrees with ledger")
+                )
+            continue
+        if not options.check_objects:
+            continue
+        try:
+            digest, size = store.sha256_of(str(rec["key"]), rec.get("version_id"))  # type: ignore[arg-type]
+        except StorageError as exc:
+            gone = any(code in str(exc) for code in ("NoSuchKey", "NoSuchVersion", "NoSuchBucket"))
+            kind = "object_missing" if gone else "object_unreadable"
+            report.problems.append(
+                Problem(kind, where, f"stored object cannot be read (storage integrity check failed?): {exc}")
+            )
+            continue
+        if digest != rec["sha256"] or size != rec["size"]:
+            report.problems.append(
+                Problem(
+                    "object_altered",
+                    where,
+                    f"stored object hashes to {digest} ({size} bytes), custody record says "
+                    f"{rec['sha256']} ({rec['size']} bytes): object swapped or altered",
+                )
+            )
+    if not options.item_ids:
+        for item_id in records.keys() - seen:
+            report.problems.append(
+                Problem(
+                    "item_row_deleted", f"evidence item {item_id}", "custody records it but its row is gone"
+                )
+            )
+    return report

@@ -1,0 +1,182 @@
+"""Enrolment, assignment and authentication of devices, with every change on the custody ledger."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from chain_of_custody.keys import load_public_key_b64
+from chain_of_custody.ledger import Ledger
+
+from .models import DEVICE_KINDS, Device, StaffMember
+
+DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class DeviceRefused(Exception):
+    """A device may not do what it asked; ``reason`` is a stable machine code, ``str()`` a sentence."""
+
+    def __init__(self, reason: str, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class EnrolledDock:
+    device: Device
+    token: str  # shown once; only its hash is kept
+
+
+def _secret_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _check_id(device_id: str) -> None:
+    if not DEVICE_ID.match(device_id):
+        raise DeviceRefused("bad_device_id", "device id must be 1-64 letters, digits, '.', '_' or '-'", 400)
+
+
+def add_staff(
+    session: Session, staff_id: str, name: str, group: str = "other", site: str | None = None
+) -> StaffMember:
+    _check_id(staff_id)
+    member = session.get(StaffMember, staff_id)
+    if member is None:
+        member = StaffMember(id=staff_id, name=name, staff_group=group, site=site)
+        session.add(member)
+    else:
+        member.name, member.staff_group, member.site = name, group, site
+    session.flush()
+    return member
+
+
+def enrol_dock(
+    session: Session, ledger: Ledger, dock_id: str, actor: str, *, name: str = "", site: str | None = None
+) -> EnrolledDock:
+    """Register a dock and issue its token ``<dock_id>.<secret>``; re-enrolling rotates the secret."""
+    _check_id(dock_id)
+    secret = secrets.token_urlsafe(32)
+    dock = session.get(Device, dock_id)
+    if dock is not None and dock.kind != "dock":
+        raise DeviceRefused("id_in_use", f"{dock_id} is already enrolled as a {dock.kind}", 409)
+    if dock is None:
+        dock = Device(id=dock_id, kind="dock", name=name, site=site)
+        session.add(dock)
+    dock.token_hash = _secret_digest(secret)
+    dock.status = "active"
+    session.flush()
+    ledger.append(
+        session, "device_enrolled", actor, details={"device": dock_id, "kind": "dock", "site": site}
+    )
+    return EnrolledDock(dock, f"{dock_id}.{secret}")
+
+
+def enrol_keyed_device(
+    session: Session,
+    ledger: Ledger,
+    kind: str,
+    device_id: str,
+    public_key_b64: str,
+    actor: str,
+    *,
+    staff_id: str | None = None,
+    name: str = "",
+    site: str | None = None,
+) -> Device:
+    """Register a camera or lone-worker unit by its Ed25519 public key, optionally assigned to staff."""
+    if kind not in DEVICE_KINDS or kind == "dock":
+        raise DeviceRefused("bad_kind", f"kind must be camera or lone_worker, not {kind!r}", 400)
+    _check_id(device_id)
+    try:
+        load_public_key_b64(public_key_b64)
+    except ValueError as exc:
+        raise DeviceRefused("bad_public_key", f"public key is not a base64 Ed25519 key: {exc}", 400) from exc
+    if staff_id is not None and session.get(StaffMember, staff_id) is None:
+        raise DeviceRefused("unknown_staff", f"no member of staff {staff_id}", 400)
+    device = session.get(Device, device_id)
+    if device is not None and device.kind != kind:
+        raise DeviceRefused("id_in_use", f"{device_id} is already enrolled as a {device.kind}", 409)
+    if device is None:
+        device = Device(id=device_id, kind=kind)
+        session.add(device)
+    device.public_key = public_key_b64
+    device.name, device.site, device.assigned_staff_id, device.status = name, site, staff_id, "active"
+    session.flush()
+    ledger.append(
+        session,
+        "device_enrolled",
+        actor,
+        details={"device": device_id, "kind": kind, "public_key": public_key_b64, "staff": staff_id},
+    )
+    return device
+
+
+def assign(session: Session, ledger: Ledger, device_id: str, staff_id: str | None, actor: str) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise DeviceRefused("unknown_device", f"no device {device_id}", 404)
+    if staff_id is not None and session.get(StaffMember, staff_id) is None:
+        raise DeviceRefused("unknown_staff", f"no member of staff {staff_id}", 400)
+    previous = device.assigned_staff_id
+    device.assigned_staff_id = staff_id
+    ledger.append(
+        session,
+        "device_changed",
+        actor,
+        details={"device": device_id, "assigned_from": previous, "assigned_to": staff_id},
+    )
+    return device
+
+
+def set_status(session: Session, ledger: Ledger, device_id: str, status: str, actor: str) -> Device:
+    if status not in ("active", "disabled"):
+        raise DeviceRefused("bad_status", "status must be active or disabled", 400)
+    device = session.get(Device, device_id)
+    if device is None:
+        raise DeviceRefused("unknown_device", f"no device {device_id}", 404)
+    device.status = status
+    ledger.append(session, "device_changed", actor, details={"device": device_id, "status": status})
+    return device
+
+
+def authenticate_dock(session: Session, token: str) -> Device:
+    """The dock a bearer token belongs to; a refusal never says whether the id or the secret was wrong."""
+    dock_id, _, secret = token.partition(".")
+    dock = session.get(Device, dock_id) if dock_id and secret else None
+    valid = (
+        dock is not None
+        and dock.kind == "dock"
+        and dock.token_hash is not None
+        and hmac.compare_digest(dock.token_hash, _secret_digest(secret))
+    )
+    if not valid or dock is None:
+        raise DeviceRefused("bad_token", "dock token not recognised", 401)
+    if dock.status != "active":
+        raise DeviceRefused("dock_disabled", f"dock {dock_id} is disabled", 403)
+    return dock
+
+
+def camera_for_clip(session: Session, serial: str, wearer: str) -> Device:
+    """The enrolled, active camera that may deliver a clip recorded by ``wearer``."""
+    camera = session.get(Device, serial)
+    if camera is None or camera.kind != "camera":
+        raise DeviceRefused("unknown_camera", f"camera {serial} is not enrolled")
+    if camera.status != "active":
+        raise DeviceRefused("camera_disabled", f"camera {serial} is disabled")
+    if camera.assigned_staff_id != wearer:
+        raise DeviceRefused("camera_not_assigned", f"camera {serial} is not assigned to wearer {wearer}")
+    return camera
+
+
+def list_devices(session: Session, kind: str | None = None) -> list[Device]:
+    q = select(Device).order_by(Device.id)
+    if kind:
+        q = q.where(Device.kind == kind)
+    return list(session.scalars(q))

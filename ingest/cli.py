@@ -1,0 +1,243 @@
+"""The ``evidence`` command: run the service, manage people and devices, verify the ledger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from storage.settings import get_settings
+
+app = typer.Typer(help="Body-worn camera and lone-worker evidence service.", no_args_is_help=True)
+users = typer.Typer(help="User accounts.", no_args_is_help=True)
+devices = typer.Typer(help="Docks, cameras and lone-worker devices.", no_args_is_help=True)
+app.add_typer(users, name="user")
+app.add_typer(devices, name="device")
+console = Console(stderr=True)
+out = Console()
+
+
+def _services():  # type: ignore[no-untyped-def]
+    from .logging_setup import configure_logging
+    from .services import build_services
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return build_services(settings)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default EVIDENCE_HTTP_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default EVIDENCE_HTTP_PORT)")] = None,
+) -> None:
+    """Run the HTTP API (and, when configured, the alarm consumer) in this process."""
+    import uvicorn
+
+    from .app import create_app
+    from .logging_setup import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.http_host,
+        port=port or settings.http_port,
+        http="h11",
+        h11_max_incomplete_event_size=64 * 1024,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    from .migrations_runner import upgrade_database
+
+    upgrade_database(get_settings().resolved_database_url)
+    console.print("database is at the latest schema")
+
+
+@users.command("add")
+def user_add(
+    username: str,
+    role: Annotated[str, typer.Option(help="admin, security_manager, investigator, operator or auditor")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True, hide_input=True, confirmation_prompt=True, envvar="EVIDENCE_NEW_USER_PASSWORD"
+        ),
+    ],
+    full_name: str = "",
+    site: str | None = None,
+) -> None:
+    """Create a user (the first admin is created this way)."""
+    from accounts.service import AccountError, create_user
+
+    s = _services()
+    try:
+        with s.db.session() as session:
+            create_user(session, username, password, role, full_name=full_name, site=site)
+            s.ledger.append(
+                session, "user_changed", "cli", details={"user": username, "role": role, "created": True}
+            )
+    except AccountError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        s.close()
+    console.print(f"user {username} created with role {role}")
+
+
+@app.command("create-admin")
+def create_admin(
+    username: str = "admin",
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True, hide_input=True, confirmation_prompt=True, envvar="EVIDENCE_NEW_USER_PASSWORD"
+        ),
+    ] = "",
+) -> None:
+    """Create the first administrator."""
+    user_add(username, "admin", password)
+
+
+@devices.command("staff")
+def staff_add(staff_id: str, name: str, group: str = "other", site: str | None = None) -> None:
+    """Add or update a member of staff who wears cameras or carries alarms."""
+    from devices.service import add_staff
+
+    s = _services()
+    try:
+        with s.db.session() as session:
+            add_staff(session, staff_id, name, group, site)
+    finally:
+        s.close()
+    console.print(f"staff {staff_id} saved")
+
+
+@devices.command("dock")
+def dock_enrol(dock_id: str, name: str = "", site: str | None = None) -> None:
+    """Enrol a dock and print its token (shown once; only its hash is kept)."""
+    from devices.service import DeviceRefused, enrol_dock
+
+    s = _services()
+    try:
+        with s.db.session() as session:
+            enrolled = enrol_dock(session, s.ledger, dock_id, "cli", name=name, site=site)
+    except DeviceRefused as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        s.close()
+    out.print(enrolled.token)
+
+
+@devices.command("camera")
+def camera_enrol(serial: str, public_key: str, staff_id: str | None = None, site: str | None = None) -> None:
+    """Enrol a body-worn camera by its Ed25519 public key (base64) and assign it to a member of staff."""
+    from devices.service import DeviceRefused, enrol_keyed_device
+
+    s = _services()
+    try:
+        with s.db.session() as session:
+            enrol_keyed_device(
+                session, s.ledger, "camera", serial, public_key, "cli", staff_id=staff_id, site=site
+            )
+    except DeviceRefused as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        s.close()
+    console.print(f"camera {serial} enrolled")
+
+
+@devices.command("list")
+def device_list(kind: str | None = None) -> None:
+    from devices.service import list_devices
+
+    s = _services()
+    try:
+        with s.db.session() as session:
+            rows = list_devices(session, kind)
+            table = Table("id", "kind", "status", "staff", "site")
+            for d in rows:
+                table.add_row(d.id, d.kind, d.status, d.assigned_staff_id or "", d.site or "")
+    finally:
+        s.close()
+    out.print(table)
+
+
+@app.command()
+def verify(
+    package: Annotated[Path | None, typer.Argument(help="An export package to check offline")] = None,
+    key_fingerprint: Annotated[
+        str | None, typer.Option(help="Expected SHA-256 fingerprint of the signing key")
+    ] = None,
+    skip_objects: Annotated[
+        bool, typer.Option(help="Check the ledger and rows only, not object bytes")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print findings as JSON")] = False,
+) -> None:
+    """Verify the whole custody ledger and every stored object, or an export package offline."""
+    if package is not None:
+        from chain_of_custody.package_verify import verify_package
+
+        report = verify_package(package, key_fingerprint)
+    else:
+        from chain_of_custody.verify import VerifyOptions, verify_service
+
+        s = _services()
+        try:
+            with s.db.session() as session:
+                report = verify_service(
+                    session,
+                    s.store,
+                    s.key,
+                    VerifyOptions(check_objects=not skip_objects),
+                    progress=lambda m: console.print(f"[dim]{m}[/dim]"),
+                )
+        finally:
+            s.close()
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "entries_checked": report.entries_checked,
+                    "problems": [p.__dict__ for p in report.problems],
+                }
+            )
+        )
+    else:
+        for p in report.problems:
+            out.print(f"[red]FAIL[/red] {p}")
+        if report.ok:
+            out.print(
+                f"[green]OK[/green] {report.entries_checked} custody entries and all stored objects verified"
+            )
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def checkpoint() -> None:
+    """Write a signed checkpoint of the ledger tip to write-once storage now."""
+    from chain_of_custody.checkpoints import write_checkpoint
+
+    s = _services()
+    try:
+        with s.db.session() as session:
+            cp = write_checkpoint(session, s.store, s.key, retain_days=3650)
+    finally:
+        s.close()
+    console.print(f"checkpoint at #{cp.seq}" if cp else "nothing new to checkpoint")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,575 @@
+"""The resumable clip upload engine behind the tus routes.
+
+A clip streams into one S3 multipart upload in fixed-size parts, so a 2 GB clip never sits in
+memory: at most one part being filled and a few being sent. Bytes that arrive after the last full
+part are kept as small tail segments in the unlocked staging bucket, so an interrupted upload
+resumes from the byte where it stopped, even after the service restarts or on another replica.
+The SHA-256 is computed over the parts in order as they are stored; if the process that held the
+running hash is gone, the finished object is read back and hashed instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import or_, select, update
+
+from chain_of_custody.canonical import canonical_json
+from chain_of_custody.evidence import Provenance, record_evidence
+from chain_of_custody.keys import load_public_key_b64, verify_signature
+from chain_of_custody.ledger import rfc3339
+from chain_of_custody.models import EvidenceItem
+from devices.models import Device
+from devices.service import camera_for_clip
+from storage.objects import StorageError, StoredObject
+
+from .metrics import UPLOAD_BYTES, UPLOADS_FINISHED
+from .models import Upload
+from .services import Services
+from .tus_protocol import ClipMetadata, TusRefusal, parse_checksum
+
+log = logging.getLogger(__name__)
+
+
+class UploadBusy(Exception):
+    """Another request is writing this upload, or the service is at capacity: 503 with Retry-After."""
+
+
+class UploadGone(Exception):
+    """Expired (410) or unknown/terminated (404)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class UploadState:
+    id: str
+    offset: int
+    length: int
+    expires_at: datetime
+    evidence_item_id: str | None
+    evidence_status: str | None
+
+
+class _RunningHash:
+    """Process-local SHA-256 of an upload's committed bytes, valid only at the offset it covers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_upload: dict[str, tuple[int, hashlib._Hash]] = {}
+
+    def take(self, upload_id: str, committed: int) -> hashlib._Hash | None:
+        with self._lock:
+            entry = self._by_upload.pop(upload_id, None)
+        if entry is None:
+            return hashlib.sha256() if committed == 0 else None
+        at, h = entry
+        return h if at == committed else (hashlib.sha256() if committed == 0 else None)
+
+    def put(self, upload_id: str, committed: int, h: hashlib._Hash | None) -> None:
+        if h is None:
+            return
+        with self._lock:
+            self._by_upload[upload_id] = (committed, h)
+
+
+def _state(u: Upload) -> UploadState:
+    return UploadState(u.id, u.offset, u.length, u.expires_at, u.evidence_item_id, u.evidence_status)
+
+
+def _tail_key(upload_id: str, offset: int) -> str:
+    return f"tails/{upload_id}/{offset:015d}"
+
+
+class UploadEngine:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.hashes = _RunningHash()
+        self.active = asyncio.Semaphore(services.settings.max_concurrent_patches)
+        self.lease = timedelta(seconds=services.settings.upload_lease_seconds)
+
+    # -- storage capacity --------------------------------------------------------------------
+    def storage_full(self) -> bool:
+        """For the embedded store the disk under data_dir is ours to watch; a remote S3 answers for itself."""
+        if self.s.embedded is None:
+            return False
+        return shutil.disk_usage(Path(self.s.settings.data_dir)).free < self.s.settings.min_free_bytes
+
+    # -- creation ------------------------------------------------------------------------------
+    def create(self, dock: Device, meta: ClipMetadata, length: int) -> tuple[UploadState, bool]:
+        """Open an upload (or return the finished one for a replayed identical clip: ``(state, True)``)."""
+        settings = self.s.settings
+        with self.s.db.session() as session:
+            camera_for_clip(session, meta.camera_serial, meta.wearer)
+            replay = session.scalar(
+                select(Upload).where(
+                    Upload.camera_sha256 == meta.sha256,
+                    Upload.camera_serial == meta.camera_serial,
+                    Upload.signature == meta.signature,
+                    Upload.length == length,
+                    Upload.status == "complete",
+                )
+            )
+            if replay is not None:
+                log.info("replayed clip upload absorbed", extra={"upload": replay.id, "dock": dock.id})
+                return _state(replay), True
+        if self.storage_full():
+            raise StorageFullError()
+        upload_id = secrets.token_hex(16)
+        now = datetime.now(UTC)
+        key = f"clips/{now:%Y/%m/%d}/{upload_id}.bin"
+        retain_until = now + timedelta(days=settings.retention_days)
+        s3_upload_id = self.s.store.start_multipart(key, retain_until, meta.content_type)
+        upload = Upload(
+            id=upload_id,
+            dock_id=dock.id,
+            camera_serial=meta.camera_serial,
+            wearer=meta.wearer,
+            filename=meta.filename,
+            content_type=meta.content_type,
+            recorded_start=meta.recorded_start_text,
+            recorded_stop=meta.recorded_stop_text,
+            camera_sha256=meta.sha256,
+            signature=meta.signature,
+            length=length,
+            part_size=settings.upload_part_bytes,
+            object_key=key,
+            s3_upload_id=s3_upload_id,
+            expires_at=now + timedelta(hours=settings.upload_expiry_hours),
+        )
+        with self.s.db.session() as session:
+            session.add(upload)
+        log.info("upload created", extra={"upload": upload_id, "dock": dock.id, "length": length})
+        return _state(upload), False
+
+    # -- lookup --------------------------------------------------------------------------------
+    def head(self, dock: Device, upload_id: str) -> UploadState:
+        with self.s.db.session() as session:
+            return _state(self._get(session, dock, upload_id))
+
+    def _get(self, session, dock: Device, upload_id: str) -> Upload:  # type: ignore[no-untyped-def]
+        upload = session.get(Upload, upload_id)
+        if upload is None or upload.dock_id != dock.id or upload.status == "terminated":
+            raise UploadGone(404, "no such upload for this dock")
+        if upload.status == "expired" or (upload.status == "open" and upload.expires_at <= datetime.now(UTC)):
+            raise UploadGone(410, "upload expired")
+        return upload
+
+    # -- termination -----------------------------------------------------------------------------
+    def terminate(self, dock: Device, upload_id: str) -> None:
+        with self.s.db.session() as session:
+            upload = self._get(session, dock, upload_id)
+            if upload.status == "complete":
+                raise TusRefusal(
+                    403, "evidence_immutable", "a finished clip is evidence and cannot be deleted"
+                )
+            self._discard(upload)
+            upload.status = "terminated"
+        log.info("upload terminated", extra={"upload": upload_id, "dock": dock.id})
+
+    def _discard(self, upload: Upload) -> None:
+        try:
+            self.s.store.abort_multipart(upload.object_key, upload.s3_upload_id)
+        except StorageError as exc:
+            log.warning("abort of multipart upload failed", extra={"upload": upload.id, "error": str(exc)})
+        for off, _size in json.loads(upload.staged):
+            try:
+                self.s.store.stage_delete(_tail_key(upload.id, off))
+            except StorageError:
+                pass
+
+    def expire(self, now: datetime | None = None) -> int:
+        """Abort uploads past their expiry (they never became evidence); returns how many."""
+        now = now or datetime.now(UTC)
+        n = 0
+        with self.s.db.session() as session:
+            for upload in session.scalars(
+                select(Upload).where(Upload.status == "open", Upload.expires_at <= now)
+            ):
+                self._discard(upload)
+                upload.status = "expired"
+                n += 1
+        return n
+
+    # -- leases: one writer per upload across all replicas -----------------------------------
+    def _acquire(self, upload_id: str) -> str:
+        lease = secrets.token_hex(8)
+        now = datetime.now(UTC)
+        with self.s.db.session() as session:
+            result = session.execute(
+                update(Upload)
+                .where(
+                    Upload.id == upload_id,
+                    or_(Upload.lease_until.is_(None), Upload.lease_until < now),
+                )
+                .values(lease_id=lease, lease_until=now + self.lease)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise UploadBusy("another request is writing this upload")
+        return lease
+
+    def _release(self, upload_id: str, lease: str) -> None:
+        with self.s.db.session() as session:
+            session.execute(
+                update(Upload)
+                .where(Upload.id == upload_id, Upload.lease_id == lease)
+                .values(lease_id=None, lease_until=None)
+            )
+
+    # -- data --------------------------------------------------------------------------------------
+    async def patch(
+        self,
+        dock: Device,
+        upload_id: str,
+        offset: int,
+        body: AsyncIterator[bytes],
+        checksum_header: str | None,
+    ) -> UploadState:
+        checksum = parse_checksum(checksum_header)
+        if self.active.locked():
+            raise UploadBusy("too many uploads in progress")
+        async with self.active:
+            lease = await asyncio.to_thread(self._acquire, upload_id)
+            try:
+                return await self._patch(dock, upload_id, offset, body, checksum, lease)
+            finally:
+                await asyncio.to_thread(self._release, upload_id, lease)
+
+    async def _patch(
+        self,
+        dock: Device,
+        upload_id: str,
+        offset: int,
+        body: AsyncIterator[bytes],
+        checksum: tuple[str, bytes] | None,
+        lease: str,
+    ) -> UploadState:
+        def load() -> Upload:
+            with self.s.db.session() as session:
+                u = self._get(session, dock, upload_id)
+                session.expunge(u)
+                return u
+
+        upload = await asyncio.to_thread(load)
+        if upload.status == "complete":
+            if offset != upload.length:
+                raise TusRefusal(409, "offset_mismatch", f"upload is complete at offset {upload.length}")
+            return _state(upload)
+        if offset != upload.offset:
+            raise TusRefusal(
+                409, "offset_mismatch", f"Upload-Offset {offset} != current offset {upload.offset}"
+            )
+        if self.storage_full():
+            raise StorageFullError()
+        writer = _PartWriter(self, upload, lease, checksum)
+        await writer.load_tail()
+        disconnected = False
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                await writer.feed(chunk)
+        except (ClientGone, OSError):
+            disconnected = True
+        state = await writer.finish(disconnected)
+        return state
+
+
+class StorageFullError(Exception):
+    """No room to store more footage: 507."""
+
+
+class ClientGone(Exception):
+    """Raised by the body iterator when the client disconnects mid-request."""
+
+
+class _PartWriter:
+    """Fills parts from the request body, sends them to S3 (one in flight while the next fills), records progress."""
+
+    def __init__(
+        self, engine: UploadEngine, upload: Upload, lease: str, checksum: tuple[str, bytes] | None
+    ) -> None:
+        self.e = engine
+        self.u = upload
+        self.lease = lease
+        self.checksum = checksum
+        self.body_hash = hashlib.new(checksum[0]) if checksum else None
+        self.buffer = bytearray()
+        self.staged: list[list[int]] = json.loads(upload.staged)
+        self.staged_len = sum(s for _, s in self.staged)
+        self.parts: list[list[object]] = json.loads(upload.parts)
+        self.committed = upload.committed
+        self.running = engine.hashes.take(upload.id, upload.committed)
+        # With a checksum the whole request is provisional: remember where we started to roll back.
+        self.start_running = self.running.copy() if (checksum and self.running is not None) else None
+        self.received = 0
+        self.in_flight: asyncio.Task[None] | None = None
+        self.consumed_staged = False
+        self.renewed = time.monotonic()
+
+    async def load_tail(self) -> None:
+        def read() -> bytes:
+            return b"".join(self.e.s.store.stage_get(_tail_key(self.u.id, off)) for off, _ in self.staged)
+
+        if self.staged:
+            self.buffer += await asyncio.to_thread(read)
+            if len(self.buffer) != self.staged_len:
+                raise StorageError("staged tail of upload is incomplete")
+
+    @property
+    def offset(self) -> int:
+        return self.committed + len(self.buffer)
+
+    async def feed(self, chunk: bytes) -> None:
+        if self.offset + len(chunk) > self.u.length:
+            raise TusRefusal(400, "exceeds_length", "request body goes past Upload-Length")
+        self.buffer += chunk
+        self.received += len(chunk)
+        if self.body_hash is not None:
+            self.body_hash.update(chunk)
+        UPLOAD_BYTES.inc(len(chunk))
+        if time.monotonic() - self.renewed > self.e.lease.total_seconds() / 3:
+            self.renewed = time.monotonic()
+            await asyncio.to_thread(self._renew)
+        while len(self.buffer) >= self.u.part_size:
+            part = bytes(self.buffer[: self.u.part_size])
+            del self.buffer[: self.u.part_size]
+            await self._send_part(part)
+
+    async def _send_part(self, data: bytes) -> None:
+        if self.in_flight is not None:
+            await self.in_flight
+        number = self.committed // self.u.part_size + 1
+        running = self.running
+        self.committed += len(data)
+        consumed_staged = self.staged_len > 0
+        self.consumed_staged = self.consumed_staged or consumed_staged
+        self.staged_len = 0
+        committed = self.committed
+
+        def send() -> None:
+            if running is not None:
+                running.update(data)
+            etag = self.e.s.store.upload_part(self.u.object_key, self.u.s3_upload_id, number, data)
+            self.parts = [p for p in self.parts if p[0] != number] + [[number, etag]]
+            if self.checksum is None:
+                self._record(committed, consumed_staged)
+
+        self.in_flight = asyncio.create_task(asyncio.to_thread(send))
+
+    def _renew(self) -> None:
+        with self.e.s.db.session() as session:
+            session.execute(
+                update(Upload)
+                .where(Upload.id == self.u.id, Upload.lease_id == self.lease)
+                .values(lease_until=datetime.now(UTC) + self.e.lease)
+            )
+
+    def _record(self, committed: int, consumed_staged: bool) -> None:
+        """Persist that ``committed`` bytes are in S3 parts (and drop tail segments those parts absorbed)."""
+        old = self.staged if consumed_staged else []
+        if consumed_staged:
+            self.staged = []
+        with self.e.s.db.session() as session:
+            session.execute(
+                update(Upload)
+                .where(Upload.id == self.u.id)
+                .values(
+                    committed=committed,
+                    offset=committed + self._unsent_staged(),
+                    parts=json.dumps(sorted(self.parts)),
+                    staged=json.dumps(self.staged),
+                    lease_until=datetime.now(UTC) + self.e.lease,
+                )
+            )
+        for off, _ in old:
+            try:
+                self.e.s.store.stage_delete(_tail_key(self.u.id, off))
+            except StorageError:
+                pass
+
+    def _unsent_staged(self) -> int:
+        return sum(s for _, s in self.staged)
+
+    async def _drain(self) -> None:
+        if self.in_flight is not None:
+            task, self.in_flight = self.in_flight, None
+            await task
+
+    async def finish(self, disconnected: bool) -> UploadState:
+        try:
+            await self._drain()
+        except BaseException:
+            self.e.hashes.put(self.u.id, -1, None)
+            raise
+        if self.checksum is not None:
+            ok = (
+                not disconnected
+                and self.body_hash is not None
+                and self.body_hash.digest() == self.checksum[1]
+            )
+            if not ok:
+                # Discard the whole request; parts sent will be overwritten by the retry of the same numbers.
+                self.e.hashes.put(self.u.id, self.u.committed, self.start_running)
+                if disconnected:
+                    raise _Disconnected()
+                raise TusRefusal(460, "checksum_mismatch", "Upload-Checksum does not match the request body")
+            await asyncio.to_thread(self._record, self.committed, self.consumed_staged)
+        if self.offset == self.u.length and not disconnected:
+            if self.buffer:
+                await self._send_part(bytes(self.buffer))
+                self.buffer.clear()
+                await self._drain()
+            return await asyncio.to_thread(self.e_complete)
+        # Keep what arrived after the last full part as a new tail segment (unless nothing new came).
+        new = bytes(self.buffer[self.staged_len :]) if self.staged_len <= len(self.buffer) else b""
+        if new:
+            start = self.committed + self.staged_len
+
+            def stage() -> None:
+                self.e.s.store.stage_put(_tail_key(self.u.id, start), new)
+                self.staged.append([start, len(new)])
+                with self.e.s.db.session() as session:
+                    session.execute(
+                        update(Upload)
+                        .where(Upload.id == self.u.id)
+                        .values(offset=self.committed + len(self.buffer), staged=json.dumps(self.staged))
+                    )
+
+            await asyncio.to_thread(stage)
+        self.e.hashes.put(self.u.id, self.committed, self.running)
+        if disconnected:
+            log.info(
+                "upload interrupted",
+                extra={"upload": self.u.id, "offset": self.offset, "received": self.received},
+            )
+            raise _Disconnected()
+        return UploadState(self.u.id, self.offset, self.u.length, self.u.expires_at, None, None)
+
+    def e_complete(self) -> UploadState:
+        return complete_upload(self.e, self.u, sorted(self.parts), self.running)  # type: ignore[arg-type]
+
+
+class _Disconnected(Exception):
+    """The client went away; what it sent is kept (without a checksum) and nobody is left to answer."""
+
+
+def complete_upload(
+    engine: UploadEngine, upload: Upload, parts: list[list[object]], running: hashlib._Hash | None
+) -> UploadState:
+    """Finish the multipart object, check the camera's hash and signature, and record the evidence item."""
+    s = engine.s
+    version_id = s.store.complete_multipart(
+        upload.object_key,
+        upload.s3_upload_id,
+        [(int(n), str(etag)) for n, etag in parts],  # type: ignore[call-overload]
+    )
+    if running is not None:
+        digest = running.hexdigest()
+    else:
+        digest, _ = s.store.sha256_of(upload.object_key, version_id)
+    stored = StoredObject(s.store.bucket, upload.object_key, version_id, upload.length, digest)
+    manifest = {
+        "camera_serial": upload.camera_serial,
+        "filename": upload.filename,
+        "recorded_start": upload.recorded_start,
+        "recorded_stop": upload.recorded_stop,
+        "sha256": upload.camera_sha256,
+        "size": upload.length,
+        "v": 1,
+        "wearer": upload.wearer,
+    }
+    with s.db.session() as session:
+        camera = session.get(Device, upload.camera_serial)
+        reasons: list[str] = []
+        signature_ok = False
+        if camera is None or camera.public_key is None:
+            reasons.append("camera no longer enrolled: signature cannot be checked")
+        else:
+            signature_ok = verify_signature(
+                load_public_key_b64(camera.public_key), upload.signature, canonical_json(manifest)
+            )
+            if not signature_ok:
+                reasons.append("camera signature over the clip manifest does not verify")
+        if digest != upload.camera_sha256:
+            reasons.append(f"stored bytes hash to {digest}, the camera reported {upload.camera_sha256}")
+        start = datetime.fromisoformat(upload.recorded_start.replace("Z", "+00:00"))
+        stop = datetime.fromisoformat(upload.recorded_stop.replace("Z", "+00:00"))
+        item = record_evidence(
+            session,
+            s.ledger,
+            stored,
+            Provenance(
+                kind="clip",
+                actor=f"dock:{upload.dock_id}",
+                source_device_id=upload.camera_serial,
+                wearer=upload.wearer,
+                captured_start=start,
+                captured_stop=stop,
+                filename=upload.filename,
+                content_type=upload.content_type,
+                retain_until=upload.created_at + timedelta(days=s.settings.retention_days),
+            ),
+            captured={
+                "camera": upload.camera_serial,
+                "wearer": upload.wearer,
+                "recorded_start": upload.recorded_start,
+                "recorded_stop": upload.recorded_stop,
+                "manifest": manifest,
+                "camera_signature": upload.signature,
+                "camera_public_key": camera.public_key if camera else None,
+            },
+            received={
+                "dock": upload.dock_id,
+                "upload": upload.id,
+                "bytes": upload.length,
+                "upload_started": rfc3339(upload.created_at),
+            },
+            quarantine_reason="; ".join(reasons) or None,
+            verified={"camera_hash_matches": True, "camera_signature_valid": signature_ok},
+        )
+        row = session.get(Upload, upload.id)
+        assert row is not None
+        row.status = "complete"
+        row.offset = upload.length
+        row.committed = upload.length
+        row.evidence_item_id = item.id
+        row.evidence_status = item.status
+        on_clip = s.extras.get("on_clip_stored")
+        if callable(on_clip):
+            on_clip(session, item)
+        state = _state(row)
+    for off, _ in json.loads(upload.staged):
+        try:
+            s.store.stage_delete(_tail_key(upload.id, off))
+        except StorageError:
+            pass
+    UPLOADS_FINISHED.labels(status=item.status).inc()
+    log.info(
+        "clip stored as evidence",
+        extra={"upload": upload.id, "item": item.id, "status": item.status, "sha256": digest},
+    )
+    return state
+
+
+def clip_item(services: Services, item_id: str) -> EvidenceItem | None:
+    with services.db.session() as session:
+        return session.get(EvidenceItem, item_id)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

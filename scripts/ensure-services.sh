@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Make sure the services the tests talk to are installed and running on this machine:
+# PostgreSQL on 127.0.0.1:5432 (trust auth, database "test") and Mosquitto on 127.0.0.1:1883.
+# Installs the Debian packages when they are missing (fresh machine), starts them when they are down.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+apt_install() {
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# --- Mosquitto ---------------------------------------------------------------------------------
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  echo "installing mosquitto"; apt_install mosquitto
+fi
+if ! port_open 1883; then
+  echo "starting mosquitto"
+  if [ -f /etc/mosquitto/mosquitto.conf ]; then
+    $SUDO mkdir -p /run/mosquitto /var/log/mosquitto /var/lib/mosquitto
+    $SUDO chown mosquitto: /run/mosquitto /var/log/mosquitto /var/lib/mosquitto 2>/dev/null || true
+    if ! grep -q '^listener 1883' /etc/mosquitto/mosquitto.conf; then
+      printf 'listener 1883 127.0.0.1\nallow_anonymous true\n' | $SUDO tee -a /etc/mosquitto/mosquitto.conf >/dev/null
+    fi
+    $SUDO /usr/sbin/mosquitto -d -c /etc/mosquitto/mosquitto.conf
+  else
+    $SUDO /usr/sbin/mosquitto -d -p 1883
+  fi
+  for _ in $(seq 50); do port_open 1883 && break; sleep 0.2; done
+fi
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+  echo "installing postgresql"; apt_install postgresql
+fi
+if ! port_open 5432; then
+  echo "starting postgresql"
+  ver=$(ls /etc/postgresql | sort -V | tail -n1)
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main start
+  for _ in $(seq 100); do port_open 5432 && break; sleep 0.2; done
+fi
+# Trust auth on loopback and a "test" database, as the tests expect (only set up if missing).
+if ! psql -h 127.0.0.1 -U postgres -d test -c 'select 1' >/dev/null 2>&1; then
+  ver=$(ls /etc/postgresql | sort -V | tail -n1)
+  hba=/etc/postgresql/$ver/main/pg_hba.conf
+  if ! $SUDO grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+    $SUDO sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
+  fi
+  $SUDO -u postgres psql -qc 'create database test' 2>/dev/null || psql -h 127.0.0.1 -U postgres -qc 'create database test' || true
+fi
+port_open 1883 && port_open 5432 && echo "services ready: PostgreSQL :5432, Mosquitto :1883"

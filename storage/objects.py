@@ -1,0 +1,331 @@
+"""Write-once object storage over the ``minio`` client: object lock, streaming multipart, ranged reads.
+
+Evidence objects go to a bucket created with object lock; every version is put under COMPLIANCE
+retention so that nobody, not even an administrator, can delete it before its time. Unfinished
+upload tails live in a separate staging bucket without lock, and are deleted once used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import COMPLIANCE, ENABLED, GOVERNANCE
+from minio.datatypes import Part
+from minio.error import S3Error
+from minio.objectlockconfig import DAYS, ObjectLockConfig
+from minio.retention import Retention
+
+STORAGE_FULL_CODES = {"XMinioStorageFull", "QuotaExceeded", "EntityTooLarge", "InsufficientStorage"}
+
+
+class StorageError(Exception):
+    """Base of object store failures the callers translate into HTTP answers."""
+
+
+class StorageUnavailable(StorageError):
+    """The store cannot be reached or answered 5xx: retry later, nothing is lost."""
+
+
+class StorageFull(StorageError):
+    """The store has no room: 507 to clients."""
+
+
+class ObjectLocked(StorageError):
+    """A delete or overwrite was refused by retention or legal hold (as it should be)."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    bucket: str
+    key: str
+    version_id: str | None
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    version_id: str | None
+    retention_mode: str | None
+    retain_until: datetime | None
+    legal_hold: bool
+
+
+def _translate(exc: Exception) -> StorageError:
+    if isinstance(exc, S3Error):
+        if exc.code in STORAGE_FULL_CODES:
+            return StorageFull(exc.code)
+        if (
+            exc.code in {"AccessDenied", "ObjectLocked", "InvalidRequest"}
+            and "lock" in (exc.message or "").lower()
+        ):
+            return ObjectLocked(exc.message or exc.code)
+        if exc.code == "AccessDenied":
+            return ObjectLocked(exc.message or exc.code)
+        return StorageError(f"{exc.code}: {exc.message}")
+    return StorageUnavailable(f"object store unreachable: {type(exc).__name__}: {exc}")
+
+
+class ObjectStore:
+    """Evidence bucket (locked) and staging bucket (unlocked) on one S3 endpoint."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        *,
+        bucket: str,
+        staging_bucket: str,
+        secure: bool = False,
+        region: str = "us-east-1",
+        timeout_seconds: float = 30.0,
+    ) -> None:
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5.0, read=timeout_seconds),
+            maxsize=32,
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[502, 503, 504]),
+        )
+        self.endpoint = endpoint
+        self.client = Minio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=http,
+        )
+        self.bucket = bucket
+        self.staging_bucket = staging_bucket
+
+    # -- set-up -----------------------------------------------------------------------------
+    def ensure_buckets(self, default_retention_days: int) -> None:
+        """Create the locked evidence bucket and the staging bucket if missing."""
+        try:
+            if not self.client.bucket_exists(self.bucket):
+                self.client.make_bucket(self.bucket, object_lock=True)
+            self.client.set_object_lock_config(
+                self.bucket, ObjectLockConfig(COMPLIANCE, max(1, default_retention_days), DAYS)
+            )
+            if not self.client.bucket_exists(self.staging_bucket):
+                self.client.make_bucket(self.staging_bucket)
+        except Exception as exc:  # noqa: BLE001 - translated for the caller
+            raise _translate(exc) from exc
+
+    def healthy(self) -> bool:
+        try:
+            self.client.bucket_exists(self.bucket)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    # -- multipart upload across requests --------------------------------------------------
+    def start_multipart(self, key: str, retain_until: datetime, content_type: str) -> str:
+        headers = {
+            "Content-Type": content_type,
+            "x-amz-object-lock-mode": COMPLIANCE,
+            "x-amz-object-lock-retain-until-date": retain_until.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        }
+        try:
+            return self.client._create_multipart_upload(self.bucket, key, headers)  # noqa: SLF001
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+        try:
+            return self.client._upload_part(self.bucket, key, data, None, upload_id, part_number)  # noqa: SLF001
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str | None:
+        try:
+            result = self.client._complete_multipart_upload(  # noqa: SLF001
+                self.bucket, key, upload_id, [Part(n, etag) for n, etag in parts]
+            )
+            return result.version_id
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            self.client._abort_multipart_upload(self.bucket, key, upload_id)  # noqa: SLF001
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+
+    # -- whole objects ----------------------------------------------------------------------
+    def put_stream(
+        self,
+        key: str,
+        stream: BinaryIO,
+        *,
+        retain_until: datetime,
+        content_type: str = "application/octet-stream",
+        length: int = -1,
+        part_size: int = 16 * 1024 * 1024,
+    ) -> StoredObject:
+        """Stream an object of known or unknown length under COMPLIANCE retention, hashing the bytes sent."""
+        hashing = _HashingReader(stream)
+        try:
+            result = self.client.put_object(
+                self.bucket,
+                key,
+                hashing,  # type: ignore[arg-type]
+                length,
+                content_type=content_type,
+                part_size=part_size,
+                retention=Retention(COMPLIANCE, retain_until),
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+        return StoredObject(self.bucket, key, result.version_id, hashing.size, hashing.sha256.hexdigest())
+
+    def put_bytes(self, key: str, data: bytes, *, retain_until: datetime, content_type: str) -> StoredObject:
+        return self.put_stream(
+            key, io.BytesIO(data), retain_until=retain_until, content_type=content_type, length=len(data)
+        )
+
+    def read(
+        self,
+        key: str,
+        version_id: str | None = None,
+        offset: int = 0,
+        length: int = 0,
+        chunk: int = 1024 * 1024,
+    ) -> Iterator[bytes]:
+        """Stream an object (or a byte range of it) in chunks; the caller never holds the whole object."""
+        try:
+            response = self.client.get_object(
+                self.bucket, key, offset=offset, length=length, version_id=version_id
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+        try:
+            yield from response.stream(chunk)
+        finally:
+            response.close()
+            response.release_conn()
+
+    def sha256_of(self, key: str, version_id: str | None = None) -> tuple[str, int]:
+        h = hashlib.sha256()
+        size = 0
+        for block in self.read(key, version_id):
+            h.update(block)
+            size += len(block)
+        return h.hexdigest(), size
+
+    def info(self, key: str, version_id: str | None = None) -> ObjectInfo:
+        try:
+            st = self.client.stat_object(self.bucket, key, version_id=version_id)
+            try:
+                ret = self.client.get_object_retention(self.bucket, key, version_id=version_id)
+            except S3Error:
+                ret = None
+            try:
+                hold = self.client.is_object_legal_hold_enabled(self.bucket, key, version_id=version_id)
+            except S3Error:
+                hold = False
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+        return ObjectInfo(
+            size=st.size or 0,
+            version_id=st.version_id,
+            retention_mode=ret.mode if ret else None,
+            retain_until=ret.retain_until_date if ret else None,
+            legal_hold=bool(hold),
+        )
+
+    def set_retention(self, key: str, version_id: str | None, retain_until: datetime) -> None:
+        try:
+            self.client.set_object_retention(
+                self.bucket, key, Retention(COMPLIANCE, retain_until), version_id=version_id
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+
+    def set_legal_hold(self, key: str, version_id: str | None, on: bool) -> None:
+        try:
+            if on:
+                self.client.enable_object_legal_hold(self.bucket, key, version_id=version_id)
+            else:
+                self.client.disable_object_legal_hold(self.bucket, key, version_id=version_id)
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+
+    def delete_version(self, key: str, version_id: str | None) -> None:
+        """Delete one version; refused by storage (ObjectLocked) while retention or legal hold applies."""
+        try:
+            self.client.remove_object(self.bucket, key, version_id=version_id)
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+
+    def list_keys(self, prefix: str) -> list[str]:
+        try:
+            return [
+                o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            ]
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+
+    def get_bytes(self, key: str, version_id: str | None = None) -> bytes:
+        return b"".join(self.read(key, version_id))
+
+    # -- staging (unlocked) ----------------------------------------------------------------
+    def stage_put(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(self.staging_bucket, key, io.BytesIO(data), len(data))
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+
+    def stage_get(self, key: str) -> bytes:
+        try:
+            response = self.client.get_object(self.staging_bucket, key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+
+    def stage_delete(self, key: str) -> None:
+        try:
+            self.client.remove_object(self.staging_bucket, key)
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+
+
+class _HashingReader:
+    """File-like wrapper that hashes and counts what the uploader reads."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+
+__all__ = [
+    "COMPLIANCE",
+    "ENABLED",
+    "GOVERNANCE",
+    "ObjectInfo",
+    "ObjectLocked",
+    "ObjectStore",
+    "StorageError",
+    "StorageFull",
+    "StorageUnavailable",
+    "StoredObject",
+]

@@ -1,0 +1,217 @@
+"""Shared fixtures: the real SeaweedFS, both databases, a signed-in admin and a live HTTP server."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from storage.embedded import EmbeddedSeaweed
+from storage.settings import Settings
+
+PG_ADMIN_URL = os.environ.get("EVIDENCE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_base_port() -> int:
+    """A base port whose SeaweedFS neighbours (+0..+6 and +10000..+10004) are all free."""
+    for _ in range(200):
+        base = random.randrange(20000, 30000)
+        if all(_free(base + i) for i in range(7)) and all(_free(base + 10000 + i) for i in range(5)):
+            return base
+    raise RuntimeError("no free port range for SeaweedFS")
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll until ``predicate()`` is truthy; fail the test with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSeaweed]:
+    store = EmbeddedSeaweed(tmp_path_factory.mktemp("seaweed"), free_base_port(), "1GiB")
+    store.start()
+    yield store
+    store.stop()
+
+
+def ensure_postgres() -> None:
+    """Start the machine's PostgreSQL cluster if it is down (CI may find it stopped)."""
+    import psycopg
+
+    try:
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
+        return
+    except psycopg.OperationalError:
+        pass
+    versions = os.listdir("/etc/postgresql")
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[0], "main", "start"], check=False)
+    wait_for(lambda: _pg_up(), 30, 0.3, "PostgreSQL to start")
+
+
+def _pg_up() -> bool:
+    import psycopg
+
+    try:
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=2).close()
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    ensure_postgres()
+    return PG_ADMIN_URL
+
+
+def fresh_pg_database(admin_url: str) -> tuple[str, str]:
+    import psycopg
+
+    name = f"evidence_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name, name
+
+
+def drop_pg_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test using this runs on both databases."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'evidence.db'}"
+        return
+    admin = request.getfixturevalue("pg_server")
+    url, name = fresh_pg_database(admin)
+    yield url
+    drop_pg_database(admin, name)
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    url, name = fresh_pg_database(pg_server)
+    yield url
+    drop_pg_database(pg_server, name)
+
+
+def make_settings(
+    tmp_path: Path, database_url: str, seaweed: EmbeddedSeaweed, **overrides: object
+) -> Settings:
+    bucket = f"ev-{uuid.uuid4().hex[:10]}"
+    values: dict[str, object] = dict(
+        data_dir=tmp_path / "var",
+        database_url=database_url,
+        s3_endpoint=seaweed.endpoint,
+        s3_access_key=seaweed.credentials.access_key,
+        s3_secret_key=seaweed.credentials.secret_key,
+        bucket=bucket,
+        staging_bucket=bucket + "-staging",
+        retention_days=1,
+        upload_part_bytes=5 * 1024 * 1024,
+        min_free_bytes=0,
+    )
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, seaweed: EmbeddedSeaweed) -> Settings:
+    return make_settings(tmp_path, database_url, seaweed)
+
+
+@pytest.fixture
+def services(settings: Settings):  # type: ignore[no-untyped-def]
+    from ingest.services import build_services
+
+    s = build_services(settings)
+    yield s
+    s.db.dispose()
+
+
+@pytest.fixture
+def sqlite_services(tmp_path: Path, seaweed: EmbeddedSeaweed):  # type: ignore[no-untyped-def]
+    """Services on SQLite only, for tests whose subject is not the database."""
+    from ingest.services import build_services
+
+    s = build_services(make_settings(tmp_path, f"sqlite:///{tmp_path / 'evidence.db'}", seaweed))
+    yield s
+    s.db.dispose()
+
+
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class LiveServer:
+    url: str
+    services: object
+    admin_token: str
+
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+
+class _ThreadedServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # run in a thread
+        pass
+
+
+def start_server(services) -> tuple[_ThreadedServer, threading.Thread, str]:  # type: ignore[no-untyped-def]
+    from ingest.app import create_app
+
+    port = free_port()
+    app = create_app(services.settings, services)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, http="h11", lifespan="on")
+    server = _ThreadedServer(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: server.started, 20, what="HTTP server to start")
+    return server, thread, url
+
+
+@pytest.fixture
+def live(services) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
+    from accounts.service import create_user
+
+    with services.db.session() as session:
+        create_user(session, "admin", ADMIN_PASSWORD, "admin")
+    server, thread, url = start_server(services)
+    r = httpx.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD})
+    r.raise_for_status()
+    yield LiveServer(url, services, r.json()["access_token"])
+    server.should_exit = True
+    thread.join(15)
