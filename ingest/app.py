@@ -17,8 +17,8 @@ from chain_of_custody.checkpoints import write_checkpoint
 from storage.objects import StorageError
 from storage.settings import Settings, get_settings
 
-from . import dock_api, evidence_api, people_api
 from .auth import require_roles
+from .routes import ROUTERS
 from .services import Services, build_services
 from .uploads import UploadEngine
 
@@ -82,9 +82,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         description="Body-worn camera and lone-worker evidence for healthcare security teams.",
         lifespan=lifespan,
     )
-    app.include_router(dock_api.router)
-    app.include_router(evidence_api.router)
-    app.include_router(people_api.router)
+    for router in ROUTERS:
+        app.include_router(router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

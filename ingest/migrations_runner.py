@@ -17,5 +17,6 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade_database(url: str, revision: str = "head") -> None:
+def upgrade_database(url: str, revision: str = "heads") -> None:
+    """Apply every branch: each capability adds its own revision on top of the backbone."""
     command.upgrade(alembic_config(url), revision)

@@ -70,4 +70,8 @@ def build_services(settings: Settings, *, migrate: bool = True, start_embedded: 
     store, embedded = open_object_store(settings, start_embedded)
     store.ensure_buckets(settings.retention_days)
     key = ServiceKey.load_or_create(settings.resolved_service_key_path)
-    return Services(settings=settings, db=db, store=store, key=key, ledger=Ledger(key), embedded=embedded)
+    services = Services(settings=settings, db=db, store=store, key=key, ledger=Ledger(key), embedded=embedded)
+    from .hooks import install
+
+    install(services)
+    return services

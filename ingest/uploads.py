@@ -549,9 +549,8 @@ def complete_upload(
         row.committed = upload.length
         row.evidence_item_id = item.id
         row.evidence_status = item.status
-        on_clip = s.extras.get("on_clip_stored")
-        if callable(on_clip):
-            on_clip(session, item)
+        for hook in s.extras.get("clip_hooks", []):  # type: ignore[attr-defined]
+            hook(session, item)
         state = _state(row)
     for off, _ in json.loads(upload.staged):
         try:
