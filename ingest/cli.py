@@ -47,8 +47,7 @@ def serve(
         create_app(settings),
         host=host or settings.http_host,
         port=port or settings.http_port,
-        http="h11",
-        h11_max_incomplete_event_size=64 * 1024,
+        http="httptools",
         log_config=None,
         timeout_graceful_shutdown=10,
     )

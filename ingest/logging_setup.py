@@ -56,7 +56,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access",):
+    for noisy in ("uvicorn.access", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel("WARNING")
     structlog.configure(
         processors=[*pre, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],  # type: ignore[list-item]

@@ -308,7 +308,9 @@ class _PartWriter:
         self.lease = lease
         self.checksum = checksum
         self.body_hash = hashlib.new(checksum[0]) if checksum else None
-        self.buffer = bytearray()
+        # The part being filled: preallocated and handed to S3 whole, so bytes are copied once on arrival.
+        self.buffer = bytearray(upload.part_size)
+        self.fill = 0
         self.staged: list[list[int]] = json.loads(upload.staged)
         self.staged_len = sum(s for _, s in self.staged)
         self.parts: list[list[object]] = json.loads(upload.parts)
@@ -326,18 +328,19 @@ class _PartWriter:
             return b"".join(self.e.s.store.stage_get(_tail_key(self.u.id, off)) for off, _ in self.staged)
 
         if self.staged:
-            self.buffer += await asyncio.to_thread(read)
-            if len(self.buffer) != self.staged_len:
+            tail = await asyncio.to_thread(read)
+            self.buffer[: len(tail)] = tail
+            self.fill = len(tail)
+            if self.fill != self.staged_len:
                 raise StorageError("staged tail of upload is incomplete")
 
     @property
     def offset(self) -> int:
-        return self.committed + len(self.buffer)
+        return self.committed + self.fill
 
     async def feed(self, chunk: bytes) -> None:
         if self.offset + len(chunk) > self.u.length:
             raise TusRefusal(400, "exceeds_length", "request body goes past Upload-Length")
-        self.buffer += chunk
         self.received += len(chunk)
         if self.body_hash is not None:
             self.body_hash.update(chunk)
@@ -345,12 +348,18 @@ class _PartWriter:
         if time.monotonic() - self.renewed > self.e.lease.total_seconds() / 3:
             self.renewed = time.monotonic()
             await asyncio.to_thread(self._renew)
-        while len(self.buffer) >= self.u.part_size:
-            part = bytes(self.buffer[: self.u.part_size])
-            del self.buffer[: self.u.part_size]
-            await self._send_part(part)
+        view = memoryview(chunk)
+        size = self.u.part_size
+        while view:
+            n = min(len(view), size - self.fill)
+            self.buffer[self.fill : self.fill + n] = view[:n]
+            self.fill += n
+            view = view[n:]
+            if self.fill == size:
+                full, self.buffer, self.fill = self.buffer, bytearray(size), 0
+                await self._send_part(full)
 
-    async def _send_part(self, data: bytes) -> None:
+    async def _send_part(self, data: bytes | bytearray) -> None:
         if self.in_flight is not None:
             await self.in_flight
         number = self.committed // self.u.part_size + 1
@@ -430,13 +439,13 @@ class _PartWriter:
                 raise TusRefusal(460, "checksum_mismatch", "Upload-Checksum does not match the request body")
             await asyncio.to_thread(self._record, self.committed, self.consumed_staged)
         if self.offset == self.u.length and not disconnected:
-            if self.buffer:
-                await self._send_part(bytes(self.buffer))
-                self.buffer.clear()
+            if self.fill:
+                await self._send_part(self.buffer[: self.fill])
+                self.fill = 0
                 await self._drain()
             return await asyncio.to_thread(self.e_complete)
         # Keep what arrived after the last full part as a new tail segment (unless nothing new came).
-        new = bytes(self.buffer[self.staged_len :]) if self.staged_len <= len(self.buffer) else b""
+        new = bytes(self.buffer[self.staged_len : self.fill]) if self.staged_len <= self.fill else b""
         if new:
             start = self.committed + self.staged_len
 
@@ -447,7 +456,7 @@ class _PartWriter:
                     session.execute(
                         update(Upload)
                         .where(Upload.id == self.u.id)
-                        .values(offset=self.committed + len(self.buffer), staged=json.dumps(self.staged))
+                        .values(offset=self.committed + self.fill, staged=json.dumps(self.staged))
                     )
 
             await asyncio.to_thread(stage)

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     staging_bucket: str = "evidence-staging"
     # Default COMPLIANCE retention for new evidence objects (unlinked footage class).
     retention_days: int = 31
+    # Evidence linked to an incident is kept while it is open and this long after it closes.
+    incident_evidence_retention_days: int = 2192
+    # How often the retention sweeper deletes expired evidence and renews object locks.
+    retention_sweep_seconds: int = 3600
     embedded_s3_base_port: int = 18300
     embedded_s3_memory_limit: str = "768MiB"
     # Below this many free bytes in the embedded store's disk, uploads answer 507.
@@ -43,7 +47,7 @@ class Settings(BaseSettings):
 
     # Dock uploads.
     max_clip_bytes: int = 64 * 1024**3
-    upload_part_bytes: int = 16 * 1024**2
+    upload_part_bytes: int = 8 * 1024**2
     upload_expiry_hours: int = 72
     max_concurrent_patches: int = 64
     retry_after_seconds: int = 5
@@ -76,6 +80,12 @@ class Settings(BaseSettings):
     low_battery_percent: int = 15
     escalation_webhook_url: str | None = None
     incident_join_minutes: int = 30
+
+    # Incident statistics: counts below this are suppressed; the rest are rounded to this multiple.
+    statistics_min_count: int = 5
+    statistics_rounding: int = 5
+    # Months in statistics are calendar months in this time zone.
+    report_timezone: str = "Europe/London"
 
     # Redaction.
     redaction_enabled: bool = True

@@ -194,7 +194,9 @@ def start_server(services) -> tuple[_ThreadedServer, threading.Thread, str]:  # 
 
     port = free_port()
     app = create_app(services.settings, services)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, http="h11", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, http="httptools", lifespan="on"
+    )
     server = _ThreadedServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -1,0 +1,162 @@
+"""Shared benchmark plumbing: a private SeaweedFS, a service subprocess, memory sampling, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from storage.embedded import EmbeddedSeaweed  # noqa: E402
+from tests.conftest import free_base_port, free_port  # noqa: E402
+
+ADMIN_PASSWORD = "benchmark password 1234"
+
+
+class PeakRSS:
+    """Samples a process's resident memory (with its children) every few milliseconds."""
+
+    def __init__(self, pid: int, every: float = 0.02) -> None:
+        self.proc = psutil.Process(pid)
+        self.every = every
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss = self.proc.memory_info().rss
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, rss)
+            time.sleep(self.every)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = 0
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 1e6
+
+
+class BenchService:
+    """The real service as its own process, on a private SeaweedFS and SQLite (or EVIDENCE_BENCH_DB)."""
+
+    def __init__(self, workdir: Path, **env_overrides: str) -> None:
+        self.workdir = workdir
+        self.seaweed = EmbeddedSeaweed(workdir / "s3", free_base_port(), "1GiB")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env_overrides = env_overrides
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            EVIDENCE_DATA_DIR=str(self.workdir / "var"),
+            EVIDENCE_DATABASE_URL=os.environ.get(
+                "EVIDENCE_BENCH_DB", f"sqlite:///{self.workdir / 'bench.db'}"
+            ),
+            EVIDENCE_S3_ENDPOINT=self.seaweed.endpoint,
+            EVIDENCE_S3_ACCESS_KEY=self.seaweed.credentials.access_key,
+            EVIDENCE_S3_SECRET_KEY=self.seaweed.credentials.secret_key,
+            EVIDENCE_MIN_FREE_BYTES="0",
+            EVIDENCE_LOG_LEVEL="WARNING",
+            EVIDENCE_REDACTION_ENABLED="false",
+        )
+        env.update(self.env_overrides)
+        return env
+
+    def start(self) -> None:
+        self.seaweed.start()
+        env = self.env()
+        subprocess.run(
+            [sys.executable, "-m", "ingest.cli", "migrate"],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [sys.executable, "-m", "ingest.cli", "user", "add", "admin", "--role", "admin"],
+            env={**env, "EVIDENCE_NEW_USER_PASSWORD": ADMIN_PASSWORD},
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ingest.cli", "serve", "--port", str(self.port)],
+            env=env,
+            cwd=ROOT,
+            stdout=open(self.workdir / "serve.log", "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("service did not start")
+
+    def admin_headers(self) -> dict[str, str]:
+        r = httpx.post(
+            f"{self.url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}
+        )
+        r.raise_for_status()
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        self.seaweed.stop()
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+    }
+
+
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    out = ROOT / "bench" / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "benchmark": name,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        **data,
+    }
+    out.write_text(json.dumps(data, indent=2))
+    return out
+
+
+def scratch(prefix: str) -> Path:
+    base = os.environ.get("EVIDENCE_BENCH_TMP")
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))

@@ -1,0 +1,174 @@
+"""``python -m demo``: run the service on the embedded defaults and show a dock delivering real clips.
+
+The service runs as its own process (``evidence serve``); the dock and cameras are the simulators,
+speaking only the public protocol over HTTP, as real hardware would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+from firmware_simulators.camera import CameraIdentity, record_clip
+from firmware_simulators.dock import Dock
+from firmware_simulators.scene import render_clip
+from storage.embedded import write_private
+from storage.settings import get_settings
+
+STAFF = [
+    ("S-1001", "Alex Morgan", "nurse", "Ward 7"),
+    ("S-1002", "Sam Patel", "porter", "Emergency Department"),
+]
+CAMERAS = [("CAM-0001", "S-1001"), ("CAM-0002", "S-1002")]
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def admin_password(demo_dir: Path) -> str:
+    configured = get_settings().admin_password
+    if configured:
+        return configured.get_secret_value()
+    path = demo_dir / "admin-password.txt"
+    if path.exists():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(18)
+    write_private(path, password.encode())
+    return password
+
+
+def ensure_admin(password: str) -> None:
+    from accounts.models import User
+    from accounts.service import create_user
+    from ingest.services import build_services
+
+    services = build_services(get_settings())
+    try:
+        with services.db.session() as session:
+            if session.query(User).filter_by(username="admin").first() is None:
+                create_user(session, "admin", password, "admin", full_name="Demo administrator")
+                services.ledger.append(
+                    session, "user_changed", "demo", details={"user": "admin", "created": True}
+                )
+    finally:
+        services.close()
+
+
+def wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the service exited with {proc.returncode}; see its log above")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the service did not start in time")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clips", type=int, default=get_settings().demo_clips)
+    parser.add_argument("--once", action="store_true", help="stop after the demo instead of serving on")
+    args = parser.parse_args()
+
+    settings = get_settings()
+    demo_dir = Path(settings.data_dir) / "demo"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    url = f"http://{settings.http_host}:{settings.http_port}"
+    password = admin_password(demo_dir)
+    say("Preparing the database, the embedded object store and the service key ...")
+    ensure_admin(password)
+
+    proc = subprocess.Popen([sys.executable, "-m", "ingest.cli", "serve"], start_new_session=True)
+    try:
+        wait_up(url, proc)
+        token = httpx.post(
+            f"{url}/api/v1/auth/token", data={"username": "admin", "password": password}
+        ).json()
+        admin = {"Authorization": f"Bearer {token['access_token']}"}
+        for staff_id, name, group, site in STAFF:
+            httpx.post(
+                f"{url}/api/v1/staff",
+                json={"id": staff_id, "name": name, "group": group, "site": site},
+                headers=admin,
+            ).raise_for_status()
+        dock = httpx.post(
+            f"{url}/api/v1/devices/docks",
+            json={"id": "DOCK-WARD7", "name": "Ward 7 office", "site": "Ward 7"},
+            headers=admin,
+        )
+        dock.raise_for_status()
+        dock_token = dock.json()["token"]
+        cameras: dict[str, CameraIdentity] = {}
+        for serial, staff_id in CAMERAS:
+            key_path = demo_dir / f"{serial}.pem"
+            ident = CameraIdentity.load(key_path) if key_path.exists() else CameraIdentity.generate(serial)
+            if not key_path.exists():
+                ident.save(key_path)
+            httpx.post(
+                f"{url}/api/v1/devices/cameras",
+                json={"id": serial, "public_key": ident.public_key_b64(), "staff_id": staff_id},
+                headers=admin,
+            ).raise_for_status()
+            cameras[serial] = ident
+        say(f"Enrolled dock DOCK-WARD7 and cameras {', '.join(cameras)}.")
+
+        clips_dir = demo_dir / "clips"
+        clips_dir.mkdir(exist_ok=True)
+        results = []
+        with Dock(url, dock_token) as station:
+            for i in range(args.clips):
+                serial, staff_id = CAMERAS[i % len(CAMERAS)]
+                start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10 * (args.clips - i))
+                path = clips_dir / f"{start:%Y%m%dT%H%M%SZ}_{serial}.mp4"
+                say(f"Camera {serial} records {path.name} (real H.264/AAC with faces) ...")
+                render_clip(path, seconds=6, width=640, height=360, fps=25, faces=3, seed=100 + i)
+                clip = record_clip(cameras[serial], path, staff_id, start, start + timedelta(seconds=6))
+                result = station.upload(clip)
+                results.append(result)
+                say(f"  uploaded over tus: evidence {result.evidence_item_id} ({result.evidence_status})")
+
+        say("")
+        say("The evidence service is running.")
+        say(f"  API and OpenAPI docs:     {url}/docs")
+        say(f"  Sign in:                  admin / {password}   (kept in {demo_dir / 'admin-password.txt'})")
+        say(f"  An access token:          {token['access_token']}")
+        say(f"  List evidence:            curl -H 'Authorization: Bearer <token>' {url}/api/v1/evidence")
+        if results:
+            say(
+                f"  Custody trail of a clip:  curl -H 'Authorization: Bearer <token>' "
+                f"{url}/api/v1/evidence/{results[0].evidence_item_id}/custody"
+            )
+        say("  Verify ledger and objects: .venv/bin/evidence verify")
+        if args.once:
+            return 0
+        say("Press Ctrl-C to stop.")
+        while proc.poll() is None:
+            time.sleep(1)
+        return proc.returncode or 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
