@@ -1,0 +1,131 @@
+"""Capacity answers: busy gives 503 + Retry-After, a full store gives 507, and nothing accepted is lost."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import httpx
+
+from tests.clipkit import clip_metadata, enrol, sha256
+from tests.conftest import ADMIN_PASSWORD, make_settings, start_server, wait_for
+
+
+def _live(tmp_path: Path, seaweed, **overrides):  # type: ignore[no-untyped-def]
+    from accounts.service import create_user
+    from ingest.services import build_services
+
+    s = build_services(make_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", seaweed, **overrides))
+    with s.db.session() as session:
+        create_user(session, "admin", ADMIN_PASSWORD, "admin")
+    server, thread, url = start_server(s)
+    token = httpx.post(
+        f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}
+    ).json()
+    return s, server, thread, url, {"Authorization": f"Bearer {token['access_token']}"}
+
+
+def test_busy_service_answers_503_with_retry_after(tmp_path: Path, seaweed) -> None:  # type: ignore[no-untyped-def]
+    s, server, thread, url, admin = _live(tmp_path, seaweed, max_concurrent_patches=1, retry_after_seconds=7)
+    try:
+        fleet = enrol(url, admin)
+        h = fleet.dock_headers()
+        uploads = []
+        for i in range(2):
+            data = os.urandom(1024 * 1024 + i)
+            r = httpx.post(
+                f"{url}/api/v1/dock/uploads",
+                headers={
+                    **h,
+                    "Upload-Length": str(len(data)),
+                    "Upload-Metadata": clip_metadata(fleet, sha256(data), len(data), filename=f"c{i}.mp4"),
+                },
+            )
+            uploads.append((url + r.headers["location"], data))
+        release = threading.Event()
+        first_sent = threading.Event()
+
+        def slow_body():  # type: ignore[no-untyped-def]
+            yield uploads[0][1][:1000]
+            first_sent.set()
+            release.wait(30)
+            yield uploads[0][1][1000:]
+
+        patch = {**h, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+        results: list[httpx.Response] = []
+        t = threading.Thread(
+            target=lambda: results.append(
+                httpx.patch(uploads[0][0], content=slow_body(), headers=patch, timeout=60)
+            )
+        )
+        t.start()
+        first_sent.wait(10)
+        busy = wait_for(
+            lambda: (
+                (
+                    r := httpx.patch(uploads[1][0], content=uploads[1][1], headers=patch, timeout=30)
+                ).status_code
+                == 503
+                and r
+            ),
+            10,
+            what="a 503",
+        )
+        assert busy.headers["retry-after"] == "7" and busy.json()["reason"] == "busy"
+        release.set()
+        t.join(30)
+        assert results[0].status_code == 204 and results[0].headers["evidence-status"] == "stored"
+        # Once the service has capacity again the refused clip goes through in full.
+        r = httpx.patch(uploads[1][0], content=uploads[1][1], headers=patch, timeout=30)
+        assert r.status_code == 204 and r.headers["evidence-status"] == "stored"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        s.db.dispose()
+
+
+def test_full_storage_answers_507_and_keeps_what_it_has(tmp_path: Path, seaweed) -> None:  # type: ignore[no-untyped-def]
+    s, server, thread, url, admin = _live(tmp_path, seaweed)
+    try:
+        fleet = enrol(url, admin)
+        h = fleet.dock_headers()
+        data = os.urandom(2 * 1024 * 1024)
+        r = httpx.post(
+            f"{url}/api/v1/dock/uploads",
+            headers={
+                **h,
+                "Upload-Length": str(len(data)),
+                "Upload-Metadata": clip_metadata(fleet, sha256(data), len(data)),
+            },
+        )
+        loc = url + r.headers["location"]
+        patch = {**h, "Content-Type": "application/offset+octet-stream"}
+        assert (
+            httpx.patch(loc, content=data[:1000], headers={**patch, "Upload-Offset": "0"}).status_code == 204
+        )
+        # The embedded store's disk is now "full": ask for more free space than any disk has.
+        s.embedded = seaweed
+        s.settings.min_free_bytes = 10**18
+        r = httpx.patch(loc, content=data[1000:], headers={**patch, "Upload-Offset": "1000"})
+        assert r.status_code == 507 and r.json()["reason"] == "storage_full" and "retry-after" in r.headers
+        data2 = os.urandom(100)
+        r = httpx.post(
+            f"{url}/api/v1/dock/uploads",
+            headers={
+                **h,
+                "Upload-Length": "100",
+                "Upload-Metadata": clip_metadata(fleet, sha256(data2), 100, filename="b.mp4"),
+            },
+        )
+        assert r.status_code == 507
+        # Space is back: the first 1000 bytes were kept and the clip completes.
+        s.settings.min_free_bytes = 0
+        assert httpx.head(loc, headers=h).headers["upload-offset"] == "1000"
+        r = httpx.patch(loc, content=data[1000:], headers={**patch, "Upload-Offset": "1000"})
+        assert r.status_code == 204 and r.headers["evidence-status"] == "stored"
+    finally:
+        s.embedded = None
+        server.should_exit = True
+        thread.join(15)
+        s.db.dispose()

@@ -1,0 +1,54 @@
+"""``evidence verify`` exits 0 on an intact service and 1 naming the problem after tampering."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import update
+
+from chain_of_custody.models import EvidenceItem
+from tests.test_custody_tamper import _store_item
+
+
+def _env(settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"EVIDENCE_{name.upper()}"] = (
+                value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+            )
+    return env
+
+
+def _verify(settings) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
+    r = subprocess.run(
+        [sys.executable, "-m", "ingest.cli", "verify", "--json"],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=120,
+    )
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_verify_command_reports_and_exits(sqlite_services) -> None:  # type: ignore[no-untyped-def]
+    s = sqlite_services
+    item = _store_item(s, b"clip bytes" * 100, "cli")
+    code, report = _verify(s.settings)
+    assert code == 0 and report["ok"] and report["entries_checked"] == 3
+    with s.db.session() as session:
+        session.execute(update(EvidenceItem).where(EvidenceItem.id == item.id).values(size=1))
+    code, report = _verify(s.settings)
+    assert code == 1 and not report["ok"]
+    assert report["problems"] == [
+        {
+            "kind": "item_row_altered",
+            "where": f"evidence item {item.id}",
+            "detail": "size is 1 in the database but 1000 in the custody record",
+        }
+    ]
