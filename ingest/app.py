@@ -87,8 +87,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        log.warning("invalid request", extra={"path": request.url.path, "errors": str(exc.errors())[:500]})
-        return JSONResponse({"error": "invalid request", "detail": exc.errors()}, status_code=422)
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        log.warning("invalid request", extra={"path": request.url.path, "errors": str(errors)[:500]})
+        return JSONResponse({"error": "invalid request", "detail": errors}, status_code=422)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

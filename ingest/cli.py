@@ -225,6 +225,68 @@ def verify(
 
 
 @app.command()
+def sweep(
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON")] = False,
+) -> None:
+    """Delete evidence whose retention class has expired, and renew the locks of linked and held evidence."""
+    from incidents.retention import RetentionRules
+    from incidents.retention import as_json as report_json
+    from incidents.retention import sweep as run_sweep
+
+    s = _services()
+    try:
+        report = run_sweep(s.db, s.ledger, s.store, RetentionRules.from_settings(s.settings))
+    finally:
+        s.close()
+    if as_json:
+        out.print_json(report_json(report))
+    else:
+        out.print(
+            f"deleted {len(report.deleted)}, storage refused {len(report.refused)}, "
+            f"renewed {len(report.renewed)}, errors {len(report.errors)}"
+        )
+        for item_id, why in {**report.refused, **report.errors}.items():
+            out.print(f"[yellow]{item_id}[/yellow] {why}")
+    raise typer.Exit(1 if report.errors else 0)
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option(help="Run queued jobs until the queue is empty, then exit")] = False,
+    processes: Annotated[int, typer.Option(help="Worker processes to run side by side")] = 1,
+) -> None:
+    """Run redaction workers (any number, on any machine sharing the database and the object store)."""
+    import multiprocessing
+
+    if processes > 1:
+        procs = [multiprocessing.Process(target=_worker_main, args=(once,)) for _ in range(processes)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        return
+    _worker_main(once)
+
+
+def _worker_main(once: bool) -> None:
+    from redaction.worker import RedactionWorker
+
+    s = _services()
+    w = RedactionWorker(s.db, s.store, s.ledger, s.settings)
+    console.print(f"redaction worker {w.name} started")
+    try:
+        if once:
+            while w.run_once() is not None:
+                pass
+        else:
+            w.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        s.close()
+
+
+@app.command()
 def checkpoint() -> None:
     """Write a signed checkpoint of the ledger tip to write-once storage now."""
     from chain_of_custody.checkpoints import write_checkpoint

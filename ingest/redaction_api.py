@@ -1,0 +1,128 @@
+"""Redaction routes: see the jobs of a clip and their progress, and ask for a corrected version."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from accounts.service import Principal
+from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, visible_evidence
+from redaction.jobs import JobRefused, enqueue
+from redaction.models import RedactionJob
+from redaction.spec import RedactionSpec
+
+from .auth import require_roles, services
+from .services import Services
+
+router = APIRouter(prefix="/api/v1", tags=["redaction"])
+
+
+class RedactionJobOut(BaseModel):
+    id: str
+    source_item_id: str
+    version: int
+    based_on_job_id: str | None
+    requested_by: str
+    spec: dict[str, object]
+    status: str
+    attempts: int
+    max_attempts: int
+    progress: float
+    frames_done: int
+    frames_total: int | None
+    error: str | None
+    result_item_id: str | None
+    record_item_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def _out(job: RedactionJob) -> RedactionJobOut:
+    data = {c: getattr(job, c) for c in RedactionJobOut.model_fields if c != "spec"}
+    return RedactionJobOut(spec=json.loads(job.spec), **data)
+
+
+def _visible_clip(s: Services, user: Principal, item_id: str) -> None:
+    with s.db.session() as session:
+        if visible_evidence(session, user, item_id) is None:
+            raise HTTPException(404, "no such evidence item")
+
+
+@router.get("/evidence/{item_id}/redactions", response_model=list[RedactionJobOut])
+def list_redactions(
+    item_id: str,
+    user: Principal = Depends(require_roles(*EVIDENCE_METADATA)),
+    s: Services = Depends(services),
+) -> list[RedactionJobOut]:
+    """Every redaction version of a clip, newest first, with state and progress."""
+    _visible_clip(s, user, item_id)
+    with s.db.session() as session:
+        jobs = session.scalars(
+            select(RedactionJob)
+            .where(RedactionJob.source_item_id == item_id)
+            .order_by(RedactionJob.version.desc())
+        )
+        return [_out(j) for j in jobs]
+
+
+@router.post("/evidence/{item_id}/redactions", response_model=RedactionJobOut, status_code=202)
+def request_redaction(
+    item_id: str,
+    spec: RedactionSpec,
+    based_on: str | None = Query(None),
+    user: Principal = Depends(require_roles(*EVIDENCE_MEDIA)),
+    s: Services = Depends(services),
+) -> RedactionJobOut:
+    """Queue a new version with the investigator's manual regions, exclusions and audio edits."""
+    _visible_clip(s, user, item_id)
+    try:
+        with s.db.session() as session:
+            if based_on is not None:
+                base = session.get(RedactionJob, based_on)
+                if base is None or base.source_item_id != item_id:
+                    raise HTTPException(404, "no such redaction version of this clip")
+            job = enqueue(
+                session,
+                item_id,
+                user.actor,
+                spec.model_dump(),
+                based_on_job_id=based_on,
+                max_attempts=s.settings.worker_max_attempts,
+            )
+            return _out(job)
+    except JobRefused as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+@router.get("/redaction-jobs/{job_id}", response_model=RedactionJobOut)
+def get_job(
+    job_id: str, user: Principal = Depends(require_roles(*EVIDENCE_METADATA)), s: Services = Depends(services)
+) -> RedactionJobOut:
+    with s.db.session() as session:
+        job = session.get(RedactionJob, job_id)
+        if job is None or visible_evidence(session, user, job.source_item_id) is None:
+            raise HTTPException(404, "no such redaction job")
+        return _out(job)
+
+
+@router.get("/redaction-jobs", response_model=list[RedactionJobOut])
+def queue(
+    status: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    user: Principal = Depends(require_roles("admin", "security_manager")),
+    s: Services = Depends(services),
+) -> list[RedactionJobOut]:
+    """The job queue, for whoever runs the workers."""
+    q = select(RedactionJob).order_by(RedactionJob.created_at.desc()).limit(limit)
+    if status:
+        q = q.where(RedactionJob.status == status)
+    with s.db.session() as session:
+        jobs = [
+            j for j in session.scalars(q) if visible_evidence(session, user, j.source_item_id) is not None
+        ]
+        return [_out(j) for j in jobs]

@@ -1,0 +1,159 @@
+"""Queueing and claiming redaction jobs so that any number of workers on any number of machines share them.
+
+A claim is a lease: the worker renews it while it works; a worker that dies stops renewing, the
+lease runs out and another worker takes the job (its attempt count grows). A job that has used all
+its attempts is marked failed with the last error. On PostgreSQL the claim uses
+``FOR UPDATE SKIP LOCKED``, so concurrent workers never take the same job; SQLite serialises
+writers, which gives the same guarantee on one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from chain_of_custody.models import EvidenceItem
+
+from .models import RedactionJob
+
+
+class JobRefused(Exception):
+    """A job request that cannot be queued (unknown item, not a clip, bad spec)."""
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: str
+    source_item_id: str
+    version: int
+    spec: dict[str, Any]
+    attempts: int
+    lease_owner: str
+
+
+def enqueue(
+    session: Session,
+    source_item_id: str,
+    requested_by: str,
+    spec: dict[str, Any] | None = None,
+    *,
+    max_attempts: int = 3,
+    based_on_job_id: str | None = None,
+) -> RedactionJob:
+    """Queue the next version of a clip's redaction (version 1 is the automatic one)."""
+    item = session.get(EvidenceItem, source_item_id)
+    if item is None:
+        raise JobRefused("no such evidence item")
+    if item.kind != "clip":
+        raise JobRefused(f"only original clips are redacted, not {item.kind}")
+    if item.status == "deleted":
+        raise JobRefused("the clip has been deleted under its retention class")
+    latest = session.scalar(
+        select(func.max(RedactionJob.version)).where(RedactionJob.source_item_id == item.id)
+    )
+    job = RedactionJob(
+        id=str(uuid.uuid4()),
+        source_item_id=item.id,
+        version=(latest or 0) + 1,
+        based_on_job_id=based_on_job_id,
+        requested_by=requested_by,
+        spec=json.dumps(spec or {}, sort_keys=True),
+        max_attempts=max_attempts,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def claim(session: Session, owner: str, lease: timedelta, now: datetime | None = None) -> ClaimedJob | None:
+    """Take the oldest queued job, or one whose worker's lease ran out; None when there is nothing to do."""
+    now = now or datetime.now(UTC)
+    claimable = or_(
+        RedactionJob.status == "queued",
+        and_(RedactionJob.status == "running", RedactionJob.lease_until < now),
+    )
+    # Jobs whose lease expired on their last attempt have failed for good.
+    for job in session.scalars(
+        select(RedactionJob)
+        .where(
+            RedactionJob.status == "running",
+            RedactionJob.lease_until < now,
+            RedactionJob.attempts >= RedactionJob.max_attempts,
+        )
+        .with_for_update(skip_locked=True)
+    ):
+        job.status = "failed"
+        job.error = (
+            job.error or ""
+        ) + f"; worker {job.lease_owner} stopped renewing its lease (attempt {job.attempts})"
+        job.finished_at = now
+    job = session.scalars(
+        select(RedactionJob)
+        .where(claimable, RedactionJob.attempts < RedactionJob.max_attempts)
+        .order_by(RedactionJob.created_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+    if job is None:
+        return None
+    job.status = "running"
+    job.lease_owner = owner
+    job.lease_until = now + lease
+    job.attempts += 1
+    job.started_at = now
+    session.flush()
+    return ClaimedJob(job.id, job.source_item_id, job.version, json.loads(job.spec), job.attempts, owner)
+
+
+def renew(
+    session: Session, job_id: str, owner: str, lease: timedelta, frames_done: int, frames_total: int | None
+) -> bool:
+    """Extend the lease and record progress; False when the job is no longer ours (taken over)."""
+    progress = min(1.0, frames_done / frames_total) if frames_total else 0.0
+    result = session.execute(
+        update(RedactionJob)
+        .where(RedactionJob.id == job_id, RedactionJob.lease_owner == owner, RedactionJob.status == "running")
+        .values(
+            lease_until=datetime.now(UTC) + lease,
+            frames_done=frames_done,
+            frames_total=frames_total,
+            progress=progress,
+        )
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def finish(session: Session, job_id: str, owner: str, result_item_id: str, record_item_id: str) -> bool:
+    job = session.get(RedactionJob, job_id, with_for_update=True)
+    if job is None or job.lease_owner != owner or job.status != "running":
+        return False
+    job.status = "done"
+    job.progress = 1.0
+    job.result_item_id = result_item_id
+    job.record_item_id = record_item_id
+    job.finished_at = datetime.now(UTC)
+    job.lease_until = None
+    job.error = None
+    return True
+
+
+def fail(session: Session, job_id: str, owner: str, error: str) -> str:
+    """Record a failed attempt: back to the queue while attempts remain, else failed for good."""
+    job = session.get(RedactionJob, job_id, with_for_update=True)
+    if job is None or job.lease_owner != owner:
+        return "lost"
+    job.error = error[:4000]
+    job.lease_owner = None
+    job.lease_until = None
+    if job.attempts >= job.max_attempts:
+        job.status = "failed"
+        job.finished_at = datetime.now(UTC)
+    else:
+        job.status = "queued"
+    return job.status
