@@ -80,6 +80,8 @@ def authenticate(
         if user.failed_logins >= max_failures:
             user.locked_until = now + lockout
             user.failed_logins = 0
+        # The count must outlive the refusal: the caller's transaction rolls back when this raises.
+        session.commit()
         raise AccountError("invalid credentials") from None
     user.failed_logins = 0
     user.locked_until = None
@@ -104,3 +106,70 @@ def resolve_token(session: Session, token: str, now: datetime | None = None) -> 
     if user is None or not user.active:
         return None
     return Principal(user.id, user.username, user.role, user.site)
+
+
+# -- administration -----------------------------------------------------------------------------
+
+EDITABLE = ("full_name", "role", "site", "active", "password", "unlock")
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.username)))
+
+
+def revoke_tokens(session: Session, user_id: int) -> int:
+    """Revoke every live token of a user (after a password change, a role change or deactivation)."""
+    rows = list(
+        session.scalars(select(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked.is_(False)))
+    )
+    for row in rows:
+        row.revoked = True
+    return len(rows)
+
+
+def _active_admins(session: Session) -> int:
+    return len(list(session.scalars(select(User.id).where(User.role == "admin", User.active.is_(True)))))
+
+
+def update_user(session: Session, user_id: int, changes: dict[str, object]) -> tuple[User, dict[str, object]]:
+    """Change a user; returns the user and what changed (passwords shown as ``"(changed)"``).
+
+    A new password, a new role or deactivation revokes the user's tokens, so the change takes effect
+    at once. The last active administrator cannot be demoted or deactivated.
+    """
+    unknown = set(changes) - set(EDITABLE)
+    if unknown:
+        raise AccountError(f"cannot change {', '.join(sorted(unknown))}")
+    user = session.get(User, user_id, with_for_update=True)
+    if user is None:
+        raise AccountError("no such user")
+    done: dict[str, object] = {}
+    role = changes.get("role", user.role)
+    if role not in ROLES:
+        raise AccountError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    active = bool(changes.get("active", user.active))
+    if (
+        user.role == "admin"
+        and user.active
+        and (role != "admin" or not active)
+        and _active_admins(session) <= 1
+    ):
+        raise AccountError("the last active administrator cannot be demoted or deactivated")
+    for name in ("full_name", "role", "site", "active"):
+        if name in changes and getattr(user, name) != changes[name]:
+            setattr(user, name, changes[name])
+            done[name] = changes[name]
+    if changes.get("password") is not None:
+        password = str(changes["password"])
+        if len(password) < 12:
+            raise AccountError("password must be at least 12 characters")
+        user.password_hash = _hasher.hash(password)
+        done["password"] = "(changed)"
+    if changes.get("unlock"):
+        user.locked_until = None
+        user.failed_logins = 0
+        done["unlocked"] = True
+    if {"password", "role", "active"} & done.keys():
+        done["tokens_revoked"] = revoke_tokens(session, user.id)
+    session.flush()
+    return user, done

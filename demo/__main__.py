@@ -18,11 +18,15 @@ from pathlib import Path
 
 import httpx
 
+httpx_timeout = httpx.Timeout(60.0)
+
 from firmware_simulators.camera import CameraIdentity, record_clip
 from firmware_simulators.dock import Dock
 from firmware_simulators.scene import render_clip
 from storage.embedded import write_private
 from storage.settings import get_settings
+
+from . import lone_worker as demo_lone_worker
 
 STAFF = [
     ("S-1001", "Alex Morgan", "nurse", "Ward 7"),
@@ -78,12 +82,18 @@ def wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> Non
     raise SystemExit("the service did not start in time")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clips", type=int, default=get_settings().demo_clips)
     parser.add_argument("--once", action="store_true", help="stop after the demo instead of serving on")
     args = parser.parse_args()
 
+    # Stop cleanly (children included) on SIGTERM as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     settings = get_settings()
     demo_dir = Path(settings.data_dir) / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
@@ -92,20 +102,23 @@ def main() -> int:
     say("Preparing the database, the embedded object store and the service key ...")
     ensure_admin(password)
 
+    lone_worker = demo_lone_worker.start_broker(demo_dir, say)  # before the service, which consumes from it
     proc = subprocess.Popen([sys.executable, "-m", "ingest.cli", "serve"], start_new_session=True)
+    worker: subprocess.Popen[bytes] | None = None
+    http = httpx.Client(timeout=httpx_timeout)
     try:
         wait_up(url, proc)
-        token = httpx.post(
+        token = http.post(
             f"{url}/api/v1/auth/token", data={"username": "admin", "password": password}
         ).json()
         admin = {"Authorization": f"Bearer {token['access_token']}"}
         for staff_id, name, group, site in STAFF:
-            httpx.post(
+            http.post(
                 f"{url}/api/v1/staff",
                 json={"id": staff_id, "name": name, "group": group, "site": site},
                 headers=admin,
             ).raise_for_status()
-        dock = httpx.post(
+        dock = http.post(
             f"{url}/api/v1/devices/docks",
             json={"id": "DOCK-WARD7", "name": "Ward 7 office", "site": "Ward 7"},
             headers=admin,
@@ -118,13 +131,15 @@ def main() -> int:
             ident = CameraIdentity.load(key_path) if key_path.exists() else CameraIdentity.generate(serial)
             if not key_path.exists():
                 ident.save(key_path)
-            httpx.post(
+            http.post(
                 f"{url}/api/v1/devices/cameras",
                 json={"id": serial, "public_key": ident.public_key_b64(), "staff_id": staff_id},
                 headers=admin,
             ).raise_for_status()
             cameras[serial] = ident
         say(f"Enrolled dock DOCK-WARD7 and cameras {', '.join(cameras)}.")
+        # A redaction worker, as a separate process like on a real deployment (it finds the same store).
+        worker = subprocess.Popen([sys.executable, "-m", "ingest.cli", "worker"], start_new_session=True)
 
         clips_dir = demo_dir / "clips"
         clips_dir.mkdir(exist_ok=True)
@@ -141,6 +156,23 @@ def main() -> int:
                 results.append(result)
                 say(f"  uploaded over tus: evidence {result.evidence_item_id} ({result.evidence_status})")
 
+        if lone_worker is not None:
+            say("Lone-worker devices speak MQTT to the broker; the service verifies, stores and answers ...")
+            demo_lone_worker.run(lone_worker, url, http, admin, settings.resolved_database_url, demo_dir, say)
+
+        say("Waiting for the automatic redaction of each clip (faces blurred, audio kept) ...")
+        for result in results:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                versions = http.get(f"{url}/api/v1/evidence/{result.evidence_item_id}/redactions",
+                                     headers=admin).json()
+                if versions and versions[0]["status"] in ("done", "failed"):
+                    break
+                time.sleep(0.5)
+            if versions:
+                v = versions[0]
+                say(f"  {result.evidence_item_id}: redaction {v['status']}, redacted copy {v['result_item_id']}")
+
         say("")
         say("The evidence service is running.")
         say(f"  API and OpenAPI docs:     {url}/docs")
@@ -153,6 +185,8 @@ def main() -> int:
                 f"{url}/api/v1/evidence/{results[0].evidence_item_id}/custody"
             )
         say("  Verify ledger and objects: .venv/bin/evidence verify")
+        if lone_worker is not None:
+            say(f"  Alarms (and live stream): curl -H 'Authorization: Bearer <token>' {url}/api/v1/alarms[/stream]")
         if args.once:
             return 0
         say("Press Ctrl-C to stop.")
@@ -162,12 +196,18 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        for child in (worker,):
+            if child is not None and child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+                child.wait(30)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        if lone_worker is not None:
+            lone_worker.stop()
 
 
 if __name__ == "__main__":

@@ -310,7 +310,16 @@ class Transition:
 
 
 class AlarmTransitionError(ValueError):
-    """The requested operator action does not apply to the alarm as it now stands."""
+    """The requested operator action does not apply to the alarm as it now stands.
+
+    ``transition`` is the alarm with its deadlines fired up to the action's time (e.g. it escalated
+    on timeout just before the operator pressed "escalate"); storing it is optional, since a later
+    :class:`Tick` reaches the same state.
+    """
+
+    def __init__(self, message: str, transition: Transition | None = None) -> None:
+        super().__init__(message)
+        self.transition = transition
 
 
 # --------------------------------------------------------------------------- rules
@@ -475,6 +484,13 @@ def apply(alarm: Alarm, event: AlarmEvent, policy: AlarmPolicy) -> Transition:
     Device and clock events never raise: on a resolved alarm they change nothing.
     """
     alarm, effects = _advance(alarm, event.at, policy)
+    try:
+        return _handle(alarm, effects, event, policy)
+    except AlarmTransitionError as exc:
+        raise AlarmTransitionError(str(exc), Transition(alarm, tuple(effects))) from None
+
+
+def _handle(alarm: Alarm, effects: list[Effect], event: AlarmEvent, policy: AlarmPolicy) -> Transition:
     at = event.at
     match event:
         case Tick():

@@ -157,6 +157,37 @@ def camera_enrol(serial: str, public_key: str, staff_id: str | None = None, site
     console.print(f"camera {serial} enrolled")
 
 
+@devices.command("lone-worker")
+def lone_worker_enrol(
+    device_id: str,
+    public_key: Annotated[str, typer.Argument(help="base64 of the device's raw Ed25519 public key")],
+    staff_id: Annotated[str | None, typer.Option(help="staff number of the person who carries it")] = None,
+    name: str = "",
+    site: str | None = None,
+) -> None:
+    """Enrol a lone-worker device and print its broker password (shown once; only its hash is kept).
+
+    Then regenerate the broker's files (``evidence broker-access``) and reload the broker.
+    """
+    from devices.service import DeviceRefused
+
+    from .alarms import enrol_lone_worker
+
+    s = _services()
+    try:
+        with s.db.session() as session:
+            enrolled = enrol_lone_worker(
+                session, s, device_id, public_key, "cli", staff_id=staff_id, name=name, site=site
+            )
+    except DeviceRefused as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        s.close()
+    console.print(f"lone-worker device {device_id} enrolled; its MQTT username is {device_id}, password:")
+    out.print(enrolled.mqtt_password)
+
+
 @devices.command("list")
 def device_list(kind: str | None = None) -> None:
     from devices.service import list_devices
@@ -204,20 +235,28 @@ def verify(
                 )
         finally:
             s.close()
+    notes: list[str] = list(getattr(report, "notes", []))
     if as_json:
-        out.print_json(
-            json.dumps(
-                {
-                    "ok": report.ok,
-                    "entries_checked": report.entries_checked,
-                    "problems": [p.__dict__ for p in report.problems],
-                }
-            )
-        )
+        problems = [p.__dict__ for p in report.problems]
+        doc = {
+            "ok": report.ok,
+            "entries_checked": report.entries_checked,
+            "notes": notes,
+            "problems": problems,
+        }
+        out.print_json(json.dumps(doc))
     else:
+        for note in notes:
+            out.print(f"[yellow]NOTE[/yellow] {note}")
         for p in report.problems:
             out.print(f"[red]FAIL[/red] {p}")
-        if report.ok:
+        if report.ok and package is not None:
+            out.print(
+                f"[green]OK[/green] package {package.name}: {getattr(report, 'files_checked', 0)} files, "
+                f"{getattr(report, 'items_checked', 0)} items, {report.entries_checked} custody entries verified; "
+                f"signed by key {getattr(report, 'fingerprint', '?')}"
+            )
+        elif report.ok:
             out.print(
                 f"[green]OK[/green] {report.entries_checked} custody entries and all stored objects verified"
             )
@@ -280,6 +319,99 @@ def _worker_main(once: bool) -> None:
                 pass
         else:
             w.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        s.close()
+
+
+@app.command("broker-access")
+def broker_access(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for mosquitto.conf, passwords and acl")],
+    port: Annotated[int | None, typer.Option(help="Listener port (default EVIDENCE_MQTT_PORT)")] = None,
+    bind: Annotated[str, typer.Option(help="Listener address")] = "127.0.0.1",
+    reload_pid: Annotated[
+        int | None, typer.Option(help="Send this Mosquitto process SIGHUP to re-read the files")
+    ] = None,
+    run_as_user: Annotated[
+        str | None, typer.Option(help="User Mosquitto switches to when started as root (default: mosquitto)")
+    ] = None,
+) -> None:
+    """Regenerate the broker's password and ACL files (and its configuration) from the device registry.
+
+    Each enrolled, active lone-worker device may publish only its own topics and read only its own
+    acks and commands; the service account (EVIDENCE_MQTT_USERNAME/PASSWORD) reads all device
+    topics. Disabled devices are left out, so they can no longer log in once the broker reloads.
+    """
+    import os
+    import signal
+
+    from devices.broker_access import write_broker_files
+
+    from .alarms import broker_accounts, service_account
+
+    settings = get_settings()
+    try:
+        service = service_account(settings)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    from storage.db import Database
+
+    from .migrations_runner import upgrade_database
+
+    upgrade_database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    try:
+        with db.session() as session:
+            devices_ = broker_accounts(session)
+    finally:
+        db.dispose()
+    files = write_broker_files(
+        out_dir,
+        devices=devices_,
+        service=service,
+        port=port or settings.mqtt_port,
+        bind_address=bind,
+        run_as_user=run_as_user,
+    )
+    if reload_pid:
+        os.kill(reload_pid, signal.SIGHUP)
+    console.print(
+        f"wrote {files.config}, {files.password_file} and {files.acl_file} "
+        f"({len(devices_)} devices); reload the broker (SIGHUP) to apply"
+    )
+
+
+@app.command("alarm-worker")
+def alarm_worker(
+    client_id: Annotated[
+        str | None,
+        typer.Option(help="Stable MQTT client id of this instance (default EVIDENCE_MQTT_CLIENT_ID)"),
+    ] = None,
+    escalation: Annotated[bool, typer.Option(help="Also run the escalation loop")] = True,
+) -> None:
+    """Consume lone-worker alarms from the broker (and run escalation) without the HTTP API."""
+    import asyncio
+
+    from .escalation import escalation_loop
+    from .mqtt_consumer import AlarmConsumer
+
+    s = _services()
+    consumer = AlarmConsumer(s, client_id=client_id)
+
+    async def main() -> None:
+        await asyncio.to_thread(consumer.start)
+        try:
+            if escalation:
+                await escalation_loop(s)
+            else:
+                await asyncio.Event().wait()
+        finally:
+            await asyncio.to_thread(consumer.stop)
+
+    try:
+        asyncio.run(main())
     except KeyboardInterrupt:
         pass
     finally:

@@ -1,19 +1,33 @@
-"""Evidence read routes: list, describe, custody trail, and byte-range streaming (every read is recorded)."""
+"""Evidence routes: list, describe, custody trail, byte-range streaming (every read is recorded), retention.
+
+Access follows ``incidents.access``: an item outside the caller's scope answers 404 like a missing one;
+auditors see metadata and custody but never media.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from accounts.service import Principal
 from chain_of_custody.evidence import parse_range, read_item
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
+from incidents.access import (
+    EVIDENCE_DELETERS,
+    EVIDENCE_HOLDERS,
+    EVIDENCE_MEDIA,
+    EVIDENCE_METADATA,
+    evidence_scope,
+    visible_evidence,
+)
+from incidents.retention import RetentionRefused, RetentionRules, delete_by_hand, describe, set_legal_hold
+from storage.objects import StorageError
 
 from .auth import require_roles, services
 from .metrics import EVIDENCE_READS
@@ -21,8 +35,8 @@ from .services import Services
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
 
-METADATA_ROLES = ("admin", "security_manager", "investigator", "auditor")
-MEDIA_ROLES = ("admin", "security_manager", "investigator")
+METADATA_ROLES = EVIDENCE_METADATA
+MEDIA_ROLES = EVIDENCE_MEDIA
 
 
 class EvidenceItemOut(BaseModel):
@@ -72,7 +86,13 @@ def list_items(
     user: Principal = Depends(require_roles(*METADATA_ROLES)),
     s: Services = Depends(services),
 ) -> list[EvidenceItem]:
-    q = select(EvidenceItem).order_by(EvidenceItem.created_at.desc()).limit(limit).offset(offset)
+    q = (
+        select(EvidenceItem)
+        .where(evidence_scope(user))
+        .order_by(EvidenceItem.created_at.desc())
+        .limit(limit)
+        .offset(offset)
+    )
     for col, val in (
         (EvidenceItem.kind, kind),
         (EvidenceItem.status, status),
@@ -85,9 +105,10 @@ def list_items(
         return list(session.scalars(q))
 
 
-def _item(s: Services, item_id: str) -> EvidenceItem:
+def _item(s: Services, item_id: str, user: Principal) -> EvidenceItem:
+    """The item if the caller may see it; 404 both when it is missing and when it is out of scope."""
     with s.db.session() as session:
-        item = session.get(EvidenceItem, item_id)
+        item = visible_evidence(session, user, item_id)
     if item is None:
         raise HTTPException(404, "no such evidence item")
     return item
@@ -97,14 +118,14 @@ def _item(s: Services, item_id: str) -> EvidenceItem:
 def get_item(
     item_id: str, user: Principal = Depends(require_roles(*METADATA_ROLES)), s: Services = Depends(services)
 ) -> EvidenceItem:
-    return _item(s, item_id)
+    return _item(s, item_id, user)
 
 
 @router.get("/evidence/{item_id}/custody", response_model=list[CustodyEntryOut])
 def custody_trail(
     item_id: str, user: Principal = Depends(require_roles(*METADATA_ROLES)), s: Services = Depends(services)
 ) -> list[dict[str, object]]:
-    _item(s, item_id)
+    _item(s, item_id, user)
     with s.db.session() as session:
         return [e.to_json() for e in Ledger.item_entries(session, item_id)]
 
@@ -117,7 +138,7 @@ async def content(
     s: Services = Depends(services),
 ) -> Response:
     """Stream the item's bytes (HTTP Range supported); the read is a custody entry before any byte leaves."""
-    item = _item(s, item_id)
+    item = _item(s, item_id, user)
     if item.status == "deleted":
         raise HTTPException(410, "evidence deleted under its retention class")
     try:
@@ -160,3 +181,100 @@ def public_key(
         "fingerprint_sha256": s.key.fingerprint,
         "key_id": s.key.key_id,
     }
+
+
+class RetentionOut(BaseModel):
+    item_id: str
+    status: str
+    retention_class: str = Field(alias="class")
+    keep_until: datetime | None
+    object_locked_until: datetime | None
+    legal_hold: bool
+    holds: list[int]
+    open_incidents: list[str]
+    closed_incidents: list[str]
+    expired: bool
+
+    model_config = {"populate_by_name": True}
+
+
+class HoldIn(BaseModel):
+    hold: bool
+    reason: str = Field(min_length=3, max_length=2000)
+
+
+def _rules(s: Services) -> RetentionRules:
+    return RetentionRules.from_settings(s.settings)
+
+
+def _unavailable(s: Services, exc: Exception) -> HTTPException:
+    return HTTPException(
+        503,
+        f"evidence storage unavailable: {exc}",
+        headers={"Retry-After": str(s.settings.retry_after_seconds)},
+    )
+
+
+@router.get("/evidence/{item_id}/retention", response_model=RetentionOut, response_model_by_alias=True)
+def retention(
+    item_id: str, user: Principal = Depends(require_roles(*METADATA_ROLES)), s: Services = Depends(services)
+) -> dict[str, object]:
+    """The item's retention class, until when it is kept, its object lock and its legal holds."""
+    item = _item(s, item_id, user)
+    with s.db.session() as session:
+        return describe(session, item, _rules(s), datetime.now(UTC))
+
+
+@router.put("/evidence/{item_id}/legal-hold", response_model=RetentionOut, response_model_by_alias=True)
+def legal_hold(
+    item_id: str,
+    body: HoldIn,
+    user: Principal = Depends(require_roles(*EVIDENCE_HOLDERS)),
+    s: Services = Depends(services),
+) -> dict[str, object]:
+    """Place (``hold: true``) or release every legal hold on this item (and what is derived from it)."""
+    item = _item(s, item_id, user)
+    if item.status == "deleted":
+        raise HTTPException(410, "evidence deleted under its retention class")
+    now = datetime.now(UTC)
+    try:
+        with s.db.session() as session:
+            set_legal_hold(
+                session,
+                s.ledger,
+                s.store,
+                _rules(s),
+                "evidence",
+                item.id,
+                body.hold,
+                body.reason,
+                user.actor,
+                now,
+            )
+            fresh = session.get(EvidenceItem, item.id)
+            assert fresh is not None
+            return describe(session, fresh, _rules(s), now)
+    except RetentionRefused as exc:
+        raise HTTPException(409, {"error": str(exc), "reason": exc.reason}) from None
+    except StorageError as exc:
+        raise _unavailable(s, exc) from None
+
+
+@router.delete("/evidence/{item_id}", status_code=204)
+def delete_item(
+    item_id: str,
+    reason: str = Query(min_length=3, max_length=2000, description="why this item is deleted by hand"),
+    user: Principal = Depends(require_roles(*EVIDENCE_DELETERS)),
+    s: Services = Depends(services),
+) -> Response:
+    """Delete an item by hand (recorded with a tombstone); refused while linked, held or locked by storage."""
+    _item(s, item_id, user)
+    try:
+        with s.db.session() as session:
+            delete_by_hand(session, s.ledger, s.store, item_id, user.actor, reason, datetime.now(UTC))
+    except RetentionRefused as exc:
+        status = 410 if exc.reason == "already_deleted" else 409
+        raise HTTPException(status, {"error": str(exc), "reason": exc.reason}) from None
+    except StorageError as exc:
+        raise _unavailable(s, exc) from None
+    return Response(status_code=204)

@@ -7,10 +7,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import dock_api, evidence_api, people_api
+from accounts import api as accounts_api
+from incidents import api as incidents_api
+from incidents import export_api
+
+from . import alarm_api, dock_api, evidence_api, people_api, redaction_api
+from .auth import require_roles, services
 
 ROUTERS: list[APIRouter] = [
     dock_api.router,
     evidence_api.router,
     people_api.router,
+    alarm_api.router,
+    redaction_api.router,
+    accounts_api.build_router(require_roles, services),
+    incidents_api.build_router(require_roles, services),
+    export_api.build_router(require_roles, services),
 ]

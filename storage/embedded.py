@@ -109,6 +109,7 @@ class EmbeddedSeaweed:
             f"-admin.port={b + 4}",
             f"-s3.port.iceberg={b + 5}",
             f"-metricsPort={b + 6}",
+            f"-s3.port.lance={b + 7}",
             f"-master.port.grpc={b + 10000}",
             f"-volume.port.grpc={b + 10001}",
             f"-filer.port.grpc={b + 10002}",

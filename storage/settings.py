@@ -20,16 +20,22 @@ class Settings(BaseSettings):
     # Where local state lives in the zero-config default (database file, embedded S3 data, keys).
     data_dir: Path = Path("var")
 
-    # Database: SQLite file under data_dir when unset; PostgreSQL in production.
+    # Database URL: a SQLite file under data_dir when unset; postgresql://... in production.
     database_url: str | None = None
 
-    # Object storage. Empty endpoint: start the embedded SeaweedFS S3 gateway on loopback.
+    # S3 endpoint host:port; unset: the service starts an embedded SeaweedFS on loopback.
     s3_endpoint: str | None = None
+    # S3 access key (ignored by the embedded store, which makes its own credentials).
     s3_access_key: str = "evidence"
+    # S3 secret key.
     s3_secret_key: SecretStr = SecretStr("")
+    # Use HTTPS to reach the S3 endpoint.
     s3_secure: bool = False
+    # S3 region name.
     s3_region: str = "us-east-1"
+    # Evidence bucket, created with object lock (COMPLIANCE retention on every version).
     bucket: str = "evidence"
+    # Bucket without lock for the tails of unfinished uploads.
     staging_bucket: str = "evidence-staging"
     # Default COMPLIANCE retention for new evidence objects (unlinked footage class).
     retention_days: int = 31
@@ -37,7 +43,9 @@ class Settings(BaseSettings):
     incident_evidence_retention_days: int = 2192
     # How often the retention sweeper deletes expired evidence and renews object locks.
     retention_sweep_seconds: int = 3600
+    # First of the loopback ports the embedded SeaweedFS uses (base..base+7 and base+10000..base+10004).
     embedded_s3_base_port: int = 18300
+    # Memory bound of the embedded SeaweedFS (GOMEMLIMIT).
     embedded_s3_memory_limit: str = "768MiB"
     # Below this many free bytes in the embedded store's disk, uploads answer 507.
     min_free_bytes: int = 512 * 1024 * 1024
@@ -45,62 +53,102 @@ class Settings(BaseSettings):
     # Service signing key for the custody ledger (Ed25519, PEM, mode 0600). Never in the database.
     service_key_path: Path | None = None
 
-    # Dock uploads.
+    # Largest clip a dock may upload (413 above it).
     max_clip_bytes: int = 64 * 1024**3
+    # Size of the S3 multipart parts a clip is streamed in (memory per upload is about twice this).
     upload_part_bytes: int = 8 * 1024**2
+    # An unfinished upload is abandoned after this long.
     upload_expiry_hours: int = 72
+    # Dock PATCH requests streaming at once per process; beyond this the answer is 503 + Retry-After.
     max_concurrent_patches: int = 64
+    # Retry-After sent with 503 answers (507 answers send twelve times this).
     retry_after_seconds: int = 5
+    # Largest Upload-Metadata header accepted (431 above it).
     max_metadata_bytes: int = 4096
     # How long a dock request holds an upload before another request may take it over.
     upload_lease_seconds: int = 15
 
-    # HTTP.
+    # Address the HTTP API binds to.
     http_host: str = "127.0.0.1"
+    # Port of the HTTP API.
     http_port: int = 8000
+    # Lifetime of a user's bearer token.
     token_ttl_minutes: int = 480
+    # Failed logins in a row that lock an account.
     login_max_failures: int = 5
+    # How long a locked account stays locked.
     login_lockout_minutes: int = 15
 
-    # MQTT broker for lone-worker devices.
+    # MQTT broker the lone-worker devices connect to.
     mqtt_host: str = "127.0.0.1"
+    # Port of the MQTT broker.
     mqtt_port: int = 1883
+    # The service's broker login (the alarm consumer runs only when this is set).
     mqtt_username: str | None = None
+    # The service's broker password.
     mqtt_password: SecretStr | None = None
+    # Client id of this instance's persistent MQTT session (unique per instance).
     mqtt_client_id: str = "evidence-service"
+    # Shared-subscription group that splits the alarm stream between instances.
     mqtt_share_group: str = "evidence"
+    # Start a broker inside the service when none is reachable (zero-config demo).
     mqtt_embedded: bool = False
+    # A device message sent further than this ahead of the server clock is rejected.
     max_clock_skew_seconds: int = 300
+    # Largest device MQTT payload accepted.
     max_payload_bytes: int = 16 * 1024
+    # An alarm nobody acknowledges in this time is escalated.
     alarm_ack_timeout_seconds: int = 30
     # A visit whose end check-in is this late raises missed_checkin.
     missed_checkin_grace_seconds: int = 300
     # A device silent this long during a visit or an open alarm raises device_offline.
     device_offline_after_seconds: int = 180
+    # Battery level below which a low_battery alarm is raised.
     low_battery_percent: int = 15
+    # URL that receives a JSON POST for every escalation (unset: no webhook).
     escalation_webhook_url: str | None = None
+    # Run the MQTT alarm consumer in this process (needs mqtt_host and mqtt_username); the escalation
+    # loop runs wherever MQTT is configured, whether or not this process consumes.
+    mqtt_consumer_enabled: bool = True
+    # How long the broker keeps the service's session (and queues alarms for it) while it is away.
+    mqtt_session_expiry_seconds: int = 14 * 24 * 3600
+    # Threads verifying and storing device messages in one consumer.
+    mqtt_workers: int = 4
+    # How often the escalation loop looks for deadlines, overdue check-ins and silent devices.
+    escalation_poll_seconds: float = 0.5
+    # Largest amber voice memo a device may upload.
+    max_voice_memo_bytes: int = 8 * 1024 * 1024
+    # A red alarm joins the wearer's incident opened within this many minutes, else opens one.
     incident_join_minutes: int = 30
 
-    # Incident statistics: counts below this are suppressed; the rest are rounded to this multiple.
+    # Incident statistics: counts below this are shown as "<N".
     statistics_min_count: int = 5
+    # Incident statistics: other counts are rounded to this multiple.
     statistics_rounding: int = 5
     # Months in statistics are calendar months in this time zone.
     report_timezone: str = "Europe/London"
 
-    # Redaction.
+    # Queue an automatic redaction for every stored clip.
     redaction_enabled: bool = True
+    # Width frames are scaled to for face detection.
     redaction_detect_width: int = 640
-    redaction_threshold: float = 0.35
-    redaction_stride: int = 2
+    # Face detector confidence threshold.
+    redaction_threshold: float = 0.2
+    # Run the whole-frame detector on every Nth frame; faces are tracked and re-checked in between.
+    redaction_stride: int = 6
+    # A worker renews its claim on a job this often; a dead worker's job is taken over after it.
     worker_lease_seconds: int = 120
+    # Attempts before a redaction job is marked failed.
     worker_max_attempts: int = 3
 
-    # Logging.
+    # Log level.
     log_level: str = "INFO"
+    # Log as JSON lines instead of text.
     log_json: bool = False
 
-    # Demo.
+    # Clips the demo records and uploads.
     demo_clips: int = Field(default=3, ge=0)
+    # The demo's admin password (unset: one is generated and kept under data_dir).
     admin_password: SecretStr | None = None
 
     @property

@@ -35,10 +35,10 @@ def free_port() -> int:
 
 
 def free_base_port() -> int:
-    """A base port whose SeaweedFS neighbours (+0..+6 and +10000..+10004) are all free."""
+    """A base port whose SeaweedFS neighbours (+0..+7 and +10000..+10004) are all free."""
     for _ in range(200):
         base = random.randrange(20000, 30000)
-        if all(_free(base + i) for i in range(7)) and all(_free(base + 10000 + i) for i in range(5)):
+        if all(_free(base + i) for i in range(8)) and all(_free(base + 10000 + i) for i in range(5)):
             return base
     raise RuntimeError("no free port range for SeaweedFS")
 
@@ -145,6 +145,17 @@ def make_settings(
     )
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process (``evidence serve``, ``evidence worker``) these settings."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"EVIDENCE_{name.upper()}"] = (
+                value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+            )
+    return env
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from firmware_simulators.dock import Dock
 from firmware_simulators.tus import RetryPolicy, UploadRefused
 from storage.embedded import EmbeddedSeaweed
 from tests.clipkit import clip_metadata, sha256
-from tests.conftest import free_base_port, free_port, make_settings, start_server, wait_for
+from tests.conftest import free_base_port, free_port, make_settings, settings_env, start_server, wait_for
 from tests.media import make_test_clip
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -283,12 +283,7 @@ def test_service_killed_mid_upload_resumes_after_restart(tmp_path: Path, seaweed
     s = build_services(settings)
     with s.db.session() as session:
         create_user(session, "admin", "correct horse battery staple", "admin")
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"EVIDENCE_{name.upper()}"] = (
-                value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-            )
+    env = settings_env(settings)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _serve(env, port, tmp_path / "serve.log")

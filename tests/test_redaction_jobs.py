@@ -26,8 +26,7 @@ from redaction import jobs
 from redaction.models import RedactionJob
 from redaction.worker import RedactionWorker
 from storage.db import Database
-from tests.conftest import wait_for
-from tests.test_verify_cli import _env
+from tests.conftest import settings_env, wait_for
 
 START = datetime(2026, 11, 22, 11, 0, tzinfo=UTC)
 
@@ -177,7 +176,7 @@ def test_killed_worker_leaves_its_job_to_another(sqlite_services, tmp_path: Path
     item = _clip_item(s, path)
     with s.db.session() as session:
         job_id = jobs.enqueue(session, item.id, "test").id
-    env = _env(s.settings)
+    env = settings_env(s.settings)
     env["EVIDENCE_WORKER_LEASE_SECONDS"] = "2"
     proc = subprocess.Popen(
         [sys.executable, "-m", "ingest.cli", "worker", "--once"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,23 +10,14 @@ from pathlib import Path
 from sqlalchemy import update
 
 from chain_of_custody.models import EvidenceItem
+from tests.conftest import settings_env
 from tests.test_custody_tamper import _store_item
-
-
-def _env(settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"EVIDENCE_{name.upper()}"] = (
-                value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-            )
-    return env
 
 
 def _verify(settings) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
     r = subprocess.run(
         [sys.executable, "-m", "ingest.cli", "verify", "--json"],
-        env=_env(settings),
+        env=settings_env(settings),
         capture_output=True,
         text=True,
         cwd=Path(__file__).parents[1],

@@ -1,0 +1,134 @@
+"""Who may see which incidents and which evidence: the rules as SQL clauses and yes/no checks.
+
+Roles are checked first (a role that may never do something gets 403). Within a role, scope
+decides: an incident or evidence item outside the caller's scope is reported as missing (404),
+so that nobody learns that it exists.
+
+- admin: everything.
+- security_manager: incidents of their site; evidence linked to those, and footage of their site
+  (worn by their site's staff or captured by their site's devices) so they can find and link it.
+- investigator: incidents assigned to them, and the evidence linked to those.
+- auditor: every evidence item's metadata and custody trail, never media, never incident records.
+- operator: alarms only (the control room); no incidents, no evidence.
+
+Items derived from an item (a redacted copy, a redaction record) are visible to whoever sees the
+original.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sqlalchemy import ColumnElement, false, or_, select, true
+from sqlalchemy.orm import Session, aliased
+
+from chain_of_custody.models import EvidenceItem
+from devices.models import Device, StaffMember
+
+from .models import Incident, IncidentAssignment, IncidentLink
+
+INCIDENT_READERS = ("admin", "security_manager", "investigator")
+INCIDENT_WRITERS = ("admin", "security_manager", "investigator")
+INCIDENT_MANAGERS = ("admin", "security_manager")  # assign investigators, legal holds
+EVIDENCE_METADATA = ("admin", "security_manager", "investigator", "auditor")
+EVIDENCE_MEDIA = ("admin", "security_manager", "investigator")
+EVIDENCE_HOLDERS = ("admin", "security_manager")
+EVIDENCE_DELETERS = ("admin",)
+STATISTICS_READERS = ("admin", "security_manager", "auditor")
+USER_ADMINS = ("admin",)
+DERIVATION_DEPTH = 3  # original -> redacted copy -> redaction record, and one more
+
+
+class Viewer(Protocol):
+    """The caller as the rules need it (an ``accounts`` principal satisfies this)."""
+
+    @property
+    def user_id(self) -> int: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def site(self) -> str | None: ...
+
+    @property
+    def actor(self) -> str: ...
+
+
+def incident_scope(viewer: Viewer) -> ColumnElement[bool]:
+    """A WHERE clause on ``Incident`` selecting the incidents the viewer may see."""
+    if viewer.role == "admin":
+        return true()
+    if viewer.role == "security_manager":
+        return Incident.site == viewer.site if viewer.site else false()
+    if viewer.role == "investigator":
+        return Incident.id.in_(
+            select(IncidentAssignment.incident_id).where(
+                IncidentAssignment.user_id == viewer.user_id, IncidentAssignment.unassigned_at.is_(None)
+            )
+        )
+    return false()
+
+
+def visible_incident(
+    session: Session, viewer: Viewer, key: str, *, for_update: bool = False
+) -> Incident | None:
+    """The incident by id or reference if the viewer may see it; None both when missing and when hidden."""
+    if key.upper().startswith("INC-"):
+        q = select(Incident).where(Incident.reference == key.upper())
+    else:
+        q = select(Incident).where(Incident.id == key)
+    q = q.where(incident_scope(viewer))
+    if for_update:
+        q = q.with_for_update()
+    return session.scalar(q)
+
+
+def _own_evidence_scope(viewer: Viewer, item: type[EvidenceItem]) -> ColumnElement[bool]:
+    linked = select(IncidentLink.target_id).where(
+        IncidentLink.target_kind == "evidence",
+        IncidentLink.unlinked_at.is_(None),
+        IncidentLink.incident_id.in_(select(Incident.id).where(incident_scope(viewer))),
+    )
+    clause: ColumnElement[bool] = item.id.in_(linked)
+    if viewer.role == "security_manager" and viewer.site:
+        clause = or_(
+            clause,
+            item.wearer.in_(select(StaffMember.id).where(StaffMember.site == viewer.site)),
+            item.source_device_id.in_(select(Device.id).where(Device.site == viewer.site)),
+        )
+    return clause
+
+
+def _scope_with_ancestors(viewer: Viewer, item: type[EvidenceItem], depth: int) -> ColumnElement[bool]:
+    clause = _own_evidence_scope(viewer, item)
+    if depth == 0:
+        return clause
+    parent = aliased(EvidenceItem)
+    return or_(
+        clause,
+        item.derived_from_id.in_(
+            select(parent.id).where(_scope_with_ancestors(viewer, parent, depth - 1))  # type: ignore[arg-type]
+        ),
+    )
+
+
+def evidence_scope(viewer: Viewer) -> ColumnElement[bool]:
+    """A WHERE clause on ``EvidenceItem`` selecting the items the viewer may see (metadata)."""
+    if viewer.role in ("admin", "auditor"):
+        return true()
+    if viewer.role not in ("security_manager", "investigator"):
+        return false()
+    return _scope_with_ancestors(viewer, EvidenceItem, DERIVATION_DEPTH)
+
+
+def can_see_evidence(session: Session, viewer: Viewer, item_id: str) -> bool:
+    return (
+        session.scalar(select(EvidenceItem.id).where(EvidenceItem.id == item_id, evidence_scope(viewer)))
+        is not None
+    )
+
+
+def visible_evidence(session: Session, viewer: Viewer, item_id: str) -> EvidenceItem | None:
+    """The item if the viewer may see it; None both when missing and when hidden."""
+    return session.scalar(select(EvidenceItem).where(EvidenceItem.id == item_id, evidence_scope(viewer)))

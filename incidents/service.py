@@ -1,0 +1,856 @@
+"""Incident records: reference numbers, changes, investigators, links to evidence and alarms, the timeline.
+
+Every link or unlink of an evidence item is a custody entry (``linked``/``unlinked``) on that item, in
+the same transaction, and brings the item's retention class and object lock up to date when a store
+is given. Functions that decide "is there already an incident/clip for this?" take the ledger lock
+first, so that an alarm and a clip arriving at the same moment on different processes still meet:
+whichever commits second sees the first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from accounts.models import User
+from chain_of_custody.ledger import Ledger
+from chain_of_custody.models import EvidenceItem
+from devices.models import StaffMember
+from storage.objects import ObjectStore, StorageError
+
+from .access import Viewer, incident_scope
+from .models import (
+    CATEGORIES,
+    INVOLVEMENTS,
+    LINK_KINDS,
+    STATUSES,
+    Incident,
+    IncidentAssignment,
+    IncidentCounter,
+    IncidentEvent,
+    IncidentLink,
+    IncidentStaff,
+    LegalHold,
+)
+from .retention import RetentionRules, apply_to_family, lock_ledger
+
+log = logging.getLogger(__name__)
+
+AUTO_LINKER = "service:auto-link"
+
+
+class IncidentRefused(Exception):
+    """A refusal with a machine reason and the HTTP status it maps to."""
+
+    def __init__(self, reason: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Retention:
+    """What linking needs to bring object locks up to date at once (else the sweeper does it later)."""
+
+    store: ObjectStore
+    rules: RetentionRules
+
+
+def _now(now: datetime | None) -> datetime:
+    return now or datetime.now(UTC)
+
+
+def _apply_retention(
+    session: Session,
+    ledger: Ledger,
+    retention: Retention | None,
+    item_id: str,
+    now: datetime,
+    actor: str,
+    cause: str,
+) -> None:
+    """Bring the item's object lock up to date now; if storage is unreachable the sweeper does it later.
+
+    A link must never fail (or make a clip's intake fail) because storage hiccuped: the link itself
+    already protects the item from the sweeper, and the storage lock is only ever extended.
+    """
+    if retention is None:
+        return
+    try:
+        apply_to_family(session, ledger, retention.store, item_id, retention.rules, now, actor, cause)
+    except StorageError as exc:
+        log.warning("object lock update deferred to the sweeper", extra={"item": item_id, "error": str(exc)})
+
+
+def format_reference(year: int, number: int) -> str:
+    return f"INC-{year}-{number:06d}"
+
+
+def next_reference(session: Session, year: int) -> tuple[int, str]:
+    """The next number of the year: the counter row's lock serialises creators, and a rollback returns the number.
+
+    The first incident of a year inserts the counter row with ON CONFLICT DO NOTHING, so two creators
+    racing on New Year's Day do not fail; the UPDATE then takes the row lock until commit.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(insert(IncidentCounter).values(year=year, last=0).on_conflict_do_nothing())
+    number = session.execute(
+        update(IncidentCounter)
+        .where(IncidentCounter.year == year)
+        .values(last=IncidentCounter.last + 1)
+        .returning(IncidentCounter.last)
+    ).scalar_one()
+    return number, format_reference(year, number)
+
+
+def _event(
+    session: Session, incident: Incident, actor: str, what: str, when: datetime, /, **details: Any
+) -> None:
+    session.add(
+        IncidentEvent(
+            incident_id=incident.id, at=when, actor=actor, kind=what, details=json.dumps(details, default=str)
+        )
+    )
+
+
+# -- creating and changing incidents -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IncidentDraft:
+    category: str
+    occurred_at: datetime
+    site: str
+    title: str = ""
+    description: str = ""
+    ward: str | None = None
+    address: str | None = None
+    staff: tuple[tuple[str, str], ...] = ()  # (staff number, involvement)
+    wearer: str | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+
+
+def _check_window(start: datetime | None, end: datetime | None) -> None:
+    if (start is None) != (end is None):
+        raise IncidentRefused("bad_window", "window_start and window_end go together")
+    if start is not None and end is not None and end < start:
+        raise IncidentRefused("bad_window", "window_end is before window_start")
+
+
+def _set_staff(session: Session, incident: Incident, staff: Sequence[tuple[str, str]]) -> None:
+    seen: set[str] = set()
+    rows: list[IncidentStaff] = []
+    for staff_id, involvement in staff:
+        if involvement not in INVOLVEMENTS:
+            raise IncidentRefused("bad_involvement", f"involvement is one of {', '.join(INVOLVEMENTS)}")
+        if session.get(StaffMember, staff_id) is None:
+            raise IncidentRefused("unknown_staff", f"no member of staff {staff_id}")
+        if staff_id not in seen:
+            seen.add(staff_id)
+            rows.append(IncidentStaff(incident_id=incident.id, staff_id=staff_id, involvement=involvement))
+    for old in session.scalars(select(IncidentStaff).where(IncidentStaff.incident_id == incident.id)):
+        session.delete(old)
+    session.flush()
+    session.add_all(rows)
+
+
+def create_incident(
+    session: Session,
+    draft: IncidentDraft,
+    actor: str,
+    *,
+    now: datetime | None = None,
+    assign_user_id: int | None = None,
+) -> Incident:
+    now = _now(now)
+    if draft.category not in CATEGORIES:
+        raise IncidentRefused("bad_category", f"category is one of {', '.join(CATEGORIES)}")
+    if not draft.site:
+        raise IncidentRefused("no_site", "an incident needs a site")
+    _check_window(draft.window_start, draft.window_end)
+    number, reference = next_reference(session, now.year)
+    incident = Incident(
+        reference=reference,
+        year=now.year,
+        number=number,
+        category=draft.category,
+        status="open",
+        title=draft.title,
+        description=draft.description,
+        occurred_at=draft.occurred_at,
+        site=draft.site,
+        ward=draft.ward,
+        address=draft.address,
+        wearer=draft.wearer,
+        window_start=draft.window_start,
+        window_end=draft.window_end,
+        opened_by=actor,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(incident)
+    session.flush()
+    _set_staff(session, incident, draft.staff)
+    _event(session, incident, actor, "created", now, reference=reference, category=draft.category)
+    if assign_user_id is not None:
+        assign_investigator(session, incident, assign_user_id, actor, now=now)
+    session.flush()
+    return incident
+
+
+EDITABLE = (
+    "category",
+    "title",
+    "description",
+    "occurred_at",
+    "site",
+    "ward",
+    "address",
+    "status",
+    "outcome",
+    "wearer",
+    "window_start",
+    "window_end",
+)
+
+
+def update_incident(
+    session: Session,
+    ledger: Ledger,
+    incident: Incident,
+    changes: dict[str, Any],
+    actor: str,
+    *,
+    staff: Sequence[tuple[str, str]] | None = None,
+    retention: Retention | None = None,
+    now: datetime | None = None,
+) -> Incident:
+    """Apply field changes; closing needs an outcome; closing or reopening re-applies evidence retention."""
+    now = _now(now)
+    unknown = set(changes) - set(EDITABLE)
+    if unknown:
+        raise IncidentRefused("not_editable", f"cannot change {', '.join(sorted(unknown))}")
+    if "category" in changes and changes["category"] not in CATEGORIES:
+        raise IncidentRefused("bad_category", f"category is one of {', '.join(CATEGORIES)}")
+    if "status" in changes and changes["status"] not in STATUSES:
+        raise IncidentRefused("bad_status", f"status is one of {', '.join(STATUSES)}")
+    if "site" in changes and not changes["site"]:
+        raise IncidentRefused("no_site", "an incident needs a site")
+    lock_ledger(session)
+    session.flush()
+    session.refresh(incident)  # re-read under the lock: another writer may have changed it meanwhile
+    new_status = changes.get("status", incident.status)
+    outcome = changes.get("outcome", incident.outcome)
+    if new_status == "closed" and not (outcome or "").strip():
+        raise IncidentRefused("outcome_required", "closing an incident needs its outcome")
+    _check_window(
+        changes.get("window_start", incident.window_start), changes.get("window_end", incident.window_end)
+    )
+    changed: dict[str, Any] = {}
+    for name, value in changes.items():
+        old = getattr(incident, name)
+        if old != value:
+            setattr(incident, name, value)
+            changed[name] = value if name not in ("description",) else "(changed)"
+    if staff is not None:
+        _set_staff(session, incident, staff)
+        changed["staff"] = [s for s, _ in staff]
+    status_changed = "status" in changed
+    if status_changed:
+        incident.closed_at = now if new_status == "closed" else None
+    if not changed:
+        return incident
+    incident.updated_at = now
+    _event(session, incident, actor, "status_changed" if status_changed else "updated", now, changes=changed)
+    session.flush()
+    if status_changed and retention is not None:
+        cause = f"{incident.reference} {'closed' if new_status == 'closed' else 'reopened as ' + new_status}"
+        for item_id in _linked_item_ids(session, incident.id):
+            _apply_retention(session, ledger, retention, item_id, now, actor, cause)
+    if {"wearer", "window_start", "window_end"} & changed.keys():
+        link_overlapping_clips(session, ledger, incident, actor, retention=retention, now=now)
+    return incident
+
+
+def assign_investigator(
+    session: Session, incident: Incident, user_id: int, actor: str, *, now: datetime | None = None
+) -> IncidentAssignment:
+    now = _now(now)
+    user = session.get(User, user_id)
+    if user is None or not user.active:
+        raise IncidentRefused("unknown_user", f"no active user {user_id}", 404)
+    if user.role != "investigator":
+        raise IncidentRefused("not_investigator", f"{user.username} is not an investigator")
+    existing = session.scalar(
+        select(IncidentAssignment).where(
+            IncidentAssignment.incident_id == incident.id,
+            IncidentAssignment.user_id == user_id,
+            IncidentAssignment.unassigned_at.is_(None),
+        )
+    )
+    if existing is not None:
+        return existing
+    row = IncidentAssignment(incident_id=incident.id, user_id=user_id, assigned_by=actor, assigned_at=now)
+    session.add(row)
+    _event(session, incident, actor, "assigned", now, investigator=user.username)
+    session.flush()
+    return row
+
+
+def unassign_investigator(
+    session: Session, incident: Incident, user_id: int, actor: str, *, now: datetime | None = None
+) -> None:
+    now = _now(now)
+    row = session.scalar(
+        select(IncidentAssignment).where(
+            IncidentAssignment.incident_id == incident.id,
+            IncidentAssignment.user_id == user_id,
+            IncidentAssignment.unassigned_at.is_(None),
+        )
+    )
+    if row is None:
+        raise IncidentRefused("not_assigned", "that investigator is not assigned", 404)
+    row.unassigned_at, row.unassigned_by = now, actor
+    user = session.get(User, user_id)
+    _event(session, incident, actor, "unassigned", now, investigator=user.username if user else user_id)
+
+
+# -- links -------------------------------------------------------------------------------------
+
+
+def _active_link(session: Session, incident_id: str, kind: str, target_id: str) -> IncidentLink | None:
+    return session.scalar(
+        select(IncidentLink).where(
+            IncidentLink.incident_id == incident_id,
+            IncidentLink.target_kind == kind,
+            IncidentLink.target_id == target_id,
+            IncidentLink.unlinked_at.is_(None),
+        )
+    )
+
+
+def _linked_item_ids(session: Session, incident_id: str) -> list[str]:
+    return list(
+        session.scalars(
+            select(IncidentLink.target_id).where(
+                IncidentLink.incident_id == incident_id,
+                IncidentLink.target_kind == "evidence",
+                IncidentLink.unlinked_at.is_(None),
+            )
+        )
+    )
+
+
+def link_target(
+    session: Session,
+    ledger: Ledger,
+    incident_id: str,
+    kind: str,
+    target_id: str,
+    actor: str,
+    reason: str,
+    *,
+    retention: Retention | None = None,
+    now: datetime | None = None,
+) -> tuple[IncidentLink, bool]:
+    """Link an evidence item or an alarm; returns the link and whether it is new (linking twice is harmless)."""
+    now = _now(now)
+    if kind not in LINK_KINDS:
+        raise IncidentRefused("bad_kind", f"link kind is one of {', '.join(LINK_KINDS)}")
+    if not reason.strip():
+        raise IncidentRefused("reason_required", "a link needs a reason")
+    lock_ledger(session)
+    incident = session.get(Incident, incident_id)
+    if incident is None:
+        raise IncidentRefused("unknown_incident", "no such incident", 404)
+    item: EvidenceItem | None = None
+    if kind == "evidence":
+        item = session.get(EvidenceItem, target_id, with_for_update=True)
+        if item is None:
+            raise IncidentRefused("unknown_evidence", "no such evidence item", 404)
+        if item.status == "deleted":
+            raise IncidentRefused("deleted", "evidence item was deleted under its retention class", 409)
+    existing = _active_link(session, incident_id, kind, target_id)
+    if existing is not None:
+        return existing, False
+    link = IncidentLink(
+        incident_id=incident_id,
+        target_kind=kind,
+        target_id=target_id,
+        linked_by=actor,
+        reason=reason,
+        linked_at=now,
+    )
+    session.add(link)
+    session.flush()
+    _event(session, incident, actor, "linked", now, kind=kind, target=target_id, reason=reason)
+    if item is not None:
+        ledger.append(
+            session,
+            "linked",
+            actor,
+            item_id=item.id,
+            details={
+                "incident": incident.reference,
+                "incident_id": incident.id,
+                "link": link.id,
+                "reason": reason,
+            },
+        )
+        _apply_retention(session, ledger, retention, item.id, now, actor, f"linked to {incident.reference}")
+    return link, True
+
+
+def unlink_target(
+    session: Session,
+    ledger: Ledger,
+    incident_id: str,
+    kind: str,
+    target_id: str,
+    actor: str,
+    reason: str,
+    *,
+    retention: Retention | None = None,
+    now: datetime | None = None,
+) -> IncidentLink:
+    now = _now(now)
+    if not reason.strip():
+        raise IncidentRefused("reason_required", "an unlink needs a reason")
+    lock_ledger(session)
+    incident = session.get(Incident, incident_id)
+    if incident is None:
+        raise IncidentRefused("unknown_incident", "no such incident", 404)
+    link = _active_link(session, incident_id, kind, target_id)
+    if link is None:
+        raise IncidentRefused("not_linked", "that is not linked to this incident", 404)
+    link.unlinked_at, link.unlinked_by, link.unlink_reason = now, actor, reason
+    _event(session, incident, actor, "unlinked", now, kind=kind, target=target_id, reason=reason)
+    session.flush()
+    if kind == "evidence":
+        item = session.get(EvidenceItem, target_id, with_for_update=True)
+        if item is not None:
+            ledger.append(
+                session,
+                "unlinked",
+                actor,
+                item_id=item.id,
+                details={
+                    "incident": incident.reference,
+                    "incident_id": incident.id,
+                    "link": link.id,
+                    "reason": reason,
+                },
+            )
+            if item.status != "deleted":
+                _apply_retention(
+                    session, ledger, retention, item.id, now, actor, f"unlinked from {incident.reference}"
+                )
+    return link
+
+
+def link_evidence(
+    session: Session,
+    ledger: Ledger,
+    incident_id: str,
+    item_id: str,
+    actor: str,
+    reason: str,
+    *,
+    retention: Retention | None = None,
+    now: datetime | None = None,
+) -> IncidentLink:
+    """Link an evidence item to an incident (idempotent), with a ``linked`` custody entry on the item."""
+    return link_target(
+        session, ledger, incident_id, "evidence", item_id, actor, reason, retention=retention, now=now
+    )[0]
+
+
+def unlink_evidence(
+    session: Session,
+    ledger: Ledger,
+    incident_id: str,
+    item_id: str,
+    actor: str,
+    reason: str,
+    *,
+    retention: Retention | None = None,
+    now: datetime | None = None,
+) -> IncidentLink:
+    return unlink_target(
+        session, ledger, incident_id, "evidence", item_id, actor, reason, retention=retention, now=now
+    )
+
+
+def link_alarm(
+    session: Session,
+    ledger: Ledger,
+    incident_id: str,
+    alarm_id: str,
+    actor: str,
+    reason: str,
+    *,
+    now: datetime | None = None,
+) -> IncidentLink:
+    """Link an alarm (by its id) to an incident (idempotent); alarms keep their own custody."""
+    return link_target(session, ledger, incident_id, "alarm", alarm_id, actor, reason, now=now)[0]
+
+
+# -- automatic links between alarms and clips of the same wearer ---------------------------------
+
+
+def link_overlapping_clips(
+    session: Session,
+    ledger: Ledger,
+    incident: Incident,
+    actor: str,
+    *,
+    retention: Retention | None = None,
+    now: datetime | None = None,
+) -> list[IncidentLink]:
+    """Link every stored clip of the incident's wearer recorded during its window (the alarm side calls this)."""
+    if incident.wearer is None or incident.window_start is None or incident.window_end is None:
+        return []
+    lock_ledger(session)
+    clips = session.scalars(
+        select(EvidenceItem.id)
+        .where(
+            EvidenceItem.kind == "clip",
+            EvidenceItem.wearer == incident.wearer,
+            EvidenceItem.status != "deleted",
+            EvidenceItem.captured_start.is_not(None),
+            EvidenceItem.captured_start <= incident.window_end,
+            or_(
+                EvidenceItem.captured_stop >= incident.window_start,
+                EvidenceItem.captured_stop.is_(None) & (EvidenceItem.captured_start >= incident.window_start),
+            ),
+        )
+        .order_by(EvidenceItem.captured_start)
+    )
+    reason = f"recorded by {incident.wearer} during the alarm window of {incident.reference}"
+    out: list[IncidentLink] = []
+    for item_id in list(clips):
+        link, new = link_target(
+            session, ledger, incident.id, "evidence", item_id, actor, reason, retention=retention, now=now
+        )
+        if new:
+            out.append(link)
+    return out
+
+
+def auto_link_clip(
+    session: Session,
+    ledger: Ledger,
+    item: EvidenceItem,
+    *,
+    retention: Retention | None = None,
+    now: datetime | None = None,
+) -> list[IncidentLink]:
+    """Link a newly stored clip to every incident of its wearer whose window overlaps its recording."""
+    if item.kind != "clip" or item.wearer is None or item.captured_start is None:
+        return []
+    lock_ledger(session)
+    stop = item.captured_stop or item.captured_start
+    incidents = list(
+        session.scalars(
+            select(Incident).where(
+                Incident.wearer == item.wearer,
+                Incident.window_start <= stop,
+                Incident.window_end >= item.captured_start,
+            )
+        )
+    )
+    out: list[IncidentLink] = []
+    for incident in incidents:
+        reason = f"recorded by {item.wearer} during the alarm window of {incident.reference}"
+        link, new = link_target(
+            session,
+            ledger,
+            incident.id,
+            "evidence",
+            item.id,
+            AUTO_LINKER,
+            reason,
+            retention=retention,
+            now=now,
+        )
+        if new:
+            out.append(link)
+    return out
+
+
+def make_clip_hook(ledger: Ledger, retention: Retention | None) -> Callable[[Session, EvidenceItem], None]:
+    """The clip hook ``ingest.hooks`` registers: runs inside the transaction that records the clip."""
+
+    def hook(session: Session, item: EvidenceItem) -> None:
+        auto_link_clip(session, ledger, item, retention=retention)
+
+    return hook
+
+
+def open_or_join_incident_for_wearer(
+    session: Session,
+    ledger: Ledger,
+    wearer: str,
+    at: datetime,
+    category: str,
+    site: str | None,
+    actor: str,
+    join_window: timedelta,
+    *,
+    before: timedelta | None = None,
+    after: timedelta | None = None,
+    retention: Retention | None = None,
+    now: datetime | None = None,
+) -> tuple[Incident, bool]:
+    """Join the wearer's open incident that occurred within ``join_window`` of ``at``, or open a new one.
+
+    The incident's footage window becomes ``[at - before, at + after]`` (both default to ``join_window``),
+    widened on each join; clips of the wearer already stored in the window are linked at once, and clips
+    arriving later are linked by the clip hook. Returns the incident and whether it was opened now.
+    """
+    now = _now(now)
+    before = join_window if before is None else before
+    after = join_window if after is None else after
+    lock_ledger(session)
+    incident = session.scalar(
+        select(Incident)
+        .where(
+            Incident.wearer == wearer,
+            Incident.status != "closed",
+            Incident.occurred_at >= at - join_window,
+            Incident.occurred_at <= at + join_window,
+        )
+        .order_by(Incident.occurred_at.desc())
+        .limit(1)
+    )
+    opened = incident is None
+    if incident is None:
+        member = session.get(StaffMember, wearer)
+        incident = create_incident(
+            session,
+            IncidentDraft(
+                category=category,
+                occurred_at=at,
+                site=site or (member.site if member and member.site else "unknown"),
+                title=f"{category.replace('_', ' ').capitalize()}: {wearer}",
+                staff=((wearer, "wearer"),) if member else (),
+                wearer=wearer,
+                window_start=at - before,
+                window_end=at + after,
+            ),
+            actor,
+            now=now,
+        )
+    else:
+        incident.window_start = min(incident.window_start or at - before, at - before)
+        incident.window_end = max(incident.window_end or at + after, at + after)
+        incident.updated_at = now
+        _event(session, incident, actor, "joined", now, at=at.isoformat(), category=category)
+        session.flush()
+    link_overlapping_clips(session, ledger, incident, actor, retention=retention, now=now)
+    return incident, opened
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+@dataclass
+class IncidentFilter:
+    status: list[str] = field(default_factory=list)
+    category: list[str] = field(default_factory=list)
+    site: str | None = None
+    text: str | None = None
+    occurred_from: datetime | None = None
+    occurred_to: datetime | None = None
+    assigned_to: int | None = None
+    wearer: str | None = None
+    staff_id: str | None = None
+    evidence_id: str | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+def search_incidents(session: Session, viewer: Viewer, f: IncidentFilter) -> list[Incident]:
+    """Incidents the viewer may see that match every given filter, newest first."""
+    q = select(Incident).where(incident_scope(viewer))
+    if f.status:
+        q = q.where(Incident.status.in_(f.status))
+    if f.category:
+        q = q.where(Incident.category.in_(f.category))
+    if f.site:
+        q = q.where(Incident.site == f.site)
+    if f.text:
+        like = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        q = q.where(
+            or_(
+                Incident.reference.ilike(like, escape="\\"),
+                Incident.title.ilike(like, escape="\\"),
+                Incident.description.ilike(like, escape="\\"),
+                Incident.ward.ilike(like, escape="\\"),
+            )
+        )
+    if f.occurred_from:
+        q = q.where(Incident.occurred_at >= f.occurred_from)
+    if f.occurred_to:
+        q = q.where(Incident.occurred_at < f.occurred_to)
+    if f.assigned_to is not None:
+        q = q.where(
+            Incident.id.in_(
+                select(IncidentAssignment.incident_id).where(
+                    IncidentAssignment.user_id == f.assigned_to, IncidentAssignment.unassigned_at.is_(None)
+                )
+            )
+        )
+    if f.wearer:
+        q = q.where(Incident.wearer == f.wearer)
+    if f.staff_id:
+        q = q.where(
+            Incident.id.in_(select(IncidentStaff.incident_id).where(IncidentStaff.staff_id == f.staff_id))
+        )
+    if f.evidence_id:
+        q = q.where(
+            Incident.id.in_(
+                select(IncidentLink.incident_id).where(
+                    IncidentLink.target_kind == "evidence",
+                    IncidentLink.target_id == f.evidence_id,
+                    IncidentLink.unlinked_at.is_(None),
+                )
+            )
+        )
+    q = q.order_by(Incident.occurred_at.desc(), Incident.reference.desc()).limit(f.limit).offset(f.offset)
+    return list(session.scalars(q))
+
+
+def incident_view(session: Session, incident: Incident) -> dict[str, Any]:
+    """The incident with its staff, investigators, active links and holds, as the API returns it."""
+    staff = session.execute(
+        select(IncidentStaff.staff_id, IncidentStaff.involvement, StaffMember.staff_group)
+        .join(StaffMember, StaffMember.id == IncidentStaff.staff_id)
+        .where(IncidentStaff.incident_id == incident.id)
+        .order_by(IncidentStaff.staff_id)
+    )
+    investigators = session.execute(
+        select(User.id, User.username, User.full_name)
+        .join(IncidentAssignment, IncidentAssignment.user_id == User.id)
+        .where(IncidentAssignment.incident_id == incident.id, IncidentAssignment.unassigned_at.is_(None))
+        .order_by(User.username)
+    )
+    links = session.scalars(
+        select(IncidentLink)
+        .where(IncidentLink.incident_id == incident.id, IncidentLink.unlinked_at.is_(None))
+        .order_by(IncidentLink.linked_at, IncidentLink.id)
+    )
+    holds = session.scalars(
+        select(LegalHold).where(
+            LegalHold.target_kind == "incident",
+            LegalHold.target_id == incident.id,
+            LegalHold.released_at.is_(None),
+        )
+    )
+    return {
+        "id": incident.id,
+        "reference": incident.reference,
+        "category": incident.category,
+        "status": incident.status,
+        "outcome": incident.outcome,
+        "title": incident.title,
+        "description": incident.description,
+        "occurred_at": incident.occurred_at,
+        "site": incident.site,
+        "ward": incident.ward,
+        "address": incident.address,
+        "wearer": incident.wearer,
+        "window_start": incident.window_start,
+        "window_end": incident.window_end,
+        "opened_by": incident.opened_by,
+        "created_at": incident.created_at,
+        "updated_at": incident.updated_at,
+        "closed_at": incident.closed_at,
+        "staff": [{"staff_id": s, "involvement": i, "staff_group": g} for s, i, g in staff],
+        "investigators": [{"user_id": u, "username": n, "full_name": f} for u, n, f in investigators],
+        "links": [
+            {
+                "id": link.id,
+                "kind": link.target_kind,
+                "target_id": link.target_id,
+                "linked_by": link.linked_by,
+                "reason": link.reason,
+                "linked_at": link.linked_at,
+            }
+            for link in links
+        ],
+        "legal_holds": [
+            {"id": h.id, "reason": h.reason, "placed_by": h.placed_by, "placed_at": h.placed_at}
+            for h in holds
+        ],
+    }
+
+
+def timeline(session: Session, incident: Incident) -> list[dict[str, Any]]:
+    """Everything about the incident in time order: its own history and the evidence and alarms linked to it."""
+    rows: list[dict[str, Any]] = [
+        {
+            "at": incident.occurred_at,
+            "kind": "occurred",
+            "actor": None,
+            "details": {"category": incident.category},
+        }
+    ]
+    for ev in session.scalars(select(IncidentEvent).where(IncidentEvent.incident_id == incident.id)):
+        rows.append({"at": ev.at, "kind": ev.kind, "actor": ev.actor, "details": json.loads(ev.details)})
+    links = list(
+        session.scalars(
+            select(IncidentLink).where(
+                IncidentLink.incident_id == incident.id, IncidentLink.unlinked_at.is_(None)
+            )
+        )
+    )
+    item_ids = [link.target_id for link in links if link.target_kind == "evidence"]
+    items = {i.id: i for i in session.scalars(select(EvidenceItem).where(EvidenceItem.id.in_(item_ids)))}
+    for link in links:
+        if link.target_kind == "evidence" and link.target_id in items:
+            item = items[link.target_id]
+            rows.append(
+                {
+                    "at": item.captured_start or item.created_at,
+                    "kind": f"evidence:{item.kind}",
+                    "actor": None,
+                    "details": {
+                        "item_id": item.id,
+                        "status": item.status,
+                        "wearer": item.wearer,
+                        "device": item.source_device_id,
+                        "captured_start": item.captured_start,
+                        "captured_stop": item.captured_stop,
+                        "sha256": item.sha256,
+                        "linked_by": link.linked_by,
+                        "reason": link.reason,
+                    },
+                }
+            )
+        elif link.target_kind == "alarm":
+            rows.append(
+                {
+                    "at": link.linked_at,
+                    "kind": "alarm",
+                    "actor": None,
+                    "details": {
+                        "alarm_id": link.target_id,
+                        "linked_by": link.linked_by,
+                        "reason": link.reason,
+                    },
+                }
+            )
+    rows.sort(key=lambda r: r["at"])
+    return rows

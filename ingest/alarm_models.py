@@ -1,0 +1,227 @@
+"""Tables of lone-worker alarms: alarms, device state, visits, the device events behind them, the outbox
+and the change feed the control room's live stream reads.
+
+Everything several service instances share lives here, so any instance can take over any work:
+the per-device replay state is one row updated by compare-and-set (``version``), deadlines are
+columns the escalation loop claims with ``FOR UPDATE SKIP LOCKED``, effects wait in the outbox until
+sent, and the change feed has one ordered id per change (rows are written while the custody ledger's
+head row is locked, so ids become visible in order on PostgreSQL too).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from storage.db import Base, UTCDateTime, utcnow
+
+# An id column that is a 64-bit integer on PostgreSQL and SQLite's rowid alias (autoincrementing) there.
+SerialId = BigInteger().with_variant(Integer, "sqlite")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class AlarmRecord(Base):
+    """One alarm, raised by a device (``source_event_id``) or by the service (``dedupe_key``).
+
+    The lifecycle columns mirror :class:`ingest.alarm_rules.Alarm`; ``next_deadline`` is when the
+    escalation loop must look at it again without any event (amber timer, acknowledgement due).
+    """
+
+    __tablename__ = "alarms"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    wearer: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    site: Mapped[str | None] = mapped_column(String(64), default=None)
+    kind: Mapped[str] = mapped_column(String(20))
+    severity: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(16))
+    raised_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source_event_id: Mapped[str | None] = mapped_column(String(36), default=None, unique=True)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), default=None, unique=True)
+    reason: Mapped[str | None] = mapped_column(String(32), default=None)
+    visit_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    amber_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    red_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    ack_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    escalated_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    escalation_reason: Mapped[str | None] = mapped_column(String(20), default=None)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    condition_cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    resolved_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    outcome: Mapped[str | None] = mapped_column(String(20), default=None)
+    resolution_note: Mapped[str | None] = mapped_column(Text, default=None)
+    incident_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None, index=True)
+    # What the device said with it.
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+    lat: Mapped[float | None] = mapped_column(Float, default=None)
+    lon: Mapped[float | None] = mapped_column(Float, default=None)
+    accuracy_m: Mapped[float | None] = mapped_column(Float, default=None)
+    battery: Mapped[int | None] = mapped_column(Integer, default=None)
+    late: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Evidence and the incident it belongs to.
+    evidence_item_id: Mapped[str | None] = mapped_column(ForeignKey("evidence_items.id"), default=None)
+    voice_memo_item_id: Mapped[str | None] = mapped_column(ForeignKey("evidence_items.id"), default=None)
+    incident_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_alarms_device_status", "device_id", "status"),)
+
+
+class LoneWorkerEvent(Base):
+    """Every accepted alarm or check-in message, with the exact bytes received.
+
+    The primary key is the device's event id, so one event is acted on once however often it is
+    delivered (the replay state only remembers the last few). A cancel whose alarm has not arrived
+    yet waits here (``alarm_id`` empty) and is applied when the alarm comes.
+    """
+
+    __tablename__ = "lone_worker_events"
+
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    type: Mapped[str] = mapped_column(String(16))  # alarm | checkin
+    action: Mapped[str] = mapped_column(String(16))  # raise | cancel | start | end
+    kind: Mapped[str | None] = mapped_column(String(20), default=None)
+    ref_event_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    visit_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    alarm_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    late: Mapped[bool] = mapped_column(Boolean, default=False)
+    topic: Mapped[str] = mapped_column(String(160))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    evidence_item_id: Mapped[str | None] = mapped_column(ForeignKey("evidence_items.id"), default=None)
+
+
+class LoneWorkerState(Base):
+    """One device's replay window, presence and the conditions the service watches.
+
+    ``version`` is bumped by every replay-state write: an instance writes the state it verified
+    against only if nobody wrote in between (compare-and-set), else it reloads and verifies again.
+    """
+
+    __tablename__ = "lone_worker_states"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    replay_state: Mapped[str] = mapped_column(Text, default="")
+    presence: Mapped[str] = mapped_column(String(16), default="unknown")  # online | offline | unknown
+    session: Mapped[str | None] = mapped_column(String(64), default=None)
+    presence_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    battery: Mapped[int | None] = mapped_column(Integer, default=None)
+    battery_low: Mapped[bool] = mapped_column(Boolean, default=False)
+    lat: Mapped[float | None] = mapped_column(Float, default=None)
+    lon: Mapped[float | None] = mapped_column(Float, default=None)
+    accuracy_m: Mapped[float | None] = mapped_column(Float, default=None)
+    position_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    active_visit_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    offline_alarm_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    # When the device counts as silent if nothing arrives (checked against visits and open alarms then).
+    offline_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LoneWorkerVisit(Base):
+    """A lone visit between a start and an end check-in; ``due_at`` is when it counts as missed."""
+
+    __tablename__ = "lone_worker_visits"
+
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    visit_id: Mapped[str] = mapped_column(String(64))
+    wearer: Mapped[str | None] = mapped_column(String(64), default=None)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    expected_end: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None, index=True)
+    missed_alarm_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    start_event_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    end_event_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+
+    __table_args__ = (UniqueConstraint("device_id", "visit_id", name="uq_lone_worker_visits_device_visit"),)
+
+
+class AlarmOutbox(Base):
+    """An effect to perform once its transaction committed: an MQTT publish or a webhook call.
+
+    Written in the same transaction as the change that caused it; a relay sends it and marks it
+    sent, and any instance's relay picks up what a crashed one left behind.
+    """
+
+    __tablename__ = "alarm_outbox"
+
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(16))  # mqtt | webhook
+    target: Mapped[str] = mapped_column(Text)  # topic or URL
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    qos: Mapped[int] = mapped_column(Integer, default=1)
+    alarm_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+
+    __table_args__ = (
+        Index(
+            "ix_alarm_outbox_due",
+            "channel",
+            "next_attempt_at",
+            sqlite_where=text("sent_at IS NULL"),
+            postgresql_where=text("sent_at IS NULL"),
+        ),
+    )
+
+
+class AlarmChange(Base):
+    """One change of one alarm, in the order the control room must see them (the SSE stream's source)."""
+
+    __tablename__ = "alarm_changes"
+
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    alarm_id: Mapped[str] = mapped_column(String(36), index=True)
+    change: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    body: Mapped[str] = mapped_column(Text)  # JSON: the change and the alarm as it now stands
+
+
+class DeadLetter(Base):
+    """A device message the service could not process after retries (a fault of ours, kept for repair)."""
+
+    __tablename__ = "lone_worker_dead_letters"
+
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    topic: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    error: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,383 @@
+"""The MQTT consumer: lone-worker device messages from the broker into :class:`ingest.alarms.AlarmService`.
+
+- MQTT v5 with a persistent session (clean start off, a long session expiry): while an instance is
+  away the broker keeps queueing its share, and a restarted instance with the same client id picks
+  it up. Instance client ids must therefore be stable (one per instance, e.g. a host or pod name).
+- Shared subscriptions (``$share/<group>/lw/v1/+/<topic>``) split the stream between instances.
+- Manual acknowledgement: the PUBACK for a device message goes only after its transaction has
+  committed, so a crash at any point leaves the message with the broker, which delivers it again;
+  the service absorbs the repeat as a duplicate. Every alarm is stored exactly once.
+- Never dies on bad input (the wire checks answer with a verdict, not an exception); faults of ours
+  or of the database are retried with backoff, and a message that still fails is kept in a
+  dead-letter table before it is acknowledged.
+- Effects (acks to devices, escalation messages) come from the outbox: published at once after the
+  commit, marked sent when the broker has them, and resent by the outbox relay of any instance if
+  this one failed to.
+- TCP_NODELAY on the socket: acks are small, and Nagle's algorithm would hold each one up to 40 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import socket
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client import Counter, Gauge
+from sqlalchemy.exc import DBAPIError
+
+from devices.lone_worker_wire import service_subscriptions
+from storage.objects import StorageError
+
+from .alarms import AlarmService, Outgoing, alarm_service
+from .services import Services
+
+log = logging.getLogger(__name__)
+
+CONNECTED = Gauge("evidence_mqtt_connected", "Whether the alarm consumer is connected to the broker")
+CONSUMER_ERRORS = Counter(
+    "evidence_mqtt_consumer_errors_total", "Device messages whose handling failed and was retried", ["kind"]
+)
+DEAD_LETTERS = Counter("evidence_mqtt_dead_letters_total", "Device messages kept after repeated failures")
+
+TRANSIENT = (DBAPIError, StorageError, OSError, TimeoutError)
+
+
+@dataclass
+class _Delivery:
+    generation: int
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
+
+
+class AlarmConsumer:
+    """One MQTT connection and a few worker threads; thread-safe ``send`` for effects."""
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        alarms: AlarmService | None = None,
+        client_id: str | None = None,
+        share_group: str | None = None,
+        workers: int | None = None,
+        reconnect_min_s: int = 1,
+        reconnect_max_s: int = 30,
+        relay_interval_s: float = 1.0,
+        max_attempts: int = 3,
+    ) -> None:
+        settings = services.settings
+        self.services = services
+        self.settings = settings
+        self.alarms = alarms or alarm_service(services)
+        self.client_id = client_id or settings.mqtt_client_id
+        self.share_group = settings.mqtt_share_group if share_group is None else share_group
+        self.workers = max(1, workers or settings.mqtt_workers)
+        self.relay_interval_s = relay_interval_s
+        self.max_attempts = max_attempts
+        self.handled = 0
+        self._running = False
+        self._conn_lock = threading.Lock()
+        self._generation = 0
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self._queues: list[queue.Queue[_Delivery | None]] = [queue.Queue() for _ in range(self.workers)]
+        self._threads: list[threading.Thread] = []
+        self._pub_lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # mid -> outbox id, for this connection
+        self._early: dict[int, float] = {}  # PUBACKs that beat the bookkeeping, and when
+        self._sent: list[int] = []
+        self._wake = threading.Event()
+
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+            reconnect_on_failure=True,
+        )
+        if settings.mqtt_username:
+            password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+            client.username_pw_set(settings.mqtt_username, password)
+        client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        client.max_queued_messages_set(0)
+        client.on_socket_open = self._on_socket_open
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        self.client = client
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> AlarmConsumer:
+        """Connect in the background (retrying until the broker answers) and start the workers."""
+        self._running = True
+        self.alarms.publisher = self.send
+        for index in range(self.workers):
+            thread = threading.Thread(
+                target=self._work, args=(index,), name=f"alarm-worker-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        relay = threading.Thread(target=self._relay, name="alarm-outbox-relay", daemon=True)
+        relay.start()
+        self._threads.append(relay)
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = int(self.settings.mqtt_session_expiry_seconds)
+        properties.ReceiveMaximum = 100
+        self.client.connect_async(
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            keepalive=30,
+            clean_start=False,
+            properties=properties,
+        )
+        self.client.loop_start()
+        log.info(
+            "alarm consumer starting",
+            extra={
+                "client_id": self.client_id,
+                "broker": f"{self.settings.mqtt_host}:{self.settings.mqtt_port}",
+                "share_group": self.share_group,
+            },
+        )
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the messages being handled, acknowledge them, and leave (the session stays)."""
+        if not self._running:
+            return
+        self._running = False
+        for q in self._queues:
+            q.put(None)
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        self._flush_sent()
+        if self.alarms.publisher == self.send:
+            self.alarms.publisher = None
+        self.client.disconnect()
+        self.client.loop_stop()
+        CONNECTED.set(0)
+        log.info("alarm consumer stopped", extra={"client_id": self.client_id, "handled": self.handled})
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Connected and subscribed."""
+        return self._connected.wait(timeout) and self._subscribed.wait(timeout)
+
+    # ------------------------------------------------------------------ paho callbacks (network thread)
+
+    @staticmethod
+    def _on_socket_open(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the alarm consumer", extra={"reason": str(reason)})
+            return
+        with self._conn_lock:
+            self._generation += 1
+        options = SubscribeOptions(qos=1)
+        client.subscribe([(f, options) for f in service_subscriptions(self.share_group or None)])
+        self._connected.set()
+        CONNECTED.set(1)
+        log.info(
+            "alarm consumer connected",
+            extra={"client_id": self.client_id, "session_present": bool(flags.session_present)},
+        )
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[Any], props: Any
+    ) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.error("alarm subscriptions refused", extra={"reasons": failed})
+        else:
+            self._subscribed.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        with self._conn_lock:
+            self._generation += 1
+        with self._pub_lock:
+            self._inflight.clear()
+            self._early.clear()
+        self._connected.clear()
+        self._subscribed.clear()
+        CONNECTED.set(0)
+        if self._running:
+            log.warning("alarm consumer lost the broker; reconnecting", extra={"reason": str(reason)})
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        parts = msg.topic.split("/", 3)
+        device = parts[2] if len(parts) > 2 else msg.topic
+        with self._conn_lock:
+            generation = self._generation
+        delivery = _Delivery(generation, msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain))
+        # One device's messages go to one worker, so they are handled in the order they came.
+        self._queues[zlib.crc32(device.encode()) % self.workers].put(delivery)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        with self._pub_lock:
+            outbox_id = self._inflight.pop(mid, None)
+            if outbox_id is None:
+                self._early[mid] = time.monotonic()
+                return
+            if not reason.is_failure:
+                self._sent.append(outbox_id)
+
+    # ------------------------------------------------------------------ workers
+
+    def _work(self, index: int) -> None:
+        q = self._queues[index]
+        while self._running:
+            delivery = q.get()
+            if delivery is None:
+                break
+            try:
+                self._process(delivery)
+            except Exception:  # noqa: BLE001 - a worker must never die
+                log.exception("alarm worker failed on a message")
+
+    def _process(self, delivery: _Delivery) -> None:
+        attempt = 0
+        failures = 0
+        while True:
+            if not self._running:
+                return  # left unacknowledged: the broker delivers it again
+            try:
+                self.alarms.handle(delivery.topic, delivery.payload, retained=delivery.retain)
+                break
+            except TRANSIENT as exc:
+                CONSUMER_ERRORS.labels(kind="transient").inc()
+                attempt += 1
+                delay = min(10.0, 0.2 * 2 ** min(attempt, 6))
+                log.warning(
+                    "device message not handled yet; retrying",
+                    extra={
+                        "topic": delivery.topic,
+                        "error": f"{type(exc).__name__}: {exc}"[:300],
+                        "retry_in": delay,
+                    },
+                )
+                if not self._sleep(delay):
+                    return
+            except Exception as exc:  # noqa: BLE001 - a fault of ours: retry a little, then keep it aside
+                CONSUMER_ERRORS.labels(kind="internal").inc()
+                failures += 1
+                log.exception("device message handling failed", extra={"topic": delivery.topic})
+                if failures >= self.max_attempts:
+                    try:
+                        self.alarms.dead_letter(
+                            delivery.topic, delivery.payload, f"{type(exc).__name__}: {exc}"
+                        )
+                        DEAD_LETTERS.inc()
+                    except Exception:  # noqa: BLE001 - cannot even keep it: leave it with the broker
+                        log.exception("could not keep the failed message; leaving it unacknowledged")
+                        if not self._sleep(5.0):
+                            return
+                        continue
+                    break
+        self.handled += 1
+        self._ack(delivery)
+
+    def _sleep(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self._running and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        return self._running
+
+    def _ack(self, delivery: _Delivery) -> None:
+        if delivery.qos == 0:
+            return
+        with self._conn_lock:
+            # A PUBACK must go on the connection the message came on: after a reconnect the same
+            # message id may mean another message, and the broker delivers this one again anyway.
+            if delivery.generation == self._generation:
+                self.client.ack(delivery.mid, delivery.qos)
+
+    # ------------------------------------------------------------------ effects
+
+    def send(self, messages: list[Outgoing]) -> None:
+        """Publish effects now (thread-safe); outbox rows are marked sent when the broker has them."""
+        if not self._connected.is_set():
+            return  # the relay sends them once connected
+        for message in messages:
+            info = self.client.publish(message.topic, message.payload, qos=message.qos)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS or message.outbox_id is None:
+                continue
+            with self._pub_lock:
+                if self._early.pop(info.mid, None) is not None:
+                    self._sent.append(message.outbox_id)
+                else:
+                    self._inflight[info.mid] = message.outbox_id
+        self._wake.set()
+
+    def _flush_sent(self) -> None:
+        with self._pub_lock:
+            sent, self._sent = self._sent, []
+            stale = time.monotonic() - 10.0  # PUBACKs of messages resent by paho after a reconnect
+            for mid in [m for m, at in self._early.items() if at < stale]:
+                del self._early[mid]
+        if sent:
+            try:
+                self.alarms.mark_sent(sent)
+            except Exception:  # noqa: BLE001 - the relay will send them again; devices ignore repeats
+                log.warning("could not mark outbox rows sent", exc_info=True)
+
+    def _relay(self) -> None:
+        """Mark sent what the broker took; resend what nobody sent (a crash between commit and publish)."""
+        next_relay = time.monotonic()
+        while self._running:
+            self._wake.wait(0.2)
+            self._wake.clear()
+            self._flush_sent()
+            if time.monotonic() < next_relay or not self._connected.is_set():
+                continue
+            next_relay = time.monotonic() + self.relay_interval_s
+            try:
+                rows = self.alarms.claim_outbox("mqtt")
+            except Exception:  # noqa: BLE001
+                log.warning("outbox relay could not read the outbox", exc_info=True)
+                continue
+            if rows:
+                log.info("outbox relay resending", extra={"count": len(rows)})
+                self.send([Outgoing(r.target, r.payload, r.qos, r.id) for r in rows])
+
+
+def consumer_configured(settings: Any) -> bool:
+    """A broker to consume from: a host and the service's broker login."""
+    return bool(settings.mqtt_host and settings.mqtt_username)
+
+
+async def run_consumer(services: Services) -> None:
+    """The consumer as one of the application's background loops (stops when cancelled)."""
+    consumer = AlarmConsumer(services)
+    services.extras["mqtt_consumer"] = consumer
+    await asyncio.to_thread(consumer.start)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.to_thread(consumer.stop)

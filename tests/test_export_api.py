@@ -1,0 +1,277 @@
+"""The export API end to end: a clip uploaded by a dock, an incident, a package built in the
+background, a download link for an outside recipient, offline verification of what was downloaded,
+and the refusals (roles, scope, originals without a reason, tampered, revoked and expired links)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import select, update
+
+from accounts.service import create_user
+from chain_of_custody.evidence import Provenance
+from chain_of_custody.models import CustodyEntry
+from chain_of_custody.package_verify import verify_package
+from incidents.export_api import LinkRefused, check_link_token, link_secret, make_link_token
+from incidents.export_models import ExportLink
+from tests.clipkit import enrol
+from tests.conftest import ADMIN_PASSWORD, free_port, wait_for
+from tests.media import make_test_clip
+from tests.test_dock_upload_e2e import tus_upload
+from tests.test_export_package import ffmpeg, put_evidence
+
+PASSWORD = "export test password 123"
+
+
+@dataclass
+class Server:
+    url: str
+    services: object
+    tokens: dict[str, str]
+
+    def as_(self, username: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[username]}"}
+
+
+class _ThreadedServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+@pytest.fixture
+def server(services) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+    from ingest.app import create_app
+
+    with services.db.session() as session:
+        create_user(session, "admin", ADMIN_PASSWORD, "admin")
+        create_user(session, "inv", PASSWORD, "investigator")
+        create_user(session, "other_inv", PASSWORD, "investigator")
+        create_user(session, "boss", PASSWORD, "security_manager", site="QEH")
+        create_user(session, "audit", PASSWORD, "auditor")
+    app = create_app(services.settings, services)
+    port = free_port()
+    srv = _ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: srv.started, 20, what="HTTP server to start")
+    tokens = {}
+    for name in ("admin", "inv", "other_inv", "boss", "audit"):
+        r = httpx.post(
+            f"{url}/api/v1/auth/token",
+            data={"username": name, "password": ADMIN_PASSWORD if name == "admin" else PASSWORD},
+        )
+        r.raise_for_status()
+        tokens[name] = r.json()["access_token"]
+    yield Server(url, services, tokens)
+    srv.should_exit = True
+    thread.join(15)
+
+
+def wait_ready(server: Server, export_id: str, who: str = "inv") -> dict[str, object]:
+    def ready() -> dict[str, object] | None:
+        r = httpx.get(f"{server.url}/api/v1/exports/{export_id}", headers=server.as_(who))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["status"] != "failed", body
+        return body if body["status"] == "ready" else None
+
+    return wait_for(ready, 60, 0.1, "the export to be ready")  # type: ignore[no-any-return]
+
+
+def last_entry(services, item_id: str) -> CustodyEntry:  # type: ignore[no-untyped-def]
+    with services.db.session() as session:
+        return session.scalars(
+            select(CustodyEntry).where(CustodyEntry.item_id == item_id).order_by(CustodyEntry.item_seq.desc())
+        ).first()
+
+
+def test_export_download_and_verify(server: Server, tmp_path: Path) -> None:
+    s = server.services
+    admin = server.as_("admin")
+    # A real clip through the dock protocol, a real blurred copy of it, an alarm record and a voice memo.
+    fleet = enrol(server.url, admin)
+    clip_file = make_test_clip(tmp_path / "clip.mp4", seconds=2)
+    r = tus_upload(fleet, clip_file.read_bytes())
+    clip_id = r.headers["evidence-item-id"]
+    blurred = tmp_path / "blurred.mp4"
+    ffmpeg(
+        "-i", str(clip_file), "-vf", "boxblur=10:1", "-c:v", "libx264", "-preset", "ultrafast", str(blurred)
+    )
+    redacted = put_evidence(
+        s,
+        blurred,
+        Provenance(
+            kind="redacted_clip", actor="service:redaction", content_type="video/mp4", derived_from_id=clip_id
+        ),
+    )
+    alarm = put_evidence(
+        s, b'{"alarm":"sos"}', Provenance(kind="alarm", actor="device:LW-1", content_type="application/json")
+    )
+
+    # An incident at QEH, the investigator assigned, the clip and the alarm record linked.
+    r = httpx.post(
+        f"{server.url}/api/v1/incidents",
+        json={
+            "category": "physical_assault",
+            "occurred_at": "2026-11-22T10:00:00Z",
+            "site": "QEH",
+            "title": "A&E",
+        },
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    incident = r.json()
+    with s.db.session() as session:  # type: ignore[attr-defined]
+        from accounts.models import User
+
+        inv_id = session.scalar(select(User.id).where(User.username == "inv"))
+    assert (
+        httpx.put(
+            f"{server.url}/api/v1/incidents/{incident['id']}/investigators/{inv_id}", headers=admin
+        ).status_code
+        == 200
+    )
+    exports = f"{server.url}/api/v1/incidents/{incident['id']}/exports"
+    r = httpx.post(exports, json={}, headers=server.as_("inv"))
+    assert r.status_code == 409 and "nothing is linked" in r.text
+    assert (
+        httpx.post(f"{server.url}/api/v1/incidents/nope/exports", json={}, headers=admin).status_code == 404
+    )
+    for target in (clip_id, alarm.id):
+        r = httpx.post(
+            f"{server.url}/api/v1/incidents/{incident['id']}/links",
+            json={"kind": "evidence", "target_id": target, "reason": "seen on the footage"},
+            headers=admin,
+        )
+        assert r.status_code in (200, 201), r.text
+
+    # Who may not: an auditor (role), an unassigned investigator (scope), an investigator asking for originals.
+    assert httpx.post(exports, json={}, headers=server.as_("audit")).status_code == 403
+    assert httpx.post(exports, json={}, headers=server.as_("other_inv")).status_code == 404
+    r = httpx.post(
+        exports, json={"include_originals": True, "reason": "CPS asked"}, headers=server.as_("inv")
+    )
+    assert r.status_code == 403 and "original" in r.text
+    r = httpx.post(exports, json={"include_originals": True}, headers=server.as_("boss"))
+    assert r.status_code == 422 and "reason" in r.text
+
+    # The investigator's package: built in the background, redacted video in, original withheld.
+    r = httpx.post(exports, json={}, headers=server.as_("inv"))
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == f"/api/v1/exports/{r.json()['id']}"
+    assert r.json()["media_bytes_total"] == redacted.size + alarm.size
+    job = wait_ready(server, r.json()["id"])
+    assert set(job["included"]) == {redacted.id, alarm.id}  # type: ignore[arg-type]
+    assert "redacted copy" in job["withheld"][clip_id]  # type: ignore[index]
+    assert job["media_bytes_done"] == redacted.size + alarm.size
+    listed = httpx.get(exports, headers=server.as_("inv")).json()
+    assert [e["id"] for e in listed] == [job["id"]]
+    assert (
+        httpx.get(f"{server.url}/api/v1/exports/{job['id']}", headers=server.as_("other_inv")).status_code
+        == 404
+    )
+
+    # A link for an officer: downloadable without an account, logged as a view of the package.
+    r = httpx.post(
+        f"{server.url}/api/v1/exports/{job['id']}/links",
+        json={"recipient": "DC Jones, Metropolitan Police", "expires_in_hours": 24},
+        headers=server.as_("inv"),
+    )
+    assert r.status_code == 201, r.text
+    link = r.json()
+    package = tmp_path / "package.zip"
+    with httpx.stream("GET", link["url"]) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["x-evidence-sha256"] == job["package_sha256"]
+        with open(package, "wb") as f:
+            for block in resp.iter_bytes():
+                f.write(block)
+    assert hashlib.sha256(package.read_bytes()).hexdigest() == job["package_sha256"]
+    key = httpx.get(f"{server.url}/api/v1/custody/public-key", headers=admin).json()
+    report = verify_package(package, key["fingerprint_sha256"])
+    assert report.ok, [str(p) for p in report.problems]
+    viewed = last_entry(s, job["id"])  # type: ignore[arg-type]
+    details = json.loads(viewed.details)
+    assert viewed.action == "viewed" and viewed.actor == f"link:{link['id']}"
+    assert (
+        details["recipient"] == "DC Jones, Metropolitan Police" and details["link_created_by"] == "user:inv"
+    )
+
+    # Resuming with a range is served and logged too.
+    r = httpx.get(link["url"], headers={"Range": "bytes=0-99"})
+    assert r.status_code == 206 and r.content == package.read_bytes()[:100]
+    assert json.loads(last_entry(s, job["id"]).details)["range"] == [0, 99]  # type: ignore[arg-type]
+
+    # Every packaged item records the export.
+    for item_id in (clip_id, redacted.id, alarm.id):
+        entry = last_entry(s, item_id)
+        assert entry.action == "exported" and json.loads(entry.details)["export_id"] == job["id"]
+
+    # A forged token, a revoked link and an expired link are refused; none of them is logged.
+    before = last_entry(s, job["id"]).seq  # type: ignore[arg-type]
+    forged = link["url"][:-2] + ("AA" if not link["url"].endswith("AA") else "BB")
+    assert httpx.get(forged).status_code == 404
+    assert httpx.get(f"{server.url}/api/v1/exports/download/not-a-token").status_code == 404
+    second = httpx.post(
+        f"{server.url}/api/v1/exports/{job['id']}/links",
+        json={"recipient": "CPS reviewer"},
+        headers=server.as_("inv"),
+    ).json()
+    assert (
+        httpx.delete(
+            f"{server.url}/api/v1/exports/{job['id']}/links/{second['id']}", headers=server.as_("inv")
+        ).status_code
+        == 204
+    )
+    r = httpx.get(second["url"])
+    assert r.status_code == 410 and "revoked" in r.text
+    with s.db.session() as session:  # type: ignore[attr-defined]
+        session.execute(
+            update(ExportLink)
+            .where(ExportLink.id == link["id"])
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    r = httpx.get(link["url"])
+    assert r.status_code == 410 and "expired" in r.text
+    assert last_entry(s, job["id"]).seq == before  # type: ignore[arg-type]
+
+    # A security manager of the site includes the originals, with a reason that custody keeps.
+    r = httpx.post(
+        exports,
+        json={"include_originals": True, "reason": "Police request ref MPS-2026-1187"},
+        headers=server.as_("boss"),
+    )
+    assert r.status_code == 202, r.text
+    full = wait_ready(server, r.json()["id"], "boss")
+    assert clip_id in full["included"]  # type: ignore[operator]
+    details = json.loads(last_entry(s, clip_id).details)
+    assert details["original_footage"] is True and details["reason"] == "Police request ref MPS-2026-1187"
+    assert details["authorised_by"] == "user:boss"
+
+
+def test_link_tokens_expire_and_bind_to_their_export(sqlite_services) -> None:  # type: ignore[no-untyped-def]
+    secret = link_secret(sqlite_services.key)
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    link_id, export_id = "6f1c2a7e-1111-4222-8333-444455556666", "0b7e1a4f-aaaa-4bbb-8ccc-ddddeeeeffff"
+    token = make_link_token(secret, link_id, export_id, now + timedelta(hours=1))
+    check_link_token(secret, token, export_id, now)
+    with pytest.raises(LinkRefused) as refused:
+        check_link_token(secret, token, export_id, now + timedelta(hours=1))
+    assert refused.value.status == 410
+    with pytest.raises(LinkRefused) as refused:
+        check_link_token(secret, token, "another-export", now)
+    assert refused.value.status == 404
+    link, expires, mac = token.split(".")
+    with pytest.raises(LinkRefused) as refused:  # a later expiry written into the token breaks its MAC
+        check_link_token(secret, f"{link}.{int(expires) + 86400}.{mac}", export_id, now)
+    assert refused.value.status == 404

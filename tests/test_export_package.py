@@ -1,0 +1,692 @@
+"""Export packages: built by streaming from the real SeaweedFS, verified offline by the project's
+verifier and by the sha256sum/openssl commands of VERIFY.txt, and every kind of tampering named."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import mmap
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import imageio_ffmpeg
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import func, select, update
+
+from chain_of_custody import manifest as mf
+from chain_of_custody.canonical import canonical_json
+from chain_of_custody.evidence import Provenance, read_item, record_evidence
+from chain_of_custody.models import CustodyEntry, EvidenceItem
+from chain_of_custody.package_verify import verify_package
+from chain_of_custody.verify import verify_service
+from incidents.export import (
+    ExportError,
+    ExportRequest,
+    OriginalsPermission,
+    build_package,
+    gather_items,
+    plan_package,
+)
+from tests.conftest import make_settings
+from tests.media import make_test_clip
+
+ROOT = Path(__file__).resolve().parent.parent
+INCIDENT = {"id": "inc-test", "reference": "INC-2026-000042", "title": "Assault in A&E", "site": "QEH"}
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", *args], check=True)
+
+
+def put_evidence(services, path: Path | bytes, prov: Provenance, **entries: Any) -> EvidenceItem:  # type: ignore[no-untyped-def]
+    """Store bytes in the real object store and record them through the custody services."""
+    retain = datetime.now(UTC) + timedelta(days=1)
+    key = f"test/{uuid.uuid4()}"
+    if isinstance(path, bytes):
+        stored = services.store.put_bytes(key, path, retain_until=retain, content_type=prov.content_type)
+    else:
+        with open(path, "rb") as f:
+            stored = services.store.put_stream(
+                key, f, retain_until=retain, content_type=prov.content_type, length=path.stat().st_size
+            )
+    with services.db.session() as session:
+        return record_evidence(session, services.ledger, stored, prov, **entries)
+
+
+@dataclass
+class IncidentEvidence:
+    clip: EvidenceItem
+    redacted: EvidenceItem
+    alarm: EvidenceItem
+    memo: EvidenceItem
+
+    @property
+    def scope(self) -> list[str]:
+        """What an incident links: the original clip, the alarm and the voice memo."""
+        return [self.clip.id, self.alarm.id, self.memo.id]
+
+
+def make_incident_evidence(services, tmp: Path) -> IncidentEvidence:  # type: ignore[no-untyped-def]
+    """A real H.264/AAC clip, a real blurred copy of it, an alarm record and an AAC voice memo."""
+    start = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    clip_file = make_test_clip(tmp / "clip.mp4", seconds=2)
+    clip = put_evidence(
+        services,
+        clip_file,
+        Provenance(
+            kind="clip",
+            actor="dock:DOCK-1",
+            source_device_id="CAM-1",
+            wearer="S-1",
+            captured_start=start,
+            captured_stop=start + timedelta(seconds=2),
+            filename="20261122T100000Z_CAM-1.mp4",
+            content_type="video/mp4",
+        ),
+        captured={"camera_serial": "CAM-1"},
+        received={"dock": "DOCK-1"},
+        verified={"camera_signature": "valid"},
+    )
+    blurred = tmp / "redacted.mp4"
+    ffmpeg(
+        "-i",
+        str(clip_file),
+        "-vf",
+        "boxblur=10:1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "copy",
+        str(blurred),
+    )
+    redacted = put_evidence(
+        services,
+        blurred,
+        Provenance(
+            kind="redacted_clip",
+            actor="service:redaction",
+            wearer="S-1",
+            filename="20261122T100000Z_CAM-1.redacted.mp4",
+            content_type="video/mp4",
+            derived_from_id=clip.id,
+        ),
+    )
+    with services.db.session() as session:
+        services.ledger.append(
+            session, "redacted", "service:redaction", item_id=clip.id, details={"redacted_item": redacted.id}
+        )
+        # Someone watched the original: a read is a custody entry.
+        for _ in read_item(session, services.ledger, services.store, clip, "user:inv", None):
+            pass
+    alarm_doc = canonical_json(
+        {"alarm_id": "A-1", "kind": "sos", "device_id": "LW-1", "raised_at": "2026-11-22T10:00:05Z"}
+    )
+    alarm = put_evidence(
+        services,
+        alarm_doc,
+        Provenance(
+            kind="alarm", actor="device:LW-1", source_device_id="LW-1", content_type="application/json"
+        ),
+        received={"topic": "lw/v1/LW-1/alarm"},
+    )
+    memo_file = tmp / "memo.m4a"
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=300:sample_rate=16000",
+        "-t",
+        "1.5",
+        "-c:a",
+        "aac",
+        str(memo_file),
+    )
+    memo = put_evidence(
+        services,
+        memo_file,
+        Provenance(kind="voice_memo", actor="device:LW-1", source_device_id="LW-1", content_type="audio/mp4"),
+        received={"topic": "lw/v1/LW-1/alarm"},
+    )
+    return IncidentEvidence(clip, redacted, alarm, memo)
+
+
+def export(services, item_ids: list[str], originals: OriginalsPermission | None = None, **kw: Any):  # type: ignore[no-untyped-def]
+    with services.db.session() as session:
+        items = gather_items(session, item_ids)
+    request = ExportRequest(
+        export_id=str(uuid.uuid4()),
+        incident=INCIDENT,
+        actor="user:inv",
+        retain_until=datetime.now(UTC) + timedelta(days=1),
+        originals=originals,
+    )
+    return build_package(services.db, services.store, services.ledger, services.key, items, request, **kw)
+
+
+def download(services, export_id: str, dest: Path) -> Path:  # type: ignore[no-untyped-def]
+    with services.db.session() as session:
+        item = session.get(EvidenceItem, export_id)
+    with open(dest, "wb") as f:
+        for block in services.store.read(item.object_key, item.version_id):
+            f.write(block)
+    return dest
+
+
+@dataclass
+class Built:
+    services: Any
+    evidence: IncidentEvidence
+    result: Any
+    path: Path
+
+
+@pytest.fixture(scope="module")
+def built(seaweed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:  # type: ignore[no-untyped-def]
+    from ingest.services import build_services
+
+    tmp = tmp_path_factory.mktemp("export")
+    services = build_services(make_settings(tmp, f"sqlite:///{tmp / 'evidence.db'}", seaweed))
+    evidence = make_incident_evidence(services, tmp)
+    result = export(services, evidence.scope)
+    yield Built(services, evidence, result, download(services, result.export_id, tmp / result.filename))
+    services.db.dispose()
+
+
+# -- helpers to read and rewrite packages ---------------------------------------------------------
+
+
+def members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def rewrite(src: Path, dest: Path, files: dict[str, bytes]) -> Path:
+    """A package with the given contents, written as a forger would (fresh CRCs, same names)."""
+    with zipfile.ZipFile(dest, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return dest
+
+
+def flip(data: bytes, at: int | None = None) -> bytes:
+    i = len(data) // 2 if at is None else at
+    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
+
+
+def resign(files: dict[str, bytes], key: Ed25519PrivateKey) -> dict[str, bytes]:
+    """Recompute the manifest's file hashes and SHA256SUMS and sign both with ``key``."""
+    manifest = json.loads(files[mf.MANIFEST])
+    for f in manifest["files"]:
+        data = files[f["path"]]
+        f["sha256"], f["size"] = hashlib.sha256(data).hexdigest(), len(data)
+    body = mf.encode(manifest)
+    sums = mf.sha256sums(
+        [(f["path"], f["sha256"]) for f in manifest["files"]]
+        + [(mf.MANIFEST, hashlib.sha256(body).hexdigest())]
+    )
+    return {
+        **files,
+        mf.MANIFEST: body,
+        mf.SIGNATURE: key.sign(body),
+        mf.SUMS: sums,
+        mf.SUMS_SIGNATURE: key.sign(sums),
+    }
+
+
+def kinds_at(report) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return {(p.kind, p.where) for p in report.problems}
+
+
+def item_of(built: Built, item: EvidenceItem) -> dict[str, Any]:
+    manifest = json.loads(members(built.path)[mf.MANIFEST])
+    return next(i for i in manifest["items"] if i["item_id"] == item.id)
+
+
+def verify_txt_commands(verify_txt: str) -> list[str]:
+    return [line.strip()[2:] for line in verify_txt.splitlines() if line.startswith("    $ ")]
+
+
+def run_verify_txt(directory: Path, fingerprint: str) -> tuple[bool, list[str]]:
+    """Run every command of VERIFY.txt as written; True when all pass and the key is the expected one."""
+    outputs = []
+    ok = True
+    for cmd in verify_txt_commands((directory / mf.INSTRUCTIONS).read_text()):
+        r = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", cmd], cwd=directory, capture_output=True, text=True
+        )
+        outputs.append(f"$ {cmd}\n{r.stdout}{r.stderr}")
+        ok = ok and r.returncode == 0
+        if cmd.startswith("openssl pkey "):
+            ok = ok and r.stdout.split()[0] == fingerprint
+    return ok, outputs
+
+
+def unzip(path: Path, dest: Path) -> Path:
+    subprocess.run(["unzip", "-q", str(path), "-d", str(dest)], check=True)
+    return dest
+
+
+# -- the package as built -------------------------------------------------------------------------
+
+
+def test_package_contents_and_custody(built: Built) -> None:
+    s, ev = built.services, built.evidence
+    files = members(built.path)
+    manifest = json.loads(files[mf.MANIFEST])
+    items = {i["item_id"]: i for i in manifest["items"]}
+    # Redacted video, alarm and memo are in; the original is withheld but accounted for by hash.
+    assert set(built.result.included) == {ev.redacted.id, ev.alarm.id, ev.memo.id}
+    assert items[ev.clip.id]["path"] is None and "redacted copy" in items[ev.clip.id]["withheld_reason"]
+    red = items[ev.redacted.id]
+    assert red["derived_from"] == {"item_id": ev.clip.id, "sha256": ev.clip.sha256, "size": ev.clip.size}
+    assert files[red["path"]] == b"".join(s.store.read(ev.redacted.object_key, ev.redacted.version_id))
+    listed = {f["path"]: f for f in manifest["files"]}
+    for item in (ev.redacted, ev.alarm, ev.memo):
+        entry = listed[items[item.id]["path"]]
+        assert (entry["sha256"], entry["size"]) == (item.sha256, item.size)
+    # Every item's custody chain, the report, the key and its fingerprint are there.
+    for item in (ev.clip, ev.redacted, ev.alarm, ev.memo):
+        chain = json.loads(files[mf.custody_path(item.id)])["entries"]
+        assert [e["item_seq"] for e in chain] == list(range(1, len(chain) + 1))
+        assert item.sha256 in files[mf.REPORT].decode()
+    assert manifest["signing_key"]["fingerprint_sha256"] == s.key.fingerprint
+    assert files[mf.PUBLIC_KEY].decode() == s.key.public_pem
+    assert len(files[mf.SIGNATURE]) == 64
+    assert "viewed" in files[mf.REPORT].decode() and "user:inv" in files[mf.REPORT].decode()
+    # Video is stored, not deflated, and the zip is sound by an independent tool.
+    with zipfile.ZipFile(built.path) as zf:
+        assert zf.getinfo(red["path"]).compress_type == zipfile.ZIP_STORED
+    assert subprocess.run(["unzip", "-tq", str(built.path)], capture_output=True).returncode == 0
+
+    # The package is evidence itself, and every item records that it was exported in it.
+    with s.db.session() as session:
+        pkg = session.get(EvidenceItem, built.result.export_id)
+        assert pkg.kind == "export" and pkg.sha256 == hashlib.sha256(built.path.read_bytes()).hexdigest()
+        for item in (ev.clip, ev.redacted, ev.alarm, ev.memo):
+            last = session.scalars(
+                select(CustodyEntry)
+                .where(CustodyEntry.item_id == item.id)
+                .order_by(CustodyEntry.item_seq.desc())
+            ).first()
+            details = json.loads(last.details)
+            assert last.action == "exported" and details["export_id"] == built.result.export_id
+            assert details["media_included"] == (item.id != ev.clip.id)
+        report = verify_service(session, s.store, s.key)
+    assert report.ok, report.problems
+
+
+def test_package_verifies_with_the_project_command(built: Built) -> None:
+    report = verify_package(built.path, built.services.key.fingerprint)
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.items_checked == 4 and report.files_checked == 9 and report.entries_checked == 11
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ingest.cli",
+            "verify",
+            str(built.path),
+            "--key-fingerprint",
+            built.services.key.fingerprint,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    wrong = subprocess.run(
+        [sys.executable, "-m", "ingest.cli", "verify", str(built.path), "--key-fingerprint", "ab" * 32],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode == 1 and "wrong_key" in wrong.stdout
+    # The verifier alone, as an auditor without the service runs it.
+    alone = subprocess.run(
+        [sys.executable, "-m", "chain_of_custody.package_verify", str(built.path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert alone.returncode == 0 and f"signed by key {built.services.key.fingerprint}" in alone.stdout
+
+
+def test_verify_txt_commands_work_as_written(built: Built, tmp_path: Path) -> None:
+    directory = unzip(built.path, tmp_path / "package")
+    commands = verify_txt_commands((directory / mf.INSTRUCTIONS).read_text())
+    assert (
+        any(c.startswith("sha256sum -c") for c in commands)
+        and sum("pkeyutl -verify" in c for c in commands) == 2
+    )
+    ok, outputs = run_verify_txt(directory, built.services.key.fingerprint)
+    assert ok, "\n".join(outputs)
+    joined = "\n".join(outputs)
+    assert joined.count("Signature Verified Successfully") == 2
+    assert joined.count(": OK") == 10 and "FAILED" not in joined
+
+
+def test_verifier_needs_neither_database_nor_storage() -> None:
+    code = (
+        "import sys, chain_of_custody.package_verify\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'sqlalchemy','minio','urllib3','storage','psycopg','ingest','incidents'})\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- tampering ------------------------------------------------------------------------------------
+
+
+def expected_problem(name: str) -> set[tuple[str, str]]:
+    """What the verifier must say when one byte of ``name`` changes."""
+    if name in (mf.MANIFEST, mf.SIGNATURE):
+        return {("bad_manifest_signature", mf.MANIFEST)}
+    if name in (mf.SUMS, mf.SUMS_SIGNATURE):
+        return {("bad_sums_signature", mf.SUMS)}
+    if name == mf.PUBLIC_KEY:
+        return {("bad_public_key", name), ("wrong_key", name)}
+    return {("file_altered", name)}
+
+
+def test_one_flipped_byte_in_any_file_is_named(built: Built, tmp_path: Path) -> None:
+    files = members(built.path)
+    fp = built.services.key.fingerprint
+    clean = unzip(built.path, tmp_path / "clean")
+    assert run_verify_txt(clean, fp)[0]
+    for name in files:
+        # A forger's zip: one byte of one file changed, the zip itself consistent.
+        at = None
+        if name == mf.PUBLIC_KEY:
+            at = files[name].index(b"\n") + 20  # inside the base64 key, not the PEM armour
+        bad = rewrite(built.path, tmp_path / "bad.zip", {**files, name: flip(files[name], at)})
+        report = verify_package(bad, fp)
+        assert kinds_at(report) & expected_problem(name), (name, [str(p) for p in report.problems])
+        # The same change is caught by the plain sha256sum/openssl commands of VERIFY.txt.
+        directory = tmp_path / f"shell-{name.replace('/', '_')}"
+        shutil.copytree(clean, directory)
+        target = directory / name
+        target.write_bytes(flip(target.read_bytes(), at))
+        ok, outputs = run_verify_txt(directory, fp)
+        assert not ok, (name, outputs)
+
+
+def test_byte_flipped_inside_the_zip_names_the_file_and_its_hash(built: Built, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.zip"
+    shutil.copy(built.path, bad)
+    red_path = item_of(built, built.evidence.redacted)["path"]
+    with zipfile.ZipFile(bad) as zf:
+        info = zf.getinfo(red_path)
+    with open(bad, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        name_len = int.from_bytes(m[info.header_offset + 26 : info.header_offset + 28], "little")
+        extra_len = int.from_bytes(m[info.header_offset + 28 : info.header_offset + 30], "little")
+        at = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        m[at] ^= 0x01
+    report = verify_package(bad, built.services.key.fingerprint)
+    problems = {p.kind: p for p in report.problems if p.where == red_path}
+    assert set(problems) == {"file_altered", "item_hash_disagrees"}, [str(p) for p in report.problems]
+    assert built.evidence.redacted.sha256 in problems["file_altered"].detail
+
+
+def test_edited_manifest_is_named(built: Built, tmp_path: Path) -> None:
+    files = members(built.path)
+    manifest = json.loads(files[mf.MANIFEST])
+    for item in manifest["items"]:
+        if item["item_id"] == built.evidence.clip.id:
+            item["withheld_reason"] = "not relevant"
+    bad = rewrite(built.path, tmp_path / "bad.zip", {**files, mf.MANIFEST: mf.encode(manifest)})
+    report = verify_package(bad, built.services.key.fingerprint)
+    assert [p.kind for p in report.problems] == ["bad_manifest_signature", "sums_disagree"], [
+        str(p) for p in report.problems
+    ]
+    assert "manifest.sig is not a valid signature of manifest.json" in str(report.problems[0])
+
+
+def _custody_edit(
+    built: Built, tmp_path: Path, edit: Callable[[list[dict[str, Any]]], None], resign_with_service: bool
+):  # type: ignore[no-untyped-def]
+    files = members(built.path)
+    clip_custody = mf.custody_path(built.evidence.clip.id)
+    doc = json.loads(files[clip_custody])
+    edit(doc["entries"])
+    files = {**files, clip_custody: mf.encode(doc)}
+    if resign_with_service:
+        # Even a package re-signed by the service itself cannot hide a broken custody chain.
+        manifest = json.loads(files[mf.MANIFEST])
+        for item in manifest["items"]:
+            if item["item_id"] == built.evidence.clip.id:
+                item["custody"]["entries"] = len(doc["entries"])
+                item["custody"]["tip"] = doc["entries"][-1]["entry_hash"]
+        files = resign({**files, mf.MANIFEST: mf.encode(manifest)}, built.services.key.private)
+    report = verify_package(rewrite(built.path, tmp_path / "bad.zip", files), built.services.key.fingerprint)
+    return report, clip_custody
+
+
+def test_dropped_custody_entry_is_named(built: Built, tmp_path: Path) -> None:
+    clip = built.evidence.clip.id
+    report, path = _custody_edit(built, tmp_path, lambda e: e.pop(1), resign_with_service=False)
+    found = kinds_at(report)
+    assert ("file_altered", path) in found and ("custody_truncated", path) in found
+    assert ("entry_missing_or_reordered", f"custody entry 2 of item {clip} ({path})") in found
+
+    report, path = _custody_edit(built, tmp_path, lambda e: e.pop(1), resign_with_service=True)
+    assert {p.kind for p in report.problems} == {"entry_missing_or_reordered", "chain_broken"}, [
+        str(p) for p in report.problems
+    ]
+    assert f"custody entry 2 of item {clip}" in str(report.problems[0])
+
+
+def test_reordered_custody_entries_are_named(built: Built, tmp_path: Path) -> None:
+    clip = built.evidence.clip.id
+
+    def swap(entries: list[dict[str, Any]]) -> None:
+        entries[1], entries[2] = entries[2], entries[1]
+
+    report, path = _custody_edit(built, tmp_path, swap, resign_with_service=True)
+    found = kinds_at(report)
+    assert ("entry_missing_or_reordered", f"custody entry 2 of item {clip} ({path})") in found
+    assert ("entry_missing_or_reordered", f"custody entry 3 of item {clip} ({path})") in found
+    assert {k for k, _ in found} == {"entry_missing_or_reordered", "chain_broken"}
+
+
+def test_edited_custody_entry_is_named(built: Built, tmp_path: Path) -> None:
+    def edit(entries: list[dict[str, Any]]) -> None:
+        entries[0]["actor"] = "dock:SOMEONE-ELSE"
+
+    report, path = _custody_edit(built, tmp_path, edit, resign_with_service=True)
+    first = json.loads(members(built.path)[path])["entries"][0]["seq"]
+    assert kinds_at(report) == {("entry_altered", f"custody entry #{first} ({path})")}, [
+        str(p) for p in report.problems
+    ]
+
+
+def test_resigned_with_another_key_is_named(built: Built, tmp_path: Path) -> None:
+    files = members(built.path)
+    fp = built.services.key.fingerprint
+    other = Ed25519PrivateKey.generate()
+    other_pem = other.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    other_fp = hashlib.sha256(
+        other.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).hexdigest()
+
+    # Signature made with another key, the service's public key left in place.
+    bad = rewrite(built.path, tmp_path / "a.zip", {**files, mf.SIGNATURE: other.sign(files[mf.MANIFEST])})
+    assert [p.kind for p in verify_package(bad, fp).problems] == ["bad_manifest_signature"]
+
+    # Everything re-signed with another key and its public key swapped in.
+    manifest = json.loads(files[mf.MANIFEST])
+    manifest["signing_key"]["fingerprint_sha256"] = other_fp
+    forged = resign({**files, mf.MANIFEST: mf.encode(manifest), mf.PUBLIC_KEY: other_pem}, other)
+    bad = rewrite(built.path, tmp_path / "b.zip", forged)
+    report = verify_package(bad, fp)
+    kinds = {p.kind for p in report.problems}
+    assert kinds == {"wrong_key", "bad_signature"}, [str(p) for p in report.problems]
+    assert f"signed by key {other_fp}, not the expected {fp}" in str(report.problems[0])
+    # Without the expected fingerprint the custody entries still give it away: they carry the service's signatures.
+    assert {p.kind for p in verify_package(bad).problems} == {"bad_signature"}
+
+    # Custody entries re-signed too: only the fingerprint can tell, and the verifier says which key signed.
+    for item in manifest["items"]:
+        path = item["custody"]["path"]
+        doc = json.loads(forged[path])
+        for e in doc["entries"]:
+            body = {k: v for k, v in e.items() if k not in ("entry_hash", "signature")}
+            e["signature"] = base64.b64encode(other.sign(canonical_json({"v": 1, **body}))).decode()
+        forged[path] = mf.encode(doc)
+    bad = rewrite(built.path, tmp_path / "c.zip", resign(forged, other))
+    assert [p.kind for p in verify_package(bad, fp).problems] == ["wrong_key"]
+    unchecked = verify_package(bad)
+    assert unchecked.ok and unchecked.fingerprint == other_fp != fp
+
+
+def test_original_missing_from_the_package_is_named(built: Built, tmp_path: Path) -> None:
+    files = members(built.path)
+    clip = built.evidence.clip.id
+    manifest = json.loads(files[mf.MANIFEST])
+    manifest["items"] = [i for i in manifest["items"] if i["item_id"] != clip]
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != mf.custody_path(clip)]
+    files = {k: v for k, v in files.items() if k != mf.custody_path(clip)}
+    bad = rewrite(
+        built.path,
+        tmp_path / "bad.zip",
+        resign({**files, mf.MANIFEST: mf.encode(manifest)}, built.services.key.private),
+    )
+    report = verify_package(bad, built.services.key.fingerprint)
+    assert [(p.kind, p.where) for p in report.problems] == [
+        ("original_unaccounted", f"item {built.evidence.redacted.id}")
+    ]
+    assert built.evidence.clip.sha256 in report.problems[0].detail
+
+
+def test_added_file_is_named(built: Built, tmp_path: Path) -> None:
+    files = members(built.path)
+    bad = rewrite(built.path, tmp_path / "bad.zip", {**files, "evidence/extra.mp4": b"planted"})
+    assert [(p.kind, p.where) for p in verify_package(bad, built.services.key.fingerprint).problems] == [
+        ("unlisted_file", "evidence/extra.mp4")
+    ]
+
+
+def test_not_a_package(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"not a zip at all")
+    assert [p.kind for p in verify_package(junk).problems] == ["package_unreadable"]
+
+
+# -- originals and refusals -----------------------------------------------------------------------
+
+
+def test_originals_need_a_reason_and_are_recorded(built: Built, tmp_path: Path) -> None:
+    s, ev = built.services, built.evidence
+    with pytest.raises(ExportError, match="reason"):
+        export(s, ev.scope, OriginalsPermission("user:boss", "security_manager", "  "))
+    result = export(s, ev.scope, OriginalsPermission("user:boss", "security_manager", "CPS request 7781"))
+    assert ev.clip.id in result.included and ev.redacted.id in result.included
+    path = download(s, result.export_id, tmp_path / "with-originals.zip")
+    assert verify_package(path, s.key.fingerprint).ok
+    manifest = json.loads(members(path)[mf.MANIFEST])
+    assert manifest["originals"] == {
+        "included": True,
+        "authorised_by": "user:boss",
+        "authorised_role": "security_manager",
+        "reason": "CPS request 7781",
+    }
+    with s.db.session() as session:
+        last = session.scalars(
+            select(CustodyEntry)
+            .where(CustodyEntry.item_id == ev.clip.id)
+            .order_by(CustodyEntry.item_seq.desc())
+        ).first()
+    details = json.loads(last.details)
+    assert last.action == "exported" and details["original_footage"] is True
+    assert details["reason"] == "CPS request 7781" and details["authorised_by"] == "user:boss"
+
+
+def test_altered_stored_object_is_never_exported_and_no_object_is_completed(built: Built) -> None:
+    """A large item first (so the upload is multipart), then an item whose bytes no longer match."""
+    s, ev = built.services, built.evidence
+    big = put_evidence(s, os.urandom(12 * 1024 * 1024), Provenance(kind="voice_memo", actor="test"))
+    with s.db.session() as session:
+        before = session.scalar(select(func.count()).select_from(CustodyEntry))
+        # The row says one hash, the object holds other bytes (what 'evidence verify' calls object_altered).
+        session.execute(update(EvidenceItem).where(EvidenceItem.id == ev.memo.id).values(sha256="0" * 64))
+    try:
+        with pytest.raises(ExportError, match=f"{ev.memo.id} hashes to"):
+            export(s, [big.id, ev.memo.id], part_size=5 * 1024 * 1024)
+    finally:
+        with s.db.session() as session:
+            session.execute(
+                update(EvidenceItem).where(EvidenceItem.id == ev.memo.id).values(sha256=ev.memo.sha256)
+            )
+    with s.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(CustodyEntry)) == before
+        exports = set(session.scalars(select(EvidenceItem.id).where(EvidenceItem.kind == "export")))
+    stored = {k.removeprefix("exports/").removesuffix(".zip") for k in s.store.list_keys("exports/")}
+    assert stored == exports  # no half-written package became an object
+
+
+def test_plan_takes_the_latest_redaction_and_withholds_the_rest() -> None:
+    t0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+    def item(kind: str, n: int, derived: str | None = None, status: str = "stored") -> EvidenceItem:
+        return EvidenceItem(
+            id=f"{kind}-{n}",
+            kind=kind,
+            status=status,
+            derived_from_id=derived,
+            created_at=t0 + timedelta(minutes=n),
+        )
+
+    clip, old, old_rec = (
+        item("clip", 0),
+        item("redacted_clip", 1, "clip-0"),
+        item("redaction_record", 2, "clip-0"),
+    )
+    new, new_rec = item("redacted_clip", 3, "clip-0"), item("redaction_record", 4, "clip-0")
+    bare, memo, gone = item("clip", 5), item("voice_memo", 6), item("alarm", 7, status="deleted")
+    items = [clip, old, old_rec, new, new_rec, bare, memo, gone, item("export", 8)]
+    describes = {old_rec.id: old.id, new_rec.id: new.id}
+
+    reasons = {p.item.id: p.withheld_reason for p in plan_package(items, None, describes)}
+    assert {i for i, r in reasons.items() if r is None} == {new.id, new_rec.id, memo.id}
+    assert reasons[clip.id] == f"original footage; its redacted copy {new.id} is included"
+    assert reasons[bare.id] == "original footage with no redacted copy yet"
+    assert reasons[old.id] == f"superseded by the later redaction {new.id}"
+    assert reasons[old_rec.id] == f"describes the superseded redaction {old.id}"
+    assert "deleted" in reasons[gone.id] and reasons["export-8"] == "an earlier export package"
+
+    permitted = plan_package(
+        items, OriginalsPermission("user:boss", "security_manager", "court order 12"), describes
+    )
+    assert {p.item.id for p in permitted if p.include_media} == {
+        clip.id,
+        new.id,
+        new_rec.id,
+        bare.id,
+        memo.id,
+    }
+
+
+def test_malformed_manifest_is_a_finding_not_a_crash(built: Built, tmp_path: Path) -> None:
+    files = members(built.path)
+    manifest = json.loads(files[mf.MANIFEST])
+    manifest["files"] = ["not", "objects"]
+    bad = rewrite(built.path, tmp_path / "bad.zip", {**files, mf.MANIFEST: mf.encode(manifest)})
+    kinds = [p.kind for p in verify_package(bad, built.services.key.fingerprint).problems]
+    assert kinds[0] == "bad_manifest_signature" and "manifest_malformed" in kinds

@@ -1,0 +1,127 @@
+"""The face tracker: joining detections, filling gaps, lingering masks and camera-shake compensation."""
+
+from __future__ import annotations
+
+import pytest
+
+from redaction.detector import Detection
+from redaction.geometry import Box, iou
+from redaction.pipeline import DetectionPlan, RedactionSettings
+from redaction.tracking import FaceTracker, TrackingSettings
+
+
+def det(x: float, y: float, size: float = 40, score: float = 0.9) -> Detection:
+    return Detection(Box(x, y, size, size), score)
+
+
+def plain(**kw: int) -> TrackingSettings:
+    base = {"max_gap": 10, "keep_before": 3, "keep_after": 4, "smooth": 0}
+    return TrackingSettings(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_detections_of_one_moving_face_form_one_track_and_gaps_are_interpolated() -> None:
+    tracker = FaceTracker(plain())
+    for frame in range(0, 30, 5):
+        tracker.observe(frame, [det(100 + 2 * frame, 50)])
+    tracks = {b.track for f in range(30) for b in tracker.boxes_at(f)}
+    assert tracks == {0}
+    middle = tracker.boxes_at(12)
+    assert len(middle) == 1 and middle[0].kind == "interpolated"
+    assert middle[0].box.x == pytest.approx(124)
+    seen = tracker.boxes_at(10)[0]
+    assert seen.kind == "detected" and seen.score == pytest.approx(0.9)
+
+
+def test_masks_start_before_first_and_end_after_last_sighting_along_the_motion() -> None:
+    tracker = FaceTracker(plain(keep_before=3, keep_after=4))
+    for frame in (10, 12, 14):
+        tracker.observe(frame, [det(100 + 5 * (frame - 10), 50)])
+    assert tracker.boxes_at(6) == []
+    early = tracker.boxes_at(7)
+    assert len(early) == 1 and early[0].kind == "extended"
+    # 3 frames before the first sighting at 5 px a frame, and grown for the uncertainty.
+    assert early[0].box.cx == pytest.approx(120 - 15)
+    assert early[0].box.w > 40
+    late = tracker.boxes_at(18)
+    assert len(late) == 1 and late[0].box.cx == pytest.approx(140 + 20)
+    assert tracker.boxes_at(19) == []
+
+
+def test_a_gap_longer_than_max_gap_splits_the_track_and_leaves_the_middle_unmasked() -> None:
+    tracker = FaceTracker(plain(max_gap=10, keep_before=0, keep_after=0))
+    tracker.observe(0, [det(100, 100)])
+    tracker.observe(30, [det(100, 100)])
+    assert tracker.boxes_at(15) == []
+    assert tracker.track_count == 2
+
+
+def test_two_faces_keep_their_own_tracks() -> None:
+    tracker = FaceTracker(plain())
+    for frame in range(0, 20, 2):
+        tracker.observe(frame, [det(100 + frame, 100), det(400 - frame, 120, size=60)])
+    at = tracker.boxes_at(9)
+    assert len(at) == 2
+    assert tracker.track_count == 2
+    by_track = {b.track: b.box for b in at}
+    assert by_track[0].x == pytest.approx(109)
+    assert by_track[1].x == pytest.approx(391)
+
+
+def test_largest_size_in_the_smoothing_window_is_kept() -> None:
+    tracker = FaceTracker(plain(smooth=2))
+    tracker.observe(0, [Detection(Box(100, 100, 40, 40), 0.9)])
+    tracker.observe(1, [Detection(Box(102, 102, 36, 36), 0.5)])  # blurred: looks smaller
+    tracker.observe(2, [Detection(Box(100, 100, 40, 40), 0.9)])
+    assert tracker.boxes_at(1)[0].box.w == pytest.approx(40)
+
+
+def test_camera_shake_is_followed_between_sightings() -> None:
+    """A face still in the scene, filmed by a shaking camera: interpolation follows the shake."""
+    shake = {f: (8.0 * ((-1) ** f), 0.0) for f in range(21)}
+    steady = FaceTracker(plain())
+    compensated = FaceTracker(plain())
+    for f in range(21):
+        compensated.move_camera(f, shake[f])
+        if f % 10 == 0:
+            steady.observe(f, [det(200 + shake[f][0], 100)])
+            compensated.observe(f, [det(200 + shake[f][0], 100)])
+    truth = Box(200 + shake[5][0], 100, 40, 40)
+    assert iou(compensated.boxes_at(5)[0].box, truth) == pytest.approx(1.0)
+    assert iou(steady.boxes_at(5)[0].box, truth) < 0.8
+
+
+def test_expected_lists_live_tracks_not_seen_lately() -> None:
+    tracker = FaceTracker(plain(max_gap=10))
+    tracker.observe(0, [det(100, 100)])
+    tracker.observe(4, [det(108, 100)])
+    expected = tracker.expected(6, unseen_for=2)
+    assert [t for t, _ in expected] == [0]
+    assert expected[0][1].x == pytest.approx(112)
+    assert tracker.expected(5, unseen_for=2) == []
+    assert tracker.expected(20, unseen_for=2) == []
+
+
+def test_frames_must_be_observed_in_order() -> None:
+    tracker = FaceTracker()
+    tracker.observe(5, [])
+    with pytest.raises(ValueError):
+        tracker.observe(5, [])
+
+
+def test_forgotten_tracks_no_longer_answer() -> None:
+    tracker = FaceTracker(plain(max_gap=5, keep_after=2))
+    tracker.observe(0, [det(100, 100)])
+    tracker.observe(20, [det(500, 100)])
+    tracker.forget_before(10)
+    assert tracker.boxes_at(1) == []
+    assert len(tracker.boxes_at(20)) == 1
+
+
+def test_detection_plan_spreads_passes_and_skips_a_pointless_fine_pass() -> None:
+    settings = RedactionSettings(detect_width=640, stride=6, fine_stride=24)
+    plan = DetectionPlan.for_clip(settings, 1280)
+    assert plan.widths(0) == [640] and plan.widths(6) == [640] and plan.widths(1) == []
+    assert plan.widths(12) == [1280]  # the fine pass replaces the coarse one on its frame
+    assert sum(1 for f in range(240) if plan.widths(f) == [1280]) == 10
+    small = DetectionPlan.for_clip(settings, 640)
+    assert small.fine_width is None and all(small.widths(f) in ([], [640]) for f in range(48))

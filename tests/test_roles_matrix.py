@@ -1,0 +1,486 @@
+"""Every route of the real application against every role: an explicit policy table, checked exhaustively.
+
+HOW TO ADD A ROUTE (read this when this test fails with "routes without a policy"):
+
+1. Add one entry to ``POLICY`` below, keyed by ``(METHOD, path)`` exactly as FastAPI reports it
+   (for example ``("GET", "/api/v1/alarms/{alarm_id}")``). Say which personas get a 2xx (``ok``),
+   which get 404 because the object is outside their scope (``hidden``), and nothing else: every other
+   signed-in persona is expected to get 403. A route for docks instead of people is ``Rule(dock=True)``;
+   a route authenticated by a device's signature is ``Rule(device=True)`` (user and dock tokens get 401).
+2. If the route needs a body, query parameters, a particular path parameter or some state to exist
+   first, add a ``Sample`` to ``SAMPLES`` (path parameters default to the fixture's objects in
+   ``PATH_DEFAULTS``; add yours there if the name is new).
+3. A route that is open without a token must be listed in ``OPEN`` with the reason; nothing else is.
+
+Personas: admin; ``manager`` (security manager of the incident's site) and ``manager_other_site``;
+``investigator`` (assigned to the incident) and ``investigator_unassigned``; operator; auditor;
+``dock`` (a dock token, which is not a user token). Every route is also called without a token and
+must answer 401, except the ``OPEN`` ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.routing import iter_route_contexts
+from fastapi.testclient import TestClient
+
+from accounts.models import User
+from accounts.service import issue_token
+from devices.service import enrol_dock, enrol_keyed_device
+from incidents.service import (
+    IncidentDraft,
+    assign_investigator,
+    create_incident,
+    link_alarm,
+    link_evidence,
+)
+from tests.clipkit import Fleet, clip_metadata, sha256
+from tests.conftest import wait_for
+from tests.test_incidents_kit import staff, store_item, user
+
+USERS = (
+    "admin",
+    "manager",
+    "manager_other_site",
+    "investigator",
+    "investigator_unassigned",
+    "operator",
+    "auditor",
+)
+PERSONAS = (*USERS, "dock")
+
+EVERYONE = frozenset(USERS)
+IN_SCOPE = frozenset({"admin", "manager", "investigator"})
+OUT_OF_SCOPE = frozenset({"manager_other_site", "investigator_unassigned"})
+MANAGERS_ANY_SITE = frozenset({"admin", "manager", "manager_other_site"})
+SEE_ALL_EVIDENCE = frozenset({"admin", "auditor"})
+
+# Open without a token, and why.
+OPEN = {
+    ("POST", "/api/v1/auth/token"): "the login itself",
+    ("GET", "/healthz"): "liveness probe, says nothing",
+    ("GET", "/docs"): "API documentation",
+    ("GET", "/openapi.json"): "API documentation",
+    ("GET", "/docs/oauth2-redirect"): "API documentation",
+    ("GET", "/redoc"): "API documentation",
+    ("GET", "/api/v1/exports/download/{token}"): "the signed, expiring link token in the URL is the credential "
+    "(a police or CPS recipient has no account); every download is a custody entry",
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    ok: frozenset[str] = frozenset()  # 2xx
+    hidden: frozenset[str] = frozenset()  # 404: the object is outside their scope
+    dock: bool = False  # dock token only; every user token is refused with 401
+    device: bool = False  # signed by a device key (no persona holds one): every persona gets 401
+
+    def expect(self, persona: str) -> str:
+        if self.device:
+            return "401"
+        if self.dock:
+            return "2xx" if persona == "dock" else "401"
+        if persona == "dock":
+            return "401"
+        if persona in self.ok:
+            return "2xx"
+        if persona in self.hidden:
+            return "404"
+        return "403"
+
+
+POLICY: dict[tuple[str, str], Rule] = {
+    # Dock uploads (tus): docks only.
+    ("OPTIONS", "/api/v1/dock/uploads"): Rule(dock=True),
+    ("POST", "/api/v1/dock/uploads"): Rule(dock=True),
+    ("HEAD", "/api/v1/dock/uploads/{upload_id}"): Rule(dock=True),
+    ("PATCH", "/api/v1/dock/uploads/{upload_id}"): Rule(dock=True),
+    ("DELETE", "/api/v1/dock/uploads/{upload_id}"): Rule(dock=True),
+    # Evidence: scope decides metadata; media never for auditors or operators.
+    ("GET", "/api/v1/evidence"): Rule(ok=EVERYONE - {"operator"}),
+    ("GET", "/api/v1/evidence/{item_id}"): Rule(ok=IN_SCOPE | {"auditor"}, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/evidence/{item_id}/custody"): Rule(ok=IN_SCOPE | {"auditor"}, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/evidence/{item_id}/retention"): Rule(ok=IN_SCOPE | {"auditor"}, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/evidence/{item_id}/content"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("PUT", "/api/v1/evidence/{item_id}/legal-hold"): Rule(
+        ok=frozenset({"admin", "manager"}), hidden=frozenset({"manager_other_site"})
+    ),
+    ("DELETE", "/api/v1/evidence/{item_id}"): Rule(ok=frozenset({"admin"})),
+    ("GET", "/api/v1/custody/public-key"): Rule(ok=EVERYONE),
+    # People and devices.
+    ("POST", "/api/v1/staff"): Rule(ok=MANAGERS_ANY_SITE),
+    ("POST", "/api/v1/devices/docks"): Rule(ok=MANAGERS_ANY_SITE),
+    ("POST", "/api/v1/devices/cameras"): Rule(ok=MANAGERS_ANY_SITE),
+    ("GET", "/api/v1/devices"): Rule(ok=MANAGERS_ANY_SITE | {"auditor", "operator"}),
+    ("PATCH", "/api/v1/devices/{device_id}"): Rule(ok=MANAGERS_ANY_SITE),
+    ("GET", "/api/v1/me"): Rule(ok=EVERYONE),
+    ("GET", "/api/v1/users"): Rule(ok=frozenset({"admin"})),
+    ("POST", "/api/v1/users"): Rule(ok=frozenset({"admin"})),
+    ("GET", "/api/v1/users/{user_id}"): Rule(ok=frozenset({"admin"})),
+    ("PATCH", "/api/v1/users/{user_id}"): Rule(ok=frozenset({"admin"})),
+    # Incidents: role first (403), then scope (404).
+    ("POST", "/api/v1/incidents"): Rule(
+        ok=frozenset({"admin", "manager", "investigator", "investigator_unassigned"})
+    ),
+    ("GET", "/api/v1/incidents"): Rule(ok=IN_SCOPE | OUT_OF_SCOPE),
+    ("GET", "/api/v1/incidents/{incident_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("PATCH", "/api/v1/incidents/{incident_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/incidents/{incident_id}/timeline"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("POST", "/api/v1/incidents/{incident_id}/links"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("POST", "/api/v1/incidents/{incident_id}/unlink"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("PUT", "/api/v1/incidents/{incident_id}/investigators/{user_id}"): Rule(
+        ok=frozenset({"admin", "manager"}), hidden=frozenset({"manager_other_site"})
+    ),
+    ("DELETE", "/api/v1/incidents/{incident_id}/investigators/{user_id}"): Rule(
+        ok=frozenset({"admin", "manager"}), hidden=frozenset({"manager_other_site"})
+    ),
+    ("PUT", "/api/v1/incidents/{incident_id}/legal-hold"): Rule(
+        ok=frozenset({"admin", "manager"}), hidden=frozenset({"manager_other_site"})
+    ),
+    ("GET", "/api/v1/statistics"): Rule(ok=MANAGERS_ANY_SITE | {"auditor"}),
+    # Redaction: media roles request versions; metadata roles follow their progress; both within scope.
+    ("GET", "/api/v1/evidence/{item_id}/redactions"): Rule(ok=IN_SCOPE | {"auditor"}, hidden=OUT_OF_SCOPE),
+    ("POST", "/api/v1/evidence/{item_id}/redactions"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/redaction-jobs/{job_id}"): Rule(ok=IN_SCOPE | {"auditor"}, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/redaction-jobs"): Rule(ok=MANAGERS_ANY_SITE),
+    # Export packages: media roles, within the incident's scope.
+    ("POST", "/api/v1/incidents/{incident_id}/exports"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/incidents/{incident_id}/exports"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/exports/{export_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("POST", "/api/v1/exports/{export_id}/links"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("DELETE", "/api/v1/exports/{export_id}/links/{link_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    # Operations.
+    ("GET", "/metrics"): Rule(ok=frozenset({"admin", "auditor"})),
+}
+
+
+@dataclass
+class Fixture:
+    """The objects the matrix acts on, all at site NORTH except where said."""
+
+    client: TestClient
+    services: Any
+    tokens: dict[str, str]
+    ids: dict[str, Any]
+    fleet: Fleet
+    clip: bytes = field(default=b"")
+
+
+@dataclass(frozen=True)
+class Sample:
+    json: Callable[[Fixture, str], Any] | None = None
+    params: dict[str, Any] | None = None
+    headers: Callable[[Fixture], dict[str, str]] | None = None
+    content: bytes | None = None
+    path: dict[str, str] = field(default_factory=dict)  # path parameter -> key in Fixture.ids
+    prepare: Callable[[Fixture], dict[str, str]] | None = None  # returns path parameter overrides
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _pub() -> str:
+    key = Ed25519PrivateKey.generate().public_key()
+    return base64.b64encode(
+        key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).decode()
+
+
+def _tus(fx: Fixture) -> dict[str, str]:
+    return {"Tus-Resumable": "1.0.0"}
+
+
+def _new_upload(fx: Fixture) -> str:
+    r = fx.client.post(
+        "/api/v1/dock/uploads",
+        headers={
+            "Authorization": f"Bearer {fx.tokens['dock']}",
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": str(len(fx.clip)),
+            "Upload-Metadata": clip_metadata(
+                fx.fleet, sha256(fx.clip), len(fx.clip), filename=f"{uuid.uuid4().hex}.mp4"
+            ),
+        },
+    )
+    assert r.status_code == 201, r.text
+    return r.headers["location"].rsplit("/", 1)[-1]
+
+
+def _reassign(fx: Fixture) -> dict[str, str]:
+    from incidents.models import Incident
+
+    with fx.services.db.session() as session:
+        assign_investigator(
+            session, session.get(Incident, fx.ids["incident"]), fx.ids["investigator2"], "test"
+        )
+    return {}
+
+
+def _relink_alarm(fx: Fixture) -> dict[str, str]:
+    with fx.services.db.session() as session:
+        link_alarm(session, fx.services.ledger, fx.ids["incident"], "ALARM-1", "test", "raised during it")
+    return {}
+
+
+def _deletable(fx: Fixture) -> dict[str, str]:
+    lock = fx.ids["deletable_lock"]
+    wait_for(
+        lambda: datetime.now(UTC) > lock + timedelta(seconds=1), 30, 0.1, "the deletable item's lock to pass"
+    )
+    return {}
+
+
+SAMPLES: dict[tuple[str, str], Sample] = {
+    ("OPTIONS", "/api/v1/dock/uploads"): Sample(headers=_tus),
+    ("POST", "/api/v1/dock/uploads"): Sample(
+        headers=lambda fx: {
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": str(len(fx.clip)),
+            "Upload-Metadata": clip_metadata(fx.fleet, sha256(fx.clip), len(fx.clip), filename="matrix.mp4"),
+        }
+    ),
+    ("HEAD", "/api/v1/dock/uploads/{upload_id}"): Sample(headers=_tus),
+    ("PATCH", "/api/v1/dock/uploads/{upload_id}"): Sample(
+        headers=lambda fx: {
+            "Tus-Resumable": "1.0.0",
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        },
+        prepare=lambda fx: {"upload_id": _new_upload(fx)},
+        content=b"\x00" * 10,
+    ),
+    ("DELETE", "/api/v1/dock/uploads/{upload_id}"): Sample(
+        headers=_tus, prepare=lambda fx: {"upload_id": _new_upload(fx)}
+    ),
+    ("PUT", "/api/v1/evidence/{item_id}/legal-hold"): Sample(
+        json=lambda fx, p: {"hold": True, "reason": "police request"}
+    ),
+    ("DELETE", "/api/v1/evidence/{item_id}"): Sample(
+        params={"reason": "recorded by mistake"}, path={"item_id": "deletable"}, prepare=_deletable
+    ),
+    ("POST", "/api/v1/staff"): Sample(
+        json=lambda fx, p: {"id": "S-NEW", "name": "New Starter", "group": "porter"}
+    ),
+    ("POST", "/api/v1/devices/docks"): Sample(json=lambda fx, p: {"id": f"DOCK-{p}-{uuid.uuid4().hex[:6]}"}),
+    ("POST", "/api/v1/devices/cameras"): Sample(
+        json=lambda fx, p: {"id": f"CAM-{p}-{uuid.uuid4().hex[:6]}", "public_key": _pub()}
+    ),
+    ("PATCH", "/api/v1/devices/{device_id}"): Sample(json=lambda fx, p: {"status": "active"}),
+    ("POST", "/api/v1/users"): Sample(
+        json=lambda fx, p: {"username": f"new-{p}", "password": "a long enough password", "role": "auditor"}
+    ),
+    ("PATCH", "/api/v1/users/{user_id}"): Sample(json=lambda fx, p: {"full_name": f"renamed by {p}"}),
+    ("POST", "/api/v1/incidents"): Sample(
+        json=lambda fx, p: {
+            "category": "theft",
+            "occurred_at": _now(),
+            "site": "NORTH",
+            "title": "wallet taken",
+        }
+    ),
+    ("PATCH", "/api/v1/incidents/{incident_id}"): Sample(json=lambda fx, p: {"title": f"updated by {p}"}),
+    ("POST", "/api/v1/incidents/{incident_id}/links"): Sample(
+        json=lambda fx, p: {"kind": "alarm", "target_id": "ALARM-1", "reason": "raised during the incident"}
+    ),
+    ("POST", "/api/v1/incidents/{incident_id}/unlink"): Sample(
+        json=lambda fx, p: {"kind": "alarm", "target_id": "ALARM-1", "reason": "a different alarm"},
+        prepare=_relink_alarm,
+    ),
+    ("PUT", "/api/v1/incidents/{incident_id}/investigators/{user_id}"): Sample(
+        path={"user_id": "investigator2"}
+    ),
+    ("DELETE", "/api/v1/incidents/{incident_id}/investigators/{user_id}"): Sample(
+        path={"user_id": "investigator2"}, prepare=_reassign
+    ),
+    ("PUT", "/api/v1/incidents/{incident_id}/legal-hold"): Sample(
+        json=lambda fx, p: {"hold": True, "reason": "tribunal"}
+    ),
+    ("GET", "/api/v1/statistics"): Sample(params={"by": ["month", "site"]}),
+    ("POST", "/api/v1/evidence/{item_id}/redactions"): Sample(
+        json=lambda fx, p: {"note": f"requested by {p}"}
+    ),
+    ("POST", "/api/v1/incidents/{incident_id}/exports"): Sample(json=lambda fx, p: {"include_originals": False}),
+    ("POST", "/api/v1/exports/{export_id}/links"): Sample(json=lambda fx, p: {"recipient": f"DC Smith for {p}"}),
+    ("DELETE", "/api/v1/exports/{export_id}/links/{link_id}"): Sample(prepare=lambda fx: {"link_id": _new_link(fx)}),
+}
+
+# Which fixture object a path parameter names, unless the sample says otherwise.
+PATH_DEFAULTS = {
+    "item_id": "item",
+    "incident_id": "incident",
+    "user_id": "investigator",
+    "device_id": "camera",
+    "upload_id": "upload",
+    "job_id": "job",
+    "export_id": "export",
+    "link_id": "link",
+}
+
+
+def _admin(fx: Fixture) -> dict[str, str]:
+    return {"Authorization": f"Bearer {fx.tokens['admin']}"}
+
+
+def _new_link(fx: Fixture) -> str:
+    r = fx.client.post(f"/api/v1/exports/{fx.ids['export']}/links", json={"recipient": "matrix"}, headers=_admin(fx))
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def app_routes(app) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """(method, path) of every route the application serves, included routers flattened."""
+    out: set[tuple[str, str]] = set()
+    for route in iter_route_contexts(app.routes):
+        for method in route.methods or ():
+            if method == "HEAD" and "GET" in (route.methods or ()):
+                continue  # the implicit HEAD of a GET route
+            out.add((method, str(route.path)))
+    return out
+
+
+@pytest.fixture
+def fx(sqlite_services):  # type: ignore[no-untyped-def]
+    from ingest.app import create_app
+
+    s = sqlite_services
+    staff(s, "S-N", "nurse", "NORTH")
+    staff(s, "S-S", "porter", "SOUTH")
+    ids: dict[str, Any] = {}
+    sites = {"manager": "NORTH", "manager_other_site": "SOUTH"}
+    roles = {
+        "manager": "security_manager",
+        "manager_other_site": "security_manager",
+        "investigator_unassigned": "investigator",
+    }
+    for name in (*USERS, "investigator2"):
+        ids[name] = user(
+            s, name, roles.get(name, "investigator" if name == "investigator2" else name), sites.get(name)
+        )
+    tokens: dict[str, str] = {}
+    with s.db.session() as session:
+        for name in USERS:
+            tokens[name], _ = issue_token(session, session.get(User, ids[name]), timedelta(hours=1))
+        dock = enrol_dock(session, s.ledger, "DOCK-M", "test", site="NORTH")
+        camera_key = Ed25519PrivateKey.generate()
+        pub = base64.b64encode(
+            camera_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        ).decode()
+        enrol_keyed_device(session, s.ledger, "camera", "CAM-M", pub, "test", staff_id="S-N", site="NORTH")
+        incident = create_incident(
+            session,
+            IncidentDraft(category="physical_assault", occurred_at=datetime.now(UTC), site="NORTH"),
+            "test",
+        )
+        assign_investigator(session, incident, ids["investigator"], "test")
+        ids["incident"] = incident.id
+    tokens["dock"] = dock.token
+    ids["camera"] = "CAM-M"
+    item = store_item(s, wearer="S-N")
+    with s.db.session() as session:
+        link_evidence(session, s.ledger, ids["incident"], item.id, "test", "shows it")
+    ids["item"] = item.id
+    with s.db.session() as session:
+        from redaction.jobs import enqueue
+
+        ids["job"] = enqueue(session, item.id, "test").id
+    deletable = store_item(s, wearer="S-N", lock=timedelta(seconds=1))
+    ids["deletable"] = deletable.id
+    ids["deletable_lock"] = deletable.retain_until
+    fleet = Fleet("", dock.token, "CAM-M", camera_key, "S-N")
+    app = create_app(s.settings, s)
+    with TestClient(app) as client:
+        fixture = Fixture(client, s, tokens, ids, fleet, clip=uuid.uuid4().bytes * 8)
+        ids["upload"] = _new_upload(fixture)
+        r = client.post(f"/api/v1/incidents/{ids['incident']}/exports", json={}, headers=_admin(fixture))
+        assert r.status_code == 202, r.text
+        ids["export"] = r.json()["id"]
+        wait_for(
+            lambda: client.get(f"/api/v1/exports/{ids['export']}", headers=_admin(fixture)).json()["status"]
+            == "ready",
+            60,
+            0.1,
+            "the export package to be built",
+        )
+        yield fixture
+
+
+def _call(fx: Fixture, method: str, path: str, persona: str | None) -> Any:
+    sample = SAMPLES.get((method, path), Sample())
+    overrides = sample.prepare(fx) if sample.prepare else {}
+    url = path
+    for name, default in PATH_DEFAULTS.items():
+        if "{" + name + "}" in url:
+            value = overrides.get(name) or fx.ids[sample.path.get(name, default)]
+            url = url.replace("{" + name + "}", str(value))
+    headers = sample.headers(fx) if sample.headers else {}
+    if persona is not None:
+        headers["Authorization"] = f"Bearer {fx.tokens[persona]}"
+    return fx.client.request(
+        method,
+        url,
+        headers=headers,
+        params=sample.params,
+        json=sample.json(fx, persona or "anonymous") if sample.json else None,
+        content=sample.content,
+    )
+
+
+def _matches(expected: str, status: int) -> bool:
+    return 200 <= status < 300 if expected == "2xx" else status == int(expected)
+
+
+def test_every_route_has_a_policy(fx: Fixture) -> None:
+    served = app_routes(fx.client.app)
+    missing = sorted(served - POLICY.keys() - OPEN.keys())
+    assert not missing, (
+        f"routes without a policy in tests/test_roles_matrix.py (see the instructions at its top): {missing}"
+    )
+    stale = sorted(POLICY.keys() - served)
+    assert not stale, f"policy entries for routes the application no longer serves: {stale}"
+
+
+def test_every_route_refuses_a_missing_token(fx: Fixture) -> None:
+    wrong = []
+    for method, path in sorted(app_routes(fx.client.app) - OPEN.keys()):
+        r = _call(fx, method, path, None)
+        if r.status_code != 401:
+            wrong.append(f"{method} {path}: {r.status_code}")
+    assert not wrong, wrong
+    for method, path in OPEN:
+        if method == "GET":
+            assert fx.client.get(path).status_code == 200, path
+
+
+def test_roles_matrix(fx: Fixture) -> None:
+    wrong = []
+    checked = 0
+    for (method, path), rule in POLICY.items():
+        for persona in PERSONAS:
+            expected = rule.expect(persona)
+            r = _call(fx, method, path, persona)
+            checked += 1
+            if not _matches(expected, r.status_code):
+                wrong.append(
+                    f"{method} {path} as {persona}: expected {expected}, got {r.status_code} {r.text[:160]}"
+                )
+    assert not wrong, "\n".join(wrong)
+    assert checked == len(POLICY) * len(PERSONAS)
+
+
+def test_login_is_the_only_way_in(fx: Fixture) -> None:
+    from tests.test_incidents_kit import PASSWORD
+
+    r = fx.client.post("/api/v1/auth/token", data={"username": "auditor", "password": PASSWORD})
+    assert r.status_code == 200 and r.json()["role"] == "auditor"
+    r = fx.client.post("/api/v1/auth/token", data={"username": "auditor", "password": "not the password"})
+    assert r.status_code == 401
