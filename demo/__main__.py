@@ -18,8 +18,6 @@ from pathlib import Path
 
 import httpx
 
-httpx_timeout = httpx.Timeout(60.0)
-
 from firmware_simulators.camera import CameraIdentity, record_clip
 from firmware_simulators.dock import Dock
 from firmware_simulators.scene import render_clip
@@ -28,6 +26,7 @@ from storage.settings import get_settings
 
 from . import lone_worker as demo_lone_worker
 
+HTTP_TIMEOUT = httpx.Timeout(60.0)
 STAFF = [
     ("S-1001", "Alex Morgan", "nurse", "Ward 7"),
     ("S-1002", "Sam Patel", "porter", "Emergency Department"),
@@ -105,7 +104,7 @@ def main() -> int:
     lone_worker = demo_lone_worker.start_broker(demo_dir, say)  # before the service, which consumes from it
     proc = subprocess.Popen([sys.executable, "-m", "ingest.cli", "serve"], start_new_session=True)
     worker: subprocess.Popen[bytes] | None = None
-    http = httpx.Client(timeout=httpx_timeout)
+    http = httpx.Client(timeout=HTTP_TIMEOUT)
     try:
         wait_up(url, proc)
         token = http.post(
@@ -186,7 +185,7 @@ def main() -> int:
             )
         say("  Verify ledger and objects: .venv/bin/evidence verify")
         if lone_worker is not None:
-            say(f"  Alarms (and live stream): curl -H 'Authorization: Bearer <token>' {url}/api/v1/alarms[/stream]")
+            say(f"  Alarms (live: /stream):   curl -H 'Authorization: Bearer <token>' {url}/api/v1/alarms")
         if args.once:
             return 0
         say("Press Ctrl-C to stop.")

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
@@ -43,7 +44,9 @@ from .services import Services
 
 router = APIRouter(prefix="/api/v1", tags=["alarms"])
 
-READERS = ("admin", "security_manager", "operator", "investigator", "auditor")
+# The control room's view (where staff are, who raised what). Investigators reach an alarm through
+# the incident it is linked to; auditors read everything.
+READERS = ("admin", "security_manager", "operator", "auditor")
 OPERATORS = ("admin", "security_manager", "operator")
 ENROLLERS = ("admin", "security_manager")
 KEEPALIVE_S = 15.0
@@ -144,6 +147,9 @@ async def alarm_stream(
     after: Annotated[
         int | None, Query(ge=0, description="replay changes after this id (0: all kept)")
     ] = None,
+    follow: Annotated[
+        bool, Query(description="keep the stream open for new changes (false: send the backlog, then end)")
+    ] = True,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     user: Principal = Depends(require_roles(*READERS)),
     s: Services = Depends(services),
@@ -174,6 +180,8 @@ async def alarm_stream(
                     last_sent = time.monotonic()
                 if len(rows) == 200:
                     continue
+                if not follow:
+                    return
                 if time.monotonic() - last_sent >= KEEPALIVE_S:
                     yield ": keepalive\n\n"
                     last_sent = time.monotonic()
@@ -359,15 +367,23 @@ AUDIO_TYPES = ("audio/",)
 )
 async def upload_voice_memo(
     request: Request,
-    device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN)],
-    event_id: Annotated[str, Path(pattern=EVENT_ID_PATTERN)],
-    x_device_signature: Annotated[str, Header()],
-    x_device_sent_at: Annotated[str, Header()],
+    device_id: str,
+    event_id: str,
     content_type: Annotated[str, Header()] = "application/octet-stream",
     content_length: Annotated[int | None, Header()] = None,
+    x_device_signature: Annotated[str | None, Header()] = None,
+    x_device_sent_at: Annotated[str | None, Header()] = None,
     s: Services = Depends(services),
 ) -> JSONResponse:
     """A device's voice memo for one of its alarms (authenticated by the device's signature)."""
+    if not x_device_signature or not x_device_sent_at:
+        raise HTTPException(
+            401,
+            {"error": "sign the upload with the device key", "reason": "no_signature"},
+            headers={"WWW-Authenticate": "X-Device-Signature"},
+        )
+    if not re.match(DEVICE_ID_PATTERN, device_id) or not re.match(EVENT_ID_PATTERN, event_id):
+        raise HTTPException(400, {"error": "not a device id and event id", "reason": "bad_id"})
     limit = s.settings.max_voice_memo_bytes
     if not content_type.startswith(AUDIO_TYPES):
         raise HTTPException(415, {"error": "a voice memo is audio/*", "reason": "not_audio"})

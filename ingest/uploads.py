@@ -20,9 +20,11 @@ import shutil
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import or_, select, update
 
@@ -100,6 +102,9 @@ class UploadEngine:
         self.s = services
         self.hashes = _RunningHash()
         self.active = asyncio.Semaphore(services.settings.max_concurrent_patches)
+        self.parts_in_flight = max(1, services.settings.upload_parts_in_flight)
+        # One thread hashes every upload's parts, so each upload's parts are hashed in order.
+        self.hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-hash")
         self.lease = timedelta(seconds=services.settings.upload_lease_seconds)
 
     # -- storage capacity --------------------------------------------------------------------
@@ -297,8 +302,25 @@ class ClientGone(Exception):
     """Raised by the body iterator when the client disconnects mid-request."""
 
 
+@dataclass
+class _Pending:
+    """A part on its way to S3, with the hashing of its bytes."""
+
+    number: int
+    size: int
+    consumed: bool  # this part absorbed the tail segments staged by earlier requests
+    upload: asyncio.Task[str]
+    hashed: asyncio.Future[None] | None
+    commit: asyncio.Task[None] | None = None
+
+
+def _ignore_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class _PartWriter:
-    """Fills parts from the request body, sends them to S3 (one in flight while the next fills), records progress."""
+    """Fills parts from the request body, sends a few to S3 at once while the next fills, records progress."""
 
     def __init__(
         self, engine: UploadEngine, upload: Upload, lease: str, checksum: tuple[str, bytes] | None
@@ -318,8 +340,9 @@ class _PartWriter:
         self.running = engine.hashes.take(upload.id, upload.committed)
         # With a checksum the whole request is provisional: remember where we started to roll back.
         self.start_running = self.running.copy() if (checksum and self.running is not None) else None
+        self.sent = upload.committed  # bytes handed to S3 (committed once their part is confirmed)
         self.received = 0
-        self.in_flight: asyncio.Task[None] | None = None
+        self.pending: list[_Pending] = []
         self.consumed_staged = False
         self.renewed = time.monotonic()
 
@@ -336,7 +359,7 @@ class _PartWriter:
 
     @property
     def offset(self) -> int:
-        return self.committed + self.fill
+        return self.sent + self.fill
 
     async def feed(self, chunk: bytes) -> None:
         if self.offset + len(chunk) > self.u.length:
@@ -360,25 +383,49 @@ class _PartWriter:
                 await self._send_part(full)
 
     async def _send_part(self, data: bytes | bytearray) -> None:
-        if self.in_flight is not None:
-            await self.in_flight
-        number = self.committed // self.u.part_size + 1
-        running = self.running
-        self.committed += len(data)
-        consumed_staged = self.staged_len > 0
-        self.consumed_staged = self.consumed_staged or consumed_staged
+        """Hash (in order, on the hashing thread) and upload a full part; a few parts travel at once."""
+        number = self.sent // self.u.part_size + 1
+        self.sent += len(data)
+        consumed = self.staged_len > 0
+        self.consumed_staged = self.consumed_staged or consumed
         self.staged_len = 0
-        committed = self.committed
+        hashed = None
+        if self.running is not None:
+            hashed = asyncio.get_running_loop().run_in_executor(self.e.hash_pool, self.running.update, data)
+        store = self.e.s.store
+        upload = asyncio.create_task(
+            asyncio.to_thread(store.upload_part, self.u.object_key, self.u.s3_upload_id, number, data)
+        )
+        upload.add_done_callback(_ignore_result)  # failures are raised through the commit chain
+        part = _Pending(number, len(data), consumed, upload, hashed)
+        previous = self.pending[-1].commit if self.pending else None
+        part.commit = asyncio.create_task(self._commit(previous, part))
+        part.commit.add_done_callback(_ignore_result)
+        self.pending.append(part)
+        while len(self.pending) >= self.e.parts_in_flight:
+            await self._complete_oldest()
 
-        def send() -> None:
-            if running is not None:
-                running.update(data)
-            etag = self.e.s.store.upload_part(self.u.object_key, self.u.s3_upload_id, number, data)
-            self.parts = [p for p in self.parts if p[0] != number] + [[number, etag]]
-            if self.checksum is None:
-                self._record(committed, consumed_staged)
+    async def _commit(self, previous: asyncio.Task[None] | None, part: _Pending) -> None:
+        """Record a part as soon as it and every part before it are stored, so the offset never skips a gap."""
+        if previous is not None:
+            await previous
+        etag = await part.upload
+        if part.hashed is not None:
+            await part.hashed
+        self.parts = [p for p in self.parts if p[0] != part.number] + [[part.number, etag]]
+        self.committed += part.size
+        if self.checksum is None:
+            await asyncio.to_thread(self._record, self.committed, part.consumed)
 
-        self.in_flight = asyncio.create_task(asyncio.to_thread(send))
+    async def _complete_oldest(self) -> None:
+        part = self.pending.pop(0)
+        try:
+            assert part.commit is not None
+            await part.commit
+        except BaseException:
+            self.running = None  # a part of unknown fate: the finished object will be re-read and hashed
+            self.pending.clear()
+            raise
 
     def _renew(self) -> None:
         with self.e.s.db.session() as session:
@@ -415,9 +462,8 @@ class _PartWriter:
         return sum(s for _, s in self.staged)
 
     async def _drain(self) -> None:
-        if self.in_flight is not None:
-            task, self.in_flight = self.in_flight, None
-            await task
+        while self.pending:
+            await self._complete_oldest()
 
     async def finish(self, disconnected: bool) -> UploadState:
         try:

@@ -55,8 +55,10 @@ class Settings(BaseSettings):
 
     # Largest clip a dock may upload (413 above it).
     max_clip_bytes: int = 64 * 1024**3
-    # Size of the S3 multipart parts a clip is streamed in (memory per upload is about twice this).
+    # Size of the S3 multipart parts a clip is streamed in.
     upload_part_bytes: int = 8 * 1024**2
+    # Parts of one clip travelling to S3 at once (memory per upload: this many parts plus the one filling).
+    upload_parts_in_flight: int = 3
     # An unfinished upload is abandoned after this long.
     upload_expiry_hours: int = 72
     # Dock PATCH requests streaming at once per process; beyond this the answer is 503 + Retry-After.

@@ -633,3 +633,51 @@ def test_effects_left_in_the_outbox_are_sent_by_the_relay(stack: Stack) -> None:
 def _sent(stack: Stack, row_id: int) -> bool:
     with stack.services.db.session() as session:
         return session.get(AlarmOutbox, row_id).sent_at is not None
+
+
+def test_alarm_routes_by_role(stack: Stack) -> None:
+    """Operators act, auditors read, investigators go through incidents, and nobody gets in without a token."""
+    kit = stack.enrol("LW-ROLES")
+    device = stack.device(kit)
+    event_id = device.sos()
+    device.wait_ack(event_id, "received", timeout=10)
+    alarm_id = device.acks_for(event_id)[0].payload["alarm_id"]
+    headers = {}
+    with stack.services.db.session() as session:
+        for role in ("operator", "auditor", "investigator"):
+            create_user(session, f"{role}-roles", PASSWORD, role)
+    for role in ("operator", "auditor", "investigator"):
+        r = httpx.post(
+            f"{stack.url}/api/v1/auth/token", data={"username": f"{role}-roles", "password": PASSWORD}
+        )
+        headers[role] = {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    def call(method: str, path: str, who: str | None, extra: dict[str, str] | None = None, **kw: Any) -> int:
+        sent = {**headers.get(who or "", {}), **(extra or {})}
+        return httpx.request(method, f"{stack.url}/api/v1{path}", headers=sent, **kw).status_code
+
+    reads = ["/alarms", f"/alarms/{alarm_id}", "/lone-workers", "/alarms/stream?after=0&follow=false"]
+    for path in reads:
+        assert call("GET", path, None) == 401
+        assert call("GET", path, "operator") == 200 and call("GET", path, "auditor") == 200
+        assert call("GET", path, "investigator") == 403
+    for action in ("acknowledge", "escalate"):
+        assert call("POST", f"/alarms/{alarm_id}/{action}", None) == 401
+        assert call("POST", f"/alarms/{alarm_id}/{action}", "auditor") == 403
+        assert call("POST", f"/alarms/{alarm_id}/{action}", "operator") == 200
+    assert call("POST", f"/alarms/{alarm_id}/resolve", "operator", json={"outcome": "maybe"}) == 422
+    assert call("POST", f"/alarms/{alarm_id}/resolve", "operator", json={"outcome": "test"}) == 200
+    assert call("GET", "/alarms/no-such-alarm", "operator") == 404
+    body = {"id": "LW-NEW", "public_key": kit.public_b64}
+    assert call("POST", "/devices/lone-workers", "operator", json=body) == 403
+    memo = f"/lone-worker/devices/LW-ROLES/alarms/{event_id}/voice-memo"
+    assert call("PUT", memo, "operator", {"Content-Type": "audio/ogg"}, content=b"x") == 401
+    backlog = httpx.get(
+        f"{stack.url}/api/v1/alarms/stream?after=0&follow=false", headers=headers["auditor"]
+    ).text
+    changes = [
+        e["data"]["change"]
+        for e in sse_events(iter(backlog.splitlines()))
+        if e["data"]["alarm"]["id"] == alarm_id
+    ]
+    assert changes == ["raised", "acknowledged", "escalated", "resolved"]

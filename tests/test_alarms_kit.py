@@ -231,3 +231,21 @@ def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         else:
             name, _, value = line.partition(":")
             event[name] = value[1:] if value.startswith(" ") else value
+
+
+def raise_test_alarm(services: Any, device_id: str = "LW-MATRIX") -> str:
+    """A fresh SOS alarm from an enrolled device (enrolled on first use); returns its id."""
+    from devices.models import Device
+    from ingest.alarms import alarm_service
+
+    cache: dict[str, DeviceKit] = services.extras.setdefault("test_alarm_devices", {})  # type: ignore[assignment]
+    kit = cache.get(device_id)
+    if kit is None:
+        with services.db.session() as session:
+            known = session.get(Device, device_id) is not None
+        kit = enrol(services, device_id, staff_id=None) if not known else None
+        assert kit is not None, f"{device_id} was enrolled outside raise_test_alarm"
+        cache[device_id] = kit
+    result = alarm_service(services).handle(*kit.sos())
+    assert result.outcome == "accepted" and result.alarm_id, result
+    return result.alarm_id

@@ -45,6 +45,7 @@ from incidents.service import (
 )
 from tests.clipkit import Fleet, clip_metadata, sha256
 from tests.conftest import wait_for
+from tests.test_alarms_kit import raise_test_alarm
 from tests.test_incidents_kit import staff, store_item, user
 
 USERS = (
@@ -63,6 +64,7 @@ IN_SCOPE = frozenset({"admin", "manager", "investigator"})
 OUT_OF_SCOPE = frozenset({"manager_other_site", "investigator_unassigned"})
 MANAGERS_ANY_SITE = frozenset({"admin", "manager", "manager_other_site"})
 SEE_ALL_EVIDENCE = frozenset({"admin", "auditor"})
+CONTROL_ROOM = MANAGERS_ANY_SITE | {"operator"}
 
 # Open without a token, and why.
 OPEN = {
@@ -72,7 +74,10 @@ OPEN = {
     ("GET", "/openapi.json"): "API documentation",
     ("GET", "/docs/oauth2-redirect"): "API documentation",
     ("GET", "/redoc"): "API documentation",
-    ("GET", "/api/v1/exports/download/{token}"): "the signed, expiring link token in the URL is the credential "
+    (
+        "GET",
+        "/api/v1/exports/download/{token}",
+    ): "the signed, expiring link token in the URL is the credential "
     "(a police or CPS recipient has no account); every download is a custody entry",
 }
 
@@ -158,6 +163,16 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/exports/{export_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("POST", "/api/v1/exports/{export_id}/links"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("DELETE", "/api/v1/exports/{export_id}/links/{link_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    # Control room: operators and managers act on alarms; auditors may look.
+    ("GET", "/api/v1/alarms"): Rule(ok=CONTROL_ROOM | {"auditor"}),
+    ("GET", "/api/v1/alarms/stream"): Rule(ok=CONTROL_ROOM | {"auditor"}),
+    ("GET", "/api/v1/alarms/{alarm_id}"): Rule(ok=CONTROL_ROOM | {"auditor"}),
+    ("GET", "/api/v1/lone-workers"): Rule(ok=CONTROL_ROOM | {"auditor"}),
+    ("POST", "/api/v1/alarms/{alarm_id}/acknowledge"): Rule(ok=CONTROL_ROOM),
+    ("POST", "/api/v1/alarms/{alarm_id}/escalate"): Rule(ok=CONTROL_ROOM),
+    ("POST", "/api/v1/alarms/{alarm_id}/resolve"): Rule(ok=CONTROL_ROOM),
+    ("POST", "/api/v1/devices/lone-workers"): Rule(ok=MANAGERS_ANY_SITE),
+    ("PUT", "/api/v1/lone-worker/devices/{device_id}/alarms/{event_id}/voice-memo"): Rule(device=True),
     # Operations.
     ("GET", "/metrics"): Rule(ok=frozenset({"admin", "auditor"})),
 }
@@ -309,9 +324,31 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("POST", "/api/v1/evidence/{item_id}/redactions"): Sample(
         json=lambda fx, p: {"note": f"requested by {p}"}
     ),
-    ("POST", "/api/v1/incidents/{incident_id}/exports"): Sample(json=lambda fx, p: {"include_originals": False}),
-    ("POST", "/api/v1/exports/{export_id}/links"): Sample(json=lambda fx, p: {"recipient": f"DC Smith for {p}"}),
-    ("DELETE", "/api/v1/exports/{export_id}/links/{link_id}"): Sample(prepare=lambda fx: {"link_id": _new_link(fx)}),
+    ("POST", "/api/v1/incidents/{incident_id}/exports"): Sample(
+        json=lambda fx, p: {"include_originals": False}
+    ),
+    ("GET", "/api/v1/alarms/stream"): Sample(params={"follow": "false"}),
+    ("GET", "/api/v1/alarms/{alarm_id}"): Sample(
+        prepare=lambda fx: {"alarm_id": raise_test_alarm(fx.services)}
+    ),
+    ("POST", "/api/v1/alarms/{alarm_id}/acknowledge"): Sample(
+        prepare=lambda fx: {"alarm_id": raise_test_alarm(fx.services)}
+    ),
+    ("POST", "/api/v1/alarms/{alarm_id}/escalate"): Sample(
+        prepare=lambda fx: {"alarm_id": raise_test_alarm(fx.services)}
+    ),
+    ("POST", "/api/v1/alarms/{alarm_id}/resolve"): Sample(
+        prepare=lambda fx: {"alarm_id": raise_test_alarm(fx.services)}, json=lambda fx, p: {"outcome": "test"}
+    ),
+    ("POST", "/api/v1/devices/lone-workers"): Sample(
+        json=lambda fx, p: {"id": f"LW-{p}-{uuid.uuid4().hex[:6]}", "public_key": _pub()}
+    ),
+    ("POST", "/api/v1/exports/{export_id}/links"): Sample(
+        json=lambda fx, p: {"recipient": f"DC Smith for {p}"}
+    ),
+    ("DELETE", "/api/v1/exports/{export_id}/links/{link_id}"): Sample(
+        prepare=lambda fx: {"link_id": _new_link(fx)}
+    ),
 }
 
 # Which fixture object a path parameter names, unless the sample says otherwise.
@@ -324,6 +361,8 @@ PATH_DEFAULTS = {
     "job_id": "job",
     "export_id": "export",
     "link_id": "link",
+    "alarm_id": "alarm",
+    "event_id": "event",
 }
 
 
@@ -332,7 +371,9 @@ def _admin(fx: Fixture) -> dict[str, str]:
 
 
 def _new_link(fx: Fixture) -> str:
-    r = fx.client.post(f"/api/v1/exports/{fx.ids['export']}/links", json={"recipient": "matrix"}, headers=_admin(fx))
+    r = fx.client.post(
+        f"/api/v1/exports/{fx.ids['export']}/links", json={"recipient": "matrix"}, headers=_admin(fx)
+    )
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
 
@@ -385,6 +426,8 @@ def fx(sqlite_services):  # type: ignore[no-untyped-def]
         ids["incident"] = incident.id
     tokens["dock"] = dock.token
     ids["camera"] = "CAM-M"
+    ids["event"] = str(uuid.uuid4())
+    ids["alarm"] = raise_test_alarm(s)
     item = store_item(s, wearer="S-N")
     with s.db.session() as session:
         link_evidence(session, s.ledger, ids["incident"], item.id, "test", "shows it")
@@ -405,8 +448,10 @@ def fx(sqlite_services):  # type: ignore[no-untyped-def]
         assert r.status_code == 202, r.text
         ids["export"] = r.json()["id"]
         wait_for(
-            lambda: client.get(f"/api/v1/exports/{ids['export']}", headers=_admin(fixture)).json()["status"]
-            == "ready",
+            lambda: (
+                client.get(f"/api/v1/exports/{ids['export']}", headers=_admin(fixture)).json()["status"]
+                == "ready"
+            ),
             60,
             0.1,
             "the export package to be built",
@@ -457,8 +502,10 @@ def test_every_route_refuses_a_missing_token(fx: Fixture) -> None:
             wrong.append(f"{method} {path}: {r.status_code}")
     assert not wrong, wrong
     for method, path in OPEN:
-        if method == "GET":
+        if method == "GET" and "{" not in path:
             assert fx.client.get(path).status_code == 200, path
+    # The download link's token is its credential: a forged or missing one gets nothing.
+    assert fx.client.get("/api/v1/exports/download/forged-token").status_code == 404
 
 
 def test_roles_matrix(fx: Fixture) -> None:
