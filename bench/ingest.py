@@ -83,6 +83,14 @@ def run_case(
     return service_s, direct_s, mem.peak_mb
 
 
+def save(rows: list[dict], quick: bool) -> Path:
+    return write_results("ingest" + ("-quick" if quick else ""), {
+        "target": {"ratio_min": 0.85, "peak_rss_mb_max_2gb": 250},
+        "baseline": "minio put_object of the same files to the same SeaweedFS, same concurrency, 16 MiB parts",
+        "rows": rows,
+    })
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -114,6 +122,7 @@ def main() -> None:
             svc.seaweed.credentials.secret_key,
             bucket="evidence",
             staging_bucket="evidence-staging",
+            timeout_seconds=600,
         )
         start = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
         n = 0
@@ -142,6 +151,7 @@ def main() -> None:
             }
             rows.append(row)
             print(row, flush=True)
+            save(rows, args.quick)
             for p in files:
                 p.unlink()
     finally:

@@ -278,8 +278,11 @@ class LoneWorkerDevice:
         auto_reconnect: bool = True,
         reconnect_delay_s: float = 1.0,
         io_loop: IoLoop | None = None,
+        ack_retry_s: float | None = 10.0,
     ) -> None:
         self.device_id = device_id
+        # Resend an alarm or check-in with no ack after this long (docs/PROTOCOLS.md); None: only on reconnect.
+        self.ack_retry_s = ack_retry_s
         self.password = password
         self.host, self.port = host, port
         self._key = private_key or Ed25519PrivateKey.generate()
@@ -576,6 +579,16 @@ class LoneWorkerDevice:
         event.sends += 1
         if event.first_sent is None:
             event.first_sent = time.monotonic()
+        if self.ack_retry_s is not None:
+            delay = min(self.ack_retry_s * 2 ** (event.sends - 1), 60.0)
+            self._loop.call_later(delay, partial(self._resend_if_unacked, event.event_id, event.sends))
+
+    def _resend_if_unacked(self, event_id: str, sends: int) -> None:
+        """The broker's PUBACK is not the service's ack: send again until the service answers."""
+        with self._lock:
+            event = self._events.get(event_id)
+            if event is not None and event_id in self._pending and event.sends == sends:
+                self._send_event_locked(event)
 
     def _emit(self, type_: str, body: dict[str, Any], occurred_at: datetime | None = None) -> str:
         event = _Event(str(uuid.uuid4()), type_, body, format_time(occurred_at or self.now()))

@@ -20,6 +20,7 @@ from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import CustodyEntry, EvidenceItem, LedgerHead
 from chain_of_custody.verify import verify_service
 from storage.db import Database
+from storage.embedded import EmbeddedSeaweed
 from tests.clipkit import sha256
 
 
@@ -128,9 +129,24 @@ def test_swapped_object_version_is_named(services) -> None:  # type: ignore[no-u
     assert services.store.sha256_of(item.object_key, item.version_id)[0] == sha256(b"e" * 1000)
 
 
-def test_object_altered_at_rest_is_named(sqlite_services, seaweed) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def own_seaweed(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A private store: damaging a volume on disk must not break the session's shared store."""
+    from tests.conftest import free_base_port
+
+    store = EmbeddedSeaweed(tmp_path / "own-s3", free_base_port(), "512MiB")
+    store.start()
+    yield store
+    store.stop()
+
+
+def test_object_altered_at_rest_is_named(tmp_path: Path, own_seaweed) -> None:  # type: ignore[no-untyped-def]
     """Bytes changed on the storage server's disk, behind S3's back, are caught by re-hashing."""
-    services = sqlite_services
+    from ingest.services import build_services
+    from tests.conftest import make_settings
+
+    seaweed = own_seaweed
+    services = build_services(make_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", seaweed))
     marker = b"EVIDENCE-AT-REST-" + uuid.uuid4().hex.encode()
     data = marker + os.urandom(300_000)
     item = _store_item(services, data, "at-rest")
@@ -148,6 +164,7 @@ def test_object_altered_at_rest_is_named(sqlite_services, seaweed) -> None:  # t
         report = verify_service(session, services.store, services.key)
     hits = [p for p in report.problems if item.id in p.where]
     assert hits and hits[0].kind in {"object_altered", "object_unreadable"}, report.problems
+    services.db.dispose()
 
 
 def test_entry_signed_by_another_key_is_named(services) -> None:  # type: ignore[no-untyped-def]
