@@ -23,6 +23,10 @@ services:
 	@scripts/ensure-services.sh
 
 run: $(STAMP)
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
+	  (echo "installing mosquitto for the lone-worker demo"; apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null) || \
+	  echo "mosquitto could not be installed: the demo skips the lone-worker alarms"
 	$(BIN)/python -m demo
 
 test: $(STAMP) services

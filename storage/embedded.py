@@ -72,8 +72,9 @@ def port_open(host: str, port: int) -> bool:
 class EmbeddedSeaweed:
     """One ``weed mini`` process: master, volume, filer and S3 gateway on consecutive loopback ports."""
 
-    def __init__(self, data_dir: Path, base_port: int, memory_limit: str = "768MiB") -> None:
+    def __init__(self, data_dir: Path, base_port: int, memory_limit: str = "768MiB", max_volumes: int = 0) -> None:
         self.data_dir = data_dir.resolve()
+        self.max_volumes = max_volumes
         self.base_port = base_port
         self.memory_limit = memory_limit
         self.process: subprocess.Popen[bytes] | None = None
@@ -110,6 +111,8 @@ class EmbeddedSeaweed:
             f"-s3.port.iceberg={b + 5}",
             f"-metricsPort={b + 6}",
             f"-s3.port.lance={b + 7}",
+            # Each bucket takes volumes of its own; 0 sizes the count from the free disk.
+            f"-volume.max={self.max_volumes}",
             f"-master.port.grpc={b + 10000}",
             f"-volume.port.grpc={b + 10001}",
             f"-filer.port.grpc={b + 10002}",

@@ -56,7 +56,8 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str
 
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSeaweed]:
-    store = EmbeddedSeaweed(tmp_path_factory.mktemp("seaweed"), free_base_port(), "1GiB")
+    # Every test makes its own buckets, and each bucket takes volumes of its own: allow plenty.
+    store = EmbeddedSeaweed(tmp_path_factory.mktemp("seaweed"), free_base_port(), "1GiB", max_volumes=2000)
     store.start()
     yield store
     store.stop()
