@@ -160,3 +160,60 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
 def scratch(prefix: str) -> Path:
     base = os.environ.get("EVIDENCE_BENCH_TMP")
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
+def latency_summary(seconds: list[float]) -> dict[str, Any]:
+    """Count, p50/p95/p99/max and mean of latencies given in seconds, in milliseconds.
+
+    Percentiles interpolate linearly between the nearest ranks (as numpy's default does).
+    """
+    if not seconds:
+        return {"n": 0}
+    xs = sorted(seconds)
+
+    def q(p: float) -> float:
+        pos = (len(xs) - 1) * p
+        lo = int(pos)
+        hi = min(lo + 1, len(xs) - 1)
+        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+    def ms(v: float) -> float:
+        return round(v * 1000, 2)
+
+    return {
+        "n": len(xs),
+        "p50_ms": ms(q(0.50)),
+        "p95_ms": ms(q(0.95)),
+        "p99_ms": ms(q(0.99)),
+        "max_ms": ms(xs[-1]),
+        "mean_ms": ms(sum(xs) / len(xs)),
+    }
+
+
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages (other work may share the machine)."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+class ScratchPostgres:
+    """A throwaway database on a PostgreSQL server (trust auth), dropped again by :meth:`drop`."""
+
+    def __init__(self, admin_url: str, prefix: str = "evidence_bench") -> None:
+        import uuid
+
+        self.admin_url = admin_url
+        self.name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        self.url = admin_url.rsplit("/", 1)[0] + "/" + self.name
+
+    def create(self) -> str:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        return self.url
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')

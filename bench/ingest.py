@@ -94,8 +94,12 @@ def save(rows: list[dict], quick: bool) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--only", help="run only cases DOCKSxMB, e.g. 16x100,1x2048")
     args = parser.parse_args()
     cases = CASES_QUICK if args.quick else CASES_FULL
+    if args.only:
+        wanted = {tuple(int(v) for v in c.split("x")) for c in args.only.split(",")}
+        cases = [(d, size) for d, size in cases if (d, size // MB) in wanted]
     work = scratch("bench-ingest-")
     svc = BenchService(work)
     svc.start()
@@ -151,7 +155,7 @@ def main() -> None:
             }
             rows.append(row)
             print(row, flush=True)
-            save(rows, args.quick)
+            save(rows, args.quick or bool(args.only))
             for p in files:
                 p.unlink()
     finally:
