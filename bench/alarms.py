@@ -5,12 +5,12 @@ SeaweedFS and a scratch PostgreSQL database, against a private Mosquitto started
 generated configuration (its real per-device ACLs, ``max_queued_messages 0``). Simulated devices
 (``firmware_simulators.lone_worker``, one I/O thread for the whole fleet) are enrolled with the
 service's own enrolment function, log in with the passwords it issued, and send a signed heartbeat
-every 10 s, spread evenly over the period. Then, per fleet size:
+every 10 s, spread evenly over the period. At the first fleet size (2,000), after 20 unmeasured
+SOS that warm the service up:
 
-- **isolated** (first fleet size only): 20 SOS, one a second: one alarm's cost, nothing else in hand;
-- **steady**: SOS alarms from distinct random devices at a fixed rate (5/s; 500 of them at the first
-  fleet size, 200 at the larger ones);
-- **burst** (first fleet size only): 200 SOS from 200 devices at once.
+- **steady**: 300 SOS from distinct random devices, 2 a second (7,200 an hour, far above any real
+  fleet's rate, yet slow enough that what is measured is one alarm's path, not a queue of them);
+- **burst**: 200 SOS from 200 devices at once.
 
 For every SOS: publish → the device receiving the service's signed ``received`` ack (measured by the
 device itself), publish → the alarm row's commit (a deferred constraint trigger, added by this
@@ -24,10 +24,14 @@ own process (as the service is), subscribed the way the service subscribes (MQTT
 subscription, QoS 1, TCP_NODELAY), publishes it back at QoS 1; the probe times publish → echo
 received. The two bench logins are added to the generated ACL on their own topics only.
 
-Then the fleet grows (4,000, 8,000, ... by default) while the service keeps up (no alarm lost or left
-unacknowledged, heartbeats handled as fast as they are sent) and connections and the time budget
-last; each size's figures are kept, and the largest fleet whose steady-phase SOS p99 publish → ack
-stays under 100 ms is reported. Writes bench/results/alarms.json and prints markdown tables.
+Then the capacity ramp: the fleet grows (4,000, 8,000, ...) while the service keeps up (no SOS
+lost or unacknowledged, heartbeats handled as fast as they are sent); each size gets one heartbeat
+period of warm-up and a steady phase of 120 SOS. Then a search for the largest fleet whose
+steady-phase SOS p99 publish → ack is under 100 ms: halving below the smallest failure while nothing
+has passed, else bisecting (multiples of 250). A fleet shrinks by disconnecting an even sample of
+its devices and grows by reconnecting or enrolling more; before each size is measured the
+heartbeats pause until the service has handled everything queued. The whole run stops starting new
+sizes after 14 minutes. Writes bench/results/alarms.json and prints markdown tables.
 
 Run: ``.venv/bin/python bench/alarms.py [--quick]`` (``--help`` for the knobs).
 """
@@ -634,7 +638,7 @@ def phase_report(
     last_commit = max(
         (times[r.event_id].get("committed", 0.0) for r in records if r.event_id in times), default=0.0
     )
-    return {
+    report: dict[str, Any] = {
         "sos": len(records),
         "rate_per_s": rate if rate else None,
         "sent_over_s": round(span, 3),
@@ -647,6 +651,34 @@ def phase_report(
         "unacknowledged": sum(1 for r in records if r.ack_s is None),
         "lost": sum(1 for r in records if r.event_id not in stored),
     }
+    if rate and span >= 20:
+        report["timeline_10s"] = timeline(records, times, 10.0)
+    return report
+
+
+def timeline(
+    records: list[SosRecord], times: dict[str, dict[str, float]], bucket_s: float
+) -> list[dict[str, Any]]:
+    """Per ``bucket_s`` of sending: how many SOS, their median and worst ack, and the longest any
+    waited in the service's queue, so a stall can be told from a steady cost."""
+    start = records[0].wall_sent
+    buckets: dict[int, list[SosRecord]] = {}
+    for r in records:
+        buckets.setdefault(int((r.wall_sent - start) // bucket_s), []).append(r)
+    out = []
+    for index, rs in sorted(buckets.items()):
+        acks = latency_summary([r.ack_s for r in rs if r.ack_s is not None])
+        waits = [times[r.event_id]["received"] - r.wall_sent for r in rs if r.event_id in times]
+        out.append(
+            {
+                "from_s": index * bucket_s,
+                "sos": len(rs),
+                "ack_p50_ms": acks.get("p50_ms"),
+                "ack_max_ms": acks.get("max_ms"),
+                "queue_wait_max_ms": round(1000 * max(waits), 1) if waits else None,
+            }
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- the run
@@ -950,12 +982,12 @@ def main() -> None:
     parser.add_argument("--fleet", type=int, default=2000, help="first fleet size (the headline figures)")
     parser.add_argument("--ramp", default="4000,8000,12000,16000", help="larger fleet sizes to try, in order")
     parser.add_argument("--heartbeat-s", type=float, default=10.0)
-    parser.add_argument("--steady", type=int, default=500, help="SOS in the first steady phase")
-    parser.add_argument("--ramp-steady", type=int, default=200, help="SOS in the later steady phases")
-    parser.add_argument("--rate", type=float, default=5.0, help="SOS a second in the steady phases")
+    parser.add_argument("--steady", type=int, default=300, help="SOS in the first steady phase")
+    parser.add_argument("--ramp-steady", type=int, default=120, help="SOS in the later steady phases")
+    parser.add_argument("--rate", type=float, default=2.0, help="SOS a second in the steady phases")
     parser.add_argument("--burst", type=int, default=200, help="SOS at once after the first steady phase")
-    parser.add_argument("--isolated", type=int, default=20, help="SOS at 1/s before the first steady phase")
-    parser.add_argument("--warmup", type=int, default=30, help="unmeasured SOS before the first phases")
+    parser.add_argument("--isolated", type=int, default=0, help="SOS at 1/s before the first steady phase")
+    parser.add_argument("--warmup", type=int, default=20, help="unmeasured SOS before the first phases")
     parser.add_argument("--floor", type=int, default=250, help="smallest fleet the search goes down to")
     parser.add_argument("--resolution", type=int, default=250, help="fleet sizes are multiples of this")
     parser.add_argument("--ramp-limit-ms", type=float, default=100.0)
