@@ -175,6 +175,11 @@ class _Snapshot:
         return DeviceKey(self.public_key, enabled=self.status == "active")
 
 
+def mqtt_effects(outbox: list[AlarmOutbox]) -> list[Outgoing]:
+    """The MQTT publishes among outbox rows, to send at once after the commit (the relay retries them)."""
+    return [Outgoing(o.target, o.payload, o.qos, o.id) for o in outbox if o.channel == "mqtt"]
+
+
 @lru_cache(maxsize=65_536)
 def _raw_key(b64: str) -> bytes | None:
     try:
@@ -402,7 +407,7 @@ class AlarmService:
                 assert snap is not None
                 result = self._write(session, snap, verdict, topic, raw, retained, now, outbox)
             session.flush()
-        result.publish += [Outgoing(o.target, o.payload, o.qos, o.id) for o in outbox if o.channel == "mqtt"]
+        result.publish += mqtt_effects(outbox)
         return result
 
     def _lookup(
@@ -1320,9 +1325,7 @@ class AlarmService:
             self._apply(session, row, transition, outbox, now, actor=event.by)
             session.flush()
             view = alarm_view(row)
-        self._after_commit(
-            [Outgoing(o.target, o.payload, o.qos, o.id) for o in outbox if o.channel == "mqtt"]
-        )
+        self._after_commit(mqtt_effects(outbox))
         if error is not None:
             raise error
         return view
@@ -1349,9 +1352,7 @@ class AlarmService:
                 if row.next_deadline is not None and row.next_deadline <= now:  # never spin on one row
                     row.next_deadline = None
             session.flush()
-        self._after_commit(
-            [Outgoing(o.target, o.payload, o.qos, o.id) for o in outbox if o.channel == "mqtt"]
-        )
+        self._after_commit(mqtt_effects(outbox))
         return len(rows)
 
     def raise_missed_checkins(self, now: datetime | None = None, limit: int = 50) -> int:
@@ -1385,9 +1386,7 @@ class AlarmService:
                 )
                 visit.missed_alarm_id = row.id
             session.flush()
-        self._after_commit(
-            [Outgoing(o.target, o.payload, o.qos, o.id) for o in outbox if o.channel == "mqtt"]
-        )
+        self._after_commit(mqtt_effects(outbox))
         return len(visits)
 
     def raise_offline(self, now: datetime | None = None, limit: int = 50) -> int:
@@ -1443,9 +1442,7 @@ class AlarmService:
                 )
                 state.offline_alarm_id = row.id
             session.flush()
-        self._after_commit(
-            [Outgoing(o.target, o.payload, o.qos, o.id) for o in outbox if o.channel == "mqtt"]
-        )
+        self._after_commit(mqtt_effects(outbox))
         return len(states)
 
     def store_deferred_evidence(self, now: datetime | None = None, limit: int = 20) -> int:
