@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from storage.objects import ObjectStore, StorageError
 
+from . import package_layout
 from .checkpoints import read_checkpoints
 from .entries import ChainReport, Problem, SignedEntry, check_global_chain
 from .keys import ServiceKey
@@ -133,6 +134,7 @@ def verify_service(
     if options.item_ids:
         q = q.where(EvidenceItem.id.in_(options.item_ids))
     seen: set[str] = set()
+    packages: list[EvidenceItem] = []
     for item in session.scalars(q):
         seen.add(item.id)
         where = f"evidence item {item.id}"
@@ -178,6 +180,11 @@ def verify_service(
                     f"{rec['sha256']} ({rec['size']} bytes): object swapped or altered",
                 )
             )
+        elif item.content_type == package_layout.CONTENT_TYPE:
+            packages.append(item)
+    say("checking export packages")
+    for package in packages:
+        _check_package_references(session, store, package, report)
     if not options.item_ids:
         for item_id in records.keys() - seen:
             report.problems.append(
@@ -186,3 +193,36 @@ def verify_service(
                 )
             )
     return report
+
+
+def _check_package_references(
+    session: Session, store: ObjectStore, package: EvidenceItem, report: ChainReport
+) -> None:
+    """An export package is assembled from other items' objects: each must still be held as recorded."""
+    where = f"export package {package.id}"
+    try:
+        layout = package_layout.decode(store.get_bytes(package.object_key, package.version_id))
+    except (StorageError, package_layout.LayoutError) as exc:
+        report.problems.append(Problem("package_unreadable", where, f"its layout cannot be read: {exc}"))
+        return
+    for seg in layout.media:
+        item = session.get(EvidenceItem, seg.item_id)
+        recorded = (item.object_key, item.version_id, item.sha256, item.size) if item is not None else None
+        if item is None or item.status == "deleted":
+            state = "has no row" if item is None else "was deleted"
+            report.problems.append(
+                Problem(
+                    "package_reference_broken",
+                    where,
+                    f"{seg.path} is evidence item {seg.item_id}, which {state}: the package can no longer be assembled",
+                )
+            )
+        elif recorded != (seg.key, seg.version_id, seg.sha256, seg.length):
+            report.problems.append(
+                Problem(
+                    "package_reference_broken",
+                    where,
+                    f"{seg.path} names object {seg.key} version {seg.version_id} ({seg.sha256}, {seg.length} bytes) "
+                    f"but evidence item {seg.item_id} records {recorded}",
+                )
+            )

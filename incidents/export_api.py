@@ -1,7 +1,9 @@
 """Export routes: ask for an incident's evidence package, follow its build, and hand out expiring links.
 
 An investigator (or security manager, or admin) who can see an incident asks for its package; the
-build runs in the background and writes the package straight into storage. Original (unredacted)
+build runs in the background: one pass over the media that checks their hashes, then the package's
+layout is stored as its evidence item (see :mod:`incidents.export`). The zip is assembled from the
+layout and the locked media objects on every download, byte for byte the same each time. Original (unredacted)
 footage goes in only when a security manager or admin asks for it and states a reason, which is
 recorded in custody on every original exported. A package is downloaded through a link that names
 its recipient, expires, can be revoked, and carries an HMAC-signed token, so the recipient (an
@@ -20,7 +22,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,18 +34,24 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from chain_of_custody import package_layout as pl
 from chain_of_custody.evidence import parse_range
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import EvidenceItem
+from storage.objects import StorageError
 
 from .access import EVIDENCE_MEDIA, INCIDENT_MANAGERS, Viewer, visible_incident
 from .export import (
     ExportError,
     ExportRequest,
     OriginalsPermission,
+    PackageAltered,
+    assemble,
     build_package,
     gather_items,
+    items_read,
     plan_package,
+    read_layout,
 )
 from .export_models import ExportJob, ExportLink
 from .models import IncidentLink
@@ -201,15 +209,14 @@ def run_export_job(s: Any, job_id: str, heartbeat_seconds: float) -> None:
             s.key,
             items,
             request,
-            part_size=s.settings.upload_part_bytes,
             progress=progress,
         )
         with s.db.session() as session:
             job = session.get(ExportJob, job_id)
             job.status = "ready"
             job.media_bytes_done = job.media_bytes_total = result.media_bytes
-            job.package_sha256 = result.stored.sha256
-            job.package_size = result.stored.size
+            job.package_sha256 = result.package_sha256
+            job.package_size = result.package_size
             job.filename = result.filename
             job.result = json.dumps(
                 {
@@ -217,10 +224,11 @@ def run_export_job(s: Any, job_id: str, heartbeat_seconds: float) -> None:
                     "withheld": result.withheld,
                     "manifest_sha256": result.manifest_sha256,
                     "key_fingerprint": result.key_fingerprint,
+                    "layout_sha256": result.stored.sha256,
                 }
             )
             job.finished_at = datetime.now(UTC)
-        log.info("export ready", extra={"export": job_id, "bytes": result.stored.size})
+        log.info("export ready", extra={"export": job_id, "bytes": result.package_size})
     except Exception as exc:  # noqa: BLE001 - recorded on the job for the requester to see
         log.exception("export failed", extra={"export": job_id})
         message = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
@@ -260,6 +268,9 @@ class ExportOut(BaseModel):
     withheld: dict[str, str] | None = None
     manifest_sha256: str | None = None
     key_fingerprint: str | None = None
+    layout_sha256: str | None = Field(
+        None, description="SHA-256 of the stored package layout (the item's object)"
+    )
     error: str | None = None
 
 
@@ -449,7 +460,10 @@ def build_router(require_roles: Callable[..., Any], services: Callable[..., Any]
     def download(token: str, request: Request, s: Any = Depends(services)) -> Response:
         """The package, for whoever holds an unexpired, unrevoked link (the token is the credential).
 
-        Range requests resume large downloads; every request is a ``viewed`` entry on the package."""
+        The zip is assembled from the package's layout and the locked media objects, each media hash
+        checked as it streams; a mismatch breaks the response off before the member's last bytes, so
+        a package that looks whole is always the package as exported. Range requests resume large
+        downloads; every request is a ``viewed`` entry on the package naming the items it reads."""
         now = datetime.now(UTC)
         try:
             link_id, _, _ = parse_link_token(token)
@@ -465,46 +479,100 @@ def build_router(require_roles: Callable[..., Any], services: Callable[..., Any]
                 item = session.get(EvidenceItem, link.export_id)
                 if item is None or item.status == "deleted":
                     raise LinkRefused(410, "the package is no longer held")
-                try:
-                    byte_range = parse_range(request.headers.get("range"), item.size)
-                except ValueError:
-                    return Response(status_code=416, headers={"Content-Range": f"bytes */{item.size}"})
-                s.ledger.append(
-                    session,
-                    "viewed",
-                    f"link:{link.id}",
-                    item_id=item.id,
-                    details={
-                        "purpose": "download",
-                        "recipient": link.recipient,
-                        "link_created_by": link.created_by,
-                        "range": [byte_range.start, byte_range.end] if byte_range else None,
-                        "sha256": item.sha256,
-                        "client": request.client.host if request.client else None,
-                    },
-                )
+                session.expunge(item)
+                recipient, created_by = link.recipient, link.created_by
         except LinkRefused as exc:
             raise HTTPException(exc.status, str(exc)) from None
+        layout = None
+        if item.content_type == pl.CONTENT_TYPE:
+            try:
+                layout = read_layout(s.store, item)
+            except PackageAltered as exc:
+                log.error("export package altered", extra={"export": item.id, "problem": str(exc)})
+                raise HTTPException(409, f"the package cannot be served: {exc}") from None
+            except StorageError as exc:
+                raise HTTPException(
+                    503, "storage unavailable; try again", headers={"Retry-After": "5"}
+                ) from exc
+        size = layout.size if layout else item.size
+        package_sha256 = layout.sha256 if layout else item.sha256
+        try:
+            byte_range = parse_range(request.headers.get("range"), size)
+        except ValueError:
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+        start, end = (byte_range.start, byte_range.end) if byte_range else (0, size - 1)
+        with s.db.session() as session:
+            s.ledger.append(
+                session,
+                "viewed",
+                f"link:{link_id}",
+                item_id=item.id,
+                details={
+                    "purpose": "download",
+                    "recipient": recipient,
+                    "link_created_by": created_by,
+                    "range": [byte_range.start, byte_range.end] if byte_range else None,
+                    "sha256": package_sha256,
+                    "layout_sha256": item.sha256 if layout else None,
+                    "items_read": items_read(layout, start, end) if layout else [],
+                    "client": request.client.host if request.client else None,
+                },
+            )
         log.info("export downloaded", extra={"export": item.id, "link": link_id})
+        etag = package_sha256 if package_sha256 else f"manifest-{layout.manifest_sha256}"  # type: ignore[union-attr]
         headers = {
             "Accept-Ranges": "bytes",
-            "ETag": f'"{item.sha256}"',
-            "X-Evidence-SHA256": item.sha256,
+            "ETag": f'"{etag}"',
             "Content-Disposition": f'attachment; filename="{item.filename or item.id + ".zip"}"',
             "Cache-Control": "no-store",
         }
-        if byte_range is None:
-            headers["Content-Length"] = str(item.size)
-            return StreamingResponse(
-                s.store.read(item.object_key, item.version_id), media_type="application/zip", headers=headers
+        if package_sha256:
+            headers["X-Evidence-SHA256"] = package_sha256
+        if layout is not None:
+            headers["X-Evidence-Manifest-SHA256"] = layout.manifest_sha256
+
+        def altered(seg: pl.MediaSegment, found: str, found_size: int) -> None:
+            """Log and record it: the item no longer matches its record, so it is quarantined."""
+            log.error(
+                "export download stopped: stored object altered",
+                extra={"export": item.id, "item": seg.item_id, "found": found, "expected": seg.sha256},
             )
-        headers["Content-Length"] = str(byte_range.length)
-        headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{item.size}"
-        return StreamingResponse(
-            s.store.read(item.object_key, item.version_id, offset=byte_range.start, length=byte_range.length),
-            status_code=206,
-            media_type="application/zip",
-            headers=headers,
-        )
+            with s.db.session() as session:
+                media = session.get(EvidenceItem, seg.item_id, with_for_update=True)
+                reason = (
+                    f"stored object hashes to {found} ({found_size} bytes), its record says "
+                    f"{seg.sha256} ({seg.length} bytes); found while serving export {item.id}"
+                )
+                s.ledger.append(
+                    session,
+                    "quarantined",
+                    "service",
+                    item_id=seg.item_id,
+                    details={"reason": reason, "export_id": item.id, "link": link_id},
+                )
+                if media is not None and media.status != "deleted":
+                    media.status = "quarantined"
+                    media.quarantine_reason = reason
+
+        def guarded(body: Iterator[bytes]) -> Iterator[bytes]:
+            try:
+                yield from body
+            except StorageError:
+                log.error(
+                    "export download broken off: storage failed", extra={"export": item.id}, exc_info=True
+                )
+                raise
+
+        if layout is not None:
+            body = guarded(assemble(s.store, layout, start, end, on_altered=altered))
+        elif byte_range is None:
+            body = s.store.read(item.object_key, item.version_id)
+        else:
+            body = s.store.read(item.object_key, item.version_id, offset=start, length=end - start + 1)
+        headers["Content-Length"] = str(end - start + 1)
+        if byte_range is None:
+            return StreamingResponse(body, media_type="application/zip", headers=headers)
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        return StreamingResponse(body, status_code=206, media_type="application/zip", headers=headers)
 
     return router

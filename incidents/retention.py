@@ -33,8 +33,9 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from chain_of_custody import package_layout
 from chain_of_custody.ledger import Ledger
-from chain_of_custody.models import EvidenceItem, LedgerHead
+from chain_of_custody.models import CustodyEntry, EvidenceItem, LedgerHead
 from storage.db import Database
 from storage.objects import ObjectLocked, ObjectStore, StorageError
 
@@ -420,6 +421,42 @@ def _tombstone(item: EvidenceItem, reason: str, extra: dict[str, Any]) -> dict[s
     }
 
 
+def held_packages(session: Session, item_id: str) -> list[str]:
+    """Export packages still held whose zip is assembled from this item's stored object.
+
+    A package's layout names its media objects instead of copying them, so while the package is held
+    those objects must be too. Its ``exported`` custody entries (signed, append-only) say which
+    packages took the item's bytes; packages stored whole (before layouts) need nothing and are skipped.
+    """
+    ids = set()
+    for details in session.scalars(
+        select(CustodyEntry.details).where(CustodyEntry.item_id == item_id, CustodyEntry.action == "exported")
+    ):
+        d = json.loads(details)
+        if d.get("media_included") and isinstance(d.get("export_id"), str):
+            ids.add(d["export_id"])
+    if not ids:
+        return []
+    return sorted(
+        session.scalars(
+            select(EvidenceItem.id).where(
+                EvidenceItem.id.in_(ids),
+                EvidenceItem.status != "deleted",
+                EvidenceItem.content_type == package_layout.CONTENT_TYPE,
+            )
+        )
+    )
+
+
+def _refuse_if_packaged(session: Session, item: EvidenceItem) -> None:
+    packages = held_packages(session, item.id)
+    if packages:
+        raise RetentionRefused(
+            "in_export_package",
+            f"the held export package {', '.join(packages)} is assembled from this item's bytes",
+        )
+
+
 def _delete_object(store: ObjectStore, item: EvidenceItem) -> None:
     try:
         store.delete_version(item.object_key, item.version_id)
@@ -456,6 +493,7 @@ def delete_by_hand(
         raise RetentionRefused("linked", f"evidence is linked to {refs}; unlink it first")
     if active_holds(session, ids, []) or item.legal_hold:
         raise RetentionRefused("legal_hold", "evidence is under legal hold")
+    _refuse_if_packaged(session, item)
     _delete_object(store, item)
     item.status = "deleted"
     ledger.append(
@@ -586,6 +624,7 @@ def sweep(
                     d = decide(gather_facts(session, item), rules, now)
                     if not d.expired:
                         continue
+                    _refuse_if_packaged(session, item)
                     _delete_object(store, item)
                     item.status = "deleted"
                     ledger.append(

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
+import os
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,10 +24,12 @@ from accounts.service import create_user
 from chain_of_custody.evidence import Provenance
 from chain_of_custody.models import CustodyEntry
 from chain_of_custody.package_verify import verify_package
+from incidents.export import ExportRequest, build_package, gather_items
 from incidents.export_api import LinkRefused, check_link_token, link_secret, make_link_token
-from incidents.export_models import ExportLink
+from incidents.export_models import ExportJob, ExportLink
+from storage.embedded import EmbeddedSeaweed
 from tests.clipkit import enrol
-from tests.conftest import ADMIN_PASSWORD, free_port, wait_for
+from tests.conftest import ADMIN_PASSWORD, free_base_port, free_port, make_settings, start_server, wait_for
 from tests.media import make_test_clip
 from tests.test_dock_upload_e2e import tus_upload
 from tests.test_export_package import ffmpeg, put_evidence
@@ -207,10 +212,37 @@ def test_export_download_and_verify(server: Server, tmp_path: Path) -> None:
         details["recipient"] == "DC Jones, Metropolitan Police" and details["link_created_by"] == "user:inv"
     )
 
-    # Resuming with a range is served and logged too.
+    whole = package.read_bytes()
+    assert job["package_size"] == len(whole) and job["layout_sha256"] != job["package_sha256"]
+    assert details["items_read"] == [redacted.id, alarm.id] and details["sha256"] == job["package_sha256"]
+    assert details["layout_sha256"] == job["layout_sha256"]
+
+    # The same bytes on every download, with the headers a resuming client relies on.
+    again = httpx.get(link["url"])
+    assert again.status_code == 200 and again.content == whole
+    assert again.headers["content-length"] == str(len(whole))
+    assert again.headers["etag"] == f'"{job["package_sha256"]}"'
+    assert again.headers["x-evidence-manifest-sha256"] == job["manifest_sha256"]
+
+    # Resuming with a range is served and logged too; ranges across headers and media stitch together.
     r = httpx.get(link["url"], headers={"Range": "bytes=0-99"})
-    assert r.status_code == 206 and r.content == package.read_bytes()[:100]
-    assert json.loads(last_entry(s, job["id"]).details)["range"] == [0, 99]  # type: ignore[arg-type]
+    assert r.status_code == 206 and r.content == whole[:100]
+    assert r.headers["content-range"] == f"bytes 0-99/{len(whole)}"
+    ranged = json.loads(last_entry(s, job["id"]).details)  # type: ignore[arg-type]
+    assert ranged["range"] == [0, 99] and ranged["items_read"] == [redacted.id]
+    r = httpx.get(link["url"], headers={"Range": "bytes=0-29"})  # the first local header's fixed part
+    assert r.status_code == 206 and r.content == whole[:30]
+    assert json.loads(last_entry(s, job["id"]).details)["items_read"] == []  # type: ignore[arg-type]
+    cuts = [0, 100, 4097, len(whole) // 2, len(whole) - 30, len(whole)]
+    stitched = b""
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        r = httpx.get(link["url"], headers={"Range": f"bytes={a}-{b - 1}"})
+        assert r.status_code == 206 and len(r.content) == b - a, (a, b, r.status_code)
+        stitched += r.content
+    assert stitched == whole
+    r = httpx.get(link["url"], headers={"Range": "bytes=-30"})
+    assert r.status_code == 206 and r.content == whole[-30:]
+    assert httpx.get(link["url"], headers={"Range": f"bytes={len(whole)}-"}).status_code == 416
 
     # Every packaged item records the export.
     for item_id in (clip_id, redacted.id, alarm.id):
@@ -275,3 +307,84 @@ def test_link_tokens_expire_and_bind_to_their_export(sqlite_services) -> None:  
     with pytest.raises(LinkRefused) as refused:  # a later expiry written into the token breaks its MAC
         check_link_token(secret, f"{link}.{int(expires) + 86400}.{mac}", export_id, now)
     assert refused.value.status == 404
+
+
+@pytest.fixture
+def private_services(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Services on a store of their own: damaging a volume on disk must not touch the shared store."""
+    from ingest.services import build_services
+
+    seaweed = EmbeddedSeaweed(tmp_path / "own-s3", free_base_port(), "512MiB")
+    seaweed.start()
+    s = build_services(make_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", seaweed))
+    yield s, seaweed
+    s.db.dispose()
+    seaweed.stop()
+
+
+def test_download_of_a_package_over_altered_media_fails_loudly(private_services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A packaged item's bytes changed on the storage server's disk: the download breaks off short of
+    its Content-Length, so no recipient holds a zip that looks whole; intact ranges still serve."""
+    s, seaweed = private_services
+    marker = b"EVIDENCE-UNDER-LINK-" + uuid.uuid4().hex.encode()
+    memo = put_evidence(s, marker + os.urandom(3 * 1024 * 1024), Provenance(kind="voice_memo", actor="t"))
+    with s.db.session() as session:
+        items = gather_items(session, [memo.id])
+    export_id = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    result = build_package(
+        s.db,
+        s.store,
+        s.ledger,
+        s.key,
+        items,
+        ExportRequest(export_id, {"reference": "INC-1"}, "user:inv", now + timedelta(days=1)),
+    )
+    with s.db.session() as session:
+        session.add(
+            ExportJob(
+                id=export_id,
+                incident_id="inc",
+                requested_by="user:inv",
+                requester_role="investigator",
+                scope="{}",
+                status="ready",
+            )
+        )
+        session.flush()
+        link = ExportLink(
+            id=str(uuid.uuid4()),
+            export_id=export_id,
+            recipient="DC Jones",
+            created_by="user:inv",
+            expires_at=now + timedelta(hours=1),
+        )
+        session.add(link)
+    token = make_link_token(link_secret(s.key), link.id, export_id, link.expires_at)
+    server, thread, url = start_server(s)
+    try:
+        target = f"{url}/api/v1/exports/download/{token}"
+        whole = httpx.get(target)
+        assert whole.status_code == 200 and len(whole.content) == result.package_size
+        flipped = False
+        for dat in Path(seaweed.data_dir).rglob("*.dat"):
+            with open(dat, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+                at = m.find(marker)
+                if at >= 0:
+                    m[at + len(marker) + 10] ^= 0x01
+                    flipped = True
+        assert flipped, "object bytes not found on the volume"
+        got = bytearray()
+        with pytest.raises(httpx.HTTPError):
+            with httpx.stream("GET", target) as resp:
+                assert resp.status_code == 200
+                assert resp.headers["content-length"] == str(result.package_size)
+                for block in resp.iter_bytes():
+                    got += block
+        assert len(got) < result.package_size
+        # The zip's last bytes (no media in them) still serve: a range reads only what it covers.
+        tail = httpx.get(target, headers={"Range": "bytes=-22"})
+        assert tail.status_code == 206 and tail.content == whole.content[-22:]
+    finally:
+        server.should_exit = True
+        thread.join(15)

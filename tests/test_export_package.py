@@ -1,5 +1,6 @@
-"""Export packages: built by streaming from the real SeaweedFS, verified offline by the project's
-verifier and by the sha256sum/openssl commands of VERIFY.txt, and every kind of tampering named."""
+"""Export packages: laid out over the media held in the real SeaweedFS, assembled as a download,
+verified offline by the project's verifier and by the sha256sum/openssl commands of VERIFY.txt, and
+every kind of tampering named (in the package, and in storage under a package)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select, update
 
 from chain_of_custody import manifest as mf
+from chain_of_custody import package_layout as pl
 from chain_of_custody.canonical import canonical_json
 from chain_of_custody.evidence import Provenance, read_item, record_evidence
 from chain_of_custody.models import CustodyEntry, EvidenceItem
@@ -35,11 +37,19 @@ from incidents.export import (
     ExportError,
     ExportRequest,
     OriginalsPermission,
+    PackageAltered,
+    assemble,
     build_package,
     gather_items,
+    items_read,
     plan_package,
+    read_layout,
 )
-from tests.conftest import make_settings
+from incidents.export_zip import ZipBuilder
+from incidents.retention import RetentionRefused, RetentionRules, delete_by_hand, held_packages, sweep
+from storage.embedded import EmbeddedSeaweed
+from storage.objects import StorageError
+from tests.conftest import free_base_port, make_settings
 from tests.media import make_test_clip
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,11 +187,17 @@ def export(services, item_ids: list[str], originals: OriginalsPermission | None 
     return build_package(services.db, services.store, services.ledger, services.key, items, request, **kw)
 
 
-def download(services, export_id: str, dest: Path) -> Path:  # type: ignore[no-untyped-def]
+def layout_of(services, export_id: str) -> pl.Layout:  # type: ignore[no-untyped-def]
     with services.db.session() as session:
         item = session.get(EvidenceItem, export_id)
+        session.expunge(item)
+    return read_layout(services.store, item)
+
+
+def download(services, export_id: str, dest: Path) -> Path:  # type: ignore[no-untyped-def]
+    """The zip as a recipient gets it: assembled from the stored layout and the media objects."""
     with open(dest, "wb") as f:
-        for block in services.store.read(item.object_key, item.version_id):
+        for block in assemble(services.store, layout_of(services, export_id)):
             f.write(block)
     return dest
 
@@ -315,7 +331,11 @@ def test_package_contents_and_custody(built: Built) -> None:
     # The package is evidence itself, and every item records that it was exported in it.
     with s.db.session() as session:
         pkg = session.get(EvidenceItem, built.result.export_id)
-        assert pkg.kind == "export" and pkg.sha256 == hashlib.sha256(built.path.read_bytes()).hexdigest()
+        assert pkg.kind == "export" and pkg.content_type == pl.CONTENT_TYPE
+        assert pkg.sha256 == built.result.stored.sha256  # the item is the stored layout
+        zipped = built.path.read_bytes()
+        assert built.result.package_sha256 == hashlib.sha256(zipped).hexdigest()
+        assert built.result.package_size == len(zipped)
         for item in (ev.clip, ev.redacted, ev.alarm, ev.memo):
             last = session.scalars(
                 select(CustodyEntry)
@@ -619,7 +639,7 @@ def test_originals_need_a_reason_and_are_recorded(built: Built, tmp_path: Path) 
 
 
 def test_altered_stored_object_is_never_exported_and_no_object_is_completed(built: Built) -> None:
-    """A large item first (so the upload is multipart), then an item whose bytes no longer match."""
+    """A large item first (read whole before the bad one), then an item whose bytes no longer match."""
     s, ev = built.services, built.evidence
     big = put_evidence(s, os.urandom(12 * 1024 * 1024), Provenance(kind="voice_memo", actor="test"))
     with s.db.session() as session:
@@ -628,7 +648,7 @@ def test_altered_stored_object_is_never_exported_and_no_object_is_completed(buil
         session.execute(update(EvidenceItem).where(EvidenceItem.id == ev.memo.id).values(sha256="0" * 64))
     try:
         with pytest.raises(ExportError, match=f"{ev.memo.id} hashes to"):
-            export(s, [big.id, ev.memo.id], part_size=5 * 1024 * 1024)
+            export(s, [big.id, ev.memo.id])
     finally:
         with s.db.session() as session:
             session.execute(
@@ -637,8 +657,8 @@ def test_altered_stored_object_is_never_exported_and_no_object_is_completed(buil
     with s.db.session() as session:
         assert session.scalar(select(func.count()).select_from(CustodyEntry)) == before
         exports = set(session.scalars(select(EvidenceItem.id).where(EvidenceItem.kind == "export")))
-    stored = {k.removeprefix("exports/").removesuffix(".zip") for k in s.store.list_keys("exports/")}
-    assert stored == exports  # no half-written package became an object
+    stored = {k.removeprefix("exports/").removesuffix(".layout") for k in s.store.list_keys("exports/")}
+    assert stored == exports  # no package was stored for the refused export
 
 
 def test_plan_takes_the_latest_redaction_and_withholds_the_rest() -> None:
@@ -690,3 +710,227 @@ def test_malformed_manifest_is_a_finding_not_a_crash(built: Built, tmp_path: Pat
     bad = rewrite(built.path, tmp_path / "bad.zip", {**files, mf.MANIFEST: mf.encode(manifest)})
     kinds = [p.kind for p in verify_package(bad, built.services.key.fingerprint).problems]
     assert kinds[0] == "bad_manifest_signature" and "manifest_malformed" in kinds
+
+
+# -- the zip's bytes and assembling on download ----------------------------------------------------
+
+
+class _Sink:
+    """A stream zipfile cannot seek; keeps what is written except the blocks named in ``skip``."""
+
+    def __init__(self, skip: bytes = b"") -> None:
+        self.data = bytearray()
+        self.skip = skip
+        self.skipped = 0
+
+    def write(self, b: bytes) -> int:
+        if self.skip and b is self.skip:
+            self.skipped += len(b)
+        else:
+            self.data += b
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+
+def _zipfile_writes(sink: _Sink, members: list[tuple[zipfile.ZipInfo, list[bytes]]]) -> list[zipfile.ZipInfo]:
+    with zipfile.ZipFile(sink, "w", allowZip64=True) as zf:  # type: ignore[arg-type]
+        for like, blocks in members:
+            info = zipfile.ZipInfo(like.filename, date_time=like.date_time)
+            info.compress_type, info.external_attr = like.compress_type, like.external_attr
+            info.file_size = sum(len(b) for b in blocks)
+            with zf.open(info, "w") as w:
+                for b in blocks:
+                    w.write(b)
+        return zf.infolist()
+
+
+def test_package_is_byte_for_byte_what_zipfile_writes(built: Built) -> None:
+    with zipfile.ZipFile(built.path) as zf:
+        members_ = [(i, [zf.read(i)]) for i in zf.infolist()]
+    sink = _Sink()
+    _zipfile_writes(sink, members_)
+    assert bytes(sink.data) == built.path.read_bytes()
+
+
+def test_zip64_sizes_and_offsets_match_zipfile() -> None:
+    """A 5 GiB member (ZIP64 sizes) and members after it (ZIP64 offsets and end records)."""
+    when = datetime(2026, 11, 22, 10, 0, 7)
+    zeros = bytes(64 * 1024 * 1024)
+    big = [zeros] * 80
+    like = zipfile.ZipInfo("evidence/big.mp4", date_time=when.timetuple()[:6])
+    like.compress_type, like.external_attr = zipfile.ZIP_STORED, 0o644 << 16
+    small = zipfile.ZipInfo("manifest.json", date_time=like.date_time)
+    small.compress_type, small.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+    sink = _Sink(skip=zeros)
+    infos = _zipfile_writes(sink, [(like, big), (small, [b'{"a": 1}' * 100])])
+    assert sink.skipped == 80 * len(zeros) and infos[1].header_offset > 2**32
+
+    z = ZipBuilder(when)
+    ours = z.header("evidence/big.mp4", 80 * len(zeros), stored=True)
+    ours += z.descriptor(infos[0].CRC, 80 * len(zeros), 80 * len(zeros))
+    ours += z.deflated("manifest.json", b'{"a": 1}' * 100) + z.end()
+    assert ours == bytes(sink.data) and b"PK\x06\x06" in ours
+    assert z.pos == len(ours) + 80 * len(zeros)
+
+
+def test_downloads_are_identical_and_ranges_stitch(built: Built) -> None:
+    s = built.services
+    layout = layout_of(s, built.result.export_id)
+    whole = built.path.read_bytes()
+    assert layout.size == len(whole) and layout.sha256 == hashlib.sha256(whole).hexdigest()
+    assert b"".join(assemble(s.store, layout)) == whole  # a second download, the same bytes
+    media = layout.media
+    assert [m.item_id for m in media] == [
+        built.evidence.redacted.id,
+        built.evidence.alarm.id,
+        built.evidence.memo.id,
+    ]
+    first, last = media[0], media[-1]
+    cuts = sorted(
+        {
+            0,
+            1,
+            first.start - 3,  # inside the first local header
+            first.start + 7,  # inside the first media member
+            first.start + first.length - 1,  # one byte before the member's end
+            last.start + 5,
+            last.start + last.length + 5,  # inside a data descriptor
+            len(whole) - 22,  # the end record
+            len(whole),
+        }
+    )
+    parts = [b"".join(assemble(s.store, layout, a, b - 1)) for a, b in zip(cuts, cuts[1:], strict=False)]
+    for (a, b), part in zip(zip(cuts, cuts[1:], strict=False), parts, strict=True):
+        assert part == whole[a:b], (a, b)
+    assert b"".join(parts) == whole
+    assert items_read(layout, 0, first.start - 1) == []
+    assert items_read(layout, first.start + first.length - 1, last.start) == [m.item_id for m in media]
+    assert items_read(layout, len(whole) - 22) == []
+
+
+def test_altered_media_breaks_the_download_off(built: Built) -> None:
+    """An object that no longer matches what the package recorded: the hook hears of it, the stream
+    raises, and the member's last block never leaves, so what arrived never looks whole."""
+    s = built.services
+    layout = layout_of(s, built.result.export_id)
+    target = layout.media[0]
+    expecting_other = replace(
+        layout,
+        segments=tuple(replace(g, sha256="0" * 64) if g is target else g for g in layout.segments),
+    )
+    heard: list[tuple[str, str, int]] = []
+    got = bytearray()
+    with pytest.raises(PackageAltered, match=target.item_id):
+        for block in assemble(
+            s.store, expecting_other, on_altered=lambda g, found, n: heard.append((g.item_id, found, n))
+        ):
+            got += block
+    assert heard == [(target.item_id, target.sha256, target.length)]
+    assert target.start <= len(got) < target.start + target.length
+    assert bytes(got) == built.path.read_bytes()[: len(got)]
+
+
+def test_altered_package_layout_is_refused(built: Built) -> None:
+    s = built.services
+    with s.db.session() as session:
+        item = session.get(EvidenceItem, built.result.export_id)
+        session.expunge(item)
+    with pytest.raises(PackageAltered, match="hashes to"):
+        read_layout(s.store, replace_item(item, sha256="1" * 64))
+
+
+def replace_item(item: EvidenceItem, **values: Any) -> EvidenceItem:
+    copy = EvidenceItem(**{c.name: getattr(item, c.name) for c in EvidenceItem.__table__.columns})
+    for k, v in values.items():
+        setattr(copy, k, v)
+    return copy
+
+
+@pytest.fixture
+def private_seaweed(tmp_path: Path) -> Iterator[EmbeddedSeaweed]:
+    """A store of its own: damaging a volume on disk must not break the session's shared store."""
+    store = EmbeddedSeaweed(tmp_path / "own-s3", free_base_port(), "512MiB")
+    store.start()
+    yield store
+    store.stop()
+
+
+def test_object_altered_at_rest_under_a_package(tmp_path: Path, private_seaweed: EmbeddedSeaweed) -> None:
+    """Bytes of a packaged item changed on the storage server's disk: no download completes."""
+    from ingest.services import build_services
+
+    s = build_services(make_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", private_seaweed))
+    marker = b"EVIDENCE-UNDER-PACKAGE-" + uuid.uuid4().hex.encode()
+    item = put_evidence(s, marker + os.urandom(300_000), Provenance(kind="voice_memo", actor="test"))
+    result = export(s, [item.id])
+    layout = layout_of(s, result.export_id)
+    intact = b"".join(assemble(s.store, layout))
+    flipped = False
+    for dat in Path(private_seaweed.data_dir).rglob("*.dat"):
+        with open(dat, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+            at = m.find(marker)
+            if at >= 0:
+                m[at + len(marker) + 10] ^= 0x01
+                flipped = True
+    assert flipped, "object bytes not found on the volume"
+    got = bytearray()
+    with pytest.raises((PackageAltered, StorageError)) as broken:
+        for block in assemble(s.store, layout):
+            got += block
+    # SeaweedFS notices its own needle checksum and fails the read; a store that does not is caught
+    # by the package's hash (test_altered_media_breaks_the_download_off). Either way, no whole zip.
+    assert isinstance(broken.value, PackageAltered) or "InternalError" in str(broken.value)
+    assert len(got) < len(intact)
+    with s.db.session() as session:
+        report = verify_service(session, s.store, s.key)
+    assert any(item.id in p.where for p in report.problems), report.problems
+    s.db.dispose()
+
+
+# -- a package keeps what it is assembled from -----------------------------------------------------
+
+
+def test_retention_keeps_what_a_held_package_is_assembled_from(sqlite_services) -> None:  # type: ignore[no-untyped-def]
+    s = sqlite_services
+    alarm = put_evidence(
+        s, b'{"alarm": "sos"}', Provenance(kind="alarm", actor="t", content_type="application/json")
+    )
+    clip = put_evidence(s, b"original footage", Provenance(kind="clip", actor="t", content_type="video/mp4"))
+    result = export(s, [alarm.id, clip.id])
+    assert result.included == [alarm.id] and clip.id in result.withheld
+    rules = RetentionRules(unlinked=timedelta(days=1), after_closure=timedelta(days=1))
+    later = datetime.now(UTC) + timedelta(days=30)  # every item's class has expired by then
+
+    report = sweep(s.db, s.ledger, s.store, rules, clock=lambda: later)
+    assert alarm.id not in report.deleted
+    assert f"held export package {result.export_id}" in report.refused[alarm.id]
+    # The withheld clip is not in the package's bytes: only its own object lock keeps it today.
+    assert "storage refuses" in report.refused[clip.id]
+    with s.db.session() as session:
+        with pytest.raises(RetentionRefused) as refused:
+            delete_by_hand(session, s.ledger, s.store, alarm.id, "user:admin", "recorded by mistake", later)
+        assert refused.value.reason == "in_export_package"
+        assert held_packages(session, alarm.id) == [result.export_id]
+        # Once the package itself is gone, nothing of it holds the item any more.
+        session.execute(
+            update(EvidenceItem).where(EvidenceItem.id == result.export_id).values(status="deleted")
+        )
+        assert held_packages(session, alarm.id) == []
+    report = sweep(s.db, s.ledger, s.store, rules, clock=lambda: later)
+    assert "storage refuses" in report.refused[alarm.id]
+
+
+def test_service_verify_checks_what_a_package_names(sqlite_services) -> None:  # type: ignore[no-untyped-def]
+    s = sqlite_services
+    memo = put_evidence(s, b"memo bytes", Provenance(kind="voice_memo", actor="t", content_type="audio/mp4"))
+    result = export(s, [memo.id])
+    with s.db.session() as session:
+        assert verify_service(session, s.store, s.key).ok
+        session.execute(update(EvidenceItem).where(EvidenceItem.id == memo.id).values(version_id="forged"))
+    with s.db.session() as session:
+        report = verify_service(session, s.store, s.key)
+    found = kinds_at(report)
+    assert ("package_reference_broken", f"export package {result.export_id}") in found, report.problems
+    assert ("item_row_altered", f"evidence item {memo.id}") in found
