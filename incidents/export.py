@@ -1,31 +1,37 @@
-"""Evidence export packages: choose what goes in, then stream a signed ZIP64 straight into storage.
+"""Evidence export packages: choose what goes in, lay out a signed ZIP64 over the stored media, and
+assemble it on download.
 
-The package is written by a zip writer thread into a pipe that the object store reads as an upload of
-unknown length, so neither a media file nor the package is ever held in memory, however large the
-incident. Each media file is hashed as it passes and must match its recorded hash, or the export
-stops: altered evidence is never packaged. The finished package is itself evidence (kind ``export``)
-and every item in it gets an ``exported`` custody entry.
+The media of a package are already held write-once, so the package does not copy them. Building it
+is one streaming pass over every media object, which checks each object's SHA-256 and size against
+its evidence record (altered evidence is never packaged) and computes the CRC-32 the zip needs (and,
+unless asked not to, the SHA-256 of the whole zip). What is new (the custody documents, the
+continuity report, VERIFY.txt, the signed manifest and checksum list, the public key, and every zip
+header) is stored write-once as one object with the layout of the zip
+(:mod:`chain_of_custody.package_layout`); that object is the package's evidence item (kind ``export``).
+A download streams the zip from the layout and the items' locked objects, re-checking each media
+hash on the way, and gives the same bytes every time. Memory stays at a few read blocks however
+large the incident.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import queue
 import threading
-import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody import manifest as mf
+from chain_of_custody import package_layout as pl
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
@@ -34,6 +40,7 @@ from storage.db import Database
 from storage.objects import ObjectStore, StoredObject
 
 from .continuity_report import render_continuity_report
+from .export_zip import ZipBuilder
 
 ORIGINAL_VIDEO_KINDS = frozenset({"clip"})
 REDACTED_VIDEO_KIND = "redacted_clip"
@@ -45,6 +52,10 @@ READ_AHEAD_CHUNKS = 8
 
 class ExportError(Exception):
     """The package could not be made; nothing was recorded as exported."""
+
+
+class PackageAltered(Exception):
+    """A stored object no longer matches what the package recorded: the download must not complete."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +86,11 @@ class PlannedItem:
 @dataclass(frozen=True)
 class ExportResult:
     export_id: str
-    stored: StoredObject
+    stored: StoredObject  # the layout object: the package item's own bytes
     filename: str
     manifest_sha256: str
+    package_sha256: str | None  # of the assembled zip, when computed at build time
+    package_size: int
     key_fingerprint: str
     included: list[str]
     withheld: dict[str, str]
@@ -217,11 +230,11 @@ and run each command below in that directory.
 """.encode()
 
 
-# -- streaming ------------------------------------------------------------------------------------
+# -- reading media ------------------------------------------------------------------------------
 
 
 def _read_ahead(blocks: Iterator[bytes], depth: int) -> Iterator[bytes]:
-    """Fetch the next blocks in a thread so that storage reads overlap with zip writing."""
+    """Fetch the next blocks in a thread so that storage reads overlap with hashing and sending."""
     q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -263,234 +276,205 @@ def _read_ahead(blocks: Iterator[bytes], depth: int) -> Iterator[bytes]:
         t.join()
 
 
-def _zip_info(path: str, when: datetime, size: int, stored: bool) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(path, date_time=when.timetuple()[:6])
-    info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
-    info.external_attr = 0o644 << 16
-    info.file_size = size  # lets zipfile choose ZIP64 headers for members of 4 GiB and more
-    return info
+def _media_blocks(store: ObjectStore, key: str, version_id: str | None) -> Iterator[bytes]:
+    return _read_ahead(store.read(key, version_id, chunk=CHUNK), READ_AHEAD_CHUNKS)
 
 
-class _PackageWriter(threading.Thread):
-    """Writes the whole package into ``out`` (the pipe); any failure is kept for the reading side."""
+class _MediaDigests:
+    """SHA-256 of an item, and CRC-32 (and the running zip hash) on a second thread: all three release
+    the GIL on large blocks, so the pass is bound by the slower hash, not their sum."""
 
-    def __init__(
-        self,
-        out: BinaryIO,
-        store: ObjectStore,
-        key: ServiceKey,
-        request: ExportRequest,
-        plan: list[PlannedItem],
-        chains: dict[str, list[dict[str, Any]]],
-        created_at: datetime,
-        filename: str,
-        progress: Callable[[int], None] | None,
-    ) -> None:
-        super().__init__(name=f"export-{request.export_id[:8]}", daemon=True)
-        self.out = out
-        self.store = store
-        self.key = key
-        self.request = request
-        self.plan = plan
-        self.chains = chains
-        self.created_at = created_at
-        self.filename = filename
-        self.progress = progress
-        self.error: BaseException | None = None
-        self.manifest_sha256 = ""
-        self.media_bytes = 0
+    def __init__(self, side: ThreadPoolExecutor, package: Any | None) -> None:
+        self.side = side
+        self.package = package
+        self.sha256 = hashlib.sha256()
+        self.crc32 = 0
+        self.size = 0
+        self._pending: Future[None] | None = None
 
-    def run(self) -> None:
-        try:
-            self._write()
-        except BaseException as exc:  # noqa: BLE001 - reported by the reading side
-            self.error = exc
-        finally:
-            with contextlib.suppress(OSError):
-                self.out.close()
+    def _side(self, block: bytes) -> None:
+        self.crc32 = zlib.crc32(block, self.crc32)
+        if self.package is not None:
+            self.package.update(block)
 
-    def _member(self, zf: zipfile.ZipFile, path: str, data: bytes, role: str) -> mf.PackageFile:
-        with zf.open(_zip_info(path, self.created_at, len(data), stored=False), "w") as dest:
-            dest.write(data)
-        return mf.PackageFile(path, hashlib.sha256(data).hexdigest(), len(data), role)
+    def update(self, block: bytes) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        self._pending = self.side.submit(self._side, block)
+        self.sha256.update(block)
+        self.size += len(block)
 
-    def _media(self, zf: zipfile.ZipFile, item: EvidenceItem, path: str) -> mf.PackageFile:
-        h = hashlib.sha256()
-        size = 0
-        blocks = _read_ahead(
-            self.store.read(item.object_key, item.version_id, chunk=CHUNK), READ_AHEAD_CHUNKS
+    def finish(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+
+def _altered(item_id: str, found: str, size: int, expected: str, expected_size: int) -> str:
+    return (
+        f"stored object of evidence item {item_id} hashes to {found} ({size} bytes), "
+        f"its record says {expected} ({expected_size} bytes)"
+    )
+
+
+# -- building -----------------------------------------------------------------------------------
+
+
+class _Composer:
+    """Lays the package out in zip order: the bytes that are new go into the blob, media are named."""
+
+    def __init__(self, when: datetime, package_hash: bool) -> None:
+        self.zip = ZipBuilder(when)
+        self.blob = bytearray()
+        self.segments: list[pl.Segment] = []
+        self.package = hashlib.sha256() if package_hash else None
+
+    def data(self, raw: bytes) -> None:
+        if not raw:
+            return
+        if self.package is not None:
+            self.package.update(raw)
+        last = self.segments[-1] if self.segments else None
+        if isinstance(last, pl.DataSegment) and last.offset + last.length == len(self.blob):
+            self.segments[-1] = pl.DataSegment(last.start, last.offset, last.length + len(raw))
+        else:
+            self.segments.append(pl.DataSegment(self.zip.pos - len(raw), len(self.blob), len(raw)))
+        self.blob += raw
+
+    def small(self, path: str, data: bytes) -> None:
+        self.data(self.zip.deflated(path, data))
+
+    def layout(self, export_id: str, filename: str, manifest_sha256: str) -> pl.Layout:
+        return pl.Layout(
+            export_id=export_id,
+            filename=filename,
+            size=self.zip.pos,
+            sha256=self.package.hexdigest() if self.package is not None else None,
+            manifest_sha256=manifest_sha256,
+            segments=tuple(self.segments),
+            blob=bytes(self.blob),
         )
-        with (
-            contextlib.closing(blocks),  # type: ignore[type-var]
-            zf.open(_zip_info(path, self.created_at, item.size, stored=True), "w") as dest,
-        ):
-            for block in blocks:
-                h.update(block)
-                dest.write(block)
-                size += len(block)
-                self.media_bytes += len(block)
-                if self.progress is not None and self.media_bytes % (64 * CHUNK) < len(block):
-                    self.progress(self.media_bytes)
-        if h.hexdigest() != item.sha256 or size != item.size:
-            raise ExportError(
-                f"stored object of evidence item {item.id} hashes to {h.hexdigest()} ({size} bytes), "
-                f"its record says {item.sha256} ({item.size} bytes): not exported; run 'evidence verify'"
-            )
-        return mf.PackageFile(path, item.sha256, item.size, "media")
-
-    def _write(self) -> None:
-        req = self.request
-        stamp = self.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-        by_id = {p.item.id: p.item for p in self.plan}
-        records: list[mf.ItemRecord] = []
-        files: list[mf.PackageFile] = []
-        with zipfile.ZipFile(self.out, "w", allowZip64=True) as zf:
-            for p in self.plan:
-                it = p.item
-                path = (
-                    mf.media_path(it.id, it.filename, it.content_type, it.kind) if p.include_media else None
-                )
-                if path is not None:
-                    files.append(self._media(zf, it, path))
-                origin = by_id.get(it.derived_from_id) if it.derived_from_id else None
-                if it.derived_from_id and origin is None:
-                    raise ExportError(f"the original {it.derived_from_id} of item {it.id} was not gathered")
-                chain = self.chains[it.id]
-                records.append(
-                    mf.ItemRecord(
-                        item_id=it.id,
-                        kind=it.kind,
-                        status=it.status,
-                        sha256=it.sha256,
-                        size=it.size,
-                        content_type=it.content_type,
-                        filename=it.filename,
-                        path=path,
-                        withheld_reason=p.withheld_reason,
-                        derived_from=mf.OriginalRef(origin.id, origin.sha256, origin.size)
-                        if origin
-                        else None,
-                        custody_entries=len(chain),
-                        custody_tip=chain[-1]["entry_hash"] if chain else None,
-                        wearer=it.wearer,
-                        source_device_id=it.source_device_id,
-                        captured_start=it.captured_start.isoformat() if it.captured_start else None,
-                        captured_stop=it.captured_stop.isoformat() if it.captured_stop else None,
-                        quarantine_reason=it.quarantine_reason,
-                    )
-                )
-            for p in self.plan:
-                doc = mf.custody_document(p.item.id, self.chains[p.item.id])
-                files.append(self._member(zf, mf.custody_path(p.item.id), doc, "custody"))
-            originals = (
-                {
-                    "included": True,
-                    "authorised_by": req.originals.actor,
-                    "authorised_role": req.originals.role,
-                    "reason": req.originals.reason,
-                }
-                if req.originals
-                else {"included": False, "authorised_by": None, "authorised_role": None, "reason": None}
-            )
-            common = dict(
-                export_id=req.export_id,
-                created_at=stamp,
-                created_by=req.actor,
-                incident=req.incident,
-                key_fingerprint=self.key.fingerprint,
-                key_id=self.key.key_id,
-                originals=originals,
-                items=records,
-            )
-            draft = mf.manifest_document(**common, files=[])  # type: ignore[arg-type]
-            files.append(self._member(zf, mf.REPORT, render_continuity_report(draft, self.chains), "report"))
-            files.append(
-                self._member(
-                    zf,
-                    mf.INSTRUCTIONS,
-                    verification_instructions(req.export_id, self.key.fingerprint, stamp, self.filename),
-                    "instructions",
-                )
-            )
-            manifest = mf.encode(mf.manifest_document(**common, files=files))  # type: ignore[arg-type]
-            self.manifest_sha256 = hashlib.sha256(manifest).hexdigest()
-            self._member(zf, mf.MANIFEST, manifest, "control")
-            self._member(zf, mf.SIGNATURE, self.key.private.sign(manifest), "control")
-            sums = mf.sha256sums([(f.path, f.sha256) for f in files] + [(mf.MANIFEST, self.manifest_sha256)])
-            self._member(zf, mf.SUMS, sums, "control")
-            self._member(zf, mf.SUMS_SIGNATURE, self.key.private.sign(sums), "control")
-            self._member(zf, mf.PUBLIC_KEY, self.key.public_pem.encode(), "control")
-        if self.progress is not None:
-            self.progress(self.media_bytes)
 
 
-class _PipeSource:
-    """The upload's input: the pipe's read end, which fails (rather than ending) if the writer failed,
-    so a half-written package is never completed as an object."""
-
-    def __init__(self, fd: int, writer: _PackageWriter) -> None:
-        self.raw = os.fdopen(fd, "rb")
-        self.writer = writer
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        if n < 0 or len(data) < n:
-            self.writer.join()
-            if self.writer.error is not None:
-                raise ExportError(f"package writing failed: {self.writer.error}") from self.writer.error
-        return data
-
-    def close(self) -> None:
-        self.raw.close()
-
-
-def _pipe() -> tuple[int, int]:
-    r, w = os.pipe()
-    with contextlib.suppress(OSError, AttributeError):
-        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, CHUNK)  # type: ignore[attr-defined]
-    return r, w
-
-
-def stream_package(
+def compose_package(
     store: ObjectStore,
     key: ServiceKey,
     request: ExportRequest,
     plan: list[PlannedItem],
     chains: dict[str, list[dict[str, Any]]],
     *,
-    part_size: int = 16 * CHUNK,
+    created_at: datetime,
+    package_hash: bool = True,
     progress: Callable[[int], None] | None = None,
-) -> tuple[StoredObject, str, int, str]:
-    """Write the package into storage as it is produced; returns (stored object, manifest hash,
-    media bytes, file name). Memory stays at a few upload parts whatever the package's size."""
-    created_at = datetime.now(UTC).replace(microsecond=0)
+) -> tuple[pl.Layout, int]:
+    """One streaming pass over the media, then the layout of the whole package; (layout, media bytes).
+
+    Raises ExportError if any media object differs from its evidence record."""
+    stamp = created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     filename = package_filename(request.incident, request.export_id)
-    r, w = _pipe()
-    writer = _PackageWriter(
-        os.fdopen(w, "wb"), store, key, request, plan, chains, created_at, filename, progress
+    by_id = {p.item.id: p.item for p in plan}
+    out = _Composer(created_at, package_hash)
+    records: list[mf.ItemRecord] = []
+    files: list[mf.PackageFile] = []
+    media_bytes = 0
+
+    def member(path: str, data: bytes, role: str) -> mf.PackageFile:
+        out.small(path, data)
+        return mf.PackageFile(path, hashlib.sha256(data).hexdigest(), len(data), role)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="export-crc") as side:
+        for p in plan:
+            it = p.item
+            path = mf.media_path(it.id, it.filename, it.content_type, it.kind) if p.include_media else None
+            if path is not None:
+                out.data(out.zip.header(path, it.size, stored=True))
+                start = out.zip.pos
+                digests = _MediaDigests(side, out.package)
+                blocks = _media_blocks(store, it.object_key, it.version_id)
+                with contextlib.closing(blocks):  # type: ignore[type-var]
+                    for block in blocks:
+                        digests.update(block)
+                        media_bytes += len(block)
+                        if progress is not None and media_bytes % (64 * CHUNK) < len(block):
+                            progress(media_bytes)
+                digests.finish()
+                found = digests.sha256.hexdigest()
+                if found != it.sha256 or digests.size != it.size:
+                    raise ExportError(
+                        _altered(it.id, found, digests.size, it.sha256, it.size)
+                        + ": not exported; run 'evidence verify'"
+                    )
+                out.segments.append(
+                    pl.MediaSegment(
+                        start, it.id, it.object_key, it.version_id, it.size, it.sha256, digests.crc32, path
+                    )
+                )
+                out.data(out.zip.descriptor(digests.crc32, it.size, it.size))
+                files.append(mf.PackageFile(path, it.sha256, it.size, "media"))
+            origin = by_id.get(it.derived_from_id) if it.derived_from_id else None
+            if it.derived_from_id and origin is None:
+                raise ExportError(f"the original {it.derived_from_id} of item {it.id} was not gathered")
+            chain = chains[it.id]
+            records.append(
+                mf.ItemRecord(
+                    item_id=it.id,
+                    kind=it.kind,
+                    status=it.status,
+                    sha256=it.sha256,
+                    size=it.size,
+                    content_type=it.content_type,
+                    filename=it.filename,
+                    path=path,
+                    withheld_reason=p.withheld_reason,
+                    derived_from=mf.OriginalRef(origin.id, origin.sha256, origin.size) if origin else None,
+                    custody_entries=len(chain),
+                    custody_tip=chain[-1]["entry_hash"] if chain else None,
+                    wearer=it.wearer,
+                    source_device_id=it.source_device_id,
+                    captured_start=it.captured_start.isoformat() if it.captured_start else None,
+                    captured_stop=it.captured_stop.isoformat() if it.captured_stop else None,
+                    quarantine_reason=it.quarantine_reason,
+                )
+            )
+    for p in plan:
+        doc = mf.custody_document(p.item.id, chains[p.item.id])
+        files.append(member(mf.custody_path(p.item.id), doc, "custody"))
+    originals = (
+        {
+            "included": True,
+            "authorised_by": request.originals.actor,
+            "authorised_role": request.originals.role,
+            "reason": request.originals.reason,
+        }
+        if request.originals
+        else {"included": False, "authorised_by": None, "authorised_role": None, "reason": None}
     )
-    source = _PipeSource(r, writer)
-    writer.start()
-    try:
-        stored = store.put_stream(
-            f"exports/{request.export_id}.zip",
-            source,  # type: ignore[arg-type]
-            retain_until=request.retain_until,
-            content_type="application/zip",
-            length=-1,
-            part_size=part_size,
-        )
-    except BaseException:
-        source.close()  # the writer's next write fails, so it stops
-        writer.join()
-        if writer.error is not None and not isinstance(writer.error, BrokenPipeError):
-            raise ExportError(f"package writing failed: {writer.error}") from writer.error
-        raise
-    source.close()
-    writer.join()
-    if writer.error is not None:
-        raise ExportError(f"package writing failed: {writer.error}") from writer.error
-    return stored, writer.manifest_sha256, writer.media_bytes, filename
+    common = dict(
+        export_id=request.export_id,
+        created_at=stamp,
+        created_by=request.actor,
+        incident=request.incident,
+        key_fingerprint=key.fingerprint,
+        key_id=key.key_id,
+        originals=originals,
+        items=records,
+    )
+    draft = mf.manifest_document(**common, files=[])  # type: ignore[arg-type]
+    files.append(member(mf.REPORT, render_continuity_report(draft, chains), "report"))
+    instructions = verification_instructions(request.export_id, key.fingerprint, stamp, filename)
+    files.append(member(mf.INSTRUCTIONS, instructions, "instructions"))
+    manifest = mf.encode(mf.manifest_document(**common, files=files))  # type: ignore[arg-type]
+    manifest_sha256 = hashlib.sha256(manifest).hexdigest()
+    member(mf.MANIFEST, manifest, "control")
+    member(mf.SIGNATURE, key.private.sign(manifest), "control")
+    sums = mf.sha256sums([(f.path, f.sha256) for f in files] + [(mf.MANIFEST, manifest_sha256)])
+    member(mf.SUMS, sums, "control")
+    member(mf.SUMS_SIGNATURE, key.private.sign(sums), "control")
+    member(mf.PUBLIC_KEY, key.public_pem.encode(), "control")
+    out.data(out.zip.end())
+    if progress is not None:
+        progress(media_bytes)
+    return out.layout(request.export_id, filename, manifest_sha256), media_bytes
 
 
 def build_package(
@@ -501,14 +485,14 @@ def build_package(
     items: Sequence[EvidenceItem],
     request: ExportRequest,
     *,
-    part_size: int = 16 * CHUNK,
+    package_hash: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> ExportResult:
     """Make, store and record an export package of ``items`` (see ``gather_items``) for an incident.
 
-    The package becomes evidence item ``request.export_id`` (kind ``export``); every packaged item
-    gets an ``exported`` entry naming the package and its hash (and, for originals, who authorised
-    them and why), all in one transaction after the package is safely stored.
+    The package's layout becomes evidence item ``request.export_id`` (kind ``export``); every item
+    gets an ``exported`` entry naming the package and its hashes (and, for originals, who authorised
+    them and why), all in one transaction after the layout is safely stored.
     """
     if request.originals is not None and not request.originals.reason.strip():
         raise ExportError("including originals needs a stated reason")
@@ -516,8 +500,22 @@ def build_package(
     with db.session() as session:
         chains = {it.id: [e.to_json() for e in Ledger.item_entries(session, it.id)] for it in items}
     plan = plan_package(items, request.originals, redaction_records(chains))
-    stored, manifest_sha256, media_bytes, filename = stream_package(
-        store, key, request, plan, chains, part_size=part_size, progress=progress
+    created_at = datetime.now(UTC).replace(microsecond=0)
+    layout, media_bytes = compose_package(
+        store,
+        key,
+        request,
+        plan,
+        chains,
+        created_at=created_at,
+        package_hash=package_hash,
+        progress=progress,
+    )
+    stored = store.put_bytes(
+        f"exports/{request.export_id}.layout",
+        pl.encode(layout),
+        retain_until=request.retain_until,
+        content_type=pl.CONTENT_TYPE,
     )
     included = [p.item.id for p in plan if p.include_media]
     withheld = {p.item.id: str(p.withheld_reason) for p in plan if not p.include_media}
@@ -530,8 +528,8 @@ def build_package(
             Provenance(
                 kind=PACKAGE_KIND,
                 actor=request.actor,
-                filename=filename,
-                content_type="application/zip",
+                filename=layout.filename,
+                content_type=pl.CONTENT_TYPE,
                 retain_until=request.retain_until,
             ),
             item_id=request.export_id,
@@ -543,10 +541,17 @@ def build_package(
             item_id=request.export_id,
             details={
                 "incident": request.incident,
-                "manifest_sha256": manifest_sha256,
+                "manifest_sha256": layout.manifest_sha256,
+                "package_sha256": layout.sha256,
+                "package_size": layout.size,
+                "filename": layout.filename,
                 "key_fingerprint": key.fingerprint,
                 "included": included,
                 "withheld": withheld,
+                "media": [
+                    {"item": m.item_id, "sha256": m.sha256, "size": m.length, "crc32": m.crc32}
+                    for m in layout.media
+                ],
                 "originals": (
                     {"authorised_by": originals.actor, "role": originals.role, "reason": originals.reason}
                     if originals
@@ -563,8 +568,8 @@ def build_package(
                 item_id=p.item.id,
                 details={
                     "export_id": request.export_id,
-                    "package_sha256": stored.sha256,
-                    "manifest_sha256": manifest_sha256,
+                    "package_sha256": layout.sha256,
+                    "manifest_sha256": layout.manifest_sha256,
                     "media_included": p.include_media,
                     "withheld_reason": p.withheld_reason,
                     "original_footage": original_footage,
@@ -575,10 +580,86 @@ def build_package(
     return ExportResult(
         export_id=request.export_id,
         stored=stored,
-        filename=filename,
-        manifest_sha256=manifest_sha256,
+        filename=layout.filename,
+        manifest_sha256=layout.manifest_sha256,
+        package_sha256=layout.sha256,
+        package_size=layout.size,
         key_fingerprint=key.fingerprint,
         included=included,
         withheld=withheld,
         media_bytes=media_bytes,
+    )
+
+
+# -- assembling on download ---------------------------------------------------------------------
+
+
+def read_layout(store: ObjectStore, item: EvidenceItem) -> pl.Layout:
+    """The package item's layout, after checking the object against the item's recorded hash."""
+    data = store.get_bytes(item.object_key, item.version_id)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != item.sha256 or len(data) != item.size:
+        raise PackageAltered(_altered(item.id, digest, len(data), item.sha256, item.size))
+    try:
+        return pl.decode(data)
+    except pl.LayoutError as exc:
+        raise PackageAltered(f"package {item.id}: {exc}") from None
+
+
+AlteredHook = Callable[[pl.MediaSegment, str, int], None]
+
+
+def _media_piece(
+    store: ObjectStore, seg: pl.MediaSegment, lo: int, n: int, on_altered: AlteredHook | None
+) -> Iterator[bytes]:
+    """Bytes ``lo``..``lo+n`` of one media member, read whole so that its hash is checked; the last
+    block sent waits for the check, so an altered object never reaches the recipient complete."""
+    h = hashlib.sha256()
+    pos = 0
+    held: bytes | None = None
+    blocks = _media_blocks(store, seg.key, seg.version_id)
+    with contextlib.closing(blocks):  # type: ignore[type-var]
+        for block in blocks:
+            h.update(block)
+            a, b = max(lo, pos), min(lo + n, pos + len(block))
+            if a < b:
+                part = block if (a, b) == (pos, pos + len(block)) else block[a - pos : b - pos]
+                if held is not None:
+                    yield held
+                held = part
+            pos += len(block)
+    found = h.hexdigest()
+    if found != seg.sha256 or pos != seg.length:
+        if on_altered is not None:
+            on_altered(seg, found, pos)
+        raise PackageAltered(_altered(seg.item_id, found, pos, seg.sha256, seg.length))
+    if held is not None:
+        yield held
+
+
+def assemble(
+    store: ObjectStore,
+    layout: pl.Layout,
+    start: int = 0,
+    end: int | None = None,
+    on_altered: AlteredHook | None = None,
+) -> Iterator[bytes]:
+    """The package's bytes ``start``..``end`` (inclusive; the whole zip by default), streamed.
+
+    Raises PackageAltered (after calling ``on_altered``) when a media object no longer matches."""
+    last = layout.size - 1 if end is None else end
+    for seg, lo, n in pl.pieces(layout, start, last):
+        if isinstance(seg, pl.DataSegment):
+            yield layout.blob[seg.offset + lo : seg.offset + lo + n]
+        else:
+            yield from _media_piece(store, seg, lo, n, on_altered)
+
+
+def items_read(layout: pl.Layout, start: int = 0, end: int | None = None) -> list[str]:
+    """The evidence items whose stored bytes a download of this range reads."""
+    last = layout.size - 1 if end is None else end
+    return list(
+        dict.fromkeys(
+            s.item_id for s, _, _ in pl.pieces(layout, start, last) if isinstance(s, pl.MediaSegment)
+        )
     )
