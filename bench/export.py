@@ -2,27 +2,30 @@
 
 For each incident size (0.5 GB and 2 GB of video by default), in one run against a private SeaweedFS:
 
-- raw read: every object of the incident read through the ``minio`` client and discarded;
-- raw copy: the same objects read and put back as one object of unknown length (the floor for any
-  export that is itself stored, since the package must be written as well as read);
-- export: ``incidents.export.build_package``, the real thing (zip writer thread, pipe, streaming
-  multipart upload, hashing, custody entries).
+- raw read: every media object of the incident read through the ``minio`` client and discarded;
+- build: ``incidents.export.build_package``, the real thing (one pass over the media checking each
+  object's SHA-256 and size and computing its CRC-32, the layout stored as the package item, custody
+  entries), both with the SHA-256 of the whole zip computed in that pass and without it;
+- download: the zip assembled from the layout and the media objects (each media hash re-checked),
+  both through the assembling generator alone and through the real HTTP route
+  (``GET /api/v1/exports/download/{token}``, uvicorn in this process, ``curl`` as the client).
 
 Throughput is media bytes over wall time. Peak resident memory of this process is sampled during
 each phase; it must not grow with the package size.
 
-Run: ``.venv/bin/python bench/export.py [--sizes-mb 512 2048] [--object-mb 128]``.
+Run: ``flock /tmp/team/bench.lock .venv/bin/python bench/export.py [--sizes-mb 512 2048] [--object-mb 128]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
+import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,14 +33,26 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402
+from isal.isal_zlib import crc32  # noqa: E402
 
 from bench.common import PeakRSS, scratch, write_results  # noqa: E402
 from chain_of_custody.evidence import Provenance, record_evidence  # noqa: E402
-from incidents.export import ExportRequest, OriginalsPermission, build_package, gather_items  # noqa: E402
+from chain_of_custody.models import EvidenceItem  # noqa: E402
+from incidents.export import (  # noqa: E402
+    ExportRequest,
+    ExportResult,
+    OriginalsPermission,
+    assemble,
+    build_package,
+    gather_items,
+    read_layout,
+)
+from incidents.export_api import link_secret, make_link_token  # noqa: E402
+from incidents.export_models import ExportJob, ExportLink  # noqa: E402
 from ingest.services import Services, build_services  # noqa: E402
 from storage.embedded import EmbeddedSeaweed  # noqa: E402
 from storage.settings import Settings  # noqa: E402
-from tests.conftest import free_base_port  # noqa: E402
+from tests.conftest import free_base_port, start_server  # noqa: E402
 
 MB = 1024 * 1024
 
@@ -60,26 +75,6 @@ class _Synthetic:
             self.block = self.block[take:] + self.block[:take]
         self.left -= n
         return bytes(out)
-
-
-class _Blocks:
-    """File-like view of an iterator of blocks (for the raw copy baseline)."""
-
-    def __init__(self, blocks: Iterator[bytes]) -> None:
-        self.blocks = blocks
-        self.buf = b""
-
-    def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self.buf) < n:
-            try:
-                self.buf += next(self.blocks)
-            except StopIteration:
-                break
-        if n < 0:
-            out, self.buf = self.buf, b""
-        else:
-            out, self.buf = self.buf[:n], self.buf[n:]
-        return out
 
 
 def make_incident(s: Services, total: int, object_size: int) -> list[str]:
@@ -119,28 +114,10 @@ def raw_read(s: Services, ids: list[str]) -> int:
     return n
 
 
-def raw_copy(s: Services, ids: list[str]) -> int:
+def build(s: Services, ids: list[str], package_hash: bool) -> ExportResult:
     with s.db.session() as session:
         items = gather_items(session, ids)
-
-    def blocks() -> Iterator[bytes]:
-        for it in items:
-            yield from s.store.read(it.object_key, it.version_id)
-
-    stored = s.store.put_stream(
-        f"bench-copy/{uuid.uuid4()}",
-        _Blocks(blocks()),  # type: ignore[arg-type]
-        retain_until=datetime.now(UTC) + timedelta(days=1),
-        length=-1,
-        part_size=16 * MB,
-    )
-    return stored.size
-
-
-def export(s: Services, ids: list[str]) -> tuple[int, int]:
-    with s.db.session() as session:
-        items = gather_items(session, ids)
-    result = build_package(
+    return build_package(
         s.db,
         s.store,
         s.ledger,
@@ -150,11 +127,65 @@ def export(s: Services, ids: list[str]) -> tuple[int, int]:
             export_id=str(uuid.uuid4()),
             incident={"reference": "INC-BENCH"},
             actor="bench",
-            retain_until=datetime.now(UTC) + timedelta(days=1),
+            retain_until=datetime.now(UTC) + timedelta(days=2),
             originals=OriginalsPermission("bench", "admin", "benchmark of original footage"),
         ),
+        package_hash=package_hash,
     )
-    return result.media_bytes, result.stored.size
+
+
+def assemble_all(s: Services, export_id: str) -> tuple[int, int]:
+    """The whole zip through the assembling generator; (bytes, CRC-32 of what came out)."""
+    with s.db.session() as session:
+        item = session.get(EvidenceItem, export_id)
+        session.expunge(item)
+    crc = 0
+    n = 0
+    for block in assemble(s.store, read_layout(s.store, item)):
+        crc = crc32(block, crc)
+        n += len(block)
+    return n, crc
+
+
+def download_link(s: Services, result: ExportResult) -> str:
+    """A download link for the package, as the API would issue it (job and link rows, signed token)."""
+    now = datetime.now(UTC)
+    with s.db.session() as session:
+        session.add(
+            ExportJob(
+                id=result.export_id,
+                incident_id="bench",
+                requested_by="bench",
+                requester_role="admin",
+                scope="{}",
+                status="ready",
+                package_sha256=result.package_sha256,
+                package_size=result.package_size,
+                filename=result.filename,
+            )
+        )
+        session.flush()
+        link = ExportLink(
+            id=str(uuid.uuid4()),
+            export_id=result.export_id,
+            recipient="bench",
+            created_by="bench",
+            expires_at=now + timedelta(hours=1),
+        )
+        session.add(link)
+    return f"/api/v1/exports/download/{make_link_token(link_secret(s.key), link.id, result.export_id, link.expires_at)}"
+
+
+def http_download(url: str) -> int:
+    """The whole zip through the service's HTTP route, fetched by curl (its own process, so the client
+    takes no CPU from the service's interpreter); the bytes received."""
+    out = subprocess.run(
+        ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout)
 
 
 def timed(fn: Any, *args: Any) -> tuple[Any, float, float]:
@@ -185,36 +216,60 @@ def main() -> None:
         min_free_bytes=0,
     )
     s = build_services(settings)
+    server, thread, base_url = start_server(s)
     cases = []
     try:
         for size_mb in args.sizes_mb:
             ids = make_incident(s, size_mb * MB, args.object_mb * MB)
             baseline_mb = psutil.Process().memory_info().rss / 1e6
             read_bytes, read_s, read_rss = timed(raw_read, s, ids)
-            copy_bytes, copy_s, copy_rss = timed(raw_copy, s, ids)
-            (media_bytes, package_bytes), export_s, export_rss = timed(export, s, ids)
+            plain, plain_s, plain_rss = timed(build, s, ids, False)
+            hashed, hashed_s, hashed_rss = timed(build, s, ids, True)
+            (gen_bytes, gen_crc), gen_s, gen_rss = timed(assemble_all, s, hashed.export_id)
+            again = assemble_all(s, plain.export_id)
+            assert gen_bytes == hashed.package_size and again[0] == plain.package_size
+            url = base_url + download_link(s, hashed)
+            http_bytes, http_s, http_rss = timed(http_download, url)
+            assert http_bytes == hashed.package_size, "the HTTP download is short"
+            media = hashed.media_bytes
+            raw = read_bytes / read_s
+
+            def rate(seconds: float, media: int = media) -> float:
+                return round(media / MB / seconds, 1)
+
+            def ratio(seconds: float, media: int = media, raw: float = raw) -> float:
+                return round(media / seconds / raw, 3)
+
             case = {
-                "media_mb": round(media_bytes / MB, 1),
+                "media_mb": round(media / MB, 1),
                 "objects": len(ids),
-                "package_mb": round(package_bytes / MB, 1),
-                "raw_read_mb_s": round(read_bytes / MB / read_s, 1),
-                "raw_copy_mb_s": round(copy_bytes / MB / copy_s, 1),
-                "export_mb_s": round(media_bytes / MB / export_s, 1),
-                "export_s": round(export_s, 2),
-                "export_vs_raw_read": round((media_bytes / export_s) / (read_bytes / read_s), 3),
-                "export_vs_raw_copy": round((media_bytes / export_s) / (copy_bytes / copy_s), 3),
+                "package_mb": round(hashed.package_size / MB, 1),
+                "layout_kb": round(hashed.stored.size / 1024, 1),
+                "raw_read_mb_s": round(raw / MB, 1),
+                "build_mb_s": rate(plain_s),
+                "build_vs_raw_read": ratio(plain_s),
+                "build_with_package_hash_mb_s": rate(hashed_s),
+                "build_with_package_hash_vs_raw_read": ratio(hashed_s),
+                "download_generator_mb_s": rate(gen_s),
+                "download_generator_vs_raw_read": ratio(gen_s),
+                "download_http_mb_s": rate(http_s),
+                "download_http_vs_raw_read": ratio(http_s),
                 "rss_before_mb": round(baseline_mb, 1),
                 "peak_rss_raw_read_mb": round(read_rss, 1),
-                "peak_rss_raw_copy_mb": round(copy_rss, 1),
-                "peak_rss_export_mb": round(export_rss, 1),
-                "export_rss_growth_mb": round(export_rss - baseline_mb, 1),
+                "peak_rss_build_mb": round(max(plain_rss, hashed_rss), 1),
+                "peak_rss_download_generator_mb": round(gen_rss, 1),
+                "peak_rss_download_http_mb": round(http_rss, 1),
+                "rss_growth_mb": round(max(plain_rss, hashed_rss, gen_rss, http_rss) - baseline_mb, 1),
             }
             cases.append(case)
             print(
-                f"{case['media_mb']:>8.0f} MB  raw read {case['raw_read_mb_s']:>6.1f} MB/s  "
-                f"raw copy {case['raw_copy_mb_s']:>6.1f} MB/s  export {case['export_mb_s']:>6.1f} MB/s "
-                f"({case['export_vs_raw_read']:.2f} of raw read, {case['export_vs_raw_copy']:.2f} of raw copy)  "
-                f"peak RSS {case['peak_rss_export_mb']:.0f} MB (+{case['export_rss_growth_mb']:.0f})",
+                f"{case['media_mb']:>6.0f} MB  raw read {case['raw_read_mb_s']:>6.1f} MB/s  "
+                f"build {case['build_mb_s']:>6.1f} ({case['build_vs_raw_read']:.2f})  "
+                f"build+zip hash {case['build_with_package_hash_mb_s']:>6.1f} "
+                f"({case['build_with_package_hash_vs_raw_read']:.2f})  "
+                f"download gen {case['download_generator_mb_s']:>6.1f} ({case['download_generator_vs_raw_read']:.2f})  "
+                f"http {case['download_http_mb_s']:>6.1f} ({case['download_http_vs_raw_read']:.2f})  "
+                f"peak RSS +{case['rss_growth_mb']:.0f} MB",
                 flush=True,
             )
         out = write_results(
@@ -222,11 +277,16 @@ def main() -> None:
             {
                 "cases": cases,
                 "target": "export >= 0.8 of raw read rate; peak memory independent of package size",
+                "note": "build, build with the whole-zip SHA-256, and download (generator and HTTP) "
+                "each as media bytes over wall time; ratios against the raw read of the same run",
+                "load_average": list(os.getloadavg()),
                 "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, 1),
             },
         )
         print(f"results: {out}")
     finally:
+        server.should_exit = True
+        thread.join(15)
         s.close()
         seaweed.stop()
         shutil.rmtree(work, ignore_errors=True)

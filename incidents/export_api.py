@@ -513,6 +513,7 @@ def build_router(require_roles: Callable[..., Any], services: Callable[..., Any]
                     "link_created_by": created_by,
                     "range": [byte_range.start, byte_range.end] if byte_range else None,
                     "sha256": package_sha256,
+                    "manifest_sha256": layout.manifest_sha256 if layout else None,
                     "layout_sha256": item.sha256 if layout else None,
                     "items_read": items_read(layout, start, end) if layout else [],
                     "client": request.client.host if request.client else None,

@@ -197,11 +197,11 @@ def test_export_download_and_verify(server: Server, tmp_path: Path) -> None:
     package = tmp_path / "package.zip"
     with httpx.stream("GET", link["url"]) as resp:
         assert resp.status_code == 200
-        assert resp.headers["x-evidence-sha256"] == job["package_sha256"]
+        assert resp.headers["etag"] == f'"manifest-{job["manifest_sha256"]}"'
+        assert "x-evidence-sha256" not in resp.headers  # the zip's own hash is not computed by default
         with open(package, "wb") as f:
             for block in resp.iter_bytes():
                 f.write(block)
-    assert hashlib.sha256(package.read_bytes()).hexdigest() == job["package_sha256"]
     key = httpx.get(f"{server.url}/api/v1/custody/public-key", headers=admin).json()
     report = verify_package(package, key["fingerprint_sha256"])
     assert report.ok, [str(p) for p in report.problems]
@@ -213,15 +213,16 @@ def test_export_download_and_verify(server: Server, tmp_path: Path) -> None:
     )
 
     whole = package.read_bytes()
-    assert job["package_size"] == len(whole) and job["layout_sha256"] != job["package_sha256"]
-    assert details["items_read"] == [redacted.id, alarm.id] and details["sha256"] == job["package_sha256"]
+    assert job["package_size"] == len(whole) and job["package_sha256"] is None and job["layout_sha256"]
+    assert details["items_read"] == [redacted.id, alarm.id]
+    assert details["manifest_sha256"] == job["manifest_sha256"]
     assert details["layout_sha256"] == job["layout_sha256"]
 
     # The same bytes on every download, with the headers a resuming client relies on.
     again = httpx.get(link["url"])
     assert again.status_code == 200 and again.content == whole
     assert again.headers["content-length"] == str(len(whole))
-    assert again.headers["etag"] == f'"{job["package_sha256"]}"'
+    assert again.headers["etag"] == f'"manifest-{job["manifest_sha256"]}"'
     assert again.headers["x-evidence-manifest-sha256"] == job["manifest_sha256"]
 
     # Resuming with a range is served and logged too; ranges across headers and media stitch together.
@@ -339,6 +340,7 @@ def test_download_of_a_package_over_altered_media_fails_loudly(private_services,
         s.key,
         items,
         ExportRequest(export_id, {"reference": "INC-1"}, "user:inv", now + timedelta(days=1)),
+        package_hash=True,
     )
     with s.db.session() as session:
         session.add(
@@ -366,6 +368,9 @@ def test_download_of_a_package_over_altered_media_fails_loudly(private_services,
         target = f"{url}/api/v1/exports/download/{token}"
         whole = httpx.get(target)
         assert whole.status_code == 200 and len(whole.content) == result.package_size
+        # Built with the zip's own hash: the recipient can compare what arrived with it.
+        assert whole.headers["x-evidence-sha256"] == hashlib.sha256(whole.content).hexdigest()
+        assert whole.headers["etag"] == f'"{result.package_sha256}"'
         flipped = False
         for dat in Path(seaweed.data_dir).rglob("*.dat"):
             with open(dat, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:

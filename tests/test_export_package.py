@@ -217,7 +217,7 @@ def built(seaweed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     tmp = tmp_path_factory.mktemp("export")
     services = build_services(make_settings(tmp, f"sqlite:///{tmp / 'evidence.db'}", seaweed))
     evidence = make_incident_evidence(services, tmp)
-    result = export(services, evidence.scope)
+    result = export(services, evidence.scope, package_hash=True)
     yield Built(services, evidence, result, download(services, result.export_id, tmp / result.filename))
     services.db.dispose()
 
@@ -618,7 +618,9 @@ def test_originals_need_a_reason_and_are_recorded(built: Built, tmp_path: Path) 
         export(s, ev.scope, OriginalsPermission("user:boss", "security_manager", "  "))
     result = export(s, ev.scope, OriginalsPermission("user:boss", "security_manager", "CPS request 7781"))
     assert ev.clip.id in result.included and ev.redacted.id in result.included
+    assert result.package_sha256 is None  # by default the pass checks items only (two at a time)
     path = download(s, result.export_id, tmp_path / "with-originals.zip")
+    assert layout_of(s, result.export_id).size == path.stat().st_size == result.package_size
     assert verify_package(path, s.key.fingerprint).ok
     manifest = json.loads(members(path)[mf.MANIFEST])
     assert manifest["originals"] == {
