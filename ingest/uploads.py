@@ -105,6 +105,11 @@ class UploadEngine:
         self.parts_in_flight = max(1, services.settings.upload_parts_in_flight)
         # One thread hashes every upload's parts, so each upload's parts are hashed in order.
         self.hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-hash")
+        # Part uploads have threads of their own: a database call never queues behind seconds of S3
+        # sends, and however many docks upload, the store sees at most this many part uploads at once.
+        self.part_pool = ThreadPoolExecutor(
+            max_workers=max(1, services.settings.upload_part_senders), thread_name_prefix="clip-part"
+        )
         self.lease = timedelta(seconds=services.settings.upload_lease_seconds)
 
     # -- storage capacity --------------------------------------------------------------------
@@ -309,8 +314,9 @@ class _Pending:
     number: int
     size: int
     consumed: bool  # this part absorbed the tail segments staged by earlier requests
-    upload: asyncio.Task[str]
+    upload: asyncio.Future[str]
     hashed: asyncio.Future[None] | None
+    buffer: bytearray | None  # handed back for the next part once sent and hashed
     commit: asyncio.Task[None] | None = None
 
 
@@ -333,6 +339,7 @@ class _PartWriter:
         # The part being filled: preallocated and handed to S3 whole, so bytes are copied once on arrival.
         self.buffer = bytearray(upload.part_size)
         self.fill = 0
+        self.spare: list[bytearray] = []  # part buffers whose bytes are stored and hashed
         self.staged: list[list[int]] = json.loads(upload.staged)
         self.staged_len = sum(s for _, s in self.staged)
         self.parts: list[list[object]] = json.loads(upload.parts)
@@ -379,31 +386,40 @@ class _PartWriter:
             self.fill += n
             view = view[n:]
             if self.fill == size:
-                full, self.buffer, self.fill = self.buffer, bytearray(size), 0
+                full, self.fill = self.buffer, 0
                 await self._send_part(full)
+                # Taken only once the part is on its way, so a waiting upload holds no extra buffer;
+                # a buffer already sent is reused (a fresh one costs page faults on every part).
+                self.buffer = self.spare.pop() if self.spare else bytearray(size)
 
     async def _send_part(self, data: bytes | bytearray) -> None:
-        """Hash (in order, on the hashing thread) and upload a full part; a few parts travel at once."""
+        """Hash (in order, on the hashing thread) and upload a full part; a few parts travel at once.
+
+        Waits for a free place among the parts in flight first, so the body keeps flowing into the
+        next part while the earlier ones are still on their way.
+        """
+        while len(self.pending) >= self.e.parts_in_flight:
+            await self._complete_oldest()
         number = self.sent // self.u.part_size + 1
         self.sent += len(data)
         consumed = self.staged_len > 0
         self.consumed_staged = self.consumed_staged or consumed
         self.staged_len = 0
+        loop = asyncio.get_running_loop()
         hashed = None
         if self.running is not None:
-            hashed = asyncio.get_running_loop().run_in_executor(self.e.hash_pool, self.running.update, data)
+            hashed = loop.run_in_executor(self.e.hash_pool, self.running.update, data)
         store = self.e.s.store
-        upload = asyncio.create_task(
-            asyncio.to_thread(store.upload_part, self.u.object_key, self.u.s3_upload_id, number, data)
+        upload = loop.run_in_executor(
+            self.e.part_pool, store.upload_part, self.u.object_key, self.u.s3_upload_id, number, data
         )
         upload.add_done_callback(_ignore_result)  # failures are raised through the commit chain
-        part = _Pending(number, len(data), consumed, upload, hashed)
+        reusable = data if isinstance(data, bytearray) and len(data) == self.u.part_size else None
+        part = _Pending(number, len(data), consumed, upload, hashed, reusable)
         previous = self.pending[-1].commit if self.pending else None
         part.commit = asyncio.create_task(self._commit(previous, part))
         part.commit.add_done_callback(_ignore_result)
         self.pending.append(part)
-        while len(self.pending) >= self.e.parts_in_flight:
-            await self._complete_oldest()
 
     async def _commit(self, previous: asyncio.Task[None] | None, part: _Pending) -> None:
         """Record a part as soon as it and every part before it are stored, so the offset never skips a gap."""
@@ -412,6 +428,8 @@ class _PartWriter:
         etag = await part.upload
         if part.hashed is not None:
             await part.hashed
+        if part.buffer is not None:
+            self.spare.append(part.buffer)
         self.parts = [p for p in self.parts if p[0] != part.number] + [[part.number, etag]]
         self.committed += part.size
         if self.checksum is None:
@@ -466,7 +484,12 @@ class _PartWriter:
             await self._complete_oldest()
 
     async def finish(self, disconnected: bool) -> UploadState:
+        whole = self.offset == self.u.length and not disconnected
         try:
+            if whole and self.fill:
+                # The last, short part travels beside the ones still in flight.
+                await self._send_part(memoryview(self.buffer)[: self.fill])
+                self.fill = 0
             await self._drain()
         except BaseException:
             self.e.hashes.put(self.u.id, -1, None)
@@ -484,11 +507,7 @@ class _PartWriter:
                     raise _Disconnected()
                 raise TusRefusal(460, "checksum_mismatch", "Upload-Checksum does not match the request body")
             await asyncio.to_thread(self._record, self.committed, self.consumed_staged)
-        if self.offset == self.u.length and not disconnected:
-            if self.fill:
-                await self._send_part(self.buffer[: self.fill])
-                self.fill = 0
-                await self._drain()
+        if whole:
             return await asyncio.to_thread(self.e_complete)
         # Keep what arrived after the last full part as a new tail segment (unless nothing new came).
         new = bytes(self.buffer[self.staged_len : self.fill]) if self.staged_len <= self.fill else b""

@@ -74,6 +74,55 @@ def _translate(exc: Exception) -> StorageError:
     return StorageUnavailable(f"object store unreachable: {type(exc).__name__}: {exc}")
 
 
+class _BodyTimeoutConnection(urllib3.connection.HTTPConnection):
+    """Connects within the connect timeout, then gives each block of a request body the read timeout.
+
+    urllib3 sends the request body under the connect timeout, and Python's ``sendall`` counts that
+    over the whole body: a 16 MiB part to a busy store failed after 5 s although bytes were moving.
+    """
+
+    body_timeout: float = 30.0
+    block = 1024 * 1024
+
+    def send(self, data):  # type: ignore[no-untyped-def]
+        if self.sock is None:
+            self.connect()
+        try:
+            view = memoryview(data).cast("B")
+        except TypeError:  # a file or an iterable: sent block by block by http.client itself
+            view = None
+        self.sock.settimeout(self.body_timeout)
+        if view is None:
+            return super().send(data)
+        for start in range(0, len(view), self.block):
+            self.sock.sendall(view[start : start + self.block])
+        return None
+
+
+class _BodyTimeoutHTTPSConnection(urllib3.connection.HTTPSConnection):
+    """TLS counterpart of :class:`_BodyTimeoutConnection` (TLS sockets write in blocks the same way)."""
+
+    body_timeout: float = 30.0
+    send = _BodyTimeoutConnection.send
+    block = _BodyTimeoutConnection.block
+
+
+def _pool_manager(connect_s: float, read_s: float, max_connections: int) -> urllib3.PoolManager:
+    """One pool of up to ``max_connections`` kept connections, with the body timeout above."""
+    conn = type("Conn", (_BodyTimeoutConnection,), {"body_timeout": read_s})
+    tls_conn = type("TlsConn", (_BodyTimeoutHTTPSConnection,), {"body_timeout": read_s})
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=connect_s, read=read_s),
+        maxsize=max_connections,
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[502, 503, 504]),
+    )
+    http.pool_classes_by_scheme = {
+        "http": type("Pool", (urllib3.HTTPConnectionPool,), {"ConnectionCls": conn}),
+        "https": type("TlsPool", (urllib3.HTTPSConnectionPool,), {"ConnectionCls": tls_conn}),
+    }
+    return http
+
+
 class ObjectStore:
     """Evidence bucket (locked) and staging bucket (unlocked) on one S3 endpoint."""
 
@@ -88,12 +137,9 @@ class ObjectStore:
         secure: bool = False,
         region: str = "us-east-1",
         timeout_seconds: float = 30.0,
+        max_connections: int = 32,
     ) -> None:
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=5.0, read=timeout_seconds),
-            maxsize=32,
-            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[502, 503, 504]),
-        )
+        http = _pool_manager(5.0, timeout_seconds, max_connections)
         self.endpoint = endpoint
         self.client = Minio(
             endpoint,

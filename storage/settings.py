@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     upload_part_bytes: int = 8 * 1024**2
     # Parts of one clip travelling to S3 at once (memory per upload: this many parts plus the one filling).
     upload_parts_in_flight: int = 3
+    # S3 part uploads running at once across all clips (one thread each); other parts wait their turn.
+    upload_part_senders: int = 8
     # An unfinished upload is abandoned after this long.
     upload_expiry_hours: int = 72
     # Dock PATCH requests streaming at once per process; beyond this the answer is 503 + Retry-After.
