@@ -87,9 +87,15 @@ class AlarmRecord(Base):
     evidence_item_id: Mapped[str | None] = mapped_column(ForeignKey("evidence_items.id"), default=None)
     voice_memo_item_id: Mapped[str | None] = mapped_column(ForeignKey("evidence_items.id"), default=None)
     incident_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    # Accepted on the fast path: the alarm row, the feed and the device's ack are committed, but the
+    # payload's evidence item, the ``alarm_raised`` custody entry and the incident are still to come.
+    followup_pending: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    __table_args__ = (Index("ix_alarms_device_status", "device_id", "status"),)
+    __table_args__ = (
+        Index("ix_alarms_device_status", "device_id", "status"),
+        Index("ix_alarms_followup_pending", "followup_pending"),
+    )
 
 
 class LoneWorkerEvent(Base):

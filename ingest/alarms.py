@@ -29,7 +29,7 @@ from functools import lru_cache, partial
 from typing import Any
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import Boolean, Float, Integer, Text, bindparam, case, delete, func, select, update
+from sqlalchemy import Boolean, Float, Integer, Text, bindparam, case, delete, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.ledger import rfc3339
-from chain_of_custody.models import EvidenceItem, LedgerHead
+from chain_of_custody.models import EvidenceItem
 from devices.broker_access import CONTROL_TOPIC_ROOT, BrokerAccount, generate_password, hash_password
 from devices.lone_worker_wire import (
     Accepted,
@@ -149,6 +149,7 @@ class HandleResult:
     event_id: str | None = None
     alarm_id: str | None = None
     publish: list[Outgoing] = field(default_factory=list)
+    followup: bool = False  # an alarm accepted on the fast path, still to be made whole
 
 
 @dataclass
@@ -329,10 +330,22 @@ def _insert(session: Session) -> Any:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
-def _lock_ledger(session: Session) -> None:
-    """Hold the ledger head's lock (taken by every custody append anyway) before writing feed rows,
-    so change ids are handed out in commit order and a stream reader never skips one."""
-    session.execute(select(LedgerHead.id).where(LedgerHead.id == 1).with_for_update())
+# Any constant will do: it names the lock that orders the control room's change feed.
+_FEED_LOCK_KEY = 0x65766964_66656564  # "evid" "feed"
+
+
+@event.listens_for(Session, "before_commit")
+def _write_feed(session: Session) -> None:
+    """Change-feed rows are written last, under a lock held to the commit, so their ids are handed
+    out in commit order and a stream reader that reads past the highest id never skips one. The lock
+    is the feed's own (not the ledger's), so an alarm on the fast path never waits for custody work.
+    SQLite needs none: its writers are serialised by ``BEGIN IMMEDIATE``."""
+    rows = session.info.pop("alarm_feed", None)
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(_FEED_LOCK_KEY)))
+    session.add_all(rows)
 
 
 class AlarmService:
@@ -349,6 +362,10 @@ class AlarmService:
         # (the outbox relay of any instance sends what is left behind).
         self.publisher: Callable[[list[Outgoing]], None] | None = None
         self.fast_path_grace = timedelta(seconds=5)
+        # A raised alarm is committed and acknowledged first; its evidence item, custody entry and
+        # incident follow. Inline (right after the commit, in the caller's thread) unless an MQTT
+        # consumer runs a follow-up worker of its own, so the next alarm is not kept waiting.
+        self.followups_inline = True
 
     # ------------------------------------------------------------------ device messages
 
@@ -371,6 +388,8 @@ class AlarmService:
                     continue  # another instance got there first: read again and decide again
                 self._after_commit(result.publish)
                 MESSAGES.labels(type=result.type or "unknown", outcome=result.outcome).inc()
+                if result.followup and self.followups_inline and result.alarm_id:
+                    self.complete_followup(result.alarm_id)
                 return result
             raise RuntimeError(f"replay state of {topic} kept changing under us")
         finally:
@@ -667,7 +686,11 @@ class AlarmService:
         event = self._record_event(session, snap, verdict, topic, raw, now, add=False)
         event.kind = body.kind
         event.ref_event_id = body.ref_event_id
-        item = self._store_payload(session, snap, event, message, verdict, now)
+        # A raise is acknowledged as soon as the event and the alarm are committed; the payload's
+        # evidence item, the custody entry and the incident follow (see ``_follow_up``). A raise
+        # that a cancel overtook, and every cancel, take the whole path at once.
+        fast = body.action == "raise" and early_cancel is None
+        item = None if fast else self._store_payload(session, snap, event, message, verdict, now)
         if body.action == "raise":
             event.alarm_id = new_id()
             session.add(event)
@@ -689,8 +712,10 @@ class AlarmService:
                 late=verdict.late,
                 evidence_item_id=item.id if item is not None else None,
                 actor=f"device:{snap.device_id}",
+                fast=fast,
             )
             result.alarm_id = row.id
+            result.followup = fast
             if body.kind == "low_battery":
                 self._state_values(session, snap.device_id, battery_low=True)
             if early_cancel is not None:
@@ -861,6 +886,7 @@ class AlarmService:
         late: bool = False,
         evidence_item_id: str | None = None,
         actor: str = SERVICE_ACTOR,
+        fast: bool = False,
     ) -> AlarmRecord:
         transition = rules.raise_alarm(
             alarm_id=alarm_id or new_id(),
@@ -882,6 +908,7 @@ class AlarmService:
             note=note,
             late=late,
             evidence_item_id=evidence_item_id,
+            followup_pending=fast,
         )
         if message is not None:
             if message.position is not None:
@@ -896,6 +923,111 @@ class AlarmService:
         )
         self._apply(session, row, transition, outbox, now, actor=actor, raised=True)
         return row
+
+    # ------------------------------------------------------------------ the follow-up of a fast raise
+
+    def _follow_up(self, session: Session, row: AlarmRecord, now: datetime, stored: Any = None) -> None:
+        """Make an alarm accepted on the fast path whole, in the order the full path would have:
+        the payload as an evidence item, the ``alarm_raised`` custody entry, then the incident a red
+        alarm opens or joins. Runs before any other change to the alarm (see ``_apply``), so the
+        custody trail never shows a change before the raise. The caller holds the alarm's row lock."""
+        event = session.get(LoneWorkerEvent, row.source_event_id) if row.source_event_id else None
+        if event is not None and event.evidence_item_id is None:
+            if stored is None:
+                stored = self._put_payload(event)
+            if stored is not None:
+                event.evidence_item_id = self._payload_evidence(session, event, stored, row.wearer).id
+        if event is not None and row.evidence_item_id is None:
+            row.evidence_item_id = event.evidence_item_id
+        row.followup_pending = False
+        session.flush()
+        details = self._custody_details(row, [rules.Change.RAISED.value])
+        details["accepted_at"] = rfc3339(row.raised_at)
+        self.ledger.append(
+            session,
+            "alarm_raised",
+            f"device:{row.device_id}",
+            item_id=row.evidence_item_id,
+            details=details,
+            at=now,
+        )
+        if row.incident_requested and row.incident_id is None:
+            self._open_incident(session, row, now)
+            self._feed(session, row, "incident_linked", now)
+
+    def _put_payload(self, event: LoneWorkerEvent) -> Any:
+        """The exact bytes received, into locked storage; None (evidence deferred) while storage is down."""
+        try:
+            return self.services.store.put_bytes(
+                self._object_key(event),
+                event.raw,
+                retain_until=event.received_at + timedelta(days=self.settings.retention_days),
+                content_type="application/json",
+            )
+        except StorageError as exc:
+            EVIDENCE_DEFERRED.inc()
+            log.warning(
+                "alarm evidence deferred: object storage unavailable",
+                extra={"device": event.device_id, "event_id": event.event_id, "error": str(exc)},
+            )
+            return None
+
+    def _payload_evidence(
+        self, session: Session, event: LoneWorkerEvent, stored: Any, wearer: str | None
+    ) -> EvidenceItem:
+        """The evidence item of a payload stored after its message was handled (the device's key and
+        signature are read back from the registry and the bytes kept in the event row)."""
+        device = session.get(Device, event.device_id)
+        signature = json.loads(event.raw).get("sig")
+        public_key = _raw_key(device.public_key) if device is not None and device.public_key else None
+        if wearer is None and device is not None:
+            wearer = device.assigned_staff_id
+        return self._record_payload_evidence(session, event, stored, wearer, signature, public_key)
+
+    def complete_followup(self, alarm_id: str, now: datetime | None = None) -> bool:
+        """Finish one fast-path alarm if it is still pending and nobody else is at it; True if done here.
+
+        The payload is put into storage before any lock is taken (an instance that loses the race
+        leaves one unreferenced locked version behind, nothing worse)."""
+        with self.db.session() as session:
+            pending = session.execute(
+                select(LoneWorkerEvent)
+                .join(AlarmRecord, AlarmRecord.source_event_id == LoneWorkerEvent.event_id)
+                .where(AlarmRecord.id == alarm_id, AlarmRecord.followup_pending.is_(True))
+            ).scalar_one_or_none()
+            if pending is None:
+                return False
+            session.expunge(pending)
+        stored = self._put_payload(pending) if pending.evidence_item_id is None else None
+        with self.db.session() as session:
+            row = session.scalars(
+                select(AlarmRecord).where(AlarmRecord.id == alarm_id).with_for_update(skip_locked=True)
+            ).first()
+            if row is None or not row.followup_pending:
+                return False
+            self._follow_up(session, row, now or self.clock(), stored)
+        return True
+
+    def pending_followups(self, limit: int = 50, raised_before: datetime | None = None) -> list[str]:
+        """Alarms accepted on the fast path and not yet made whole, oldest first."""
+        q = select(AlarmRecord.id).where(AlarmRecord.followup_pending.is_(True))
+        if raised_before is not None:
+            q = q.where(AlarmRecord.raised_at <= raised_before)
+        with self.db.session() as session:
+            return list(session.scalars(q.order_by(AlarmRecord.raised_at).limit(limit)))
+
+    def complete_followups(
+        self, now: datetime | None = None, limit: int = 20, older_than: timedelta = timedelta(0)
+    ) -> int:
+        """Finish fast-path alarms that are still pending (oldest first); safe on many instances."""
+        now = now or self.clock()
+        done = 0
+        for alarm_id in self.pending_followups(limit, now - older_than):
+            try:
+                done += self.complete_followup(alarm_id, now)
+            except Exception:  # noqa: BLE001 - left pending; the next pass tries again
+                log.exception("alarm follow-up failed; will retry", extra={"alarm": alarm_id})
+        return done
 
     # ------------------------------------------------------------------ transitions and their effects
 
@@ -924,7 +1056,13 @@ class AlarmService:
         actor: str,
         raised: bool = False,
     ) -> None:
-        """Store the alarm as the rules left it, append its custody entry, then perform the effects."""
+        """Store the alarm as the rules left it, append its custody entry, then perform the effects.
+
+        A fast raise (``row.followup_pending``) skips the custody entry and the incident: they come
+        with its follow-up, which any later change to the alarm performs first."""
+        if not raised and row.followup_pending:
+            self._follow_up(session, row, now)
+        fast = raised and row.followup_pending
         before = (row.status, row.severity) if not raised else None
         store_rule(row, transition.alarm)
         row.updated_at = now
@@ -932,26 +1070,18 @@ class AlarmService:
         if not raised and not transition.effects and before == (row.status, row.severity):
             return
         session.flush()
-        self.ledger.append(
-            session,
-            "alarm_raised" if raised else "alarm_changed",
-            actor,
-            item_id=row.evidence_item_id,
-            details={
-                "alarm_id": row.id,
-                "device": row.device_id,
-                "kind": row.kind,
-                "severity": row.severity,
-                "status": row.status,
-                "changes": changes,
-                "outcome": row.outcome,
-                "source_event_id": row.source_event_id,
-            },
-            at=now,
-        )
-        for effect in transition.effects:
-            if isinstance(effect, rules.OpenOrJoinIncident):
-                self._open_incident(session, row, now)
+        if not fast:
+            self.ledger.append(
+                session,
+                "alarm_raised" if raised else "alarm_changed",
+                actor,
+                item_id=row.evidence_item_id,
+                details=self._custody_details(row, changes),
+                at=now,
+            )
+            for effect in transition.effects:
+                if isinstance(effect, rules.OpenOrJoinIncident):
+                    self._open_incident(session, row, now)
         for effect in transition.effects:
             if isinstance(effect, rules.NotifyOperators):
                 self._feed(session, row, effect.change.value, effect.at)
@@ -962,12 +1092,23 @@ class AlarmService:
             elif isinstance(effect, rules.CallWebhook):
                 self._escalation_effects(session, row, effect, outbox, now)
 
+    @staticmethod
+    def _custody_details(row: AlarmRecord, changes: list[str]) -> dict[str, Any]:
+        return {
+            "alarm_id": row.id,
+            "device": row.device_id,
+            "kind": row.kind,
+            "severity": row.severity,
+            "status": row.status,
+            "changes": changes,
+            "outcome": row.outcome,
+            "source_event_id": row.source_event_id,
+        }
+
     def _feed(self, session: Session, row: AlarmRecord, change: str, at: datetime) -> None:
-        if not session.info.get("ledger_locked"):
-            _lock_ledger(session)
-            session.info["ledger_locked"] = True
         body = {"change": change, "at": at.isoformat(), "alarm": alarm_view(row)}
-        session.add(AlarmChange(alarm_id=row.id, change=change, at=at, body=json.dumps(body)))
+        change_row = AlarmChange(alarm_id=row.id, change=change, at=at, body=json.dumps(body))
+        session.info.setdefault("alarm_feed", []).append(change_row)  # written by _write_feed
 
     def _queue(
         self,
@@ -1456,6 +1597,11 @@ class AlarmService:
                         LoneWorkerEvent.type == "alarm",
                         LoneWorkerEvent.evidence_item_id.is_(None),
                         LoneWorkerEvent.received_at <= now - timedelta(seconds=2),
+                        ~select(AlarmRecord.id)  # a pending follow-up stores its own payload
+                        .where(
+                            AlarmRecord.id == LoneWorkerEvent.alarm_id, AlarmRecord.followup_pending.is_(True)
+                        )
+                        .exists(),
                     )
                     .order_by(LoneWorkerEvent.received_at)
                     .limit(limit)
@@ -1480,16 +1626,7 @@ class AlarmService:
                 alarm = (
                     session.get(AlarmRecord, event.alarm_id, with_for_update=True) if event.alarm_id else None
                 )
-                device = session.get(Device, event.device_id)
-                payload = json.loads(event.raw)
-                item = self._record_payload_evidence(
-                    session,
-                    event,
-                    stored,
-                    alarm.wearer if alarm else (device.assigned_staff_id if device else None),
-                    payload.get("sig"),
-                    _raw_key(device.public_key) if device and device.public_key else None,
-                )
+                item = self._payload_evidence(session, event, stored, alarm.wearer if alarm else None)
                 event.evidence_item_id = item.id
                 if alarm is not None:
                     if alarm.evidence_item_id is None and alarm.source_event_id == event.event_id:

@@ -10,6 +10,13 @@
 - Never dies on bad input (the wire checks answer with a verdict, not an exception); faults of ours
   or of the database are retried with backoff, and a message that still fails is kept in a
   dead-letter table before it is acknowledged.
+- Alarms first: alarm and check-in messages have a queue and a worker of their own, so an SOS never
+  waits behind heartbeats. A raised alarm is acknowledged as soon as its row is committed; a
+  follow-up worker then stores its payload as evidence, appends its custody entry and opens or joins
+  its incident (the escalation loop finishes any follow-up an instance left behind). While alarms
+  are waiting or being handled, the other workers pause at their next message (for at most
+  ``PRIORITY_PAUSE_S``): Python threads share one interpreter lock, and an alarm's many short
+  database round trips would otherwise queue behind heartbeat work for the lock at every one.
 - Effects (acks to devices, escalation messages) come from the outbox: published at once after the
   commit, marked sent when the broker has them, and resent by the outbox relay of any instance if
   this one failed to.
@@ -22,6 +29,7 @@ import asyncio
 import logging
 import queue
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -51,6 +59,9 @@ CONSUMER_ERRORS = Counter(
 DEAD_LETTERS = Counter("evidence_mqtt_dead_letters_total", "Device messages kept after repeated failures")
 
 TRANSIENT = (DBAPIError, StorageError, OSError, TimeoutError)
+URGENT_TYPES = frozenset({"alarm", "checkin"})
+PRIORITY_PAUSE_S = 0.5  # the longest other work waits for alarms, so heartbeats are never starved
+SWITCH_INTERVAL_S = 0.0005  # how long a thread may keep the interpreter lock from an alarm worker
 
 
 @dataclass
@@ -95,6 +106,12 @@ class AlarmConsumer:
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._queues: list[queue.Queue[_Delivery | None]] = [queue.Queue() for _ in range(self.workers)]
+        self._urgent: queue.Queue[_Delivery | None] = queue.Queue()
+        self._urgent_count = 0  # alarms queued or being handled
+        self._urgent_lock = threading.Lock()
+        self._urgent_idle = threading.Event()
+        self._urgent_idle.set()
+        self._followup_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pub_lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # mid -> outbox id, for this connection
@@ -128,15 +145,22 @@ class AlarmConsumer:
         """Connect in the background (retrying until the broker answers) and start the workers."""
         self._running = True
         self.alarms.publisher = self.send
-        for index in range(self.workers):
-            thread = threading.Thread(
-                target=self._work, args=(index,), name=f"alarm-worker-{index}", daemon=True
-            )
+        self.alarms.followups_inline = False
+        # Process-wide: a thread doing CPU work hands the interpreter lock over after this long
+        # (5 ms by default), which bounds what each of an alarm's database round trips can cost.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
+        workers = [
+            threading.Thread(target=self._work, args=(q, False), name=f"device-worker-{i}", daemon=True)
+            for i, q in enumerate(self._queues)
+        ]
+        workers.append(
+            threading.Thread(target=self._work, args=(self._urgent, True), name="alarm-worker", daemon=True)
+        )
+        workers.append(threading.Thread(target=self._follow_up, name="alarm-follow-up", daemon=True))
+        workers.append(threading.Thread(target=self._relay, name="alarm-outbox-relay", daemon=True))
+        for thread in workers:
             thread.start()
-            self._threads.append(thread)
-        relay = threading.Thread(target=self._relay, name="alarm-outbox-relay", daemon=True)
-        relay.start()
-        self._threads.append(relay)
+        self._threads.extend(workers)
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = int(self.settings.mqtt_session_expiry_seconds)
         properties.ReceiveMaximum = 100
@@ -163,15 +187,17 @@ class AlarmConsumer:
         if not self._running:
             return
         self._running = False
-        for q in self._queues:
+        for q in [*self._queues, self._urgent]:
             q.put(None)
         self._wake.set()
+        self._followup_wake.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
         self._flush_sent()
         if self.alarms.publisher == self.send:
             self.alarms.publisher = None
+            self.alarms.followups_inline = True
         self.client.disconnect()
         self.client.loop_stop()
         CONNECTED.set(0)
@@ -231,12 +257,19 @@ class AlarmConsumer:
             log.warning("alarm consumer lost the broker; reconnecting", extra={"reason": str(reason)})
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        parts = msg.topic.split("/", 3)
+        parts = msg.topic.split("/")
         device = parts[2] if len(parts) > 2 else msg.topic
         with self._conn_lock:
             generation = self._generation
         delivery = _Delivery(generation, msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain))
-        # One device's messages go to one worker, so they are handled in the order they came.
+        if parts[-1] in URGENT_TYPES:
+            with self._urgent_lock:
+                self._urgent_count += 1
+                self._urgent_idle.clear()
+            self._urgent.put(delivery)  # one worker: a device's alarms are handled in the order they came
+            return
+        # One device's other messages go to one worker, so they are handled in the order they came.
+        # (The replay window accepts a heartbeat overtaken by an alarm, and the reverse.)
         self._queues[zlib.crc32(device.encode()) % self.workers].put(delivery)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
@@ -250,16 +283,23 @@ class AlarmConsumer:
 
     # ------------------------------------------------------------------ workers
 
-    def _work(self, index: int) -> None:
-        q = self._queues[index]
+    def _work(self, q: queue.Queue[_Delivery | None], urgent: bool) -> None:
         while self._running:
             delivery = q.get()
             if delivery is None:
                 break
+            if not urgent:
+                self._urgent_idle.wait(PRIORITY_PAUSE_S)  # alarms first
             try:
                 self._process(delivery)
             except Exception:  # noqa: BLE001 - a worker must never die
-                log.exception("alarm worker failed on a message")
+                log.exception("device message worker failed on a message")
+            finally:
+                if urgent:
+                    with self._urgent_lock:
+                        self._urgent_count -= 1
+                        if self._urgent_count <= 0:
+                            self._urgent_idle.set()
 
     def _process(self, delivery: _Delivery) -> None:
         attempt = 0
@@ -268,7 +308,9 @@ class AlarmConsumer:
             if not self._running:
                 return  # left unacknowledged: the broker delivers it again
             try:
-                self.alarms.handle(delivery.topic, delivery.payload, retained=delivery.retain)
+                result = self.alarms.handle(delivery.topic, delivery.payload, retained=delivery.retain)
+                if result.followup:
+                    self._followup_wake.set()
                 break
             except TRANSIENT as exc:
                 CONSUMER_ERRORS.labels(kind="transient").inc()
@@ -302,6 +344,25 @@ class AlarmConsumer:
                     break
         self.handled += 1
         self._ack(delivery)
+
+    def _follow_up(self) -> None:
+        """Make fast-path alarms whole (evidence, custody entry, incident) once they are acknowledged."""
+        while self._running:
+            self._followup_wake.wait(1.0)
+            self._followup_wake.clear()
+            try:
+                while self._running:
+                    pending = self.alarms.pending_followups(limit=50)
+                    for alarm_id in pending:
+                        self._urgent_idle.wait(PRIORITY_PAUSE_S)  # alarms first
+                        if not self._running:
+                            return
+                        self.alarms.complete_followup(alarm_id)
+                    if not pending:
+                        break
+            except Exception:  # noqa: BLE001 - pending alarms stay marked; the next pass retries
+                log.warning("alarm follow-up pass failed", exc_info=True)
+                self._sleep(1.0)
 
     def _sleep(self, seconds: float) -> bool:
         deadline = time.monotonic() + seconds

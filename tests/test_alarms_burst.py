@@ -205,6 +205,15 @@ def test_burst_of_500_alarms_through_a_killed_instance_and_a_broker_restart(
         fleet.close()
 
     assert len(events) == len(set(events)) == DEVICES * PER_DEVICE
+
+    def made_whole() -> bool:  # acknowledged first; evidence, custody entry and incident follow
+        with services.db.session() as session:
+            pending = session.scalar(
+                select(func.count()).select_from(AlarmRecord).where(AlarmRecord.followup_pending.is_(True))
+            )
+        return pending == 0
+
+    wait_for(made_whole, 120, 0.5, "every acknowledged alarm's evidence and incident")
     with services.db.session() as session:
         stored = list(session.scalars(select(AlarmRecord.source_event_id)))
         items = session.scalar(

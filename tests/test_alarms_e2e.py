@@ -33,7 +33,7 @@ from chain_of_custody.verify import verify_service
 from devices.broker_access import BrokerAccount, BrokerProcess, hash_password, start_private_broker
 from devices.lone_worker_wire import Accepted, DeviceKey, ReplayState, canonical_json, verify_device_message
 from firmware_simulators.lone_worker import LoneWorkerDevice
-from ingest.alarm_models import AlarmOutbox, AlarmRecord, LoneWorkerEvent
+from ingest.alarm_models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerState
 from ingest.alarms import AlarmService, broker_accounts
 from ingest.services import build_services
 from tests.clipkit import canonical
@@ -316,6 +316,9 @@ def test_sos_reaches_operators_on_every_instance_with_ack_incident_and_custody(s
         alarm_id = device.acks_for(event_id)[0].payload["alarm_id"]
         raised = stream.wait(change(alarm_id, "raised"))
         assert raised["data"]["alarm"]["kind"] == "sos" and raised["data"]["alarm"]["severity"] == "red"
+        # The ack went as soon as the alarm was stored; its evidence and incident follow it.
+        linked = stream.wait(change(alarm_id, "incident_linked"))
+        assert linked["data"]["alarm"]["incident_id"] and linked["data"]["alarm"]["evidence_item_id"]
 
         alarm = stack.alarm(alarm_id)
         assert alarm["status"] == "raised" and alarm["wearer"] == "S-501" and alarm["incident_id"]
@@ -356,14 +359,14 @@ def test_sos_reaches_operators_on_every_instance_with_ack_incident_and_custody(s
         assert r.json()["status"] == "resolved"
         device.wait_ack(event_id, "resolved", timeout=10)
         stream.wait(change(alarm_id, "resolved"))
-        assert stream.changes(alarm_id) == ["raised", "acknowledged", "resolved"]
+        assert stream.changes(alarm_id) == ["raised", "incident_linked", "acknowledged", "resolved"]
         # A browser that reconnects with Last-Event-ID gets what it missed, in order.
         again = StreamReader(
             f"{stack.url}/api/v1/alarms/stream", stack.admin, last_event_id=int(raised["id"]) - 1
         )
         try:
             again.wait(change(alarm_id, "resolved"))
-            assert again.changes(alarm_id) == ["raised", "acknowledged", "resolved"]
+            assert again.changes(alarm_id) == ["raised", "incident_linked", "acknowledged", "resolved"]
         finally:
             again.close()
         assert latency < 5
@@ -544,6 +547,13 @@ def test_every_rejection_reason_through_the_broker(stack: Stack) -> None:
     _, stale = kit.sos(seq=1)
     device._seq += 1000  # the device moves on, far past the replay window
     device.heartbeat()
+
+    def moved_on() -> bool:  # alarms and heartbeats have queues of their own: no order between them
+        with stack.services.db.session() as session:
+            state = session.get(LoneWorkerState, "LW-REJ")
+            return state is not None and ReplayState.from_json(state.replay_state).highest >= device._seq
+
+    wait_for(moved_on, 10, what="the heartbeat far past the replay window to be handled")
     device.publish_raw("lw/v1/LW-REJ/alarm", stale)
     device.clock_offset_s = 600  # its clock runs ten minutes fast
     event_id = device.sos()
@@ -685,4 +695,4 @@ def test_alarm_routes_by_role(stack: Stack) -> None:
         for e in sse_events(iter(backlog.splitlines()))
         if e["data"]["alarm"]["id"] == alarm_id
     ]
-    assert changes == ["raised", "acknowledged", "escalated", "resolved"]
+    assert changes == ["raised", "incident_linked", "acknowledged", "escalated", "resolved"]

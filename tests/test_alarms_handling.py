@@ -106,8 +106,52 @@ def test_sos_becomes_evidence_alarm_incident_and_ack(services: Any, alarms: Alar
         and ack["event_id"] == json.loads(raw)["event_id"]
     )
     verify_ack(canonical_json(ack), services.key.public_raw)
-    assert feed(services) == [(alarm.id, "raised")]
+    assert feed(services) == [(alarm.id, "raised"), (alarm.id, "incident_linked")]
 
+    with services.db.session() as session:
+        report = verify_service(session, services.store, services.key)
+    assert report.ok, report.problems
+
+
+def test_raise_is_acknowledged_first_and_made_whole_by_its_follow_up(services: Any) -> None:
+    """The fast path: alarm row, feed and ack in one commit; evidence, custody and incident after it.
+    Any later change to the alarm performs a pending follow-up first, so custody keeps its order."""
+    alarms = AlarmService(services)
+    alarms.followups_inline = False  # as under the MQTT consumer, which runs a follow-up worker
+    device = enrol(services, "LW-F1", staff_id="S-F1")
+    topic, raw = device.sos()
+    result = alarms.handle(topic, raw)
+    assert result.outcome == "accepted" and result.followup and result.publish
+    alarm = one_alarm(services, result.alarm_id)
+    assert alarm.status == "raised" and alarm.followup_pending
+    assert alarm.evidence_item_id is None and alarm.incident_id is None
+    assert acks(services, "LW-F1")[0]["status"] == "received" and feed(services) == [(alarm.id, "raised")]
+    with services.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(EvidenceItem)) == 0
+
+    # The operator acts before the follow-up worker got to it: the follow-up comes first.
+    alarms.act(alarm.id, rules.Acknowledge(by="user:op", at=datetime.now(UTC)))
+    alarm = one_alarm(services, alarm.id)
+    assert not alarm.followup_pending and alarm.incident_id and alarm.evidence_item_id
+    assert [e.action for e in custody(services, alarm.evidence_item_id)] == [
+        "captured",
+        "received",
+        "stored",
+        "verified",
+        "alarm_raised",
+        "linked",
+        "alarm_changed",
+    ]
+    assert [c for _, c in feed(services)] == ["raised", "incident_linked", "acknowledged"]
+    assert alarms.complete_followups() == 0  # nothing left, and nothing done twice
+
+    # A second alarm is finished by the worker's pass (or, had this instance died, by the loop's).
+    topic, raw = device.sos()
+    second = alarms.handle(topic, raw).alarm_id
+    assert run_pass(alarms, httpx.Client(), later(1)).followups == 0  # too fresh for the loop
+    assert run_pass(alarms, httpx.Client(), later(10)).followups == 1
+    alarm = one_alarm(services, second)
+    assert not alarm.followup_pending and alarm.incident_id and alarm.evidence_item_id
     with services.db.session() as session:
         report = verify_service(session, services.store, services.key)
     assert report.ok, report.problems
@@ -240,7 +284,7 @@ def test_operator_acknowledges_escalates_and_resolves(services: Any, alarms: Ala
     statuses = [a["status"] for a in acks(services, "LW-7")]
     assert statuses == ["received", "operator_acknowledged", "escalated", "resolved"]
     changes = [c for _, c in feed(services)]
-    assert changes == ["raised", "acknowledged", "escalated", "resolved"]
+    assert changes == ["raised", "incident_linked", "acknowledged", "escalated", "resolved"]
     trail = custody(services, one_alarm(services, raised.alarm_id).evidence_item_id or "")
     assert [e.action for e in trail].count("alarm_changed") == 3
     assert {e.actor for e in trail if e.action == "alarm_changed"} == {"user:op"}
