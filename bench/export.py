@@ -201,6 +201,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes-mb", type=int, nargs="+", default=[512, 2048])
     ap.add_argument("--object-mb", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=2, help="rounds per size; each figure is its best round")
     args = ap.parse_args()
 
     work = scratch("bench-export-")
@@ -219,18 +220,42 @@ def main() -> None:
     server, thread, base_url = start_server(s)
     cases = []
     try:
+        # A small round first, so that one-time allocations (thread pools, the server's first
+        # request, interpreter caches) do not count as growth of the first measured size.
+        warm = make_incident(s, 64 * MB, 32 * MB)
+        raw_read(s, warm)
+        warm_pkg = build(s, warm, True)
+        assemble_all(s, warm_pkg.export_id)
+        http_download(base_url + download_link(s, warm_pkg))
         for size_mb in args.sizes_mb:
             ids = make_incident(s, size_mb * MB, args.object_mb * MB)
             baseline_mb = psutil.Process().memory_info().rss / 1e6
-            read_bytes, read_s, read_rss = timed(raw_read, s, ids)
-            plain, plain_s, plain_rss = timed(build, s, ids, False)
-            hashed, hashed_s, hashed_rss = timed(build, s, ids, True)
-            (gen_bytes, gen_crc), gen_s, gen_rss = timed(assemble_all, s, hashed.export_id)
-            again = assemble_all(s, plain.export_id)
-            assert gen_bytes == hashed.package_size and again[0] == plain.package_size
-            url = base_url + download_link(s, hashed)
-            http_bytes, http_s, http_rss = timed(http_download, url)
-            assert http_bytes == hashed.package_size, "the HTTP download is short"
+            best: dict[str, tuple[float, float]] = {}
+
+            def measure(name: str, fn: Any, *fargs: Any, best: dict[str, tuple[float, float]] = best) -> Any:
+                out, seconds, peak = timed(fn, *fargs)
+                prev = best.get(name)
+                best[name] = (
+                    min(seconds, prev[0]) if prev else seconds,
+                    max(peak, prev[1]) if prev else peak,
+                )
+                return out
+
+            for _ in range(max(1, args.repeat)):
+                read_bytes = measure("read", raw_read, s, ids)
+                plain = measure("build", build, s, ids, False)
+                hashed = measure("hashed", build, s, ids, True)
+                gen_bytes, _ = measure("gen", assemble_all, s, hashed.export_id)
+                again = assemble_all(s, plain.export_id)
+                assert gen_bytes == hashed.package_size and again[0] == plain.package_size
+                http_bytes = measure("http", http_download, base_url + download_link(s, hashed))
+                assert http_bytes == hashed.package_size, "the HTTP download is short"
+            (read_s, read_rss), (plain_s, plain_rss), (hashed_s, hashed_rss) = (
+                best["read"],
+                best["build"],
+                best["hashed"],
+            )
+            (gen_s, gen_rss), (http_s, http_rss) = best["gen"], best["http"]
             media = hashed.media_bytes
             raw = read_bytes / read_s
 
@@ -260,6 +285,9 @@ def main() -> None:
                 "peak_rss_download_generator_mb": round(gen_rss, 1),
                 "peak_rss_download_http_mb": round(http_rss, 1),
                 "rss_growth_mb": round(max(plain_rss, hashed_rss, gen_rss, http_rss) - baseline_mb, 1),
+                "export_peak_over_raw_read_peak_mb": round(
+                    max(plain_rss, hashed_rss, gen_rss, http_rss) - read_rss, 1
+                ),
             }
             cases.append(case)
             print(
@@ -269,7 +297,7 @@ def main() -> None:
                 f"({case['build_with_package_hash_vs_raw_read']:.2f})  "
                 f"download gen {case['download_generator_mb_s']:>6.1f} ({case['download_generator_vs_raw_read']:.2f})  "
                 f"http {case['download_http_mb_s']:>6.1f} ({case['download_http_vs_raw_read']:.2f})  "
-                f"peak RSS +{case['rss_growth_mb']:.0f} MB",
+                f"peak RSS {max(case['peak_rss_build_mb'], case['peak_rss_download_http_mb']):.0f} MB (raw read {case['peak_rss_raw_read_mb']:.0f} MB)",
                 flush=True,
             )
         out = write_results(
@@ -278,7 +306,9 @@ def main() -> None:
                 "cases": cases,
                 "target": "export >= 0.8 of raw read rate; peak memory independent of package size",
                 "note": "build, build with the whole-zip SHA-256, and download (generator and HTTP) "
-                "each as media bytes over wall time; ratios against the raw read of the same run",
+                "each as media bytes over wall time, best of --repeat rounds (the raw read too); "
+                "ratios against the raw read of the same run",
+                "repeat": args.repeat,
                 "load_average": list(os.getloadavg()),
                 "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, 1),
             },

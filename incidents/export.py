@@ -46,9 +46,10 @@ ORIGINAL_VIDEO_KINDS = frozenset({"clip"})
 REDACTED_VIDEO_KIND = "redacted_clip"
 REDACTION_RECORD_KIND = "redaction_record"
 PACKAGE_KIND = "export"
-CHUNK = 1024 * 1024
-READ_AHEAD_CHUNKS = 8
+CHUNK = 4 * 1024 * 1024
+READ_AHEAD_CHUNKS = 4
 SCAN_WORKERS = 2
+PROGRESS_EVERY = 64 * 1024 * 1024
 
 
 class ExportError(Exception):
@@ -234,14 +235,19 @@ and run each command below in that directory.
 # -- reading media ------------------------------------------------------------------------------
 
 
-def _read_ahead(blocks: Iterator[bytes], depth: int) -> Iterator[bytes]:
-    """Fetch the next blocks in a thread so that storage reads overlap with hashing and sending."""
+def _read_ahead(
+    blocks: Iterator[bytes], depth: int, tap: Callable[[bytes], None] | None = None
+) -> Iterator[bytes]:
+    """Fetch the next blocks in a thread so that storage reads overlap with hashing and sending;
+    ``tap`` (a hash update) runs on that thread too, before the block is handed on."""
     q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def pump() -> None:
         try:
             for block in blocks:
+                if tap is not None:
+                    tap(block)
                 while not stop.is_set():
                     try:
                         q.put(block, timeout=0.5)
@@ -277,8 +283,10 @@ def _read_ahead(blocks: Iterator[bytes], depth: int) -> Iterator[bytes]:
         t.join()
 
 
-def _media_blocks(store: ObjectStore, key: str, version_id: str | None) -> Iterator[bytes]:
-    return _read_ahead(store.read(key, version_id, chunk=CHUNK), READ_AHEAD_CHUNKS)
+def _media_blocks(
+    store: ObjectStore, key: str, version_id: str | None, tap: Callable[[bytes], None] | None = None
+) -> Iterator[bytes]:
+    return _read_ahead(store.read(key, version_id, chunk=CHUNK), READ_AHEAD_CHUNKS, tap)
 
 
 class _MediaDigests:
@@ -335,7 +343,7 @@ class _Progress:
     def add(self, n: int) -> None:
         with self._lock:
             self.done += n
-            if self.hook is not None and self.done % (64 * CHUNK) < n:
+            if self.hook is not None and self.done % PROGRESS_EVERY < n:
                 self.hook(self.done)
 
     def report(self) -> None:
@@ -676,10 +684,9 @@ def _media_piece(
     h = hashlib.sha256()
     pos = 0
     held: bytes | None = None
-    blocks = _media_blocks(store, seg.key, seg.version_id)
+    blocks = _media_blocks(store, seg.key, seg.version_id, tap=h.update)
     with contextlib.closing(blocks):  # type: ignore[type-var]
         for block in blocks:
-            h.update(block)
             a, b = max(lo, pos), min(lo + n, pos + len(block))
             if a < b:
                 part = block if (a, b) == (pos, pos + len(block)) else block[a - pos : b - pos]
