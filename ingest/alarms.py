@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
@@ -395,38 +395,86 @@ class AlarmService:
         finally:
             HANDLE_SECONDS.observe(time.perf_counter() - started)
 
+    def handle_many(
+        self, messages: Sequence[tuple[str, bytes, bool]], *, now: datetime | None = None
+    ) -> list[HandleResult]:
+        """Several messages, of different devices, in one transaction: a burst of alarms or a
+        second's heartbeats pay for one commit between them. If any of them meets another
+        instance's write to its device, the batch is rolled back and each is handled on its own.
+        Returns once all are committed, with their results in order; raises like :meth:`handle`."""
+        if len(messages) <= 1:
+            return [self.handle(topic, raw, retained=retained, now=now) for topic, raw, retained in messages]
+        started = time.perf_counter()
+        now = now or self.clock()
+        outboxes: list[list[AlarmOutbox]] = [[] for _ in messages]
+        try:
+            with self.db.session() as session:
+                results = [
+                    self._handle_in(session, topic, raw, retained, now, outboxes[i])
+                    for i, (topic, raw, retained) in enumerate(messages)
+                ]
+                session.flush()
+        except (CasConflict, IntegrityError):
+            return [self.handle(topic, raw, retained=retained, now=now) for topic, raw, retained in messages]
+        finally:
+            HANDLE_SECONDS.observe((time.perf_counter() - started) / len(messages))
+        publish: list[Outgoing] = []
+        for result, outbox in zip(results, outboxes, strict=True):
+            result.publish += mqtt_effects(outbox)
+            publish += result.publish
+            MESSAGES.labels(type=result.type or "unknown", outcome=result.outcome).inc()
+        self._after_commit(publish)
+        if self.followups_inline:
+            for result in results:
+                if result.followup and result.alarm_id:
+                    self.complete_followup(result.alarm_id)
+        return results
+
     def _handle_once(self, topic: str, raw: bytes, retained: bool, now: datetime) -> HandleResult:
-        """One attempt in one transaction: read the device (no lock), verify, then compare-and-set.
-        Messages refused before the device matters never touch the database."""
+        """One attempt in one transaction (see :meth:`_handle_in`)."""
         outbox: list[AlarmOutbox] = []
         with self.db.session() as session:
-            snapshot: dict[str, _Snapshot | None] = {}
-            verdict = verify_device_message(
-                raw,
-                topic,
-                partial(self._lookup, session, snapshot),
-                now,
-                self.settings.max_clock_skew_seconds,
-                self.settings.max_payload_bytes,
-                partial(self._replay, snapshot),
-            )
-            if isinstance(verdict, Rejected):
-                message = verdict.message
-                if self._known_event(session, verdict) and message is not None:
-                    # The broker delivered a stored event again (the replay state remembers only the
-                    # last few events, the event table all of them): acknowledge it again.
-                    result = HandleResult(
-                        "duplicate", type=message.type, device_id=message.device_id, event_id=message.event_id
-                    )
-                    self._duplicate(session, message, result, outbox, now)
-                else:
-                    result = self._rejected(verdict, raw, topic, now)
-            else:
-                snap = snapshot.get(verdict.message.device_id)
-                assert snap is not None
-                result = self._write(session, snap, verdict, topic, raw, retained, now, outbox)
+            result = self._handle_in(session, topic, raw, retained, now, outbox)
             session.flush()
         result.publish += mqtt_effects(outbox)
+        return result
+
+    def _handle_in(
+        self,
+        session: Session,
+        topic: str,
+        raw: bytes,
+        retained: bool,
+        now: datetime,
+        outbox: list[AlarmOutbox],
+    ) -> HandleResult:
+        """Read the device (no lock), verify, then compare-and-set and act, in the caller's transaction.
+        Messages refused before the device matters write nothing."""
+        snapshot: dict[str, _Snapshot | None] = {}
+        verdict = verify_device_message(
+            raw,
+            topic,
+            partial(self._lookup, session, snapshot),
+            now,
+            self.settings.max_clock_skew_seconds,
+            self.settings.max_payload_bytes,
+            partial(self._replay, snapshot),
+        )
+        if isinstance(verdict, Rejected):
+            message = verdict.message
+            if self._known_event(session, verdict) and message is not None:
+                # The broker delivered a stored event again (the replay state remembers only the
+                # last few events, the event table all of them): acknowledge it again.
+                result = HandleResult(
+                    "duplicate", type=message.type, device_id=message.device_id, event_id=message.event_id
+                )
+                self._duplicate(session, message, result, outbox, now)
+            else:
+                result = self._rejected(verdict, raw, topic, now)
+        else:
+            snap = snapshot.get(verdict.message.device_id)
+            assert snap is not None
+            result = self._write(session, snap, verdict, topic, raw, retained, now, outbox)
         return result
 
     def _lookup(

@@ -60,6 +60,7 @@ DEAD_LETTERS = Counter("evidence_mqtt_dead_letters_total", "Device messages kept
 
 TRANSIENT = (DBAPIError, StorageError, OSError, TimeoutError)
 URGENT_TYPES = frozenset({"alarm", "checkin"})
+BATCH_MAX = 64  # messages handled in one transaction when they have queued up
 PRIORITY_PAUSE_S = 0.5  # the longest other work waits for alarms, so heartbeats are never starved
 SWITCH_INTERVAL_S = 0.0005  # how long a thread may keep the interpreter lock from an alarm worker
 
@@ -258,7 +259,7 @@ class AlarmConsumer:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
-        device = parts[2] if len(parts) > 2 else msg.topic
+        device = _device_of(msg.topic)
         with self._conn_lock:
             generation = self._generation
         delivery = _Delivery(generation, msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain))
@@ -284,22 +285,58 @@ class AlarmConsumer:
     # ------------------------------------------------------------------ workers
 
     def _work(self, q: queue.Queue[_Delivery | None], urgent: bool) -> None:
-        while self._running:
-            delivery = q.get()
-            if delivery is None:
+        carry: _Delivery | None = None
+        stopping = False
+        while self._running and not stopping:
+            first = carry if carry is not None else q.get()
+            carry = None
+            if first is None:
                 break
+            # What has queued up meanwhile goes in the same transaction (one device once per batch).
+            batch, devices = [first], {_device_of(first.topic)}
+            while len(batch) < BATCH_MAX:
+                try:
+                    more = q.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                if _device_of(more.topic) in devices:
+                    carry = more
+                    break
+                batch.append(more)
+                devices.add(_device_of(more.topic))
             if not urgent:
                 self._urgent_idle.wait(PRIORITY_PAUSE_S)  # alarms first
             try:
-                self._process(delivery)
+                if len(batch) == 1:
+                    self._process(first)
+                else:
+                    self._process_batch(batch)
             except Exception:  # noqa: BLE001 - a worker must never die
                 log.exception("device message worker failed on a message")
             finally:
                 if urgent:
                     with self._urgent_lock:
-                        self._urgent_count -= 1
+                        self._urgent_count -= len(batch)
                         if self._urgent_count <= 0:
                             self._urgent_idle.set()
+
+    def _process_batch(self, batch: list[_Delivery]) -> None:
+        """One transaction for the batch; if it fails, each message on its own (with the retries)."""
+        try:
+            results = self.alarms.handle_many([(d.topic, d.payload, d.retain) for d in batch])
+        except Exception:  # noqa: BLE001 - one bad apple: handle them one by one
+            log.info("batch of device messages not handled together; one by one", exc_info=True)
+            for delivery in batch:
+                self._process(delivery)
+            return
+        for delivery, result in zip(batch, results, strict=True):
+            if result.followup:
+                self._followup_wake.set()
+            self.handled += 1
+            self._ack(delivery)
 
     def _process(self, delivery: _Delivery) -> None:
         attempt = 0
@@ -426,6 +463,11 @@ class AlarmConsumer:
             if rows:
                 log.info("outbox relay resending", extra={"count": len(rows)})
                 self.send([Outgoing(r.target, r.payload, r.qos, r.id) for r in rows])
+
+
+def _device_of(topic: str) -> str:
+    parts = topic.split("/")
+    return parts[2] if len(parts) > 2 else topic
 
 
 def consumer_configured(settings: Any) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.verify import verify_service
@@ -155,6 +155,36 @@ def test_raise_is_acknowledged_first_and_made_whole_by_its_follow_up(services: A
     with services.db.session() as session:
         report = verify_service(session, services.store, services.key)
     assert report.ok, report.problems
+
+
+def test_a_burst_is_handled_in_one_transaction(services: Any) -> None:
+    """Messages of several devices committed together: each gets what it would have got alone."""
+    alarms = AlarmService(services)
+    alarms.followups_inline = False
+    devices = [enrol(services, f"LW-B{i}", staff_id=f"S-B{i}") for i in range(4)]
+    commits = []
+    listener = lambda conn: commits.append(1)  # noqa: E731
+    event.listen(services.db.engine, "commit", listener)
+    try:
+        results = alarms.handle_many(
+            [
+                (*devices[0].sos(), False),
+                (*devices[1].sos(), False),
+                (*devices[2].message("heartbeat", None), False),
+                (*DeviceKit("LW-B3").sos(), False),  # another key: refused, and the others are not
+            ]
+        )
+    finally:
+        event.remove(services.db.engine, "commit", listener)
+    assert [r.outcome for r in results] == ["accepted", "accepted", "accepted", "rejected"]
+    assert results[3].reason == "bad_signature"
+    assert len(commits) == 1
+    assert alarms.complete_followups() == 2
+    for i in (0, 1):
+        alarm = one_alarm(services, results[i].alarm_id)
+        assert alarm.wearer == f"S-B{i}" and alarm.incident_id and alarm.evidence_item_id
+        assert [a["status"] for a in acks(services, f"LW-B{i}")] == ["received"]
+    assert acks(services, "LW-B3") == []
 
 
 def test_resent_event_is_absorbed_and_acknowledged_again(
