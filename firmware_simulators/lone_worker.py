@@ -314,6 +314,10 @@ class LoneWorkerDevice:
         self._publishes: dict[tuple[int, int], PublishResult] = {}
         self._early_pubacks: dict[tuple[int, int], int] = {}
         self._reporting: list[_Timer] = []
+        # Which start_reporting the running timers belong to: a timer that fires while reporting is
+        # stopped or restarted from another thread must neither send nor schedule itself again.
+        self._report_lock = threading.Lock()
+        self._report_generation: object | None = None
         self.sent: list[tuple[str, bytes]] = []  # every message published, for replay attacks
         self.commands: list[dict[str, Any]] = []
         self.rejected_acks = 0  # acks that failed the signature or named another device
@@ -651,24 +655,36 @@ class LoneWorkerDevice:
     ) -> None:
         """Send heartbeats (and positions) on an interval from the I/O loop until stopped."""
         self.stop_reporting()
+        generation = object()
 
         def every(interval: float, send: Callable[[], Any], slot: int) -> None:
+            with self._report_lock:
+                if self._report_generation is not generation:
+                    return
             if self._connected:
                 send()
-            self._reporting[slot] = self._loop.call_later(interval, partial(every, interval, send, slot))
+            with self._report_lock:
+                if self._report_generation is generation:
+                    self._reporting[slot] = self._loop.call_later(
+                        interval, partial(every, interval, send, slot)
+                    )
 
-        self._reporting = [
-            self._loop.call_later(first_after_s, partial(every, heartbeat_s, self.heartbeat, 0))
-        ]
-        if location_s:
-            self._reporting.append(
-                self._loop.call_later(first_after_s, partial(every, location_s, self.location, 1))
-            )
+        with self._report_lock:
+            self._report_generation = generation
+            self._reporting = [
+                self._loop.call_later(first_after_s, partial(every, heartbeat_s, self.heartbeat, 0))
+            ]
+            if location_s:
+                self._reporting.append(
+                    self._loop.call_later(first_after_s, partial(every, location_s, self.location, 1))
+                )
 
     def stop_reporting(self) -> None:
-        for timer in self._reporting:
+        with self._report_lock:
+            self._report_generation = None
+            timers, self._reporting = self._reporting, []
+        for timer in timers:
             timer.cancel()
-        self._reporting = []
 
     # ------------------------------------------------------------------ acks and commands
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

@@ -360,6 +360,26 @@ def test_heartbeats_and_positions_flow_on_an_interval(make_device: Callable[...,
     ]
 
 
+def test_reporting_stopped_from_another_thread_stays_stopped(make_device: Callable[..., Any]) -> None:
+    """Restarting and stopping reporting while its timers fire on the I/O thread leaves no timer
+    chain behind (it used to fail with an IndexError, or keep beating after the stop)."""
+    device, _ = make_device()
+    device.connect()
+    for _ in range(200):
+        device.start_reporting(heartbeat_s=0.001, location_s=0.001)
+    device.stop_reporting()
+
+    def beats() -> int:
+        return sum(1 for t, _ in device.sent if t.endswith(("/heartbeat", "/location")))
+
+    passed = threading.Event()  # a beat already being sent when stop returned is allowed to finish
+    device._loop.call_soon(passed.set)
+    assert passed.wait(5)
+    before = beats()
+    time.sleep(0.3)  # absence can only be shown over a window: 300 timer periods
+    assert beats() == before
+
+
 def test_a_fleet_of_devices_each_on_its_own_connection_and_topic(
     broker: BrokerProcess, tmp_path: Path
 ) -> None:
