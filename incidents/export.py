@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from isal.isal_zlib import crc32
@@ -37,7 +37,7 @@ from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from storage.db import Database
-from storage.objects import ObjectStore, StoredObject
+from storage.objects import ObjectLocked, ObjectStore, StoredObject
 
 from .continuity_report import render_continuity_report
 from .export_zip import ZipBuilder
@@ -627,6 +627,8 @@ def build_package(
             },
         )
         for p in plan:
+            if p.include_media:
+                _lock_for_package(session, ledger, store, p.item.id, request)
             original_footage = p.include_media and p.item.kind in ORIGINAL_VIDEO_KINDS
             ledger.append(
                 session,
@@ -656,6 +658,38 @@ def build_package(
         withheld=withheld,
         media_bytes=media_bytes,
     )
+
+
+def _lock_for_package(
+    session: Session, ledger: Ledger, store: ObjectStore, item_id: str, request: ExportRequest
+) -> None:
+    """Storage keeps a packaged item's object at least as long as the package (the retention sweeper
+    also refuses to delete it while the package is held); a ``retention_changed`` entry says why."""
+    item = session.get(EvidenceItem, item_id, with_for_update=True)
+    target = request.retain_until.replace(microsecond=0) + timedelta(seconds=1)
+    if item is None or (item.retain_until is not None and item.retain_until >= request.retain_until):
+        return
+    try:
+        store.set_retention(item.object_key, item.version_id, target)
+    except ObjectLocked:
+        held = store.info(item.object_key, item.version_id).retain_until  # already later in storage
+        if held is None or held < request.retain_until:
+            raise
+        target = held
+    ledger.append(
+        session,
+        "retention_changed",
+        "service:export",
+        item_id=item.id,
+        details={
+            "class": "export_package",
+            "from": item.retain_until.isoformat() if item.retain_until else None,
+            "to": target.isoformat(),
+            "cause": f"held in export package {request.export_id}",
+            "incidents": [],
+        },
+    )
+    item.retain_until = target
 
 
 # -- assembling on download ---------------------------------------------------------------------

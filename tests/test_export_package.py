@@ -902,6 +902,19 @@ def test_retention_keeps_what_a_held_package_is_assembled_from(sqlite_services) 
     clip = put_evidence(s, b"original footage", Provenance(kind="clip", actor="t", content_type="video/mp4"))
     result = export(s, [alarm.id, clip.id])
     assert result.included == [alarm.id] and clip.id in result.withheld
+    # Storage too keeps the packaged item's object as long as the package, and custody says why.
+    with s.db.session() as session:
+        package = session.get(EvidenceItem, result.export_id)
+        packaged = session.get(EvidenceItem, alarm.id)
+        assert packaged.retain_until is not None and packaged.retain_until >= package.retain_until
+        assert session.get(EvidenceItem, clip.id).retain_until is None  # withheld: untouched
+        why = session.scalars(
+            select(CustodyEntry.details).where(
+                CustodyEntry.item_id == alarm.id, CustodyEntry.action == "retention_changed"
+            )
+        ).one()
+    assert f"export package {result.export_id}" in json.loads(why)["cause"]
+    assert s.store.info(alarm.object_key, alarm.version_id).retain_until >= package.retain_until
     rules = RetentionRules(unlinked=timedelta(days=1), after_closure=timedelta(days=1))
     later = datetime.now(UTC) + timedelta(days=30)  # every item's class has expired by then
 
