@@ -294,7 +294,7 @@ class _MediaDigests:
     running zip hash, when wanted, goes on a second thread with the CRC (hashlib and ISA-L release
     the GIL on large blocks), so the pass is bound by one SHA-256, not two."""
 
-    def __init__(self, side: ThreadPoolExecutor, package: Any | None) -> None:
+    def __init__(self, side: ThreadPoolExecutor | None, package: Any | None) -> None:
         self.side = side
         self.package = package
         self.sha256 = hashlib.sha256()
@@ -304,11 +304,12 @@ class _MediaDigests:
 
     def _side(self, block: bytes) -> None:
         self.crc32 = crc32(block, self.crc32)
-        self.package.update(block)
+        if self.package is not None:
+            self.package.update(block)
 
     def update(self, block: bytes) -> None:
-        if self.package is None:
-            self.crc32 = crc32(block, self.crc32)
+        if self.side is None:
+            self._side(block)
         else:
             if self._pending is not None:
                 self._pending.result()
@@ -382,7 +383,7 @@ def _scan_parallel(store: ObjectStore, items: list[EvidenceItem], counter: _Prog
     crcs: dict[str, int] = {}
     with ThreadPoolExecutor(SCAN_WORKERS, thread_name_prefix="export-scan") as pool:
         futures = {
-            pool.submit(_check_media, store, it, _MediaDigests(pool, None), counter, stop): it for it in items
+            pool.submit(_check_media, store, it, _MediaDigests(None, None), counter, stop): it for it in items
         }
         try:
             for f in as_completed(futures):
