@@ -316,7 +316,7 @@ class _Pending:
     consumed: bool  # this part absorbed the tail segments staged by earlier requests
     upload: asyncio.Future[str]
     hashed: asyncio.Future[None] | None
-    buffer: bytearray | None  # handed back for the next part once sent and hashed
+    stored: asyncio.Future[Any]  # the upload and the hashing both done
     commit: asyncio.Task[None] | None = None
 
 
@@ -398,8 +398,7 @@ class _PartWriter:
         Waits for a free place among the parts in flight first, so the body keeps flowing into the
         next part while the earlier ones are still on their way.
         """
-        while len(self.pending) >= self.e.parts_in_flight:
-            await self._complete_oldest()
+        await self._make_room()
         number = self.sent // self.u.part_size + 1
         self.sent += len(data)
         consumed = self.staged_len > 0
@@ -414,12 +413,35 @@ class _PartWriter:
             self.e.part_pool, store.upload_part, self.u.object_key, self.u.s3_upload_id, number, data
         )
         upload.add_done_callback(_ignore_result)  # failures are raised through the commit chain
-        reusable = data if isinstance(data, bytearray) and len(data) == self.u.part_size else None
-        part = _Pending(number, len(data), consumed, upload, hashed, reusable)
+        stored = asyncio.gather(upload, *([hashed] if hashed is not None else []))
+        if isinstance(data, bytearray) and len(data) == self.u.part_size:
+            stored.add_done_callback(lambda done, buffer=data: self._reuse(done, buffer))
+        else:
+            stored.add_done_callback(_ignore_result)
+        part = _Pending(number, len(data), consumed, upload, hashed, stored)
         previous = self.pending[-1].commit if self.pending else None
         part.commit = asyncio.create_task(self._commit(previous, part))
         part.commit.add_done_callback(_ignore_result)
         self.pending.append(part)
+
+    async def _make_room(self) -> None:
+        """Wait until fewer than ``parts_in_flight`` parts are being sent, raising any failure seen.
+
+        A part counts as sent once S3 has it and it is hashed; recording it in the database follows
+        in order without holding back the next part.
+        """
+        while True:
+            while self.pending and self.pending[0].commit is not None and self.pending[0].commit.done():
+                await self._complete_oldest()
+            sending = [p.stored for p in self.pending if not p.stored.done()]
+            if len(sending) < self.e.parts_in_flight:
+                return
+            await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+
+    def _reuse(self, stored: asyncio.Future[Any], buffer: bytearray) -> None:
+        """A part buffer whose bytes S3 holds and the hash has read may take the next part's bytes."""
+        if not stored.cancelled() and stored.exception() is None:
+            self.spare.append(buffer)
 
     async def _commit(self, previous: asyncio.Task[None] | None, part: _Pending) -> None:
         """Record a part as soon as it and every part before it are stored, so the offset never skips a gap."""
@@ -428,8 +450,6 @@ class _PartWriter:
         etag = await part.upload
         if part.hashed is not None:
             await part.hashed
-        if part.buffer is not None:
-            self.spare.append(part.buffer)
         self.parts = [p for p in self.parts if p[0] != part.number] + [[part.number, etag]]
         self.committed += part.size
         if self.checksum is None:
