@@ -151,7 +151,8 @@ def run(
     latency = nurse.wait_ack(sos, "received", timeout=20)
     sos_alarm = nurse.acks_for(sos)[0].payload["alarm_id"]
     say(
-        f"  {nurse.device_id} pressed SOS: stored, incident opened, device acknowledged in {latency * 1000:.0f} ms"
+        f"  {nurse.device_id} pressed SOS: alarm stored and device acknowledged in {latency * 1000:.0f} ms;"
+        " its evidence item and incident follow"
     )
     amber = porter.amber(600, note="entering flat 12 alone")
     porter.wait_ack(amber, "received", timeout=20)
