@@ -36,7 +36,7 @@ from storage.objects import ObjectStore  # noqa: E402
 
 MB = 1024 * 1024
 # (docks, clip bytes, runs): the short cases are the noisy ones on a shared machine.
-CASES_FULL = [(1, 100 * MB, 5), (1, 2048 * MB, 1), (4, 500 * MB, 1), (16, 100 * MB, 3)]
+CASES_FULL = [(1, 100 * MB, 9), (1, 2048 * MB, 1), (4, 500 * MB, 1), (16, 100 * MB, 3)]
 CASES_QUICK = [(1, 100 * MB, 2), (4, 50 * MB, 1), (16, 20 * MB, 1)]
 # minio's put_object sends 3 parts of an object at once: the direct store keeps a connection for each.
 DIRECT_PARALLEL_PARTS = 3
