@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,7 +75,7 @@ def _translate(exc: Exception) -> StorageError:
     return StorageUnavailable(f"object store unreachable: {type(exc).__name__}: {exc}")
 
 
-class _BodyTimeoutConnection(urllib3.connection.HTTPConnection):
+class _BodyTimeout:
     """Connects within the connect timeout, then gives each block of a request body the read timeout.
 
     urllib3 sends the request body under the connect timeout, and Python's ``sendall`` counts that
@@ -83,28 +84,30 @@ class _BodyTimeoutConnection(urllib3.connection.HTTPConnection):
 
     body_timeout: float = 30.0
     block = 1024 * 1024
+    sock: socket.socket | None
 
     def send(self, data):  # type: ignore[no-untyped-def]
         if self.sock is None:
-            self.connect()
+            self.connect()  # type: ignore[attr-defined]
+        assert self.sock is not None
         try:
             view = memoryview(data).cast("B")
         except TypeError:  # a file or an iterable: sent block by block by http.client itself
             view = None
         self.sock.settimeout(self.body_timeout)
         if view is None:
-            return super().send(data)
+            return super().send(data)  # type: ignore[misc]
         for start in range(0, len(view), self.block):
             self.sock.sendall(view[start : start + self.block])
         return None
 
 
-class _BodyTimeoutHTTPSConnection(urllib3.connection.HTTPSConnection):
-    """TLS counterpart of :class:`_BodyTimeoutConnection` (TLS sockets write in blocks the same way)."""
+class _BodyTimeoutConnection(_BodyTimeout, urllib3.connection.HTTPConnection):
+    pass
 
-    body_timeout: float = 30.0
-    send = _BodyTimeoutConnection.send
-    block = _BodyTimeoutConnection.block
+
+class _BodyTimeoutHTTPSConnection(_BodyTimeout, urllib3.connection.HTTPSConnection):
+    pass
 
 
 def _pool_manager(connect_s: float, read_s: float, max_connections: int) -> urllib3.PoolManager:
