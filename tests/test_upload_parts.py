@@ -166,3 +166,53 @@ def test_a_slow_store_gets_the_read_timeout_for_a_body(ours: bool) -> None:
     finally:
         server.close()
         reader.join(15)
+
+
+def test_refused_final_chunk_leaves_no_trace_and_its_retry_completes(tmp_path: Path, seaweed) -> None:  # type: ignore[no-untyped-def]
+    """The last part may set off before the request's checksum is checked; a mismatch still rolls back."""
+    import base64
+    import hashlib
+
+    s, server, thread, url, admin = _live(tmp_path, seaweed)
+    try:
+        fleet = enrol(url, admin)
+        h = fleet.dock_headers()
+        data = os.urandom(2 * 5 * MiB + 1000)
+        r = httpx.post(
+            f"{url}/api/v1/dock/uploads",
+            headers={
+                **h,
+                "Upload-Length": str(len(data)),
+                "Upload-Metadata": clip_metadata(fleet, sha256(data), len(data), filename="chunks.mp4"),
+            },
+        )
+        loc = url + r.headers["location"]
+
+        def patch(offset: int, body: bytes, digest_of: bytes) -> httpx.Response:
+            digest = base64.b64encode(hashlib.sha256(digest_of).digest()).decode()
+            return httpx.patch(
+                loc,
+                content=body,
+                headers={
+                    **h,
+                    "Content-Type": "application/offset+octet-stream",
+                    "Upload-Offset": str(offset),
+                    "Upload-Checksum": f"sha256 {digest}",
+                },
+                timeout=60,
+            )
+
+        cut = 5 * MiB + 500  # a full part and a staged tail
+        assert patch(0, data[:cut], data[:cut]).status_code == 204
+        rest = data[cut:]
+        wrong = patch(cut, rest, rest[:-1] + bytes([rest[-1] ^ 1]))
+        assert wrong.status_code == 460
+        assert httpx.head(loc, headers=h).headers["upload-offset"] == str(cut)
+        done = patch(cut, rest, rest)
+        assert done.status_code == 204 and done.headers["evidence-status"] == "stored"
+        got = httpx.get(f"{url}/api/v1/evidence/{done.headers['evidence-item-id']}/content", headers=admin)
+        assert got.status_code == 200 and got.content == data
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        s.db.dispose()
