@@ -116,8 +116,9 @@ class Settings(BaseSettings):
     mqtt_consumer_enabled: bool = True
     # How long the broker keeps the service's session (and queues alarms for it) while it is away.
     mqtt_session_expiry_seconds: int = 14 * 24 * 3600
-    # Threads verifying and storing device messages in one consumer.
-    mqtt_workers: int = 4
+    # Threads verifying and storing heartbeats, locations and status in one consumer (alarms and
+    # check-ins have a worker of their own, ahead of these).
+    mqtt_workers: int = 2
     # How often the escalation loop looks for deadlines, overdue check-ins and silent devices.
     escalation_poll_seconds: float = 0.5
     # Largest amber voice memo a device may upload.
