@@ -61,7 +61,6 @@ DEAD_LETTERS = Counter("evidence_mqtt_dead_letters_total", "Device messages kept
 TRANSIENT = (DBAPIError, StorageError, OSError, TimeoutError)
 URGENT_TYPES = frozenset({"alarm", "checkin"})
 BATCH_MAX = 64  # messages handled in one transaction when they have queued up
-TELEMETRY_LINGER_S = 0.025  # how long a heartbeat waits for others to share its transaction
 PRIORITY_PAUSE_S = 0.5  # the longest other work waits for alarms, so heartbeats are never starved
 SWITCH_INTERVAL_S = 0.0005  # how long a thread may keep the interpreter lock from an alarm worker
 
@@ -295,13 +294,11 @@ class AlarmConsumer:
                 break
             # What has queued up meanwhile goes in the same transaction (one device once per batch).
             batch, devices = [first], {_device_of(first.topic)}
-            # Heartbeats wait a moment for company: one commit for several costs less CPU, which
-            # is what alarms compete for. Alarms never wait.
-            deadline = time.monotonic() + (0.0 if urgent else TELEMETRY_LINGER_S)
+            # Nothing waits for company (a heartbeat that lingered for others cost more capacity
+            # than its shared commit saved): a batch is what queued up while the last one ran.
             while len(batch) < BATCH_MAX:
                 try:
-                    left = deadline - time.monotonic()
-                    more = q.get(timeout=left) if left > 0 else q.get_nowait()
+                    more = q.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
