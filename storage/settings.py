@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     mqtt_session_expiry_seconds: int = 14 * 24 * 3600
     # Threads verifying and storing heartbeats, locations and status in one consumer (alarms and
     # check-ins have a worker of their own, ahead of these).
-    mqtt_workers: int = 2
+    mqtt_workers: int = 4
     # How often the escalation loop looks for deadlines, overdue check-ins and silent devices.
     escalation_poll_seconds: float = 0.5
     # Largest amber voice memo a device may upload.
