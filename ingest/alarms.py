@@ -750,7 +750,7 @@ class AlarmService:
         # evidence item, the custody entry and the incident follow (see ``_follow_up``). A raise
         # that a cancel overtook, and every cancel, take the whole path at once.
         fast = body.action == "raise" and early_cancel is None
-        item = None if fast else self._store_payload(session, snap, event, message, verdict, now)
+        item = None if fast else self._store_payload(session, snap, event, message)
         if body.action == "raise":
             event.alarm_id = new_id()
             session.add(event)
@@ -846,22 +846,11 @@ class AlarmService:
         snap: _Snapshot,
         event: LoneWorkerEvent,
         message: AlarmMessage,
-        verdict: Accepted,
-        now: datetime,
     ) -> EvidenceItem | None:
         """The exact bytes received become a locked evidence item. If object storage is down the alarm
         still goes through (the bytes wait in the event row) and the evidence is stored later."""
-        retain_until = now + timedelta(days=self.settings.retention_days)
-        try:
-            stored = self.services.store.put_bytes(
-                self._object_key(event), event.raw, retain_until=retain_until, content_type="application/json"
-            )
-        except StorageError as exc:
-            EVIDENCE_DEFERRED.inc()
-            log.warning(
-                "alarm evidence deferred: object storage unavailable",
-                extra={"device": snap.device_id, "event_id": event.event_id, "error": str(exc)},
-            )
+        stored = self._put_payload(event)
+        if stored is None:
             return None
         item = self._record_payload_evidence(
             session, event, stored, snap.staff_id, message.sig, snap.public_key
