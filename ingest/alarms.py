@@ -331,6 +331,12 @@ _CAS = (
 _NO_AUTOFLUSH = {"autoflush": False}
 
 
+def device_of(topic: str) -> str:
+    """The device id in a device topic (``lw/v1/<device_id>/<type>``), else the topic itself."""
+    parts = topic.split("/")
+    return parts[2] if len(parts) > 2 else topic
+
+
 def _insert(session: Session) -> Any:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
@@ -414,6 +420,15 @@ class AlarmService:
         outboxes: list[list[AlarmOutbox]] = [[] for _ in messages]
         try:
             with self.db.session() as session:
+                # Every device's state row first, in one order: a message that appends custody
+                # then holds the ledger's lock while later messages would lock their devices,
+                # which must not wait on a transaction that wants the ledger (lock order).
+                session.execute(
+                    select(_STATE.c.device_id)
+                    .where(_STATE.c.device_id.in_(sorted({device_of(t) for t, _, _ in messages})))
+                    .order_by(_STATE.c.device_id)
+                    .with_for_update()
+                )
                 results = [
                     self._handle_in(session, topic, raw, retained, now, outboxes[i])
                     for i, (topic, raw, retained) in enumerate(messages)
@@ -975,15 +990,14 @@ class AlarmService:
 
     # ------------------------------------------------------------------ the follow-up of a fast raise
 
-    def _follow_up(self, session: Session, row: AlarmRecord, now: datetime, stored: Any = None) -> None:
+    def _follow_up(self, session: Session, row: AlarmRecord, now: datetime) -> None:
         """Make an alarm accepted on the fast path whole, in the order the full path would have:
         the payload as an evidence item, the ``alarm_raised`` custody entry, then the incident a red
         alarm opens or joins. Runs before any other change to the alarm (see ``_apply``), so the
         custody trail never shows a change before the raise. The caller holds the alarm's row lock."""
         event = session.get(LoneWorkerEvent, row.source_event_id) if row.source_event_id else None
         if event is not None and event.evidence_item_id is None:
-            if stored is None:
-                stored = self._put_payload(event)
+            stored = self._put_payload(event)
             if stored is not None:
                 event.evidence_item_id = self._payload_evidence(session, event, stored, row.wearer).id
         if event is not None and row.evidence_item_id is None:
@@ -1036,25 +1050,15 @@ class AlarmService:
     def complete_followup(self, alarm_id: str, now: datetime | None = None) -> bool:
         """Finish one fast-path alarm if it is still pending and nobody else is at it; True if done here.
 
-        The payload is put into storage before any lock is taken (an instance that loses the race
-        leaves one unreferenced locked version behind, nothing worse)."""
-        with self.db.session() as session:
-            pending = session.execute(
-                select(LoneWorkerEvent)
-                .join(AlarmRecord, AlarmRecord.source_event_id == LoneWorkerEvent.event_id)
-                .where(AlarmRecord.id == alarm_id, AlarmRecord.followup_pending.is_(True))
-            ).scalar_one_or_none()
-            if pending is None:
-                return False
-            session.expunge(pending)
-        stored = self._put_payload(pending) if pending.evidence_item_id is None else None
+        The alarm's row is locked first (skipping it if someone else holds it), so only one
+        instance ever puts the payload into storage; the put happens before the ledger lock."""
         with self.db.session() as session:
             row = session.scalars(
                 select(AlarmRecord).where(AlarmRecord.id == alarm_id).with_for_update(skip_locked=True)
             ).first()
             if row is None or not row.followup_pending:
                 return False
-            self._follow_up(session, row, now or self.clock(), stored)
+            self._follow_up(session, row, now or self.clock())
         return True
 
     def pending_followups(self, limit: int = 50, raised_before: datetime | None = None) -> list[str]:
@@ -1814,6 +1818,8 @@ class AlarmService:
             assert row is not None
             if row.voice_memo_item_id is not None:  # a concurrent upload won
                 return row.voice_memo_item_id, False
+            if row.followup_pending:  # custody shows the raise before anything added to it
+                self._follow_up(session, row, datetime.now(UTC))
             item = record_evidence(
                 session,
                 self.ledger,

@@ -47,7 +47,7 @@ from sqlalchemy.exc import DBAPIError
 from devices.lone_worker_wire import service_subscriptions
 from storage.objects import StorageError
 
-from .alarms import AlarmService, Outgoing, alarm_service
+from .alarms import AlarmService, Outgoing, alarm_service, device_of
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ class AlarmConsumer:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
-        device = _device_of(msg.topic)
+        device = device_of(msg.topic)
         with self._conn_lock:
             generation = self._generation
         delivery = _Delivery(generation, msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain))
@@ -293,7 +293,7 @@ class AlarmConsumer:
             if first is None:
                 break
             # What has queued up meanwhile goes in the same transaction (one device once per batch).
-            batch, devices = [first], {_device_of(first.topic)}
+            batch, devices = [first], {device_of(first.topic)}
             # Nothing waits for company (a heartbeat that lingered for others cost more capacity
             # than its shared commit saved): a batch is what queued up while the last one ran.
             while len(batch) < BATCH_MAX:
@@ -304,11 +304,11 @@ class AlarmConsumer:
                 if more is None:
                     stopping = True
                     break
-                if _device_of(more.topic) in devices:
+                if device_of(more.topic) in devices:
                     carry = more
                     break
                 batch.append(more)
-                devices.add(_device_of(more.topic))
+                devices.add(device_of(more.topic))
             if not urgent:
                 self._urgent_idle.wait(PRIORITY_PAUSE_S)  # alarms first
             try:
@@ -397,14 +397,17 @@ class AlarmConsumer:
             self._followup_wake.clear()
             try:
                 while self._running:
-                    pending = self.alarms.pending_followups(limit=50)
-                    for alarm_id in pending:
+                    done = 0
+                    for alarm_id in self.alarms.pending_followups(limit=50):
                         self._urgent_idle.wait(PRIORITY_PAUSE_S)  # alarms first
                         if not self._running:
                             return
-                        self.alarms.complete_followup(alarm_id)
-                    if not pending:
-                        break
+                        try:
+                            done += self.alarms.complete_followup(alarm_id)
+                        except Exception:  # noqa: BLE001 - stays pending; the next pass retries
+                            log.warning("alarm follow-up failed", extra={"alarm": alarm_id}, exc_info=True)
+                    if not done:
+                        break  # nothing left, or all held by others: wait for the next wake
             except Exception:  # noqa: BLE001 - pending alarms stay marked; the next pass retries
                 log.warning("alarm follow-up pass failed", exc_info=True)
                 self._sleep(1.0)
@@ -471,11 +474,6 @@ class AlarmConsumer:
             if rows:
                 log.info("outbox relay resending", extra={"count": len(rows)})
                 self.send([Outgoing(r.target, r.payload, r.qos, r.id) for r in rows])
-
-
-def _device_of(topic: str) -> str:
-    parts = topic.split("/")
-    return parts[2] if len(parts) > 2 else topic
 
 
 def consumer_configured(settings: Any) -> bool:

@@ -534,6 +534,34 @@ def test_voice_memo_is_signed_stored_and_linked(sqlite_services: Any, lite_alarm
     assert feed(services)[1] == (alarm.id, "voice_memo")
 
 
+def test_voice_memo_for_an_alarm_still_pending_follows_its_raise(
+    sqlite_services: Any, lite_alarms: AlarmService
+) -> None:
+    """A memo uploaded before the follow-up ran: the follow-up goes first, so custody keeps its order."""
+    services, alarms = sqlite_services, lite_alarms
+    alarms.followups_inline = False
+    device = enrol(services, "LW-17")
+    topic, raw = device.sos()
+    event_id = json.loads(raw)["event_id"]
+    alarm_id = alarms.handle(topic, raw).alarm_id
+    assert one_alarm(services, alarm_id).followup_pending
+    memo = b"OggS" + bytes(range(256)) * 8
+    headers = device.voice_memo_headers(event_id, memo)
+    alarms.attach_voice_memo(
+        "LW-17",
+        event_id,
+        memo,
+        content_type="audio/ogg",
+        sent_at=headers["X-Device-Sent-At"],
+        signature=headers["X-Device-Signature"],
+    )
+    alarm = one_alarm(services, alarm_id)
+    assert not alarm.followup_pending and alarm.evidence_item_id and alarm.incident_id
+    trail = [e.action for e in custody(services, alarm.evidence_item_id)]
+    assert trail.index("alarm_raised") < trail.index("alarm_changed")
+    assert alarms.complete_followups() == 0
+
+
 def test_replay_state_is_compare_and_set_across_threads(services: Any) -> None:
     """Eight threads handle one device's messages at once (as several instances would): each alarm is
     stored once, none is lost, and the sequence window ends up knowing every one."""
