@@ -99,10 +99,11 @@ def send_webhooks(alarms: AlarmService, http: httpx.Client, now: datetime | None
 def run_pass(alarms: AlarmService, http: httpx.Client, now: datetime | None = None) -> PassReport:
     """One pass over everything due now (also what tests call to move time along)."""
     report = PassReport()
-    # Fast-path alarms that the instance which acknowledged them did not finish (it died, or its
-    # follow-up worker is far behind): made whole here.
-    report.followups = alarms.complete_followups(now, limit=50, older_than=FOLLOWUP_GRACE)
     report.deadlines = _drain(lambda limit: alarms.fire_deadlines(now, limit))
+    # Fast-path alarms that the instance which acknowledged them did not finish (it died, or its
+    # follow-up worker is far behind): made whole here, after the deadlines (which never wait for
+    # storage writes).
+    report.followups = alarms.complete_followups(now, limit=50, older_than=FOLLOWUP_GRACE)
     report.missed_checkins = _drain(lambda limit: alarms.raise_missed_checkins(now, limit))
     report.offline = _drain(lambda limit: alarms.raise_offline(now, limit))
     report.webhooks = send_webhooks(alarms, http, now)
