@@ -53,6 +53,7 @@ from devices.lone_worker_wire import (
     build_ack,
     canonical_json,
     parse_time,
+    parse_topic,
     topic_for,
     verify_device_message,
 )
@@ -326,15 +327,10 @@ _CAS = (
 )
 
 
-# For the reads and the compare-and-set at the start of a message: rows that earlier messages of the
-# same batch added are none of their business, and staying unflushed lets them go in one INSERT.
-_NO_AUTOFLUSH = {"autoflush": False}
-
-
 def device_of(topic: str) -> str:
-    """The device id in a device topic (``lw/v1/<device_id>/<type>``), else the topic itself."""
-    parts = topic.split("/")
-    return parts[2] if len(parts) > 2 else topic
+    """The device id of a device topic; a malformed topic stands for itself (it is refused later)."""
+    parsed = parse_topic(topic)
+    return parsed[0] if parsed is not None else topic
 
 
 def _insert(session: Session) -> Any:
@@ -397,10 +393,7 @@ class AlarmService:
                     result = self._handle_once(topic, raw, retained, now)
                 except (CasConflict, IntegrityError):
                     continue  # another instance got there first: read again and decide again
-                self._after_commit(result.publish)
-                MESSAGES.labels(type=result.type or "unknown", outcome=result.outcome).inc()
-                if result.followup and self.followups_inline and result.alarm_id:
-                    self.complete_followup(result.alarm_id)
+                self._committed([result])
                 return result
             raise RuntimeError(f"replay state of {topic} kept changing under us")
         finally:
@@ -440,17 +433,20 @@ class AlarmService:
             each = (time.perf_counter() - started) / len(messages)
             for _ in messages:
                 HANDLE_SECONDS.observe(each)
-        publish: list[Outgoing] = []
         for result, outbox in zip(results, outboxes, strict=True):
             result.publish += mqtt_effects(outbox)
-            publish += result.publish
+        self._committed(results)
+        return results
+
+    def _committed(self, results: list[HandleResult]) -> None:
+        """After the commit: the effects out (one publish call), the counts, inline follow-ups."""
+        self._after_commit([m for r in results for m in r.publish])
+        for result in results:
             MESSAGES.labels(type=result.type or "unknown", outcome=result.outcome).inc()
-        self._after_commit(publish)
         if self.followups_inline:
             for result in results:
                 if result.followup and result.alarm_id:
                     self.complete_followup(result.alarm_id)
-        return results
 
     def _handle_once(self, topic: str, raw: bytes, retained: bool, now: datetime) -> HandleResult:
         """One attempt in one transaction (see :meth:`_handle_in`)."""
@@ -512,7 +508,10 @@ class AlarmService:
         return snap.replay if snap is not None else ReplayState()
 
     def _read_snapshot(self, session: Session, device_id: str) -> _Snapshot | None:
-        with session.no_autoflush:  # see _NO_AUTOFLUSH
+        # Here and in the reads below, up to the compare-and-set: rows that earlier messages of the
+        # same batch added are none of this message's business, and left unflushed they go in one
+        # INSERT per table.
+        with session.no_autoflush:
             row = session.execute(_SNAPSHOT, {"device_id": device_id}).first()
         if row is None:
             return None
@@ -601,7 +600,7 @@ class AlarmService:
         if isinstance(verdict, Duplicate):
             self._duplicate(session, message, result, outbox, now)
         elif isinstance(message, AlarmMessage | CheckinMessage):
-            with session.no_autoflush:  # see _NO_AUTOFLUSH
+            with session.no_autoflush:  # see _read_snapshot
                 existing = session.get(LoneWorkerEvent, message.event_id)
             if existing is not None:  # accepted long ago (beyond the replay state's memory)
                 result.outcome = "duplicate"
@@ -656,7 +655,7 @@ class AlarmService:
             "b_accuracy": position.accuracy_m if position else None,
             "b_position_at": message.event_time if position else None,
         }
-        with session.no_autoflush:  # see _NO_AUTOFLUSH (a Core statement would flush regardless)
+        with session.no_autoflush:  # see _read_snapshot (a Core statement flushes regardless of options)
             swapped = session.execute(_CAS, params).rowcount == 1
         if not swapped:
             raise CasConflict(snap.device_id)
@@ -745,17 +744,17 @@ class AlarmService:
                 .with_for_update()
             ).first()
         else:  # a cancel may have overtaken its alarm (several instances share the stream)
-            early_cancel = session.scalars(
-                select(LoneWorkerEvent)
-                .where(
-                    LoneWorkerEvent.ref_event_id == message.event_id,
-                    LoneWorkerEvent.device_id == snap.device_id,
-                    LoneWorkerEvent.action == "cancel",
-                    LoneWorkerEvent.alarm_id.is_(None),
-                )
-                .with_for_update(),
-                execution_options=_NO_AUTOFLUSH,
-            ).first()
+            with session.no_autoflush:  # see _read_snapshot
+                early_cancel = session.scalars(
+                    select(LoneWorkerEvent)
+                    .where(
+                        LoneWorkerEvent.ref_event_id == message.event_id,
+                        LoneWorkerEvent.device_id == snap.device_id,
+                        LoneWorkerEvent.action == "cancel",
+                        LoneWorkerEvent.alarm_id.is_(None),
+                    )
+                    .with_for_update()
+                ).first()
         self._lock_liveness_rows(session, snap, message)
         # The event row is added once everything about it is known: one INSERT, no UPDATEs.
         event = self._record_event(session, snap, verdict, topic, raw, now, add=False)
@@ -1070,12 +1069,19 @@ class AlarmService:
             return list(session.scalars(q.order_by(AlarmRecord.raised_at).limit(limit)))
 
     def complete_followups(
-        self, now: datetime | None = None, limit: int = 20, older_than: timedelta = timedelta(0)
+        self,
+        now: datetime | None = None,
+        limit: int = 20,
+        older_than: timedelta = timedelta(0),
+        before_each: Callable[[], bool] | None = None,
     ) -> int:
-        """Finish fast-path alarms that are still pending (oldest first); safe on many instances."""
+        """Finish fast-path alarms that are still pending (oldest first); safe on many instances.
+        ``before_each`` runs before every alarm and may wait; False stops the pass."""
         now = now or self.clock()
         done = 0
         for alarm_id in self.pending_followups(limit, now - older_than):
+            if before_each is not None and not before_each():
+                break
             try:
                 done += self.complete_followup(alarm_id, now)
             except Exception:  # noqa: BLE001 - left pending; the next pass tries again

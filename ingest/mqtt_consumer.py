@@ -44,10 +44,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import DBAPIError
 
-from devices.lone_worker_wire import service_subscriptions
+from devices.lone_worker_wire import parse_topic, service_subscriptions
 from storage.objects import StorageError
 
-from .alarms import AlarmService, Outgoing, alarm_service, device_of
+from .alarms import AlarmService, Outgoing, alarm_service
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ SWITCH_INTERVAL_S = 0.0005  # how long a thread may keep the interpreter lock fr
 @dataclass
 class _Delivery:
     generation: int
+    device: str
     topic: str
     payload: bytes
     mid: int
@@ -258,12 +259,14 @@ class AlarmConsumer:
             log.warning("alarm consumer lost the broker; reconnecting", extra={"reason": str(reason)})
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        parts = msg.topic.split("/")
-        device = device_of(msg.topic)
+        parsed = parse_topic(msg.topic)
+        device = parsed[0] if parsed is not None else msg.topic  # a malformed topic is refused later
         with self._conn_lock:
             generation = self._generation
-        delivery = _Delivery(generation, msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain))
-        if parts[-1] in URGENT_TYPES:
+        delivery = _Delivery(
+            generation, device, msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain)
+        )
+        if parsed is not None and parsed[1] in URGENT_TYPES:
             with self._urgent_lock:
                 self._urgent_count += 1
                 self._urgent_idle.clear()
@@ -293,7 +296,7 @@ class AlarmConsumer:
             if first is None:
                 break
             # What has queued up meanwhile goes in the same transaction (one device once per batch).
-            batch, devices = [first], {device_of(first.topic)}
+            batch, devices = [first], {first.device}
             # Nothing waits for company (a heartbeat that lingered for others cost more capacity
             # than its shared commit saved): a batch is what queued up while the last one ran.
             while len(batch) < BATCH_MAX:
@@ -304,11 +307,11 @@ class AlarmConsumer:
                 if more is None:
                     stopping = True
                     break
-                if device_of(more.topic) in devices:
+                if more.device in devices:
                     carry = more
                     break
                 batch.append(more)
-                devices.add(device_of(more.topic))
+                devices.add(more.device)
             if not urgent:
                 self._urgent_idle.wait(PRIORITY_PAUSE_S)  # alarms first
             try:
@@ -396,21 +399,19 @@ class AlarmConsumer:
             self._followup_wake.wait(1.0)
             self._followup_wake.clear()
             try:
-                while self._running:
-                    done = 0
-                    for alarm_id in self.alarms.pending_followups(limit=50):
-                        self._urgent_idle.wait(PRIORITY_PAUSE_S)  # alarms first
-                        if not self._running:
-                            return
-                        try:
-                            done += self.alarms.complete_followup(alarm_id)
-                        except Exception:  # noqa: BLE001 - stays pending; the next pass retries
-                            log.warning("alarm follow-up failed", extra={"alarm": alarm_id}, exc_info=True)
-                    if not done:
-                        break  # nothing left, or all held by others: wait for the next wake
+                # Until nothing is left, or all that is left is held by others (then the next wake).
+                while self._running and self.alarms.complete_followups(
+                    limit=50, before_each=self._alarms_first
+                ):
+                    pass
             except Exception:  # noqa: BLE001 - pending alarms stay marked; the next pass retries
                 log.warning("alarm follow-up pass failed", exc_info=True)
                 self._sleep(1.0)
+
+    def _alarms_first(self) -> bool:
+        """Wait (a little) while alarms are pending; False once stopping."""
+        self._urgent_idle.wait(PRIORITY_PAUSE_S)
+        return self._running
 
     def _sleep(self, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
