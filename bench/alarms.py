@@ -1,6 +1,8 @@
 """Lone-worker alarm latency under a heartbeating fleet, beside a raw broker round trip in the same run.
 
-The real service runs as its own process (HTTP API, MQTT consumer, escalation loop) on a private
+The real service runs as its own process (HTTP API, MQTT consumer for alarms and check-ins,
+escalation loop), with the telemetry companion it starts for heartbeats, locations and status
+(``EVIDENCE_MQTT_TELEMETRY_PROCESS=true``; ``--single-process`` turns it off), on a private
 SeaweedFS and a scratch PostgreSQL database, against a private Mosquitto started from the project's
 generated configuration (its real per-device ACLs, ``max_queued_messages 0``). Simulated devices
 (``firmware_simulators.lone_worker``, one I/O thread for the whole fleet) are enrolled with the
@@ -701,6 +703,11 @@ class Run:
     creds: list[Credentials] = field(default_factory=list)
     sos: list[SosRecord] = field(default_factory=list)
 
+    @property
+    def single_process(self) -> bool:
+        """The telemetry companion needs PostgreSQL."""
+        return bool(self.args.single_process or self.args.sqlite)
+
     def remaining(self) -> float:
         return self.args.budget_s - (time.monotonic() - self.started)
 
@@ -995,6 +1002,11 @@ def main() -> None:
     parser.add_argument("--ping-hz", type=float, default=20.0)
     parser.add_argument("--budget-s", type=float, default=840.0, help="stop ramping before this")
     parser.add_argument("--sqlite", action="store_true", help="service on SQLite instead of PostgreSQL")
+    parser.add_argument(
+        "--single-process",
+        action="store_true",
+        help="heartbeats in the service process too (no EVIDENCE_MQTT_TELEMETRY_PROCESS)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
     args = parser.parse_args()
     if args.echo_port:
@@ -1050,12 +1062,14 @@ def execute(run: Run) -> dict[str, Any]:
         # Devices taken out of the fleet (to measure a smaller one) would otherwise raise
         # device-offline alarms for their open SOS three minutes later, in the middle of a phase.
         EVIDENCE_DEVICE_OFFLINE_AFTER_SECONDS="86400",
+        EVIDENCE_MQTT_TELEMETRY_PROCESS="false" if run.single_process else "true",
     )
     run.svc.start()
     deadline = time.monotonic() + 30
-    while f" as {client_id} " not in run.broker.log_path.read_text(errors="replace"):
+    consumers = [client_id] if run.single_process else [client_id, f"{client_id}-telemetry"]
+    while not all(f" as {c} " in run.broker.log_path.read_text(errors="replace") for c in consumers):
         if time.monotonic() > deadline:
-            raise RuntimeError("the service's alarm consumer did not connect to the broker")
+            raise RuntimeError("the service's alarm consumers did not connect to the broker")
         time.sleep(0.1)
     if run.commit_trigger:
         import psycopg
@@ -1091,6 +1105,8 @@ def execute(run: Run) -> dict[str, Any]:
     assert run.svc.proc is not None and run.echo.proc is not None
     broker_pid = next((p.pid for p in psutil.Process().children() if p.name() == "mosquitto"), None)
     pids = {"service": run.svc.proc.pid, "echo": run.echo.proc.pid, "bench_fleet_and_probe": os.getpid()}
+    if not run.single_process:
+        pids["service_telemetry"] = next(p.pid for p in psutil.Process(run.svc.proc.pid).children())
     if broker_pid:
         pids["broker"] = broker_pid
     cpu = CpuMeter(pids, run.pg.name if run.pg else None)
@@ -1156,6 +1172,7 @@ def execute(run: Run) -> dict[str, Any]:
             "warmup_sos": args.warmup,
             "probe_pings_per_s": args.ping_hz,
             "service_alarm_ack_timeout_s": 3600,
+            "service_processes": "one" if run.single_process else "alarms + telemetry companion",
             "service_mqtt_workers": int(
                 run.svc.env().get("EVIDENCE_MQTT_WORKERS", Settings.model_fields["mqtt_workers"].default)
             ),

@@ -15,7 +15,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -93,9 +93,11 @@ def parse_topic(topic: str) -> tuple[str, str] | None:
     return parts[2], parts[3]
 
 
-def service_subscriptions(share_group: str | None) -> list[str]:
-    """Topic filters the service subscribes to; with a share group, instances split the stream."""
-    filters = [f"{TOPIC_ROOT}/+/{leaf}" for leaf in DEVICE_TOPICS]
+def service_subscriptions(share_group: str | None, leaves: Iterable[str] = DEVICE_TOPICS) -> list[str]:
+    """Topic filters the service subscribes to (for the given device topics, all by default); with a
+    share group, instances split the stream."""
+    wanted = set(leaves)
+    filters = [f"{TOPIC_ROOT}/+/{leaf}" for leaf in DEVICE_TOPICS if leaf in wanted]
     return [f"$share/{share_group}/{f}" for f in filters] if share_group else filters
 
 

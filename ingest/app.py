@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from accounts.service import Principal
 from chain_of_custody.checkpoints import write_checkpoint
@@ -18,6 +18,7 @@ from storage.objects import StorageError
 from storage.settings import Settings, get_settings
 
 from .auth import require_roles
+from .metrics import exposition
 from .routes import ROUTERS
 from .services import Services, build_services
 from .uploads import UploadEngine
@@ -97,7 +98,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(user: Principal = Depends(require_roles("admin", "auditor"))) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     for plugin in PLUGINS:
         plugin(app, services)  # type: ignore[arg-type]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -38,11 +41,14 @@ def serve(
     """Run the HTTP API (and, when configured, the alarm consumer) in this process."""
     import uvicorn
 
-    from .app import create_app
     from .logging_setup import configure_logging
+    from .telemetry_process import prepare_shared_metrics
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    prepare_shared_metrics(settings)  # before the app imports prometheus_client
+    from .app import create_app
+
     uvicorn.run(
         create_app(settings),
         host=host or settings.http_host,
@@ -390,9 +396,14 @@ def alarm_worker(
         typer.Option(help="Stable MQTT client id of this instance (default EVIDENCE_MQTT_CLIENT_ID)"),
     ] = None,
     escalation: Annotated[bool, typer.Option(help="Also run the escalation loop")] = True,
+    nice: Annotated[int, typer.Option(help="Lower this process's scheduling priority by this much")] = 0,
+    stop_with_parent: Annotated[
+        bool, typer.Option(help="Stop when the process that started this one is gone")
+    ] = False,
 ) -> None:
     """Consume lone-worker alarms from the broker (and run escalation) without the HTTP API."""
-    import asyncio
+    if nice:
+        os.nice(nice)
 
     from .escalation import escalation_loop
     from .mqtt_consumer import AlarmConsumer
@@ -401,6 +412,14 @@ def alarm_worker(
     consumer = AlarmConsumer(s, client_id=client_id)
 
     async def main() -> None:
+        # SIGTERM (a supervisor, or the service stopping its telemetry process) stops it cleanly:
+        # what is in hand is finished and acknowledged, the session stays with the broker.
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
+        if stop_with_parent:
+            watcher = asyncio.create_task(_stop_with_parent(os.getppid(), task))  # noqa: F841 - kept alive
         await asyncio.to_thread(consumer.start)
         try:
             if escalation:
@@ -412,10 +431,19 @@ def alarm_worker(
 
     try:
         asyncio.run(main())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     finally:
         s.close()
+
+
+async def _stop_with_parent(parent: int, task: asyncio.Task[None]) -> None:
+    """A companion left behind by a killed service would fight its restarted successor for the
+    same MQTT client id; it leaves instead."""
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    console.print("the service that started this process is gone; stopping")
+    task.cancel()
 
 
 @app.command()

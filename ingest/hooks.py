@@ -7,6 +7,7 @@ with the HTTP application (for example: alarm escalation, the MQTT consumer, the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +16,8 @@ from sqlalchemy.orm import Session
 from chain_of_custody.models import EvidenceItem
 
 from .services import Services
+
+log = logging.getLogger(__name__)
 
 ClipHook = Callable[[Session, EvidenceItem], None]
 Loop = Callable[[Services], Awaitable[Any]]
@@ -60,12 +63,17 @@ def _install_alarms(services: Services) -> None:
     consumer (unless ``EVIDENCE_MQTT_CONSUMER_ENABLED=false``) and the escalation loop."""
     from .escalation import escalation_loop
     from .mqtt_consumer import consumer_configured, run_consumer
+    from .telemetry_process import run_telemetry_process, telemetry_process_wanted
 
     if not consumer_configured(services.settings):
         return
     loops: list[Loop] = services.extras["startup"]  # type: ignore[assignment]
     if services.settings.mqtt_consumer_enabled:
         loops.append(run_consumer)
+    if telemetry_process_wanted(services.settings):
+        loops.append(run_telemetry_process)
+    elif services.settings.mqtt_telemetry_process:
+        log.warning("no telemetry process: it needs the consumer, a broker login and PostgreSQL")
     loops.append(escalation_loop)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 UPLOAD_BYTES = Counter("evidence_upload_bytes_total", "Clip bytes received from docks")
 UPLOADS_FINISHED = Counter(
@@ -11,3 +13,13 @@ UPLOADS_FINISHED = Counter(
 UPLOAD_REFUSALS = Counter("evidence_upload_refusals_total", "Dock requests refused, by reason", ["reason"])
 EVIDENCE_READS = Counter("evidence_reads_total", "Evidence reads (each is a custody entry)")
 REQUEST_SECONDS = Histogram("evidence_http_request_seconds", "HTTP request time", ["route"])
+
+
+def exposition() -> bytes:
+    """Every metric of this service, in Prometheus text format: with a telemetry process (multiprocess
+    mode), the sum over both processes."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

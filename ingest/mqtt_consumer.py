@@ -44,11 +44,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import DBAPIError
 
-from devices.lone_worker_wire import parse_topic, service_subscriptions
+from devices.lone_worker_wire import DEVICE_TOPICS, parse_topic, service_subscriptions
 from storage.objects import StorageError
 
 from .alarms import AlarmService, Outgoing, alarm_service
 from .services import Services
+from .telemetry_process import telemetry_process_wanted
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,28 @@ DEAD_LETTERS = Counter("evidence_mqtt_dead_letters_total", "Device messages kept
 
 TRANSIENT = (DBAPIError, StorageError, OSError, TimeoutError)
 URGENT_TYPES = frozenset({"alarm", "checkin"})
+TELEMETRY_TYPES = frozenset(DEVICE_TOPICS) - URGENT_TYPES
 BATCH_MAX = 64  # messages handled in one transaction when they have queued up
 PRIORITY_PAUSE_S = 0.5  # the longest other work waits for alarms, so heartbeats are never starved
 SWITCH_INTERVAL_S = 0.0005  # how long a thread may keep the interpreter lock from an alarm worker
+
+
+def consumed_types(settings: Any) -> frozenset[str]:
+    """The device message types this instance consumes: ``EVIDENCE_MQTT_MESSAGE_TYPES`` (all when
+    empty), less the telemetry when a companion process takes it."""
+    named = {t.strip() for t in (settings.mqtt_message_types or "").split(",") if t.strip()}
+    unknown = named - set(DEVICE_TOPICS)
+    if unknown:
+        raise ValueError(
+            f"EVIDENCE_MQTT_MESSAGE_TYPES: unknown type(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(DEVICE_TOPICS)}"
+        )
+    types = frozenset(named) or frozenset(DEVICE_TOPICS)
+    if telemetry_process_wanted(settings):
+        types -= TELEMETRY_TYPES
+    if not types:
+        raise ValueError("this instance would consume no device message type")
+    return types
 
 
 @dataclass
@@ -98,6 +118,7 @@ class AlarmConsumer:
         self.alarms = alarms or alarm_service(services)
         self.client_id = client_id or settings.mqtt_client_id
         self.share_group = settings.mqtt_share_group if share_group is None else share_group
+        self.types = consumed_types(settings)
         self.workers = max(1, workers or settings.mqtt_workers)
         self.relay_interval_s = relay_interval_s
         self.max_attempts = max_attempts
@@ -153,7 +174,7 @@ class AlarmConsumer:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         workers = [
             threading.Thread(target=self._work, args=(q, False), name=f"device-worker-{i}", daemon=True)
-            for i, q in enumerate(self._queues)
+            for i, q in enumerate(self._queues)  # also for types consumed elsewhere that still arrive
         ]
         workers.append(
             threading.Thread(target=self._work, args=(self._urgent, True), name="alarm-worker", daemon=True)
@@ -180,6 +201,7 @@ class AlarmConsumer:
                 "client_id": self.client_id,
                 "broker": f"{self.settings.mqtt_host}:{self.settings.mqtt_port}",
                 "share_group": self.share_group,
+                "types": ",".join(sorted(self.types)),
             },
         )
         return self
@@ -229,7 +251,14 @@ class AlarmConsumer:
         with self._conn_lock:
             self._generation += 1
         options = SubscribeOptions(qos=1)
-        client.subscribe([(f, options) for f in service_subscriptions(self.share_group or None)])
+        group = self.share_group or None
+        client.subscribe([(f, options) for f in service_subscriptions(group, self.types)])
+        if flags.session_present:
+            # A persistent session keeps what an earlier run of this instance subscribed to: drop the
+            # types now consumed elsewhere, or their messages would keep arriving here.
+            others = service_subscriptions(group, set(DEVICE_TOPICS) - self.types)
+            if others:
+                client.unsubscribe(others)
         self._connected.set()
         CONNECTED.set(1)
         log.info(

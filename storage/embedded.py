@@ -72,7 +72,9 @@ def port_open(host: str, port: int) -> bool:
 class EmbeddedSeaweed:
     """One ``weed mini`` process: master, volume, filer and S3 gateway on consecutive loopback ports."""
 
-    def __init__(self, data_dir: Path, base_port: int, memory_limit: str = "768MiB", max_volumes: int = 0) -> None:
+    def __init__(
+        self, data_dir: Path, base_port: int, memory_limit: str = "768MiB", max_volumes: int = 0
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.max_volumes = max_volumes
         self.base_port = base_port

@@ -95,8 +95,6 @@ class Settings(BaseSettings):
     mqtt_client_id: str = "evidence-service"
     # Shared-subscription group that splits the alarm stream between instances.
     mqtt_share_group: str = "evidence"
-    # Start a broker inside the service when none is reachable (zero-config demo).
-    mqtt_embedded: bool = False
     # A device message sent further than this ahead of the server clock is rejected.
     max_clock_skew_seconds: int = 300
     # Largest device MQTT payload accepted.
@@ -119,6 +117,14 @@ class Settings(BaseSettings):
     # Threads verifying and storing heartbeats, locations and status in one consumer (alarms and
     # check-ins have a worker of their own, ahead of these).
     mqtt_workers: int = 4
+    # Device message types this instance consumes, comma-separated (alarm, checkin, heartbeat,
+    # location, status); empty: all. Instances can split the stream by type as well as by share.
+    mqtt_message_types: str = ""
+    # Hand heartbeats, locations and status messages to a companion process that this one starts,
+    # watches and restarts, so alarms never wait behind them for the interpreter (PostgreSQL only).
+    mqtt_telemetry_process: bool = False
+    # Nice increment of that companion process: the scheduler favours the alarm process over it.
+    mqtt_telemetry_nice: int = Field(default=5, ge=0, le=19)
     # How often the escalation loop looks for deadlines, overdue check-ins and silent devices.
     escalation_poll_seconds: float = 0.5
     # Largest amber voice memo a device may upload.

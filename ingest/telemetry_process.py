@@ -1,0 +1,173 @@
+"""The telemetry companion: heartbeats, locations and status messages in a process of their own.
+
+Python threads share one interpreter lock, so in a single process every step of an SOS (a dozen
+short database round trips) queues for the lock behind heartbeat work. With
+``EVIDENCE_MQTT_TELEMETRY_PROCESS=true`` the service consumes only alarms and check-ins itself and
+starts ``evidence alarm-worker`` for the rest: same settings, its own persistent MQTT session
+(``<client id>-telemetry``), no escalation loop (that stays here), a nice increment so the
+operating system favours the alarm process when both want a core. It is restarted when it dies.
+
+Both processes count into one set of Prometheus metrics (``prometheus_client``'s multiprocess mode,
+files under ``<data_dir>/metrics``), so ``/metrics`` here shows the companion's counters too. That
+mode has to be chosen before ``prometheus_client`` is first imported: ``evidence serve`` does it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from storage.settings import Settings
+
+from .services import Services
+
+log = logging.getLogger(__name__)
+
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+TELEMETRY_TYPES = "heartbeat,location,status"
+RESTART_MIN_S = 1.0
+RESTART_MAX_S = 30.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def telemetry_process_wanted(settings: Settings) -> bool:
+    """Asked for, and workable: a consumer runs here, on a database two processes can share."""
+    return bool(
+        settings.mqtt_telemetry_process
+        and settings.mqtt_consumer_enabled
+        and settings.mqtt_host
+        and settings.mqtt_username
+        and not settings.resolved_database_url.startswith("sqlite")
+    )
+
+
+def prepare_shared_metrics(settings: Settings) -> Path | None:
+    """Choose multiprocess metrics for this process and its companion (a fresh directory: counts of
+    an earlier run must not be added to this one's). Call before importing ``prometheus_client``."""
+    if not telemetry_process_wanted(settings):
+        return None
+    if "prometheus_client" in sys.modules and METRICS_ENV not in os.environ:
+        log.warning("metrics already initialised; the telemetry process's counts will not show here")
+        return None
+    directory = (Path(settings.data_dir) / "metrics").resolve()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, mode=0o700)
+    os.environ[METRICS_ENV] = str(directory)
+    return directory
+
+
+def _as_env(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def settings_environment(services: Services) -> dict[str, str]:
+    """The companion's environment: this process's settings as ``EVIDENCE_*`` variables (whether they
+    came from the environment, a ``.env`` file or code), pointed at the same object store."""
+    settings = services.settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVIDENCE_")}
+    for name, value in settings:
+        if value is not None:
+            env[f"EVIDENCE_{name.upper()}"] = _as_env(value)
+    env["EVIDENCE_DATA_DIR"] = str(Path(settings.data_dir).resolve())
+    env["EVIDENCE_DATABASE_URL"] = settings.resolved_database_url
+    if services.embedded is not None:  # the store this process started, not a second one
+        env["EVIDENCE_S3_ENDPOINT"] = services.embedded.endpoint
+        env["EVIDENCE_S3_ACCESS_KEY"] = services.embedded.credentials.access_key
+        env["EVIDENCE_S3_SECRET_KEY"] = services.embedded.credentials.secret_key
+    env["EVIDENCE_MQTT_MESSAGE_TYPES"] = TELEMETRY_TYPES
+    env["EVIDENCE_MQTT_TELEMETRY_PROCESS"] = "false"
+    env["EVIDENCE_MQTT_CLIENT_ID"] = f"{settings.mqtt_client_id}-telemetry"
+    return env
+
+
+class TelemetryProcess:
+    """Starts, watches and stops the companion (``evidence alarm-worker``)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> subprocess.Popen[bytes]:
+        settings = self.services.settings
+        command = [
+            sys.executable,
+            "-m",
+            "ingest.cli",
+            "alarm-worker",
+            "--no-escalation",
+            "--stop-with-parent",
+            "--nice",
+            str(settings.mqtt_telemetry_nice),
+        ]
+        # Its log lines go where this process's go (inherited stdout and stderr).
+        self.process = subprocess.Popen(command, cwd=ROOT, env=settings_environment(self.services))
+        self.starts += 1
+        log.info("telemetry process started", extra={"pid": self.process.pid, "starts": self.starts})
+        return self.process
+
+    def stop(self, timeout: float = 15.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        _forget_metrics_of(process.pid)
+
+    async def watch(self) -> None:
+        """Keep it running (restarting with backoff when it dies) until cancelled, then stop it."""
+        delay = RESTART_MIN_S
+        try:
+            while True:
+                try:
+                    process = await asyncio.to_thread(self.start)
+                except OSError:
+                    log.exception("telemetry process could not be started", extra={"retry_in": delay})
+                    await asyncio.sleep(delay)
+                    delay = min(RESTART_MAX_S, delay * 2)
+                    continue
+                started = asyncio.get_running_loop().time()
+                code = await asyncio.to_thread(process.wait)
+                _forget_metrics_of(process.pid)
+                if asyncio.get_running_loop().time() - started > 60:
+                    delay = RESTART_MIN_S  # it ran a good while: not a crash loop
+                log.error(
+                    "telemetry process exited; restarting", extra={"exit_code": code, "restart_in": delay}
+                )
+                await asyncio.sleep(delay)
+                delay = min(RESTART_MAX_S, delay * 2)
+        finally:
+            await asyncio.to_thread(self.stop)
+
+
+def _forget_metrics_of(pid: int) -> None:
+    if os.environ.get(METRICS_ENV):
+        from prometheus_client import multiprocess
+
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(pid)
+
+
+async def run_telemetry_process(services: Services) -> None:
+    """The companion as one of the application's background loops."""
+    companion = TelemetryProcess(services)
+    services.extras["telemetry_process"] = companion
+    await companion.watch()
