@@ -107,9 +107,7 @@ def main() -> int:
     http = httpx.Client(timeout=HTTP_TIMEOUT)
     try:
         wait_up(url, proc)
-        token = http.post(
-            f"{url}/api/v1/auth/token", data={"username": "admin", "password": password}
-        ).json()
+        token = http.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": password}).json()
         admin = {"Authorization": f"Bearer {token['access_token']}"}
         for staff_id, name, group, site in STAFF:
             http.post(
@@ -163,14 +161,17 @@ def main() -> int:
         for result in results:
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline:
-                versions = http.get(f"{url}/api/v1/evidence/{result.evidence_item_id}/redactions",
-                                     headers=admin).json()
+                versions = http.get(
+                    f"{url}/api/v1/evidence/{result.evidence_item_id}/redactions", headers=admin
+                ).json()
                 if versions and versions[0]["status"] in ("done", "failed"):
                     break
                 time.sleep(0.5)
             if versions:
                 v = versions[0]
-                say(f"  {result.evidence_item_id}: redaction {v['status']}, redacted copy {v['result_item_id']}")
+                say(
+                    f"  {result.evidence_item_id}: redaction {v['status']}, redacted copy {v['result_item_id']}"
+                )
 
         say("")
         say("The evidence service is running.")
