@@ -3,6 +3,7 @@ beside the others; and a slow store is given time to take a request body."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
@@ -216,3 +217,23 @@ def test_refused_final_chunk_leaves_no_trace_and_its_retry_completes(tmp_path: P
         server.should_exit = True
         thread.join(15)
         s.db.dispose()
+
+
+def test_part_bodies_are_signed_unless_the_store_is_on_loopback() -> None:
+    """Unsigned bodies only where there is no wire to guard (TLS: minio's own choice)."""
+    from storage.objects import ObjectStore, is_loopback
+
+    assert is_loopback("127.0.0.1:8333") and is_loopback("[::1]:8333") and is_loopback("localhost:9000")
+    assert not is_loopback("10.0.0.5:9000") and not is_loopback("s3.example.org:443")
+
+    def store(endpoint: str) -> ObjectStore:
+        return ObjectStore(endpoint, "a", "b", bucket="ev-bucket", staging_bucket="ev-staging")
+
+    host = "127.0.0.1:8333"
+    headers, _ = store(host).client._build_headers(host, {}, b"body", store(host).client._provider.retrieve())
+    assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD" and headers["Content-Length"] == "4"
+    remote = store("10.0.0.5:9000")
+    headers, _ = remote.client._build_headers(
+        "10.0.0.5:9000", {}, b"body", remote.client._provider.retrieve()
+    )
+    assert headers["x-amz-content-sha256"] == hashlib.sha256(b"body").hexdigest()
