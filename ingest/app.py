@@ -48,6 +48,19 @@ async def housekeeping(services: Services, every: float = 30.0) -> None:
         await asyncio.sleep(every)
 
 
+def _loop_ended(task: asyncio.Task[object]) -> None:
+    """A background loop is meant to run until shutdown: say so loudly when one stops early."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.critical(
+            "background loop failed; it is not running", extra={"loop": task.get_name()}, exc_info=exc
+        )
+    else:
+        log.error("background loop ended early", extra={"loop": task.get_name()})
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -61,7 +74,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.state.services = services
         tasks = [asyncio.create_task(housekeeping(services))]
         for start in services.extras.get("startup", []):  # type: ignore[union-attr]
-            tasks.append(asyncio.create_task(start(services)))
+            task = asyncio.create_task(start(services), name=getattr(start, "__name__", "loop"))
+            task.add_done_callback(_loop_ended)
+            tasks.append(task)
         log.info(
             "service ready",
             extra={"s3": services.store.endpoint, "database": settings.resolved_database_url.split("@")[-1]},

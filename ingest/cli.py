@@ -397,11 +397,13 @@ def alarm_worker(
     ] = None,
     escalation: Annotated[bool, typer.Option(help="Also run the escalation loop")] = True,
     nice: Annotated[int, typer.Option(help="Lower this process's scheduling priority by this much")] = 0,
-    stop_with_parent: Annotated[
-        bool, typer.Option(help="Stop when the process that started this one is gone")
-    ] = False,
+    parent_pid: Annotated[
+        int | None, typer.Option(help="Stop when this process (the one that started this one) is gone")
+    ] = None,
 ) -> None:
     """Consume lone-worker alarms from the broker (and run escalation) without the HTTP API."""
+    if parent_pid is not None and os.getppid() != parent_pid:
+        raise typer.Exit(1)  # the service that started it is already gone
     if nice:
         os.nice(nice)
 
@@ -418,10 +420,10 @@ def alarm_worker(
         assert task is not None
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
-        if stop_with_parent:
-            watcher = asyncio.create_task(_stop_with_parent(os.getppid(), task))  # noqa: F841 - kept alive
-        await asyncio.to_thread(consumer.start)
+        if parent_pid is not None:
+            watcher = asyncio.create_task(_stop_with_parent(parent_pid, task))  # noqa: F841 - kept alive
         try:
+            await asyncio.to_thread(consumer.start)
             if escalation:
                 await escalation_loop(s)
             else:

@@ -73,7 +73,10 @@ def _install_alarms(services: Services) -> None:
     if telemetry_process_wanted(services.settings):
         loops.append(run_telemetry_process)
     elif services.settings.mqtt_telemetry_process:
-        log.warning("no telemetry process: it needs the consumer, a broker login and PostgreSQL")
+        log.warning(
+            "no telemetry process: it needs the consumer, a broker login, PostgreSQL, and both alarm "
+            "and telemetry types in EVIDENCE_MQTT_MESSAGE_TYPES"
+        )
     loops.append(escalation_loop)
 
 

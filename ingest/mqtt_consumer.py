@@ -49,39 +49,38 @@ from storage.objects import StorageError
 
 from .alarms import AlarmService, Outgoing, alarm_service
 from .services import Services
-from .telemetry_process import telemetry_process_wanted
+from .telemetry_process import (
+    TELEMETRY_TYPES,
+    URGENT_TYPES,
+    configured_types,
+    discard_companion_session,
+    telemetry_process_wanted,
+)
 
 log = logging.getLogger(__name__)
 
-CONNECTED = Gauge("evidence_mqtt_connected", "Whether the alarm consumer is connected to the broker")
+CONNECTED = Gauge(
+    "evidence_mqtt_connected",
+    "Whether the alarm consumer is connected to the broker",
+    multiprocess_mode="liveall",  # per live process (with a telemetry process); dead ones drop out
+)
 CONSUMER_ERRORS = Counter(
     "evidence_mqtt_consumer_errors_total", "Device messages whose handling failed and was retried", ["kind"]
 )
 DEAD_LETTERS = Counter("evidence_mqtt_dead_letters_total", "Device messages kept after repeated failures")
 
 TRANSIENT = (DBAPIError, StorageError, OSError, TimeoutError)
-URGENT_TYPES = frozenset({"alarm", "checkin"})
-TELEMETRY_TYPES = frozenset(DEVICE_TOPICS) - URGENT_TYPES
 BATCH_MAX = 64  # messages handled in one transaction when they have queued up
 PRIORITY_PAUSE_S = 0.5  # the longest other work waits for alarms, so heartbeats are never starved
 SWITCH_INTERVAL_S = 0.0005  # how long a thread may keep the interpreter lock from an alarm worker
 
 
-def consumed_types(settings: Any) -> frozenset[str]:
-    """The device message types this instance consumes: ``EVIDENCE_MQTT_MESSAGE_TYPES`` (all when
-    empty), less the telemetry when a companion process takes it."""
-    named = {t.strip() for t in (settings.mqtt_message_types or "").split(",") if t.strip()}
-    unknown = named - set(DEVICE_TOPICS)
-    if unknown:
-        raise ValueError(
-            f"EVIDENCE_MQTT_MESSAGE_TYPES: unknown type(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(DEVICE_TOPICS)}"
-        )
-    types = frozenset(named) or frozenset(DEVICE_TOPICS)
-    if telemetry_process_wanted(settings):
-        types -= TELEMETRY_TYPES
-    if not types:
-        raise ValueError("this instance would consume no device message type")
+def consumed_types(settings: Any, *, companion: bool = False) -> frozenset[str]:
+    """The device message types this instance consumes: the configured ones, less the telemetry
+    when a companion process (started by this one) takes it."""
+    types = configured_types(settings)
+    if companion:
+        types -= TELEMETRY_TYPES  # never all of them: no companion unless alarms are left here
     return types
 
 
@@ -107,6 +106,7 @@ class AlarmConsumer:
         client_id: str | None = None,
         share_group: str | None = None,
         workers: int | None = None,
+        companion: bool = False,
         reconnect_min_s: int = 1,
         reconnect_max_s: int = 30,
         relay_interval_s: float = 1.0,
@@ -118,7 +118,7 @@ class AlarmConsumer:
         self.alarms = alarms or alarm_service(services)
         self.client_id = client_id or settings.mqtt_client_id
         self.share_group = settings.mqtt_share_group if share_group is None else share_group
-        self.types = consumed_types(settings)
+        self.types = consumed_types(settings, companion=companion)
         self.workers = max(1, workers or settings.mqtt_workers)
         self.relay_interval_s = relay_interval_s
         self.max_attempts = max_attempts
@@ -513,7 +513,11 @@ def consumer_configured(settings: Any) -> bool:
 
 async def run_consumer(services: Services) -> None:
     """The consumer as one of the application's background loops (stops when cancelled)."""
-    consumer = AlarmConsumer(services)
+    companion = telemetry_process_wanted(services.settings)
+    if not companion:
+        # A companion of an earlier run would otherwise keep its share of the telemetry queued.
+        await asyncio.to_thread(discard_companion_session, services.settings)
+    consumer = AlarmConsumer(services, companion=companion)
     services.extras["mqtt_consumer"] = consumer
     await asyncio.to_thread(consumer.start)
     try:

@@ -22,11 +22,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 
+from devices.lone_worker_wire import DEVICE_TOPICS
 from storage.settings import Settings
 
 from .services import Services
@@ -34,20 +36,31 @@ from .services import Services
 log = logging.getLogger(__name__)
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-TELEMETRY_TYPES = "heartbeat,location,status"
+URGENT_TYPES = frozenset({"alarm", "checkin"})
+TELEMETRY_TYPES = frozenset(DEVICE_TOPICS) - URGENT_TYPES
 RESTART_MIN_S = 1.0
 RESTART_MAX_S = 30.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def configured_types(settings: Settings) -> frozenset[str]:
+    """``EVIDENCE_MQTT_MESSAGE_TYPES`` (checked by the settings); all types when empty."""
+    named = {t for t in (settings.mqtt_message_types or "").split(",") if t}
+    return frozenset(named) or frozenset(DEVICE_TOPICS)
+
+
 def telemetry_process_wanted(settings: Settings) -> bool:
-    """Asked for, and workable: a consumer runs here, on a database two processes can share."""
+    """Asked for, and workable: a consumer runs here, on a database two processes can share, and
+    the types it is configured for include both alarms and telemetry."""
+    types = configured_types(settings)
     return bool(
         settings.mqtt_telemetry_process
         and settings.mqtt_consumer_enabled
         and settings.mqtt_host
         and settings.mqtt_username
         and not settings.resolved_database_url.startswith("sqlite")
+        and types & URGENT_TYPES
+        and types & TELEMETRY_TYPES
     )
 
 
@@ -61,7 +74,7 @@ def prepare_shared_metrics(settings: Settings) -> Path | None:
         return None
     directory = (Path(settings.data_dir) / "metrics").resolve()
     shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True, mode=0o700)
+    directory.mkdir(parents=True, mode=0o700, exist_ok=True)
     os.environ[METRICS_ENV] = str(directory)
     return directory
 
@@ -88,7 +101,8 @@ def settings_environment(services: Services) -> dict[str, str]:
         env["EVIDENCE_S3_ENDPOINT"] = services.embedded.endpoint
         env["EVIDENCE_S3_ACCESS_KEY"] = services.embedded.credentials.access_key
         env["EVIDENCE_S3_SECRET_KEY"] = services.embedded.credentials.secret_key
-    env["EVIDENCE_MQTT_MESSAGE_TYPES"] = TELEMETRY_TYPES
+    env["EVIDENCE_MQTT_MESSAGE_TYPES"] = ",".join(sorted(configured_types(settings) & TELEMETRY_TYPES))
+    env.pop("EVIDENCE_ADMIN_PASSWORD", None)  # the demo's; the companion has no use for it
     env["EVIDENCE_MQTT_TELEMETRY_PROCESS"] = "false"
     env["EVIDENCE_MQTT_CLIENT_ID"] = f"{settings.mqtt_client_id}-telemetry"
     return env
@@ -110,7 +124,8 @@ class TelemetryProcess:
             "ingest.cli",
             "alarm-worker",
             "--no-escalation",
-            "--stop-with-parent",
+            "--parent-pid",
+            str(os.getpid()),
             "--nice",
             str(settings.mqtt_telemetry_nice),
         ]
@@ -145,7 +160,8 @@ class TelemetryProcess:
                     delay = min(RESTART_MAX_S, delay * 2)
                     continue
                 started = asyncio.get_running_loop().time()
-                code = await asyncio.to_thread(process.wait)
+                while (code := process.poll()) is None:  # no executor thread held for its lifetime
+                    await asyncio.sleep(0.5)
                 _forget_metrics_of(process.pid)
                 if asyncio.get_running_loop().time() - started > 60:
                     delay = RESTART_MIN_S  # it ran a good while: not a crash loop
@@ -164,6 +180,40 @@ def _forget_metrics_of(pid: int) -> None:
 
         with contextlib.suppress(OSError):
             multiprocess.mark_process_dead(pid)
+
+
+def discard_companion_session(settings: Settings, timeout: float = 5.0) -> None:
+    """End the persistent session of a companion this instance no longer runs (connect with a
+    clean start and no expiry): the broker would otherwise keep handing it a share of the
+    telemetry that nobody reads, and devices on a visit would look silent."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    client_id = f"{settings.mqtt_client_id}-telemetry"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if settings.mqtt_username:
+        password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+        client.username_pw_set(settings.mqtt_username, password)
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 0
+    connected = threading.Event()
+    client.on_connect = lambda c, u, f, reason, p: connected.set() if not reason.is_failure else None
+    try:
+        client.connect(settings.mqtt_host, settings.mqtt_port, clean_start=True, properties=properties)
+    except OSError as exc:
+        log.warning("could not clear an earlier telemetry session", extra={"error": str(exc)})
+        return
+    client.loop_start()
+    try:
+        if connected.wait(timeout):
+            log.info("earlier telemetry session cleared", extra={"client_id": client_id})
+        else:
+            log.warning("could not clear an earlier telemetry session", extra={"client_id": client_id})
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 async def run_telemetry_process(services: Services) -> None:

@@ -129,8 +129,12 @@ def _pool_manager(connect_s: float, read_s: float, max_connections: int) -> urll
 
 def is_loopback(endpoint: str) -> bool:
     """Whether ``host:port`` names this machine's loopback interface."""
-    host = endpoint.rsplit(":", 1)[0].strip("[]") if ":" in endpoint else endpoint
-    if host == "localhost":
+    host = endpoint.strip()
+    if host.startswith("["):  # [v6]:port
+        host = host[1 : host.find("]")]
+    elif host.count(":") == 1:  # host:port (a bare IPv6 address has more colons)
+        host = host.split(":")[0]
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -185,7 +189,7 @@ class ObjectStore:
             region=region,
             http_client=http,
         )
-        self.client.unsigned_payload = is_loopback(endpoint)
+        self.client.unsigned_payload = is_loopback(endpoint) and not secure  # TLS: minio's own way
         self.bucket = bucket
         self.staging_bucket = staging_bucket
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The device message types (MQTT topic leaves) of the lone-worker wire protocol.
+DEVICE_MESSAGE_TYPES = ("alarm", "heartbeat", "location", "checkin", "status")
 
 
 class Settings(BaseSettings):
@@ -161,6 +164,17 @@ class Settings(BaseSettings):
     demo_clips: int = Field(default=3, ge=0)
     # The demo's admin password (unset: one is generated and kept under data_dir).
     admin_password: SecretStr | None = None
+
+    @field_validator("mqtt_message_types")
+    @classmethod
+    def _known_message_types(cls, value: str) -> str:
+        named = [t.strip() for t in value.split(",") if t.strip()]
+        unknown = sorted(set(named) - set(DEVICE_MESSAGE_TYPES))
+        if unknown:
+            raise ValueError(
+                f"unknown type(s) {', '.join(unknown)}; known: {', '.join(DEVICE_MESSAGE_TYPES)}"
+            )
+        return ",".join(named)
 
     @property
     def resolved_database_url(self) -> str:

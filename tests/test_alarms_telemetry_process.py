@@ -5,6 +5,7 @@ the service stops the companion."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -43,6 +44,20 @@ def heartbeats_counted(url: str, headers: dict[str, str]) -> float:
         and s.labels.get("type") == "heartbeat"
         and s.labels.get("outcome") == "accepted"
     )
+
+
+def enrolled_fleet(stack: dict[str, Any], size: int) -> Fleet:
+    """The first ``size`` enrolled devices, heartbeating at QoS 1 so none is dropped."""
+    kits = stack["kits"][:size]
+    fleet = Fleet(
+        [(k.device_id, k.password or "") for k in kits],
+        port=stack["broker"].port,
+        service_public_key=stack["services"].key.public_raw,
+        heartbeat_qos=1,
+    )
+    for device, kit in zip(fleet.devices, kits, strict=True):
+        device._key = kit.key
+    return fleet
 
 
 def start_serve(stack: dict[str, Any], port: int, log_path: Path) -> subprocess.Popen[bytes]:
@@ -90,15 +105,7 @@ def test_telemetry_in_a_companion_process(burst_env: dict[str, Any]) -> None:  #
         ).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
 
-        kits = burst_env["kits"][:4]
-        fleet = Fleet(
-            [(k.device_id, k.password or "") for k in kits],
-            port=broker.port,
-            service_public_key=services.key.public_raw,
-            heartbeat_qos=1,
-        )
-        for device, kit in zip(fleet.devices, kits, strict=True):
-            device._key = kit.key
+        fleet = enrolled_fleet(burst_env, 4)
         fleet.connect_all(30)
 
         for device in fleet.devices:
@@ -158,20 +165,77 @@ def test_companion_leaves_when_the_service_is_killed(burst_env: dict[str, Any]) 
 
 
 def test_message_types_of_an_instance(tmp_path: Path) -> None:
+    from devices.lone_worker_wire import DEVICE_TOPICS
     from ingest.mqtt_consumer import consumed_types
-    from storage.settings import Settings
+    from ingest.telemetry_process import telemetry_process_wanted
+    from storage.settings import DEVICE_MESSAGE_TYPES, Settings
+
+    assert set(DEVICE_MESSAGE_TYPES) == set(DEVICE_TOPICS)
+
+    def settings(**values: Any) -> Settings:
+        return Settings(data_dir=tmp_path, **values)
 
     def types(**values: Any) -> frozenset[str]:
-        return consumed_types(Settings(data_dir=tmp_path, **values))
+        s = settings(**values)
+        return consumed_types(s, companion=telemetry_process_wanted(s))
 
     assert types() == {"alarm", "checkin", "heartbeat", "location", "status"}
     assert types(mqtt_message_types=" heartbeat, status ") == {"heartbeat", "status"}
     pg = {"database_url": "postgresql://127.0.0.1/x", "mqtt_username": "svc"}
     assert types(mqtt_telemetry_process=True, **pg) == {"alarm", "checkin"}
-    # No companion on SQLite (two processes cannot share it well) or without a consumer: all here.
+    # No companion on SQLite (two processes cannot share it well), without a consumer, or without
+    # both kinds of type to split: everything configured is consumed here.
     assert len(types(mqtt_telemetry_process=True, mqtt_username="svc")) == 5
     assert len(types(mqtt_telemetry_process=True, database_url="postgresql://127.0.0.1/x")) == 5
+    assert types(mqtt_message_types="heartbeat", mqtt_telemetry_process=True, **pg) == {"heartbeat"}
+    assert types(mqtt_message_types="alarm", mqtt_telemetry_process=True, **pg) == {"alarm"}
+    # A standalone alarm-worker sharing the service's settings starts no companion: it takes all.
+    assert consumed_types(settings(mqtt_telemetry_process=True, **pg)) == set(DEVICE_TOPICS)
+    # A typo stops the service at start, instead of leaving alarms unconsumed.
     with pytest.raises(ValueError, match="unknown type.*heartbeats"):
-        types(mqtt_message_types="alarm,heartbeats")
-    with pytest.raises(ValueError, match="no device message type"):
-        types(mqtt_message_types="heartbeat", mqtt_telemetry_process=True, **pg)
+        settings(mqtt_message_types="alarm,heartbeats")
+
+
+def test_an_earlier_companion_session_is_cleared_when_none_is_wanted(
+    burst_env: dict[str, Any],  # noqa: F811
+) -> None:
+    """Its shared subscriptions would otherwise keep taking a share of the heartbeats for 14 days."""
+    from ingest.mqtt_consumer import AlarmConsumer, run_consumer
+
+    services, broker = burst_env["services"], burst_env["broker"]
+    settings = services.settings.model_copy(update={"mqtt_client_id": "svc-c", "mqtt_port": broker.port})
+    services.settings = settings
+    # A companion's persistent session, left behind with its subscriptions.
+    old = AlarmConsumer(services, client_id="svc-c-telemetry").start()
+    assert old.wait_ready(20)
+    old.client.disconnect()
+    old.client.loop_stop()
+    old._running = False
+
+    async def run_briefly() -> None:
+        task = asyncio.create_task(run_consumer(services))
+        await asyncio.to_thread(
+            wait_for, lambda: "mqtt_consumer" in services.extras, 20, 0.1, "the consumer to start"
+        )
+        await asyncio.to_thread(services.extras["mqtt_consumer"].wait_ready, 20)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run_briefly())
+    # The broker logs the clean start that ended the old session.
+    assert connected(broker, "svc-c-telemetry", times=2)
+    fleet = enrolled_fleet(burst_env, 6)
+    try:
+        fleet.connect_all(30)
+        consumer = AlarmConsumer(services, client_id="svc-c").start()
+        try:
+            assert consumer.wait_ready(20)
+            before = consumer.handled
+            for device in fleet.devices:
+                device.heartbeat()
+            wait_for(lambda: consumer.handled - before >= 6, 20, 0.1, "every heartbeat handled here")
+        finally:
+            consumer.stop()
+    finally:
+        fleet.close()

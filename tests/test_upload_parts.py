@@ -223,7 +223,8 @@ def test_part_bodies_are_signed_unless_the_store_is_on_loopback() -> None:
     """Unsigned bodies only where there is no wire to guard (TLS: minio's own choice)."""
     from storage.objects import ObjectStore, is_loopback
 
-    assert is_loopback("127.0.0.1:8333") and is_loopback("[::1]:8333") and is_loopback("localhost:9000")
+    assert is_loopback("127.0.0.1:8333") and is_loopback("[::1]:8333") and is_loopback("LOCALHOST:9000")
+    assert is_loopback("::1") and is_loopback("127.0.0.1")
     assert not is_loopback("10.0.0.5:9000") and not is_loopback("s3.example.org:443")
 
     def store(endpoint: str) -> ObjectStore:
