@@ -24,9 +24,6 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
-
-from pydantic import SecretStr
 
 from devices.lone_worker_wire import DEVICE_TOPICS
 from storage.settings import Settings
@@ -64,27 +61,18 @@ def telemetry_process_wanted(settings: Settings) -> bool:
     )
 
 
-def prepare_shared_metrics(settings: Settings) -> Path | None:
+def prepare_shared_metrics(settings: Settings) -> None:
     """Choose multiprocess metrics for this process and its companion (a fresh directory: counts of
     an earlier run must not be added to this one's). Call before importing ``prometheus_client``."""
     if not telemetry_process_wanted(settings):
-        return None
+        return
     if "prometheus_client" in sys.modules and METRICS_ENV not in os.environ:
         log.warning("metrics already initialised; the telemetry process's counts will not show here")
-        return None
+        return
     directory = (Path(settings.data_dir) / "metrics").resolve()
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, mode=0o700, exist_ok=True)
     os.environ[METRICS_ENV] = str(directory)
-    return directory
-
-
-def _as_env(value: Any) -> str:
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def settings_environment(services: Services) -> dict[str, str]:
@@ -92,9 +80,7 @@ def settings_environment(services: Services) -> dict[str, str]:
     came from the environment, a ``.env`` file or code), pointed at the same object store."""
     settings = services.settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVIDENCE_")}
-    for name, value in settings:
-        if value is not None:
-            env[f"EVIDENCE_{name.upper()}"] = _as_env(value)
+    env.update(settings.as_environment())
     env["EVIDENCE_DATA_DIR"] = str(Path(settings.data_dir).resolve())
     env["EVIDENCE_DATABASE_URL"] = settings.resolved_database_url
     if services.embedded is not None:  # the store this process started, not a second one

@@ -176,6 +176,18 @@ class Settings(BaseSettings):
             )
         return ",".join(named)
 
+    def as_environment(self) -> dict[str, str]:
+        """These settings as ``EVIDENCE_*`` variables, for a child process that must share them."""
+        env: dict[str, str] = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            if value is not None:
+                env[f"EVIDENCE_{name.upper()}"] = str(value)
+        return env
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

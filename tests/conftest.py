@@ -150,13 +150,7 @@ def make_settings(
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process (``evidence serve``, ``evidence worker``) these settings."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"EVIDENCE_{name.upper()}"] = (
-                value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-            )
-    return env
+    return {**os.environ, **settings.as_environment()}
 
 
 @pytest.fixture
