@@ -1008,6 +1008,7 @@ def main() -> None:
         help="heartbeats in the service process too (no EVIDENCE_MQTT_TELEMETRY_PROCESS)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
+    parser.add_argument("--out", help="results name (default alarms, or alarms-quick)")
     args = parser.parse_args()
     if args.echo_port:
         run_echo(args.echo_port)
@@ -1024,7 +1025,7 @@ def main() -> None:
     finally:
         teardown(run)
     if results:
-        report(results, args.quick)
+        report(results, args.quick, args.out)
 
 
 def execute(run: Run) -> dict[str, Any]:
@@ -1287,8 +1288,8 @@ def _fmt(summary: dict[str, Any], key: str) -> str:
     return "–" if value is None else f"{value:g}"
 
 
-def report(results: dict[str, Any], quick: bool) -> None:
-    out = write_results("alarms" + ("-quick" if quick else ""), results)
+def report(results: dict[str, Any], quick: bool, name: str | None = None) -> None:
+    out = write_results(name or ("alarms" + ("-quick" if quick else "")), results)
     print(
         "\n| devices | phase | SOS | ack p50 | ack p95 | ack p99 | ack max | commit p50 | commit p99 | "
         "raw RTT p50 | raw RTT p99 | lost | unacked |"

@@ -4,8 +4,8 @@ and the change feed the control room's live stream reads.
 Everything several service instances share lives here, so any instance can take over any work:
 the per-device replay state is one row updated by compare-and-set (``version``), deadlines are
 columns the escalation loop claims with ``FOR UPDATE SKIP LOCKED``, effects wait in the outbox until
-sent, and the change feed has one ordered id per change (rows are written while the custody ledger's
-head row is locked, so ids become visible in order on PostgreSQL too).
+sent, and the change feed has one ordered id per change (rows are written under a lock held to the
+commit, so ids become visible in order on PostgreSQL too; see ``ingest.alarm_staging``).
 """
 
 from __future__ import annotations
@@ -125,6 +125,9 @@ class LoneWorkerEvent(Base):
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
     evidence_item_id: Mapped[str | None] = mapped_column(ForeignKey("evidence_items.id"), default=None)
+    # The device's key (base64) the signature was verified with when the event was accepted: the
+    # evidence item made later names this one, even if the device's key has changed since.
+    device_public_key: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class LoneWorkerState(Base):

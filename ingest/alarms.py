@@ -29,7 +29,7 @@ from functools import lru_cache, partial
 from typing import Any
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import Boolean, Float, Integer, Text, bindparam, case, delete, event, func, select, update
+from sqlalchemy import Boolean, Float, Integer, Text, and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -80,6 +80,7 @@ from .alarm_models import (
     LoneWorkerVisit,
     new_id,
 )
+from .alarm_staging import stage, stage_feed
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -286,15 +287,18 @@ def store_rule(row: AlarmRecord, alarm: rules.Alarm) -> None:
 
 
 _STATE = LoneWorkerState.__table__
-# Built once: the two statements every device message runs (building SQLAlchemy statements per
-# message costs more than executing them).
+_DEVICES = Device.__table__
+_EVENTS = LoneWorkerEvent.__table__
+# Built once, in plain Core run on the session's connection: the statements every device message
+# runs (building SQLAlchemy statements per message, or passing them through the ORM, costs more
+# than executing them).
 _SNAPSHOT = (
     select(
-        Device.kind,
-        Device.status,
-        Device.public_key,
-        Device.assigned_staff_id,
-        Device.site,
+        _DEVICES.c.kind,
+        _DEVICES.c.status,
+        _DEVICES.c.public_key,
+        _DEVICES.c.assigned_staff_id,
+        _DEVICES.c.site,
         _STATE.c.version,
         _STATE.c.replay_state,
         _STATE.c.session,
@@ -303,8 +307,25 @@ _SNAPSHOT = (
         _STATE.c.offline_alarm_id,
         _STATE.c.active_visit_id,
     )
-    .outerjoin(_STATE, _STATE.c.device_id == Device.id)
-    .where(Device.id == bindparam("device_id"))
+    .outerjoin(_STATE, _STATE.c.device_id == _DEVICES.c.id)
+    .where(_DEVICES.c.id == bindparam("device_id"))
+)
+# What a raise must know before it acts: whether the event is stored already (delivered again
+# beyond the replay state's memory), and whether a cancel of it overtook it. One query for both.
+_RAISE_LOOKUP = (
+    select(_EVENTS.c.event_id)
+    .where(
+        or_(
+            _EVENTS.c.event_id == bindparam("event_id"),
+            and_(
+                _EVENTS.c.ref_event_id == bindparam("event_id"),
+                _EVENTS.c.device_id == bindparam("device_id"),
+                _EVENTS.c.action == "cancel",
+                _EVENTS.c.alarm_id.is_(None),
+            ),
+        )
+    )
+    .with_for_update()
 )
 _CAS = (
     update(_STATE)
@@ -335,24 +356,6 @@ def device_of(topic: str) -> str:
 
 def _insert(session: Session) -> Any:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
-# Any constant will do: it names the lock that orders the control room's change feed.
-_FEED_LOCK_KEY = 0x65766964_66656564  # "evid" "feed"
-
-
-@event.listens_for(Session, "before_commit")
-def _write_feed(session: Session) -> None:
-    """Change-feed rows are written last, under a lock held to the commit, so their ids are handed
-    out in commit order and a stream reader that reads past the highest id never skips one. The lock
-    is the feed's own (not the ledger's), so an alarm on the fast path never waits for custody work.
-    SQLite needs none: its writers are serialised by ``BEGIN IMMEDIATE``."""
-    rows = session.info.pop("alarm_feed", None)
-    if not rows:
-        return
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(_FEED_LOCK_KEY)))
-    session.add_all(rows)
 
 
 class AlarmService:
@@ -511,8 +514,7 @@ class AlarmService:
         # Here and in the reads below, up to the compare-and-set: rows that earlier messages of the
         # same batch added are none of this message's business, and left unflushed they go in one
         # INSERT per table.
-        with session.no_autoflush:
-            row = session.execute(_SNAPSHOT, {"device_id": device_id}).first()
+        row = session.connection().execute(_SNAPSHOT, {"device_id": device_id}).first()
         if row is None:
             return None
         return _Snapshot(
@@ -600,13 +602,25 @@ class AlarmService:
         if isinstance(verdict, Duplicate):
             self._duplicate(session, message, result, outbox, now)
         elif isinstance(message, AlarmMessage | CheckinMessage):
-            with session.no_autoflush:  # see _read_snapshot
-                existing = session.get(LoneWorkerEvent, message.event_id)
+            early_cancel: str | None = None
+            if isinstance(message, AlarmMessage) and message.alarm.action == "raise":
+                found = session.connection().execute(
+                    _RAISE_LOOKUP, {"event_id": message.event_id, "device_id": snap.device_id}
+                )
+                ids = [r.event_id for r in found]
+                early_cancel = next((i for i in ids if i != message.event_id), None)
+                known = message.event_id in ids
+            else:
+                known = True
+            existing = None
+            if known:
+                with session.no_autoflush:  # see _read_snapshot
+                    existing = session.get(LoneWorkerEvent, message.event_id)
             if existing is not None:  # accepted long ago (beyond the replay state's memory)
                 result.outcome = "duplicate"
                 self._duplicate(session, message, result, outbox, now, existing)
             elif isinstance(message, AlarmMessage):
-                self._alarm_message(session, snap, verdict, topic, raw, result, outbox, now)
+                self._alarm_message(session, snap, verdict, topic, raw, result, outbox, now, early_cancel)
             else:
                 self._checkin_message(session, snap, verdict, topic, raw, result, outbox, now)
         self._liveness(session, snap, message, outbox, now)
@@ -655,8 +669,7 @@ class AlarmService:
             "b_accuracy": position.accuracy_m if position else None,
             "b_position_at": message.event_time if position else None,
         }
-        with session.no_autoflush:  # see _read_snapshot (a Core statement flushes regardless of options)
-            swapped = session.execute(_CAS, params).rowcount == 1
+        swapped = session.connection().execute(_CAS, params).rowcount == 1  # see _read_snapshot
         if not swapped:
             raise CasConflict(snap.device_id)
 
@@ -729,7 +742,9 @@ class AlarmService:
         result: HandleResult,
         outbox: list[AlarmOutbox],
         now: datetime,
+        early_cancel_id: str | None = None,
     ) -> None:
+        """A raise or a cancel. ``early_cancel_id``: a stored cancel of this raise that overtook it."""
         message = verdict.message
         assert isinstance(message, AlarmMessage)
         body = message.alarm
@@ -743,18 +758,9 @@ class AlarmService:
                 )
                 .with_for_update()
             ).first()
-        else:  # a cancel may have overtaken its alarm (several instances share the stream)
+        elif early_cancel_id is not None:  # several instances share the stream (locked by _RAISE_LOOKUP)
             with session.no_autoflush:  # see _read_snapshot
-                early_cancel = session.scalars(
-                    select(LoneWorkerEvent)
-                    .where(
-                        LoneWorkerEvent.ref_event_id == message.event_id,
-                        LoneWorkerEvent.device_id == snap.device_id,
-                        LoneWorkerEvent.action == "cancel",
-                        LoneWorkerEvent.alarm_id.is_(None),
-                    )
-                    .with_for_update()
-                ).first()
+                early_cancel = session.get(LoneWorkerEvent, early_cancel_id)
         self._lock_liveness_rows(session, snap, message)
         # The event row is added once everything about it is known: one INSERT, no UPDATEs.
         event = self._record_event(session, snap, verdict, topic, raw, now, add=False)
@@ -762,12 +768,18 @@ class AlarmService:
         event.ref_event_id = body.ref_event_id
         # A raise is acknowledged as soon as the event and the alarm are committed; the payload's
         # evidence item, the custody entry and the incident follow (see ``_follow_up``). A raise
-        # that a cancel overtook, and every cancel, take the whole path at once.
-        fast = body.action == "raise" and early_cancel is None
+        # that a cancel overtook, a raise escalated on arrival, and every cancel take the whole
+        # path at once.
+        fast = (
+            body.action == "raise" and early_cancel is None and not self._escalated_on_arrival(message, now)
+        )
         item = None if fast else self._store_payload(session, snap, event, message)
         if body.action == "raise":
             event.alarm_id = new_id()
-            session.add(event)
+            if fast:  # nothing in this transaction reads the event back
+                stage(session, event)
+            else:
+                session.add(event)
             row = self._raise(
                 session,
                 outbox,
@@ -821,6 +833,24 @@ class AlarmService:
             session.add(event)
             self._queue_ack(session, outbox, snap.device_id, message.event_id, AckStatus.RECEIVED, None, now)
 
+    def _escalated_on_arrival(self, message: AlarmMessage, now: datetime) -> bool:
+        """An amber held on the device past its timer and the acknowledgement time is escalated as
+        it is raised: its escalation must name the incident, so it cannot wait for a follow-up."""
+        body = message.alarm
+        amber = body.kind == rules.AlarmKind.AMBER.value
+        if self.policy.ack_timeout_s > 0 and (not amber or message.occurred_at >= now):
+            return False  # the common case, decided without working the rules through
+        transition = rules.raise_alarm(
+            alarm_id="-",
+            device_id=message.device_id,
+            kind=rules.AlarmKind(body.kind),
+            at=now,
+            policy=self.policy,
+            occurred_at=message.occurred_at,
+            amber_timeout_s=body.amber_timeout_s,
+        )
+        return any(isinstance(e, rules.CallWebhook) for e in transition.effects)
+
     def _record_event(
         self,
         session: Session,
@@ -849,6 +879,7 @@ class AlarmService:
             raw=raw,
             sha256=hashlib.sha256(raw).hexdigest(),
             visit_id=getattr(body, "visit_id", None),
+            device_public_key=base64.b64encode(snap.public_key).decode() if snap.public_key else None,
         )
         if add:
             session.add(event)
@@ -978,7 +1009,10 @@ class AlarmService:
                 row.lat, row.lon = message.position.lat, message.position.lon
                 row.accuracy_m = message.position.accuracy_m
             row.battery = message.battery
-        session.add(row)
+        if fast:  # a fast raise's alarm is changed by nothing else before its commit
+            stage(session, row)
+        else:
+            session.add(row)
         ALARMS_RAISED.labels(kind=kind.value).inc()
         log.info(
             "alarm raised",
@@ -1037,11 +1071,13 @@ class AlarmService:
     def _payload_evidence(
         self, session: Session, event: LoneWorkerEvent, stored: Any, wearer: str | None
     ) -> EvidenceItem:
-        """The evidence item of a payload stored after its message was handled (the device's key and
-        signature are read back from the registry and the bytes kept in the event row)."""
+        """The evidence item of a payload stored after its message was handled, from the event row: the
+        bytes, and the key the signature was verified with at accept (the registry's key for events
+        stored before the row kept it)."""
         device = session.get(Device, event.device_id)
         signature = json.loads(event.raw).get("sig")
-        public_key = _raw_key(device.public_key) if device is not None and device.public_key else None
+        key_b64 = event.device_public_key or (device.public_key if device is not None else None)
+        public_key = _raw_key(key_b64) if key_b64 else None
         if wearer is None and device is not None:
             wearer = device.assigned_staff_id
         return self._record_payload_evidence(session, event, stored, wearer, signature, public_key)
@@ -1166,8 +1202,7 @@ class AlarmService:
 
     def _feed(self, session: Session, row: AlarmRecord, change: str, at: datetime) -> None:
         body = {"change": change, "at": at.isoformat(), "alarm": alarm_view(row)}
-        change_row = AlarmChange(alarm_id=row.id, change=change, at=at, body=json.dumps(body))
-        session.info.setdefault("alarm_feed", []).append(change_row)  # written by _write_feed
+        stage_feed(session, AlarmChange(alarm_id=row.id, change=change, at=at, body=json.dumps(body)))
 
     def _queue(
         self,
@@ -1190,7 +1225,7 @@ class AlarmService:
             next_attempt_at=now + self.fast_path_grace if fast else now,
             attempts=0,
         )
-        session.add(row)
+        stage(session, row)  # the outbox is read by the relay, in transactions of its own
         outbox.append(row)
 
     def _ack(

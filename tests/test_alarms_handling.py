@@ -3,6 +3,7 @@ incidents, acks, the change feed, deadlines, duplicates and every rejection reas
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -21,7 +22,7 @@ from devices.service import set_status
 from incidents.models import Incident, IncidentLink
 from ingest import alarm_rules as rules
 from ingest.alarm_models import AlarmChange, AlarmRecord, LoneWorkerEvent, LoneWorkerState, LoneWorkerVisit
-from ingest.alarms import ESCALATION_TOPIC, AlarmService, VoiceMemoRefused
+from ingest.alarms import ESCALATION_TOPIC, AlarmService, VoiceMemoRefused, enrol_lone_worker
 from ingest.escalation import run_pass
 from storage.objects import ObjectStore
 from tests.test_alarms_kit import DeviceKit, acks, custody, enrol, later, outbox
@@ -626,3 +627,40 @@ def test_payload_signed_over_other_fields_only(sqlite_services: Any, lite_alarms
     payload["extra"] = "x"
     raw = canonical_json(sign_payload(payload, device.key))
     assert alarms.handle("lw/v1/LW-19/alarm", raw).reason == "bad_schema"
+
+
+def test_amber_escalated_on_arrival_names_its_incident(services: Any) -> None:
+    """An amber held on the device past its timer and the acknowledgement time is escalated as it is
+    raised; its escalation message must name the incident, so it does not wait for a follow-up."""
+    alarms = AlarmService(services)
+    alarms.followups_inline = False  # as under the MQTT consumer
+    device = enrol(services, "LW-E1", staff_id="S-E1")
+    now = datetime.now(UTC)
+    held = now - timedelta(seconds=120)  # 60 s timer + 30 s to acknowledge, both long gone
+    result = alarms.handle(*device.amber(60, occurred_at=held, sent_at=now), now=now)
+    alarm = one_alarm(services, result.alarm_id)
+    assert (alarm.status, alarm.escalation_reason) == ("escalated", "ack_timeout")
+    (control,) = outbox(services, ESCALATION_TOPIC)
+    assert json.loads(control.payload)["incident_id"] == alarm.incident_id is not None
+    assert alarm.evidence_item_id is not None and not result.followup  # the whole path, at once
+
+
+def test_payload_evidence_names_the_key_it_was_verified_with(services: Any) -> None:
+    """The device's key changes between the accept and the follow-up: the evidence item still names
+    the key the signature was verified with, and that key verifies it."""
+    alarms = AlarmService(services)
+    alarms.followups_inline = False
+    device = enrol(services, "LW-K1", staff_id="S-K1")
+    accepted_with = device.public_b64
+    topic, raw = device.sos()
+    result = alarms.handle(topic, raw)
+    assert result.followup
+    with services.db.session() as session:  # re-enrolled with a new key before the follow-up
+        enrol_lone_worker(session, services, "LW-K1", DeviceKit("LW-K1").public_b64, "test", staff_id="S-K1")
+    assert alarms.complete_followups() == 1
+    alarm = one_alarm(services, result.alarm_id)
+    (captured,) = [e for e in custody(services, alarm.evidence_item_id) if e.action == "captured"]
+    details = json.loads(captured.details)
+    assert details["device_public_key"] == accepted_with
+    signed = {k: v for k, v in json.loads(raw).items() if k != "sig"}
+    device.key.public_key().verify(base64.b64decode(details["device_signature"]), canonical_json(signed))
