@@ -155,7 +155,12 @@ class LoneWorkerState(Base):
     active_visit_id: Mapped[str | None] = mapped_column(String(64), default=None)
     offline_alarm_id: Mapped[str | None] = mapped_column(String(36), default=None)
     # When the device counts as silent if nothing arrives (checked against visits and open alarms then).
-    offline_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None, index=True)
+    # Not indexed, like every column a device message writes: each message of every device updates
+    # this row, and an update that changes no indexed column stays on its page (a HOT update, room
+    # left by the table's fill factor of 50, set by migration 0008), so the row's old versions are
+    # pruned without VACUUM and its primary key entry never multiplies. The escalation loop scans for
+    # silent devices instead.
+    offline_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -20,7 +20,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Insert, Integer, Table, bindparam, event, func, insert, literal_column, select
+from sqlalchemy import Insert, Integer, Table, bindparam, event, func, insert, literal_column, select, true
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.base import instance_state
@@ -54,12 +54,13 @@ def stage_feed(session: Session, change: AlarmChange) -> None:
 
 
 def _row_values(obj: Any, table: Table) -> dict[str, Any]:
-    """Every column of the row: what was set on the object, else the column's default.
+    """Every column of the row: what was set on the object, else (as the ORM does for None too) the
+    column's default.
     A serial id left unset is given by the database (and read back by :func:`_write_postgres`)."""
     given = instance_state(obj).dict
     out: dict[str, Any] = {}
     for col in table.c:
-        if col.key in given:
+        if col.key in given and (given[col.key] is not None or col.default is None):
             out[col.key] = given[col.key]
         elif col is _serial(table):
             continue
@@ -138,7 +139,7 @@ def _utc(value: Any) -> Any:
 _UTC_TYPE = UTCDateTime()
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=1024)
 def _sql(dialect: Dialect, shape: tuple[tuple[Table, int], ...], feed_rows: int) -> str:
     """The SQL for so many rows of which tables, compiled once. SQLAlchemy does not cache
     multi-row INSERTs, and compiling one afresh for each alarm cost more than the database's work."""
@@ -149,17 +150,24 @@ def _sql(dialect: Dialect, shape: tuple[tuple[Table, int], ...], feed_rows: int)
         columns = [c for c in table.c if c is not serial]
         rows = [{c.key: bindparam(f"s{n}_{i}_{c.key}", type_=c.type) for c in columns} for i in range(count)]
         stmt: Insert = insert(table).values(rows)
+        key = serial if serial is not None else list(table.primary_key.columns)[0]
+        cte = stmt.returning(key.label("id")).cte(f"staged_{n}")
         if serial is not None:
-            cte = stmt.returning(serial.label("id")).cte(f"staged_{n}")
             serial_parts.append(select(literal_column(str(len(serial_parts))).label("part"), cte.c.id))
-        else:
-            cte = stmt.cte(f"staged_{n}")
         ctes.append(cte)
     if feed_rows:
         changes = AlarmChange.__table__
-        lock = select(func.pg_advisory_xact_lock(literal_column(str(FEED_LOCK_KEY))).label("locked")).cte(
-            "feed_lock"
-        )
+        # The lock is taken once every staged row is in: it comes from counting them, and a count
+        # runs its insert to the end (waits on other transactions' unique keys included). Taken
+        # earlier, an insert waiting here would hold every other alarm's commit behind it.
+        counts = [select(func.count()).select_from(cte).subquery(f"done_{n}") for n, cte in enumerate(ctes)]
+        lock_select = select(func.pg_advisory_xact_lock(literal_column(str(FEED_LOCK_KEY))).label("locked"))
+        if counts:
+            source = counts[0]
+            for count in counts[1:]:
+                source = source.join(count, true())
+            lock_select = lock_select.select_from(source)
+        lock = lock_select.cte("feed_lock")
         # Each row is selected from the lock, so the rows' ids are drawn once it is held.
         rows_ = [
             select(*(bindparam(f"f{i}_{k}", type_=changes.c[k].type) for k in _FEED_COLUMNS)).select_from(

@@ -409,7 +409,8 @@ class AlarmService:
         second's heartbeats pay for one commit between them. If any of them meets another
         instance's write to its device, the batch is rolled back and each is handled on its own.
         Returns once all are committed, with their results in order; raises like :meth:`handle`."""
-        if len(messages) <= 1:
+        if len(messages) <= 1 or len({device_of(t) for t, _, _ in messages}) < len(messages):
+            # (A device twice in one transaction would not see its own staged rows: one by one.)
             return [self.handle(topic, raw, retained=retained, now=now) for topic, raw, retained in messages]
         started = time.perf_counter()
         now = now or self.clock()
@@ -768,10 +769,13 @@ class AlarmService:
         event.ref_event_id = body.ref_event_id
         # A raise is acknowledged as soon as the event and the alarm are committed; the payload's
         # evidence item, the custody entry and the incident follow (see ``_follow_up``). A raise
-        # that a cancel overtook, a raise escalated on arrival, and every cancel take the whole
-        # path at once.
+        # that a cancel overtook, a raise escalated on arrival, a low-battery raise, and every cancel
+        # take the whole path at once.
         fast = (
-            body.action == "raise" and early_cancel is None and not self._escalated_on_arrival(message, now)
+            body.action == "raise"
+            and early_cancel is None
+            and body.kind != rules.AlarmKind.LOW_BATTERY.value  # its own message may clear it (_liveness)
+            and not self._escalated_on_arrival(message, now)
         )
         item = None if fast else self._store_payload(session, snap, event, message)
         if body.action == "raise":

@@ -664,3 +664,95 @@ def test_payload_evidence_names_the_key_it_was_verified_with(services: Any) -> N
     assert details["device_public_key"] == accepted_with
     signed = {k: v for k, v in json.loads(raw).items() if k != "sig"}
     device.key.public_key().verify(base64.b64decode(details["device_signature"]), canonical_json(signed))
+
+
+def test_device_messages_update_their_state_row_in_place(services: Any) -> None:
+    """Every device message rewrites its device's state row. None of the columns it writes may be
+    indexed, so PostgreSQL updates the row on its own page (HOT) and prunes old versions without
+    VACUUM; half of each page is left for that. An index on one of them makes the primary key and
+    the table bloat with every heartbeat (the alarm path's reads slowed down run after run)."""
+    from sqlalchemy import inspect, text
+
+    from ingest.alarms import _CAS
+
+    written = {getattr(c, "key", c) for c in _CAS._values}  # type: ignore[attr-defined]
+    assert "replay_state" in written and "offline_due_at" in written
+    with services.db.session() as session:
+        indexed = {
+            column
+            for index in inspect(session.connection()).get_indexes("lone_worker_states")
+            for column in index["column_names"]
+        }
+        assert indexed & written == set()
+        if services.db.is_postgres:
+            options = session.scalar(
+                text("SELECT reloptions FROM pg_class WHERE relname = 'lone_worker_states'")
+            )
+            assert "fillfactor=50" in (options or [])
+
+
+def test_a_staged_insert_that_waits_does_not_hold_the_feed_lock(
+    tmp_path: Any, pg_url: str, seaweed: Any
+) -> None:
+    """The rows an SOS inserts at commit go in before the change feed's lock is taken. An insert that
+    waits on another transaction (here: the same event id, from another device, not yet committed)
+    must not hold that lock, or every other alarm's commit would wait behind it (and the other
+    transaction's own commit, wanting the lock, would deadlock with it)."""
+    import psycopg
+
+    from ingest.services import build_services
+    from tests.conftest import make_settings, wait_for
+
+    services = build_services(make_settings(tmp_path, pg_url, seaweed))
+    try:
+        alarms = AlarmService(services)
+        alarms.followups_inline = False
+        device = enrol(services, "LW-L1", staff_id="S-L1")
+        enrol(services, "LW-L2", staff_id="S-L2")
+        event_id = "6f0c1b8e-0000-4000-8000-00000000abcd"
+        other = psycopg.connect(pg_url)
+        other.execute(
+            "INSERT INTO lone_worker_events (event_id, device_id, type, action, seq, occurred_at, sent_at,"
+            " received_at, late, topic, raw, sha256) VALUES (%s, 'LW-L2', 'alarm', 'cancel', 1, now(), now(),"
+            " now(), false, 'lw/v1/LW-L2/alarm', '{}', '')",
+            (event_id,),
+        )
+        outcome: list[Any] = []
+        worker = threading.Thread(
+            target=lambda: outcome.append(alarms.handle(*device.sos(event_id=event_id)))
+        )
+        worker.start()
+        with psycopg.connect(pg_url, autocommit=True) as watch:
+
+            def waiting() -> bool:
+                row = watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE 'WITH staged_0%%'"
+                ).fetchone()
+                return bool(row and row[0])
+
+            wait_for(waiting, 20, what="the SOS's commit to wait on the other transaction")
+            held = watch.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            ).fetchone()
+            assert held == (0,)
+        other.rollback()  # the SOS's commit goes on, and the event is its own after all
+        other.close()
+        worker.join(20)
+        assert outcome and outcome[0].outcome == "accepted" and outcome[0].alarm_id
+    finally:
+        services.db.dispose()
+
+
+def test_a_raise_and_its_cancel_handed_over_together_are_both_applied(services: Any) -> None:
+    """One device twice in a batch: a raise's rows are written at commit, so its cancel in the same
+    transaction would not find the alarm; such a batch is handled one message at a time."""
+    alarms = AlarmService(services)
+    alarms.followups_inline = False
+    device = enrol(services, "LW-B2", staff_id="S-B2")
+    raise_topic, raise_raw = device.amber(120)
+    cancel = device.cancel(json.loads(raise_raw)["event_id"])
+    raised, cancelled = alarms.handle_many([(raise_topic, raise_raw, False), (*cancel, False)])
+    assert cancelled.alarm_id == raised.alarm_id is not None
+    alarm = one_alarm(services, raised.alarm_id)
+    assert (alarm.status, alarm.outcome) == ("resolved", "cancelled")
