@@ -20,7 +20,7 @@ from storage.settings import Settings, get_settings
 from .auth import require_roles
 from .metrics import exposition
 from .routes import ROUTERS
-from .services import Services, build_services
+from .services import Services, build_services, settle_heap
 from .uploads import UploadEngine
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             task = asyncio.create_task(start(services), name=getattr(start, "__name__", "loop"))
             task.add_done_callback(_loop_ended)
             tasks.append(task)
+        if own:  # this process's service (``evidence serve``), not one a test or caller handed in
+            await asyncio.to_thread(settle_heap)
         log.info(
             "service ready",
             extra={"s3": services.store.endpoint, "database": settings.resolved_database_url.split("@")[-1]},

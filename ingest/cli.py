@@ -409,6 +409,7 @@ def alarm_worker(
 
     from .escalation import escalation_loop
     from .mqtt_consumer import AlarmConsumer
+    from .services import settle_heap
 
     s = _services()
     consumer = AlarmConsumer(s, client_id=client_id)
@@ -424,6 +425,7 @@ def alarm_worker(
             watcher = asyncio.create_task(_stop_with_parent(parent_pid, task))  # noqa: F841 - kept alive
         try:
             await asyncio.to_thread(consumer.start)
+            settle_heap()
             if escalation:
                 await escalation_loop(s)
             else:

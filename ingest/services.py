@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,3 +77,16 @@ def build_services(settings: Settings, *, migrate: bool = True, start_embedded: 
 
     install(services)
     return services
+
+
+def settle_heap() -> None:
+    """Once a service process has started: what it built so far (imported modules, the services)
+    lives as long as the process, so the cyclic garbage collector stops walking it. A full
+    collection over it took about 110 ms, and an alarm arriving meanwhile waited that long."""
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info(
+        "heap settled",
+        extra={"objects": gc.get_freeze_count(), "seconds": round(time.perf_counter() - started, 3)},
+    )
