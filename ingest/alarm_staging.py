@@ -17,7 +17,7 @@ custody work. SQLite needs none: its writers are serialised by ``BEGIN IMMEDIATE
 from __future__ import annotations
 
 from datetime import datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from sqlalchemy import Insert, Integer, Table, bindparam, event, func, insert, literal_column, select, true
@@ -58,11 +58,12 @@ def _row_values(obj: Any, table: Table) -> dict[str, Any]:
     column's default.
     A serial id left unset is given by the database (and read back by :func:`_write_postgres`)."""
     given = instance_state(obj).dict
+    serial = _serial(table)
     out: dict[str, Any] = {}
     for col in table.c:
         if col.key in given and (given[col.key] is not None or col.default is None):
             out[col.key] = given[col.key]
-        elif col is _serial(table):
+        elif col is serial:
             continue
         elif col.default is not None and getattr(col.default, "is_scalar", False):
             out[col.key] = col.default.arg  # type: ignore[attr-defined]
@@ -73,8 +74,9 @@ def _row_values(obj: Any, table: Table) -> dict[str, Any]:
     return out
 
 
+@cache
 def _serial(table: Table) -> Any:
-    """The table's serial id column, if its ids come from the database."""
+    """The table's serial id column, if its ids come from the database (asked for every staged row)."""
     pk = list(table.primary_key.columns)
     if len(pk) == 1 and isinstance(pk[0].type, Integer) and pk[0].default is None:
         return pk[0] if pk[0].autoincrement is not False else None

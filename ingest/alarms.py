@@ -80,7 +80,7 @@ from .alarm_models import (
     LoneWorkerVisit,
     new_id,
 )
-from .alarm_staging import stage, stage_feed
+from .alarm_staging import is_postgres, stage, stage_feed
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -355,7 +355,7 @@ def device_of(topic: str) -> str:
 
 
 def _insert(session: Session) -> Any:
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    return pg_insert if is_postgres(session) else sqlite_insert
 
 
 class AlarmService:
