@@ -1,11 +1,14 @@
 """Export package throughput and memory, beside reading the same objects straight from storage.
 
-For each incident size (0.5 GB and 2 GB of video by default), in one run against a private SeaweedFS:
+For each incident size (0.5, 2 and 4 GB of video by default), in one run against a private SeaweedFS:
 
 - raw read: every media object of the incident read through the ``minio`` client and discarded;
+- raw HTTP read: the same objects fetched straight from storage by ``curl`` (presigned GETs, one
+  process), the baseline for the HTTP download, whose client is ``curl`` too;
 - build: ``incidents.export.build_package``, the real thing (one pass over the media checking each
-  object's SHA-256 and size and computing its CRC-32, the layout stored as the package item, custody
-  entries), both with the SHA-256 of the whole zip computed in that pass and without it;
+  object against its recorded digest, BLAKE3, and size and computing its CRC-32, the layout stored
+  as the package item, custody entries), both with the SHA-256 of the whole zip computed in that
+  pass and without it;
 - download: the zip assembled from the layout and the media objects (each media hash re-checked),
   both through the assembling generator alone and through the real HTTP route
   (``GET /api/v1/exports/download/{token}``, uvicorn in this process, ``curl`` as the client).
@@ -13,7 +16,7 @@ For each incident size (0.5 GB and 2 GB of video by default), in one run against
 Throughput is media bytes over wall time. Peak resident memory of this process is sampled during
 each phase; it must not grow with the package size.
 
-Run: ``flock /tmp/team/bench.lock .venv/bin/python bench/export.py [--sizes-mb 512 2048] [--object-mb 128]``.
+Run: ``flock /tmp/team/bench.lock .venv/bin/python bench/export.py [--sizes-mb 512 2048 4096] [--repeat 5] [--object-mb 128]``.
 """
 
 from __future__ import annotations
@@ -114,6 +117,20 @@ def raw_read(s: Services, ids: list[str]) -> int:
     return n
 
 
+def raw_http_read(s: Services, ids: list[str]) -> int:
+    """The same objects straight from storage to curl (presigned GETs, one curl process); bytes received."""
+    with s.db.session() as session:
+        items = gather_items(session, ids)
+    args = ["curl", "-sS", "--fail", "-w", "%{size_download}\\n"]
+    for it in items:
+        url = s.store.client.presigned_get_object(
+            s.store.bucket, it.object_key, expires=timedelta(hours=1), version_id=it.version_id
+        )
+        args += ["-o", "/dev/null", url]
+    out = subprocess.run(args, capture_output=True, text=True, check=True)
+    return sum(int(n) for n in out.stdout.split())
+
+
 def build(s: Services, ids: list[str], package_hash: bool) -> ExportResult:
     with s.db.session() as session:
         items = gather_items(session, ids)
@@ -199,9 +216,14 @@ def timed(fn: Any, *args: Any) -> tuple[Any, float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes-mb", type=int, nargs="+", default=[512, 2048])
+    ap.add_argument("--sizes-mb", type=int, nargs="+", default=[512, 2048, 4096])
     ap.add_argument("--object-mb", type=int, default=128)
-    ap.add_argument("--repeat", type=int, default=2, help="rounds per size; each figure is its best round")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="rounds per size; each figure is its best round, with every round's ratio kept too",
+    )
     args = ap.parse_args()
 
     work = scratch("bench-export-")
@@ -231,9 +253,17 @@ def main() -> None:
             ids = make_incident(s, size_mb * MB, args.object_mb * MB)
             baseline_mb = psutil.Process().memory_info().rss / 1e6
             best: dict[str, tuple[float, float]] = {}
+            rounds: dict[str, list[float]] = {}
 
-            def measure(name: str, fn: Any, *fargs: Any, best: dict[str, tuple[float, float]] = best) -> Any:
+            def measure(
+                name: str,
+                fn: Any,
+                *fargs: Any,
+                best: dict[str, tuple[float, float]] = best,
+                rounds: dict[str, list[float]] = rounds,
+            ) -> Any:
                 out, seconds, peak = timed(fn, *fargs)
+                rounds.setdefault(name, []).append(seconds)
                 prev = best.get(name)
                 best[name] = (
                     min(seconds, prev[0]) if prev else seconds,
@@ -243,6 +273,8 @@ def main() -> None:
 
             for _ in range(max(1, args.repeat)):
                 read_bytes = measure("read", raw_read, s, ids)
+                http_read_bytes = measure("http_read", raw_http_read, s, ids)
+                assert http_read_bytes == read_bytes, "curl read less than the objects hold"
                 plain = measure("build", build, s, ids, False)
                 hashed = measure("hashed", build, s, ids, True)
                 gen_bytes, _ = measure("gen", assemble_all, s, hashed.export_id)
@@ -256,6 +288,7 @@ def main() -> None:
                 best["hashed"],
             )
             (gen_s, gen_rss), (http_s, http_rss) = best["gen"], best["http"]
+            raw_http = read_bytes / best["http_read"][0]
             media = hashed.media_bytes
             raw = read_bytes / read_s
 
@@ -265,12 +298,19 @@ def main() -> None:
             def ratio(seconds: float, media: int = media, raw: float = raw) -> float:
                 return round(media / seconds / raw, 3)
 
+            def round_ratios(
+                name: str, base: str = "read", rounds: dict[str, list[float]] = rounds
+            ) -> list[float]:
+                """Each round's ratio against the raw read of the same round (media bytes both ways)."""
+                return [round(b / t, 3) for t, b in zip(rounds[name], rounds[base], strict=True)]
+
             case = {
                 "media_mb": round(media / MB, 1),
                 "objects": len(ids),
                 "package_mb": round(hashed.package_size / MB, 1),
                 "layout_kb": round(hashed.stored.size / 1024, 1),
                 "raw_read_mb_s": round(raw / MB, 1),
+                "raw_http_read_mb_s": round(raw_http / MB, 1),
                 "build_mb_s": rate(plain_s),
                 "build_vs_raw_read": ratio(plain_s),
                 "build_with_package_hash_mb_s": rate(hashed_s),
@@ -279,6 +319,14 @@ def main() -> None:
                 "download_generator_vs_raw_read": ratio(gen_s),
                 "download_http_mb_s": rate(http_s),
                 "download_http_vs_raw_read": ratio(http_s),
+                "download_http_vs_raw_http_read": round(media / http_s / raw_http, 3),
+                "per_round_vs_raw_read": {
+                    "build": round_ratios("build"),
+                    "build_with_package_hash": round_ratios("hashed"),
+                    "download_generator": round_ratios("gen"),
+                    "download_http": round_ratios("http"),
+                    "download_http_vs_raw_http_read": round_ratios("http", "http_read"),
+                },
                 "rss_before_mb": round(baseline_mb, 1),
                 "peak_rss_raw_read_mb": round(read_rss, 1),
                 "peak_rss_build_mb": round(max(plain_rss, hashed_rss), 1),
@@ -296,8 +344,13 @@ def main() -> None:
                 f"build+zip hash {case['build_with_package_hash_mb_s']:>6.1f} "
                 f"({case['build_with_package_hash_vs_raw_read']:.2f})  "
                 f"download gen {case['download_generator_mb_s']:>6.1f} ({case['download_generator_vs_raw_read']:.2f})  "
-                f"http {case['download_http_mb_s']:>6.1f} ({case['download_http_vs_raw_read']:.2f})  "
+                f"http {case['download_http_mb_s']:>6.1f} ({case['download_http_vs_raw_read']:.2f}; "
+                f"{case['download_http_vs_raw_http_read']:.2f} of curl from storage at {case['raw_http_read_mb_s']:.0f})  "
                 f"peak RSS {max(case['peak_rss_build_mb'], case['peak_rss_download_http_mb']):.0f} MB (raw read {case['peak_rss_raw_read_mb']:.0f} MB)",
+                flush=True,
+            )
+            print(
+                f"         per round against that round's raw read: {case['per_round_vs_raw_read']}",
                 flush=True,
             )
         out = write_results(
@@ -306,8 +359,10 @@ def main() -> None:
                 "cases": cases,
                 "target": "export >= 0.8 of raw read rate; peak memory independent of package size",
                 "note": "build, build with the whole-zip SHA-256, and download (generator and HTTP) "
-                "each as media bytes over wall time, best of --repeat rounds (the raw read too); "
-                "ratios against the raw read of the same run",
+                "each as media bytes over wall time, best of --repeat rounds (the raw reads too), "
+                "and per round against the raw read of the same round; "
+                "ratios against the raw read of the same run, and for the HTTP download also against "
+                "curl reading the same objects straight from storage",
                 "repeat": args.repeat,
                 "load_average": list(os.getloadavg()),
                 "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, 1),

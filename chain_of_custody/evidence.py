@@ -53,6 +53,7 @@ def record_evidence(
         object_key=stored.key,
         version_id=stored.version_id,
         sha256=stored.sha256,
+        blake3=stored.blake3,
         size=stored.size,
         content_type=provenance.content_type,
         filename=provenance.filename,
@@ -70,22 +71,19 @@ def record_evidence(
         ledger.append(session, "captured", provenance.actor, item_id=item.id, details=captured)
     if received is not None:
         ledger.append(session, "received", provenance.actor, item_id=item.id, details=received)
-    ledger.append(
-        session,
-        "stored",
-        "service",
-        item_id=item.id,
-        details={
-            "bucket": stored.bucket,
-            "key": stored.key,
-            "version_id": stored.version_id,
-            "sha256": stored.sha256,
-            "size": stored.size,
-            "kind": provenance.kind,
-            "derived_from": provenance.derived_from_id,
-            "retain_until": provenance.retain_until.isoformat() if provenance.retain_until else None,
-        },
-    )
+    details: dict[str, Any] = {
+        "bucket": stored.bucket,
+        "key": stored.key,
+        "version_id": stored.version_id,
+        "sha256": stored.sha256,
+        "size": stored.size,
+        "kind": provenance.kind,
+        "derived_from": provenance.derived_from_id,
+        "retain_until": provenance.retain_until.isoformat() if provenance.retain_until else None,
+    }
+    if stored.blake3 is not None:
+        details["blake3"] = stored.blake3
+    ledger.append(session, "stored", "service", item_id=item.id, details=details)
     if quarantine_reason:
         ledger.append(
             session, "quarantined", "service", item_id=item.id, details={"reason": quarantine_reason}

@@ -30,6 +30,8 @@ class EvidenceItem(Base):
     object_key: Mapped[str] = mapped_column(String(512))
     version_id: Mapped[str | None] = mapped_column(String(128), default=None)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # A second digest of the same bytes, for fast re-checks (storage.digests); None before it was kept.
+    blake3: Mapped[str | None] = mapped_column(String(64), default=None)
     size: Mapped[int] = mapped_column(BigInteger)
     content_type: Mapped[str] = mapped_column(String(128), default="application/octet-stream")
     filename: Mapped[str | None] = mapped_column(String(255), default=None)

@@ -52,6 +52,7 @@ class MediaSegment:
     sha256: str
     crc32: int
     path: str
+    blake3: str | None = None  # the item's second digest, checked on download where recorded
 
 
 Segment = DataSegment | MediaSegment
@@ -83,6 +84,7 @@ def _segment_json(seg: Segment) -> dict[str, Any]:
         "sha256": seg.sha256,
         "crc32": seg.crc32,
         "path": seg.path,
+        **({"blake3": seg.blake3} if seg.blake3 is not None else {}),
     }
 
 
@@ -144,6 +146,7 @@ def decode(data: bytes) -> Layout:
                         str(s["sha256"]),
                         int(s["crc32"]),
                         str(s["path"]),
+                        None if s.get("blake3") is None else str(s["blake3"]),
                     )
                 )
             pos += length

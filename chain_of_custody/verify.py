@@ -7,8 +7,9 @@ signature) so that an auditor can act on it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,7 +23,18 @@ from .keys import ServiceKey
 from .ledger import Ledger
 from .models import CustodyEntry, EvidenceItem, LedgerHead
 
-RECORD_FIELDS = ("bucket", "object_key", "version_id", "sha256", "size")
+RECORD_FIELDS = ("bucket", "object_key", "version_id", "sha256", "blake3", "size")
+
+
+def row_disagreements(item: EvidenceItem, stored: Mapping[str, Any]) -> list[str]:
+    """Where the item's row differs from its ``stored`` custody details, one sentence a field: the
+    row is what objects are found and re-checked by, the custody entry is hashed and signed."""
+    out = []
+    for f in RECORD_FIELDS:
+        recorded = stored.get("key" if f == "object_key" else f)
+        if recorded != getattr(item, f):
+            out.append(f"{f} is {getattr(item, f)!r} in the database but {recorded!r} in the custody record")
+    return out
 
 
 @dataclass
@@ -144,16 +156,8 @@ def verify_service(
                 Problem("item_unrecorded", where, "no 'stored' custody entry for this item")
             )
             continue
-        for f in RECORD_FIELDS:
-            rec_key = "key" if f == "object_key" else f
-            if rec.get(rec_key) != getattr(item, f):
-                report.problems.append(
-                    Problem(
-                        "item_row_altered",
-                        where,
-                        f"{f} is {getattr(item, f)!r} in the database but {rec.get(rec_key)!r} in the custody record",
-                    )
-                )
+        for detail in row_disagreements(item, rec):
+            report.problems.append(Problem("item_row_altered", where, detail))
         if item.status == "deleted" or item.id in deleted:
             if item.id not in deleted or item.status != "deleted":
                 report.problems.append(
@@ -163,7 +167,8 @@ def verify_service(
         if not options.check_objects:
             continue
         try:
-            digest, size = store.sha256_of(str(rec["key"]), rec.get("version_id"))  # type: ignore[arg-type]
+            # Both digests: exports re-check objects with the BLAKE3, so it must be right as well.
+            found = store.digests_of(str(rec["key"]), rec.get("version_id"))  # type: ignore[arg-type]
         except StorageError as exc:
             gone = any(code in str(exc) for code in ("NoSuchKey", "NoSuchVersion", "NoSuchBucket"))
             kind = "object_missing" if gone else "object_unreadable"
@@ -171,6 +176,8 @@ def verify_service(
                 Problem(kind, where, f"stored object cannot be read (storage integrity check failed?): {exc}")
             )
             continue
+        digest, blake3 = found.hexdigests()
+        size = found.size
         if digest != rec["sha256"] or size != rec["size"]:
             report.problems.append(
                 Problem(
@@ -178,6 +185,15 @@ def verify_service(
                     where,
                     f"stored object hashes to {digest} ({size} bytes), custody record says "
                     f"{rec['sha256']} ({rec['size']} bytes): object swapped or altered",
+                )
+            )
+        elif rec.get("blake3") is not None and blake3 != rec["blake3"]:
+            report.problems.append(
+                Problem(
+                    "digest_mismatch",
+                    where,
+                    f"stored object's SHA-256 matches its custody record but its BLAKE3 is {blake3}, "
+                    f"the record says {rec['blake3']}: exports of it will be refused",
                 )
             )
         elif item.content_type == package_layout.CONTENT_TYPE:
@@ -207,7 +223,11 @@ def _check_package_references(
         return
     for seg in layout.media:
         item = session.get(EvidenceItem, seg.item_id)
-        recorded = (item.object_key, item.version_id, item.sha256, item.size) if item is not None else None
+        recorded = (
+            (item.object_key, item.version_id, item.sha256, item.blake3, item.size)
+            if item is not None
+            else None
+        )
         if item is None or item.status == "deleted":
             state = "has no row" if item is None else "was deleted"
             report.problems.append(
@@ -217,7 +237,7 @@ def _check_package_references(
                     f"{seg.path} is evidence item {seg.item_id}, which {state}: the package can no longer be assembled",
                 )
             )
-        elif recorded != (seg.key, seg.version_id, seg.sha256, seg.length):
+        elif recorded != (seg.key, seg.version_id, seg.sha256, seg.blake3, seg.length):
             report.problems.append(
                 Problem(
                     "package_reference_broken",

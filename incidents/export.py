@@ -32,10 +32,13 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody import manifest as mf
 from chain_of_custody import package_layout as pl
+from chain_of_custody.entries import SignedEntry, Verifier, check_entry
 from chain_of_custody.evidence import Provenance, record_evidence
+from chain_of_custody.fixity import FixityCheck
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.verify import row_disagreements
 from storage.db import Database
 from storage.objects import ObjectLocked, ObjectStore, StoredObject
 
@@ -290,16 +293,16 @@ def _media_blocks(
 
 
 class _MediaDigests:
-    """SHA-256 of an item and its CRC-32 (ISA-L's, several times zlib's speed on this hardware); the
-    running zip hash, when wanted, goes on a second thread with the CRC (hashlib and ISA-L release
-    the GIL on large blocks), so the pass is bound by one SHA-256, not two."""
+    """The fixity check of an item (BLAKE3 where recorded, else SHA-256; ``storage.digests``) and its
+    CRC-32 (ISA-L's, several times zlib's speed on this hardware); the running zip hash, when wanted,
+    goes on a second thread with the CRC (hashlib, blake3 and ISA-L release the GIL on large blocks),
+    so the pass is bound by one digest, not two."""
 
-    def __init__(self, side: ThreadPoolExecutor | None, package: Any | None) -> None:
+    def __init__(self, it: EvidenceItem, side: ThreadPoolExecutor | None, package: Any | None) -> None:
         self.side = side
         self.package = package
-        self.sha256 = hashlib.sha256()
+        self.check = FixityCheck(it.sha256, it.blake3, it.size)
         self.crc32 = 0
-        self.size = 0
         self._pending: Future[None] | None = None
 
     def _side(self, block: bytes) -> None:
@@ -314,8 +317,7 @@ class _MediaDigests:
             if self._pending is not None:
                 self._pending.result()
             self._pending = self.side.submit(self._side, block)
-        self.sha256.update(block)
-        self.size += len(block)
+        self.check.update(block)
 
     def finish(self) -> None:
         if self._pending is not None:
@@ -323,11 +325,22 @@ class _MediaDigests:
             self._pending = None
 
 
-def _altered(item_id: str, found: str, size: int, expected: str, expected_size: int) -> str:
-    return (
-        f"stored object of evidence item {item_id} hashes to {found} ({size} bytes), "
-        f"its record says {expected} ({expected_size} bytes)"
-    )
+def _altered(item_id: str, check: FixityCheck) -> str:
+    return f"stored object of evidence item {item_id} {check.mismatch()}"
+
+
+def _unrecorded(it: EvidenceItem, chain: list[dict[str, Any]], verify_sig: Verifier) -> str | None:
+    """Why the item's row cannot be trusted for its digests, or None. Media are re-checked against
+    the row's BLAKE3 while the manifest carries its SHA-256, so the row must say what the item's
+    ``stored`` custody entry says, and that entry must be intact and signed by the service."""
+    stored = next((e for e in chain if e["action"] == "stored"), None)
+    if stored is None:
+        return f"evidence item {it.id} has no 'stored' custody entry"
+    broken = check_entry(SignedEntry.from_json(stored), verify_sig)
+    if broken:
+        return f"evidence item {it.id}: its 'stored' custody entry fails its check ({broken[0]})"
+    differ = row_disagreements(it, stored["details"])
+    return f"evidence item {it.id}: {differ[0]}" if differ else None
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -368,11 +381,8 @@ def _check_media(
             digests.update(block)
             counter.add(len(block))
     digests.finish()
-    found = digests.sha256.hexdigest()
-    if found != it.sha256 or digests.size != it.size:
-        raise ExportError(
-            _altered(it.id, found, digests.size, it.sha256, it.size) + ": not exported; run 'evidence verify'"
-        )
+    if not digests.check.ok:
+        raise ExportError(_altered(it.id, digests.check) + ": not exported; run 'evidence verify'")
     return digests.crc32
 
 
@@ -383,7 +393,8 @@ def _scan_parallel(store: ObjectStore, items: list[EvidenceItem], counter: _Prog
     crcs: dict[str, int] = {}
     with ThreadPoolExecutor(SCAN_WORKERS, thread_name_prefix="export-scan") as pool:
         futures = {
-            pool.submit(_check_media, store, it, _MediaDigests(None, None), counter, stop): it for it in items
+            pool.submit(_check_media, store, it, _MediaDigests(it, None, None), counter, stop): it
+            for it in items
         }
         try:
             for f in as_completed(futures):
@@ -470,10 +481,18 @@ def compose_package(
                 out.data(out.zip.header(path, it.size, stored=True))
                 start = out.zip.pos
                 if package_hash:
-                    crcs[it.id] = _check_media(store, it, _MediaDigests(side, out.package), counter)
+                    crcs[it.id] = _check_media(store, it, _MediaDigests(it, side, out.package), counter)
                 out.segments.append(
                     pl.MediaSegment(
-                        start, it.id, it.object_key, it.version_id, it.size, it.sha256, crcs[it.id], path
+                        start,
+                        it.id,
+                        it.object_key,
+                        it.version_id,
+                        it.size,
+                        it.sha256,
+                        crcs[it.id],
+                        path,
+                        it.blake3,
                     )
                 )
                 out.data(out.zip.descriptor(crcs[it.id], it.size, it.size))
@@ -568,6 +587,10 @@ def build_package(
     with db.session() as session:
         chains = {it.id: [e.to_json() for e in Ledger.item_entries(session, it.id)] for it in items}
     plan = plan_package(items, request.originals, redaction_records(chains))
+    for p in plan:
+        problem = _unrecorded(p.item, chains[p.item.id], ledger.verifier) if p.include_media else None
+        if problem is not None:
+            raise ExportError(problem + ": not exported; run 'evidence verify'")
     created_at = datetime.now(UTC).replace(microsecond=0)
     layout, media_bytes = compose_package(
         store,
@@ -699,27 +722,29 @@ def _lock_for_package(
 def read_layout(store: ObjectStore, item: EvidenceItem) -> pl.Layout:
     """The package item's layout, after checking the object against the item's recorded hash."""
     data = store.get_bytes(item.object_key, item.version_id)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != item.sha256 or len(data) != item.size:
-        raise PackageAltered(_altered(item.id, digest, len(data), item.sha256, item.size))
+    check = FixityCheck(item.sha256, None, item.size)  # a few KB: SHA-256, the evidence hash itself
+    check.update(data)
+    if not check.ok:
+        raise PackageAltered(_altered(item.id, check))
     try:
         return pl.decode(data)
     except pl.LayoutError as exc:
         raise PackageAltered(f"package {item.id}: {exc}") from None
 
 
-AlteredHook = Callable[[pl.MediaSegment, str, int], None]
+AlteredHook = Callable[[pl.MediaSegment, FixityCheck], None]
 
 
 def _media_piece(
     store: ObjectStore, seg: pl.MediaSegment, lo: int, n: int, on_altered: AlteredHook | None
 ) -> Iterator[bytes]:
-    """Bytes ``lo``..``lo+n`` of one media member, read whole so that its hash is checked; the last
-    block sent waits for the check, so an altered object never reaches the recipient complete."""
-    h = hashlib.sha256()
+    """Bytes ``lo``..``lo+n`` of one media member, read whole so that it is checked against the
+    digests the package recorded; the last block sent waits for the check, so an altered object
+    never reaches the recipient complete."""
+    check = FixityCheck(seg.sha256, seg.blake3, seg.length)
     pos = 0
     held: bytes | None = None
-    blocks = _media_blocks(store, seg.key, seg.version_id, tap=h.update)
+    blocks = _media_blocks(store, seg.key, seg.version_id, tap=check.update)
     with contextlib.closing(blocks):  # type: ignore[type-var]
         for block in blocks:
             a, b = max(lo, pos), min(lo + n, pos + len(block))
@@ -729,11 +754,10 @@ def _media_piece(
                     yield held
                 held = part
             pos += len(block)
-    found = h.hexdigest()
-    if found != seg.sha256 or pos != seg.length:
+    if not check.ok:
         if on_altered is not None:
-            on_altered(seg, found, pos)
-        raise PackageAltered(_altered(seg.item_id, found, pos, seg.sha256, seg.length))
+            on_altered(seg, check)
+        raise PackageAltered(_altered(seg.item_id, check))
     if held is not None:
         yield held
 

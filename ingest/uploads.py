@@ -4,8 +4,9 @@ A clip streams into one S3 multipart upload in fixed-size parts, so a 2 GB clip 
 memory: at most one part being filled and a few being sent. Bytes that arrive after the last full
 part are kept as small tail segments in the unlocked staging bucket, so an interrupted upload
 resumes from the byte where it stopped, even after the service restarts or on another replica.
-The SHA-256 is computed over the parts in order as they are stored; if the process that held the
-running hash is gone, the finished object is read back and hashed instead.
+The digests (SHA-256 and BLAKE3, ``storage.digests``) are computed over the parts in order as they
+are stored; if the process that held them is gone, the finished object is read back and hashed
+instead.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from chain_of_custody.ledger import rfc3339
 from chain_of_custody.models import EvidenceItem
 from devices.models import Device
 from devices.service import camera_for_clip
+from storage.digests import Digests
 from storage.objects import StorageError, StoredObject
 
 from .metrics import UPLOAD_BYTES, UPLOADS_FINISHED
@@ -68,21 +70,21 @@ class UploadState:
 
 
 class _RunningHash:
-    """Process-local SHA-256 of an upload's committed bytes, valid only at the offset it covers."""
+    """Process-local digests of an upload's committed bytes, valid only at the offset they cover."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_upload: dict[str, tuple[int, hashlib._Hash]] = {}
+        self._by_upload: dict[str, tuple[int, Digests]] = {}
 
-    def take(self, upload_id: str, committed: int) -> hashlib._Hash | None:
+    def take(self, upload_id: str, committed: int) -> Digests | None:
         with self._lock:
             entry = self._by_upload.pop(upload_id, None)
         if entry is None:
-            return hashlib.sha256() if committed == 0 else None
+            return Digests() if committed == 0 else None
         at, h = entry
-        return h if at == committed else (hashlib.sha256() if committed == 0 else None)
+        return h if at == committed else (Digests() if committed == 0 else None)
 
-    def put(self, upload_id: str, committed: int, h: hashlib._Hash | None) -> None:
+    def put(self, upload_id: str, committed: int, h: Digests | None) -> None:
         if h is None:
             return
         with self._lock:
@@ -563,7 +565,7 @@ class _Disconnected(Exception):
 
 
 def complete_upload(
-    engine: UploadEngine, upload: Upload, parts: list[list[object]], running: hashlib._Hash | None
+    engine: UploadEngine, upload: Upload, parts: list[list[object]], running: Digests | None
 ) -> UploadState:
     """Finish the multipart object, check the camera's hash and signature, and record the evidence item."""
     s = engine.s
@@ -572,11 +574,8 @@ def complete_upload(
         upload.s3_upload_id,
         [(int(n), str(etag)) for n, etag in parts],  # type: ignore[call-overload]
     )
-    if running is not None:
-        digest = running.hexdigest()
-    else:
-        digest, _ = s.store.sha256_of(upload.object_key, version_id)
-    stored = StoredObject(s.store.bucket, upload.object_key, version_id, upload.length, digest)
+    digest, blake3 = (running or s.store.digests_of(upload.object_key, version_id)).hexdigests()
+    stored = StoredObject(s.store.bucket, upload.object_key, version_id, upload.length, digest, blake3)
     manifest = {
         "camera_serial": upload.camera_serial,
         "filename": upload.filename,

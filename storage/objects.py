@@ -24,6 +24,8 @@ from minio.error import S3Error
 from minio.objectlockconfig import DAYS, ObjectLockConfig
 from minio.retention import Retention
 
+from .digests import Digests
+
 STORAGE_FULL_CODES = {"XMinioStorageFull", "QuotaExceeded", "EntityTooLarge", "InsufficientStorage"}
 
 
@@ -50,6 +52,7 @@ class StoredObject:
     version_id: str | None
     size: int
     sha256: str
+    blake3: str | None = None  # recorded since BLAKE3 fixity checks; see storage.digests
 
 
 @dataclass(frozen=True)
@@ -272,7 +275,8 @@ class ObjectStore:
             )
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc) from exc
-        return StoredObject(self.bucket, key, result.version_id, hashing.size, hashing.sha256.hexdigest())
+        sha256, blake3 = hashing.digests.hexdigests()
+        return StoredObject(self.bucket, key, result.version_id, hashing.digests.size, sha256, blake3)
 
     def put_bytes(self, key: str, data: bytes, *, retain_until: datetime, content_type: str) -> StoredObject:
         return self.put_stream(
@@ -307,6 +311,13 @@ class ObjectStore:
             h.update(block)
             size += len(block)
         return h.hexdigest(), size
+
+    def digests_of(self, key: str, version_id: str | None = None) -> Digests:
+        """Both digests of a stored object, read once (for an upload whose running digests were lost)."""
+        d = Digests()
+        for block in self.read(key, version_id, chunk=4 * 1024 * 1024):
+            d.update(block)
+        return d
 
     def info(self, key: str, version_id: str | None = None) -> ObjectInfo:
         try:
@@ -394,13 +405,11 @@ class _HashingReader:
 
     def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
-        self.sha256 = hashlib.sha256()
-        self.size = 0
+        self.digests = Digests()
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
-        self.sha256.update(data)
-        self.size += len(data)
+        self.digests.update(data)
         return data
 
 

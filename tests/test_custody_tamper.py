@@ -96,14 +96,16 @@ def test_truncated_tail_is_caught_by_checkpoint(services) -> None:  # type: igno
     assert "ledger_truncated" in _kinds(services)
 
 
-def test_edited_item_row_is_named(services) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("column", ["sha256", "blake3"])
+def test_edited_item_row_is_named(services, column: str) -> None:  # type: ignore[no-untyped-def]
+    """Either digest edited in the row (the export checks media against the row's BLAKE3)."""
     item = _store_item(services, b"d" * 1000, "d")
     with services.db.session() as session:
-        session.execute(update(EvidenceItem).where(EvidenceItem.id == item.id).values(sha256="0" * 64))
+        session.execute(update(EvidenceItem).where(EvidenceItem.id == item.id).values({column: "0" * 64}))
     with services.db.session() as session:
         report = verify_service(session, services.store, services.key)
     assert [p.kind for p in report.problems] == ["item_row_altered"]
-    assert "sha256" in report.problems[0].detail
+    assert report.problems[0].detail.startswith(f"{column} is '{'0' * 64}' in the database")
 
 
 def test_swapped_object_version_is_named(services) -> None:  # type: ignore[no-untyped-def]
@@ -127,6 +129,29 @@ def test_swapped_object_version_is_named(services) -> None:  # type: ignore[no-u
     assert kinds == {"item_row_altered"}
     # The original version is still there, untouched, under lock.
     assert services.store.sha256_of(item.object_key, item.version_id)[0] == sha256(b"e" * 1000)
+
+
+def test_blake3_that_disagrees_with_the_object_is_named(services) -> None:  # type: ignore[no-untyped-def]
+    """The SHA-256 matches but the recorded BLAKE3 (which exports re-check with) does not: named, so
+    that the refused exports it would cause are explained."""
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    stored = services.store.put_bytes(
+        "test/g", b"g" * 1000, retain_until=datetime.now(UTC) + timedelta(days=1), content_type="audio/ogg"
+    )
+    with services.db.session() as session:
+        item = record_evidence(
+            session,
+            services.ledger,
+            replace(stored, blake3="3" * 64),
+            Provenance(kind="voice_memo", actor="t"),
+        )
+    with services.db.session() as session:
+        report = verify_service(session, services.store, services.key)
+    found = [(p.kind, p.where) for p in report.problems]
+    assert found == [("digest_mismatch", f"evidence item {item.id}")], found
+    assert "BLAKE3 is " + str(stored.blake3) in report.problems[0].detail
 
 
 @pytest.fixture

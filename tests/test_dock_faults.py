@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from blake3 import blake3
 from sqlalchemy import func, select
 
 from chain_of_custody.models import CustodyEntry, EvidenceItem
@@ -356,6 +357,11 @@ def test_service_killed_mid_upload_resumes_after_restart(tmp_path: Path, seaweed
             result = dock.upload(clip, upload_url=loc)
         assert result.evidence_status == "stored"
         assert _stored_bytes(s, result.evidence_item_id) == (sha256(data), len(data))
+        # The running digests died with the process: both were taken again from the finished object.
+        with s.db.session() as session:
+            item = session.get(EvidenceItem, result.evidence_item_id)
+            assert item is not None and item.sha256 == sha256(data)
+            assert item.blake3 == blake3(data).hexdigest()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
@@ -440,6 +446,11 @@ def test_storage_outage_answers_503_and_the_clip_completes_later(tmp_path: Path)
         assert result.retries >= 1
         assert result.evidence_status == "stored"
         assert _stored_bytes(s, result.evidence_item_id) == (sha256(data), len(data))
+        # The running digests died with the process: both were taken again from the finished object.
+        with s.db.session() as session:
+            item = session.get(EvidenceItem, result.evidence_item_id)
+            assert item is not None and item.sha256 == sha256(data)
+            assert item.blake3 == blake3(data).hexdigest()
     finally:
         server.should_exit = True
         thread.join(15)

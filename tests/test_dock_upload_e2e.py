@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from blake3 import blake3
 
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.verify import verify_service
@@ -53,6 +54,7 @@ def test_clip_becomes_locked_verified_evidence(live, tmp_path: Path) -> None:  #
         item = session.get(EvidenceItem, item_id)
         assert item is not None
         assert item.sha256 == hashlib.sha256(data).hexdigest() and item.size == len(data)
+        assert item.blake3 == blake3(data).hexdigest()  # taken in the same pass, for fast re-checks
     # The stored bytes are exactly the clip, and storage refuses to delete them.
     assert s.store.sha256_of(item.object_key, item.version_id) == (sha256(data), len(data))
     info = s.store.info(item.object_key, item.version_id)
@@ -63,6 +65,7 @@ def test_clip_becomes_locked_verified_evidence(live, tmp_path: Path) -> None:  #
     trail = httpx.get(f"{live.url}/api/v1/evidence/{item_id}/custody", headers=live.admin()).json()
     assert [e["action"] for e in trail] == ["captured", "received", "stored", "verified"]
     assert trail[0]["details"]["camera_signature"] and trail[2]["details"]["sha256"] == sha256(data)
+    assert trail[2]["details"]["blake3"] == blake3(data).hexdigest()
 
     # Reading is a custody entry; ranges work.
     r = httpx.get(

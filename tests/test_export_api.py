@@ -10,19 +10,23 @@ import mmap
 import os
 import threading
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from blake3 import blake3
 from sqlalchemy import select, update
 
+import incidents.export as export_module
 from accounts.service import create_user
 from chain_of_custody.evidence import Provenance
-from chain_of_custody.models import CustodyEntry
+from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.package_verify import verify_package
 from incidents.export import ExportRequest, build_package, gather_items
 from incidents.export_api import LinkRefused, check_link_token, link_secret, make_link_token
@@ -32,7 +36,7 @@ from tests.clipkit import enrol
 from tests.conftest import ADMIN_PASSWORD, free_base_port, free_port, make_settings, start_server, wait_for
 from tests.media import make_test_clip
 from tests.test_dock_upload_e2e import tus_upload
-from tests.test_export_package import ffmpeg, put_evidence
+from tests.test_export_package import ffmpeg, put_evidence, put_mismatched
 
 PASSWORD = "export test password 123"
 
@@ -323,14 +327,10 @@ def private_services(tmp_path: Path):  # type: ignore[no-untyped-def]
     seaweed.stop()
 
 
-def test_download_of_a_package_over_altered_media_fails_loudly(private_services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A packaged item's bytes changed on the storage server's disk: the download breaks off short of
-    its Content-Length, so no recipient holds a zip that looks whole; intact ranges still serve."""
-    s, seaweed = private_services
-    marker = b"EVIDENCE-UNDER-LINK-" + uuid.uuid4().hex.encode()
-    memo = put_evidence(s, marker + os.urandom(3 * 1024 * 1024), Provenance(kind="voice_memo", actor="t"))
+def package_with_link(s, item_ids: list[str], **kw: Any) -> tuple[Any, str]:  # type: ignore[no-untyped-def]
+    """A package of the items, its job row and a download link, as the API would make them; (result, token)."""
     with s.db.session() as session:
-        items = gather_items(session, [memo.id])
+        items = gather_items(session, item_ids)
     export_id = str(uuid.uuid4())
     now = datetime.now(UTC)
     result = build_package(
@@ -340,7 +340,7 @@ def test_download_of_a_package_over_altered_media_fails_loudly(private_services,
         s.key,
         items,
         ExportRequest(export_id, {"reference": "INC-1"}, "user:inv", now + timedelta(days=1)),
-        package_hash=True,
+        **kw,
     )
     with s.db.session() as session:
         session.add(
@@ -362,7 +362,16 @@ def test_download_of_a_package_over_altered_media_fails_loudly(private_services,
             expires_at=now + timedelta(hours=1),
         )
         session.add(link)
-    token = make_link_token(link_secret(s.key), link.id, export_id, link.expires_at)
+    return result, make_link_token(link_secret(s.key), link.id, export_id, link.expires_at)
+
+
+def test_download_of_a_package_over_altered_media_fails_loudly(private_services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A packaged item's bytes changed on the storage server's disk: the download breaks off short of
+    its Content-Length, so no recipient holds a zip that looks whole; intact ranges still serve."""
+    s, seaweed = private_services
+    marker = b"EVIDENCE-UNDER-LINK-" + uuid.uuid4().hex.encode()
+    memo = put_evidence(s, marker + os.urandom(3 * 1024 * 1024), Provenance(kind="voice_memo", actor="t"))
+    result, token = package_with_link(s, [memo.id], package_hash=True)
     server, thread, url = start_server(s)
     try:
         target = f"{url}/api/v1/exports/download/{token}"
@@ -390,6 +399,49 @@ def test_download_of_a_package_over_altered_media_fails_loudly(private_services,
         # The zip's last bytes (no media in them) still serve: a range reads only what it covers.
         tail = httpx.get(target, headers={"Range": "bytes=-22"})
         assert tail.status_code == 206 and tail.content == whole.content[-22:]
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def test_download_stops_where_media_no_longer_match_the_package(private_services, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The download's own check (BLAKE3, recorded with the item) on the service's streaming thread:
+    an object that no longer matches breaks the download off short, and the item is quarantined
+    with the digest named. (SeaweedFS never serves it here: the store holds other bytes than the
+    record from the start, as if the object had been swapped after the package was built.)"""
+    s, _seaweed = private_services
+    recorded = os.urandom(3 * 1024 * 1024)
+    held = bytes([recorded[0] ^ 1]) + recorded[1:]
+    memo = put_mismatched(s, held, recorded)
+    # The build's check would refuse the item (test_altered_stored_object_is_never_exported...):
+    # leave it out, so that the package is made as it would have been before the swap.
+    monkeypatch.setattr(
+        export_module, "_scan_parallel", lambda store, items, counter: {memo.id: zlib.crc32(held)}
+    )
+    result, token = package_with_link(s, [memo.id])
+    server, thread, url = start_server(s)
+    try:
+        got = bytearray()
+        with pytest.raises(httpx.HTTPError):
+            with httpx.stream("GET", f"{url}/api/v1/exports/download/{token}") as resp:
+                assert resp.status_code == 200
+                assert resp.headers["content-length"] == str(result.package_size)
+                for block in resp.iter_bytes():
+                    got += block
+        assert len(got) < result.package_size
+        with s.db.session() as session:
+            item = session.get(EvidenceItem, memo.id)
+            assert item is not None and item.status == "quarantined"
+            assert item.quarantine_reason.startswith(
+                f"stored object hashes to BLAKE3 {blake3(held).hexdigest()} "
+            )
+            last = session.scalars(
+                select(CustodyEntry)
+                .where(CustodyEntry.item_id == memo.id)
+                .order_by(CustodyEntry.item_seq.desc())
+            ).first()
+            assert last is not None and last.action == "quarantined"
+            assert json.loads(last.details)["export_id"] == result.export_id
     finally:
         server.should_exit = True
         thread.join(15)

@@ -47,6 +47,7 @@ from incidents.export import (
 )
 from incidents.export_zip import ZipBuilder
 from incidents.retention import RetentionRefused, RetentionRules, delete_by_hand, held_packages, sweep
+from storage.digests import Digests
 from storage.embedded import EmbeddedSeaweed
 from storage.objects import StorageError
 from tests.conftest import free_base_port, make_settings
@@ -640,27 +641,141 @@ def test_originals_need_a_reason_and_are_recorded(built: Built, tmp_path: Path) 
     assert details["reason"] == "CPS request 7781" and details["authorised_by"] == "user:boss"
 
 
-def test_altered_stored_object_is_never_exported_and_no_object_is_completed(built: Built) -> None:
-    """A large item first (read whole before the bad one), then an item whose bytes no longer match."""
-    s, ev = built.services, built.evidence
+def put_mismatched(services, data: bytes, recorded: bytes, *, blake3_kept: bool = True) -> EvidenceItem:  # type: ignore[no-untyped-def]
+    """An item whose stored object holds ``data`` while its row and custody record (which agree) hold
+    the digests of ``recorded``: an object swapped or altered at rest. ``blake3_kept=False`` records
+    it as items stored before BLAKE3 was kept (SHA-256 only)."""
+    stored = services.store.put_bytes(
+        f"test/{uuid.uuid4()}",
+        data,
+        retain_until=datetime.now(UTC) + timedelta(days=1),
+        content_type="audio/ogg",
+    )
+    d = Digests()
+    d.update(recorded)
+    sha, b3 = d.hexdigests()
+    claimed = replace(stored, sha256=sha, blake3=b3 if blake3_kept else None, size=len(recorded))
+    with services.db.session() as session:
+        return record_evidence(session, services.ledger, claimed, Provenance(kind="voice_memo", actor="test"))
+
+
+def custody_count(services) -> int:  # type: ignore[no-untyped-def]
+    with services.db.session() as session:
+        return session.scalar(select(func.count()).select_from(CustodyEntry)) or 0
+
+
+def assert_nothing_exported(services, before: int) -> None:  # type: ignore[no-untyped-def]
+    with services.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(CustodyEntry)) == before
+        exports = set(session.scalars(select(EvidenceItem.id).where(EvidenceItem.kind == "export")))
+    stored = {
+        k.removeprefix("exports/").removesuffix(".layout") for k in services.store.list_keys("exports/")
+    }
+    assert stored == exports  # no package was stored for the refused export
+
+
+@pytest.mark.parametrize("blake3_kept", [True, False], ids=["blake3", "sha256-only"])
+def test_altered_stored_object_is_never_exported_and_no_object_is_completed(
+    built: Built, blake3_kept: bool
+) -> None:
+    """A large item first (read whole before the bad one), then an item whose bytes no longer match
+    its record: checked with BLAKE3 where the record has it, with SHA-256 for older items."""
+    s = built.services
     big = put_evidence(s, os.urandom(12 * 1024 * 1024), Provenance(kind="voice_memo", actor="test"))
+    recorded = os.urandom(300_000)
+    flipped = bytes([recorded[0] ^ 1]) + recorded[1:]
+    bad = put_mismatched(s, flipped, recorded, blake3_kept=blake3_kept)
+    assert (bad.blake3 is not None) == blake3_kept
+    before = custody_count(s)
+    d = Digests()
+    d.update(flipped)
+    found = d.hexdigests()[0 if not blake3_kept else 1]
+    algorithm = "BLAKE3" if blake3_kept else "SHA-256"
+    with pytest.raises(ExportError, match=f"{bad.id} hashes to {algorithm} {found} "):
+        export(s, [big.id, bad.id])
+    assert_nothing_exported(s, before)
+
+
+def test_row_that_disagrees_with_its_custody_record_is_never_exported(built: Built) -> None:
+    """The media are checked against the row's digests, so the row must say what the signed custody
+    record says: an edited hash, size or object in the database is refused before any media are read."""
+    s, ev = built.services, built.evidence
+    before = custody_count(s)
+    for column, value in (
+        ("sha256", "0" * 64),
+        ("blake3", "1" * 64),
+        ("size", 7),
+        ("object_key", ev.clip.object_key),
+        ("version_id", ev.clip.version_id),
+    ):
+        with s.db.session() as session:
+            session.execute(update(EvidenceItem).where(EvidenceItem.id == ev.memo.id).values({column: value}))
+        try:
+            with pytest.raises(
+                ExportError,
+                match=f"evidence item {ev.memo.id}: {column} is .* in the database but .* in the custody record",
+            ):
+                export(s, [ev.clip.id, ev.memo.id])
+        finally:
+            with s.db.session() as session:
+                session.execute(
+                    update(EvidenceItem)
+                    .where(EvidenceItem.id == ev.memo.id)
+                    .values({column: getattr(ev.memo, column)})
+                )
+    assert_nothing_exported(s, before)
+
+
+def test_stored_entry_edited_with_the_row_is_never_exported(built: Built) -> None:
+    """Someone swaps an object and writes its BLAKE3 into both the row and the 'stored' custody
+    entry: the entry no longer matches its hash (or, re-hashed, its signature), so the export stops."""
+    s, ev = built.services, built.evidence
+    forged = "2" * 64
     with s.db.session() as session:
-        before = session.scalar(select(func.count()).select_from(CustodyEntry))
-        # The row says one hash, the object holds other bytes (what 'evidence verify' calls object_altered).
-        session.execute(update(EvidenceItem).where(EvidenceItem.id == ev.memo.id).values(sha256="0" * 64))
+        entry = session.scalars(
+            select(CustodyEntry).where(CustodyEntry.item_id == ev.memo.id, CustodyEntry.action == "stored")
+        ).one()
+        original = entry.details
+        details = json.loads(original)
+        details["blake3"] = forged
+        entry.details = canonical_json(details).decode()
+        session.execute(update(EvidenceItem).where(EvidenceItem.id == ev.memo.id).values(blake3=forged))
+    before = custody_count(s)
     try:
-        with pytest.raises(ExportError, match=f"{ev.memo.id} hashes to"):
-            export(s, [big.id, ev.memo.id])
+        with pytest.raises(
+            ExportError,
+            match=f"evidence item {ev.memo.id}: its 'stored' custody entry fails its check .*entry_altered",
+        ):
+            export(s, [ev.clip.id, ev.memo.id])
     finally:
         with s.db.session() as session:
             session.execute(
-                update(EvidenceItem).where(EvidenceItem.id == ev.memo.id).values(sha256=ev.memo.sha256)
+                update(CustodyEntry)
+                .where(CustodyEntry.item_id == ev.memo.id, CustodyEntry.action == "stored")
+                .values(details=original)
             )
-    with s.db.session() as session:
-        assert session.scalar(select(func.count()).select_from(CustodyEntry)) == before
-        exports = set(session.scalars(select(EvidenceItem.id).where(EvidenceItem.kind == "export")))
-    stored = {k.removeprefix("exports/").removesuffix(".layout") for k in s.store.list_keys("exports/")}
-    assert stored == exports  # no package was stored for the refused export
+            session.execute(
+                update(EvidenceItem).where(EvidenceItem.id == ev.memo.id).values(blake3=ev.memo.blake3)
+            )
+    assert_nothing_exported(s, before)
+    assert ev.memo.id in export(s, [ev.clip.id, ev.memo.id]).included  # restored: exported again
+
+
+def test_items_stored_before_blake3_export_and_verify(built: Built, tmp_path: Path) -> None:
+    """An item recorded with SHA-256 only is checked with SHA-256 at build and download, beside items
+    checked with BLAKE3, and the package verifies offline."""
+    s = built.services
+    data = os.urandom(2 * 1024 * 1024)
+    legacy = put_mismatched(s, data, data, blake3_kept=False)
+    assert legacy.blake3 is None
+    result = export(s, [legacy.id, built.evidence.memo.id])
+    layout = layout_of(s, result.export_id)
+    assert {m.item_id: m.blake3 is None for m in layout.media} == {
+        legacy.id: True,
+        built.evidence.memo.id: False,
+    }
+    report = verify_package(download(s, result.export_id, tmp_path / "p.zip"), built.services.key.fingerprint)
+    assert report.ok, [str(p) for p in report.problems]
 
 
 def test_plan_takes_the_latest_redaction_and_withholds_the_rest() -> None:
@@ -818,18 +933,21 @@ def test_altered_media_breaks_the_download_off(built: Built) -> None:
     s = built.services
     layout = layout_of(s, built.result.export_id)
     target = layout.media[0]
+    assert target.blake3 is not None  # checked with BLAKE3, the digest recorded beside the SHA-256
     expecting_other = replace(
         layout,
-        segments=tuple(replace(g, sha256="0" * 64) if g is target else g for g in layout.segments),
+        segments=tuple(replace(g, blake3="0" * 64) if g is target else g for g in layout.segments),
     )
-    heard: list[tuple[str, str, int]] = []
+    heard: list[tuple[str, str, str, int]] = []
     got = bytearray()
-    with pytest.raises(PackageAltered, match=target.item_id):
+    with pytest.raises(PackageAltered, match=f"{target.item_id} hashes to BLAKE3 {target.blake3} "):
         for block in assemble(
-            s.store, expecting_other, on_altered=lambda g, found, n: heard.append((g.item_id, found, n))
+            s.store,
+            expecting_other,
+            on_altered=lambda g, check: heard.append((g.item_id, check.algorithm, check.found, check.size)),
         ):
             got += block
-    assert heard == [(target.item_id, target.sha256, target.length)]
+    assert heard == [(target.item_id, "BLAKE3", target.blake3, target.length)]
     assert target.start <= len(got) < target.start + target.length
     assert bytes(got) == built.path.read_bytes()[: len(got)]
 
