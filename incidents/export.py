@@ -2,9 +2,11 @@
 assemble it on download.
 
 The media of a package are already held write-once, so the package does not copy them. Building it
-is one streaming pass over every media object, which checks each object's SHA-256 and size against
-its evidence record (altered evidence is never packaged) and computes the CRC-32 the zip needs (and,
-unless asked not to, the SHA-256 of the whole zip). What is new (the custody documents, the
+is one streaming pass over every media object, which checks each object against the digest and size
+recorded when it was stored (BLAKE3, or SHA-256 for items stored before BLAKE3 was kept; altered
+evidence is never packaged) and computes the CRC-32 the zip needs (and, when asked, the SHA-256 of
+the whole zip). Before it, every item's row is checked against its signed ``stored`` custody entry,
+since the manifest takes each item's SHA-256 from the row. What is new (the custody documents, the
 continuity report, VERIFY.txt, the signed manifest and checksum list, the public key, and every zip
 header) is stored write-once as one object with the layout of the zip
 (:mod:`chain_of_custody.package_layout`); that object is the package's evidence item (kind ``export``).
@@ -587,8 +589,8 @@ def build_package(
     with db.session() as session:
         chains = {it.id: [e.to_json() for e in Ledger.item_entries(session, it.id)] for it in items}
     plan = plan_package(items, request.originals, redaction_records(chains))
-    for p in plan:
-        problem = _unrecorded(p.item, chains[p.item.id], ledger.verifier) if p.include_media else None
+    for p in plan:  # withheld items and originals too: the manifest names their SHA-256 as well
+        problem = _unrecorded(p.item, chains[p.item.id], ledger.verifier)
         if problem is not None:
             raise ExportError(problem + ": not exported; run 'evidence verify'")
     created_at = datetime.now(UTC).replace(microsecond=0)

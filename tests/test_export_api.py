@@ -419,6 +419,14 @@ def test_download_stops_where_media_no_longer_match_the_package(private_services
         export_module, "_scan_parallel", lambda store, items, counter: {memo.id: zlib.crc32(held)}
     )
     result, token = package_with_link(s, [memo.id])
+    readers: list[str] = []
+    media_blocks = export_module._media_blocks
+
+    def noted(*args: Any, **kw: Any) -> Any:
+        readers.append(threading.current_thread().name)
+        return media_blocks(*args, **kw)
+
+    monkeypatch.setattr(export_module, "_media_blocks", noted)
     server, thread, url = start_server(s)
     try:
         got = bytearray()
@@ -429,6 +437,7 @@ def test_download_stops_where_media_no_longer_match_the_package(private_services
                 for block in resp.iter_bytes():
                     got += block
         assert len(got) < result.package_size
+        assert readers == ["download-blocks"]  # the body streams from its own thread, not the worker pool
         with s.db.session() as session:
             item = session.get(EvidenceItem, memo.id)
             assert item is not None and item.status == "quarantined"

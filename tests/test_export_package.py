@@ -30,6 +30,7 @@ from chain_of_custody import manifest as mf
 from chain_of_custody import package_layout as pl
 from chain_of_custody.canonical import canonical_json
 from chain_of_custody.evidence import Provenance, read_item, record_evidence
+from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.package_verify import verify_package
 from chain_of_custody.verify import verify_service
@@ -350,21 +351,21 @@ def test_package_contents_and_custody(built: Built) -> None:
     assert report.ok, report.problems
 
 
-def test_package_verifies_with_the_project_command(built: Built) -> None:
+def test_package_verifies_with_the_project_command(built: Built, tmp_path: Path) -> None:
     report = verify_package(built.path, built.services.key.fingerprint)
     assert report.ok, [str(p) for p in report.problems]
     assert report.items_checked == 4 and report.files_checked == 9 and report.entries_checked == 11
+    # The installed command, as VERIFY.txt gives it, run away from the source tree (so that every
+    # package it imports must be installed, not merely found in the working directory).
     cli = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "ingest.cli",
+            str(Path(sys.executable).parent / "evidence"),
             "verify",
             str(built.path),
             "--key-fingerprint",
             built.services.key.fingerprint,
         ],
-        cwd=ROOT,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
     )
@@ -726,25 +727,31 @@ def test_row_that_disagrees_with_its_custody_record_is_never_exported(built: Bui
     assert_nothing_exported(s, before)
 
 
-def test_stored_entry_edited_with_the_row_is_never_exported(built: Built) -> None:
+@pytest.mark.parametrize("rehashed", [False, True], ids=["entry_altered", "bad_signature"])
+def test_stored_entry_edited_with_the_row_is_never_exported(built: Built, rehashed: bool) -> None:
     """Someone swaps an object and writes its BLAKE3 into both the row and the 'stored' custody
-    entry: the entry no longer matches its hash (or, re-hashed, its signature), so the export stops."""
+    entry: the entry no longer matches its hash, or, re-hashed, its signature, so the export stops."""
     s, ev = built.services, built.evidence
     forged = "2" * 64
     with s.db.session() as session:
         entry = session.scalars(
             select(CustodyEntry).where(CustodyEntry.item_id == ev.memo.id, CustodyEntry.action == "stored")
         ).one()
-        original = entry.details
+        original, original_hash = entry.details, entry.entry_hash
         details = json.loads(original)
         details["blake3"] = forged
         entry.details = canonical_json(details).decode()
+        if rehashed:
+            signed = Ledger.item_entries(session, ev.memo.id)
+            body = next(e for e in signed if e.body.action == "stored").body
+            entry.entry_hash = replace(body, details=entry.details).digest()
         session.execute(update(EvidenceItem).where(EvidenceItem.id == ev.memo.id).values(blake3=forged))
     before = custody_count(s)
     try:
         with pytest.raises(
             ExportError,
-            match=f"evidence item {ev.memo.id}: its 'stored' custody entry fails its check .*entry_altered",
+            match=f"evidence item {ev.memo.id}: its 'stored' custody entry fails its check .*"
+            + ("bad_signature" if rehashed else "entry_altered"),
         ):
             export(s, [ev.clip.id, ev.memo.id])
     finally:
@@ -752,7 +759,7 @@ def test_stored_entry_edited_with_the_row_is_never_exported(built: Built) -> Non
             session.execute(
                 update(CustodyEntry)
                 .where(CustodyEntry.item_id == ev.memo.id, CustodyEntry.action == "stored")
-                .values(details=original)
+                .values(details=original, entry_hash=original_hash)
             )
             session.execute(
                 update(EvidenceItem).where(EvidenceItem.id == ev.memo.id).values(blake3=ev.memo.blake3)
@@ -1055,13 +1062,14 @@ def test_retention_keeps_what_a_held_package_is_assembled_from(sqlite_services) 
     assert "storage refuses" in report.refused[alarm.id]
 
 
-def test_service_verify_checks_what_a_package_names(sqlite_services) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("column", ["version_id", "blake3"])
+def test_service_verify_checks_what_a_package_names(sqlite_services, column: str) -> None:  # type: ignore[no-untyped-def]
     s = sqlite_services
     memo = put_evidence(s, b"memo bytes", Provenance(kind="voice_memo", actor="t", content_type="audio/mp4"))
     result = export(s, [memo.id])
     with s.db.session() as session:
         assert verify_service(session, s.store, s.key).ok
-        session.execute(update(EvidenceItem).where(EvidenceItem.id == memo.id).values(version_id="forged"))
+        session.execute(update(EvidenceItem).where(EvidenceItem.id == memo.id).values({column: "f" * 64}))
     with s.db.session() as session:
         report = verify_service(session, s.store, s.key)
     found = kinds_at(report)
