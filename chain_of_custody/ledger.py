@@ -126,6 +126,17 @@ class Ledger:
         return [to_signed(r) for r in rows]
 
     @staticmethod
+    def stored_entry(session: Session, item_id: str) -> SignedEntry | None:
+        """The item's ``stored`` entry: what its object is, as recorded when it arrived."""
+        row = session.scalars(
+            select(CustodyEntry)
+            .where(CustodyEntry.item_id == item_id, CustodyEntry.action == "stored")
+            .order_by(CustodyEntry.item_seq)
+            .limit(1)
+        ).first()
+        return None if row is None else to_signed(row)
+
+    @staticmethod
     def all_entries(session: Session, batch: int = 2000) -> Iterator[SignedEntry]:
         """Every entry in seq order, read in batches so a large ledger streams."""
         last = 0

@@ -331,17 +331,17 @@ def _altered(item_id: str, check: FixityCheck) -> str:
     return f"stored object of evidence item {item_id} {check.mismatch()}"
 
 
-def _unrecorded(it: EvidenceItem, chain: list[dict[str, Any]], verify_sig: Verifier) -> str | None:
-    """Why the item's row cannot be trusted for its digests, or None. Media are re-checked against
-    the row's BLAKE3 while the manifest carries its SHA-256, so the row must say what the item's
-    ``stored`` custody entry says, and that entry must be intact and signed by the service."""
-    stored = next((e for e in chain if e["action"] == "stored"), None)
+def unrecorded(it: EvidenceItem, stored: SignedEntry | None, verify_sig: Verifier) -> str | None:
+    """Why the item's row cannot be trusted for its object and digests, or None. Objects are found
+    and re-checked by the row (media against its BLAKE3, while the manifest carries its SHA-256), so
+    the row must say what the item's ``stored`` custody entry says, and that entry must be intact
+    and signed by the service."""
     if stored is None:
         return f"evidence item {it.id} has no 'stored' custody entry"
-    broken = check_entry(SignedEntry.from_json(stored), verify_sig)
+    broken = check_entry(stored, verify_sig)
     if broken:
         return f"evidence item {it.id}: its 'stored' custody entry fails its check ({broken[0]})"
-    differ = row_disagreements(it, stored["details"])
+    differ = row_disagreements(it, json.loads(stored.body.details))
     return f"evidence item {it.id}: {differ[0]}" if differ else None
 
 
@@ -587,10 +587,12 @@ def build_package(
         raise ExportError("including originals needs a stated reason")
     request = replace(request, incident=json.loads(json.dumps(request.incident, default=str)))
     with db.session() as session:
-        chains = {it.id: [e.to_json() for e in Ledger.item_entries(session, it.id)] for it in items}
+        entries = {it.id: Ledger.item_entries(session, it.id) for it in items}
+    chains = {item_id: [e.to_json() for e in signed] for item_id, signed in entries.items()}
     plan = plan_package(items, request.originals, redaction_records(chains))
     for p in plan:  # withheld items and originals too: the manifest names their SHA-256 as well
-        problem = _unrecorded(p.item, chains[p.item.id], ledger.verifier)
+        stored = next((e for e in entries[p.item.id] if e.body.action == "stored"), None)
+        problem = unrecorded(p.item, stored, ledger.verifier)
         if problem is not None:
             raise ExportError(problem + ": not exported; run 'evidence verify'")
     created_at = datetime.now(UTC).replace(microsecond=0)

@@ -40,6 +40,7 @@ from chain_of_custody import package_layout as pl
 from chain_of_custody.evidence import parse_range
 from chain_of_custody.fixity import FixityCheck
 from chain_of_custody.keys import ServiceKey
+from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from storage.objects import StorageError
 
@@ -55,6 +56,7 @@ from .export import (
     items_read,
     plan_package,
     read_layout,
+    unrecorded,
 )
 from .export_models import ExportJob, ExportLink
 from .models import IncidentLink
@@ -530,10 +532,15 @@ def build_router(require_roles: Callable[..., Any], services: Callable[..., Any]
                 item = session.get(EvidenceItem, link.export_id)
                 if item is None or item.status == "deleted":
                     raise LinkRefused(410, "the package is no longer held")
+                # The layout is found and checked by the package's row: it must be what was recorded.
+                problem = unrecorded(item, Ledger.stored_entry(session, item.id), s.ledger.verifier)
                 session.expunge(item)
                 recipient, created_by = link.recipient, link.created_by
         except LinkRefused as exc:
             raise HTTPException(exc.status, str(exc)) from None
+        if problem is not None:
+            log.error("export package record altered", extra={"export": item.id, "problem": problem})
+            raise HTTPException(409, f"the package cannot be served: {problem}")
         layout = None
         if item.content_type == pl.CONTENT_TYPE:
             try:

@@ -454,3 +454,37 @@ def test_download_stops_where_media_no_longer_match_the_package(private_services
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+def test_a_package_row_pointed_at_another_layout_is_not_served(private_services) -> None:  # type: ignore[no-untyped-def]
+    """The package's row is how its layout is found and checked: pointed at another package's
+    layout (whose bytes match the edited row), the download refuses, naming the custody record."""
+    s, _seaweed = private_services
+    mine = put_evidence(s, os.urandom(100_000), Provenance(kind="voice_memo", actor="t"))
+    other = put_evidence(s, os.urandom(100_000), Provenance(kind="voice_memo", actor="t"))
+    result, token = package_with_link(s, [mine.id])
+    decoy, _ = package_with_link(s, [other.id])
+    server, thread, url = start_server(s)
+    try:
+        target = f"{url}/api/v1/exports/download/{token}"
+        assert httpx.get(target).status_code == 200
+        with s.db.session() as session:
+            forged = session.get(EvidenceItem, decoy.export_id)
+            session.execute(
+                update(EvidenceItem)
+                .where(EvidenceItem.id == result.export_id)
+                .values(
+                    object_key=forged.object_key,
+                    version_id=forged.version_id,
+                    sha256=forged.sha256,
+                    blake3=forged.blake3,
+                    size=forged.size,
+                )
+            )
+        refused = httpx.get(target)
+        assert refused.status_code == 409, refused.text[:300]
+        assert f"evidence item {result.export_id}: object_key is" in refused.json()["detail"]
+        assert "in the custody record" in refused.json()["detail"]
+    finally:
+        server.should_exit = True
+        thread.join(15)
