@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -24,22 +24,3 @@ def sha256_stream(blocks: Iterable[bytes]) -> tuple[str, int]:
         h.update(block)
         size += len(block)
     return h.hexdigest(), size
-
-
-class HashingTee:
-    """Passes blocks through while hashing them, for pipelines that store and hash in one pass."""
-
-    def __init__(self, blocks: Iterable[bytes]) -> None:
-        self._blocks = blocks
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        for block in self._blocks:
-            self.sha256.update(block)
-            self.size += len(block)
-            yield block
-
-    @property
-    def hexdigest(self) -> str:
-        return self.sha256.hexdigest()

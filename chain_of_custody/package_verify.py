@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import re
 import zipfile
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .entries import ChainReport, Problem, SignedEntry, check_item_chain
+from .hashing import sha256_stream
 from .keys import public_key_fingerprint, verify_signature
 from .manifest import (
     CONTROL_FILES,
@@ -63,13 +63,8 @@ def _member_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[str, int
         del unchecked.CRC
     except AttributeError:
         unchecked = info
-    h = hashlib.sha256()
-    size = 0
     with zf.open(unchecked) as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
+        return sha256_stream(iter(lambda: f.read(CHUNK), b""))
 
 
 def _member_bytes(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:

@@ -632,11 +632,10 @@ def build_router(require_roles: Callable[..., Any], services: Callable[..., Any]
         else:
             body = s.store.read(item.object_key, item.version_id, offset=start, length=end - start + 1)
         headers["Content-Length"] = str(end - start + 1)
+        stream = blocks_in_thread(body)
         if byte_range is None:
-            return StreamingResponse(blocks_in_thread(body), media_type="application/zip", headers=headers)
+            return StreamingResponse(stream, media_type="application/zip", headers=headers)
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        return StreamingResponse(
-            blocks_in_thread(body), status_code=206, media_type="application/zip", headers=headers
-        )
+        return StreamingResponse(stream, status_code=206, media_type="application/zip", headers=headers)
 
     return router

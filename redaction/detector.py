@@ -6,7 +6,6 @@ settings, so an investigator can say exactly what found the faces in a redacted 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from chain_of_custody.hashing import sha256_file
 from redaction.geometry import Box
 
 _CENTERFACE_OUTPUTS = ["537", "538", "539", "540"]  # heatmap, scale, offset, landmarks
@@ -54,11 +54,7 @@ def centerface_model_path() -> Path:
 
 @lru_cache(maxsize=8)
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)[0]
 
 
 class CenterFaceDetector:

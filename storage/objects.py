@@ -7,7 +7,6 @@ upload tails live in a separate staging bucket without lock, and are deleted onc
 
 from __future__ import annotations
 
-import hashlib
 import io
 import ipaddress
 import socket
@@ -305,15 +304,12 @@ class ObjectStore:
             response.release_conn()
 
     def sha256_of(self, key: str, version_id: str | None = None) -> tuple[str, int]:
-        h = hashlib.sha256()
-        size = 0
-        for block in self.read(key, version_id):
-            h.update(block)
-            size += len(block)
-        return h.hexdigest(), size
+        d = self.digests_of(key, version_id)
+        return d.hexdigests()[0], d.size
 
     def digests_of(self, key: str, version_id: str | None = None) -> Digests:
-        """Both digests of a stored object, read once (for an upload whose running digests were lost)."""
+        """Both digests of a stored object, read once (an upload whose running digests were lost,
+        a whole-store verification)."""
         d = Digests()
         for block in self.read(key, version_id, chunk=4 * 1024 * 1024):
             d.update(block)
