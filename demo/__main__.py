@@ -7,9 +7,7 @@ speaking only the public protocol over HTTP, as real hardware would.
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -21,12 +19,18 @@ import httpx
 from firmware_simulators.camera import CameraIdentity, record_clip
 from firmware_simulators.dock import Dock
 from firmware_simulators.scene import render_clip
-from storage.embedded import write_private
+from storage.embedded import stop_recorded_store, write_private
 from storage.settings import get_settings
 
 from . import lone_worker as demo_lone_worker
+from .shutdown import ProcessRecord, StopRequests, die_with_parent, stop_all
 
 HTTP_TIMEOUT = httpx.Timeout(60.0)
+# How long each child may take to stop after SIGTERM before it is killed: the service finishes its
+# requests (uvicorn waits up to 10 s) and stops the embedded store; a redaction worker's job is taken
+# over by the next worker once its lease runs out, so it need not be waited for.
+SERVICE_GRACE_S = 25.0
+WORKER_GRACE_S = 5.0
 STAFF = [
     ("S-1001", "Alex Morgan", "nurse", "Ward 7"),
     ("S-1002", "Sam Patel", "porter", "Emergency Department"),
@@ -81,31 +85,37 @@ def wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> Non
     raise SystemExit("the service did not start in time")
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clips", type=int, default=get_settings().demo_clips)
     parser.add_argument("--once", action="store_true", help="stop after the demo instead of serving on")
     args = parser.parse_args()
 
-    # Stop cleanly (children included) on SIGTERM as on Ctrl-C.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Stop cleanly (children included) on SIGTERM or SIGHUP as on Ctrl-C, however many arrive.
+    stop_requests = StopRequests(say)
+    stop_requests.install()
     settings = get_settings()
     demo_dir = Path(settings.data_dir) / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
+    record = ProcessRecord(demo_dir / "processes.json")
+    record.stop_leftovers(say)
     url = f"http://{settings.http_host}:{settings.http_port}"
     password = admin_password(demo_dir)
     say("Preparing the database, the embedded object store and the service key ...")
     ensure_admin(password)
 
-    lone_worker = demo_lone_worker.start_broker(demo_dir, say)  # before the service, which consumes from it
-    proc = subprocess.Popen([sys.executable, "-m", "ingest.cli", "serve"], start_new_session=True)
+    lone_worker: demo_lone_worker.LoneWorkerDemo | None = None
+    proc: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
     http = httpx.Client(timeout=HTTP_TIMEOUT)
     try:
+        lone_worker = demo_lone_worker.start_broker(demo_dir, say)  # before the service, which consumes it
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ingest.cli", "serve"], start_new_session=True, preexec_fn=die_with_parent
+        )
+        if lone_worker is not None:
+            record.add("broker", lone_worker.broker.pid, str(lone_worker.broker.files.config))
+        record.add("service", proc.pid, "ingest.cli")
         wait_up(url, proc)
         token = http.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": password}).json()
         admin = {"Authorization": f"Bearer {token['access_token']}"}
@@ -136,7 +146,10 @@ def main() -> int:
             cameras[serial] = ident
         say(f"Enrolled dock DOCK-WARD7 and cameras {', '.join(cameras)}.")
         # A redaction worker, as a separate process like on a real deployment (it finds the same store).
-        worker = subprocess.Popen([sys.executable, "-m", "ingest.cli", "worker"], start_new_session=True)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "ingest.cli", "worker"], start_new_session=True, preexec_fn=die_with_parent
+        )
+        record.add("redaction worker", worker.pid, "ingest.cli")
 
         clips_dir = demo_dir / "clips"
         clips_dir.mkdir(exist_ok=True)
@@ -196,18 +209,18 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        for child in (worker,):
-            if child is not None and child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
-                child.wait(30)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_requests.begin_stopping()
+        say("Stopping the demo ...")
+        stop_all(
+            [(child, grace) for child, grace in ((proc, SERVICE_GRACE_S), (worker, WORKER_GRACE_S)) if child]
+        )
+        # A service killed before it could stop its embedded store leaves the store running.
+        if stop_recorded_store(Path(settings.data_dir) / "s3"):
+            say("Stopped the embedded object store the service left running.")
         if lone_worker is not None:
             lone_worker.stop()
+        record.clear()
+        say("Stopped.")
 
 
 if __name__ == "__main__":

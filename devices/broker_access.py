@@ -276,6 +276,10 @@ class BrokerProcess:
             raise RuntimeError(f"mosquitto did not start: {exc}\n{self.log_tail()}") from exc
         return self
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
     def update_accounts(self, *, devices: Iterable[BrokerAccount], service: BrokerAccount) -> None:
         """Write new password and ACL files and have the running broker re-read them."""
         write_access_files(self.files, devices=devices, service=service)

@@ -14,6 +14,19 @@ apt_install() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# --- Programs the tests call ----------------------------------------------------------------------
+# Each "program:package" pair: the Debian package is installed when the program is missing.
+# unzip, openssl and sha256sum: a test follows an export package's VERIFY.txt by hand, as a
+# recipient with standard tools would.
+PROGRAMS="unzip:unzip openssl:openssl sha256sum:coreutils"
+missing=""
+for pair in $PROGRAMS; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"
+done
+if [ -n "$missing" ]; then
+  echo "installing$missing"; apt_install $missing
+fi
+
 # --- Mosquitto ---------------------------------------------------------------------------------
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   echo "installing mosquitto"; apt_install mosquitto

@@ -151,6 +151,7 @@ class EmbeddedSeaweed:
             cwd=self.data_dir,
             start_new_session=True,
         )
+        self.pid_file.write_text(str(self.process.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -170,6 +171,12 @@ class EmbeddedSeaweed:
         except httpx.HTTPError:
             return False
 
+    @property
+    def pid_file(self) -> Path:
+        """Where the running store's process id is kept, so a supervisor whose service was killed
+        before it could stop the store can still find it (:func:`stop_recorded_store`)."""
+        return self.data_dir / "seaweed.pid"
+
     def stop(self, timeout: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -179,9 +186,38 @@ class EmbeddedSeaweed:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
+        self.pid_file.unlink(missing_ok=True)
 
     def kill(self) -> None:
         """Stop abruptly (tests of storage outages)."""
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
+
+
+def stop_recorded_store(data_dir: Path, timeout: float = 15.0) -> bool:
+    """Stop the store whose process id ``data_dir`` records, if it still runs; whether one did."""
+    pid_file = data_dir / "seaweed.pid"
+    try:
+        pid = int(pid_file.read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        pid_file.unlink(missing_ok=True)
+        return False
+    if b"weed" not in command or str(data_dir).encode() not in command:
+        pid_file.unlink(missing_ok=True)
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+                break
+            time.sleep(0.1)
+        else:
+            if Path(f"/proc/{pid}").exists():
+                os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, FileNotFoundError):
+        pass
+    pid_file.unlink(missing_ok=True)
+    return True
