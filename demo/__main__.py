@@ -92,7 +92,7 @@ def main() -> int:
     args = parser.parse_args()
 
     # Stop cleanly (children included) on SIGTERM or SIGHUP as on Ctrl-C, however many arrive.
-    stop_requests = StopRequests(say)
+    stop_requests = StopRequests(sys.stdout.fileno())
     stop_requests.install()
     settings = get_settings()
     demo_dir = Path(settings.data_dir) / "demo"

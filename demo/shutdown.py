@@ -31,10 +31,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 class StopRequests:
-    """Turns the first stop signal into ``KeyboardInterrupt`` and absorbs every later one."""
+    """Turns the first stop signal into ``KeyboardInterrupt`` and absorbs every later one.
 
-    def __init__(self, say: Callable[[str], None]) -> None:
-        self.say = say
+    A later signal is noted with a raw write to the output's file descriptor: the handler may run
+    in the middle of a ``print``, and re-entering Python's buffered writer would raise."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
         self.stopping = False
 
     def install(self) -> None:
@@ -47,7 +50,8 @@ class StopRequests:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stopping:
-            self.say(f"(already stopping; {signal.Signals(signum).name} noted)")
+            with contextlib.suppress(OSError):
+                os.write(self.fd, f"(already stopping; {signal.Signals(signum).name} noted)\n".encode())
             return
         self.stopping = True
         raise KeyboardInterrupt

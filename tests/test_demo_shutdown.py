@@ -189,10 +189,15 @@ def test_a_child_that_ignores_sigterm_is_killed_after_its_grace(tmp_path: Path) 
 
 
 def test_only_the_first_stop_signal_interrupts(tmp_path: Path) -> None:
-    said: list[str] = []
-    requests = StopRequests(said.append)
+    read_end, write_end = os.pipe()
+    requests = StopRequests(write_end)
     with pytest.raises(KeyboardInterrupt):
         requests._on_signal(signal.SIGINT, None)
     requests._on_signal(signal.SIGTERM, None)  # while stopping: noted, not raised
     requests._on_signal(signal.SIGINT, None)
-    assert said == ["(already stopping; SIGTERM noted)", "(already stopping; SIGINT noted)"]
+    os.close(write_end)
+    with os.fdopen(read_end) as said:
+        assert said.read().splitlines() == [
+            "(already stopping; SIGTERM noted)",
+            "(already stopping; SIGINT noted)",
+        ]
