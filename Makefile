@@ -31,7 +31,9 @@ run: $(STAMP)
 
 test: $(STAMP) services
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15
 
 bench: $(STAMP) services
 	$(BIN)/python bench/ingest.py
@@ -42,6 +44,8 @@ bench: $(STAMP) services
 check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean:
 	rm -rf var .pytest_cache

@@ -1,23 +1,40 @@
-"""User administration routes (admins only) and "who am I" for everyone signed in.
+"""Sign-in (OAuth2 password flow), "who am I" for everyone signed in, and user administration (admins).
 
-The application supplies the authentication dependencies (``build_router``), so this package does
-not depend on the HTTP application that mounts it. Every change is a ``user_changed`` custody entry.
+Every change of a user is a ``user_changed`` custody entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
-from typing import Any
+import logging
+from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Depends, HTTPException
+from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
 
+from chain_of_custody.core import CoreServices
+from storage.errors import Refused
+
+from .access import require_roles, services
 from .models import ROLES, User
-from .service import AccountError, Principal, create_user, list_users, update_user
+from .service import AccountError, Principal, authenticate, create_user, issue_token, list_users, update_user
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/v1", tags=["users"])
 
 USER_ADMINS = ("admin",)
 ROLE_PATTERN = "^(" + "|".join(ROLES) + ")$"
+
+
+class LoginRefused(Refused):
+    status = 401
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_at: str
+    role: str
 
 
 class UserOut(BaseModel):
@@ -57,65 +74,85 @@ class MeOut(BaseModel):
     site: str | None
 
 
-def build_router(require_roles: Callable[..., Any], services: Callable[..., Any]) -> APIRouter:
-    """The routes, with the application's role check and services dependencies."""
-    router = APIRouter(prefix="/api/v1", tags=["users"])
-    admins = Depends(require_roles(*USER_ADMINS))
-    everyone = Depends(require_roles(*ROLES))
-
-    @router.get("/me", response_model=MeOut)
-    def me(user: Principal = everyone) -> MeOut:
-        return MeOut(user_id=user.user_id, username=user.username, role=user.role, site=user.site)
-
-    @router.get("/users", response_model=list[UserOut])
-    def users(user: Principal = admins, s: Any = Depends(services)) -> list[User]:
+@router.post("/auth/token", response_model=TokenOut, tags=["access"])
+def login(form: OAuth2PasswordRequestForm = Depends(), s: CoreServices = Depends(services)) -> TokenOut:
+    settings = s.settings
+    try:
         with s.db.session() as session:
-            return list_users(session)
+            user = authenticate(
+                session,
+                form.username,
+                form.password,
+                max_failures=settings.login_max_failures,
+                lockout=timedelta(minutes=settings.login_lockout_minutes),
+            )
+            token, expires = issue_token(session, user, timedelta(minutes=settings.token_ttl_minutes))
+            role = user.role
+    except AccountError as exc:
+        log.warning("login refused", extra={"username": form.username, "reason": str(exc)})
+        raise LoginRefused(exc.reason, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    log.info("login", extra={"username": form.username})
+    return TokenOut(access_token=token, expires_at=expires.isoformat(), role=role)
 
-    @router.post("/users", response_model=UserOut, status_code=201)
-    def add_user(body: UserIn, user: Principal = admins, s: Any = Depends(services)) -> User:
-        try:
-            with s.db.session() as session:
-                created = create_user(
-                    session, body.username, body.password, body.role, full_name=body.full_name, site=body.site
-                )
-                s.ledger.append(
-                    session,
-                    "user_changed",
-                    user.actor,
-                    details={"user": body.username, "created": True, "role": body.role, "site": body.site},
-                )
-                return created
-        except AccountError as exc:
-            raise HTTPException(409 if "exists" in str(exc) else 400, str(exc)) from None
 
-    @router.get("/users/{user_id}", response_model=UserOut)
-    def get_user(user_id: int, user: Principal = admins, s: Any = Depends(services)) -> User:
-        with s.db.session() as session:
-            found = session.get(User, user_id)
-        if found is None:
+@router.get("/me", response_model=MeOut)
+def me(user: Principal = Depends(require_roles(*ROLES))) -> MeOut:
+    return MeOut(user_id=user.user_id, username=user.username, role=user.role, site=user.site)
+
+
+@router.get("/users", response_model=list[UserOut])
+def users(
+    user: Principal = Depends(require_roles(*USER_ADMINS)), s: CoreServices = Depends(services)
+) -> list[User]:
+    with s.db.session() as session:
+        return list_users(session)
+
+
+@router.post("/users", response_model=UserOut, status_code=201)
+def add_user(
+    body: UserIn, user: Principal = Depends(require_roles(*USER_ADMINS)), s: CoreServices = Depends(services)
+) -> User:
+    with s.db.session() as session:
+        created = create_user(
+            session, body.username, body.password, body.role, full_name=body.full_name, site=body.site
+        )
+        s.ledger.append(
+            session,
+            "user_changed",
+            user.actor,
+            details={"user": body.username, "created": True, "role": body.role, "site": body.site},
+        )
+        return created
+
+
+@router.get("/users/{user_id}", response_model=UserOut)
+def get_user(
+    user_id: int, user: Principal = Depends(require_roles(*USER_ADMINS)), s: CoreServices = Depends(services)
+) -> User:
+    with s.db.session() as session:
+        found = session.get(User, user_id)
+    if found is None:
+        raise HTTPException(404, "no such user")
+    return found
+
+
+@router.patch("/users/{user_id}", response_model=UserOut)
+def change_user(
+    user_id: int,
+    body: UserChange,
+    user: Principal = Depends(require_roles(*USER_ADMINS)),
+    s: CoreServices = Depends(services),
+) -> User:
+    changes = {k: getattr(body, k) for k in body.model_fields_set}
+    with s.db.session() as session:
+        if session.get(User, user_id) is None:
             raise HTTPException(404, "no such user")
-        return found
-
-    @router.patch("/users/{user_id}", response_model=UserOut)
-    def change_user(
-        user_id: int, body: UserChange, user: Principal = admins, s: Any = Depends(services)
-    ) -> User:
-        changes = {k: getattr(body, k) for k in body.model_fields_set}
-        try:
-            with s.db.session() as session:
-                if session.get(User, user_id) is None:
-                    raise HTTPException(404, "no such user")
-                changed, done = update_user(session, user_id, changes)
-                if done:
-                    s.ledger.append(
-                        session,
-                        "user_changed",
-                        user.actor,
-                        details={"user": changed.username, "changes": done},
-                    )
-                return changed
-        except AccountError as exc:
-            raise HTTPException(400, str(exc)) from None
-
-    return router
+        changed, done = update_user(session, user_id, changes)
+        if done:
+            s.ledger.append(
+                session,
+                "user_changed",
+                user.actor,
+                details={"user": changed.username, "changes": done},
+            )
+        return changed

@@ -12,13 +12,18 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from storage.errors import Refused
+
 from .models import ROLES, ApiToken, User
 
 _hasher = PasswordHasher()
 
 
-class AccountError(Exception):
+class AccountError(Refused):
     """A refusal with a reason safe to show the person (never which of user or password was wrong)."""
+
+    def __init__(self, message: str, reason: str = "account_refused", status: int = 400) -> None:
+        super().__init__(reason, message, status)
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ def create_user(
     if len(password) < 12:
         raise AccountError("password must be at least 12 characters")
     if session.scalar(select(User).where(User.username == username)):
-        raise AccountError(f"user {username!r} exists")
+        raise AccountError(f"user {username!r} exists", "user_exists", 409)
     user = User(
         username=username, password_hash=_hasher.hash(password), role=role, full_name=full_name, site=site
     )

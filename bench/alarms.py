@@ -71,6 +71,7 @@ from sqlalchemy import bindparam, func, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from alarms.models import AlarmRecord, LoneWorkerEvent  # noqa: E402
 from bench.common import (  # noqa: E402
     BenchService,
     ScratchPostgres,
@@ -88,10 +89,13 @@ from devices.broker_access import (  # noqa: E402
     password_file,
     start_private_broker,
 )
-from devices.service import add_staff  # noqa: E402
+from devices.models import LoneWorkerState  # noqa: E402
+from devices.service import (  # noqa: E402
+    add_staff,  # noqa: E402
+    broker_accounts,
+    enrol_lone_worker,
+)
 from firmware_simulators.lone_worker import IoLoop, LoneWorkerDevice  # noqa: E402
-from ingest.alarm_models import AlarmRecord, LoneWorkerEvent, LoneWorkerState  # noqa: E402
-from ingest.alarms import broker_accounts, enrol_lone_worker  # noqa: E402
 from ingest.services import Services, build_services  # noqa: E402
 from storage.settings import Settings  # noqa: E402
 
@@ -728,7 +732,7 @@ def enrol(run: Run, upto: int) -> float:
                 )
                 enrolled = enrol_lone_worker(
                     session,
-                    services,
+                    services.ledger,
                     f"LW-{i:05d}",
                     base64.b64encode(public).decode(),
                     "bench",

@@ -5,7 +5,7 @@ For each incident size (0.5, 2 and 4 GB of video by default), in one run against
 - raw read: every media object of the incident read through the ``minio`` client and discarded;
 - raw HTTP read: the same objects fetched straight from storage by ``curl`` (presigned GETs, one
   process), the baseline for the HTTP download, whose client is ``curl`` too;
-- build: ``incidents.export.build_package``, the real thing (one pass over the media checking each
+- build: ``incidents.export.build.build_package``, the real thing (one pass over the media checking each
   object against its recorded digest, BLAKE3, and size and computing its CRC-32, the layout stored
   as the package item, custody entries), both with the SHA-256 of the whole zip computed in that
   pass and without it;
@@ -41,17 +41,11 @@ from isal.isal_zlib import crc32  # noqa: E402
 from bench.common import PeakRSS, scratch, write_results  # noqa: E402
 from chain_of_custody.evidence import Provenance, record_evidence  # noqa: E402
 from chain_of_custody.models import EvidenceItem  # noqa: E402
-from incidents.export import (  # noqa: E402
-    ExportRequest,
-    ExportResult,
-    OriginalsPermission,
-    assemble,
-    build_package,
-    gather_items,
-    read_layout,
-)
-from incidents.export_api import link_secret, make_link_token  # noqa: E402
-from incidents.export_models import ExportJob, ExportLink  # noqa: E402
+from incidents.export.assemble import assemble, read_layout  # noqa: E402
+from incidents.export.build import ExportResult, build_package  # noqa: E402
+from incidents.export.links import link_secret, make_link_token  # noqa: E402
+from incidents.export.models import ExportJob, ExportLink  # noqa: E402
+from incidents.export.plan import ExportRequest, OriginalsPermission, gather_items  # noqa: E402
 from ingest.services import Services, build_services  # noqa: E402
 from storage.embedded import EmbeddedSeaweed  # noqa: E402
 from storage.settings import Settings  # noqa: E402

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from storage.objects import ObjectStore
 
-from .canonical import canonical_json
+from .canonical import canonical_json, rfc3339
 from .keys import ServiceKey, verify_signature
 from .models import LedgerHead
 
@@ -46,9 +46,7 @@ def write_checkpoint(
     if head is None or head.last_seq == 0 or head.last_seq == head.checkpoint_seq:
         return None
     now = datetime.now(UTC)
-    unsigned = Checkpoint(
-        head.last_seq, head.last_hash, now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), key.key_id, ""
-    )
+    unsigned = Checkpoint(head.last_seq, head.last_hash, rfc3339(now), key.key_id, "")
     cp = Checkpoint(
         unsigned.seq, unsigned.entry_hash, unsigned.at, unsigned.key_id, key.sign(unsigned.body())
     )

@@ -10,6 +10,7 @@ against its signed ``stored`` custody entry first (``verify.row_disagreements``,
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from blake3 import blake3
 
@@ -22,6 +23,7 @@ class FixityCheck:
     when that was recorded, else with SHA-256. Only one digest is computed, never both."""
 
     __slots__ = ("algorithm", "expected", "expected_size", "size", "_h")
+    _h: Any
 
     def __init__(self, sha256: str, blake3_hex: str | None, size: int) -> None:
         if blake3_hex:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -25,11 +27,32 @@ def load_public_key_b64(b64: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
-def verify_signature(public: Ed25519PublicKey, signature_b64: str, message: bytes) -> bool:
+@lru_cache(maxsize=65_536)
+def raw_public_key(b64: str) -> bytes | None:
+    """The 32 bytes of a base64 Ed25519 public key as the registry keeps it; None if it is not one."""
     try:
-        public.verify(base64.b64decode(signature_b64, validate=True), message)
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == 32 else None
+
+
+@lru_cache(maxsize=65_536)
+def public_key_from_raw(raw: bytes) -> Ed25519PublicKey:
+    """Decoding a key costs as much as a verification; devices keep theirs for years."""
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def verify_signature(public: Ed25519PublicKey | bytes, signature_b64: str, message: bytes) -> bool:
+    """Whether ``signature_b64`` (standard base64) is ``public``'s Ed25519 signature over ``message``.
+
+    ``public`` is a key or its 32 raw bytes. Every signature the service checks goes through here:
+    custody entries, checkpoints, camera clip manifests, device messages and voice memos."""
+    try:
+        key = public_key_from_raw(bytes(public)) if isinstance(public, bytes | bytearray) else public
+        key.verify(base64.b64decode(signature_b64, validate=True), message)
         return True
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, ValueError, binascii.Error, UnicodeEncodeError):
         return False
 
 

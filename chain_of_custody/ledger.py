@@ -16,14 +16,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .canonical import canonical_json
+from .canonical import canonical_json, rfc3339
 from .entries import ACTIONS, GENESIS, EntryBody, SignedEntry
 from .keys import ServiceKey, verify_signature
 from .models import CustodyEntry, LedgerHead
-
-
-def rfc3339(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def to_signed(row: CustodyEntry) -> SignedEntry:
@@ -80,7 +76,7 @@ class Ledger:
                 .order_by(CustodyEntry.item_seq.desc())
                 .limit(1)
             ).first()
-            item_seq = (last[0] if last else 0) + 1
+            item_seq = (last[0] or 0) + 1 if last else 1
             item_prev = last[1] if last else None
         body = EntryBody(
             seq=head.last_seq + 1,

@@ -122,14 +122,14 @@ def verify_service(
         for name in bad:
             report.problems.append(Problem("bad_checkpoint", name, "checkpoint signature does not verify"))
         for cp in checkpoints:
-            e = by_seq.get(cp.seq)
-            if e is None:
+            at = by_seq.get(cp.seq)
+            if at is None:
                 report.problems.append(
                     Problem(
                         "ledger_truncated", f"checkpoint #{cp.seq}", "the entry this checkpoint names is gone"
                     )
                 )
-            elif e.entry_hash != cp.entry_hash:
+            elif at.entry_hash != cp.entry_hash:
                 report.problems.append(
                     Problem(
                         "entry_altered", f"custody entry #{cp.seq}", "hash differs from the signed checkpoint"

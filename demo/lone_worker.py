@@ -70,7 +70,7 @@ def start_broker(demo_dir: Path, say: Callable[[str], None]) -> LoneWorkerDemo |
 
 
 def _broker_accounts(database_url: str) -> list[BrokerAccount]:
-    from ingest.alarms import broker_accounts
+    from devices.service import broker_accounts
     from storage.db import Database
 
     db = Database(database_url)

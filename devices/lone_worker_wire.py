@@ -19,11 +19,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -33,6 +31,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from chain_of_custody.canonical import canonical_json, rfc3339
+from chain_of_custody.keys import verify_signature
 
 PROTOCOL_VERSION = 1
 TOPIC_ROOT = "lw/v1"
@@ -52,19 +53,9 @@ _DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 # --------------------------------------------------------------------------- canonical form
 
 
-def canonical_json(obj: Any) -> bytes:
-    """The exact bytes that are signed: sorted keys, no whitespace, UTF-8, no NaN/Infinity."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
-
-
 def format_time(moment: datetime) -> str:
     """RFC 3339 UTC with millisecond precision and a ``Z``, as devices and the service write times."""
-    if moment.tzinfo is None:
-        raise ValueError("time must be timezone-aware")
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    return rfc3339(moment, 3)
 
 
 def parse_time(text: str) -> datetime:
@@ -405,20 +396,13 @@ def _b64decode(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
-@lru_cache(maxsize=65_536)
-def _public_key(raw: bytes) -> Ed25519PublicKey:
-    """Decoding a key costs as much as a verification; devices keep theirs for years."""
-    return Ed25519PublicKey.from_public_bytes(raw)
-
-
 def _signature_ok(public_key: bytes, payload: Mapping[str, Any]) -> bool:
     unsigned = {k: v for k, v in payload.items() if k != "sig"}
     try:
-        signature = _b64decode(payload["sig"])
-        _public_key(bytes(public_key)).verify(signature, canonical_json(unsigned))
-    except (InvalidSignature, ValueError, binascii.Error, UnicodeEncodeError):
+        message = canonical_json(unsigned)
+    except (ValueError, UnicodeEncodeError):
         return False
-    return True
+    return verify_signature(bytes(public_key), payload["sig"], message)
 
 
 def _seconds(value: float | timedelta) -> float:

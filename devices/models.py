@@ -1,10 +1,11 @@
-"""Tables of the device registry: staff, docks, cameras and lone-worker units."""
+"""Tables of the device registry: staff, docks, cameras and lone-worker units, and each lone-worker
+unit's state row (its replay window and presence, and what the alarm side watches about it)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.db import Base, UTCDateTime, utcnow
@@ -44,3 +45,39 @@ class Device(Base):
     assigned_staff_id: Mapped[str | None] = mapped_column(ForeignKey("staff.id"), default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class LoneWorkerState(Base):
+    """One lone-worker device's replay window, presence, battery and position, and the conditions the
+    alarm side watches (``battery_low``, ``active_visit_id``, ``offline_alarm_id``, ``offline_due_at``).
+
+    ``version`` is bumped by every replay-state write: an instance writes the state it verified
+    against only if nobody wrote in between (compare-and-set), else it reloads and verifies again.
+    Enrolment starts the replay window afresh (``devices.service.enrol_lone_worker``).
+    """
+
+    __tablename__ = "lone_worker_states"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    replay_state: Mapped[str] = mapped_column(Text, default="")
+    presence: Mapped[str] = mapped_column(String(16), default="unknown")  # online | offline | unknown
+    session: Mapped[str | None] = mapped_column(String(64), default=None)
+    presence_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    battery: Mapped[int | None] = mapped_column(Integer, default=None)
+    battery_low: Mapped[bool] = mapped_column(Boolean, default=False)
+    lat: Mapped[float | None] = mapped_column(Float, default=None)
+    lon: Mapped[float | None] = mapped_column(Float, default=None)
+    accuracy_m: Mapped[float | None] = mapped_column(Float, default=None)
+    position_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    active_visit_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    offline_alarm_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    # When the device counts as silent if nothing arrives (checked against visits and open alarms then).
+    # Not indexed, like every column a device message writes: each message of every device updates
+    # this row, and an update that changes no indexed column stays on its page (a HOT update, room
+    # left by the table's fill factor of 50, set by migration 0008), so the row's old versions are
+    # pruned without VACUUM and its primary key entry never multiplies. The clock scans for silent
+    # devices instead.
+    offline_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -8,24 +8,25 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import load_public_key_b64
 from chain_of_custody.ledger import Ledger
+from storage.errors import Refused
+from storage.settings import Settings
 
-from .models import DEVICE_KINDS, Device, StaffMember
+from .broker_access import BrokerAccount, generate_password, hash_password
+from .models import DEVICE_KINDS, Device, LoneWorkerState, StaffMember
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class DeviceRefused(Exception):
+class DeviceRefused(Refused):
     """A device may not do what it asked; ``reason`` is a stable machine code, ``str()`` a sentence."""
 
-    def __init__(self, reason: str, message: str, status: int = 403) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.status = status
+    status = 403
+    structured = True
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,67 @@ def enrol_keyed_device(
         details={"device": device_id, "kind": kind, "public_key": public_key_b64, "staff": staff_id},
     )
     return device
+
+
+@dataclass(frozen=True)
+class EnrolledLoneWorker:
+    device: Device
+    mqtt_password: str  # shown once; the registry keeps only its Mosquitto hash
+
+
+def enrol_lone_worker(
+    session: Session,
+    ledger: Ledger,
+    device_id: str,
+    public_key_b64: str,
+    actor: str,
+    *,
+    staff_id: str | None = None,
+    name: str = "",
+    site: str | None = None,
+) -> EnrolledLoneWorker:
+    """Register a lone-worker device by its key, issue its broker password and start its sequence afresh."""
+    device = enrol_keyed_device(
+        session,
+        ledger,
+        "lone_worker",
+        device_id,
+        public_key_b64,
+        actor,
+        staff_id=staff_id,
+        name=name,
+        site=site,
+    )
+    password = generate_password()
+    device.broker_password_hash = hash_password(password)
+    session.execute(
+        update(LoneWorkerState)
+        .where(LoneWorkerState.device_id == device_id)
+        .values(replay_state="", version=LoneWorkerState.version + 1, session=None)
+    )
+    session.flush()
+    return EnrolledLoneWorker(device, password)
+
+
+def broker_accounts(session: Session) -> list[BrokerAccount]:
+    """Every active lone-worker device that has a broker password, for the Mosquitto files."""
+    rows = session.scalars(
+        select(Device)
+        .where(
+            Device.kind == "lone_worker", Device.status == "active", Device.broker_password_hash.is_not(None)
+        )
+        .order_by(Device.id)
+    )
+    return [BrokerAccount(d.id, d.broker_password_hash or "") for d in rows]
+
+
+def service_account(settings: Settings) -> BrokerAccount:
+    """The service's own broker login, from ``EVIDENCE_MQTT_USERNAME`` / ``EVIDENCE_MQTT_PASSWORD``."""
+    if not settings.mqtt_username or settings.mqtt_password is None:
+        raise ValueError(
+            "set EVIDENCE_MQTT_USERNAME and EVIDENCE_MQTT_PASSWORD for the service's broker login"
+        )
+    return BrokerAccount(settings.mqtt_username, hash_password(settings.mqtt_password.get_secret_value()))
 
 
 def assign(session: Session, ledger: Ledger, device_id: str, staff_id: str | None, actor: str) -> Device:

@@ -576,10 +576,9 @@ def _corridor(rng: np.random.Generator, width: int, height: int, camera: np.ndar
     cv2.rectangle(img, (0, rail_y), (pw, rail_y + 10), (105, 125, 150), -1)
     cv2.line(img, (0, rail_y + 2), (pw, rail_y + 2), (190, 205, 220), 2)
     # Wall and floor texture: fixed grain, slightly softened.
-    grain = rng.normal(0, 5, size=(ph, pw, 1)).astype(np.float32)
+    grain: np.ndarray = rng.normal(0, 5, size=(ph, pw, 1)).astype(np.float32)
     grain = cv2.GaussianBlur(grain, (0, 0), 1.2)[:, :, None]
-    img = np.clip(img.astype(np.float32) + grain, 0, 255).astype(np.uint8)
-    return img
+    return np.clip(img.astype(np.float32) + grain, 0, 255).astype(np.uint8)
 
 
 def _rate_arg(rate: Fraction) -> str:

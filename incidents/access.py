@@ -107,9 +107,7 @@ def _scope_with_ancestors(viewer: Viewer, item: type[EvidenceItem], depth: int) 
     parent = aliased(EvidenceItem)
     return or_(
         clause,
-        item.derived_from_id.in_(
-            select(parent.id).where(_scope_with_ancestors(viewer, parent, depth - 1))  # type: ignore[arg-type]
-        ),
+        item.derived_from_id.in_(select(parent.id).where(_scope_with_ancestors(viewer, parent, depth - 1))),
     )
 
 

@@ -1,20 +1,19 @@
 """Incident routes: create, change, search, link and unlink, investigators, legal holds, timeline, statistics.
 
-The application supplies its authentication and services dependencies (``build_router``), so this
-package does not import the application. Scope follows ``incidents.access``: an incident outside
-the caller's scope answers 404, exactly like one that does not exist.
+Scope follows ``incidents.access``: an incident outside the caller's scope answers 404, exactly like
+one that does not exist.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
-from storage.objects import StorageError
+from accounts.access import require_roles, services
+from chain_of_custody.core import CoreServices
 
 from .access import (
     INCIDENT_MANAGERS,
@@ -26,19 +25,15 @@ from .access import (
     visible_incident,
 )
 from .models import CATEGORIES, INVOLVEMENTS, STATUSES, Incident
-from .retention import RetentionRefused, RetentionRules, set_legal_hold
+from .queries import IncidentFilter, incident_view, search_incidents, timeline
+from .retention import RetentionRules, set_legal_hold
 from .service import (
     IncidentDraft,
-    IncidentFilter,
-    IncidentRefused,
     Retention,
     assign_investigator,
     create_incident,
-    incident_view,
     link_overlapping_clips,
     link_target,
-    search_incidents,
-    timeline,
     unassign_investigator,
     unlink_target,
     update_incident,
@@ -52,11 +47,11 @@ Involvement = Literal[INVOLVEMENTS]  # type: ignore[valid-type]
 
 class StaffInvolved(BaseModel):
     staff_id: str = Field(max_length=64)
-    involvement: Involvement = "victim"  # type: ignore[valid-type]
+    involvement: Involvement = "victim"
 
 
 class IncidentIn(BaseModel):
-    category: Category  # type: ignore[valid-type]
+    category: Category
     occurred_at: AwareDatetime
     site: str = Field(min_length=1, max_length=64)
     title: str = Field("", max_length=200)
@@ -70,8 +65,8 @@ class IncidentIn(BaseModel):
 
 
 class IncidentChange(BaseModel):
-    category: Category | None = None  # type: ignore[valid-type]
-    status: Status | None = None  # type: ignore[valid-type]
+    category: Category | None = None
+    status: Status | None = None
     outcome: str | None = Field(None, max_length=5000)
     title: str | None = Field(None, max_length=200)
     description: str | None = Field(None, max_length=20000)
@@ -171,279 +166,260 @@ class HoldIn(BaseModel):
     reason: str = Field(min_length=3, max_length=2000)
 
 
-def _refused(exc: IncidentRefused) -> HTTPException:
-    return HTTPException(exc.status, {"error": str(exc), "reason": exc.reason})
-
-
 def _hidden() -> HTTPException:
     return HTTPException(404, "no such incident")
 
 
-def build_router(require_roles: Callable[..., Any], services: Callable[..., Any]) -> APIRouter:
-    """The routes, with the application's role check and services dependencies."""
-    router = APIRouter(prefix="/api/v1", tags=["incidents"])
-    readers = Depends(require_roles(*INCIDENT_READERS))
-    writers = Depends(require_roles(*INCIDENT_WRITERS))
-    managers = Depends(require_roles(*INCIDENT_MANAGERS))
+router = APIRouter(prefix="/api/v1", tags=["incidents"])
+readers = Depends(require_roles(*INCIDENT_READERS))
+writers = Depends(require_roles(*INCIDENT_WRITERS))
+managers = Depends(require_roles(*INCIDENT_MANAGERS))
 
-    def retention(s: Any) -> Retention:
-        return Retention(s.store, RetentionRules.from_settings(s.settings))
 
-    @router.post("/incidents", response_model=IncidentOut, status_code=201)
-    def open_incident(body: IncidentIn, user: Viewer = writers, s: Any = Depends(services)) -> dict[str, Any]:
-        """Open an incident; a security manager opens them at their own site, an investigator is assigned to theirs."""
-        if user.role == "security_manager" and body.site != user.site:
-            raise HTTPException(403, "a security manager opens incidents at their own site")
-        draft = IncidentDraft(
-            category=body.category,
-            occurred_at=body.occurred_at,
-            site=body.site,
-            title=body.title,
-            description=body.description,
-            ward=body.ward,
-            address=body.address,
-            staff=tuple((x.staff_id, x.involvement) for x in body.staff),
-            wearer=body.wearer,
-            window_start=body.window_start,
-            window_end=body.window_end,
+def retention(s: CoreServices) -> Retention:
+    return Retention(s.store, RetentionRules.from_settings(s.settings))
+
+
+@router.post("/incidents", response_model=IncidentOut, status_code=201)
+def open_incident(
+    body: IncidentIn, user: Viewer = writers, s: CoreServices = Depends(services)
+) -> dict[str, Any]:
+    """Open an incident; a security manager opens them at their own site, an investigator is assigned to theirs."""
+    if user.role == "security_manager" and body.site != user.site:
+        raise HTTPException(403, "a security manager opens incidents at their own site")
+    draft = IncidentDraft(
+        category=body.category,
+        occurred_at=body.occurred_at,
+        site=body.site,
+        title=body.title,
+        description=body.description,
+        ward=body.ward,
+        address=body.address,
+        staff=tuple((x.staff_id, x.involvement) for x in body.staff),
+        wearer=body.wearer,
+        window_start=body.window_start,
+        window_end=body.window_end,
+    )
+    with s.db.session() as session:
+        incident = create_incident(
+            session,
+            draft,
+            user.actor,
+            assign_user_id=user.user_id if user.role == "investigator" else None,
         )
-        try:
-            with s.db.session() as session:
-                incident = create_incident(
-                    session,
-                    draft,
-                    user.actor,
-                    assign_user_id=user.user_id if user.role == "investigator" else None,
-                )
-                if incident.wearer:
-                    link_overlapping_clips(session, s.ledger, incident, user.actor, retention=retention(s))
-                return incident_view(session, incident)
-        except IncidentRefused as exc:
-            raise _refused(exc) from None
+        if incident.wearer:
+            link_overlapping_clips(session, s.ledger, incident, user.actor, retention=retention(s))
+        return incident_view(session, incident)
 
-    @router.get("/incidents", response_model=list[IncidentSummary])
-    def find_incidents(
-        status: list[Status] = Query(default_factory=list),  # type: ignore[valid-type]
-        category: list[Category] = Query(default_factory=list),  # type: ignore[valid-type]
-        site: str | None = None,
-        q: str | None = Query(
-            None, max_length=200, description="text in reference, title, description or ward"
-        ),
-        occurred_from: AwareDatetime | None = None,
-        occurred_to: AwareDatetime | None = None,
-        assigned_to: int | None = None,
-        wearer: str | None = None,
-        staff_id: str | None = None,
-        evidence_id: str | None = None,
-        limit: int = Query(100, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
-        user: Viewer = readers,
-        s: Any = Depends(services),
-    ) -> list[Incident]:
-        f = IncidentFilter(
-            status=list(status),
-            category=list(category),
-            site=site,
-            text=q,
-            occurred_from=occurred_from,
-            occurred_to=occurred_to,
-            assigned_to=assigned_to,
-            wearer=wearer,
-            staff_id=staff_id,
-            evidence_id=evidence_id,
-            limit=limit,
-            offset=offset,
+
+@router.get("/incidents", response_model=list[IncidentSummary])
+def find_incidents(
+    status: list[Status] = Query(default_factory=list),
+    category: list[Category] = Query(default_factory=list),
+    site: str | None = None,
+    q: str | None = Query(None, max_length=200, description="text in reference, title, description or ward"),
+    occurred_from: AwareDatetime | None = None,
+    occurred_to: AwareDatetime | None = None,
+    assigned_to: int | None = None,
+    wearer: str | None = None,
+    staff_id: str | None = None,
+    evidence_id: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+    user: Viewer = readers,
+    s: CoreServices = Depends(services),
+) -> list[Incident]:
+    f = IncidentFilter(
+        status=list(status),
+        category=list(category),
+        site=site,
+        text=q,
+        occurred_from=occurred_from,
+        occurred_to=occurred_to,
+        assigned_to=assigned_to,
+        wearer=wearer,
+        staff_id=staff_id,
+        evidence_id=evidence_id,
+        limit=limit,
+        offset=offset,
+    )
+    with s.db.session() as session:
+        return search_incidents(session, user, f)
+
+
+@router.get("/incidents/{incident_id}", response_model=IncidentOut)
+def get_incident(
+    incident_id: str, user: Viewer = readers, s: CoreServices = Depends(services)
+) -> dict[str, Any]:
+    """By id or by reference (``INC-2026-000123``)."""
+    with s.db.session() as session:
+        incident = visible_incident(session, user, incident_id)
+        if incident is None:
+            raise _hidden()
+        return incident_view(session, incident)
+
+
+@router.patch("/incidents/{incident_id}", response_model=IncidentOut)
+def change_incident(
+    incident_id: str, body: IncidentChange, user: Viewer = writers, s: CoreServices = Depends(services)
+) -> dict[str, Any]:
+    """Change fields or status; closing needs an outcome. Only an admin moves an incident to another site."""
+    given = body.model_fields_set - {"staff"}
+    changes = {k: getattr(body, k) for k in given}
+    if "site" in changes and user.role != "admin":
+        raise HTTPException(403, "only an administrator moves an incident to another site")
+    with s.db.session() as session:
+        incident = visible_incident(session, user, incident_id)
+        if incident is None:
+            raise _hidden()
+        staff = None
+        if body.staff is not None:
+            staff = [(x.staff_id, x.involvement) for x in body.staff]
+        update_incident(session, s.ledger, incident, changes, user.actor, staff=staff, retention=retention(s))
+        return incident_view(session, incident)
+
+
+@router.get("/incidents/{incident_id}/timeline", response_model=list[TimelineEntry])
+def incident_timeline(
+    incident_id: str, user: Viewer = readers, s: CoreServices = Depends(services)
+) -> list[dict[str, Any]]:
+    with s.db.session() as session:
+        incident = visible_incident(session, user, incident_id)
+        if incident is None:
+            raise _hidden()
+        return timeline(session, incident)
+
+
+@router.post("/incidents/{incident_id}/links", response_model=LinkOut, status_code=201)
+def link(
+    incident_id: str,
+    body: LinkIn,
+    response: Response,
+    user: Viewer = writers,
+    s: CoreServices = Depends(services),
+) -> dict[str, Any]:
+    """Link an evidence item (which the caller must be able to see) or an alarm, with a reason."""
+    with s.db.session() as session:
+        incident = visible_incident(session, user, incident_id)
+        if incident is None:
+            raise _hidden()
+        if body.kind == "evidence" and not can_see_evidence(session, user, body.target_id):
+            raise HTTPException(404, "no such evidence item")
+        row, new = link_target(
+            session,
+            s.ledger,
+            incident.id,
+            body.kind,
+            body.target_id,
+            user.actor,
+            body.reason,
+            retention=retention(s),
         )
-        with s.db.session() as session:
-            return search_incidents(session, user, f)
+        if not new:
+            response.status_code = 200
+        return {
+            "id": row.id,
+            "kind": row.target_kind,
+            "target_id": row.target_id,
+            "linked_by": row.linked_by,
+            "reason": row.reason,
+            "linked_at": row.linked_at,
+        }
 
-    @router.get("/incidents/{incident_id}", response_model=IncidentOut)
-    def get_incident(incident_id: str, user: Viewer = readers, s: Any = Depends(services)) -> dict[str, Any]:
-        """By id or by reference (``INC-2026-000123``)."""
-        with s.db.session() as session:
-            incident = visible_incident(session, user, incident_id)
-            if incident is None:
-                raise _hidden()
-            return incident_view(session, incident)
 
-    @router.patch("/incidents/{incident_id}", response_model=IncidentOut)
-    def change_incident(
-        incident_id: str, body: IncidentChange, user: Viewer = writers, s: Any = Depends(services)
-    ) -> dict[str, Any]:
-        """Change fields or status; closing needs an outcome. Only an admin moves an incident to another site."""
-        given = body.model_fields_set - {"staff"}
-        changes = {k: getattr(body, k) for k in given}
-        if "site" in changes and user.role != "admin":
-            raise HTTPException(403, "only an administrator moves an incident to another site")
-        try:
-            with s.db.session() as session:
-                incident = visible_incident(session, user, incident_id)
-                if incident is None:
-                    raise _hidden()
-                staff = None
-                if body.staff is not None:
-                    staff = [(x.staff_id, x.involvement) for x in body.staff]
-                update_incident(
-                    session, s.ledger, incident, changes, user.actor, staff=staff, retention=retention(s)
-                )
-                return incident_view(session, incident)
-        except IncidentRefused as exc:
-            raise _refused(exc) from None
+@router.post("/incidents/{incident_id}/unlink", status_code=204)
+def unlink(
+    incident_id: str, body: LinkIn, user: Viewer = writers, s: CoreServices = Depends(services)
+) -> Response:
+    """Unlink an evidence item or alarm, with a reason (the link stays in the history)."""
+    with s.db.session() as session:
+        incident = visible_incident(session, user, incident_id)
+        if incident is None:
+            raise _hidden()
+        unlink_target(
+            session,
+            s.ledger,
+            incident.id,
+            body.kind,
+            body.target_id,
+            user.actor,
+            body.reason,
+            retention=retention(s),
+        )
+    return Response(status_code=204)
 
-    @router.get("/incidents/{incident_id}/timeline", response_model=list[TimelineEntry])
-    def incident_timeline(
-        incident_id: str, user: Viewer = readers, s: Any = Depends(services)
-    ) -> list[dict[str, Any]]:
-        with s.db.session() as session:
-            incident = visible_incident(session, user, incident_id)
-            if incident is None:
-                raise _hidden()
-            return timeline(session, incident)
 
-    @router.post("/incidents/{incident_id}/links", response_model=LinkOut, status_code=201)
-    def link(
-        incident_id: str, body: LinkIn, response: Response, user: Viewer = writers, s: Any = Depends(services)
-    ) -> dict[str, Any]:
-        """Link an evidence item (which the caller must be able to see) or an alarm, with a reason."""
-        try:
-            with s.db.session() as session:
-                incident = visible_incident(session, user, incident_id)
-                if incident is None:
-                    raise _hidden()
-                if body.kind == "evidence" and not can_see_evidence(session, user, body.target_id):
-                    raise HTTPException(404, "no such evidence item")
-                row, new = link_target(
-                    session,
-                    s.ledger,
-                    incident.id,
-                    body.kind,
-                    body.target_id,
-                    user.actor,
-                    body.reason,
-                    retention=retention(s),
-                )
-                if not new:
-                    response.status_code = 200
-                return {
-                    "id": row.id,
-                    "kind": row.target_kind,
-                    "target_id": row.target_id,
-                    "linked_by": row.linked_by,
-                    "reason": row.reason,
-                    "linked_at": row.linked_at,
-                }
-        except IncidentRefused as exc:
-            raise _refused(exc) from None
+@router.put("/incidents/{incident_id}/investigators/{user_id}", response_model=IncidentOut)
+def assign(
+    incident_id: str, user_id: int, user: Viewer = managers, s: CoreServices = Depends(services)
+) -> dict[str, Any]:
+    with s.db.session() as session:
+        incident = visible_incident(session, user, incident_id)
+        if incident is None:
+            raise _hidden()
+        assign_investigator(session, incident, user_id, user.actor)
+        return incident_view(session, incident)
 
-    @router.post("/incidents/{incident_id}/unlink", status_code=204)
-    def unlink(
-        incident_id: str, body: LinkIn, user: Viewer = writers, s: Any = Depends(services)
-    ) -> Response:
-        """Unlink an evidence item or alarm, with a reason (the link stays in the history)."""
-        try:
-            with s.db.session() as session:
-                incident = visible_incident(session, user, incident_id)
-                if incident is None:
-                    raise _hidden()
-                unlink_target(
-                    session,
-                    s.ledger,
-                    incident.id,
-                    body.kind,
-                    body.target_id,
-                    user.actor,
-                    body.reason,
-                    retention=retention(s),
-                )
-        except IncidentRefused as exc:
-            raise _refused(exc) from None
-        return Response(status_code=204)
 
-    @router.put("/incidents/{incident_id}/investigators/{user_id}", response_model=IncidentOut)
-    def assign(
-        incident_id: str, user_id: int, user: Viewer = managers, s: Any = Depends(services)
-    ) -> dict[str, Any]:
-        try:
-            with s.db.session() as session:
-                incident = visible_incident(session, user, incident_id)
-                if incident is None:
-                    raise _hidden()
-                assign_investigator(session, incident, user_id, user.actor)
-                return incident_view(session, incident)
-        except IncidentRefused as exc:
-            raise _refused(exc) from None
+@router.delete("/incidents/{incident_id}/investigators/{user_id}", status_code=204)
+def unassign(
+    incident_id: str, user_id: int, user: Viewer = managers, s: CoreServices = Depends(services)
+) -> Response:
+    with s.db.session() as session:
+        incident = visible_incident(session, user, incident_id)
+        if incident is None:
+            raise _hidden()
+        unassign_investigator(session, incident, user_id, user.actor)
+    return Response(status_code=204)
 
-    @router.delete("/incidents/{incident_id}/investigators/{user_id}", status_code=204)
-    def unassign(
-        incident_id: str, user_id: int, user: Viewer = managers, s: Any = Depends(services)
-    ) -> Response:
-        try:
-            with s.db.session() as session:
-                incident = visible_incident(session, user, incident_id)
-                if incident is None:
-                    raise _hidden()
-                unassign_investigator(session, incident, user_id, user.actor)
-        except IncidentRefused as exc:
-            raise _refused(exc) from None
-        return Response(status_code=204)
 
-    @router.put("/incidents/{incident_id}/legal-hold", response_model=IncidentOut)
-    def incident_hold(
-        incident_id: str, body: HoldIn, user: Viewer = managers, s: Any = Depends(services)
-    ) -> dict[str, Any]:
-        """Place (``hold: true``) or release every legal hold on an incident; it covers all evidence linked to it."""
-        try:
-            with s.db.session() as session:
-                incident = visible_incident(session, user, incident_id)
-                if incident is None:
-                    raise _hidden()
-                set_legal_hold(
-                    session,
-                    s.ledger,
-                    s.store,
-                    RetentionRules.from_settings(s.settings),
-                    "incident",
-                    incident.id,
-                    body.hold,
-                    body.reason,
-                    user.actor,
-                    datetime.now(UTC),
-                )
-                return incident_view(session, incident)
-        except RetentionRefused as exc:
-            raise HTTPException(409, {"error": str(exc), "reason": exc.reason}) from None
-        except StorageError as exc:
-            raise HTTPException(
-                503,
-                f"evidence storage unavailable: {exc}",
-                headers={"Retry-After": str(s.settings.retry_after_seconds)},
-            ) from None
+@router.put("/incidents/{incident_id}/legal-hold", response_model=IncidentOut)
+def incident_hold(
+    incident_id: str, body: HoldIn, user: Viewer = managers, s: CoreServices = Depends(services)
+) -> dict[str, Any]:
+    """Place (``hold: true``) or release every legal hold on an incident; it covers all evidence linked to it."""
+    with s.db.session() as session:
+        incident = visible_incident(session, user, incident_id)
+        if incident is None:
+            raise _hidden()
+        set_legal_hold(
+            session,
+            s.ledger,
+            s.store,
+            RetentionRules.from_settings(s.settings),
+            "incident",
+            incident.id,
+            body.hold,
+            body.reason,
+            user.actor,
+            datetime.now(UTC),
+        )
+        return incident_view(session, incident)
 
-    @router.get("/statistics", response_model=None)
-    def statistics(
-        by: list[Literal[DIMENSIONS]] = Query(  # type: ignore[valid-type]
-            default_factory=lambda: ["month", "category"], description="dimensions to count by"
-        ),
-        since: AwareDatetime | None = None,
-        until: AwareDatetime | None = None,
-        site: str | None = None,
-        format: Literal["json", "csv"] = "json",
-        user: Viewer = Depends(require_roles(*STATISTICS_READERS)),
-        s: Any = Depends(services),
-    ) -> Any:
-        """Anonymised incident counts: counts below the threshold are suppressed, the rest rounded (see README)."""
-        dims = list(dict.fromkeys(by))
-        with s.db.session() as session:
-            facts = load_facts(session, since=since, until=until, site=site, tz=s.settings.report_timezone)
-        cells, total = count(facts, dims)
-        disclosure = Disclosure(s.settings.statistics_min_count, s.settings.statistics_rounding)
-        table = publish(cells, total, dims, disclosure)
-        if format == "csv":
-            return Response(
-                to_csv(table),
-                media_type="text/csv; charset=utf-8",
-                headers={"Content-Disposition": 'attachment; filename="incident-statistics.csv"'},
-            )
-        return table
 
-    return router
+@router.get("/statistics", response_model=None)
+def statistics(
+    by: list[Literal[DIMENSIONS]] = Query(  # type: ignore[valid-type]
+        default_factory=lambda: ["month", "category"], description="dimensions to count by"
+    ),
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+    site: str | None = None,
+    format: Literal["json", "csv"] = "json",
+    user: Viewer = Depends(require_roles(*STATISTICS_READERS)),
+    s: CoreServices = Depends(services),
+) -> Any:
+    """Anonymised incident counts: counts below the threshold are suppressed, the rest rounded (see README)."""
+    dims = list(dict.fromkeys(by))
+    with s.db.session() as session:
+        facts = load_facts(session, since=since, until=until, site=site, tz=s.settings.report_timezone)
+    cells, total = count(facts, dims)
+    disclosure = Disclosure(s.settings.statistics_min_count, s.settings.statistics_rounding)
+    table = publish(cells, total, dims, disclosure)
+    if format == "csv":
+        return Response(
+            to_csv(table),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="incident-statistics.csv"'},
+        )
+    return table

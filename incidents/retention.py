@@ -37,6 +37,7 @@ from chain_of_custody import package_layout
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry, EvidenceItem, LedgerHead
 from storage.db import Database
+from storage.errors import Refused
 from storage.objects import ObjectLocked, ObjectStore, StorageError
 
 from .models import Incident, IncidentLink, LegalHold
@@ -309,12 +310,11 @@ def apply_to_family(
 # -- legal holds -------------------------------------------------------------------------------
 
 
-class RetentionRefused(Exception):
+class RetentionRefused(Refused):
     """A retention action that may not happen (yet): linked, held, locked by storage, or already deleted."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+    status = 409
+    structured = True
 
 
 def _hold_items(session: Session, target_kind: str, target_id: str) -> list[str]:
@@ -485,7 +485,7 @@ def delete_by_hand(
     if item is None:
         raise RetentionRefused("not_found", "no such evidence item")
     if item.status == "deleted":
-        raise RetentionRefused("already_deleted", "evidence item already deleted")
+        raise RetentionRefused("already_deleted", "evidence item already deleted", 410)
     ids = lineage(session, item)
     incidents = active_link_incidents(session, ids)
     if incidents:

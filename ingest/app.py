@@ -1,44 +1,65 @@
-"""The HTTP application: assembles every package's routes and runs the periodic housekeeping."""
+"""The HTTP application: every domain's routes, the one error handler, and the background loops.
+
+This module and ``ingest.cli`` are the composition root: they build the services
+(``ingest.services``), mount the domains' routers and choose which loops run in this process.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from accounts import api as accounts_api
+from accounts.access import require_roles
 from accounts.service import Principal
+from alarms import api as alarms_api
+from alarms.service import escalation_loop
 from chain_of_custody.checkpoints import write_checkpoint
+from devices import api as devices_api
+from incidents import api as incidents_api
+from incidents.export import api as export_api
+from incidents.retention import RetentionRules, retention_loop
 from storage.objects import StorageError
 from storage.settings import Settings, get_settings
 
-from .auth import require_roles
+from . import dock_api, errors, evidence_api, redaction_api
 from .metrics import exposition
-from .routes import ROUTERS
+from .mqtt_consumer import AlarmConsumer, consumer_configured
 from .services import Services, build_services, settle_heap
-from .uploads import UploadEngine
+from .telemetry_process import TelemetryProcess, discard_companion_session, telemetry_process_wanted
 
 log = logging.getLogger(__name__)
 
-Plugin = Callable[[FastAPI, Services], None]
-PLUGINS: list[Plugin] = []  # other capabilities register their routes and loops here
+ROUTERS: list[APIRouter] = [
+    dock_api.router,
+    evidence_api.router,
+    accounts_api.router,
+    devices_api.router,
+    alarms_api.router,
+    redaction_api.router,
+    incidents_api.router,
+    export_api.router,
+]
+
+Loop = Callable[[Services], Coroutine[Any, Any, object]]
 
 
 async def housekeeping(services: Services, every: float = 30.0) -> None:
     """Checkpoint the ledger tip and expire abandoned uploads, forever (one loop per process is harmless)."""
-    uploads: UploadEngine = services.extras["uploads"]  # type: ignore[assignment]
     while True:
         try:
 
             def work() -> None:
                 with services.db.session() as session:
                     write_checkpoint(session, services.store, services.key, retain_days=3650)
-                uploads.expire()
+                services.uploads.expire()
 
             await asyncio.to_thread(work)
         except StorageError as exc:
@@ -46,6 +67,65 @@ async def housekeeping(services: Services, every: float = 30.0) -> None:
         except Exception:  # noqa: BLE001 - the loop must survive anything
             log.exception("housekeeping failed")
         await asyncio.sleep(every)
+
+
+async def run_retention(services: Services) -> None:
+    """The retention sweeper: deletes expired evidence and renews the locks of what is kept."""
+    s = services
+    rules = RetentionRules.from_settings(s.settings)
+    await retention_loop(s.db, s.ledger, s.store, rules, s.settings.retention_sweep_seconds)
+
+
+async def run_exports(services: Services) -> None:
+    """Build the export packages asked for, here or on any other instance (``incidents.export.jobs``)."""
+    await services.exports.serve()
+
+
+async def run_consumer(services: Services) -> None:
+    """The MQTT consumer as one of the application's background loops (stops when cancelled)."""
+    companion = telemetry_process_wanted(services.settings)
+    if not companion:
+        # A companion of an earlier run would otherwise keep its share of the telemetry queued.
+        await asyncio.to_thread(discard_companion_session, services.settings)
+    consumer = AlarmConsumer(services, companion=companion)
+    services.mqtt_consumer = consumer
+    await asyncio.to_thread(consumer.start)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.to_thread(consumer.stop)
+
+
+async def run_telemetry_process(services: Services) -> None:
+    """The telemetry companion (``ingest.telemetry_process``), kept running with this process."""
+    companion = TelemetryProcess(services.settings, services.embedded)
+    services.telemetry_process = companion
+    await companion.watch()
+
+
+async def run_clock(services: Services) -> None:
+    """What the clock decides about alarms (``alarms.clock``), every ``escalation_poll_seconds``."""
+    await escalation_loop(services.alarms, services.settings.escalation_poll_seconds)
+
+
+def background_loops(settings: Settings) -> list[Loop]:
+    """The loops this process runs beside the HTTP API. Lone-worker alarms need a broker (a host and
+    the service's login): the MQTT consumer (unless ``EVIDENCE_MQTT_CONSUMER_ENABLED=false``), its
+    telemetry companion when asked for, and the clock."""
+    loops: list[Loop] = [housekeeping, run_retention, run_exports]
+    if not consumer_configured(settings):
+        return loops
+    if settings.mqtt_consumer_enabled:
+        loops.append(run_consumer)
+    if telemetry_process_wanted(settings):
+        loops.append(run_telemetry_process)
+    elif settings.mqtt_telemetry_process:
+        log.warning(
+            "no telemetry process: it needs the consumer, a broker login, PostgreSQL, and both alarm "
+            "and telemetry types in EVIDENCE_MQTT_MESSAGE_TYPES"
+        )
+    loops.append(run_clock)
+    return loops
 
 
 def _loop_ended(task: asyncio.Task[object]) -> None:
@@ -70,11 +150,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         own = services is None
         if services is None:
             services = await asyncio.to_thread(build_services, settings)
-        services.extras.setdefault("uploads", UploadEngine(services))
         app.state.services = services
-        tasks = [asyncio.create_task(housekeeping(services))]
-        for start in services.extras.get("startup", []):  # type: ignore[union-attr]
-            task = asyncio.create_task(start(services), name=getattr(start, "__name__", "loop"))
+        tasks = []
+        for loop in background_loops(services.settings):
+            task = asyncio.create_task(loop(services), name=loop.__name__)
             task.add_done_callback(_loop_ended)
             tasks.append(task)
         if own:  # this process's service (``evidence serve``), not one a test or caller handed in
@@ -102,12 +181,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     for router in ROUTERS:
         app.include_router(router)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-        log.warning("invalid request", extra={"path": request.url.path, "errors": str(errors)[:500]})
-        return JSONResponse({"error": "invalid request", "detail": errors}, status_code=422)
+    errors.install(app)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -117,6 +191,4 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     def metrics(user: Principal = Depends(require_roles("admin", "auditor"))) -> Response:
         return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    for plugin in PLUGINS:
-        plugin(app, services)  # type: ignore[arg-type]
     return app

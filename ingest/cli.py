@@ -7,13 +7,19 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from storage.settings import get_settings
+
+if TYPE_CHECKING:
+    from chain_of_custody.entries import ChainReport
+    from chain_of_custody.package_verify import PackageReport
+
+    from .services import Services
 
 app = typer.Typer(help="Body-worn camera and lone-worker evidence service.", no_args_is_help=True)
 users = typer.Typer(help="User accounts.", no_args_is_help=True)
@@ -24,7 +30,7 @@ console = Console(stderr=True)
 out = Console()
 
 
-def _services():  # type: ignore[no-untyped-def]
+def _services() -> Services:
     from .logging_setup import configure_logging
     from .services import build_services
 
@@ -175,15 +181,13 @@ def lone_worker_enrol(
 
     Then regenerate the broker's files (``evidence broker-access``) and reload the broker.
     """
-    from devices.service import DeviceRefused
-
-    from .alarms import enrol_lone_worker
+    from devices.service import DeviceRefused, enrol_lone_worker
 
     s = _services()
     try:
         with s.db.session() as session:
             enrolled = enrol_lone_worker(
-                session, s, device_id, public_key, "cli", staff_id=staff_id, name=name, site=site
+                session, s.ledger, device_id, public_key, "cli", staff_id=staff_id, name=name, site=site
             )
     except DeviceRefused as exc:
         console.print(f"[red]{exc}[/red]")
@@ -222,6 +226,7 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print findings as JSON")] = False,
 ) -> None:
     """Verify the whole custody ledger and every stored object, or an export package offline."""
+    report: ChainReport | PackageReport
     if package is not None:
         from chain_of_custody.package_verify import verify_package
 
@@ -353,8 +358,7 @@ def broker_access(
     import signal
 
     from devices.broker_access import write_broker_files
-
-    from .alarms import broker_accounts, service_account
+    from devices.service import broker_accounts, service_account
 
     settings = get_settings()
     try:
@@ -407,7 +411,8 @@ def alarm_worker(
     if nice:
         os.nice(nice)
 
-    from .escalation import escalation_loop
+    from alarms.service import escalation_loop
+
     from .mqtt_consumer import AlarmConsumer
     from .services import settle_heap
 
@@ -427,7 +432,7 @@ def alarm_worker(
             await asyncio.to_thread(consumer.start)
             settle_heap()
             if escalation:
-                await escalation_loop(s)
+                await escalation_loop(s.alarms, s.settings.escalation_poll_seconds)
             else:
                 await asyncio.Event().wait()
         finally:

@@ -10,13 +10,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
+from accounts.access import services
+from chain_of_custody.core import CoreServices
 from devices.models import Device
-from devices.service import DeviceRefused
+from devices.service import DeviceRefused, authenticate_dock
+from storage.errors import Refused
 from storage.objects import StorageError, StorageFull, StorageUnavailable
 
-from .auth import current_dock, services
 from .metrics import UPLOAD_REFUSALS
-from .services import Services
 from .tus_protocol import (
     CHECKSUM_ALGORITHMS,
     TUS_EXTENSIONS,
@@ -39,8 +40,35 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/dock/uploads", tags=["dock"])
 
 
-def engine(s: Services = Depends(services)) -> UploadEngine:
-    return s.extras["uploads"]  # type: ignore[return-value]
+def engine(request: Request) -> UploadEngine:
+    """The application's one upload engine."""
+    found: UploadEngine = request.app.state.services.uploads
+    return found
+
+
+class DockRefused(Refused):
+    """A dock that may not upload: its token is missing, wrong or disabled."""
+
+
+def current_dock(request: Request, s: CoreServices = Depends(services)) -> Device:
+    """The dock whose bearer token the request carries (401 without one or with a wrong one, 403 disabled)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        UPLOAD_REFUSALS.labels(reason="no_token").inc()
+        raise DockRefused("no_token", "dock token required", 401, headers={"WWW-Authenticate": "Bearer"})
+    try:
+        with s.db.session() as session:
+            dock = authenticate_dock(session, token.strip())
+            session.expunge(dock)
+            return dock
+    except DeviceRefused as exc:
+        UPLOAD_REFUSALS.labels(reason=exc.reason).inc()
+        log.warning(
+            "dock refused",
+            extra={"reason": exc.reason, "client": request.client.host if request.client else None},
+        )
+        raise DockRefused(exc.reason, str(exc), exc.status) from None
 
 
 def _tus_headers(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -62,18 +90,20 @@ def _state_headers(state: UploadState) -> dict[str, str]:
     return h
 
 
-def refusal(
-    status: int, reason: str, message: str, dock: Device | None = None, retry_after: int | None = None
-) -> JSONResponse:
-    UPLOAD_REFUSALS.labels(reason=reason).inc()
+def refusal(refused: Refused, dock: Device | None = None) -> JSONResponse:
+    """The error envelope of a refused dock request, with the tus headers, counted and logged."""
+    UPLOAD_REFUSALS.labels(reason=refused.reason).inc()
     log.warning(
         "dock request refused",
-        extra={"reason": reason, "status": status, "dock": dock.id if dock else None, "detail": message},
+        extra={
+            "reason": refused.reason,
+            "status": refused.status,
+            "dock": dock.id if dock else None,
+            "detail": str(refused),
+        },
     )
-    headers = _tus_headers()
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    return JSONResponse({"error": message, "reason": reason}, status_code=status, headers=headers)
+    headers = _tus_headers(refused.response_headers())
+    return JSONResponse(refused.envelope(), status_code=refused.status, headers=headers)
 
 
 def _check_version(request: Request) -> None:
@@ -82,23 +112,23 @@ def _check_version(request: Request) -> None:
 
 
 def _handle(exc: Exception, dock: Device | None, retry_after: int) -> JSONResponse:
-    if isinstance(exc, TusRefusal):
-        return refusal(exc.status, exc.reason, str(exc), dock)
-    if isinstance(exc, DeviceRefused):
-        return refusal(exc.status, exc.reason, str(exc), dock)
+    """Every refusal of a dock request as the envelope with tus headers; anything else is a fault."""
+    if isinstance(exc, Refused):
+        return refusal(exc, dock)
     if isinstance(exc, UploadGone):
-        return refusal(exc.status, "gone" if exc.status == 410 else "not_found", str(exc), dock)
+        return refusal(TusRefusal(exc.status, "gone" if exc.status == 410 else "not_found", str(exc)), dock)
     if isinstance(exc, UploadBusy):
-        return refusal(503, "busy", str(exc), dock, retry_after)
+        return refusal(TusRefusal(503, "busy", str(exc), retry_after), dock)
     if isinstance(exc, (StorageFull, StorageFullError)):
-        return refusal(507, "storage_full", "evidence storage is full", dock, retry_after * 12)
+        return refusal(TusRefusal(507, "storage_full", "evidence storage is full", retry_after * 12), dock)
     if isinstance(exc, (StorageUnavailable, StorageError)):
-        return refusal(503, "storage_unavailable", f"evidence storage unavailable: {exc}", dock, retry_after)
+        message = f"evidence storage unavailable: {exc}"
+        return refusal(TusRefusal(503, "storage_unavailable", message, retry_after), dock)
     raise exc
 
 
 @router.options("", include_in_schema=True)
-def options(dock: Device = Depends(current_dock), s: Services = Depends(services)) -> Response:
+def options(dock: Device = Depends(current_dock), s: CoreServices = Depends(services)) -> Response:
     """tus discovery: version, extensions, checksum algorithms and the largest clip accepted."""
     return Response(
         status_code=204,
@@ -116,7 +146,7 @@ def options(dock: Device = Depends(current_dock), s: Services = Depends(services
 async def create(
     request: Request,
     dock: Device = Depends(current_dock),
-    s: Services = Depends(services),
+    s: CoreServices = Depends(services),
     uploads: UploadEngine = Depends(engine),
 ) -> Response:
     """tus creation: open a resumable upload of one clip."""
@@ -140,7 +170,7 @@ async def head(
     upload_id: str,
     request: Request,
     dock: Device = Depends(current_dock),
-    s: Services = Depends(services),
+    s: CoreServices = Depends(services),
     uploads: UploadEngine = Depends(engine),
 ) -> Response:
     """tus offset: how many bytes of this clip the service holds."""
@@ -166,7 +196,7 @@ async def patch(
     upload_id: str,
     request: Request,
     dock: Device = Depends(current_dock),
-    s: Services = Depends(services),
+    s: CoreServices = Depends(services),
     uploads: UploadEngine = Depends(engine),
 ) -> Response:
     """tus data: append the request body at ``Upload-Offset``."""
@@ -192,7 +222,7 @@ async def terminate(
     upload_id: str,
     request: Request,
     dock: Device = Depends(current_dock),
-    s: Services = Depends(services),
+    s: CoreServices = Depends(services),
     uploads: UploadEngine = Depends(engine),
 ) -> Response:
     """tus termination: abandon an unfinished upload."""

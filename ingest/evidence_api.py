@@ -1,7 +1,9 @@
 """Evidence routes: list, describe, custody trail, byte-range streaming (every read is recorded), retention.
 
 Access follows ``incidents.access``: an item outside the caller's scope answers 404 like a missing one;
-auditors see metadata and custody but never media.
+auditors see metadata and custody but never media. The routes sit in the application rather than in
+``chain_of_custody/`` (which holds evidence items) because that access rule is incident-scoped and
+``chain_of_custody`` may not import ``incidents``; retention and legal holds are ``incidents``' too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from accounts.access import require_roles, services
 from accounts.service import Principal
+from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import parse_range, read_item
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
@@ -26,12 +30,9 @@ from incidents.access import (
     evidence_scope,
     visible_evidence,
 )
-from incidents.retention import RetentionRefused, RetentionRules, delete_by_hand, describe, set_legal_hold
-from storage.objects import StorageError
+from incidents.retention import RetentionRules, delete_by_hand, describe, set_legal_hold
 
-from .auth import require_roles, services
 from .metrics import EVIDENCE_READS
-from .services import Services
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
 
@@ -84,7 +85,7 @@ def list_items(
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
     user: Principal = Depends(require_roles(*METADATA_ROLES)),
-    s: Services = Depends(services),
+    s: CoreServices = Depends(services),
 ) -> list[EvidenceItem]:
     q = (
         select(EvidenceItem)
@@ -105,7 +106,7 @@ def list_items(
         return list(session.scalars(q))
 
 
-def _item(s: Services, item_id: str, user: Principal) -> EvidenceItem:
+def _item(s: CoreServices, item_id: str, user: Principal) -> EvidenceItem:
     """The item if the caller may see it; 404 both when it is missing and when it is out of scope."""
     with s.db.session() as session:
         item = visible_evidence(session, user, item_id)
@@ -116,14 +117,18 @@ def _item(s: Services, item_id: str, user: Principal) -> EvidenceItem:
 
 @router.get("/evidence/{item_id}", response_model=EvidenceItemOut)
 def get_item(
-    item_id: str, user: Principal = Depends(require_roles(*METADATA_ROLES)), s: Services = Depends(services)
+    item_id: str,
+    user: Principal = Depends(require_roles(*METADATA_ROLES)),
+    s: CoreServices = Depends(services),
 ) -> EvidenceItem:
     return _item(s, item_id, user)
 
 
 @router.get("/evidence/{item_id}/custody", response_model=list[CustodyEntryOut])
 def custody_trail(
-    item_id: str, user: Principal = Depends(require_roles(*METADATA_ROLES)), s: Services = Depends(services)
+    item_id: str,
+    user: Principal = Depends(require_roles(*METADATA_ROLES)),
+    s: CoreServices = Depends(services),
 ) -> list[dict[str, object]]:
     _item(s, item_id, user)
     with s.db.session() as session:
@@ -135,7 +140,7 @@ async def content(
     item_id: str,
     request: Request,
     user: Principal = Depends(require_roles(*MEDIA_ROLES)),
-    s: Services = Depends(services),
+    s: CoreServices = Depends(services),
 ) -> Response:
     """Stream the item's bytes (HTTP Range supported); the read is a custody entry before any byte leaves."""
     item = _item(s, item_id, user)
@@ -171,7 +176,7 @@ def public_key(
     user: Principal = Depends(
         require_roles("admin", "security_manager", "investigator", "auditor", "operator")
     ),
-    s: Services = Depends(services),
+    s: CoreServices = Depends(services),
 ) -> dict[str, str]:
     """The service's Ed25519 public key that signs custody entries, checkpoints and exports."""
     return {
@@ -203,21 +208,15 @@ class HoldIn(BaseModel):
     reason: str = Field(min_length=3, max_length=2000)
 
 
-def _rules(s: Services) -> RetentionRules:
+def _rules(s: CoreServices) -> RetentionRules:
     return RetentionRules.from_settings(s.settings)
-
-
-def _unavailable(s: Services, exc: Exception) -> HTTPException:
-    return HTTPException(
-        503,
-        f"evidence storage unavailable: {exc}",
-        headers={"Retry-After": str(s.settings.retry_after_seconds)},
-    )
 
 
 @router.get("/evidence/{item_id}/retention", response_model=RetentionOut, response_model_by_alias=True)
 def retention(
-    item_id: str, user: Principal = Depends(require_roles(*METADATA_ROLES)), s: Services = Depends(services)
+    item_id: str,
+    user: Principal = Depends(require_roles(*METADATA_ROLES)),
+    s: CoreServices = Depends(services),
 ) -> dict[str, object]:
     """The item's retention class, until when it is kept, its object lock and its legal holds."""
     item = _item(s, item_id, user)
@@ -230,34 +229,29 @@ def legal_hold(
     item_id: str,
     body: HoldIn,
     user: Principal = Depends(require_roles(*EVIDENCE_HOLDERS)),
-    s: Services = Depends(services),
+    s: CoreServices = Depends(services),
 ) -> dict[str, object]:
     """Place (``hold: true``) or release every legal hold on this item (and what is derived from it)."""
     item = _item(s, item_id, user)
     if item.status == "deleted":
         raise HTTPException(410, "evidence deleted under its retention class")
     now = datetime.now(UTC)
-    try:
-        with s.db.session() as session:
-            set_legal_hold(
-                session,
-                s.ledger,
-                s.store,
-                _rules(s),
-                "evidence",
-                item.id,
-                body.hold,
-                body.reason,
-                user.actor,
-                now,
-            )
-            fresh = session.get(EvidenceItem, item.id)
-            assert fresh is not None
-            return describe(session, fresh, _rules(s), now)
-    except RetentionRefused as exc:
-        raise HTTPException(409, {"error": str(exc), "reason": exc.reason}) from None
-    except StorageError as exc:
-        raise _unavailable(s, exc) from None
+    with s.db.session() as session:
+        set_legal_hold(
+            session,
+            s.ledger,
+            s.store,
+            _rules(s),
+            "evidence",
+            item.id,
+            body.hold,
+            body.reason,
+            user.actor,
+            now,
+        )
+        fresh = session.get(EvidenceItem, item.id)
+        assert fresh is not None
+        return describe(session, fresh, _rules(s), now)
 
 
 @router.delete("/evidence/{item_id}", status_code=204)
@@ -265,16 +259,10 @@ def delete_item(
     item_id: str,
     reason: str = Query(min_length=3, max_length=2000, description="why this item is deleted by hand"),
     user: Principal = Depends(require_roles(*EVIDENCE_DELETERS)),
-    s: Services = Depends(services),
+    s: CoreServices = Depends(services),
 ) -> Response:
     """Delete an item by hand (recorded with a tombstone); refused while linked, held or locked by storage."""
     _item(s, item_id, user)
-    try:
-        with s.db.session() as session:
-            delete_by_hand(session, s.ledger, s.store, item_id, user.actor, reason, datetime.now(UTC))
-    except RetentionRefused as exc:
-        status = 410 if exc.reason == "already_deleted" else 409
-        raise HTTPException(status, {"error": str(exc), "reason": exc.reason}) from None
-    except StorageError as exc:
-        raise _unavailable(s, exc) from None
+    with s.db.session() as session:
+        delete_by_hand(session, s.ledger, s.store, item_id, user.actor, reason, datetime.now(UTC))
     return Response(status_code=204)

@@ -1,4 +1,4 @@
-"""The MQTT consumer: lone-worker device messages from the broker into :class:`ingest.alarms.AlarmService`.
+"""The MQTT consumer: lone-worker device messages from the broker into :class:`alarms.service.AlarmService`.
 
 - MQTT v5 with a persistent session (clean start off, a long session expiry): while an instance is
   away the broker keeps queueing its share, and a restarted instance with the same client id picks
@@ -12,8 +12,9 @@
   dead-letter table before it is acknowledged.
 - Alarms first: alarm and check-in messages have a queue and a worker of their own, so an SOS never
   waits behind heartbeats. A raised alarm is acknowledged as soon as its row is committed; a
-  follow-up worker then stores its payload as evidence, appends its custody entry and opens or joins
-  its incident (the escalation loop finishes any follow-up an instance left behind). While alarms
+  follow-up worker then makes the provisional alarm whole: stores its payload as evidence, appends
+  its custody entry and opens or joins its incident (the clock's loop finishes any an instance left
+  behind). While alarms
   are waiting or being handled, the other workers pause at their next message (for at most
   ``PRIORITY_PAUSE_S``): Python threads share one interpreter lock, and an alarm's many short
   database round trips would otherwise queue behind heartbeat work for the lock at every one.
@@ -25,7 +26,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import socket
@@ -34,7 +34,8 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -43,19 +44,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import DBAPIError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_never, wait_exponential
 
+from alarms.outbox import Outgoing
+from alarms.service import AlarmService
 from devices.lone_worker_wire import DEVICE_TOPICS, parse_topic, service_subscriptions
 from storage.objects import StorageError
+from storage.settings import Settings
 
-from .alarms import AlarmService, Outgoing, alarm_service
-from .services import Services
-from .telemetry_process import (
-    TELEMETRY_TYPES,
-    URGENT_TYPES,
-    configured_types,
-    discard_companion_session,
-    telemetry_process_wanted,
-)
+from .telemetry_process import TELEMETRY_TYPES, URGENT_TYPES, configured_types
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +67,31 @@ CONSUMER_ERRORS = Counter(
 DEAD_LETTERS = Counter("evidence_mqtt_dead_letters_total", "Device messages kept after repeated failures")
 
 TRANSIENT = (DBAPIError, StorageError, OSError, TimeoutError)
+# How long a message waits for the database or the store to come back: 0.4 s, doubling, at most 10 s.
+TRANSIENT_BACKOFF = wait_exponential(multiplier=0.4, max=timedelta(seconds=10))
 BATCH_MAX = 64  # messages handled in one transaction when they have queued up
 PRIORITY_PAUSE_S = 0.5  # the longest other work waits for alarms, so heartbeats are never starved
 SWITCH_INTERVAL_S = 0.0005  # how long a thread may keep the interpreter lock from an alarm worker
 
 
-def consumed_types(settings: Any, *, companion: bool = False) -> frozenset[str]:
+class AlarmParts(Protocol):
+    """What a consumer needs of the running service."""
+
+    settings: Settings
+    alarms: AlarmService
+
+
+def consumed_types(settings: Settings, *, companion: bool = False) -> frozenset[str]:
     """The device message types this instance consumes: the configured ones, less the telemetry
     when a companion process (started by this one) takes it."""
     types = configured_types(settings)
     if companion:
         types -= TELEMETRY_TYPES  # never all of them: no companion unless alarms are left here
     return types
+
+
+class _Stopping(Exception):
+    """The consumer is stopping while a message waits to be retried: leave it with the broker."""
 
 
 @dataclass
@@ -100,7 +110,7 @@ class AlarmConsumer:
 
     def __init__(
         self,
-        services: Services,
+        services: AlarmParts,
         *,
         alarms: AlarmService | None = None,
         client_id: str | None = None,
@@ -115,7 +125,7 @@ class AlarmConsumer:
         settings = services.settings
         self.services = services
         self.settings = settings
-        self.alarms = alarms or alarm_service(services)
+        self.alarms = alarms or services.alarms
         self.client_id = client_id or settings.mqtt_client_id
         self.share_group = settings.mqtt_share_group if share_group is None else share_group
         self.types = consumed_types(settings, companion=companion)
@@ -379,30 +389,17 @@ class AlarmConsumer:
             )
 
     def _process(self, delivery: _Delivery) -> None:
-        attempt = 0
         failures = 0
         while True:
             if not self._running:
                 return  # left unacknowledged: the broker delivers it again
             try:
-                result = self.alarms.handle(delivery.topic, delivery.payload, retained=delivery.retain)
+                result = self._handle_until_reachable(delivery)
                 if result.followup:
                     self._followup_wake.set()
                 break
-            except TRANSIENT as exc:
-                CONSUMER_ERRORS.labels(kind="transient").inc()
-                attempt += 1
-                delay = min(10.0, 0.2 * 2 ** min(attempt, 6))
-                log.warning(
-                    "device message not handled yet; retrying",
-                    extra={
-                        "topic": delivery.topic,
-                        "error": f"{type(exc).__name__}: {exc}"[:300],
-                        "retry_in": delay,
-                    },
-                )
-                if not self._sleep(delay):
-                    return
+            except _Stopping:
+                return
             except Exception as exc:  # noqa: BLE001 - a fault of ours: retry a little, then keep it aside
                 CONSUMER_ERRORS.labels(kind="internal").inc()
                 failures += 1
@@ -421,6 +418,35 @@ class AlarmConsumer:
                     break
         self.handled += 1
         self._ack(delivery)
+
+    def _handle_until_reachable(self, delivery: _Delivery) -> Any:
+        """Handle one message, waiting out faults of the database or the store (``TRANSIENT_BACKOFF``)."""
+
+        def note(state: RetryCallState) -> None:
+            CONSUMER_ERRORS.labels(kind="transient").inc()
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "device message not handled yet; retrying",
+                extra={
+                    "topic": delivery.topic,
+                    "error": f"{type(exc).__name__}: {exc}"[:300],
+                    "retry_in": state.upcoming_sleep,
+                },
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(TRANSIENT),
+            wait=TRANSIENT_BACKOFF,
+            stop=stop_never,
+            sleep=self._pause,
+            before_sleep=note,
+            reraise=True,
+        )
+        return retrying(self.alarms.handle, delivery.topic, delivery.payload, retained=delivery.retain)
+
+    def _pause(self, seconds: float) -> None:
+        if not self._sleep(seconds):
+            raise _Stopping()
 
     def _follow_up(self) -> None:
         """Make fast-path alarms whole (evidence, custody entry, incident) once they are acknowledged."""
@@ -506,21 +532,6 @@ class AlarmConsumer:
                 self.send([Outgoing(r.target, r.payload, r.qos, r.id) for r in rows])
 
 
-def consumer_configured(settings: Any) -> bool:
+def consumer_configured(settings: Settings) -> bool:
     """A broker to consume from: a host and the service's broker login."""
     return bool(settings.mqtt_host and settings.mqtt_username)
-
-
-async def run_consumer(services: Services) -> None:
-    """The consumer as one of the application's background loops (stops when cancelled)."""
-    companion = telemetry_process_wanted(services.settings)
-    if not companion:
-        # A companion of an earlier run would otherwise keep its share of the telemetry queued.
-        await asyncio.to_thread(discard_companion_session, services.settings)
-    consumer = AlarmConsumer(services, companion=companion)
-    services.extras["mqtt_consumer"] = consumer
-    await asyncio.to_thread(consumer.start)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await asyncio.to_thread(consumer.stop)

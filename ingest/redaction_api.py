@@ -1,4 +1,8 @@
-"""Redaction routes: see the jobs of a clip and their progress, and ask for a corrected version."""
+"""Redaction routes: see the jobs of a clip and their progress, and ask for a corrected version.
+
+They sit in the application rather than in ``redaction/`` because who may see a clip's redactions
+is decided by the incidents it is linked to (``incidents.access``), and ``redaction`` may not import
+``incidents`` (they are independent domains of one layer); the application sees both."""
 
 from __future__ import annotations
 
@@ -9,14 +13,13 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
 from sqlalchemy import select
 
+from accounts.access import require_roles, services
 from accounts.service import Principal
+from chain_of_custody.core import CoreServices
 from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, visible_evidence
-from redaction.jobs import JobRefused, enqueue
+from redaction.jobs import enqueue
 from redaction.models import RedactionJob
 from redaction.spec import RedactionSpec
-
-from .auth import require_roles, services
-from .services import Services
 
 router = APIRouter(prefix="/api/v1", tags=["redaction"])
 
@@ -47,7 +50,7 @@ def _out(job: RedactionJob) -> RedactionJobOut:
     return RedactionJobOut(spec=json.loads(job.spec), **data)
 
 
-def _visible_clip(s: Services, user: Principal, item_id: str) -> None:
+def _visible_clip(s: CoreServices, user: Principal, item_id: str) -> None:
     with s.db.session() as session:
         if visible_evidence(session, user, item_id) is None:
             raise HTTPException(404, "no such evidence item")
@@ -57,7 +60,7 @@ def _visible_clip(s: Services, user: Principal, item_id: str) -> None:
 def list_redactions(
     item_id: str,
     user: Principal = Depends(require_roles(*EVIDENCE_METADATA)),
-    s: Services = Depends(services),
+    s: CoreServices = Depends(services),
 ) -> list[RedactionJobOut]:
     """Every redaction version of a clip, newest first, with state and progress."""
     _visible_clip(s, user, item_id)
@@ -76,32 +79,31 @@ def request_redaction(
     spec: RedactionSpec,
     based_on: str | None = Query(None),
     user: Principal = Depends(require_roles(*EVIDENCE_MEDIA)),
-    s: Services = Depends(services),
+    s: CoreServices = Depends(services),
 ) -> RedactionJobOut:
     """Queue a new version with the investigator's manual regions, exclusions and audio edits."""
     _visible_clip(s, user, item_id)
-    try:
-        with s.db.session() as session:
-            if based_on is not None:
-                base = session.get(RedactionJob, based_on)
-                if base is None or base.source_item_id != item_id:
-                    raise HTTPException(404, "no such redaction version of this clip")
-            job = enqueue(
-                session,
-                item_id,
-                user.actor,
-                spec.model_dump(),
-                based_on_job_id=based_on,
-                max_attempts=s.settings.worker_max_attempts,
-            )
-            return _out(job)
-    except JobRefused as exc:
-        raise HTTPException(409, str(exc)) from None
+    with s.db.session() as session:
+        if based_on is not None:
+            base = session.get(RedactionJob, based_on)
+            if base is None or base.source_item_id != item_id:
+                raise HTTPException(404, "no such redaction version of this clip")
+        job = enqueue(
+            session,
+            item_id,
+            user.actor,
+            spec.model_dump(),
+            based_on_job_id=based_on,
+            max_attempts=s.settings.worker_max_attempts,
+        )
+        return _out(job)
 
 
 @router.get("/redaction-jobs/{job_id}", response_model=RedactionJobOut)
 def get_job(
-    job_id: str, user: Principal = Depends(require_roles(*EVIDENCE_METADATA)), s: Services = Depends(services)
+    job_id: str,
+    user: Principal = Depends(require_roles(*EVIDENCE_METADATA)),
+    s: CoreServices = Depends(services),
 ) -> RedactionJobOut:
     with s.db.session() as session:
         job = session.get(RedactionJob, job_id)
@@ -115,7 +117,7 @@ def queue(
     status: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
     user: Principal = Depends(require_roles("admin", "security_manager")),
-    s: Services = Depends(services),
+    s: CoreServices = Depends(services),
 ) -> list[RedactionJobOut]:
     """The job queue, for whoever runs the workers."""
     q = select(RedactionJob).order_by(RedactionJob.created_at.desc()).limit(limit)

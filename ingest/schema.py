@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import accounts.models  # noqa: F401
+import alarms.models  # noqa: F401
 import chain_of_custody.models  # noqa: F401
 import devices.models  # noqa: F401
-import incidents.export_models  # noqa: F401
+import incidents.export.models  # noqa: F401
 import incidents.models  # noqa: F401
-import ingest.alarm_models  # noqa: F401
 import ingest.models  # noqa: F401
 import redaction.models  # noqa: F401
 from storage.db import Base

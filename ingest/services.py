@@ -1,4 +1,13 @@
-"""The running service's parts, built once from settings: database, object store, signing key, ledger."""
+"""The running service's parts, built once from settings: the composition root of every process.
+
+``build_services`` opens the database (migrating it), the object store (starting the embedded one
+when no endpoint is configured), the service key and the ledger, and assembles the domains' long-lived
+parts on them: the upload engine, the alarm service and its change-feed watcher, the builder of
+export packages, and what happens
+inside the transaction that records a new clip (``clip_hooks``: queue its automatic redaction, link
+it to an incident of its wearer). Which background loops run is the application's choice
+(``ingest.app.background_loops``).
+"""
 
 from __future__ import annotations
 
@@ -8,27 +17,52 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
+from alarms.feed import FeedWatcher
+from alarms.service import AlarmService
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
+from chain_of_custody.models import EvidenceItem
+from incidents.export.jobs import ExportBuilds
+from incidents.retention import RetentionRules
+from incidents.service import Retention, make_clip_hook
 from storage.db import Database
 from storage.embedded import EmbeddedSeaweed
 from storage.objects import ObjectStore
 from storage.settings import Settings
 
 from .migrations_runner import upgrade_database
+from .mqtt_consumer import AlarmConsumer
+from .telemetry_process import TelemetryProcess
+from .uploads import ClipHook, UploadEngine
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Services:
+    """Everything a process of the service works with."""
+
     settings: Settings
     db: Database
     store: ObjectStore
     key: ServiceKey
     ledger: Ledger
     embedded: EmbeddedSeaweed | None = None
-    extras: dict[str, object] = field(default_factory=dict)
+    clip_hooks: list[ClipHook] = field(default_factory=list)
+    uploads: UploadEngine = field(init=False)
+    alarms: AlarmService = field(init=False)
+    alarm_feed: FeedWatcher = field(init=False)
+    exports: ExportBuilds = field(init=False)
+    mqtt_consumer: AlarmConsumer | None = None  # set by the loop that runs it (``ingest.app``)
+    telemetry_process: TelemetryProcess | None = None  # likewise
+
+    def __post_init__(self) -> None:
+        self.uploads = UploadEngine(self, self.embedded, self.clip_hooks)
+        self.alarms = AlarmService(self)
+        self.alarm_feed = FeedWatcher(self.db)
+        self.exports = ExportBuilds(self)
 
     def close(self) -> None:
         self.db.dispose()
@@ -72,11 +106,24 @@ def build_services(settings: Settings, *, migrate: bool = True, start_embedded: 
     store, embedded = open_object_store(settings, start_embedded)
     store.ensure_buckets(settings.retention_days)
     key = ServiceKey.load_or_create(settings.resolved_service_key_path)
-    services = Services(settings=settings, db=db, store=store, key=key, ledger=Ledger(key), embedded=embedded)
-    from .hooks import install
+    ledger = Ledger(key)
+    hooks = clip_hooks(settings, store, ledger)
+    return Services(settings, db, store, key, ledger, embedded=embedded, clip_hooks=hooks)
 
-    install(services)
-    return services
+
+def clip_hooks(settings: Settings, store: ObjectStore, ledger: Ledger) -> list[ClipHook]:
+    """What happens inside the transaction that records a new clip: it joins the incident of its
+    wearer's alarm, and its automatic redaction is queued."""
+    hooks: list[ClipHook] = [make_clip_hook(ledger, Retention(store, RetentionRules.from_settings(settings)))]
+    if settings.redaction_enabled:
+        from redaction.jobs import enqueue
+
+        def queue_redaction(session: Session, item: EvidenceItem) -> None:
+            if item.kind == "clip" and item.status == "stored":
+                enqueue(session, item.id, "service", {}, max_attempts=settings.worker_max_attempts)
+
+        hooks.append(queue_redaction)
+    return hooks
 
 
 def settle_heap() -> None:

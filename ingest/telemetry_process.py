@@ -26,9 +26,8 @@ import threading
 from pathlib import Path
 
 from devices.lone_worker_wire import DEVICE_TOPICS
+from storage.embedded import EmbeddedSeaweed
 from storage.settings import Settings
-
-from .services import Services
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +74,17 @@ def prepare_shared_metrics(settings: Settings) -> None:
     os.environ[METRICS_ENV] = str(directory)
 
 
-def settings_environment(services: Services) -> dict[str, str]:
+def settings_environment(settings: Settings, embedded: EmbeddedSeaweed | None) -> dict[str, str]:
     """The companion's environment: this process's settings as ``EVIDENCE_*`` variables (whether they
     came from the environment, a ``.env`` file or code), pointed at the same object store."""
-    settings = services.settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVIDENCE_")}
     env.update(settings.as_environment())
     env["EVIDENCE_DATA_DIR"] = str(Path(settings.data_dir).resolve())
     env["EVIDENCE_DATABASE_URL"] = settings.resolved_database_url
-    if services.embedded is not None:  # the store this process started, not a second one
-        env["EVIDENCE_S3_ENDPOINT"] = services.embedded.endpoint
-        env["EVIDENCE_S3_ACCESS_KEY"] = services.embedded.credentials.access_key
-        env["EVIDENCE_S3_SECRET_KEY"] = services.embedded.credentials.secret_key
+    if embedded is not None:  # the store this process started, not a second one
+        env["EVIDENCE_S3_ENDPOINT"] = embedded.endpoint
+        env["EVIDENCE_S3_ACCESS_KEY"] = embedded.credentials.access_key
+        env["EVIDENCE_S3_SECRET_KEY"] = embedded.credentials.secret_key
     env["EVIDENCE_MQTT_MESSAGE_TYPES"] = ",".join(sorted(configured_types(settings) & TELEMETRY_TYPES))
     env.pop("EVIDENCE_ADMIN_PASSWORD", None)  # the demo's; the companion has no use for it
     env["EVIDENCE_MQTT_TELEMETRY_PROCESS"] = "false"
@@ -97,13 +95,14 @@ def settings_environment(services: Services) -> dict[str, str]:
 class TelemetryProcess:
     """Starts, watches and stops the companion (``evidence alarm-worker``)."""
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    def __init__(self, settings: Settings, embedded: EmbeddedSeaweed | None) -> None:
+        self.settings = settings
+        self.embedded = embedded
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> subprocess.Popen[bytes]:
-        settings = self.services.settings
+        settings = self.settings
         command = [
             sys.executable,
             "-m",
@@ -116,7 +115,7 @@ class TelemetryProcess:
             str(settings.mqtt_telemetry_nice),
         ]
         # Its log lines go where this process's go (inherited stdout and stderr).
-        self.process = subprocess.Popen(command, cwd=ROOT, env=settings_environment(self.services))
+        self.process = subprocess.Popen(command, cwd=ROOT, env=settings_environment(settings, self.embedded))
         self.starts += 1
         log.info("telemetry process started", extra={"pid": self.process.pid, "starts": self.starts})
         return self.process
@@ -200,10 +199,3 @@ def discard_companion_session(settings: Settings, timeout: float = 5.0) -> None:
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-async def run_telemetry_process(services: Services) -> None:
-    """The companion as one of the application's background loops."""
-    companion = TelemetryProcess(services)
-    services.extras["telemetry_process"] = companion
-    await companion.watch()

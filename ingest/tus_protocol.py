@@ -12,6 +12,8 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from storage.errors import Refused
+
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,checksum,termination,expiration"
 CHECKSUM_ALGORITHMS = ("sha1", "sha256")
@@ -34,13 +36,12 @@ SAFE_CONTENT_TYPES = {
 }
 
 
-class TusRefusal(Exception):
-    """A request that can never succeed as sent: status, stable reason code and a sentence."""
+class TusRefusal(Refused):
+    """A dock request refused: status, stable reason code and a sentence (a 4xx can never succeed as
+    sent; a 503 or 507 carries ``Retry-After``)."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
+    def __init__(self, status: int, reason: str, message: str, retry_after: int | None = None) -> None:
+        super().__init__(reason, message, status, retry_after=retry_after)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ instead.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
@@ -20,31 +19,39 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
-from chain_of_custody.canonical import canonical_json
+from chain_of_custody.canonical import canonical_json, rfc3339
+from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import load_public_key_b64, verify_signature
-from chain_of_custody.ledger import rfc3339
 from chain_of_custody.models import EvidenceItem
 from devices.models import Device
 from devices.service import camera_for_clip
 from storage.digests import Digests
+from storage.embedded import EmbeddedSeaweed
+from storage.leases import Lease
 from storage.objects import StorageError, StoredObject
 
 from .metrics import UPLOAD_BYTES, UPLOADS_FINISHED
 from .models import Upload
-from .services import Services
 from .tus_protocol import ClipMetadata, TusRefusal, parse_checksum
 
 log = logging.getLogger(__name__)
+
+# Runs inside the transaction that records a new clip (``ingest.services.clip_hooks``).
+ClipHook = Callable[[Session, EvidenceItem], None]
+# One writer per upload, across every replica: the request holding the upload's lease.
+WRITER = Lease(until=Upload.lease_until, holder=Upload.lease_id)
 
 
 class UploadBusy(Exception):
@@ -100,24 +107,29 @@ def _tail_key(upload_id: str, offset: int) -> str:
 
 
 class UploadEngine:
-    def __init__(self, services: Services) -> None:
-        self.s = services
+    def __init__(
+        self, core: CoreServices, embedded: EmbeddedSeaweed | None, clip_hooks: list[ClipHook]
+    ) -> None:
+        self.s = core
+        self.embedded = embedded
+        self.clip_hooks = clip_hooks
+        settings = core.settings
         self.hashes = _RunningHash()
-        self.active = asyncio.Semaphore(services.settings.max_concurrent_patches)
-        self.parts_in_flight = max(1, services.settings.upload_parts_in_flight)
+        self.active = asyncio.Semaphore(settings.max_concurrent_patches)
+        self.parts_in_flight = max(1, settings.upload_parts_in_flight)
         # One thread hashes every upload's parts, so each upload's parts are hashed in order.
         self.hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-hash")
         # Part uploads have threads of their own: a database call never queues behind seconds of S3
         # sends, and however many docks upload, the store sees at most this many part uploads at once.
         self.part_pool = ThreadPoolExecutor(
-            max_workers=max(1, services.settings.upload_part_senders), thread_name_prefix="clip-part"
+            max_workers=max(1, settings.upload_part_senders), thread_name_prefix="clip-part"
         )
-        self.lease = timedelta(seconds=services.settings.upload_lease_seconds)
+        self.lease = timedelta(seconds=settings.upload_lease_seconds)
 
     # -- storage capacity --------------------------------------------------------------------
     def storage_full(self) -> bool:
         """For the embedded store the disk under data_dir is ours to watch; a remote S3 answers for itself."""
-        if self.s.embedded is None:
+        if self.embedded is None:
             return False
         return shutil.disk_usage(Path(self.s.settings.data_dir)).free < self.s.settings.min_free_bytes
 
@@ -173,7 +185,7 @@ class UploadEngine:
         with self.s.db.session() as session:
             return _state(self._get(session, dock, upload_id))
 
-    def _get(self, session, dock: Device, upload_id: str) -> Upload:  # type: ignore[no-untyped-def]
+    def _get(self, session: Session, dock: Device, upload_id: str) -> Upload:
         upload = session.get(Upload, upload_id)
         if upload is None or upload.dock_id != dock.id or upload.status == "terminated":
             raise UploadGone(404, "no such upload for this dock")
@@ -220,27 +232,14 @@ class UploadEngine:
     # -- leases: one writer per upload across all replicas -----------------------------------
     def _acquire(self, upload_id: str) -> str:
         lease = secrets.token_hex(8)
-        now = datetime.now(UTC)
         with self.s.db.session() as session:
-            result = session.execute(
-                update(Upload)
-                .where(
-                    Upload.id == upload_id,
-                    or_(Upload.lease_until.is_(None), Upload.lease_until < now),
-                )
-                .values(lease_id=lease, lease_until=now + self.lease)
-            )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+            if not WRITER.take(session, Upload.id == upload_id, lease, self.lease, datetime.now(UTC)):
                 raise UploadBusy("another request is writing this upload")
         return lease
 
     def _release(self, upload_id: str, lease: str) -> None:
         with self.s.db.session() as session:
-            session.execute(
-                update(Upload)
-                .where(Upload.id == upload_id, Upload.lease_id == lease)
-                .values(lease_id=None, lease_until=None)
-            )
+            WRITER.release(session, Upload.id == upload_id, lease)
 
     # -- data --------------------------------------------------------------------------------------
     async def patch(
@@ -394,7 +393,7 @@ class _PartWriter:
                 # a buffer already sent is reused (a fresh one costs page faults on every part).
                 self.buffer = self.spare.pop() if self.spare else bytearray(size)
 
-    async def _send_part(self, data: bytes | bytearray) -> None:
+    async def _send_part(self, data: bytes | bytearray | memoryview) -> None:
         """Hash (in order, on the hashing thread) and upload a full part; a few parts travel at once.
 
         Waits for a free place among the parts in flight first, so the body keeps flowing into the
@@ -417,7 +416,7 @@ class _PartWriter:
         upload.add_done_callback(_ignore_result)  # failures are raised through the commit chain
         stored = asyncio.gather(upload, *([hashed] if hashed is not None else []))
         if isinstance(data, bytearray) and len(data) == self.u.part_size:
-            stored.add_done_callback(lambda done, buffer=data: self._reuse(done, buffer))
+            stored.add_done_callback(partial(self._reuse, buffer=data))
         else:
             stored.add_done_callback(_ignore_result)
         part = _Pending(number, len(data), consumed, upload, hashed, stored)
@@ -469,11 +468,7 @@ class _PartWriter:
 
     def _renew(self) -> None:
         with self.e.s.db.session() as session:
-            session.execute(
-                update(Upload)
-                .where(Upload.id == self.u.id, Upload.lease_id == self.lease)
-                .values(lease_until=datetime.now(UTC) + self.e.lease)
-            )
+            WRITER.renew(session, Upload.id == self.u.id, self.lease, self.e.lease, datetime.now(UTC))
 
     def _record(self, committed: int, consumed_staged: bool) -> None:
         """Persist that ``committed`` bytes are in S3 parts (and drop tail segments those parts absorbed)."""
@@ -557,7 +552,7 @@ class _PartWriter:
         return UploadState(self.u.id, self.offset, self.u.length, self.u.expires_at, None, None)
 
     def e_complete(self) -> UploadState:
-        return complete_upload(self.e, self.u, sorted(self.parts), self.running)  # type: ignore[arg-type]
+        return complete_upload(self.e, self.u, sorted(self.parts), self.running)
 
 
 class _Disconnected(Exception):
@@ -642,7 +637,7 @@ def complete_upload(
         row.committed = upload.length
         row.evidence_item_id = item.id
         row.evidence_status = item.status
-        for hook in s.extras.get("clip_hooks", []):  # type: ignore[attr-defined]
+        for hook in engine.clip_hooks:
             hook(session, item)
         state = _state(row)
     for off, _ in json.loads(upload.staged):
@@ -656,12 +651,3 @@ def complete_upload(
         extra={"upload": upload.id, "item": item.id, "status": item.status, "sha256": digest},
     )
     return state
-
-
-def clip_item(services: Services, item_id: str) -> EvidenceItem | None:
-    with services.db.session() as session:
-        return session.get(EvidenceItem, item_id)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()

@@ -1,10 +1,9 @@
 """Queueing and claiming redaction jobs so that any number of workers on any number of machines share them.
 
-A claim is a lease: the worker renews it while it works; a worker that dies stops renewing, the
-lease runs out and another worker takes the job (its attempt count grows). A job that has used all
-its attempts is marked failed with the last error. On PostgreSQL the claim uses
-``FOR UPDATE SKIP LOCKED``, so concurrent workers never take the same job; SQLite serialises
-writers, which gives the same guarantee on one machine.
+A claim is a lease (``storage.leases``): the worker renews it while it works; a worker that dies
+stops renewing, the lease runs out and another worker takes the job (its attempt count grows). A
+job that has used all its attempts is marked failed with the last error. Concurrent workers never
+take the same job (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers).
 """
 
 from __future__ import annotations
@@ -15,16 +14,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.models import EvidenceItem
+from storage.errors import Refused
+from storage.leases import Lease
+from storage.leases import claim as claim_rows
 
 from .models import RedactionJob
 
+WORKER = Lease(until=RedactionJob.lease_until, holder=RedactionJob.lease_owner)
 
-class JobRefused(Exception):
+
+class JobRefused(Refused):
     """A job request that cannot be queued (unknown item, not a clip, bad spec)."""
+
+    status = 409
+
+    def __init__(self, message: str, reason: str = "job_refused") -> None:
+        super().__init__(reason, message)
 
 
 @dataclass(frozen=True)
@@ -76,35 +85,35 @@ def claim(session: Session, owner: str, lease: timedelta, now: datetime | None =
     now = now or datetime.now(UTC)
     claimable = or_(
         RedactionJob.status == "queued",
-        and_(RedactionJob.status == "running", RedactionJob.lease_until < now),
+        and_(RedactionJob.status == "running", WORKER.expired(now)),
     )
     # Jobs whose lease expired on their last attempt have failed for good.
-    for job in session.scalars(
-        select(RedactionJob)
-        .where(
+    for job in claim_rows(
+        session,
+        select(RedactionJob).where(
             RedactionJob.status == "running",
-            RedactionJob.lease_until < now,
+            WORKER.expired(now),
             RedactionJob.attempts >= RedactionJob.max_attempts,
-        )
-        .with_for_update(skip_locked=True)
+        ),
+        1000,
     ):
         job.status = "failed"
         job.error = (
             job.error or ""
         ) + f"; worker {job.lease_owner} stopped renewing its lease (attempt {job.attempts})"
         job.finished_at = now
-    job = session.scalars(
+    jobs = claim_rows(
+        session,
         select(RedactionJob)
         .where(claimable, RedactionJob.attempts < RedactionJob.max_attempts)
-        .order_by(RedactionJob.created_at)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    ).first()
-    if job is None:
+        .order_by(RedactionJob.created_at),
+        1,
+    )
+    if not jobs:
         return None
+    job = jobs[0]
     job.status = "running"
-    job.lease_owner = owner
-    job.lease_until = now + lease
+    WORKER.grant(job, owner, lease, now)
     job.attempts += 1
     job.started_at = now
     session.flush()
@@ -116,17 +125,16 @@ def renew(
 ) -> bool:
     """Extend the lease and record progress; False when the job is no longer ours (taken over)."""
     progress = min(1.0, frames_done / frames_total) if frames_total else 0.0
-    result = session.execute(
-        update(RedactionJob)
-        .where(RedactionJob.id == job_id, RedactionJob.lease_owner == owner, RedactionJob.status == "running")
-        .values(
-            lease_until=datetime.now(UTC) + lease,
-            frames_done=frames_done,
-            frames_total=frames_total,
-            progress=progress,
-        )
+    return WORKER.renew(
+        session,
+        and_(RedactionJob.id == job_id, RedactionJob.status == "running"),
+        owner,
+        lease,
+        datetime.now(UTC),
+        frames_done=frames_done,
+        frames_total=frames_total,
+        progress=progress,
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def finish(session: Session, job_id: str, owner: str, result_item_id: str, record_item_id: str) -> bool:

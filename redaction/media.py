@@ -8,6 +8,7 @@ writing the pipes happen on helper threads, so the Python process spends its tim
 
 from __future__ import annotations
 
+import io
 import queue
 import re
 import subprocess
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, cast
 
 from redaction.frames import Frame
 
@@ -163,12 +164,12 @@ class FrameReader:
         self._thread.start()
 
     def _pump(self) -> None:
-        stdout = self._proc.stdout
+        stdout = cast(io.BufferedReader, self._proc.stdout)
         assert stdout is not None
         try:
             while not self._stop.is_set():
                 frame = Frame.empty(self.width, self.height)
-                view = memoryview(frame.buffer)
+                view = frame.buffer.data
                 got = 0
                 while got < self._frame_bytes:
                     n = stdout.readinto(view[got:])
@@ -283,7 +284,7 @@ class FrameWriter:
                 frame = self._queue.get()
                 if frame is None:
                     break
-                stdin.write(memoryview(frame.buffer))
+                stdin.write(frame.buffer.data)
         except BaseException as exc:
             self._failure = exc
             # Keep draining so the producer never blocks on a dead encoder.

@@ -60,7 +60,7 @@ class CameraMotion:
         points = cv2.goodFeaturesToTrack(previous, self.max_features, 0.01, 6, mask=mask, blockSize=5)
         if points is None or len(points) < self.min_features:
             return self.offset
-        moved, status, _ = cv2.calcOpticalFlowPyrLK(
+        moved, status, _ = cv2.calcOpticalFlowPyrLK(  # type: ignore[call-overload]  # stubs: nextPts may be None
             previous, current, points, None, winSize=(15, 15), maxLevel=3
         )
         ok = status.reshape(-1) == 1

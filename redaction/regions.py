@@ -123,7 +123,7 @@ class ManualRegionFollower:
                 image = frame.to_bgr()
             follower = self._followers.get(n)
             if follower is None:
-                tracker = cv2.TrackerMIL_create()
+                tracker = cv2.TrackerMIL_create()  # type: ignore[attr-defined]  # in the wheel, not its stubs
                 bx = _int_box(region.box, frame.width, frame.height)
                 tracker.init(image, bx)
                 follower = _Follower(tracker, region.box)

@@ -60,9 +60,9 @@ class ManualRegionIn(_Strict):
             self.h,
             self.shape,
             self.follow,
-            tuple(tuple(k) for k in self.keyframes),
+            tuple(tuple(k) for k in self.keyframes),  # type: ignore[misc]  # five numbers each, checked above
             self.label,
-        )  # type: ignore[arg-type]
+        )
 
 
 class ExclusionIn(_Strict):

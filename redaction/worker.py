@@ -23,6 +23,7 @@ from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from storage.db import Database
 from storage.objects import ObjectStore
+from storage.settings import Settings
 
 from . import jobs
 from .pipeline import RedactionResult, RedactionSettings, redact_clip
@@ -47,8 +48,8 @@ class RedactionWorker:
         db: Database,
         store: ObjectStore,
         ledger: Ledger,
-        settings,
-        *,  # type: ignore[no-untyped-def]
+        settings: Settings,
+        *,
         name: str | None = None,
         lease_seconds: int | None = None,
     ) -> None:
@@ -163,7 +164,8 @@ class RedactionWorker:
             assert original is not None
             how["original_sha256"] = original.sha256
             actor = f"worker:{self.name}"
-            common = dict(
+            common = Provenance(
+                kind="redacted_clip",
                 actor=actor,
                 source_device_id=original.source_device_id,
                 wearer=original.wearer,
@@ -176,24 +178,23 @@ class RedactionWorker:
                 session,
                 self.ledger,
                 video,
-                Provenance(
-                    kind="redacted_clip",
+                replace(
+                    common,
                     content_type="video/mp4",
                     filename=f"{(original.filename or 'clip').rsplit('.', 1)[0]}-redacted-v{job.version}.mp4",
-                    **common,
-                ),  # type: ignore[arg-type]
+                ),
                 verified={"derived_from": original.id, "original_sha256": original.sha256},
             )
             record_item = record_evidence(
                 session,
                 self.ledger,
                 record,
-                Provenance(
+                replace(
+                    common,
                     kind="redaction_record",
                     content_type="application/json",
                     filename=f"redaction-record-v{job.version}.json",
-                    **common,
-                ),  # type: ignore[arg-type]
+                ),
                 verified={"derived_from": original.id, "describes": video_item.id},
             )
             details = {

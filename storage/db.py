@@ -10,8 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, Table, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -51,6 +54,17 @@ class Base(DeclarativeBase):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def is_postgres(session: Session) -> bool:
+    """Whether the session talks to PostgreSQL (else SQLite)."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def dialect_insert(session: Session, table: Any) -> Any:
+    """``INSERT`` in the session's dialect, for ``ON CONFLICT`` clauses (both dialects spell them alike)."""
+    target: Table | Any = table
+    return pg_insert(target) if is_postgres(session) else sqlite_insert(target)
 
 
 def make_engine(url: str) -> Engine:

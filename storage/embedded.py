@@ -51,7 +51,8 @@ def write_private(path: Path, data: bytes) -> None:
 def load_or_create_secrets(path: Path) -> dict[str, str]:
     """S3 credentials and SeaweedFS JWT keys for the embedded store, created once."""
     if path.exists():
-        return json.loads(path.read_text())
+        known: dict[str, str] = json.loads(path.read_text())
+        return known
     values = {
         "access_key": "evidence-" + secrets.token_hex(4),
         "secret_key": secrets.token_urlsafe(32),

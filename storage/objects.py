@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import urllib3
 from minio import Minio
@@ -218,7 +218,7 @@ class ObjectStore:
 
     # -- multipart upload across requests --------------------------------------------------
     def start_multipart(self, key: str, retain_until: datetime, content_type: str) -> str:
-        headers = {
+        headers: dict[str, str | list[str] | tuple[str]] = {
             "Content-Type": content_type,
             "x-amz-object-lock-mode": COMPLIANCE,
             "x-amz-object-lock-retain-until-date": retain_until.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
@@ -228,9 +228,12 @@ class ObjectStore:
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc) from exc
 
-    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+    def upload_part(
+        self, key: str, upload_id: str, part_number: int, data: bytes | bytearray | memoryview
+    ) -> str:
         try:
-            return self.client._upload_part(self.bucket, key, data, None, upload_id, part_number)  # noqa: SLF001
+            body = cast(bytes, data)  # minio sends any buffer; its signature says bytes
+            return self.client._upload_part(self.bucket, key, body, None, upload_id, part_number)  # noqa: SLF001
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc) from exc
 

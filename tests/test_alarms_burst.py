@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from alarms.models import AlarmRecord, LoneWorkerEvent
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.verify import VerifyOptions, verify_service
 from devices.broker_access import BrokerProcess, wait_for_port
 from firmware_simulators.lone_worker import Fleet
-from ingest.alarm_models import AlarmRecord, LoneWorkerEvent
 from ingest.services import build_services
 from tests.conftest import make_settings, wait_for
 from tests.test_alarms_kit import SERVICE_USER, enrol, start_broker

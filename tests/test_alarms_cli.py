@@ -11,7 +11,7 @@ from typing import Any
 
 from devices.broker_access import BrokerFiles, BrokerProcess, free_port
 from devices.service import add_staff, set_status
-from ingest.mqtt_consumer import run_consumer
+from ingest.app import background_loops, run_consumer
 from tests.conftest import settings_env
 from tests.test_alarms_kit import SERVICE_USER, DeviceKit
 from tests.test_lone_worker_broker import ACCEPTED, NOT_AUTHORISED, Probe
@@ -32,7 +32,7 @@ def evidence(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
 
 def test_enrol_and_broker_access_commands(sqlite_services: Any, tmp_path: Path) -> None:
     s = sqlite_services
-    assert run_consumer not in s.extras["startup"]  # no broker login configured: no consumer
+    assert run_consumer not in background_loops(s.settings)  # no broker login configured: no consumer
     with s.db.session() as session:
         add_staff(session, "S-CLI", "Community nurse", "nurse")
     env = settings_env(s.settings)

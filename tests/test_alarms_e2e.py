@@ -28,13 +28,15 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from accounts.service import create_user
+from alarms.models import AlarmOutbox, AlarmRecord, LoneWorkerEvent
+from alarms.service import AlarmService
 from chain_of_custody.keys import verify_signature
 from chain_of_custody.verify import verify_service
 from devices.broker_access import BrokerAccount, BrokerProcess, hash_password, start_private_broker
 from devices.lone_worker_wire import Accepted, DeviceKey, ReplayState, canonical_json, verify_device_message
+from devices.models import LoneWorkerState
+from devices.service import broker_accounts
 from firmware_simulators.lone_worker import LoneWorkerDevice
-from ingest.alarm_models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerState
-from ingest.alarms import AlarmService, broker_accounts
 from ingest.services import build_services
 from tests.clipkit import canonical
 from tests.conftest import make_settings, start_server, wait_for
@@ -153,7 +155,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, seaweed: Any) -> Iterator[St
         {"Authorization": f"Bearer {token['access_token']}"},
         tmp,
     )
-    consumer = wait_for(lambda: services.extras.get("mqtt_consumer"), 10, what="consumer to start")
+    consumer = wait_for(lambda: services.mqtt_consumer, 10, what="consumer to start")
     assert consumer.wait_ready(10), broker.log_tail()
     yield s
     for device in s.devices:
@@ -576,7 +578,7 @@ def test_every_rejection_reason_through_the_broker(stack: Stack) -> None:
             )
         )
     assert kinds == ["LW-REJ"]  # only the SOS that was sent again after the clock correction
-    consumer = stack.services.extras["mqtt_consumer"]
+    consumer = stack.services.mqtt_consumer
     assert consumer.connected
 
 
@@ -622,7 +624,7 @@ def test_after_the_broker_fuzz_the_consumer_stands_and_only_authentic_messages_w
         assert isinstance(verdict, Accepted), event.raw
     raises = {e.event_id for e in events if e.type == "alarm" and e.action == "raise"}
     assert {a.source_event_id for a in alarms if a.source_event_id} == raises
-    assert stack.services.extras["mqtt_consumer"].connected
+    assert stack.services.mqtt_consumer.connected
 
 
 def test_effects_left_in_the_outbox_are_sent_by_the_relay(stack: Stack) -> None:

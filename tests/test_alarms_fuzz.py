@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from alarms.models import AlarmRecord, LoneWorkerEvent
+from alarms.service import AlarmService
 from chain_of_custody.models import EvidenceItem
 from devices.lone_worker_wire import (
     Accepted,
@@ -29,8 +31,6 @@ from devices.lone_worker_wire import (
     verify_device_message,
 )
 from devices.service import set_status
-from ingest.alarm_models import AlarmRecord, LoneWorkerEvent
-from ingest.alarms import AlarmService
 from ingest.services import build_services
 from tests.conftest import make_settings
 from tests.test_alarms_kit import DeviceKit, enrol, raw_public

@@ -15,15 +15,17 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import event, func, select
 
+from alarms import rules
+from alarms.lifecycle import ESCALATION_TOPIC
+from alarms.models import AlarmChange, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
+from alarms.service import AlarmService, run_pass
+from alarms.voice_memos import VoiceMemoRefused
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.verify import verify_service
 from devices.lone_worker_wire import canonical_json, sign_payload, verify_ack
-from devices.service import set_status
+from devices.models import LoneWorkerState
+from devices.service import enrol_lone_worker, set_status
 from incidents.models import Incident, IncidentLink
-from ingest import alarm_rules as rules
-from ingest.alarm_models import AlarmChange, AlarmRecord, LoneWorkerEvent, LoneWorkerState, LoneWorkerVisit
-from ingest.alarms import ESCALATION_TOPIC, AlarmService, VoiceMemoRefused, enrol_lone_worker
-from ingest.escalation import run_pass
 from storage.objects import ObjectStore
 from tests.test_alarms_kit import DeviceKit, acks, custody, enrol, later, outbox
 
@@ -656,7 +658,9 @@ def test_payload_evidence_names_the_key_it_was_verified_with(services: Any) -> N
     result = alarms.handle(topic, raw)
     assert result.followup
     with services.db.session() as session:  # re-enrolled with a new key before the follow-up
-        enrol_lone_worker(session, services, "LW-K1", DeviceKit("LW-K1").public_b64, "test", staff_id="S-K1")
+        enrol_lone_worker(
+            session, services.ledger, "LW-K1", DeviceKit("LW-K1").public_b64, "test", staff_id="S-K1"
+        )
     assert alarms.complete_followups() == 1
     alarm = one_alarm(services, result.alarm_id)
     (captured,) = [e for e in custody(services, alarm.evidence_item_id) if e.action == "captured"]
@@ -673,7 +677,7 @@ def test_device_messages_update_their_state_row_in_place(services: Any) -> None:
     the table bloat with every heartbeat (the alarm path's reads slowed down run after run)."""
     from sqlalchemy import inspect, text
 
-    from ingest.alarms import _CAS
+    from alarms.device_state import CAS as _CAS
 
     written = {getattr(c, "key", c) for c in _CAS._values}  # type: ignore[attr-defined]
     assert "replay_state" in written and "offline_due_at" in written

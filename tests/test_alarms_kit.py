@@ -17,12 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
+from alarms.models import AlarmOutbox
 from chain_of_custody.models import CustodyEntry
 from devices.broker_access import BrokerAccount, BrokerProcess, hash_password, start_private_broker
 from devices.lone_worker_wire import canonical_json, format_time, sign_payload, topic_for
-from devices.service import add_staff
-from ingest.alarm_models import AlarmOutbox
-from ingest.alarms import broker_accounts, enrol_lone_worker
+from devices.service import add_staff, broker_accounts, enrol_lone_worker
 
 SERVICE_USER = "evidence-service"
 
@@ -107,7 +106,7 @@ class DeviceKit:
     ) -> dict[str, str]:
         import hashlib
 
-        from ingest.alarms import voice_memo_manifest
+        from alarms.voice_memos import voice_memo_manifest
 
         sent_at = format_time(datetime.now(UTC))
         manifest = voice_memo_manifest(
@@ -129,7 +128,7 @@ def enrol(
         if staff_id is not None:
             add_staff(session, staff_id, f"Staff {staff_id}", "nurse", site)
         enrolled = enrol_lone_worker(
-            session, services, device_id, kit.public_b64, "test", staff_id=staff_id, site=site
+            session, services.ledger, device_id, kit.public_b64, "test", staff_id=staff_id, site=site
         )
         kit.password = enrolled.mqtt_password
     return kit
@@ -233,12 +232,14 @@ def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
             event[name] = value[1:] if value.startswith(" ") else value
 
 
+_TEST_DEVICES: dict[int, dict[str, DeviceKit]] = {}  # per services object, devices enrolled here
+
+
 def raise_test_alarm(services: Any, device_id: str = "LW-MATRIX") -> str:
     """A fresh SOS alarm from an enrolled device (enrolled on first use); returns its id."""
     from devices.models import Device
-    from ingest.alarms import alarm_service
 
-    cache: dict[str, DeviceKit] = services.extras.setdefault("test_alarm_devices", {})  # type: ignore[assignment]
+    cache = _TEST_DEVICES.setdefault(id(services), {})
     kit = cache.get(device_id)
     if kit is None:
         with services.db.session() as session:
@@ -246,6 +247,6 @@ def raise_test_alarm(services: Any, device_id: str = "LW-MATRIX") -> str:
         kit = enrol(services, device_id, staff_id=None) if not known else None
         assert kit is not None, f"{device_id} was enrolled outside raise_test_alarm"
         cache[device_id] = kit
-    result = alarm_service(services).handle(*kit.sos())
+    result = services.alarms.handle(*kit.sos())
     assert result.outcome == "accepted" and result.alarm_id, result
     return result.alarm_id

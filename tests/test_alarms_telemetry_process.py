@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from accounts.service import create_user
+from alarms.models import AlarmRecord
 from firmware_simulators.lone_worker import Fleet
-from ingest.alarm_models import AlarmRecord
 from tests.conftest import ADMIN_PASSWORD, free_port, wait_for
 from tests.test_alarms_burst import burst_env, connected  # noqa: F401 - the fixture
 
@@ -200,7 +200,8 @@ def test_an_earlier_companion_session_is_cleared_when_none_is_wanted(
     burst_env: dict[str, Any],  # noqa: F811
 ) -> None:
     """Its shared subscriptions would otherwise keep taking a share of the heartbeats for 14 days."""
-    from ingest.mqtt_consumer import AlarmConsumer, run_consumer
+    from ingest.app import run_consumer
+    from ingest.mqtt_consumer import AlarmConsumer
 
     services, broker = burst_env["services"], burst_env["broker"]
     settings = services.settings.model_copy(update={"mqtt_client_id": "svc-c", "mqtt_port": broker.port})
@@ -215,9 +216,9 @@ def test_an_earlier_companion_session_is_cleared_when_none_is_wanted(
     async def run_briefly() -> None:
         task = asyncio.create_task(run_consumer(services))
         await asyncio.to_thread(
-            wait_for, lambda: "mqtt_consumer" in services.extras, 20, 0.1, "the consumer to start"
+            wait_for, lambda: services.mqtt_consumer is not None, 20, 0.1, "the consumer to start"
         )
-        await asyncio.to_thread(services.extras["mqtt_consumer"].wait_ready, 20)
+        await asyncio.to_thread(services.mqtt_consumer.wait_ready, 20)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

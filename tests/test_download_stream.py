@@ -1,4 +1,4 @@
-"""Download bodies streamed from a thread of their own (``incidents.export_api.blocks_in_thread``):
+"""Download bodies streamed from a thread of their own (``storage.streams.blocks_in_thread``):
 blocks arrive in order, errors reach the response, and a response that ends early stops the thread
 and closes the source, so its storage reads and connections are released."""
 
@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from incidents.export import PackageAltered
-from incidents.export_api import blocks_in_thread
+from incidents.export.media import PackageAltered
+from storage.streams import blocks_in_thread
 from tests.conftest import free_port, wait_for
 
 

@@ -23,14 +23,15 @@ import uvicorn
 from blake3 import blake3
 from sqlalchemy import select, update
 
-import incidents.export as export_module
+import incidents.export.media as export_module
 from accounts.service import create_user
 from chain_of_custody.evidence import Provenance
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.package_verify import verify_package
-from incidents.export import ExportRequest, build_package, gather_items
-from incidents.export_api import LinkRefused, check_link_token, link_secret, make_link_token
-from incidents.export_models import ExportJob, ExportLink
+from incidents.export.build import build_package
+from incidents.export.links import LinkRefused, check_link_token, link_secret, make_link_token
+from incidents.export.models import ExportJob, ExportLink
+from incidents.export.plan import ExportRequest, gather_items
 from storage.embedded import EmbeddedSeaweed
 from tests.clipkit import enrol
 from tests.conftest import ADMIN_PASSWORD, free_base_port, free_port, make_settings, start_server, wait_for

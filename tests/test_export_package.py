@@ -34,19 +34,11 @@ from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.package_verify import verify_package
 from chain_of_custody.verify import verify_service
-from incidents.export import (
-    ExportError,
-    ExportRequest,
-    OriginalsPermission,
-    PackageAltered,
-    assemble,
-    build_package,
-    gather_items,
-    items_read,
-    plan_package,
-    read_layout,
-)
-from incidents.export_zip import ZipBuilder
+from incidents.export.assemble import assemble, items_read, read_layout
+from incidents.export.build import build_package
+from incidents.export.media import PackageAltered
+from incidents.export.plan import ExportError, ExportRequest, OriginalsPermission, gather_items, plan_package
+from incidents.export.zip import ZipBuilder
 from incidents.retention import RetentionRefused, RetentionRules, delete_by_hand, held_packages, sweep
 from storage.digests import Digests
 from storage.embedded import EmbeddedSeaweed

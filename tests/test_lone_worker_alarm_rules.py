@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devices.lone_worker_wire import AckStatus
-from ingest.alarm_rules import (
+from alarms.rules import (
     OPERATOR_OUTCOMES,
     Acknowledge,
     Alarm,
@@ -42,6 +41,7 @@ from ingest.alarm_rules import (
     next_deadline,
     raise_alarm,
 )
+from devices.lone_worker_wire import AckStatus
 
 T0 = datetime(2026, 11, 22, 14, 0, 0, tzinfo=UTC)
 POLICY = AlarmPolicy(

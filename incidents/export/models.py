@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, String, Text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.db import Base, UTCDateTime, utcnow
@@ -37,8 +37,12 @@ class ExportJob(Base):
     package_size: Mapped[int | None] = mapped_column(BigInteger, default=None)
     filename: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # Refreshed while the build runs: a build whose heartbeat stops was interrupted.
+    # Refreshed while the build runs, with the builder's lease (``incidents.export.jobs``): a build
+    # whose builder stops is claimed again by another worker once the lease runs out.
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 

@@ -558,19 +558,21 @@ def _handle(alarm: Alarm, effects: list[Effect], event: AlarmEvent, policy: Alar
 
 @dataclass(frozen=True)
 class Visit:
-    """A lone visit between a start and an end check-in."""
+    """A lone visit between a start and an end check-in (an end whose start never arrived has
+    neither a start time nor an expected end)."""
 
     visit_id: str
     device_id: str
-    started_at: datetime
-    expected_end: datetime
+    started_at: datetime | None
+    expected_end: datetime | None
     ended_at: datetime | None = None
     missed_alarm_id: str | None = None
 
 
 def missed_checkin_due_at(visit: Visit, policy: AlarmPolicy) -> datetime | None:
-    """When a ``missed_checkin`` alarm is due for this visit (None: ended, or already raised)."""
-    if visit.ended_at is not None or visit.missed_alarm_id is not None:
+    """When a ``missed_checkin`` alarm is due for this visit (None: ended, already raised, or no end
+    expected)."""
+    if visit.ended_at is not None or visit.missed_alarm_id is not None or visit.expected_end is None:
         return None
     return visit.expected_end + timedelta(seconds=policy.missed_checkin_grace_s)
 

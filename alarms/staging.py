@@ -10,38 +10,56 @@ On SQLite staged objects simply join the session, as before: its writers are ser
 
 The change feed's rows are always written last, under a lock held to the commit, so their ids are
 handed out in commit order and a stream reader that reads past the highest id never skips one.
-The lock is the feed's own (not the ledger's), so an alarm on the fast path never waits for
-custody work. SQLite needs none: its writers are serialised by ``BEGIN IMMEDIATE``.
+The lock is the feed's own (not the ledger's), so a provisional alarm never waits for custody
+work. SQLite needs none: its writers are serialised by ``BEGIN IMMEDIATE``.
+
+The writing happens in listeners bound to one application's sessionmaker (:func:`bind`, called by
+the alarm service for the database it writes), never to SQLAlchemy's ``Session`` class: a session
+of another sessionmaker cannot stage rows (:func:`stage` refuses), so none is silently lost.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Insert, Integer, Table, bindparam, event, func, insert, literal_column, select, true
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.base import instance_state
 
-from storage.db import UTCDateTime
+from storage.db import UTCDateTime, is_postgres
 
-from .alarm_models import AlarmChange
+from .models import AlarmChange
 
 # Any constant will do: it names the lock that orders the control room's change feed.
 FEED_LOCK_KEY = 0x65766964_66656564  # "evid" "feed"
 
 _STAGED = "alarm_staged_rows"
 _FEED = "alarm_feed"
+_BOUND = "alarm_staging_bound"
 
 
-def is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+def bind(sessions: sessionmaker[Session]) -> None:
+    """Write staged rows at the commit of every session this sessionmaker makes (once per sessionmaker)."""
+    if event.contains(sessions, "before_commit", _write_staged):
+        return
+    event.listen(sessions, "before_commit", _write_staged)
+    event.listen(sessions, "after_soft_rollback", _forget_staged)
+    sessions.configure(info={**sessions.kw.get("info", {}), _BOUND: True})
+
+
+def _check_bound(session: Session) -> None:
+    if not session.info.get(_BOUND):
+        raise RuntimeError(
+            "this session's sessionmaker does not write staged alarm rows (alarms.staging.bind)"
+        )
 
 
 def stage(session: Session, obj: Any) -> None:
     """Insert ``obj`` at commit. The caller promises nothing reads it back before then."""
+    _check_bound(session)
     if is_postgres(session):
         session.info.setdefault(_STAGED, []).append(obj)
     else:
@@ -50,6 +68,7 @@ def stage(session: Session, obj: Any) -> None:
 
 def stage_feed(session: Session, change: AlarmChange) -> None:
     """A change-feed row: written last, in commit order (see the module's docstring)."""
+    _check_bound(session)
     session.info.setdefault(_FEED, []).append(change)
 
 
@@ -83,7 +102,6 @@ def _serial(table: Table) -> Any:
     return None
 
 
-@event.listens_for(Session, "before_commit")
 def _write_staged(session: Session) -> None:
     staged: list[Any] = session.info.pop(_STAGED, [])
     feed: list[AlarmChange] = session.info.pop(_FEED, [])
@@ -97,7 +115,6 @@ def _write_staged(session: Session) -> None:
     _write_postgres(session, staged, feed)
 
 
-@event.listens_for(Session, "after_soft_rollback")
 def _forget_staged(session: Session, previous_transaction: Any) -> None:
     """Rows staged in a transaction that rolled back are never written."""
     session.info.pop(_STAGED, None)
@@ -145,8 +162,8 @@ _UTC_TYPE = UTCDateTime()
 def _sql(dialect: Dialect, shape: tuple[tuple[Table, int], ...], feed_rows: int) -> str:
     """The SQL for so many rows of which tables, compiled once. SQLAlchemy does not cache
     multi-row INSERTs, and compiling one afresh for each alarm cost more than the database's work."""
-    ctes = []
-    serial_parts = []
+    ctes: list[Any] = []
+    serial_parts: list[Any] = []
     for n, (table, count) in enumerate(shape):
         serial = _serial(table)
         columns = [c for c in table.c if c is not serial]
@@ -158,16 +175,17 @@ def _sql(dialect: Dialect, shape: tuple[tuple[Table, int], ...], feed_rows: int)
             serial_parts.append(select(literal_column(str(len(serial_parts))).label("part"), cte.c.id))
         ctes.append(cte)
     if feed_rows:
-        changes = AlarmChange.__table__
+        changes = cast(Table, AlarmChange.__table__)
         # The lock is taken once every staged row is in: it comes from counting them, and a count
         # runs its insert to the end (waits on other transactions' unique keys included). Taken
         # earlier, an insert waiting here would hold every other alarm's commit behind it.
         counts = [select(func.count()).select_from(cte).subquery(f"done_{n}") for n, cte in enumerate(ctes)]
         lock_select = select(func.pg_advisory_xact_lock(literal_column(str(FEED_LOCK_KEY))).label("locked"))
+        source: Any
         if counts:
             source = counts[0]
-            for count in counts[1:]:
-                source = source.join(count, true())
+            for done in counts[1:]:
+                source = source.join(done, true())
             lock_select = lock_select.select_from(source)
         lock = lock_select.cte("feed_lock")
         # Each row is selected from the lock, so the rows' ids are drawn once it is held.

@@ -1,11 +1,11 @@
-"""Tables of lone-worker alarms: alarms, device state, visits, the device events behind them, the outbox
-and the change feed the control room's live stream reads.
+"""Tables of lone-worker alarms: alarms, visits, the device events behind them, the outbox and the
+change feed the control room's live stream reads. (Each device's state row, with its replay window,
+is the device registry's: ``devices.models.LoneWorkerState``.)
 
 Everything several service instances share lives here, so any instance can take over any work:
-the per-device replay state is one row updated by compare-and-set (``version``), deadlines are
-columns the escalation loop claims with ``FOR UPDATE SKIP LOCKED``, effects wait in the outbox until
-sent, and the change feed has one ordered id per change (rows are written under a lock held to the
-commit, so ids become visible in order on PostgreSQL too; see ``ingest.alarm_staging``).
+deadlines are columns the clock claims with ``FOR UPDATE SKIP LOCKED``, effects wait in the outbox
+until sent, and the change feed has one ordered id per change (rows are written under a lock held
+to the commit, so ids become visible in order on PostgreSQL too; see ``alarms.staging``).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def new_id() -> str:
 class AlarmRecord(Base):
     """One alarm, raised by a device (``source_event_id``) or by the service (``dedupe_key``).
 
-    The lifecycle columns mirror :class:`ingest.alarm_rules.Alarm`; ``next_deadline`` is when the
-    escalation loop must look at it again without any event (amber timer, acknowledgement due).
+    The lifecycle columns mirror :class:`alarms.rules.Alarm`; ``next_deadline`` is when the clock
+    must look at it again without any event (amber timer, acknowledgement due).
     """
 
     __tablename__ = "alarms"
@@ -87,8 +87,9 @@ class AlarmRecord(Base):
     evidence_item_id: Mapped[str | None] = mapped_column(ForeignKey("evidence_items.id"), default=None)
     voice_memo_item_id: Mapped[str | None] = mapped_column(ForeignKey("evidence_items.id"), default=None)
     incident_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
-    # Accepted on the fast path: the alarm row, the feed and the device's ack are committed, but the
-    # payload's evidence item, the ``alarm_raised`` custody entry and the incident are still to come.
+    # A provisional alarm: the alarm row, the feed and the device's ack are committed, but the payload's
+    # evidence item, the ``alarm_raised`` custody entry and the incident are still to come (it is
+    # made whole by its follow-up, see ``alarms.lifecycle``).
     followup_pending: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -128,40 +129,6 @@ class LoneWorkerEvent(Base):
     # The device's key (base64) the signature was verified with when the event was accepted: the
     # evidence item made later names this one, even if the device's key has changed since.
     device_public_key: Mapped[str | None] = mapped_column(String(64), default=None)
-
-
-class LoneWorkerState(Base):
-    """One device's replay window, presence and the conditions the service watches.
-
-    ``version`` is bumped by every replay-state write: an instance writes the state it verified
-    against only if nobody wrote in between (compare-and-set), else it reloads and verifies again.
-    """
-
-    __tablename__ = "lone_worker_states"
-
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
-    version: Mapped[int] = mapped_column(BigInteger, default=0)
-    replay_state: Mapped[str] = mapped_column(Text, default="")
-    presence: Mapped[str] = mapped_column(String(16), default="unknown")  # online | offline | unknown
-    session: Mapped[str | None] = mapped_column(String(64), default=None)
-    presence_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
-    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
-    battery: Mapped[int | None] = mapped_column(Integer, default=None)
-    battery_low: Mapped[bool] = mapped_column(Boolean, default=False)
-    lat: Mapped[float | None] = mapped_column(Float, default=None)
-    lon: Mapped[float | None] = mapped_column(Float, default=None)
-    accuracy_m: Mapped[float | None] = mapped_column(Float, default=None)
-    position_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
-    active_visit_id: Mapped[str | None] = mapped_column(String(64), default=None)
-    offline_alarm_id: Mapped[str | None] = mapped_column(String(36), default=None)
-    # When the device counts as silent if nothing arrives (checked against visits and open alarms then).
-    # Not indexed, like every column a device message writes: each message of every device updates
-    # this row, and an update that changes no indexed column stays on its page (a HOT update, room
-    # left by the table's fill factor of 50, set by migration 0008), so the row's old versions are
-    # pruned without VACUUM and its primary key entry never multiplies. The escalation loop scans for
-    # silent devices instead.
-    offline_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class LoneWorkerVisit(Base):

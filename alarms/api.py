@@ -1,0 +1,272 @@
+"""The control room's alarm routes, the live stream of alarm changes and the devices' voice memo upload.
+
+The live stream (``GET /api/v1/alarms/stream``, server-sent events) reads the change feed
+(``alarms.feed``), not memory, so a change made by any instance reaches operators connected to any
+other. Each event's ``id`` is the change's id: a reconnecting browser sends ``Last-Event-ID`` and
+misses nothing.
+
+Voice memo (devices, no user token): ``PUT /api/v1/lone-worker/devices/{device_id}/alarms/{event_id}/voice-memo``
+with the audio as the body, ``Content-Type: audio/...``, ``X-Device-Sent-At: <RFC 3339 UTC>`` and
+``X-Device-Signature: <base64 Ed25519>`` over the canonical JSON
+``{"v":1,"type":"voice_memo","device_id":…,"event_id":…,"sha256":<hex of the body>,"size":<bytes>,"content_type":…,"sent_at":…}``.
+The signature by the device's enrolled key is the authentication, and it binds the exact bytes to
+the alarm. Answers: ``201`` stored (``200`` if that memo was already stored), ``401`` bad
+signature or stale ``sent_at``, ``403`` device disabled, ``409`` ``alarm_unknown`` (the alarm has
+not arrived yet: upload after its ``received`` ack) or ``memo_exists``, ``413`` too large, ``415``
+not audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from accounts.access import require_roles, services
+from accounts.service import Principal
+from chain_of_custody.core import CoreServices
+from devices.lone_worker_wire import DEVICE_ID_PATTERN, EVENT_ID_PATTERN
+from storage.errors import Refused
+
+from . import rules
+from .feed import FeedWatcher, changes_after
+from .service import AlarmService
+from .voice_memos import VoiceMemoRefused
+
+router = APIRouter(prefix="/api/v1", tags=["alarms"])
+
+# The control room's view (where staff are, who raised what). Investigators reach an alarm through
+# the incident it is linked to; auditors read everything.
+READERS = ("admin", "security_manager", "operator", "auditor")
+OPERATORS = ("admin", "security_manager", "operator")
+KEEPALIVE_S = 15.0
+AUDIO_TYPES = ("audio/",)
+
+
+def alarm_service(request: Request) -> AlarmService:
+    """The application's one alarm service."""
+    found: AlarmService = request.app.state.services.alarms
+    return found
+
+
+def feed_watcher(request: Request) -> FeedWatcher:
+    """The application's one watcher of the change feed."""
+    found: FeedWatcher = request.app.state.services.alarm_feed
+    return found
+
+
+class NotApplicable(Refused):
+    status = 409
+    structured = True
+
+
+class EscalateIn(BaseModel):
+    note: str = Field(default="", max_length=2000)
+
+
+class ResolveIn(BaseModel):
+    outcome: Literal["genuine", "false_alarm", "test"]
+    note: str = Field(default="", max_length=2000)
+
+
+@router.get("/alarms")
+def list_alarms(
+    status: Annotated[
+        list[str] | None, Query(description="raised, acknowledged, escalated, resolved")
+    ] = None,
+    open: Annotated[bool, Query(description="only alarms not yet resolved")] = False,
+    device_id: str | None = None,
+    kind: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    user: Principal = Depends(require_roles(*READERS)),
+    alarms: AlarmService = Depends(alarm_service),
+) -> list[dict[str, Any]]:
+    """Alarms, newest first."""
+    return alarms.queries.list_alarms(
+        status=status or (), open_only=open, device_id=device_id, kind=kind, limit=limit, offset=offset
+    )
+
+
+@router.get(
+    "/alarms/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def alarm_stream(
+    after: Annotated[
+        int | None, Query(ge=0, description="replay changes after this id (0: all kept)")
+    ] = None,
+    follow: Annotated[
+        bool, Query(description="keep the stream open for new changes (false: send the backlog, then end)")
+    ] = True,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    user: Principal = Depends(require_roles(*READERS)),
+    s: CoreServices = Depends(services),
+    watcher: FeedWatcher = Depends(feed_watcher),
+) -> StreamingResponse:
+    """Server-sent events, one ``alarm`` event per change: ``{"change", "at", "alarm": {...}}``.
+
+    Starts with changes after ``Last-Event-ID`` (a reconnect), else after ``after``, else from now.
+    """
+    if last_event_id and last_event_id.strip().isdigit():
+        cursor = int(last_event_id.strip())
+    elif after is not None:
+        cursor = after
+    else:
+        cursor = await asyncio.to_thread(watcher.latest_id)
+
+    async def events() -> AsyncIterator[str]:
+        nonlocal cursor
+        watcher.join()
+        try:
+            yield f"retry: 2000\n: stream of alarm changes after {cursor}\n\n"
+            last_sent = time.monotonic()
+            while True:
+                rows = await asyncio.to_thread(changes_after, s.db, cursor, 200)
+                for change_id, body in rows:
+                    yield f"id: {change_id}\nevent: alarm\ndata: {body}\n\n"
+                    cursor = change_id
+                    last_sent = time.monotonic()
+                if len(rows) == 200:
+                    continue
+                if not follow:
+                    return
+                if time.monotonic() - last_sent >= KEEPALIVE_S:
+                    yield ": keepalive\n\n"
+                    last_sent = time.monotonic()
+                await watcher.wait_beyond(cursor, KEEPALIVE_S)
+        finally:
+            watcher.leave()
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/alarms/{alarm_id}")
+def get_alarm(
+    alarm_id: str,
+    user: Principal = Depends(require_roles(*READERS)),
+    alarms: AlarmService = Depends(alarm_service),
+) -> dict[str, Any]:
+    return alarms.queries.get(alarm_id)
+
+
+def _act(
+    alarms: AlarmService, alarm_id: str, event: rules.Acknowledge | rules.Escalate | rules.Resolve
+) -> dict[str, Any]:
+    try:
+        return alarms.act(alarm_id, event)
+    except rules.AlarmTransitionError as exc:
+        raise NotApplicable("not_applicable", str(exc)) from None
+
+
+@router.post("/alarms/{alarm_id}/acknowledge")
+def acknowledge(
+    alarm_id: str,
+    user: Principal = Depends(require_roles(*OPERATORS)),
+    alarms: AlarmService = Depends(alarm_service),
+) -> dict[str, Any]:
+    """An operator takes the alarm; the device is told (``operator_acknowledged``)."""
+    return _act(alarms, alarm_id, rules.Acknowledge(by=user.actor, at=datetime.now(UTC)))
+
+
+@router.post("/alarms/{alarm_id}/escalate")
+def escalate(
+    alarm_id: str,
+    body: EscalateIn | None = None,
+    user: Principal = Depends(require_roles(*OPERATORS)),
+    alarms: AlarmService = Depends(alarm_service),
+) -> dict[str, Any]:
+    """Hand the alarm up: the control topic and the escalation webhook are told."""
+    note = body.note if body else ""
+    return _act(alarms, alarm_id, rules.Escalate(by=user.actor, at=datetime.now(UTC), note=note))
+
+
+@router.post("/alarms/{alarm_id}/resolve")
+def resolve(
+    alarm_id: str,
+    body: ResolveIn,
+    user: Principal = Depends(require_roles(*OPERATORS)),
+    alarms: AlarmService = Depends(alarm_service),
+) -> dict[str, Any]:
+    """Close the alarm as genuine, a false alarm or a test (genuine opens an incident if none)."""
+    event = rules.Resolve(
+        by=user.actor, at=datetime.now(UTC), outcome=rules.Outcome(body.outcome), note=body.note
+    )
+    return _act(alarms, alarm_id, event)
+
+
+@router.get("/lone-workers")
+def lone_workers(
+    user: Principal = Depends(require_roles(*READERS)),
+    alarms: AlarmService = Depends(alarm_service),
+) -> list[dict[str, Any]]:
+    """Every lone-worker device: who carries it, presence, last seen, battery, position, open alarms."""
+    return alarms.queries.lone_workers()
+
+
+@router.put(
+    "/lone-worker/devices/{device_id}/alarms/{event_id}/voice-memo",
+    status_code=201,
+    responses={200: {"description": "this memo was already stored"}},
+)
+async def upload_voice_memo(
+    request: Request,
+    device_id: str,
+    event_id: str,
+    content_type: Annotated[str, Header()] = "application/octet-stream",
+    content_length: Annotated[int | None, Header()] = None,
+    x_device_signature: Annotated[str | None, Header()] = None,
+    x_device_sent_at: Annotated[str | None, Header()] = None,
+    s: CoreServices = Depends(services),
+    alarms: AlarmService = Depends(alarm_service),
+) -> JSONResponse:
+    """A device's voice memo for one of its alarms (authenticated by the device's signature)."""
+    if not x_device_signature or not x_device_sent_at:
+        raise VoiceMemoRefused(
+            "no_signature",
+            "sign the upload with the device key",
+            401,
+            headers={"WWW-Authenticate": "X-Device-Signature"},
+        )
+    if not re.match(DEVICE_ID_PATTERN, device_id) or not re.match(EVENT_ID_PATTERN, event_id):
+        raise VoiceMemoRefused("bad_id", "not a device id and event id", 400)
+    limit = s.settings.max_voice_memo_bytes
+    if not content_type.startswith(AUDIO_TYPES):
+        raise VoiceMemoRefused("not_audio", "a voice memo is audio/*", 415)
+    if content_length is not None and content_length > limit:
+        raise VoiceMemoRefused("too_large", f"at most {limit} bytes", 413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise VoiceMemoRefused("too_large", f"at most {limit} bytes", 413)
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data:
+        raise VoiceMemoRefused("empty", "empty body", 400)
+    item_id, created = await asyncio.to_thread(
+        alarms.attach_voice_memo,
+        device_id,
+        event_id,
+        data,
+        content_type=content_type,
+        sent_at=x_device_sent_at,
+        signature=x_device_signature,
+    )
+    return JSONResponse(
+        {"evidence_item_id": item_id, "event_id": event_id, "created": created},
+        status_code=201 if created else 200,
+    )

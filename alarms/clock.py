@@ -1,0 +1,185 @@
+"""What the clock decides about alarms, run safely by any number of instances.
+
+Every deadline lives in the database (``alarms.next_deadline`` from ``rules.next_deadline``,
+``lone_worker_visits.due_at``, ``lone_worker_states.offline_due_at``, the outbox's
+``next_attempt_at``), so nothing is lost when an instance stops, and each pass claims its rows
+(``storage.leases.claim``: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers
+anyway), so two instances never act on the same alarm. Rules fire each deadline at its own time, so
+how often the loop runs changes only how soon it is noticed, never the outcome.
+
+Effects of an escalation (``alarms.lifecycle``): a change on the control room's live stream, a
+message on the MQTT control topic ``lw/v1/_control/escalations``, and, when
+``EVIDENCE_ESCALATION_WEBHOOK_URL`` is set, a signed POST to it (``alarms.outbox``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from chain_of_custody.canonical import rfc3339
+from devices.models import Device, LoneWorkerState
+from storage.db import Database
+from storage.leases import claim
+
+from . import rules
+from .feed import forget_old_changes
+from .incident_links import SERVICE_ACTOR
+from .lifecycle import Lifecycle
+from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
+from .outbox import Outbox, mqtt_effects
+from .payloads import PayloadEvidence
+from .visits import Visits
+
+log = logging.getLogger(__name__)
+
+# Kinds whose being open makes a silent device worth an alarm (a low battery alone does not).
+WATCHED_KINDS = ("sos", "amber", "man_down", "missed_checkin")
+
+
+class Clock:
+    def __init__(
+        self,
+        db: Database,
+        policy: rules.AlarmPolicy,
+        clock: Callable[[], datetime],
+        outbox: Outbox,
+        lifecycle: Lifecycle,
+        visits: Visits,
+        payloads: PayloadEvidence,
+    ) -> None:
+        self.db = db
+        self.policy = policy
+        self.now = clock
+        self.outbox = outbox
+        self.lifecycle = lifecycle
+        self.visits = visits
+        self.payloads = payloads
+
+    def fire_deadlines(self, now: datetime | None = None, limit: int = 50) -> int:
+        """Amber timers that ran out and acknowledgements that are overdue."""
+        now = now or self.now()
+        outbox: list[AlarmOutbox] = []
+        with self.db.session() as session:
+            rows = claim(
+                session,
+                select(AlarmRecord)
+                .where(AlarmRecord.next_deadline <= now)
+                .order_by(AlarmRecord.next_deadline),
+                limit,
+            )
+            for row in rows:
+                self.lifecycle.transition(session, row, rules.Tick(now), outbox, now, actor=SERVICE_ACTOR)
+                if row.next_deadline is not None and row.next_deadline <= now:  # never spin on one row
+                    row.next_deadline = None
+            session.flush()
+        self.outbox.publish(mqtt_effects(outbox))
+        return len(rows)
+
+    def raise_missed_checkins(self, now: datetime | None = None, limit: int = 50) -> int:
+        return self.visits.raise_missed_checkins(now or self.now(), limit)
+
+    def raise_offline(self, now: datetime | None = None, limit: int = 50) -> int:
+        """A device silent for ``device_offline_after_seconds`` while on a visit or with an alarm open."""
+        now = now or self.now()
+        outbox: list[AlarmOutbox] = []
+        with self.db.session() as session:
+            states = claim(
+                session,
+                select(LoneWorkerState)
+                .where(LoneWorkerState.offline_due_at <= now)
+                .order_by(LoneWorkerState.offline_due_at),
+                limit,
+            )
+            for state in states:
+                state.offline_due_at = None
+                if state.offline_alarm_id is not None or state.last_seen_at is None:
+                    continue
+                if not rules.is_device_offline(
+                    state.last_seen_at,
+                    now,
+                    self.policy,
+                    visit_active=_on_a_visit(session, state.device_id),
+                    alarm_open=_alarm_open(session, state.device_id),
+                ):
+                    continue
+                device = session.get(Device, state.device_id)
+                row = self.lifecycle.raise_alarm(
+                    session,
+                    outbox,
+                    now,
+                    device_id=state.device_id,
+                    kind=rules.AlarmKind.DEVICE_OFFLINE,
+                    wearer=device.assigned_staff_id if device else None,
+                    site=device.site if device else None,
+                    occurred_at=state.last_seen_at,
+                    visit_id=state.active_visit_id,
+                    dedupe_key=f"device_offline:{state.device_id}:{rfc3339(state.last_seen_at)}",
+                )
+                state.offline_alarm_id = row.id
+            session.flush()
+        self.outbox.publish(mqtt_effects(outbox))
+        return len(states)
+
+    def store_deferred_evidence(self, now: datetime | None = None, limit: int = 20) -> int:
+        """Alarm payloads that arrived while object storage was down become evidence now."""
+        now = now or self.now()
+        done = 0
+        for event_id in self.payloads.deferred(now, limit):
+            waiting = self.payloads.fetch_for_storing(event_id)
+            if waiting is None:
+                continue
+            key, raw, retain_until = waiting
+            stored = self.payloads.core.store.put_bytes(
+                key, raw, retain_until=retain_until, content_type="application/json"
+            )
+            with self.db.session() as session:
+                event = session.get(LoneWorkerEvent, event_id, with_for_update=True)
+                if event is None or event.evidence_item_id is not None:
+                    continue
+                alarm = (
+                    session.get(AlarmRecord, event.alarm_id, with_for_update=True) if event.alarm_id else None
+                )
+                item = self.payloads.record_later(session, event, stored, alarm.wearer if alarm else None)
+                event.evidence_item_id = item.id
+                if alarm is not None:
+                    if alarm.evidence_item_id is None and alarm.source_event_id == event.event_id:
+                        alarm.evidence_item_id = item.id
+                    self.lifecycle.links.link(session, alarm, item.id, "alarm evidence")
+                done += 1
+        return done
+
+    def purge(self, now: datetime | None = None, keep: timedelta = timedelta(days=7)) -> None:
+        """Forget sent outbox rows and old change-feed rows (the alarms and custody keep the history)."""
+        now = now or self.now()
+        with self.db.session() as session:
+            self.outbox.forget_sent(session, now - keep)
+            forget_old_changes(session, now - keep)
+
+
+def _on_a_visit(session: Session, device_id: str) -> bool:
+    return bool(
+        session.scalar(
+            select(func.count())
+            .select_from(LoneWorkerVisit)
+            .where(LoneWorkerVisit.device_id == device_id, LoneWorkerVisit.ended_at.is_(None))
+        )
+    )
+
+
+def _alarm_open(session: Session, device_id: str) -> bool:
+    return bool(
+        session.scalar(
+            select(func.count())
+            .select_from(AlarmRecord)
+            .where(
+                AlarmRecord.device_id == device_id,
+                AlarmRecord.status != "resolved",
+                AlarmRecord.kind.in_(WATCHED_KINDS),
+            )
+        )
+    )

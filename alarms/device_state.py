@@ -1,0 +1,251 @@
+"""What the service keeps about each lone-worker device while it handles its messages: the state row
+(``devices.models.LoneWorkerState``: replay window, presence, battery, position, what is watched),
+read once per message and written back by compare-and-set, and the event row of an accepted
+alarm or check-in.
+
+The statements every device message runs are built once, in plain Core, and run on the session's
+connection: building SQLAlchemy statements per message, or passing them through the ORM, costs
+more than executing them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Boolean, Float, Integer, Table, Text, bindparam, case, func, select, update
+from sqlalchemy.orm import Session
+
+from chain_of_custody.keys import raw_public_key
+from devices.lone_worker_wire import (
+    Accepted,
+    AlarmMessage,
+    CheckinMessage,
+    DeviceKey,
+    ReplayState,
+    StatusMessage,
+    parse_topic,
+)
+from devices.models import Device, LoneWorkerState
+from storage.db import UTCDateTime, dialect_insert
+
+from .models import LoneWorkerEvent
+
+
+class CasConflict(Exception):
+    """Another instance wrote the device's replay state between our read and our write."""
+
+
+@dataclass
+class Snapshot:
+    """The device as the first (read) part of a message's transaction saw it."""
+
+    device_id: str
+    kind: str
+    status: str
+    public_key: bytes | None
+    staff_id: str | None
+    site: str | None
+    version: int | None  # None: no state row yet
+    replay: ReplayState
+    session: str | None
+    presence_at: datetime | None
+    battery_low: bool
+    offline_alarm_id: str | None
+    active_visit_id: str | None
+
+    def key(self) -> DeviceKey | None:
+        if self.kind != "lone_worker" or self.public_key is None:
+            return None
+        return DeviceKey(self.public_key, enabled=self.status == "active")
+
+
+_STATE = cast(Table, LoneWorkerState.__table__)
+_DEVICES = cast(Table, Device.__table__)
+_SNAPSHOT = (
+    select(
+        _DEVICES.c.kind,
+        _DEVICES.c.status,
+        _DEVICES.c.public_key,
+        _DEVICES.c.assigned_staff_id,
+        _DEVICES.c.site,
+        _STATE.c.version,
+        _STATE.c.replay_state,
+        _STATE.c.session,
+        _STATE.c.presence_at,
+        _STATE.c.battery_low,
+        _STATE.c.offline_alarm_id,
+        _STATE.c.active_visit_id,
+    )
+    .outerjoin(_STATE, _STATE.c.device_id == _DEVICES.c.id)
+    .where(_DEVICES.c.id == bindparam("device_id"))
+)
+CAS = (
+    update(_STATE)
+    .where(_STATE.c.device_id == bindparam("b_device"), _STATE.c.version == bindparam("b_version"))
+    .values(
+        version=_STATE.c.version + 1,
+        replay_state=bindparam("b_state", type_=Text()),
+        last_seen_at=bindparam("b_now", type_=UTCDateTime()),
+        updated_at=bindparam("b_now", type_=UTCDateTime()),
+        offline_due_at=bindparam("b_due", type_=UTCDateTime()),
+        battery=func.coalesce(bindparam("b_battery", type_=Integer()), _STATE.c.battery),
+        lat=func.coalesce(bindparam("b_lat", type_=Float()), _STATE.c.lat),
+        lon=func.coalesce(bindparam("b_lon", type_=Float()), _STATE.c.lon),
+        accuracy_m=case(
+            (bindparam("b_has_position", type_=Boolean()), bindparam("b_accuracy", type_=Float())),
+            else_=_STATE.c.accuracy_m,
+        ),
+        position_at=func.coalesce(bindparam("b_position_at", type_=UTCDateTime()), _STATE.c.position_at),
+    )
+)
+
+
+def device_of(topic: str) -> str:
+    """The device id of a device topic; a malformed topic stands for itself (it is refused later)."""
+    parsed = parse_topic(topic)
+    return parsed[0] if parsed is not None else topic
+
+
+def read_snapshot(session: Session, device_id: str) -> Snapshot | None:
+    # Here and in the reads of a message up to the compare-and-set: rows that earlier messages of the
+    # same batch added are none of this message's business, and left unflushed they go in one
+    # INSERT per table.
+    row = session.connection().execute(_SNAPSHOT, {"device_id": device_id}).first()
+    if row is None:
+        return None
+    return Snapshot(
+        device_id=device_id,
+        kind=row.kind,
+        status=row.status,
+        public_key=raw_public_key(row.public_key) if row.public_key else None,
+        staff_id=row.assigned_staff_id,
+        site=row.site,
+        version=row.version,
+        replay=ReplayState.from_json(row.replay_state),
+        session=row.session,
+        presence_at=row.presence_at,
+        battery_low=bool(row.battery_low),
+        offline_alarm_id=row.offline_alarm_id,
+        active_visit_id=row.active_visit_id,
+    )
+
+
+def compare_and_set(
+    session: Session,
+    snap: Snapshot,
+    state: ReplayState,
+    message: Any,
+    now: datetime,
+    offline_after: timedelta,
+) -> None:
+    """Write the replay state (and what every message says about the device) if nobody else did."""
+    due = now + offline_after
+    position = message.position
+    if snap.version is None:
+        values: dict[str, Any] = {
+            "replay_state": state.to_json(),
+            "last_seen_at": now,
+            "updated_at": now,
+            "offline_due_at": due,
+            "battery": message.battery,
+        }
+        if position is not None:
+            values.update(
+                lat=position.lat,
+                lon=position.lon,
+                accuracy_m=position.accuracy_m,
+                position_at=message.event_time,
+            )
+        stmt = (
+            dialect_insert(session, LoneWorkerState)
+            .values(device_id=snap.device_id, version=1, presence="unknown", battery_low=False, **values)
+            .on_conflict_do_nothing()
+            .returning(LoneWorkerState.device_id)
+        )
+        if session.execute(stmt).first() is None:  # (rowcount is not reported for ON CONFLICT)
+            raise CasConflict(snap.device_id)
+        return
+    params = {
+        "b_device": snap.device_id,
+        "b_version": snap.version,
+        "b_state": state.to_json(),
+        "b_now": now,
+        "b_due": due,
+        "b_battery": message.battery,
+        "b_lat": position.lat if position else None,
+        "b_lon": position.lon if position else None,
+        "b_has_position": position is not None,
+        "b_accuracy": position.accuracy_m if position else None,
+        "b_position_at": message.event_time if position else None,
+    }
+    swapped = session.connection().execute(CAS, params).rowcount == 1  # see read_snapshot
+    if not swapped:
+        raise CasConflict(snap.device_id)
+
+
+def record_presence(
+    session: Session,
+    snap: Snapshot,
+    message: StatusMessage,
+    retained: bool,
+    now: datetime,
+    offline_after: timedelta,
+) -> None:
+    """Presence is a hint: an offline will of an older connection, or a retained copy of something
+    older than what we know, changes nothing."""
+    state = message.status
+    said_at = min(message.sent_at, now) if message.sent_at is not None else now
+    if state.state == "offline" and snap.session is not None and state.session != snap.session:
+        return
+    if retained and snap.presence_at is not None and said_at <= snap.presence_at:
+        return
+    values: dict[str, Any] = {
+        "presence": state.state,
+        "session": state.session,
+        "presence_at": said_at,
+        "updated_at": now,
+    }
+    if state.state == "online" and not retained:
+        values["last_seen_at"] = now
+        values["offline_due_at"] = now + offline_after
+    if snap.version is None:
+        session.execute(
+            dialect_insert(session, LoneWorkerState)
+            .values(device_id=snap.device_id, version=0, replay_state="", battery_low=False, **values)
+            .on_conflict_do_nothing()
+        )
+    else:
+        session.execute(
+            update(LoneWorkerState).where(LoneWorkerState.device_id == snap.device_id).values(**values)
+        )
+
+
+def set_state(session: Session, device_id: str, **values: Any) -> None:
+    session.execute(update(LoneWorkerState).where(LoneWorkerState.device_id == device_id).values(**values))
+
+
+def new_event(snap: Snapshot, verdict: Accepted, topic: str, raw: bytes, now: datetime) -> LoneWorkerEvent:
+    """The event row of an accepted alarm or check-in: the exact bytes, and the key they were verified with."""
+    message = verdict.message
+    assert isinstance(message, AlarmMessage | CheckinMessage)
+    body = message.alarm if isinstance(message, AlarmMessage) else message.checkin
+    return LoneWorkerEvent(
+        event_id=message.event_id,
+        device_id=snap.device_id,
+        type=message.type,
+        action=body.action,
+        seq=message.seq,
+        occurred_at=message.occurred_at,
+        sent_at=message.sent_at,
+        received_at=now,
+        late=verdict.late,
+        topic=topic,
+        raw=raw,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        visit_id=getattr(body, "visit_id", None),
+        device_public_key=base64.b64encode(snap.public_key).decode() if snap.public_key else None,
+    )

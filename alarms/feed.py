@@ -1,0 +1,147 @@
+"""The control room's change feed: every change of every alarm, in the order it must be seen.
+
+Rows are written at the commit of the change (``alarms.staging``), in commit order, and hold the
+alarm as it then stood (:func:`alarm_view`). The live stream (``alarms.api``) reads the table, not
+memory, so a change made by any instance reaches operators connected to any other; one
+:class:`FeedWatcher` per process polls the newest id and wakes the open streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from storage.db import Database
+
+from .models import AlarmChange, AlarmRecord
+from .staging import stage_feed
+
+_TIMES = (
+    "raised_at",
+    "occurred_at",
+    "amber_deadline",
+    "red_at",
+    "ack_due_at",
+    "acknowledged_at",
+    "escalated_at",
+    "cancel_requested_at",
+    "condition_cleared_at",
+    "resolved_at",
+    "next_deadline",
+    "updated_at",
+)
+
+
+def alarm_view(row: AlarmRecord) -> dict[str, Any]:
+    """An alarm as the API and the live stream show it (JSON-friendly)."""
+    out: dict[str, Any] = {
+        "id": row.id,
+        "device_id": row.device_id,
+        "wearer": row.wearer,
+        "site": row.site,
+        "kind": row.kind,
+        "severity": row.severity,
+        "status": row.status,
+        "source_event_id": row.source_event_id,
+        "reason": row.reason,
+        "visit_id": row.visit_id,
+        "escalation_reason": row.escalation_reason,
+        "acknowledged_by": row.acknowledged_by,
+        "escalated_by": row.escalated_by,
+        "resolved_by": row.resolved_by,
+        "outcome": row.outcome,
+        "resolution_note": row.resolution_note,
+        "note": row.note,
+        "position": (
+            {"lat": row.lat, "lon": row.lon, "accuracy_m": row.accuracy_m} if row.lat is not None else None
+        ),
+        "battery": row.battery,
+        "late": row.late,
+        "evidence_item_id": row.evidence_item_id,
+        "voice_memo_item_id": row.voice_memo_item_id,
+        "incident_id": row.incident_id,
+    }
+    for name in _TIMES:
+        value = getattr(row, name)
+        out[name] = value.isoformat() if value is not None else None
+    return out
+
+
+def record_change(session: Session, row: AlarmRecord, change: str, at: datetime) -> None:
+    """Announce a change of ``row`` on the feed, at the commit of the caller's transaction."""
+    body = {"change": change, "at": at.isoformat(), "alarm": alarm_view(row)}
+    stage_feed(session, AlarmChange(alarm_id=row.id, change=change, at=at, body=json.dumps(body)))
+
+
+def forget_old_changes(session: Session, before: datetime) -> None:
+    """Old feed rows go (the alarms and custody keep the history); the newest stays, so ids keep
+    rising on SQLite."""
+    newest = session.scalar(select(func.max(AlarmChange.id)))
+    if newest is not None:
+        session.execute(delete(AlarmChange).where(AlarmChange.at < before, AlarmChange.id < newest))
+
+
+def changes_after(db: Database, cursor: int, limit: int) -> list[tuple[int, str]]:
+    """Feed rows after ``cursor``, oldest first: (id, JSON body)."""
+    with db.session() as session:
+        return [
+            (row.id, row.body)
+            for row in session.execute(
+                select(AlarmChange.id, AlarmChange.body)
+                .where(AlarmChange.id > cursor)
+                .order_by(AlarmChange.id)
+                .limit(limit)
+            )
+        ]
+
+
+class FeedWatcher:
+    """Polls the newest change id for this process and wakes every open stream when it moves."""
+
+    def __init__(self, db: Database, poll: timedelta = timedelta(seconds=0.25)) -> None:
+        self.db = db
+        self.poll_s = poll.total_seconds()
+        self.latest = 0
+        self.streams = 0
+        self._changed: asyncio.Condition | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def latest_id(self) -> int:
+        with self.db.session() as session:
+            return int(session.scalar(select(func.max(AlarmChange.id))) or 0)
+
+    def join(self) -> None:
+        self.streams += 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def leave(self) -> None:
+        self.streams -= 1
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:  # made on the event loop that serves the streams
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def _run(self) -> None:
+        while self.streams > 0:
+            with contextlib.suppress(Exception):  # a database hiccup: try again next poll
+                latest = await asyncio.to_thread(self.latest_id)
+                if latest != self.latest:
+                    self.latest = latest
+                    changed = self._condition()
+                    async with changed:
+                        changed.notify_all()
+            await asyncio.sleep(self.poll_s)
+
+    async def wait_beyond(self, cursor: int, timeout: float) -> None:
+        changed = self._condition()
+        async with changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait_for(lambda: self.latest > cursor), timeout)

@@ -1,0 +1,98 @@
+"""An alarm's place in an incident: a red alarm opens one or joins its wearer's recent one, and the
+alarm's evidence (its payload, a cancel, a voice memo) is linked to it.
+
+Footage of the wearer from around the alarm is linked when the incident is opened or joined
+(``incidents.service.open_or_join_incident_for_wearer``); footage arriving later is linked by the
+clip hook the application installs.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from chain_of_custody.ledger import Ledger
+from incidents.service import (
+    IncidentDraft,
+    create_incident,
+    link_alarm,
+    link_evidence,
+    open_or_join_incident_for_wearer,
+)
+
+from .models import AlarmRecord, LoneWorkerEvent
+
+log = logging.getLogger(__name__)
+
+SERVICE_ACTOR = "service:alarms"
+INCIDENT_CATEGORY = "lone_worker_alarm"
+
+
+class IncidentLinks:
+    def __init__(self, ledger: Ledger, join_window: timedelta) -> None:
+        self.ledger = ledger
+        self.join_window = join_window
+
+    def open_incident(self, session: Session, row: AlarmRecord, now: datetime) -> None:
+        """A red alarm opens an incident, or joins the wearer's recent one."""
+        if row.incident_id is not None:
+            return
+        at = min(row.occurred_at, row.raised_at)
+        if row.wearer:
+            incident, _ = open_or_join_incident_for_wearer(
+                session,
+                self.ledger,
+                row.wearer,
+                at,
+                INCIDENT_CATEGORY,
+                row.site,
+                SERVICE_ACTOR,
+                self.join_window,
+                now=now,
+            )
+        else:  # a device nobody is assigned to: an incident of its own, nobody's footage to link
+            incident = create_incident(
+                session,
+                IncidentDraft(
+                    category=INCIDENT_CATEGORY,
+                    occurred_at=at,
+                    site=row.site or "unknown",
+                    title=f"Lone-worker alarm from device {row.device_id}",
+                ),
+                SERVICE_ACTOR,
+                now=now,
+            )
+        row.incident_id = incident.id
+        reason = f"{row.kind} alarm from {row.device_id}"
+        link_alarm(session, self.ledger, incident.id, row.id, SERVICE_ACTOR, reason, now=now)
+        for item_id in _alarm_items(session, row):
+            self.link(session, row, item_id, "alarm evidence")
+        log.info("alarm linked to incident", extra={"alarm": row.id, "incident": incident.reference})
+
+    def link(self, session: Session, row: AlarmRecord, item_id: str | None, what: str) -> None:
+        """Link one item of the alarm's evidence to its incident, if it has one."""
+        if row.incident_id is None or item_id is None:
+            return
+        link_evidence(
+            session,
+            self.ledger,
+            row.incident_id,
+            item_id,
+            SERVICE_ACTOR,
+            f"{what} of alarm {row.id} ({row.kind})",
+        )
+
+
+def _alarm_items(session: Session, row: AlarmRecord) -> list[str]:
+    items = [row.evidence_item_id, row.voice_memo_item_id]
+    items += list(
+        session.scalars(
+            select(LoneWorkerEvent.evidence_item_id).where(
+                LoneWorkerEvent.alarm_id == row.id, LoneWorkerEvent.evidence_item_id.is_not(None)
+            )
+        )
+    )
+    return list(dict.fromkeys(i for i in items if i))

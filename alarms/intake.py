@@ -1,0 +1,533 @@
+"""Device messages in: verify each one against the device's key and replay state, and dispatch it.
+
+One device message is handled in two short steps of one transaction. The first reads the device's
+key and replay state (``alarms.device_state``); the pure checks of ``devices.lone_worker_wire`` run
+on what it read; the second writes the new replay state by compare-and-set (reloading and checking
+again if another instance wrote in between) and, in the same transaction, everything the message
+causes: the exact payload as an evidence item with its custody entries, the alarm and its
+transition (``alarms.lifecycle``), the visit (``alarms.visits``), the change feed row the control
+room streams, and the acks and webhooks in the outbox. So an effect is never sent for a change
+that was not stored, and the broker's PUBACK (sent by the consumer after this returns) means the
+alarm is safely stored.
+
+Lock order, in every transaction here: the device's state row, then visit rows, then alarm rows,
+then the custody ledger's head (the incidents package then takes its own rows). Object storage is
+written before the ledger lock is taken, so the global lock is never held across network I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from typing import cast
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy import Table, and_, bindparam, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from chain_of_custody.models import EvidenceItem
+from devices.lone_worker_wire import (
+    Accepted,
+    AckStatus,
+    AlarmMessage,
+    AnyDeviceMessage,
+    CheckinMessage,
+    DeviceKey,
+    Duplicate,
+    ReasonCode,
+    Rejected,
+    ReplayState,
+    StatusMessage,
+    topic_for,
+    verify_device_message,
+)
+from devices.models import LoneWorkerState
+from storage.db import Database
+from storage.settings import Settings
+
+from . import rules
+from .device_state import (
+    CasConflict,
+    Snapshot,
+    compare_and_set,
+    device_of,
+    new_event,
+    read_snapshot,
+    record_presence,
+    set_state,
+)
+from .lifecycle import Lifecycle
+from .liveness import Liveness
+from .models import AlarmOutbox, AlarmRecord, DeadLetter, LoneWorkerEvent, new_id
+from .outbox import Outbox, Outgoing, mqtt_effects
+from .payloads import PayloadEvidence
+from .staging import stage
+from .visits import Visits
+
+log = logging.getLogger(__name__)
+
+MAX_CAS_ATTEMPTS = 50
+
+MESSAGES = Counter(
+    "evidence_lone_worker_messages_total",
+    "Lone-worker device messages, by type and outcome",
+    ["type", "outcome"],
+)
+REJECTIONS = Counter(
+    "evidence_lone_worker_rejections_total", "Lone-worker device messages refused, by reason", ["reason"]
+)
+HANDLE_SECONDS = Histogram(
+    "evidence_lone_worker_handle_seconds",
+    "Time to verify and store one device message",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+_STATE = cast(Table, LoneWorkerState.__table__)
+_EVENTS = cast(Table, LoneWorkerEvent.__table__)
+# What a raise must know before it acts: whether the event is stored already (delivered again
+# beyond the replay state's memory), and whether a cancel of it overtook it. One query for both.
+_RAISE_LOOKUP = (
+    select(_EVENTS.c.event_id)
+    .where(
+        or_(
+            _EVENTS.c.event_id == bindparam("event_id"),
+            and_(
+                _EVENTS.c.ref_event_id == bindparam("event_id"),
+                _EVENTS.c.device_id == bindparam("device_id"),
+                _EVENTS.c.action == "cancel",
+                _EVENTS.c.alarm_id.is_(None),
+            ),
+        )
+    )
+    .with_for_update()
+)
+
+
+@dataclass
+class HandleResult:
+    """What became of one device message."""
+
+    outcome: str  # accepted | duplicate | rejected
+    type: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    device_id: str | None = None
+    event_id: str | None = None
+    alarm_id: str | None = None
+    publish: list[Outgoing] = field(default_factory=list)
+    followup: bool = False  # a provisional alarm was raised: it is still to be made whole
+
+
+class Intake:
+    """Verifies device messages and hands each to what it concerns."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        policy: rules.AlarmPolicy,
+        clock: Callable[[], datetime],
+        outbox: Outbox,
+        lifecycle: Lifecycle,
+        payloads: PayloadEvidence,
+        visits: Visits,
+        liveness: Liveness,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.policy = policy
+        self.clock = clock
+        self.outbox = outbox
+        self.lifecycle = lifecycle
+        self.payloads = payloads
+        self.visits = visits
+        self.liveness = liveness
+        self.offline_after = timedelta(seconds=policy.offline_after_s)
+        # A provisional alarm is made whole inline (right after the commit, in the caller's thread)
+        # unless an MQTT consumer runs a follow-up worker of its own, so the next alarm is not kept waiting.
+        self.followups_inline = True
+
+    def handle(
+        self, topic: str, raw: bytes, *, retained: bool = False, now: datetime | None = None
+    ) -> HandleResult:
+        """Verify one device message and act on it; returns once its effects are committed.
+
+        Raises only for faults of ours or our dependencies (database unreachable): the caller keeps
+        the message unacknowledged and tries again. Bad input is a :class:`HandleResult`, never an
+        exception.
+        """
+        started = time.perf_counter()
+        now = now or self.clock()
+        try:
+            for _ in range(MAX_CAS_ATTEMPTS):
+                try:
+                    result = self._handle_once(topic, raw, retained, now)
+                except (CasConflict, IntegrityError):
+                    continue  # another instance got there first: read again and decide again
+                self._committed([result])
+                return result
+            raise RuntimeError(f"replay state of {topic} kept changing under us")
+        finally:
+            HANDLE_SECONDS.observe(time.perf_counter() - started)
+
+    def handle_many(
+        self, messages: Sequence[tuple[str, bytes, bool]], *, now: datetime | None = None
+    ) -> list[HandleResult]:
+        """Several messages, of different devices, in one transaction: a burst of alarms or a
+        second's heartbeats pay for one commit between them. If any of them meets another
+        instance's write to its device, the batch is rolled back and each is handled on its own.
+        Returns once all are committed, with their results in order; raises like :meth:`handle`."""
+        if len(messages) <= 1 or len({device_of(t) for t, _, _ in messages}) < len(messages):
+            # (A device twice in one transaction would not see its own staged rows: one by one.)
+            return [self.handle(topic, raw, retained=retained, now=now) for topic, raw, retained in messages]
+        started = time.perf_counter()
+        now = now or self.clock()
+        outboxes: list[list[AlarmOutbox]] = [[] for _ in messages]
+        try:
+            with self.db.session() as session:
+                # Every device's state row first, in one order: a message that appends custody
+                # then holds the ledger's lock while later messages would lock their devices,
+                # which must not wait on a transaction that wants the ledger (lock order).
+                session.execute(
+                    select(_STATE.c.device_id)
+                    .where(_STATE.c.device_id.in_(sorted({device_of(t) for t, _, _ in messages})))
+                    .order_by(_STATE.c.device_id)
+                    .with_for_update()
+                )
+                results = [
+                    self._handle_in(session, topic, raw, retained, now, outboxes[i])
+                    for i, (topic, raw, retained) in enumerate(messages)
+                ]
+                session.flush()
+        except (CasConflict, IntegrityError):
+            return [self.handle(topic, raw, retained=retained, now=now) for topic, raw, retained in messages]
+        finally:
+            each = (time.perf_counter() - started) / len(messages)
+            for _ in messages:
+                HANDLE_SECONDS.observe(each)
+        for result, outbox in zip(results, outboxes, strict=True):
+            result.publish += mqtt_effects(outbox)
+        self._committed(results)
+        return results
+
+    def dead_letter(self, topic: str, raw: bytes, error: str) -> None:
+        """Keep a message that could not be handled after retries (a fault of ours), for repair."""
+        with self.db.session() as session:
+            session.add(DeadLetter(topic=topic[:1000], payload=raw, error=error[:4000]))
+
+    def _committed(self, results: list[HandleResult]) -> None:
+        """After the commit: the effects out (one publish call), the counts, inline follow-ups."""
+        self.outbox.publish([m for r in results for m in r.publish])
+        for result in results:
+            MESSAGES.labels(type=result.type or "unknown", outcome=result.outcome).inc()
+        if self.followups_inline:
+            for result in results:
+                if result.followup and result.alarm_id:
+                    self.lifecycle.make_whole_if_provisional(result.alarm_id)
+
+    def _handle_once(self, topic: str, raw: bytes, retained: bool, now: datetime) -> HandleResult:
+        """One attempt in one transaction (see :meth:`_handle_in`)."""
+        outbox: list[AlarmOutbox] = []
+        with self.db.session() as session:
+            result = self._handle_in(session, topic, raw, retained, now, outbox)
+            session.flush()
+        result.publish += mqtt_effects(outbox)
+        return result
+
+    def _handle_in(
+        self,
+        session: Session,
+        topic: str,
+        raw: bytes,
+        retained: bool,
+        now: datetime,
+        outbox: list[AlarmOutbox],
+    ) -> HandleResult:
+        """Read the device (no lock), verify, then compare-and-set and act, in the caller's transaction.
+        Messages refused before the device matters write nothing."""
+        snapshot: dict[str, Snapshot | None] = {}
+        verdict = verify_device_message(
+            raw,
+            topic,
+            partial(self._lookup, session, snapshot),
+            now,
+            self.settings.max_clock_skew_seconds,
+            self.settings.max_payload_bytes,
+            partial(self._replay, snapshot),
+        )
+        if isinstance(verdict, Rejected):
+            message = verdict.message
+            if self._known_event(session, verdict) and message is not None:
+                # The broker delivered a stored event again (the replay state remembers only the
+                # last few events, the event table all of them): acknowledge it again.
+                result = HandleResult(
+                    "duplicate", type=message.type, device_id=message.device_id, event_id=message.event_id
+                )
+                self._duplicate(session, message, result, outbox, now)
+            else:
+                result = self._rejected(verdict, raw, topic, now)
+        else:
+            snap = snapshot.get(verdict.message.device_id)
+            assert snap is not None
+            result = self._write(session, snap, verdict, topic, raw, retained, now, outbox)
+        return result
+
+    @staticmethod
+    def _lookup(session: Session, snapshot: dict[str, Snapshot | None], device_id: str) -> DeviceKey | None:
+        if device_id not in snapshot:
+            snapshot[device_id] = read_snapshot(session, device_id)
+        snap = snapshot[device_id]
+        return snap.key() if snap is not None else None
+
+    @staticmethod
+    def _replay(snapshot: dict[str, Snapshot | None], device_id: str) -> ReplayState:
+        snap = snapshot.get(device_id)
+        return snap.replay if snap is not None else ReplayState()
+
+    @staticmethod
+    def _known_event(session: Session, verdict: Rejected) -> bool:
+        message = verdict.message
+        if verdict.reason != ReasonCode.REPLAY or message is None or message.type not in ("alarm", "checkin"):
+            return False
+        found = session.scalar(
+            select(LoneWorkerEvent.event_id).where(
+                LoneWorkerEvent.event_id == message.event_id, LoneWorkerEvent.device_id == message.device_id
+            )
+        )
+        return found is not None
+
+    def _rejected(self, verdict: Rejected, raw: bytes, topic: str, now: datetime) -> HandleResult:
+        REJECTIONS.labels(reason=verdict.reason.value).inc()
+        message = verdict.message
+        type_ = message.type if message is not None else None
+        log.warning(
+            "lone-worker message rejected",
+            extra={
+                "reason": verdict.reason.value,
+                "detail": verdict.detail,
+                "device": verdict.device_id,
+                "topic": topic[:160],
+                "bytes": len(raw),
+            },
+        )
+        result = HandleResult(
+            "rejected",
+            type=type_,
+            reason=verdict.reason.value,
+            detail=verdict.detail,
+            device_id=verdict.device_id,
+            event_id=message.event_id if message is not None else None,
+        )
+        if (
+            verdict.reason == ReasonCode.CLOCK_SKEW
+            and message is not None
+            and message.type in ("alarm", "checkin")
+            and message.event_id
+        ):
+            ack = self.outbox.ack(
+                message.device_id, message.event_id, AckStatus.REJECTED, now, reason="clock_skew"
+            )
+            result.publish.append(Outgoing(topic_for(message.device_id, "ack"), ack, 1, None))
+        return result
+
+    def _write(
+        self,
+        session: Session,
+        snap: Snapshot,
+        verdict: Accepted | Duplicate,
+        topic: str,
+        raw: bytes,
+        retained: bool,
+        now: datetime,
+        outbox: list[AlarmOutbox],
+    ) -> HandleResult:
+        message = verdict.message
+        result = HandleResult(
+            "accepted" if isinstance(verdict, Accepted) else "duplicate",
+            type=message.type,
+            device_id=message.device_id,
+            event_id=message.event_id,
+        )
+        if isinstance(message, StatusMessage):
+            record_presence(session, snap, message, retained, now, self.offline_after)
+            return result
+        compare_and_set(session, snap, verdict.replay_state, message, now, self.offline_after)
+        if isinstance(verdict, Duplicate):
+            self._duplicate(session, message, result, outbox, now)
+        elif isinstance(message, AlarmMessage | CheckinMessage):
+            early_cancel: str | None = None
+            if isinstance(message, AlarmMessage) and message.alarm.action == "raise":
+                found = session.connection().execute(
+                    _RAISE_LOOKUP, {"event_id": message.event_id, "device_id": snap.device_id}
+                )
+                ids = [r.event_id for r in found]
+                early_cancel = next((i for i in ids if i != message.event_id), None)
+                known = message.event_id in ids
+            else:
+                known = True
+            existing = None
+            if known:
+                with session.no_autoflush:  # see device_state.read_snapshot
+                    existing = session.get(LoneWorkerEvent, message.event_id)
+            if existing is not None:  # accepted long ago (beyond the replay state's memory)
+                result.outcome = "duplicate"
+                self._duplicate(session, message, result, outbox, now, existing)
+            elif isinstance(message, AlarmMessage):
+                self._alarm_message(session, snap, verdict, topic, raw, result, outbox, now, early_cancel)
+            else:
+                assert isinstance(verdict, Accepted)
+                self.visits.checkin(
+                    session, snap, message, new_event(snap, verdict, topic, raw, now), outbox, now
+                )
+        self.liveness.apply(session, snap, message, outbox, now)
+        return result
+
+    def _duplicate(
+        self,
+        session: Session,
+        message: AnyDeviceMessage,
+        result: HandleResult,
+        outbox: list[AlarmOutbox],
+        now: datetime,
+        existing: LoneWorkerEvent | None = None,
+    ) -> None:
+        """Absorb a re-sent event: act on nothing, tell the device again that we have it."""
+        REJECTIONS.labels(reason=ReasonCode.DUPLICATE.value).inc()
+        if message.type not in ("alarm", "checkin") or message.event_id is None:
+            return
+        existing = existing or session.get(LoneWorkerEvent, message.event_id)
+        alarm_id = (
+            existing.alarm_id if existing is not None and existing.device_id == message.device_id else None
+        )
+        result.alarm_id = alarm_id
+        log.info(
+            "duplicate lone-worker event absorbed",
+            extra={"device": message.device_id, "event_id": message.event_id, "alarm": alarm_id},
+        )
+        self.outbox.queue_ack(
+            session, outbox, message.device_id, message.event_id, AckStatus.DUPLICATE, alarm_id, now
+        )
+
+    def _alarm_message(
+        self,
+        session: Session,
+        snap: Snapshot,
+        verdict: Accepted | Duplicate,
+        topic: str,
+        raw: bytes,
+        result: HandleResult,
+        outbox: list[AlarmOutbox],
+        now: datetime,
+        early_cancel_id: str | None = None,
+    ) -> None:
+        """A raise or a cancel. ``early_cancel_id``: a stored cancel of this raise that overtook it."""
+        assert isinstance(verdict, Accepted)
+        message = verdict.message
+        assert isinstance(message, AlarmMessage)
+        body = message.alarm
+        target: AlarmRecord | None = None
+        early_cancel: LoneWorkerEvent | None = None
+        if body.action == "cancel":
+            target = session.scalars(
+                select(AlarmRecord)
+                .where(
+                    AlarmRecord.source_event_id == body.ref_event_id, AlarmRecord.device_id == snap.device_id
+                )
+                .with_for_update()
+            ).first()
+        elif early_cancel_id is not None:  # several instances share the stream (locked by _RAISE_LOOKUP)
+            with session.no_autoflush:  # see device_state.read_snapshot
+                early_cancel = session.get(LoneWorkerEvent, early_cancel_id)
+        self.liveness.lock_rows(session, snap, message)
+        # The event row is added once everything about it is known: one INSERT, no UPDATEs.
+        event = new_event(snap, verdict, topic, raw, now)
+        event.kind = body.kind
+        event.ref_event_id = body.ref_event_id
+        # A raise is acknowledged as soon as the event and the alarm are committed (a provisional
+        # alarm); the payload's evidence item, the custody entry and the incident follow when it is
+        # made whole. A raise that a cancel overtook, a raise escalated on arrival, a low-battery
+        # raise, and every cancel take the whole path at once.
+        provisional = (
+            body.action == "raise"
+            and early_cancel is None
+            and body.kind != rules.AlarmKind.LOW_BATTERY.value  # its own message may clear it (liveness)
+            and not self.lifecycle.escalated_on_arrival(message, now)
+        )
+        item = None if provisional else self._store_payload(session, snap, event, message)
+        if body.action == "raise":
+            event.alarm_id = new_id()
+            if provisional:  # nothing in this transaction reads the event back
+                stage(session, event)
+            else:
+                session.add(event)
+            row = self.lifecycle.raise_alarm(
+                session,
+                outbox,
+                now,
+                alarm_id=event.alarm_id,
+                device_id=snap.device_id,
+                kind=rules.AlarmKind(body.kind),
+                wearer=snap.staff_id,
+                site=snap.site,
+                occurred_at=message.occurred_at,
+                source_event_id=message.event_id,
+                amber_timeout_s=body.amber_timeout_s,
+                reason=body.reason,
+                note=body.note,
+                message=message,
+                late=verdict.late,
+                evidence_item_id=item.id if item is not None else None,
+                actor=f"device:{snap.device_id}",
+                provisional=provisional,
+            )
+            result.alarm_id = row.id
+            result.followup = provisional
+            if body.kind == "low_battery":
+                set_state(session, snap.device_id, battery_low=True)
+            if early_cancel is not None:
+                early_cancel.alarm_id = row.id
+                self.lifecycle.transition(
+                    session,
+                    row,
+                    rules.DeviceCancel(early_cancel.event_id, now),
+                    outbox,
+                    now,
+                    actor=f"device:{snap.device_id}",
+                )
+                self.lifecycle.links.link(session, row, early_cancel.evidence_item_id, "alarm cancel")
+        elif target is not None:
+            event.alarm_id = target.id
+            session.add(event)
+            result.alarm_id = target.id
+            self.lifecycle.transition(
+                session,
+                target,
+                rules.DeviceCancel(message.event_id, now),
+                outbox,
+                now,
+                actor=f"device:{snap.device_id}",
+            )
+            self.lifecycle.links.link(session, target, event.evidence_item_id, "alarm cancel")
+        else:
+            # The alarm it cancels has not arrived yet: keep the cancel for it, tell the device we have it.
+            session.add(event)
+            self.outbox.queue_ack(
+                session, outbox, snap.device_id, message.event_id, AckStatus.RECEIVED, None, now
+            )
+
+    def _store_payload(
+        self, session: Session, snap: Snapshot, event: LoneWorkerEvent, message: AlarmMessage
+    ) -> EvidenceItem | None:
+        """The exact bytes received become a locked evidence item. If object storage is down the alarm
+        still goes through (the bytes wait in the event row) and the evidence is stored later."""
+        stored = self.payloads.put(event)
+        if stored is None:
+            return None
+        item = self.payloads.record(session, event, stored, snap.staff_id, message.sig, snap.public_key)
+        event.evidence_item_id = item.id
+        return item

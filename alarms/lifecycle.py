@@ -1,0 +1,415 @@
+"""The alarm lifecycle: raising an alarm, its transitions by the pure rules (``alarms.rules``), and
+the effects each transition asks for, in the caller's transaction.
+
+Every transition stores the alarm as the rules left it, appends its custody entry, and performs the
+effects: a change on the control room's feed, a signed ack to the device (outbox), an escalation
+on the MQTT control topic and the webhook (outbox), an incident opened or joined.
+
+A **provisional** alarm is one raised by a device and acknowledged as soon as its event and its row
+are committed: its payload's evidence item, its ``alarm_raised`` custody entry and its incident
+are still to come (``followup_pending``). Its follow-up makes it **whole**, in the order the whole
+path would have taken; any later change to the alarm makes it whole first, so custody never shows
+a change before the raise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from prometheus_client import Counter
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from chain_of_custody.canonical import canonical_json, rfc3339
+from chain_of_custody.core import CoreServices
+from devices.broker_access import CONTROL_TOPIC_ROOT
+from devices.lone_worker_wire import AlarmMessage, CheckinMessage
+from storage.errors import Refused
+
+from . import rules
+from .feed import alarm_view, record_change
+from .incident_links import SERVICE_ACTOR, IncidentLinks
+from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, new_id
+from .outbox import Outbox, mqtt_effects
+from .payloads import PayloadEvidence
+from .staging import stage
+
+log = logging.getLogger(__name__)
+
+ESCALATION_TOPIC = f"{CONTROL_TOPIC_ROOT}/escalations"
+
+ALARMS_RAISED = Counter("evidence_alarms_raised_total", "Alarms raised, by kind", ["kind"])
+ALARM_ESCALATIONS = Counter("evidence_alarm_escalations_total", "Alarms escalated, by reason", ["reason"])
+
+
+class AlarmNotFound(Refused):
+    status = 404
+    structured = True
+
+    def __init__(self, alarm_id: str) -> None:
+        super().__init__("unknown_alarm", f"no alarm {alarm_id}")
+
+
+_RULE_FIELDS = (
+    "device_id",
+    "kind",
+    "severity",
+    "status",
+    "raised_at",
+    "occurred_at",
+    "source_event_id",
+    "reason",
+    "visit_id",
+    "amber_deadline",
+    "red_at",
+    "ack_due_at",
+    "acknowledged_at",
+    "acknowledged_by",
+    "escalated_at",
+    "escalated_by",
+    "escalation_reason",
+    "cancel_requested_at",
+    "condition_cleared_at",
+    "resolved_at",
+    "resolved_by",
+    "outcome",
+    "resolution_note",
+    "incident_requested",
+)
+
+
+def to_rule(row: AlarmRecord) -> rules.Alarm:
+    """The stored alarm as the pure rules see it."""
+    data = {name: getattr(row, name) for name in _RULE_FIELDS}
+    data["alarm_id"] = row.id
+    return rules.Alarm.from_dict(data)
+
+
+def store_rule(row: AlarmRecord, alarm: rules.Alarm) -> None:
+    """Copy the rules' alarm onto the row, with the next deadline the clock watches."""
+    for name in _RULE_FIELDS:
+        value = getattr(alarm, name)
+        setattr(row, name, value.value if hasattr(value, "value") else value)
+    row.next_deadline = rules.next_deadline(alarm)
+
+
+def custody_details(row: AlarmRecord, changes: list[str]) -> dict[str, Any]:
+    return {
+        "alarm_id": row.id,
+        "device": row.device_id,
+        "kind": row.kind,
+        "severity": row.severity,
+        "status": row.status,
+        "changes": changes,
+        "outcome": row.outcome,
+        "source_event_id": row.source_event_id,
+    }
+
+
+class Lifecycle:
+    """Raises alarms and moves them through the rules, with their effects."""
+
+    def __init__(
+        self,
+        core: CoreServices,
+        policy: rules.AlarmPolicy,
+        clock: Callable[[], datetime],
+        outbox: Outbox,
+        payloads: PayloadEvidence,
+        links: IncidentLinks,
+    ) -> None:
+        self.core = core
+        self.db = core.db
+        self.ledger = core.ledger
+        self.policy = policy
+        self.clock = clock
+        self.outbox = outbox
+        self.payloads = payloads
+        self.links = links
+
+    # -- raising ---------------------------------------------------------------------------------
+
+    def raise_alarm(
+        self,
+        session: Session,
+        outbox: list[AlarmOutbox],
+        now: datetime,
+        *,
+        device_id: str,
+        kind: rules.AlarmKind,
+        wearer: str | None,
+        site: str | None,
+        alarm_id: str | None = None,
+        occurred_at: datetime | None = None,
+        source_event_id: str | None = None,
+        dedupe_key: str | None = None,
+        amber_timeout_s: int | None = None,
+        reason: str | None = None,
+        visit_id: str | None = None,
+        note: str | None = None,
+        message: AlarmMessage | CheckinMessage | Any = None,
+        late: bool = False,
+        evidence_item_id: str | None = None,
+        actor: str = SERVICE_ACTOR,
+        provisional: bool = False,
+    ) -> AlarmRecord:
+        """A new alarm, whole, or provisional (made whole by its follow-up)."""
+        transition = rules.raise_alarm(
+            alarm_id=alarm_id or new_id(),
+            device_id=device_id,
+            kind=kind,
+            at=now,
+            policy=self.policy,
+            occurred_at=occurred_at,
+            source_event_id=source_event_id,
+            amber_timeout_s=amber_timeout_s,
+            reason=reason,
+            visit_id=visit_id,
+        )
+        row = AlarmRecord(
+            id=transition.alarm.alarm_id,
+            wearer=wearer,
+            site=site,
+            dedupe_key=dedupe_key,
+            note=note,
+            late=late,
+            evidence_item_id=evidence_item_id,
+            followup_pending=provisional,
+        )
+        if message is not None:
+            if message.position is not None:
+                row.lat, row.lon = message.position.lat, message.position.lon
+                row.accuracy_m = message.position.accuracy_m
+            row.battery = message.battery
+        if provisional:  # a provisional alarm is changed by nothing else before its commit
+            stage(session, row)
+        else:
+            session.add(row)
+        ALARMS_RAISED.labels(kind=kind.value).inc()
+        log.info(
+            "alarm raised",
+            extra={"alarm": row.id, "device": device_id, "kind": kind.value, "wearer": wearer},
+        )
+        self.apply(session, row, transition, outbox, now, actor=actor, raised=True)
+        return row
+
+    def escalated_on_arrival(self, message: AlarmMessage, now: datetime) -> bool:
+        """An amber held on the device past its timer and the acknowledgement time is escalated as
+        it is raised: its escalation must name the incident, so it cannot be provisional."""
+        body = message.alarm
+        amber = body.kind == rules.AlarmKind.AMBER.value
+        if self.policy.ack_timeout_s > 0 and (not amber or message.occurred_at >= now):
+            return False  # the common case, decided without working the rules through
+        transition = rules.raise_alarm(
+            alarm_id="-",
+            device_id=message.device_id,
+            kind=rules.AlarmKind(body.kind),
+            at=now,
+            policy=self.policy,
+            occurred_at=message.occurred_at,
+            amber_timeout_s=body.amber_timeout_s,
+        )
+        return any(isinstance(e, rules.CallWebhook) for e in transition.effects)
+
+    # -- a provisional alarm made whole ------------------------------------------------------------
+
+    def make_whole(self, session: Session, row: AlarmRecord, now: datetime) -> None:
+        """Make a provisional alarm whole, in the order the whole path would have: the payload as an
+        evidence item, the ``alarm_raised`` custody entry, then the incident a red alarm opens or
+        joins. Runs before any other change to the alarm (see :meth:`apply`). The caller holds the
+        alarm's row lock."""
+        event = session.get(LoneWorkerEvent, row.source_event_id) if row.source_event_id else None
+        if event is not None and event.evidence_item_id is None:
+            stored = self.payloads.put(event)
+            if stored is not None:
+                event.evidence_item_id = self.payloads.record_later(session, event, stored, row.wearer).id
+        if event is not None and row.evidence_item_id is None:
+            row.evidence_item_id = event.evidence_item_id
+        row.followup_pending = False
+        session.flush()
+        details = custody_details(row, [rules.Change.RAISED.value])
+        details["accepted_at"] = rfc3339(row.raised_at)
+        self.ledger.append(
+            session,
+            "alarm_raised",
+            f"device:{row.device_id}",
+            item_id=row.evidence_item_id,
+            details=details,
+            at=now,
+        )
+        if row.incident_requested and row.incident_id is None:
+            self.links.open_incident(session, row, now)
+            record_change(session, row, "incident_linked", now)
+
+    def make_whole_if_provisional(self, alarm_id: str, now: datetime | None = None) -> bool:
+        """Make one alarm whole if it is still provisional and nobody else is at it; True if done here.
+
+        The alarm's row is locked first (skipping it if someone else holds it), so only one
+        instance ever puts the payload into storage; the put happens before the ledger lock."""
+        with self.db.session() as session:
+            row = session.scalars(
+                select(AlarmRecord).where(AlarmRecord.id == alarm_id).with_for_update(skip_locked=True)
+            ).first()
+            if row is None or not row.followup_pending:
+                return False
+            self.make_whole(session, row, now or self.clock())
+        return True
+
+    def provisional_alarms(self, limit: int = 50, raised_before: datetime | None = None) -> list[str]:
+        """Alarms still provisional, oldest first."""
+        q = select(AlarmRecord.id).where(AlarmRecord.followup_pending.is_(True))
+        if raised_before is not None:
+            q = q.where(AlarmRecord.raised_at <= raised_before)
+        with self.db.session() as session:
+            return list(session.scalars(q.order_by(AlarmRecord.raised_at).limit(limit)))
+
+    def make_provisional_alarms_whole(
+        self,
+        now: datetime | None = None,
+        limit: int = 20,
+        older_than: timedelta = timedelta(0),
+        before_each: Callable[[], bool] | None = None,
+    ) -> int:
+        """Make provisional alarms whole (oldest first); safe on many instances.
+        ``before_each`` runs before every alarm and may wait; False stops the pass."""
+        now = now or self.clock()
+        done = 0
+        for alarm_id in self.provisional_alarms(limit, now - older_than):
+            if before_each is not None and not before_each():
+                break
+            try:
+                done += self.make_whole_if_provisional(alarm_id, now)
+            except Exception:  # noqa: BLE001 - left provisional; the next pass tries again
+                log.exception("alarm follow-up failed; will retry", extra={"alarm": alarm_id})
+        return done
+
+    # -- transitions and their effects -----------------------------------------------------------
+
+    def transition(
+        self,
+        session: Session,
+        row: AlarmRecord,
+        event: rules.AlarmEvent,
+        outbox: list[AlarmOutbox],
+        now: datetime,
+        *,
+        actor: str,
+    ) -> rules.Transition:
+        transition = rules.apply(to_rule(row), event, self.policy)
+        self.apply(session, row, transition, outbox, now, actor=actor)
+        return transition
+
+    def apply(
+        self,
+        session: Session,
+        row: AlarmRecord,
+        transition: rules.Transition,
+        outbox: list[AlarmOutbox],
+        now: datetime,
+        *,
+        actor: str,
+        raised: bool = False,
+    ) -> None:
+        """Store the alarm as the rules left it, append its custody entry, then perform the effects.
+
+        A provisional alarm's raise has no custody entry and no incident yet: they come when it is
+        made whole, which any later change to the alarm does first."""
+        if not raised and row.followup_pending:
+            self.make_whole(session, row, now)
+        provisional = raised and row.followup_pending
+        before = (row.status, row.severity) if not raised else None
+        store_rule(row, transition.alarm)
+        row.updated_at = now
+        changes = [e.change.value for e in transition.effects if isinstance(e, rules.NotifyOperators)]
+        if not raised and not transition.effects and before == (row.status, row.severity):
+            return
+        if not provisional:
+            session.flush()
+            self.ledger.append(
+                session,
+                "alarm_raised" if raised else "alarm_changed",
+                actor,
+                item_id=row.evidence_item_id,
+                details=custody_details(row, changes),
+                at=now,
+            )
+            for effect in transition.effects:
+                if isinstance(effect, rules.OpenOrJoinIncident):
+                    self.links.open_incident(session, row, now)
+        for effect in transition.effects:
+            if isinstance(effect, rules.NotifyOperators):
+                record_change(session, row, effect.change.value, effect.at)
+            elif isinstance(effect, rules.PublishAck):
+                self.outbox.queue_ack(
+                    session, outbox, effect.device_id, effect.event_id, effect.status, row.id, now
+                )
+            elif isinstance(effect, rules.CallWebhook):
+                self._escalate(session, row, effect, outbox, now)
+
+    def _escalate(
+        self,
+        session: Session,
+        row: AlarmRecord,
+        effect: rules.CallWebhook,
+        outbox: list[AlarmOutbox],
+        now: datetime,
+    ) -> None:
+        """An escalation goes to the control topic (other systems on the broker) and the webhook."""
+        ALARM_ESCALATIONS.labels(reason=effect.reason.value).inc()
+        log.warning(
+            "alarm escalated",
+            extra={"alarm": row.id, "device": row.device_id, "kind": row.kind, "reason": effect.reason.value},
+        )
+        body = canonical_json(
+            {
+                "v": 1,
+                "type": "alarm_escalated",
+                "alarm_id": row.id,
+                "device_id": row.device_id,
+                "wearer": row.wearer,
+                "site": row.site,
+                "kind": row.kind,
+                "severity": row.severity,
+                "reason": effect.reason.value,
+                "at": rfc3339(effect.at),
+                "raised_at": rfc3339(row.raised_at),
+                "position": (
+                    {"lat": row.lat, "lon": row.lon, "accuracy_m": row.accuracy_m}
+                    if row.lat is not None
+                    else None
+                ),
+                "incident_id": row.incident_id,
+            }
+        )
+        self.outbox.queue(session, outbox, "mqtt", ESCALATION_TOPIC, body, now, row.id)
+        webhook = self.core.settings.escalation_webhook_url
+        if webhook:
+            self.outbox.queue(session, outbox, "webhook", webhook, body, now, row.id)
+
+    # -- operators ---------------------------------------------------------------------------------
+
+    def act(self, alarm_id: str, event: rules.Acknowledge | rules.Escalate | rules.Resolve) -> dict[str, Any]:
+        """An operator's action; :class:`alarms.rules.AlarmTransitionError` when it does not apply
+        (any deadline that fell due before it is stored all the same)."""
+        outbox: list[AlarmOutbox] = []
+        error: rules.AlarmTransitionError | None = None
+        now = event.at
+        with self.db.session() as session:
+            row = session.get(AlarmRecord, alarm_id, with_for_update=True)
+            if row is None:
+                raise AlarmNotFound(alarm_id)
+            try:
+                transition = rules.apply(to_rule(row), event, self.policy)
+            except rules.AlarmTransitionError as exc:
+                error = exc
+                transition = exc.transition or rules.Transition(to_rule(row))
+            self.apply(session, row, transition, outbox, now, actor=event.by)
+            session.flush()
+            view = alarm_view(row)
+        self.outbox.publish(mqtt_effects(outbox))
+        if error is not None:
+            raise error
+        return view

@@ -1,0 +1,84 @@
+"""What any device message says besides its own content: the device is alive (which clears an
+offline alarm) and how full its battery is (which raises or clears a low-battery alarm)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
+
+from chain_of_custody.canonical import rfc3339
+from devices.lone_worker_wire import AlarmMessage
+
+from . import rules
+from .device_state import Snapshot, set_state
+from .lifecycle import Lifecycle
+from .models import AlarmOutbox, AlarmRecord
+
+
+class Liveness:
+    def __init__(self, lifecycle: Lifecycle, policy: rules.AlarmPolicy) -> None:
+        self.lifecycle = lifecycle
+        self.policy = policy
+
+    @staticmethod
+    def _open_low_battery(device_id: str) -> tuple[ColumnElement[bool], ...]:
+        return (
+            AlarmRecord.device_id == device_id,
+            AlarmRecord.kind == "low_battery",
+            AlarmRecord.status != "resolved",
+        )
+
+    def lock_rows(self, session: Session, snap: Snapshot, message: object) -> None:
+        """Lock the alarm rows :meth:`apply` may change, before the ledger lock is taken."""
+        ids: list[str] = []
+        if snap.offline_alarm_id:
+            ids.append(snap.offline_alarm_id)
+        battery = getattr(message, "battery", None)
+        if snap.battery_low and battery is not None and rules.is_battery_recovered(battery, self.policy):
+            ids += session.scalars(select(AlarmRecord.id).where(*self._open_low_battery(snap.device_id)))
+        if ids:
+            list(session.scalars(select(AlarmRecord).where(AlarmRecord.id.in_(ids)).with_for_update()))
+
+    def apply(
+        self, session: Session, snap: Snapshot, message: object, outbox: list[AlarmOutbox], now: datetime
+    ) -> None:
+        """The device is back (clears an offline alarm); its battery level."""
+        actor = f"device:{snap.device_id}"
+        if snap.offline_alarm_id:
+            row = session.get(AlarmRecord, snap.offline_alarm_id, with_for_update=True)
+            if row is not None:
+                self.lifecycle.transition(
+                    session, row, rules.ConditionCleared(now, "device back online"), outbox, now, actor=actor
+                )
+            set_state(session, snap.device_id, offline_alarm_id=None)
+        battery = getattr(message, "battery", None)
+        if battery is None:
+            return
+        if not snap.battery_low and rules.is_battery_low(battery, self.policy):
+            if isinstance(message, AlarmMessage) and message.alarm.kind == "low_battery":
+                return  # the device raised it itself
+            self.lifecycle.raise_alarm(
+                session,
+                outbox,
+                now,
+                device_id=snap.device_id,
+                kind=rules.AlarmKind.LOW_BATTERY,
+                wearer=snap.staff_id,
+                site=snap.site,
+                dedupe_key=f"low_battery:{snap.device_id}:{rfc3339(now)}",
+                message=message,
+            )
+            set_state(session, snap.device_id, battery_low=True)
+        elif snap.battery_low and rules.is_battery_recovered(battery, self.policy):
+            for row in session.scalars(select(AlarmRecord).where(*self._open_low_battery(snap.device_id))):
+                self.lifecycle.transition(
+                    session,
+                    row,
+                    rules.ConditionCleared(now, f"battery at {battery}%"),
+                    outbox,
+                    now,
+                    actor=actor,
+                )
+            set_state(session, snap.device_id, battery_low=False)

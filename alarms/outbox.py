@@ -1,0 +1,225 @@
+"""The alarm outbox: effects (MQTT publishes, webhook calls) written in the transaction of the change
+that caused them, sent after its commit, marked sent once delivered.
+
+A process with an MQTT consumer publishes its effects at once after the commit (``publisher``) and
+gives the relay a grace period before it would send them again; any instance's relay sends what
+was left behind (a crash between commit and publish). Rows are leased to a sender by their due time
+(``storage.leases``): a row claimed is due again later, so a sender that dies loses nothing.
+
+Webhook calls (escalations) are signed with the service key: ``X-Evidence-Signature`` is the
+Ed25519 signature over the body (public key at ``/api/v1/custody/public-key``); a refusal or a
+timeout is retried with backoff until the endpoint answers 2xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import httpx
+from prometheus_client import Counter
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from chain_of_custody.keys import ServiceKey
+from devices.lone_worker_wire import AckStatus, build_ack, topic_for
+from storage.db import Database
+from storage.leases import Lease, claim
+
+from .models import AlarmOutbox
+from .staging import stage
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_CALLS = Counter(
+    "evidence_alarm_webhook_calls_total", "Escalation webhook calls, by result", ["result"]
+)
+# An outbox row's lease is its due time: claimed rows are due again after the sender's lease.
+LEASE = Lease(until=AlarmOutbox.next_attempt_at)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An MQTT publish to make now; ``outbox_id`` is marked sent once the broker has it (None: no row)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    outbox_id: int | None = None
+
+
+def mqtt_effects(outbox: list[AlarmOutbox]) -> list[Outgoing]:
+    """The MQTT publishes among outbox rows, to send at once after the commit (the relay retries them)."""
+    return [Outgoing(o.target, o.payload, o.qos, o.id) for o in outbox if o.channel == "mqtt"]
+
+
+def webhook_backoff(attempts: int) -> timedelta:
+    """How long a refused escalation webhook waits before its next attempt: doubling, at most 5 minutes."""
+    return timedelta(seconds=min(300, 2 ** min(attempts, 9)))
+
+
+class Outbox:
+    """Writes effects with their change, and hands them to whoever sends them."""
+
+    def __init__(self, db: Database, key: ServiceKey, clock: Callable[[], datetime]) -> None:
+        self.db = db
+        self.key = key
+        self.clock = clock
+        # Set by an MQTT consumer in this process: effects are then published at once after commit
+        # (the relay of any instance sends what is left behind).
+        self.publisher: Callable[[list[Outgoing]], None] | None = None
+        self.relay_grace = timedelta(seconds=5)
+
+    # -- writing, in the caller's transaction --------------------------------------------------
+
+    def queue(
+        self,
+        session: Session,
+        outbox: list[AlarmOutbox],
+        channel: str,
+        target: str,
+        payload: bytes,
+        now: datetime,
+        alarm_id: str | None,
+    ) -> None:
+        published_here = channel == "mqtt" and self.publisher is not None
+        row = AlarmOutbox(
+            channel=channel,
+            target=target,
+            payload=payload,
+            qos=1,
+            alarm_id=alarm_id,
+            created_at=now,
+            next_attempt_at=now + self.relay_grace if published_here else now,
+            attempts=0,
+        )
+        stage(session, row)  # the outbox is read by the relay, in transactions of its own
+        outbox.append(row)
+
+    def ack(
+        self,
+        device_id: str,
+        event_id: str,
+        status: AckStatus,
+        now: datetime,
+        *,
+        alarm_id: str | None = None,
+        reason: str | None = None,
+    ) -> bytes:
+        """The service's signed answer to a device (``devices.lone_worker_wire.build_ack``)."""
+        return build_ack(
+            private_key=self.key.private,
+            device_id=device_id,
+            event_id=event_id,
+            status=status,
+            at=now,
+            alarm_id=alarm_id,
+            reason=reason,
+        )
+
+    def queue_ack(
+        self,
+        session: Session,
+        outbox: list[AlarmOutbox],
+        device_id: str,
+        event_id: str,
+        status: AckStatus,
+        alarm_id: str | None,
+        now: datetime,
+    ) -> None:
+        payload = self.ack(device_id, event_id, status, now, alarm_id=alarm_id)
+        self.queue(session, outbox, "mqtt", topic_for(device_id, "ack"), payload, now, alarm_id)
+
+    # -- after the commit ----------------------------------------------------------------------
+
+    def publish(self, messages: list[Outgoing]) -> None:
+        """Hand committed effects to this process's publisher, if any (the relay covers a failure)."""
+        if messages and self.publisher is not None:
+            try:
+                self.publisher(messages)
+            except Exception:  # noqa: BLE001 - the outbox relay sends it later
+                log.exception("publishing alarm effects failed; the outbox relay will retry")
+
+    # -- the relay's side ----------------------------------------------------------------------
+
+    def claim(
+        self, channel: str, now: datetime | None = None, limit: int = 100, lease_s: float = 30
+    ) -> list[AlarmOutbox]:
+        """Due unsent effects, leased to the caller for ``lease_s`` (another instance takes them after)."""
+        now = now or self.clock()
+        with self.db.session() as session:
+            rows = claim(
+                session,
+                select(AlarmOutbox)
+                .where(AlarmOutbox.channel == channel, AlarmOutbox.sent_at.is_(None), LEASE.expired(now))
+                .order_by(AlarmOutbox.next_attempt_at, AlarmOutbox.id),
+                limit,
+            )
+            for row in rows:
+                row.attempts += 1
+                LEASE.grant(row, None, timedelta(seconds=lease_s), now)
+            session.flush()
+            for row in rows:
+                session.expunge(row)
+        return rows
+
+    def mark_sent(self, ids: Iterable[int], now: datetime | None = None) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        now = now or self.clock()
+        with self.db.session() as session:
+            session.execute(
+                update(AlarmOutbox)
+                .where(AlarmOutbox.id.in_(ids), AlarmOutbox.sent_at.is_(None))
+                .values(sent_at=now)
+            )
+
+    def mark_failed(self, row_id: int, error: str, retry_in: timedelta) -> None:
+        with self.db.session() as session:
+            session.execute(
+                update(AlarmOutbox)
+                .where(AlarmOutbox.id == row_id)
+                .values(last_error=error[:1000], next_attempt_at=self.clock() + retry_in)
+            )
+
+    def forget_sent(self, session: Session, before: datetime) -> None:
+        """Sent rows are history once the alarms and custody keep it."""
+        session.execute(delete(AlarmOutbox).where(AlarmOutbox.sent_at < before))
+
+    def send_webhooks(self, http: httpx.Client, now: datetime | None = None) -> int:
+        """POST due escalation webhooks; a refusal or timeout is retried later with backoff."""
+        rows = self.claim("webhook", now=now, limit=20, lease_s=60)
+        sent: list[int] = []
+        for row in rows:
+            signature = base64.b64encode(self.key.private.sign(row.payload)).decode()
+            try:
+                response = http.post(
+                    row.target,
+                    content=row.payload,
+                    headers={
+                        "Content-Type": "application/json",
+                        "X-Evidence-Signature": signature,
+                        "X-Evidence-Key-Id": self.key.key_id,
+                        "X-Evidence-Delivery": str(row.id),
+                    },
+                )
+                ok = 200 <= response.status_code < 300
+                error = None if ok else f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                ok, error = False, f"{type(exc).__name__}: {exc}"
+            WEBHOOK_CALLS.labels(result="ok" if ok else "failed").inc()
+            if ok:
+                sent.append(row.id)
+            else:
+                retry = webhook_backoff(row.attempts)
+                log.warning(
+                    "escalation webhook failed",
+                    extra={"outbox": row.id, "error": error, "retry_in": str(retry)},
+                )
+                self.mark_failed(row.id, error or "failed", retry)
+        self.mark_sent(sent, now)
+        return len(sent)

@@ -1,0 +1,160 @@
+"""The exact bytes of a device's alarm message, kept as a locked evidence item.
+
+A payload is stored when its alarm is whole: at once for an alarm taken the whole way, by the
+follow-up of a provisional one, or later when object storage was down at the time (the bytes wait
+in the event row; :meth:`PayloadEvidence.store_deferred`). The evidence item names the device key
+the signature was verified with when the message was accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from datetime import datetime, timedelta
+
+from prometheus_client import Counter
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from chain_of_custody.canonical import rfc3339
+from chain_of_custody.core import CoreServices
+from chain_of_custody.evidence import Provenance, record_evidence
+from chain_of_custody.keys import raw_public_key
+from chain_of_custody.models import EvidenceItem
+from devices.models import Device
+from storage.objects import StorageError, StoredObject
+
+from .models import AlarmRecord, LoneWorkerEvent
+
+log = logging.getLogger(__name__)
+
+EVIDENCE_DEFERRED = Counter(
+    "evidence_alarm_evidence_deferred_total", "Alarm payloads whose evidence object was stored later"
+)
+
+
+def object_key(event: LoneWorkerEvent) -> str:
+    return f"lone-worker/{event.device_id}/{event.received_at:%Y/%m/%d}/{event.event_id}.json"
+
+
+class PayloadEvidence:
+    """Puts payloads into locked storage and records them as evidence items."""
+
+    def __init__(self, core: CoreServices) -> None:
+        self.core = core
+
+    def retain_until(self, received_at: datetime) -> datetime:
+        return received_at + timedelta(days=self.core.settings.retention_days)
+
+    def put(self, event: LoneWorkerEvent) -> StoredObject | None:
+        """The exact bytes received, into locked storage; None (evidence deferred) while storage is down."""
+        try:
+            return self.core.store.put_bytes(
+                object_key(event),
+                event.raw,
+                retain_until=self.retain_until(event.received_at),
+                content_type="application/json",
+            )
+        except StorageError as exc:
+            EVIDENCE_DEFERRED.inc()
+            log.warning(
+                "alarm evidence deferred: object storage unavailable",
+                extra={"device": event.device_id, "event_id": event.event_id, "error": str(exc)},
+            )
+            return None
+
+    def record(
+        self,
+        session: Session,
+        event: LoneWorkerEvent,
+        stored: StoredObject,
+        wearer: str | None,
+        signature: str | None,
+        public_key: bytes | None,
+    ) -> EvidenceItem:
+        """The evidence item of a stored payload, with its custody entries."""
+        quarantine = None
+        if stored.sha256 != event.sha256 or stored.size != len(event.raw):
+            quarantine = f"object store holds {stored.sha256} ({stored.size} bytes), received {event.sha256}"
+        return record_evidence(
+            session,
+            self.core.ledger,
+            stored,
+            Provenance(
+                kind="alarm",
+                actor=f"device:{event.device_id}",
+                source_device_id=event.device_id,
+                wearer=wearer,
+                captured_start=event.occurred_at,
+                captured_stop=event.occurred_at,
+                filename=f"{event.event_id}.json",
+                content_type="application/json",
+                retain_until=self.retain_until(event.received_at),
+            ),
+            captured={
+                "device": event.device_id,
+                "event_id": event.event_id,
+                "type": event.type,
+                "action": event.action,
+                "kind": event.kind,
+                "seq": event.seq,
+                "occurred_at": rfc3339(event.occurred_at),
+                "sent_at": rfc3339(event.sent_at),
+                "device_signature": signature,
+                "device_public_key": base64.b64encode(public_key).decode() if public_key else None,
+            },
+            received={
+                "via": "mqtt",
+                "topic": event.topic,
+                "received_at": rfc3339(event.received_at),
+                "sha256": event.sha256,
+                "bytes": len(event.raw),
+                "late": event.late,
+            },
+            quarantine_reason=quarantine,
+            verified={"device_signature_valid": True, "sequence_fresh": True},
+        )
+
+    def record_later(
+        self, session: Session, event: LoneWorkerEvent, stored: StoredObject, wearer: str | None
+    ) -> EvidenceItem:
+        """The evidence item of a payload stored after its message was handled, from the event row: the
+        bytes, and the key the signature was verified with at accept (the registry's key for events
+        stored before the row kept it)."""
+        device = session.get(Device, event.device_id)
+        signature = json.loads(event.raw).get("sig")
+        key_b64 = event.device_public_key or (device.public_key if device is not None else None)
+        public_key = raw_public_key(key_b64) if key_b64 else None
+        if wearer is None and device is not None:
+            wearer = device.assigned_staff_id
+        return self.record(session, event, stored, wearer, signature, public_key)
+
+    def deferred(self, now: datetime, limit: int) -> list[str]:
+        """Alarm events whose payload is not evidence yet and no follow-up will store it, oldest first."""
+        with self.core.db.session() as session:
+            return list(
+                session.scalars(
+                    select(LoneWorkerEvent.event_id)
+                    .where(
+                        LoneWorkerEvent.type == "alarm",
+                        LoneWorkerEvent.evidence_item_id.is_(None),
+                        LoneWorkerEvent.received_at <= now - timedelta(seconds=2),
+                        ~select(AlarmRecord.id)  # a provisional alarm's follow-up stores its own payload
+                        .where(
+                            AlarmRecord.id == LoneWorkerEvent.alarm_id, AlarmRecord.followup_pending.is_(True)
+                        )
+                        .exists(),
+                    )
+                    .order_by(LoneWorkerEvent.received_at)
+                    .limit(limit)
+                )
+            )
+
+    def fetch_for_storing(self, event_id: str) -> tuple[str, bytes, datetime] | None:
+        """(object key, bytes, retain until) of an event still waiting for its evidence item."""
+        with self.core.db.session() as session:
+            event = session.get(LoneWorkerEvent, event_id)
+            if event is None or event.evidence_item_id is not None:
+                return None
+            return object_key(event), event.raw, self.retain_until(event.received_at)

@@ -1,0 +1,95 @@
+"""What the control room reads: alarms, one alarm, and every lone-worker device with its state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import func, select
+
+from devices.models import Device, LoneWorkerState
+from storage.db import Database
+
+from .feed import alarm_view
+from .lifecycle import AlarmNotFound
+from .models import AlarmRecord
+
+
+class AlarmQueries:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, alarm_id: str) -> dict[str, Any]:
+        with self.db.session() as session:
+            row = session.get(AlarmRecord, alarm_id)
+            if row is None:
+                raise AlarmNotFound(alarm_id)
+            return alarm_view(row)
+
+    def list_alarms(
+        self,
+        *,
+        status: Iterable[str] = (),
+        open_only: bool = False,
+        device_id: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Alarms, newest first."""
+        q = select(AlarmRecord)
+        statuses = list(status)
+        if statuses:
+            q = q.where(AlarmRecord.status.in_(statuses))
+        if open_only:
+            q = q.where(AlarmRecord.status != "resolved")
+        if device_id:
+            q = q.where(AlarmRecord.device_id == device_id)
+        if kind:
+            q = q.where(AlarmRecord.kind == kind)
+        q = q.order_by(AlarmRecord.raised_at.desc(), AlarmRecord.id).limit(limit).offset(offset)
+        with self.db.session() as session:
+            return [alarm_view(r) for r in session.scalars(q)]
+
+    def lone_workers(self) -> list[dict[str, Any]]:
+        """Every lone-worker device: who carries it, presence, last seen, battery, position, open alarms."""
+        open_alarms = (
+            select(AlarmRecord.device_id, func.count().label("n"))
+            .where(AlarmRecord.status != "resolved")
+            .group_by(AlarmRecord.device_id)
+            .subquery()
+        )
+        S = LoneWorkerState
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Device, S, open_alarms.c.n)
+                .outerjoin(S, S.device_id == Device.id)
+                .outerjoin(open_alarms, open_alarms.c.device_id == Device.id)
+                .where(Device.kind == "lone_worker")
+                .order_by(Device.id)
+            ).all()
+            return [_lone_worker(device, state, n) for device, state, n in rows]
+
+
+def _lone_worker(device: Device, state: LoneWorkerState | None, n: int | None) -> dict[str, Any]:
+    return {
+        "id": device.id,
+        "status": device.status,
+        "staff_id": device.assigned_staff_id,
+        "site": device.site,
+        "presence": state.presence if state else "unknown",
+        "last_seen_at": state.last_seen_at.isoformat() if state and state.last_seen_at else None,
+        "battery": state.battery if state else None,
+        "position": (
+            {
+                "lat": state.lat,
+                "lon": state.lon,
+                "accuracy_m": state.accuracy_m,
+                "at": state.position_at.isoformat() if state.position_at else None,
+            }
+            if state and state.lat is not None
+            else None
+        ),
+        "active_visit_id": state.active_visit_id if state else None,
+        "open_alarms": int(n or 0),
+    }

@@ -1,0 +1,248 @@
+"""The alarm side of the service, shared by the MQTT consumer, the clock's loop and the API.
+
+:class:`AlarmService` assembles the collaborators, each with one job, and is what the rest of the
+application talks to:
+
+- ``intake``: device messages in (verify, replay state, dispatch) — ``alarms.intake``;
+- ``lifecycle``: raising, transitions by the pure rules, their effects, provisional alarms made
+  whole, operators' actions — ``alarms.lifecycle``;
+- ``visits``: check-ins and missed check-ins — ``alarms.visits``;
+- ``timekeeper``: what the clock decides (deadlines, silent devices, deferred evidence) —
+  ``alarms.clock``;
+- ``outbox``: effects written with their change and sent after it — ``alarms.outbox``;
+- ``voice_memos`` — ``alarms.voice_memos``; ``queries``: the control room's reads — ``alarms.queries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from chain_of_custody.core import CoreServices
+from storage.objects import StorageError
+
+from . import rules
+from .clock import Clock
+from .incident_links import IncidentLinks
+from .intake import HandleResult, Intake
+from .lifecycle import Lifecycle
+from .liveness import Liveness
+from .models import AlarmOutbox
+from .outbox import Outbox, Outgoing
+from .payloads import PayloadEvidence
+from .queries import AlarmQueries
+from .staging import bind
+from .visits import Visits
+from .voice_memos import VoiceMemos
+
+log = logging.getLogger(__name__)
+
+PURGE_EVERY_S = 3600.0
+MAX_BATCHES = 20  # per kind of work per pass, so one pass stays short
+FOLLOWUP_GRACE = timedelta(seconds=5)  # a provisional alarm left this long is made whole by the clock
+
+
+class AlarmService:
+    """The alarm side of the service (see the module's docstring for its parts)."""
+
+    def __init__(self, core: CoreServices, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.core = core
+        self.settings = core.settings
+        self.db = core.db
+        bind(core.db.sessions)  # provisional alarms' rows are written at commit (alarms.staging)
+        self.policy = rules.AlarmPolicy.from_settings(core.settings)
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.outbox = Outbox(core.db, core.key, self.clock)
+        self.payloads = PayloadEvidence(core)
+        links = IncidentLinks(core.ledger, timedelta(minutes=core.settings.incident_join_minutes))
+        self.lifecycle = Lifecycle(core, self.policy, self.clock, self.outbox, self.payloads, links)
+        liveness = Liveness(self.lifecycle, self.policy)
+        self.visits = Visits(core.db, self.policy, self.lifecycle, liveness, self.outbox)
+        self.intake = Intake(
+            core.db,
+            core.settings,
+            self.policy,
+            self.clock,
+            self.outbox,
+            self.lifecycle,
+            self.payloads,
+            self.visits,
+            liveness,
+        )
+        self.timekeeper = Clock(
+            core.db, self.policy, self.clock, self.outbox, self.lifecycle, self.visits, self.payloads
+        )
+        self.voice_memos = VoiceMemos(core, self.lifecycle, self.clock)
+        self.queries = AlarmQueries(core.db)
+
+    # -- how effects leave this process ---------------------------------------------------------
+
+    @property
+    def publisher(self) -> Callable[[list[Outgoing]], None] | None:
+        """Set by an MQTT consumer in this process: effects are published at once after commit."""
+        return self.outbox.publisher
+
+    @publisher.setter
+    def publisher(self, value: Callable[[list[Outgoing]], None] | None) -> None:
+        self.outbox.publisher = value
+
+    @property
+    def followups_inline(self) -> bool:
+        """Whether a provisional alarm is made whole right after its commit, in the handling thread
+        (False under an MQTT consumer, whose follow-up worker does it)."""
+        return self.intake.followups_inline
+
+    @followups_inline.setter
+    def followups_inline(self, value: bool) -> None:
+        self.intake.followups_inline = value
+
+    # -- device messages -------------------------------------------------------------------------
+
+    def handle(
+        self, topic: str, raw: bytes, *, retained: bool = False, now: datetime | None = None
+    ) -> HandleResult:
+        return self.intake.handle(topic, raw, retained=retained, now=now)
+
+    def handle_many(
+        self, messages: Sequence[tuple[str, bytes, bool]], *, now: datetime | None = None
+    ) -> list[HandleResult]:
+        return self.intake.handle_many(messages, now=now)
+
+    def dead_letter(self, topic: str, raw: bytes, error: str) -> None:
+        self.intake.dead_letter(topic, raw, error)
+
+    def attach_voice_memo(
+        self,
+        device_id: str,
+        event_id: str,
+        data: bytes,
+        *,
+        content_type: str,
+        sent_at: str,
+        signature: str,
+        now: datetime | None = None,
+    ) -> tuple[str, bool]:
+        return self.voice_memos.attach(
+            device_id,
+            event_id,
+            data,
+            content_type=content_type,
+            sent_at=sent_at,
+            signature=signature,
+            now=now,
+        )
+
+    # -- provisional alarms made whole ------------------------------------------------------------
+
+    def complete_followup(self, alarm_id: str, now: datetime | None = None) -> bool:
+        return self.lifecycle.make_whole_if_provisional(alarm_id, now)
+
+    def pending_followups(self, limit: int = 50, raised_before: datetime | None = None) -> list[str]:
+        return self.lifecycle.provisional_alarms(limit, raised_before)
+
+    def complete_followups(
+        self,
+        now: datetime | None = None,
+        limit: int = 20,
+        older_than: timedelta = timedelta(0),
+        before_each: Callable[[], bool] | None = None,
+    ) -> int:
+        return self.lifecycle.make_provisional_alarms_whole(now, limit, older_than, before_each)
+
+    # -- the control room ------------------------------------------------------------------------
+
+    def get(self, alarm_id: str) -> dict[str, Any]:
+        return self.queries.get(alarm_id)
+
+    def list_alarms(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.queries.list_alarms(**filters)
+
+    def act(self, alarm_id: str, event: rules.Acknowledge | rules.Escalate | rules.Resolve) -> dict[str, Any]:
+        return self.lifecycle.act(alarm_id, event)
+
+    # -- what the clock decides ------------------------------------------------------------------
+
+    def fire_deadlines(self, now: datetime | None = None, limit: int = 50) -> int:
+        return self.timekeeper.fire_deadlines(now, limit)
+
+    def raise_missed_checkins(self, now: datetime | None = None, limit: int = 50) -> int:
+        return self.timekeeper.raise_missed_checkins(now, limit)
+
+    def raise_offline(self, now: datetime | None = None, limit: int = 50) -> int:
+        return self.timekeeper.raise_offline(now, limit)
+
+    def store_deferred_evidence(self, now: datetime | None = None, limit: int = 20) -> int:
+        return self.timekeeper.store_deferred_evidence(now, limit)
+
+    def purge(self, now: datetime | None = None, keep: timedelta = timedelta(days=7)) -> None:
+        self.timekeeper.purge(now, keep)
+
+    # -- the outbox relay's side -----------------------------------------------------------------
+
+    def claim_outbox(
+        self, channel: str, now: datetime | None = None, limit: int = 100, lease_s: float = 30
+    ) -> list[AlarmOutbox]:
+        return self.outbox.claim(channel, now, limit, lease_s)
+
+    def mark_sent(self, ids: Iterable[int], now: datetime | None = None) -> None:
+        self.outbox.mark_sent(ids, now)
+
+
+@dataclass
+class PassReport:
+    deadlines: int = 0
+    missed_checkins: int = 0
+    offline: int = 0
+    webhooks: int = 0
+    evidence: int = 0
+    followups: int = 0
+
+
+def _drain(step: Callable[[int], int], limit: int = 50) -> int:
+    total = 0
+    for _ in range(MAX_BATCHES):
+        done = step(limit)
+        total += done
+        if done < limit:
+            break
+    return total
+
+
+def run_pass(alarms: AlarmService, http: httpx.Client, now: datetime | None = None) -> PassReport:
+    """One pass over everything due now (also what tests call to move time along)."""
+    report = PassReport()
+    report.deadlines = _drain(lambda limit: alarms.fire_deadlines(now, limit))
+    # Provisional alarms that the instance which acknowledged them did not make whole (it died, or
+    # its follow-up worker is far behind): made whole here, after the deadlines (which never wait
+    # for storage writes).
+    report.followups = alarms.complete_followups(now, limit=50, older_than=FOLLOWUP_GRACE)
+    report.missed_checkins = _drain(lambda limit: alarms.raise_missed_checkins(now, limit))
+    report.offline = _drain(lambda limit: alarms.raise_offline(now, limit))
+    report.webhooks = alarms.outbox.send_webhooks(http, now)
+    try:
+        report.evidence = alarms.store_deferred_evidence(now)
+    except StorageError as exc:
+        log.warning("deferred alarm evidence still waiting for object storage", extra={"error": str(exc)})
+    return report
+
+
+async def escalation_loop(alarms: AlarmService, interval_s: float) -> None:
+    """Run :func:`run_pass` forever; every exception is logged and the loop carries on."""
+    last_purge = 0.0
+    with httpx.Client(timeout=httpx.Timeout(5.0)) as http:
+        while True:
+            try:
+                await asyncio.to_thread(run_pass, alarms, http)
+                if time.monotonic() - last_purge > PURGE_EVERY_S:
+                    await asyncio.to_thread(alarms.purge)
+                    last_purge = time.monotonic()
+            except Exception:  # noqa: BLE001 - the loop must survive anything
+                log.exception("escalation pass failed")
+            await asyncio.sleep(interval_s)

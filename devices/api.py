@@ -1,0 +1,171 @@
+"""The device registry's routes: staff, docks (token shown once), cameras and lone-worker devices
+(enrolled by their public keys), the fleet, and changes of status and assignment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from accounts.access import require_roles, services
+from accounts.service import Principal
+from chain_of_custody.core import CoreServices
+
+from . import service
+from .lone_worker_wire import DEVICE_ID_PATTERN, topic_for
+from .models import Device
+from .service import DeviceRefused
+
+router = APIRouter(prefix="/api/v1", tags=["devices"])
+
+ADMINS = ("admin", "security_manager")
+
+
+class StaffIn(BaseModel):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: str = Field(min_length=1, max_length=128)
+    group: str = "other"
+    site: str | None = None
+
+
+class DockIn(BaseModel):
+    id: str
+    name: str = ""
+    site: str | None = None
+
+
+class KeyedDeviceIn(BaseModel):
+    id: str
+    public_key: str
+    staff_id: str | None = None
+    name: str = ""
+    site: str | None = None
+
+
+class LoneWorkerIn(BaseModel):
+    id: str = Field(pattern=DEVICE_ID_PATTERN)
+    public_key: str = Field(description="base64 of the device's raw 32-byte Ed25519 public key")
+    staff_id: str | None = None
+    name: str = ""
+    site: str | None = None
+
+
+class DeviceOut(BaseModel):
+    id: str
+    kind: str
+    name: str
+    site: str | None
+    status: str
+    public_key: str | None
+    assigned_staff_id: str | None
+
+    model_config = {"from_attributes": True}
+
+
+class DeviceChange(BaseModel):
+    status: str | None = None
+    staff_id: str | None = None
+    unassign: bool = False
+
+
+@router.post("/staff", status_code=201)
+def add_staff(
+    body: StaffIn, user: Principal = Depends(require_roles(*ADMINS)), s: CoreServices = Depends(services)
+) -> dict[str, str]:
+    with s.db.session() as session:
+        service.add_staff(session, body.id, body.name, body.group, body.site)
+    return {"id": body.id}
+
+
+@router.post("/devices/docks", status_code=201)
+def enrol_dock(
+    body: DockIn, user: Principal = Depends(require_roles(*ADMINS)), s: CoreServices = Depends(services)
+) -> dict[str, str]:
+    """Enrol a dock; the token is shown once here and only its hash is kept."""
+    with s.db.session() as session:
+        enrolled = service.enrol_dock(session, s.ledger, body.id, user.actor, name=body.name, site=body.site)
+    return {"id": body.id, "token": enrolled.token}
+
+
+@router.post("/devices/cameras", status_code=201, response_model=DeviceOut)
+def enrol_camera(
+    body: KeyedDeviceIn,
+    user: Principal = Depends(require_roles(*ADMINS)),
+    s: CoreServices = Depends(services),
+) -> Device:
+    with s.db.session() as session:
+        return service.enrol_keyed_device(
+            session,
+            s.ledger,
+            "camera",
+            body.id,
+            body.public_key,
+            user.actor,
+            staff_id=body.staff_id,
+            name=body.name,
+            site=body.site,
+        )
+
+
+@router.post("/devices/lone-workers", status_code=201)
+def enrol_lone_worker(
+    body: LoneWorkerIn, user: Principal = Depends(require_roles(*ADMINS)), s: CoreServices = Depends(services)
+) -> dict[str, Any]:
+    """Enrol a lone-worker device. Its broker password is shown once here; regenerate the broker's
+    files (``evidence broker-access``) and reload the broker for it to log in."""
+    with s.db.session() as session:
+        enrolled = service.enrol_lone_worker(
+            session,
+            s.ledger,
+            body.id,
+            body.public_key,
+            user.actor,
+            staff_id=body.staff_id,
+            name=body.name,
+            site=body.site,
+        )
+        device = enrolled.device
+        return {
+            "id": device.id,
+            "kind": device.kind,
+            "status": device.status,
+            "assigned_staff_id": device.assigned_staff_id,
+            "mqtt_username": device.id,
+            "mqtt_password": enrolled.mqtt_password,
+            "topics": {
+                leaf: topic_for(device.id, leaf)
+                for leaf in ("alarm", "checkin", "heartbeat", "location", "status", "ack", "command")
+            },
+            "service_public_key": s.key.public_b64,
+        }
+
+
+@router.get("/devices", response_model=list[DeviceOut])
+def list_devices(
+    kind: str | None = None,
+    user: Principal = Depends(require_roles(*ADMINS, "auditor", "operator")),
+    s: CoreServices = Depends(services),
+) -> list[Device]:
+    with s.db.session() as session:
+        return service.list_devices(session, kind)
+
+
+@router.patch("/devices/{device_id}", response_model=DeviceOut)
+def change_device(
+    device_id: str,
+    body: DeviceChange,
+    user: Principal = Depends(require_roles(*ADMINS)),
+    s: CoreServices = Depends(services),
+) -> Device:
+    with s.db.session() as session:
+        device = session.get(Device, device_id)
+        if device is None:
+            raise DeviceRefused("unknown_device", f"no device {device_id}", 404)
+        if body.status is not None:
+            device = service.set_status(session, s.ledger, device_id, body.status, user.actor)
+        if body.staff_id is not None or body.unassign:
+            device = service.assign(
+                session, s.ledger, device_id, None if body.unassign else body.staff_id, user.actor
+            )
+        return device

@@ -1,0 +1,393 @@
+"""Export routes: ask for an incident's evidence package, follow its build, and hand out expiring links.
+
+An investigator (or security manager, or admin) who can see an incident asks for its package; the
+build runs in the background: one pass over the media that checks their hashes, then the package's
+layout is stored as its evidence item (see :mod:`incidents.export`). Builds are jobs that any
+process's builder claims (:mod:`incidents.export.jobs`); this one is woken at once. The zip is assembled from the
+layout and the locked media objects on every download, byte for byte the same each time. Original (unredacted)
+footage goes in only when a security manager or admin asks for it and states a reason, which is
+recorded in custody on every original exported. A package is downloaded through a link that names
+its recipient, expires, can be revoked, and carries an HMAC-signed token, so the recipient (an
+officer, a solicitor) needs no account; every download is a ``viewed`` custody entry on the package.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from accounts.access import require_roles, services
+from chain_of_custody import package_layout as pl
+from chain_of_custody.core import CoreServices
+from chain_of_custody.evidence import parse_range
+from chain_of_custody.fixity import FixityCheck
+from chain_of_custody.ledger import Ledger
+from chain_of_custody.models import EvidenceItem
+from storage.objects import StorageError
+from storage.streams import blocks_in_thread
+
+from ..access import EVIDENCE_MEDIA, INCIDENT_MANAGERS, Viewer, visible_incident
+from .assemble import assemble, items_read, read_layout
+from .jobs import ExportBuilds
+from .links import LinkRefused, check_link_token, link_secret, make_link_token, parse_link_token
+from .media import PackageAltered, unrecorded
+from .models import ExportJob, ExportLink
+from .plan import ExportError, OriginalsPermission, gather_items, incident_export_scope, plan_package
+
+log = logging.getLogger(__name__)
+
+
+EXPORTERS = EVIDENCE_MEDIA
+ORIGINALS_AUTHORISERS = INCIDENT_MANAGERS
+
+
+# -- HTTP ----------------------------------------------------------------------------------------
+
+
+class ExportIn(BaseModel):
+    include_originals: bool = False
+    reason: str | None = Field(None, max_length=2000, description="required to include original footage")
+
+
+class ExportOut(BaseModel):
+    id: str
+    incident_id: str
+    status: str
+    requested_by: str
+    include_originals: bool
+    reason: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    media_bytes_total: int
+    media_bytes_done: int
+    package_sha256: str | None
+    package_size: int | None
+    filename: str | None
+    included: list[str] | None = None
+    withheld: dict[str, str] | None = None
+    manifest_sha256: str | None = None
+    key_fingerprint: str | None = None
+    layout_sha256: str | None = Field(
+        None, description="SHA-256 of the stored package layout (the item's object)"
+    )
+    error: str | None = None
+
+
+class LinkIn(BaseModel):
+    recipient: str = Field(
+        min_length=3, max_length=200, description="who the link is for, as recorded in custody"
+    )
+    expires_in_hours: int = Field(72, ge=1, le=24 * 30)
+
+
+class LinkOut(BaseModel):
+    id: str
+    export_id: str
+    recipient: str
+    created_by: str
+    expires_at: datetime
+    url: str
+    path: str
+
+
+def _job_out(job: ExportJob) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        c: getattr(job, c)
+        for c in (
+            "id",
+            "incident_id",
+            "status",
+            "requested_by",
+            "include_originals",
+            "reason",
+            "created_at",
+            "finished_at",
+            "media_bytes_total",
+            "media_bytes_done",
+            "package_sha256",
+            "package_size",
+            "filename",
+        )
+    }
+    if job.result:
+        out.update(json.loads(job.result))
+    out["error"] = job.error
+    return out
+
+
+router = APIRouter(prefix="/api/v1", tags=["exports"])
+exporters = Depends(require_roles(*EXPORTERS))
+
+
+def export_builds(request: Request) -> ExportBuilds:
+    """This process's builder of export packages."""
+    found: ExportBuilds = request.app.state.services.exports
+    return found
+
+
+def visible_job(session: Session, user: Viewer, export_id: str) -> ExportJob:
+    job = session.get(ExportJob, export_id)
+    if job is None or visible_incident(session, user, job.incident_id) is None:
+        raise HTTPException(404, "no such export")
+    return job
+
+
+@router.post("/incidents/{incident_id}/exports", response_model=ExportOut, status_code=202)
+def request_export(
+    incident_id: str,
+    body: ExportIn,
+    response: Response,
+    user: Viewer = exporters,
+    s: CoreServices = Depends(services),
+    builds: ExportBuilds = Depends(export_builds),
+) -> dict[str, Any]:
+    """Start building the incident's evidence package; poll the returned export until it is ready."""
+    reason = (body.reason or "").strip()
+    if body.include_originals:
+        if user.role not in ORIGINALS_AUTHORISERS:
+            raise HTTPException(403, f"role {user.role} may not export original footage")
+        if len(reason) < 10:
+            raise HTTPException(
+                422, "exporting original footage needs a stated reason (10 characters or more)"
+            )
+    with s.db.session() as session:
+        try:
+            summary, item_ids = incident_export_scope(session, user, incident_id)
+        except LookupError:
+            raise HTTPException(404, "no such incident") from None
+        if not item_ids:
+            raise HTTPException(409, "nothing is linked to this incident yet")
+        try:
+            items = gather_items(session, item_ids)
+        except ExportError as exc:
+            raise HTTPException(409, str(exc)) from None
+        permission = OriginalsPermission(user.actor, user.role, reason) if body.include_originals else None
+        total = sum(p.item.size for p in plan_package(items, permission) if p.include_media)
+        job = ExportJob(
+            id=str(uuid.uuid4()),
+            incident_id=summary["id"],
+            requested_by=user.actor,
+            requester_role=user.role,
+            include_originals=body.include_originals,
+            reason=reason or None,
+            scope=json.dumps({"incident": summary, "item_ids": item_ids}),
+            media_bytes_total=total,
+            media_bytes_done=0,
+            status="building",
+            created_at=datetime.now(UTC),
+            heartbeat_at=datetime.now(UTC),
+        )
+        session.add(job)
+        session.flush()
+        out = _job_out(job)
+    builds.wake()
+    response.headers["Location"] = f"/api/v1/exports/{out['id']}"
+    return out
+
+
+@router.get("/incidents/{incident_id}/exports", response_model=list[ExportOut])
+def incident_exports(
+    incident_id: str, user: Viewer = exporters, s: CoreServices = Depends(services)
+) -> list[dict[str, Any]]:
+    with s.db.session() as session:
+        incident = visible_incident(session, user, incident_id)
+        if incident is None:
+            raise HTTPException(404, "no such incident")
+        jobs = session.scalars(
+            select(ExportJob)
+            .where(ExportJob.incident_id == incident.id)
+            .order_by(ExportJob.created_at.desc())
+        ).all()
+        return [_job_out(visible_job(session, user, j.id)) for j in jobs]
+
+
+@router.get("/exports/{export_id}", response_model=ExportOut)
+def get_export(
+    export_id: str, user: Viewer = exporters, s: CoreServices = Depends(services)
+) -> dict[str, Any]:
+    with s.db.session() as session:
+        return _job_out(visible_job(session, user, export_id))
+
+
+@router.post("/exports/{export_id}/links", response_model=LinkOut, status_code=201)
+def create_link(
+    export_id: str,
+    body: LinkIn,
+    request: Request,
+    user: Viewer = exporters,
+    s: CoreServices = Depends(services),
+) -> dict[str, Any]:
+    """A download link for a named recipient, valid for ``expires_in_hours``."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    with s.db.session() as session:
+        job = visible_job(session, user, export_id)
+        if job.status != "ready":
+            raise HTTPException(409, f"the export is {job.status}, not ready")
+        link = ExportLink(
+            id=str(uuid.uuid4()),
+            export_id=job.id,
+            recipient=body.recipient.strip(),
+            created_by=user.actor,
+            created_at=now,
+            expires_at=now + timedelta(hours=body.expires_in_hours),
+        )
+        session.add(link)
+    path = f"/api/v1/exports/download/{make_link_token(link_secret(s.key), link.id, job.id, link.expires_at)}"
+    log.info("export link issued", extra={"export": job.id, "link": link.id, "by": user.actor})
+    return {
+        "id": link.id,
+        "export_id": job.id,
+        "recipient": link.recipient,
+        "created_by": link.created_by,
+        "expires_at": link.expires_at,
+        "url": str(request.base_url).rstrip("/") + path,
+        "path": path,
+    }
+
+
+@router.delete("/exports/{export_id}/links/{link_id}", status_code=204)
+def revoke_link(
+    export_id: str, link_id: str, user: Viewer = exporters, s: CoreServices = Depends(services)
+) -> Response:
+    with s.db.session() as session:
+        job = visible_job(session, user, export_id)
+        link = session.get(ExportLink, link_id)
+        if link is None or link.export_id != job.id:
+            raise HTTPException(404, "no such link")
+        if link.revoked_at is None:
+            link.revoked_at = datetime.now(UTC)
+            link.revoked_by = user.actor
+    return Response(status_code=204)
+
+
+@router.get("/exports/download/{token}")
+def download(token: str, request: Request, s: CoreServices = Depends(services)) -> Response:
+    """The package, for whoever holds an unexpired, unrevoked link (the token is the credential).
+
+    The zip is assembled from the package's layout and the locked media objects, each media hash
+    checked as it streams; a mismatch breaks the response off before the member's last bytes, so
+    a package that looks whole is always the package as exported. Range requests resume large
+    downloads; every request is a ``viewed`` entry on the package naming the items it reads."""
+    now = datetime.now(UTC)
+    link_id, _, _ = parse_link_token(token)
+    with s.db.session() as session:
+        link = session.get(ExportLink, link_id)
+        if link is None:
+            raise LinkRefused(404, "no such download link")
+        check_link_token(link_secret(s.key), token, link.export_id, now)
+        if link.revoked_at is not None:
+            raise LinkRefused(410, "this download link was revoked")
+        if link.expires_at <= now:
+            raise LinkRefused(410, "this download link has expired")
+        item = session.get(EvidenceItem, link.export_id)
+        if item is None or item.status == "deleted":
+            raise LinkRefused(410, "the package is no longer held")
+        # The layout is found and checked by the package's row: it must be what was recorded.
+        problem = unrecorded(item, Ledger.stored_entry(session, item.id), s.ledger.verifier)
+        session.expunge(item)
+        recipient, created_by = link.recipient, link.created_by
+    if problem is not None:
+        log.error("export package record altered", extra={"export": item.id, "problem": problem})
+        raise HTTPException(409, f"the package cannot be served: {problem}")
+    layout = None
+    if item.content_type == pl.CONTENT_TYPE:
+        try:
+            layout = read_layout(s.store, item)
+        except PackageAltered as exc:
+            log.error("export package altered", extra={"export": item.id, "problem": str(exc)})
+            raise HTTPException(409, f"the package cannot be served: {exc}") from None
+        except StorageError as exc:
+            raise HTTPException(503, "storage unavailable; try again", headers={"Retry-After": "5"}) from exc
+    size = layout.size if layout else item.size
+    package_sha256 = layout.sha256 if layout else item.sha256
+    try:
+        byte_range = parse_range(request.headers.get("range"), size)
+    except ValueError:
+        return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+    start, end = (byte_range.start, byte_range.end) if byte_range else (0, size - 1)
+    with s.db.session() as session:
+        s.ledger.append(
+            session,
+            "viewed",
+            f"link:{link_id}",
+            item_id=item.id,
+            details={
+                "purpose": "download",
+                "recipient": recipient,
+                "link_created_by": created_by,
+                "range": [byte_range.start, byte_range.end] if byte_range else None,
+                "sha256": package_sha256,
+                "manifest_sha256": layout.manifest_sha256 if layout else None,
+                "layout_sha256": item.sha256 if layout else None,
+                "items_read": items_read(layout, start, end) if layout else [],
+                "client": request.client.host if request.client else None,
+            },
+        )
+    log.info("export downloaded", extra={"export": item.id, "link": link_id})
+    etag = package_sha256 if package_sha256 else f"manifest-{layout.manifest_sha256}"  # type: ignore[union-attr]
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{etag}"',
+        "Content-Disposition": f'attachment; filename="{item.filename or item.id + ".zip"}"',
+        "Cache-Control": "no-store",
+    }
+    if package_sha256:
+        headers["X-Evidence-SHA256"] = package_sha256
+    if layout is not None:
+        headers["X-Evidence-Manifest-SHA256"] = layout.manifest_sha256
+
+    def altered(seg: pl.MediaSegment, check: FixityCheck) -> None:
+        """Log and record it: the item no longer matches its record, so it is quarantined."""
+        log.error(
+            "export download stopped: stored object altered",
+            extra={
+                "export": item.id,
+                "item": seg.item_id,
+                "digest": check.algorithm,
+                "found": check.found,
+                "expected": check.expected,
+            },
+        )
+        with s.db.session() as session:
+            media = session.get(EvidenceItem, seg.item_id, with_for_update=True)
+            reason = f"stored object {check.mismatch()}; found while serving export {item.id}"
+            s.ledger.append(
+                session,
+                "quarantined",
+                "service",
+                item_id=seg.item_id,
+                details={"reason": reason, "export_id": item.id, "link": link_id},
+            )
+            if media is not None and media.status != "deleted":
+                media.status = "quarantined"
+                media.quarantine_reason = reason
+
+    def guarded(body: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            yield from body
+        except StorageError:
+            log.error("export download broken off: storage failed", extra={"export": item.id}, exc_info=True)
+            raise
+
+    if layout is not None:
+        body = guarded(assemble(s.store, layout, start, end, on_altered=altered))
+    elif byte_range is None:
+        body = s.store.read(item.object_key, item.version_id)
+    else:
+        body = s.store.read(item.object_key, item.version_id, offset=start, length=end - start + 1)
+    headers["Content-Length"] = str(end - start + 1)
+    stream = blocks_in_thread(body)
+    if byte_range is None:
+        return StreamingResponse(stream, media_type="application/zip", headers=headers)
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return StreamingResponse(stream, status_code=206, media_type="application/zip", headers=headers)

@@ -1,0 +1,419 @@
+"""Building a package: one pass over the media (``media``), then what is new (custody documents, the
+continuity report, VERIFY.txt, the signed manifest, every zip header) stored write-once as the
+package's own evidence item with the layout of the zip, and the items' locks extended to match."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from chain_of_custody import manifest as mf
+from chain_of_custody import package_layout as pl
+from chain_of_custody.canonical import rfc3339
+from chain_of_custody.evidence import Provenance, record_evidence
+from chain_of_custody.keys import ServiceKey
+from chain_of_custody.ledger import Ledger
+from chain_of_custody.models import EvidenceItem
+from storage.db import Database
+from storage.objects import ObjectLocked, ObjectStore, StoredObject
+
+from . import media
+from .media import _MediaDigests, _Progress, unrecorded
+from .plan import (
+    ORIGINAL_VIDEO_KINDS,
+    PACKAGE_KIND,
+    ExportError,
+    ExportRequest,
+    PlannedItem,
+    package_filename,
+    plan_package,
+    redaction_records,
+)
+from .report import render_continuity_report
+from .zip import ZipBuilder
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    export_id: str
+    stored: StoredObject  # the layout object: the package item's own bytes
+    filename: str
+    manifest_sha256: str
+    package_sha256: str | None  # of the assembled zip, when computed at build time
+    package_size: int
+    key_fingerprint: str
+    included: list[str]
+    withheld: dict[str, str]
+    media_bytes: int
+
+
+def verification_instructions(export_id: str, fingerprint: str, created_at: str, filename: str) -> bytes:
+    """VERIFY.txt: how to check the package with sha256sum and openssl alone (commands run as written)."""
+    return f"""How to verify this evidence export package
+==========================================
+
+Package:  {filename}
+Export:   {export_id}
+Created:  {created_at} (UTC)
+Signing key (Ed25519), SHA-256 fingerprint of the raw public key:
+          {fingerprint}
+
+Everything below needs only GNU coreutils (sha256sum, tail) and OpenSSL 3, and no access to the
+service that made the package. Unpack the package into an empty directory with any zip tool that
+handles ZIP64, for example
+
+    unzip {filename} -d package
+
+and run each command below in that directory.
+
+1. The signing key is the service's.
+   This prints the key's fingerprint. It must equal the fingerprint above AND the one the service
+   publishes (GET /api/v1/custody/public-key, or as given to you separately by its operator).
+   Trust the copy you received separately, never only the one in this file.
+
+    $ openssl pkey -pubin -in public_key.pem -outform DER | tail -c 32 | sha256sum
+
+2. The manifest and the checksum list were signed by that key.
+   Each command prints "Signature Verified Successfully".
+
+    $ openssl pkeyutl -verify -pubin -inkey public_key.pem -rawin -in manifest.json -sigfile manifest.sig
+    $ openssl pkeyutl -verify -pubin -inkey public_key.pem -rawin -in SHA256SUMS -sigfile SHA256SUMS.sig
+
+3. Every file is exactly as it was exported. Every line must end in "OK".
+
+    $ sha256sum -c SHA256SUMS
+
+4. What the manifest says.
+   manifest.json lists every file with its SHA-256 and size, and every evidence item: its kind, its
+   hash, and for a redacted video ("redacted_clip") the item and SHA-256 of the original it was made
+   from ("derived_from"). Originals not included are listed with the reason they were withheld; their
+   custody record is still included, and its "stored" entry shows the original's SHA-256.
+   continuity_report.html says the same in words.
+
+5. The custody record of each item (custody/<item>.json).
+   Each entry was signed by the service key when the action happened. Its "entry_hash" is the
+   SHA-256 of the canonical JSON (keys sorted, no spaces, UTF-8) of the entry without "entry_hash"
+   and "signature", plus "v": 1; "signature" is the base64 Ed25519 signature of those same bytes;
+   "item_prev_hash" links each entry to the one before it and "item_seq" counts from 1.
+   The service's own command checks all of this, every hash and both signatures, offline:
+
+    evidence verify {filename} --key-fingerprint {fingerprint}
+""".encode()
+
+
+class _Composer:
+    """Lays the package out in zip order: the bytes that are new go into the blob, media are named."""
+
+    def __init__(self, when: datetime, package_hash: bool) -> None:
+        self.zip = ZipBuilder(when)
+        self.blob = bytearray()
+        self.segments: list[pl.Segment] = []
+        self.package = hashlib.sha256() if package_hash else None
+
+    def data(self, raw: bytes) -> None:
+        if not raw:
+            return
+        if self.package is not None:
+            self.package.update(raw)
+        last = self.segments[-1] if self.segments else None
+        if isinstance(last, pl.DataSegment) and last.offset + last.length == len(self.blob):
+            self.segments[-1] = pl.DataSegment(last.start, last.offset, last.length + len(raw))
+        else:
+            self.segments.append(pl.DataSegment(self.zip.pos - len(raw), len(self.blob), len(raw)))
+        self.blob += raw
+
+    def small(self, path: str, data: bytes) -> None:
+        self.data(self.zip.deflated(path, data))
+
+    def layout(self, export_id: str, filename: str, manifest_sha256: str) -> pl.Layout:
+        return pl.Layout(
+            export_id=export_id,
+            filename=filename,
+            size=self.zip.pos,
+            sha256=self.package.hexdigest() if self.package is not None else None,
+            manifest_sha256=manifest_sha256,
+            segments=tuple(self.segments),
+            blob=bytes(self.blob),
+        )
+
+
+def compose_package(
+    store: ObjectStore,
+    key: ServiceKey,
+    request: ExportRequest,
+    plan: list[PlannedItem],
+    chains: dict[str, list[dict[str, Any]]],
+    *,
+    created_at: datetime,
+    package_hash: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[pl.Layout, int]:
+    """One streaming pass over the media, then the layout of the whole package; (layout, media bytes).
+
+    With ``package_hash`` the pass also computes the SHA-256 of the whole zip (a second SHA-256 over
+    every media byte, in zip order). Raises ExportError if any media object differs from its record."""
+    stamp = rfc3339(created_at, 0)
+    filename = package_filename(request.incident, request.export_id)
+    by_id = {p.item.id: p.item for p in plan}
+    out = _Composer(created_at, package_hash)
+    records: list[mf.ItemRecord] = []
+    files: list[mf.PackageFile] = []
+
+    def member(path: str, data: bytes, role: str) -> mf.PackageFile:
+        out.small(path, data)
+        return mf.PackageFile(path, hashlib.sha256(data).hexdigest(), len(data), role)
+
+    counter = _Progress(progress)
+    media_items = [p.item for p in plan if p.include_media]
+    # Without the zip hash each object is checked on its own, two at a time; with it, in zip order.
+    crcs = {} if package_hash else media._scan_parallel(store, media_items, counter)
+    with ThreadPoolExecutor(1, thread_name_prefix="export-crc") as side:
+        for p in plan:
+            it = p.item
+            path = mf.media_path(it.id, it.filename, it.content_type, it.kind) if p.include_media else None
+            if path is not None:
+                out.data(out.zip.header(path, it.size, stored=True))
+                start = out.zip.pos
+                if package_hash:
+                    crcs[it.id] = media._check_media(store, it, _MediaDigests(it, side, out.package), counter)
+                out.segments.append(
+                    pl.MediaSegment(
+                        start,
+                        it.id,
+                        it.object_key,
+                        it.version_id,
+                        it.size,
+                        it.sha256,
+                        crcs[it.id],
+                        path,
+                        it.blake3,
+                    )
+                )
+                out.data(out.zip.descriptor(crcs[it.id], it.size, it.size))
+                files.append(mf.PackageFile(path, it.sha256, it.size, "media"))
+            origin = by_id.get(it.derived_from_id) if it.derived_from_id else None
+            if it.derived_from_id and origin is None:
+                raise ExportError(f"the original {it.derived_from_id} of item {it.id} was not gathered")
+            chain = chains[it.id]
+            records.append(
+                mf.ItemRecord(
+                    item_id=it.id,
+                    kind=it.kind,
+                    status=it.status,
+                    sha256=it.sha256,
+                    size=it.size,
+                    content_type=it.content_type,
+                    filename=it.filename,
+                    path=path,
+                    withheld_reason=p.withheld_reason,
+                    derived_from=mf.OriginalRef(origin.id, origin.sha256, origin.size) if origin else None,
+                    custody_entries=len(chain),
+                    custody_tip=chain[-1]["entry_hash"] if chain else None,
+                    wearer=it.wearer,
+                    source_device_id=it.source_device_id,
+                    captured_start=it.captured_start.isoformat() if it.captured_start else None,
+                    captured_stop=it.captured_stop.isoformat() if it.captured_stop else None,
+                    quarantine_reason=it.quarantine_reason,
+                )
+            )
+    for p in plan:
+        doc = mf.custody_document(p.item.id, chains[p.item.id])
+        files.append(member(mf.custody_path(p.item.id), doc, "custody"))
+    originals = (
+        {
+            "included": True,
+            "authorised_by": request.originals.actor,
+            "authorised_role": request.originals.role,
+            "reason": request.originals.reason,
+        }
+        if request.originals
+        else {"included": False, "authorised_by": None, "authorised_role": None, "reason": None}
+    )
+    common = dict(
+        export_id=request.export_id,
+        created_at=stamp,
+        created_by=request.actor,
+        incident=request.incident,
+        key_fingerprint=key.fingerprint,
+        key_id=key.key_id,
+        originals=originals,
+        items=records,
+    )
+    draft = mf.manifest_document(**common, files=[])  # type: ignore[arg-type]
+    files.append(member(mf.REPORT, render_continuity_report(draft, chains), "report"))
+    instructions = verification_instructions(request.export_id, key.fingerprint, stamp, filename)
+    files.append(member(mf.INSTRUCTIONS, instructions, "instructions"))
+    manifest = mf.encode(mf.manifest_document(**common, files=files))  # type: ignore[arg-type]
+    manifest_sha256 = hashlib.sha256(manifest).hexdigest()
+    member(mf.MANIFEST, manifest, "control")
+    member(mf.SIGNATURE, key.private.sign(manifest), "control")
+    sums = mf.sha256sums([(f.path, f.sha256) for f in files] + [(mf.MANIFEST, manifest_sha256)])
+    member(mf.SUMS, sums, "control")
+    member(mf.SUMS_SIGNATURE, key.private.sign(sums), "control")
+    member(mf.PUBLIC_KEY, key.public_pem.encode(), "control")
+    out.data(out.zip.end())
+    counter.report()
+    return out.layout(request.export_id, filename, manifest_sha256), counter.done
+
+
+def build_package(
+    db: Database,
+    store: ObjectStore,
+    ledger: Ledger,
+    key: ServiceKey,
+    items: Sequence[EvidenceItem],
+    request: ExportRequest,
+    *,
+    package_hash: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> ExportResult:
+    """Make, store and record an export package of ``items`` (see ``gather_items``) for an incident.
+
+    The package's layout becomes evidence item ``request.export_id`` (kind ``export``); every item
+    gets an ``exported`` entry naming the package and its hashes (and, for originals, who authorised
+    them and why), all in one transaction after the layout is safely stored. The whole zip's SHA-256
+    is computed only with ``package_hash`` (see ``compose_package``): the signed manifest's hash
+    identifies the package either way.
+    """
+    if request.originals is not None and not request.originals.reason.strip():
+        raise ExportError("including originals needs a stated reason")
+    request = replace(request, incident=json.loads(json.dumps(request.incident, default=str)))
+    with db.session() as session:
+        entries = {it.id: Ledger.item_entries(session, it.id) for it in items}
+    chains = {item_id: [e.to_json() for e in signed] for item_id, signed in entries.items()}
+    plan = plan_package(items, request.originals, redaction_records(chains))
+    for p in plan:  # withheld items and originals too: the manifest names their SHA-256 as well
+        stored_entry = next((e for e in entries[p.item.id] if e.body.action == "stored"), None)
+        problem = unrecorded(p.item, stored_entry, ledger.verifier)
+        if problem is not None:
+            raise ExportError(problem + ": not exported; run 'evidence verify'")
+    created_at = datetime.now(UTC).replace(microsecond=0)
+    layout, media_bytes = compose_package(
+        store,
+        key,
+        request,
+        plan,
+        chains,
+        created_at=created_at,
+        package_hash=package_hash,
+        progress=progress,
+    )
+    layout_object = store.put_bytes(
+        f"exports/{request.export_id}.layout",
+        pl.encode(layout),
+        retain_until=request.retain_until,
+        content_type=pl.CONTENT_TYPE,
+    )
+    included = [p.item.id for p in plan if p.include_media]
+    withheld = {p.item.id: str(p.withheld_reason) for p in plan if not p.include_media}
+    originals = request.originals
+    with db.session() as session:
+        record_evidence(
+            session,
+            ledger,
+            layout_object,
+            Provenance(
+                kind=PACKAGE_KIND,
+                actor=request.actor,
+                filename=layout.filename,
+                content_type=pl.CONTENT_TYPE,
+                retain_until=request.retain_until,
+            ),
+            item_id=request.export_id,
+        )
+        ledger.append(
+            session,
+            "exported",
+            request.actor,
+            item_id=request.export_id,
+            details={
+                "incident": request.incident,
+                "manifest_sha256": layout.manifest_sha256,
+                "package_sha256": layout.sha256,
+                "package_size": layout.size,
+                "filename": layout.filename,
+                "key_fingerprint": key.fingerprint,
+                "included": included,
+                "withheld": withheld,
+                "media": [
+                    {"item": m.item_id, "sha256": m.sha256, "size": m.length, "crc32": m.crc32}
+                    for m in layout.media
+                ],
+                "originals": (
+                    {"authorised_by": originals.actor, "role": originals.role, "reason": originals.reason}
+                    if originals
+                    else None
+                ),
+            },
+        )
+        for p in plan:
+            if p.include_media:
+                _lock_for_package(session, ledger, store, p.item.id, request)
+            original_footage = p.include_media and p.item.kind in ORIGINAL_VIDEO_KINDS
+            ledger.append(
+                session,
+                "exported",
+                request.actor,
+                item_id=p.item.id,
+                details={
+                    "export_id": request.export_id,
+                    "package_sha256": layout.sha256,
+                    "manifest_sha256": layout.manifest_sha256,
+                    "media_included": p.include_media,
+                    "withheld_reason": p.withheld_reason,
+                    "original_footage": original_footage,
+                    "reason": originals.reason if original_footage and originals else None,
+                    "authorised_by": originals.actor if original_footage and originals else None,
+                },
+            )
+    return ExportResult(
+        export_id=request.export_id,
+        stored=layout_object,
+        filename=layout.filename,
+        manifest_sha256=layout.manifest_sha256,
+        package_sha256=layout.sha256,
+        package_size=layout.size,
+        key_fingerprint=key.fingerprint,
+        included=included,
+        withheld=withheld,
+        media_bytes=media_bytes,
+    )
+
+
+def _lock_for_package(
+    session: Session, ledger: Ledger, store: ObjectStore, item_id: str, request: ExportRequest
+) -> None:
+    """Storage keeps a packaged item's object at least as long as the package (the retention sweeper
+    also refuses to delete it while the package is held); a ``retention_changed`` entry says why."""
+    item = session.get(EvidenceItem, item_id, with_for_update=True)
+    target = request.retain_until.replace(microsecond=0) + timedelta(seconds=1)
+    if item is None or (item.retain_until is not None and item.retain_until >= request.retain_until):
+        return
+    try:
+        store.set_retention(item.object_key, item.version_id, target)
+    except ObjectLocked:
+        held = store.info(item.object_key, item.version_id).retain_until  # already later in storage
+        if held is None or held < request.retain_until:
+            raise
+        target = held
+    ledger.append(
+        session,
+        "retention_changed",
+        "service:export",
+        item_id=item.id,
+        details={
+            "class": "export_package",
+            "from": item.retain_until.isoformat() if item.retain_until else None,
+            "to": target.isoformat(),
+            "cause": f"held in export package {request.export_id}",
+            "incidents": [],
+        },
+    )
+    item.retain_until = target

@@ -1,0 +1,215 @@
+"""Export builds as jobs: any worker on any host claims them, and they survive a restart.
+
+A request writes an ``export_jobs`` row (status ``building``) and wakes this process's builder. A
+builder claims the oldest unclaimed build under a lease (``storage.leases``), renews it while it
+builds (with the job's progress), and records the result. A builder that stops (a restart, a
+crash) stops renewing; once the lease runs out another builder (or the same process, restarted)
+claims the build again and starts it afresh: nothing of a half-built package was recorded. A build
+interrupted ``max_attempts`` times is marked failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import threading
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from chain_of_custody.core import CoreServices
+from chain_of_custody.models import EvidenceItem
+from storage.leases import Lease, claim
+
+from .build import build_package
+from .models import ExportJob
+from .plan import ExportError, ExportRequest, OriginalsPermission, gather_items
+
+log = logging.getLogger(__name__)
+
+BUILDER = Lease(until=ExportJob.lease_until, holder=ExportJob.lease_owner)
+
+
+def _retain_until(items: list[EvidenceItem], retention_days: int, now: datetime) -> datetime:
+    """At least the default retention, and no shorter than any item the package holds."""
+    floor = now + timedelta(days=max(1, retention_days))
+    return max([floor] + [i.retain_until for i in items if i.retain_until is not None])
+
+
+def builder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:exports"
+
+
+class ExportBuilds:
+    """Claims export builds and runs them, a few at a time, in this process."""
+
+    def __init__(self, core: CoreServices, *, name: str | None = None, parallel: int = 2) -> None:
+        self.core = core
+        self.name = name or builder_name()
+        self.lease = timedelta(seconds=core.settings.worker_lease_seconds)
+        self.max_attempts = core.settings.worker_max_attempts
+        self.parallel = parallel
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def claim(self, now: datetime | None = None) -> str | None:
+        """The oldest build nobody holds, leased to this builder; None when there is none."""
+        now = now or datetime.now(UTC)
+        with self.core.db.session() as session:
+            for job in claim(
+                session,
+                select(ExportJob).where(
+                    ExportJob.status == "building",
+                    BUILDER.expired(now),
+                    ExportJob.attempts >= self.max_attempts,
+                ),
+                100,
+            ):
+                job.status = "failed"
+                job.error = (
+                    f"interrupted {job.attempts} times (the builder {job.lease_owner} stopped); "
+                    "ask for a new export"
+                )
+                job.finished_at = now
+            jobs = claim(
+                session,
+                select(ExportJob)
+                .where(
+                    ExportJob.status == "building", BUILDER.free(now), ExportJob.attempts < self.max_attempts
+                )
+                .order_by(ExportJob.created_at),
+                1,
+            )
+            if not jobs:
+                return None
+            job = jobs[0]
+            BUILDER.grant(job, self.name, self.lease, now)
+            job.attempts += 1
+            job.heartbeat_at = now
+            return job.id
+
+    def run(self, job_id: str) -> None:
+        """Build the package of one claimed job, keeping its lease and progress current; never raises."""
+        s = self.core
+        done = threading.Event()
+        ours = threading.Event()
+        ours.set()
+
+        def renew(**values: object) -> None:
+            now = datetime.now(UTC)
+            with s.db.session() as session:
+                if not BUILDER.renew(
+                    session, ExportJob.id == job_id, self.name, self.lease, now, heartbeat_at=now, **values
+                ):
+                    ours.clear()
+
+        def beat() -> None:
+            while not done.wait(self.lease.total_seconds() / 4):
+                try:
+                    renew()
+                except Exception:  # noqa: BLE001 - a missed beat is not fatal
+                    log.warning("export lease not renewed", exc_info=True)
+
+        def progress(n: int) -> None:
+            try:
+                renew(media_bytes_done=n)
+            except Exception:  # noqa: BLE001 - progress is for people watching; the build goes on
+                log.warning("export progress not recorded", exc_info=True)
+
+        ticker = threading.Thread(target=beat, name=f"export-beat-{job_id[:8]}", daemon=True)
+        ticker.start()
+        try:
+            with s.db.session() as session:
+                job = session.get(ExportJob, job_id)
+                assert job is not None
+                scope = json.loads(job.scope)
+                items = gather_items(session, scope["item_ids"])
+                originals = (
+                    OriginalsPermission(job.requested_by, job.requester_role, job.reason or "")
+                    if job.include_originals
+                    else None
+                )
+                request = ExportRequest(
+                    export_id=job.id,
+                    incident=scope["incident"],
+                    actor=job.requested_by,
+                    retain_until=_retain_until(items, s.settings.retention_days, datetime.now(UTC)),
+                    originals=originals,
+                )
+            result = build_package(s.db, s.store, s.ledger, s.key, items, request, progress=progress)
+            with s.db.session() as session:
+                job = session.get(ExportJob, job_id, with_for_update=True)
+                assert job is not None
+                job.status = "ready"
+                job.media_bytes_done = job.media_bytes_total = result.media_bytes
+                job.package_sha256 = result.package_sha256
+                job.package_size = result.package_size
+                job.filename = result.filename
+                job.result = json.dumps(
+                    {
+                        "included": result.included,
+                        "withheld": result.withheld,
+                        "manifest_sha256": result.manifest_sha256,
+                        "key_fingerprint": result.key_fingerprint,
+                        "layout_sha256": result.stored.sha256,
+                    }
+                )
+                job.finished_at = datetime.now(UTC)
+                job.lease_owner = job.lease_until = None
+            log.info("export ready", extra={"export": job_id, "bytes": result.package_size})
+        except Exception as exc:  # noqa: BLE001 - recorded on the job for the requester to see
+            log.exception("export failed", extra={"export": job_id})
+            message = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
+            with s.db.session() as session:
+                job = session.get(ExportJob, job_id, with_for_update=True)
+                if job is not None and job.status == "building":
+                    job.status = "failed"
+                    job.error = message
+                    job.finished_at = datetime.now(UTC)
+                    job.lease_owner = job.lease_until = None
+        finally:
+            done.set()
+
+    def wake(self) -> None:
+        """A build was asked for: look now rather than at the next poll (from any thread)."""
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def serve(self, poll_s: float = 2.0) -> None:
+        """Claim and run builds until cancelled, ``parallel`` at a time, each on a thread of its own
+        (a daemon: a build in hand when the process stops is claimed again by the next builder)."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        running: set[str] = set()
+
+        def build(job_id: str) -> None:
+            try:
+                self.run(job_id)
+            finally:
+                running.discard(job_id)
+                self.wake()
+
+        try:
+            while True:
+                self._wake.clear()
+                while len(running) < self.parallel:
+                    try:
+                        job_id = await asyncio.to_thread(self.claim)
+                    except Exception:  # noqa: BLE001 - the database may be back next time
+                        log.warning("export builds could not be claimed", exc_info=True)
+                        break
+                    if job_id is None:
+                        break
+                    running.add(job_id)
+                    threading.Thread(
+                        target=build, args=(job_id,), name=f"export-{job_id[:8]}", daemon=True
+                    ).start()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), poll_s)
+                except TimeoutError:
+                    pass
+        finally:
+            self._loop = None

@@ -1,0 +1,169 @@
+"""Choosing what goes into an incident's package: which items, with media or withheld, and why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from chain_of_custody import manifest as mf
+from chain_of_custody.models import EvidenceItem
+
+from ..access import Viewer, visible_incident
+from ..models import IncidentLink
+
+ORIGINAL_VIDEO_KINDS = frozenset({"clip"})
+REDACTED_VIDEO_KIND = "redacted_clip"
+REDACTION_RECORD_KIND = "redaction_record"
+PACKAGE_KIND = "export"
+
+
+class ExportError(Exception):
+    """The package could not be made; nothing was recorded as exported."""
+
+
+@dataclass(frozen=True)
+class OriginalsPermission:
+    """An authorised decision to include original (unredacted) footage, and why."""
+
+    actor: str
+    role: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    export_id: str
+    incident: dict[str, Any]
+    actor: str
+    retain_until: datetime
+    originals: OriginalsPermission | None = None
+
+
+@dataclass(frozen=True)
+class PlannedItem:
+    item: EvidenceItem
+    include_media: bool
+    withheld_reason: str | None = None
+
+
+# -- choosing what goes in (pure) ---------------------------------------------------------------
+
+
+def redaction_records(chains: Mapping[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """Redaction record item -> the redacted video it describes, as its custody says."""
+    out: dict[str, str] = {}
+    for item_id, chain in chains.items():
+        for e in chain:
+            describes = (e.get("details") or {}).get("describes")
+            if e.get("action") == "verified" and isinstance(describes, str):
+                out[item_id] = describes
+    return out
+
+
+def plan_package(
+    items: Sequence[EvidenceItem],
+    originals: OriginalsPermission | None,
+    describes: Mapping[str, str] | None = None,
+) -> list[PlannedItem]:
+    """Which items' bytes go in and which are withheld (with the reason the manifest will state).
+
+    Videos go in as their latest redacted copy (with the redaction record that describes it); an
+    original clip only with ``originals``. Every other kind (alarm records, voice memos) goes in as
+    stored. Withheld items keep their custody record in the package, so each redacted copy's
+    original is still accounted for by hash.
+    """
+    describes = describes or {}
+    latest_redaction: dict[str, EvidenceItem] = {}
+    for it in sorted(items, key=lambda i: (i.created_at, i.id)):
+        if it.kind == REDACTED_VIDEO_KIND and it.derived_from_id and it.status != "deleted":
+            latest_redaction[it.derived_from_id] = it
+    plan: list[PlannedItem] = []
+    for it in items:
+        reason: str | None = None
+        if it.status == "deleted":
+            reason = "deleted under its retention class; its custody record remains"
+        elif it.kind == PACKAGE_KIND:
+            reason = "an earlier export package"
+        elif it.kind in ORIGINAL_VIDEO_KINDS and originals is None:
+            redacted = latest_redaction.get(it.id)
+            reason = (
+                f"original footage; its redacted copy {redacted.id} is included"
+                if redacted
+                else "original footage with no redacted copy yet"
+            )
+        elif it.kind == REDACTED_VIDEO_KIND and it.derived_from_id:
+            latest = latest_redaction.get(it.derived_from_id)
+            if latest is not None and latest.id != it.id:
+                reason = f"superseded by the later redaction {latest.id}"
+        elif it.kind == REDACTION_RECORD_KIND and it.derived_from_id and it.id in describes:
+            latest = latest_redaction.get(it.derived_from_id)
+            if latest is not None and latest.id != describes[it.id]:
+                reason = f"describes the superseded redaction {describes[it.id]}"
+        plan.append(PlannedItem(it, reason is None, reason))
+    return plan
+
+
+def gather_items(session: Session, item_ids: Iterable[str]) -> list[EvidenceItem]:
+    """The scope's items, their derived copies (redactions) and the originals of any derived item."""
+    wanted = list(dict.fromkeys(item_ids))
+    found = {i.id: i for i in session.scalars(select(EvidenceItem).where(EvidenceItem.id.in_(wanted)))}
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise ExportError(f"evidence items not found: {', '.join(missing)}")
+    for derived in session.scalars(select(EvidenceItem).where(EvidenceItem.derived_from_id.in_(list(found)))):
+        found.setdefault(derived.id, derived)
+    origins = {i.derived_from_id for i in found.values() if i.derived_from_id} - found.keys()
+    while origins:
+        for origin in session.scalars(select(EvidenceItem).where(EvidenceItem.id.in_(list(origins)))):
+            found[origin.id] = origin
+        origins = {i.derived_from_id for i in found.values() if i.derived_from_id} - found.keys()
+    return sorted(found.values(), key=lambda i: (i.created_at, i.id))
+
+
+def package_filename(incident: dict[str, Any], export_id: str) -> str:
+    ref = str(incident.get("reference") or incident.get("id") or "incident")
+    return mf.safe_filename(f"evidence-export-{ref}-{export_id[:8]}.zip", export_id, "application/zip")
+
+
+# -- the one integration point with incidents ----------------------------------------------------
+
+
+def incident_export_scope(
+    session: Session, principal: Viewer, incident_id: str
+) -> tuple[dict[str, Any], list[str]]:
+    """The incident's summary for the manifest and the evidence items linked to it now.
+
+    Raises LookupError when the incident does not exist or is outside the caller's scope (the two
+    are not told apart). Alarms linked by their alarm id are listed in the summary; an alarm whose
+    record is an evidence item under the same id is packaged as that item.
+    """
+    incident = visible_incident(session, principal, incident_id)
+    if incident is None:
+        raise LookupError("no such incident")
+    links = session.execute(
+        select(IncidentLink.target_kind, IncidentLink.target_id)
+        .where(IncidentLink.incident_id == incident.id, IncidentLink.unlinked_at.is_(None))
+        .order_by(IncidentLink.linked_at, IncidentLink.id)
+    ).all()
+    evidence = [t for k, t in links if k == "evidence"]
+    alarms = [t for k, t in links if k == "alarm"]
+    alarm_items = (
+        set(session.scalars(select(EvidenceItem.id).where(EvidenceItem.id.in_(alarms)))) if alarms else set()
+    )
+    summary = {
+        "id": incident.id,
+        "reference": incident.reference,
+        "category": incident.category,
+        "status": incident.status,
+        "title": incident.title,
+        "occurred_at": incident.occurred_at.isoformat(),
+        "site": incident.site,
+        "ward": incident.ward,
+        "linked_alarms": alarms,
+    }
+    return summary, list(dict.fromkeys(evidence + [a for a in alarms if a in alarm_items]))

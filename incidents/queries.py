@@ -1,0 +1,216 @@
+"""Reading incidents: search within the caller's scope, one incident as the API shows it, its timeline."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from accounts.models import User
+from chain_of_custody.models import EvidenceItem
+from devices.models import StaffMember
+
+from .access import Viewer, incident_scope
+from .models import (
+    Incident,
+    IncidentAssignment,
+    IncidentEvent,
+    IncidentLink,
+    IncidentStaff,
+    LegalHold,
+)
+
+
+@dataclass
+class IncidentFilter:
+    status: list[str] = field(default_factory=list)
+    category: list[str] = field(default_factory=list)
+    site: str | None = None
+    text: str | None = None
+    occurred_from: datetime | None = None
+    occurred_to: datetime | None = None
+    assigned_to: int | None = None
+    wearer: str | None = None
+    staff_id: str | None = None
+    evidence_id: str | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+def search_incidents(session: Session, viewer: Viewer, f: IncidentFilter) -> list[Incident]:
+    """Incidents the viewer may see that match every given filter, newest first."""
+    q = select(Incident).where(incident_scope(viewer))
+    if f.status:
+        q = q.where(Incident.status.in_(f.status))
+    if f.category:
+        q = q.where(Incident.category.in_(f.category))
+    if f.site:
+        q = q.where(Incident.site == f.site)
+    if f.text:
+        like = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        q = q.where(
+            or_(
+                Incident.reference.ilike(like, escape="\\"),
+                Incident.title.ilike(like, escape="\\"),
+                Incident.description.ilike(like, escape="\\"),
+                Incident.ward.ilike(like, escape="\\"),
+            )
+        )
+    if f.occurred_from:
+        q = q.where(Incident.occurred_at >= f.occurred_from)
+    if f.occurred_to:
+        q = q.where(Incident.occurred_at < f.occurred_to)
+    if f.assigned_to is not None:
+        q = q.where(
+            Incident.id.in_(
+                select(IncidentAssignment.incident_id).where(
+                    IncidentAssignment.user_id == f.assigned_to, IncidentAssignment.unassigned_at.is_(None)
+                )
+            )
+        )
+    if f.wearer:
+        q = q.where(Incident.wearer == f.wearer)
+    if f.staff_id:
+        q = q.where(
+            Incident.id.in_(select(IncidentStaff.incident_id).where(IncidentStaff.staff_id == f.staff_id))
+        )
+    if f.evidence_id:
+        q = q.where(
+            Incident.id.in_(
+                select(IncidentLink.incident_id).where(
+                    IncidentLink.target_kind == "evidence",
+                    IncidentLink.target_id == f.evidence_id,
+                    IncidentLink.unlinked_at.is_(None),
+                )
+            )
+        )
+    q = q.order_by(Incident.occurred_at.desc(), Incident.reference.desc()).limit(f.limit).offset(f.offset)
+    return list(session.scalars(q))
+
+
+def incident_view(session: Session, incident: Incident) -> dict[str, Any]:
+    """The incident with its staff, investigators, active links and holds, as the API returns it."""
+    staff = session.execute(
+        select(IncidentStaff.staff_id, IncidentStaff.involvement, StaffMember.staff_group)
+        .join(StaffMember, StaffMember.id == IncidentStaff.staff_id)
+        .where(IncidentStaff.incident_id == incident.id)
+        .order_by(IncidentStaff.staff_id)
+    )
+    investigators = session.execute(
+        select(User.id, User.username, User.full_name)
+        .join(IncidentAssignment, IncidentAssignment.user_id == User.id)
+        .where(IncidentAssignment.incident_id == incident.id, IncidentAssignment.unassigned_at.is_(None))
+        .order_by(User.username)
+    )
+    links = session.scalars(
+        select(IncidentLink)
+        .where(IncidentLink.incident_id == incident.id, IncidentLink.unlinked_at.is_(None))
+        .order_by(IncidentLink.linked_at, IncidentLink.id)
+    )
+    holds = session.scalars(
+        select(LegalHold).where(
+            LegalHold.target_kind == "incident",
+            LegalHold.target_id == incident.id,
+            LegalHold.released_at.is_(None),
+        )
+    )
+    return {
+        "id": incident.id,
+        "reference": incident.reference,
+        "category": incident.category,
+        "status": incident.status,
+        "outcome": incident.outcome,
+        "title": incident.title,
+        "description": incident.description,
+        "occurred_at": incident.occurred_at,
+        "site": incident.site,
+        "ward": incident.ward,
+        "address": incident.address,
+        "wearer": incident.wearer,
+        "window_start": incident.window_start,
+        "window_end": incident.window_end,
+        "opened_by": incident.opened_by,
+        "created_at": incident.created_at,
+        "updated_at": incident.updated_at,
+        "closed_at": incident.closed_at,
+        "staff": [{"staff_id": s, "involvement": i, "staff_group": g} for s, i, g in staff],
+        "investigators": [{"user_id": u, "username": n, "full_name": f} for u, n, f in investigators],
+        "links": [
+            {
+                "id": link.id,
+                "kind": link.target_kind,
+                "target_id": link.target_id,
+                "linked_by": link.linked_by,
+                "reason": link.reason,
+                "linked_at": link.linked_at,
+            }
+            for link in links
+        ],
+        "legal_holds": [
+            {"id": h.id, "reason": h.reason, "placed_by": h.placed_by, "placed_at": h.placed_at}
+            for h in holds
+        ],
+    }
+
+
+def timeline(session: Session, incident: Incident) -> list[dict[str, Any]]:
+    """Everything about the incident in time order: its own history and the evidence and alarms linked to it."""
+    rows: list[dict[str, Any]] = [
+        {
+            "at": incident.occurred_at,
+            "kind": "occurred",
+            "actor": None,
+            "details": {"category": incident.category},
+        }
+    ]
+    for ev in session.scalars(select(IncidentEvent).where(IncidentEvent.incident_id == incident.id)):
+        rows.append({"at": ev.at, "kind": ev.kind, "actor": ev.actor, "details": json.loads(ev.details)})
+    links = list(
+        session.scalars(
+            select(IncidentLink).where(
+                IncidentLink.incident_id == incident.id, IncidentLink.unlinked_at.is_(None)
+            )
+        )
+    )
+    item_ids = [link.target_id for link in links if link.target_kind == "evidence"]
+    items = {i.id: i for i in session.scalars(select(EvidenceItem).where(EvidenceItem.id.in_(item_ids)))}
+    for link in links:
+        if link.target_kind == "evidence" and link.target_id in items:
+            item = items[link.target_id]
+            rows.append(
+                {
+                    "at": item.captured_start or item.created_at,
+                    "kind": f"evidence:{item.kind}",
+                    "actor": None,
+                    "details": {
+                        "item_id": item.id,
+                        "status": item.status,
+                        "wearer": item.wearer,
+                        "device": item.source_device_id,
+                        "captured_start": item.captured_start,
+                        "captured_stop": item.captured_stop,
+                        "sha256": item.sha256,
+                        "linked_by": link.linked_by,
+                        "reason": link.reason,
+                    },
+                }
+            )
+        elif link.target_kind == "alarm":
+            rows.append(
+                {
+                    "at": link.linked_at,
+                    "kind": "alarm",
+                    "actor": None,
+                    "details": {
+                        "alarm_id": link.target_id,
+                        "linked_by": link.linked_by,
+                        "reason": link.reason,
+                    },
+                }
+            )
+    rows.sort(key=lambda r: r["at"])
+    return rows

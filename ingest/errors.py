@@ -1,0 +1,88 @@
+"""The one exception handler and the one JSON error envelope, for every client of the API.
+
+Every error answer is ``{"error": <a sentence>, "reason": <a stable code>, "detail": ...}`` with
+the right status and headers (``Retry-After`` when trying later may help):
+
+- a domain's refusal (``storage.errors.Refused`` and its subclasses) answers its own status;
+- the object store failing answers 503 (507 when it is full), with ``Retry-After``;
+- FastAPI's own refusals (authentication, roles, unknown routes) and invalid requests (422, with
+  the validation errors in ``detail``) take the same shape.
+
+Each is logged in one short line, without locals and without secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from storage.errors import Refused
+from storage.objects import StorageError, StorageFull
+
+log = logging.getLogger(__name__)
+
+REASONS = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    410: "gone",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "unavailable",
+}
+
+
+def envelope(message: str, reason: str, detail: Any = None) -> dict[str, Any]:
+    return {"error": message, "reason": reason, "detail": message if detail is None else detail}
+
+
+async def error_response(request: Request, exc: Exception) -> Response:
+    """The answer to any error a route raised (registered for each family in :func:`install`)."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, Refused):
+        status, body, headers = exc.status, exc.envelope(), exc.response_headers()
+    elif isinstance(exc, StorageError):
+        retry = request.app.state.services.settings.retry_after_seconds
+        if isinstance(exc, StorageFull):
+            status, body = 507, envelope("evidence storage is full", "storage_full")
+            retry *= 12
+        else:
+            status, body = 503, envelope(f"evidence storage unavailable: {exc}", "storage_unavailable")
+        headers = {"Retry-After": str(retry)}
+    elif isinstance(exc, RequestValidationError):
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        log.warning("invalid request", extra={"path": request.url.path, "errors": str(errors)[:500]})
+        return JSONResponse(envelope("invalid request", "invalid_request", errors), status_code=422)
+    elif isinstance(exc, HTTPException):
+        status, headers = exc.status_code, dict(exc.headers or {})
+        detail = exc.detail
+        if isinstance(detail, dict) and "error" in detail and "reason" in detail:
+            body = envelope(str(detail["error"]), str(detail["reason"]), detail)
+        else:
+            body = envelope(str(detail), REASONS.get(status, "refused"), detail)
+    else:  # pragma: no cover - only the families above are registered
+        raise exc
+    if status >= 500:
+        log.warning(
+            "request failed", extra={"path": request.url.path, "status": status, "reason": body["reason"]}
+        )
+    else:
+        log.info(
+            "request refused", extra={"path": request.url.path, "status": status, "reason": body["reason"]}
+        )
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Answer every error family with :func:`error_response`."""
+    for family in (Refused, StorageError, RequestValidationError, HTTPException):
+        app.add_exception_handler(family, error_response)
