@@ -19,8 +19,8 @@ import httpx
 from firmware_simulators.camera import CameraIdentity, record_clip
 from firmware_simulators.dock import Dock
 from firmware_simulators.scene import render_clip
+from ingest.settings import get_settings
 from storage.embedded import stop_recorded_store, write_private
-from storage.settings import get_settings
 
 from . import lone_worker as demo_lone_worker
 from .shutdown import ProcessRecord, StopRequests, die_with_parent, stop_all

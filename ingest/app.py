@@ -27,12 +27,13 @@ from incidents import api as incidents_api
 from incidents.export import api as export_api
 from incidents.retention import RetentionRules, retention_loop
 from storage.objects import StorageError
-from storage.settings import Settings, get_settings
+from storage.settings import Settings
 
 from . import dock_api, errors, evidence_api, redaction_api
 from .metrics import exposition
 from .mqtt_consumer import AlarmConsumer, consumer_configured
 from .services import Services, build_services, settle_heap
+from .settings import get_settings
 from .telemetry_process import TelemetryProcess, discard_companion_session, telemetry_process_wanted
 
 log = logging.getLogger(__name__)

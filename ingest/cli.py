@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from storage.settings import get_settings
+from .settings import get_settings
 
 if TYPE_CHECKING:
     from chain_of_custody.entries import ChainReport
@@ -30,12 +30,22 @@ console = Console(stderr=True)
 out = Console()
 
 
-def _services() -> Services:
+def _services(*, existing: bool = False) -> Services:
+    """The service's parts; ``existing``: a command that works on the service's data, which must be
+    there already (rather than a fresh, empty service made in the current directory)."""
     from .logging_setup import configure_logging
     from .services import build_services
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    database = Path(settings.data_dir) / "evidence.db"
+    if existing and settings.database_url is None and not database.exists():
+        console.print(
+            f"[red]no service data at {Path(settings.data_dir).resolve()}[/red]: run this in the directory "
+            "the service runs in, or set EVIDENCE_DATA_DIR (or EVIDENCE_DATABASE_URL and "
+            "EVIDENCE_S3_ENDPOINT) to the service's"
+        )
+        raise typer.Exit(2)
     return build_services(settings)
 
 
@@ -202,7 +212,7 @@ def lone_worker_enrol(
 def device_list(kind: str | None = None) -> None:
     from devices.service import list_devices
 
-    s = _services()
+    s = _services(existing=True)
     try:
         with s.db.session() as session:
             rows = list_devices(session, kind)
@@ -234,7 +244,7 @@ def verify(
     else:
         from chain_of_custody.verify import VerifyOptions, verify_service
 
-        s = _services()
+        s = _services(existing=True)
         try:
             with s.db.session() as session:
                 report = verify_service(
@@ -283,7 +293,7 @@ def sweep(
     from incidents.retention import as_json as report_json
     from incidents.retention import sweep as run_sweep
 
-    s = _services()
+    s = _services(existing=True)
     try:
         report = run_sweep(s.db, s.ledger, s.store, RetentionRules.from_settings(s.settings))
     finally:
@@ -321,7 +331,7 @@ def worker(
 def _worker_main(once: bool) -> None:
     from redaction.worker import RedactionWorker
 
-    s = _services()
+    s = _services(existing=True)
     w = RedactionWorker(s.db, s.store, s.ledger, s.settings)
     console.print(f"redaction worker {w.name} started")
     try:
@@ -416,7 +426,7 @@ def alarm_worker(
     from .mqtt_consumer import AlarmConsumer
     from .services import settle_heap
 
-    s = _services()
+    s = _services(existing=True)
     consumer = AlarmConsumer(s, client_id=client_id)
 
     async def main() -> None:
@@ -460,7 +470,7 @@ def checkpoint() -> None:
     """Write a signed checkpoint of the ledger tip to write-once storage now."""
     from chain_of_custody.checkpoints import write_checkpoint
 
-    s = _services()
+    s = _services(existing=True)
     try:
         with s.db.session() as session:
             cp = write_checkpoint(session, s.store, s.key, retain_days=3650)

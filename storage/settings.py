@@ -1,180 +1,292 @@
 """The one settings object: every knob is an environment variable prefixed ``EVIDENCE_``.
 
-Nothing in the code carries configuration; the README lists each variable.
+Nothing in the code carries configuration. The settings come in sections (one class each, with a
+description for every field); :class:`Settings` is all of them, so every variable keeps its flat
+name (``EVIDENCE_MQTT_HOST``), and a part of the service that needs only one section may say so in
+its types. The README's table is made from the descriptions (``scripts/settings_doc.py``).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The device message types (MQTT topic leaves) of the lone-worker wire protocol.
-DEVICE_MESSAGE_TYPES = ("alarm", "heartbeat", "location", "checkin", "status")
 
-
-class Settings(BaseSettings):
-    """Runtime settings, read once from the environment (and an optional ``.env``)."""
-
+class _Section(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EVIDENCE_", env_file=".env", extra="ignore")
 
-    # Where local state lives in the zero-config default (database file, embedded S3 data, keys).
-    data_dir: Path = Path("var")
 
-    # Database URL: a SQLite file under data_dir when unset; postgresql://... in production.
-    database_url: str | None = None
+class LocalStateSettings(_Section):
+    """Local state and the database."""
 
-    # S3 endpoint host:port; unset: the service starts an embedded SeaweedFS on loopback.
-    s3_endpoint: str | None = None
-    # S3 access key (ignored by the embedded store, which makes its own credentials).
-    s3_access_key: str = "evidence"
-    # S3 secret key.
-    s3_secret_key: SecretStr = SecretStr("")
-    # Use HTTPS to reach the S3 endpoint.
-    s3_secure: bool = False
-    # S3 region name.
-    s3_region: str = "us-east-1"
-    # Evidence bucket, created with object lock (COMPLIANCE retention on every version).
-    bucket: str = "evidence"
-    # Bucket without lock for the tails of unfinished uploads.
-    staging_bucket: str = "evidence-staging"
-    # Default COMPLIANCE retention for new evidence objects (unlinked footage class).
-    retention_days: int = 31
-    # Evidence linked to an incident is kept while it is open and this long after it closes.
-    incident_evidence_retention_days: int = 2192
-    # How often the retention sweeper deletes expired evidence and renews object locks.
-    retention_sweep_seconds: int = 3600
-    # First of the loopback ports the embedded SeaweedFS uses (base..base+7 and base+10000..base+10004).
-    embedded_s3_base_port: int = 18300
-    # Memory bound of the embedded SeaweedFS (GOMEMLIMIT).
-    embedded_s3_memory_limit: str = "768MiB"
-    # Below this many free bytes in the embedded store's disk, uploads answer 507.
-    min_free_bytes: int = 512 * 1024 * 1024
+    data_dir: Path = Field(
+        Path("var"),
+        description="Where local state lives in the zero-config default (database file, embedded S3 data, keys).",
+    )
+    database_url: str | None = Field(
+        None,
+        description="Database URL: a SQLite file under data_dir when unset; postgresql://... in production.",
+    )
+    service_key_path: Path | None = Field(
+        None,
+        description="Service signing key for the custody ledger (Ed25519, PEM, mode 0600). Never in the database.",
+    )
 
-    # Service signing key for the custody ledger (Ed25519, PEM, mode 0600). Never in the database.
-    service_key_path: Path | None = None
 
-    # Largest clip a dock may upload (413 above it).
-    max_clip_bytes: int = 64 * 1024**3
-    # Size of the S3 multipart parts a clip is streamed in.
-    upload_part_bytes: int = 8 * 1024**2
-    # Parts of one clip travelling to S3 at once (memory per upload: this many parts plus the one filling).
-    upload_parts_in_flight: int = 3
-    # S3 part uploads running at once across all clips (one thread each); other parts wait their turn.
-    upload_part_senders: int = 8
-    # An unfinished upload is abandoned after this long.
-    upload_expiry_hours: int = 72
-    # Dock PATCH requests streaming at once per process; beyond this the answer is 503 + Retry-After.
-    max_concurrent_patches: int = 64
-    # Retry-After sent with 503 answers (507 answers send twelve times this).
-    retry_after_seconds: int = 5
-    # Largest Upload-Metadata header accepted (431 above it).
-    max_metadata_bytes: int = 4096
-    # How long a dock request holds an upload before another request may take it over.
-    upload_lease_seconds: int = 15
+class ObjectStorageSettings(_Section):
+    """Object storage (S3)."""
 
-    # Address the HTTP API binds to.
-    http_host: str = "127.0.0.1"
-    # Port of the HTTP API.
-    http_port: int = 8000
-    # Lifetime of a user's bearer token.
-    token_ttl_minutes: int = 480
-    # Failed logins in a row that lock an account.
-    login_max_failures: int = 5
-    # How long a locked account stays locked.
-    login_lockout_minutes: int = 15
+    s3_endpoint: str | None = Field(
+        None,
+        description="S3 endpoint host:port; unset: the service starts an embedded SeaweedFS on loopback.",
+    )
+    s3_access_key: str = Field(
+        "evidence",
+        description="S3 access key (ignored by the embedded store, which makes its own credentials).",
+    )
+    s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key.")
+    s3_secure: bool = Field(False, description="Use HTTPS to reach the S3 endpoint.")
+    s3_region: str = Field("us-east-1", description="S3 region name.")
+    bucket: str = Field(
+        "evidence",
+        description="Evidence bucket, created with object lock (COMPLIANCE retention on every version).",
+    )
+    staging_bucket: str = Field(
+        "evidence-staging", description="Bucket without lock for the tails of unfinished uploads."
+    )
+    embedded_s3_base_port: int = Field(
+        18300,
+        description="First of the loopback ports the embedded SeaweedFS uses (base..base+7 and base+10000..base+10004).",
+    )
+    embedded_s3_memory_limit: str = Field(
+        "768MiB", description="Memory bound of the embedded SeaweedFS (GOMEMLIMIT)."
+    )
+    min_free_bytes: int = Field(
+        512 * 1024 * 1024,
+        description="Below this many free bytes in the embedded store's disk, uploads answer 507.",
+    )
 
-    # MQTT broker the lone-worker devices connect to.
-    mqtt_host: str = "127.0.0.1"
-    # Port of the MQTT broker.
-    mqtt_port: int = 1883
-    # The service's broker login (the alarm consumer runs only when this is set).
-    mqtt_username: str | None = None
-    # The service's broker password.
-    mqtt_password: SecretStr | None = None
-    # Client id of this instance's persistent MQTT session (unique per instance).
-    mqtt_client_id: str = "evidence-service"
-    # Shared-subscription group that splits the alarm stream between instances.
-    mqtt_share_group: str = "evidence"
-    # A device message sent further than this ahead of the server clock is rejected.
-    max_clock_skew_seconds: int = 300
-    # Largest device MQTT payload accepted.
-    max_payload_bytes: int = 16 * 1024
-    # An alarm nobody acknowledges in this time is escalated.
-    alarm_ack_timeout_seconds: int = 30
-    # A visit whose end check-in is this late raises missed_checkin.
-    missed_checkin_grace_seconds: int = 300
-    # A device silent this long during a visit or an open alarm raises device_offline.
-    device_offline_after_seconds: int = 180
-    # Battery level below which a low_battery alarm is raised.
-    low_battery_percent: int = 15
-    # URL that receives a JSON POST for every escalation (unset: no webhook).
-    escalation_webhook_url: str | None = None
-    # Run the MQTT alarm consumer in this process (needs mqtt_host and mqtt_username); the escalation
-    # loop runs wherever MQTT is configured, whether or not this process consumes.
-    mqtt_consumer_enabled: bool = True
-    # How long the broker keeps the service's session (and queues alarms for it) while it is away.
-    mqtt_session_expiry_seconds: int = 14 * 24 * 3600
-    # Threads verifying and storing heartbeats, locations and status in one consumer (alarms and
-    # check-ins have a worker of their own, ahead of these).
-    mqtt_workers: int = 4
-    # Device message types this instance consumes, comma-separated (alarm, checkin, heartbeat,
-    # location, status); empty: all. Instances can split the stream by type as well as by share.
-    mqtt_message_types: str = ""
-    # Hand heartbeats, locations and status messages to a companion process that this one starts,
-    # watches and restarts, so alarms never wait behind them for the interpreter (PostgreSQL only).
-    mqtt_telemetry_process: bool = False
-    # Nice increment of that companion process: the scheduler favours the alarm process over it.
-    mqtt_telemetry_nice: int = Field(default=5, ge=0, le=19)
-    # How often the escalation loop looks for deadlines, overdue check-ins and silent devices.
-    escalation_poll_seconds: float = 0.5
-    # Largest amber voice memo a device may upload.
-    max_voice_memo_bytes: int = 8 * 1024 * 1024
-    # A red alarm joins the wearer's incident opened within this many minutes, else opens one.
-    incident_join_minutes: int = 30
 
-    # Incident statistics: counts below this are shown as "<N".
-    statistics_min_count: int = 5
-    # Incident statistics: other counts are rounded to this multiple.
-    statistics_rounding: int = 5
-    # Months in statistics are calendar months in this time zone.
-    report_timezone: str = "Europe/London"
+class RetentionSettings(_Section):
+    """Retention."""
 
-    # Queue an automatic redaction for every stored clip.
-    redaction_enabled: bool = True
-    # Width frames are scaled to for face detection.
-    redaction_detect_width: int = 640
-    # Face detector confidence threshold.
-    redaction_threshold: float = 0.2
-    # Run the whole-frame detector on every Nth frame; faces are tracked and re-checked in between.
-    redaction_stride: int = 6
-    # A worker renews its claim on a job this often; a dead worker's job is taken over after it.
-    worker_lease_seconds: int = 120
-    # Attempts before a redaction job is marked failed.
-    worker_max_attempts: int = 3
+    retention_days: int = Field(
+        31, description="Default COMPLIANCE retention for new evidence objects (unlinked footage class)."
+    )
+    incident_evidence_retention_days: int = Field(
+        2192,
+        description="Evidence linked to an incident is kept while it is open and this long after it closes.",
+    )
+    retention_sweep_seconds: int = Field(
+        3600, description="How often the retention sweeper deletes expired evidence and renews object locks."
+    )
 
-    # Log level.
-    log_level: str = "INFO"
-    # Log as JSON lines instead of text.
-    log_json: bool = False
 
-    # Clips the demo records and uploads.
-    demo_clips: int = Field(default=3, ge=0)
-    # The demo's admin password (unset: one is generated and kept under data_dir).
-    admin_password: SecretStr | None = None
+class DockUploadSettings(_Section):
+    """Dock uploads."""
+
+    max_clip_bytes: int = Field(64 * 1024**3, description="Largest clip a dock may upload (413 above it).")
+    upload_part_bytes: int = Field(
+        8 * 1024**2, description="Size of the S3 multipart parts a clip is streamed in."
+    )
+    upload_parts_in_flight: int = Field(
+        3,
+        description="Parts of one clip travelling to S3 at once (memory per upload: this many parts plus the one filling).",
+    )
+    upload_part_senders: int = Field(
+        8,
+        description="S3 part uploads running at once across all clips (one thread each); other parts wait their turn.",
+    )
+    upload_expiry_hours: int = Field(72, description="An unfinished upload is abandoned after this long.")
+    max_concurrent_patches: int = Field(
+        64,
+        description="Dock PATCH requests streaming at once per process; beyond this the answer is 503 + Retry-After.",
+    )
+    retry_after_seconds: int = Field(
+        5, description="Retry-After sent with 503 answers (507 answers send twelve times this)."
+    )
+    max_metadata_bytes: int = Field(
+        4096, description="Largest Upload-Metadata header accepted (431 above it)."
+    )
+    upload_lease_seconds: int = Field(
+        15, description="How long a dock request holds an upload before another request may take it over."
+    )
+
+
+class HttpSettings(_Section):
+    """HTTP API and sign-in."""
+
+    http_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
+    http_port: int = Field(8000, description="Port of the HTTP API.")
+    token_ttl_minutes: int = Field(480, description="Lifetime of a user's bearer token.")
+    login_max_failures: int = Field(5, description="Failed logins in a row that lock an account.")
+    login_lockout_minutes: int = Field(15, description="How long a locked account stays locked.")
+
+
+class MqttSettings(_Section):
+    """MQTT and lone-worker devices."""
+
+    mqtt_host: str = Field("127.0.0.1", description="MQTT broker the lone-worker devices connect to.")
+    mqtt_port: int = Field(1883, description="Port of the MQTT broker.")
+    mqtt_username: str | None = Field(
+        None, description="The service's broker login (the alarm consumer runs only when this is set)."
+    )
+    mqtt_password: SecretStr | None = Field(None, description="The service's broker password.")
+    mqtt_client_id: str = Field(
+        "evidence-service",
+        description="Client id of this instance's persistent MQTT session (unique per instance).",
+    )
+    mqtt_share_group: str = Field(
+        "evidence", description="Shared-subscription group that splits the alarm stream between instances."
+    )
+    max_clock_skew_seconds: int = Field(
+        300, description="A device message sent further than this ahead of the server clock is rejected."
+    )
+    max_payload_bytes: int = Field(16 * 1024, description="Largest device MQTT payload accepted.")
+    mqtt_consumer_enabled: bool = Field(
+        True,
+        description="Run the MQTT alarm consumer in this process (needs mqtt_host and mqtt_username); the escalation loop runs wherever MQTT is configured, whether or not this process consumes.",
+    )
+    mqtt_session_expiry_seconds: int = Field(
+        14 * 24 * 3600,
+        description="How long the broker keeps the service's session (and queues alarms for it) while it is away.",
+    )
+    mqtt_workers: int = Field(
+        4,
+        description="Threads verifying and storing heartbeats, locations and status in one consumer (alarms and check-ins have a worker of their own, ahead of these).",
+    )
+    mqtt_message_types: str = Field(
+        "",
+        description="Device message types this instance consumes, comma-separated (alarm, checkin, heartbeat, location, status); empty: all. Instances can split the stream by type as well as by share.",
+    )
+    mqtt_telemetry_process: bool = Field(
+        False,
+        description="Hand heartbeats, locations and status messages to a companion process that this one starts, watches and restarts, so alarms never wait behind them for the interpreter (PostgreSQL only).",
+    )
+    mqtt_telemetry_nice: int = Field(
+        default=5,
+        ge=0,
+        le=19,
+        description="Nice increment of that companion process: the scheduler favours the alarm process over it.",
+    )
 
     @field_validator("mqtt_message_types")
     @classmethod
-    def _known_message_types(cls, value: str) -> str:
-        named = [t.strip() for t in value.split(",") if t.strip()]
-        unknown = sorted(set(named) - set(DEVICE_MESSAGE_TYPES))
-        if unknown:
-            raise ValueError(
-                f"unknown type(s) {', '.join(unknown)}; known: {', '.join(DEVICE_MESSAGE_TYPES)}"
-            )
-        return ",".join(named)
+    def _message_type_list(cls, value: str) -> str:
+        """A comma-separated list, stripped; which types exist is the device protocol's to say
+        (checked by the service's settings, ``ingest.settings``)."""
+        return ",".join(t.strip() for t in value.split(",") if t.strip())
+
+
+class AlarmSettings(_Section):
+    """Alarms."""
+
+    alarm_ack_timeout_seconds: int = Field(
+        30, description="An alarm nobody acknowledges in this time is escalated."
+    )
+    missed_checkin_grace_seconds: int = Field(
+        300, description="A visit whose end check-in is this late raises missed_checkin."
+    )
+    device_offline_after_seconds: int = Field(
+        180, description="A device silent this long during a visit or an open alarm raises device_offline."
+    )
+    low_battery_percent: int = Field(
+        15, description="Battery level below which a low_battery alarm is raised."
+    )
+    escalation_webhook_url: str | None = Field(
+        None, description="URL that receives a JSON POST for every escalation (unset: no webhook)."
+    )
+    escalation_poll_seconds: float = Field(
+        0.5,
+        description="How often the escalation loop looks for deadlines, overdue check-ins and silent devices.",
+    )
+    max_voice_memo_bytes: int = Field(
+        8 * 1024 * 1024, description="Largest amber voice memo a device may upload."
+    )
+    incident_join_minutes: int = Field(
+        30,
+        description="A red alarm joins the wearer's incident opened within this many minutes, else opens one.",
+    )
+
+
+class StatisticsSettings(_Section):
+    """Incident statistics."""
+
+    statistics_min_count: int = Field(
+        5, description='Incident statistics: counts below this are shown as "<N".'
+    )
+    statistics_rounding: int = Field(
+        5, description="Incident statistics: other counts are rounded to this multiple."
+    )
+    report_timezone: str = Field(
+        "Europe/London", description="Months in statistics are calendar months in this time zone."
+    )
+
+
+class WorkerSettings(_Section):
+    """Redaction and background workers."""
+
+    redaction_enabled: bool = Field(True, description="Queue an automatic redaction for every stored clip.")
+    redaction_detect_width: int = Field(640, description="Width frames are scaled to for face detection.")
+    redaction_threshold: float = Field(0.2, description="Face detector confidence threshold.")
+    redaction_stride: int = Field(
+        6,
+        description="Run the whole-frame detector on every Nth frame; faces are tracked and re-checked in between.",
+    )
+    worker_lease_seconds: int = Field(
+        120,
+        description="A worker renews its claim on a job this often; a dead worker's job is taken over after it.",
+    )
+    worker_max_attempts: int = Field(3, description="Attempts before a redaction job is marked failed.")
+
+
+class LoggingSettings(_Section):
+    """Logging."""
+
+    log_level: str = Field("INFO", description="Log level.")
+    log_json: bool = Field(False, description="Log as JSON lines instead of text.")
+
+
+class DemoSettings(_Section):
+    """The demo."""
+
+    demo_clips: int = Field(default=3, ge=0, description="Clips the demo records and uploads.")
+    admin_password: SecretStr | None = Field(
+        None, description="The demo's admin password (unset: one is generated and kept under data_dir)."
+    )
+
+
+SECTIONS: tuple[tuple[str, type[_Section]], ...] = (
+    ("Local state and the database", LocalStateSettings),
+    ("Object storage (S3)", ObjectStorageSettings),
+    ("Retention", RetentionSettings),
+    ("Dock uploads", DockUploadSettings),
+    ("HTTP API and sign-in", HttpSettings),
+    ("MQTT and lone-worker devices", MqttSettings),
+    ("Alarms", AlarmSettings),
+    ("Incident statistics", StatisticsSettings),
+    ("Redaction and background workers", WorkerSettings),
+    ("Logging", LoggingSettings),
+    ("The demo", DemoSettings),
+)
+
+
+class Settings(
+    LocalStateSettings,
+    ObjectStorageSettings,
+    RetentionSettings,
+    DockUploadSettings,
+    HttpSettings,
+    MqttSettings,
+    AlarmSettings,
+    StatisticsSettings,
+    WorkerSettings,
+    LoggingSettings,
+    DemoSettings,
+):
+    """Runtime settings, read once from the environment (and an optional ``.env``)."""
 
     def as_environment(self) -> dict[str, str]:
         """These settings as ``EVIDENCE_*`` variables, for a child process that must share them."""
@@ -197,9 +309,3 @@ class Settings(BaseSettings):
     @property
     def resolved_service_key_path(self) -> Path:
         return self.service_key_path or (self.data_dir / "keys" / "service_ed25519.pem")
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing the env."""
-    return Settings()

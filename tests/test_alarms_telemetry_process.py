@@ -166,9 +166,10 @@ def test_companion_leaves_when_the_service_is_killed(burst_env: dict[str, Any]) 
 
 def test_message_types_of_an_instance(tmp_path: Path) -> None:
     from devices.lone_worker_wire import DEVICE_TOPICS
+    from devices.lone_worker_wire import DEVICE_TOPICS as DEVICE_MESSAGE_TYPES
     from ingest.mqtt_consumer import consumed_types
+    from ingest.settings import ServiceSettings as Settings
     from ingest.telemetry_process import telemetry_process_wanted
-    from storage.settings import DEVICE_MESSAGE_TYPES, Settings
 
     assert set(DEVICE_MESSAGE_TYPES) == set(DEVICE_TOPICS)
 

@@ -261,7 +261,7 @@ def test_deleting_by_hand_needs_admin_and_is_recorded(live) -> None:  # type: ig
 def test_sweep_command_and_loop(tmp_path, seaweed, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from ingest.cli import app
     from ingest.services import build_services
-    from storage.settings import get_settings
+    from ingest.settings import get_settings
 
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'evidence.db'}", seaweed, retention_days=31)
     s = build_services(settings)
