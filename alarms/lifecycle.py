@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import canonical_json, rfc3339
 from chain_of_custody.core import CoreServices
+from chain_of_custody.entries import CustodyAction
 from devices.broker_access import CONTROL_TOPIC_ROOT
 from devices.lone_worker_wire import AlarmMessage, CheckinMessage
 from storage.errors import Refused
@@ -234,7 +235,7 @@ class Lifecycle:
         details["accepted_at"] = rfc3339(row.raised_at)
         self.ledger.append(
             session,
-            "alarm_raised",
+            CustodyAction.ALARM_RAISED,
             f"device:{row.device_id}",
             item_id=row.evidence_item_id,
             details=details,
@@ -330,7 +331,7 @@ class Lifecycle:
             session.flush()
             self.ledger.append(
                 session,
-                "alarm_raised" if raised else "alarm_changed",
+                CustodyAction.ALARM_RAISED if raised else CustodyAction.ALARM_CHANGED,
                 actor,
                 item_id=row.evidence_item_id,
                 details=custody_details(row, changes),

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from chain_of_custody.canonical import canonical_json, rfc3339
 from chain_of_custody.core import CoreServices
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import raw_public_key, verify_signature
 from chain_of_custody.models import EvidenceItem
@@ -161,7 +162,7 @@ class VoiceMemos:
             row.updated_at = now
             core.ledger.append(
                 session,
-                "alarm_changed",
+                CustodyAction.ALARM_CHANGED,
                 f"device:{device_id}",
                 item_id=row.evidence_item_id,
                 details={"alarm_id": row.id, "voice_memo": item.id, "sha256": digest},

@@ -9,35 +9,36 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from .canonical import canonical_json
 
 GENESIS = "0" * 64
 
-ACTIONS = frozenset(
-    {
-        "captured",
-        "received",
-        "stored",
-        "verified",
-        "viewed",
-        "quarantined",
-        "redacted",
-        "exported",
-        "linked",
-        "unlinked",
-        "retention_changed",
-        "legal_hold",
-        "deleted",
-        "alarm_raised",
-        "alarm_changed",
-        "device_enrolled",
-        "device_changed",
-        "user_changed",
-        "checkpoint",
-    }
-)
+
+class CustodyAction(StrEnum):
+    """What a custody entry records. Stored and signed as its value."""
+
+    CAPTURED = "captured"
+    RECEIVED = "received"
+    STORED = "stored"
+    VERIFIED = "verified"
+    VIEWED = "viewed"
+    QUARANTINED = "quarantined"
+    REDACTED = "redacted"
+    EXPORTED = "exported"
+    LINKED = "linked"
+    UNLINKED = "unlinked"
+    RETENTION_CHANGED = "retention_changed"
+    LEGAL_HOLD = "legal_hold"
+    DELETED = "deleted"
+    ALARM_RAISED = "alarm_raised"
+    ALARM_CHANGED = "alarm_changed"
+    DEVICE_ENROLLED = "device_enrolled"
+    DEVICE_CHANGED = "device_changed"
+    USER_CHANGED = "user_changed"
+    CHECKPOINT = "checkpoint"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .canonical import canonical_json, rfc3339
-from .entries import ACTIONS, GENESIS, EntryBody, SignedEntry
+from .entries import GENESIS, CustodyAction, EntryBody, SignedEntry
 from .keys import ServiceKey, verify_signature
 from .models import CustodyEntry, LedgerHead
 
@@ -51,15 +51,17 @@ class Ledger:
     def append(
         self,
         session: Session,
-        action: str,
+        action: CustodyAction | str,
         actor: str,
         *,
         item_id: str | None = None,
         details: dict[str, Any] | None = None,
         at: datetime | None = None,
     ) -> CustodyEntry:
-        if action not in ACTIONS:
-            raise ValueError(f"unknown custody action {action!r}")
+        try:
+            action = CustodyAction(action).value
+        except ValueError:
+            raise ValueError(f"unknown custody action {action!r}") from None
         head = session.execute(
             select(LedgerHead).where(LedgerHead.id == 1).with_for_update()
         ).scalar_one_or_none()
