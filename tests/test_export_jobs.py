@@ -1,0 +1,94 @@
+"""Export builds are jobs that any builder claims under a lease: a build whose builder stopped (a
+restart, a crash) is claimed again once the lease runs out and finished by another, and one
+interrupted too often is marked failed."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from chain_of_custody.evidence import Provenance, record_evidence
+from incidents.export.jobs import ExportBuilds
+from incidents.export.models import ExportJob
+
+INCIDENT = {"id": "inc-jobs", "reference": "INC-2026-000077", "title": "Ward 7", "site": "QEH"}
+
+
+def _alarm_item(services: Any) -> str:
+    stored = services.store.put_bytes(
+        f"tests/{uuid.uuid4()}.json",
+        b'{"alarm":"sos"}',
+        retain_until=datetime.now(UTC) + timedelta(days=1),
+        content_type="application/json",
+    )
+    with services.db.session() as session:
+        item = record_evidence(
+            session,
+            services.ledger,
+            stored,
+            Provenance(kind="alarm", actor="device:LW-J", content_type="application/json"),
+        )
+        return item.id
+
+
+def _job(services: Any, item_id: str, **values: Any) -> str:
+    job_id = str(uuid.uuid4())
+    with services.db.session() as session:
+        session.add(
+            ExportJob(
+                id=job_id,
+                incident_id=INCIDENT["id"],
+                requested_by="user:inv",
+                requester_role="investigator",
+                include_originals=False,
+                scope=json.dumps({"incident": INCIDENT, "item_ids": [item_id]}),
+                media_bytes_total=15,
+                status="building",
+                created_at=datetime.now(UTC),
+                heartbeat_at=datetime.now(UTC),
+                **values,
+            )
+        )
+    return job_id
+
+
+def _status(services: Any, job_id: str) -> ExportJob:
+    with services.db.session() as session:
+        job = session.get(ExportJob, job_id)
+        assert job is not None
+        session.expunge(job)
+        return job
+
+
+def test_a_build_whose_builder_stopped_is_claimed_again_and_finished(sqlite_services: Any) -> None:
+    s = sqlite_services
+    job_id = _job(s, _alarm_item(s))
+    first = ExportBuilds(s, name="host-a:1:exports")
+    second = ExportBuilds(s, name="host-b:2:exports")
+    assert first.claim() == job_id
+    assert second.claim() is None  # held by the first builder, which then stops without a word
+    later = datetime.now(UTC) + timedelta(seconds=s.settings.worker_lease_seconds + 1)
+    assert second.claim(later) == job_id  # the lease ran out: taken over
+    claimed = _status(s, job_id)
+    assert (claimed.lease_owner, claimed.attempts) == ("host-b:2:exports", 2)
+    second.run(job_id)
+    done = _status(s, job_id)
+    assert done.status == "ready" and done.lease_owner is None
+    assert json.loads(done.result or "{}")["included"]
+
+
+def test_a_build_interrupted_too_often_fails(sqlite_services: Any) -> None:
+    s = sqlite_services
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    job_id = _job(
+        s,
+        _alarm_item(s),
+        lease_owner="host-a:1:exports",
+        lease_until=past,
+        attempts=s.settings.worker_max_attempts,
+    )
+    assert ExportBuilds(s, name="host-b:2:exports").claim() is None
+    failed = _status(s, job_id)
+    assert failed.status == "failed" and "interrupted" in (failed.error or "")
