@@ -25,6 +25,8 @@ import sys
 import threading
 from pathlib import Path
 
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential
+
 from devices.lone_worker_wire import DEVICE_TOPICS
 from storage.embedded import EmbeddedSeaweed
 from storage.settings import Settings
@@ -35,7 +37,8 @@ METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 URGENT_TYPES = frozenset({"alarm", "checkin"})
 TELEMETRY_TYPES = frozenset(DEVICE_TOPICS) - URGENT_TYPES
 RESTART_MIN_S = 1.0
-RESTART_MAX_S = 30.0
+# How long a companion that keeps dying waits before its next start: 1 s, doubling, at most 30 s.
+RESTART_BACKOFF = wait_exponential(multiplier=1, min=1, max=30)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -133,30 +136,50 @@ class TelemetryProcess:
         _forget_metrics_of(process.pid)
 
     async def watch(self) -> None:
-        """Keep it running (restarting with backoff when it dies) until cancelled, then stop it."""
-        delay = RESTART_MIN_S
+        """Keep it running (restarting with ``RESTART_BACKOFF`` when it dies) until cancelled, then
+        stop it. One that ran a good while before it ended is restarted at the shortest delay."""
         try:
             while True:
-                try:
-                    process = await asyncio.to_thread(self.start)
-                except OSError:
-                    log.exception("telemetry process could not be started", extra={"retry_in": delay})
-                    await asyncio.sleep(delay)
-                    delay = min(RESTART_MAX_S, delay * 2)
-                    continue
-                started = asyncio.get_running_loop().time()
-                while (code := process.poll()) is None:  # no executor thread held for its lifetime
-                    await asyncio.sleep(0.5)
-                _forget_metrics_of(process.pid)
-                if asyncio.get_running_loop().time() - started > 60:
-                    delay = RESTART_MIN_S  # it ran a good while: not a crash loop
-                log.error(
-                    "telemetry process exited; restarting", extra={"exit_code": code, "restart_in": delay}
-                )
-                await asyncio.sleep(delay)
-                delay = min(RESTART_MAX_S, delay * 2)
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception_type((OSError, _EndedEarly)),
+                    wait=RESTART_BACKOFF,
+                    stop=stop_never,
+                    before_sleep=_note_restart,
+                ):
+                    with attempt:
+                        await self._run_once()
+                log.error("telemetry process exited; restarting", extra={"restart_in": RESTART_MIN_S})
+                await asyncio.sleep(RESTART_MIN_S)
         finally:
             await asyncio.to_thread(self.stop)
+
+    async def _run_once(self) -> None:
+        """Start it and wait for it to end; :class:`_EndedEarly` if that was within a minute (a crash loop)."""
+        process = await asyncio.to_thread(self.start)
+        started = asyncio.get_running_loop().time()
+        while (code := process.poll()) is None:  # no executor thread held for its lifetime
+            await asyncio.sleep(0.5)
+        _forget_metrics_of(process.pid)
+        if asyncio.get_running_loop().time() - started <= 60:
+            raise _EndedEarly(code)
+
+
+class _EndedEarly(Exception):
+    """The companion ended soon after it started."""
+
+
+def _note_restart(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, _EndedEarly):
+        log.error(
+            "telemetry process exited; restarting",
+            extra={"exit_code": exc.args[0], "restart_in": state.upcoming_sleep},
+        )
+    else:
+        log.error(
+            "telemetry process could not be started",
+            extra={"error": str(exc), "retry_in": state.upcoming_sleep},
+        )
 
 
 def _forget_metrics_of(pid: int) -> None:
