@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from devices.lone_worker_wire import AckStatus
+from storage.settings import AlarmSettings
 
 
 class AlarmKind(StrEnum):
@@ -122,7 +123,7 @@ class AlarmPolicy:
     low_battery_clear_margin: int = 10
 
     @classmethod
-    def from_settings(cls, settings: Any) -> AlarmPolicy:
+    def from_settings(cls, settings: AlarmSettings) -> AlarmPolicy:
         return cls(
             ack_timeout_s=settings.alarm_ack_timeout_seconds,
             missed_checkin_grace_s=settings.missed_checkin_grace_seconds,

@@ -1,6 +1,6 @@
 """Rows an alarm transaction only inserts, written in one statement just before it commits.
 
-An SOS accepted on the fast path inserts its event, its alarm, the device's ack (outbox) and a
+A provisional SOS (``alarms.lifecycle``) inserts its event, its alarm, the device's ack (outbox) and a
 change-feed row, and reads none of them back in the same transaction. Through the ORM's unit of
 work that was four INSERTs, an advisory lock and most of the time an alarm took to handle. On
 PostgreSQL they are staged here instead and written at ``before_commit`` by one statement of

@@ -39,6 +39,7 @@ from chain_of_custody.models import CustodyEntry, EvidenceItem, LedgerHead
 from storage.db import Database
 from storage.errors import Refused
 from storage.objects import ObjectLocked, ObjectStore, StorageError
+from storage.settings import RetentionSettings
 
 from .models import Incident, IncidentLink, LegalHold
 
@@ -61,7 +62,7 @@ class RetentionRules:
     after_closure: timedelta
 
     @classmethod
-    def from_settings(cls, settings: Any) -> RetentionRules:
+    def from_settings(cls, settings: RetentionSettings) -> RetentionRules:
         return cls(
             unlinked=timedelta(days=settings.retention_days),
             after_closure=timedelta(days=settings.incident_evidence_retention_days),

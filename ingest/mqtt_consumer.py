@@ -449,7 +449,7 @@ class AlarmConsumer:
             raise _Stopping()
 
     def _follow_up(self) -> None:
-        """Make fast-path alarms whole (evidence, custody entry, incident) once they are acknowledged."""
+        """Make provisional alarms whole (evidence, custody entry, incident) once they are acknowledged."""
         while self._running:
             self._followup_wake.wait(1.0)
             self._followup_wake.clear()

@@ -31,6 +31,7 @@ from redaction.motion import CameraMotion
 from redaction.regions import Exclusion, ManualRegion, ManualRegionFollower
 from redaction.render import Mask, MaskStyle, Shape, Style, apply_masks
 from redaction.tracking import FaceTracker, TrackingSettings
+from storage.settings import WorkerSettings
 
 Progress = Callable[[int, int | None], None]
 
@@ -87,7 +88,7 @@ class RedactionSettings:
             raise ValueError("mask_scale below 1 would leave the edges of faces showing")
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> RedactionSettings:
+    def from_settings(cls, settings: WorkerSettings, **overrides: Any) -> RedactionSettings:
         """Take the detection knobs from the service settings (``EVIDENCE_REDACTION_*``)."""
         base = cls(
             detect_width=settings.redaction_detect_width,
