@@ -161,8 +161,19 @@ class AlarmService:
     def get(self, alarm_id: str) -> dict[str, Any]:
         return self.queries.get(alarm_id)
 
-    def list_alarms(self, **filters: Any) -> list[dict[str, Any]]:
-        return self.queries.list_alarms(**filters)
+    def list_alarms(
+        self,
+        *,
+        status: Iterable[str] = (),
+        open_only: bool = False,
+        device_id: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        return self.queries.list_alarms(
+            status=status, open_only=open_only, device_id=device_id, kind=kind, limit=limit, offset=offset
+        )
 
     def act(self, alarm_id: str, event: rules.Acknowledge | rules.Escalate | rules.Resolve) -> dict[str, Any]:
         return self.lifecycle.act(alarm_id, event)
