@@ -24,14 +24,13 @@ from sqlalchemy.orm import Session
 from chain_of_custody.canonical import rfc3339
 from devices.models import Device, LoneWorkerState
 from storage.db import Database
-from storage.leases import claim
 
 from . import rules
 from .feed import forget_old_changes
 from .incident_links import SERVICE_ACTOR
 from .lifecycle import Lifecycle
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
-from .outbox import Outbox, mqtt_effects
+from .outbox import Outbox
 from .payloads import PayloadEvidence
 from .visits import Visits
 
@@ -62,68 +61,56 @@ class Clock:
 
     def fire_deadlines(self, now: datetime | None = None, limit: int = 50) -> int:
         """Amber timers that ran out and acknowledgements that are overdue."""
-        now = now or self.now()
-        outbox: list[AlarmOutbox] = []
-        with self.db.session() as session:
-            rows = claim(
-                session,
-                select(AlarmRecord)
-                .where(AlarmRecord.next_deadline <= now)
-                .order_by(AlarmRecord.next_deadline),
-                limit,
-            )
-            for row in rows:
-                self.lifecycle.transition(session, row, rules.Tick(now), outbox, now, actor=SERVICE_ACTOR)
-                if row.next_deadline is not None and row.next_deadline <= now:  # never spin on one row
-                    row.next_deadline = None
-            session.flush()
-        self.outbox.publish(mqtt_effects(outbox))
-        return len(rows)
+        at = now or self.now()
+
+        def fire(session: Session, row: AlarmRecord, outbox: list[AlarmOutbox]) -> None:
+            self.lifecycle.transition(session, row, rules.Tick(at), outbox, at, actor=SERVICE_ACTOR)
+            if row.next_deadline is not None and row.next_deadline <= at:  # never spin on one row
+                row.next_deadline = None
+
+        due = select(AlarmRecord).where(AlarmRecord.next_deadline <= at).order_by(AlarmRecord.next_deadline)
+        return self.outbox.claimed_pass(due, limit, fire)
 
     def raise_missed_checkins(self, now: datetime | None = None, limit: int = 50) -> int:
         return self.visits.raise_missed_checkins(now or self.now(), limit)
 
     def raise_offline(self, now: datetime | None = None, limit: int = 50) -> int:
         """A device silent for ``device_offline_after_seconds`` while on a visit or with an alarm open."""
-        now = now or self.now()
-        outbox: list[AlarmOutbox] = []
-        with self.db.session() as session:
-            states = claim(
+        at = now or self.now()
+
+        def check(session: Session, state: LoneWorkerState, outbox: list[AlarmOutbox]) -> None:
+            state.offline_due_at = None
+            if state.offline_alarm_id is not None or state.last_seen_at is None:
+                return
+            if not rules.is_device_offline(
+                state.last_seen_at,
+                at,
+                self.policy,
+                visit_active=_on_a_visit(session, state.device_id),
+                alarm_open=_alarm_open(session, state.device_id),
+            ):
+                return
+            device = session.get(Device, state.device_id)
+            row = self.lifecycle.raise_alarm(
                 session,
-                select(LoneWorkerState)
-                .where(LoneWorkerState.offline_due_at <= now)
-                .order_by(LoneWorkerState.offline_due_at),
-                limit,
+                outbox,
+                at,
+                device_id=state.device_id,
+                kind=rules.AlarmKind.DEVICE_OFFLINE,
+                wearer=device.assigned_staff_id if device else None,
+                site=device.site if device else None,
+                occurred_at=state.last_seen_at,
+                visit_id=state.active_visit_id,
+                dedupe_key=f"device_offline:{state.device_id}:{rfc3339(state.last_seen_at)}",
             )
-            for state in states:
-                state.offline_due_at = None
-                if state.offline_alarm_id is not None or state.last_seen_at is None:
-                    continue
-                if not rules.is_device_offline(
-                    state.last_seen_at,
-                    now,
-                    self.policy,
-                    visit_active=_on_a_visit(session, state.device_id),
-                    alarm_open=_alarm_open(session, state.device_id),
-                ):
-                    continue
-                device = session.get(Device, state.device_id)
-                row = self.lifecycle.raise_alarm(
-                    session,
-                    outbox,
-                    now,
-                    device_id=state.device_id,
-                    kind=rules.AlarmKind.DEVICE_OFFLINE,
-                    wearer=device.assigned_staff_id if device else None,
-                    site=device.site if device else None,
-                    occurred_at=state.last_seen_at,
-                    visit_id=state.active_visit_id,
-                    dedupe_key=f"device_offline:{state.device_id}:{rfc3339(state.last_seen_at)}",
-                )
-                state.offline_alarm_id = row.id
-            session.flush()
-        self.outbox.publish(mqtt_effects(outbox))
-        return len(states)
+            state.offline_alarm_id = row.id
+
+        due = (
+            select(LoneWorkerState)
+            .where(LoneWorkerState.offline_due_at <= at)
+            .order_by(LoneWorkerState.offline_due_at)
+        )
+        return self.outbox.claimed_pass(due, limit, check)
 
     def store_deferred_evidence(self, now: datetime | None = None, limit: int = 20) -> int:
         """Alarm payloads that arrived while object storage was down become evidence now."""

@@ -18,10 +18,11 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 from prometheus_client import Counter
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import ServiceKey
@@ -185,6 +186,23 @@ class Outbox:
                 .where(AlarmOutbox.id == row_id)
                 .values(last_error=error[:1000], next_attempt_at=self.clock() + retry_in)
             )
+
+    def claimed_pass(
+        self,
+        query: Select[Any],
+        limit: int,
+        act: Callable[[Session, Any, list[AlarmOutbox]], None],
+    ) -> int:
+        """Claim up to ``limit`` due rows of ``query`` (nobody else acts on them meanwhile), ``act`` on
+        each in one transaction, and publish the effects once it committed; how many were claimed."""
+        outbox: list[AlarmOutbox] = []
+        with self.db.session() as session:
+            rows = claim(session, query, limit)
+            for row in rows:
+                act(session, row, outbox)
+            session.flush()
+        self.publish(mqtt_effects(outbox))
+        return len(rows)
 
     def forget_sent(self, session: Session, before: datetime) -> None:
         """Sent rows are history once the alarms and custody keep it."""

@@ -64,7 +64,7 @@ class AlarmService:
         links = IncidentLinks(core.ledger, timedelta(minutes=core.settings.incident_join_minutes))
         self.lifecycle = Lifecycle(core, self.policy, self.clock, self.outbox, self.payloads, links)
         liveness = Liveness(self.lifecycle, self.policy)
-        self.visits = Visits(core.db, self.policy, self.lifecycle, liveness, self.outbox)
+        self.visits = Visits(self.policy, self.lifecycle, liveness, self.outbox)
         self.intake = Intake(
             core.db,
             core.settings,

@@ -11,15 +11,13 @@ from sqlalchemy.orm import Session
 
 from devices.lone_worker_wire import AckStatus, CheckinMessage
 from devices.models import Device
-from storage.db import Database
-from storage.leases import claim
 
 from . import rules
 from .device_state import Snapshot, set_state
 from .lifecycle import Lifecycle
 from .liveness import Liveness
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
-from .outbox import Outbox, mqtt_effects
+from .outbox import Outbox
 
 
 def as_rule(visit: LoneWorkerVisit) -> rules.Visit:
@@ -36,13 +34,11 @@ def as_rule(visit: LoneWorkerVisit) -> rules.Visit:
 class Visits:
     def __init__(
         self,
-        db: Database,
         policy: rules.AlarmPolicy,
         lifecycle: Lifecycle,
         liveness: Liveness,
         outbox: Outbox,
     ) -> None:
-        self.db = db
         self.policy = policy
         self.lifecycle = lifecycle
         self.liveness = liveness
@@ -103,34 +99,30 @@ class Visits:
 
     def raise_missed_checkins(self, now: datetime, limit: int = 50) -> int:
         """Visits whose end check-in is overdue by the grace period raise ``missed_checkin``."""
-        outbox: list[AlarmOutbox] = []
-        with self.db.session() as session:
-            visits = claim(
+
+        def check(session: Session, visit: LoneWorkerVisit, outbox: list[AlarmOutbox]) -> None:
+            if not rules.is_checkin_missed(as_rule(visit), now, self.policy):
+                visit.due_at = rules.missed_checkin_due_at(as_rule(visit), self.policy)
+                return  # raised already, or the grace period has grown since it was due
+            visit.due_at = None
+            device = session.get(Device, visit.device_id)
+            row = self.lifecycle.raise_alarm(
                 session,
-                select(LoneWorkerVisit)
-                .where(LoneWorkerVisit.due_at <= now, LoneWorkerVisit.ended_at.is_(None))
-                .order_by(LoneWorkerVisit.due_at),
-                limit,
+                outbox,
+                now,
+                device_id=visit.device_id,
+                kind=rules.AlarmKind.MISSED_CHECKIN,
+                wearer=visit.wearer or (device.assigned_staff_id if device else None),
+                site=device.site if device else None,
+                occurred_at=visit.expected_end,
+                visit_id=visit.visit_id,
+                dedupe_key=f"missed_checkin:{visit.device_id}:{visit.visit_id}",
             )
-            for visit in visits:
-                if not rules.is_checkin_missed(as_rule(visit), now, self.policy):
-                    visit.due_at = rules.missed_checkin_due_at(as_rule(visit), self.policy)
-                    continue  # raised already, or the grace period has grown since it was due
-                visit.due_at = None
-                device = session.get(Device, visit.device_id)
-                row = self.lifecycle.raise_alarm(
-                    session,
-                    outbox,
-                    now,
-                    device_id=visit.device_id,
-                    kind=rules.AlarmKind.MISSED_CHECKIN,
-                    wearer=visit.wearer or (device.assigned_staff_id if device else None),
-                    site=device.site if device else None,
-                    occurred_at=visit.expected_end,
-                    visit_id=visit.visit_id,
-                    dedupe_key=f"missed_checkin:{visit.device_id}:{visit.visit_id}",
-                )
-                visit.missed_alarm_id = row.id
-            session.flush()
-        self.outbox.publish(mqtt_effects(outbox))
-        return len(visits)
+            visit.missed_alarm_id = row.id
+
+        due = (
+            select(LoneWorkerVisit)
+            .where(LoneWorkerVisit.due_at <= now, LoneWorkerVisit.ended_at.is_(None))
+            .order_by(LoneWorkerVisit.due_at)
+        )
+        return self.outbox.claimed_pass(due, limit, check)
