@@ -59,7 +59,7 @@ class Services:
     telemetry_process: TelemetryProcess | None = None  # likewise
 
     def __post_init__(self) -> None:
-        self.uploads = UploadEngine(self, self.embedded, self.clip_hooks)
+        self.uploads = UploadEngine(self)
         self.alarms = AlarmService(self)
         self.alarm_feed = FeedWatcher(self.db)
         self.exports = ExportBuilds(self)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -50,6 +50,16 @@ log = logging.getLogger(__name__)
 
 # Runs inside the transaction that records a new clip (``ingest.services.clip_hooks``).
 ClipHook = Callable[[Session, EvidenceItem], None]
+
+
+class UploadParts(CoreServices, Protocol):
+    """What the upload engine needs of the running service: the core, the embedded store (whose
+    disk it watches, if the service started one) and what runs when a clip is recorded."""
+
+    embedded: EmbeddedSeaweed | None
+    clip_hooks: list[ClipHook]
+
+
 # One writer per upload, across every replica: the request holding the upload's lease.
 WRITER = Lease(until=Upload.lease_until, holder=Upload.lease_id)
 
@@ -107,13 +117,9 @@ def _tail_key(upload_id: str, offset: int) -> str:
 
 
 class UploadEngine:
-    def __init__(
-        self, core: CoreServices, embedded: EmbeddedSeaweed | None, clip_hooks: list[ClipHook]
-    ) -> None:
-        self.s = core
-        self.embedded = embedded
-        self.clip_hooks = clip_hooks
-        settings = core.settings
+    def __init__(self, services: UploadParts) -> None:
+        self.s = services
+        settings = services.settings
         self.hashes = _RunningHash()
         self.active = asyncio.Semaphore(settings.max_concurrent_patches)
         self.parts_in_flight = max(1, settings.upload_parts_in_flight)
@@ -129,7 +135,7 @@ class UploadEngine:
     # -- storage capacity --------------------------------------------------------------------
     def storage_full(self) -> bool:
         """For the embedded store the disk under data_dir is ours to watch; a remote S3 answers for itself."""
-        if self.embedded is None:
+        if self.s.embedded is None:
             return False
         return shutil.disk_usage(Path(self.s.settings.data_dir)).free < self.s.settings.min_free_bytes
 
@@ -637,7 +643,7 @@ def complete_upload(
         row.committed = upload.length
         row.evidence_item_id = item.id
         row.evidence_status = item.status
-        for hook in engine.clip_hooks:
+        for hook in s.clip_hooks:
             hook(session, item)
         state = _state(row)
     for off, _ in json.loads(upload.staged):
