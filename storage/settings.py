@@ -5,6 +5,8 @@ Nothing in the code carries configuration; the README lists each variable.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,6 +15,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The device message types (MQTT topic leaves) of the lone-worker wire protocol.
 DEVICE_MESSAGE_TYPES = ("alarm", "heartbeat", "location", "checkin", "status")
+
+
+@lru_cache(maxsize=8)
+def _derive_name(secret: str, purpose: str) -> str:
+    """A name only those who hold ``secret`` can work out: the instances of one deployment agree on it
+    without configuration, and it cannot be read off the documentation. Slow on purpose (PBKDF2), since
+    it may appear in logs while the secret must not be guessable from it."""
+    salt = f"evidence mqtt {purpose}".encode()
+    return hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, 100_000, 10).hex()
 
 
 class Settings(BaseSettings):
@@ -94,10 +105,12 @@ class Settings(BaseSettings):
     mqtt_username: str | None = None
     # The service's broker password.
     mqtt_password: SecretStr | None = None
-    # Client id of this instance's persistent MQTT session (unique per instance).
-    mqtt_client_id: str = "evidence-service"
-    # Shared-subscription group that splits the alarm stream between instances.
-    mqtt_share_group: str = "evidence"
+    # Client id of this instance's persistent MQTT session; give each instance its own. Unset: one
+    # derived from the service's broker login (the same on every instance of a deployment).
+    mqtt_client_id: str | None = None
+    # Shared-subscription group that splits the alarm stream between instances; empty for none.
+    # Unset: derived from the service's broker login, so no two deployments share one.
+    mqtt_share_group: str | None = None
     # A device message sent further than this ahead of the server clock is rejected.
     max_clock_skew_seconds: int = 300
     # Largest device MQTT payload accepted.
@@ -164,6 +177,30 @@ class Settings(BaseSettings):
     demo_clips: int = Field(default=3, ge=0)
     # The demo's admin password (unset: one is generated and kept under data_dir).
     admin_password: SecretStr | None = None
+
+    @field_validator("mqtt_share_group")
+    @classmethod
+    def _plain_share_group(cls, value: str | None) -> str | None:
+        if value is not None and re.search(r"[/+#\s]", value):
+            raise ValueError("a share group name cannot contain '/', '+', '#' or spaces")
+        return value
+
+    @property
+    def service_client_id(self) -> str:
+        """This instance's MQTT client id (``mqtt_client_id``, or derived from the broker login)."""
+        return self.mqtt_client_id or f"evidence-{self._derived('client id')}"
+
+    @property
+    def service_share_group(self) -> str:
+        """The shared-subscription group (``mqtt_share_group``, or derived from the broker login);
+        empty: no shared subscription."""
+        if self.mqtt_share_group is not None:
+            return self.mqtt_share_group
+        return f"g{self._derived('share group')}"
+
+    def _derived(self, purpose: str) -> str:
+        password = self.mqtt_password.get_secret_value() if self.mqtt_password else ""
+        return _derive_name(f"{self.mqtt_username or ''}\n{password}", purpose)
 
     @field_validator("mqtt_message_types")
     @classmethod
