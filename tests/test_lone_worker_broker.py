@@ -482,6 +482,23 @@ def test_another_login_cannot_take_over_a_session_by_its_client_id(
     victim.wait(lambda: victim.received("lw/v1/LW-B/ack") == [b"still yours"], what="victim's ack")
 
 
+def test_a_device_holds_one_connection_at_most(broker: BrokerProcess, accounts: Accounts) -> None:
+    """Before, one device's password opened as many connections (and persistent sessions, each with
+    its own queue) as it had client ids to make up; now a second connection replaces the first."""
+    password = accounts.devices["LW-A"]
+    first = Probe(broker.port, "LW-A", password).connect(clean_start=False, session_expiry=3600)
+    extra = [Probe(broker.port, "LW-A", password, client_id=f"LW-A-{i}").connect() for i in range(3)]
+    try:
+        assert [p.refused for p in extra] == [True, True, True]
+        assert not first.disconnected
+        second = Probe(broker.port, "LW-A", password).connect()
+        first.wait(lambda: first.disconnected, what="the first connection to be replaced")
+        second.close()
+    finally:
+        for probe in [first, *extra]:
+            probe.close()
+
+
 def test_a_login_without_rules_can_do_nothing(broker: BrokerProcess, accounts: Accounts) -> None:
     """A password the rules do not know of (a device not yet applied, a hand-added login) logs in and is
     denied everything: the rules fail closed."""
