@@ -169,7 +169,7 @@ class BrokerFiles:
         return BrokerFiles(
             config=directory / "mosquitto.conf",
             password_file=directory / "passwords",
-            rules_file=directory / "rules.json",
+            rules_file=directory / "data" / "rules.json",
             admin_file=directory / "broker-admin",
             data_dir=directory / "data",
             port=port,
@@ -221,18 +221,14 @@ def _blocked_for(directory: Path, user: pwd.struct_passwd) -> Path | None:
     return None
 
 
-def _write_atomically(path: Path, text: str, mode: int = 0o600, *, owned_like_directory: bool = True) -> None:
-    """Write via a temporary file and rename, so a reloading broker never reads half a file.
-
-    Run as root, the new file takes the owner of its directory (the broker's account), so the broker
-    can still read it after the rename.
-    """
+def _write_atomically(path: Path, text: str, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
+    """Write via a temporary file and rename, so a reloading broker never reads half a file; run as
+    root, ``owner`` (uid, gid) gets the new file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as fh:
-        if owned_like_directory and os.geteuid() == 0:
-            parent = path.parent.stat()
-            os.fchown(fh.fileno(), parent.st_uid, parent.st_gid)
+        if owner is not None and os.geteuid() == 0:
+            os.fchown(fh.fileno(), *owner)
         fh.write(text)
     os.replace(tmp, path)
 
@@ -248,8 +244,9 @@ def write_broker_files(
     plugin_path: Path | None = None,
     template_path: Path = DEFAULT_TEMPLATE,
 ) -> BrokerFiles:
-    """Write ``mosquitto.conf``, ``passwords``, ``rules.json`` (and a ``data`` dir) into ``directory``,
-    owned by the account the broker will run as; ``broker-admin`` is created once and kept."""
+    """Write ``mosquitto.conf``, ``passwords`` and ``data/rules.json`` into ``directory``, so that the
+    account the broker will run as can read them and write under ``data/``; ``broker-admin`` (the
+    password of the login that changes a running broker's rules) is created once and kept."""
     user = broker_user(run_as_user)
     files = BrokerFiles.in_directory(directory, port)
     directory = files.config.parent
@@ -259,13 +256,14 @@ def write_broker_files(
         raise BrokerFilesError(
             f"Mosquitto runs as {user.pw_name!r}, which cannot enter {blocked}: choose a directory it can reach"
         )
+    # The broker writes only under data/ (its sessions, and its rules, which it saves itself); run as
+    # root, it may read but not change its configuration, its passwords or the admin's password.
     files.data_dir.mkdir(exist_ok=True)
-    for path in (directory, files.data_dir):
-        if os.geteuid() == 0:
-            os.chown(path, user.pw_uid, user.pw_gid)
-        path.chmod(0o700)
+    if os.geteuid() == 0:
+        os.chown(files.data_dir, user.pw_uid, user.pw_gid)
+    files.data_dir.chmod(0o700)
     if not files.admin_file.exists():
-        _write_atomically(files.admin_file, generate_password() + "\n", owned_like_directory=False)
+        _write_atomically(files.admin_file, generate_password() + "\n")
     write_access_files(files, devices=devices, service=service)
     config = render_broker_config(
         port=port,
@@ -277,7 +275,7 @@ def write_broker_files(
         plugin_path=plugin_path,
         template_path=template_path,
     )
-    _write_atomically(files.config, config, mode=0o644, owned_like_directory=False)
+    _write_atomically(files.config, config, mode=0o644)
     return files
 
 
@@ -305,8 +303,11 @@ def write_access_files(
     admin = BrokerAccount(ADMIN_USERNAME, hash_password(files.admin_password()))
     rules = rules_for([d.username for d in devices], service.username)
     rules = rules.with_accounts(extra.clients, extra.roles)
-    _write_atomically(files.password_file, password_file([service, admin, *devices, *extra.accounts]))
-    _write_atomically(files.rules_file, json.dumps(rules.document(), indent=1) + "\n")
+    broker = files.data_dir.stat()  # the broker's own directory
+    passwords = password_file([service, admin, *devices, *extra.accounts])
+    _write_atomically(files.password_file, passwords, 0o640, owner=(os.geteuid(), broker.st_gid))
+    document = json.dumps(rules.document(), indent=1) + "\n"
+    _write_atomically(files.rules_file, document, owner=(broker.st_uid, broker.st_gid))
     return rules
 
 

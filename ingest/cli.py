@@ -334,7 +334,7 @@ def _worker_main(once: bool) -> None:
 @app.command("broker-access")
 def broker_access(
     out_dir: Annotated[
-        Path, typer.Option("--out", help="Directory for mosquitto.conf, passwords and rules.json")
+        Path, typer.Option("--out", help="Directory for mosquitto.conf, passwords and data/rules.json")
     ],
     port: Annotated[int | None, typer.Option(help="Listener port (default EVIDENCE_MQTT_PORT)")] = None,
     bind: Annotated[str, typer.Option(help="Listener address")] = "127.0.0.1",

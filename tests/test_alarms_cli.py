@@ -93,14 +93,18 @@ def test_enrol_and_broker_access_commands(sqlite_services: Any, open_dir: Path) 
     out = open_dir / "broker"
     r = evidence(env, "broker-access", "--out", str(out), "--port", str(port))
     assert r.returncode == 0, r.stderr
-    rules = (out / "rules.json").read_text()
+    rules = (out / "data" / "rules.json").read_text()
     assert '"LW-CLI-1"' in rules and "LW-CLI-2" not in rules  # a disabled device cannot log in
     assert "max_queued_messages 0" in (out / "mosquitto.conf").read_text()
-    broker_uid = pwd.getpwnam("mosquitto").pw_uid
-    for path in (out, out / "data", out / "passwords", out / "rules.json"):
-        assert path.stat().st_uid == broker_uid, path
-    assert (out / "passwords").stat().st_mode & 0o077 == 0  # nobody else reads the hashes
-    assert (out / "broker-admin").stat().st_uid == os.geteuid()  # the admin's password stays with root
+    account = pwd.getpwnam("mosquitto")
+    for path in (out / "data", out / "data" / "rules.json"):  # what the broker writes is its own
+        assert (path.stat().st_uid, path.stat().st_mode & 0o077) == (account.pw_uid, 0), path
+    # what it only reads is not: it cannot change its configuration, its passwords or the admin's
+    for path in (out, out / "mosquitto.conf", out / "passwords", out / "broker-admin"):
+        assert path.stat().st_uid == 0, path
+    hashes = (out / "passwords").stat()
+    assert (hashes.st_gid, hashes.st_mode & 0o777) == (account.pw_gid, 0o640)
+    assert (out / "broker-admin").stat().st_mode & 0o077 == 0
 
     files = BrokerFiles.in_directory(out, port)
     with BrokerProcess(files) as broker:
@@ -140,8 +144,8 @@ def test_enrol_and_broker_access_commands(sqlite_services: Any, open_dir: Path) 
             assert newcomer.suback_code("lw/v1/+/alarm") == NOT_AUTHORISED
         finally:
             newcomer.close()
-        assert (out / "rules.json").stat().st_uid == broker_uid  # the broker saved its rules itself
-        assert "LW-CLI-4" in (out / "rules.json").read_text()
+        saved = out / "data" / "rules.json"  # still the broker's to rewrite as it changes them
+        assert saved.stat().st_uid == account.pw_uid and "LW-CLI-4" in saved.read_text()
 
 
 def test_broker_access_refuses_a_directory_the_broker_cannot_reach(
