@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from chain_of_custody.keys import load_public_key_b64
 from chain_of_custody.ledger import Ledger
 
+from .broker_access import generate_password, hash_password
 from .models import DEVICE_KINDS, Device, StaffMember
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -144,6 +145,22 @@ def set_status(session: Session, ledger: Ledger, device_id: str, status: str, ac
     device.status = status
     ledger.append(session, "device_changed", actor, details={"device": device_id, "status": status})
     return device
+
+
+def regenerate_broker_password(session: Session, ledger: Ledger, device_id: str, actor: str) -> str:
+    """A new broker password for a lone-worker device (shown once; only its Mosquitto hash is kept).
+
+    The old one stops working when the broker's files are next regenerated from the registry.
+    """
+    device = session.get(Device, device_id, with_for_update=True)
+    if device is None or device.kind != "lone_worker":
+        raise DeviceRefused("unknown_device", f"no lone-worker device {device_id}", 404)
+    password = generate_password()
+    device.broker_password_hash = hash_password(password)
+    ledger.append(
+        session, "device_changed", actor, details={"device": device_id, "broker_password": "regenerated"}
+    )
+    return password
 
 
 def authenticate_dock(session: Session, token: str) -> Device:

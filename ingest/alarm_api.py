@@ -34,7 +34,7 @@ from sqlalchemy import func, select
 from accounts.service import Principal
 from devices.lone_worker_wire import DEVICE_ID_PATTERN, EVENT_ID_PATTERN, topic_for
 from devices.models import Device
-from devices.service import DeviceRefused
+from devices.service import DeviceRefused, regenerate_broker_password
 
 from . import alarm_rules as rules
 from .alarm_models import AlarmChange, AlarmRecord, LoneWorkerState
@@ -307,6 +307,20 @@ def enrol(
     except DeviceRefused as exc:
         raise HTTPException(exc.status, {"error": str(exc), "reason": exc.reason}) from None
     return out
+
+
+@router.post("/devices/lone-workers/{device_id}/broker-password")
+def new_broker_password(
+    device_id: str, user: Principal = Depends(require_roles(*ENROLLERS)), s: Services = Depends(services)
+) -> dict[str, str]:
+    """Issue a lone-worker device a new broker password, shown once here; regenerate the broker's
+    files (``evidence broker-access``) and reload the broker for it to take the place of the old one."""
+    try:
+        with s.db.session() as session:
+            password = regenerate_broker_password(session, s.ledger, device_id, user.actor)
+    except DeviceRefused as exc:
+        raise HTTPException(exc.status, {"error": str(exc), "reason": exc.reason}) from None
+    return {"id": device_id, "mqtt_username": device_id, "mqtt_password": password}
 
 
 @router.get("/lone-workers")

@@ -76,6 +76,7 @@ from .alarm_models import (
     AlarmRecord,
     DeadLetter,
     LoneWorkerEvent,
+    LoneWorkerPosition,
     LoneWorkerState,
     LoneWorkerVisit,
     new_id,
@@ -1732,6 +1733,43 @@ class AlarmService:
                     self._link_to_incident(session, alarm, item.id, "alarm evidence")
                 done += 1
         return done
+
+    def sample_trails(self) -> int:
+        """Add each device's newest position to its trail while it has an alarm open (once per fix)."""
+        S, P = LoneWorkerState, LoneWorkerPosition
+        newest = select(P.device_id, func.max(P.at).label("at")).group_by(P.device_id).subquery("newest")
+        with self.db.session() as session:
+            rows = session.execute(
+                select(S.device_id, S.position_at, S.lat, S.lon, S.accuracy_m)
+                .outerjoin(newest, newest.c.device_id == S.device_id)
+                .where(
+                    S.device_id.in_(
+                        select(AlarmRecord.device_id).where(AlarmRecord.status != "resolved").distinct()
+                    ),
+                    S.position_at.is_not(None),
+                    S.lat.is_not(None),
+                    S.lon.is_not(None),
+                    or_(newest.c.at.is_(None), S.position_at > newest.c.at),
+                )
+            ).all()
+            if rows:
+                session.execute(
+                    _insert(session)(P)
+                    .values(
+                        [
+                            {
+                                "device_id": r.device_id,
+                                "at": r.position_at,
+                                "lat": r.lat,
+                                "lon": r.lon,
+                                "accuracy_m": r.accuracy_m,
+                            }
+                            for r in rows
+                        ]
+                    )
+                    .on_conflict_do_nothing()
+                )
+        return len(rows)
 
     def purge(self, now: datetime | None = None, keep: timedelta = timedelta(days=7)) -> None:
         """Forget sent outbox rows and old change-feed rows (the alarms and custody keep the history)."""

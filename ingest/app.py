@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from accounts.service import Principal
 from chain_of_custody.checkpoints import write_checkpoint
+from console import install as install_console
 from storage.objects import StorageError
 from storage.settings import Settings, get_settings
 
@@ -99,9 +100,14 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         version="1",
         description="Body-worn camera and lone-worker evidence for healthcare security teams.",
         lifespan=lifespan,
+        # The console serves /docs and /redoc itself, from installed files (no CDN).
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     for router in ROUTERS:
         app.include_router(router)
+    install_console(app, settings)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

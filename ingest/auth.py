@@ -8,6 +8,7 @@ from collections.abc import Callable
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from accounts.browser import browser_session
 from accounts.service import Principal, resolve_token
 from devices.models import Device
 from devices.service import DeviceRefused, authenticate_dock
@@ -24,9 +25,16 @@ def services(request: Request) -> Services:
 
 
 def current_user(
-    creds: HTTPAuthorizationCredentials | None = Depends(bearer), s: Services = Depends(services)
+    request: Request,
+    creds: HTTPAuthorizationCredentials | None = Depends(bearer),
+    s: Services = Depends(services),
 ) -> Principal:
+    """The caller by bearer token or, from the console's pages, by session cookie (with CSRF checks)."""
     if creds is None:
+        with s.db.session() as session:
+            browser = browser_session(request, session, s.settings)
+        if browser is not None:
+            return browser.principal
         raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
     with s.db.session() as session:
         principal = resolve_token(session, creds.credentials)

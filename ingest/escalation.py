@@ -49,6 +49,7 @@ class PassReport:
     webhooks: int = 0
     evidence: int = 0
     followups: int = 0
+    trail_points: int = 0
 
 
 def _drain(step: object, limit: int = 50) -> int:
@@ -107,6 +108,7 @@ def run_pass(alarms: AlarmService, http: httpx.Client, now: datetime | None = No
     report.missed_checkins = _drain(lambda limit: alarms.raise_missed_checkins(now, limit))
     report.offline = _drain(lambda limit: alarms.raise_offline(now, limit))
     report.webhooks = send_webhooks(alarms, http, now)
+    report.trail_points = alarms.sample_trails()
     try:
         report.evidence = alarms.store_deferred_evidence(now)
     except StorageError as exc:

@@ -92,6 +92,17 @@ class Settings(BaseSettings):
     http_port: int = 8000
     # Lifetime of a user's bearer token.
     token_ttl_minutes: int = 480
+    # A console (browser) session ends after this many minutes without the person doing anything.
+    console_idle_minutes: int = Field(default=30, ge=1)
+    # A console session ends this many hours after sign-in, however busy.
+    console_session_hours: int = Field(default=12, ge=1)
+    # Send the console's session cookie only over HTTPS (turn on whenever the service is behind TLS).
+    console_secure_cookie: bool = False
+    # Map tiles for the console's map, e.g. https://tiles.example.nhs.uk/{z}/{x}/{y}.png (unset: no
+    # tiles; positions are drawn on a plain plotted view). Must be a server the trust runs or trusts.
+    map_tile_url: str | None = None
+    # Attribution shown on the map for those tiles.
+    map_tile_attribution: str = ""
     # Failed logins in a row that lock an account.
     login_max_failures: int = 5
     # How long a locked account stays locked.

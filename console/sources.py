@@ -1,0 +1,316 @@
+"""Every read the console makes of the alarm, device and account domains, in one place.
+
+The pages show what the API shows: the same role lists (imported from the modules that guard the
+API routes, never restated here) and the same views of the same rows (``alarm_view`` is the one the
+API and the live stream use). Actions never come through here at all: the pages' scripts call the
+API routes themselves, with the session cookie and its CSRF token.
+
+The alarm domain still lives in ``ingest`` until it moves to a package of its own; this module is
+the only one in ``console`` that reaches it, so that move changes one file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from accounts.api import USER_ADMINS
+from accounts.models import ROLES, User
+from chain_of_custody.ledger import Ledger
+from chain_of_custody.models import EvidenceItem
+from devices.models import Device, StaffMember
+from ingest.alarm_api import OPERATORS, READERS
+from ingest.alarm_models import (
+    AlarmChange,
+    AlarmRecord,
+    LoneWorkerEvent,
+    LoneWorkerPosition,
+    LoneWorkerState,
+    LoneWorkerVisit,
+)
+from ingest.alarms import alarm_view
+from ingest.people_api import ADMINS as DEVICE_ADMINS
+
+from .performance import Answer
+
+__all__ = [
+    "DEVICE_ADMINS",
+    "DEVICE_READERS",
+    "OPERATORS",
+    "READERS",
+    "ROLES",
+    "USER_ADMINS",
+]
+
+# Who may list the fleet: the roles of ``GET /api/v1/devices``.
+DEVICE_READERS = (*DEVICE_ADMINS, "auditor", "operator")
+SEVERITY_ORDER = {"red": 0, "amber": 1, "warning": 2}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+# --------------------------------------------------------------------------- the board
+
+
+def latest_change(session: Session) -> int:
+    """The live stream's newest change id: a board drawn from the rows read after this misses nothing
+    if it follows the stream from here."""
+    return int(session.scalar(select(func.max(AlarmChange.id))) or 0)
+
+
+def open_alarms(session: Session, limit: int = 2000) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(AlarmRecord)
+        .where(AlarmRecord.status != "resolved")
+        .order_by(AlarmRecord.raised_at, AlarmRecord.id)
+        .limit(limit)
+    )
+    return [alarm_view(r) for r in rows]
+
+
+def directory(session: Session, device_ids: list[str] | None) -> dict[str, Any]:
+    """Names behind the ids an alarm carries: the device, its wearer (name, staff group), the visit
+    under way (the address a community worker gave) and the device's last known state."""
+    devices_q = select(Device).where(Device.kind == "lone_worker")
+    if device_ids is not None:
+        devices_q = devices_q.where(Device.id.in_(device_ids[:1000]))
+    devices = list(session.scalars(devices_q))
+    ids = [d.id for d in devices]
+    staff_ids = {d.assigned_staff_id for d in devices if d.assigned_staff_id}
+    staff = session.scalars(select(StaffMember).where(StaffMember.id.in_(staff_ids))) if staff_ids else []
+    states = session.scalars(select(LoneWorkerState).where(LoneWorkerState.device_id.in_(ids))) if ids else []
+    visits = (
+        session.scalars(
+            select(LoneWorkerVisit).where(
+                LoneWorkerVisit.device_id.in_(ids), LoneWorkerVisit.ended_at.is_(None)
+            )
+        )
+        if ids
+        else []
+    )
+    return {
+        "devices": {
+            d.id: {"name": d.name, "site": d.site, "staff_id": d.assigned_staff_id, "status": d.status}
+            for d in devices
+        },
+        "staff": {m.id: {"name": m.name, "group": m.staff_group, "site": m.site} for m in staff},
+        "states": {st.device_id: state_view(st) for st in states},
+        "visits": {
+            v.device_id: {
+                "visit_id": v.visit_id,
+                "note": v.note,
+                "expected_end": _iso(v.expected_end),
+                "started_at": _iso(v.started_at),
+            }
+            for v in visits
+        },
+    }
+
+
+def state_view(st: LoneWorkerState) -> dict[str, Any]:
+    return {
+        "presence": st.presence,
+        "last_seen_at": _iso(st.last_seen_at),
+        "battery": st.battery,
+        "position": (
+            {"lat": st.lat, "lon": st.lon, "accuracy_m": st.accuracy_m, "at": _iso(st.position_at)}
+            if st.lat is not None and st.lon is not None
+            else None
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- one alarm
+
+
+def alarm(session: Session, alarm_id: str) -> dict[str, Any] | None:
+    row = session.get(AlarmRecord, alarm_id)
+    return alarm_view(row) if row is not None else None
+
+
+def alarm_messages(session: Session, view: dict[str, Any]) -> list[dict[str, Any]]:
+    """The device's messages about this alarm (its raise, cancels, the visit's check-ins), byte for byte."""
+    clauses = [LoneWorkerEvent.alarm_id == view["id"]]
+    if view.get("source_event_id"):
+        clauses.append(LoneWorkerEvent.ref_event_id == view["source_event_id"])
+    if view.get("visit_id"):
+        clauses.append(
+            (LoneWorkerEvent.visit_id == view["visit_id"]) & (LoneWorkerEvent.device_id == view["device_id"])
+        )
+    rows = session.scalars(
+        select(LoneWorkerEvent).where(or_(*clauses)).order_by(LoneWorkerEvent.received_at).limit(200)
+    )
+    out = []
+    for e in rows:
+        try:
+            payload = json.dumps(json.loads(e.raw), indent=1, sort_keys=True)
+        except ValueError:
+            payload = e.raw.decode("utf-8", "replace")
+        out.append(
+            {
+                "event_id": e.event_id,
+                "type": e.type,
+                "action": e.action,
+                "kind": e.kind,
+                "seq": e.seq,
+                "occurred_at": _iso(e.occurred_at),
+                "received_at": _iso(e.received_at),
+                "late": e.late,
+                "sha256": e.sha256,
+                "evidence_item_id": e.evidence_item_id,
+                "payload": payload,
+            }
+        )
+    return out
+
+
+def trail(session: Session, view: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """Where the device was from the alarm until it was resolved (or now): its own fix first."""
+    raised = datetime.fromisoformat(view["raised_at"])
+    until = datetime.fromisoformat(view["resolved_at"]) if view.get("resolved_at") else now
+    points: list[dict[str, Any]] = []
+    if view.get("position"):
+        points.append({**view["position"], "at": view["occurred_at"]})
+    rows = session.scalars(
+        select(LoneWorkerPosition)
+        .where(
+            LoneWorkerPosition.device_id == view["device_id"],
+            LoneWorkerPosition.at >= raised - timedelta(seconds=60),
+            LoneWorkerPosition.at <= until,
+        )
+        .order_by(LoneWorkerPosition.at)
+        .limit(2000)
+    )
+    for p in rows:
+        points.append({"lat": p.lat, "lon": p.lon, "accuracy_m": p.accuracy_m, "at": _iso(p.at)})
+    return points
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """An evidence item's identity and its custody trail (metadata only: never its bytes)."""
+
+    id: str
+    kind: str
+    sha256: str
+    size: int
+    content_type: str
+    status: str
+    custody: list[dict[str, Any]]
+
+
+def item_record(session: Session, item_id: str | None) -> ItemRecord | None:
+    if not item_id:
+        return None
+    item = session.get(EvidenceItem, item_id)
+    if item is None:
+        return None
+    return ItemRecord(
+        item.id,
+        item.kind,
+        item.sha256,
+        item.size,
+        item.content_type,
+        item.status,
+        [e.to_json() for e in Ledger.item_entries(session, item.id)],
+    )
+
+
+def evidence_item(session: Session, item_id: str) -> EvidenceItem | None:
+    return session.get(EvidenceItem, item_id)
+
+
+# --------------------------------------------------------------------------- where people are
+
+
+def positions(session: Session) -> list[dict[str, Any]]:
+    """Every lone-worker device's last known position (the map's layer of people)."""
+    rows = session.execute(
+        select(Device, LoneWorkerState)
+        .join(LoneWorkerState, LoneWorkerState.device_id == Device.id)
+        .where(Device.kind == "lone_worker", LoneWorkerState.lat.is_not(None))
+        .order_by(Device.id)
+        .limit(20000)
+    ).all()
+    return [
+        {"device_id": d.id, "staff_id": d.assigned_staff_id, "site": d.site, **state_view(st)}
+        for d, st in rows
+    ]
+
+
+def open_trails(
+    session: Session, alarms: list[dict[str, Any]], now: datetime
+) -> dict[str, list[dict[str, Any]]]:
+    return {a["id"]: trail(session, a, now) for a in alarms[:200]}
+
+
+# --------------------------------------------------------------------------- devices and people
+
+
+def fleet(session: Session) -> list[dict[str, Any]]:
+    open_counts = (
+        select(AlarmRecord.device_id, func.count().label("n"))
+        .where(AlarmRecord.status != "resolved")
+        .group_by(AlarmRecord.device_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Device, LoneWorkerState, StaffMember, open_counts.c.n)
+        .outerjoin(LoneWorkerState, LoneWorkerState.device_id == Device.id)
+        .outerjoin(StaffMember, StaffMember.id == Device.assigned_staff_id)
+        .outerjoin(open_counts, open_counts.c.device_id == Device.id)
+        .order_by(Device.kind, Device.id)
+    ).all()
+    out = []
+    for d, st, member, n in rows:
+        out.append(
+            {
+                "id": d.id,
+                "kind": d.kind,
+                "name": d.name,
+                "site": d.site,
+                "status": d.status,
+                "staff_id": d.assigned_staff_id,
+                "staff_name": member.name if member else None,
+                "has_broker_login": d.broker_password_hash is not None,
+                "open_alarms": int(n or 0),
+                **(state_view(st) if st else {"presence": None, "last_seen_at": None, "battery": None}),
+            }
+        )
+    return out
+
+
+def staff(session: Session) -> list[StaffMember]:
+    return list(session.scalars(select(StaffMember).order_by(StaffMember.id)))
+
+
+def users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.username)))
+
+
+# --------------------------------------------------------------------------- how well the room answers
+
+
+def answer_times(session: Session, since: datetime) -> list[Answer]:
+    """Every alarm that turned red since ``since``: when it needed someone (SOS and man-down on
+    arrival, an amber alarm when its timer ran out) and when a person first took it (acknowledged,
+    or resolved by an operator without acknowledging first)."""
+    rows = session.execute(
+        select(
+            AlarmRecord.red_at, AlarmRecord.acknowledged_at, AlarmRecord.resolved_at, AlarmRecord.resolved_by
+        )
+        .where(AlarmRecord.red_at.is_not(None), AlarmRecord.red_at >= since)
+        .order_by(AlarmRecord.red_at)
+    ).all()
+    out = []
+    for red_at, acked, resolved, by in rows:
+        answered = acked or (resolved if by and by.startswith("user:") else None)
+        out.append(Answer(red_at, answered))
+    return out
