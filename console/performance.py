@@ -86,7 +86,7 @@ def seconds_text(value: float | None) -> str:
     if value is None:
         return "–"
     if math.isinf(value):
-        return "not answered"
+        return "missed"
     return f"{value:.1f} s"
 
 

@@ -189,7 +189,12 @@ def trail(session: Session, view: dict[str, Any], now: datetime) -> list[dict[st
         .limit(2000)
     )
     for p in rows:
-        points.append({"lat": p.lat, "lon": p.lon, "accuracy_m": p.accuracy_m, "at": _iso(p.at)})
+        point = {"lat": p.lat, "lon": p.lon, "accuracy_m": p.accuracy_m, "at": _iso(p.at)}
+        if points and {k: points[-1][k] for k in ("lat", "lon", "accuracy_m")} == {
+            k: point[k] for k in ("lat", "lon", "accuracy_m")
+        }:
+            continue  # the alarm's own fix, sampled from the device's state
+        points.append(point)
     return points
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the services the tests talk to are installed and running on this machine:
-# PostgreSQL on 127.0.0.1:5432 (trust auth, database "test") and Mosquitto on 127.0.0.1:1883.
+# PostgreSQL on 127.0.0.1:5432 (trust auth, database "test") and Mosquitto on 127.0.0.1:1883, and
+# Debian's chromium for the console's browser tests.
 # Installs the Debian packages when they are missing (fresh machine), starts them when they are down.
 set -euo pipefail
 
@@ -44,6 +45,11 @@ if ! port_open 1883; then
     $SUDO /usr/sbin/mosquitto -d -p 1883
   fi
   for _ in $(seq 50); do port_open 1883 && break; sleep 0.2; done
+fi
+
+# --- Chromium (the console's browser tests drive Debian's build through Playwright) ----------------
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium"; apt_install chromium
 fi
 
 # --- PostgreSQL ---------------------------------------------------------------------------------

@@ -48,8 +48,10 @@ function mergeDirectory(more) {
 
 // ------------------------------------------------------------------ ordering
 
+/** Nobody has taken it: never acknowledged, or it needs taking again (an acknowledged amber alert
+ * that has since turned red). An escalation does not take it: someone still must. */
 function unclaimed(a) {
-  return a.status === "raised";
+  return !a.acknowledged_at || Boolean(a.ack_due_at);
 }
 
 function compare(a, b) {
@@ -106,7 +108,7 @@ function stateText(a) {
     const taken = a.acknowledged_by ? `; taken by ${actor(a.acknowledged_by)}` : "; nobody has it";
     return `Escalated (${why})${taken}`;
   }
-  if (a.status === "acknowledged") return `Taken by ${actor(a.acknowledged_by)} at ${clock(a.acknowledged_at)}`;
+  if (a.status === "acknowledged" && !a.ack_due_at) return `Taken by ${actor(a.acknowledged_by)} at ${clock(a.acknowledged_at)}`;
   if (a.ack_due_at) return `Nobody has it: escalates in ${countdown(Date.parse(a.ack_due_at) - now())}`;
   return "Nobody has it";
 }

@@ -66,7 +66,10 @@ function drawDevices(positions) {
 
 const alarmMarkers = new Map();
 
+const SEVERITY = { red: 0, amber: 1, warning: 2 };
+
 function drawAlarms(alarms, trails) {
+  alarms = [...alarms].sort((a, b) => (SEVERITY[a.severity] ?? 9) - (SEVERITY[b.severity] ?? 9) || Date.parse(a.raised_at) - Date.parse(b.raised_at));
   layers.alarms.clearLayers();
   alarmMarkers.clear();
   for (const a of alarms) {
