@@ -79,7 +79,8 @@ def list_alarms(
 
 
 class _FeedWatcher:
-    """Polls the newest change id for this process and wakes every open stream when it moves."""
+    """Polls the newest change id for this process and wakes every open stream when it moves; an
+    alarm change committed by this process pokes it to look at once (others' are seen at the poll)."""
 
     def __init__(self, s: Services, poll_s: float = 0.25) -> None:
         self.services = s
@@ -88,6 +89,15 @@ class _FeedWatcher:
         self.streams = 0
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poked: asyncio.Event | None = None
+
+    def poke(self) -> None:
+        """Thread-safe: something committed an alarm change; look now."""
+        loop, poked = self._loop, self._poked
+        if loop is not None and poked is not None and self.streams > 0:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(poked.set)
 
     def latest_id(self) -> int:
         with self.services.db.session() as session:
@@ -96,7 +106,9 @@ class _FeedWatcher:
     def join(self) -> None:
         self.streams += 1
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._loop = asyncio.get_running_loop()
+            self._poked = asyncio.Event()
+            self._task = self._loop.create_task(self._run())
 
     def leave(self) -> None:
         self.streams -= 1
@@ -109,7 +121,13 @@ class _FeedWatcher:
                     self.latest = latest
                     async with self._changed:
                         self._changed.notify_all()
-            await asyncio.sleep(self.poll_s)
+            poked = self._poked
+            if poked is None:
+                await asyncio.sleep(self.poll_s)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(poked.wait(), self.poll_s)
+            poked.clear()
 
     async def wait_beyond(self, cursor: int, timeout: float) -> None:
         async with self._changed:
@@ -120,8 +138,9 @@ class _FeedWatcher:
 def _watcher(s: Services) -> _FeedWatcher:
     watcher = s.extras.get("alarm_feed_watcher")
     if not isinstance(watcher, _FeedWatcher):
-        watcher = _FeedWatcher(s)
+        watcher = _FeedWatcher(s, s.settings.alarm_stream_poll_seconds)
         s.extras["alarm_feed_watcher"] = watcher
+        alarm_service(s).committed_listeners.append(watcher.poke)
     return watcher
 
 

@@ -377,6 +377,10 @@ class AlarmService:
         # incident follow. Inline (right after the commit, in the caller's thread) unless an MQTT
         # consumer runs a follow-up worker of its own, so the next alarm is not kept waiting.
         self.followups_inline = True
+        # Called (in the committing thread) after a commit that had effects to send, which is nearly
+        # every change of an alarm: the live stream of this process looks at once instead of at its
+        # next poll. Listeners must be quick and thread-safe.
+        self.committed_listeners: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ device messages
 
@@ -1508,6 +1512,12 @@ class AlarmService:
         )
 
     def _after_commit(self, publish: list[Outgoing]) -> None:
+        if publish:
+            for listener in self.committed_listeners:
+                try:
+                    listener()
+                except Exception:  # noqa: BLE001 - a listener never costs the alarm its effects
+                    log.exception("alarm commit listener failed")
         if publish and self.publisher is not None:
             try:
                 self.publisher(publish)

@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     mqtt_telemetry_nice: int = Field(default=5, ge=0, le=19)
     # How often the escalation loop looks for deadlines, overdue check-ins and silent devices.
     escalation_poll_seconds: float = 0.5
+    # How often a service process with live alarm streams open (the control room's boards) looks for
+    # new alarm changes: the longest an alarm waits between its commit and the boards.
+    alarm_stream_poll_seconds: float = Field(default=0.1, gt=0, le=5)
     # Largest amber voice memo a device may upload.
     max_voice_memo_bytes: int = 8 * 1024 * 1024
     # A red alarm joins the wearer's incident opened within this many minutes, else opens one.
