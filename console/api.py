@@ -9,28 +9,25 @@ client would, so the API's rules are the only rules. The one exception is the se
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from accounts.browser import CSRF_HEADER, browser_session, cookie_name, same_origin, session_secret
 from accounts.service import AccountError, Principal, authenticate
 from accounts.sessions import BrowserSession, SessionPolicy, end_session, start_session
-from chain_of_custody.evidence import parse_range, read_item
 from chain_of_custody.ledger import Ledger
 from storage.settings import Settings
 
-from . import assets, performance, sources
+from . import assets, sources
 from .security import content_security_policy
 
 log = logging.getLogger(__name__)
@@ -38,6 +35,7 @@ log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES))
 templates.env.globals["asset"] = assets.url
+performance = sources.performance
 templates.env.filters["share"] = performance.share_text
 templates.env.filters["seconds"] = performance.seconds_text
 
@@ -328,32 +326,25 @@ def map_data(request: Request) -> JSONResponse:
 def alarm_page(request: Request, alarm_id: str) -> Response:
     who = signed_in(request, sources.READERS)
     s = services(request)
-    now = _now()
     with s.db.session() as session:
-        view = sources.alarm(session, alarm_id[:64])
-        if view is None:
+        record = sources.alarm_record(session, alarm_id[:64], _now())
+        if record is None:
             return render(request, "missing.html", who, 404, what="alarm")
-        detail = {
-            "alarm": view,
-            "messages": sources.alarm_messages(session, view),
-            "trail": sources.trail(session, view, now),
-            "directory": sources.directory(session, [view["device_id"]]),
-            "payload": sources.item_record(session, view["evidence_item_id"]),
-            "memo": sources.item_record(session, view["voice_memo_item_id"]),
-        }
+        directory = sources.directory(session, [record["alarm"]["device_id"]])
     return render(
         request,
         "alarm.html",
         who,
-        detail=detail,
-        timeline=timeline(view, detail["payload"], detail["memo"]),
+        record=record,
+        directory=directory,
+        timeline=timeline(record["alarm"], record["payload"], record["voice_memo"]),
         can_act=who.principal.role in sources.OPERATORS,
         can_hear=who.principal.role in sources.OPERATORS,
         tiles={"url": s.settings.map_tile_url, "attribution": s.settings.map_tile_attribution},
     )
 
 
-def timeline(view: dict[str, Any], *items: sources.ItemRecord | None) -> list[dict[str, Any]]:
+def timeline(view: dict[str, Any], *items: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Everything that happened to the alarm, oldest first: its own lifecycle and its items' custody."""
     events: list[dict[str, Any]] = []
     steps = [
@@ -367,71 +358,24 @@ def timeline(view: dict[str, Any], *items: sources.ItemRecord | None) -> list[di
         ("resolved_at", "resolved", "resolved_by"),
     ]
     for field, what, by in steps:
-        if view.get(field):
-            detail = ""
-            if field == "escalated_at" and view.get("escalation_reason"):
-                detail = view["escalation_reason"].replace("_", " ")
-            if field == "resolved_at":
-                detail = " — ".join(
-                    x
-                    for x in (
-                        (view.get("outcome") or "").replace("_", " "),
-                        view.get("resolution_note") or "",
-                    )
-                    if x
-                )
-            events.append(
-                {"at": view[field], "what": what, "by": view.get(by) if by else None, "detail": detail}
-            )
+        if not view.get(field):
+            continue
+        detail = ""
+        if field == "escalated_at" and view.get("escalation_reason"):
+            detail = view["escalation_reason"].replace("_", " ")
+        if field == "resolved_at":
+            outcome = (view.get("outcome") or "").replace("_", " ")
+            detail = " — ".join(x for x in (outcome, view.get("resolution_note") or "") if x)
+        events.append({"at": view[field], "what": what, "by": view.get(by) if by else None, "detail": detail})
     for item in items:
         if item is None:
             continue
-        for entry in item.custody:
-            events.append(
-                {
-                    "at": entry["at"],
-                    "what": f"{item.kind.replace('_', ' ')}: {entry['action'].replace('_', ' ')}",
-                    "by": entry["actor"],
-                    "detail": "",
-                }
-            )
+        kind = item["kind"].replace("_", " ")
+        for entry in item["custody"]:
+            what = f"{kind}: {entry['action'].replace('_', ' ')}"
+            events.append({"at": entry["at"], "what": what, "by": entry["actor"], "detail": ""})
     events.sort(key=lambda e: e["at"])
     return events
-
-
-@router.get("/alarms/{alarm_id}/voice-memo")
-async def voice_memo(request: Request, alarm_id: str) -> Response:
-    """The amber alarm's voice memo for the control room; each play is a ``viewed`` custody entry."""
-    who = signed_in(request, sources.OPERATORS)
-    s = services(request)
-    with s.db.session() as session:
-        view = sources.alarm(session, alarm_id[:64])
-        item = (
-            sources.evidence_item(session, view["voice_memo_item_id"])
-            if view and view["voice_memo_item_id"]
-            else None
-        )
-    if item is None or item.status != "stored":
-        return render(request, "missing.html", who, 404, what="voice memo")
-    try:
-        byte_range = parse_range(request.headers.get("range"), item.size)
-    except ValueError:
-        return Response(status_code=416, headers={"Content-Range": f"bytes */{item.size}"})
-
-    def start() -> Iterator[bytes]:
-        with s.db.session() as session:
-            return read_item(
-                session, s.ledger, s.store, item, who.principal.actor, byte_range, "control room"
-            )
-
-    blocks = await asyncio.to_thread(start)
-    headers = {"Accept-Ranges": "bytes", "X-Evidence-SHA256": item.sha256, "Cache-Control": "no-store"}
-    if byte_range is None:
-        headers["Content-Length"] = str(item.size)
-        return StreamingResponse(blocks, media_type=item.content_type, headers=headers)
-    headers["Content-Length"] = str(byte_range.length)
-    headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{item.size}"
-    return StreamingResponse(blocks, status_code=206, media_type=item.content_type, headers=headers)
 
 
 def _summaries(s: ConsoleServices) -> list[performance.Summary]:
@@ -442,19 +386,10 @@ def _summaries(s: ConsoleServices) -> list[performance.Summary]:
 
 
 @router.get("/performance")
-def performance_page(request: Request, format: str = "html") -> Response:
+def performance_page(request: Request) -> Response:
+    """The figures of ``GET /api/v1/alarms/performance`` (whose ``?format=csv`` is the report)."""
     who = signed_in(request, sources.READERS)
-    rows = _summaries(services(request))
-    if format == "csv":
-        now = _now()
-        return Response(
-            performance.to_csv(rows, now),
-            media_type="text/csv; charset=utf-8",
-            headers={
-                "Content-Disposition": f'attachment; filename="control-room-performance-{now:%Y-%m-%d}.csv"'
-            },
-        )
-    return render(request, "performance.html", who, summaries=rows)
+    return render(request, "performance.html", who, summaries=_summaries(services(request)))
 
 
 # --------------------------------------------------------------------------- devices and people

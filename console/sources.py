@@ -11,34 +11,32 @@ the only one in ``console`` that reaches it, so that move changes one file.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from accounts.api import USER_ADMINS
 from accounts.models import ROLES, User
-from chain_of_custody.ledger import Ledger
-from chain_of_custody.models import EvidenceItem
 from devices.models import Device, StaffMember
+from devices.service import list_staff
+from ingest import alarm_performance as performance
 from ingest.alarm_api import OPERATORS, READERS
 from ingest.alarm_models import (
     AlarmChange,
     AlarmRecord,
-    LoneWorkerEvent,
-    LoneWorkerPosition,
     LoneWorkerState,
     LoneWorkerVisit,
 )
+from ingest.alarm_records import alarm_record, answer_times, trail
 from ingest.alarms import alarm_view
 from ingest.people_api import ADMINS as DEVICE_ADMINS
 
-from .performance import Answer
-
 __all__ = [
+    "alarm_record",
+    "answer_times",
+    "performance",
     "DEVICE_ADMINS",
     "DEVICE_READERS",
     "OPERATORS",
@@ -135,103 +133,6 @@ def alarm(session: Session, alarm_id: str) -> dict[str, Any] | None:
     return alarm_view(row) if row is not None else None
 
 
-def alarm_messages(session: Session, view: dict[str, Any]) -> list[dict[str, Any]]:
-    """The device's messages about this alarm (its raise, cancels, the visit's check-ins), byte for byte."""
-    clauses = [LoneWorkerEvent.alarm_id == view["id"]]
-    if view.get("source_event_id"):
-        clauses.append(LoneWorkerEvent.ref_event_id == view["source_event_id"])
-    if view.get("visit_id"):
-        clauses.append(
-            (LoneWorkerEvent.visit_id == view["visit_id"]) & (LoneWorkerEvent.device_id == view["device_id"])
-        )
-    rows = session.scalars(
-        select(LoneWorkerEvent).where(or_(*clauses)).order_by(LoneWorkerEvent.received_at).limit(200)
-    )
-    out = []
-    for e in rows:
-        try:
-            payload = json.dumps(json.loads(e.raw), indent=1, sort_keys=True)
-        except ValueError:
-            payload = e.raw.decode("utf-8", "replace")
-        out.append(
-            {
-                "event_id": e.event_id,
-                "type": e.type,
-                "action": e.action,
-                "kind": e.kind,
-                "seq": e.seq,
-                "occurred_at": _iso(e.occurred_at),
-                "received_at": _iso(e.received_at),
-                "late": e.late,
-                "sha256": e.sha256,
-                "evidence_item_id": e.evidence_item_id,
-                "payload": payload,
-            }
-        )
-    return out
-
-
-def trail(session: Session, view: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
-    """Where the device was from the alarm until it was resolved (or now): its own fix first."""
-    raised = datetime.fromisoformat(view["raised_at"])
-    until = datetime.fromisoformat(view["resolved_at"]) if view.get("resolved_at") else now
-    points: list[dict[str, Any]] = []
-    if view.get("position"):
-        points.append({**view["position"], "at": view["occurred_at"]})
-    rows = session.scalars(
-        select(LoneWorkerPosition)
-        .where(
-            LoneWorkerPosition.device_id == view["device_id"],
-            LoneWorkerPosition.at >= raised - timedelta(seconds=60),
-            LoneWorkerPosition.at <= until,
-        )
-        .order_by(LoneWorkerPosition.at)
-        .limit(2000)
-    )
-    for p in rows:
-        point = {"lat": p.lat, "lon": p.lon, "accuracy_m": p.accuracy_m, "at": _iso(p.at)}
-        if points and {k: points[-1][k] for k in ("lat", "lon", "accuracy_m")} == {
-            k: point[k] for k in ("lat", "lon", "accuracy_m")
-        }:
-            continue  # the alarm's own fix, sampled from the device's state
-        points.append(point)
-    return points
-
-
-@dataclass(frozen=True)
-class ItemRecord:
-    """An evidence item's identity and its custody trail (metadata only: never its bytes)."""
-
-    id: str
-    kind: str
-    sha256: str
-    size: int
-    content_type: str
-    status: str
-    custody: list[dict[str, Any]]
-
-
-def item_record(session: Session, item_id: str | None) -> ItemRecord | None:
-    if not item_id:
-        return None
-    item = session.get(EvidenceItem, item_id)
-    if item is None:
-        return None
-    return ItemRecord(
-        item.id,
-        item.kind,
-        item.sha256,
-        item.size,
-        item.content_type,
-        item.status,
-        [e.to_json() for e in Ledger.item_entries(session, item.id)],
-    )
-
-
-def evidence_item(session: Session, item_id: str) -> EvidenceItem | None:
-    return session.get(EvidenceItem, item_id)
-
-
 # --------------------------------------------------------------------------- where people are
 
 
@@ -293,7 +194,7 @@ def fleet(session: Session) -> list[dict[str, Any]]:
 
 
 def staff(session: Session) -> list[StaffMember]:
-    return list(session.scalars(select(StaffMember).order_by(StaffMember.id)))
+    return list_staff(session)
 
 
 def users(session: Session) -> list[User]:
@@ -301,21 +202,3 @@ def users(session: Session) -> list[User]:
 
 
 # --------------------------------------------------------------------------- how well the room answers
-
-
-def answer_times(session: Session, since: datetime) -> list[Answer]:
-    """Every alarm that turned red since ``since``: when it needed someone (SOS and man-down on
-    arrival, an amber alarm when its timer ran out) and when a person first took it (acknowledged,
-    or resolved by an operator without acknowledging first)."""
-    rows = session.execute(
-        select(
-            AlarmRecord.red_at, AlarmRecord.acknowledged_at, AlarmRecord.resolved_at, AlarmRecord.resolved_by
-        )
-        .where(AlarmRecord.red_at.is_not(None), AlarmRecord.red_at >= since)
-        .order_by(AlarmRecord.red_at)
-    ).all()
-    out = []
-    for red_at, acked, resolved, by in rows:
-        answered = acked or (resolved if by and by.startswith("user:") else None)
-        out.append(Answer(red_at, answered))
-    return out

@@ -192,6 +192,10 @@ def camera_for_clip(session: Session, serial: str, wearer: str) -> Device:
     return camera
 
 
+def list_staff(session: Session) -> list[StaffMember]:
+    return list(session.scalars(select(StaffMember).order_by(StaffMember.id)))
+
+
 def list_devices(session: Session, kind: str | None = None) -> list[Device]:
     q = select(Device).order_by(Device.id)
     if kind:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from accounts.service import AccountError, Principal, authenticate, issue_token
 from devices import service as device_service
-from devices.models import Device
+from devices.models import Device, StaffMember
 from devices.service import DeviceRefused
 
 from .auth import require_roles, services
@@ -102,6 +102,24 @@ def add_staff(
     with s.db.session() as session:
         device_service.add_staff(session, body.id, body.name, body.group, body.site)
     return {"id": body.id}
+
+
+class StaffOut(BaseModel):
+    id: str
+    name: str
+    staff_group: str
+    site: str | None
+
+    model_config = {"from_attributes": True}
+
+
+@router.get("/staff", response_model=list[StaffOut])
+def list_staff(
+    user: Principal = Depends(require_roles(*ADMINS, "auditor", "operator")), s: Services = Depends(services)
+) -> list[StaffMember]:
+    """Staff who wear cameras or carry alarms (the control room names the person behind an alarm)."""
+    with s.db.session() as session:
+        return device_service.list_staff(session)
 
 
 @router.post("/devices/docks", status_code=201)

@@ -165,6 +165,11 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/alarms/stream"): Rule(ok=CONTROL_ROOM | {"auditor"}),
     ("GET", "/api/v1/alarms/{alarm_id}"): Rule(ok=CONTROL_ROOM | {"auditor"}),
     ("GET", "/api/v1/lone-workers"): Rule(ok=CONTROL_ROOM | {"auditor"}),
+    ("GET", "/api/v1/alarms/performance"): Rule(ok=CONTROL_ROOM | {"auditor"}),
+    ("GET", "/api/v1/alarms/{alarm_id}/record"): Rule(ok=CONTROL_ROOM | {"auditor"}),
+    # The matrix's alarm is an SOS, which has no voice memo: the roles that may play one get 404.
+    ("GET", "/api/v1/alarms/{alarm_id}/voice-memo"): Rule(hidden=CONTROL_ROOM),
+    ("GET", "/api/v1/staff"): Rule(ok=MANAGERS_ANY_SITE | {"auditor", "operator"}),
     ("POST", "/api/v1/alarms/{alarm_id}/acknowledge"): Rule(ok=CONTROL_ROOM),
     ("POST", "/api/v1/alarms/{alarm_id}/escalate"): Rule(ok=CONTROL_ROOM),
     ("POST", "/api/v1/alarms/{alarm_id}/resolve"): Rule(ok=CONTROL_ROOM),

@@ -105,8 +105,7 @@ function whatText(a) {
 function stateText(a) {
   if (a.status === "escalated") {
     const why = a.escalation_reason === "ack_timeout" ? "nobody took it in time" : `by ${actor(a.escalated_by)}`;
-    const taken = a.acknowledged_by ? `; taken by ${actor(a.acknowledged_by)}` : "; nobody has it";
-    return `Escalated (${why})${taken}`;
+    return a.acknowledged_by && !a.ack_due_at ? `Escalated ${why}; taken by ${actor(a.acknowledged_by)}` : `Escalated: ${why}`;
   }
   if (a.status === "acknowledged" && !a.ack_due_at) return `Taken by ${actor(a.acknowledged_by)} at ${clock(a.acknowledged_at)}`;
   if (a.ack_due_at) return `Nobody has it: escalates in ${countdown(Date.parse(a.ack_due_at) - now())}`;

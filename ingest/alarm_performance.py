@@ -82,6 +82,27 @@ def summaries(answers: list[Answer], now: datetime) -> list[Summary]:
     ]
 
 
+def as_json(summary: Summary) -> dict[str, object]:
+    """A summary for JSON, which has no infinity: a time that is a missed alarm is null, flagged."""
+
+    def finite(value: float | None) -> float | None:
+        return None if value is None or math.isinf(value) else round(value, 3)
+
+    return {
+        "period": summary.period,
+        "red_alarms": summary.alarms,
+        "pending": summary.pending,
+        "within_10s": summary.within_10s,
+        "within_40s": summary.within_40s,
+        "meets_10s_target": summary.meets(10.0),
+        "meets_40s_target": summary.meets(40.0),
+        "median_s": finite(summary.median_s),
+        "median_missed": summary.median_s is not None and math.isinf(summary.median_s),
+        "p95_s": finite(summary.p95_s),
+        "p95_missed": summary.p95_s is not None and math.isinf(summary.p95_s),
+    }
+
+
 def seconds_text(value: float | None) -> str:
     if value is None:
         return "–"
