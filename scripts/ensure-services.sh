@@ -18,8 +18,9 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # --- Programs the tests call ----------------------------------------------------------------------
 # Each "program:package" pair: the Debian package is installed when the program is missing.
 # unzip, openssl and sha256sum: a test follows an export package's VERIFY.txt by hand, as a
-# recipient with standard tools would.
-PROGRAMS="unzip:unzip openssl:openssl sha256sum:coreutils"
+# recipient with standard tools would. chromium: the console's browser tests drive Debian's build
+# through Playwright (launched by its path, /usr/bin/chromium; Playwright's own download is not used).
+PROGRAMS="unzip:unzip openssl:openssl sha256sum:coreutils chromium:chromium"
 missing=""
 for pair in $PROGRAMS; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"
@@ -45,11 +46,6 @@ if ! port_open 1883; then
     $SUDO /usr/sbin/mosquitto -d -p 1883
   fi
   for _ in $(seq 50); do port_open 1883 && break; sleep 0.2; done
-fi
-
-# --- Chromium (the console's browser tests drive Debian's build through Playwright) ----------------
-if [ ! -x /usr/bin/chromium ]; then
-  echo "installing chromium"; apt_install chromium
 fi
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
