@@ -44,6 +44,7 @@ from bench.alarms import (  # noqa: E402
     collect_acks,
     enrol,
     fd_headroom,
+    send_sos,
     wait_login,
     wait_online,
 )
@@ -69,19 +70,6 @@ def drawn_times(page: Any) -> dict[str, float]:
     """Event id → when the board first drew its alarm (seconds since the epoch, the page's clock)."""
     rows = page.evaluate("window.boardTimings.drawn")
     return {r["event_id"]: r["at"] / 1000 for r in rows if r.get("event_id")}
-
-
-def send(fleet: BenchFleet, devices: list[Any], phase: str, rate: float) -> list[SosRecord]:
-    records = []
-    start = time.monotonic()
-    for i, device in enumerate(devices):
-        delay = start + i / rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        wall = time.time()
-        event_id = device.sos()
-        records.append(SosRecord(device.device_id, event_id, phase, len(fleet.active), wall))
-    return records
 
 
 def wait_drawn(page: Any, records: list[SosRecord], timeout: float) -> dict[str, float]:
@@ -216,22 +204,22 @@ def main() -> None:
             sign_in(page, svc.url, OPERATOR, OPERATOR_PASSWORD, next_path="/board")
             page.wait_for_selector("#connection[data-state=live]")
             devices = random.Random(15).sample(fleet.active, args.open + args.singles + 10)
-            warm = send(fleet, devices[:10], "warm-up", args.rate)
+            warm = send_sos(fleet, devices[:10], "warm-up", args.rate)
             collect_acks(fleet, warm, 30)
             wait_drawn(page, warm, 30)
 
-            steady = send(fleet, devices[10 : 10 + args.steady], "steady", args.rate)
+            steady = send_sos(fleet, devices[10 : 10 + args.steady], "steady", args.rate)
             collect_acks(fleet, steady, 30)
             steady_figures = phase_figures(steady, wait_drawn(page, steady, 30))
             print(f"steady: {steady_figures}", flush=True)
 
-            more = send(fleet, devices[10 + args.steady : 10 + args.open], "fill", 10.0)
+            more = send_sos(fleet, devices[10 + args.steady : 10 + args.open], "fill", 10.0)
             collect_acks(fleet, more, 60)
             wait_drawn(page, more, 60)
             big = first_render(page, svc.url, args.loads)
             print(f"500 open, fresh loads: {big}", flush=True)
             page.evaluate("window.boardTimings.applyMs.length = 0")
-            singles = send(fleet, devices[10 + args.open : 10 + args.open + args.singles], "single", 1.0)
+            singles = send_sos(fleet, devices[10 + args.open : 10 + args.open + args.singles], "single", 1.0)
             collect_acks(fleet, singles, 30)
             single_figures = phase_figures(singles, wait_drawn(page, singles, 30))
             apply_ms = page.evaluate("window.boardTimings.applyMs")

@@ -32,7 +32,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from accounts.service import Principal
-from chain_of_custody.evidence import parse_range, read_item
 from devices.lone_worker_wire import DEVICE_ID_PATTERN, EVENT_ID_PATTERN, topic_for
 from devices.models import Device
 from devices.service import DeviceRefused, regenerate_broker_password
@@ -43,6 +42,7 @@ from .alarm_models import AlarmChange, AlarmRecord, LoneWorkerState, LoneWorkerV
 from .alarm_records import alarm_record, answer_times, voice_memo_item
 from .alarms import AlarmNotFound, VoiceMemoRefused, alarm_service, enrol_lone_worker
 from .auth import require_roles, services
+from .evidence_api import item_response
 from .services import Services
 
 router = APIRouter(prefix="/api/v1", tags=["alarms"])
@@ -282,23 +282,7 @@ async def play_voice_memo(
         item = voice_memo_item(session, alarm_id)
     if item is None:
         raise HTTPException(404, {"error": f"no voice memo for alarm {alarm_id}", "reason": "no_memo"})
-    try:
-        byte_range = parse_range(request.headers.get("range"), item.size)
-    except ValueError:
-        return Response(status_code=416, headers={"Content-Range": f"bytes */{item.size}"})
-
-    def start() -> Any:
-        with s.db.session() as session:
-            return read_item(session, s.ledger, s.store, item, user.actor, byte_range, "control room")
-
-    blocks = await asyncio.to_thread(start)
-    headers = {"Accept-Ranges": "bytes", "X-Evidence-SHA256": item.sha256, "Cache-Control": "no-store"}
-    if byte_range is None:
-        headers["Content-Length"] = str(item.size)
-        return StreamingResponse(blocks, media_type=item.content_type, headers=headers)
-    headers["Content-Length"] = str(byte_range.length)
-    headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{item.size}"
-    return StreamingResponse(blocks, status_code=206, media_type=item.content_type, headers=headers)
+    return await item_response(s, item, request, user.actor, {"Cache-Control": "no-store"}, "control room")
 
 
 class EscalateIn(BaseModel):

@@ -141,6 +141,25 @@ async def content(
     item = _item(s, item_id, user)
     if item.status == "deleted":
         raise HTTPException(410, "evidence deleted under its retention class")
+    return await item_response(
+        s,
+        item,
+        request,
+        user.actor,
+        {"ETag": f'"{item.sha256}"', "Content-Disposition": f'attachment; filename="{item.id}"'},
+    )
+
+
+async def item_response(
+    s: Services,
+    item: EvidenceItem,
+    request: Request,
+    actor: str,
+    headers: dict[str, str],
+    purpose: str = "view",
+) -> Response:
+    """An item's bytes (whole, or the one ``Range`` asked for), streamed after the read's custody
+    entry is written; every route that hands out evidence bytes answers through this."""
     try:
         byte_range = parse_range(request.headers.get("range"), item.size)
     except ValueError:
@@ -148,16 +167,11 @@ async def content(
 
     def start() -> object:
         with s.db.session() as session:
-            return read_item(session, s.ledger, s.store, item, user.actor, byte_range)
+            return read_item(session, s.ledger, s.store, item, actor, byte_range, purpose)
 
     blocks = await asyncio.to_thread(start)
     EVIDENCE_READS.inc()
-    headers = {
-        "Accept-Ranges": "bytes",
-        "ETag": f'"{item.sha256}"',
-        "X-Evidence-SHA256": item.sha256,
-        "Content-Disposition": f'attachment; filename="{item.id}"',
-    }
+    headers = {"Accept-Ranges": "bytes", "X-Evidence-SHA256": item.sha256, **headers}
     if byte_range is None:
         headers["Content-Length"] = str(item.size)
         return StreamingResponse(blocks, media_type=item.content_type, headers=headers)  # type: ignore[arg-type]
