@@ -41,7 +41,7 @@ from . import alarm_rules as rules
 from .alarm_models import AlarmChange, AlarmRecord, LoneWorkerState, LoneWorkerVisit
 from .alarm_records import alarm_record, answer_times, voice_memo_item
 from .alarms import AlarmNotFound, VoiceMemoRefused, alarm_service, enrol_lone_worker
-from .auth import require_roles, services
+from .auth import require_roles, services, still_signed_in
 from .evidence_api import item_response
 from .services import Services
 
@@ -53,6 +53,9 @@ READERS = ("admin", "security_manager", "operator", "auditor")
 OPERATORS = ("admin", "security_manager", "operator")
 ENROLLERS = ("admin", "security_manager")
 KEEPALIVE_S = 15.0
+# How often an open stream checks that its caller is still signed in (sign-out, a disabled account,
+# a revoked token or a changed role end the stream within this time).
+RECHECK_S = 15.0
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -194,6 +197,7 @@ def _changes_after(s: Services, cursor: int, limit: int) -> list[tuple[int, str]
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def alarm_stream(
+    request: Request,
     after: Annotated[
         int | None, Query(ge=0, description="replay changes after this id (0: all kept)")
     ] = None,
@@ -207,6 +211,7 @@ async def alarm_stream(
     """Server-sent events, one ``alarm`` event per change: ``{"change", "at", "alarm": {...}}``.
 
     Starts with changes after ``Last-Event-ID`` (a reconnect), else after ``after``, else from now.
+    Ends when the caller is no longer signed in (checked every ``RECHECK_S``).
     """
     watcher = _watcher(s)
     if last_event_id and last_event_id.strip().isdigit():
@@ -221,8 +226,12 @@ async def alarm_stream(
         watcher.join()
         try:
             yield f"retry: 2000\n: stream of alarm changes after {cursor}\n\n"
-            last_sent = time.monotonic()
+            last_sent = checked = time.monotonic()
             while True:
+                if follow and time.monotonic() - checked >= RECHECK_S:
+                    if not await asyncio.to_thread(still_signed_in, request, s, user):
+                        return
+                    checked = time.monotonic()
                 rows = await asyncio.to_thread(_changes_after, s, cursor, 200)
                 for change_id, body in rows:
                     yield f"id: {change_id}\nevent: alarm\ndata: {body}\n\n"
@@ -235,7 +244,7 @@ async def alarm_stream(
                 if time.monotonic() - last_sent >= KEEPALIVE_S:
                     yield ": keepalive\n\n"
                     last_sent = time.monotonic()
-                await watcher.wait_beyond(cursor, KEEPALIVE_S)
+                await watcher.wait_beyond(cursor, min(KEEPALIVE_S, RECHECK_S))
         finally:
             watcher.leave()
 

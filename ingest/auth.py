@@ -44,6 +44,19 @@ def current_user(
     return principal
 
 
+def still_signed_in(request: Request, s: Services, user: Principal) -> bool:
+    """Whether the credentials a long-lived request (the live stream) opened with still hold: the
+    token not revoked or expired, the browser session not ended, the role unchanged."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    with s.db.session() as session:
+        if scheme.lower() == "bearer" and token:
+            now = resolve_token(session, token.strip())
+        else:
+            browser = browser_session(request, session, s.settings)
+            now = browser.principal if browser else None
+    return now is not None and now.user_id == user.user_id and now.role == user.role
+
+
 def require_roles(*roles: str) -> Callable[..., Principal]:
     """A dependency that admits only the given roles (403 otherwise)."""
 

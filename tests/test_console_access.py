@@ -419,3 +419,33 @@ def test_app_routes_other_than_the_console_are_in_the_api_matrix(sqlite_site: tu
     paths = {str(r.path) for r in iter_route_contexts(app.routes)}
     assert {"/docs", "/redoc", "/board", "/sign-in"} <= paths
     assert "/docs/oauth2-redirect" not in paths
+
+
+def test_an_open_stream_ends_when_its_session_does(
+    sqlite_site: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A board left open must not go on receiving alarms once its person signed out (or was
+    disabled): the live stream checks its caller again while it runs."""
+    import threading
+
+    from ingest import alarm_api
+
+    monkeypatch.setattr(alarm_api, "RECHECK_S", 0.3)
+    url, _ = sqlite_site
+    client, csrf = session_client(url, "operator")
+    cookies = dict(client.cookies)
+    ended = threading.Event()
+
+    def read() -> None:
+        with httpx.Client(base_url=url, cookies=cookies, timeout=30) as reader:
+            with reader.stream("GET", "/api/v1/alarms/stream", headers={"Accept": "text/event-stream"}) as r:
+                assert r.status_code == 200
+                for _ in r.iter_lines():
+                    pass
+        ended.set()
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    assert not ended.wait(1.5), "the stream ended while its session was live"
+    assert client.post("/sign-out", data={"csrf": csrf}).status_code == 303
+    assert ended.wait(10), "the stream outlived its session"

@@ -389,9 +389,22 @@ function connect() {
       announce("Connection to the service lost. New alarms are not arriving.", true);
     }
     if (source.readyState === EventSource.CLOSED) {
-      // The browser gave up (an error answer, or signed out): try again from the last id seen.
+      // The browser gave up (an error answer): signed out, or try again from the last id seen.
       source.close();
-      retryTimer = window.setTimeout(connect, 3000);
+      fetch("/api/v1/me", { credentials: "same-origin" })
+        .then((r) => {
+          if (r.status === 401) {
+            connectionEl.dataset.state = "lost";
+            setText(connectionEl, "Signed out");
+            lostEl.replaceChildren("You are signed out: new alarms are NOT arriving. ");
+            lostEl.append(el("a", { href: "/sign-in?next=/board" }, "Sign in again"));
+          } else {
+            retryTimer = window.setTimeout(connect, 3000);
+          }
+        })
+        .catch(() => {
+          retryTimer = window.setTimeout(connect, 3000);
+        });
     }
   });
 }
