@@ -62,9 +62,15 @@ def check_csrf(request: Request, secret: str, presented: str | None) -> None:
         raise HTTPException(403, {"error": "CSRF token missing or wrong", "reason": "csrf"})
 
 
+BACKGROUND_HEADER = "X-Console-Background"
+
+
 def is_background(request: Request) -> bool:
-    """A request the page makes by itself (the live alarm stream), not something the person did."""
-    return "text/event-stream" in request.headers.get("accept", "")
+    """A request the page makes by itself (the live alarm stream, a timer's refresh), not something
+    the person did: it must not keep an unattended screen signed in."""
+    return "text/event-stream" in request.headers.get("accept", "") or bool(
+        request.headers.get(BACKGROUND_HEADER)
+    )
 
 
 def browser_session(

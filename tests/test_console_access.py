@@ -167,6 +167,20 @@ def test_sessions_end_when_idle_at_their_limit_at_sign_out_and_when_the_account_
         assert resolve_session(session, secret, policy, now=t0 + timedelta(minutes=89)) is None
     with services.db.session() as session:  # and once ended it stays ended
         assert resolve_session(session, secret, policy, now=t0 + timedelta(minutes=60)) is None
+    # Over HTTP: a page's own refreshes (marked as background) do not count as the person being there.
+    client, _ = session_client(url, "auditor")
+    with services.db.session() as session:
+        row = session.scalars(select(UserSession).order_by(UserSession.created_at.desc())).first()
+        row.last_seen_at -= timedelta(minutes=5)
+        seen = row.last_seen_at
+        token_hash = row.token_hash
+    assert client.get("/performance", headers={"X-Console-Background": "1"}).status_code == 200
+    assert client.get("/api/v1/me", headers={"Accept": "text/event-stream"}).status_code == 200
+    with services.db.session() as session:
+        assert session.get(UserSession, token_hash).last_seen_at == seen
+    assert client.get("/performance").status_code == 200
+    with services.db.session() as session:
+        assert session.get(UserSession, token_hash).last_seen_at > seen
     # However busy, a session ends at its absolute limit.
     with services.db.session() as session:
         secret, _ = start_session(session, user, policy, now=t0)

@@ -7,6 +7,7 @@ import {
   KIND_NAMES,
   announce,
   api,
+  background,
   clock,
   countdown,
   duration,
@@ -232,10 +233,7 @@ async function lookUp(deviceId) {
   if (asked.has(deviceId)) return;
   asked.add(deviceId);
   try {
-    const response = await fetch(`/board/directory.json?device=${encodeURIComponent(deviceId)}`, {
-      credentials: "same-origin",
-      redirect: "manual",
-    });
+    const response = await background(`/board/directory.json?device=${encodeURIComponent(deviceId)}`);
     if (!response.ok) return;
     mergeDirectory(await response.json());
     for (const [id, a] of alarms) if (a.device_id === deviceId) fillRow(rows.get(id), a);
@@ -249,7 +247,7 @@ async function refreshStates() {
   if (!ids.length) return;
   try {
     const query = ids.map((d) => `device=${encodeURIComponent(d)}`).join("&");
-    const response = await fetch(`/board/directory.json?${query}`, { credentials: "same-origin", redirect: "manual" });
+    const response = await background(`/board/directory.json?${query}`);
     if (response.ok) mergeDirectory(await response.json());
   } catch {
     /* the next refresh tries again */
@@ -391,7 +389,7 @@ function connect() {
     if (source.readyState === EventSource.CLOSED) {
       // The browser gave up (an error answer): signed out, or try again from the last id seen.
       source.close();
-      fetch("/api/v1/me", { credentials: "same-origin" })
+      background("/api/v1/me")
         .then((r) => {
           if (r.status === 401) {
             connectionEl.dataset.state = "lost";
@@ -566,6 +564,21 @@ document.addEventListener("keydown", (event) => {
 });
 document.getElementById("help-open").addEventListener("click", () => document.getElementById("help").showModal());
 
+// ------------------------------------------------------------------ how well the room answers
+
+async function refreshPerformance() {
+  // The figures beside the board, as the performance page renders them (parsed, never run).
+  try {
+    const response = await background("/performance");
+    if (!response.ok) return;
+    const fresh = new DOMParser().parseFromString(await response.text(), "text/html").querySelector("table.perf");
+    const shown = document.querySelector(".side table.perf");
+    if (fresh && shown) shown.replaceWith(document.importNode(fresh, true));
+  } catch {
+    /* the next refresh tries again */
+  }
+}
+
 // ------------------------------------------------------------------ start
 
 mergeDirectory(data.directory);
@@ -578,3 +591,4 @@ performance.mark("board-drawn");
 connect();
 window.setInterval(tick, 1000);
 window.setInterval(refreshStates, 15000);
+window.setInterval(refreshPerformance, 60000);

@@ -33,6 +33,12 @@ export class ApiError extends Error {
   }
 }
 
+/** A request the page makes by itself (a timer's refresh): it does not count as the person being
+ * there, so an unattended screen still reaches its idle timeout. */
+export function background(path) {
+  return fetch(path, { credentials: "same-origin", redirect: "manual", headers: { "X-Console-Background": "1" } });
+}
+
 /** Call the API as the signed-in person: the session cookie goes by itself, the CSRF token with it. */
 export async function api(method, path, body) {
   const headers = { "X-CSRF-Token": csrfToken(), Accept: "application/json" };

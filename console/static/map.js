@@ -2,7 +2,7 @@
 // Leaflet comes from an installed package. With a tile source configured (EVIDENCE_MAP_TILE_URL)
 // it is drawn on those tiles; without one, the same positions are drawn on a plain plotted view
 // (no background, a scale bar and a latitude/longitude grid), so the map works with no internet.
-import { KIND_NAMES, clock, el, pageData, words } from "./common.js";
+import { KIND_NAMES, background, clock, el, pageData, words } from "./common.js";
 
 const data = pageData("map-data");
 const L = window.L;
@@ -130,7 +130,7 @@ if (data.mode === "overview") {
   const updated = document.getElementById("map-updated");
   async function refresh() {
     try {
-      const response = await fetch("/map/data.json", { credentials: "same-origin", redirect: "manual" });
+      const response = await background("/map/data.json");
       if (!response.ok) throw new Error(String(response.status));
       current = await response.json();
       Object.assign(directory.devices, current.directory.devices);
