@@ -148,6 +148,19 @@ function buildRow(a) {
       ),
     );
   }
+  tr.parts = {
+    sev: tr.querySelector(".sev"),
+    kind,
+    detail,
+    name: tr.querySelector(".who .name"),
+    whoSub: tr.querySelector(".who .sub"),
+    place: tr.querySelector(".where .place"),
+    pos: tr.querySelector(".where .pos"),
+    since: tr.querySelector(".since"),
+    state: tr.querySelector(".state"),
+    ack: tr.querySelector('[data-act="acknowledge"]'),
+    escalate: tr.querySelector('[data-act="escalate"]'),
+  };
   tr.addEventListener("click", (event) => {
     if (event.target.closest("button,a")) return;
     select(a.id, true);
@@ -159,24 +172,33 @@ function fillRow(tr, a) {
   const what = whatText(a);
   const w = who(a);
   const place = where(a);
+  const p = tr.parts;
   tr.dataset.severity = a.severity;
   tr.dataset.status = a.status;
   tr.classList.toggle("unclaimed", unclaimed(a));
-  setText(tr.querySelector(".sev"), a.severity.toUpperCase());
-  setText(tr.querySelector(".kind"), what.kind);
-  setText(tr.querySelector(".detail"), what.detail);
-  setText(tr.querySelector(".who .name"), w.name);
-  setText(tr.querySelector(".who .sub"), [w.group, w.device].filter(Boolean).join(" · "));
-  setText(tr.querySelector(".where .place"), place.place);
-  setText(tr.querySelector(".where .pos"), place.pos);
-  setText(tr.querySelector(".since"), sinceText(a));
-  setText(tr.querySelector(".state"), stateText(a));
+  setText(p.sev, a.severity.toUpperCase());
+  setText(p.kind, what.kind);
+  setText(p.detail, what.detail);
+  setText(p.name, w.name);
+  setText(p.whoSub, [w.group, w.device].filter(Boolean).join(" · "));
+  setText(p.place, place.place);
+  setText(p.pos, place.pos);
+  setText(p.since, sinceText(a));
+  setText(p.state, stateText(a));
   const label = `${a.severity} ${what.kind}${what.detail ? ", " + what.detail : ""}: ${w.name}, ${place.place}; ${stateText(a)}; since ${clock(a.raised_at)}`;
   if (tr.getAttribute("aria-label") !== label) tr.setAttribute("aria-label", label);
   if (canAct) {
-    tr.querySelector('[data-act="acknowledge"]').disabled = Boolean(a.acknowledged_at) && !a.ack_due_at;
-    tr.querySelector('[data-act="escalate"]').disabled = a.status === "escalated";
+    p.ack.disabled = Boolean(a.acknowledged_at) && !a.ack_due_at;
+    p.escalate.disabled = a.status === "escalated";
   }
+}
+
+/** Once a second: only what the clock changes (age, an amber countdown, time left to escalation). */
+function tickRow(tr, a) {
+  const p = tr.parts;
+  setText(p.since, sinceText(a));
+  if (a.kind === "amber" && a.severity === "amber" && a.amber_deadline) setText(p.detail, whatText(a).detail);
+  if (a.ack_due_at) setText(p.state, stateText(a));
 }
 
 // ------------------------------------------------------------------ the list
@@ -248,7 +270,9 @@ async function refreshStates() {
   try {
     const query = ids.map((d) => `device=${encodeURIComponent(d)}`).join("&");
     const response = await background(`/board/directory.json?${query}`);
-    if (response.ok) mergeDirectory(await response.json());
+    if (!response.ok) return;
+    mergeDirectory(await response.json());
+    for (const [id, a] of alarms) fillRow(rows.get(id), a); // newer positions and visits
   } catch {
     /* the next refresh tries again */
   }
@@ -283,8 +307,7 @@ function summary() {
 }
 
 function tick() {
-  for (const [id, a] of alarms) fillRow(rows.get(id), a);
-  summary();
+  for (const [id, a] of alarms) tickRow(rows.get(id), a);
 }
 
 // ------------------------------------------------------------------ sound
