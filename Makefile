@@ -40,6 +40,7 @@ bench: $(STAMP) services
 	$(BIN)/python bench/redaction.py
 	$(BIN)/python bench/alarms.py
 	$(BIN)/python bench/export.py
+	$(BIN)/python bench/console.py
 
 check: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,6 +1,9 @@
 """The dependencies every HTTP route uses: the running service's parts, who is calling, and whether
 their role may.
 
+The caller is named by a bearer token or, from the console's pages, by the session cookie with its
+CSRF and same-origin checks (``accounts.browser``): one access implementation for both.
+
 Routes are flat module-level ``APIRouter``s in each domain's ``api.py``; they take
 ``s: CoreServices = Depends(services)`` and ``user: Principal = Depends(require_roles(...))``. The
 application (``ingest.app``) puts its services on ``app.state.services``.
@@ -16,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from chain_of_custody.core import CoreServices
 
+from .browser import browser_session
 from .service import Principal, resolve_token
 
 log = logging.getLogger(__name__)
@@ -29,10 +33,17 @@ def services(request: Request) -> CoreServices:
 
 
 def current_user(
-    creds: HTTPAuthorizationCredentials | None = Depends(bearer), s: CoreServices = Depends(services)
+    request: Request,
+    creds: HTTPAuthorizationCredentials | None = Depends(bearer),
+    s: CoreServices = Depends(services),
 ) -> Principal:
-    """The signed-in caller (401 without a valid bearer token)."""
+    """The caller by bearer token or, from the console's pages, by session cookie (with CSRF checks);
+    401 without either."""
     if creds is None:
+        with s.db.session() as session:
+            browser = browser_session(request, session, s.settings)
+        if browser is not None:
+            return browser.principal
         raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
     with s.db.session() as session:
         principal = resolve_token(session, creds.credentials)
@@ -40,6 +51,19 @@ def current_user(
         log.info("rejected user token")
         raise HTTPException(401, "invalid or expired token", headers={"WWW-Authenticate": "Bearer"})
     return principal
+
+
+def still_signed_in(request: Request, s: CoreServices, user: Principal) -> bool:
+    """Whether the credentials a long-lived request (the live stream) opened with still hold: the
+    token not revoked or expired, the browser session not ended, the role unchanged."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    with s.db.session() as session:
+        if scheme.lower() == "bearer" and token:
+            now = resolve_token(session, token.strip())
+        else:
+            browser = browser_session(request, session, s.settings)
+            now = browser.principal if browser else None
+    return now is not None and now.user_id == user.user_id and now.role == user.role
 
 
 def require_roles(*roles: str) -> Callable[..., Principal]:

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import Refused
 
-from .models import ROLES, ApiToken, User
+from .models import ROLES, ApiToken, User, UserSession
 
 _hasher = PasswordHasher()
 
@@ -132,6 +132,16 @@ def revoke_tokens(session: Session, user_id: int) -> int:
     return len(rows)
 
 
+def end_sessions_of(session: Session, user_id: int, now: datetime | None = None) -> int:
+    """End every live browser session of a user, as :func:`revoke_tokens` does for bearer tokens."""
+    result = session.execute(
+        update(UserSession)
+        .where(UserSession.user_id == user_id, UserSession.ended_at.is_(None))
+        .values(ended_at=now or datetime.now(UTC))
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def _active_admins(session: Session) -> int:
     return len(list(session.scalars(select(User.id).where(User.role == "admin", User.active.is_(True)))))
 
@@ -139,8 +149,8 @@ def _active_admins(session: Session) -> int:
 def update_user(session: Session, user_id: int, changes: dict[str, object]) -> tuple[User, dict[str, object]]:
     """Change a user; returns the user and what changed (passwords shown as ``"(changed)"``).
 
-    A new password, a new role or deactivation revokes the user's tokens, so the change takes effect
-    at once. The last active administrator cannot be demoted or deactivated.
+    A new password, a new role or deactivation revokes the user's tokens and ends their browser
+    sessions, so the change takes effect at once. The last active administrator cannot be demoted or deactivated.
     """
     unknown = set(changes) - set(EDITABLE)
     if unknown:
@@ -176,5 +186,6 @@ def update_user(session: Session, user_id: int, changes: dict[str, object]) -> t
         done["unlocked"] = True
     if {"password", "role", "active"} & done.keys():
         done["tokens_revoked"] = revoke_tokens(session, user.id)
+        done["sessions_ended"] = end_sessions_of(session, user.id)
     session.flush()
     return user, done

@@ -3,7 +3,14 @@
 The live stream (``GET /api/v1/alarms/stream``, server-sent events) reads the change feed
 (``alarms.feed``), not memory, so a change made by any instance reaches operators connected to any
 other. Each event's ``id`` is the change's id: a reconnecting browser sends ``Last-Event-ID`` and
-misses nothing.
+misses nothing. A stream ends when its caller is no longer signed in (sign-out, a disabled account,
+a revoked token or a changed role), checked every ``RECHECK_S``.
+
+One alarm's record (``GET /api/v1/alarms/{id}/record``: the device's messages byte for byte, the
+position trail, the signed payload and the voice memo with their custody trails), the voice memo for
+the control room (``GET …/voice-memo``, every play a custody entry) and how well the control room
+answers (``GET /api/v1/alarms/performance``, JSON or a CSV report) are what the console's pages read
+too (``alarms.records``, ``alarms.performance``).
 
 Voice memo (devices, no user token): ``PUT /api/v1/lone-worker/devices/{device_id}/alarms/{event_id}/voice-memo``
 with the audio as the body, ``Content-Type: audio/...``, ``X-Device-Sent-At: <RFC 3339 UTC>`` and
@@ -26,17 +33,20 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from accounts.access import require_roles, services
+from accounts.access import require_roles, services, still_signed_in
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
+from chain_of_custody.reads import item_response
 from devices.lone_worker_wire import DEVICE_ID_PATTERN, EVENT_ID_PATTERN
 from storage.errors import Refused
 
-from . import rules
+from . import performance, rules
 from .feed import FeedWatcher, changes_after
+from .lifecycle import AlarmNotFound
+from .records import alarm_record, answer_times, voice_memo_item
 from .service import AlarmService
 from .voice_memos import VoiceMemoRefused
 
@@ -47,6 +57,9 @@ router = APIRouter(prefix="/api/v1", tags=["alarms"])
 READERS = ("admin", "security_manager", "operator", "auditor")
 OPERATORS = ("admin", "security_manager", "operator")
 KEEPALIVE_S = 15.0
+# How often an open stream checks that its caller is still signed in (sign-out, a disabled account,
+# a revoked token or a changed role end the stream within this time).
+RECHECK_S = 15.0
 AUDIO_TYPES = ("audio/",)
 
 
@@ -95,12 +108,37 @@ def list_alarms(
     )
 
 
+@router.get("/alarms/performance", responses={200: {"content": {"text/csv": {}}}})
+def answer_performance(
+    format: Annotated[Literal["json", "csv"], Query(description="json, or csv for a report")] = "json",
+    user: Principal = Depends(require_roles(*READERS)),
+    s: CoreServices = Depends(services),
+) -> Response:
+    """How well the control room answers red alarms over the last day, week and 30 days: the share
+    acknowledged within 10 s and 40 s (BS 8484 targets 80 % and 98.5 %), median and 95th percentile
+    time to acknowledge. A time that is an alarm nobody took is null, with ``…_missed`` true."""
+    now = datetime.now(UTC)
+    with s.db.session() as session:
+        answers = answer_times(session, now - max(performance.PERIODS.values()))
+    rows = performance.summaries(answers, now)
+    if format == "csv":
+        return Response(
+            performance.to_csv(rows, now),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="control-room-performance-{now:%Y-%m-%d}.csv"'
+            },
+        )
+    return JSONResponse({"at": now.isoformat(), "periods": [performance.as_json(r) for r in rows]})
+
+
 @router.get(
     "/alarms/stream",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def alarm_stream(
+    request: Request,
     after: Annotated[
         int | None, Query(ge=0, description="replay changes after this id (0: all kept)")
     ] = None,
@@ -115,6 +153,7 @@ async def alarm_stream(
     """Server-sent events, one ``alarm`` event per change: ``{"change", "at", "alarm": {...}}``.
 
     Starts with changes after ``Last-Event-ID`` (a reconnect), else after ``after``, else from now.
+    Ends when the caller is no longer signed in (checked every ``RECHECK_S``).
     """
     if last_event_id and last_event_id.strip().isdigit():
         cursor = int(last_event_id.strip())
@@ -128,8 +167,12 @@ async def alarm_stream(
         watcher.join()
         try:
             yield f"retry: 2000\n: stream of alarm changes after {cursor}\n\n"
-            last_sent = time.monotonic()
+            last_sent = checked = time.monotonic()
             while True:
+                if follow and time.monotonic() - checked >= RECHECK_S:
+                    if not await asyncio.to_thread(still_signed_in, request, s, user):
+                        return
+                    checked = time.monotonic()
                 rows = await asyncio.to_thread(changes_after, s.db, cursor, 200)
                 for change_id, body in rows:
                     yield f"id: {change_id}\nevent: alarm\ndata: {body}\n\n"
@@ -142,7 +185,7 @@ async def alarm_stream(
                 if time.monotonic() - last_sent >= KEEPALIVE_S:
                     yield ": keepalive\n\n"
                     last_sent = time.monotonic()
-                await watcher.wait_beyond(cursor, KEEPALIVE_S)
+                await watcher.wait_beyond(cursor, min(KEEPALIVE_S, RECHECK_S))
         finally:
             watcher.leave()
 
@@ -160,6 +203,35 @@ def get_alarm(
     alarms: AlarmService = Depends(alarm_service),
 ) -> dict[str, Any]:
     return alarms.queries.get(alarm_id)
+
+
+@router.get("/alarms/{alarm_id}/record")
+def get_alarm_record(
+    alarm_id: str, user: Principal = Depends(require_roles(*READERS)), s: CoreServices = Depends(services)
+) -> dict[str, Any]:
+    """The alarm with the device's messages (byte for byte, with their hashes), its position trail,
+    and its signed payload and voice memo with their custody trails (metadata only)."""
+    with s.db.session() as session:
+        record = alarm_record(session, alarm_id, datetime.now(UTC))
+    if record is None:
+        raise AlarmNotFound(alarm_id)
+    return record
+
+
+@router.get("/alarms/{alarm_id}/voice-memo", responses={200: {"content": {"audio/*": {}}}})
+async def play_voice_memo(
+    alarm_id: str,
+    request: Request,
+    user: Principal = Depends(require_roles(*OPERATORS)),
+    s: CoreServices = Depends(services),
+) -> Response:
+    """The amber alert's voice memo for the control room (HTTP Range supported); every play is a
+    ``viewed`` custody entry before any byte leaves."""
+    with s.db.session() as session:
+        item = voice_memo_item(session, alarm_id)
+    if item is None:
+        raise VoiceMemoRefused("no_memo", f"no voice memo for alarm {alarm_id}", 404)
+    return await item_response(s, item, request, user.actor, {"Cache-Control": "no-store"}, "control room")
 
 
 def _act(

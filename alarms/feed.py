@@ -3,7 +3,8 @@
 Rows are written at the commit of the change (``alarms.staging``), in commit order, and hold the
 alarm as it then stood (:func:`alarm_view`). The live stream (``alarms.api``) reads the table, not
 memory, so a change made by any instance reaches operators connected to any other; one
-:class:`FeedWatcher` per process polls the newest id and wakes the open streams.
+:class:`FeedWatcher` per process polls the newest id and wakes the open streams, and an alarm change
+committed by this process pokes it to look at once (``AlarmService.committed_listeners``).
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def changes_after(db: Database, cursor: int, limit: int) -> list[tuple[int, str]
 
 
 class FeedWatcher:
-    """Polls the newest change id for this process and wakes every open stream when it moves."""
+    """Polls the newest change id for this process and wakes every open stream when it moves; an
+    alarm change committed by this process pokes it to look at once (others' are seen at the poll)."""
 
     def __init__(self, db: Database, poll: timedelta = timedelta(seconds=0.25)) -> None:
         self.db = db
@@ -111,15 +113,30 @@ class FeedWatcher:
         self.streams = 0
         self._changed: asyncio.Condition | None = None
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poked: asyncio.Event | None = None
+
+    def poke(self) -> None:
+        """Thread-safe: something committed an alarm change; look now."""
+        loop, poked = self._loop, self._poked
+        if loop is not None and poked is not None and self.streams > 0:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(poked.set)
 
     def latest_id(self) -> int:
         with self.db.session() as session:
             return int(session.scalar(select(func.max(AlarmChange.id))) or 0)
 
     def join(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # The first stream, or the application started again in this process on a new event
+            # loop: what belonged to the old loop (its task, condition and streams) is gone with it.
+            self._loop, self._task, self._changed, self.streams = loop, None, None, 0
         self.streams += 1
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._poked = asyncio.Event()
+            self._task = loop.create_task(self._run())
 
     def leave(self) -> None:
         self.streams -= 1
@@ -138,7 +155,13 @@ class FeedWatcher:
                     changed = self._condition()
                     async with changed:
                         changed.notify_all()
-            await asyncio.sleep(self.poll_s)
+            poked = self._poked
+            if poked is None:
+                await asyncio.sleep(self.poll_s)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(poked.wait(), self.poll_s)
+            poked.clear()
 
     async def wait_beyond(self, cursor: int, timeout: float) -> None:
         changed = self._condition()

@@ -206,3 +206,22 @@ class DeadLetter(Base):
     topic: Mapped[str] = mapped_column(Text)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     error: Mapped[str] = mapped_column(Text)
+
+
+class LoneWorkerPosition(Base):
+    """Where a device was while it had an alarm open: the trail the control room follows on the map.
+
+    Sampled from the device's state by the clock's pass (``alarms.trails``: not written by each device
+    message, so the alarm path does no extra work); one row per device and fix time.
+    """
+
+    __tablename__ = "lone_worker_positions"
+
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    accuracy_m: Mapped[float | None] = mapped_column(Float, default=None)
+
+    __table_args__ = (UniqueConstraint("device_id", "at", name="uq_lone_worker_positions_device_at"),)

@@ -72,6 +72,10 @@ class Outbox:
         # Set by an MQTT consumer in this process: effects are then published at once after commit
         # (the relay of any instance sends what is left behind).
         self.publisher: Callable[[list[Outgoing]], None] | None = None
+        # Called (in the committing thread) after a commit that had effects to send, which is nearly
+        # every change of an alarm: the live stream of this process looks at once instead of at its
+        # next poll. Listeners must be quick and thread-safe.
+        self.committed_listeners: list[Callable[[], None]] = []
         self.relay_grace = timedelta(seconds=5)
 
     # -- writing, in the caller's transaction --------------------------------------------------
@@ -137,7 +141,14 @@ class Outbox:
     # -- after the commit ----------------------------------------------------------------------
 
     def publish(self, messages: list[Outgoing]) -> None:
-        """Hand committed effects to this process's publisher, if any (the relay covers a failure)."""
+        """Tell this process's listeners a change committed, and hand its effects to this process's
+        publisher, if any (the relay covers a failure)."""
+        if messages:
+            for listener in self.committed_listeners:
+                try:
+                    listener()
+                except Exception:  # noqa: BLE001 - a listener never costs the alarm its effects
+                    log.exception("alarm commit listener failed")
         if messages and self.publisher is not None:
             try:
                 self.publisher(messages)

@@ -12,7 +12,7 @@ from storage.db import Database
 
 from .feed import alarm_view
 from .lifecycle import AlarmNotFound
-from .models import AlarmRecord
+from .models import AlarmRecord, LoneWorkerVisit
 
 
 class AlarmQueries:
@@ -68,10 +68,20 @@ class AlarmQueries:
                 .where(Device.kind == "lone_worker")
                 .order_by(Device.id)
             ).all()
-            return [_lone_worker(device, state, n) for device, state, n in rows]
+            visits = {
+                v.device_id: {
+                    "visit_id": v.visit_id,
+                    "note": v.note,
+                    "expected_end": v.expected_end.isoformat() if v.expected_end else None,
+                }
+                for v in session.scalars(select(LoneWorkerVisit).where(LoneWorkerVisit.ended_at.is_(None)))
+            }
+            return [_lone_worker(device, state, n, visits.get(device.id)) for device, state, n in rows]
 
 
-def _lone_worker(device: Device, state: LoneWorkerState | None, n: int | None) -> dict[str, Any]:
+def _lone_worker(
+    device: Device, state: LoneWorkerState | None, n: int | None, visit: dict[str, Any] | None
+) -> dict[str, Any]:
     return {
         "id": device.id,
         "status": device.status,
@@ -91,5 +101,6 @@ def _lone_worker(device: Device, state: LoneWorkerState | None, n: int | None) -
             else None
         ),
         "active_visit_id": state.active_visit_id if state else None,
+        "visit": visit,
         "open_alarms": int(n or 0),
     }

@@ -10,7 +10,9 @@ application talks to:
 - ``timekeeper``: what the clock decides (deadlines, silent devices, deferred evidence) —
   ``alarms.clock``;
 - ``outbox``: effects written with their change and sent after it — ``alarms.outbox``;
-- ``voice_memos`` — ``alarms.voice_memos``; ``queries``: the control room's reads — ``alarms.queries``.
+- ``voice_memos`` — ``alarms.voice_memos``; ``queries``: the control room's reads — ``alarms.queries``
+  (one alarm's full record is ``alarms.records``; how well the room answers, ``alarms.performance``);
+- position trails sampled while an alarm is open — ``alarms.trails``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .outbox import Outbox, Outgoing
 from .payloads import PayloadEvidence
 from .queries import AlarmQueries
 from .staging import bind
+from .trails import sample_trails
 from .visits import Visits
 from .voice_memos import VoiceMemos
 
@@ -92,6 +95,12 @@ class AlarmService:
     @publisher.setter
     def publisher(self, value: Callable[[list[Outgoing]], None] | None) -> None:
         self.outbox.publisher = value
+
+    @property
+    def committed_listeners(self) -> list[Callable[[], None]]:
+        """Called after a commit that changed an alarm (``alarms.outbox``): the live streams of this
+        process look at once instead of at their next poll."""
+        return self.outbox.committed_listeners
 
     @property
     def followups_inline(self) -> bool:
@@ -192,6 +201,10 @@ class AlarmService:
     def store_deferred_evidence(self, now: datetime | None = None, limit: int = 20) -> int:
         return self.timekeeper.store_deferred_evidence(now, limit)
 
+    def sample_trails(self) -> int:
+        """Each device's newest position joins its trail while it has an alarm open (``alarms.trails``)."""
+        return sample_trails(self.db)
+
     def purge(self, now: datetime | None = None, keep: timedelta = timedelta(days=7)) -> None:
         self.timekeeper.purge(now, keep)
 
@@ -214,6 +227,7 @@ class PassReport:
     webhooks: int = 0
     evidence: int = 0
     followups: int = 0
+    trail_points: int = 0
 
 
 def _drain(step: Callable[[int], int], limit: int = 50) -> int:
@@ -237,6 +251,7 @@ def run_pass(alarms: AlarmService, http: httpx.Client, now: datetime | None = No
     report.missed_checkins = _drain(lambda limit: alarms.raise_missed_checkins(now, limit))
     report.offline = _drain(lambda limit: alarms.raise_offline(now, limit))
     report.webhooks = alarms.outbox.send_webhooks(http, now)
+    report.trail_points = alarms.sample_trails()
     try:
         report.evidence = alarms.store_deferred_evidence(now)
     except StorageError as exc:

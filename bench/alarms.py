@@ -83,15 +83,15 @@ from bench.common import (  # noqa: E402
 from devices.broker_access import (  # noqa: E402
     BrokerAccount,
     BrokerProcess,
-    acl_file,
+    ExtraLogins,
     generate_password,
     hash_password,
-    password_file,
     start_private_broker,
 )
+from devices.broker_rules import RECEIVE, SEND, SUBSCRIBE_LITERAL, Acl, Client, Role  # noqa: E402
 from devices.models import LoneWorkerState  # noqa: E402
 from devices.service import (  # noqa: E402
-    add_staff,  # noqa: E402
+    add_staff,
     broker_accounts,
     enrol_lone_worker,
 )
@@ -196,6 +196,7 @@ class RoundTripProbe:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=PROBE_USER, protocol=mqtt.MQTTv5)
         client.username_pw_set(PROBE_USER, password)
         client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
         client.on_subscribe = lambda *_: self._ready.set()
         client.on_message = self._on_message
         self.client = client
@@ -203,6 +204,16 @@ class RoundTripProbe:
     def _on_connect(self, c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if not reason.is_failure:
             c.subscribe([(PONG_TOPIC, SubscribeOptions(qos=1))])
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, _r: Any, _p: Any) -> None:
+        if not self._stop.is_set():  # the broker restarted (many devices enrolled at once)
+            self.loop.call_later(0.5, self._reconnect)
+
+    def _reconnect(self) -> None:
+        try:
+            self.client.reconnect()
+        except OSError:
+            self.loop.call_later(0.5, self._reconnect)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         at = time.monotonic()
@@ -255,45 +266,29 @@ class RoundTripProbe:
 
 
 class BrokerAccess:
-    """The broker's password and ACL files as the service generates them, plus the two bench logins
-    (each allowed only its own bench topic), rewritten atomically and reloaded with SIGHUP."""
+    """The broker's password and rules files as the service generates them, plus the two bench logins
+    (each allowed only its own bench topic), brought into the running broker."""
 
     def __init__(self, broker: BrokerProcess, service: BrokerAccount, probe_pw: str, echo_pw: str) -> None:
         self.broker = broker
         self.service = service
-        self.extra_accounts = [
-            BrokerAccount(PROBE_USER, hash_password(probe_pw)),
-            BrokerAccount(ECHO_USER, hash_password(echo_pw)),
-        ]
-        self.extra_acl = "\n".join(
-            [
-                "",
-                f"user {PROBE_USER}",
-                f"topic write {PING_TOPIC}",
-                f"topic read {PONG_TOPIC}",
-                "",
-                f"user {ECHO_USER}",
-                f"topic read {PING_TOPIC}",
-                f"topic write {PONG_TOPIC}",
-                "",
-            ]
+        probe_rules = {Acl(SEND, PING_TOPIC), Acl(SUBSCRIBE_LITERAL, PONG_TOPIC), Acl(RECEIVE, PONG_TOPIC)}
+        echo_rules = {Acl(SUBSCRIBE_LITERAL, ECHO_SHARE), Acl(RECEIVE, PING_TOPIC), Acl(SEND, PONG_TOPIC)}
+        self.extra = ExtraLogins(
+            accounts=(
+                BrokerAccount(PROBE_USER, hash_password(probe_pw)),
+                BrokerAccount(ECHO_USER, hash_password(echo_pw)),
+            ),
+            clients=(
+                Client(PROBE_USER, ("bench-probe",), clientid=PROBE_USER),
+                Client(ECHO_USER, ("bench-echo",)),
+            ),
+            roles=(Role("bench-probe", frozenset(probe_rules)), Role("bench-echo", frozenset(echo_rules))),
         )
 
     def write(self, devices: list[BrokerAccount]) -> None:
-        files = self.broker.files
-        _atomic(files.password_file, password_file([self.service, *devices, *self.extra_accounts]))
-        _atomic(
-            files.acl_file, acl_file([d.username for d in devices], self.service.username) + self.extra_acl
-        )
-        self.broker.reload()
-
-
-def _atomic(path: Path, content: str) -> None:
-    tmp = path.with_name(f".{path.name}.bench.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(content)
-    os.replace(tmp, path)
+        """Many new devices at once reach the broker by a restart (devices, echo and probe reconnect)."""
+        self.broker.update_accounts(devices=devices, service=self.service, extra=self.extra)
 
 
 def wait_login(port: int, username: str, password: str, timeout: float = 15.0) -> None:
@@ -311,9 +306,8 @@ def wait_login(port: int, username: str, password: str, timeout: float = 15.0) -
         ) -> None:
             out.append(not reason.is_failure)
 
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"bench-check-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
-        )
+        # a device may only log in with its own id as client id
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
         client.username_pw_set(username, password)
         client.on_connect = on_connect
         try:

@@ -188,6 +188,7 @@ def main() -> int:
 
         say("")
         say("The evidence service is running.")
+        say(f"  Console (alarm board, map, devices, people): {url}/")
         say(f"  API and OpenAPI docs:     {url}/docs")
         say(f"  Sign in:                  admin / {password}   (kept in {demo_dir / 'admin-password.txt'})")
         say(f"  An access token:          {token['access_token']}")

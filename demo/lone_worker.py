@@ -2,7 +2,7 @@
 simulated lone-worker devices, an SOS and an amber alarm that the worker cancels.
 
 The broker is started before the service (whose consumer finds it through ``EVIDENCE_MQTT_*``), the
-devices are enrolled through the API, and the broker's password and ACL files are regenerated from
+devices are enrolled through the API, and the broker's password and rules files are regenerated from
 the registry, exactly as an administrator would with ``evidence broker-access``.
 """
 

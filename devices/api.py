@@ -1,5 +1,6 @@
 """The device registry's routes: staff, docks (token shown once), cameras and lone-worker devices
-(enrolled by their public keys), the fleet, and changes of status and assignment."""
+(enrolled by their public keys; a new broker password on request), the fleet, and changes of status
+and assignment."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from chain_of_custody.core import CoreServices
 
 from . import service
 from .lone_worker_wire import DEVICE_ID_PATTERN, topic_for
-from .models import Device
+from .models import Device, StaffMember
 from .service import DeviceRefused
 
 router = APIRouter(prefix="/api/v1", tags=["devices"])
@@ -78,6 +79,25 @@ def add_staff(
     return {"id": body.id}
 
 
+class StaffOut(BaseModel):
+    id: str
+    name: str
+    staff_group: str
+    site: str | None
+
+    model_config = {"from_attributes": True}
+
+
+@router.get("/staff", response_model=list[StaffOut])
+def list_staff(
+    user: Principal = Depends(require_roles(*ADMINS, "auditor", "operator")),
+    s: CoreServices = Depends(services),
+) -> list[StaffMember]:
+    """Staff who wear cameras or carry alarms (the control room names the person behind an alarm)."""
+    with s.db.session() as session:
+        return service.list_staff(session)
+
+
 @router.post("/devices/docks", status_code=201)
 def enrol_dock(
     body: DockIn, user: Principal = Depends(require_roles(*ADMINS)), s: CoreServices = Depends(services)
@@ -139,6 +159,17 @@ def enrol_lone_worker(
             },
             "service_public_key": s.key.public_b64,
         }
+
+
+@router.post("/devices/lone-workers/{device_id}/broker-password")
+def new_broker_password(
+    device_id: str, user: Principal = Depends(require_roles(*ADMINS)), s: CoreServices = Depends(services)
+) -> dict[str, str]:
+    """Issue a lone-worker device a new broker password, shown once here; regenerate the broker's
+    files (``evidence broker-access``) and reload the broker for it to take the place of the old one."""
+    with s.db.session() as session:
+        password = service.regenerate_broker_password(session, s.ledger, device_id, user.actor)
+    return {"id": device_id, "mqtt_username": device_id, "mqtt_password": password}
 
 
 @router.get("/devices", response_model=list[DeviceOut])

@@ -41,6 +41,13 @@ DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 EVENT_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 VISIT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 MAX_SAFE_INTEGER = 2**53 - 1  # largest integer every JSON implementation keeps exact
+# How far one message may move a device's sequence past the highest accepted, and the highest the
+# first message after enrolment may start at. Unbounded, one validly signed seq of 2^53 - 1 (a
+# firmware bug, a corrupted counter) would leave no number above it, locking the device out until
+# re-enrolment. Bounded, reaching the top takes about a million such messages. The step lets a
+# counter in milliseconds skip 49 days, the start lets one begin at the time in microseconds.
+MAX_SEQ_STEP = 2**32
+MAX_FIRST_SEQ = 2**52
 
 # Topics a device publishes on (the last topic level), and the ones the service publishes to it.
 DEVICE_TOPICS = ("alarm", "heartbeat", "location", "checkin", "status")
@@ -238,8 +245,9 @@ class ReplayState:
     """Which sequence numbers of one device have been accepted, as a sliding window.
 
     ``highest`` is the largest accepted seq; bit ``i`` of ``bits`` says ``highest - i`` was seen.
-    A seq above ``highest`` is new; one inside the window is new unless its bit is set (so messages
-    split across instances may be processed out of order); one below the window is stale.
+    A seq above ``highest`` is new (unless it leaps more than ``MAX_SEQ_STEP`` past it); one inside
+    the window is new unless its bit is set (so messages split across instances may be processed out
+    of order); one below the window is stale.
     ``recent_events`` remembers the last alarm and check-in event ids so a re-send (same event id,
     new seq) is recognised as a duplicate and re-acknowledged instead of acted on twice.
     """
@@ -250,9 +258,10 @@ class ReplayState:
     window: int = 256
     max_events: int = 32
 
-    def classify(self, seq: int) -> Literal["new", "replay", "stale"]:
+    def classify(self, seq: int) -> Literal["new", "replay", "stale", "jump"]:
         if seq > self.highest:
-            return "new"
+            limit = MAX_FIRST_SEQ if self.highest < 0 else self.highest + MAX_SEQ_STEP
+            return "new" if seq <= limit else "jump"
         distance = self.highest - seq
         if distance >= self.window:
             return "stale"
@@ -318,6 +327,7 @@ class ReasonCode(StrEnum):
     DISABLED_DEVICE = "disabled_device"
     BAD_SIGNATURE = "bad_signature"
     STALE_SEQUENCE = "stale_sequence"
+    SEQUENCE_JUMP = "sequence_jump"
     REPLAY = "replay"
     CLOCK_SKEW = "clock_skew"
     DUPLICATE = "duplicate"
@@ -496,6 +506,13 @@ def verify_device_message(
         )
     if verdict == "replay":
         return Rejected(ReasonCode.REPLAY, f"seq {message.seq} was already accepted", device_id, message)
+    if verdict == "jump":  # refused without moving the window: the device's next message still counts
+        return Rejected(
+            ReasonCode.SEQUENCE_JUMP,
+            f"seq {message.seq} leaps more than {MAX_SEQ_STEP} past the highest accepted ({state.highest})",
+            device_id,
+            message,
+        )
 
     skew = _seconds(max_skew)
     if offset > skew:

@@ -208,6 +208,22 @@ def set_status(session: Session, ledger: Ledger, device_id: str, status: str, ac
     return device
 
 
+def regenerate_broker_password(session: Session, ledger: Ledger, device_id: str, actor: str) -> str:
+    """A new broker password for a lone-worker device (shown once; only its Mosquitto hash is kept).
+
+    The old one stops working when the broker's files are next regenerated from the registry.
+    """
+    device = session.get(Device, device_id, with_for_update=True)
+    if device is None or device.kind != "lone_worker":
+        raise DeviceRefused("unknown_device", f"no lone-worker device {device_id}", 404)
+    password = generate_password()
+    device.broker_password_hash = hash_password(password)
+    ledger.append(
+        session, "device_changed", actor, details={"device": device_id, "broker_password": "regenerated"}
+    )
+    return password
+
+
 def authenticate_dock(session: Session, token: str) -> Device:
     """The dock a bearer token belongs to; a refusal never says whether the id or the secret was wrong."""
     dock_id, _, secret = token.partition(".")
@@ -235,6 +251,10 @@ def camera_for_clip(session: Session, serial: str, wearer: str) -> Device:
     if camera.assigned_staff_id != wearer:
         raise DeviceRefused("camera_not_assigned", f"camera {serial} is not assigned to wearer {wearer}")
     return camera
+
+
+def list_staff(session: Session) -> list[StaffMember]:
+    return list(session.scalars(select(StaffMember).order_by(StaffMember.id)))
 
 
 def list_devices(session: Session, kind: str | None = None) -> list[Device]:

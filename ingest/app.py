@@ -22,6 +22,7 @@ from accounts.service import Principal
 from alarms import api as alarms_api
 from alarms.service import escalation_loop
 from chain_of_custody.checkpoints import write_checkpoint
+from console import install as install_console
 from devices import api as devices_api
 from incidents import api as incidents_api
 from incidents.export import api as export_api
@@ -179,10 +180,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         version="1",
         description="Body-worn camera and lone-worker evidence for healthcare security teams.",
         lifespan=lifespan,
+        # The console serves /docs and /redoc itself, from installed files (no CDN).
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     for router in ROUTERS:
         app.include_router(router)
     errors.install(app)
+    install_console(app, settings)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -348,26 +348,39 @@ def _worker_main(once: bool) -> None:
 
 @app.command("broker-access")
 def broker_access(
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory for mosquitto.conf, passwords and acl")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for mosquitto.conf, passwords and data/rules.json")
+    ],
     port: Annotated[int | None, typer.Option(help="Listener port (default EVIDENCE_MQTT_PORT)")] = None,
     bind: Annotated[str, typer.Option(help="Listener address")] = "127.0.0.1",
     reload_pid: Annotated[
-        int | None, typer.Option(help="Send this Mosquitto process SIGHUP to re-read the files")
+        int | None,
+        typer.Option(help="Send this Mosquitto process SIGHUP (passwords) and then --apply (rules)"),
     ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Bring the running broker's rules in line over its control topic")
+    ] = False,
     run_as_user: Annotated[
-        str | None, typer.Option(help="User Mosquitto switches to when started as root (default: mosquitto)")
+        str | None,
+        typer.Option(help="Account Mosquitto runs as; it will own the files (default: mosquitto as root)"),
+    ] = None,
+    plugin: Annotated[
+        Path | None, typer.Option(help="Mosquitto's mosquitto_dynamic_security.so (default: found)")
     ] = None,
 ) -> None:
-    """Regenerate the broker's password and ACL files (and its configuration) from the device registry.
+    """Regenerate the broker's password and rules files (and its configuration) from the device registry.
 
-    Each enrolled, active lone-worker device may publish only its own topics and read only its own
-    acks and commands; the service account (EVIDENCE_MQTT_USERNAME/PASSWORD) reads all device
-    topics. Disabled devices are left out, so they can no longer log in once the broker reloads.
+    Each enrolled, active lone-worker device may log in only with its own id as client id, publish
+    only its own topics and subscribe only to its own acks and commands; the service account
+    (EVIDENCE_MQTT_USERNAME/PASSWORD) reads all device topics. Disabled devices are left out: once
+    the broker has re-read its passwords and its rules are in line, they are disconnected and
+    cannot log in again.
     """
     import os
     import signal
 
-    from devices.broker_access import write_broker_files
+    from devices.broker_access import BrokerFilesError, write_broker_files
+    from devices.broker_rules import BrokerAdmin, BrokerRulesError, rules_for
     from devices.service import broker_accounts, service_account
 
     settings = get_settings()
@@ -387,20 +400,36 @@ def broker_access(
             devices_ = broker_accounts(session)
     finally:
         db.dispose()
-    files = write_broker_files(
-        out_dir,
-        devices=devices_,
-        service=service,
-        port=port or settings.mqtt_port,
-        bind_address=bind,
-        run_as_user=run_as_user,
+    try:
+        files = write_broker_files(
+            out_dir,
+            devices=devices_,
+            service=service,
+            port=port or settings.mqtt_port,
+            bind_address=bind,
+            run_as_user=run_as_user,
+            plugin_path=plugin,
+        )
+    except (BrokerFilesError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(
+        f"wrote {files.config}, {files.password_file} and {files.rules_file} ({len(devices_)} devices)"
     )
     if reload_pid:
         os.kill(reload_pid, signal.SIGHUP)
-    console.print(
-        f"wrote {files.config}, {files.password_file} and {files.acl_file} "
-        f"({len(devices_)} devices); reload the broker (SIGHUP) to apply"
-    )
+    if not (apply or reload_pid):
+        console.print("reload the broker (SIGHUP) and run again with --apply, or restart it, to apply")
+        return
+    host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+    wanted = rules_for([d.username for d in devices_], service.username)  # what the files say
+    try:
+        with BrokerAdmin(host, files.port, files.admin_password()) as admin:
+            made = admin.bring_in_line(wanted)
+    except BrokerRulesError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"the running broker's rules are in line ({made} changes)")
 
 
 @app.command("alarm-worker")

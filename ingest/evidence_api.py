@@ -8,20 +8,18 @@ auditors see metadata and custody but never media. The routes sit in the applica
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from accounts.access import require_roles, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
-from chain_of_custody.evidence import parse_range, read_item
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.reads import item_response
 from incidents.access import (
     EVIDENCE_DELETERS,
     EVIDENCE_HOLDERS,
@@ -31,8 +29,6 @@ from incidents.access import (
     visible_evidence,
 )
 from incidents.retention import RetentionRules, delete_by_hand, describe, set_legal_hold
-
-from .metrics import EVIDENCE_READS
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
 
@@ -146,29 +142,13 @@ async def content(
     item = _item(s, item_id, user)
     if item.status == "deleted":
         raise HTTPException(410, "evidence deleted under its retention class")
-    try:
-        byte_range = parse_range(request.headers.get("range"), item.size)
-    except ValueError:
-        return Response(status_code=416, headers={"Content-Range": f"bytes */{item.size}"})
-
-    def start() -> object:
-        with s.db.session() as session:
-            return read_item(session, s.ledger, s.store, item, user.actor, byte_range)
-
-    blocks = await asyncio.to_thread(start)
-    EVIDENCE_READS.inc()
-    headers = {
-        "Accept-Ranges": "bytes",
-        "ETag": f'"{item.sha256}"',
-        "X-Evidence-SHA256": item.sha256,
-        "Content-Disposition": f'attachment; filename="{item.id}"',
-    }
-    if byte_range is None:
-        headers["Content-Length"] = str(item.size)
-        return StreamingResponse(blocks, media_type=item.content_type, headers=headers)  # type: ignore[arg-type]
-    headers["Content-Length"] = str(byte_range.length)
-    headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{item.size}"
-    return StreamingResponse(blocks, status_code=206, media_type=item.content_type, headers=headers)  # type: ignore[arg-type]
+    return await item_response(
+        s,
+        item,
+        request,
+        user.actor,
+        {"ETag": f'"{item.sha256}"', "Content-Disposition": f'attachment; filename="{item.id}"'},
+    )
 
 
 @router.get("/custody/public-key")

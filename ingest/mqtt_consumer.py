@@ -126,8 +126,8 @@ class AlarmConsumer:
         self.services = services
         self.settings = settings
         self.alarms = alarms or services.alarms
-        self.client_id = client_id or settings.mqtt_client_id
-        self.share_group = settings.mqtt_share_group if share_group is None else share_group
+        self.client_id = client_id or settings.service_client_id
+        self.share_group = settings.service_share_group if share_group is None else share_group
         self.types = consumed_types(settings, companion=companion)
         self.workers = max(1, workers or settings.mqtt_workers)
         self.relay_interval_s = relay_interval_s
@@ -210,7 +210,7 @@ class AlarmConsumer:
             extra={
                 "client_id": self.client_id,
                 "broker": f"{self.settings.mqtt_host}:{self.settings.mqtt_port}",
-                "share_group": self.share_group,
+                "shared": bool(self.share_group),  # the group's name stays out of the logs
                 "types": ",".join(sorted(self.types)),
             },
         )

@@ -15,6 +15,7 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -61,7 +62,9 @@ class Services:
     def __post_init__(self) -> None:
         self.uploads = UploadEngine(self)
         self.alarms = AlarmService(self)
-        self.alarm_feed = FeedWatcher(self.db)
+        self.alarm_feed = FeedWatcher(self.db, timedelta(seconds=self.settings.alarm_stream_poll_seconds))
+        # An alarm change committed here wakes this process's live streams at once.
+        self.alarms.committed_listeners.append(self.alarm_feed.poke)
         self.exports = ExportBuilds(self)
 
     def close(self) -> None:

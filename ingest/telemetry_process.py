@@ -91,7 +91,7 @@ def settings_environment(settings: Settings, embedded: EmbeddedSeaweed | None) -
     env["EVIDENCE_MQTT_MESSAGE_TYPES"] = ",".join(sorted(configured_types(settings) & TELEMETRY_TYPES))
     env.pop("EVIDENCE_ADMIN_PASSWORD", None)  # the demo's; the companion has no use for it
     env["EVIDENCE_MQTT_TELEMETRY_PROCESS"] = "false"
-    env["EVIDENCE_MQTT_CLIENT_ID"] = f"{settings.mqtt_client_id}-telemetry"
+    env["EVIDENCE_MQTT_CLIENT_ID"] = f"{settings.service_client_id}-telemetry"
     return env
 
 
@@ -199,7 +199,7 @@ def discard_companion_session(settings: Settings, timeout: float = 5.0) -> None:
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    client_id = f"{settings.mqtt_client_id}-telemetry"
+    client_id = f"{settings.service_client_id}-telemetry"
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     if settings.mqtt_username:
         password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the services the tests talk to are installed and running on this machine:
-# PostgreSQL on 127.0.0.1:5432 (trust auth, database "test") and Mosquitto on 127.0.0.1:1883.
+# PostgreSQL on 127.0.0.1:5432 (trust auth, database "test") and Mosquitto on 127.0.0.1:1883, and
+# Debian's chromium for the console's browser tests.
 # Installs the Debian packages when they are missing (fresh machine), starts them when they are down.
 set -euo pipefail
 
@@ -17,8 +18,9 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # --- Programs the tests call ----------------------------------------------------------------------
 # Each "program:package" pair: the Debian package is installed when the program is missing.
 # unzip, openssl and sha256sum: a test follows an export package's VERIFY.txt by hand, as a
-# recipient with standard tools would.
-PROGRAMS="unzip:unzip openssl:openssl sha256sum:coreutils"
+# recipient with standard tools would. chromium: the console's browser tests drive Debian's build
+# through Playwright (launched by its path, /usr/bin/chromium; Playwright's own download is not used).
+PROGRAMS="unzip:unzip openssl:openssl sha256sum:coreutils chromium:chromium"
 missing=""
 for pair in $PROGRAMS; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"

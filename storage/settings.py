@@ -8,10 +8,22 @@ its types. The README's table is made from the descriptions (``scripts/settings_
 
 from __future__ import annotations
 
+import hashlib
+import re
+from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+@lru_cache(maxsize=8)
+def _derive_name(secret: str, purpose: str) -> str:
+    """A name only those who hold ``secret`` can work out: the instances of one deployment agree on it
+    without configuration, and it cannot be read off the documentation. Slow on purpose (PBKDF2), since
+    it may appear in logs while the secret must not be guessable from it."""
+    salt = f"evidence mqtt {purpose}".encode()
+    return hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, 100_000, 10).hex()
 
 
 class _Section(BaseSettings):
@@ -125,6 +137,28 @@ class HttpSettings(_Section):
     login_lockout_minutes: int = Field(15, description="How long a locked account stays locked.")
 
 
+class ConsoleSettings(_Section):
+    """The web console."""
+
+    console_idle_minutes: int = Field(
+        30,
+        ge=1,
+        description="A console (browser) session ends after this many minutes without the person doing anything.",
+    )
+    console_session_hours: int = Field(
+        12, ge=1, description="A console session ends this many hours after sign-in, however busy."
+    )
+    console_secure_cookie: bool = Field(
+        False,
+        description="Send the console's session cookie only over HTTPS (turn on whenever the service is behind TLS).",
+    )
+    map_tile_url: str | None = Field(
+        None,
+        description="Map tiles for the console's map, e.g. https://tiles.example.nhs.uk/{z}/{x}/{y}.png (unset: no tiles; positions are drawn on a plain plotted view). Must be a server the trust runs or trusts.",
+    )
+    map_tile_attribution: str = Field("", description="Attribution shown on the map for those tiles.")
+
+
 class MqttSettings(_Section):
     """MQTT and lone-worker devices."""
 
@@ -134,12 +168,13 @@ class MqttSettings(_Section):
         None, description="The service's broker login (the alarm consumer runs only when this is set)."
     )
     mqtt_password: SecretStr | None = Field(None, description="The service's broker password.")
-    mqtt_client_id: str = Field(
-        "evidence-service",
-        description="Client id of this instance's persistent MQTT session (unique per instance).",
+    mqtt_client_id: str | None = Field(
+        None,
+        description="Client id of this instance's persistent MQTT session; give each instance its own. Unset: one derived from the service's broker login (the same on every instance of a deployment).",
     )
-    mqtt_share_group: str = Field(
-        "evidence", description="Shared-subscription group that splits the alarm stream between instances."
+    mqtt_share_group: str | None = Field(
+        None,
+        description="Shared-subscription group that splits the alarm stream between instances; empty for none. Unset: derived from the service's broker login, so no two deployments share one.",
     )
     max_clock_skew_seconds: int = Field(
         300, description="A device message sent further than this ahead of the server clock is rejected."
@@ -172,6 +207,30 @@ class MqttSettings(_Section):
         description="Nice increment of that companion process: the scheduler favours the alarm process over it.",
     )
 
+    @field_validator("mqtt_share_group")
+    @classmethod
+    def _plain_share_group(cls, value: str | None) -> str | None:
+        if value is not None and re.search(r"[/+#\s]", value):
+            raise ValueError("a share group name cannot contain '/', '+', '#' or spaces")
+        return value
+
+    @property
+    def service_client_id(self) -> str:
+        """This instance's MQTT client id (``mqtt_client_id``, or derived from the broker login)."""
+        return self.mqtt_client_id or f"evidence-{self._derived('client id')}"
+
+    @property
+    def service_share_group(self) -> str:
+        """The shared-subscription group (``mqtt_share_group``, or derived from the broker login);
+        empty: no shared subscription."""
+        if self.mqtt_share_group is not None:
+            return self.mqtt_share_group
+        return f"g{self._derived('share group')}"
+
+    def _derived(self, purpose: str) -> str:
+        password = self.mqtt_password.get_secret_value() if self.mqtt_password else ""
+        return _derive_name(f"{self.mqtt_username or ''}\n{password}", purpose)
+
     @field_validator("mqtt_message_types")
     @classmethod
     def _message_type_list(cls, value: str) -> str:
@@ -201,6 +260,12 @@ class AlarmSettings(_Section):
     escalation_poll_seconds: float = Field(
         0.5,
         description="How often the escalation loop looks for deadlines, overdue check-ins and silent devices.",
+    )
+    alarm_stream_poll_seconds: float = Field(
+        0.1,
+        gt=0,
+        le=5,
+        description="How often a service process with live alarm streams open (the control room's boards) looks for new alarm changes: the longest an alarm waits between its commit and the boards.",
     )
     max_voice_memo_bytes: int = Field(
         8 * 1024 * 1024, description="Largest amber voice memo a device may upload."
@@ -264,6 +329,7 @@ SECTIONS: tuple[tuple[str, type[_Section]], ...] = (
     ("Retention", RetentionSettings),
     ("Dock uploads", DockUploadSettings),
     ("HTTP API and sign-in", HttpSettings),
+    ("The web console", ConsoleSettings),
     ("MQTT and lone-worker devices", MqttSettings),
     ("Alarms", AlarmSettings),
     ("Incident statistics", StatisticsSettings),
@@ -279,6 +345,7 @@ class Settings(
     RetentionSettings,
     DockUploadSettings,
     HttpSettings,
+    ConsoleSettings,
     MqttSettings,
     AlarmSettings,
     StatisticsSettings,

@@ -42,6 +42,7 @@ from tests.clipkit import canonical
 from tests.conftest import make_settings, start_server, wait_for
 from tests.test_alarms_fuzz import FUZZ, build_mutated, mutated_batch
 from tests.test_alarms_kit import SERVICE_USER, DeviceKit, WebhookReceiver, raw_public, sse_events
+from tests.test_lone_worker_broker import SUBACK_REFUSED, Probe, hostile_subscriptions
 
 PASSWORD = "operator password 1"
 
@@ -698,3 +699,84 @@ def test_alarm_routes_by_role(stack: Stack) -> None:
         if e["data"]["alarm"]["id"] == alarm_id
     ]
     assert changes == ["raised", "incident_linked", "acknowledged", "escalated", "resolved"]
+
+
+def test_a_hostile_device_cannot_touch_the_alarm_stream(stack: Stack) -> None:
+    """An enrolled device tries every subscription and client-id trick while a genuine device raises
+    SOS after SOS: each trick is refused by the broker, every SOS is acknowledged within the usual
+    time (no resend needed), and the alarm consumer keeps its one connection and its session."""
+    settings = stack.services.settings
+    consumer = stack.services.mqtt_consumer
+    port = stack.broker.port
+    hostile = stack.enrol("LW-HOSTILE")
+    genuine = stack.device(stack.enrol("LW-GENUINE", staff_id="S-GEN"))
+    password = hostile.password or ""
+    consumer_logins = stack.broker.log_path.read_text().count(f" as {consumer.client_id} (")
+
+    # A session of its own, kept: every subscription it has no business making is refused.
+    thief = Probe(port, "LW-HOSTILE", password).connect(clean_start=False, session_expiry=3600)
+    groups = [settings.service_share_group, "evidence", "g", consumer.client_id]
+    granted = {
+        t: code
+        for t in hostile_subscriptions("LW-HOSTILE", "LW-GENUINE", groups)
+        if (code := thief.suback_code(t)) not in SUBACK_REFUSED
+    }
+    thief.client.unsubscribe(f"$share/{settings.service_share_group}/lw/v1/+/alarm")  # its own session only
+
+    # Meanwhile it keeps trying to connect as the service (both instances' ids, the id once printed in
+    # the README), as the other device, with no id and near misses, with clean and kept sessions.
+    ids = [
+        consumer.client_id,
+        f"{consumer.client_id}-telemetry",
+        "evidence-service",
+        "LW-GENUINE",
+        "",
+        "lw-hostile",
+        settings.service_share_group,
+    ]
+    admitted: list[tuple[str, int, bool]] = []
+    stop = threading.Event()
+
+    def takeovers() -> None:
+        while not stop.is_set():
+            for protocol in (mqtt.MQTTv5, mqtt.MQTTv311):
+                for client_id in ids:
+                    for clean in (True, False):
+                        if protocol == mqtt.MQTTv311:
+                            probe = Probe(
+                                port,
+                                "LW-HOSTILE",
+                                password,
+                                protocol,
+                                client_id=client_id,
+                                clean_session=clean or not client_id,
+                            )
+                            probe.connect()
+                        else:
+                            probe = Probe(port, "LW-HOSTILE", password, protocol, client_id=client_id)
+                            probe.connect(clean_start=clean, session_expiry=0 if clean else 3600)
+                        if not probe.refused:
+                            admitted.append((client_id, protocol, clean))
+                        probe.close()
+
+    attacker = threading.Thread(target=takeovers, daemon=True)
+    attacker.start()
+    try:
+        latencies = []
+        for _ in range(10):
+            event_id = genuine.sos()
+            try:
+                latencies.append(round(genuine.wait_ack(event_id, "received", timeout=15), 3))
+            except TimeoutError:
+                latencies.append(float("inf"))
+    finally:
+        stop.set()
+        attacker.join(30)
+    assert max(latencies) < 3, latencies  # a lost SOS would have waited for its resend, 10 s later
+    assert granted == {}
+    assert admitted == []
+    assert thief.messages == [] and not thief.disconnected
+    assert consumer.connected
+    log = stack.broker.log_path.read_text()
+    assert log.count(f" as {consumer.client_id} (") == consumer_logins, "the consumer was put out"
+    thief.close()

@@ -439,6 +439,7 @@ def test_every_rejection_reason_is_refused_and_counted(
         "disabled_device": disabled.sos(),
         "bad_signature": impostor.sos(),
         "stale_sequence": device.sos(seq=5),
+        "sequence_jump": device.sos(seq=2**53 - 1),
         "replay": device.heartbeat(seq=device.seq - 3),
         "clock_skew": (skewed_topic, skewed),
     }
@@ -450,6 +451,31 @@ def test_every_rejection_reason_is_refused_and_counted(
     # Only the clock skew earns an answer: a signed "rejected" with the server's time, sent at once.
     assert [a["status"] for a in acks(services, "LW-13")] == ["received"]
     assert len(alarms_of(services)) == 1
+
+
+def test_a_leaping_sequence_number_costs_one_message_and_enrolling_again_resyncs(
+    sqlite_services: Any, lite_alarms: AlarmService
+) -> None:
+    """A validly signed seq of 2^53 - 1 used to lock its device out until it was enrolled again; now
+    only that message is refused (logged and counted) and the next SOS is taken as usual."""
+    services, alarms = sqlite_services, lite_alarms
+    device = enrol(services, "LW-SEQ", staff_id=None)
+    assert alarms.handle(*device.sos()).outcome == "accepted"
+    before = rejections("sequence_jump")
+    leap = alarms.handle(*device.sos(seq=2**53 - 1))
+    assert (leap.outcome, leap.reason) == ("rejected", "sequence_jump")
+    assert rejections("sequence_jump") - before == 1
+    assert alarms.handle(*device.sos()).outcome == "accepted"
+    assert [a["status"] for a in acks(services, "LW-SEQ")] == ["received", "received"]
+    # A device whose counter leapt for good (a firmware fault) is refused message after message until
+    # it is enrolled again: its sequence then starts afresh, whatever it was.
+    device.seq += 2**33
+    assert alarms.handle(*device.sos()).reason == "sequence_jump"
+    fresh = DeviceKit("LW-SEQ")
+    with services.db.session() as session:
+        enrol_lone_worker(session, services.ledger, "LW-SEQ", fresh.public_b64, "test")
+    assert alarms.handle(*fresh.sos()).outcome == "accepted"
+    assert len(alarms_of(services, device_id="LW-SEQ")) == 3
 
 
 def test_clock_skew_is_answered_with_the_server_time(sqlite_services: Any) -> None:

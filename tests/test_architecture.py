@@ -18,6 +18,7 @@ PRODUCT = (
     "incidents",
     "redaction",
     "alarms",
+    "console",
     "ingest",
     "firmware_simulators",
 )

@@ -16,6 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devices.lone_worker_wire import (
+    MAX_FIRST_SEQ,
+    MAX_SAFE_INTEGER,
+    MAX_SEQ_STEP,
     Accepted,
     AckStatus,
     AlarmMessage,
@@ -327,6 +330,52 @@ def test_stale_sequence_below_window() -> None:
     verdict = check(signed(payload(seq=1000 - state.window)), state=state)
     assert reason_of(verdict) == ReasonCode.STALE_SEQUENCE
     assert verdict.message is not None  # authenticated, so the service may log who it was
+
+
+def test_one_validly_signed_top_sequence_number_does_not_lock_the_device_out() -> None:
+    """seq 2^53 - 1 once left no number above it: every later message was a replay or stale until
+    the device was enrolled again. Now it is refused and the device carries on where it was."""
+    state = check(signed(payload(seq=5))).replay_state
+    verdict = check(signed(payload(seq=MAX_SAFE_INTEGER)), state=state)
+    assert reason_of(verdict) == ReasonCode.SEQUENCE_JUMP and verdict.message is not None
+    nxt = check(signed(payload(seq=6)), state=state)
+    assert isinstance(nxt, Accepted) and nxt.replay_state.highest == 6
+
+
+def test_the_sequence_moves_at_most_one_step_per_message() -> None:
+    state = check(signed(payload(seq=100))).replay_state
+    assert (
+        reason_of(check(signed(payload(seq=100 + MAX_SEQ_STEP + 1)), state=state)) == ReasonCode.SEQUENCE_JUMP
+    )
+    far = check(signed(payload(seq=100 + MAX_SEQ_STEP)), state=state)  # a counter in ms, 49 days later
+    assert isinstance(far, Accepted)
+    # A resent alarm under a leaping seq is still re-acknowledged, but does not move the window.
+    body = payload(seq=101)
+    first = check(signed(body), state=state)
+    assert isinstance(first, Accepted)
+    again = check(signed({**body, "seq": MAX_SAFE_INTEGER}), state=first.replay_state)
+    assert isinstance(again, Duplicate) and again.replay_state == first.replay_state
+
+
+def test_the_first_message_after_enrolment_may_start_high_but_not_at_the_top() -> None:
+    """A device whose counter is a time in microseconds (about 2^50.6 today) starts where it is."""
+    micros = int(NOW.timestamp() * 1_000_000)
+    start = check(signed(payload("heartbeat", seq=micros)), "lw/v1/LW-0001/heartbeat")
+    assert isinstance(start, Accepted)
+    assert isinstance(check(signed(payload(seq=MAX_FIRST_SEQ))), Accepted)
+    assert reason_of(check(signed(payload(seq=MAX_FIRST_SEQ + 1)))) == ReasonCode.SEQUENCE_JUMP
+    assert reason_of(check(signed(payload(seq=MAX_SAFE_INTEGER)))) == ReasonCode.SEQUENCE_JUMP
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, MAX_SAFE_INTEGER), min_size=1, max_size=50))
+def test_no_run_of_signed_messages_leaves_a_device_without_a_next_number(seqs: list[int]) -> None:
+    """Whatever a device (or whoever holds its key) sends, a next message is still possible."""
+    state = ReplayState()
+    for seq in seqs:
+        if state.classify(seq) == "new":
+            state = state.record(seq)
+    assert state.classify(state.highest + 1) == "new" and state.highest + 1 <= MAX_SAFE_INTEGER
 
 
 def test_replay_of_an_accepted_message() -> None:

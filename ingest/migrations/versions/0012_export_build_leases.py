@@ -3,8 +3,8 @@
 Also joins the branches each capability started from the backbone (incidents, exports, redaction,
 alarms): from here on the history is one line.
 
-Revision ID: 0010_export_build_leases
-Revises: 0009_evidence_blake3, 0002_incidents, 0003_exports, 0005_redaction
+Revision ID: 0012_export_build_leases
+Revises: 0011_position_trails, 0002_incidents, 0003_exports, 0005_redaction
 """
 
 import sqlalchemy as sa
@@ -12,8 +12,8 @@ from alembic import op
 
 from storage.db import UTCDateTime
 
-revision = "0010_export_build_leases"
-down_revision = ("0009_evidence_blake3", "0002_incidents", "0003_exports", "0005_redaction")
+revision = "0012_export_build_leases"
+down_revision = ("0011_position_trails", "0002_incidents", "0003_exports", "0005_redaction")
 branch_labels = None
 depends_on = None
 

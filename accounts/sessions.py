@@ -1,0 +1,145 @@
+"""Browser sessions: sign-in with a cookie instead of a bearer token, for the web console.
+
+The cookie holds a random secret; the database keeps only its SHA-256 (as for bearer tokens), so a
+dump of the table signs nobody in. A session ends when the person does nothing for the idle
+timeout, at its absolute expiry, at sign-out, and whenever their password, role or active flag
+changes (with their bearer tokens, see ``accounts.service.update_user``).
+
+The CSRF token of a session is derived from its secret (a second, independent SHA-256), so it
+needs no column and only a holder of the cookie's secret (the page the service rendered) knows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.settings import ConsoleSettings
+
+from .models import User, UserSession
+from .service import Principal
+
+# A session's last activity is written at most this often (a page and its data calls come together).
+TOUCH_EVERY = timedelta(seconds=20)
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    """How long a session lives, from the settings (``console_idle_minutes``, ``console_session_hours``)."""
+
+    idle: timedelta
+    absolute: timedelta
+
+    @classmethod
+    def from_settings(cls, settings: ConsoleSettings) -> SessionPolicy:
+        return cls(
+            idle=timedelta(minutes=settings.console_idle_minutes),
+            absolute=timedelta(hours=settings.console_session_hours),
+        )
+
+
+@dataclass(frozen=True)
+class BrowserSession:
+    """A live session as the console needs it: who, their CSRF token, and when it will end if idle."""
+
+    principal: Principal
+    csrf_token: str
+    idle_ends_at: datetime
+    expires_at: datetime
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def csrf_token_for(secret: str) -> str:
+    """The CSRF token of the session whose cookie holds ``secret``."""
+    return hashlib.sha256(b"csrf\x00" + secret.encode()).hexdigest()
+
+
+def csrf_matches(secret: str, presented: str | None) -> bool:
+    return bool(presented) and hmac.compare_digest(csrf_token_for(secret), str(presented))
+
+
+def start_session(
+    session: Session, user: User, policy: SessionPolicy, now: datetime | None = None
+) -> tuple[str, BrowserSession]:
+    """A new session for a user who just proved their password; returns the cookie's secret."""
+    now = now or datetime.now(UTC)
+    secret = secrets.token_urlsafe(32)
+    row = UserSession(
+        token_hash=_digest(secret),
+        user_id=user.id,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + policy.absolute,
+    )
+    session.add(row)
+    session.flush()
+    principal = Principal(user.id, user.username, user.role, user.site)
+    return secret, BrowserSession(
+        principal, csrf_token_for(secret), min(now + policy.idle, row.expires_at), row.expires_at
+    )
+
+
+def resolve_session(
+    session: Session,
+    secret: str,
+    policy: SessionPolicy,
+    *,
+    activity: bool = True,
+    now: datetime | None = None,
+) -> BrowserSession | None:
+    """The live session a cookie names, or None (unknown, ended, idle too long, expired, user disabled).
+
+    ``activity``: the request is something the person did, so the idle clock restarts. The live
+    alarm stream is not: a board left open must still time out when nobody is at it.
+    """
+    now = now or datetime.now(UTC)
+    if not secret or len(secret) > 128:
+        return None
+    row = session.get(UserSession, _digest(secret))
+    if row is None or row.ended_at is not None or row.expires_at <= now:
+        return None
+    if row.last_seen_at + policy.idle <= now:
+        row.ended_at = now
+        return None
+    user = session.get(User, row.user_id)
+    if user is None or not user.active:
+        return None
+    if activity and now - row.last_seen_at >= TOUCH_EVERY:
+        row.last_seen_at = now
+    principal = Principal(user.id, user.username, user.role, user.site)
+    idle_ends = min(row.last_seen_at + policy.idle, row.expires_at)
+    return BrowserSession(principal, csrf_token_for(secret), idle_ends, row.expires_at)
+
+
+def end_session(session: Session, secret: str, now: datetime | None = None) -> bool:
+    """Sign-out: the cookie's session ends at once (True if there was one to end)."""
+    now = now or datetime.now(UTC)
+    row = session.get(UserSession, _digest(secret)) if secret else None
+    if row is None or row.ended_at is not None:
+        return False
+    row.ended_at = now
+    return True
+
+
+def live_sessions(session: Session, user_id: int, now: datetime | None = None) -> int:
+    now = now or datetime.now(UTC)
+    return len(
+        list(
+            session.scalars(
+                select(UserSession.token_hash).where(
+                    UserSession.user_id == user_id,
+                    UserSession.ended_at.is_(None),
+                    UserSession.expires_at > now,
+                )
+            )
+        )
+    )

@@ -1,0 +1,140 @@
+"""The control room's reads of one alarm and of how the room answers: the record an operator opens
+(the device's messages byte for byte, the position trail, the signed payload and the voice memo with
+their custody trails) and the answer times behind the performance figures.
+
+The API routes (``alarms.api``) and the console's pages both call these, so a page shows what the
+API gives the same person. The position trail is ``alarms.trails``'.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from chain_of_custody.ledger import Ledger
+from chain_of_custody.models import EvidenceItem
+
+from .feed import alarm_view
+from .models import AlarmRecord, LoneWorkerEvent
+from .performance import Answer
+from .trails import trail
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def alarm_messages(session: Session, view: dict[str, Any]) -> list[dict[str, Any]]:
+    """The device's messages about this alarm (its raise, cancels, the visit's check-ins), byte for byte."""
+    clauses = [LoneWorkerEvent.alarm_id == view["id"]]
+    if view.get("source_event_id"):
+        clauses.append(LoneWorkerEvent.ref_event_id == view["source_event_id"])
+    if view.get("visit_id"):
+        clauses.append(
+            (LoneWorkerEvent.visit_id == view["visit_id"]) & (LoneWorkerEvent.device_id == view["device_id"])
+        )
+    rows = session.scalars(
+        select(LoneWorkerEvent).where(or_(*clauses)).order_by(LoneWorkerEvent.received_at).limit(200)
+    )
+    out = []
+    for e in rows:
+        try:
+            payload = json.dumps(json.loads(e.raw), indent=1, sort_keys=True)
+        except ValueError:
+            payload = e.raw.decode("utf-8", "replace")
+        out.append(
+            {
+                "event_id": e.event_id,
+                "type": e.type,
+                "action": e.action,
+                "kind": e.kind,
+                "seq": e.seq,
+                "occurred_at": _iso(e.occurred_at),
+                "received_at": _iso(e.received_at),
+                "late": e.late,
+                "sha256": e.sha256,
+                "evidence_item_id": e.evidence_item_id,
+                "payload": payload,
+            }
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """An evidence item's identity and its custody trail (metadata only: never its bytes)."""
+
+    id: str
+    kind: str
+    sha256: str
+    size: int
+    content_type: str
+    status: str
+    custody: list[dict[str, Any]]
+
+
+def item_record(session: Session, item_id: str | None) -> ItemRecord | None:
+    if not item_id:
+        return None
+    item = session.get(EvidenceItem, item_id)
+    if item is None:
+        return None
+    return ItemRecord(
+        item.id,
+        item.kind,
+        item.sha256,
+        item.size,
+        item.content_type,
+        item.status,
+        [e.to_json() for e in Ledger.item_entries(session, item.id)],
+    )
+
+
+def answer_times(session: Session, since: datetime) -> list[Answer]:
+    """Every alarm that turned red since ``since``: when it needed someone (SOS and man-down on
+    arrival, an amber alarm when its timer ran out) and when a person first took it (acknowledged,
+    or resolved by an operator without acknowledging first)."""
+    rows = session.execute(
+        select(
+            AlarmRecord.red_at, AlarmRecord.acknowledged_at, AlarmRecord.resolved_at, AlarmRecord.resolved_by
+        )
+        .where(AlarmRecord.red_at.is_not(None), AlarmRecord.red_at >= since)
+        .order_by(AlarmRecord.red_at)
+    ).all()
+    out: list[Answer] = []
+    for red_at, acked, resolved, by in rows:
+        assert red_at is not None  # the query takes red alarms only
+        answered = acked or (resolved if by and by.startswith("user:") else None)
+        out.append(Answer(red_at, answered))
+    return out
+
+
+def voice_memo_item(session: Session, alarm_id: str) -> EvidenceItem | None:
+    """The alarm's voice memo, if it has one that is still stored."""
+    row = session.get(AlarmRecord, alarm_id)
+    if row is None or row.voice_memo_item_id is None:
+        return None
+    item = session.get(EvidenceItem, row.voice_memo_item_id)
+    return item if item is not None and item.status == "stored" else None
+
+
+def alarm_record(session: Session, alarm_id: str, now: datetime) -> dict[str, Any] | None:
+    """Everything the control room may know of one alarm, JSON-ready; None when there is no such alarm."""
+    row = session.get(AlarmRecord, alarm_id)
+    if row is None:
+        return None
+    view = alarm_view(row)
+    payload = item_record(session, view["evidence_item_id"])
+    memo = item_record(session, view["voice_memo_item_id"])
+    return {
+        "alarm": view,
+        "messages": alarm_messages(session, view),
+        "trail": trail(session, view, now),
+        "payload": asdict(payload) if payload else None,
+        "voice_memo": asdict(memo) if memo else None,
+    }

@@ -1,0 +1,88 @@
+"""Position trails: where a device was while it had an alarm open, sampled by the clock's pass and
+read for the alarm's record and the map.
+
+Sampling reads the devices' state rows (``devices.models.LoneWorkerState``), not each device
+message, so the alarm path does no extra work; one row per device and fix time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from devices.models import LoneWorkerState
+from storage.db import Database, dialect_insert
+
+from .models import AlarmRecord, LoneWorkerPosition
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def sample_trails(db: Database) -> int:
+    """Add each device's newest position to its trail while it has an alarm open (once per fix)."""
+    S, P = LoneWorkerState, LoneWorkerPosition
+    newest = select(P.device_id, func.max(P.at).label("at")).group_by(P.device_id).subquery("newest")
+    with db.session() as session:
+        rows = session.execute(
+            select(S.device_id, S.position_at, S.lat, S.lon, S.accuracy_m)
+            .outerjoin(newest, newest.c.device_id == S.device_id)
+            .where(
+                S.device_id.in_(
+                    select(AlarmRecord.device_id).where(AlarmRecord.status != "resolved").distinct()
+                ),
+                S.position_at.is_not(None),
+                S.lat.is_not(None),
+                S.lon.is_not(None),
+                or_(newest.c.at.is_(None), S.position_at > newest.c.at),
+            )
+        ).all()
+        if rows:
+            session.execute(
+                dialect_insert(session, P)
+                .values(
+                    [
+                        {
+                            "device_id": r.device_id,
+                            "at": r.position_at,
+                            "lat": r.lat,
+                            "lon": r.lon,
+                            "accuracy_m": r.accuracy_m,
+                        }
+                        for r in rows
+                    ]
+                )
+                .on_conflict_do_nothing()
+            )
+    return len(rows)
+
+
+def trail(session: Session, view: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """Where the device was from the alarm until it was resolved (or now): its own fix first."""
+    raised = datetime.fromisoformat(view["raised_at"])
+    until = datetime.fromisoformat(view["resolved_at"]) if view.get("resolved_at") else now
+    points: list[dict[str, Any]] = []
+    if view.get("position"):
+        points.append({**view["position"], "at": view["occurred_at"]})
+    rows = session.scalars(
+        select(LoneWorkerPosition)
+        .where(
+            LoneWorkerPosition.device_id == view["device_id"],
+            LoneWorkerPosition.at >= raised - timedelta(seconds=60),
+            LoneWorkerPosition.at <= until,
+        )
+        .order_by(LoneWorkerPosition.at)
+        .limit(2000)
+    )
+    for p in rows:
+        point = {"lat": p.lat, "lon": p.lon, "accuracy_m": p.accuracy_m, "at": _iso(p.at)}
+        if points and {k: points[-1][k] for k in ("lat", "lon", "accuracy_m")} == {
+            k: point[k] for k in ("lat", "lon", "accuracy_m")
+        }:
+            continue  # the alarm's own fix, sampled from the device's state
+        points.append(point)
+    return points

@@ -1,0 +1,26 @@
+"""The web console for people: the control room's alarm board, map and alarm records, device and
+people administration, control-room performance, and the offline API documentation.
+
+Pages are rendered on the server (Jinja2, autoescaped) and made live by small scripts of our own
+in ``console/static`` (no build step, no Node.js). ``install`` mounts it on the application.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from storage.settings import Settings
+
+from .api import PageRefused, render, router
+from .security import SecurityHeaders
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Mount the console's routes and put the security headers on every response of ``app``."""
+    app.include_router(router)
+    app.add_middleware(SecurityHeaders, tile_url=settings.map_tile_url)
+
+    @app.exception_handler(PageRefused)
+    async def refused(request: Request, exc: PageRefused) -> Response:
+        return render(request, "refused.html", None, exc.status, message=str(exc))

@@ -1,0 +1,441 @@
+"""The console's routes: sign-in and sign-out, the pages, the few files and small reads they need.
+
+Every page is behind the session cookie (``accounts.browser``) and the same role lists as the API
+routes whose data it shows (``console.sources``). A page never changes anything itself: its script
+calls the API (``/api/v1/...``) with the cookie and the session's CSRF token, exactly as a token
+client would, so the API's rules are the only rules. The one exception is the session itself
+(sign-in, sign-out, "I am still here").
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+
+from accounts.access import services
+from accounts.browser import CSRF_HEADER, browser_session, cookie_name, same_origin, session_secret
+from accounts.service import AccountError, Principal, authenticate
+from accounts.sessions import BrowserSession, SessionPolicy, end_session, start_session
+from chain_of_custody.core import CoreServices
+from storage.settings import Settings
+
+from . import assets, sources
+from .security import content_security_policy
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+templates = Jinja2Templates(directory=str(TEMPLATES))
+templates.env.globals["asset"] = assets.url
+performance = sources.performance
+templates.env.filters["share"] = performance.share_text
+templates.env.filters["seconds"] = performance.seconds_text
+
+router = APIRouter(include_in_schema=False)
+
+PRESESSION_COOKIE = "evidence_signin"
+
+
+class PageRefused(Exception):
+    """A signed-in person asked for a page their role does not open (shown as a page, not JSON)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --------------------------------------------------------------------------- who is asking
+
+NAV: list[tuple[str, str, tuple[str, ...]]] = [
+    ("Alarm board", "/board", sources.READERS),
+    ("Map", "/map", sources.READERS),
+    ("Performance", "/performance", sources.READERS),
+    ("Devices", "/admin/devices", sources.DEVICE_READERS),
+    ("People", "/admin/people", sources.DEVICE_ADMINS),
+    ("API", "/docs", sources.ROLES),
+]
+
+
+def _session(request: Request, s: CoreServices, csrf: str | None = None) -> BrowserSession | None:
+    with s.db.session() as session:
+        return browser_session(request, session, s.settings, csrf=csrf)
+
+
+def signed_in(request: Request, roles: tuple[str, ...], csrf: str | None = None) -> BrowserSession:
+    """The page's person; to the sign-in page when there is none, a refusal page for the wrong role."""
+    s = services(request)
+    who = _session(request, s, csrf)
+    if who is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise HTTPException(303, "sign in first", headers={"Location": "/sign-in?next=" + quote(target)})
+    if who.principal.role not in roles:
+        log.info("page refused", extra={"path": request.url.path, "role": who.principal.role})
+        raise PageRefused(403, "This page is not open to your role.")
+    return who
+
+
+def render(
+    request: Request, name: str, who: BrowserSession | None, status: int = 200, **context: Any
+) -> Response:
+    nav = [(label, href) for label, href, roles in NAV if who and who.principal.role in roles]
+    return templates.TemplateResponse(
+        request,
+        name,
+        {
+            "who": who.principal if who else None,
+            "csrf": who.csrf_token if who else None,
+            "idle_ends_at": who.idle_ends_at.isoformat() if who else None,
+            "nav": nav,
+            "path": request.url.path,
+            **context,
+        },
+        status_code=status,
+    )
+
+
+def home_for(principal: Principal) -> str:
+    for _label, href, roles in NAV:
+        if principal.role in roles and href != "/docs":
+            return href
+    return "/welcome"
+
+
+def _safe_next(target: str | None) -> str | None:
+    """Only a path on this site (no ``//host``, no scheme, no backslash tricks)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    if any(c in target for c in "\r\n\t"):
+        return None
+    return target
+
+
+# --------------------------------------------------------------------------- signing in and out
+
+
+@router.get("/")
+def root(request: Request) -> Response:
+    who = _session(request, services(request))
+    if who is None:
+        return RedirectResponse("/sign-in", 303)
+    return RedirectResponse(home_for(who.principal), 303)
+
+
+@router.get("/sign-in")
+def sign_in_page(request: Request, next: str | None = None) -> Response:
+    token = request.cookies.get(PRESESSION_COOKIE) or secrets.token_urlsafe(24)
+    response = render(
+        request, "sign_in.html", None, form_token=token, next=_safe_next(next) or "", error=None
+    )
+    _set_presession(request, response, token)
+    return response
+
+
+def _set_presession(request: Request, response: Response, token: str) -> None:
+    secure = services(request).settings.console_secure_cookie
+    response.set_cookie(
+        PRESESSION_COOKIE,
+        token,
+        max_age=3600,
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+        path="/sign-in",
+    )
+
+
+@router.post("/sign-in")
+def sign_in(
+    request: Request,
+    username: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=1024)],
+    form_token: Annotated[str, Form(alias="csrf", max_length=128)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    """Password sign-in from our own form (a double-submitted token: no other site can post it)."""
+    s = services(request)
+    expected = request.cookies.get(PRESESSION_COOKIE, "")
+    if not same_origin(request) or not expected or not secrets.compare_digest(expected, form_token):
+        log.warning("sign-in refused: not from our form")
+        raise PageRefused(403, "This sign-in form has expired. Open the sign-in page again.")
+    settings = s.settings
+    try:
+        with s.db.session() as session:
+            user = authenticate(
+                session,
+                username,
+                password,
+                max_failures=settings.login_max_failures,
+                lockout=timedelta(minutes=settings.login_lockout_minutes),
+            )
+            secret, started = start_session(session, user, SessionPolicy.from_settings(settings))
+    except AccountError as exc:
+        log.warning("console sign-in refused", extra={"username": username, "reason": str(exc)})
+        fresh = secrets.token_urlsafe(24)
+        response = render(
+            request, "sign_in.html", None, 401, form_token=fresh, next=_safe_next(next) or "", error=str(exc)
+        )
+        _set_presession(request, response, fresh)
+        return response
+    log.info("console sign-in", extra={"username": username})
+    response = RedirectResponse(_safe_next(next) or home_for(started.principal), 303)
+    response.set_cookie(
+        cookie_name(settings.console_secure_cookie),
+        secret,
+        max_age=int(SessionPolicy.from_settings(settings).absolute.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        secure=settings.console_secure_cookie,
+        path="/",
+    )
+    response.delete_cookie(PRESESSION_COOKIE, path="/sign-in")
+    return response
+
+
+@router.post("/sign-out")
+def sign_out(request: Request, csrf: Annotated[str, Form(max_length=128)] = "") -> Response:
+    s = services(request)
+    secure = s.settings.console_secure_cookie
+    secret = session_secret(request, secure)
+    if secret:
+        signed_in(request, sources.ROLES, csrf=csrf)  # only our page may sign someone out
+        with s.db.session() as session:
+            end_session(session, secret)
+    response = RedirectResponse("/sign-in", 303)
+    response.delete_cookie(cookie_name(secure), path="/")
+    return response
+
+
+@router.post("/session/keepalive")
+def keepalive(request: Request) -> JSONResponse:
+    """The person is at the screen (a key or the mouse): the idle clock starts again."""
+    who = signed_in(request, sources.ROLES)
+    return JSONResponse(
+        {"idle_ends_at": who.idle_ends_at.isoformat(), "expires_at": who.expires_at.isoformat()}
+    )
+
+
+@router.get("/welcome")
+def welcome(request: Request) -> Response:
+    who = signed_in(request, sources.ROLES)
+    return render(request, "welcome.html", who)
+
+
+# --------------------------------------------------------------------------- the control room
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@router.get("/board")
+def board(request: Request) -> Response:
+    who = signed_in(request, sources.READERS)
+    s = services(request)
+    with s.db.session() as session:
+        snapshot = board_snapshot(session, s.settings)
+    return render(
+        request,
+        "board.html",
+        who,
+        board=snapshot,
+        can_act=who.principal.role in sources.OPERATORS,
+        summaries=_summaries(s),
+    )
+
+
+def board_snapshot(session: Session, settings: Settings) -> dict[str, Any]:
+    cursor = sources.latest_change(session)  # before the rows: the stream replays what follows
+    alarms = sources.open_alarms(session)
+    return {
+        "cursor": cursor,
+        "alarms": alarms,
+        "directory": sources.directory(session, sorted({a["device_id"] for a in alarms})),
+        "ack_timeout_s": settings.alarm_ack_timeout_seconds,
+        "server_time": _now().isoformat(),
+    }
+
+
+@router.get("/board/directory.json")
+def board_directory(request: Request, device: Annotated[list[str], Query(max_length=200)]) -> JSONResponse:
+    """Names for devices the board has not seen yet (a device enrolled after the page was drawn)."""
+    signed_in(request, sources.READERS)
+    with services(request).db.session() as session:
+        return JSONResponse(sources.directory(session, [d[:64] for d in device]))
+
+
+@router.get("/map")
+def map_page(request: Request) -> Response:
+    who = signed_in(request, sources.READERS)
+    s = services(request)
+    return render(
+        request,
+        "map.html",
+        who,
+        map_data=_map_data(s),
+        tiles={"url": s.settings.map_tile_url, "attribution": s.settings.map_tile_attribution},
+    )
+
+
+def _map_data(s: CoreServices) -> dict[str, Any]:
+    now = _now()
+    with s.db.session() as session:
+        cursor = sources.latest_change(session)
+        alarms = sources.open_alarms(session)
+        return {
+            "cursor": cursor,
+            "alarms": alarms,
+            "trails": sources.open_trails(session, alarms, now),
+            "positions": sources.positions(session),
+            "directory": sources.directory(session, sorted({a["device_id"] for a in alarms})),
+            "server_time": now.isoformat(),
+        }
+
+
+@router.get("/map/data.json")
+def map_data(request: Request) -> JSONResponse:
+    signed_in(request, sources.READERS)
+    return JSONResponse(_map_data(services(request)))
+
+
+@router.get("/alarms/{alarm_id}")
+def alarm_page(request: Request, alarm_id: str) -> Response:
+    who = signed_in(request, sources.READERS)
+    s = services(request)
+    with s.db.session() as session:
+        record = sources.alarm_record(session, alarm_id[:64], _now())
+        if record is None:
+            return render(request, "missing.html", who, 404, what="alarm")
+        directory = sources.directory(session, [record["alarm"]["device_id"]])
+    return render(
+        request,
+        "alarm.html",
+        who,
+        record=record,
+        directory=directory,
+        timeline=timeline(record["alarm"], record["payload"], record["voice_memo"]),
+        can_act=who.principal.role in sources.OPERATORS,
+        can_hear=who.principal.role in sources.OPERATORS,
+        tiles={"url": s.settings.map_tile_url, "attribution": s.settings.map_tile_attribution},
+    )
+
+
+def timeline(view: dict[str, Any], *items: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Everything that happened to the alarm, oldest first: its own lifecycle and its items' custody."""
+    events: list[dict[str, Any]] = []
+    steps = [
+        ("occurred_at", "happened (device's clock)", None),
+        ("raised_at", "received by the service", None),
+        ("red_at", "red", None),
+        ("acknowledged_at", "acknowledged", "acknowledged_by"),
+        ("escalated_at", "escalated", "escalated_by"),
+        ("cancel_requested_at", "the wearer asked to cancel", None),
+        ("condition_cleared_at", "condition cleared", None),
+        ("resolved_at", "resolved", "resolved_by"),
+    ]
+    for field, what, by in steps:
+        if not view.get(field):
+            continue
+        detail = ""
+        if field == "escalated_at" and view.get("escalation_reason"):
+            detail = view["escalation_reason"].replace("_", " ")
+        if field == "resolved_at":
+            outcome = (view.get("outcome") or "").replace("_", " ")
+            detail = " — ".join(x for x in (outcome, view.get("resolution_note") or "") if x)
+        events.append({"at": view[field], "what": what, "by": view.get(by) if by else None, "detail": detail})
+    for item in items:
+        if item is None:
+            continue
+        kind = item["kind"].replace("_", " ")
+        for entry in item["custody"]:
+            what = f"{kind}: {entry['action'].replace('_', ' ')}"
+            events.append({"at": entry["at"], "what": what, "by": entry["actor"], "detail": ""})
+    events.sort(key=lambda e: e["at"])
+    return events
+
+
+def _summaries(s: CoreServices) -> list[performance.Summary]:
+    now = _now()
+    with s.db.session() as session:
+        answers = sources.answer_times(session, now - max(performance.PERIODS.values()))
+    return performance.summaries(answers, now)
+
+
+@router.get("/performance")
+def performance_page(request: Request) -> Response:
+    """The figures of ``GET /api/v1/alarms/performance`` (whose ``?format=csv`` is the report)."""
+    who = signed_in(request, sources.READERS)
+    return render(request, "performance.html", who, summaries=_summaries(services(request)))
+
+
+# --------------------------------------------------------------------------- devices and people
+
+
+@router.get("/admin/devices")
+def devices_page(request: Request) -> Response:
+    who = signed_in(request, sources.DEVICE_READERS)
+    with services(request).db.session() as session:
+        fleet = sources.fleet(session)
+        staff = [{"id": m.id, "name": m.name} for m in sources.staff(session)]
+    return render(
+        request,
+        "devices.html",
+        who,
+        fleet=fleet,
+        staff=staff,
+        can_manage=who.principal.role in sources.DEVICE_ADMINS,
+    )
+
+
+@router.get("/admin/people")
+def people_page(request: Request) -> Response:
+    who = signed_in(request, sources.DEVICE_ADMINS)
+    with services(request).db.session() as session:
+        staff = sources.staff(session)
+        users = sources.users(session) if who.principal.role in sources.USER_ADMINS else None
+    return render(request, "people.html", who, staff=staff, users=users, roles=sources.ROLES)
+
+
+# --------------------------------------------------------------------------- API documentation, offline
+
+
+@router.get("/docs")
+def swagger_ui(request: Request) -> Response:
+    response = templates.TemplateResponse(request, "apidocs.html", {"which": "swagger"})
+    response.headers["Content-Security-Policy"] = content_security_policy()
+    return response
+
+
+@router.get("/redoc")
+def redoc(request: Request) -> Response:
+    response = templates.TemplateResponse(request, "apidocs.html", {"which": "redoc"})
+    # ReDoc styles itself with <style> elements it writes at run time and searches in a blob worker;
+    # still no inline or foreign script.
+    response.headers["Content-Security-Policy"] = content_security_policy(
+        **{"style-src": "'self' 'unsafe-inline'", "worker-src": "'self' blob:"}
+    )
+    return response
+
+
+# --------------------------------------------------------------------------- files
+
+
+@router.get("/static/{prefix}/{name:path}")
+def static_file(prefix: str, name: str) -> Response:
+    path = assets.resolve(prefix, name)
+    if path is None:
+        return Response("not found", status_code=404, media_type="text/plain")
+    return FileResponse(
+        path, media_type=assets.TYPES[path.suffix], headers={"Cache-Control": "public, max-age=86400"}
+    )
+
+
+__all__ = ["CSRF_HEADER", "PageRefused", "router", "templates"]

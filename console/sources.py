@@ -1,0 +1,205 @@
+"""Every read the console makes of the alarm, device and account domains, in one place.
+
+The pages show what the API shows: the same role lists (imported from the modules that guard the
+API routes, never restated here) and the same views of the same rows (``alarm_view`` is the one the
+API and the live stream use). Actions never come through here at all: the pages' scripts call the
+API routes themselves, with the session cookie and its CSRF token.
+
+Everything comes from the domain packages (``alarms``, ``devices``, ``accounts``); nothing of the
+console reaches into ``ingest``, the application that mounts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from accounts.api import USER_ADMINS
+from accounts.models import ROLES, User
+from alarms import performance
+from alarms.api import OPERATORS, READERS
+from alarms.feed import alarm_view
+from alarms.models import AlarmChange, AlarmRecord, LoneWorkerVisit
+from alarms.records import alarm_record, answer_times
+from alarms.trails import trail
+from devices.api import ADMINS as DEVICE_ADMINS
+from devices.models import Device, LoneWorkerState, StaffMember
+from devices.service import list_staff
+
+__all__ = [
+    "alarm_record",
+    "answer_times",
+    "performance",
+    "DEVICE_ADMINS",
+    "DEVICE_READERS",
+    "OPERATORS",
+    "READERS",
+    "ROLES",
+    "USER_ADMINS",
+]
+
+# Who may list the fleet: the roles of ``GET /api/v1/devices``.
+DEVICE_READERS = (*DEVICE_ADMINS, "auditor", "operator")
+SEVERITY_ORDER = {"red": 0, "amber": 1, "warning": 2}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+# --------------------------------------------------------------------------- the board
+
+
+def latest_change(session: Session) -> int:
+    """The live stream's newest change id: a board drawn from the rows read after this misses nothing
+    if it follows the stream from here."""
+    return int(session.scalar(select(func.max(AlarmChange.id))) or 0)
+
+
+def open_alarms(session: Session, limit: int = 2000) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(AlarmRecord)
+        .where(AlarmRecord.status != "resolved")
+        .order_by(AlarmRecord.raised_at, AlarmRecord.id)
+        .limit(limit)
+    )
+    return [alarm_view(r) for r in rows]
+
+
+def directory(session: Session, device_ids: list[str] | None) -> dict[str, Any]:
+    """Names behind the ids an alarm carries: the device, its wearer (name, staff group), the visit
+    under way (the address a community worker gave) and the device's last known state."""
+    devices_q = select(Device).where(Device.kind == "lone_worker")
+    if device_ids is not None:
+        devices_q = devices_q.where(Device.id.in_(device_ids[:1000]))
+    devices = list(session.scalars(devices_q))
+    ids = [d.id for d in devices]
+    staff_ids = {d.assigned_staff_id for d in devices if d.assigned_staff_id}
+    staff: Iterable[StaffMember] = (
+        session.scalars(select(StaffMember).where(StaffMember.id.in_(staff_ids))) if staff_ids else []
+    )
+    states: Iterable[LoneWorkerState] = (
+        session.scalars(select(LoneWorkerState).where(LoneWorkerState.device_id.in_(ids))) if ids else []
+    )
+    visits: Iterable[LoneWorkerVisit] = (
+        session.scalars(
+            select(LoneWorkerVisit).where(
+                LoneWorkerVisit.device_id.in_(ids), LoneWorkerVisit.ended_at.is_(None)
+            )
+        )
+        if ids
+        else []
+    )
+    return {
+        "devices": {
+            d.id: {"name": d.name, "site": d.site, "staff_id": d.assigned_staff_id, "status": d.status}
+            for d in devices
+        },
+        "staff": {m.id: {"name": m.name, "group": m.staff_group, "site": m.site} for m in staff},
+        "states": {st.device_id: state_view(st) for st in states},
+        "visits": {
+            v.device_id: {
+                "visit_id": v.visit_id,
+                "note": v.note,
+                "expected_end": _iso(v.expected_end),
+                "started_at": _iso(v.started_at),
+            }
+            for v in visits
+        },
+    }
+
+
+def state_view(st: LoneWorkerState) -> dict[str, Any]:
+    return {
+        "presence": st.presence,
+        "last_seen_at": _iso(st.last_seen_at),
+        "battery": st.battery,
+        "position": (
+            {"lat": st.lat, "lon": st.lon, "accuracy_m": st.accuracy_m, "at": _iso(st.position_at)}
+            if st.lat is not None and st.lon is not None
+            else None
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- one alarm
+
+
+def alarm(session: Session, alarm_id: str) -> dict[str, Any] | None:
+    row = session.get(AlarmRecord, alarm_id)
+    return alarm_view(row) if row is not None else None
+
+
+# --------------------------------------------------------------------------- where people are
+
+
+def positions(session: Session) -> list[dict[str, Any]]:
+    """Every lone-worker device's last known position (the map's layer of people)."""
+    rows = session.execute(
+        select(Device, LoneWorkerState)
+        .join(LoneWorkerState, LoneWorkerState.device_id == Device.id)
+        .where(Device.kind == "lone_worker", LoneWorkerState.lat.is_not(None))
+        .order_by(Device.id)
+        .limit(20000)
+    ).all()
+    return [
+        {"device_id": d.id, "staff_id": d.assigned_staff_id, "site": d.site, **state_view(st)}
+        for d, st in rows
+    ]
+
+
+def open_trails(
+    session: Session, alarms: list[dict[str, Any]], now: datetime
+) -> dict[str, list[dict[str, Any]]]:
+    return {a["id"]: trail(session, a, now) for a in alarms[:200]}
+
+
+# --------------------------------------------------------------------------- devices and people
+
+
+def fleet(session: Session) -> list[dict[str, Any]]:
+    open_counts = (
+        select(AlarmRecord.device_id, func.count().label("n"))
+        .where(AlarmRecord.status != "resolved")
+        .group_by(AlarmRecord.device_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Device, LoneWorkerState, StaffMember, open_counts.c.n)
+        .outerjoin(LoneWorkerState, LoneWorkerState.device_id == Device.id)
+        .outerjoin(StaffMember, StaffMember.id == Device.assigned_staff_id)
+        .outerjoin(open_counts, open_counts.c.device_id == Device.id)
+        .order_by(Device.kind, Device.id)
+    ).all()
+    out = []
+    for d, st, member, n in rows:
+        out.append(
+            {
+                "id": d.id,
+                "kind": d.kind,
+                "name": d.name,
+                "site": d.site,
+                "status": d.status,
+                "staff_id": d.assigned_staff_id,
+                "staff_name": member.name if member else None,
+                "has_broker_login": d.broker_password_hash is not None,
+                "open_alarms": int(n or 0),
+                **(state_view(st) if st else {"presence": None, "last_seen_at": None, "battery": None}),
+            }
+        )
+    return out
+
+
+def staff(session: Session) -> list[StaffMember]:
+    return list_staff(session)
+
+
+def users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.username)))
+
+
+# --------------------------------------------------------------------------- how well the room answers

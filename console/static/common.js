@@ -1,0 +1,135 @@
+// Small helpers every page shares. Text from people and devices is only ever put into the page as
+// text (textContent, attribute values), never parsed as HTML.
+
+export const csrfToken = () => document.body.dataset.csrf || "";
+
+/** Build an element: el("td", {class: "x", "aria-label": "…"}, "text", childNode, …). */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "dataset") Object.assign(node.dataset, value);
+    else if (name.startsWith("on") && typeof value === "function") node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+/** The JSON a page was rendered with (a non-executed <script type="application/json">). */
+export function pageData(id) {
+  const node = document.getElementById(id);
+  return node ? JSON.parse(node.textContent) : null;
+}
+
+export class ApiError extends Error {
+  constructor(status, message, body) {
+    super(message);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+/** A request the page makes by itself (a timer's refresh): it does not count as the person being
+ * there, so an unattended screen still reaches its idle timeout. */
+export function background(path) {
+  return fetch(path, { credentials: "same-origin", redirect: "manual", headers: { "X-Console-Background": "1" } });
+}
+
+/** Call the API as the signed-in person: the session cookie goes by itself, the CSRF token with it. */
+export async function api(method, path, body) {
+  const headers = { "X-CSRF-Token": csrfToken(), Accept: "application/json" };
+  const init = { method, headers, credentials: "same-origin", redirect: "manual" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  let data = null;
+  const type = response.headers.get("content-type") || "";
+  if (type.includes("json")) data = await response.json().catch(() => null);
+  if (!response.ok) {
+    throw new ApiError(response.status, describeError(response.status, data), data);
+  }
+  return data;
+}
+
+function describeError(status, data) {
+  if (status === 0 || status === 401) return "You are signed out. Sign in again to carry on.";
+  if (status === 403 && !(data && data.detail && data.detail.reason)) return "Your role may not do this.";
+  const detail = data && (data.detail ?? data.error);
+  if (typeof detail === "string") return detail;
+  if (detail && typeof detail.error === "string") return detail.error;
+  if (Array.isArray(detail) && detail[0] && detail[0].msg) {
+    return detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
+  }
+  return `The service answered ${status}.`;
+}
+
+const timeFormat = new Intl.DateTimeFormat("en-GB", {
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+});
+const dateTimeFormat = new Intl.DateTimeFormat("en-GB", {
+  day: "numeric",
+  month: "short",
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+});
+
+export function clock(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  const today = new Date();
+  return d.toDateString() === today.toDateString() ? timeFormat.format(d) : dateTimeFormat.format(d);
+}
+
+/** "4 s", "3 min 05 s", "2 h 10 min". */
+export function duration(ms) {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${String(s % 60).padStart(2, "0")} s`;
+  const h = Math.floor(m / 60);
+  return `${h} h ${String(m % 60).padStart(2, "0")} min`;
+}
+
+export function countdown(ms) {
+  const s = Math.max(0, Math.ceil(ms / 1000));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+export function words(text) {
+  return String(text || "").replaceAll("_", " ");
+}
+
+export const KIND_NAMES = {
+  sos: "SOS",
+  amber: "Amber alert",
+  man_down: "Man down",
+  missed_checkin: "Missed check-in",
+  low_battery: "Low battery",
+  device_offline: "Device offline",
+};
+
+export function position(p, at) {
+  if (!p) return "no position";
+  const acc = p.accuracy_m !== null && p.accuracy_m !== undefined ? ` ±${Math.round(p.accuracy_m)} m` : "";
+  const when = at ? ` · ${clock(at)}` : "";
+  return `${Number(p.lat).toFixed(5)}, ${Number(p.lon).toFixed(5)}${acc}${when}`;
+}
+
+/** Polite announcements for screen readers (and a visible status line). */
+export function announce(message, urgent = false) {
+  const region = document.getElementById(urgent ? "announce-urgent" : "announce");
+  if (!region) return;
+  region.textContent = "";
+  window.setTimeout(() => {
+    region.textContent = message;
+  }, 30);
+}
