@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from redaction.cli import redact as redact_command
 from storage.settings import get_settings
 
 app = typer.Typer(help="Body-worn camera and lone-worker evidence service.", no_args_is_help=True)
@@ -20,6 +21,7 @@ users = typer.Typer(help="User accounts.", no_args_is_help=True)
 devices = typer.Typer(help="Docks, cameras and lone-worker devices.", no_args_is_help=True)
 app.add_typer(users, name="user")
 app.add_typer(devices, name="device")
+app.command("redact")(redact_command)
 console = Console(stderr=True)
 out = Console()
 

@@ -21,6 +21,7 @@ ADJUSTABLE = (
     "fine_stride",
     "threshold",
     "mask_scale",
+    "cover",
     "shape",
     "style",
     "blur_cells",
