@@ -197,12 +197,18 @@ def deface_backend() -> str:
 
 
 def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    clip_path = work / f"{split}.mp4"
-    print(f"[{split}] rendering {args.seconds:g} s of shots ...", flush=True)
+    name = f"{split}-{args.seconds:g}s-{args.width}x{args.height}"
+    clip_path = (args.clips or work) / f"{name}.mp4"
+    truth_path = clip_path.with_suffix(".json")
     t0 = time.perf_counter()
-    clip = render_shots(
-        clip_path, args.seconds, split=split, seed=SEEDS[split], width=args.width, height=args.height
-    )
+    if args.clips and clip_path.exists() and truth_path.exists():
+        clip = ShotClip.load(truth_path)
+    else:
+        print(f"[{split}] rendering {args.seconds:g} s of shots ...", flush=True)
+        clip = render_shots(
+            clip_path, args.seconds, split=split, seed=SEEDS[split], width=args.width, height=args.height
+        )
+        clip.save(truth_path)
     kinds: dict[str, int] = defaultdict(int)
     for _, k in clip.shots:
         kinds[k] += 1
@@ -231,9 +237,10 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cv2.imwrite(str(magenta_png), np.full((8, 8, 3), MAGENTA, np.uint8))
     for n in range(args.runs):
         run: dict[str, Any] = {"run": n + 1, "load_average_before": load_average()}
-        stats, _ = timed(clip.frames, lambda: transcode(clip_path, work / "x264.mp4", solid))
-        run["x264_transcode"] = stats
-        base_fps = stats["fps"]
+        if args.x264:
+            stats, _ = timed(clip.frames, lambda: transcode(clip_path, work / "x264.mp4", solid))
+            run["x264_transcode"] = stats
+        base_fps = run.get("x264_transcode", {}).get("fps", float("nan"))
         for name, settings in variants.items():
             dst = work / f"{name}.mp4"
             print(f"[{split}] run {n + 1}: {name} ...", flush=True)
@@ -299,6 +306,10 @@ def main() -> int:
     parser.add_argument("--score-every-run", action="store_true")
     parser.add_argument("--deface-every-run", action="store_true")
     parser.add_argument("--name", default="redaction")
+    parser.add_argument("--clips", type=Path, help="keep rendered clips here and reuse them")
+    parser.add_argument(
+        "--no-x264", dest="x264", action="store_false", help="skip the transcode (scoring only)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-redaction-"))
     try:

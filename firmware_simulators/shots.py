@@ -5,8 +5,10 @@ short shots joined by hard cuts, each shot one of
 
 - ``crowd``: the camera walks past a wall of group photographs (pan, drifting zoom, walking bob
   and sway, motion blur when it swings fast): many faces of 25-60 px at once;
-- ``night``: the same, with the exposure down to a brightness of 10-25 of 255, and sensor noise;
-- ``glare``: the same, overexposed until the light parts clip;
+- ``night``: the same, with the exposure down to a mean brightness of about 10-25 of 255, and
+  sensor noise;
+- ``glare``: the same, overexposed until the light parts clip (faces bright, most still with
+  their features: a face burnt out to white shows no one and is no test);
 - ``walkers``: people walking past a plain wall at a distance: faces of 24-40 px crossing at
   8-20 px a frame with a walking bob, while the camera stands (or sways a little);
 - ``approach``: one face coming towards the camera across a wall, from 24 to 200 px.
@@ -81,6 +83,16 @@ class ShotClip:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ShotClip:
+        data = json.loads(Path(path).read_text())
+        faces = {
+            int(f): [ShotFace(int(v[0]), (v[1], v[2], v[3], v[4]), v[5]) for v in fs]
+            for f, fs in data["faces"].items()
+        }
+        shots = [(int(a), str(b)) for a, b in data["shots"]]
+        return cls(data["width"], data["height"], data["fps"], data["frames"], shots, faces)
 
 
 @dataclass(frozen=True)
@@ -327,8 +339,8 @@ def _crowd(shot: _Shot, split: str, root: str, width: int, height: int, fps: int
     pan0 = rng.uniform(0, 0.2) * pan_span
     pan1 = pan0 + rng.uniform(0.4, 0.8) * pan_span * rng.choice([-1, 1])
     swing = int(rng.integers(n // 4, 3 * n // 4))  # one fast swing of the camera mid-shot
-    gain = {"day": 1.0, "night": rng.uniform(0.07, 0.14), "glare": rng.uniform(2.2, 3.0)}[light]
-    lift = {"day": 0.0, "night": rng.uniform(2, 6), "glare": rng.uniform(30, 60)}[light]
+    gain = {"day": 1.0, "night": rng.uniform(0.06, 0.12), "glare": rng.uniform(1.7, 2.3)}[light]
+    lift = {"day": 0.0, "night": rng.uniform(1, 4), "glare": rng.uniform(20, 40)}[light]
     prev = None
     for i in range(n):
         u = i / max(1, n - 1)

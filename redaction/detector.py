@@ -122,7 +122,7 @@ class CenterFaceDetector:
     def _forward(self, image: np.ndarray) -> list[Detection]:
         """One pass of the network over an image; boxes in that image's pixels."""
         h, w = image.shape[:2]
-        in_w, in_h = _ceil32(w), _ceil32(h)
+        in_w, in_h = _side32(w), _side32(h)
         # The network was trained on RGB; frames here are BGR, hence swapRB.
         blob = cv2.dnn.blobFromImage(image, 1.0, (in_w, in_h), (0, 0, 0), swapRB=True, crop=False)
         self._net.setInput(blob)
@@ -148,8 +148,10 @@ class CenterFaceDetector:
         ]
 
 
-def _ceil32(n: int) -> int:
-    return int(math.ceil(n / 32) * 32)
+def _side32(n: int) -> int:
+    """The network's input side for an image side: a multiple of 32, rounded to the nearest
+    (360 becomes 352, not 384: an eighth less work for a squeeze of 2 %)."""
+    return max(32, int(round(n / 32) * 32))
 
 
 def _tiles(image: np.ndarray, tile: int | None, overlap: int) -> list[tuple[int, int, np.ndarray]]:

@@ -44,20 +44,21 @@ class RedactionSettings:
     Whole-frame detection looks at frames scaled to ``detect_width`` pixels across (finds faces
     down to about 24 px at 640 on a 1280 frame) at least every ``stride`` frames, every
     ``still_stride`` frames while the camera holds still and no track is young, and at once on
-    the first frame of every shot. Every ``fine_stride``-th frame (and on a shot's first frame) it
-    looks at ``fine_width`` (None: the frame's own width) to find faces down to about 16 px;
+    the first frame of every shot. Every ``fine_stride``-th frame of a shot it looks at ``fine_width`` (None: the frame's own width) to find faces down to about 16 px;
     ``fine_stride`` 0 turns that pass off, and it is skipped anyway when it would see no more
     detail than the first. Between whole-frame passes each known face gets a small look in a
     window around where its track says it is (wider the less sure the track is): every frame
-    while the track is young, fast or uncertain, else every ``refresh_stride`` frames (0: never),
+    while the track is young or uncertain, every other frame while it moves fast, else every
+    ``refresh_stride`` frames (0: no looks at all),
     scaled so the face is about ``refresh_face_px`` across (``refresh_below``: only faces
-    smaller than this many pixels; None: all). Frames (or windows) darker than ``dark_below`` or
+    smaller than this many pixels; None: all); the looks of one frame see at most
+    ``look_budget`` of what a whole-frame pass sees, the neediest first. Frames (or windows) darker than ``dark_below`` or
     brighter than ``bright_above`` (mean luma) get their contrast normalised (CLAHE) before the
     detector sees them.
 
-    The mask is an ellipse round the face box grown about its centre by ``mask_scale`` (1.45: a
-    margin of 0.225 of the face on every side; an ellipse of 1.41 passes through the face box's
-    corners, the rest allows for the detector's error); ``cover``
+    The mask (``shape``: by default a rounded box, see ``redaction.render``) is the face box grown
+    about its centre by ``mask_scale``: 1.3 is a stated margin of 0.15 of the face on every side,
+    which reaches past the face box's corners with room for the detector's error; ``cover``
     "head" masks the whole head around each face instead (hair, ears, a profile turning away).
     ``stabilise`` measures the camera's own motion so faces are followed through shake between
     sightings; ``cuts`` finds hard cuts so no track or hold crosses one. ``auto`` false finds no
@@ -69,17 +70,18 @@ class RedactionSettings:
     still_stride: int = 8
     fine_width: int | None = None
     fine_stride: int = 24
-    refresh_stride: int = 2
+    refresh_stride: int = 4
     refresh_below: int | None = None
     refresh_face_px: int = 48
     refresh_context: float = 2.5
     max_looks: int = 24
+    look_budget: float = 0.5
     threshold: float = 0.2
     dark_below: int = 70
     bright_above: int = 185
-    mask_scale: float = 1.45
+    mask_scale: float = 1.3
     cover: Cover = "face"
-    shape: Shape = "ellipse"
+    shape: Shape = "rounded"
     style: Style = "blur"
     blur_cells: int = 4
     pixel_cells: int = 8
@@ -161,12 +163,13 @@ class DetectionPlan:
     def widths(self, since_shot: int, since_coarse: int, still: bool) -> list[int]:
         """The scaled widths to look at a frame at (empty: not looked at as a whole), given the
         frames since its shot began and since the last whole-frame pass, and whether the scene
-        is still. A shot's first frame gets both passes; a fine pass needs no coarse one beside
-        it (it finds large faces too)."""
+        is still. A shot's first frame is looked at at once; the first fine pass comes half a
+        ``fine_stride`` into the shot (the faces it finds are followed back to the shot's start),
+        and a fine pass needs no coarse one beside it (it finds large faces too)."""
         fine = [self.fine_width] if self.fine_width else []
         if since_shot == 0:
-            return fine or [self.coarse_width]
-        if self.fine_width and since_shot % self.fine_stride == 0:
+            return [self.coarse_width]
+        if self.fine_width and since_shot % self.fine_stride == self.fine_stride // 2:
             return fine
         if since_coarse >= (self.still_stride if still else self.stride):
             return [self.coarse_width]
@@ -358,19 +361,21 @@ class _FaceFinder:
         else:
             due = [st for st in states if self._due(st, index)]
             due.sort(key=lambda st: (st.sightings, -st.spread / max(1.0, st.box.w)))
-            windows = [(st, _look_window(frame, st.box, s, st.spread)) for st in due[: s.max_looks]]
-            windows = [(st, w) for st, w in windows if w is not None]
-            cost = sum(_pixels(w) for _, w in windows)
-            whole = _pixels((0, 0, frame.width, frame.height, self.plan.coarse_width, frame.height))
-            if cost > whole:
-                # So many faces need a look that one whole-frame pass is cheaper.
-                found = _detect_in(self.detector, frame, None, self.plan.coarse_width, s)
-                started = self.tracker.observe(index, nms(found, 0.3))
-                self.detection_frames += 1
-                self.last_coarse = index
-            elif windows:
+            # Looks cost what the detector sees; past a share of a whole-frame pass the rest
+            # wait for the next frame (most needy first).
+            budget = s.look_budget * _pixels((0, 0, frame.width, frame.height, self.plan.coarse_width))
+            windows = []
+            for st in due[: s.max_looks]:
+                w = _look_window(frame, st.box, s, st.spread)
+                if w is None:
+                    continue
+                if windows and _pixels(w) > budget:
+                    break
+                budget -= _pixels(w)
+                windows.append(w)
+            if windows:
                 found = []
-                for _, w in windows:
+                for w in windows:
                     found.extend(_detect_in(self.detector, frame, w[:4], w[4], s))
                 self.looks += len(windows)
                 started = self.tracker.observe(index, nms(found, 0.3))
@@ -378,16 +383,18 @@ class _FaceFinder:
             self._look_back(track_id)
 
     def _due(self, st: TrackState, index: int) -> bool:
-        """Whether a track needs a look this frame: every frame while it is young, fast or
-        uncertain; else every ``refresh_stride`` frames."""
+        """Whether a track needs a look this frame: every frame while it is young or uncertain,
+        every other frame while it moves fast, else every ``refresh_stride`` frames (0: no looks
+        at all)."""
         s = self.settings
         size = max(st.box.w, st.box.h)
-        if s.refresh_below is not None and size >= s.refresh_below:
+        if not s.refresh_stride or (s.refresh_below is not None and size >= s.refresh_below):
             return False
-        if not s.refresh_stride:
-            return False
-        urgent = st.sightings < 3 or st.spread > 0.35 * size
-        return urgent or index % s.refresh_stride == 0
+        if st.sightings < 3 or st.spread > 0.35 * size:
+            return True
+        if st.speed > 0.3 * size:
+            return index % 2 == 0
+        return index % s.refresh_stride == 0
 
     def drain(self) -> list[tuple[int, Frame]]:
         ready = list(self.pending)
