@@ -56,9 +56,10 @@ class RedactionSettings:
     brighter than ``bright_above`` (mean luma) get their contrast normalised (CLAHE) before the
     detector sees them.
 
-    The mask (``shape``: by default a rounded box, see ``redaction.render``) is the face box grown
-    about its centre by ``mask_scale``: 1.3 is a stated margin of 0.15 of the face on every side,
-    which reaches past the face box's corners with room for the detector's error; ``cover``
+    The mask (``shape``: an ellipse by default, see ``redaction.render``) is the face box grown
+    about its centre by ``mask_scale``: 1.5 is a stated margin of a quarter of the face on every
+    side (an ellipse of 1.41 passes through the face box's corners; the rest is room for the
+    detector's error, about a tenth of a face, measured on the benchmark's tune split); ``cover``
     "head" masks the whole head around each face instead (hair, ears, a profile turning away).
     ``stabilise`` measures the camera's own motion so faces are followed through shake between
     sightings; ``cuts`` finds hard cuts so no track or hold crosses one. ``auto`` false finds no
@@ -79,9 +80,9 @@ class RedactionSettings:
     threshold: float = 0.2
     dark_below: int = 70
     bright_above: int = 185
-    mask_scale: float = 1.3
+    mask_scale: float = 1.5
     cover: Cover = "face"
-    shape: Shape = "rounded"
+    shape: Shape = "ellipse"
     style: Style = "blur"
     blur_cells: int = 4
     pixel_cells: int = 8

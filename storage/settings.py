@@ -175,8 +175,8 @@ class Settings(BaseSettings):
     redaction_detect_width: int = 640
     # Face detector confidence threshold.
     redaction_threshold: float = 0.2
-    # Run the whole-frame detector on every Nth frame; faces are tracked and re-checked in between.
-    redaction_stride: int = 6
+    # Run the whole-frame detector at least every Nth frame (at once after a cut); faces are tracked and re-checked in between.
+    redaction_stride: int = 5
     # A worker renews its claim on a job this often; a dead worker's job is taken over after it.
     worker_lease_seconds: int = 120
     # Attempts before a redaction job is marked failed.
