@@ -188,7 +188,8 @@ class RedactionResult:
     with the track id and whether the face was ``detected`` in that frame, ``interpolated``
     between sightings or ``extended`` before or after them), manual regions (``source``
     "manual") and excluded tracks (``excluded`` true, not hidden). Boxes are the hidden area in
-    frame pixels, [x, y, w, h], margins included.
+    frame pixels, [x, y, w, h], margins included. ``shots`` holds the first frame of each shot
+    (hard cuts found; no mask is carried across one).
     """
 
     frames: int
@@ -199,6 +200,7 @@ class RedactionResult:
     elapsed: float
     record: list[list[dict[str, Any]]]
     tracks: int
+    shots: list[int]
     detection_frames: int
     refresh_looks: int
     detector: dict[str, Any]
@@ -286,6 +288,7 @@ def redact_clip(
         elapsed=time.perf_counter() - started,
         record=renderer.record,
         tracks=finder.tracker.track_count,
+        shots=finder.tracker.cuts,
         detection_frames=finder.detection_frames,
         refresh_looks=finder.looks,
         detector=finder.detector.info(),
@@ -325,7 +328,8 @@ class _FaceFinder:
     def take(self, index: int, frame: Frame) -> list[tuple[int, Frame]]:
         """Look at a newly decoded frame; return the held frames that are now ready to render."""
         s = self.settings
-        if index == 0 or (self.cuts is not None and self.cuts.update(frame.y)):
+        cut = self.cuts.update(frame.y) if self.cuts is not None else False
+        if index == 0 or cut:
             if index > 0:
                 self.tracker.cut(index)
             self.shot_start = index

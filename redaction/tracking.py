@@ -365,8 +365,9 @@ class FaceTracker:
 
     def _smoothed(self, track: _Track, k: int) -> Box:
         """The k-th sighting smoothed over sightings within ``smooth`` frames either side: the
-        centre averaged, the size the largest seen (a face that looks smaller for a frame or two,
-        blurred or turning, keeps the larger mask)."""
+        centre from a straight line fitted through them (a plain average would drag a fast face's
+        mask towards whichever side had more sightings), the size the largest seen (a face that
+        looks smaller for a frame or two, blurred or turning, keeps the larger mask)."""
         s = self.settings.smooth
         if s <= 0:
             return track.boxes[k]
@@ -374,13 +375,14 @@ class FaceTracker:
         lo = bisect.bisect_left(track.frames, f - s)
         hi = bisect.bisect_right(track.frames, f + s)
         boxes = track.boxes[lo:hi]
-        n = len(boxes)
-        return Box.from_center(
-            sum(b.cx for b in boxes) / n,
-            sum(b.cy for b in boxes) / n,
-            max(b.w for b in boxes),
-            max(b.h for b in boxes),
-        )
+        if len(boxes) < 3:
+            cx, cy = track.boxes[k].cx, track.boxes[k].cy
+        else:
+            t = np.array(track.frames[lo:hi], float) - f
+            xs = np.array([b.cx for b in boxes])
+            ys = np.array([b.cy for b in boxes])
+            (_, cx), (_, cy) = np.polyfit(t, xs, 1), np.polyfit(t, ys, 1)
+        return Box.from_center(float(cx), float(cy), max(b.w for b in boxes), max(b.h for b in boxes))
 
     def _velocity(self, track: _Track, end: int) -> tuple[float, float]:
         """Pixels a frame at one end of a track: from the sightings near that end, or (one

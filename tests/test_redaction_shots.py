@@ -77,6 +77,7 @@ def test_cut_detector_finds_exactly_the_cuts_of_real_footage(cut_clip) -> None: 
             if detector.update(frame.y):
                 found.append(index)
     assert found == [start for start, _ in clip.shots]
+    assert cut_clip[2].shots == found  # the pipeline found the same cuts, and no others
 
 
 def test_no_track_or_hold_crosses_a_cut(cut_clip) -> None:  # type: ignore[no-untyped-def]
