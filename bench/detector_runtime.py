@@ -60,13 +60,19 @@ def runtimes(threads: int) -> dict[str, Callable[[np.ndarray], object]]:
         return out
     ort.set_default_logger_severity(3)
     model = onnx.load(path)
-    dims = {"input.1": ["B", 3, "H", "W"]}
-    outs = {
-        "537": ["B", 1, "h", "w"],
-        "538": ["B", 2, "h", "w"],
-        "539": ["B", 2, "h", "w"],
-        "540": ["B", 10, "h", "w"],
-    }
+    # Every graph input must be named (the model lists its weights as inputs too); only the
+    # image's size and the outputs' become free.
+    dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    outs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    dims["input.1"] = ["B", 3, "H", "W"]
+    outs.update(
+        {
+            "537": ["B", 1, "h", "w"],
+            "538": ["B", 2, "h", "w"],
+            "539": ["B", 2, "h", "w"],
+            "540": ["B", 10, "h", "w"],
+        }
+    )
     free = update_inputs_outputs_dims(model, dims, outs).SerializeToString()
     for name, level in (
         ("basic", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
