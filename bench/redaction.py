@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import load_average, write_results  # noqa: E402
 from firmware_simulators.shots import ShotClip, render_shots  # noqa: E402
+from redaction.coverage import size_band  # noqa: E402
 from redaction.media import ffmpeg_exe  # noqa: E402
 from redaction.pipeline import RedactionSettings, redact_clip  # noqa: E402
 
@@ -62,15 +63,6 @@ def magenta(image: np.ndarray) -> np.ndarray:
         image[:, :, 2].astype(np.int16),
     )
     return (b > 150) & (r > 150) & (g < 110) & (np.abs(b - r) < 90)
-
-
-def band(size: float) -> str:
-    if size < BANDS[0]:
-        return f"<{BANDS[0]}"
-    for lo, hi in zip(BANDS, BANDS[1:], strict=False):
-        if lo <= size < hi:
-            return f"{lo:03d}-{hi - 1:03d}"
-    return f"{BANDS[-1]:03d}+"
 
 
 def score_output(source: Path, output: Path, clip: ShotClip) -> dict[str, Any]:
@@ -125,8 +117,8 @@ def score_output(source: Path, output: Path, clip: ShotClip) -> dict[str, Any]:
             k = per_kind[kind]
             k["face_frames"] += 1
             k["hidden"] += hidden
-            k["bands"][band(f.size)][0] += hidden
-            k["bands"][band(f.size)][1] += 1
+            k["bands"][size_band(f.size, BANDS)][0] += hidden
+            k["bands"][size_band(f.size, BANDS)][1] += 1
             seen.add(f.track)
             runs[f.track] = 0 if hidden else runs[f.track] + 1
             longest[kind] = max(longest[kind], runs[f.track])

@@ -33,8 +33,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from firmware_simulators.scene import FaceSource, face_sources, ffmpeg_exe, soft_alpha
+
 SHOT_KINDS = ("crowd", "night", "glare", "walkers", "approach")
-_LFW_FACE_BOX = (0.10, 0.03, 0.90, 0.97)  # the face inside an LFW crop, as fractions of it
 
 
 @dataclass(frozen=True)
@@ -101,15 +102,6 @@ class _Photo:
     boxes: tuple[tuple[float, float, float, float], ...]
 
 
-@dataclass(frozen=True)
-class _Sprite:
-    """A face cut out with a soft edge; ``box`` is the face inside it, as fractions."""
-
-    bgr: np.ndarray
-    alpha: np.ndarray
-    box: tuple[float, float, float, float]
-
-
 def faces_dev_dir() -> Path:
     """``shared/datasets/faces-dev`` beside the repository."""
     return Path(__file__).resolve().parents[2] / "shared" / "datasets" / "faces-dev"
@@ -131,19 +123,10 @@ def _photos(split: str, root: str) -> tuple[_Photo, ...]:
 
 
 @lru_cache(maxsize=4)
-def _sprites(split: str, root: str) -> tuple[_Sprite, ...]:
-    from skimage import data
-
-    out: list[_Sprite] = []
-    tints = np.array([[0.78, 0.86, 1.0], [0.70, 0.80, 0.98], [0.85, 0.90, 1.0], [0.62, 0.72, 0.88]])
+def _sprites(split: str, root: str) -> tuple[FaceSource, ...]:
     parity = 0 if split == "tune" else 1
-    for n, face in enumerate(data.lfw_subset()[:100]):
-        if n % 2 != parity:
-            continue
-        grey = face.astype(np.float32) * 255
-        bgr = np.clip(grey[:, :, None] * tints[n % 4][None, None, :] + 12, 0, 255).astype(np.uint8)
-        bgr = cv2.resize(bgr, (100, 100), interpolation=cv2.INTER_CUBIC)
-        out.append(_Sprite(bgr, _soft_alpha(100, 100, 0.08), _LFW_FACE_BOX))
+    lfw_and_astronaut = face_sources()
+    out = [src for n, src in enumerate(lfw_and_astronaut[:-1]) if n % 2 == parity]
     # Faces cut from the photographs of the same split, in colour and at their own resolution.
     for photo in _photos(split, root):
         h, w = photo.image.shape[:2]
@@ -154,20 +137,10 @@ def _sprites(split: str, root: str) -> tuple[_Sprite, ...]:
             crop = photo.image[y0:y1, x0:x1]
             cw, ch = x1 - x0, y1 - y0
             box = ((x - x0) / cw, (y - y0) / ch, (x + bw - x0) / cw, (y + bh - y0) / ch)
-            out.append(_Sprite(crop.copy(), _soft_alpha(cw, ch, 0.15, ellipse=True), box))
+            out.append(FaceSource(crop.copy(), soft_alpha(cw, ch, 0.15, ellipse=True), box))
     if split == "tune":
-        astro = data.astronaut()[10:220, 140:310, ::-1].copy()
-        box = (40 / 170, 50 / 210, 130 / 170, 170 / 210)
-        out.append(_Sprite(astro, _soft_alpha(170, 210, 0.12, ellipse=True), box))
+        out.append(lfw_and_astronaut[-1])
     return tuple(out)
-
-
-def _soft_alpha(w: int, h: int, feather: float, ellipse: bool = False) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    nx, ny = (xx + 0.5) / w * 2 - 1, (yy + 0.5) / h * 2 - 1
-    power = 2.0 if ellipse else 6.0
-    r = (np.abs(nx) ** power + np.abs(ny) ** power) ** (1 / power)
-    return np.clip((1.0 - r) / feather, 0.0, 1.0).astype(np.float32)
 
 
 @lru_cache(maxsize=2)
@@ -235,7 +208,7 @@ def render_shots(
     else:
         plan = plan_shots(seed, seconds, fps)
     clip = ShotClip(width, height, fps, sum(s.frames for s in plan))
-    cmd = [ffmpeg or _ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    cmd = [ffmpeg or ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
     cmd += ["-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0"]
     cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p"]
     cmd += ["-g", "60", "-movflags", "+faststart", str(path)]
@@ -379,7 +352,7 @@ def _glare(shot: _Shot, split: str, root: str, width: int, height: int, fps: int
 
 @dataclass
 class _Walker:
-    sprite: _Sprite
+    sprite: FaceSource
     start: int
     x0: float
     y0: float
@@ -390,7 +363,7 @@ class _Walker:
     phase: float
 
 
-def _paste(frame: np.ndarray, sprite: _Sprite, cx: float, cy: float, face_h: float) -> tuple[float, ...]:
+def _paste(frame: np.ndarray, sprite: FaceSource, cx: float, cy: float, face_h: float) -> tuple[float, ...]:
     """Draw a sprite with its face centred at (cx, cy), ``face_h`` tall; return the face box."""
     bx0, by0, bx1, by1 = sprite.box
     sh, sw = sprite.bgr.shape[:2]
@@ -485,9 +458,3 @@ _SHOT_PAINTERS = {
     "walkers": _walkers,
     "approach": _approach,
 }
-
-
-def _ffmpeg_exe() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()

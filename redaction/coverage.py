@@ -91,7 +91,7 @@ def score(
         ok = share >= needed
         report.face_frames += 1
         report.hidden += ok
-        bucket = _bucket(face.size, size_buckets)
+        bucket = size_band(face.size, size_buckets)
         counts = report.by_size.setdefault(bucket, [0, 0])
         counts[0] += ok
         counts[1] += 1
@@ -120,7 +120,7 @@ def score(
     return report
 
 
-def _bucket(size: float, buckets: Sequence[int]) -> str:
+def size_band(size: float, buckets: Sequence[int]) -> str:
     """A label for the size range a face falls in, e.g. "024-031" (zero-padded so labels sort)."""
     if size < buckets[0]:
         return f"<{buckets[0]:03d}"
