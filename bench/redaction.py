@@ -1,34 +1,38 @@
-"""Benchmark: automatic face redaction against a plain transcode and against ``deface``.
+"""Benchmark: face redaction on body-worn camera footage cut from real photographs.
 
-Renders a synthetic body-worn camera clip with real faces at known places (60 s, 1280x720,
-30 fps by default), then, in the same run and on the same clip:
+Two clips are made by ``firmware_simulators.shots`` (1280x720, 30 fps): one from the ``tune`` split
+(the faces-dev training photographs, even LFW faces, the astronaut) that the settings may be
+tuned on, and one from the ``held_out`` split (the testing photographs, odd LFW faces) that they
+must not be. Each is a run of short shots joined by hard cuts: crowds passed by a walking camera,
+night, glare, people walking past a wall at a distance (24-40 px, 8-20 px a frame), and a face
+coming closer (24-200 px), with walking shake and motion blur, and every face box known.
 
-- a plain ffmpeg transcode with the same encoder settings (the floor: decode + encode only);
-- this project's redaction with its default settings (blur), timed, with its face coverage
-  scored from its own per-frame record;
-- the same redaction drawing solid black masks, scored from the pixels of its output;
-- ``deface`` (the CenterFace reference tool, default settings, solid black masks so its output
-  can be scored the same way), if the command is installed.
+On each clip, in the same run: a plain x264 transcode with the same encoder settings (the floor:
+decode + encode), this project's redaction with solid masks, its head option, and ``deface``
+(default, and with ``--scale 640x360``), each mask filled with one magenta colour so every run is
+scored the same way, from the pixels of its output:
 
-Coverage: the share of face-frames (faces at least 24 px, at least half in view) with at least
-90 % of the face box hidden. Writes bench/results/redaction.json and prints a table.
+- coverage: face-frames (faces >= 24 px, at least half in view) with >= 90 % of the box masked,
+  in all, by size band and by shot kind;
+- longest uncovered run: the most frames in a row any one face of that kind went unmasked;
+- non-face pixels changed: masked pixels outside every face box, over all pixels outside them,
+  and frames with more than half the picture masked;
+- fps, and fps over the same run's x264 transcode fps.
 
-    .venv/bin/python bench/redaction.py [--seconds 60] [--no-deface] [--no-solid]
+Timed runs are repeated (``--runs``); every run is kept. Run under ``flock /tmp/bench.lock``.
+
+    .venv/bin/python bench/redaction.py [--seconds 30] [--runs 3] [--no-deface] [--sets tune,held_out]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -38,251 +42,285 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from firmware_simulators.scene import SceneTruth, render_clip  # noqa: E402
-from redaction.coverage import KnownFace, mask_shares, score  # noqa: E402
-from redaction.geometry import Box  # noqa: E402
-from redaction.media import ffmpeg_exe, probe  # noqa: E402
+from bench.common import load_average, write_results  # noqa: E402
+from firmware_simulators.shots import ShotClip, render_shots  # noqa: E402
+from redaction.coverage import size_band  # noqa: E402
+from redaction.media import ffmpeg_exe  # noqa: E402
 from redaction.pipeline import RedactionSettings, redact_clip  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "redaction.json"
-BLACK = 24  # a pixel whose every channel is at or below this is taken as a solid black mask
+MAGENTA = (255, 0, 255)  # BGR fill of every run's masks
+MIN_SIZE = 24
+NEEDED = 0.9
+BANDS = (24, 32, 48, 64, 96, 128)
+SEEDS = {"tune": 11, "held_out": 29}
 
 
-def known_faces(truth: SceneTruth) -> list[KnownFace]:
-    return [
-        KnownFace(frame, b.track, Box(b.x, b.y, b.w, b.h), b.size, b.visible)
-        for frame, boxes in sorted(truth.boxes.items())
-        for b in boxes
-    ]
+def magenta(image: np.ndarray) -> np.ndarray:
+    """Pixels of the mask colour (after H.264's loss)."""
+    b, g, r = (
+        image[:, :, 0].astype(np.int16),
+        image[:, :, 1].astype(np.int16),
+        image[:, :, 2].astype(np.int16),
+    )
+    return (b > 150) & (r > 150) & (g < 110) & (np.abs(b - r) < 90)
 
 
-def pixel_shares(path: Path, faces: list[KnownFace]) -> Iterator[tuple[KnownFace, float]]:
-    """Each face with the share of its box that is solid black in the video at ``path``."""
-    by_frame: dict[int, list[KnownFace]] = {}
-    for face in faces:
-        by_frame.setdefault(face.frame, []).append(face)
-    capture = cv2.VideoCapture(str(path))
-    index = 0
-    try:
-        while True:
-            ok, image = capture.read()
-            if not ok:
-                break
-            for face in by_frame.pop(index, []):
-                b = face.box
-                region = image[int(b.y) : int(b.y + b.h), int(b.x) : int(b.x + b.w)]
-                share = float((region.max(axis=2) <= BLACK).mean()) if region.size else 1.0
-                yield face, share
-            index += 1
-    finally:
-        capture.release()
-    for rest in by_frame.values():  # frames the output is missing count as not hidden
-        for face in rest:
-            yield face, 0.0
+def score_output(source: Path, output: Path, clip: ShotClip) -> dict[str, Any]:
+    """Score a redacted output against the clip's truth from its pixels (see the module doc)."""
+    src = cv2.VideoCapture(str(source))
+    out = cv2.VideoCapture(str(output))
+    kinds = [k for _, k in clip.shots]
+    starts = [s for s, _ in clip.shots]
+    per_kind: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"face_frames": 0, "hidden": 0, "bands": defaultdict(lambda: [0, 0])}
+    )
+    runs: dict[int, int] = defaultdict(int)  # track -> current uncovered run
+    longest: dict[str, int] = defaultdict(int)
+    longest_any = (0, None)
+    nonface_changed = 0
+    nonface_total = 0
+    kind_nonface: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    frames_over_half = 0
+    frames = 0
+    for index in range(clip.frames):
+        ok_s, a = src.read()
+        ok_o, b = out.read()
+        if not ok_s:
+            break
+        kind = kinds[int(np.searchsorted(starts, index, side="right")) - 1]
+        h, w = a.shape[:2]
+        masked = magenta(b) & ~magenta(a) if ok_o else np.zeros((h, w), bool)
+        face_area = np.zeros((h, w), bool)
+        faces = clip.faces.get(index, [])
+        for f in faces:
+            x, y, bw, bh = f.box
+            face_area[
+                max(0, int(y)) : max(0, int(np.ceil(y + bh))), max(0, int(x)) : max(0, int(np.ceil(x + bw)))
+            ] = True
+        nonface = ~face_area
+        changed_here = int(np.count_nonzero(masked & nonface))
+        nonface_changed += changed_here
+        nonface_total += int(np.count_nonzero(nonface))
+        kind_nonface[kind][0] += changed_here
+        kind_nonface[kind][1] += int(np.count_nonzero(nonface))
+        frames_over_half += int(np.count_nonzero(masked)) > 0.5 * h * w
+        frames += 1
+        seen = set()
+        for f in faces:
+            if f.size < MIN_SIZE or f.visible < 0.5:
+                continue
+            x, y, bw, bh = f.box
+            x0, y0 = max(0, int(x)), max(0, int(y))
+            x1, y1 = min(w, int(np.ceil(x + bw))), min(h, int(np.ceil(y + bh)))
+            share = float(masked[y0:y1, x0:x1].mean()) if x1 > x0 and y1 > y0 else 1.0
+            hidden = share >= NEEDED
+            k = per_kind[kind]
+            k["face_frames"] += 1
+            k["hidden"] += hidden
+            k["bands"][size_band(f.size, BANDS)][0] += hidden
+            k["bands"][size_band(f.size, BANDS)][1] += 1
+            seen.add(f.track)
+            runs[f.track] = 0 if hidden else runs[f.track] + 1
+            longest[kind] = max(longest[kind], runs[f.track])
+            if runs[f.track] > longest_any[0]:
+                longest_any = (
+                    runs[f.track],
+                    {"track": f.track, "frame": index, "kind": kind, "size": round(f.size, 1)},
+                )
+        for t in list(runs):
+            if t not in seen:
+                del runs[t]
+    src.release()
+    out.release()
+    total_ff = sum(k["face_frames"] for k in per_kind.values())
+    total_hidden = sum(k["hidden"] for k in per_kind.values())
+    bands: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for k in per_kind.values():
+        for name, (hid, n) in k["bands"].items():
+            bands[name][0] += hid
+            bands[name][1] += n
+    return {
+        "coverage": round(total_hidden / max(1, total_ff), 4),
+        "face_frames": total_ff,
+        "by_band": {b: round(v[0] / v[1], 4) for b, v in sorted(bands.items())},
+        "by_kind": {
+            kind: {
+                "coverage": round(v["hidden"] / max(1, v["face_frames"]), 4),
+                "face_frames": v["face_frames"],
+                "longest_uncovered": longest[kind],
+                "nonface_changed": round(kind_nonface[kind][0] / max(1, kind_nonface[kind][1]), 4),
+            }
+            for kind, v in sorted(per_kind.items())
+        },
+        "longest_uncovered": longest_any[0],
+        "longest_uncovered_at": longest_any[1],
+        "nonface_changed": round(nonface_changed / max(1, nonface_total), 4),
+        "frames_over_half_masked": frames_over_half,
+        "frames_scored": frames,
+    }
 
 
-def children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def self_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def timed(label: str, frames: int, run: Any) -> tuple[dict[str, Any], Any]:
-    print(f"  running {label} ...", flush=True)
-    cpu0, child0, t0 = self_cpu(), children_cpu(), time.perf_counter()
+def timed(frames: int, run: Any) -> tuple[dict[str, Any], Any]:
+    t0 = time.perf_counter()
     value = run()
     elapsed = time.perf_counter() - t0
-    cpu = (self_cpu() - cpu0) + (children_cpu() - child0)
-    return {
-        "seconds": round(elapsed, 2),
-        "fps": round(frames / elapsed, 2),
-        "cpu_seconds": round(cpu, 2),
-        "cpu_ms_per_frame": round(cpu * 1000 / frames, 1),
-    }, value
+    return {"seconds": round(elapsed, 2), "fps": round(frames / elapsed, 2)}, value
 
 
-def frame_count(path: Path) -> int:
-    capture = cv2.VideoCapture(str(path))
-    n = 0
-    while capture.grab():
-        n += 1
-    capture.release()
-    return n
+def transcode(clip: Path, out: Path, settings: RedactionSettings) -> None:
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(clip), "-c:v", "libx264"]
+    cmd += ["-preset", settings.preset, "-crf", str(settings.crf), "-pix_fmt", "yuv420p", str(out)]
+    subprocess.run(cmd, check=True)
+
+
+def deface_command() -> str | None:
+    found = shutil.which("deface") or str(Path(sys.executable).parent / "deface")
+    return found if Path(found).exists() else None
+
+
+def deface_backend() -> str:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+
+        return "onnxruntime"
+    except ImportError:
+        return "opencv"
+
+
+def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    name = f"{split}-{args.seconds:g}s-{args.width}x{args.height}"
+    clip_path = (args.clips or work) / f"{name}.mp4"
+    truth_path = clip_path.with_suffix(".json")
+    t0 = time.perf_counter()
+    if args.clips and clip_path.exists() and truth_path.exists():
+        clip = ShotClip.load(truth_path)
+    else:
+        print(f"[{split}] rendering {args.seconds:g} s of shots ...", flush=True)
+        clip = render_shots(
+            clip_path, args.seconds, split=split, seed=SEEDS[split], width=args.width, height=args.height
+        )
+        clip.save(truth_path)
+    kinds: dict[str, int] = defaultdict(int)
+    for _, k in clip.shots:
+        kinds[k] += 1
+    out: dict[str, Any] = {
+        "clip": {
+            "split": split,
+            "seed": SEEDS[split],
+            "frames": clip.frames,
+            "size": [clip.width, clip.height],
+            "fps": clip.fps,
+            "shots": [list(s) for s in clip.shots],
+            "shot_kinds": dict(kinds),
+            "face_frames_24px": sum(
+                1 for fs in clip.faces.values() for f in fs if f.size >= MIN_SIZE and f.visible >= 0.5
+            ),
+            "render_seconds": round(time.perf_counter() - t0, 1),
+        },
+        "runs": [],
+    }
+    solid = RedactionSettings(style="solid", colour=MAGENTA)
+    variants = {"redaction": solid}
+    if args.heads:
+        variants["redaction_heads"] = RedactionSettings(style="solid", colour=MAGENTA, cover="head")
+    deface = None if args.no_deface else deface_command()
+    magenta_png = work / "magenta.png"
+    cv2.imwrite(str(magenta_png), np.full((8, 8, 3), MAGENTA, np.uint8))
+    for n in range(args.runs):
+        run: dict[str, Any] = {"run": n + 1, "load_average_before": load_average()}
+        if args.x264:
+            stats, _ = timed(clip.frames, lambda: transcode(clip_path, work / "x264.mp4", solid))
+            run["x264_transcode"] = stats
+        base_fps = run.get("x264_transcode", {}).get("fps", float("nan"))
+        for name, settings in variants.items():
+            if name != "redaction" and n > 0:
+                continue  # the head option's cost is in its masks, scored on the first run
+            dst = work / f"{name}.mp4"
+            print(f"[{split}] run {n + 1}: {name} ...", flush=True)
+            stats, result = timed(clip.frames, lambda s=settings, d=dst: redact_clip(clip_path, d, s))
+            entry = {**stats, "vs_x264": round(stats["fps"] / base_fps, 3)}
+            if n == 0 or args.score_every_run:
+                entry["score"] = score_output(clip_path, dst, clip)
+                entry["detection_frames"] = result.detection_frames
+                entry["looks"] = result.refresh_looks
+                entry["tracks"] = result.tracks
+            run[name] = entry
+        if deface and (n == 0 or args.deface_every_run):
+            for name, extra in (("deface", []), ("deface_640x360", ["--scale", "640x360"])):
+                dst = work / f"{name}.mp4"
+                cmd = [deface, str(clip_path), "-o", str(dst), "--replacewith", "img"]
+                cmd += ["--replaceimg", str(magenta_png), *extra]
+                print(f"[{split}] run {n + 1}: {name} ...", flush=True)
+                stats, _ = timed(
+                    clip.frames, lambda c=cmd: subprocess.run(c, check=True, capture_output=True)
+                )
+                run[name] = {
+                    **stats,
+                    "vs_x264": round(stats["fps"] / base_fps, 3),
+                    "backend": deface_backend(),
+                    "command": " ".join(["deface", "CLIP", "-o", "OUT", *cmd[5:6], "img", *extra]),
+                    "score": score_output(clip_path, dst, clip),
+                }
+        run["load_average_after"] = load_average()
+        out["runs"].append(run)
+        print_run(split, run)
+    return out
+
+
+def print_run(split: str, run: dict[str, Any]) -> None:
+    print(f"\n[{split}] run {run['run']} (load {run['load_average_before'][0]})")
+    print(f"  {'case':<18} {'fps':>6} {'/x264':>6} {'cover':>7} {'longest':>7} {'nonface':>8} {'>half':>6}")
+    for name, v in run.items():
+        if not isinstance(v, dict) or "fps" not in v:
+            continue
+        sc = v.get("score")
+        line = f"  {name:<18} {v['fps']:>6.1f} {v.get('vs_x264', 1.0):>6.3f}"
+        if sc:
+            line += f" {sc['coverage'] * 100:>6.2f}% {sc['longest_uncovered']:>7} {sc['nonface_changed'] * 100:>7.2f}% {sc['frames_over_half_masked']:>6}"
+        print(line)
+        if sc:
+            kinds = "  ".join(
+                f"{k} {v2['coverage'] * 100:.1f}%/{v2['longest_uncovered']}/{v2['nonface_changed'] * 100:.1f}%"
+                for k, v2 in sc["by_kind"].items()
+            )
+            print(f"      by kind (coverage/longest run/non-face): {kinds}")
+            print("      by band: " + "  ".join(f"{b} {c * 100:.1f}%" for b, c in sc["by_band"].items()))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
-    parser.add_argument("--fps", default="30")
-    parser.add_argument("--faces", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--no-deface", action="store_true", help="skip the deface comparison")
-    parser.add_argument("--no-solid", action="store_true", help="skip the pixel-scored solid-mask run")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sets", default="tune,held_out")
+    parser.add_argument("--no-deface", action="store_true")
+    parser.add_argument("--no-heads", dest="heads", action="store_false")
+    parser.add_argument("--score-every-run", action="store_true")
+    parser.add_argument("--deface-every-run", action="store_true")
+    parser.add_argument("--name", default="redaction")
+    parser.add_argument("--clips", type=Path, help="keep rendered clips here and reuse them")
+    parser.add_argument(
+        "--no-x264", dest="x264", action="store_false", help="skip the transcode (scoring only)"
+    )
     args = parser.parse_args()
-
-    ffmpeg = ffmpeg_exe()
     work = Path(tempfile.mkdtemp(prefix="bench-redaction-"))
-    results: dict[str, Any] = {
-        "benchmark": "redaction",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "load_average_before": os.getloadavg(),
-    }
     try:
-        clip = work / "clip.mp4"
-        print(
-            f"rendering a {args.seconds:g} s {args.width}x{args.height} clip with {args.faces} faces ...",
-            flush=True,
-        )
-        t0 = time.perf_counter()
-        truth = render_clip(
-            clip, args.seconds, args.width, args.height, args.fps, faces=args.faces, seed=args.seed
-        )
-        faces = known_faces(truth)
-        frames = truth.frames
-        info = probe(clip)
-        results["clip"] = {
-            "seconds": truth.seconds,
-            "width": truth.width,
-            "height": truth.height,
-            "fps": truth.fps,
-            "frames": frames,
-            "faces": args.faces,
-            "seed": args.seed,
-            "face_frames": len(faces),
-            "render_seconds": round(time.perf_counter() - t0, 1),
-        }
-        runs: dict[str, Any] = {}
-
-        settings = RedactionSettings()
-        transcode = work / "transcode.mp4"
-        cmd = [ffmpeg, "-nostdin", "-v", "error", "-y", "-i", str(clip), "-c:v", "libx264"]
-        cmd += [
-            "-preset",
-            settings.preset,
-            "-crf",
-            str(settings.crf),
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "copy",
-            str(transcode),
-        ]
-        runs["ffmpeg_transcode"], _ = timed(
-            "plain ffmpeg transcode", frames, lambda: subprocess.run(cmd, check=True)
-        )
-
-        ours = work / "ours.mp4"
-        stats, result = timed("redaction (blur)", frames, lambda: redact_clip(clip, ours, settings))
-        report = score(mask_shares(faces, result.record, info.width, info.height))
-        runs["redaction"] = {
-            **stats,
-            "coverage": report.to_json(),
-            "coverage_scored_from": "the run's own per-frame record",
-            "output_frames": frame_count(ours),
-            "detection_frames": result.detection_frames,
-            "refresh_looks": result.refresh_looks,
-            "tracks": result.tracks,
-            "plan": result.plan,
-            "settings": result.settings,
-            "detector": result.detector,
-        }
-
-        if not args.no_solid:
-            solid = work / "ours_solid.mp4"
-            stats, _ = timed(
-                "redaction (solid)",
-                frames,
-                lambda: redact_clip(clip, solid, RedactionSettings(style="solid")),
-            )
-            report = score(pixel_shares(solid, faces))
-            runs["redaction_solid"] = {
-                **stats,
-                "coverage": report.to_json(),
-                "coverage_scored_from": "output pixels",
-            }
-
-        deface = shutil.which("deface") or (str(Path(sys.executable).parent / "deface"))
-        if not args.no_deface and Path(deface).exists():
-            out = work / "deface.mp4"
-            cmd = [deface, str(clip), "-o", str(out), "--replacewith", "solid", "--keep-audio"]
-            stats, _ = timed(
-                "deface (solid)", frames, lambda: subprocess.run(cmd, check=True, capture_output=True)
-            )
-            report = score(pixel_shares(out, faces))
-            runs["deface"] = {
-                **stats,
-                "coverage": report.to_json(),
-                "coverage_scored_from": "output pixels",
-                "command": " ".join(Path(c).name if c == deface else c for c in cmd),
-                "output_frames": frame_count(out),
-            }
-        elif not args.no_deface:
-            runs["deface"] = {"skipped": "deface command not found"}
-
-        results["runs"] = runs
-        results["load_average_after"] = os.getloadavg()
-        summary = {}
-        red = runs["redaction"]
-        summary["redaction_fps"] = red["fps"]
-        summary["transcode_fps"] = runs["ffmpeg_transcode"]["fps"]
-        summary["redaction_vs_transcode"] = round(red["fps"] / runs["ffmpeg_transcode"]["fps"], 3)
-        if "fps" in runs.get("deface", {}):
-            summary["deface_fps"] = runs["deface"]["fps"]
-            summary["speedup_vs_deface"] = round(red["fps"] / runs["deface"]["fps"], 2)
-            summary["coverage_redaction"] = red["coverage"]["share"]
-            summary["coverage_deface"] = runs["deface"]["coverage"]["share"]
-        summary["targets"] = {
-            "fps_at_least_30": red["fps"] >= 30,
-            "at_least_3x_deface": summary.get("speedup_vs_deface", 0) >= 3
-            if "deface_fps" in summary
-            else None,
-            "coverage_not_below_deface": (
-                summary["coverage_redaction"] >= summary["coverage_deface"]
-                if "deface_fps" in summary
-                else None
-            ),
-        }
-        results["summary"] = summary
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print_table(results)
-        print(f"\nwritten to {args.out}")
+        sets = {split: run_set(split, args, work) for split in args.sets.split(",")}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    path = write_results(
+        args.name,
+        {
+            "targets": {"coverage": 0.95, "longest_uncovered": 6, "nonface_changed": 0.03, "fps": 30},
+            "settings": RedactionSettings().to_json(),
+            "sets": sets,
+        },
+    )
+    print(f"\nwritten to {path}")
     return 0
 
 
-def print_table(results: dict[str, Any]) -> None:
-    clip = results["clip"]
-    print(
-        f"\nclip: {clip['seconds']:g} s, {clip['width']}x{clip['height']} @ {clip['fps']} fps, {clip['frames']} frames, "
-        f"{clip['face_frames']} face-frames; load average before {results['load_average_before'][0]:.2f}"
-    )
-    print(f"{'run':<20} {'seconds':>8} {'fps':>7} {'cpu ms/frame':>13} {'coverage':>9} {'holes':>6}")
-    for name, run in results["runs"].items():
-        if "fps" not in run:
-            print(f"{name:<20} {run.get('skipped', '')}")
-            continue
-        cov = run.get("coverage")
-        share = f"{cov['share'] * 100:.2f}%" if cov else "-"
-        holes = str(cov["holes"]) if cov else "-"
-        print(
-            f"{name:<20} {run['seconds']:>8.1f} {run['fps']:>7.1f} {run['cpu_ms_per_frame']:>13.1f} {share:>9} {holes:>6}"
-        )
-    print(json.dumps(results["summary"], indent=2))
-
-
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     raise SystemExit(main())

@@ -103,7 +103,7 @@ def _box_json(b: FaceBox) -> dict:
 
 
 @dataclass(frozen=True)
-class _FaceSource:
+class FaceSource:
     """A face photograph with a soft alpha edge and the face box inside it (fractions)."""
 
     bgr: np.ndarray
@@ -162,8 +162,8 @@ def render_clip(
     rate = rate.limit_denominator(1001)
     n_frames = max(1, round(seconds * rate))
     rng = np.random.default_rng(seed)
-    ffmpeg = ffmpeg or _ffmpeg_exe()
-    sources = _face_sources()
+    ffmpeg = ffmpeg or ffmpeg_exe()
+    sources = face_sources()
     camera = _plan_camera(rng, n_frames, float(rate), width, height)
     tracks = _plan_tracks(rng, camera, float(rate), width, height, faces, min_face, max_face, len(sources))
     pano = _corridor(rng, width, height, camera)
@@ -224,7 +224,7 @@ def _frames(
     pano: np.ndarray,
     camera: np.ndarray,
     tracks: list[_Track],
-    sources: list[_FaceSource],
+    sources: list[FaceSource],
     noise: list[np.ndarray],
     lut: np.ndarray,
     width: int,
@@ -261,7 +261,7 @@ class _Placement:
 
 
 def _place(
-    tr: _Track, track_id: int, i: int, src: _FaceSource, cam: np.ndarray, width: int, height: int
+    tr: _Track, track_id: int, i: int, src: FaceSource, cam: np.ndarray, width: int, height: int
 ) -> _Placement | None:
     """Work out the face box and patch of a track in frame ``i``; None when it is out of view."""
     u = (i - tr.start) / max(1, tr.end - tr.start - 1)
@@ -286,7 +286,7 @@ def _place(
     return _Placement(track_id, tr, (face_x, face_y, fw, fh), (px, py, patch_w, patch_h))
 
 
-def _draw(frame: np.ndarray, p: _Placement, i: int, src: _FaceSource) -> None:
+def _draw(frame: np.ndarray, p: _Placement, i: int, src: FaceSource) -> None:
     """Composite a face patch into the frame, motion blurred if its track is blurred at ``i``."""
     height, width = frame.shape[:2]
     px, py, patch_w, patch_h = p.patch
@@ -356,11 +356,11 @@ def _motion_kernel(length: int, angle: float) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _face_sources() -> list[_FaceSource]:
+def face_sources() -> list[FaceSource]:
     """The 100 LFW faces (tinted towards skin tones) and the astronaut's head."""
     from skimage import data
 
-    out: list[_FaceSource] = []
+    out: list[FaceSource] = []
     lfw = data.lfw_subset()[:100]
     tints = np.array(
         [[0.78, 0.86, 1.0], [0.70, 0.80, 0.98], [0.85, 0.90, 1.0], [0.62, 0.72, 0.88]], np.float32
@@ -369,17 +369,17 @@ def _face_sources() -> list[_FaceSource]:
         gray = (face * 255).astype(np.float32)
         bgr = np.clip(gray[:, :, None] * tints[n % len(tints)][None, None, :] + 12, 0, 255).astype(np.uint8)
         bgr = cv2.resize(bgr, (100, 100), interpolation=cv2.INTER_CUBIC)
-        out.append(_FaceSource(bgr=bgr, alpha=_soft_alpha(100, 100, 0.08), box=_LFW_FACE_BOX))
+        out.append(FaceSource(bgr=bgr, alpha=soft_alpha(100, 100, 0.08), box=_LFW_FACE_BOX))
     ax0, ay0, ax1, ay1 = _ASTRONAUT_CROP
     astro = data.astronaut()[ay0:ay1, ax0:ax1, ::-1].copy()
     cw, ch = ax1 - ax0, ay1 - ay0
     fx0, fy0, fx1, fy1 = _ASTRONAUT_FACE
     box = ((fx0 - ax0) / cw, (fy0 - ay0) / ch, (fx1 - ax0) / cw, (fy1 - ay0) / ch)
-    out.append(_FaceSource(bgr=astro, alpha=_soft_alpha(cw, ch, 0.12, ellipse=True), box=box))
+    out.append(FaceSource(bgr=astro, alpha=soft_alpha(cw, ch, 0.12, ellipse=True), box=box))
     return out
 
 
-def _soft_alpha(w: int, h: int, feather: float, ellipse: bool = False) -> np.ndarray:
+def soft_alpha(w: int, h: int, feather: float, ellipse: bool = False) -> np.ndarray:
     """An alpha mask that fades out at the edges, so a pasted crop has no hard square outline."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     nx = (xx + 0.5) / w * 2 - 1
@@ -585,7 +585,7 @@ def _rate_arg(rate: Fraction) -> str:
     return str(rate.numerator) if rate.denominator == 1 else f"{rate.numerator}/{rate.denominator}"
 
 
-def _ffmpeg_exe() -> str:
+def ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()

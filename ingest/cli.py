@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from redaction.cli import redact as redact_command
+
 from .settings import get_settings
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ users = typer.Typer(help="User accounts.", no_args_is_help=True)
 devices = typer.Typer(help="Docks, cameras and lone-worker devices.", no_args_is_help=True)
 app.add_typer(users, name="user")
 app.add_typer(devices, name="device")
+app.command("redact")(redact_command)
 console = Console(stderr=True)
 out = Console()
 

@@ -35,6 +35,7 @@ class CoverageReport:
     face_frames: int = 0
     hidden: int = 0
     holes: int = 0
+    longest_uncovered: int = 0
     by_size: dict[str, list[int]] = field(default_factory=dict)
     missed: list[dict[str, Any]] = field(default_factory=list)
 
@@ -48,6 +49,7 @@ class CoverageReport:
             "hidden": self.hidden,
             "share": round(self.share, 4),
             "holes": self.holes,
+            "longest_uncovered": self.longest_uncovered,
             "by_size": {k: {"hidden": v[0], "face_frames": v[1]} for k, v in sorted(self.by_size.items())},
             "missed_examples": self.missed[:20],
         }
@@ -79,6 +81,7 @@ def score(
 
     ``holes`` counts face-frames left uncovered although the same face was covered both before
     and after them: a flicker of the real face that a viewer stepping through frames would see.
+    ``longest_uncovered`` is the most scored frames in a row that any one face went uncovered.
     """
     report = CoverageReport()
     per_track: dict[int, list[tuple[int, bool]]] = defaultdict(list)
@@ -88,7 +91,7 @@ def score(
         ok = share >= needed
         report.face_frames += 1
         report.hidden += ok
-        bucket = _bucket(face.size, size_buckets)
+        bucket = size_band(face.size, size_buckets)
         counts = report.by_size.setdefault(bucket, [0, 0])
         counts[0] += ok
         counts[1] += 1
@@ -105,6 +108,10 @@ def score(
     for seen in per_track.values():
         seen.sort()
         flags = [ok for _, ok in seen]
+        run = 0
+        for ok in flags:
+            run = 0 if ok else run + 1
+            report.longest_uncovered = max(report.longest_uncovered, run)
         if True not in flags:
             continue
         first = flags.index(True)
@@ -113,7 +120,7 @@ def score(
     return report
 
 
-def _bucket(size: float, buckets: Sequence[int]) -> str:
+def size_band(size: float, buckets: Sequence[int]) -> str:
     """A label for the size range a face falls in, e.g. "024-031" (zero-padded so labels sort)."""
     if size < buckets[0]:
         return f"<{buckets[0]:03d}"

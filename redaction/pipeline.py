@@ -17,52 +17,72 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 
 from redaction.audio import AudioEdit, audio_filter
+from redaction.cuts import CutDetector
 from redaction.detector import CenterFaceDetector, Detection, FaceDetector, nms
 from redaction.frames import Frame
-from redaction.geometry import Box, iou
+from redaction.geometry import Box
 from redaction.media import EncodeOptions, FrameReader, FrameWriter, MediaError, VideoInfo, probe, rate_text
 from redaction.motion import CameraMotion
 from redaction.regions import Exclusion, ManualRegion, ManualRegionFollower
 from redaction.render import Mask, MaskStyle, Shape, Style, apply_masks
-from redaction.tracking import FaceTracker, TrackingSettings
+from redaction.tracking import FaceTracker, TrackingSettings, TrackState
 from storage.settings import WorkerSettings
 
 Progress = Callable[[int, int | None], None]
+Cover = Literal["face", "head"]
 
 
 @dataclass(frozen=True)
 class RedactionSettings:
     """Everything that decides what a redaction run hides and how.
 
-    Whole-frame detection looks at every ``stride``-th frame scaled to ``detect_width`` pixels
-    across (finds faces down to about 40 px at 640 on a 1280 frame) and, every
-    ``fine_stride``-th frame, at ``fine_width`` (None: the frame's own width) to find faces down
-    to about 20 px; ``fine_stride`` 0 turns that pass off, and it is skipped anyway when it would
-    see no more detail than the first. Every ``refresh_stride``-th frame (0: never) each known
-    face not seen for that long gets a small look: a window ``refresh_context`` times its size,
-    scaled so the face is at most ``refresh_face_px`` across (``refresh_below``: only faces
-    smaller than this many pixels; None: all). ``mask_scale`` grows each face box about its
-    centre before it is hidden (1.6 matches deface's default mask). ``stabilise`` measures the
-    camera's own motion so faces are followed through shake between sightings. Strides and
-    tracking spans count frames.
+    Whole-frame detection looks at frames scaled to ``detect_width`` pixels across (finds faces
+    down to about 24 px at 640 on a 1280 frame) at least every ``stride`` frames, every
+    ``still_stride`` frames while the camera holds still and no track is young, and at once on
+    the first frame of every shot. Every ``fine_stride``-th frame of a shot it looks at ``fine_width`` (None: the frame's own width) to find faces down to about 16 px;
+    ``fine_stride`` 0 turns that pass off, and it is skipped anyway when it would see no more
+    detail than the first. Between whole-frame passes each known face gets a small look in a
+    window around where its track says it is (wider the less sure the track is): every frame
+    while the track is young or uncertain, every other frame while it moves fast, else every
+    ``refresh_stride`` frames (0: no looks at all),
+    scaled so the face is about ``refresh_face_px`` across (``refresh_below``: only faces
+    smaller than this many pixels; None: all); the looks of one frame see at most
+    ``look_budget`` of what a whole-frame pass sees, the neediest first. Frames (or windows) darker than ``dark_below`` or
+    brighter than ``bright_above`` (mean luma) get their contrast normalised (CLAHE) before the
+    detector sees them.
+
+    The mask (``shape``: an ellipse by default, see ``redaction.render``) is the face box grown
+    about its centre by ``mask_scale``: 1.5 is a stated margin of a quarter of the face on every
+    side (an ellipse of 1.41 passes through the face box's corners; the rest is room for the
+    detector's error, about a tenth of a face, measured on the benchmark's tune split); ``cover``
+    "head" masks the whole head around each face instead (hair, ears, a profile turning away).
+    ``stabilise`` measures the camera's own motion so faces are followed through shake between
+    sightings; ``cuts`` finds hard cuts so no track or hold crosses one. ``auto`` false finds no
+    faces at all (manual regions only). Strides and tracking spans count frames.
     """
 
     detect_width: int = 640
-    stride: int = 6
+    stride: int = 5
+    still_stride: int = 8
     fine_width: int | None = None
     fine_stride: int = 24
-    refresh_stride: int = 2
+    refresh_stride: int = 4
     refresh_below: int | None = None
     refresh_face_px: int = 48
     refresh_context: float = 2.5
+    max_looks: int = 24
+    look_budget: float = 0.5
     threshold: float = 0.2
-    mask_scale: float = 1.6
+    dark_below: int = 70
+    bright_above: int = 185
+    mask_scale: float = 1.5
+    cover: Cover = "face"
     shape: Shape = "ellipse"
     style: Style = "blur"
     blur_cells: int = 4
@@ -70,6 +90,8 @@ class RedactionSettings:
     colour: tuple[int, int, int] = (0, 0, 0)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     stabilise: bool = True
+    cuts: bool = True
+    auto: bool = True
     motion_width: int = 320
     crf: int = 20
     preset: str = "veryfast"
@@ -78,14 +100,16 @@ class RedactionSettings:
     queue_frames: int = 8
 
     def __post_init__(self) -> None:
-        if self.stride < 1 or self.fine_stride < 0:
-            raise ValueError("stride must be >= 1 and fine_stride >= 0")
+        if self.stride < 1 or self.still_stride < 1 or self.fine_stride < 0:
+            raise ValueError("strides must be >= 1 and fine_stride >= 0")
         if self.detect_width < 32 or (self.fine_width is not None and self.fine_width < 32):
             raise ValueError("detection widths must be at least 32 pixels")
         if not 0 < self.threshold < 1:
             raise ValueError("threshold must be between 0 and 1")
         if self.mask_scale < 1:
             raise ValueError("mask_scale below 1 would leave the edges of faces showing")
+        if self.cover not in ("face", "head"):
+            raise ValueError("cover is 'face' or 'head'")
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings, **overrides: Any) -> RedactionSettings:
@@ -100,6 +124,14 @@ class RedactionSettings:
     def mask_style(self) -> MaskStyle:
         return MaskStyle(self.style, self.blur_cells, self.pixel_cells, self.colour)
 
+    def mask_box(self, face: Box) -> Box:
+        """The region hidden for a face box: the face and its margin, or the whole head."""
+        if self.cover == "head":
+            # A head is about 1.5 face-boxes wide and 1.8 tall, its centre a little above the
+            # face's (hair, ears and the back of the head when the face turns away).
+            face = Box.from_center(face.cx, face.cy - 0.18 * face.h, face.w * 1.5, face.h * 1.8)
+        return face.scaled(self.mask_scale)
+
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["colour"] = list(self.colour)
@@ -108,10 +140,15 @@ class RedactionSettings:
 
 @dataclass(frozen=True)
 class DetectionPlan:
-    """Which detection passes run on which frame (pure, so it can be tested and reported)."""
+    """The scales whole-frame detection looks at, and how often (reported with every result).
+
+    When a frame is looked at depends on the footage (cuts, camera motion, young tracks), so the
+    plan only says the bounds: see ``_FaceFinder``.
+    """
 
     coarse_width: int
     stride: int
+    still_stride: int
     fine_width: int | None
     fine_stride: int
 
@@ -119,20 +156,24 @@ class DetectionPlan:
     def for_clip(cls, settings: RedactionSettings, frame_width: int) -> DetectionPlan:
         coarse = min(settings.detect_width, frame_width)
         fine = min(settings.fine_width or frame_width, frame_width)
+        still = max(settings.stride, settings.still_stride)
         # A fine pass only earns its cost when it sees clearly more detail than the coarse one.
         if settings.fine_stride == 0 or fine < coarse * 1.25:
-            return cls(coarse, settings.stride, None, 0)
-        return cls(coarse, settings.stride, fine, settings.fine_stride)
+            return cls(coarse, settings.stride, still, None, 0)
+        return cls(coarse, settings.stride, still, fine, settings.fine_stride)
 
-    def widths(self, frame: int) -> list[int]:
-        """The scaled widths to look at frame ``frame`` at (empty: the frame is not looked at).
-
-        Fine passes fall between coarse ones, and a frame with a fine pass needs no coarse one:
-        the fine pass finds large faces too.
-        """
-        if self.fine_width and self.fine_stride and frame % self.fine_stride == self.fine_stride // 2:
-            return [self.fine_width]
-        if frame % self.stride == 0:
+    def widths(self, since_shot: int, since_coarse: int, still: bool) -> list[int]:
+        """The scaled widths to look at a frame at (empty: not looked at as a whole), given the
+        frames since its shot began and since the last whole-frame pass, and whether the scene
+        is still. A shot's first frame is looked at at once; the first fine pass comes half a
+        ``fine_stride`` into the shot (the faces it finds are followed back to the shot's start),
+        and a fine pass needs no coarse one beside it (it finds large faces too)."""
+        fine = [self.fine_width] if self.fine_width else []
+        if since_shot == 0:
+            return [self.coarse_width]
+        if self.fine_width and since_shot % self.fine_stride == self.fine_stride // 2:
+            return fine
+        if since_coarse >= (self.still_stride if still else self.stride):
             return [self.coarse_width]
         return []
 
@@ -148,7 +189,8 @@ class RedactionResult:
     with the track id and whether the face was ``detected`` in that frame, ``interpolated``
     between sightings or ``extended`` before or after them), manual regions (``source``
     "manual") and excluded tracks (``excluded`` true, not hidden). Boxes are the hidden area in
-    frame pixels, [x, y, w, h], margins included.
+    frame pixels, [x, y, w, h], margins included. ``shots`` holds the first frame of each shot
+    (hard cuts found; no mask is carried across one).
     """
 
     frames: int
@@ -159,6 +201,7 @@ class RedactionResult:
     elapsed: float
     record: list[list[dict[str, Any]]]
     tracks: int
+    shots: list[int]
     detection_frames: int
     refresh_looks: int
     detector: dict[str, Any]
@@ -246,6 +289,7 @@ def redact_clip(
         elapsed=time.perf_counter() - started,
         record=renderer.record,
         tracks=finder.tracker.track_count,
+        shots=finder.tracker.cuts,
         detection_frames=finder.detection_frames,
         refresh_looks=finder.looks,
         detector=finder.detector.info(),
@@ -262,9 +306,10 @@ class _FaceFinder:
     """Runs detection and tracking over frames as they arrive and hands frames back, in order,
     once nothing later can change what is hidden in them.
 
-    Three kinds of look: whole-frame passes on the plan's frames; small looks around known faces
-    every ``refresh_stride`` frames; and, when a new face turns up, looks back through the frames
-    still held to find when it really came into view.
+    Three kinds of look: whole-frame passes (at once on a shot's first frame, then as the plan
+    and the scene say); small looks around known faces, as often as each track needs; and, when
+    a new face turns up, looks back through the frames still held (never past its shot's first
+    frame) to find when it really came into view.
     """
 
     def __init__(self, info: VideoInfo, settings: RedactionSettings, detector: FaceDetector) -> None:
@@ -273,43 +318,89 @@ class _FaceFinder:
         self.plan = DetectionPlan.for_clip(settings, info.frame_size[0])
         self.tracker = FaceTracker(settings.tracking)
         self.motion = CameraMotion(settings.motion_width) if settings.stabilise else None
+        self.cuts = CutDetector() if settings.cuts else None
         self.pending: deque[tuple[int, Frame]] = deque()
         self.detection_frames = 0
         self.looks = 0
+        self.shot_start = 0
+        self.last_coarse = -(10**9)
+        self.camera_step = 0.0
 
     def take(self, index: int, frame: Frame) -> list[tuple[int, Frame]]:
         """Look at a newly decoded frame; return the held frames that are now ready to render."""
         s = self.settings
+        cut = self.cuts.update(frame.y) if self.cuts is not None else False
+        if index == 0 or cut:
+            if index > 0:
+                self.tracker.cut(index)
+            self.shot_start = index
+            if self.motion is not None:
+                self.motion = CameraMotion(s.motion_width)
         if self.motion is not None:
             moving = [box for _, box in self.tracker.expected(index - 1, unseen_for=0)]
-            self.tracker.move_camera(index, self.motion.update(frame.y, moving))
+            before = self.motion.offset
+            after = self.motion.update(frame.y, moving)
+            self.tracker.move_camera(index, after)
+            step = float(np.hypot(after[0] - before[0], after[1] - before[1]))
+            self.camera_step = 0.7 * self.camera_step + 0.3 * step
         self.pending.append((index, frame))
-        widths = self.plan.widths(index)
-        started: list[int] = []
-        if widths:
-            found: list[Detection] = []
-            for width in widths:
-                found.extend(_detect_in(self.detector, frame, None, width))
-            started = self.tracker.observe(index, nms(found, 0.3))
-            self.detection_frames += 1
-        elif s.refresh_stride and index % s.refresh_stride == 0:
-            known = [
-                box
-                for _, box in self.tracker.expected(index, s.refresh_stride)
-                if s.refresh_below is None or max(box.w, box.h) < s.refresh_below
-            ]
-            if known:
-                found = []
-                for box in known:
-                    found.extend(_look_around(self.detector, frame, box, s))
-                self.looks += len(known)
-                started = self.tracker.observe(index, nms(found, 0.3))
-        for track_id in started:
-            self._look_back(track_id)
+        if s.auto:
+            self._look(index, frame)
         ready = []
         while self.pending and self.pending[0][0] <= index - self.tracker.horizon:
             ready.append(self.pending.popleft())
         return ready
+
+    def _look(self, index: int, frame: Frame) -> None:
+        s = self.settings
+        states = self.tracker.states(index, unseen_for=1)
+        still = self.camera_step < 2.0 and all(st.sightings >= 3 for st in states)
+        widths = self.plan.widths(index - self.shot_start, index - self.last_coarse, still)
+        started: list[int] = []
+        if widths:
+            found: list[Detection] = []
+            for width in widths:
+                found.extend(_detect_in(self.detector, frame, None, width, s))
+            started = self.tracker.observe(index, nms(found, 0.3))
+            self.detection_frames += 1
+            self.last_coarse = index
+        else:
+            due = [st for st in states if self._due(st, index)]
+            due.sort(key=lambda st: (st.sightings, -st.spread / max(1.0, st.box.w)))
+            # Looks cost what the detector sees; past a share of a whole-frame pass the rest
+            # wait for the next frame (most needy first).
+            budget = s.look_budget * _pixels((0, 0, frame.width, frame.height, self.plan.coarse_width))
+            windows: list[tuple[int, int, int, int, int]] = []
+            for st in due[: s.max_looks]:
+                w = _look_window(frame, st.box, s, st.spread)
+                if w is None:
+                    continue
+                if windows and _pixels(w) > budget:
+                    break
+                budget -= _pixels(w)
+                windows.append(w)
+            if windows:
+                found = []
+                for w in windows:
+                    found.extend(_detect_in(self.detector, frame, w[:4], w[4], s))
+                self.looks += len(windows)
+                started = self.tracker.observe(index, nms(found, 0.3))
+        for track_id in started:
+            self._look_back(track_id)
+
+    def _due(self, st: TrackState, index: int) -> bool:
+        """Whether a track needs a look this frame: every frame while it is young or uncertain,
+        every other frame while it moves fast, else every ``refresh_stride`` frames (0: no looks
+        at all)."""
+        s = self.settings
+        size = max(st.box.w, st.box.h)
+        if not s.refresh_stride or (s.refresh_below is not None and size >= s.refresh_below):
+            return False
+        if st.sightings < 3 or st.spread > 0.35 * size:
+            return True
+        if st.speed > 0.3 * size:
+            return index % 2 == 0
+        return index % s.refresh_stride == 0
 
     def drain(self) -> list[tuple[int, Frame]]:
         ready = list(self.pending)
@@ -317,52 +408,89 @@ class _FaceFinder:
         return ready
 
     def _look_back(self, track_id: int) -> None:
-        """Follow a new face backwards through held frames while it can still be found."""
+        """Follow a new face backwards through held frames (of its own shot) while it can be found."""
         s = self.settings
-        step = max(1, s.refresh_stride)
         first = self.tracker.earliest(track_id)
         if first is None or not self.pending:
             return
         frame_no, box = first
         oldest = self.pending[0][0]
-        limit = max(oldest, frame_no - s.tracking.keep_before)
-        f = frame_no - step
+        limit = max(oldest, self.tracker.shot_start(frame_no), frame_no - s.tracking.max_gap)
+        f = frame_no - 1
+        misses = 0
         while f >= limit:
             frame = self.pending[f - oldest][1]
-            found = _look_around(self.detector, frame, box, s)
+            found = _look_around(self.detector, frame, box, s, 0.25 * max(box.w, box.h))
             self.looks += 1
-            best = max(found, key=lambda d: iou(d.box, box), default=None)
-            if best is None or iou(best.box, box) < 0.2:
-                return
-            self.tracker.observe_earlier(track_id, f, best)
-            box = best.box
-            f -= step
+            best = max(found, key=lambda d: _closeness(d.box, box), default=None)
+            if best is None or _closeness(best.box, box) <= 0:
+                misses += 1
+                if misses > 1:
+                    return
+            else:
+                misses = 0
+                self.tracker.observe_earlier(track_id, f, best)
+                box = best.box
+            f -= 1
+
+
+def _closeness(found: Box, expected: Box) -> float:
+    """How well a box found on a look matches the one looked for: > 0 when near and alike in size."""
+    size = max(expected.w, expected.h)
+    ratio = max(found.w, found.h) / max(1e-6, size)
+    if not 0.6 <= ratio <= 1.7:
+        return 0.0
+    shift = float(np.hypot(found.cx - expected.cx, found.cy - expected.cy)) / size
+    return max(0.0, 1.0 - shift)
 
 
 def _detect_in(
-    detector: FaceDetector, frame: Frame, region: tuple[int, int, int, int] | None, width: int | None
+    detector: FaceDetector,
+    frame: Frame,
+    region: tuple[int, int, int, int] | None,
+    width: int | None,
+    settings: RedactionSettings,
 ) -> list[Detection]:
     """Detect faces in a region of the frame (default: all of it) scaled to ``width``; frame coordinates out."""
-    image, x0, y0, sx, sy = frame.bgr(region, width)
+    image, x0, y0, sx, sy = frame.bgr(region, width, (settings.dark_below, settings.bright_above))
     return [
         Detection(Box(d.box.x / sx + x0, d.box.y / sy + y0, d.box.w / sx, d.box.h / sy), d.score)
         for d in detector.detect(image)
     ]
 
 
-def _look_around(
-    detector: FaceDetector, frame: Frame, box: Box, settings: RedactionSettings
-) -> list[Detection]:
-    """Detect in a small window around where a known face should be."""
+def _look_window(
+    frame: Frame, box: Box, settings: RedactionSettings, spread: float = 0.0
+) -> tuple[int, int, int, int, int] | None:
+    """The window (x0, y0, x1, y1) to look in around where a known face should be, wider the
+    less sure we are, and the width to scale it to: small faces are looked at enlarged (up to
+    twice), large ones reduced, so the face is about ``refresh_face_px`` across."""
     size = max(box.w, box.h)
-    side = max(32.0, size * settings.refresh_context)
+    side = min(size * 6, max(32.0, size * settings.refresh_context, size * 1.5 + 6 * spread))
     window = Box.from_center(box.cx, box.cy, side, side).clipped(frame.width, frame.height)
     if window is None or window.w < 8 or window.h < 8:
-        return []
+        return None
     x0, y0 = int(window.x), int(window.y)
     x1, y1 = int(np.ceil(window.x + window.w)), int(np.ceil(window.y + window.h))
-    scale = min(1.0, settings.refresh_face_px / max(1.0, size))
-    return _detect_in(detector, frame, (x0, y0, x1, y1), max(32, round((x1 - x0) * scale)))
+    scale = min(2.0, settings.refresh_face_px / max(1.0, size))
+    return x0, y0, x1, y1, max(32, round((x1 - x0) * scale))
+
+
+def _pixels(window: tuple[int, int, int, int, int]) -> int:
+    """What the detector's work on a window scaled to a width costs: the pixels it sees."""
+    x0, y0, x1, y1, width = window
+    height = (y1 - y0) * width / max(1, x1 - x0)
+    return int(np.ceil(width / 32) * 32 * np.ceil(height / 32) * 32)
+
+
+def _look_around(
+    detector: FaceDetector, frame: Frame, box: Box, settings: RedactionSettings, spread: float = 0.0
+) -> list[Detection]:
+    """Detect in a small window around where a known face should be."""
+    window = _look_window(frame, box, settings, spread)
+    if window is None:
+        return []
+    return _detect_in(detector, frame, window[:4], window[4], settings)
 
 
 class _FrameRenderer:
@@ -389,7 +517,7 @@ class _FrameRenderer:
         masks: list[Mask] = []
         notes: list[dict[str, Any]] = []
         for tracked in self.tracker.boxes_at(index):
-            box = tracked.box.scaled(s.mask_scale)
+            box = s.mask_box(tracked.box)
             if box.clipped(*self.info.frame_size) is None:
                 continue
             note: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Drawing masks over a frame: blur, pixelate or solid fill, in an ellipse or a rectangle.
+"""Drawing masks over a frame: blur, pixelate or solid fill, in an ellipse, a rounded box or a rectangle.
 
 The blur is meant to be irreversible, not cosmetic: the region is first reduced to a handful of
 samples (``blur_cells`` across the mask), so no deconvolution can bring the face back, and then
@@ -17,7 +17,11 @@ import numpy as np
 from redaction.frames import Frame
 from redaction.geometry import Box
 
-Shape = Literal["ellipse", "rect"]
+Shape = Literal["ellipse", "rounded", "rect"]
+# A "rounded" mask is the superellipse |x/a|^4 + |y/b|^4 <= 1: it reaches a box's corners from a
+# margin of a tenth where an ellipse needs two-fifths, so it hides a face box with a sixth less
+# spill around it.
+_ROUNDED_POWER = 4.0
 Style = Literal["blur", "pixelate", "solid"]
 
 
@@ -67,7 +71,7 @@ def _hide(plane: np.ndarray, box: Box, shape: Shape, style: MaskStyle, fill: int
     if shape == "rect":
         roi[:] = hidden
     else:
-        np.copyto(roi, hidden, where=_ellipse(box, x0, y0, x1, y1))
+        np.copyto(roi, hidden, where=_ellipse(box, x0, y0, x1, y1, _power(shape)))
 
 
 def _hidden(roi: np.ndarray, style: MaskStyle, extent: float, fill: int) -> np.ndarray | int:
@@ -99,12 +103,17 @@ def _pixel_bounds(box: Box, width: int, height: int) -> tuple[int, int, int, int
     return x0, y0, x1, y1
 
 
-def _ellipse(box: Box, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """Boolean map over pixels [x0, x1) x [y0, y1): which pixel centres lie in the box's ellipse."""
+def _power(shape: Shape) -> float:
+    return _ROUNDED_POWER if shape == "rounded" else 2.0
+
+
+def _ellipse(box: Box, x0: int, y0: int, x1: int, y1: int, power: float = 2.0) -> np.ndarray:
+    """Boolean map over pixels [x0, x1) x [y0, y1): which pixel centres lie in the box's ellipse
+    (``power`` 2) or rounded box (``power`` 4)."""
     a, b = max(box.w / 2, 0.5), max(box.h / 2, 0.5)
-    xs = (np.arange(x0, x1, dtype=np.float32) + 0.5 - box.cx) / a
-    ys = (np.arange(y0, y1, dtype=np.float32) + 0.5 - box.cy) / b
-    return (ys[:, None] ** 2 + xs[None, :] ** 2) <= 1.0
+    xs = np.abs((np.arange(x0, x1, dtype=np.float32) + 0.5 - box.cx) / a)
+    ys = np.abs((np.arange(y0, y1, dtype=np.float32) + 0.5 - box.cy) / b)
+    return (ys[:, None] ** power + xs[None, :] ** power) <= 1.0
 
 
 def covered(box: Box, masks: list[Mask], width: int, height: int) -> float:
@@ -122,5 +131,5 @@ def covered(box: Box, masks: list[Mask], width: int, height: int) -> float:
         if mask.shape == "rect":
             part[:] = True
         else:
-            part |= _ellipse(mask.box, ix0, iy0, ix1, iy1)
+            part |= _ellipse(mask.box, ix0, iy0, ix1, iy1, _power(mask.shape))
     return float(hit.mean())

@@ -21,6 +21,7 @@ ADJUSTABLE = (
     "fine_stride",
     "threshold",
     "mask_scale",
+    "cover",
     "shape",
     "style",
     "blur_cells",
@@ -39,7 +40,7 @@ class ManualRegionIn(_Strict):
     y: float = Field(ge=0)
     w: float = Field(gt=0)
     h: float = Field(gt=0)
-    shape: Literal["rect", "ellipse"] = "rect"
+    shape: Literal["rect", "ellipse", "rounded"] = "rect"
     follow: bool = False
     keyframes: list[tuple[float, float, float, float, float]] = Field(default_factory=list, max_length=10_000)
     label: str | None = Field(default=None, max_length=200)

@@ -1,16 +1,23 @@
 """Following faces across frames, so a mask stays on a face between and around detections.
 
 Detection runs only on some frames and sometimes misses a face that is there (motion blur, a
-turned head). The tracker joins detections of the same face into tracks, fills the frames in
-between by interpolation, and keeps each mask on for a few frames before a face is first seen
-and after it is last seen. It is pure: frames go in as numbers and detections, boxes come out.
+turned head). Each face is a track with a constant-velocity Kalman filter: where the face is, how
+fast it moves and how sure we are of both. A new sighting joins the track whose predicted place it
+fits (Mahalanobis distance within the filter's uncertainty), so a small face crossing the view at
+several face widths between looks stays one track; a young track starts with a wide uncertainty on
+its speed, which narrows as sightings come in. Between sightings the mask moves in a straight line
+(the sightings on both sides are known by the time a frame is drawn); before the first sighting and
+after the last it is held for a few frames along the track's velocity, at the face's own size.
+
+Nothing crosses a cut (see ``redaction.cuts``): at a cut every track ends, and no track's hold
+reaches back before the first frame of its own shot or on past the last.
 
 Boxes are kept in scene coordinates: the camera's own movement in each frame (see
-``redaction.motion``), when given, is taken out before interpolating and put back afterwards, so
-a face between two sightings follows the camera's shake rather than a straight line.
+``redaction.motion``), when given, is taken out before tracking and put back afterwards, so a face
+between two sightings follows the camera's shake rather than a straight line on screen.
 
-The answer for a frame is final once detections up to ``horizon`` frames later have been given,
-which is how far ahead the pipeline reads before it renders a frame.
+The tracker is pure: frames go in as numbers and detections, boxes come out. The answer for a
+frame is final once detections up to ``horizon`` frames later have been given.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
+
+import numpy as np
 
 from redaction.detector import Detection
 from redaction.geometry import Box, iou, lerp
@@ -32,20 +41,27 @@ class TrackingSettings:
 
     ``max_gap``: frames a face may go unseen and still be the same track (and be masked
     throughout). ``keep_before``/``keep_after``: frames masked before the first and after the last
-    sighting. ``smooth``: half-width, in frames, of the window box positions and sizes are
-    averaged over. ``min_hits``: sightings a track needs before it is masked (1 masks every
-    detection: the safe choice for privacy).
+    sighting (never across a cut). ``smooth``: half-width, in frames, of the window sighting
+    positions are averaged over. ``min_hits``: sightings a track needs before it is masked (1
+    masks every detection: the safe choice for privacy). Motion model: ``speed_prior`` is the
+    spread of a new track's speed as a share of its size a frame (capped at ``speed_cap`` px),
+    ``accel`` the spread of its change per frame, ``measure`` the spread of a sighting's centre,
+    both as shares of the face's size; ``gate`` the squared Mahalanobis distance a sighting may
+    lie from a track's prediction and still join it.
     """
 
-    max_gap: int = 36
-    keep_before: int = 24
-    keep_after: int = 12
-    smooth: int = 3
-    min_iou: float = 0.05
-    max_shift: float = 1.0
+    max_gap: int = 30
+    keep_before: int = 6
+    keep_after: int = 6
+    smooth: int = 2
     min_hits: int = 1
-    grow_per_frame: float = 0.03
-    max_grow: float = 1.6
+    speed_prior: float = 0.6
+    speed_min: float = 6.0
+    speed_cap: float = 30.0
+    accel: float = 0.04
+    measure: float = 0.1
+    gate: float = 16.0
+    size_ratio: float = 1.8
 
     @property
     def horizon(self) -> int:
@@ -63,8 +79,57 @@ class TrackedBox:
 
 
 @dataclass
+class TrackState:
+    """What the tracker believes about a live track at a frame: where (frame pixels), how fast,
+    how unsure (one standard deviation of the centre, pixels) and how many sightings so far."""
+
+    track: int
+    box: Box
+    speed: float
+    spread: float
+    sightings: int
+
+
+class _Kalman:
+    """Constant-velocity filter over a face centre (x, y, vx, vy), in scene pixels and frames."""
+
+    def __init__(self, cx: float, cy: float, size: float, s: TrackingSettings) -> None:
+        self.s = s
+        v = min(s.speed_cap, max(s.speed_min, s.speed_prior * size))
+        r = s.measure * size + 1.0
+        self.x = np.array([cx, cy, 0.0, 0.0])
+        self.P = np.diag([r * r, r * r, v * v, v * v])
+        self.frame = 0
+
+    def predicted(self, dt: int, size: float) -> tuple[np.ndarray, np.ndarray]:
+        F = np.eye(4)
+        F[0, 2] = F[1, 3] = dt
+        q = (self.s.accel * size) ** 2
+        # Piecewise-constant white acceleration over dt frames.
+        g = np.array([[dt * dt / 2, 0], [0, dt * dt / 2], [dt, 0], [0, dt]])
+        return F @ self.x, F @ self.P @ F.T + q * (g @ g.T)
+
+    def innovation(self, dt: int, size: float, cx: float, cy: float) -> tuple[float, np.ndarray]:
+        x, P = self.predicted(dt, size)
+        r = (self.s.measure * size + 1.0) ** 2
+        S = P[:2, :2] + np.eye(2) * r
+        d = np.array([cx, cy]) - x[:2]
+        return float(d @ np.linalg.solve(S, d)), S
+
+    def update(self, dt: int, size: float, cx: float, cy: float) -> None:
+        x, P = self.predicted(dt, size)
+        r = (self.s.measure * size + 1.0) ** 2
+        S = P[:2, :2] + np.eye(2) * r
+        K = P[:, :2] @ np.linalg.inv(S)
+        self.x = x + K @ (np.array([cx, cy]) - x[:2])
+        self.P = (np.eye(4) - K[:, :2] @ np.eye(2, 4)) @ P
+
+
+@dataclass
 class _Track:
     id: int
+    shot: int
+    kalman: _Kalman
     frames: list[int] = field(default_factory=list)
     boxes: list[Box] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
@@ -77,10 +142,10 @@ class _Track:
     def last(self) -> int:
         return self.frames[-1]
 
-    def add(self, frame: int, box: Box, score: float) -> None:
-        self.frames.append(frame)
-        self.boxes.append(box)
-        self.scores.append(score)
+    @property
+    def size(self) -> float:
+        b = self.boxes[-1]
+        return max(b.w, b.h)
 
 
 class FaceTracker:
@@ -92,6 +157,7 @@ class FaceTracker:
         self._next_id = 0
         self._last_frame = -1
         self._camera: dict[int, tuple[float, float]] = {}
+        self._cuts: list[int] = [0]
 
     @property
     def horizon(self) -> int:
@@ -101,9 +167,45 @@ class FaceTracker:
     def track_count(self) -> int:
         return self._next_id
 
+    @property
+    def cuts(self) -> list[int]:
+        """First frames of the shots seen so far (0 always)."""
+        return list(self._cuts)
+
+    def cut(self, frame: int) -> None:
+        """``frame`` starts a new shot: every track ends before it, and none starts before it."""
+        if frame <= self._cuts[-1]:
+            if frame == self._cuts[-1]:
+                return
+            raise ValueError("cuts must be given in order")
+        if frame <= self._last_frame:
+            raise ValueError("a cut must be given before the frame's detections")
+        self._cuts.append(frame)
+
     def move_camera(self, frame: int, offset: tuple[float, float]) -> None:
         """Say where the picture has moved to in ``frame`` (from ``CameraMotion``); unset frames count as no move."""
         self._camera[frame] = offset
+
+    def _shot_of(self, frame: int) -> int:
+        return bisect.bisect_right(self._cuts, frame) - 1
+
+    def _shot_span(self, shot: int) -> tuple[int, int | None]:
+        """First and last frame of a shot (last None while the shot goes on)."""
+        start = self._cuts[shot]
+        end = self._cuts[shot + 1] - 1 if shot + 1 < len(self._cuts) else None
+        return start, end
+
+    def _to_scene(self, frame: int, box: Box) -> Box:
+        dx, dy = self._camera.get(frame, (0.0, 0.0))
+        return Box(box.x - dx, box.y - dy, box.w, box.h)
+
+    def _to_frame(self, frame: int, box: Box) -> Box:
+        dx, dy = self._camera.get(frame, (0.0, 0.0))
+        return Box(box.x + dx, box.y + dy, box.w, box.h)
+
+    def _live(self, frame: int) -> list[_Track]:
+        shot = self._shot_of(frame)
+        return [t for t in self._tracks if t.shot == shot and 0 < frame - t.last <= self.settings.max_gap]
 
     def observe(self, frame: int, detections: Iterable[Detection]) -> list[int]:
         """Record what detection found in ``frame`` (an empty list is a frame looked at and found
@@ -112,17 +214,25 @@ class FaceTracker:
             raise ValueError(f"frames must be observed in order: {frame} after {self._last_frame}")
         self._last_frame = frame
         s = self.settings
-        live = [t for t in self._tracks if frame - t.last <= s.max_gap]
-        dx, dy = self._camera.get(frame, (0.0, 0.0))
-        dets = [Detection(Box(d.box.x - dx, d.box.y - dy, d.box.w, d.box.h), d.score) for d in detections]
+        live = self._live(frame)
+        dets = [Detection(self._to_scene(frame, d.box), d.score) for d in detections]
         pairs: list[tuple[float, int, int]] = []
         for ti, track in enumerate(live):
-            predicted = self._predict(track, frame)
+            dt = frame - track.last
+            last = track.boxes[-1]
+            size = track.size
+            x, _ = track.kalman.predicted(dt, size)
+            predicted = Box.from_center(float(x[0]), float(x[1]), last.w, last.h)
             for di, det in enumerate(dets):
-                score = _match_score(predicted, det.box, s.min_iou, s.max_shift)
-                if score > 0:
-                    pairs.append((score, ti, di))
-        pairs.sort(reverse=True)
+                ratio = max(det.box.w, det.box.h) / max(1e-6, size)
+                if not 1 / s.size_ratio <= ratio <= s.size_ratio:
+                    continue
+                d2, _ = track.kalman.innovation(dt, size, det.box.cx, det.box.cy)
+                overlap = iou(predicted, det.box)
+                if d2 <= s.gate or overlap >= 0.3:
+                    # Overlap first, then the statistical distance.
+                    pairs.append((d2 - 100.0 * overlap, ti, di))
+        pairs.sort()
         used_tracks: set[int] = set()
         used_dets: set[int] = set()
         for _, ti, di in pairs:
@@ -130,15 +240,24 @@ class FaceTracker:
                 continue
             used_tracks.add(ti)
             used_dets.add(di)
-            live[ti].add(frame, dets[di].box, dets[di].score)
+            track, det = live[ti], dets[di]
+            track.kalman.update(frame - track.last, track.size, det.box.cx, det.box.cy)
+            track.frames.append(frame)
+            track.boxes.append(det.box)
+            track.scores.append(det.score)
         started = []
+        shot = self._shot_of(frame)
         for di, det in enumerate(dets):
-            if di not in used_dets:
-                track = _Track(self._next_id)
-                self._next_id += 1
-                track.add(frame, det.box, det.score)
-                self._tracks.append(track)
-                started.append(track.id)
+            if di in used_dets:
+                continue
+            b = det.box
+            track = _Track(self._next_id, shot, _Kalman(b.cx, b.cy, max(b.w, b.h), s))
+            track.frames.append(frame)
+            track.boxes.append(b)
+            track.scores.append(det.score)
+            self._next_id += 1
+            self._tracks.append(track)
+            started.append(track.id)
         return started
 
     def earliest(self, track_id: int) -> tuple[int, Box] | None:
@@ -146,9 +265,11 @@ class FaceTracker:
         track = self._find(track_id)
         if track is None:
             return None
-        dx, dy = self._camera.get(track.first, (0.0, 0.0))
-        b = track.boxes[0]
-        return track.first, Box(b.x + dx, b.y + dy, b.w, b.h)
+        return track.first, self._to_frame(track.first, track.boxes[0])
+
+    def shot_start(self, frame: int) -> int:
+        """The first frame of the shot ``frame`` belongs to."""
+        return self._cuts[self._shot_of(frame)]
 
     def observe_earlier(self, track_id: int, frame: int, detection: Detection) -> None:
         """Add a sighting before a track's first one: the pipeline, on finding a new face, looks
@@ -156,10 +277,10 @@ class FaceTracker:
         track = self._find(track_id)
         if track is None or frame >= track.first:
             raise ValueError("an earlier sighting must come before the track's first")
-        dx, dy = self._camera.get(frame, (0.0, 0.0))
-        b = detection.box
+        if self._shot_of(frame) != track.shot:
+            raise ValueError("an earlier sighting must be in the track's own shot")
         track.frames.insert(0, frame)
-        track.boxes.insert(0, Box(b.x - dx, b.y - dy, b.w, b.h))
+        track.boxes.insert(0, self._to_scene(frame, detection.box))
         track.scores.insert(0, detection.score)
 
     def _find(self, track_id: int) -> _Track | None:
@@ -168,51 +289,62 @@ class FaceTracker:
                 return track
         return None
 
-    def expected(self, frame: int, unseen_for: int = 1) -> list[tuple[int, Box]]:
-        """Where live tracks not sighted in the last ``unseen_for`` frames should be in ``frame``.
+    def states(self, frame: int, unseen_for: int = 1) -> list[TrackState]:
+        """Live tracks of ``frame``'s shot not sighted in the last ``unseen_for`` frames: where
+        each should be in ``frame`` (frame pixels), its speed and its uncertainty.
 
-        The pipeline looks again around these places with a small, cheap detection, so a face
-        once found keeps being sighted between full-frame passes.
+        The pipeline looks again around these places with a small, cheap detection, more often
+        for young, fast or uncertain tracks, so a face once found keeps being sighted.
         """
         s = self.settings
-        dx, dy = self._camera.get(frame, (0.0, 0.0))
+        shot = self._shot_of(frame)
         out = []
         for track in self._tracks:
             gap = frame - track.last
-            if unseen_for <= gap <= s.max_gap and len(track.frames) >= s.min_hits:
-                b = self._predict(track, frame)
-                out.append((track.id, Box(b.x + dx, b.y + dy, b.w, b.h)))
-        return out
-
-    def boxes_at(self, frame: int) -> list[TrackedBox]:
-        """The boxes to mask in ``frame``."""
-        out: list[TrackedBox] = []
-        s = self.settings
-        for track in self._tracks:
+            if track.shot != shot or not (unseen_for <= gap <= s.max_gap):
+                continue
             if len(track.frames) < s.min_hits:
                 continue
-            if frame < track.first - s.keep_before or frame > track.last + s.keep_after:
-                continue
-            tracked = self._box_at(track, frame)
-            out.append(tracked)
-        dx, dy = self._camera.get(frame, (0.0, 0.0))
-        if dx or dy:
-            out = [replace(t, box=Box(t.box.x + dx, t.box.y + dy, t.box.w, t.box.h)) for t in out]
+            x, P = track.kalman.predicted(gap, track.size)
+            last = track.boxes[-1]
+            box = self._to_frame(frame, Box.from_center(float(x[0]), float(x[1]), last.w, last.h))
+            spread = float(np.sqrt(max(P[0, 0], P[1, 1])))
+            out.append(TrackState(track.id, box, float(np.hypot(x[2], x[3])), spread, len(track.frames)))
         return out
+
+    def expected(self, frame: int, unseen_for: int = 1) -> list[tuple[int, Box]]:
+        """Where live tracks not sighted in the last ``unseen_for`` frames should be in ``frame``."""
+        return [(st.track, st.box) for st in self.states(frame, unseen_for)]
+
+    def boxes_at(self, frame: int) -> list[TrackedBox]:
+        """The boxes to mask in ``frame`` (face boxes, frame pixels, no margin)."""
+        out: list[TrackedBox] = []
+        s = self.settings
+        shot = self._shot_of(frame)
+        start, end = self._shot_span(shot)
+        for track in self._tracks:
+            if track.shot != shot or len(track.frames) < s.min_hits:
+                continue
+            if frame < max(start, track.first - s.keep_before):
+                continue
+            if frame > track.last + s.keep_after or (end is not None and frame > end):
+                continue
+            out.append(self._box_at(track, frame))
+        return [replace(t, box=self._to_frame(frame, t.box)) for t in out]
 
     def forget_before(self, frame: int) -> None:
         """Drop tracks that can no longer touch ``frame`` or any later frame."""
         s = self.settings
+        shot = self._shot_of(self._last_frame) if self._last_frame >= 0 else 0
         self._tracks = [
             t
             for t in self._tracks
-            if t.last + s.keep_after >= frame or self._last_frame - t.last <= s.max_gap
+            if t.last + s.keep_after >= frame or (t.shot == shot and self._last_frame - t.last <= s.max_gap)
         ]
         for old in [f for f in self._camera if f < frame]:
             del self._camera[old]
 
     def _box_at(self, track: _Track, frame: int) -> TrackedBox:
-        s = self.settings
         frames = track.frames
         k = bisect.bisect_left(frames, frame)
         if k < len(frames) and frames[k] == frame:
@@ -221,20 +353,21 @@ class FaceTracker:
             a, b = self._smoothed(track, k - 1), self._smoothed(track, k)
             u = (frame - frames[k - 1]) / (frames[k] - frames[k - 1])
             return TrackedBox(track.id, lerp(a, b, u), "interpolated")
-        # Before the first or after the last sighting: carry the box on along its motion, growing
-        # it a little each frame because where the face is becomes less certain.
+        # Before the first or after the last sighting: carried along the track's motion, at the
+        # face's own size (a hold is short; a mask that grows with it hides what is not a face).
         end = 0 if k == 0 else len(frames) - 1
         base = self._smoothed(track, end)
         vx, vy = self._velocity(track, end)
         dt = frame - frames[end]
-        grow = min(s.max_grow, 1.0 + s.grow_per_frame * abs(dt))
-        moved = Box.from_center(base.cx + vx * dt, base.cy + vy * dt, base.w, base.h)
-        return TrackedBox(track.id, moved.scaled(grow), "extended")
+        return TrackedBox(
+            track.id, Box.from_center(base.cx + vx * dt, base.cy + vy * dt, base.w, base.h), "extended"
+        )
 
     def _smoothed(self, track: _Track, k: int) -> Box:
         """The k-th sighting smoothed over sightings within ``smooth`` frames either side: the
-        centre averaged, the size the largest seen (a face that looks smaller for a frame or two,
-        blurred or turning, keeps the larger mask)."""
+        centre from a straight line fitted through them (a plain average would drag a fast face's
+        mask towards whichever side had more sightings), the size the largest seen (a face that
+        looks smaller for a frame or two, blurred or turning, keeps the larger mask)."""
         s = self.settings.smooth
         if s <= 0:
             return track.boxes[k]
@@ -242,20 +375,22 @@ class FaceTracker:
         lo = bisect.bisect_left(track.frames, f - s)
         hi = bisect.bisect_right(track.frames, f + s)
         boxes = track.boxes[lo:hi]
-        n = len(boxes)
-        return Box.from_center(
-            sum(b.cx for b in boxes) / n,
-            sum(b.cy for b in boxes) / n,
-            max(b.w for b in boxes),
-            max(b.h for b in boxes),
-        )
+        if len(boxes) < 3:
+            cx, cy = track.boxes[k].cx, track.boxes[k].cy
+        else:
+            t = np.array(track.frames[lo:hi], float) - f
+            xs = np.array([b.cx for b in boxes])
+            ys = np.array([b.cy for b in boxes])
+            (_, cx), (_, cy) = np.polyfit(t, xs, 1), np.polyfit(t, ys, 1)
+        return Box.from_center(float(cx), float(cy), max(b.w for b in boxes), max(b.h for b in boxes))
 
     def _velocity(self, track: _Track, end: int) -> tuple[float, float]:
-        """Pixels a frame at one end of a track, measured over up to ``max_gap`` frames of sightings."""
+        """Pixels a frame at one end of a track: from the sightings near that end, or (one
+        sighting only) nothing."""
         frames = track.frames
         if len(frames) < 2:
             return 0.0, 0.0
-        span = self.settings.max_gap
+        span = 12
         if end == 0:
             j = max(1, bisect.bisect_right(frames, frames[0] + span) - 1)
             a, b = 0, j
@@ -265,25 +400,5 @@ class FaceTracker:
         dt = frames[b] - frames[a]
         if dt <= 0:
             return 0.0, 0.0
-        ba, bb = self._smoothed(track, a), self._smoothed(track, b)
+        ba, bb = track.boxes[a], track.boxes[b]
         return (bb.cx - ba.cx) / dt, (bb.cy - ba.cy) / dt
-
-    def _predict(self, track: _Track, frame: int) -> Box:
-        """Where a live track's face should be in ``frame``, from its latest motion."""
-        last = track.boxes[-1]
-        vx, vy = self._velocity(track, len(track.frames) - 1)
-        dt = frame - track.last
-        return Box.from_center(last.cx + vx * dt, last.cy + vy * dt, last.w, last.h)
-
-
-def _match_score(predicted: Box, detected: Box, min_iou: float, max_shift: float) -> float:
-    """How well a detection continues a track: its IoU, or a small score for a near, similar box."""
-    overlap = iou(predicted, detected)
-    if overlap >= min_iou:
-        return overlap
-    size = max(predicted.w, predicted.h, detected.w, detected.h)
-    ratio = (detected.w * detected.h) / max(1e-6, predicted.w * predicted.h)
-    shift = ((predicted.cx - detected.cx) ** 2 + (predicted.cy - detected.cy) ** 2) ** 0.5 / size
-    if shift <= max_shift and 0.4 <= ratio <= 2.5:
-        return 0.01 * (1.0 - shift / max_shift) + 1e-6
-    return 0.0

@@ -26,7 +26,8 @@ from storage.objects import ObjectStore
 from storage.settings import Settings
 
 from . import jobs
-from .pipeline import RedactionResult, RedactionSettings, redact_clip
+from .pipeline import RedactionResult
+from .runner import redact_file
 from .spec import RedactionSpec
 
 log = logging.getLogger(__name__)
@@ -90,22 +91,13 @@ class RedactionWorker:
     # -- one job -----------------------------------------------------------------------------
     def _run(self, job: jobs.ClaimedJob) -> None:
         spec = RedactionSpec.model_validate(job.spec)
-        settings = replace(RedactionSettings.from_settings(self.settings), **spec.settings)
         self.scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.scratch) as tmp:
             src = Path(tmp) / "original.mp4"
             dst = Path(tmp) / "redacted.mp4"
             self._fetch(job, src)
             renewer = _Renewer(self, job)
-            result = redact_clip(
-                src,
-                dst,
-                settings,
-                manual_regions=[r.to_region() for r in spec.manual_regions],
-                exclusions=[e.to_exclusion() for e in spec.exclusions],
-                audio_edits=[a.to_edit() for a in spec.audio_edits],
-                progress=renewer,
-            )
+            result = redact_file(src, dst, spec, self.settings, progress=renewer)
             renewer.final(result.frames)
             self._store(job, spec, dst, result)
 

@@ -297,8 +297,8 @@ class WorkerSettings(_Section):
     redaction_detect_width: int = Field(640, description="Width frames are scaled to for face detection.")
     redaction_threshold: float = Field(0.2, description="Face detector confidence threshold.")
     redaction_stride: int = Field(
-        6,
-        description="Run the whole-frame detector on every Nth frame; faces are tracked and re-checked in between.",
+        5,
+        description="Run the whole-frame detector at least every Nth frame (at once after a cut); faces are tracked and re-checked in between.",
     )
     worker_lease_seconds: int = Field(
         120,

@@ -19,7 +19,7 @@ from tests.test_redaction_pipeline import decode_audio
 
 FPS = 25
 SOLID = RedactionSettings(style="solid")
-MANUAL_ONLY = RedactionSettings(style="solid", stride=10_000, fine_stride=0, refresh_stride=0)
+MANUAL_ONLY = RedactionSettings(style="solid", auto=False)
 
 
 @pytest.fixture(scope="module")
