@@ -14,7 +14,8 @@ short shots joined by hard cuts, each shot one of
 - ``approach``: one face coming towards the camera across a wall, from 24 to 200 px.
 
 The photographs are the research set in ``shared/datasets/faces-dev`` (with hand-drawn face boxes),
-the LFW faces and the astronaut portrait inside scikit-image. A clip is drawn from a seed and a
+the LFW faces and the astronaut portrait inside scikit-image; without the set beside the repository,
+group photographs are composed from the LFW faces instead. A clip is drawn from a seed and a
 ``split``: ``"tune"`` uses the set's training photographs and even-numbered LFW faces, ``"held_out"``
 its testing photographs and the odd-numbered LFW faces, so a redactor can be tuned on one and
 judged on the other. Frames are rendered one at a time into ffmpeg; nothing of the service is
@@ -110,6 +111,13 @@ def faces_dev_dir() -> Path:
 
 @lru_cache(maxsize=4)
 def _photos(split: str, root: str) -> tuple[_Photo, ...]:
+    """The set's photographs of ``split``; group photographs composed from LFW where it is absent.
+
+    The set lies beside the repository (as it does in CI); a clone on its own still renders every
+    shot kind, from scikit-image's faces only, so its tests run, if less hard.
+    """
+    if not (Path(root) / "annotations.json").exists():
+        return _composed_photos(split)
     want = "training" if split == "tune" else "testing"
     notes = json.loads((Path(root) / "annotations.json").read_text())
     out = []
@@ -121,6 +129,37 @@ def _photos(split: str, root: str) -> tuple[_Photo, ...]:
             raise FileNotFoundError(Path(root) / name)
         boxes = tuple((float(x), float(y), float(w), float(h)) for x, y, w, h in note["boxes_xywh"])
         out.append(_Photo(image, boxes))
+    return tuple(out)
+
+
+@lru_cache(maxsize=2)
+def _composed_photos(split: str) -> tuple[_Photo, ...]:
+    """Six group photographs of LFW faces (the split's parity) on a painted backdrop, boxes exact."""
+    parity = 0 if split == "tune" else 1
+    faces = [src for n, src in enumerate(face_sources()[:-1]) if n % 2 == parity]
+    rng = np.random.default_rng(7 + parity)
+    out = []
+    for _ in range(6):
+        h, w = 900, 1400
+        tone = rng.uniform(60, 170, 3)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        image = tone[None, None, :] * (0.8 + 0.3 * (yy / h)[:, :, None]) + rng.normal(0, 6, (h, w, 1))
+        boxes = []
+        rows = int(rng.integers(2, 4))
+        for r in range(rows):
+            size = int(rng.uniform(110, 200))
+            y = int(60 + r * (h - 120) / rows + rng.uniform(0, 30))
+            x = int(rng.uniform(20, 80))
+            while x + size < w - 20 and y + size < h:
+                src = faces[int(rng.integers(len(faces)))]
+                face = cv2.resize(src.bgr, (size, size), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+                alpha = cv2.resize(src.alpha, (size, size))[:, :, None]
+                region = image[y : y + size, x : x + size]
+                image[y : y + size, x : x + size] = region * (1 - alpha) + face * alpha
+                fx0, fy0, fx1, fy1 = src.box
+                boxes.append((x + fx0 * size, y + fy0 * size, (fx1 - fx0) * size, (fy1 - fy0) * size))
+                x += size + int(rng.uniform(10, 60))
+        out.append(_Photo(np.clip(image, 0, 255).astype(np.uint8), tuple(boxes)))
     return tuple(out)
 
 
