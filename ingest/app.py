@@ -189,6 +189,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.include_router(router)
     errors.install(app)
     install_console(app, settings)
+    errors.install_last_resort(app)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

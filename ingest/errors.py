@@ -9,6 +9,11 @@ the right status and headers (``Retry-After`` when trying later may help):
   the validation errors in ``detail``) take the same shape.
 
 Each is logged in one short line, without locals and without secrets.
+
+Anything else a route raises (a bug) is caught by :class:`LastResort`, the outermost of our
+middlewares: the request gets a 500 envelope (``internal_error``) and the log one brief line
+(``ingest.logging_setup`` keeps it brief and off the request path). The exception goes no further,
+so the server never renders it again.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage.errors import Refused
 from storage.objects import StorageError, StorageFull
@@ -37,6 +43,8 @@ REASONS = {
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
+    431: "headers_too_large",
+    500: "internal_error",
     503: "unavailable",
 }
 
@@ -86,3 +94,44 @@ def install(app: FastAPI) -> None:
     """Answer every error family with :func:`error_response`."""
     for family in (Refused, StorageError, RequestValidationError, HTTPException):
         app.add_exception_handler(family, error_response)
+
+
+class LastResort:
+    """ASGI middleware: an unhandled exception costs its own request only.
+
+    It answers 500 with the envelope when nothing was sent yet (otherwise the response is cut
+    short), and logs the failure once, briefly: the route's path, method and the exception's type,
+    first message line and place (never its locals).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:  # noqa: BLE001 - the boundary: every bug ends here, briefly
+            log.error(
+                "request failed: unhandled error",
+                extra={"path": scope.get("path"), "method": scope.get("method"), "status": 500},
+                exc_info=exc,
+            )
+            if not started:
+                body = envelope("internal error; the failure is logged", "internal_error")
+                await JSONResponse(body, status_code=500)(scope, receive, send)
+
+
+def install_last_resort(app: FastAPI) -> None:
+    """Add :class:`LastResort` outside every other middleware of ours (call it after adding them)."""
+    app.add_middleware(LastResort)

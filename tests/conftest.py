@@ -195,11 +195,11 @@ class _ThreadedServer(uvicorn.Server):
         pass
 
 
-def start_server(services) -> tuple[_ThreadedServer, threading.Thread, str]:  # type: ignore[no-untyped-def]
+def start_server(services, app=None) -> tuple[_ThreadedServer, threading.Thread, str]:  # type: ignore[no-untyped-def]
     from ingest.app import create_app
 
     port = free_port()
-    app = create_app(services.settings, services)
+    app = app or create_app(services.settings, services)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_config=None, http="httptools", lifespan="on"
     )
