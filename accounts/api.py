@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
 
 from chain_of_custody.core import CoreServices
+from storage.bounds import DB_INT_MAX, Patch
 from storage.errors import Refused
 
 from .access import require_roles, services
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
 USER_ADMINS = ("admin",)
+UserId = Annotated[int, Path(ge=1, le=DB_INT_MAX, description="a user's id")]
 ROLE_PATTERN = "^(" + "|".join(ROLES) + ")$"
 
 
@@ -58,7 +61,9 @@ class UserIn(BaseModel):
     site: str | None = Field(None, max_length=64)
 
 
-class UserChange(BaseModel):
+class UserChange(Patch):
+    not_null = frozenset({"full_name", "role", "active", "password", "unlock"})
+
     full_name: str | None = Field(None, max_length=128)
     role: str | None = Field(None, pattern=ROLE_PATTERN)
     site: str | None = Field(None, max_length=64)
@@ -127,7 +132,9 @@ def add_user(
 
 @router.get("/users/{user_id}", response_model=UserOut)
 def get_user(
-    user_id: int, user: Principal = Depends(require_roles(*USER_ADMINS)), s: CoreServices = Depends(services)
+    user_id: UserId,
+    user: Principal = Depends(require_roles(*USER_ADMINS)),
+    s: CoreServices = Depends(services),
 ) -> User:
     with s.db.session() as session:
         found = session.get(User, user_id)
@@ -138,7 +145,7 @@ def get_user(
 
 @router.patch("/users/{user_id}", response_model=UserOut)
 def change_user(
-    user_id: int,
+    user_id: UserId,
     body: UserChange,
     user: Principal = Depends(require_roles(*USER_ADMINS)),
     s: CoreServices = Depends(services),

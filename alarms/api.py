@@ -41,6 +41,7 @@ from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.reads import item_response
 from devices.lone_worker_wire import DEVICE_ID_PATTERN, EVENT_ID_PATTERN
+from storage.bounds import DB_INT_MAX, MAX_OFFSET
 from storage.errors import Refused
 
 from . import performance, rules
@@ -98,7 +99,7 @@ def list_alarms(
     device_id: str | None = None,
     kind: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     user: Principal = Depends(require_roles(*READERS)),
     alarms: AlarmService = Depends(alarm_service),
 ) -> list[dict[str, Any]]:
@@ -140,7 +141,7 @@ def answer_performance(
 async def alarm_stream(
     request: Request,
     after: Annotated[
-        int | None, Query(ge=0, description="replay changes after this id (0: all kept)")
+        int | None, Query(ge=0, le=DB_INT_MAX, description="replay changes after this id (0: all kept)")
     ] = None,
     follow: Annotated[
         bool, Query(description="keep the stream open for new changes (false: send the backlog, then end)")
@@ -298,7 +299,7 @@ async def upload_voice_memo(
     device_id: str,
     event_id: str,
     content_type: Annotated[str, Header()] = "application/octet-stream",
-    content_length: Annotated[int | None, Header()] = None,
+    content_length: Annotated[int | None, Header(ge=0, le=DB_INT_MAX)] = None,
     x_device_signature: Annotated[str | None, Header()] = None,
     x_device_sent_at: Annotated[str | None, Header()] = None,
     s: CoreServices = Depends(services),

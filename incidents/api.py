@@ -7,13 +7,14 @@ one that does not exist.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
 from accounts.access import require_roles, services
 from chain_of_custody.core import CoreServices
+from storage.bounds import DB_INT_MAX, MAX_OFFSET, Patch
 
 from .access import (
     INCIDENT_MANAGERS,
@@ -64,7 +65,9 @@ class IncidentIn(BaseModel):
     window_end: AwareDatetime | None = None
 
 
-class IncidentChange(BaseModel):
+class IncidentChange(Patch):
+    not_null = frozenset({"category", "status", "title", "description", "occurred_at", "site"})
+
     category: Category | None = None
     status: Status | None = None
     outcome: str | None = Field(None, max_length=5000)
@@ -170,6 +173,7 @@ def _hidden() -> HTTPException:
     return HTTPException(404, "no such incident")
 
 
+UserId = Annotated[int, Path(ge=1, le=DB_INT_MAX, description="a user's id")]
 router = APIRouter(prefix="/api/v1", tags=["incidents"])
 readers = Depends(require_roles(*INCIDENT_READERS))
 writers = Depends(require_roles(*INCIDENT_WRITERS))
@@ -220,12 +224,12 @@ def find_incidents(
     q: str | None = Query(None, max_length=200, description="text in reference, title, description or ward"),
     occurred_from: AwareDatetime | None = None,
     occurred_to: AwareDatetime | None = None,
-    assigned_to: int | None = None,
+    assigned_to: int | None = Query(None, ge=1, le=DB_INT_MAX),
     wearer: str | None = None,
     staff_id: str | None = None,
     evidence_id: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     user: Viewer = readers,
     s: CoreServices = Depends(services),
 ) -> list[Incident]:
@@ -351,7 +355,7 @@ def unlink(
 
 @router.put("/incidents/{incident_id}/investigators/{user_id}", response_model=IncidentOut)
 def assign(
-    incident_id: str, user_id: int, user: Viewer = managers, s: CoreServices = Depends(services)
+    incident_id: str, user_id: UserId, user: Viewer = managers, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
     with s.db.session() as session:
         incident = visible_incident(session, user, incident_id)
@@ -363,7 +367,7 @@ def assign(
 
 @router.delete("/incidents/{incident_id}/investigators/{user_id}", status_code=204)
 def unassign(
-    incident_id: str, user_id: int, user: Viewer = managers, s: CoreServices = Depends(services)
+    incident_id: str, user_id: UserId, user: Viewer = managers, s: CoreServices = Depends(services)
 ) -> Response:
     with s.db.session() as session:
         incident = visible_incident(session, user, incident_id)

@@ -25,6 +25,7 @@ from .tus_protocol import (
     TusRefusal,
     parse_clip_metadata,
     parse_length,
+    parse_offset,
 )
 from .uploads import (
     ClientGone,
@@ -204,11 +205,9 @@ async def patch(
         _check_version(request)
         if request.headers.get("content-type") != "application/offset+octet-stream":
             raise TusRefusal(415, "content_type", "Content-Type must be application/offset+octet-stream")
-        raw_offset = request.headers.get("upload-offset", "")
-        if not raw_offset.isdigit():
-            raise TusRefusal(400, "bad_offset", "Upload-Offset must be a non-negative integer")
+        offset = parse_offset(request.headers.get("upload-offset", ""))
         state = await uploads.patch(
-            dock, upload_id, int(raw_offset), _body(request), request.headers.get("upload-checksum")
+            dock, upload_id, offset, _body(request), request.headers.get("upload-checksum")
         )
     except _Disconnected:
         return Response(status_code=400)

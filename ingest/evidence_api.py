@@ -29,6 +29,7 @@ from incidents.access import (
     visible_evidence,
 )
 from incidents.retention import RetentionRules, delete_by_hand, describe, set_legal_hold
+from storage.bounds import MAX_OFFSET
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
 
@@ -79,7 +80,7 @@ def list_items(
     wearer: str | None = None,
     device: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     user: Principal = Depends(require_roles(*METADATA_ROLES)),
     s: CoreServices = Depends(services),
 ) -> list[EvidenceItem]:

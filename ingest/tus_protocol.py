@@ -158,12 +158,25 @@ def parse_clip_metadata(header: str | None, max_bytes: int) -> ClipMetadata:
     )
 
 
+def _plain_digits(value: str) -> bool:
+    """ASCII digits only, at most 19 of them (``str.isdigit`` also takes "²" and other scripts' digits,
+    which ``int`` then refuses or reads; 19 digits is every size a database integer holds)."""
+    return value.isascii() and value.isdigit() and len(value) <= 19
+
+
+def parse_offset(value: str) -> int:
+    """``Upload-Offset``: a plain non-negative integer."""
+    if not _plain_digits(value):
+        raise TusRefusal(400, "bad_offset", "Upload-Offset must be a non-negative integer")
+    return int(value)
+
+
 def parse_length(value: str | None, maximum: int) -> int:
     if value is None:
         raise TusRefusal(
             400, "missing_length", "Upload-Length is required (deferred length is not supported)"
         )
-    if not value.isdigit() or len(value) > 20:
+    if not _plain_digits(value):
         raise TusRefusal(400, "bad_length", "Upload-Length must be a non-negative integer")
     n = int(value)
     if n == 0:

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from storage.bounds import DB_INT_MAX
+
 from .audio import AudioEdit
 from .regions import Exclusion, ManualRegion
 
@@ -67,7 +69,7 @@ class ManualRegionIn(_Strict):
 
 
 class ExclusionIn(_Strict):
-    track: int = Field(ge=0)
+    track: int = Field(ge=0, le=DB_INT_MAX)
     start: float | None = None
     end: float | None = None
     reason: str = Field(min_length=3, max_length=500)
