@@ -12,6 +12,7 @@ application (``ingest.app``) puts its services on ``app.state.services``.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from fastapi import Depends, HTTPException, Request
@@ -21,15 +22,33 @@ from chain_of_custody.core import CoreServices
 
 from .browser import browser_session
 from .service import Principal, resolve_token
+from .throttle import SignInThrottle, ThrottlePolicy
 
 log = logging.getLogger(__name__)
 bearer = HTTPBearer(auto_error=False)
+_throttle_made = threading.Lock()
 
 
 def services(request: Request) -> CoreServices:
     """The running service's parts (``ingest.services.Services``, seen through what every domain needs)."""
     found: CoreServices = request.app.state.services
     return found
+
+
+def sign_in_throttle(request: Request) -> SignInThrottle:
+    """The one sign-in throttle of this application, shared by the API's token and the console's form."""
+    state = request.app.state
+    with _throttle_made:
+        found: SignInThrottle | None = getattr(state, "sign_in_throttle", None)
+        if found is None:
+            found = SignInThrottle(ThrottlePolicy.from_settings(services(request).settings))
+            state.sign_in_throttle = found
+    return found
+
+
+def client_address(request: Request) -> str:
+    """Who is asking, as the throttle counts them (the peer address; uvicorn applies trusted proxies' headers)."""
+    return request.client.host if request.client else "unknown"
 
 
 def current_user(

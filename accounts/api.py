@@ -9,7 +9,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
 
@@ -17,9 +17,10 @@ from chain_of_custody.core import CoreServices
 from storage.bounds import DB_INT_MAX, Patch
 from storage.errors import Refused
 
-from .access import require_roles, services
+from .access import client_address, require_roles, services, sign_in_throttle
 from .models import ROLES, User
-from .service import AccountError, Principal, authenticate, create_user, issue_token, list_users, update_user
+from .service import AccountError, Principal, create_user, issue_token, list_users, sign_in, update_user
+from .throttle import SignInThrottle
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["users"])
@@ -80,21 +81,23 @@ class MeOut(BaseModel):
 
 
 @router.post("/auth/token", response_model=TokenOut, tags=["access"])
-def login(form: OAuth2PasswordRequestForm = Depends(), s: CoreServices = Depends(services)) -> TokenOut:
+def login(
+    request: Request,
+    form: OAuth2PasswordRequestForm = Depends(),
+    s: CoreServices = Depends(services),
+    throttle: SignInThrottle = Depends(sign_in_throttle),
+) -> TokenOut:
+    """A bearer token for a username and password. Every refusal is the same 401, whatever the cause."""
     settings = s.settings
     try:
         with s.db.session() as session:
-            user = authenticate(
-                session,
-                form.username,
-                form.password,
-                max_failures=settings.login_max_failures,
-                lockout=timedelta(minutes=settings.login_lockout_minutes),
-            )
+            user = sign_in(session, form.username, form.password, client_address(request), throttle)
             token, expires = issue_token(session, user, timedelta(minutes=settings.token_ttl_minutes))
             role = user.role
     except AccountError as exc:
-        log.warning("login refused", extra={"username": form.username, "reason": str(exc)})
+        log.warning(
+            "login refused", extra={"username": form.username[:64], "client": client_address(request)}
+        )
         raise LoginRefused(exc.reason, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     log.info("login", extra={"username": form.username})
     return TokenOut(access_token=token, expires_at=expires.isoformat(), role=role)
@@ -149,12 +152,15 @@ def change_user(
     body: UserChange,
     user: Principal = Depends(require_roles(*USER_ADMINS)),
     s: CoreServices = Depends(services),
+    throttle: SignInThrottle = Depends(sign_in_throttle),
 ) -> User:
     changes = {k: getattr(body, k) for k in body.model_fields_set}
     with s.db.session() as session:
         if session.get(User, user_id) is None:
             raise HTTPException(404, "no such user")
         changed, done = update_user(session, user_id, changes)
+        if body.unlock:
+            throttle.forgive(changed.username)
         if done:
             s.ledger.append(
                 session,

@@ -1,4 +1,4 @@
-"""Account logic: password hashing (argon2), lock-out after repeated failures, token issue and lookup."""
+"""Account logic: password hashing (argon2), sign-in (throttled, never locked), token issue and lookup."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from storage.errors import Refused
 
 from .models import ROLES, ApiToken, User, UserSession
+from .throttle import SignInThrottle
 
 _hasher = PasswordHasher()
 
@@ -61,38 +63,47 @@ def create_user(
     return user
 
 
-def authenticate(
-    session: Session,
-    username: str,
-    password: str,
-    *,
-    max_failures: int,
-    lockout: timedelta,
-    now: datetime | None = None,
-) -> User:
-    """Check a password; lock the account for ``lockout`` after ``max_failures`` consecutive failures."""
-    now = now or datetime.now(UTC)
-    user = session.scalar(select(User).where(User.username == username).with_for_update())
-    if user is None or not user.active:
-        _hasher.hash(password)  # same cost either way: no user enumeration by timing
-        raise AccountError("invalid credentials")
-    if user.locked_until and user.locked_until > now:
-        raise AccountError("account locked after repeated failures; try later")
-    try:
-        _hasher.verify(user.password_hash, password)
-    except (VerificationError, InvalidHashError):
-        user.failed_logins += 1
-        if user.failed_logins >= max_failures:
-            user.locked_until = now + lockout
-            user.failed_logins = 0
-        # The count must outlive the refusal: the caller's transaction rolls back when this raises.
-        session.commit()
-        raise AccountError("invalid credentials") from None
-    user.failed_logins = 0
-    user.locked_until = None
+DENIED = "invalid credentials (after repeated failures, wait a minute before trying again)"
+"""The one answer to every refused sign-in: unknown user, wrong password, inactive or throttled."""
+
+
+@cache
+def _decoy_hash() -> str:
+    """A hash of nothing anyone knows: checking a password against it costs what a real check costs."""
+    return _hasher.hash(secrets.token_urlsafe(32))
+
+
+def _refuse() -> AccountError:
+    return AccountError(DENIED, "invalid_credentials", 401)
+
+
+def sign_in(session: Session, username: str, password: str, client: str, throttle: SignInThrottle) -> User:
+    """Check a password, for the API's token and the console's session alike.
+
+    Every refusal is the same :data:`DENIED` after the same work (one argon2 check), so neither
+    the answer nor its timing tells an unknown user from a wrong password or a throttled try.
+    Throttling (``accounts.throttle``) slows a guesser and never locks the account.
+    """
+    if not throttle.allowed(username, client):
+        _check(_decoy_hash(), password)
+        raise _refuse()
+    user = session.scalar(select(User).where(User.username == username))
+    known = user is not None and user.active
+    if not _check(user.password_hash if user is not None and known else _decoy_hash(), password) or not known:
+        throttle.failed(username, client)
+        raise _refuse()
+    assert user is not None
+    throttle.succeeded(username, client)
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
     return user
+
+
+def _check(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
 
 
 def issue_token(session: Session, user: User, ttl: timedelta) -> tuple[str, datetime]:

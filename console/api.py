@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -21,9 +21,10 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from accounts.access import services
+from accounts.access import client_address, services, sign_in_throttle
 from accounts.browser import CSRF_HEADER, browser_session, cookie_name, same_origin, session_secret
-from accounts.service import AccountError, Principal, authenticate
+from accounts.service import AccountError, Principal
+from accounts.service import sign_in as check_password
 from accounts.sessions import BrowserSession, SessionPolicy, end_session, start_session
 from chain_of_custody.core import CoreServices
 from storage.settings import Settings
@@ -167,18 +168,13 @@ def sign_in(
         log.warning("sign-in refused: not from our form")
         raise PageRefused(403, "This sign-in form has expired. Open the sign-in page again.")
     settings = s.settings
+    client = client_address(request)
     try:
         with s.db.session() as session:
-            user = authenticate(
-                session,
-                username,
-                password,
-                max_failures=settings.login_max_failures,
-                lockout=timedelta(minutes=settings.login_lockout_minutes),
-            )
+            user = check_password(session, username, password, client, sign_in_throttle(request))
             secret, started = start_session(session, user, SessionPolicy.from_settings(settings))
     except AccountError as exc:
-        log.warning("console sign-in refused", extra={"username": username, "reason": str(exc)})
+        log.warning("console sign-in refused", extra={"username": username, "client": client})
         fresh = secrets.token_urlsafe(24)
         response = render(
             request, "sign_in.html", None, 401, form_token=fresh, next=_safe_next(next) or "", error=str(exc)

@@ -133,8 +133,22 @@ class HttpSettings(_Section):
     http_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
     http_port: int = Field(8000, description="Port of the HTTP API.")
     token_ttl_minutes: int = Field(480, description="Lifetime of a user's bearer token.")
-    login_max_failures: int = Field(5, description="Failed logins in a row that lock an account.")
-    login_lockout_minutes: int = Field(15, description="How long a locked account stays locked.")
+    login_free_failures: int = Field(
+        3,
+        ge=1,
+        description="Failed sign-ins for one username from one client address before each further try from there must wait (the wait doubles with each failure). No account is ever locked.",
+    )
+    login_max_delay_seconds: int = Field(
+        900, ge=1, description="The longest wait between sign-in tries for one username from one address."
+    )
+    login_client_failures_per_hour: int = Field(
+        30, ge=1, description="Failed sign-ins one client address may make in an hour, over all usernames."
+    )
+    login_account_failures_per_hour: int = Field(
+        100,
+        ge=1,
+        description="Failed sign-ins one username may take in an hour from anywhere; past it, only addresses that have not failed for it may try.",
+    )
 
 
 class ConsoleSettings(_Section):
