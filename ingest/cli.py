@@ -60,6 +60,7 @@ def serve(
     """Run the HTTP API (and, when configured, the alarm consumer) in this process."""
     import uvicorn
 
+    from .http_edge import server_config
     from .logging_setup import configure_logging
     from .telemetry_process import prepare_shared_metrics
 
@@ -68,14 +69,8 @@ def serve(
     prepare_shared_metrics(settings)  # before the app imports prometheus_client
     from .app import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.http_host,
-        port=port or settings.http_port,
-        http="httptools",
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    config = server_config(create_app(settings), settings, host, port, timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run()
 
 
 @app.command()

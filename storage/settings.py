@@ -132,6 +132,35 @@ class HttpSettings(_Section):
 
     http_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
     http_port: int = Field(8000, description="Port of the HTTP API.")
+    http_max_header_bytes: int = Field(
+        64 * 1024,
+        ge=4096,
+        le=16 * 1024 * 1024,
+        description="Largest request line and header block accepted; a larger one is answered 431 and the connection closed.",
+    )
+    http_header_timeout_seconds: int = Field(
+        10,
+        ge=1,
+        description="Time a client has, from connecting (or from starting its next request), to send the whole header block; then 408 and the connection is closed.",
+    )
+    http_body_idle_timeout_seconds: int = Field(
+        60,
+        ge=1,
+        description="A request body that sends no byte for this long while the service waits for it is abandoned and its connection closed (a dock's upload then resumes with HEAD).",
+    )
+    http_keep_alive_seconds: int = Field(
+        5, ge=1, description="An idle kept-alive connection is closed after this many seconds."
+    )
+    http_max_connections_per_client: int = Field(
+        100,
+        ge=0,
+        description="Open connections one client address may hold; more are answered 503 with Retry-After (0: no cap). Behind a reverse proxy every client is the proxy's address: raise it, or cap at the proxy.",
+    )
+    http_max_connections: int = Field(
+        2000,
+        ge=0,
+        description="Open connections and requests the server holds at once; more are answered 503 (0: no cap).",
+    )
     token_ttl_minutes: int = Field(480, description="Lifetime of a user's bearer token.")
     login_free_failures: int = Field(
         3,

@@ -200,9 +200,9 @@ def start_server(services, app=None) -> tuple[_ThreadedServer, threading.Thread,
 
     port = free_port()
     app = app or create_app(services.settings, services)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, http="httptools", lifespan="on"
-    )
+    from ingest.http_edge import server_config
+
+    config = server_config(app, services.settings, "127.0.0.1", port, lifespan="on")
     server = _ThreadedServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

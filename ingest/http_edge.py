@@ -1,0 +1,204 @@
+"""The HTTP edge: how the service is served (uvicorn with httptools) and the limits a client meets there.
+
+uvicorn's httptools protocol reads a request's header block without a size limit or a deadline:
+a 64 MB header was answered 200, twenty unfinished 8 MB headers held 123 MB, and half-sent
+requests were kept open for ever. :class:`EdgeProtocol` adds, per connection:
+
+- a **header size limit** (``http_max_header_bytes``): bytes are counted *before* the parser sees
+  them, and the request is answered ``431 Request Header Fields Too Large`` once the block passes
+  the limit, so memory per connection stays bounded;
+- a **header deadline** (``http_header_timeout_seconds``): from connecting (or from the first byte
+  of the next request on a kept-alive connection) to the end of the headers; past it ``408`` and
+  the connection is closed (a slowloris holds nothing);
+- a **body idle timeout** (``http_body_idle_timeout_seconds``): while the application waits for a
+  request body and no byte arrives for that long, the connection is closed (the application sees a
+  disconnect). Time the service itself spends not reading (back-pressure) never counts;
+- a **cap on connections per client address** (``http_max_connections_per_client``): past it a new
+  connection is answered ``503`` with ``Retry-After`` and closed.
+
+uvicorn's own ``timeout_keep_alive`` (``http_keep_alive_seconds``) closes idle kept-alive
+connections and ``limit_concurrency`` (``http_max_connections``) caps the whole server.
+``evidence serve`` and the tests build the server from :func:`server_config`, so both meet the same edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from typing import Any, cast
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from storage.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _answer(status: str, message: str, reason: str, extra: bytes = b"") -> bytes:
+    """A whole response in the service's error envelope, written before any application code runs."""
+    body = json.dumps({"error": message, "reason": reason, "detail": message}).encode()
+    return b"".join(
+        [
+            b"HTTP/1.1 " + status.encode() + b"\r\n",
+            b"content-type: application/json\r\n",
+            extra,
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+TOO_LARGE = _answer("431 Request Header Fields Too Large", "request headers too large", "headers_too_large")
+TIMED_OUT = _answer("408 Request Timeout", "request headers not received in time", "header_timeout")
+TOO_MANY = _answer(
+    "503 Service Unavailable",
+    "too many connections from this address",
+    "too_many_connections",
+    b"retry-after: 5\r\n",
+)
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above (set on a subclass by :func:`edge_protocol`)."""
+
+    max_header_bytes = 64 * 1024
+    header_timeout = 10.0
+    body_idle_timeout = 60.0
+    max_per_client = 0  # 0: no cap
+    per_client: Counter[str]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(cast(asyncio.Transport, transport))
+        self._edge_timer: asyncio.TimerHandle | None = None
+        self._reading_headers = True
+        self._header_bytes = 0
+        self._counted: str | None = None
+        address = self.client[0] if self.client else None
+        if address is not None and self.max_per_client:
+            if self.per_client[address] >= self.max_per_client:
+                log.warning("connection refused: too many from one client", extra={"client": address})
+                self._refuse(TOO_MANY)
+                return
+            self.per_client[address] += 1
+            self._counted = address
+        self._arm(self.header_timeout, self._header_deadline)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._counted is not None:
+            self.per_client[self._counted] -= 1
+            if self.per_client[self._counted] <= 0:
+                del self.per_client[self._counted]
+            self._counted = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._reading_headers:
+            if self._edge_timer is not None and self.cycle is not None and self.cycle.more_body:
+                self._arm(self.body_idle_timeout, self._body_idle)
+            super().data_received(data)
+            return
+        room = self.max_header_bytes - self._header_bytes
+        head, rest = data[:room], data[room:]
+        self._header_bytes += len(head)
+        super().data_received(head)
+        if self.transport.is_closing():
+            return
+        if self._reading_headers:
+            if rest or self._header_bytes >= self.max_header_bytes:
+                log.warning("request refused: header block too large", extra={"client": self._client_host()})
+                self._refuse(TOO_LARGE)
+            return
+        if rest:
+            self.data_received(rest)
+
+    # parser callbacks -------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reading_headers = True
+        self._header_bytes = 0
+        if self._edge_timer is None:
+            self._arm(self.header_timeout, self._header_deadline)
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        self._disarm()
+        super().on_headers_complete()
+        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            self._arm(self.body_idle_timeout, self._body_idle)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    # timers -----------------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, callback: Any) -> None:
+        self._disarm()
+        self._edge_timer = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        timer = getattr(self, "_edge_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._edge_timer = None
+
+    def _header_deadline(self) -> None:
+        self._edge_timer = None
+        if self._reading_headers and not self.transport.is_closing():
+            log.info("connection closed: headers not received in time", extra={"client": self._client_host()})
+            self._refuse(TIMED_OUT)
+
+    def _body_idle(self) -> None:
+        self._edge_timer = None
+        if self.transport.is_closing() or self.cycle is None or not self.cycle.more_body:
+            return
+        if self.flow.read_paused:  # we are not reading (back-pressure): the client is not idle
+            self._arm(self.body_idle_timeout, self._body_idle)
+            return
+        log.info("connection closed: request body stalled", extra={"client": self._client_host()})
+        self.transport.close()
+
+    def _refuse(self, answer: bytes) -> None:
+        self._disarm()
+        self.transport.write(answer)
+        self.transport.close()
+
+    def _client_host(self) -> str | None:
+        return self.client[0] if self.client else None
+
+
+def edge_protocol(settings: Settings) -> type[EdgeProtocol]:
+    """A protocol class with this server's limits and its own count of connections per client."""
+    return type(
+        "ServedEdgeProtocol",
+        (EdgeProtocol,),
+        {
+            "max_header_bytes": settings.http_max_header_bytes,
+            "header_timeout": float(settings.http_header_timeout_seconds),
+            "body_idle_timeout": float(settings.http_body_idle_timeout_seconds),
+            "max_per_client": settings.http_max_connections_per_client,
+            "per_client": Counter(),
+        },
+    )
+
+
+def server_config(
+    app: Any, settings: Settings, host: str | None = None, port: int | None = None, **extra: Any
+) -> uvicorn.Config:
+    """The one uvicorn configuration: ``evidence serve`` and the tests' live servers use it."""
+    return uvicorn.Config(
+        app,
+        host=host or settings.http_host,
+        port=port or settings.http_port,
+        http=edge_protocol(settings),
+        log_config=None,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
+        limit_concurrency=settings.http_max_connections or None,
+        **extra,
+    )

@@ -1,0 +1,199 @@
+"""The HTTP edge has limits, met with raw sockets by the server ``evidence serve`` runs (``ingest.http_edge``).
+
+A 64 MB header is refused with 431; half-sent requests and stalled bodies are closed after their
+timeouts; twenty unfinished 8 MB headers do not grow the server's memory; one address cannot hold
+more than its share of connections, and another address is still served.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from storage.embedded import EmbeddedSeaweed
+from tests.conftest import make_settings, start_server, wait_for
+
+HEADER_TIMEOUT = 2
+BODY_TIMEOUT = 2
+PER_CLIENT = 8
+
+
+@dataclass
+class Edge:
+    host: str
+    port: int
+    max_header_bytes: int
+
+
+@pytest.fixture
+def edge(tmp_path: Path, seaweed: EmbeddedSeaweed) -> Iterator[Edge]:
+    from ingest.services import build_services
+
+    settings = make_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'evidence.db'}",
+        seaweed,
+        http_header_timeout_seconds=HEADER_TIMEOUT,
+        http_body_idle_timeout_seconds=BODY_TIMEOUT,
+        http_max_connections_per_client=PER_CLIENT,
+    )
+    services = build_services(settings)
+    server, thread, url = start_server(services)
+    host, port = url.removeprefix("http://").split(":")
+    yield Edge(host, int(port), settings.http_max_header_bytes)
+    server.should_exit = True
+    thread.join(15)
+    services.db.dispose()
+
+
+def _connect(edge: Edge, source: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket()
+    s.bind((source, 0))
+    s.settimeout(30)
+    s.connect((edge.host, edge.port))
+    return s
+
+
+def _read_all(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _healthz(edge: Edge, source: str = "127.0.0.1") -> bytes:
+    with _connect(edge, source) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return _read_all(s)
+
+
+def _send_big_header(s: socket.socket, total: int) -> None:
+    """A request whose one header is ``total`` bytes long, sent in 64 KiB pieces until refused."""
+    piece = b"a" * 65536
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        for _ in range(total // len(piece)):
+            s.sendall(piece)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+def test_a_64_mb_header_is_refused_with_431(edge: Edge) -> None:
+    with _connect(edge) as s:
+        _send_big_header(s, 64 * 1024 * 1024)
+        answer = _read_all(s)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert body["reason"] == "headers_too_large"
+    assert _healthz(edge).startswith(b"HTTP/1.1 200")
+    # a header block just under the limit is still served
+    with _connect(edge) as s:
+        s.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Fill: "
+            + b"f" * (edge.max_header_bytes - 200)
+            + b"\r\n\r\n"
+        )
+        assert _read_all(s).startswith(b"HTTP/1.1 200")
+
+
+def test_half_sent_requests_are_closed_after_the_header_timeout(edge: Edge) -> None:
+    sockets = [_connect(edge) for _ in range(PER_CLIENT - 2)]
+    sockets[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+    sockets[1].sendall(b"GET /hea")
+    # (the others send nothing at all)
+    t0 = time.monotonic()
+    answers = [_read_all(s) for s in sockets]
+    elapsed = time.monotonic() - t0
+    for s in sockets:
+        s.close()
+    assert all(a == b"" or a.startswith(b"HTTP/1.1 408") for a in answers), answers
+    assert HEADER_TIMEOUT - 0.5 < elapsed < HEADER_TIMEOUT + 5, elapsed
+
+
+def test_a_trickled_header_is_closed_at_its_deadline_not_kept_alive_by_each_byte(edge: Edge) -> None:
+    stop = threading.Event()
+    with _connect(edge) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")
+        t0 = time.monotonic()
+
+        def drip() -> None:
+            while not stop.wait(0.3):
+                try:
+                    s.sendall(b"X-Drip: 1\r\n")
+                except OSError:
+                    return
+
+        dripper = threading.Thread(target=drip)
+        dripper.start()
+        try:
+            answer = _read_all(s)
+        finally:
+            stop.set()
+            dripper.join(5)
+        elapsed = time.monotonic() - t0
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert HEADER_TIMEOUT - 0.5 < elapsed < HEADER_TIMEOUT + 5, elapsed
+
+
+def test_a_stalled_body_is_closed_after_the_idle_timeout(edge: Edge) -> None:
+    with _connect(edge) as s:
+        s.sendall(
+            b"POST /api/v1/auth/token HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nusername=a"
+        )
+        t0 = time.monotonic()
+        _read_all(s)
+        elapsed = time.monotonic() - t0
+    assert BODY_TIMEOUT - 0.5 < elapsed < BODY_TIMEOUT + 5, elapsed
+    assert _healthz(edge).startswith(b"HTTP/1.1 200")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_twenty_unfinished_8_mb_headers_do_not_grow_memory(edge: Edge) -> None:
+    before = _rss_mb()
+    sockets = [_connect(edge, f"127.0.1.{i + 1}") for i in range(20)]
+    senders = [threading.Thread(target=_send_big_header, args=(s, 8 * 1024 * 1024)) for s in sockets]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(60)
+    grown = _rss_mb() - before
+    for s in sockets:
+        s.close()
+    assert grown < 30, f"server memory grew {grown:.0f} MB"  # before the limit: 123 MB
+
+
+def test_one_address_cannot_hold_more_than_its_share_of_connections(edge: Edge) -> None:
+    held = [_connect(edge, "127.0.0.2") for _ in range(PER_CLIENT)]
+    try:
+        with _connect(edge, "127.0.0.2") as extra:
+            answer = _read_all(extra)
+        assert answer.startswith(b"HTTP/1.1 503") and b"retry-after" in answer.lower(), answer[:200]
+        assert _healthz(edge, "127.0.0.3").startswith(b"HTTP/1.1 200")  # another address is served
+    finally:
+        for s in held:
+            s.close()
+    # once its connections close, the address is served again
+    assert wait_for(lambda: _healthz(edge, "127.0.0.2").startswith(b"HTTP/1.1 200"), 10, what="a freed slot")
