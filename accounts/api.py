@@ -95,9 +95,8 @@ def login(
             token, expires = issue_token(session, user, timedelta(minutes=settings.token_ttl_minutes))
             role = user.role
     except AccountError as exc:
-        log.warning(
-            "login refused", extra={"username": form.username[:64], "client": client_address(request)}
-        )
+        account = getattr(exc, "account", None) or "(no such user)"
+        log.warning("login refused", extra={"username": account, "client": client_address(request)})
         raise LoginRefused(exc.reason, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     log.info("login", extra={"username": form.username})
     return TokenOut(access_token=token, expires_at=expires.isoformat(), role=role)

@@ -73,8 +73,17 @@ def _decoy_hash() -> str:
     return _hasher.hash(secrets.token_urlsafe(32))
 
 
-def _refuse() -> AccountError:
-    return AccountError(DENIED, "invalid_credentials", 401)
+class SignInRefused(AccountError):
+    """The one refusal of a sign-in; ``account`` names the user for the log only when one exists
+    (a password typed into the username field must not reach the log)."""
+
+    def __init__(self, account: str | None) -> None:
+        super().__init__(DENIED, "invalid_credentials", 401)
+        self.account = account
+
+
+def _refuse(account: str | None = None) -> SignInRefused:
+    return SignInRefused(account)
 
 
 def sign_in(session: Session, username: str, password: str, client: str, throttle: SignInThrottle) -> User:
@@ -84,14 +93,15 @@ def sign_in(session: Session, username: str, password: str, client: str, throttl
     the answer nor its timing tells an unknown user from a wrong password or a throttled try.
     Throttling (``accounts.throttle``) slows a guesser and never locks the account.
     """
+    user = session.scalar(select(User).where(User.username == username))
+    account = user.username if user is not None else None
     if not throttle.allowed(username, client):
         _check(_decoy_hash(), password)
-        raise _refuse()
-    user = session.scalar(select(User).where(User.username == username))
+        raise _refuse(account)
     known = user is not None and user.active
     if not _check(user.password_hash if user is not None and known else _decoy_hash(), password) or not known:
         throttle.failed(username, client)
-        raise _refuse()
+        raise _refuse(account)
     assert user is not None
     throttle.succeeded(username, client)
     if _hasher.check_needs_rehash(user.password_hash):

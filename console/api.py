@@ -174,7 +174,8 @@ def sign_in(
             user = check_password(session, username, password, client, sign_in_throttle(request))
             secret, started = start_session(session, user, SessionPolicy.from_settings(settings))
     except AccountError as exc:
-        log.warning("console sign-in refused", extra={"username": username, "client": client})
+        account = getattr(exc, "account", None) or "(no such user)"
+        log.warning("console sign-in refused", extra={"username": account, "client": client})
         fresh = secrets.token_urlsafe(24)
         response = render(
             request, "sign_in.html", None, 401, form_token=fresh, next=_safe_next(next) or "", error=str(exc)

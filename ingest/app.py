@@ -31,6 +31,7 @@ from storage.objects import StorageError
 from storage.settings import Settings
 
 from . import dock_api, errors, evidence_api, redaction_api
+from .http_edge import BodyLimit
 from .metrics import exposition
 from .mqtt_consumer import AlarmConsumer, consumer_configured
 from .services import Services, build_services, settle_heap
@@ -189,6 +190,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.include_router(router)
     errors.install(app)
     install_console(app, settings)
+    app.add_middleware(BodyLimit, limit=settings.http_max_body_bytes)
     errors.install_last_resort(app)
 
     @app.get("/healthz", include_in_schema=False)

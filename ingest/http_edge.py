@@ -16,6 +16,9 @@ requests were kept open for ever. :class:`EdgeProtocol` adds, per connection:
 - a **cap on connections per client address** (``http_max_connections_per_client``): past it a new
   connection is answered ``503`` with ``Retry-After`` and closed.
 
+A request body is capped (``http_max_body_bytes``, :class:`BodyLimit`) except on the routes that
+stream to storage and bound their bodies themselves.
+
 uvicorn's own ``timeout_keep_alive`` (``http_keep_alive_seconds``) closes idle kept-alive
 connections and ``limit_concurrency`` (``http_max_connections``) caps the whole server.
 ``evidence serve`` and the tests build the server from :func:`server_config`, so both meet the same edge.
@@ -26,10 +29,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import Counter
 from typing import Any, cast
 
 import uvicorn
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from storage.settings import Settings
@@ -171,6 +177,67 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _client_host(self) -> str | None:
         return self.client[0] if self.client else None
+
+
+STREAMED = re.compile(r"^/api/v1/(dock/uploads(/.*)?|lone-worker/devices/[^/]+/alarms/[^/]+/voice-memo)$")
+"""Routes that stream their bodies to storage and bound them themselves (a clip's ``Upload-Length``,
+a voice memo's size limit); every other body is read whole, so it is capped here."""
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 (``body_too_large``).
+
+    ``Content-Length`` is checked before the route runs; a chunked body is counted as it is read
+    and cut off at the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or STREAMED.match(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await self._refuse(scope, receive, send)
+                return
+        seen = 0
+        exceeded = False
+
+        async def counted() -> Message:
+            nonlocal seen, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    exceeded = True
+                    raise _TooLarge
+            return message
+
+        async def guarded(message: Message) -> None:
+            if not exceeded:  # once over the limit, whatever the route answers is replaced by the 413
+                await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except _TooLarge:
+            pass
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request body larger than {self.limit} bytes"
+        body = {"error": message, "reason": "body_too_large", "detail": message}
+        await JSONResponse(body, status_code=413, headers={"connection": "close"})(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def edge_protocol(settings: Settings) -> type[EdgeProtocol]:

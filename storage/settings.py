@@ -148,6 +148,11 @@ class HttpSettings(_Section):
         ge=1,
         description="A request body that sends no byte for this long while the service waits for it is abandoned and its connection closed (a dock's upload then resumes with HEAD).",
     )
+    http_max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest request body a route reads whole (JSON, forms); larger is answered 413. Dock uploads and voice memos stream and have their own limits.",
+    )
     http_keep_alive_seconds: int = Field(
         5, ge=1, description="An idle kept-alive connection is closed after this many seconds."
     )

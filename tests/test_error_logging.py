@@ -95,6 +95,11 @@ def test_every_error_path_logs_briefly_and_no_secret_reaches_the_log(services, c
             secrets.append(guess)
             httpx.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": guess})
             httpx.post(f"{url}/api/v1/auth/token", data={"username": "nobody", "password": guess})
+        # a password typed into the username field is a secret too
+        secrets.append("my-Password-in-the-name-box")
+        httpx.post(
+            f"{url}/api/v1/auth/token", data={"username": "my-Password-in-the-name-box", "password": "x"}
+        )
         bogus = "evt_" + "Q" * 43
         secrets.append(bogus)
         assert httpx.get(f"{url}/api/v1/me", headers={"Authorization": f"Bearer {bogus}"}).status_code == 401

@@ -197,3 +197,27 @@ def test_one_address_cannot_hold_more_than_its_share_of_connections(edge: Edge) 
             s.close()
     # once its connections close, the address is served again
     assert wait_for(lambda: _healthz(edge, "127.0.0.2").startswith(b"HTTP/1.1 200"), 10, what="a freed slot")
+
+
+def test_a_body_over_the_limit_is_refused_with_413_except_where_it_streams(edge: Edge) -> None:
+    big = 9 * 1024 * 1024
+    with _connect(edge) as s:
+        s.sendall(
+            b"POST /api/v1/auth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: " + str(big).encode() + b"\r\n\r\n"
+        )
+        answer = _read_all(s)
+    assert answer.startswith(b"HTTP/1.1 413") and b"body_too_large" in answer, answer[:300]
+    with _connect(edge) as s:  # chunked: counted as it is read
+        s.sendall(
+            b"POST /api/v1/incidents HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/json\r\n\r\n"
+        )
+        chunk = b"a" * 65536
+        try:
+            for _ in range(big // len(chunk)):
+                s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _read_all(s)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
