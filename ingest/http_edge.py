@@ -140,6 +140,8 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._reading_headers = True  # what follows on this connection is the next request's headers
+        self._header_bytes = 0
         super().on_message_complete()
 
     # timers -----------------------------------------------------------------------------------

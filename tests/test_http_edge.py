@@ -221,3 +221,15 @@ def test_a_body_over_the_limit_is_refused_with_413_except_where_it_streams(edge:
             pass
         answer = _read_all(s)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+
+
+def test_the_header_limit_holds_for_the_next_request_on_a_kept_alive_connection(edge: Edge) -> None:
+    with _connect(edge) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b'{"status":"ok"}' not in first:
+            first += s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        _send_big_header(s, 8 * 1024 * 1024)
+        answer = _read_all(s)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
