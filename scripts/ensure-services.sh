@@ -25,6 +25,10 @@ missing=""
 for pair in $PROGRAMS; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"
 done
+# Libraries a program needs that a minimal Debian lacks: Playwright's own node driver (which starts
+# the browser) links libatomic.so.1.
+ldconfig -p 2>/dev/null | grep -q 'libatomic.so.1 ' || [ -e /usr/lib/x86_64-linux-gnu/libatomic.so.1 ] \
+  || [ -e /usr/lib/aarch64-linux-gnu/libatomic.so.1 ] || missing="$missing libatomic1"
 if [ -n "$missing" ]; then
   echo "installing$missing"; apt_install $missing
 fi
