@@ -76,7 +76,7 @@ def test_answer_times_take_red_alarms_from_when_they_needed_someone(sqlite_servi
     svc.act(sos, Acknowledge(by="user:olivia", at=later))
     svc.act(low, Resolve(by="user:olivia", at=later, outcome=Outcome.TEST, note=""))
     with s.db.session() as session:
-        answers = answer_times(session, datetime.now(UTC) - timedelta(days=1))
+        answers = answer_times(session, datetime.now(UTC) - timedelta(days=1), None)
     assert len(answers) == 1  # the amber alert has not turned red; low battery is never red
     assert (answers[0].answered_at - answers[0].needed_from).total_seconds() == 7.0  # type: ignore[operator]
     assert amber
