@@ -201,9 +201,9 @@ class AlarmService:
     def store_deferred_evidence(self, now: datetime | None = None, limit: int = 20) -> int:
         return self.timekeeper.store_deferred_evidence(now, limit)
 
-    def sample_trails(self) -> int:
+    def sample_trails(self, now: datetime | None = None) -> int:
         """Each device's newest position joins its trail while it has an alarm open (``alarms.trails``)."""
-        return sample_trails(self.db)
+        return sample_trails(self.db, now or self.clock())
 
     def purge(self, now: datetime | None = None, keep: timedelta = timedelta(days=7)) -> None:
         self.timekeeper.purge(now, keep)
@@ -251,7 +251,7 @@ def run_pass(alarms: AlarmService, http: httpx.Client, now: datetime | None = No
     report.missed_checkins = _drain(lambda limit: alarms.raise_missed_checkins(now, limit))
     report.offline = _drain(lambda limit: alarms.raise_offline(now, limit))
     report.webhooks = alarms.outbox.send_webhooks(http, now)
-    report.trail_points = alarms.sample_trails()
+    report.trail_points = alarms.sample_trails(now)
     try:
         report.evidence = alarms.store_deferred_evidence(now)
     except StorageError as exc:

@@ -2,7 +2,9 @@
 read for the alarm's record and the map.
 
 Sampling reads the devices' state rows (``devices.models.LoneWorkerState``), not each device
-message, so the alarm path does no extra work; one row per device and fix time.
+message, so the alarm path does no extra work; one row per device and fix time. Each new point is
+announced on the change feed as the alarm having ``moved`` (with the point), so the map and the
+board follow a moving alarm from the live stream.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sqlalchemy.orm import Session
 from devices.models import LoneWorkerState
 from storage.db import Database, dialect_insert
 
+from .feed import record_change
 from .models import AlarmRecord, LoneWorkerPosition
 
 
@@ -23,8 +26,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def sample_trails(db: Database) -> int:
-    """Add each device's newest position to its trail while it has an alarm open (once per fix)."""
+def sample_trails(db: Database, now: datetime) -> int:
+    """Add each device's newest position to its trail while it has an alarm open (once per fix), and
+    announce it as each of its open alarms having ``moved``."""
     S, P = LoneWorkerState, LoneWorkerPosition
     newest = select(P.device_id, func.max(P.at).label("at")).group_by(P.device_id).subquery("newest")
     with db.session() as session:
@@ -58,6 +62,22 @@ def sample_trails(db: Database) -> int:
                 )
                 .on_conflict_do_nothing()
             )
+            points = {
+                r.device_id: {
+                    "lat": r.lat,
+                    "lon": r.lon,
+                    "accuracy_m": r.accuracy_m,
+                    "at": _iso(r.position_at),
+                }
+                for r in rows
+            }
+            moving = session.scalars(
+                select(AlarmRecord).where(
+                    AlarmRecord.device_id.in_(list(points)), AlarmRecord.status != "resolved"
+                )
+            )
+            for alarm in moving:
+                record_change(session, alarm, "moved", now, position=points[alarm.device_id])
     return len(rows)
 
 
