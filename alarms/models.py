@@ -224,4 +224,7 @@ class LoneWorkerPosition(Base):
     lon: Mapped[float] = mapped_column(Float)
     accuracy_m: Mapped[float | None] = mapped_column(Float, default=None)
 
-    __table_args__ = (UniqueConstraint("device_id", "at", name="uq_lone_worker_positions_device_at"),)
+    __table_args__ = (
+        UniqueConstraint("device_id", "at", name="uq_lone_worker_positions_device_at"),
+        Index("ix_lone_worker_positions_at", "at"),  # forgotten by age (``alarms.trails``)
+    )

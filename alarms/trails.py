@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from devices.models import LoneWorkerState
@@ -106,3 +106,17 @@ def trail(session: Session, view: dict[str, Any], now: datetime) -> list[dict[st
             continue  # the alarm's own fix, sampled from the device's state
         points.append(point)
     return points
+
+
+def forget_old_points(session: Session, before: datetime) -> int:
+    """Delete trail points taken before ``before``, except those of devices with an alarm still open
+    (their trail is being followed); how many went."""
+    result = session.execute(
+        delete(LoneWorkerPosition).where(
+            LoneWorkerPosition.at < before,
+            LoneWorkerPosition.device_id.not_in(
+                select(AlarmRecord.device_id).where(AlarmRecord.status != "resolved")
+            ),
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
