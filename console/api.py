@@ -429,7 +429,7 @@ def redoc(request: Request) -> Response:
 def static_file(prefix: str, name: str) -> Response:
     path = assets.resolve(prefix, name)
     if path is None:
-        return Response("not found", status_code=404, media_type="text/plain")
+        raise HTTPException(404, "no such file")  # the one error envelope, as everywhere
     return FileResponse(
         path, media_type=assets.TYPES[path.suffix], headers={"Cache-Control": "public, max-age=86400"}
     )

@@ -337,6 +337,8 @@ def test_files_come_only_from_where_they_belong(sqlite_site: tuple[str, Any]) ->
         r = client.get(path)
         assert r.status_code in (404, 307), path  # 307: the client collapsed "..", no such route
         assert "import" not in r.text and "<html" not in r.text, path
+        if r.status_code == 404:
+            assert set(r.json()) == {"error", "reason", "detail"}, path  # the one error envelope
 
 
 def test_api_docs_load_their_scripts_from_this_service(sqlite_site: tuple[str, Any]) -> None:

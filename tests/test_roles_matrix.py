@@ -505,6 +505,21 @@ def _matches(expected: str, status: int) -> bool:
     return 200 <= status < 300 if expected == "2xx" else status == int(expected)
 
 
+def _not_one_envelope(method: str, r: Any) -> str | None:
+    """What is wrong with a refusal's body, if it is not the one error envelope (``ingest.errors``)."""
+    if r.status_code < 400 or method == "HEAD":  # a HEAD answer has no body
+        return None
+    try:
+        body = r.json()
+    except ValueError:
+        return f"not JSON: {r.text[:80]!r}"
+    if not isinstance(body, dict) or set(body) != {"error", "reason", "detail"}:
+        return f"not the envelope: {r.text[:120]}"
+    if not (isinstance(body["error"], str) and isinstance(body["reason"], str) and body["reason"]):
+        return f"error and reason must be text: {r.text[:120]}"
+    return None
+
+
 def test_every_route_has_a_policy(fx: Fixture) -> None:
     served = app_routes(fx.client.app)
     missing = sorted(served - POLICY.keys() - OPEN.keys())
@@ -521,6 +536,8 @@ def test_every_route_refuses_a_missing_token(fx: Fixture) -> None:
         r = _call(fx, method, path, None)
         if r.status_code != 401:
             wrong.append(f"{method} {path}: {r.status_code}")
+        elif problem := _not_one_envelope(method, r):
+            wrong.append(f"{method} {path}: {problem}")
     assert not wrong, wrong
     for method, path in OPEN:
         if method == "GET" and "{" not in path:
@@ -541,6 +558,8 @@ def test_roles_matrix(fx: Fixture) -> None:
                 wrong.append(
                     f"{method} {path} as {persona}: expected {expected}, got {r.status_code} {r.text[:160]}"
                 )
+            elif problem := _not_one_envelope(method, r):
+                wrong.append(f"{method} {path} as {persona}: {problem}")
     assert not wrong, "\n".join(wrong)
     assert checked == len(POLICY) * len(PERSONAS)
 
