@@ -260,7 +260,12 @@ def _act(
     try:
         return alarms.act(alarm_id, event)
     except rules.AlarmTransitionError as exc:
-        raise NotApplicable("not_applicable", str(exc)) from None
+        now = alarms.queries.get(alarm_id)
+        fields = ("id", "status", "severity", "acknowledged_by", "escalated_by", "resolved_by", "outcome")
+        # The alarm as it now stands: a second operator's client can say who has it.
+        raise NotApplicable(
+            "not_applicable", str(exc), detail={"alarm": {k: now[k] for k in fields}}
+        ) from None
 
 
 @router.post("/alarms/{alarm_id}/acknowledge")

@@ -516,3 +516,21 @@ def test_a_security_manager_sees_only_their_sites_alarms_in_the_api_and_on_every
     assert set(data["trails"]) == {north}
     assert manager.get("/board/directory.json", params={"device": "LW-SOUTH"}).json()["devices"] == {}
     assert manager.get(f"/alarms/{north}").status_code == 200
+
+
+def test_a_refused_action_says_in_its_detail_who_already_has_the_alarm(sqlite_site: tuple[str, Any]) -> None:
+    """The one error envelope, with what this route has to add: the alarm as it now stands."""
+    url, services = sqlite_site
+    alarm = raise_test_alarm(services)
+    same_site = {"Origin": url, "Sec-Fetch-Site": "same-origin"}
+    first, first_csrf = session_client(url, "operator")
+    second, second_csrf = session_client(url, "operator2")
+    r = first.post(f"/api/v1/alarms/{alarm}/acknowledge", headers={CSRF_HEADER: first_csrf, **same_site})
+    assert r.status_code == 200, r.text
+    r = second.post(f"/api/v1/alarms/{alarm}/acknowledge", headers={CSRF_HEADER: second_csrf, **same_site})
+    assert r.status_code == 409
+    body = r.json()
+    assert set(body) == {"error", "reason", "detail"} and body["reason"] == "not_applicable"
+    assert body["detail"]["reason"] == "not_applicable" and body["detail"]["error"] == body["error"]
+    assert body["detail"]["alarm"]["acknowledged_by"] == "user:operator"
+    assert body["detail"]["alarm"]["status"] == "acknowledged"
