@@ -28,7 +28,7 @@ def _iso(value: datetime | None) -> str | None:
 
 def sample_trails(db: Database, now: datetime) -> int:
     """Add each device's newest position to its trail while it has an alarm open (once per fix), and
-    announce it as each of its open alarms having ``moved``."""
+    announce it as each of its open alarms having ``moved`` (unless it is the alarm's own fix)."""
     S, P = LoneWorkerState, LoneWorkerPosition
     newest = select(P.device_id, func.max(P.at).label("at")).group_by(P.device_id).subquery("newest")
     with db.session() as session:
@@ -77,7 +77,14 @@ def sample_trails(db: Database, now: datetime) -> int:
                 )
             )
             for alarm in moving:
-                record_change(session, alarm, "moved", now, position=points[alarm.device_id])
+                point = points[alarm.device_id]
+                if (alarm.lat, alarm.lon, alarm.accuracy_m) == (
+                    point["lat"],
+                    point["lon"],
+                    point["accuracy_m"],
+                ):
+                    continue  # the alarm's own fix, which its view already carries: it has not moved
+                record_change(session, alarm, "moved", now, position=point)
     return len(rows)
 
 
