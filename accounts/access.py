@@ -4,6 +4,11 @@ their role may.
 The caller is named by a bearer token or, from the console's pages, by the session cookie with its
 CSRF and same-origin checks (``accounts.browser``): one access implementation for both.
 
+Which sites a caller sees (``sites_seen``, ``site_scope``) is decided here too, once, for the API's
+routes and the console's pages alike: a security manager sees their own site's alarms, devices'
+positions and incidents only (nothing without a site); every other role that may read them sees
+every site (the control room answers for all of them).
+
 Routes are flat module-level ``APIRouter``s in each domain's ``api.py``; they take
 ``s: CoreServices = Depends(services)`` and ``user: Principal = Depends(require_roles(...))``. The
 application (``ingest.app``) puts its services on ``app.state.services``.
@@ -14,9 +19,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import ColumnElement, false, true
 
 from chain_of_custody.core import CoreServices
 
@@ -94,3 +101,38 @@ def require_roles(*roles: str) -> Callable[..., Principal]:
         return user
 
     return check
+
+
+SITE_SCOPED_ROLES = ("security_manager",)
+
+
+class SiteViewer(Protocol):
+    """The caller as the site rule needs it (an ``accounts`` principal satisfies this)."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def site(self) -> str | None: ...
+
+
+def sites_seen(viewer: SiteViewer) -> frozenset[str] | None:
+    """The sites whose rows the viewer sees: None for every site, else exactly these (none when a
+    site-scoped role has no site: an unfinished account sees nothing rather than everything)."""
+    if viewer.role in SITE_SCOPED_ROLES:
+        return frozenset({viewer.site}) if viewer.site else frozenset()
+    return None
+
+
+def sees_site(viewer: SiteViewer, site: str | None) -> bool:
+    """Whether one row of ``site`` is the viewer's to see (the yes/no form of :func:`site_scope`)."""
+    sites = sites_seen(viewer)
+    return sites is None or (site is not None and site in sites)
+
+
+def site_scope(viewer: SiteViewer, column: Any) -> ColumnElement[bool]:
+    """A WHERE clause on a table's site column selecting the rows the viewer sees."""
+    sites = sites_seen(viewer)
+    if sites is None:
+        return true()
+    return column.in_(sorted(sites)) if sites else false()

@@ -160,7 +160,7 @@ def end_sessions_of(session: Session, user_id: int, now: datetime | None = None)
         .where(UserSession.user_id == user_id, UserSession.ended_at.is_(None))
         .values(ended_at=now or datetime.now(UTC))
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return int(getattr(result, "rowcount", 0) or 0)  # an UPDATE's result has a row count
 
 
 def _active_admins(session: Session) -> int:

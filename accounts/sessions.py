@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from storage.settings import ConsoleSettings
@@ -143,3 +143,12 @@ def live_sessions(session: Session, user_id: int, now: datetime | None = None) -
             )
         )
     )
+
+
+def forget_sessions(session: Session, before: datetime) -> int:
+    """Delete the rows of sessions that ended or expired before ``before`` (no session that could
+    still be used is touched); how many went."""
+    result = session.execute(
+        delete(UserSession).where(or_(UserSession.ended_at < before, UserSession.expires_at < before))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -12,6 +12,10 @@ the control room (``GET …/voice-memo``, every play a custody entry) and how we
 answers (``GET /api/v1/alarms/performance``, JSON or a CSV report) are what the console's pages read
 too (``alarms.records``, ``alarms.performance``).
 
+Every route here, the live stream included, shows a caller only the alarms and devices of the sites
+they see (``accounts.access.site_scope``: a security manager, their own site's); another site's
+alarm is reported as missing.
+
 Voice memo (devices, no user token): ``PUT /api/v1/lone-worker/devices/{device_id}/alarms/{event_id}/voice-memo``
 with the audio as the body, ``Content-Type: audio/...``, ``X-Device-Sent-At: <RFC 3339 UTC>`` and
 ``X-Device-Signature: <base64 Ed25519>`` over the canonical JSON
@@ -26,6 +30,7 @@ not audio.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -36,7 +41,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from accounts.access import require_roles, services, still_signed_in
+from accounts.access import require_roles, sees_site, services, sites_seen, still_signed_in
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.reads import item_response
@@ -105,7 +110,13 @@ def list_alarms(
 ) -> list[dict[str, Any]]:
     """Alarms, newest first."""
     return alarms.queries.list_alarms(
-        status=status or (), open_only=open, device_id=device_id, kind=kind, limit=limit, offset=offset
+        status=status or (),
+        open_only=open,
+        device_id=device_id,
+        kind=kind,
+        limit=limit,
+        offset=offset,
+        viewer=user,
     )
 
 
@@ -120,7 +131,7 @@ def answer_performance(
     time to acknowledge. A time that is an alarm nobody took is null, with ``…_missed`` true."""
     now = datetime.now(UTC)
     with s.db.session() as session:
-        answers = answer_times(session, now - max(performance.PERIODS.values()))
+        answers = answer_times(session, now - max(performance.PERIODS.values()), user)
     rows = performance.summaries(answers, now)
     if format == "csv":
         return Response(
@@ -154,8 +165,10 @@ async def alarm_stream(
     """Server-sent events, one ``alarm`` event per change: ``{"change", "at", "alarm": {...}}``.
 
     Starts with changes after ``Last-Event-ID`` (a reconnect), else after ``after``, else from now.
-    Ends when the caller is no longer signed in (checked every ``RECHECK_S``).
+    Ends when the caller is no longer signed in (checked every ``RECHECK_S``). Changes of alarms at
+    sites the caller does not see are left out (their ids still move the cursor on).
     """
+    scoped = sites_seen(user) is not None
     if last_event_id and last_event_id.strip().isdigit():
         cursor = int(last_event_id.strip())
     elif after is not None:
@@ -176,8 +189,10 @@ async def alarm_stream(
                     checked = time.monotonic()
                 rows = await asyncio.to_thread(changes_after, s.db, cursor, 200)
                 for change_id, body in rows:
-                    yield f"id: {change_id}\nevent: alarm\ndata: {body}\n\n"
                     cursor = change_id
+                    if scoped and not sees_site(user, json.loads(body)["alarm"].get("site")):
+                        continue
+                    yield f"id: {change_id}\nevent: alarm\ndata: {body}\n\n"
                     last_sent = time.monotonic()
                 if len(rows) == 200:
                     continue
@@ -203,7 +218,7 @@ def get_alarm(
     user: Principal = Depends(require_roles(*READERS)),
     alarms: AlarmService = Depends(alarm_service),
 ) -> dict[str, Any]:
-    return alarms.queries.get(alarm_id)
+    return alarms.queries.get(alarm_id, viewer=user)
 
 
 @router.get("/alarms/{alarm_id}/record")
@@ -213,7 +228,7 @@ def get_alarm_record(
     """The alarm with the device's messages (byte for byte, with their hashes), its position trail,
     and its signed payload and voice memo with their custody trails (metadata only)."""
     with s.db.session() as session:
-        record = alarm_record(session, alarm_id, datetime.now(UTC))
+        record = alarm_record(session, alarm_id, datetime.now(UTC), user)
     if record is None:
         raise AlarmNotFound(alarm_id)
     return record
@@ -229,19 +244,28 @@ async def play_voice_memo(
     """The amber alert's voice memo for the control room (HTTP Range supported); every play is a
     ``viewed`` custody entry before any byte leaves."""
     with s.db.session() as session:
-        item = voice_memo_item(session, alarm_id)
+        item = voice_memo_item(session, alarm_id, user)
     if item is None:
         raise VoiceMemoRefused("no_memo", f"no voice memo for alarm {alarm_id}", 404)
     return await item_response(s, item, request, user.actor, {"Cache-Control": "no-store"}, "control room")
 
 
 def _act(
-    alarms: AlarmService, alarm_id: str, event: rules.Acknowledge | rules.Escalate | rules.Resolve
+    alarms: AlarmService,
+    user: Principal,
+    alarm_id: str,
+    event: rules.Acknowledge | rules.Escalate | rules.Resolve,
 ) -> dict[str, Any]:
+    alarms.queries.get(alarm_id, viewer=user)  # another site's alarm is missing (an alarm keeps its site)
     try:
         return alarms.act(alarm_id, event)
     except rules.AlarmTransitionError as exc:
-        raise NotApplicable("not_applicable", str(exc)) from None
+        now = alarms.queries.get(alarm_id)
+        fields = ("id", "status", "severity", "acknowledged_by", "escalated_by", "resolved_by", "outcome")
+        # The alarm as it now stands: a second operator's client can say who has it.
+        raise NotApplicable(
+            "not_applicable", str(exc), detail={"alarm": {k: now[k] for k in fields}}
+        ) from None
 
 
 @router.post("/alarms/{alarm_id}/acknowledge")
@@ -251,7 +275,7 @@ def acknowledge(
     alarms: AlarmService = Depends(alarm_service),
 ) -> dict[str, Any]:
     """An operator takes the alarm; the device is told (``operator_acknowledged``)."""
-    return _act(alarms, alarm_id, rules.Acknowledge(by=user.actor, at=datetime.now(UTC)))
+    return _act(alarms, user, alarm_id, rules.Acknowledge(by=user.actor, at=datetime.now(UTC)))
 
 
 @router.post("/alarms/{alarm_id}/escalate")
@@ -263,7 +287,7 @@ def escalate(
 ) -> dict[str, Any]:
     """Hand the alarm up: the control topic and the escalation webhook are told."""
     note = body.note if body else ""
-    return _act(alarms, alarm_id, rules.Escalate(by=user.actor, at=datetime.now(UTC), note=note))
+    return _act(alarms, user, alarm_id, rules.Escalate(by=user.actor, at=datetime.now(UTC), note=note))
 
 
 @router.post("/alarms/{alarm_id}/resolve")
@@ -277,7 +301,7 @@ def resolve(
     event = rules.Resolve(
         by=user.actor, at=datetime.now(UTC), outcome=rules.Outcome(body.outcome), note=body.note
     )
-    return _act(alarms, alarm_id, event)
+    return _act(alarms, user, alarm_id, event)
 
 
 @router.get("/lone-workers")
@@ -286,7 +310,7 @@ def lone_workers(
     alarms: AlarmService = Depends(alarm_service),
 ) -> list[dict[str, Any]]:
     """Every lone-worker device: who carries it, presence, last seen, battery, position, open alarms."""
-    return alarms.queries.lone_workers()
+    return alarms.queries.lone_workers(viewer=user)
 
 
 @router.put(

@@ -74,9 +74,10 @@ def alarm_view(row: AlarmRecord) -> dict[str, Any]:
     return out
 
 
-def record_change(session: Session, row: AlarmRecord, change: str, at: datetime) -> None:
-    """Announce a change of ``row`` on the feed, at the commit of the caller's transaction."""
-    body = {"change": change, "at": at.isoformat(), "alarm": alarm_view(row)}
+def record_change(session: Session, row: AlarmRecord, change: str, at: datetime, **more: Any) -> None:
+    """Announce a change of ``row`` on the feed, at the commit of the caller's transaction (``more``:
+    what the change itself carries, such as the ``position`` of a ``moved`` alarm)."""
+    body = {"change": change, "at": at.isoformat(), "alarm": alarm_view(row), **more}
     stage_feed(session, AlarmChange(alarm_id=row.id, change=change, at=at, body=json.dumps(body)))
 
 

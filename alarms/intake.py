@@ -120,7 +120,7 @@ class HandleResult:
     event_id: str | None = None
     alarm_id: str | None = None
     publish: list[Outgoing] = field(default_factory=list)
-    followup: bool = False  # a provisional alarm was raised: it is still to be made whole
+    provisional: bool = False  # a provisional alarm was raised: it is still to be made whole
 
 
 class Intake:
@@ -149,8 +149,8 @@ class Intake:
         self.liveness = liveness
         self.offline_after = timedelta(seconds=policy.offline_after_s)
         # A provisional alarm is made whole inline (right after the commit, in the caller's thread)
-        # unless an MQTT consumer runs a follow-up worker of its own, so the next alarm is not kept waiting.
-        self.followups_inline = True
+        # unless an MQTT consumer makes them whole on a worker of its own, so the next alarm is not kept waiting.
+        self.make_whole_inline = True
 
     def handle(
         self, topic: str, raw: bytes, *, retained: bool = False, now: datetime | None = None
@@ -221,13 +221,13 @@ class Intake:
             session.add(DeadLetter(topic=topic[:1000], payload=raw, error=error[:4000]))
 
     def _committed(self, results: list[HandleResult]) -> None:
-        """After the commit: the effects out (one publish call), the counts, inline follow-ups."""
+        """After the commit: the effects out (one publish call), the counts, provisional alarms made whole inline."""
         self.outbox.publish([m for r in results for m in r.publish])
         for result in results:
             MESSAGES.labels(type=result.type or "unknown", outcome=result.outcome).inc()
-        if self.followups_inline:
+        if self.make_whole_inline:
             for result in results:
-                if result.followup and result.alarm_id:
+                if result.provisional and result.alarm_id:
                     self.lifecycle.make_whole_if_provisional(result.alarm_id)
 
     def _handle_once(self, topic: str, raw: bytes, retained: bool, now: datetime) -> HandleResult:
@@ -486,7 +486,7 @@ class Intake:
                 provisional=provisional,
             )
             result.alarm_id = row.id
-            result.followup = provisional
+            result.provisional = provisional
             if body.kind == "low_battery":
                 set_state(session, snap.device_id, battery_low=True)
             if early_cancel is not None:

@@ -7,7 +7,7 @@ on the MQTT control topic and the webhook (outbox), an incident opened or joined
 
 A **provisional** alarm is one raised by a device and acknowledged as soon as its event and its row
 are committed: its payload's evidence item, its ``alarm_raised`` custody entry and its incident
-are still to come (``followup_pending``). Its follow-up makes it **whole**, in the order the whole
+are still to come (``AlarmRecord.provisional``). It is then made **whole**, in the order the whole
 path would have taken; any later change to the alarm makes it whole first, so custody never shows
 a change before the raise.
 """
@@ -157,7 +157,7 @@ class Lifecycle:
         actor: str = SERVICE_ACTOR,
         provisional: bool = False,
     ) -> AlarmRecord:
-        """A new alarm, whole, or provisional (made whole by its follow-up)."""
+        """A new alarm, whole, or provisional (made whole later, see :meth:`make_whole`)."""
         transition = rules.raise_alarm(
             alarm_id=alarm_id or new_id(),
             device_id=device_id,
@@ -178,7 +178,7 @@ class Lifecycle:
             note=note,
             late=late,
             evidence_item_id=evidence_item_id,
-            followup_pending=provisional,
+            provisional=provisional,
         )
         if message is not None:
             if message.position is not None:
@@ -229,7 +229,7 @@ class Lifecycle:
                 event.evidence_item_id = self.payloads.record_later(session, event, stored, row.wearer).id
         if event is not None and row.evidence_item_id is None:
             row.evidence_item_id = event.evidence_item_id
-        row.followup_pending = False
+        row.provisional = False
         session.flush()
         details = custody_details(row, [rules.Change.RAISED.value])
         details["accepted_at"] = rfc3339(row.raised_at)
@@ -254,14 +254,14 @@ class Lifecycle:
             row = session.scalars(
                 select(AlarmRecord).where(AlarmRecord.id == alarm_id).with_for_update(skip_locked=True)
             ).first()
-            if row is None or not row.followup_pending:
+            if row is None or not row.provisional:
                 return False
             self.make_whole(session, row, now or self.clock())
         return True
 
     def provisional_alarms(self, limit: int = 50, raised_before: datetime | None = None) -> list[str]:
         """Alarms still provisional, oldest first."""
-        q = select(AlarmRecord.id).where(AlarmRecord.followup_pending.is_(True))
+        q = select(AlarmRecord.id).where(AlarmRecord.provisional.is_(True))
         if raised_before is not None:
             q = q.where(AlarmRecord.raised_at <= raised_before)
         with self.db.session() as session:
@@ -284,7 +284,7 @@ class Lifecycle:
             try:
                 done += self.make_whole_if_provisional(alarm_id, now)
             except Exception:  # noqa: BLE001 - left provisional; the next pass tries again
-                log.exception("alarm follow-up failed; will retry", extra={"alarm": alarm_id})
+                log.exception("provisional alarm not made whole; will retry", extra={"alarm": alarm_id})
         return done
 
     # -- transitions and their effects -----------------------------------------------------------
@@ -318,9 +318,9 @@ class Lifecycle:
 
         A provisional alarm's raise has no custody entry and no incident yet: they come when it is
         made whole, which any later change to the alarm does first."""
-        if not raised and row.followup_pending:
+        if not raised and row.provisional:
             self.make_whole(session, row, now)
-        provisional = raised and row.followup_pending
+        provisional = raised and row.provisional
         before = (row.status, row.severity) if not raised else None
         store_rule(row, transition.alarm)
         row.updated_at = now

@@ -89,13 +89,13 @@ class AlarmRecord(Base):
     incident_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
     # A provisional alarm: the alarm row, the feed and the device's ack are committed, but the payload's
     # evidence item, the ``alarm_raised`` custody entry and the incident are still to come (it is
-    # made whole by its follow-up, see ``alarms.lifecycle``).
-    followup_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    # made whole later, see ``alarms.lifecycle``).
+    provisional: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (
         Index("ix_alarms_device_status", "device_id", "status"),
-        Index("ix_alarms_followup_pending", "followup_pending"),
+        Index("ix_alarms_provisional", "provisional"),
     )
 
 
@@ -224,4 +224,7 @@ class LoneWorkerPosition(Base):
     lon: Mapped[float] = mapped_column(Float)
     accuracy_m: Mapped[float | None] = mapped_column(Float, default=None)
 
-    __table_args__ = (UniqueConstraint("device_id", "at", name="uq_lone_worker_positions_device_at"),)
+    __table_args__ = (
+        UniqueConstraint("device_id", "at", name="uq_lone_worker_positions_device_at"),
+        Index("ix_lone_worker_positions_at", "at"),  # forgotten by age (``alarms.trails``)
+    )

@@ -1,7 +1,7 @@
 """The exact bytes of a device's alarm message, kept as a locked evidence item.
 
 A payload is stored when its alarm is whole: at once for an alarm taken the whole way, by the
-follow-up of a provisional one, or later when object storage was down at the time (the bytes wait
+making a provisional one whole, or later when object storage was down at the time (the bytes wait
 in the event row; :meth:`PayloadEvidence.store_deferred`). The evidence item names the device key
 the signature was verified with when the message was accepted.
 """
@@ -131,7 +131,7 @@ class PayloadEvidence:
         return self.record(session, event, stored, wearer, signature, public_key)
 
     def deferred(self, now: datetime, limit: int) -> list[str]:
-        """Alarm events whose payload is not evidence yet and no follow-up will store it, oldest first."""
+        """Alarm events whose payload is not evidence yet and will not be stored by making a provisional alarm whole, oldest first."""
         with self.core.db.session() as session:
             return list(
                 session.scalars(
@@ -140,10 +140,8 @@ class PayloadEvidence:
                         LoneWorkerEvent.type == "alarm",
                         LoneWorkerEvent.evidence_item_id.is_(None),
                         LoneWorkerEvent.received_at <= now - timedelta(seconds=2),
-                        ~select(AlarmRecord.id)  # a provisional alarm's follow-up stores its own payload
-                        .where(
-                            AlarmRecord.id == LoneWorkerEvent.alarm_id, AlarmRecord.followup_pending.is_(True)
-                        )
+                        ~select(AlarmRecord.id)  # made whole, a provisional alarm stores its own
+                        .where(AlarmRecord.id == LoneWorkerEvent.alarm_id, AlarmRecord.provisional.is_(True))
                         .exists(),
                     )
                     .order_by(LoneWorkerEvent.received_at)

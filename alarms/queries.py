@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 
+from accounts.access import SiteViewer, sees_site, site_scope
 from devices.models import Device, LoneWorkerState
 from storage.db import Database
 
@@ -19,10 +20,12 @@ class AlarmQueries:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def get(self, alarm_id: str) -> dict[str, Any]:
+    def get(self, alarm_id: str, viewer: SiteViewer | None = None) -> dict[str, Any]:
+        """One alarm; :class:`AlarmNotFound` also when it is not the viewer's to see (``viewer`` None:
+        the service itself)."""
         with self.db.session() as session:
             row = session.get(AlarmRecord, alarm_id)
-            if row is None:
+            if row is None or (viewer is not None and not sees_site(viewer, row.site)):
                 raise AlarmNotFound(alarm_id)
             return alarm_view(row)
 
@@ -35,9 +38,12 @@ class AlarmQueries:
         kind: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        viewer: SiteViewer | None = None,
     ) -> list[dict[str, Any]]:
-        """Alarms, newest first."""
+        """Alarms, newest first (the viewer's sites only)."""
         q = select(AlarmRecord)
+        if viewer is not None:
+            q = q.where(site_scope(viewer, AlarmRecord.site))
         statuses = list(status)
         if statuses:
             q = q.where(AlarmRecord.status.in_(statuses))
@@ -51,8 +57,9 @@ class AlarmQueries:
         with self.db.session() as session:
             return [alarm_view(r) for r in session.scalars(q)]
 
-    def lone_workers(self) -> list[dict[str, Any]]:
-        """Every lone-worker device: who carries it, presence, last seen, battery, position, open alarms."""
+    def lone_workers(self, viewer: SiteViewer | None = None) -> list[dict[str, Any]]:
+        """Every lone-worker device of the viewer's sites: who carries it, presence, last seen,
+        battery, position, open alarms."""
         open_alarms = (
             select(AlarmRecord.device_id, func.count().label("n"))
             .where(AlarmRecord.status != "resolved")
@@ -66,6 +73,7 @@ class AlarmQueries:
                 .outerjoin(S, S.device_id == Device.id)
                 .outerjoin(open_alarms, open_alarms.c.device_id == Device.id)
                 .where(Device.kind == "lone_worker")
+                .where(site_scope(viewer, Device.site) if viewer is not None else true())
                 .order_by(Device.id)
             ).all()
             visits = {

@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, true
 from sqlalchemy.orm import Session
 
+from accounts.access import SiteViewer, sees_site, site_scope
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 
@@ -95,7 +96,7 @@ def item_record(session: Session, item_id: str | None) -> ItemRecord | None:
     )
 
 
-def answer_times(session: Session, since: datetime) -> list[Answer]:
+def answer_times(session: Session, since: datetime, viewer: SiteViewer | None) -> list[Answer]:
     """Every alarm that turned red since ``since``: when it needed someone (SOS and man-down on
     arrival, an amber alarm when its timer ran out) and when a person first took it (acknowledged,
     or resolved by an operator without acknowledging first)."""
@@ -104,6 +105,7 @@ def answer_times(session: Session, since: datetime) -> list[Answer]:
             AlarmRecord.red_at, AlarmRecord.acknowledged_at, AlarmRecord.resolved_at, AlarmRecord.resolved_by
         )
         .where(AlarmRecord.red_at.is_not(None), AlarmRecord.red_at >= since)
+        .where(site_scope(viewer, AlarmRecord.site) if viewer is not None else true())
         .order_by(AlarmRecord.red_at)
     ).all()
     out: list[Answer] = []
@@ -114,18 +116,30 @@ def answer_times(session: Session, since: datetime) -> list[Answer]:
     return out
 
 
-def voice_memo_item(session: Session, alarm_id: str) -> EvidenceItem | None:
-    """The alarm's voice memo, if it has one that is still stored."""
-    row = session.get(AlarmRecord, alarm_id)
+def voice_memo_item(session: Session, alarm_id: str, viewer: SiteViewer | None) -> EvidenceItem | None:
+    """The alarm's voice memo, if it has one that is still stored and the alarm is the viewer's."""
+    row = visible_alarm(session, alarm_id, viewer)
     if row is None or row.voice_memo_item_id is None:
         return None
     item = session.get(EvidenceItem, row.voice_memo_item_id)
     return item if item is not None and item.status == "stored" else None
 
 
-def alarm_record(session: Session, alarm_id: str, now: datetime) -> dict[str, Any] | None:
-    """Everything the control room may know of one alarm, JSON-ready; None when there is no such alarm."""
+def visible_alarm(session: Session, alarm_id: str, viewer: SiteViewer | None) -> AlarmRecord | None:
+    """The alarm if the viewer may see it (its site is theirs, ``accounts.access``); None both when
+    missing and when hidden, so nobody learns that it exists. ``viewer`` None: the service itself."""
     row = session.get(AlarmRecord, alarm_id)
+    if row is None or (viewer is not None and not sees_site(viewer, row.site)):
+        return None
+    return row
+
+
+def alarm_record(
+    session: Session, alarm_id: str, now: datetime, viewer: SiteViewer | None
+) -> dict[str, Any] | None:
+    """Everything the control room may know of one alarm, JSON-ready; None when there is no such
+    alarm or it is not the viewer's to see."""
+    row = visible_alarm(session, alarm_id, viewer)
     if row is None:
         return None
     view = alarm_view(row)

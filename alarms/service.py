@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 PURGE_EVERY_S = 3600.0
 MAX_BATCHES = 20  # per kind of work per pass, so one pass stays short
-FOLLOWUP_GRACE = timedelta(seconds=5)  # a provisional alarm left this long is made whole by the clock
+PROVISIONAL_GRACE = timedelta(seconds=5)  # a provisional alarm left this long is made whole by the clock
 
 
 class AlarmService:
@@ -103,14 +103,14 @@ class AlarmService:
         return self.outbox.committed_listeners
 
     @property
-    def followups_inline(self) -> bool:
+    def make_whole_inline(self) -> bool:
         """Whether a provisional alarm is made whole right after its commit, in the handling thread
-        (False under an MQTT consumer, whose follow-up worker does it)."""
-        return self.intake.followups_inline
+        (False under an MQTT consumer, whose own worker makes provisional alarms whole)."""
+        return self.intake.make_whole_inline
 
-    @followups_inline.setter
-    def followups_inline(self, value: bool) -> None:
-        self.intake.followups_inline = value
+    @make_whole_inline.setter
+    def make_whole_inline(self, value: bool) -> None:
+        self.intake.make_whole_inline = value
 
     # -- device messages -------------------------------------------------------------------------
 
@@ -150,13 +150,13 @@ class AlarmService:
 
     # -- provisional alarms made whole ------------------------------------------------------------
 
-    def complete_followup(self, alarm_id: str, now: datetime | None = None) -> bool:
+    def make_whole(self, alarm_id: str, now: datetime | None = None) -> bool:
         return self.lifecycle.make_whole_if_provisional(alarm_id, now)
 
-    def pending_followups(self, limit: int = 50, raised_before: datetime | None = None) -> list[str]:
+    def provisional_alarms(self, limit: int = 50, raised_before: datetime | None = None) -> list[str]:
         return self.lifecycle.provisional_alarms(limit, raised_before)
 
-    def complete_followups(
+    def make_provisional_alarms_whole(
         self,
         now: datetime | None = None,
         limit: int = 20,
@@ -201,9 +201,9 @@ class AlarmService:
     def store_deferred_evidence(self, now: datetime | None = None, limit: int = 20) -> int:
         return self.timekeeper.store_deferred_evidence(now, limit)
 
-    def sample_trails(self) -> int:
+    def sample_trails(self, now: datetime | None = None) -> int:
         """Each device's newest position joins its trail while it has an alarm open (``alarms.trails``)."""
-        return sample_trails(self.db)
+        return sample_trails(self.db, now or self.clock())
 
     def purge(self, now: datetime | None = None, keep: timedelta = timedelta(days=7)) -> None:
         self.timekeeper.purge(now, keep)
@@ -226,7 +226,7 @@ class PassReport:
     offline: int = 0
     webhooks: int = 0
     evidence: int = 0
-    followups: int = 0
+    made_whole: int = 0
     trail_points: int = 0
 
 
@@ -245,13 +245,13 @@ def run_pass(alarms: AlarmService, http: httpx.Client, now: datetime | None = No
     report = PassReport()
     report.deadlines = _drain(lambda limit: alarms.fire_deadlines(now, limit))
     # Provisional alarms that the instance which acknowledged them did not make whole (it died, or
-    # its follow-up worker is far behind): made whole here, after the deadlines (which never wait
+    # its worker for them is far behind): made whole here, after the deadlines (which never wait
     # for storage writes).
-    report.followups = alarms.complete_followups(now, limit=50, older_than=FOLLOWUP_GRACE)
+    report.made_whole = alarms.make_provisional_alarms_whole(now, limit=50, older_than=PROVISIONAL_GRACE)
     report.missed_checkins = _drain(lambda limit: alarms.raise_missed_checkins(now, limit))
     report.offline = _drain(lambda limit: alarms.raise_offline(now, limit))
     report.webhooks = alarms.outbox.send_webhooks(http, now)
-    report.trail_points = alarms.sample_trails()
+    report.trail_points = alarms.sample_trails(now)
     try:
         report.evidence = alarms.store_deferred_evidence(now)
     except StorageError as exc:

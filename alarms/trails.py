@@ -2,7 +2,9 @@
 read for the alarm's record and the map.
 
 Sampling reads the devices' state rows (``devices.models.LoneWorkerState``), not each device
-message, so the alarm path does no extra work; one row per device and fix time.
+message, so the alarm path does no extra work; one row per device and fix time. Each new point is
+announced on the change feed as the alarm having ``moved`` (with the point), so the map and the
+board follow a moving alarm from the live stream.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from devices.models import LoneWorkerState
 from storage.db import Database, dialect_insert
 
+from .feed import record_change
 from .models import AlarmRecord, LoneWorkerPosition
 
 
@@ -23,8 +26,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def sample_trails(db: Database) -> int:
-    """Add each device's newest position to its trail while it has an alarm open (once per fix)."""
+def sample_trails(db: Database, now: datetime) -> int:
+    """Add each device's newest position to its trail while it has an alarm open (once per fix), and
+    announce it as each of its open alarms having ``moved`` (unless it is the alarm's own fix)."""
     S, P = LoneWorkerState, LoneWorkerPosition
     newest = select(P.device_id, func.max(P.at).label("at")).group_by(P.device_id).subquery("newest")
     with db.session() as session:
@@ -58,6 +62,29 @@ def sample_trails(db: Database) -> int:
                 )
                 .on_conflict_do_nothing()
             )
+            points = {
+                r.device_id: {
+                    "lat": r.lat,
+                    "lon": r.lon,
+                    "accuracy_m": r.accuracy_m,
+                    "at": _iso(r.position_at),
+                }
+                for r in rows
+            }
+            moving = session.scalars(
+                select(AlarmRecord).where(
+                    AlarmRecord.device_id.in_(list(points)), AlarmRecord.status != "resolved"
+                )
+            )
+            for alarm in moving:
+                point = points[alarm.device_id]
+                if (alarm.lat, alarm.lon, alarm.accuracy_m) == (
+                    point["lat"],
+                    point["lon"],
+                    point["accuracy_m"],
+                ):
+                    continue  # the alarm's own fix, which its view already carries: it has not moved
+                record_change(session, alarm, "moved", now, position=point)
     return len(rows)
 
 
@@ -86,3 +113,17 @@ def trail(session: Session, view: dict[str, Any], now: datetime) -> list[dict[st
             continue  # the alarm's own fix, sampled from the device's state
         points.append(point)
     return points
+
+
+def forget_old_points(session: Session, before: datetime) -> int:
+    """Delete trail points taken before ``before``, except those of devices with an alarm still open
+    (their trail is being followed); how many went."""
+    result = session.execute(
+        delete(LoneWorkerPosition).where(
+            LoneWorkerPosition.at < before,
+            LoneWorkerPosition.device_id.not_in(
+                select(AlarmRecord.device_id).where(AlarmRecord.status != "resolved")
+            ),
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -127,7 +127,7 @@ class VoiceMemos:
             assert row is not None
             if row.voice_memo_item_id is not None:  # a concurrent upload won
                 return row.voice_memo_item_id, False
-            if row.followup_pending:  # custody shows the raise before anything added to it
+            if row.provisional:  # custody shows the raise before anything added to it
                 self.lifecycle.make_whole(session, row, datetime.now(UTC))
             item = record_evidence(
                 session,

@@ -15,11 +15,27 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import Counter
 
+from storage.errors import Refused
+
 from .core import CoreServices
 from .evidence import parse_range, read_item
 from .models import EvidenceItem
 
 EVIDENCE_READS = Counter("evidence_reads_total", "Evidence reads (each is a custody entry)")
+
+
+class RangeRefused(Refused):
+    """A ``Range`` the stored bytes cannot meet: 416 with ``Content-Range: bytes */<size>``, in the
+    one error envelope like every other refusal."""
+
+    status = 416
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            "range_not_satisfiable",
+            f"the range asked for is not within the {size} bytes",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
 
 
 async def item_response(
@@ -35,7 +51,7 @@ async def item_response(
     try:
         byte_range = parse_range(request.headers.get("range"), item.size)
     except ValueError:
-        return Response(status_code=416, headers={"Content-Range": f"bytes */{item.size}"})
+        raise RangeRefused(item.size) from None
 
     def start() -> Iterator[bytes]:
         with s.db.session() as session:

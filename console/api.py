@@ -238,24 +238,24 @@ def board(request: Request) -> Response:
     who = signed_in(request, sources.READERS)
     s = services(request)
     with s.db.session() as session:
-        snapshot = board_snapshot(session, s.settings)
+        snapshot = board_snapshot(session, s.settings, who.principal)
     return render(
         request,
         "board.html",
         who,
         board=snapshot,
         can_act=who.principal.role in sources.OPERATORS,
-        summaries=_summaries(s),
+        summaries=_summaries(s, who.principal),
     )
 
 
-def board_snapshot(session: Session, settings: Settings) -> dict[str, Any]:
+def board_snapshot(session: Session, settings: Settings, viewer: Principal) -> dict[str, Any]:
     cursor = sources.latest_change(session)  # before the rows: the stream replays what follows
-    alarms = sources.open_alarms(session)
+    alarms = sources.open_alarms(session, viewer)
     return {
         "cursor": cursor,
         "alarms": alarms,
-        "directory": sources.directory(session, sorted({a["device_id"] for a in alarms})),
+        "directory": sources.directory(session, sorted({a["device_id"] for a in alarms}), viewer),
         "ack_timeout_s": settings.alarm_ack_timeout_seconds,
         "server_time": _now().isoformat(),
     }
@@ -264,9 +264,9 @@ def board_snapshot(session: Session, settings: Settings) -> dict[str, Any]:
 @router.get("/board/directory.json")
 def board_directory(request: Request, device: Annotated[list[str], Query(max_length=200)]) -> JSONResponse:
     """Names for devices the board has not seen yet (a device enrolled after the page was drawn)."""
-    signed_in(request, sources.READERS)
+    who = signed_in(request, sources.READERS)
     with services(request).db.session() as session:
-        return JSONResponse(sources.directory(session, [d[:64] for d in device]))
+        return JSONResponse(sources.directory(session, [d[:64] for d in device], who.principal))
 
 
 @router.get("/map")
@@ -277,30 +277,30 @@ def map_page(request: Request) -> Response:
         request,
         "map.html",
         who,
-        map_data=_map_data(s),
+        map_data=_map_data(s, who.principal),
         tiles={"url": s.settings.map_tile_url, "attribution": s.settings.map_tile_attribution},
     )
 
 
-def _map_data(s: CoreServices) -> dict[str, Any]:
+def _map_data(s: CoreServices, viewer: Principal) -> dict[str, Any]:
     now = _now()
     with s.db.session() as session:
         cursor = sources.latest_change(session)
-        alarms = sources.open_alarms(session)
+        alarms = sources.open_alarms(session, viewer)
         return {
             "cursor": cursor,
             "alarms": alarms,
             "trails": sources.open_trails(session, alarms, now),
-            "positions": sources.positions(session),
-            "directory": sources.directory(session, sorted({a["device_id"] for a in alarms})),
+            "positions": sources.positions(session, viewer),
+            "directory": sources.directory(session, sorted({a["device_id"] for a in alarms}), viewer),
             "server_time": now.isoformat(),
         }
 
 
 @router.get("/map/data.json")
 def map_data(request: Request) -> JSONResponse:
-    signed_in(request, sources.READERS)
-    return JSONResponse(_map_data(services(request)))
+    who = signed_in(request, sources.READERS)
+    return JSONResponse(_map_data(services(request), who.principal))
 
 
 @router.get("/alarms/{alarm_id}")
@@ -308,10 +308,10 @@ def alarm_page(request: Request, alarm_id: str) -> Response:
     who = signed_in(request, sources.READERS)
     s = services(request)
     with s.db.session() as session:
-        record = sources.alarm_record(session, alarm_id[:64], _now())
+        record = sources.alarm_record(session, alarm_id[:64], _now(), who.principal)
         if record is None:
             return render(request, "missing.html", who, 404, what="alarm")
-        directory = sources.directory(session, [record["alarm"]["device_id"]])
+        directory = sources.directory(session, [record["alarm"]["device_id"]], who.principal)
     return render(
         request,
         "alarm.html",
@@ -359,10 +359,10 @@ def timeline(view: dict[str, Any], *items: dict[str, Any] | None) -> list[dict[s
     return events
 
 
-def _summaries(s: CoreServices) -> list[performance.Summary]:
+def _summaries(s: CoreServices, viewer: Principal) -> list[performance.Summary]:
     now = _now()
     with s.db.session() as session:
-        answers = sources.answer_times(session, now - max(performance.PERIODS.values()))
+        answers = sources.answer_times(session, now - max(performance.PERIODS.values()), viewer)
     return performance.summaries(answers, now)
 
 
@@ -370,7 +370,7 @@ def _summaries(s: CoreServices) -> list[performance.Summary]:
 def performance_page(request: Request) -> Response:
     """The figures of ``GET /api/v1/alarms/performance`` (whose ``?format=csv`` is the report)."""
     who = signed_in(request, sources.READERS)
-    return render(request, "performance.html", who, summaries=_summaries(services(request)))
+    return render(request, "performance.html", who, summaries=_summaries(services(request), who.principal))
 
 
 # --------------------------------------------------------------------------- devices and people
@@ -429,7 +429,7 @@ def redoc(request: Request) -> Response:
 def static_file(prefix: str, name: str) -> Response:
     path = assets.resolve(prefix, name)
     if path is None:
-        return Response("not found", status_code=404, media_type="text/plain")
+        raise HTTPException(404, "no such file")  # the one error envelope, as everywhere
     return FileResponse(
         path, media_type=assets.TYPES[path.suffix], headers={"Cache-Control": "public, max-age=86400"}
     )

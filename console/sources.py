@@ -2,7 +2,8 @@
 
 The pages show what the API shows: the same role lists (imported from the modules that guard the
 API routes, never restated here) and the same views of the same rows (``alarm_view`` is the one the
-API and the live stream use). Actions never come through here at all: the pages' scripts call the
+API and the live stream use), limited to the sites the person sees by the API's own rule
+(``accounts.access.site_scope``). Actions never come through here at all: the pages' scripts call the
 API routes themselves, with the session cookie and its CSRF token.
 
 Everything comes from the domain packages (``alarms``, ``devices``, ``accounts``); nothing of the
@@ -18,6 +19,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from accounts.access import SiteViewer, site_scope
 from accounts.api import USER_ADMINS
 from accounts.models import ROLES, User
 from alarms import performance
@@ -60,20 +62,21 @@ def latest_change(session: Session) -> int:
     return int(session.scalar(select(func.max(AlarmChange.id))) or 0)
 
 
-def open_alarms(session: Session, limit: int = 2000) -> list[dict[str, Any]]:
+def open_alarms(session: Session, viewer: SiteViewer, limit: int = 2000) -> list[dict[str, Any]]:
     rows = session.scalars(
         select(AlarmRecord)
-        .where(AlarmRecord.status != "resolved")
+        .where(AlarmRecord.status != "resolved", site_scope(viewer, AlarmRecord.site))
         .order_by(AlarmRecord.raised_at, AlarmRecord.id)
         .limit(limit)
     )
     return [alarm_view(r) for r in rows]
 
 
-def directory(session: Session, device_ids: list[str] | None) -> dict[str, Any]:
+def directory(session: Session, device_ids: list[str] | None, viewer: SiteViewer) -> dict[str, Any]:
     """Names behind the ids an alarm carries: the device, its wearer (name, staff group), the visit
-    under way (the address a community worker gave) and the device's last known state."""
-    devices_q = select(Device).where(Device.kind == "lone_worker")
+    under way (the address a community worker gave) and the device's last known state; devices of
+    the viewer's sites only."""
+    devices_q = select(Device).where(Device.kind == "lone_worker", site_scope(viewer, Device.site))
     if device_ids is not None:
         devices_q = devices_q.where(Device.id.in_(device_ids[:1000]))
     devices = list(session.scalars(devices_q))
@@ -137,12 +140,14 @@ def alarm(session: Session, alarm_id: str) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- where people are
 
 
-def positions(session: Session) -> list[dict[str, Any]]:
-    """Every lone-worker device's last known position (the map's layer of people)."""
+def positions(session: Session, viewer: SiteViewer) -> list[dict[str, Any]]:
+    """Every lone-worker device's last known position (the map's layer of people), of the viewer's sites."""
     rows = session.execute(
         select(Device, LoneWorkerState)
         .join(LoneWorkerState, LoneWorkerState.device_id == Device.id)
-        .where(Device.kind == "lone_worker", LoneWorkerState.lat.is_not(None))
+        .where(
+            Device.kind == "lone_worker", LoneWorkerState.lat.is_not(None), site_scope(viewer, Device.site)
+        )
         .order_by(Device.id)
         .limit(20000)
     ).all()

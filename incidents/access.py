@@ -22,6 +22,7 @@ from typing import Protocol
 from sqlalchemy import ColumnElement, false, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
+from accounts.access import site_scope
 from chain_of_custody.models import EvidenceItem
 from devices.models import Device, StaffMember
 
@@ -60,7 +61,7 @@ def incident_scope(viewer: Viewer) -> ColumnElement[bool]:
     if viewer.role == "admin":
         return true()
     if viewer.role == "security_manager":
-        return Incident.site == viewer.site if viewer.site else false()
+        return site_scope(viewer, Incident.site)
     if viewer.role == "investigator":
         return Incident.id.in_(
             select(IncidentAssignment.incident_id).where(

@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -19,8 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from accounts import api as accounts_api
 from accounts.access import require_roles
 from accounts.service import Principal
+from accounts.sessions import forget_sessions
 from alarms import api as alarms_api
 from alarms.service import escalation_loop
+from alarms.trails import forget_old_points
 from chain_of_custody.checkpoints import write_checkpoint
 from console import install as install_console
 from devices import api as devices_api
@@ -28,6 +33,7 @@ from incidents import api as incidents_api
 from incidents.export import api as export_api
 from incidents.retention import RetentionRules, retention_loop
 from storage.objects import StorageError
+from storage.schedule import run_when_due
 from storage.settings import Settings
 
 from . import dock_api, errors, evidence_api, redaction_api
@@ -54,8 +60,35 @@ ROUTERS: list[APIRouter] = [
 Loop = Callable[[Services], Coroutine[Any, Any, object]]
 
 
+PERSONAL_DATA_JOB = "forget-old-trails-and-sessions"
+INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def forget_personal_data(services: Services, now: datetime) -> None:
+    """Forget position trail points and console sessions past their retention (settings
+    ``position_trail_retention_days`` and ``ended_session_retention_days``)."""
+    settings = services.settings
+    with services.db.session() as session:
+        points = forget_old_points(session, now - timedelta(days=settings.position_trail_retention_days))
+        sessions = forget_sessions(session, now - timedelta(days=settings.ended_session_retention_days))
+    log.info("old personal data forgotten", extra={"trail_points": points, "sessions": sessions})
+
+
+def forget_personal_data_when_due(services: Services, now: datetime | None = None) -> bool:
+    """One instance at a time, every ``personal_data_sweep_seconds`` (``storage.schedule``)."""
+    return run_when_due(
+        services.db,
+        PERSONAL_DATA_JOB,
+        timedelta(seconds=services.settings.personal_data_sweep_seconds),
+        INSTANCE,
+        lambda at: forget_personal_data(services, at),
+        now or datetime.now(UTC),
+    )
+
+
 async def housekeeping(services: Services, every: float = 30.0) -> None:
-    """Checkpoint the ledger tip and expire abandoned uploads, forever (one loop per process is harmless)."""
+    """Checkpoint the ledger tip, expire abandoned uploads and (when due, on one instance) forget old
+    personal data, forever (one loop per process is harmless)."""
     while True:
         try:
 
@@ -63,6 +96,7 @@ async def housekeeping(services: Services, every: float = 30.0) -> None:
                 with services.db.session() as session:
                     write_checkpoint(session, services.store, services.key, retain_days=3650)
                 services.uploads.expire()
+                forget_personal_data_when_due(services)
 
             await asyncio.to_thread(work)
         except StorageError as exc:

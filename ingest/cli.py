@@ -42,13 +42,18 @@ def _services(*, existing: bool = False) -> Services:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     database = Path(settings.data_dir) / "evidence.db"
-    if existing and settings.database_url is None and not database.exists():
+    if settings.database_url is None and not database.exists():
+        where = Path(settings.data_dir).resolve()
+        if existing:
+            console.print(
+                f"[red]no service data at {where}[/red]: run this in the directory the service runs in, "
+                "or set EVIDENCE_DATA_DIR (or EVIDENCE_DATABASE_URL and EVIDENCE_S3_ENDPOINT) to the service's"
+            )
+            raise typer.Exit(2)
         console.print(
-            f"[red]no service data at {Path(settings.data_dir).resolve()}[/red]: run this in the directory "
-            "the service runs in, or set EVIDENCE_DATA_DIR (or EVIDENCE_DATABASE_URL and "
-            "EVIDENCE_S3_ENDPOINT) to the service's"
+            f"[yellow]no service data at {where}: starting a new service's data there[/yellow] (to use an "
+            "existing service, run this in its directory or set EVIDENCE_DATA_DIR)"
         )
-        raise typer.Exit(2)
     return build_services(settings)
 
 
@@ -132,7 +137,7 @@ def staff_add(staff_id: str, name: str, group: str = "other", site: str | None =
     """Add or update a member of staff who wears cameras or carries alarms."""
     from devices.service import add_staff
 
-    s = _services()
+    s = _services(existing=True)
     try:
         with s.db.session() as session:
             add_staff(session, staff_id, name, group, site)
@@ -146,7 +151,7 @@ def dock_enrol(dock_id: str, name: str = "", site: str | None = None) -> None:
     """Enrol a dock and print its token (shown once; only its hash is kept)."""
     from devices.service import DeviceRefused, enrol_dock
 
-    s = _services()
+    s = _services(existing=True)
     try:
         with s.db.session() as session:
             enrolled = enrol_dock(session, s.ledger, dock_id, "cli", name=name, site=site)
@@ -163,7 +168,7 @@ def camera_enrol(serial: str, public_key: str, staff_id: str | None = None, site
     """Enrol a body-worn camera by its Ed25519 public key (base64) and assign it to a member of staff."""
     from devices.service import DeviceRefused, enrol_keyed_device
 
-    s = _services()
+    s = _services(existing=True)
     try:
         with s.db.session() as session:
             enrol_keyed_device(
@@ -191,7 +196,7 @@ def lone_worker_enrol(
     """
     from devices.service import DeviceRefused, enrol_lone_worker
 
-    s = _services()
+    s = _services(existing=True)
     try:
         with s.db.session() as session:
             enrolled = enrol_lone_worker(

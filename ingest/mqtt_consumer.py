@@ -11,11 +11,10 @@
   or of the database are retried with backoff, and a message that still fails is kept in a
   dead-letter table before it is acknowledged.
 - Alarms first: alarm and check-in messages have a queue and a worker of their own, so an SOS never
-  waits behind heartbeats. A raised alarm is acknowledged as soon as its row is committed; a
-  follow-up worker then makes the provisional alarm whole: stores its payload as evidence, appends
-  its custody entry and opens or joins its incident (the clock's loop finishes any an instance left
-  behind). While alarms
-  are waiting or being handled, the other workers pause at their next message (for at most
+  waits behind heartbeats. A raised alarm is acknowledged as soon as its row is committed, and is
+  provisional until a worker of its own makes it whole: stores its payload as evidence, appends its
+  custody entry and opens or joins its incident (the clock's loop finishes any an instance left
+  behind). While alarms are waiting or being handled, the other workers pause at their next message (for at most
   ``PRIORITY_PAUSE_S``): Python threads share one interpreter lock, and an alarm's many short
   database round trips would otherwise queue behind heartbeat work for the lock at every one.
 - Effects (acks to devices, escalation messages) come from the outbox: published at once after the
@@ -144,7 +143,7 @@ class AlarmConsumer:
         self._urgent_lock = threading.Lock()
         self._urgent_idle = threading.Event()
         self._urgent_idle.set()
-        self._followup_wake = threading.Event()
+        self._provisional_raised = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pub_lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # mid -> outbox id, for this connection
@@ -178,7 +177,7 @@ class AlarmConsumer:
         """Connect in the background (retrying until the broker answers) and start the workers."""
         self._running = True
         self.alarms.publisher = self.send
-        self.alarms.followups_inline = False
+        self.alarms.make_whole_inline = False
         # Process-wide: a thread doing CPU work hands the interpreter lock over after this long
         # (5 ms by default), which bounds what each of an alarm's database round trips can cost.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
@@ -189,7 +188,9 @@ class AlarmConsumer:
         workers.append(
             threading.Thread(target=self._work, args=(self._urgent, True), name="alarm-worker", daemon=True)
         )
-        workers.append(threading.Thread(target=self._follow_up, name="alarm-follow-up", daemon=True))
+        workers.append(
+            threading.Thread(target=self._make_provisional_whole, name="alarm-make-whole", daemon=True)
+        )
         workers.append(threading.Thread(target=self._relay, name="alarm-outbox-relay", daemon=True))
         for thread in workers:
             thread.start()
@@ -224,14 +225,14 @@ class AlarmConsumer:
         for q in [*self._queues, self._urgent]:
             q.put(None)
         self._wake.set()
-        self._followup_wake.set()
+        self._provisional_raised.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
         self._flush_sent()
         if self.alarms.publisher == self.send:
             self.alarms.publisher = None
-            self.alarms.followups_inline = True
+            self.alarms.make_whole_inline = True
         self.client.disconnect()
         self.client.loop_stop()
         CONNECTED.set(0)
@@ -378,8 +379,8 @@ class AlarmConsumer:
                 self._process(delivery)
             return
         for delivery, result in zip(batch, results, strict=True):
-            if result.followup:
-                self._followup_wake.set()
+            if result.provisional:
+                self._provisional_raised.set()
             self.handled += 1
             self._ack(delivery)
         if any(r.type in URGENT_TYPES for r in results):  # a burst of alarms is worth a line
@@ -395,8 +396,8 @@ class AlarmConsumer:
                 return  # left unacknowledged: the broker delivers it again
             try:
                 result = self._handle_until_reachable(delivery)
-                if result.followup:
-                    self._followup_wake.set()
+                if result.provisional:
+                    self._provisional_raised.set()
                 break
             except _Stopping:
                 return
@@ -448,19 +449,19 @@ class AlarmConsumer:
         if not self._sleep(seconds):
             raise _Stopping()
 
-    def _follow_up(self) -> None:
+    def _make_provisional_whole(self) -> None:
         """Make provisional alarms whole (evidence, custody entry, incident) once they are acknowledged."""
         while self._running:
-            self._followup_wake.wait(1.0)
-            self._followup_wake.clear()
+            self._provisional_raised.wait(1.0)
+            self._provisional_raised.clear()
             try:
                 # Until nothing is left, or all that is left is held by others (then the next wake).
-                while self._running and self.alarms.complete_followups(
+                while self._running and self.alarms.make_provisional_alarms_whole(
                     limit=50, before_each=self._alarms_first
                 ):
                     pass
-            except Exception:  # noqa: BLE001 - pending alarms stay marked; the next pass retries
-                log.warning("alarm follow-up pass failed", exc_info=True)
+            except Exception:  # noqa: BLE001 - they stay provisional; the next pass retries
+                log.warning("pass making provisional alarms whole failed", exc_info=True)
                 self._sleep(1.0)
 
     def _alarms_first(self) -> bool:

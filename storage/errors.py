@@ -8,7 +8,8 @@ them into the one JSON error envelope (``ingest.errors``)::
 
 ``status`` is the HTTP answer and ``retry_after`` (seconds) is sent as ``Retry-After`` when set.
 ``detail`` keeps the form version 1 clients read: the sentence, or (``structured = True``) the
-object ``{"error", "reason"}``.
+object ``{"error", "reason"}``; a refusal that has more to say for its route (``detail=``, such as
+who already has an alarm) gives the object with those fields added.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ class Refused(Exception):
         *,
         retry_after: int | None = None,
         headers: dict[str, str] | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
+        self.detail = dict(detail or {})
         self.reason = reason
         if status is not None:
             self.status = status
@@ -44,7 +47,9 @@ class Refused(Exception):
 
     def envelope(self) -> dict[str, Any]:
         """The JSON body of this refusal."""
-        detail: Any = {"error": self.message, "reason": self.reason} if self.structured else self.message
+        detail: Any = self.message
+        if self.structured or self.detail:
+            detail = {"error": self.message, "reason": self.reason, **self.detail}
         return {"error": self.message, "reason": self.reason, "detail": detail}
 
     def response_headers(self) -> dict[str, str]:

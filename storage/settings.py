@@ -94,6 +94,20 @@ class RetentionSettings(_Section):
     retention_sweep_seconds: int = Field(
         3600, description="How often the retention sweeper deletes expired evidence and renews object locks."
     )
+    position_trail_retention_days: int = Field(
+        90,
+        ge=1,
+        description="A lone-worker position trail point is forgotten this long after it was taken "
+        "(never while its device has an alarm open; the alarm keeps the fix it was raised with).",
+    )
+    ended_session_retention_days: int = Field(
+        30,
+        ge=1,
+        description="A console sign-in session's row is forgotten this long after it ended or expired.",
+    )
+    personal_data_sweep_seconds: int = Field(
+        3600, ge=1, description="How often one instance forgets old trail points and console sessions."
+    )
 
 
 class DockUploadSettings(_Section):

@@ -209,7 +209,7 @@ def test_burst_of_500_alarms_through_a_killed_instance_and_a_broker_restart(
     def made_whole() -> bool:  # acknowledged first; evidence, custody entry and incident follow
         with services.db.session() as session:
             pending = session.scalar(
-                select(func.count()).select_from(AlarmRecord).where(AlarmRecord.followup_pending.is_(True))
+                select(func.count()).select_from(AlarmRecord).where(AlarmRecord.provisional.is_(True))
             )
         return pending == 0
 

@@ -116,26 +116,26 @@ def test_sos_becomes_evidence_alarm_incident_and_ack(services: Any, alarms: Alar
     assert report.ok, report.problems
 
 
-def test_raise_is_acknowledged_first_and_made_whole_by_its_follow_up(services: Any) -> None:
-    """The fast path: alarm row, feed and ack in one commit; evidence, custody and incident after it.
-    Any later change to the alarm performs a pending follow-up first, so custody keeps its order."""
+def test_provisional_alarm_is_acknowledged_first_and_made_whole_after(services: Any) -> None:
+    """A provisional alarm: alarm row, feed and ack in one commit; evidence, custody and incident after it.
+    Any later change to the alarm makes a provisional alarm whole first, so custody keeps its order."""
     alarms = AlarmService(services)
-    alarms.followups_inline = False  # as under the MQTT consumer, which runs a follow-up worker
+    alarms.make_whole_inline = False  # as under the MQTT consumer (a worker makes them whole)
     device = enrol(services, "LW-F1", staff_id="S-F1")
     topic, raw = device.sos()
     result = alarms.handle(topic, raw)
-    assert result.outcome == "accepted" and result.followup and result.publish
+    assert result.outcome == "accepted" and result.provisional and result.publish
     alarm = one_alarm(services, result.alarm_id)
-    assert alarm.status == "raised" and alarm.followup_pending
+    assert alarm.status == "raised" and alarm.provisional
     assert alarm.evidence_item_id is None and alarm.incident_id is None
     assert acks(services, "LW-F1")[0]["status"] == "received" and feed(services) == [(alarm.id, "raised")]
     with services.db.session() as session:
         assert session.scalar(select(func.count()).select_from(EvidenceItem)) == 0
 
-    # The operator acts before the follow-up worker got to it: the follow-up comes first.
+    # The operator acts before the worker made it whole: it is made whole first.
     alarms.act(alarm.id, rules.Acknowledge(by="user:op", at=datetime.now(UTC)))
     alarm = one_alarm(services, alarm.id)
-    assert not alarm.followup_pending and alarm.incident_id and alarm.evidence_item_id
+    assert not alarm.provisional and alarm.incident_id and alarm.evidence_item_id
     assert [e.action for e in custody(services, alarm.evidence_item_id)] == [
         "captured",
         "received",
@@ -146,15 +146,15 @@ def test_raise_is_acknowledged_first_and_made_whole_by_its_follow_up(services: A
         "alarm_changed",
     ]
     assert [c for _, c in feed(services)] == ["raised", "incident_linked", "acknowledged"]
-    assert alarms.complete_followups() == 0  # nothing left, and nothing done twice
+    assert alarms.make_provisional_alarms_whole() == 0  # nothing left, and nothing done twice
 
     # A second alarm is finished by the worker's pass (or, had this instance died, by the loop's).
     topic, raw = device.sos()
     second = alarms.handle(topic, raw).alarm_id
-    assert run_pass(alarms, httpx.Client(), later(1)).followups == 0  # too fresh for the loop
-    assert run_pass(alarms, httpx.Client(), later(10)).followups == 1
+    assert run_pass(alarms, httpx.Client(), later(1)).made_whole == 0  # too fresh for the loop
+    assert run_pass(alarms, httpx.Client(), later(10)).made_whole == 1
     alarm = one_alarm(services, second)
-    assert not alarm.followup_pending and alarm.incident_id and alarm.evidence_item_id
+    assert not alarm.provisional and alarm.incident_id and alarm.evidence_item_id
     with services.db.session() as session:
         report = verify_service(session, services.store, services.key)
     assert report.ok, report.problems
@@ -163,7 +163,7 @@ def test_raise_is_acknowledged_first_and_made_whole_by_its_follow_up(services: A
 def test_a_burst_is_handled_in_one_transaction(services: Any) -> None:
     """Messages of several devices committed together: each gets what it would have got alone."""
     alarms = AlarmService(services)
-    alarms.followups_inline = False
+    alarms.make_whole_inline = False
     devices = [enrol(services, f"LW-B{i}", staff_id=f"S-B{i}") for i in range(4)]
     commits = []
     listener = lambda conn: commits.append(1)  # noqa: E731
@@ -182,7 +182,7 @@ def test_a_burst_is_handled_in_one_transaction(services: Any) -> None:
     assert [r.outcome for r in results] == ["accepted", "accepted", "accepted", "rejected"]
     assert results[3].reason == "bad_signature"
     assert len(commits) == 1
-    assert alarms.complete_followups() == 2
+    assert alarms.make_provisional_alarms_whole() == 2
     for i in (0, 1):
         alarm = one_alarm(services, results[i].alarm_id)
         assert alarm.wearer == f"S-B{i}" and alarm.incident_id and alarm.evidence_item_id
@@ -566,14 +566,14 @@ def test_voice_memo_is_signed_stored_and_linked(sqlite_services: Any, lite_alarm
 def test_voice_memo_for_an_alarm_still_pending_follows_its_raise(
     sqlite_services: Any, lite_alarms: AlarmService
 ) -> None:
-    """A memo uploaded before the follow-up ran: the follow-up goes first, so custody keeps its order."""
+    """A memo uploaded while the alarm is provisional: it is made whole first, so custody keeps its order."""
     services, alarms = sqlite_services, lite_alarms
-    alarms.followups_inline = False
+    alarms.make_whole_inline = False
     device = enrol(services, "LW-17")
     topic, raw = device.sos()
     event_id = json.loads(raw)["event_id"]
     alarm_id = alarms.handle(topic, raw).alarm_id
-    assert one_alarm(services, alarm_id).followup_pending
+    assert one_alarm(services, alarm_id).provisional
     memo = b"OggS" + bytes(range(256)) * 8
     headers = device.voice_memo_headers(event_id, memo)
     alarms.attach_voice_memo(
@@ -585,10 +585,10 @@ def test_voice_memo_for_an_alarm_still_pending_follows_its_raise(
         signature=headers["X-Device-Signature"],
     )
     alarm = one_alarm(services, alarm_id)
-    assert not alarm.followup_pending and alarm.evidence_item_id and alarm.incident_id
+    assert not alarm.provisional and alarm.evidence_item_id and alarm.incident_id
     trail = [e.action for e in custody(services, alarm.evidence_item_id)]
     assert trail.index("alarm_raised") < trail.index("alarm_changed")
-    assert alarms.complete_followups() == 0
+    assert alarms.make_provisional_alarms_whole() == 0
 
 
 def test_replay_state_is_compare_and_set_across_threads(services: Any) -> None:
@@ -659,9 +659,9 @@ def test_payload_signed_over_other_fields_only(sqlite_services: Any, lite_alarms
 
 def test_amber_escalated_on_arrival_names_its_incident(services: Any) -> None:
     """An amber held on the device past its timer and the acknowledgement time is escalated as it is
-    raised; its escalation message must name the incident, so it does not wait for a follow-up."""
+    raised; its escalation message must name the incident, so it is never provisional."""
     alarms = AlarmService(services)
-    alarms.followups_inline = False  # as under the MQTT consumer
+    alarms.make_whole_inline = False  # as under the MQTT consumer
     device = enrol(services, "LW-E1", staff_id="S-E1")
     now = datetime.now(UTC)
     held = now - timedelta(seconds=120)  # 60 s timer + 30 s to acknowledge, both long gone
@@ -670,24 +670,24 @@ def test_amber_escalated_on_arrival_names_its_incident(services: Any) -> None:
     assert (alarm.status, alarm.escalation_reason) == ("escalated", "ack_timeout")
     (control,) = outbox(services, ESCALATION_TOPIC)
     assert json.loads(control.payload)["incident_id"] == alarm.incident_id is not None
-    assert alarm.evidence_item_id is not None and not result.followup  # the whole path, at once
+    assert alarm.evidence_item_id is not None and not result.provisional  # the whole path, at once
 
 
 def test_payload_evidence_names_the_key_it_was_verified_with(services: Any) -> None:
-    """The device's key changes between the accept and the follow-up: the evidence item still names
+    """The device's key changes while the alarm is provisional: the evidence item still names
     the key the signature was verified with, and that key verifies it."""
     alarms = AlarmService(services)
-    alarms.followups_inline = False
+    alarms.make_whole_inline = False
     device = enrol(services, "LW-K1", staff_id="S-K1")
     accepted_with = device.public_b64
     topic, raw = device.sos()
     result = alarms.handle(topic, raw)
-    assert result.followup
-    with services.db.session() as session:  # re-enrolled with a new key before the follow-up
+    assert result.provisional
+    with services.db.session() as session:  # re-enrolled with a new key before it is made whole
         enrol_lone_worker(
             session, services.ledger, "LW-K1", DeviceKit("LW-K1").public_b64, "test", staff_id="S-K1"
         )
-    assert alarms.complete_followups() == 1
+    assert alarms.make_provisional_alarms_whole() == 1
     alarm = one_alarm(services, result.alarm_id)
     (captured,) = [e for e in custody(services, alarm.evidence_item_id) if e.action == "captured"]
     details = json.loads(captured.details)
@@ -736,7 +736,7 @@ def test_a_staged_insert_that_waits_does_not_hold_the_feed_lock(
     services = build_services(make_settings(tmp_path, pg_url, seaweed))
     try:
         alarms = AlarmService(services)
-        alarms.followups_inline = False
+        alarms.make_whole_inline = False
         device = enrol(services, "LW-L1", staff_id="S-L1")
         enrol(services, "LW-L2", staff_id="S-L2")
         event_id = "6f0c1b8e-0000-4000-8000-00000000abcd"
@@ -778,7 +778,7 @@ def test_a_raise_and_its_cancel_handed_over_together_are_both_applied(services: 
     """One device twice in a batch: a raise's rows are written at commit, so its cancel in the same
     transaction would not find the alarm; such a batch is handled one message at a time."""
     alarms = AlarmService(services)
-    alarms.followups_inline = False
+    alarms.make_whole_inline = False
     device = enrol(services, "LW-B2", staff_id="S-B2")
     raise_topic, raise_raw = device.amber(120)
     cancel = device.cancel(json.loads(raise_raw)["event_id"])

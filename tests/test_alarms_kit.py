@@ -235,8 +235,9 @@ def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
 _TEST_DEVICES: dict[int, dict[str, DeviceKit]] = {}  # per services object, devices enrolled here
 
 
-def raise_test_alarm(services: Any, device_id: str = "LW-MATRIX") -> str:
-    """A fresh SOS alarm from an enrolled device (enrolled on first use); returns its id."""
+def raise_test_alarm(services: Any, device_id: str = "LW-MATRIX", site: str = "NORTH") -> str:
+    """A fresh SOS alarm from an enrolled device (enrolled on first use, at ``site``: the site the
+    role tests' people work at); returns its id."""
     from devices.models import Device
 
     cache = _TEST_DEVICES.setdefault(id(services), {})
@@ -244,7 +245,7 @@ def raise_test_alarm(services: Any, device_id: str = "LW-MATRIX") -> str:
     if kit is None:
         with services.db.session() as session:
             known = session.get(Device, device_id) is not None
-        kit = enrol(services, device_id, staff_id=None) if not known else None
+        kit = enrol(services, device_id, staff_id=None, site=site) if not known else None
         assert kit is not None, f"{device_id} was enrolled outside raise_test_alarm"
         cache[device_id] = kit
     result = services.alarms.handle(*kit.sos())

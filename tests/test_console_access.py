@@ -16,6 +16,7 @@ import pytest
 from fastapi.routing import iter_route_contexts
 from sqlalchemy import select
 
+from accounts.browser import CSRF_HEADER
 from accounts.models import User, UserSession
 from accounts.service import update_user
 from accounts.sessions import SessionPolicy, resolve_session, start_session
@@ -336,6 +337,8 @@ def test_files_come_only_from_where_they_belong(sqlite_site: tuple[str, Any]) ->
         r = client.get(path)
         assert r.status_code in (404, 307), path  # 307: the client collapsed "..", no such route
         assert "import" not in r.text and "<html" not in r.text, path
+        if r.status_code == 404:
+            assert set(r.json()) == {"error", "reason", "detail"}, path  # the one error envelope
 
 
 def test_api_docs_load_their_scripts_from_this_service(sqlite_site: tuple[str, Any]) -> None:
@@ -462,3 +465,72 @@ def test_an_open_stream_ends_when_its_session_does(
     assert not ended.wait(1.5), "the stream ended while its session was live"
     assert client.post("/sign-out", data={"csrf": csrf}).status_code == 303
     assert ended.wait(10), "the stream outlived its session"
+
+
+def test_a_security_manager_sees_only_their_sites_alarms_in_the_api_and_on_every_page(
+    site: tuple[str, Any],
+) -> None:
+    """One rule for both doors (``accounts.access.site_scope``): the manager of NORTH sees NORTH's
+    alarm and device, and SOUTH's neither through the API (list, one alarm, its record, acting on it,
+    the live stream, the lone workers, the figures) nor on the board, the map or the alarm's page;
+    an operator, who answers for every site, sees both."""
+    url, services = site
+    north = raise_test_alarm(services, "LW-NORTH", site="NORTH")
+    south = raise_test_alarm(services, "LW-SOUTH", site="SOUTH")
+    manager, csrf = session_client(url, "manager")
+    operator, _ = session_client(url, "operator")
+
+    def ids(client: httpx.Client) -> set[str]:
+        return {a["id"] for a in client.get("/api/v1/alarms", params={"open": "true"}).json()}
+
+    assert ids(manager) == {north} and ids(operator) == {north, south}
+    assert manager.get(f"/api/v1/alarms/{north}").status_code == 200
+    for path in (f"/api/v1/alarms/{south}", f"/api/v1/alarms/{south}/record", f"/alarms/{south}"):
+        r = manager.get(path)
+        assert r.status_code == 404, (path, r.status_code)
+        assert "LW-SOUTH" not in r.text  # nothing of the alarm itself
+    r = manager.post(
+        f"/api/v1/alarms/{south}/acknowledge",
+        headers={CSRF_HEADER: csrf, "Origin": url, "Sec-Fetch-Site": "same-origin"},
+    )
+    assert r.status_code == 404 and r.json()["reason"] == "unknown_alarm", r.text
+    assert services.alarms.get(south)["status"] == "raised"  # nothing done to it
+    assert {d["id"] for d in manager.get("/api/v1/lone-workers").json()} == {"LW-NORTH"}
+    stream = manager.get("/api/v1/alarms/stream", params={"after": 0, "follow": "false"}).text
+    assert north in stream and south not in stream
+    assert south in operator.get("/api/v1/alarms/stream", params={"after": 0, "follow": "false"}).text
+
+    def day(client: httpx.Client) -> int:
+        periods = client.get("/api/v1/alarms/performance").json()["periods"]
+        first = periods[0]
+        return int(first["red_alarms"]) + int(first["pending"])
+
+    assert (day(manager), day(operator)) == (1, 2)
+    # The console's pages and their data: the same rule.
+    board = manager.get("/board").text
+    assert north in board and south not in board and "LW-SOUTH" not in board
+    assert south in operator.get("/board").text
+    data = manager.get("/map/data.json").json()
+    assert [a["id"] for a in data["alarms"]] == [north]
+    assert {p["device_id"] for p in data["positions"]} <= {"LW-NORTH"}
+    assert set(data["trails"]) == {north}
+    assert manager.get("/board/directory.json", params={"device": "LW-SOUTH"}).json()["devices"] == {}
+    assert manager.get(f"/alarms/{north}").status_code == 200
+
+
+def test_a_refused_action_says_in_its_detail_who_already_has_the_alarm(sqlite_site: tuple[str, Any]) -> None:
+    """The one error envelope, with what this route has to add: the alarm as it now stands."""
+    url, services = sqlite_site
+    alarm = raise_test_alarm(services)
+    same_site = {"Origin": url, "Sec-Fetch-Site": "same-origin"}
+    first, first_csrf = session_client(url, "operator")
+    second, second_csrf = session_client(url, "operator2")
+    r = first.post(f"/api/v1/alarms/{alarm}/acknowledge", headers={CSRF_HEADER: first_csrf, **same_site})
+    assert r.status_code == 200, r.text
+    r = second.post(f"/api/v1/alarms/{alarm}/acknowledge", headers={CSRF_HEADER: second_csrf, **same_site})
+    assert r.status_code == 409
+    body = r.json()
+    assert set(body) == {"error", "reason", "detail"} and body["reason"] == "not_applicable"
+    assert body["detail"]["reason"] == "not_applicable" and body["detail"]["error"] == body["error"]
+    assert body["detail"]["alarm"]["acknowledged_by"] == "user:operator"
+    assert body["detail"]["alarm"]["status"] == "acknowledged"

@@ -382,6 +382,43 @@ def test_forms_act_through_the_api_and_every_text_is_shown_as_text(stack: Stack)
     page.context.close()
 
 
+def test_the_map_follows_alarms_and_their_trails_live_from_the_stream(stack: Stack) -> None:
+    """The map draws a new alarm, each new point of its trail and its resolution as they come on the
+    board's live stream, without reloading or polling for them."""
+    page = new_page(stack.browser)
+    sign_in(page, stack.url, "operator", next_path="/map")
+    page.wait_for_selector("#map[data-ready=yes][data-connection=live]")
+    page.evaluate("window.__sameMapPage = true")  # gone if the page were loaded again
+    walker = stack.device("S-4001", "Sam Walker", name="Community pendant")
+    sos = walker.sos()
+    walker.wait_ack(sos, "received", timeout=10)
+    listed = page.locator("#map-alarms li", has_text="Sam Walker")
+    listed.wait_for(timeout=5000)
+
+    def points() -> int:
+        return int(page.locator("#map").get_attribute("data-trail-points") or 0)
+
+    wait_for(lambda: points() >= 1, 5, what="the alarm's first point drawn")
+    before = points()
+    lat, lon, acc = walker.position or (0.0, 0.0, 0.0)
+    walker.position = (lat + 0.0005, lon + 0.0005, acc)
+    walker.location()
+    wait_for(lambda: points() > before, 10, what="the new trail point drawn")
+    with stack.admin_api() as api:
+        alarm = next(
+            a
+            for a in api.get("/alarms", params={"open": "true"}).json()
+            if a["device_id"] == walker.device_id
+        )
+        api.post(
+            f"/alarms/{alarm['id']}/resolve", json={"outcome": "test", "note": "map test"}
+        ).raise_for_status()
+    listed.wait_for(state="detached", timeout=5000)
+    assert page.evaluate("window.__sameMapPage === true")
+    assert not page.errors, page.errors
+    page.context.close()
+
+
 def test_screenshots_of_the_board_the_map_and_an_alarm(stack: Stack, tmp_path: Path) -> None:
     out = screenshot_dir(tmp_path)
     with stack.admin_api() as api:  # a clean board: what the earlier tests left open is resolved

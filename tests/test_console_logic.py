@@ -76,7 +76,7 @@ def test_answer_times_take_red_alarms_from_when_they_needed_someone(sqlite_servi
     svc.act(sos, Acknowledge(by="user:olivia", at=later))
     svc.act(low, Resolve(by="user:olivia", at=later, outcome=Outcome.TEST, note=""))
     with s.db.session() as session:
-        answers = answer_times(session, datetime.now(UTC) - timedelta(days=1))
+        answers = answer_times(session, datetime.now(UTC) - timedelta(days=1), None)
     assert len(answers) == 1  # the amber alert has not turned red; low battery is never red
     assert (answers[0].answered_at - answers[0].needed_from).total_seconds() == 7.0  # type: ignore[operator]
     assert amber
@@ -117,6 +117,36 @@ def test_the_trail_is_sampled_while_an_alarm_is_open_once_per_fix(sqlite_service
     svc.act(alarm_id, Resolve(by="user:olivia", at=datetime.now(UTC), outcome=Outcome.GENUINE, note=""))
     moved(0.001)
     assert svc.sample_trails() == 0  # resolved: the trail ends
+
+
+def test_each_new_trail_point_is_on_the_live_stream_as_the_alarm_having_moved(services: Any) -> None:
+    """The map follows a moving alarm from the live stream: each sampled point is a ``moved`` change
+    carrying the point (and nothing for the alarm's own fix, a fix already sampled or a device with
+    no alarm open)."""
+    import json
+
+    from alarms.feed import changes_after
+    from devices.models import LoneWorkerState
+
+    s = services
+    kit = enrol(s, "LW-MOVES", staff_id=None)
+    svc = s.alarms
+    svc.handle(*kit.heartbeat())
+    svc.sample_trails()
+    alarm_id = svc.handle(*kit.sos()).alarm_id
+    start = max([i for i, _ in changes_after(s.db, 0, 10000)] or [0])
+    svc.sample_trails()
+    with s.db.session() as session:
+        state = session.get(LoneWorkerState, "LW-MOVES")
+        state.lat += 0.002
+        state.position_at = (state.position_at or datetime.now(UTC)) + timedelta(seconds=5)
+    svc.sample_trails()
+    svc.sample_trails()  # the same fix: nothing more
+    bodies = [json.loads(body) for _, body in changes_after(s.db, start, 100)]
+    moves = [b for b in bodies if b["change"] == "moved"]
+    assert [b["alarm"]["id"] for b in moves] == [alarm_id]
+    assert [round(b["position"]["lat"], 4) for b in moves] == [51.5092]
+    assert all(b["position"]["at"] for b in moves)
 
 
 def test_the_console_never_reaches_into_the_application() -> None:

@@ -248,7 +248,9 @@ def test_export_download_and_verify(server: Server, tmp_path: Path) -> None:
     assert stitched == whole
     r = httpx.get(link["url"], headers={"Range": "bytes=-30"})
     assert r.status_code == 206 and r.content == whole[-30:]
-    assert httpx.get(link["url"], headers={"Range": f"bytes={len(whole)}-"}).status_code == 416
+    r = httpx.get(link["url"], headers={"Range": f"bytes={len(whole)}-"})
+    assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{len(whole)}"
+    assert r.json()["reason"] == "range_not_satisfiable"  # the one error envelope
 
     # Every packaged item records the export.
     for item_id in (clip_id, redacted.id, alarm.id):

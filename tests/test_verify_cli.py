@@ -44,3 +44,30 @@ def test_verify_command_reports_and_exits(sqlite_services, tmp_path: Path) -> No
             "detail": "size is 1 in the database but 1000 in the custody record",
         }
     ]
+
+
+def test_from_a_directory_without_the_services_data_the_command_says_what_it_needs(tmp_path: Path) -> None:
+    """Commands that work on the service's data (verify, enrolment, the sweep) say where they looked
+    and what to set, and leave no fresh ``./var`` behind; creating a user says it starts new data."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVIDENCE_")}
+    command = str(Path(sys.executable).parent / "evidence")
+    for args in (["verify", "--skip-objects"], ["device", "staff", "S-1", "Alex Morgan"], ["sweep"]):
+        r = subprocess.run(
+            [command, *args], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120
+        )
+        assert r.returncode == 2, (args, r.stdout, r.stderr[-2000:])
+        said = " ".join(r.stderr.split())
+        assert f"no service data at {tmp_path / 'var'}" in said and "EVIDENCE_DATA_DIR" in said, (args, said)
+        assert not (tmp_path / "var").exists(), args
+    r = subprocess.run(
+        [command, "user", "add", "first", "--role", "admin"],
+        env={**env, "EVIDENCE_NEW_USER_PASSWORD": "a long enough password"},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "starting a new service's data there" in " ".join(r.stderr.split())

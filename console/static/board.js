@@ -438,6 +438,13 @@ function onEvent(event) {
   const change = JSON.parse(event.data);
   const a = change.alarm;
   const wasOpen = alarms.has(a.id);
+  if (change.change === "moved") {
+    // A new point of an open alarm's trail: the row's position, never the alarm back on the board.
+    if (!wasOpen || !change.position) return;
+    directory.states[a.device_id] = { ...(directory.states[a.device_id] || {}), position: change.position };
+    fillRow(rows.get(a.id), alarms.get(a.id));
+    return;
+  }
   const isNew = upsert(a);
   if (isNew) {
     timings.drawn.push({ id: a.id, event_id: a.source_event_id, at: performance.timeOrigin + performance.now() });

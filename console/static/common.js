@@ -58,14 +58,13 @@ export async function api(method, path, body) {
 }
 
 function describeError(status, data) {
+  // Every error is the one envelope {"error": a sentence, "reason": a stable code, "detail": ...}.
   if (status === 0 || status === 401) return "You are signed out. Sign in again to carry on.";
-  if (status === 403 && !(data && data.detail && data.detail.reason)) return "Your role may not do this.";
-  const detail = data && (data.detail ?? data.error);
-  if (typeof detail === "string") return detail;
-  if (detail && typeof detail.error === "string") return detail.error;
-  if (Array.isArray(detail) && detail[0] && detail[0].msg) {
-    return detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
+  if (status === 403 && (!data || data.reason === "forbidden")) return "Your role may not do this.";
+  if (data && data.reason === "invalid_request" && Array.isArray(data.detail) && data.detail[0] && data.detail[0].msg) {
+    return data.detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
   }
+  if (data && typeof data.error === "string") return data.error;
   return `The service answered ${status}.`;
 }
 

@@ -119,35 +119,116 @@ function fit(alarms, trails, positions) {
   else map.setView([52.5, -1.5], 6);
 }
 
-let current = data;
-drawDevices(current.positions || []);
-drawAlarms(current.alarms || [], current.trails);
-fit(current.alarms || [], current.trails, current.positions || []);
+const alarmsById = new Map((data.alarms || []).map((a) => [a.id, a]));
+const trails = { ...(data.trails || {}) };
+const positions = new Map((data.positions || []).map((p) => [p.device_id, p]));
+
+function draw() {
+  drawDevices([...positions.values()]);
+  drawAlarms([...alarmsById.values()], trails);
+}
+
+draw();
+fit([...alarmsById.values()], trails, [...positions.values()]);
 drawGrid();
 mapEl.dataset.ready = "yes";
 
 if (data.mode === "overview") {
+  // Live from the board's stream (``GET /api/v1/alarms/stream``): a new or changed alarm, and each
+  // point of an open alarm's trail (a ``moved`` change), is drawn as it arrives. Devices with no
+  // alarm open are not on the stream: their last known positions are fetched every 30 s.
   const updated = document.getElementById("map-updated");
-  async function refresh() {
+  let lastEventId = Number(data.cursor || 0);
+  let source = null;
+  let lostAt = null;
+  let redraw = null;
+  const asked = new Set();
+
+  function soon() {
+    if (!redraw) redraw = window.requestAnimationFrame(() => ((redraw = null), draw()));
+  }
+
+  async function lookUp(deviceId) {
+    if (asked.has(deviceId)) return;
+    asked.add(deviceId);
     try {
-      const response = await background("/map/data.json");
-      if (!response.ok) throw new Error(String(response.status));
-      current = await response.json();
-      Object.assign(directory.devices, current.directory.devices);
-      Object.assign(directory.staff, current.directory.staff);
-      drawDevices(current.positions);
-      drawAlarms(current.alarms, current.trails);
-      updated.textContent = `Updated ${clock(new Date().toISOString())}`;
+      const response = await background(`/board/directory.json?device=${encodeURIComponent(deviceId)}`);
+      if (!response.ok) return;
+      const found = await response.json();
+      Object.assign(directory.devices, found.devices);
+      Object.assign(directory.staff, found.staff);
+      soon();
     } catch {
-      updated.textContent = `Could not update at ${clock(new Date().toISOString())}: showing older positions.`;
+      asked.delete(deviceId);
     }
   }
-  // New and changed alarms show at once (the live stream); positions and trails every 10 s.
-  const source = new EventSource(`/api/v1/alarms/stream?after=${encodeURIComponent(data.cursor || 0)}`);
-  let pending = null;
-  source.addEventListener("alarm", () => {
-    if (!pending) pending = window.setTimeout(() => ((pending = null), refresh()), 300);
-  });
-  window.setInterval(refresh, 10000);
-  updated.textContent = `Updated ${clock(data.server_time)}`;
+
+  function onEvent(event) {
+    const id = Number(event.lastEventId);
+    if (id && id <= lastEventId) return; // replayed after a reconnect: already drawn
+    if (id) lastEventId = id;
+    const change = JSON.parse(event.data);
+    const a = change.alarm;
+    if (change.change === "moved") {
+      if (!alarmsById.has(a.id) || !change.position) return; // resolved meanwhile: its trail has ended
+      const trail = trails[a.id] || (a.position ? [{ ...a.position, at: a.occurred_at }] : []);
+      trail.push(change.position);
+      trails[a.id] = trail;
+      const known = positions.get(a.device_id) || { device_id: a.device_id, staff_id: a.wearer, site: a.site };
+      positions.set(a.device_id, { ...known, position: change.position });
+    } else if (a.status === "resolved") {
+      alarmsById.delete(a.id);
+      delete trails[a.id];
+    } else {
+      alarmsById.set(a.id, a);
+      if (!trails[a.id] && a.position) trails[a.id] = [{ ...a.position, at: a.occurred_at }];
+      if (!directory.devices[a.device_id]) lookUp(a.device_id);
+    }
+    mapEl.dataset.lastEvent = String(lastEventId);
+    mapEl.dataset.trailPoints = String(Object.values(trails).reduce((n, t) => n + t.length, 0));
+    updated.textContent = `Live · last change ${clock(change.at)}`;
+    soon();
+  }
+
+  function connect() {
+    source = new EventSource(`/api/v1/alarms/stream?after=${encodeURIComponent(lastEventId)}`);
+    source.addEventListener("open", () => {
+      mapEl.dataset.connection = "live";
+      if (lostAt) updated.textContent = `Live again at ${clock(new Date().toISOString())}: caught up on what was missed.`;
+      else if (!updated.textContent) updated.textContent = "Live";
+      lostAt = null;
+    });
+    source.addEventListener("alarm", onEvent);
+    source.addEventListener("error", () => {
+      mapEl.dataset.connection = "lost";
+      if (!lostAt) {
+        lostAt = Date.now();
+        updated.textContent = `Connection lost at ${clock(new Date().toISOString())}: changes are NOT arriving. Reconnecting…`;
+      }
+      if (source.readyState === EventSource.CLOSED) {
+        source.close();
+        window.setTimeout(connect, 3000); // from the last change drawn: nothing is missed
+      }
+    });
+  }
+
+  async function refreshDevices() {
+    try {
+      const response = await background("/map/data.json");
+      if (!response.ok) return;
+      const fresh = await response.json();
+      for (const p of fresh.positions) {
+        const known = positions.get(p.device_id);
+        // A fix that came on the stream may be newer than the page's read of the devices.
+        if (!known || !known.position || Date.parse(p.position.at) >= Date.parse(known.position.at)) positions.set(p.device_id, p);
+      }
+      soon();
+    } catch {
+      // The next round tries again; alarms keep arriving on the stream meanwhile.
+    }
+  }
+
+  connect();
+  window.setInterval(refreshDevices, 30000);
+  updated.textContent = `Live · drawn at ${clock(data.server_time)}`;
 }

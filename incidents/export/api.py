@@ -33,6 +33,7 @@ from chain_of_custody.evidence import parse_range
 from chain_of_custody.fixity import FixityCheck
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.reads import RangeRefused
 from storage.objects import StorageError
 from storage.streams import blocks_in_thread
 
@@ -313,7 +314,7 @@ def download(token: str, request: Request, s: CoreServices = Depends(services)) 
     try:
         byte_range = parse_range(request.headers.get("range"), size)
     except ValueError:
-        return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+        raise RangeRefused(size) from None
     start, end = (byte_range.start, byte_range.end) if byte_range else (0, size - 1)
     with s.db.session() as session:
         s.ledger.append(
