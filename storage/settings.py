@@ -254,6 +254,20 @@ class MqttSettings(_Section):
         le=19,
         description="Nice increment of that companion process: the scheduler favours the alarm process over it.",
     )
+    mqtt_device_rate: float = Field(
+        20.0,
+        gt=0,
+        description="Messages a second each device may have verified and stored (alarms and check-ins, and separately its telemetry); beyond it (and its burst) they are refused at once and the device is flagged. An alarm being raised may go a little beyond it.",
+    )
+    mqtt_device_burst: int = Field(
+        40, ge=1, description="How many messages a device may send at once before its rate applies."
+    )
+    mqtt_device_queue: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="Most messages of one device waiting to be verified (each holds one of the broker's unacknowledged deliveries); more are refused at once.",
+    )
 
     @field_validator("mqtt_share_group")
     @classmethod
