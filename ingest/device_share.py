@@ -84,6 +84,7 @@ class Admission(Generic[T]):
     evicted: tuple[T, ...] = ()
     flagged: bool = False
     over_share: bool = False
+    beyond_rate: bool = False  # let in beyond the rate as a possible alarm being raised
 
 
 class FairShare(Generic[T]):
@@ -106,16 +107,26 @@ class FairShare(Generic[T]):
 
     # ------------------------------------------------------------------ the door (network thread)
 
-    def offer(self, device: str, item: T, *, urgent_raise: bool = False) -> Admission[T]:
+    def admit(self, device: str, *, maybe_raise: bool = False) -> Admission[T]:
+        """The device's token for one message, before anything is read of it: over its rate, it is
+        refused (``maybe_raise``: the bytes may be an alarm being raised, which may go beyond the
+        rate a little). Call :meth:`enqueue` next if it is let in and passes the cheap checks."""
+        now = self.clock()
+        with self._cond:
+            lane = self._lane(device)
+            if lane.bucket.take(now):
+                return Admission(None, (), False, lane.flagged_at is not None)
+            if maybe_raise and self._raises(lane) < RAISE_BEYOND_RATE and lane.raises.take(now):
+                return Admission(None, (), False, lane.flagged_at is not None, beyond_rate=True)
+            return self._refuse(lane, "rate_limited", now)
+
+    def enqueue(self, device: str, item: T, *, urgent_raise: bool = False) -> Admission[T]:
+        """Queue an admitted message that passed the cheap checks, if its device's queue has room
+        (an alarm being raised makes room by pushing out one of the device's other messages)."""
         now = self.clock()
         with self._cond:
             lane = self._lane(device)
             evicted: tuple[T, ...] = ()
-            within_rate = lane.bucket.take(now)
-            if not within_rate and not (
-                urgent_raise and self._raises(lane) < RAISE_BEYOND_RATE and lane.raises.take(now)
-            ):
-                return self._refuse(lane, "rate_limited", now)
             if len(lane.waiting) >= self.queue_limit:
                 if not urgent_raise:
                     return self._refuse(lane, "queue_full", now)
@@ -137,6 +148,12 @@ class FairShare(Generic[T]):
                 self._cond.notify()
             return Admission(None, evicted, False, lane.flagged_at is not None)
 
+    def refuse(self, device: str, reason: str) -> Admission[T]:
+        """Refuse an admitted message after all (it let itself in as an alarm being raised and
+        was not one): counted against the device like any refusal for its share."""
+        with self._cond:
+            return self._refuse(self._lane(device), reason, self.clock())
+
     def _lane(self, device: str) -> _Lane[T]:
         lane = self._lanes.get(device)
         if lane is None:  # (devices are only those the broker lets in: bounded by the registry)
@@ -157,16 +174,6 @@ class FairShare(Generic[T]):
             lane.flagged_at, lane.refused = now, 0
         lane.refused += 1
         return Admission(reason, (), flagged, True)
-
-    def charge(self, device: str) -> Admission[T]:
-        """A message of the device refused at the door all the same takes its token: garbage counts
-        against a device's rate, so a device flooding garbage is flagged like any other."""
-        now = self.clock()
-        with self._cond:
-            lane = self._lane(device)
-            if lane.bucket.take(now):
-                return Admission(None, (), False, lane.flagged_at is not None)
-            return self._refuse(lane, "rate_limited", now)
 
     # ------------------------------------------------------------------ workers
 

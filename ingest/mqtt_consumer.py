@@ -51,7 +51,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_nev
 from alarms.intake import MESSAGES, REJECTION_LOG, REJECTIONS
 from alarms.outbox import Outgoing
 from alarms.service import AlarmService
-from devices.lone_worker_wire import DEVICE_TOPICS, FirstLook, first_look, service_subscriptions
+from devices.lone_worker_wire import DEVICE_TOPICS, FirstLook, first_look, parse_topic, service_subscriptions
 from storage.objects import StorageError
 from storage.settings import Settings
 
@@ -320,20 +320,31 @@ class AlarmConsumer:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
-        look = first_look(payload, msg.topic, self.settings.max_payload_bytes)
-        device = look.device_id or "?"  # (the broker lets no device publish beyond its own topics)
+        parts = parse_topic(msg.topic)
+        device = parts[0] if parts is not None else "?"  # (the broker lets no device go beyond its own)
         with self._conn_lock:
             generation = self._generation
         delivery = _Delivery(generation, device, msg.topic, payload, msg.mid, msg.qos, bool(msg.retain))
         # Alarms and check-ins have a worker of their own; a device's other messages are handled one
         # at a time in the order they came, by whichever worker takes its turn. (The replay window
         # accepts a heartbeat overtaken by an alarm, and the reverse.)
-        share = self._urgent if look.type in URGENT_TYPES else self._telemetry
+        urgent = parts is not None and parts[1] in URGENT_TYPES
+        share = self._urgent if urgent else self._telemetry
+        # The device's rate first: a flooding device's messages are refused before they are even read.
+        admission = share.admit(device, maybe_raise=urgent and b'"raise"' in payload)
+        if admission.refused is not None:
+            self._refuse(
+                delivery, FirstLook(device, parts[1] if parts else None), admission.refused, admission
+            )
+            return
+        look = first_look(payload, msg.topic, self.settings.max_payload_bytes)
         if look.refused is not None:  # garbage: refused now, never queued behind valid messages
-            admission = share.charge(device)
             self._refuse(delivery, look, look.refused.reason.value, admission)
             return
-        admission = share.offer(device, delivery, urgent_raise=look.urgent_raise)
+        if admission.beyond_rate and not look.urgent_raise:
+            self._refuse(delivery, look, "rate_limited", share.refuse(device, "rate_limited"))
+            return
+        admission = share.enqueue(device, delivery, urgent_raise=look.urgent_raise)
         for evicted in admission.evicted:  # made room for an alarm being raised
             self._refuse(evicted, FirstLook(evicted.device, look.type), "queue_full", admission)
         if admission.refused is not None:

@@ -4,7 +4,7 @@ Run as a process of its own (``python -m tests.flood_device PORT DEVICE PASSWORD
 its publishing does not compete with the service under test for the interpreter. The garbage is a
 mix: bytes that are not JSON, JSON that is not a message of this topic, and messages shaped like an
 SOS raise with a signature by a key that is not the device's (these pass every check short of the
-signature). Halfway through, the device's wearer presses SOS for real (signed with the device's key,
+signature). It floods until its standard input closes (or for at most SECONDS). Two seconds in, the device's wearer presses SOS for real (signed with the device's key,
 ``KEY`` in hex), sent again each second until the service acknowledges it. Prints, at the end, one
 JSON line: messages published, those the broker acknowledged, and how long the genuine SOS took.
 """
@@ -73,14 +73,16 @@ def flood(
         raise SystemExit("flooder could not connect")
     client.subscribe(f"lw/v1/{device_id}/ack", qos=1)
     junk = garbage(device_id)
+    stop = threading.Event()  # until stdin closes (or ``seconds`` have passed)
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     topic = f"lw/v1/{device_id}/alarm"
     sent = 0
     started = time.monotonic()
     tick = 0.01
     own_first: float | None = None
-    own_next = started + seconds / 2
+    own_next = started + 2.0
     own_took: float | None = None
-    while (elapsed := time.monotonic() - started) < seconds:
+    while (elapsed := time.monotonic() - started) < seconds and not stop.is_set():
         due = int(elapsed * rate) + 1
         while sent < due:
             client.publish(topic, junk[sent % len(junk)], qos=1)
