@@ -26,8 +26,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy import update
 
 from chain_of_custody.core import CoreServices
+from devices.models import LoneWorkerState
 from storage.objects import StorageError
 
 from . import rules
@@ -217,6 +219,15 @@ class AlarmService:
 
     def mark_sent(self, ids: Iterable[int], now: datetime | None = None) -> None:
         self.outbox.mark_sent(ids, now)
+
+    def mark_over_share(self, device_id: str, since: datetime | None) -> None:
+        """Flag (``since``) or unflag (None) a device that sends beyond its share of the consumer."""
+        with self.db.session() as session:
+            session.execute(
+                update(LoneWorkerState)
+                .where(LoneWorkerState.device_id == device_id)
+                .values(over_share_since=since)
+            )
 
 
 @dataclass

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -163,6 +163,9 @@ class AlarmConsumer:
         self._telemetry = fair_share()
         self._urgent = fair_share()
         self._urgent_idle = self._urgent.idle  # set while no alarm waits or is being handled
+        # Flags to write to devices' state rows (by the relay thread, never the network thread).
+        self._flag_changes: list[tuple[str, datetime | None]] = []
+        self._flag_lock = threading.Lock()
         self._followup_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pub_lock = threading.Lock()
@@ -360,6 +363,8 @@ class AlarmConsumer:
         if admission.flagged:
             OVER_SHARE.inc()
             FLAGGED.inc()
+            with self._flag_lock:
+                self._flag_changes.append((delivery.device, datetime.now(UTC)))
             log.warning(
                 "device flagged: it sends beyond its share; its messages over the share are refused "
                 "and counted, not logged",
@@ -385,6 +390,15 @@ class AlarmConsumer:
             for device, refused in share.calmed():
                 OVER_SHARE.dec()
                 log.info("device back within its share", extra={"device": device, "refused": refused})
+                with self._flag_lock:
+                    self._flag_changes.append((device, None))
+        with self._flag_lock:
+            changes, self._flag_changes = self._flag_changes, []
+        for device, since in changes:  # on the device's state row, for the console and the API
+            try:
+                self.alarms.mark_over_share(device, since)
+            except Exception:  # noqa: BLE001 - the log line and the gauge have it; the row is a courtesy
+                log.warning("could not record a device's flag", extra={"device": device}, exc_info=True)
 
     def flagged_devices(self) -> dict[str, int]:
         """Devices flagged now, with how many of their messages were refused while flagged."""

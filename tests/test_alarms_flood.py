@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 
 from alarms.models import AlarmRecord
 from firmware_simulators.lone_worker import LoneWorkerDevice
+from tests.conftest import wait_for
 from tests.test_alarms_e2e import Stack, stack  # noqa: F401 - the running service and its broker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,6 +142,12 @@ def test_a_flooding_device_does_not_slow_anothers_sos(stack: Stack, consumer_lin
     assert len(rejected_lines) <= 2 + report["seconds"] / 10, len(rejected_lines)  # one every 10 s at most
     consumer = stack.services.mqtt_consumer
     assert "LW-FLOOD" in consumer.flagged_devices()
+
+    def record(device: str) -> dict[str, object]:
+        return next(d for d in stack.api("GET", "/lone-workers").json() if d["id"] == device)
+
+    wait_for(lambda: record("LW-FLOOD")["over_share_since"], 10, what="the flag on the device's record")
+    assert record("LW-CALM")["over_share_since"] is None
     assert sample("evidence_lone_worker_devices_over_share") >= 1
     assert consumer.connected
     with stack.services.db.session() as session:
