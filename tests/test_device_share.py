@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
+from devices.service import add_staff, enrol_lone_worker
 from ingest.device_share import CALM_S, FairShare, TokenBucket
+from tests.test_alarms_kit import DeviceKit
 
 
 class Clock:
@@ -105,3 +110,24 @@ def test_idle_is_set_only_when_nothing_waits_or_is_handled() -> None:
     assert not s.idle.is_set()
     s.done(["d"])
     assert s.idle.is_set()
+
+
+def test_the_flag_is_kept_on_the_devices_record_even_before_it_sent_anything_valid(services: Any) -> None:
+    """Both databases: a device whose every message was refused has no state row yet; flagging it
+    makes one, unflagging clears it; an id the registry does not know is ignored."""
+    with services.db.session() as session:
+        add_staff(session, "S-SHARE", "Nurse", "nurse")
+        enrol_lone_worker(session, services.ledger, "LW-SHARE", DeviceKit("LW-SHARE").public_b64, "t")
+
+    def flag() -> object:
+        return next(d for d in services.alarms.queries.lone_workers() if d["id"] == "LW-SHARE")[
+            "over_share_since"
+        ]
+
+    assert flag() is None
+    services.alarms.mark_over_share("LW-SHARE", datetime.now(UTC))
+    assert flag() is not None
+    services.alarms.mark_over_share("LW-SHARE", datetime.now(UTC))  # again: the row is there now
+    services.alarms.mark_over_share("LW-SHARE", None)
+    assert flag() is None
+    services.alarms.mark_over_share("no-such-device", datetime.now(UTC))
