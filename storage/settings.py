@@ -116,6 +116,11 @@ class DockUploadSettings(_Section):
         64,
         description="Dock PATCH requests streaming at once per process; beyond this the answer is 503 + Retry-After.",
     )
+    max_patches_per_dock: int = Field(
+        8,
+        ge=1,
+        description="Of those, how many one dock may hold at once (beyond it, 503 + Retry-After for that dock only), so one dock cannot take every slot.",
+    )
     retry_after_seconds: int = Field(
         5, description="Retry-After sent with 503 answers (507 answers send twelve times this)."
     )
