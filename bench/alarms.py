@@ -1038,6 +1038,7 @@ def flood_phases(
         "flood_rate_asked_per_s": args.flood_rate,
         "flood_rate_sent_per_s": round(report.get("sent", 0) / max(1e-9, report.get("seconds", seconds)), 1),
         "refused_at_the_door": int(after["refused_at_the_door"] - before["refused_at_the_door"]),
+        "devices_over_share_before": before["devices_over_share"],
         "devices_over_share_after": after["devices_over_share"],
         "flooders_genuine_sos_acked_after_s": report.get("own_sos_s"),
     }
