@@ -168,6 +168,10 @@ class FairShare(Generic[T]):
 
     @staticmethod
     def _refuse(lane: _Lane[T], reason: str, now: float) -> Admission[T]:
+        """Refused; a device over its rate is flagged (a full queue alone may be the service's
+        slowness, a backlog the broker delivers at once, not the device's doing)."""
+        if reason != "rate_limited":
+            return Admission(reason, (), False, lane.flagged_at is not None)
         lane.last_refusal = now
         flagged = lane.flagged_at is None
         if flagged:

@@ -265,10 +265,12 @@ class MqttSettings(_Section):
         description="Messages a second each device may have verified and stored (alarms and check-ins, and separately its telemetry); beyond it (and its burst) they are refused at once and the device is flagged. An alarm being raised may go a little beyond it.",
     )
     mqtt_device_burst: int = Field(
-        40, ge=1, description="How many messages a device may send at once before its rate applies."
+        100,
+        ge=1,
+        description="How many messages a device may send at once before its rate applies (room for a backlog the broker kept while the service was away).",
     )
     mqtt_device_queue: int = Field(
-        8,
+        32,
         ge=1,
         le=100,
         description="Most messages of one device waiting to be verified (each holds one of the broker's unacknowledged deliveries); more are refused at once.",
