@@ -227,7 +227,9 @@ def _write_atomically(path: Path, text: str, mode: int = 0o600, owner: tuple[int
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as fh:
-        os.fchmod(fh.fileno(), mode)  # exactly: the umask (077 is common for root) must not take the group's read
+        os.fchmod(
+            fh.fileno(), mode
+        )  # exactly: the umask (077 is common for root) must not take the group's read
         if owner is not None and os.geteuid() == 0:
             os.fchown(fh.fileno(), *owner)
         fh.write(text)
