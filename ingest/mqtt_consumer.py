@@ -165,6 +165,7 @@ class AlarmConsumer:
         self._urgent_idle = self._urgent.idle  # set while no alarm waits or is being handled
         # Flags to write to devices' state rows (by the relay thread, never the network thread).
         self._flag_changes: list[tuple[str, datetime | None]] = []
+        self._flagged: set[str] = set()  # over their share of either kind of message
         self._flag_lock = threading.Lock()
         self._followup_wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -360,11 +361,7 @@ class AlarmConsumer:
         self._ack(delivery)
         REJECTIONS.labels(reason=reason).inc()
         MESSAGES.labels(type=look.type or "unknown", outcome="rejected").inc()
-        if admission.flagged:
-            OVER_SHARE.inc()
-            FLAGGED.inc()
-            with self._flag_lock:
-                self._flag_changes.append((delivery.device, datetime.now(UTC)))
+        if admission.flagged and self._flag(delivery.device):
             log.warning(
                 "device flagged: it sends beyond its share; its messages over the share are refused "
                 "and counted, not logged",
@@ -384,14 +381,29 @@ class AlarmConsumer:
                 bytes=len(delivery.payload),
             )
 
+    def _flag(self, device: str) -> bool:
+        """Flag a device (over its rate for alarms, or for telemetry); False if it already was."""
+        with self._flag_lock:
+            if device in self._flagged:
+                return False
+            self._flagged.add(device)
+            self._flag_changes.append((device, datetime.now(UTC)))
+        OVER_SHARE.inc()
+        FLAGGED.inc()
+        return True
+
     def _calmed(self) -> None:
-        """Unflag devices that have kept to their share a while (one line each)."""
+        """Unflag devices that have kept to all their shares a while (one line each)."""
         for share in (self._urgent, self._telemetry):
             for device, refused in share.calmed():
+                still = device in self._urgent.flagged() or device in self._telemetry.flagged()
+                with self._flag_lock:
+                    if still or device not in self._flagged:
+                        continue
+                    self._flagged.discard(device)
+                    self._flag_changes.append((device, None))
                 OVER_SHARE.dec()
                 log.info("device back within its share", extra={"device": device, "refused": refused})
-                with self._flag_lock:
-                    self._flag_changes.append((device, None))
         with self._flag_lock:
             changes, self._flag_changes = self._flag_changes, []
         for device, since in changes:  # on the device's state row, for the console and the API
