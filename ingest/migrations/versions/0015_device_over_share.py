@@ -1,7 +1,7 @@
 """a lone-worker device that sends beyond its fair share of the alarm consumer is flagged on its state row
 
-Revision ID: 0013_device_over_share
-Revises: 0012_export_build_leases
+Revision ID: 0015_device_over_share
+Revises: 0014_periodic_jobs
 """
 
 import sqlalchemy as sa
@@ -9,8 +9,8 @@ from alembic import op
 
 from storage.db import UTCDateTime
 
-revision = "0013_device_over_share"
-down_revision = "0012_export_build_leases"
+revision = "0015_device_over_share"
+down_revision = "0014_periodic_jobs"
 branch_labels = None
 depends_on = None
 
