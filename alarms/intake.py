@@ -66,6 +66,7 @@ from .liveness import Liveness
 from .models import AlarmOutbox, AlarmRecord, DeadLetter, LoneWorkerEvent, new_id
 from .outbox import Outbox, Outgoing, mqtt_effects
 from .payloads import PayloadEvidence
+from .rejection_log import RejectionLog
 from .staging import stage
 from .visits import Visits
 
@@ -86,6 +87,8 @@ HANDLE_SECONDS = Histogram(
     "Time to verify and store one device message",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+REJECTION_LOG = RejectionLog(log)  # a line per device now and then, however fast it sends garbage
 
 _STATE = cast(Table, LoneWorkerState.__table__)
 _EVENTS = cast(Table, LoneWorkerEvent.__table__)
@@ -304,16 +307,13 @@ class Intake:
     def _rejected(self, verdict: Rejected, raw: bytes, topic: str, now: datetime) -> HandleResult:
         REJECTIONS.labels(reason=verdict.reason.value).inc()
         message = verdict.message
-        type_ = message.type if message is not None else None
-        log.warning(
-            "lone-worker message rejected",
-            extra={
-                "reason": verdict.reason.value,
-                "detail": verdict.detail,
-                "device": verdict.device_id,
-                "topic": topic[:160],
-                "bytes": len(raw),
-            },
+        type_ = message.type if message is not None else verdict.claimed_type
+        REJECTION_LOG.log(
+            verdict.device_id,
+            reason=verdict.reason.value,
+            detail=verdict.detail,
+            topic=topic[:160],
+            bytes=len(raw),
         )
         result = HandleResult(
             "rejected",

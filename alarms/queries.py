@@ -111,4 +111,7 @@ def _lone_worker(
         "active_visit_id": state.active_visit_id if state else None,
         "visit": visit,
         "open_alarms": int(n or 0),
+        "over_share_since": (
+            state.over_share_since.isoformat() if state and state.over_share_since else None
+        ),  # sending beyond its fair share of the service (flooding) since then
     }

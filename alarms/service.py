@@ -26,8 +26,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy import select, update
 
 from chain_of_custody.core import CoreServices
+from devices.models import Device, LoneWorkerState
+from storage.db import dialect_insert
 from storage.objects import StorageError
 
 from . import rules
@@ -217,6 +220,29 @@ class AlarmService:
 
     def mark_sent(self, ids: Iterable[int], now: datetime | None = None) -> None:
         self.outbox.mark_sent(ids, now)
+
+    def mark_over_share(self, device_id: str, since: datetime | None) -> None:
+        """Flag (``since``) or unflag (None) a device that sends beyond its share of the consumer.
+        A device whose every message was refused has no state row yet: it gets one (as its first
+        status would make it), if it is an enrolled lone-worker device."""
+        with self.db.session() as session:
+            S = LoneWorkerState
+            done = session.execute(update(S).where(S.device_id == device_id).values(over_share_since=since))
+            if getattr(done, "rowcount", 0) or since is None:
+                return
+            if session.scalar(select(Device.id).where(Device.id == device_id, Device.kind == "lone_worker")):
+                session.execute(
+                    dialect_insert(session, S)
+                    .values(
+                        device_id=device_id,
+                        version=0,
+                        replay_state="",
+                        presence="unknown",
+                        battery_low=False,
+                        over_share_since=since,
+                    )
+                    .on_conflict_do_update(index_elements=[S.device_id], set_={"over_share_since": since})
+                )
 
 
 @dataclass

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import random
 import resource
@@ -106,6 +107,10 @@ ECHO_USER = "bench-echo"
 PING_TOPIC = "bench/v1/ping"
 PONG_TOPIC = "bench/v1/pong"
 ECHO_SHARE = f"$share/bench/{PING_TOPIC}"
+# Refusals before any costly work (ingest.device_share): the cheap checks and each device's share.
+DOOR_REASONS = ("oversize", "bad_json", "bad_schema", "topic_mismatch", "rate_limited", "queue_full")
+FLOODER = "LW-FLOOD"
+ROOT = Path(__file__).resolve().parents[1]
 PROBE_PAD = 420  # a signed SOS is about 450 bytes; the probe's messages are the same size
 
 COMMIT_TRIGGER_SQL = [
@@ -540,6 +545,8 @@ def service_metrics(svc: BenchService, headers: dict[str, str]) -> dict[str, flo
         "statuses_handled": 0.0,
         "handle_sum": 0.0,
         "handle_count": 0.0,
+        "refused_at_the_door": 0.0,
+        "devices_over_share": 0.0,
     }
     for family in text_string_to_metric_families(r.text):
         for sample in family.samples:
@@ -550,6 +557,11 @@ def service_metrics(svc: BenchService, headers: dict[str, str]) -> dict[str, flo
                         out["heartbeats"] += sample.value
                 elif sample.labels.get("type") == "status":
                     out["statuses_handled"] += sample.value
+            elif sample.name == "evidence_lone_worker_rejections_total":
+                if sample.labels.get("reason") in DOOR_REASONS:
+                    out["refused_at_the_door"] += sample.value
+            elif sample.name == "evidence_lone_worker_devices_over_share":
+                out["devices_over_share"] += sample.value
             elif sample.name == "evidence_lone_worker_handle_seconds_sum":
                 out["handle_sum"] += sample.value
             elif sample.name == "evidence_lone_worker_handle_seconds_count":
@@ -699,6 +711,7 @@ class Run:
     access: BrokerAccess | None = None
     commit_trigger: bool = False
     creds: list[Credentials] = field(default_factory=list)
+    flooder: Credentials | None = None
     sos: list[SosRecord] = field(default_factory=list)
 
     @property
@@ -735,6 +748,21 @@ def enrol(run: Run, upto: int) -> float:
                 )
                 run.creds.append(Credentials(f"LW-{i:05d}", enrolled.mqtt_password, key))
     return time.perf_counter() - t
+
+
+def enrol_flooder(run: Run) -> Credentials:
+    """One more enrolled device, outside the fleet: the one that floods."""
+    services = run.services
+    assert services is not None
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    with services.db.session() as session:
+        staff = add_staff(session, "S-FLOOD", "Nurse Flood", "nurse", "Community")
+        enrolled = enrol_lone_worker(
+            session, services.ledger, FLOODER, base64.b64encode(public).decode(), "bench",
+            staff_id=staff.id, site="Community",
+        )  # fmt: skip
+    return Credentials(FLOODER, enrolled.mqtt_password, key)
 
 
 def wait_online(services: Services, count: int, timeout: float) -> float:
@@ -901,6 +929,11 @@ def run_step(run: Run, size: int, *, first: bool, headers: dict[str, str], cpu: 
         burst = send_sos(fleet, rng.sample(fleet.active, min(args.burst, size)), "burst", None)
         collect_acks(fleet, burst, args.ack_timeout_s)
         run.sos += burst
+    calm: list[SosRecord] = []
+    flooded: list[SosRecord] = []
+    if first and args.flood_rate and run.flooder is not None:
+        calm, flooded, step["flood"] = flood_phases(run, size, rng, headers)
+        run.sos += calm + flooded
     probe.phase = f"{size}:after"
     step["load_average_after"] = load_average()
 
@@ -918,21 +951,30 @@ def run_step(run: Run, size: int, *, first: bool, headers: dict[str, str], cpu: 
     step["cpu_percent_of_one_core_during_steady"] = cpu.percent(c0, c1)
 
     time.sleep(2.5)  # let the probe's last pings of the phase come back or count as unanswered
-    everything = isolated + steady + burst
+    everything = isolated + steady + burst + calm + flooded
     times = db_times(services, everything, run.commit_trigger)
     stored = stored_alarm_events(services, [r.event_id for r in everything])
     for name, records, rate in (
         ("isolated", isolated, 1.0),
         ("steady", steady, args.rate),
         ("burst", burst, None),
+        ("unflooded", calm, args.rate),
+        ("flooded", flooded, args.rate),
     ):
         if records:
             phases[name] = phase_report(records, times, stored, rate)
             phases[name]["raw_round_trip"] = probe.results(f"{size}:{name}")
     step["raw_round_trip_heartbeats_only"] = probe.results(f"{size}:heartbeats")
     step["phases"] = phases
+    if calm and flooded:
+        a, b = phases["unflooded"]["publish_to_ack"], phases["flooded"]["publish_to_ack"]
+        if a.get("p50_ms") and b.get("p50_ms"):
+            step["flood"]["p50_flooded_over_unflooded"] = round(b["p50_ms"] / a["p50_ms"], 2)
+            step["flood"]["p99_flooded_over_unflooded"] = round(b["p99_ms"] / a["p99_ms"], 2)
     p99 = phases["steady"]["publish_to_ack"].get("p99_ms")
     lost = sum(phase["lost"] + phase["unacknowledged"] for phase in phases.values())
+    if "flood" in step:
+        print(f"flood: {step['flood']}", flush=True)
     hb = step["heartbeats"]
     step["keeps_up"] = bool(lost == 0 and hb["handled_per_s"] >= 0.95 * hb["sent_per_s"])
     step["passes"] = bool(step["keeps_up"] and p99 is not None and p99 < args.ramp_limit_ms)
@@ -952,6 +994,57 @@ def run_step(run: Run, size: int, *, first: bool, headers: dict[str, str], cpu: 
     return step
 
 
+def flood_phases(
+    run: Run, size: int, rng: random.Random, headers: dict[str, str]
+) -> tuple[list[SosRecord], list[SosRecord], dict[str, Any]]:
+    """The same SOS phase twice: first without, then while one enrolled device floods its own
+    ``alarm`` topic with garbage (``tests/flood_device.py``, a process of its own writing MQTT
+    packets straight to its socket: a third not JSON, a third the wrong shape, a third shaped like
+    an SOS but signed by a stranger's key; two seconds in, its wearer's genuine SOS, sent again
+    each second until acknowledged)."""
+    args, fleet, probe, svc = run.args, run.fleet, run.probe, run.svc
+    assert fleet and probe and svc and run.flooder and run.broker
+    probe.phase = f"{size}:settle-before-unflooded"
+    time.sleep(2.0)
+    probe.phase = f"{size}:unflooded"
+    calm = send_sos(fleet, rng.sample(fleet.active, args.flood_sos), "unflooded", args.rate)
+    collect_acks(fleet, calm, args.ack_timeout_s)
+    before = service_metrics(svc, headers)
+    key = run.flooder.key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    ).hex()
+    command = [
+        sys.executable, "-m", "tests.flood_device", str(run.broker.port), run.flooder.device_id,
+        run.flooder.password, key, str(args.flood_rate), "3600",
+    ]  # fmt: skip
+    flooder = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    try:
+        probe.phase = f"{size}:flood-starting"
+        time.sleep(3.0)  # under way, and its wearer's SOS among its garbage
+        probe.phase = f"{size}:flooded"
+        flooded = send_sos(fleet, rng.sample(fleet.active, args.flood_sos), "flooded", args.rate)
+        collect_acks(fleet, flooded, args.ack_timeout_s)
+        out, _ = flooder.communicate("", timeout=120)
+    finally:
+        if flooder.poll() is None:
+            flooder.kill()
+            flooder.wait(10)
+    after = service_metrics(svc, headers)
+    report = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    seconds = max(1e-9, time.monotonic() - started)
+    flood = {
+        "flooder": report,
+        "flood_rate_asked_per_s": args.flood_rate,
+        "flood_rate_sent_per_s": round(report.get("sent", 0) / max(1e-9, report.get("seconds", seconds)), 1),
+        "refused_at_the_door": int(after["refused_at_the_door"] - before["refused_at_the_door"]),
+        "devices_over_share_before": before["devices_over_share"],
+        "devices_over_share_after": after["devices_over_share"],
+        "flooders_genuine_sos_acked_after_s": report.get("own_sos_s"),
+    }
+    return calm, flooded, flood
+
+
 def next_size(run: Run, steps: list[dict[str, Any]], ramp: list[int], headroom: int) -> int | None:
     """The fleet size to measure next, or None when the search is done.
 
@@ -959,6 +1052,8 @@ def next_size(run: Run, steps: list[dict[str, Any]], ramp: list[int], headroom: 
     whose steady-phase p99 is under the limit: halving below the smallest failure while nothing
     has passed, else halfway between the largest pass and the smallest failure above it.
     """
+    if run.args.first_only:
+        return None
     tried = {s["devices"]: s for s in steps}
     last = steps[-1]
     going_up = all(s["devices"] <= last["devices"] for s in steps) and last.get("keeps_up")
@@ -1006,6 +1101,14 @@ def main() -> None:
         help="heartbeats in the service process too (no EVIDENCE_MQTT_TELEMETRY_PROCESS)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
+    parser.add_argument(
+        "--flood-rate",
+        type=float,
+        default=2000.0,
+        help="garbage a second from one device (0: no flood phase)",
+    )
+    parser.add_argument("--flood-sos", type=int, default=100, help="SOS in each of the flood's two phases")
+    parser.add_argument("--first-only", action="store_true", help="measure the first fleet size only")
     parser.add_argument("--out", help="results name (default alarms, or alarms-quick)")
     args = parser.parse_args()
     if args.echo_port:
@@ -1114,6 +1217,8 @@ def execute(run: Run) -> dict[str, Any]:
     t = time.perf_counter()
     enrol(run, min(headroom, max([args.fleet, *ramp[:1]])))
     enrol_rate = len(run.creds) / (time.perf_counter() - t)
+    if args.flood_rate:
+        run.flooder = enrol_flooder(run)
     print(f"enrolled {len(run.creds)} devices at {enrol_rate:.0f}/s", flush=True)
     publish_accounts(run)
 
@@ -1167,6 +1272,8 @@ def execute(run: Run) -> dict[str, Any]:
             "steady_sos_larger_fleets": args.ramp_steady,
             "steady_rate_per_s": args.rate,
             "burst_sos": args.burst,
+            "flood_rate_per_s": args.flood_rate,
+            "flood_sos_each_phase": args.flood_sos,
             "isolated_sos": args.isolated,
             "warmup_sos": args.warmup,
             "probe_pings_per_s": args.ping_hz,
@@ -1327,6 +1434,9 @@ def report(results: dict[str, Any], quick: bool, name: str | None = None) -> Non
         f"{totals['sos_unacknowledged_at_end']}; largest fleet under {results['target']['ramp_p99_publish_to_ack_ms']:g} ms "
         f"p99: {results['largest_fleet_under_limit']} ({results['search_stopped_because']})"
     )
+    for step in results["steps"]:
+        if "flood" in step:
+            print(f"\nflood at {step['devices']} devices: {step['flood']}")
     print(f"load average start {results['load_average_at_start']}, end {results['load_average_at_end']}")
     print(f"written to {out}")
 

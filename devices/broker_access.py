@@ -227,6 +227,9 @@ def _write_atomically(path: Path, text: str, mode: int = 0o600, owner: tuple[int
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as fh:
+        os.fchmod(
+            fh.fileno(), mode
+        )  # exactly: the umask (077 is common for root) must not take the group's read
         if owner is not None and os.geteuid() == 0:
             os.fchown(fh.fileno(), *owner)
         fh.write(text)
@@ -256,6 +259,11 @@ def write_broker_files(
         raise BrokerFilesError(
             f"Mosquitto runs as {user.pw_name!r}, which cannot enter {blocked}: choose a directory it can reach"
         )
+    if os.geteuid() == 0 and _blocked_for(files.password_file, user) == directory:
+        # Made (or kept) unreadable by a strict umask (077 is common for root): the broker's group may
+        # enter it, as it must to read its passwords; nothing in it becomes anyone else's to change.
+        os.chown(directory, -1, user.pw_gid)
+        directory.chmod(stat.S_IMODE(directory.stat().st_mode) | 0o050)
     # The broker writes only under data/ (its sessions, and its rules, which it saves itself); run as
     # root, it may read but not change its configuration, its passwords or the admin's password.
     files.data_dir.mkdir(exist_ok=True)

@@ -375,9 +375,66 @@ class Rejected:
     detail: str
     device_id: str | None = None
     message: AnyDeviceMessage | None = field(default=None, compare=False)
+    # The type the payload said it was, once that is one of the device topics (never free text: it
+    # labels metrics); None before the payload could be read as a message.
+    claimed_type: str | None = None
 
 
 Verdict = Accepted | Duplicate | Rejected
+
+
+@dataclass(frozen=True)
+class FirstLook:
+    """What the cheap checks made of a message, before any key, database or signature work."""
+
+    device_id: str | None
+    type: str | None  # the topic's device message type (one of ``DEVICE_TOPICS``), if it is one
+    refused: Rejected | None = None
+    urgent_raise: bool = False  # shaped like an alarm being raised: it goes ahead of other work
+
+
+def first_look(raw: bytes, topic: str, max_bytes: int) -> FirstLook:
+    """Size, topic, JSON object and the envelope's ``type`` and ``device_id`` against the topic:
+    checks costing microseconds that refuse most garbage before it can queue for the costly ones
+    (the device's key, its replay state, the signature). A message they pass may still be refused
+    by :func:`verify_device_message`, which checks all of it again."""
+    parts = parse_topic(topic)
+    device, leaf = parts if parts is not None else (None, None)
+    kind = leaf if leaf in DEVICE_TOPICS else None
+    if len(raw) > max_bytes:
+        return FirstLook(
+            device, kind, Rejected(ReasonCode.OVERSIZE, f"{len(raw)} bytes > {max_bytes}", device)
+        )
+    if parts is None or kind is None:
+        return FirstLook(
+            device, None, Rejected(ReasonCode.TOPIC_MISMATCH, f"not a device topic: {topic[:100]}")
+        )
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        return FirstLook(
+            device, kind, Rejected(ReasonCode.BAD_JSON, str(exc)[:200], device, claimed_type=kind)
+        )
+    if not isinstance(payload, dict):
+        refused = Rejected(ReasonCode.BAD_JSON, "payload is not a JSON object", device, claimed_type=kind)
+        return FirstLook(device, kind, refused)
+    said_type, said_device = payload.get("type"), payload.get("device_id")
+    if not isinstance(said_type, str) or not isinstance(said_device, str):
+        refused = Rejected(
+            ReasonCode.BAD_SCHEMA, "type and device_id must be strings", device, claimed_type=kind
+        )
+        return FirstLook(device, kind, refused)
+    if said_device != device or said_type != kind:
+        detail = f"{said_type[:20]} message of {said_device[:64]} on the topic {topic[:100]}"
+        return FirstLook(device, kind, Rejected(ReasonCode.TOPIC_MISMATCH, detail, device, claimed_type=kind))
+    body = payload.get("alarm")
+    urgent_raise = (
+        kind == "alarm"
+        and isinstance(body, dict)
+        and body.get("action") == "raise"
+        and body.get("kind") in ("sos", "amber", "man_down")
+    )
+    return FirstLook(device, kind, None, urgent_raise)
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -444,12 +501,14 @@ def verify_device_message(
     """
     topic_parts = parse_topic(topic)
     topic_device = topic_parts[0] if topic_parts else None
+    # Until the payload is read, the type it claims is the topic's (a device topic's, or none).
+    on = topic_parts[1] if topic_parts and topic_parts[1] in DEVICE_TOPICS else None
     if len(raw) > max_bytes:
-        return Rejected(ReasonCode.OVERSIZE, f"{len(raw)} bytes > {max_bytes}", topic_device)
+        return Rejected(ReasonCode.OVERSIZE, f"{len(raw)} bytes > {max_bytes}", topic_device, claimed_type=on)
     try:
         payload = _load_object(raw)
     except (ValueError, UnicodeError, RecursionError) as exc:
-        return Rejected(ReasonCode.BAD_JSON, str(exc)[:200], topic_device)
+        return Rejected(ReasonCode.BAD_JSON, str(exc)[:200], topic_device, claimed_type=on)
     try:
         message = _MESSAGE_ADAPTER.validate_python(payload)
         if message.sig is not None and len(_b64decode(message.sig)) != 64:
@@ -457,35 +516,53 @@ def verify_device_message(
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        return Rejected(ReasonCode.BAD_SCHEMA, f"{where}: {first['msg']}"[:200], topic_device)
+        return Rejected(
+            ReasonCode.BAD_SCHEMA, f"{where}: {first['msg']}"[:200], topic_device, claimed_type=on
+        )
     except (ValueError, binascii.Error) as exc:
-        return Rejected(ReasonCode.BAD_SCHEMA, str(exc)[:200], topic_device)
+        return Rejected(ReasonCode.BAD_SCHEMA, str(exc)[:200], topic_device, claimed_type=on)
 
+    said = message.type  # one of the schema's literal types: fit to label a metric
     if topic_parts is None:
-        return Rejected(ReasonCode.TOPIC_MISMATCH, f"not a device topic: {topic[:100]}", None)
+        return Rejected(
+            ReasonCode.TOPIC_MISMATCH, f"not a device topic: {topic[:100]}", None, claimed_type=said
+        )
     if topic_device != message.device_id:
         return Rejected(
             ReasonCode.TOPIC_MISMATCH,
             f"payload device {message.device_id} on the topic of {topic_device}",
             topic_device,
+            claimed_type=said,
         )
     if topic_parts[1] != message.type:
         return Rejected(
-            ReasonCode.TOPIC_MISMATCH, f"{message.type} message on the {topic_parts[1]} topic", topic_device
+            ReasonCode.TOPIC_MISMATCH,
+            f"{message.type} message on the {topic_parts[1]} topic",
+            topic_device,
+            claimed_type=said,
         )
 
     device_id = message.device_id
     key = public_key_lookup(device_id)
     if key is None:
-        return Rejected(ReasonCode.UNKNOWN_DEVICE, f"device {device_id} is not enrolled", device_id)
+        return Rejected(
+            ReasonCode.UNKNOWN_DEVICE, f"device {device_id} is not enrolled", device_id, claimed_type=said
+        )
     if not key.enabled:
-        return Rejected(ReasonCode.DISABLED_DEVICE, f"device {device_id} is disabled", device_id)
+        return Rejected(
+            ReasonCode.DISABLED_DEVICE, f"device {device_id} is disabled", device_id, claimed_type=said
+        )
 
     state = replay_guard(device_id)
     if message.sig is None:  # the offline last will: authenticated by the broker, not signed
         return Accepted(message, state, signed=False)
     if not _signature_ok(key.public_key, payload):
-        return Rejected(ReasonCode.BAD_SIGNATURE, "signature does not verify with the device key", device_id)
+        return Rejected(
+            ReasonCode.BAD_SIGNATURE,
+            "signature does not verify with the device key",
+            device_id,
+            claimed_type=said,
+        )
 
     offset = (message.sent_at - now).total_seconds()
     if message.type == "status":
@@ -503,21 +580,29 @@ def verify_device_message(
             f"seq {message.seq} is older than the window below {state.highest}",
             device_id,
             message,
+            said,
         )
     if verdict == "replay":
-        return Rejected(ReasonCode.REPLAY, f"seq {message.seq} was already accepted", device_id, message)
+        return Rejected(
+            ReasonCode.REPLAY, f"seq {message.seq} was already accepted", device_id, message, said
+        )
     if verdict == "jump":  # refused without moving the window: the device's next message still counts
         return Rejected(
             ReasonCode.SEQUENCE_JUMP,
             f"seq {message.seq} leaps more than {MAX_SEQ_STEP} past the highest accepted ({state.highest})",
             device_id,
             message,
+            said,
         )
 
     skew = _seconds(max_skew)
     if offset > skew:
         return Rejected(
-            ReasonCode.CLOCK_SKEW, f"sent_at is {offset:.0f} s ahead of the server clock", device_id, message
+            ReasonCode.CLOCK_SKEW,
+            f"sent_at is {offset:.0f} s ahead of the server clock",
+            device_id,
+            message,
+            said,
         )
     new_state = state.record(message.seq, message.event_id if remembers_event else None)
     return Accepted(message, new_state, clock_offset_s=offset, late=offset < -skew)

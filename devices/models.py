@@ -80,4 +80,7 @@ class LoneWorkerState(Base):
     # pruned without VACUUM and its primary key entry never multiplies. The clock scans for silent
     # devices instead.
     offline_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Since when the device has sent beyond its fair share of the alarm consumer (its rate or its
+    # queue, ingest.device_share), None while it keeps to it: a device flooding the service.
+    over_share_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

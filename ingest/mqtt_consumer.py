@@ -10,6 +10,10 @@
 - Never dies on bad input (the wire checks answer with a verdict, not an exception); faults of ours
   or of the database are retried with backoff, and a message that still fails is kept in a
   dead-letter table before it is acknowledged.
+- Each device a fair share (:mod:`ingest.device_share`): garbage is refused and acknowledged in the
+  network thread by cheap checks, before any database or signature work; each device has a rate and a
+  short queue, and workers take the devices in turn, so a flooding device costs the others at most one
+  message's handling. The flooding device is flagged once, and its refusals counted.
 - Alarms first: alarm and check-in messages have a queue and a worker of their own, so an SOS never
   waits behind heartbeats. A raised alarm is acknowledged as soon as its row is committed, and is
   provisional until a worker of its own makes it whole: stores its payload as evidence, appends its
@@ -26,14 +30,12 @@
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import sys
 import threading
 import time
-import zlib
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -45,12 +47,14 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import DBAPIError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_never, wait_exponential
 
+from alarms.intake import MESSAGES, REJECTION_LOG, REJECTIONS
 from alarms.outbox import Outgoing
 from alarms.service import AlarmService
-from devices.lone_worker_wire import DEVICE_TOPICS, parse_topic, service_subscriptions
+from devices.lone_worker_wire import DEVICE_TOPICS, FirstLook, first_look, parse_topic, service_subscriptions
 from storage.objects import StorageError
 from storage.settings import Settings
 
+from .device_share import Admission, FairShare
 from .telemetry_process import TELEMETRY_TYPES, URGENT_TYPES, configured_types
 
 log = logging.getLogger(__name__)
@@ -64,11 +68,21 @@ CONSUMER_ERRORS = Counter(
     "evidence_mqtt_consumer_errors_total", "Device messages whose handling failed and was retried", ["kind"]
 )
 DEAD_LETTERS = Counter("evidence_mqtt_dead_letters_total", "Device messages kept after repeated failures")
+OVER_SHARE = Gauge(
+    "evidence_lone_worker_devices_over_share",
+    "Devices flagged now for sending beyond their rate or queue (see the log for which)",
+    multiprocess_mode="livesum",
+)
+FLAGGED = Counter("evidence_lone_worker_devices_flagged_total", "Times a device was flagged for flooding")
 
 TRANSIENT = (DBAPIError, StorageError, OSError, TimeoutError)
 # How long a message waits for the database or the store to come back: 0.4 s, doubling, at most 10 s.
 TRANSIENT_BACKOFF = wait_exponential(multiplier=0.4, max=timedelta(seconds=10))
 BATCH_MAX = 64  # messages handled in one transaction when they have queued up
+# Unacknowledged deliveries the broker may hand this consumer at once (the broker's own
+# max_inflight_messages caps it too): each device holds at most its queue of them, so many devices
+# flooding at once cannot use them all up.
+RECEIVE_MAXIMUM = 1000
 PRIORITY_PAUSE_S = 0.5  # the longest other work waits for alarms, so heartbeats are never starved
 SWITCH_INTERVAL_S = 0.0005  # how long a thread may keep the interpreter lock from an alarm worker
 
@@ -137,12 +151,21 @@ class AlarmConsumer:
         self._generation = 0
         self._connected = threading.Event()
         self._subscribed = threading.Event()
-        self._queues: list[queue.Queue[_Delivery | None]] = [queue.Queue() for _ in range(self.workers)]
-        self._urgent: queue.Queue[_Delivery | None] = queue.Queue()
-        self._urgent_count = 0  # alarms queued or being handled
-        self._urgent_lock = threading.Lock()
-        self._urgent_idle = threading.Event()
-        self._urgent_idle.set()
+
+        def fair_share() -> FairShare[_Delivery]:
+            return FairShare(
+                rate=settings.mqtt_device_rate,
+                burst=settings.mqtt_device_burst,
+                queue_limit=settings.mqtt_device_queue,
+            )
+
+        self._telemetry = fair_share()
+        self._urgent = fair_share()
+        self._urgent_idle = self._urgent.idle  # set while no alarm waits or is being handled
+        # Flags to write to devices' state rows (by the relay thread, never the network thread).
+        self._flag_changes: list[tuple[str, datetime | None]] = []
+        self._flagged: set[str] = set()  # over their share of either kind of message
+        self._flag_lock = threading.Lock()
         self._provisional_raised = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pub_lock = threading.Lock()
@@ -182,8 +205,10 @@ class AlarmConsumer:
         # (5 ms by default), which bounds what each of an alarm's database round trips can cost.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         workers = [
-            threading.Thread(target=self._work, args=(q, False), name=f"device-worker-{i}", daemon=True)
-            for i, q in enumerate(self._queues)  # also for types consumed elsewhere that still arrive
+            threading.Thread(
+                target=self._work, args=(self._telemetry, False), name=f"device-worker-{i}", daemon=True
+            )
+            for i in range(self.workers)  # also for types consumed elsewhere that still arrive
         ]
         workers.append(
             threading.Thread(target=self._work, args=(self._urgent, True), name="alarm-worker", daemon=True)
@@ -197,7 +222,7 @@ class AlarmConsumer:
         self._threads.extend(workers)
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = int(self.settings.mqtt_session_expiry_seconds)
-        properties.ReceiveMaximum = 100
+        properties.ReceiveMaximum = RECEIVE_MAXIMUM
         self.client.connect_async(
             self.settings.mqtt_host,
             self.settings.mqtt_port,
@@ -222,8 +247,8 @@ class AlarmConsumer:
         if not self._running:
             return
         self._running = False
-        for q in [*self._queues, self._urgent]:
-            q.put(None)
+        self._telemetry.close()
+        self._urgent.close()
         self._wake.set()
         self._provisional_raised.set()
         deadline = time.monotonic() + timeout
@@ -299,22 +324,101 @@ class AlarmConsumer:
             log.warning("alarm consumer lost the broker; reconnecting", extra={"reason": str(reason)})
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        parsed = parse_topic(msg.topic)
-        device = parsed[0] if parsed is not None else msg.topic  # a malformed topic is refused later
+        payload = bytes(msg.payload)
+        parts = parse_topic(msg.topic)
+        device = parts[0] if parts is not None else "?"  # (the broker lets no device go beyond its own)
         with self._conn_lock:
             generation = self._generation
-        delivery = _Delivery(
-            generation, device, msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain)
-        )
-        if parsed is not None and parsed[1] in URGENT_TYPES:
-            with self._urgent_lock:
-                self._urgent_count += 1
-                self._urgent_idle.clear()
-            self._urgent.put(delivery)  # one worker: a device's alarms are handled in the order they came
+        delivery = _Delivery(generation, device, msg.topic, payload, msg.mid, msg.qos, bool(msg.retain))
+        # Alarms and check-ins have a worker of their own; a device's other messages are handled one
+        # at a time in the order they came, by whichever worker takes its turn. (The replay window
+        # accepts a heartbeat overtaken by an alarm, and the reverse.)
+        urgent = parts is not None and parts[1] in URGENT_TYPES
+        share = self._urgent if urgent else self._telemetry
+        # The device's rate first: a flooding device's messages are refused before they are even read.
+        admission = share.admit(device, maybe_raise=urgent and b'"raise"' in payload)
+        if admission.refused is not None:
+            self._refuse(
+                delivery, FirstLook(device, parts[1] if parts else None), admission.refused, admission
+            )
             return
-        # One device's other messages go to one worker, so they are handled in the order they came.
-        # (The replay window accepts a heartbeat overtaken by an alarm, and the reverse.)
-        self._queues[zlib.crc32(device.encode()) % self.workers].put(delivery)
+        look = first_look(payload, msg.topic, self.settings.max_payload_bytes)
+        if look.refused is not None:  # garbage: refused now, never queued behind valid messages
+            self._refuse(delivery, look, look.refused.reason.value, admission)
+            return
+        if admission.beyond_rate and not look.urgent_raise:
+            self._refuse(delivery, look, "rate_limited", share.refuse(device, "rate_limited"))
+            return
+        admission = share.enqueue(device, delivery, urgent_raise=look.urgent_raise)
+        for evicted in admission.evicted:  # made room for an alarm being raised
+            self._refuse(evicted, FirstLook(evicted.device, look.type), "queue_full", admission)
+        if admission.refused is not None:
+            self._refuse(delivery, look, admission.refused, admission)
+
+    def _refuse(self, delivery: _Delivery, look: FirstLook, reason: str, admission: Admission[Any]) -> None:
+        """Refused at the door: acknowledged at once (the broker's delivery, not the device's
+        message: the device hears nothing and sends an alarm again), counted, and logged unless the
+        device is flagged (then it is counted only; its flag was logged once)."""
+        self._ack(delivery)
+        REJECTIONS.labels(reason=reason).inc()
+        MESSAGES.labels(type=look.type or "unknown", outcome="rejected").inc()
+        if admission.flagged and self._flag(delivery.device):
+            log.warning(
+                "device flagged: it sends beyond its share; its messages over the share are refused "
+                "and counted, not logged",
+                extra={
+                    "device": delivery.device,
+                    "reason": reason,
+                    "rate_per_s": self.settings.mqtt_device_rate,
+                    "queue": self.settings.mqtt_device_queue,
+                },
+            )
+        elif not admission.over_share and look.refused is not None and reason == look.refused.reason.value:
+            REJECTION_LOG.log(
+                delivery.device,
+                reason=reason,
+                detail=look.refused.detail,
+                topic=delivery.topic[:160],
+                bytes=len(delivery.payload),
+            )
+
+    def _flag(self, device: str) -> bool:
+        """Flag a device (over its rate for alarms, or for telemetry); False if it already was."""
+        with self._flag_lock:
+            if device in self._flagged:
+                return False
+            self._flagged.add(device)
+            self._flag_changes.append((device, datetime.now(UTC)))
+        OVER_SHARE.inc()
+        FLAGGED.inc()
+        return True
+
+    def _calmed(self) -> None:
+        """Unflag devices that have kept to all their shares a while (one line each)."""
+        for share in (self._urgent, self._telemetry):
+            for device, refused in share.calmed():
+                still = device in self._urgent.flagged() or device in self._telemetry.flagged()
+                with self._flag_lock:
+                    if still or device not in self._flagged:
+                        continue
+                    self._flagged.discard(device)
+                    self._flag_changes.append((device, None))
+                OVER_SHARE.dec()
+                log.info("device back within its share", extra={"device": device, "refused": refused})
+        with self._flag_lock:
+            changes, self._flag_changes = self._flag_changes, []
+        for device, since in changes:  # on the device's state row, for the console and the API
+            try:
+                self.alarms.mark_over_share(device, since)
+            except Exception:  # noqa: BLE001 - the log line and the gauge have it; the row is a courtesy
+                log.warning("could not record a device's flag", extra={"device": device}, exc_info=True)
+
+    def flagged_devices(self) -> dict[str, int]:
+        """Devices flagged now, with how many of their messages were refused while flagged."""
+        flagged = self._telemetry.flagged()
+        for device, refused in self._urgent.flagged().items():
+            flagged[device] = flagged.get(device, 0) + refused
+        return flagged
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         with self._pub_lock:
@@ -327,46 +431,26 @@ class AlarmConsumer:
 
     # ------------------------------------------------------------------ workers
 
-    def _work(self, q: queue.Queue[_Delivery | None], urgent: bool) -> None:
-        carry: _Delivery | None = None
-        stopping = False
-        while self._running and not stopping:
-            first = carry if carry is not None else q.get()
-            carry = None
-            if first is None:
-                break
-            # What has queued up meanwhile goes in the same transaction (one device once per batch).
-            batch, devices = [first], {first.device}
-            # Nothing waits for company (a heartbeat that lingered for others cost more capacity
-            # than its shared commit saved): a batch is what queued up while the last one ran.
-            while len(batch) < BATCH_MAX:
-                try:
-                    more = q.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                if more.device in devices:
-                    carry = more
-                    break
-                batch.append(more)
-                devices.add(more.device)
+    def _work(self, share: FairShare[_Delivery], urgent: bool) -> None:
+        while self._running:
+            # What has queued up meanwhile goes in the same transaction: the next message of each
+            # device in turn (one device once per batch). Nothing waits for company (a heartbeat that
+            # lingered for others cost more capacity than its shared commit saved).
+            taken = share.take(BATCH_MAX)
+            if not taken:
+                break  # closed
+            batch = [delivery for _, delivery in taken]
             if not urgent:
                 self._urgent_idle.wait(PRIORITY_PAUSE_S)  # alarms first
             try:
                 if len(batch) == 1:
-                    self._process(first)
+                    self._process(batch[0])
                 else:
                     self._process_batch(batch)
             except Exception:  # noqa: BLE001 - a worker must never die
                 log.exception("device message worker failed on a message")
             finally:
-                if urgent:
-                    with self._urgent_lock:
-                        self._urgent_count -= len(batch)
-                        if self._urgent_count <= 0:
-                            self._urgent_idle.set()
+                share.done([device for device, _ in taken])
 
     def _process_batch(self, batch: list[_Delivery]) -> None:
         """One transaction for the batch; if it fails, each message on its own (with the retries)."""
@@ -520,6 +604,7 @@ class AlarmConsumer:
             self._wake.wait(0.2)
             self._wake.clear()
             self._flush_sent()
+            self._calmed()
             if time.monotonic() < next_relay or not self._connected.is_set():
                 continue
             next_relay = time.monotonic() + self.relay_interval_s

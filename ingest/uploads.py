@@ -122,6 +122,9 @@ class UploadEngine:
         settings = services.settings
         self.hashes = _RunningHash()
         self.active = asyncio.Semaphore(settings.max_concurrent_patches)
+        # Each dock's share of those slots (one event loop: no lock needed).
+        self.per_dock_limit = settings.max_patches_per_dock
+        self.per_dock: dict[str, int] = {}
         self.parts_in_flight = max(1, settings.upload_parts_in_flight)
         # One thread hashes every upload's parts, so each upload's parts are hashed in order.
         self.hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-hash")
@@ -259,12 +262,21 @@ class UploadEngine:
         checksum = parse_checksum(checksum_header)
         if self.active.locked():
             raise UploadBusy("too many uploads in progress")
-        async with self.active:
-            lease = await asyncio.to_thread(self._acquire, upload_id)
-            try:
-                return await self._patch(dock, upload_id, offset, body, checksum, lease)
-            finally:
-                await asyncio.to_thread(self._release, upload_id, lease)
+        held = self.per_dock.get(dock.id, 0)
+        if held >= self.per_dock_limit:
+            raise UploadBusy("this dock has as many uploads in progress as one dock may")
+        self.per_dock[dock.id] = held + 1
+        try:
+            async with self.active:
+                lease = await asyncio.to_thread(self._acquire, upload_id)
+                try:
+                    return await self._patch(dock, upload_id, offset, body, checksum, lease)
+                finally:
+                    await asyncio.to_thread(self._release, upload_id, lease)
+        finally:
+            left = self.per_dock.pop(dock.id, 1) - 1
+            if left > 0:
+                self.per_dock[dock.id] = left
 
     async def _patch(
         self,

@@ -130,6 +130,11 @@ class DockUploadSettings(_Section):
         64,
         description="Dock PATCH requests streaming at once per process; beyond this the answer is 503 + Retry-After.",
     )
+    max_patches_per_dock: int = Field(
+        8,
+        ge=1,
+        description="Of those, how many one dock may hold at once (beyond it, 503 + Retry-After for that dock only), so one dock cannot take every slot.",
+    )
     retry_after_seconds: int = Field(
         5, description="Retry-After sent with 503 answers (507 answers send twelve times this)."
     )
@@ -267,6 +272,22 @@ class MqttSettings(_Section):
         ge=0,
         le=19,
         description="Nice increment of that companion process: the scheduler favours the alarm process over it.",
+    )
+    mqtt_device_rate: float = Field(
+        20.0,
+        gt=0,
+        description="Messages a second each device may have verified and stored (alarms and check-ins, and separately its telemetry); beyond it (and its burst) they are refused at once and the device is flagged. An alarm being raised may go a little beyond it.",
+    )
+    mqtt_device_burst: int = Field(
+        100,
+        ge=1,
+        description="How many messages a device may send at once before its rate applies (room for a backlog the broker kept while the service was away).",
+    )
+    mqtt_device_queue: int = Field(
+        32,
+        ge=1,
+        le=100,
+        description="Most messages of one device waiting to be verified (each holds one of the broker's unacknowledged deliveries); more are refused at once.",
     )
 
     @field_validator("mqtt_share_group")

@@ -148,6 +148,40 @@ def test_enrol_and_broker_access_commands(sqlite_services: Any, open_dir: Path) 
         assert saved.stat().st_uid == account.pw_uid and "LW-CLI-4" in saved.read_text()
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not _has_mosquitto_user(), reason="needs root and a mosquitto user")
+def test_broker_access_under_a_strict_umask_writes_files_the_broker_can_read(
+    sqlite_services: Any, open_dir: Path
+) -> None:
+    """Root's umask is often 077: the directory made and the password file written (meant for the
+    broker's group, 0640) came out 0700 and 0600, and Mosquitto, once it had switched to its own
+    account, could not read its passwords or its rules and did not start."""
+    env = settings_env(sqlite_services.settings)
+    password = "service-" + uuid.uuid4().hex
+    env.update(EVIDENCE_MQTT_USERNAME=SERVICE_USER, EVIDENCE_MQTT_PASSWORD=password)
+    port = free_port()
+    out = open_dir / "broker"  # (a parent it cannot enter is refused with the reason, below)
+    r = subprocess.run(
+        [sys.executable, "-m", "ingest.cli", "broker-access", "--out", str(out), "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.umask(0o077),
+    )
+    assert r.returncode == 0, r.stderr
+    account = pwd.getpwnam("mosquitto")
+    hashes = (out / "passwords").stat()
+    assert (hashes.st_gid, hashes.st_mode & 0o777) == (account.pw_gid, 0o640)
+    assert (out / "broker-admin").stat().st_mode & 0o077 == 0  # still root's alone
+    with BrokerProcess(BrokerFiles.in_directory(out, port)) as broker:
+        service = Probe(broker.port, SERVICE_USER, password).connect()
+        try:
+            assert not service.refused, broker.log_tail()
+        finally:
+            service.close()
+
+
 def test_broker_access_refuses_a_directory_the_broker_cannot_reach(
     sqlite_services: Any, open_dir: Path
 ) -> None:

@@ -85,6 +85,77 @@ def test_busy_service_answers_503_with_retry_after(tmp_path: Path, seaweed) -> N
         s.db.dispose()
 
 
+def test_one_dock_cannot_take_every_upload_slot(tmp_path: Path, seaweed) -> None:  # type: ignore[no-untyped-def]
+    """A dock holding its share of the PATCH slots gets 503 for more; another dock still uploads."""
+    s, server, thread, url, admin = _live(
+        tmp_path, seaweed, max_concurrent_patches=8, max_patches_per_dock=1, retry_after_seconds=3
+    )
+    try:
+        greedy = enrol(url, admin)
+        other = enrol(url, admin, dock_id="DOCK-2", serial="CAM-2", wearer="S-2")
+
+        def create(fleet, i: int) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
+            data = os.urandom(256 * 1024 + i)
+            r = httpx.post(
+                f"{url}/api/v1/dock/uploads",
+                headers={
+                    **fleet.dock_headers(),
+                    "Upload-Length": str(len(data)),
+                    "Upload-Metadata": clip_metadata(fleet, sha256(data), len(data), filename=f"d{i}.mp4"),
+                },
+            )
+            return url + r.headers["location"], data
+
+        held, more, theirs = create(greedy, 0), create(greedy, 1), create(other, 2)
+        release, first_sent = threading.Event(), threading.Event()
+
+        def slow_body():  # type: ignore[no-untyped-def]
+            yield held[1][:1000]
+            first_sent.set()
+            release.wait(30)
+            yield held[1][1000:]
+
+        def patch(fleet) -> dict[str, str]:  # type: ignore[no-untyped-def]
+            return {
+                **fleet.dock_headers(),
+                "Content-Type": "application/offset+octet-stream",
+                "Upload-Offset": "0",
+            }
+
+        results: list[httpx.Response] = []
+        t = threading.Thread(
+            target=lambda: results.append(
+                httpx.patch(held[0], content=slow_body(), headers=patch(greedy), timeout=60)
+            )
+        )
+        t.start()
+        assert first_sent.wait(10)
+        busy = wait_for(
+            lambda: (
+                (r := httpx.patch(more[0], content=more[1], headers=patch(greedy), timeout=30)).status_code
+                == 503
+                and r
+            ),
+            10,
+            what="a 503 for the greedy dock",
+        )
+        assert busy.headers["retry-after"] == "3" and busy.json()["reason"] == "busy"
+        r = httpx.patch(theirs[0], content=theirs[1], headers=patch(other), timeout=30)
+        assert (
+            r.status_code == 204 and r.headers["evidence-status"] == "stored"
+        )  # the other dock is not held up
+        release.set()
+        t.join(30)
+        assert results[0].status_code == 204
+        r = httpx.patch(more[0], content=more[1], headers=patch(greedy), timeout=30)
+        assert r.status_code == 204 and r.headers["evidence-status"] == "stored"
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(15)
+        s.db.dispose()
+
+
 def test_full_storage_answers_507_and_keeps_what_it_has(tmp_path: Path, seaweed) -> None:  # type: ignore[no-untyped-def]
     s, server, thread, url, admin = _live(tmp_path, seaweed)
     try:
