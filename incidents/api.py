@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from accounts.access import require_roles, services
 from chain_of_custody.core import CoreServices
-from storage.api_schema import Timestamp
+from storage.api_schema import Timestamp, error_responses
 from storage.bounds import DB_INT_MAX, MAX_OFFSET, Patch
 
 from .access import (
@@ -166,7 +166,7 @@ class LinkIn(BaseModel):
 
 
 class HoldIn(BaseModel):
-    hold: bool
+    hold: StrictBool
     reason: str = Field(min_length=3, max_length=2000)
 
 
@@ -295,7 +295,9 @@ def incident_timeline(
         return timeline(session, incident)
 
 
-@router.post("/incidents/{incident_id}/links", response_model=LinkOut, status_code=201)
+@router.post(
+    "/incidents/{incident_id}/links", response_model=LinkOut, status_code=201, responses=error_responses(409)
+)
 def link(
     incident_id: str,
     body: LinkIn,
@@ -354,7 +356,11 @@ def unlink(
     return Response(status_code=204)
 
 
-@router.put("/incidents/{incident_id}/investigators/{user_id}", response_model=IncidentOut)
+@router.put(
+    "/incidents/{incident_id}/investigators/{user_id}",
+    response_model=IncidentOut,
+    responses=error_responses(400),
+)
 def assign(
     incident_id: str, user_id: UserId, user: Viewer = managers, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
@@ -378,7 +384,7 @@ def unassign(
     return Response(status_code=204)
 
 
-@router.put("/incidents/{incident_id}/legal-hold", response_model=IncidentOut)
+@router.put("/incidents/{incident_id}/legal-hold", response_model=IncidentOut, responses=error_responses(409))
 def incident_hold(
     incident_id: str, body: HoldIn, user: Viewer = managers, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
@@ -402,7 +408,7 @@ def incident_hold(
         return incident_view(session, incident)
 
 
-@router.get("/statistics", response_model=None)
+@router.get("/statistics", response_model=None, responses={200: {"content": {"text/csv": {}}}})
 def statistics(
     by: list[Literal[DIMENSIONS]] = Query(  # type: ignore[valid-type]
         default_factory=lambda: ["month", "category"], description="dimensions to count by"

@@ -5,6 +5,8 @@ follows from a route's shape is added here, in one place, to every operation it 
 
 - an operation behind a bearer token may answer 401 (no valid token) and 403 (role or access);
 - an operation with a path parameter may answer 404 (no such thing, or not one the caller may see);
+- an operation that takes a body may answer 400 (a rule the schema cannot say: an unknown staff
+  number, a window that ends before it starts, a duplicate id);
 - a 422 is the one error envelope with the validation errors in ``detail`` (``ingest.errors``), not
   FastAPI's own ``HTTPValidationError``, which the service never sends.
 """
@@ -44,6 +46,8 @@ def complete(doc: dict[str, Any]) -> dict[str, Any]:
                 responses.setdefault("403", _refusal(403))
             if "{" in path:
                 responses.setdefault("404", _refusal(404))
+            if "requestBody" in operation:  # a body may break a rule the schema cannot say
+                responses.setdefault("400", _refusal(400))
             if "422" in responses:
                 responses["422"] = _refusal(422)
     for unused in ("HTTPValidationError", "ValidationError"):
