@@ -254,12 +254,17 @@ def test_a_patch_that_stops_sending_is_ended_and_frees_the_upload(dock_live) -> 
     assert _content(dock_live, done.headers["evidence-item-id"]) == clip
 
 
+@pytest.mark.upload(upload_part_bytes=16 * MiB)  # big parts: the last is still on its way at the refusal
 def test_a_patch_refused_for_its_length_leaves_the_offset_settled(dock_live) -> None:  # type: ignore[no-untyped-def]
     fleet = enrol(dock_live.url, dock_live.admin())
-    clip = os.urandom(3 * PART + 100)
+    clip = os.urandom(2 * 16 * MiB + 100)
     location = _create(fleet, clip).headers["location"]
-    over = _patch(fleet, location, 0, clip + b"!")
-    assert over.status_code == 400 and over.json()["reason"] == "exceeds_length"
+    over = SlowPatch(fleet, location, 0, len(clip) + 1)
+    over.send(clip[: 2 * 16 * MiB])  # two full parts: the second sets off for the store
+    wait_for(lambda: _row(dock_live, location).committed >= 16 * MiB, 30, what="the first part recorded")
+    over.send(clip[2 * 16 * MiB :] + b"!")  # and one byte too many
+    assert over.status(30) == 400
+    over.close()
     offset = int(_head(fleet, location).headers["upload-offset"])
     row = _row(dock_live, location)
     assert row.lease_id is None and row.lease_until is None and row.offset == offset
