@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
+from pydantic import TypeAdapter, ValidationError
 
+from storage.api_schema import Timestamp
 from storage.embedded import EmbeddedSeaweed
 from tests.conftest import ADMIN_PASSWORD, make_settings, start_server
 
@@ -106,3 +110,13 @@ def test_the_api_answers_as_its_openapi_document_says(tmp_path: Path, seaweed: E
         s.db.dispose()
     failed = {name: run.stdout[-12000:] + run.stderr[-2000:] for name, run in runs.items() if run.returncode}
     assert not failed, "\n\n".join(f"== {name}\n{out}" for name, out in failed.items())
+
+
+def test_a_date_is_text_never_a_number() -> None:
+    """Pydantic alone takes a number as seconds since 1970 (``?until=0.5`` was a date in 1970)."""
+    dates = TypeAdapter(Timestamp)
+    assert dates.validate_python("2026-11-22T10:00:00Z") == datetime(2026, 11, 22, 10, tzinfo=UTC)
+    for number in (0, 0.5, 1764000000, "0.5", "1764000000", " 12 ", "1e9", True):
+        with pytest.raises(ValidationError):
+            dates.validate_python(number)
+    assert dates.json_schema() == {"format": "date-time", "type": "string"}
