@@ -4,15 +4,15 @@ A writer that lost its lease may still send a part after the newer writer sent t
 offset; with numbers taken from the offset the late one replaced bytes already acknowledged. Part
 numbers now come from a counter of the upload row, fenced by the lease.
 
-Revision ID: 0013_upload_part_numbers
-Revises: 0012_export_build_leases
+Revision ID: 0016_upload_part_numbers
+Revises: 0015_device_over_share
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013_upload_part_numbers"
-down_revision = "0012_export_build_leases"
+revision = "0016_upload_part_numbers"
+down_revision = "0015_device_over_share"
 branch_labels = None
 depends_on = None
 
