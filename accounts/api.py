@@ -11,9 +11,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.security import OAuth2PasswordRequestForm
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from chain_of_custody.core import CoreServices
+from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX, Patch
 from storage.errors import Refused
 
@@ -68,9 +69,9 @@ class UserChange(Patch):
     full_name: str | None = Field(None, max_length=128)
     role: str | None = Field(None, pattern=ROLE_PATTERN)
     site: str | None = Field(None, max_length=64)
-    active: bool | None = None
+    active: StrictBool | None = None
     password: str | None = Field(None, min_length=12, max_length=1024)
-    unlock: bool | None = None
+    unlock: StrictBool | None = None
 
 
 class MeOut(BaseModel):
@@ -80,7 +81,7 @@ class MeOut(BaseModel):
     site: str | None
 
 
-@router.post("/auth/token", response_model=TokenOut, tags=["access"])
+@router.post("/auth/token", response_model=TokenOut, tags=["access"], responses=error_responses(401))
 def login(
     request: Request,
     form: OAuth2PasswordRequestForm = Depends(),
@@ -115,7 +116,7 @@ def users(
         return list_users(session)
 
 
-@router.post("/users", response_model=UserOut, status_code=201)
+@router.post("/users", response_model=UserOut, status_code=201, responses=error_responses(409))
 def add_user(
     body: UserIn, user: Principal = Depends(require_roles(*USER_ADMINS)), s: CoreServices = Depends(services)
 ) -> User:
@@ -153,7 +154,8 @@ def change_user(
     s: CoreServices = Depends(services),
     throttle: SignInThrottle = Depends(sign_in_throttle),
 ) -> User:
-    changes = {k: getattr(body, k) for k in body.model_fields_set}
+    # A field sent as null is a field not changed (null is no name, no role, no state).
+    changes = {k: getattr(body, k) for k in body.model_fields_set if getattr(body, k) is not None}
     with s.db.session() as session:
         if session.get(User, user_id) is None:
             raise HTTPException(404, "no such user")

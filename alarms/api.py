@@ -46,6 +46,7 @@ from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.reads import item_response
 from devices.lone_worker_wire import DEVICE_ID_PATTERN, EVENT_ID_PATTERN
+from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX, MAX_OFFSET
 from storage.errors import Refused
 
@@ -98,7 +99,7 @@ class ResolveIn(BaseModel):
 @router.get("/alarms")
 def list_alarms(
     status: Annotated[
-        list[str] | None, Query(description="raised, acknowledged, escalated, resolved")
+        list[rules.AlarmStatus] | None, Query(description="raised, acknowledged, escalated, resolved")
     ] = None,
     open: Annotated[bool, Query(description="only alarms not yet resolved")] = False,
     device_id: str | None = None,
@@ -316,14 +317,16 @@ def lone_workers(
 @router.put(
     "/lone-worker/devices/{device_id}/alarms/{event_id}/voice-memo",
     status_code=201,
-    responses={200: {"description": "this memo was already stored"}},
+    responses={
+        200: {"description": "this memo was already stored"},
+        **error_responses(400, 401, 403, 409, 413, 415),
+    },
 )
 async def upload_voice_memo(
     request: Request,
     device_id: str,
     event_id: str,
     content_type: Annotated[str, Header()] = "application/octet-stream",
-    content_length: Annotated[int | None, Header(ge=0, le=DB_INT_MAX)] = None,
     x_device_signature: Annotated[str | None, Header()] = None,
     x_device_sent_at: Annotated[str | None, Header()] = None,
     s: CoreServices = Depends(services),
@@ -342,7 +345,10 @@ async def upload_voice_memo(
     limit = s.settings.max_voice_memo_bytes
     if not content_type.startswith(AUDIO_TYPES):
         raise VoiceMemoRefused("not_audio", "a voice memo is audio/*", 415)
-    if content_length is not None and content_length > limit:
+    # Content-Length is the HTTP layer's framing, not a parameter of this operation (the document
+    # listed it, so a client was invited to send "null" there, which the HTTP layer refuses itself).
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
         raise VoiceMemoRefused("too_large", f"at most {limit} bytes", 413)
     chunks: list[bytes] = []
     size = 0

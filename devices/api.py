@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from accounts.access import require_roles, services
 from accounts.service import Principal
@@ -67,7 +67,7 @@ class DeviceOut(BaseModel):
 class DeviceChange(BaseModel):
     status: str | None = None
     staff_id: str | None = None
-    unassign: bool = False
+    unassign: StrictBool = False
 
 
 @router.post("/staff", status_code=201)

@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from accounts.access import require_roles, services
 from chain_of_custody.core import CoreServices
+from storage.api_schema import Timestamp, error_responses
 from storage.bounds import DB_INT_MAX, MAX_OFFSET, Patch
 
 from .access import (
@@ -53,7 +54,7 @@ class StaffInvolved(BaseModel):
 
 class IncidentIn(BaseModel):
     category: Category
-    occurred_at: AwareDatetime
+    occurred_at: Timestamp
     site: str = Field(min_length=1, max_length=64)
     title: str = Field("", max_length=200)
     description: str = Field("", max_length=20000)
@@ -61,8 +62,8 @@ class IncidentIn(BaseModel):
     address: str | None = Field(None, max_length=1000)
     staff: list[StaffInvolved] = Field(default_factory=list, max_length=100)
     wearer: str | None = Field(None, max_length=64)
-    window_start: AwareDatetime | None = None
-    window_end: AwareDatetime | None = None
+    window_start: Timestamp | None = None
+    window_end: Timestamp | None = None
 
 
 class IncidentChange(Patch):
@@ -73,14 +74,14 @@ class IncidentChange(Patch):
     outcome: str | None = Field(None, max_length=5000)
     title: str | None = Field(None, max_length=200)
     description: str | None = Field(None, max_length=20000)
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Timestamp | None = None
     site: str | None = Field(None, min_length=1, max_length=64)
     ward: str | None = Field(None, max_length=128)
     address: str | None = Field(None, max_length=1000)
     staff: list[StaffInvolved] | None = Field(None, max_length=100)
     wearer: str | None = Field(None, max_length=64)
-    window_start: AwareDatetime | None = None
-    window_end: AwareDatetime | None = None
+    window_start: Timestamp | None = None
+    window_end: Timestamp | None = None
 
 
 class StaffOut(BaseModel):
@@ -165,7 +166,7 @@ class LinkIn(BaseModel):
 
 
 class HoldIn(BaseModel):
-    hold: bool
+    hold: StrictBool
     reason: str = Field(min_length=3, max_length=2000)
 
 
@@ -222,8 +223,8 @@ def find_incidents(
     category: list[Category] = Query(default_factory=list),
     site: str | None = None,
     q: str | None = Query(None, max_length=200, description="text in reference, title, description or ward"),
-    occurred_from: AwareDatetime | None = None,
-    occurred_to: AwareDatetime | None = None,
+    occurred_from: Timestamp | None = None,
+    occurred_to: Timestamp | None = None,
     assigned_to: int | None = Query(None, ge=1, le=DB_INT_MAX),
     wearer: str | None = None,
     staff_id: str | None = None,
@@ -294,7 +295,9 @@ def incident_timeline(
         return timeline(session, incident)
 
 
-@router.post("/incidents/{incident_id}/links", response_model=LinkOut, status_code=201)
+@router.post(
+    "/incidents/{incident_id}/links", response_model=LinkOut, status_code=201, responses=error_responses(409)
+)
 def link(
     incident_id: str,
     body: LinkIn,
@@ -353,7 +356,11 @@ def unlink(
     return Response(status_code=204)
 
 
-@router.put("/incidents/{incident_id}/investigators/{user_id}", response_model=IncidentOut)
+@router.put(
+    "/incidents/{incident_id}/investigators/{user_id}",
+    response_model=IncidentOut,
+    responses=error_responses(400),
+)
 def assign(
     incident_id: str, user_id: UserId, user: Viewer = managers, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
@@ -377,7 +384,7 @@ def unassign(
     return Response(status_code=204)
 
 
-@router.put("/incidents/{incident_id}/legal-hold", response_model=IncidentOut)
+@router.put("/incidents/{incident_id}/legal-hold", response_model=IncidentOut, responses=error_responses(409))
 def incident_hold(
     incident_id: str, body: HoldIn, user: Viewer = managers, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
@@ -401,13 +408,13 @@ def incident_hold(
         return incident_view(session, incident)
 
 
-@router.get("/statistics", response_model=None)
+@router.get("/statistics", response_model=None, responses={200: {"content": {"text/csv": {}}}})
 def statistics(
     by: list[Literal[DIMENSIONS]] = Query(  # type: ignore[valid-type]
         default_factory=lambda: ["month", "category"], description="dimensions to count by"
     ),
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
     site: str | None = None,
     format: Literal["json", "csv"] = "json",
     user: Viewer = Depends(require_roles(*STATISTICS_READERS)),

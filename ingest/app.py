@@ -36,7 +36,7 @@ from storage.objects import StorageError
 from storage.schedule import run_when_due
 from storage.settings import Settings
 
-from . import dock_api, errors, evidence_api, redaction_api
+from . import dock_api, errors, evidence_api, openapi, redaction_api
 from .http_edge import BodyLimit
 from .metrics import exposition
 from .mqtt_consumer import AlarmConsumer, consumer_configured
@@ -210,7 +210,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             if own:
                 services.close()
 
-    app = FastAPI(
+    app = openapi.DocumentedAPI(
         title="Evidence service",
         version="1",
         description="Body-worn camera and lone-worker evidence for healthcare security teams.",

@@ -14,6 +14,7 @@ from accounts.access import services
 from chain_of_custody.core import CoreServices
 from devices.models import Device
 from devices.service import DeviceRefused, authenticate_dock
+from storage.api_schema import error_responses
 from storage.errors import Refused
 from storage.objects import StorageError, StorageFull, StorageUnavailable
 
@@ -38,7 +39,23 @@ from .uploads import (
 )
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1/dock/uploads", tags=["dock"])
+router = APIRouter(prefix="/api/v1/dock/uploads", tags=["dock"], responses=error_responses(401, 403))
+
+
+def _header(name: str, description: str, required: bool = False, **schema: object) -> dict[str, object]:
+    """A tus request header, as the document lists it (the routes read them from the request)."""
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
+TUS_RESUMABLE = _header("Tus-Resumable", "The protocol version: 1.0.0 (412 otherwise).", True)
+# What each tus request may be answered, besides 401/403 (docs/PROTOCOLS.md).
+STATE = {"Upload-Offset": {"schema": {"type": "string"}}, "Upload-Length": {"schema": {"type": "string"}}}
 
 
 def engine(request: Request) -> UploadEngine:
@@ -128,7 +145,7 @@ def _handle(exc: Exception, dock: Device | None, retry_after: int) -> JSONRespon
     raise exc
 
 
-@router.options("", include_in_schema=True)
+@router.options("", status_code=204, responses={204: {"description": "tus discovery headers"}})
 def options(dock: Device = Depends(current_dock), s: CoreServices = Depends(services)) -> Response:
     """tus discovery: version, extensions, checksum algorithms and the largest clip accepted."""
     return Response(
@@ -143,7 +160,21 @@ def options(dock: Device = Depends(current_dock), s: CoreServices = Depends(serv
     )
 
 
-@router.post("", status_code=201)
+@router.post(
+    "",
+    status_code=201,
+    responses={
+        201: {"description": "Upload created (Location)", "headers": STATE},
+        **error_responses(400, 412, 413, 431, 503, 507),
+    },
+    openapi_extra={
+        "parameters": [
+            TUS_RESUMABLE,
+            _header("Upload-Length", "The clip's size in bytes.", True),
+            _header("Upload-Metadata", "Comma-separated key and base64 value pairs.", True),
+        ]
+    },
+)
 async def create(
     request: Request,
     dock: Device = Depends(current_dock),
@@ -166,7 +197,14 @@ async def create(
     return Response(status_code=201, headers=headers)
 
 
-@router.head("/{upload_id}")
+@router.head(
+    "/{upload_id}",
+    responses={
+        200: {"description": "How far the upload got", "headers": STATE},
+        **error_responses(410, 412, 503),
+    },
+    openapi_extra={"parameters": [TUS_RESUMABLE]},
+)
 async def head(
     upload_id: str,
     request: Request,
@@ -192,7 +230,21 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
         raise ClientGone() from None
 
 
-@router.patch("/{upload_id}", status_code=204)
+@router.patch(
+    "/{upload_id}",
+    status_code=204,
+    responses={
+        204: {"description": "Bytes appended", "headers": STATE},
+        **error_responses(400, 408, 409, 410, 412, 415, 460, 503, 507),
+    },
+    openapi_extra={
+        "parameters": [
+            TUS_RESUMABLE,
+            _header("Upload-Offset", "Where this request's bytes go: the current offset.", True),
+            _header("Upload-Checksum", "Optional: algorithm and base64 digest of this request's body."),
+        ],
+    },
+)
 async def patch(
     upload_id: str,
     request: Request,
@@ -200,7 +252,8 @@ async def patch(
     s: CoreServices = Depends(services),
     uploads: UploadEngine = Depends(engine),
 ) -> Response:
-    """tus data: append the request body at ``Upload-Offset``."""
+    """tus data: append the request body (``Content-Type: application/offset+octet-stream``, the
+    clip's next bytes) at ``Upload-Offset``."""
     try:
         _check_version(request)
         if request.headers.get("content-type") != "application/offset+octet-stream":
@@ -216,7 +269,12 @@ async def patch(
     return Response(status_code=204, headers=_tus_headers(_state_headers(state)))
 
 
-@router.delete("/{upload_id}", status_code=204)
+@router.delete(
+    "/{upload_id}",
+    status_code=204,
+    responses=error_responses(403, 410, 412, 503),
+    openapi_extra={"parameters": [TUS_RESUMABLE]},
+)
 async def terminate(
     upload_id: str,
     request: Request,

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage.errors import Refused
@@ -72,6 +73,8 @@ async def error_response(request: Request, exc: Exception) -> Response:
         return JSONResponse(envelope("invalid request", "invalid_request", errors), status_code=422)
     elif isinstance(exc, HTTPException):
         status, headers = exc.status_code, dict(exc.headers or {})
+        if status == 405:
+            headers["Allow"] = allowed_methods(request)
         detail = exc.detail
         if isinstance(detail, dict) and "error" in detail and "reason" in detail:
             body = envelope(str(detail["error"]), str(detail["reason"]), detail)
@@ -88,6 +91,17 @@ async def error_response(request: Request, exc: Exception) -> Response:
             "request refused", extra={"path": request.url.path, "status": status, "reason": body["reason"]}
         )
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path answers. Starlette names only the first route that matched the
+    path, so a path served by several routes (GET and POST of ``/users``) told of one method only."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(route_methods)
+    return ", ".join(sorted(methods))
 
 
 def install(app: FastAPI) -> None:

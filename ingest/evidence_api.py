@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import select
 
 from accounts.access import require_roles, services
@@ -185,7 +185,7 @@ class RetentionOut(BaseModel):
 
 
 class HoldIn(BaseModel):
-    hold: bool
+    hold: StrictBool
     reason: str = Field(min_length=3, max_length=2000)
 
 

@@ -27,10 +27,11 @@ class Upload(Base):
     signature: Mapped[str] = mapped_column(String(128))
     length: Mapped[int] = mapped_column(BigInteger)
     committed: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes in finished S3 parts
-    staged: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[offset, size], ...] tail segments
+    staged: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[offset, size, writer], ...] tails
     offset: Mapped[int] = mapped_column(BigInteger, default=0)  # committed + staged bytes
     part_size: Mapped[int] = mapped_column(Integer)
-    parts: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[part_number, etag], ...]
+    parts: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[part_number, etag], ...] in offset order
+    parts_issued: Mapped[int] = mapped_column(Integer, default=0)  # the last S3 part number handed out
     object_key: Mapped[str] = mapped_column(String(512))
     s3_upload_id: Mapped[str] = mapped_column(String(512))
     status: Mapped[str] = mapped_column(String(16), default="open")  # open, complete, terminated, expired

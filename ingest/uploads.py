@@ -7,6 +7,13 @@ resumes from the byte where it stopped, even after the service restarts or on an
 The digests (SHA-256 and BLAKE3, ``storage.digests``) are computed over the parts in order as they
 are stored; if the process that held them is gone, the finished object is read back and hashed
 instead.
+
+One request writes an upload at a time: the one holding the upload's lease (``WRITER``). Every write
+it makes is fenced by that lease: each S3 part takes a part number handed out under the lease and
+never used before (so a late part of a writer that lost its lease cannot replace a part the newer
+writer sent), tail segments are named after their writer, and recording progress is an update that
+only matches while the writer still holds the lease. A writer that lost it is refused (409) and what
+it sent is dropped; a request whose body stops arriving is ended (408) and frees the upload.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import canonical_json, rfc3339
@@ -66,6 +73,26 @@ WRITER = Lease(until=Upload.lease_until, holder=Upload.lease_id)
 
 class UploadBusy(Exception):
     """Another request is writing this upload, or the service is at capacity: 503 with Retry-After."""
+
+
+class LeaseLost(TusRefusal):
+    """This request's lease ran out and another request took the upload over: nothing more of it is kept."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            409, "lease_lost", "another request took this upload over; ask HEAD for the offset and resume"
+        )
+
+
+class Stalled(TusRefusal):
+    """The request body stopped arriving: the request is ended, what arrived is kept, the upload is free."""
+
+    def __init__(self, seconds: int) -> None:
+        super().__init__(408, "stalled", f"the request body sent nothing for {seconds} s; resume from HEAD")
+
+
+# S3 numbers the parts of a multipart upload 1 to 10,000.
+MAX_PART_NUMBER = 10_000
 
 
 class UploadGone(Exception):
@@ -112,8 +139,10 @@ def _state(u: Upload) -> UploadState:
     return UploadState(u.id, u.offset, u.length, u.expires_at, u.evidence_item_id, u.evidence_status)
 
 
-def _tail_key(upload_id: str, offset: int) -> str:
-    return f"tails/{upload_id}/{offset:015d}"
+def _tail_key(upload_id: str, segment: list[Any]) -> str:
+    """The staging key of a tail segment ``[offset, size, writer]`` (older rows have no writer)."""
+    writer = f"-{segment[2]}" if len(segment) > 2 else ""
+    return f"tails/{upload_id}/{int(segment[0]):015d}{writer}"
 
 
 class UploadEngine:
@@ -148,13 +177,17 @@ class UploadEngine:
         settings = self.s.settings
         with self.s.db.session() as session:
             camera_for_clip(session, meta.camera_serial, meta.wearer)
+            # A replay is this dock's own clip, already stored: another dock's upload is never named
+            # to it, and a quarantined clip may be sent again (a new upload, a new item).
             replay = session.scalar(
                 select(Upload).where(
+                    Upload.dock_id == dock.id,
                     Upload.camera_sha256 == meta.sha256,
                     Upload.camera_serial == meta.camera_serial,
                     Upload.signature == meta.signature,
                     Upload.length == length,
                     Upload.status == "complete",
+                    Upload.evidence_status == "stored",
                 )
             )
             if replay is not None:
@@ -219,9 +252,9 @@ class UploadEngine:
             self.s.store.abort_multipart(upload.object_key, upload.s3_upload_id)
         except StorageError as exc:
             log.warning("abort of multipart upload failed", extra={"upload": upload.id, "error": str(exc)})
-        for off, _size in json.loads(upload.staged):
+        for segment in json.loads(upload.staged):
             try:
-                self.s.store.stage_delete(_tail_key(upload.id, off))
+                self.s.store.stage_delete(_tail_key(upload.id, segment))
             except StorageError:
                 pass
 
@@ -239,10 +272,13 @@ class UploadEngine:
         return n
 
     # -- leases: one writer per upload across all replicas -----------------------------------
-    def _acquire(self, upload_id: str) -> str:
+    def _acquire(self, dock: Device, upload_id: str) -> str:
+        """Take the upload's lease, only ever of this dock's own upload (another dock's is a 404)."""
         lease = secrets.token_hex(8)
         with self.s.db.session() as session:
-            if not WRITER.take(session, Upload.id == upload_id, lease, self.lease, datetime.now(UTC)):
+            self._get(session, dock, upload_id)
+            mine = and_(Upload.id == upload_id, Upload.dock_id == dock.id)
+            if not WRITER.take(session, mine, lease, self.lease, datetime.now(UTC)):
                 raise UploadBusy("another request is writing this upload")
         return lease
 
@@ -268,7 +304,7 @@ class UploadEngine:
         self.per_dock[dock.id] = held + 1
         try:
             async with self.active:
-                lease = await asyncio.to_thread(self._acquire, upload_id)
+                lease = await asyncio.to_thread(self._acquire, dock, upload_id)
                 try:
                     return await self._patch(dock, upload_id, offset, body, checksum, lease)
                 finally:
@@ -306,16 +342,34 @@ class UploadEngine:
             raise StorageFullError()
         writer = _PartWriter(self, upload, lease, checksum)
         await writer.load_tail()
-        disconnected = False
+        disconnected = stalled = False
+        chunks = body.__aiter__()
+        stall = self.s.settings.upload_stall_seconds
         try:
-            async for chunk in body:
-                if not chunk:
-                    continue
-                await writer.feed(chunk)
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(anext(chunks), stall)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    stalled = True
+                    break
+                if chunk:
+                    await writer.feed(chunk)
         except (ClientGone, OSError):
             disconnected = True
-        state = await writer.finish(disconnected)
-        return state
+        except BaseException:
+            # Refused mid-body (past the length, lease lost): settle the parts already on their way
+            # before answering, so the offset HEAD reports is final once the refusal is sent.
+            await writer.abandon()
+            raise
+        try:
+            return await writer.finish(disconnected or stalled)
+        except _Disconnected:
+            if stalled:
+                log.info("upload stalled", extra={"upload": upload_id, "offset": writer.offset})
+                raise Stalled(stall) from None
+            raise
 
 
 class StorageFullError(Exception):
@@ -359,8 +413,8 @@ class _PartWriter:
         self.buffer = bytearray(upload.part_size)
         self.fill = 0
         self.spare: list[bytearray] = []  # part buffers whose bytes are stored and hashed
-        self.staged: list[list[int]] = json.loads(upload.staged)
-        self.staged_len = sum(s for _, s in self.staged)
+        self.staged: list[list[Any]] = json.loads(upload.staged)
+        self.staged_len = sum(int(seg[1]) for seg in self.staged)
         self.parts: list[list[object]] = json.loads(upload.parts)
         self.committed = upload.committed
         self.running = engine.hashes.take(upload.id, upload.committed)
@@ -374,7 +428,7 @@ class _PartWriter:
 
     async def load_tail(self) -> None:
         def read() -> bytes:
-            return b"".join(self.e.s.store.stage_get(_tail_key(self.u.id, off)) for off, _ in self.staged)
+            return b"".join(self.e.s.store.stage_get(_tail_key(self.u.id, seg)) for seg in self.staged)
 
         if self.staged:
             tail = await asyncio.to_thread(read)
@@ -418,7 +472,7 @@ class _PartWriter:
         next part while the earlier ones are still on their way.
         """
         await self._make_room()
-        number = self.sent // self.u.part_size + 1
+        number = await asyncio.to_thread(self._issue_number)
         self.sent += len(data)
         consumed = self.staged_len > 0
         self.consumed_staged = self.consumed_staged or consumed
@@ -469,7 +523,7 @@ class _PartWriter:
         etag = await part.upload
         if part.hashed is not None:
             await part.hashed
-        self.parts = [p for p in self.parts if p[0] != part.number] + [[part.number, etag]]
+        self.parts = [*self.parts, [part.number, etag]]
         self.committed += part.size
         if self.checksum is None:
             await asyncio.to_thread(self._record, self.committed, part.consumed)
@@ -486,7 +540,29 @@ class _PartWriter:
 
     def _renew(self) -> None:
         with self.e.s.db.session() as session:
-            WRITER.renew(session, Upload.id == self.u.id, self.lease, self.e.lease, datetime.now(UTC))
+            if not WRITER.renew(session, Upload.id == self.u.id, self.lease, self.e.lease, datetime.now(UTC)):
+                raise LeaseLost()
+
+    def _mine(self) -> ColumnElement[bool]:
+        """The upload's row while this request holds its lease: every write is fenced by it."""
+        return and_(Upload.id == self.u.id, Upload.lease_id == self.lease)
+
+    def _issue_number(self) -> int:
+        """A part number nobody has used for this upload, handed out only while the lease is held."""
+        with self.e.s.db.session() as session:
+            number = session.scalar(
+                update(Upload)
+                .where(self._mine())
+                .values(parts_issued=Upload.parts_issued + 1, lease_until=datetime.now(UTC) + self.e.lease)
+                .returning(Upload.parts_issued)
+            )
+        if number is None:
+            raise LeaseLost()
+        if number > MAX_PART_NUMBER:
+            raise TusRefusal(
+                410, "too_many_parts", "this upload has used every part number; start a new upload"
+            )
+        return int(number)
 
     def _record(self, committed: int, consumed_staged: bool) -> None:
         """Persist that ``committed`` bytes are in S3 parts (and drop tail segments those parts absorbed)."""
@@ -494,29 +570,45 @@ class _PartWriter:
         if consumed_staged:
             self.staged = []
         with self.e.s.db.session() as session:
-            session.execute(
+            result: Any = session.execute(
                 update(Upload)
-                .where(Upload.id == self.u.id)
+                .where(self._mine())
                 .values(
                     committed=committed,
                     offset=committed + self._unsent_staged(),
-                    parts=json.dumps(sorted(self.parts)),
+                    parts=json.dumps(self.parts),
                     staged=json.dumps(self.staged),
                     lease_until=datetime.now(UTC) + self.e.lease,
                 )
             )
-        for off, _ in old:
+            if result.rowcount != 1:
+                raise LeaseLost()
+        for segment in old:
             try:
-                self.e.s.store.stage_delete(_tail_key(self.u.id, off))
+                self.e.s.store.stage_delete(_tail_key(self.u.id, segment))
             except StorageError:
                 pass
 
     def _unsent_staged(self) -> int:
-        return sum(s for _, s in self.staged)
+        return sum(int(seg[1]) for seg in self.staged)
 
     async def _drain(self) -> None:
         while self.pending:
             await self._complete_oldest()
+
+    async def abandon(self) -> None:
+        """The request is refused: let the parts on their way finish recording (fenced by the lease),
+        keep the running digests only if every one of them was recorded, and stage nothing more."""
+        settled = True
+        for part in self.pending:
+            try:
+                assert part.commit is not None
+                await part.commit
+            except BaseException:  # noqa: BLE001 - the refusal being raised is the answer
+                settled = False
+        self.pending.clear()
+        if settled and self.checksum is None:
+            self.e.hashes.put(self.u.id, self.committed, self.running)
 
     async def finish(self, disconnected: bool) -> UploadState:
         whole = self.offset == self.u.length and not disconnected
@@ -536,7 +628,7 @@ class _PartWriter:
                 and self.body_hash.digest() == self.checksum[1]
             )
             if not ok:
-                # Discard the whole request; parts sent will be overwritten by the retry of the same numbers.
+                # Discard the whole request: its parts are never listed, the retry sends under new numbers.
                 self.e.hashes.put(self.u.id, self.u.committed, self.start_running)
                 if disconnected:
                     raise _Disconnected()
@@ -550,14 +642,20 @@ class _PartWriter:
             start = self.committed + self.staged_len
 
             def stage() -> None:
-                self.e.s.store.stage_put(_tail_key(self.u.id, start), new)
-                self.staged.append([start, len(new)])
+                segment = [start, len(new), self.lease]
+                key = _tail_key(self.u.id, segment)
+                self.e.s.store.stage_put(key, new)
                 with self.e.s.db.session() as session:
-                    session.execute(
+                    result: Any = session.execute(
                         update(Upload)
-                        .where(Upload.id == self.u.id)
-                        .values(offset=self.committed + self.fill, staged=json.dumps(self.staged))
+                        .where(self._mine())
+                        .values(offset=self.committed + self.fill, staged=json.dumps([*self.staged, segment]))
                     )
+                    kept = result.rowcount == 1
+                if not kept:
+                    self.e.s.store.stage_delete(key)
+                    raise LeaseLost()
+                self.staged.append(segment)
 
             await asyncio.to_thread(stage)
         self.e.hashes.put(self.u.id, self.committed, self.running)
@@ -570,7 +668,10 @@ class _PartWriter:
         return UploadState(self.u.id, self.offset, self.u.length, self.u.expires_at, None, None)
 
     def e_complete(self) -> UploadState:
-        return complete_upload(self.e, self.u, sorted(self.parts), self.running)
+        with self.e.s.db.session() as session:  # the last fence before the parts become one object
+            if not WRITER.renew(session, Upload.id == self.u.id, self.lease, self.e.lease, datetime.now(UTC)):
+                raise LeaseLost()
+        return complete_upload(self.e, self.u, self.parts, self.running)
 
 
 class _Disconnected(Exception):
@@ -613,6 +714,27 @@ def complete_upload(
                 reasons.append("camera signature over the clip manifest does not verify")
         if digest != upload.camera_sha256:
             reasons.append(f"stored bytes hash to {digest}, the camera reported {upload.camera_sha256}")
+        # The same clip quarantined before (bytes damaged on the way, say): this item is its new copy.
+        resent_for = sorted(
+            item_id
+            for item_id in session.scalars(
+                select(Upload.evidence_item_id).where(
+                    Upload.camera_serial == upload.camera_serial,
+                    Upload.camera_sha256 == upload.camera_sha256,
+                    Upload.evidence_status == "quarantined",
+                    Upload.id != upload.id,
+                )
+            )
+            if item_id
+        )
+        received: dict[str, Any] = {
+            "dock": upload.dock_id,
+            "upload": upload.id,
+            "bytes": upload.length,
+            "upload_started": rfc3339(upload.created_at),
+        }
+        if resent_for:
+            received["resent_for"] = resent_for
         start = datetime.fromisoformat(upload.recorded_start.replace("Z", "+00:00"))
         stop = datetime.fromisoformat(upload.recorded_stop.replace("Z", "+00:00"))
         item = record_evidence(
@@ -639,12 +761,7 @@ def complete_upload(
                 "camera_signature": upload.signature,
                 "camera_public_key": camera.public_key if camera else None,
             },
-            received={
-                "dock": upload.dock_id,
-                "upload": upload.id,
-                "bytes": upload.length,
-                "upload_started": rfc3339(upload.created_at),
-            },
+            received=received,
             quarantine_reason="; ".join(reasons) or None,
             verified={"camera_hash_matches": True, "camera_signature_valid": signature_ok},
         )
@@ -658,9 +775,9 @@ def complete_upload(
         for hook in s.clip_hooks:
             hook(session, item)
         state = _state(row)
-    for off, _ in json.loads(upload.staged):
+    for segment in json.loads(upload.staged):
         try:
-            s.store.stage_delete(_tail_key(upload.id, off))
+            s.store.stage_delete(_tail_key(upload.id, segment))
         except StorageError:
             pass
     UPLOADS_FINISHED.labels(status=item.status).inc()

@@ -144,6 +144,10 @@ class DockUploadSettings(_Section):
     upload_lease_seconds: int = Field(
         15, description="How long a dock request holds an upload before another request may take it over."
     )
+    upload_stall_seconds: int = Field(
+        30,
+        description="A dock PATCH whose body sends nothing for this long is ended (408): what arrived is kept and the upload is free for the retry.",
+    )
 
 
 class HttpSettings(_Section):

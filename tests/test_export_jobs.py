@@ -92,3 +92,20 @@ def test_a_build_interrupted_too_often_fails(sqlite_services: Any) -> None:
     assert ExportBuilds(s, name="host-b:2:exports").claim() is None
     failed = _status(s, job_id)
     assert failed.status == "failed" and "interrupted" in (failed.error or "")
+
+
+def test_a_builder_whose_lease_was_taken_over_records_nothing(sqlite_services: Any) -> None:
+    """The builder that lost its lease may still finish its package: the job stays the newer one's."""
+    s = sqlite_services
+    job_id = _job(s, _alarm_item(s))
+    first = ExportBuilds(s, name="host-a:1:exports")
+    second = ExportBuilds(s, name="host-b:2:exports")
+    assert first.claim() == job_id
+    later = datetime.now(UTC) + timedelta(seconds=s.settings.worker_lease_seconds + 1)
+    assert second.claim(later) == job_id
+    first.run(job_id)  # it was only slow: it wakes and finishes
+    stale = _status(s, job_id)
+    assert (stale.status, stale.lease_owner, stale.result) == ("building", "host-b:2:exports", None)
+    second.run(job_id)
+    done = _status(s, job_id)
+    assert done.status == "ready" and done.lease_owner is None

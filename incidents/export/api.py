@@ -22,7 +22,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,7 @@ from chain_of_custody.fixity import FixityCheck
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reads import RangeRefused
+from storage.api_schema import error_responses
 from storage.objects import StorageError
 from storage.streams import blocks_in_thread
 
@@ -56,7 +57,7 @@ ORIGINALS_AUTHORISERS = INCIDENT_MANAGERS
 
 
 class ExportIn(BaseModel):
-    include_originals: bool = False
+    include_originals: StrictBool = False
     reason: str | None = Field(None, max_length=2000, description="required to include original footage")
 
 
@@ -143,7 +144,12 @@ def visible_job(session: Session, user: Viewer, export_id: str) -> ExportJob:
     return job
 
 
-@router.post("/incidents/{incident_id}/exports", response_model=ExportOut, status_code=202)
+@router.post(
+    "/incidents/{incident_id}/exports",
+    response_model=ExportOut,
+    status_code=202,
+    responses=error_responses(409),
+)
 def request_export(
     incident_id: str,
     body: ExportIn,
@@ -220,7 +226,9 @@ def get_export(
         return _job_out(visible_job(session, user, export_id))
 
 
-@router.post("/exports/{export_id}/links", response_model=LinkOut, status_code=201)
+@router.post(
+    "/exports/{export_id}/links", response_model=LinkOut, status_code=201, responses=error_responses(409)
+)
 def create_link(
     export_id: str,
     body: LinkIn,
@@ -271,7 +279,7 @@ def revoke_link(
     return Response(status_code=204)
 
 
-@router.get("/exports/download/{token}")
+@router.get("/exports/download/{token}", responses=error_responses(409, 410, 416))
 def download(token: str, request: Request, s: CoreServices = Depends(services)) -> Response:
     """The package, for whoever holds an unexpired, unrevoked link (the token is the credential).
 

@@ -263,6 +263,10 @@ def compose_package(
     return out.layout(request.export_id, filename, manifest_sha256), counter.done
 
 
+class BuildTakenOver(ExportError):
+    """The builder's lease ran out and another builder took the export over: this build records nothing."""
+
+
 def build_package(
     db: Database,
     store: ObjectStore,
@@ -273,6 +277,7 @@ def build_package(
     *,
     package_hash: bool = False,
     progress: Callable[[int], None] | None = None,
+    fence: Callable[[Session], bool] | None = None,
 ) -> ExportResult:
     """Make, store and record an export package of ``items`` (see ``gather_items``) for an incident.
 
@@ -280,7 +285,9 @@ def build_package(
     gets an ``exported`` entry naming the package and its hashes (and, for originals, who authorised
     them and why), all in one transaction after the layout is safely stored. The whole zip's SHA-256
     is computed only with ``package_hash`` (see ``compose_package``): the signed manifest's hash
-    identifies the package either way.
+    identifies the package either way. ``fence`` runs first in the recording transaction: when it
+    says False (the build's lease was taken over), nothing is recorded and :class:`BuildTakenOver`
+    is raised.
     """
     if request.originals is not None and not request.originals.reason.strip():
         raise ExportError("including originals needs a stated reason")
@@ -315,6 +322,8 @@ def build_package(
     withheld = {p.item.id: str(p.withheld_reason) for p in plan if not p.include_media}
     originals = request.originals
     with db.session() as session:
+        if fence is not None and not fence(session):
+            raise BuildTakenOver(f"export {request.export_id} was taken over by another builder")
         record_evidence(
             session,
             ledger,

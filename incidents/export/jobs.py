@@ -24,7 +24,7 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.models import EvidenceItem
 from storage.leases import Lease, claim
 
-from .build import build_package
+from .build import BuildTakenOver, build_package
 from .models import ExportJob
 from .plan import ExportError, ExportRequest, OriginalsPermission, gather_items
 
@@ -139,10 +139,21 @@ class ExportBuilds:
                     retain_until=_retain_until(items, s.settings.retention_days, datetime.now(UTC)),
                     originals=originals,
                 )
-            result = build_package(s.db, s.store, s.ledger, s.key, items, request, progress=progress)
+            result = build_package(
+                s.db,
+                s.store,
+                s.ledger,
+                s.key,
+                items,
+                request,
+                progress=progress,
+                fence=lambda session: self._still_ours(session.get(ExportJob, job_id, with_for_update=True)),
+            )
             with s.db.session() as session:
                 job = session.get(ExportJob, job_id, with_for_update=True)
                 assert job is not None
+                if not self._still_ours(job):
+                    return
                 job.status = "ready"
                 job.media_bytes_done = job.media_bytes_total = result.media_bytes
                 job.package_sha256 = result.package_sha256
@@ -160,18 +171,35 @@ class ExportBuilds:
                 job.finished_at = datetime.now(UTC)
                 job.lease_owner = job.lease_until = None
             log.info("export ready", extra={"export": job_id, "bytes": result.package_size})
+        except BuildTakenOver:
+            return  # the newer builder's package is the export's; _still_ours said so in the log
         except Exception as exc:  # noqa: BLE001 - recorded on the job for the requester to see
             log.exception("export failed", extra={"export": job_id})
             message = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
             with s.db.session() as session:
                 job = session.get(ExportJob, job_id, with_for_update=True)
-                if job is not None and job.status == "building":
+                if job is not None and self._still_ours(job):
                     job.status = "failed"
                     job.error = message
                     job.finished_at = datetime.now(UTC)
                     job.lease_owner = job.lease_until = None
         finally:
             done.set()
+
+    def _still_ours(self, job: ExportJob | None) -> bool:
+        """The job is still building under this builder's lease: what it finished may be recorded. A
+        builder whose lease ran out and was taken over records nothing (the newer build is the job's)."""
+        if job is not None and job.status == "building" and job.lease_owner == self.name:
+            return True
+        log.warning(
+            "export build taken over: its result is not recorded",
+            extra={
+                "export": job.id if job else None,
+                "builder": self.name,
+                "holder": job and job.lease_owner,
+            },
+        )
+        return False
 
     def wake(self) -> None:
         """A build was asked for: look now rather than at the next poll (from any thread)."""
