@@ -17,6 +17,7 @@ original.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 from sqlalchemy import ColumnElement, false, or_, select, true
@@ -35,6 +36,8 @@ EVIDENCE_MEDIA = ("admin", "security_manager", "investigator")
 EVIDENCE_HOLDERS = ("admin", "security_manager")
 EVIDENCE_DELETERS = ("admin",)
 STATISTICS_READERS = ("admin", "security_manager", "auditor")
+# The control room's view of alarms (``alarms.api``); investigators reach an alarm through an incident.
+ALARM_READERS = ("admin", "security_manager", "operator", "auditor")
 USER_ADMINS = ("admin",)
 DERIVATION_DEPTH = 3  # original -> redacted copy -> redaction record, and one more
 
@@ -130,3 +133,40 @@ def can_see_evidence(session: Session, viewer: Viewer, item_id: str) -> bool:
 def visible_evidence(session: Session, viewer: Viewer, item_id: str) -> EvidenceItem | None:
     """The item if the viewer may see it; None both when missing and when hidden."""
     return session.scalar(select(EvidenceItem).where(EvidenceItem.id == item_id, evidence_scope(viewer)))
+
+
+def visible_evidence_ids(session: Session, viewer: Viewer, item_ids: Iterable[str]) -> set[str]:
+    """Which of ``item_ids`` the viewer may see: what a write may touch on the caller's behalf."""
+    wanted = list(dict.fromkeys(item_ids))
+    if not wanted:
+        return set()
+    return set(
+        session.scalars(select(EvidenceItem.id).where(EvidenceItem.id.in_(wanted), evidence_scope(viewer)))
+    )
+
+
+def may_follow_wearer(session: Session, viewer: Viewer, wearer: str) -> bool:
+    """Whether every clip of ``wearer`` (stored now or arriving later) is within the viewer's scope.
+
+    An incident's footage window (``wearer`` with ``window_start``/``window_end``) links that wearer's
+    clips as they arrive, with no one asking again: only a caller who may see all of that wearer's
+    footage may set it (an admin, or a security manager of the wearer's site, the same wearer rule as
+    ``_own_evidence_scope``). Anyone else would be reaching footage through the incident.
+    """
+    if viewer.role == "admin":
+        return True
+    if viewer.role != "security_manager" or not viewer.site:
+        return False
+    return (
+        session.scalar(
+            select(StaffMember.id).where(StaffMember.id == wearer, StaffMember.site == viewer.site)
+        )
+        is not None
+    )
+
+
+def may_link_alarm(viewer: Viewer) -> bool:
+    """Alarms are the control room's (``ALARM_READERS``); linking one into an incident puts its record
+    (and through it the alarm's evidence) in front of the incident's readers, so only a caller who may
+    read alarms links them."""
+    return viewer.role in ALARM_READERS

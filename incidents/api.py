@@ -22,7 +22,6 @@ from .access import (
     INCIDENT_WRITERS,
     STATISTICS_READERS,
     Viewer,
-    can_see_evidence,
     visible_incident,
 )
 from .models import CATEGORIES, INVOLVEMENTS, STATUSES, Incident
@@ -210,9 +209,12 @@ def open_incident(
             draft,
             user.actor,
             assign_user_id=user.user_id if user.role == "investigator" else None,
+            viewer=user,
         )
         if incident.wearer:
-            link_overlapping_clips(session, s.ledger, incident, user.actor, retention=retention(s))
+            link_overlapping_clips(
+                session, s.ledger, incident, user.actor, retention=retention(s), viewer=user
+            )
         return incident_view(session, incident)
 
 
@@ -279,7 +281,16 @@ def change_incident(
         staff = None
         if body.staff is not None:
             staff = [(x.staff_id, x.involvement) for x in body.staff]
-        update_incident(session, s.ledger, incident, changes, user.actor, staff=staff, retention=retention(s))
+        update_incident(
+            session,
+            s.ledger,
+            incident,
+            changes,
+            user.actor,
+            staff=staff,
+            retention=retention(s),
+            viewer=user,
+        )
         return incident_view(session, incident)
 
 
@@ -307,8 +318,6 @@ def link(
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise _hidden()
-        if body.kind == "evidence" and not can_see_evidence(session, user, body.target_id):
-            raise HTTPException(404, "no such evidence item")
         row, new = link_target(
             session,
             s.ledger,
@@ -318,6 +327,7 @@ def link(
             user.actor,
             body.reason,
             retention=retention(s),
+            viewer=user,
         )
         if not new:
             response.status_code = 200

@@ -36,7 +36,7 @@ from chain_of_custody.models import EvidenceItem
 from storage.objects import StorageError
 from storage.streams import blocks_in_thread
 
-from ..access import EVIDENCE_MEDIA, INCIDENT_MANAGERS, Viewer, visible_incident
+from ..access import EVIDENCE_MEDIA, INCIDENT_MANAGERS, Viewer, visible_evidence_ids, visible_incident
 from .assemble import assemble, items_read, read_layout
 from .jobs import ExportBuilds
 from .links import LinkRefused, check_link_token, link_secret, make_link_token, parse_link_token
@@ -171,8 +171,12 @@ def request_export(
             items = gather_items(session, item_ids)
         except ExportError as exc:
             raise HTTPException(409, str(exc)) from None
+        # What the scope gathers beyond the links (a linked copy's original) goes in only if the
+        # requester may see it (the one access rule); otherwise it is listed by hash only.
+        seen = visible_evidence_ids(session, user, [i.id for i in items])
+        outside = sorted(i.id for i in items if i.id not in seen)
         permission = OriginalsPermission(user.actor, user.role, reason) if body.include_originals else None
-        total = sum(p.item.size for p in plan_package(items, permission) if p.include_media)
+        total = sum(p.item.size for p in plan_package(items, permission, outside=outside) if p.include_media)
         job = ExportJob(
             id=str(uuid.uuid4()),
             incident_id=summary["id"],
@@ -180,7 +184,7 @@ def request_export(
             requester_role=user.role,
             include_originals=body.include_originals,
             reason=reason or None,
-            scope=json.dumps({"incident": summary, "item_ids": item_ids}),
+            scope=json.dumps({"incident": summary, "item_ids": item_ids, "outside": outside}),
             media_bytes_total=total,
             media_bytes_done=0,
             status="building",

@@ -32,6 +32,8 @@ from .plan import (
     ExportError,
     ExportRequest,
     PlannedItem,
+    foreign_markers,
+    own_chain,
     package_filename,
     plan_package,
     redaction_records,
@@ -202,6 +204,7 @@ def compose_package(
             if it.derived_from_id and origin is None:
                 raise ExportError(f"the original {it.derived_from_id} of item {it.id} was not gathered")
             chain = chains[it.id]
+            hidden = it.id in request.outside
             records.append(
                 mf.ItemRecord(
                     item_id=it.id,
@@ -210,17 +213,20 @@ def compose_package(
                     sha256=it.sha256,
                     size=it.size,
                     content_type=it.content_type,
-                    filename=it.filename,
+                    filename=None if hidden else it.filename,
                     path=path,
                     withheld_reason=p.withheld_reason,
                     derived_from=mf.OriginalRef(origin.id, origin.sha256, origin.size) if origin else None,
                     custody_entries=len(chain),
                     custody_tip=chain[-1]["entry_hash"] if chain else None,
-                    wearer=it.wearer,
-                    source_device_id=it.source_device_id,
-                    captured_start=it.captured_start.isoformat() if it.captured_start else None,
-                    captured_stop=it.captured_stop.isoformat() if it.captured_stop else None,
-                    quarantine_reason=it.quarantine_reason,
+                    wearer=None if hidden else it.wearer,
+                    source_device_id=None if hidden else it.source_device_id,
+                    captured_start=it.captured_start.isoformat()
+                    if it.captured_start and not hidden
+                    else None,
+                    captured_stop=it.captured_stop.isoformat() if it.captured_stop and not hidden else None,
+                    quarantine_reason=None if hidden else it.quarantine_reason,
+                    custody_withheld={e["item_seq"]: e["entry_hash"] for e in chain if "withheld" in e},
                 )
             )
     for p in plan:
@@ -287,20 +293,25 @@ def build_package(
     request = replace(request, incident=json.loads(json.dumps(request.incident, default=str)))
     with db.session() as session:
         entries = {it.id: Ledger.item_entries(session, it.id) for it in items}
+        foreign = foreign_markers(session, entries, request.incident.get("id"))
     chains = {item_id: [e.to_json() for e in signed] for item_id, signed in entries.items()}
-    plan = plan_package(items, request.originals, redaction_records(chains))
+    plan = plan_package(items, request.originals, redaction_records(chains), request.outside)
     for p in plan:  # withheld items and originals too: the manifest names their SHA-256 as well
         stored_entry = next((e for e in entries[p.item.id] if e.body.action == "stored"), None)
         problem = unrecorded(p.item, stored_entry, ledger.verifier)
         if problem is not None:
             raise ExportError(problem + ": not exported; run 'evidence verify'")
     created_at = datetime.now(UTC).replace(microsecond=0)
+    # Each chain as this package may carry it: what belongs to other incidents or packages withheld.
+    shown = {
+        i: own_chain(i, chain, request.export_id, foreign, request.outside) for i, chain in chains.items()
+    }
     layout, media_bytes = compose_package(
         store,
         key,
         request,
         plan,
-        chains,
+        shown,
         created_at=created_at,
         package_hash=package_hash,
         progress=progress,
