@@ -38,7 +38,16 @@ from .service import (
     unlink_target,
     update_incident,
 )
-from .statistics import DIMENSIONS, Disclosure, count, load_facts, publish, to_csv
+from .statistics import (
+    DIMENSIONS,
+    Disclosure,
+    check_period,
+    count,
+    load_facts,
+    margins_of,
+    publish,
+    to_csv,
+)
 
 Category = Literal[CATEGORIES]  # type: ignore[valid-type]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
@@ -423,13 +432,20 @@ def statistics(
     user: Viewer = Depends(require_roles(*STATISTICS_READERS)),
     s: CoreServices = Depends(services),
 ) -> Any:
-    """Anonymised incident counts: counts below the threshold are suppressed, the rest rounded (see README)."""
+    """Anonymised incident counts over whole months: small counts are not listed, nor any that the
+    totals would let be worked out, and the rest are rounded (see README). A security manager asks
+    about their own site only."""
     dims = list(dict.fromkeys(by))
+    if user.role == "security_manager":
+        if not user.site or (site is not None and site != user.site):
+            raise HTTPException(403, "a security manager asks for statistics of their own site")
+        site = user.site
+    check_period(since, until, s.settings.report_timezone)
     with s.db.session() as session:
         facts = load_facts(session, since=since, until=until, site=site, tz=s.settings.report_timezone)
     cells, total = count(facts, dims)
     disclosure = Disclosure(s.settings.statistics_min_count, s.settings.statistics_rounding)
-    table = publish(cells, total, dims, disclosure)
+    table = publish(cells, total, dims, disclosure, margins_of(facts, dims))
     if format == "csv":
         return Response(
             to_csv(table),
