@@ -19,7 +19,7 @@ from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
-from chain_of_custody.reads import item_response
+from chain_of_custody.reads import ReadRefused, item_response
 from incidents.access import (
     EVIDENCE_DELETERS,
     EVIDENCE_HOLDERS,
@@ -35,6 +35,7 @@ router = APIRouter(prefix="/api/v1", tags=["evidence"])
 
 METADATA_ROLES = EVIDENCE_METADATA
 MEDIA_ROLES = EVIDENCE_MEDIA
+QUARANTINE_REVIEWERS = ("admin",)  # who may read an item that no longer checks, to find out why
 
 
 class EvidenceItemOut(BaseModel):
@@ -136,19 +137,33 @@ def custody_trail(
 async def content(
     item_id: str,
     request: Request,
+    review_reason: str | None = Query(
+        None, min_length=10, max_length=2000, description="why a quarantined item is read (administrators)"
+    ),
     user: Principal = Depends(require_roles(*MEDIA_ROLES)),
     s: CoreServices = Depends(services),
 ) -> Response:
-    """Stream the item's bytes (HTTP Range supported); the read is a custody entry before any byte leaves."""
+    """Stream the item's bytes (HTTP Range supported); the read is a custody entry before any byte
+    leaves, and the bytes are checked against the recorded digest as they stream (cut off and the
+    item quarantined if they differ). A quarantined item is refused, except to an administrator
+    reviewing it with a stated ``review_reason`` (recorded on its custody)."""
     item = _item(s, item_id, user)
     if item.status == "deleted":
         raise HTTPException(410, "evidence deleted under its retention class")
+    if item.status == "quarantined" and (user.role not in QUARANTINE_REVIEWERS or review_reason is None):
+        raise ReadRefused(
+            "quarantined",
+            f"evidence item {item.id} is quarantined ({item.quarantine_reason}); it is not served as "
+            "evidence (an administrator may read it for review, stating why)",
+        )
     return await item_response(
         s,
         item,
         request,
         user.actor,
         {"ETag": f'"{item.sha256}"', "Content-Disposition": f'attachment; filename="{item.id}"'},
+        "quarantine review" if item.status == "quarantined" else "view",
+        review_reason=review_reason if item.status == "quarantined" else None,
     )
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from chain_of_custody import manifest as mf
 from chain_of_custody import package_layout as pl
 from chain_of_custody.canonical import rfc3339
-from chain_of_custody.evidence import Provenance, record_evidence
+from chain_of_custody.evidence import Provenance, quarantine, record_evidence
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
@@ -25,7 +25,7 @@ from storage.db import Database
 from storage.objects import ObjectLocked, ObjectStore, StoredObject
 
 from . import media
-from .media import _MediaDigests, _Progress, unrecorded
+from .media import MediaAltered, _MediaDigests, _Progress, unrecorded
 from .plan import (
     ORIGINAL_VIDEO_KINDS,
     PACKAGE_KIND,
@@ -306,16 +306,22 @@ def build_package(
     shown = {
         i: own_chain(i, chain, request.export_id, foreign, request.outside) for i, chain in chains.items()
     }
-    layout, media_bytes = compose_package(
-        store,
-        key,
-        request,
-        plan,
-        shown,
-        created_at=created_at,
-        package_hash=package_hash,
-        progress=progress,
-    )
+    try:
+        layout, media_bytes = compose_package(
+            store,
+            key,
+            request,
+            plan,
+            shown,
+            created_at=created_at,
+            package_hash=package_hash,
+            progress=progress,
+        )
+    except MediaAltered as exc:  # an object that no longer checks is quarantined, not only skipped
+        with db.session() as session:
+            reason = f"stored object {exc.mismatch}; found while building export {request.export_id}"
+            quarantine(session, ledger, exc.item_id, reason, {"export_id": request.export_id})
+        raise
     layout_object = store.put_bytes(
         f"exports/{request.export_id}.layout",
         pl.encode(layout),
