@@ -137,7 +137,13 @@ def own_chain(
     id or reference, e.g. a link and its free-text reason, a retention change caused by it, a legal
     hold on it) or another package is withheld (``entries.withhold``: hash and place kept, content
     not); so is every entry but ``stored`` of an item outside the requester's access."""
-    markers = [m for m in foreign if m]
+    other_exports = {
+        str((e.get("details") or {}).get("export_id"))
+        for e in chain
+        if e.get("action") == "exported"
+        and (e.get("details") or {}).get("export_id") not in (None, export_id)
+    }
+    markers = [m for m in (*foreign, *other_exports) if m]
     hidden = item_id in frozenset(outside)
     out: list[dict[str, Any]] = []
     for e in chain:
