@@ -170,3 +170,31 @@ def may_link_alarm(viewer: Viewer) -> bool:
     (and through it the alarm's evidence) in front of the incident's readers, so only a caller who may
     read alarms links them."""
     return viewer.role in ALARM_READERS
+
+
+def hidden_incident_markers(session: Session, viewer: Viewer, item_ids: Iterable[str]) -> set[str]:
+    """Ids and references of the incidents the items were ever linked to that the viewer may not see:
+    what marks a custody entry (a link and its free-text reason, a hold, a retention change caused by
+    another incident) as not theirs to read. Admins and auditors see every trail whole."""
+    if viewer.role in ("admin", "auditor"):
+        return set()
+    rows = session.execute(
+        select(Incident.id, Incident.reference)
+        .join(IncidentLink, IncidentLink.incident_id == Incident.id)
+        .where(IncidentLink.target_id.in_(list(item_ids)), ~incident_scope(viewer))
+        .distinct()
+    ).all()
+    return {m for row in rows for m in row}
+
+
+def visible_incident_refs(session: Session, viewer: Viewer, refs: Iterable[str]) -> list[str]:
+    """Which of the incident references the viewer may see, in the order given."""
+    wanted = list(refs)
+    if not wanted:
+        return []
+    seen = set(
+        session.scalars(
+            select(Incident.reference).where(Incident.reference.in_(wanted), incident_scope(viewer))
+        )
+    )
+    return [r for r in wanted if r in seen]

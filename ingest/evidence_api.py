@@ -8,15 +8,18 @@ auditors see metadata and custody but never media. The routes sit in the applica
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from accounts.access import require_roles, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
+from chain_of_custody.entries import withhold
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reads import ReadRefused, item_response
@@ -26,7 +29,9 @@ from incidents.access import (
     EVIDENCE_MEDIA,
     EVIDENCE_METADATA,
     evidence_scope,
+    hidden_incident_markers,
     visible_evidence,
+    visible_incident_refs,
 )
 from incidents.retention import RetentionRules, delete_by_hand, describe, set_legal_hold
 from storage.bounds import MAX_OFFSET
@@ -35,6 +40,7 @@ router = APIRouter(prefix="/api/v1", tags=["evidence"])
 
 METADATA_ROLES = EVIDENCE_METADATA
 MEDIA_ROLES = EVIDENCE_MEDIA
+HIDDEN = "concerns an incident you may not see"
 QUARANTINE_REVIEWERS = ("admin",)  # who may read an item that no longer checks, to find out why
 
 
@@ -64,14 +70,18 @@ class CustodyEntryOut(BaseModel):
     id: str
     at: str
     action: str
-    actor: str
+    actor: str | None = None
     item_seq: int | None
-    details: dict[str, object]
+    details: dict[str, object] | None = None
     prev_hash: str
     item_prev_hash: str | None
     entry_hash: str
-    signature: str
+    signature: str | None = None
     key_id: str
+    withheld: str | None = Field(
+        None,
+        description="why the entry's content is left out (it concerns an incident the caller may not see)",
+    )
 
 
 @router.get("/evidence", response_model=list[EvidenceItemOut])
@@ -128,9 +138,18 @@ def custody_trail(
     user: Principal = Depends(require_roles(*METADATA_ROLES)),
     s: CoreServices = Depends(services),
 ) -> list[dict[str, object]]:
+    """The item's custody entries; an entry about an incident the caller may not see (a link to it
+    and its reason, a hold on it, a retention change it caused) keeps its place and hash but not its
+    content, as in an export package."""
     _item(s, item_id, user)
     with s.db.session() as session:
-        return [e.to_json() for e in Ledger.item_entries(session, item_id)]
+        markers = hidden_incident_markers(session, user, [item_id])
+        out = []
+        for e in Ledger.item_entries(session, item_id):
+            entry = e.to_json()
+            text = json.dumps(entry["details"], sort_keys=True, default=str)
+            out.append(withhold(entry, HIDDEN) if any(m in text for m in markers) else entry)
+        return out
 
 
 @router.get("/evidence/{item_id}/content")
@@ -204,6 +223,17 @@ class HoldIn(BaseModel):
     reason: str = Field(min_length=3, max_length=2000)
 
 
+def _scoped(session: Session, user: Principal, described: dict[str, object]) -> dict[str, object]:
+    """The retention as this caller may see it: only the incidents they may see are named."""
+    if user.role in ("admin", "auditor"):
+        return described
+    for key in ("open_incidents", "closed_incidents"):
+        refs = described[key]
+        assert isinstance(refs, list)
+        described[key] = visible_incident_refs(session, user, refs)
+    return described
+
+
 def _rules(s: CoreServices) -> RetentionRules:
     return RetentionRules.from_settings(s.settings)
 
@@ -217,7 +247,7 @@ def retention(
     """The item's retention class, until when it is kept, its object lock and its legal holds."""
     item = _item(s, item_id, user)
     with s.db.session() as session:
-        return describe(session, item, _rules(s), datetime.now(UTC))
+        return _scoped(session, user, describe(session, item, _rules(s), datetime.now(UTC)))
 
 
 @router.put("/evidence/{item_id}/legal-hold", response_model=RetentionOut, response_model_by_alias=True)
@@ -247,7 +277,7 @@ def legal_hold(
         )
         fresh = session.get(EvidenceItem, item.id)
         assert fresh is not None
-        return describe(session, fresh, _rules(s), now)
+        return _scoped(session, user, describe(session, fresh, _rules(s), now))
 
 
 @router.delete("/evidence/{item_id}", status_code=204)

@@ -161,3 +161,31 @@ def test_an_export_packs_only_what_its_requester_may_see(live) -> None:  # type:
         custody = z.read(f"custody/{original.id}.json").decode()
         assert "S-S" not in custody
     assert _retain_until(s, original.id) == before
+
+
+def test_a_custody_trail_and_retention_name_only_incidents_the_caller_may_see(live) -> None:  # type: ignore[no-untyped-def]
+    """The clip is linked to a second incident with a free-text reason the investigator of the first
+    may not read: their view of its custody keeps that entry's place and hash, not its content."""
+    s, ids, h, ref, clip = _world(live)
+    api = f"{live.url}/api/v1"
+    secret = "informant in bay 4 names the porter"
+    with s.db.session() as session:
+        other = create_incident(
+            session,
+            IncidentDraft(category="theft", occurred_at=T0, site="SOUTH", title="other"),
+            "user:admin",
+        )
+        link_evidence(session, s.ledger, other.id, clip.id, "user:admin", secret)
+        other_ref, other_id = other.reference, other.id
+    for path in ("custody", "retention"):
+        seen = httpx.get(f"{api}/evidence/{clip.id}/{path}", headers=h["inv"])
+        assert seen.status_code == 200, seen.text
+        for needle in (secret, other_ref, other_id):
+            assert needle not in seen.text, (path, needle)
+        assert ref in seen.text  # their own incident is named
+        whole = httpx.get(f"{api}/evidence/{clip.id}/{path}", headers=live.admin())
+        assert other_ref in whole.text
+    trail = httpx.get(f"{api}/evidence/{clip.id}/custody", headers=h["inv"]).json()
+    full = httpx.get(f"{api}/evidence/{clip.id}/custody", headers=live.admin()).json()
+    assert [e["entry_hash"] for e in trail] == [e["entry_hash"] for e in full]
+    assert any(e["withheld"] for e in trail)
