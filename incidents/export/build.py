@@ -104,6 +104,9 @@ and run each command below in that directory.
    SHA-256 of the canonical JSON (keys sorted, no spaces, UTF-8) of the entry without "entry_hash"
    and "signature", plus "v": 1; "signature" is the base64 Ed25519 signature of those same bytes;
    "item_prev_hash" links each entry to the one before it and "item_seq" counts from 1.
+   An entry with "withheld" belongs to another incident or package: it keeps only its place and
+   "entry_hash" (the manifest lists that hash under the item's custody "withheld", and the next
+   entry names it as "item_prev_hash"), so it cannot be re-hashed or its signature checked.
    The service's own command checks all of this, every hash and both signatures, offline:
 
     evidence verify {filename} --key-fingerprint {fingerprint}
