@@ -214,7 +214,7 @@ def get_alarm_record(
     """The alarm with the device's messages (byte for byte, with their hashes), its position trail,
     and its signed payload and voice memo with their custody trails (metadata only)."""
     with s.db.session() as session:
-        record = alarm_record(session, alarm_id, datetime.now(UTC))
+        record = alarm_record(session, alarm_id, datetime.now(UTC), user)
     if record is None:
         raise AlarmNotFound(alarm_id)
     return record

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
+from incidents.access import Viewer, readable_trail
 
 from .feed import alarm_view
 from .models import AlarmRecord, LoneWorkerEvent
@@ -78,7 +79,8 @@ class ItemRecord:
     custody: list[dict[str, Any]]
 
 
-def item_record(session: Session, item_id: str | None) -> ItemRecord | None:
+def item_record(session: Session, item_id: str | None, viewer: Viewer | None = None) -> ItemRecord | None:
+    """The item's metadata and custody trail, as ``viewer`` may read it (``incidents.access``)."""
     if not item_id:
         return None
     item = session.get(EvidenceItem, item_id)
@@ -91,7 +93,9 @@ def item_record(session: Session, item_id: str | None) -> ItemRecord | None:
         item.size,
         item.content_type,
         item.status,
-        [e.to_json() for e in Ledger.item_entries(session, item.id)],
+        readable_trail(
+            session, viewer, item.id, [e.to_json() for e in Ledger.item_entries(session, item.id)]
+        ),
     )
 
 
@@ -123,14 +127,16 @@ def voice_memo_item(session: Session, alarm_id: str) -> EvidenceItem | None:
     return item if item is not None and item.status == "stored" else None
 
 
-def alarm_record(session: Session, alarm_id: str, now: datetime) -> dict[str, Any] | None:
+def alarm_record(
+    session: Session, alarm_id: str, now: datetime, viewer: Viewer | None = None
+) -> dict[str, Any] | None:
     """Everything the control room may know of one alarm, JSON-ready; None when there is no such alarm."""
     row = session.get(AlarmRecord, alarm_id)
     if row is None:
         return None
     view = alarm_view(row)
-    payload = item_record(session, view["evidence_item_id"])
-    memo = item_record(session, view["voice_memo_item_id"])
+    payload = item_record(session, view["evidence_item_id"], viewer)
+    memo = item_record(session, view["voice_memo_item_id"], viewer)
     return {
         "alarm": view,
         "messages": alarm_messages(session, view),

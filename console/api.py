@@ -308,7 +308,7 @@ def alarm_page(request: Request, alarm_id: str) -> Response:
     who = signed_in(request, sources.READERS)
     s = services(request)
     with s.db.session() as session:
-        record = sources.alarm_record(session, alarm_id[:64], _now())
+        record = sources.alarm_record(session, alarm_id[:64], _now(), who.principal)
         if record is None:
             return render(request, "missing.html", who, 404, what="alarm")
         directory = sources.directory(session, [record["alarm"]["device_id"]])

@@ -17,12 +17,14 @@ original.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, false, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
+from chain_of_custody.entries import withhold
 from chain_of_custody.models import EvidenceItem
 from devices.models import Device, StaffMember
 
@@ -198,3 +200,20 @@ def visible_incident_refs(session: Session, viewer: Viewer, refs: Iterable[str])
         )
     )
     return [r for r in wanted if r in seen]
+
+
+HIDDEN_ENTRY = "concerns an incident you may not see"
+
+
+def readable_trail(
+    session: Session, viewer: Viewer | None, item_id: str, entries: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """An item's custody entries as ``viewer`` may read them: an entry that names an incident they
+    may not see keeps its place and hash but not its content (``entries.withhold``), as in an export
+    package. ``viewer`` None is the service itself (everything)."""
+    markers = set() if viewer is None else hidden_incident_markers(session, viewer, [item_id])
+    out: list[dict[str, Any]] = []
+    for entry in entries:
+        text = json.dumps(entry.get("details"), sort_keys=True, default=str)
+        out.append(withhold(entry, HIDDEN_ENTRY) if any(m in text for m in markers) else dict(entry))
+    return out

@@ -8,7 +8,6 @@ auditors see metadata and custody but never media. The routes sit in the applica
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -19,7 +18,6 @@ from sqlalchemy.orm import Session
 from accounts.access import require_roles, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
-from chain_of_custody.entries import withhold
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reads import ReadRefused, item_response
@@ -29,7 +27,7 @@ from incidents.access import (
     EVIDENCE_MEDIA,
     EVIDENCE_METADATA,
     evidence_scope,
-    hidden_incident_markers,
+    readable_trail,
     visible_evidence,
     visible_incident_refs,
 )
@@ -40,7 +38,6 @@ router = APIRouter(prefix="/api/v1", tags=["evidence"])
 
 METADATA_ROLES = EVIDENCE_METADATA
 MEDIA_ROLES = EVIDENCE_MEDIA
-HIDDEN = "concerns an incident you may not see"
 QUARANTINE_REVIEWERS = ("admin",)  # who may read an item that no longer checks, to find out why
 
 
@@ -143,13 +140,9 @@ def custody_trail(
     content, as in an export package."""
     _item(s, item_id, user)
     with s.db.session() as session:
-        markers = hidden_incident_markers(session, user, [item_id])
-        out = []
-        for e in Ledger.item_entries(session, item_id):
-            entry = e.to_json()
-            text = json.dumps(entry["details"], sort_keys=True, default=str)
-            out.append(withhold(entry, HIDDEN) if any(m in text for m in markers) else entry)
-        return out
+        return readable_trail(
+            session, user, item_id, [e.to_json() for e in Ledger.item_entries(session, item_id)]
+        )
 
 
 @router.get("/evidence/{item_id}/content")

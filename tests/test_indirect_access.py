@@ -189,3 +189,20 @@ def test_a_custody_trail_and_retention_name_only_incidents_the_caller_may_see(li
     full = httpx.get(f"{api}/evidence/{clip.id}/custody", headers=live.admin()).json()
     assert [e["entry_hash"] for e in trail] == [e["entry_hash"] for e in full]
     assert any(e["withheld"] for e in trail)
+
+
+def test_an_alarm_records_custody_names_no_incident_to_the_control_room(live) -> None:  # type: ignore[no-untyped-def]
+    """The alarm record (the control room's view) shows its items' custody: operators see no incident
+    at all, so a link's entry keeps its place and hash there but not the incident or its reason."""
+    from accounts.service import Principal
+    from alarms.records import item_record
+
+    s, ids, h, ref, clip = _world(live)
+    operator = Principal(user_id=0, username="op", role="operator", site=None)
+    with s.db.session() as session:
+        seen = item_record(session, clip.id, operator)
+        whole = item_record(session, clip.id)
+    assert seen is not None and whole is not None
+    assert ref not in str(seen.custody) and "the assault" not in str(seen.custody)
+    assert ref in str(whole.custody)
+    assert [e["entry_hash"] for e in seen.custody] == [e["entry_hash"] for e in whole.custody]
