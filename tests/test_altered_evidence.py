@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -89,13 +90,13 @@ def _alter_on_disk(seaweed: EmbeddedSeaweed, data: bytes, offset: int) -> None:
     assert done, "object bytes and their needle checksum not found on the volume"
 
 
-def _clip(s, wearer: str | None = None) -> tuple[EvidenceItem, bytes, bytes]:  # type: ignore[no-untyped-def]
+def _clip(s: Any, wearer: str | None = None) -> tuple[EvidenceItem, bytes, bytes]:
     marker = b"EVIDENCE-SERVED-" + uuid.uuid4().hex.encode()
     data = marker + os.urandom(SIZE)
     return store_item(s, data=data, wearer=wearer), data, marker
 
 
-def _status(s, item_id: str) -> tuple[str, list[dict[str, object]]]:  # type: ignore[no-untyped-def]
+def _status(s: Any, item_id: str) -> tuple[str, list[dict[str, object]]]:
     with s.db.session() as session:
         row = session.get(EvidenceItem, item_id)
         assert row is not None
@@ -114,7 +115,7 @@ def _cut_short(url: str, headers: dict[str, str]) -> int:
     return len(got)
 
 
-def test_altered_bytes_are_cut_off_and_the_item_quarantined(own_store) -> None:  # type: ignore[no-untyped-def]
+def test_altered_bytes_are_cut_off_and_the_item_quarantined(own_store: Any) -> None:
     s, seaweed, url = own_store
     user(s, "boss", "admin")
     user(s, "north", "security_manager", "NORTH")
@@ -145,7 +146,7 @@ def test_altered_bytes_are_cut_off_and_the_item_quarantined(own_store) -> None: 
     assert trail[-1]["details"]["reason"] == reason
 
 
-def test_a_range_is_checked_against_the_whole_object(own_store) -> None:  # type: ignore[no-untyped-def]
+def test_a_range_is_checked_against_the_whole_object(own_store: Any) -> None:
     """The range asked for is intact; the byte changed lies beyond it: still not served, since the
     recorded digest is of the whole object (the range's last block waits for the whole check)."""
     s, seaweed, url = own_store
@@ -160,7 +161,7 @@ def test_a_range_is_checked_against_the_whole_object(own_store) -> None:  # type
     assert _status(s, clip.id)[0] == "quarantined"
 
 
-def test_a_row_that_disagrees_with_its_signed_record_is_not_served(own_store) -> None:  # type: ignore[no-untyped-def]
+def test_a_row_that_disagrees_with_its_signed_record_is_not_served(own_store: Any) -> None:
     """The bytes are swapped and the row's digests edited to match them: the signed 'stored' entry
     still says otherwise, so nothing is served and the item is quarantined."""
     s, _seaweed, url = own_store

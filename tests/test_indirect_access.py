@@ -10,6 +10,7 @@ from __future__ import annotations
 import zipfile
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
+from typing import Any
 
 import httpx
 
@@ -21,7 +22,7 @@ from tests.test_incidents_kit import actions, bearer, staff, store_item, user
 T0 = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
 
 
-def _world(live):  # type: ignore[no-untyped-def]
+def _world(live: Any) -> tuple[Any, dict[str, int], dict[str, dict[str, str]], str, Any]:
     s = live.services
     staff(s, "S-N", "nurse", "NORTH")
     staff(s, "S-S", "porter", "SOUTH")
@@ -59,14 +60,14 @@ def _window(site: str, **extra: object) -> dict[str, object]:
     }
 
 
-def _retain_until(s, item_id: str) -> datetime | None:  # type: ignore[no-untyped-def]
+def _retain_until(s: Any, item_id: str) -> datetime | None:
     with s.db.session() as session:
         row = session.get(EvidenceItem, item_id)
         assert row is not None
         return row.retain_until
 
 
-def test_a_footage_window_reaches_only_what_its_caller_may_see(live) -> None:  # type: ignore[no-untyped-def]
+def test_a_footage_window_reaches_only_what_its_caller_may_see(live: Any) -> None:
     s, ids, h, ref, clip = _world(live)
     api = f"{live.url}/api/v1"
     before_actions, before_lock = actions(s, clip.id), _retain_until(s, clip.id)
@@ -101,7 +102,7 @@ def test_a_footage_window_reaches_only_what_its_caller_may_see(live) -> None:  #
     assert [link["target_id"] for link in r.json()["links"]] == [clip.id]
 
 
-def test_an_alarm_link_needs_a_role_that_reads_alarms(live) -> None:  # type: ignore[no-untyped-def]
+def test_an_alarm_link_needs_a_role_that_reads_alarms(live: Any) -> None:
     s, ids, h, ref, clip = _world(live)
     api = f"{live.url}/api/v1"
     r = httpx.post(
@@ -118,7 +119,7 @@ def test_an_alarm_link_needs_a_role_that_reads_alarms(live) -> None:  # type: ig
     assert r.status_code == 201, r.text
 
 
-def test_an_export_packs_only_what_its_requester_may_see(live) -> None:  # type: ignore[no-untyped-def]
+def test_an_export_packs_only_what_its_requester_may_see(live: Any) -> None:
     """A redacted copy linked to a NORTH incident is the north manager's to see; its original (worn at
     SOUTH) is not: exported with originals, the original's bytes stay out and so does its custody."""
     s, ids, h, ref, clip = _world(live)
@@ -163,7 +164,7 @@ def test_an_export_packs_only_what_its_requester_may_see(live) -> None:  # type:
     assert _retain_until(s, original.id) == before
 
 
-def test_a_custody_trail_and_retention_name_only_incidents_the_caller_may_see(live) -> None:  # type: ignore[no-untyped-def]
+def test_a_custody_trail_and_retention_name_only_incidents_the_caller_may_see(live: Any) -> None:
     """The clip is linked to a second incident with a free-text reason the investigator of the first
     may not read: their view of its custody keeps that entry's place and hash, not its content."""
     s, ids, h, ref, clip = _world(live)
@@ -191,7 +192,7 @@ def test_a_custody_trail_and_retention_name_only_incidents_the_caller_may_see(li
     assert any(e["withheld"] for e in trail)
 
 
-def test_an_alarm_records_custody_names_no_incident_to_the_control_room(live) -> None:  # type: ignore[no-untyped-def]
+def test_an_alarm_records_custody_names_no_incident_to_the_control_room(live: Any) -> None:
     """The alarm record (the control room's view) shows its items' custody: operators see no incident
     at all, so a link's entry keeps its place and hash there but not the incident or its reason."""
     from accounts.service import Principal

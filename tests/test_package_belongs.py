@@ -10,6 +10,7 @@ import uuid
 import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from chain_of_custody import manifest as mf
 from chain_of_custody.ledger import Ledger
@@ -24,7 +25,7 @@ from tests.test_incidents_kit import store_item
 SECRET = "informant in bay 4 says the porter started it"
 
 
-def _incident(s, title: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def _incident(s: Any, title: str) -> tuple[str, str]:
     with s.db.session() as session:
         incident = create_incident(
             session,
@@ -36,7 +37,7 @@ def _incident(s, title: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
         return incident.id, incident.reference
 
 
-def _export(s, incident_id: str, reference: str, item_ids: list[str], tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+def _export(s: Any, incident_id: str, reference: str, item_ids: list[str], tmp_path: Path) -> Path:
     with s.db.session() as session:
         items = gather_items(session, item_ids)
     result = build_package(
@@ -65,7 +66,7 @@ def _export(s, incident_id: str, reference: str, item_ids: list[str], tmp_path: 
     return path
 
 
-def test_a_package_withholds_other_incidents_and_still_verifies(services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_package_withholds_other_incidents_and_still_verifies(services: Any, tmp_path: Path) -> None:
     s = services
     clip = store_item(s)
     ours_id, ours_ref = _incident(s, "ours")
@@ -97,7 +98,7 @@ def test_a_package_withholds_other_incidents_and_still_verifies(services, tmp_pa
     assert report.ok, [str(p) for p in report.problems]
 
 
-def test_withholding_an_entry_the_manifest_does_not_list_is_named(services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_withholding_an_entry_the_manifest_does_not_list_is_named(services: Any, tmp_path: Path) -> None:
     """Even re-signed with the genuine key, an entry passed off as withheld (its content dropped) that
     the signed manifest does not list is caught; so is a withheld entry whose hash was changed."""
     s = services

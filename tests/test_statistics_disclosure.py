@@ -19,12 +19,12 @@ ASSAULT = datetime(2026, 3, 4, 23, 5, tzinfo=UTC)
 BY = ["site", "category", "staff_group"]
 
 
-def _incident(live, **fields: object) -> None:  # type: ignore[no-untyped-def]
+def _incident(live: Any, **fields: object) -> None:
     r = httpx.post(f"{live.url}/api/v1/incidents", headers=live.admin(), json=fields)
     assert r.status_code == 201, r.text
 
 
-def test_the_one_minute_attack_learns_nothing(live) -> None:  # type: ignore[no-untyped-def]
+def test_the_one_minute_attack_learns_nothing(live: Any) -> None:
     s = live.services
     staff(s, "N-1", "nurse", "NORTH")
     staff(s, "P-1", "porter", "NORTH")
