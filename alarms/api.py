@@ -46,6 +46,7 @@ from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.reads import item_response
 from devices.lone_worker_wire import DEVICE_ID_PATTERN, EVENT_ID_PATTERN
+from incidents.access import ALARM_READERS
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX, MAX_OFFSET
 from storage.errors import Refused
@@ -61,7 +62,7 @@ router = APIRouter(prefix="/api/v1", tags=["alarms"])
 
 # The control room's view (where staff are, who raised what). Investigators reach an alarm through
 # the incident it is linked to; auditors read everything.
-READERS = ("admin", "security_manager", "operator", "auditor")
+READERS = ALARM_READERS
 OPERATORS = ("admin", "security_manager", "operator")
 KEEPALIVE_S = 15.0
 # How often an open stream checks that its caller is still signed in (sign-out, a disabled account,

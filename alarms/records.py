@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from accounts.access import SiteViewer, sees_site, site_scope
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
+from incidents.access import Viewer, readable_trail
 
 from .feed import alarm_view
 from .models import AlarmRecord, LoneWorkerEvent
@@ -79,7 +80,8 @@ class ItemRecord:
     custody: list[dict[str, Any]]
 
 
-def item_record(session: Session, item_id: str | None) -> ItemRecord | None:
+def item_record(session: Session, item_id: str | None, viewer: Viewer | None = None) -> ItemRecord | None:
+    """The item's metadata and custody trail, as ``viewer`` may read it (``incidents.access``)."""
     if not item_id:
         return None
     item = session.get(EvidenceItem, item_id)
@@ -92,7 +94,9 @@ def item_record(session: Session, item_id: str | None) -> ItemRecord | None:
         item.size,
         item.content_type,
         item.status,
-        [e.to_json() for e in Ledger.item_entries(session, item.id)],
+        readable_trail(
+            session, viewer, item.id, [e.to_json() for e in Ledger.item_entries(session, item.id)]
+        ),
     )
 
 
@@ -135,7 +139,7 @@ def visible_alarm(session: Session, alarm_id: str, viewer: SiteViewer | None) ->
 
 
 def alarm_record(
-    session: Session, alarm_id: str, now: datetime, viewer: SiteViewer | None
+    session: Session, alarm_id: str, now: datetime, viewer: Viewer | None
 ) -> dict[str, Any] | None:
     """Everything the control room may know of one alarm, JSON-ready; None when there is no such
     alarm or it is not the viewer's to see."""
@@ -143,8 +147,8 @@ def alarm_record(
     if row is None:
         return None
     view = alarm_view(row)
-    payload = item_record(session, view["evidence_item_id"])
-    memo = item_record(session, view["voice_memo_item_id"])
+    payload = item_record(session, view["evidence_item_id"], viewer)
+    memo = item_record(session, view["voice_memo_item_id"], viewer)
     return {
         "alarm": view,
         "messages": alarm_messages(session, view),

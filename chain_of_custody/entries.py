@@ -79,11 +79,25 @@ class EntryBody:
         return hashlib.sha256(self.canonical()).hexdigest()
 
 
+# What an export keeps of an entry that does not belong to it (another incident's link and its reason,
+# another package): enough to keep the item's chain linked, nothing of what the entry says.
+WITHHELD_KEEPS = ("seq", "id", "at", "action", "item_id", "item_seq", "prev_hash", "item_prev_hash", "key_id")
+
+
+def withhold(entry: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The entry as a package shows one it withholds: its place in the chain and its hash, with the
+    reason, but no actor, details or signature. Its hash is still vouched for: the signed manifest
+    lists every withheld entry's hash, and the item's next entry (signed) names it as ``item_prev_hash``."""
+    kept = {k: entry.get(k) for k in WITHHELD_KEEPS}
+    return {**kept, "entry_hash": entry["entry_hash"], "withheld": reason}
+
+
 @dataclass(frozen=True)
 class SignedEntry:
     body: EntryBody
     entry_hash: str
     signature: str
+    withheld: str | None = None  # in a package: why the entry's content is left out (see ``withhold``)
 
     def to_json(self) -> dict[str, Any]:
         b = self.body
@@ -105,6 +119,9 @@ class SignedEntry:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SignedEntry:
+        withheld = d.get("withheld")
+        if withheld is not None:
+            d = {"actor": "", "details": {}, "signature": "", **d}
         body = EntryBody(
             seq=int(d["seq"]),
             id=str(d["id"]),
@@ -118,7 +135,9 @@ class SignedEntry:
             item_prev_hash=d.get("item_prev_hash"),
             key_id=str(d["key_id"]),
         )
-        return cls(body, str(d["entry_hash"]), str(d["signature"]))
+        return cls(
+            body, str(d["entry_hash"]), str(d["signature"]), None if withheld is None else str(withheld)
+        )
 
 
 @dataclass
@@ -210,6 +229,7 @@ def check_item_chain(item_id: str, entries: list[SignedEntry], verify_sig: Verif
             problems.append(
                 Problem("chain_broken", where, "link to the item's previous entry does not match")
             )
-        problems.extend(check_entry(entry, verify_sig))
+        if entry.withheld is None:  # a withheld entry's hash is vouched for by the signed manifest
+            problems.extend(check_entry(entry, verify_sig))
         prev = entry.entry_hash
     return problems

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from storage.db import Database
 from storage.objects import ObjectStore, StoredObject
+from storage.streams import BlocksOnThread
 
+from .fixity import FixityCheck, checked_range
 from .ledger import Ledger
 from .models import EvidenceItem
+from .verify import unrecorded
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,42 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(start, min(end, size - 1))
 
 
+class RecordUntrusted(Exception):
+    """The item's row no longer says what its signed ``stored`` entry says: nothing is read by it."""
+
+
+def quarantine(session: Session, ledger: Ledger, item_id: str, reason: str, details: dict[str, Any]) -> None:
+    """Record that an item's stored bytes no longer match its record: a ``quarantined`` custody entry
+    and the row's status, so that nothing serves or exports it as evidence again."""
+    row = session.get(EvidenceItem, item_id, with_for_update=True)
+    ledger.append(session, "quarantined", "service", item_id=item_id, details={"reason": reason, **details})
+    if row is not None and row.status != "deleted":
+        row.status = "quarantined"
+        row.quarantine_reason = reason
+
+
+def quarantine_hook(
+    db: Database, ledger: Ledger, item_id: str, where: str, **details: Any
+) -> Callable[[FixityCheck], None]:
+    """What a read does when the bytes it streamed do not match: log it and quarantine the item."""
+
+    def altered(check: FixityCheck) -> None:
+        log.error(
+            "evidence read stopped: stored object altered",
+            extra={
+                "item": item_id,
+                "digest": check.algorithm,
+                "found": check.found,
+                "expected": check.expected,
+            },
+        )
+        reason = f"stored object {check.mismatch()}; found while {where}"
+        with db.session() as session:
+            quarantine(session, ledger, item_id, reason, {"digest": check.algorithm, **details})
+
+    return altered
+
+
 def read_item(
     session: Session,
     ledger: Ledger,
@@ -131,8 +174,23 @@ def read_item(
     actor: str,
     byte_range: ByteRange | None,
     purpose: str = "view",
+    *,
+    on_altered: Callable[[FixityCheck], None] | None = None,
+    verify: bool = True,
+    details: dict[str, Any] | None = None,
 ) -> Iterator[bytes]:
-    """Record the read in the custody ledger (in the caller's transaction), then stream the bytes."""
+    """Record the read in the custody ledger (in the caller's transaction), then stream the bytes,
+    checked against the recorded digest as they stream (``fixity.checked_range``).
+
+    The row's digests are trusted only as far as its signed ``stored`` entry vouches for them
+    (RecordUntrusted otherwise). A range is served by reading the whole object and sending only the
+    range, its last block held back until the whole object has checked: the object's digests are
+    of the whole, and nothing finer was recorded. ``verify=False`` is for reading an item already
+    quarantined (for review), whose bytes are known not to be the evidence."""
+    if verify:
+        problem = unrecorded(item, Ledger.stored_entry(session, item.id), ledger.verifier)
+        if problem is not None:
+            raise RecordUntrusted(problem)
     ledger.append(
         session,
         "viewed",
@@ -142,8 +200,16 @@ def read_item(
             "purpose": purpose,
             "range": [byte_range.start, byte_range.end] if byte_range else None,
             "sha256": item.sha256,
+            **(details or {}),
         },
     )
-    if byte_range is None:
-        return store.read(item.object_key, item.version_id)
-    return store.read(item.object_key, item.version_id, offset=byte_range.start, length=byte_range.length)
+    if not verify:
+        if byte_range is None:
+            return store.read(item.object_key, item.version_id)
+        return store.read(item.object_key, item.version_id, offset=byte_range.start, length=byte_range.length)
+    check = FixityCheck(item.sha256, item.blake3, item.size)
+    blocks = iter(
+        BlocksOnThread(store.read(item.object_key, item.version_id), 4, check.update, "evidence-read")
+    )
+    lo, n = (0, item.size) if byte_range is None else (byte_range.start, byte_range.length)
+    return checked_range(blocks, check, lo, n, on_altered)

@@ -10,6 +10,7 @@ against its signed ``stored`` custody entry first (``verify.row_disagreements``,
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from blake3 import blake3
@@ -51,3 +52,44 @@ class FixityCheck:
             f"hashes to {self.algorithm} {self.found} ({self.size} bytes), its record says "
             f"{self.expected} ({self.expected_size} bytes)"
         )
+
+
+class ObjectAltered(Exception):
+    """Stored bytes no longer match their record: whatever was serving them must not complete."""
+
+
+def checked_range(
+    blocks: Iterator[bytes],
+    check: FixityCheck,
+    lo: int,
+    n: int,
+    on_mismatch: Callable[[FixityCheck], None] | None = None,
+) -> Iterator[bytes]:
+    """Bytes ``lo``..``lo+n`` of an object, from ``blocks``: the whole object from its first byte,
+    each block fed to ``check`` by the caller as it is read (a tap on the reading thread).
+
+    The object is read to its end whatever the range, since only the whole can be checked against
+    its record; the last block of the range is held back until the check is done, so altered bytes
+    never reach anyone complete (a response is cut short of its Content-Length). On a mismatch
+    ``on_mismatch`` runs (log it, quarantine the item), then ObjectAltered is raised."""
+    pos = 0
+    held: bytes | None = None
+    try:
+        for block in blocks:
+            a, b = max(lo, pos), min(lo + n, pos + len(block))
+            if a < b:
+                part = block if (a, b) == (pos, pos + len(block)) else block[a - pos : b - pos]
+                if held is not None:
+                    yield held
+                held = part
+            pos += len(block)
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
+    if not check.ok:
+        if on_mismatch is not None:
+            on_mismatch(check)
+        raise ObjectAltered(check.mismatch())
+    if held is not None:
+        yield held

@@ -124,6 +124,10 @@ class ItemRecord:
     captured_start: str | None = None
     captured_stop: str | None = None
     quarantine_reason: str | None = None
+    # item_seq -> entry_hash of each custody entry whose content the package withholds (it belongs to
+    # another incident or package): signed here, so those hashes stay vouched for and no other entry
+    # can be passed off as withheld.
+    custody_withheld: dict[int, str] | None = None
 
     @property
     def custody_path(self) -> str:
@@ -142,7 +146,16 @@ class ItemRecord:
             "path": self.path,
             "withheld_reason": self.withheld_reason,
             "derived_from": self.derived_from.to_json() if self.derived_from else None,
-            "custody": {"path": self.custody_path, "entries": self.custody_entries, "tip": self.custody_tip},
+            "custody": {
+                "path": self.custody_path,
+                "entries": self.custody_entries,
+                "tip": self.custody_tip,
+                **(
+                    {"withheld": {str(k): v for k, v in sorted(self.custody_withheld.items())}}
+                    if self.custody_withheld
+                    else {}
+                ),
+            },
             "wearer": self.wearer,
             "source_device_id": self.source_device_id,
             "captured_start": self.captured_start,

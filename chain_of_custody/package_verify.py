@@ -301,6 +301,7 @@ def _check_items(
         for p in problems:
             p.where = f"{p.where} ({cpath})"
         report.problems.extend(problems)
+        report.problems.extend(_withheld_as_signed(cpath, entries, custody.get("withheld")))
         tip = entries[-1].entry_hash if entries else None
         if len(entries) != custody.get("entries") or tip != custody.get("tip"):
             report.problems.append(
@@ -385,6 +386,21 @@ def _check_items(
                     "nor recorded by a custody chain in it",
                 )
             )
+
+
+def _withheld_as_signed(cpath: str, entries: list[SignedEntry], signed: Any) -> list[Problem]:
+    """The entries a package withholds are exactly those its signed manifest lists, hash for hash."""
+    listed = {str(k): v for k, v in (signed or {}).items()} if isinstance(signed, dict) else {}
+    found = {str(e.body.item_seq): e.entry_hash for e in entries if e.withheld is not None}
+    if found == listed:
+        return []
+    return [
+        Problem(
+            "custody_withheld_disagrees",
+            cpath,
+            f"entries withheld here {sorted(found)} are not those the manifest lists {sorted(listed)}",
+        )
+    ]
 
 
 def verify_package(path: str | Path, key_fingerprint: str | None = None) -> PackageReport:

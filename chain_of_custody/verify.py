@@ -18,7 +18,7 @@ from storage.objects import ObjectStore, StorageError
 
 from . import package_layout
 from .checkpoints import read_checkpoints
-from .entries import ChainReport, Problem, SignedEntry, check_global_chain
+from .entries import ChainReport, Problem, SignedEntry, Verifier, check_entry, check_global_chain
 from .keys import ServiceKey
 from .ledger import Ledger
 from .models import CustodyEntry, EvidenceItem, LedgerHead
@@ -35,6 +35,20 @@ def row_disagreements(item: EvidenceItem, stored: Mapping[str, Any]) -> list[str
         if recorded != getattr(item, f):
             out.append(f"{f} is {getattr(item, f)!r} in the database but {recorded!r} in the custody record")
     return out
+
+
+def unrecorded(it: EvidenceItem, stored: SignedEntry | None, verify_sig: Verifier) -> str | None:
+    """Why the item's row cannot be trusted for its object and digests, or None. Objects are found
+    and re-checked by the row (media against its BLAKE3, while manifests carry its SHA-256), so
+    the row must say what the item's ``stored`` custody entry says, and that entry must be intact
+    and signed by the service."""
+    if stored is None:
+        return f"evidence item {it.id} has no 'stored' custody entry"
+    broken = check_entry(stored, verify_sig)
+    if broken:
+        return f"evidence item {it.id}: its 'stored' custody entry fails its check ({broken[0]})"
+    differ = row_disagreements(it, json.loads(stored.body.details))
+    return f"evidence item {it.id}: {differ[0]}" if differ else None
 
 
 @dataclass

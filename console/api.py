@@ -354,7 +354,8 @@ def timeline(view: dict[str, Any], *items: dict[str, Any] | None) -> list[dict[s
         kind = item["kind"].replace("_", " ")
         for entry in item["custody"]:
             what = f"{kind}: {entry['action'].replace('_', ' ')}"
-            events.append({"at": entry["at"], "what": what, "by": entry["actor"], "detail": ""})
+            detail = f"withheld: {entry['withheld']}" if entry.get("withheld") else ""
+            events.append({"at": entry["at"], "what": what, "by": entry.get("actor"), "detail": detail})
     events.sort(key=lambda e: e["at"])
     return events
 

@@ -17,12 +17,15 @@ original.
 
 from __future__ import annotations
 
-from typing import Protocol
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, false, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
 from accounts.access import site_scope
+from chain_of_custody.entries import withhold
 from chain_of_custody.models import EvidenceItem
 from devices.models import Device, StaffMember
 
@@ -36,6 +39,8 @@ EVIDENCE_MEDIA = ("admin", "security_manager", "investigator")
 EVIDENCE_HOLDERS = ("admin", "security_manager")
 EVIDENCE_DELETERS = ("admin",)
 STATISTICS_READERS = ("admin", "security_manager", "auditor")
+# The control room's view of alarms (``alarms.api``); investigators reach an alarm through an incident.
+ALARM_READERS = ("admin", "security_manager", "operator", "auditor")
 USER_ADMINS = ("admin",)
 DERIVATION_DEPTH = 3  # original -> redacted copy -> redaction record, and one more
 
@@ -131,3 +136,85 @@ def can_see_evidence(session: Session, viewer: Viewer, item_id: str) -> bool:
 def visible_evidence(session: Session, viewer: Viewer, item_id: str) -> EvidenceItem | None:
     """The item if the viewer may see it; None both when missing and when hidden."""
     return session.scalar(select(EvidenceItem).where(EvidenceItem.id == item_id, evidence_scope(viewer)))
+
+
+def visible_evidence_ids(session: Session, viewer: Viewer, item_ids: Iterable[str]) -> set[str]:
+    """Which of ``item_ids`` the viewer may see: what a write may touch on the caller's behalf."""
+    wanted = list(dict.fromkeys(item_ids))
+    if not wanted:
+        return set()
+    return set(
+        session.scalars(select(EvidenceItem.id).where(EvidenceItem.id.in_(wanted), evidence_scope(viewer)))
+    )
+
+
+def may_follow_wearer(session: Session, viewer: Viewer, wearer: str) -> bool:
+    """Whether every clip of ``wearer`` (stored now or arriving later) is within the viewer's scope.
+
+    An incident's footage window (``wearer`` with ``window_start``/``window_end``) links that wearer's
+    clips as they arrive, with no one asking again: only a caller who may see all of that wearer's
+    footage may set it (an admin, or a security manager of the wearer's site, the same wearer rule as
+    ``_own_evidence_scope``). Anyone else would be reaching footage through the incident.
+    """
+    if viewer.role == "admin":
+        return True
+    if viewer.role != "security_manager" or not viewer.site:
+        return False
+    return (
+        session.scalar(
+            select(StaffMember.id).where(StaffMember.id == wearer, StaffMember.site == viewer.site)
+        )
+        is not None
+    )
+
+
+def may_link_alarm(viewer: Viewer) -> bool:
+    """Alarms are the control room's (``ALARM_READERS``); linking one into an incident puts its record
+    (and through it the alarm's evidence) in front of the incident's readers, so only a caller who may
+    read alarms links them."""
+    return viewer.role in ALARM_READERS
+
+
+def hidden_incident_markers(session: Session, viewer: Viewer, item_ids: Iterable[str]) -> set[str]:
+    """Ids and references of the incidents the items were ever linked to that the viewer may not see:
+    what marks a custody entry (a link and its free-text reason, a hold, a retention change caused by
+    another incident) as not theirs to read. Admins and auditors see every trail whole."""
+    if viewer.role in ("admin", "auditor"):
+        return set()
+    rows = session.execute(
+        select(Incident.id, Incident.reference)
+        .join(IncidentLink, IncidentLink.incident_id == Incident.id)
+        .where(IncidentLink.target_id.in_(list(item_ids)), ~incident_scope(viewer))
+        .distinct()
+    ).all()
+    return {m for row in rows for m in row}
+
+
+def visible_incident_refs(session: Session, viewer: Viewer, refs: Iterable[str]) -> list[str]:
+    """Which of the incident references the viewer may see, in the order given."""
+    wanted = list(refs)
+    if not wanted:
+        return []
+    seen = set(
+        session.scalars(
+            select(Incident.reference).where(Incident.reference.in_(wanted), incident_scope(viewer))
+        )
+    )
+    return [r for r in wanted if r in seen]
+
+
+HIDDEN_ENTRY = "concerns an incident you may not see"
+
+
+def readable_trail(
+    session: Session, viewer: Viewer | None, item_id: str, entries: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """An item's custody entries as ``viewer`` may read them: an entry that names an incident they
+    may not see keeps its place and hash but not its content (``entries.withhold``), as in an export
+    package. ``viewer`` None is the service itself (everything)."""
+    markers = set() if viewer is None else hidden_incident_markers(session, viewer, [item_id])
+    out: list[dict[str, Any]] = []
+    for entry in entries:
+        text = json.dumps(entry.get("details"), sort_keys=True, default=str)
+        out.append(withhold(entry, HIDDEN_ENTRY) if any(m in text for m in markers) else dict(entry))
+    return out

@@ -23,7 +23,6 @@ from .access import (
     INCIDENT_WRITERS,
     STATISTICS_READERS,
     Viewer,
-    can_see_evidence,
     visible_incident,
 )
 from .models import CATEGORIES, INVOLVEMENTS, STATUSES, Incident
@@ -40,7 +39,16 @@ from .service import (
     unlink_target,
     update_incident,
 )
-from .statistics import DIMENSIONS, Disclosure, count, load_facts, publish, to_csv
+from .statistics import (
+    DIMENSIONS,
+    Disclosure,
+    check_period,
+    count,
+    load_facts,
+    margins_of,
+    publish,
+    to_csv,
+)
 
 Category = Literal[CATEGORIES]  # type: ignore[valid-type]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
@@ -211,9 +219,12 @@ def open_incident(
             draft,
             user.actor,
             assign_user_id=user.user_id if user.role == "investigator" else None,
+            viewer=user,
         )
         if incident.wearer:
-            link_overlapping_clips(session, s.ledger, incident, user.actor, retention=retention(s))
+            link_overlapping_clips(
+                session, s.ledger, incident, user.actor, retention=retention(s), viewer=user
+            )
         return incident_view(session, incident)
 
 
@@ -280,7 +291,16 @@ def change_incident(
         staff = None
         if body.staff is not None:
             staff = [(x.staff_id, x.involvement) for x in body.staff]
-        update_incident(session, s.ledger, incident, changes, user.actor, staff=staff, retention=retention(s))
+        update_incident(
+            session,
+            s.ledger,
+            incident,
+            changes,
+            user.actor,
+            staff=staff,
+            retention=retention(s),
+            viewer=user,
+        )
         return incident_view(session, incident)
 
 
@@ -310,8 +330,6 @@ def link(
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise _hidden()
-        if body.kind == "evidence" and not can_see_evidence(session, user, body.target_id):
-            raise HTTPException(404, "no such evidence item")
         row, new = link_target(
             session,
             s.ledger,
@@ -321,6 +339,7 @@ def link(
             user.actor,
             body.reason,
             retention=retention(s),
+            viewer=user,
         )
         if not new:
             response.status_code = 200
@@ -420,13 +439,20 @@ def statistics(
     user: Viewer = Depends(require_roles(*STATISTICS_READERS)),
     s: CoreServices = Depends(services),
 ) -> Any:
-    """Anonymised incident counts: counts below the threshold are suppressed, the rest rounded (see README)."""
+    """Anonymised incident counts over whole months: small counts are not listed, nor any that the
+    totals would let be worked out, and the rest are rounded (see README). A security manager asks
+    about their own site only."""
     dims = list(dict.fromkeys(by))
+    if user.role == "security_manager":
+        if not user.site or (site is not None and site != user.site):
+            raise HTTPException(403, "a security manager asks for statistics of their own site")
+        site = user.site
+    check_period(since, until, s.settings.report_timezone)
     with s.db.session() as session:
         facts = load_facts(session, since=since, until=until, site=site, tz=s.settings.report_timezone)
     cells, total = count(facts, dims)
     disclosure = Disclosure(s.settings.statistics_min_count, s.settings.statistics_rounding)
-    table = publish(cells, total, dims, disclosure)
+    table = publish(cells, total, dims, disclosure, margins_of(facts, dims))
     if format == "csv":
         return Response(
             to_csv(table),

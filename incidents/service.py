@@ -27,6 +27,7 @@ from storage.db import dialect_insert
 from storage.errors import Refused
 from storage.objects import ObjectStore, StorageError
 
+from .access import Viewer, may_follow_wearer, may_link_alarm, visible_evidence_ids
 from .models import (
     CATEGORIES,
     INVOLVEMENTS,
@@ -143,6 +144,21 @@ def _check_window(start: datetime | None, end: datetime | None) -> None:
         raise IncidentRefused("bad_window", "window_end is before window_start")
 
 
+def _check_wearer(session: Session, viewer: Viewer | None, wearer: str | None) -> None:
+    """A caller names an incident's wearer only if all of that wearer's footage is theirs to see: the
+    wearer's clips are linked to the incident by the footage window now and as they arrive, and an
+    alarm of that wearer joins the incident (``open_or_join_incident_for_wearer``). ``viewer`` None is
+    the service itself (an alarm opening its incident)."""
+    if viewer is None or wearer is None or may_follow_wearer(session, viewer, wearer):
+        return
+    raise IncidentRefused(
+        "wearer_out_of_scope",
+        "an incident follows a wearer's footage only for a caller who may see all of it "
+        "(an administrator, or a security manager of the wearer's site)",
+        403,
+    )
+
+
 def _set_staff(session: Session, incident: Incident, staff: Sequence[tuple[str, str]]) -> None:
     seen: set[str] = set()
     rows: list[IncidentStaff] = []
@@ -167,13 +183,16 @@ def create_incident(
     *,
     now: datetime | None = None,
     assign_user_id: int | None = None,
+    viewer: Viewer | None = None,
 ) -> Incident:
+    """Open an incident; ``viewer`` is the caller whose rights bound what it may follow (None: the service)."""
     now = _now(now)
     if draft.category not in CATEGORIES:
         raise IncidentRefused("bad_category", f"category is one of {', '.join(CATEGORIES)}")
     if not draft.site:
         raise IncidentRefused("no_site", "an incident needs a site")
     _check_window(draft.window_start, draft.window_end)
+    _check_wearer(session, viewer, draft.wearer)
     number, reference = next_reference(session, now.year)
     incident = Incident(
         reference=reference,
@@ -230,8 +249,12 @@ def update_incident(
     staff: Sequence[tuple[str, str]] | None = None,
     retention: Retention | None = None,
     now: datetime | None = None,
+    viewer: Viewer | None = None,
 ) -> Incident:
-    """Apply field changes; closing needs an outcome; closing or reopening re-applies evidence retention."""
+    """Apply field changes; closing needs an outcome; closing or reopening re-applies evidence retention.
+
+    A change of the footage window (wearer, start or end) is the caller's to make only if they may
+    see all of the wearer's footage, and links only what they may see (``viewer`` None: the service)."""
     now = _now(now)
     unknown = set(changes) - set(EDITABLE)
     if unknown:
@@ -252,6 +275,8 @@ def update_incident(
     _check_window(
         changes.get("window_start", incident.window_start), changes.get("window_end", incident.window_end)
     )
+    if {"wearer", "window_start", "window_end"} & changes.keys():
+        _check_wearer(session, viewer, changes.get("wearer", incident.wearer))
     changed: dict[str, Any] = {}
     for name, value in changes.items():
         old = getattr(incident, name)
@@ -274,7 +299,7 @@ def update_incident(
         for item_id in _linked_item_ids(session, incident.id):
             _apply_retention(session, ledger, retention, item_id, now, actor, cause)
     if {"wearer", "window_start", "window_end"} & changed.keys():
-        link_overlapping_clips(session, ledger, incident, actor, retention=retention, now=now)
+        link_overlapping_clips(session, ledger, incident, actor, retention=retention, now=now, viewer=viewer)
     return incident
 
 
@@ -358,13 +383,20 @@ def link_target(
     *,
     retention: Retention | None = None,
     now: datetime | None = None,
+    viewer: Viewer | None = None,
 ) -> tuple[IncidentLink, bool]:
-    """Link an evidence item or an alarm; returns the link and whether it is new (linking twice is harmless)."""
+    """Link an evidence item or an alarm; returns the link and whether it is new (linking twice is harmless).
+
+    A link makes the item visible to the incident's readers and extends its retention, so ``viewer``
+    (the caller; None for the service's own links) must already see the item: an item outside their
+    scope answers 404 like a missing one, and an alarm needs a role that reads alarms."""
     now = _now(now)
     if kind not in LINK_KINDS:
         raise IncidentRefused("bad_kind", f"link kind is one of {', '.join(LINK_KINDS)}")
     if not reason.strip():
         raise IncidentRefused("reason_required", "a link needs a reason")
+    if viewer is not None and kind == "alarm" and not may_link_alarm(viewer):
+        raise IncidentRefused("alarm_out_of_scope", f"role {viewer.role} may not link alarms", 403)
     lock_ledger(session)
     incident = session.get(Incident, incident_id)
     if incident is None:
@@ -372,7 +404,7 @@ def link_target(
     item: EvidenceItem | None = None
     if kind == "evidence":
         item = session.get(EvidenceItem, target_id, with_for_update=True)
-        if item is None:
+        if item is None or (viewer is not None and not visible_evidence_ids(session, viewer, [target_id])):
             raise IncidentRefused("unknown_evidence", "no such evidence item", 404)
         if item.status == "deleted":
             raise IncidentRefused("deleted", "evidence item was deleted under its retention class", 409)
@@ -512,8 +544,12 @@ def link_overlapping_clips(
     *,
     retention: Retention | None = None,
     now: datetime | None = None,
+    viewer: Viewer | None = None,
 ) -> list[IncidentLink]:
-    """Link every stored clip of the incident's wearer recorded during its window (the alarm side calls this)."""
+    """Link every stored clip of the incident's wearer recorded during its window (the alarm side calls this).
+
+    With ``viewer`` (a person's create or change) only the clips that person may already see are
+    linked: a footage window never reaches beyond its caller's scope."""
     if incident.wearer is None or incident.window_start is None or incident.window_end is None:
         return []
     lock_ledger(session)
@@ -533,10 +569,23 @@ def link_overlapping_clips(
         .order_by(EvidenceItem.captured_start)
     )
     reason = f"recorded by {incident.wearer} during the alarm window of {incident.reference}"
+    found = list(clips)
+    if viewer is not None:
+        allowed = visible_evidence_ids(session, viewer, found)
+        found = [i for i in found if i in allowed]
     out: list[IncidentLink] = []
-    for item_id in list(clips):
+    for item_id in found:
         link, new = link_target(
-            session, ledger, incident.id, "evidence", item_id, actor, reason, retention=retention, now=now
+            session,
+            ledger,
+            incident.id,
+            "evidence",
+            item_id,
+            actor,
+            reason,
+            retention=retention,
+            now=now,
+            viewer=viewer,
         )
         if new:
             out.append(link)

@@ -1,11 +1,19 @@
 """Anonymised incident counts for trust board reports, by month, site, category and staff group.
 
-Disclosure control (the choice made here): a count from 1 to ``min_count - 1`` (default 1-4) is
-suppressed and shown as ``"<5"``; every other non-zero count, totals included, is rounded to the
-nearest multiple of ``rounding`` (default 5, halves round up). Rounding the published figures as well as
-suppressing the small ones stops a suppressed cell being recovered by subtracting the others from a
-total, or one breakdown from another. Zero cells are not listed. Nothing but counts leaves this
-module: no names, staff numbers, references or free text.
+Disclosure control (the choice made here):
+
+- Periods are whole calendar months (``check_period``): a window of minutes would single out one
+  incident, and differences between overlapping windows would too.
+- A cell below ``min_count`` (default 5), zero included, is not listed at all: the table lists only
+  the cells it publishes, so a row never says that some combination (a ward, a category, a staff
+  group) happened at all. Every published count is rounded to the nearest multiple of ``rounding``
+  (default 5, halves round up).
+- Secondary suppression (``_secondary``): a published cell is withdrawn when, with the margins another
+  query publishes (the same table with one dimension fewer) or the total, it would let the unlisted
+  cells of its line be worked out as a small number (1 to ``min_count - 1``).
+- The total is published only when it is not small itself.
+
+Nothing but counts leaves this module: no names, staff numbers, references or free text.
 
 Counting by staff group counts an incident once for every distinct group of the staff involved (an
 incident with a nurse and a porter counts once for each); incidents with nobody recorded count
@@ -17,7 +25,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -26,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from devices.models import StaffMember
+from storage.errors import Refused
 
 from .models import Incident, IncidentStaff
 
@@ -117,15 +126,86 @@ def count(facts: Iterable[IncidentFacts], by: Sequence[str]) -> tuple[Counter[tu
     return cells, total
 
 
+class PeriodRefused(Refused):
+    """A statistics period that could single people out."""
+
+    status = 422
+    structured = True
+
+
+def check_period(since: datetime | None, until: datetime | None, tz: str) -> None:
+    """Periods start and end at midnight on the first of a month (in ``tz``), a month or more apart."""
+    zone = ZoneInfo(tz)
+    for name, at in (("since", since), ("until", until)):
+        if at is None:
+            continue
+        local = at.astimezone(zone)
+        if (local.day, local.hour, local.minute, local.second, local.microsecond) != (1, 0, 0, 0, 0):
+            raise PeriodRefused(
+                "period_not_whole_months",
+                f"{name} must be the start of a calendar month ({tz}): statistics cover whole months",
+            )
+    if since is not None and until is not None and until <= since:
+        raise PeriodRefused("period_too_short", "until must be at least a month after since")
+
+
+def _without(i: int) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """A cell's line along dimension ``i``: its key without that dimension."""
+    return lambda k: k[:i] + k[i + 1 :]
+
+
+def _secondary(
+    cells: Counter[tuple[str, ...]],
+    margins: Sequence[Counter[tuple[str, ...]]],
+    total: int,
+    min_count: int,
+) -> set[tuple[str, ...]]:
+    """The cells that may be published: those of ``min_count`` or more, less any that would, with a
+    margin, reveal a small remainder in its line. ``margins[i]`` counts incidents by every dimension
+    but the i-th (the table another query publishes); the whole table is a line under the total."""
+    listed = {k for k, n in cells.items() if n >= min_count}
+    lines = [(margins[i], _without(i)) for i in range(len(margins))]
+    lines.append((Counter({(): total}), lambda k: ()))
+    changed = True
+    while changed:
+        changed = False
+        for margin, line_of in lines:
+            groups: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+            for k in cells:
+                groups.setdefault(line_of(k), []).append(k)
+            for line, keys in groups.items():
+                shown = [k for k in keys if k in listed]
+                if not shown:
+                    continue
+                # What the line's margin leaves for its unlisted cells, as a reader could work it out.
+                rest = margin[line] - sum(cells[k] for k in shown)
+                if 0 < rest < min_count:
+                    listed.discard(min(shown, key=lambda k: (cells[k], k)))
+                    changed = True
+    return listed
+
+
 def publish(
-    cells: Counter[tuple[str, ...]], total: int, by: Sequence[str], disclosure: Disclosure
+    cells: Counter[tuple[str, ...]],
+    total: int,
+    by: Sequence[str],
+    disclosure: Disclosure,
+    margins: Sequence[Counter[tuple[str, ...]]] | None = None,
 ) -> dict[str, object]:
-    """The publishable table: every non-zero cell with its count or its suppression, and the total."""
+    """The publishable table: the cells that may be published, rounded, and the total.
+
+    ``margins`` (``margins_of``) are the tables with one dimension fewer; without them each line is
+    checked against the sum of its own cells only."""
+    if margins is None:
+        margins = [Counter() for _ in by]
+        for k, n in cells.items():
+            for i, m in enumerate(margins):
+                m[k[:i] + k[i + 1 :]] += n
+    listed = _secondary(cells, margins, total, disclosure.min_count)
     rows = []
-    for key in sorted(cells):
-        n = cells[key]
-        value = disclosure.publish(n)
-        rows.append({**dict(zip(by, key, strict=True)), "count": value, "suppressed": value is None})
+    for key in sorted(listed):
+        value = disclosure.publish(cells[key])
+        rows.append({**dict(zip(by, key, strict=True)), "count": value, "suppressed": False})
     return {
         "dimensions": list(by),
         "rows": rows,
@@ -135,11 +215,17 @@ def publish(
             "suppressed_below": disclosure.min_count,
             "rounded_to": disclosure.rounding,
             "note": (
-                f"counts below {disclosure.min_count} are shown as <{disclosure.min_count}; "
-                f"all other counts are rounded to the nearest {disclosure.rounding}"
+                f"only counts of {disclosure.min_count} or more are listed, rounded to the nearest "
+                f"{disclosure.rounding}; a combination not listed had fewer (or none), or is withheld "
+                "because the totals would reveal a smaller one"
             ),
         },
     }
+
+
+def margins_of(facts: Sequence[IncidentFacts], by: Sequence[str]) -> list[Counter[tuple[str, ...]]]:
+    """For each dimension, the incident counts by all the others (what a query without it publishes)."""
+    return [count(facts, [d for j, d in enumerate(by) if j != i])[0] for i in range(len(by))]
 
 
 def _cell(value: object) -> str:

@@ -13,20 +13,23 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from accounts.access import require_roles, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
-from chain_of_custody.reads import item_response
+from chain_of_custody.reads import ReadRefused, item_response
 from incidents.access import (
     EVIDENCE_DELETERS,
     EVIDENCE_HOLDERS,
     EVIDENCE_MEDIA,
     EVIDENCE_METADATA,
     evidence_scope,
+    readable_trail,
     visible_evidence,
+    visible_incident_refs,
 )
 from incidents.retention import RetentionRules, delete_by_hand, describe, set_legal_hold
 from storage.bounds import MAX_OFFSET
@@ -35,6 +38,7 @@ router = APIRouter(prefix="/api/v1", tags=["evidence"])
 
 METADATA_ROLES = EVIDENCE_METADATA
 MEDIA_ROLES = EVIDENCE_MEDIA
+QUARANTINE_REVIEWERS = ("admin",)  # who may read an item that no longer checks, to find out why
 
 
 class EvidenceItemOut(BaseModel):
@@ -63,14 +67,18 @@ class CustodyEntryOut(BaseModel):
     id: str
     at: str
     action: str
-    actor: str
+    actor: str | None = None
     item_seq: int | None
-    details: dict[str, object]
+    details: dict[str, object] | None = None
     prev_hash: str
     item_prev_hash: str | None
     entry_hash: str
-    signature: str
+    signature: str | None = None
     key_id: str
+    withheld: str | None = Field(
+        None,
+        description="why the entry's content is left out (it concerns an incident the caller may not see)",
+    )
 
 
 @router.get("/evidence", response_model=list[EvidenceItemOut])
@@ -127,28 +135,47 @@ def custody_trail(
     user: Principal = Depends(require_roles(*METADATA_ROLES)),
     s: CoreServices = Depends(services),
 ) -> list[dict[str, object]]:
+    """The item's custody entries; an entry about an incident the caller may not see (a link to it
+    and its reason, a hold on it, a retention change it caused) keeps its place and hash but not its
+    content, as in an export package."""
     _item(s, item_id, user)
     with s.db.session() as session:
-        return [e.to_json() for e in Ledger.item_entries(session, item_id)]
+        return readable_trail(
+            session, user, item_id, [e.to_json() for e in Ledger.item_entries(session, item_id)]
+        )
 
 
 @router.get("/evidence/{item_id}/content")
 async def content(
     item_id: str,
     request: Request,
+    review_reason: str | None = Query(
+        None, min_length=10, max_length=2000, description="why a quarantined item is read (administrators)"
+    ),
     user: Principal = Depends(require_roles(*MEDIA_ROLES)),
     s: CoreServices = Depends(services),
 ) -> Response:
-    """Stream the item's bytes (HTTP Range supported); the read is a custody entry before any byte leaves."""
+    """Stream the item's bytes (HTTP Range supported); the read is a custody entry before any byte
+    leaves, and the bytes are checked against the recorded digest as they stream (cut off and the
+    item quarantined if they differ). A quarantined item is refused, except to an administrator
+    reviewing it with a stated ``review_reason`` (recorded on its custody)."""
     item = _item(s, item_id, user)
     if item.status == "deleted":
         raise HTTPException(410, "evidence deleted under its retention class")
+    if item.status == "quarantined" and (user.role not in QUARANTINE_REVIEWERS or review_reason is None):
+        raise ReadRefused(
+            "quarantined",
+            f"evidence item {item.id} is quarantined ({item.quarantine_reason}); it is not served as "
+            "evidence (an administrator may read it for review, stating why)",
+        )
     return await item_response(
         s,
         item,
         request,
         user.actor,
         {"ETag": f'"{item.sha256}"', "Content-Disposition": f'attachment; filename="{item.id}"'},
+        "quarantine review" if item.status == "quarantined" else "view",
+        review_reason=review_reason if item.status == "quarantined" else None,
     )
 
 
@@ -189,6 +216,17 @@ class HoldIn(BaseModel):
     reason: str = Field(min_length=3, max_length=2000)
 
 
+def _scoped(session: Session, user: Principal, described: dict[str, object]) -> dict[str, object]:
+    """The retention as this caller may see it: only the incidents they may see are named."""
+    if user.role in ("admin", "auditor"):
+        return described
+    for key in ("open_incidents", "closed_incidents"):
+        refs = described[key]
+        assert isinstance(refs, list)
+        described[key] = visible_incident_refs(session, user, refs)
+    return described
+
+
 def _rules(s: CoreServices) -> RetentionRules:
     return RetentionRules.from_settings(s.settings)
 
@@ -202,7 +240,7 @@ def retention(
     """The item's retention class, until when it is kept, its object lock and its legal holds."""
     item = _item(s, item_id, user)
     with s.db.session() as session:
-        return describe(session, item, _rules(s), datetime.now(UTC))
+        return _scoped(session, user, describe(session, item, _rules(s), datetime.now(UTC)))
 
 
 @router.put("/evidence/{item_id}/legal-hold", response_model=RetentionOut, response_model_by_alias=True)
@@ -232,7 +270,7 @@ def legal_hold(
         )
         fresh = session.get(EvidenceItem, item.id)
         assert fresh is not None
-        return describe(session, fresh, _rules(s), now)
+        return _scoped(session, user, describe(session, fresh, _rules(s), now))
 
 
 @router.delete("/evidence/{item_id}", status_code=204)

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from accounts.access import require_roles, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
+from chain_of_custody.models import EvidenceItem
 from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, visible_evidence
 from redaction.jobs import enqueue
 from redaction.models import RedactionJob
@@ -84,6 +85,11 @@ def request_redaction(
     """Queue a new version with the investigator's manual regions, exclusions and audio edits."""
     _visible_clip(s, user, item_id)
     with s.db.session() as session:
+        source = session.get(EvidenceItem, item_id)
+        if source is not None and source.status != "stored":
+            # A redacted copy is new evidence derived from its original: never from one that no
+            # longer checks (quarantined) or is gone.
+            raise HTTPException(409, f"evidence item {item_id} is {source.status}; it cannot be redacted")
         if based_on is not None:
             base = session.get(RedactionJob, based_on)
             if base is None or base.source_item_id != item_id:

@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from chain_of_custody.evidence import Provenance, read_item, record_evidence
+from chain_of_custody.evidence import Provenance, quarantine_hook, read_item, record_evidence
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from storage.db import Database
@@ -115,6 +115,11 @@ class RedactionWorker:
                 f"worker:{self.name}",
                 None,
                 purpose=f"redaction job {job.id} v{job.version}",
+                # An original that no longer checks is never redacted into a new item: the read
+                # stops short, the job fails and the original is quarantined.
+                on_altered=quarantine_hook(
+                    self.db, self.ledger, item.id, f"reading it for redaction job {job.id}", job=job.id
+                ),
             )
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:

@@ -367,7 +367,8 @@ class StatisticsSettings(_Section):
     """Incident statistics."""
 
     statistics_min_count: int = Field(
-        5, description='Incident statistics: counts below this are shown as "<N".'
+        5,
+        description="Incident statistics: counts below this are not listed (nor any the totals would reveal).",
     )
     statistics_rounding: int = Field(
         5, description="Incident statistics: other counts are rounded to this multiple."

@@ -686,7 +686,14 @@ def test_altered_stored_object_is_never_exported_and_no_object_is_completed(
     algorithm = "BLAKE3" if blake3_kept else "SHA-256"
     with pytest.raises(ExportError, match=f"{bad.id} hashes to {algorithm} {found} "):
         export(s, [big.id, bad.id])
-    assert_nothing_exported(s, before)
+    # Nothing exported; the altered item is quarantined (one custody entry, naming the digest).
+    assert_nothing_exported(s, before + 1)
+    with s.db.session() as session:
+        row = session.get(EvidenceItem, bad.id)
+        assert row is not None and row.status == "quarantined"
+        assert row.quarantine_reason.startswith(f"stored object hashes to {algorithm} {found} ")
+        intact = session.get(EvidenceItem, big.id)
+        assert intact is not None and intact.status == "stored"
 
 
 def test_row_that_disagrees_with_its_custody_record_is_never_exported(built: Built) -> None:

@@ -141,7 +141,10 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/incidents/{incident_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("PATCH", "/api/v1/incidents/{incident_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("GET", "/api/v1/incidents/{incident_id}/timeline"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
-    ("POST", "/api/v1/incidents/{incident_id}/links"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    # The sample links an alarm: only roles that read alarms may (an investigator gets 403).
+    ("POST", "/api/v1/incidents/{incident_id}/links"): Rule(
+        ok=frozenset({"admin", "manager"}), hidden=OUT_OF_SCOPE
+    ),
     ("POST", "/api/v1/incidents/{incident_id}/unlink"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("PUT", "/api/v1/incidents/{incident_id}/investigators/{user_id}"): Rule(
         ok=frozenset({"admin", "manager"}), hidden=frozenset({"manager_other_site"})

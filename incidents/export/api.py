@@ -29,16 +29,16 @@ from sqlalchemy.orm import Session
 from accounts.access import require_roles, services
 from chain_of_custody import package_layout as pl
 from chain_of_custody.core import CoreServices
-from chain_of_custody.evidence import parse_range
-from chain_of_custody.fixity import FixityCheck
+from chain_of_custody.evidence import parse_range, quarantine, quarantine_hook
+from chain_of_custody.fixity import FixityCheck, checked_range
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reads import RangeRefused
 from storage.api_schema import error_responses
 from storage.objects import StorageError
-from storage.streams import blocks_in_thread
+from storage.streams import BlocksOnThread, blocks_in_thread
 
-from ..access import EVIDENCE_MEDIA, INCIDENT_MANAGERS, Viewer, visible_incident
+from ..access import EVIDENCE_MEDIA, INCIDENT_MANAGERS, Viewer, visible_evidence_ids, visible_incident
 from .assemble import assemble, items_read, read_layout
 from .jobs import ExportBuilds
 from .links import LinkRefused, check_link_token, link_secret, make_link_token, parse_link_token
@@ -178,8 +178,12 @@ def request_export(
             items = gather_items(session, item_ids)
         except ExportError as exc:
             raise HTTPException(409, str(exc)) from None
+        # What the scope gathers beyond the links (a linked copy's original) goes in only if the
+        # requester may see it (the one access rule); otherwise it is listed by hash only.
+        seen = visible_evidence_ids(session, user, [i.id for i in items])
+        outside = sorted(i.id for i in items if i.id not in seen)
         permission = OriginalsPermission(user.actor, user.role, reason) if body.include_originals else None
-        total = sum(p.item.size for p in plan_package(items, permission) if p.include_media)
+        total = sum(p.item.size for p in plan_package(items, permission, outside=outside) if p.include_media)
         job = ExportJob(
             id=str(uuid.uuid4()),
             incident_id=summary["id"],
@@ -187,7 +191,7 @@ def request_export(
             requester_role=user.role,
             include_originals=body.include_originals,
             reason=reason or None,
-            scope=json.dumps({"incident": summary, "item_ids": item_ids}),
+            scope=json.dumps({"incident": summary, "item_ids": item_ids, "outside": outside}),
             media_bytes_total=total,
             media_bytes_done=0,
             status="building",
@@ -368,18 +372,8 @@ def download(token: str, request: Request, s: CoreServices = Depends(services)) 
             },
         )
         with s.db.session() as session:
-            media = session.get(EvidenceItem, seg.item_id, with_for_update=True)
             reason = f"stored object {check.mismatch()}; found while serving export {item.id}"
-            s.ledger.append(
-                session,
-                "quarantined",
-                "service",
-                item_id=seg.item_id,
-                details={"reason": reason, "export_id": item.id, "link": link_id},
-            )
-            if media is not None and media.status != "deleted":
-                media.status = "quarantined"
-                media.quarantine_reason = reason
+            quarantine(session, s.ledger, seg.item_id, reason, {"export_id": item.id, "link": link_id})
 
     def guarded(body: Iterator[bytes]) -> Iterator[bytes]:
         try:
@@ -390,10 +384,11 @@ def download(token: str, request: Request, s: CoreServices = Depends(services)) 
 
     if layout is not None:
         body = guarded(assemble(s.store, layout, start, end, on_altered=altered))
-    elif byte_range is None:
-        body = s.store.read(item.object_key, item.version_id)
-    else:
-        body = s.store.read(item.object_key, item.version_id, offset=start, length=end - start + 1)
+    else:  # a package stored whole (an older form): checked against its own record as it streams
+        check = FixityCheck(item.sha256, item.blake3, item.size)
+        whole = iter(BlocksOnThread(s.store.read(item.object_key, item.version_id), 2, check.update))
+        hook = quarantine_hook(s.db, s.ledger, item.id, f"serving it through link {link_id}")
+        body = checked_range(whole, check, start, end - start + 1, hook)
     headers["Content-Length"] = str(end - start + 1)
     stream = blocks_in_thread(body)
     if byte_range is None:

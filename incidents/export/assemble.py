@@ -3,11 +3,10 @@ objects, each media object checked again as it streams."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 
 from chain_of_custody import package_layout as pl
-from chain_of_custody.fixity import FixityCheck
+from chain_of_custody.fixity import FixityCheck, checked_range
 from chain_of_custody.models import EvidenceItem
 from storage.objects import ObjectStore
 
@@ -38,24 +37,14 @@ def _media_piece(
     digests the package recorded; the last block sent waits for the check, so an altered object
     never reaches the recipient complete."""
     check = FixityCheck(seg.sha256, seg.blake3, seg.length)
-    pos = 0
-    held: bytes | None = None
     blocks = media._media_blocks(store, seg.key, seg.version_id, tap=check.update)
-    with contextlib.closing(blocks):  # type: ignore[type-var]
-        for block in blocks:
-            a, b = max(lo, pos), min(lo + n, pos + len(block))
-            if a < b:
-                part = block if (a, b) == (pos, pos + len(block)) else block[a - pos : b - pos]
-                if held is not None:
-                    yield held
-                held = part
-            pos += len(block)
-    if not check.ok:
+
+    def mismatch(found: FixityCheck) -> None:
         if on_altered is not None:
-            on_altered(seg, check)
-        raise PackageAltered(_altered(seg.item_id, check))
-    if held is not None:
-        yield held
+            on_altered(seg, found)
+        raise PackageAltered(_altered(seg.item_id, found))
+
+    yield from checked_range(blocks, check, lo, n, mismatch)
 
 
 def assemble(

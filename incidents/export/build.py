@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from chain_of_custody import manifest as mf
 from chain_of_custody import package_layout as pl
 from chain_of_custody.canonical import rfc3339
-from chain_of_custody.evidence import Provenance, record_evidence
+from chain_of_custody.evidence import Provenance, quarantine, record_evidence
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
@@ -25,13 +25,15 @@ from storage.db import Database
 from storage.objects import ObjectLocked, ObjectStore, StoredObject
 
 from . import media
-from .media import _MediaDigests, _Progress, unrecorded
+from .media import MediaAltered, _MediaDigests, _Progress, unrecorded
 from .plan import (
     ORIGINAL_VIDEO_KINDS,
     PACKAGE_KIND,
     ExportError,
     ExportRequest,
     PlannedItem,
+    foreign_markers,
+    own_chain,
     package_filename,
     plan_package,
     redaction_records,
@@ -102,6 +104,9 @@ and run each command below in that directory.
    SHA-256 of the canonical JSON (keys sorted, no spaces, UTF-8) of the entry without "entry_hash"
    and "signature", plus "v": 1; "signature" is the base64 Ed25519 signature of those same bytes;
    "item_prev_hash" links each entry to the one before it and "item_seq" counts from 1.
+   An entry with "withheld" belongs to another incident or package: it keeps only its place and
+   "entry_hash" (the manifest lists that hash under the item's custody "withheld", and the next
+   entry names it as "item_prev_hash"), so it cannot be re-hashed or its signature checked.
    The service's own command checks all of this, every hash and both signatures, offline:
 
     evidence verify {filename} --key-fingerprint {fingerprint}
@@ -202,6 +207,7 @@ def compose_package(
             if it.derived_from_id and origin is None:
                 raise ExportError(f"the original {it.derived_from_id} of item {it.id} was not gathered")
             chain = chains[it.id]
+            hidden = it.id in request.outside
             records.append(
                 mf.ItemRecord(
                     item_id=it.id,
@@ -210,17 +216,20 @@ def compose_package(
                     sha256=it.sha256,
                     size=it.size,
                     content_type=it.content_type,
-                    filename=it.filename,
+                    filename=None if hidden else it.filename,
                     path=path,
                     withheld_reason=p.withheld_reason,
                     derived_from=mf.OriginalRef(origin.id, origin.sha256, origin.size) if origin else None,
                     custody_entries=len(chain),
                     custody_tip=chain[-1]["entry_hash"] if chain else None,
-                    wearer=it.wearer,
-                    source_device_id=it.source_device_id,
-                    captured_start=it.captured_start.isoformat() if it.captured_start else None,
-                    captured_stop=it.captured_stop.isoformat() if it.captured_stop else None,
-                    quarantine_reason=it.quarantine_reason,
+                    wearer=None if hidden else it.wearer,
+                    source_device_id=None if hidden else it.source_device_id,
+                    captured_start=it.captured_start.isoformat()
+                    if it.captured_start and not hidden
+                    else None,
+                    captured_stop=it.captured_stop.isoformat() if it.captured_stop and not hidden else None,
+                    quarantine_reason=None if hidden else it.quarantine_reason,
+                    custody_withheld={e["item_seq"]: e["entry_hash"] for e in chain if "withheld" in e},
                 )
             )
     for p in plan:
@@ -294,24 +303,35 @@ def build_package(
     request = replace(request, incident=json.loads(json.dumps(request.incident, default=str)))
     with db.session() as session:
         entries = {it.id: Ledger.item_entries(session, it.id) for it in items}
+        foreign = foreign_markers(session, entries, request.incident.get("id"))
     chains = {item_id: [e.to_json() for e in signed] for item_id, signed in entries.items()}
-    plan = plan_package(items, request.originals, redaction_records(chains))
+    plan = plan_package(items, request.originals, redaction_records(chains), request.outside)
     for p in plan:  # withheld items and originals too: the manifest names their SHA-256 as well
         stored_entry = next((e for e in entries[p.item.id] if e.body.action == "stored"), None)
         problem = unrecorded(p.item, stored_entry, ledger.verifier)
         if problem is not None:
             raise ExportError(problem + ": not exported; run 'evidence verify'")
     created_at = datetime.now(UTC).replace(microsecond=0)
-    layout, media_bytes = compose_package(
-        store,
-        key,
-        request,
-        plan,
-        chains,
-        created_at=created_at,
-        package_hash=package_hash,
-        progress=progress,
-    )
+    # Each chain as this package may carry it: what belongs to other incidents or packages withheld.
+    shown = {
+        i: own_chain(i, chain, request.export_id, foreign, request.outside) for i, chain in chains.items()
+    }
+    try:
+        layout, media_bytes = compose_package(
+            store,
+            key,
+            request,
+            plan,
+            shown,
+            created_at=created_at,
+            package_hash=package_hash,
+            progress=progress,
+        )
+    except MediaAltered as exc:  # an object that no longer checks is quarantined, not only skipped
+        with db.session() as session:
+            reason = f"stored object {exc.mismatch}; found while building export {request.export_id}"
+            quarantine(session, ledger, exc.item_id, reason, {"export_id": request.export_id})
+        raise
     layout_object = store.put_bytes(
         f"exports/{request.export_id}.layout",
         pl.encode(layout),

@@ -138,6 +138,7 @@ class ExportBuilds:
                     actor=job.requested_by,
                     retain_until=_retain_until(items, s.settings.retention_days, datetime.now(UTC)),
                     originals=originals,
+                    outside=frozenset(scope.get("outside", ())),
                 )
             result = build_package(
                 s.db,

@@ -4,7 +4,6 @@ digests recorded when it was stored, and its CRC-32 computed for the zip."""
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -12,10 +11,9 @@ from typing import Any
 
 from isal.isal_zlib import crc32
 
-from chain_of_custody.entries import SignedEntry, Verifier, check_entry
 from chain_of_custody.fixity import FixityCheck
 from chain_of_custody.models import EvidenceItem
-from chain_of_custody.verify import row_disagreements
+from chain_of_custody.verify import unrecorded as unrecorded  # the row checked against its signed record
 from storage.objects import ObjectStore
 from storage.streams import BlocksOnThread
 
@@ -25,6 +23,16 @@ CHUNK = 4 * 1024 * 1024
 READ_AHEAD_CHUNKS = 4
 SCAN_WORKERS = 2
 PROGRESS_EVERY = 64 * 1024 * 1024
+
+
+class MediaAltered(ExportError):
+    """A media object no longer matches its record at build time: the item is to be quarantined."""
+
+    def __init__(self, item_id: str, check: FixityCheck) -> None:
+        super().__init__(_altered(item_id, check) + ": not exported; run 'evidence verify'")
+        self.item_id = item_id
+        self.mismatch = check.mismatch()
+        self.algorithm = check.algorithm
 
 
 class PackageAltered(Exception):
@@ -79,20 +87,6 @@ def _altered(item_id: str, check: FixityCheck) -> str:
     return f"stored object of evidence item {item_id} {check.mismatch()}"
 
 
-def unrecorded(it: EvidenceItem, stored: SignedEntry | None, verify_sig: Verifier) -> str | None:
-    """Why the item's row cannot be trusted for its object and digests, or None. Objects are found
-    and re-checked by the row (media against its BLAKE3, while the manifest carries its SHA-256), so
-    the row must say what the item's ``stored`` custody entry says, and that entry must be intact
-    and signed by the service."""
-    if stored is None:
-        return f"evidence item {it.id} has no 'stored' custody entry"
-    broken = check_entry(stored, verify_sig)
-    if broken:
-        return f"evidence item {it.id}: its 'stored' custody entry fails its check ({broken[0]})"
-    differ = row_disagreements(it, json.loads(stored.body.details))
-    return f"evidence item {it.id}: {differ[0]}" if differ else None
-
-
 # -- building -----------------------------------------------------------------------------------
 
 
@@ -132,7 +126,7 @@ def _check_media(
             counter.add(len(block))
     digests.finish()
     if not digests.check.ok:
-        raise ExportError(_altered(it.id, digests.check) + ": not exported; run 'evidence verify'")
+        raise MediaAltered(it.id, digests.check)
     return digests.crc32
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,10 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody import manifest as mf
+from chain_of_custody.entries import withhold
 from chain_of_custody.models import EvidenceItem
 
 from ..access import Viewer, visible_incident
-from ..models import IncidentLink
+from ..models import Incident, IncidentLink
 
 ORIGINAL_VIDEO_KINDS = frozenset({"clip"})
 REDACTED_VIDEO_KIND = "redacted_clip"
@@ -42,6 +44,9 @@ class ExportRequest:
     actor: str
     retain_until: datetime
     originals: OriginalsPermission | None = None
+    # Items gathered with the scope (an original of a linked redacted copy) that the requester may
+    # not see: listed by hash so that derivations still check, never with their bytes or their story.
+    outside: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -65,10 +70,14 @@ def redaction_records(chains: Mapping[str, list[dict[str, Any]]]) -> dict[str, s
     return out
 
 
+OUTSIDE_REASON = "outside the requester's access; listed by its hash only"
+
+
 def plan_package(
     items: Sequence[EvidenceItem],
     originals: OriginalsPermission | None,
     describes: Mapping[str, str] | None = None,
+    outside: Iterable[str] = (),
 ) -> list[PlannedItem]:
     """Which items' bytes go in and which are withheld (with the reason the manifest will state).
 
@@ -78,6 +87,7 @@ def plan_package(
     original is still accounted for by hash.
     """
     describes = describes or {}
+    outside = frozenset(outside)
     latest_redaction: dict[str, EvidenceItem] = {}
     for it in sorted(items, key=lambda i: (i.created_at, i.id)):
         if it.kind == REDACTED_VIDEO_KIND and it.derived_from_id and it.status != "deleted":
@@ -85,7 +95,9 @@ def plan_package(
     plan: list[PlannedItem] = []
     for it in items:
         reason: str | None = None
-        if it.status == "deleted":
+        if it.id in outside:
+            reason = OUTSIDE_REASON
+        elif it.status == "deleted":
             reason = "deleted under its retention class; its custody record remains"
         elif it.kind == PACKAGE_KIND:
             reason = "an earlier export package"
@@ -106,6 +118,47 @@ def plan_package(
                 reason = f"describes the superseded redaction {describes[it.id]}"
         plan.append(PlannedItem(it, reason is None, reason))
     return plan
+
+
+# -- what of each custody chain belongs to this package (pure) ------------------------------------
+
+FOREIGN = "belongs to another incident or package; its hash keeps the chain checkable"
+OUTSIDE_ENTRY = "the item is outside the requester's access; its hash keeps the chain checkable"
+
+
+def own_chain(
+    item_id: str,
+    chain: Sequence[dict[str, Any]],
+    export_id: str,
+    foreign: Iterable[str],
+    outside: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """The item's custody chain as this package carries it: an entry that names another incident (its
+    id or reference, e.g. a link and its free-text reason, a retention change caused by it, a legal
+    hold on it) or another package is withheld (``entries.withhold``: hash and place kept, content
+    not); so is every entry but ``stored`` of an item outside the requester's access."""
+    other_exports = {
+        str((e.get("details") or {}).get("export_id"))
+        for e in chain
+        if e.get("action") == "exported"
+        and (e.get("details") or {}).get("export_id") not in (None, export_id)
+    }
+    markers = [m for m in (*foreign, *other_exports) if m]
+    hidden = item_id in frozenset(outside)
+    out: list[dict[str, Any]] = []
+    for e in chain:
+        text = json.dumps(e.get("details"), sort_keys=True, default=str)
+        other_export = e.get("action") == "exported" and (e.get("details") or {}).get("export_id") not in (
+            None,
+            export_id,
+        )
+        if hidden and e.get("action") != "stored":
+            out.append(withhold(e, OUTSIDE_ENTRY))
+        elif other_export or any(m in text for m in markers):
+            out.append(withhold(e, FOREIGN))
+        else:
+            out.append(dict(e))
+    return out
 
 
 def gather_items(session: Session, item_ids: Iterable[str]) -> list[EvidenceItem]:
@@ -167,3 +220,16 @@ def incident_export_scope(
         "linked_alarms": alarms,
     }
     return summary, list(dict.fromkeys(evidence + [a for a in alarms if a in alarm_items]))
+
+
+def foreign_markers(session: Session, item_ids: Iterable[str], incident_id: str | None) -> set[str]:
+    """Ids and references of every incident the items were ever linked to, other than ``incident_id``,
+    and of every other package that holds them: what marks a custody entry as not this package's."""
+    ids = list(item_ids)
+    rows = session.execute(
+        select(Incident.id, Incident.reference)
+        .join(IncidentLink, IncidentLink.incident_id == Incident.id)
+        .where(IncidentLink.target_kind.in_(("evidence", "alarm")), IncidentLink.target_id.in_(ids))
+        .distinct()
+    ).all()
+    return {m for row in rows if row[0] != incident_id for m in row}

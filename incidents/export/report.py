@@ -151,7 +151,8 @@ def render_continuity_report(draft: Mapping[str, Any], chains: Mapping[str, list
             out.append(
                 f"<tr><td>{_e(e.get('item_seq'))}</td><td>{_e(e.get('at'))}</td>"
                 f"<td>{_e(ACTION_WORDS.get(action, action))}<br><code>{_e(action)}</code></td>"
-                f"<td>{_e(e.get('actor'))}</td><td>{_details(e.get('details'))}</td>"
+                f"<td>{_e(e.get('actor'))}</td>"
+                f"<td>{_e('withheld: ' + str(e['withheld'])) if 'withheld' in e else _details(e.get('details'))}</td>"
                 f"<td class='hash'>{_e(e.get('entry_hash'))}</td></tr>"
             )
         out.append("</table>")
