@@ -170,9 +170,29 @@ def _check_signature(
         return False
 
 
+NO_TRUSTED_KEY = (
+    "no trusted key was given: pass --key-fingerprint with the fingerprint obtained from the trust that "
+    "made the package (its /.well-known/evidence-signing-key, the download link's page, or as its "
+    "operator told you), never one read from the package; --accept-embedded-key trusts the key inside "
+    "the package, which shows only that the package agrees with itself"
+)
+EMBEDDED_KEY_ACCEPTED = (
+    "the key inside the package was trusted because --accept-embedded-key was given: anyone can re-sign "
+    "a package with a key of their own, so compare {fp} with the fingerprint the trust publishes"
+)
+
+
 def _check_key(
-    key: Ed25519PublicKey | None, manifest: dict[str, Any], expected: str | None, report: PackageReport
+    key: Ed25519PublicKey | None,
+    manifest: dict[str, Any],
+    expected: str | None,
+    report: PackageReport,
+    accept_embedded_key: bool = False,
 ) -> None:
+    """The signing key must be one the user was given out of band: a key the package brings proves
+    nothing, since a forger re-signs with a key of their own and ships it alongside."""
+    if expected is None and not accept_embedded_key:
+        report.problems.append(Problem("no_trusted_key", PUBLIC_KEY, NO_TRUSTED_KEY))
     if key is None:
         return
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -187,9 +207,8 @@ def _check_key(
             )
         )
     if expected is None:
-        report.notes.append(
-            f"signed by key {report.fingerprint}; compare it with the service's published fingerprint"
-        )
+        if accept_embedded_key:
+            report.notes.append(EMBEDDED_KEY_ACCEPTED.format(fp=report.fingerprint))
     elif normalise_fingerprint(expected) != report.fingerprint:
         report.problems.append(
             Problem(
@@ -387,8 +406,13 @@ def _check_items(
             )
 
 
-def verify_package(path: str | Path, key_fingerprint: str | None = None) -> PackageReport:
-    """Check every hash, both signatures, the signing key, every custody chain and every derivation."""
+def verify_package(
+    path: str | Path, key_fingerprint: str | None = None, *, accept_embedded_key: bool = False
+) -> PackageReport:
+    """Check every hash, both signatures, the signing key, every custody chain and every derivation.
+
+    Without ``key_fingerprint`` the package fails (``no_trusted_key``) unless ``accept_embedded_key``
+    says, explicitly, that the key inside the package is to be trusted."""
     report = PackageReport()
     try:
         zf = zipfile.ZipFile(path)
@@ -409,7 +433,7 @@ def verify_package(path: str | Path, key_fingerprint: str | None = None) -> Pack
                 manifest = {}
         report.export_id = manifest.get("export_id")
         key = _load_key(pkg.read(PUBLIC_KEY, 64 * 1024), report)
-        _check_key(key, manifest, key_fingerprint, report)
+        _check_key(key, manifest, key_fingerprint, report, accept_embedded_key)
         _check_signature(
             key,
             manifest_raw,
@@ -443,9 +467,17 @@ def main(argv: list[str] | None = None) -> int:
     who have this package's source and ``cryptography`` but not the service."""
     ap = argparse.ArgumentParser(description="Verify an evidence export package offline.")
     ap.add_argument("package", type=Path)
-    ap.add_argument("--key-fingerprint", help="expected SHA-256 fingerprint of the service's signing key")
+    ap.add_argument(
+        "--key-fingerprint",
+        help="SHA-256 fingerprint of the service's signing key, as obtained from the trust (not the package)",
+    )
+    ap.add_argument(
+        "--accept-embedded-key",
+        action="store_true",
+        help="trust the key inside the package (shows only that the package agrees with itself)",
+    )
     args = ap.parse_args(argv)
-    report = verify_package(args.package, args.key_fingerprint)
+    report = verify_package(args.package, args.key_fingerprint, accept_embedded_key=args.accept_embedded_key)
     for p in report.problems:
         print(f"FAIL {p}")
     for note in report.notes:

@@ -30,7 +30,7 @@ from incidents.retention import RetentionRules, retention_loop
 from storage.objects import StorageError
 from storage.settings import Settings
 
-from . import dock_api, errors, evidence_api, redaction_api
+from . import custody_api, dock_api, errors, evidence_api, redaction_api
 from .http_edge import BodyLimit
 from .metrics import exposition
 from .mqtt_consumer import AlarmConsumer, consumer_configured
@@ -49,6 +49,7 @@ ROUTERS: list[APIRouter] = [
     redaction_api.router,
     incidents_api.router,
     export_api.router,
+    custody_api.router,
 ]
 
 Loop = Callable[[Services], Coroutine[Any, Any, object]]

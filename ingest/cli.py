@@ -226,8 +226,19 @@ def device_list(kind: str | None = None) -> None:
 def verify(
     package: Annotated[Path | None, typer.Argument(help="An export package to check offline")] = None,
     key_fingerprint: Annotated[
-        str | None, typer.Option(help="Expected SHA-256 fingerprint of the signing key")
+        str | None,
+        typer.Option(
+            help="SHA-256 fingerprint of the signing key, as obtained from the trust (its "
+            "/.well-known/evidence-signing-key or the download link's page), never from the package"
+        ),
     ] = None,
+    accept_embedded_key: Annotated[
+        bool,
+        typer.Option(
+            "--accept-embedded-key",
+            help="Trust the key inside the package: shows only that the package agrees with itself",
+        ),
+    ] = False,
     skip_objects: Annotated[
         bool, typer.Option(help="Check the ledger and rows only, not object bytes")
     ] = False,
@@ -238,7 +249,7 @@ def verify(
     if package is not None:
         from chain_of_custody.package_verify import verify_package
 
-        report = verify_package(package, key_fingerprint)
+        report = verify_package(package, key_fingerprint, accept_embedded_key=accept_embedded_key)
     else:
         from chain_of_custody.verify import VerifyOptions, verify_service
 

@@ -369,14 +369,23 @@ def test_package_verifies_with_the_project_command(built: Built, tmp_path: Path)
         text=True,
     )
     assert wrong.returncode == 1 and "wrong_key" in wrong.stdout
-    # The verifier alone, as an auditor without the service runs it.
+    # The verifier alone, as an auditor without the service runs it: no key given is a failure...
     alone = subprocess.run(
         [sys.executable, "-m", "chain_of_custody.package_verify", str(built.path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
-    assert alone.returncode == 0 and f"signed by key {built.services.key.fingerprint}" in alone.stdout
+    assert alone.returncode == 1 and "no_trusted_key" in alone.stdout, alone.stdout
+    # ...unless the embedded key is accepted in so many words, which is said back to the user.
+    accepted = subprocess.run(
+        [sys.executable, "-m", "chain_of_custody.package_verify", str(built.path), "--accept-embedded-key"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert accepted.returncode == 0 and f"signed by key {built.services.key.fingerprint}" in accepted.stdout
+    assert "--accept-embedded-key was given" in accepted.stdout
 
 
 def test_verify_txt_commands_work_as_written(built: Built, tmp_path: Path) -> None:
@@ -554,7 +563,7 @@ def test_resigned_with_another_key_is_named(built: Built, tmp_path: Path) -> Non
     assert kinds == {"wrong_key", "bad_signature"}, [str(p) for p in report.problems]
     assert f"signed by key {other_fp}, not the expected {fp}" in str(report.problems[0])
     # Without the expected fingerprint the custody entries still give it away: they carry the service's signatures.
-    assert {p.kind for p in verify_package(bad).problems} == {"bad_signature"}
+    assert {p.kind for p in verify_package(bad).problems} == {"no_trusted_key", "bad_signature"}
 
     # Custody entries re-signed too: only the fingerprint can tell, and the verifier says which key signed.
     for item in manifest["items"]:
@@ -566,8 +575,78 @@ def test_resigned_with_another_key_is_named(built: Built, tmp_path: Path) -> Non
         forged[path] = mf.encode(doc)
     bad = rewrite(built.path, tmp_path / "c.zip", resign(forged, other))
     assert [p.kind for p in verify_package(bad, fp).problems] == ["wrong_key"]
-    unchecked = verify_package(bad)
+    assert [p.kind for p in verify_package(bad).problems] == ["no_trusted_key"]
+    unchecked = verify_package(bad, accept_embedded_key=True)
     assert unchecked.ok and unchecked.fingerprint == other_fp != fp
+
+
+def forge_custody(doc: dict[str, Any], key: Ed25519PrivateKey, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Edit each entry of a custody document with ``edit``, then rehash, relink and re-sign the chain
+    with ``key``: what a forger who holds a key of their own can do to any chain."""
+    prev = None
+    for e in doc["entries"]:
+        edit(e)
+        e["item_prev_hash"] = prev
+        body = {k: v for k, v in e.items() if k not in ("entry_hash", "signature")}
+        message = canonical_json({"v": 1, **body})
+        e["entry_hash"] = hashlib.sha256(message).hexdigest()
+        e["signature"] = base64.b64encode(key.sign(message)).decode()
+        prev = e["entry_hash"]
+
+
+def test_original_swapped_in_under_a_new_key_needs_the_trusted_fingerprint(
+    built: Built, tmp_path: Path
+) -> None:
+    """The attack: the unredacted original put where the redacted copy was, every record made to
+    agree, and the whole package re-signed with a key of the forger's own. Only a fingerprint obtained
+    from the trust tells it apart, so verifying without one must fail."""
+    s, ev = built.services, built.evidence
+    files = members(built.path)
+    manifest = json.loads(files[mf.MANIFEST])
+    original = b"".join(s.store.read(ev.clip.object_key, ev.clip.version_id))
+    digest = hashlib.sha256(original).hexdigest()
+    other = Ed25519PrivateKey.generate()
+    raw = other.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    other_fp = hashlib.sha256(raw).hexdigest()
+    red = next(i for i in manifest["items"] if i["item_id"] == ev.redacted.id)
+    forged = {**files, red["path"]: original}
+    red["sha256"], red["size"] = digest, len(original)
+
+    def swap(entry: dict[str, Any]) -> None:
+        if entry["action"] == "stored":
+            entry["details"]["sha256"], entry["details"]["size"] = digest, len(original)
+            entry["details"].pop("blake3", None)
+
+    for item in manifest["items"]:
+        doc = json.loads(files[item["custody"]["path"]])
+        forge_custody(doc, other, swap if item["item_id"] == ev.redacted.id else lambda e: None)
+        forged[item["custody"]["path"]] = mf.encode(doc)
+        item["custody"]["tip"] = doc["entries"][-1]["entry_hash"]
+    manifest["signing_key"]["fingerprint_sha256"] = other_fp
+    forged[mf.MANIFEST] = mf.encode(manifest)
+    forged[mf.PUBLIC_KEY] = other.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    bad = rewrite(built.path, tmp_path / "forged.zip", resign(forged, other))
+
+    # The forgery agrees with itself: the embedded key, accepted explicitly, finds nothing wrong...
+    assert verify_package(bad, accept_embedded_key=True).ok
+    # ...so without a trusted key it must fail, and with the trust's fingerprint it is named.
+    assert [p.kind for p in verify_package(bad).problems] == ["no_trusted_key"]
+    assert [p.kind for p in verify_package(bad, s.key.fingerprint).problems] == ["wrong_key"]
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "evidence"), "verify", str(bad)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 1 and "no_trusted_key" in cli.stdout, cli.stdout + cli.stderr
+    # VERIFY.txt, followed as written, sends the reader to the trust for the fingerprint: the
+    # forger's key prints its own, which differs from the trust's.
+    directory = unzip(bad, tmp_path / "forged")
+    text = (directory / mf.INSTRUCTIONS).read_text()
+    assert s.key.fingerprint not in text and "/.well-known/evidence-signing-key" in text
+    assert not run_verify_txt(directory, s.key.fingerprint)[0]
 
 
 def test_original_missing_from_the_package_is_named(built: Built, tmp_path: Path) -> None:

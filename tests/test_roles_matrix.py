@@ -76,6 +76,13 @@ OPEN = {
         "/api/v1/exports/download/{token}",
     ): "the signed, expiring link token in the URL is the credential "
     "(a police or CPS recipient has no account); every download is a custody entry",
+    (
+        "GET",
+        "/api/v1/exports/download/{token}/about",
+    ): "the link's page: the same token is the credential; it reads no evidence, only the package's "
+    "SHA-256 and the signing key's fingerprint for the recipient to check against",
+    ("GET", "/.well-known/evidence-signing-key"): "the public signing key: no secret, and a recipient "
+    "without an account must get the fingerprint from the trust rather than from the package",
 }
 
 
@@ -523,6 +530,7 @@ def test_every_route_refuses_a_missing_token(fx: Fixture) -> None:
             assert fx.client.get(path).status_code == 200, path
     # The download link's token is its credential: a forged or missing one gets nothing.
     assert fx.client.get("/api/v1/exports/download/forged-token").status_code == 404
+    assert fx.client.get("/api/v1/exports/download/forged-token/about").status_code == 404
 
 
 def test_roles_matrix(fx: Fixture) -> None:

@@ -18,7 +18,7 @@ from chain_of_custody import manifest as mf
 from chain_of_custody import package_layout as pl
 from chain_of_custody.canonical import rfc3339
 from chain_of_custody.evidence import Provenance, record_evidence
-from chain_of_custody.keys import ServiceKey
+from chain_of_custody.keys import FINGERPRINT_COMMAND, SIGNING_KEY_PATH, ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from storage.db import Database
@@ -54,16 +54,24 @@ class ExportResult:
     media_bytes: int
 
 
-def verification_instructions(export_id: str, fingerprint: str, created_at: str, filename: str) -> bytes:
-    """VERIFY.txt: how to check the package with sha256sum and openssl alone (commands run as written)."""
+def verification_instructions(export_id: str, created_at: str, filename: str) -> bytes:
+    """VERIFY.txt: how to check the package with sha256sum and openssl alone (commands run as written).
+
+    It names no key fingerprint on purpose: whoever forges a package rewrites this file too, so the
+    reader is sent to the trust for the fingerprint, never to the package."""
     return f"""How to verify this evidence export package
 ==========================================
 
 Package:  {filename}
 Export:   {export_id}
 Created:  {created_at} (UTC)
-Signing key (Ed25519), SHA-256 fingerprint of the raw public key:
-          {fingerprint}
+
+Before you start, obtain the fingerprint of the trust's signing key from the trust itself, never
+from this package (anyone who alters a package can re-sign it with a key of their own and put that
+key, and its fingerprint, inside it):
+  - the trust's web address {SIGNING_KEY_PATH} (no account needed), or
+  - the page of the download link you were sent (the link followed by /about), or
+  - the export's creation record or continuity report, as the trust sent it to you.
 
 Everything below needs only GNU coreutils (sha256sum, tail) and OpenSSL 3, and no access to the
 service that made the package. Unpack the package into an empty directory with any zip tool that
@@ -73,12 +81,11 @@ handles ZIP64, for example
 
 and run each command below in that directory.
 
-1. The signing key is the service's.
-   This prints the key's fingerprint. It must equal the fingerprint above AND the one the service
-   publishes (GET /api/v1/custody/public-key, or as given to you separately by its operator).
-   Trust the copy you received separately, never only the one in this file.
+1. The signing key is the trust's.
+   This prints the key's fingerprint. It must equal the fingerprint you obtained from the trust.
+   If it does not, the package was not signed by the trust: stop here.
 
-    $ openssl pkey -pubin -in public_key.pem -outform DER | tail -c 32 | sha256sum
+    $ {FINGERPRINT_COMMAND}
 
 2. The manifest and the checksum list were signed by that key.
    Each command prints "Signature Verified Successfully".
@@ -102,9 +109,10 @@ and run each command below in that directory.
    SHA-256 of the canonical JSON (keys sorted, no spaces, UTF-8) of the entry without "entry_hash"
    and "signature", plus "v": 1; "signature" is the base64 Ed25519 signature of those same bytes;
    "item_prev_hash" links each entry to the one before it and "item_seq" counts from 1.
-   The service's own command checks all of this, every hash and both signatures, offline:
+   The service's own command checks all of this, every hash and both signatures, offline, given the
+   fingerprint you obtained from the trust:
 
-    evidence verify {filename} --key-fingerprint {fingerprint}
+    evidence verify {filename} --key-fingerprint <the fingerprint from the trust>
 """.encode()
 
 
@@ -248,7 +256,7 @@ def compose_package(
     )
     draft = mf.manifest_document(**common, files=[])  # type: ignore[arg-type]
     files.append(member(mf.REPORT, render_continuity_report(draft, chains), "report"))
-    instructions = verification_instructions(request.export_id, key.fingerprint, stamp, filename)
+    instructions = verification_instructions(request.export_id, stamp, filename)
     files.append(member(mf.INSTRUCTIONS, instructions, "instructions"))
     manifest = mf.encode(mf.manifest_document(**common, files=files))  # type: ignore[arg-type]
     manifest_sha256 = hashlib.sha256(manifest).hexdigest()

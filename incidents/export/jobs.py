@@ -139,7 +139,11 @@ class ExportBuilds:
                     retain_until=_retain_until(items, s.settings.retention_days, datetime.now(UTC)),
                     originals=originals,
                 )
-            result = build_package(s.db, s.store, s.ledger, s.key, items, request, progress=progress)
+            # The whole zip's SHA-256 too: it is published (job, link page, signed custody entry) so that
+            # a recipient can check the file exactly as received.
+            result = build_package(
+                s.db, s.store, s.ledger, s.key, items, request, package_hash=True, progress=progress
+            )
             with s.db.session() as session:
                 job = session.get(ExportJob, job_id, with_for_update=True)
                 assert job is not None
