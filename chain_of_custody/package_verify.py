@@ -35,6 +35,7 @@ from .manifest import (
     parse_sha256sums,
     stored_details,
 )
+from .zip_structure import structure_findings
 
 CHUNK = 1024 * 1024
 
@@ -80,26 +81,49 @@ def _member_bytes(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> byt
 
 
 class _Package:
-    """The zip's members by name, with reads that turn zip errors into findings."""
+    """The zip's members by name, with reads that turn zip errors into findings.
+
+    Every member the central directory names is looked at, directories included: a "directory" can
+    carry bytes, and an extractor that drops it would hide them from a reader. A name that is flagged
+    here (a directory, an unsafe path, a case variant, a duplicate) is named once, for what it is."""
 
     def __init__(self, zf: zipfile.ZipFile, report: PackageReport) -> None:
         self.zf = zf
         self.report = report
         self.members: dict[str, zipfile.ZipInfo] = {}
+        self.flagged: set[str] = set()
+        folded: dict[str, str] = {}
         for info in zf.infolist():
-            if info.is_dir():
-                continue
             name = info.filename
-            if name in self.members:
-                report.problems.append(
-                    Problem("duplicate_file", name, "the package holds two files of this name")
+            if info.is_dir():
+                self._flag(
+                    "directory_member",
+                    name,
+                    f"a zip directory member ({info.file_size} bytes in it), which no manifest lists",
                 )
+                continue
             if not is_safe_member(name):
-                report.problems.append(
-                    Problem("unsafe_path", name, "file name is absolute, climbs out with '..' or is unusual")
+                self._flag("unsafe_path", name, "file name is absolute, climbs out with '..' or is unusual")
+                continue
+            if name in self.members:
+                # The first is checked against the manifest; the second is named, once, for being there.
+                self._flag("duplicate_file", name, "the package holds two files of this name")
+                continue
+            if name.casefold() in folded:
+                self._flag(
+                    "case_variant",
+                    name,
+                    f"differs from {folded[name.casefold()]} only in case (one overwrites the other on "
+                    "Windows and macOS)",
                 )
+                continue
+            folded.setdefault(name.casefold(), name)
             self.members[name] = info
         self.digests: dict[str, tuple[str, int]] = {}
+
+    def _flag(self, kind: str, name: str, detail: str) -> None:
+        self.flagged.add(name)
+        self.report.problems.append(Problem(kind, name, detail))
 
     def read(self, name: str, limit: int = 64 * 1024 * 1024) -> bytes | None:
         info = self.members.get(name)
@@ -246,7 +270,7 @@ def _check_files(pkg: _Package, manifest: dict[str, Any], report: PackageReport)
                 )
             )
     for name in pkg.members:
-        if name not in listed and name not in CONTROL_FILES:
+        if name not in listed and name not in CONTROL_FILES and name not in pkg.flagged:
             report.problems.append(
                 Problem("unlisted_file", name, "in the package but not in the signed manifest (added later)")
             )
@@ -420,6 +444,9 @@ def verify_package(
         report.problems.append(Problem("package_unreadable", str(path), f"not a readable zip file: {exc}"))
         return report
     with zf:
+        with open(path, "rb") as raw:
+            for finding in structure_findings(raw, Path(path).stat().st_size, zf.infolist()):
+                report.problems.append(Problem(finding.kind, "the package", finding.detail))
         pkg = _Package(zf, report)
         manifest_raw = pkg.read(MANIFEST)
         manifest: dict[str, Any] = {}

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -270,23 +271,46 @@ def verify_txt_commands(verify_txt: str) -> list[str]:
     return [line.strip()[2:] for line in verify_txt.splitlines() if line.startswith("    $ ")]
 
 
-def run_verify_txt(directory: Path, fingerprint: str) -> tuple[bool, list[str]]:
-    """Run every command of VERIFY.txt as written; True when all pass and the key is the expected one."""
+def run_verify_txt(
+    directory: Path, fingerprint: str, package_sha256: str | None = None
+) -> tuple[bool, list[str]]:
+    """Run every command of VERIFY.txt as written, in plain bash, as a reader would; True when each
+    succeeds and prints what the text says it must (the trust's fingerprint and package SHA-256,
+    no zip comment, no warning, no differing member). ``package_sha256``: the one the trust published
+    (the genuine package's, from ``built``)."""
     outputs = []
     ok = True
     for cmd in verify_txt_commands((directory / mf.INSTRUCTIONS).read_text()):
-        r = subprocess.run(
-            ["bash", "-o", "pipefail", "-c", cmd], cwd=directory, capture_output=True, text=True
-        )
+        r = subprocess.run(["bash", "-c", cmd], cwd=directory, capture_output=True, text=True)
         outputs.append(f"$ {cmd}\n{r.stdout}{r.stderr}")
         ok = ok and r.returncode == 0
+        printed = r.stdout.split()
         if cmd.startswith("openssl pkey "):
-            ok = ok and r.stdout.split()[0] == fingerprint
+            ok = ok and printed[:1] == [fingerprint]
+        elif cmd.startswith("sha256sum ../"):
+            ok = ok and package_sha256 is not None and printed[:1] == [package_sha256]
+        elif cmd.startswith("unzip -tq "):
+            ok = ok and "No errors detected" in r.stdout and "warning" not in (r.stdout + r.stderr)
+        elif cmd.startswith("unzip -zq "):
+            ok = ok and printed == ["0"]
+        elif cmd.startswith("unzip -Z1 "):
+            ok = ok and r.stdout == ""
     return ok, outputs
 
 
 def unzip(path: Path, dest: Path) -> Path:
-    subprocess.run(["unzip", "-q", str(path), "-d", str(dest)], check=True)
+    """Unpack as VERIFY.txt says: the package file beside the directory, under the name it gives."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["unzip", "-qo", str(path), "-d", str(dest)], stdin=subprocess.DEVNULL, capture_output=True
+    )
+    name = next(
+        line.split(":", 1)[1].strip()
+        for line in (dest / mf.INSTRUCTIONS).read_text().splitlines()
+        if line.startswith("Package:")
+    )
+    if path.resolve() != (dest.parent / name).resolve():
+        shutil.copy(path, dest.parent / name)
     return dest
 
 
@@ -395,7 +419,7 @@ def test_verify_txt_commands_work_as_written(built: Built, tmp_path: Path) -> No
         any(c.startswith("sha256sum -c") for c in commands)
         and sum("pkeyutl -verify" in c for c in commands) == 2
     )
-    ok, outputs = run_verify_txt(directory, built.services.key.fingerprint)
+    ok, outputs = run_verify_txt(directory, built.services.key.fingerprint, built.result.package_sha256)
     assert ok, "\n".join(outputs)
     joined = "\n".join(outputs)
     assert joined.count("Signature Verified Successfully") == 2
@@ -431,7 +455,7 @@ def test_one_flipped_byte_in_any_file_is_named(built: Built, tmp_path: Path) -> 
     files = members(built.path)
     fp = built.services.key.fingerprint
     clean = unzip(built.path, tmp_path / "clean")
-    assert run_verify_txt(clean, fp)[0]
+    assert run_verify_txt(clean, fp, built.result.package_sha256)[0]
     for name in files:
         # A forger's zip: one byte of one file changed, the zip itself consistent.
         at = None
@@ -445,7 +469,7 @@ def test_one_flipped_byte_in_any_file_is_named(built: Built, tmp_path: Path) -> 
         shutil.copytree(clean, directory)
         target = directory / name
         target.write_bytes(flip(target.read_bytes(), at))
-        ok, outputs = run_verify_txt(directory, fp)
+        ok, outputs = run_verify_txt(directory, fp, built.result.package_sha256)
         assert not ok, (name, outputs)
 
 
@@ -580,7 +604,9 @@ def test_resigned_with_another_key_is_named(built: Built, tmp_path: Path) -> Non
     assert unchecked.ok and unchecked.fingerprint == other_fp != fp
 
 
-def forge_custody(doc: dict[str, Any], key: Ed25519PrivateKey, edit: Callable[[dict[str, Any]], None]) -> None:
+def forge_custody(
+    doc: dict[str, Any], key: Ed25519PrivateKey, edit: Callable[[dict[str, Any]], None]
+) -> None:
     """Edit each entry of a custody document with ``edit``, then rehash, relink and re-sign the chain
     with ``key``: what a forger who holds a key of their own can do to any chain."""
     prev = None
@@ -674,6 +700,77 @@ def test_added_file_is_named(built: Built, tmp_path: Path) -> None:
     assert [(p.kind, p.where) for p in verify_package(bad, built.services.key.fingerprint).problems] == [
         ("unlisted_file", "evidence/extra.mp4")
     ]
+
+
+def _append_members(src: Path, dest: Path, members: list[tuple[str, bytes]], comment: bytes = b"") -> Path:
+    """The genuine zip with members added after its own (and a comment), as ``zipfile`` appends them."""
+    shutil.copy(src, dest)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of a duplicate name: that is the point
+        with zipfile.ZipFile(dest, "a") as zf:
+            for name, data in members:
+                zf.writestr(zipfile.ZipInfo(name, date_time=(2026, 11, 22, 10, 0, 0)), data)
+            if comment:
+                zf.comment = comment
+    return dest
+
+
+def tamperings(built: Built, tmp: Path) -> dict[str, tuple[Path, set[str]]]:
+    """Each way found to smuggle something into a genuine, correctly signed package: the tampered
+    file and what the verifier must call it."""
+    ev, genuine = built.evidence, built.path
+    original = b"".join(built.services.store.read(ev.clip.object_key, ev.clip.version_id))
+    red_path = item_of(built, ev.redacted)["path"]
+    head, tail = red_path.rsplit("/", 1)
+    out: dict[str, tuple[Path, set[str]]] = {}
+
+    def case(name: str, kinds: set[str], members: list[tuple[str, bytes]], comment: bytes = b"") -> None:
+        out[name] = (_append_members(genuine, tmp / f"{name}.zip", members, comment), kinds)
+
+    case("directory_member", {"directory_member"}, [(f"evidence/{ev.redacted.id}/hidden.mp4/", original)])
+    case("unlisted_copy", {"unlisted_file"}, [(f"evidence/{ev.clip.id}/original.mp4", original)])
+    case("climbs_out", {"unsafe_path"}, [("../../x.mp4", original)])
+    case("case_variant", {"case_variant"}, [(f"{head}/{tail.upper()}", original)])
+    case("duplicate", {"duplicate_file"}, [(red_path, original)])
+    case("zip_comment", {"zip_comment"}, [], comment=b"the original is at https://example.invalid/x")
+    prepended = tmp / "prepended.zip"
+    prepended.write_bytes(original[:4096] + genuine.read_bytes())
+    out["prepended"] = (prepended, {"bytes_before_zip"})
+    appended = tmp / "appended.zip"
+    appended.write_bytes(genuine.read_bytes() + original[:4096])
+    out["appended"] = (appended, {"bytes_after_zip"})
+    return out
+
+
+def test_package_holds_exactly_what_its_manifest_lists(built: Built, tmp_path: Path) -> None:
+    """Every tampering found by hand is refused by the verifier, named once, and by VERIFY.txt's
+    procedure run exactly as written; the genuine package passes both."""
+    fp, published = built.services.key.fingerprint, built.result.package_sha256
+    assert verify_package(built.path, fp).ok
+    assert run_verify_txt(unzip(built.path, tmp_path / "genuine" / "package"), fp, published)[0]
+    for name, (bad, kinds) in tamperings(built, tmp_path).items():
+        report = verify_package(bad, fp)
+        assert {p.kind for p in report.problems} == kinds, (name, [str(p) for p in report.problems])
+        assert len(report.problems) == 1, (name, [str(p) for p in report.problems])
+        cli = subprocess.run(
+            [str(Path(sys.executable).parent / "evidence"), "verify", str(bad), "--key-fingerprint", fp],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert cli.returncode == 1 and all(k in cli.stdout for k in kinds), (name, cli.stdout)
+        directory = unzip(bad, tmp_path / name / "package")
+        ok, outputs = run_verify_txt(directory, fp, published)
+        assert not ok, (name, "\n".join(outputs))
+        # And without the whole-file hash (a reader who skips step 0), the member steps alone catch it,
+        # except bytes after the zip's end, which only the published SHA-256 shows.
+        if name != "appended":
+            ok, outputs = run_verify_txt(directory, fp, _own_hash(bad))
+            assert not ok, (name, "member steps passed", "\n".join(outputs))
+
+
+def _own_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_not_a_package(tmp_path: Path) -> None:

@@ -66,20 +66,27 @@ Package:  {filename}
 Export:   {export_id}
 Created:  {created_at} (UTC)
 
-Before you start, obtain the fingerprint of the trust's signing key from the trust itself, never
-from this package (anyone who alters a package can re-sign it with a key of their own and put that
-key, and its fingerprint, inside it):
-  - the trust's web address {SIGNING_KEY_PATH} (no account needed), or
-  - the page of the download link you were sent (the link followed by /about), or
-  - the export's creation record or continuity report, as the trust sent it to you.
+Before you start, obtain from the trust itself, never from this package (anyone who alters a
+package can re-sign it with a key of their own and put that key, and its fingerprint, inside it):
+  - the fingerprint of the trust's signing key: at the trust's web address {SIGNING_KEY_PATH}
+    (no account needed), on the page of the download link you were sent (the link followed by
+    /about), or in the export's record as the trust sent it to you;
+  - the SHA-256 of the package file itself: on the download link's page, or in the export's record.
 
-Everything below needs only GNU coreutils (sha256sum, tail) and OpenSSL 3, and no access to the
-service that made the package. Unpack the package into an empty directory with any zip tool that
-handles ZIP64, for example
+Everything below needs only GNU coreutils (sha256sum, sort, cut, tail, wc, diff), Info-ZIP unzip,
+OpenSSL 3 and bash, and no access to the service that made the package. Put the package file in an
+empty directory, unpack it there with any zip tool that handles ZIP64, for example
 
     unzip {filename} -d package
+    cd package
 
-and run each command below in that directory.
+and run each command below in that directory (the package file is then ../{filename}).
+
+0. The file is exactly the one the trust published. This prints its SHA-256, which must equal the
+   SHA-256 you obtained from the trust. If it does, no byte of the file was changed, added or
+   removed since it was made, and the steps below show what it contains and who signed it.
+
+    $ sha256sum ../{filename}
 
 1. The signing key is the trust's.
    This prints the key's fingerprint. It must equal the fingerprint you obtained from the trust.
@@ -97,14 +104,24 @@ and run each command below in that directory.
 
     $ sha256sum -c SHA256SUMS
 
-4. What the manifest says.
+4. The package holds exactly those files and nothing else: no file, directory, second copy or name
+   differing only in case beside them, no comment, no bytes before the zip. The first command prints
+   "No errors detected" and no warning; the second prints 0 (the zip has no comment); the third
+   prints nothing (a line starting "<" names a member that does not belong, one starting ">" a
+   listed file that is missing).
+
+    $ unzip -tq ../{filename}
+    $ unzip -zq ../{filename} | wc -c
+    $ unzip -Z1 ../{filename} | LC_ALL=C sort | diff - <( (cut -c67- SHA256SUMS; printf '%s\\n' {" ".join(sorted(CONTROL_NOT_IN_SUMS))}) | LC_ALL=C sort)
+
+5. What the manifest says.
    manifest.json lists every file with its SHA-256 and size, and every evidence item: its kind, its
    hash, and for a redacted video ("redacted_clip") the item and SHA-256 of the original it was made
    from ("derived_from"). Originals not included are listed with the reason they were withheld; their
    custody record is still included, and its "stored" entry shows the original's SHA-256.
    continuity_report.html says the same in words.
 
-5. The custody record of each item (custody/<item>.json).
+6. The custody record of each item (custody/<item>.json).
    Each entry was signed by the service key when the action happened. Its "entry_hash" is the
    SHA-256 of the canonical JSON (keys sorted, no spaces, UTF-8) of the entry without "entry_hash"
    and "signature", plus "v": 1; "signature" is the base64 Ed25519 signature of those same bytes;
@@ -114,6 +131,10 @@ and run each command below in that directory.
 
     evidence verify {filename} --key-fingerprint <the fingerprint from the trust>
 """.encode()
+
+
+# The members SHA256SUMS cannot list (itself, the signatures, the key): VERIFY.txt's member check adds them.
+CONTROL_NOT_IN_SUMS = frozenset(mf.CONTROL_FILES - {mf.MANIFEST})
 
 
 class _Composer:
