@@ -1,26 +1,18 @@
-"""The zip byte-structure check on zips that ``zipfile`` writes: ZIP64 data descriptors, ZIP64 end
-records, and each kind of stray bytes placed by hand."""
+"""The zip byte-structure check on zips as packages are written and as ``zipfile`` writes them (ZIP64
+end records), and each kind of stray bytes placed by hand."""
 
 from __future__ import annotations
 
 import io
 import zipfile
+import zlib
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
 from chain_of_custody.zip_structure import structure_findings
-
-
-class _Unseekable(io.RawIOBase):
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:  # type: ignore[no-untyped-def,override]
-        self.data += b
-        return len(b)
+from incidents.export.zip import ZipBuilder
 
 
 def _kinds(data: bytes) -> list[str]:
@@ -28,19 +20,21 @@ def _kinds(data: bytes) -> list[str]:
     return [f.kind for f in structure_findings(io.BytesIO(data), len(data), zf.infolist())]
 
 
-def _streamed() -> bytes:
-    """As the package is written: to a stream that cannot seek, so every member has a data descriptor."""
-    out = _Unseekable()
-    with zipfile.ZipFile(out, "w") as zf:
-        for i in range(3):
-            with zf.open(f"f{i}", "w", force_zip64=True) as f:
-                f.write(b"x" * 1000)
-        zf.writestr("small", b"abc")
-    return bytes(out.data)
+def _packaged(hidden: bytes = b"") -> bytes:
+    """As a package is written (``ZipBuilder``: data descriptors, a stored and a deflated member),
+    with ``hidden`` bytes between the two members if given."""
+    zb = ZipBuilder(datetime(2026, 11, 22, 10, 0, tzinfo=UTC))
+    data = b"x" * 1000
+    out = zb.header("evidence/a.mp4", len(data), stored=True) + data
+    out += zb.descriptor(zlib.crc32(data), len(data), len(data))
+    out += hidden
+    zb.pos += len(hidden)
+    out += zb.deflated("VERIFY.txt", b"how to verify")
+    return out + zb.end()
 
 
 def test_well_formed_zips_have_no_findings() -> None:
-    assert _kinds(_streamed()) == []
+    assert _kinds(_packaged()) == []
     many = io.BytesIO()
     with zipfile.ZipFile(many, "w") as zf:  # over 65,535 members: ZIP64 end records
         for i in range(70_000):
@@ -57,23 +51,10 @@ def test_well_formed_zips_have_no_findings() -> None:
     ],
     ids=["prepended", "appended", "comment"],
 )
-def test_stray_bytes_are_named(tamper, kind: str) -> None:  # type: ignore[no-untyped-def]
-    assert _kinds(tamper(_streamed())) == [kind]
+def test_stray_bytes_are_named(tamper: Callable[[bytes], bytes], kind: str) -> None:
+    assert _kinds(tamper(_packaged())) == [kind]
 
 
 def test_bytes_hidden_between_members_are_named() -> None:
-    """A gap after the first member, with every offset after it moved on so that zipfile reads it."""
-    plain = io.BytesIO()
-    with zipfile.ZipFile(plain, "w") as zf:
-        zf.writestr("a", b"first")
-        zf.writestr("b", b"second")
-    data = plain.getvalue()
-    second = zipfile.ZipFile(io.BytesIO(data)).getinfo("b").header_offset
-    hidden = b"HIDDEN" * 10
-    moved = io.BytesIO()
-    with zipfile.ZipFile(moved, "w") as zf:
-        zf.writestr("a", b"first")
-        zf.fp.write(hidden)  # type: ignore[union-attr]
-        zf.start_dir += len(hidden)  # where zipfile writes the next header
-        zf.writestr("b", b"second")
-    assert second > 0 and _kinds(moved.getvalue()) == ["bytes_in_zip"]
+    """A gap after the first member, every offset after it moved on so that zipfile reads it."""
+    assert _kinds(_packaged(b"HIDDEN" * 10)) == ["bytes_in_zip"]
