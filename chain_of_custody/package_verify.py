@@ -128,7 +128,11 @@ class _Package:
     def read(self, name: str, limit: int = 64 * 1024 * 1024) -> bytes | None:
         info = self.members.get(name)
         if info is None:
-            self.report.problems.append(Problem("file_missing", name, "not in the package"))
+            consequence = {
+                PUBLIC_KEY: ": no signature in the package can be checked",
+                MANIFEST: ": nothing in the package can be checked against it",
+            }.get(name, "")
+            self.report.problems.append(Problem("file_missing", name, "not in the package" + consequence))
             return None
         try:
             return _member_bytes(self.zf, info, limit)
@@ -222,7 +226,7 @@ def _check_key(
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     report.fingerprint = public_key_fingerprint(raw)
     stated = (manifest.get("signing_key") or {}).get("fingerprint_sha256")
-    if stated != report.fingerprint:
+    if manifest and stated != report.fingerprint:  # no manifest is a finding of its own
         report.problems.append(
             Problem(
                 "key_mismatch",
@@ -319,8 +323,11 @@ def _check_items(
     media_hashes = {actual[p] for p in actual if p.startswith("evidence/")}
     listed = {f.get("path") for f in manifest.get("files", []) if isinstance(f, dict)}
 
-    def verify_sig(signature_b64: str, message: bytes) -> bool:
+    def signed_by_key(signature_b64: str, message: bytes) -> bool:
         return key is not None and verify_signature(key, signature_b64, message)
+
+    # Without a usable key its absence is the one finding: every entry is not also called re-signed.
+    verify_sig = signed_by_key if key is not None else None
 
     for item in items:
         item_id = str(item.get("item_id"))

@@ -147,6 +147,7 @@ def verify_service(
         q = q.where(EvidenceItem.id.in_(options.item_ids))
     seen: set[str] = set()
     packages: list[EvidenceItem] = []
+    unsound: dict[str, Problem] = {}  # item id -> the one finding about its object
     for item in session.scalars(q):
         seen.add(item.id)
         where = f"evidence item {item.id}"
@@ -172,35 +173,40 @@ def verify_service(
         except StorageError as exc:
             gone = any(code in str(exc) for code in ("NoSuchKey", "NoSuchVersion", "NoSuchBucket"))
             kind = "object_missing" if gone else "object_unreadable"
-            report.problems.append(
-                Problem(kind, where, f"stored object cannot be read (storage integrity check failed?): {exc}")
+            unsound[item.id] = Problem(
+                kind, where, f"stored object cannot be read (storage integrity check failed?): {exc}"
             )
+            report.problems.append(unsound[item.id])
             continue
         digest, blake3 = found.hexdigests()
         size = found.size
         if digest != rec["sha256"] or size != rec["size"]:
-            report.problems.append(
-                Problem(
-                    "object_altered",
-                    where,
-                    f"stored object hashes to {digest} ({size} bytes), custody record says "
-                    f"{rec['sha256']} ({rec['size']} bytes): object swapped or altered",
-                )
+            unsound[item.id] = Problem(
+                "object_altered",
+                where,
+                f"stored object hashes to {digest} ({size} bytes), custody record says "
+                f"{rec['sha256']} ({rec['size']} bytes): object swapped or altered",
             )
+            report.problems.append(unsound[item.id])
         elif rec.get("blake3") is not None and blake3 != rec["blake3"]:
-            report.problems.append(
-                Problem(
-                    "digest_mismatch",
-                    where,
-                    f"stored object's SHA-256 matches its custody record but its BLAKE3 is {blake3}, "
-                    f"the record says {rec['blake3']}: exports of it will be refused",
-                )
+            unsound[item.id] = Problem(
+                "digest_mismatch",
+                where,
+                f"stored object's SHA-256 matches its custody record but its BLAKE3 is {blake3}, "
+                f"the record says {rec['blake3']}: exports of it will be refused",
             )
+            report.problems.append(unsound[item.id])
         elif item.content_type == package_layout.CONTENT_TYPE:
             packages.append(item)
     say("checking export packages")
+    used_by: dict[str, list[str]] = {}
     for package in packages:
-        _check_package_references(session, store, package, report)
+        for item_id in _check_package_references(session, store, package, report):
+            used_by.setdefault(item_id, []).append(package.id)
+    for item_id, problem in unsound.items():
+        if item_id in used_by:
+            names = ", ".join(sorted(used_by[item_id]))
+            problem.detail += f"; export packages assembled from it, which cannot be served whole: {names}"
     if not options.item_ids:
         for item_id in records.keys() - seen:
             report.problems.append(
@@ -213,14 +219,15 @@ def verify_service(
 
 def _check_package_references(
     session: Session, store: ObjectStore, package: EvidenceItem, report: ChainReport
-) -> None:
-    """An export package is assembled from other items' objects: each must still be held as recorded."""
+) -> set[str]:
+    """An export package is assembled from other items' objects: each must still be held as recorded.
+    Returns the items it is assembled from, so a finding about one of them can name the package."""
     where = f"export package {package.id}"
     try:
         layout = package_layout.decode(store.get_bytes(package.object_key, package.version_id))
     except (StorageError, package_layout.LayoutError) as exc:
         report.problems.append(Problem("package_unreadable", where, f"its layout cannot be read: {exc}"))
-        return
+        return set()
     for seg in layout.media:
         item = session.get(EvidenceItem, seg.item_id)
         recorded = (
@@ -246,3 +253,4 @@ def _check_package_references(
                     f"but evidence item {seg.item_id} records {recorded}",
                 )
             )
+    return {seg.item_id for seg in layout.media}

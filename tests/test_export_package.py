@@ -773,6 +773,32 @@ def _own_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("missing", [mf.PUBLIC_KEY, mf.MANIFEST])
+def test_a_missing_control_file_is_named_once(built: Built, tmp_path: Path, missing: str) -> None:
+    """Without the key no signature can be checked, and without the manifest nothing can be checked
+    against it: each is one finding, not one for every entry (or a manifest that "names None")."""
+    files = {k: v for k, v in members(built.path).items() if k != missing}
+    bad = rewrite(built.path, tmp_path / "bad.zip", files)
+    report = verify_package(bad, built.services.key.fingerprint)
+    assert [(p.kind, p.where) for p in report.problems] == [("file_missing", missing)], [
+        str(p) for p in report.problems
+    ]
+    assert "None" not in str(report.problems[0])
+    cli = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "evidence"),
+            "verify",
+            str(bad),
+            "--key-fingerprint",
+            built.services.key.fingerprint,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 1 and cli.stdout.count("FAIL") == 1, cli.stdout
+
+
 def test_not_a_package(tmp_path: Path) -> None:
     junk = tmp_path / "junk.zip"
     junk.write_bytes(b"not a zip at all")
@@ -1180,7 +1206,9 @@ def test_object_altered_at_rest_under_a_package(tmp_path: Path, private_seaweed:
     assert len(got) < len(intact)
     with s.db.session() as session:
         report = verify_service(session, s.store, s.key)
-    assert any(item.id in p.where for p in report.problems), report.problems
+    # One finding for the item, and it names the package that can no longer be served whole.
+    about = [p for p in report.problems if item.id in p.where]
+    assert len(about) == 1 and result.export_id in about[0].detail, [str(p) for p in report.problems]
     s.db.dispose()
 
 
