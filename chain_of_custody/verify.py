@@ -21,7 +21,9 @@ from .checkpoints import read_checkpoints
 from .entries import ChainReport, Problem, SignedEntry, check_global_chain
 from .keys import ServiceKey
 from .ledger import Ledger
+from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .models import CustodyEntry, EvidenceItem, LedgerHead
+from .tree_heads import TreeHead, read_tree_heads
 
 RECORD_FIELDS = ("bucket", "object_key", "version_id", "sha256", "blake3", "size")
 
@@ -138,6 +140,10 @@ def verify_service(
     except StorageError as exc:
         report.problems.append(Problem("storage_unreachable", "checkpoints", str(exc)))
 
+    say("checking signed tree heads")
+    chain_known_broken = bool(report.problems)
+    check_tree_heads(store, key, entries, report, chain_known_broken)
+
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")
     records = _stored_records(session)
@@ -215,6 +221,74 @@ def verify_service(
                 )
             )
     return report
+
+
+def check_tree_heads(
+    store: ObjectStore,
+    key: ServiceKey,
+    entries: list[SignedEntry],
+    report: ChainReport,
+    chain_known_broken: bool = False,
+) -> None:
+    """The ledger against every signed tree head in write-once storage: the newest must be covered
+    (nothing cut off the end), each must be the root of the ledger's first entries as they are now
+    (nothing altered or reordered before it), and each must be consistent with the one before it
+    (RFC 9162 section 2.1.4), checked with the proof the ledger gives. ``chain_known_broken``: an
+    entry was already named as altered or missing, so a root that disagrees is not named again."""
+    try:
+        heads, bad = read_tree_heads(store, key)
+    except StorageError as exc:
+        report.problems.append(Problem("storage_unreachable", "tree heads", str(exc)))
+        return
+    for name in bad:
+        report.problems.append(Problem("bad_tree_head", name, "not a tree head signed by the service key"))
+    if not heads:
+        return
+    tree = MerkleTree()
+    for e in entries:
+        tree.append(leaf_hash(e.body.canonical()))
+    newest = heads[-1]
+    if newest.tree_size > tree.size:
+        report.problems.append(
+            Problem(
+                "ledger_truncated",
+                f"tree head of {newest.tree_size} entries ({newest.timestamp})",
+                f"the newest signed tree head covers {newest.tree_size} entries but the ledger holds "
+                f"{tree.size}: entries #{tree.size + 1}..#{newest.tree_size} were removed",
+            )
+        )
+    previous: TreeHead | None = None
+    for head in heads:
+        where = f"tree head of {head.tree_size} entries ({head.timestamp})"
+        if head.tree_size <= tree.size and tree.root(head.tree_size).hex() != head.root_hash:
+            if chain_known_broken:
+                return
+            report.problems.append(
+                Problem(
+                    "tree_head_mismatch",
+                    where,
+                    "the ledger's first entries no longer hash to this signed root: an entry up to "
+                    f"#{head.tree_size} was altered, removed or reordered",
+                )
+            )
+            return  # every later head disagrees for the same reason
+        if previous is not None and previous.tree_size < head.tree_size <= tree.size:
+            proof = tree.consistency_proof(previous.tree_size, head.tree_size)
+            if not verify_consistency(
+                previous.tree_size,
+                head.tree_size,
+                proof,
+                bytes.fromhex(previous.root_hash),
+                bytes.fromhex(head.root_hash),
+            ):
+                report.problems.append(
+                    Problem(
+                        "tree_heads_inconsistent",
+                        where,
+                        f"does not extend the tree head of {previous.tree_size}",
+                    )
+                )
+        previous = head
 
 
 def _check_package_references(
