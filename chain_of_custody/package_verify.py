@@ -35,6 +35,8 @@ from .manifest import (
     parse_sha256sums,
     stored_details,
 )
+from .merkle import leaf_hash, verify_inclusion
+from .signed_tree_head import TreeHead
 from .zip_structure import structure_findings
 
 CHUNK = 1024 * 1024
@@ -310,6 +312,53 @@ def _check_sums(pkg: _Package, sums: bytes | None, manifest: dict[str, Any], rep
         report.problems.append(Problem("sums_disagree", SUMS, f"does not list {path}"))
 
 
+def _check_inclusion(
+    log: Any, entries: list[SignedEntry], key: Ed25519PublicKey | None, cpath: str, report: PackageReport
+) -> None:
+    """Each custody entry was in the service's Merkle log: its inclusion proof (RFC 9162 section
+    2.1.3.2) leads to the root of a tree head signed by the service key."""
+    if log is None:
+        report.notes.append(f"{cpath} carries no inclusion proofs (a package made before the custody log)")
+        return
+    try:
+        head = TreeHead.from_json(log["tree_head"])
+        proofs = {int(p["seq"]): p for p in log["inclusion"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        report.problems.append(Problem("log_proof_unreadable", cpath, f"its log section is malformed: {exc}"))
+        return
+    if key is not None and not head.signed_by(key):
+        report.problems.append(
+            Problem(
+                "bad_tree_head",
+                cpath,
+                f"its tree head of {head.tree_size} entries is not signed by {PUBLIC_KEY}",
+            )
+        )
+        return
+    root = bytes.fromhex(head.root_hash)
+    for e in entries:
+        if e.body.digest() != e.entry_hash:
+            continue  # already named as altered
+        where = f"custody entry #{e.body.seq} ({cpath})"
+        p = proofs.get(e.body.seq)
+        try:
+            path = [bytes.fromhex(h) for h in p["path"]] if p else None
+            index = int(p["leaf_index"]) if p else -1
+        except (KeyError, TypeError, ValueError):
+            path, index = None, -1
+        if path is None or index != e.body.seq - 1:
+            report.problems.append(Problem("not_in_log", where, "no inclusion proof for this entry"))
+        elif not verify_inclusion(index, head.tree_size, leaf_hash(e.body.canonical()), path, root):
+            report.problems.append(
+                Problem(
+                    "not_in_log",
+                    where,
+                    f"its inclusion proof does not lead to the signed tree head of {head.tree_size} entries "
+                    f"(root {head.root_hash}): the entry is not the one the service logged",
+                )
+            )
+
+
 def _check_items(
     pkg: _Package,
     manifest: dict[str, Any],
@@ -351,6 +400,8 @@ def _check_items(
         for p in problems:
             p.where = f"{p.where} ({cpath})"
         report.problems.extend(problems)
+        if not problems:  # a chain already named broken is not named again for its proofs
+            _check_inclusion(doc.get("log"), entries, key, cpath, report)
         tip = entries[-1].entry_hash if entries else None
         if len(entries) != custody.get("entries") or tip != custody.get("tip"):
             report.problems.append(

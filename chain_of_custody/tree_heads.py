@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
@@ -30,70 +28,15 @@ from sqlalchemy.orm import Session
 from storage.db import COMMIT_DUTY_FAILED
 from storage.objects import ObjectStore
 
-from .canonical import canonical_json, rfc3339
-from .keys import ServiceKey, verify_signature
+from .keys import ServiceKey
 from .merkle import MerkleTree, leaf_hash
+from .signed_tree_head import TreeHead, sign_tree_head
 
 log = logging.getLogger(__name__)
 
 PREFIX = "tree-heads/"
-FORMAT = "evidence-tree-head/1"
 _PENDING = "custody_tree_head_pending"
 _WATCHED = "custody_tree_head_watched"
-
-
-@dataclass(frozen=True)
-class TreeHead:
-    """A signed statement: the ledger's first ``tree_size`` entries have Merkle root ``root_hash``."""
-
-    tree_size: int
-    root_hash: str  # hex
-    timestamp: str
-    key_id: str
-    signature: str = ""
-
-    def body(self) -> bytes:
-        return canonical_json(
-            {
-                "format": FORMAT,
-                "tree_size": self.tree_size,
-                "root_hash": self.root_hash,
-                "timestamp": self.timestamp,
-                "key_id": self.key_id,
-            }
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "tree_size": self.tree_size,
-            "root_hash": self.root_hash,
-            "timestamp": self.timestamp,
-            "key_id": self.key_id,
-            "signature": self.signature,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TreeHead:
-        if d.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} document")
-        return cls(
-            int(d["tree_size"]),
-            str(d["root_hash"]),
-            str(d["timestamp"]),
-            str(d["key_id"]),
-            str(d["signature"]),
-        )
-
-    def signed_by(self, public: Any) -> bool:
-        return verify_signature(public, self.signature, self.body())
-
-
-def sign_tree_head(key: ServiceKey, tree_size: int, root: bytes, when: datetime | None = None) -> TreeHead:
-    unsigned = TreeHead(tree_size, root.hex(), rfc3339(when or datetime.now(UTC)), key.key_id)
-    return TreeHead(
-        unsigned.tree_size, unsigned.root_hash, unsigned.timestamp, unsigned.key_id, key.sign(unsigned.body())
-    )
 
 
 def object_name(head: TreeHead) -> str:
@@ -127,6 +70,7 @@ class TreeHeadLog:
         self.retain_days = retain_days
         self.tree = MerkleTree()
         self.published = 0
+        self.latest: TreeHead | None = None
         self.written = 0  # tree heads this process wrote (group commit shares them)
         self._lock = threading.Lock()
 
@@ -185,16 +129,32 @@ class TreeHeadLog:
         with self._lock:
             if self.published >= seq:
                 return None
-            self.catch_up(engine)
-            if self.tree.size < seq:
-                raise RuntimeError(f"custody entry #{seq} was committed but cannot be read back")
-            head = sign_tree_head(self.key, self.tree.size, self.tree.root())
-            self.store.put_bytes(
-                object_name(head),
-                json.dumps(head.to_json()).encode(),
-                retain_until=datetime.now(UTC) + timedelta(days=self.retain_days),
-                content_type="application/json",
-            )
-            self.published = head.tree_size
-            self.written += 1
-            return head
+            return self._write(seq, engine)
+
+    def inclusion(self, seqs: list[int], engine: Engine) -> tuple[TreeHead, dict[int, list[str]]]:
+        """A stored tree head covering entries ``seqs`` and, for each, its inclusion proof (hex path)
+        against that head: what an export carries so an outsider can check the entries were logged."""
+        with self._lock:
+            head = self.latest
+            if head is None or head.tree_size < max(seqs, default=1):
+                head = self._write(max(seqs, default=1), engine)
+            return head, {
+                s: [h.hex() for h in self.tree.inclusion_proof(s - 1, head.tree_size)] for s in seqs
+            }
+
+    def _write(self, seq: int, engine: Engine) -> TreeHead:
+        """Sign and store a tree head over everything committed, which includes ``seq`` (lock held)."""
+        self.catch_up(engine)
+        if self.tree.size < seq:
+            raise RuntimeError(f"custody entry #{seq} was committed but cannot be read back")
+        head = sign_tree_head(self.key, self.tree.size, self.tree.root())
+        self.store.put_bytes(
+            object_name(head),
+            json.dumps(head.to_json()).encode(),
+            retain_until=datetime.now(UTC) + timedelta(days=self.retain_days),
+            content_type="application/json",
+        )
+        self.published = head.tree_size
+        self.latest = head
+        self.written += 1
+        return head

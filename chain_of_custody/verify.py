@@ -23,7 +23,8 @@ from .keys import ServiceKey
 from .ledger import Ledger
 from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .models import CustodyEntry, EvidenceItem, LedgerHead
-from .tree_heads import TreeHead, read_tree_heads
+from .signed_tree_head import TreeHead
+from .tree_heads import read_tree_heads
 
 RECORD_FIELDS = ("bucket", "object_key", "version_id", "sha256", "blake3", "size")
 

@@ -30,6 +30,7 @@ from sqlalchemy import func, select, update
 from chain_of_custody import manifest as mf
 from chain_of_custody import package_layout as pl
 from chain_of_custody.canonical import canonical_json
+from chain_of_custody.entries import SignedEntry
 from chain_of_custody.evidence import Provenance, read_item, record_evidence
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry, EvidenceItem
@@ -593,6 +594,7 @@ def test_resigned_with_another_key_is_named(built: Built, tmp_path: Path) -> Non
     for item in manifest["items"]:
         path = item["custody"]["path"]
         doc = json.loads(forged[path])
+        doc.pop("log")  # the log's tree head is the service's: the forger can only leave it out
         for e in doc["entries"]:
             body = {k: v for k, v in e.items() if k not in ("entry_hash", "signature")}
             e["signature"] = base64.b64encode(other.sign(canonical_json({"v": 1, **body}))).decode()
@@ -645,6 +647,7 @@ def test_original_swapped_in_under_a_new_key_needs_the_trusted_fingerprint(
 
     for item in manifest["items"]:
         doc = json.loads(files[item["custody"]["path"]])
+        doc.pop("log")  # the log's tree head is the service's: the forger can only leave it out
         forge_custody(doc, other, swap if item["item_id"] == ev.redacted.id else lambda e: None)
         forged[item["custody"]["path"]] = mf.encode(doc)
         item["custody"]["tip"] = doc["entries"][-1]["entry_hash"]
@@ -771,6 +774,37 @@ def test_package_holds_exactly_what_its_manifest_lists(built: Built, tmp_path: P
 
 def _own_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_custody_entries_carry_inclusion_proofs_against_a_stored_tree_head(
+    built: Built, tmp_path: Path
+) -> None:
+    from chain_of_custody.merkle import leaf_hash, verify_inclusion
+    from chain_of_custody.signed_tree_head import TreeHead
+    from chain_of_custody.tree_heads import read_tree_heads
+
+    s = built.services
+    files = members(built.path)
+    stored, _ = read_tree_heads(s.store, s.key)
+    path = mf.custody_path(built.evidence.clip.id)
+    doc = json.loads(files[path])
+    head = TreeHead.from_json(doc["log"]["tree_head"])
+    assert head in stored and head.signed_by(s.key.public)  # the one in write-once storage
+    for e, proof in zip(doc["entries"], doc["log"]["inclusion"], strict=True):
+        leaf = leaf_hash(SignedEntry.from_json(e).body.canonical())
+        path_ = [bytes.fromhex(h) for h in proof["path"]]
+        assert verify_inclusion(e["seq"] - 1, head.tree_size, leaf, path_, bytes.fromhex(head.root_hash))
+
+    # A proof that does not lead to the root, or a tree head not signed by the key, is named, even
+    # in a package re-signed with the genuine key.
+    bad_proof = json.loads(files[path])
+    bad_proof["log"]["inclusion"][0]["path"][0] = "00" * 32
+    bad_head = json.loads(files[path])
+    bad_head["log"]["tree_head"]["tree_size"] += 1
+    for doc_, kind in ((bad_proof, "not_in_log"), (bad_head, "bad_tree_head")):
+        forged = resign({**files, path: mf.encode(doc_)}, s.key.private)
+        report = verify_package(rewrite(built.path, tmp_path / f"{kind}.zip", forged), s.key.fingerprint)
+        assert [p.kind for p in report.problems] == [kind], [str(p) for p in report.problems]
 
 
 @pytest.mark.parametrize("missing", [mf.PUBLIC_KEY, mf.MANIFEST])

@@ -21,6 +21,7 @@ from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import FINGERPRINT_COMMAND, SIGNING_KEY_PATH, ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.signed_tree_head import TreeHead
 from storage.db import Database
 from storage.objects import ObjectLocked, ObjectStore, StoredObject
 
@@ -38,6 +39,8 @@ from .plan import (
 )
 from .report import render_continuity_report
 from .zip import ZipBuilder
+
+LogProofs = tuple[TreeHead, dict[int, list[str]]]  # a tree head and inclusion paths by entry seq
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,10 @@ and run each command below in that directory (the package file is then ../{filen
    SHA-256 of the canonical JSON (keys sorted, no spaces, UTF-8) of the entry without "entry_hash"
    and "signature", plus "v": 1; "signature" is the base64 Ed25519 signature of those same bytes;
    "item_prev_hash" links each entry to the one before it and "item_seq" counts from 1.
-   The service's own command checks all of this, every hash and both signatures, offline, given the
+   "log" holds a tree head of the service's custody log (RFC 9162 Merkle tree of every entry, in
+   order, signed by the same key and kept in write-once storage) and each entry's inclusion proof
+   against it: the leaf is the SHA-256 of 0x00 followed by the same canonical bytes.
+   The service's own command checks all of this, every hash, signature and proof, offline, given the
    fingerprint you obtained from the trust:
 
     evidence verify {filename} --key-fingerprint <the fingerprint from the trust>
@@ -173,6 +179,17 @@ class _Composer:
         )
 
 
+def _log_section(chain: list[dict[str, Any]], log: LogProofs | None) -> dict[str, Any] | None:
+    """The tree head and each of the chain's entries' inclusion proofs against it."""
+    if log is None:
+        return None
+    head, paths = log
+    return {
+        "tree_head": head.to_json(),
+        "inclusion": [{"seq": e["seq"], "leaf_index": e["seq"] - 1, "path": paths[e["seq"]]} for e in chain],
+    }
+
+
 def compose_package(
     store: ObjectStore,
     key: ServiceKey,
@@ -180,6 +197,7 @@ def compose_package(
     plan: list[PlannedItem],
     chains: dict[str, list[dict[str, Any]]],
     *,
+    log: LogProofs | None = None,
     created_at: datetime,
     package_hash: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -253,7 +271,7 @@ def compose_package(
                 )
             )
     for p in plan:
-        doc = mf.custody_document(p.item.id, chains[p.item.id])
+        doc = mf.custody_document(p.item.id, chains[p.item.id], _log_section(chains[p.item.id], log))
         files.append(member(mf.custody_path(p.item.id), doc, "custody"))
     originals = (
         {
@@ -324,12 +342,18 @@ def build_package(
         if problem is not None:
             raise ExportError(problem + ": not exported; run 'evidence verify'")
     created_at = datetime.now(UTC).replace(microsecond=0)
+    log = (
+        ledger.tree_heads.inclusion([e["seq"] for c in chains.values() for e in c], db.engine)
+        if ledger.tree_heads is not None
+        else None
+    )
     layout, media_bytes = compose_package(
         store,
         key,
         request,
         plan,
         chains,
+        log=log,
         created_at=created_at,
         package_hash=package_hash,
         progress=progress,
