@@ -142,6 +142,25 @@ class TreeHeadLog:
                 s: [h.hex() for h in self.tree.inclusion_proof(s - 1, head.tree_size)] for s in seqs
             }
 
+    def current(self, engine: Engine) -> TreeHead:
+        """A stored tree head over everything committed now (written if the newest does not cover it)."""
+        with self._lock:
+            self.catch_up(engine)
+            if self.latest is not None and self.latest.tree_size == self.tree.size:
+                return self.latest
+            return self._write(max(self.tree.size, 1), engine)
+
+    def consistency(self, first: int, second: int, engine: Engine) -> list[str]:
+        """PROOF(first, D[second]) as hex: that the tree of ``first`` entries is a prefix of ``second``'s."""
+        with self._lock:
+            if second > self.tree.size:
+                self.catch_up(engine)
+            if not 0 < first <= second <= self.tree.size:
+                raise ValueError(
+                    f"no consistency proof from {first} to {second} (the log holds {self.tree.size})"
+                )
+            return [h.hex() for h in self.tree.consistency_proof(first, second)]
+
     def _write(self, seq: int, engine: Engine) -> TreeHead:
         """Sign and store a tree head over everything committed, which includes ``seq`` (lock held)."""
         self.catch_up(engine)

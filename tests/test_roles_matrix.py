@@ -125,6 +125,8 @@ POLICY: dict[tuple[str, str], Rule] = {
     ),
     ("DELETE", "/api/v1/evidence/{item_id}"): Rule(ok=frozenset({"admin"})),
     ("GET", "/api/v1/custody/public-key"): Rule(ok=EVERYONE),
+    ("GET", "/api/v1/custody/tree-head"): Rule(ok=frozenset({"admin", "auditor"})),
+    ("GET", "/api/v1/custody/consistency"): Rule(ok=frozenset({"admin", "auditor"})),
     # People and devices.
     ("POST", "/api/v1/staff"): Rule(ok=MANAGERS_ANY_SITE),
     ("POST", "/api/v1/devices/docks"): Rule(ok=MANAGERS_ANY_SITE),
@@ -331,6 +333,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
         json=lambda fx, p: {"hold": True, "reason": "tribunal"}
     ),
     ("GET", "/api/v1/statistics"): Sample(params={"by": ["month", "site"]}),
+    ("GET", "/api/v1/custody/consistency"): Sample(params={"first": 1, "second": 1}),
     ("POST", "/api/v1/evidence/{item_id}/redactions"): Sample(
         json=lambda fx, p: {"note": f"requested by {p}"}
     ),
