@@ -250,14 +250,21 @@ def check_tree_heads(
         tree.append(leaf_hash(e.body.canonical()))
     newest = heads[-1]
     if newest.tree_size > tree.size:
-        report.problems.append(
-            Problem(
-                "ledger_truncated",
-                f"tree head of {newest.tree_size} entries ({newest.timestamp})",
-                f"the newest signed tree head covers {newest.tree_size} entries but the ledger holds "
-                f"{tree.size}: entries #{tree.size + 1}..#{newest.tree_size} were removed",
-            )
+        detail = (
+            f"the newest signed tree head covers {newest.tree_size} entries but the ledger holds "
+            f"{tree.size}: entries #{tree.size + 1}..#{newest.tree_size} were removed"
         )
+        known = next((p for p in report.problems if p.kind == "ledger_truncated"), None)
+        if known is not None:  # the same cut, already named by the head row or a checkpoint
+            known.detail += f"; {detail}"
+        else:
+            report.problems.append(
+                Problem(
+                    "ledger_truncated",
+                    f"tree head of {newest.tree_size} entries ({newest.timestamp})",
+                    detail,
+                )
+            )
     previous: TreeHead | None = None
     for head in heads:
         where = f"tree head of {head.tree_size} entries ({head.timestamp})"
