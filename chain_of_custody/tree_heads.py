@@ -28,8 +28,10 @@ from sqlalchemy.orm import Session
 from storage.db import COMMIT_DUTY_FAILED
 from storage.objects import ObjectStore
 
+from .entries import EntryBody
 from .keys import ServiceKey
 from .merkle import MerkleTree, leaf_hash
+from .models import CustodyEntry
 from .signed_tree_head import TreeHead, sign_tree_head
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,24 @@ log = logging.getLogger(__name__)
 PREFIX = "tree-heads/"
 _PENDING = "custody_tree_head_pending"
 _WATCHED = "custody_tree_head_watched"
+
+
+def entry_leaf(row: CustodyEntry) -> bytes:
+    """The leaf hash of a ledger row: SHA-256(0x00 || the entry's canonical body)."""
+    body = EntryBody(
+        seq=row.seq,
+        id=row.id,
+        at=row.at,
+        action=row.action,
+        actor=row.actor,
+        item_id=row.item_id,
+        item_seq=row.item_seq,
+        details=row.details,
+        prev_hash=row.prev_hash,
+        item_prev_hash=row.item_prev_hash,
+        key_id=row.key_id,
+    )
+    return leaf_hash(body.canonical())
 
 
 def object_name(head: TreeHead) -> str:
@@ -104,9 +124,6 @@ class TreeHeadLog:
 
     def catch_up(self, engine: Engine) -> None:
         """Add the entries committed since this process last looked (from any process) to the tree."""
-        from .ledger import to_signed
-        from .models import CustodyEntry
-
         with Session(engine) as session:
             while True:
                 rows = list(
@@ -122,7 +139,7 @@ class TreeHeadLog:
                 for row in rows:
                     if row.seq != self.tree.size + 1:
                         raise RuntimeError(f"custody entry #{self.tree.size + 1} is missing from the ledger")
-                    self.tree.append(leaf_hash(to_signed(row).body.canonical()))
+                    self.tree.append(entry_leaf(row))
 
     def cover(self, seq: int, engine: Engine) -> TreeHead | None:
         """Make sure a stored tree head covers entry ``seq``; one written for a later commit will do."""
