@@ -113,3 +113,21 @@ class ServiceKey:
 
     def sign(self, message: bytes) -> str:
         return base64.b64encode(self.private.sign(message)).decode()
+
+
+SIGNING_KEY_PATH = "/.well-known/evidence-signing-key"
+FINGERPRINT_COMMAND = "openssl pkey -pubin -in public_key.pem -outform DER | tail -c 32 | sha256sum"
+
+
+def published_key(key: ServiceKey) -> dict[str, str]:
+    """The signing key as the service publishes it out of band: the same document at the well-known
+    address, in export responses and on download-link pages, so a recipient compares like with like."""
+    return {
+        "algorithm": "Ed25519",
+        "public_key_b64": key.public_b64,
+        "public_key_pem": key.public_pem,
+        "fingerprint_sha256": key.fingerprint,
+        "key_id": key.key_id,
+        "fingerprint_command": FINGERPRINT_COMMAND,
+        "published_at": SIGNING_KEY_PATH,
+    }

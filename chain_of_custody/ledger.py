@@ -20,6 +20,7 @@ from .canonical import canonical_json, rfc3339
 from .entries import GENESIS, CustodyAction, EntryBody, SignedEntry
 from .keys import ServiceKey, verify_signature
 from .models import CustodyEntry, LedgerHead
+from .tree_heads import TreeHeadLog
 
 
 def to_signed(row: CustodyEntry) -> SignedEntry:
@@ -42,8 +43,11 @@ def to_signed(row: CustodyEntry) -> SignedEntry:
 class Ledger:
     """Appends signed entries and reads them back; verification lives in ``verify``."""
 
-    def __init__(self, key: ServiceKey) -> None:
+    def __init__(self, key: ServiceKey, tree_heads: TreeHeadLog | None = None) -> None:
+        """``tree_heads``: the service's Merkle log; every commit that appends is then covered by a
+        signed tree head in write-once storage before it returns (see ``tree_heads``)."""
         self.key = key
+        self.tree_heads = tree_heads
 
     def verifier(self, signature_b64: str, message: bytes) -> bool:
         return verify_signature(self.key.public, signature_b64, message)
@@ -114,6 +118,8 @@ class Ledger:
         head.last_seq = body.seq
         head.last_hash = entry_hash
         session.flush()
+        if self.tree_heads is not None:
+            self.tree_heads.watch(session, body.seq)
         return row
 
     @staticmethod

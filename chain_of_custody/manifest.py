@@ -194,9 +194,14 @@ def encode(doc: Any) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
-def custody_document(item_id: str, entries: list[dict[str, Any]]) -> bytes:
-    """One item's custody chain as exported: every entry with its hash and signature."""
-    return encode({"item_id": item_id, "entries": entries})
+def custody_document(item_id: str, entries: list[dict[str, Any]], log: dict[str, Any] | None = None) -> bytes:
+    """One item's custody chain as exported: every entry with its hash and signature, and ``log``:
+    a signed tree head of the ledger's Merkle log and each entry's inclusion proof against it
+    (``{"tree_head": {...}, "inclusion": [{"seq", "leaf_index", "path": [hex, ...]}, ...]}``)."""
+    doc: dict[str, Any] = {"item_id": item_id, "entries": entries}
+    if log is not None:
+        doc["log"] = log
+    return encode(doc)
 
 
 def sha256sums(pairs: Iterable[tuple[str, str]]) -> bytes:

@@ -35,6 +35,9 @@ from .manifest import (
     parse_sha256sums,
     stored_details,
 )
+from .merkle import leaf_hash, verify_inclusion
+from .signed_tree_head import TreeHead
+from .zip_structure import structure_findings
 
 CHUNK = 1024 * 1024
 
@@ -80,31 +83,58 @@ def _member_bytes(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> byt
 
 
 class _Package:
-    """The zip's members by name, with reads that turn zip errors into findings."""
+    """The zip's members by name, with reads that turn zip errors into findings.
+
+    Every member the central directory names is looked at, directories included: a "directory" can
+    carry bytes, and an extractor that drops it would hide them from a reader. A name that is flagged
+    here (a directory, an unsafe path, a case variant, a duplicate) is named once, for what it is."""
 
     def __init__(self, zf: zipfile.ZipFile, report: PackageReport) -> None:
         self.zf = zf
         self.report = report
         self.members: dict[str, zipfile.ZipInfo] = {}
+        self.flagged: set[str] = set()
+        folded: dict[str, str] = {}
         for info in zf.infolist():
-            if info.is_dir():
-                continue
             name = info.filename
-            if name in self.members:
-                report.problems.append(
-                    Problem("duplicate_file", name, "the package holds two files of this name")
+            if info.is_dir():
+                self._flag(
+                    "directory_member",
+                    name,
+                    f"a zip directory member ({info.file_size} bytes in it), which no manifest lists",
                 )
+                continue
             if not is_safe_member(name):
-                report.problems.append(
-                    Problem("unsafe_path", name, "file name is absolute, climbs out with '..' or is unusual")
+                self._flag("unsafe_path", name, "file name is absolute, climbs out with '..' or is unusual")
+                continue
+            if name in self.members:
+                # The first is checked against the manifest; the second is named, once, for being there.
+                self._flag("duplicate_file", name, "the package holds two files of this name")
+                continue
+            if name.casefold() in folded:
+                self._flag(
+                    "case_variant",
+                    name,
+                    f"differs from {folded[name.casefold()]} only in case (one overwrites the other on "
+                    "Windows and macOS)",
                 )
+                continue
+            folded.setdefault(name.casefold(), name)
             self.members[name] = info
         self.digests: dict[str, tuple[str, int]] = {}
+
+    def _flag(self, kind: str, name: str, detail: str) -> None:
+        self.flagged.add(name)
+        self.report.problems.append(Problem(kind, name, detail))
 
     def read(self, name: str, limit: int = 64 * 1024 * 1024) -> bytes | None:
         info = self.members.get(name)
         if info is None:
-            self.report.problems.append(Problem("file_missing", name, "not in the package"))
+            consequence = {
+                PUBLIC_KEY: ": no signature in the package can be checked",
+                MANIFEST: ": nothing in the package can be checked against it",
+            }.get(name, "")
+            self.report.problems.append(Problem("file_missing", name, "not in the package" + consequence))
             return None
         try:
             return _member_bytes(self.zf, info, limit)
@@ -170,15 +200,35 @@ def _check_signature(
         return False
 
 
+NO_TRUSTED_KEY = (
+    "no trusted key was given: pass --key-fingerprint with the fingerprint obtained from the trust that "
+    "made the package (its /.well-known/evidence-signing-key, the download link's page, or as its "
+    "operator told you), never one read from the package; --accept-embedded-key trusts the key inside "
+    "the package, which shows only that the package agrees with itself"
+)
+EMBEDDED_KEY_ACCEPTED = (
+    "the key inside the package was trusted because --accept-embedded-key was given: anyone can re-sign "
+    "a package with a key of their own, so compare {fp} with the fingerprint the trust publishes"
+)
+
+
 def _check_key(
-    key: Ed25519PublicKey | None, manifest: dict[str, Any], expected: str | None, report: PackageReport
+    key: Ed25519PublicKey | None,
+    manifest: dict[str, Any],
+    expected: str | None,
+    report: PackageReport,
+    accept_embedded_key: bool = False,
 ) -> None:
+    """The signing key must be one the user was given out of band: a key the package brings proves
+    nothing, since a forger re-signs with a key of their own and ships it alongside."""
+    if expected is None and not accept_embedded_key:
+        report.problems.append(Problem("no_trusted_key", PUBLIC_KEY, NO_TRUSTED_KEY))
     if key is None:
         return
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     report.fingerprint = public_key_fingerprint(raw)
     stated = (manifest.get("signing_key") or {}).get("fingerprint_sha256")
-    if stated != report.fingerprint:
+    if manifest and stated != report.fingerprint:  # no manifest is a finding of its own
         report.problems.append(
             Problem(
                 "key_mismatch",
@@ -187,9 +237,8 @@ def _check_key(
             )
         )
     if expected is None:
-        report.notes.append(
-            f"signed by key {report.fingerprint}; compare it with the service's published fingerprint"
-        )
+        if accept_embedded_key:
+            report.notes.append(EMBEDDED_KEY_ACCEPTED.format(fp=report.fingerprint))
     elif normalise_fingerprint(expected) != report.fingerprint:
         report.problems.append(
             Problem(
@@ -227,7 +276,7 @@ def _check_files(pkg: _Package, manifest: dict[str, Any], report: PackageReport)
                 )
             )
     for name in pkg.members:
-        if name not in listed and name not in CONTROL_FILES:
+        if name not in listed and name not in CONTROL_FILES and name not in pkg.flagged:
             report.problems.append(
                 Problem("unlisted_file", name, "in the package but not in the signed manifest (added later)")
             )
@@ -263,6 +312,53 @@ def _check_sums(pkg: _Package, sums: bytes | None, manifest: dict[str, Any], rep
         report.problems.append(Problem("sums_disagree", SUMS, f"does not list {path}"))
 
 
+def _check_inclusion(
+    log: Any, entries: list[SignedEntry], key: Ed25519PublicKey | None, cpath: str, report: PackageReport
+) -> None:
+    """Each custody entry was in the service's Merkle log: its inclusion proof (RFC 9162 section
+    2.1.3.2) leads to the root of a tree head signed by the service key."""
+    if log is None:
+        report.notes.append(f"{cpath} carries no inclusion proofs (a package made before the custody log)")
+        return
+    try:
+        head = TreeHead.from_json(log["tree_head"])
+        proofs = {int(p["seq"]): p for p in log["inclusion"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        report.problems.append(Problem("log_proof_unreadable", cpath, f"its log section is malformed: {exc}"))
+        return
+    if key is not None and not head.signed_by(key):
+        report.problems.append(
+            Problem(
+                "bad_tree_head",
+                cpath,
+                f"its tree head of {head.tree_size} entries is not signed by {PUBLIC_KEY}",
+            )
+        )
+        return
+    root = bytes.fromhex(head.root_hash)
+    for e in entries:
+        if e.body.digest() != e.entry_hash:
+            continue  # already named as altered
+        where = f"custody entry #{e.body.seq} ({cpath})"
+        p = proofs.get(e.body.seq)
+        try:
+            path = [bytes.fromhex(h) for h in p["path"]] if p else None
+            index = int(p["leaf_index"]) if p else -1
+        except (KeyError, TypeError, ValueError):
+            path, index = None, -1
+        if path is None or index != e.body.seq - 1:
+            report.problems.append(Problem("not_in_log", where, "no inclusion proof for this entry"))
+        elif not verify_inclusion(index, head.tree_size, leaf_hash(e.body.canonical()), path, root):
+            report.problems.append(
+                Problem(
+                    "not_in_log",
+                    where,
+                    f"its inclusion proof does not lead to the signed tree head of {head.tree_size} entries "
+                    f"(root {head.root_hash}): the entry is not the one the service logged",
+                )
+            )
+
+
 def _check_items(
     pkg: _Package,
     manifest: dict[str, Any],
@@ -276,8 +372,11 @@ def _check_items(
     media_hashes = {actual[p] for p in actual if p.startswith("evidence/")}
     listed = {f.get("path") for f in manifest.get("files", []) if isinstance(f, dict)}
 
-    def verify_sig(signature_b64: str, message: bytes) -> bool:
+    def signed_by_key(signature_b64: str, message: bytes) -> bool:
         return key is not None and verify_signature(key, signature_b64, message)
+
+    # Without a usable key its absence is the one finding: every entry is not also called re-signed.
+    verify_sig = signed_by_key if key is not None else None
 
     for item in items:
         item_id = str(item.get("item_id"))
@@ -302,6 +401,8 @@ def _check_items(
             p.where = f"{p.where} ({cpath})"
         report.problems.extend(problems)
         report.problems.extend(_withheld_as_signed(cpath, entries, custody.get("withheld")))
+        if not problems:  # a chain already named broken is not named again for its proofs
+            _check_inclusion(doc.get("log"), entries, key, cpath, report)
         tip = entries[-1].entry_hash if entries else None
         if len(entries) != custody.get("entries") or tip != custody.get("tip"):
             report.problems.append(
@@ -403,8 +504,13 @@ def _withheld_as_signed(cpath: str, entries: list[SignedEntry], signed: Any) -> 
     ]
 
 
-def verify_package(path: str | Path, key_fingerprint: str | None = None) -> PackageReport:
-    """Check every hash, both signatures, the signing key, every custody chain and every derivation."""
+def verify_package(
+    path: str | Path, key_fingerprint: str | None = None, *, accept_embedded_key: bool = False
+) -> PackageReport:
+    """Check every hash, both signatures, the signing key, every custody chain and every derivation.
+
+    Without ``key_fingerprint`` the package fails (``no_trusted_key``) unless ``accept_embedded_key``
+    says, explicitly, that the key inside the package is to be trusted."""
     report = PackageReport()
     try:
         zf = zipfile.ZipFile(path)
@@ -412,6 +518,9 @@ def verify_package(path: str | Path, key_fingerprint: str | None = None) -> Pack
         report.problems.append(Problem("package_unreadable", str(path), f"not a readable zip file: {exc}"))
         return report
     with zf:
+        with open(path, "rb") as raw:
+            for finding in structure_findings(raw, Path(path).stat().st_size, zf.infolist()):
+                report.problems.append(Problem(finding.kind, "the package", finding.detail))
         pkg = _Package(zf, report)
         manifest_raw = pkg.read(MANIFEST)
         manifest: dict[str, Any] = {}
@@ -425,7 +534,7 @@ def verify_package(path: str | Path, key_fingerprint: str | None = None) -> Pack
                 manifest = {}
         report.export_id = manifest.get("export_id")
         key = _load_key(pkg.read(PUBLIC_KEY, 64 * 1024), report)
-        _check_key(key, manifest, key_fingerprint, report)
+        _check_key(key, manifest, key_fingerprint, report, accept_embedded_key)
         _check_signature(
             key,
             manifest_raw,
@@ -459,9 +568,17 @@ def main(argv: list[str] | None = None) -> int:
     who have this package's source and ``cryptography`` but not the service."""
     ap = argparse.ArgumentParser(description="Verify an evidence export package offline.")
     ap.add_argument("package", type=Path)
-    ap.add_argument("--key-fingerprint", help="expected SHA-256 fingerprint of the service's signing key")
+    ap.add_argument(
+        "--key-fingerprint",
+        help="SHA-256 fingerprint of the service's signing key, as obtained from the trust (not the package)",
+    )
+    ap.add_argument(
+        "--accept-embedded-key",
+        action="store_true",
+        help="trust the key inside the package (shows only that the package agrees with itself)",
+    )
     args = ap.parse_args(argv)
-    report = verify_package(args.package, args.key_fingerprint)
+    report = verify_package(args.package, args.key_fingerprint, accept_embedded_key=args.accept_embedded_key)
     for p in report.problems:
         print(f"FAIL {p}")
     for note in report.notes:

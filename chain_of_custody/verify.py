@@ -21,7 +21,10 @@ from .checkpoints import read_checkpoints
 from .entries import ChainReport, Problem, SignedEntry, Verifier, check_entry, check_global_chain
 from .keys import ServiceKey
 from .ledger import Ledger
+from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .models import CustodyEntry, EvidenceItem, LedgerHead
+from .signed_tree_head import TreeHead
+from .tree_heads import read_tree_heads
 
 RECORD_FIELDS = ("bucket", "object_key", "version_id", "sha256", "blake3", "size")
 
@@ -152,6 +155,10 @@ def verify_service(
     except StorageError as exc:
         report.problems.append(Problem("storage_unreachable", "checkpoints", str(exc)))
 
+    say("checking signed tree heads")
+    chain_known_broken = bool(report.problems)
+    check_tree_heads(store, key, entries, report, chain_known_broken)
+
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")
     records = _stored_records(session)
@@ -161,6 +168,7 @@ def verify_service(
         q = q.where(EvidenceItem.id.in_(options.item_ids))
     seen: set[str] = set()
     packages: list[EvidenceItem] = []
+    unsound: dict[str, Problem] = {}  # item id -> the one finding about its object
     for item in session.scalars(q):
         seen.add(item.id)
         where = f"evidence item {item.id}"
@@ -186,35 +194,40 @@ def verify_service(
         except StorageError as exc:
             gone = any(code in str(exc) for code in ("NoSuchKey", "NoSuchVersion", "NoSuchBucket"))
             kind = "object_missing" if gone else "object_unreadable"
-            report.problems.append(
-                Problem(kind, where, f"stored object cannot be read (storage integrity check failed?): {exc}")
+            unsound[item.id] = Problem(
+                kind, where, f"stored object cannot be read (storage integrity check failed?): {exc}"
             )
+            report.problems.append(unsound[item.id])
             continue
         digest, blake3 = found.hexdigests()
         size = found.size
         if digest != rec["sha256"] or size != rec["size"]:
-            report.problems.append(
-                Problem(
-                    "object_altered",
-                    where,
-                    f"stored object hashes to {digest} ({size} bytes), custody record says "
-                    f"{rec['sha256']} ({rec['size']} bytes): object swapped or altered",
-                )
+            unsound[item.id] = Problem(
+                "object_altered",
+                where,
+                f"stored object hashes to {digest} ({size} bytes), custody record says "
+                f"{rec['sha256']} ({rec['size']} bytes): object swapped or altered",
             )
+            report.problems.append(unsound[item.id])
         elif rec.get("blake3") is not None and blake3 != rec["blake3"]:
-            report.problems.append(
-                Problem(
-                    "digest_mismatch",
-                    where,
-                    f"stored object's SHA-256 matches its custody record but its BLAKE3 is {blake3}, "
-                    f"the record says {rec['blake3']}: exports of it will be refused",
-                )
+            unsound[item.id] = Problem(
+                "digest_mismatch",
+                where,
+                f"stored object's SHA-256 matches its custody record but its BLAKE3 is {blake3}, "
+                f"the record says {rec['blake3']}: exports of it will be refused",
             )
+            report.problems.append(unsound[item.id])
         elif item.content_type == package_layout.CONTENT_TYPE:
             packages.append(item)
     say("checking export packages")
+    used_by: dict[str, list[str]] = {}
     for package in packages:
-        _check_package_references(session, store, package, report)
+        for item_id in _check_package_references(session, store, package, report):
+            used_by.setdefault(item_id, []).append(package.id)
+    for item_id, problem in unsound.items():
+        if item_id in used_by:
+            names = ", ".join(sorted(used_by[item_id]))
+            problem.detail += f"; export packages assembled from it, which cannot be served whole: {names}"
     if not options.item_ids:
         for item_id in records.keys() - seen:
             report.problems.append(
@@ -225,16 +238,92 @@ def verify_service(
     return report
 
 
+def check_tree_heads(
+    store: ObjectStore,
+    key: ServiceKey,
+    entries: list[SignedEntry],
+    report: ChainReport,
+    chain_known_broken: bool = False,
+) -> None:
+    """The ledger against every signed tree head in write-once storage: the newest must be covered
+    (nothing cut off the end), each must be the root of the ledger's first entries as they are now
+    (nothing altered or reordered before it), and each must be consistent with the one before it
+    (RFC 9162 section 2.1.4), checked with the proof the ledger gives. ``chain_known_broken``: an
+    entry was already named as altered or missing, so a root that disagrees is not named again."""
+    try:
+        heads, bad = read_tree_heads(store, key)
+    except StorageError as exc:
+        report.problems.append(Problem("storage_unreachable", "tree heads", str(exc)))
+        return
+    for name in bad:
+        report.problems.append(Problem("bad_tree_head", name, "not a tree head signed by the service key"))
+    if not heads:
+        return
+    tree = MerkleTree()
+    for e in entries:
+        tree.append(leaf_hash(e.body.canonical()))
+    newest = heads[-1]
+    if newest.tree_size > tree.size:
+        detail = (
+            f"the newest signed tree head covers {newest.tree_size} entries but the ledger holds "
+            f"{tree.size}: entries #{tree.size + 1}..#{newest.tree_size} were removed"
+        )
+        known = next((p for p in report.problems if p.kind == "ledger_truncated"), None)
+        if known is not None:  # the same cut, already named by the head row or a checkpoint
+            known.detail += f"; {detail}"
+        else:
+            report.problems.append(
+                Problem(
+                    "ledger_truncated",
+                    f"tree head of {newest.tree_size} entries ({newest.timestamp})",
+                    detail,
+                )
+            )
+    previous: TreeHead | None = None
+    for head in heads:
+        where = f"tree head of {head.tree_size} entries ({head.timestamp})"
+        if head.tree_size <= tree.size and tree.root(head.tree_size).hex() != head.root_hash:
+            if chain_known_broken:
+                return
+            report.problems.append(
+                Problem(
+                    "tree_head_mismatch",
+                    where,
+                    "the ledger's first entries no longer hash to this signed root: an entry up to "
+                    f"#{head.tree_size} was altered, removed or reordered",
+                )
+            )
+            return  # every later head disagrees for the same reason
+        if previous is not None and previous.tree_size < head.tree_size <= tree.size:
+            proof = tree.consistency_proof(previous.tree_size, head.tree_size)
+            if not verify_consistency(
+                previous.tree_size,
+                head.tree_size,
+                proof,
+                bytes.fromhex(previous.root_hash),
+                bytes.fromhex(head.root_hash),
+            ):
+                report.problems.append(
+                    Problem(
+                        "tree_heads_inconsistent",
+                        where,
+                        f"does not extend the tree head of {previous.tree_size}",
+                    )
+                )
+        previous = head
+
+
 def _check_package_references(
     session: Session, store: ObjectStore, package: EvidenceItem, report: ChainReport
-) -> None:
-    """An export package is assembled from other items' objects: each must still be held as recorded."""
+) -> set[str]:
+    """An export package is assembled from other items' objects: each must still be held as recorded.
+    Returns the items it is assembled from, so a finding about one of them can name the package."""
     where = f"export package {package.id}"
     try:
         layout = package_layout.decode(store.get_bytes(package.object_key, package.version_id))
     except (StorageError, package_layout.LayoutError) as exc:
         report.problems.append(Problem("package_unreadable", where, f"its layout cannot be read: {exc}"))
-        return
+        return set()
     for seg in layout.media:
         item = session.get(EvidenceItem, seg.item_id)
         recorded = (
@@ -260,3 +349,4 @@ def _check_package_references(
                     f"but evidence item {seg.item_id} records {recorded}",
                 )
             )
+    return {seg.item_id for seg in layout.media}

@@ -36,7 +36,7 @@ from storage.objects import StorageError
 from storage.schedule import run_when_due
 from storage.settings import Settings
 
-from . import dock_api, errors, evidence_api, openapi, redaction_api
+from . import custody_api, dock_api, errors, evidence_api, openapi, redaction_api
 from .http_edge import BodyLimit
 from .metrics import exposition
 from .mqtt_consumer import AlarmConsumer, consumer_configured
@@ -55,6 +55,7 @@ ROUTERS: list[APIRouter] = [
     redaction_api.router,
     incidents_api.router,
     export_api.router,
+    custody_api.router,
 ]
 
 Loop = Callable[[Services], Coroutine[Any, Any, object]]

@@ -231,8 +231,19 @@ def device_list(kind: str | None = None) -> None:
 def verify(
     package: Annotated[Path | None, typer.Argument(help="An export package to check offline")] = None,
     key_fingerprint: Annotated[
-        str | None, typer.Option(help="Expected SHA-256 fingerprint of the signing key")
+        str | None,
+        typer.Option(
+            help="SHA-256 fingerprint of the signing key, as obtained from the trust (its "
+            "/.well-known/evidence-signing-key or the download link's page), never from the package"
+        ),
     ] = None,
+    accept_embedded_key: Annotated[
+        bool,
+        typer.Option(
+            "--accept-embedded-key",
+            help="Trust the key inside the package: shows only that the package agrees with itself",
+        ),
+    ] = False,
     skip_objects: Annotated[
         bool, typer.Option(help="Check the ledger and rows only, not object bytes")
     ] = False,
@@ -243,7 +254,7 @@ def verify(
     if package is not None:
         from chain_of_custody.package_verify import verify_package
 
-        report = verify_package(package, key_fingerprint)
+        report = verify_package(package, key_fingerprint, accept_embedded_key=accept_embedded_key)
     else:
         from chain_of_custody.verify import VerifyOptions, verify_service
 
@@ -513,3 +524,39 @@ def checkpoint() -> None:
 
 if __name__ == "__main__":
     app()
+
+
+@app.command("witness")
+def witness_command(
+    url: Annotated[
+        str, typer.Argument(help="The service's address, for example https://evidence.trust.nhs.uk")
+    ],
+    key_fingerprint: Annotated[
+        str,
+        typer.Option(help="SHA-256 fingerprint of the service's signing key, as given to you by the trust"),
+    ],
+    state: Annotated[
+        Path, typer.Option(help="This witness's own directory: its key and its record of countersigned heads")
+    ],
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="EVIDENCE_WITNESS_TOKEN", help="An auditor's API token on the service"),
+    ] = None,
+) -> None:
+    """Fetch the custody log's newest tree head, check it extends the last one countersigned, and
+    countersign it (run by a second party: another trust, the police)."""
+    from chain_of_custody.witness import WitnessRefused, witness
+
+    if not token:
+        console.print("[red]an auditor's API token is needed[/red] (--token or EVIDENCE_WITNESS_TOKEN)")
+        raise typer.Exit(2)
+    try:
+        record = witness(url, token, key_fingerprint, state)
+    except WitnessRefused as exc:
+        out.print(f"[red]REFUSED[/red] {exc}")
+        raise typer.Exit(1) from None
+    since = f", consistent with {record.previous_size}" if record.previous_size else ""
+    out.print(
+        f"[green]COUNTERSIGNED[/green] tree head of {record.head.tree_size} entries, root "
+        f"{record.head.root_hash}{since}; witness key {record.witness_fingerprint}"
+    )

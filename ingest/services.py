@@ -25,6 +25,7 @@ from alarms.service import AlarmService
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.tree_heads import TreeHeadLog
 from incidents.export.jobs import ExportBuilds
 from incidents.retention import RetentionRules
 from incidents.service import Retention, make_clip_hook
@@ -39,6 +40,8 @@ from .telemetry_process import TelemetryProcess
 from .uploads import ClipHook, UploadEngine
 
 log = logging.getLogger(__name__)
+
+TREE_HEAD_RETAIN_DAYS = 3650  # as the ledger's checkpoints: longer than any evidence is kept
 
 
 @dataclass
@@ -109,7 +112,7 @@ def build_services(settings: Settings, *, migrate: bool = True, start_embedded: 
     store, embedded = open_object_store(settings, start_embedded)
     store.ensure_buckets(settings.retention_days)
     key = ServiceKey.load_or_create(settings.resolved_service_key_path)
-    ledger = Ledger(key)
+    ledger = Ledger(key, TreeHeadLog(store, key, retain_days=TREE_HEAD_RETAIN_DAYS))
     hooks = clip_hooks(settings, store, ledger)
     return Services(settings, db, store, key, ledger, embedded=embedded, clip_hooks=hooks)
 

@@ -95,6 +95,10 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+# An ``after_commit`` hook cannot raise through SQLAlchemy's commit; it puts its exception here instead.
+COMMIT_DUTY_FAILED = "commit_duty_failed"
+
+
 class Database:
     """Owns the engine and hands out sessions that commit on success and roll back on error."""
 
@@ -109,6 +113,9 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        """A transaction that commits on success and rolls back on error. A duty that must be done
+        once the commit is durable and before anyone is told (see ``COMMIT_DUTY_FAILED``) and that
+        failed is raised here, after the commit, so the caller acknowledges nothing."""
         with self.sessions() as s:
             try:
                 yield s
@@ -116,6 +123,9 @@ class Database:
             except BaseException:
                 s.rollback()
                 raise
+            failed = s.info.pop(COMMIT_DUTY_FAILED, None)
+            if failed is not None:
+                raise failed
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -93,7 +93,15 @@ def test_truncated_tail_is_caught_by_checkpoint(services) -> None:  # type: igno
         session.execute(delete(CustodyEntry).where(CustodyEntry.seq >= cp.seq - 1))
         last = session.scalars(select(CustodyEntry).order_by(CustodyEntry.seq.desc()).limit(1)).first()
         session.execute(update(LedgerHead).values(last_seq=last.seq, last_hash=last.entry_hash))
-    assert "ledger_truncated" in _kinds(services)
+    with services.db.session() as session:
+        report = verify_service(session, services.store, services.key)
+    # One cut, named once: the checkpoint and the newest tree head both say so, in one finding.
+    # (The cut also took the item's 'stored' entry, which is named for the item.)
+    kinds = [p.kind for p in report.problems]
+    assert kinds.count("ledger_truncated") == 1 and set(kinds) <= {"ledger_truncated", "item_unrecorded"}, (
+        kinds
+    )
+    assert "tree head" in report.problems[0].detail
 
 
 @pytest.mark.parametrize("column", ["sha256", "blake3"])

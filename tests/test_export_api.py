@@ -98,6 +98,15 @@ def wait_ready(server: Server, export_id: str, who: str = "inv") -> dict[str, ob
     return wait_for(ready, 60, 0.1, "the export to be ready")  # type: ignore[no-any-return]
 
 
+def custody_of(services, item_id: str) -> list[CustodyEntry]:  # type: ignore[no-untyped-def]
+    with services.db.session() as session:
+        return list(
+            session.scalars(
+                select(CustodyEntry).where(CustodyEntry.item_id == item_id).order_by(CustodyEntry.item_seq)
+            )
+        )
+
+
 def last_entry(services, item_id: str) -> CustodyEntry:  # type: ignore[no-untyped-def]
     with services.db.session() as session:
         return session.scalars(
@@ -179,6 +188,12 @@ def test_export_download_and_verify(server: Server, tmp_path: Path) -> None:
     r = httpx.post(exports, json={}, headers=server.as_("inv"))
     assert r.status_code == 202, r.text
     assert r.headers["location"] == f"/api/v1/exports/{r.json()['id']}"
+    # The key that will sign it is named from the start, and published to anyone at the trust's address.
+    published = httpx.get(f"{server.url}/.well-known/evidence-signing-key")
+    assert published.status_code == 200, published.text
+    trusted = published.json()["fingerprint_sha256"]
+    assert r.json()["key_fingerprint"] == trusted == s.key.fingerprint  # type: ignore[attr-defined]
+    assert r.json()["signing_key_url"] == "/.well-known/evidence-signing-key"
     assert r.json()["media_bytes_total"] == redacted.size + alarm.size
     job = wait_ready(server, r.json()["id"])
     assert set(job["included"]) == {redacted.id, alarm.id}  # type: ignore[arg-type]
@@ -199,16 +214,25 @@ def test_export_download_and_verify(server: Server, tmp_path: Path) -> None:
     )
     assert r.status_code == 201, r.text
     link = r.json()
+    assert link["key_fingerprint"] == trusted and link["package_sha256"] == job["package_sha256"]
+    # The link's page, read with the link alone, names what to check the file and its key against.
+    page = httpx.get(link["about_url"])
+    assert page.status_code == 200, page.text
+    about = page.json()
+    assert about["key_fingerprint"] == trusted and about["package_sha256"] == job["package_sha256"]
+    assert about["package_size"] == job["package_size"] and about["recipient"] == link["recipient"]
+    assert httpx.get(link["about_url"].replace("/about", "x/about")).status_code == 404
     package = tmp_path / "package.zip"
     with httpx.stream("GET", link["url"]) as resp:
         assert resp.status_code == 200
-        assert resp.headers["etag"] == f'"manifest-{job["manifest_sha256"]}"'
-        assert "x-evidence-sha256" not in resp.headers  # the zip's own hash is not computed by default
+        assert resp.headers["etag"] == f'"{job["package_sha256"]}"'
+        assert resp.headers["x-evidence-sha256"] == job["package_sha256"]
         with open(package, "wb") as f:
             for block in resp.iter_bytes():
                 f.write(block)
     key = httpx.get(f"{server.url}/api/v1/custody/public-key", headers=admin).json()
-    report = verify_package(package, key["fingerprint_sha256"])
+    assert key["fingerprint_sha256"] == trusted
+    report = verify_package(package, trusted)
     assert report.ok, [str(p) for p in report.problems]
     viewed = last_entry(s, job["id"])  # type: ignore[arg-type]
     details = json.loads(viewed.details)
@@ -218,7 +242,13 @@ def test_export_download_and_verify(server: Server, tmp_path: Path) -> None:
     )
 
     whole = package.read_bytes()
-    assert job["package_size"] == len(whole) and job["package_sha256"] is None and job["layout_sha256"]
+    assert job["package_size"] == len(whole) and job["layout_sha256"]
+    # The file as received is the file as published, and the signed custody record says so too.
+    assert job["package_sha256"] == hashlib.sha256(whole).hexdigest()
+    exported = json.loads(
+        next(e for e in custody_of(s, job["id"]) if e.action == "exported").details  # type: ignore[arg-type]
+    )
+    assert exported["package_sha256"] == job["package_sha256"]
     assert details["items_read"] == [redacted.id, alarm.id]
     assert details["manifest_sha256"] == job["manifest_sha256"]
     assert details["layout_sha256"] == job["layout_sha256"]
@@ -227,7 +257,7 @@ def test_export_download_and_verify(server: Server, tmp_path: Path) -> None:
     again = httpx.get(link["url"])
     assert again.status_code == 200 and again.content == whole
     assert again.headers["content-length"] == str(len(whole))
-    assert again.headers["etag"] == f'"manifest-{job["manifest_sha256"]}"'
+    assert again.headers["etag"] == f'"{job["package_sha256"]}"'
     assert again.headers["x-evidence-manifest-sha256"] == job["manifest_sha256"]
 
     # Resuming with a range is served and logged too; ranges across headers and media stitch together.

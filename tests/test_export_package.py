@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -29,6 +30,7 @@ from sqlalchemy import func, select, update
 from chain_of_custody import manifest as mf
 from chain_of_custody import package_layout as pl
 from chain_of_custody.canonical import canonical_json
+from chain_of_custody.entries import SignedEntry
 from chain_of_custody.evidence import Provenance, read_item, record_evidence
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry, EvidenceItem
@@ -270,23 +272,46 @@ def verify_txt_commands(verify_txt: str) -> list[str]:
     return [line.strip()[2:] for line in verify_txt.splitlines() if line.startswith("    $ ")]
 
 
-def run_verify_txt(directory: Path, fingerprint: str) -> tuple[bool, list[str]]:
-    """Run every command of VERIFY.txt as written; True when all pass and the key is the expected one."""
+def run_verify_txt(
+    directory: Path, fingerprint: str, package_sha256: str | None = None
+) -> tuple[bool, list[str]]:
+    """Run every command of VERIFY.txt as written, in plain bash, as a reader would; True when each
+    succeeds and prints what the text says it must (the trust's fingerprint and package SHA-256,
+    no zip comment, no warning, no differing member). ``package_sha256``: the one the trust published
+    (the genuine package's, from ``built``)."""
     outputs = []
     ok = True
     for cmd in verify_txt_commands((directory / mf.INSTRUCTIONS).read_text()):
-        r = subprocess.run(
-            ["bash", "-o", "pipefail", "-c", cmd], cwd=directory, capture_output=True, text=True
-        )
+        r = subprocess.run(["bash", "-c", cmd], cwd=directory, capture_output=True, text=True)
         outputs.append(f"$ {cmd}\n{r.stdout}{r.stderr}")
         ok = ok and r.returncode == 0
+        printed = r.stdout.split()
         if cmd.startswith("openssl pkey "):
-            ok = ok and r.stdout.split()[0] == fingerprint
+            ok = ok and printed[:1] == [fingerprint]
+        elif cmd.startswith("sha256sum ../"):
+            ok = ok and package_sha256 is not None and printed[:1] == [package_sha256]
+        elif cmd.startswith("unzip -tq "):
+            ok = ok and "No errors detected" in r.stdout and "warning" not in (r.stdout + r.stderr)
+        elif cmd.startswith("unzip -zq "):
+            ok = ok and printed == ["0"]
+        elif cmd.startswith("unzip -Z1 "):
+            ok = ok and r.stdout == ""
     return ok, outputs
 
 
 def unzip(path: Path, dest: Path) -> Path:
-    subprocess.run(["unzip", "-q", str(path), "-d", str(dest)], check=True)
+    """Unpack as VERIFY.txt says: the package file beside the directory, under the name it gives."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["unzip", "-qo", str(path), "-d", str(dest)], stdin=subprocess.DEVNULL, capture_output=True
+    )
+    name = next(
+        line.split(":", 1)[1].strip()
+        for line in (dest / mf.INSTRUCTIONS).read_text().splitlines()
+        if line.startswith("Package:")
+    )
+    if path.resolve() != (dest.parent / name).resolve():
+        shutil.copy(path, dest.parent / name)
     return dest
 
 
@@ -369,14 +394,23 @@ def test_package_verifies_with_the_project_command(built: Built, tmp_path: Path)
         text=True,
     )
     assert wrong.returncode == 1 and "wrong_key" in wrong.stdout
-    # The verifier alone, as an auditor without the service runs it.
+    # The verifier alone, as an auditor without the service runs it: no key given is a failure...
     alone = subprocess.run(
         [sys.executable, "-m", "chain_of_custody.package_verify", str(built.path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
-    assert alone.returncode == 0 and f"signed by key {built.services.key.fingerprint}" in alone.stdout
+    assert alone.returncode == 1 and "no_trusted_key" in alone.stdout, alone.stdout
+    # ...unless the embedded key is accepted in so many words, which is said back to the user.
+    accepted = subprocess.run(
+        [sys.executable, "-m", "chain_of_custody.package_verify", str(built.path), "--accept-embedded-key"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert accepted.returncode == 0 and f"signed by key {built.services.key.fingerprint}" in accepted.stdout
+    assert "--accept-embedded-key was given" in accepted.stdout
 
 
 def test_verify_txt_commands_work_as_written(built: Built, tmp_path: Path) -> None:
@@ -386,7 +420,7 @@ def test_verify_txt_commands_work_as_written(built: Built, tmp_path: Path) -> No
         any(c.startswith("sha256sum -c") for c in commands)
         and sum("pkeyutl -verify" in c for c in commands) == 2
     )
-    ok, outputs = run_verify_txt(directory, built.services.key.fingerprint)
+    ok, outputs = run_verify_txt(directory, built.services.key.fingerprint, built.result.package_sha256)
     assert ok, "\n".join(outputs)
     joined = "\n".join(outputs)
     assert joined.count("Signature Verified Successfully") == 2
@@ -422,7 +456,7 @@ def test_one_flipped_byte_in_any_file_is_named(built: Built, tmp_path: Path) -> 
     files = members(built.path)
     fp = built.services.key.fingerprint
     clean = unzip(built.path, tmp_path / "clean")
-    assert run_verify_txt(clean, fp)[0]
+    assert run_verify_txt(clean, fp, built.result.package_sha256)[0]
     for name in files:
         # A forger's zip: one byte of one file changed, the zip itself consistent.
         at = None
@@ -436,7 +470,7 @@ def test_one_flipped_byte_in_any_file_is_named(built: Built, tmp_path: Path) -> 
         shutil.copytree(clean, directory)
         target = directory / name
         target.write_bytes(flip(target.read_bytes(), at))
-        ok, outputs = run_verify_txt(directory, fp)
+        ok, outputs = run_verify_txt(directory, fp, built.result.package_sha256)
         assert not ok, (name, outputs)
 
 
@@ -554,20 +588,94 @@ def test_resigned_with_another_key_is_named(built: Built, tmp_path: Path) -> Non
     assert kinds == {"wrong_key", "bad_signature"}, [str(p) for p in report.problems]
     assert f"signed by key {other_fp}, not the expected {fp}" in str(report.problems[0])
     # Without the expected fingerprint the custody entries still give it away: they carry the service's signatures.
-    assert {p.kind for p in verify_package(bad).problems} == {"bad_signature"}
+    assert {p.kind for p in verify_package(bad).problems} == {"no_trusted_key", "bad_signature"}
 
     # Custody entries re-signed too: only the fingerprint can tell, and the verifier says which key signed.
     for item in manifest["items"]:
         path = item["custody"]["path"]
         doc = json.loads(forged[path])
+        doc.pop("log")  # the log's tree head is the service's: the forger can only leave it out
         for e in doc["entries"]:
             body = {k: v for k, v in e.items() if k not in ("entry_hash", "signature")}
             e["signature"] = base64.b64encode(other.sign(canonical_json({"v": 1, **body}))).decode()
         forged[path] = mf.encode(doc)
     bad = rewrite(built.path, tmp_path / "c.zip", resign(forged, other))
     assert [p.kind for p in verify_package(bad, fp).problems] == ["wrong_key"]
-    unchecked = verify_package(bad)
+    assert [p.kind for p in verify_package(bad).problems] == ["no_trusted_key"]
+    unchecked = verify_package(bad, accept_embedded_key=True)
     assert unchecked.ok and unchecked.fingerprint == other_fp != fp
+
+
+def forge_custody(
+    doc: dict[str, Any], key: Ed25519PrivateKey, edit: Callable[[dict[str, Any]], None]
+) -> None:
+    """Edit each entry of a custody document with ``edit``, then rehash, relink and re-sign the chain
+    with ``key``: what a forger who holds a key of their own can do to any chain."""
+    prev = None
+    for e in doc["entries"]:
+        edit(e)
+        e["item_prev_hash"] = prev
+        body = {k: v for k, v in e.items() if k not in ("entry_hash", "signature")}
+        message = canonical_json({"v": 1, **body})
+        e["entry_hash"] = hashlib.sha256(message).hexdigest()
+        e["signature"] = base64.b64encode(key.sign(message)).decode()
+        prev = e["entry_hash"]
+
+
+def test_original_swapped_in_under_a_new_key_needs_the_trusted_fingerprint(
+    built: Built, tmp_path: Path
+) -> None:
+    """The attack: the unredacted original put where the redacted copy was, every record made to
+    agree, and the whole package re-signed with a key of the forger's own. Only a fingerprint obtained
+    from the trust tells it apart, so verifying without one must fail."""
+    s, ev = built.services, built.evidence
+    files = members(built.path)
+    manifest = json.loads(files[mf.MANIFEST])
+    original = b"".join(s.store.read(ev.clip.object_key, ev.clip.version_id))
+    digest = hashlib.sha256(original).hexdigest()
+    other = Ed25519PrivateKey.generate()
+    raw = other.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    other_fp = hashlib.sha256(raw).hexdigest()
+    red = next(i for i in manifest["items"] if i["item_id"] == ev.redacted.id)
+    forged = {**files, red["path"]: original}
+    red["sha256"], red["size"] = digest, len(original)
+
+    def swap(entry: dict[str, Any]) -> None:
+        if entry["action"] == "stored":
+            entry["details"]["sha256"], entry["details"]["size"] = digest, len(original)
+            entry["details"].pop("blake3", None)
+
+    for item in manifest["items"]:
+        doc = json.loads(files[item["custody"]["path"]])
+        doc.pop("log")  # the log's tree head is the service's: the forger can only leave it out
+        forge_custody(doc, other, swap if item["item_id"] == ev.redacted.id else lambda e: None)
+        forged[item["custody"]["path"]] = mf.encode(doc)
+        item["custody"]["tip"] = doc["entries"][-1]["entry_hash"]
+    manifest["signing_key"]["fingerprint_sha256"] = other_fp
+    forged[mf.MANIFEST] = mf.encode(manifest)
+    forged[mf.PUBLIC_KEY] = other.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    bad = rewrite(built.path, tmp_path / "forged.zip", resign(forged, other))
+
+    # The forgery agrees with itself: the embedded key, accepted explicitly, finds nothing wrong...
+    assert verify_package(bad, accept_embedded_key=True).ok
+    # ...so without a trusted key it must fail, and with the trust's fingerprint it is named.
+    assert [p.kind for p in verify_package(bad).problems] == ["no_trusted_key"]
+    assert [p.kind for p in verify_package(bad, s.key.fingerprint).problems] == ["wrong_key"]
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "evidence"), "verify", str(bad)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 1 and "no_trusted_key" in cli.stdout, cli.stdout + cli.stderr
+    # VERIFY.txt, followed as written, sends the reader to the trust for the fingerprint: the
+    # forger's key prints its own, which differs from the trust's.
+    directory = unzip(bad, tmp_path / "forged")
+    text = (directory / mf.INSTRUCTIONS).read_text()
+    assert s.key.fingerprint not in text and "/.well-known/evidence-signing-key" in text
+    assert not run_verify_txt(directory, s.key.fingerprint)[0]
 
 
 def test_original_missing_from_the_package_is_named(built: Built, tmp_path: Path) -> None:
@@ -595,6 +703,134 @@ def test_added_file_is_named(built: Built, tmp_path: Path) -> None:
     assert [(p.kind, p.where) for p in verify_package(bad, built.services.key.fingerprint).problems] == [
         ("unlisted_file", "evidence/extra.mp4")
     ]
+
+
+def _append_members(src: Path, dest: Path, members: list[tuple[str, bytes]], comment: bytes = b"") -> Path:
+    """The genuine zip with members added after its own (and a comment), as ``zipfile`` appends them."""
+    shutil.copy(src, dest)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of a duplicate name: that is the point
+        with zipfile.ZipFile(dest, "a") as zf:
+            for name, data in members:
+                zf.writestr(zipfile.ZipInfo(name, date_time=(2026, 11, 22, 10, 0, 0)), data)
+            if comment:
+                zf.comment = comment
+    return dest
+
+
+def tamperings(built: Built, tmp: Path) -> dict[str, tuple[Path, set[str]]]:
+    """Each way found to smuggle something into a genuine, correctly signed package: the tampered
+    file and what the verifier must call it."""
+    ev, genuine = built.evidence, built.path
+    original = b"".join(built.services.store.read(ev.clip.object_key, ev.clip.version_id))
+    red_path = item_of(built, ev.redacted)["path"]
+    head, tail = red_path.rsplit("/", 1)
+    out: dict[str, tuple[Path, set[str]]] = {}
+
+    def case(name: str, kinds: set[str], members: list[tuple[str, bytes]], comment: bytes = b"") -> None:
+        out[name] = (_append_members(genuine, tmp / f"{name}.zip", members, comment), kinds)
+
+    case("directory_member", {"directory_member"}, [(f"evidence/{ev.redacted.id}/hidden.mp4/", original)])
+    case("unlisted_copy", {"unlisted_file"}, [(f"evidence/{ev.clip.id}/original.mp4", original)])
+    case("climbs_out", {"unsafe_path"}, [("../../x.mp4", original)])
+    case("case_variant", {"case_variant"}, [(f"{head}/{tail.upper()}", original)])
+    case("duplicate", {"duplicate_file"}, [(red_path, original)])
+    case("zip_comment", {"zip_comment"}, [], comment=b"the original is at https://example.invalid/x")
+    prepended = tmp / "prepended.zip"
+    prepended.write_bytes(original[:4096] + genuine.read_bytes())
+    out["prepended"] = (prepended, {"bytes_before_zip"})
+    appended = tmp / "appended.zip"
+    appended.write_bytes(genuine.read_bytes() + original[:4096])
+    out["appended"] = (appended, {"bytes_after_zip"})
+    return out
+
+
+def test_package_holds_exactly_what_its_manifest_lists(built: Built, tmp_path: Path) -> None:
+    """Every tampering found by hand is refused by the verifier, named once, and by VERIFY.txt's
+    procedure run exactly as written; the genuine package passes both."""
+    fp, published = built.services.key.fingerprint, built.result.package_sha256
+    assert verify_package(built.path, fp).ok
+    assert run_verify_txt(unzip(built.path, tmp_path / "genuine" / "package"), fp, published)[0]
+    for name, (bad, kinds) in tamperings(built, tmp_path).items():
+        report = verify_package(bad, fp)
+        assert {p.kind for p in report.problems} == kinds, (name, [str(p) for p in report.problems])
+        assert len(report.problems) == 1, (name, [str(p) for p in report.problems])
+        cli = subprocess.run(
+            [str(Path(sys.executable).parent / "evidence"), "verify", str(bad), "--key-fingerprint", fp],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert cli.returncode == 1 and all(k in cli.stdout for k in kinds), (name, cli.stdout)
+        directory = unzip(bad, tmp_path / name / "package")
+        ok, outputs = run_verify_txt(directory, fp, published)
+        assert not ok, (name, "\n".join(outputs))
+        # And without the whole-file hash (a reader who skips step 0), the member steps alone catch it,
+        # except bytes after the zip's end, which only the published SHA-256 shows.
+        if name != "appended":
+            ok, outputs = run_verify_txt(directory, fp, _own_hash(bad))
+            assert not ok, (name, "member steps passed", "\n".join(outputs))
+
+
+def _own_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_custody_entries_carry_inclusion_proofs_against_a_stored_tree_head(
+    built: Built, tmp_path: Path
+) -> None:
+    from chain_of_custody.merkle import leaf_hash, verify_inclusion
+    from chain_of_custody.signed_tree_head import TreeHead
+    from chain_of_custody.tree_heads import read_tree_heads
+
+    s = built.services
+    files = members(built.path)
+    stored, _ = read_tree_heads(s.store, s.key)
+    path = mf.custody_path(built.evidence.clip.id)
+    doc = json.loads(files[path])
+    head = TreeHead.from_json(doc["log"]["tree_head"])
+    assert head in stored and head.signed_by(s.key.public)  # the one in write-once storage
+    for e, proof in zip(doc["entries"], doc["log"]["inclusion"], strict=True):
+        leaf = leaf_hash(SignedEntry.from_json(e).body.canonical())
+        path_ = [bytes.fromhex(h) for h in proof["path"]]
+        assert verify_inclusion(e["seq"] - 1, head.tree_size, leaf, path_, bytes.fromhex(head.root_hash))
+
+    # A proof that does not lead to the root, or a tree head not signed by the key, is named, even
+    # in a package re-signed with the genuine key.
+    bad_proof = json.loads(files[path])
+    bad_proof["log"]["inclusion"][0]["path"][0] = "00" * 32
+    bad_head = json.loads(files[path])
+    bad_head["log"]["tree_head"]["tree_size"] += 1
+    for doc_, kind in ((bad_proof, "not_in_log"), (bad_head, "bad_tree_head")):
+        forged = resign({**files, path: mf.encode(doc_)}, s.key.private)
+        report = verify_package(rewrite(built.path, tmp_path / f"{kind}.zip", forged), s.key.fingerprint)
+        assert [p.kind for p in report.problems] == [kind], [str(p) for p in report.problems]
+
+
+@pytest.mark.parametrize("missing", [mf.PUBLIC_KEY, mf.MANIFEST])
+def test_a_missing_control_file_is_named_once(built: Built, tmp_path: Path, missing: str) -> None:
+    """Without the key no signature can be checked, and without the manifest nothing can be checked
+    against it: each is one finding, not one for every entry (or a manifest that "names None")."""
+    files = {k: v for k, v in members(built.path).items() if k != missing}
+    bad = rewrite(built.path, tmp_path / "bad.zip", files)
+    report = verify_package(bad, built.services.key.fingerprint)
+    assert [(p.kind, p.where) for p in report.problems] == [("file_missing", missing)], [
+        str(p) for p in report.problems
+    ]
+    assert "None" not in str(report.problems[0])
+    cli = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "evidence"),
+            "verify",
+            str(bad),
+            "--key-fingerprint",
+            built.services.key.fingerprint,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 1 and cli.stdout.count("FAIL") == 1, cli.stdout
 
 
 def test_not_a_package(tmp_path: Path) -> None:
@@ -1011,7 +1247,9 @@ def test_object_altered_at_rest_under_a_package(tmp_path: Path, private_seaweed:
     assert len(got) < len(intact)
     with s.db.session() as session:
         report = verify_service(session, s.store, s.key)
-    assert any(item.id in p.where for p in report.problems), report.problems
+    # One finding for the item, and it names the package that can no longer be served whole.
+    about = [p for p in report.problems if item.id in p.where]
+    assert len(about) == 1 and result.export_id in about[0].detail, [str(p) for p in report.problems]
     s.db.dispose()
 
 

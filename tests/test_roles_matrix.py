@@ -80,6 +80,13 @@ OPEN = {
         "/api/v1/exports/download/{token}",
     ): "the signed, expiring link token in the URL is the credential "
     "(a police or CPS recipient has no account); every download is a custody entry",
+    (
+        "GET",
+        "/api/v1/exports/download/{token}/about",
+    ): "the link's page: the same token is the credential; it reads no evidence, only the package's "
+    "SHA-256 and the signing key's fingerprint for the recipient to check against",
+    ("GET", "/.well-known/evidence-signing-key"): "the public signing key: no secret, and a recipient "
+    "without an account must get the fingerprint from the trust rather than from the package",
 }
 
 
@@ -122,6 +129,8 @@ POLICY: dict[tuple[str, str], Rule] = {
     ),
     ("DELETE", "/api/v1/evidence/{item_id}"): Rule(ok=frozenset({"admin"})),
     ("GET", "/api/v1/custody/public-key"): Rule(ok=EVERYONE),
+    ("GET", "/api/v1/custody/tree-head"): Rule(ok=frozenset({"admin", "auditor"})),
+    ("GET", "/api/v1/custody/consistency"): Rule(ok=frozenset({"admin", "auditor"})),
     # People and devices.
     ("POST", "/api/v1/staff"): Rule(ok=MANAGERS_ANY_SITE),
     ("POST", "/api/v1/devices/docks"): Rule(ok=MANAGERS_ANY_SITE),
@@ -331,6 +340,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
         json=lambda fx, p: {"hold": True, "reason": "tribunal"}
     ),
     ("GET", "/api/v1/statistics"): Sample(params={"by": ["month", "site"]}),
+    ("GET", "/api/v1/custody/consistency"): Sample(params={"first": 1, "second": 1}),
     ("POST", "/api/v1/evidence/{item_id}/redactions"): Sample(
         json=lambda fx, p: {"note": f"requested by {p}"}
     ),
@@ -547,6 +557,7 @@ def test_every_route_refuses_a_missing_token(fx: Fixture) -> None:
             assert fx.client.get(path).status_code == 200, path
     # The download link's token is its credential: a forged or missing one gets nothing.
     assert fx.client.get("/api/v1/exports/download/forged-token").status_code == 404
+    assert fx.client.get("/api/v1/exports/download/forged-token/about").status_code == 404
 
 
 def test_roles_matrix(fx: Fixture) -> None:

@@ -31,6 +31,7 @@ from chain_of_custody import package_layout as pl
 from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import parse_range, quarantine, quarantine_hook
 from chain_of_custody.fixity import FixityCheck, checked_range
+from chain_of_custody.keys import SIGNING_KEY_PATH, ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reads import RangeRefused
@@ -78,7 +79,12 @@ class ExportOut(BaseModel):
     included: list[str] | None = None
     withheld: dict[str, str] | None = None
     manifest_sha256: str | None = None
-    key_fingerprint: str | None = None
+    key_fingerprint: str | None = Field(
+        None,
+        description="SHA-256 fingerprint of the key that signs the package: give it to the recipient "
+        "apart from the package, which they must not trust for it",
+    )
+    signing_key_url: str = Field(SIGNING_KEY_PATH, description="where anyone can fetch the signing key")
     layout_sha256: str | None = Field(
         None, description="SHA-256 of the stored package layout (the item's object)"
     )
@@ -100,9 +106,32 @@ class LinkOut(BaseModel):
     expires_at: datetime
     url: str
     path: str
+    about_url: str = Field(description="the link's page: what the recipient checks the file against")
+    filename: str | None
+    package_sha256: str | None = Field(description="SHA-256 of the zip exactly as downloaded")
+    package_size: int | None
+    key_fingerprint: str
+    signing_key_url: str = SIGNING_KEY_PATH
 
 
-def _job_out(job: ExportJob) -> dict[str, Any]:
+class LinkPage(BaseModel):
+    """What a recipient checks a download against, fetched from the trust rather than the package."""
+
+    export_id: str
+    recipient: str
+    expires_at: datetime
+    download_path: str
+    filename: str | None
+    package_sha256: str | None
+    package_size: int | None
+    manifest_sha256: str | None
+    key_fingerprint: str
+    signing_key_url: str = SIGNING_KEY_PATH
+    how_to_check: list[str]
+
+
+def _job_out(job: ExportJob, key: ServiceKey | None = None) -> dict[str, Any]:
+    """The job as the API shows it; with ``key``, a build not yet finished names the key that will sign it."""
     out: dict[str, Any] = {
         c: getattr(job, c)
         for c in (
@@ -123,6 +152,8 @@ def _job_out(job: ExportJob) -> dict[str, Any]:
     }
     if job.result:
         out.update(json.loads(job.result))
+    if out.get("key_fingerprint") is None and key is not None:
+        out["key_fingerprint"] = key.fingerprint
     out["error"] = job.error
     return out
 
@@ -200,7 +231,7 @@ def request_export(
         )
         session.add(job)
         session.flush()
-        out = _job_out(job)
+        out = _job_out(job, s.key)
     builds.wake()
     response.headers["Location"] = f"/api/v1/exports/{out['id']}"
     return out
@@ -219,7 +250,7 @@ def incident_exports(
             .where(ExportJob.incident_id == incident.id)
             .order_by(ExportJob.created_at.desc())
         ).all()
-        return [_job_out(visible_job(session, user, j.id)) for j in jobs]
+        return [_job_out(visible_job(session, user, j.id), s.key) for j in jobs]
 
 
 @router.get("/exports/{export_id}", response_model=ExportOut)
@@ -227,7 +258,7 @@ def get_export(
     export_id: str, user: Viewer = exporters, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
     with s.db.session() as session:
-        return _job_out(visible_job(session, user, export_id))
+        return _job_out(visible_job(session, user, export_id), s.key)
 
 
 @router.post(
@@ -255,16 +286,24 @@ def create_link(
             expires_at=now + timedelta(hours=body.expires_in_hours),
         )
         session.add(link)
+        filename, package_sha256, package_size = job.filename, job.package_sha256, job.package_size
+        fingerprint = json.loads(job.result or "{}").get("key_fingerprint") or s.key.fingerprint
     path = f"/api/v1/exports/download/{make_link_token(link_secret(s.key), link.id, job.id, link.expires_at)}"
     log.info("export link issued", extra={"export": job.id, "link": link.id, "by": user.actor})
+    base = str(request.base_url).rstrip("/")
     return {
         "id": link.id,
         "export_id": job.id,
         "recipient": link.recipient,
         "created_by": link.created_by,
         "expires_at": link.expires_at,
-        "url": str(request.base_url).rstrip("/") + path,
+        "url": base + path,
         "path": path,
+        "about_url": base + path + "/about",
+        "filename": filename,
+        "package_sha256": package_sha256,
+        "package_size": package_size,
+        "key_fingerprint": fingerprint,
     }
 
 
@@ -283,6 +322,51 @@ def revoke_link(
     return Response(status_code=204)
 
 
+def _live_link(s: CoreServices, session: Session, token: str, now: datetime) -> ExportLink:
+    """The link the token names, if it is ours, unexpired and not revoked (LinkRefused otherwise)."""
+    link_id, _, _ = parse_link_token(token)
+    link = session.get(ExportLink, link_id)
+    if link is None:
+        raise LinkRefused(404, "no such download link")
+    check_link_token(link_secret(s.key), token, link.export_id, now)
+    if link.revoked_at is not None:
+        raise LinkRefused(410, "this download link was revoked")
+    if link.expires_at <= now:
+        raise LinkRefused(410, "this download link has expired")
+    return link
+
+
+@router.get("/exports/download/{token}/about", response_model=LinkPage)
+def link_page(token: str, s: CoreServices = Depends(services)) -> dict[str, Any]:
+    """The link's page: the package's own SHA-256 and the signing key's fingerprint, from the trust,
+    so the recipient can check the file as received and the key that signed it (the token is the
+    credential, as for the download; reading this page reads no evidence)."""
+    with s.db.session() as session:
+        link = _live_link(s, session, token, datetime.now(UTC))
+        job = session.get(ExportJob, link.export_id)
+        if job is None:
+            raise LinkRefused(410, "the package is no longer held")
+        result = json.loads(job.result or "{}")
+        fingerprint = result.get("key_fingerprint") or s.key.fingerprint
+        filename = job.filename or f"{job.id}.zip"
+        return {
+            "export_id": job.id,
+            "recipient": link.recipient,
+            "expires_at": link.expires_at,
+            "download_path": f"/api/v1/exports/download/{token}",
+            "filename": job.filename,
+            "package_sha256": job.package_sha256,
+            "package_size": job.package_size,
+            "manifest_sha256": result.get("manifest_sha256"),
+            "key_fingerprint": fingerprint,
+            "how_to_check": [
+                f"sha256sum {filename}  # must print {job.package_sha256}",
+                f"evidence verify {filename} --key-fingerprint {fingerprint}",
+                f"compare {fingerprint} with {SIGNING_KEY_PATH} on the trust's own address",
+            ],
+        }
+
+
 @router.get("/exports/download/{token}", responses=error_responses(409, 410, 416))
 def download(token: str, request: Request, s: CoreServices = Depends(services)) -> Response:
     """The package, for whoever holds an unexpired, unrevoked link (the token is the credential).
@@ -294,14 +378,7 @@ def download(token: str, request: Request, s: CoreServices = Depends(services)) 
     now = datetime.now(UTC)
     link_id, _, _ = parse_link_token(token)
     with s.db.session() as session:
-        link = session.get(ExportLink, link_id)
-        if link is None:
-            raise LinkRefused(404, "no such download link")
-        check_link_token(link_secret(s.key), token, link.export_id, now)
-        if link.revoked_at is not None:
-            raise LinkRefused(410, "this download link was revoked")
-        if link.expires_at <= now:
-            raise LinkRefused(410, "this download link has expired")
+        link = _live_link(s, session, token, now)
         item = session.get(EvidenceItem, link.export_id)
         if item is None or item.status == "deleted":
             raise LinkRefused(410, "the package is no longer held")

@@ -18,9 +18,10 @@ from chain_of_custody import manifest as mf
 from chain_of_custody import package_layout as pl
 from chain_of_custody.canonical import rfc3339
 from chain_of_custody.evidence import Provenance, quarantine, record_evidence
-from chain_of_custody.keys import ServiceKey
+from chain_of_custody.keys import FINGERPRINT_COMMAND, SIGNING_KEY_PATH, ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.signed_tree_head import TreeHead
 from storage.db import Database
 from storage.objects import ObjectLocked, ObjectStore, StoredObject
 
@@ -41,6 +42,8 @@ from .plan import (
 from .report import render_continuity_report
 from .zip import ZipBuilder
 
+LogProofs = tuple[TreeHead, dict[int, list[str]]]  # a tree head and inclusion paths by entry seq
+
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -56,31 +59,45 @@ class ExportResult:
     media_bytes: int
 
 
-def verification_instructions(export_id: str, fingerprint: str, created_at: str, filename: str) -> bytes:
-    """VERIFY.txt: how to check the package with sha256sum and openssl alone (commands run as written)."""
+def verification_instructions(export_id: str, created_at: str, filename: str) -> bytes:
+    """VERIFY.txt: how to check the package with sha256sum and openssl alone (commands run as written).
+
+    It names no key fingerprint on purpose: whoever forges a package rewrites this file too, so the
+    reader is sent to the trust for the fingerprint, never to the package."""
     return f"""How to verify this evidence export package
 ==========================================
 
 Package:  {filename}
 Export:   {export_id}
 Created:  {created_at} (UTC)
-Signing key (Ed25519), SHA-256 fingerprint of the raw public key:
-          {fingerprint}
 
-Everything below needs only GNU coreutils (sha256sum, tail) and OpenSSL 3, and no access to the
-service that made the package. Unpack the package into an empty directory with any zip tool that
-handles ZIP64, for example
+Before you start, obtain from the trust itself, never from this package (anyone who alters a
+package can re-sign it with a key of their own and put that key, and its fingerprint, inside it):
+  - the fingerprint of the trust's signing key: at the trust's web address {SIGNING_KEY_PATH}
+    (no account needed), on the page of the download link you were sent (the link followed by
+    /about), or in the export's record as the trust sent it to you;
+  - the SHA-256 of the package file itself: on the download link's page, or in the export's record.
+
+Everything below needs only GNU coreutils (sha256sum, sort, cut, tail, wc, diff), Info-ZIP unzip,
+OpenSSL 3 and bash, and no access to the service that made the package. Put the package file in an
+empty directory, unpack it there with any zip tool that handles ZIP64, for example
 
     unzip {filename} -d package
+    cd package
 
-and run each command below in that directory.
+and run each command below in that directory (the package file is then ../{filename}).
 
-1. The signing key is the service's.
-   This prints the key's fingerprint. It must equal the fingerprint above AND the one the service
-   publishes (GET /api/v1/custody/public-key, or as given to you separately by its operator).
-   Trust the copy you received separately, never only the one in this file.
+0. The file is exactly the one the trust published. This prints its SHA-256, which must equal the
+   SHA-256 you obtained from the trust. If it does, no byte of the file was changed, added or
+   removed since it was made, and the steps below show what it contains and who signed it.
 
-    $ openssl pkey -pubin -in public_key.pem -outform DER | tail -c 32 | sha256sum
+    $ sha256sum ../{filename}
+
+1. The signing key is the trust's.
+   This prints the key's fingerprint. It must equal the fingerprint you obtained from the trust.
+   If it does not, the package was not signed by the trust: stop here.
+
+    $ {FINGERPRINT_COMMAND}
 
 2. The manifest and the checksum list were signed by that key.
    Each command prints "Signature Verified Successfully".
@@ -92,14 +109,24 @@ and run each command below in that directory.
 
     $ sha256sum -c SHA256SUMS
 
-4. What the manifest says.
+4. The package holds exactly those files and nothing else: no file, directory, second copy or name
+   differing only in case beside them, no comment, no bytes before the zip. The first command prints
+   "No errors detected" and no warning; the second prints 0 (the zip has no comment); the third
+   prints nothing (a line starting "<" names a member that does not belong, one starting ">" a
+   listed file that is missing).
+
+    $ unzip -tq ../{filename}
+    $ unzip -zq ../{filename} | wc -c
+    $ unzip -Z1 ../{filename} | LC_ALL=C sort | diff - <( (cut -c67- SHA256SUMS; printf '%s\\n' {" ".join(sorted(CONTROL_NOT_IN_SUMS))}) | LC_ALL=C sort)
+
+5. What the manifest says.
    manifest.json lists every file with its SHA-256 and size, and every evidence item: its kind, its
    hash, and for a redacted video ("redacted_clip") the item and SHA-256 of the original it was made
    from ("derived_from"). Originals not included are listed with the reason they were withheld; their
    custody record is still included, and its "stored" entry shows the original's SHA-256.
    continuity_report.html says the same in words.
 
-5. The custody record of each item (custody/<item>.json).
+6. The custody record of each item (custody/<item>.json).
    Each entry was signed by the service key when the action happened. Its "entry_hash" is the
    SHA-256 of the canonical JSON (keys sorted, no spaces, UTF-8) of the entry without "entry_hash"
    and "signature", plus "v": 1; "signature" is the base64 Ed25519 signature of those same bytes;
@@ -107,10 +134,18 @@ and run each command below in that directory.
    An entry with "withheld" belongs to another incident or package: it keeps only its place and
    "entry_hash" (the manifest lists that hash under the item's custody "withheld", and the next
    entry names it as "item_prev_hash"), so it cannot be re-hashed or its signature checked.
-   The service's own command checks all of this, every hash and both signatures, offline:
+   "log" holds a tree head of the service's custody log (RFC 9162 Merkle tree of every entry, in
+   order, signed by the same key and kept in write-once storage) and each entry's inclusion proof
+   against it: the leaf is the SHA-256 of 0x00 followed by the same canonical bytes.
+   The service's own command checks all of this, every hash, signature and proof, offline, given the
+   fingerprint you obtained from the trust:
 
-    evidence verify {filename} --key-fingerprint {fingerprint}
+    evidence verify {filename} --key-fingerprint <the fingerprint from the trust>
 """.encode()
+
+
+# The members SHA256SUMS cannot list (itself, the signatures, the key): VERIFY.txt's member check adds them.
+CONTROL_NOT_IN_SUMS = frozenset(mf.CONTROL_FILES - {mf.MANIFEST})
 
 
 class _Composer:
@@ -149,6 +184,17 @@ class _Composer:
         )
 
 
+def _log_section(chain: list[dict[str, Any]], log: LogProofs | None) -> dict[str, Any] | None:
+    """The tree head and each of the chain's entries' inclusion proofs against it."""
+    if log is None:
+        return None
+    head, paths = log
+    return {
+        "tree_head": head.to_json(),
+        "inclusion": [{"seq": e["seq"], "leaf_index": e["seq"] - 1, "path": paths[e["seq"]]} for e in chain],
+    }
+
+
 def compose_package(
     store: ObjectStore,
     key: ServiceKey,
@@ -156,6 +202,7 @@ def compose_package(
     plan: list[PlannedItem],
     chains: dict[str, list[dict[str, Any]]],
     *,
+    log: LogProofs | None = None,
     created_at: datetime,
     package_hash: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -233,7 +280,7 @@ def compose_package(
                 )
             )
     for p in plan:
-        doc = mf.custody_document(p.item.id, chains[p.item.id])
+        doc = mf.custody_document(p.item.id, chains[p.item.id], _log_section(chains[p.item.id], log))
         files.append(member(mf.custody_path(p.item.id), doc, "custody"))
     originals = (
         {
@@ -257,7 +304,7 @@ def compose_package(
     )
     draft = mf.manifest_document(**common, files=[])  # type: ignore[arg-type]
     files.append(member(mf.REPORT, render_continuity_report(draft, chains), "report"))
-    instructions = verification_instructions(request.export_id, key.fingerprint, stamp, filename)
+    instructions = verification_instructions(request.export_id, stamp, filename)
     files.append(member(mf.INSTRUCTIONS, instructions, "instructions"))
     manifest = mf.encode(mf.manifest_document(**common, files=files))  # type: ignore[arg-type]
     manifest_sha256 = hashlib.sha256(manifest).hexdigest()
@@ -316,6 +363,11 @@ def build_package(
     shown = {
         i: own_chain(i, chain, request.export_id, foreign, request.outside) for i, chain in chains.items()
     }
+    log = (
+        ledger.tree_heads.inclusion([e["seq"] for c in chains.values() for e in c], db.engine)
+        if ledger.tree_heads is not None
+        else None
+    )
     try:
         layout, media_bytes = compose_package(
             store,
@@ -323,6 +375,7 @@ def build_package(
             request,
             plan,
             shown,
+            log=log,
             created_at=created_at,
             package_hash=package_hash,
             progress=progress,

@@ -140,6 +140,8 @@ class ExportBuilds:
                     originals=originals,
                     outside=frozenset(scope.get("outside", ())),
                 )
+            # The whole zip's SHA-256 too: it is published (job, link page, signed custody entry) so that
+            # a recipient can check the file exactly as received.
             result = build_package(
                 s.db,
                 s.store,
@@ -147,6 +149,7 @@ class ExportBuilds:
                 s.key,
                 items,
                 request,
+                package_hash=True,
                 progress=progress,
                 fence=lambda session: self._still_ours(session.get(ExportJob, job_id, with_for_update=True)),
             )

@@ -90,7 +90,11 @@ def render_continuity_report(draft: Mapping[str, Any], chains: Mapping[str, list
                 "Export id": draft["export_id"],
                 "Created (UTC)": draft["created_at"],
                 "Created by": draft["created_by"],
-                "Signing key (Ed25519) SHA-256 fingerprint": key["fingerprint_sha256"],
+                "Signing key (Ed25519) SHA-256 fingerprint": (
+                    f"{key['fingerprint_sha256']} (as this package states it: compare it with the "
+                    "fingerprint the trust publishes at /.well-known/evidence-signing-key or on your "
+                    "download link's page, never only with this report)"
+                ),
                 "Original footage": (
                     f"included, authorised by {originals.get('authorised_by')} "
                     f"({originals.get('authorised_role')}); reason: {originals.get('reason')}"

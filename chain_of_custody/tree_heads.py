@@ -1,0 +1,196 @@
+"""Signed tree heads of the custody ledger's Merkle tree (RFC 9162), written write-once before any
+commit that appended entries is acknowledged.
+
+The ledger's entries are the tree's leaves in sequence order (leaf ``seq - 1`` is the entry's
+canonical body, the bytes its hash and signature cover). When a transaction that appended entries
+commits, the session's ``after_commit`` hook has the tree head covering them signed and stored in
+object storage under retention before ``commit()`` returns, so before the route answers or the
+device is acked: whoever later cuts the ledger's tail, in the database alone, is contradicted by a
+tree head that storage will not give up. If the tree head cannot be written, ``commit()`` raises and
+nothing is acknowledged (the entries stand, and the next tree head covers them).
+
+Concurrent commits share one tree head (group commit): a commit waits for the one being written
+and returns at once if it covers its entries; otherwise it writes one covering everything committed
+so far. Every process keeps the tree in memory, catching up from the database, so replicas agree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from storage.db import COMMIT_DUTY_FAILED
+from storage.objects import ObjectStore
+
+from .entries import EntryBody
+from .keys import ServiceKey
+from .merkle import MerkleTree, leaf_hash
+from .models import CustodyEntry
+from .signed_tree_head import TreeHead, sign_tree_head
+
+log = logging.getLogger(__name__)
+
+PREFIX = "tree-heads/"
+_PENDING = "custody_tree_head_pending"
+_WATCHED = "custody_tree_head_watched"
+
+
+def entry_leaf(row: CustodyEntry) -> bytes:
+    """The leaf hash of a ledger row: SHA-256(0x00 || the entry's canonical body)."""
+    body = EntryBody(
+        seq=row.seq,
+        id=row.id,
+        at=row.at,
+        action=row.action,
+        actor=row.actor,
+        item_id=row.item_id,
+        item_seq=row.item_seq,
+        details=row.details,
+        prev_hash=row.prev_hash,
+        item_prev_hash=row.item_prev_hash,
+        key_id=row.key_id,
+    )
+    return leaf_hash(body.canonical())
+
+
+def object_name(head: TreeHead) -> str:
+    return f"{PREFIX}{head.tree_size:015d}-{head.root_hash[:16]}.json"
+
+
+def read_tree_heads(store: ObjectStore, key: ServiceKey) -> tuple[list[TreeHead], list[str]]:
+    """Every tree head in storage, smallest first, and the names of any that are not the key's."""
+    good: list[TreeHead] = []
+    bad: list[str] = []
+    for name in sorted(store.list_keys(PREFIX)):
+        try:
+            head = TreeHead.from_json(json.loads(store.get_bytes(name)))
+        except (ValueError, KeyError, TypeError):
+            bad.append(name)
+            continue
+        if head.signed_by(key.public):
+            good.append(head)
+        else:
+            bad.append(name)
+    good.sort(key=lambda h: (h.tree_size, h.timestamp))
+    return good, bad
+
+
+class TreeHeadLog:
+    """This process's view of the Merkle tree and the tree heads it has written."""
+
+    def __init__(self, store: ObjectStore, key: ServiceKey, retain_days: int) -> None:
+        self.store = store
+        self.key = key
+        self.retain_days = retain_days
+        self.tree = MerkleTree()
+        self.published = 0
+        self.latest: TreeHead | None = None
+        self.written = 0  # tree heads this process wrote (group commit shares them)
+        self._lock = threading.Lock()
+
+    # -- the commit hook ---------------------------------------------------------------------------
+
+    def watch(self, session: Session, seq: int) -> None:
+        """``seq`` was appended in ``session``'s transaction: cover it before its commit returns."""
+        session.info[_PENDING] = max(seq, session.info.get(_PENDING, 0))
+        if not session.info.get(_WATCHED):
+            session.info[_WATCHED] = True
+            event.listen(session, "after_commit", self._after_commit)
+            event.listen(session, "after_rollback", self._after_rollback)
+
+    def _after_commit(self, session: Session) -> None:
+        seq = session.info.pop(_PENDING, 0)
+        if not seq:
+            return
+        bind = session.get_bind()
+        engine = bind if isinstance(bind, Engine) else bind.engine
+        try:
+            self.cover(seq, engine)
+        except Exception as exc:  # noqa: BLE001 - raised by Database.session once the commit is done
+            log.error("custody tree head not written", extra={"seq": seq, "error": str(exc)})
+            session.info[COMMIT_DUTY_FAILED] = exc
+
+    @staticmethod
+    def _after_rollback(session: Session) -> None:
+        session.info.pop(_PENDING, None)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def catch_up(self, engine: Engine) -> None:
+        """Add the entries committed since this process last looked (from any process) to the tree."""
+        with Session(engine) as session:
+            while True:
+                rows = list(
+                    session.scalars(
+                        select(CustodyEntry)
+                        .where(CustodyEntry.seq > self.tree.size)
+                        .order_by(CustodyEntry.seq)
+                        .limit(5000)
+                    )
+                )
+                if not rows:
+                    return
+                for row in rows:
+                    if row.seq != self.tree.size + 1:
+                        raise RuntimeError(f"custody entry #{self.tree.size + 1} is missing from the ledger")
+                    self.tree.append(entry_leaf(row))
+
+    def cover(self, seq: int, engine: Engine) -> TreeHead | None:
+        """Make sure a stored tree head covers entry ``seq``; one written for a later commit will do."""
+        with self._lock:
+            if self.published >= seq:
+                return None
+            return self._write(seq, engine)
+
+    def inclusion(self, seqs: list[int], engine: Engine) -> tuple[TreeHead, dict[int, list[str]]]:
+        """A stored tree head covering entries ``seqs`` and, for each, its inclusion proof (hex path)
+        against that head: what an export carries so an outsider can check the entries were logged."""
+        with self._lock:
+            head = self.latest
+            if head is None or head.tree_size < max(seqs, default=1):
+                head = self._write(max(seqs, default=1), engine)
+            return head, {
+                s: [h.hex() for h in self.tree.inclusion_proof(s - 1, head.tree_size)] for s in seqs
+            }
+
+    def current(self, engine: Engine) -> TreeHead:
+        """A stored tree head over everything committed now (written if the newest does not cover it)."""
+        with self._lock:
+            self.catch_up(engine)
+            if self.latest is not None and self.latest.tree_size == self.tree.size:
+                return self.latest
+            return self._write(max(self.tree.size, 1), engine)
+
+    def consistency(self, first: int, second: int, engine: Engine) -> list[str]:
+        """PROOF(first, D[second]) as hex: that the tree of ``first`` entries is a prefix of ``second``'s."""
+        with self._lock:
+            if second > self.tree.size:
+                self.catch_up(engine)
+            if not 0 < first <= second <= self.tree.size:
+                raise ValueError(
+                    f"no consistency proof from {first} to {second} (the log holds {self.tree.size})"
+                )
+            return [h.hex() for h in self.tree.consistency_proof(first, second)]
+
+    def _write(self, seq: int, engine: Engine) -> TreeHead:
+        """Sign and store a tree head over everything committed, which includes ``seq`` (lock held)."""
+        self.catch_up(engine)
+        if self.tree.size < seq:
+            raise RuntimeError(f"custody entry #{seq} was committed but cannot be read back")
+        head = sign_tree_head(self.key, self.tree.size, self.tree.root())
+        self.store.put_bytes(
+            object_name(head),
+            json.dumps(head.to_json()).encode(),
+            retain_until=datetime.now(UTC) + timedelta(days=self.retain_days),
+            content_type="application/json",
+        )
+        self.published = head.tree_size
+        self.latest = head
+        self.written += 1
+        return head

@@ -1,0 +1,58 @@
+"""What the service publishes to anyone, without an account: the key that signs its custody record and
+export packages, so that a recipient can check a package against a key obtained from the trust itself
+rather than the copy inside the package (which a forger would replace with their own)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+
+from accounts.access import require_roles, services
+from accounts.service import Principal
+from chain_of_custody.core import CoreServices
+from chain_of_custody.keys import SIGNING_KEY_PATH, published_key
+from chain_of_custody.tree_heads import TreeHeadLog
+
+# Who may read the log's tree heads and proofs: a witness (another trust, the police) is given an
+# auditor's account; a proof costs the server work, so it is not open to anyone.
+WITNESSES = ("admin", "auditor")
+
+router = APIRouter(tags=["custody"])
+
+
+@router.get(SIGNING_KEY_PATH)
+def signing_key(s: CoreServices = Depends(services)) -> dict[str, str]:
+    """Public on purpose: a public key is no secret, and a recipient with no account (the police, a
+    defence expert) must be able to fetch it from the trust's own address to compare fingerprints."""
+    return published_key(s.key)
+
+
+def _log(s: CoreServices) -> TreeHeadLog:
+    log = s.ledger.tree_heads
+    if log is None:
+        raise HTTPException(503, "this service keeps no custody log")
+    return log
+
+
+@router.get("/api/v1/custody/tree-head")
+def tree_head(
+    user: Principal = Depends(require_roles(*WITNESSES)), s: CoreServices = Depends(services)
+) -> dict[str, Any]:
+    """The newest signed tree head of the custody log, covering every entry committed so far."""
+    return _log(s).current(s.db.engine).to_json()
+
+
+@router.get("/api/v1/custody/consistency")
+def consistency(
+    first: int = Query(ge=1),
+    second: int = Query(ge=1),
+    user: Principal = Depends(require_roles(*WITNESSES)),
+    s: CoreServices = Depends(services),
+) -> dict[str, Any]:
+    """RFC 9162 consistency proof that the log of ``first`` entries is a prefix of the log of ``second``."""
+    try:
+        path = _log(s).consistency(first, second, s.db.engine)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {"first": first, "second": second, "path": path}

@@ -1,0 +1,139 @@
+"""The custody ledger as a Merkle log: every commit that appends is covered by a signed tree head in
+write-once storage before it returns, concurrent commits share them, and a tail cut from the
+database (with the head row reset to match) is named by verification, on both databases."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select
+
+from chain_of_custody.checkpoints import write_checkpoint
+from chain_of_custody.merkle import MerkleTree, leaf_hash
+from chain_of_custody.models import CustodyEntry, LedgerHead
+from chain_of_custody.tree_heads import read_tree_heads
+from chain_of_custody.verify import verify_service
+from storage.objects import StorageError
+
+
+def _append(services: Any, action: str = "viewed", item_id: str | None = None) -> int:
+    with services.db.session() as session:
+        seq = services.ledger.append(session, action, "user:test", item_id=item_id, details={"n": 1}).seq
+    return int(seq)
+
+
+def _newest(services: Any) -> int:
+    heads, bad = read_tree_heads(services.store, services.key)
+    assert not bad
+    return heads[-1].tree_size if heads else 0
+
+
+def test_a_commit_returns_only_once_a_tree_head_covers_it(services: Any) -> None:
+    for _ in range(3):
+        seq = _append(services)
+        assert _newest(services) >= seq  # already in storage when the commit returned
+    # The newest tree head is the root of the ledger as it stands.
+    heads, _ = read_tree_heads(services.store, services.key)
+    with services.db.session() as session:
+        rows = session.scalars(select(CustodyEntry).order_by(CustodyEntry.seq)).all()
+        from chain_of_custody.ledger import to_signed
+
+        tree = MerkleTree([leaf_hash(to_signed(r).body.canonical()) for r in rows])
+    assert heads[-1].root_hash == tree.root().hex() and heads[-1].tree_size == tree.size
+
+
+def test_a_commit_whose_tree_head_cannot_be_stored_is_not_acknowledged(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _append(services)
+
+    def refuse(*_a: Any, **_k: Any) -> None:
+        raise StorageError("storage unavailable")
+
+    monkeypatch.setattr(services.store, "put_bytes", refuse)
+    with pytest.raises(StorageError):
+        _append(services)
+    monkeypatch.undo()
+    # The next commit's tree head covers the entry that was not acknowledged as well.
+    seq = _append(services)
+    assert _newest(services) == seq
+
+
+def test_concurrent_commits_share_tree_heads(services: Any) -> None:
+    log = services.ledger.tree_heads
+    before = log.written
+    errors: list[BaseException] = []
+    seqs: list[int] = []
+
+    def work() -> None:
+        try:
+            for _ in range(10):
+                seqs.append(_append(services))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert len(seqs) == 60 and _newest(services) >= max(seqs)
+    assert log.written - before <= 60
+    with services.db.session() as session:
+        assert verify_service(session, services.store, services.key).ok
+
+
+def _cut_after_checkpoint(services: Any) -> int:
+    """The reproduced attack: service stopped, the entries after the last checkpoint deleted and
+    ``ledger_head`` reset to the checkpoint's entry."""
+    with services.db.session() as session:
+        head = session.get(LedgerHead, 1)
+        cp = head.checkpoint_seq
+        last = session.scalar(select(CustodyEntry).where(CustodyEntry.seq == cp))
+        session.execute(delete(CustodyEntry).where(CustodyEntry.seq > cp))
+        head = session.get(LedgerHead, 1)
+        head.last_seq, head.last_hash = cp, last.entry_hash
+    return int(cp)
+
+
+def test_entries_cut_after_the_last_checkpoint_are_named(services: Any) -> None:
+    item = _append(services, "user_changed")
+    with services.db.session() as session:
+        assert write_checkpoint(session, services.store, services.key, retain_days=1) is not None
+    # After the checkpoint: an export of original footage and its download.
+    _append(services, "exported")
+    last = _append(services, "viewed")
+    cp = _cut_after_checkpoint(services)
+    assert cp >= item and cp < last
+    with services.db.session() as session:
+        report = verify_service(session, services.store, services.key)
+    assert [p.kind for p in report.problems] == ["ledger_truncated"], [str(p) for p in report.problems]
+    assert f"entries #{cp + 1}..#{last} were removed" in report.problems[0].detail
+
+
+def test_a_rewritten_history_is_named_even_when_re_signed(services: Any) -> None:
+    """An insider with the key rewrites an old entry and re-signs the whole chain: the hash chain
+    holds, but the signed tree heads in storage do not match the ledger any more."""
+    from chain_of_custody.entries import EntryBody
+    from chain_of_custody.ledger import to_signed
+
+    for _ in range(4):
+        _append(services)
+    with services.db.session() as session:
+        rows = session.scalars(select(CustodyEntry).order_by(CustodyEntry.seq)).all()
+        prev = rows[0].prev_hash
+        for i, row in enumerate(rows):
+            body = to_signed(row).body
+            details = '{"n":2}' if i == 1 else body.details
+            new = EntryBody(**{**body.__dict__, "details": details, "prev_hash": prev})
+            row.details, row.prev_hash = new.details, prev
+            row.entry_hash, row.signature = new.digest(), services.key.sign(new.canonical())
+            prev = row.entry_hash
+        head = session.get(LedgerHead, 1)
+        head.last_hash = prev
+    with services.db.session() as session:
+        report = verify_service(session, services.store, services.key)
+    assert [p.kind for p in report.problems] == ["tree_head_mismatch"], [str(p) for p in report.problems]
