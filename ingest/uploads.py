@@ -35,12 +35,13 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import load_public_key_b64, verify_signature
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.retention_basis import retention_basis
 from devices.models import Device
 from devices.service import camera_for_clip
 from storage.digests import Digests
 from storage.embedded import EmbeddedSeaweed
 from storage.leases import Lease
-from storage.objects import StorageError, StoredObject
+from storage.objects import ObjectStore, StorageError, StoredObject
 
 from .metrics import UPLOAD_BYTES, UPLOADS_FINISHED
 from .models import Upload
@@ -144,7 +145,10 @@ class UploadEngine:
         """Open an upload (or return the finished one for a replayed identical clip: ``(state, True)``)."""
         settings = self.s.settings
         with self.s.db.session() as session:
-            camera_for_clip(session, meta.camera_serial, meta.wearer)
+            camera = camera_for_clip(session, meta.camera_serial, meta.wearer)
+            vouched = camera.public_key is not None and verify_signature(
+                load_public_key_b64(camera.public_key), meta.signature, canonical_json(meta.manifest(length))
+            )
             replay = session.scalar(
                 select(Upload).where(
                     Upload.camera_sha256 == meta.sha256,
@@ -162,7 +166,11 @@ class UploadEngine:
         upload_id = secrets.token_hex(16)
         now = datetime.now(UTC)
         key = f"clips/{now:%Y/%m/%d}/{upload_id}.bin"
-        retain_until = now + timedelta(days=settings.retention_days)
+        # The lock runs from the recording time the camera signed (bounded by now); it can only be lengthened.
+        basis = retention_basis(
+            meta.recorded_start, now, timedelta(days=settings.retention_days), vouched=vouched
+        )
+        retain_until = basis.retain_until(timedelta(days=settings.retention_days))
         s3_upload_id = self.s.store.start_multipart(key, retain_until, meta.content_type)
         upload = Upload(
             id=upload_id,
@@ -180,6 +188,7 @@ class UploadEngine:
             object_key=key,
             s3_upload_id=s3_upload_id,
             expires_at=now + timedelta(hours=settings.upload_expiry_hours),
+            created_at=now,
         )
         with self.s.db.session() as session:
             session.add(upload)
@@ -561,6 +570,17 @@ class _PartWriter:
         return complete_upload(self.e, self.u, sorted(self.parts), self.running)
 
 
+def _settle_lock(store: ObjectStore, stored: StoredObject, due: datetime) -> datetime:
+    """The object's lock as storage holds it, lengthened to ``due`` if the upload began with a shorter one
+    (the camera's signature was checked again at the end, and a lock can only move later)."""
+    held = store.info(stored.key, stored.version_id).retain_until
+    if held is None or held < due.replace(microsecond=0):
+        target = due.replace(microsecond=0) + timedelta(seconds=1)
+        store.set_retention(stored.key, stored.version_id, target)
+        return target
+    return held
+
+
 class _Disconnected(Exception):
     """The client went away; what it sent is kept (without a checksum) and nobody is left to answer."""
 
@@ -603,6 +623,9 @@ def complete_upload(
             reasons.append(f"stored bytes hash to {digest}, the camera reported {upload.camera_sha256}")
         start = datetime.fromisoformat(upload.recorded_start.replace("Z", "+00:00"))
         stop = datetime.fromisoformat(upload.recorded_stop.replace("Z", "+00:00"))
+        keep = timedelta(days=s.settings.retention_days)
+        basis = retention_basis(start, upload.created_at, keep, vouched=signature_ok)
+        retain_until = _settle_lock(s.store, stored, basis.retain_until(keep))
         item = record_evidence(
             session,
             s.ledger,
@@ -616,7 +639,8 @@ def complete_upload(
                 captured_stop=stop,
                 filename=upload.filename,
                 content_type=upload.content_type,
-                retain_until=upload.created_at + timedelta(days=s.settings.retention_days),
+                retain_until=retain_until,
+                retention_basis=basis,
             ),
             captured={
                 "camera": upload.camera_serial,
