@@ -93,3 +93,46 @@ def test_the_bounds() -> None:
     assert retention_basis(now + timedelta(seconds=1), now, keep).at == now
     assert retention_basis(now - timedelta(days=32), now, keep).at == now
     assert retention_basis(now - timedelta(days=3), now, keep, vouched=False).at == now
+
+
+def test_alarm_and_its_voice_memo_are_locked_from_when_the_alarm_happened(services) -> None:  # type: ignore[no-untyped-def]
+    """An amber alarm the device held for half the retention period (no incident, so nothing extends it)."""
+    from alarms.models import AlarmRecord
+    from alarms.service import AlarmService
+    from tests.test_alarms_kit import enrol as enrol_device
+
+    keep = timedelta(days=services.settings.retention_days)
+    alarms = AlarmService(services)
+    device = enrol_device(services, "LW-RET")
+    occurred = datetime.now(UTC).replace(microsecond=0) - keep / 2
+    topic, raw = device.amber(600, occurred_at=occurred)
+    event_id = json.loads(raw)["event_id"]
+    result = alarms.handle(topic, raw)
+    assert result.outcome == "accepted" and result.alarm_id, result
+    memo = b"OggS" + bytes(range(256)) * 8
+    headers = device.voice_memo_headers(event_id, memo)
+    memo_id, _ = alarms.attach_voice_memo(
+        "LW-RET",
+        event_id,
+        memo,
+        content_type="audio/ogg",
+        sent_at=headers["X-Device-Sent-At"],
+        signature=headers["X-Device-Signature"],
+    )
+    with services.db.session() as session:
+        alarm = session.get(AlarmRecord, result.alarm_id)
+        assert alarm is not None and alarm.evidence_item_id
+        items = [session.get(EvidenceItem, alarm.evidence_item_id), session.get(EvidenceItem, memo_id)]
+        stored = {
+            e.item_id: json.loads(e.details)
+            for e in session.scalars(select(CustodyEntry).where(CustodyEntry.action == "stored"))
+        }
+    for item in items:
+        assert item is not None
+        info = services.store.info(item.object_key, item.version_id)
+        assert info.retain_until is not None
+        assert abs(info.retain_until - (occurred + keep)) <= timedelta(seconds=2), (
+            item.kind,
+            info.retain_until,
+        )
+        assert stored[item.id]["retention_basis"] == {"from": "capture", "at": occurred.isoformat()}
