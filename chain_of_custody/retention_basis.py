@@ -55,6 +55,22 @@ def retention_basis(
     return RetentionBasis(captured, "capture")
 
 
+def inherited_basis(
+    recorded: dict[str, Any] | None,
+    captured: datetime | None,
+    received: datetime,
+    keep: timedelta,
+    original_id: str,
+) -> RetentionBasis:
+    """A derived item's basis: its original's, as the original's ``stored`` entry recorded it (else
+    worked out again from the original's row), so a redacted copy never outlives or precedes it."""
+    if recorded and recorded.get("at") and recorded.get("from") in ("capture", "receipt"):
+        at = datetime.fromisoformat(str(recorded["at"]))
+        return RetentionBasis(at, str(recorded["from"]), f"the original's ({original_id})")
+    basis = retention_basis(captured, received, keep)
+    return RetentionBasis(basis.at, basis.source, f"the original's ({original_id})")
+
+
 def bounded_base(captured: datetime | None, received: datetime, keep: timedelta) -> datetime:
     """The same bound, for an item already recorded (its capture and arrival times from its row)."""
     return retention_basis(captured, received, keep).at
