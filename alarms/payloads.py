@@ -22,6 +22,7 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import raw_public_key
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.retention_basis import RetentionBasis, retention_basis
 from devices.models import Device
 from storage.objects import StorageError, StoredObject
 
@@ -44,8 +45,13 @@ class PayloadEvidence:
     def __init__(self, core: CoreServices) -> None:
         self.core = core
 
-    def retain_until(self, received_at: datetime) -> datetime:
-        return received_at + timedelta(days=self.core.settings.retention_days)
+    def basis(self, event: LoneWorkerEvent) -> RetentionBasis:
+        """Retention runs from when the device says the alarm happened (signed), bounded by its arrival."""
+        keep = timedelta(days=self.core.settings.retention_days)
+        return retention_basis(event.occurred_at, event.received_at, keep)
+
+    def retain_until(self, event: LoneWorkerEvent) -> datetime:
+        return self.basis(event).retain_until(timedelta(days=self.core.settings.retention_days))
 
     def put(self, event: LoneWorkerEvent) -> StoredObject | None:
         """The exact bytes received, into locked storage; None (evidence deferred) while storage is down."""
@@ -53,7 +59,7 @@ class PayloadEvidence:
             return self.core.store.put_bytes(
                 object_key(event),
                 event.raw,
-                retain_until=self.retain_until(event.received_at),
+                retain_until=self.retain_until(event),
                 content_type="application/json",
             )
         except StorageError as exc:
@@ -90,7 +96,8 @@ class PayloadEvidence:
                 captured_stop=event.occurred_at,
                 filename=f"{event.event_id}.json",
                 content_type="application/json",
-                retain_until=self.retain_until(event.received_at),
+                retain_until=self.retain_until(event),
+                retention_basis=self.basis(event),
             ),
             captured={
                 "device": event.device_id,
@@ -155,4 +162,4 @@ class PayloadEvidence:
             event = session.get(LoneWorkerEvent, event_id)
             if event is None or event.evidence_item_id is not None:
                 return None
-            return object_key(event), event.raw, self.retain_until(event.received_at)
+            return object_key(event), event.raw, self.retain_until(event)

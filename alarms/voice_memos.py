@@ -21,6 +21,7 @@ from chain_of_custody.entries import CustodyAction
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import raw_public_key, verify_signature
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.retention_basis import retention_basis
 from devices.lone_worker_wire import parse_time
 from devices.models import Device
 from storage.errors import Refused
@@ -96,11 +97,12 @@ class VoiceMemos:
         if abs((moment - now).total_seconds()) > core.settings.max_clock_skew_seconds:
             raise VoiceMemoRefused("clock_skew", "sent_at is too far from the server clock; sign again", 401)
         with core.db.session() as session:
-            alarm_id = session.scalar(
-                select(AlarmRecord.id).where(
+            found = session.execute(
+                select(AlarmRecord.id, AlarmRecord.occurred_at).where(
                     AlarmRecord.source_event_id == event_id, AlarmRecord.device_id == device_id
                 )
-            )
+            ).first()
+            alarm_id, occurred_at = (found.id, found.occurred_at) if found is not None else (None, None)
             if alarm_id is None:
                 raise VoiceMemoRefused(
                     "alarm_unknown", "no alarm of this device has that event id (yet)", 409
@@ -114,7 +116,10 @@ class VoiceMemos:
             if existing.sha256 == digest:
                 return existing.voice_memo_item_id, False
             raise VoiceMemoRefused("memo_exists", "this alarm already has a different voice memo", 409)
-        retain_until = now + timedelta(days=core.settings.retention_days)
+        # Retention runs from the alarm the memo belongs to (the device's signed time, bounded by now).
+        keep = timedelta(days=core.settings.retention_days)
+        basis = retention_basis(occurred_at, now, keep)
+        retain_until = basis.retain_until(keep)
         extension = EXTENSIONS.get(content_type, "bin")
         stored = core.store.put_bytes(
             f"lone-worker/{device_id}/{now:%Y/%m/%d}/{event_id}-memo.{extension}",
@@ -142,6 +147,7 @@ class VoiceMemos:
                     filename=f"{event_id}-memo.{extension}",
                     content_type=content_type,
                     retain_until=retain_until,
+                    retention_basis=basis,
                 ),
                 captured={
                     "device": device_id,

@@ -17,6 +17,7 @@ from storage.streams import BlocksOnThread
 from .fixity import FixityCheck, checked_range
 from .ledger import Ledger
 from .models import EvidenceItem
+from .retention_basis import RetentionBasis
 from .verify import unrecorded
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Provenance:
     content_type: str = "application/octet-stream"
     derived_from_id: str | None = None
     retain_until: datetime | None = None
+    retention_basis: RetentionBasis | None = None  # what the lock runs from (capture or receipt), and why
 
 
 def record_evidence(
@@ -88,6 +90,8 @@ def record_evidence(
         "derived_from": provenance.derived_from_id,
         "retain_until": provenance.retain_until.isoformat() if provenance.retain_until else None,
     }
+    if provenance.retention_basis is not None:
+        details["retention_basis"] = provenance.retention_basis.as_details()
     if stored.blake3 is not None:
         details["blake3"] = stored.blake3
     ledger.append(session, "stored", "service", item_id=item.id, details=details)

@@ -48,6 +48,12 @@ class EvidenceItem(Base):
 
     __table_args__ = (Index("ix_evidence_items_wearer_window", "wearer", "captured_start", "captured_stop"),)
 
+    @property
+    def copy_type(self) -> str:
+        """As the Home Office Digital Imaging Procedure names them: the item as it arrived is the master
+        copy; anything derived from it (a redacted video, its redaction record) is a working copy."""
+        return "working copy" if self.derived_from_id else "master copy"
+
 
 class CustodyEntry(Base):
     """One signed, hash-chained line of the custody ledger. Never updated, never deleted."""

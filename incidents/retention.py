@@ -8,7 +8,9 @@ Classes, strongest first:
   lock is kept at least half of ``after_closure`` ahead and renewed to ``now + after_closure``.
 - ``closed_incident``: linked only to closed incidents; kept ``after_closure`` after the last closure,
   and the object lock is extended to that date.
-- ``unlinked``: kept ``unlinked`` after capture (and never before its object lock ends).
+- ``unlinked``: kept ``unlinked`` after capture (and never before its object lock ends). The capture time
+  is the device's word, bounded by arrival as the lock was (``chain_of_custody.retention_basis``): a
+  capture time after arrival, or older than ``unlinked``, counts from arrival.
 
 An item derived from another (a redacted copy) shares its original's links and holds.
 
@@ -36,6 +38,7 @@ from sqlalchemy.orm import Session
 from chain_of_custody import package_layout
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry, EvidenceItem, LedgerHead
+from chain_of_custody.retention_basis import bounded_base
 from storage.db import Database
 from storage.errors import Refused
 from storage.objects import ObjectLocked, ObjectStore, StorageError
@@ -76,7 +79,8 @@ class RetentionRules:
 class RetentionFacts:
     """What the database says about one item, gathered by :func:`gather_facts`."""
 
-    base: datetime  # capture start, else arrival
+    captured: datetime | None  # capture start (the original's, for a derived item), as the device said
+    received: datetime  # arrival (the original's, for a derived item)
     locked_until: datetime | None  # the object lock as recorded on the item
     holds: tuple[int, ...] = ()
     open_incidents: tuple[str, ...] = ()  # references
@@ -106,7 +110,8 @@ def decide(facts: RetentionFacts, rules: RetentionRules, now: datetime) -> Reten
         if locked is None or locked < keep:
             extend = keep
     else:
-        klass, keep = "unlinked", facts.base + rules.unlinked
+        base = bounded_base(facts.captured, facts.received, rules.unlinked)
+        klass, keep = "unlinked", base + rules.unlinked
     if facts.holds:
         klass, keep = "legal_hold", None
     expired = keep is not None and now >= max(keep, locked or keep)
@@ -186,8 +191,11 @@ def gather_facts(session: Session, item: EvidenceItem) -> RetentionFacts:
     ids = lineage(session, item)
     incidents = active_link_incidents(session, ids)
     holds = active_holds(session, ids, [i.id for i in incidents])
+    root = item if len(ids) == 1 else session.get(EvidenceItem, ids[-1])  # a copy counts from its original
+    origin = root if root is not None else item
     return RetentionFacts(
-        base=item.captured_start or item.created_at,
+        captured=origin.captured_start,
+        received=origin.created_at,
         locked_until=item.retain_until,
         holds=tuple(h.id for h in holds),
         open_incidents=tuple(sorted(i.reference for i in incidents if i.status != "closed")),
@@ -519,6 +527,7 @@ class SweepReport:
 def _expiry_candidates(
     session: Session, rules: RetentionRules, now: datetime, batch: int, after: str
 ) -> list[str]:
+    # A superset of what decide() will find expired: the bounded base is the capture time or the arrival.
     base = func.coalesce(EvidenceItem.captured_start, EvidenceItem.created_at)
     return list(
         session.scalars(
@@ -528,7 +537,7 @@ def _expiry_candidates(
                 EvidenceItem.legal_hold.is_(False),
                 EvidenceItem.id > after,
                 func.coalesce(EvidenceItem.retain_until, EvidenceItem.created_at) <= now,
-                base <= now - rules.unlinked,
+                or_(base <= now - rules.unlinked, EvidenceItem.created_at <= now - rules.unlinked),
             )
             .order_by(EvidenceItem.id)
             .limit(batch)

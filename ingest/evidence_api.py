@@ -55,6 +55,7 @@ class EvidenceItemOut(BaseModel):
     captured_start: datetime | None
     captured_stop: datetime | None
     derived_from_id: str | None
+    copy_type: str = Field(description="master copy (as it arrived) or working copy (derived from one)")
     retain_until: datetime | None
     legal_hold: bool
     created_at: datetime

@@ -42,6 +42,7 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import load_public_key_b64, verify_signature
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.retention_basis import retention_basis
 from devices.models import Device
 from devices.service import camera_for_clip
 from storage.digests import Digests
@@ -49,6 +50,7 @@ from storage.embedded import EmbeddedSeaweed
 from storage.leases import Lease
 from storage.objects import StorageError, StoredObject
 
+from .clip_facts import clip_manifest, quarantined_copies, settle_lock
 from .metrics import UPLOAD_BYTES, UPLOADS_FINISHED
 from .models import Upload
 from .tus_protocol import ClipMetadata, TusRefusal, parse_checksum
@@ -176,7 +178,10 @@ class UploadEngine:
         """Open an upload (or return the finished one for a replayed identical clip: ``(state, True)``)."""
         settings = self.s.settings
         with self.s.db.session() as session:
-            camera_for_clip(session, meta.camera_serial, meta.wearer)
+            camera = camera_for_clip(session, meta.camera_serial, meta.wearer)
+            vouched = camera.public_key is not None and verify_signature(
+                load_public_key_b64(camera.public_key), meta.signature, canonical_json(meta.manifest(length))
+            )
             # A replay is this dock's own clip, already stored: another dock's upload is never named
             # to it, and a quarantined clip may be sent again (a new upload, a new item).
             replay = session.scalar(
@@ -198,7 +203,11 @@ class UploadEngine:
         upload_id = secrets.token_hex(16)
         now = datetime.now(UTC)
         key = f"clips/{now:%Y/%m/%d}/{upload_id}.bin"
-        retain_until = now + timedelta(days=settings.retention_days)
+        # The lock runs from the recording time the camera signed (bounded by now); it can only be lengthened.
+        basis = retention_basis(
+            meta.recorded_start, now, timedelta(days=settings.retention_days), vouched=vouched
+        )
+        retain_until = basis.retain_until(timedelta(days=settings.retention_days))
         s3_upload_id = self.s.store.start_multipart(key, retain_until, meta.content_type)
         upload = Upload(
             id=upload_id,
@@ -216,6 +225,7 @@ class UploadEngine:
             object_key=key,
             s3_upload_id=s3_upload_id,
             expires_at=now + timedelta(hours=settings.upload_expiry_hours),
+            created_at=now,
         )
         with self.s.db.session() as session:
             session.add(upload)
@@ -690,16 +700,7 @@ def complete_upload(
     )
     digest, blake3 = (running or s.store.digests_of(upload.object_key, version_id)).hexdigests()
     stored = StoredObject(s.store.bucket, upload.object_key, version_id, upload.length, digest, blake3)
-    manifest = {
-        "camera_serial": upload.camera_serial,
-        "filename": upload.filename,
-        "recorded_start": upload.recorded_start,
-        "recorded_stop": upload.recorded_stop,
-        "sha256": upload.camera_sha256,
-        "size": upload.length,
-        "v": 1,
-        "wearer": upload.wearer,
-    }
+    manifest = clip_manifest(upload)
     with s.db.session() as session:
         camera = session.get(Device, upload.camera_serial)
         reasons: list[str] = []
@@ -715,18 +716,7 @@ def complete_upload(
         if digest != upload.camera_sha256:
             reasons.append(f"stored bytes hash to {digest}, the camera reported {upload.camera_sha256}")
         # The same clip quarantined before (bytes damaged on the way, say): this item is its new copy.
-        resent_for = sorted(
-            item_id
-            for item_id in session.scalars(
-                select(Upload.evidence_item_id).where(
-                    Upload.camera_serial == upload.camera_serial,
-                    Upload.camera_sha256 == upload.camera_sha256,
-                    Upload.evidence_status == "quarantined",
-                    Upload.id != upload.id,
-                )
-            )
-            if item_id
-        )
+        resent_for = quarantined_copies(session, upload)
         received: dict[str, Any] = {
             "dock": upload.dock_id,
             "upload": upload.id,
@@ -737,6 +727,9 @@ def complete_upload(
             received["resent_for"] = resent_for
         start = datetime.fromisoformat(upload.recorded_start.replace("Z", "+00:00"))
         stop = datetime.fromisoformat(upload.recorded_stop.replace("Z", "+00:00"))
+        keep = timedelta(days=s.settings.retention_days)
+        basis = retention_basis(start, upload.created_at, keep, vouched=signature_ok)
+        retain_until = settle_lock(s.store, stored, basis.retain_until(keep))
         item = record_evidence(
             session,
             s.ledger,
@@ -750,7 +743,8 @@ def complete_upload(
                 captured_stop=stop,
                 filename=upload.filename,
                 content_type=upload.content_type,
-                retain_until=upload.created_at + timedelta(days=s.settings.retention_days),
+                retain_until=retain_until,
+                retention_basis=basis,
             ),
             captured={
                 "camera": upload.camera_serial,

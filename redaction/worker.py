@@ -21,6 +21,7 @@ from pathlib import Path
 from chain_of_custody.evidence import Provenance, quarantine_hook, read_item, record_evidence
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.retention_basis import inherited_basis
 from storage.db import Database
 from storage.objects import ObjectStore
 from storage.settings import Settings
@@ -131,7 +132,11 @@ class RedactionWorker:
         with self.db.session() as session:
             original = session.get(EvidenceItem, job.source_item_id)
             assert original is not None
-            retain = original.retain_until or now + timedelta(days=self.settings.retention_days)
+            keep = timedelta(days=self.settings.retention_days)
+            entry = Ledger.stored_entry(session, original.id)
+            recorded = json.loads(entry.body.details).get("retention_basis") if entry else None
+            basis = inherited_basis(recorded, original.captured_start, original.created_at, keep, original.id)
+            retain = original.retain_until or basis.retain_until(keep)
         base = f"redacted/{now:%Y/%m/%d}/{job.source_item_id}/v{job.version}"
         with open(dst, "rb") as f:
             video = self.store.put_stream(f"{base}.mp4", f, retain_until=retain, content_type="video/mp4")
@@ -170,6 +175,7 @@ class RedactionWorker:
                 captured_stop=original.captured_stop,
                 derived_from_id=original.id,
                 retain_until=retain,
+                retention_basis=basis,
             )
             video_item = record_evidence(
                 session,

@@ -66,13 +66,15 @@ def clip_metadata(
     bad_signature: bool = False,
     wearer: str | None = None,
     serial: str | None = None,
+    recorded_start: str = "2026-11-22T10:00:00Z",
+    recorded_stop: str = "2026-11-22T10:01:00Z",
 ) -> str:
     """The tus Upload-Metadata header for a clip, signed by the camera key."""
     manifest = {
         "camera_serial": serial or fleet.camera_serial,
         "filename": filename,
-        "recorded_start": "2026-11-22T10:00:00Z",
-        "recorded_stop": "2026-11-22T10:01:00Z",
+        "recorded_start": recorded_start,
+        "recorded_stop": recorded_stop,
         "sha256": sign_sha256 or data_sha256,
         "size": size,
         "v": 1,

@@ -48,23 +48,29 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 def test_retention_classes() -> None:
     day = timedelta(days=1)
-    plain = RetentionFacts(base=T0, locked_until=T0 + day)
+    plain = RetentionFacts(captured=T0, received=T0, locked_until=T0 + day)
     assert not decide(plain, RULES, T0 + 30 * day).expired
     d = decide(plain, RULES, T0 + 31 * day)
     assert d.klass == "unlinked" and d.expired and d.extend_lock_to is None
     # A lock longer than the class (say, after an unlink) still wins.
-    assert not decide(RetentionFacts(base=T0, locked_until=T0 + 40 * day), RULES, T0 + 31 * day).expired
-    opened = RetentionFacts(base=T0, locked_until=T0 + day, open_incidents=("INC-2026-000001",))
+    assert not decide(
+        RetentionFacts(captured=T0, received=T0, locked_until=T0 + 40 * day), RULES, T0 + 31 * day
+    ).expired
+    opened = RetentionFacts(
+        captured=T0, received=T0, locked_until=T0 + day, open_incidents=("INC-2026-000001",)
+    )
     d = decide(opened, RULES, T0 + 365 * day)
     assert d.klass == "open_incident" and not d.expired and d.extend_lock_to == T0 + 455 * day
-    renewed = RetentionFacts(base=T0, locked_until=T0 + 80 * day, open_incidents=("INC-2026-000001",))
+    renewed = RetentionFacts(
+        captured=T0, received=T0, locked_until=T0 + 80 * day, open_incidents=("INC-2026-000001",)
+    )
     assert decide(renewed, RULES, T0 + 10 * day).extend_lock_to is None  # more than half the period ahead
     closed = RetentionFacts(
-        base=T0, locked_until=T0 + day, closed_incidents=(("INC-2026-000001", T0 + 5 * day),)
+        captured=T0, received=T0, locked_until=T0 + day, closed_incidents=(("INC-2026-000001", T0 + 5 * day),)
     )
     d = decide(closed, RULES, T0 + 94 * day)
     assert d.klass == "closed_incident" and not d.expired and d.extend_lock_to == T0 + 95 * day
     assert decide(closed, RULES, T0 + 95 * day).expired
-    held = RetentionFacts(base=T0, locked_until=T0 + day, holds=(1,))
+    held = RetentionFacts(captured=T0, received=T0, locked_until=T0 + day, holds=(1,))
     d = decide(held, RULES, T0 + 10000 * day)
     assert d.klass == "legal_hold" and d.hold and not d.expired

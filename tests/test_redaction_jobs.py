@@ -93,6 +93,14 @@ def test_uploaded_clip_is_redacted_into_derived_evidence(live, tmp_path: Path) -
     assert original_trail[-2:] == ["viewed", "redacted"]
     assert derived_trail == ["stored", "verified", "redacted"]
     assert s.store.sha256_of(original.object_key, original.version_id)[0] == original.sha256
+    # The copy is locked as long as its original, and its custody says the time runs from the original's.
+    held = s.store.info(original.object_key, original.version_id).retain_until
+    assert s.store.info(redacted.object_key, redacted.version_id).retain_until == held
+    with s.db.session() as session:
+        entries = [Ledger.stored_entry(session, i) for i in (original_id, redacted.id)]
+    stored = [json.loads(e.body.details) for e in entries if e is not None]
+    assert stored[1]["retention_basis"]["at"] == stored[0]["retention_basis"]["at"]
+    assert stored[1]["retention_basis"]["note"] == f"the original's ({original_id})"
     details = httpx.get(f"{live.url}/api/v1/evidence/{redacted.id}/custody", headers=admin).json()[-1][
         "details"
     ]

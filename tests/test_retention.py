@@ -258,6 +258,16 @@ def test_deleting_by_hand_needs_admin_and_is_recorded(live) -> None:  # type: ig
     assert r.status_code == 200 and r.json()["status"] == "deleted"
 
 
+def _arrived(s, item: EvidenceItem, when: datetime) -> EvidenceItem:  # type: ignore[no-untyped-def]
+    """Backdate an item's arrival (retention counts from capture only when capture is not before arrival
+    by more than the footage class: an old capture alone no longer makes footage due)."""
+    with s.db.session() as session:
+        row = session.get(EvidenceItem, item.id)
+        assert row is not None
+        row.created_at = when
+    return item
+
+
 def test_sweep_command_and_loop(tmp_path, seaweed, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from ingest.cli import app
     from ingest.services import build_services
@@ -267,7 +277,7 @@ def test_sweep_command_and_loop(tmp_path, seaweed, monkeypatch) -> None:  # type
     s = build_services(settings)
     try:
         old = datetime.now(UTC) - 40 * DAY
-        by_cli = store_item(s, wearer="S-1", start=old, stop=old, lock=timedelta(seconds=1))
+        by_cli = _arrived(s, store_item(s, wearer="S-1", start=old, stop=old, lock=timedelta(seconds=1)), old)
         for name in ("data_dir", "database_url", "s3_endpoint", "s3_access_key", "bucket", "staging_bucket"):
             monkeypatch.setenv(f"EVIDENCE_{name.upper()}", str(getattr(settings, name)))
         monkeypatch.setenv("EVIDENCE_S3_SECRET_KEY", settings.s3_secret_key.get_secret_value())
@@ -285,7 +295,9 @@ def test_sweep_command_and_loop(tmp_path, seaweed, monkeypatch) -> None:  # type
 
         wait_for(swept, timeout=30, interval=0.5, what="the sweep command to delete the expired clip")
         # The loop the application starts does the same, on its own schedule.
-        by_loop = store_item(s, wearer="S-1", start=old, stop=old, lock=timedelta(seconds=1))
+        by_loop = _arrived(
+            s, store_item(s, wearer="S-1", start=old, stop=old, lock=timedelta(seconds=1)), old
+        )
 
         async def run() -> None:
             task = asyncio.create_task(retention_loop(s.db, s.ledger, s.store, _rules(s), 0.2))
@@ -327,3 +339,26 @@ def test_links_survive_a_storage_outage_and_the_sweeper_catches_up(svc) -> None:
     assert (
         sweep(s.db, s.ledger, s.store, rules).renewed == {}
     )  # nothing more to do until half the period is used
+
+
+def test_a_capture_time_claimed_in_the_future_counts_from_arrival(svc) -> None:  # type: ignore[no-untyped-def]
+    """A device's word about when it recorded cannot keep footage for ever, nor have it deleted early."""
+    s, rules = svc, _rules(svc)
+    t0 = datetime.now(UTC)
+    short = timedelta(seconds=2)
+    future = store_item(s, wearer="S-1", start=t0 + 3650 * DAY, stop=t0 + 3650 * DAY, lock=short)
+    ancient = store_item(s, wearer="S-1", start=t0 - 400 * DAY, stop=t0 - 400 * DAY, lock=short)
+    # Day 30 after arrival: the ancient claim does not make the footage due (it counts from arrival).
+    assert sweep(s.db, s.ledger, s.store, rules, lambda: t0 + 30 * DAY).deleted == []
+    assert _status(s, ancient.id) == "stored"
+    day31 = t0 + 31 * DAY + timedelta(seconds=1)
+    wait_for(
+        lambda: (
+            {future.id, ancient.id}
+            <= set(sweep(s.db, s.ledger, s.store, rules, lambda: day31).deleted)
+            | {i for i in (future.id, ancient.id) if _status(s, i) == "deleted"}
+        ),
+        timeout=30,
+        interval=0.5,
+        what="both clips to be deleted 31 days after arrival",
+    )
