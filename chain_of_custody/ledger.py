@@ -20,24 +20,11 @@ from .canonical import canonical_json, rfc3339
 from .entries import GENESIS, CustodyAction, EntryBody, SignedEntry
 from .keys import ServiceKey, verify_signature
 from .models import CustodyEntry, LedgerHead
-from .tree_heads import TreeHeadLog
+from .tree_heads import TreeHeadLog, entry_body
 
 
 def to_signed(row: CustodyEntry) -> SignedEntry:
-    body = EntryBody(
-        seq=row.seq,
-        id=row.id,
-        at=row.at,
-        action=row.action,
-        actor=row.actor,
-        item_id=row.item_id,
-        item_seq=row.item_seq,
-        details=row.details,
-        prev_hash=row.prev_hash,
-        item_prev_hash=row.item_prev_hash,
-        key_id=row.key_id,
-    )
-    return SignedEntry(body, row.entry_hash, row.signature)
+    return SignedEntry(entry_body(row), row.entry_hash, row.signature)
 
 
 class Ledger:

@@ -41,9 +41,9 @@ _PENDING = "custody_tree_head_pending"
 _WATCHED = "custody_tree_head_watched"
 
 
-def entry_leaf(row: CustodyEntry) -> bytes:
-    """The leaf hash of a ledger row: SHA-256(0x00 || the entry's canonical body)."""
-    body = EntryBody(
+def entry_body(row: CustodyEntry) -> EntryBody:
+    """A ledger row's signed body, as its hash and signature were made over it."""
+    return EntryBody(
         seq=row.seq,
         id=row.id,
         at=row.at,
@@ -56,7 +56,11 @@ def entry_leaf(row: CustodyEntry) -> bytes:
         item_prev_hash=row.item_prev_hash,
         key_id=row.key_id,
     )
-    return leaf_hash(body.canonical())
+
+
+def entry_leaf(row: CustodyEntry) -> bytes:
+    """The leaf hash of a ledger row: SHA-256(0x00 || the entry's canonical body)."""
+    return leaf_hash(entry_body(row).canonical())
 
 
 def object_name(head: TreeHead) -> str:
