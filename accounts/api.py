@@ -154,8 +154,8 @@ def change_user(
     s: CoreServices = Depends(services),
     throttle: SignInThrottle = Depends(sign_in_throttle),
 ) -> User:
-    # A field sent as null is a field not changed (null is no name, no role, no state).
-    changes = {k: getattr(body, k) for k in body.model_fields_set if getattr(body, k) is not None}
+    # Null is refused (422) for every field that cannot be empty; a site sent as null is cleared.
+    changes = {k: getattr(body, k) for k in body.model_fields_set}
     with s.db.session() as session:
         if session.get(User, user_id) is None:
             raise HTTPException(404, "no such user")

@@ -13,6 +13,7 @@ from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.keys import SIGNING_KEY_PATH, published_key
 from chain_of_custody.tree_heads import TreeHeadLog
+from storage.bounds import DB_INT_MAX
 
 # Who may read the log's tree heads and proofs: a witness (another trust, the police) is given an
 # auditor's account; a proof costs the server work, so it is not open to anyone.
@@ -45,8 +46,8 @@ def tree_head(
 
 @router.get("/api/v1/custody/consistency")
 def consistency(
-    first: int = Query(ge=1),
-    second: int = Query(ge=1),
+    first: int = Query(ge=1, le=DB_INT_MAX),
+    second: int = Query(ge=1, le=DB_INT_MAX),
     user: Principal = Depends(require_roles(*WITNESSES)),
     s: CoreServices = Depends(services),
 ) -> dict[str, Any]:
