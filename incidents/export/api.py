@@ -175,6 +175,23 @@ def visible_job(session: Session, user: Viewer, export_id: str) -> ExportJob:
     return job
 
 
+def may_hand_out(session: Session, user: Viewer, job: ExportJob) -> bool:
+    """Whether ``user`` may give the package to someone (a download link): a link hands out every
+    byte of it, so only someone who may see every item it holds, and who may export original footage
+    if it holds some. The package was fixed for its requester's access, not for everyone who sees
+    the incident: another investigator of the incident would otherwise hand out (and download) the
+    original of a copy they see only redacted, or originals their role may not export."""
+    if job.include_originals and user.role not in ORIGINALS_AUTHORISERS:
+        return False
+    scope = json.loads(job.scope)
+    try:
+        gathered = {i.id for i in gather_items(session, scope.get("item_ids", []))}
+    except ExportError:
+        return False
+    held = gathered - set(scope.get("outside", []))
+    return held <= visible_evidence_ids(session, user, held)
+
+
 @router.post(
     "/incidents/{incident_id}/exports",
     response_model=ExportOut,
@@ -275,6 +292,8 @@ def create_link(
     now = datetime.now(UTC).replace(microsecond=0)
     with s.db.session() as session:
         job = visible_job(session, user, export_id)
+        if not may_hand_out(session, user, job):
+            raise HTTPException(403, "this package holds evidence you may not hand out")
         if job.status != "ready":
             raise HTTPException(409, f"the export is {job.status}, not ready")
         link = ExportLink(
