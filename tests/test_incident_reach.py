@@ -29,7 +29,7 @@ from incidents.service import (
     link_overlapping_clips,
 )
 from ingest.cli import app
-from tests.conftest import settings_env
+from tests.conftest import settings_env, wait_for
 from tests.test_alarms_kit import raise_test_alarm
 from tests.test_incidents_kit import actions, bearer, staff, store_item, user
 
@@ -162,3 +162,43 @@ def test_the_window_audit_lists_and_withdraws_windows_set_before_the_rule(
     assert any(reference in d and "window_withdrawn" in d for d in withdrawn), withdrawn
     again = runner.invoke(app, ["incident-windows", "--json"], env=env)
     assert again.exit_code == 0 and json.loads(again.output)["windows"] == []
+
+
+def test_a_package_is_handed_out_only_by_someone_who_may_see_all_it_holds(live: Any) -> None:
+    """An administrator's package of a NORTH incident holds the original of a linked redacted copy;
+    the incident's investigator sees the copy only (and may not export originals): they may not issue
+    a download link for it, which would hand them (and anyone) the original."""
+    s = live.services
+    api = f"{live.url}/api/v1"
+    staff(s, "S-N", "nurse", "NORTH")
+    inv = user(s, "inv", "investigator")
+    marker = b"THE-ORIGINAL-" + b"x" * 4096
+    original = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=1), data=marker)
+    redacted = store_item(s, kind="redacted_clip", derived_from=original.id)
+    incident = _incident(s, "NORTH")
+    with s.db.session() as session:
+        row = session.get(Incident, incident)
+        assert row is not None
+        assign_investigator(session, row, inv, "user:seed")
+    admin, investigator = live.admin(), bearer(s, "inv")
+    link = {"kind": "evidence", "target_id": redacted.id, "reason": "the copy we were given"}
+    assert httpx.post(f"{api}/incidents/{incident}/links", json=link, headers=admin).status_code == 201
+    assert httpx.get(f"{api}/evidence/{original.id}", headers=investigator).status_code == 404
+    body = {"include_originals": True, "reason": "the court asked for the originals"}
+    r = httpx.post(f"{api}/incidents/{incident}/exports", json=body, headers=admin)
+    assert r.status_code == 202, r.text
+    export_id = r.json()["id"]
+
+    def ready() -> bool:
+        got = httpx.get(f"{api}/exports/{export_id}", headers=admin).json()
+        assert got["status"] != "failed", got
+        return bool(got["status"] == "ready")
+
+    wait_for(ready, 60, 0.1, "the export to be ready")
+    refused = httpx.post(
+        f"{api}/exports/{export_id}/links", json={"recipient": "DC Jones"}, headers=investigator
+    )
+    assert refused.status_code == 403, refused.text
+    handed = httpx.post(f"{api}/exports/{export_id}/links", json={"recipient": "DC Jones"}, headers=admin)
+    assert handed.status_code == 201
+    assert marker in httpx.get(f"{live.url}{handed.json()['path']}").content  # it does hold the original
