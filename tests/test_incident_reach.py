@@ -195,6 +195,8 @@ def test_a_package_is_handed_out_only_by_someone_who_may_see_all_it_holds(live: 
         return bool(got["status"] == "ready")
 
     wait_for(ready, 60, 0.1, "the export to be ready")
+    about = httpx.get(f"{api}/exports/{export_id}", headers=investigator)
+    assert about.status_code == 200 and original.id not in about.text  # nor is it named to them
     refused = httpx.post(
         f"{api}/exports/{export_id}/links", json={"recipient": "DC Jones"}, headers=investigator
     )

@@ -168,6 +168,18 @@ def export_builds(request: Request) -> ExportBuilds:
     return found
 
 
+def _job_seen(session: Session, user: Viewer, job: ExportJob, key: ServiceKey) -> dict[str, Any]:
+    """The job as ``user`` may read it: a package built for another requester may hold items this
+    reader does not see (the original of a copy they see redacted); its list of included items
+    names only those they see, as every other list does."""
+    out = _job_out(job, key)
+    included = out.get("included")
+    if isinstance(included, list) and included:
+        seen = visible_evidence_ids(session, user, included)
+        out["included"] = [i for i in included if i in seen]
+    return out
+
+
 def visible_job(session: Session, user: Viewer, export_id: str) -> ExportJob:
     job = session.get(ExportJob, export_id)
     if job is None or visible_incident(session, user, job.incident_id) is None:
@@ -267,7 +279,7 @@ def incident_exports(
             .where(ExportJob.incident_id == incident.id)
             .order_by(ExportJob.created_at.desc())
         ).all()
-        return [_job_out(visible_job(session, user, j.id), s.key) for j in jobs]
+        return [_job_seen(session, user, visible_job(session, user, j.id), s.key) for j in jobs]
 
 
 @router.get("/exports/{export_id}", response_model=ExportOut)
@@ -275,7 +287,7 @@ def get_export(
     export_id: str, user: Viewer = exporters, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
     with s.db.session() as session:
-        return _job_out(visible_job(session, user, export_id), s.key)
+        return _job_seen(session, user, visible_job(session, user, export_id), s.key)
 
 
 @router.post(
