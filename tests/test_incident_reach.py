@@ -26,6 +26,7 @@ from incidents.service import (
     assign_investigator,
     auto_link_clip,
     create_incident,
+    link_evidence,
     link_overlapping_clips,
 )
 from ingest.cli import app
@@ -46,6 +47,12 @@ def _links(services: Any, incident_id: str) -> set[tuple[str, str]]:
                 )
             )
         }
+
+
+def _json(output: str) -> Any:
+    """The command's JSON document, past any log lines the runner mixed in."""
+    start = output.index("{") if output.startswith("{") else output.index("\n{") + 1
+    return json.loads(output[start : output.rindex("}") + 1])
 
 
 def _incident(services: Any, site: str, actor: str = "user:seed", **window: Any) -> str:
@@ -69,7 +76,7 @@ def test_a_manager_links_only_an_alarm_of_their_own_site(live: Any) -> None:
     url = f"{live.url}/api/v1/incidents/{incident}/links"
 
     def link(target: str) -> httpx.Response:
-        return httpx.post(url, json={"kind": "alarm", "target_id": target, "reason": "r"}, headers=headers)
+        return httpx.post(url, json={"kind": "alarm", "target_id": target, "reason": "raised nearby"}, headers=headers)
 
     for target in (south, south_clip.id, "no-such-alarm"):
         r = link(target)
@@ -133,14 +140,17 @@ def test_the_window_audit_lists_and_withdraws_windows_set_before_the_rule(
             row = session.get(Incident, incident_id)
             assert row is not None
             assign_investigator(session, row, investigator, "user:seed")
-            link_overlapping_clips(session, s.ledger, row, row.opened_by)
+        link_evidence(session, s.ledger, owned, clip.id, "user:seed", "the owner's clip")
+        snooped = session.get(Incident, old)
+        assert snooped is not None
+        link_overlapping_clips(session, s.ledger, snooped, snooped.opened_by)
         reference = session.get(Incident, old).reference  # type: ignore[union-attr]
     assert ("evidence", clip.id) in _links(s, old)
     env = settings_env(s.settings)
     runner = CliRunner()
     listed = runner.invoke(app, ["incident-windows", "--json"], env=env)
     assert listed.exit_code == 1, listed.output
-    found = json.loads(listed.output)["windows"]
+    found = _json(listed.output)["windows"]
     assert [f["incident"] for f in found] == [reference], found
     assert found[0]["set_by"] == "user:snoop_inv" and found[0]["links_beyond_reach"] == [clip.id]
     assert ("evidence", clip.id) in _links(s, old)  # listing changes nothing
@@ -161,7 +171,7 @@ def test_the_window_audit_lists_and_withdraws_windows_set_before_the_rule(
     assert ("evidence", clip.id) in _links(s, owned)  # the owner's own link stands
     assert any(reference in d and "window_withdrawn" in d for d in withdrawn), withdrawn
     again = runner.invoke(app, ["incident-windows", "--json"], env=env)
-    assert again.exit_code == 0 and json.loads(again.output)["windows"] == []
+    assert again.exit_code == 0 and _json(again.output)["windows"] == []
 
 
 def test_a_package_is_handed_out_only_by_someone_who_may_see_all_it_holds(live: Any) -> None:
