@@ -99,6 +99,7 @@ def sample_tree_heads(
     caught unless all of them are left out). Only the names are listed in full; a name carries its
     head's size (``object_name``), so the sample is drawn without reading the others."""
     names = sorted(store.list_keys(PREFIX))
+    read: dict[str, TreeHead | None] = {}  # each object fetched once
     if sample is None:
         picked = names
     else:
@@ -106,7 +107,8 @@ def sample_tree_heads(
         chosen: set[str] = set()
         for name in reversed(names[-NEWEST_TRIES:]):
             chosen.add(name)
-            if _read_one(store, key, name) is not None:
+            read[name] = _read_one(store, key, name)
+            if read[name] is not None:
                 break
         rest = [n for n in names if n not in chosen]
         if rest:
@@ -117,7 +119,7 @@ def sample_tree_heads(
     good: list[TreeHead] = []
     bad: list[str] = []
     for name in picked:
-        head = _read_one(store, key, name)
+        head = read[name] if name in read else _read_one(store, key, name)
         if head is None:
             bad.append(name)
         else:
