@@ -156,6 +156,7 @@ class Problem:
 class ChainReport:
     problems: list[Problem] = field(default_factory=list)
     entries_checked: int = 0
+    notes: list[str] = field(default_factory=list)  # what was checked, where it is not everything
 
     @property
     def ok(self) -> bool:

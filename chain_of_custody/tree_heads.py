@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -67,22 +68,64 @@ def object_name(head: TreeHead) -> str:
     return f"{PREFIX}{head.tree_size:015d}-{head.root_hash[:16]}.json"
 
 
+def _read_one(store: ObjectStore, key: ServiceKey, name: str) -> TreeHead | None:
+    """The tree head stored under ``name`` if it is one signed by ``key`` (None otherwise)."""
+    try:
+        head = TreeHead.from_json(json.loads(store.get_bytes(name)))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return head if head.signed_by(key.public) else None
+
+
 def read_tree_heads(store: ObjectStore, key: ServiceKey) -> tuple[list[TreeHead], list[str]]:
     """Every tree head in storage, smallest first, and the names of any that are not the key's."""
+    return sample_tree_heads(store, key, None)[:2]
+
+
+NEWEST_TRIES = 64  # unsigned objects passed over, newest first, before giving up on a newest head
+
+
+def sample_tree_heads(
+    store: ObjectStore, key: ServiceKey, sample: int | None, rng: random.Random | None = None
+) -> tuple[list[TreeHead], list[str], int]:
+    """The tree heads a check reads, smallest first, the names among them that are not the key's,
+    and how many tree heads storage holds.
+
+    ``sample`` None reads every one. Otherwise it reads a bounded number whatever the log's age:
+    the newest signed one (what a cut tail is checked against; unsigned objects above it are named,
+    up to ``NEWEST_TRIES``), the oldest, and ``sample`` more drawn at random (from the system's
+    randomness unless ``rng`` is given: nobody can know beforehand which heads will be read, so a
+    rewritten history, which contradicts every tree head stored after the rewritten entry, is
+    caught unless all of them are left out). Only the names are listed in full; a name carries its
+    head's size (``object_name``), so the sample is drawn without reading the others."""
+    names = sorted(store.list_keys(PREFIX))
+    read: dict[str, TreeHead | None] = {}  # each object fetched once
+    if sample is None:
+        picked = names
+    else:
+        pool = random.SystemRandom() if rng is None else rng
+        chosen: set[str] = set()
+        for name in reversed(names[-NEWEST_TRIES:]):
+            chosen.add(name)
+            read[name] = _read_one(store, key, name)
+            if read[name] is not None:
+                break
+        rest = [n for n in names if n not in chosen]
+        if rest:
+            chosen.add(rest[0])
+            rest = rest[1:]
+        chosen.update(pool.sample(rest, min(sample, len(rest))))
+        picked = sorted(chosen)
     good: list[TreeHead] = []
     bad: list[str] = []
-    for name in sorted(store.list_keys(PREFIX)):
-        try:
-            head = TreeHead.from_json(json.loads(store.get_bytes(name)))
-        except (ValueError, KeyError, TypeError):
+    for name in picked:
+        head = read[name] if name in read else _read_one(store, key, name)
+        if head is None:
             bad.append(name)
-            continue
-        if head.signed_by(key.public):
-            good.append(head)
         else:
-            bad.append(name)
+            good.append(head)
     good.sort(key=lambda h: (h.tree_size, h.timestamp))
-    return good, bad
+    return good, bad, len(names)
 
 
 class TreeHeadLog:

@@ -24,7 +24,9 @@ from .ledger import Ledger
 from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .models import CustodyEntry, EvidenceItem, LedgerHead
 from .signed_tree_head import TreeHead
-from .tree_heads import read_tree_heads
+from .tree_heads import sample_tree_heads
+
+TREE_HEAD_SAMPLE = 32
 
 RECORD_FIELDS = ("bucket", "object_key", "version_id", "sha256", "blake3", "size")
 
@@ -58,6 +60,8 @@ def unrecorded(it: EvidenceItem, stored: SignedEntry | None, verify_sig: Verifie
 class VerifyOptions:
     check_objects: bool = True
     item_ids: list[str] | None = None
+    # Signed tree heads read besides the newest and the oldest (None: every one, however many).
+    tree_head_sample: int | None = TREE_HEAD_SAMPLE
 
 
 def _stored_records(session: Session) -> dict[str, dict[str, object]]:
@@ -157,7 +161,7 @@ def verify_service(
 
     say("checking signed tree heads")
     chain_known_broken = bool(report.problems)
-    check_tree_heads(store, key, entries, report, chain_known_broken)
+    check_tree_heads(store, key, entries, report, chain_known_broken, sample=options.tree_head_sample)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")
@@ -244,21 +248,32 @@ def check_tree_heads(
     entries: list[SignedEntry],
     report: ChainReport,
     chain_known_broken: bool = False,
-) -> None:
+    *,
+    sample: int | None = None,
+) -> int:
     """The ledger against every signed tree head in write-once storage: the newest must be covered
     (nothing cut off the end), each must be the root of the ledger's first entries as they are now
     (nothing altered or reordered before it), and each must be consistent with the one before it
     (RFC 9162 section 2.1.4), checked with the proof the ledger gives. ``chain_known_broken``: an
-    entry was already named as altered or missing, so a root that disagrees is not named again."""
+    entry was already named as altered or missing, so a root that disagrees is not named again.
+
+    ``sample`` bounds what is read (``tree_heads.sample_tree_heads``: the newest, the oldest and that
+    many at random; None: all). Returns how many tree heads were read."""
     try:
-        heads, bad = read_tree_heads(store, key)
+        heads, bad, stored = sample_tree_heads(store, key, sample)
     except StorageError as exc:
         report.problems.append(Problem("storage_unreachable", "tree heads", str(exc)))
-        return
+        return 0
     for name in bad:
         report.problems.append(Problem("bad_tree_head", name, "not a tree head signed by the service key"))
+    read = len(heads) + len(bad)
+    if read < stored:
+        report.notes.append(
+            f"read {read} of {stored} signed tree heads (the newest, the oldest and {read - 2} at "
+            "random); --all-tree-heads reads every one"
+        )
     if not heads:
-        return
+        return read
     tree = MerkleTree()
     for e in entries:
         tree.append(leaf_hash(e.body.canonical()))
@@ -284,7 +299,7 @@ def check_tree_heads(
         where = f"tree head of {head.tree_size} entries ({head.timestamp})"
         if head.tree_size <= tree.size and tree.root(head.tree_size).hex() != head.root_hash:
             if chain_known_broken:
-                return
+                return read
             report.problems.append(
                 Problem(
                     "tree_head_mismatch",
@@ -293,7 +308,7 @@ def check_tree_heads(
                     f"#{head.tree_size} was altered, removed or reordered",
                 )
             )
-            return  # every later head disagrees for the same reason
+            return read  # every later head disagrees for the same reason
         if previous is not None and previous.tree_size < head.tree_size <= tree.size:
             proof = tree.consistency_proof(previous.tree_size, head.tree_size)
             if not verify_consistency(
@@ -311,6 +326,7 @@ def check_tree_heads(
                     )
                 )
         previous = head
+    return read
 
 
 def _check_package_references(

@@ -381,8 +381,8 @@ def performance_page(request: Request) -> Response:
 def devices_page(request: Request) -> Response:
     who = signed_in(request, sources.DEVICE_READERS)
     with services(request).db.session() as session:
-        fleet = sources.fleet(session)
-        staff = [{"id": m.id, "name": m.name} for m in sources.staff(session)]
+        fleet = sources.fleet(session, who.principal)
+        staff = [{"id": m.id, "name": m.name} for m in sources.staff(session, who.principal)]
     return render(
         request,
         "devices.html",
@@ -397,7 +397,7 @@ def devices_page(request: Request) -> Response:
 def people_page(request: Request) -> Response:
     who = signed_in(request, sources.DEVICE_ADMINS)
     with services(request).db.session() as session:
-        staff = sources.staff(session)
+        staff = sources.staff(session, who.principal)
         users = sources.users(session) if who.principal.role in sources.USER_ADMINS else None
     return render(request, "people.html", who, staff=staff, users=users, roles=sources.ROLES)
 

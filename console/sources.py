@@ -166,10 +166,11 @@ def open_trails(
 # --------------------------------------------------------------------------- devices and people
 
 
-def fleet(session: Session) -> list[dict[str, Any]]:
+def fleet(session: Session, viewer: SiteViewer) -> list[dict[str, Any]]:
+    """The devices of the viewer's sites (the rows of ``GET /api/v1/devices``), with their state."""
     open_counts = (
         select(AlarmRecord.device_id, func.count().label("n"))
-        .where(AlarmRecord.status != "resolved")
+        .where(AlarmRecord.status != "resolved", site_scope(viewer, AlarmRecord.site))
         .group_by(AlarmRecord.device_id)
         .subquery()
     )
@@ -178,6 +179,7 @@ def fleet(session: Session) -> list[dict[str, Any]]:
         .outerjoin(LoneWorkerState, LoneWorkerState.device_id == Device.id)
         .outerjoin(StaffMember, StaffMember.id == Device.assigned_staff_id)
         .outerjoin(open_counts, open_counts.c.device_id == Device.id)
+        .where(site_scope(viewer, Device.site))
         .order_by(Device.kind, Device.id)
     ).all()
     out = []
@@ -199,8 +201,9 @@ def fleet(session: Session) -> list[dict[str, Any]]:
     return out
 
 
-def staff(session: Session) -> list[StaffMember]:
-    return list_staff(session)
+def staff(session: Session, viewer: SiteViewer) -> list[StaffMember]:
+    """The staff of the viewer's sites (the rows of ``GET /api/v1/staff``)."""
+    return list_staff(session, viewer)
 
 
 def users(session: Session) -> list[User]:

@@ -8,8 +8,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field, StrictBool
+from sqlalchemy.orm import Session
 
-from accounts.access import require_roles, services
+from accounts.access import require_roles, sees_site, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 
@@ -70,12 +71,32 @@ class DeviceChange(BaseModel):
     unassign: StrictBool = False
 
 
+def _enrolment_site(
+    session: Session, user: Principal, device_id: str, site: str | None, staff_id: str | None = None
+) -> str | None:
+    """The site an enrolment records, checked against the caller's sites: re-enrolling an existing
+    id of another site is refused, and a device is assigned only to staff the caller sees."""
+    site = service.site_for_write(user, site)
+    existing = session.get(Device, device_id)
+    if existing is not None and not sees_site(user, existing.site):
+        raise DeviceRefused("id_in_use", f"{device_id} is enrolled at another site", 409)
+    if staff_id is not None:
+        service.seen_staff(session, user, staff_id)
+    return site
+
+
 @router.post("/staff", status_code=201)
 def add_staff(
     body: StaffIn, user: Principal = Depends(require_roles(*ADMINS)), s: CoreServices = Depends(services)
 ) -> dict[str, str]:
+    """Add a member of staff or change one; a security manager, of their own site only (a staff number of
+    another site is refused)."""
     with s.db.session() as session:
-        service.add_staff(session, body.id, body.name, body.group, body.site)
+        site = service.site_for_write(user, body.site)
+        existing = session.get(StaffMember, body.id)
+        if existing is not None and not sees_site(user, existing.site):
+            raise DeviceRefused("id_in_use", f"staff number {body.id} belongs to another site", 409)
+        service.add_staff(session, body.id, body.name, body.group, site)
     return {"id": body.id}
 
 
@@ -93,9 +114,10 @@ def list_staff(
     user: Principal = Depends(require_roles(*ADMINS, "auditor", "operator")),
     s: CoreServices = Depends(services),
 ) -> list[StaffMember]:
-    """Staff who wear cameras or carry alarms (the control room names the person behind an alarm)."""
+    """Staff who wear cameras or carry alarms (the control room names the person behind an alarm), of
+    the sites the caller sees."""
     with s.db.session() as session:
-        return service.list_staff(session)
+        return service.list_staff(session, user)
 
 
 @router.post("/devices/docks", status_code=201)
@@ -104,7 +126,8 @@ def enrol_dock(
 ) -> dict[str, str]:
     """Enrol a dock; the token is shown once here and only its hash is kept."""
     with s.db.session() as session:
-        enrolled = service.enrol_dock(session, s.ledger, body.id, user.actor, name=body.name, site=body.site)
+        site = _enrolment_site(session, user, body.id, body.site)
+        enrolled = service.enrol_dock(session, s.ledger, body.id, user.actor, name=body.name, site=site)
     return {"id": body.id, "token": enrolled.token}
 
 
@@ -115,6 +138,7 @@ def enrol_camera(
     s: CoreServices = Depends(services),
 ) -> Device:
     with s.db.session() as session:
+        site = _enrolment_site(session, user, body.id, body.site, body.staff_id)
         return service.enrol_keyed_device(
             session,
             s.ledger,
@@ -124,7 +148,7 @@ def enrol_camera(
             user.actor,
             staff_id=body.staff_id,
             name=body.name,
-            site=body.site,
+            site=site,
         )
 
 
@@ -135,6 +159,7 @@ def enrol_lone_worker(
     """Enrol a lone-worker device. Its broker password is shown once here; regenerate the broker's
     files (``evidence broker-access``) and reload the broker for it to log in."""
     with s.db.session() as session:
+        site = _enrolment_site(session, user, body.id, body.site, body.staff_id)
         enrolled = service.enrol_lone_worker(
             session,
             s.ledger,
@@ -143,7 +168,7 @@ def enrol_lone_worker(
             user.actor,
             staff_id=body.staff_id,
             name=body.name,
-            site=body.site,
+            site=site,
         )
         device = enrolled.device
         return {
@@ -168,6 +193,7 @@ def new_broker_password(
     """Issue a lone-worker device a new broker password, shown once here; regenerate the broker's
     files (``evidence broker-access``) and reload the broker for it to take the place of the old one."""
     with s.db.session() as session:
+        service.seen_device(session, user, device_id)
         password = service.regenerate_broker_password(session, s.ledger, device_id, user.actor)
     return {"id": device_id, "mqtt_username": device_id, "mqtt_password": password}
 
@@ -178,8 +204,9 @@ def list_devices(
     user: Principal = Depends(require_roles(*ADMINS, "auditor", "operator")),
     s: CoreServices = Depends(services),
 ) -> list[Device]:
+    """The fleet of the sites the caller sees."""
     with s.db.session() as session:
-        return service.list_devices(session, kind)
+        return service.list_devices(session, user, kind)
 
 
 @router.patch("/devices/{device_id}", response_model=DeviceOut)
@@ -189,10 +216,11 @@ def change_device(
     user: Principal = Depends(require_roles(*ADMINS)),
     s: CoreServices = Depends(services),
 ) -> Device:
+    """Disable, enable or (re)assign a device of a site the caller sees, to staff they see."""
     with s.db.session() as session:
-        device = session.get(Device, device_id)
-        if device is None:
-            raise DeviceRefused("unknown_device", f"no device {device_id}", 404)
+        device = service.seen_device(session, user, device_id)
+        if body.staff_id is not None and not body.unassign:
+            service.seen_staff(session, user, body.staff_id)
         if body.status is not None:
             device = service.set_status(session, s.ledger, device_id, body.status, user.actor)
         if body.staff_id is not None or body.unassign:

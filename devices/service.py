@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from accounts.access import SiteViewer, sees_site, site_scope, sites_seen
 from chain_of_custody.keys import load_public_key_b64
 from chain_of_custody.ledger import Ledger
 from storage.errors import Refused
@@ -253,12 +254,51 @@ def camera_for_clip(session: Session, serial: str, wearer: str) -> Device:
     return camera
 
 
-def list_staff(session: Session) -> list[StaffMember]:
-    return list(session.scalars(select(StaffMember).order_by(StaffMember.id)))
+def list_staff(session: Session, viewer: SiteViewer | None) -> list[StaffMember]:
+    """The staff of the sites ``viewer`` sees (``accounts.access.site_scope``, the rule of every
+    list); ``viewer`` None is the service itself (the command line: everyone)."""
+    q = select(StaffMember).order_by(StaffMember.id)
+    if viewer is not None:
+        q = q.where(site_scope(viewer, StaffMember.site))
+    return list(session.scalars(q))
 
 
-def list_devices(session: Session, kind: str | None = None) -> list[Device]:
+def list_devices(session: Session, viewer: SiteViewer | None, kind: str | None = None) -> list[Device]:
+    """The devices of the sites ``viewer`` sees (None: the service itself, every device)."""
     q = select(Device).order_by(Device.id)
+    if viewer is not None:
+        q = q.where(site_scope(viewer, Device.site))
     if kind:
         q = q.where(Device.kind == kind)
     return list(session.scalars(q))
+
+
+def seen_device(session: Session, viewer: SiteViewer, device_id: str, *, for_update: bool = False) -> Device:
+    """The device if ``viewer`` sees its site; another site's device answers as a missing one (404)."""
+    device = session.get(Device, device_id, with_for_update=for_update)
+    if device is None or not sees_site(viewer, device.site):
+        raise DeviceRefused("unknown_device", f"no device {device_id}", 404)
+    return device
+
+
+def seen_staff(session: Session, viewer: SiteViewer, staff_id: str) -> StaffMember:
+    """The member of staff if ``viewer`` sees their site; else refused as unknown (400)."""
+    member = session.get(StaffMember, staff_id)
+    if member is None or not sees_site(viewer, member.site):
+        raise DeviceRefused("unknown_staff", f"no member of staff {staff_id}", 400)
+    return member
+
+
+def site_for_write(viewer: SiteViewer, site: str | None) -> str | None:
+    """The site a registry write by ``viewer`` records: a site-scoped caller (a security manager)
+    writes only rows of a site they see, their own by default. A row of another site would be
+    another site's people and footage put in their reach (``incidents.access`` follows a wearer's
+    and a camera's site)."""
+    seen = sites_seen(viewer)
+    if seen is None:
+        return site
+    if site is None and len(seen) == 1:
+        site = next(iter(seen))
+    if site is None or site not in seen:
+        raise DeviceRefused("site_out_of_scope", "you may register staff and devices of your own site only")
+    return site

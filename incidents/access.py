@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, false, or_, select, true
+from sqlalchemy import ColumnElement, String, and_, column, false, or_, select, table, true
 from sqlalchemy.orm import Session, aliased
 
-from accounts.access import site_scope
+from accounts.access import sees_site, site_scope
 from chain_of_custody.entries import withhold
 from chain_of_custody.models import EvidenceItem
 from devices.models import Device, StaffMember
@@ -168,11 +169,70 @@ def may_follow_wearer(session: Session, viewer: Viewer, wearer: str) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class SiteManager:
+    """A security manager of one site, as the rules see one: what an incident's site sees."""
+
+    site: str | None
+    role: str = "security_manager"
+
+
+def window_reach(site: str | None) -> ColumnElement[bool]:
+    """A WHERE clause on ``EvidenceItem``: the clips an incident of ``site`` may take in through its
+    footage window (``wearer`` with ``window_start``/``window_end``).
+
+    The window names a wearer, and wearers move: a window set while the wearer worked at the
+    incident's site must not keep following them to another one, where the footage belongs to that
+    site. So a window takes in only what a security manager of the incident's site sees of the
+    wearer by the same wearer-and-camera rule as :func:`_own_evidence_scope` (the wearer of that
+    site now, or a camera of that site), or footage of no site at all (neither the wearer nor the
+    camera has one: nobody's site is widened). Footage of another site is never linked by the window,
+    whoever set it; it can still be linked by hand by someone who sees it.
+    """
+    viewer = SiteManager(site)
+    of_site = or_(
+        EvidenceItem.wearer.in_(select(StaffMember.id).where(site_scope(viewer, StaffMember.site))),
+        EvidenceItem.source_device_id.in_(select(Device.id).where(site_scope(viewer, Device.site))),
+    )
+    no_site = and_(
+        or_(
+            EvidenceItem.wearer.is_(None),
+            ~EvidenceItem.wearer.in_(select(StaffMember.id).where(StaffMember.site.is_not(None))),
+        ),
+        or_(
+            EvidenceItem.source_device_id.is_(None),
+            ~EvidenceItem.source_device_id.in_(select(Device.id).where(Device.site.is_not(None))),
+        ),
+    )
+    return or_(of_site, no_site)
+
+
+def within_window_reach(session: Session, site: str | None, item_id: str) -> bool:
+    """Whether one item is within the reach of a window of an incident of ``site``."""
+    found = session.scalar(select(EvidenceItem.id).where(EvidenceItem.id == item_id, window_reach(site)))
+    return found is not None
+
+
 def may_link_alarm(viewer: Viewer) -> bool:
     """Alarms are the control room's (``ALARM_READERS``); linking one into an incident puts its record
     (and through it the alarm's evidence) in front of the incident's readers, so only a caller who may
     read alarms links them."""
     return viewer.role in ALARM_READERS
+
+
+# The alarm domain's table, by name and only the two columns the rule needs: ``alarms`` sits above
+# ``incidents`` in the layers, so this side reads the row rather than importing its model.
+_ALARMS = table("alarms", column("id", String), column("site", String))
+
+
+def sees_alarm(session: Session, viewer: Viewer, alarm_id: str) -> bool:
+    """Whether the alarm exists and is the viewer's to read: a role that reads alarms, and the
+    alarm's site among the viewer's (``accounts.access.sees_site``, the rule of the alarm routes).
+    What a manual link of an alarm checks: another site's alarm is refused like a missing one."""
+    if not may_link_alarm(viewer):
+        return False
+    row = session.execute(select(_ALARMS.c.site).where(_ALARMS.c.id == alarm_id)).first()
+    return row is not None and sees_site(viewer, row.site)
 
 
 def hidden_incident_markers(session: Session, viewer: Viewer, item_ids: Iterable[str]) -> set[str]:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field, StrictBool
 
-from accounts.access import require_roles, services
+from accounts.access import require_roles, services, sites_seen
 from chain_of_custody.core import CoreServices
 from storage.api_schema import Timestamp, error_responses
 from storage.bounds import DB_INT_MAX, MAX_OFFSET, Patch
@@ -443,10 +443,11 @@ def statistics(
     totals would let be worked out, and the rest are rounded (see README). A security manager asks
     about their own site only."""
     dims = list(dict.fromkeys(by))
-    if user.role == "security_manager":
-        if not user.site or (site is not None and site != user.site):
+    seen = sites_seen(user)  # the one site rule: a security manager, their own site
+    if seen is not None:
+        if len(seen) != 1 or (site is not None and site not in seen):
             raise HTTPException(403, "a security manager asks for statistics of their own site")
-        site = user.site
+        site = next(iter(seen))
     check_period(since, until, s.settings.report_timezone)
     with s.db.session() as session:
         facts = load_facts(session, since=since, until=until, site=site, tz=s.settings.report_timezone)

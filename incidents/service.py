@@ -27,7 +27,15 @@ from storage.db import dialect_insert
 from storage.errors import Refused
 from storage.objects import ObjectStore, StorageError
 
-from .access import Viewer, may_follow_wearer, may_link_alarm, visible_evidence_ids
+from .access import (
+    Viewer,
+    may_follow_wearer,
+    may_link_alarm,
+    sees_alarm,
+    visible_evidence_ids,
+    window_reach,
+    within_window_reach,
+)
 from .models import (
     CATEGORIES,
     INVOLVEMENTS,
@@ -389,7 +397,8 @@ def link_target(
 
     A link makes the item visible to the incident's readers and extends its retention, so ``viewer``
     (the caller; None for the service's own links) must already see the item: an item outside their
-    scope answers 404 like a missing one, and an alarm needs a role that reads alarms."""
+    scope answers 404 like a missing one, and an alarm needs a role that reads alarms and the alarm's
+    site among the caller's (another site's alarm, or an id that is no alarm, answers 404)."""
     now = _now(now)
     if kind not in LINK_KINDS:
         raise IncidentRefused("bad_kind", f"link kind is one of {', '.join(LINK_KINDS)}")
@@ -401,6 +410,8 @@ def link_target(
     incident = session.get(Incident, incident_id)
     if incident is None:
         raise IncidentRefused("unknown_incident", "no such incident", 404)
+    if viewer is not None and kind == "alarm" and not sees_alarm(session, viewer, target_id):
+        raise IncidentRefused("unknown_alarm", "no such alarm", 404)
     item: EvidenceItem | None = None
     if kind == "evidence":
         item = session.get(EvidenceItem, target_id, with_for_update=True)
@@ -549,7 +560,8 @@ def link_overlapping_clips(
     """Link every stored clip of the incident's wearer recorded during its window (the alarm side calls this).
 
     With ``viewer`` (a person's create or change) only the clips that person may already see are
-    linked: a footage window never reaches beyond its caller's scope."""
+    linked: a footage window never reaches beyond its caller's scope. Whoever set it, a window
+    never reaches footage of another site than the incident's (``access.window_reach``)."""
     if incident.wearer is None or incident.window_start is None or incident.window_end is None:
         return []
     lock_ledger(session)
@@ -565,6 +577,7 @@ def link_overlapping_clips(
                 EvidenceItem.captured_stop >= incident.window_start,
                 EvidenceItem.captured_stop.is_(None) & (EvidenceItem.captured_start >= incident.window_start),
             ),
+            window_reach(incident.site),
         )
         .order_by(EvidenceItem.captured_start)
     )
@@ -600,7 +613,8 @@ def auto_link_clip(
     retention: Retention | None = None,
     now: datetime | None = None,
 ) -> list[IncidentLink]:
-    """Link a newly stored clip to every incident of its wearer whose window overlaps its recording."""
+    """Link a newly stored clip to every incident of its wearer whose window overlaps its recording
+    and reaches it (``access.window_reach``: not once the wearer works at another site)."""
     if item.kind != "clip" or item.wearer is None or item.captured_start is None:
         return []
     lock_ledger(session)
@@ -616,6 +630,8 @@ def auto_link_clip(
     )
     out: list[IncidentLink] = []
     for incident in incidents:
+        if not within_window_reach(session, incident.site, item.id):
+            continue  # the wearer is at another site now: their footage there is not this incident's
         reason = f"recorded by {item.wearer} during the alarm window of {incident.reference}"
         link, new = link_target(
             session,

@@ -218,7 +218,7 @@ def device_list(kind: str | None = None) -> None:
     s = _services(existing=True)
     try:
         with s.db.session() as session:
-            rows = list_devices(session, kind)
+            rows = list_devices(session, None, kind)
             table = Table("id", "kind", "status", "staff", "site")
             for d in rows:
                 table.add_row(d.id, d.kind, d.status, d.assigned_staff_id or "", d.site or "")
@@ -247,6 +247,13 @@ def verify(
     skip_objects: Annotated[
         bool, typer.Option(help="Check the ledger and rows only, not object bytes")
     ] = False,
+    all_tree_heads: Annotated[
+        bool,
+        typer.Option(
+            "--all-tree-heads",
+            help="Read every signed tree head in storage, not the newest, the oldest and a random sample",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print findings as JSON")] = False,
 ) -> None:
     """Verify the whole custody ledger and every stored object, or an export package offline."""
@@ -256,7 +263,7 @@ def verify(
 
         report = verify_package(package, key_fingerprint, accept_embedded_key=accept_embedded_key)
     else:
-        from chain_of_custody.verify import VerifyOptions, verify_service
+        from chain_of_custody.verify import TREE_HEAD_SAMPLE, VerifyOptions, verify_service
 
         s = _services(existing=True)
         try:
@@ -265,7 +272,10 @@ def verify(
                     session,
                     s.store,
                     s.key,
-                    VerifyOptions(check_objects=not skip_objects),
+                    VerifyOptions(
+                        check_objects=not skip_objects,
+                        tree_head_sample=None if all_tree_heads else TREE_HEAD_SAMPLE,
+                    ),
                     progress=lambda m: console.print(f"[dim]{m}[/dim]"),
                 )
         finally:
@@ -296,6 +306,49 @@ def verify(
                 f"[green]OK[/green] {report.entries_checked} custody entries and all stored objects verified"
             )
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command("incident-windows")
+def incident_windows(
+    apply: Annotated[
+        bool,
+        typer.Option(
+            "--apply",
+            help="Withdraw each window the rule refuses, and the links it made beyond its reach "
+            "(each step on the custody ledger); without it, only list them",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON")] = False,
+) -> None:
+    """Audit incidents' footage windows against today's access rule: windows set by someone who may
+    not see all of the wearer's footage, or following a wearer to another site. Exits 1 when some
+    were found and left standing."""
+    from incidents.retention import RetentionRules
+    from incidents.service import Retention
+    from incidents.window_audit import audit_windows, withdraw
+
+    s = _services(existing=True)
+    try:
+        with s.db.session() as session:
+            findings = audit_windows(session)
+            if apply:
+                retention = Retention(s.store, RetentionRules.from_settings(s.settings))
+                for finding in findings:
+                    withdraw(session, s.ledger, finding, retention=retention)
+    finally:
+        s.close()
+    if as_json:
+        out.print_json(json.dumps({"withdrawn": apply, "windows": [f.as_dict() for f in findings]}))
+    else:
+        for f in findings:
+            verb = "withdrawn" if apply else "found"
+            out.print(f"[yellow]{f.reference}[/yellow] {verb}: wearer {f.wearer}, set by {f.set_by}")
+            for why in f.why:
+                out.print(f"  {why}")
+            if f.beyond:
+                out.print(f"  {len(f.beyond)} linked item(s) beyond its reach: {', '.join(f.beyond)}")
+        out.print(f"{len(findings)} window(s) {'withdrawn' if apply else 'outside the rule'}")
+    raise typer.Exit(1 if findings and not apply else 0)
 
 
 @app.command()

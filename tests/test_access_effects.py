@@ -1,6 +1,7 @@
 """The role matrix extended from routes to effects, on both databases: random callers (role, site,
 assignments) take random actions (open or change an incident with a footage window, link evidence
-or an alarm, place a legal hold, ask for an export, ask for a redaction), and nothing any of them
+or an alarm (by an alarm's id or an item's), place a legal hold, ask for an export, ask for a
+redaction, move a member of staff to a site, change or reassign a device), and nothing any of them
 does ever puts an item the caller could not see before the action in front of them:
 
 - no response names such an item;
@@ -8,7 +9,9 @@ does ever puts an item the caller could not see before the action in front of th
   items the action itself made);
 - such an item's custody gains no entry by the caller, and its retention lock and legal hold do
   not move (a write may not keep what its caller may not see);
-- an export asked for packs no bytes of such an item (what its job will read).
+- an export asked for packs no bytes of such an item (what its job will read);
+- no list of alarms, devices or staff gains a row, no alarm the caller could not list is linked by
+  them, and no write succeeds on a member of staff or a device the caller could not list.
 
 Bounded: a dozen examples per database, well under a minute each.
 """
@@ -29,8 +32,9 @@ from sqlalchemy import select
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from incidents.export.models import ExportJob
 from incidents.export.plan import gather_items, plan_package
-from incidents.models import Incident
+from incidents.models import Incident, IncidentLink
 from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
+from tests.test_alarms_kit import raise_test_alarm
 from tests.test_incidents_kit import bearer, staff, store_item, user
 
 T0 = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
@@ -55,6 +59,7 @@ class World:
     live: Any
     items: list[str]
     incidents: list[str]
+    alarms: list[str]
 
 
 def _world(live: Any) -> World:
@@ -77,12 +82,39 @@ def _world(live: Any) -> World:
             link_evidence(session, s.ledger, incident.id, items[4 * n + 3], "user:seed", "its copy only")
             assign_investigator(session, incident, inv, "user:seed")
             incidents.append(incident.id)
-    return World(live, items, incidents)
+    alarms = [raise_test_alarm(s, f"LW-{site}", site=site) for site in SITES]
+    return World(live, items, incidents, alarms)
 
 
 def _visible(world: World, headers: dict[str, str]) -> set[str]:
     r = httpx.get(f"{world.live.url}/api/v1/evidence", headers=headers, params={"limit": 1000})
     return {i["id"] for i in r.json()} if r.status_code == 200 else set()
+
+
+def _listed(world: World, headers: dict[str, str]) -> set[str]:
+    """What the caller's lists name besides evidence: alarms, devices and staff."""
+    out: set[str] = set()
+    for path in ("alarms", "devices", "staff"):
+        r = httpx.get(
+            f"{world.live.url}/api/v1/{path}",
+            headers=headers,
+            params={"limit": 1000} if path == "alarms" else None,
+        )
+        if r.status_code == 200:
+            out |= {f"{path}:{row['id']}" for row in r.json()}
+    return out
+
+
+def _alarm_links(world: World, actor: str) -> set[str]:
+    """The alarms the caller has linked to incidents."""
+    with world.live.services.db.session() as session:
+        return set(
+            session.scalars(
+                select(IncidentLink.target_id).where(
+                    IncidentLink.target_kind == "alarm", IncidentLink.linked_by == actor
+                )
+            )
+        )
 
 
 def _snapshot(world: World, hidden: set[str], actor: str) -> dict[str, Any]:
@@ -120,7 +152,10 @@ def _window(wearer: str | None, wide: bool) -> dict[str, Any]:
 action = st.one_of(
     st.tuples(st.just("create"), st.sampled_from(SITES), st.sampled_from((None, *WEARERS)), st.booleans()),
     st.tuples(st.just("patch"), st.integers(0, 9), st.sampled_from(WEARERS), st.booleans()),
-    st.tuples(st.just("link"), st.integers(0, 9), st.integers(0, 19), st.sampled_from(("evidence", "alarm"))),
+    st.tuples(st.just("link"), st.integers(0, 9), st.integers(0, 21), st.sampled_from(("evidence", "alarm"))),
+    # The registry: a member of staff (and their footage) moved to a site, a device taken over.
+    st.tuples(st.just("staff"), st.sampled_from(WEARERS), st.sampled_from(SITES), st.none()),
+    st.tuples(st.just("device"), st.sampled_from(SITES), st.sampled_from(WEARERS), st.booleans()),
     st.tuples(st.just("hold"), st.integers(0, 9), st.integers(0, 19), st.booleans()),
     st.tuples(st.just("export"), st.integers(0, 9), st.booleans(), st.none()),
     st.tuples(st.just("redact"), st.integers(0, 19), st.none(), st.none()),
@@ -137,7 +172,9 @@ def _act(
     kind, a, b, c = step
     pick_incident = incidents[a % len(incidents)] if kind in ("patch", "link", "hold", "export") else None
     pick_item = (
-        world.items[(b if kind in ("link", "hold") else a) % len(world.items)] if kind != "create" else ""
+        world.items[(b if kind in ("link", "hold") else a) % len(world.items)]
+        if kind not in ("create", "staff", "device")
+        else ""
     )
     if kind == "export":
         pick_item = ""
@@ -146,8 +183,16 @@ def _act(
         return httpx.post(f"{api}/incidents", json=body, headers=headers)
     if kind == "patch":
         return httpx.patch(f"{api}/incidents/{pick_incident}", json=_window(b, c), headers=headers)
+    if kind == "staff":
+        body = {"id": a, "name": f"Staff {a}", "group": "nurse", "site": b}
+        return httpx.post(f"{api}/staff", json=body, headers=headers)
+    if kind == "device":
+        change = {"status": "disabled"} if c else {"staff_id": b}
+        return httpx.patch(f"{api}/devices/LW-{a}", json=change, headers=headers)
     if kind == "link":
-        target = pick_item if c == "evidence" else f"alarm-{b}"
+        # An alarm by its id (either site's), or an evidence item's id given as an alarm.
+        targets = world.alarms + world.items
+        target = pick_item if c == "evidence" else targets[b % len(targets)]
         body = {"kind": c, "target_id": target, "reason": "random link"}
         return httpx.post(f"{api}/incidents/{pick_incident}/links", json=body, headers=headers)
     if kind == "hold":
@@ -197,6 +242,11 @@ def test_no_action_reaches_what_its_caller_could_not_see(live: Any) -> None:
     @example(who=("security_manager", "SOUTH", []), steps=[("create", "SOUTH", "S-N", False)])
     @example(who=("investigator", None, [0]), steps=[("patch", 0, "S-S", True), ("link", 0, 1, "alarm")])
     @example(who=("security_manager", "NORTH", []), steps=[("export", 0, True, None)])
+    # Another site's alarm linked by a manager; a manager taking another site's wearer (and their
+    # footage) into their own site, or another site's device.
+    @example(who=("security_manager", "NORTH", []), steps=[("link", 0, 1, "alarm")])
+    @example(who=("security_manager", "NORTH", []), steps=[("staff", "S-S", "NORTH", None)])
+    @example(who=("security_manager", "SOUTH", []), steps=[("device", "NORTH", "S-S", False)])
     def check(who: tuple[str, str | None, list[int]], steps: list[tuple[Any, ...]]) -> None:
         role, site, assigned = who
         name = f"u{next(_names)}"
@@ -212,6 +262,7 @@ def test_no_action_reaches_what_its_caller_could_not_see(live: Any) -> None:
         actor = f"user:{name}"
         for step in steps:
             before = _visible(world, headers)
+            listed = _listed(world, headers)
             known = _all_items(world)
             hidden = known - before
             snap = _snapshot(world, hidden, actor)
@@ -224,6 +275,18 @@ def test_no_action_reaches_what_its_caller_could_not_see(live: Any) -> None:
             # items the caller could not see before: only those that existed and were hidden count.)
             after = _visible(world, headers)
             assert not (after & hidden), (role, site, step, after & hidden)
+            # No list (alarms, devices, staff) gains a row of another site; no alarm the caller could
+            # not see is linked by them.
+            gained = _listed(world, headers) - listed
+            assert not gained, (role, site, step, gained)
+            # No write succeeds on a registry row the caller could not list.
+            if step[0] == "device" and f"devices:LW-{step[1]}" not in listed:
+                assert r.status_code >= 400, (role, site, step, r.status_code)
+            if step[0] == "staff" and f"staff:{step[1]}" not in listed:
+                assert r.status_code >= 400, (role, site, step, r.status_code)
+            seen_alarms = {x.removeprefix("alarms:") for x in listed if x.startswith("alarms:")}
+            unseen = _alarm_links(world, actor) - seen_alarms
+            assert not unseen, (role, site, step, unseen)
             if role in MEDIA_ROLES:
                 for item in sorted(hidden)[:2]:
                     got = httpx.get(f"{live.url}/api/v1/evidence/{item}/content", headers=headers)

@@ -393,7 +393,7 @@ def test_a_new_broker_login_is_shown_once_and_only_its_hash_is_kept(sqlite_site:
     from tests.test_alarms_kit import enrol
 
     url, services = sqlite_site
-    enrol(services, "LW-ROTATE", staff_id=None)
+    enrol(services, "LW-ROTATE", staff_id=None, site="NORTH")  # the manager's site
     with services.db.session() as session:
         before = session.get(Device, "LW-ROTATE").broker_password_hash
     client, csrf = session_client(url, "manager")

@@ -136,7 +136,9 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/devices/docks"): Rule(ok=MANAGERS_ANY_SITE),
     ("POST", "/api/v1/devices/cameras"): Rule(ok=MANAGERS_ANY_SITE),
     ("GET", "/api/v1/devices"): Rule(ok=MANAGERS_ANY_SITE | {"auditor", "operator"}),
-    ("PATCH", "/api/v1/devices/{device_id}"): Rule(ok=MANAGERS_ANY_SITE),
+    # A security manager changes their own site's devices only (``accounts.access``): another
+    # site's is missing.
+    ("PATCH", "/api/v1/devices/{device_id}"): Rule(ok=frozenset({"admin", "manager"}), hidden=OTHER_SITE),
     ("GET", "/api/v1/me"): Rule(ok=EVERYONE),
     ("GET", "/api/v1/users"): Rule(ok=frozenset({"admin"})),
     ("POST", "/api/v1/users"): Rule(ok=frozenset({"admin"})),
@@ -190,7 +192,9 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/alarms/{alarm_id}/escalate"): Rule(ok=ALARM_HANDLERS, hidden=OTHER_SITE),
     ("POST", "/api/v1/alarms/{alarm_id}/resolve"): Rule(ok=ALARM_HANDLERS, hidden=OTHER_SITE),
     ("POST", "/api/v1/devices/lone-workers"): Rule(ok=MANAGERS_ANY_SITE),
-    ("POST", "/api/v1/devices/lone-workers/{device_id}/broker-password"): Rule(ok=MANAGERS_ANY_SITE),
+    ("POST", "/api/v1/devices/lone-workers/{device_id}/broker-password"): Rule(
+        ok=frozenset({"admin", "manager"}), hidden=OTHER_SITE
+    ),
     ("PUT", "/api/v1/lone-worker/devices/{device_id}/alarms/{event_id}/voice-memo"): Rule(device=True),
     # Operations.
     ("GET", "/metrics"): Rule(ok=frozenset({"admin", "auditor"})),
@@ -303,7 +307,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
         params={"reason": "recorded by mistake"}, path={"item_id": "deletable"}, prepare=_deletable
     ),
     ("POST", "/api/v1/staff"): Sample(
-        json=lambda fx, p: {"id": "S-NEW", "name": "New Starter", "group": "porter"}
+        json=lambda fx, p: {"id": f"S-NEW-{p}", "name": "New Starter", "group": "porter"}
     ),
     ("POST", "/api/v1/devices/docks"): Sample(json=lambda fx, p: {"id": f"DOCK-{p}-{uuid.uuid4().hex[:6]}"}),
     ("POST", "/api/v1/devices/cameras"): Sample(
@@ -324,7 +328,11 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ),
     ("PATCH", "/api/v1/incidents/{incident_id}"): Sample(json=lambda fx, p: {"title": f"updated by {p}"}),
     ("POST", "/api/v1/incidents/{incident_id}/links"): Sample(
-        json=lambda fx, p: {"kind": "alarm", "target_id": "ALARM-1", "reason": "raised during the incident"}
+        json=lambda fx, p: {
+            "kind": "alarm",
+            "target_id": fx.ids["alarm"],
+            "reason": "raised during the incident",
+        }
     ),
     ("POST", "/api/v1/incidents/{incident_id}/unlink"): Sample(
         json=lambda fx, p: {"kind": "alarm", "target_id": "ALARM-1", "reason": "a different alarm"},

@@ -168,11 +168,40 @@ def export_builds(request: Request) -> ExportBuilds:
     return found
 
 
+def _job_seen(session: Session, user: Viewer, job: ExportJob, key: ServiceKey) -> dict[str, Any]:
+    """The job as ``user`` may read it: a package built for another requester may hold items this
+    reader does not see (the original of a copy they see redacted); its list of included items
+    names only those they see, as every other list does."""
+    out = _job_out(job, key)
+    included = out.get("included")
+    if isinstance(included, list) and included:
+        seen = visible_evidence_ids(session, user, included)
+        out["included"] = [i for i in included if i in seen]
+    return out
+
+
 def visible_job(session: Session, user: Viewer, export_id: str) -> ExportJob:
     job = session.get(ExportJob, export_id)
     if job is None or visible_incident(session, user, job.incident_id) is None:
         raise HTTPException(404, "no such export")
     return job
+
+
+def may_hand_out(session: Session, user: Viewer, job: ExportJob) -> bool:
+    """Whether ``user`` may give the package to someone (a download link): a link hands out every
+    byte of it, so only someone who may see every item it holds, and who may export original footage
+    if it holds some. The package was fixed for its requester's access, not for everyone who sees
+    the incident: another investigator of the incident would otherwise hand out (and download) the
+    original of a copy they see only redacted, or originals their role may not export."""
+    if job.include_originals and user.role not in ORIGINALS_AUTHORISERS:
+        return False
+    scope = json.loads(job.scope)
+    try:
+        gathered = {i.id for i in gather_items(session, scope.get("item_ids", []))}
+    except ExportError:
+        return False
+    held = gathered - set(scope.get("outside", []))
+    return held <= visible_evidence_ids(session, user, held)
 
 
 @router.post(
@@ -250,7 +279,7 @@ def incident_exports(
             .where(ExportJob.incident_id == incident.id)
             .order_by(ExportJob.created_at.desc())
         ).all()
-        return [_job_out(visible_job(session, user, j.id), s.key) for j in jobs]
+        return [_job_seen(session, user, visible_job(session, user, j.id), s.key) for j in jobs]
 
 
 @router.get("/exports/{export_id}", response_model=ExportOut)
@@ -258,7 +287,7 @@ def get_export(
     export_id: str, user: Viewer = exporters, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
     with s.db.session() as session:
-        return _job_out(visible_job(session, user, export_id), s.key)
+        return _job_seen(session, user, visible_job(session, user, export_id), s.key)
 
 
 @router.post(
@@ -275,6 +304,8 @@ def create_link(
     now = datetime.now(UTC).replace(microsecond=0)
     with s.db.session() as session:
         job = visible_job(session, user, export_id)
+        if not may_hand_out(session, user, job):
+            raise HTTPException(403, "this package holds evidence you may not hand out")
         if job.status != "ready":
             raise HTTPException(409, f"the export is {job.status}, not ready")
         link = ExportLink(

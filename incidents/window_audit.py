@@ -1,0 +1,212 @@
+"""An audit of incidents' footage windows against today's access rule.
+
+A footage window (``wearer`` with ``window_start``/``window_end``) links the wearer's clips as they
+arrive, with nobody asking again. Windows set before the rule existed (``access.may_follow_wearer``:
+only an administrator, or a security manager of the wearer's site, may set one) still do that for
+whoever set them, and windows whose wearer has since moved to another site point at another site's
+footage (``access.window_reach``, applied as clips arrive). This finds the first kind, and the
+links such a window made to items its setter does not see by any other way; with ``apply`` it
+withdraws each such window and those links, each step on the custody ledger and the incident's own
+history, so that nothing is taken back silently.
+
+Who set a window is read from the incident's history: the last person or service whose change
+named the wearer or the window, else whoever opened the incident.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from accounts.models import User
+from accounts.service import Principal
+from chain_of_custody.ledger import Ledger
+from chain_of_custody.models import EvidenceItem
+from devices.models import Device, StaffMember
+
+from .access import incident_scope, may_follow_wearer
+from .models import Incident, IncidentEvent, IncidentLink
+from .service import Retention, _event, unlink_target
+
+AUDITOR_ACTOR = "service:window-audit"
+WINDOW_FIELDS = ("wearer", "window_start", "window_end")
+
+
+@dataclass
+class WindowFinding:
+    """One window that the rule would not let stand, and the links it made beyond its reach."""
+
+    incident_id: str
+    reference: str
+    site: str
+    wearer: str
+    set_by: str
+    why: list[str]
+    beyond: list[str] = field(default_factory=list)  # evidence ids linked by the window, out of reach
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "incident": self.reference,
+            "site": self.site,
+            "wearer": self.wearer,
+            "set_by": self.set_by,
+            "why": self.why,
+            "links_beyond_reach": self.beyond,
+        }
+
+
+def window_setter(session: Session, incident: Incident) -> str:
+    """Who last named the incident's wearer or window (the actor of its history's last such change)."""
+    events = session.scalars(
+        select(IncidentEvent)
+        .where(
+            IncidentEvent.incident_id == incident.id, IncidentEvent.kind.in_(("updated", "status_changed"))
+        )
+        .order_by(IncidentEvent.at.desc(), IncidentEvent.id.desc())
+    )
+    for event in events:
+        changes = json.loads(event.details or "{}").get("changes", {})
+        if set(WINDOW_FIELDS) & set(changes):
+            return event.actor
+    return incident.opened_by
+
+
+def _person(session: Session, actor: str) -> Principal | None:
+    """The person behind ``user:<name>`` as they are now (None for a service, or someone gone)."""
+    if not actor.startswith("user:"):
+        return None
+    row = session.scalar(select(User).where(User.username == actor.removeprefix("user:")))
+    if row is None or not row.active:
+        return None
+    return Principal(user_id=row.id, username=row.username, role=row.role, site=row.site)
+
+
+def _window_links(session: Session, incident: Incident) -> list[str]:
+    """The incident's live links that its window made (their reason says so)."""
+    prefix = f"recorded by {incident.wearer} during the alarm window of {incident.reference}"
+    return list(
+        session.scalars(
+            select(IncidentLink.target_id).where(
+                IncidentLink.incident_id == incident.id,
+                IncidentLink.target_kind == "evidence",
+                IncidentLink.unlinked_at.is_(None),
+                IncidentLink.reason == prefix,
+            )
+        )
+    )
+
+
+def _seen_elsewhere(
+    session: Session, person: Principal | None, incident: Incident, items: list[str]
+) -> set[str]:
+    """Which of ``items`` the person sees without this incident: linked to another incident of
+    theirs, or of their site by the wearer-and-camera rule (what withdrawing these links leaves)."""
+    if person is None or not items:
+        return set()
+    if person.role in ("admin", "auditor"):
+        return set(items)
+    other = select(IncidentLink.target_id).where(
+        IncidentLink.target_kind == "evidence",
+        IncidentLink.unlinked_at.is_(None),
+        IncidentLink.incident_id != incident.id,
+        IncidentLink.incident_id.in_(select(Incident.id).where(incident_scope(person))),
+    )
+    q = select(EvidenceItem.id).where(EvidenceItem.id.in_(items), EvidenceItem.id.in_(other))
+    seen = set(session.scalars(q))
+    if person.role == "security_manager" and person.site:
+        of_site = or_(
+            EvidenceItem.wearer.in_(select(StaffMember.id).where(StaffMember.site == person.site)),
+            EvidenceItem.source_device_id.in_(select(Device.id).where(Device.site == person.site)),
+        )
+        seen |= set(session.scalars(select(EvidenceItem.id).where(EvidenceItem.id.in_(items), of_site)))
+    return seen
+
+
+def audit_windows(session: Session) -> list[WindowFinding]:
+    """Every standing window whose setter today's rule would refuse (``access.may_follow_wearer``:
+    someone who may not see all of the wearer's footage, or who no longer signs in), with the links
+    it made to items that setter does not see by any other way."""
+    findings: list[WindowFinding] = []
+    incidents = session.scalars(
+        select(Incident)
+        .where(Incident.wearer.is_not(None), Incident.window_start.is_not(None))
+        .order_by(Incident.created_at, Incident.id)
+    )
+    for incident in incidents:
+        wearer = incident.wearer or ""
+        setter = window_setter(session, incident)
+        if not setter.startswith("user:"):
+            continue  # the service's own windows (an alarm's): bounded by ``access.window_reach``
+        person = _person(session, setter)
+        if person is None:
+            why = f"set by {setter}, who no longer signs in"
+        elif not may_follow_wearer(session, person, wearer):
+            why = f"set by {setter} ({person.role}), who may not see all of {wearer}'s footage"
+        else:
+            continue
+        linked = _window_links(session, incident)
+        seen = _seen_elsewhere(session, person, incident, linked)
+        beyond = [i for i in linked if i not in seen]
+        findings.append(
+            WindowFinding(incident.id, incident.reference, incident.site, wearer, setter, [why], beyond)
+        )
+    return findings
+
+
+def withdraw(
+    session: Session,
+    ledger: Ledger,
+    finding: WindowFinding,
+    *,
+    retention: Retention | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Withdraw one window and the links it made beyond its reach: the window's end recorded on the
+    custody ledger (an ``unlinked`` entry for the incident) and in its history, each link's end on
+    its item's custody, as any unlink is."""
+    now = now or datetime.now(UTC)
+    incident = session.get(Incident, finding.incident_id, with_for_update=True)
+    if incident is None:
+        return
+    reason = f"window audit: {'; '.join(finding.why)}"
+    for item_id in finding.beyond:
+        unlink_target(
+            session,
+            ledger,
+            incident.id,
+            "evidence",
+            item_id,
+            AUDITOR_ACTOR,
+            reason,
+            retention=retention,
+            now=now,
+        )
+    window = {
+        "wearer": incident.wearer,
+        "window_start": incident.window_start.isoformat() if incident.window_start else None,
+        "window_end": incident.window_end.isoformat() if incident.window_end else None,
+    }
+    incident.wearer = incident.window_start = incident.window_end = None
+    incident.updated_at = now
+    _event(
+        session, incident, AUDITOR_ACTOR, "updated", now, changes=dict.fromkeys(WINDOW_FIELDS), reason=reason
+    )
+    ledger.append(
+        session,
+        "unlinked",
+        AUDITOR_ACTOR,
+        details={
+            "incident": incident.reference,
+            "incident_id": incident.id,
+            "window_withdrawn": window,
+            "set_by": finding.set_by,
+            "reason": reason,
+            "links_withdrawn": finding.beyond,
+        },
+    )
+    session.flush()
