@@ -31,6 +31,7 @@ from console import install as install_console
 from devices import api as devices_api
 from incidents import api as incidents_api
 from incidents.export import api as export_api
+from incidents.subject_access import api as subject_access_api
 from incidents.retention import RetentionRules, retention_loop
 from storage.objects import StorageError
 from storage.schedule import run_when_due
@@ -55,6 +56,7 @@ ROUTERS: list[APIRouter] = [
     redaction_api.router,
     incidents_api.router,
     export_api.router,
+    subject_access_api.router,
     custody_api.router,
 ]
 
