@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from storage.settings import Settings
 
+from . import export_pages, subject_access_pages
 from .api import PageRefused, render, router
 from .security import SecurityHeaders
 
@@ -19,6 +20,8 @@ from .security import SecurityHeaders
 def install(app: FastAPI, settings: Settings) -> None:
     """Mount the console's routes and put the security headers on every response of ``app``."""
     app.include_router(router)
+    app.include_router(export_pages.router)
+    app.include_router(subject_access_pages.router)
     app.add_middleware(SecurityHeaders, tile_url=settings.map_tile_url)
 
     @app.exception_handler(PageRefused)
