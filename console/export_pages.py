@@ -74,7 +74,12 @@ def incident_exports_page(request: Request, incident_id: str) -> Response:
             return render(request, "missing.html", who, 404, what="incident")
         items = exportable_items(session, who.principal, incident.id)
         log = disclosure_log(session, incident)
-        summary = {"id": incident.id, "reference": incident.reference, "title": incident.title, "site": incident.site}
+        summary = {
+            "id": incident.id,
+            "reference": incident.reference,
+            "title": incident.title,
+            "site": incident.site,
+        }
     return render(
         request,
         "exports.html",

@@ -43,7 +43,9 @@ def review_url(request: Request, item_id: str) -> str | None:
 def versions(session: Session, item_id: str) -> list[dict[str, Any]]:
     """A clip's redaction versions, newest first, with what each excluded and muted."""
     jobs = session.scalars(
-        select(RedactionJob).where(RedactionJob.source_item_id == item_id).order_by(RedactionJob.version.desc())
+        select(RedactionJob)
+        .where(RedactionJob.source_item_id == item_id)
+        .order_by(RedactionJob.version.desc())
     )
     out = []
     for job in jobs:
@@ -99,7 +101,9 @@ def request_page(request: Request, request_id: str) -> Response:
         incident = visible_incident(session, who.principal, sar.incident_id)
         assert incident is not None
         footage = _footage(request, session, who.principal, incident.id)
-        packages = [p for p in disclosure_log(session, incident)["packages"] if p["export_id"] == sar.export_id]
+        packages = [
+            p for p in disclosure_log(session, incident)["packages"] if p["export_id"] == sar.export_id
+        ]
     return render(
         request,
         "subject_access_request.html",

@@ -31,8 +31,8 @@ from console import install as install_console
 from devices import api as devices_api
 from incidents import api as incidents_api
 from incidents.export import api as export_api
-from incidents.subject_access import api as subject_access_api
 from incidents.retention import RetentionRules, retention_loop
+from incidents.subject_access import api as subject_access_api
 from storage.objects import StorageError
 from storage.schedule import run_when_due
 from storage.settings import Settings

@@ -20,8 +20,11 @@ from chain_of_custody.evidence import Provenance
 from chain_of_custody.models import CustodyEntry
 from devices.models import StaffMember
 from incidents.subject_access.service import days_left, due_date
-from tests.test_export_api import Server, custody_of, server, wait_ready  # noqa: F401  (fixture)
+from tests import test_export_api
+from tests.test_export_api import Server, custody_of, wait_ready
 from tests.test_export_package import put_evidence
+
+server = test_export_api.server  # the running service with its users, as the export API tests use it
 
 
 @pytest.fixture
@@ -33,7 +36,12 @@ def database_url(pg_url: str) -> Iterator[str]:
 def _incident(server: Server, site: str = "QEH", assign: str | None = "inv") -> dict[str, str]:
     r = httpx.post(
         f"{server.url}/api/v1/incidents",
-        json={"category": "verbal_abuse", "occurred_at": "2026-11-22T10:00:00Z", "site": site, "title": "Ward 7"},
+        json={
+            "category": "verbal_abuse",
+            "occurred_at": "2026-11-22T10:00:00Z",
+            "site": site,
+            "title": "Ward 7",
+        },
         headers=server.as_("admin"),
     )
     assert r.status_code == 201, r.text
@@ -42,7 +50,8 @@ def _incident(server: Server, site: str = "QEH", assign: str | None = "inv") -> 
         with server.services.db.session() as session:  # type: ignore[attr-defined]
             user_id = session.scalar(select(User.id).where(User.username == assign))
         r = httpx.put(
-            f"{server.url}/api/v1/incidents/{incident['id']}/investigators/{user_id}", headers=server.as_("admin")
+            f"{server.url}/api/v1/incidents/{incident['id']}/investigators/{user_id}",
+            headers=server.as_("admin"),
         )
         assert r.status_code == 200, r.text
     return incident  # type: ignore[no-any-return]
@@ -60,9 +69,19 @@ def _link(server: Server, incident_id: str, item_id: str) -> None:
 def test_disclosure_log_records_packages_links_downloads_and_revocations(server: Server) -> None:
     s = server.services
     inv = server.as_("inv")
-    first = put_evidence(s, b'{"alarm":"sos"}', Provenance(kind="alarm", actor="device:LW-1", content_type="application/json"))
-    second = put_evidence(s, b'{"alarm":"amber"}', Provenance(kind="alarm", actor="device:LW-2", content_type="application/json"))
-    stray = put_evidence(s, b'{"alarm":"stray"}', Provenance(kind="alarm", actor="device:LW-3", content_type="application/json"))
+    first = put_evidence(
+        s, b'{"alarm":"sos"}', Provenance(kind="alarm", actor="device:LW-1", content_type="application/json")
+    )
+    second = put_evidence(
+        s,
+        b'{"alarm":"amber"}',
+        Provenance(kind="alarm", actor="device:LW-2", content_type="application/json"),
+    )
+    stray = put_evidence(
+        s,
+        b'{"alarm":"stray"}',
+        Provenance(kind="alarm", actor="device:LW-3", content_type="application/json"),
+    )
     incident = _incident(server)
     _link(server, incident["id"], first.id)
     _link(server, incident["id"], second.id)
@@ -78,11 +97,13 @@ def test_disclosure_log_records_packages_links_downloads_and_revocations(server:
 
     # Two links: an officer's (downloaded whole and in part, then revoked) and one with a hostile name.
     links = f"{server.url}/api/v1/exports/{job['id']}/links"
-    r = httpx.post(links, json={"recipient": "DC Jones, Met Police", "purpose": "charging decision"}, headers=inv)
+    r = httpx.post(
+        links, json={"recipient": "DC Jones, Met Police", "purpose": "charging decision"}, headers=inv
+    )
     assert r.status_code == 201, r.text
     officer = r.json()
     assert officer["purpose"] == "charging decision"
-    hostile = "=HYPERLINK(\"http://x\")"
+    hostile = '=HYPERLINK("http://x")'
     assert httpx.post(links, json={"recipient": hostile}, headers=inv).status_code == 201
     assert httpx.get(officer["url"]).status_code == 200
     assert httpx.get(officer["url"], headers={"Range": "bytes=0-99"}).status_code == 206
@@ -143,7 +164,10 @@ def test_subject_access_requests_by_days_left_and_only_visible_footage(server: S
     today = datetime.now(UTC).date()
     with s.db.session() as session:  # type: ignore[attr-defined]
         session.add_all(
-            [StaffMember(id="S-QEH", name="Porter", site="QEH"), StaffMember(id="S-GEN", name="Nurse", site="GEN")]
+            [
+                StaffMember(id="S-QEH", name="Porter", site="QEH"),
+                StaffMember(id="S-GEN", name="Nurse", site="GEN"),
+            ]
         )
     at = datetime(2026, 11, 20, 14, 0, tzinfo=UTC)
 
@@ -190,13 +214,19 @@ def test_subject_access_requests_by_days_left_and_only_visible_footage(server: S
 
     # Nobody outside the requests' incidents sees them, by list, by id, by change or by search.
     one = f"{base}/{recent['id']}"
-    window = {"start": (at - timedelta(minutes=30)).isoformat(), "end": (at + timedelta(minutes=30)).isoformat()}
+    window = {
+        "start": (at - timedelta(minutes=30)).isoformat(),
+        "end": (at + timedelta(minutes=30)).isoformat(),
+    }
     assert httpx.get(base, headers=server.as_("other_inv")).json() == []
     assert httpx.get(one, headers=server.as_("other_inv")).status_code == 404
     assert httpx.patch(one, json={"notes": "x"}, headers=server.as_("other_inv")).status_code == 404
     assert httpx.get(f"{one}/candidates", params=window, headers=server.as_("other_inv")).status_code == 404
     assert httpx.get(base, headers=server.as_("audit")).status_code == 403
-    assert [x["id"] for x in httpx.get(base, headers=server.as_("boss")).json()] == [older["id"], recent["id"]]
+    assert [x["id"] for x in httpx.get(base, headers=server.as_("boss")).json()] == [
+        older["id"],
+        recent["id"],
+    ]
 
     # The footage search returns only what the searcher could already see.
     def search(who: str, **extra: str) -> list[str]:

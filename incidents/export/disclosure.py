@@ -201,14 +201,18 @@ def to_csv(rows: Iterable[DisclosureEvent]) -> str:
 def disclosure_log(session: Session, incident: Incident) -> dict[str, Any]:
     """The incident's packages, links and downloads, and the same as one list of events."""
     jobs = session.scalars(
-        select(ExportJob).where(ExportJob.incident_id == incident.id).order_by(ExportJob.created_at, ExportJob.id)
+        select(ExportJob)
+        .where(ExportJob.incident_id == incident.id)
+        .order_by(ExportJob.created_at, ExportJob.id)
     ).all()
     ids = [j.id for j in jobs]
     links: dict[str, list[ExportLink]] = defaultdict(list)
     downloads: dict[str, list[dict[str, Any]]] = {}
     if ids:
         for link in session.scalars(
-            select(ExportLink).where(ExportLink.export_id.in_(ids)).order_by(ExportLink.created_at, ExportLink.id)
+            select(ExportLink)
+            .where(ExportLink.export_id.in_(ids))
+            .order_by(ExportLink.created_at, ExportLink.id)
         ):
             links[link.export_id].append(link)
         downloads = downloads_by_link(

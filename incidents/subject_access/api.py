@@ -22,8 +22,16 @@ from storage.api_schema import Timestamp, error_responses
 from ..access import INCIDENT_READERS, INCIDENT_WRITERS, Viewer
 from ..models import Incident
 from .models import SAR_STATUSES, SubjectAccessRequest
-from .service import RequestDraft, Search, candidates, change_request, days_left, receive_request
-from .service import requests_for, visible_request
+from .service import (
+    RequestDraft,
+    Search,
+    candidates,
+    change_request,
+    days_left,
+    receive_request,
+    requests_for,
+    visible_request,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["subject access requests"])
 readers = Depends(require_roles(*INCIDENT_READERS))
@@ -101,7 +109,9 @@ def receive(body: RequestIn, user: Viewer = writers, s: CoreServices = Depends(s
     """Record a request; its due date is one calendar month after it was received."""
     if user.role == "security_manager" and body.site != user.site:
         raise HTTPException(403, "a security manager records requests for their own site")
-    draft = RequestDraft(body.requester, body.contact, body.received_on, body.site, body.description, body.notes)
+    draft = RequestDraft(
+        body.requester, body.contact, body.received_on, body.site, body.description, body.notes
+    )
     with s.db.session() as session:
         sar = receive_request(session, s.ledger, user, draft)
         return request_view(session, sar)
@@ -119,12 +129,16 @@ def list_requests(
 
 
 @router.get("/subject-access-requests/{request_id}", response_model=RequestOut)
-def get_request(request_id: str, user: Viewer = readers, s: CoreServices = Depends(services)) -> dict[str, Any]:
+def get_request(
+    request_id: str, user: Viewer = readers, s: CoreServices = Depends(services)
+) -> dict[str, Any]:
     with s.db.session() as session:
         return request_view(session, _visible(session, user, request_id))
 
 
-@router.patch("/subject-access-requests/{request_id}", response_model=RequestOut, responses=error_responses(404))
+@router.patch(
+    "/subject-access-requests/{request_id}", response_model=RequestOut, responses=error_responses(404)
+)
 def change(
     request_id: str, body: RequestChange, user: Viewer = writers, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:

@@ -58,7 +58,9 @@ class RequestDraft:
     notes: str = ""
 
 
-def _custody(session: Session, ledger: Ledger, sar: SubjectAccessRequest, actor: str, event: str, **extra: Any) -> None:
+def _custody(
+    session: Session, ledger: Ledger, sar: SubjectAccessRequest, actor: str, event: str, **extra: Any
+) -> None:
     incident = session.get(Incident, sar.incident_id)
     details = {
         "event": event,
@@ -131,7 +133,9 @@ def visible_request(session: Session, viewer: Viewer, request_id: str) -> Subjec
     )
 
 
-def requests_for(session: Session, viewer: Viewer, statuses: Sequence[str] = (OPEN,)) -> list[SubjectAccessRequest]:
+def requests_for(
+    session: Session, viewer: Viewer, statuses: Sequence[str] = (OPEN,)
+) -> list[SubjectAccessRequest]:
     """The requests the viewer may see with these statuses, the least time left first."""
     return list(
         session.scalars(
