@@ -184,6 +184,8 @@ def test_export_link_download_verify_and_revoke_in_the_browser(
     ]
     assert "DC Jones, Metropolitan Police" in page.locator("#disclosure-log").inner_text()
     assert "charging decision" in page.locator("#disclosure-log").inner_text()
+    csv_file = page.request.get(server.url + page.locator("a[href$='format=csv']").get_attribute("href"))
+    assert csv_file.status == 200 and "DC Jones, Metropolitan Police" in csv_file.text()
     page.locator("#log-title").scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "export-disclosure-log.png"), full_page=True)
     assert page.errors == []  # type: ignore[attr-defined]

@@ -174,7 +174,8 @@ def events(packages: Sequence[Mapping[str, Any]]) -> list[DisclosureEvent]:
                         **common,
                     )
                 )
-    out.sort(key=lambda e: (_when(e.at), EVENT_KINDS.index(e.event)))
+    # Links are stamped to the second: within one second, the order of the steps decides.
+    out.sort(key=lambda e: (_when(e.at).replace(microsecond=0), EVENT_KINDS.index(e.event), _when(e.at)))
     return out
 
 

@@ -79,11 +79,11 @@ def receive_request(
     now = now or datetime.now(UTC)
     requester = draft.requester.strip()
     if len(requester) < 2:
-        raise IncidentRefused("requester_required", "name the person who asks")
+        raise IncidentRefused("requester_required", "name the person who asks", 422)
     if not draft.contact.strip():
-        raise IncidentRefused("contact_required", "say how to reach the person who asks")
+        raise IncidentRefused("contact_required", "say how to reach the person who asks", 422)
     if draft.received_on > now.date():
-        raise IncidentRefused("received_in_future", "the request cannot be received after today")
+        raise IncidentRefused("received_in_future", "the request cannot be received after today", 422)
     incident = create_incident(
         session,
         IncidentDraft(
@@ -198,7 +198,7 @@ def candidates(
     """Clips recorded during the window (by the camera's clock), by the wearer and at the site if
     given, among those the viewer may see; the search itself is a custody entry."""
     if search.end < search.start:
-        raise IncidentRefused("bad_window", "the window ends before it starts")
+        raise IncidentRefused("bad_window", "the window ends before it starts", 422)
     stop = func.coalesce(EvidenceItem.captured_stop, EvidenceItem.captured_start)
     q = select(EvidenceItem).where(
         EvidenceItem.kind.in_(CANDIDATE_KINDS),
