@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,6 +21,7 @@ from accounts.access import services
 from incidents.access import INCIDENT_READERS, INCIDENT_WRITERS, Viewer, visible_incident
 from incidents.export.disclosure import disclosure_log
 from incidents.subject_access.api import request_view
+from incidents.subject_access.models import SAR_STATUSES
 from incidents.subject_access.service import requests_for, visible_request
 from redaction.models import RedactionJob
 
@@ -65,9 +66,9 @@ def versions(session: Session, item_id: str) -> list[dict[str, Any]]:
 
 
 @router.get("/subject-access")
-def requests_page(request: Request, all: bool = False) -> Response:
+def requests_page(request: Request, everything: bool = Query(False, alias="all")) -> Response:
     who = signed_in(request, INCIDENT_READERS)
-    statuses = ("open", "answered", "refused", "withdrawn") if all else ("open",)
+    statuses = SAR_STATUSES if everything else ("open",)
     with services(request).db.session() as session:
         rows = [request_view(session, r) for r in requests_for(session, who.principal, statuses)]
     return render(
@@ -75,7 +76,7 @@ def requests_page(request: Request, all: bool = False) -> Response:
         "subject_access.html",
         who,
         requests=rows,
-        showing_all=all,
+        showing_all=everything,
         can_write=who.principal.role in INCIDENT_WRITERS,
         today=datetime.now(UTC).date().isoformat(),
         own_site=who.principal.site if who.principal.role == "security_manager" else None,
