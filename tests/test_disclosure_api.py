@@ -8,23 +8,70 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from sqlalchemy import select
 
 from accounts.models import User
+from accounts.service import create_user, issue_token
 from chain_of_custody.evidence import Provenance
 from chain_of_custody.models import CustodyEntry
 from devices.models import StaffMember
 from incidents.subject_access.service import days_left, due_date
 from tests import test_export_api
-from tests.test_export_api import Server, custody_of, wait_ready
+from tests.conftest import ADMIN_PASSWORD, free_port, wait_for
+from tests.test_export_api import PASSWORD, Server, custody_of
 from tests.test_export_package import put_evidence
 
-server = test_export_api.server  # the running service with its users, as the export API tests use it
+
+@pytest.fixture
+def server(services: Any) -> Iterator[Server]:
+    """The export API tests' service and users, with tokens issued directly (signing in by password
+    through HTTP is not what these tests are about, and costs seconds on a busy machine)."""
+    from ingest.app import create_app
+
+    with services.db.session() as session:
+        for name, role, site in USERS:
+            create_user(session, name, ADMIN_PASSWORD if name == "admin" else PASSWORD, role, site=site)
+    tokens = {}
+    with services.db.session() as session:
+        for name, _, _ in USERS:
+            user = session.scalar(select(User).where(User.username == name))
+            tokens[name], _ = issue_token(session, user, timedelta(hours=2))
+    app = create_app(services.settings, services)
+    srv = test_export_api._ThreadedServer(
+        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None, lifespan="on")
+    )
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    wait_for(lambda: srv.started, 60, what="HTTP server to start")
+    yield Server(f"http://127.0.0.1:{srv.config.port}", services, tokens)
+    srv.should_exit = True
+    thread.join(15)
+
+
+USERS = (
+    ("admin", "admin", None),
+    ("inv", "investigator", None),
+    ("other_inv", "investigator", None),
+    ("boss", "security_manager", "QEH"),
+    ("audit", "auditor", None),
+)
+
+
+def wait_ready(server: Server, export_id: str) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        r = httpx.get(f"{server.url}/api/v1/exports/{export_id}", headers=server.as_("inv"), timeout=60)
+        assert r.status_code == 200 and r.json()["status"] != "failed", r.text
+        return r.json() if r.json()["status"] == "ready" else None  # type: ignore[no-any-return]
+
+    return wait_for(ready, 120, 0.2, "the export to be ready")  # type: ignore[no-any-return]
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from incidents.export.models import ExportJob
 from redaction.jobs import enqueue
 from redaction.models import RedactionJob
 from redaction.worker import RedactionWorker
-from tests import test_export_api
+from tests import test_disclosure_api
 from tests.conftest import wait_for
 from tests.media import make_test_clip
 from tests.test_console_kit import chromium, new_page, screenshot_dir, sign_in
@@ -40,7 +40,7 @@ from tests.test_export_package import put_evidence
 
 pytestmark = pytest.mark.e2e
 
-server = test_export_api.server  # the running service with its users, as the export API tests use it
+server = test_disclosure_api.server  # the running service with its users and their tokens
 
 
 @pytest.fixture
@@ -115,6 +115,7 @@ def test_export_link_download_verify_and_revoke_in_the_browser(
         assert r.status_code in (200, 201), r.text
 
     page = new_page(browser)
+    page.set_default_timeout(60_000)
     sign_in(page, server.url, "inv", PASSWORD, next_path="/exports")
     page.click(f"text={incident['reference']}")
     page.wait_for_selector("#build-form")
@@ -250,6 +251,7 @@ def test_subject_access_request_from_request_to_package(server: Server, browser:
     requester_track = tracks[0]
 
     page = new_page(browser, height=900)
+    page.set_default_timeout(60_000)
     sign_in(page, server.url, "boss", PASSWORD, next_path="/subject-access")
     page.fill("#sar-requester", "Alex Smith")
     page.fill("#sar-contact", "alex.smith@example.org, 07700 900123")
