@@ -67,11 +67,15 @@ USERS = (
 
 def wait_ready(server: Server, export_id: str) -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
-        r = httpx.get(f"{server.url}/api/v1/exports/{export_id}", headers=server.as_("inv"), timeout=60)
+        r = http.get(f"{server.url}/api/v1/exports/{export_id}", headers=server.as_("inv"), timeout=60)
         assert r.status_code == 200 and r.json()["status"] != "failed", r.text
         return r.json() if r.json()["status"] == "ready" else None  # type: ignore[no-any-return]
 
     return wait_for(ready, 120, 0.2, "the export to be ready")  # type: ignore[no-any-return]
+
+
+# Patient answers: these tests run beside others on a busy machine.
+http = httpx.Client(timeout=120)
 
 
 @pytest.fixture
@@ -81,7 +85,7 @@ def database_url(pg_url: str) -> Iterator[str]:
 
 
 def _incident(server: Server, site: str = "QEH", assign: str | None = "inv") -> dict[str, str]:
-    r = httpx.post(
+    r = http.post(
         f"{server.url}/api/v1/incidents",
         json={
             "category": "verbal_abuse",
@@ -96,7 +100,7 @@ def _incident(server: Server, site: str = "QEH", assign: str | None = "inv") -> 
     if assign:
         with server.services.db.session() as session:  # type: ignore[attr-defined]
             user_id = session.scalar(select(User.id).where(User.username == assign))
-        r = httpx.put(
+        r = http.put(
             f"{server.url}/api/v1/incidents/{incident['id']}/investigators/{user_id}",
             headers=server.as_("admin"),
         )
@@ -105,7 +109,7 @@ def _incident(server: Server, site: str = "QEH", assign: str | None = "inv") -> 
 
 
 def _link(server: Server, incident_id: str, item_id: str) -> None:
-    r = httpx.post(
+    r = http.post(
         f"{server.url}/api/v1/incidents/{incident_id}/links",
         json={"kind": "evidence", "target_id": item_id, "reason": "seen on the footage"},
         headers=server.as_("admin"),
@@ -135,29 +139,29 @@ def test_disclosure_log_records_packages_links_downloads_and_revocations(server:
     exports = f"{server.url}/api/v1/incidents/{incident['id']}/exports"
 
     # The items are chosen: one the incident does not hold is refused by name, the chosen one alone goes in.
-    r = httpx.post(exports, json={"item_ids": [first.id, stray.id]}, headers=inv)
+    r = http.post(exports, json={"item_ids": [first.id, stray.id]}, headers=inv)
     assert r.status_code == 422 and stray.id in r.text, r.text
-    r = httpx.post(exports, json={"item_ids": [first.id]}, headers=inv)
+    r = http.post(exports, json={"item_ids": [first.id]}, headers=inv)
     assert r.status_code == 202, r.text
     job = wait_ready(server, r.json()["id"])
     assert job["included"] == [first.id]
 
     # Two links: an officer's (downloaded whole and in part, then revoked) and one with a hostile name.
     links = f"{server.url}/api/v1/exports/{job['id']}/links"
-    r = httpx.post(
+    r = http.post(
         links, json={"recipient": "DC Jones, Met Police", "purpose": "charging decision"}, headers=inv
     )
     assert r.status_code == 201, r.text
     officer = r.json()
     assert officer["purpose"] == "charging decision"
     hostile = '=HYPERLINK("http://x")'
-    assert httpx.post(links, json={"recipient": hostile}, headers=inv).status_code == 201
-    assert httpx.get(officer["url"]).status_code == 200
-    assert httpx.get(officer["url"], headers={"Range": "bytes=0-99"}).status_code == 206
-    assert httpx.delete(f"{links}/{officer['id']}", headers=inv).status_code == 204
-    assert httpx.get(officer["url"]).status_code == 410
+    assert http.post(links, json={"recipient": hostile}, headers=inv).status_code == 201
+    assert http.get(officer["url"]).status_code == 200
+    assert http.get(officer["url"], headers={"Range": "bytes=0-99"}).status_code == 206
+    assert http.delete(f"{links}/{officer['id']}", headers=inv).status_code == 204
+    assert http.get(officer["url"]).status_code == 410
 
-    log = httpx.get(f"{server.url}/api/v1/incidents/{incident['id']}/disclosures", headers=inv)
+    log = http.get(f"{server.url}/api/v1/incidents/{incident['id']}/disclosures", headers=inv)
     assert log.status_code == 200, log.text
     body = log.json()
     [package] = body["packages"]
@@ -173,7 +177,7 @@ def test_disclosure_log_records_packages_links_downloads_and_revocations(server:
     assert all(e["package_sha256"] == job["package_sha256"] for e in body["events"])
 
     # The CSV is the same events, and a recipient typed as a formula stays text.
-    r = httpx.get(f"{server.url}/api/v1/incidents/{incident['id']}/disclosures?format=csv", headers=inv)
+    r = http.get(f"{server.url}/api/v1/incidents/{incident['id']}/disclosures?format=csv", headers=inv)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert incident["reference"] in r.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(r.text)))
@@ -188,11 +192,11 @@ def test_disclosure_log_records_packages_links_downloads_and_revocations(server:
 
     # Who may read it: the site's security manager; not an investigator of other incidents, not an auditor.
     disclosures = f"{server.url}/api/v1/incidents/{incident['id']}/disclosures"
-    assert httpx.get(disclosures, headers=server.as_("boss")).status_code == 200
-    assert httpx.get(disclosures, headers=server.as_("other_inv")).status_code == 404
-    assert httpx.get(disclosures + "?format=csv", headers=server.as_("other_inv")).status_code == 404
-    assert httpx.get(disclosures, headers=server.as_("audit")).status_code == 403
-    assert httpx.get(disclosures).status_code == 401
+    assert http.get(disclosures, headers=server.as_("boss")).status_code == 200
+    assert http.get(disclosures, headers=server.as_("other_inv")).status_code == 404
+    assert http.get(disclosures + "?format=csv", headers=server.as_("other_inv")).status_code == 404
+    assert http.get(disclosures, headers=server.as_("audit")).status_code == 403
+    assert http.get(disclosures).status_code == 401
 
 
 def test_due_date_is_one_calendar_month_later() -> None:
@@ -235,7 +239,7 @@ def test_subject_access_requests_by_days_left_and_only_visible_footage(server: S
 
     # Recorded by the investigator (assigned to its incident), the older first by days left.
     def receive(who: str, received: date, site: str = "QEH") -> httpx.Response:
-        return httpx.post(
+        return http.post(
             base,
             json={
                 "requester": "Alex Smith",
@@ -255,7 +259,7 @@ def test_subject_access_requests_by_days_left_and_only_visible_footage(server: S
     older = receive("inv", today - timedelta(days=25)).json()
     assert receive("boss", today, site="GEN").status_code == 403
     assert receive("inv", today + timedelta(days=1)).status_code in (409, 422)
-    listed = httpx.get(base, headers=server.as_("inv")).json()
+    listed = http.get(base, headers=server.as_("inv")).json()
     assert [x["id"] for x in listed] == [older["id"], recent["id"]]
     assert listed[0]["days_left"] < listed[1]["days_left"]
 
@@ -265,19 +269,19 @@ def test_subject_access_requests_by_days_left_and_only_visible_footage(server: S
         "start": (at - timedelta(minutes=30)).isoformat(),
         "end": (at + timedelta(minutes=30)).isoformat(),
     }
-    assert httpx.get(base, headers=server.as_("other_inv")).json() == []
-    assert httpx.get(one, headers=server.as_("other_inv")).status_code == 404
-    assert httpx.patch(one, json={"notes": "x"}, headers=server.as_("other_inv")).status_code == 404
-    assert httpx.get(f"{one}/candidates", params=window, headers=server.as_("other_inv")).status_code == 404
-    assert httpx.get(base, headers=server.as_("audit")).status_code == 403
-    assert [x["id"] for x in httpx.get(base, headers=server.as_("boss")).json()] == [
+    assert http.get(base, headers=server.as_("other_inv")).json() == []
+    assert http.get(one, headers=server.as_("other_inv")).status_code == 404
+    assert http.patch(one, json={"notes": "x"}, headers=server.as_("other_inv")).status_code == 404
+    assert http.get(f"{one}/candidates", params=window, headers=server.as_("other_inv")).status_code == 404
+    assert http.get(base, headers=server.as_("audit")).status_code == 403
+    assert [x["id"] for x in http.get(base, headers=server.as_("boss")).json()] == [
         older["id"],
         recent["id"],
     ]
 
     # The footage search returns only what the searcher could already see.
     def search(who: str, **extra: str) -> list[str]:
-        r = httpx.get(f"{one}/candidates", params={**window, **extra}, headers=server.as_(who))
+        r = http.get(f"{one}/candidates", params={**window, **extra}, headers=server.as_(who))
         assert r.status_code == 200, r.text
         return [c["id"] for c in r.json()]
 
@@ -291,13 +295,13 @@ def test_subject_access_requests_by_days_left_and_only_visible_footage(server: S
     assert search("inv") == [in_window_qeh]
 
     # Answering it: a package of another incident is refused; the status change closes it.
-    r = httpx.patch(one, json={"status": "answered", "notes": "sent by post"}, headers=server.as_("inv"))
+    r = http.patch(one, json={"status": "answered", "notes": "sent by post"}, headers=server.as_("inv"))
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "answered" and r.json()["closed_by"] == "user:inv"
     assert r.json()["notes"] == "sent by post"
-    assert httpx.patch(one, json={"export_id": "nope"}, headers=server.as_("inv")).status_code == 404
-    assert [x["id"] for x in httpx.get(base, headers=server.as_("inv")).json()] == [older["id"]]
-    everything = httpx.get(base, params={"status": ["open", "answered"]}, headers=server.as_("inv")).json()
+    assert http.patch(one, json={"export_id": "nope"}, headers=server.as_("inv")).status_code == 404
+    assert [x["id"] for x in http.get(base, headers=server.as_("inv")).json()] == [older["id"]]
+    everything = http.get(base, params={"status": ["open", "answered"]}, headers=server.as_("inv")).json()
     assert len(everything) == 2
 
     # Every step is in custody, naming the request and its incident but never the requester.

@@ -43,6 +43,10 @@ pytestmark = pytest.mark.e2e
 server = test_disclosure_api.server  # the running service with its users and their tokens
 
 
+# Patient answers: these tests run beside others on a busy machine.
+http = httpx.Client(timeout=120)
+
+
 @pytest.fixture
 def database_url(pg_url: str) -> Iterator[str]:
     yield pg_url
@@ -57,7 +61,7 @@ def browser() -> Iterator[Any]:
 def _assign(server: Server, incident_id: str, username: str) -> None:
     with server.services.db.session() as session:  # type: ignore[attr-defined]
         user_id = session.scalar(select(User.id).where(User.username == username))
-    r = httpx.put(
+    r = http.put(
         f"{server.url}/api/v1/incidents/{incident_id}/investigators/{user_id}", headers=server.as_("admin")
     )
     assert r.status_code == 200, r.text
@@ -94,7 +98,7 @@ def test_export_link_download_verify_and_revoke_in_the_browser(
         b'{"alarm":"sos","by":"S-1"}',
         Provenance(kind="alarm", actor="device:LW-1", filename="sos.json", content_type="application/json"),
     )
-    r = httpx.post(
+    r = http.post(
         f"{server.url}/api/v1/incidents",
         json={
             "category": "physical_assault",
@@ -107,7 +111,7 @@ def test_export_link_download_verify_and_revoke_in_the_browser(
     incident = r.json()
     _assign(server, incident["id"], "inv")
     for target in (clip.id, memo.id):
-        r = httpx.post(
+        r = http.post(
             f"{server.url}/api/v1/incidents/{incident['id']}/links",
             json={"kind": "evidence", "target_id": target, "reason": "seen on the footage"},
             headers=server.as_("admin"),
@@ -121,7 +125,7 @@ def test_export_link_download_verify_and_revoke_in_the_browser(
     page.wait_for_selector("#build-form")
     assert page.locator("#include-originals").count() == 0  # an investigator may not add originals
     shown_fingerprint = page.locator("#key-fingerprint").inner_text().strip()
-    trusted = httpx.get(f"{server.url}/.well-known/evidence-signing-key").json()["fingerprint_sha256"]
+    trusted = http.get(f"{server.url}/.well-known/evidence-signing-key").json()["fingerprint_sha256"]
     assert shown_fingerprint == trusted
 
     # Only the clip: the alarm record is left out.
@@ -147,7 +151,7 @@ def test_export_link_download_verify_and_revoke_in_the_browser(
 
     # The recipient downloads it and checks it with the fingerprint passed on apart from it.
     package = tmp_path / "package.zip"
-    with httpx.stream("GET", url) as resp:
+    with http.stream("GET", url) as resp:
         assert resp.status_code == 200
         with open(package, "wb") as f:
             for chunk in resp.iter_bytes():
@@ -175,7 +179,7 @@ def test_export_link_download_verify_and_revoke_in_the_browser(
     assert "Confirm" in revoke.inner_text()
     revoke.click()
     page.wait_for_selector("text=revoked")
-    assert httpx.get(url).status_code == 410
+    assert http.get(url).status_code == 410
     log = page.locator("#disclosure-log tbody tr")
     assert log.evaluate_all("(rows) => rows.map((r) => r.dataset.event)") == [
         "package_built",
@@ -309,7 +313,7 @@ def test_subject_access_request_from_request_to_package(server: Server, browser:
         job = session.scalars(select(ExportJob).order_by(ExportJob.created_at.desc())).first()
         result = json.loads(job.result or "{}")
     assert redacted_id in result["included"] and clip.id in result["withheld"]
-    sar = httpx.get(f"{server.url}/api/v1/subject-access-requests", headers=server.as_("boss")).json()[0]
+    sar = http.get(f"{server.url}/api/v1/subject-access-requests", headers=server.as_("boss")).json()[0]
     assert sar["export_id"] == job.id
     assert page.errors == []  # type: ignore[attr-defined]
 
