@@ -216,13 +216,12 @@ def disclosure_log(session: Session, incident: Incident) -> dict[str, Any]:
             .order_by(ExportLink.created_at, ExportLink.id)
         ):
             links[link.export_id].append(link)
-        downloads = downloads_by_link(
-            session.execute(
-                select(CustodyEntry.actor, CustodyEntry.at, CustodyEntry.details)
-                .where(CustodyEntry.item_id.in_(ids), CustodyEntry.action == "viewed")
-                .order_by(CustodyEntry.seq)
-            ).tuples()
+        viewed = session.execute(
+            select(CustodyEntry.actor, CustodyEntry.at, CustodyEntry.details)
+            .where(CustodyEntry.item_id.in_(ids), CustodyEntry.action == "viewed")
+            .order_by(CustodyEntry.seq)
         )
+        downloads = downloads_by_link((actor, at, details) for actor, at, details in viewed)
     packages = [package_view(j, links[j.id], downloads) for j in jobs]
     return {
         "incident": {"id": incident.id, "reference": incident.reference, "title": incident.title},
