@@ -28,6 +28,8 @@ class CustodyAction(StrEnum):
     QUARANTINED = "quarantined"
     REDACTED = "redacted"
     EXPORTED = "exported"
+    LINK_ISSUED = "link_issued"  # a package's download link given to a named recipient
+    LINK_REVOKED = "link_revoked"
     LINKED = "linked"
     UNLINKED = "unlinked"
     RETENTION_CHANGED = "retention_changed"
@@ -38,6 +40,7 @@ class CustodyAction(StrEnum):
     DEVICE_ENROLLED = "device_enrolled"
     DEVICE_CHANGED = "device_changed"
     USER_CHANGED = "user_changed"
+    SUBJECT_ACCESS = "subject_access"  # a subject access request received, searched or answered
     CHECKPOINT = "checkpoint"
 
 

@@ -7,18 +7,23 @@ in ``console/static`` (no build step, no Node.js). ``install`` mounts it on the 
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
 from storage.settings import Settings
 
+from . import export_pages, subject_access_pages
 from .api import PageRefused, render, router
 from .security import SecurityHeaders
+
+# Every router of the console's pages (the API's role matrix leaves them to the console's own tests).
+ROUTERS: tuple[APIRouter, ...] = (router, export_pages.router, subject_access_pages.router)
 
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Mount the console's routes and put the security headers on every response of ``app``."""
-    app.include_router(router)
+    for pages in ROUTERS:
+        app.include_router(pages)
     app.add_middleware(SecurityHeaders, tile_url=settings.map_tile_url)
 
     @app.exception_handler(PageRefused)

@@ -32,6 +32,7 @@ from devices import api as devices_api
 from incidents import api as incidents_api
 from incidents.export import api as export_api
 from incidents.retention import RetentionRules, retention_loop
+from incidents.subject_access import api as subject_access_api
 from storage.objects import StorageError
 from storage.schedule import run_when_due
 from storage.settings import Settings
@@ -55,6 +56,7 @@ ROUTERS: list[APIRouter] = [
     redaction_api.router,
     incidents_api.router,
     export_api.router,
+    subject_access_api.router,
     custody_api.router,
 ]
 

@@ -8,6 +8,7 @@ import chain_of_custody.models  # noqa: F401
 import devices.models  # noqa: F401
 import incidents.export.models  # noqa: F401
 import incidents.models  # noqa: F401
+import incidents.subject_access.models  # noqa: F401
 import ingest.models  # noqa: F401
 import redaction.models  # noqa: F401
 from storage.db import Base

@@ -36,6 +36,8 @@ PAGE_ROLES = {
     "/board/directory.json?device=LW-MATRIX": {"admin", "manager", "operator", "operator2", "auditor"},
     "/map/data.json": {"admin", "manager", "operator", "operator2", "auditor"},
     "/alarms/{alarm}": {"admin", "manager", "operator", "operator2", "auditor"},
+    "/exports": {"admin", "manager", "investigator"},
+    "/subject-access": {"admin", "manager", "investigator"},
 }
 # Every console route, and how the table above (or a test below) covers it.
 CONSOLE_ROUTES = {
@@ -56,6 +58,10 @@ CONSOLE_ROUTES = {
     ("GET", "/docs"): "open: API documentation",
     ("GET", "/redoc"): "open: API documentation",
     ("GET", "/static/{prefix}/{name:path}"): "open: files, tested below",
+    ("GET", "/exports"): "PAGE_ROLES",
+    ("GET", "/incidents/{incident_id}/exports"): "tests/test_exports_browser.py (role and incident scope)",
+    ("GET", "/subject-access"): "PAGE_ROLES",
+    ("GET", "/subject-access/{request_id}"): "tests/test_exports_browser.py (role and incident scope)",
 }
 
 
@@ -102,7 +108,7 @@ def test_every_page_by_every_role(sqlite_site: tuple[str, Any]) -> None:
     assert not wrong, "\n".join(wrong)
     # The start page follows the role.
     assert clients["operator"].get("/").headers["location"] == "/board"
-    assert clients["investigator"].get("/").headers["location"] == "/welcome"
+    assert clients["investigator"].get("/").headers["location"] == "/exports"
     assert anonymous.get("/").headers["location"] == "/sign-in"
 
 

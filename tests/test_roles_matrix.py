@@ -34,7 +34,7 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
 from accounts.models import User
-from accounts.service import issue_token
+from accounts.service import Principal, issue_token
 from devices.service import enrol_dock, enrol_keyed_device
 from incidents.service import (
     IncidentDraft,
@@ -43,6 +43,7 @@ from incidents.service import (
     link_alarm,
     link_evidence,
 )
+from incidents.subject_access.service import RequestDraft, receive_request
 from tests.clipkit import Fleet, clip_metadata, sha256
 from tests.conftest import wait_for
 from tests.test_alarms_kit import raise_test_alarm
@@ -178,6 +179,16 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/exports/{export_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("POST", "/api/v1/exports/{export_id}/links"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("DELETE", "/api/v1/exports/{export_id}/links/{link_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/incidents/{incident_id}/disclosures"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    # Subject access requests: who sees the request's incident; anyone who writes incidents records one
+    # (a security manager for their own site: the sample's site is NORTH).
+    ("POST", "/api/v1/subject-access-requests"): Rule(ok=IN_SCOPE | {"investigator_unassigned"}),
+    ("GET", "/api/v1/subject-access-requests"): Rule(ok=IN_SCOPE | OUT_OF_SCOPE),
+    ("GET", "/api/v1/subject-access-requests/{request_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("PATCH", "/api/v1/subject-access-requests/{request_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/subject-access-requests/{request_id}/candidates"): Rule(
+        ok=IN_SCOPE, hidden=OUT_OF_SCOPE
+    ),
     # Control room: operators and managers act on alarms; auditors may look.
     ("GET", "/api/v1/alarms"): Rule(ok=CONTROL_ROOM | {"auditor"}),
     ("GET", "/api/v1/alarms/stream"): Rule(ok=CONTROL_ROOM | {"auditor"}),
@@ -225,6 +236,10 @@ class Sample:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _today() -> str:
+    return datetime.now(UTC).date().isoformat()
 
 
 def _pub() -> str:
@@ -380,6 +395,20 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("DELETE", "/api/v1/exports/{export_id}/links/{link_id}"): Sample(
         prepare=lambda fx: {"link_id": _new_link(fx)}
     ),
+    ("POST", "/api/v1/subject-access-requests"): Sample(
+        json=lambda fx, p: {
+            "requester": f"Sam for {p}",
+            "contact": "sam@example.org",
+            "received_on": _today(),
+            "site": "NORTH",
+        }
+    ),
+    ("PATCH", "/api/v1/subject-access-requests/{request_id}"): Sample(
+        json=lambda fx, p: {"notes": f"by {p}"}
+    ),
+    ("GET", "/api/v1/subject-access-requests/{request_id}/candidates"): Sample(
+        params={"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"}
+    ),
 }
 
 # Which fixture object a path parameter names, unless the sample says otherwise.
@@ -392,6 +421,7 @@ PATH_DEFAULTS = {
     "job_id": "job",
     "export_id": "export",
     "link_id": "link",
+    "request_id": "subject_access_request",
     "alarm_id": "alarm",
     "event_id": "event",
 }
@@ -411,9 +441,15 @@ def _new_link(fx: Fixture) -> str:
 
 def console_routes() -> set[tuple[str, str]]:
     """The web console's pages: cookie sessions, not tokens; their own matrix is in test_console_access."""
-    from console.api import router
+    from console import ROUTERS
 
-    return {(m, r.path) for r in router.routes for m in getattr(r, "methods", ()) or () if m != "HEAD"}
+    return {
+        (m, r.path)
+        for router in ROUTERS
+        for r in router.routes
+        for m in getattr(r, "methods", ()) or ()
+        if m != "HEAD"
+    }
 
 
 def app_routes(app) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -465,6 +501,13 @@ def fx(sqlite_services):  # type: ignore[no-untyped-def]
         )
         assign_investigator(session, incident, ids["investigator"], "test")
         ids["incident"] = incident.id
+        request = receive_request(
+            session,
+            s.ledger,
+            Principal(ids["investigator"], "investigator", "investigator", None),
+            RequestDraft("Sam Requester", "sam@example.org", datetime.now(UTC).date(), "NORTH"),
+        )
+        ids["subject_access_request"] = request.id
     tokens["dock"] = dock.token
     ids["camera"] = "CAM-M"
     ids["event"] = str(uuid.uuid4())

@@ -18,10 +18,10 @@ import logging
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -41,6 +41,7 @@ from storage.streams import BlocksOnThread, blocks_in_thread
 
 from ..access import EVIDENCE_MEDIA, INCIDENT_MANAGERS, Viewer, visible_evidence_ids, visible_incident
 from .assemble import assemble, items_read, read_layout
+from .disclosure import DisclosureEvent, disclosure_log, to_csv
 from .jobs import ExportBuilds
 from .links import LinkRefused, check_link_token, link_secret, make_link_token, parse_link_token
 from .media import PackageAltered, unrecorded
@@ -60,6 +61,12 @@ ORIGINALS_AUTHORISERS = INCIDENT_MANAGERS
 class ExportIn(BaseModel):
     include_originals: StrictBool = False
     reason: str | None = Field(None, max_length=2000, description="required to include original footage")
+    item_ids: list[str] | None = Field(
+        None,
+        max_length=10_000,
+        description="only these of the incident's linked items (default: all of them); each must be "
+        "linked to the incident and visible to the caller",
+    )
 
 
 class ExportOut(BaseModel):
@@ -96,12 +103,16 @@ class LinkIn(BaseModel):
         min_length=3, max_length=200, description="who the link is for, as recorded in custody"
     )
     expires_in_hours: int = Field(72, ge=1, le=24 * 30)
+    purpose: str | None = Field(
+        None, max_length=2000, description="why the recipient receives the package (the disclosure log)"
+    )
 
 
 class LinkOut(BaseModel):
     id: str
     export_id: str
     recipient: str
+    purpose: str | None = None
     created_by: str
     expires_at: datetime
     url: str
@@ -180,6 +191,19 @@ def _job_seen(session: Session, user: Viewer, job: ExportJob, key: ServiceKey) -
     return out
 
 
+def chosen_items(session: Session, user: Viewer, linked: list[str], wanted: list[str]) -> list[str]:
+    """The caller's choice of the incident's items: each one linked to it and visible to the caller
+    (what they could not choose answers 422 naming it, the same for missing and hidden)."""
+    choice = list(dict.fromkeys(wanted))
+    seen = visible_evidence_ids(session, user, choice)
+    refused = [i for i in choice if i not in linked or i not in seen]
+    if refused:
+        raise HTTPException(422, f"not items of this incident you may export: {', '.join(refused[:20])}")
+    if not choice:
+        raise HTTPException(422, "choose at least one item")
+    return choice
+
+
 def visible_job(session: Session, user: Viewer, export_id: str) -> ExportJob:
     job = session.get(ExportJob, export_id)
     if job is None or visible_incident(session, user, job.incident_id) is None:
@@ -234,6 +258,8 @@ def request_export(
             raise HTTPException(404, "no such incident") from None
         if not item_ids:
             raise HTTPException(409, "nothing is linked to this incident yet")
+        if body.item_ids is not None:
+            item_ids = chosen_items(session, user, item_ids, body.item_ids)
         try:
             items = gather_items(session, item_ids)
         except ExportError as exc:
@@ -282,6 +308,36 @@ def incident_exports(
         return [_job_seen(session, user, visible_job(session, user, j.id), s.key) for j in jobs]
 
 
+@router.get(
+    "/incidents/{incident_id}/disclosures",
+    response_model=None,
+    responses={200: {"content": {"text/csv": {}}}},
+)
+def incident_disclosures(
+    incident_id: str,
+    format: Literal["json", "csv"] = "json",
+    user: Viewer = exporters,
+    s: CoreServices = Depends(services),
+) -> Any:
+    """The incident's disclosure log: every package, every link (recipient, purpose, who issued it,
+    expiry, revocation) and every download, from the export, link and custody records;
+    ``?format=csv`` is the same as one row per event."""
+    with s.db.session() as session:
+        incident = visible_incident(session, user, incident_id)
+        if incident is None:
+            raise HTTPException(404, "no such incident")
+        log_ = disclosure_log(session, incident)
+        reference = incident.reference
+    if format == "csv":
+        rows = [DisclosureEvent(**e) for e in log_["events"]]
+        return PlainTextResponse(
+            to_csv(rows),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="disclosure-log-{reference}.csv"'},
+        )
+    return log_
+
+
 @router.get("/exports/{export_id}", response_model=ExportOut)
 def get_export(
     export_id: str, user: Viewer = exporters, s: CoreServices = Depends(services)
@@ -312,6 +368,7 @@ def create_link(
             id=str(uuid.uuid4()),
             export_id=job.id,
             recipient=body.recipient.strip(),
+            purpose=(body.purpose or "").strip() or None,
             created_by=user.actor,
             created_at=now,
             expires_at=now + timedelta(hours=body.expires_in_hours),
@@ -319,6 +376,19 @@ def create_link(
         session.add(link)
         filename, package_sha256, package_size = job.filename, job.package_sha256, job.package_size
         fingerprint = json.loads(job.result or "{}").get("key_fingerprint") or s.key.fingerprint
+        s.ledger.append(
+            session,
+            "link_issued",
+            user.actor,
+            item_id=job.id,
+            details={
+                "link": link.id,
+                "recipient": link.recipient,
+                "purpose": link.purpose,
+                "expires_at": link.expires_at.isoformat(),
+                "package_sha256": package_sha256,
+            },
+        )
     path = f"/api/v1/exports/download/{make_link_token(link_secret(s.key), link.id, job.id, link.expires_at)}"
     log.info("export link issued", extra={"export": job.id, "link": link.id, "by": user.actor})
     base = str(request.base_url).rstrip("/")
@@ -326,6 +396,7 @@ def create_link(
         "id": link.id,
         "export_id": job.id,
         "recipient": link.recipient,
+        "purpose": link.purpose,
         "created_by": link.created_by,
         "expires_at": link.expires_at,
         "url": base + path,
@@ -350,6 +421,13 @@ def revoke_link(
         if link.revoked_at is None:
             link.revoked_at = datetime.now(UTC)
             link.revoked_by = user.actor
+            s.ledger.append(
+                session,
+                "link_revoked",
+                user.actor,
+                item_id=job.id,
+                details={"link": link.id, "recipient": link.recipient},
+            )
     return Response(status_code=204)
 
 

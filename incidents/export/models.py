@@ -54,6 +54,7 @@ class ExportLink(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     export_id: Mapped[str] = mapped_column(ForeignKey("export_jobs.id"), index=True)
     recipient: Mapped[str] = mapped_column(String(200))
+    purpose: Mapped[str | None] = mapped_column(Text, default=None)  # why they receive it (disclosure log)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -20,6 +20,8 @@ ACTION_WORDS = {
     "viewed": "Viewed or downloaded",
     "redacted": "Redacted copy made",
     "exported": "Included in an export package",
+    "link_issued": "Download link given to a named recipient",
+    "link_revoked": "Download link revoked",
     "linked": "Linked to an incident",
     "unlinked": "Unlinked from an incident",
     "retention_changed": "Retention changed",

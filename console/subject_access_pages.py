@@ -1,0 +1,116 @@
+"""Subject access request pages: the open requests by days left, and one request from footage to package.
+
+The lists come from ``incidents.subject_access`` with the caller's access (the request's incident);
+the footage of a request is what is linked to its incident and visible to the person. The page's
+script (``subject_access.js``) acts through the API: it searches, links a clip, asks for a
+redaction version with the requester's track excluded (and audio muted), and builds the package.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from accounts.access import services
+from incidents.access import INCIDENT_READERS, INCIDENT_WRITERS, Viewer, visible_incident
+from incidents.export.disclosure import disclosure_log
+from incidents.subject_access.api import request_view
+from incidents.subject_access.models import SAR_STATUSES
+from incidents.subject_access.service import requests_for, visible_request
+from redaction.models import RedactionJob
+
+from .api import render, signed_in
+from .export_pages import exportable_items
+
+router = APIRouter(include_in_schema=False)
+
+REVIEW_PATH = "/footage/{item_id}/review"  # the redaction review screen, when the application has it
+
+
+def review_url(request: Request, item_id: str) -> str | None:
+    """The review screen of a clip, if this application serves one."""
+    for route in request.app.routes:
+        if getattr(route, "path", None) == REVIEW_PATH:
+            return REVIEW_PATH.replace("{item_id}", item_id)
+    return None
+
+
+def versions(session: Session, item_id: str) -> list[dict[str, Any]]:
+    """A clip's redaction versions, newest first, with what each excluded and muted."""
+    jobs = session.scalars(
+        select(RedactionJob)
+        .where(RedactionJob.source_item_id == item_id)
+        .order_by(RedactionJob.version.desc())
+    )
+    out = []
+    for job in jobs:
+        spec = json.loads(job.spec or "{}")
+        out.append(
+            {
+                "id": job.id,
+                "version": job.version,
+                "status": job.status,
+                "requested_by": job.requested_by,
+                "excluded": [e.get("track") for e in spec.get("exclusions", [])],
+                "muted": [[a.get("start"), a.get("end")] for a in spec.get("audio_edits", [])],
+                "result_item_id": job.result_item_id,
+            }
+        )
+    return out
+
+
+@router.get("/subject-access")
+def requests_page(request: Request, everything: bool = Query(False, alias="all")) -> Response:
+    who = signed_in(request, INCIDENT_READERS)
+    statuses = SAR_STATUSES if everything else ("open",)
+    with services(request).db.session() as session:
+        rows = [request_view(session, r) for r in requests_for(session, who.principal, statuses)]
+    return render(
+        request,
+        "subject_access.html",
+        who,
+        requests=rows,
+        showing_all=everything,
+        can_write=who.principal.role in INCIDENT_WRITERS,
+        today=datetime.now(UTC).date().isoformat(),
+        own_site=who.principal.site if who.principal.role == "security_manager" else None,
+    )
+
+
+def _footage(request: Request, session: Session, viewer: Viewer, incident_id: str) -> list[dict[str, Any]]:
+    items = [i for i in exportable_items(session, viewer, incident_id) if i["kind"] == "clip"]
+    for item in items:
+        item["versions"] = versions(session, item["id"])
+        item["review_url"] = review_url(request, item["id"])
+    return items
+
+
+@router.get("/subject-access/{request_id}")
+def request_page(request: Request, request_id: str) -> Response:
+    who = signed_in(request, INCIDENT_READERS)
+    with services(request).db.session() as session:
+        sar = visible_request(session, who.principal, request_id[:64])
+        if sar is None:
+            return render(request, "missing.html", who, 404, what="subject access request")
+        view = request_view(session, sar)
+        incident = visible_incident(session, who.principal, sar.incident_id)
+        assert incident is not None
+        footage = _footage(request, session, who.principal, incident.id)
+        packages = [
+            p for p in disclosure_log(session, incident)["packages"] if p["export_id"] == sar.export_id
+        ]
+    return render(
+        request,
+        "subject_access_request.html",
+        who,
+        sar=view,
+        footage=footage,
+        package=packages[0] if packages else None,
+        can_write=who.principal.role in INCIDENT_WRITERS,
+    )

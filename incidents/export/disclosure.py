@@ -1,0 +1,230 @@
+"""The disclosure log of an incident: what left the trust, to whom, when, on whose authority and why.
+
+It is read from the records that already exist, never kept apart from them: the export requests
+(who asked, originals and the stated reason, the package's hash), their download links (the named
+recipient, the purpose, who issued it, expiry, revocation) and the custody ledger's ``viewed``
+entries that every download writes on the package (``link:<id>`` as actor). One function reads
+(``disclosure_log``), the others are pure: the events in time order and their CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from chain_of_custody.models import CustodyEntry
+
+from ..models import Incident
+from .models import ExportJob, ExportLink
+
+EVENT_KINDS = ("package_built", "link_issued", "downloaded", "link_revoked")
+CSV_COLUMNS = (
+    "at",
+    "event",
+    "by",
+    "recipient",
+    "purpose",
+    "export_id",
+    "package_sha256",
+    "link_id",
+    "expires_at",
+    "originals",
+    "reason",
+    "detail",
+)
+
+
+@dataclass(frozen=True)
+class DisclosureEvent:
+    """One line of the log (one CSV row)."""
+
+    at: str
+    event: str
+    by: str
+    recipient: str | None
+    purpose: str | None
+    export_id: str
+    package_sha256: str | None
+    link_id: str | None = None
+    expires_at: str | None = None
+    originals: bool = False
+    reason: str | None = None
+    detail: str | None = None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def downloads_by_link(entries: Iterable[tuple[str, str, str]]) -> dict[str, list[dict[str, Any]]]:
+    """(actor, at, details JSON) of ``viewed`` entries on packages -> each link's downloads, oldest first."""
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for actor, at, details in entries:
+        if not actor.startswith("link:"):
+            continue
+        d = json.loads(details or "{}")
+        if d.get("purpose") != "download":
+            continue
+        out[actor.removeprefix("link:")].append(
+            {"at": at, "range": d.get("range"), "client": d.get("client"), "sha256": d.get("sha256")}
+        )
+    for rows in out.values():
+        rows.sort(key=lambda r: r["at"])
+    return dict(out)
+
+
+def package_view(
+    job: ExportJob, links: Sequence[ExportLink], downloads: Mapping[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """One package and its links as the API shows them."""
+    result = json.loads(job.result or "{}")
+    return {
+        "export_id": job.id,
+        "status": job.status,
+        "requested_by": job.requested_by,
+        "requested_at": _iso(job.created_at),
+        "built_at": _iso(job.finished_at),
+        "include_originals": job.include_originals,
+        "reason": job.reason,
+        "filename": job.filename,
+        "package_sha256": job.package_sha256,
+        "manifest_sha256": result.get("manifest_sha256"),
+        "key_fingerprint": result.get("key_fingerprint"),
+        "items_included": len(result.get("included") or []),
+        "links": [
+            {
+                "id": link.id,
+                "recipient": link.recipient,
+                "purpose": link.purpose,
+                "created_by": link.created_by,
+                "created_at": _iso(link.created_at),
+                "expires_at": _iso(link.expires_at),
+                "revoked_at": _iso(link.revoked_at),
+                "revoked_by": link.revoked_by,
+                "downloads": list(downloads.get(link.id, [])),
+            }
+            for link in links
+        ],
+    }
+
+
+def events(packages: Sequence[Mapping[str, Any]]) -> list[DisclosureEvent]:
+    """Every disclosure step of the packages, oldest first."""
+    out: list[DisclosureEvent] = []
+    for p in packages:
+        sha = p["package_sha256"]
+        if p["built_at"] and p["status"] == "ready":
+            out.append(
+                DisclosureEvent(
+                    p["built_at"],
+                    "package_built",
+                    p["requested_by"],
+                    None,
+                    None,
+                    p["export_id"],
+                    sha,
+                    originals=bool(p["include_originals"]),
+                    reason=p["reason"],
+                    detail=f"{p['items_included']} items with media; {p['filename'] or ''}".strip("; "),
+                )
+            )
+        for link in p["links"]:
+            common = {"recipient": link["recipient"], "purpose": link["purpose"], "export_id": p["export_id"]}
+            out.append(
+                DisclosureEvent(
+                    link["created_at"],
+                    "link_issued",
+                    link["created_by"],
+                    package_sha256=sha,
+                    link_id=link["id"],
+                    expires_at=link["expires_at"],
+                    **common,
+                )
+            )
+            for d in link["downloads"]:
+                part = f"bytes {d['range'][0]}-{d['range'][1]}" if d.get("range") else "whole package"
+                out.append(
+                    DisclosureEvent(
+                        d["at"],
+                        "downloaded",
+                        f"link:{link['id']}",
+                        package_sha256=d.get("sha256") or sha,
+                        link_id=link["id"],
+                        detail=f"{part} from {d.get('client') or 'unknown address'}",
+                        **common,
+                    )
+                )
+            if link["revoked_at"]:
+                out.append(
+                    DisclosureEvent(
+                        link["revoked_at"],
+                        "link_revoked",
+                        link["revoked_by"] or "",
+                        package_sha256=sha,
+                        link_id=link["id"],
+                        **common,
+                    )
+                )
+    # Links are stamped to the second: within one second, the order of the steps decides.
+    out.sort(key=lambda e: (_when(e.at).replace(microsecond=0), EVENT_KINDS.index(e.event), _when(e.at)))
+    return out
+
+
+def _when(at: str) -> datetime:
+    return datetime.fromisoformat(at.replace("Z", "+00:00"))
+
+
+def _cell(value: object) -> str:
+    """A CSV cell a spreadsheet shows as text, never runs as a formula (recipients are typed by people)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def to_csv(rows: Iterable[DisclosureEvent]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        values = asdict(row)
+        writer.writerow([_cell(values[c]) for c in CSV_COLUMNS])
+    return out.getvalue()
+
+
+def disclosure_log(session: Session, incident: Incident) -> dict[str, Any]:
+    """The incident's packages, links and downloads, and the same as one list of events."""
+    jobs = session.scalars(
+        select(ExportJob)
+        .where(ExportJob.incident_id == incident.id)
+        .order_by(ExportJob.created_at, ExportJob.id)
+    ).all()
+    ids = [j.id for j in jobs]
+    links: dict[str, list[ExportLink]] = defaultdict(list)
+    downloads: dict[str, list[dict[str, Any]]] = {}
+    if ids:
+        for link in session.scalars(
+            select(ExportLink)
+            .where(ExportLink.export_id.in_(ids))
+            .order_by(ExportLink.created_at, ExportLink.id)
+        ):
+            links[link.export_id].append(link)
+        viewed = session.execute(
+            select(CustodyEntry.actor, CustodyEntry.at, CustodyEntry.details)
+            .where(CustodyEntry.item_id.in_(ids), CustodyEntry.action == "viewed")
+            .order_by(CustodyEntry.seq)
+        )
+        downloads = downloads_by_link((actor, at, details) for actor, at, details in viewed)
+    packages = [package_view(j, links[j.id], downloads) for j in jobs]
+    return {
+        "incident": {"id": incident.id, "reference": incident.reference, "title": incident.title},
+        "packages": packages,
+        "events": [asdict(e) for e in events(packages)],
+    }
