@@ -30,6 +30,7 @@ from incidents.service import (
     link_overlapping_clips,
 )
 from ingest.cli import app
+from ingest.settings import get_settings
 from tests.conftest import settings_env, wait_for
 from tests.test_alarms_kit import raise_test_alarm
 from tests.test_incidents_kit import actions, bearer, staff, store_item, user
@@ -148,6 +149,7 @@ def test_the_window_audit_lists_and_withdraws_windows_set_before_the_rule(
     assert ("evidence", clip.id) in _links(s, old)
     env = settings_env(s.settings)
     runner = CliRunner()
+    get_settings.cache_clear()  # the command reads this test's settings, not an earlier test's
     listed = runner.invoke(app, ["incident-windows", "--json"], env=env)
     assert listed.exit_code == 1, listed.output
     found = _json(listed.output)["windows"]
