@@ -14,6 +14,7 @@ the camera turning.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -60,9 +61,9 @@ class CameraMotion:
         points = cv2.goodFeaturesToTrack(previous, self.max_features, 0.01, 6, mask=mask, blockSize=5)
         if points is None or len(points) < self.min_features:
             return self.offset
-        moved, status, _ = cv2.calcOpticalFlowPyrLK(  # type: ignore[call-overload]  # stubs: nextPts may be None
-            previous, current, points, None, winSize=(15, 15), maxLevel=3
-        )
+        # OpenCV's stubs disagree across releases on whether nextPts may be None (an output here).
+        optical_flow: Any = cv2.calcOpticalFlowPyrLK
+        moved, status, _ = optical_flow(previous, current, points, None, winSize=(15, 15), maxLevel=3)
         ok = status.reshape(-1) == 1
         if ok.sum() < self.min_features:
             return self.offset
