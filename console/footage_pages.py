@@ -62,7 +62,9 @@ def _item_view(item: EvidenceItem, ref: str | None) -> dict[str, Any]:
 def _versions(session: Session, clip: EvidenceItem, ref: str | None) -> list[dict[str, Any]]:
     """The clip's redaction versions, newest first, with their copy's and record's facts."""
     jobs = session.scalars(
-        select(RedactionJob).where(RedactionJob.source_item_id == clip.id).order_by(RedactionJob.version.desc())
+        select(RedactionJob)
+        .where(RedactionJob.source_item_id == clip.id)
+        .order_by(RedactionJob.version.desc())
     )
     out = []
     for job in jobs:

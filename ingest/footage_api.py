@@ -20,7 +20,6 @@ from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import quarantine_hook, read_item
 from incidents.access import EVIDENCE_MEDIA, visible_evidence
-from redaction.media import MediaError
 from redaction.waveform import MAX_BUCKETS, waveform
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
@@ -31,6 +30,7 @@ SOUND_KINDS = ("clip", "redacted_clip", "voice_memo")
 class WaveformOut(BaseModel):
     item_id: str
     has_audio: bool
+    problem: str | None = None
     rate: int
     duration: float
     seconds_per_bucket: float
@@ -73,7 +73,9 @@ async def item_waveform(
                     user.actor,
                     None,
                     "waveform",
-                    on_altered=quarantine_hook(s.db, s.ledger, item.id, f"drawing its waveform for {user.actor}"),
+                    on_altered=quarantine_hook(
+                        s.db, s.ledger, item.id, f"drawing its waveform for {user.actor}"
+                    ),
                     details={"reason": reason} if reason else None,
                 )
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -82,8 +84,4 @@ async def item_waveform(
                     f.write(block)
             return waveform(path, buckets)
 
-    try:
-        data = await asyncio.to_thread(compute)
-    except MediaError as exc:
-        raise HTTPException(422, str(exc)) from None
-    return {"item_id": item.id, **data}
+    return {"item_id": item.id, **(await asyncio.to_thread(compute))}

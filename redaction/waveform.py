@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .media import MediaError, ffmpeg_exe
+from .media import ffmpeg_exe
 
 RATE = 8000  # samples a second: enough to see speech, small enough for an hour of footage
 MAX_BUCKETS = 4000
@@ -44,13 +44,17 @@ def summarise(samples: np.ndarray, rate: int, buckets: int) -> dict[str, Any]:
 
 
 def waveform(path: str | Path, buckets: int = 1000, ffmpeg: str | None = None) -> dict[str, Any]:
-    """The waveform of a media file's first audio stream (``has_audio`` false and empty when none)."""
+    """The waveform of a media file's first audio stream (``has_audio`` false and empty when there is
+    none or the file is not media ffmpeg can read, with ``problem`` saying so)."""
     command = [
         ffmpeg or ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path),
         "-map", "0:a:0?", "-ac", "1", "-ar", str(RATE), "-f", "s16le", "-",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, timeout=600, check=False)
     if done.returncode != 0:
-        raise MediaError(f"ffmpeg could not read the sound: {done.stderr.decode(errors='replace')[-300:]}")
+        # Not media ffmpeg can read: no sound to draw, and the answer says why.
+        problem = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["unreadable"]
+        empty = summarise(np.zeros(0, dtype="<i2"), RATE, buckets)
+        return {"has_audio": False, "problem": problem[0][-300:], **empty}
     samples = np.frombuffer(done.stdout, dtype="<i2")
-    return {"has_audio": len(samples) > 0, **summarise(samples, RATE, buckets)}
+    return {"has_audio": len(samples) > 0, "problem": None, **summarise(samples, RATE, buckets)}

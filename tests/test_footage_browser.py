@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from accounts.models import User
+from accounts.service import create_user
 from firmware_simulators.camera import CameraIdentity, record_clip
 from firmware_simulators.dock import Dock
 from firmware_simulators.scene import render_clip
@@ -32,7 +33,16 @@ from ingest.services import build_services
 from redaction.media import ffmpeg_exe
 from redaction.worker import RedactionWorker
 from tests.conftest import make_settings, start_server, wait_for
-from tests.test_console_kit import PASSWORD, add_users, chromium, new_page, screenshot_dir, sign_in
+from tests.test_console_kit import (
+    PASSWORD,
+    ROLE_USERS,
+    add_users,
+    chromium,
+    new_page,
+    screenshot_dir,
+    session_client,
+    sign_in,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +82,9 @@ def footage(tmp_path_factory: pytest.TempPathFactory, seaweed: Any) -> Iterator[
     try:
         admin = _token(url, "admin")
         cam = CameraIdentity.generate("CAM-F")
-        httpx.post(f"{url}/api/v1/staff", json={"id": "S-F", "name": "Fran Wearer"}, headers=admin).raise_for_status()
+        httpx.post(
+            f"{url}/api/v1/staff", json={"id": "S-F", "name": "Fran Wearer"}, headers=admin
+        ).raise_for_status()
         httpx.post(
             f"{url}/api/v1/devices/cameras",
             json={"id": "CAM-F", "public_key": cam.public_key_b64(), "staff_id": "S-F"},
@@ -80,20 +92,29 @@ def footage(tmp_path_factory: pytest.TempPathFactory, seaweed: Any) -> Iterator[
         ).raise_for_status()
         dock = httpx.post(f"{url}/api/v1/devices/docks", json={"id": "D-F"}, headers=admin).json()["token"]
         path = tmp / "ward.mp4"
-        render_clip(path, seconds=SECONDS, width=640, height=360, fps=25, faces=2, seed=7, min_face=60, max_face=110)
+        render_clip(
+            path, seconds=SECONDS, width=640, height=360, fps=25, faces=2, seed=7, min_face=60, max_face=110
+        )
         clip = record_clip(cam, path, "S-F", START, START + timedelta(seconds=SECONDS), write_sidecar=False)
         with Dock(url, dock) as d:
             clip_id = d.upload(clip).evidence_item_id
         incident = httpx.post(
             f"{url}/api/v1/incidents",
-            json={"category": "verbal_abuse", "occurred_at": START.isoformat(), "site": "NORTH", "title": "Ward 4"},
+            json={
+                "category": "verbal_abuse",
+                "occurred_at": START.isoformat(),
+                "site": "NORTH",
+                "title": "Ward 4",
+            },
             headers=admin,
         )
         incident.raise_for_status()
         inc = incident.json()
         with s.db.session() as session:
             investigator = session.query(User).filter_by(username="investigator").one().id
-        httpx.put(f"{url}/api/v1/incidents/{inc['id']}/investigators/{investigator}", headers=admin).raise_for_status()
+        httpx.put(
+            f"{url}/api/v1/incidents/{inc['id']}/investigators/{investigator}", headers=admin
+        ).raise_for_status()
         httpx.post(
             f"{url}/api/v1/incidents/{inc['id']}/links",
             json={"target_id": clip_id, "reason": "the corridor camera of the incident"},
@@ -149,6 +170,8 @@ def test_an_investigator_corrects_a_redaction_in_the_browser(footage: Footage, t
     track = _longest_track(v1_record)
     with chromium() as browser:
         page = new_page(browser, 1400, 1000)
+        refused: list[str] = []  # anything the Content-Security-Policy stopped
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
         sign_in(page, f.url, "investigator", next_path=f"/footage/{f.clip_id}")
         # The clip's page: the redacted copy plays first; hashes, custody and the incident beside it.
         page.wait_for_selector("#video[data-showing='redacted']")
@@ -166,9 +189,13 @@ def test_an_investigator_corrects_a_redaction_in_the_browser(footage: Footage, t
         page.evaluate("document.getElementById('video').play()")
         page.wait_for_function("document.getElementById('video').currentTime > 0.3", timeout=10000)
         page.evaluate("document.getElementById('video').pause()")
-        first = next(i for i, notes in enumerate(v1_record["record"]) if any(n.get("track") == track for n in notes))
+        first = next(
+            i for i, notes in enumerate(v1_record["record"]) if any(n.get("track") == track for n in notes)
+        )
         target = (first + 10) / 25
-        page.evaluate(f"(() => {{ const v = document.getElementById('video'); v.currentTime = {target}; }})()")
+        page.evaluate(
+            f"(() => {{ const v = document.getElementById('video'); v.currentTime = {target}; }})()"
+        )
         page.wait_for_function(
             f"document.getElementById('overlay').dataset.frame === '{first + 10}'", timeout=10000
         )
@@ -230,7 +257,7 @@ def test_an_investigator_corrects_a_redaction_in_the_browser(footage: Footage, t
         # Compare the two versions side by side.
         page.click("#compare")
         page.wait_for_function("document.getElementById('video-b').readyState >= 2")
-        assert page.errors == []  # type: ignore[attr-defined]
+        assert page.errors == [] and refused == []  # type: ignore[attr-defined]
 
     job = httpx.get(f"{f.url}/api/v1/redaction-jobs/{job_id}", headers=f.admin).json()
     assert job["version"] == 2 and job["based_on_job_id"] == f.v1["id"]
@@ -278,17 +305,45 @@ def test_the_original_needs_a_reason_and_a_role_allowed_pictures(footage: Footag
         direct = auditor.goto(f"{f.url}/api/v1/evidence/{f.clip_id}/content?reason=" + "x" * 12)
         assert direct is not None and direct.status == 403
 
+    # Each page as each role: what the API would give them, no more.
+    pages = {f"/footage/{f.clip_id}": ("admin", "manager", "investigator", "auditor")}
+    pages[f"/footage/{f.clip_id}/review"] = ("admin", "manager", "investigator")
+    clients = {user: session_client(f.url, user)[0] for user in ROLE_USERS}
+    wrong = []
+    for path, allowed in pages.items():
+        for user, client in clients.items():
+            status = client.get(path).status_code
+            if status != (200 if user in allowed else 403):
+                wrong.append(f"{user} {path}: {status}")
+        anonymous = httpx.get(f"{f.url}{path}")
+        assert anonymous.status_code == 303 and "/sign-in" in anonymous.headers["location"]
+    assert not wrong, wrong
+    # A redacted copy's address opens its clip's page; an investigator of another incident sees nothing.
+    copy = clients["investigator"].get(f"/footage/{f.v1['result_item_id']}")
+    assert copy.status_code == 303 and copy.headers["location"] == f"/footage/{f.clip_id}"
+    with f.services.db.session() as session:
+        create_user(session, "outsider", PASSWORD, "investigator", full_name="Outsider", site="NORTH")
+    outsider = session_client(f.url, "outsider")[0]
+    assert outsider.get(f"/footage/{f.clip_id}").status_code == 404
+    assert outsider.get(f"/api/v1/evidence/{f.clip_id}/content").status_code == 404
+
     trail = httpx.get(f"{f.url}/api/v1/evidence/{f.clip_id}/custody", headers=f.admin).json()
     reads = [e for e in trail if e["action"] == "viewed" and (e["details"] or {}).get("reason") == reason]
     assert reads and all(e["actor"].endswith("investigator") for e in reads)
     # The download is named for the incident, the capture time and what it is.
     r = httpx.get(f"{f.url}/api/v1/evidence/{f.clip_id}/content", headers={**f.admin, "Range": "bytes=0-9"})
     assert r.status_code == 206
-    assert r.headers["content-disposition"] == f'attachment; filename="{f.incident_ref}_20261122-100000Z_clip.mp4"'
-    # Someone with no incident linking the clip does not see it at all.
+    assert (
+        r.headers["content-disposition"]
+        == f'attachment; filename="{f.incident_ref}_20261122-100000Z_clip.mp4"'
+    )
     other = httpx.get(f"{f.url}/api/v1/evidence/{f.clip_id}/waveform", headers=_token(f.url, "operator"))
     assert other.status_code == 403
     wave = httpx.get(f"{f.url}/api/v1/evidence/{f.v1['result_item_id']}/waveform?buckets=30", headers=f.admin)
     assert wave.status_code == 200 and wave.json()["has_audio"] and len(wave.json()["peaks"]) == 30
-    assert any(e["details"] and e["details"].get("purpose") == "waveform" for e in httpx.get(
-        f"{f.url}/api/v1/evidence/{f.v1['result_item_id']}/custody", headers=f.admin).json())
+    assert any(
+        e["details"] and e["details"].get("purpose") == "waveform"
+        for e in httpx.get(
+            f"{f.url}/api/v1/evidence/{f.v1['result_item_id']}/custody", headers=f.admin
+        ).json()
+    )
