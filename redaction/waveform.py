@@ -29,7 +29,8 @@ def summarise(samples: np.ndarray, rate: int, buckets: int) -> dict[str, Any]:
     buckets = min(buckets, len(samples))
     edges = np.linspace(0, len(samples), buckets + 1).astype(np.int64)
     scaled = samples.astype(np.float64) / 32768.0
-    peaks, rms = [], []
+    peaks: list[float] = []
+    rms: list[float] = []
     for a, b in zip(edges[:-1], edges[1:], strict=True):
         part = scaled[a:b]
         peaks.append(round(float(np.abs(part).max()), 4))
