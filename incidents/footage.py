@@ -77,11 +77,12 @@ def download_name(item: EvidenceItem, incident_ref: str | None) -> str:
         what += f"-v{version.group(1)}"
     ext = _EXTENSIONS.get(item.content_type)
     if ext is None and item.filename and "." in item.filename:
-        ext = item.filename.rsplit(".", 1)[1]
+        given = item.filename.rsplit(".", 1)[1]
+        ext = given if re.fullmatch(r"[A-Za-z0-9]{1,5}", given) else None
     parts = [incident_ref or "no-incident", stamp, what]
     name = _UNSAFE.sub("-", "_".join(parts)).strip("-.") or "evidence"
     if ext:
-        name += "." + _UNSAFE.sub("", ext)[:8]
+        name += "." + ext
     return name[:180]
 
 
