@@ -338,6 +338,7 @@ $("box-form").addEventListener("submit", (event) => {
   });
   state.pendingBox = null;
   $("box-form").hidden = true;
+  player.say(`Box ${state.regions.length} added.`);
   renderEdits();
   draw();
 });
