@@ -58,13 +58,15 @@ async def item_response(
     purpose: str = "view",
     *,
     review_reason: str | None = None,
+    reason: str | None = None,
 ) -> Response:
     """An item's bytes (whole, or the one ``Range`` asked for), streamed after the read's custody
     entry is written, and checked against the recorded digest as they stream: bytes that no longer
     match are cut off short of the Content-Length and the item is quarantined.
 
     ``review_reason`` reads an item already quarantined (for review: the caller decided who may), as
-    it is held, unchecked, without the recorded hash as its ETag; the reason goes on custody."""
+    it is held, unchecked, without the recorded hash as its ETag; the reason goes on custody.
+    ``reason`` is why an item in good order is read (an original played in the console), on custody too."""
     try:
         byte_range = parse_range(request.headers.get("range"), item.size)
     except ValueError:
@@ -85,7 +87,7 @@ async def item_response(
                     purpose,
                     on_altered=quarantine_hook(s.db, s.ledger, item.id, where),
                     verify=not reviewing,
-                    details={"reason": review_reason} if reviewing else None,
+                    details={"reason": review_reason or reason} if (reviewing or reason) else None,
                 )
             except RecordUntrusted as exc:
                 session.rollback()

@@ -12,12 +12,17 @@ from fastapi.responses import Response
 
 from storage.settings import Settings
 
-from . import export_pages, subject_access_pages
+from . import export_pages, footage_pages, subject_access_pages
 from .api import PageRefused, render, router
 from .security import SecurityHeaders
 
 # Every router of the console's pages (the API's role matrix leaves them to the console's own tests).
-ROUTERS: tuple[APIRouter, ...] = (router, export_pages.router, subject_access_pages.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    router,
+    export_pages.router,
+    subject_access_pages.router,
+    footage_pages.router,
+)
 
 
 def install(app: FastAPI, settings: Settings) -> None:

@@ -37,7 +37,7 @@ from storage.objects import StorageError
 from storage.schedule import run_when_due
 from storage.settings import Settings
 
-from . import custody_api, dock_api, errors, evidence_api, openapi, redaction_api
+from . import custody_api, dock_api, errors, evidence_api, footage_api, openapi, redaction_api
 from .http_edge import BodyLimit
 from .metrics import exposition
 from .mqtt_consumer import AlarmConsumer, consumer_configured
@@ -58,6 +58,7 @@ ROUTERS: list[APIRouter] = [
     export_api.router,
     subject_access_api.router,
     custody_api.router,
+    footage_api.router,
 ]
 
 Loop = Callable[[Services], Coroutine[Any, Any, object]]

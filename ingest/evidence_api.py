@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from accounts.access import require_roles, services
 from accounts.service import Principal
@@ -29,9 +28,9 @@ from incidents.access import (
     evidence_scope,
     readable_trail,
     visible_evidence,
-    visible_incident_refs,
 )
-from incidents.retention import RetentionRules, delete_by_hand, describe, set_legal_hold
+from incidents.footage import content_disposition, download_name, incident_refs, scoped_retention
+from incidents.retention import RetentionRules, delete_by_hand, set_legal_hold
 from storage.bounds import MAX_OFFSET
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
@@ -153,13 +152,21 @@ async def content(
     review_reason: str | None = Query(
         None, min_length=10, max_length=2000, description="why a quarantined item is read (administrators)"
     ),
+    reason: str | None = Query(
+        None,
+        min_length=10,
+        max_length=2000,
+        description="why the item is read (recorded on the read's custody entry; the console asks for "
+        "one before it plays an original)",
+    ),
     user: Principal = Depends(require_roles(*MEDIA_ROLES)),
     s: CoreServices = Depends(services),
 ) -> Response:
     """Stream the item's bytes (HTTP Range supported); the read is a custody entry before any byte
     leaves, and the bytes are checked against the recorded digest as they stream (cut off and the
     item quarantined if they differ). A quarantined item is refused, except to an administrator
-    reviewing it with a stated ``review_reason`` (recorded on its custody)."""
+    reviewing it with a stated ``review_reason`` (recorded on its custody). The download is named
+    for the incident, the capture time and what it is (``incidents.footage.download_name``)."""
     item = _item(s, item_id, user)
     if item.status == "deleted":
         raise HTTPException(410, "evidence deleted under its retention class")
@@ -169,14 +176,18 @@ async def content(
             f"evidence item {item.id} is quarantined ({item.quarantine_reason}); it is not served as "
             "evidence (an administrator may read it for review, stating why)",
         )
+    with s.db.session() as session:
+        refs = incident_refs(session, user, item)
+    name = download_name(item, refs[0] if refs else None)
     return await item_response(
         s,
         item,
         request,
         user.actor,
-        {"ETag": f'"{item.sha256}"', "Content-Disposition": f'attachment; filename="{item.id}"'},
+        {"ETag": f'"{item.sha256}"', "Content-Disposition": content_disposition(name, inline=False)},
         "quarantine review" if item.status == "quarantined" else "view",
         review_reason=review_reason if item.status == "quarantined" else None,
+        reason=reason,
     )
 
 
@@ -217,17 +228,6 @@ class HoldIn(BaseModel):
     reason: str = Field(min_length=3, max_length=2000)
 
 
-def _scoped(session: Session, user: Principal, described: dict[str, object]) -> dict[str, object]:
-    """The retention as this caller may see it: only the incidents they may see are named."""
-    if user.role in ("admin", "auditor"):
-        return described
-    for key in ("open_incidents", "closed_incidents"):
-        refs = described[key]
-        assert isinstance(refs, list)
-        described[key] = visible_incident_refs(session, user, refs)
-    return described
-
-
 def _rules(s: CoreServices) -> RetentionRules:
     return RetentionRules.from_settings(s.settings)
 
@@ -241,7 +241,7 @@ def retention(
     """The item's retention class, until when it is kept, its object lock and its legal holds."""
     item = _item(s, item_id, user)
     with s.db.session() as session:
-        return _scoped(session, user, describe(session, item, _rules(s), datetime.now(UTC)))
+        return scoped_retention(session, user, item, _rules(s), datetime.now(UTC))
 
 
 @router.put("/evidence/{item_id}/legal-hold", response_model=RetentionOut, response_model_by_alias=True)
@@ -271,7 +271,7 @@ def legal_hold(
         )
         fresh = session.get(EvidenceItem, item.id)
         assert fresh is not None
-        return _scoped(session, user, describe(session, fresh, _rules(s), now))
+        return scoped_retention(session, user, fresh, _rules(s), now)
 
 
 @router.delete("/evidence/{item_id}", status_code=204)

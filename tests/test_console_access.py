@@ -62,6 +62,8 @@ CONSOLE_ROUTES = {
     ("GET", "/incidents/{incident_id}/exports"): "tests/test_exports_browser.py (role and incident scope)",
     ("GET", "/subject-access"): "PAGE_ROLES",
     ("GET", "/subject-access/{request_id}"): "tests/test_exports_browser.py (role and incident scope)",
+    ("GET", "/footage/{item_id}"): "tests/test_footage_browser.py, every role",
+    ("GET", "/footage/{item_id}/review"): "tests/test_footage_browser.py, every role",
 }
 
 

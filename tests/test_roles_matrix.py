@@ -125,6 +125,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/evidence/{item_id}/custody"): Rule(ok=IN_SCOPE | {"auditor"}, hidden=OUT_OF_SCOPE),
     ("GET", "/api/v1/evidence/{item_id}/retention"): Rule(ok=IN_SCOPE | {"auditor"}, hidden=OUT_OF_SCOPE),
     ("GET", "/api/v1/evidence/{item_id}/content"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/evidence/{item_id}/waveform"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("PUT", "/api/v1/evidence/{item_id}/legal-hold"): Rule(
         ok=frozenset({"admin", "manager"}), hidden=frozenset({"manager_other_site"})
     ),

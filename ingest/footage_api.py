@@ -1,0 +1,87 @@
+"""What the footage and redaction-review screens need beyond the plain evidence routes: a clip's
+waveform, computed here from the stored bytes (a read like any other, recorded in custody).
+
+In the application because who may read a clip is ``incidents.access``'s rule and the waveform is
+``redaction``'s; the application sees both."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel
+
+from accounts.access import require_roles, services
+from accounts.service import Principal
+from chain_of_custody.core import CoreServices
+from chain_of_custody.evidence import quarantine_hook, read_item
+from incidents.access import EVIDENCE_MEDIA, visible_evidence
+from redaction.waveform import MAX_BUCKETS, waveform
+
+router = APIRouter(prefix="/api/v1", tags=["evidence"])
+
+SOUND_KINDS = ("clip", "redacted_clip", "voice_memo")
+
+
+class WaveformOut(BaseModel):
+    item_id: str
+    has_audio: bool
+    problem: str | None = None
+    rate: int
+    duration: float
+    seconds_per_bucket: float
+    peaks: list[float]
+    rms: list[float]
+
+
+@router.get("/evidence/{item_id}/waveform", response_model=WaveformOut)
+async def item_waveform(
+    item_id: str,
+    buckets: int = Query(1000, ge=1, le=MAX_BUCKETS),
+    reason: str | None = Query(
+        None, min_length=10, max_length=2000, description="why an original is read (recorded on custody)"
+    ),
+    user: Principal = Depends(require_roles(*EVIDENCE_MEDIA)),
+    s: CoreServices = Depends(services),
+) -> dict[str, Any]:
+    """The sound of a clip as peaks and RMS per slice of time, for choosing ranges to mute or tone.
+
+    Reading the bytes is a custody entry (purpose ``waveform``), as every read of evidence is; the
+    ``reason`` (why an original is read: the console asks for one) goes on that entry."""
+    with s.db.session() as session:
+        item = visible_evidence(session, user, item_id)
+    if item is None:
+        raise HTTPException(404, "no such evidence item")
+    if item.kind not in SOUND_KINDS:
+        raise HTTPException(422, f"a {item.kind.replace('_', ' ')} has no sound to draw")
+    if item.status != "stored":
+        raise HTTPException(409, f"evidence item {item.id} is {item.status}; it is not served")
+
+    def compute() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="waveform-") as scratch:
+            path = Path(scratch) / "media"
+            with s.db.session() as session:
+                blocks = read_item(
+                    session,
+                    s.ledger,
+                    s.store,
+                    item,
+                    user.actor,
+                    None,
+                    "waveform",
+                    on_altered=quarantine_hook(
+                        s.db, s.ledger, item.id, f"drawing its waveform for {user.actor}"
+                    ),
+                    details={"reason": reason} if reason else None,
+                )
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                for block in blocks:
+                    f.write(block)
+            return waveform(path, buckets)
+
+    return {"item_id": item.id, **(await asyncio.to_thread(compute))}

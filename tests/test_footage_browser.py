@@ -1,0 +1,354 @@
+"""The investigator's footage and redaction review screens in a real browser (Debian's chromium through
+Playwright) against the real service, store, ffmpeg and redaction worker, with a simulator clip that
+has faces and sound.
+
+An investigator opens a clip linked to their incident, plays and seeks it (the redacted copy), sees
+what the redaction hid drawn over each frame, turns a track off, draws a box over a time range, mutes
+a range of sound, saves a new version and follows it to the end; the NEW version's per-frame record
+and its sound show each change took effect. The original plays only after a stated reason, which is
+on its custody trail; an auditor gets neither the pictures nor the original, on the page or by URL.
+The tests also take the README's screenshots (kept when ``EVIDENCE_SCREENSHOTS=docs``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from accounts.models import User
+from accounts.service import create_user
+from firmware_simulators.camera import CameraIdentity, record_clip
+from firmware_simulators.dock import Dock
+from firmware_simulators.scene import render_clip
+from ingest.services import build_services
+from redaction.media import ffmpeg_exe
+from redaction.worker import RedactionWorker
+from tests.conftest import make_settings, start_server, wait_for
+from tests.test_console_kit import (
+    PASSWORD,
+    ROLE_USERS,
+    add_users,
+    chromium,
+    new_page,
+    screenshot_dir,
+    session_client,
+    sign_in,
+)
+
+pytestmark = pytest.mark.e2e
+
+START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+SECONDS = 2
+
+
+@dataclass
+class Footage:
+    url: str
+    services: Any
+    admin: dict[str, str]
+    clip_id: str
+    incident_ref: str
+    v1: dict[str, Any]
+
+
+def _token(url: str, user: str) -> dict[str, str]:
+    r = httpx.post(f"{url}/api/v1/auth/token", data={"username": user, "password": PASSWORD})
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory: pytest.TempPathFactory, seaweed: Any) -> Iterator[Footage]:
+    tmp = tmp_path_factory.mktemp("footage")
+    s = build_services(make_settings(tmp, f"sqlite:///{tmp / 'evidence.db'}", seaweed))
+    add_users(s)
+    server, thread, url = start_server(s)
+    stop = threading.Event()
+    worker = threading.Thread(
+        target=RedactionWorker(s.db, s.store, s.ledger, s.settings).run_forever,
+        kwargs={"idle_sleep": 0.2, "stop": stop},
+        daemon=True,
+    )
+    worker.start()
+    try:
+        admin = _token(url, "admin")
+        cam = CameraIdentity.generate("CAM-F")
+        httpx.post(
+            f"{url}/api/v1/staff", json={"id": "S-F", "name": "Fran Wearer"}, headers=admin
+        ).raise_for_status()
+        httpx.post(
+            f"{url}/api/v1/devices/cameras",
+            json={"id": "CAM-F", "public_key": cam.public_key_b64(), "staff_id": "S-F"},
+            headers=admin,
+        ).raise_for_status()
+        dock = httpx.post(f"{url}/api/v1/devices/docks", json={"id": "D-F"}, headers=admin).json()["token"]
+        path = tmp / "ward.mp4"
+        render_clip(
+            path, seconds=SECONDS, width=480, height=270, fps=25, faces=2, seed=7, min_face=45, max_face=80
+        )
+        clip = record_clip(cam, path, "S-F", START, START + timedelta(seconds=SECONDS), write_sidecar=False)
+        with Dock(url, dock) as d:
+            clip_id = d.upload(clip).evidence_item_id
+        incident = httpx.post(
+            f"{url}/api/v1/incidents",
+            json={
+                "category": "verbal_abuse",
+                "occurred_at": START.isoformat(),
+                "site": "NORTH",
+                "title": "Ward 4",
+            },
+            headers=admin,
+        )
+        incident.raise_for_status()
+        inc = incident.json()
+        with s.db.session() as session:
+            investigator = session.query(User).filter_by(username="investigator").one().id
+        httpx.put(
+            f"{url}/api/v1/incidents/{inc['id']}/investigators/{investigator}", headers=admin
+        ).raise_for_status()
+        httpx.post(
+            f"{url}/api/v1/incidents/{inc['id']}/links",
+            json={"target_id": clip_id, "reason": "the corridor camera of the incident"},
+            headers=admin,
+        ).raise_for_status()
+
+        def first_done() -> dict[str, Any] | None:
+            jobs = httpx.get(f"{url}/api/v1/evidence/{clip_id}/redactions", headers=admin).json()
+            return jobs[0] if jobs and jobs[0]["status"] == "done" else None
+
+        v1 = wait_for(first_done, 90, interval=0.3, what="the automatic redaction")
+        yield Footage(url, s, admin, clip_id, inc["reference"], v1)
+    finally:
+        stop.set()
+        worker.join(30)
+        server.should_exit = True
+        thread.join(15)
+        s.db.dispose()
+
+
+def until(page: Any, script: str, timeout: float = 15.0) -> Any:
+    """Wait for a script to be true in the page, evaluated from outside (the page's CSP forbids the
+    eval that Playwright's own wait_for_function needs)."""
+    return wait_for(lambda: page.evaluate(script), timeout, 0.1, script)
+
+
+def _record(f: Footage, job: dict[str, Any]) -> dict[str, Any]:
+    r = httpx.get(f"{f.url}/api/v1/evidence/{job['record_item_id']}/content", headers=f.admin)
+    r.raise_for_status()
+    return r.json()
+
+
+def _rms(f: Footage, item_id: str, start: float, end: float) -> float:
+    data = httpx.get(f"{f.url}/api/v1/evidence/{item_id}/content", headers=f.admin).content
+    done = subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-i", "pipe:0", "-ss", str(start), "-t", str(end - start),
+         "-vn", "-ac", "1", "-ar", "16000", "-f", "s16le", "-"],
+        input=data, capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    samples = np.frombuffer(done.stdout, dtype="<i2").astype(np.float64) / 32768
+    assert len(samples) > 1000
+    return float(np.sqrt(np.mean(samples**2)))
+
+
+def _longest_track(record: dict[str, Any]) -> int:
+    counts: dict[int, int] = {}
+    for notes in record["record"]:
+        for n in notes:
+            if n["source"] == "auto":
+                counts[n["track"]] = counts.get(n["track"], 0) + 1
+    assert counts, "the automatic redaction found no face in the simulator's clip"
+    return max(counts, key=lambda t: counts[t])
+
+
+def test_an_investigator_corrects_a_redaction_in_the_browser(footage: Footage, tmp_path: Path) -> None:
+    f = footage
+    shots = screenshot_dir(tmp_path)
+    v1_record = _record(f, f.v1)
+    track = _longest_track(v1_record)
+    with chromium() as browser:
+        page = new_page(browser, 1400, 1000)
+        refused: list[str] = []  # anything the Content-Security-Policy stopped
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        sign_in(page, f.url, "investigator", next_path=f"/footage/{f.clip_id}")
+        # The clip's page: the redacted copy plays first; hashes, custody and the incident beside it.
+        page.wait_for_selector("#video[data-showing='redacted']")
+        assert f.incident_ref in page.inner_text("h1")
+        assert page.inner_text("#sha256").strip() and "stored" in page.inner_text("#custody")
+        until(page, "document.getElementById('video').readyState >= 2")
+        assert "redacted-clip-v1.mp4" in page.inner_text(".list")
+        assert page.inner_text(".list").count(f.incident_ref + "_20261122-100000Z") >= 1
+        page.screenshot(path=str(shots / "footage.png"), full_page=True)
+
+        page.goto(f"{f.url}/footage/{f.clip_id}/review")
+        page.wait_for_selector("#overlay[data-ready='1']")
+        until(page, "document.getElementById('video').readyState >= 2")
+        # Play, then seek: the time moves and the overlay draws the frame it lands on.
+        page.evaluate("document.getElementById('video').play()")
+        until(page, "document.getElementById('video').currentTime > 0.3", 10)
+        page.evaluate("document.getElementById('video').pause()")
+        first = next(
+            i for i, notes in enumerate(v1_record["record"]) if any(n.get("track") == track for n in notes)
+        )
+        target = (first + 10) / 25
+        page.evaluate(
+            f"(() => {{ const v = document.getElementById('video'); v.currentTime = {target}; }})()"
+        )
+        until(page, f"document.getElementById('overlay').dataset.frame === '{first + 10}'", 10)
+        assert abs(page.evaluate("document.getElementById('video').currentTime") - target) < 0.05
+        drew = page.evaluate(
+            """(() => { const v = document.getElementById('video'); const c = document.createElement('canvas');
+                c.width = 64; c.height = 36; const x = c.getContext('2d'); x.drawImage(v, 0, 0, 64, 36);
+                const d = x.getImageData(0, 0, 64, 36).data; let lo = 255, hi = 0;
+                for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
+                return hi - lo; })()"""
+        )
+        assert drew > 40, "no picture was drawn at the seek position"
+        overlay_pixels = page.evaluate(
+            """(() => { const c = document.getElementById('overlay'); const d = c.getContext('2d')
+                .getImageData(0, 0, c.width, c.height).data; let n = 0;
+                for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })()"""
+        )
+        assert overlay_pixels > 100, "the overlay drew no box over a frame with a face"
+        assert page.is_visible(f"#track-{track}")
+
+        # Turn the longest track off, with a reason.
+        page.uncheck(f"#track-{track}")
+        page.fill("#exclusion-reason", "the patient is the complainant")
+        # Draw a box over 0.4 s .. 1.2 s (dragged over the picture, then the range typed).
+        page.click("#draw")
+        box = page.locator("#overlay").bounding_box()
+        assert box is not None
+        page.mouse.move(box["x"] + box["width"] * 0.05, box["y"] + box["height"] * 0.6)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.85, steps=5)
+        page.mouse.up()
+        page.wait_for_selector("#box-form:not([hidden])")
+        page.fill("#box-start", "0.4")
+        page.fill("#box-end", "1.2")
+        page.click("#box-add")
+        page.wait_for_selector("#regions li[data-region='0']")
+        # Mute a range chosen on the waveform.
+        page.wait_for_selector("#waveform[data-ready='1']")
+        page.locator("#waveform").scroll_into_view_if_needed()
+        wave = page.locator("#waveform").bounding_box()
+        assert wave is not None
+        page.mouse.move(wave["x"] + wave["width"] * 0.5, wave["y"] + wave["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(wave["x"] + wave["width"] * 0.8, wave["y"] + wave["height"] / 2, steps=5)
+        page.mouse.up()
+        start, end = float(page.input_value("#audio-start")), float(page.input_value("#audio-end"))
+        assert 0.9 < start < 1.1 and 1.5 < end < 1.7
+        page.select_option("#audio-mode", "mute")
+        page.click("#audio-add")
+        page.wait_for_selector("#audio-edits li[data-audio='0']")
+        page.check("#preview")
+        page.evaluate("(() => { const v = document.getElementById('video'); v.currentTime = 0.8; })()")
+        until(page, "document.getElementById('overlay').dataset.frame === '20'")
+        page.screenshot(path=str(shots / "redaction-review.png"), full_page=True)
+
+        page.fill("#note", "leave the complainant visible; hide the badge; mute the phone number")
+        page.click("#save")
+        page.wait_for_selector("#job-state[data-status='done']", timeout=90000)
+        job_id = page.get_attribute("#job-state", "data-job")
+        # Compare the two versions side by side.
+        page.click("#compare")
+        until(page, "document.getElementById('video-b').readyState >= 2")
+        assert page.errors == [] and refused == []  # type: ignore[attr-defined]
+
+    job = httpx.get(f"{f.url}/api/v1/redaction-jobs/{job_id}", headers=f.admin).json()
+    assert job["version"] == 2 and job["based_on_job_id"] == f.v1["id"]
+    assert job["result_item_id"] != f.v1["result_item_id"]  # a new version; version 1 is untouched
+    record = _record(f, job)
+    fps = 25
+    for i, notes in enumerate(record["record"]):
+        manual = [n for n in notes if n["source"] == "manual"]
+        inside = 0.4 * fps <= i < 1.2 * fps
+        assert bool(manual) == inside or (i in (int(0.4 * fps) - 1, int(1.2 * fps))), (i, manual)
+        for n in notes:
+            if n.get("track") == track:
+                assert n.get("excluded") is True, (i, n)
+    assert any(n.get("track") == track for notes in record["record"] for n in notes)
+    muted = _rms(f, job["result_item_id"], start + 0.05, end - 0.05)
+    before = _rms(f, f.v1["result_item_id"], start + 0.05, end - 0.05)
+    assert before > 0.01 and muted < 0.001, (before, muted)
+
+
+def test_the_original_needs_a_reason_and_a_role_allowed_pictures(footage: Footage, tmp_path: Path) -> None:
+    f = footage
+    shots = screenshot_dir(tmp_path)
+    reason = "checking the unredacted faces for the complaint"
+    with chromium() as browser:
+        page = new_page(browser)
+        sign_in(page, f.url, "investigator", next_path=f"/footage/{f.clip_id}")
+        page.wait_for_selector("#video[data-showing='redacted']")
+        page.select_option("#source", "original")
+        page.wait_for_selector("#reason-form:not([hidden])")
+        assert page.get_attribute("#video", "data-showing") == "redacted"
+        page.fill("#reason", reason)
+        page.click("#reason-form button[type=submit]")
+        page.wait_for_selector("#video[data-showing='original']")
+        until(page, "document.getElementById('video').readyState >= 2")
+        assert page.errors == []  # type: ignore[attr-defined]
+
+        auditor = new_page(browser)
+        sign_in(auditor, f.url, "auditor", next_path=f"/footage/{f.clip_id}")
+        auditor.wait_for_selector("#custody")
+        assert auditor.locator("video").count() == 0 and auditor.locator("#source").count() == 0
+        assert "not its pictures" in auditor.inner_text("main")
+        auditor.screenshot(path=str(shots / "footage-auditor.png"), full_page=True)
+        review = auditor.goto(f"{f.url}/footage/{f.clip_id}/review")
+        assert review is not None and review.status == 403
+        direct = auditor.goto(f"{f.url}/api/v1/evidence/{f.clip_id}/content?reason=" + "x" * 12)
+        assert direct is not None and direct.status == 403
+
+    # Each page as each role: what the API would give them, no more.
+    pages = {f"/footage/{f.clip_id}": ("admin", "manager", "investigator", "auditor")}
+    pages[f"/footage/{f.clip_id}/review"] = ("admin", "manager", "investigator")
+    clients = {user: session_client(f.url, user)[0] for user in ROLE_USERS}
+    wrong = []
+    for path, allowed in pages.items():
+        for user, client in clients.items():
+            status = client.get(path).status_code
+            if status != (200 if user in allowed else 403):
+                wrong.append(f"{user} {path}: {status}")
+        anonymous = httpx.get(f"{f.url}{path}")
+        assert anonymous.status_code == 303 and "/sign-in" in anonymous.headers["location"]
+    assert not wrong, wrong
+    # A redacted copy's address opens its clip's page; an investigator of another incident sees nothing.
+    copy = clients["investigator"].get(f"/footage/{f.v1['result_item_id']}")
+    assert copy.status_code == 303 and copy.headers["location"] == f"/footage/{f.clip_id}"
+    with f.services.db.session() as session:
+        create_user(session, "outsider", PASSWORD, "investigator", full_name="Outsider", site="NORTH")
+    outsider = session_client(f.url, "outsider")[0]
+    assert outsider.get(f"/footage/{f.clip_id}").status_code == 404
+    assert outsider.get(f"/api/v1/evidence/{f.clip_id}/content").status_code == 404
+
+    trail = httpx.get(f"{f.url}/api/v1/evidence/{f.clip_id}/custody", headers=f.admin).json()
+    reads = [e for e in trail if e["action"] == "viewed" and (e["details"] or {}).get("reason") == reason]
+    assert reads and all(e["actor"].endswith("investigator") for e in reads)
+    # The download is named for the incident, the capture time and what it is.
+    r = httpx.get(f"{f.url}/api/v1/evidence/{f.clip_id}/content", headers={**f.admin, "Range": "bytes=0-9"})
+    assert r.status_code == 206
+    assert (
+        r.headers["content-disposition"]
+        == f'attachment; filename="{f.incident_ref}_20261122-100000Z_clip.mp4"'
+    )
+    other = httpx.get(f"{f.url}/api/v1/evidence/{f.clip_id}/waveform", headers=_token(f.url, "operator"))
+    assert other.status_code == 403
+    wave = httpx.get(f"{f.url}/api/v1/evidence/{f.v1['result_item_id']}/waveform?buckets=30", headers=f.admin)
+    assert wave.status_code == 200 and wave.json()["has_audio"] and len(wave.json()["peaks"]) == 30
+    assert any(
+        e["details"] and e["details"].get("purpose") == "waveform"
+        for e in httpx.get(
+            f"{f.url}/api/v1/evidence/{f.v1['result_item_id']}/custody", headers=f.admin
+        ).json()
+    )
