@@ -110,13 +110,31 @@ def device_of(topic: str) -> str:
     return parsed[0] if parsed is not None else topic
 
 
+_SNAPSHOTS = (
+    select(_DEVICES.c.id.label("device_id"), *_SNAPSHOT.selected_columns)
+    .outerjoin(_STATE, _STATE.c.device_id == _DEVICES.c.id)
+    .where(_DEVICES.c.id.in_(bindparam("device_ids", expanding=True)))
+)
+
+
 def read_snapshot(session: Session, device_id: str) -> Snapshot | None:
     # Here and in the reads of a message up to the compare-and-set: rows that earlier messages of the
     # same batch added are none of this message's business, and left unflushed they go in one
     # INSERT per table.
     row = session.connection().execute(_SNAPSHOT, {"device_id": device_id}).first()
-    if row is None:
-        return None
+    return None if row is None else _snapshot(device_id, row)
+
+
+def read_snapshots(session: Session, device_ids: list[str]) -> dict[str, Snapshot | None]:
+    """Several devices' snapshots in one query (a batch's, read after its state rows are locked);
+    ``None`` for an id that is not a device."""
+    found: dict[str, Snapshot | None] = dict.fromkeys(device_ids)
+    for row in session.connection().execute(_SNAPSHOTS, {"device_ids": device_ids}):
+        found[row.device_id] = _snapshot(row.device_id, row)
+    return found
+
+
+def _snapshot(device_id: str, row: Any) -> Snapshot:
     return Snapshot(
         device_id=device_id,
         kind=row.kind,
@@ -141,8 +159,12 @@ def compare_and_set(
     message: Any,
     now: datetime,
     offline_after: timedelta,
+    deferred: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write the replay state (and what every message says about the device) if nobody else did."""
+    """Write the replay state (and what every message says about the device) if nobody else did.
+
+    With ``deferred``, an update of an existing row is only added there, for :func:`write_deferred`
+    to run with the rest of its batch in one round trip."""
     due = now + offline_after
     position = message.position
     if snap.version is None:
@@ -182,9 +204,27 @@ def compare_and_set(
         "b_accuracy": position.accuracy_m if position else None,
         "b_position_at": message.event_time if position else None,
     }
+    if deferred is not None:
+        deferred.append(params)
+        return
     swapped = session.connection().execute(CAS, params).rowcount == 1  # see read_snapshot
     if not swapped:
         raise CasConflict(snap.device_id)
+
+
+def write_deferred(session: Session, deferred: list[dict[str, Any]]) -> None:
+    """The batch's compare-and-sets in one ``executemany`` (pipelined by the driver); if any row was
+    not where its message read it, :class:`CasConflict` (the caller rolls back and goes one by one)."""
+    if not deferred:
+        return
+    connection = session.connection()
+    if len(deferred) == 1 or not connection.dialect.supports_sane_multi_rowcount:
+        for params in deferred:
+            if connection.execute(CAS, params).rowcount != 1:
+                raise CasConflict(params["b_device"])
+        return
+    if connection.execute(CAS, deferred).rowcount != len(deferred):
+        raise CasConflict(",".join(p["b_device"] for p in deferred))
 
 
 def record_presence(

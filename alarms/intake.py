@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import Table, and_, bindparam, or_, select
@@ -39,6 +39,8 @@ from devices.lone_worker_wire import (
     CheckinMessage,
     DeviceKey,
     Duplicate,
+    HeartbeatMessage,
+    LocationMessage,
     ReasonCode,
     Rejected,
     ReplayState,
@@ -58,8 +60,10 @@ from .device_state import (
     device_of,
     new_event,
     read_snapshot,
+    read_snapshots,
     record_presence,
     set_state,
+    write_deferred,
 )
 from .lifecycle import Lifecycle
 from .liveness import Liveness
@@ -182,7 +186,8 @@ class Intake:
         self, messages: Sequence[tuple[str, bytes, bool]], *, now: datetime | None = None
     ) -> list[HandleResult]:
         """Several messages, of different devices, in one transaction: a burst of alarms or a
-        second's heartbeats pay for one commit between them. If any of them meets another
+        second's heartbeats pay for one commit between them, one read of their devices and one
+        (pipelined) write of their heartbeats' and locations' state rows. If any of them meets another
         instance's write to its device, the batch is rolled back and each is handled on its own.
         Returns once all are committed, with their results in order; raises like :meth:`handle`."""
         if len(messages) <= 1 or len({device_of(t) for t, _, _ in messages}) < len(messages):
@@ -196,16 +201,20 @@ class Intake:
                 # Every device's state row first, in one order: a message that appends custody
                 # then holds the ledger's lock while later messages would lock their devices,
                 # which must not wait on a transaction that wants the ledger (lock order).
+                devices = sorted({device_of(t) for t, _, _ in messages})
                 session.execute(
                     select(_STATE.c.device_id)
-                    .where(_STATE.c.device_id.in_(sorted({device_of(t) for t, _, _ in messages})))
+                    .where(_STATE.c.device_id.in_(devices))
                     .order_by(_STATE.c.device_id)
                     .with_for_update()
                 )
+                snapshots = read_snapshots(session, devices)  # locked: nobody changes them now
+                deferred: list[dict[str, Any]] = []
                 results = [
-                    self._handle_in(session, topic, raw, retained, now, outboxes[i])
+                    self._handle_in(session, topic, raw, retained, now, outboxes[i], snapshots, deferred)
                     for i, (topic, raw, retained) in enumerate(messages)
                 ]
+                write_deferred(session, deferred)
                 session.flush()
         except (CasConflict, IntegrityError):
             return [self.handle(topic, raw, retained=retained, now=now) for topic, raw, retained in messages]
@@ -250,10 +259,13 @@ class Intake:
         retained: bool,
         now: datetime,
         outbox: list[AlarmOutbox],
+        snapshot: dict[str, Snapshot | None] | None = None,
+        deferred: list[dict[str, Any]] | None = None,
     ) -> HandleResult:
         """Read the device (no lock), verify, then compare-and-set and act, in the caller's transaction.
-        Messages refused before the device matters write nothing."""
-        snapshot: dict[str, Snapshot | None] = {}
+        Messages refused before the device matters write nothing. ``snapshot``: devices read
+        already (a batch's); ``deferred``: where a batch collects its heartbeats' state writes."""
+        snapshot = {} if snapshot is None else snapshot
         verdict = verify_device_message(
             raw,
             topic,
@@ -277,7 +289,7 @@ class Intake:
         else:
             snap = snapshot.get(verdict.message.device_id)
             assert snap is not None
-            result = self._write(session, snap, verdict, topic, raw, retained, now, outbox)
+            result = self._write(session, snap, verdict, topic, raw, retained, now, outbox, deferred)
         return result
 
     @staticmethod
@@ -345,6 +357,7 @@ class Intake:
         retained: bool,
         now: datetime,
         outbox: list[AlarmOutbox],
+        deferred: list[dict[str, Any]] | None = None,
     ) -> HandleResult:
         message = verdict.message
         result = HandleResult(
@@ -356,7 +369,11 @@ class Intake:
         if isinstance(message, StatusMessage):
             record_presence(session, snap, message, retained, now, self.offline_after)
             return result
-        compare_and_set(session, snap, verdict.replay_state, message, now, self.offline_after)
+        # A heartbeat's or a location's row write may wait for the rest of its batch: nothing later in
+        # the transaction reads the columns it sets.
+        telemetry = isinstance(message, HeartbeatMessage | LocationMessage)
+        later = deferred if telemetry else None
+        compare_and_set(session, snap, verdict.replay_state, message, now, self.offline_after, later)
         if isinstance(verdict, Duplicate):
             self._duplicate(session, message, result, outbox, now)
         elif isinstance(message, AlarmMessage | CheckinMessage):

@@ -66,6 +66,43 @@ OPERATOR = "bench-operator"
 OPERATOR_PASSWORD = "bench operator password"
 
 
+def cpu_by_part(service_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the benchmark's parts: the service, its telemetry companion, the
+    board's chromium renderers, the rest of chromium, and this process (the devices and the broker
+    client side)."""
+    import psutil
+
+    out = {"service": 0.0, "telemetry_companion": 0.0, "board_renderer": 0.0, "chromium_other": 0.0}
+
+    def seconds(proc: psutil.Process) -> float:
+        t = proc.cpu_times()
+        return t.user + t.system
+
+    try:
+        service = psutil.Process(service_pid)
+        out["service"] = seconds(service)
+        for child in service.children(recursive=True):
+            if "alarm-worker" in " ".join(child.cmdline()):
+                out["telemetry_companion"] += seconds(child)
+    except psutil.Error:
+        pass
+    me = psutil.Process()
+    out["bench_process"] = seconds(me)
+    for child in me.children(recursive=True):
+        try:
+            line = " ".join(child.cmdline())
+            if "chrom" in line:
+                out["board_renderer" if "--type=renderer" in line else "chromium_other"] += seconds(child)
+        except psutil.Error:
+            continue
+    return out
+
+
+def cpu_share(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """Percent of one core each part used between two :func:`cpu_by_part` readings."""
+    return {k: round(100 * (after[k] - before.get(k, 0.0)) / wall, 1) for k in after}
+
+
 def drawn_times(page: Any) -> dict[str, float]:
     """Event id → when the board first drew its alarm (seconds since the epoch, the page's clock)."""
     rows = page.evaluate("window.boardTimings.drawn")
@@ -208,9 +245,15 @@ def main() -> None:
             collect_acks(fleet, warm, 30)
             wait_drawn(page, warm, 30)
 
+            assert svc.proc is not None
+            cpu_before, cpu_started = cpu_by_part(svc.proc.pid), time.perf_counter()
             steady = send_sos(fleet, devices[10 : 10 + args.steady], "steady", args.rate)
+            cpu_share_steady = cpu_share(
+                cpu_before, cpu_by_part(svc.proc.pid), time.perf_counter() - cpu_started
+            )
             collect_acks(fleet, steady, 30)
             steady_figures = phase_figures(steady, wait_drawn(page, steady, 30))
+            steady_figures["cpu_percent_of_a_core"] = cpu_share_steady
             print(f"steady: {steady_figures}", flush=True)
 
             more = send_sos(fleet, devices[10 + args.steady : 10 + args.open], "fill", 10.0)

@@ -79,6 +79,10 @@ TRANSIENT = (DBAPIError, StorageError, OSError, TimeoutError)
 # How long a message waits for the database or the store to come back: 0.4 s, doubling, at most 10 s.
 TRANSIENT_BACKOFF = wait_exponential(multiplier=0.4, max=timedelta(seconds=10))
 BATCH_MAX = 64  # messages handled in one transaction when they have queued up
+# How long a worker taking heartbeats, locations and status messages waits for company: a batch
+# costs one transaction, one read of its devices and one pipelined write of their state rows, so at
+# 200 heartbeats a second ten share what each would pay alone. Liveness is judged in tens of seconds.
+TELEMETRY_LINGER_S = 0.05
 # Unacknowledged deliveries the broker may hand this consumer at once (the broker's own
 # max_inflight_messages caps it too): each device holds at most its queue of them, so many devices
 # flooding at once cannot use them all up.
@@ -134,6 +138,7 @@ class AlarmConsumer:
         reconnect_max_s: int = 30,
         relay_interval_s: float = 1.0,
         max_attempts: int = 3,
+        linger_s: float = TELEMETRY_LINGER_S,
     ) -> None:
         settings = services.settings
         self.services = services
@@ -145,6 +150,7 @@ class AlarmConsumer:
         self.workers = max(1, workers or settings.mqtt_workers)
         self.relay_interval_s = relay_interval_s
         self.max_attempts = max_attempts
+        self.linger_s = linger_s
         self.handled = 0
         self._running = False
         self._conn_lock = threading.Lock()
@@ -434,11 +440,13 @@ class AlarmConsumer:
     def _work(self, share: FairShare[_Delivery], urgent: bool) -> None:
         while self._running:
             # What has queued up meanwhile goes in the same transaction: the next message of each
-            # device in turn (one device once per batch). Nothing waits for company (a heartbeat that
-            # lingered for others cost more capacity than its shared commit saved).
+            # device in turn (one device once per batch). Alarms wait for no company; telemetry
+            # waits up to ``linger_s`` for more (handled even if the consumer stops meanwhile).
             taken = share.take(BATCH_MAX)
             if not taken:
                 break  # closed
+            if not urgent:
+                taken += self._company(share, len(taken))
             batch = [delivery for _, delivery in taken]
             if not urgent:
                 self._urgent_idle.wait(PRIORITY_PAUSE_S)  # alarms first
@@ -451,6 +459,20 @@ class AlarmConsumer:
                 log.exception("device message worker failed on a message")
             finally:
                 share.done([device for device, _ in taken])
+
+    def _company(self, share: FairShare[_Delivery], have: int) -> list[tuple[str, _Delivery]]:
+        """More telemetry for the batch, for up to ``linger_s`` (less once it is full or closed)."""
+        more: list[tuple[str, _Delivery]] = []
+        deadline = time.monotonic() + self.linger_s
+        while have + len(more) < BATCH_MAX and self._running:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            got = share.take(BATCH_MAX - have - len(more), timeout=left)
+            if not got:
+                break  # closed, or nothing came
+            more += got
+        return more
 
     def _process_batch(self, batch: list[_Delivery]) -> None:
         """One transaction for the batch; if it fails, each message on its own (with the retries)."""

@@ -36,6 +36,24 @@ const rows = new Map(); // id -> <tr>
 const directory = { devices: {}, staff: {}, states: {}, visits: {} };
 const asked = new Set(); // device ids whose names were fetched
 let order = []; // ids, in board order
+// Rows on screen. The once-a-second tick touches only these: a text changed off screen still costs a
+// layout of the whole table, every second, for every open alarm. A row coming into view is brought
+// up to date as it appears.
+const onScreen = new Set();
+const visibility =
+  "IntersectionObserver" in window
+    ? new IntersectionObserver((entries) => {
+        for (const entry of entries) {
+          const id = entry.target.dataset.alarm;
+          if (!entry.isIntersecting) {
+            onScreen.delete(id);
+            continue;
+          }
+          onScreen.add(id);
+          if (alarms.has(id)) tickRow(entry.target, alarms.get(id));
+        }
+      })
+    : null;
 let selected = null;
 let lastEventId = data.cursor;
 
@@ -165,6 +183,7 @@ function buildRow(a) {
     if (event.target.closest("button,a")) return;
     select(a.id, true);
   });
+  if (visibility) visibility.observe(tr);
   return tr;
 }
 
@@ -242,6 +261,8 @@ function remove(id) {
   const index = order.indexOf(id);
   alarms.delete(id);
   rows.delete(id);
+  onScreen.delete(id);
+  if (tr && visibility) visibility.unobserve(tr);
   order = order.filter((x) => x !== id);
   if (tr) tr.remove();
   if (selected === id) {
@@ -307,7 +328,11 @@ function summary() {
 }
 
 function tick() {
-  for (const [id, a] of alarms) tickRow(rows.get(id), a);
+  if (!visibility) {
+    for (const [id, a] of alarms) tickRow(rows.get(id), a);
+    return;
+  }
+  for (const id of onScreen) if (alarms.has(id)) tickRow(rows.get(id), alarms.get(id));
 }
 
 // ------------------------------------------------------------------ sound
