@@ -51,6 +51,7 @@ from storage.leases import Lease
 from storage.objects import StorageError, StoredObject
 
 from .clip_facts import clip_manifest, quarantined_copies, settle_lock
+from .dock_share import room_for_one_more
 from .metrics import UPLOAD_BYTES, UPLOADS_FINISHED
 from .models import Upload
 from .tus_protocol import ClipMetadata, TusRefusal, parse_checksum
@@ -91,21 +92,6 @@ class Stalled(TusRefusal):
 
     def __init__(self, seconds: int) -> None:
         super().__init__(408, "stalled", f"the request body sent nothing for {seconds} s; resume from HEAD")
-
-
-class TooManyOpen(TusRefusal):
-    """The dock has as many unfinished uploads open as one dock may (429): finish, resume or terminate
-    one of those named in ``detail.open_uploads`` (the oldest first), or wait for it to expire."""
-
-    def __init__(self, limit: int, open_ids: list[str], retry_after: int) -> None:
-        super().__init__(
-            429,
-            "too_many_open_uploads",
-            f"this dock has {limit} unfinished uploads open, as many as one dock may: finish, resume "
-            "or terminate one first",
-            retry_after,
-        )
-        self.detail = {"open_uploads": open_ids}
 
 
 # S3 numbers the parts of a multipart upload 1 to 10,000.
@@ -217,7 +203,7 @@ class UploadEngine:
             raise StorageFullError()
         now = datetime.now(UTC)
         with self.s.db.session() as session:
-            self._room_for_one_more(session, dock, now)
+            room_for_one_more(session, dock.id, now, self.s.settings)
         upload_id = secrets.token_hex(16)
         key = f"clips/{now:%Y/%m/%d}/{upload_id}.bin"
         # The lock runs from the recording time the camera signed (bounded by now); it can only be lengthened.
@@ -248,33 +234,16 @@ class UploadEngine:
             with self.s.db.session() as session:
                 # Counted again under the dock's row lock: two creations at once cannot both take the last place.
                 session.get(Device, dock.id, with_for_update=True)
-                self._room_for_one_more(session, dock, now)
+                room_for_one_more(session, dock.id, now, self.s.settings)
                 session.add(upload)
         except TusRefusal:
-            self.s.store.abort_multipart(key, s3_upload_id)
+            try:
+                self.s.store.abort_multipart(key, s3_upload_id)
+            except StorageError as exc:  # the refusal stands; the store forgets the empty upload itself
+                log.warning("abort of multipart upload failed", extra={"key": key, "error": str(exc)})
             raise
         log.info("upload created", extra={"upload": upload_id, "dock": dock.id, "length": length})
         return _state(upload), False
-
-    def _room_for_one_more(self, session: Session, dock: Device, now: datetime) -> None:
-        """Refuse (429) a dock that already has as many unfinished uploads open as one dock may.
-
-        An upload stops counting when it finishes, is terminated or expires (``upload_expiry_hours``
-        after it was opened, whether or not the sweeper has marked it yet), so a dock that abandoned
-        uploads is never locked out for longer than that; the refusal names them so it can resume or
-        terminate them at once."""
-        limit = self.s.settings.max_open_uploads_per_dock
-        open_ids = list(
-            session.scalars(
-                select(Upload.id)
-                .where(Upload.dock_id == dock.id, Upload.status == "open", Upload.expires_at > now)
-                .order_by(Upload.created_at)
-                .limit(limit)
-            )
-        )
-        if len(open_ids) >= limit:
-            log.warning("dock at its open upload limit", extra={"dock": dock.id, "limit": limit})
-            raise TooManyOpen(limit, open_ids, self.s.settings.retry_after_seconds)
 
     # -- lookup --------------------------------------------------------------------------------
     def head(self, dock: Device, upload_id: str) -> UploadState:
