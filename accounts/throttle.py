@@ -181,8 +181,9 @@ class SignInThrottle:
             row.failures, row.not_before, row.updated = pair.failures, pair.not_before, now
             for held, value in zip(buckets, (client_bucket, account_bucket), strict=True):
                 held.tokens, held.at = value.tokens, value.at
-            if now - self._pruned > PRUNE_EVERY_S:
-                self._pruned = now
+        if now - self._pruned > PRUNE_EVERY_S:
+            self._pruned = now
+            with self.db.session() as session:
                 self.forget_old(session, now)
 
     @staticmethod
@@ -215,11 +216,32 @@ class SignInThrottle:
             )
 
     @staticmethod
-    def forget_old(session: Session, now: float) -> None:
+    def forget_old(session: Session, now: float, batch: int = 1000) -> None:
         """Forget rows that no longer change an answer: a bucket an hour after it was last drawn on is
-        full again, and failures untouched for ``FORGET_AFTER_S`` start over."""
-        session.execute(delete(SignInBucket).where(SignInBucket.at < now - HOUR_S))
-        session.execute(delete(SignInFailures).where(SignInFailures.updated < now - FORGET_AFTER_S))
+        full again, and failures untouched for ``FORGET_AFTER_S`` start over. Rows another sign-in
+        holds are skipped (never waited for), so forgetting cannot deadlock with a sign-in."""
+        buckets = session.execute(
+            select(SignInBucket.scope, SignInBucket.key)
+            .where(SignInBucket.at < now - HOUR_S)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for scope in ("client", "account"):
+            keys = [k for sc, k in buckets if sc == scope]
+            if keys:
+                session.execute(
+                    delete(SignInBucket).where(SignInBucket.scope == scope, SignInBucket.key.in_(keys))
+                )
+        pairs = session.execute(
+            select(SignInFailures.username_key, SignInFailures.client_key)
+            .where(SignInFailures.updated < now - FORGET_AFTER_S)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for u, c in pairs:
+            session.execute(
+                delete(SignInFailures).where(SignInFailures.username_key == u, SignInFailures.client_key == c)
+            )
 
     def count(self) -> tuple[int, int]:
         """How many failure rows and bucket rows are kept (for tests and metrics)."""
