@@ -48,7 +48,8 @@ def sign_in_throttle(request: Request) -> SignInThrottle:
     with _throttle_made:
         found: SignInThrottle | None = getattr(state, "sign_in_throttle", None)
         if found is None:
-            found = SignInThrottle(ThrottlePolicy.from_settings(services(request).settings))
+            core = services(request)
+            found = SignInThrottle(core.db, ThrottlePolicy.from_settings(core.settings))
             state.sign_in_throttle = found
     return found
 

@@ -160,8 +160,6 @@ def change_user(
         if session.get(User, user_id) is None:
             raise HTTPException(404, "no such user")
         changed, done = update_user(session, user_id, changes)
-        if body.unlock:
-            throttle.forgive(changed.username)
         if done:
             s.ledger.append(
                 session,
@@ -169,4 +167,6 @@ def change_user(
                 user.actor,
                 details={"user": changed.username, "changes": done},
             )
-        return changed
+    if body.unlock:  # after the commit: the throttle writes in a transaction of its own
+        throttle.forgive(changed.username)
+    return changed

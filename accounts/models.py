@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.db import Base, UTCDateTime, utcnow
@@ -54,3 +54,29 @@ class UserSession(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     __table_args__ = (Index("ix_user_sessions_expires_at", "expires_at"),)  # forgotten by age
+
+
+class SignInFailures(Base):
+    """Failed sign-ins of one username from one client address (``accounts.throttle``), shared by every
+    replica. Both are kept only as keyed SHA-256 digests: a password typed into the username field
+    never lands in the database."""
+
+    __tablename__ = "sign_in_failures"
+
+    username_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[float] = mapped_column(Float, default=0.0)  # seconds since 1970
+    updated: Mapped[float] = mapped_column(Float, index=True)  # seconds since 1970
+
+
+class SignInBucket(Base):
+    """A token bucket of failed sign-ins, per client address (``scope`` client) or per username
+    (``scope`` account); the key is a digest as in :class:`SignInFailures`."""
+
+    __tablename__ = "sign_in_buckets"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    at: Mapped[float] = mapped_column(Float, index=True)  # seconds since 1970, when last refilled

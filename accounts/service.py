@@ -93,7 +93,11 @@ def sign_in(session: Session, username: str, password: str, client: str, throttl
     the answer nor its timing tells an unknown user from a wrong password or a throttled try.
     Throttling (``accounts.throttle``) slows a guesser and never locks the account.
     """
+    # The throttle keeps its state in transactions of its own (every replica shares it, and a refusal
+    # must not roll its count back), so this session's read is ended before the throttle writes:
+    # SQLite lets one writer in at a time, and that transaction would hold it.
     user = session.scalar(select(User).where(User.username == username))
+    session.commit()
     account = user.username if user is not None else None
     if not throttle.allowed(username, client):
         _check(_decoy_hash(), password)

@@ -16,30 +16,37 @@ Nothing locks an account: an attacker can slow themselves, never the administrat
 clears the failures of that account and address. The answer to a throttled try is the answer to a
 wrong password (``accounts.service.sign_in``), so throttling tells nobody whether the account exists.
 
-The state is this process's own (a bounded table, oldest forgotten first): with several API
-replicas each throttles what it sees.
+The state is in the database (``sign_in_failures``, ``sign_in_buckets``), read and updated in one
+transaction of its own per try (rows locked on PostgreSQL; SQLite's writers take turns), so every
+replica of the service counts the same failures. Usernames and addresses are kept as keyed digests
+only. Rows are forgotten when they no longer matter: a bucket an hour after its last failure (it is
+full again), failures of one username and address a day after the last (``FORGET_AFTER_S``).
+The rules themselves (:func:`judge`, :func:`count_failure`) are pure, on values.
 """
 
 from __future__ import annotations
 
-import threading
+import hashlib
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
-from typing import TypeVar
+from typing import Any
 
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from storage.db import Database, dialect_insert
 from storage.settings import HttpSettings
 
-K = TypeVar("K")
-V = TypeVar("V")
+from .models import SignInBucket, SignInFailures
 
-MAX_ENTRIES = 100_000  # per table: bounded memory whatever names and addresses are tried
+HOUR_S = 3600.0
+FORGET_AFTER_S = 24 * HOUR_S  # failures of one username and address, untouched this long, are forgotten
+PRUNE_EVERY_S = 60.0  # how often one process forgets what no longer matters
 
 
 @dataclass
-class _Bucket:
+class Bucket:
     tokens: float
     at: float
 
@@ -49,7 +56,7 @@ class _Bucket:
 
 
 @dataclass
-class _Pair:
+class Pair:
     failures: int = 0
     not_before: float = 0.0
 
@@ -71,85 +78,174 @@ class ThrottlePolicy:
             account_failures_per_hour=settings.login_account_failures_per_hour,
         )
 
+    def delay(self, failures: int) -> float:
+        return float(min(self.max_delay, self.base_delay * 2 ** min(max(failures - self.free, 0), 30)))
+
+
+# -- the rules, on values ------------------------------------------------------------------------
+
+
+def judge(
+    p: ThrottlePolicy, now: float, pair: Pair | None, client: Bucket | None, account: Bucket | None
+) -> bool:
+    """May this address try a password for this username now? A try made while told to wait counts
+    as one more failure (``pair`` is updated): hammering makes the wait longer."""
+    if pair is not None and pair.not_before > now:
+        pair.failures += 1
+        pair.not_before = now + p.delay(pair.failures)
+        return False
+    if client is not None:
+        client.refill(now, p.client_failures_per_hour, p.client_failures_per_hour / HOUR_S)
+        if client.tokens < 1:
+            return False
+    if account is not None and pair is not None and pair.failures > 0:
+        account.refill(now, p.account_failures_per_hour, p.account_failures_per_hour / HOUR_S)
+        if account.tokens < 1:
+            return False
+    return True
+
+
+def count_failure(p: ThrottlePolicy, now: float, pair: Pair, client: Bucket, account: Bucket) -> None:
+    """One more failure: the pair's wait (past its free tries) and a token from each bucket."""
+    pair.failures += 1
+    if pair.failures >= p.free:
+        pair.not_before = now + p.delay(pair.failures)
+    for bucket, capacity in ((client, p.client_failures_per_hour), (account, p.account_failures_per_hour)):
+        bucket.refill(now, capacity, capacity / HOUR_S)
+        bucket.tokens = max(0.0, bucket.tokens - 1)
+
+
+def digest(kind: str, text: str) -> str:
+    """What the tables keep instead of a username or an address."""
+    return hashlib.sha256(f"evidence sign-in {kind}\n{text}".encode()).hexdigest()
+
+
+# -- the shared state --------------------------------------------------------------------------
+
 
 @dataclass
 class SignInThrottle:
+    """The throttle over the database every replica shares."""
+
+    db: Database
     policy: ThrottlePolicy = field(default_factory=ThrottlePolicy)
-    clock: Callable[[], float] = time.monotonic
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pairs: OrderedDict[tuple[str, str], _Pair] = OrderedDict()
-        self._clients: OrderedDict[str, _Bucket] = OrderedDict()
-        self._accounts: OrderedDict[str, _Bucket] = OrderedDict()
-
-    # -- reading -------------------------------------------------------------------------------
+    clock: Callable[[], float] = time.time  # wall-clock seconds: the same in every process
+    _pruned: float = field(default=0.0, init=False)
 
     def allowed(self, username: str, client: str) -> bool:
-        """May this address try a password for this username now?
-
-        A try made while told to wait counts as one more failure: hammering makes the wait longer.
-        """
+        """May this address try a password for this username now (see :func:`judge`)?"""
         now = self.clock()
-        p = self.policy
-        with self._lock:
-            pair = self._pairs.get((username, client))
-            if pair is not None and pair.not_before > now:
-                pair.failures += 1
-                pair.not_before = now + self._delay(pair.failures)
-                return False
-            bucket = self._clients.get(client)
-            if bucket is not None:
-                bucket.refill(now, p.client_failures_per_hour, p.client_failures_per_hour / 3600)
-                if bucket.tokens < 1:
-                    return False
-            account = self._accounts.get(username)
-            if account is not None and pair is not None and pair.failures > 0:
-                account.refill(now, p.account_failures_per_hour, p.account_failures_per_hour / 3600)
-                if account.tokens < 1:
-                    return False
-            return True
-
-    # -- recording ------------------------------------------------------------------------------
+        u, c = digest("username", username), digest("client", client)
+        with self.db.session() as session:
+            row = session.get(SignInFailures, (u, c), with_for_update=True)
+            pair = Pair(row.failures, row.not_before) if row is not None else None
+            client_row = session.get(SignInBucket, ("client", c))
+            account_row = session.get(SignInBucket, ("account", u))
+            ok = judge(
+                self.policy,
+                now,
+                pair,
+                Bucket(client_row.tokens, client_row.at) if client_row else None,
+                Bucket(account_row.tokens, account_row.at) if account_row else None,
+            )
+            if row is not None and pair is not None and not ok:
+                row.failures, row.not_before, row.updated = pair.failures, pair.not_before, now
+        return ok
 
     def failed(self, username: str, client: str) -> None:
         now = self.clock()
         p = self.policy
-        with self._lock:
-            pair = self._entry(self._pairs, (username, client), _Pair)
-            pair.failures += 1
-            if pair.failures >= p.free:
-                pair.not_before = now + self._delay(pair.failures)
-            for table, key, capacity in (
-                (self._clients, client, p.client_failures_per_hour),
-                (self._accounts, username, p.account_failures_per_hour),
-            ):
-                bucket = self._entry(table, key, partial(_Bucket, float(capacity), now))
-                bucket.refill(now, capacity, capacity / 3600)
-                bucket.tokens = max(0.0, bucket.tokens - 1)
+        u, c = digest("username", username), digest("client", client)
+        with self.db.session() as session:
+            row = self._row(
+                session,
+                SignInFailures,
+                {"username_key": u, "client_key": c, "failures": 0, "not_before": 0.0, "updated": now},
+                (u, c),
+            )
+            buckets = [
+                self._row(
+                    session,
+                    SignInBucket,
+                    {"scope": scope, "key": key, "tokens": float(cap), "at": now},
+                    (scope, key),
+                )
+                for scope, key, cap in (
+                    ("client", c, p.client_failures_per_hour),
+                    ("account", u, p.account_failures_per_hour),
+                )
+            ]
+            pair = Pair(row.failures, row.not_before)
+            client_bucket, account_bucket = (Bucket(b.tokens, b.at) for b in buckets)
+            count_failure(p, now, pair, client_bucket, account_bucket)
+            row.failures, row.not_before, row.updated = pair.failures, pair.not_before, now
+            for held, value in zip(buckets, (client_bucket, account_bucket), strict=True):
+                held.tokens, held.at = value.tokens, value.at
+        if now - self._pruned > PRUNE_EVERY_S:
+            self._pruned = now
+            with self.db.session() as session:
+                self.forget_old(session, now)
 
-    def _delay(self, failures: int) -> float:
-        p = self.policy
-        return float(min(p.max_delay, p.base_delay * 2 ** min(max(failures - p.free, 0), 30)))
+    @staticmethod
+    def _row(
+        session: Session,
+        table: type[SignInFailures] | type[SignInBucket],
+        values: dict[str, object],
+        key: tuple[str, str],
+    ) -> Any:
+        """The row, made if missing (by whichever replica gets there first) and locked for this transaction."""
+        session.execute(dialect_insert(session, table).values(**values).on_conflict_do_nothing())
+        found = session.get(table, key, with_for_update=True, populate_existing=True)
+        assert found is not None
+        return found
 
     def succeeded(self, username: str, client: str) -> None:
-        with self._lock:
-            self._pairs.pop((username, client), None)
+        u, c = digest("username", username), digest("client", client)
+        with self.db.session() as session:
+            session.execute(
+                delete(SignInFailures).where(SignInFailures.username_key == u, SignInFailures.client_key == c)
+            )
 
     def forgive(self, username: str) -> None:
         """An administrator's unlock: forget every failure recorded against the account."""
-        with self._lock:
-            for key in [k for k in self._pairs if k[0] == username]:
-                del self._pairs[key]
-            self._accounts.pop(username, None)
+        u = digest("username", username)
+        with self.db.session() as session:
+            session.execute(delete(SignInFailures).where(SignInFailures.username_key == u))
+            session.execute(
+                delete(SignInBucket).where(SignInBucket.scope == "account", SignInBucket.key == u)
+            )
 
     @staticmethod
-    def _entry(table: OrderedDict[K, V], key: K, make: Callable[[], V]) -> V:
-        found = table.get(key)
-        if found is None:
-            found = table[key] = make()
-            while len(table) > MAX_ENTRIES:
-                table.popitem(last=False)
-        else:
-            table.move_to_end(key)
-        return found
+    def forget_old(session: Session, now: float, batch: int = 1000) -> None:
+        """Forget rows that no longer change an answer: a bucket an hour after it was last drawn on is
+        full again, and failures untouched for ``FORGET_AFTER_S`` start over. Rows another sign-in
+        holds are skipped (never waited for), so forgetting cannot deadlock with a sign-in."""
+        buckets = session.execute(
+            select(SignInBucket.scope, SignInBucket.key)
+            .where(SignInBucket.at < now - HOUR_S)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for scope in ("client", "account"):
+            keys = [k for sc, k in buckets if sc == scope]
+            if keys:
+                session.execute(
+                    delete(SignInBucket).where(SignInBucket.scope == scope, SignInBucket.key.in_(keys))
+                )
+        pairs = session.execute(
+            select(SignInFailures.username_key, SignInFailures.client_key)
+            .where(SignInFailures.updated < now - FORGET_AFTER_S)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for u, c in pairs:
+            session.execute(
+                delete(SignInFailures).where(SignInFailures.username_key == u, SignInFailures.client_key == c)
+            )
+
+    def count(self) -> tuple[int, int]:
+        """How many failure rows and bucket rows are kept (for tests and metrics)."""
+        with self.db.session() as session:
+            pairs = session.scalar(select(func.count()).select_from(SignInFailures)) or 0
+            buckets = session.scalar(select(func.count()).select_from(SignInBucket)) or 0
+        return pairs, buckets

@@ -17,29 +17,39 @@ they see (``accounts.access.site_scope``: a security manager, their own site's);
 alarm is reported as missing.
 
 Voice memo (devices, no user token): ``PUT /api/v1/lone-worker/devices/{device_id}/alarms/{event_id}/voice-memo``
-with the audio as the body, ``Content-Type: audio/...``, ``X-Device-Sent-At: <RFC 3339 UTC>`` and
-``X-Device-Signature: <base64 Ed25519>`` over the canonical JSON
+with the audio as the body, ``Content-Type: audio/...``, ``Content-Length``, ``X-Device-Sent-At: <RFC
+3339 UTC>``, ``X-Device-Content-SHA256: <hex>`` and ``X-Device-Signature: <base64 Ed25519>`` over the
+canonical JSON
 ``{"v":1,"type":"voice_memo","device_id":…,"event_id":…,"sha256":<hex of the body>,"size":<bytes>,"content_type":…,"sent_at":…}``.
 The signature by the device's enrolled key is the authentication, and it binds the exact bytes to
-the alarm. Answers: ``201`` stored (``200`` if that memo was already stored), ``401`` bad
-signature or stale ``sent_at``, ``403`` device disabled, ``409`` ``alarm_unknown`` (the alarm has
-not arrived yet: upload after its ``received`` ack) or ``memo_exists``, ``413`` too large, ``415``
-not audio.
+the alarm. It is checked from the headers (the declared digest and length) before a byte of the
+body is read, so nobody but the device can make the service read a memo; then the body is read
+(never past its length) and hashed, and bytes that do not hash to what was signed are kept
+quarantined. Bodies are read a few at a time per device and per process (``Slots``).
+Answers: ``201`` stored or quarantined (``status`` says which; ``200`` if that memo was already
+stored), ``400`` ``no_digest`` or ``incomplete``, ``401`` bad signature or stale ``sent_at``,
+``403`` device disabled, ``409`` ``alarm_unknown`` (the alarm has not arrived yet: upload after its
+``received`` ack), ``memo_exists`` or ``stale_resend``, ``411`` no Content-Length, ``413`` too
+large, ``415`` not audio, ``429`` the device's own uploads in progress are at its share, ``503``
+the process's are. A quarantined memo may be sent again (signed later): a new item whose
+``received`` custody entry names the one it is ``resent_for``; the alarm then points to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from accounts.access import require_roles, sees_site, services, sites_seen, still_signed_in
 from accounts.service import Principal
@@ -50,6 +60,7 @@ from incidents.access import ALARM_READERS
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX, MAX_OFFSET
 from storage.errors import Refused
+from storage.slots import NoSlot
 
 from . import performance, rules
 from .feed import FeedWatcher, changes_after
@@ -58,6 +69,7 @@ from .records import alarm_record, answer_times, voice_memo_item
 from .service import AlarmService
 from .voice_memos import VoiceMemoRefused
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["alarms"])
 
 # The control room's view (where staff are, who raised what). Investigators reach an alarm through
@@ -149,7 +161,7 @@ def answer_performance(
 @router.get(
     "/alarms/stream",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(429)},
 )
 async def alarm_stream(
     request: Request,
@@ -163,6 +175,7 @@ async def alarm_stream(
     user: Principal = Depends(require_roles(*READERS)),
     s: CoreServices = Depends(services),
     watcher: FeedWatcher = Depends(feed_watcher),
+    alarms: AlarmService = Depends(alarm_service),
 ) -> StreamingResponse:
     """Server-sent events, one ``alarm`` event per change: ``{"change", "at", "alarm": {...}}``.
 
@@ -207,11 +220,44 @@ async def alarm_stream(
         finally:
             watcher.leave()
 
-    return StreamingResponse(
+    try:  # each open stream polls the feed: one person holds a bounded number of them
+        alarms.streams.take(user.actor)
+    except NoSlot:
+        log.warning("alarm stream refused", extra={"user": user.actor})
+        raise Refused(
+            "too_many_streams",
+            "you have as many live alarm streams open as one person may: close a page first",
+            429,
+            retry_after=s.settings.retry_after_seconds,
+        ) from None
+    return _HeldStream(
         events(),
+        release=lambda: alarms.streams.give_back(user.actor),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class _HeldStream(StreamingResponse):
+    """A stream that gives its slot back when it ends, however it ends (even never started)."""
+
+    def __init__(self, content: AsyncIterator[str], *, release: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._release: Callable[[], None] | None = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __del__(self) -> None:  # a response dropped before it was sent
+        self.release()
 
 
 @router.get("/alarms/{alarm_id}")
@@ -315,13 +361,25 @@ def lone_workers(
     return alarms.queries.lone_workers(viewer=user)
 
 
+DIGEST_HEADER = {
+    "name": "X-Device-Content-SHA256",
+    "in": "header",
+    "required": True,
+    "description": "The SHA-256 (hex) of the body, as the device signed it in the manifest: the "
+    "signature is checked before the body is read.",
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+}
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
 @router.put(
     "/lone-worker/devices/{device_id}/alarms/{event_id}/voice-memo",
     status_code=201,
     responses={
         200: {"description": "this memo was already stored"},
-        **error_responses(400, 401, 403, 409, 413, 415),
+        **error_responses(400, 401, 403, 409, 411, 413, 415, 429, 503),
     },
+    openapi_extra={"parameters": [DIGEST_HEADER]},
 )
 async def upload_voice_memo(
     request: Request,
@@ -333,7 +391,8 @@ async def upload_voice_memo(
     s: CoreServices = Depends(services),
     alarms: AlarmService = Depends(alarm_service),
 ) -> JSONResponse:
-    """A device's voice memo for one of its alarms (authenticated by the device's signature)."""
+    """A device's voice memo for one of its alarms (authenticated by the device's signature, which is
+    checked from the headers before a byte of the body is read)."""
     if not x_device_signature or not x_device_sent_at:
         raise VoiceMemoRefused(
             "no_signature",
@@ -346,31 +405,77 @@ async def upload_voice_memo(
     limit = s.settings.max_voice_memo_bytes
     if not content_type.startswith(AUDIO_TYPES):
         raise VoiceMemoRefused("not_audio", "a voice memo is audio/*", 415)
-    # Content-Length is the HTTP layer's framing, not a parameter of this operation (the document
-    # listed it, so a client was invited to send "null" there, which the HTTP layer refuses itself).
+    # The header is read here rather than as a parameter: the document declares it (DIGEST_HEADER)
+    # and a missing or malformed one is this operation's own refusal, not a schema error.
+    declared_sha256 = request.headers.get("x-device-content-sha256", "").strip()
+    if not SHA256_HEX.fullmatch(declared_sha256):
+        raise VoiceMemoRefused(
+            "no_digest", "declare the body's SHA-256 (hex) in X-Device-Content-SHA256, as signed", 400
+        )
+    # Content-Length is the HTTP layer's framing, not a parameter of this operation; the memo's size
+    # is signed, so it must be known before the body is read.
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if not declared.isdigit():
+        raise VoiceMemoRefused("length_required", "send the memo with a Content-Length", 411)
+    size = int(declared)
+    if size > limit:
         raise VoiceMemoRefused("too_large", f"at most {limit} bytes", 413)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise VoiceMemoRefused("too_large", f"at most {limit} bytes", 413)
-        chunks.append(chunk)
-    data = b"".join(chunks)
-    if not data:
+    if size == 0:
         raise VoiceMemoRefused("empty", "empty body", 400)
-    item_id, created = await asyncio.to_thread(
-        alarms.attach_voice_memo,
+    admission = await asyncio.to_thread(
+        alarms.admit_voice_memo,
         device_id,
         event_id,
-        data,
+        sha256=declared_sha256,
+        size=size,
         content_type=content_type,
         sent_at=x_device_sent_at,
         signature=x_device_signature,
     )
+    if admission.stored_item is not None:  # this very memo is stored: nothing to read
+        return _memo_answer(admission.stored_item, event_id, False, "stored")
+    retry = s.settings.retry_after_seconds
+    try:
+        alarms.memo_uploads.take(device_id)
+    except NoSlot as full:
+        log.warning("voice memo upload refused", extra={"device": device_id, "own_share": full.mine})
+        if full.mine:
+            raise VoiceMemoRefused(
+                "too_many_uploads",
+                "this device already has as many voice memo uploads in progress as one device may",
+                429,
+                retry_after=retry,
+            ) from None
+        raise VoiceMemoRefused(
+            "busy", "too many voice memo uploads in progress; try again", 503, retry_after=retry
+        ) from None
+    try:
+        data = await _memo_body(request, size)
+        item_id, created, status = await asyncio.to_thread(alarms.store_voice_memo, admission, data)
+    finally:
+        alarms.memo_uploads.give_back(device_id)
+    return _memo_answer(item_id, event_id, created, status)
+
+
+async def _memo_body(request: Request, size: int) -> bytes:
+    """The body, never more than the signed size (the HTTP layer holds it to Content-Length too)."""
+    chunks: list[bytes] = []
+    got = 0
+    try:
+        async for chunk in request.stream():
+            got += len(chunk)
+            if got > size:
+                raise VoiceMemoRefused("too_large", "the body is longer than its Content-Length", 413)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise VoiceMemoRefused("incomplete", "the body ended before its Content-Length", 400) from None
+    if got != size:
+        raise VoiceMemoRefused("incomplete", "the body ended before its Content-Length", 400)
+    return b"".join(chunks)
+
+
+def _memo_answer(item_id: str, event_id: str, created: bool, status: str) -> JSONResponse:
     return JSONResponse(
-        {"evidence_item_id": item_id, "event_id": event_id, "created": created},
+        {"evidence_item_id": item_id, "event_id": event_id, "created": created, "status": status},
         status_code=201 if created else 200,
     )

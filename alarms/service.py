@@ -32,6 +32,7 @@ from chain_of_custody.core import CoreServices
 from devices.models import Device, LoneWorkerState
 from storage.db import dialect_insert
 from storage.objects import StorageError
+from storage.slots import Slots
 
 from . import rules
 from .clock import Clock
@@ -46,7 +47,7 @@ from .queries import AlarmQueries
 from .staging import bind
 from .trails import sample_trails
 from .visits import Visits
-from .voice_memos import VoiceMemos
+from .voice_memos import MemoAdmission, VoiceMemos
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,12 @@ class AlarmService:
             core.db, self.policy, self.clock, self.outbox, self.lifecycle, self.visits, self.payloads
         )
         self.voice_memos = VoiceMemos(core, self.lifecycle, self.clock)
+        # Voice memo bodies being read at once: a device's own share and this process's whole.
+        self.memo_uploads = Slots(
+            core.settings.max_voice_memo_uploads, core.settings.max_voice_memo_uploads_per_device
+        )
+        # Live alarm streams open at once, per person (the process's whole is the HTTP edge's to bound).
+        self.streams = Slots(1 << 30, core.settings.max_alarm_streams_per_user)
         self.queries = AlarmQueries(core.db)
 
     # -- how effects leave this process ---------------------------------------------------------
@@ -150,6 +157,13 @@ class AlarmService:
             signature=signature,
             now=now,
         )
+
+    def admit_voice_memo(self, device_id: str, event_id: str, **claims: Any) -> MemoAdmission:
+        """A memo upload checked from its signed headers, before its body is read (``VoiceMemos.admit``)."""
+        return self.voice_memos.admit(device_id, event_id, **claims)
+
+    def store_voice_memo(self, admission: MemoAdmission, data: bytes) -> tuple[str, bool, str]:
+        return self.voice_memos.store(admission, data)
 
     # -- provisional alarms made whole ------------------------------------------------------------
 

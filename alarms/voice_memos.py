@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import secrets
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import canonical_json, rfc3339
 from chain_of_custody.core import CoreServices
 from chain_of_custody.entries import CustodyAction
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import raw_public_key, verify_signature
-from chain_of_custody.models import EvidenceItem
+from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.retention_basis import retention_basis
 from devices.lone_worker_wire import parse_time
 from devices.models import Device
@@ -29,6 +33,8 @@ from storage.errors import Refused
 from .feed import record_change
 from .lifecycle import Lifecycle
 from .models import AlarmRecord
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = {"audio/ogg": "ogg", "audio/opus": "opus", "audio/mpeg": "mp3", "audio/wav": "wav"}
 
@@ -57,28 +63,49 @@ def voice_memo_manifest(
     )
 
 
+@dataclass(frozen=True)
+class MemoAdmission:
+    """A memo upload whose signed manifest verified before its body was read: what it claims to be
+    and what it will become. ``stored_item`` is set when this very memo is already stored (nothing
+    to read); ``replaces`` names the alarm's quarantined memo this one is sent again for."""
+
+    device_id: str
+    event_id: str
+    sha256: str
+    size: int
+    content_type: str
+    sent_at: str
+    signature: str
+    alarm_id: str
+    occurred_at: datetime
+    wearer: str | None
+    stored_item: str | None = None
+    replaces: str | None = None
+
+
 class VoiceMemos:
     def __init__(self, core: CoreServices, lifecycle: Lifecycle, clock: Callable[[], datetime]) -> None:
         self.core = core
         self.lifecycle = lifecycle
         self.clock = clock
 
-    def attach(
+    def admit(
         self,
         device_id: str,
         event_id: str,
-        data: bytes,
         *,
+        sha256: str,
+        size: int,
         content_type: str,
         sent_at: str,
         signature: str,
         now: datetime | None = None,
-    ) -> tuple[str, bool]:
-        """Store a device's voice memo for its alarm as evidence and link it; returns (item id, new)."""
+    ) -> MemoAdmission:
+        """Check a memo upload from its headers alone, before a byte of its body is read: the device's
+        signature over the manifest it declares (digest and size), its state, the time, the alarm."""
         core = self.core
         now = now or self.clock()
-        digest = hashlib.sha256(data).hexdigest()
-        manifest = voice_memo_manifest(device_id, event_id, digest, len(data), content_type, sent_at)
+        manifest = voice_memo_manifest(device_id, event_id, sha256, size, content_type, sent_at)
         with core.db.session() as session:
             device = session.get(Device, device_id)
             if device is None or device.kind != "lone_worker" or not device.public_key:
@@ -98,40 +125,113 @@ class VoiceMemos:
             raise VoiceMemoRefused("clock_skew", "sent_at is too far from the server clock; sign again", 401)
         with core.db.session() as session:
             found = session.execute(
-                select(AlarmRecord.id, AlarmRecord.occurred_at).where(
+                select(AlarmRecord.id, AlarmRecord.occurred_at, AlarmRecord.voice_memo_item_id).where(
                     AlarmRecord.source_event_id == event_id, AlarmRecord.device_id == device_id
                 )
             ).first()
-            alarm_id, occurred_at = (found.id, found.occurred_at) if found is not None else (None, None)
-            if alarm_id is None:
+            if found is None:
                 raise VoiceMemoRefused(
                     "alarm_unknown", "no alarm of this device has that event id (yet)", 409
                 )
-            existing = session.execute(
-                select(AlarmRecord.voice_memo_item_id, EvidenceItem.sha256)
-                .join(EvidenceItem, EvidenceItem.id == AlarmRecord.voice_memo_item_id)
-                .where(AlarmRecord.id == alarm_id)
-            ).first()
-        if existing is not None:
-            if existing.sha256 == digest:
-                return existing.voice_memo_item_id, False
-            raise VoiceMemoRefused("memo_exists", "this alarm already has a different voice memo", 409)
+            memo_id = found.voice_memo_item_id
+            current = session.get(EvidenceItem, memo_id) if memo_id else None
+            admission = MemoAdmission(
+                device_id,
+                event_id,
+                sha256,
+                size,
+                content_type,
+                sent_at,
+                signature,
+                alarm_id=found.id,
+                occurred_at=found.occurred_at,
+                wearer=wearer,
+            )
+            if current is None:
+                return admission
+            if current.status != "quarantined":
+                if current.sha256 == sha256:
+                    return replace(admission, stored_item=current.id)
+                raise VoiceMemoRefused("memo_exists", "this alarm already has a different voice memo", 409)
+            # The alarm's memo was quarantined (its bytes were damaged on the way, say): a new copy is
+            # welcome, signed after the one it replaces, so an old request replayed is not one.
+            before = _signed_at(session, current.id)
+            if before is not None and moment <= parse_time(before):
+                raise VoiceMemoRefused(
+                    "stale_resend", "a memo sent again must be signed after the quarantined one", 409
+                )
+            return replace(admission, replaces=current.id)
+
+    def attach(
+        self,
+        device_id: str,
+        event_id: str,
+        data: bytes,
+        *,
+        content_type: str,
+        sent_at: str,
+        signature: str,
+        now: datetime | None = None,
+    ) -> tuple[str, bool]:
+        """Store a device's voice memo for its alarm as evidence and link it; returns (item id, new)."""
+        admission = self.admit(
+            device_id,
+            event_id,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            content_type=content_type,
+            sent_at=sent_at,
+            signature=signature,
+            now=now,
+        )
+        if admission.stored_item is not None:
+            return admission.stored_item, False
+        item_id, created, _ = self.store(admission, data, now=now)
+        return item_id, created
+
+    def store(
+        self, admission: MemoAdmission, data: bytes, *, now: datetime | None = None
+    ) -> tuple[str, bool, str]:
+        """Keep an admitted memo's bytes as evidence; returns (item id, new, status). Bytes that do not
+        hash to what the device signed are kept quarantined (never dropped); the device may send again."""
+        core = self.core
+        a = admission
+        now = now or self.clock()
+        digest = hashlib.sha256(data).hexdigest()
+        reasons = []
+        if digest != a.sha256 or len(data) != a.size:
+            reasons.append(f"received {len(data)} bytes hashing to {digest}; the device signed {a.sha256}")
         # Retention runs from the alarm the memo belongs to (the device's signed time, bounded by now).
         keep = timedelta(days=core.settings.retention_days)
-        basis = retention_basis(occurred_at, now, keep)
+        basis = retention_basis(a.occurred_at, now, keep)
         retain_until = basis.retain_until(keep)
-        extension = EXTENSIONS.get(content_type, "bin")
+        extension = EXTENSIONS.get(a.content_type, "bin")
+        # A copy sent again is a new object beside the quarantined one, never over it.
+        name = f"{a.event_id}-memo{'-' + secrets.token_hex(4) if a.replaces else ''}.{extension}"
         stored = core.store.put_bytes(
-            f"lone-worker/{device_id}/{now:%Y/%m/%d}/{event_id}-memo.{extension}",
+            f"lone-worker/{a.device_id}/{now:%Y/%m/%d}/{name}",
             data,
             retain_until=retain_until,
-            content_type=content_type,
+            content_type=a.content_type,
         )
+        if stored.sha256 != digest:
+            reasons.append(f"object store holds {stored.sha256}, received {digest}")
+        manifest = voice_memo_manifest(a.device_id, a.event_id, a.sha256, a.size, a.content_type, a.sent_at)
+        received: dict[str, Any] = {
+            "via": "https",
+            "received_at": rfc3339(now),
+            "sha256": digest,
+            "bytes": len(data),
+        }
+        if a.replaces:
+            received["resent_for"] = [a.replaces]
         with core.db.session() as session:
-            row = session.get(AlarmRecord, alarm_id, with_for_update=True)
+            row = session.get(AlarmRecord, a.alarm_id, with_for_update=True)
             assert row is not None
-            if row.voice_memo_item_id is not None:  # a concurrent upload won
-                return row.voice_memo_item_id, False
+            if row.voice_memo_item_id != a.replaces:  # a concurrent upload won
+                assert row.voice_memo_item_id is not None
+                winner = session.get(EvidenceItem, row.voice_memo_item_id)
+                return row.voice_memo_item_id, False, winner.status if winner else "stored"
             if row.provisional:  # custody shows the raise before anything added to it
                 self.lifecycle.make_whole(session, row, datetime.now(UTC))
             item = record_evidence(
@@ -140,44 +240,61 @@ class VoiceMemos:
                 stored,
                 Provenance(
                     kind="voice_memo",
-                    actor=f"device:{device_id}",
-                    source_device_id=device_id,
-                    wearer=wearer,
+                    actor=f"device:{a.device_id}",
+                    source_device_id=a.device_id,
+                    wearer=a.wearer,
                     captured_start=row.occurred_at,
-                    filename=f"{event_id}-memo.{extension}",
-                    content_type=content_type,
+                    filename=name,
+                    content_type=a.content_type,
                     retain_until=retain_until,
                     retention_basis=basis,
                 ),
                 captured={
-                    "device": device_id,
-                    "event_id": event_id,
+                    "device": a.device_id,
+                    "event_id": a.event_id,
                     "alarm_id": row.id,
                     "manifest": _as_dict(manifest),
-                    "device_signature": signature,
+                    "device_signature": a.signature,
                 },
-                received={"via": "https", "received_at": rfc3339(now), "sha256": digest, "bytes": len(data)},
-                quarantine_reason=(
-                    None
-                    if stored.sha256 == digest
-                    else f"object store holds {stored.sha256}, received {digest}"
-                ),
-                verified={"device_signature_valid": True, "sha256_matches": True},
+                received=received,
+                quarantine_reason="; ".join(reasons) or None,
+                verified={"device_signature_valid": True, "sha256_matches": not reasons},
             )
             row.voice_memo_item_id = item.id
             row.updated_at = now
+            details: dict[str, Any] = {"alarm_id": row.id, "voice_memo": item.id, "sha256": digest}
+            if a.replaces:
+                details["replaces"] = a.replaces
             core.ledger.append(
                 session,
                 CustodyAction.ALARM_CHANGED,
-                f"device:{device_id}",
+                f"device:{a.device_id}",
                 item_id=row.evidence_item_id,
-                details={"alarm_id": row.id, "voice_memo": item.id, "sha256": digest},
+                details=details,
                 at=now,
             )
             self.lifecycle.links.link(session, row, item.id, "voice memo")
             record_change(session, row, "voice_memo", now)
-            item_id = item.id
-        return item_id, True
+            item_id, status = item.id, item.status
+        if reasons:
+            log.warning(
+                "voice memo quarantined",
+                extra={"device": a.device_id, "item": item_id, "reason": "; ".join(reasons)},
+            )
+        return item_id, True, status
+
+
+def _signed_at(session: Session, item_id: str) -> str | None:
+    """The ``sent_at`` a stored memo's device signed (from its ``captured`` custody entry)."""
+    details = session.scalar(
+        select(CustodyEntry.details).where(
+            CustodyEntry.item_id == item_id, CustodyEntry.action == CustodyAction.CAPTURED.value
+        )
+    )
+    if details is None:
+        return None
+    sent = json.loads(details).get("manifest", {}).get("sent_at")
+    return sent if isinstance(sent, str) else None
 
 
 def _as_dict(manifest: bytes) -> dict[str, Any]:

@@ -165,7 +165,7 @@ def options(dock: Device = Depends(current_dock), s: CoreServices = Depends(serv
     status_code=201,
     responses={
         201: {"description": "Upload created (Location)", "headers": STATE},
-        **error_responses(400, 412, 413, 431, 503, 507),
+        **error_responses(400, 412, 413, 429, 431, 503, 507),
     },
     openapi_extra={
         "parameters": [

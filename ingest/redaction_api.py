@@ -11,7 +11,7 @@ from datetime import datetime
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from accounts.access import require_roles, services
 from accounts.service import Principal
@@ -21,6 +21,8 @@ from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, visible_evidence
 from redaction.jobs import enqueue
 from redaction.models import RedactionJob
 from redaction.spec import RedactionSpec
+from storage.api_schema import error_responses
+from storage.errors import Refused
 
 router = APIRouter(prefix="/api/v1", tags=["redaction"])
 
@@ -74,7 +76,12 @@ def list_redactions(
         return [_out(j) for j in jobs]
 
 
-@router.post("/evidence/{item_id}/redactions", response_model=RedactionJobOut, status_code=202)
+@router.post(
+    "/evidence/{item_id}/redactions",
+    response_model=RedactionJobOut,
+    status_code=202,
+    responses=error_responses(429),
+)
 def request_redaction(
     item_id: str,
     spec: RedactionSpec,
@@ -90,6 +97,18 @@ def request_redaction(
             # A redacted copy is new evidence derived from its original: never from one that no
             # longer checks (quarantined) or is gone.
             raise HTTPException(409, f"evidence item {item_id} is {source.status}; it cannot be redacted")
+        waiting = session.scalar(
+            select(func.count()).where(
+                RedactionJob.requested_by == user.actor, RedactionJob.status.in_(("queued", "running"))
+            )
+        )
+        if (waiting or 0) >= s.settings.max_redactions_queued_per_user:
+            raise Refused(
+                "too_many_redactions",
+                f"you have {waiting} redactions queued or running, as many as one person may: wait for one",
+                429,
+                retry_after=s.settings.retry_after_seconds,
+            )
         if based_on is not None:
             base = session.get(RedactionJob, based_on)
             if base is None or base.source_item_id != item_id:

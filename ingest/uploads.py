@@ -51,6 +51,7 @@ from storage.leases import Lease
 from storage.objects import StorageError, StoredObject
 
 from .clip_facts import clip_manifest, quarantined_copies, settle_lock
+from .dock_share import room_for_one_more
 from .metrics import UPLOAD_BYTES, UPLOADS_FINISHED
 from .models import Upload
 from .tus_protocol import ClipMetadata, TusRefusal, parse_checksum
@@ -200,8 +201,10 @@ class UploadEngine:
                 return _state(replay), True
         if self.storage_full():
             raise StorageFullError()
-        upload_id = secrets.token_hex(16)
         now = datetime.now(UTC)
+        with self.s.db.session() as session:
+            room_for_one_more(session, dock.id, now, self.s.settings)
+        upload_id = secrets.token_hex(16)
         key = f"clips/{now:%Y/%m/%d}/{upload_id}.bin"
         # The lock runs from the recording time the camera signed (bounded by now); it can only be lengthened.
         basis = retention_basis(
@@ -227,8 +230,18 @@ class UploadEngine:
             expires_at=now + timedelta(hours=settings.upload_expiry_hours),
             created_at=now,
         )
-        with self.s.db.session() as session:
-            session.add(upload)
+        try:
+            with self.s.db.session() as session:
+                # Counted again under the dock's row lock: two creations at once cannot both take the last place.
+                session.get(Device, dock.id, with_for_update=True)
+                room_for_one_more(session, dock.id, now, self.s.settings)
+                session.add(upload)
+        except TusRefusal:
+            try:
+                self.s.store.abort_multipart(key, s3_upload_id)
+            except StorageError as exc:  # the refusal stands; the store forgets the empty upload itself
+                log.warning("abort of multipart upload failed", extra={"key": key, "error": str(exc)})
+            raise
         log.info("upload created", extra={"upload": upload_id, "dock": dock.id, "length": length})
         return _state(upload), False
 

@@ -23,6 +23,7 @@ MEANINGS = {
     408: "The request body stopped arriving",
     409: "The resource's state does not allow this now",
     410: "Gone",
+    411: "A Content-Length is required",
     412: "A precondition header is missing or wrong",
     413: "Too large",
     415: "Unsupported content type",

@@ -126,6 +126,11 @@ class DockUploadSettings(_Section):
         description="S3 part uploads running at once across all clips (one thread each); other parts wait their turn.",
     )
     upload_expiry_hours: int = Field(72, description="An unfinished upload is abandoned after this long.")
+    max_open_uploads_per_dock: int = Field(
+        32,
+        ge=1,
+        description="Unfinished uploads one dock may have open at once; one more is answered 429 (naming the open ones) until one finishes, is terminated or expires.",
+    )
     max_concurrent_patches: int = Field(
         64,
         description="Dock PATCH requests streaming at once per process; beyond this the answer is 503 + Retry-After.",
@@ -357,6 +362,16 @@ class AlarmSettings(_Section):
     max_voice_memo_bytes: int = Field(
         8 * 1024 * 1024, description="Largest amber voice memo a device may upload."
     )
+    max_voice_memo_uploads: int = Field(
+        8,
+        ge=1,
+        description="Voice memo bodies one process reads at once, over all devices (memory: this many times max_voice_memo_bytes); beyond it, 503 + Retry-After.",
+    )
+    max_voice_memo_uploads_per_device: int = Field(
+        2,
+        ge=1,
+        description="Of those, how many one device may send at once; beyond it, 429 + Retry-After for that device only.",
+    )
     incident_join_minutes: int = Field(
         30,
         description="A red alarm joins the wearer's incident opened within this many minutes, else opens one.",
@@ -395,6 +410,31 @@ class WorkerSettings(_Section):
     worker_max_attempts: int = Field(3, description="Attempts before a redaction job is marked failed.")
 
 
+class ShareSettings(_Section):
+    """One person's share of what is costly."""
+
+    max_exports_building_per_user: int = Field(
+        3,
+        ge=1,
+        description="Export packages one person may have building at once; one more is answered 429 until one is ready or failed.",
+    )
+    max_export_links_per_user: int = Field(
+        100,
+        ge=1,
+        description="Download links one person may have live at once (not expired, not revoked); one more is answered 429.",
+    )
+    max_redactions_queued_per_user: int = Field(
+        10,
+        ge=1,
+        description="Redaction versions one person may have queued or running at once; one more is answered 429.",
+    )
+    max_alarm_streams_per_user: int = Field(
+        10,
+        ge=1,
+        description="Live alarm streams (the board, the map: one per open page) one person may hold open at once per process; one more is answered 429.",
+    )
+
+
 class LoggingSettings(_Section):
     """Logging."""
 
@@ -422,6 +462,7 @@ SECTIONS: tuple[tuple[str, type[_Section]], ...] = (
     ("Alarms", AlarmSettings),
     ("Incident statistics", StatisticsSettings),
     ("Redaction and background workers", WorkerSettings),
+    ("One person's share", ShareSettings),
     ("Logging", LoggingSettings),
     ("The demo", DemoSettings),
 )
@@ -438,6 +479,7 @@ class Settings(
     AlarmSettings,
     StatisticsSettings,
     WorkerSettings,
+    ShareSettings,
     LoggingSettings,
     DemoSettings,
 ):

@@ -102,19 +102,19 @@ class DeviceKit:
         return self.message("heartbeat", None, battery=battery, **kw)
 
     def voice_memo_headers(
-        self, event_id: str, data: bytes, content_type: str = "audio/ogg"
+        self, event_id: str, data: bytes, content_type: str = "audio/ogg", sent_at: datetime | None = None
     ) -> dict[str, str]:
         import hashlib
 
         from alarms.voice_memos import voice_memo_manifest
 
-        sent_at = format_time(datetime.now(UTC))
-        manifest = voice_memo_manifest(
-            self.device_id, event_id, hashlib.sha256(data).hexdigest(), len(data), content_type, sent_at
-        )
+        sent_at = format_time(sent_at or datetime.now(UTC))
+        digest = hashlib.sha256(data).hexdigest()
+        manifest = voice_memo_manifest(self.device_id, event_id, digest, len(data), content_type, sent_at)
         return {
             "Content-Type": content_type,
             "X-Device-Sent-At": sent_at,
+            "X-Device-Content-SHA256": digest,
             "X-Device-Signature": base64.b64encode(self.key.sign(manifest)).decode(),
         }
 

@@ -200,3 +200,81 @@ def test_full_storage_answers_507_and_keeps_what_it_has(tmp_path: Path, seaweed)
         server.should_exit = True
         thread.join(15)
         s.db.dispose()
+
+
+def test_a_dock_has_a_bounded_number_of_open_uploads(tmp_path: Path, seaweed) -> None:  # type: ignore[no-untyped-def]
+    """Three unfinished uploads fill a dock's share: a fourth is 429 with Retry-After, naming the open
+    ones, while another dock still opens one. Finishing, terminating or the expiry of an abandoned one
+    makes room again, and what the refused dock had already sent is all still there."""
+    s, server, thread, url, admin = _live(
+        tmp_path, seaweed, max_open_uploads_per_dock=3, retry_after_seconds=4
+    )
+    try:
+        greedy = enrol(url, admin)
+        other = enrol(url, admin, dock_id="DOCK-2", serial="CAM-2", wearer="S-2")
+
+        def create(fleet, i: int) -> tuple[httpx.Response, bytes]:  # type: ignore[no-untyped-def]
+            data = os.urandom(64 * 1024 + i)
+            r = httpx.post(
+                f"{url}/api/v1/dock/uploads",
+                headers={
+                    **fleet.dock_headers(),
+                    "Upload-Length": str(len(data)),
+                    "Upload-Metadata": clip_metadata(fleet, sha256(data), len(data), filename=f"o{i}.mp4"),
+                },
+            )
+            return r, data
+
+        patch = {**greedy.dock_headers(), "Content-Type": "application/offset+octet-stream"}
+        opened = [create(greedy, i) for i in range(3)]
+        assert [r.status_code for r, _ in opened] == [201, 201, 201]
+        first, first_data = opened[0]
+        first_loc = url + first.headers["location"]
+        assert (
+            httpx.patch(
+                first_loc, content=first_data[:1000], headers={**patch, "Upload-Offset": "0"}
+            ).status_code
+            == 204
+        )
+
+        refused, _ = create(greedy, 3)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "4"
+        body = refused.json()
+        assert body["reason"] == "too_many_open_uploads"
+        ids = [r.headers["location"].rsplit("/", 1)[1] for r, _ in opened]
+        assert body["detail"]["open_uploads"] == ids
+        assert create(other, 4)[0].status_code == 201  # another dock is not held up
+
+        # Finishing one makes room; the bytes accepted before the refusal are all there.
+        assert httpx.head(first_loc, headers=greedy.dock_headers()).headers["upload-offset"] == "1000"
+        r = httpx.patch(first_loc, content=first_data[1000:], headers={**patch, "Upload-Offset": "1000"})
+        assert r.status_code == 204 and r.headers["evidence-status"] == "stored"
+        again, _ = create(greedy, 5)
+        assert again.status_code == 201
+        assert create(greedy, 6)[0].status_code == 429
+
+        # Terminating one makes room too.
+        second_loc = url + opened[1][0].headers["location"]
+        assert httpx.delete(second_loc, headers=greedy.dock_headers()).status_code == 204
+        assert create(greedy, 7)[0].status_code == 201
+        assert create(greedy, 8)[0].status_code == 429
+
+        # An abandoned upload expires: the dock is not locked out for longer than the expiry.
+        from datetime import UTC, datetime, timedelta
+
+        from ingest.models import Upload
+
+        abandoned = opened[2][0].headers["location"].rsplit("/", 1)[1]
+        with s.db.session() as session:
+            row = session.get(Upload, abandoned)
+            row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        assert create(greedy, 9)[0].status_code == 201
+        assert s.uploads.expire() == 1
+        assert (
+            httpx.head(url + opened[2][0].headers["location"], headers=greedy.dock_headers()).status_code
+            == 410
+        )
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        s.db.dispose()

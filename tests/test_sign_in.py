@@ -12,11 +12,19 @@ from __future__ import annotations
 import re
 import statistics
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
+import pytest
+from sqlalchemy import delete
 
-from accounts.throttle import SignInThrottle, ThrottlePolicy
-from tests.conftest import ADMIN_PASSWORD
+from accounts.models import SignInBucket, SignInFailures
+from accounts.throttle import SignInThrottle, ThrottlePolicy, digest
+from ingest.migrations_runner import upgrade_database
+from storage.db import Database
+from storage.embedded import EmbeddedSeaweed
+from tests.conftest import ADMIN_PASSWORD, make_settings, start_server
 
 ATTACKER = "127.0.0.2"
 
@@ -112,19 +120,44 @@ class _Clock:
         return self.now
 
 
-def test_waits_double_per_failure_and_a_success_clears_them() -> None:
+@pytest.fixture(scope="module")
+def throttle_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    """The throttle's tables (migrated), on SQLite: the rules do not depend on the database."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('throttle') / 'throttle.db'}"
+    upgrade_database(url)
+    db = Database(url)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def throttle(throttle_db: Database) -> Callable[..., SignInThrottle]:
+    with throttle_db.session() as session:
+        session.execute(delete(SignInFailures))
+        session.execute(delete(SignInBucket))
+    return lambda policy, clock: SignInThrottle(throttle_db, policy, clock)
+
+
+def _not_before(t: SignInThrottle, username: str, client: str) -> float:
+    with t.db.session() as session:
+        row = session.get(SignInFailures, (digest("username", username), digest("client", client)))
+        assert row is not None
+        return row.not_before
+
+
+def test_waits_double_per_failure_and_a_success_clears_them(throttle) -> None:  # type: ignore[no-untyped-def]
     clock = _Clock()
-    t = SignInThrottle(ThrottlePolicy(free=3, base_delay=1.0, max_delay=100.0), clock)
+    t = throttle(ThrottlePolicy(free=3, base_delay=1.0, max_delay=100.0), clock)
     key = ("ann", "10.0.0.9")
     for _ in range(3):
         assert t.allowed(*key)
         t.failed(*key)
     waits = []
     for _ in range(8):
-        not_before = t._pairs[key].not_before
+        not_before = _not_before(t, *key)
         waits.append(not_before - clock.now)
         assert not t.allowed(*key) if clock.now < not_before else True
-        clock.now = t._pairs[key].not_before
+        clock.now = _not_before(t, *key)
         assert t.allowed(*key)
         t.failed(*key)
     assert waits[0] == 1.0
@@ -137,9 +170,9 @@ def test_waits_double_per_failure_and_a_success_clears_them() -> None:
     assert t.allowed(*key)  # counting starts again after a success
 
 
-def test_an_address_spraying_many_accounts_runs_dry_and_refills() -> None:
+def test_an_address_spraying_many_accounts_runs_dry_and_refills(throttle) -> None:  # type: ignore[no-untyped-def]
     clock = _Clock()
-    t = SignInThrottle(ThrottlePolicy(client_failures_per_hour=10), clock)
+    t = throttle(ThrottlePolicy(client_failures_per_hour=10), clock)
     for i in range(10):
         assert t.allowed(f"user{i}", "10.0.0.66")
         t.failed(f"user{i}", "10.0.0.66")
@@ -149,26 +182,77 @@ def test_an_address_spraying_many_accounts_runs_dry_and_refills() -> None:
     assert t.allowed("user99", "10.0.0.66")
 
 
-def test_a_spent_account_budget_stops_addresses_that_failed_but_not_new_ones() -> None:
+def test_a_spent_account_budget_stops_addresses_that_failed_but_not_new_ones(throttle) -> None:  # type: ignore[no-untyped-def]
     clock = _Clock()
-    t = SignInThrottle(
-        ThrottlePolicy(free=100, account_failures_per_hour=5, client_failures_per_hour=100), clock
-    )
+    t = throttle(ThrottlePolicy(free=100, account_failures_per_hour=5, client_failures_per_hour=100), clock)
     for i in range(5):
         t.failed("admin", f"10.1.0.{i}")
     assert not t.allowed("admin", "10.1.0.1")  # an address that guessed waits
     assert t.allowed("admin", "10.9.9.9")  # the real person, elsewhere, still gets their try
 
 
-def test_the_tables_are_bounded() -> None:
-    from accounts import throttle as module
+def test_the_tables_forget_what_no_longer_matters_and_keep_no_names(throttle) -> None:  # type: ignore[no-untyped-def]
+    clock = _Clock()
+    t = throttle(ThrottlePolicy(), clock)
+    for i in range(50):
+        t.failed(f"name{i} my-password-typed-here", f"10.2.0.{i}")
+    assert t.count() == (50, 100)
+    with t.db.session() as session:
+        kept = [r.username_key for r in session.query(SignInFailures)] + [
+            r.key for r in session.query(SignInBucket)
+        ]
+    assert not any("name" in k or "10.2" in k for k in kept)
+    clock.now += 3601  # the buckets are full again: forgotten; the failures are kept for a day
+    t.failed("someone", "10.3.0.1")
+    assert t.count() == (51, 2)
+    clock.now += 24 * 3600
+    t.failed("someone", "10.3.0.1")
+    assert t.count() == (1, 2)
 
-    t = SignInThrottle(ThrottlePolicy(), _Clock())
-    saved = module.MAX_ENTRIES
-    module.MAX_ENTRIES = 50
+
+def test_two_service_processes_count_the_same_failures(
+    tmp_path: Path, database_url: str, seaweed: EmbeddedSeaweed
+) -> None:
+    """Two instances of the service on one database (as replicas behind a balancer): failures made
+    against either slow the guesser on both, the real person elsewhere still signs in, and an
+    administrator's unlock on one forgives on the other (before, each process counted alone)."""
+    from accounts.service import create_user
+    from ingest.services import build_services
+
+    replicas = []
+    for i in range(2):
+        s = build_services(make_settings(tmp_path / f"r{i}", database_url, seaweed))
+        if i == 0:
+            with s.db.session() as session:
+                create_user(session, "admin", ADMIN_PASSWORD, "admin")
+        server, thread, url = start_server(s)
+        replicas.append((s, server, thread, url))
     try:
-        for i in range(500):
-            t.failed(f"name{i}", f"10.2.{i // 256}.{i % 256}")
+        urls = [r[3] for r in replicas]
+        free = replicas[0][0].settings.login_free_failures
+        clients = [_client(ATTACKER, u) for u in urls]
+        # Alternate between the replicas: neither alone sees more than free failures... together they do.
+        for i in range(free + 2):
+            assert _token(clients[i % 2], "admin", f"guess {i}").status_code == 401
+        for c in clients:  # the guesser's own right guess is refused on both while it must wait
+            assert _token(c, "admin", ADMIN_PASSWORD).status_code == 401
+        with _client("127.0.0.5", urls[1]) as admin:
+            r = _token(admin, "admin", ADMIN_PASSWORD)
+            assert r.status_code == 200  # nobody is locked out
+            token = r.json()["access_token"]
+            me = admin.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).json()
+        # An unlock made on one replica forgives on the other.
+        r = httpx.patch(
+            f"{urls[1]}/api/v1/users/{me['user_id']}",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"unlock": True},
+        )
+        assert r.status_code == 200, r.text
+        assert _token(clients[0], "admin", ADMIN_PASSWORD).status_code == 200
+        for c in clients:
+            c.close()
     finally:
-        module.MAX_ENTRIES = saved
-    assert len(t._pairs) <= 50 and len(t._clients) <= 50 and len(t._accounts) <= 50
+        for s, server, thread, _ in replicas:
+            server.should_exit = True
+            thread.join(15)
+            s.db.dispose()

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field, StrictBool
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from accounts.access import require_roles, services
@@ -36,6 +36,7 @@ from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reads import RangeRefused
 from storage.api_schema import error_responses
+from storage.errors import Refused
 from storage.objects import StorageError
 from storage.streams import BlocksOnThread, blocks_in_thread
 
@@ -232,7 +233,7 @@ def may_hand_out(session: Session, user: Viewer, job: ExportJob) -> bool:
     "/incidents/{incident_id}/exports",
     response_model=ExportOut,
     status_code=202,
-    responses=error_responses(409),
+    responses=error_responses(409, 429),
 )
 def request_export(
     incident_id: str,
@@ -252,6 +253,14 @@ def request_export(
                 422, "exporting original footage needs a stated reason (10 characters or more)"
             )
     with s.db.session() as session:
+        _within_share(
+            session,
+            select(func.count()).where(ExportJob.requested_by == user.actor, ExportJob.status == "building"),
+            s.settings.max_exports_building_per_user,
+            "too_many_exports",
+            "exports building, as many as one person may: wait until one is ready",
+            s.settings.retry_after_seconds,
+        )
         try:
             summary, item_ids = incident_export_scope(session, user, incident_id)
         except LookupError:
@@ -290,6 +299,21 @@ def request_export(
     builds.wake()
     response.headers["Location"] = f"/api/v1/exports/{out['id']}"
     return out
+
+
+def _within_share(
+    session: Session,
+    count: Any,
+    limit: int,
+    reason: str,
+    what: str,
+    retry_after: int | None = None,
+) -> None:
+    """Refuse (429) one more of something costly when the caller already holds ``limit`` of them."""
+    held = int(session.scalar(count) or 0)
+    if held >= limit:
+        log.warning("share refused", extra={"reason": reason, "held": held, "limit": limit})
+        raise Refused(reason, f"you have {held} {what}", 429, retry_after=retry_after)
 
 
 @router.get("/incidents/{incident_id}/exports", response_model=list[ExportOut])
@@ -347,7 +371,7 @@ def get_export(
 
 
 @router.post(
-    "/exports/{export_id}/links", response_model=LinkOut, status_code=201, responses=error_responses(409)
+    "/exports/{export_id}/links", response_model=LinkOut, status_code=201, responses=error_responses(409, 429)
 )
 def create_link(
     export_id: str,
@@ -364,6 +388,17 @@ def create_link(
             raise HTTPException(403, "this package holds evidence you may not hand out")
         if job.status != "ready":
             raise HTTPException(409, f"the export is {job.status}, not ready")
+        _within_share(
+            session,
+            select(func.count()).where(
+                ExportLink.created_by == user.actor,
+                ExportLink.revoked_at.is_(None),
+                ExportLink.expires_at > now,
+            ),
+            s.settings.max_export_links_per_user,
+            "too_many_links",
+            "download links live, as many as one person may: revoke one or let one expire",
+        )
         link = ExportLink(
             id=str(uuid.uuid4()),
             export_id=job.id,
