@@ -4,15 +4,15 @@ Each process counted failed sign-ins on its own, so with several replicas a gues
 replica's allowance. The failures and the token buckets are now rows every process reads and
 updates in one transaction; usernames and addresses are kept only as digests.
 
-Revision ID: 0020_shared_sign_in_throttle
-Revises: 0016_upload_part_numbers
+Revision ID: 0019_shared_sign_in_throttle
+Revises: 0018_subject_access_requests
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0020_shared_sign_in_throttle"
-down_revision = "0016_upload_part_numbers"
+revision = "0019_shared_sign_in_throttle"
+down_revision = "0018_subject_access_requests"
 branch_labels = None
 depends_on = None
 
