@@ -27,6 +27,7 @@ from storage.db import dialect_insert
 from storage.errors import Refused
 from storage.objects import ObjectStore, StorageError
 
+from . import exhibits
 from .access import (
     Viewer,
     may_follow_wearer,
@@ -446,6 +447,7 @@ def link_target(
                 "reason": reason,
             },
         )
+        exhibits.assign(session, ledger, incident, item, actor)
         _apply_retention(session, ledger, retention, item.id, now, actor, f"linked to {incident.reference}")
     return link, True
 
