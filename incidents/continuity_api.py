@@ -23,6 +23,8 @@ from .continuity_statement import render_statement_html, render_text
 
 router = APIRouter(prefix="/api/v1", tags=["continuity"])
 
+REPORT = {200: {"description": "the report", "content": {"text/html": {}, "application/pdf": {}}}}
+STATEMENT = {200: {"description": "the draft", "content": {"text/plain": {}, "text/html": {}}}}
 ReportFormat = Literal["html", "pdf"]
 StatementFormat = Literal["txt", "html"]
 
@@ -55,7 +57,7 @@ def _incident(s: CoreServices, user: Viewer, incident_id: str, purpose: str) -> 
     return report
 
 
-@router.get("/evidence/{item_id}/continuity", response_class=Response)
+@router.get("/evidence/{item_id}/continuity", response_class=Response, responses=REPORT)
 def item_report(
     item_id: str,
     format: ReportFormat = Query("html", description="html or pdf"),
@@ -66,7 +68,7 @@ def item_report(
     return _answer(_item(s, user, item_id, "continuity report"), format, f"continuity-{item_id}")
 
 
-@router.get("/evidence/{item_id}/continuity-statement", response_class=Response)
+@router.get("/evidence/{item_id}/continuity-statement", response_class=Response, responses=STATEMENT)
 def item_statement(
     item_id: str,
     format: StatementFormat = Query("txt", description="txt or html"),
@@ -78,7 +80,7 @@ def item_statement(
     return _answer(report, "statement-html" if format == "html" else "txt", f"statement-draft-{item_id}")
 
 
-@router.get("/incidents/{incident_id}/continuity", response_class=Response)
+@router.get("/incidents/{incident_id}/continuity", response_class=Response, responses=REPORT)
 def incident_report(
     incident_id: str,
     format: ReportFormat = Query("html", description="html or pdf"),
@@ -90,7 +92,7 @@ def incident_report(
     return _answer(report, format, f"continuity-{report.incident.get('reference', incident_id)}")
 
 
-@router.get("/incidents/{incident_id}/continuity-statement", response_class=Response)
+@router.get("/incidents/{incident_id}/continuity-statement", response_class=Response, responses=STATEMENT)
 def incident_statement(
     incident_id: str,
     format: StatementFormat = Query("txt", description="txt or html"),

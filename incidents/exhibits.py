@@ -6,7 +6,8 @@ producer's initials and the producer's next number in the incident. The producer
 staff who recorded it (the wearer of the item or of the master copy it was made from); for an item no
 one wore, the person who linked or exported it. A reference is given once: its row is never deleted,
 so an unlinked item keeps it (and gets it back when relinked) and no other item ever gets its number.
-Each is a custody entry (``exhibit_referenced``) on the item, in the same transaction.
+Each is said on the item's custody in the same transaction: in the ``linked`` entry that gave it, or
+an ``exhibit_referenced`` entry of its own (an item given one when it is packaged or reported on).
 """
 
 from __future__ import annotations
@@ -89,10 +90,12 @@ def producer_of(session: Session, item: EvidenceItem, actor: str) -> Producer:
 
 
 def assign(
-    session: Session, ledger: Ledger, incident: Incident, item: EvidenceItem, actor: str
+    session: Session, ledger: Ledger, incident: Incident, item: EvidenceItem, actor: str, *, record: bool = True
 ) -> ExhibitReference:
     """The item's reference in the incident, given now if it has none (callers hold the ledger lock,
-    which serialises numbering; the unique indexes are the backstop)."""
+    which serialises numbering; the unique indexes are the backstop). A new reference is an
+    ``exhibit_referenced`` custody entry, unless ``record`` is False: a link names it in its own
+    ``linked`` entry instead (``details``)."""
     found = session.scalar(
         select(ExhibitReference).where(
             ExhibitReference.incident_id == incident.id, ExhibitReference.item_id == item.id
@@ -123,6 +126,8 @@ def assign(
     )
     session.add(row)
     session.flush()
+    if not record:
+        return row
     ledger.append(
         session,
         "exhibit_referenced",
@@ -140,6 +145,11 @@ def assign(
         at=now,
     )
     return row
+
+
+def details(row: ExhibitReference) -> dict[str, str]:
+    """What a custody entry says of a reference."""
+    return {"exhibit": row.reference, "producer": row.producer_name}
 
 
 def assign_all(

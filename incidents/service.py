@@ -435,6 +435,7 @@ def link_target(
     session.flush()
     _event(session, incident, actor, "linked", now, kind=kind, target=target_id, reason=reason)
     if item is not None:
+        exhibit = exhibits.assign(session, ledger, incident, item, actor, record=False)
         ledger.append(
             session,
             "linked",
@@ -445,9 +446,9 @@ def link_target(
                 "incident_id": incident.id,
                 "link": link.id,
                 "reason": reason,
+                **exhibits.details(exhibit),
             },
         )
-        exhibits.assign(session, ledger, incident, item, actor)
         _apply_retention(session, ledger, retention, item.id, now, actor, f"linked to {incident.reference}")
     return link, True
 

@@ -38,7 +38,9 @@ SECRET = "the informant in bay 4"
 def _incident(s: Any, title: str, site: str = "NORTH") -> tuple[str, str]:
     with s.db.session() as session:
         incident = create_incident(
-            session, IncidentDraft(category="physical_assault", occurred_at=T0, site=site, title=title), "user:mgr"
+            session,
+            IncidentDraft(category="physical_assault", occurred_at=T0, site=site, title=title),
+            "user:mgr",
         )
         return incident.id, incident.reference
 
@@ -64,7 +66,9 @@ def test_exhibits_reports_and_statements_through_the_api(live: Any) -> None:
             ("aud", "auditor", None),
         )
     }
-    first, second, third = (store_item(s, wearer="S-JS", start=T0, stop=T0 + timedelta(minutes=m)) for m in (1, 2, 3))
+    first, second, third = (
+        store_item(s, wearer="S-JS", start=T0, stop=T0 + timedelta(minutes=m)) for m in (1, 2, 3)
+    )
     porter = store_item(s, wearer="S-AB", start=T0, stop=T0 + timedelta(minutes=4))
     ours_id, ours_ref = _incident(s, "Ward 7")
     theirs_id, theirs_ref = _incident(s, "elsewhere")
@@ -78,9 +82,10 @@ def test_exhibits_reports_and_statements_through_the_api(live: Any) -> None:
     mgr = httpx.Client(base_url=live.url, headers=bearer(s, "mgr"), timeout=30)
     inv = httpx.Client(base_url=live.url, headers=bearer(s, "inv"), timeout=30)
 
-    def link(item_id: str, path: str = "link") -> None:
+    def link(item_id: str, path: str = "links") -> None:
         r = mgr.post(
-            f"/api/v1/incidents/{ours_id}/{path}", json={"kind": "evidence", "target_id": item_id, "reason": "the assault"}
+            f"/api/v1/incidents/{ours_id}/{path}",
+            json={"kind": "evidence", "target_id": item_id, "reason": "the assault"},
         )
         assert r.status_code in (200, 201, 204), r.text
 
@@ -102,8 +107,9 @@ def test_exhibits_reports_and_statements_through_the_api(live: Any) -> None:
     assert _exhibits(mgr, first.id) == {ours_ref: "JS/1"}
     with s.db.session() as session:
         chain = Ledger.item_entries(session, first.id)
-    given = [json.loads(e.body.details) for e in chain if e.body.action == "exhibit_referenced"]
-    assert [(g["exhibit"], g["incident"], g["producer"]) for g in given] == [("JS/1", ours_ref, "Jane Smith")]
+    said = [(e.body.action, json.loads(e.body.details)) for e in chain]
+    given = [(a, d["exhibit"], d["incident"], d["producer"]) for a, d in said if "exhibit" in d]
+    assert given == [("linked", "JS/1", ours_ref, "Jane Smith")] * 2  # the first link, and the relink
 
     # The report lists every custody event of the item, each with its entry hash, and its own making.
     r = inv.get(f"/api/v1/evidence/{first.id}/continuity")
@@ -128,7 +134,9 @@ def test_exhibits_reports_and_statements_through_the_api(live: Any) -> None:
 
     # PDF: a valid PDF whose text holds the exhibit references.
     r = inv.get(f"/api/v1/incidents/{ours_id}/continuity", params={"format": "pdf"})
-    assert r.status_code == 200 and r.headers["content-type"] == "application/pdf" and r.content[:5] == b"%PDF-"
+    assert (
+        r.status_code == 200 and r.headers["content-type"] == "application/pdf" and r.content[:5] == b"%PDF-"
+    )
     text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(r.content)).pages)
     assert "JS/1" in text and "AB/1" in text and ours_ref in text and theirs_ref not in text
 
@@ -153,13 +161,17 @@ def test_exhibits_reports_and_statements_through_the_api(live: Any) -> None:
     )
     assert own.status_code == 201, own.text
     refused = other.post(
-        f"/api/v1/incidents/{own.json()['id']}/link",
+        f"/api/v1/incidents/{own.json()['id']}/links",
         json={"kind": "evidence", "target_id": first.id, "reason": "mine now"},
     )
     assert refused.status_code == 404
     window = other.patch(
         f"/api/v1/incidents/{own.json()['id']}",
-        json={"wearer": "S-JS", "window_start": T0.isoformat(), "window_end": (T0 + timedelta(hours=1)).isoformat()},
+        json={
+            "wearer": "S-JS",
+            "window_start": T0.isoformat(),
+            "window_end": (T0 + timedelta(hours=1)).isoformat(),
+        },
     )
     assert window.status_code == 403
     for path in ("continuity", "continuity-statement"):
@@ -238,7 +250,9 @@ def test_packages_name_each_exhibit_and_carry_the_report_as_pdf(services: Any, t
         files = {n: z.read(n) for n in z.namelist()}
     manifest = json.loads(files[mf.MANIFEST])
     by_id = {i["item_id"]: i for i in manifest["items"]}
-    assert by_id[clip.id]["exhibit_reference"] == refs[clip.id] and by_id[clip.id]["copy_type"] == "master copy"
+    assert (
+        by_id[clip.id]["exhibit_reference"] == refs[clip.id] and by_id[clip.id]["copy_type"] == "master copy"
+    )
     assert by_id[redacted.id]["exhibit_reference"] == refs[redacted.id]
     assert by_id[redacted.id]["copy_type"] == "working copy"
     assert refs[redacted.id].encode() in files[mf.REPORT]
@@ -247,7 +261,11 @@ def test_packages_name_each_exhibit_and_carry_the_report_as_pdf(services: Any, t
     assert refs[clip.id] in text and refs[redacted.id] in text and "working copy" in text
     assert mf.REPORT_PDF in {f["path"] for f in manifest["files"]}
     custody = json.loads(files[mf.custody_path(redacted.id)])["entries"]
-    assert any(e["details"].get("exhibit") == refs[redacted.id] for e in custody if e["action"] == "exhibit_referenced")
+    assert any(
+        e["details"].get("exhibit") == refs[redacted.id]
+        for e in custody
+        if e["action"] == "exhibit_referenced"
+    )
     report = verify_package(path, s.key.fingerprint)
     assert report.ok, [str(p) for p in report.problems]
     altered = files[mf.REPORT_PDF] + b"%% one line more\n"
