@@ -45,7 +45,7 @@ def item_paragraphs(it: ItemStory) -> list[str]:
         )
         device = f"body-worn camera {it.device}" if it.device else f"the device {GAP}"
         out.append(
-            f"{when.capitalize()} I was wearing {device}, which made a {it.kind.replace('_', ' ')} recording. {GAP}"
+            f"{when[:1].upper()}{when[1:]} I was wearing {device}, which made a {it.kind.replace('_', ' ')} recording. {GAP}"
         )
     else:
         made = _first(it.steps, "stored")
