@@ -95,6 +95,11 @@ def test_exhibits_reports_and_statements_through_the_api(live: Any) -> None:
     assert _exhibits(mgr, first.id) == {ours_ref: "JS/1"}
     assert _exhibits(mgr, second.id) == {ours_ref: "JS/2", theirs_ref: "JS/1"}  # per incident
     assert _exhibits(mgr, porter.id) == {ours_ref: "AB/1"}
+    shown = {
+        x["target_id"]: x["exhibit_reference"]
+        for x in inv.get(f"/api/v1/incidents/{ours_id}").json()["links"]
+    }
+    assert shown == {first.id: "JS/1", second.id: "JS/2", porter.id: "AB/1"}
     # The investigator sees the reference in the incident they may see, never the other incident's.
     assert _exhibits(inv, second.id) == {ours_ref: "JS/2"}
     listed = {i["id"]: i["exhibits"] for i in inv.get("/api/v1/evidence", params={"wearer": "S-JS"}).json()}
