@@ -37,7 +37,6 @@ from . import exhibits
 from .access import Viewer, readable_trail, visible_evidence, visible_evidence_ids
 from .continuity import Continuity, ItemStory, retention_words, step_of
 from .export.plan import foreign_markers, gather_items, incident_export_scope
-from .models import Incident
 
 OTHER_INCIDENT = "belongs to another incident"
 
@@ -66,10 +65,8 @@ def _staff_name(session: Session, staff_id: str | None) -> str | None:
     return f"{member.name} (staff number {staff_id}, {member.staff_group})" if member else staff_id
 
 
-def check_record(
-    ledger: Ledger, db: Database, item: EvidenceItem, entries: Sequence[SignedEntry]
-) -> list[str]:
-    """Every finding about the item's record (nothing when it checks)."""
+def check_record(ledger: Ledger, item: EvidenceItem, entries: Sequence[SignedEntry]) -> list[str]:
+    """Every finding about the item's record itself (nothing when it checks)."""
     problems = [str(p) for p in check_item_chain(item.id, list(entries), ledger.verifier)]
     stored = next((e for e in entries if e.body.action == "stored"), None)
     differs = unrecorded(item, stored, ledger.verifier)
@@ -77,23 +74,30 @@ def check_record(
         problems.append(differs)
     if item.status == "quarantined":
         problems.append(f"the item is quarantined: {item.quarantine_reason}")
+    return problems
+
+
+def check_logged(ledger: Ledger, db: Database, entries: Sequence[SignedEntry]) -> list[str]:
+    """Each entry is the one the custody log holds at its place, under a tree head the service signed.
+    Called with no session open: the log reads the ledger on a connection of its own (on SQLite a
+    transaction open here would hold the lock it waits for)."""
     log = ledger.tree_heads
-    if log is not None and entries:
-        head, paths = log.inclusion([e.body.seq for e in entries], db.engine)
-        if not head.signed_by(ledger.key.public):
+    if log is None or not entries:
+        return []
+    problems: list[str] = []
+    head, paths = log.inclusion([e.body.seq for e in entries], db.engine)
+    if not head.signed_by(ledger.key.public):
+        problems.append(
+            f"the custody log's tree head of size {head.tree_size} is not signed by the service key"
+        )
+    root = bytes.fromhex(head.root_hash)
+    for e in entries:
+        proof = [bytes.fromhex(p) for p in paths[e.body.seq]]
+        if not verify_inclusion(e.body.seq - 1, head.tree_size, leaf_hash(e.body.canonical()), proof, root):
             problems.append(
-                f"the custody log's tree head of size {head.tree_size} is not signed by the service key"
+                f"custody entry #{e.body.seq} is not the entry the custody log holds at that place "
+                "(altered since it was logged)"
             )
-        root = bytes.fromhex(head.root_hash)
-        for e in entries:
-            proof = [bytes.fromhex(p) for p in paths[e.body.seq]]
-            if not verify_inclusion(
-                e.body.seq - 1, head.tree_size, leaf_hash(e.body.canonical()), proof, root
-            ):
-                problems.append(
-                    f"custody entry #{e.body.seq} is not the entry the custody log holds at that place "
-                    "(altered since it was logged)"
-                )
     return problems
 
 
@@ -105,7 +109,7 @@ def _tree_head(ledger: Ledger, db: Database) -> str | None:
 
 
 def _story(
-    session: Session,
+    wearer: str | None,
     item: EvidenceItem,
     chain: Sequence[Mapping[str, Any]],
     problems: Sequence[str],
@@ -123,7 +127,7 @@ def _story(
         size=item.size,
         recorded_from=item.captured_start.isoformat() if item.captured_start else None,
         recorded_to=item.captured_stop.isoformat() if item.captured_stop else None,
-        wearer=_staff_name(session, item.wearer),
+        wearer=wearer,
         device=item.source_device_id,
         made_from=made_from,
         retention_basis=retention_words(chain),
@@ -149,22 +153,25 @@ def item_continuity(
         item = session.get(EvidenceItem, item_id)
         assert item is not None
         entries = Ledger.item_entries(session, item_id)
-        problems = check_record(ledger, db, item, entries)
+        problems = check_record(ledger, item, entries)
         chain = readable_trail(session, viewer, item_id, [e.to_json() for e in entries])
         people = people_names(session, [str(e.get("actor") or "") for e in chain])
         refs = exhibits.visible_exhibits(session, viewer, [item_id]).get(item_id, [])
         exhibit = "; ".join(f"{r['reference']} ({r['incident']})" for r in refs) or None
         origin = session.get(EvidenceItem, item.derived_from_id) if item.derived_from_id else None
         made_from = f"master copy {origin.id}, SHA-256 {origin.sha256}" if origin else None
-        return Continuity(
-            title="Evidence continuity report",
-            subject=f"evidence item {item.id} ({item.kind.replace('_', ' ')}, {item.copy_type})",
-            generated_at=rfc3339(datetime.now(UTC), 0),
-            generated_for=_viewer_words(session, viewer),
-            key_fingerprint=ledger.key.fingerprint,
-            tree_head=_tree_head(ledger, db),
-            items=(_story(session, item, chain, problems, exhibit, made_from, people),),
-        )
+        wearer = _staff_name(session, item.wearer)
+        generated_for = _viewer_words(session, viewer)
+    problems += check_logged(ledger, db, entries)
+    return Continuity(
+        title="Evidence continuity report",
+        subject=f"evidence item {item.id} ({item.kind.replace('_', ' ')}, {item.copy_type})",
+        generated_at=rfc3339(datetime.now(UTC), 0),
+        generated_for=generated_for,
+        key_fingerprint=ledger.key.fingerprint,
+        tree_head=_tree_head(ledger, db),
+        items=(_story(wearer, item, chain, problems, exhibit, made_from, people),),
+    )
 
 
 def _own(chain: Sequence[dict[str, Any]], markers: set[str]) -> list[dict[str, Any]]:
@@ -197,37 +204,39 @@ def incident_continuity(
             summary, items = incident_items(session, viewer, incident_key)
         except LookupError:
             return None
-        incident = session.get(Incident, summary["id"])
-        assert incident is not None
-        exhibits.assign_all(session, ledger, incident.id, [i.id for i in items], viewer.actor)
+        exhibits.assign_all(session, ledger, summary["id"], [i.id for i in items], viewer.actor)
     ids = [i.id for i in items]
     log_reads(db, ledger, viewer, ids, f"{purpose} for {summary['reference']}")
+    read: list[tuple[EvidenceItem, list[SignedEntry], list[dict[str, Any]], dict[str, str], str | None]] = []
     with db.session() as session:
         refs = exhibits.references(session, summary["id"], ids)
         markers = foreign_markers(session, ids, summary["id"])
-        stories = []
         rows = {i.id: session.get(EvidenceItem, i.id) for i in items}
         for item_id in ids:
             item = rows[item_id]
             assert item is not None
             entries = Ledger.item_entries(session, item_id)
-            problems = check_record(ledger, db, item, entries)
             chain = _own(readable_trail(session, viewer, item_id, [e.to_json() for e in entries]), markers)
             people = people_names(session, [str(e.get("actor") or "") for e in chain])
-            origin = rows.get(item.derived_from_id or "")
-            made_from = (
-                f"exhibit {refs.get(origin.id, '(none)')}, master copy {origin.id}, SHA-256 {origin.sha256}"
-                if origin
-                else None
-            )
-            stories.append(_story(session, item, chain, problems, refs.get(item_id), made_from, people))
-        return Continuity(
-            title=f"Evidence continuity report: {summary['reference']}",
-            subject=f"incident {summary['reference']}: {summary.get('title') or summary['category']}",
-            generated_at=rfc3339(datetime.now(UTC), 0),
-            generated_for=_viewer_words(session, viewer),
-            key_fingerprint=ledger.key.fingerprint,
-            tree_head=_tree_head(ledger, db),
-            items=tuple(stories),
-            incident=summary,
+            read.append((item, entries, chain, people, _staff_name(session, item.wearer)))
+        generated_for = _viewer_words(session, viewer)
+    stories = []
+    for item, entries, chain, people, wearer in read:
+        problems = check_record(ledger, item, entries) + check_logged(ledger, db, entries)
+        origin = rows.get(item.derived_from_id or "")
+        made_from = (
+            f"exhibit {refs.get(origin.id, '(none)')}, master copy {origin.id}, SHA-256 {origin.sha256}"
+            if origin
+            else None
         )
+        stories.append(_story(wearer, item, chain, problems, refs.get(item.id), made_from, people))
+    return Continuity(
+        title=f"Evidence continuity report: {summary['reference']}",
+        subject=f"incident {summary['reference']}: {summary.get('title') or summary['category']}",
+        generated_at=rfc3339(datetime.now(UTC), 0),
+        generated_for=generated_for,
+        key_fingerprint=ledger.key.fingerprint,
+        tree_head=_tree_head(ledger, db),
+        items=tuple(stories),
+        incident=summary,
+    )
