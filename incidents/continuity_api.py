@@ -8,7 +8,7 @@ answer says in a header whether the record checked (``X-Custody-Checked``), as i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
@@ -23,8 +23,8 @@ from .continuity_statement import render_statement_html, render_text
 
 router = APIRouter(prefix="/api/v1", tags=["continuity"])
 
-REPORT = {200: {"description": "the report", "content": {"text/html": {}, "application/pdf": {}}}}
-STATEMENT = {200: {"description": "the draft", "content": {"text/plain": {}, "text/html": {}}}}
+REPORT: dict[int | str, dict[str, Any]] = {200: {"description": "the report", "content": {"text/html": {}, "application/pdf": {}}}}
+STATEMENT: dict[int | str, dict[str, Any]] = {200: {"description": "the draft", "content": {"text/plain": {}, "text/html": {}}}}
 ReportFormat = Literal["html", "pdf"]
 StatementFormat = Literal["txt", "html"]
 
