@@ -1,7 +1,7 @@
 """exhibit references: each evidence item's reference in an incident, given once, never reused
 
 Revision ID: 0019_exhibit_references
-Revises: 0016_upload_part_numbers
+Revises: 0018_subject_access_requests
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 import storage.db
 
 revision = "0019_exhibit_references"
-down_revision = "0016_upload_part_numbers"
+down_revision = "0018_subject_access_requests"
 branch_labels = None
 depends_on = None
 
