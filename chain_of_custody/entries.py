@@ -31,6 +31,7 @@ class CustodyAction(StrEnum):
     LINK_ISSUED = "link_issued"  # a package's download link given to a named recipient
     LINK_REVOKED = "link_revoked"
     LINKED = "linked"
+    EXHIBIT_REFERENCED = "exhibit_referenced"
     UNLINKED = "unlinked"
     RETENTION_CHANGED = "retention_changed"
     LEGAL_HOLD = "legal_hold"

@@ -8,6 +8,7 @@ A package (ZIP64; media stored, not deflated) holds::
     evidence/<item id>/<file name>   the media and records exported (redacted videos, alarms, memos)
     custody/<item id>.json           every custody entry of each item, with its hash and signature
     continuity_report.html           the same for people: items, hashes, who did what when
+    continuity_report.pdf            the same report as PDF, with each item's exhibit reference
     VERIFY.txt                       how to check it all with sha256sum and openssl
     manifest.json                    every file above with SHA-256 and size, every item (and for a
                                      derived file, its original's id and SHA-256), the signing key
@@ -32,6 +33,7 @@ SUMS = "SHA256SUMS"
 SUMS_SIGNATURE = "SHA256SUMS.sig"
 PUBLIC_KEY = "public_key.pem"
 REPORT = "continuity_report.html"
+REPORT_PDF = "continuity_report.pdf"
 INSTRUCTIONS = "VERIFY.txt"
 
 # Files that carry or prove the manifest rather than being listed in it.
@@ -128,6 +130,9 @@ class ItemRecord:
     # another incident or package): signed here, so those hashes stay vouched for and no other entry
     # can be passed off as withheld.
     custody_withheld: dict[int, str] | None = None
+    # The item's exhibit reference in the incident exported (``JS/1``), and master or working copy.
+    exhibit_reference: str | None = None
+    copy_type: str | None = None
 
     @property
     def custody_path(self) -> str:
@@ -160,6 +165,8 @@ class ItemRecord:
             "source_device_id": self.source_device_id,
             "captured_start": self.captured_start,
             "captured_stop": self.captured_stop,
+            "exhibit_reference": self.exhibit_reference,
+            "copy_type": self.copy_type,
         }
 
 

@@ -111,6 +111,9 @@ class LinkOut(BaseModel):
     linked_by: str
     reason: str
     linked_at: datetime
+    exhibit_reference: str | None = Field(
+        None, description="a linked evidence item's exhibit reference, e.g. JS/1"
+    )
 
 
 class HoldOut(BaseModel):

@@ -167,3 +167,29 @@ class LegalHold(Base):
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     __table_args__ = (Index("ix_legal_holds_target", "target_kind", "target_id"),)
+
+
+class ExhibitReference(Base):
+    """An evidence item's exhibit reference in one incident (``JS/1``: its producer's initials and
+    their next number in that incident), given once and never given to another item: the row stays
+    when the item is unlinked, so a number is never reused, and a relinked item gets its own back."""
+
+    __tablename__ = "exhibit_references"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
+    item_id: Mapped[str] = mapped_column(String(36), index=True)
+    reference: Mapped[str] = mapped_column(String(64))
+    series: Mapped[str] = mapped_column(String(16))  # what the numbering counts within (the initials)
+    number: Mapped[int] = mapped_column(Integer)
+    producer_kind: Mapped[str] = mapped_column(String(16))  # staff (the wearer), user, service
+    producer_id: Mapped[str] = mapped_column(String(128))
+    producer_name: Mapped[str] = mapped_column(String(128))
+    assigned_by: Mapped[str] = mapped_column(String(128))
+    assigned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("uq_exhibit_references_item", "incident_id", "item_id", unique=True),
+        Index("uq_exhibit_references_reference", "incident_id", "reference", unique=True),
+        Index("uq_exhibit_references_number", "incident_id", "series", "number", unique=True),
+    )

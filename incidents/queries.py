@@ -16,6 +16,7 @@ from devices.models import StaffMember
 
 from .access import Viewer, incident_scope
 from .models import (
+    ExhibitReference,
     Incident,
     IncidentAssignment,
     IncidentEvent,
@@ -106,10 +107,19 @@ def incident_view(session: Session, incident: Incident) -> dict[str, Any]:
         .where(IncidentAssignment.incident_id == incident.id, IncidentAssignment.unassigned_at.is_(None))
         .order_by(User.username)
     )
-    links = session.scalars(
-        select(IncidentLink)
-        .where(IncidentLink.incident_id == incident.id, IncidentLink.unlinked_at.is_(None))
-        .order_by(IncidentLink.linked_at, IncidentLink.id)
+    links = list(
+        session.scalars(
+            select(IncidentLink)
+            .where(IncidentLink.incident_id == incident.id, IncidentLink.unlinked_at.is_(None))
+            .order_by(IncidentLink.linked_at, IncidentLink.id)
+        )
+    )
+    exhibits = dict(
+        session.execute(
+            select(ExhibitReference.item_id, ExhibitReference.reference).where(
+                ExhibitReference.incident_id == incident.id
+            )
+        ).all()
     )
     holds = session.scalars(
         select(LegalHold).where(
@@ -147,6 +157,7 @@ def incident_view(session: Session, incident: Incident) -> dict[str, Any]:
                 "linked_by": link.linked_by,
                 "reason": link.reason,
                 "linked_at": link.linked_at,
+                "exhibit_reference": exhibits.get(link.target_id) if link.target_kind == "evidence" else None,
             }
             for link in links
         ],

@@ -27,6 +27,7 @@ from storage.db import dialect_insert
 from storage.errors import Refused
 from storage.objects import ObjectStore, StorageError
 
+from . import exhibits
 from .access import (
     Viewer,
     may_follow_wearer,
@@ -434,6 +435,7 @@ def link_target(
     session.flush()
     _event(session, incident, actor, "linked", now, kind=kind, target=target_id, reason=reason)
     if item is not None:
+        exhibit = exhibits.assign(session, ledger, incident, item, actor, record=False)
         ledger.append(
             session,
             "linked",
@@ -444,6 +446,7 @@ def link_target(
                 "incident_id": incident.id,
                 "link": link.id,
                 "reason": reason,
+                **exhibits.details(exhibit),
             },
         )
         _apply_retention(session, ledger, retention, item.id, now, actor, f"linked to {incident.reference}")

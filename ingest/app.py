@@ -30,6 +30,7 @@ from chain_of_custody.checkpoints import write_checkpoint
 from console import install as install_console
 from devices import api as devices_api
 from incidents import api as incidents_api
+from incidents import continuity_api
 from incidents.export import api as export_api
 from incidents.retention import RetentionRules, retention_loop
 from incidents.subject_access import api as subject_access_api
@@ -55,6 +56,7 @@ ROUTERS: list[APIRouter] = [
     alarms_api.router,
     redaction_api.router,
     incidents_api.router,
+    continuity_api.router,
     export_api.router,
     subject_access_api.router,
     custody_api.router,

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from accounts.access import require_roles, services
 from accounts.service import Principal
@@ -29,6 +30,7 @@ from incidents.access import (
     readable_trail,
     visible_evidence,
 )
+from incidents.exhibits import visible_exhibits
 from incidents.footage import content_disposition, download_name, incident_refs, scoped_retention
 from incidents.retention import RetentionRules, delete_by_hand, set_legal_hold
 from storage.bounds import MAX_OFFSET
@@ -38,6 +40,13 @@ router = APIRouter(prefix="/api/v1", tags=["evidence"])
 METADATA_ROLES = EVIDENCE_METADATA
 MEDIA_ROLES = EVIDENCE_MEDIA
 QUARANTINE_REVIEWERS = ("admin",)  # who may read an item that no longer checks, to find out why
+
+
+class ExhibitOut(BaseModel):
+    incident: str = Field(description="the incident's reference")
+    reference: str = Field(description="the item's exhibit reference in that incident, e.g. JS/1")
+    producer: str
+    assigned_at: datetime
 
 
 class EvidenceItemOut(BaseModel):
@@ -58,8 +67,21 @@ class EvidenceItemOut(BaseModel):
     retain_until: datetime | None
     legal_hold: bool
     created_at: datetime
+    exhibits: list[ExhibitOut] = Field(
+        default_factory=list,
+        description="its exhibit references, in the incidents the caller may see (given once, never reused)",
+    )
 
     model_config = {"from_attributes": True}
+
+
+def _out(session: Session, user: Principal, items: list[EvidenceItem]) -> list[dict[str, object]]:
+    """The items as the API shows them, each with its exhibit references the caller may see."""
+    refs = visible_exhibits(session, user, [i.id for i in items])
+    return [
+        {**EvidenceItemOut.model_validate(i).model_dump(exclude={"exhibits"}), "exhibits": refs.get(i.id, [])}
+        for i in items
+    ]
 
 
 class CustodyEntryOut(BaseModel):
@@ -91,7 +113,7 @@ def list_items(
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
     user: Principal = Depends(require_roles(*METADATA_ROLES)),
     s: CoreServices = Depends(services),
-) -> list[EvidenceItem]:
+) -> list[dict[str, object]]:
     q = (
         select(EvidenceItem)
         .where(evidence_scope(user))
@@ -108,7 +130,7 @@ def list_items(
         if val is not None:
             q = q.where(col == val)
     with s.db.session() as session:
-        return list(session.scalars(q))
+        return _out(session, user, list(session.scalars(q)))
 
 
 def _item(s: CoreServices, item_id: str, user: Principal) -> EvidenceItem:
@@ -125,8 +147,10 @@ def get_item(
     item_id: str,
     user: Principal = Depends(require_roles(*METADATA_ROLES)),
     s: CoreServices = Depends(services),
-) -> EvidenceItem:
-    return _item(s, item_id, user)
+) -> dict[str, object]:
+    item = _item(s, item_id, user)
+    with s.db.session() as session:
+        return _out(session, user, [item])[0]
 
 
 @router.get("/evidence/{item_id}/custody", response_model=list[CustodyEntryOut])

@@ -26,6 +26,7 @@ from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.tree_heads import TreeHeadLog
+from incidents import exhibits
 from incidents.export.jobs import ExportBuilds
 from incidents.retention import RetentionRules
 from incidents.service import Retention, make_clip_hook
@@ -113,6 +114,7 @@ def build_services(settings: Settings, *, migrate: bool = True, start_embedded: 
     store.ensure_buckets(settings.retention_days)
     key = ServiceKey.load_or_create(settings.resolved_service_key_path)
     ledger = Ledger(key, TreeHeadLog(store, key, retain_days=TREE_HEAD_RETAIN_DAYS))
+    exhibits.configure(settings.exhibit_pattern)
     hooks = clip_hooks(settings, store, ledger)
     return Services(settings, db, store, key, ledger, embedded=embedded, clip_hooks=hooks)
 

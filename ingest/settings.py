@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import field_validator
 
 from devices.lone_worker_wire import DEVICE_TOPICS
+from incidents.exhibits import check_pattern
 from storage.settings import Settings
 
 DEFAULT_DATA_DIR = Path("var")
@@ -35,6 +36,11 @@ class ServiceSettings(Settings):
         if unknown:
             raise ValueError(f"unknown type(s) {', '.join(unknown)}; known: {', '.join(DEVICE_TOPICS)}")
         return value
+
+    @field_validator("exhibit_pattern")
+    @classmethod
+    def _usable_exhibit_pattern(cls, value: str) -> str:
+        return check_pattern(value)
 
 
 def locate_data(settings: Settings) -> Settings:

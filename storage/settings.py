@@ -110,6 +110,19 @@ class RetentionSettings(_Section):
     )
 
 
+class ExhibitSettings(_Section):
+    """Exhibit references and continuity reports."""
+
+    exhibit_pattern: str = Field(
+        "{initials}/{n}",
+        min_length=3,
+        max_length=40,
+        description="How an evidence item's exhibit reference in an incident is written: {initials} of its "
+        "producer (the wearer who recorded it), {n} their next number in the incident (required), "
+        "{incident} the incident's reference, {year} its year. For example {incident}/{initials}/{n}.",
+    )
+
+
 class DockUploadSettings(_Section):
     """Dock uploads."""
 
@@ -455,6 +468,7 @@ SECTIONS: tuple[tuple[str, type[_Section]], ...] = (
     ("Local state and the database", LocalStateSettings),
     ("Object storage (S3)", ObjectStorageSettings),
     ("Retention", RetentionSettings),
+    ("Exhibits and continuity", ExhibitSettings),
     ("Dock uploads", DockUploadSettings),
     ("HTTP API and sign-in", HttpSettings),
     ("The web console", ConsoleSettings),
@@ -472,6 +486,7 @@ class Settings(
     LocalStateSettings,
     ObjectStorageSettings,
     RetentionSettings,
+    ExhibitSettings,
     DockUploadSettings,
     HttpSettings,
     ConsoleSettings,

@@ -126,6 +126,10 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/evidence/{item_id}/retention"): Rule(ok=IN_SCOPE | {"auditor"}, hidden=OUT_OF_SCOPE),
     ("GET", "/api/v1/evidence/{item_id}/content"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("GET", "/api/v1/evidence/{item_id}/waveform"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/evidence/{item_id}/continuity"): Rule(ok=IN_SCOPE | {"auditor"}, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/evidence/{item_id}/continuity-statement"): Rule(
+        ok=IN_SCOPE | {"auditor"}, hidden=OUT_OF_SCOPE
+    ),
     ("PUT", "/api/v1/evidence/{item_id}/legal-hold"): Rule(
         ok=frozenset({"admin", "manager"}), hidden=frozenset({"manager_other_site"})
     ),
@@ -154,6 +158,8 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/incidents/{incident_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("PATCH", "/api/v1/incidents/{incident_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("GET", "/api/v1/incidents/{incident_id}/timeline"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/incidents/{incident_id}/continuity"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/incidents/{incident_id}/continuity-statement"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     # The sample links an alarm: only roles that read alarms may (an investigator gets 403).
     ("POST", "/api/v1/incidents/{incident_id}/links"): Rule(
         ok=frozenset({"admin", "manager"}), hidden=OUT_OF_SCOPE

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody import manifest as mf
@@ -20,11 +21,15 @@ from chain_of_custody.canonical import rfc3339
 from chain_of_custody.evidence import Provenance, quarantine, record_evidence
 from chain_of_custody.keys import FINGERPRINT_COMMAND, SIGNING_KEY_PATH, ServiceKey
 from chain_of_custody.ledger import Ledger
-from chain_of_custody.models import EvidenceItem
+from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.signed_tree_head import TreeHead
 from storage.db import Database
 from storage.objects import ObjectLocked, ObjectStore, StoredObject
 
+from .. import exhibits
+from ..continuity import package_continuity
+from ..continuity_pdf import render_pdf
+from ..continuity_record import people_names
 from . import media
 from .media import MediaAltered, _MediaDigests, _Progress, unrecorded
 from .plan import (
@@ -124,7 +129,8 @@ and run each command below in that directory (the package file is then ../{filen
    hash, and for a redacted video ("redacted_clip") the item and SHA-256 of the original it was made
    from ("derived_from"). Originals not included are listed with the reason they were withheld; their
    custody record is still included, and its "stored" entry shows the original's SHA-256.
-   continuity_report.html says the same in words.
+   continuity_report.html (and continuity_report.pdf) say the same in words, with each item's
+   exhibit reference ("exhibit_reference" in the manifest).
 
 6. The custody record of each item (custody/<item>.json).
    Each entry was signed by the service key when the action happened. Its "entry_hash" is the
@@ -277,6 +283,8 @@ def compose_package(
                     captured_stop=it.captured_stop.isoformat() if it.captured_stop and not hidden else None,
                     quarantine_reason=None if hidden else it.quarantine_reason,
                     custody_withheld={e["item_seq"]: e["entry_hash"] for e in chain if "withheld" in e},
+                    exhibit_reference=request.exhibits.get(it.id),
+                    copy_type=it.copy_type,
                 )
             )
     for p in plan:
@@ -304,6 +312,8 @@ def compose_package(
     )
     draft = mf.manifest_document(**common, files=[])  # type: ignore[arg-type]
     files.append(member(mf.REPORT, render_continuity_report(draft, chains), "report"))
+    pdf = render_pdf(package_continuity(draft, chains, request.people))
+    files.append(member(mf.REPORT_PDF, pdf, "report"))
     instructions = verification_instructions(request.export_id, stamp, filename)
     files.append(member(mf.INSTRUCTIONS, instructions, "instructions"))
     manifest = mf.encode(mf.manifest_document(**common, files=files))  # type: ignore[arg-type]
@@ -348,6 +358,27 @@ def build_package(
     if request.originals is not None and not request.originals.reason.strip():
         raise ExportError("including originals needs a stated reason")
     request = replace(request, incident=json.loads(json.dumps(request.incident, default=str)))
+    incident_id = request.incident.get("id")
+    with db.session() as session:  # every item the requester may see gets its exhibit reference first
+        refs = (
+            exhibits.assign_all(
+                session,
+                ledger,
+                str(incident_id),
+                [i.id for i in items if i.id not in request.outside],
+                request.actor,
+            )
+            if incident_id
+            else {}
+        )
+        actors = {
+            r[0]
+            for r in session.execute(
+                select(CustodyEntry.actor).where(CustodyEntry.item_id.in_([i.id for i in items])).distinct()
+            )
+        }
+        people = people_names(session, actors)
+    request = replace(request, exhibits=refs, people=people)
     with db.session() as session:
         entries = {it.id: Ledger.item_entries(session, it.id) for it in items}
         foreign = foreign_markers(session, entries, request.incident.get("id"))

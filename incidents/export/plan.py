@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +47,10 @@ class ExportRequest:
     # Items gathered with the scope (an original of a linked redacted copy) that the requester may
     # not see: listed by hash so that derivations still check, never with their bytes or their story.
     outside: frozenset[str] = frozenset()
+    # Item -> its exhibit reference in the incident (given by ``build_package`` before it reads custody).
+    exhibits: Mapping[str, str] = field(default_factory=dict)
+    # Actor -> "Name (role)" for the report's words (``continuity_record.people_names``).
+    people: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

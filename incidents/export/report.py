@@ -23,6 +23,7 @@ ACTION_WORDS = {
     "link_issued": "Download link given to a named recipient",
     "link_revoked": "Download link revoked",
     "linked": "Linked to an incident",
+    "exhibit_referenced": "Given its exhibit reference",
     "unlinked": "Unlinked from an incident",
     "retention_changed": "Retention changed",
     "legal_hold": "Legal hold changed",
@@ -108,7 +109,7 @@ def render_continuity_report(draft: Mapping[str, Any], chains: Mapping[str, list
         "<h2>Incident</h2>",
         _dl({str(k): v for k, v in incident.items() if not isinstance(v, dict | list)}) or "<p>-</p>",
         "<h2>Items</h2>",
-        "<table><tr><th>Item</th><th>Kind</th><th>File in package</th><th>Size</th><th>SHA-256</th>"
+        "<table><tr><th>Exhibit</th><th>Item</th><th>Kind</th><th>File in package</th><th>Size</th><th>SHA-256</th>"
         "<th>Made from (original SHA-256)</th></tr>",
     ]
     for it in items:
@@ -124,7 +125,8 @@ def render_continuity_report(draft: Mapping[str, Any], chains: Mapping[str, list
             else ""
         )
         out.append(
-            f"<tr><td><code>{_e(it['item_id'])}</code></td><td>{_e(it['kind'])}"
+            f"<tr><td>{_e(it.get('exhibit_reference') or '')}</td>"
+            f"<td><code>{_e(it['item_id'])}</code></td><td>{_e(it['kind'])}, {_e(it.get('copy_type') or '')}"
             f"{' (quarantined: ' + _e(it.get('quarantine_reason')) + ')' if it.get('status') == 'quarantined' else ''}"
             f"</td><td>{where}</td><td>{_e(_size(int(it['size'])))}</td>"
             f"<td class='hash'>{_e(it['sha256'])}</td><td>{made_from}</td></tr>"
@@ -133,7 +135,8 @@ def render_continuity_report(draft: Mapping[str, Any], chains: Mapping[str, list
     out.append("<h2>Chain of custody</h2>")
     for it in items:
         entries = chains.get(it["item_id"], [])
-        out.append(f"<h3>{_e(it['kind'])} <code>{_e(it['item_id'])}</code></h3>")
+        exhibit = f"Exhibit {_e(it['exhibit_reference'])}: " if it.get("exhibit_reference") else ""
+        out.append(f"<h3>{exhibit}{_e(it['kind'])} <code>{_e(it['item_id'])}</code></h3>")
         out.append(
             _dl(
                 {
