@@ -23,6 +23,7 @@ from accounts.access import services
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, readable_trail, visible_evidence
+from incidents.exhibits import visible_exhibits
 from incidents.footage import download_name, incident_refs, is_original, scoped_retention
 from incidents.retention import RetentionRules
 from redaction.models import RedactionJob
@@ -31,16 +32,11 @@ from .api import render, signed_in
 
 router = APIRouter(include_in_schema=False)
 
-# Another branch of the record names exhibits; shown when the item carries one.
-EXHIBIT_FIELDS = ("exhibit_reference", "exhibit_ref", "exhibit")
 
-
-def _exhibit(item: EvidenceItem) -> str | None:
-    for name in EXHIBIT_FIELDS:
-        value = getattr(item, name, None)
-        if isinstance(value, str) and value:
-            return value
-    return None
+def _exhibit(session: Session, principal: Any, item: EvidenceItem) -> str | None:
+    """The item's exhibit references in the incidents the viewer may see (as the API gives them)."""
+    refs = visible_exhibits(session, principal, [item.id]).get(item.id, [])
+    return ", ".join(f"{r['reference']} ({r['incident']})" for r in refs) or None
 
 
 def _item_view(item: EvidenceItem, ref: str | None) -> dict[str, Any]:
@@ -110,7 +106,11 @@ def _page_data(request: Request, roles: tuple[str, ...], item_id: str, suffix: s
             session, who.principal, item.id, [e.to_json() for e in Ledger.item_entries(session, item.id)]
         )
         data = {
-            "clip": {**_item_view(item, ref), "original": is_original(item), "exhibit": _exhibit(item)},
+            "clip": {
+                **_item_view(item, ref),
+                "original": is_original(item),
+                "exhibit": _exhibit(session, who.principal, item),
+            },
             "incidents": refs,
             "versions": _versions(session, item, ref),
             "retention": scoped_retention(

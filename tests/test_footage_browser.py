@@ -183,6 +183,7 @@ def test_an_investigator_corrects_a_redaction_in_the_browser(footage: Footage, t
         page.wait_for_selector("#video[data-showing='redacted']")
         assert f.incident_ref in page.inner_text("h1")
         assert page.inner_text("#sha256").strip() and "stored" in page.inner_text("#custody")
+        assert f"/1 ({f.incident_ref})" in page.inner_text("#exhibit")  # its exhibit reference, e.g. AB/1
         until(page, "document.getElementById('video').readyState >= 2")
         assert "redacted-clip-v1.mp4" in page.inner_text(".list")
         assert page.inner_text(".list").count(f.incident_ref + "_20261122-100000Z") >= 1
