@@ -27,9 +27,9 @@ from incidents.access import (
     EVIDENCE_MEDIA,
     EVIDENCE_METADATA,
     evidence_scope,
+    readable_retention,
     readable_trail,
     visible_evidence,
-    visible_incident_refs,
 )
 from incidents.retention import RetentionRules, delete_by_hand, describe, set_legal_hold
 from storage.bounds import MAX_OFFSET
@@ -219,13 +219,7 @@ class HoldIn(BaseModel):
 
 def _scoped(session: Session, user: Principal, described: dict[str, object]) -> dict[str, object]:
     """The retention as this caller may see it: only the incidents they may see are named."""
-    if user.role in ("admin", "auditor"):
-        return described
-    for key in ("open_incidents", "closed_incidents"):
-        refs = described[key]
-        assert isinstance(refs, list)
-        described[key] = visible_incident_refs(session, user, refs)
-    return described
+    return readable_retention(session, user, described)
 
 
 def _rules(s: CoreServices) -> RetentionRules:
