@@ -13,12 +13,16 @@ from fastapi.responses import Response
 from storage.settings import Settings
 
 from .api import PageRefused, render, router
+from .incident_pages import router as incident_router
+from .oversight_pages import router as oversight_router
 from .security import SecurityHeaders
 
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Mount the console's routes and put the security headers on every response of ``app``."""
     app.include_router(router)
+    app.include_router(incident_router)
+    app.include_router(oversight_router)
     app.add_middleware(SecurityHeaders, tile_url=settings.map_tile_url)
 
     @app.exception_handler(PageRefused)
