@@ -18,11 +18,14 @@ from .oversight_pages import router as oversight_router
 from .security import SecurityHeaders
 
 
+# The console's routers: the control room's and administration's pages, then the workspace's.
+ROUTERS = (router, incident_router, oversight_router)
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     """Mount the console's routes and put the security headers on every response of ``app``."""
-    app.include_router(router)
-    app.include_router(incident_router)
-    app.include_router(oversight_router)
+    for each in ROUTERS:
+        app.include_router(each)
     app.add_middleware(SecurityHeaders, tile_url=settings.map_tile_url)
 
     @app.exception_handler(PageRefused)

@@ -36,6 +36,10 @@ PAGE_ROLES = {
     "/board/directory.json?device=LW-MATRIX": {"admin", "manager", "operator", "operator2", "auditor"},
     "/map/data.json": {"admin", "manager", "operator", "operator2", "auditor"},
     "/alarms/{alarm}": {"admin", "manager", "operator", "operator2", "auditor"},
+    "/incidents": {"admin", "manager", "investigator"},
+    "/statistics": {"admin", "manager", "auditor"},
+    "/retention": {"admin", "manager", "investigator", "auditor"},
+    "/custody": {"admin", "manager", "investigator", "auditor"},
 }
 # Every console route, and how the table above (or a test below) covers it.
 CONSOLE_ROUTES = {
@@ -56,6 +60,12 @@ CONSOLE_ROUTES = {
     ("GET", "/docs"): "open: API documentation",
     ("GET", "/redoc"): "open: API documentation",
     ("GET", "/static/{prefix}/{name:path}"): "open: files, tested below",
+    ("GET", "/incidents"): "PAGE_ROLES",
+    ("GET", "/incidents/{key}"): "incident scope, tests/test_workspace_browser.py",
+    ("GET", "/incidents/{key}/timeline"): "incident scope, tests/test_workspace_browser.py",
+    ("GET", "/statistics"): "PAGE_ROLES",
+    ("GET", "/retention"): "PAGE_ROLES",
+    ("GET", "/custody"): "PAGE_ROLES; evidence scope, tests/test_workspace_browser.py",
 }
 
 

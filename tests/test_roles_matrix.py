@@ -131,6 +131,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/custody/public-key"): Rule(ok=EVERYONE),
     ("GET", "/api/v1/custody/tree-head"): Rule(ok=frozenset({"admin", "auditor"})),
     ("GET", "/api/v1/custody/consistency"): Rule(ok=frozenset({"admin", "auditor"})),
+    ("POST", "/api/v1/custody/verify"): Rule(ok=frozenset({"admin", "auditor"})),
     # People and devices.
     ("POST", "/api/v1/staff"): Rule(ok=MANAGERS_ANY_SITE),
     ("POST", "/api/v1/devices/docks"): Rule(ok=MANAGERS_ANY_SITE),
@@ -150,6 +151,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/incidents/{incident_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("PATCH", "/api/v1/incidents/{incident_id}"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("GET", "/api/v1/incidents/{incident_id}/timeline"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/incidents/{incident_id}/history"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     # The sample links an alarm: only roles that read alarms may (an investigator gets 403).
     ("POST", "/api/v1/incidents/{incident_id}/links"): Rule(
         ok=frozenset({"admin", "manager"}), hidden=OUT_OF_SCOPE
@@ -341,6 +343,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ),
     ("GET", "/api/v1/statistics"): Sample(params={"by": ["month", "site"]}),
     ("GET", "/api/v1/custody/consistency"): Sample(params={"first": 1, "second": 1}),
+    ("POST", "/api/v1/custody/verify"): Sample(json=lambda fx, p: {"item_id": fx.ids["item"]}),
     ("POST", "/api/v1/evidence/{item_id}/redactions"): Sample(
         json=lambda fx, p: {"note": f"requested by {p}"}
     ),
@@ -403,9 +406,15 @@ def _new_link(fx: Fixture) -> str:
 
 def console_routes() -> set[tuple[str, str]]:
     """The web console's pages: cookie sessions, not tokens; their own matrix is in test_console_access."""
-    from console.api import router
+    from console import ROUTERS
 
-    return {(m, r.path) for r in router.routes for m in getattr(r, "methods", ()) or () if m != "HEAD"}
+    return {
+        (m, r.path)
+        for router in ROUTERS
+        for r in router.routes
+        for m in getattr(r, "methods", ()) or ()
+        if m != "HEAD"
+    }
 
 
 def app_routes(app) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
