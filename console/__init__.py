@@ -17,7 +17,6 @@ from .incident_pages import router as incident_router
 from .oversight_pages import router as oversight_router
 from .security import SecurityHeaders
 
-
 # The console's routers: the control room's and administration's pages, then the workspace's.
 ROUTERS = (router, incident_router, oversight_router)
 
