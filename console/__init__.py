@@ -1,5 +1,6 @@
 """The web console for people: the control room's alarm board, map and alarm records, device and
-people administration, control-room performance, and the offline API documentation.
+people administration, control-room performance, the offline API documentation, and the
+investigator's and auditor's pages (incidents and their timelines, statistics, retention, custody).
 
 Pages are rendered on the server (Jinja2, autoescaped) and made live by small scripts of our own
 in ``console/static`` (no build step, no Node.js). ``install`` mounts it on the application.
