@@ -178,10 +178,7 @@ ACTIONS = {
     "custody:retention_changed": "retention changed",
     "custody:linked": "linked (custody)",
     "custody:unlinked": "unlinked (custody)",
-    "custody:captured": "evidence captured and stored",
-    "custody:received": "evidence received",
     "custody:stored": "evidence stored",
-    "custody:verified": "evidence verified",
     "custody:quarantined": "quarantined",
     "custody:deleted": "deleted",
 }
@@ -221,6 +218,8 @@ def describe(row: dict[str, Any]) -> dict[str, str]:
                 "version",
                 "recipient",
                 "range",
+                "sha256",
+                "size",
             )
             if d.get(k) not in (None, "", [])
         ]

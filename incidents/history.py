@@ -28,8 +28,8 @@ from .access import Viewer, readable_trails, visible_evidence_ids
 from .models import Incident, IncidentLink
 from .queries import timeline
 
-# Custody actions that are the item's own arrival: told once, as "evidence captured", not line by line.
-ARRIVAL = frozenset({"captured", "received", "stored", "verified"})
+# The steps of an item's arrival other than "stored": its "stored" line (digest, size) tells the arrival.
+ARRIVAL_STEPS = frozenset({"captured", "received", "verified"})
 OWN_EVENTS = frozenset({"linked", "unlinked"})  # of this incident: told by its own timeline
 MAX_ITEMS = 5000  # items followed for one incident (links and the copies derived from them)
 
@@ -121,16 +121,12 @@ def incident_history(session: Session, viewer: Viewer | None, incident: Incident
     entries = _entries(session, ids)
     trails = readable_trails(session, viewer, {i: entries.get(i, []) for i in ids})
     for item_id in ids:
-        readable = trails[item_id]
-        arrival_told = False
-        for entry in readable:
+        for entry in trails[item_id]:
             action = entry.get("action") or ""
+            if action in ARRIVAL_STEPS:
+                continue
             if action in OWN_EVENTS and (entry.get("details") or {}).get("incident_id") == incident.id:
                 continue  # the incident's own "linked"/"unlinked" line says it already, with the reason
-            if action in ARRIVAL and item_id == root_of[item_id]:
-                if arrival_told:
-                    continue
-                arrival_told = True
             rows.append(
                 {
                     "at": _at(entry["at"]),

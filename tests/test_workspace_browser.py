@@ -209,7 +209,7 @@ def test_an_investigation_from_search_to_unlink(world: World, tmp_path: Path) ->
     kinds = [h["kind"] for h in history]
     assert "unlinked" in kinds and "linked" in kinds
     clip_lines = [h for h in history if h.get("item_id") == world.clip]
-    assert {h["kind"] for h in clip_lines} >= {"custody:captured", "custody:linked"}
+    assert {h["kind"] for h in clip_lines} >= {"custody:stored", "custody:linked"}
     assert all(h["details"].get("incident") != reference for h in clip_lines)  # told once, as "linked"
     page.goto(world.url + "/incidents")
     page.screenshot(path=str(out / "incidents.png"), full_page=True)
