@@ -405,10 +405,14 @@ def main() -> None:
             }
             for name in args.phase or list(PHASES):
                 print(f"phase {name}", flush=True)
-                results[name] = PHASES[name](ctx, args.loads)
+                try:
+                    results[name] = PHASES[name](ctx, args.loads)
+                except Exception as exc:  # noqa: BLE001 - a failed phase is a result too, said plainly
+                    results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                    print(f"phase {name} failed: {results[name]['error']}", flush=True)
         pages = results.get("pages")
         summary: dict[str, Any] = {}
-        if pages:
+        if pages and "error" not in pages:
             p95 = pages["page"]["first_render"].get("p95_ms", 0) / 1000
             summary = {
                 "target_first_render_s": TARGET_FIRST_RENDER_S,
