@@ -453,6 +453,8 @@ def _table(data: dict[str, Any]) -> str:
     lines = ["| what | n | p50 ms | p95 ms | max ms |", "|---|---|---|---|---|"]
     for phase, figures in data["phases"].items():
         for name, block in figures.items():
+            if not isinstance(block, dict):
+                continue
             parts = block.items() if "loads" in block else [("", block)]
             for sub, s in parts:
                 if isinstance(s, dict) and "n" in s:
