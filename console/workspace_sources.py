@@ -61,8 +61,8 @@ def sites(session: Session, viewer: Viewer) -> list[str]:
 def staff_names(session: Session, ids: set[str]) -> dict[str, str]:
     if not ids:
         return {}
-    rows = session.execute(select(StaffMember.id, StaffMember.name).where(StaffMember.id.in_(ids))).tuples()
-    return dict(rows)
+    rows = session.execute(select(StaffMember.id, StaffMember.name).where(StaffMember.id.in_(ids)))
+    return {staff_id: name for staff_id, name in rows}
 
 
 def linked_items(session: Session, viewer: Viewer, links: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -111,13 +111,10 @@ def incident_history(session: Session, viewer: Viewer | None, incident: Incident
         ids = [i for i in ids if i in allowed]
     kinds: dict[str, str] = {}
     for start in range(0, len(ids), 500):
-        kinds.update(
-            session.execute(
-                select(EvidenceItem.id, EvidenceItem.kind).where(
-                    EvidenceItem.id.in_(ids[start : start + 500])
-                )
-            ).tuples()
-        )
+        for item_id, kind in session.execute(
+            select(EvidenceItem.id, EvidenceItem.kind).where(EvidenceItem.id.in_(ids[start : start + 500]))
+        ):
+            kinds[item_id] = kind
     entries = _entries(session, ids)
     trails = readable_trails(session, viewer, {i: entries.get(i, []) for i in ids})
     for item_id in ids:
