@@ -112,7 +112,7 @@ def test_every_page_by_every_role(sqlite_site: tuple[str, Any]) -> None:
     assert not wrong, "\n".join(wrong)
     # The start page follows the role.
     assert clients["operator"].get("/").headers["location"] == "/board"
-    assert clients["investigator"].get("/").headers["location"] == "/welcome"
+    assert clients["investigator"].get("/").headers["location"] == "/incidents"
     assert anonymous.get("/").headers["location"] == "/sign-in"
 
 
