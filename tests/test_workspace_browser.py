@@ -277,7 +277,7 @@ def test_csrf_and_escaping(world: World) -> None:
         "site": "NORTH",
         "title": HOSTILE,
     }
-    with client:
+    try:
         refused = client.post("/api/v1/incidents", json=body)
         assert refused.status_code == 403 and refused.json()["reason"] == "csrf"
         wrong = client.post("/api/v1/incidents", json=body, headers={"X-CSRF-Token": "x" * 40})
@@ -290,6 +290,8 @@ def test_csrf_and_escaping(world: World) -> None:
             json={"kind": "evidence", "target_id": world.clip, "reason": "no token"},
         )
         assert unlink.status_code == 403
+    finally:
+        client.close()
     page = page_as(world, "ivy", f"/incidents/{reference}")
     assert HOSTILE in page.inner_text("#incident-title")  # shown as text
     assert page.locator("#incident-title img").count() == 0
