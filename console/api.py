@@ -27,7 +27,7 @@ from accounts.service import AccountError, Principal
 from accounts.service import sign_in as check_password
 from accounts.sessions import BrowserSession, SessionPolicy, end_session, start_session
 from chain_of_custody.core import CoreServices
-from incidents.access import EVIDENCE_MEDIA, INCIDENT_READERS
+from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, INCIDENT_READERS, STATISTICS_READERS
 from storage.settings import Settings
 
 from . import assets, sources
@@ -61,10 +61,14 @@ NAV: list[tuple[str, str, tuple[str, ...]]] = [
     ("Alarm board", "/board", sources.READERS),
     ("Map", "/map", sources.READERS),
     ("Performance", "/performance", sources.READERS),
+    ("Incidents", "/incidents", INCIDENT_READERS),
     ("Exports", "/exports", EVIDENCE_MEDIA),
     ("Subject access", "/subject-access", INCIDENT_READERS),
     ("Devices", "/admin/devices", sources.DEVICE_READERS),
     ("People", "/admin/people", sources.DEVICE_ADMINS),
+    ("Statistics", "/statistics", STATISTICS_READERS),
+    ("Retention", "/retention", EVIDENCE_METADATA),
+    ("Custody", "/custody", EVIDENCE_METADATA),
     ("API", "/docs", sources.ROLES),
 ]
 

@@ -43,6 +43,7 @@ STATISTICS_READERS = ("admin", "security_manager", "auditor")
 # The control room's view of alarms (``alarms.api``); investigators reach an alarm through an incident.
 ALARM_READERS = ("admin", "security_manager", "operator", "auditor")
 USER_ADMINS = ("admin",)
+VERIFIERS = ("admin", "auditor")  # run the whole service's verification (``POST /api/v1/custody/verify``)
 DERIVATION_DEPTH = 3  # original -> redacted copy -> redaction record, and one more
 
 
@@ -235,11 +236,17 @@ def sees_alarm(session: Session, viewer: Viewer, alarm_id: str) -> bool:
     return row is not None and sees_site(viewer, row.site)
 
 
+def reads_whole_trails(viewer: Viewer) -> bool:
+    """Admins and auditors read every custody trail whole: the incidents an entry names (a link and
+    its reason, a hold and its reason) are not withheld from them, though auditors open no incident."""
+    return viewer.role in ("admin", "auditor")
+
+
 def hidden_incident_markers(session: Session, viewer: Viewer, item_ids: Iterable[str]) -> set[str]:
     """Ids and references of the incidents the items were ever linked to that the viewer may not see:
     what marks a custody entry (a link and its free-text reason, a hold, a retention change caused by
     another incident) as not theirs to read. Admins and auditors see every trail whole."""
-    if viewer.role in ("admin", "auditor"):
+    if reads_whole_trails(viewer):
         return set()
     rows = session.execute(
         select(Incident.id, Incident.reference)
@@ -263,6 +270,16 @@ def visible_incident_refs(session: Session, viewer: Viewer, refs: Iterable[str])
     return [r for r in wanted if r in seen]
 
 
+def readable_retention(session: Session, viewer: Viewer, described: dict[str, Any]) -> dict[str, Any]:
+    """An item's retention (``retention.describe``) as ``viewer`` may read it: only the incidents they
+    may see are named (admins and auditors see every trail whole, so every incident)."""
+    if reads_whole_trails(viewer):
+        return described
+    for key in ("open_incidents", "closed_incidents"):
+        described[key] = visible_incident_refs(session, viewer, described[key])
+    return described
+
+
 HIDDEN_ENTRY = "concerns an incident you may not see"
 
 
@@ -273,6 +290,19 @@ def readable_trail(
     may not see keeps its place and hash but not its content (``entries.withhold``), as in an export
     package. ``viewer`` None is the service itself (everything)."""
     markers = set() if viewer is None else hidden_incident_markers(session, viewer, [item_id])
+    return _withhold_marked(entries, markers)
+
+
+def readable_trails(
+    session: Session, viewer: Viewer | None, trails: dict[str, Sequence[dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Several items' trails at once (an incident's history): :func:`readable_trail` with the hidden
+    incidents looked up once for all of them (an entry naming any of them is withheld)."""
+    markers = set() if viewer is None else hidden_incident_markers(session, viewer, list(trails))
+    return {item_id: _withhold_marked(entries, markers) for item_id, entries in trails.items()}
+
+
+def _withhold_marked(entries: Sequence[dict[str, Any]], markers: set[str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for entry in entries:
         text = json.dumps(entry.get("details"), sort_keys=True, default=str)

@@ -25,6 +25,7 @@ from .access import (
     Viewer,
     visible_incident,
 )
+from .history import incident_history
 from .models import CATEGORIES, INVOLVEMENTS, STATUSES, Incident
 from .queries import IncidentFilter, incident_view, search_incidents, timeline
 from .retention import RetentionRules, set_legal_hold
@@ -168,6 +169,14 @@ class TimelineEntry(BaseModel):
     kind: str
     actor: str | None
     details: dict[str, Any]
+
+
+class HistoryEntry(TimelineEntry):
+    item_id: str | None = Field(None, description="the evidence item a custody line is about")
+    item_kind: str | None = None
+    root_id: str | None = Field(None, description="the linked item it belongs to (itself, or its original)")
+    withheld: str | None = Field(None, description="why a custody line's content is left out")
+    entry_hash: str | None = None
 
 
 class LinkIn(BaseModel):
@@ -316,6 +325,20 @@ def incident_timeline(
         if incident is None:
             raise _hidden()
         return timeline(session, incident)
+
+
+@router.get("/incidents/{incident_id}/history", response_model=list[HistoryEntry])
+def history(
+    incident_id: str, user: Viewer = readers, s: CoreServices = Depends(services)
+) -> list[dict[str, Any]]:
+    """The timeline with the custody of every item linked to the incident now or before, and of its
+    redacted copies: views and downloads, redactions, exports, legal holds, retention changes. Only
+    items the caller may see now are followed; an entry about an incident they may not see is withheld."""
+    with s.db.session() as session:
+        incident = visible_incident(session, user, incident_id)
+        if incident is None:
+            raise _hidden()
+        return incident_history(session, user, incident)
 
 
 @router.post(

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.models import EvidenceItem
 
-from .access import Viewer, incident_scope, visible_incident_refs
+from .access import Viewer, incident_scope, readable_retention
 from .models import Incident, IncidentLink
 from .retention import RetentionRules, describe
 
@@ -57,12 +57,7 @@ def scoped_retention(
     session: Session, viewer: Viewer, item: EvidenceItem, rules: RetentionRules, now: datetime
 ) -> dict[str, Any]:
     """The item's retention as this viewer may see it: only the incidents they may see are named."""
-    described = describe(session, item, rules, now)
-    if viewer.role in ("admin", "auditor"):
-        return described
-    for key in ("open_incidents", "closed_incidents"):
-        described[key] = visible_incident_refs(session, viewer, described[key])
-    return described
+    return readable_retention(session, viewer, describe(session, item, rules, now))
 
 
 def download_name(item: EvidenceItem, incident_ref: str | None) -> str:

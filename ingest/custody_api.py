@@ -4,15 +4,20 @@ rather than the copy inside the package (which a forger would replace with their
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel, Field
 
 from accounts.access import require_roles, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.keys import SIGNING_KEY_PATH, published_key
 from chain_of_custody.tree_heads import TreeHeadLog
+from chain_of_custody.verify import VerifyOptions, verify_service
+from incidents.access import VERIFIERS, visible_evidence
+from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX
 
 # Who may read the log's tree heads and proofs: a witness (another trust, the police) is given an
@@ -57,3 +62,56 @@ def consistency(
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     return {"first": first, "second": second, "path": path}
+
+
+class VerifyIn(BaseModel):
+    item_id: str | None = Field(
+        None, max_length=36, description="check this item's row and object only (the ledger is checked whole)"
+    )
+    check_objects: bool = Field(True, description="re-read stored objects and compare their hashes")
+
+
+class Finding(BaseModel):
+    kind: str = Field(description="what is wrong: entry_altered, object_altered, ledger_truncated, ...")
+    where: str
+    detail: str
+
+
+class VerifyOut(BaseModel):
+    ok: bool
+    entries_checked: int
+    item_id: str | None
+    objects_checked: bool
+    started_at: datetime
+    finished_at: datetime
+    problems: list[Finding]
+
+
+@router.post("/api/v1/custody/verify", response_model=VerifyOut, responses=error_responses(404))
+def verify(
+    body: VerifyIn,
+    user: Principal = Depends(require_roles(*VERIFIERS)),
+    s: CoreServices = Depends(services),
+) -> dict[str, Any]:
+    """Run ``evidence verify`` now, as the caller: the whole ledger chain, its checkpoints and tree
+    heads, and every item's row and stored object (or one item's), and say what it found. It reads
+    and changes nothing; each finding names what is wrong and where."""
+    started = datetime.now(UTC)
+    if body.item_id is not None:
+        with s.db.session() as session:
+            if visible_evidence(session, user, body.item_id) is None:
+                raise HTTPException(404, "no such evidence item")
+    options = VerifyOptions(
+        check_objects=body.check_objects, item_ids=[body.item_id] if body.item_id else None
+    )
+    with s.db.session() as session:
+        report = verify_service(session, s.store, s.key, options)
+    return {
+        "ok": report.ok,
+        "entries_checked": report.entries_checked,
+        "item_id": body.item_id,
+        "objects_checked": body.check_objects,
+        "started_at": started,
+        "finished_at": datetime.now(UTC),
+        "problems": [{"kind": p.kind, "where": p.where, "detail": p.detail} for p in report.problems],
+    }

@@ -38,6 +38,10 @@ PAGE_ROLES = {
     "/alarms/{alarm}": {"admin", "manager", "operator", "operator2", "auditor"},
     "/exports": {"admin", "manager", "investigator"},
     "/subject-access": {"admin", "manager", "investigator"},
+    "/incidents": {"admin", "manager", "investigator"},
+    "/statistics": {"admin", "manager", "auditor"},
+    "/retention": {"admin", "manager", "investigator", "auditor"},
+    "/custody": {"admin", "manager", "investigator", "auditor"},
 }
 # Every console route, and how the table above (or a test below) covers it.
 CONSOLE_ROUTES = {
@@ -64,6 +68,12 @@ CONSOLE_ROUTES = {
     ("GET", "/subject-access/{request_id}"): "tests/test_exports_browser.py (role and incident scope)",
     ("GET", "/footage/{item_id}"): "tests/test_footage_browser.py, every role",
     ("GET", "/footage/{item_id}/review"): "tests/test_footage_browser.py, every role",
+    ("GET", "/incidents"): "PAGE_ROLES",
+    ("GET", "/incidents/{key}"): "incident scope, tests/test_workspace_browser.py",
+    ("GET", "/incidents/{key}/timeline"): "incident scope, tests/test_workspace_browser.py",
+    ("GET", "/statistics"): "PAGE_ROLES",
+    ("GET", "/retention"): "PAGE_ROLES",
+    ("GET", "/custody"): "PAGE_ROLES; evidence scope, tests/test_workspace_browser.py",
 }
 
 
@@ -110,7 +120,7 @@ def test_every_page_by_every_role(sqlite_site: tuple[str, Any]) -> None:
     assert not wrong, "\n".join(wrong)
     # The start page follows the role.
     assert clients["operator"].get("/").headers["location"] == "/board"
-    assert clients["investigator"].get("/").headers["location"] == "/exports"
+    assert clients["investigator"].get("/").headers["location"] == "/incidents"
     assert anonymous.get("/").headers["location"] == "/sign-in"
 
 

@@ -137,6 +137,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/custody/public-key"): Rule(ok=EVERYONE),
     ("GET", "/api/v1/custody/tree-head"): Rule(ok=frozenset({"admin", "auditor"})),
     ("GET", "/api/v1/custody/consistency"): Rule(ok=frozenset({"admin", "auditor"})),
+    ("POST", "/api/v1/custody/verify"): Rule(ok=frozenset({"admin", "auditor"})),
     # People and devices.
     ("POST", "/api/v1/staff"): Rule(ok=MANAGERS_ANY_SITE),
     ("POST", "/api/v1/devices/docks"): Rule(ok=MANAGERS_ANY_SITE),
@@ -160,6 +161,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/incidents/{incident_id}/timeline"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("GET", "/api/v1/incidents/{incident_id}/continuity"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("GET", "/api/v1/incidents/{incident_id}/continuity-statement"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("GET", "/api/v1/incidents/{incident_id}/history"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     # The sample links an alarm: only roles that read alarms may (an investigator gets 403).
     ("POST", "/api/v1/incidents/{incident_id}/links"): Rule(
         ok=frozenset({"admin", "manager"}), hidden=OUT_OF_SCOPE
@@ -371,6 +373,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ),
     ("GET", "/api/v1/statistics"): Sample(params={"by": ["month", "site"]}),
     ("GET", "/api/v1/custody/consistency"): Sample(params={"first": 1, "second": 1}),
+    ("POST", "/api/v1/custody/verify"): Sample(json=lambda fx, p: {"item_id": fx.ids["item"]}),
     ("POST", "/api/v1/evidence/{item_id}/redactions"): Sample(
         json=lambda fx, p: {"note": f"requested by {p}"}
     ),

@@ -1,0 +1,469 @@
+"""The investigator's workspace under a large incident: one incident with 500 linked clips.
+
+The real service runs as its own process on a scratch PostgreSQL database and a private SeaweedFS.
+500 clips (small real objects under object lock, recorded as evidence with their custody) are linked
+to one incident, as an investigator assigned to it would see them. A real browser (Debian's chromium
+through Playwright), signed in as that investigator, loads the incident's page and its timeline
+afresh several times:
+
+- **page**: navigation start → first contentful paint (the first render) and → ``load``, and the
+  server's share (request sent → last byte of the page), from the browser's own timings;
+- **timeline**: the same for ``/incidents/{ref}/timeline`` (every link and the custody of every
+  linked clip: some 2,000 lines);
+- **baseline, same run**: the API's answer for the same data to the same person
+  (``GET /api/v1/incidents/{ref}`` and ``.../history``, timed by an HTTP client), so the figures
+  say what the page adds on top of the data.
+
+- **seek** (``--phase seek``): a 2 GB H.264 clip (``--seek-gb``, made with ffmpeg), stored and
+  linked to the incident, played in a plain ``<video>`` on ``GET /api/v1/evidence/{id}/content``
+  (HTTP Range; every read is a custody entry and is checked against the recorded digest as it
+  streams): from setting ``currentTime`` to the frame shown (``requestVideoFrameCallback``). Baseline,
+  same run: 1 MiB range reads at random offsets straight from storage and through the route.
+
+Targets: the incident's page under 1 s to first render; seek p95 under 300 ms. Phases are separate
+functions keyed by name (``PHASES``): the footage player's own page can be measured by a phase of
+its own beside them. Writes bench/results/workspace.json (or ``--out NAME``) and prints a markdown table.
+Run it alone: ``flock /tmp/bench.lock .venv/bin/python bench/workspace.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.alarms import PG_ADMIN_URL  # noqa: E402
+from bench.common import (  # noqa: E402
+    BenchService,
+    ScratchPostgres,
+    latency_summary,
+    load_average,
+    scratch,
+    write_results,
+)
+from chain_of_custody.evidence import Provenance, record_evidence  # noqa: E402
+from devices.service import add_staff  # noqa: E402
+from incidents.service import IncidentDraft, assign_investigator, create_incident, link_target  # noqa: E402
+from ingest.services import build_services  # noqa: E402
+from storage.settings import Settings  # noqa: E402
+from tests.test_console_kit import chromium, new_page, sign_in  # noqa: E402
+
+INVESTIGATOR = "bench_investigator"
+PASSWORD = "bench investigator password"
+TARGET_FIRST_RENDER_S = 1.0
+TARGET_SEEK_P95_MS = 300.0
+
+
+def populate(services: Any, items: int, investigator_id: int) -> tuple[str, str]:
+    """An incident at site NORTH with ``items`` clips linked to it; its id and reference."""
+    now = datetime.now(UTC)
+    with services.db.session() as session:
+        add_staff(session, "S-BENCH", "Bench Wearer", "nurse", "NORTH")
+        incident = create_incident(
+            session,
+            IncidentDraft("physical_assault", now - timedelta(hours=6), "NORTH", title="Large incident"),
+            "user:admin",
+        )
+        assign_investigator(session, incident, investigator_id, "user:admin")
+        incident_id, reference = incident.id, incident.reference
+    for n in range(items):
+        start = now - timedelta(hours=6) + timedelta(seconds=30 * n)
+        stored = services.store.put_bytes(
+            f"bench/workspace/{n:05d}",
+            n.to_bytes(4, "big") * 256,
+            retain_until=now + timedelta(days=1),
+            content_type="video/mp4",
+        )
+        with services.db.session() as session:
+            item = record_evidence(
+                session,
+                services.ledger,
+                stored,
+                Provenance(
+                    kind="clip",
+                    actor="bench",
+                    wearer="S-BENCH",
+                    captured_start=start,
+                    captured_stop=start + timedelta(seconds=25),
+                    content_type="video/mp4",
+                    retain_until=now + timedelta(days=1),
+                ),
+                received={"by": "bench"},
+                verified={"ok": True},
+            )
+            link_target(
+                session,
+                services.ledger,
+                incident_id,
+                "evidence",
+                item.id,
+                "user:admin",
+                f"clip {n} of the scene",
+            )
+    return incident_id, reference
+
+
+def browser_loads(page: Any, url: str, ready: str, loads: int) -> dict[str, Any]:
+    """Load ``url`` afresh ``loads`` times: first contentful paint, load, and the server's share."""
+    fcp, loaded, server, rows = [], [], [], 0
+    for _ in range(loads):
+        page.goto(url, wait_until="load")
+        page.wait_for_selector(ready)
+        t = page.evaluate(
+            """(sel) => {
+              const nav = performance.getEntriesByType('navigation')[0];
+              const paint = performance.getEntriesByName('first-contentful-paint')[0];
+              return {fcp: paint ? paint.startTime : null, load: nav.loadEventEnd,
+                      server: nav.responseEnd - nav.requestStart, bytes: nav.transferSize,
+                      rows: document.querySelectorAll(sel).length};
+            }""",
+            ready + " tr",
+        )
+        if t["fcp"] is not None:
+            fcp.append(t["fcp"] / 1000)
+        loaded.append(t["load"] / 1000)
+        server.append(t["server"] / 1000)
+        rows = t["rows"]
+    return {
+        "loads": loads,
+        "rows": rows,
+        "first_render": latency_summary(fcp),
+        "load_event": latency_summary(loaded),
+        "server_page": latency_summary(server),
+    }
+
+
+def api_times(client: httpx.Client, path: str, runs: int) -> dict[str, Any]:
+    seconds = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        r = client.get(path)
+        seconds.append(time.perf_counter() - t)
+        r.raise_for_status()
+    return latency_summary(seconds)
+
+
+def phase_pages(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
+    page, base, ref = ctx["page"], ctx["url"], ctx["reference"]
+    page.goto(f"{base}/incidents/{ref}")  # one warm-up load (templates compiled, caches filled)
+    out = {
+        "page": browser_loads(page, f"{base}/incidents/{ref}", "#linked", loads),
+        "timeline": browser_loads(page, f"{base}/incidents/{ref}/timeline", "#timeline", loads),
+    }
+    with httpx.Client(base_url=f"{base}/api/v1", headers=ctx["token"], timeout=60) as api:
+        out["baseline_api_incident"] = api_times(api, f"/incidents/{ref}", loads)
+        out["baseline_api_history"] = api_times(api, f"/incidents/{ref}/history", loads)
+    return out
+
+
+# --------------------------------------------------------------------------- seeking in a large clip
+
+SEEK_SCRIPT = """async ({src, seeks, seed}) => {
+  const v = document.createElement('video');
+  v.muted = true; v.preload = 'metadata'; v.src = src;
+  document.body.append(v);
+  await new Promise((ok, bad) => {
+    v.addEventListener('loadeddata', ok, {once: true});
+    v.addEventListener('error', () => bad(new Error('video error ' + (v.error && v.error.code))), {once: true});
+  });
+  const out = [];
+  let x = seed;
+  for (let i = 0; i < seeks; i++) {
+    x = (x * 1103515245 + 12345) % 2147483648;
+    const target = 1 + (x / 2147483648) * (v.duration - 3);
+    const t0 = performance.now();
+    const frame = new Promise((ok) => v.requestVideoFrameCallback((now, meta) => ok({now, media: meta.mediaTime})));
+    const seeked = new Promise((ok) => v.addEventListener('seeked', () => ok(performance.now()), {once: true}));
+    v.currentTime = target;
+    const s = await seeked;
+    const f = await Promise.race([frame, new Promise((ok) => setTimeout(() => ok(null), 10000))]);
+    out.push({target, seeked_ms: s - t0, frame_ms: f ? f.now - t0 : null, media: f ? f.media : null});
+  }
+  return {duration: v.duration, seeks: out};
+}"""
+
+
+def make_big_clip(path: Path, target_bytes: int) -> Path:
+    """An H.264 MP4 of at least ``target_bytes``: a minute of noisy 720p at 20 Mbit/s with a keyframe
+    every second, repeated by stream copy (no re-encoding) and written with its index first."""
+    from redaction.media import ffmpeg_exe
+
+    ffmpeg = ffmpeg_exe()
+    segment = path.with_suffix(".segment.mp4")
+    subprocess.run(
+        [
+            ffmpeg,
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30,noise=alls=30:allf=t",
+            "-t",
+            "60",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "20M",
+            "-maxrate",
+            "20M",
+            "-bufsize",
+            "40M",
+            "-g",
+            "30",
+            "-pix_fmt",
+            "yuv420p",
+            str(segment),
+        ],
+        check=True,
+    )
+    loops = max(0, -(-target_bytes // segment.stat().st_size) - 1)
+    subprocess.run(
+        [
+            ffmpeg,
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-stream_loop",
+            str(loops),
+            "-i",
+            str(segment),
+            "-c",
+            "copy",
+            "-movflags",
+            "+faststart",
+            str(path),
+        ],
+        check=True,
+    )
+    segment.unlink()
+    return path
+
+
+def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
+    """Seek latency in a plain ``<video>`` on the evidence content route (HTTP Range, every read a
+    custody entry, bytes checked as they stream) on a clip of ``--seek-gb``: time from setting
+    ``currentTime`` to the frame shown (``requestVideoFrameCallback``) and to ``seeked``. Baseline,
+    same run: a 1 MiB range read at random offsets straight from storage, and through the route."""
+    import random
+
+    services, page, base = ctx["services"], ctx["page"], ctx["url"]
+    clip = make_big_clip(ctx["work"] / "big.mp4", int(ctx["seek_gb"] * 1e9))
+    size = clip.stat().st_size
+    now = datetime.now(UTC)
+    t = time.perf_counter()
+    with clip.open("rb") as f:
+        stored = services.store.put_stream(
+            "bench/workspace/big.mp4",
+            f,
+            retain_until=now + timedelta(days=1),
+            content_type="video/mp4",
+            length=size,
+        )
+    stored_s = time.perf_counter() - t
+    with services.db.session() as session:
+        item = record_evidence(
+            session,
+            services.ledger,
+            stored,
+            Provenance(
+                kind="clip",
+                actor="bench",
+                wearer="S-BENCH",
+                captured_start=now - timedelta(hours=5),
+                content_type="video/mp4",
+                retain_until=now + timedelta(days=1),
+            ),
+            received={"by": "bench"},
+            verified={"ok": True},
+        )
+        incident_id = ctx["incident_id"]
+        link_target(
+            session, services.ledger, incident_id, "evidence", item.id, "user:admin", "the long recording"
+        )
+    clip.unlink()
+    page.goto(f"{base}/incidents")
+    found = page.evaluate(
+        SEEK_SCRIPT, {"src": f"/api/v1/evidence/{item.id}/content", "seeks": ctx["seeks"], "seed": 20261202}
+    )
+    frames = [s["frame_ms"] / 1000 for s in found["seeks"] if s["frame_ms"] is not None]
+    seeked = [s["seeked_ms"] / 1000 for s in found["seeks"]]
+    rng = random.Random(7)
+    raw, routed = [], []
+    with httpx.Client(base_url=base, headers=ctx["token"], timeout=60) as client:
+        for _ in range(ctx["seeks"]):
+            offset = rng.randrange(0, size - 2**20)
+            t = time.perf_counter()
+            got = b"".join(services.store.read(stored.key, stored.version_id, offset, 2**20))
+            raw.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            r = client.get(
+                f"/api/v1/evidence/{item.id}/content",
+                headers={"Range": f"bytes={offset}-{offset + 2**20 - 1}"},
+            )
+            routed.append(time.perf_counter() - t)
+            assert r.status_code == 206 and r.content == got
+    return {
+        "clip_bytes": size,
+        "clip_seconds": found["duration"],
+        "store_put_s": round(stored_s, 1),
+        "seek_to_frame": latency_summary(frames),
+        "frames_missed": len(seeked) - len(frames),
+        "seek_to_seeked": latency_summary(seeked),
+        "baseline_raw_range_1mib": latency_summary(raw),
+        "route_range_1mib": latency_summary(routed),
+    }
+
+
+PHASES: dict[str, Callable[[dict[str, Any], int], dict[str, Any]]] = {
+    "pages": phase_pages,
+    "seek": phase_seek,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--items", type=int, default=500)
+    parser.add_argument("--loads", type=int, default=7)
+    parser.add_argument(
+        "--phase", action="append", choices=sorted(PHASES), help="phases to run (default all)"
+    )
+    parser.add_argument("--seek-gb", type=float, default=2.0, help="size of the clip the seek phase plays")
+    parser.add_argument("--seeks", type=int, default=40)
+    parser.add_argument("--sqlite", action="store_true", help="SQLite instead of a scratch PostgreSQL")
+    parser.add_argument("--out", default="workspace")
+    args = parser.parse_args()
+    work = scratch("bench-workspace-")
+    pg = None if args.sqlite else ScratchPostgres(PG_ADMIN_URL, "evidence_bench_workspace")
+    database_url = pg.create() if pg else f"sqlite:///{work / 'bench.db'}"
+    load_at_start = load_average()
+    svc = services = None
+    try:
+        svc = BenchService(work, EVIDENCE_DATABASE_URL=database_url)
+        svc.start()
+        headers = svc.admin_headers()
+        r = httpx.post(
+            f"{svc.url}/api/v1/users",
+            json={"username": INVESTIGATOR, "password": PASSWORD, "role": "investigator"},
+            headers=headers,
+        )
+        r.raise_for_status()
+        investigator_id = r.json()["id"]
+        services = build_services(
+            Settings(
+                data_dir=work / "var",
+                database_url=database_url,
+                s3_endpoint=svc.seaweed.endpoint,
+                s3_access_key=svc.seaweed.credentials.access_key,
+                s3_secret_key=svc.seaweed.credentials.secret_key,
+                min_free_bytes=0,
+                redaction_enabled=False,
+            ),
+            migrate=False,
+        )
+        t = time.perf_counter()
+        incident_id, reference = populate(services, args.items, investigator_id)
+        print(
+            f"{args.items} clips stored and linked to {reference} in {time.perf_counter() - t:.1f} s",
+            flush=True,
+        )
+        token = httpx.post(
+            f"{svc.url}/api/v1/auth/token", data={"username": INVESTIGATOR, "password": PASSWORD}
+        ).json()["access_token"]
+        results: dict[str, Any] = {}
+        with chromium() as browser:
+            page = new_page(browser, 1366, 900)
+            page.set_default_timeout(120000)
+            sign_in(page, svc.url, INVESTIGATOR, PASSWORD, next_path="/incidents")
+            ctx = {
+                "page": page,
+                "url": svc.url,
+                "reference": reference,
+                "incident_id": incident_id,
+                "services": services,
+                "work": work,
+                "seek_gb": args.seek_gb,
+                "seeks": args.seeks,
+                "token": {"Authorization": f"Bearer {token}"},
+            }
+            for name in args.phase or list(PHASES):
+                print(f"phase {name}", flush=True)
+                try:
+                    results[name] = PHASES[name](ctx, args.loads)
+                except Exception as exc:  # noqa: BLE001 - a failed phase is a result too, said plainly
+                    results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                    print(f"phase {name} failed: {results[name]['error']}", flush=True)
+        pages = results.get("pages")
+        summary: dict[str, Any] = {}
+        if pages and "error" not in pages:
+            p95 = pages["page"]["first_render"].get("p95_ms", 0) / 1000
+            summary = {
+                "target_first_render_s": TARGET_FIRST_RENDER_S,
+                "page_first_render_p95_s": round(p95, 3),
+                "met": p95 < TARGET_FIRST_RENDER_S,
+                "page_server_over_api": _ratio(pages["page"]["server_page"], pages["baseline_api_incident"]),
+                "timeline_server_over_api": _ratio(
+                    pages["timeline"]["server_page"], pages["baseline_api_history"]
+                ),
+            }
+        data = {
+            "items": args.items,
+            "database": "sqlite" if args.sqlite else "postgresql",
+            "load_average_start": load_at_start,
+            "load_average_end": load_average(),
+            "phases": results,
+            "summary": summary,
+        }
+        out = write_results(args.out, data)
+        print(_table(data))
+        print(f"written to {out}")
+    finally:
+        if services is not None:
+            services.close()
+        if svc is not None:
+            svc.stop()
+        if pg is not None:
+            pg.drop()
+
+
+def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    if not a.get("p50_ms") or not b.get("p50_ms"):
+        return None
+    return round(a["p50_ms"] / b["p50_ms"], 2)
+
+
+def _table(data: dict[str, Any]) -> str:
+    lines = ["| what | n | p50 ms | p95 ms | max ms |", "|---|---|---|---|---|"]
+    for phase, figures in data["phases"].items():
+        for name, block in figures.items():
+            if not isinstance(block, dict):
+                continue
+            parts = block.items() if "loads" in block else [("", block)]
+            for sub, s in parts:
+                if isinstance(s, dict) and "n" in s:
+                    label = re.sub(r"_+", " ", f"{phase} {name} {sub}").strip()
+                    lines.append(
+                        f"| {label} | {s['n']} | {s.get('p50_ms')} | {s.get('p95_ms')} | {s.get('max_ms')} |"
+                    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""The investigator's incident pages: the list with its filters, one incident, and its timeline.
+
+Each page reads through the same functions as the API routes it mirrors (``incidents.queries``,
+``incidents.history``, within ``incidents.access``): the list is ``GET /api/v1/incidents``, the
+incident ``GET /api/v1/incidents/{id}``, the timeline ``GET /api/v1/incidents/{id}/history``, for the
+same person. An incident outside the person's scope is "not found", as the API answers 404. Every
+change (open, edit, close, assign, link, unlink, hold) is made by the page's script calling the API
+with the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from accounts.access import services
+from incidents.access import (
+    INCIDENT_MANAGERS,
+    INCIDENT_READERS,
+    INCIDENT_WRITERS,
+    may_link_alarm,
+    visible_incident,
+)
+from incidents.history import incident_history
+from incidents.models import CATEGORIES, INVOLVEMENTS, STATUSES
+from incidents.queries import IncidentFilter, incident_view, search_incidents
+
+from . import workspace_sources as ws
+from .api import render, signed_in
+
+router = APIRouter(include_in_schema=False)
+PAGE = 100
+
+
+def _day(text: str | None) -> datetime | None:
+    """A date typed in the filter (``YYYY-MM-DD``) as the start of that day, UTC; None if blank or bad."""
+    if not text:
+        return None
+    try:
+        return datetime.combine(date.fromisoformat(text[:10]), time(), tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+@router.get("/incidents")
+def incidents_page(
+    request: Request,
+    q: Annotated[str, Query(max_length=200)] = "",
+    status: Annotated[str, Query(max_length=32)] = "",
+    category: Annotated[str, Query(max_length=32)] = "",
+    site: Annotated[str, Query(max_length=64)] = "",
+    occurred_from: Annotated[str, Query(alias="from", max_length=10)] = "",
+    occurred_to: Annotated[str, Query(alias="to", max_length=10)] = "",
+    investigator: Annotated[str, Query(max_length=12)] = "",
+    wearer: Annotated[str, Query(max_length=64)] = "",
+    page: Annotated[int, Query(ge=1, le=1000)] = 1,
+) -> Response:
+    who = signed_in(request, INCIDENT_READERS)
+    viewer = who.principal
+    until = _day(occurred_to)
+    f = IncidentFilter(
+        status=[status] if status in STATUSES else [],
+        category=[category] if category in CATEGORIES else [],
+        site=site or None,
+        text=q or None,
+        occurred_from=_day(occurred_from),
+        occurred_to=until + timedelta(days=1) if until else None,
+        assigned_to=int(investigator) if investigator.isdigit() and 0 < int(investigator) < 2**31 else None,
+        wearer=wearer or None,
+        limit=PAGE + 1,
+        offset=(page - 1) * PAGE,
+    )
+    with services(request).db.session() as session:
+        found = search_incidents(session, viewer, f)
+        names = ws.staff_names(session, {i.wearer for i in found if i.wearer})
+        people = ws.investigators(session, viewer, everyone=viewer.role in INCIDENT_MANAGERS)
+        sites = ws.sites(session, viewer)
+    filters = {
+        "q": q,
+        "status": status,
+        "category": category,
+        "site": site,
+        "from": occurred_from,
+        "to": occurred_to,
+        "investigator": investigator,
+        "wearer": wearer,
+    }
+    return render(
+        request,
+        "incidents.html",
+        who,
+        incidents=found[:PAGE],
+        more=len(found) > PAGE,
+        page=page,
+        filters=filters,
+        query={k: v for k, v in filters.items() if v},
+        names=names,
+        investigators=people,
+        sites=sites,
+        categories=CATEGORIES,
+        statuses=STATUSES,
+        involvements=INVOLVEMENTS,
+        can_write=viewer.role in INCIDENT_WRITERS,
+        own_site=viewer.site if viewer.role == "security_manager" else None,
+    )
+
+
+@router.get("/incidents/{key}")
+def incident_page(request: Request, key: str) -> Response:
+    who = signed_in(request, INCIDENT_READERS)
+    viewer = who.principal
+    with services(request).db.session() as session:
+        incident = visible_incident(session, viewer, key[:64])
+        if incident is None:
+            return render(request, "missing.html", who, 404, what="incident")
+        view = incident_view(session, incident)
+        items = ws.linked_items(session, viewer, view["links"])
+        alarms = ws.linked_alarms(session, viewer, view["links"])
+        can_write = viewer.role in INCIDENT_WRITERS
+        candidates = ws.evidence_candidates(session, viewer, incident.id) if can_write else []
+        alarm_choices = ws.alarm_candidates(session, viewer, incident.id) if can_write else []
+        manager = viewer.role in INCIDENT_MANAGERS
+        people = ws.investigators(session, viewer, everyone=True) if manager else []
+        wearers = {i["wearer"] for i in [*items.values(), *candidates] if i["wearer"]}
+        if incident.wearer:
+            wearers.add(incident.wearer)
+        names = ws.staff_names(session, wearers | {s["staff_id"] for s in view["staff"]})
+    assigned = {p["user_id"] for p in view["investigators"]}
+    return render(
+        request,
+        "incident.html",
+        who,
+        incident=view,
+        items=items,
+        alarms=alarms,
+        candidates=candidates,
+        alarm_choices=alarm_choices,
+        may_link_alarms=can_write and may_link_alarm(viewer),
+        can_write=can_write,
+        can_manage=manager,
+        assignable=[p for p in people if p["id"] not in assigned],
+        names=names,
+        categories=CATEGORIES,
+        statuses=STATUSES,
+    )
+
+
+@router.get("/incidents/{key}/timeline")
+def incident_timeline_page(request: Request, key: str) -> Response:
+    who = signed_in(request, INCIDENT_READERS)
+    with services(request).db.session() as session:
+        incident = visible_incident(session, who.principal, key[:64])
+        if incident is None:
+            return render(request, "missing.html", who, 404, what="incident")
+        view = {"id": incident.id, "reference": incident.reference, "title": incident.title}
+        rows = incident_history(session, who.principal, incident)
+    return render(request, "incident_timeline.html", who, incident=view, rows=rows, describe=describe)
+
+
+ACTIONS = {
+    "created": "incident opened",
+    "updated": "incident changed",
+    "status_changed": "status changed",
+    "assigned": "investigator assigned",
+    "unassigned": "investigator removed",
+    "linked": "linked",
+    "unlinked": "unlinked",
+    "joined": "an alarm joined the incident",
+    "occurred": "the incident happened",
+    "alarm": "alarm linked",
+    "custody:viewed": "viewed or downloaded",
+    "custody:redacted": "redaction version made",
+    "custody:exported": "exported",
+    "custody:legal_hold": "legal hold",
+    "custody:retention_changed": "retention changed",
+    "custody:linked": "linked (custody)",
+    "custody:unlinked": "unlinked (custody)",
+    "custody:stored": "evidence stored",
+    "custody:quarantined": "quarantined",
+    "custody:deleted": "deleted",
+}
+
+
+def describe(row: dict[str, Any]) -> dict[str, str]:
+    """A timeline line in words: what happened, and the detail a reader wants (a reason, a change)."""
+    kind: str = row["kind"]
+    d = row.get("details") or {}
+    what = ACTIONS.get(kind) or kind.replace("custody:", "").replace("evidence:", "evidence: ").replace(
+        "_", " "
+    )
+    detail = ""
+    if row.get("withheld"):
+        detail = f"withheld: {row['withheld']}"
+    elif kind in ("linked", "unlinked"):
+        detail = f"{d.get('kind', '')} {d.get('target', '')} — reason: {d.get('reason', '')}"
+    elif kind in ("assigned", "unassigned"):
+        detail = str(d.get("investigator", ""))
+    elif kind in ("updated", "status_changed"):
+        detail = ", ".join(f"{k}: {v}" for k, v in (d.get("changes") or {}).items())
+    elif kind.startswith("evidence:"):
+        detail = f"{d.get('wearer') or ''} — linked by {d.get('linked_by', '')}: {d.get('reason', '')}"
+        what = f"{kind.split(':', 1)[1]} recorded"
+    elif kind == "alarm":
+        detail = f"{d.get('alarm_id', '')} — {d.get('reason', '')}"
+    elif kind.startswith("custody:"):
+        bits = [
+            f"{k}: {d[k]}"
+            for k in (
+                "incident",
+                "reason",
+                "purpose",
+                "hold",
+                "class",
+                "keep_until",
+                "version",
+                "recipient",
+                "range",
+                "sha256",
+                "size",
+            )
+            if d.get(k) not in (None, "", [])
+        ]
+        detail = "; ".join(bits)
+    return {"what": what, "detail": detail}

@@ -1,0 +1,35 @@
+// The custody page's verification: runs POST /api/v1/custody/verify as the signed-in person and
+// shows what it found, finding by finding (text only, never parsed as HTML).
+import { ApiError, api, el } from "./common.js";
+
+const result = document.getElementById("verify-result");
+
+async function run(body, button) {
+  const buttons = [...document.querySelectorAll("#verify-item, #verify-all, #verify-ledger")];
+  buttons.forEach((b) => (b.disabled = true));
+  result.replaceChildren(el("p", {}, "Verifying… (", button.textContent, ")"));
+  result.dataset.state = "running";
+  try {
+    const report = await api("POST", "/api/v1/custody/verify", body);
+    const what = report.item_id ? `the ledger and item ${report.item_id}` : report.objects_checked ? "the ledger and every stored object" : "the ledger";
+    const when = new Date(report.finished_at).toLocaleString("en-GB");
+    const head = report.ok
+      ? el("p", { class: "verified-ok" }, `Intact: ${what} verified (${report.entries_checked} custody entries) at ${when}.`)
+      : el("p", { class: "finding" }, `${report.problems.length} finding(s) in ${what} at ${when}:`);
+    const list = el("ul", { id: "verify-findings" }, report.problems.map((p) => el("li", { class: "finding" }, el("strong", {}, p.kind.replaceAll("_", " ")), ` at ${p.where}: ${p.detail}`)));
+    result.replaceChildren(head, list);
+    result.dataset.state = report.ok ? "ok" : "problems";
+  } catch (error) {
+    result.replaceChildren(el("p", { class: "error" }, error instanceof ApiError ? `Not done: ${error.message}` : "Not done: the service could not be reached."));
+    result.dataset.state = "error";
+  } finally {
+    buttons.forEach((b) => (b.disabled = false));
+  }
+}
+
+const one = document.getElementById("verify-item");
+if (one) one.addEventListener("click", () => run({ item_id: one.dataset.item, check_objects: true }, one));
+const all = document.getElementById("verify-all");
+if (all) all.addEventListener("click", () => run({ check_objects: true }, all));
+const ledger = document.getElementById("verify-ledger");
+if (ledger) ledger.addEventListener("click", () => run({ check_objects: false }, ledger));
