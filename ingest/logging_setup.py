@@ -46,12 +46,15 @@ SECRET_PATTERNS = [
 ]
 REDACTED = "[redacted]"
 _MESSAGE_CHARS = 300
+# A download link's token is its whole credential and travels in the path: never logged, whatever it looks like.
+_LINK_TOKEN = re.compile(r"(/exports/download/)[^/\s'\"?#]+")
 
 
 def scrub(text: str) -> str:
     """``text`` with every secret-looking part replaced by ``[redacted]``."""
     text = SECRET_PATTERNS[0].sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     text = SECRET_PATTERNS[1].sub(lambda m: m.group(1) + REDACTED, text)
+    text = _LINK_TOKEN.sub(lambda m: m.group(1) + REDACTED, text)
     for pattern in SECRET_PATTERNS[2:]:
         text = pattern.sub(REDACTED, text)
     return text

@@ -165,3 +165,14 @@ def test_a_failing_request_does_not_delay_healthz(services, captured) -> None:  
         thread.join(15)
     print(f"worst /healthz while requests failed: {worst:.3f}s")
     assert worst < 1.5, f"/healthz took {worst:.2f}s while requests failed"  # (before: 7 s and more)
+
+
+def test_a_download_links_token_never_reaches_the_log() -> None:
+    """The token is the link's whole credential and rides in the path, which refusals log: it is
+    replaced whatever its shape (the generic rule catches only long mixed-case runs)."""
+    from ingest.logging_setup import scrub
+
+    lowercase_mac = "e0a80691-18cb-450b-85cc-74f8e89d8a9c.1796391095." + "abcdef" * 7
+    for path in (f"/api/v1/exports/download/{lowercase_mac}", f"/api/v1/exports/download/{lowercase_mac}/about"):
+        line = scrub(f"request refused path={path} status=416")
+        assert lowercase_mac not in line and "/exports/download/[redacted]" in line, line
