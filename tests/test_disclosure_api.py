@@ -312,3 +312,5 @@ def test_subject_access_requests_by_days_left_and_only_visible_footage(server: S
         mine = [e for e in entries if recent["id"] in e.details]
         assert ['"received"' in mine[0].details, len(mine)] == [True, 9]
         assert all("Alex Smith" not in e.details and "alex@example.org" not in e.details for e in entries)
+        everything = session.scalars(select(CustodyEntry.details)).all()
+        assert not [d for d in everything if d and ("Alex Smith" in d or "alex@example.org" in d)]

@@ -90,7 +90,9 @@ def receive_request(
             category="other",
             occurred_at=datetime.combine(draft.received_on, time(), UTC),
             site=draft.site,
-            title=f"Subject access request: {requester}"[:200],
+            # No name in the title: an export writes the title into the signed ledger, which outlives
+            # the request's personal data (the name stays in the request's own row).
+            title=f"Subject access request received {draft.received_on.isoformat()}",
             description=draft.description,
         ),
         viewer.actor,
