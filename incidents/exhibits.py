@@ -28,6 +28,7 @@ from devices.models import StaffMember
 
 from .access import Viewer, incident_scope
 from .models import ExhibitReference, Incident
+from .retention import lock_ledger
 
 DEFAULT_PATTERN = "{initials}/{n}"
 FIELDS = frozenset({"initials", "n", "incident", "year"})
@@ -92,8 +93,8 @@ def producer_of(session: Session, item: EvidenceItem, actor: str) -> Producer:
 def assign(
     session: Session, ledger: Ledger, incident: Incident, item: EvidenceItem, actor: str, *, record: bool = True
 ) -> ExhibitReference:
-    """The item's reference in the incident, given now if it has none (callers hold the ledger lock,
-    which serialises numbering; the unique indexes are the backstop). A new reference is an
+    """The item's reference in the incident, given now if it has none (under the ledger lock, which
+    serialises numbering; the unique indexes are the backstop). A new reference is an
     ``exhibit_referenced`` custody entry, unless ``record`` is False: a link names it in its own
     ``linked`` entry instead (``details``)."""
     found = session.scalar(
@@ -103,6 +104,9 @@ def assign(
     )
     if found is not None:
         return found
+    # Numbering is read-then-insert: take the ledger lock first (a link holds it already; an export or
+    # a continuity report may not), so two at once number one after the other instead of colliding.
+    lock_ledger(session)
     producer = producer_of(session, item, actor)
     series = initials(producer.name) if "{initials}" in _pattern else ""
     last = session.scalar(
