@@ -21,10 +21,15 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import quarantine_hook, read_item
 from incidents.access import EVIDENCE_MEDIA, visible_evidence
 from redaction.waveform import MAX_BUCKETS, waveform
+from storage.api_schema import error_responses
+from storage.slots import NoSlot, Slots
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
 
 SOUND_KINDS = ("clip", "redacted_clip", "voice_memo")
+# Drawing a waveform reads the whole clip and runs ffmpeg on a worker thread shared with the rest of
+# the process (the escalation loop among them): one at a time per person, two in all per process.
+WAVEFORMS = Slots(total=2, per_key=1)
 
 
 class WaveformOut(BaseModel):
@@ -38,7 +43,7 @@ class WaveformOut(BaseModel):
     rms: list[float]
 
 
-@router.get("/evidence/{item_id}/waveform", response_model=WaveformOut)
+@router.get("/evidence/{item_id}/waveform", response_model=WaveformOut, responses=error_responses(429, 503))
 async def item_waveform(
     item_id: str,
     buckets: int = Query(1000, ge=1, le=MAX_BUCKETS),
@@ -84,4 +89,14 @@ async def item_waveform(
                     f.write(block)
             return waveform(path, buckets)
 
-    return {"item_id": item.id, **(await asyncio.to_thread(compute))}
+    try:
+        WAVEFORMS.take(user.actor)
+    except NoSlot as full:
+        retry = {"Retry-After": str(s.settings.retry_after_seconds)}
+        if full.mine:
+            raise HTTPException(429, "a waveform of yours is being drawn; try again", headers=retry) from None
+        raise HTTPException(503, "waveforms are being drawn for others; try again", headers=retry) from None
+    try:
+        return {"item_id": item.id, **(await asyncio.to_thread(compute))}
+    finally:
+        WAVEFORMS.give_back(user.actor)

@@ -345,6 +345,15 @@ def test_the_original_needs_a_reason_and_a_role_allowed_pictures(footage: Footag
     )
     other = httpx.get(f"{f.url}/api/v1/evidence/{f.clip_id}/waveform", headers=_token(f.url, "operator"))
     assert other.status_code == 403
+    # One waveform at a time per person: a second while one is drawn is refused, not queued.
+    from ingest.footage_api import WAVEFORMS
+
+    WAVEFORMS.take("user:admin")
+    try:
+        busy = httpx.get(f"{f.url}/api/v1/evidence/{f.v1['result_item_id']}/waveform", headers=f.admin)
+        assert busy.status_code == 429 and busy.headers.get("retry-after"), busy.text
+    finally:
+        WAVEFORMS.give_back("user:admin")
     wave = httpx.get(f"{f.url}/api/v1/evidence/{f.v1['result_item_id']}/waveform?buckets=30", headers=f.admin)
     assert wave.status_code == 200 and wave.json()["has_audio"] and len(wave.json()["peaks"]) == 30
     assert any(
