@@ -287,8 +287,8 @@ def test_export_download_and_verify(server: Server, tmp_path: Path) -> None:
         entry = last_entry(s, item_id)
         assert entry.action == "exported" and json.loads(entry.details)["export_id"] == job["id"]
 
-    # A forged token, a revoked link and an expired link are refused; none of them is logged.
-    before = last_entry(s, job["id"]).seq  # type: ignore[arg-type]
+    # A forged token, a revoked link and an expired link are refused; none of them is logged (issuing
+    # and revoking a link are: ``link_issued``, ``link_revoked``).
     forged = link["url"][:-2] + ("AA" if not link["url"].endswith("AA") else "BB")
     assert httpx.get(forged).status_code == 404
     assert httpx.get(f"{server.url}/api/v1/exports/download/not-a-token").status_code == 404
@@ -303,6 +303,9 @@ def test_export_download_and_verify(server: Server, tmp_path: Path) -> None:
         ).status_code
         == 204
     )
+    assert last_entry(s, job["id"]).action == "link_revoked"  # type: ignore[arg-type]
+    before = last_entry(s, job["id"]).seq  # type: ignore[arg-type]
+    assert httpx.get(forged).status_code == 404
     r = httpx.get(second["url"])
     assert r.status_code == 410 and "revoked" in r.text
     with s.db.session() as session:  # type: ignore[attr-defined]
