@@ -295,13 +295,15 @@ def test_a_dropped_event_stream_catches_up(stack: Stack) -> None:
     page.context.close()
 
 
-PAGES = ["/board", "/map", "/performance", "/admin/devices", "/admin/people", "/welcome"]
+CONTROL_ROOM = {"/board", "/map", "/performance", "/admin/devices"}
+WORKSPACE = {"/incidents", "/exports", "/subject-access", "/retention", "/custody"}
+PAGES = sorted(CONTROL_ROOM | WORKSPACE | {"/admin/people", "/statistics", "/welcome"})
 OPEN_TO = {
-    "admin": {"/board", "/map", "/performance", "/admin/devices", "/admin/people", "/welcome"},
-    "manager": {"/board", "/map", "/performance", "/admin/devices", "/admin/people", "/welcome"},
-    "operator": {"/board", "/map", "/performance", "/admin/devices", "/welcome"},
-    "auditor": {"/board", "/map", "/performance", "/admin/devices", "/welcome"},
-    "investigator": {"/welcome"},
+    "admin": CONTROL_ROOM | WORKSPACE | {"/admin/people", "/statistics", "/welcome"},
+    "manager": CONTROL_ROOM | WORKSPACE | {"/admin/people", "/statistics", "/welcome"},
+    "operator": CONTROL_ROOM | {"/welcome"},
+    "auditor": CONTROL_ROOM | {"/statistics", "/retention", "/custody", "/welcome"},
+    "investigator": WORKSPACE | {"/welcome"},
 }
 
 
