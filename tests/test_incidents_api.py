@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from accounts.models import User
 from chain_of_custody.models import CustodyEntry
+from tests.test_alarms_kit import raise_test_alarm
 from tests.test_incidents_kit import PASSWORD, actions, bearer, staff, store_item, user
 
 T0 = datetime(2026, 11, 3, 9, 30, tzinfo=UTC)
@@ -122,7 +123,11 @@ def test_incident_lifecycle_search_links_and_timeline(live) -> None:  # type: ig
     r = httpx.post(
         f"{api}/incidents/{ref}/links",
         headers=mgr,
-        json={"kind": "alarm", "target_id": "ALARM-9", "reason": "raised"},
+        json={
+            "kind": "alarm",
+            "target_id": raise_test_alarm(s, "LW-NORTH", site="NORTH"),
+            "reason": "raised",
+        },
     )
     assert r.status_code == 201
 

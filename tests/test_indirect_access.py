@@ -17,6 +17,7 @@ import httpx
 from chain_of_custody.models import EvidenceItem
 from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
 from tests.conftest import wait_for
+from tests.test_alarms_kit import raise_test_alarm
 from tests.test_incidents_kit import actions, bearer, staff, store_item, user
 
 T0 = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
@@ -111,9 +112,11 @@ def test_an_alarm_link_needs_a_role_that_reads_alarms(live: Any) -> None:
         headers=h["inv"],
     )
     assert r.status_code == 403 and r.json()["reason"] == "alarm_out_of_scope", r.text
+    # A real alarm of the manager's site (an id that names no alarm of theirs is refused as unknown).
+    alarm = raise_test_alarm(s, "LW-NORTH", site="NORTH")
     r = httpx.post(
         f"{api}/incidents/{ref}/links",
-        json={"kind": "alarm", "target_id": "alarm-1", "reason": "the alarm of it"},
+        json={"kind": "alarm", "target_id": alarm, "reason": "the alarm of it"},
         headers=h["north_mgr"],
     )
     assert r.status_code == 201, r.text
