@@ -183,18 +183,12 @@ def export_builds(request: Request) -> ExportBuilds:
 def _job_seen(session: Session, user: Viewer, job: ExportJob, key: ServiceKey) -> dict[str, Any]:
     """The job as ``user`` may read it: a package built for another requester may hold items this
     reader does not see (the original of a copy they see redacted); its list of included items
-    names only those they see, as every other list does, and so does its list of withheld items."""
+    names only those they see, as every other list does."""
     out = _job_out(job, key)
     included = out.get("included")
-    withheld = out.get("withheld")
-    named = (included if isinstance(included, list) else []) + (
-        list(withheld) if isinstance(withheld, dict) else []
-    )
-    seen = visible_evidence_ids(session, user, named) if named else set()
-    if isinstance(included, list):
+    if isinstance(included, list) and included:
+        seen = visible_evidence_ids(session, user, included)
         out["included"] = [i for i in included if i in seen]
-    if isinstance(withheld, dict):
-        out["withheld"] = {i: why for i, why in withheld.items() if i in seen}
     return out
 
 
