@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
@@ -62,3 +63,13 @@ def _text_only(value: Any) -> Any:
 
 
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_text_only)]
+
+
+def _date_text_only(value: Any) -> Any:
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("a date is ISO 8601 text, such as 2026-11-22")
+    return value
+
+
+# A calendar date as text only (a number would be read as seconds since 1970).
+CalendarDate = Annotated[date, BeforeValidator(_date_text_only)]

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from accounts.access import require_roles, services
 from chain_of_custody.core import CoreServices
-from storage.api_schema import Timestamp, error_responses
+from storage.api_schema import CalendarDate, Timestamp, error_responses
 
 from ..access import INCIDENT_READERS, INCIDENT_WRITERS, Viewer
 from ..models import Incident
@@ -43,7 +43,7 @@ SarStatus = Literal["open", "answered", "refused", "withdrawn"]
 class RequestIn(BaseModel):
     requester: str = Field(min_length=2, max_length=200)
     contact: str = Field(min_length=3, max_length=500, description="address, email or telephone")
-    received_on: date
+    received_on: CalendarDate
     site: str = Field(min_length=1, max_length=64, description="the site whose footage is asked for")
     description: str = Field("", max_length=20000, description="how to recognise them, where and when")
     notes: str = Field("", max_length=20000)
