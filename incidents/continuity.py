@@ -243,6 +243,23 @@ def check_words(report: Continuity) -> str:
     return "THE CUSTODY RECORD DID NOT CHECK when this report was made. Do not rely on it until the trust explains:"
 
 
+def item_facts(it: ItemStory) -> list[tuple[str, object]]:
+    """What the report states about one item, in order: the same lines in the HTML and the PDF."""
+    return [
+        ("Evidence item", it.item_id),
+        ("Status", it.status),
+        ("SHA-256 of the stored bytes", it.sha256),
+        ("Size", f"{it.size} bytes"),
+        ("Recorded from (camera time, UTC)", it.recorded_from),
+        ("Recorded to", it.recorded_to),
+        ("Recorded by", it.wearer),
+        ("Camera or device", it.device),
+        ("Made from", it.made_from),
+        ("Retention runs", it.retention_basis),
+        ("Kept at least until", it.retain_until),
+    ]
+
+
 def summary_rows(report: Continuity) -> list[tuple[str, str, str, str, str]]:
     """(exhibit, what, recorded, by whom, steps) for the one-page summary."""
     return [
@@ -293,23 +310,7 @@ def render_html(report: Continuity) -> bytes:
         out.append(
             f"<h2>Exhibit {_e(it.exhibit or '(none)')}: {_e(it.kind.replace('_', ' '))}, {_e(it.copy_type)}</h2>"
         )
-        out.append(
-            _dl(
-                [
-                    ("Evidence item", it.item_id),
-                    ("Status", it.status),
-                    ("SHA-256 of the stored bytes", it.sha256),
-                    ("Size", f"{it.size} bytes"),
-                    ("Recorded from (camera time, UTC)", it.recorded_from),
-                    ("Recorded to", it.recorded_to),
-                    ("Recorded by", it.wearer),
-                    ("Camera or device", it.device),
-                    ("Made from", it.made_from),
-                    ("Retention runs", it.retention_basis),
-                    ("Kept at least until", it.retain_until),
-                ]
-            )
-        )
+        out.append(_dl(item_facts(it)))
         if it.problems:
             out.append("<ul class='bad'>" + "".join(f"<li>{_e(p)}</li>" for p in it.problems) + "</ul>")
         out.append(

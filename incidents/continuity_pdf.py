@@ -17,7 +17,7 @@ from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from .continuity import Continuity, check_words, summary_rows
+from .continuity import Continuity, check_words, item_facts, summary_rows
 
 _base = getSampleStyleSheet()
 H1 = _base["Heading1"]
@@ -98,22 +98,7 @@ def render_pdf(report: Continuity) -> bytes:
         flow += [
             PageBreak(),
             _p(f"Exhibit {it.exhibit or '(none)'}: {it.kind.replace('_', ' ')}, {it.copy_type}", H2),
-            _pairs(
-                [
-                    ("Evidence item", it.item_id),
-                    ("Status", it.status),
-                    ("SHA-256 of the stored bytes", it.sha256),
-                    ("Size", f"{it.size} bytes"),
-                    ("Recorded from (camera time, UTC)", it.recorded_from),
-                    ("Recorded to", it.recorded_to),
-                    ("Recorded by", it.wearer),
-                    ("Camera or device", it.device),
-                    ("Made from", it.made_from),
-                    ("Retention runs", it.retention_basis),
-                    ("Kept at least until", it.retain_until),
-                ],
-                width,
-            ),
+            _pairs(item_facts(it), width),
         ]
         flow += [_p(f"- {p}", BAD) for p in it.problems]
         rows = [
