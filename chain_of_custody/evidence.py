@@ -17,6 +17,7 @@ from storage.streams import BlocksOnThread
 from .fixity import FixityCheck, checked_range
 from .ledger import Ledger
 from .models import EvidenceItem
+from .read_checks import checked_blocks
 from .retention_basis import RetentionBasis
 from .verify import unrecorded
 
@@ -182,15 +183,18 @@ def read_item(
     on_altered: Callable[[FixityCheck], None] | None = None,
     verify: bool = True,
     details: dict[str, Any] | None = None,
+    block_digests: tuple[bytes, ...] | None = None,
 ) -> Iterator[bytes]:
     """Record the read in the custody ledger (in the caller's transaction), then stream the bytes,
-    checked against the recorded digest as they stream (``fixity.checked_range``).
+        checked against the recorded digest as they stream (``fixity.checked_range``).
 
-    The row's digests are trusted only as far as its signed ``stored`` entry vouches for them
-    (RecordUntrusted otherwise). A range is served by reading the whole object and sending only the
-    range, its last block held back until the whole object has checked: the object's digests are
-    of the whole, and nothing finer was recorded. ``verify=False`` is for reading an item already
-    quarantined (for review), whose bytes are known not to be the evidence."""
+        The row's digests are trusted only as far as its signed ``stored`` entry vouches for them
+        (RecordUntrusted otherwise). A range is served by reading the whole object and sending only the
+        range, its last block held back until the whole object has checked: the object's digests are
+        of the whole, and nothing finer was recorded. With ``block_digests`` (kept by a whole check of the
+    object lately, ``read_checks``) a range reads only the blocks it lies in, each checked against its
+    digest before it is sent. ``verify=False`` is for reading an item already
+        quarantined (for review), whose bytes are known not to be the evidence."""
     if verify:
         problem = unrecorded(item, Ledger.stored_entry(session, item.id), ledger.verifier)
         if problem is not None:
@@ -211,6 +215,8 @@ def read_item(
         if byte_range is None:
             return store.read(item.object_key, item.version_id)
         return store.read(item.object_key, item.version_id, offset=byte_range.start, length=byte_range.length)
+    if block_digests is not None and byte_range is not None:
+        return checked_blocks(store, item, block_digests, byte_range.start, byte_range.length, on_altered)
     check = FixityCheck(item.sha256, item.blake3, item.size)
     blocks = iter(
         BlocksOnThread(store.read(item.object_key, item.version_id), 4, check.update, "evidence-read")

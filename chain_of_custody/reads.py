@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Iterator
 
 from fastapi import Request, Response
@@ -17,10 +18,13 @@ from fastapi.responses import StreamingResponse
 from prometheus_client import Counter
 
 from storage.errors import Refused
+from storage.slots import NoSlot
 
 from .core import CoreServices
-from .evidence import RecordUntrusted, parse_range, quarantine, quarantine_hook, read_item
+from .evidence import ByteRange, RecordUntrusted, parse_range, quarantine, quarantine_hook, read_item
+from .fixity import FixityCheck
 from .models import EvidenceItem
+from .read_checks import VERIFIED, WHOLE_CHECKS, WholeCheck, object_key, verify_whole
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,19 @@ class ReadRefused(Refused):
 
     status = 409
     structured = True
+
+
+class ReadBusy(Refused):
+    """No slot to check a whole object for a ranged read: 429 when the caller's own share is taken,
+    503 when the process's is, with Retry-After either way."""
+
+    status = 503
+
+
+class ClientGone(Refused):
+    """The client went away while its read waited for a whole check (nobody reads this answer)."""
+
+    status = 499
 
 
 EVIDENCE_READS = Counter("evidence_reads_total", "Evidence reads (each is a custody entry)")
@@ -49,6 +66,72 @@ class RangeRefused(Refused):
         )
 
 
+async def _block_digests(
+    s: CoreServices, item: EvidenceItem, request: Request, actor: str, where: str
+) -> tuple[bytes, ...]:
+    """The object's block digests, from a whole check of it lately, or from one this read starts or
+    joins (``read_checks``): refused at once when a new one finds no slot; a check whose every
+    reader went away stops. A check that finds the object altered quarantines the item (once)."""
+    key = object_key(item)
+    kept = VERIFIED.digests(key)
+    if kept is not None:
+        return kept
+    on_altered = quarantine_hook(s.db, s.ledger, item.id, where)
+
+    def start(check: WholeCheck) -> None:
+        try:
+            WHOLE_CHECKS.take(actor)
+        except NoSlot as full:
+            retry = s.settings.retry_after_seconds
+            if full.mine:
+                raise ReadBusy(
+                    "checks_busy",
+                    "reads of yours are checking whole objects; try again",
+                    429,
+                    retry_after=retry,
+                ) from None
+            raise ReadBusy(
+                "checks_busy", "whole objects are being checked for others; try again", retry_after=retry
+            ) from None
+
+        def run() -> None:
+            try:
+                fixity, digests = verify_whole(s.store, item, check.stop)
+                if fixity.ok:
+                    VERIFIED.keep(key, digests)
+                else:
+                    on_altered(fixity)
+            except BaseException as exc:  # noqa: BLE001 - handed to every reader waiting on it
+                WHOLE_CHECKS.give_back(actor)
+                check.result.set_exception(exc)
+                return
+            WHOLE_CHECKS.give_back(actor)
+            check.result.set_result((fixity, digests))
+
+        threading.Thread(target=run, name="evidence-whole-check", daemon=True).start()
+
+    check = VERIFIED.join(key, start)
+    waiting = asyncio.wrap_future(check.result)
+    try:
+        while not waiting.done():
+            await asyncio.wait({waiting}, timeout=0.25)
+            if not waiting.done() and await request.is_disconnected():
+                raise ClientGone("client_gone", "the client went away")
+    finally:
+        VERIFIED.leave(check)
+    fixity, digests = waiting.result()
+    if not isinstance(fixity, FixityCheck) or not fixity.ok:
+        raise ReadRefused(
+            "quarantined", f"evidence item {item.id} no longer matches its record; it is quarantined"
+        )
+    return tuple(digests)
+
+
+def _part(byte_range: ByteRange | None, size: int) -> bool:
+    """A range short of the whole object (a whole read costs what it sends, checked as it streams)."""
+    return byte_range is not None and byte_range.length < size
+
+
 async def item_response(
     s: CoreServices,
     item: EvidenceItem,
@@ -62,7 +145,9 @@ async def item_response(
 ) -> Response:
     """An item's bytes (whole, or the one ``Range`` asked for), streamed after the read's custody
     entry is written, and checked against the recorded digest as they stream: bytes that no longer
-    match are cut off short of the Content-Length and the item is quarantined.
+    match are cut off short of the Content-Length and the item is quarantined. A range short of the
+    whole is checked block by block against digests kept from a whole check of the object
+    (``read_checks``), which the first such read starts or joins (429/503 when none may start).
 
     ``review_reason`` reads an item already quarantined (for review: the caller decided who may), as
     it is held, unchecked, without the recorded hash as its ETag; the reason goes on custody.
@@ -73,6 +158,9 @@ async def item_response(
         raise RangeRefused(item.size) from None
     reviewing = review_reason is not None
     where = f"serving it to {actor} ({purpose})"
+    digests = None
+    if not reviewing and _part(byte_range, item.size):
+        digests = await _block_digests(s, item, request, actor, where)
 
     def start() -> Iterator[bytes]:
         with s.db.session() as session:
@@ -88,6 +176,7 @@ async def item_response(
                     on_altered=quarantine_hook(s.db, s.ledger, item.id, where),
                     verify=not reviewing,
                     details={"reason": review_reason or reason} if (reviewing or reason) else None,
+                    block_digests=digests,
                 )
             except RecordUntrusted as exc:
                 session.rollback()

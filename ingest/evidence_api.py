@@ -33,6 +33,7 @@ from incidents.access import (
 from incidents.exhibits import visible_exhibits
 from incidents.footage import content_disposition, download_name, incident_refs, scoped_retention
 from incidents.retention import RetentionRules, delete_by_hand, set_legal_hold
+from storage.api_schema import error_responses
 from storage.bounds import MAX_OFFSET
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
@@ -169,7 +170,7 @@ def custody_trail(
         )
 
 
-@router.get("/evidence/{item_id}/content")
+@router.get("/evidence/{item_id}/content", responses=error_responses(409, 416, 429, 503))
 async def content(
     item_id: str,
     request: Request,

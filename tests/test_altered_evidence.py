@@ -146,19 +146,31 @@ def test_altered_bytes_are_cut_off_and_the_item_quarantined(own_store: Any) -> N
     assert trail[-1]["details"]["reason"] == reason
 
 
-def test_a_range_is_checked_against_the_whole_object(own_store: Any) -> None:
-    """The range asked for is intact; the byte changed lies beyond it: still not served, since the
-    recorded digest is of the whole object (the range's last block waits for the whole check)."""
+def test_a_range_is_checked_against_the_whole_object_then_block_by_block(own_store: Any) -> None:
+    """The first range read of an object checks the whole of it (the recorded digest is of the
+    whole): a byte changed beyond the range asked for is found then, and nothing is served. Once the
+    whole has checked, a range is checked against the digests of the blocks it lies in: a byte
+    changed inside it is never served (cut off before the block, the item quarantined)."""
     s, seaweed, url = own_store
     user(s, "boss", "admin")
     admin = bearer(s, "boss")
+    # Changed beyond the range, before any whole check: refused, quarantined.
+    clip, data, marker = _clip(s)
+    target = f"{url}/api/v1/evidence/{clip.id}/content"
+    _alter_on_disk(seaweed, data, SIZE)
+    r = httpx.get(target, headers={**admin, "Range": "bytes=0-99"})
+    assert r.status_code == 409 and r.json()["reason"] == "quarantined", r.text
+    assert _status(s, clip.id)[0] == "quarantined"
+    # Checked whole by a first range read; then changed inside a later range: not served.
     clip, data, marker = _clip(s)
     target = f"{url}/api/v1/evidence/{clip.id}/content"
     r = httpx.get(target, headers={**admin, "Range": "bytes=0-99"})
     assert r.status_code == 206 and r.content == data[:100]
     _alter_on_disk(seaweed, data, SIZE)
-    assert _cut_short(target, {**admin, "Range": "bytes=0-99"}) < 100
-    assert _status(s, clip.id)[0] == "quarantined"
+    assert _cut_short(target, {**admin, "Range": f"bytes={SIZE - 10}-{SIZE + 10}"}) < 21
+    status, trail = _status(s, clip.id)
+    assert status == "quarantined" and trail[-1]["action"] == "quarantined"
+    assert "found while serving it to" in str(trail[-1]["details"])
 
 
 def test_a_row_that_disagrees_with_its_signed_record_is_not_served(own_store: Any) -> None:

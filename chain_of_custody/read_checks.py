@@ -1,0 +1,199 @@
+"""What a ranged read of evidence costs: the bytes it asks for, not a hash of the whole object each time.
+
+The recorded digests are of the whole object, so the first ranged read of an object reads and hashes
+all of it (:func:`verify_whole`), and on the way keeps a BLAKE3 digest of every ``BLOCK`` of it.
+Those block digests come from bytes that matched the signed record, so for a while
+(``KEEP_SECONDS``) a ranged read of that object reads only the blocks its range lies in and checks
+each against its block digest before any of it is sent (:func:`checked_blocks`): a changed byte in a
+block served is still never served; one outside it is found by the next whole read or check.
+
+A whole check is shared: reads of an object that is being checked wait for that check rather than
+starting their own, and a check nobody waits for any more (the clients went away) stops. Starting
+one takes a slot of :data:`WHOLE_CHECKS` (a few per person, a few more per process); a read that
+finds none is refused at once with Retry-After rather than queued. The digests kept are this
+process's own: each replica checks an object once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from blake3 import blake3
+
+from storage.objects import ObjectStore
+from storage.slots import Slots
+
+from .fixity import BLAKE3, FixityCheck, ObjectAltered
+from .models import EvidenceItem
+
+BLOCK = 1024 * 1024
+KEEP_SECONDS = 15 * 60
+KEEP_OBJECTS = 512  # about 32 KiB of digests per GiB of object
+# Whole checks started by ranged reads: two at a time per person, four in all per process.
+WHOLE_CHECKS = Slots(total=4, per_key=2)
+
+Key = tuple[str, str | None, str, str | None, int]
+
+
+def object_key(item: EvidenceItem) -> Key:
+    """What the block digests are of: the object's version, and the digests its row records."""
+    return (item.object_key, item.version_id, item.sha256, item.blake3, item.size)
+
+
+class Abandoned(Exception):
+    """Nobody waits for the whole check any more: it stopped part way."""
+
+
+def blocks_of(chunks: Iterator[bytes], size: int = BLOCK) -> Iterator[bytes]:
+    """``chunks`` cut again into pieces of exactly ``size`` bytes (the last may be shorter)."""
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
+
+
+def verify_whole(
+    store: ObjectStore, item: EvidenceItem, stop: threading.Event | None = None
+) -> tuple[FixityCheck, list[bytes]]:
+    """Read and hash the whole object against its record, keeping each block's digest; raises
+    :class:`Abandoned` when ``stop`` is set before the end."""
+    check = FixityCheck(item.sha256, item.blake3, item.size)
+    digests: list[bytes] = []
+    chunks = store.read(item.object_key, item.version_id, chunk=BLOCK)
+    try:
+        for block in blocks_of(chunks):
+            if stop is not None and stop.is_set():
+                raise Abandoned(item.id)
+            check.update(block)
+            digests.append(blake3(block).digest())
+    finally:
+        chunks.close()  # type: ignore[attr-defined]
+    return check, digests
+
+
+class WholeCheck:
+    """One whole check in progress: its result and how many reads wait for it."""
+
+    def __init__(self) -> None:
+        self.result: Future[tuple[FixityCheck, list[bytes]]] = Future()
+        self.stop = threading.Event()
+        self.waiting = 0
+
+
+@dataclass(frozen=True)
+class _Kept:
+    digests: tuple[bytes, ...]
+    until: float
+
+
+class VerifiedObjects:
+    """The block digests of objects lately checked whole, and the whole checks in progress."""
+
+    def __init__(self, keep_seconds: float = KEEP_SECONDS, keep_objects: int = KEEP_OBJECTS) -> None:
+        self.keep_seconds = keep_seconds
+        self.keep_objects = keep_objects
+        self._lock = threading.RLock()  # a check done at once finishes inside join()
+        self._kept: OrderedDict[Key, _Kept] = OrderedDict()
+        self._running: dict[Key, WholeCheck] = {}
+
+    def digests(self, key: Key) -> tuple[bytes, ...] | None:
+        """The block digests of ``key`` if it was checked whole lately."""
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is None:
+                return None
+            if kept.until <= time.monotonic():
+                del self._kept[key]
+                return None
+            self._kept.move_to_end(key)
+            return kept.digests
+
+    def keep(self, key: Key, digests: list[bytes]) -> None:
+        with self._lock:
+            self._kept[key] = _Kept(tuple(digests), time.monotonic() + self.keep_seconds)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.keep_objects:
+                self._kept.popitem(last=False)
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            self._kept.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+    def join(self, key: Key, start: Callable[[WholeCheck], None]) -> WholeCheck:
+        """Wait on the whole check of ``key`` in progress, or start one with ``start`` (which may
+        raise, e.g. when no slot is free: nothing is started then)."""
+        with self._lock:
+            running = self._running.get(key)
+            if running is None:
+                running = WholeCheck()
+                start(running)
+                self._running[key] = running
+                running.result.add_done_callback(lambda _f: self._finished(key, running))
+            running.waiting += 1
+            return running
+
+    def leave(self, check: WholeCheck) -> None:
+        """A read no longer waits (its client went away): the check stops once nobody does."""
+        with self._lock:
+            check.waiting -= 1
+            if check.waiting <= 0 and not check.result.done():
+                check.stop.set()
+
+    def _finished(self, key: Key, check: WholeCheck) -> None:
+        with self._lock:
+            if self._running.get(key) is check:
+                del self._running[key]
+
+
+VERIFIED = VerifiedObjects()
+
+
+def checked_blocks(
+    store: ObjectStore,
+    item: EvidenceItem,
+    digests: tuple[bytes, ...],
+    lo: int,
+    n: int,
+    on_mismatch: Callable[[FixityCheck], None] | None = None,
+) -> Iterator[bytes]:
+    """Bytes ``lo``..``lo+n`` of the object, reading only the blocks they lie in, each checked against
+    its block digest before any of it is yielded. On a mismatch ``on_mismatch`` runs (log it,
+    quarantine the item), the digests are forgotten and ObjectAltered is raised."""
+    first, last = lo // BLOCK, (lo + n - 1) // BLOCK
+    start, end = first * BLOCK, min(item.size, (last + 1) * BLOCK)
+    chunks = store.read(item.object_key, item.version_id, offset=start, length=end - start, chunk=BLOCK)
+    index, pos = first, start
+    try:
+        for block in blocks_of(chunks):
+            expected = digests[index] if index < len(digests) else b""
+            found = blake3(block).digest()
+            if found != expected:
+                check = FixityCheck("", expected.hex() or "(no block here)", min(BLOCK, item.size - pos))
+                check.update(block)
+                assert check.algorithm == BLAKE3
+                VERIFIED.forget(object_key(item))
+                if on_mismatch is not None:
+                    on_mismatch(check)
+                raise ObjectAltered(f"block {index}: {check.mismatch()}")
+            a, b = max(lo, pos), min(lo + n, pos + len(block))
+            if a < b:
+                yield block if (a, b) == (pos, pos + len(block)) else block[a - pos : b - pos]
+            index, pos = index + 1, pos + len(block)
+    finally:
+        chunks.close()  # type: ignore[attr-defined]
+    if pos < end:
+        VERIFIED.forget(object_key(item))
+        raise ObjectAltered(f"the object ends at byte {pos}, its record says {item.size}")

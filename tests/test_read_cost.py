@@ -1,0 +1,147 @@
+"""What a ranged read of evidence costs, through the real server and store: many tiny ranges of one
+clip (a player seeking) read it whole once between them, not once each, and ``/healthz`` answers
+meanwhile; a read that would start a whole check finds a bounded number of slots (429 for the
+person's own share, 503 for the process's, with Retry-After); a check nobody waits for stops."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from chain_of_custody.read_checks import BLOCK, VERIFIED, WHOLE_CHECKS, Abandoned, object_key, verify_whole
+from tests.conftest import start_server
+from tests.test_incidents_kit import bearer, store_item, user
+
+SIZE = 8 * BLOCK + 123
+READS = 24
+
+
+@pytest.fixture
+def served(services: Any) -> Iterator[tuple[Any, str]]:
+    VERIFIED.clear()
+    server, thread, url = start_server(services)
+    yield services, url
+    server.should_exit = True
+    thread.join(15)
+    VERIFIED.clear()
+
+
+def _count_store_reads(services: Any) -> list[int]:
+    """Bytes handed out by the store's read path from now on, one number per read."""
+    counted: list[int] = []
+    store = services.store
+    original = store.read
+
+    def read(key: str, version_id: str | None = None, offset: int = 0, length: int = 0, chunk: int = BLOCK):  # type: ignore[no-untyped-def]
+        at = len(counted)
+        counted.append(0)
+        for block in original(key, version_id, offset, length, chunk):
+            counted[at] += len(block)
+            yield block
+
+    store.read = read
+    return counted
+
+
+def test_many_tiny_ranges_read_the_clip_whole_once(served: Any) -> None:
+    s, url = served
+    user(s, "boss", "admin")
+    admin = bearer(s, "boss")
+    data = os.urandom(SIZE)
+    clip = store_item(s, data=data)
+    target = f"{url}/api/v1/evidence/{clip.id}/content"
+    reads = _count_store_reads(s)
+    starts = [(i * 7919 * 1013) % SIZE for i in range(READS)]
+
+    def tiny(start: int) -> httpx.Response:
+        return httpx.get(target, headers={**admin, "Range": f"bytes={start}-{start}"}, timeout=60)
+
+    health: list[float] = []
+
+    def probe() -> None:
+        for _ in range(5):
+            t = time.monotonic()
+            assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+            health.append(time.monotonic() - t)
+
+    prober = threading.Thread(target=probe)
+    with ThreadPoolExecutor(READS) as pool:
+        prober.start()
+        answers = list(pool.map(tiny, starts))
+    prober.join()
+    for start, r in zip(starts, answers, strict=True):
+        assert r.status_code == 206 and r.content == data[start : start + 1], (r.status_code, r.text[:200])
+    # One whole read (the check), and one block for each range: not a whole read per range.
+    assert sum(reads) <= SIZE + READS * BLOCK, (len(reads), sum(reads))
+    assert sum(1 for n in reads if n == SIZE) == 1, reads
+    assert len(health) == 5
+    # A later range costs its block only.
+    reads.clear()
+    r = tiny(SIZE - 1)
+    assert r.status_code == 206 and r.content == data[-1:]
+    assert reads == [SIZE - 8 * BLOCK]
+    # Every read is still on custody.
+    trail = httpx.get(f"{url}/api/v1/evidence/{clip.id}/custody", headers=admin).json()
+    assert sum(1 for e in trail if e["action"] == "viewed") == READS + 1
+
+
+def test_whole_checks_are_capped_per_person_and_per_process(served: Any) -> None:
+    s, url = served
+    user(s, "boss", "admin")
+    admin = bearer(s, "boss")
+    checked, fresh = store_item(s, data=os.urandom(2 * BLOCK)), store_item(s, data=os.urandom(2 * BLOCK))
+    r = httpx.get(f"{url}/api/v1/evidence/{checked.id}/content", headers={**admin, "Range": "bytes=5-9"})
+    assert r.status_code == 206
+    held: list[str] = []
+    try:
+        for _ in range(WHOLE_CHECKS.per_key):
+            WHOLE_CHECKS.take("user:boss")
+            held.append("user:boss")
+        r = httpx.get(f"{url}/api/v1/evidence/{fresh.id}/content", headers={**admin, "Range": "bytes=5-9"})
+        assert r.status_code == 429 and r.json()["reason"] == "checks_busy", r.text
+        assert r.headers["retry-after"] == str(s.settings.retry_after_seconds)
+        # An object checked lately needs no slot.
+        r = httpx.get(f"{url}/api/v1/evidence/{checked.id}/content", headers={**admin, "Range": "bytes=5-9"})
+        assert r.status_code == 206
+        WHOLE_CHECKS.give_back(held.pop())
+        n = 0
+        while WHOLE_CHECKS.held() < WHOLE_CHECKS.total:
+            WHOLE_CHECKS.take(f"user:other{n}")
+            held.append(f"user:other{n}")
+            n += 1
+        r = httpx.get(f"{url}/api/v1/evidence/{fresh.id}/content", headers={**admin, "Range": "bytes=5-9"})
+        assert r.status_code == 503 and r.json()["reason"] == "checks_busy", r.text
+        assert "retry-after" in r.headers
+        # A whole read costs what it sends: no slot.
+        r = httpx.get(f"{url}/api/v1/evidence/{fresh.id}/content", headers=admin)
+        assert r.status_code == 200 and len(r.content) == 2 * BLOCK
+    finally:
+        for key in held:
+            WHOLE_CHECKS.give_back(key)
+    assert WHOLE_CHECKS.held() == 0
+
+
+def test_a_whole_check_nobody_waits_for_stops(services: Any) -> None:
+    item = store_item(services, data=os.urandom(4 * BLOCK))
+    started = threading.Event()
+    result: list[object] = []
+
+    def never_called(check: Any) -> None:
+        started.set()
+
+    check = VERIFIED.join(object_key(item), never_called)
+    assert started.is_set()
+    VERIFIED.leave(check)
+    assert check.stop.is_set()
+    with pytest.raises(Abandoned):
+        verify_whole(services.store, item, check.stop)
+    check.result.set_result(result)  # type: ignore[arg-type]
+    fixity, digests = verify_whole(services.store, item)
+    assert fixity.ok and len(digests) == 4
