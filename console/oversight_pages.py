@@ -7,7 +7,8 @@ and any item's custody trail with the service's verification.
   (``GET /api/v1/evidence/{id}/retention``) and the legal holds in force with their reasons.
 - Custody: one item's metadata, retention and custody trail as ``GET /api/v1/evidence/{id}`` and
   ``.../custody`` give them (entries about incidents the person may not see are withheld); a button
-  runs ``POST /api/v1/custody/verify`` (administrators and auditors) and shows what it found.
+  starts ``POST /api/v1/custody/verify`` (administrators and auditors), a job the page follows at
+  ``GET /api/v1/custody/verify/{id}``, showing its progress and then what it found.
 """
 
 from __future__ import annotations

@@ -124,6 +124,11 @@ async def run_exports(services: Services) -> None:
     await services.exports.serve()
 
 
+async def run_verifications(services: Services) -> None:
+    """Run the custody verifications asked for over HTTP (``chain_of_custody.verify_jobs``)."""
+    await services.verifications.serve()
+
+
 async def run_consumer(services: Services) -> None:
     """The MQTT consumer as one of the application's background loops (stops when cancelled)."""
     companion = telemetry_process_wanted(services.settings)
@@ -155,7 +160,7 @@ def background_loops(settings: Settings) -> list[Loop]:
     """The loops this process runs beside the HTTP API. Lone-worker alarms need a broker (a host and
     the service's login): the MQTT consumer (unless ``EVIDENCE_MQTT_CONSUMER_ENABLED=false``), its
     telemetry companion when asked for, and the clock."""
-    loops: list[Loop] = [housekeeping, run_retention, run_exports]
+    loops: list[Loop] = [housekeeping, run_retention, run_exports, run_verifications]
     if not consumer_configured(settings):
         return loops
     if settings.mqtt_consumer_enabled:

@@ -4,10 +4,10 @@ rather than the copy inside the package (which a forger would replace with their
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from accounts.access import require_roles, services
@@ -15,7 +15,7 @@ from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.keys import SIGNING_KEY_PATH, published_key
 from chain_of_custody.tree_heads import TreeHeadLog
-from chain_of_custody.verify import VerifyOptions, verify_service
+from chain_of_custody.verify_jobs import CustodyVerification, Verifications, ask
 from incidents.access import VERIFIERS, visible_evidence
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX
@@ -77,41 +77,66 @@ class Finding(BaseModel):
     detail: str
 
 
-class VerifyOut(BaseModel):
-    ok: bool
-    entries_checked: int
+class VerificationOut(BaseModel):
+    id: str
+    status: str = Field(description="running, done (see ok and problems) or failed (see error)")
+    requested_by: str
     item_id: str | None
     objects_checked: bool
-    started_at: datetime
-    finished_at: datetime
+    progress: str | None = Field(description="what the verification is checking now")
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    ok: bool | None = Field(description="None until it is done")
+    entries_checked: int | None
     problems: list[Finding]
+    notes: list[str]
 
 
-@router.post("/api/v1/custody/verify", response_model=VerifyOut, responses=error_responses(404))
+def _verifications(s: CoreServices) -> Verifications:
+    return cast(Verifications, cast(Any, s).verifications)  # the application's, beside the core
+
+
+@router.post(
+    "/api/v1/custody/verify",
+    status_code=202,
+    response_model=VerificationOut,
+    responses=error_responses(404),
+)
 def verify(
     body: VerifyIn,
+    response: Response,
     user: Principal = Depends(require_roles(*VERIFIERS)),
     s: CoreServices = Depends(services),
 ) -> dict[str, Any]:
-    """Run ``evidence verify`` now, as the caller: the whole ledger chain, its checkpoints and tree
-    heads, and every item's row and stored object (or one item's), and say what it found. It reads
-    and changes nothing; each finding names what is wrong and where."""
-    started = datetime.now(UTC)
+    """Start ``evidence verify`` as a job: the whole ledger chain, its checkpoints and tree heads, and
+    every item's row and stored object (or one item's). It answers at once (202) with the job, to be
+    read at its ``Location`` until it is done; while one is running (one at a time, on any instance)
+    that one is the answer, whatever was asked. It reads and changes no evidence; each finding names
+    what is wrong and where."""
     if body.item_id is not None:
         with s.db.session() as session:
             if visible_evidence(session, user, body.item_id) is None:
                 raise HTTPException(404, "no such evidence item")
-    options = VerifyOptions(
-        check_objects=body.check_objects, item_ids=[body.item_id] if body.item_id else None
-    )
     with s.db.session() as session:
-        report = verify_service(session, s.store, s.key, options)
-    return {
-        "ok": report.ok,
-        "entries_checked": report.entries_checked,
-        "item_id": body.item_id,
-        "objects_checked": body.check_objects,
-        "started_at": started,
-        "finished_at": datetime.now(UTC),
-        "problems": [{"kind": p.kind, "where": p.where, "detail": p.detail} for p in report.problems],
-    }
+        job, new = ask(session, user.actor, body.item_id, body.check_objects)
+        out = job.to_json()
+    if new:
+        _verifications(s).wake()
+    response.headers["Location"] = f"/api/v1/custody/verify/{out['id']}"
+    return out
+
+
+@router.get("/api/v1/custody/verify/{job_id}", response_model=VerificationOut, responses=error_responses(404))
+def verification(
+    job_id: str = Path(max_length=36),
+    user: Principal = Depends(require_roles(*VERIFIERS)),
+    s: CoreServices = Depends(services),
+) -> dict[str, Any]:
+    """A verification asked for with ``POST /api/v1/custody/verify``: how it goes, and what it found."""
+    with s.db.session() as session:
+        job = session.get(CustodyVerification, job_id)
+        if job is None:
+            raise HTTPException(404, "no such verification")
+        return job.to_json()

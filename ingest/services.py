@@ -26,6 +26,7 @@ from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.tree_heads import TreeHeadLog
+from chain_of_custody.verify_jobs import Verifications
 from incidents import exhibits
 from incidents.export.jobs import ExportBuilds
 from incidents.retention import RetentionRules
@@ -60,6 +61,7 @@ class Services:
     alarms: AlarmService = field(init=False)
     alarm_feed: FeedWatcher = field(init=False)
     exports: ExportBuilds = field(init=False)
+    verifications: Verifications = field(init=False)
     mqtt_consumer: AlarmConsumer | None = None  # set by the loop that runs it (``ingest.app``)
     telemetry_process: TelemetryProcess | None = None  # likewise
 
@@ -70,6 +72,7 @@ class Services:
         # An alarm change committed here wakes this process's live streams at once.
         self.alarms.committed_listeners.append(self.alarm_feed.poke)
         self.exports = ExportBuilds(self)
+        self.verifications = Verifications(self)
 
     def close(self) -> None:
         self.db.dispose()

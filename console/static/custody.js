@@ -1,5 +1,6 @@
-// The custody page's verification: runs POST /api/v1/custody/verify as the signed-in person and
-// shows what it found, finding by finding (text only, never parsed as HTML).
+// The custody page's verification: asks for one with POST /api/v1/custody/verify as the signed-in
+// person (a job: the one already running, if any, is the answer), shows its progress while it runs
+// and what it found when done, finding by finding (text only, never parsed as HTML).
 import { ApiError, api, el } from "./common.js";
 
 const result = document.getElementById("verify-result");
@@ -10,7 +11,13 @@ async function run(body, button) {
   result.replaceChildren(el("p", {}, "Verifying… (", button.textContent, ")"));
   result.dataset.state = "running";
   try {
-    const report = await api("POST", "/api/v1/custody/verify", body);
+    let report = await api("POST", "/api/v1/custody/verify", body);
+    while (report.status === "running") {
+      result.replaceChildren(el("p", {}, "Verifying… (", button.textContent, "): ", report.progress || "waiting to start"));
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      report = await api("GET", `/api/v1/custody/verify/${encodeURIComponent(report.id)}`);
+    }
+    if (report.status === "failed") throw new ApiError(500, report.error || "the verification failed");
     const what = report.item_id ? `the ledger and item ${report.item_id}` : report.objects_checked ? "the ledger and every stored object" : "the ledger";
     const when = new Date(report.finished_at).toLocaleString("en-GB");
     const head = report.ok
