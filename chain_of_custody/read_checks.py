@@ -37,12 +37,12 @@ KEEP_OBJECTS = 512  # about 32 KiB of digests per GiB of object
 # Whole checks started by ranged reads: two at a time per person, four in all per process.
 WHOLE_CHECKS = Slots(total=4, per_key=2)
 
-Key = tuple[str, str | None, str, str | None, int]
+Key = tuple[str, str, str | None, str, str | None, int]
 
 
 def object_key(item: EvidenceItem) -> Key:
     """What the block digests are of: the object's version, and the digests its row records."""
-    return (item.object_key, item.version_id, item.sha256, item.blake3, item.size)
+    return (item.bucket, item.object_key, item.version_id, item.sha256, item.blake3, item.size)
 
 
 class Abandoned(Exception):
@@ -137,7 +137,7 @@ class VerifiedObjects:
         raise, e.g. when no slot is free: nothing is started then)."""
         with self._lock:
             running = self._running.get(key)
-            if running is None:
+            if running is None or running.stop.is_set():  # none, or one stopping as its readers left
                 running = WholeCheck()
                 start(running)
                 self._running[key] = running

@@ -130,18 +130,21 @@ def test_whole_checks_are_capped_per_person_and_per_process(served: Any) -> None
 
 def test_a_whole_check_nobody_waits_for_stops(services: Any) -> None:
     item = store_item(services, data=os.urandom(4 * BLOCK))
-    started = threading.Event()
-    result: list[object] = []
-
-    def never_called(check: Any) -> None:
-        started.set()
-
-    check = VERIFIED.join(object_key(item), never_called)
-    assert started.is_set()
+    started: list[object] = []
+    check = VERIFIED.join(object_key(item), started.append)
+    assert started == [check]
+    # A second reader of the same object waits on the same check.
+    assert VERIFIED.join(object_key(item), started.append) is check and started == [check]
+    VERIFIED.leave(check)
+    assert not check.stop.is_set()
     VERIFIED.leave(check)
     assert check.stop.is_set()
     with pytest.raises(Abandoned):
         verify_whole(services.store, item, check.stop)
-    check.result.set_result(result)  # type: ignore[arg-type]
+    # A reader arriving as it stops starts a check of its own.
+    again = VERIFIED.join(object_key(item), started.append)
+    assert again is not check and started == [check, again]
+    for c in (check, again):
+        c.result.set_exception(Abandoned(item.id))
     fixity, digests = verify_whole(services.store, item)
     assert fixity.ok and len(digests) == 4

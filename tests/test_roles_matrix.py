@@ -138,6 +138,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/custody/tree-head"): Rule(ok=frozenset({"admin", "auditor"})),
     ("GET", "/api/v1/custody/consistency"): Rule(ok=frozenset({"admin", "auditor"})),
     ("POST", "/api/v1/custody/verify"): Rule(ok=frozenset({"admin", "auditor"})),
+    ("GET", "/api/v1/custody/verify/{job_id}"): Rule(ok=frozenset({"admin", "auditor"})),
     # People and devices.
     ("POST", "/api/v1/staff"): Rule(ok=MANAGERS_ANY_SITE),
     ("POST", "/api/v1/devices/docks"): Rule(ok=MANAGERS_ANY_SITE),
@@ -374,6 +375,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/api/v1/statistics"): Sample(params={"by": ["month", "site"]}),
     ("GET", "/api/v1/custody/consistency"): Sample(params={"first": 1, "second": 1}),
     ("POST", "/api/v1/custody/verify"): Sample(json=lambda fx, p: {"item_id": fx.ids["item"]}),
+    ("GET", "/api/v1/custody/verify/{job_id}"): Sample(path={"job_id": "verification"}),
     ("POST", "/api/v1/evidence/{item_id}/redactions"): Sample(
         json=lambda fx, p: {"note": f"requested by {p}"}
     ),
@@ -531,6 +533,10 @@ def fx(sqlite_services):  # type: ignore[no-untyped-def]
         from redaction.jobs import enqueue
 
         ids["job"] = enqueue(session, item.id, "test").id
+    with s.db.session() as session:
+        from chain_of_custody.verify_jobs import ask
+
+        ids["verification"] = ask(session, "user:test", None, False)[0].id
     deletable = store_item(s, wearer="S-N", lock=timedelta(seconds=1))
     ids["deletable"] = deletable.id
     ids["deletable_lock"] = deletable.retain_until
