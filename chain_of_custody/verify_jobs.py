@@ -173,7 +173,7 @@ class Verifications:
                 options = VerifyOptions(
                     check_objects=job.check_objects, item_ids=[job.item_id] if job.item_id else None
                 )
-            with s.db.session() as session:
+            with s.db.reading() as session:  # holds no write lock while it runs (SQLite)
                 report = verify_service(session, s.store, s.key, options, progress)
             result = {
                 "ok": report.ok,

@@ -67,6 +67,9 @@ def dialect_insert(session: Session, table: Any) -> Any:
     return pg_insert(target) if is_postgres(session) else sqlite_insert(target)
 
 
+READ_ONLY = "evidence_read_only"  # an execution option: the transaction only reads
+
+
 def make_engine(url: str) -> Engine:
     """An engine tuned for the dialect: WAL and immediate transactions on SQLite, a pool on PostgreSQL."""
     if url.startswith("postgresql://"):
@@ -89,7 +92,10 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A transaction that only reads (``Database.reading``) takes no write lock.
+            conn.exec_driver_sql(
+                "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
+            )
 
         return engine
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -126,6 +132,16 @@ class Database:
             failed = s.info.pop(COMMIT_DUTY_FAILED, None)
             if failed is not None:
                 raise failed
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A transaction that only reads, rolled back at the end. On SQLite it begins without taking
+        the write lock, so a long read (a whole verification) does not hold every writer off."""
+        with Session(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False) as s:
+            try:
+                yield s
+            finally:
+                s.rollback()
 
     def dispose(self) -> None:
         self.engine.dispose()
