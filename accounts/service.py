@@ -42,6 +42,26 @@ class Principal:
         return f"user:{self.username}"
 
 
+def hold_person(session: Session, user_id: int) -> None:
+    """Take the person's row lock for the rest of the transaction, before counting what they hold
+    against a per-person cap (exports building, download links, redactions queued): two requests of
+    theirs at once then count one after the other, so the cap cannot be overshot by a race. On
+    PostgreSQL the row lock (``FOR UPDATE``); SQLite's writing transactions are serialised already
+    (``BEGIN IMMEDIATE``), so the same statement there is a plain read."""
+    session.execute(select(User.id).where(User.id == user_id).with_for_update())
+
+
+def principal_of(session: Session, actor: str) -> Principal | None:
+    """The person an actor string (``user:<name>``) names, as they are now: None when it names no
+    user, or one who is deactivated (what they did on their own authority stops with it)."""
+    if not actor.startswith("user:"):
+        return None
+    user = session.scalar(select(User).where(User.username == actor.removeprefix("user:")))
+    if user is None or not user.active:
+        return None
+    return Principal(user.id, user.username, user.role, user.site)
+
+
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

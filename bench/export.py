@@ -37,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402
 from isal.isal_zlib import crc32  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 
+from accounts.models import User  # noqa: E402
 from bench.common import PeakRSS, scratch, write_results  # noqa: E402
 from chain_of_custody.evidence import Provenance, record_evidence  # noqa: E402
 from chain_of_custody.models import EvidenceItem  # noqa: E402
@@ -46,6 +48,7 @@ from incidents.export.build import ExportResult, build_package  # noqa: E402
 from incidents.export.links import link_secret, make_link_token  # noqa: E402
 from incidents.export.models import ExportJob, ExportLink  # noqa: E402
 from incidents.export.plan import ExportRequest, OriginalsPermission, gather_items  # noqa: E402
+from incidents.service import IncidentDraft, create_incident  # noqa: E402
 from ingest.services import Services, build_services  # noqa: E402
 from storage.embedded import EmbeddedSeaweed  # noqa: E402
 from storage.settings import Settings  # noqa: E402
@@ -162,10 +165,16 @@ def download_link(s: Services, result: ExportResult) -> str:
     """A download link for the package, as the API would issue it (job and link rows, signed token)."""
     now = datetime.now(UTC)
     with s.db.session() as session:
+        # A link serves only while its issuer may still hand the package out: an administrator, and
+        # a real incident of the package.
+        if session.scalar(select(User).where(User.username == "bench")) is None:
+            session.add(User(username="bench", password_hash="-", role="admin"))
+        draft = IncidentDraft(category="physical_assault", occurred_at=now, site="BENCH")
+        incident_id = create_incident(session, draft, "user:bench").id
         session.add(
             ExportJob(
                 id=result.export_id,
-                incident_id="bench",
+                incident_id=incident_id,
                 requested_by="bench",
                 requester_role="admin",
                 scope="{}",
@@ -180,7 +189,7 @@ def download_link(s: Services, result: ExportResult) -> str:
             id=str(uuid.uuid4()),
             export_id=result.export_id,
             recipient="bench",
-            created_by="bench",
+            created_by="user:bench",
             expires_at=now + timedelta(hours=1),
         )
         session.add(link)

@@ -299,7 +299,12 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
     clip.unlink()
     page.goto(f"{base}/incidents")
     found = page.evaluate(
-        SEEK_SCRIPT, {"src": f"/api/v1/evidence/{item.id}/content", "seeks": ctx["seeks"], "seed": 20261202}
+        SEEK_SCRIPT,
+        {
+            "src": f"/api/v1/evidence/{item.id}/content?reason=benchmark+of+seeking",
+            "seeks": ctx["seeks"],
+            "seed": 20261202,
+        },
     )
     frames = [s["frame_ms"] / 1000 for s in found["seeks"] if s["frame_ms"] is not None]
     seeked = [s["seeked_ms"] / 1000 for s in found["seeks"]]
@@ -315,6 +320,7 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
             r = client.get(
                 f"/api/v1/evidence/{item.id}/content",
                 headers={"Range": f"bytes={offset}-{offset + 2**20 - 1}"},
+                params={"reason": "benchmark of seeking"},
             )
             routed.append(time.perf_counter() - t)
             assert r.status_code == 206 and r.content == got

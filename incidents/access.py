@@ -30,7 +30,7 @@ from chain_of_custody.entries import withhold
 from chain_of_custody.models import EvidenceItem
 from devices.models import Device, StaffMember
 
-from .models import Incident, IncidentAssignment, IncidentLink
+from .models import ExhibitReference, Incident, IncidentAssignment, IncidentLink
 
 INCIDENT_READERS = ("admin", "security_manager", "investigator")
 INCIDENT_WRITERS = ("admin", "security_manager", "investigator")
@@ -224,6 +224,8 @@ def may_link_alarm(viewer: Viewer) -> bool:
 # The alarm domain's table, by name and only the two columns the rule needs: ``alarms`` sits above
 # ``incidents`` in the layers, so this side reads the row rather than importing its model.
 _ALARMS = table("alarms", column("id", String), column("site", String))
+# Export packages, by name: ``incidents.export`` builds on this module, so the rule reads its rows.
+_EXPORTS = table("export_jobs", column("id", String), column("incident_id", String))
 
 
 def sees_alarm(session: Session, viewer: Viewer, alarm_id: str) -> bool:
@@ -242,19 +244,68 @@ def reads_whole_trails(viewer: Viewer) -> bool:
     return viewer.role in ("admin", "auditor")
 
 
+def item_family(session: Session, item_ids: Iterable[str]) -> set[str]:
+    """The items with their family: the originals they were derived from and everything derived from
+    those (a redacted copy, its redaction record, another version), up to ``DERIVATION_DEPTH`` each way.
+
+    A family shares its incidents: a copy inherits its original's links and holds, is packaged with
+    it, and is given exhibit references in the original's incidents, so what one member's custody
+    says of an incident may be said on any other member's."""
+    family = set(item_ids)
+    frontier = set(family)
+    for _ in range(DERIVATION_DEPTH):  # up to the originals
+        parents = set(
+            session.scalars(
+                select(EvidenceItem.derived_from_id).where(
+                    EvidenceItem.id.in_(frontier), EvidenceItem.derived_from_id.is_not(None)
+                )
+            )
+        )
+        frontier = {p for p in parents if p is not None} - family
+        if not frontier:
+            break
+        family |= frontier
+    frontier = set(family)
+    for _ in range(2 * DERIVATION_DEPTH):  # and down to everything made from them
+        children = set(
+            session.scalars(select(EvidenceItem.id).where(EvidenceItem.derived_from_id.in_(frontier)))
+        )
+        frontier = children - family
+        if not frontier:
+            break
+        family |= frontier
+    return family
+
+
 def hidden_incident_markers(session: Session, viewer: Viewer, item_ids: Iterable[str]) -> set[str]:
-    """Ids and references of the incidents the items were ever linked to that the viewer may not see:
-    what marks a custody entry (a link and its free-text reason, a hold, a retention change caused by
-    another incident) as not theirs to read. Admins and auditors see every trail whole."""
+    """What marks a custody entry as not the viewer's to read: the ids and references of the incidents
+    the items' family (``item_family``) was ever tied to that the viewer may not see, and the ids of
+    those incidents' export packages (an ``exported`` entry names its package only).
+
+    An incident is tied to the family by a link (open or ended) of any member, an exhibit reference
+    of any member, or a package of any member (a package is an item too). Admins and auditors see
+    every trail whole."""
     if reads_whole_trails(viewer):
         return set()
+    family = list(item_family(session, item_ids))
+    if not family:
+        return set()
+    tied = (
+        select(IncidentLink.incident_id)
+        .where(IncidentLink.target_id.in_(family))
+        .union(
+            select(ExhibitReference.incident_id).where(ExhibitReference.item_id.in_(family)),
+            select(_EXPORTS.c.incident_id).where(_EXPORTS.c.id.in_(family)),
+        )
+    )
     rows = session.execute(
-        select(Incident.id, Incident.reference)
-        .join(IncidentLink, IncidentLink.incident_id == Incident.id)
-        .where(IncidentLink.target_id.in_(list(item_ids)), ~incident_scope(viewer))
-        .distinct()
+        select(Incident.id, Incident.reference).where(Incident.id.in_(tied), ~incident_scope(viewer))
     ).all()
-    return {m for row in rows for m in row}
+    markers = {m for row in rows for m in row}
+    hidden_ids = [row.id for row in rows]
+    if hidden_ids:
+        markers |= set(session.scalars(select(_EXPORTS.c.id).where(_EXPORTS.c.incident_id.in_(hidden_ids))))
+    return markers
 
 
 def visible_incident_refs(session: Session, viewer: Viewer, refs: Iterable[str]) -> list[str]:
@@ -287,8 +338,10 @@ def readable_trail(
     session: Session, viewer: Viewer | None, item_id: str, entries: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """An item's custody entries as ``viewer`` may read them: an entry that names an incident they
-    may not see keeps its place and hash but not its content (``entries.withhold``), as in an export
-    package. ``viewer`` None is the service itself (everything)."""
+    may not see, or a package of one, keeps its place and hash but not its content
+    (``entries.withhold``), as in an export package. The incidents are those of the item's whole
+    family (``hidden_incident_markers``): a copy's trail names its original's incidents too.
+    ``viewer`` None is the service itself (everything)."""
     markers = set() if viewer is None else hidden_incident_markers(session, viewer, [item_id])
     return _withhold_marked(entries, markers)
 

@@ -8,6 +8,7 @@ under (an incident reference, the capture time and what the file is, never a bar
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.models import EvidenceItem
+from storage.errors import Refused
 
 from .access import Viewer, incident_scope, readable_retention
 from .models import Incident, IncidentLink
@@ -24,6 +26,7 @@ from .retention import RetentionRules, describe
 # Who may read an original (unredacted) clip: the roles that may read media at all. A page asks
 # them for a reason first, and the reason goes on the read's custody entry.
 ORIGINAL_KINDS = frozenset({"clip"})
+log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _VERSION = re.compile(r"-v(\d+)\.[A-Za-z0-9]+$")
 _EXTENSIONS = {"video/mp4": "mp4", "application/json": "json", "audio/mp4": "m4a", "audio/mpeg": "mp3"}
@@ -32,6 +35,28 @@ _EXTENSIONS = {"video/mp4": "mp4", "application/json": "json", "audio/mp4": "m4a
 def is_original(item: EvidenceItem) -> bool:
     """An original (unredacted) clip: the master copy of footage as it arrived."""
     return item.kind in ORIGINAL_KINDS and item.derived_from_id is None
+
+
+class ReasonRequired(Refused):
+    """An original read with no stated reason (422 ``reason_required``): the reason goes on the
+    read's custody entry, whichever client reads it (the console asks for one; the API insists)."""
+
+    status = 422
+    structured = True
+
+
+def require_reason(item: EvidenceItem, reason: str | None, actor: str, route: str) -> None:
+    """Refuse (:class:`ReasonRequired`, logged) a read of an original that states no reason; a
+    redacted copy, a record or a memo needs none. Every route that hands out an item's bytes to a
+    person calls this before the read's custody entry."""
+    if not is_original(item) or (reason is not None and reason.strip()):
+        return
+    log.warning("original read refused: no reason", extra={"item": item.id, "by": actor, "route": route})
+    raise ReasonRequired(
+        "reason_required",
+        f"evidence item {item.id} is an original: say why it is read (``reason``, 10 characters or "
+        "more), recorded on the read's custody entry; its redacted copy needs none",
+    )
 
 
 def incident_refs(session: Session, viewer: Viewer | None, item: EvidenceItem) -> list[str]:

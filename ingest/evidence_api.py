@@ -31,7 +31,13 @@ from incidents.access import (
     visible_evidence,
 )
 from incidents.exhibits import visible_exhibits
-from incidents.footage import content_disposition, download_name, incident_refs, scoped_retention
+from incidents.footage import (
+    content_disposition,
+    download_name,
+    incident_refs,
+    require_reason,
+    scoped_retention,
+)
 from incidents.retention import RetentionRules, delete_by_hand, set_legal_hold
 from storage.api_schema import error_responses
 from storage.bounds import MAX_OFFSET
@@ -181,8 +187,8 @@ async def content(
         None,
         min_length=10,
         max_length=2000,
-        description="why the item is read (recorded on the read's custody entry; the console asks for "
-        "one before it plays an original)",
+        description="why the item is read (recorded on the read's custody entry); required for an "
+        "original (422 ``reason_required`` without one), not for a redacted copy",
     ),
     user: Principal = Depends(require_roles(*MEDIA_ROLES)),
     s: CoreServices = Depends(services),
@@ -190,7 +196,8 @@ async def content(
     """Stream the item's bytes (HTTP Range supported); the read is a custody entry before any byte
     leaves, and the bytes are checked against the recorded digest as they stream (cut off and the
     item quarantined if they differ). A quarantined item is refused, except to an administrator
-    reviewing it with a stated ``review_reason`` (recorded on its custody). The download is named
+    reviewing it with a stated ``review_reason`` (recorded on its custody). An original is read only
+    with a stated ``reason`` (422 ``reason_required`` otherwise). The download is named
     for the incident, the capture time and what it is (``incidents.footage.download_name``)."""
     item = _item(s, item_id, user)
     if item.status == "deleted":
@@ -201,6 +208,7 @@ async def content(
             f"evidence item {item.id} is quarantined ({item.quarantine_reason}); it is not served as "
             "evidence (an administrator may read it for review, stating why)",
         )
+    require_reason(item, review_reason if item.status == "quarantined" else reason, user.actor, "content")
     with s.db.session() as session:
         refs = incident_refs(session, user, item)
     name = download_name(item, refs[0] if refs else None)

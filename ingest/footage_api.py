@@ -20,6 +20,7 @@ from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import quarantine_hook, read_item
 from incidents.access import EVIDENCE_MEDIA, visible_evidence
+from incidents.footage import require_reason
 from redaction.waveform import MAX_BUCKETS, waveform
 from storage.api_schema import error_responses
 from storage.slots import NoSlot, Slots
@@ -48,7 +49,10 @@ async def item_waveform(
     item_id: str,
     buckets: int = Query(1000, ge=1, le=MAX_BUCKETS),
     reason: str | None = Query(
-        None, min_length=10, max_length=2000, description="why an original is read (recorded on custody)"
+        None,
+        min_length=10,
+        max_length=2000,
+        description="why an original is read (recorded on custody; required for an original)",
     ),
     user: Principal = Depends(require_roles(*EVIDENCE_MEDIA)),
     s: CoreServices = Depends(services),
@@ -65,6 +69,7 @@ async def item_waveform(
         raise HTTPException(422, f"a {item.kind.replace('_', ' ')} has no sound to draw")
     if item.status != "stored":
         raise HTTPException(409, f"evidence item {item.id} is {item.status}; it is not served")
+    require_reason(item, reason, user.actor, "waveform")
 
     def compute() -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="waveform-") as scratch:

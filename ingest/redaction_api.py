@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from accounts.access import require_roles, services
-from accounts.service import Principal
+from accounts.service import Principal, hold_person
 from chain_of_custody.core import CoreServices
 from chain_of_custody.models import EvidenceItem
 from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, visible_evidence
@@ -97,6 +97,7 @@ def request_redaction(
             # A redacted copy is new evidence derived from its original: never from one that no
             # longer checks (quarantined) or is gone.
             raise HTTPException(409, f"evidence item {item_id} is {source.status}; it cannot be redacted")
+        hold_person(session, user.user_id)  # counted and queued as one step: no race past the cap
         waiting = session.scalar(
             select(func.count()).where(
                 RedactionJob.requested_by == user.actor, RedactionJob.status.in_(("queued", "running"))

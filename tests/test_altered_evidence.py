@@ -90,6 +90,9 @@ def _alter_on_disk(seaweed: EmbeddedSeaweed, data: bytes, offset: int) -> None:
     assert done, "object bytes and their needle checksum not found on the volume"
 
 
+READ = {"reason": "checking the footage"}  # an original is read with a stated reason
+
+
 def _clip(s: Any, wearer: str | None = None) -> tuple[EvidenceItem, bytes, bytes]:
     marker = b"EVIDENCE-SERVED-" + uuid.uuid4().hex.encode()
     data = marker + os.urandom(SIZE)
@@ -123,10 +126,10 @@ def test_altered_bytes_are_cut_off_and_the_item_quarantined(own_store: Any) -> N
     admin, manager = bearer(s, "boss"), bearer(s, "north")
     clip, data, marker = _clip(s, "S-N")
     target = f"{url}/api/v1/evidence/{clip.id}/content"
-    whole = httpx.get(target, headers=admin)
+    whole = httpx.get(target, headers=admin, params=READ)
     assert whole.status_code == 200 and whole.content == data
     _alter_on_disk(seaweed, data, SIZE // 2)
-    assert _cut_short(target, admin) < len(data)
+    assert _cut_short(target + "?reason=checking+the+footage", admin) < len(data)
     status, trail = _status(s, clip.id)
     assert status == "quarantined" and trail[-1]["action"] == "quarantined"
     assert "found while serving it to" in str(trail[-1]["details"])
@@ -158,16 +161,16 @@ def test_a_range_is_checked_against_the_whole_object_then_block_by_block(own_sto
     clip, data, marker = _clip(s)
     target = f"{url}/api/v1/evidence/{clip.id}/content"
     _alter_on_disk(seaweed, data, SIZE)
-    r = httpx.get(target, headers={**admin, "Range": "bytes=0-99"})
+    r = httpx.get(target, headers={**admin, "Range": "bytes=0-99"}, params=READ)
     assert r.status_code == 409 and r.json()["reason"] == "quarantined", r.text
     assert _status(s, clip.id)[0] == "quarantined"
     # Checked whole by a first range read; then changed inside a later range: not served.
     clip, data, marker = _clip(s)
     target = f"{url}/api/v1/evidence/{clip.id}/content"
-    r = httpx.get(target, headers={**admin, "Range": "bytes=0-99"})
+    r = httpx.get(target, headers={**admin, "Range": "bytes=0-99"}, params=READ)
     assert r.status_code == 206 and r.content == data[:100]
     _alter_on_disk(seaweed, data, SIZE)
-    assert _cut_short(target, {**admin, "Range": f"bytes={SIZE - 10}-{SIZE + 10}"}) < 21
+    assert _cut_short(target + "?reason=checking+the+footage", {**admin, "Range": f"bytes={SIZE - 10}-{SIZE + 10}"}) < 21
     status, trail = _status(s, clip.id)
     assert status == "quarantined" and trail[-1]["action"] == "quarantined"
     assert "found while serving it to" in str(trail[-1]["details"])
@@ -193,7 +196,7 @@ def test_a_row_that_disagrees_with_its_signed_record_is_not_served(own_store: An
                 size=other.size,
             )
         )
-    r = httpx.get(f"{url}/api/v1/evidence/{clip.id}/content", headers=admin)
+    r = httpx.get(f"{url}/api/v1/evidence/{clip.id}/content", headers=admin, params=READ)
     assert r.status_code == 409 and r.json()["reason"] == "record_altered", r.text
     status, trail = _status(s, clip.id)
     assert status == "quarantined" and trail[-1]["action"] == "quarantined"

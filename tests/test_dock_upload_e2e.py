@@ -69,7 +69,9 @@ def test_clip_becomes_locked_verified_evidence(live, tmp_path: Path) -> None:  #
 
     # Reading is a custody entry; ranges work.
     r = httpx.get(
-        f"{live.url}/api/v1/evidence/{item_id}/content", headers={**live.admin(), "Range": "bytes=0-99"}
+        f"{live.url}/api/v1/evidence/{item_id}/content",
+        headers={**live.admin(), "Range": "bytes=0-99"},
+        params={"reason": "checking the upload"},
     )
     assert r.status_code == 206 and r.content == data[:100]
     trail = httpx.get(f"{live.url}/api/v1/evidence/{item_id}/custody", headers=live.admin()).json()

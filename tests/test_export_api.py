@@ -24,6 +24,7 @@ from blake3 import blake3
 from sqlalchemy import select, update
 
 import incidents.export.media as export_module
+from accounts.models import User
 from accounts.service import create_user
 from chain_of_custody.evidence import Provenance
 from chain_of_custody.models import CustodyEntry, EvidenceItem
@@ -32,6 +33,7 @@ from incidents.export.build import build_package
 from incidents.export.links import LinkRefused, check_link_token, link_secret, make_link_token
 from incidents.export.models import ExportJob, ExportLink
 from incidents.export.plan import ExportRequest, gather_items
+from incidents.service import IncidentDraft, create_incident
 from storage.embedded import EmbeddedSeaweed
 from tests.clipkit import enrol
 from tests.conftest import ADMIN_PASSWORD, free_base_port, free_port, make_settings, start_server, wait_for
@@ -363,6 +365,16 @@ def private_services(tmp_path: Path):  # type: ignore[no-untyped-def]
     seaweed.stop()
 
 
+def link_issuer(s, username: str) -> str:  # type: ignore[no-untyped-def]
+    """An administrator ``username`` (made once) and an incident of theirs, for a link issued as the
+    API issues it: a link serves only while its issuer may still hand the package out; the incident's id."""
+    with s.db.session() as session:
+        if session.scalar(select(User).where(User.username == username)) is None:
+            session.add(User(username=username, password_hash="-", role="admin"))
+        draft = IncidentDraft(category="physical_assault", occurred_at=datetime.now(UTC), site="NORTH")
+        return create_incident(session, draft, f"user:{username}").id
+
+
 def package_with_link(s, item_ids: list[str], **kw: Any) -> tuple[Any, str]:  # type: ignore[no-untyped-def]
     """A package of the items, its job row and a download link, as the API would make them; (result, token)."""
     with s.db.session() as session:
@@ -378,11 +390,12 @@ def package_with_link(s, item_ids: list[str], **kw: Any) -> tuple[Any, str]:  # 
         ExportRequest(export_id, {"reference": "INC-1"}, "user:inv", now + timedelta(days=1)),
         **kw,
     )
+    incident_id = link_issuer(s, "inv")
     with s.db.session() as session:
         session.add(
             ExportJob(
                 id=export_id,
-                incident_id="inc",
+                incident_id=incident_id,
                 requested_by="user:inv",
                 requester_role="investigator",
                 scope="{}",

@@ -148,7 +148,9 @@ def _record(f: Footage, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rms(f: Footage, item_id: str, start: float, end: float) -> float:
-    data = httpx.get(f"{f.url}/api/v1/evidence/{item_id}/content", headers=f.admin).content
+    data = httpx.get(
+        f"{f.url}/api/v1/evidence/{item_id}/content", headers=f.admin, params={"reason": "checking the sound"}
+    ).content
     done = subprocess.run(
         [ffmpeg_exe(), "-v", "error", "-i", "pipe:0", "-ss", str(start), "-t", str(end - start),
          "-vn", "-ac", "1", "-ar", "16000", "-f", "s16le", "-"],
@@ -337,7 +339,11 @@ def test_the_original_needs_a_reason_and_a_role_allowed_pictures(footage: Footag
     reads = [e for e in trail if e["action"] == "viewed" and (e["details"] or {}).get("reason") == reason]
     assert reads and all(e["actor"].endswith("investigator") for e in reads)
     # The download is named for the incident, the capture time and what it is.
-    r = httpx.get(f"{f.url}/api/v1/evidence/{f.clip_id}/content", headers={**f.admin, "Range": "bytes=0-9"})
+    r = httpx.get(
+        f"{f.url}/api/v1/evidence/{f.clip_id}/content",
+        headers={**f.admin, "Range": "bytes=0-9"},
+        params={"reason": "checking the download name"},
+    )
     assert r.status_code == 206
     assert (
         r.headers["content-disposition"]

@@ -57,7 +57,8 @@ def test_out_of_scope_gets_404_for_incident_and_evidence(live) -> None:  # type:
     evidence_urls = [
         f"{api}/evidence/{item}{suffix}"
         for item in (linked.id, redacted.id)
-        for suffix in ("", "/custody", "/content", "/retention")
+        # An original is read with a stated reason (recorded on the read's custody entry).
+        for suffix in ("", "/custody", "/content?reason=checking+the+incident", "/retention")
     ]
     for who in ("north_mgr", "inv"):
         for url in incident_urls + evidence_urls:

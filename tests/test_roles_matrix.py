@@ -325,6 +325,9 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("DELETE", "/api/v1/dock/uploads/{upload_id}"): Sample(
         headers=_tus, prepare=lambda fx: {"upload_id": _new_upload(fx)}
     ),
+    # An original is read only with a stated reason (recorded on the read's custody entry).
+    ("GET", "/api/v1/evidence/{item_id}/content"): Sample(params={"reason": "checking the footage"}),
+    ("GET", "/api/v1/evidence/{item_id}/waveform"): Sample(params={"reason": "checking the footage"}),
     ("PUT", "/api/v1/evidence/{item_id}/legal-hold"): Sample(
         json=lambda fx, p: {"hold": True, "reason": "police request"}
     ),

@@ -86,6 +86,7 @@ def test_parts_in_flight_per_upload_and_across_the_service(tmp_path: Path, seawe
             r = httpx.get(
                 f"{url}/api/v1/evidence/{item.headers['evidence-item-id']}/content",
                 headers=admin,
+                params={"reason": "checking the upload"},
             )
             assert r.status_code == 200 and r.content == clip
     finally:
@@ -211,7 +212,11 @@ def test_refused_final_chunk_leaves_no_trace_and_its_retry_completes(tmp_path: P
         assert httpx.head(loc, headers=h).headers["upload-offset"] == str(cut)
         done = patch(cut, rest, rest)
         assert done.status_code == 204 and done.headers["evidence-status"] == "stored"
-        got = httpx.get(f"{url}/api/v1/evidence/{done.headers['evidence-item-id']}/content", headers=admin)
+        got = httpx.get(
+            f"{url}/api/v1/evidence/{done.headers['evidence-item-id']}/content",
+            headers=admin,
+            params={"reason": "checking the upload"},
+        )
         assert got.status_code == 200 and got.content == data
     finally:
         server.should_exit = True

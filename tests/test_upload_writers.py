@@ -123,7 +123,12 @@ def _row(live: LiveServer, location: str) -> Upload:
 
 
 def _content(live: LiveServer, item_id: str) -> bytes:
-    r = httpx.get(f"{live.url}/api/v1/evidence/{item_id}/content", headers=live.admin(), timeout=60)
+    r = httpx.get(
+        f"{live.url}/api/v1/evidence/{item_id}/content",
+        headers=live.admin(),
+        params={"reason": "checking the upload"},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     return r.content
 

@@ -26,7 +26,8 @@ from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from accounts.access import require_roles, services
+from accounts.access import require_roles, sees_site, services
+from accounts.service import hold_person, principal_of
 from chain_of_custody import package_layout as pl
 from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import parse_range, quarantine, quarantine_hook
@@ -41,6 +42,7 @@ from storage.objects import StorageError
 from storage.streams import BlocksOnThread, blocks_in_thread
 
 from ..access import EVIDENCE_MEDIA, INCIDENT_MANAGERS, Viewer, visible_evidence_ids, visible_incident
+from ..models import Incident, IncidentAssignment
 from .assemble import assemble, items_read, read_layout
 from .disclosure import DisclosureEvent, disclosure_log, to_csv
 from .jobs import ExportBuilds
@@ -253,6 +255,7 @@ def request_export(
                 422, "exporting original footage needs a stated reason (10 characters or more)"
             )
     with s.db.session() as session:
+        hold_person(session, user.user_id)  # counted and inserted as one step (see ``_within_share``)
         _within_share(
             session,
             select(func.count()).where(ExportJob.requested_by == user.actor, ExportJob.status == "building"),
@@ -309,7 +312,10 @@ def _within_share(
     what: str,
     retry_after: int | None = None,
 ) -> None:
-    """Refuse (429) one more of something costly when the caller already holds ``limit`` of them."""
+    """Refuse (429) one more of something costly when the caller already holds ``limit`` of them.
+
+    The caller takes their own row lock first (``accounts.service.hold_person``) and adds the new row
+    in the same transaction: requests of theirs at once count one after the other, never together."""
     held = int(session.scalar(count) or 0)
     if held >= limit:
         log.warning("share refused", extra={"reason": reason, "held": held, "limit": limit})
@@ -388,6 +394,7 @@ def create_link(
             raise HTTPException(403, "this package holds evidence you may not hand out")
         if job.status != "ready":
             raise HTTPException(409, f"the export is {job.status}, not ready")
+        hold_person(session, user.user_id)
         _within_share(
             session,
             select(func.count()).where(
@@ -444,14 +451,48 @@ def create_link(
     }
 
 
+def may_revoke(session: Session, user: Viewer, job: ExportJob, link: ExportLink) -> bool:
+    """Whether ``user`` may revoke the link: the person who issued it (even once they no longer see
+    the incident: taking back what they handed out only narrows it), an investigator assigned to the
+    incident now, or an administrator or a security manager of the incident's site. Seeing the
+    incident is not enough on its own: the rule says who answers for the disclosure."""
+    if user.actor == link.created_by:
+        return True
+    incident = session.get(Incident, job.incident_id)
+    if incident is None:
+        return False
+    if user.role == "admin":
+        return True
+    if user.role == "security_manager":
+        return incident.site is not None and sees_site(user, incident.site)
+    if user.role == "investigator":
+        assigned = session.scalar(
+            select(IncidentAssignment.id).where(
+                IncidentAssignment.incident_id == incident.id,
+                IncidentAssignment.user_id == user.user_id,
+                IncidentAssignment.unassigned_at.is_(None),
+            )
+        )
+        return assigned is not None
+    return False
+
+
 @router.delete("/exports/{export_id}/links/{link_id}", status_code=204)
 def revoke_link(
     export_id: str, link_id: str, user: Viewer = exporters, s: CoreServices = Depends(services)
 ) -> Response:
+    """Revoke a download link (a ``link_revoked`` custody entry on the package): its issuer, an
+    investigator assigned to the incident, or an administrator or security manager of its site
+    (``may_revoke``); anyone else gets 404, as for a link they cannot see."""
     with s.db.session() as session:
-        job = visible_job(session, user, export_id)
+        job = session.get(ExportJob, export_id)
         link = session.get(ExportLink, link_id)
-        if link is None or link.export_id != job.id:
+        if (
+            job is None
+            or link is None
+            or link.export_id != job.id
+            or not may_revoke(session, user, job, link)
+        ):
             raise HTTPException(404, "no such link")
         if link.revoked_at is None:
             link.revoked_at = datetime.now(UTC)
@@ -477,7 +518,24 @@ def _live_link(s: CoreServices, session: Session, token: str, now: datetime) -> 
         raise LinkRefused(410, "this download link was revoked")
     if link.expires_at <= now:
         raise LinkRefused(410, "this download link has expired")
+    job = session.get(ExportJob, link.export_id)
+    if job is None or not issuer_still_may(session, job, link):
+        log.warning("download link refused: its issuer's access ended", extra={"link": link.id})
+        raise LinkRefused(410, "this download link is no longer good: whoever issued it no longer has access")
     return link
+
+
+def issuer_still_may(session: Session, job: ExportJob, link: ExportLink) -> bool:
+    """Whether the person who issued the link could issue it now: still an active user, who sees the
+    incident and may hand out everything the package holds (``may_hand_out``). A link hands out the
+    package on its issuer's authority, so it lasts no longer than that authority does (unassigned,
+    moved to another site, given another role, deactivated)."""
+    issuer = principal_of(session, link.created_by)
+    if issuer is None or issuer.role not in EXPORTERS:
+        return False
+    if visible_incident(session, issuer, job.incident_id) is None:
+        return False
+    return may_hand_out(session, issuer, job)
 
 
 @router.get("/exports/download/{token}/about", response_model=LinkPage)
