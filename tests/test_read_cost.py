@@ -56,7 +56,7 @@ def test_many_tiny_ranges_read_the_clip_whole_once(served: Any) -> None:
     admin = bearer(s, "boss")
     data = os.urandom(SIZE)
     clip = store_item(s, data=data)
-    target = f"{url}/api/v1/evidence/{clip.id}/content"
+    target = f"{url}/api/v1/evidence/{clip.id}/content?reason=checking+the+footage"
     reads = _count_store_reads(s)
     starts = [(i * 7919 * 1013) % SIZE for i in range(READS)]
 
@@ -97,18 +97,18 @@ def test_whole_checks_are_capped_per_person_and_per_process(served: Any) -> None
     user(s, "boss", "admin")
     admin = bearer(s, "boss")
     checked, fresh = store_item(s, data=os.urandom(2 * BLOCK)), store_item(s, data=os.urandom(2 * BLOCK))
-    r = httpx.get(f"{url}/api/v1/evidence/{checked.id}/content", headers={**admin, "Range": "bytes=5-9"})
+    r = httpx.get(f"{url}/api/v1/evidence/{checked.id}/content?reason=checking+the+footage", headers={**admin, "Range": "bytes=5-9"})
     assert r.status_code == 206
     held: list[str] = []
     try:
         for _ in range(WHOLE_CHECKS.per_key):
             WHOLE_CHECKS.take("user:boss")
             held.append("user:boss")
-        r = httpx.get(f"{url}/api/v1/evidence/{fresh.id}/content", headers={**admin, "Range": "bytes=5-9"})
+        r = httpx.get(f"{url}/api/v1/evidence/{fresh.id}/content?reason=checking+the+footage", headers={**admin, "Range": "bytes=5-9"})
         assert r.status_code == 429 and r.json()["reason"] == "checks_busy", r.text
         assert r.headers["retry-after"] == str(s.settings.retry_after_seconds)
         # An object checked lately needs no slot.
-        r = httpx.get(f"{url}/api/v1/evidence/{checked.id}/content", headers={**admin, "Range": "bytes=5-9"})
+        r = httpx.get(f"{url}/api/v1/evidence/{checked.id}/content?reason=checking+the+footage", headers={**admin, "Range": "bytes=5-9"})
         assert r.status_code == 206
         WHOLE_CHECKS.give_back(held.pop())
         n = 0
@@ -116,11 +116,11 @@ def test_whole_checks_are_capped_per_person_and_per_process(served: Any) -> None
             WHOLE_CHECKS.take(f"user:other{n}")
             held.append(f"user:other{n}")
             n += 1
-        r = httpx.get(f"{url}/api/v1/evidence/{fresh.id}/content", headers={**admin, "Range": "bytes=5-9"})
+        r = httpx.get(f"{url}/api/v1/evidence/{fresh.id}/content?reason=checking+the+footage", headers={**admin, "Range": "bytes=5-9"})
         assert r.status_code == 503 and r.json()["reason"] == "checks_busy", r.text
         assert "retry-after" in r.headers
         # A whole read costs what it sends: no slot.
-        r = httpx.get(f"{url}/api/v1/evidence/{fresh.id}/content", headers=admin)
+        r = httpx.get(f"{url}/api/v1/evidence/{fresh.id}/content?reason=checking+the+footage", headers=admin)
         assert r.status_code == 200 and len(r.content) == 2 * BLOCK
     finally:
         for key in held:
