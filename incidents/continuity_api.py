@@ -23,8 +23,12 @@ from .continuity_statement import render_statement_html, render_text
 
 router = APIRouter(prefix="/api/v1", tags=["continuity"])
 
-REPORT: dict[int | str, dict[str, Any]] = {200: {"description": "the report", "content": {"text/html": {}, "application/pdf": {}}}}
-STATEMENT: dict[int | str, dict[str, Any]] = {200: {"description": "the draft", "content": {"text/plain": {}, "text/html": {}}}}
+REPORT: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the report", "content": {"text/html": {}, "application/pdf": {}}}
+}
+STATEMENT: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the draft", "content": {"text/plain": {}, "text/html": {}}}
+}
 ReportFormat = Literal["html", "pdf"]
 StatementFormat = Literal["txt", "html"]
 

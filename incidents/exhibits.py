@@ -91,7 +91,13 @@ def producer_of(session: Session, item: EvidenceItem, actor: str) -> Producer:
 
 
 def assign(
-    session: Session, ledger: Ledger, incident: Incident, item: EvidenceItem, actor: str, *, record: bool = True
+    session: Session,
+    ledger: Ledger,
+    incident: Incident,
+    item: EvidenceItem,
+    actor: str,
+    *,
+    record: bool = True,
 ) -> ExhibitReference:
     """The item's reference in the incident, given now if it has none (under the ledger lock, which
     serialises numbering; the unique indexes are the backstop). A new reference is an

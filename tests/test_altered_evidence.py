@@ -170,7 +170,12 @@ def test_a_range_is_checked_against_the_whole_object_then_block_by_block(own_sto
     r = httpx.get(target, headers={**admin, "Range": "bytes=0-99"}, params=READ)
     assert r.status_code == 206 and r.content == data[:100]
     _alter_on_disk(seaweed, data, SIZE)
-    assert _cut_short(target + "?reason=checking+the+footage", {**admin, "Range": f"bytes={SIZE - 10}-{SIZE + 10}"}) < 21
+    assert (
+        _cut_short(
+            target + "?reason=checking+the+footage", {**admin, "Range": f"bytes={SIZE - 10}-{SIZE + 10}"}
+        )
+        < 21
+    )
     status, trail = _status(s, clip.id)
     assert status == "quarantined" and trail[-1]["action"] == "quarantined"
     assert "found while serving it to" in str(trail[-1]["details"])

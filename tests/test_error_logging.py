@@ -173,6 +173,9 @@ def test_a_download_links_token_never_reaches_the_log() -> None:
     from ingest.logging_setup import scrub
 
     lowercase_mac = "e0a80691-18cb-450b-85cc-74f8e89d8a9c.1796391095." + "abcdef" * 7
-    for path in (f"/api/v1/exports/download/{lowercase_mac}", f"/api/v1/exports/download/{lowercase_mac}/about"):
+    for path in (
+        f"/api/v1/exports/download/{lowercase_mac}",
+        f"/api/v1/exports/download/{lowercase_mac}/about",
+    ):
         line = scrub(f"request refused path={path} status=416")
         assert lowercase_mac not in line and "/exports/download/[redacted]" in line, line

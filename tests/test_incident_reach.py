@@ -77,7 +77,9 @@ def test_a_manager_links_only_an_alarm_of_their_own_site(live: Any) -> None:
     url = f"{live.url}/api/v1/incidents/{incident}/links"
 
     def link(target: str) -> httpx.Response:
-        return httpx.post(url, json={"kind": "alarm", "target_id": target, "reason": "raised nearby"}, headers=headers)
+        return httpx.post(
+            url, json={"kind": "alarm", "target_id": target, "reason": "raised nearby"}, headers=headers
+        )
 
     for target in (south, south_clip.id, "no-such-alarm"):
         r = link(target)

@@ -97,18 +97,27 @@ def test_whole_checks_are_capped_per_person_and_per_process(served: Any) -> None
     user(s, "boss", "admin")
     admin = bearer(s, "boss")
     checked, fresh = store_item(s, data=os.urandom(2 * BLOCK)), store_item(s, data=os.urandom(2 * BLOCK))
-    r = httpx.get(f"{url}/api/v1/evidence/{checked.id}/content?reason=checking+the+footage", headers={**admin, "Range": "bytes=5-9"})
+    r = httpx.get(
+        f"{url}/api/v1/evidence/{checked.id}/content?reason=checking+the+footage",
+        headers={**admin, "Range": "bytes=5-9"},
+    )
     assert r.status_code == 206
     held: list[str] = []
     try:
         for _ in range(WHOLE_CHECKS.per_key):
             WHOLE_CHECKS.take("user:boss")
             held.append("user:boss")
-        r = httpx.get(f"{url}/api/v1/evidence/{fresh.id}/content?reason=checking+the+footage", headers={**admin, "Range": "bytes=5-9"})
+        r = httpx.get(
+            f"{url}/api/v1/evidence/{fresh.id}/content?reason=checking+the+footage",
+            headers={**admin, "Range": "bytes=5-9"},
+        )
         assert r.status_code == 429 and r.json()["reason"] == "checks_busy", r.text
         assert r.headers["retry-after"] == str(s.settings.retry_after_seconds)
         # An object checked lately needs no slot.
-        r = httpx.get(f"{url}/api/v1/evidence/{checked.id}/content?reason=checking+the+footage", headers={**admin, "Range": "bytes=5-9"})
+        r = httpx.get(
+            f"{url}/api/v1/evidence/{checked.id}/content?reason=checking+the+footage",
+            headers={**admin, "Range": "bytes=5-9"},
+        )
         assert r.status_code == 206
         WHOLE_CHECKS.give_back(held.pop())
         n = 0
@@ -116,7 +125,10 @@ def test_whole_checks_are_capped_per_person_and_per_process(served: Any) -> None
             WHOLE_CHECKS.take(f"user:other{n}")
             held.append(f"user:other{n}")
             n += 1
-        r = httpx.get(f"{url}/api/v1/evidence/{fresh.id}/content?reason=checking+the+footage", headers={**admin, "Range": "bytes=5-9"})
+        r = httpx.get(
+            f"{url}/api/v1/evidence/{fresh.id}/content?reason=checking+the+footage",
+            headers={**admin, "Range": "bytes=5-9"},
+        )
         assert r.status_code == 503 and r.json()["reason"] == "checks_busy", r.text
         assert "retry-after" in r.headers
         # A whole read costs what it sends: no slot.
