@@ -81,7 +81,7 @@ def list_redactions(
     "/evidence/{item_id}/redactions",
     response_model=RedactionJobOut,
     status_code=202,
-    responses=error_responses(429),
+    responses=error_responses(403, 429),
 )
 def request_redaction(
     item_id: str,
