@@ -162,9 +162,8 @@ class RedactionWorker:
             "detector": result.detector,
             "settings": result.settings,
             "plan": result.plan,
-            "edits": edits,
+            "edits": edits,  # its exclusions are the tracks left visible, each with its reason
             "requested_by": job.requested_by,
-            "left_visible": visible,
             "frames": result.frames,
             "tracks": result.tracks,
             "original_sha256": None,

@@ -115,7 +115,8 @@ def test_a_redaction_may_not_hide_less_than_the_defaults_nor_leave_anyone_visibl
     # The copy's custody (and the original's) and its redaction record name whom it leaves visible.
     for item_id in (copy_id, clip.id):
         [done] = [json.loads(e.details) for e in custody_of(s, item_id) if e.action == "redacted"][-1:]
-        assert done["left_visible"] == left and done["requested_by"] == "user:boss"
+        assert done["requested_by"] == "user:boss"
+        assert [{**e, "by": done["requested_by"]} for e in done["edits"]["exclusions"]] == left
     assert record["left_visible"] == left and record["requested_by"] == "user:boss"
 
     # A package holding that copy says which version it is and whom it leaves visible, and by whom.

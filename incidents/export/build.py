@@ -212,7 +212,9 @@ def _selection(p: PlannedItem, chain: list[dict[str, Any]]) -> dict[str, Any]:
         "redaction_version": done.get("version"),
         "redaction_job": done.get("job"),
         "requested_by": done.get("requested_by"),
-        "left_visible": done.get("left_visible", (done.get("edits") or {}).get("exclusions", [])),
+        "left_visible": [
+            {**e, "by": done.get("requested_by")} for e in (done.get("edits") or {}).get("exclusions", [])
+        ],
     }
 
 
