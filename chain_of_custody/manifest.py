@@ -133,6 +133,9 @@ class ItemRecord:
     # The item's exhibit reference in the incident exported (``JS/1``), and master or working copy.
     exhibit_reference: str | None = None
     copy_type: str | None = None
+    # For a redacted copy (and its redaction record) that goes in: which redaction of the clip it
+    # is and why the package holds this one (``{"redaction_version", "why", "left_visible", ...}``).
+    selection: dict[str, Any] | None = None
 
     @property
     def custody_path(self) -> str:
@@ -167,6 +170,7 @@ class ItemRecord:
             "captured_stop": self.captured_stop,
             "exhibit_reference": self.exhibit_reference,
             "copy_type": self.copy_type,
+            **({"selection": self.selection} if self.selection is not None else {}),
         }
 
 

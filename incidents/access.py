@@ -35,6 +35,9 @@ from .models import ExhibitReference, Incident, IncidentAssignment, IncidentLink
 INCIDENT_READERS = ("admin", "security_manager", "investigator")
 INCIDENT_WRITERS = ("admin", "security_manager", "investigator")
 INCIDENT_MANAGERS = ("admin", "security_manager")  # assign investigators, legal holds
+# Who may release a face unhidden: export original footage, or leave a person visible in a redacted
+# copy (an exclusion), each with a stated reason recorded in custody.
+ORIGINALS_RELEASERS = INCIDENT_MANAGERS
 EVIDENCE_METADATA = ("admin", "security_manager", "investigator", "auditor")
 EVIDENCE_MEDIA = ("admin", "security_manager", "investigator")
 EVIDENCE_HOLDERS = ("admin", "security_manager")

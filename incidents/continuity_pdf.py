@@ -136,6 +136,9 @@ def render_pdf(report: Continuity) -> bytes:
             rows,
             colWidths=[8 * mm, 30 * mm, 55 * mm, 35 * mm, 40 * mm, width - 218 * mm, 50 * mm],
             repeatRows=1,
+            # A step with many details (a redaction's settings, tracks and edits) may be taller
+            # than a page: it goes on over the page break rather than failing the whole package.
+            splitInRow=1,
         )
         steps.setStyle(GRID)
         flow += [Spacer(1, 3 * mm), steps]

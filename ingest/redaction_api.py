@@ -17,10 +17,11 @@ from accounts.access import require_roles, services
 from accounts.service import Principal, hold_person
 from chain_of_custody.core import CoreServices
 from chain_of_custody.models import EvidenceItem
-from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, visible_evidence
+from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, ORIGINALS_RELEASERS, visible_evidence
 from redaction.jobs import enqueue
 from redaction.models import RedactionJob
-from redaction.spec import RedactionSpec
+from redaction.pipeline import RedactionSettings
+from redaction.spec import RedactionSpec, check_request
 from storage.api_schema import error_responses
 from storage.errors import Refused
 
@@ -80,7 +81,7 @@ def list_redactions(
     "/evidence/{item_id}/redactions",
     response_model=RedactionJobOut,
     status_code=202,
-    responses=error_responses(429),
+    responses=error_responses(403, 429),
 )
 def request_redaction(
     item_id: str,
@@ -89,8 +90,19 @@ def request_redaction(
     user: Principal = Depends(require_roles(*EVIDENCE_MEDIA)),
     s: CoreServices = Depends(services),
 ) -> RedactionJobOut:
-    """Queue a new version with the investigator's manual regions, exclusions and audio edits."""
+    """Queue a new version with the investigator's manual regions, exclusions and audio edits.
+
+    A version never hides less than the service's own settings (``redaction.spec.check_request``);
+    leaving a person visible (an exclusion) needs the authority that releasing original footage
+    needs, and a stated reason, both recorded in the new copy's custody."""
     _visible_clip(s, user, item_id)
+    check_request(
+        spec,
+        RedactionSettings.from_settings(s.settings),
+        role=user.role,
+        actor=user.actor,
+        may_leave_visible=ORIGINALS_RELEASERS,
+    )
     with s.db.session() as session:
         source = session.get(EvidenceItem, item_id)
         if source is not None and source.status != "stored":

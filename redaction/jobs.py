@@ -44,6 +44,7 @@ class ClaimedJob:
     spec: dict[str, Any]
     attempts: int
     lease_owner: str
+    requested_by: str | None = None
 
 
 def enqueue(
@@ -117,7 +118,9 @@ def claim(session: Session, owner: str, lease: timedelta, now: datetime | None =
     job.attempts += 1
     job.started_at = now
     session.flush()
-    return ClaimedJob(job.id, job.source_item_id, job.version, json.loads(job.spec), job.attempts, owner)
+    return ClaimedJob(
+        job.id, job.source_item_id, job.version, json.loads(job.spec), job.attempts, owner, job.requested_by
+    )
 
 
 def renew(

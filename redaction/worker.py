@@ -27,9 +27,9 @@ from storage.objects import ObjectStore
 from storage.settings import Settings
 
 from . import jobs
-from .pipeline import RedactionResult
+from .pipeline import RedactionResult, RedactionSettings
 from .runner import redact_file
-from .spec import RedactionSpec
+from .spec import RedactionSpec, check_settings, left_visible
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class RedactionWorker:
     # -- one job -----------------------------------------------------------------------------
     def _run(self, job: jobs.ClaimedJob) -> None:
         spec = RedactionSpec.model_validate(job.spec)
+        # However the job was queued, it never hides less than the service's settings.
+        check_settings(spec, RedactionSettings.from_settings(self.settings), job.requested_by or "")
         self.scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.scratch) as tmp:
             src = Path(tmp) / "original.mp4"
@@ -140,7 +142,11 @@ class RedactionWorker:
         base = f"redacted/{now:%Y/%m/%d}/{job.source_item_id}/v{job.version}"
         with open(dst, "rb") as f:
             video = self.store.put_stream(f"{base}.mp4", f, retain_until=retain, content_type="video/mp4")
-        record_bytes = json.dumps(result.to_json(), separators=(",", ":")).encode()
+        # Who asked for this version, and each person it leaves visible (the exclusion's track, span
+        # and stated reason) and by whose request: in the record, and in the copy's custody below.
+        visible = left_visible(spec, job.requested_by)
+        record_json = {**result.to_json(), "requested_by": job.requested_by, "left_visible": visible}
+        record_bytes = json.dumps(record_json, separators=(",", ":")).encode()
         record = self.store.put_bytes(
             f"{base}.record.json", record_bytes, retain_until=retain, content_type="application/json"
         )
@@ -156,7 +162,8 @@ class RedactionWorker:
             "detector": result.detector,
             "settings": result.settings,
             "plan": result.plan,
-            "edits": edits,
+            "edits": edits,  # its exclusions are the tracks left visible, each with its reason
+            "requested_by": job.requested_by,
             "frames": result.frames,
             "tracks": result.tracks,
             "original_sha256": None,

@@ -39,7 +39,14 @@ from chain_of_custody.verify import verify_service
 from incidents.export.assemble import assemble, items_read, read_layout
 from incidents.export.build import build_package
 from incidents.export.media import PackageAltered
-from incidents.export.plan import ExportError, ExportRequest, OriginalsPermission, gather_items, plan_package
+from incidents.export.plan import (
+    ExportError,
+    ExportRequest,
+    OriginalsPermission,
+    gather_items,
+    pin_redactions,
+    plan_package,
+)
 from incidents.export.zip import ZipBuilder
 from incidents.retention import RetentionRefused, RetentionRules, delete_by_hand, held_packages, sweep
 from storage.digests import Digests
@@ -1020,7 +1027,7 @@ def test_items_stored_before_blake3_export_and_verify(built: Built, tmp_path: Pa
     assert report.ok, [str(p) for p in report.problems]
 
 
-def test_plan_takes_the_latest_redaction_and_withholds_the_rest() -> None:
+def test_plan_takes_the_pinned_or_latest_redaction_and_withholds_the_rest() -> None:
     t0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
     def item(kind: str, n: int, derived: str | None = None, status: str = "stored") -> EvidenceItem:
@@ -1045,10 +1052,27 @@ def test_plan_takes_the_latest_redaction_and_withholds_the_rest() -> None:
     reasons = {p.item.id: p.withheld_reason for p in plan_package(items, None, describes)}
     assert {i for i, r in reasons.items() if r is None} == {new.id, new_rec.id, memo.id}
     assert reasons[clip.id] == f"original footage; its redacted copy {new.id} is included"
-    assert reasons[bare.id] == "original footage with no redacted copy yet"
-    assert reasons[old.id] == f"superseded by the later redaction {new.id}"
-    assert reasons[old_rec.id] == f"describes the superseded redaction {old.id}"
+    assert reasons[bare.id] == "original footage with no redacted copy chosen for this package"
+    assert (
+        reasons[old.id]
+        == f"not the redaction this package holds ({new.id} is: the latest redaction of the clip)"
+    )
+    assert reasons[old_rec.id] == f"describes the redaction {old.id}, not the one this package holds"
     assert "deleted" in reasons[gone.id] and reasons["export-8"] == "an earlier export package"
+
+    # Asked for before the later version was made: the earlier one, whatever is made afterwards.
+    asked = pin_redactions(items, (), t0 + timedelta(minutes=2))
+    plan = {p.item.id: p for p in plan_package(items, None, describes, pins=asked)}
+    assert {i for i, p in plan.items() if p.include_media} == {old.id, old_rec.id, memo.id}
+    assert plan[old.id].chosen and plan[old.id].chosen.startswith("the latest redaction of the clip when")
+    assert f"({old.id} is:" in str(plan[new.id].withheld_reason)
+    # Named by the exporter: that version, even when a later one existed at the time.
+    named = pin_redactions(items, [old.id], t0 + timedelta(minutes=9))
+    plan = {p.item.id: p for p in plan_package(items, None, describes, pins=named)}
+    assert {i for i, p in plan.items() if p.include_media} == {old.id, old_rec.id, memo.id}
+    assert plan[old.id].chosen == "chosen by the exporter when the export was asked for"
+    with pytest.raises(ExportError, match="choose one redacted copy"):
+        pin_redactions(items, [old.id, new.id], t0 + timedelta(minutes=9))
 
     permitted = plan_package(
         items, OriginalsPermission("user:boss", "security_manager", "court order 12"), describes

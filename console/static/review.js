@@ -474,7 +474,7 @@ function spec() {
   const exclusions = [];
   for (const [track, had] of state.excluded) {
     const why = had || reason;
-    if (!why || why.length < 3) throw new Error("Say why the people you leave visible are not hidden.");
+    if (!why || why.length < 10) throw new Error("Say why the people you leave visible are not hidden (10 characters or more).");
     exclusions.push({ track, reason: why });
   }
   return {

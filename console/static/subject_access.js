@@ -108,7 +108,8 @@ if (pack) {
     event.preventDefault();
     const status = pack.querySelector(".form-status");
     const bar = pack.querySelector("progress");
-    const clips = [...document.querySelectorAll("article.clip")].map((a) => a.dataset.clip);
+    // The version of each clip listed on this page, by its own id: the package holds exactly that one.
+    const clips = [...document.querySelectorAll("article.clip")].map((a) => a.dataset.redacted || a.dataset.clip);
     say(status, "Asking for the package…");
     try {
       let job = await api("POST", `/api/v1/incidents/${encodeURIComponent(pack.dataset.incident)}/exports`, { item_ids: clips });

@@ -41,7 +41,13 @@ from storage.errors import Refused
 from storage.objects import StorageError
 from storage.streams import BlocksOnThread, blocks_in_thread
 
-from ..access import EVIDENCE_MEDIA, INCIDENT_MANAGERS, Viewer, visible_evidence_ids, visible_incident
+from ..access import (
+    EVIDENCE_MEDIA,
+    ORIGINALS_RELEASERS,
+    Viewer,
+    visible_evidence_ids,
+    visible_incident,
+)
 from ..models import Incident, IncidentAssignment
 from .assemble import assemble, items_read, read_layout
 from .disclosure import DisclosureEvent, disclosure_log, to_csv
@@ -49,13 +55,21 @@ from .jobs import ExportBuilds
 from .links import LinkRefused, check_link_token, link_secret, make_link_token, parse_link_token
 from .media import PackageAltered, unrecorded
 from .models import ExportJob, ExportLink
-from .plan import ExportError, OriginalsPermission, gather_items, incident_export_scope, plan_package
+from .plan import (
+    REDACTED_VIDEO_KIND,
+    ExportError,
+    OriginalsPermission,
+    gather_items,
+    incident_export_scope,
+    pin_redactions,
+    plan_package,
+)
 
 log = logging.getLogger(__name__)
 
 
 EXPORTERS = EVIDENCE_MEDIA
-ORIGINALS_AUTHORISERS = INCIDENT_MANAGERS
+ORIGINALS_AUTHORISERS = ORIGINALS_RELEASERS
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
@@ -68,7 +82,9 @@ class ExportIn(BaseModel):
         None,
         max_length=10_000,
         description="only these of the incident's linked items (default: all of them); each must be "
-        "linked to the incident and visible to the caller",
+        "linked to the incident and visible to the caller. A redacted copy of a linked clip may be "
+        "named instead of the clip: the package then holds exactly that version. A clip named by "
+        "itself gets its latest redaction at the time of this request, and no later one",
     )
 
 
@@ -194,17 +210,37 @@ def _job_seen(session: Session, user: Viewer, job: ExportJob, key: ServiceKey) -
     return out
 
 
-def chosen_items(session: Session, user: Viewer, linked: list[str], wanted: list[str]) -> list[str]:
-    """The caller's choice of the incident's items: each one linked to it and visible to the caller
-    (what they could not choose answers 422 naming it, the same for missing and hidden)."""
+def chosen_items(
+    session: Session, user: Viewer, linked: list[str], wanted: list[str]
+) -> tuple[list[str], list[str]]:
+    """The caller's choice of the incident's items, and the redacted copies among them: each one linked
+    to it, or a redacted copy of a clip linked to it (that exact version goes in), and visible to the
+    caller (what they could not choose answers 422 naming it, the same for missing and hidden).
+    A copy named in place of its clip is packaged through its clip (its record and original go with it)."""
     choice = list(dict.fromkeys(wanted))
-    seen = visible_evidence_ids(session, user, choice)
-    refused = [i for i in choice if i not in linked or i not in seen]
-    if refused:
-        raise HTTPException(422, f"not items of this incident you may export: {', '.join(refused[:20])}")
     if not choice:
         raise HTTPException(422, "choose at least one item")
-    return choice
+    seen = visible_evidence_ids(session, user, choice)
+    copies = {
+        i.id: i
+        for i in session.scalars(
+            select(EvidenceItem).where(
+                EvidenceItem.id.in_(choice),
+                EvidenceItem.kind == REDACTED_VIDEO_KIND,
+                EvidenceItem.status != "deleted",
+            )
+        )
+    }
+
+    def of_incident(item_id: str) -> bool:
+        copy = copies.get(item_id)
+        return item_id in linked or (copy is not None and copy.derived_from_id in linked)
+
+    refused = [i for i in choice if i not in seen or not of_incident(i)]
+    if refused:
+        raise HTTPException(422, f"not items of this incident you may export: {', '.join(refused[:20])}")
+    scope = [i if i in linked else str(copies[i].derived_from_id) for i in choice]
+    return list(dict.fromkeys(scope)), [i for i in choice if i in copies]
 
 
 def visible_job(session: Session, user: Viewer, export_id: str) -> ExportJob:
@@ -270,18 +306,27 @@ def request_export(
             raise HTTPException(404, "no such incident") from None
         if not item_ids:
             raise HTTPException(409, "nothing is linked to this incident yet")
+        chosen: list[str] = []
         if body.item_ids is not None:
-            item_ids = chosen_items(session, user, item_ids, body.item_ids)
+            item_ids, chosen = chosen_items(session, user, item_ids, body.item_ids)
         try:
             items = gather_items(session, item_ids)
         except ExportError as exc:
             raise HTTPException(409, str(exc)) from None
+        # The one redaction of each clip the package holds, fixed now and kept on the job: what the
+        # requester chose (or the latest there is now), never a version made after they asked.
+        asked_at = datetime.now(UTC)
+        try:
+            pins = pin_redactions(items, chosen, asked_at)
+        except ExportError as exc:
+            raise HTTPException(422, str(exc)) from None
         # What the scope gathers beyond the links (a linked copy's original) goes in only if the
         # requester may see it (the one access rule); otherwise it is listed by hash only.
         seen = visible_evidence_ids(session, user, [i.id for i in items])
         outside = sorted(i.id for i in items if i.id not in seen)
         permission = OriginalsPermission(user.actor, user.role, reason) if body.include_originals else None
-        total = sum(p.item.size for p in plan_package(items, permission, outside=outside) if p.include_media)
+        planned = plan_package(items, permission, outside=outside, pins=pins)
+        total = sum(p.item.size for p in planned if p.include_media)
         job = ExportJob(
             id=str(uuid.uuid4()),
             incident_id=summary["id"],
@@ -289,11 +334,18 @@ def request_export(
             requester_role=user.role,
             include_originals=body.include_originals,
             reason=reason or None,
-            scope=json.dumps({"incident": summary, "item_ids": item_ids, "outside": outside}),
+            scope=json.dumps(
+                {
+                    "incident": summary,
+                    "item_ids": item_ids,
+                    "outside": outside,
+                    "pinned": {orig: pin.to_json() for orig, pin in pins.items()},
+                }
+            ),
             media_bytes_total=total,
             media_bytes_done=0,
             status="building",
-            created_at=datetime.now(UTC),
+            created_at=asked_at,
             heartbeat_at=datetime.now(UTC),
         )
         session.add(job)

@@ -201,6 +201,23 @@ def _log_section(chain: list[dict[str, Any]], log: LogProofs | None) -> dict[str
     }
 
 
+def _selection(p: PlannedItem, chain: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which redaction of its clip a packaged copy (or its record) is, as its custody says, who asked
+    for it and whom it leaves visible, and why the package holds this version."""
+    done = next(
+        (e.get("details") or {} for e in chain if e.get("action") == "redacted" and "withheld" not in e), {}
+    )
+    return {
+        "why": p.chosen,
+        "redaction_version": done.get("version"),
+        "redaction_job": done.get("job"),
+        "requested_by": done.get("requested_by"),
+        "left_visible": [
+            {**e, "by": done.get("requested_by")} for e in (done.get("edits") or {}).get("exclusions", [])
+        ],
+    }
+
+
 def compose_package(
     store: ObjectStore,
     key: ServiceKey,
@@ -285,6 +302,7 @@ def compose_package(
                     custody_withheld={e["item_seq"]: e["entry_hash"] for e in chain if "withheld" in e},
                     exhibit_reference=request.exhibits.get(it.id),
                     copy_type=it.copy_type,
+                    selection=_selection(p, chain) if p.chosen is not None else None,
                 )
             )
     for p in plan:
@@ -383,7 +401,7 @@ def build_package(
         entries = {it.id: Ledger.item_entries(session, it.id) for it in items}
         foreign = foreign_markers(session, entries, request.incident.get("id"))
     chains = {item_id: [e.to_json() for e in signed] for item_id, signed in entries.items()}
-    plan = plan_package(items, request.originals, redaction_records(chains), request.outside)
+    plan = plan_package(items, request.originals, redaction_records(chains), request.outside, request.pins)
     for p in plan:  # withheld items and originals too: the manifest names their SHA-256 as well
         stored_entry = next((e for e in entries[p.item.id] if e.body.action == "stored"), None)
         problem = unrecorded(p.item, stored_entry, ledger.verifier)
@@ -484,6 +502,7 @@ def build_package(
                     "original_footage": original_footage,
                     "reason": originals.reason if original_footage and originals else None,
                     "authorised_by": originals.actor if original_footage and originals else None,
+                    **({"chosen": p.chosen} if p.chosen is not None else {}),
                 },
             )
     return ExportResult(

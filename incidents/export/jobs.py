@@ -26,7 +26,7 @@ from storage.leases import Lease, claim
 
 from .build import BuildTakenOver, build_package
 from .models import ExportJob
-from .plan import ExportError, ExportRequest, OriginalsPermission, gather_items
+from .plan import ExportError, ExportRequest, OriginalsPermission, Pin, gather_items, pin_redactions
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,14 @@ class ExportBuilds:
                     if job.include_originals
                     else None
                 )
+                # The redaction of each clip fixed when the export was asked for; a job asked for
+                # before versions were recorded takes the latest made by then, never a later one.
+                pinned = scope.get("pinned")
+                pins = (
+                    {orig: Pin.from_json(raw) for orig, raw in pinned.items()}
+                    if isinstance(pinned, dict)
+                    else pin_redactions(items, (), job.created_at)
+                )
                 request = ExportRequest(
                     export_id=job.id,
                     incident=scope["incident"],
@@ -139,6 +147,7 @@ class ExportBuilds:
                     retain_until=_retain_until(items, s.settings.retention_days, datetime.now(UTC)),
                     originals=originals,
                     outside=frozenset(scope.get("outside", ())),
+                    pins=pins,
                 )
             # The whole zip's SHA-256 too: it is published (job, link page, signed custody entry) so that
             # a recipient can check the file exactly as received.

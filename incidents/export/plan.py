@@ -51,6 +51,9 @@ class ExportRequest:
     exhibits: Mapping[str, str] = field(default_factory=dict)
     # Actor -> "Name (role)" for the report's words (``continuity_record.people_names``).
     people: Mapping[str, str] = field(default_factory=dict)
+    # Original clip -> the one redaction the package holds, fixed when it was asked for
+    # (``pin_redactions``); None: each clip's latest (a package built outside a request).
+    pins: Mapping[str, Pin] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,61 @@ class PlannedItem:
     item: EvidenceItem
     include_media: bool
     withheld_reason: str | None = None
+    # For a redacted copy (or its redaction record) that goes in: why this version of the clip
+    # and no other (``pin_redactions``); the manifest states it.
+    chosen: str | None = None
+
+
+@dataclass(frozen=True)
+class Pin:
+    """The one redaction of an original clip a package holds (None: none), fixed when it is asked for."""
+
+    item: str | None
+    why: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"item": self.item, "why": self.why}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Pin:
+        item = raw.get("item")
+        return cls(item if isinstance(item, str) else None, str(raw.get("why") or ""))
+
+
+CHOSEN = "chosen by the exporter when the export was asked for"
+
+
+def pin_redactions(
+    items: Sequence[EvidenceItem], chosen: Iterable[str], at: datetime | None
+) -> dict[str, Pin]:
+    """Original clip -> the redacted copy its package holds, fixed at request time ``at``: the copy the
+    exporter named, else the latest made by then (``at`` None: the latest there is); never one made later, which the package lists as
+    withheld rather than silently putting it in the chosen one's place. ``chosen`` names at most one
+    redacted copy of each original (``ExportError`` otherwise)."""
+    picked = set(chosen)
+    by_original: dict[str, list[EvidenceItem]] = {}
+    for it in sorted(items, key=lambda i: (i.created_at, i.id)):
+        if it.kind == REDACTED_VIDEO_KIND and it.derived_from_id and it.status != "deleted":
+            by_original.setdefault(it.derived_from_id, []).append(it)
+    pins: dict[str, Pin] = {}
+    for it in items:
+        if it.kind not in ORIGINAL_VIDEO_KINDS:
+            continue
+        copies = by_original.get(it.id, [])
+        named = [c for c in copies if c.id in picked]
+        if len(named) > 1:
+            raise ExportError(f"choose one redacted copy of {it.id}, not {', '.join(c.id for c in named)}")
+        if named:
+            pins[it.id] = Pin(named[0].id, CHOSEN)
+            continue
+        made = [c for c in copies if at is None or c.created_at <= at]
+        when = "" if at is None else f" when the export was asked for ({at.isoformat()})"
+        pins[it.id] = (
+            Pin(made[-1].id, f"the latest redaction of the clip{when}")
+            if made
+            else Pin(None, f"no redacted copy of the clip{when}")
+        )
+    return pins
 
 
 # -- choosing what goes in (pure) ---------------------------------------------------------------
@@ -82,23 +140,26 @@ def plan_package(
     originals: OriginalsPermission | None,
     describes: Mapping[str, str] | None = None,
     outside: Iterable[str] = (),
+    pins: Mapping[str, Pin] | None = None,
 ) -> list[PlannedItem]:
     """Which items' bytes go in and which are withheld (with the reason the manifest will state).
 
-    Videos go in as their latest redacted copy (with the redaction record that describes it); an
-    original clip only with ``originals``. Every other kind (alarm records, voice memos) goes in as
-    stored. Withheld items keep their custody record in the package, so each redacted copy's
-    original is still accounted for by hash.
+    A video goes in as the one redacted copy ``pins`` names for it (fixed when the export was asked
+    for; see ``pin_redactions``), with the redaction record that describes that copy; without
+    ``pins``, as its latest redacted copy. Every other redaction of the clip is withheld, saying
+    which one the package holds. An original clip goes in only with ``originals``. Every other kind
+    (alarm records, voice memos) goes in as stored. Withheld items keep their custody record in
+    the package, so each redacted copy's original is still accounted for by hash.
     """
     describes = describes or {}
     outside = frozenset(outside)
-    latest_redaction: dict[str, EvidenceItem] = {}
-    for it in sorted(items, key=lambda i: (i.created_at, i.id)):
-        if it.kind == REDACTED_VIDEO_KIND and it.derived_from_id and it.status != "deleted":
-            latest_redaction[it.derived_from_id] = it
+    pins = dict(pins) if pins is not None else pin_redactions(items, (), None)
+    held: dict[str, str | None] = {orig: pin.item for orig, pin in pins.items()}
+    present = {i.id for i in items if i.status != "deleted" and i.id not in outside}
     plan: list[PlannedItem] = []
     for it in items:
         reason: str | None = None
+        chosen: str | None = None
         if it.id in outside:
             reason = OUTSIDE_REASON
         elif it.status == "deleted":
@@ -106,21 +167,30 @@ def plan_package(
         elif it.kind == PACKAGE_KIND:
             reason = "an earlier export package"
         elif it.kind in ORIGINAL_VIDEO_KINDS and originals is None:
-            redacted = latest_redaction.get(it.id)
-            reason = (
-                f"original footage; its redacted copy {redacted.id} is included"
-                if redacted
-                else "original footage with no redacted copy yet"
-            )
+            redacted = held.get(it.id)
+            if redacted is None:
+                reason = "original footage with no redacted copy chosen for this package"
+            elif redacted in present:
+                reason = f"original footage; its redacted copy {redacted} is included"
+            else:  # the chosen copy is gone (deleted): no other takes its place
+                reason = f"original footage; its chosen redacted copy {redacted} is no longer held"
         elif it.kind == REDACTED_VIDEO_KIND and it.derived_from_id:
-            latest = latest_redaction.get(it.derived_from_id)
-            if latest is not None and latest.id != it.id:
-                reason = f"superseded by the later redaction {latest.id}"
+            pin = pins.get(it.derived_from_id)
+            if pin is None or pin.item != it.id:
+                reason = (
+                    f"not the redaction this package holds ({pin.item} is: {pin.why})"
+                    if pin is not None and pin.item
+                    else "no redaction of this clip was chosen when the export was asked for"
+                )
+            else:
+                chosen = pin.why
         elif it.kind == REDACTION_RECORD_KIND and it.derived_from_id and it.id in describes:
-            latest = latest_redaction.get(it.derived_from_id)
-            if latest is not None and latest.id != describes[it.id]:
-                reason = f"describes the superseded redaction {describes[it.id]}"
-        plan.append(PlannedItem(it, reason is None, reason))
+            pin = pins.get(it.derived_from_id)
+            if pin is None or pin.item != describes[it.id]:
+                reason = f"describes the redaction {describes[it.id]}, not the one this package holds"
+            else:
+                chosen = pin.why
+        plan.append(PlannedItem(it, reason is None, reason, chosen))
     return plan
 
 
