@@ -90,6 +90,14 @@ def producer_of(session: Session, item: EvidenceItem, actor: str) -> Producer:
     return Producer("service", actor, "Evidence Service")
 
 
+def _reference_of(session: Session, incident: Incident, item: EvidenceItem) -> ExhibitReference | None:
+    return session.scalar(
+        select(ExhibitReference).where(
+            ExhibitReference.incident_id == incident.id, ExhibitReference.item_id == item.id
+        )
+    )
+
+
 def assign(
     session: Session,
     ledger: Ledger,
@@ -103,16 +111,16 @@ def assign(
     serialises numbering; the unique indexes are the backstop). A new reference is an
     ``exhibit_referenced`` custody entry, unless ``record`` is False: a link names it in its own
     ``linked`` entry instead (``details``)."""
-    found = session.scalar(
-        select(ExhibitReference).where(
-            ExhibitReference.incident_id == incident.id, ExhibitReference.item_id == item.id
-        )
-    )
+    found = _reference_of(session, incident, item)
     if found is not None:
         return found
     # Numbering is read-then-insert: take the ledger lock first (a link holds it already; an export or
-    # a continuity report may not), so two at once number one after the other instead of colliding.
+    # a continuity report may not), so two at once number one after the other instead of colliding;
+    # then look again, as the one we waited for may have given this very item its reference.
     lock_ledger(session)
+    found = _reference_of(session, incident, item)
+    if found is not None:
+        return found
     producer = producer_of(session, item, actor)
     series = initials(producer.name) if "{initials}" in _pattern else ""
     last = session.scalar(

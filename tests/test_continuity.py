@@ -276,3 +276,35 @@ def test_packages_name_each_exhibit_and_carry_the_report_as_pdf(services: Any, t
     altered = files[mf.REPORT_PDF] + b"%% one line more\n"
     forged = rewrite(path, tmp_path / "forged.zip", {**files, mf.REPORT_PDF: altered})
     assert "file_altered" in {p.kind for p in verify_package(forged, s.key.fingerprint).problems}
+
+
+def test_two_packages_built_at_once_give_each_item_one_reference(services: Any) -> None:
+    """Two builds of one incident's package at the same moment (each gives references to the items
+    it packs): both succeed, and each item has exactly one reference, numbered without a gap."""
+    import threading
+
+    s = services
+    with s.db.session() as session:
+        add_staff(session, "S-RP", "Rosa Patel", "nurse", "NORTH")
+    incident = _incident(s, "Ward 2")
+    clips = [store_item(s, wearer="S-RP", start=T0, stop=T0 + timedelta(minutes=1)) for _ in range(3)]
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            start.wait(10)
+            with s.db.session() as session:
+                exhibits.assign_all(session, s.ledger, incident[0], [c.id for c in clips], "user:mgr")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    with s.db.session() as session:
+        refs = exhibits.references(session, incident[0], [c.id for c in clips])
+    assert sorted(refs.values()) == ["RP/1", "RP/2", "RP/3"], refs
