@@ -9,13 +9,9 @@ device is acked: whoever later cuts the ledger's tail, in the database alone, is
 tree head that storage will not give up. If the tree head cannot be written, ``commit()`` raises and
 nothing is acknowledged (the entries stand, and the next tree head covers them).
 
-Concurrent commits share one tree head (group commit): a commit whose entries a tree head being
-stored already covers waits for that one; otherwise it signs one covering everything committed so
-far and stores it. The tree is extended and each head signed under a lock, but the heads are stored
-outside it, up to ``STORES_AT_ONCE`` at a time: a store's round trip (milliseconds) would otherwise
-bound the whole service's commits to one tree head's worth per round trip. A commit returns only once
-a stored head covers it; a head whose store failed covers nobody, and its waiters sign another.
-Every process keeps the tree in memory, catching up from the database, so replicas agree.
+Concurrent commits share one tree head (group commit): a commit waits for the one being written
+and returns at once if it covers its entries; otherwise it writes one covering everything committed
+so far. Every process keeps the tree in memory, catching up from the database, so replicas agree.
 """
 
 from __future__ import annotations
@@ -42,7 +38,6 @@ from .signed_tree_head import TreeHead, sign_tree_head
 log = logging.getLogger(__name__)
 
 PREFIX = "tree-heads/"
-STORES_AT_ONCE = 4  # tree heads being stored at the same time by one process
 _PENDING = "custody_tree_head_pending"
 _WATCHED = "custody_tree_head_watched"
 
@@ -145,8 +140,6 @@ class TreeHeadLog:
         self.latest: TreeHead | None = None
         self.written = 0  # tree heads this process wrote (group commit shares them)
         self._lock = threading.Lock()
-        self._stored = threading.Condition(self._lock)  # a store ended (stored or failed)
-        self._storing: set[int] = set()  # tree sizes of the heads being stored now
 
     # -- the commit hook ---------------------------------------------------------------------------
 
@@ -197,26 +190,10 @@ class TreeHeadLog:
 
     def cover(self, seq: int, engine: Engine) -> TreeHead | None:
         """Make sure a stored tree head covers entry ``seq``; one written for a later commit will do."""
-        with self._stored:
-            while True:
-                if self.published >= seq:
-                    return None
-                if not any(size >= seq for size in self._storing) and len(self._storing) < STORES_AT_ONCE:
-                    head = self._sign(seq, engine)
-                    self._storing.add(head.tree_size)
-                    break
-                self._stored.wait(timeout=1.0)  # a head that covers it, or room to store one
-        stored = False
-        try:
-            self._store(head)
-            stored = True
-        finally:
-            with self._stored:
-                self._storing.discard(head.tree_size)
-                if stored:
-                    self._stored_now(head)
-                self._stored.notify_all()
-        return head
+        with self._lock:
+            if self.published >= seq:
+                return None
+            return self._write(seq, engine)
 
     def inclusion(self, seqs: list[int], engine: Engine) -> tuple[TreeHead, dict[int, list[str]]]:
         """A stored tree head covering entries ``seqs`` and, for each, its inclusion proof (hex path)
@@ -250,29 +227,17 @@ class TreeHeadLog:
 
     def _write(self, seq: int, engine: Engine) -> TreeHead:
         """Sign and store a tree head over everything committed, which includes ``seq`` (lock held)."""
-        head = self._sign(seq, engine)
-        self._store(head)
-        self._stored_now(head)
-        return head
-
-    def _sign(self, seq: int, engine: Engine) -> TreeHead:
-        """A tree head over everything committed, which includes ``seq`` (lock held)."""
         self.catch_up(engine)
         if self.tree.size < seq:
             raise RuntimeError(f"custody entry #{seq} was committed but cannot be read back")
-        return sign_tree_head(self.key, self.tree.size, self.tree.root())
-
-    def _store(self, head: TreeHead) -> None:
+        head = sign_tree_head(self.key, self.tree.size, self.tree.root())
         self.store.put_bytes(
             object_name(head),
             json.dumps(head.to_json()).encode(),
             retain_until=datetime.now(UTC) + timedelta(days=self.retain_days),
             content_type="application/json",
         )
-
-    def _stored_now(self, head: TreeHead) -> None:
-        """Record a stored head (lock held); heads stored out of order never move these back."""
-        self.published = max(self.published, head.tree_size)
-        if self.latest is None or head.tree_size > self.latest.tree_size:
-            self.latest = head
+        self.published = head.tree_size
+        self.latest = head
         self.written += 1
+        return head

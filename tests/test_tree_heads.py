@@ -4,9 +4,7 @@ database (with the head row reset to match) is named by verification, on both da
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -15,7 +13,7 @@ from sqlalchemy import delete, select
 from chain_of_custody.checkpoints import write_checkpoint
 from chain_of_custody.merkle import MerkleTree, leaf_hash
 from chain_of_custody.models import CustodyEntry, LedgerHead
-from chain_of_custody.tree_heads import STORES_AT_ONCE, read_tree_heads
+from chain_of_custody.tree_heads import read_tree_heads
 from chain_of_custody.verify import verify_service
 from storage.objects import StorageError
 
@@ -84,63 +82,6 @@ def test_concurrent_commits_share_tree_heads(services: Any) -> None:
     assert not errors, errors
     assert len(seqs) == 60 and _newest(services) >= max(seqs)
     assert log.written - before <= 60
-    with services.db.session() as session:
-        assert verify_service(session, services.store, services.key).ok
-
-
-def test_tree_heads_are_stored_side_by_side_yet_each_commit_waits_for_its_own(
-    services: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A store's round trip must not bound every commit in the service to one tree head per round
-    trip: while one head is being stored, a commit it does not cover signs and stores the next. Each
-    commit still returns only once a stored head covers it, and a failed store covers nobody."""
-    real = services.store.put_bytes
-    lock = threading.Lock()
-    state = {"now": 0, "most": 0, "calls": 0}
-    stored: list[int] = [0]
-
-    def slow(name: str, data: bytes, **kwargs: Any) -> Any:
-        with lock:
-            state["now"] += 1
-            state["calls"] += 1
-            state["most"] = max(state["most"], state["now"])
-            fail = state["calls"] == 5  # one store in the middle fails
-        try:
-            time.sleep(0.05)  # a store that takes a while
-            if fail:
-                raise StorageError("storage hiccup")
-            out = real(name, data, **kwargs)
-            with lock:
-                stored.append(int(json.loads(data)["tree_size"]))
-            return out
-        finally:
-            with lock:
-                state["now"] -= 1
-
-    monkeypatch.setattr(services.store, "put_bytes", slow)
-    acked: list[tuple[int, int]] = []  # (entry, the largest head stored when its commit returned)
-    refused: list[BaseException] = []
-
-    def work() -> None:
-        for _ in range(5):
-            try:
-                seq = _append(services)
-            except StorageError as exc:  # the commit whose own head failed is not acknowledged
-                refused.append(exc)
-                continue
-            with lock:
-                acked.append((seq, max(stored)))
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert len(acked) + len(refused) == 40 and len(refused) == 1
-    assert all(covered >= seq for seq, covered in acked), acked
-    assert 2 <= state["most"] <= STORES_AT_ONCE, state
-    monkeypatch.undo()
-    _append(services)
     with services.db.session() as session:
         assert verify_service(session, services.store, services.key).ok
 
