@@ -17,7 +17,7 @@ from accounts.access import require_roles, services
 from accounts.service import Principal, hold_person
 from chain_of_custody.core import CoreServices
 from chain_of_custody.models import EvidenceItem
-from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, ORIGINALS_RELEASERS, visible_evidence
+from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, visible_evidence
 from redaction.jobs import enqueue
 from redaction.models import RedactionJob
 from redaction.pipeline import RedactionSettings
@@ -93,15 +93,15 @@ def request_redaction(
     """Queue a new version with the investigator's manual regions, exclusions and audio edits.
 
     A version never hides less than the service's own settings (``redaction.spec.check_request``);
-    leaving a person visible (an exclusion) needs the authority that releasing original footage
-    needs, and a stated reason, both recorded in the new copy's custody."""
+    leaving a person visible (an exclusion) needs a stated reason, recorded with who asked in the new
+    copy's custody; a package that holds such a copy needs the authority to export originals."""
     _visible_clip(s, user, item_id)
     check_request(
         spec,
         RedactionSettings.from_settings(s.settings),
         role=user.role,
         actor=user.actor,
-        may_leave_visible=ORIGINALS_RELEASERS,
+        may_leave_visible=EVIDENCE_MEDIA,
     )
     with s.db.session() as session:
         source = session.get(EvidenceItem, item_id)

@@ -220,9 +220,10 @@ def check_request(
 ) -> None:
     """Refuse (``RedactionRefused``, logged) a request that would hide less than ``base`` (the service's
     settings): every override is bounded on the side that reveals faces. Leaving a person visible
-    (an exclusion) is releasing their face to whoever receives the redacted copy, so it needs the
-    authority that releasing original footage needs (``may_leave_visible``: roles) and a stated
-    reason for each track; the worker records both, and who asked, in the copy's custody."""
+    (an exclusion) needs one of ``may_leave_visible`` (the roles that review redactions) and a stated
+    reason for each track; the worker records both, and who asked, in the copy's custody. Making
+    such a version releases nothing: handing it out does, so a package that holds it needs the
+    authority and the reason that exporting original footage needs (``incidents.export.api``)."""
     check_settings(spec, base, actor)
     if not spec.exclusions:
         return
@@ -233,8 +234,7 @@ def check_request(
         )
         raise RedactionRefused(
             "exclusion_not_authorised",
-            f"role {role} may not leave a person visible in a redacted copy "
-            "(it releases their face as exporting original footage does)",
+            f"role {role} may not leave a person visible in a redacted copy",
             403,
         )
     short = [e.track for e in spec.exclusions if len(e.reason.strip()) < EXCLUSION_REASON_MIN]

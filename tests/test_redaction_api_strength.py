@@ -16,6 +16,7 @@ from chain_of_custody import manifest as mf
 from chain_of_custody.evidence import Provenance
 from chain_of_custody.models import EvidenceItem
 from firmware_simulators.scene import render_clip
+from incidents.export.models import ExportJob
 from redaction.models import RedactionJob
 from redaction.worker import RedactionWorker
 from tests.test_disclosure_api import _incident, _link
@@ -39,7 +40,7 @@ WEAKER = [
 ]
 
 
-def test_a_redaction_may_not_hide_less_than_the_defaults_nor_leave_anyone_visible_unauthorised(
+def test_a_redaction_may_not_hide_less_than_the_defaults_nor_hand_out_anyone_left_visible_unauthorised(
     server: Server,  # noqa: F811
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -80,12 +81,11 @@ def test_a_redaction_may_not_hide_less_than_the_defaults_nor_leave_anyone_visibl
     r = ask("admin", {"settings": {"threshold": True}})
     assert r.status_code == 422 and r.json()["reason"] == "bad_setting", r.text
 
-    # Leaving a person visible: an investigator may not (403); a manager must say why (422).
+    # Leaving a person visible needs a stated reason (422), whoever asks.
     visible = {"exclusions": [{"track": 0, "reason": "the requester, who asked for their own footage"}]}
-    r = ask("inv", visible)
-    assert r.status_code == 403 and r.json()["reason"] == "exclusion_not_authorised", r.text
-    r = ask("boss", {"exclusions": [{"track": 0, "reason": "him"}]})
-    assert r.status_code == 422 and r.json()["reason"] == "exclusion_reason_required", r.text
+    for who in ("inv", "boss"):
+        r = ask(who, {"exclusions": [{"track": 0, "reason": "him"}]})
+        assert r.status_code == 422 and r.json()["reason"] == "exclusion_reason_required", r.text
     with s.db.session() as session:
         assert session.query(RedactionJob).filter_by(source_item_id=clip.id).count() == 0
 
@@ -119,9 +119,26 @@ def test_a_redaction_may_not_hide_less_than_the_defaults_nor_leave_anyone_visibl
         assert [{**e, "by": done["requested_by"]} for e in done["edits"]["exclusions"]] == left
     assert record["left_visible"] == left and record["requested_by"] == "user:boss"
 
-    # A package holding that copy says which version it is and whom it leaves visible, and by whom.
+    # Handing that copy out hands out a face: an investigator may not (403), a manager only with a
+    # stated reason (422), and nothing is built for either refusal.
     exports = f"{server.url}/api/v1/incidents/{incident['id']}/exports"
+    with caplog.at_level(logging.WARNING, logger="incidents.export.api"):
+        caplog.clear()
+        r = http.post(exports, json={"item_ids": [copy_id]}, headers=server.as_("inv"))
+        assert r.status_code == 403 and r.json()["reason"] == "release_not_authorised", r.text
+        assert any(getattr(rec, "reason", None) == "release_not_authorised" for rec in caplog.records)
     r = http.post(exports, json={"item_ids": [copy_id]}, headers=server.as_("boss"))
+    assert r.status_code == 422 and r.json()["reason"] == "release_reason_required", r.text
+    r = http.post(exports, json={}, headers=server.as_("inv"))  # the latest version, which leaves one visible
+    assert r.status_code == 403 and r.json()["reason"] == "release_not_authorised", r.text
+    with s.db.session() as session:
+        assert session.query(ExportJob).filter_by(incident_id=incident["id"]).count() == 0
+    # A package holding that copy says which version it is and whom it leaves visible, and by whom.
+    r = http.post(
+        exports,
+        json={"item_ids": [copy_id], "reason": "the requester's own subject access request"},
+        headers=server.as_("boss"),
+    )
     assert r.status_code == 202, r.text
     wait_ready(server, r.json()["id"], "boss")
     files = members(download(s, r.json()["id"], tmp_path / "package.zip"))

@@ -112,7 +112,9 @@ if (pack) {
     const clips = [...document.querySelectorAll("article.clip")].map((a) => a.dataset.redacted || a.dataset.clip);
     say(status, "Asking for the package…");
     try {
-      let job = await api("POST", `/api/v1/incidents/${encodeURIComponent(pack.dataset.incident)}/exports`, { item_ids: clips });
+      // The requester's version leaves their own face visible: the package says why it is handed out.
+      const reason = "answering the subject access request of the person this footage shows";
+      let job = await api("POST", `/api/v1/incidents/${encodeURIComponent(pack.dataset.incident)}/exports`, { item_ids: clips, reason });
       bar.hidden = false;
       while (job.status !== "ready") {
         if (job.status === "failed") throw new ApiError(500, job.error || "the build failed", job);

@@ -34,7 +34,7 @@ from chain_of_custody.evidence import parse_range, quarantine, quarantine_hook
 from chain_of_custody.fixity import FixityCheck, checked_range
 from chain_of_custody.keys import SIGNING_KEY_PATH, ServiceKey
 from chain_of_custody.ledger import Ledger
-from chain_of_custody.models import EvidenceItem
+from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.reads import RangeRefused
 from storage.api_schema import error_responses
 from storage.errors import Refused
@@ -59,6 +59,7 @@ from .plan import (
     REDACTED_VIDEO_KIND,
     ExportError,
     OriginalsPermission,
+    Pin,
     gather_items,
     incident_export_scope,
     pin_redactions,
@@ -267,6 +268,57 @@ def may_hand_out(session: Session, user: Viewer, job: ExportJob) -> bool:
     return held <= visible_evidence_ids(session, user, held)
 
 
+def _left_visible(session: Session, copy_ids: list[str]) -> list[str]:
+    """The redacted copies among ``copy_ids`` that leave someone visible (a track turned off), as the
+    ``redacted`` custody entry that made each one records."""
+    if not copy_ids:
+        return []
+    rows = session.execute(
+        select(CustodyEntry.item_id, CustodyEntry.details).where(
+            CustodyEntry.item_id.in_(copy_ids), CustodyEntry.action == "redacted"
+        )
+    ).all()
+    out: set[str] = set()
+    for item_id, details in rows:
+        try:
+            edits = (json.loads(details) or {}).get("edits") or {}
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(edits, dict) and edits.get("exclusions"):
+            out.add(str(item_id))
+    return sorted(out)
+
+
+def _may_release_left_visible(session: Session, user: Viewer, pins: dict[str, Pin], reason: str) -> None:
+    """A package that holds a redacted copy leaving someone visible hands out that person's face as an
+    original would: the same roles and a stated reason (10 characters or more), else refused."""
+    visible = _left_visible(session, [p.item for p in pins.values() if p.item])
+    if not visible:
+        return
+    if user.role not in ORIGINALS_AUTHORISERS:
+        log.warning(
+            "export refused: a chosen redaction leaves someone visible",
+            extra={"reason": "release_not_authorised", "actor": user.actor, "item": visible[0]},
+        )
+        raise Refused(
+            "release_not_authorised",
+            f"the redacted copy {visible[0]} leaves a person visible; role {user.role} may not hand it "
+            "out (as with original footage): choose another version",
+            403,
+        )
+    if len(reason) < 10:
+        log.warning(
+            "export refused: no reason for releasing a face",
+            extra={"reason": "release_reason_required", "actor": user.actor, "item": visible[0]},
+        )
+        raise Refused(
+            "release_reason_required",
+            f"the redacted copy {visible[0]} leaves a person visible: say why it is handed out "
+            "(10 characters or more)",
+            422,
+        )
+
+
 @router.post(
     "/incidents/{incident_id}/exports",
     response_model=ExportOut,
@@ -320,6 +372,7 @@ def request_export(
             pins = pin_redactions(items, chosen, asked_at)
         except ExportError as exc:
             raise HTTPException(422, str(exc)) from None
+        _may_release_left_visible(session, user, pins, reason)
         # What the scope gathers beyond the links (a linked copy's original) goes in only if the
         # requester may see it (the one access rule); otherwise it is listed by hash only.
         seen = visible_evidence_ids(session, user, [i.id for i in items])
