@@ -146,3 +146,9 @@ def test_a_redaction_may_not_hide_less_than_the_defaults_nor_hand_out_anyone_lef
     selection = items[copy_id]["selection"]
     assert selection["redaction_version"] == 2 and selection["requested_by"] == "user:boss"
     assert selection["left_visible"] == left
+    # Nor may an investigator of the incident hand that package on by a link.
+    links = f"{server.url}/api/v1/exports/{r.json()['id']}/links"
+    link = {"recipient": "DC Jones, Thames Valley Police", "expires_in_hours": 24}
+    refused = http.post(links, json=link, headers=server.as_("inv"))
+    assert refused.status_code == 403, refused.text
+    assert http.post(links, json=link, headers=server.as_("boss")).status_code == 201

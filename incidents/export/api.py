@@ -265,7 +265,13 @@ def may_hand_out(session: Session, user: Viewer, job: ExportJob) -> bool:
     except ExportError:
         return False
     held = gathered - set(scope.get("outside", []))
-    return held <= visible_evidence_ids(session, user, held)
+    if not held <= visible_evidence_ids(session, user, held):
+        return False
+    # A redacted copy that leaves someone visible hands out their face, as an original would.
+    pinned = [
+        p["item"] for p in (scope.get("pinned") or {}).values() if isinstance(p, dict) and p.get("item")
+    ]
+    return user.role in ORIGINALS_AUTHORISERS or not _left_visible(session, pinned)
 
 
 def _left_visible(session: Session, copy_ids: list[str]) -> list[str]:
