@@ -73,16 +73,22 @@ def test_parts_in_flight_per_upload_and_across_the_service(tmp_path: Path, seawe
     try:
         watch = _Watch(s.store, delay=0.15)
         fleet = enrol(url, admin)
-        clips = [os.urandom(4 * 5 * MiB + 1000 + i) for i in range(3)]  # four full parts and a short one
+        clips = [os.urandom(4 * 5 * MiB + 1000 + i) for i in range(4)]  # four full parts and a short one
+        # One upload alone has senders to spare: its parts travel two at a time, never more.
+        alone = _upload(url, fleet, clips[3], "c3.mp4")
+        assert alone.status_code == 204, alone.text
+        assert list(watch.most.values()) == [2], watch.most
+        watch.most.clear()
+        # Three at once share the three service-wide senders, each within its own two.
         with ThreadPoolExecutor(3) as pool:
             answers = list(pool.map(lambda i: _upload(url, fleet, clips[i], f"c{i}.mp4"), range(3)))
         for r in answers:
             assert r.status_code == 204, r.text
             assert r.headers["evidence-status"] == "stored"  # the stored bytes hash to the camera's hash
         assert len(watch.most) == 3
-        assert max(watch.most.values()) == 2, watch.most  # never more than upload_parts_in_flight per clip
+        assert max(watch.most.values()) <= 2, watch.most  # never more than upload_parts_in_flight per clip
         assert watch.most_total == 3  # the service-wide senders are shared, and used
-        for clip, item in zip(clips, answers, strict=True):
+        for clip, item in zip(clips[:3], answers, strict=True):
             r = httpx.get(
                 f"{url}/api/v1/evidence/{item.headers['evidence-item-id']}/content",
                 headers=admin,
