@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from storage.db import Base, UTCDateTime, utcnow
-from storage.leases import Lease, claim
+from storage.leases import Lease, claim, keep_renewed
 
 from .core import CoreServices
 from .verify import VerifyOptions, verify_service
@@ -152,20 +152,13 @@ class Verifications:
             with s.db.session() as session:
                 VERIFIER.renew(session, where, self.name, self.lease, now, **values)
 
-        def beat() -> None:
-            while not done.wait(self.lease.total_seconds() / 4):
-                try:
-                    renew()
-                except Exception:  # noqa: BLE001 - a missed beat is not fatal
-                    log.warning("verification lease not renewed", exc_info=True)
-
         def progress(message: str) -> None:
             try:
                 renew(progress=message[:2000])
             except Exception:  # noqa: BLE001 - progress is for people watching; the check goes on
                 log.warning("verification progress not recorded", exc_info=True)
 
-        threading.Thread(target=beat, name=f"verify-beat-{job_id[:8]}", daemon=True).start()
+        keep_renewed(renew, self.lease / 4, done, what="verification", name=f"verify-beat-{job_id[:8]}")
         try:
             with s.db.session() as session:
                 job = session.get(CustodyVerification, job_id)

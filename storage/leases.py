@@ -17,12 +17,17 @@ claimed is pushed into the future, and comes back by itself if its sender never 
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, or_, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
+
+log = logging.getLogger(__name__)
 
 
 def claim(session: Session, query: Select[Any], limit: int) -> list[Any]:
@@ -94,3 +99,19 @@ class Lease:
             .where(where, self.holder == holder)
             .values({self.holder.key: None, self.until.key: None})
         )
+
+
+def keep_renewed(
+    renew: Callable[[], object], every: timedelta, done: threading.Event, *, what: str, name: str
+) -> None:
+    """Renew a held lease (``renew``) every ``every`` on a thread of its own until ``done`` is set, so
+    long work keeps its row; a renewal that fails is logged and tried again at the next beat."""
+
+    def beat() -> None:
+        while not done.wait(every.total_seconds()):
+            try:
+                renew()
+            except Exception:  # noqa: BLE001 - a missed beat is not fatal
+                log.warning("%s lease not renewed", what, exc_info=True)
+
+    threading.Thread(target=beat, name=name, daemon=True).start()

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from chain_of_custody.core import CoreServices
 from chain_of_custody.models import EvidenceItem
-from storage.leases import Lease, claim
+from storage.leases import Lease, claim, keep_renewed
 
 from .build import BuildTakenOver, build_package
 from .models import ExportJob
@@ -106,21 +106,13 @@ class ExportBuilds:
                 ):
                     ours.clear()
 
-        def beat() -> None:
-            while not done.wait(self.lease.total_seconds() / 4):
-                try:
-                    renew()
-                except Exception:  # noqa: BLE001 - a missed beat is not fatal
-                    log.warning("export lease not renewed", exc_info=True)
-
         def progress(n: int) -> None:
             try:
                 renew(media_bytes_done=n)
             except Exception:  # noqa: BLE001 - progress is for people watching; the build goes on
                 log.warning("export progress not recorded", exc_info=True)
 
-        ticker = threading.Thread(target=beat, name=f"export-beat-{job_id[:8]}", daemon=True)
-        ticker.start()
+        keep_renewed(renew, self.lease / 4, done, what="export", name=f"export-beat-{job_id[:8]}")
         try:
             with s.db.session() as session:
                 job = session.get(ExportJob, job_id)
