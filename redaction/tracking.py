@@ -385,18 +385,16 @@ class FaceTracker:
         return Box.from_center(float(cx), float(cy), max(b.w for b in boxes), max(b.h for b in boxes))
 
     def _velocity(self, track: _Track, end: int) -> tuple[float, float]:
-        """Pixels a frame at one end of a track: from the sightings near that end, or (one
-        sighting only) nothing."""
+        """Pixels a frame at one end of a track: from the sightings within ``span`` frames of that
+        end, or nothing when that end's sighting stands alone. A speed taken from a sighting long
+        before (a face, then a gap, then something else joined to it) carries a hold off across
+        the picture onto nothing."""
         frames = track.frames
-        if len(frames) < 2:
-            return 0.0, 0.0
         span = 12
         if end == 0:
-            j = max(1, bisect.bisect_right(frames, frames[0] + span) - 1)
-            a, b = 0, j
+            a, b = 0, bisect.bisect_right(frames, frames[0] + span) - 1
         else:
-            j = min(len(frames) - 2, bisect.bisect_left(frames, frames[-1] - span))
-            a, b = j, len(frames) - 1
+            a, b = bisect.bisect_left(frames, frames[-1] - span), len(frames) - 1
         dt = frames[b] - frames[a]
         if dt <= 0:
             return 0.0, 0.0

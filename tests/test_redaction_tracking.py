@@ -129,3 +129,16 @@ def test_detection_plan_looks_at_a_shot_at_once_and_less_often_when_still() -> N
     small = DetectionPlan.for_clip(settings, 640)
     assert small.fine_width is None and small.widths(0, 0, False) == [640]
     assert all(small.widths(f, f % 5, False) in ([], [640]) for f in range(1, 48))
+
+
+def test_a_hold_after_a_lone_last_sighting_stays_where_it_was_seen() -> None:
+    """A sighting joined to a track after a long gap gives no speed to carry the hold by: a speed
+    taken across the gap moved the mask off across the picture onto nothing."""
+    tracker = FaceTracker(TrackingSettings(keep_after=6, smooth=0))
+    tracker.observe(0, [Detection(Box(300, 100, 40, 40), 0.9)])
+    tracker.observe(2, [Detection(Box(304, 100, 40, 40), 0.9)])
+    tracker.observe(22, [Detection(Box(100, 100, 40, 40), 0.9)])  # joined: the gate is wide after 20 frames
+    assert tracker.track_count == 1
+    held = [tracker.boxes_at(f)[0] for f in range(23, 29)]
+    assert all(b.kind == "extended" and b.box == Box(100, 100, 40, 40) for b in held)
+    assert tracker.boxes_at(29) == []
