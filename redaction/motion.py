@@ -29,7 +29,7 @@ class CameraMotion:
     When too few features can be followed (a blank wall, a blurred frame), the step counts as none.
     """
 
-    def __init__(self, width: int = 320, max_features: int = 200, min_features: int = 12) -> None:
+    def __init__(self, width: int = 320, max_features: int = 100, min_features: int = 12) -> None:
         self.width = width
         self.max_features = max_features
         self.min_features = min_features
@@ -63,7 +63,7 @@ class CameraMotion:
             return self.offset
         # OpenCV's stubs disagree across releases on whether nextPts may be None (an output here).
         optical_flow: Any = cv2.calcOpticalFlowPyrLK
-        moved, status, _ = optical_flow(previous, current, points, None, winSize=(15, 15), maxLevel=3)
+        moved, status, _ = optical_flow(previous, current, points, None, winSize=(15, 15), maxLevel=2)
         ok = status.reshape(-1) == 1
         if ok.sum() < self.min_features:
             return self.offset

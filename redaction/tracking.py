@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -102,12 +103,9 @@ class _Kalman:
         self.frame = 0
 
     def predicted(self, dt: int, size: float) -> tuple[np.ndarray, np.ndarray]:
-        F = np.eye(4)
-        F[0, 2] = F[1, 3] = dt
+        F, noise = _transition(dt)
         q = (self.s.accel * size) ** 2
-        # Piecewise-constant white acceleration over dt frames.
-        g = np.array([[dt * dt / 2, 0], [0, dt * dt / 2], [dt, 0], [0, dt]])
-        return F @ self.x, F @ self.P @ F.T + q * (g @ g.T)
+        return F @ self.x, F @ self.P @ F.T + q * noise
 
     def innovation(self, dt: int, size: float, cx: float, cy: float) -> tuple[float, np.ndarray]:
         x, P = self.predicted(dt, size)
@@ -123,6 +121,19 @@ class _Kalman:
         K = P[:, :2] @ np.linalg.inv(S)
         self.x = x + K @ (np.array([cx, cy]) - x[:2])
         self.P = (np.eye(4) - K[:, :2] @ np.eye(2, 4)) @ P
+
+
+@lru_cache(maxsize=128)
+def _transition(dt: int) -> tuple[np.ndarray, np.ndarray]:
+    """The constant-velocity step over ``dt`` frames and its noise shape (piecewise-constant white
+    acceleration); kept per ``dt``, as the same few steps recur every frame for every track."""
+    F = np.eye(4)
+    F[0, 2] = F[1, 3] = dt
+    g = np.array([[dt * dt / 2, 0], [0, dt * dt / 2], [dt, 0], [0, dt]])
+    F.setflags(write=False)
+    noise = g @ g.T
+    noise.setflags(write=False)
+    return F, noise
 
 
 @dataclass
