@@ -56,8 +56,11 @@ def enqueue(
     max_attempts: int = 3,
     based_on_job_id: str | None = None,
 ) -> RedactionJob:
-    """Queue the next version of a clip's redaction (version 1 is the automatic one)."""
-    item = session.get(EvidenceItem, source_item_id)
+    """Queue the next version of a clip's redaction (version 1 is the automatic one).
+
+    The next number is counted under the clip's row lock, so two people asking at once get two
+    numbers rather than one of them a conflict."""
+    item = session.get(EvidenceItem, source_item_id, with_for_update=True)
     if item is None:
         raise JobRefused("no such evidence item")
     if item.kind != "clip":

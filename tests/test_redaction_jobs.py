@@ -177,6 +177,53 @@ def test_two_workers_never_take_the_same_job(pg_url: str, tmp_path: Path) -> Non
     db.dispose()
 
 
+@pytest.mark.postgres
+def test_two_people_asking_for_a_version_at_once_get_the_next_two(pg_url: str) -> None:
+    """The next version number is counted under the clip's row lock: the second request waits for
+    the first and takes the number after it, where both once took the same and one failed."""
+    from sqlalchemy import text
+
+    from ingest.migrations_runner import upgrade_database
+
+    upgrade_database(pg_url)
+    db = Database(pg_url)
+    with db.session() as session:
+        session.add(
+            EvidenceItem(id="clip-v", kind="clip", bucket="b", object_key="kv", sha256="0" * 64, size=1)
+        )
+    versions: list[int] = []
+    failures: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with db.session() as session:
+                versions.append(jobs.enqueue(session, "clip-v", "user:second").version)
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            failures.append(exc)
+
+    with db.session() as first:
+        versions.append(jobs.enqueue(first, "clip-v", "user:first").version)
+        other = threading.Thread(target=second)
+        other.start()
+
+        def waiting() -> bool:
+            with db.session() as look:
+                return bool(
+                    look.scalar(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND datname = current_database()"
+                        )
+                    )
+                )
+
+        wait_for(waiting, 20, what="the second request to wait on the first")
+    other.join(20)
+    assert not failures, failures
+    assert sorted(versions) == [1, 2]
+    db.dispose()
+
+
 def test_killed_worker_leaves_its_job_to_another(sqlite_services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     s = sqlite_services
     path = tmp_path / "long.mp4"
