@@ -60,6 +60,10 @@ class Served:
         with self._lock:
             self._ids.add(viewing_id)
 
+    def discard(self, viewing_id: str) -> None:
+        with self._lock:
+            self._ids.discard(viewing_id)
+
     def take(self) -> list[str]:
         with self._lock:
             ids, self._ids = sorted(self._ids), set()
@@ -104,6 +108,7 @@ def seal(session: Session, ledger: Ledger, row: ViewingSession, why: str, now: d
     row.open_key = None
     row.closed_at = now
     row.closed_seq = entry.seq
+    SERVED.discard(row.id)
 
 
 def _cover(db: Database, ledger: Ledger, seq: int) -> None:
