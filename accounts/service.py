@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 
@@ -36,6 +36,9 @@ class Principal:
     username: str
     role: str
     site: str | None
+    # Which sign-in this request came by (a digest of the token's or console session's own digest,
+    # ``sign_in_mark``): a viewing is kept to the sign-in that opened it. Not part of who they are.
+    sign_in: str = field(default="", compare=False)
 
     @property
     def actor(self) -> str:
@@ -155,7 +158,13 @@ def resolve_token(session: Session, token: str, now: datetime | None = None) -> 
     user = session.get(User, row.user_id)
     if user is None or not user.active:
         return None
-    return Principal(user.id, user.username, user.role, user.site)
+    return Principal(user.id, user.username, user.role, user.site, sign_in_mark("token", row.token_hash))
+
+
+def sign_in_mark(kind: str, credential_digest: str) -> str:
+    """What names one sign-in (a token, a console session) outside the table that holds it: a digest
+    of its stored digest, so a row that keeps the mark can never be used to find the credential."""
+    return hashlib.sha256(f"sign-in\x00{kind}\x00{credential_digest}".encode()).hexdigest()
 
 
 # -- administration -----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from storage.settings import ConsoleSettings
 
 from .models import User, UserSession
-from .service import Principal
+from .service import Principal, sign_in_mark
 
 # A session's last activity is written at most this often (a page and its data calls come together).
 TOUCH_EVERY = timedelta(seconds=20)
@@ -82,7 +82,9 @@ def start_session(
     )
     session.add(row)
     session.flush()
-    principal = Principal(user.id, user.username, user.role, user.site)
+    principal = Principal(
+        user.id, user.username, user.role, user.site, sign_in_mark("console", row.token_hash)
+    )
     return secret, BrowserSession(
         principal, csrf_token_for(secret), min(now + policy.idle, row.expires_at), row.expires_at
     )
@@ -115,7 +117,9 @@ def resolve_session(
         return None
     if activity and now - row.last_seen_at >= TOUCH_EVERY:
         row.last_seen_at = now
-    principal = Principal(user.id, user.username, user.role, user.site)
+    principal = Principal(
+        user.id, user.username, user.role, user.site, sign_in_mark("console", row.token_hash)
+    )
     idle_ends = min(row.last_seen_at + policy.idle, row.expires_at)
     return BrowserSession(principal, csrf_token_for(secret), idle_ends, row.expires_at)
 

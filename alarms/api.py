@@ -295,7 +295,9 @@ async def play_voice_memo(
         item = voice_memo_item(session, alarm_id, user)
     if item is None:
         raise VoiceMemoRefused("no_memo", f"no voice memo for alarm {alarm_id}", 404)
-    return await item_response(s, item, request, user.actor, {"Cache-Control": "no-store"}, "control room")
+    return await item_response(
+        s, item, request, user.actor, {"Cache-Control": "no-store"}, "control room", sign_in=user.sign_in
+    )
 
 
 def _act(

@@ -16,8 +16,9 @@ afresh several times:
 
 - **seek** (``--phase seek``): a 2 GB H.264 clip (``--seek-gb``, made with ffmpeg), stored and
   linked to the incident, played in a plain ``<video>`` on ``GET /api/v1/evidence/{id}/content``
-  (HTTP Range; every read is a custody entry and is checked against the recorded digest as it
-  streams): from setting ``currentTime`` to the frame shown (``requestVideoFrameCallback``). Baseline,
+  (HTTP Range; every read is on custody, the player's ranges as one viewing (``chain_of_custody.viewings``):
+  the first opens it with a ``viewed`` entry covered by a tree head, the rest are rows sealed later; and
+  every read is checked against the recorded digest as it streams): from setting ``currentTime`` to the frame shown (``requestVideoFrameCallback``). Baseline,
   same run: 1 MiB range reads at random offsets straight from storage and through the route.
 
 Targets: the incident's page under 1 s to first render; seek p95 under 300 ms. Phases are separate
@@ -256,8 +257,8 @@ def make_big_clip(path: Path, target_bytes: int) -> Path:
 
 
 def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
-    """Seek latency in a plain ``<video>`` on the evidence content route (HTTP Range, every read a
-    custody entry, bytes checked as they stream) on a clip of ``--seek-gb``: time from setting
+    """Seek latency in a plain ``<video>`` on the evidence content route (HTTP Range, every read on
+    custody as a range of a viewing, bytes checked as they stream) on a clip of ``--seek-gb``: time from setting
     ``currentTime`` to the frame shown (``requestVideoFrameCallback``) and to ``seeked``. Baseline,
     same run: a 1 MiB range read at random offsets straight from storage, and through the route."""
     import random

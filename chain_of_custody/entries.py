@@ -24,7 +24,8 @@ class CustodyAction(StrEnum):
     RECEIVED = "received"
     STORED = "stored"
     VERIFIED = "verified"
-    VIEWED = "viewed"
+    VIEWED = "viewed"  # a read; a player's ranges open a viewing with it (``viewings``)
+    VIEWING_CLOSED = "viewing_closed"  # a viewing sealed: its ranges counted and hashed
     QUARANTINED = "quarantined"
     REDACTED = "redacted"
     EXPORTED = "exported"

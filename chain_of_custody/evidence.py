@@ -171,6 +171,13 @@ def quarantine_hook(
     return altered
 
 
+def trusted_record(session: Session, ledger: Ledger, item: EvidenceItem) -> None:
+    """Raise RecordUntrusted unless the item's row still says what its signed ``stored`` entry says."""
+    problem = unrecorded(item, Ledger.stored_entry(session, item.id), ledger.verifier)
+    if problem is not None:
+        raise RecordUntrusted(problem)
+
+
 def read_item(
     session: Session,
     ledger: Ledger,
@@ -184,6 +191,7 @@ def read_item(
     verify: bool = True,
     details: dict[str, Any] | None = None,
     block_digests: tuple[bytes, ...] | None = None,
+    recorded: bool = False,
 ) -> Iterator[bytes]:
     """Record the read in the custody ledger (in the caller's transaction), then stream the bytes,
         checked against the recorded digest as they stream (``fixity.checked_range``).
@@ -194,23 +202,25 @@ def read_item(
         of the whole, and nothing finer was recorded. With ``block_digests`` (kept by a whole check of the
     object lately, ``read_checks``) a range reads only the blocks it lies in, each checked against its
     digest before it is sent. ``verify=False`` is for reading an item already
-        quarantined (for review), whose bytes are known not to be the evidence."""
-    if verify:
-        problem = unrecorded(item, Ledger.stored_entry(session, item.id), ledger.verifier)
-        if problem is not None:
-            raise RecordUntrusted(problem)
-    ledger.append(
-        session,
-        "viewed",
-        actor,
-        item_id=item.id,
-        details={
-            "purpose": purpose,
-            "range": [byte_range.start, byte_range.end] if byte_range else None,
-            "sha256": item.sha256,
-            **(details or {}),
-        },
-    )
+        quarantined (for review), whose bytes are known not to be the evidence. ``recorded``: the caller
+    has already checked the record and put the read on custody (a range of a viewing, ``viewings``)."""
+    if recorded:
+        pass  # the caller checked the record and put this read on it (a viewing's range: ``viewings``)
+    else:
+        if verify:
+            trusted_record(session, ledger, item)
+        ledger.append(
+            session,
+            "viewed",
+            actor,
+            item_id=item.id,
+            details={
+                "purpose": purpose,
+                "range": [byte_range.start, byte_range.end] if byte_range else None,
+                "sha256": item.sha256,
+                **(details or {}),
+            },
+        )
     if not verify:
         if byte_range is None:
             return store.read(item.object_key, item.version_id)

@@ -89,3 +89,37 @@ class LedgerHead(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_hash: Mapped[str] = mapped_column(String(64))
     checkpoint_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ViewingSession(Base):
+    """One person's ranged reads of one item, for one purpose and reason, from one sign-in: opened by
+    a signed ``viewed`` entry, sealed by a signed ``viewing_closed`` entry (``viewings``). While open,
+    ``open_key`` holds its key (unique: one open viewing per key); sealing clears it."""
+
+    __tablename__ = "viewing_sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    open_key: Mapped[str | None] = mapped_column(String(64), default=None, unique=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("evidence_items.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(128), index=True)
+    purpose: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    opened_seq: Mapped[int] = mapped_column(BigInteger)  # the ``viewed`` entry that opened it
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    ranges: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    closed_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)  # its ``viewing_closed`` entry
+
+
+class ViewingRange(Base):
+    """One range served in a viewing, in order (``n`` from 1); sealed by the viewing's closing entry."""
+
+    __tablename__ = "viewing_ranges"
+
+    viewing_id: Mapped[str] = mapped_column(ForeignKey("viewing_sessions.id"), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    first_byte: Mapped[int] = mapped_column(BigInteger)
+    last_byte: Mapped[int] = mapped_column(BigInteger)  # inclusive, as in Content-Range
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

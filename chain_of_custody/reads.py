@@ -21,10 +21,20 @@ from storage.errors import Refused
 from storage.slots import NoSlot
 
 from .core import CoreServices
-from .evidence import ByteRange, RecordUntrusted, parse_range, quarantine, quarantine_hook, read_item
+from .evidence import (
+    ByteRange,
+    RecordUntrusted,
+    parse_range,
+    quarantine,
+    quarantine_hook,
+    read_item,
+    trusted_record,
+)
 from .fixity import FixityCheck
 from .models import EvidenceItem
 from .read_checks import VERIFIED, WHOLE_CHECKS, WholeCheck, object_key, verify_whole
+from .viewing import ViewingKey, ViewingPolicy
+from .viewings import record_range
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +152,7 @@ async def item_response(
     *,
     review_reason: str | None = None,
     reason: str | None = None,
+    sign_in: str = "",
 ) -> Response:
     """An item's bytes (whole, or the one ``Range`` asked for), streamed after the read's custody
     entry is written, and checked against the recorded digest as they stream: bytes that no longer
@@ -151,7 +162,13 @@ async def item_response(
 
     ``review_reason`` reads an item already quarantined (for review: the caller decided who may), as
     it is held, unchecked, without the recorded hash as its ETag; the reason goes on custody.
-    ``reason`` is why an item in good order is read (an original played in the console), on custody too."""
+    ``reason`` is why an item in good order is read (an original played in the console), on custody too.
+
+    A ranged read is one range of a viewing (``viewings``): the first of the person's ranges of the
+    item, for this purpose and reason, from this sign-in (``sign_in``, ``Principal.sign_in``) opens it
+    with the ``viewed`` entry; later ones are kept as rows and sealed by its ``viewing_closed`` entry.
+    Either way nothing is served before the read is recorded and the opening entry is covered by a
+    stored tree head."""
     try:
         byte_range = parse_range(request.headers.get("range"), item.size)
     except ValueError:
@@ -162,7 +179,33 @@ async def item_response(
     if not reviewing and _part(byte_range, item.size):
         digests = await _block_digests(s, item, request, actor, where)
 
+    details = {"reason": review_reason or reason} if (reviewing or reason) else None
+    # A range (not a quarantine review) is part of a viewing: one custody step for the player's many
+    # ranges (``viewings``). A whole read is its own ``viewed`` entry, as is every review read.
+    in_viewing = byte_range is not None and not reviewing
+
+    def refuse(exc: RecordUntrusted) -> None:
+        log.error("evidence read refused: record altered", extra={"item": item.id, "problem": str(exc)})
+        with s.db.session() as other:
+            quarantine(other, s.ledger, item.id, f"{exc}; found while {where}", {})
+
     def start() -> Iterator[bytes]:
+        if in_viewing:
+            assert byte_range is not None
+            try:
+                record_range(
+                    s.db,
+                    s.ledger,
+                    ViewingKey(item.id, actor, sign_in, purpose, reason),
+                    item,
+                    byte_range,
+                    ViewingPolicy.from_settings(s.settings),
+                    check=lambda session: trusted_record(session, s.ledger, item),
+                    details=details,
+                )
+            except RecordUntrusted as exc:
+                refuse(exc)
+                raise
         with s.db.session() as session:
             try:
                 return read_item(
@@ -175,16 +218,13 @@ async def item_response(
                     purpose,
                     on_altered=quarantine_hook(s.db, s.ledger, item.id, where),
                     verify=not reviewing,
-                    details={"reason": review_reason or reason} if (reviewing or reason) else None,
+                    details=details,
                     block_digests=digests,
+                    recorded=in_viewing,
                 )
             except RecordUntrusted as exc:
                 session.rollback()
-                log.error(
-                    "evidence read refused: record altered", extra={"item": item.id, "problem": str(exc)}
-                )
-                with s.db.session() as other:
-                    quarantine(other, s.ledger, item.id, f"{exc}; found while {where}", {})
+                refuse(exc)
                 raise
 
     try:

@@ -189,7 +189,11 @@ class TreeHeadLog:
                     self.tree.append(entry_leaf(row))
 
     def cover(self, seq: int, engine: Engine) -> TreeHead | None:
-        """Make sure a stored tree head covers entry ``seq``; one written for a later commit will do."""
+        """Make sure a stored tree head covers entry ``seq``; one written for a later commit will do.
+        When one already does, this returns at once, without waiting behind a write in progress for
+        other entries (``published`` only grows, once its head is stored)."""
+        if self.published >= seq:
+            return None
         with self._lock:
             if self.published >= seq:
                 return None

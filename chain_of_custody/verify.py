@@ -22,9 +22,10 @@ from .entries import ChainReport, Problem, SignedEntry, Verifier, check_entry, c
 from .keys import ServiceKey
 from .ledger import Ledger
 from .merkle import MerkleTree, leaf_hash, verify_consistency
-from .models import CustodyEntry, EvidenceItem, LedgerHead
+from .models import CustodyEntry, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
 from .signed_tree_head import TreeHead
 from .tree_heads import sample_tree_heads
+from .viewing import seal_mismatch
 
 TREE_HEAD_SAMPLE = 32
 
@@ -162,6 +163,8 @@ def verify_service(
     say("checking signed tree heads")
     chain_known_broken = bool(report.problems)
     check_tree_heads(store, key, entries, report, chain_known_broken, sample=options.tree_head_sample)
+    say("checking sealed viewings")
+    check_viewing_seals(session, entries, report)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")
@@ -240,6 +243,40 @@ def verify_service(
                 )
             )
     return report
+
+
+def check_viewing_seals(session: Session, entries: list[SignedEntry], report: ChainReport) -> None:
+    """Each sealed viewing's kept ranges (``viewing_ranges``) against its signed ``viewing_closed``
+    entry: a range removed, added or altered after the seal is named."""
+    seals = {e.body.seq: e for e in entries if e.body.action == "viewing_closed"}
+    if not seals:
+        return
+    closed = session.execute(
+        select(ViewingSession.id, ViewingSession.closed_seq).where(ViewingSession.closed_seq.is_not(None))
+    )
+    for viewing_id, seq in closed:
+        entry = seals.get(int(seq or 0))
+        details = json.loads(entry.body.details) if entry is not None else {}
+        if entry is None or details.get("viewing") != viewing_id:
+            report.problems.append(
+                Problem(
+                    "viewing_seal_missing", f"viewing {viewing_id}", f"custody entry #{seq} is not its seal"
+                )
+            )
+            continue
+        ranges = [
+            (n, first, last, at)
+            for n, first, last, at in session.execute(
+                select(ViewingRange.n, ViewingRange.first_byte, ViewingRange.last_byte, ViewingRange.at)
+                .where(ViewingRange.viewing_id == viewing_id)
+                .order_by(ViewingRange.n)
+            )
+        ]
+        problem = seal_mismatch(details, ranges)
+        if problem is not None:
+            report.problems.append(
+                Problem("viewing_ranges_altered", f"viewing {viewing_id} (custody entry #{seq})", problem)
+            )
 
 
 def check_tree_heads(

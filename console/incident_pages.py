@@ -172,6 +172,7 @@ ACTIONS = {
     "occurred": "the incident happened",
     "alarm": "alarm linked",
     "custody:viewed": "viewed or downloaded",
+    "custody:viewing_closed": "viewing closed (ranges sealed)",
     "custody:redacted": "redaction version made",
     "custody:exported": "exported",
     "custody:legal_hold": "legal hold",
@@ -218,6 +219,10 @@ def describe(row: dict[str, Any]) -> dict[str, str]:
                 "version",
                 "recipient",
                 "range",
+                "viewing",
+                "ranges",
+                "bytes",
+                "closed",
                 "sha256",
                 "size",
             )

@@ -40,6 +40,11 @@ WHAT = {
         "Viewed, downloaded or reported on",
         "who read the item, when and why (recorded before any byte left)",
     ),
+    "viewing_closed": (
+        "Viewing closed and sealed",
+        "the ranges of the item read in the viewing opened above (named by its viewing id) were "
+        "counted and hashed, in order, into this signed entry; ranges sha256 is their digest",
+    ),
     "redacted": (
         "Working copy made (redacted)",
         "a copy was made with people obscured; the master copy is unchanged",
@@ -63,7 +68,12 @@ WHAT = {
     "alarm_raised": ("Alarm raised", "the lone-worker device raised the alarm"),
     "alarm_changed": ("Alarm changed", "the alarm was acknowledged, escalated or resolved"),
 }
-HASH_KEYS = ("sha256", "blake3", "manifest_sha256", "package_sha256")
+VIEWING_OPENED = (
+    "Viewing opened (played, ranges read)",
+    "who began reading the item in a player, when and why (recorded before any byte left); the ranges "
+    "read in it are sealed by its closing entry below",
+)
+HASH_KEYS = ("sha256", "blake3", "manifest_sha256", "package_sha256", "ranges_sha256")
 PLACE_KEYS = ("camera", "dock", "via", "bucket", "key", "version_id", "filename")
 SKIP_KEYS = {"manifest", "camera_signature", "camera_public_key", "media", "incident_id", "link"}
 
@@ -167,6 +177,8 @@ def step_of(entry: Mapping[str, Any], people: Mapping[str, str]) -> Step:
     withheld = entry.get("withheld")
     details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
     assert isinstance(details, dict)
+    if action == "viewed" and details.get("viewing"):
+        what, proves = VIEWING_OPENED
     hashes = tuple((k, str(details[k])) for k in HASH_KEYS if details.get(k))
     where = ", ".join(f"{k.replace('_', ' ')} {details[k]}" for k in PLACE_KEYS if details.get(k))
     facts = tuple(

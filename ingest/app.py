@@ -27,6 +27,8 @@ from alarms import api as alarms_api
 from alarms.service import escalation_loop
 from alarms.trails import forget_old_points
 from chain_of_custody.checkpoints import write_checkpoint
+from chain_of_custody.viewing import ViewingPolicy
+from chain_of_custody.viewings import seal_over, seal_served
 from console import install as install_console
 from devices import api as devices_api
 from incidents import api as incidents_api
@@ -92,9 +94,22 @@ def forget_personal_data_when_due(services: Services, now: datetime | None = Non
     )
 
 
+def seal_viewings_at_shutdown(services: Services) -> None:
+    """Seal the viewings this process served (``chain_of_custody.viewings``): their ranges go on the
+    signed record now rather than when another instance's sweep finds them idle."""
+    try:
+        sealed = seal_served(services.db, services.ledger)
+    except Exception:  # noqa: BLE001 - shutdown goes on; the sweep of any instance seals them later
+        log.exception("viewings not sealed at shutdown")
+        return
+    if sealed:
+        log.info("viewings sealed at shutdown", extra={"viewings": sealed})
+
+
 async def housekeeping(services: Services, every: float = 30.0) -> None:
-    """Checkpoint the ledger tip, expire abandoned uploads and (when due, on one instance) forget old
-    personal data, forever (one loop per process is harmless)."""
+    """Checkpoint the ledger tip, expire abandoned uploads, seal viewings nobody came back to (any
+    instance; each row once) and (when due, on one instance) forget old personal data, forever (one
+    loop per process is harmless)."""
     while True:
         try:
 
@@ -102,6 +117,7 @@ async def housekeeping(services: Services, every: float = 30.0) -> None:
                 with services.db.session() as session:
                     write_checkpoint(session, services.store, services.key, retain_days=3650)
                 services.uploads.expire()
+                seal_over(services.db, services.ledger, ViewingPolicy.from_settings(services.settings))
                 forget_personal_data_when_due(services)
 
             await asyncio.to_thread(work)
@@ -218,6 +234,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             for t in tasks:
                 with contextlib.suppress(BaseException):
                     await t
+            await asyncio.to_thread(seal_viewings_at_shutdown, services)
             if own:
                 services.close()
 

@@ -221,6 +221,7 @@ async def content(
         "quarantine review" if item.status == "quarantined" else "view",
         review_reason=review_reason if item.status == "quarantined" else None,
         reason=reason,
+        sign_in=user.sign_in,
     )
 
 

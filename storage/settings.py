@@ -123,6 +123,28 @@ class ExhibitSettings(_Section):
     )
 
 
+class ViewingSettings(_Section):
+    """Viewing evidence in a player (ranged reads)."""
+
+    viewing_idle_minutes: int = Field(
+        10,
+        ge=1,
+        description="A viewing (one person's ranged reads of one item, for one purpose and reason, from one "
+        "sign-in) is closed and sealed on custody this long after its last range; the next read opens a new one.",
+    )
+    viewing_longest_minutes: int = Field(
+        60,
+        ge=1,
+        description="A viewing is sealed this long after it opened however busy it is, so no range stays off "
+        "the signed record for longer; the next read opens a new one.",
+    )
+    max_open_viewings_per_user: int = Field(
+        20,
+        ge=1,
+        description="Viewings one person may have open at once; opening one more seals their least recently used.",
+    )
+
+
 class DockUploadSettings(_Section):
     """Dock uploads."""
 
@@ -469,6 +491,7 @@ SECTIONS: tuple[tuple[str, type[_Section]], ...] = (
     ("Object storage (S3)", ObjectStorageSettings),
     ("Retention", RetentionSettings),
     ("Exhibits and continuity", ExhibitSettings),
+    ("Viewing evidence", ViewingSettings),
     ("Dock uploads", DockUploadSettings),
     ("HTTP API and sign-in", HttpSettings),
     ("The web console", ConsoleSettings),
@@ -487,6 +510,7 @@ class Settings(
     ObjectStorageSettings,
     RetentionSettings,
     ExhibitSettings,
+    ViewingSettings,
     DockUploadSettings,
     HttpSettings,
     ConsoleSettings,

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from chain_of_custody.models import ViewingSession
 from chain_of_custody.read_checks import BLOCK, VERIFIED, WHOLE_CHECKS, Abandoned, object_key, verify_whole
 from tests.conftest import start_server
 from tests.test_incidents_kit import bearer, store_item, user
@@ -87,9 +88,13 @@ def test_many_tiny_ranges_read_the_clip_whole_once(served: Any) -> None:
     r = tiny(SIZE - 1)
     assert r.status_code == 206 and r.content == data[-1:]
     assert reads == [SIZE - 8 * BLOCK]
-    # Every read is still on custody.
+    # Every read is still on the record: one viewing opened on custody, every range in it.
     trail = httpx.get(f"{url}/api/v1/evidence/{clip.id}/custody", headers=admin).json()
-    assert sum(1 for e in trail if e["action"] == "viewed") == READS + 1
+    opened = [e for e in trail if e["action"] == "viewed"]
+    assert len(opened) == 1, opened
+    with s.db.session() as session:
+        viewing = session.get(ViewingSession, opened[0]["details"]["viewing"])
+        assert viewing is not None and viewing.ranges == READS + 1
 
 
 def test_whole_checks_are_capped_per_person_and_per_process(served: Any) -> None:

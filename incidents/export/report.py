@@ -18,6 +18,7 @@ ACTION_WORDS = {
     "verified": "Integrity and device signature verified",
     "quarantined": "Quarantined (did not check out on arrival)",
     "viewed": "Viewed or downloaded",
+    "viewing_closed": "Viewing closed and sealed (its ranges counted and hashed)",
     "redacted": "Redacted copy made",
     "exported": "Included in an export package",
     "link_issued": "Download link given to a named recipient",

@@ -1,0 +1,298 @@
+"""Viewings in the database and on custody: a player's ranged reads of one item as one opened and one
+sealed custody step (the rules are in ``viewing``).
+
+- The first ranged read for a key (``viewing.ViewingKey``) appends the ``viewed`` entry naming the new
+  viewing; its commit returns once a signed tree head covers it, before any byte is served.
+- Each later range of the open viewing is a ``viewing_ranges`` row, committed before its bytes are
+  served; a read that joins a viewing another request has just opened waits until that opening entry
+  is covered too (``TreeHeadLog.cover``), so no byte ever leaves ahead of the signed record.
+- A viewing idle for ``viewing_idle_minutes``, open for ``viewing_longest_minutes`` or holding
+  ``MAX_RANGES`` ranges takes no more: the next read seals it (a ``viewing_closed`` entry with the
+  ranges' count, bytes, times and digest) and opens another; the housekeeping sweep seals idle ones
+  nobody comes back to, and a process seals the viewings it served when it shuts down. Opening one
+  more than ``max_open_viewings_per_user`` seals that person's least recently used.
+
+Lock order, for every writer here: the ledger head first (any append takes it), then viewing rows. A
+read that joins takes only its viewing's row and never the ledger head; when it finds the viewing
+over it gives the row back and starts again on the opening path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from storage.db import Database
+
+from .evidence import ByteRange
+from .ledger import Ledger
+from .models import CustodyEntry, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
+from .viewing import ViewingKey, ViewingPolicy, seal_details, seal_mismatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Viewed:
+    """The viewing a range was recorded in, and whether this read opened it."""
+
+    viewing_id: str
+    opened: bool
+    opened_seq: int
+
+
+class Served:
+    """The viewings this process has recorded ranges in, sealed when it shuts down."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, viewing_id: str) -> None:
+        with self._lock:
+            self._ids.add(viewing_id)
+
+    def discard(self, viewing_id: str) -> None:
+        with self._lock:
+            self._ids.discard(viewing_id)
+
+    def take(self) -> list[str]:
+        with self._lock:
+            ids, self._ids = sorted(self._ids), set()
+        return ids
+
+
+SERVED = Served()
+
+
+def _hold_ledger(session: Session) -> None:
+    """The ledger head's row lock (``Ledger.append`` takes it too): taken first, it orders this
+    transaction's viewing-row locks after every other writer's."""
+    session.execute(select(LedgerHead.id).where(LedgerHead.id == 1).with_for_update())
+
+
+def _add_range(session: Session, row: ViewingSession, byte_range: ByteRange, now: datetime) -> None:
+    row.ranges += 1
+    row.bytes += byte_range.length
+    row.last_at = now
+    session.add(
+        ViewingRange(
+            viewing_id=row.id, n=row.ranges, first_byte=byte_range.start, last_byte=byte_range.end, at=now
+        )
+    )
+
+
+def kept_ranges(session: Session, viewing_id: str) -> list[tuple[int, int, int, datetime]]:
+    """A viewing's ranges in order, as its seal's digest takes them."""
+    rows = session.execute(
+        select(ViewingRange.n, ViewingRange.first_byte, ViewingRange.last_byte, ViewingRange.at)
+        .where(ViewingRange.viewing_id == viewing_id)
+        .order_by(ViewingRange.n)
+    )
+    return [(n, first, last, at) for n, first, last, at in rows]
+
+
+def seal(session: Session, ledger: Ledger, row: ViewingSession, why: str, now: datetime) -> None:
+    """Append the viewing's ``viewing_closed`` entry and close it (the caller holds the ledger head,
+    then the row)."""
+    details = seal_details(row.id, row.actor, row.purpose, kept_ranges(session, row.id), why)
+    entry = ledger.append(session, "viewing_closed", "service", item_id=row.item_id, details=details)
+    row.open_key = None
+    row.closed_at = now
+    row.closed_seq = entry.seq
+    SERVED.discard(row.id)
+
+
+def _cover(db: Database, ledger: Ledger, seq: int) -> None:
+    """Wait until a stored tree head covers entry ``seq`` (at once when this process wrote one)."""
+    if ledger.tree_heads is not None:
+        ledger.tree_heads.cover(seq, db.engine)
+
+
+def _live(
+    session: Session, digest: str, policy: ViewingPolicy, now: datetime
+) -> tuple[ViewingSession | None, str | None]:
+    """The open viewing of ``digest`` (row-locked) and why it may take no more ranges (None: it may)."""
+    row = session.scalars(
+        select(ViewingSession).where(ViewingSession.open_key == digest).with_for_update()
+    ).first()
+    if row is None:
+        return None, None
+    return row, policy.ended(row.opened_at, row.last_at, row.ranges, now)
+
+
+def record_range(
+    db: Database,
+    ledger: Ledger,
+    key: ViewingKey,
+    item: EvidenceItem,
+    byte_range: ByteRange,
+    policy: ViewingPolicy,
+    *,
+    check: Callable[[Session], None] | None = None,
+    details: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Viewed:
+    """Record one range of a viewing; returns once it may be served (its opening entry covered by a
+    stored tree head). ``check`` runs first in the same transaction (the item's record still checks;
+    it raises to refuse). ``details`` go on the opening entry (a stated reason)."""
+    now = now or datetime.now(UTC)
+    digest = key.digest()
+    with db.session() as session:
+        if check is not None:
+            check(session)
+        row, ended = _live(session, digest, policy, now)
+        joined = None
+        if row is not None and ended is None:
+            _add_range(session, row, byte_range, now)
+            joined = Viewed(row.id, False, row.opened_seq)
+    if joined is not None:
+        SERVED.add(joined.viewing_id)
+        _cover(db, ledger, joined.opened_seq)
+        return joined
+    with db.session() as session:
+        _hold_ledger(session)
+        row, ended = _live(session, digest, policy, now)
+        if row is not None and ended is None:  # opened by another request meanwhile
+            _add_range(session, row, byte_range, now)
+            joined = Viewed(row.id, False, row.opened_seq)
+        else:
+            if row is not None and ended is not None:
+                seal(session, ledger, row, ended, now)
+            _make_room(session, ledger, key.actor, policy, now)
+            row = ViewingSession(
+                open_key=digest,
+                item_id=item.id,
+                actor=key.actor,
+                purpose=key.purpose,
+                reason=key.reason,
+                opened_seq=0,
+                opened_at=now,
+                last_at=now,
+            )
+            session.add(row)
+            session.flush()
+            entry = ledger.append(
+                session,
+                "viewed",
+                key.actor,
+                item_id=item.id,
+                details={
+                    "purpose": key.purpose,
+                    "range": [byte_range.start, byte_range.end],
+                    "sha256": item.sha256,
+                    "viewing": row.id,
+                    **(details or {}),
+                },
+            )
+            row.opened_seq = entry.seq
+            _add_range(session, row, byte_range, now)
+            opened = Viewed(row.id, True, entry.seq)
+    # The commit above returned only once a tree head covers the opening entry (``tree_heads``).
+    if joined is not None:
+        SERVED.add(joined.viewing_id)
+        _cover(db, ledger, joined.opened_seq)
+        return joined
+    SERVED.add(opened.viewing_id)
+    return opened
+
+
+def _make_room(session: Session, ledger: Ledger, actor: str, policy: ViewingPolicy, now: datetime) -> None:
+    """Seal the person's least recently used viewings so that one more keeps them within their cap
+    (rows being served this instant are passed over: they are not the least recently used)."""
+    count = session.scalar(
+        select(func.count())
+        .select_from(ViewingSession)
+        .where(ViewingSession.actor == actor, ViewingSession.open_key.is_not(None))
+    )
+    excess = int(count or 0) - policy.per_person + 1
+    if excess <= 0:
+        return
+    rows = session.scalars(
+        select(ViewingSession)
+        .where(ViewingSession.actor == actor, ViewingSession.open_key.is_not(None))
+        .order_by(ViewingSession.last_at)
+        .limit(excess)
+        .with_for_update(skip_locked=True)
+    )
+    for row in list(rows):
+        seal(session, ledger, row, "per_person", now)
+
+
+def seal_over(
+    db: Database, ledger: Ledger, policy: ViewingPolicy, now: datetime | None = None, batch: int = 200
+) -> int:
+    """The sweep: seal every open viewing that may take no more ranges (idle, too long open), in
+    batches that share a tree head; rows another request holds are left for the next sweep. Returns
+    how many were sealed."""
+    now = now or datetime.now(UTC)
+    sealed = 0
+    while True:
+        with db.session() as session:
+            _hold_ledger(session)
+            rows = list(
+                session.scalars(
+                    select(ViewingSession)
+                    .where(
+                        ViewingSession.open_key.is_not(None),
+                        or_(
+                            ViewingSession.last_at <= now - policy.idle,
+                            ViewingSession.opened_at <= now - policy.longest,
+                            ViewingSession.ranges >= policy.max_ranges,
+                        ),
+                    )
+                    .order_by(ViewingSession.last_at)
+                    .limit(batch)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            for row in rows:
+                why = policy.ended(row.opened_at, row.last_at, row.ranges, now)
+                if why is not None:
+                    seal(session, ledger, row, why, now)
+                    sealed += 1
+        if len(rows) < batch:
+            return sealed
+
+
+def seal_served(db: Database, ledger: Ledger, why: str = "shutdown") -> int:
+    """Seal the viewings this process served that are still open (at shutdown)."""
+    ids = SERVED.take()
+    if not ids:
+        return 0
+    now = datetime.now(UTC)
+    with db.session() as session:
+        _hold_ledger(session)
+        rows = list(
+            session.scalars(
+                select(ViewingSession)
+                .where(ViewingSession.id.in_(ids), ViewingSession.open_key.is_not(None))
+                .with_for_update(skip_locked=True)
+            )
+        )
+        for row in rows:
+            seal(session, ledger, row, why, now)
+    return len(rows)
+
+
+def sealed_mismatches(session: Session, ledger: Ledger) -> list[tuple[str, str]]:
+    """Sealed viewings whose kept ranges no longer agree with their seal: (viewing id, what)."""
+    found: list[tuple[str, str]] = []
+    rows = session.execute(
+        select(ViewingSession.id, CustodyEntry.details)
+        .join(CustodyEntry, CustodyEntry.seq == ViewingSession.closed_seq)
+        .where(ViewingSession.closed_seq.is_not(None))
+    )
+    for viewing_id, details in rows:
+        problem = seal_mismatch(json.loads(details), kept_ranges(session, viewing_id))
+        if problem is not None:
+            found.append((viewing_id, problem))
+    return found

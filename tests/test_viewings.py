@@ -1,0 +1,279 @@
+"""A player's ranged reads as viewings, through the real server, database and store: many ranges of one
+item by one person, for one purpose and reason, from one sign-in, are one ``viewed`` entry and, once
+the viewing is over, one ``viewing_closed`` entry whose summary is the ranges served; anything else
+(another reason, person, sign-in, item or purpose, or a read after the viewing went idle) opens a
+viewing of its own; no byte leaves before the opening entry is in a stored tree head; a range
+altered after its seal is named by verification; an export carrying these entries verifies offline."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from chain_of_custody.evidence import ByteRange
+from chain_of_custody.models import CustodyEntry, ViewingRange, ViewingSession
+from chain_of_custody.package_verify import verify_package
+from chain_of_custody.tree_heads import PREFIX
+from chain_of_custody.verify import verify_service
+from chain_of_custody.viewing import ViewingKey, ViewingPolicy, ranges_digest
+from chain_of_custody.viewings import kept_ranges, record_range, seal_over, seal_served
+from tests.conftest import wait_for
+from tests.test_export_package import download, export
+from tests.test_incidents_kit import bearer, store_item, user
+
+REASON = "checking the assault at the front desk"
+DATA = bytes(range(256)) * 4096  # 1 MiB
+
+
+def _entries(s: Any, item_id: str, action: str) -> list[dict[str, Any]]:
+    import json
+
+    with s.db.session() as session:
+        rows = session.scalars(
+            select(CustodyEntry)
+            .where(CustodyEntry.item_id == item_id, CustodyEntry.action == action)
+            .order_by(CustodyEntry.seq)
+        ).all()
+        return [{"seq": r.seq, "actor": r.actor, "details": json.loads(r.details)} for r in rows]
+
+
+def _get(
+    url: str, item_id: str, headers: dict[str, str], first: int, last: int, reason: str = REASON
+) -> httpx.Response:
+    return httpx.get(
+        f"{url}/api/v1/evidence/{item_id}/content",
+        headers={**headers, "Range": f"bytes={first}-{last}"},
+        params={"reason": reason},
+        timeout=60,
+    )
+
+
+def _sweep_later(s: Any) -> int:
+    """The housekeeping sweep, as it runs once the idle time has passed."""
+    policy = ViewingPolicy.from_settings(s.settings)
+    return seal_over(s.db, s.ledger, policy, datetime.now(UTC) + policy.idle + timedelta(seconds=1))
+
+
+def test_many_ranges_are_one_viewing_sealed_with_their_summary(live: Any) -> None:
+    s, url, admin = live.services, live.url, live.admin()
+    clip = store_item(s, data=DATA)
+    asked = [(0, 65535), (524288, 589823), (65536, 131071), (1048000, 1048575), (300000, 300000)] * 4
+    for first, last in asked:
+        r = _get(url, clip.id, admin, first, last)
+        assert r.status_code == 206 and r.content == DATA[first : last + 1], r.text[:200]
+
+    opened = _entries(s, clip.id, "viewed")
+    assert len(opened) == 1 and opened[0]["details"]["reason"] == REASON
+    assert opened[0]["details"]["range"] == list(asked[0])
+    viewing_id = opened[0]["details"]["viewing"]
+    assert _entries(s, clip.id, "viewing_closed") == []
+    assert _sweep_later(s) == 1
+
+    sealed = _entries(s, clip.id, "viewing_closed")
+    assert len(sealed) == 1
+    d = sealed[0]["details"]
+    assert d["viewing"] == viewing_id and d["viewer"] == "user:admin" and d["closed"] == "idle"
+    assert d["ranges"] == len(asked)
+    assert d["bytes"] == sum(last - first + 1 for first, last in asked)
+    with s.db.session() as session:
+        kept = kept_ranges(session, viewing_id)
+        row = session.get(ViewingSession, viewing_id)
+        assert row is not None and row.open_key is None and row.closed_seq == sealed[0]["seq"]
+    assert [(first, last) for _, first, last, _ in kept] == asked
+    assert d["ranges_sha256"] == ranges_digest(kept)
+    assert d["first_at"] < d["last_at"]
+    assert "reason" not in d  # the reason is on the opening entry only
+
+    # The trail reads as two steps, and the service's verification checks the seal against the rows.
+    trail = httpx.get(f"{url}/api/v1/evidence/{clip.id}/custody", headers=admin).json()
+    assert [e["action"] for e in trail][-2:] == ["viewed", "viewing_closed"]
+    with s.db.session() as session:
+        assert verify_service(session, s.store, s.key).ok
+        session.execute(
+            update(ViewingRange)
+            .where(ViewingRange.viewing_id == viewing_id, ViewingRange.n == 3)
+            .values(first_byte=0)
+        )
+    with s.db.session() as session:
+        report = verify_service(session, s.store, s.key)
+    assert [p.kind for p in report.problems] == ["viewing_ranges_altered"], report.problems
+
+
+def test_another_reason_person_sign_in_or_item_opens_a_viewing_of_its_own(live: Any) -> None:
+    s, url, admin = live.services, live.url, live.admin()
+    clip = store_item(s, data=DATA)
+    copy = store_item(s, kind="redacted_clip", derived_from=clip.id, data=DATA)
+    user(s, "inv", "admin")
+    inv = bearer(s, "inv")
+    admin_again = bearer(s, "admin")  # the same person by another sign-in
+    reads: list[tuple[str, dict[str, str], str]] = [
+        (clip.id, admin, REASON),
+        (clip.id, admin, REASON),  # joins the first
+        (clip.id, admin, "a different reason for the same footage"),
+        (clip.id, inv, REASON),
+        (clip.id, admin_again, REASON),
+        (copy.id, admin, REASON),
+    ]
+    for item_id, headers, reason in reads:
+        assert _get(url, item_id, headers, 10, 20, reason).status_code == 206
+    opened = _entries(s, clip.id, "viewed")
+    assert [(e["actor"], e["details"]["reason"]) for e in opened] == [
+        ("user:admin", REASON),
+        ("user:admin", "a different reason for the same footage"),
+        ("user:inv", REASON),
+        ("user:admin", REASON),
+    ]
+    assert len({e["details"]["viewing"] for e in opened}) == 4
+    assert len(_entries(s, copy.id, "viewed")) == 1
+
+    # Another purpose (the control room's, say) is another viewing too, even with all else the same.
+    key = ViewingKey(clip.id, "user:admin", "sign-in", "view", REASON)
+    policy = ViewingPolicy.from_settings(s.settings)
+    first = record_range(s.db, s.ledger, key, clip, ByteRange(0, 9), policy)
+    same = record_range(s.db, s.ledger, key, clip, ByteRange(10, 19), policy)
+    other = record_range(
+        s.db,
+        s.ledger,
+        ViewingKey(clip.id, "user:admin", "sign-in", "control room", REASON),
+        clip,
+        ByteRange(0, 9),
+        policy,
+    )
+    assert first.opened and not same.opened and same.viewing_id == first.viewing_id
+    assert other.opened and other.viewing_id != first.viewing_id
+
+    # A whole read (a download) is an entry of its own every time, outside any viewing.
+    for _ in range(2):
+        r = httpx.get(f"{url}/api/v1/evidence/{clip.id}/content", headers=admin, params={"reason": REASON})
+        assert r.status_code == 200 and r.content == DATA
+    whole = [e for e in _entries(s, clip.id, "viewed") if "viewing" not in e["details"]]
+    assert len(whole) == 2 and all(e["details"]["range"] is None for e in whole)
+
+
+def test_a_read_after_the_viewing_went_idle_seals_it_and_opens_another(live: Any) -> None:
+    s, url, admin = live.services, live.url, live.admin()
+    clip = store_item(s, data=DATA)
+    for first in (0, 100, 200):
+        assert _get(url, clip.id, admin, first, first + 99).status_code == 206
+    (opened,) = _entries(s, clip.id, "viewed")
+    gone = datetime.now(UTC) - timedelta(minutes=s.settings.viewing_idle_minutes, seconds=1)
+    with s.db.session() as session:  # as if the person stopped watching that long ago
+        session.execute(
+            update(ViewingSession)
+            .where(ViewingSession.id == opened["details"]["viewing"])
+            .values(last_at=gone)
+        )
+    assert _get(url, clip.id, admin, 300, 399).status_code == 206
+    viewings = [e["details"]["viewing"] for e in _entries(s, clip.id, "viewed")]
+    assert len(viewings) == 2 and viewings[0] == opened["details"]["viewing"]
+    (sealed,) = _entries(s, clip.id, "viewing_closed")
+    assert sealed["details"]["viewing"] == viewings[0] and sealed["details"]["ranges"] == 3
+    assert sealed["details"]["closed"] == "idle" and sealed["seq"] < _entries(s, clip.id, "viewed")[1]["seq"]
+
+    # However busy, a viewing is sealed once it has been open for the longest time.
+    with s.db.session() as session:
+        long_ago = datetime.now(UTC) - timedelta(minutes=s.settings.viewing_longest_minutes, seconds=1)
+        session.execute(
+            update(ViewingSession).where(ViewingSession.id == viewings[1]).values(opened_at=long_ago)
+        )
+    assert _get(url, clip.id, admin, 400, 499).status_code == 206
+    closed = _entries(s, clip.id, "viewing_closed")
+    assert [e["details"]["closed"] for e in closed] == ["idle", "longest"]
+
+    # What this process served and is still open is sealed when it shuts down.
+    assert seal_served(s.db, s.ledger) == 1
+    assert [e["details"]["closed"] for e in _entries(s, clip.id, "viewing_closed")] == [
+        "idle",
+        "longest",
+        "shutdown",
+    ]
+
+
+def test_one_person_holds_a_bounded_number_of_viewings(live: Any) -> None:
+    s, url, admin = live.services, live.url, live.admin()
+    s.settings.max_open_viewings_per_user = 2
+    clips = [store_item(s, data=DATA) for _ in range(3)]
+    for clip in clips:
+        assert _get(url, clip.id, admin, 0, 9).status_code == 206
+    with s.db.session() as session:
+        still_open = session.scalars(
+            select(ViewingSession.item_id).where(
+                ViewingSession.actor == "user:admin", ViewingSession.open_key.is_not(None)
+            )
+        ).all()
+    assert sorted(still_open) == sorted(c.id for c in clips[1:])
+    (sealed,) = _entries(s, clips[0].id, "viewing_closed")
+    assert sealed["details"]["closed"] == "per_person" and sealed["details"]["ranges"] == 1
+
+
+def test_no_byte_leaves_before_the_opening_entry_is_in_a_stored_tree_head(
+    live: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s, url, admin = live.services, live.url, live.admin()
+    clip = store_item(s, data=DATA)
+    assert (
+        _get(url, clip.id, admin, 0, 0, "a first look at the footage").status_code == 206
+    )  # whole check done
+    release = threading.Event()
+    holding = threading.Event()
+    original: Callable[..., Any] = s.store.put_bytes
+
+    def slow_tree_heads(name: str, *a: Any, **k: Any) -> Any:
+        if name.startswith(PREFIX):
+            holding.set()
+            assert release.wait(60)
+        return original(name, *a, **k)
+
+    monkeypatch.setattr(s.store, "put_bytes", slow_tree_heads)
+    with ThreadPoolExecutor(2) as pool:
+        opening = pool.submit(_get, url, clip.id, admin, 0, 99)
+        wait_for(holding.is_set, 30, what="the opening entry's tree head to be on its way")
+        joining = pool.submit(_get, url, clip.id, admin, 100, 199)
+
+        def joined() -> bool:
+            with s.db.session() as session:
+                return bool(
+                    session.scalar(select(ViewingSession.ranges).where(ViewingSession.reason == REASON)) == 2
+                )
+
+        wait_for(joined, 30, what="the second range to be recorded in the viewing")
+        for pending in (opening, joining):  # recorded, but not served: the tree head is not stored yet
+            with pytest.raises(FutureTimeout):
+                pending.result(timeout=1.0)
+        release.set()
+        assert opening.result(timeout=60).content == DATA[:100]
+        assert joining.result(timeout=60).content == DATA[100:200]
+
+
+def test_an_export_with_viewings_verifies_offline(live: Any, tmp_path: Path) -> None:
+    s, url, admin = live.services, live.url, live.admin()
+    clip = store_item(s, data=DATA)
+    for first in (0, 4096, 8192):
+        assert _get(url, clip.id, admin, first, first + 4095).status_code == 206
+    assert _sweep_later(s) == 1
+    result = export(s, [clip.id])
+    path = download(s, result.export_id, tmp_path / result.filename)
+    report = verify_package(path, s.key.fingerprint)
+    assert report.ok, report.problems
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        chains = [
+            json.loads(zf.read(n)) for n in zf.namelist() if n.startswith("custody/") and n.endswith(".json")
+        ]
+    actions = [
+        e.get("action")
+        for chain in chains
+        for e in (chain if isinstance(chain, list) else chain.get("entries", []))
+    ]
+    assert "viewed" in actions and "viewing_closed" in actions
