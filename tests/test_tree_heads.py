@@ -266,3 +266,50 @@ def test_a_handed_over_leaf_that_is_not_the_ledgers_is_refused(services: Any) ->
     seq = _append(services)
     with pytest.raises(RuntimeError, match=f"#{seq}"):
         log.committed({seq: b"\x00" * 32})
+
+
+def test_commits_that_arrive_while_a_head_is_stored_share_the_next_one(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: three commits made while one head is being stored wait for it, and then one head
+    covers all three instead of each storing its own."""
+    log = services.ledger.tree_heads
+    _append(services)
+    before = log.written
+    put = services.store.put_bytes
+    storing, release = threading.Event(), threading.Event()
+
+    def slow_first_put(*a: Any, **k: Any) -> Any:
+        if not storing.is_set():
+            storing.set()
+            assert release.wait(60)
+        return put(*a, **k)
+
+    monkeypatch.setattr(services.store, "put_bytes", slow_first_put)
+    seqs: list[int] = []
+    errors: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            seqs.append(_append(services))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    first = threading.Thread(target=commit)
+    first.start()
+    assert storing.wait(60)
+    others = [threading.Thread(target=commit) for _ in range(3)]
+    for t in others:
+        t.start()
+    deadline = threading.Event()
+    for _ in range(6000):  # until all three have committed and handed their leaves over
+        if len(log._handed) == 3:  # noqa: SLF001
+            break
+        deadline.wait(0.01)
+    assert len(log._handed) == 3  # noqa: SLF001
+    release.set()
+    for t in [first, *others]:
+        t.join(60)
+    assert not errors, errors
+    assert log.written - before == 2
+    assert _newest(services) == max(seqs) == log.published
