@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from .canonical import canonical_json, rfc3339
 from .entries import GENESIS, CustodyAction, EntryBody, SignedEntry
 from .keys import ServiceKey, verify_signature
+from .merkle import leaf_hash
 from .models import CustodyEntry, LedgerHead
 from .tree_heads import TreeHeadLog, entry_body
 
@@ -106,7 +107,7 @@ class Ledger:
         head.last_hash = entry_hash
         session.flush()
         if self.tree_heads is not None:
-            self.tree_heads.watch(session, body.seq)
+            self.tree_heads.watch(session, body.seq, leaf_hash(canonical))
         return row
 
     @staticmethod

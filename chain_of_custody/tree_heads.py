@@ -11,7 +11,10 @@ nothing is acknowledged (the entries stand, and the next tree head covers them).
 
 Concurrent commits share one tree head (group commit): a commit waits for the one being written
 and returns at once if it covers its entries; otherwise it writes one covering everything committed
-so far. Every process keeps the tree in memory, catching up from the database, so replicas agree.
+so far. Every process keeps the tree in memory. A commit hands the leaves it appended to the tree as
+it commits, so the tree grows without reading the database back; the database is read only for
+entries this process has not seen committed (another process's, at start, or one whose commit has
+not yet handed its leaves over), and any leaf handed over is checked against the row read for it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 PREFIX = "tree-heads/"
 _PENDING = "custody_tree_head_pending"
 _WATCHED = "custody_tree_head_watched"
+_LEAVES = "custody_tree_head_leaves"  # seq -> leaf hash appended in the session's transaction
+_UNSURE = "custody_tree_head_unsure"  # a savepoint was rolled back: its leaves may not have committed
 
 
 def entry_body(row: CustodyEntry) -> EntryBody:
@@ -139,13 +144,20 @@ class TreeHeadLog:
         self.published = 0
         self.latest: TreeHead | None = None
         self.written = 0  # tree heads this process wrote (group commit shares them)
+        self.ledger_reads = 0  # times the tree read entries back from the database
         self._lock = threading.Lock()
+        self._loaded = False  # the tree has been read from the database once (at start)
+        self._handed: dict[int, bytes] = {}  # leaves committed in this process, not yet in the tree
+        self._handed_lock = threading.Lock()
 
     # -- the commit hook ---------------------------------------------------------------------------
 
-    def watch(self, session: Session, seq: int) -> None:
-        """``seq`` was appended in ``session``'s transaction: cover it before its commit returns."""
+    def watch(self, session: Session, seq: int, leaf: bytes | None = None) -> None:
+        """``seq`` (leaf hash ``leaf``) was appended in ``session``'s transaction: cover it before its
+        commit returns."""
         session.info[_PENDING] = max(seq, session.info.get(_PENDING, 0))
+        if leaf is not None:
+            session.info.setdefault(_LEAVES, {})[seq] = leaf
         if not session.info.get(_WATCHED):
             session.info[_WATCHED] = True
             event.listen(session, "after_commit", self._after_commit)
@@ -153,24 +165,43 @@ class TreeHeadLog:
 
     def _after_commit(self, session: Session) -> None:
         seq = session.info.pop(_PENDING, 0)
+        leaves: dict[int, bytes] = session.info.pop(_LEAVES, {})
+        unsure = session.info.pop(_UNSURE, False)
         if not seq:
             return
         bind = session.get_bind()
         engine = bind if isinstance(bind, Engine) else bind.engine
         try:
-            self.cover(seq, engine)
+            if unsure:  # which of its entries committed is known to the database alone
+                self.cover_all(engine)
+            else:
+                self.committed(leaves)
+                self.cover(seq, engine)
         except Exception as exc:  # noqa: BLE001 - raised by Database.session once the commit is done
             log.error("custody tree head not written", extra={"seq": seq, "error": str(exc)})
             session.info[COMMIT_DUTY_FAILED] = exc
 
     @staticmethod
     def _after_rollback(session: Session) -> None:
+        if session.in_nested_transaction():  # a savepoint: what was appended before it still stands
+            session.info[_UNSURE] = True
+            return
         session.info.pop(_PENDING, None)
+        session.info.pop(_LEAVES, None)
+        session.info.pop(_UNSURE, None)
+
+    def committed(self, leaves: dict[int, bytes]) -> None:
+        """Leaves of entries whose transaction has committed, for the tree to take in order."""
+        with self._handed_lock:
+            self._handed.update(leaves)
+        if min(leaves, default=self.tree.size + 1) <= self.tree.size:  # read back from the database meanwhile
+            self._settle_handed()
 
     # -- writing -----------------------------------------------------------------------------------
 
     def catch_up(self, engine: Engine) -> None:
         """Add the entries committed since this process last looked (from any process) to the tree."""
+        self.ledger_reads += 1
         with Session(engine) as session:
             while True:
                 rows = list(
@@ -182,11 +213,37 @@ class TreeHeadLog:
                     )
                 )
                 if not rows:
-                    return
+                    break
                 for row in rows:
                     if row.seq != self.tree.size + 1:
                         raise RuntimeError(f"custody entry #{self.tree.size + 1} is missing from the ledger")
                     self.tree.append(entry_leaf(row))
+        self._loaded = True
+        self._settle_handed()
+
+    def _settle_handed(self) -> None:
+        """Drop handed-over leaves the tree already holds (read from the database), each checked
+        against the leaf read: a commit's own record of what it wrote must be what the ledger holds."""
+        with self._handed_lock:
+            stale = [s for s in self._handed if s <= self.tree.size]
+            leaves = self.tree.levels[0]
+            for s in stale:
+                if self._handed.pop(s) != leaves[s - 1]:
+                    raise RuntimeError(f"custody entry #{s} in the ledger is not the entry committed")
+
+    def _extend(self) -> None:
+        """Add the handed-over leaves that continue the tree (lock held)."""
+        with self._handed_lock:
+            while (leaf := self._handed.pop(self.tree.size + 1, None)) is not None:
+                self.tree.append(leaf)
+
+    def _cover_to(self, seq: int, engine: Engine) -> None:
+        """Grow the tree to at least ``seq`` entries, from handed-over leaves where it can (lock held)."""
+        if self._loaded:
+            self._extend()
+        if self.tree.size < seq:  # at start, or entries this process did not commit: read them
+            self.catch_up(engine)
+            self._extend()
 
     def cover(self, seq: int, engine: Engine) -> TreeHead | None:
         """Make sure a stored tree head covers entry ``seq``; one written for a later commit will do.
@@ -198,6 +255,11 @@ class TreeHeadLog:
             if self.published >= seq:
                 return None
             return self._write(seq, engine)
+
+    def cover_all(self, engine: Engine) -> TreeHead:
+        """Make sure a stored tree head covers every entry committed now."""
+        with self._lock:
+            return self._current(engine)
 
     def inclusion(self, seqs: list[int], engine: Engine) -> tuple[TreeHead, dict[int, list[str]]]:
         """A stored tree head covering entries ``seqs`` and, for each, its inclusion proof (hex path)
@@ -213,16 +275,22 @@ class TreeHeadLog:
     def current(self, engine: Engine) -> TreeHead:
         """A stored tree head over everything committed now (written if the newest does not cover it)."""
         with self._lock:
-            self.catch_up(engine)
-            if self.latest is not None and self.latest.tree_size == self.tree.size:
-                return self.latest
-            return self._write(max(self.tree.size, 1), engine)
+            return self._current(engine)
+
+    def _current(self, engine: Engine) -> TreeHead:
+        if self._loaded:
+            self._extend()
+        self.catch_up(engine)
+        self._extend()
+        if self.latest is not None and self.latest.tree_size == self.tree.size:
+            return self.latest
+        return self._write(max(self.tree.size, 1), engine)
 
     def consistency(self, first: int, second: int, engine: Engine) -> list[str]:
         """PROOF(first, D[second]) as hex: that the tree of ``first`` entries is a prefix of ``second``'s."""
         with self._lock:
             if second > self.tree.size:
-                self.catch_up(engine)
+                self._cover_to(second, engine)
             if not 0 < first <= second <= self.tree.size:
                 raise ValueError(
                     f"no consistency proof from {first} to {second} (the log holds {self.tree.size})"
@@ -231,7 +299,7 @@ class TreeHeadLog:
 
     def _write(self, seq: int, engine: Engine) -> TreeHead:
         """Sign and store a tree head over everything committed, which includes ``seq`` (lock held)."""
-        self.catch_up(engine)
+        self._cover_to(seq, engine)
         if self.tree.size < seq:
             raise RuntimeError(f"custody entry #{seq} was committed but cannot be read back")
         head = sign_tree_head(self.key, self.tree.size, self.tree.root())

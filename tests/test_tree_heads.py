@@ -4,6 +4,7 @@ database (with the head row reset to match) is named by verification, on both da
 
 from __future__ import annotations
 
+import random
 import threading
 from typing import Any
 
@@ -137,3 +138,178 @@ def test_a_rewritten_history_is_named_even_when_re_signed(services: Any) -> None
     with services.db.session() as session:
         report = verify_service(session, services.store, services.key)
     assert [p.kind for p in report.problems] == ["tree_head_mismatch"], [str(p) for p in report.problems]
+
+
+def _root_from_scratch(services: Any) -> tuple[int, str]:
+    """The ledger's size and Merkle root computed from every row in the database."""
+    from chain_of_custody.ledger import to_signed
+
+    with services.db.session() as session:
+        rows = session.scalars(select(CustodyEntry).order_by(CustodyEntry.seq)).all()
+        tree = MerkleTree([leaf_hash(to_signed(r).body.canonical()) for r in rows])
+    return tree.size, tree.root().hex()
+
+
+def test_commits_grow_the_tree_without_reading_the_ledger_back(services: Any) -> None:
+    """After the tree is read once at start, a commit's own leaves build it: no database read per head."""
+    log = services.ledger.tree_heads
+    _append(services)
+    reads = log.ledger_reads
+    for _ in range(5):
+        seq = _append(services)
+        assert log.published >= seq
+    assert log.ledger_reads == reads
+    heads, _ = read_tree_heads(services.store, services.key)
+    assert (heads[-1].tree_size, heads[-1].root_hash) == _root_from_scratch(services)
+
+
+def test_the_tree_kept_in_memory_is_the_ledger_after_random_appends_and_a_restart(
+    services: Any, settings: Any
+) -> None:
+    """Random appends from several threads, some rolled back whole, some in a savepoint that is rolled
+    back while the entries before it stand: every stored head is the root of the ledger's prefix,
+    successive heads are consistent, and a new process (a restart) reads the same tree back."""
+    from chain_of_custody.merkle import verify_consistency
+    from ingest.services import build_services
+
+    rng = random.Random(13)
+    plans = [[rng.choice(["one", "two", "rollback", "savepoint"]) for _ in range(12)] for _ in range(4)]
+    errors: list[BaseException] = []
+
+    class Undo(Exception):
+        pass
+
+    def work(plan: list[str]) -> None:
+        try:
+            for step in plan:
+                if step == "rollback":
+                    with pytest.raises(Undo), services.db.session() as session:
+                        services.ledger.append(session, "viewed", "user:test", details={"n": 0})
+                        raise Undo
+                    continue
+                with services.db.session() as session:
+                    services.ledger.append(session, "viewed", "user:test", details={"n": 1})
+                    if step == "two":
+                        services.ledger.append(session, "linked", "user:test", details={"n": 2})
+                    if step == "savepoint":
+                        with pytest.raises(Undo), session.begin_nested():
+                            services.ledger.append(session, "viewed", "user:test", details={"n": 3})
+                            raise Undo
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in plans]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    size, root = _root_from_scratch(services)
+    log = services.ledger.tree_heads
+    assert log.published == size and log.tree.size == size
+    assert log.tree.root().hex() == root
+    heads, bad = read_tree_heads(services.store, services.key)
+    assert not bad and heads[-1].tree_size == size and heads[-1].root_hash == root
+    for a, b in zip(heads, heads[1:], strict=False):
+        proof = log.tree.consistency_proof(a.tree_size, b.tree_size)
+        assert verify_consistency(
+            a.tree_size, b.tree_size, proof, bytes.fromhex(a.root_hash), bytes.fromhex(b.root_hash)
+        )
+
+    restarted = build_services(settings, migrate=False)
+    try:
+        seq = _append(restarted)
+        assert restarted.ledger.tree_heads.ledger_reads == 1  # read once at start
+        more = _append(restarted)
+        assert restarted.ledger.tree_heads.ledger_reads == 1
+        assert more == seq + 1 == size + 2
+        assert restarted.ledger.tree_heads.tree.root(size).hex() == root
+        assert (
+            restarted.ledger.tree_heads.latest.tree_size,
+            restarted.ledger.tree_heads.latest.root_hash,
+        ) == (_root_from_scratch(restarted))
+        with restarted.db.session() as session:
+            assert verify_service(session, restarted.store, restarted.key).ok
+    finally:
+        restarted.db.dispose()
+
+
+def test_entries_of_another_process_are_read_from_the_ledger(services: Any, settings: Any) -> None:
+    """Two processes on one ledger: each covers the other's entries, read from the database."""
+    from ingest.services import build_services
+
+    other = build_services(settings, migrate=False)
+    try:
+        for _ in range(3):
+            _append(services)
+            _append(other)
+        from chain_of_custody.ledger import to_signed
+
+        with services.db.session() as session:
+            rows = session.scalars(select(CustodyEntry).order_by(CustodyEntry.seq)).all()
+            tree = MerkleTree([leaf_hash(to_signed(r).body.canonical()) for r in rows])
+        for s in (services, other):  # each covers its own last entry and everything before it
+            latest = s.ledger.tree_heads.latest
+            assert latest.root_hash == tree.root(latest.tree_size).hex()
+        assert other.ledger.tree_heads.latest.tree_size == tree.size == 6
+        assert services.ledger.tree_heads.ledger_reads == 3  # at start, then once for each of other's
+        heads, bad = read_tree_heads(services.store, services.key)
+        assert not bad and [h.tree_size for h in heads] == [1, 2, 3, 4, 5, 6]
+    finally:
+        other.db.dispose()
+
+
+def test_a_handed_over_leaf_that_is_not_the_ledgers_is_refused(services: Any) -> None:
+    """What a commit says it wrote is checked against the row once the tree has read it: a tree head
+    is never signed over a leaf the ledger does not hold."""
+    log = services.ledger.tree_heads
+    seq = _append(services)
+    with pytest.raises(RuntimeError, match=f"#{seq}"):
+        log.committed({seq: b"\x00" * 32})
+
+
+def test_commits_that_arrive_while_a_head_is_stored_share_the_next_one(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: three commits made while one head is being stored wait for it, and then one head
+    covers all three instead of each storing its own."""
+    log = services.ledger.tree_heads
+    _append(services)
+    before = log.written
+    put = services.store.put_bytes
+    storing, release = threading.Event(), threading.Event()
+
+    def slow_first_put(*a: Any, **k: Any) -> Any:
+        if not storing.is_set():
+            storing.set()
+            assert release.wait(60)
+        return put(*a, **k)
+
+    monkeypatch.setattr(services.store, "put_bytes", slow_first_put)
+    seqs: list[int] = []
+    errors: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            seqs.append(_append(services))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    first = threading.Thread(target=commit)
+    first.start()
+    assert storing.wait(60)
+    others = [threading.Thread(target=commit) for _ in range(3)]
+    for t in others:
+        t.start()
+    deadline = threading.Event()
+    for _ in range(6000):  # until all three have committed and handed their leaves over
+        if len(log._handed) == 3:  # noqa: SLF001
+            break
+        deadline.wait(0.01)
+    assert len(log._handed) == 3  # noqa: SLF001
+    release.set()
+    for t in [first, *others]:
+        t.join(60)
+    assert not errors, errors
+    assert log.written - before == 2
+    assert _newest(services) == max(seqs) == log.published
