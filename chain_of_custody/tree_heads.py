@@ -133,6 +133,42 @@ def sample_tree_heads(
     return good, bad, len(names)
 
 
+class LedgerContradicted(RuntimeError):
+    """The ledger in the database is not the one the signed tree heads in storage describe: entries
+    were cut from its tail or rewritten while the service was stopped. Nothing more is signed over
+    it (every commit that appends entries fails, so nothing is acknowledged) until someone who may
+    looks into it; ``evidence verify`` names what differs."""
+
+
+def stored_heads_contradicting(store: ObjectStore, key: ServiceKey, tree: MerkleTree) -> str | None:
+    """What, if anything, in storage contradicts a ledger whose tree is ``tree``, found without
+    listing every head: any signed head of more entries than the ledger holds (a cut tail), and the
+    newest head at or below the ledger's size must have the ledger's root at that size (a rewrite).
+    Heads are named by their size, zero-padded, so both are a listing from one name on; only when
+    no head has the ledger's exact size (a crash between a commit and its head) is every name read."""
+    size = tree.size
+    for name in store.list_keys(PREFIX, start_after=f"{PREFIX}{size:015d}."):
+        head = _read_one(store, key, name)
+        if head is not None and head.tree_size > size:
+            return (
+                f"a signed tree head in storage covers {head.tree_size} custody entries; "
+                f"the ledger holds {size}"
+            )
+    names = store.list_keys(f"{PREFIX}{size:015d}-") if size else []
+    heads = [h for h in (_read_one(store, key, n) for n in names) if h is not None]
+    if not heads:
+        heads = [h for h in sample_tree_heads(store, key, 0)[0] if h.tree_size <= size]
+    if not heads:
+        return None
+    newest = max(heads, key=lambda h: h.tree_size)
+    if tree.root(newest.tree_size).hex() != newest.root_hash:
+        return (
+            f"the ledger's first {newest.tree_size} custody entries are not those the signed tree "
+            f"head of {newest.timestamp} covers"
+        )
+    return None
+
+
 class TreeHeadLog:
     """This process's view of the Merkle tree and the tree heads it has written."""
 
@@ -149,6 +185,7 @@ class TreeHeadLog:
         self._loaded = False  # the tree has been read from the database once (at start)
         self._handed: dict[int, bytes] = {}  # leaves committed in this process, not yet in the tree
         self._handed_lock = threading.Lock()
+        self.contradicted: LedgerContradicted | None = None  # found at start: nothing is signed
 
     # -- the commit hook ---------------------------------------------------------------------------
 
@@ -200,7 +237,12 @@ class TreeHeadLog:
     # -- writing -----------------------------------------------------------------------------------
 
     def catch_up(self, engine: Engine) -> None:
-        """Add the entries committed since this process last looked (from any process) to the tree."""
+        """Add the entries committed since this process last looked (from any process) to the tree.
+        The first time, at start, the tree read is checked against the tree heads in storage
+        (``stored_heads_contradicting``): a ledger cut or rewritten while the service was stopped
+        is never signed over."""
+        if self.contradicted is not None:
+            raise self.contradicted
         self.ledger_reads += 1
         with Session(engine) as session:
             while True:
@@ -218,6 +260,12 @@ class TreeHeadLog:
                     if row.seq != self.tree.size + 1:
                         raise RuntimeError(f"custody entry #{self.tree.size + 1} is missing from the ledger")
                     self.tree.append(entry_leaf(row))
+        if not self._loaded:
+            problem = stored_heads_contradicting(self.store, self.key, self.tree)
+            if problem is not None:
+                self.contradicted = LedgerContradicted(problem)
+                log.critical("custody ledger contradicts the stored tree heads", extra={"problem": problem})
+                raise self.contradicted
         self._loaded = True
         self._settle_handed()
 

@@ -356,10 +356,14 @@ class ObjectStore:
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc) from exc
 
-    def list_keys(self, prefix: str) -> list[str]:
+    def list_keys(self, prefix: str, start_after: str | None = None) -> list[str]:
+        """Names under ``prefix`` (in name order), only those after ``start_after`` when given."""
         try:
             return [
-                o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                o.object_name
+                for o in self.client.list_objects(
+                    self.bucket, prefix=prefix, recursive=True, start_after=start_after
+                )
             ]
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc) from exc

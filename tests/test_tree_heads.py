@@ -313,3 +313,87 @@ def test_commits_that_arrive_while_a_head_is_stored_share_the_next_one(
     assert not errors, errors
     assert log.written - before == 2
     assert _newest(services) == max(seqs) == log.published
+
+
+def _start_again_and_append(settings: Any) -> tuple[Any, BaseException | None]:
+    """A process started on the ledger as it now is, asked to record one entry."""
+    from ingest.services import build_services
+
+    other = build_services(settings, migrate=False)
+    try:
+        _append(other)
+    except Exception as exc:  # noqa: BLE001 - the test looks at it
+        return other, exc
+    return other, None
+
+
+def test_a_process_started_on_a_cut_ledger_signs_nothing_over_it(services: Any, settings: Any) -> None:
+    """The tail cut while the service was stopped: the next process finds a stored tree head of more
+    entries than the ledger holds, refuses to sign a head over the rest, and acknowledges nothing."""
+    from chain_of_custody.tree_heads import LedgerContradicted
+
+    for _ in range(4):
+        last = _append(services)
+    with services.db.session() as session:
+        session.execute(delete(CustodyEntry).where(CustodyEntry.seq > last - 2))
+        kept = session.scalar(select(CustodyEntry).where(CustodyEntry.seq == last - 2))
+        head = session.get(LedgerHead, 1)
+        head.last_seq, head.last_hash = last - 2, kept.entry_hash
+    before = _newest(services)
+    other, refused = _start_again_and_append(settings)
+    try:
+        assert isinstance(refused, LedgerContradicted), refused
+        # (the ledger it read holds the entry it was asked to record too, committed, not acknowledged)
+        assert f"covers {last} custody entries; the ledger holds {last - 1}" in str(refused)
+        assert _newest(services) == before  # nothing signed over the cut ledger
+        with pytest.raises(LedgerContradicted):  # and it stays refused, without reading it all again
+            _append(other)
+        assert other.ledger.tree_heads.ledger_reads == 1
+    finally:
+        other.db.dispose()
+
+
+def test_a_process_started_on_a_rewritten_ledger_signs_nothing_over_it(services: Any, settings: Any) -> None:
+    """An entry rewritten (and re-signed, by an insider with the key) while the service was stopped,
+    the ledger's length kept: the newest stored tree head of that length has another root."""
+    from chain_of_custody.entries import EntryBody
+    from chain_of_custody.ledger import to_signed
+    from chain_of_custody.tree_heads import LedgerContradicted
+
+    for _ in range(3):
+        last = _append(services)
+    with services.db.session() as session:
+        row = session.scalar(select(CustodyEntry).where(CustodyEntry.seq == last))
+        body = to_signed(row).body
+        new = EntryBody(**{**body.__dict__, "details": '{"n":2}'})
+        row.details, row.entry_hash, row.signature = (
+            new.details,
+            new.digest(),
+            services.key.sign(new.canonical()),
+        )
+        session.get(LedgerHead, 1).last_hash = row.entry_hash
+    other, refused = _start_again_and_append(settings)
+    try:
+        assert isinstance(refused, LedgerContradicted), refused
+        assert f"first {last} custody entries are not those" in str(refused)
+    finally:
+        other.db.dispose()
+
+
+def test_a_process_started_after_a_crash_before_its_head_checks_the_newest_head_below(
+    services: Any, settings: Any
+) -> None:
+    """Entries committed without a tree head (a crash between the two) are no contradiction: the
+    next process checks the newest head below them and covers the rest."""
+    for _ in range(3):
+        covered = _append(services)
+    with services.db.session() as session:  # committed, and never covered: as after a crash
+        services.ledger.append(session, "viewed", "user:test", details={"n": 3})
+        session.info.clear()
+    assert _newest(services) == covered
+    other, refused = _start_again_and_append(settings)
+    try:
+        assert refused is None
+        assert _newest(services) == covered + 2
+    finally:
+        other.db.dispose()
