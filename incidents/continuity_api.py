@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
-from accounts.access import require_roles, services
+from accounts.access import WRITES_CUSTODY, require_roles, services
 from chain_of_custody.core import CoreServices
 
 from .access import EVIDENCE_METADATA, INCIDENT_READERS, Viewer
@@ -61,7 +61,9 @@ def _incident(s: CoreServices, user: Viewer, incident_id: str, purpose: str) -> 
     return report
 
 
-@router.get("/evidence/{item_id}/continuity", response_class=Response, responses=REPORT)
+@router.get(
+    "/evidence/{item_id}/continuity", response_class=Response, responses=REPORT, dependencies=[WRITES_CUSTODY]
+)
 def item_report(
     item_id: str,
     format: ReportFormat = Query("html", description="html or pdf"),
@@ -72,7 +74,12 @@ def item_report(
     return _answer(_item(s, user, item_id, "continuity report"), format, f"continuity-{item_id}")
 
 
-@router.get("/evidence/{item_id}/continuity-statement", response_class=Response, responses=STATEMENT)
+@router.get(
+    "/evidence/{item_id}/continuity-statement",
+    response_class=Response,
+    responses=STATEMENT,
+    dependencies=[WRITES_CUSTODY],
+)
 def item_statement(
     item_id: str,
     format: StatementFormat = Query("txt", description="txt or html"),
@@ -84,7 +91,12 @@ def item_statement(
     return _answer(report, "statement-html" if format == "html" else "txt", f"statement-draft-{item_id}")
 
 
-@router.get("/incidents/{incident_id}/continuity", response_class=Response, responses=REPORT)
+@router.get(
+    "/incidents/{incident_id}/continuity",
+    response_class=Response,
+    responses=REPORT,
+    dependencies=[WRITES_CUSTODY],
+)
 def incident_report(
     incident_id: str,
     format: ReportFormat = Query("html", description="html or pdf"),
@@ -96,7 +108,12 @@ def incident_report(
     return _answer(report, format, f"continuity-{report.incident.get('reference', incident_id)}")
 
 
-@router.get("/incidents/{incident_id}/continuity-statement", response_class=Response, responses=STATEMENT)
+@router.get(
+    "/incidents/{incident_id}/continuity-statement",
+    response_class=Response,
+    responses=STATEMENT,
+    dependencies=[WRITES_CUSTODY],
+)
 def incident_statement(
     incident_id: str,
     format: StatementFormat = Query("txt", description="txt or html"),

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accounts.access import require_roles, services
+from accounts.access import WRITES_CUSTODY, require_roles, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.ledger import Ledger
@@ -176,7 +176,11 @@ def custody_trail(
         )
 
 
-@router.get("/evidence/{item_id}/content", responses=error_responses(409, 416, 429, 503))
+@router.get(
+    "/evidence/{item_id}/content",
+    responses=error_responses(409, 416, 429, 503),
+    dependencies=[WRITES_CUSTODY],
+)
 async def content(
     item_id: str,
     request: Request,

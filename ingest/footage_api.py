@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
 
-from accounts.access import require_roles, services
+from accounts.access import WRITES_CUSTODY, require_roles, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import quarantine_hook, read_item
@@ -44,7 +44,12 @@ class WaveformOut(BaseModel):
     rms: list[float]
 
 
-@router.get("/evidence/{item_id}/waveform", response_model=WaveformOut, responses=error_responses(429, 503))
+@router.get(
+    "/evidence/{item_id}/waveform",
+    response_model=WaveformOut,
+    responses=error_responses(429, 503),
+    dependencies=[WRITES_CUSTODY],
+)
 async def item_waveform(
     item_id: str,
     buckets: int = Query(1000, ge=1, le=MAX_BUCKETS),

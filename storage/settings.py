@@ -263,6 +263,10 @@ class ConsoleSettings(_Section):
         False,
         description="Send the console's session cookie only over HTTPS (turn on whenever the service is behind TLS).",
     )
+    console_reads_need_fetch_metadata: bool = Field(
+        True,
+        description="A read made with the console's cookie that writes custody (evidence content, waveform, voice memo, continuity report, a subject access search) must carry a browser's Sec-Fetch-Site of same-origin or none, or else a Referer or Origin of this service; off: a cookie read with none of these headers (a browser older than 2023) is let through.",
+    )
     map_tile_url: str | None = Field(
         None,
         description="Map tiles for the console's map, e.g. https://tiles.example.nhs.uk/{z}/{x}/{y}.png (unset: no tiles; positions are drawn on a plain plotted view). Must be a server the trust runs or trusts.",
