@@ -39,6 +39,7 @@ from incidents.footage import (
     scoped_retention,
 )
 from incidents.retention import RetentionRules, delete_by_hand, set_legal_hold
+from ingest.read_reasons import quarantine_review_reason, read_reason
 from storage.api_schema import error_responses
 from storage.bounds import MAX_OFFSET
 
@@ -184,16 +185,8 @@ def custody_trail(
 async def content(
     item_id: str,
     request: Request,
-    review_reason: str | None = Query(
-        None, min_length=10, max_length=2000, description="why a quarantined item is read (administrators)"
-    ),
-    reason: str | None = Query(
-        None,
-        min_length=10,
-        max_length=2000,
-        description="why the item is read (recorded on the read's custody entry); required for an "
-        "original (422 ``reason_required`` without one), not for a redacted copy",
-    ),
+    review_reason: str | None = Depends(quarantine_review_reason),
+    reason: str | None = Depends(read_reason),
     user: Principal = Depends(require_roles(*MEDIA_ROLES)),
     s: CoreServices = Depends(services),
 ) -> Response:

@@ -21,6 +21,7 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import quarantine_hook, read_item
 from incidents.access import EVIDENCE_MEDIA, visible_evidence
 from incidents.footage import require_reason
+from ingest.read_reasons import read_reason
 from redaction.waveform import MAX_BUCKETS, waveform
 from storage.api_schema import error_responses
 from storage.slots import NoSlot, Slots
@@ -53,12 +54,7 @@ class WaveformOut(BaseModel):
 async def item_waveform(
     item_id: str,
     buckets: int = Query(1000, ge=1, le=MAX_BUCKETS),
-    reason: str | None = Query(
-        None,
-        min_length=10,
-        max_length=2000,
-        description="why an original is read (recorded on custody; required for an original)",
-    ),
+    reason: str | None = Depends(read_reason),
     user: Principal = Depends(require_roles(*EVIDENCE_MEDIA)),
     s: CoreServices = Depends(services),
 ) -> dict[str, Any]:
