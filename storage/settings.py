@@ -121,6 +121,18 @@ class ExhibitSettings(_Section):
         "producer (the wearer who recorded it), {n} their next number in the incident (required), "
         "{incident} the incident's reference, {year} its year. For example {incident}/{initials}/{n}.",
     )
+    continuity_max_items: int = Field(
+        500,
+        ge=1,
+        description="Most evidence items one continuity report or statement may cover (an incident's); "
+        "more is refused (413 report_too_large) before anything is read or recorded.",
+    )
+    continuity_max_entries: int = Field(
+        20000,
+        ge=1,
+        description="Most custody entries one continuity report or statement may set out, over all its "
+        "items; more is refused (413 report_too_large): page through GET /evidence/{id}/custody instead.",
+    )
 
 
 class ViewingSettings(_Section):
