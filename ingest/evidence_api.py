@@ -40,7 +40,7 @@ from incidents.footage import (
     scoped_retention,
 )
 from incidents.retention import RetentionRules, delete_by_hand, set_legal_hold
-from ingest.read_reasons import quarantine_review_reason, read_reason
+from ingest.read_reasons import ReasonRefused, deletion_reason, quarantine_review_reason, read_reason
 from storage.api_schema import error_responses
 from storage.bounds import MAX_OFFSET
 
@@ -347,11 +347,16 @@ def legal_hold(
 @router.delete("/evidence/{item_id}", status_code=204)
 def delete_item(
     item_id: str,
-    reason: str = Query(min_length=3, max_length=2000, description="why this item is deleted by hand"),
+    reason: str | None = Depends(deletion_reason),
     user: Principal = Depends(require_roles(*EVIDENCE_DELETERS)),
     s: CoreServices = Depends(services),
 ) -> Response:
-    """Delete an item by hand (recorded with a tombstone); refused while linked, held or locked by storage."""
+    """Delete an item by hand (recorded with a tombstone); refused while linked, held or locked by
+    storage. Why (``X-Evidence-Reason``, or ``?reason=``) is required: 422 ``reason_required``."""
+    if reason is None or not reason.strip():
+        raise ReasonRefused(
+            "reason_required", "say why the item is deleted (X-Evidence-Reason, 3 characters or more)"
+        )
     _item(s, item_id, user)
     with s.db.session() as session:
         delete_by_hand(session, s.ledger, s.store, item_id, user.actor, reason, datetime.now(UTC))

@@ -53,14 +53,14 @@ def one_reason(in_header: str | None, in_query: str | None, name: str) -> str | 
     return header if header is not None else in_query
 
 
-def stated(name: str, header: str, description: str) -> Callable[..., str | None]:
+def stated(name: str, header: str, description: str, min_chars: int = MIN_CHARS) -> Callable[..., str | None]:
     """A dependency giving the ``name`` reason of a read (``header`` or ``?name=``)."""
 
     def dependency(
         in_query: str | None = Query(
             None,
             alias=name,
-            min_length=MIN_CHARS,
+            min_length=min_chars,
             max_length=MAX_CHARS,
             description=f"{description}; only for clients that cannot send the {header} header "
             "(a <video> or a download link): the header is preferred, and the query is never logged",
@@ -68,16 +68,16 @@ def stated(name: str, header: str, description: str) -> Callable[..., str | None
         in_header: str | None = Header(
             None,
             alias=header,
-            min_length=MIN_CHARS,
+            min_length=min_chars,
             max_length=MAX_CHARS * 4,
             description=f"{description} (UTF-8); preferred to the ``{name}`` query parameter, "
             "which lands in browser history and proxies' logs",
         ),
     ) -> str | None:
         found = one_reason(in_header, in_query, name)
-        if found is not None and not MIN_CHARS <= len(found) <= MAX_CHARS:
-            log.warning("read refused: reason of the wrong length", extra={"field": name})
-            raise ReasonRefused("invalid_reason", f"a {name} is {MIN_CHARS} to {MAX_CHARS} characters")
+        if found is not None and not min_chars <= len(found) <= MAX_CHARS:
+            log.warning("request refused: reason of the wrong length", extra={"field": name})
+            raise ReasonRefused("invalid_reason", f"a {name} is {min_chars} to {MAX_CHARS} characters")
         return found
 
     return dependency
@@ -89,6 +89,7 @@ read_reason = stated(
     "why the item is read (recorded on the read's custody entry); required for an original "
     "(422 ``reason_required`` without one), not for a redacted copy",
 )
+deletion_reason = stated("reason", REASON_HEADER, "why this item is deleted by hand (required)", min_chars=3)
 quarantine_review_reason = stated(
     "review_reason", REVIEW_REASON_HEADER, "why a quarantined item is read (administrators)"
 )

@@ -103,3 +103,18 @@ def test_no_reason_reaches_the_log_not_even_in_an_access_line(
     for part in (PATIENT, "Quigley", "Bernadette", "Complaint"):
         assert part not in text, text
     assert reasons_on_record(services, clip.id) == [REASON, REASON, REASON]
+
+
+def test_a_deletion_reason_goes_in_the_header_too(site: tuple[str, Any, dict[str, str]]) -> None:
+    url, services, admin = site
+    locked = store_item(services)  # under COMPLIANCE lock for a day: the deletion itself is refused
+    item = f"{url}/api/v1/evidence/{locked.id}"
+    r = httpx.delete(item, headers=admin)
+    assert r.status_code == 422 and r.json()["reason"] == "reason_required"
+    # With the reason in the header, the request reaches the deletion (and storage's lock refuses it).
+    r = httpx.delete(item, headers={**admin, REASON_HEADER: "recorded by mistake"})
+    assert r.status_code == 409 and r.json()["detail"]["reason"] == "storage_locked", r.text
+    r = httpx.delete(
+        item, headers={**admin, REASON_HEADER: "recorded by mistake"}, params={"reason": "other"}
+    )
+    assert r.status_code == 422 and r.json()["reason"] == "reason_conflict"
