@@ -27,7 +27,7 @@ from sqlalchemy import ColumnElement, false, true
 
 from chain_of_custody.core import CoreServices
 
-from .browser import browser_session
+from .browser import browser_session, refuse_cross_site_read
 from .service import Principal, resolve_token
 from .throttle import SignInThrottle, ThrottlePolicy
 
@@ -78,6 +78,18 @@ def current_user(
         log.info("rejected user token")
         raise HTTPException(401, "invalid or expired token", headers={"WWW-Authenticate": "Bearer"})
     return principal
+
+
+def same_origin_read(request: Request, s: CoreServices = Depends(services)) -> None:
+    """A route dependency for every ``GET`` that writes custody (a read of evidence bytes, a report
+    that is a read of each item, a search that is recorded): with the console's cookie it must come
+    from our own pages (``browser.refuse_cross_site_read``), so no other page can write the custody
+    record under a signed-in person's name. Resolved before the route's body, so a refused request
+    writes nothing."""
+    refuse_cross_site_read(request, s.settings)
+
+
+WRITES_CUSTODY = Depends(same_origin_read)
 
 
 def still_signed_in(request: Request, s: CoreServices, user: Principal) -> bool:

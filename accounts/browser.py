@@ -6,6 +6,14 @@ routes that token clients call, so there is one access implementation. A cookie 
 browser on its own, so every state-changing request made with it must prove it came from our page:
 the session's CSRF token in ``X-CSRF-Token`` (or the form field ``csrf``), and an ``Origin`` /
 ``Sec-Fetch-Site`` that is our own. The cookie is ``HttpOnly`` and ``SameSite=Strict`` as well.
+
+Some reads write too: every read of evidence is a custody entry naming the reader and the reason
+given. A ``GET`` needs no CSRF token, yet another page could make the person's browser send one
+(an ``<img>`` or ``<video>`` whose address carries a ``reason`` of the attacker's choosing) and so
+write the custody record under their name. ``SameSite=Strict`` keeps the cookie off requests from
+other *sites*, but not from another origin of the same site (a sibling host name); so a read that
+writes custody, made with the cookie, must also come from our own origin
+(:func:`refuse_cross_site_read`).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from urllib.parse import urlsplit
 from fastapi import HTTPException, Request
 from sqlalchemy.orm import Session
 
+from storage.errors import Refused
 from storage.settings import ConsoleSettings
 
 from .sessions import BrowserSession, SessionPolicy, csrf_matches, resolve_session
@@ -49,9 +58,64 @@ def same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    parts = urlsplit(origin)
-    host = request.headers.get("host", "")
-    return parts.netloc == host and parts.scheme in ("http", "https")
+    return _own_origin(request, origin)
+
+
+def _own_origin(request: Request, address: str) -> bool:
+    parts = urlsplit(address)
+    return parts.netloc == request.headers.get("host", "") and parts.scheme in ("http", "https")
+
+
+class CrossSiteRead(Refused):
+    """A read that writes custody, made with the console's cookie, that did not come from our page
+    (403 ``cross_site``, as for a state-changing request)."""
+
+    status = 403
+    structured = True
+
+
+def by_bearer(request: Request) -> bool:
+    """The request is authenticated by a bearer token, as ``current_user`` reads it (a cookie, if
+    any, is then ignored)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and bool(token.strip())
+
+
+def refuse_cross_site_read(request: Request, settings: ConsoleSettings) -> None:
+    """Refuse (:class:`CrossSiteRead`, logged) a read that writes custody, made with the session
+    cookie, unless our own page or the person (typed address, bookmark) made it.
+
+    ``Sec-Fetch-Site`` decides when present (``same-origin`` or ``none``; ``same-site`` is another
+    origin and is refused). Without it (browsers before 2023, or not a browser) an ``Origin`` or
+    ``Referer`` of our own lets it through (no page can forge them; our pages send ``Referer`` to
+    their own origin), and otherwise ``console_reads_need_fetch_metadata`` decides: refused by
+    default, since a client that sends none of them is not a current browser on our page, and a
+    program should use a bearer token. A bearer-token request is not affected: no other page can
+    make a browser add one.
+    """
+    if by_bearer(request) or not session_secret(request, settings.console_secure_cookie):
+        return
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        if fetch_site in ("same-origin", "none"):
+            return
+        seen = fetch_site[:32]
+    else:
+        source = request.headers.get("origin") or request.headers.get("referer")
+        if source is not None and _own_origin(request, source):
+            return
+        if source is None and not settings.console_reads_need_fetch_metadata:
+            return
+        seen = "absent (foreign Origin/Referer)" if source is not None else "absent"
+    log.warning(
+        "cross-site read refused",
+        extra={"path": request.url.path, "method": request.method, "sec_fetch_site": seen},
+    )
+    raise CrossSiteRead(
+        "cross_site",
+        "this read is recorded on the custody record, so with the console's session it must come from "
+        "the console's own pages (Sec-Fetch-Site same-origin); a program should use a bearer token",
+    )
 
 
 def check_csrf(request: Request, secret: str, presented: str | None) -> None:

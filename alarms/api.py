@@ -51,7 +51,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
-from accounts.access import require_roles, sees_site, services, sites_seen, still_signed_in
+from accounts.access import WRITES_CUSTODY, require_roles, sees_site, services, sites_seen, still_signed_in
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.reads import item_response
@@ -282,7 +282,11 @@ def get_alarm_record(
     return record
 
 
-@router.get("/alarms/{alarm_id}/voice-memo", responses={200: {"content": {"audio/*": {}}}})
+@router.get(
+    "/alarms/{alarm_id}/voice-memo",
+    responses={200: {"content": {"audio/*": {}}}},
+    dependencies=[WRITES_CUSTODY],
+)
 async def play_voice_memo(
     alarm_id: str,
     request: Request,

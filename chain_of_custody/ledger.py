@@ -28,6 +28,10 @@ def to_signed(row: CustodyEntry) -> SignedEntry:
     return SignedEntry(entry_body(row), row.entry_hash, row.signature)
 
 
+TRAIL_PAGE = 1000
+"""Entries of one item's trail read at once by default (the API's page, the console's page)."""
+
+
 class Ledger:
     """Appends signed entries and reads them back; verification lives in ``verify``."""
 
@@ -114,6 +118,18 @@ class Ledger:
     def item_entries(session: Session, item_id: str) -> list[SignedEntry]:
         rows = session.scalars(
             select(CustodyEntry).where(CustodyEntry.item_id == item_id).order_by(CustodyEntry.item_seq)
+        )
+        return [to_signed(r) for r in rows]
+
+    @staticmethod
+    def item_entries_page(session: Session, item_id: str, after: int, limit: int) -> list[SignedEntry]:
+        """At most ``limit`` of the item's entries, those after its entry number ``after``, in order:
+        a trail read a page at a time (an item read many times has hundreds of thousands)."""
+        rows = session.scalars(
+            select(CustodyEntry)
+            .where(CustodyEntry.item_id == item_id, CustodyEntry.item_seq > after)
+            .order_by(CustodyEntry.item_seq)
+            .limit(limit)
         )
         return [to_signed(r) for r in rows]
 

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accounts.access import services
-from chain_of_custody.ledger import Ledger
+from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from chain_of_custody.models import EvidenceItem
 from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, readable_trail, visible_evidence
 from incidents.exhibits import visible_exhibits
@@ -102,9 +102,9 @@ def _page_data(request: Request, roles: tuple[str, ...], item_id: str, suffix: s
             return who, redirect
         refs = incident_refs(session, who.principal, item)
         ref = refs[0] if refs else None
-        trail = readable_trail(
-            session, who.principal, item.id, [e.to_json() for e in Ledger.item_entries(session, item.id)]
-        )
+        # The trail's first page; the custody page goes on from there (``oversight_pages.custody_page``).
+        page = Ledger.item_entries_page(session, item.id, 0, TRAIL_PAGE + 1)
+        trail = readable_trail(session, who.principal, item.id, [e.to_json() for e in page[:TRAIL_PAGE]])
         data = {
             "clip": {
                 **_item_view(item, ref),
@@ -117,6 +117,7 @@ def _page_data(request: Request, roles: tuple[str, ...], item_id: str, suffix: s
                 session, who.principal, item, RetentionRules.from_settings(s.settings), datetime.now(UTC)
             ),
             "custody": trail,
+            "custody_more": page[TRAIL_PAGE - 1].body.item_seq if len(page) > TRAIL_PAGE else None,
             "can_play": who.principal.role in EVIDENCE_MEDIA,
         }
     return who, data

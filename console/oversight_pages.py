@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from accounts.access import services
-from chain_of_custody.ledger import Ledger
+from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from incidents.access import (
     EVIDENCE_MEDIA,
     EVIDENCE_METADATA,
@@ -31,6 +31,7 @@ from incidents.access import (
     visible_evidence,
 )
 from incidents.retention import RetentionRules, describe
+from storage.bounds import MAX_OFFSET
 
 from . import workspace_sources as ws
 from .api import render, signed_in
@@ -63,21 +64,29 @@ def retention_page(request: Request) -> Response:
 
 
 @router.get("/custody")
-def custody_page(request: Request, item: Annotated[str, Query(max_length=36)] = "") -> Response:
+def custody_page(
+    request: Request,
+    item: Annotated[str, Query(max_length=36)] = "",
+    after: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> Response:
+    """An item's custody trail a page at a time (``after`` the last entry number shown), as
+    ``GET /api/v1/evidence/{id}/custody`` pages it: an item read a few hundred thousand times is
+    never set out in one page."""
     who = signed_in(request, EVIDENCE_METADATA)
     s = services(request)
     found = None
     trail: list[dict[str, object]] = []
+    next_after = None
     retention = None
     if item:
         with s.db.session() as session:
             found = visible_evidence(session, who.principal, item.strip())
             if found is not None:
+                page = Ledger.item_entries_page(session, found.id, after, TRAIL_PAGE + 1)
+                if len(page) > TRAIL_PAGE:
+                    next_after = page[TRAIL_PAGE - 1].body.item_seq
                 trail = readable_trail(
-                    session,
-                    who.principal,
-                    found.id,
-                    [e.to_json() for e in Ledger.item_entries(session, found.id)],
+                    session, who.principal, found.id, [e.to_json() for e in page[:TRAIL_PAGE]]
                 )
                 retention = readable_retention(
                     session,
@@ -91,6 +100,8 @@ def custody_page(request: Request, item: Annotated[str, Query(max_length=36)] = 
         asked=item,
         item=found,
         trail=trail,
+        after=after,
+        next_after=next_after,
         retention=retention,
         can_verify=who.principal.role in VERIFIERS,
         can_play=who.principal.role in EVIDENCE_MEDIA,

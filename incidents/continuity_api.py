@@ -12,22 +12,25 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
-from accounts.access import require_roles, services
+from accounts.access import WRITES_CUSTODY, require_roles, services
 from chain_of_custody.core import CoreServices
+from storage.api_schema import error_responses
 
 from .access import EVIDENCE_METADATA, INCIDENT_READERS, Viewer
 from .continuity import Continuity, render_html
 from .continuity_pdf import render_pdf
-from .continuity_record import incident_continuity, item_continuity
+from .continuity_record import ReportBounds, incident_continuity, item_continuity
 from .continuity_statement import render_statement_html, render_text
 
 router = APIRouter(prefix="/api/v1", tags=["continuity"])
 
 REPORT: dict[int | str, dict[str, Any]] = {
-    200: {"description": "the report", "content": {"text/html": {}, "application/pdf": {}}}
+    200: {"description": "the report", "content": {"text/html": {}, "application/pdf": {}}},
+    **error_responses(413),
 }
 STATEMENT: dict[int | str, dict[str, Any]] = {
-    200: {"description": "the draft", "content": {"text/plain": {}, "text/html": {}}}
+    200: {"description": "the draft", "content": {"text/plain": {}, "text/html": {}}},
+    **error_responses(413),
 }
 ReportFormat = Literal["html", "pdf"]
 StatementFormat = Literal["txt", "html"]
@@ -47,21 +50,27 @@ def _answer(report: Continuity, fmt: str, name: str) -> Response:
     return Response(body, media_type=media, headers=headers)
 
 
+def _bounds(s: CoreServices) -> ReportBounds:
+    return ReportBounds(s.settings.continuity_max_items, s.settings.continuity_max_entries)
+
+
 def _item(s: CoreServices, user: Viewer, item_id: str, purpose: str) -> Continuity:
-    report = item_continuity(s.db, s.ledger, user, item_id, purpose)
+    report = item_continuity(s.db, s.ledger, user, item_id, purpose, _bounds(s))
     if report is None:
         raise HTTPException(404, "no such evidence item")
     return report
 
 
 def _incident(s: CoreServices, user: Viewer, incident_id: str, purpose: str) -> Continuity:
-    report = incident_continuity(s.db, s.ledger, user, incident_id, purpose)
+    report = incident_continuity(s.db, s.ledger, user, incident_id, purpose, _bounds(s))
     if report is None:
         raise HTTPException(404, "no such incident")
     return report
 
 
-@router.get("/evidence/{item_id}/continuity", response_class=Response, responses=REPORT)
+@router.get(
+    "/evidence/{item_id}/continuity", response_class=Response, responses=REPORT, dependencies=[WRITES_CUSTODY]
+)
 def item_report(
     item_id: str,
     format: ReportFormat = Query("html", description="html or pdf"),
@@ -72,7 +81,12 @@ def item_report(
     return _answer(_item(s, user, item_id, "continuity report"), format, f"continuity-{item_id}")
 
 
-@router.get("/evidence/{item_id}/continuity-statement", response_class=Response, responses=STATEMENT)
+@router.get(
+    "/evidence/{item_id}/continuity-statement",
+    response_class=Response,
+    responses=STATEMENT,
+    dependencies=[WRITES_CUSTODY],
+)
 def item_statement(
     item_id: str,
     format: StatementFormat = Query("txt", description="txt or html"),
@@ -84,7 +98,12 @@ def item_statement(
     return _answer(report, "statement-html" if format == "html" else "txt", f"statement-draft-{item_id}")
 
 
-@router.get("/incidents/{incident_id}/continuity", response_class=Response, responses=REPORT)
+@router.get(
+    "/incidents/{incident_id}/continuity",
+    response_class=Response,
+    responses=REPORT,
+    dependencies=[WRITES_CUSTODY],
+)
 def incident_report(
     incident_id: str,
     format: ReportFormat = Query("html", description="html or pdf"),
@@ -96,7 +115,12 @@ def incident_report(
     return _answer(report, format, f"continuity-{report.incident.get('reference', incident_id)}")
 
 
-@router.get("/incidents/{incident_id}/continuity-statement", response_class=Response, responses=STATEMENT)
+@router.get(
+    "/incidents/{incident_id}/continuity-statement",
+    response_class=Response,
+    responses=STATEMENT,
+    dependencies=[WRITES_CUSTODY],
+)
 def incident_statement(
     incident_id: str,
     format: StatementFormat = Query("txt", description="txt or html"),

@@ -16,11 +16,13 @@ the report's first words (``continuity.check_words``); nothing is smoothed over.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from accounts.models import User
@@ -28,10 +30,11 @@ from chain_of_custody.canonical import rfc3339
 from chain_of_custody.entries import SignedEntry, check_item_chain, withhold
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.merkle import leaf_hash, verify_inclusion
-from chain_of_custody.models import EvidenceItem
+from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.verify import unrecorded
 from devices.models import StaffMember
 from storage.db import Database
+from storage.errors import Refused
 
 from . import exhibits
 from .access import Viewer, readable_trail, visible_evidence, visible_evidence_ids
@@ -39,6 +42,60 @@ from .continuity import Continuity, ItemStory, retention_words, step_of
 from .export.plan import foreign_markers, gather_items, incident_export_scope
 
 OTHER_INCIDENT = "belongs to another incident"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportBounds:
+    """How much one report may cover: it sets out every entry of every item, checked, in one answer,
+    so an item read a few hundred thousand times (range reads) would build an answer of that size."""
+
+    max_items: int
+    max_entries: int
+
+
+class ReportTooLarge(Refused):
+    """A report over its bounds (413 ``report_too_large``), refused before anything is read or
+    recorded; the answer names the bound, and how much there is."""
+
+    status = 413
+    structured = True
+
+
+def check_bounds(session: Session, bounds: ReportBounds, item_ids: Sequence[str], subject: str) -> None:
+    """Refuse (:class:`ReportTooLarge`, logged) a report over ``bounds``."""
+    items = len(item_ids)
+    if items > bounds.max_items:
+        log.warning(
+            "continuity report refused: too many items", extra={"items": items, "cap": bounds.max_items}
+        )
+        raise ReportTooLarge(
+            "report_too_large",
+            f"{subject} covers {items} evidence items; one report covers at most {bounds.max_items} "
+            "(EVIDENCE_CONTINUITY_MAX_ITEMS)",
+            detail={"cap": "items", "limit": bounds.max_items, "found": items},
+        )
+    entries = 0
+    for start in range(0, items, 500):
+        part = list(item_ids[start : start + 500])
+        entries += int(
+            session.scalar(
+                select(func.count()).select_from(CustodyEntry).where(CustodyEntry.item_id.in_(part))
+            )
+            or 0
+        )
+    if entries > bounds.max_entries:
+        log.warning(
+            "continuity report refused: too many custody entries",
+            extra={"entries": entries, "cap": bounds.max_entries},
+        )
+        raise ReportTooLarge(
+            "report_too_large",
+            f"{subject} has {entries} custody entries; one report sets out at most {bounds.max_entries} "
+            "(EVIDENCE_CONTINUITY_MAX_ENTRIES): read the trail a page at a time from "
+            "GET /api/v1/evidence/{id}/custody",
+            detail={"cap": "entries", "limit": bounds.max_entries, "found": entries},
+        )
 
 
 def log_reads(db: Database, ledger: Ledger, viewer: Viewer, item_ids: Iterable[str], purpose: str) -> None:
@@ -142,12 +199,13 @@ def _viewer_words(session: Session, viewer: Viewer) -> str:
 
 
 def item_continuity(
-    db: Database, ledger: Ledger, viewer: Viewer, item_id: str, purpose: str
+    db: Database, ledger: Ledger, viewer: Viewer, item_id: str, purpose: str, bounds: ReportBounds
 ) -> Continuity | None:
     """The report of one item, or None when the caller may not see it (missing and hidden alike)."""
     with db.session() as session:
         if visible_evidence(session, viewer, item_id) is None:
             return None
+        check_bounds(session, bounds, [item_id], f"evidence item {item_id}")
     log_reads(db, ledger, viewer, [item_id], purpose)
     with db.session() as session:
         item = session.get(EvidenceItem, item_id)
@@ -196,7 +254,7 @@ def incident_items(
 
 
 def incident_continuity(
-    db: Database, ledger: Ledger, viewer: Viewer, incident_key: str, purpose: str
+    db: Database, ledger: Ledger, viewer: Viewer, incident_key: str, purpose: str, bounds: ReportBounds
 ) -> Continuity | None:
     """The report of every item of the incident the caller may see, or None when the incident is hidden."""
     with db.session() as session:
@@ -204,6 +262,7 @@ def incident_continuity(
             summary, items = incident_items(session, viewer, incident_key)
         except LookupError:
             return None
+        check_bounds(session, bounds, [i.id for i in items], f"incident {summary['reference']}")
         exhibits.assign_all(session, ledger, summary["id"], [i.id for i in items], viewer.actor)
     ids = [i.id for i in items]
     log_reads(db, ledger, viewer, ids, f"{purpose} for {summary['reference']}")

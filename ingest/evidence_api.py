@@ -9,16 +9,17 @@ auditors see metadata and custody but never media. The routes sit in the applica
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accounts.access import require_roles, services
+from accounts.access import WRITES_CUSTODY, require_roles, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
-from chain_of_custody.ledger import Ledger
+from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reads import ReadRefused, item_response
 from incidents.access import (
@@ -39,6 +40,7 @@ from incidents.footage import (
     scoped_retention,
 )
 from incidents.retention import RetentionRules, delete_by_hand, set_legal_hold
+from ingest.read_reasons import ReasonRefused, deletion_reason, quarantine_review_reason, read_reason
 from storage.api_schema import error_responses
 from storage.bounds import MAX_OFFSET
 
@@ -160,36 +162,70 @@ def get_item(
         return _out(session, user, [item])[0]
 
 
-@router.get("/evidence/{item_id}/custody", response_model=list[CustodyEntryOut])
+TRAIL_PAGE_MAX = 5000
+NEXT_AFTER_HEADER = "X-Custody-Next-After"
+
+
+@router.get(
+    "/evidence/{item_id}/custody",
+    response_model=list[CustodyEntryOut],
+    responses={
+        200: {
+            "headers": {
+                "Link": {
+                    "description": 'the next page (rel="next"), when there is one',
+                    "schema": {"type": "string"},
+                },
+                NEXT_AFTER_HEADER: {
+                    "description": "the after= of the next page, when there is one",
+                    "schema": {"type": "string"},
+                },
+            }
+        }
+    },
+)
 def custody_trail(
     item_id: str,
+    response: Response,
+    after: int = Query(
+        0,
+        ge=0,
+        le=MAX_OFFSET,
+        description="the entry number (item_seq) of the last entry already read: the page starts after it",
+    ),
+    limit: int = Query(TRAIL_PAGE, ge=1, le=TRAIL_PAGE_MAX, description="most entries in the page"),
     user: Principal = Depends(require_roles(*METADATA_ROLES)),
     s: CoreServices = Depends(services),
 ) -> list[dict[str, object]]:
-    """The item's custody entries; an entry about an incident the caller may not see (a link to it
-    and its reason, a hold on it, a retention change it caused) keeps its place and hash but not its
-    content, as in an export package."""
-    _item(s, item_id, user)
+    """The item's custody entries in order, a page at a time (``limit``, then ``after`` the last
+    one's ``item_seq``); while more follow, the answer links the next page (``Link: <...>;
+    rel="next"`` and ``X-Custody-Next-After``), so no client takes a page for the whole trail
+    unawares. An entry about an incident the caller may not see (a link to it and its reason, a
+    hold on it, a retention change it caused) keeps its place and hash but not its content, as in
+    an export package."""
+    item = _item(s, item_id, user)
     with s.db.session() as session:
-        return readable_trail(
-            session, user, item_id, [e.to_json() for e in Ledger.item_entries(session, item_id)]
+        page = Ledger.item_entries_page(session, item.id, after, limit + 1)
+        trail = readable_trail(session, user, item.id, [e.to_json() for e in page[:limit]])
+    if len(page) > limit:
+        last = page[limit - 1].body.item_seq
+        response.headers[NEXT_AFTER_HEADER] = str(last)
+        response.headers["Link"] = (
+            f'</api/v1/evidence/{quote(item.id)}/custody?after={last}&limit={limit}>; rel="next"'
         )
+    return trail
 
 
-@router.get("/evidence/{item_id}/content", responses=error_responses(409, 416, 429, 503))
+@router.get(
+    "/evidence/{item_id}/content",
+    responses=error_responses(409, 416, 429, 503),
+    dependencies=[WRITES_CUSTODY],
+)
 async def content(
     item_id: str,
     request: Request,
-    review_reason: str | None = Query(
-        None, min_length=10, max_length=2000, description="why a quarantined item is read (administrators)"
-    ),
-    reason: str | None = Query(
-        None,
-        min_length=10,
-        max_length=2000,
-        description="why the item is read (recorded on the read's custody entry); required for an "
-        "original (422 ``reason_required`` without one), not for a redacted copy",
-    ),
+    review_reason: str | None = Depends(quarantine_review_reason),
+    reason: str | None = Depends(read_reason),
     user: Principal = Depends(require_roles(*MEDIA_ROLES)),
     s: CoreServices = Depends(services),
 ) -> Response:
@@ -311,11 +347,16 @@ def legal_hold(
 @router.delete("/evidence/{item_id}", status_code=204)
 def delete_item(
     item_id: str,
-    reason: str = Query(min_length=3, max_length=2000, description="why this item is deleted by hand"),
+    reason: str | None = Depends(deletion_reason),
     user: Principal = Depends(require_roles(*EVIDENCE_DELETERS)),
     s: CoreServices = Depends(services),
 ) -> Response:
-    """Delete an item by hand (recorded with a tombstone); refused while linked, held or locked by storage."""
+    """Delete an item by hand (recorded with a tombstone); refused while linked, held or locked by
+    storage. Why (``X-Evidence-Reason``, or ``?reason=``) is required: 422 ``reason_required``."""
+    if reason is None or not reason.strip():
+        raise ReasonRefused(
+            "reason_required", "say why the item is deleted (X-Evidence-Reason, 3 characters or more)"
+        )
     _item(s, item_id, user)
     with s.db.session() as session:
         delete_by_hand(session, s.ledger, s.store, item_id, user.actor, reason, datetime.now(UTC))

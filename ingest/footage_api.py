@@ -15,12 +15,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
 
-from accounts.access import require_roles, services
+from accounts.access import WRITES_CUSTODY, require_roles, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import quarantine_hook, read_item
 from incidents.access import EVIDENCE_MEDIA, visible_evidence
 from incidents.footage import require_reason
+from ingest.read_reasons import read_reason
 from redaction.waveform import MAX_BUCKETS, waveform
 from storage.api_schema import error_responses
 from storage.slots import NoSlot, Slots
@@ -44,16 +45,16 @@ class WaveformOut(BaseModel):
     rms: list[float]
 
 
-@router.get("/evidence/{item_id}/waveform", response_model=WaveformOut, responses=error_responses(429, 503))
+@router.get(
+    "/evidence/{item_id}/waveform",
+    response_model=WaveformOut,
+    responses=error_responses(429, 503),
+    dependencies=[WRITES_CUSTODY],
+)
 async def item_waveform(
     item_id: str,
     buckets: int = Query(1000, ge=1, le=MAX_BUCKETS),
-    reason: str | None = Query(
-        None,
-        min_length=10,
-        max_length=2000,
-        description="why an original is read (recorded on custody; required for an original)",
-    ),
+    reason: str | None = Depends(read_reason),
     user: Principal = Depends(require_roles(*EVIDENCE_MEDIA)),
     s: CoreServices = Depends(services),
 ) -> dict[str, Any]:

@@ -10,7 +10,8 @@ Three rules, each kept here rather than trusted to every caller:
   errors never holds up the event loop.
 - **No secrets.** Every value, and then the finished line, passes :func:`scrub`: ``key=value`` forms
   of secret names, bearer credentials, argon2 hashes, our token formats and long random-looking
-  strings are replaced by ``[redacted]``.
+  strings are replaced by ``[redacted]``; so is the ``reason`` (or ``review_reason``) of a read in any
+  logged address, which may name a patient (``ingest.read_reasons``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ REDACTED = "[redacted]"
 _MESSAGE_CHARS = 300
 # A download link's token is its whole credential and travels in the path: never logged, whatever it looks like.
 _LINK_TOKEN = re.compile(r"(/exports/download/)[^/\s'\"?#]+")
+# Why an item was read (or deleted) may name a patient, and so may a search's words: a ``reason``,
+# ``review_reason`` or ``q`` in a logged address (an access line, a redirect's ``next``) is never
+# written, plain or percent-encoded.
+_READ_REASON = re.compile(r"(?i)((?:[?&]|%3F|%26)(?:review_reason|reason|q)(?:=|%3D))(?:(?!%26)[^&\s'\"#])*")
 
 
 def scrub(text: str) -> str:
@@ -55,6 +60,7 @@ def scrub(text: str) -> str:
     text = SECRET_PATTERNS[0].sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     text = SECRET_PATTERNS[1].sub(lambda m: m.group(1) + REDACTED, text)
     text = _LINK_TOKEN.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _READ_REASON.sub(lambda m: m.group(1) + REDACTED, text)
     for pattern in SECRET_PATTERNS[2:]:
         text = pattern.sub(REDACTED, text)
     return text

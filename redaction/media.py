@@ -4,6 +4,14 @@ The ffmpeg build from ``imageio-ffmpeg`` has no ffprobe, so a clip is probed by 
 ``ffmpeg -i`` prints. Frames travel as raw YUV 4:2:0 over pipes (see ``redaction.frames``);
 decoding and encoding run in their own processes (with their own threads), while reading and
 writing the pipes happen on helper threads, so the Python process spends its time on detection.
+
+Every file given to ffmpeg here came from a camera, a dock or a device: untrusted bytes. Some
+formats ffmpeg would recognise in them open other files or URLs named inside (an HLS playlist's
+segments, a concat list's entries, an SDP's streams), so a "clip" could make a worker read another
+local file (or reach the network) and store what it read as the redacted copy of it. Each input
+is therefore opened through :func:`media_input` only: demuxers limited to containers that never
+follow a reference (``MEDIA_FORMATS``), protocols to ``file``, and the name given as an absolute
+``file:`` path so it can never be read as an option or as another protocol's URL.
 """
 
 from __future__ import annotations
@@ -57,6 +65,37 @@ class VideoInfo:
         return None if self.duration is None else round(self.duration * self.fps)
 
 
+# The containers body-worn cameras and lone-worker devices record in (MP4/MOV/M4A, MPEG-TS, Matroska
+# and WebM, AVI, Ogg/Opus, MP3, WAV, ADTS AAC, FLAC): none opens another file or URL named inside it.
+MEDIA_FORMATS = "mov,mpegts,matroska,avi,ogg,mp3,wav,aac,flac"
+
+
+def media_input(path: str | Path) -> list[str]:
+    """The ffmpeg arguments that open one untrusted media file and nothing it names (see above)."""
+    return [
+        "-protocol_whitelist", "file", "-format_whitelist", MEDIA_FORMATS,
+        "-i", f"file:{Path(path).resolve()}",
+    ]  # fmt: skip
+
+
+NOT_MEDIA = (
+    "its format is not one of the media containers the service reads "
+    "(a playlist or a list naming other files or addresses is never opened)"
+)
+
+
+def refused_format(ffmpeg_errors: str) -> str | None:
+    """Why ffmpeg refused the input when the refusal was :func:`media_input`'s (else None)."""
+    if "not on whitelist" in ffmpeg_errors:
+        return NOT_MEDIA
+    return None
+
+
+def file_output(path: str | Path) -> str:
+    """An output name ffmpeg cannot read as an option or a protocol's URL."""
+    return f"file:{Path(path).resolve()}"
+
+
 def ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
@@ -72,7 +111,7 @@ def probe(path: str | Path, ffmpeg: str | None = None) -> VideoInfo:
     if not Path(path).is_file():
         raise MediaError(f"no such file: {path}")
     proc = subprocess.run(
-        [ffmpeg or ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+        [ffmpeg or ffmpeg_exe(), "-hide_banner", "-nostdin", *media_input(path)],
         capture_output=True,
         text=True,
         errors="replace",
@@ -105,7 +144,9 @@ def parse_probe(text: str) -> VideoInfo:
         elif audio is None and ": Audio: " in line:
             audio = line
     if video is None:
-        reason = text.strip().splitlines()[-1] if text.strip() else "no output from ffmpeg"
+        reason = refused_format(text) or (
+            text.strip().splitlines()[-1] if text.strip() else "no output from ffmpeg"
+        )
         raise MediaError(f"no video stream found ({reason})")
     size = re.search(r", (\d{2,5})x(\d{2,5})", video)
     if not size:
@@ -152,7 +193,7 @@ class FrameReader:
         self.width, self.height = info.frame_size
         self._frame_bytes = self.width * self.height * 3 // 2
         self._errors = tempfile.TemporaryFile()
-        cmd = [ffmpeg or ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path)]
+        cmd = [ffmpeg or ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *media_input(path)]
         cmd += ["-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough"]
         if (self.width, self.height) != (info.width, info.height):
             cmd += ["-vf", f"pad={self.width}:{self.height}"]
@@ -255,9 +296,9 @@ class FrameWriter:
         cmd = [ffmpeg or ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
         width, height = info.frame_size
         cmd += ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{width}x{height}"]
-        cmd += ["-r", rate_text(info.fps), "-i", "pipe:0"]
+        cmd += ["-r", rate_text(info.fps), "-protocol_whitelist", "pipe", "-i", "pipe:0"]
         if info.has_audio:
-            cmd += ["-i", str(source), "-map", "0:v:0", "-map", "1:a:0"]
+            cmd += [*media_input(source), "-map", "0:v:0", "-map", "1:a:0"]
             if audio_filter:
                 cmd += ["-af", audio_filter, "-c:a", "aac", "-b:a", options.audio_bitrate]
             elif info.audio_codec in _MP4_AUDIO:
@@ -267,7 +308,7 @@ class FrameWriter:
         else:
             cmd += ["-map", "0:v:0"]
         cmd += ["-c:v", "libx264", "-preset", options.preset, "-crf", str(options.crf), "-pix_fmt", "yuv420p"]
-        cmd += ["-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", str(dst)]
+        cmd += ["-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", file_output(dst)]
         self.command = cmd
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._errors, bufsize=0)
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=max(1, queue_frames))

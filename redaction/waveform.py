@@ -7,13 +7,16 @@ evidence, no third-party library).
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .media import ffmpeg_exe
+from .media import ffmpeg_exe, media_input, refused_format
+
+log = logging.getLogger(__name__)
 
 RATE = 8000  # samples a second: enough to see speech, small enough for an hour of footage
 MAX_BUCKETS = 4000
@@ -48,13 +51,17 @@ def waveform(path: str | Path, buckets: int = 1000, ffmpeg: str | None = None) -
     """The waveform of a media file's first audio stream (``has_audio`` false and empty when there is
     none or the file is not media ffmpeg can read, with ``problem`` saying so)."""
     command = [
-        ffmpeg or ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path),
+        ffmpeg or ffmpeg_exe(), "-nostdin", "-v", "error", *media_input(path),
         "-map", "0:a:0?", "-ac", "1", "-ar", str(RATE), "-f", "s16le", "-",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, timeout=600, check=False)
     if done.returncode != 0:
         # Not media ffmpeg can read: no sound to draw, and the answer says why.
-        problem = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["unreadable"]
+        errors = done.stderr.decode(errors="replace")
+        refused = refused_format(errors)
+        if refused:
+            log.warning("waveform refused: not a media container", extra={"bytes": Path(path).stat().st_size})
+        problem = [refused] if refused else errors.strip().splitlines()[-1:] or ["unreadable"]
         empty = summarise(np.zeros(0, dtype="<i2"), RATE, buckets)
         return {"has_audio": False, "problem": problem[0][-300:], **empty}
     samples = np.frombuffer(done.stdout, dtype="<i2")

@@ -121,6 +121,18 @@ class ExhibitSettings(_Section):
         "producer (the wearer who recorded it), {n} their next number in the incident (required), "
         "{incident} the incident's reference, {year} its year. For example {incident}/{initials}/{n}.",
     )
+    continuity_max_items: int = Field(
+        500,
+        ge=1,
+        description="Most evidence items one continuity report or statement may cover (an incident's); "
+        "more is refused (413 report_too_large) before anything is read or recorded.",
+    )
+    continuity_max_entries: int = Field(
+        20000,
+        ge=1,
+        description="Most custody entries one continuity report or statement may set out, over all its "
+        "items; more is refused (413 report_too_large): page through GET /evidence/{id}/custody instead.",
+    )
 
 
 class ViewingSettings(_Section):
@@ -262,6 +274,10 @@ class ConsoleSettings(_Section):
     console_secure_cookie: bool = Field(
         False,
         description="Send the console's session cookie only over HTTPS (turn on whenever the service is behind TLS).",
+    )
+    console_reads_need_fetch_metadata: bool = Field(
+        True,
+        description="A read made with the console's cookie that writes custody (evidence content, waveform, voice memo, continuity report, a subject access search) must carry a browser's Sec-Fetch-Site of same-origin or none, or else a Referer or Origin of this service; off: a cookie read with none of these headers (a browser older than 2023) is let through.",
     )
     map_tile_url: str | None = Field(
         None,

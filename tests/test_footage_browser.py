@@ -333,7 +333,12 @@ def test_the_original_needs_a_reason_and_a_role_allowed_pictures(footage: Footag
         create_user(session, "outsider", PASSWORD, "investigator", full_name="Outsider", site="NORTH")
     outsider = session_client(f.url, "outsider")[0]
     assert outsider.get(f"/footage/{f.clip_id}").status_code == 404
-    assert outsider.get(f"/api/v1/evidence/{f.clip_id}/content").status_code == 404
+    assert (
+        outsider.get(
+            f"/api/v1/evidence/{f.clip_id}/content", headers={"Sec-Fetch-Site": "same-origin"}
+        ).status_code
+        == 404
+    )
 
     trail = httpx.get(f"{f.url}/api/v1/evidence/{f.clip_id}/custody", headers=f.admin).json()
     reads = [e for e in trail if e["action"] == "viewed" and (e["details"] or {}).get("reason") == reason]

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from accounts.access import require_roles, services
+from accounts.access import WRITES_CUSTODY, require_roles, services
 from chain_of_custody.core import CoreServices
 from storage.api_schema import CalendarDate, Timestamp, error_responses
 
@@ -150,7 +150,11 @@ def change(
         return request_view(session, sar)
 
 
-@router.get("/subject-access-requests/{request_id}/candidates", response_model=list[CandidateOut])
+@router.get(
+    "/subject-access-requests/{request_id}/candidates",
+    response_model=list[CandidateOut],
+    dependencies=[WRITES_CUSTODY],
+)
 def find_footage(
     request_id: str,
     start: Timestamp,

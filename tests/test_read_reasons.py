@@ -1,0 +1,120 @@
+"""Why an original is read (which may name a patient) goes on its custody entry and nowhere else:
+stated in a header by API clients, in the query only where a header cannot be sent, and never
+written to the log, access lines included, whatever the route answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from chain_of_custody.ledger import Ledger
+from ingest.read_reasons import REASON_HEADER
+from tests.conftest import start_server
+from tests.test_error_logging import _Buffer, captured  # noqa: F401 - the log capture fixture
+from tests.test_incidents_kit import bearer, store_item, user
+
+PATIENT = "Bernadette Quigley-Oyelaran"
+REASON = f"Complaint by {PATIENT}, bed 4, ward 7"
+
+
+@pytest.fixture
+def site(sqlite_services: Any) -> Iterator[tuple[str, Any, dict[str, str]]]:
+    user(sqlite_services, "admin", "admin")
+    server, thread, url = start_server(sqlite_services)
+    yield url, sqlite_services, bearer(sqlite_services, "admin")
+    server.should_exit = True
+    thread.join(15)
+
+
+def reasons_on_record(services: Any, item_id: str) -> list[str | None]:
+    with services.db.session() as session:
+        return [
+            json.loads(e.body.details).get("reason")
+            for e in Ledger.item_entries(session, item_id)
+            if e.body.action == "viewed"
+        ]
+
+
+def test_the_reason_in_a_header_goes_on_the_record(site: tuple[str, Any, dict[str, str]]) -> None:
+    url, services, admin = site
+    clip = store_item(services)
+    content = f"{url}/api/v1/evidence/{clip.id}/content"
+    # UTF-8 in the header, as HTTP libraries send it.
+    named = "Revue demandée par José Núñez"
+    r = httpx.get(content, headers={**admin, REASON_HEADER: named.encode()})
+    assert r.status_code == 200, r.text
+    r = httpx.get(content, headers={**admin, REASON_HEADER: REASON}, params={"reason": REASON})
+    assert r.status_code == 200, r.text
+    # The query alone still works (the player's <video src>, a download link).
+    assert httpx.get(content, headers=admin, params={"reason": "checking the query form"}).status_code == 200
+    assert reasons_on_record(services, clip.id) == [named, REASON, "checking the query form"]
+    # Two different reasons for one read, a header too short: refused, nothing recorded.
+    for headers, params, code in [
+        ({REASON_HEADER: REASON}, {"reason": "another reason entirely"}, "reason_conflict"),
+        ({REASON_HEADER: "too short"}, {}, "invalid_request"),
+        # Ten bytes, five characters: long enough for the server's look at the raw header, not as text.
+        ({REASON_HEADER: "ééééé".encode()}, {}, "invalid_reason"),
+    ]:
+        r = httpx.get(content, headers={**admin, **headers}, params=params)
+        assert r.status_code == 422 and r.json()["reason"] == code, (headers, r.text)
+    r = httpx.get(content, headers=admin)
+    assert r.status_code == 422 and r.json()["reason"] == "reason_required"
+    assert len(reasons_on_record(services, clip.id)) == 3
+    # The waveform takes it the same way (this item has no sound; the read is recorded all the same).
+    r = httpx.get(f"{url}/api/v1/evidence/{clip.id}/waveform", headers={**admin, REASON_HEADER: REASON})
+    assert r.status_code == 200, r.text
+    assert reasons_on_record(services, clip.id)[-1] == REASON
+
+
+def test_no_reason_reaches_the_log_not_even_in_an_access_line(
+    site: tuple[str, Any, dict[str, str]],
+    captured: _Buffer,  # noqa: F811
+) -> None:
+    url, services, admin = site
+    clip = store_item(services)
+    access = logging.getLogger("uvicorn.access")
+    level = access.level
+    access.setLevel("INFO")  # as a deployment that keeps access lines would have it
+    try:
+        content = f"{url}/api/v1/evidence/{clip.id}/content"
+        assert httpx.get(content, headers=admin, params={"reason": REASON}).status_code == 200
+        assert httpx.get(content, headers={**admin, REASON_HEADER: REASON}).status_code == 200
+        assert (
+            httpx.get(content, headers=admin, params={"review_reason": REASON, "reason": REASON}).status_code
+            == 200
+        )
+        # Refused ones: two reasons, a reason too long, a cross-site read with the reason in it.
+        httpx.get(content, headers={**admin, REASON_HEADER: REASON}, params={"reason": REASON + "!"})
+        httpx.get(content, headers=admin, params={"reason": REASON * 100})
+        httpx.get(
+            f"{url}/api/v1/evidence/{clip.id}/waveform",
+            params={"reason": REASON},
+            headers={"Cookie": "evidence_session=x", "Sec-Fetch-Site": "cross-site"},
+        )
+        text = captured.text()
+    finally:
+        access.setLevel(level)
+    assert f"/api/v1/evidence/{clip.id}/content?reason=[redacted]" in text  # the access line is there
+    for part in (PATIENT, "Quigley", "Bernadette", "Complaint"):
+        assert part not in text, text
+    assert reasons_on_record(services, clip.id) == [REASON, REASON, REASON]
+
+
+def test_a_deletion_reason_goes_in_the_header_too(site: tuple[str, Any, dict[str, str]]) -> None:
+    url, services, admin = site
+    locked = store_item(services)  # under COMPLIANCE lock for a day: the deletion itself is refused
+    item = f"{url}/api/v1/evidence/{locked.id}"
+    r = httpx.delete(item, headers=admin)
+    assert r.status_code == 422 and r.json()["reason"] == "reason_required"
+    # With the reason in the header, the request reaches the deletion (and storage's lock refuses it).
+    r = httpx.delete(item, headers={**admin, REASON_HEADER: "recorded by mistake"})
+    assert r.status_code == 409 and r.json()["detail"]["reason"] == "storage_locked", r.text
+    r = httpx.delete(
+        item, headers={**admin, REASON_HEADER: "recorded by mistake"}, params={"reason": "other"}
+    )
+    assert r.status_code == 422 and r.json()["reason"] == "reason_conflict"
