@@ -42,8 +42,13 @@ _BOUND = "alarm_staging_bound"
 
 
 def bind(sessions: sessionmaker[Session]) -> None:
-    """Write staged rows at the commit of every session this sessionmaker makes (once per sessionmaker)."""
-    if event.contains(sessions, "before_commit", _write_staged):
+    """Write staged rows at the commit of every session this sessionmaker makes (once per sessionmaker).
+
+    Whether it is bound is read from the sessionmaker's own ``info``, never from ``event.contains``:
+    SQLAlchemy files class-level listeners under the ``id()`` of the sessionmaker's session class and
+    keeps that entry after the class is collected, so a new sessionmaker that reuses the id would be
+    taken for bound and none of its staged rows would be written."""
+    if sessions.kw.get("info", {}).get(_BOUND):
         return
     event.listen(sessions, "before_commit", _write_staged)
     event.listen(sessions, "after_soft_rollback", _forget_staged)
