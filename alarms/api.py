@@ -54,6 +54,7 @@ from starlette.requests import ClientDisconnect
 from accounts.access import WRITES_CUSTODY, require_roles, sees_site, services, sites_seen, still_signed_in
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
+from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reads import item_response
 from devices.lone_worker_wire import DEVICE_ID_PATTERN, EVENT_ID_PATTERN
 from incidents.access import ALARM_READERS
@@ -295,8 +296,12 @@ async def play_voice_memo(
 ) -> Response:
     """The amber alert's voice memo for the control room (HTTP Range supported); every play is a
     ``viewed`` custody entry before any byte leaves."""
-    with s.db.session() as session:
-        item = voice_memo_item(session, alarm_id, user)
+
+    def look_up() -> EvidenceItem | None:
+        with s.db.session() as session:  # on a worker thread: never the event loop's
+            return voice_memo_item(session, alarm_id, user)
+
+    item = await asyncio.to_thread(look_up)
     if item is None:
         raise VoiceMemoRefused("no_memo", f"no voice memo for alarm {alarm_id}", 404)
     return await item_response(

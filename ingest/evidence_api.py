@@ -8,6 +8,7 @@ auditors see metadata and custody but never media. The routes sit in the applica
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -235,7 +236,17 @@ async def content(
     reviewing it with a stated ``review_reason`` (recorded on its custody). An original is read only
     with a stated ``reason`` (422 ``reason_required`` otherwise). The download is named
     for the incident, the capture time and what it is (``incidents.footage.download_name``)."""
-    item = _item(s, item_id, user)
+
+    def look_up() -> tuple[EvidenceItem | None, list[str]]:
+        # One session, on a worker thread: the event loop serves every other request meanwhile.
+        with s.db.session() as session:
+            found = visible_evidence(session, user, item_id)
+            return found, (incident_refs(session, user, found) if found is not None else [])
+
+    found, refs = await asyncio.to_thread(look_up)
+    if found is None:
+        raise HTTPException(404, "no such evidence item")
+    item = found
     if item.status == "deleted":
         raise HTTPException(410, "evidence deleted under its retention class")
     if item.status == "quarantined" and (user.role not in QUARANTINE_REVIEWERS or review_reason is None):
@@ -245,8 +256,6 @@ async def content(
             "evidence (an administrator may read it for review, stating why)",
         )
     require_reason(item, review_reason if item.status == "quarantined" else reason, user.actor, "content")
-    with s.db.session() as session:
-        refs = incident_refs(session, user, item)
     name = download_name(item, refs[0] if refs else None)
     return await item_response(
         s,

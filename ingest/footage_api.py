@@ -19,6 +19,7 @@ from accounts.access import WRITES_CUSTODY, require_roles, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import quarantine_hook, read_item
+from chain_of_custody.models import EvidenceItem
 from incidents.access import EVIDENCE_MEDIA, visible_evidence
 from incidents.footage import require_reason
 from ingest.read_reasons import read_reason
@@ -62,8 +63,12 @@ async def item_waveform(
 
     Reading the bytes is a custody entry (purpose ``waveform``), as every read of evidence is; the
     ``reason`` (why an original is read: the console asks for one) goes on that entry."""
-    with s.db.session() as session:
-        item = visible_evidence(session, user, item_id)
+
+    def look_up() -> EvidenceItem | None:
+        with s.db.session() as session:  # on a worker thread: never the event loop's
+            return visible_evidence(session, user, item_id)
+
+    item = await asyncio.to_thread(look_up)
     if item is None:
         raise HTTPException(404, "no such evidence item")
     if item.kind not in SOUND_KINDS:

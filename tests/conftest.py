@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import socket
 import subprocess
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from storage.embedded import EmbeddedSeaweed
 from storage.settings import Settings
@@ -190,9 +194,46 @@ class LiveServer:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
 
+HTTP_LOOP_THREAD = "evidence-http-loop"
+
+
 class _ThreadedServer(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # run in a thread
         pass
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        # Named, so that SQL run on this server's event loop is found (``no_sql_on_the_http_loop``).
+        threading.current_thread().name = HTTP_LOOP_THREAD
+        super().run(sockets)
+
+
+_SQL_ON_THE_LOOP: list[str] = []
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _note_sql_on_the_http_loop(*_: object) -> None:
+    """A statement run on the HTTP server's event loop thread (not a worker thread) stalls every
+    other request meanwhile, ``/healthz`` and the alarm board's stream included."""
+    if threading.current_thread().name != HTTP_LOOP_THREAD or asyncio._get_running_loop() is None:
+        return
+    frames = [
+        f
+        for f in traceback.extract_stack()
+        if "/tests/" not in f.filename and "site-packages" not in f.filename
+    ]
+    _SQL_ON_THE_LOOP.append(
+        " <- ".join(f"{Path(f.filename).name}:{f.name}:{f.lineno}" for f in reversed(frames[-4:]))
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_sql_on_the_http_loop() -> Iterator[None]:
+    """Every test fails if a route ran SQL on the server's event loop instead of a worker thread."""
+    _SQL_ON_THE_LOOP.clear()
+    yield
+    found = sorted(set(_SQL_ON_THE_LOOP))
+    _SQL_ON_THE_LOOP.clear()
+    assert not found, f"SQL ran on the HTTP server's event loop: {found[:5]}"
 
 
 def start_server(services, app=None) -> tuple[_ThreadedServer, threading.Thread, str]:  # type: ignore[no-untyped-def]
