@@ -484,6 +484,16 @@ class ShareSettings(_Section):
         ge=1,
         description="Live alarm streams (the board, the map: one per open page) one person may hold open at once per process; one more is answered 429.",
     )
+    max_download_streams_per_link: int = Field(
+        2,
+        ge=1,
+        description="Downloads of one package link streaming at once per process (each range of a media member reads that member whole to check it); one more is answered 429 with Retry-After.",
+    )
+    max_download_streams: int = Field(
+        8,
+        ge=1,
+        description="Package downloads streaming at once per process, over every link; one more is answered 503 with Retry-After.",
+    )
 
 
 class LoggingSettings(_Section):

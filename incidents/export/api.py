@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ from chain_of_custody.reads import RangeRefused
 from storage.api_schema import error_responses
 from storage.errors import Refused
 from storage.objects import StorageError
+from storage.slots import NoSlot, Slots
 from storage.streams import BlocksOnThread, blocks_in_thread
 
 from ..access import (
@@ -680,7 +682,60 @@ def link_page(token: str, s: CoreServices = Depends(services)) -> dict[str, Any]
         }
 
 
-@router.get("/exports/download/{token}", responses=error_responses(409, 410, 416))
+class DownloadBusy(Refused):
+    """No slot to stream a package: 429 when the link's own share is taken, 503 when the process's
+    is, with Retry-After either way."""
+
+    status = 503
+
+
+_DOWNLOAD_SLOTS: dict[tuple[int, int], Slots] = {}
+_DOWNLOAD_SLOTS_MADE = threading.Lock()
+
+
+def download_slots(settings: Any) -> Slots:
+    """The process's package download slots (per link and in all), one set per pair of bounds."""
+    bounds = (settings.max_download_streams, settings.max_download_streams_per_link)
+    with _DOWNLOAD_SLOTS_MADE:
+        return _DOWNLOAD_SLOTS.setdefault(bounds, Slots(*bounds))
+
+
+class HeldSlot:
+    """A download's body that gives its slot back once: when the body ends, fails or is closed (the
+    client went away), or when it is dropped without ever being read."""
+
+    def __init__(self, body: Iterator[bytes], release: Callable[[], None]) -> None:
+        self._body = body
+        self._release: Callable[[], None] | None = release
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> HeldSlot:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._body)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            release, self._release = self._release, None
+        if release is None:
+            return
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            release()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+@router.get("/exports/download/{token}", responses=error_responses(409, 410, 416, 429, 503))
 def download(token: str, request: Request, s: CoreServices = Depends(services)) -> Response:
     """The package, for whoever holds an unexpired, unrevoked link (the token is the credential).
 
@@ -718,6 +773,62 @@ def download(token: str, request: Request, s: CoreServices = Depends(services)) 
     except ValueError:
         raise RangeRefused(size) from None
     start, end = (byte_range.start, byte_range.end) if byte_range else (0, size - 1)
+    # Each range of a media member reads the member whole to check it against the package's record,
+    # so a link's holder asking for many small ranges at once would make the store read gigabytes:
+    # a link streams a few at a time (before anything is recorded, so a refusal writes nothing).
+    slots = download_slots(s.settings)
+    slot_key = f"link:{link_id}"
+    try:
+        slots.take(slot_key)
+    except NoSlot as full:
+        log.warning(
+            "export download refused: too many at once", extra={"link": link_id, "own_share": full.mine}
+        )
+        raise DownloadBusy(
+            "downloads_busy",
+            "this link already has as many downloads streaming as it may: wait for one to end"
+            if full.mine
+            else "the service is streaming as many package downloads as it may: try again shortly",
+            429 if full.mine else 503,
+            retry_after=s.settings.retry_after_seconds,
+        ) from None
+    try:
+        return _serve_download(
+            s,
+            request,
+            item,
+            layout,
+            link_id,
+            recipient,
+            created_by,
+            size,
+            package_sha256,
+            byte_range,
+            start,
+            end,
+            lambda: slots.give_back(slot_key),
+        )
+    except BaseException:
+        slots.give_back(slot_key)
+        raise
+
+
+def _serve_download(
+    s: CoreServices,
+    request: Request,
+    item: EvidenceItem,
+    layout: pl.Layout | None,
+    link_id: str,
+    recipient: str,
+    created_by: str,
+    size: int,
+    package_sha256: str | None,
+    byte_range: Any,
+    start: int,
+    end: int,
+    release: Callable[[], None],
+) -> Response:
+    """Record the download on the package's custody, then stream it (the slot held until it ends)."""
     with s.db.session() as session:
         s.ledger.append(
             session,
@@ -780,7 +891,7 @@ def download(token: str, request: Request, s: CoreServices = Depends(services)) 
         hook = quarantine_hook(s.db, s.ledger, item.id, f"serving it through link {link_id}")
         body = checked_range(whole, check, start, end - start + 1, hook)
     headers["Content-Length"] = str(end - start + 1)
-    stream = blocks_in_thread(body)
+    stream = blocks_in_thread(HeldSlot(body, release))
     if byte_range is None:
         return StreamingResponse(stream, media_type="application/zip", headers=headers)
     headers["Content-Range"] = f"bytes {start}-{end}/{size}"
