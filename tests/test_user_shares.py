@@ -62,11 +62,19 @@ def test_redaction_versions_queued_are_bounded_per_person(shared) -> None:  # ty
         item = record_evidence(session, s.ledger, stored, Provenance(kind="clip", actor="test"))
         item_id = item.id
     post = f"{url}/api/v1/evidence/{item_id}/redactions"
-    for _ in range(2):
-        assert httpx.post(post, json={}, headers=tokens["ann"]).status_code == 202
-    r = httpx.post(post, json={}, headers=tokens["ann"])
-    assert (r.status_code, r.json()["reason"], r.headers["retry-after"]) == (429, "too_many_redactions", "6")
-    assert httpx.post(post, json={}, headers=tokens["bob"]).status_code == 202  # another person is served
+    # A generous timeout: each queued version is a signed custody commit, slow on a loaded machine.
+    with httpx.Client(timeout=60) as client:
+        for _ in range(2):
+            assert client.post(post, json={}, headers=tokens["ann"]).status_code == 202
+        r = client.post(post, json={}, headers=tokens["ann"])
+        assert (r.status_code, r.json()["reason"], r.headers["retry-after"]) == (
+            429,
+            "too_many_redactions",
+            "6",
+        )
+        assert (
+            client.post(post, json={}, headers=tokens["bob"]).status_code == 202
+        )  # another person is served
 
 
 def test_live_alarm_streams_are_bounded_per_person(shared) -> None:  # type: ignore[no-untyped-def]
