@@ -12,8 +12,10 @@ own address has been guessing):
   that have already failed for the account wait, while an address with no failure for it (the
   real person at their own desk) still gets its try.
 
-Nothing locks an account: an attacker can slow themselves, never the administrator. A success
-clears the failures of that account and address. The answer to a throttled try is the answer to a
+Nothing locks an account: an attacker can slow themselves, never the administrator. A try let
+through is counted as a failure at once and given back when its password proves right, so tries
+fired in parallel each see the ones before them. A success clears the failures of that account and
+address. The answer to a throttled try is the answer to a
 wrong password (``accounts.service.sign_in``), so throttling tells nobody whether the account exists.
 
 The state is in the database (``sign_in_failures``, ``sign_in_buckets``), read and updated in one
@@ -133,58 +135,60 @@ class SignInThrottle:
     _pruned: float = field(default=0.0, init=False)
 
     def allowed(self, username: str, client: str) -> bool:
-        """May this address try a password for this username now (see :func:`judge`)?"""
-        now = self.clock()
-        u, c = digest("username", username), digest("client", client)
-        with self.db.session() as session:
-            row = session.get(SignInFailures, (u, c), with_for_update=True)
-            pair = Pair(row.failures, row.not_before) if row is not None else None
-            client_row = session.get(SignInBucket, ("client", c))
-            account_row = session.get(SignInBucket, ("account", u))
-            ok = judge(
-                self.policy,
-                now,
-                pair,
-                Bucket(client_row.tokens, client_row.at) if client_row else None,
-                Bucket(account_row.tokens, account_row.at) if account_row else None,
-            )
-            if row is not None and pair is not None and not ok:
-                row.failures, row.not_before, row.updated = pair.failures, pair.not_before, now
-        return ok
+        """May this address try a password for this username now (see :func:`judge`)?
 
-    def failed(self, username: str, client: str) -> None:
+        A try let through is counted as a failure at once, in the same transaction, and given back
+        by :meth:`succeeded` when the password was right: tries made at the same moment (a guesser
+        firing many in parallel while each password check takes its time) each see the ones before
+        them, instead of all passing before any failure is counted."""
         now = self.clock()
         p = self.policy
         u, c = digest("username", username), digest("client", client)
         with self.db.session() as session:
-            row = self._row(
-                session,
-                SignInFailures,
-                {"username_key": u, "client_key": c, "failures": 0, "not_before": 0.0, "updated": now},
-                (u, c),
-            )
-            buckets = [
-                self._row(
-                    session,
-                    SignInBucket,
-                    {"scope": scope, "key": key, "tokens": float(cap), "at": now},
-                    (scope, key),
-                )
-                for scope, key, cap in (
-                    ("client", c, p.client_failures_per_hour),
-                    ("account", u, p.account_failures_per_hour),
-                )
-            ]
+            row, client_row, account_row = self._rows(session, u, c, now)
             pair = Pair(row.failures, row.not_before)
-            client_bucket, account_bucket = (Bucket(b.tokens, b.at) for b in buckets)
-            count_failure(p, now, pair, client_bucket, account_bucket)
+            client_bucket = Bucket(client_row.tokens, client_row.at)
+            account_bucket = Bucket(account_row.tokens, account_row.at)
+            ok = judge(p, now, pair, client_bucket, account_bucket)
+            if ok:
+                count_failure(p, now, pair, client_bucket, account_bucket)
             row.failures, row.not_before, row.updated = pair.failures, pair.not_before, now
-            for held, value in zip(buckets, (client_bucket, account_bucket), strict=True):
+            for held, value in ((client_row, client_bucket), (account_row, account_bucket)):
                 held.tokens, held.at = value.tokens, value.at
+        return ok
+
+    def failed(self, username: str, client: str) -> None:
+        """The password was wrong: already counted when the try was let through (:meth:`allowed`);
+        now and then, forget what no longer matters."""
+        now = self.clock()
         if now - self._pruned > PRUNE_EVERY_S:
             self._pruned = now
             with self.db.session() as session:
                 self.forget_old(session, now)
+
+    def _rows(self, session: Session, u: str, c: str, now: float) -> tuple[Any, Any, Any]:
+        """The pair's row and the two buckets' rows, made if missing and locked (pair first, then
+        client, then account: every writer takes them in this order)."""
+        p = self.policy
+        row = self._row(
+            session,
+            SignInFailures,
+            {"username_key": u, "client_key": c, "failures": 0, "not_before": 0.0, "updated": now},
+            (u, c),
+        )
+        client_row, account_row = (
+            self._row(
+                session,
+                SignInBucket,
+                {"scope": scope, "key": key, "tokens": float(cap), "at": now},
+                (scope, key),
+            )
+            for scope, key, cap in (
+                ("client", c, p.client_failures_per_hour),
+                ("account", u, p.account_failures_per_hour),
+            )
+        )
+        return row, client_row, account_row
 
     @staticmethod
     def _row(
@@ -200,11 +204,21 @@ class SignInThrottle:
         return found
 
     def succeeded(self, username: str, client: str) -> None:
+        """The password was right: the failures of this account and address are cleared, and the try
+        counted when it was let through is given back to both buckets."""
+        p = self.policy
         u, c = digest("username", username), digest("client", client)
         with self.db.session() as session:
             session.execute(
                 delete(SignInFailures).where(SignInFailures.username_key == u, SignInFailures.client_key == c)
             )
+            for scope, key, cap in (
+                ("client", c, p.client_failures_per_hour),
+                ("account", u, p.account_failures_per_hour),
+            ):
+                bucket = session.get(SignInBucket, (scope, key), with_for_update=True, populate_existing=True)
+                if bucket is not None:
+                    bucket.tokens = min(float(cap), bucket.tokens + 1)
 
     def forgive(self, username: str) -> None:
         """An administrator's unlock: forget every failure recorded against the account."""

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -182,11 +184,17 @@ def test_an_address_spraying_many_accounts_runs_dry_and_refills(throttle) -> Non
     assert t.allowed("user99", "10.0.0.66")
 
 
+def _wrong_password(t: SignInThrottle, username: str, client: str) -> None:
+    """A try let through (and counted at once) whose password was wrong, as ``sign_in`` makes it."""
+    assert t.allowed(username, client)
+    t.failed(username, client)
+
+
 def test_a_spent_account_budget_stops_addresses_that_failed_but_not_new_ones(throttle) -> None:  # type: ignore[no-untyped-def]
     clock = _Clock()
     t = throttle(ThrottlePolicy(free=100, account_failures_per_hour=5, client_failures_per_hour=100), clock)
     for i in range(5):
-        t.failed("admin", f"10.1.0.{i}")
+        _wrong_password(t, "admin", f"10.1.0.{i}")
     assert not t.allowed("admin", "10.1.0.1")  # an address that guessed waits
     assert t.allowed("admin", "10.9.9.9")  # the real person, elsewhere, still gets their try
 
@@ -195,7 +203,7 @@ def test_the_tables_forget_what_no_longer_matters_and_keep_no_names(throttle) ->
     clock = _Clock()
     t = throttle(ThrottlePolicy(), clock)
     for i in range(50):
-        t.failed(f"name{i} my-password-typed-here", f"10.2.0.{i}")
+        _wrong_password(t, f"name{i} my-password-typed-here", f"10.2.0.{i}")
     assert t.count() == (50, 100)
     with t.db.session() as session:
         kept = [r.username_key for r in session.query(SignInFailures)] + [
@@ -203,10 +211,10 @@ def test_the_tables_forget_what_no_longer_matters_and_keep_no_names(throttle) ->
         ]
     assert not any("name" in k or "10.2" in k for k in kept)
     clock.now += 3601  # the buckets are full again: forgotten; the failures are kept for a day
-    t.failed("someone", "10.3.0.1")
+    _wrong_password(t, "someone", "10.3.0.1")
     assert t.count() == (51, 2)
     clock.now += 24 * 3600
-    t.failed("someone", "10.3.0.1")
+    _wrong_password(t, "someone", "10.3.0.1")
     assert t.count() == (1, 2)
 
 
@@ -256,3 +264,34 @@ def test_two_service_processes_count_the_same_failures(
             server.should_exit = True
             thread.join(15)
             s.db.dispose()
+
+
+def test_tries_made_at_the_same_moment_each_see_the_ones_before(database_url: str) -> None:
+    """A guesser firing many tries in parallel (each password check takes its time) gets no more
+    than the free ones: a try let through is counted at once, not after its check (before, twenty
+    parallel tries were all let through)."""
+    upgrade_database(database_url)
+    db = Database(database_url)
+    try:
+        t = SignInThrottle(db, ThrottlePolicy(free=3, base_delay=1.0, max_delay=100.0))
+        start = threading.Barrier(20)
+
+        def attempt(_: int) -> bool:
+            start.wait(10)
+            return t.allowed("admin", "10.4.0.1")
+
+        with ThreadPoolExecutor(20) as pool:
+            let_through = sum(pool.map(attempt, range(20)))
+        assert let_through == 3
+        # The right password, from the person's own desk, meanwhile: let through, and given back.
+        assert t.allowed("admin", "10.4.0.2")
+        t.succeeded("admin", "10.4.0.2")
+        with db.session() as session:
+            account = session.get(SignInBucket, ("account", digest("username", "admin")))
+            assert account is not None and account.tokens == pytest.approx(100 - 3, abs=0.5)
+            assert (
+                session.get(SignInFailures, (digest("username", "admin"), digest("client", "10.4.0.2")))
+                is None
+            )
+    finally:
+        db.dispose()
