@@ -44,6 +44,7 @@ from incidents.retention import RetentionRules, delete_by_hand, set_legal_hold
 from ingest.read_reasons import ReasonRefused, deletion_reason, quarantine_review_reason, read_reason
 from storage.api_schema import error_responses
 from storage.bounds import MAX_OFFSET
+from storage.paging import link_next, next_headers
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
 
@@ -170,20 +171,7 @@ NEXT_AFTER_HEADER = "X-Custody-Next-After"
 @router.get(
     "/evidence/{item_id}/custody",
     response_model=list[CustodyEntryOut],
-    responses={
-        200: {
-            "headers": {
-                "Link": {
-                    "description": 'the next page (rel="next"), when there is one',
-                    "schema": {"type": "string"},
-                },
-                NEXT_AFTER_HEADER: {
-                    "description": "the after= of the next page, when there is one",
-                    "schema": {"type": "string"},
-                },
-            }
-        }
-    },
+    responses=next_headers(NEXT_AFTER_HEADER),
 )
 def custody_trail(
     item_id: str,
@@ -208,12 +196,8 @@ def custody_trail(
     with s.db.session() as session:
         page = Ledger.item_entries_page(session, item.id, after, limit + 1)
         trail = readable_trail(session, user, item.id, [e.to_json() for e in page[:limit]])
-    if len(page) > limit:
-        last = page[limit - 1].body.item_seq
-        response.headers[NEXT_AFTER_HEADER] = str(last)
-        response.headers["Link"] = (
-            f'</api/v1/evidence/{quote(item.id)}/custody?after={last}&limit={limit}>; rel="next"'
-        )
+    last = page[limit - 1].body.item_seq if len(page) > limit else None
+    link_next(response, f"/api/v1/evidence/{quote(item.id)}/custody", last, limit, NEXT_AFTER_HEADER)
     return trail
 
 

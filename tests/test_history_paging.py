@@ -1,0 +1,118 @@
+"""An incident whose clip was read hundreds of thousands of times cannot make one request build an
+answer of that size: its history and its timeline come a page at a time (API and console), in the
+custody trail's way (``limit``, ``after``, a ``Link: <...>; rel="next"``), and following the links
+reads every line once, in order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from incidents.history import HISTORY_PAGE
+from incidents.models import Incident
+from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
+from tests.test_cross_site_reads import cookie
+from tests.test_custody_paging import read_many
+from tests.test_incidents_kit import bearer, store_item, user
+
+
+@pytest.fixture
+def site(sqlite_services: Any) -> Iterator[tuple[TestClient, Any, dict[str, str]]]:
+    from ingest.app import create_app
+
+    user(sqlite_services, "admin", "admin")
+    with TestClient(create_app(sqlite_services.settings, sqlite_services)) as client:
+        yield client, sqlite_services, bearer(sqlite_services, "admin")
+
+
+def follow(client: TestClient, url: str, headers: dict[str, str], limit: int) -> list[dict[str, Any]]:
+    """Every line, page after page as the Link headers lead, each page within ``limit``."""
+    seen: list[dict[str, Any]] = []
+    next_url: str | None = url
+    while next_url:
+        r = client.get(next_url, headers=headers)
+        assert r.status_code == 200, r.text
+        assert 0 < len(r.json()) <= limit
+        seen += r.json()
+        link = r.headers.get("link")
+        if link:
+            assert link.endswith('>; rel="next"') and f"after={r.headers['x-next-after']}" in link
+        next_url = link[1 : link.index(">")] if link else None
+    assert "x-next-after" not in r.headers
+    return seen
+
+
+def busy_incident(services: Any, reads: int) -> tuple[str, str, str]:
+    """An incident with two linked clips, one of them read ``reads`` times; (id, reference, busy clip)."""
+    busy, quiet = store_item(services), store_item(services)
+    with services.db.session() as session:
+        incident = create_incident(
+            session,
+            IncidentDraft("physical_assault", datetime.now(UTC) - timedelta(hours=1), "NORTH"),
+            "user:admin",
+        )
+        for item in (busy, quiet):
+            link_evidence(session, services.ledger, incident.id, item.id, "user:admin", "in the corridor")
+        incident_id, reference = incident.id, incident.reference
+    read_many(services, busy.id, reads)
+    return incident_id, reference, busy.id
+
+
+def test_the_history_comes_a_page_at_a_time_and_following_it_reads_every_line_once(
+    site: tuple[TestClient, Any, dict[str, str]],
+) -> None:
+    client, services, admin = site
+    incident_id, reference, busy = busy_incident(services, HISTORY_PAGE + 20)
+    history = f"/api/v1/incidents/{incident_id}/history"
+    r = client.get(history, headers=admin)
+    assert r.status_code == 200 and len(r.json()) == HISTORY_PAGE
+    after = r.headers["x-next-after"]
+    assert r.headers["link"] == f'<{history}?after={after}&limit={HISTORY_PAGE}>; rel="next"'
+    # The whole history in one page (within the maximum), and read page by page: the same lines.
+    whole = client.get(history, headers=admin, params={"limit": 5000})
+    assert whole.status_code == 200 and "link" not in whole.headers
+    lines = whole.json()
+    assert (
+        sum(1 for x in lines if x["kind"] == "custody:viewed" and x["item_id"] == busy) == HISTORY_PAGE + 20
+    )
+    assert [x["at"] for x in lines] == sorted(x["at"] for x in lines)
+    for limit in (300, 7):
+        paged = follow(client, f"{history}?limit={limit}", admin, limit)
+        assert paged == lines, limit
+    assert r.json() == lines[:HISTORY_PAGE]
+    # A page beyond the maximum, or an after= that names no place, is refused.
+    for params in ({"limit": 5001}, {"after": "yesterday"}, {"after": "1-9-1"}):
+        r = client.get(history, headers=admin, params=params)
+        assert r.status_code == 422 and r.json()["reason"] == "invalid_request", params
+    # The console's timeline page pages the same way, and its last page links nothing further.
+    browser = cookie(services, "admin")
+    page = client.get(f"/incidents/{reference}/timeline", headers=browser)
+    assert page.status_code == 200
+    assert page.text.count("<tr data-kind=") == HISTORY_PAGE
+    assert f'after={after}" rel="next"' in page.text
+    last = client.get(f"/incidents/{reference}/timeline?after={after}", headers=browser)
+    assert last.status_code == 200
+    assert last.text.count("<tr data-kind=") == len(lines) - HISTORY_PAGE and 'rel="next"' not in last.text
+    assert "From the beginning" in last.text
+
+
+def test_the_timeline_comes_a_page_at_a_time(site: tuple[TestClient, Any, dict[str, str]]) -> None:
+    client, services, admin = site
+    incident_id, _, _ = busy_incident(services, 3)
+    people = [user(services, name, "investigator", "NORTH") for name in ("ivy", "joe", "kim")]
+    with services.db.session() as session:
+        incident = session.get(Incident, incident_id)
+        assert incident is not None
+        for person in people:
+            assign_investigator(session, incident, person, "user:admin")
+    timeline = f"/api/v1/incidents/{incident_id}/timeline"
+    whole = client.get(timeline, headers=admin).json()
+    assert len(whole) >= 6  # happened, opened, two clips, three investigators
+    r = client.get(timeline, headers=admin, params={"limit": 2})
+    assert len(r.json()) == 2 and r.headers["link"].startswith(f"<{timeline}?after=")
+    assert follow(client, f"{timeline}?limit=2", admin, 2) == whole
+    assert follow(client, f"{timeline}?limit=1", admin, 1) == whole
