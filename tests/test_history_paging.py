@@ -116,3 +116,49 @@ def test_the_timeline_comes_a_page_at_a_time(site: tuple[TestClient, Any, dict[s
     assert len(r.json()) == 2 and r.headers["link"].startswith(f"<{timeline}?after=")
     assert follow(client, f"{timeline}?limit=2", admin, 2) == whole
     assert follow(client, f"{timeline}?limit=1", admin, 1) == whole
+
+
+@pytest.mark.e2e
+def test_the_console_pages_through_a_long_history_in_the_browser(sqlite_services: Any, tmp_path: Any) -> None:
+    """The timeline page shows a page of lines and a link on; following it shows the rest and links
+    back to the beginning. The custody page pages the same way, with the same links."""
+    from tests.conftest import start_server
+    from tests.test_console_kit import add_users, chromium, new_page, screenshot_dir, sign_in
+
+    services = sqlite_services
+    add_users(services)
+    incident_id, reference, busy = busy_incident(services, HISTORY_PAGE + 20)
+    shots = screenshot_dir(tmp_path)
+    server, thread, url = start_server(services)
+    try:
+        with chromium() as browser:
+            page = new_page(browser)
+            sign_in(page, url, "admin", next_path=f"/incidents/{reference}/timeline")
+            page.wait_for_selector("#timeline")
+            assert page.locator("#timeline tbody tr").count() == HISTORY_PAGE
+            assert page.locator("#timeline-pages a").count() == 1  # the first page: only "next"
+            page.locator("#timeline-pages").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "incident-timeline-first-page.png"))
+            page.click("#timeline-pages a[rel=next]")
+            page.wait_for_url(lambda u: "after=" in u)
+            rest = page.locator("#timeline tbody tr").count()
+            assert 20 <= rest < HISTORY_PAGE
+            assert page.locator("#timeline-pages a[rel=next]").count() == 0
+            assert page.inner_text("#timeline-pages") == "From the beginning"
+            page.screenshot(path=str(shots / "incident-timeline-last-page.png"), full_page=True)
+            page.click("#timeline-pages a")
+            page.wait_for_url(lambda u: "after=" not in u)
+            assert page.locator("#timeline tbody tr").count() == HISTORY_PAGE
+
+            page.goto(f"{url}/custody?item={busy}")
+            page.wait_for_selector("#custody-trail")
+            page.click("#trail-pages a[rel=next]")
+            page.wait_for_url(lambda u: "after=" in u)
+            assert 0 < page.locator("#custody-trail tbody tr").count() < HISTORY_PAGE
+            assert page.inner_text("#trail-pages") == "From the first entry"
+            page.screenshot(path=str(shots / "custody-last-page.png"), full_page=True)
+            assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        server.should_exit = True
+        thread.join(15)
+    assert incident_id
