@@ -12,9 +12,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from alarms.models import AlarmRecord
+from chain_of_custody.ledger import TRAIL_PAGE
 from incidents.history import HISTORY_PAGE
 from incidents.models import Incident
 from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
+from tests.test_alarms_kit import raise_test_alarm
 from tests.test_cross_site_reads import cookie
 from tests.test_custody_paging import read_many
 from tests.test_incidents_kit import bearer, store_item, user
@@ -60,6 +63,18 @@ def busy_incident(services: Any, reads: int) -> tuple[str, str, str]:
         incident_id, reference = incident.id, incident.reference
     read_many(services, busy.id, reads)
     return incident_id, reference, busy.id
+
+
+def alarm_with_memo(services: Any, plays: int) -> str:
+    """An SOS alarm whose voice memo was played ``plays`` times; its id."""
+    alarm_id = raise_test_alarm(services)
+    memo = store_item(services, kind="voice_memo")
+    with services.db.session() as session:
+        alarm = session.get(AlarmRecord, alarm_id)
+        assert alarm is not None
+        alarm.voice_memo_item_id = memo.id
+    read_many(services, memo.id, plays)
+    return alarm_id
 
 
 def test_the_history_comes_a_page_at_a_time_and_following_it_reads_every_line_once(
@@ -128,6 +143,7 @@ def test_the_console_pages_through_a_long_history_in_the_browser(sqlite_services
     services = sqlite_services
     add_users(services)
     incident_id, reference, busy = busy_incident(services, HISTORY_PAGE + 20)
+    alarm_id = alarm_with_memo(services, TRAIL_PAGE + 5)
     shots = screenshot_dir(tmp_path)
     server, thread, url = start_server(services)
     try:
@@ -157,8 +173,33 @@ def test_the_console_pages_through_a_long_history_in_the_browser(sqlite_services
             assert 0 < page.locator("#custody-trail tbody tr").count() < HISTORY_PAGE
             assert page.inner_text("#trail-pages") == "From the first entry"
             page.screenshot(path=str(shots / "custody-last-page.png"), full_page=True)
+
+            # An alarm's page: its voice memo's custody, the first page, and a link on.
+            page.goto(f"{url}/alarms/{alarm_id}")
+            page.wait_for_selector("#memo-pages")
+            page.locator("#memo-pages").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "alarm-memo-custody.png"))
+            page.click("#memo-pages a[rel=next]")
+            page.wait_for_url(lambda u: "/custody?" in u and "after=" in u)
+            assert page.locator("#custody-trail tbody tr").count() > 0
             assert page.errors == []  # type: ignore[attr-defined]
     finally:
         server.should_exit = True
         thread.join(15)
     assert incident_id
+
+
+def test_an_alarm_record_gives_the_first_page_of_its_items_custody(
+    site: tuple[TestClient, Any, dict[str, str]],
+) -> None:
+    """An alarm's record holds its payload's and voice memo's custody: a memo played many times has
+    that many entries, so the record holds the trail's first page and says where the next starts."""
+    client, services, admin = site
+    alarm_id = alarm_with_memo(services, TRAIL_PAGE + 5)
+    r = client.get(f"/api/v1/alarms/{alarm_id}/record", headers=admin)
+    assert r.status_code == 200, r.text
+    record = r.json()["voice_memo"]
+    assert len(record["custody"]) == TRAIL_PAGE and record["custody_next_after"] == TRAIL_PAGE
+    page = client.get(f"/alarms/{alarm_id}", headers=cookie(services, "admin"))
+    assert page.status_code == 200
+    assert f'after={TRAIL_PAGE}" rel="next"' in page.text
