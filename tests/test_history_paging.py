@@ -24,12 +24,13 @@ from tests.test_incidents_kit import bearer, store_item, user
 
 
 @pytest.fixture
-def site(sqlite_services: Any) -> Iterator[tuple[TestClient, Any, dict[str, str]]]:
+def site(services: Any) -> Iterator[tuple[TestClient, Any, dict[str, str]]]:
+    """The application on SQLite and on PostgreSQL (the keyset reads compare times and texts in SQL)."""
     from ingest.app import create_app
 
-    user(sqlite_services, "admin", "admin")
-    with TestClient(create_app(sqlite_services.settings, sqlite_services)) as client:
-        yield client, sqlite_services, bearer(sqlite_services, "admin")
+    user(services, "admin", "admin")
+    with TestClient(create_app(services.settings, services)) as client:
+        yield client, services, bearer(services, "admin")
 
 
 def follow(client: TestClient, url: str, headers: dict[str, str], limit: int) -> list[dict[str, Any]]:
