@@ -17,7 +17,7 @@ from sqlalchemy import or_, select, true
 from sqlalchemy.orm import Session
 
 from accounts.access import SiteViewer, sees_site, site_scope
-from chain_of_custody.ledger import Ledger
+from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from chain_of_custody.models import EvidenceItem
 from incidents.access import Viewer, readable_trail
 
@@ -78,15 +78,20 @@ class ItemRecord:
     content_type: str
     status: str
     custody: list[dict[str, Any]]
+    # The item_seq the trail's next page starts after (``GET /evidence/{id}/custody?after=``), when
+    # there is more than one page: a voice memo played many times has that many entries.
+    custody_next_after: int | None = None
 
 
 def item_record(session: Session, item_id: str | None, viewer: Viewer | None = None) -> ItemRecord | None:
-    """The item's metadata and custody trail, as ``viewer`` may read it (``incidents.access``)."""
+    """The item's metadata and the first page of its custody trail (``TRAIL_PAGE`` entries, as
+    ``GET /evidence/{id}/custody`` pages it), as ``viewer`` may read it (``incidents.access``)."""
     if not item_id:
         return None
     item = session.get(EvidenceItem, item_id)
     if item is None:
         return None
+    page = Ledger.item_entries_page(session, item.id, 0, TRAIL_PAGE + 1)
     return ItemRecord(
         item.id,
         item.kind,
@@ -94,9 +99,8 @@ def item_record(session: Session, item_id: str | None, viewer: Viewer | None = N
         item.size,
         item.content_type,
         item.status,
-        readable_trail(
-            session, viewer, item.id, [e.to_json() for e in Ledger.item_entries(session, item.id)]
-        ),
+        readable_trail(session, viewer, item.id, [e.to_json() for e in page[:TRAIL_PAGE]]),
+        page[TRAIL_PAGE - 1].body.item_seq if len(page) > TRAIL_PAGE else None,
     )
 
 

@@ -328,6 +328,7 @@ def alarm_page(request: Request, alarm_id: str) -> Response:
         timeline=timeline(record["alarm"], record["payload"], record["voice_memo"]),
         can_act=who.principal.role in sources.OPERATORS,
         can_hear=who.principal.role in sources.OPERATORS,
+        can_read_custody=who.principal.role in EVIDENCE_METADATA,
         tiles={"url": s.settings.map_tile_url, "attribution": s.settings.map_tile_attribution},
     )
 

@@ -24,7 +24,7 @@ from incidents.access import (
     may_link_alarm,
     visible_incident,
 )
-from incidents.history import incident_history
+from incidents.history import AFTER_PATTERN, HISTORY_PAGE, history_page
 from incidents.models import CATEGORIES, INVOLVEMENTS, STATUSES
 from incidents.queries import IncidentFilter, incident_view, search_incidents
 
@@ -149,15 +149,31 @@ def incident_page(request: Request, key: str) -> Response:
 
 
 @router.get("/incidents/{key}/timeline")
-def incident_timeline_page(request: Request, key: str) -> Response:
+def incident_timeline_page(
+    request: Request,
+    key: str,
+    after: Annotated[str, Query(max_length=64, pattern=AFTER_PATTERN)] = "",
+) -> Response:
+    """The incident's history a page at a time (``after`` the last line shown), as
+    ``GET /api/v1/incidents/{id}/history`` pages it: an incident whose clip was read a few hundred
+    thousand times is never set out in one page."""
     who = signed_in(request, INCIDENT_READERS)
     with services(request).db.session() as session:
         incident = visible_incident(session, who.principal, key[:64])
         if incident is None:
             return render(request, "missing.html", who, 404, what="incident")
         view = {"id": incident.id, "reference": incident.reference, "title": incident.title}
-        rows = incident_history(session, who.principal, incident)
-    return render(request, "incident_timeline.html", who, incident=view, rows=rows, describe=describe)
+        page = history_page(session, who.principal, incident, after, HISTORY_PAGE)
+    return render(
+        request,
+        "incident_timeline.html",
+        who,
+        incident=view,
+        rows=page.rows,
+        after=after,
+        next_after=page.next_after,
+        describe=describe,
+    )
 
 
 ACTIONS = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field, StrictBool
@@ -16,6 +17,7 @@ from accounts.access import require_roles, services, sites_seen
 from chain_of_custody.core import CoreServices
 from storage.api_schema import Timestamp, error_responses
 from storage.bounds import DB_INT_MAX, MAX_OFFSET, Patch
+from storage.paging import link_next, next_headers
 
 from .access import (
     INCIDENT_MANAGERS,
@@ -25,9 +27,9 @@ from .access import (
     Viewer,
     visible_incident,
 )
-from .history import incident_history
+from .history import AFTER_PATTERN, HISTORY_PAGE, HISTORY_PAGE_MAX, HistoryPage, history_page, timeline_page
 from .models import CATEGORIES, INVOLVEMENTS, STATUSES, Incident
-from .queries import IncidentFilter, incident_view, search_incidents, timeline
+from .queries import IncidentFilter, incident_view, search_incidents
 from .retention import RetentionRules, set_legal_hold
 from .service import (
     IncidentDraft,
@@ -316,29 +318,63 @@ def change_incident(
         return incident_view(session, incident)
 
 
-@router.get("/incidents/{incident_id}/timeline", response_model=list[TimelineEntry])
+def _paged(response: Response, what: str, incident: Incident, page: HistoryPage, limit: int) -> None:
+    link_next(response, f"/api/v1/incidents/{quote(incident.id)}/{what}", page.next_after, limit)
+
+
+AFTER = Query(
+    "",
+    max_length=64,
+    pattern=AFTER_PATTERN,
+    description="where the previous page ended (its X-Next-After, as its Link names it): the page "
+    "starts after that line; empty for the first page",
+)
+LIMIT = Query(HISTORY_PAGE, ge=1, le=HISTORY_PAGE_MAX, description="most lines in the page")
+
+
+@router.get("/incidents/{incident_id}/timeline", response_model=list[TimelineEntry], responses=next_headers())
 def incident_timeline(
-    incident_id: str, user: Viewer = readers, s: CoreServices = Depends(services)
+    incident_id: str,
+    response: Response,
+    after: str = AFTER,
+    limit: int = LIMIT,
+    user: Viewer = readers,
+    s: CoreServices = Depends(services),
 ) -> list[dict[str, Any]]:
+    """The incident's own lines in time order (when it happened, changes, investigators, what is
+    linked), a page at a time (``limit``, then ``after``): while more follow, the answer links the
+    next page (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
     with s.db.session() as session:
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise _hidden()
-        return timeline(session, incident)
+        page = timeline_page(session, incident, after, limit)
+    _paged(response, "timeline", incident, page, limit)
+    return page.rows
 
 
-@router.get("/incidents/{incident_id}/history", response_model=list[HistoryEntry])
+@router.get("/incidents/{incident_id}/history", response_model=list[HistoryEntry], responses=next_headers())
 def history(
-    incident_id: str, user: Viewer = readers, s: CoreServices = Depends(services)
+    incident_id: str,
+    response: Response,
+    after: str = AFTER,
+    limit: int = LIMIT,
+    user: Viewer = readers,
+    s: CoreServices = Depends(services),
 ) -> list[dict[str, Any]]:
     """The timeline with the custody of every item linked to the incident now or before, and of its
     redacted copies: views and downloads, redactions, exports, legal holds, retention changes. Only
-    items the caller may see now are followed; an entry about an incident they may not see is withheld."""
+    items the caller may see now are followed; an entry about an incident they may not see is withheld.
+    In time order, a page at a time (``limit``, then ``after``; an item read a few hundred thousand
+    times has that many entries): while more follow, the answer links the next page (``Link: <...>;
+    rel="next"`` and ``X-Next-After``)."""
     with s.db.session() as session:
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise _hidden()
-        return incident_history(session, user, incident)
+        page = history_page(session, user, incident, after, limit)
+    _paged(response, "history", incident, page, limit)
+    return page.rows
 
 
 @router.post(

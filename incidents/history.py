@@ -1,37 +1,202 @@
-"""An incident's whole history as one reader may see it: its own events and its evidence's custody.
+"""An incident's whole history as one reader may see it: its own events and its evidence's custody,
+a page at a time.
 
-The incident's own timeline (``queries.timeline``: created, changed, assigned, links and unlinks with
-their reasons) is joined with the custody entries of every evidence item linked to it now or before,
-and of the copies derived from them (redaction versions, redaction records): views and downloads,
-redactions, exports, legal holds, retention changes. Only items the reader may see now are followed
-(``access.visible_evidence_ids``: an unlinked item an investigator no longer sees keeps its unlink
-line but shows nothing after it), and an entry that names an incident the reader may not see is
-withheld exactly as ``GET /evidence/{id}/custody`` withholds it (``access.readable_trail``).
+The incident's own timeline (:func:`timeline_page`: when it happened, created, changed, assigned,
+links and unlinks with their reasons, the evidence and alarms linked now) is joined with the custody
+entries of every evidence item linked to it now or before, and of the copies derived from them
+(redaction versions, redaction records): views and downloads, redactions, exports, legal holds,
+retention changes. Only items the reader may see now are followed (``access.visible_evidence_ids``:
+an unlinked item an investigator no longer sees keeps its unlink line but shows nothing after it),
+and an entry that names an incident the reader may not see is withheld exactly as
+``GET /evidence/{id}/custody`` withholds it (``access.readable_trail``).
 
-The API (``GET /api/v1/incidents/{id}/history``) and the console's timeline page both call
-:func:`incident_history`; there is no other reading of it.
+An item read a few hundred thousand times (ranged reads) has that many custody entries, so neither
+the history nor the timeline is ever read whole: each line has a place in one total order (its time,
+then its source, then its row's number), and a page is the ``limit`` lines after a :class:`Place`
+(``after``), read by keyset from each source and merged. The next page starts after the last line
+of this one (``Place.text``, the ``after=`` of the API's ``Link: ...; rel="next"``).
+
+The API (``GET /api/v1/incidents/{id}/history`` and ``/timeline``) and the console's timeline page
+all call :func:`history_page` or :func:`timeline_page`; there is no other reading of them.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from datetime import datetime
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, func, or_, select, true
 from sqlalchemy.orm import Session
 
+from chain_of_custody.canonical import rfc3339
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 
 from .access import Viewer, readable_trails, visible_evidence_ids
-from .models import Incident, IncidentLink
-from .queries import timeline
+from .models import Incident, IncidentEvent, IncidentLink
 
 # The steps of an item's arrival other than "stored": its "stored" line (digest, size) tells the arrival.
 ARRIVAL_STEPS = frozenset({"captured", "received", "verified"})
 OWN_EVENTS = frozenset({"linked", "unlinked"})  # of this incident: told by its own timeline
 MAX_ITEMS = 5000  # items followed for one incident (links and the copies derived from them)
+HISTORY_PAGE = 1000
+"""Lines of a history or timeline page by default (the API's page, the console's page)."""
+HISTORY_PAGE_MAX = 5000
+
+# The sources of lines, in the order lines of one instant are told.
+OCCURRED, EVENT, EVIDENCE, ALARM, CUSTODY = range(5)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PLACE = re.compile(r"^(\d{1,19})-([0-4])-(\d{1,19})$")
+AFTER_PATTERN = r"^(\d{1,19}-[0-4]-\d{1,19})?$"  # a place, or empty (from the start)
+
+
+@dataclass(frozen=True, order=True)
+class Place:
+    """Where a line stands in an incident's history: its time (microseconds since 1970), its
+    source, and its row's number within that source (an event's id, a link's id, a custody entry's
+    ledger number). Every line has one, and no two lines share one."""
+
+    micros: int
+    source: int
+    number: int
+
+    @classmethod
+    def of(cls, at: datetime, source: int, number: int) -> Place:
+        return cls((at.astimezone(UTC) - _EPOCH) // timedelta(microseconds=1), source, number)
+
+    @classmethod
+    def parse(cls, text: str) -> Place | None:
+        """The place an ``after=`` names; None for an empty one (from the start). A malformed one
+        raises ``ValueError`` (the route's pattern refuses it first)."""
+        if not text:
+            return None
+        m = _PLACE.match(text)
+        if m is None:
+            raise ValueError("not a place in a history")
+        return cls(int(m[1]), int(m[2]), int(m[3]))
+
+    @property
+    def text(self) -> str:
+        return f"{self.micros}-{self.source}-{self.number}"
+
+    @property
+    def at(self) -> datetime:
+        return _EPOCH + timedelta(microseconds=self.micros)
+
+
+def _after(
+    at: Any, number: Any, source: int, place: Place | None, at_value: Any = None
+) -> ColumnElement[bool]:
+    """The rows of ``source`` that come after ``place``, as a condition on their time and number."""
+    if place is None:
+        return true()
+    when = place.at if at_value is None else at_value
+    if source > place.source:
+        return at >= when
+    if source < place.source:
+        return at > when
+    return or_(at > when, and_(at == when, number > place.number))
+
+
+Line = tuple[Place, dict[str, Any]]
+
+
+def _own_lines(session: Session, incident: Incident, place: Place | None, n: int) -> list[Line]:
+    """At most ``n`` of the incident's own lines after ``place``, in order (each source read by keyset)."""
+    lines: list[Line] = []
+    occurred = Place.of(incident.occurred_at, OCCURRED, 0)
+    if place is None or occurred > place:
+        lines.append(
+            (
+                occurred,
+                {
+                    "at": incident.occurred_at,
+                    "kind": "occurred",
+                    "actor": None,
+                    "details": {"category": incident.category},
+                },
+            )
+        )
+    for ev in session.scalars(
+        select(IncidentEvent)
+        .where(
+            IncidentEvent.incident_id == incident.id, _after(IncidentEvent.at, IncidentEvent.id, EVENT, place)
+        )
+        .order_by(IncidentEvent.at, IncidentEvent.id)
+        .limit(n)
+    ):
+        lines.append(
+            (
+                Place.of(ev.at, EVENT, ev.id),
+                {"at": ev.at, "kind": ev.kind, "actor": ev.actor, "details": json.loads(ev.details)},
+            )
+        )
+    recorded = func.coalesce(EvidenceItem.captured_start, EvidenceItem.created_at)
+    for link, item in session.execute(
+        select(IncidentLink, EvidenceItem)
+        .join(EvidenceItem, EvidenceItem.id == IncidentLink.target_id)
+        .where(
+            IncidentLink.incident_id == incident.id,
+            IncidentLink.target_kind == "evidence",
+            IncidentLink.unlinked_at.is_(None),
+            _after(recorded, IncidentLink.id, EVIDENCE, place),
+        )
+        .order_by(recorded, IncidentLink.id)
+        .limit(n)
+    ):
+        at = item.captured_start or item.created_at
+        lines.append(
+            (
+                Place.of(at, EVIDENCE, link.id),
+                {
+                    "at": at,
+                    "kind": f"evidence:{item.kind}",
+                    "actor": None,
+                    "details": {
+                        "item_id": item.id,
+                        "status": item.status,
+                        "wearer": item.wearer,
+                        "device": item.source_device_id,
+                        "captured_start": item.captured_start,
+                        "captured_stop": item.captured_stop,
+                        "sha256": item.sha256,
+                        "linked_by": link.linked_by,
+                        "reason": link.reason,
+                    },
+                },
+            )
+        )
+    for link in session.scalars(
+        select(IncidentLink)
+        .where(
+            IncidentLink.incident_id == incident.id,
+            IncidentLink.target_kind == "alarm",
+            IncidentLink.unlinked_at.is_(None),
+            _after(IncidentLink.linked_at, IncidentLink.id, ALARM, place),
+        )
+        .order_by(IncidentLink.linked_at, IncidentLink.id)
+        .limit(n)
+    ):
+        lines.append(
+            (
+                Place.of(link.linked_at, ALARM, link.id),
+                {
+                    "at": link.linked_at,
+                    "kind": "alarm",
+                    "actor": None,
+                    "details": {
+                        "alarm_id": link.target_id,
+                        "linked_by": link.linked_by,
+                        "reason": link.reason,
+                    },
+                },
+            )
+        )
+    lines.sort(key=lambda line: line[0])
+    return lines[:n]
 
 
 def _family(session: Session, roots: list[str]) -> dict[str, str]:
@@ -54,46 +219,53 @@ def _family(session: Session, roots: list[str]) -> dict[str, str]:
     return root_of
 
 
-def _entries(session: Session, item_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for start in range(0, len(item_ids), 500):
-        chunk = item_ids[start : start + 500]
-        for row in session.scalars(
-            select(CustodyEntry)
-            .where(CustodyEntry.item_id.in_(chunk))
-            .order_by(CustodyEntry.item_id, CustodyEntry.item_seq)
-        ):
-            out[row.item_id or ""].append(
-                {
-                    "seq": row.seq,
-                    "id": row.id,
-                    "at": row.at,
-                    "action": row.action,
-                    "actor": row.actor,
-                    "item_id": row.item_id,
-                    "item_seq": row.item_seq,
-                    "details": json.loads(row.details),
-                    "prev_hash": row.prev_hash,
-                    "item_prev_hash": row.item_prev_hash,
-                    "key_id": row.key_id,
-                    "entry_hash": row.entry_hash,
-                    "signature": row.signature,
-                }
-            )
-    return out
+def _entry(row: CustodyEntry) -> dict[str, Any]:
+    return {
+        "seq": row.seq,
+        "id": row.id,
+        "at": row.at,
+        "action": row.action,
+        "actor": row.actor,
+        "item_id": row.item_id,
+        "item_seq": row.item_seq,
+        "details": json.loads(row.details),
+        "prev_hash": row.prev_hash,
+        "item_prev_hash": row.item_prev_hash,
+        "key_id": row.key_id,
+        "entry_hash": row.entry_hash,
+        "signature": row.signature,
+    }
 
 
 def _at(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def incident_history(session: Session, viewer: Viewer | None, incident: Incident) -> list[dict[str, Any]]:
-    """The incident's own timeline and its evidence's custody, oldest first, as ``viewer`` may read it.
+def _entries_after(
+    session: Session, item_ids: Sequence[str], place: Place | None, n: int
+) -> list[CustodyEntry]:
+    """At most ``n`` custody entries of ``item_ids`` after ``place``, in order (time, then ledger number).
+    A custody entry's time is RFC 3339 text of fixed width, so it orders and compares as text."""
+    when = rfc3339(place.at) if place is not None else None
+    found: list[CustodyEntry] = []
+    for start in range(0, len(item_ids), 500):
+        found += session.scalars(
+            select(CustodyEntry)
+            .where(
+                CustodyEntry.item_id.in_(item_ids[start : start + 500]),
+                _after(CustodyEntry.at, CustodyEntry.seq, CUSTODY, place, when),
+            )
+            .order_by(CustodyEntry.at, CustodyEntry.seq)
+            .limit(n)
+        )
+    found.sort(key=lambda row: (row.at, row.seq))
+    return found[:n]
 
-    Each line: ``at``, ``kind`` (the incident event, or ``custody:<action>``), ``actor``, ``details``,
-    and for custody lines ``item_id``, ``root_id`` (the linked item it belongs to) and ``withheld``.
-    ``viewer`` None is the service itself (everything)."""
-    rows = timeline(session, incident)
+
+def _custody_lines(
+    session: Session, viewer: Viewer | None, incident: Incident, place: Place | None, n: int
+) -> list[Line]:
+    """At most ``n`` custody lines of the incident's evidence (and its copies) after ``place``."""
     ever_linked = list(
         dict.fromkeys(
             session.scalars(
@@ -109,33 +281,82 @@ def incident_history(session: Session, viewer: Viewer | None, incident: Incident
     if viewer is not None:
         allowed = visible_evidence_ids(session, viewer, ids)
         ids = [i for i in ids if i in allowed]
+    if not ids:
+        return []
     kinds: dict[str, str] = {}
     for start in range(0, len(ids), 500):
         for item_id, kind in session.execute(
             select(EvidenceItem.id, EvidenceItem.kind).where(EvidenceItem.id.in_(ids[start : start + 500]))
         ):
             kinds[item_id] = kind
-    entries = _entries(session, ids)
-    trails = readable_trails(session, viewer, {i: entries.get(i, []) for i in ids})
-    for item_id in ids:
-        for entry in trails[item_id]:
+    lines: list[Line] = []
+    while len(lines) < n:
+        rows = _entries_after(session, ids, place, n)
+        if not rows:
+            break
+        place = Place.of(_at(rows[-1].at), CUSTODY, rows[-1].seq)
+        told = [r for r in rows if r.action not in ARRIVAL_STEPS]
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for row in told:
+            grouped.setdefault(row.item_id or "", []).append(_entry(row))
+        # Withheld entry by entry, in the order given (``readable_trails`` keeps each item's order).
+        readable = {k: iter(v) for k, v in readable_trails(session, viewer, dict(grouped.items())).items()}
+        for row in told:
+            item_id = row.item_id or ""
+            entry = next(readable[item_id])
             action = entry.get("action") or ""
-            if action in ARRIVAL_STEPS:
-                continue
             if action in OWN_EVENTS and (entry.get("details") or {}).get("incident_id") == incident.id:
                 continue  # the incident's own "linked"/"unlinked" line says it already, with the reason
-            rows.append(
-                {
-                    "at": _at(entry["at"]),
-                    "kind": f"custody:{action}" if action else "custody:withheld",
-                    "actor": entry.get("actor"),
-                    "details": entry.get("details") or {},
-                    "item_id": item_id,
-                    "item_kind": kinds.get(item_id),
-                    "root_id": root_of[item_id],
-                    "withheld": entry.get("withheld"),
-                    "entry_hash": entry["entry_hash"],
-                }
+            lines.append(
+                (
+                    Place.of(_at(row.at), CUSTODY, row.seq),
+                    {
+                        "at": _at(row.at),
+                        "kind": f"custody:{action}" if action else "custody:withheld",
+                        "actor": entry.get("actor"),
+                        "details": entry.get("details") or {},
+                        "item_id": item_id,
+                        "item_kind": kinds.get(item_id),
+                        "root_id": root_of[item_id],
+                        "withheld": entry.get("withheld"),
+                        "entry_hash": row.entry_hash,
+                    },
+                )
             )
-    rows.sort(key=lambda r: (r["at"], r.get("item_id") or ""))
-    return rows
+        if len(rows) < n:
+            break
+    return lines[:n]
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """Lines in order, and where the next page starts (None: this was the last)."""
+
+    rows: list[dict[str, Any]]
+    next_after: str | None
+
+
+def _page(lines: list[Line], limit: int) -> HistoryPage:
+    lines.sort(key=lambda line: line[0])
+    more = len(lines) > limit
+    return HistoryPage([row for _, row in lines[:limit]], lines[limit - 1][0].text if more else None)
+
+
+def timeline_page(session: Session, incident: Incident, after: str, limit: int) -> HistoryPage:
+    """The incident's own lines (``GET /incidents/{id}/timeline``), ``limit`` after ``after``."""
+    return _page(_own_lines(session, incident, Place.parse(after), limit + 1), limit)
+
+
+def history_page(
+    session: Session, viewer: Viewer | None, incident: Incident, after: str, limit: int
+) -> HistoryPage:
+    """The incident's own lines and its evidence's custody, oldest first, as ``viewer`` may read
+    them: the ``limit`` lines after ``after`` (a :attr:`Place.text`; empty: from the start).
+
+    Each line: ``at``, ``kind`` (the incident event, or ``custody:<action>``), ``actor``, ``details``,
+    and for custody lines ``item_id``, ``root_id`` (the linked item it belongs to) and ``withheld``.
+    ``viewer`` None is the service itself (everything)."""
+    place = Place.parse(after)
+    lines = _own_lines(session, incident, place, limit + 1)
+    lines += _custody_lines(session, viewer, incident, place, limit + 1)
+    return _page(lines, limit)

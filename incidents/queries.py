@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -11,7 +10,6 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from accounts.models import User
-from chain_of_custody.models import EvidenceItem
 from devices.models import StaffMember
 
 from .access import Viewer, incident_scope
@@ -19,7 +17,6 @@ from .models import (
     ExhibitReference,
     Incident,
     IncidentAssignment,
-    IncidentEvent,
     IncidentLink,
     IncidentStaff,
     LegalHold,
@@ -166,62 +163,3 @@ def incident_view(session: Session, incident: Incident) -> dict[str, Any]:
             for h in holds
         ],
     }
-
-
-def timeline(session: Session, incident: Incident) -> list[dict[str, Any]]:
-    """Everything about the incident in time order: its own history and the evidence and alarms linked to it."""
-    rows: list[dict[str, Any]] = [
-        {
-            "at": incident.occurred_at,
-            "kind": "occurred",
-            "actor": None,
-            "details": {"category": incident.category},
-        }
-    ]
-    for ev in session.scalars(select(IncidentEvent).where(IncidentEvent.incident_id == incident.id)):
-        rows.append({"at": ev.at, "kind": ev.kind, "actor": ev.actor, "details": json.loads(ev.details)})
-    links = list(
-        session.scalars(
-            select(IncidentLink).where(
-                IncidentLink.incident_id == incident.id, IncidentLink.unlinked_at.is_(None)
-            )
-        )
-    )
-    item_ids = [link.target_id for link in links if link.target_kind == "evidence"]
-    items = {i.id: i for i in session.scalars(select(EvidenceItem).where(EvidenceItem.id.in_(item_ids)))}
-    for link in links:
-        if link.target_kind == "evidence" and link.target_id in items:
-            item = items[link.target_id]
-            rows.append(
-                {
-                    "at": item.captured_start or item.created_at,
-                    "kind": f"evidence:{item.kind}",
-                    "actor": None,
-                    "details": {
-                        "item_id": item.id,
-                        "status": item.status,
-                        "wearer": item.wearer,
-                        "device": item.source_device_id,
-                        "captured_start": item.captured_start,
-                        "captured_stop": item.captured_stop,
-                        "sha256": item.sha256,
-                        "linked_by": link.linked_by,
-                        "reason": link.reason,
-                    },
-                }
-            )
-        elif link.target_kind == "alarm":
-            rows.append(
-                {
-                    "at": link.linked_at,
-                    "kind": "alarm",
-                    "actor": None,
-                    "details": {
-                        "alarm_id": link.target_id,
-                        "linked_by": link.linked_by,
-                        "reason": link.reason,
-                    },
-                }
-            )
-    rows.sort(key=lambda r: r["at"])
-    return rows

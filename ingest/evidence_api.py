@@ -41,9 +41,11 @@ from incidents.footage import (
     scoped_retention,
 )
 from incidents.retention import RetentionRules, delete_by_hand, set_legal_hold
+from ingest import read_grants
 from ingest.read_reasons import ReasonRefused, deletion_reason, quarantine_review_reason, read_reason
 from storage.api_schema import error_responses
 from storage.bounds import MAX_OFFSET
+from storage.paging import link_next, next_headers
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
 
@@ -170,20 +172,7 @@ NEXT_AFTER_HEADER = "X-Custody-Next-After"
 @router.get(
     "/evidence/{item_id}/custody",
     response_model=list[CustodyEntryOut],
-    responses={
-        200: {
-            "headers": {
-                "Link": {
-                    "description": 'the next page (rel="next"), when there is one',
-                    "schema": {"type": "string"},
-                },
-                NEXT_AFTER_HEADER: {
-                    "description": "the after= of the next page, when there is one",
-                    "schema": {"type": "string"},
-                },
-            }
-        }
-    },
+    responses=next_headers(NEXT_AFTER_HEADER),
 )
 def custody_trail(
     item_id: str,
@@ -208,18 +197,54 @@ def custody_trail(
     with s.db.session() as session:
         page = Ledger.item_entries_page(session, item.id, after, limit + 1)
         trail = readable_trail(session, user, item.id, [e.to_json() for e in page[:limit]])
-    if len(page) > limit:
-        last = page[limit - 1].body.item_seq
-        response.headers[NEXT_AFTER_HEADER] = str(last)
-        response.headers["Link"] = (
-            f'</api/v1/evidence/{quote(item.id)}/custody?after={last}&limit={limit}>; rel="next"'
-        )
+    last = page[limit - 1].body.item_seq if len(page) > limit else None
+    link_next(response, f"/api/v1/evidence/{quote(item.id)}/custody", last, limit, NEXT_AFTER_HEADER)
     return trail
+
+
+class ReadGrantIn(BaseModel):
+    reason: str = Field(min_length=10, max_length=2000, description="why the original is read")
+    use: read_grants.Use = Field(
+        "download", description="download: one read within a minute; play: a player's ranges for an hour"
+    )
+
+
+class ReadGrantOut(BaseModel):
+    url: str = Field(description="the content address standing for the reason (it holds no reason)")
+    use: str
+    expires_at: datetime
+
+
+@router.post(
+    "/evidence/{item_id}/read-grants",
+    response_model=ReadGrantOut,
+    status_code=201,
+    responses=error_responses(403, 404, 422),
+)
+def grant_read(
+    item_id: str,
+    body: ReadGrantIn,
+    user: Principal = Depends(require_roles(*MEDIA_ROLES)),
+    s: CoreServices = Depends(services),
+) -> dict[str, object]:
+    """State why an original is read, in the body, and get a content address standing for that
+    reason (``?grant=``) for what cannot send the ``X-Evidence-Reason`` header: a download or a
+    ``<video>``. The address holds no reason; it serves only this item to this person from this
+    sign-in, for a short time, and a download's only once (``ingest.read_grants``). Nothing is read
+    or recorded until the address is used: the read's custody entry carries the reason then."""
+    item = _item(s, item_id, user)
+    with s.db.session() as session:
+        issued = read_grants.issue(session, user, item.id, body.use, body.reason.strip())
+    return {
+        "url": f"/api/v1/evidence/{quote(item.id)}/content?grant={issued.token}",
+        "use": body.use,
+        "expires_at": issued.expires_at,
+    }
 
 
 @router.get(
     "/evidence/{item_id}/content",
-    responses=error_responses(409, 416, 429, 503),
+    responses=error_responses(403, 409, 416, 429, 503),
     dependencies=[WRITES_CUSTODY],
 )
 async def content(
@@ -227,6 +252,13 @@ async def content(
     request: Request,
     review_reason: str | None = Depends(quarantine_review_reason),
     reason: str | None = Depends(read_reason),
+    grant: str | None = Query(
+        None,
+        min_length=16,
+        max_length=64,
+        description="a read grant's token (``POST /evidence/{id}/read-grants``): the reason it stands "
+        "for, for the console's download and player, which cannot send the header",
+    ),
     user: Principal = Depends(require_roles(*MEDIA_ROLES)),
     s: CoreServices = Depends(services),
 ) -> Response:
@@ -236,17 +268,24 @@ async def content(
     reviewing it with a stated ``review_reason`` (recorded on its custody). An original is read only
     with a stated ``reason`` (422 ``reason_required`` otherwise). The download is named
     for the incident, the capture time and what it is (``incidents.footage.download_name``)."""
+    if grant is not None and reason is not None:
+        raise ReasonRefused("reason_conflict", "a read grant stands for its reason: state none beside it")
 
-    def look_up() -> tuple[EvidenceItem | None, list[str]]:
+    def look_up() -> tuple[EvidenceItem | None, list[str], str | None]:
         # One session, on a worker thread: the event loop serves every other request meanwhile.
         with s.db.session() as session:
             found = visible_evidence(session, user, item_id)
-            return found, (incident_refs(session, user, found) if found is not None else [])
+            if found is None:
+                return None, [], None
+            granted = read_grants.redeem(session, user, found.id, grant) if grant is not None else None
+            return found, incident_refs(session, user, found), granted
 
-    found, refs = await asyncio.to_thread(look_up)
+    found, refs, granted = await asyncio.to_thread(look_up)
     if found is None:
         raise HTTPException(404, "no such evidence item")
     item = found
+    if granted is not None:
+        reason = granted
     if item.status == "deleted":
         raise HTTPException(410, "evidence deleted under its retention class")
     if item.status == "quarantined" and (user.role not in QUARANTINE_REVIEWERS or review_reason is None):

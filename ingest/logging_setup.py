@@ -50,9 +50,11 @@ _MESSAGE_CHARS = 300
 # A download link's token is its whole credential and travels in the path: never logged, whatever it looks like.
 _LINK_TOKEN = re.compile(r"(/exports/download/)[^/\s'\"?#]+")
 # Why an item was read (or deleted) may name a patient, and so may a search's words: a ``reason``,
-# ``review_reason`` or ``q`` in a logged address (an access line, a redirect's ``next``) is never
+# ``review_reason`` or ``q`` (or a read ``grant`` standing for a reason) in a logged address (an access line, a redirect's ``next``) is never
 # written, plain or percent-encoded.
-_READ_REASON = re.compile(r"(?i)((?:[?&]|%3F|%26)(?:review_reason|reason|q)(?:=|%3D))(?:(?!%26)[^&\s'\"#])*")
+_READ_REASON = re.compile(
+    r"(?i)((?:[?&]|%3F|%26)(?:review_reason|reason|q|grant)(?:=|%3D))(?:(?!%26)[^&\s'\"#])*"
+)
 
 
 def scrub(text: str) -> str:

@@ -42,3 +42,23 @@ class Upload(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ReadGrant(Base):
+    """A reason for reading an original, stated once in a request body, standing for it in an
+    address the console cannot send a header with (a download, the player's ``<video src>``): the
+    address carries only the grant's token (only its SHA-256 is kept here), never the reason.
+    Kept to one item, one person and the sign-in that asked; short-lived; a download's is used once
+    (``ingest.read_grants``). Forgotten by the personal-data sweep once expired."""
+
+    __tablename__ = "read_grants"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(36))
+    user_id: Mapped[int] = mapped_column(Integer)
+    sign_in: Mapped[str] = mapped_column(String(64))
+    use: Mapped[str] = mapped_column(String(16))  # download (once) | play (ranges, until it expires)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

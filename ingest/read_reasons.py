@@ -1,9 +1,10 @@
-"""Why an item is read, as the caller states it: in a header (preferred) or, for the console's
-``<video src>`` and download links (which cannot send headers), in the query.
+"""Why an item is read, as the caller states it: in a header (preferred), in the query (kept for
+API clients), or through a read grant (``ingest.read_grants``: the console's player and download,
+which cannot send headers, post the reason and read an address that holds a grant, never the reason).
 
 A reason can name a patient or a member of staff. In a URL it would land in access logs (ours, a
 reverse proxy's), in browser history and in download lists; in ``X-Evidence-Reason`` it does not.
-The query form is kept for what cannot send a header, and the log never writes it
+The query form is kept for API clients that cannot send a header, and the log never writes it
 (``logging_setup.scrub`` redacts ``reason`` and ``review_reason`` in any logged address). Stating
 both, differently, is refused (422 ``reason_conflict``): a read's custody entry carries one reason.
 A header is sent as UTF-8 bytes (as browsers and HTTP libraries send non-ASCII), and read as such.

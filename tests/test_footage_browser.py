@@ -12,6 +12,7 @@ The tests also take the README's screenshots (kept when ``EVIDENCE_SCREENSHOTS=d
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from tests.test_console_kit import (
     session_client,
     sign_in,
 )
+from tests.test_error_logging import _Buffer, captured  # noqa: F401 - the log capture fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -373,3 +375,74 @@ def test_the_original_needs_a_reason_and_a_role_allowed_pictures(footage: Footag
             f"{f.url}/api/v1/evidence/{f.v1['result_item_id']}/custody", headers=f.admin
         ).json()
     )
+
+
+def test_the_original_is_played_and_downloaded_without_its_reason_in_any_address(
+    footage: Footage,
+    tmp_path: Path,
+    captured: _Buffer,  # noqa: F811
+) -> None:
+    """The reason for the original may name a patient: the page posts it (with its CSRF token) for a
+    grant, and no address the browser asks for, nor the page's links, nor the log, holds it. The
+    download's address works once, for this sign-in only."""
+    f = footage
+    shots = screenshot_dir(tmp_path)
+    patient = "Ophelia Grantchester-Nwosu"
+    reason = f"complaint by {patient} about bed 9"
+    access = logging.getLogger("uvicorn.access")
+    level = access.level
+    access.setLevel("INFO")
+    try:
+        with chromium() as browser:
+            page = new_page(browser)
+            asked: list[str] = []
+            referrers: list[str] = []
+            page.on(
+                "request", lambda r: (asked.append(r.url), referrers.append(r.headers.get("referer", "")))
+            )
+            sign_in(page, f.url, "investigator", next_path=f"/footage/{f.clip_id}")
+            page.wait_for_selector("#video[data-showing='redacted']")
+            response = page.goto(f"{f.url}/footage/{f.clip_id}")
+            assert response is not None and response.headers["referrer-policy"] in (
+                "same-origin",
+                "no-referrer",
+            )
+            page.wait_for_selector("#video[data-showing='redacted']")
+            page.click("#original-download")  # without a reason: the form asks for one
+            page.wait_for_selector("#reason-form:not([hidden])")
+            page.fill("#reason", reason)
+            page.click("#reason-form button[type=submit]")
+            page.wait_for_selector("#video[data-showing='original']")
+            until(page, "document.getElementById('video').readyState >= 2")
+            assert "grant=" in (page.get_attribute("#video", "src") or "")
+            with page.expect_download() as waiting:
+                page.click("#original-download")
+            download = waiting.value
+            assert download.failure() is None
+            assert download.suggested_filename == f"{f.incident_ref}_20261122-100000Z_clip.mp4"
+            assert "grant=" in download.url
+            until(page, "document.getElementById('player-note').textContent.includes('Downloading')")
+            page.screenshot(path=str(shots / "footage-original.png"), full_page=True)
+            assert page.errors == []  # type: ignore[attr-defined]
+            for text in (*asked, *referrers, page.content()):
+                assert "reason=" not in text and "Grantchester" not in text, text
+            # The download's address again, in this session: used up. In another session: refused.
+            again = page.request.get(download.url, headers={"Sec-Fetch-Site": "same-origin"})
+            assert again.status == 403 and again.json()["reason"] == "grant_refused"
+            play = page.evaluate("document.getElementById('video').src")
+            other = new_page(browser)
+            sign_in(other, f.url, "investigator")
+            elsewhere = other.request.get(play, headers={"Sec-Fetch-Site": "same-origin"})
+            assert elsewhere.status == 403 and elsewhere.json()["reason"] == "grant_refused"
+            # A grant is asked for with the session's CSRF token, as every change is.
+            client, _ = session_client(f.url, "investigator")
+            r = client.post(f"/api/v1/evidence/{f.clip_id}/read-grants", json={"reason": reason})
+            assert r.status_code == 403 and r.json()["reason"] == "csrf"
+        text = captured.text()
+    finally:
+        access.setLevel(level)
+    assert "content?grant=[redacted]" in text
+    assert patient not in text and "Grantchester" not in text
+    trail = httpx.get(f"{f.url}/api/v1/evidence/{f.clip_id}/custody", headers=f.admin).json()
+    reads = [e for e in trail if e["action"] == "viewed" and (e["details"] or {}).get("reason") == reason]
+    assert reads and all(e["actor"] == "user:investigator" for e in reads)

@@ -118,3 +118,80 @@ def test_a_deletion_reason_goes_in_the_header_too(site: tuple[str, Any, dict[str
         item, headers={**admin, REASON_HEADER: "recorded by mistake"}, params={"reason": "other"}
     )
     assert r.status_code == 422 and r.json()["reason"] == "reason_conflict"
+
+
+@pytest.fixture
+def either(services: Any) -> Iterator[tuple[str, Any, dict[str, str]]]:
+    """The served application on SQLite and on PostgreSQL (a download's grant is used up in SQL)."""
+    user(services, "admin", "admin")
+    server, thread, url = start_server(services)
+    yield url, services, bearer(services, "admin")
+    server.should_exit = True
+    thread.join(15)
+
+
+def test_a_read_grant_carries_the_reason_so_no_address_has_to(
+    either: tuple[str, Any, dict[str, str]],
+    captured: _Buffer,  # noqa: F811
+) -> None:
+    """The console's download and player cannot send a header: the reason is posted once, and the
+    address holds a grant instead, kept to the item, the person and the sign-in; a download's works
+    once. Nothing of the reason or the grant reaches the log."""
+    from datetime import UTC, datetime, timedelta
+
+    from ingest.models import ReadGrant
+    from ingest.read_grants import forget_expired
+
+    url, services, admin = either
+    clip, other = store_item(services), store_item(services)
+    grants = f"{url}/api/v1/evidence/{clip.id}/read-grants"
+    access = logging.getLogger("uvicorn.access")
+    level = access.level
+    access.setLevel("INFO")
+    try:
+        r = httpx.post(grants, headers=admin, json={"reason": REASON})
+        assert r.status_code == 201, r.text
+        download = r.json()["url"]
+        assert r.json()["use"] == "download" and "reason" not in download and PATIENT not in download
+        assert download.startswith(f"/api/v1/evidence/{clip.id}/content?grant=")
+        token = download.split("grant=", 1)[1]
+        assert reasons_on_record(services, clip.id) == []  # asking for a grant reads nothing
+        # Another sign-in of the same person, or the grant on another item: refused, nothing recorded.
+        again = bearer(services, "admin")
+        r = httpx.get(f"{url}{download}", headers=again)
+        assert r.status_code == 403 and r.json()["reason"] == "grant_refused"
+        r = httpx.get(f"{url}/api/v1/evidence/{other.id}/content", headers=admin, params={"grant": token})
+        assert r.status_code == 403 and r.json()["reason"] == "grant_refused"
+        # Beside a reason of its own: refused.
+        r = httpx.get(f"{url}{download}", headers={**admin, REASON_HEADER: "another reason entirely"})
+        assert r.status_code == 422 and r.json()["reason"] == "reason_conflict"
+        assert reasons_on_record(services, clip.id) == []
+        # Used: the reason goes on the read's entry; a second use of a download's grant is refused.
+        r = httpx.get(f"{url}{download}", headers=admin)
+        assert r.status_code == 200, r.text
+        assert reasons_on_record(services, clip.id) == [REASON]
+        r = httpx.get(f"{url}{download}", headers=admin)
+        assert r.status_code == 403 and r.json()["reason"] == "grant_refused"
+        # A player's grant serves its ranges until it expires.
+        r = httpx.post(grants, headers=admin, json={"reason": REASON, "use": "play"})
+        play = r.json()["url"]
+        for first in (0, 10, 20):
+            r = httpx.get(f"{url}{play}", headers={**admin, "Range": f"bytes={first}-{first + 9}"})
+            assert r.status_code == 206, r.text
+        with services.db.session() as session:
+            for row in session.query(ReadGrant):
+                row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        r = httpx.get(f"{url}{play}", headers={**admin, "Range": "bytes=0-9"})
+        assert r.status_code == 403 and r.json()["reason"] == "grant_refused"
+        # Too short a reason is refused in the body as in the header.
+        r = httpx.post(grants, headers=admin, json={"reason": "short"})
+        assert r.status_code == 422
+        text = captured.text()
+    finally:
+        access.setLevel(level)
+    assert "/content?grant=[redacted]" in text  # the access lines are there
+    for part in (PATIENT, "Quigley", "Complaint", token):
+        assert part not in text, part
+    with services.db.session() as session:
+        assert forget_expired(session, datetime.now(UTC)) >= 2
+        assert session.query(ReadGrant).count() == 0  # the reasons they held are forgotten

@@ -126,6 +126,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/evidence/{item_id}/retention"): Rule(ok=IN_SCOPE | {"auditor"}, hidden=OUT_OF_SCOPE),
     ("GET", "/api/v1/evidence/{item_id}/content"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("GET", "/api/v1/evidence/{item_id}/waveform"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
+    ("POST", "/api/v1/evidence/{item_id}/read-grants"): Rule(ok=IN_SCOPE, hidden=OUT_OF_SCOPE),
     ("GET", "/api/v1/evidence/{item_id}/continuity"): Rule(ok=IN_SCOPE | {"auditor"}, hidden=OUT_OF_SCOPE),
     ("GET", "/api/v1/evidence/{item_id}/continuity-statement"): Rule(
         ok=IN_SCOPE | {"auditor"}, hidden=OUT_OF_SCOPE
@@ -328,6 +329,9 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     # An original is read only with a stated reason (recorded on the read's custody entry).
     ("GET", "/api/v1/evidence/{item_id}/content"): Sample(params={"reason": "checking the footage"}),
     ("GET", "/api/v1/evidence/{item_id}/waveform"): Sample(params={"reason": "checking the footage"}),
+    ("POST", "/api/v1/evidence/{item_id}/read-grants"): Sample(
+        json=lambda f, u: {"reason": "checking the footage"}
+    ),
     ("PUT", "/api/v1/evidence/{item_id}/legal-hold"): Sample(
         json=lambda fx, p: {"hold": True, "reason": "police request"}
     ),

@@ -1,6 +1,7 @@
-// The footage page: the player, and the original's download behind the same stated reason.
+// The footage page: the player, and the original's download behind the same stated reason (posted
+// for a one-time address, never put in the link).
 import { pageData } from "./common.js";
-import { Player, contentUrl } from "./player.js";
+import { Player } from "./player.js";
 
 const data = pageData("footage-data");
 const $ = (id) => document.getElementById(id);
@@ -21,15 +22,28 @@ if (data.can_play) {
 
   const download = $("original-download");
   if (download) {
-    download.addEventListener("click", (event) => {
-      if (player.reason) {
-        download.href = contentUrl(data.clip.id, player.reason);
-        return; // the browser follows the link with the reason on it
-      }
+    // The reason goes in the body of a request for a one-time download address, never in this link.
+    download.addEventListener("click", async (event) => {
       event.preventDefault();
-      player.say("Say why you need the original first (the form above), then download it.");
-      $("reason-form").hidden = false;
-      $("reason").focus();
+      if (!player.reason) {
+        player.say("Say why you need the original first (the form above), then download it.");
+        $("reason-form").hidden = false;
+        $("reason").focus();
+        return;
+      }
+      try {
+        const url = await player.grant("download");
+        const once = document.createElement("a");
+        once.href = url;
+        once.download = download.dataset.name || "";
+        once.hidden = true;
+        document.body.append(once);
+        once.click();
+        once.remove();
+        player.say("Downloading the original: your reason is on its custody entry.");
+      } catch (error) {
+        player.say(`Could not download the original: ${error.message}`);
+      }
     });
   }
 }

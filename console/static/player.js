@@ -1,15 +1,24 @@
 // The clip player both footage screens share: a <video> over the API's content route (HTTP Range,
 // so seeking fetches only what it needs; every read is a custody entry). The redacted copy plays
-// first; the original only after the person says why, and that reason travels with every read.
+// first; the original only after the person says why. The reason never goes in an address (history,
+// download lists, proxies' logs): it is posted once for a read grant, and the address holds the grant.
+import { api } from "./common.js";
 
-export const contentUrl = (id, reason) =>
-  `/api/v1/evidence/${encodeURIComponent(id)}/content` + (reason ? `?reason=${encodeURIComponent(reason)}` : "");
+export const contentUrl = (id) => `/api/v1/evidence/${encodeURIComponent(id)}/content`;
 
 export class Player {
   constructor({ video, select, reasonForm, reasonInput, reasonCancel, note, clipId, onSource }) {
     Object.assign(this, { video, select, reasonForm, reasonInput, note, clipId, onSource });
     this.reason = null;
+    this.playing = null; // the player's grant for the original: { url, until }
     this.current = null;
+    // A grant that ran out while watching: ask for a new one and go on from where it stopped.
+    video.addEventListener("error", () => {
+      if (this.current?.original && this.reason && this.playing && this.playing.until <= Date.now() + 30000) {
+        this.playing = null;
+        this.show("original");
+      }
+    });
     this.previous = select ? select.value : null;
     if (select) select.addEventListener("change", () => this.choose(select.value));
     if (reasonForm) {
@@ -22,6 +31,7 @@ export class Player {
           return;
         }
         this.reason = text;
+        this.playing = null; // a new reason: a new grant
         reasonForm.hidden = true;
         this.show("original");
       });
@@ -54,16 +64,39 @@ export class Player {
       this.select.value = value;
       this.previous = value;
     }
-    this.video.src = contentUrl(id, original ? this.reason : null);
-    this.video.addEventListener(
-      "loadedmetadata",
-      () => {
-        if (at) this.video.currentTime = Math.min(at, this.video.duration || at);
-      },
-      { once: true },
-    );
-    this.video.dataset.showing = original ? "original" : "redacted";
-    this.say(original ? "Showing the ORIGINAL: every read is recorded with your reason." : "Showing the redacted copy.");
+    const current = this.current;
+    const load = (src) => {
+      if (this.current !== current) return; // another source was chosen meanwhile
+      this.video.addEventListener(
+        "loadedmetadata",
+        () => {
+          if (at) this.video.currentTime = Math.min(at, this.video.duration || at);
+        },
+        { once: true },
+      );
+      this.video.src = src;
+      this.video.dataset.showing = original ? "original" : "redacted";
+      this.say(original ? "Showing the ORIGINAL: every read is recorded with your reason." : "Showing the redacted copy.");
+    };
+    if (original) {
+      this.grant("play")
+        .then(load)
+        .catch((error) => this.say(`Could not open the original: ${error.message}`));
+    } else {
+      load(contentUrl(id));
+    }
     if (this.onSource) this.onSource(this.current);
+  }
+
+  /** An address standing for the stated reason (``POST .../read-grants``): "download" is used once,
+   * "play" serves the player's ranges until it expires (then a new one is asked for). */
+  async grant(use) {
+    if (use === "play" && this.playing && this.playing.until > Date.now() + 30000) return this.playing.url;
+    const answer = await api("POST", `/api/v1/evidence/${encodeURIComponent(this.clipId)}/read-grants`, {
+      reason: this.reason,
+      use,
+    });
+    if (use === "play") this.playing = { url: answer.url, until: Date.parse(answer.expires_at) };
+    return answer.url;
   }
 }

@@ -1,0 +1,112 @@
+"""A read's reason for what cannot send a header: stated once in a request body, then an opaque
+token in the address instead of the reason.
+
+A reason for reading an original may name a patient. An API client states it in the
+``X-Evidence-Reason`` header (``ingest.read_reasons``); the console's download and its player's
+``<video src>`` cannot send headers, and a reason in their address (``?reason=``) would land in
+browser history, download lists, a proxy's log and a ``Referer``. So the console posts the reason
+(``POST /api/v1/evidence/{id}/read-grants``, with its CSRF token) and gets back an address holding
+a grant: a random token, of which only the SHA-256 is kept, standing for that reason for
+
+- one item and one person, from the sign-in that asked (a grant copied to another browser or
+  another person's session is refused);
+- a short time (``DOWNLOAD_SECONDS`` to start a download, ``PLAY_SECONDS`` for a player's ranges);
+- a download: one read (a second use is refused); a player: its ranges until it expires.
+
+A refused grant answers 403 ``grant_refused`` and records nothing. The token in an address is
+never logged either (``logging_setup.scrub``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session
+
+from accounts.service import Principal
+from storage.errors import Refused
+
+from .models import ReadGrant
+
+log = logging.getLogger(__name__)
+
+Use = Literal["download", "play"]
+DOWNLOAD_SECONDS = 60
+PLAY_SECONDS = 3600
+LIFETIME = {"download": DOWNLOAD_SECONDS, "play": PLAY_SECONDS}
+
+
+class GrantRefused(Refused):
+    """A grant that does not stand for this read (403 ``grant_refused``)."""
+
+    status = 403
+    structured = True
+
+
+@dataclass(frozen=True)
+class Issued:
+    token: str
+    expires_at: datetime
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue(session: Session, user: Principal, item_id: str, use: Use, reason: str) -> Issued:
+    """A new grant of ``reason`` for the caller's reads of ``item_id`` from this sign-in."""
+    token = secrets.token_urlsafe(32)
+    expires = datetime.now(UTC) + timedelta(seconds=LIFETIME[use])
+    session.add(
+        ReadGrant(
+            token_hash=_digest(token),
+            item_id=item_id,
+            user_id=user.user_id,
+            sign_in=user.sign_in,
+            use=use,
+            reason=reason,
+            expires_at=expires,
+        )
+    )
+    return Issued(token, expires)
+
+
+def redeem(session: Session, user: Principal, item_id: str, token: str) -> str:
+    """The reason ``token`` stands for, for this read of ``item_id`` by ``user``; a download's grant
+    is used up here (atomically: of two reads at once, one gets it). Refused otherwise."""
+    now = datetime.now(UTC)
+    row = session.get(ReadGrant, _digest(token))
+    if (
+        row is None
+        or row.item_id != item_id
+        or row.user_id != user.user_id
+        or not secrets.compare_digest(row.sign_in, user.sign_in)
+        or row.expires_at <= now
+    ):
+        log.warning("read refused: a grant that does not stand for it", extra={"item_id": item_id})
+        raise GrantRefused(
+            "grant_refused",
+            "this address's grant has expired or is not yours for this item: state the reason again",
+        )
+    if row.use == "download":
+        used = session.execute(
+            update(ReadGrant)
+            .where(ReadGrant.token_hash == row.token_hash, ReadGrant.used_at.is_(None))
+            .values(used_at=now)
+        )
+        if getattr(used, "rowcount", 0) != 1:
+            log.warning("read refused: a download grant used twice", extra={"item_id": item_id})
+            raise GrantRefused("grant_refused", "this download was started already: state the reason again")
+    return row.reason
+
+
+def forget_expired(session: Session, now: datetime) -> int:
+    """Forget every grant past its time (the reasons they held are on the custody record of the reads)."""
+    result = session.execute(delete(ReadGrant).where(ReadGrant.expires_at < now))
+    return int(getattr(result, "rowcount", 0) or 0)
