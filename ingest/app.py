@@ -34,6 +34,7 @@ from devices import api as devices_api
 from incidents import api as incidents_api
 from incidents import continuity_api
 from incidents.export import api as export_api
+from incidents.export import downloads as export_downloads
 from incidents.retention import RetentionRules, retention_loop
 from incidents.subject_access import api as subject_access_api
 from ingest import read_grants
@@ -61,6 +62,7 @@ ROUTERS: list[APIRouter] = [
     incidents_api.router,
     continuity_api.router,
     export_api.router,
+    export_downloads.router,
     subject_access_api.router,
     custody_api.router,
     footage_api.router,

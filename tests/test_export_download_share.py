@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from chain_of_custody.evidence import Provenance
 from chain_of_custody.models import CustodyEntry
-from incidents.export.api import download_slots
+from incidents.export.downloads import download_slots
 from tests.conftest import start_server, wait_for
 from tests.test_export_api import package_with_link
 from tests.test_export_package import put_evidence

@@ -17,5 +17,6 @@ large the incident.
 The parts: ``plan`` (what goes in), ``media`` (the pass that checks every media object), ``build``
 (the layout and its custody), ``assemble`` (the zip on download), ``zip``, ``report`` (the
 continuity report), ``links`` (expiring download links), ``jobs`` (builds as jobs that any worker
-claims) and ``api`` (the routes).
+claims), ``api`` (the routes of those who ask for, follow and hand out packages) and ``downloads``
+(the routes of a link's holder: its page and the download).
 """
