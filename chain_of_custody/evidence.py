@@ -16,7 +16,7 @@ from storage.streams import BlocksOnThread
 
 from .fixity import FixityCheck, checked_range
 from .ledger import Ledger
-from .models import EvidenceItem
+from .models import CustodyEntry, EvidenceItem
 from .read_checks import checked_blocks
 from .retention_basis import RetentionBasis
 from .verify import unrecorded
@@ -178,6 +178,30 @@ def trusted_record(session: Session, ledger: Ledger, item: EvidenceItem) -> None
         raise RecordUntrusted(problem)
 
 
+def record_read(
+    session: Session,
+    ledger: Ledger,
+    item: EvidenceItem,
+    actor: str,
+    byte_range: ByteRange | None,
+    purpose: str = "view",
+    details: dict[str, Any] | None = None,
+) -> CustodyEntry:
+    """A read outside any viewing as its own ``viewed`` entry (in the caller's transaction)."""
+    return ledger.append(
+        session,
+        "viewed",
+        actor,
+        item_id=item.id,
+        details={
+            "purpose": purpose,
+            "range": [byte_range.start, byte_range.end] if byte_range else None,
+            "sha256": item.sha256,
+            **(details or {}),
+        },
+    )
+
+
 def read_item(
     session: Session,
     ledger: Ledger,
@@ -204,23 +228,10 @@ def read_item(
     digest before it is sent. ``verify=False`` is for reading an item already
         quarantined (for review), whose bytes are known not to be the evidence. ``recorded``: the caller
     has already checked the record and put the read on custody (a range of a viewing, ``viewings``)."""
-    if recorded:
-        pass  # the caller checked the record and put this read on it (a viewing's range: ``viewings``)
-    else:
+    if not recorded:
         if verify:
             trusted_record(session, ledger, item)
-        ledger.append(
-            session,
-            "viewed",
-            actor,
-            item_id=item.id,
-            details={
-                "purpose": purpose,
-                "range": [byte_range.start, byte_range.end] if byte_range else None,
-                "sha256": item.sha256,
-                **(details or {}),
-            },
-        )
+        record_read(session, ledger, item, actor, byte_range, purpose, details)
     if not verify:
         if byte_range is None:
             return store.read(item.object_key, item.version_id)

@@ -111,6 +111,8 @@ class ViewingSession(Base):
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     closed_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)  # its ``viewing_closed`` entry
+    # The chain value of its newest range (``viewing.range_mac``; the opening entry's hash before any).
+    last_mac: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class ViewingRange(Base):
@@ -123,3 +125,6 @@ class ViewingRange(Base):
     first_byte: Mapped[int] = mapped_column(BigInteger)
     last_byte: Mapped[int] = mapped_column(BigInteger)  # inclusive, as in Content-Range
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # HMAC under a secret of the service key over the range and the previous range's ``mac`` (the
+    # first over the opening entry's hash): a row edited, removed or slipped in before the seal is found.
+    mac: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -28,6 +28,7 @@ from .evidence import (
     quarantine,
     quarantine_hook,
     read_item,
+    record_read,
     trusted_record,
 )
 from .fixity import FixityCheck
@@ -168,7 +169,12 @@ async def item_response(
     item, for this purpose and reason, from this sign-in (``sign_in``, ``Principal.sign_in``) opens it
     with the ``viewed`` entry; later ones are kept as rows and sealed by its ``viewing_closed`` entry.
     Either way nothing is served before the read is recorded and the opening entry is covered by a
-    stored tree head."""
+    stored tree head. A read of the whole object (no ``Range``, or one that spans every byte) is its
+    own ``viewed`` entry, never folded into a viewing.
+
+    The answer names the custody entry that records the read (``X-Custody-Entry``: its own entry,
+    or the opening entry of its viewing) and, for a range, the viewing (``X-Custody-Viewing``) and
+    whether this read opened or joined it (``X-Custody-Viewing-State``)."""
     try:
         byte_range = parse_range(request.headers.get("range"), item.size)
     except ValueError:
@@ -182,7 +188,8 @@ async def item_response(
     details = {"reason": review_reason or reason} if (reviewing or reason) else None
     # A range (not a quarantine review) is part of a viewing: one custody step for the player's many
     # ranges (``viewings``). A whole read is its own ``viewed`` entry, as is every review read.
-    in_viewing = byte_range is not None and not reviewing
+    in_viewing = _part(byte_range, item.size) and not reviewing
+    recorded: dict[str, str] = {}
 
     def refuse(exc: RecordUntrusted) -> None:
         log.error("evidence read refused: record altered", extra={"item": item.id, "problem": str(exc)})
@@ -193,7 +200,7 @@ async def item_response(
         if in_viewing:
             assert byte_range is not None
             try:
-                record_range(
+                viewed = record_range(
                     s.db,
                     s.ledger,
                     ViewingKey(item.id, actor, sign_in, purpose, reason),
@@ -206,8 +213,16 @@ async def item_response(
             except RecordUntrusted as exc:
                 refuse(exc)
                 raise
+            recorded["X-Custody-Entry"] = str(viewed.opened_seq)
+            recorded["X-Custody-Viewing"] = viewed.viewing_id
+            recorded["X-Custody-Viewing-State"] = "opened" if viewed.opened else "joined"
         with s.db.session() as session:
             try:
+                if not in_viewing:
+                    if not reviewing:
+                        trusted_record(session, s.ledger, item)
+                    entry = record_read(session, s.ledger, item, actor, byte_range, purpose, details)
+                    recorded["X-Custody-Entry"] = str(entry.seq)
                 return read_item(
                     session,
                     s.ledger,
@@ -220,7 +235,7 @@ async def item_response(
                     verify=not reviewing,
                     details=details,
                     block_digests=digests,
-                    recorded=in_viewing,
+                    recorded=True,
                 )
             except RecordUntrusted as exc:
                 session.rollback()
@@ -232,7 +247,7 @@ async def item_response(
     except RecordUntrusted as exc:
         raise ReadRefused("record_altered", f"the item cannot be served: {exc}") from None
     EVIDENCE_READS.inc()
-    headers = {"Accept-Ranges": "bytes", **headers}
+    headers = {"Accept-Ranges": "bytes", **headers, **recorded}
     if reviewing:
         headers.pop("ETag", None)
         headers["X-Evidence-Status"] = "quarantined"

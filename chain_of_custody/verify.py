@@ -22,10 +22,11 @@ from .entries import ChainReport, Problem, SignedEntry, Verifier, check_entry, c
 from .keys import ServiceKey
 from .ledger import Ledger
 from .merkle import MerkleTree, leaf_hash, verify_consistency
-from .models import CustodyEntry, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
+from .models import CustodyEntry, EvidenceItem, LedgerHead, ViewingSession
 from .signed_tree_head import TreeHead
 from .tree_heads import sample_tree_heads
-from .viewing import seal_mismatch
+from .viewing import RANGE_CHAIN, chain_problem, seal_mismatch
+from .viewings import kept_chain
 
 TREE_HEAD_SAMPLE = 32
 
@@ -163,8 +164,8 @@ def verify_service(
     say("checking signed tree heads")
     chain_known_broken = bool(report.problems)
     check_tree_heads(store, key, entries, report, chain_known_broken, sample=options.tree_head_sample)
-    say("checking sealed viewings")
-    check_viewing_seals(session, entries, report)
+    say("checking viewings")
+    check_viewings(session, entries, report, key.derived_secret(RANGE_CHAIN))
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")
@@ -245,38 +246,132 @@ def verify_service(
     return report
 
 
-def check_viewing_seals(session: Session, entries: list[SignedEntry], report: ChainReport) -> None:
-    """Each sealed viewing's kept ranges (``viewing_ranges``) against its signed ``viewing_closed``
-    entry: a range removed, added or altered after the seal is named."""
-    seals = {e.body.seq: e for e in entries if e.body.action == "viewing_closed"}
-    if not seals:
-        return
-    closed = session.execute(
-        select(ViewingSession.id, ViewingSession.closed_seq).where(ViewingSession.closed_seq.is_not(None))
-    )
-    for viewing_id, seq in closed:
-        entry = seals.get(int(seq or 0))
-        details = json.loads(entry.body.details) if entry is not None else {}
-        if entry is None or details.get("viewing") != viewing_id:
-            report.problems.append(
-                Problem(
-                    "viewing_seal_missing", f"viewing {viewing_id}", f"custody entry #{seq} is not its seal"
-                )
-            )
+def check_viewings(
+    session: Session, entries: list[SignedEntry], report: ChainReport, secret: bytes | None = None
+) -> None:
+    """Viewings both ways, the ledger against ``viewing_sessions`` and ``viewing_ranges``: every
+    ``viewed`` entry naming a viewing has its row (same item, person, purpose, opening entry) and
+    every row its ``viewed`` entry; every ``viewing_closed`` entry has its row, sealed by it, once;
+    a row closed without a seal, sealed twice or sealed before it opened is named; each sealed
+    viewing's kept ranges are recomputed against its seal (a range removed, added or altered after
+    it), a seal that says its ranges were altered before it is named, and (with the service key's
+    ``secret``) every viewing's ranges must chain from its opening entry (``viewing.chain_problem``)."""
+    opens: dict[str, list[SignedEntry]] = {}
+    seals: dict[str, list[SignedEntry]] = {}
+    for e in entries:
+        if e.body.action not in ("viewed", "viewing_closed"):
             continue
-        ranges = [
-            (n, first, last, at)
-            for n, first, last, at in session.execute(
-                select(ViewingRange.n, ViewingRange.first_byte, ViewingRange.last_byte, ViewingRange.at)
-                .where(ViewingRange.viewing_id == viewing_id)
-                .order_by(ViewingRange.n)
+        try:
+            details = json.loads(e.body.details)
+        except ValueError:
+            continue
+        viewing = details.get("viewing") if isinstance(details, dict) else None
+        if viewing is None:
+            continue  # a whole read: an entry of its own, no viewing
+        (opens if e.body.action == "viewed" else seals).setdefault(str(viewing), []).append(e)
+    rows = {
+        r.id: r
+        for r in session.scalars(select(ViewingSession).order_by(ViewingSession.opened_at, ViewingSession.id))
+    }
+    if not opens and not seals and not rows:
+        return
+
+    def found(kind: str, viewing_id: str, detail: str) -> None:
+        report.problems.append(Problem(kind, f"viewing {viewing_id}", detail))
+
+    for viewing_id in sorted(opens.keys() - rows.keys()):
+        seqs = ", ".join(f"#{e.body.seq}" for e in opens[viewing_id])
+        found("viewing_row_missing", viewing_id, f"custody entry {seqs} opened it but its row is gone")
+    for viewing_id in sorted(seals.keys() - rows.keys()):
+        seqs = ", ".join(f"#{e.body.seq}" for e in seals[viewing_id])
+        found("viewing_row_missing", viewing_id, f"custody entry {seqs} sealed it but its row is gone")
+    for viewing_id, opened in opens.items():
+        if len(opened) > 1:
+            seqs = ", ".join(f"#{e.body.seq}" for e in opened)
+            found("viewing_opened_twice", viewing_id, f"custody entries {seqs} each open it")
+    for viewing_id, row in rows.items():
+        opening = next(iter(opens.get(viewing_id, [])), None)
+        sealed = seals.get(viewing_id, [])
+        if opening is None:
+            found(
+                "viewing_unopened",
+                viewing_id,
+                f"its row (item {row.item_id}, {row.actor}) has no 'viewed' entry naming it (row "
+                f"inserted in the database, or its opening entry removed); it names #{row.opened_seq}",
             )
-        ]
-        problem = seal_mismatch(details, ranges)
+        else:
+            d = json.loads(opening.body.details)
+            expected = {
+                "opening entry": (opening.body.seq, row.opened_seq),
+                "item": (opening.body.item_id, row.item_id),
+                "person": (opening.body.actor, row.actor),
+                "purpose": (d.get("purpose"), row.purpose),
+            }
+            for what, (recorded, kept) in expected.items():
+                if recorded != kept:
+                    found(
+                        "viewing_row_altered",
+                        viewing_id,
+                        f"its {what} is {kept!r} in the database but {recorded!r} in custody entry "
+                        f"#{opening.body.seq}",
+                    )
+        if len(sealed) > 1:
+            seqs = ", ".join(f"#{e.body.seq}" for e in sealed)
+            found("viewing_sealed_twice", viewing_id, f"custody entries {seqs} each seal it")
+        if not sealed:
+            if row.closed_seq is not None or row.open_key is None:
+                found(
+                    "viewing_closed_unsealed",
+                    viewing_id,
+                    "its row is closed but no 'viewing_closed' entry seals it (set aside as not "
+                    "opened through the ledger, or its seal removed)"
+                    if row.closed_seq is None
+                    else f"its row names custody entry #{row.closed_seq} as its seal, which is not",
+                )
+            elif secret is not None and opening is not None:  # open: its ranges so far must chain
+                problem = chain_problem(
+                    secret, viewing_id, opening.entry_hash, kept_chain(session, viewing_id), row.ranges
+                )
+                if problem is not None:
+                    found("viewing_ranges_altered", viewing_id, f"open since #{opening.body.seq}: {problem}")
+            continue
+        seal = sealed[0]
+        details = json.loads(seal.body.details)
+        where = f"custody entry #{seal.body.seq}"
+        if row.closed_seq != seal.body.seq or row.open_key is not None:
+            found(
+                "viewing_row_altered",
+                viewing_id,
+                f"sealed by {where} but its row says "
+                + ("it is still open" if row.open_key is not None else f"#{row.closed_seq}"),
+            )
+        for what, (recorded, kept) in {
+            "item": (seal.body.item_id, row.item_id),
+            "person": (details.get("viewer"), row.actor),
+            "purpose": (details.get("purpose"), row.purpose),
+        }.items():
+            if recorded != kept:
+                found(
+                    "viewing_row_altered",
+                    viewing_id,
+                    f"its {what} is {kept!r} in the database but {recorded!r} in its seal ({where})",
+                )
+        if opening is not None and seal.body.seq < opening.body.seq:
+            found("viewing_sealed_before_opened", viewing_id, f"{where} precedes #{opening.body.seq}")
+        if details.get("ranges_altered"):
+            found(
+                "viewing_ranges_altered_before_seal",
+                viewing_id,
+                f"{where} says its ranges were altered while it was open: {details['ranges_altered']}",
+            )
+        kept = kept_chain(session, viewing_id)
+        problem = seal_mismatch(details, [(n, first, last, at) for n, first, last, at, _ in kept])
         if problem is not None:
-            report.problems.append(
-                Problem("viewing_ranges_altered", f"viewing {viewing_id} (custody entry #{seq})", problem)
-            )
+            found("viewing_ranges_altered", f"{viewing_id} ({where})", problem)
+        elif secret is not None and opening is not None and not details.get("ranges_altered"):
+            problem = chain_problem(secret, viewing_id, opening.entry_hash, kept, row.ranges)
+            if problem is not None:
+                found("viewing_ranges_altered", f"{viewing_id} ({where})", problem)
 
 
 def check_tree_heads(

@@ -11,7 +11,8 @@ over the ordered list (:func:`ranges_digest`), so a row altered or removed after
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import hmac
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -88,16 +89,56 @@ def ranges_digest(ranges: Iterable[tuple[int, int, int, datetime]]) -> str:
     return h.hexdigest()
 
 
+RANGE_CHAIN = "viewing ranges v1"  # the label of the service key's secret the range chain is keyed with
+
+
+def range_mac(
+    secret: bytes, viewing_id: str, previous: str, n: int, first: int, last: int, at: datetime
+) -> str:
+    """A range's link in its viewing's chain: HMAC-SHA256 under ``secret`` (``ServiceKey.derived_secret
+    (RANGE_CHAIN)``) over the viewing id, the previous link (the opening entry's hash for the first
+    range) and the range's :func:`range_line`. Only the service can make one, so a range row edited,
+    removed, reordered or slipped in while the viewing is open is found at its seal and by verify."""
+    message = f"{viewing_id}\x00{previous}\x00".encode() + range_line(n, first, last, at)
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def chain_problem(
+    secret: bytes,
+    viewing_id: str,
+    anchor: str,
+    ranges: Sequence[tuple[int, int, int, datetime, str | None]],
+    count: int | None = None,
+) -> str | None:
+    """What is wrong with a viewing's kept ranges (``n, first, last, at, mac``, in order) as a chain
+    from ``anchor`` (its opening entry's hash), or None; ``count``: how many its row says it holds."""
+    previous = anchor
+    for i, (n, first, last, at, mac) in enumerate(ranges, start=1):
+        if n != i:
+            return f"range {i} is missing (the next kept is range {n})"
+        if mac is None or not hmac.compare_digest(
+            mac, range_mac(secret, viewing_id, previous, n, first, last, at)
+        ):
+            return f"range {n} is not as the service recorded it (edited, replaced or slipped in)"
+        previous = mac
+    if count is not None and count != len(ranges):
+        return f"its row counts {count} ranges, {len(ranges)} are kept"
+    return None
+
+
 def seal_details(
     viewing_id: str,
     viewer: str,
     purpose: str,
     ranges: list[tuple[int, int, int, datetime]],
     why: str,
+    altered: str | None = None,
 ) -> dict[str, Any]:
     """The ``viewing_closed`` entry's details: how many ranges, how many bytes they span, the first
-    and last time, and the digest of the ordered list. The reason stays on the opening entry only."""
-    return {
+    and last time, and the digest of the ordered list. The reason stays on the opening entry only.
+    ``altered``: the ranges did not chain from the opening entry when sealed (``chain_problem``), said
+    on the seal (``ranges_altered``), which still covers the list as it was found."""
+    out: dict[str, Any] = {
         "viewing": viewing_id,
         "viewer": viewer,
         "purpose": purpose,
@@ -108,6 +149,9 @@ def seal_details(
         "ranges_sha256": ranges_digest(ranges),
         "closed": why,
     }
+    if altered is not None:
+        out["ranges_altered"] = altered
+    return out
 
 
 def seal_mismatch(details: dict[str, Any], ranges: list[tuple[int, int, int, datetime]]) -> str | None:

@@ -12,6 +12,15 @@ sealed custody step (the rules are in ``viewing``).
   nobody comes back to, and a process seals the viewings it served when it shuts down. Opening one
   more than ``max_open_viewings_per_user`` seals that person's least recently used.
 
+Nothing here takes a viewing row at its word: a row joined or sealed must have been opened through
+the ledger (``opening_problem``: its ``viewed`` entry exists, is intact and signed, and names this
+viewing, its key, person, item and purpose). A row that was not (inserted or edited in the database)
+is set aside (its key cleared, logged, counted; ``evidence verify`` names it) and the read opens a
+viewing of its own. Each range row carries a link of a chain keyed by a secret of the service key
+and anchored on the opening entry's hash (``viewing.range_mac``), so a range edited, removed or
+slipped in while the viewing is open is found at its seal (said on it: ``ranges_altered``) and by
+verification.
+
 Lock order, for every writer here: the ledger head first (any append takes it), then viewing rows. A
 read that joins takes only its viewing's row and never the ledger head; when it finds the viewing
 over it gives the row back and starts again on the opening path.
@@ -25,19 +34,40 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.db import Database
 
-from .evidence import ByteRange
-from .ledger import Ledger
+from .entries import check_entry
+from .ledger import Ledger, to_signed
 from .models import CustodyEntry, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
-from .viewing import ViewingKey, ViewingPolicy, seal_details, seal_mismatch
+from .viewing import (
+    RANGE_CHAIN,
+    ViewingKey,
+    ViewingPolicy,
+    chain_problem,
+    range_mac,
+    seal_details,
+    seal_mismatch,
+)
+
+if TYPE_CHECKING:  # ``evidence`` reads through ``verify``, which checks viewings with this module
+    from .evidence import ByteRange
 
 log = logging.getLogger(__name__)
+
+SET_ASIDE = Counter(
+    "evidence_viewings_set_aside_total",
+    "Viewing rows not opened through the custody ledger, refused and set aside (see the log for which)",
+)
+ALTERED_AT_SEAL = Counter(
+    "evidence_viewings_altered_at_seal_total",
+    "Viewings whose kept ranges no longer chained from their opening entry when sealed",
+)
 
 
 @dataclass(frozen=True)
@@ -79,15 +109,106 @@ def _hold_ledger(session: Session) -> None:
     session.execute(select(LedgerHead.id).where(LedgerHead.id == 1).with_for_update())
 
 
-def _add_range(session: Session, row: ViewingSession, byte_range: ByteRange, now: datetime) -> None:
+def _secret(ledger: Ledger) -> bytes:
+    return ledger.key.derived_secret(RANGE_CHAIN)
+
+
+def _add_range(
+    session: Session, ledger: Ledger, row: ViewingSession, byte_range: ByteRange, now: datetime
+) -> None:
+    """One more range, linked to the one before it (the caller holds the row)."""
     row.ranges += 1
     row.bytes += byte_range.length
     row.last_at = now
+    mac = range_mac(
+        _secret(ledger), row.id, row.last_mac or "", row.ranges, byte_range.start, byte_range.end, now
+    )
+    row.last_mac = mac
     session.add(
         ViewingRange(
-            viewing_id=row.id, n=row.ranges, first_byte=byte_range.start, last_byte=byte_range.end, at=now
+            viewing_id=row.id,
+            n=row.ranges,
+            first_byte=byte_range.start,
+            last_byte=byte_range.end,
+            at=now,
+            mac=mac,
         )
     )
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A viewing row's opening entry as the ledger holds it, checked (``opening_problem``)."""
+
+    entry_hash: str
+    at: datetime
+
+
+def opening_problem(session: Session, ledger: Ledger, row: ViewingSession) -> str | Opening:
+    """The row's opening entry (its hash and time) when the row was opened through the ledger: the
+    entry at ``opened_seq`` is intact, signed by the service, a ``viewed`` entry of the row's item
+    and person naming this viewing, its key and its purpose, and the row is not sealed. Otherwise
+    why not (a row inserted or edited in the database: it stands for no custody entry)."""
+    if row.closed_seq is not None or row.closed_at is not None:
+        return f"viewing {row.id} is marked sealed (custody entry #{row.closed_seq}) but still takes ranges"
+    entry = session.get(CustodyEntry, row.opened_seq)
+    if entry is None:
+        return f"viewing {row.id} names custody entry #{row.opened_seq} as its opening, which does not exist"
+    signed = to_signed(entry)
+    broken = check_entry(signed, ledger.verifier)
+    if broken:
+        return f"viewing {row.id}: its opening entry #{entry.seq} fails its check ({broken[0].detail})"
+    try:
+        details = json.loads(entry.details)
+    except ValueError:
+        details = None
+    if not isinstance(details, dict):
+        details = {}
+    expected = {
+        "action": ("viewed", entry.action),
+        "item": (row.item_id, entry.item_id),
+        "actor": (row.actor, entry.actor),
+        "viewing": (row.id, details.get("viewing")),
+        "viewing key": (row.open_key, details.get("viewing_key")),
+        "purpose": (row.purpose, details.get("purpose")),
+    }
+    for what, (want, found) in expected.items():
+        if want != found:
+            return (
+                f"viewing {row.id}: custody entry #{entry.seq} is not its opening ({what} is {found!r}, "
+                f"the row says {want!r})"
+            )
+    return Opening(entry.entry_hash, datetime.fromisoformat(signed.body.at.replace("Z", "+00:00")))
+
+
+def _matches(row: ViewingSession, key: ViewingKey) -> bool:
+    return (row.item_id, row.actor, row.purpose, row.reason) == (
+        key.item_id,
+        key.actor,
+        key.purpose,
+        key.reason,
+    )
+
+
+def _set_aside(row: ViewingSession, problem: str) -> None:
+    """A viewing row that stands for no opening entry: it takes no more ranges and is never sealed
+    (a seal would vouch for it); it stays, unsealed, for ``evidence verify`` to name."""
+    log.error("viewing row set aside: not opened through the custody ledger", extra={"problem": problem})
+    SET_ASIDE.inc()
+    row.open_key = None
+    SERVED.discard(row.id)
+
+
+def kept_chain(session: Session, viewing_id: str) -> list[tuple[int, int, int, datetime, str | None]]:
+    """A viewing's ranges in order with their chain links (``viewing.chain_problem``)."""
+    rows = session.execute(
+        select(
+            ViewingRange.n, ViewingRange.first_byte, ViewingRange.last_byte, ViewingRange.at, ViewingRange.mac
+        )
+        .where(ViewingRange.viewing_id == viewing_id)
+        .order_by(ViewingRange.n)
+    )
+    return [(n, first, last, at, mac) for n, first, last, at, mac in rows]
 
 
 def kept_ranges(session: Session, viewing_id: str) -> list[tuple[int, int, int, datetime]]:
@@ -100,15 +221,27 @@ def kept_ranges(session: Session, viewing_id: str) -> list[tuple[int, int, int, 
     return [(n, first, last, at) for n, first, last, at in rows]
 
 
-def seal(session: Session, ledger: Ledger, row: ViewingSession, why: str, now: datetime) -> None:
+def seal(session: Session, ledger: Ledger, row: ViewingSession, why: str, now: datetime) -> bool:
     """Append the viewing's ``viewing_closed`` entry and close it (the caller holds the ledger head,
-    then the row)."""
-    details = seal_details(row.id, row.actor, row.purpose, kept_ranges(session, row.id), why)
+    then the row); False when the row stands for no opening entry (set aside, nothing appended). A
+    list of ranges that no longer chains from the opening entry is sealed as found, saying so."""
+    opening = opening_problem(session, ledger, row)
+    if isinstance(opening, str):
+        _set_aside(row, opening)
+        return False
+    kept = kept_chain(session, row.id)
+    altered = chain_problem(_secret(ledger), row.id, opening.entry_hash, kept, row.ranges)
+    if altered is not None:
+        log.error("viewing sealed with altered ranges", extra={"viewing": row.id, "problem": altered})
+        ALTERED_AT_SEAL.inc()
+    ranges = [(n, first, last, at) for n, first, last, at, _ in kept]
+    details = seal_details(row.id, row.actor, row.purpose, ranges, why, altered)
     entry = ledger.append(session, "viewing_closed", "service", item_id=row.item_id, details=details)
     row.open_key = None
     row.closed_at = now
     row.closed_seq = entry.seq
     SERVED.discard(row.id)
+    return True
 
 
 def _cover(db: Database, ledger: Ledger, seq: int) -> None:
@@ -117,16 +250,31 @@ def _cover(db: Database, ledger: Ledger, seq: int) -> None:
         ledger.tree_heads.cover(seq, db.engine)
 
 
+FORGED = "forged"  # ``_live``: the row stands for no opening entry of this key (``opening_problem``)
+
+
 def _live(
-    session: Session, digest: str, policy: ViewingPolicy, now: datetime
-) -> tuple[ViewingSession | None, str | None]:
-    """The open viewing of ``digest`` (row-locked) and why it may take no more ranges (None: it may)."""
+    session: Session, ledger: Ledger, key: ViewingKey, policy: ViewingPolicy, now: datetime
+) -> tuple[ViewingSession | None, str | None, str | None]:
+    """The open viewing of ``key`` (row-locked), why it may take no more ranges (None: it may), and
+    why it stands for no opening entry of this key (None: it does; then ended is ``FORGED``). The
+    opening entry's time, not the row's, bounds how long it stays open."""
     row = session.scalars(
-        select(ViewingSession).where(ViewingSession.open_key == digest).with_for_update()
+        select(ViewingSession).where(ViewingSession.open_key == key.digest()).with_for_update()
     ).first()
     if row is None:
-        return None, None
-    return row, policy.ended(row.opened_at, row.last_at, row.ranges, now)
+        return None, None, None
+    opening = opening_problem(session, ledger, row)
+    if isinstance(opening, str):
+        return row, FORGED, opening
+    if not _matches(row, key):
+        return (
+            row,
+            FORGED,
+            f"viewing {row.id} holds the key of a read of another item, person, purpose or reason",
+        )
+    opened_at = min(row.opened_at, opening.at)
+    return row, policy.ended(opened_at, row.last_at, row.ranges, now), None
 
 
 def record_range(
@@ -149,10 +297,10 @@ def record_range(
     with db.session() as session:
         if check is not None:
             check(session)
-        row, ended = _live(session, digest, policy, now)
+        row, ended, _ = _live(session, ledger, key, policy, now)
         joined = None
         if row is not None and ended is None:
-            _add_range(session, row, byte_range, now)
+            _add_range(session, ledger, row, byte_range, now)
             joined = Viewed(row.id, False, row.opened_seq)
     if joined is not None:
         SERVED.add(joined.viewing_id)
@@ -160,13 +308,17 @@ def record_range(
         return joined
     with db.session() as session:
         _hold_ledger(session)
-        row, ended = _live(session, digest, policy, now)
+        row, ended, forged = _live(session, ledger, key, policy, now)
         if row is not None and ended is None:  # opened by another request meanwhile
-            _add_range(session, row, byte_range, now)
+            _add_range(session, ledger, row, byte_range, now)
             joined = Viewed(row.id, False, row.opened_seq)
         else:
-            if row is not None and ended is not None:
+            if row is not None and forged is not None:
+                _set_aside(row, forged)
+                session.flush()  # its key is free for the viewing opened below
+            elif row is not None and ended is not None:
                 seal(session, ledger, row, ended, now)
+                session.flush()
             _make_room(session, ledger, key.actor, policy, now)
             row = ViewingSession(
                 open_key=digest,
@@ -190,11 +342,13 @@ def record_range(
                     "range": [byte_range.start, byte_range.end],
                     "sha256": item.sha256,
                     "viewing": row.id,
+                    "viewing_key": digest,
                     **(details or {}),
                 },
             )
             row.opened_seq = entry.seq
-            _add_range(session, row, byte_range, now)
+            row.last_mac = entry.entry_hash
+            _add_range(session, ledger, row, byte_range, now)
             opened = Viewed(row.id, True, entry.seq)
     # The commit above returned only once a tree head covers the opening entry (``tree_heads``).
     if joined is not None:
@@ -256,8 +410,7 @@ def seal_over(
             )
             for row in rows:
                 why = policy.ended(row.opened_at, row.last_at, row.ranges, now)
-                if why is not None:
-                    seal(session, ledger, row, why, now)
+                if why is not None and seal(session, ledger, row, why, now):
                     sealed += 1
         if len(rows) < batch:
             return sealed
@@ -278,9 +431,17 @@ def seal_served(db: Database, ledger: Ledger, why: str = "shutdown") -> int:
                 .with_for_update(skip_locked=True)
             )
         )
-        for row in rows:
-            seal(session, ledger, row, why, now)
-    return len(rows)
+        return sum(seal(session, ledger, row, why, now) for row in rows)
+
+
+def open_viewings(session: Session) -> int:
+    """How many viewings are open now (a gauge the housekeeping pass keeps)."""
+    return int(
+        session.scalar(
+            select(func.count()).select_from(ViewingSession).where(ViewingSession.open_key.is_not(None))
+        )
+        or 0
+    )
 
 
 def sealed_mismatches(session: Session, ledger: Ledger) -> list[tuple[str, str]]:

@@ -28,7 +28,7 @@ from alarms.service import escalation_loop
 from alarms.trails import forget_old_points
 from chain_of_custody.checkpoints import write_checkpoint
 from chain_of_custody.viewing import ViewingPolicy
-from chain_of_custody.viewings import seal_over, seal_served
+from chain_of_custody.viewings import open_viewings, seal_over, seal_served
 from console import install as install_console
 from devices import api as devices_api
 from incidents import api as incidents_api
@@ -44,7 +44,7 @@ from storage.settings import Settings
 
 from . import custody_api, dock_api, errors, evidence_api, footage_api, openapi, redaction_api
 from .http_edge import BodyLimit
-from .metrics import exposition
+from .metrics import VIEWINGS_OPEN, exposition
 from .mqtt_consumer import AlarmConsumer, consumer_configured
 from .services import Services, build_services, settle_heap
 from .settings import get_settings
@@ -114,23 +114,51 @@ def seal_viewings_at_shutdown(services: Services) -> None:
         log.info("viewings sealed at shutdown", extra={"viewings": sealed})
 
 
+def housekeeping_jobs(services: Services) -> list[tuple[str, Callable[[], object]]]:
+    """The housekeeping pass's jobs, each run on its own (``housekeeping_pass``)."""
+
+    def checkpoint() -> None:
+        with services.db.session() as session:
+            write_checkpoint(session, services.store, services.key, retain_days=3650)
+
+    def viewings() -> None:
+        seal_over(services.db, services.ledger, ViewingPolicy.from_settings(services.settings))
+        with services.db.session() as session:
+            VIEWINGS_OPEN.set(open_viewings(session))
+
+    return [
+        ("checkpoint", checkpoint),
+        ("expire uploads", services.uploads.expire),
+        ("seal viewings", viewings),
+        ("forget personal data", lambda: forget_personal_data_when_due(services)),
+    ]
+
+
+def housekeeping_pass(services: Services) -> list[str]:
+    """One pass: each job in a try of its own, so one that fails (storage away, a bug) never stops
+    the others; returns the names of those that failed."""
+    failed = []
+    for name, job in housekeeping_jobs(services):
+        try:
+            job()
+        except StorageError as exc:
+            failed.append(name)
+            log.warning(
+                "housekeeping job deferred: storage unavailable", extra={"job": name, "error": str(exc)}
+            )
+        except Exception:  # noqa: BLE001 - the other jobs and the loop must survive anything
+            failed.append(name)
+            log.exception("housekeeping job failed", extra={"job": name})
+    return failed
+
+
 async def housekeeping(services: Services, every: float = 30.0) -> None:
     """Checkpoint the ledger tip, expire abandoned uploads, seal viewings nobody came back to (any
     instance; each row once) and (when due, on one instance) forget old personal data, forever (one
-    loop per process is harmless)."""
+    loop per process is harmless); each job on its own (``housekeeping_pass``)."""
     while True:
         try:
-
-            def work() -> None:
-                with services.db.session() as session:
-                    write_checkpoint(session, services.store, services.key, retain_days=3650)
-                services.uploads.expire()
-                seal_over(services.db, services.ledger, ViewingPolicy.from_settings(services.settings))
-                forget_personal_data_when_due(services)
-
-            await asyncio.to_thread(work)
-        except StorageError as exc:
-            log.warning("housekeeping deferred: storage unavailable", extra={"error": str(exc)})
+            await asyncio.to_thread(housekeeping_pass, services)
         except Exception:  # noqa: BLE001 - the loop must survive anything
             log.exception("housekeeping failed")
         await asyncio.sleep(every)

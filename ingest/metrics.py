@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 UPLOAD_BYTES = Counter("evidence_upload_bytes_total", "Clip bytes received from docks")
 UPLOADS_FINISHED = Counter(
@@ -12,6 +20,11 @@ UPLOADS_FINISHED = Counter(
 )
 UPLOAD_REFUSALS = Counter("evidence_upload_refusals_total", "Dock requests refused, by reason", ["reason"])
 REQUEST_SECONDS = Histogram("evidence_http_request_seconds", "HTTP request time", ["route"])
+VIEWINGS_OPEN = Gauge(
+    "evidence_viewings_open",
+    "Viewings open now, over every instance (counted by each instance's housekeeping pass)",
+    multiprocess_mode="livemax",
+)
 
 
 def exposition() -> bytes:

@@ -145,7 +145,7 @@ class ViewingSettings(_Section):
         "sign-in) is closed and sealed on custody this long after its last range; the next read opens a new one.",
     )
     viewing_longest_minutes: int = Field(
-        60,
+        10,
         ge=1,
         description="A viewing is sealed this long after it opened however busy it is, so no range stays off "
         "the signed record for longer; the next read opens a new one.",
