@@ -72,6 +72,15 @@ def custody_path(item_id: str) -> str:
     return f"custody/{item_id}.json"
 
 
+VIEWING_RANGES_DIR = "custody/viewings/"
+
+
+def viewing_ranges_path(viewing_id: str) -> str:
+    """A sealed viewing's ranges, one ``<n> <first byte> <last byte> <RFC 3339 time>`` line each in
+    order: ``sha256sum`` of it is the seal's ``ranges_sha256`` (``viewing.ranges_digest``)."""
+    return f"{VIEWING_RANGES_DIR}{viewing_id}.txt"
+
+
 def is_safe_member(name: str) -> bool:
     """Relative, forward-slash, no ``..`` and no odd characters: safe to unpack and to name in SHA256SUMS."""
     if not name or name.startswith("/") or "\\" in name or "\n" in name:

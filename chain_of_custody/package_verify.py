@@ -34,6 +34,7 @@ from .manifest import (
     is_safe_member,
     parse_sha256sums,
     stored_details,
+    viewing_ranges_path,
 )
 from .merkle import leaf_hash, verify_inclusion
 from .signed_tree_head import TreeHead
@@ -403,6 +404,7 @@ def _check_items(
         report.problems.extend(_withheld_as_signed(cpath, entries, custody.get("withheld")))
         if not problems:  # a chain already named broken is not named again for its proofs
             _check_inclusion(doc.get("log"), entries, key, cpath, report)
+        _check_viewings(cpath, entries, actual, report)
         tip = entries[-1].entry_hash if entries else None
         if len(entries) != custody.get("entries") or tip != custody.get("tip"):
             report.problems.append(
@@ -487,6 +489,76 @@ def _check_items(
                     "nor recorded by a custody chain in it",
                 )
             )
+
+
+def _check_viewings(
+    cpath: str, entries: list[SignedEntry], actual: dict[str, str], report: PackageReport
+) -> None:
+    """The package's viewings, each from its ``viewed`` opening to its ``viewing_closed`` seal in the
+    one item's chain: a seal carried without its opening (or after it, twice, or for another person
+    or purpose) is named; an opening without a seal is noted (open when the package was made); a
+    seal's range list (``custody/viewings/<viewing>.txt``) must hash to its ``ranges_sha256``."""
+    opens: dict[str, SignedEntry] = {}
+    for e in entries:
+        if e.withheld is not None or e.body.action not in ("viewed", "viewing_closed"):
+            continue
+        try:
+            details = json.loads(e.body.details)
+        except ValueError:
+            continue
+        viewing = details.get("viewing") if isinstance(details, dict) else None
+        if viewing is None:
+            continue
+        viewing = str(viewing)
+        where = f"custody entry #{e.body.seq} ({cpath})"
+        if e.body.action == "viewed":
+            if viewing in opens:
+                report.problems.append(
+                    Problem(
+                        "viewing_opened_twice",
+                        where,
+                        f"viewing {viewing} was opened by #{opens[viewing].body.seq}",
+                    )
+                )
+            opens[viewing] = e
+            continue
+        opening = opens.pop(viewing, None)
+        if opening is None:
+            report.problems.append(
+                Problem(
+                    "viewing_seal_unpaired",
+                    where,
+                    f"seals viewing {viewing}, whose opening 'viewed' entry the package does not carry "
+                    "before it (withheld without saying so, or never opened)",
+                )
+            )
+        else:
+            opened = json.loads(opening.body.details)
+            if (opening.body.actor, opened.get("purpose")) != (details.get("viewer"), details.get("purpose")):
+                report.problems.append(
+                    Problem(
+                        "viewing_seal_unpaired",
+                        where,
+                        f"seals viewing {viewing} for {details.get('viewer')} ({details.get('purpose')}), "
+                        f"but #{opening.body.seq} opened it for {opening.body.actor} ({opened.get('purpose')})",
+                    )
+                )
+        listed = actual.get(viewing_ranges_path(viewing))
+        if listed is None:
+            report.notes.append(f"viewing {viewing} ({cpath}): the package carries no list of its ranges")
+        elif listed != details.get("ranges_sha256"):
+            report.problems.append(
+                Problem(
+                    "viewing_ranges_altered",
+                    viewing_ranges_path(viewing),
+                    f"hashes to {listed}, but its seal (#{e.body.seq}) says {details.get('ranges_sha256')}",
+                )
+            )
+    for viewing, opening in opens.items():
+        report.notes.append(
+            f"viewing {viewing} (opened by custody entry #{opening.body.seq}, {cpath}) was not sealed "
+            "when the package was made"
+        )
 
 
 def _withheld_as_signed(cpath: str, entries: list[SignedEntry], signed: Any) -> list[Problem]:

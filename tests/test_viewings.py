@@ -7,6 +7,7 @@ altered after its seal is named by verification; an export carrying these entrie
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,15 +18,18 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 
+from chain_of_custody.entries import SignedEntry, withhold
 from chain_of_custody.evidence import ByteRange
+from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry, ViewingRange, ViewingSession
-from chain_of_custody.package_verify import verify_package
+from chain_of_custody.package_verify import PackageReport, verify_package
 from chain_of_custody.tree_heads import PREFIX
 from chain_of_custody.verify import verify_service
 from chain_of_custody.viewing import ViewingKey, ViewingPolicy, ranges_digest
 from chain_of_custody.viewings import kept_ranges, record_range, seal_over, seal_served
+from incidents.export.plan import own_chain
 from tests.conftest import wait_for
 from tests.test_export_package import download, export
 from tests.test_incidents_kit import bearer, store_item, user
@@ -277,3 +281,296 @@ def test_an_export_with_viewings_verifies_offline(live: Any, tmp_path: Path) -> 
         for e in (chain if isinstance(chain, list) else chain.get("entries", []))
     ]
     assert "viewed" in actions and "viewing_closed" in actions
+
+    # The seal's digest can be recomputed from the package alone, with sha256sum.
+    (seal,) = _entries(s, clip.id, "viewing_closed")
+    with zipfile.ZipFile(path) as zf:
+        listed = zf.read(f"custody/viewings/{seal['details']['viewing']}.txt")
+        manifest = json.loads(zf.read("manifest.json"))
+    assert hashlib.sha256(listed).hexdigest() == seal["details"]["ranges_sha256"]
+    assert [line.split()[1:3] for line in listed.decode().splitlines()] == [
+        [str(first), str(first + 4095)] for first in (0, 4096, 8192)
+    ]
+    assert f"custody/viewings/{seal['details']['viewing']}.txt" in {f["path"] for f in manifest["files"]}
+    assert not [n for n in report.notes if "viewing" in n], report.notes
+
+
+# -- what an insider with the database, a colleague with an account, or a trimmed record could do --
+
+
+def _key(item_id: str, actor: str = "user:inv", reason: str | None = REASON) -> ViewingKey:
+    return ViewingKey(item_id, actor, "sign-in of " + actor, "view", reason)
+
+
+def _policy(s: Any) -> ViewingPolicy:
+    return ViewingPolicy.from_settings(s.settings)
+
+
+def _kinds(s: Any) -> list[str]:
+    with s.db.session() as session:
+        return [p.kind for p in verify_service(session, s.store, s.key).problems]
+
+
+def _first_entry_of(s: Any, item_id: str) -> int:
+    with s.db.session() as session:
+        return int(session.scalar(select(func.min(CustodyEntry.seq)).where(CustodyEntry.item_id == item_id)))
+
+
+def test_a_viewing_row_made_in_the_database_is_never_joined(services: Any) -> None:
+    """A row inserted with the key of someone's next read and an unrelated entry as its opening would
+    let that person read with no ``viewed`` entry of their own: the read opens a viewing of its own,
+    the row is set aside (never sealed, so no seal vouches for it) and verification names it."""
+    s = services
+    clip = store_item(s, data=DATA)
+    other = record_range(s.db, s.ledger, _key(clip.id, "user:admin"), clip, ByteRange(0, 9), _policy(s))
+    key = _key(clip.id)
+    forged_openings = {
+        "an unrelated entry": _first_entry_of(s, clip.id),
+        "another person's opening": other.opened_seq,
+        "no entry at all": 10**9,
+    }
+    for how, seq in forged_openings.items():
+        with s.db.session() as session:
+            forged = ViewingSession(
+                open_key=key.digest(),
+                item_id=clip.id,
+                actor=key.actor,
+                purpose=key.purpose,
+                reason=key.reason,
+                opened_seq=seq,
+                opened_at=datetime.now(UTC),
+                last_at=datetime.now(UTC),
+            )
+            session.add(forged)
+            session.flush()
+            forged_id = forged.id
+        viewed = record_range(s.db, s.ledger, key, clip, ByteRange(100, 199), _policy(s))
+        assert viewed.opened and viewed.viewing_id != forged_id, how
+        opening = [e for e in _entries(s, clip.id, "viewed") if e["seq"] == viewed.opened_seq]
+        assert (
+            opening
+            and opening[0]["actor"] == key.actor
+            and opening[0]["details"]["viewing"] == viewed.viewing_id
+        )
+        with s.db.session() as session:
+            row = session.get(ViewingSession, forged_id)
+            assert row is not None and row.open_key is None and row.closed_seq is None, how
+            assert kept_ranges(session, forged_id) == [], how
+        # Seal the genuine one, so the next forged row takes the key again.
+        assert seal_served(s.db, s.ledger) >= 1
+
+    kinds = _kinds(s)  # none of the three is named by a viewed entry (one names another viewing)
+    assert sorted(kinds) == ["viewing_closed_unsealed"] * 3 + ["viewing_unopened"] * 3, kinds
+
+    # A sealed viewing whose key is put back (to reopen it under its genuine opening) is not joined
+    # either, and the sweep never seals a row that stands for no opening entry.
+    sealed_id = other.viewing_id
+    with s.db.session() as session:
+        row = session.get(ViewingSession, sealed_id)
+        assert row is not None and row.closed_seq is not None
+        row.open_key = _key(clip.id, "user:admin").digest()
+    again = record_range(s.db, s.ledger, _key(clip.id, "user:admin"), clip, ByteRange(0, 9), _policy(s))
+    assert again.opened and again.viewing_id != sealed_id
+    with s.db.session() as session:
+        session.add(
+            ViewingSession(
+                open_key="f" * 64,
+                item_id=clip.id,
+                actor="user:nobody",
+                purpose="view",
+                opened_seq=_first_entry_of(s, clip.id),
+                opened_at=datetime.now(UTC) - timedelta(hours=1),
+                last_at=datetime.now(UTC) - timedelta(hours=1),
+            )
+        )
+    before = len(_entries(s, clip.id, "viewing_closed"))
+    _sweep_later(s)
+    sealed = _entries(s, clip.id, "viewing_closed")
+    assert all(e["details"]["viewer"] != "user:nobody" for e in sealed), sealed
+    assert len(sealed) == before + 1  # the genuine open viewing only
+
+
+def test_verification_pairs_viewing_entries_and_rows_both_ways(services: Any) -> None:
+    s = services
+    clip = store_item(s, data=DATA)
+    policy = _policy(s)
+    views = [
+        record_range(s.db, s.ledger, _key(clip.id, f"user:p{i}"), clip, ByteRange(i, i + 9), policy)
+        for i in range(5)
+    ]
+    _sweep_later(s)
+    open_one = record_range(s.db, s.ledger, _key(clip.id, "user:p9"), clip, ByteRange(0, 9), policy)
+    assert _kinds(s) == []
+
+    with s.db.session() as session:
+        # 0: its row removed (with its ranges): the entries that opened and sealed it name nothing.
+        session.execute(delete(ViewingRange).where(ViewingRange.viewing_id == views[0].viewing_id))
+        session.execute(delete(ViewingSession).where(ViewingSession.id == views[0].viewing_id))
+        # 1: its row now says someone else read.
+        session.execute(
+            update(ViewingSession).where(ViewingSession.id == views[1].viewing_id).values(actor="user:other")
+        )
+        # 2: its row no longer names its seal.
+        session.execute(
+            update(ViewingSession).where(ViewingSession.id == views[2].viewing_id).values(closed_seq=None)
+        )
+        # the open one: closed in the database, with no seal.
+        session.execute(
+            update(ViewingSession)
+            .where(ViewingSession.id == open_one.viewing_id)
+            .values(open_key=None, closed_at=datetime.now(UTC))
+        )
+        # 3: sealed a second time.
+        s.ledger.append(
+            session,
+            "viewing_closed",
+            "service",
+            item_id=clip.id,
+            details={"viewing": views[3].viewing_id, "viewer": "user:p3", "purpose": "view"},
+        )
+    found: dict[str, set[str]] = {}
+    with s.db.session() as session:
+        for p in verify_service(session, s.store, s.key).problems:
+            found.setdefault(p.kind, set()).add(p.where.split()[1])
+    assert found.get("viewing_row_missing") == {views[0].viewing_id}, found
+    assert views[1].viewing_id in found.get("viewing_row_altered", set()), found
+    assert views[2].viewing_id in found.get("viewing_row_altered", set()), found
+    assert found.get("viewing_closed_unsealed") == {open_one.viewing_id}, found
+    assert found.get("viewing_sealed_twice") == {views[3].viewing_id}, found
+    assert views[4].viewing_id not in {v for vs in found.values() for v in vs}, found
+
+
+def test_ranges_of_an_open_viewing_edited_in_the_database_are_found_at_the_seal(services: Any) -> None:
+    s = services
+    clip = store_item(s, data=DATA)
+    policy = _policy(s)
+    viewings = []
+    for actor in ("user:a", "user:b", "user:c"):
+        for first in (0, 1000, 2000, 3000):
+            viewed = record_range(
+                s.db, s.ledger, _key(clip.id, actor), clip, ByteRange(first, first + 99), policy
+            )
+        viewings.append(viewed.viewing_id)
+    edited, cut, kept = viewings
+    with s.db.session() as session:
+        session.execute(
+            update(ViewingRange)
+            .where(ViewingRange.viewing_id == edited, ViewingRange.n == 2)
+            .values(last_byte=9)
+        )
+        session.execute(delete(ViewingRange).where(ViewingRange.viewing_id == cut, ViewingRange.n == 3))
+        session.execute(
+            update(ViewingRange).where(ViewingRange.viewing_id == cut, ViewingRange.n == 4).values(n=3)
+        )
+        session.execute(update(ViewingSession).where(ViewingSession.id == cut).values(ranges=3))
+    with s.db.session() as session:  # found while still open
+        problems = verify_service(session, s.store, s.key).problems
+    assert sorted((p.kind, p.where) for p in problems) == sorted(
+        [("viewing_ranges_altered", f"viewing {edited}"), ("viewing_ranges_altered", f"viewing {cut}")]
+    ), problems
+    assert _sweep_later(s) == 3
+    seals = {e["details"]["viewing"]: e["details"] for e in _entries(s, clip.id, "viewing_closed")}
+    assert "range 2" in seals[edited]["ranges_altered"] and "range 3" in seals[cut]["ranges_altered"]
+    assert "ranges_altered" not in seals[kept] and seals[cut]["ranges"] == 3
+    with s.db.session() as session:
+        report = verify_service(session, s.store, s.key)
+    assert sorted((p.kind, p.where.split()[1]) for p in report.problems) == sorted(
+        [("viewing_ranges_altered_before_seal", edited), ("viewing_ranges_altered_before_seal", cut)]
+    ), report.problems
+    assert s.settings.viewing_longest_minutes == 10  # how long a list stays off the signed record
+
+
+def test_a_read_of_every_byte_is_its_own_entry_and_the_answer_names_its_record(live: Any) -> None:
+    s, url, admin = live.services, live.url, live.admin()
+    clip = store_item(s, data=DATA)
+    first = _get(url, clip.id, admin, 0, 99)
+    second = _get(url, clip.id, admin, 100, 199)
+    whole = _get(url, clip.id, admin, 0, len(DATA) - 1)
+    assert whole.status_code == 206 and whole.content == DATA
+    opened = _entries(s, clip.id, "viewed")
+    in_viewing = [e for e in opened if "viewing" in e["details"]]
+    alone = [e for e in opened if "viewing" not in e["details"]]
+    assert len(in_viewing) == 1 and len(alone) == 1
+    assert alone[0]["details"]["range"] == [0, len(DATA) - 1]
+    viewing_id = in_viewing[0]["details"]["viewing"]
+    assert first.headers["X-Custody-Viewing"] == second.headers["X-Custody-Viewing"] == viewing_id
+    assert first.headers["X-Custody-Viewing-State"] == "opened"
+    assert second.headers["X-Custody-Viewing-State"] == "joined"
+    assert first.headers["X-Custody-Entry"] == second.headers["X-Custody-Entry"] == str(in_viewing[0]["seq"])
+    assert (
+        whole.headers["X-Custody-Entry"] == str(alone[0]["seq"]) and "X-Custody-Viewing" not in whole.headers
+    )
+    download_ = httpx.get(
+        f"{url}/api/v1/evidence/{clip.id}/content", headers=admin, params={"reason": REASON}
+    )
+    assert download_.headers["X-Custody-Entry"] == str(_entries(s, clip.id, "viewed")[-1]["seq"])
+    with s.db.session() as session:
+        assert session.get(ViewingSession, viewing_id).ranges == 2  # type: ignore[union-attr]
+
+
+def test_a_package_carries_a_viewing_whole_or_withholds_it_whole(services: Any) -> None:
+    """A reason that names another incident withholds the opening; its seal goes with it, and a
+    package that carries a seal without its opening is named offline."""
+    s = services
+    clip = store_item(s, data=DATA)
+    policy = _policy(s)
+    why = "as in INC-OTHER-7"
+    hidden = record_range(
+        s.db, s.ledger, _key(clip.id, reason=why), clip, ByteRange(0, 9), policy, details={"reason": why}
+    )
+    shown = record_range(s.db, s.ledger, _key(clip.id, "user:b"), clip, ByteRange(0, 9), policy)
+    _sweep_later(s)
+    with s.db.session() as session:
+        chain = [e.to_json() for e in Ledger.item_entries(session, clip.id)]
+    carried = own_chain(clip.id, chain, "export-1", {"INC-OTHER-7"})
+
+    def state(viewing_id: str) -> list[tuple[str | None, bool]]:
+        return [
+            (e["action"], "withheld" in c)
+            for e, c in zip(chain, carried, strict=True)
+            if (e.get("details") or {}).get("viewing") == viewing_id
+        ]
+
+    assert state(hidden.viewing_id) == [("viewed", True), ("viewing_closed", True)]
+    assert state(shown.viewing_id) == [("viewed", False), ("viewing_closed", False)]
+
+    from chain_of_custody.package_verify import _check_viewings
+
+    report = PackageReport()
+    _check_viewings("custody/x.json", [SignedEntry.from_json(e) for e in carried], {}, report)
+    assert report.problems == []
+    half = [withhold(e, "trimmed") if e["action"] == "viewed" else e for e in chain]
+    report = PackageReport()
+    _check_viewings("custody/x.json", [SignedEntry.from_json(e) for e in half], {}, report)
+    assert sorted(p.kind for p in report.problems) == ["viewing_seal_unpaired"] * 2, report.problems
+
+
+def test_one_housekeeping_job_failing_stops_none_of_the_others(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint failing (storage away, say) still lets the pass seal idle viewings and expire
+    uploads; the pass keeps a gauge of the viewings open."""
+    from ingest import app as application
+    from ingest.metrics import VIEWINGS_OPEN
+
+    s = services
+    clip = store_item(s, data=DATA)
+    idle = record_range(s.db, s.ledger, _key(clip.id), clip, ByteRange(0, 9), _policy(s))
+    record_range(s.db, s.ledger, _key(clip.id, "user:b"), clip, ByteRange(0, 9), _policy(s))
+    with s.db.session() as session:
+        gone = datetime.now(UTC) - timedelta(minutes=s.settings.viewing_idle_minutes, seconds=1)
+        session.execute(
+            update(ViewingSession).where(ViewingSession.id == idle.viewing_id).values(last_at=gone)
+        )
+    expired: list[bool] = []
+
+    def broken_checkpoint(*_a: Any, **_k: Any) -> None:
+        raise RuntimeError("checkpoint storage refused")
+
+    monkeypatch.setattr(application, "write_checkpoint", broken_checkpoint)
+    monkeypatch.setattr(s.uploads, "expire", lambda: expired.append(True))
+    assert application.housekeeping_pass(s) == ["checkpoint"]
+    assert expired == [True]
+    (sealed,) = _entries(s, clip.id, "viewing_closed")
+    assert sealed["details"]["viewing"] == idle.viewing_id
+    assert VIEWINGS_OPEN._value.get() == 1

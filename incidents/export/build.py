@@ -23,6 +23,8 @@ from chain_of_custody.keys import FINGERPRINT_COMMAND, SIGNING_KEY_PATH, Service
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.signed_tree_head import TreeHead
+from chain_of_custody.viewing import range_line
+from chain_of_custody.viewings import kept_ranges
 from storage.db import Database
 from storage.objects import ObjectLocked, ObjectStore, StoredObject
 
@@ -143,6 +145,9 @@ and run each command below in that directory (the package file is then ../{filen
    "log" holds a tree head of the service's custody log (RFC 9162 Merkle tree of every entry, in
    order, signed by the same key and kept in write-once storage) and each entry's inclusion proof
    against it: the leaf is the SHA-256 of 0x00 followed by the same canonical bytes.
+   A viewing (a player's many ranged reads of one item) is two entries: "viewed" opens it and
+   "viewing_closed" seals it; custody/viewings/<viewing>.txt lists its ranges, and its SHA-256
+   (sha256sum) is the seal's "ranges_sha256". A viewing is carried whole or withheld whole.
    The service's own command checks all of this, every hash, signature and proof, offline, given the
    fingerprint you obtained from the trust:
 
@@ -218,6 +223,26 @@ def _selection(p: PlannedItem, chain: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def viewing_range_lists(session: Session, chains: dict[str, list[dict[str, Any]]]) -> dict[str, bytes]:
+    """The range list of every sealed viewing whose seal the chains carry (not withheld), as its
+    seal's digest takes it; ExportError when the kept ranges no longer hash to the seal."""
+    out: dict[str, bytes] = {}
+    for chain in chains.values():
+        for e in chain:
+            details = e.get("details") or {}
+            if e.get("action") != "viewing_closed" or "withheld" in e or not isinstance(details, dict):
+                continue
+            viewing_id = str(details.get("viewing"))
+            listed = b"".join(range_line(*r) for r in kept_ranges(session, viewing_id))
+            if hashlib.sha256(listed).hexdigest() != details.get("ranges_sha256"):
+                raise ExportError(
+                    f"viewing {viewing_id}: its kept ranges no longer hash to its seal (custody entry "
+                    f"#{e.get('seq')}): not exported; run 'evidence verify'"
+                )
+            out[viewing_id] = listed
+    return out
+
+
 def compose_package(
     store: ObjectStore,
     key: ServiceKey,
@@ -229,11 +254,13 @@ def compose_package(
     created_at: datetime,
     package_hash: bool = False,
     progress: Callable[[int], None] | None = None,
+    viewing_ranges: dict[str, bytes] | None = None,
 ) -> tuple[pl.Layout, int]:
     """One streaming pass over the media, then the layout of the whole package; (layout, media bytes).
 
     With ``package_hash`` the pass also computes the SHA-256 of the whole zip (a second SHA-256 over
-    every media byte, in zip order). Raises ExportError if any media object differs from its record."""
+    every media byte, in zip order). Raises ExportError if any media object differs from its record.
+    ``viewing_ranges``: the range list of each sealed viewing the chains carry (``viewing_range_lists``)."""
     stamp = rfc3339(created_at, 0)
     filename = package_filename(request.incident, request.export_id)
     by_id = {p.item.id: p.item for p in plan}
@@ -308,6 +335,8 @@ def compose_package(
     for p in plan:
         doc = mf.custody_document(p.item.id, chains[p.item.id], _log_section(chains[p.item.id], log))
         files.append(member(mf.custody_path(p.item.id), doc, "custody"))
+    for viewing_id, listed in sorted((viewing_ranges or {}).items()):
+        files.append(member(mf.viewing_ranges_path(viewing_id), listed, "custody"))
     originals = (
         {
             "included": True,
@@ -412,6 +441,8 @@ def build_package(
     shown = {
         i: own_chain(i, chain, request.export_id, foreign, request.outside) for i, chain in chains.items()
     }
+    with db.session() as session:
+        ranges = viewing_range_lists(session, shown)
     log = (
         ledger.tree_heads.inclusion([e["seq"] for c in chains.values() for e in c], db.engine)
         if ledger.tree_heads is not None
@@ -428,6 +459,7 @@ def build_package(
             created_at=created_at,
             package_hash=package_hash,
             progress=progress,
+            viewing_ranges=ranges,
         )
     except MediaAltered as exc:  # an object that no longer checks is quarantined, not only skipped
         with db.session() as session:

@@ -197,6 +197,7 @@ def plan_package(
 # -- what of each custody chain belongs to this package (pure) ------------------------------------
 
 FOREIGN = "belongs to another incident or package; its hash keeps the chain checkable"
+VIEWING_PAIR = "the other step of a viewing withheld here; its hash keeps the chain checkable"
 OUTSIDE_ENTRY = "the item is outside the requester's access; its hash keeps the chain checkable"
 
 
@@ -232,7 +233,28 @@ def own_chain(
             out.append(withhold(e, FOREIGN))
         else:
             out.append(dict(e))
-    return out
+    return _viewings_whole(chain, out)
+
+
+def _viewing_of(entry: dict[str, Any]) -> str | None:
+    details = entry.get("details") or {}
+    if entry.get("action") in ("viewed", "viewing_closed") and isinstance(details, dict):
+        viewing = details.get("viewing")
+        return None if viewing is None else str(viewing)
+    return None
+
+
+def _viewings_whole(chain: Sequence[dict[str, Any]], out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A viewing is carried whole or withheld whole: when its opening (``viewed``) or its seal
+    (``viewing_closed``) is withheld, so is the other, so a package never holds a seal whose opening
+    it hides (nor an opening whose seal it hides) without saying so."""
+    hidden = {_viewing_of(e) for e, shown in zip(chain, out, strict=True) if "withheld" in shown} - {None}
+    if not hidden:
+        return out
+    return [
+        withhold(e, VIEWING_PAIR) if "withheld" not in shown and _viewing_of(e) in hidden else shown
+        for e, shown in zip(chain, out, strict=True)
+    ]
 
 
 def gather_items(session: Session, item_ids: Iterable[str]) -> list[EvidenceItem]:
