@@ -172,10 +172,18 @@ def quarantine_hook(
 
 
 def trusted_record(session: Session, ledger: Ledger, item: EvidenceItem) -> None:
-    """Raise RecordUntrusted unless the item's row still says what its signed ``stored`` entry says."""
+    """Raise RecordUntrusted unless the item's row still says what its signed ``stored`` entry says,
+    and says quarantined when custody holds a ``quarantined`` entry for it (nothing releases one: a
+    row put back to ``stored`` in the database serves nothing)."""
     problem = unrecorded(item, Ledger.stored_entry(session, item.id), ledger.verifier)
     if problem is not None:
         raise RecordUntrusted(problem)
+    if item.status not in ("quarantined", "deleted"):
+        seq = Ledger.quarantined_seq(session, item.id)
+        if seq is not None:
+            raise RecordUntrusted(
+                f"evidence item {item.id} is quarantined on custody (entry #{seq}) but its row says {item.status!r}"
+            )
 
 
 def record_read(

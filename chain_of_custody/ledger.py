@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .canonical import canonical_json, rfc3339
@@ -143,6 +143,15 @@ class Ledger:
             .limit(1)
         ).first()
         return None if row is None else to_signed(row)
+
+    @staticmethod
+    def quarantined_seq(session: Session, item_id: str) -> int | None:
+        """The item's first ``quarantined`` entry, if custody holds one (nothing releases it)."""
+        return session.scalar(
+            select(func.min(CustodyEntry.seq)).where(
+                CustodyEntry.action == "quarantined", CustodyEntry.item_id == item_id
+            )
+        )
 
     @staticmethod
     def all_entries(session: Session, batch: int = 2000) -> Iterator[SignedEntry]:

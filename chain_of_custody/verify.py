@@ -77,6 +77,14 @@ def _stored_records(session: Session) -> dict[str, dict[str, object]]:
     return out
 
 
+def _quarantined_items(session: Session) -> set[str]:
+    return {
+        i
+        for (i,) in session.execute(select(CustodyEntry.item_id).where(CustodyEntry.action == "quarantined"))
+        if i is not None
+    }
+
+
 def _deleted_items(session: Session) -> set[str]:
     return {
         i
@@ -171,6 +179,7 @@ def verify_service(
     say("checking evidence items")
     records = _stored_records(session)
     deleted = _deleted_items(session)
+    quarantined = _quarantined_items(session)
     q = select(EvidenceItem)
     if options.item_ids:
         q = q.where(EvidenceItem.id.in_(options.item_ids))
@@ -188,6 +197,14 @@ def verify_service(
             continue
         for detail in row_disagreements(item, rec):
             report.problems.append(Problem("item_row_altered", where, detail))
+        if item.id in quarantined and item.status not in ("quarantined", "deleted"):
+            report.problems.append(
+                Problem(
+                    "item_row_altered",
+                    where,
+                    f"quarantined in the custody record but its row says {item.status!r} (nothing releases a quarantine)",
+                )
+            )
         if item.status == "deleted" or item.id in deleted:
             if item.id not in deleted or item.status != "deleted":
                 report.problems.append(

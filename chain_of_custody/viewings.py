@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from storage.db import Database
 
+from .canonical import rfc3339
 from .entries import check_entry
 from .ledger import Ledger, to_signed
 from .models import CustodyEntry, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
@@ -392,27 +393,35 @@ def seal_over(
     while True:
         with db.session() as session:
             _hold_ledger(session)
-            rows = list(
-                session.scalars(
-                    select(ViewingSession)
-                    .where(
-                        ViewingSession.open_key.is_not(None),
-                        or_(
-                            ViewingSession.last_at <= now - policy.idle,
-                            ViewingSession.opened_at <= now - policy.longest,
-                            ViewingSession.ranges >= policy.max_ranges,
-                        ),
-                    )
-                    .order_by(ViewingSession.last_at)
-                    .limit(batch)
-                    .with_for_update(skip_locked=True)
+            # How long it has been open is told by its opening entry's time as well as by the
+            # row's (an edited row does not keep a viewing open): RFC 3339 text compares in order.
+            found = session.execute(
+                select(ViewingSession, CustodyEntry.at)
+                .outerjoin(CustodyEntry, CustodyEntry.seq == ViewingSession.opened_seq)
+                .where(
+                    ViewingSession.open_key.is_not(None),
+                    or_(
+                        ViewingSession.last_at <= now - policy.idle,
+                        ViewingSession.opened_at <= now - policy.longest,
+                        CustodyEntry.at <= rfc3339(now - policy.longest),
+                        CustodyEntry.seq.is_(None),
+                        ViewingSession.ranges >= policy.max_ranges,
+                    ),
                 )
-            )
-            for row in rows:
-                why = policy.ended(row.opened_at, row.last_at, row.ranges, now)
-                if why is not None and seal(session, ledger, row, why, now):
-                    sealed += 1
-        if len(rows) < batch:
+                .order_by(ViewingSession.last_at)
+                .limit(batch)
+                .with_for_update(of=ViewingSession, skip_locked=True)
+            ).all()
+            closed = 0
+            for row, opening_at in found:
+                opened_at = row.opened_at
+                if opening_at is not None:
+                    opened_at = min(opened_at, datetime.fromisoformat(opening_at.replace("Z", "+00:00")))
+                why = policy.ended(opened_at, row.last_at, row.ranges, now)
+                if opening_at is None or why is not None:
+                    closed += 1  # sealed, or set aside when it stands for no opening entry
+                    sealed += seal(session, ledger, row, why or "longest", now)
+        if len(found) < batch or closed == 0:
             return sealed
 
 

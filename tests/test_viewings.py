@@ -574,3 +574,57 @@ def test_one_housekeeping_job_failing_stops_none_of_the_others(
     (sealed,) = _entries(s, clip.id, "viewing_closed")
     assert sealed["details"]["viewing"] == idle.viewing_id
     assert VIEWINGS_OPEN._value.get() == 1
+
+
+def test_a_viewing_whose_row_times_are_pushed_ahead_is_still_sealed_by_the_sweep(services: Any) -> None:
+    """The sweep tells how long a viewing has been open by its opening entry too, not by its row alone."""
+    s = services
+    clip = store_item(s, data=DATA)
+    viewed = record_range(s.db, s.ledger, _key(clip.id), clip, ByteRange(0, 9), _policy(s))
+    ahead = datetime.now(UTC) + timedelta(days=365)
+    with s.db.session() as session:
+        session.execute(
+            update(ViewingSession)
+            .where(ViewingSession.id == viewed.viewing_id)
+            .values(opened_at=ahead, last_at=ahead)
+        )
+    policy = _policy(s)
+    assert seal_over(s.db, s.ledger, policy, datetime.now(UTC) + policy.longest + timedelta(seconds=1)) == 1
+    (sealed,) = _entries(s, clip.id, "viewing_closed")
+    assert sealed["details"]["viewing"] == viewed.viewing_id and sealed["details"]["closed"] == "longest"
+
+
+def test_an_item_put_back_from_quarantine_in_the_database_is_not_served(live: Any) -> None:
+    """Nothing releases a quarantine: a row set back to ``stored`` by hand serves nothing, is
+    quarantined again, and verification names the row."""
+    from chain_of_custody.evidence import quarantine
+    from chain_of_custody.models import EvidenceItem
+
+    s, url, admin = live.services, live.url, live.admin()
+    clip = store_item(s, data=DATA)
+    with s.db.session() as session:
+        quarantine(session, s.ledger, clip.id, "the camera's signature did not check", {})
+    with s.db.session() as session:
+        session.execute(
+            update(EvidenceItem)
+            .where(EvidenceItem.id == clip.id)
+            .values(status="stored", quarantine_reason=None)
+        )
+    with s.db.session() as session:
+        problems = verify_service(session, s.store, s.key).problems
+    assert [(p.kind, p.where) for p in problems] == [("item_row_altered", f"evidence item {clip.id}")], (
+        problems
+    )
+    # The first read finds the row disagreeing and quarantines the item again; the next is refused as such.
+    for headers, why in (({"Range": "bytes=0-99"}, "record_altered"), ({}, "quarantined")):
+        r = httpx.get(
+            f"{url}/api/v1/evidence/{clip.id}/content",
+            headers={**admin, **headers},
+            params={"reason": REASON},
+            timeout=60,
+        )
+        assert r.status_code == 409 and r.json()["reason"] == why, r.text
+    with s.db.session() as session:
+        row = session.get(EvidenceItem, clip.id)
+        assert row is not None and row.status == "quarantined"
+    assert [e for e in _entries(s, clip.id, "viewed")] == []
