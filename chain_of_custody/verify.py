@@ -30,7 +30,11 @@ from .viewings import kept_chain
 
 TREE_HEAD_SAMPLE = 32
 
-RECORD_FIELDS = ("bucket", "object_key", "version_id", "sha256", "blake3", "size")
+# The row's fields its ``stored`` entry records, and under which name: the object and its digests,
+# and what the item is (an original or a copy derived from one: whether a read needs a reason and
+# an export needs authority for originals is decided by these).
+RECORD_FIELDS = ("bucket", "object_key", "version_id", "sha256", "blake3", "size", "kind", "derived_from_id")
+RECORDED_AS = {"object_key": "key", "derived_from_id": "derived_from"}
 
 
 def row_disagreements(item: EvidenceItem, stored: Mapping[str, Any]) -> list[str]:
@@ -38,7 +42,7 @@ def row_disagreements(item: EvidenceItem, stored: Mapping[str, Any]) -> list[str
     row is what objects are found and re-checked by, the custody entry is hashed and signed."""
     out = []
     for f in RECORD_FIELDS:
-        recorded = stored.get("key" if f == "object_key" else f)
+        recorded = stored.get(RECORDED_AS.get(f, f))
         if recorded != getattr(item, f):
             out.append(f"{f} is {getattr(item, f)!r} in the database but {recorded!r} in the custody record")
     return out

@@ -628,3 +628,28 @@ def test_an_item_put_back_from_quarantine_in_the_database_is_not_served(live: An
         row = session.get(EvidenceItem, clip.id)
         assert row is not None and row.status == "quarantined"
     assert [e for e in _entries(s, clip.id, "viewed")] == []
+
+
+@pytest.mark.parametrize("field", ["kind", "derived_from_id"])
+def test_an_original_made_to_look_like_a_copy_in_the_database_is_not_served(live: Any, field: str) -> None:
+    """What an item is (an original, or a copy derived from one) decides whether a read needs a
+    reason and an export needs authority for originals: the row must say what its ``stored`` entry
+    says, or nothing is served by it."""
+    from chain_of_custody.models import EvidenceItem
+
+    s, url, admin = live.services, live.url, live.admin()
+    clip = store_item(s, data=DATA)
+    edit = {"kind": "redacted_clip"} if field == "kind" else {"derived_from_id": store_item(s).id}
+    assert _get(url, clip.id, admin, 0, 99, reason="").status_code == 422  # an original needs a reason
+    with s.db.session() as session:
+        session.execute(update(EvidenceItem).where(EvidenceItem.id == clip.id).values(**edit))
+    with s.db.session() as session:
+        problems = verify_service(session, s.store, s.key).problems
+    assert [(p.kind, p.where) for p in problems] == [("item_row_altered", f"evidence item {clip.id}")], (
+        problems
+    )
+    r = httpx.get(
+        f"{url}/api/v1/evidence/{clip.id}/content", headers={**admin, "Range": "bytes=0-99"}, timeout=60
+    )
+    assert r.status_code == 409 and r.json()["reason"] == "record_altered", r.text
+    assert _entries(s, clip.id, "viewed") == []
