@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -95,6 +95,30 @@ def withhold(entry: dict[str, Any], reason: str) -> dict[str, Any]:
     lists every withheld entry's hash, and the item's next entry (signed) names it as ``item_prev_hash``."""
     kept = {k: entry.get(k) for k in WITHHELD_KEEPS}
     return {**kept, "entry_hash": entry["entry_hash"], "withheld": reason}
+
+
+def _viewing_of(entry: dict[str, Any]) -> str | None:
+    details = entry.get("details") or {}
+    if entry.get("action") in ("viewed", "viewing_closed") and isinstance(details, dict):
+        viewing = details.get("viewing")
+        return None if viewing is None else str(viewing)
+    return None
+
+
+def viewings_whole(
+    entries: Sequence[dict[str, Any]], shown: list[dict[str, Any]], reason: str
+) -> list[dict[str, Any]]:
+    """``shown`` (``entries`` as a reader gets them, some withheld) with each viewing carried whole
+    or withheld whole: when a viewing's opening (``viewed``) or its seal (``viewing_closed``) is
+    withheld, so is the other (with ``reason``), so no seal is shown whose opening is hidden, nor
+    the other way round."""
+    hidden = {_viewing_of(e) for e, s in zip(entries, shown, strict=True) if "withheld" in s} - {None}
+    if not hidden:
+        return shown
+    return [
+        withhold(e, reason) if "withheld" not in s and _viewing_of(e) in hidden else s
+        for e, s in zip(entries, shown, strict=True)
+    ]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from sqlalchemy import ColumnElement, String, and_, column, false, or_, select, 
 from sqlalchemy.orm import Session, aliased
 
 from accounts.access import sees_site, site_scope
-from chain_of_custody.entries import withhold
+from chain_of_custody.entries import viewings_whole, withhold
 from chain_of_custody.models import EvidenceItem
 from devices.models import Device, StaffMember
 
@@ -359,8 +359,10 @@ def readable_trails(
 
 
 def _withhold_marked(entries: Sequence[dict[str, Any]], markers: set[str]) -> list[dict[str, Any]]:
+    """Entries naming a marker withheld, and each viewing whole (``entries.viewings_whole``: within
+    what is given, e.g. one page of a trail)."""
     out: list[dict[str, Any]] = []
     for entry in entries:
         text = json.dumps(entry.get("details"), sort_keys=True, default=str)
         out.append(withhold(entry, HIDDEN_ENTRY) if any(m in text for m in markers) else dict(entry))
-    return out
+    return viewings_whole(entries, out, HIDDEN_ENTRY)

@@ -533,6 +533,12 @@ def test_a_package_carries_a_viewing_whole_or_withholds_it_whole(services: Any) 
 
     assert state(hidden.viewing_id) == [("viewed", True), ("viewing_closed", True)]
     assert state(shown.viewing_id) == [("viewed", False), ("viewing_closed", False)]
+    # The API's trail for someone who may not see that incident shows the viewing the same way.
+    from incidents.access import _withhold_marked
+
+    carried = _withhold_marked(chain, {"INC-OTHER-7"})
+    assert state(hidden.viewing_id) == [("viewed", True), ("viewing_closed", True)]
+    assert state(shown.viewing_id) == [("viewed", False), ("viewing_closed", False)]
 
     from chain_of_custody.package_verify import _check_viewings
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody import manifest as mf
-from chain_of_custody.entries import withhold
+from chain_of_custody.entries import viewings_whole, withhold
 from chain_of_custody.models import EvidenceItem
 
 from ..access import Viewer, visible_incident
@@ -233,28 +233,7 @@ def own_chain(
             out.append(withhold(e, FOREIGN))
         else:
             out.append(dict(e))
-    return _viewings_whole(chain, out)
-
-
-def _viewing_of(entry: dict[str, Any]) -> str | None:
-    details = entry.get("details") or {}
-    if entry.get("action") in ("viewed", "viewing_closed") and isinstance(details, dict):
-        viewing = details.get("viewing")
-        return None if viewing is None else str(viewing)
-    return None
-
-
-def _viewings_whole(chain: Sequence[dict[str, Any]], out: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A viewing is carried whole or withheld whole: when its opening (``viewed``) or its seal
-    (``viewing_closed``) is withheld, so is the other, so a package never holds a seal whose opening
-    it hides (nor an opening whose seal it hides) without saying so."""
-    hidden = {_viewing_of(e) for e, shown in zip(chain, out, strict=True) if "withheld" in shown} - {None}
-    if not hidden:
-        return out
-    return [
-        withhold(e, VIEWING_PAIR) if "withheld" not in shown and _viewing_of(e) in hidden else shown
-        for e, shown in zip(chain, out, strict=True)
-    ]
+    return viewings_whole(chain, out, VIEWING_PAIR)
 
 
 def gather_items(session: Session, item_ids: Iterable[str]) -> list[EvidenceItem]:
