@@ -193,6 +193,13 @@ def download_link(s: Services, result: ExportResult) -> str:
             expires_at=now + timedelta(hours=1),
         )
         session.add(link)
+        s.ledger.append(  # as the route that issues links records it
+            session,
+            "link_issued",
+            "user:bench",
+            item_id=result.export_id,
+            details={"link": link.id, "recipient": "bench"},
+        )
     return f"/api/v1/exports/download/{make_link_token(link_secret(s.key), link.id, result.export_id, link.expires_at)}"
 
 

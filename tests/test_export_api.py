@@ -411,6 +411,13 @@ def package_with_link(s, item_ids: list[str], **kw: Any) -> tuple[Any, str]:  # 
             expires_at=now + timedelta(hours=1),
         )
         session.add(link)
+        s.ledger.append(  # as the route that issues links records it
+            session,
+            "link_issued",
+            "user:inv",
+            item_id=export_id,
+            details={"link": link.id, "recipient": "DC Jones"},
+        )
     return result, make_link_token(link_secret(s.key), link.id, export_id, link.expires_at)
 
 

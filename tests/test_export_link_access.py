@@ -112,3 +112,51 @@ def test_a_link_stops_with_its_issuers_access_and_only_those_answerable_revoke(l
         ]
     assert revoked == [("user:inv1", second["id"]), ("user:mgr_north", first["id"])]
     assert "link_revoked" in actions(s, export_id)
+
+
+def test_a_link_row_edited_in_the_database_hands_out_nothing(live: Any) -> None:
+    """A revoked link put back in the database, or a link handed to another issuer there (to outlive
+    its issuer's access), is refused: custody says who issued it, for whom, and that it was revoked."""
+    from incidents.export.models import ExportLink
+
+    s = live.services
+    api = f"{live.url}/api/v1"
+    staff(s, "S-N", "nurse", "NORTH")
+    inv = user(s, "inv1", "investigator")
+    user(s, "mgr_north", "security_manager", "NORTH")
+    clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=1))
+    copy = store_item(s, kind="redacted_clip", derived_from=clip.id)
+    with s.db.session() as session:
+        incident = create_incident(
+            session, IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"), "user:seed"
+        )
+        assign_investigator(session, incident, inv, "user:seed")
+        link_evidence(session, s.ledger, incident.id, copy.id, "user:seed", "the redacted copy")
+        incident_id = incident.id
+    h = bearer(s, "inv1")
+    r = httpx.post(f"{api}/incidents/{incident_id}/exports", json={}, headers=h)
+    assert r.status_code == 202, r.text
+    export_id = r.json()["id"]
+    _ready(api, export_id, h)
+    links = [
+        httpx.post(f"{api}/exports/{export_id}/links", json={"recipient": "DC Jones"}, headers=h).json()
+        for _ in range(2)
+    ]
+    assert all(httpx.get(f"{live.url}{link['path']}").status_code == 200 for link in links)
+    revoked, handed = links
+    assert httpx.delete(f"{api}/exports/{export_id}/links/{revoked['id']}", headers=h).status_code == 204
+    with s.db.session() as session:
+        session.execute(
+            update(ExportLink).where(ExportLink.id == revoked["id"]).values(revoked_at=None, revoked_by=None)
+        )
+        session.execute(
+            update(ExportLink).where(ExportLink.id == handed["id"]).values(created_by="user:mgr_north")
+        )
+    got = httpx.get(f"{live.url}{revoked['path']}")
+    assert got.status_code == 410 and got.json()["reason"] == "link_gone", got.text
+    with s.db.session() as session:
+        row = session.get(Incident, incident_id)
+        assert row is not None
+        unassign_investigator(session, row, inv, "user:seed")  # the real issuer's access ends
+    got = httpx.get(f"{live.url}{handed['path']}")
+    assert got.status_code == 410 and got.json()["reason"] == "link_gone", got.text

@@ -41,7 +41,7 @@ from storage.streams import BlocksOnThread, blocks_in_thread
 from ..access import visible_incident
 from .api import EXPORTERS, may_hand_out
 from .assemble import assemble, items_read, read_layout
-from .links import LinkRefused, check_link_token, link_secret, parse_link_token
+from .links import LinkRefused, check_link_token, link_secret, on_custody, parse_link_token
 from .media import PackageAltered, unrecorded
 from .models import ExportJob, ExportLink
 
@@ -75,6 +75,7 @@ def _live_link(s: CoreServices, session: Session, token: str, now: datetime) -> 
     check_link_token(link_secret(s.key), token, link.export_id, now)
     if link.revoked_at is not None:
         raise LinkRefused(410, "this download link was revoked")
+    on_custody(session, link)
     if link.expires_at <= now:
         raise LinkRefused(410, "this download link has expired")
     job = session.get(ExportJob, link.export_id)
