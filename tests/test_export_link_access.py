@@ -160,3 +160,40 @@ def test_a_link_row_edited_in_the_database_hands_out_nothing(live: Any) -> None:
         unassign_investigator(session, row, inv, "user:seed")  # the real issuer's access ends
     got = httpx.get(f"{live.url}{handed['path']}")
     assert got.status_code == 410 and got.json()["reason"] == "link_gone", got.text
+
+
+def test_an_exhibit_reference_edited_in_the_database_is_not_packaged(live: Any) -> None:
+    """A package names each item's exhibit reference as its custody gave it: a row swapped in the
+    database (so that the clip seems to be another exhibit) makes the export fail, not a signed package saying so."""
+    from incidents.models import ExhibitReference
+
+    s = live.services
+    api = f"{live.url}/api/v1"
+    staff(s, "S-N", "nurse", "NORTH")
+    inv = user(s, "inv1", "investigator")
+    copies = []
+    for _ in range(2):
+        clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=1))
+        copies.append(store_item(s, kind="redacted_clip", derived_from=clip.id))
+    with s.db.session() as session:
+        incident = create_incident(
+            session, IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"), "user:seed"
+        )
+        assign_investigator(session, incident, inv, "user:seed")
+        for copy in copies:
+            link_evidence(session, s.ledger, incident.id, copy.id, "user:seed", "the redacted copy")
+        incident_id = incident.id
+    with s.db.session() as session:
+        row = session.query(ExhibitReference).filter(ExhibitReference.item_id == copies[1].id).one()
+        row.reference = row.series + "/9"
+    h = bearer(s, "inv1")
+    r = httpx.post(f"{api}/incidents/{incident_id}/exports", json={}, headers=h)
+    assert r.status_code == 202, r.text
+    export_id = r.json()["id"]
+
+    def settled() -> dict[str, Any] | None:
+        got = dict(httpx.get(f"{api}/exports/{export_id}", headers=h).json())
+        return got if got["status"] in ("failed", "ready") else None
+
+    done = wait_for(settled, 60, 0.1, "the export to settle")
+    assert done["status"] == "failed" and "exhibit reference" in (done["error"] or ""), done

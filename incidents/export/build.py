@@ -223,6 +223,17 @@ def _selection(p: PlannedItem, chain: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def recorded_reference(chain: Sequence[dict[str, Any]], incident_id: str, reference: str) -> bool:
+    """Whether the item's custody gives it ``reference`` in the incident (the ``linked`` or
+    ``exhibit_referenced`` entry that gave it)."""
+    return any(
+        e.get("action") in ("linked", "exhibit_referenced")
+        and (e.get("details") or {}).get("exhibit") == reference
+        and (e.get("details") or {}).get("incident_id") == incident_id
+        for e in chain
+    )
+
+
 def viewing_range_lists(session: Session, chains: dict[str, list[dict[str, Any]]]) -> dict[str, bytes]:
     """The range list of every sealed viewing whose seal the chains carry (not withheld), as its
     seal's digest takes it; ExportError when the kept ranges no longer hash to the seal."""
@@ -430,6 +441,12 @@ def build_package(
         entries = {it.id: Ledger.item_entries(session, it.id) for it in items}
         foreign = foreign_markers(session, entries, request.incident.get("id"))
     chains = {item_id: [e.to_json() for e in signed] for item_id, signed in entries.items()}
+    for item_id, reference in refs.items():  # the package says what custody says, not what a row says
+        if not recorded_reference(chains.get(item_id, []), str(incident_id), reference):
+            raise ExportError(
+                f"evidence item {item_id}: its exhibit reference {reference} in this incident is not "
+                "the one its custody records: not exported; run 'evidence verify'"
+            )
     plan = plan_package(items, request.originals, redaction_records(chains), request.outside, request.pins)
     for p in plan:  # withheld items and originals too: the manifest names their SHA-256 as well
         stored_entry = next((e for e in entries[p.item.id] if e.body.action == "stored"), None)
