@@ -143,6 +143,7 @@ class Opening:
 
     entry_hash: str
     at: datetime
+    chained: bool  # opened with its key named and its ranges chained (every viewing opened since 0024)
 
 
 def opening_problem(session: Session, ledger: Ledger, row: ViewingSession) -> str | Opening:
@@ -165,21 +166,23 @@ def opening_problem(session: Session, ledger: Ledger, row: ViewingSession) -> st
         details = None
     if not isinstance(details, dict):
         details = {}
-    expected = {
+    expected: dict[str, tuple[object, object]] = {
         "action": ("viewed", entry.action),
         "item": (row.item_id, entry.item_id),
         "actor": (row.actor, entry.actor),
         "viewing": (row.id, details.get("viewing")),
-        "viewing key": (row.open_key, details.get("viewing_key")),
         "purpose": (row.purpose, details.get("purpose")),
     }
+    chained = "viewing_key" in details
+    if chained:  # a viewing opened before its key was named takes no ranges now (``_live``)
+        expected["viewing key"] = (row.open_key, details.get("viewing_key"))
     for what, (want, found) in expected.items():
         if want != found:
             return (
                 f"viewing {row.id}: custody entry #{entry.seq} is not its opening ({what} is {found!r}, "
                 f"the row says {want!r})"
             )
-    return Opening(entry.entry_hash, datetime.fromisoformat(signed.body.at.replace("Z", "+00:00")))
+    return Opening(entry.entry_hash, datetime.fromisoformat(signed.body.at.replace("Z", "+00:00")), chained)
 
 
 def _matches(row: ViewingSession, key: ViewingKey) -> bool:
@@ -231,7 +234,9 @@ def seal(session: Session, ledger: Ledger, row: ViewingSession, why: str, now: d
         _set_aside(row, opening)
         return False
     kept = kept_chain(session, row.id)
-    altered = chain_problem(_secret(ledger), row.id, opening.entry_hash, kept, row.ranges)
+    altered = None
+    if opening.chained:
+        altered = chain_problem(_secret(ledger), row.id, opening.entry_hash, kept, row.ranges)
     if altered is not None:
         log.error("viewing sealed with altered ranges", extra={"viewing": row.id, "problem": altered})
         ALTERED_AT_SEAL.inc()
@@ -274,6 +279,8 @@ def _live(
             FORGED,
             f"viewing {row.id} holds the key of a read of another item, person, purpose or reason",
         )
+    if not opening.chained:
+        return row, "unchained", None  # opened before its ranges were chained: sealed, not joined
     opened_at = min(row.opened_at, opening.at)
     return row, policy.ended(opened_at, row.last_at, row.ranges, now), None
 

@@ -659,3 +659,45 @@ def test_an_original_made_to_look_like_a_copy_in_the_database_is_not_served(live
     )
     assert r.status_code == 409 and r.json()["reason"] == "record_altered", r.text
     assert _entries(s, clip.id, "viewed") == []
+
+
+def test_a_viewing_opened_before_its_ranges_were_chained_is_sealed_not_joined(services: Any) -> None:
+    """A viewing left open across the upgrade that chained ranges (its opening names no key, its
+    ranges carry no link) takes no more ranges: the next read seals it, as it was, and opens another;
+    verification finds nothing wrong with it."""
+    s = services
+    clip = store_item(s, data=DATA)
+    key = _key(clip.id)
+    now = datetime.now(UTC)
+    with s.db.session() as session:
+        row = ViewingSession(
+            open_key=key.digest(),
+            item_id=clip.id,
+            actor=key.actor,
+            purpose=key.purpose,
+            reason=key.reason,
+            opened_seq=0,
+            opened_at=now,
+            last_at=now,
+            ranges=1,
+            bytes=10,
+        )
+        session.add(row)
+        session.flush()
+        entry = s.ledger.append(
+            session,
+            "viewed",
+            key.actor,
+            item_id=clip.id,
+            details={"purpose": "view", "range": [0, 9], "sha256": clip.sha256, "viewing": row.id},
+        )
+        row.opened_seq = entry.seq
+        session.add(ViewingRange(viewing_id=row.id, n=1, first_byte=0, last_byte=9, at=now))
+        legacy = row.id
+    assert _kinds(s) == []
+    viewed = record_range(s.db, s.ledger, key, clip, ByteRange(10, 19), _policy(s))
+    assert viewed.opened and viewed.viewing_id != legacy
+    (sealed,) = _entries(s, clip.id, "viewing_closed")
+    assert sealed["details"]["viewing"] == legacy and sealed["details"]["closed"] == "unchained"
+    assert sealed["details"]["ranges"] == 1 and "ranges_altered" not in sealed["details"]
+    assert _kinds(s) == []
