@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -22,11 +23,10 @@ from .entries import ChainReport, Problem, SignedEntry, Verifier, check_entry, c
 from .keys import ServiceKey
 from .ledger import Ledger
 from .merkle import MerkleTree, leaf_hash, verify_consistency
-from .models import CustodyEntry, EvidenceItem, LedgerHead, ViewingSession
+from .models import CustodyEntry, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
 from .signed_tree_head import TreeHead
 from .tree_heads import sample_tree_heads
 from .viewing import RANGE_CHAIN, chain_problem, seal_mismatch
-from .viewings import kept_chain
 
 TREE_HEAD_SAMPLE = 32
 
@@ -265,6 +265,18 @@ def verify_service(
                 )
             )
     return report
+
+
+def kept_chain(session: Session, viewing_id: str) -> list[tuple[int, int, int, datetime, str | None]]:
+    """A viewing's ranges in order with their chain links (``viewing.chain_problem``)."""
+    rows = session.execute(
+        select(
+            ViewingRange.n, ViewingRange.first_byte, ViewingRange.last_byte, ViewingRange.at, ViewingRange.mac
+        )
+        .where(ViewingRange.viewing_id == viewing_id)
+        .order_by(ViewingRange.n)
+    )
+    return [(n, first, last, at, mac) for n, first, last, at, mac in rows]
 
 
 def check_viewings(

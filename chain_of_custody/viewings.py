@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import func, or_, select
@@ -44,8 +44,10 @@ from storage.db import Database
 
 from .canonical import rfc3339
 from .entries import check_entry
+from .evidence import ByteRange
 from .ledger import Ledger, to_signed
 from .models import CustodyEntry, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
+from .verify import kept_chain
 from .viewing import (
     RANGE_CHAIN,
     ViewingKey,
@@ -55,9 +57,6 @@ from .viewing import (
     seal_details,
     seal_mismatch,
 )
-
-if TYPE_CHECKING:  # ``evidence`` reads through ``verify``, which checks viewings with this module
-    from .evidence import ByteRange
 
 log = logging.getLogger(__name__)
 
@@ -201,18 +200,6 @@ def _set_aside(row: ViewingSession, problem: str) -> None:
     SET_ASIDE.inc()
     row.open_key = None
     SERVED.discard(row.id)
-
-
-def kept_chain(session: Session, viewing_id: str) -> list[tuple[int, int, int, datetime, str | None]]:
-    """A viewing's ranges in order with their chain links (``viewing.chain_problem``)."""
-    rows = session.execute(
-        select(
-            ViewingRange.n, ViewingRange.first_byte, ViewingRange.last_byte, ViewingRange.at, ViewingRange.mac
-        )
-        .where(ViewingRange.viewing_id == viewing_id)
-        .order_by(ViewingRange.n)
-    )
-    return [(n, first, last, at, mac) for n, first, last, at, mac in rows]
 
 
 def kept_ranges(session: Session, viewing_id: str) -> list[tuple[int, int, int, datetime]]:
