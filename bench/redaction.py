@@ -44,9 +44,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import load_average, write_results  # noqa: E402
 from firmware_simulators.shots import ShotClip, render_shots  # noqa: E402
-from redaction.coverage import size_band  # noqa: E402
+from redaction.coverage import KnownFace, mask_shares, score, size_band  # noqa: E402
+from redaction.geometry import Box  # noqa: E402
 from redaction.media import ffmpeg_exe  # noqa: E402
 from redaction.pipeline import RedactionSettings, redact_clip  # noqa: E402
+from redaction.render import _ellipse, _pixel_bounds, _power  # noqa: E402
 
 MAGENTA = (255, 0, 255)  # BGR fill of every run's masks
 MIN_SIZE = 24
@@ -160,6 +162,51 @@ def score_output(source: Path, output: Path, clip: ShotClip) -> dict[str, Any]:
     }
 
 
+def score_margins(
+    record: list[list[dict[str, Any]]], clip: ShotClip, settings: RedactionSettings, margins: list[float]
+) -> dict[str, Any]:
+    """Score a run's per-frame record with its masks grown about their centres to other margins
+    (what the same detections and tracks would give with another ``mask_scale``): coverage, longest
+    uncovered run and non-face pixels changed, as ``score_output`` counts them."""
+    faces = [
+        KnownFace(frame, f.track, Box(*f.box), f.size, f.visible)
+        for frame, fs in clip.faces.items()
+        for f in fs
+    ]
+    out: dict[str, Any] = {}
+    for margin in margins:
+        factor = margin / settings.mask_scale
+        scaled = [[{**n, "box": Box(*n["box"]).scaled(factor).rounded()} for n in notes] for notes in record]
+        report = score(mask_shares(faces, scaled, clip.width, clip.height), min_size=MIN_SIZE, needed=NEEDED)
+        changed = total = 0
+        for index, notes in enumerate(scaled):
+            if index >= clip.frames:
+                break
+            hit = np.zeros((clip.height, clip.width), bool)
+            for n in notes:
+                if n.get("excluded"):
+                    continue
+                box = Box(*n["box"])
+                x0, y0, x1, y1 = _pixel_bounds(box, clip.width, clip.height)
+                if x1 > x0 and y1 > y0:
+                    hit[y0:y1, x0:x1] |= _ellipse(box, x0, y0, x1, y1, _power(n.get("shape", "ellipse")))
+            face_area = np.zeros_like(hit)
+            for f in clip.faces.get(index, []):
+                x, y, bw, bh = f.box
+                face_area[
+                    max(0, int(y)) : max(0, int(np.ceil(y + bh))),
+                    max(0, int(x)) : max(0, int(np.ceil(x + bw))),
+                ] = True
+            changed += int(np.count_nonzero(hit & ~face_area))
+            total += int(np.count_nonzero(~face_area))
+        out[f"{margin:.2f}"] = {
+            "coverage": round(report.share, 4),
+            "longest_uncovered": report.longest_uncovered,
+            "nonface_changed": round(changed / max(1, total), 4),
+        }
+    return out
+
+
 def timed(frames: int, run: Any) -> tuple[dict[str, Any], Any]:
     t0 = time.perf_counter()
     value = run()
@@ -221,7 +268,10 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "runs": [],
     }
     solid = RedactionSettings(style="solid", colour=MAGENTA)
-    variants = {"redaction": solid}
+    variants = {}
+    for face_box in args.face_boxes.split(","):
+        name = "redaction" if face_box == "detector" else f"redaction_{face_box}"
+        variants[name] = RedactionSettings(style="solid", colour=MAGENTA, face_box=face_box)  # type: ignore[arg-type]
     if args.heads:
         variants["redaction_heads"] = RedactionSettings(style="solid", colour=MAGENTA, cover="head")
     deface = None if args.no_deface else deface_command()
@@ -234,7 +284,7 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             run["x264_transcode"] = stats
         base_fps = run.get("x264_transcode", {}).get("fps", float("nan"))
         for name, settings in variants.items():
-            if name != "redaction" and n > 0:
+            if name == "redaction_heads" and n > 0:
                 continue  # the head option's cost is in its masks, scored on the first run
             dst = work / f"{name}.mp4"
             print(f"[{split}] run {n + 1}: {name} ...", flush=True)
@@ -245,6 +295,9 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 entry["detection_frames"] = result.detection_frames
                 entry["looks"] = result.refresh_looks
                 entry["tracks"] = result.tracks
+                if args.margins:
+                    margins = [float(m) for m in args.margins.split(",")]
+                    entry["margins"] = score_margins(result.record, clip, settings, margins)
             run[name] = entry
         if deface and (n == 0 or args.deface_every_run):
             for name, extra in (("deface", []), ("deface_640x360", ["--scale", "640x360"])):
@@ -286,6 +339,11 @@ def print_run(split: str, run: dict[str, Any]) -> None:
             )
             print(f"      by kind (coverage/longest run/non-face): {kinds}")
             print("      by band: " + "  ".join(f"{b} {c * 100:.1f}%" for b, c in sc["by_band"].items()))
+        for m, r in v.get("margins", {}).items():
+            print(
+                f"      record, ellipse {m}: {r['coverage'] * 100:.2f}% {r['longest_uncovered']}"
+                f" {r['nonface_changed'] * 100:.2f}%"
+            )
 
 
 def main() -> int:
@@ -297,6 +355,14 @@ def main() -> int:
     parser.add_argument("--sets", default="tune,held_out")
     parser.add_argument("--no-deface", action="store_true")
     parser.add_argument("--no-heads", dest="heads", action="store_false")
+    parser.add_argument(
+        "--face-boxes",
+        default="detector",
+        help="face box rules to run side by side (detector,landmarks: see redaction.detector.face_boxes)",
+    )
+    parser.add_argument(
+        "--margins", default="", help="also score the record at these mask scales, e.g. 1.4,1.5,1.6"
+    )
     parser.add_argument("--score-every-run", action="store_true")
     parser.add_argument("--deface-every-run", action="store_true")
     parser.add_argument("--name", default="redaction")

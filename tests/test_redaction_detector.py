@@ -1,0 +1,101 @@
+"""The detector's face boxes: from its own box, or placed on its five landmarks where they hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import data
+
+from redaction.detector import CenterFaceDetector, RawFaces, face_boxes
+from redaction.geometry import Box, iou
+from redaction.pipeline import RedactionSettings, _default_detector
+
+
+def raw_face(marks: list[tuple[float, float]], cx: float = 100, cy: float = 100, w: float = 40) -> RawFaces:
+    """One face as the network gives it: its box (brow to chin) and landmarks (x, y)."""
+    return RawFaces(
+        cx=np.array([cx]),
+        cy=np.array([cy]),
+        w=np.array([w]),
+        h=np.array([w * 1.2]),
+        score=np.array([0.9]),
+        marks=np.array([marks], dtype=np.float64),
+    )
+
+
+FRONTAL = [(96.0, 96.0), (112.0, 96.0), (104.0, 104.0), (97.0, 114.0), (111.0, 114.0)]
+
+
+def test_landmark_box_centres_between_eyes_and_mouth_and_keeps_the_detector_size() -> None:
+    raw = raw_face(FRONTAL)
+    (plain,) = face_boxes(raw, "detector")
+    (placed,) = face_boxes(raw, "landmarks")
+    assert (placed.cx, placed.cy) == pytest.approx((104.0, 105.0))
+    assert (placed.w, placed.h) == pytest.approx((plain.w, plain.h))
+    assert (plain.cx, plain.cy) != pytest.approx((placed.cx, placed.cy))
+
+
+@pytest.mark.parametrize(
+    ("marks", "w", "why"),
+    [
+        ([(101.0, 96.0), (104.0, 96.0), (98.0, 104.0), (100.0, 114.0), (103.0, 114.0)], 40, "profile"),
+        ([(126.0, 96.0), (142.0, 96.0), (134.0, 104.0), (127.0, 114.0), (141.0, 114.0)], 40, "far off"),
+        ([(98.6, 98.6), (101.8, 98.6), (100.2, 100.2), (98.8, 102.2), (101.6, 102.2)], 8, "tiny"),
+    ],
+)
+def test_landmark_box_falls_back_to_the_detector_box(
+    marks: list[tuple[float, float]], w: float, why: str
+) -> None:
+    raw = raw_face(marks, w=w)
+    assert face_boxes(raw, "landmarks") == face_boxes(raw, "detector"), why
+
+
+@pytest.fixture(scope="module")
+def portrait() -> np.ndarray:
+    return np.ascontiguousarray(data.astronaut()[:, :, ::-1])
+
+
+def test_landmarks_lie_on_the_face_in_order(portrait: np.ndarray) -> None:
+    """Eyes above the nose above the mouth, left before right, all inside the box: the network's
+    (y, x) landmark pairs are read the right way round."""
+    detector = CenterFaceDetector(threshold=0.2)
+    raw = detector.raw(portrait)
+    assert raw is not None
+    best = int(np.argmax(raw.score))
+    m = raw.marks[best]
+    assert m[0, 0] < m[1, 0] and m[3, 0] < m[4, 0]
+    assert max(m[0, 1], m[1, 1]) < m[2, 1] < min(m[3, 1], m[4, 1])
+    x0, y0 = raw.cx[best] - raw.w[best] / 2, raw.cy[best] - raw.h[best] / 2
+    assert np.all((m[:, 0] > x0) & (m[:, 0] < x0 + raw.w[best]))
+    assert np.all((m[:, 1] > y0) & (m[:, 1] < y0 + raw.h[best]))
+
+
+def test_landmark_boxes_follow_a_mirrored_face(portrait: np.ndarray) -> None:
+    """A face seen in a mirror gets the mirror of its box, within a few hundredths of a face."""
+    plain = CenterFaceDetector(threshold=0.2)
+    placed = CenterFaceDetector(threshold=0.2, face_box="landmarks")
+    width = portrait.shape[1]
+    a = max(placed.detect(portrait), key=lambda d: d.score).box
+    b = max(placed.detect(np.ascontiguousarray(portrait[:, ::-1])), key=lambda d: d.score).box
+    assert abs((width - b.cx) - a.cx) < 0.05 * a.w and abs(b.cy - a.cy) < 0.05 * a.w
+    d = max(plain.detect(portrait), key=lambda d: d.score).box
+    assert iou(a, d) > 0.8 and a != d
+
+
+def test_the_record_names_the_face_box_rule() -> None:
+    assert CenterFaceDetector().info()["face_box"] == "detector"
+    detector = _default_detector(RedactionSettings(face_box="landmarks"))
+    assert detector.info()["face_box"] == "landmarks"
+    assert RedactionSettings(face_box="landmarks").to_json()["face_box"] == "landmarks"
+    with pytest.raises(ValueError):
+        RedactionSettings(face_box="nose")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        CenterFaceDetector(face_box="nose")  # type: ignore[arg-type]
+
+
+def test_box_is_unchanged_by_default() -> None:
+    """The detector's boxes are what they were before landmarks were read: the network's box
+    widened, shortened and dropped by fixed factors."""
+    (box,) = face_boxes(raw_face(FRONTAL), "detector")
+    want = Box.from_center(100, 100 + 0.05 * 48 / 1.15, 40 / 0.89, 48 / 1.15)
+    assert (box.x, box.y, box.w, box.h) == pytest.approx((want.x, want.y, want.w, want.h))
