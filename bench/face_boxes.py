@@ -10,7 +10,12 @@ widths: centre dx, dy (mean ± sd), width and height over the truth's, and, for 
 pipeline's shape grown about the box's centre, the share of faces with >= 90 % of the box hidden
 and the mask's area outside the face box (in face boxes).
 
+With ``--min-face``/``--max-face`` only faces of those sizes (after scaling) are scored; with
+``--night`` every scaled photograph is first darkened as the clips' night shots are (mean
+brightness 15, sensor noise) and its contrast normalised as the pipeline does.
+
     .venv/bin/python -m bench.face_boxes [--rules detector,landmarks] [--threshold 0.2]
+        [--min-face 28] [--max-face 28] [--night]
 """
 
 from __future__ import annotations
@@ -32,11 +37,14 @@ from bench.common import write_results  # noqa: E402
 from firmware_simulators.scene import face_sources  # noqa: E402
 from firmware_simulators.shots import faces_dev_dir  # noqa: E402
 from redaction.detector import CenterFaceDetector, Detection, RawFaces, face_boxes, nms  # noqa: E402
+from redaction.frames import Frame  # noqa: E402
 from redaction.geometry import Box, iou  # noqa: E402
+from redaction.pipeline import RedactionSettings  # noqa: E402
 from redaction.render import Mask, _ellipse, _pixel_bounds, covered  # noqa: E402
 
-SCALES = (1.0, 0.85, 0.7, 0.6, 0.5, 0.42, 0.35, 0.3)
+SCALES = (1.0, 0.85, 0.7, 0.6, 0.5, 0.42, 0.35, 0.3, 0.25, 0.21, 0.18)
 MIN_FACE = 28
+NIGHT = 15  # mean brightness of a night frame, as the clips' night shots
 MARGINS = (1.3, 1.4, 1.5, 1.6)
 
 
@@ -67,17 +75,28 @@ def photographs(split: str) -> list[tuple[str, np.ndarray, list[Box]]]:
     return out
 
 
-def matched(detector: CenterFaceDetector, split: str) -> list[dict[str, Any]]:
-    """Every annotated face at every scale where it is >= MIN_FACE px, with the network's raw
-    output for the detection matched to it (None: missed)."""
+def matched(
+    detector: CenterFaceDetector,
+    split: str,
+    min_face: float = MIN_FACE,
+    max_face: float = 1e9,
+    night: bool = False,
+) -> list[dict[str, Any]]:
+    """Every annotated face at every scale where it is ``min_face`` to ``max_face`` px, with the
+    network's raw output for the detection matched to it (None: missed). ``night``: each scaled
+    photograph darkened to a mean brightness of ``NIGHT`` with sensor noise, and its contrast
+    normalised as the pipeline does before detection."""
     out = []
+    rng = np.random.default_rng(3)
     for name, image, truth in photographs(split):
         h, w = image.shape[:2]
         for scale in SCALES:
-            faces = [b for b in truth if min(b.w, b.h) * scale >= MIN_FACE]
+            faces = [b for b in truth if min_face <= min(b.w, b.h) * scale < max_face]
             if not faces:
                 continue
             small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+            if night:
+                small = _night(small, rng)
             raw = detector.raw(small)
             kept: list[int] = []
             if raw is not None:
@@ -102,6 +121,14 @@ def matched(detector: CenterFaceDetector, split: str) -> list[dict[str, Any]]:
                     }
                 )
     return out
+
+
+def _night(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    dark = image.astype(np.float32) * (NIGHT / max(1.0, float(image.mean())))
+    dark = np.clip(dark + rng.normal(0, 3, dark.shape), 0, 255).astype(np.uint8)
+    frame = Frame.from_bgr(np.ascontiguousarray(dark[: dark.shape[0] // 2 * 2, : dark.shape[1] // 2 * 2]))
+    settings = RedactionSettings()
+    return frame.bgr(None, None, (settings.dark_below, settings.bright_above))[0]
 
 
 def _one(raw: RawFaces, i: int) -> RawFaces:
@@ -184,11 +211,16 @@ def main() -> int:
     parser.add_argument("--threshold", type=float, default=0.2)
     parser.add_argument("--sets", default="tune,held_out")
     parser.add_argument("--name", default="face-boxes")
+    parser.add_argument("--min-face", type=float, default=MIN_FACE, help="smallest face (px) scored")
+    parser.add_argument("--max-face", type=float, default=1e9, help="faces from this size (px) are left out")
+    parser.add_argument("--night", action="store_true", help="darken the photographs as the night shots")
     args = parser.parse_args()
     detector = CenterFaceDetector(threshold=args.threshold)
     results: dict[str, Any] = {
         "scales": SCALES,
-        "min_face": MIN_FACE,
+        "min_face": args.min_face,
+        "max_face": args.max_face,
+        "night": args.night,
         "detector": detector.info(),
         "sets": {},
     }
@@ -196,7 +228,7 @@ def main() -> int:
         "  split    rule       group  faces, missed, dx/dy (face widths), w/h (of truth), masks: hidden/spill"
     )
     for split in args.sets.split(","):
-        faces = matched(detector, split)
+        faces = matched(detector, split, args.min_face, args.max_face, args.night)
         results["sets"][split] = {}
         for rule in args.rules.split(","):
             r = errors(faces, rule)

@@ -19,9 +19,14 @@ scored the same way, from the pixels of its output:
   and frames with more than half the picture masked;
 - fps, and fps over the same run's x264 transcode fps.
 
-Timed runs are repeated (``--runs``); every run is kept. Run under ``flock /tmp/bench.lock``.
+Timed runs are repeated (``--runs``); every run is kept. ``--face-boxes detector,landmarks`` runs
+the redaction once for each way of turning the detector's output into a face box
+(``redaction.detector.face_boxes``); ``--margins 1.4,1.5,1.6`` also scores each first run's record
+with its masks grown about their centres to those scales (the same detections and tracks with
+another ``mask_scale``). Run under ``flock /tmp/bench.lock``.
 
     .venv/bin/python bench/redaction.py [--seconds 30] [--runs 3] [--no-deface] [--sets tune,held_out]
+        [--face-boxes detector,landmarks] [--margins 1.4,1.5,1.6]
 """
 
 from __future__ import annotations
