@@ -98,6 +98,7 @@ class FairShare(Generic[T]):
         self.queue_limit = max(1, queue_limit)
         self.clock = clock
         self._lanes: dict[str, _Lane[T]] = {}
+        self._flagged: set[str] = set()  # devices whose lanes are flagged (the scans look only here)
         self._turns: deque[str] = deque()  # devices with messages waiting and no worker on them
         self._cond = threading.Condition()
         self._closed = False
@@ -118,7 +119,7 @@ class FairShare(Generic[T]):
                 return Admission(None, (), False, lane.flagged_at is not None)
             if maybe_raise and self._raises(lane) < RAISE_BEYOND_RATE and lane.raises.take(now):
                 return Admission(None, (), False, lane.flagged_at is not None, beyond_rate=True)
-            return self._refuse(lane, "rate_limited", now)
+            return self._refuse(device, lane, "rate_limited", now)
 
     def enqueue(self, device: str, item: T, *, urgent_raise: bool = False) -> Admission[T]:
         """Queue an admitted message that passed the cheap checks, if its device's queue has room
@@ -129,10 +130,10 @@ class FairShare(Generic[T]):
             evicted: tuple[T, ...] = ()
             if len(lane.waiting) >= self.queue_limit:
                 if not urgent_raise:
-                    return self._refuse(lane, "queue_full", now)
+                    return self._refuse(device, lane, "queue_full", now)
                 victim = next((i for i, (_, r) in enumerate(lane.waiting) if not r), None)
                 if victim is None:
-                    return self._refuse(lane, "queue_full", now)
+                    return self._refuse(device, lane, "queue_full", now)
                 evicted = (lane.waiting[victim][0],)
                 del lane.waiting[victim]
                 self._pending -= 1
@@ -152,7 +153,7 @@ class FairShare(Generic[T]):
         """Refuse an admitted message after all (it let itself in as an alarm being raised and
         was not one): counted against the device like any refusal for its share."""
         with self._cond:
-            return self._refuse(self._lane(device), reason, self.clock())
+            return self._refuse(device, self._lane(device), reason, self.clock())
 
     def _lane(self, device: str) -> _Lane[T]:
         lane = self._lanes.get(device)
@@ -166,8 +167,7 @@ class FairShare(Generic[T]):
     def _raises(lane: _Lane[T]) -> int:
         return sum(1 for _, r in lane.waiting if r)
 
-    @staticmethod
-    def _refuse(lane: _Lane[T], reason: str, now: float) -> Admission[T]:
+    def _refuse(self, device: str, lane: _Lane[T], reason: str, now: float) -> Admission[T]:
         """Refused; a device over its rate is flagged (a full queue alone may be the service's
         slowness, a backlog the broker delivers at once, not the device's doing)."""
         if reason != "rate_limited":
@@ -176,6 +176,7 @@ class FairShare(Generic[T]):
         flagged = lane.flagged_at is None
         if flagged:
             lane.flagged_at, lane.refused = now, 0
+            self._flagged.add(device)
         lane.refused += 1
         return Admission(reason, (), flagged, True)
 
@@ -223,13 +224,15 @@ class FairShare(Generic[T]):
         now = self.clock()
         out: list[tuple[str, int]] = []
         with self._cond:
-            for device, lane in self._lanes.items():
+            for device in list(self._flagged):  # every few tenths of a second: never all the lanes
+                lane = self._lanes[device]
                 if lane.flagged_at is not None and now - lane.last_refusal >= CALM_S:
                     out.append((device, lane.refused))
                     lane.flagged_at, lane.refused = None, 0
+                    self._flagged.discard(device)
         return out
 
     def flagged(self) -> dict[str, int]:
         """Devices flagged now, with their refusals so far."""
         with self._cond:
-            return {d: lane.refused for d, lane in self._lanes.items() if lane.flagged_at is not None}
+            return {d: self._lanes[d].refused for d in self._flagged}

@@ -89,6 +89,9 @@ TELEMETRY_LINGER_S = 0.05
 RECEIVE_MAXIMUM = 1000
 PRIORITY_PAUSE_S = 0.5  # the longest other work waits for alarms, so heartbeats are never starved
 SWITCH_INTERVAL_S = 0.0005  # how long a thread may keep the interpreter lock from an alarm worker
+# How long making provisional alarms whole waits for the acks just published to reach the broker
+# (their PUBACKs): it would otherwise take the interpreter from the network thread writing them.
+ACK_WRITE_WAIT_S = 0.02
 
 
 class AlarmParts(Protocol):
@@ -178,6 +181,8 @@ class AlarmConsumer:
         self._inflight: dict[int, int] = {}  # mid -> outbox id, for this connection
         self._early: dict[int, float] = {}  # PUBACKs that beat the bookkeeping, and when
         self._sent: list[int] = []
+        self._acks_written = threading.Event()  # set while no published effect awaits its PUBACK
+        self._acks_written.set()
         self._wake = threading.Event()
 
         client = mqtt.Client(
@@ -323,6 +328,7 @@ class AlarmConsumer:
         with self._pub_lock:
             self._inflight.clear()
             self._early.clear()
+            self._acks_written.set()
         self._connected.clear()
         self._subscribed.clear()
         CONNECTED.set(0)
@@ -429,6 +435,8 @@ class AlarmConsumer:
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         with self._pub_lock:
             outbox_id = self._inflight.pop(mid, None)
+            if not self._inflight:
+                self._acks_written.set()
             if outbox_id is None:
                 self._early[mid] = time.monotonic()
                 return
@@ -527,7 +535,20 @@ class AlarmConsumer:
         self._ack(delivery)
 
     def _handle_until_reachable(self, delivery: _Delivery) -> Any:
-        """Handle one message, waiting out faults of the database or the store (``TRANSIENT_BACKOFF``)."""
+        """Handle one message, waiting out faults of the database or the store (``TRANSIENT_BACKOFF``).
+
+        The first attempt is a plain call: the retry bookkeeping is set up only once it has failed
+        (then that failure is the retrying's first attempt, so the backoff and the log are as if
+        the retrying had made it)."""
+        try:
+            return self.alarms.handle(delivery.topic, delivery.payload, retained=delivery.retain)
+        except TRANSIENT as exc:
+            failed: list[BaseException] = [exc]
+
+        def attempt() -> Any:
+            if failed:
+                raise failed.pop()
+            return self.alarms.handle(delivery.topic, delivery.payload, retained=delivery.retain)
 
         def note(state: RetryCallState) -> None:
             CONSUMER_ERRORS.labels(kind="transient").inc()
@@ -549,7 +570,7 @@ class AlarmConsumer:
             before_sleep=note,
             reraise=True,
         )
-        return retrying(self.alarms.handle, delivery.topic, delivery.payload, retained=delivery.retain)
+        return retrying(attempt)
 
     def _pause(self, seconds: float) -> None:
         if not self._sleep(seconds):
@@ -560,6 +581,9 @@ class AlarmConsumer:
         while self._running:
             self._provisional_raised.wait(1.0)
             self._provisional_raised.clear()
+            # The acks just published go out first: making an alarm whole is many milliseconds of
+            # work in this process, and the network thread needs the interpreter to write an ack.
+            self._acks_written.wait(ACK_WRITE_WAIT_S)
             try:
                 # Until nothing is left, or all that is left is held by others (then the next wake).
                 while self._running and self.alarms.make_provisional_alarms_whole(
@@ -605,7 +629,10 @@ class AlarmConsumer:
                     self._sent.append(message.outbox_id)
                 else:
                     self._inflight[info.mid] = message.outbox_id
-        self._wake.set()
+                    self._acks_written.clear()
+        # The relay is not woken here: the broker has taken nothing yet, and the relay's turn would
+        # only compete with the network thread writing these messages. Its next tick (at most
+        # 0.2 s) marks them sent.
 
     def _flush_sent(self) -> None:
         with self._pub_lock:
