@@ -21,13 +21,16 @@ from chain_of_custody.keys import SIGNING_KEY_PATH
 from chain_of_custody.models import EvidenceItem
 from incidents.access import Viewer, incident_scope, visible_evidence_ids, visible_incident
 from incidents.export.api import EXPORTERS, ORIGINALS_AUTHORISERS
-from incidents.export.disclosure import disclosure_log
+from incidents.export.disclosure import DISCLOSURE_PAGE, disclosure_page
 from incidents.export.plan import incident_export_scope
 from incidents.models import Incident
+from storage.bounds import MAX_OFFSET
 
 from .api import render, signed_in
 
 router = APIRouter(include_in_schema=False)
+
+LOG_PAGE = DISCLOSURE_PAGE  # downloads in a page of the disclosure log, as the API's first page
 
 
 def exportable_items(session: Session, viewer: Viewer, incident_id: str) -> list[dict[str, Any]]:
@@ -65,7 +68,9 @@ def exports_index(request: Request) -> Response:
 
 
 @router.get("/incidents/{incident_id}/exports")
-def incident_exports_page(request: Request, incident_id: str) -> Response:
+def incident_exports_page(request: Request, incident_id: str, after: int = 0) -> Response:
+    """The incident's packages, their links, and its disclosure log a page at a time (as the API
+    pages it: ``after`` the custody entry its previous page ended with), with a link to the next."""
     who = signed_in(request, EXPORTERS)
     s = services(request)
     with s.db.session() as session:
@@ -73,7 +78,7 @@ def incident_exports_page(request: Request, incident_id: str) -> Response:
         if incident is None:
             return render(request, "missing.html", who, 404, what="incident")
         items = exportable_items(session, who.principal, incident.id)
-        log = disclosure_log(session, incident)
+        page = disclosure_page(session, incident, max(0, min(after, MAX_OFFSET)), LOG_PAGE)
         summary = {
             "id": incident.id,
             "reference": incident.reference,
@@ -86,7 +91,9 @@ def incident_exports_page(request: Request, incident_id: str) -> Response:
         who,
         incident=summary,
         items=items,
-        log=log,
+        log=page.log,
+        log_after=after,
+        log_next=page.next_after,
         can_originals=who.principal.role in ORIGINALS_AUTHORISERS,
         fingerprint=s.key.fingerprint,
         key_url=SIGNING_KEY_PATH,

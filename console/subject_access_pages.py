@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from accounts.access import services
 from incidents.access import INCIDENT_READERS, INCIDENT_WRITERS, Viewer, visible_incident
-from incidents.export.disclosure import disclosure_log
+from incidents.export.disclosure import package_view
+from incidents.export.models import ExportJob
 from incidents.subject_access.api import request_view
 from incidents.subject_access.models import SAR_STATUSES
 from incidents.subject_access.service import requests_for, visible_request
@@ -102,9 +103,8 @@ def request_page(request: Request, request_id: str) -> Response:
         incident = visible_incident(session, who.principal, sar.incident_id)
         assert incident is not None
         footage = _footage(request, session, who.principal, incident.id)
-        packages = [
-            p for p in disclosure_log(session, incident)["packages"] if p["export_id"] == sar.export_id
-        ]
+        job = session.get(ExportJob, sar.export_id) if sar.export_id else None
+        packages = [package_view(job, [], {})] if job is not None and job.incident_id == incident.id else []
     return render(
         request,
         "subject_access_request.html",

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -31,7 +33,9 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.keys import SIGNING_KEY_PATH, ServiceKey
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from storage.api_schema import error_responses
+from storage.bounds import MAX_OFFSET
 from storage.errors import Refused
+from storage.paging import link_next, next_headers
 
 from ..access import (
     EVIDENCE_MEDIA,
@@ -41,7 +45,7 @@ from ..access import (
     visible_incident,
 )
 from ..models import Incident, IncidentAssignment
-from .disclosure import DisclosureEvent, disclosure_log, to_csv
+from .disclosure import DISCLOSURE_PAGE, DISCLOSURE_PAGE_MAX, DisclosurePage, csv_pages, disclosure_page
 from .jobs import ExportBuilds
 from .links import link_secret, make_link_token
 from .models import ExportJob, ExportLink
@@ -407,50 +411,106 @@ def _within_share(
         raise Refused(reason, f"you have {held} {what}", 429, retry_after=retry_after)
 
 
-@router.get("/incidents/{incident_id}/exports", response_model=list[ExportOut])
+EXPORTS_PAGE = 100  # packages in a page of an incident's list, unless the caller asks for fewer
+EXPORTS_PAGE_MAX = 1000
+
+
+@router.get("/incidents/{incident_id}/exports", response_model=list[ExportOut], responses=next_headers())
 def incident_exports(
-    incident_id: str, user: Viewer = exporters, s: CoreServices = Depends(services)
+    incident_id: str,
+    response: Response,
+    after: str = Query(
+        "",
+        max_length=64,
+        description="the id of the previous page's last package (its X-Next-After): the page starts "
+        "after it; empty for the first page",
+    ),
+    limit: int = Query(EXPORTS_PAGE, ge=1, le=EXPORTS_PAGE_MAX, description="most packages in the page"),
+    user: Viewer = exporters,
+    s: CoreServices = Depends(services),
 ) -> list[dict[str, Any]]:
+    """The incident's packages, newest first, a page at a time (``limit``, then ``after``): while more
+    follow, the answer links the next page (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
     with s.db.session() as session:
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise HTTPException(404, "no such incident")
+        q = select(ExportJob).where(ExportJob.incident_id == incident.id)
+        if after:
+            last = session.get(ExportJob, after)
+            if last is None or last.incident_id != incident.id:
+                raise HTTPException(422, "after names no package of this incident")
+            q = q.where(
+                (ExportJob.created_at < last.created_at)
+                | ((ExportJob.created_at == last.created_at) & (ExportJob.id < last.id))
+            )
         jobs = session.scalars(
-            select(ExportJob)
-            .where(ExportJob.incident_id == incident.id)
-            .order_by(ExportJob.created_at.desc())
+            q.order_by(ExportJob.created_at.desc(), ExportJob.id.desc()).limit(limit + 1)
         ).all()
-        return [_job_seen(session, user, visible_job(session, user, j.id), s.key) for j in jobs]
+        page = [_job_seen(session, user, visible_job(session, user, j.id), s.key) for j in jobs[:limit]]
+        key = incident.id
+    next_after = jobs[limit - 1].id if len(jobs) > limit else None
+    link_next(response, f"/api/v1/incidents/{quote(key)}/exports", next_after, limit)
+    return page
 
 
 @router.get(
     "/incidents/{incident_id}/disclosures",
     response_model=None,
-    responses={200: {"content": {"text/csv": {}}}},
+    responses={200: {**next_headers()[200], "content": {"text/csv": {}}}},
 )
 def incident_disclosures(
     incident_id: str,
+    response: Response,
     format: Literal["json", "csv"] = "json",
+    after: int = Query(
+        0,
+        ge=0,
+        le=MAX_OFFSET,
+        description="the custody entry number of the previous page's last download (its X-Next-After): "
+        "the page starts after it; 0 for the first page",
+    ),
+    limit: int = Query(
+        DISCLOSURE_PAGE, ge=1, le=DISCLOSURE_PAGE_MAX, description="most downloads in the page"
+    ),
     user: Viewer = exporters,
     s: CoreServices = Depends(services),
 ) -> Any:
     """The incident's disclosure log: every package, every link (recipient, purpose, who issued it,
-    expiry, revocation) and every download, from the export, link and custody records;
-    ``?format=csv`` is the same as one row per event."""
+    expiry, revocation, its number of downloads) and every download, from the export, link and custody
+    records. A link allows any number of downloads until it expires, so the log comes a page at a time
+    (``limit`` downloads, then ``after``): while more follow, the answer links the next page
+    (``Link: <...>; rel="next"`` and ``X-Next-After``). ``?format=csv`` is the whole log as one row per
+    event, streamed a page at a time as it is read."""
     with s.db.session() as session:
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise HTTPException(404, "no such incident")
-        log_ = disclosure_log(session, incident)
-        reference = incident.reference
+        reference, incident_key = incident.reference, incident.id
+        if format == "json":
+            page = disclosure_page(session, incident, after, limit)
     if format == "csv":
-        rows = [DisclosureEvent(**e) for e in log_["events"]]
-        return PlainTextResponse(
-            to_csv(rows),
+        return StreamingResponse(
+            csv_pages(_disclosure_pages(s, incident_key, after)),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="disclosure-log-{reference}.csv"'},
         )
-    return log_
+    link_next(response, f"/api/v1/incidents/{quote(incident_key)}/disclosures", page.next_after, limit)
+    return page.log
+
+
+def _disclosure_pages(s: CoreServices, incident_id: str, after: int) -> Iterator[DisclosurePage]:
+    """The log's pages from ``after`` to its end, each read in its own short transaction."""
+    while True:
+        with s.db.session() as session:
+            incident = session.get(Incident, incident_id)
+            if incident is None:
+                return
+            page = disclosure_page(session, incident, after, DISCLOSURE_PAGE_MAX)
+        yield page
+        if page.next_after is None:
+            return
+        after = page.next_after
 
 
 @router.get("/exports/{export_id}", response_model=ExportOut)

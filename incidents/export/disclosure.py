@@ -13,12 +13,12 @@ import csv
 import io
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.models import CustodyEntry
@@ -199,8 +199,27 @@ def to_csv(rows: Iterable[DisclosureEvent]) -> str:
     return out.getvalue()
 
 
-def disclosure_log(session: Session, incident: Incident) -> dict[str, Any]:
-    """The incident's packages, links and downloads, and the same as one list of events."""
+DISCLOSURE_PAGE = 500  # downloads in a page of the log, unless the caller asks for fewer
+DISCLOSURE_PAGE_MAX = 5000
+
+
+@dataclass(frozen=True)
+class DisclosurePage:
+    """One page of the log: ``log`` as :func:`disclosure_log` gives it, and the custody entry
+    number the next page starts after (None on the last page)."""
+
+    log: dict[str, Any]
+    next_after: int | None
+
+
+def disclosure_page(
+    session: Session, incident: Incident, after: int = 0, limit: int = DISCLOSURE_PAGE
+) -> DisclosurePage:
+    """A page of the incident's log: its packages and links (made by people, each a decision), with
+    at most ``limit`` downloads (each link allows any number until it expires), those after custody
+    entry ``after``. ``events`` are the page's downloads and the other steps between the previous
+    page's last download and this page's last (to the end on the last page): the pages' events, one
+    after the other, are the whole log in order. Each link says how many downloads it had in all."""
     jobs = session.scalars(
         select(ExportJob)
         .where(ExportJob.incident_id == incident.id)
@@ -209,6 +228,10 @@ def disclosure_log(session: Session, incident: Incident) -> dict[str, Any]:
     ids = [j.id for j in jobs]
     links: dict[str, list[ExportLink]] = defaultdict(list)
     downloads: dict[str, list[dict[str, Any]]] = {}
+    totals: dict[str, int] = {}
+    next_after: int | None = None
+    since: str | None = None
+    until: str | None = None
     if ids:
         for link in session.scalars(
             select(ExportLink)
@@ -216,15 +239,62 @@ def disclosure_log(session: Session, incident: Incident) -> dict[str, Any]:
             .order_by(ExportLink.created_at, ExportLink.id)
         ):
             links[link.export_id].append(link)
-        viewed = session.execute(
-            select(CustodyEntry.actor, CustodyEntry.at, CustodyEntry.details)
-            .where(CustodyEntry.item_id.in_(ids), CustodyEntry.action == "viewed")
-            .order_by(CustodyEntry.seq)
-        )
-        downloads = downloads_by_link((actor, at, details) for actor, at, details in viewed)
+        by_link = _link_downloads().where(CustodyEntry.item_id.in_(ids))
+        totals = {
+            actor.removeprefix("link:"): int(n)
+            for actor, n in session.execute(
+                select(CustodyEntry.actor, func.count())
+                .where(CustodyEntry.item_id.in_(ids), *_LINK_DOWNLOAD)
+                .group_by(CustodyEntry.actor)
+            )
+        }
+        rows = session.execute(
+            by_link.where(CustodyEntry.seq > after).order_by(CustodyEntry.seq).limit(limit + 1)
+        ).all()
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_after = int(rows[-1].seq)
+            until = rows[-1].at
+        if after:
+            since = session.scalar(select(CustodyEntry.at).where(CustodyEntry.seq == after))
+        downloads = downloads_by_link((actor, at, details) for _, actor, at, details in rows)
     packages = [package_view(j, links[j.id], downloads) for j in jobs]
-    return {
-        "incident": {"id": incident.id, "reference": incident.reference, "title": incident.title},
-        "packages": packages,
-        "events": [asdict(e) for e in events(packages)],
-    }
+    for p in packages:
+        for link in p["links"]:
+            link["downloads_total"] = totals.get(link["id"], 0)
+
+    def in_page(e: DisclosureEvent) -> bool:
+        if e.event == "downloaded":
+            return True
+        at = _when(e.at)
+        return (since is None or at > _when(since)) and (until is None or at <= _when(until))
+
+    return DisclosurePage(
+        {
+            "incident": {"id": incident.id, "reference": incident.reference, "title": incident.title},
+            "packages": packages,
+            "events": [asdict(e) for e in events(packages) if in_page(e)],
+        },
+        next_after,
+    )
+
+
+_LINK_DOWNLOAD = (CustodyEntry.action == "viewed", CustodyEntry.actor.like("link:%"))
+
+
+def _link_downloads() -> Any:
+    return select(CustodyEntry.seq, CustodyEntry.actor, CustodyEntry.at, CustodyEntry.details).where(
+        *_LINK_DOWNLOAD
+    )
+
+
+def disclosure_log(session: Session, incident: Incident) -> dict[str, Any]:
+    """The first page of the incident's log (:func:`disclosure_page`)."""
+    return disclosure_page(session, incident).log
+
+
+def csv_pages(pages: Iterable[DisclosurePage]) -> Iterator[str]:
+    """The log's CSV a page at a time (its header first), for an answer streamed as it is read."""
+    yield to_csv(())
+    for page in pages:
+        yield to_csv(DisclosureEvent(**e) for e in page.log["events"]).split("\n", 1)[1]
