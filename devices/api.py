@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy.orm import Session
 
 from accounts.access import require_roles, sees_site, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
+from storage.paging import link_next, next_headers
 
 from . import service
 from .lone_worker_wire import DEVICE_ID_PATTERN, topic_for
@@ -109,15 +110,42 @@ class StaffOut(BaseModel):
     model_config = {"from_attributes": True}
 
 
-@router.get("/staff", response_model=list[StaffOut])
+LIST_PAGE = 500  # staff or devices in a page, unless the caller asks for fewer
+LIST_PAGE_MAX = 1000
+
+
+def _after(what: str) -> Any:
+    return Query(
+        "",
+        max_length=64,
+        description=f"the {what} of the previous page's last entry (its X-Next-After): the page starts "
+        "after it; empty for the first page",
+    )
+
+
+LIMIT = Query(LIST_PAGE, ge=1, le=LIST_PAGE_MAX, description="most entries in the page")
+
+
+def _paged(response: Response, path: str, rows: list[Any], limit: int, **params: str) -> list[Any]:
+    """The first ``limit`` of ``rows`` (read one beyond), saying on ``response`` where the next starts."""
+    link_next(response, path, rows[limit - 1].id if len(rows) > limit else None, limit, **params)
+    return rows[:limit]
+
+
+@router.get("/staff", response_model=list[StaffOut], responses=next_headers())
 def list_staff(
+    response: Response,
+    after: str = _after("staff number"),
+    limit: int = LIMIT,
     user: Principal = Depends(require_roles(*ADMINS, "auditor", "operator")),
     s: CoreServices = Depends(services),
 ) -> list[StaffMember]:
     """Staff who wear cameras or carry alarms (the control room names the person behind an alarm), of
-    the sites the caller sees."""
+    the sites the caller sees, by staff number, a page at a time (``limit``, then ``after``): while
+    more follow, the answer links the next page (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
     with s.db.session() as session:
-        return service.list_staff(session, user)
+        rows = service.list_staff(session, user, after=after, limit=limit + 1)
+    return _paged(response, "/api/v1/staff", rows, limit)
 
 
 @router.post("/devices/docks", status_code=201)
@@ -198,15 +226,21 @@ def new_broker_password(
     return {"id": device_id, "mqtt_username": device_id, "mqtt_password": password}
 
 
-@router.get("/devices", response_model=list[DeviceOut])
+@router.get("/devices", response_model=list[DeviceOut], responses=next_headers())
 def list_devices(
+    response: Response,
     kind: str | None = None,
+    after: str = _after("id"),
+    limit: int = LIMIT,
     user: Principal = Depends(require_roles(*ADMINS, "auditor", "operator")),
     s: CoreServices = Depends(services),
 ) -> list[Device]:
-    """The fleet of the sites the caller sees."""
+    """The fleet of the sites the caller sees, by id, a page at a time (``limit``, then ``after``):
+    while more follow, the answer links the next page (``Link: <...>; rel="next"`` and
+    ``X-Next-After``)."""
     with s.db.session() as session:
-        return service.list_devices(session, user, kind)
+        rows = service.list_devices(session, user, kind, after=after, limit=limit + 1)
+    return _paged(response, "/api/v1/devices", rows, limit, kind=kind or "")
 
 
 @router.patch("/devices/{device_id}", response_model=DeviceOut)

@@ -254,23 +254,38 @@ def camera_for_clip(session: Session, serial: str, wearer: str) -> Device:
     return camera
 
 
-def list_staff(session: Session, viewer: SiteViewer | None) -> list[StaffMember]:
+def list_staff(
+    session: Session, viewer: SiteViewer | None, *, after: str = "", limit: int | None = None
+) -> list[StaffMember]:
     """The staff of the sites ``viewer`` sees (``accounts.access.site_scope``, the rule of every
-    list); ``viewer`` None is the service itself (the command line: everyone)."""
+    list), by staff number, those after ``after``, at most ``limit``; ``viewer`` None is the service
+    itself (the command line: everyone)."""
     q = select(StaffMember).order_by(StaffMember.id)
     if viewer is not None:
         q = q.where(site_scope(viewer, StaffMember.site))
-    return list(session.scalars(q))
+    if after:
+        q = q.where(StaffMember.id > after)
+    return list(session.scalars(q.limit(limit)))
 
 
-def list_devices(session: Session, viewer: SiteViewer | None, kind: str | None = None) -> list[Device]:
-    """The devices of the sites ``viewer`` sees (None: the service itself, every device)."""
+def list_devices(
+    session: Session,
+    viewer: SiteViewer | None,
+    kind: str | None = None,
+    *,
+    after: str = "",
+    limit: int | None = None,
+) -> list[Device]:
+    """The devices of the sites ``viewer`` sees (None: the service itself, every device), by id,
+    those after ``after``, at most ``limit``."""
     q = select(Device).order_by(Device.id)
     if viewer is not None:
         q = q.where(site_scope(viewer, Device.site))
     if kind:
         q = q.where(Device.kind == kind)
-    return list(session.scalars(q))
+    if after:
+        q = q.where(Device.id > after)
+    return list(session.scalars(q.limit(limit)))
 
 
 def seen_device(session: Session, viewer: SiteViewer, device_id: str, *, for_update: bool = False) -> Device:

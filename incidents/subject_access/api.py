@@ -11,13 +11,14 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from accounts.access import WRITES_CUSTODY, require_roles, services
 from chain_of_custody.core import CoreServices
 from storage.api_schema import CalendarDate, Timestamp, error_responses
+from storage.paging import link_next, next_headers
 
 from ..access import INCIDENT_READERS, INCIDENT_WRITERS, Viewer
 from ..models import Incident
@@ -117,15 +118,38 @@ def receive(body: RequestIn, user: Viewer = writers, s: CoreServices = Depends(s
         return request_view(session, sar)
 
 
-@router.get("/subject-access-requests", response_model=list[RequestOut])
+REQUESTS_PAGE = 200  # requests in a page, unless the caller asks for fewer
+REQUESTS_PAGE_MAX = 1000
+
+
+@router.get("/subject-access-requests", response_model=list[RequestOut], responses=next_headers())
 def list_requests(
+    response: Response,
     status: list[SarStatus] = Query(default_factory=lambda: ["open"]),
+    after: str = Query(
+        "",
+        max_length=64,
+        description="the id of the previous page's last request (its X-Next-After): the page starts "
+        "after it; empty for the first page",
+    ),
+    limit: int = Query(REQUESTS_PAGE, ge=1, le=REQUESTS_PAGE_MAX, description="most requests in the page"),
     user: Viewer = readers,
     s: CoreServices = Depends(services),
 ) -> list[dict[str, Any]]:
-    """The requests the caller may see (open ones by default), the fewest days left first."""
+    """The requests the caller may see (open ones by default), the fewest days left first, a page at
+    a time (``limit``, then ``after``): while more follow, the answer links the next page
+    (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
     with s.db.session() as session:
-        return [request_view(session, r) for r in requests_for(session, user, status or SAR_STATUSES)]
+        last = None
+        if after:
+            last = visible_request(session, user, after)
+            if last is None:
+                raise HTTPException(422, "after names no request you may see")
+        rows = requests_for(session, user, status or SAR_STATUSES, after=last, limit=limit + 1)
+        page = [request_view(session, r) for r in rows[:limit]]
+    next_after = rows[limit - 1].id if len(rows) > limit else None
+    link_next(response, "/api/v1/subject-access-requests", next_after, limit)
+    return page
 
 
 @router.get("/subject-access-requests/{request_id}", response_model=RequestOut)

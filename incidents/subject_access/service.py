@@ -136,17 +136,33 @@ def visible_request(session: Session, viewer: Viewer, request_id: str) -> Subjec
 
 
 def requests_for(
-    session: Session, viewer: Viewer, statuses: Sequence[str] = (OPEN,)
+    session: Session,
+    viewer: Viewer,
+    statuses: Sequence[str] = (OPEN,),
+    *,
+    after: SubjectAccessRequest | None = None,
+    limit: int | None = None,
 ) -> list[SubjectAccessRequest]:
-    """The requests the viewer may see with these statuses, the least time left first."""
-    return list(
-        session.scalars(
-            select(SubjectAccessRequest)
-            .join(Incident, Incident.id == SubjectAccessRequest.incident_id)
-            .where(SubjectAccessRequest.status.in_(list(statuses)), incident_scope(viewer))
-            .order_by(SubjectAccessRequest.due_on, SubjectAccessRequest.created_at)
-        )
+    """The requests the viewer may see with these statuses, the least time left first (then the
+    oldest, then by id), those after ``after`` in that order, at most ``limit``."""
+    q = (
+        select(SubjectAccessRequest)
+        .join(Incident, Incident.id == SubjectAccessRequest.incident_id)
+        .where(SubjectAccessRequest.status.in_(list(statuses)), incident_scope(viewer))
     )
+    if after is not None:
+        due, created, key = (
+            SubjectAccessRequest.due_on,
+            SubjectAccessRequest.created_at,
+            SubjectAccessRequest.id,
+        )
+        q = q.where(
+            (due > after.due_on)
+            | ((due == after.due_on) & (created > after.created_at))
+            | ((due == after.due_on) & (created == after.created_at) & (key > after.id))
+        )
+    order = (SubjectAccessRequest.due_on, SubjectAccessRequest.created_at, SubjectAccessRequest.id)
+    return list(session.scalars(q.order_by(*order).limit(limit)))
 
 
 def change_request(
