@@ -9,6 +9,7 @@ API gives the same person. The position trail is ``alarms.trails``'.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -24,15 +25,21 @@ from incidents.access import Viewer, readable_trail
 from .feed import alarm_view
 from .models import AlarmRecord, LoneWorkerEvent
 from .performance import Answer
-from .trails import trail
+from .trails import trail_page
+
+log = logging.getLogger(__name__)
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def alarm_messages(session: Session, view: dict[str, Any]) -> list[dict[str, Any]]:
-    """The device's messages about this alarm (its raise, cancels, the visit's check-ins), byte for byte."""
+MESSAGES = 200  # the most of the device's messages an alarm's record holds
+
+
+def alarm_messages(session: Session, view: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """The device's messages about this alarm (its raise, cancels, the visit's check-ins), byte for
+    byte, the first ``MESSAGES`` of them; and whether there were more (a device may check in all day)."""
     clauses = [LoneWorkerEvent.alarm_id == view["id"]]
     if view.get("source_event_id"):
         clauses.append(LoneWorkerEvent.ref_event_id == view["source_event_id"])
@@ -40,11 +47,16 @@ def alarm_messages(session: Session, view: dict[str, Any]) -> list[dict[str, Any
         clauses.append(
             (LoneWorkerEvent.visit_id == view["visit_id"]) & (LoneWorkerEvent.device_id == view["device_id"])
         )
-    rows = session.scalars(
-        select(LoneWorkerEvent).where(or_(*clauses)).order_by(LoneWorkerEvent.received_at).limit(200)
+    rows = list(
+        session.scalars(
+            select(LoneWorkerEvent)
+            .where(or_(*clauses))
+            .order_by(LoneWorkerEvent.received_at)
+            .limit(MESSAGES + 1)
+        )
     )
     out = []
-    for e in rows:
+    for e in rows[:MESSAGES]:
         try:
             payload = json.dumps(json.loads(e.raw), indent=1, sort_keys=True)
         except ValueError:
@@ -64,7 +76,7 @@ def alarm_messages(session: Session, view: dict[str, Any]) -> list[dict[str, Any
                 "payload": payload,
             }
         )
-    return out
+    return out, len(rows) > MESSAGES
 
 
 @dataclass(frozen=True)
@@ -153,10 +165,21 @@ def alarm_record(
     view = alarm_view(row)
     payload = item_record(session, view["evidence_item_id"], viewer)
     memo = item_record(session, view["voice_memo_item_id"], viewer)
+    messages, more_messages = alarm_messages(session, view)
+    points, more_points = trail_page(session, view, now)
+    if more_messages or more_points:
+        log.info(
+            "alarm record cut short",
+            extra={"alarm": alarm_id, "messages_more": more_messages, "trail_more": more_points},
+        )
     return {
         "alarm": view,
-        "messages": alarm_messages(session, view),
-        "trail": trail(session, view, now),
+        "messages": messages,
+        # True when the device sent more messages than the first MESSAGES the record holds.
+        "messages_more": more_messages,
+        "trail": points,
+        # True when the trail holds only the first TRAIL_POINTS of the device's points.
+        "trail_more": more_points,
         "payload": asdict(payload) if payload else None,
         "voice_memo": asdict(memo) if memo else None,
     }

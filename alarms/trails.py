@@ -88,31 +88,44 @@ def sample_trails(db: Database, now: datetime) -> int:
     return len(rows)
 
 
+TRAIL_POINTS = 2000  # the most points of a trail an answer holds
+
+
 def trail(session: Session, view: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
-    """Where the device was from the alarm until it was resolved (or now): its own fix first."""
+    """Where the device was from the alarm until it was resolved (or now): its own fix first (at
+    most ``TRAIL_POINTS`` of the device's points: :func:`trail_page` says whether more were taken)."""
+    return trail_page(session, view, now)[0]
+
+
+def trail_page(session: Session, view: dict[str, Any], now: datetime) -> tuple[list[dict[str, Any]], bool]:
+    """The trail (:func:`trail`), and whether the device sent more points in that time than the
+    ``TRAIL_POINTS`` it holds (the earliest are kept: where the alarm began)."""
     raised = datetime.fromisoformat(view["raised_at"])
     until = datetime.fromisoformat(view["resolved_at"]) if view.get("resolved_at") else now
     points: list[dict[str, Any]] = []
     if view.get("position"):
         points.append({**view["position"], "at": view["occurred_at"]})
-    rows = session.scalars(
-        select(LoneWorkerPosition)
-        .where(
-            LoneWorkerPosition.device_id == view["device_id"],
-            LoneWorkerPosition.at >= raised - timedelta(seconds=60),
-            LoneWorkerPosition.at <= until,
+    rows = list(
+        session.scalars(
+            select(LoneWorkerPosition)
+            .where(
+                LoneWorkerPosition.device_id == view["device_id"],
+                LoneWorkerPosition.at >= raised - timedelta(seconds=60),
+                LoneWorkerPosition.at <= until,
+            )
+            .order_by(LoneWorkerPosition.at)
+            .limit(TRAIL_POINTS + 1)
         )
-        .order_by(LoneWorkerPosition.at)
-        .limit(2000)
     )
-    for p in rows:
+    more = len(rows) > TRAIL_POINTS
+    for p in rows[:TRAIL_POINTS]:
         point = {"lat": p.lat, "lon": p.lon, "accuracy_m": p.accuracy_m, "at": _iso(p.at)}
         if points and {k: points[-1][k] for k in ("lat", "lon", "accuracy_m")} == {
             k: point[k] for k in ("lat", "lon", "accuracy_m")
         }:
             continue  # the alarm's own fix, sampled from the device's state
         points.append(point)
-    return points
+    return points, more
 
 
 def forget_old_points(session: Session, before: datetime) -> int:
