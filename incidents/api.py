@@ -6,6 +6,7 @@ one that does not exist.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -45,13 +46,17 @@ from .service import (
 from .statistics import (
     DIMENSIONS,
     Disclosure,
+    PeriodRefused,
+    bounded_period,
     check_period,
     count,
-    load_facts,
+    load_fact_counts,
     margins_of,
     publish,
     to_csv,
 )
+
+log = logging.getLogger(__name__)
 
 Category = Literal[CATEGORIES]  # type: ignore[valid-type]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
@@ -503,7 +508,9 @@ def statistics(
 ) -> Any:
     """Anonymised incident counts over whole months: small counts are not listed, nor any that the
     totals would let be worked out, and the rest are rounded (see README). A security manager asks
-    about their own site only."""
+    about their own site only. A table covers at most five years (``period_too_long``, 422, beyond):
+    ``until`` is by default the end of this month and ``since`` five years before ``until``; the
+    answer's ``period`` says which months it covers."""
     dims = list(dict.fromkeys(by))
     seen = sites_seen(user)  # the one site rule: a security manager, their own site
     if seen is not None:
@@ -511,11 +518,17 @@ def statistics(
             raise HTTPException(403, "a security manager asks for statistics of their own site")
         site = next(iter(seen))
     check_period(since, until, s.settings.report_timezone)
+    try:
+        since, until = bounded_period(since, until, s.settings.report_timezone, datetime.now(UTC))
+    except PeriodRefused:
+        log.warning("statistics period refused", extra={"since": str(since), "until": str(until)})
+        raise
     with s.db.session() as session:
-        facts = load_facts(session, since=since, until=until, site=site, tz=s.settings.report_timezone)
+        facts = load_fact_counts(session, since=since, until=until, site=site, tz=s.settings.report_timezone)
     cells, total = count(facts, dims)
     disclosure = Disclosure(s.settings.statistics_min_count, s.settings.statistics_rounding)
     table = publish(cells, total, dims, disclosure, margins_of(facts, dims))
+    table["period"] = {"since": since.isoformat(), "until": until.isoformat()}
     if format == "csv":
         return Response(
             to_csv(table),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -78,6 +78,22 @@ def load_facts(
     site: str | None = None,
     tz: str = "Europe/London",
 ) -> list[IncidentFacts]:
+    """Each incident's facts (one per incident): for small sets and tests; the service counts with
+    :func:`load_fact_counts`, which never holds one per incident."""
+    return list(load_fact_counts(session, since=since, until=until, site=site, tz=tz).elements())
+
+
+def load_fact_counts(
+    session: Session,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    site: str | None = None,
+    tz: str = "Europe/London",
+    chunk: int = 500,
+) -> Counter[IncidentFacts]:
+    """How many incidents have each combination of facts: read a ``chunk`` at a time, so memory
+    grows with the table's combinations (months, sites, categories, groups), not with incidents."""
     zone = ZoneInfo(tz)
     q = select(Incident.id, Incident.occurred_at, Incident.site, Incident.category)
     if since:
@@ -86,43 +102,47 @@ def load_facts(
         q = q.where(Incident.occurred_at < until)
     if site:
         q = q.where(Incident.site == site)
-    rows = session.execute(q).all()
-    groups: dict[str, set[str]] = {}
-    ids = [r[0] for r in rows]
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
+    out: Counter[IncidentFacts] = Counter()
+    for rows in session.execute(q.order_by(Incident.id).execution_options(yield_per=chunk)).partitions():
+        groups: dict[str, set[str]] = {}
         for incident_id, group in session.execute(
             select(IncidentStaff.incident_id, StaffMember.staff_group)
             .join(StaffMember, StaffMember.id == IncidentStaff.staff_id)
-            .where(IncidentStaff.incident_id.in_(chunk))
+            .where(IncidentStaff.incident_id.in_([r[0] for r in rows]))
         ):
             groups.setdefault(incident_id, set()).add(group or "other")
-    return [
-        IncidentFacts(
-            month=occurred.astimezone(zone).strftime("%Y-%m"),
-            site=site_name,
-            category=category,
-            staff_groups=tuple(sorted(groups.get(incident_id, {"unrecorded"}))),
-        )
-        for incident_id, occurred, site_name, category in rows
-    ]
+        for incident_id, occurred, site_name, category in rows:
+            out[
+                IncidentFacts(
+                    month=occurred.astimezone(zone).strftime("%Y-%m"),
+                    site=site_name,
+                    category=category,
+                    staff_groups=tuple(sorted(groups.get(incident_id, {"unrecorded"}))),
+                )
+            ] += 1
+    return out
 
 
-def count(facts: Iterable[IncidentFacts], by: Sequence[str]) -> tuple[Counter[tuple[str, ...]], int]:
-    """Raw counts per combination of the chosen dimensions, and the number of incidents."""
+Facts = Iterable[IncidentFacts] | Mapping[IncidentFacts, int]
+
+
+def count(facts: Facts, by: Sequence[str]) -> tuple[Counter[tuple[str, ...]], int]:
+    """Raw counts per combination of the chosen dimensions, and the number of incidents (``facts``
+    one per incident, or how many incidents have each, as :func:`load_fact_counts` gives them)."""
     for d in by:
         if d not in DIMENSIONS:
             raise ValueError(f"unknown dimension {d!r}; one of {', '.join(DIMENSIONS)}")
     cells: Counter[tuple[str, ...]] = Counter()
     total = 0
-    for f in facts:
-        total += 1
+    weighted = facts.items() if isinstance(facts, Mapping) else ((f, 1) for f in facts)
+    for f, n in weighted:
+        total += n
         keys: list[tuple[str, ...]] = [()]
         for d in by:
             values: tuple[str, ...] = f.staff_groups if d == "staff_group" else (getattr(f, d),)
             keys = [k + (v,) for k in keys for v in values]
         for k in keys:
-            cells[k] += 1
+            cells[k] += n
     return cells, total
 
 
@@ -147,6 +167,32 @@ def check_period(since: datetime | None, until: datetime | None, tz: str) -> Non
             )
     if since is not None and until is not None and until <= since:
         raise PeriodRefused("period_too_short", "until must be at least a month after since")
+
+
+MAX_MONTHS = 60  # the longest period one table covers: five years of whole months
+
+
+def _month_start(at: datetime, zone: ZoneInfo, months_later: int = 0) -> datetime:
+    local = at.astimezone(zone)
+    index = local.year * 12 + local.month - 1 + months_later
+    return datetime(index // 12, index % 12 + 1, 1, tzinfo=zone)
+
+
+def bounded_period(
+    since: datetime | None, until: datetime | None, tz: str, now: datetime, max_months: int = MAX_MONTHS
+) -> tuple[datetime, datetime]:
+    """The period a table covers, at most ``max_months`` whole months (checked by ``check_period``
+    first): ``until`` by default the end of this month, ``since`` by default ``max_months`` before
+    ``until``. A longer period is refused (422): the work and the answer grow with it."""
+    zone = ZoneInfo(tz)
+    end = until if until is not None else _month_start(now, zone, 1)
+    start = since if since is not None else _month_start(end, zone, -max_months)
+    if _month_start(start, zone, max_months) < end:
+        raise PeriodRefused(
+            "period_too_long",
+            f"a table covers at most {max_months} months: ask for a longer span in parts",
+        )
+    return start, end
 
 
 def _without(i: int) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
@@ -223,7 +269,7 @@ def publish(
     }
 
 
-def margins_of(facts: Sequence[IncidentFacts], by: Sequence[str]) -> list[Counter[tuple[str, ...]]]:
+def margins_of(facts: Facts, by: Sequence[str]) -> list[Counter[tuple[str, ...]]]:
     """For each dimension, the incident counts by all the others (what a query without it publishes)."""
     return [count(facts, [d for j, d in enumerate(by) if j != i])[0] for i in range(len(by))]
 
