@@ -4,7 +4,8 @@ It is read from the records that already exist, never kept apart from them: the 
 (who asked, originals and the stated reason, the package's hash), their download links (the named
 recipient, the purpose, who issued it, expiry, revocation) and the custody ledger's ``viewed``
 entries that every download writes on the package (``link:<id>`` as actor). One function reads
-(``disclosure_log``), the others are pure: the events in time order and their CSV.
+(``disclosure_page``: a link allows any number of downloads, so the log is read a page of downloads
+at a time), the others are pure: the events in time order and their CSV.
 """
 
 from __future__ import annotations
