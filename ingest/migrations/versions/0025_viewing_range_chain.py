@@ -1,14 +1,14 @@
 """viewing range chain: each range of a viewing carries an HMAC over the one before it
 
-Revision ID: 0024_viewing_range_chain
-Revises: 0023_viewing_sessions
+Revision ID: 0025_viewing_range_chain
+Revises: 0024_read_grants
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0024_viewing_range_chain"
-down_revision = "0023_viewing_sessions"
+revision = "0025_viewing_range_chain"
+down_revision = "0024_read_grants"
 branch_labels = None
 depends_on = None
 
