@@ -47,7 +47,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import paho.mqtt.client as mqtt
 import psutil
 from cryptography.hazmat.primitives import serialization
@@ -65,7 +64,15 @@ from bench.alarms import (  # noqa: E402
     RoundTripProbe,
     wait_login,
 )
-from bench.common import BenchService, ScratchPostgres, latency_summary, load_average, scratch, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    BenchService,
+    ScratchPostgres,
+    latency_summary,
+    load_average,
+    scratch,
+    wait_healthy,
+    write_results,
+)
 from devices.broker_access import (  # noqa: E402
     BrokerAccount,
     BrokerProcess,
@@ -145,14 +152,7 @@ class TreeService(BenchService):
             stdout=open(self.workdir / "serve.log", "ab"),  # noqa: SIM115 - closed with the process
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("service did not start")
+        wait_healthy(self.url)
 
 
 class Probe(RoundTripProbe):

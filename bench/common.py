@@ -112,14 +112,7 @@ class BenchService:
             stdout=open(self.workdir / "serve.log", "ab"),
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("service did not start")
+        wait_healthy(self.url)
 
     def admin_headers(self) -> dict[str, str]:
         r = httpx.post(
@@ -217,3 +210,15 @@ class ScratchPostgres:
 
         with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def wait_healthy(url: str, seconds: float = 60) -> None:
+    """Wait until the service at ``url`` answers ``/healthz`` (RuntimeError after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("service did not start")

@@ -195,6 +195,19 @@ class ChainReport:
 Verifier = Callable[[str, bytes], bool]  # (signature_b64, message) -> valid
 
 
+def viewing_named(entry: SignedEntry) -> str | None:
+    """The viewing a ``viewed`` opening or a ``viewing_closed`` seal names (None for any other entry,
+    a whole read, or details that are not a JSON object)."""
+    if entry.body.action not in ("viewed", "viewing_closed"):
+        return None
+    try:
+        details = json.loads(entry.body.details)
+    except ValueError:
+        return None
+    viewing = details.get("viewing") if isinstance(details, dict) else None
+    return None if viewing is None else str(viewing)
+
+
 def check_entry(entry: SignedEntry, verify_sig: Verifier | None) -> list[Problem]:
     """The entry's own integrity: its hash matches its content and its signature is the service's.
     ``verify_sig`` None: there is no key to check signatures with (a finding of its own, said once

@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .entries import ChainReport, Problem, SignedEntry, check_item_chain
+from .entries import ChainReport, Problem, SignedEntry, check_item_chain, viewing_named
 from .hashing import sha256_stream
 from .keys import public_key_fingerprint, verify_signature
 from .manifest import (
@@ -500,16 +500,9 @@ def _check_viewings(
     seal's range list (``custody/viewings/<viewing>.txt``) must hash to its ``ranges_sha256``."""
     opens: dict[str, SignedEntry] = {}
     for e in entries:
-        if e.withheld is not None or e.body.action not in ("viewed", "viewing_closed"):
-            continue
-        try:
-            details = json.loads(e.body.details)
-        except ValueError:
-            continue
-        viewing = details.get("viewing") if isinstance(details, dict) else None
+        viewing = viewing_named(e) if e.withheld is None else None
         if viewing is None:
             continue
-        viewing = str(viewing)
         where = f"custody entry #{e.body.seq} ({cpath})"
         if e.body.action == "viewed":
             if viewing in opens:
@@ -522,6 +515,7 @@ def _check_viewings(
                 )
             opens[viewing] = e
             continue
+        details = json.loads(e.body.details)  # a JSON object: ``viewing_named`` read it
         opening = opens.pop(viewing, None)
         if opening is None:
             report.problems.append(

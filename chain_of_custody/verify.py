@@ -19,7 +19,15 @@ from storage.objects import ObjectStore, StorageError
 
 from . import package_layout
 from .checkpoints import read_checkpoints
-from .entries import ChainReport, Problem, SignedEntry, Verifier, check_entry, check_global_chain
+from .entries import (
+    ChainReport,
+    Problem,
+    SignedEntry,
+    Verifier,
+    check_entry,
+    check_global_chain,
+    viewing_named,
+)
 from .keys import ServiceKey
 from .ledger import Ledger
 from .merkle import MerkleTree, leaf_hash, verify_consistency
@@ -293,16 +301,10 @@ def check_viewings(
     opens: dict[str, list[SignedEntry]] = {}
     seals: dict[str, list[SignedEntry]] = {}
     for e in entries:
-        if e.body.action not in ("viewed", "viewing_closed"):
-            continue
-        try:
-            details = json.loads(e.body.details)
-        except ValueError:
-            continue
-        viewing = details.get("viewing") if isinstance(details, dict) else None
+        viewing = viewing_named(e)
         if viewing is None:
-            continue  # a whole read: an entry of its own, no viewing
-        (opens if e.body.action == "viewed" else seals).setdefault(str(viewing), []).append(e)
+            continue  # not a viewing's step (a whole read is an entry of its own)
+        (opens if e.body.action == "viewed" else seals).setdefault(viewing, []).append(e)
     rows = {
         r.id: r
         for r in session.scalars(select(ViewingSession).order_by(ViewingSession.opened_at, ViewingSession.id))
