@@ -326,6 +326,8 @@ def alarm_page(request: Request, alarm_id: str) -> Response:
         record=record,
         directory=directory,
         timeline=timeline(record["alarm"], record["payload"], record["voice_memo"]),
+        # The most of the device's points a trail holds (the alarm's own fix, drawn first, is not one).
+        trail_cap=sources.TRAIL_POINTS,
         can_act=who.principal.role in sources.OPERATORS,
         can_hear=who.principal.role in sources.OPERATORS,
         can_read_custody=who.principal.role in EVIDENCE_METADATA,

@@ -27,7 +27,7 @@ from alarms.api import OPERATORS, READERS
 from alarms.feed import alarm_view
 from alarms.models import AlarmChange, AlarmRecord, LoneWorkerVisit
 from alarms.records import alarm_record, answer_times
-from alarms.trails import trail
+from alarms.trails import TRAIL_POINTS, trail
 from devices.api import ADMINS as DEVICE_ADMINS
 from devices.models import Device, LoneWorkerState, StaffMember
 from devices.service import list_staff
@@ -41,6 +41,7 @@ __all__ = [
     "OPERATORS",
     "READERS",
     "ROLES",
+    "TRAIL_POINTS",
     "USER_ADMINS",
 ]
 

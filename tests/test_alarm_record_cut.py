@@ -96,3 +96,8 @@ def test_an_alarm_record_says_when_it_holds_only_the_first_messages_and_points(
     page = client.get(f"/alarms/{alarm_id}", headers=cookie(services, "admin"))
     assert page.status_code == 200
     assert 'id="messages-more"' in page.text and 'id="trail-more"' in page.text
+    # The page counts the device's points it draws, up to the cap: the alarm's own fix, drawn first,
+    # is not one of them.
+    assert len(record["trail"]) == POINTS + 1 and record["trail"][0]["at"] == record["alarm"]["occurred_at"]
+    note = page.text.split('id="trail-more">', 1)[1].split("</p>", 1)[0]
+    assert f"first {POINTS} " in note and str(POINTS + 1) not in note, note
