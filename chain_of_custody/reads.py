@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import Counter
+from sqlalchemy.orm import Session
 
 from storage.errors import Refused
 from storage.slots import NoSlot
@@ -154,6 +155,7 @@ async def item_response(
     review_reason: str | None = None,
     reason: str | None = None,
     sign_in: str = "",
+    admit: Callable[[Session], None] | None = None,
 ) -> Response:
     """An item's bytes (whole, or the one ``Range`` asked for), streamed after the read's custody
     entry is written, and checked against the recorded digest as they stream: bytes that no longer
@@ -174,7 +176,11 @@ async def item_response(
 
     The answer names the custody entry that records the read (``X-Custody-Entry``: its own entry,
     or the opening entry of its viewing) and, for a range, the viewing (``X-Custody-Viewing``) and
-    whether this read opened or joined it (``X-Custody-Viewing-State``)."""
+    whether this read opened or joined it (``X-Custody-Viewing-State``).
+
+    ``admit`` runs once the read is admitted (its range met, its checks done), in the transaction
+    that records it, before the custody entry: what it raises refuses the read and records nothing
+    (a download's read grant is used up there, so a read refused before that leaves it unused)."""
     try:
         byte_range = parse_range(request.headers.get("range"), item.size)
     except ValueError:
@@ -196,6 +202,11 @@ async def item_response(
         with s.db.session() as other:
             quarantine(other, s.ledger, item.id, f"{exc}; found while {where}", {})
 
+    def admitted(session: Session) -> None:
+        trusted_record(session, s.ledger, item)
+        if admit is not None:
+            admit(session)
+
     def start() -> Iterator[bytes]:
         if in_viewing:
             assert byte_range is not None
@@ -207,7 +218,7 @@ async def item_response(
                     item,
                     byte_range,
                     ViewingPolicy.from_settings(s.settings),
-                    check=lambda session: trusted_record(session, s.ledger, item),
+                    check=admitted,
                     details=details,
                 )
             except RecordUntrusted as exc:
@@ -221,6 +232,8 @@ async def item_response(
                 if not in_viewing:
                     if not reviewing:
                         trusted_record(session, s.ledger, item)
+                    if admit is not None:
+                        admit(session)
                     entry = record_read(session, s.ledger, item, actor, byte_range, purpose, details)
                     recorded["X-Custody-Entry"] = str(entry.seq)
                 return read_item(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from functools import partial
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -271,21 +272,24 @@ async def content(
     if grant is not None and reason is not None:
         raise ReasonRefused("reason_conflict", "a read grant stands for its reason: state none beside it")
 
-    def look_up() -> tuple[EvidenceItem | None, list[str], str | None]:
+    def look_up() -> tuple[EvidenceItem | None, list[str], read_grants.Granted | None]:
         # One session, on a worker thread: the event loop serves every other request meanwhile.
         with s.db.session() as session:
             found = visible_evidence(session, user, item_id)
             if found is None:
                 return None, [], None
-            granted = read_grants.redeem(session, user, found.id, grant) if grant is not None else None
+            granted = read_grants.check(session, user, found.id, grant) if grant is not None else None
             return found, incident_refs(session, user, found), granted
 
     found, refs, granted = await asyncio.to_thread(look_up)
     if found is None:
         raise HTTPException(404, "no such evidence item")
     item = found
+    admit = None
     if granted is not None:
-        reason = granted
+        reason = granted.reason
+        # A download's grant is used by the read it admits, not by a refused one (busy, a bad range).
+        admit = partial(read_grants.use_up, granted=granted, item_id=item.id)
     if item.status == "deleted":
         raise HTTPException(410, "evidence deleted under its retention class")
     if item.status == "quarantined" and (user.role not in QUARANTINE_REVIEWERS or review_reason is None):
@@ -306,6 +310,7 @@ async def content(
         review_reason=review_reason if item.status == "quarantined" else None,
         reason=reason,
         sign_in=user.sign_in,
+        admit=admit,
     )
 
 

@@ -13,6 +13,9 @@ a grant: a random token, of which only the SHA-256 is kept, standing for that re
 - a short time (``DOWNLOAD_SECONDS`` to start a download, ``PLAY_SECONDS`` for a player's ranges);
 - a download: one read (a second use is refused); a player: its ranges until it expires.
 
+A download's grant is used by the read it admits, in the transaction that records it: a read
+refused before that (busy, a range the item cannot meet) leaves the grant for the next try.
+
 A refused grant answers 403 ``grant_refused`` and records nothing. The token in an address is
 never logged either (``logging_setup.scrub``).
 """
@@ -24,7 +27,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, NoReturn
 
 from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
@@ -77,9 +80,20 @@ def issue(session: Session, user: Principal, item_id: str, use: Use, reason: str
     return Issued(token, expires)
 
 
-def redeem(session: Session, user: Principal, item_id: str, token: str) -> str:
-    """The reason ``token`` stands for, for this read of ``item_id`` by ``user``; a download's grant
-    is used up here (atomically: of two reads at once, one gets it). Refused otherwise."""
+@dataclass(frozen=True)
+class Granted:
+    """A grant that stands for a read, not yet used: its reason, and what using it takes."""
+
+    token_hash: str
+    use: str
+    reason: str
+
+
+def check(session: Session, user: Principal, item_id: str, token: str) -> Granted:
+    """The grant ``token`` names, if it stands for this read of ``item_id`` by ``user``: refused
+    otherwise (a download's grant once used, too). Nothing is used up here: a download's grant is used
+    by :func:`use_up`, once the read is admitted, so a read refused on the way (busy, a range beyond
+    the item) leaves it for the next try."""
     now = datetime.now(UTC)
     row = session.get(ReadGrant, _digest(token))
     if (
@@ -94,16 +108,29 @@ def redeem(session: Session, user: Principal, item_id: str, token: str) -> str:
             "grant_refused",
             "this address's grant has expired or is not yours for this item: state the reason again",
         )
-    if row.use == "download":
-        used = session.execute(
-            update(ReadGrant)
-            .where(ReadGrant.token_hash == row.token_hash, ReadGrant.used_at.is_(None))
-            .values(used_at=now)
-        )
-        if getattr(used, "rowcount", 0) != 1:
-            log.warning("read refused: a download grant used twice", extra={"item_id": item_id})
-            raise GrantRefused("grant_refused", "this download was started already: state the reason again")
-    return row.reason
+    if row.use == "download" and row.used_at is not None:
+        _used_twice(item_id)
+    return Granted(row.token_hash, row.use, row.reason)
+
+
+def use_up(session: Session, granted: Granted, item_id: str) -> None:
+    """Use a download's grant, in the transaction that records the read it admits (atomically: of
+    two reads at once, one gets it; the other is refused and its transaction records nothing). A
+    player's grant serves until it expires."""
+    if granted.use != "download":
+        return
+    used = session.execute(
+        update(ReadGrant)
+        .where(ReadGrant.token_hash == granted.token_hash, ReadGrant.used_at.is_(None))
+        .values(used_at=datetime.now(UTC))
+    )
+    if getattr(used, "rowcount", 0) != 1:
+        _used_twice(item_id)
+
+
+def _used_twice(item_id: str) -> NoReturn:
+    log.warning("read refused: a download grant used twice", extra={"item_id": item_id})
+    raise GrantRefused("grant_refused", "this download was started already: state the reason again")
 
 
 def forget_expired(session: Session, now: datetime) -> int:

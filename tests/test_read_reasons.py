@@ -195,3 +195,33 @@ def test_a_read_grant_carries_the_reason_so_no_address_has_to(
     with services.db.session() as session:
         assert forget_expired(session, datetime.now(UTC)) >= 2
         assert session.query(ReadGrant).count() == 0  # the reasons they held are forgotten
+
+
+def test_a_refused_read_leaves_a_download_grant_for_the_next_try(
+    either: tuple[str, Any, dict[str, str]],
+) -> None:
+    """A download's grant is used by the read it admits: a read refused on the way (here a range
+    beyond the item: 416) leaves it unused, so the download that follows is served, once; of several
+    reads with it at once, one is served."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, services, admin = either
+    clip = store_item(services)
+    grants = f"{url}/api/v1/evidence/{clip.id}/read-grants"
+    download = httpx.post(grants, headers=admin, json={"reason": REASON}).json()["url"]
+    r = httpx.get(f"{url}{download}", headers={**admin, "Range": f"bytes={clip.size + 10}-"})
+    assert r.status_code == 416 and r.json()["reason"] == "range_not_satisfiable", r.text
+    assert reasons_on_record(services, clip.id) == []
+    r = httpx.get(f"{url}{download}", headers=admin)
+    assert r.status_code == 200, r.text
+    assert reasons_on_record(services, clip.id) == [REASON]
+    r = httpx.get(f"{url}{download}", headers=admin)
+    assert r.status_code == 403 and r.json()["reason"] == "grant_refused"
+    assert reasons_on_record(services, clip.id) == [REASON]
+
+    # Several reads with one grant at once: one is served, the others refused, one read on record.
+    download = httpx.post(grants, headers=admin, json={"reason": REASON}).json()["url"]
+    with ThreadPoolExecutor(4) as pool:
+        codes = sorted(pool.map(lambda _: httpx.get(f"{url}{download}", headers=admin).status_code, range(4)))
+    assert codes == [200, 403, 403, 403], codes
+    assert reasons_on_record(services, clip.id) == [REASON, REASON]
