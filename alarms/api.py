@@ -66,7 +66,7 @@ from storage.slots import NoSlot
 from . import performance, rules
 from .feed import FeedWatcher, changes_after
 from .lifecycle import AlarmNotFound
-from .records import alarm_record, answer_times, voice_memo_item
+from .records import alarm_record, answer_summaries, voice_memo_item
 from .service import AlarmService
 from .voice_memos import VoiceMemoRefused
 
@@ -146,8 +146,7 @@ def answer_performance(
     time to acknowledge. A time that is an alarm nobody took is null, with ``…_missed`` true."""
     now = datetime.now(UTC)
     with s.db.session() as session:
-        answers = answer_times(session, now - max(performance.PERIODS.values()), user)
-    rows = performance.summaries(answers, now)
+        rows = answer_summaries(session, now, user)  # figured in the database
     if format == "csv":
         return Response(
             performance.to_csv(rows, now),

@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, true
+from sqlalchemy import BigInteger, Integer, and_, case, cast, extract, func, or_, select, true
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from accounts.access import SiteViewer, sees_site, site_scope
 from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from chain_of_custody.models import EvidenceItem
 from incidents.access import Viewer, readable_trail
+from storage.db import is_postgres
 
 from .feed import alarm_view
 from .models import AlarmRecord, LoneWorkerEvent
-from .performance import Answer
+from .performance import PERIODS, TARGETS, Answer, Summary
 from .trails import trail_page
 
 log = logging.getLogger(__name__)
@@ -134,6 +137,83 @@ def answer_times(session: Session, since: datetime, viewer: SiteViewer | None) -
         answered = acked or (resolved if by and by.startswith("user:") else None)
         out.append(Answer(red_at, answered))
     return out
+
+
+def _answered() -> ColumnElement[Any]:
+    """When a person first took the alarm, as :func:`answer_times` has it, in SQL."""
+    return case(
+        (AlarmRecord.acknowledged_at.is_not(None), AlarmRecord.acknowledged_at),
+        (func.substr(AlarmRecord.resolved_by, 1, 5) == "user:", AlarmRecord.resolved_at),
+        else_=None,
+    )
+
+
+def _micros_between(session: Session, start: Any, end: Any) -> ColumnElement[int]:
+    """Whole microseconds from ``start`` to ``end``, exactly (``timedelta`` arithmetic, in SQL).
+    SQLite keeps ``YYYY-MM-DD HH:MM:SS.ffffff`` text and reckons its own times in milliseconds, so
+    the seconds and the microseconds are read from the text apart."""
+    if is_postgres(session):
+        return cast(func.round(extract("epoch", end - start) * 1_000_000), BigInteger)
+
+    def micros(at: Any) -> ColumnElement[int]:
+        seconds = cast(func.strftime("%s", func.substr(at, 1, 19)), Integer)
+        return seconds * 1_000_000 + cast(func.substr(at, 21, 6), Integer)
+
+    return micros(end) - micros(start)
+
+
+def answer_summaries(session: Session, now: datetime, viewer: SiteViewer | None) -> list[Summary]:
+    """``performance.summaries`` of :func:`answer_times` over the last 30 days, figured in the
+    database: one row of counts for the three periods, then each period's median and 95th
+    percentile answer time as one row of its own (``ORDER BY ... OFFSET``), so the service never
+    holds the period's alarms, however many there were."""
+    longest = timedelta(seconds=max(seconds for seconds, _ in TARGETS))
+    answered = _answered()
+    took = _micros_between(session, AlarmRecord.red_at, answered)
+    scope = [
+        AlarmRecord.red_at.is_not(None),
+        AlarmRecord.red_at >= now - max(PERIODS.values()),
+        site_scope(viewer, AlarmRecord.site) if viewer is not None else true(),
+    ]
+
+    def count(*conditions: ColumnElement[bool]) -> ColumnElement[int]:
+        return func.coalesce(func.sum(case((and_(*conditions), 1), else_=0)), 0)
+
+    columns = []
+    for span in PERIODS.values():
+        within = AlarmRecord.red_at >= now - span
+        late = AlarmRecord.red_at < now - longest  # unanswered, and beyond the longest target
+        columns += [
+            count(within, answered.is_not(None)),
+            count(within, answered.is_(None), late),
+            count(within, answered.is_(None), AlarmRecord.red_at >= now - longest),
+            *(count(within, answered.is_not(None), took <= int(t * 1_000_000)) for t, _ in TARGETS),
+        ]
+    counts = session.execute(select(*columns).where(*scope)).one()
+    out = []
+    for n, (name, span) in enumerate(PERIODS.items()):
+        taken, missed, pending, *within_targets = (int(v) for v in counts[5 * n : 5 * n + 5])
+        decided = taken + missed
+        if not decided:
+            out.append(Summary(name, 0, pending, None, None, None, None))
+            continue
+        times = select(took).where(*scope, AlarmRecord.red_at >= now - span, answered.is_not(None))
+        median, p95 = (_ranked(session, times, took, taken, decided, q) for q in (0.5, 0.95))
+        shares = [w / decided for w in within_targets]
+        out.append(Summary(name, decided, pending, shares[0], shares[1], median, p95))
+    return out
+
+
+def _ranked(
+    session: Session, times: Any, took: ColumnElement[int], taken: int, decided: int, q: float
+) -> float:
+    """The nearest-rank ``q`` percentile (as ``performance._rank``) of ``decided`` alarms, of which
+    ``taken`` were answered in the times ``times`` selects and the rest never (slower than any)."""
+    index = max(0, math.ceil(q * decided) - 1)
+    if index >= taken:
+        return math.inf
+    micros = session.scalar(times.order_by(took).offset(index).limit(1))
+    return max(0.0, int(micros or 0) / 1_000_000)
 
 
 def voice_memo_item(session: Session, alarm_id: str, viewer: SiteViewer | None) -> EvidenceItem | None:

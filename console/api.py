@@ -373,8 +373,7 @@ def timeline(view: dict[str, Any], *items: dict[str, Any] | None) -> list[dict[s
 def _summaries(s: CoreServices, viewer: Principal) -> list[performance.Summary]:
     now = _now()
     with s.db.session() as session:
-        answers = sources.answer_times(session, now - max(performance.PERIODS.values()), viewer)
-    return performance.summaries(answers, now)
+        return sources.answer_summaries(session, now, viewer)
 
 
 @router.get("/performance")

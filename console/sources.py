@@ -26,7 +26,7 @@ from alarms import performance
 from alarms.api import OPERATORS, READERS
 from alarms.feed import alarm_view
 from alarms.models import AlarmChange, AlarmRecord, LoneWorkerVisit
-from alarms.records import alarm_record, answer_times
+from alarms.records import alarm_record, answer_summaries, answer_times
 from alarms.trails import TRAIL_POINTS, trail
 from devices.api import ADMINS as DEVICE_ADMINS
 from devices.models import Device, LoneWorkerState, StaffMember
@@ -34,6 +34,7 @@ from devices.service import list_staff
 
 __all__ = [
     "alarm_record",
+    "answer_summaries",
     "answer_times",
     "performance",
     "DEVICE_ADMINS",
