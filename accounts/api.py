@@ -9,7 +9,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, StrictBool
 
@@ -17,6 +17,7 @@ from chain_of_custody.core import CoreServices
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX, Patch
 from storage.errors import Refused
+from storage.paging import link_next, next_headers
 
 from .access import client_address, require_roles, services, sign_in_throttle
 from .models import ROLES, User
@@ -108,12 +109,29 @@ def me(user: Principal = Depends(require_roles(*ROLES))) -> MeOut:
     return MeOut(user_id=user.user_id, username=user.username, role=user.role, site=user.site)
 
 
-@router.get("/users", response_model=list[UserOut])
+USERS_PAGE = 500  # users in a page, unless the caller asks for fewer (as staff and devices)
+USERS_PAGE_MAX = 1000
+
+
+@router.get("/users", response_model=list[UserOut], responses=next_headers())
 def users(
-    user: Principal = Depends(require_roles(*USER_ADMINS)), s: CoreServices = Depends(services)
+    response: Response,
+    after: str = Query(
+        "",
+        max_length=64,
+        description="the username of the previous page's last user (its X-Next-After): the page starts "
+        "after it; empty for the first page",
+    ),
+    limit: int = Query(USERS_PAGE, ge=1, le=USERS_PAGE_MAX, description="most users in the page"),
+    user: Principal = Depends(require_roles(*USER_ADMINS)),
+    s: CoreServices = Depends(services),
 ) -> list[User]:
+    """The users by username, a page at a time (``limit``, then ``after``): while more follow, the
+    answer links the next page (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
     with s.db.session() as session:
-        return list_users(session)
+        rows = list_users(session, after=after, limit=limit + 1)
+    link_next(response, "/api/v1/users", rows[limit - 1].username if len(rows) > limit else None, limit)
+    return rows[:limit]
 
 
 @router.post("/users", response_model=UserOut, status_code=201, responses=error_responses(409))

@@ -172,8 +172,12 @@ def sign_in_mark(kind: str, credential_digest: str) -> str:
 EDITABLE = ("full_name", "role", "site", "active", "password", "unlock")
 
 
-def list_users(session: Session) -> list[User]:
-    return list(session.scalars(select(User).order_by(User.username)))
+def list_users(session: Session, *, after: str = "", limit: int | None = None) -> list[User]:
+    """The users by username, those after ``after``, at most ``limit``."""
+    q = select(User).order_by(User.username)
+    if after:
+        q = q.where(User.username > after)
+    return list(session.scalars(q.limit(limit)))
 
 
 def revoke_tokens(session: Session, user_id: int) -> int:

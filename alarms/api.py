@@ -61,6 +61,7 @@ from incidents.access import ALARM_READERS
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX, MAX_OFFSET
 from storage.errors import Refused
+from storage.paging import link_next, next_headers
 from storage.slots import NoSlot
 
 from . import performance, rules
@@ -362,13 +363,31 @@ def resolve(
     return _act(alarms, user, alarm_id, event)
 
 
-@router.get("/lone-workers")
+LONE_WORKERS_PAGE = 500  # devices in a page, unless the caller asks for fewer (as ``GET /devices``)
+LONE_WORKERS_PAGE_MAX = 1000
+
+
+@router.get("/lone-workers", responses=next_headers())
 def lone_workers(
+    response: Response,
+    after: str = Query(
+        "",
+        max_length=64,
+        description="the id of the previous page's last device (its X-Next-After): the page starts "
+        "after it; empty for the first page",
+    ),
+    limit: int = Query(
+        LONE_WORKERS_PAGE, ge=1, le=LONE_WORKERS_PAGE_MAX, description="most devices in the page"
+    ),
     user: Principal = Depends(require_roles(*READERS)),
     alarms: AlarmService = Depends(alarm_service),
 ) -> list[dict[str, Any]]:
-    """Every lone-worker device: who carries it, presence, last seen, battery, position, open alarms."""
-    return alarms.queries.lone_workers(viewer=user)
+    """The lone-worker devices of the caller's sites by id: who carries it, presence, last seen,
+    battery, position, open alarms; a page at a time (``limit``, then ``after``): while more follow,
+    the answer links the next page (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
+    rows = alarms.queries.lone_workers(viewer=user, after=after, limit=limit + 1)
+    link_next(response, "/api/v1/lone-workers", rows[limit - 1]["id"] if len(rows) > limit else None, limit)
+    return rows[:limit]
 
 
 DIGEST_HEADER = {

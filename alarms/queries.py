@@ -57,9 +57,11 @@ class AlarmQueries:
         with self.db.session() as session:
             return [alarm_view(r) for r in session.scalars(q)]
 
-    def lone_workers(self, viewer: SiteViewer | None = None) -> list[dict[str, Any]]:
-        """Every lone-worker device of the viewer's sites: who carries it, presence, last seen,
-        battery, position, open alarms."""
+    def lone_workers(
+        self, viewer: SiteViewer | None = None, *, after: str = "", limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The lone-worker devices of the viewer's sites by id, those after ``after``, at most
+        ``limit``: who carries it, presence, last seen, battery, position, open alarms."""
         open_alarms = (
             select(AlarmRecord.device_id, func.count().label("n"))
             .where(AlarmRecord.status != "resolved")
@@ -74,15 +76,22 @@ class AlarmQueries:
                 .outerjoin(open_alarms, open_alarms.c.device_id == Device.id)
                 .where(Device.kind == "lone_worker")
                 .where(site_scope(viewer, Device.site) if viewer is not None else true())
+                .where(Device.id > after if after else true())
                 .order_by(Device.id)
+                .limit(limit)
             ).all()
+            ids = [device.id for device, _, _ in rows]
             visits = {
                 v.device_id: {
                     "visit_id": v.visit_id,
                     "note": v.note,
                     "expected_end": v.expected_end.isoformat() if v.expected_end else None,
                 }
-                for v in session.scalars(select(LoneWorkerVisit).where(LoneWorkerVisit.ended_at.is_(None)))
+                for v in session.scalars(
+                    select(LoneWorkerVisit).where(
+                        LoneWorkerVisit.ended_at.is_(None), LoneWorkerVisit.device_id.in_(ids)
+                    )
+                )
             }
             return [_lone_worker(device, state, n, visits.get(device.id)) for device, state, n in rows]
 

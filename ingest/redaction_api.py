@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
@@ -23,7 +24,9 @@ from redaction.models import RedactionJob
 from redaction.pipeline import RedactionSettings
 from redaction.spec import RedactionSpec, check_request
 from storage.api_schema import error_responses
+from storage.bounds import DB_INT_MAX
 from storage.errors import Refused
+from storage.paging import link_next, next_headers
 
 router = APIRouter(prefix="/api/v1", tags=["redaction"])
 
@@ -60,21 +63,40 @@ def _visible_clip(s: CoreServices, user: Principal, item_id: str) -> None:
             raise HTTPException(404, "no such evidence item")
 
 
-@router.get("/evidence/{item_id}/redactions", response_model=list[RedactionJobOut])
+REDACTIONS_PAGE = 100  # versions in a page, unless the caller asks for fewer (as an incident's exports)
+REDACTIONS_PAGE_MAX = 1000
+
+
+@router.get("/evidence/{item_id}/redactions", response_model=list[RedactionJobOut], responses=next_headers())
 def list_redactions(
     item_id: str,
+    response: Response,
+    after: int | None = Query(
+        None,
+        ge=1,
+        le=DB_INT_MAX,
+        description="the version of the previous page's last job (its X-Next-After): the page starts "
+        "after it (with the versions before it); none for the first page",
+    ),
+    limit: int = Query(
+        REDACTIONS_PAGE, ge=1, le=REDACTIONS_PAGE_MAX, description="most versions in the page"
+    ),
     user: Principal = Depends(require_roles(*EVIDENCE_METADATA)),
     s: CoreServices = Depends(services),
 ) -> list[RedactionJobOut]:
-    """Every redaction version of a clip, newest first, with state and progress."""
+    """The redaction versions of a clip, newest first, with state and progress, a page at a time
+    (``limit``, then ``after``): while more follow, the answer links the next page
+    (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
     _visible_clip(s, user, item_id)
     with s.db.session() as session:
-        jobs = session.scalars(
-            select(RedactionJob)
-            .where(RedactionJob.source_item_id == item_id)
-            .order_by(RedactionJob.version.desc())
-        )
-        return [_out(j) for j in jobs]
+        q = select(RedactionJob).where(RedactionJob.source_item_id == item_id)
+        if after is not None:
+            q = q.where(RedactionJob.version < after)
+        jobs = list(session.scalars(q.order_by(RedactionJob.version.desc()).limit(limit + 1)))
+        page = [_out(j) for j in jobs[:limit]]
+    next_after = jobs[limit - 1].version if len(jobs) > limit else None
+    link_next(response, f"/api/v1/evidence/{quote(item_id)}/redactions", next_after, limit)
+    return page
 
 
 @router.post(

@@ -1,6 +1,7 @@
 """Lists that grow with the service's use come a page at a time, in the custody trail's way
-(``limit``, ``after``, ``Link: <...>; rel="next"`` and ``X-Next-After``): staff, devices, subject
-access requests and an incident's export packages. The first page with no parameters is what a client
+(``limit``, ``after``, ``Link: <...>; rel="next"`` and ``X-Next-After``): staff, devices, users,
+lone-worker devices, subject access requests, an incident's export packages and a clip's redaction
+versions. The first page with no parameters is what a client
 saw before (the same order); following the links reads every entry once, in order. On SQLite and on
 PostgreSQL (the keyset reads compare dates, times and texts in SQL)."""
 
@@ -18,8 +19,9 @@ from fastapi.testclient import TestClient
 from devices.models import Device, StaffMember
 from incidents.export.models import ExportJob
 from incidents.service import IncidentDraft, create_incident
+from redaction.models import RedactionJob
 from tests.test_history_paging import follow
-from tests.test_incidents_kit import bearer, user
+from tests.test_incidents_kit import bearer, store_item, user
 
 COUNT = 7
 
@@ -113,3 +115,53 @@ def test_an_incidents_packages_come_a_page_at_a_time(site: tuple[TestClient, Any
     jobs = _pages(client, url, admin)
     assert len(jobs) == COUNT
     assert client.get(f"{url}?after={uuid.uuid4()}", headers=admin).status_code == 422
+
+
+def test_users_and_lone_workers_come_a_page_at_a_time(site: tuple[TestClient, Any, dict[str, str]]) -> None:
+    client, services, admin = site
+    for n in range(COUNT):
+        user(services, f"user-{n:02d}", "operator", "NORTH")
+    with services.db.session() as session:
+        for n in range(COUNT):
+            session.add(Device(id=f"LW-{n:03d}", kind="lone_worker", site="NORTH" if n % 2 else "SOUTH"))
+            session.add(Device(id=f"CAM-{n:03d}", kind="camera", site="NORTH"))
+    users = _pages(client, "/api/v1/users", admin)
+    assert [u["username"] for u in users] == ["admin", *(f"user-{n:02d}" for n in range(COUNT))]
+    assert client.get("/api/v1/users?limit=0", headers=admin).status_code == 422
+    lone = _pages(client, "/api/v1/lone-workers", admin)
+    assert [d["id"] for d in lone] == [f"LW-{n:03d}" for n in range(COUNT)]
+    assert client.get("/api/v1/lone-workers?limit=100000", headers=admin).status_code == 422
+    # A site's manager pages through their own site's devices only; users stay the admin's.
+    user(services, "manager", "security_manager", "NORTH")
+    manager = bearer(services, "manager")
+    north = _pages(client, "/api/v1/lone-workers", manager)
+    assert [d["id"] for d in north] == [f"LW-{n:03d}" for n in range(COUNT) if n % 2]
+    r = client.get("/api/v1/lone-workers?limit=1&after=LW-000", headers=manager)
+    assert [d["id"] for d in r.json()] == ["LW-001"] and r.headers["x-next-after"] == "LW-001"
+    assert client.get("/api/v1/users?limit=1", headers=manager).status_code == 403
+
+
+def test_a_clips_redaction_versions_come_a_page_at_a_time(
+    site: tuple[TestClient, Any, dict[str, str]],
+) -> None:
+    client, services, admin = site
+    clip = store_item(services)
+    with services.db.session() as session:
+        for version in range(1, COUNT + 1):
+            session.add(
+                RedactionJob(
+                    id=str(uuid.uuid4()),
+                    source_item_id=clip.id,
+                    version=version,
+                    requested_by="user:admin",
+                    spec="{}",
+                    status="done",
+                )
+            )
+    url = f"/api/v1/evidence/{clip.id}/redactions"
+    versions = _pages(client, url, admin)
+    assert [v["version"] for v in versions] == list(range(COUNT, 0, -1))
+    r = client.get(f"{url}?limit=3", headers=admin)
+    assert r.headers["x-next-after"] == str(COUNT - 2)
+    assert client.get(f"{url}?after=0", headers=admin).status_code == 422
+    assert client.get(f"/api/v1/evidence/{uuid.uuid4()}/redactions?limit=1", headers=admin).status_code == 404
