@@ -386,29 +386,70 @@ def performance_page(request: Request) -> Response:
 # --------------------------------------------------------------------------- devices and people
 
 
+AfterKey = Annotated[str, Query(max_length=64)]  # where a page of a list starts (its last key shown)
+
+
+def _page(rows: list[Any], size: int, key: str) -> tuple[list[Any], str | None]:
+    """The first ``size`` of ``rows`` (read one beyond), and the key the next page starts after."""
+    if len(rows) <= size:
+        return rows, None
+    last = rows[size - 1]
+    return rows[:size], str(last[key] if isinstance(last, dict) else getattr(last, key))
+
+
 @router.get("/admin/devices")
-def devices_page(request: Request) -> Response:
+def devices_page(request: Request, after: AfterKey = "") -> Response:
+    """The fleet a page at a time (by id, ``after`` the last one shown), as ``GET /api/v1/devices``."""
     who = signed_in(request, sources.DEVICE_READERS)
+    size = sources.LIST_PAGE
     with services(request).db.session() as session:
-        fleet = sources.fleet(session, who.principal)
+        fleet, next_after = _page(
+            sources.fleet(session, who.principal, after=after, limit=size + 1), size, "id"
+        )
         staff = [{"id": m.id, "name": m.name} for m in sources.staff(session, who.principal)]
     return render(
         request,
         "devices.html",
         who,
         fleet=fleet,
+        after=after,
+        next_after=next_after,
         staff=staff,
         can_manage=who.principal.role in sources.DEVICE_ADMINS,
     )
 
 
 @router.get("/admin/people")
-def people_page(request: Request) -> Response:
+def people_page(request: Request, users_after: AfterKey = "", staff_after: AfterKey = "") -> Response:
+    """Users and staff, each a page at a time (``users_after``, ``staff_after``: the last one shown),
+    as ``GET /api/v1/users`` and ``GET /api/v1/staff``."""
     who = signed_in(request, sources.DEVICE_ADMINS)
+    users: list[Any] | None = None
+    users_next = None
     with services(request).db.session() as session:
-        staff = sources.staff(session, who.principal)
-        users = sources.users(session) if who.principal.role in sources.USER_ADMINS else None
-    return render(request, "people.html", who, staff=staff, users=users, roles=sources.ROLES)
+        staff, staff_next = _page(
+            sources.staff(session, who.principal, after=staff_after, limit=sources.LIST_PAGE + 1),
+            sources.LIST_PAGE,
+            "id",
+        )
+        if who.principal.role in sources.USER_ADMINS:
+            users, users_next = _page(
+                sources.users(session, after=users_after, limit=sources.USERS_PAGE + 1),
+                sources.USERS_PAGE,
+                "username",
+            )
+    return render(
+        request,
+        "people.html",
+        who,
+        staff=staff,
+        staff_after=staff_after,
+        staff_next=staff_next,
+        users=users,
+        users_after=users_after if users is not None else "",
+        users_next=users_next,
+        roles=sources.ROLES,
+    )
 
 
 # --------------------------------------------------------------------------- API documentation, offline

@@ -16,12 +16,13 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 from sqlalchemy.orm import Session
 
 from accounts.access import SiteViewer, site_scope
-from accounts.api import USER_ADMINS
+from accounts.api import USER_ADMINS, USERS_PAGE
 from accounts.models import ROLES, User
+from accounts.service import list_users
 from alarms import performance
 from alarms.api import OPERATORS, READERS
 from alarms.feed import alarm_view
@@ -29,6 +30,7 @@ from alarms.models import AlarmChange, AlarmRecord, LoneWorkerVisit
 from alarms.records import alarm_record, answer_summaries, answer_times
 from alarms.trails import TRAIL_POINTS, trail
 from devices.api import ADMINS as DEVICE_ADMINS
+from devices.api import LIST_PAGE
 from devices.models import Device, LoneWorkerState, StaffMember
 from devices.service import list_staff
 
@@ -39,11 +41,13 @@ __all__ = [
     "performance",
     "DEVICE_ADMINS",
     "DEVICE_READERS",
+    "LIST_PAGE",
     "OPERATORS",
     "READERS",
     "ROLES",
     "TRAIL_POINTS",
     "USER_ADMINS",
+    "USERS_PAGE",
 ]
 
 # Who may list the fleet: the roles of ``GET /api/v1/devices``.
@@ -168,8 +172,11 @@ def open_trails(
 # --------------------------------------------------------------------------- devices and people
 
 
-def fleet(session: Session, viewer: SiteViewer) -> list[dict[str, Any]]:
-    """The devices of the viewer's sites (the rows of ``GET /api/v1/devices``), with their state."""
+def fleet(
+    session: Session, viewer: SiteViewer, *, after: str = "", limit: int | None = None
+) -> list[dict[str, Any]]:
+    """The devices of the viewer's sites (the rows of ``GET /api/v1/devices``, by id, those after
+    ``after``, at most ``limit``), with their state."""
     open_counts = (
         select(AlarmRecord.device_id, func.count().label("n"))
         .where(AlarmRecord.status != "resolved", site_scope(viewer, AlarmRecord.site))
@@ -181,8 +188,9 @@ def fleet(session: Session, viewer: SiteViewer) -> list[dict[str, Any]]:
         .outerjoin(LoneWorkerState, LoneWorkerState.device_id == Device.id)
         .outerjoin(StaffMember, StaffMember.id == Device.assigned_staff_id)
         .outerjoin(open_counts, open_counts.c.device_id == Device.id)
-        .where(site_scope(viewer, Device.site))
-        .order_by(Device.kind, Device.id)
+        .where(site_scope(viewer, Device.site), Device.id > after if after else true())
+        .order_by(Device.id)
+        .limit(limit)
     ).all()
     out = []
     for d, st, member, n in rows:
@@ -203,13 +211,17 @@ def fleet(session: Session, viewer: SiteViewer) -> list[dict[str, Any]]:
     return out
 
 
-def staff(session: Session, viewer: SiteViewer) -> list[StaffMember]:
-    """The staff of the viewer's sites (the rows of ``GET /api/v1/staff``)."""
-    return list_staff(session, viewer)
+def staff(
+    session: Session, viewer: SiteViewer, *, after: str = "", limit: int | None = None
+) -> list[StaffMember]:
+    """The staff of the viewer's sites (the rows of ``GET /api/v1/staff``, by staff number, those
+    after ``after``, at most ``limit``)."""
+    return list_staff(session, viewer, after=after, limit=limit)
 
 
-def users(session: Session) -> list[User]:
-    return list(session.scalars(select(User).order_by(User.username)))
+def users(session: Session, *, after: str = "", limit: int | None = None) -> list[User]:
+    """The users (the rows of ``GET /api/v1/users``, by username, those after ``after``, at most ``limit``)."""
+    return list_users(session, after=after, limit=limit)
 
 
 # --------------------------------------------------------------------------- how well the room answers

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -21,7 +21,7 @@ from accounts.access import services
 from incidents.access import INCIDENT_READERS, INCIDENT_WRITERS, Viewer, visible_incident
 from incidents.export.disclosure import package_view
 from incidents.export.models import ExportJob
-from incidents.subject_access.api import request_view
+from incidents.subject_access.api import REQUESTS_PAGE, request_view
 from incidents.subject_access.models import SAR_STATUSES
 from incidents.subject_access.service import requests_for, visible_request
 from redaction.models import RedactionJob
@@ -67,16 +67,29 @@ def versions(session: Session, item_id: str) -> list[dict[str, Any]]:
 
 
 @router.get("/subject-access")
-def requests_page(request: Request, everything: bool = Query(False, alias="all")) -> Response:
+def requests_page(
+    request: Request,
+    everything: bool = Query(False, alias="all"),
+    after: Annotated[str, Query(max_length=64)] = "",
+) -> Response:
+    """The requests the person may see, the fewest days left first, a page at a time (``after`` the
+    last one shown), as ``GET /api/v1/subject-access-requests`` pages them."""
     who = signed_in(request, INCIDENT_READERS)
     statuses = SAR_STATUSES if everything else ("open",)
     with services(request).db.session() as session:
-        rows = [request_view(session, r) for r in requests_for(session, who.principal, statuses)]
+        last = visible_request(session, who.principal, after) if after else None
+        if after and last is None:
+            return render(request, "missing.html", who, 404, what="subject access request")
+        found = requests_for(session, who.principal, statuses, after=last, limit=REQUESTS_PAGE + 1)
+        rows = [request_view(session, r) for r in found[:REQUESTS_PAGE]]
+    next_after = found[REQUESTS_PAGE - 1].id if len(found) > REQUESTS_PAGE else None
     return render(
         request,
         "subject_access.html",
         who,
         requests=rows,
+        after=after,
+        next_after=next_after,
         showing_all=everything,
         can_write=who.principal.role in INCIDENT_WRITERS,
         today=datetime.now(UTC).date().isoformat(),
