@@ -350,7 +350,14 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
         "plain_server_frames_missed": len(plain["seeks"]) - len(plain_frames),
         "baseline_raw_range_1mib": latency_summary(raw),
         "route_range_1mib": latency_summary(routed),
+        # Each seek in order (the first waits for the whole check the first range starts), both servers.
+        "seeks_ms": [_round_ms(s["frame_ms"]) for s in found["seeks"]],
+        "plain_server_seeks_ms": [_round_ms(s["frame_ms"]) for s in plain["seeks"]],
     }
+
+
+def _round_ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def plain_seeks(page: Any, clip: Path, seeks: int) -> dict[str, Any]:

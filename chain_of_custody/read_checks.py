@@ -31,9 +31,9 @@ from storage.slots import Slots
 from .fixity import BLAKE3, FixityCheck, ObjectAltered
 from .models import EvidenceItem
 
-BLOCK = 1024 * 1024
+BLOCK = 256 * 1024  # a range's first byte waits for its first block to be read and checked
 KEEP_SECONDS = 15 * 60
-KEEP_OBJECTS = 512  # about 32 KiB of digests per GiB of object
+KEEP_OBJECTS = 512  # about 128 KiB of digests per GiB of object
 # Whole checks started by ranged reads: two at a time per person, four in all per process.
 WHOLE_CHECKS = Slots(total=4, per_key=2)
 

@@ -32,9 +32,9 @@ from .evidence import (
     record_read,
     trusted_record,
 )
-from .fixity import FixityCheck
+from .fixity import FixityCheck, ObjectAltered
 from .models import EvidenceItem
-from .read_checks import VERIFIED, WHOLE_CHECKS, WholeCheck, object_key, verify_whole
+from .read_checks import VERIFIED, WHOLE_CHECKS, WholeCheck, checked_blocks, object_key, verify_whole
 from .viewing import ViewingKey, ViewingPolicy
 from .viewings import record_range
 
@@ -139,6 +139,48 @@ async def _block_digests(
     return tuple(digests)
 
 
+def _first_of(blocks: Iterator[bytes]) -> bytes | None:
+    return next(blocks, None)
+
+
+def _sent_from(first: bytes | None, blocks: Iterator[bytes]) -> Iterator[bytes]:
+    try:
+        if first is not None:
+            yield first
+        yield from blocks
+    finally:
+        blocks.close()  # type: ignore[attr-defined]
+
+
+async def _range_after_record(
+    blocks: Iterator[bytes], record: Callable[[], None], item: EvidenceItem
+) -> Iterator[bytes]:
+    """A range of a viewing: its first block is read from the store and checked against its block
+    digest while the range is recorded on custody (two worker threads), so the store's round trip
+    overlaps the database's; nothing is handed back to be sent until the record is written. A first
+    block that fails its check has quarantined the item (``checked_blocks``): refused, not served."""
+    loop = asyncio.get_running_loop()
+    ahead = loop.run_in_executor(None, _first_of, blocks)
+    try:
+        await asyncio.to_thread(record)
+    except BaseException:
+        # Not served: the generator is closed once its reading thread is done with it.
+        def close(done: asyncio.Future[bytes | None]) -> None:
+            if not done.cancelled():
+                done.exception()  # looked at: an altered block has been dealt with already
+            blocks.close()  # type: ignore[attr-defined]
+
+        ahead.add_done_callback(close)
+        raise
+    try:
+        first = await ahead
+    except ObjectAltered:
+        raise ReadRefused(
+            "quarantined", f"evidence item {item.id} no longer matches its record; it is quarantined"
+        ) from None
+    return _sent_from(first, blocks)
+
+
 def _part(byte_range: ByteRange | None, size: int) -> bool:
     """A range short of the whole object (a whole read costs what it sends, checked as it streams)."""
     return byte_range is not None and byte_range.length < size
@@ -207,35 +249,35 @@ async def item_response(
         if admit is not None:
             admit(session)
 
+    def record_range_of_viewing() -> None:
+        assert byte_range is not None
+        try:
+            viewed = record_range(
+                s.db,
+                s.ledger,
+                ViewingKey(item.id, actor, sign_in, purpose, reason),
+                item,
+                byte_range,
+                ViewingPolicy.from_settings(s.settings),
+                check=admitted,
+                details=details,
+            )
+        except RecordUntrusted as exc:
+            refuse(exc)
+            raise
+        recorded["X-Custody-Entry"] = str(viewed.opened_seq)
+        recorded["X-Custody-Viewing"] = viewed.viewing_id
+        recorded["X-Custody-Viewing-State"] = "opened" if viewed.opened else "joined"
+
     def start() -> Iterator[bytes]:
-        if in_viewing:
-            assert byte_range is not None
-            try:
-                viewed = record_range(
-                    s.db,
-                    s.ledger,
-                    ViewingKey(item.id, actor, sign_in, purpose, reason),
-                    item,
-                    byte_range,
-                    ViewingPolicy.from_settings(s.settings),
-                    check=admitted,
-                    details=details,
-                )
-            except RecordUntrusted as exc:
-                refuse(exc)
-                raise
-            recorded["X-Custody-Entry"] = str(viewed.opened_seq)
-            recorded["X-Custody-Viewing"] = viewed.viewing_id
-            recorded["X-Custody-Viewing-State"] = "opened" if viewed.opened else "joined"
         with s.db.session() as session:
             try:
-                if not in_viewing:
-                    if not reviewing:
-                        trusted_record(session, s.ledger, item)
-                    if admit is not None:
-                        admit(session)
-                    entry = record_read(session, s.ledger, item, actor, byte_range, purpose, details)
-                    recorded["X-Custody-Entry"] = str(entry.seq)
+                if not reviewing:
+                    trusted_record(session, s.ledger, item)
+                if admit is not None:
+                    admit(session)
+                entry = record_read(session, s.ledger, item, actor, byte_range, purpose, details)
+                recorded["X-Custody-Entry"] = str(entry.seq)
                 return read_item(
                     session,
                     s.ledger,
@@ -247,7 +289,6 @@ async def item_response(
                     on_altered=quarantine_hook(s.db, s.ledger, item.id, where),
                     verify=not reviewing,
                     details=details,
-                    block_digests=digests,
                     recorded=True,
                 )
             except RecordUntrusted as exc:
@@ -256,7 +297,22 @@ async def item_response(
                 raise
 
     try:
-        blocks = await asyncio.to_thread(start)
+        if in_viewing:
+            assert byte_range is not None and digests is not None
+            blocks = await _range_after_record(
+                checked_blocks(
+                    s.store,
+                    item,
+                    digests,
+                    byte_range.start,
+                    byte_range.length,
+                    quarantine_hook(s.db, s.ledger, item.id, where),
+                ),
+                record_range_of_viewing,
+                item,
+            )
+        else:
+            blocks = await asyncio.to_thread(start)
     except RecordUntrusted as exc:
         raise ReadRefused("record_altered", f"the item cannot be served: {exc}") from None
     EVIDENCE_READS.inc()

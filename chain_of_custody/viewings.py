@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
 from storage.db import Database
@@ -237,6 +237,20 @@ def seal(session: Session, ledger: Ledger, row: ViewingSession, why: str, now: d
     return True
 
 
+def _commit_without_flush(db: Database, session: Session) -> None:
+    """Let this transaction (one more range of an open viewing, nothing appended to the ledger)
+    commit without waiting for its write-ahead log to reach the disk: PostgreSQL's
+    ``synchronous_commit = off``, for this transaction only. It saves the disk's flush on every range
+    the player asks for (several a seek). The viewing itself is already on custody, durably: its
+    opening ``viewed`` entry committed with a full flush, covered by a signed tree head before any
+    byte of it was served. The log is written in order, so a crash of the database server can lose
+    only the newest ranges of open viewings (within three ``wal_writer_delay``, 0.6 s by default),
+    whole and in order: never one between two that are kept, so what is kept still chains from the
+    opening entry and the seal counts it. SQLite keeps its own setting (``synchronous=NORMAL``)."""
+    if db.is_postgres:
+        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+
+
 def _cover(db: Database, ledger: Ledger, seq: int) -> None:
     """Wait until a stored tree head covers entry ``seq`` (at once when this process wrote one)."""
     if ledger.tree_heads is not None:
@@ -297,6 +311,7 @@ def record_range(
         if row is not None and ended is None:
             _add_range(session, ledger, row, byte_range, now)
             joined = Viewed(row.id, False, row.opened_seq)
+            _commit_without_flush(db, session)
     if joined is not None:
         SERVED.add(joined.viewing_id)
         _cover(db, ledger, joined.opened_seq)

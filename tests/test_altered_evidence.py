@@ -179,6 +179,17 @@ def test_a_range_is_checked_against_the_whole_object_then_block_by_block(own_sto
     status, trail = _status(s, clip.id)
     assert status == "quarantined" and trail[-1]["action"] == "quarantined"
     assert "found while serving it to" in str(trail[-1]["details"])
+    # Changed inside the first block of a later range: that block is checked while the range is
+    # recorded, so the read is refused outright (nothing sent at all), and the item quarantined.
+    clip, data, marker = _clip(s)
+    target = f"{url}/api/v1/evidence/{clip.id}/content"
+    r = httpx.get(target, headers={**admin, "Range": "bytes=0-99"}, params=READ)
+    assert r.status_code == 206 and r.content == data[:100]
+    _alter_on_disk(seaweed, data, SIZE)
+    r = httpx.get(target, headers={**admin, "Range": f"bytes={SIZE}-{SIZE + 10}"}, params=READ)
+    assert r.status_code == 409 and r.json()["reason"] == "quarantined", r.text
+    status, trail = _status(s, clip.id)
+    assert status == "quarantined" and trail[-1]["action"] == "quarantined"
 
 
 def test_a_row_that_disagrees_with_its_signed_record_is_not_served(own_store: Any) -> None:
