@@ -34,7 +34,7 @@ from .evidence import (
 )
 from .fixity import FixityCheck, ObjectAltered
 from .models import EvidenceItem
-from .read_checks import VERIFIED, WHOLE_CHECKS, WholeCheck, checked_blocks, object_key, verify_whole
+from .read_checks import BLOCK, VERIFIED, WHOLE_CHECKS, WholeCheck, checked_blocks, object_key, verify_whole
 from .viewing import ViewingKey, ViewingPolicy
 from .viewings import record_range
 
@@ -78,16 +78,14 @@ class RangeRefused(Refused):
         )
 
 
-async def _block_digests(
-    s: CoreServices, item: EvidenceItem, request: Request, actor: str, where: str
-) -> tuple[bytes, ...]:
-    """The object's block digests, from a whole check of it lately, or from one this read starts or
-    joins (``read_checks``): refused at once when a new one finds no slot; a check whose every
-    reader went away stops. A check that finds the object altered quarantines the item (once)."""
+def _whole_check_starter(
+    s: CoreServices, item: EvidenceItem, actor: str, where: str
+) -> Callable[[WholeCheck], None]:
+    """What starts a whole check of the item's object for ``VERIFIED.join``: it takes a slot of
+    ``WHOLE_CHECKS`` (``ReadBusy`` when none is free: 429 when the caller's own share is taken, 503
+    otherwise) and reads the object on a thread of its own, keeping its block digests when it
+    matches its record and quarantining the item (once) when it does not."""
     key = object_key(item)
-    kept = VERIFIED.digests(key)
-    if kept is not None:
-        return kept
     on_altered = quarantine_hook(s.db, s.ledger, item.id, where)
 
     def start(check: WholeCheck) -> None:
@@ -122,7 +120,38 @@ async def _block_digests(
 
         threading.Thread(target=run, name="evidence-whole-check", daemon=True).start()
 
-    check = VERIFIED.join(key, start)
+    return start
+
+
+AHEAD_FROM_BYTES = 8 * BLOCK  # smaller objects are checked whole by their first range at little cost
+
+
+def _check_ahead(s: CoreServices, item: EvidenceItem, actor: str, where: str) -> None:
+    """A player's first read (a ``Range`` that spans every byte: it reads the index, then seeks)
+    starts the whole check its first seek would otherwise wait for, unless one is kept or running or
+    no slot is free. It runs to its end with no reader waiting on it (taking a slot as any whole
+    check does), so a seek seconds later finds the object's block digests kept."""
+    key = object_key(item)
+    if item.size < AHEAD_FROM_BYTES or VERIFIED.digests(key) is not None:
+        return
+    try:
+        check = VERIFIED.join(key, _whole_check_starter(s, item, actor, where))
+    except ReadBusy:
+        return  # the first seek starts it, or is told to try again, as before
+    check.result.add_done_callback(lambda _f: VERIFIED.leave(check))
+
+
+async def _block_digests(
+    s: CoreServices, item: EvidenceItem, request: Request, actor: str, where: str
+) -> tuple[bytes, ...]:
+    """The object's block digests, from a whole check of it lately, or from one this read starts or
+    joins (``read_checks``): refused at once when a new one finds no slot; a check whose every
+    reader went away stops. A check that finds the object altered quarantines the item (once)."""
+    key = object_key(item)
+    kept = VERIFIED.digests(key)
+    if kept is not None:
+        return kept
+    check = VERIFIED.join(key, _whole_check_starter(s, item, actor, where))
     waiting = asyncio.wrap_future(check.result)
     try:
         while not waiting.done():
@@ -232,6 +261,8 @@ async def item_response(
     digests = None
     if not reviewing and _part(byte_range, item.size):
         digests = await _block_digests(s, item, request, actor, where)
+    elif not reviewing and byte_range is not None:
+        _check_ahead(s, item, actor, where)
 
     details = {"reason": review_reason or reason} if (reviewing or reason) else None
     # A range (not a quarantine review) is part of a viewing: one custody step for the player's many

@@ -165,3 +165,37 @@ def test_a_whole_check_nobody_waits_for_stops(services: Any) -> None:
         c.result.set_exception(Abandoned(item.id))
     fixity, digests = verify_whole(services.store, item)
     assert fixity.ok and len(digests) == 4
+
+
+def test_a_players_first_read_checks_the_whole_ahead_of_its_seeks(served: Any) -> None:
+    """A player's first read (``Range: bytes=0-``, dropped once it has the index) starts the whole
+    check its first seek would otherwise wait for, and it runs to its end with nobody waiting: the
+    seek then reads only its blocks. A download (no ``Range``) and a small object start none."""
+    from tests.conftest import wait_for
+
+    s, url = served
+    user(s, "boss", "admin")
+    admin = bearer(s, "boss")
+    clip, small = store_item(s, data=os.urandom(SIZE)), store_item(s, data=os.urandom(2 * BLOCK))
+    for item, headers in ((clip, {}), (small, {"Range": "bytes=0-"})):
+        r = httpx.get(
+            f"{url}/api/v1/evidence/{item.id}/content?reason=checking+the+footage",
+            headers={**admin, **headers},
+        )
+        assert r.status_code in (200, 206) and len(r.content) == item.size
+        # Had a check started with the read, it would be running or kept by now.
+        assert VERIFIED.digests(object_key(item)) is None
+        assert object_key(item) not in VERIFIED._running
+    reads = _count_store_reads(s)
+    target = f"{url}/api/v1/evidence/{clip.id}/content?reason=checking+the+footage"
+    with httpx.stream("GET", target, headers={**admin, "Range": "bytes=0-"}) as resp:
+        assert resp.status_code == 206
+        next(resp.iter_bytes(1024))  # the index, and the player goes on to seek
+    wait_for(lambda: VERIFIED.digests(object_key(clip)) is not None, what="the whole check started ahead")
+    wait_for(lambda: WHOLE_CHECKS.held() == 0, what="the check's slot given back")
+    whole = max(reads)
+    assert whole == SIZE  # the check read it all, though the player's own read was dropped
+    before = len(reads)
+    r = httpx.get(target, headers={**admin, "Range": f"bytes={5 * BLOCK}-{5 * BLOCK + 99}"})
+    assert r.status_code == 206 and len(r.content) == 100
+    assert reads[before:] == [BLOCK]  # the seek: one block read, no whole check
