@@ -9,7 +9,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, StrictBool
 
@@ -17,7 +17,7 @@ from chain_of_custody.core import CoreServices
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX, Patch
 from storage.errors import Refused
-from storage.paging import link_next, next_headers
+from storage.paging import after_key, link_next, next_headers, page_limit
 
 from .access import client_address, require_roles, services, sign_in_throttle
 from .models import ROLES, User
@@ -116,13 +116,8 @@ USERS_PAGE_MAX = 1000
 @router.get("/users", response_model=list[UserOut], responses=next_headers())
 def users(
     response: Response,
-    after: str = Query(
-        "",
-        max_length=64,
-        description="the username of the previous page's last user (its X-Next-After): the page starts "
-        "after it; empty for the first page",
-    ),
-    limit: int = Query(USERS_PAGE, ge=1, le=USERS_PAGE_MAX, description="most users in the page"),
+    after: str = after_key("username", "user"),
+    limit: int = page_limit(USERS_PAGE, USERS_PAGE_MAX, "users"),
     user: Principal = Depends(require_roles(*USER_ADMINS)),
     s: CoreServices = Depends(services),
 ) -> list[User]:

@@ -61,7 +61,7 @@ from incidents.access import ALARM_READERS
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX, MAX_OFFSET
 from storage.errors import Refused
-from storage.paging import link_next, next_headers
+from storage.paging import after_key, link_next, next_headers, page_limit
 from storage.slots import NoSlot
 
 from . import performance, rules
@@ -370,15 +370,8 @@ LONE_WORKERS_PAGE_MAX = 1000
 @router.get("/lone-workers", responses=next_headers())
 def lone_workers(
     response: Response,
-    after: str = Query(
-        "",
-        max_length=64,
-        description="the id of the previous page's last device (its X-Next-After): the page starts "
-        "after it; empty for the first page",
-    ),
-    limit: int = Query(
-        LONE_WORKERS_PAGE, ge=1, le=LONE_WORKERS_PAGE_MAX, description="most devices in the page"
-    ),
+    after: str = after_key("id", "device"),
+    limit: int = page_limit(LONE_WORKERS_PAGE, LONE_WORKERS_PAGE_MAX, "devices"),
     user: Principal = Depends(require_roles(*READERS)),
     alarms: AlarmService = Depends(alarm_service),
 ) -> list[dict[str, Any]]:

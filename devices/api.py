@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy.orm import Session
 
 from accounts.access import require_roles, sees_site, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
-from storage.paging import link_next, next_headers
+from storage.paging import after_key, link_next, next_headers, page_limit
 
 from . import service
 from .lone_worker_wire import DEVICE_ID_PATTERN, topic_for
@@ -114,16 +114,7 @@ LIST_PAGE = 500  # staff or devices in a page, unless the caller asks for fewer
 LIST_PAGE_MAX = 1000
 
 
-def _after(what: str) -> Any:
-    return Query(
-        "",
-        max_length=64,
-        description=f"the {what} of the previous page's last entry (its X-Next-After): the page starts "
-        "after it; empty for the first page",
-    )
-
-
-LIMIT = Query(LIST_PAGE, ge=1, le=LIST_PAGE_MAX, description="most entries in the page")
+LIMIT = page_limit(LIST_PAGE, LIST_PAGE_MAX)
 
 
 def _paged(response: Response, path: str, rows: list[Any], limit: int, **params: str) -> list[Any]:
@@ -135,7 +126,7 @@ def _paged(response: Response, path: str, rows: list[Any], limit: int, **params:
 @router.get("/staff", response_model=list[StaffOut], responses=next_headers())
 def list_staff(
     response: Response,
-    after: str = _after("staff number"),
+    after: str = after_key("staff number"),
     limit: int = LIMIT,
     user: Principal = Depends(require_roles(*ADMINS, "auditor", "operator")),
     s: CoreServices = Depends(services),
@@ -230,7 +221,7 @@ def new_broker_password(
 def list_devices(
     response: Response,
     kind: str | None = None,
-    after: str = _after("id"),
+    after: str = after_key("id"),
     limit: int = LIMIT,
     user: Principal = Depends(require_roles(*ADMINS, "auditor", "operator")),
     s: CoreServices = Depends(services),

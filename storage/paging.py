@@ -13,9 +13,26 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import Response
+from fastapi import Query, Response
 
 NEXT_AFTER_HEADER = "X-Next-After"
+
+
+def after_key(key: str, entry: str = "entry") -> Any:
+    """The ``after`` parameter of a list paged by a text key (a username, an id): where the previous
+    page ended, as its ``X-Next-After`` said."""
+    return Query(
+        "",
+        max_length=64,
+        description=f"the {key} of the previous page's last {entry} (its X-Next-After): the page starts "
+        "after it; empty for the first page",
+    )
+
+
+def page_limit(default: int, most: int, entries: str = "entries") -> Any:
+    """The ``limit`` parameter of a paged list: ``default`` entries unless the caller asks for fewer,
+    never more than ``most``."""
+    return Query(default, ge=1, le=most, description=f"most {entries} in the page")
 
 
 def next_url(path: str, after: str | int, limit: int, **params: str) -> str:

@@ -35,7 +35,7 @@ from chain_of_custody.models import CustodyEntry, EvidenceItem
 from storage.api_schema import error_responses
 from storage.bounds import MAX_OFFSET
 from storage.errors import Refused
-from storage.paging import link_next, next_headers
+from storage.paging import after_key, link_next, next_headers, page_limit
 
 from ..access import (
     EVIDENCE_MEDIA,
@@ -419,13 +419,8 @@ EXPORTS_PAGE_MAX = 1000
 def incident_exports(
     incident_id: str,
     response: Response,
-    after: str = Query(
-        "",
-        max_length=64,
-        description="the id of the previous page's last package (its X-Next-After): the page starts "
-        "after it; empty for the first page",
-    ),
-    limit: int = Query(EXPORTS_PAGE, ge=1, le=EXPORTS_PAGE_MAX, description="most packages in the page"),
+    after: str = after_key("id", "package"),
+    limit: int = page_limit(EXPORTS_PAGE, EXPORTS_PAGE_MAX, "packages"),
     user: Viewer = exporters,
     s: CoreServices = Depends(services),
 ) -> list[dict[str, Any]]:

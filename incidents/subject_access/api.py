@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from accounts.access import WRITES_CUSTODY, require_roles, services
 from chain_of_custody.core import CoreServices
 from storage.api_schema import CalendarDate, Timestamp, error_responses
-from storage.paging import link_next, next_headers
+from storage.paging import after_key, link_next, next_headers, page_limit
 
 from ..access import INCIDENT_READERS, INCIDENT_WRITERS, Viewer
 from ..models import Incident
@@ -126,13 +126,8 @@ REQUESTS_PAGE_MAX = 1000
 def list_requests(
     response: Response,
     status: list[SarStatus] = Query(default_factory=lambda: ["open"]),
-    after: str = Query(
-        "",
-        max_length=64,
-        description="the id of the previous page's last request (its X-Next-After): the page starts "
-        "after it; empty for the first page",
-    ),
-    limit: int = Query(REQUESTS_PAGE, ge=1, le=REQUESTS_PAGE_MAX, description="most requests in the page"),
+    after: str = after_key("id", "request"),
+    limit: int = page_limit(REQUESTS_PAGE, REQUESTS_PAGE_MAX, "requests"),
     user: Viewer = readers,
     s: CoreServices = Depends(services),
 ) -> list[dict[str, Any]]:
