@@ -455,4 +455,4 @@ def test_storage_outage_answers_503_and_the_clip_completes_later(tmp_path: Path)
         server.should_exit = True
         thread.join(15)
         s.db.dispose()
-        store.stop()
+        store.kill()  # thrown away with tmp_path: no graceful stop (about 2 s)

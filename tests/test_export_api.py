@@ -362,7 +362,7 @@ def private_services(tmp_path: Path):  # type: ignore[no-untyped-def]
     s = build_services(make_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", seaweed))
     yield s, seaweed
     s.db.dispose()
-    seaweed.stop()
+    seaweed.kill()  # thrown away with tmp_path: no graceful stop (about 2 s)
 
 
 def link_issuer(s, username: str) -> str:  # type: ignore[no-untyped-def]
