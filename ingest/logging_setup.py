@@ -25,7 +25,7 @@ import sys
 import traceback
 from collections.abc import MutableMapping
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 import structlog
 
@@ -150,6 +150,16 @@ class _ScrubbingFormatter(structlog.stdlib.ProcessorFormatter):
 _listener: logging.handlers.QueueListener | None = None
 
 
+class _CurrentStderrHandler(logging.StreamHandler[TextIO]):
+    """Writes each record to ``sys.stderr`` as it is then, not as it was at set-up: a process whose
+    stderr is swapped after set-up (a daemon's redirect, a test runner's capture that is closed
+    later) keeps its log instead of failing every write to the closed stream."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def flush_logging() -> None:
     """Write out every record queued so far (the log thread keeps running)."""
     if _listener is None:
@@ -191,7 +201,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = False, stream: IO[
             renderer,
         ],
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
     handler.setFormatter(formatter)
     records: queue.Queue[logging.LogRecord] = queue.Queue()
     listener = logging.handlers.QueueListener(records, handler)

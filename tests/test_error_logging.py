@@ -179,3 +179,24 @@ def test_a_download_links_token_never_reaches_the_log() -> None:
     ):
         line = scrub(f"request refused path={path} status=416")
         assert lowercase_mac not in line and "/exports/download/[redacted]" in line, line
+
+
+def test_the_log_follows_stderr_when_it_is_swapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set up on one stderr, which is then closed and replaced (a daemon's redirect, a test runner's
+    capture): the next records reach the new stderr, not an error about the closed one."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    first, second = _Buffer(), _Buffer()
+    monkeypatch.setattr("sys.stderr", first)
+    try:
+        configure_logging("INFO")
+        logging.getLogger("evidence.test").info("written before the swap")
+        assert "written before the swap" in first.text()
+        monkeypatch.setattr("sys.stderr", second)
+        first.close()
+        logging.getLogger("evidence.test").info("written after the swap")
+        after = second.text()
+        assert "written after the swap" in after and "Logging error" not in after, after
+    finally:
+        flush_logging()
+        root.handlers[:], root.level = saved[0], saved[1]
