@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -313,6 +314,76 @@ def test_commits_that_arrive_while_a_head_is_stored_share_the_next_one(
     assert not errors, errors
     assert log.written - before == 2
     assert _newest(services) == max(seqs) == log.published
+
+
+def test_a_head_waits_for_an_append_under_way_and_covers_it_too(services: Any) -> None:
+    """Group commit behind the ledger's head row: a commit about to store a tree head while another
+    transaction of the process is appending (here waiting for the head row the first holds) waits for
+    that one's commit, and one head covers both."""
+    log = services.ledger.tree_heads
+    log.gather_seconds = 30.0  # not the bound under test: the wait ends when the other commits
+    _append(services)
+    before = log.written
+    seqs: list[int] = []
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            seqs.append(_append(services))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    other = threading.Thread(target=second)
+    with services.db.session() as session:
+        first = int(services.ledger.append(session, "viewed", "user:test", details={"n": 1}).seq)
+        other.start()
+        waited = threading.Event()
+        for _ in range(6000):  # until the second transaction is appending, behind this one
+            if log.appending == 2:
+                break
+            waited.wait(0.01)
+        assert log.appending == 2
+    other.join(60)
+    assert not errors, errors
+    assert seqs == [first + 1]
+    assert log.written - before == 1
+    assert _newest(services) == first + 1 == log.published
+    assert log.appending == 0
+
+
+def test_the_wait_for_appends_under_way_is_bounded(services: Any) -> None:
+    """A transaction that is appending and does not commit holds a tree head back by at most the
+    bound; a commit alone does not wait at all."""
+    log = services.ledger.tree_heads
+    _append(services)
+    log.gather_seconds = 0.3
+    with services.db.session() as stalled:
+        log.opening(stalled)  # as a transaction waiting for the head row would be
+        t0 = time.monotonic()
+        seq = _append(services)
+        held = time.monotonic() - t0
+        assert _newest(services) >= seq
+    assert 0.3 <= held < 10
+    assert log.appending == 0
+    log.gather_seconds = 30.0
+    t0 = time.monotonic()
+    seq = _append(services)
+    assert time.monotonic() - t0 < 10 and _newest(services) >= seq
+
+
+def test_an_append_rolled_back_or_abandoned_stops_counting(services: Any) -> None:
+    log = services.ledger.tree_heads
+    with pytest.raises(RuntimeError), services.db.session() as session:
+        services.ledger.append(session, "viewed", "user:test")
+        raise RuntimeError("given up")
+    assert log.appending == 0
+    session = services.db.sessions()
+    services.ledger.append(session, "viewed", "user:test")
+    assert log.appending == 1
+    session.close()  # neither committed nor rolled back by hand
+    assert log.appending == 0
+    seq = _append(services)
+    assert _newest(services) == seq
 
 
 def _start_again_and_append(settings: Any) -> tuple[Any, BaseException | None]:
