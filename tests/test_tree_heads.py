@@ -4,9 +4,11 @@ database (with the head row reset to match) is named by verification, on both da
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,9 +17,9 @@ from sqlalchemy import delete, select
 from chain_of_custody.checkpoints import write_checkpoint
 from chain_of_custody.merkle import MerkleTree, leaf_hash
 from chain_of_custody.models import CustodyEntry, LedgerHead
-from chain_of_custody.tree_heads import read_tree_heads
+from chain_of_custody.tree_heads import PREFIX, read_tree_heads
 from chain_of_custody.verify import verify_service
-from storage.objects import StorageError
+from storage.objects import ObjectLocked, StorageError
 
 
 def _append(services: Any, action: str = "viewed", item_id: str | None = None) -> int:
@@ -314,6 +316,32 @@ def test_commits_that_arrive_while_a_head_is_stored_share_the_next_one(
     assert not errors, errors
     assert log.written - before == 2
     assert _newest(services) == max(seqs) == log.published
+
+
+def test_a_stored_tree_head_is_locked_for_its_whole_retention(services: Any) -> None:
+    """A tree head (a small object sent as one plain PUT) is stored under COMPLIANCE retention to the
+    date asked for: it cannot be deleted, and a put of the same name leaves its version as it was."""
+    log = services.ledger.tree_heads
+    _append(services)
+    name = max(services.store.list_keys(PREFIX))
+    original = services.store.get_bytes(name)
+    info = services.store.info(name)
+    assert info.retention_mode == "COMPLIANCE" and info.retain_until is not None
+    expected = datetime.now(UTC) + timedelta(days=log.retain_days)
+    assert abs((info.retain_until - expected).total_seconds()) < 120
+    with pytest.raises(ObjectLocked):
+        services.store.delete_version(name, info.version_id)
+    services.store.put_bytes(
+        name, b"{}", retain_until=datetime.now(UTC) + timedelta(days=1), content_type="application/json"
+    )
+    assert services.store.get_bytes(name, info.version_id) == original
+    with pytest.raises(ObjectLocked):
+        services.store.delete_version(name, info.version_id)
+    stored = services.store.put_bytes(
+        "small.json", b'{"a": 1}', retain_until=expected, content_type="application/json"
+    )
+    assert stored.size == 8 and stored.sha256 == hashlib.sha256(b'{"a": 1}').hexdigest()
+    assert stored.version_id == services.store.info("small.json").version_id
 
 
 def test_a_head_waits_for_an_append_under_way_and_covers_it_too(services: Any) -> None:
