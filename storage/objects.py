@@ -22,12 +22,8 @@ from minio.datatypes import Part
 from minio.error import S3Error
 from minio.objectlockconfig import DAYS, ObjectLockConfig
 from minio.retention import Retention
-from minio.time import to_iso8601utc
 
 from .digests import Digests
-
-ONE_REQUEST_BYTES = 5 * 1024 * 1024
-"""``put_bytes`` sends an object up to this size (S3's smallest multipart part) as one plain PUT."""
 
 STORAGE_FULL_CODES = {"XMinioStorageFull", "QuotaExceeded", "EntityTooLarge", "InsufficientStorage"}
 
@@ -278,27 +274,9 @@ class ObjectStore:
         return StoredObject(self.bucket, key, result.version_id, hashing.digests.size, sha256, blake3)
 
     def put_bytes(self, key: str, data: bytes, *, retain_until: datetime, content_type: str) -> StoredObject:
-        """A whole object held in memory, under COMPLIANCE retention. Up to ``ONE_REQUEST_BYTES`` (a
-        tree head, a checkpoint, an alarm's payload) it is one PUT made straight from the bytes, with
-        the same headers ``put_stream`` sends, without the stream's part bookkeeping: a custody
-        commit waits for one of these, so the client's time per request counts."""
-        if len(data) > ONE_REQUEST_BYTES:
-            return self.put_stream(
-                key, io.BytesIO(data), retain_until=retain_until, content_type=content_type, length=len(data)
-            )
-        headers: dict[str, str | list[str] | tuple[str]] = {
-            "Content-Type": content_type,
-            "x-amz-object-lock-mode": COMPLIANCE,
-            "x-amz-object-lock-retain-until-date": to_iso8601utc(retain_until) or "",
-        }
-        try:
-            result = self.client._put_object(self.bucket, key, data, headers)  # noqa: SLF001
-        except Exception as exc:  # noqa: BLE001
-            raise _translate(exc) from exc
-        digests = Digests()
-        digests.update(data)
-        sha256, blake3 = digests.hexdigests()
-        return StoredObject(self.bucket, key, result.version_id, len(data), sha256, blake3)
+        return self.put_stream(
+            key, io.BytesIO(data), retain_until=retain_until, content_type=content_type, length=len(data)
+        )
 
     def read(
         self,
