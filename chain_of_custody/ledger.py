@@ -58,6 +58,8 @@ class Ledger:
             action = CustodyAction(action).value
         except ValueError:
             raise ValueError(f"unknown custody action {action!r}") from None
+        if self.tree_heads is not None:  # before waiting for the head row: a head being stored waits for it
+            self.tree_heads.opening(session)
         head = session.execute(
             select(LedgerHead).where(LedgerHead.id == 1).with_for_update()
         ).scalar_one_or_none()

@@ -11,7 +11,10 @@ nothing is acknowledged (the entries stand, and the next tree head covers them).
 
 Concurrent commits share one tree head (group commit): a commit waits for the one being written
 and returns at once if it covers its entries; otherwise it writes one covering everything committed
-so far. Every process keeps the tree in memory. A commit hands the leaves it appended to the tree as
+so far. Before it writes, a commit waits a few milliseconds at most (``GATHER_SECONDS``) while other
+transactions of this process are appending (custody appends are serialised on the ledger's head row,
+so theirs commit one after another just behind it), so that the head it stores covers theirs too;
+only entries already committed are ever covered, and alone it does not wait at all. Every process keeps the tree in memory. A commit hands the leaves it appended to the tree as
 it commits, so the tree grows without reading the database back; the database is read only for
 entries this process has not seen committed (another process's, at start, or one whose commit has
 not yet handed its leaves over), and any leaf handed over is checked against the row read for it.
@@ -23,7 +26,9 @@ import json
 import logging
 import random
 import threading
+import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
@@ -45,6 +50,12 @@ _PENDING = "custody_tree_head_pending"
 _WATCHED = "custody_tree_head_watched"
 _LEAVES = "custody_tree_head_leaves"  # seq -> leaf hash appended in the session's transaction
 _UNSURE = "custody_tree_head_unsure"  # a savepoint was rolled back: its leaves may not have committed
+_OPEN = "custody_tree_head_open"  # the transaction is appending (counted in ``TreeHeadLog.appending``)
+
+GATHER_SECONDS = 0.003
+"""How long at most a commit about to store a tree head waits for commits of other transactions of
+this process that are appending, so that one head covers them all (a put costs both the service and
+the store several milliseconds of CPU whatever it carries). A commit that is alone does not wait."""
 
 
 def entry_body(row: CustodyEntry) -> EntryBody:
@@ -172,10 +183,13 @@ def stored_heads_contradicting(store: ObjectStore, key: ServiceKey, tree: Merkle
 class TreeHeadLog:
     """This process's view of the Merkle tree and the tree heads it has written."""
 
-    def __init__(self, store: ObjectStore, key: ServiceKey, retain_days: int) -> None:
+    def __init__(
+        self, store: ObjectStore, key: ServiceKey, retain_days: int, gather_seconds: float = GATHER_SECONDS
+    ) -> None:
         self.store = store
         self.key = key
         self.retain_days = retain_days
+        self.gather_seconds = gather_seconds
         self.tree = MerkleTree()
         self.published = 0
         self.latest: TreeHead | None = None
@@ -185,9 +199,34 @@ class TreeHeadLog:
         self._loaded = False  # the tree has been read from the database once (at start)
         self._handed: dict[int, bytes] = {}  # leaves committed in this process, not yet in the tree
         self._handed_lock = threading.Lock()
+        self._arrived = threading.Condition(self._handed_lock)  # leaves handed over, an append ended
+        self.appending = 0  # transactions of this process between the start of an append and their end
         self.contradicted: LedgerContradicted | None = None  # found at start: nothing is signed
 
     # -- the commit hook ---------------------------------------------------------------------------
+
+    def opening(self, session: Session) -> None:
+        """``session``'s transaction is about to append (it may first wait for the ledger's head row):
+        a tree head stored meanwhile waits a little for its commit (``GATHER_SECONDS``)."""
+        self._listen(session)
+        if not session.info.get(_OPEN):
+            session.info[_OPEN] = True
+            with self._arrived:
+                self.appending += 1
+
+    def _ended(self, session: Session) -> None:
+        """``session``'s transaction no longer appends (it committed, rolled back or was closed)."""
+        if session.info.pop(_OPEN, False):
+            with self._arrived:
+                self.appending -= 1
+                self._arrived.notify_all()
+
+    def _listen(self, session: Session) -> None:
+        if not session.info.get(_WATCHED):
+            session.info[_WATCHED] = True
+            event.listen(session, "after_commit", self._after_commit)
+            event.listen(session, "after_rollback", self._after_rollback)
+            event.listen(session, "after_transaction_end", self._after_transaction_end)
 
     def watch(self, session: Session, seq: int, leaf: bytes | None = None) -> None:
         """``seq`` (leaf hash ``leaf``) was appended in ``session``'s transaction: cover it before its
@@ -195,42 +234,47 @@ class TreeHeadLog:
         session.info[_PENDING] = max(seq, session.info.get(_PENDING, 0))
         if leaf is not None:
             session.info.setdefault(_LEAVES, {})[seq] = leaf
-        if not session.info.get(_WATCHED):
-            session.info[_WATCHED] = True
-            event.listen(session, "after_commit", self._after_commit)
-            event.listen(session, "after_rollback", self._after_rollback)
+        self._listen(session)
 
     def _after_commit(self, session: Session) -> None:
         seq = session.info.pop(_PENDING, 0)
         leaves: dict[int, bytes] = session.info.pop(_LEAVES, {})
         unsure = session.info.pop(_UNSURE, False)
         if not seq:
+            self._ended(session)
             return
         bind = session.get_bind()
         engine = bind if isinstance(bind, Engine) else bind.engine
         try:
             if unsure:  # which of its entries committed is known to the database alone
+                self._ended(session)
                 self.cover_all(engine)
             else:
-                self.committed(leaves)
+                self.committed(leaves)  # handed over before this commit stops counting as appending
+                self._ended(session)
                 self.cover(seq, engine)
         except Exception as exc:  # noqa: BLE001 - raised by Database.session once the commit is done
             log.error("custody tree head not written", extra={"seq": seq, "error": str(exc)})
             session.info[COMMIT_DUTY_FAILED] = exc
 
-    @staticmethod
-    def _after_rollback(session: Session) -> None:
+    def _after_rollback(self, session: Session) -> None:
         if session.in_nested_transaction():  # a savepoint: what was appended before it still stands
             session.info[_UNSURE] = True
             return
         session.info.pop(_PENDING, None)
         session.info.pop(_LEAVES, None)
         session.info.pop(_UNSURE, None)
+        self._ended(session)
+
+    def _after_transaction_end(self, session: Session, transaction: Any) -> None:
+        if transaction.parent is None:  # the whole transaction, however it ended (a close, too)
+            self._ended(session)
 
     def committed(self, leaves: dict[int, bytes]) -> None:
         """Leaves of entries whose transaction has committed, for the tree to take in order."""
-        with self._handed_lock:
+        with self._arrived:
             self._handed.update(leaves)
+            self._arrived.notify_all()
         if min(leaves, default=self.tree.size + 1) <= self.tree.size:  # read back from the database meanwhile
             self._settle_handed()
 
@@ -302,7 +346,23 @@ class TreeHeadLog:
         with self._lock:
             if self.published >= seq:
                 return None
+            self._gather()
             return self._write(seq, engine)
+
+    def _gather(self) -> None:
+        """Wait, ``gather_seconds`` at most, while other transactions of this process are appending:
+        theirs commit just behind this one, and the head about to be stored then covers them as well
+        (lock held, so their own commits wait for it rather than each storing one). Nothing that has
+        not committed is covered: the tree takes only leaves handed over by a commit."""
+        if self.gather_seconds <= 0:
+            return
+        deadline = time.monotonic() + self.gather_seconds
+        with self._arrived:
+            while self.appending > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._arrived.wait(left)
 
     def cover_all(self, engine: Engine) -> TreeHead:
         """Make sure a stored tree head covers every entry committed now."""

@@ -4,8 +4,11 @@ database (with the head row reset to match) is named by verification, on both da
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,9 +17,9 @@ from sqlalchemy import delete, select
 from chain_of_custody.checkpoints import write_checkpoint
 from chain_of_custody.merkle import MerkleTree, leaf_hash
 from chain_of_custody.models import CustodyEntry, LedgerHead
-from chain_of_custody.tree_heads import read_tree_heads
+from chain_of_custody.tree_heads import PREFIX, read_tree_heads
 from chain_of_custody.verify import verify_service
-from storage.objects import StorageError
+from storage.objects import ObjectLocked, StorageError
 
 
 def _append(services: Any, action: str = "viewed", item_id: str | None = None) -> int:
@@ -313,6 +316,102 @@ def test_commits_that_arrive_while_a_head_is_stored_share_the_next_one(
     assert not errors, errors
     assert log.written - before == 2
     assert _newest(services) == max(seqs) == log.published
+
+
+def test_a_stored_tree_head_is_locked_for_its_whole_retention(services: Any) -> None:
+    """A tree head (a small object sent as one plain PUT) is stored under COMPLIANCE retention to the
+    date asked for: it cannot be deleted, and a put of the same name leaves its version as it was."""
+    log = services.ledger.tree_heads
+    _append(services)
+    name = max(services.store.list_keys(PREFIX))
+    original = services.store.get_bytes(name)
+    info = services.store.info(name)
+    assert info.retention_mode == "COMPLIANCE" and info.retain_until is not None
+    expected = datetime.now(UTC) + timedelta(days=log.retain_days)
+    assert abs((info.retain_until - expected).total_seconds()) < 120
+    with pytest.raises(ObjectLocked):
+        services.store.delete_version(name, info.version_id)
+    services.store.put_bytes(
+        name, b"{}", retain_until=datetime.now(UTC) + timedelta(days=1), content_type="application/json"
+    )
+    assert services.store.get_bytes(name, info.version_id) == original
+    with pytest.raises(ObjectLocked):
+        services.store.delete_version(name, info.version_id)
+    stored = services.store.put_bytes(
+        "small.json", b'{"a": 1}', retain_until=expected, content_type="application/json"
+    )
+    assert stored.size == 8 and stored.sha256 == hashlib.sha256(b'{"a": 1}').hexdigest()
+    assert stored.version_id == services.store.info("small.json").version_id
+
+
+def test_a_head_waits_for_an_append_under_way_and_covers_it_too(services: Any) -> None:
+    """Group commit behind the ledger's head row: a commit about to store a tree head while another
+    transaction of the process is appending (here waiting for the head row the first holds) waits for
+    that one's commit, and one head covers both."""
+    log = services.ledger.tree_heads
+    log.gather_seconds = 30.0  # not the bound under test: the wait ends when the other commits
+    _append(services)
+    before = log.written
+    seqs: list[int] = []
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            seqs.append(_append(services))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    other = threading.Thread(target=second)
+    with services.db.session() as session:
+        first = int(services.ledger.append(session, "viewed", "user:test", details={"n": 1}).seq)
+        other.start()
+        waited = threading.Event()
+        for _ in range(6000):  # until the second transaction is appending, behind this one
+            if log.appending == 2:
+                break
+            waited.wait(0.01)
+        assert log.appending == 2
+    other.join(60)
+    assert not errors, errors
+    assert seqs == [first + 1]
+    assert log.written - before == 1
+    assert _newest(services) == first + 1 == log.published
+    assert log.appending == 0
+
+
+def test_the_wait_for_appends_under_way_is_bounded(services: Any) -> None:
+    """A transaction that is appending and does not commit holds a tree head back by at most the
+    bound; a commit alone does not wait at all."""
+    log = services.ledger.tree_heads
+    _append(services)
+    log.gather_seconds = 0.3
+    with services.db.session() as stalled:
+        log.opening(stalled)  # as a transaction waiting for the head row would be
+        t0 = time.monotonic()
+        seq = _append(services)
+        held = time.monotonic() - t0
+        assert _newest(services) >= seq
+    assert 0.3 <= held < 10
+    assert log.appending == 0
+    log.gather_seconds = 30.0
+    t0 = time.monotonic()
+    seq = _append(services)
+    assert time.monotonic() - t0 < 10 and _newest(services) >= seq
+
+
+def test_an_append_rolled_back_or_abandoned_stops_counting(services: Any) -> None:
+    log = services.ledger.tree_heads
+    with pytest.raises(RuntimeError), services.db.session() as session:
+        services.ledger.append(session, "viewed", "user:test")
+        raise RuntimeError("given up")
+    assert log.appending == 0
+    session = services.db.sessions()
+    services.ledger.append(session, "viewed", "user:test")
+    assert log.appending == 1
+    session.close()  # neither committed nor rolled back by hand
+    assert log.appending == 0
+    seq = _append(services)
+    assert _newest(services) == seq
 
 
 def _start_again_and_append(settings: Any) -> tuple[Any, BaseException | None]:
