@@ -69,13 +69,15 @@ def write_checkpoint(
     return cp
 
 
-def read_checkpoints(store: ObjectStore, key: ServiceKey) -> tuple[list[Checkpoint], list[str]]:
-    """All checkpoints in storage, with the names of any whose signature fails."""
+def read_checkpoints(store: ObjectStore, key: ServiceKey) -> tuple[list[Checkpoint], list[str], list[str]]:
+    """All checkpoints in storage (every version, hidden or not), the names of any whose signature
+    fails, and the names a delete marker hides (``ObjectStore.list_stored``)."""
     good: list[Checkpoint] = []
     bad: list[str] = []
-    for name in sorted(store.list_keys(PREFIX)):
+    stored, hidden = store.list_stored(PREFIX)
+    for name, version in stored:
         try:
-            d = json.loads(store.get_bytes(name))
+            d = json.loads(store.get_bytes(name, version))
             cp = Checkpoint(int(d["seq"]), d["entry_hash"], d["at"], d["key_id"], d["signature"])
         except (ValueError, KeyError):
             bad.append(name)
@@ -84,4 +86,4 @@ def read_checkpoints(store: ObjectStore, key: ServiceKey) -> tuple[list[Checkpoi
             good.append(cp)
         else:
             bad.append(name)
-    return good, bad
+    return good, bad, hidden

@@ -84,10 +84,13 @@ def object_name(head: TreeHead) -> str:
     return f"{PREFIX}{head.tree_size:015d}-{head.root_hash[:16]}.json"
 
 
-def _read_one(store: ObjectStore, key: ServiceKey, name: str) -> TreeHead | None:
-    """The tree head stored under ``name`` if it is one signed by ``key`` (None otherwise)."""
+Stored = tuple[str, str | None]  # a tree head's name and the version that holds it (``list_stored``)
+
+
+def _read_one(store: ObjectStore, key: ServiceKey, stored: Stored) -> TreeHead | None:
+    """The tree head stored as ``stored`` if it is one signed by ``key`` (None otherwise)."""
     try:
-        head = TreeHead.from_json(json.loads(store.get_bytes(name)))
+        head = TreeHead.from_json(json.loads(store.get_bytes(*stored)))
     except (ValueError, KeyError, TypeError):
         return None
     return head if head.signed_by(key.public) else None
@@ -103,9 +106,10 @@ NEWEST_TRIES = 64  # unsigned objects passed over, newest first, before giving u
 
 def sample_tree_heads(
     store: ObjectStore, key: ServiceKey, sample: int | None, rng: random.Random | None = None
-) -> tuple[list[TreeHead], list[str], int]:
+) -> tuple[list[TreeHead], list[str], int, list[str]]:
     """The tree heads a check reads, smallest first, the names among them that are not the key's,
-    and how many tree heads storage holds.
+    how many tree heads storage holds, and the names a delete marker hides (their heads are read
+    all the same: every version is listed, ``ObjectStore.list_stored``).
 
     ``sample`` None reads every one. Otherwise it reads a bounded number whatever the log's age:
     the newest signed one (what a cut tail is checked against; unsigned objects above it are named,
@@ -114,13 +118,13 @@ def sample_tree_heads(
     rewritten history, which contradicts every tree head stored after the rewritten entry, is
     caught unless all of them are left out). Only the names are listed in full; a name carries its
     head's size (``object_name``), so the sample is drawn without reading the others."""
-    names = sorted(store.list_keys(PREFIX))
-    read: dict[str, TreeHead | None] = {}  # each object fetched once
+    names, hidden = store.list_stored(PREFIX)
+    read: dict[Stored, TreeHead | None] = {}  # each object fetched once
     if sample is None:
         picked = names
     else:
         pool = random.SystemRandom() if rng is None else rng
-        chosen: set[str] = set()
+        chosen: set[Stored] = set()
         for name in reversed(names[-NEWEST_TRIES:]):
             chosen.add(name)
             read[name] = _read_one(store, key, name)
@@ -137,11 +141,11 @@ def sample_tree_heads(
     for name in picked:
         head = read[name] if name in read else _read_one(store, key, name)
         if head is None:
-            bad.append(name)
+            bad.append(name[0])
         else:
             good.append(head)
     good.sort(key=lambda h: (h.tree_size, h.timestamp))
-    return good, bad, len(names)
+    return good, bad, len(names), hidden
 
 
 class LedgerContradicted(RuntimeError):
@@ -158,14 +162,14 @@ def stored_heads_contradicting(store: ObjectStore, key: ServiceKey, tree: Merkle
     Heads are named by their size, zero-padded, so both are a listing from one name on; only when
     no head has the ledger's exact size (a crash between a commit and its head) is every name read."""
     size = tree.size
-    for name in store.list_keys(PREFIX, start_after=f"{PREFIX}{size:015d}."):
+    for name in store.list_stored(PREFIX, start_after=f"{PREFIX}{size:015d}.")[0]:
         head = _read_one(store, key, name)
         if head is not None and head.tree_size > size:
             return (
                 f"a signed tree head in storage covers {head.tree_size} custody entries; "
                 f"the ledger holds {size}"
             )
-    names = store.list_keys(f"{PREFIX}{size:015d}-") if size else []
+    names = store.list_stored(f"{PREFIX}{size:015d}-")[0] if size else []
     heads = [h for h in (_read_one(store, key, n) for n in names) if h is not None]
     if not heads:
         heads = [h for h in sample_tree_heads(store, key, 0)[0] if h.tree_size <= size]

@@ -45,6 +45,12 @@ RECORD_FIELDS = ("bucket", "object_key", "version_id", "sha256", "blake3", "size
 RECORDED_AS = {"object_key": "key", "derived_from_id": "derived_from"}
 
 
+HIDDEN = (
+    "deleted by name in storage: a delete marker hides it from a plain listing, and its locked "
+    "version, still kept, was read all the same"
+)
+
+
 def row_disagreements(item: EvidenceItem, stored: Mapping[str, Any]) -> list[str]:
     """Where the item's row differs from its ``stored`` custody details, one sentence a field: the
     row is what objects are found and re-checked by, the custody entry is hashed and signed."""
@@ -161,9 +167,11 @@ def verify_service(
         )
     say("checking checkpoints")
     try:
-        checkpoints, bad = read_checkpoints(store, key)
+        checkpoints, bad, hidden = read_checkpoints(store, key)
         for name in bad:
             report.problems.append(Problem("bad_checkpoint", name, "checkpoint signature does not verify"))
+        for name in hidden:
+            report.problems.append(Problem("hidden_checkpoint", name, HIDDEN))
         for cp in checkpoints:
             at = by_seq.get(cp.seq)
             if at is None:
@@ -429,12 +437,14 @@ def check_tree_heads(
     ``sample`` bounds what is read (``tree_heads.sample_tree_heads``: the newest, the oldest and that
     many at random; None: all). Returns how many tree heads were read."""
     try:
-        heads, bad, stored = sample_tree_heads(store, key, sample)
+        heads, bad, stored, hidden = sample_tree_heads(store, key, sample)
     except StorageError as exc:
         report.problems.append(Problem("storage_unreachable", "tree heads", str(exc)))
         return 0
     for name in bad:
         report.problems.append(Problem("bad_tree_head", name, "not a tree head signed by the service key"))
+    for name in hidden:
+        report.problems.append(Problem("hidden_tree_head", name, HIDDEN))
     read = len(heads) + len(bad)
     if read < stored:
         report.notes.append(

@@ -496,3 +496,61 @@ def test_a_process_started_after_a_crash_before_its_head_checks_the_newest_head_
         assert _newest(services) == covered + 2
     finally:
         other.db.dispose()
+
+
+def _cut_and_hide(services: Any, keep: int) -> list[str]:
+    """The attack with the store's credentials too: the entries after ``keep`` deleted and the head
+    row reset (service stopped), and every tree head and checkpoint that would show the cut deleted
+    by name. A locked version cannot be removed; the delete leaves a marker that hides its name from
+    a plain listing and a plain read. Returns the names hidden."""
+    from chain_of_custody import checkpoints
+
+    with services.db.session() as session:
+        session.execute(delete(CustodyEntry).where(CustodyEntry.seq > keep))
+        kept = session.scalar(select(CustodyEntry).where(CustodyEntry.seq == keep))
+        head = session.get(LedgerHead, 1)
+        head.last_seq, head.last_hash = keep, kept.entry_hash
+        head.checkpoint_seq = 0
+    store = services.store
+    hidden = [n for n in store.list_keys(PREFIX) if int(n.removeprefix(PREFIX)[:15]) > keep]
+    hidden += store.list_keys(checkpoints.PREFIX)
+    for name in hidden:
+        store.client.remove_object(store.bucket, name)  # no version: a delete marker
+    assert not set(hidden) & set(store.list_keys(PREFIX) + store.list_keys(checkpoints.PREFIX))
+    return hidden
+
+
+def test_tree_heads_and_checkpoints_hidden_by_a_delete_marker_are_still_read(services: Any) -> None:
+    for _ in range(3):
+        keep = _append(services)
+    with services.db.session() as session:
+        assert write_checkpoint(session, services.store, services.key, retain_days=1) is not None
+    for _ in range(3):
+        last = _append(services)
+    hidden = _cut_and_hide(services, keep)
+    assert len(hidden) >= 4  # three heads over the cut entries (at least) and the checkpoint
+    with services.db.session() as session:
+        report = verify_service(session, services.store, services.key)
+    kinds = sorted(p.kind for p in report.problems)
+    assert kinds.count("ledger_truncated") == 1, [str(p) for p in report.problems]
+    truncated = next(p for p in report.problems if p.kind == "ledger_truncated")
+    assert f"entries #{keep + 1}..#{last} were removed" in truncated.detail
+    named = {p.where for p in report.problems if p.kind in ("hidden_tree_head", "hidden_checkpoint")}
+    assert named == set(hidden), [str(p) for p in report.problems]
+    assert set(kinds) == {"ledger_truncated", "hidden_tree_head", "hidden_checkpoint"}
+
+
+def test_a_process_started_on_a_cut_ledger_whose_heads_are_hidden_signs_nothing(
+    services: Any, settings: Any
+) -> None:
+    from chain_of_custody.tree_heads import LedgerContradicted
+
+    for _ in range(4):
+        last = _append(services)
+    _cut_and_hide(services, last - 2)
+    other, refused = _start_again_and_append(settings)
+    try:
+        assert isinstance(refused, LedgerContradicted), refused
+        assert f"covers {last} custody entries; the ledger holds {last - 1}" in str(refused)
+    finally:
+        other.db.dispose()
