@@ -141,6 +141,13 @@ def _check_ahead(s: CoreServices, item: EvidenceItem, actor: str, where: str) ->
     check.result.add_done_callback(lambda _f: VERIFIED.leave(check))
 
 
+def _no_longer_matches(item: EvidenceItem) -> ReadRefused:
+    """The refusal of a read whose bytes were found not to match the item's record (it is quarantined)."""
+    return ReadRefused(
+        "quarantined", f"evidence item {item.id} no longer matches its record; it is quarantined"
+    )
+
+
 async def _block_digests(
     s: CoreServices, item: EvidenceItem, request: Request, actor: str, where: str
 ) -> tuple[bytes, ...]:
@@ -162,9 +169,7 @@ async def _block_digests(
         VERIFIED.leave(check)
     fixity, digests = waiting.result()
     if not isinstance(fixity, FixityCheck) or not fixity.ok:
-        raise ReadRefused(
-            "quarantined", f"evidence item {item.id} no longer matches its record; it is quarantined"
-        )
+        raise _no_longer_matches(item)
     return tuple(digests)
 
 
@@ -204,9 +209,7 @@ async def _range_after_record(
     try:
         first = await ahead
     except ObjectAltered:
-        raise ReadRefused(
-            "quarantined", f"evidence item {item.id} no longer matches its record; it is quarantined"
-        ) from None
+        raise _no_longer_matches(item) from None
     return _sent_from(first, blocks)
 
 
