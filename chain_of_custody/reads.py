@@ -12,11 +12,14 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import anyio
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import Counter
 from sqlalchemy.orm import Session
+from starlette.types import Receive, Scope, Send
 
 from storage.errors import Refused
 from storage.slots import NoSlot
@@ -213,6 +216,36 @@ async def _range_after_record(
     return _sent_from(first, blocks)
 
 
+class ClosedWithTheClient(StreamingResponse):
+    """A streamed read whose blocks are closed the moment its answer ends, whether sent whole or cut
+    short by the client going away (a player drops a range when it seeks elsewhere): the blocks stop
+    being read and checked, and their store read and its connection are given back at once, not
+    whenever the garbage collector comes by. No worker thread is inside the blocks then: the thread
+    reading the next block is waited for when the answer is cancelled. Closing runs on a worker
+    thread (a whole read's reader thread is joined), never on the event loop."""
+
+    def __init__(self, blocks: Iterator[bytes], **kwargs: Any) -> None:
+        super().__init__(blocks, **kwargs)
+        self._blocks = blocks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_close, self._blocks)
+
+
+def _close(blocks: Iterator[bytes]) -> None:
+    close = getattr(blocks, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except ValueError:  # still being read by another thread: it ends with that read
+        log.warning("a dropped read's blocks were still being read", exc_info=True)
+
+
 def _part(byte_range: ByteRange | None, size: int) -> bool:
     """A range short of the whole object (a whole read costs what it sends, checked as it streams)."""
     return byte_range is not None and byte_range.length < size
@@ -358,7 +391,7 @@ async def item_response(
         headers["X-Evidence-SHA256"] = item.sha256
     if byte_range is None:
         headers["Content-Length"] = str(item.size)
-        return StreamingResponse(blocks, media_type=item.content_type, headers=headers)
+        return ClosedWithTheClient(blocks, media_type=item.content_type, headers=headers)
     headers["Content-Length"] = str(byte_range.length)
     headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{item.size}"
-    return StreamingResponse(blocks, status_code=206, media_type=item.content_type, headers=headers)
+    return ClosedWithTheClient(blocks, status_code=206, media_type=item.content_type, headers=headers)

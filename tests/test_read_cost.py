@@ -199,3 +199,45 @@ def test_a_players_first_read_checks_the_whole_ahead_of_its_seeks(served: Any) -
     r = httpx.get(target, headers={**admin, "Range": f"bytes={5 * BLOCK}-{5 * BLOCK + 99}"})
     assert r.status_code == 206 and len(r.content) == 100
     assert reads[before:] == [BLOCK]  # the seek: one block read, no whole check
+
+
+def test_a_dropped_range_stops_its_stream_and_store_read_at_once(served: Any) -> None:
+    """A player drops a range it no longer wants (it seeks elsewhere): the blocks behind it stop and
+    their store read is closed as the client goes, not whenever the garbage collector comes by (here
+    it never does: it is off), so no read keeps a store connection or a thread for a gone client."""
+    import gc
+
+    from tests.conftest import wait_for
+
+    s, url = served
+    user(s, "boss", "admin")
+    admin = bearer(s, "boss")
+    size = 96 * BLOCK  # 24 MiB: more than the sockets between the two ends hold
+    clip = store_item(s, data=os.urandom(size))
+    target = f"{url}/api/v1/evidence/{clip.id}/content?reason=checking+the+footage"
+    assert httpx.get(target, headers={**admin, "Range": "bytes=0-0"}).status_code == 206  # checked whole
+    store = s.store
+    original = store.read
+    opened: list[int] = []
+    closed: list[int] = []
+
+    def read(key: str, version_id: str | None = None, offset: int = 0, length: int = 0, chunk: int = BLOCK):  # type: ignore[no-untyped-def]
+        opened.append(offset)
+        try:
+            yield from original(key, version_id, offset, length, chunk)
+        finally:
+            closed.append(offset)
+
+    store.read = read
+    gc.collect()
+    gc.disable()
+    try:
+        with httpx.stream("GET", target, headers={**admin, "Range": f"bytes={BLOCK}-"}) as resp:
+            assert resp.status_code == 206
+            next(resp.iter_bytes(64 * 1024))
+        # The connection is closed with most of the range unread.
+        wait_for(lambda: closed == [BLOCK], timeout=10, what="the dropped range's store read closed")
+        assert opened == [BLOCK]
+    finally:
+        gc.enable()
+        store.read = original
