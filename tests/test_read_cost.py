@@ -241,3 +241,44 @@ def test_a_dropped_range_stops_its_stream_and_store_read_at_once(served: Any) ->
     finally:
         gc.enable()
         store.read = original
+
+
+def test_the_next_range_from_where_a_player_stopped_reads_no_block_twice(served: Any) -> None:
+    """A player drops a range once it has what it wants and asks for the next from where it stopped:
+    the blocks the range before read and checked are served as they were checked, and the store is
+    read only from the first block not held (the first byte waits for no store round trip). Held
+    blocks go with the object's kept digests (``forget``)."""
+    s, url = served
+    user(s, "boss", "admin")
+    admin = bearer(s, "boss")
+    data = os.urandom(SIZE)
+    clip = store_item(s, data=data)
+    target = f"{url}/api/v1/evidence/{clip.id}/content?reason=checking+the+footage"
+
+    def ranged(lo: int, hi: int) -> bytes:
+        r = httpx.get(target, headers={**admin, "Range": f"bytes={lo}-{hi}"})
+        assert r.status_code == 206, r.text
+        return r.content
+
+    assert ranged(0, 0) == data[:1]  # checked whole: block digests kept
+    offsets: list[int] = []
+    original = s.store.read
+
+    def read(key: str, version_id: str | None = None, offset: int = 0, length: int = 0, chunk: int = BLOCK):  # type: ignore[no-untyped-def]
+        offsets.append(offset)
+        yield from original(key, version_id, offset, length, chunk)
+
+    s.store.read = read
+    try:
+        assert ranged(BLOCK, 4 * BLOCK - 1) == data[BLOCK : 4 * BLOCK]
+        assert offsets == [BLOCK]
+        assert ranged(2 * BLOCK + 5, 5 * BLOCK + 9) == data[2 * BLOCK + 5 : 5 * BLOCK + 10]
+        assert offsets == [BLOCK, 4 * BLOCK]  # blocks 2 and 3 were held; 4 and 5 read
+        assert ranged(3 * BLOCK, 3 * BLOCK + 99) == data[3 * BLOCK : 3 * BLOCK + 100]
+        assert offsets == [BLOCK, 4 * BLOCK]
+        VERIFIED.forget(object_key(clip))  # e.g. a block found altered: nothing held is served
+        assert VERIFIED.recent_block(object_key(clip), 3) is None
+        assert ranged(3 * BLOCK, 3 * BLOCK + 99) == data[3 * BLOCK : 3 * BLOCK + 100]
+        assert offsets[-2:] == [0, 3 * BLOCK]  # checked whole again, then its block read
+    finally:
+        s.store.read = original
