@@ -312,7 +312,7 @@ async def item_response(
             quarantine(other, s.ledger, item.id, f"{exc}; found while {where}", {})
 
     def admitted(session: Session) -> None:
-        trusted_record(session, s.ledger, item)
+        trusted_record(session, s.ledger, item, seen_row=True)
         if admit is not None:
             admit(session)
 
