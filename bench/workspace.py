@@ -21,7 +21,9 @@ afresh several times:
   every read is checked against the recorded digest as it streams): from setting ``currentTime`` to the frame shown (``requestVideoFrameCallback``). Baselines,
   same run: the same clip, the same seeks in the same browser, from a plain file server on the same
   machine (HTTP Range, no sign-in, no custody: what the browser and the machine alone take), and
-  1 MiB range reads at random offsets straight from storage and through the route.
+  1 MiB range reads at random offsets straight from storage and through the route. The ``<video>``
+  has ``preload="metadata"`` (``--preload auto`` for the workspace player's own setting); ``--trace
+  DIR`` writes chromium's network timing of every range beside each seek's wall time.
 
 Targets: the incident's page under 1 s to first render; seek p95 under 300 ms. Phases are separate
 functions keyed by name (``PHASES``): the footage player's own page can be measured by a phase of
@@ -32,6 +34,7 @@ Run it alone: ``flock /tmp/bench.lock .venv/bin/python bench/workspace.py``.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -173,9 +176,9 @@ def phase_pages(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- seeking in a large clip
 
-SEEK_SCRIPT = """async ({src, seeks, seed}) => {
+SEEK_SCRIPT = """async ({src, seeks, seed, preload}) => {
   const v = document.createElement('video');
-  v.muted = true; v.preload = 'metadata'; v.src = src;
+  v.muted = true; v.preload = preload; v.src = src;
   document.body.append(v);
   await new Promise((ok, bad) => {
     v.addEventListener('loadeddata', ok, {once: true});
@@ -192,7 +195,7 @@ SEEK_SCRIPT = """async ({src, seeks, seed}) => {
     v.currentTime = target;
     const s = await seeked;
     const f = await Promise.race([frame, new Promise((ok) => setTimeout(() => ok(null), 10000))]);
-    out.push({target, seeked_ms: s - t0, frame_ms: f ? f.now - t0 : null, media: f ? f.media : null});
+    out.push({target, wall: performance.timeOrigin + t0, seeked_ms: s - t0, frame_ms: f ? f.now - t0 : null, media: f ? f.media : null});
   }
   return {duration: v.duration, seeks: out};
 }"""
@@ -302,14 +305,21 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
             session, services.ledger, incident_id, "evidence", item.id, "user:admin", "the long recording"
         )
     page.goto(f"{base}/incidents")
+    net = _network_log(page)
     found = page.evaluate(
         SEEK_SCRIPT,
         {
             "src": f"/api/v1/evidence/{item.id}/content?reason=benchmark+of+seeking",
             "seeks": ctx["seeks"],
             "seed": 20261202,
+            "preload": ctx["preload"],
         },
     )
+    net["cdp"].detach()
+    if ctx["trace"] is not None:  # chromium's own timing of each range, beside each seek's wall time
+        ctx["trace"].mkdir(exist_ok=True, parents=True)
+        (ctx["trace"] / "network.json").write_text(json.dumps(net["events"]))
+        (ctx["trace"] / "seeks.json").write_text(json.dumps(found["seeks"]))
     frames = [s["frame_ms"] / 1000 for s in found["seeks"] if s["frame_ms"] is not None]
     seeked = [s["seeked_ms"] / 1000 for s in found["seeks"]]
     with services.db.session() as session:  # every range the player asked for, kept in its viewings
@@ -318,7 +328,7 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
             .join(ViewingSession, ViewingSession.id == ViewingRange.viewing_id)
             .where(ViewingSession.item_id == item.id)
         )
-    plain = plain_seeks(page, clip, ctx["seeks"])
+    plain = plain_seeks(page, clip, ctx["seeks"], ctx["preload"])
     clip.unlink()
     plain_frames = [s["frame_ms"] / 1000 for s in plain["seeks"] if s["frame_ms"] is not None]
     rng = random.Random(7)
@@ -339,6 +349,7 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
             assert r.status_code == 206 and r.content == got
     return {
         "clip_bytes": size,
+        "preload": ctx["preload"],
         "clip_seconds": found["duration"],
         "store_put_s": round(stored_s, 1),
         "seek_to_frame": latency_summary(frames),
@@ -356,11 +367,29 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
     }
 
 
+def _network_log(page: Any) -> dict[str, Any]:
+    """Chromium's own network timing of the page's requests (DevTools protocol): each request's
+    ``Range`` and wall time sent, its response, every chunk received, and how it ended (a range the
+    player dropped ends ``canceled``)."""
+    cdp = page.context.new_cdp_session(page)
+    events: list[dict[str, Any]] = []
+    for name in (
+        "Network.requestWillBeSent",
+        "Network.responseReceived",
+        "Network.dataReceived",
+        "Network.loadingFinished",
+        "Network.loadingFailed",
+    ):
+        cdp.on(name, lambda params, name=name: events.append({"event": name, **params}))
+    cdp.send("Network.enable")
+    return {"cdp": cdp, "events": events}
+
+
 def _round_ms(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def plain_seeks(page: Any, clip: Path, seeks: int) -> dict[str, Any]:
+def plain_seeks(page: Any, clip: Path, seeks: int, preload: str = "metadata") -> dict[str, Any]:
     """The same seeks on the same clip from a plain file server (Starlette's ``FileResponse``, which
     answers HTTP Range) in a thread of this process: the browser's decoding and the machine's load
     without anything of the service."""
@@ -392,7 +421,7 @@ def plain_seeks(page: Any, clip: Path, seeks: int) -> dict[str, Any]:
             time.sleep(0.05)
         page.goto(f"http://127.0.0.1:{port}/")
         found: dict[str, Any] = page.evaluate(
-            SEEK_SCRIPT, {"src": "/clip.mp4", "seeks": seeks, "seed": 20261202}
+            SEEK_SCRIPT, {"src": "/clip.mp4", "seeks": seeks, "seed": 20261202, "preload": preload}
         )
         return found
     finally:
@@ -417,6 +446,17 @@ def main() -> None:
     )
     parser.add_argument("--seek-gb", type=float, default=2.0, help="size of the clip the seek phase plays")
     parser.add_argument("--seeks", type=int, default=40)
+    parser.add_argument(
+        "--preload",
+        choices=["metadata", "auto"],
+        default="metadata",
+        help="the <video> element's preload (the workspace's player uses auto)",
+    )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        help="write chromium's network timing of the player's ranges and each seek's wall time here",
+    )
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of a scratch PostgreSQL")
     parser.add_argument("--out", default="workspace")
     args = parser.parse_args()
@@ -471,6 +511,8 @@ def main() -> None:
                 "work": work,
                 "seek_gb": args.seek_gb,
                 "seeks": args.seeks,
+                "preload": args.preload,
+                "trace": args.trace,
                 "token": {"Authorization": f"Bearer {token}"},
             }
             for name in args.phase or list(PHASES):

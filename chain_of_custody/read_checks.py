@@ -5,7 +5,10 @@ all of it (:func:`verify_whole`), and on the way keeps a BLAKE3 digest of every 
 Those block digests come from bytes that matched the signed record, so for a while
 (``KEEP_SECONDS``) a ranged read of that object reads only the blocks its range lies in and checks
 each against its block digest before any of it is sent (:func:`checked_blocks`): a changed byte in a
-block served is still never served; one outside it is found by the next whole read or check.
+block served is still never served; one outside it is found by the next whole read or check. The
+blocks a range has just read and checked are held a little while (``RECENT_BLOCKS``, ``RECENT_SECONDS``)
+and served again as they were checked to the range a player asks for next, from where it dropped
+the last, without the store's round trip before its first byte.
 
 A whole check is shared: reads of an object that is being checked wait for that check rather than
 starting their own, and a check nobody waits for any more (the clients went away) stops. Starting
@@ -34,6 +37,8 @@ from .models import EvidenceItem
 BLOCK = 256 * 1024  # a range's first byte waits for its first block to be read and checked
 KEEP_SECONDS = 15 * 60
 KEEP_OBJECTS = 512  # about 128 KiB of digests per GiB of object
+RECENT_BLOCKS = 64  # 16 MiB of blocks lately read and checked, for the range a player asks for next
+RECENT_SECONDS = 30.0
 # Whole checks started by ranged reads: two at a time per person, four in all per process.
 WHOLE_CHECKS = Slots(total=4, per_key=2)
 
@@ -98,12 +103,44 @@ class _Kept:
 class VerifiedObjects:
     """The block digests of objects lately checked whole, and the whole checks in progress."""
 
-    def __init__(self, keep_seconds: float = KEEP_SECONDS, keep_objects: int = KEEP_OBJECTS) -> None:
+    def __init__(
+        self,
+        keep_seconds: float = KEEP_SECONDS,
+        keep_objects: int = KEEP_OBJECTS,
+        recent_blocks: int = RECENT_BLOCKS,
+        recent_seconds: float = RECENT_SECONDS,
+    ) -> None:
         self.keep_seconds = keep_seconds
         self.keep_objects = keep_objects
+        self.recent_blocks = recent_blocks
+        self.recent_seconds = recent_seconds
         self._lock = threading.RLock()  # a check done at once finishes inside join()
         self._kept: OrderedDict[Key, _Kept] = OrderedDict()
         self._running: dict[Key, WholeCheck] = {}
+        self._recent: OrderedDict[tuple[Key, int], tuple[bytes, float]] = OrderedDict()
+
+    def recent_block(self, key: Key, index: int) -> bytes | None:
+        """Block ``index`` of ``key`` as a range read it lately and found it to match its block
+        digest, while that digest is still kept; None when it is not held."""
+        with self._lock:
+            held = self._recent.get((key, index))
+            if held is None:
+                return None
+            block, until = held
+            if until <= time.monotonic() or key not in self._kept:
+                del self._recent[(key, index)]
+                return None
+            return block
+
+    def keep_block(self, key: Key, index: int, block: bytes) -> None:
+        """Hold a block that has just matched its block digest (the newest ``recent_blocks``)."""
+        if self.recent_blocks <= 0:
+            return
+        with self._lock:
+            self._recent[(key, index)] = (block, time.monotonic() + self.recent_seconds)
+            self._recent.move_to_end((key, index))
+            while len(self._recent) > self.recent_blocks:
+                self._recent.popitem(last=False)
 
     def digests(self, key: Key) -> tuple[bytes, ...] | None:
         """The block digests of ``key`` if it was checked whole lately."""
@@ -127,10 +164,13 @@ class VerifiedObjects:
     def forget(self, key: Key) -> None:
         with self._lock:
             self._kept.pop(key, None)
+            for held in [k for k in self._recent if k[0] == key]:
+                del self._recent[held]
 
     def clear(self) -> None:
         with self._lock:
             self._kept.clear()
+            self._recent.clear()
 
     def join(self, key: Key, start: Callable[[WholeCheck], None]) -> WholeCheck:
         """Wait on the whole check of ``key`` in progress, or start one with ``start`` (which may
@@ -171,11 +211,26 @@ def checked_blocks(
 ) -> Iterator[bytes]:
     """Bytes ``lo``..``lo+n`` of the object, reading only the blocks they lie in, each checked against
     its block digest before any of it is yielded. On a mismatch ``on_mismatch`` runs (log it,
-    quarantine the item), the digests are forgotten and ObjectAltered is raised."""
+    quarantine the item), the digests are forgotten and ObjectAltered is raised.
+
+    Leading blocks that a range read and checked lately are served as they were checked, without
+    the store's round trip (``VerifiedObjects.recent_block``): a player drops a range once it has
+    what it wants and asks for the next from where it stopped, in a block the range before it read
+    and checked already. Every block read from the store here is held so, once it has matched."""
+    key = object_key(item)
     first, last = lo // BLOCK, (lo + n - 1) // BLOCK
-    start, end = first * BLOCK, min(item.size, (last + 1) * BLOCK)
-    chunks = store.read(item.object_key, item.version_id, offset=start, length=end - start, chunk=BLOCK)
-    index, pos = first, start
+    end = min(item.size, (last + 1) * BLOCK)
+    index, pos = first, first * BLOCK
+    while index <= last:
+        held = VERIFIED.recent_block(key, index)
+        if held is None:
+            break
+        a, b = max(lo, pos), min(lo + n, pos + len(held))
+        yield held if (a, b) == (pos, pos + len(held)) else held[a - pos : b - pos]
+        index, pos = index + 1, pos + len(held)
+    if pos >= end:
+        return
+    chunks = store.read(item.object_key, item.version_id, offset=pos, length=end - pos, chunk=BLOCK)
     try:
         for block in blocks_of(chunks):
             expected = digests[index] if index < len(digests) else b""
@@ -184,10 +239,11 @@ def checked_blocks(
                 check = FixityCheck("", expected.hex() or "(no block here)", min(BLOCK, item.size - pos))
                 check.update(block)
                 assert check.algorithm == BLAKE3
-                VERIFIED.forget(object_key(item))
+                VERIFIED.forget(key)
                 if on_mismatch is not None:
                     on_mismatch(check)
                 raise ObjectAltered(f"block {index}: {check.mismatch()}")
+            VERIFIED.keep_block(key, index, block)
             a, b = max(lo, pos), min(lo + n, pos + len(block))
             if a < b:
                 yield block if (a, b) == (pos, pos + len(block)) else block[a - pos : b - pos]
@@ -195,5 +251,5 @@ def checked_blocks(
     finally:
         chunks.close()  # type: ignore[attr-defined]
     if pos < end:
-        VERIFIED.forget(object_key(item))
+        VERIFIED.forget(key)
         raise ObjectAltered(f"the object ends at byte {pos}, its record says {item.size}")

@@ -12,11 +12,14 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import anyio
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import Counter
 from sqlalchemy.orm import Session
+from starlette.types import Receive, Scope, Send
 
 from storage.errors import Refused
 from storage.slots import NoSlot
@@ -141,6 +144,13 @@ def _check_ahead(s: CoreServices, item: EvidenceItem, actor: str, where: str) ->
     check.result.add_done_callback(lambda _f: VERIFIED.leave(check))
 
 
+def _no_longer_matches(item: EvidenceItem) -> ReadRefused:
+    """The refusal of a read whose bytes were found not to match the item's record (it is quarantined)."""
+    return ReadRefused(
+        "quarantined", f"evidence item {item.id} no longer matches its record; it is quarantined"
+    )
+
+
 async def _block_digests(
     s: CoreServices, item: EvidenceItem, request: Request, actor: str, where: str
 ) -> tuple[bytes, ...]:
@@ -162,9 +172,7 @@ async def _block_digests(
         VERIFIED.leave(check)
     fixity, digests = waiting.result()
     if not isinstance(fixity, FixityCheck) or not fixity.ok:
-        raise ReadRefused(
-            "quarantined", f"evidence item {item.id} no longer matches its record; it is quarantined"
-        )
+        raise _no_longer_matches(item)
     return tuple(digests)
 
 
@@ -204,10 +212,38 @@ async def _range_after_record(
     try:
         first = await ahead
     except ObjectAltered:
-        raise ReadRefused(
-            "quarantined", f"evidence item {item.id} no longer matches its record; it is quarantined"
-        ) from None
+        raise _no_longer_matches(item) from None
     return _sent_from(first, blocks)
+
+
+class ClosedWithTheClient(StreamingResponse):
+    """A streamed read whose blocks are closed the moment its answer ends, whether sent whole or cut
+    short by the client going away (a player drops a range when it seeks elsewhere): the blocks stop
+    being read and checked, and their store read and its connection are given back at once, not
+    whenever the garbage collector comes by. No worker thread is inside the blocks then: the thread
+    reading the next block is waited for when the answer is cancelled. Closing runs on a worker
+    thread (a whole read's reader thread is joined), never on the event loop."""
+
+    def __init__(self, blocks: Iterator[bytes], **kwargs: Any) -> None:
+        super().__init__(blocks, **kwargs)
+        self._blocks = blocks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_close, self._blocks)
+
+
+def _close(blocks: Iterator[bytes]) -> None:
+    close = getattr(blocks, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except ValueError:  # still being read by another thread: it ends with that read
+        log.warning("a dropped read's blocks were still being read", exc_info=True)
 
 
 def _part(byte_range: ByteRange | None, size: int) -> bool:
@@ -276,7 +312,7 @@ async def item_response(
             quarantine(other, s.ledger, item.id, f"{exc}; found while {where}", {})
 
     def admitted(session: Session) -> None:
-        trusted_record(session, s.ledger, item)
+        trusted_record(session, s.ledger, item, seen_row=True)
         if admit is not None:
             admit(session)
 
@@ -355,7 +391,7 @@ async def item_response(
         headers["X-Evidence-SHA256"] = item.sha256
     if byte_range is None:
         headers["Content-Length"] = str(item.size)
-        return StreamingResponse(blocks, media_type=item.content_type, headers=headers)
+        return ClosedWithTheClient(blocks, media_type=item.content_type, headers=headers)
     headers["Content-Length"] = str(byte_range.length)
     headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{item.size}"
-    return StreamingResponse(blocks, status_code=206, media_type=item.content_type, headers=headers)
+    return ClosedWithTheClient(blocks, status_code=206, media_type=item.content_type, headers=headers)

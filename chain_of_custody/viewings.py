@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -184,6 +185,54 @@ def opening_problem(session: Session, ledger: Ledger, row: ViewingSession) -> st
     return Opening(entry.entry_hash, datetime.fromisoformat(signed.body.at.replace("Z", "+00:00")), chained)
 
 
+class CheckedOpenings:
+    """The opening entries this process has found a viewing row to stand for (``opening_problem``),
+    by everything of the row that check reads: a row joined again with the same values needs no
+    second read and signature check of its opening entry (a custody entry, once found intact and
+    signed, stays what it was; ``evidence verify`` finds a later edit). A row edited in any of those
+    values is checked afresh; whether it is sealed is looked at on every join."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._found: OrderedDict[tuple[object, ...], Opening] = OrderedDict()
+
+    @staticmethod
+    def key(row: ViewingSession) -> tuple[object, ...]:
+        return (row.id, row.opened_seq, row.item_id, row.actor, row.purpose, row.open_key)
+
+    def get(self, row: ViewingSession) -> Opening | None:
+        with self._lock:
+            return self._found.get(self.key(row))
+
+    def add(self, row: ViewingSession, opening: Opening) -> None:
+        with self._lock:
+            self._found[self.key(row)] = opening
+            self._found.move_to_end(self.key(row))
+            while len(self._found) > self.keep:
+                self._found.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._found.clear()
+
+
+CHECKED_OPENINGS = CheckedOpenings()
+
+
+def _opening_of_joined(session: Session, ledger: Ledger, row: ViewingSession) -> str | Opening:
+    """``opening_problem`` for a row a range would join: a sealed row never joins, and an opening
+    this process has already found the row to stand for is not read and checked again."""
+    if row.closed_seq is None and row.closed_at is None:
+        found = CHECKED_OPENINGS.get(row)
+        if found is not None:
+            return found
+    opening = opening_problem(session, ledger, row)
+    if not isinstance(opening, str):
+        CHECKED_OPENINGS.add(row, opening)
+    return opening
+
+
 def _matches(row: ViewingSession, key: ViewingKey) -> bool:
     return (row.item_id, row.actor, row.purpose, row.reason) == (
         key.item_id,
@@ -271,7 +320,7 @@ def _live(
     ).first()
     if row is None:
         return None, None, None
-    opening = opening_problem(session, ledger, row)
+    opening = _opening_of_joined(session, ledger, row)
     if isinstance(opening, str):
         return row, FORGED, opening
     if not _matches(row, key):

@@ -199,3 +199,86 @@ def test_a_players_first_read_checks_the_whole_ahead_of_its_seeks(served: Any) -
     r = httpx.get(target, headers={**admin, "Range": f"bytes={5 * BLOCK}-{5 * BLOCK + 99}"})
     assert r.status_code == 206 and len(r.content) == 100
     assert reads[before:] == [BLOCK]  # the seek: one block read, no whole check
+
+
+def test_a_dropped_range_stops_its_stream_and_store_read_at_once(served: Any) -> None:
+    """A player drops a range it no longer wants (it seeks elsewhere): the blocks behind it stop and
+    their store read is closed as the client goes, not whenever the garbage collector comes by (here
+    it never does: it is off), so no read keeps a store connection or a thread for a gone client."""
+    import gc
+
+    from tests.conftest import wait_for
+
+    s, url = served
+    user(s, "boss", "admin")
+    admin = bearer(s, "boss")
+    size = 96 * BLOCK  # 24 MiB: more than the sockets between the two ends hold
+    clip = store_item(s, data=os.urandom(size))
+    target = f"{url}/api/v1/evidence/{clip.id}/content?reason=checking+the+footage"
+    assert httpx.get(target, headers={**admin, "Range": "bytes=0-0"}).status_code == 206  # checked whole
+    store = s.store
+    original = store.read
+    opened: list[int] = []
+    closed: list[int] = []
+
+    def read(key: str, version_id: str | None = None, offset: int = 0, length: int = 0, chunk: int = BLOCK):  # type: ignore[no-untyped-def]
+        opened.append(offset)
+        try:
+            yield from original(key, version_id, offset, length, chunk)
+        finally:
+            closed.append(offset)
+
+    store.read = read
+    gc.collect()
+    gc.disable()
+    try:
+        with httpx.stream("GET", target, headers={**admin, "Range": f"bytes={BLOCK}-"}) as resp:
+            assert resp.status_code == 206
+            next(resp.iter_bytes(64 * 1024))
+        # The connection is closed with most of the range unread.
+        wait_for(lambda: closed == [BLOCK], timeout=10, what="the dropped range's store read closed")
+        assert opened == [BLOCK]
+    finally:
+        gc.enable()
+        store.read = original
+
+
+def test_the_next_range_from_where_a_player_stopped_reads_no_block_twice(served: Any) -> None:
+    """A player drops a range once it has what it wants and asks for the next from where it stopped:
+    the blocks the range before read and checked are served as they were checked, and the store is
+    read only from the first block not held (the first byte waits for no store round trip). Held
+    blocks go with the object's kept digests (``forget``)."""
+    s, url = served
+    user(s, "boss", "admin")
+    admin = bearer(s, "boss")
+    data = os.urandom(SIZE)
+    clip = store_item(s, data=data)
+    target = f"{url}/api/v1/evidence/{clip.id}/content?reason=checking+the+footage"
+
+    def ranged(lo: int, hi: int) -> bytes:
+        r = httpx.get(target, headers={**admin, "Range": f"bytes={lo}-{hi}"})
+        assert r.status_code == 206, r.text
+        return r.content
+
+    assert ranged(0, 0) == data[:1]  # checked whole: block digests kept
+    offsets: list[int] = []
+    original = s.store.read
+
+    def read(key: str, version_id: str | None = None, offset: int = 0, length: int = 0, chunk: int = BLOCK):  # type: ignore[no-untyped-def]
+        offsets.append(offset)
+        yield from original(key, version_id, offset, length, chunk)
+
+    s.store.read = read
+    try:
+        assert ranged(BLOCK, 4 * BLOCK - 1) == data[BLOCK : 4 * BLOCK]
+        assert offsets == [BLOCK]
+        assert ranged(2 * BLOCK + 5, 5 * BLOCK + 9) == data[2 * BLOCK + 5 : 5 * BLOCK + 10]
+        assert offsets == [BLOCK, 4 * BLOCK]  # blocks 2 and 3 were held; 4 and 5 read
+        assert ranged(3 * BLOCK, 3 * BLOCK + 99) == data[3 * BLOCK : 3 * BLOCK + 100]
+        assert offsets == [BLOCK, 4 * BLOCK]
+        VERIFIED.forget(object_key(clip))  # e.g. a block found altered: nothing held is served
+        assert VERIFIED.recent_block(object_key(clip), 3) is None
+        assert ranged(3 * BLOCK, 3 * BLOCK + 99) == data[3 * BLOCK : 3 * BLOCK + 100]
+        assert offsets[-2:] == [0, 3 * BLOCK]  # checked whole again, then its block read
+    finally:
+        s.store.read = original

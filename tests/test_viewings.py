@@ -701,3 +701,53 @@ def test_a_viewing_opened_before_its_ranges_were_chained_is_sealed_not_joined(se
     assert sealed["details"]["viewing"] == legacy and sealed["details"]["closed"] == "unchained"
     assert sealed["details"]["ranges"] == 1 and "ranges_altered" not in sealed["details"]
     assert _kinds(s) == []
+
+
+def test_a_viewings_opening_and_its_items_record_are_checked_once_per_process(
+    live: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ranges of one viewing read by one process read and check the opening entry (its
+    signature, that it names this viewing) and the item's signed ``stored`` entry once, not once per
+    range; a row edited since is checked afresh and refused, and a quarantine is asked about on
+    every range."""
+    import chain_of_custody.evidence as evidence
+    import chain_of_custody.viewings as viewings
+    from chain_of_custody.evidence import quarantine
+    from chain_of_custody.models import EvidenceItem
+
+    s, url, admin = live.services, live.url, live.admin()
+    clip = store_item(s, data=DATA)
+    assert _get(url, clip.id, admin, 0, 0).status_code == 206  # checked whole, viewing opened
+    opening_checks: list[int] = []
+    record_checks: list[str] = []
+    check_entry, unrecorded = viewings.check_entry, evidence.unrecorded
+    monkeypatch.setattr(viewings, "check_entry", lambda *a: opening_checks.append(1) or check_entry(*a))
+    monkeypatch.setattr(
+        evidence, "unrecorded", lambda it, *a: record_checks.append(it.id) or unrecorded(it, *a)
+    )
+    for n in range(1, 6):
+        r = _get(url, clip.id, admin, n * 1000, n * 1000 + 99)
+        assert r.status_code == 206 and r.content == DATA[n * 1000 : n * 1000 + 100]
+        assert r.headers["X-Custody-Viewing-State"] == "joined"
+    assert len(opening_checks) <= 1 and len(record_checks) <= 1, (opening_checks, record_checks)
+    with s.db.session() as session:
+        viewing = session.get(ViewingSession, r.headers["X-Custody-Viewing"])
+        assert viewing is not None and viewing.ranges == 6  # every range still on the record
+    # A row edited in the database is checked against its entry again, and refused.
+    with s.db.session() as session:
+        session.execute(update(EvidenceItem).where(EvidenceItem.id == clip.id).values(kind="redacted_clip"))
+    r = _get(url, clip.id, admin, 9000, 9099)
+    assert r.status_code == 409 and r.json()["reason"] == "record_altered", r.text
+    # A quarantine on custody refuses the next range, however lately the row was checked.
+    other = store_item(s, data=DATA)
+    assert _get(url, other.id, admin, 0, 0).status_code == 206
+    assert _get(url, other.id, admin, 10, 19).status_code == 206
+    with s.db.session() as session:
+        quarantine(session, s.ledger, other.id, "found altered elsewhere", {})
+        session.execute(
+            update(EvidenceItem)
+            .where(EvidenceItem.id == other.id)
+            .values(status="stored", quarantine_reason=None)
+        )
+    r = _get(url, other.id, admin, 20, 29)
+    assert r.status_code == 409, r.text
