@@ -24,7 +24,6 @@ import json
 import logging
 import secrets
 import shutil
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +53,7 @@ from .clip_facts import clip_manifest, quarantined_copies, settle_lock
 from .dock_share import room_for_one_more
 from .metrics import UPLOAD_BYTES, UPLOADS_FINISHED
 from .models import Upload
+from .running_hashes import RunningHashes
 from .tus_protocol import ClipMetadata, TusRefusal, parse_checksum
 
 log = logging.getLogger(__name__)
@@ -116,28 +116,6 @@ class UploadState:
     evidence_status: str | None
 
 
-class _RunningHash:
-    """Process-local digests of an upload's committed bytes, valid only at the offset they cover."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_upload: dict[str, tuple[int, Digests]] = {}
-
-    def take(self, upload_id: str, committed: int) -> Digests | None:
-        with self._lock:
-            entry = self._by_upload.pop(upload_id, None)
-        if entry is None:
-            return Digests() if committed == 0 else None
-        at, h = entry
-        return h if at == committed else (Digests() if committed == 0 else None)
-
-    def put(self, upload_id: str, committed: int, h: Digests | None) -> None:
-        if h is None:
-            return
-        with self._lock:
-            self._by_upload[upload_id] = (committed, h)
-
-
 def _state(u: Upload) -> UploadState:
     return UploadState(u.id, u.offset, u.length, u.expires_at, u.evidence_item_id, u.evidence_status)
 
@@ -152,7 +130,7 @@ class UploadEngine:
     def __init__(self, services: UploadParts) -> None:
         self.s = services
         settings = services.settings
-        self.hashes = _RunningHash()
+        self.hashes = RunningHashes()
         self.active = asyncio.Semaphore(settings.max_concurrent_patches)
         # Each dock's share of those slots (one event loop: no lock needed).
         self.per_dock_limit = settings.max_patches_per_dock
@@ -364,6 +342,12 @@ class UploadEngine:
         if self.storage_full():
             raise StorageFullError()
         writer = _PartWriter(self, upload, lease, checksum)
+        try:
+            return await self._write(writer, body)
+        finally:
+            writer.release()
+
+    async def _write(self, writer: _PartWriter, body: AsyncIterator[bytes]) -> UploadState:
         await writer.load_tail()
         disconnected = stalled = False
         chunks = body.__aiter__()
@@ -371,11 +355,13 @@ class UploadEngine:
         try:
             while True:
                 try:
-                    chunk = await asyncio.wait_for(anext(chunks), stall)
-                except StopAsyncIteration:
-                    break
+                    # The body's end is a None: a StopAsyncIteration through wait_for would leave
+                    # its traceback, this frame and the writer in a cycle for the collector.
+                    chunk = await asyncio.wait_for(anext(chunks, None), stall)
                 except TimeoutError:
                     stalled = True
+                    break
+                if chunk is None:
                     break
                 if chunk:
                     await writer.feed(chunk)
@@ -390,7 +376,7 @@ class UploadEngine:
             return await writer.finish(disconnected or stalled)
         except _Disconnected:
             if stalled:
-                log.info("upload stalled", extra={"upload": upload_id, "offset": writer.offset})
+                log.info("upload stalled", extra={"upload": writer.u.id, "offset": writer.offset})
                 raise Stalled(stall) from None
             raise
 
@@ -436,6 +422,7 @@ class _PartWriter:
         self.buffer = bytearray(upload.part_size)
         self.fill = 0
         self.spare: list[bytearray] = []  # part buffers whose bytes are stored and hashed
+        self.released = False  # the request is over: its buffers are let go (``release``)
         self.staged: list[list[Any]] = json.loads(upload.staged)
         self.staged_len = sum(int(seg[1]) for seg in self.staged)
         self.parts: list[list[object]] = json.loads(upload.parts)
@@ -536,8 +523,15 @@ class _PartWriter:
 
     def _reuse(self, stored: asyncio.Future[Any], buffer: bytearray) -> None:
         """A part buffer whose bytes S3 holds and the hash has read may take the next part's bytes."""
-        if not stored.cancelled() and stored.exception() is None:
+        if not stored.cancelled() and stored.exception() is None and not self.released:
             self.spare.append(buffer)
+
+    def release(self) -> None:
+        """The request is over: its part buffers go now, even if an exception's frames keep this
+        writer in a reference cycle until Python's cycle collector runs (a part on its way keeps its own)."""
+        self.released = True
+        self.buffer = bytearray()
+        self.spare.clear()
 
     async def _commit(self, previous: asyncio.Task[None] | None, part: _Pending) -> None:
         """Record a part as soon as it and every part before it are stored, so the offset never skips a gap."""

@@ -73,6 +73,17 @@ class ObjectInfo:
     legal_hold: bool
 
 
+def _forget(exc: BaseException) -> None:
+    """Let an expected, answered error go now, with the frames it saw.
+
+    ``minio`` raises the error it holds in a local of the raising frame, so error, traceback and
+    frame make a reference cycle, and the cycle holds every caller's frame by its ``f_back``: with
+    them whatever their locals hold (a finished upload's part buffers, 32 MiB). Only Python's cycle
+    collector would free them, whenever it next ran; without the traceback nothing of it is kept.
+    """
+    exc.__traceback__ = None
+
+
 def _translate(exc: Exception) -> StorageError:
     if isinstance(exc, S3Error):
         if exc.code in STORAGE_FULL_CODES:
@@ -326,12 +337,14 @@ class ObjectStore:
             st = self.client.stat_object(self.bucket, key, version_id=version_id)
             try:
                 ret = self.client.get_object_retention(self.bucket, key, version_id=version_id)
-            except S3Error:
+            except S3Error as exc:
                 ret = None
+                _forget(exc)
             try:
                 hold = self.client.is_object_legal_hold_enabled(self.bucket, key, version_id=version_id)
-            except S3Error:
+            except S3Error as exc:  # an object without a legal hold answers with an error: every clip
                 hold = False
+                _forget(exc)
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc) from exc
         return ObjectInfo(

@@ -249,3 +249,53 @@ def test_part_bodies_are_signed_unless_the_store_is_on_loopback() -> None:
         "10.0.0.5:9000", {}, b"body", remote.client._provider.retrieve()
     )
     assert headers["x-amz-content-sha256"] == hashlib.sha256(b"body").hexdigest()
+
+
+def test_a_request_lets_its_part_buffers_go_when_it_ends(tmp_path: Path, seaweed, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Without waiting for Python's cycle collector: a finished clip, an interrupted one (its tail
+    staged) and a refused one keep none of their part buffers once answered."""
+    import gc
+    import weakref
+
+    from ingest import uploads
+
+    writers: list[weakref.ref[uploads._PartWriter]] = []
+    init = uploads._PartWriter.__init__
+
+    def recorded(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        init(self, *args, **kwargs)
+        writers.append(weakref.ref(self))
+
+    monkeypatch.setattr(uploads._PartWriter, "__init__", recorded)
+    s, server, thread, url, admin = _live(tmp_path, seaweed)
+    gc.disable()
+    try:
+        fleet = enrol(url, admin)
+        whole = _upload(url, fleet, os.urandom(2 * 5 * MiB + 12345), "whole.mp4")
+        assert whole.status_code == 204 and whole.headers["evidence-status"] == "stored"
+        h = fleet.dock_headers()
+        data = os.urandom(2 * 5 * MiB + 1000)
+        r = httpx.post(
+            f"{url}/api/v1/dock/uploads",
+            headers={
+                **h,
+                "Upload-Length": str(len(data)),
+                "Upload-Metadata": clip_metadata(fleet, sha256(data), len(data), filename="parts.mp4"),
+            },
+        )
+        loc = url + r.headers["location"]
+        patch = {**h, "Content-Type": "application/offset+octet-stream"}
+        cut = 5 * MiB + 500  # a full part and a staged tail
+        assert (
+            httpx.patch(loc, content=data[:cut], headers={**patch, "Upload-Offset": "0"}).status_code == 204
+        )
+        past = httpx.patch(loc, content=data[cut:] + b"x", headers={**patch, "Upload-Offset": str(cut)})
+        assert past.status_code == 400 and past.json()["reason"] == "exceeds_length"
+        assert len(writers) == 3
+        kept = [w for w in (ref() for ref in writers) if w is not None]
+        assert [(len(w.buffer), len(w.spare)) for w in kept] == [(0, 0)] * len(kept)
+    finally:
+        gc.enable()
+        server.should_exit = True
+        thread.join(15)
+        s.db.dispose()
