@@ -21,7 +21,6 @@ from chain_of_custody.models import EvidenceItem
 from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, visible_evidence
 from redaction.jobs import enqueue
 from redaction.models import RedactionJob
-from redaction.pipeline import RedactionSettings
 from redaction.spec import RedactionSpec, check_request
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX
@@ -118,6 +117,8 @@ def request_redaction(
     leaving a person visible (an exclusion) needs a stated reason, recorded with who asked in the new
     copy's custody; a package that holds such a copy needs the authority to export originals."""
     _visible_clip(s, user, item_id)
+    from redaction.pipeline import RedactionSettings  # here: it brings cv2 and numpy (35 MB) to the service
+
     check_request(
         spec,
         RedactionSettings.from_settings(s.settings),

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from .media import ffmpeg_exe, media_input, refused_format
+# numpy (and cv2 behind ``.media``) are imported when a waveform is drawn, not when the service
+# starts: the service process never redacts, and the two cost it about 35 MB at rest.
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,8 @@ MAX_BUCKETS = 4000
 
 def summarise(samples: np.ndarray, rate: int, buckets: int) -> dict[str, Any]:
     """Peaks and RMS (0..1) of ``buckets`` equal slices of mono 16-bit ``samples``."""
+    import numpy as np
+
     if not 1 <= buckets <= MAX_BUCKETS:
         raise ValueError(f"buckets must be 1..{MAX_BUCKETS}")
     duration = len(samples) / rate
@@ -50,6 +54,10 @@ def summarise(samples: np.ndarray, rate: int, buckets: int) -> dict[str, Any]:
 def waveform(path: str | Path, buckets: int = 1000, ffmpeg: str | None = None) -> dict[str, Any]:
     """The waveform of a media file's first audio stream (``has_audio`` false and empty when there is
     none or the file is not media ffmpeg can read, with ``problem`` saying so)."""
+    import numpy as np
+
+    from .media import ffmpeg_exe, media_input, refused_format
+
     command = [
         ffmpeg or ffmpeg_exe(), "-nostdin", "-v", "error", *media_input(path),
         "-map", "0:a:0?", "-ac", "1", "-ar", str(RATE), "-f", "s16le", "-",
