@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +12,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
 from storage.db import Database
+from storage.memo import BoundedMemo
 from storage.objects import ObjectStore, StoredObject
 from storage.streams import BlocksOnThread
 
@@ -174,38 +173,15 @@ def quarantine_hook(
     return altered
 
 
-class CheckedRecords:
-    """Item rows, by every column's value, that this process has found to say what their signed
-    ``stored`` entry says: a range of a viewing read by the same row needs no second read and
-    signature check of that entry (an entry found intact and signed stays what it was; ``evidence
-    verify`` finds a later edit). A row edited in any column is checked afresh."""
-
-    def __init__(self, keep: int = 4096) -> None:
-        self.keep = keep
-        self._lock = threading.Lock()
-        self._rows: OrderedDict[str, None] = OrderedDict()
-
-    @staticmethod
-    def key(item: EvidenceItem) -> str:
-        return repr([(c.key, getattr(item, c.key)) for c in sa_inspect(EvidenceItem).column_attrs])
-
-    def seen(self, key: str) -> bool:
-        with self._lock:
-            return key in self._rows
-
-    def add(self, key: str) -> None:
-        with self._lock:
-            self._rows[key] = None
-            self._rows.move_to_end(key)
-            while len(self._rows) > self.keep:
-                self._rows.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._rows.clear()
+CHECKED_RECORDS: BoundedMemo[str, bool] = BoundedMemo()
+"""Item rows, by every column's value (``_row_key``), that this process has found to say what their
+signed ``stored`` entry says: a range of a viewing read by the same row needs no second read and
+signature check of that entry (an entry found intact and signed stays what it was; ``evidence
+verify`` finds a later edit). A row edited in any column is checked afresh."""
 
 
-CHECKED_RECORDS = CheckedRecords()
+def _row_key(item: EvidenceItem) -> str:
+    return repr([(c.key, getattr(item, c.key)) for c in sa_inspect(EvidenceItem).column_attrs])
 
 
 def trusted_record(session: Session, ledger: Ledger, item: EvidenceItem, *, seen_row: bool = False) -> None:
@@ -213,14 +189,14 @@ def trusted_record(session: Session, ledger: Ledger, item: EvidenceItem, *, seen
     and says quarantined when custody holds a ``quarantined`` entry for it (nothing releases one: a
     row put back to ``stored`` in the database serves nothing). ``seen_row``: a row this process has
     already found to match its entry, column for column, is not checked against it again
-    (``CheckedRecords``); whether custody holds a ``quarantined`` entry is asked every time."""
-    key = CheckedRecords.key(item) if seen_row else None
-    if key is None or not CHECKED_RECORDS.seen(key):
+    (``CHECKED_RECORDS``); whether custody holds a ``quarantined`` entry is asked every time."""
+    key = _row_key(item) if seen_row else None
+    if key is None or not CHECKED_RECORDS.get(key):
         problem = unrecorded(item, Ledger.stored_entry(session, item.id), ledger.verifier)
         if problem is not None:
             raise RecordUntrusted(problem)
         if key is not None:
-            CHECKED_RECORDS.add(key)
+            CHECKED_RECORDS.put(key, True)
     if item.status not in ("quarantined", "deleted"):
         seq = Ledger.quarantined_seq(session, item.id)
         if seq is not None:

@@ -14,7 +14,8 @@ and returns at once if it covers its entries; otherwise it writes one covering e
 so far. Before it writes, a commit waits a few milliseconds at most (``GATHER_SECONDS``) while other
 transactions of this process are appending (custody appends are serialised on the ledger's head row,
 so theirs commit one after another just behind it), so that the head it stores covers theirs too;
-only entries already committed are ever covered, and alone it does not wait at all. Every process keeps the tree in memory. A commit hands the leaves it appended to the tree as
+only entries already committed are ever covered, and alone it does not wait at all. Every
+process keeps the tree in memory. A commit hands the leaves it appended to the tree as
 it commits, so the tree grows without reading the database back; the database is read only for
 entries this process has not seen committed (another process's, at start, or one whose commit has
 not yet handed its leaves over), and any leaf handed over is checked against the row read for it.

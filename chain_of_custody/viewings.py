@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
 from storage.db import Database
+from storage.memo import BoundedMemo
 
 from .canonical import rfc3339
 from .entries import check_entry
@@ -185,51 +185,28 @@ def opening_problem(session: Session, ledger: Ledger, row: ViewingSession) -> st
     return Opening(entry.entry_hash, datetime.fromisoformat(signed.body.at.replace("Z", "+00:00")), chained)
 
 
-class CheckedOpenings:
-    """The opening entries this process has found a viewing row to stand for (``opening_problem``),
-    by everything of the row that check reads: a row joined again with the same values needs no
-    second read and signature check of its opening entry (a custody entry, once found intact and
-    signed, stays what it was; ``evidence verify`` finds a later edit). A row edited in any of those
-    values is checked afresh; whether it is sealed is looked at on every join."""
-
-    def __init__(self, keep: int = 4096) -> None:
-        self.keep = keep
-        self._lock = threading.Lock()
-        self._found: OrderedDict[tuple[object, ...], Opening] = OrderedDict()
-
-    @staticmethod
-    def key(row: ViewingSession) -> tuple[object, ...]:
-        return (row.id, row.opened_seq, row.item_id, row.actor, row.purpose, row.open_key)
-
-    def get(self, row: ViewingSession) -> Opening | None:
-        with self._lock:
-            return self._found.get(self.key(row))
-
-    def add(self, row: ViewingSession, opening: Opening) -> None:
-        with self._lock:
-            self._found[self.key(row)] = opening
-            self._found.move_to_end(self.key(row))
-            while len(self._found) > self.keep:
-                self._found.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._found.clear()
+CHECKED_OPENINGS: BoundedMemo[tuple[object, ...], Opening] = BoundedMemo()
+"""The opening entries this process has found a viewing row to stand for (``opening_problem``), by
+everything of the row that check reads (``_opening_key``): a row joined again with the same values
+needs no second read and signature check of its opening entry (a custody entry, once found intact
+and signed, stays what it was; ``evidence verify`` finds a later edit). A row edited in any of those
+values is checked afresh; whether it is sealed is looked at on every join."""
 
 
-CHECKED_OPENINGS = CheckedOpenings()
+def _opening_key(row: ViewingSession) -> tuple[object, ...]:
+    return (row.id, row.opened_seq, row.item_id, row.actor, row.purpose, row.open_key)
 
 
 def _opening_of_joined(session: Session, ledger: Ledger, row: ViewingSession) -> str | Opening:
     """``opening_problem`` for a row a range would join: a sealed row never joins, and an opening
     this process has already found the row to stand for is not read and checked again."""
     if row.closed_seq is None and row.closed_at is None:
-        found = CHECKED_OPENINGS.get(row)
+        found = CHECKED_OPENINGS.get(_opening_key(row))
         if found is not None:
             return found
     opening = opening_problem(session, ledger, row)
     if not isinstance(opening, str):
-        CHECKED_OPENINGS.add(row, opening)
+        CHECKED_OPENINGS.put(_opening_key(row), opening)
     return opening
 
 

@@ -55,16 +55,6 @@ class StoredObject:
 
 
 @dataclass(frozen=True)
-class StoredVersion:
-    """One version under a name. ``hidden``: a delete marker, which makes the name read as gone
-    although the versions before it are kept (a locked one cannot be removed, only hidden so)."""
-
-    name: str
-    version_id: str | None
-    hidden: bool
-
-
-@dataclass(frozen=True)
 class ObjectInfo:
     size: int
     version_id: str | None
@@ -391,20 +381,6 @@ class ObjectStore:
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc) from exc
 
-    def list_versions(self, prefix: str, start_after: str | None = None) -> list[StoredVersion]:
-        """Every version under ``prefix`` (names in order), delete markers included: what a plain
-        listing (``list_keys``) no longer shows once a name was deleted without a version is here,
-        with the marker that hides it."""
-        try:
-            return [
-                StoredVersion(o.object_name or "", o.version_id, bool(o.is_delete_marker))
-                for o in self.client.list_objects(
-                    self.bucket, prefix=prefix, recursive=True, start_after=start_after, include_version=True
-                )
-            ]
-        except Exception as exc:  # noqa: BLE001
-            raise _translate(exc) from exc
-
     def list_stored(
         self, prefix: str, start_after: str | None = None
     ) -> tuple[list[tuple[str, str | None]], list[str]]:
@@ -414,11 +390,16 @@ class ObjectStore:
         heads, checkpoints) is listed and read by version, and a hidden name is itself a finding."""
         kept: list[tuple[str, str | None]] = []
         hidden: set[str] = set()
-        for v in self.list_versions(prefix, start_after):
-            if v.hidden:
-                hidden.add(v.name)
-            else:
-                kept.append((v.name, v.version_id))
+        try:
+            for o in self.client.list_objects(
+                self.bucket, prefix=prefix, recursive=True, start_after=start_after, include_version=True
+            ):
+                if o.is_delete_marker:
+                    hidden.add(o.object_name or "")
+                else:
+                    kept.append((o.object_name or "", o.version_id))
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
         return sorted(kept, key=lambda k: (k[0], k[1] or "")), sorted(hidden)
 
     def get_bytes(self, key: str, version_id: str | None = None) -> bytes:
