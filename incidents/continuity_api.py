@@ -18,7 +18,6 @@ from storage.api_schema import error_responses
 
 from .access import EVIDENCE_METADATA, INCIDENT_READERS, Viewer
 from .continuity import Continuity, render_html
-from .continuity_pdf import render_pdf
 from .continuity_record import ReportBounds, incident_continuity, item_continuity
 from .continuity_statement import render_statement_html, render_text
 
@@ -39,6 +38,9 @@ StatementFormat = Literal["txt", "html"]
 def _answer(report: Continuity, fmt: str, name: str) -> Response:
     headers = {"X-Custody-Checked": "yes" if report.checks else "no", "Cache-Control": "no-store"}
     if fmt == "pdf":
+        # ReportLab and Pillow (about 15 MB) are loaded when a PDF is asked for, not at service start.
+        from .continuity_pdf import render_pdf
+
         body, media, ext = render_pdf(report), "application/pdf", "pdf"
     elif fmt == "html":
         body, media, ext = render_html(report), "text/html; charset=utf-8", "html"

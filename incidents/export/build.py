@@ -30,7 +30,6 @@ from storage.objects import ObjectLocked, ObjectStore, StoredObject
 
 from .. import exhibits
 from ..continuity import package_continuity
-from ..continuity_pdf import render_pdf
 from ..continuity_record import people_names
 from . import media
 from .media import MediaAltered, _MediaDigests, _Progress, unrecorded
@@ -370,6 +369,8 @@ def compose_package(
     )
     draft = mf.manifest_document(**common, files=[])  # type: ignore[arg-type]
     files.append(member(mf.REPORT, render_continuity_report(draft, chains), "report"))
+    from ..continuity_pdf import render_pdf  # ReportLab and Pillow: loaded by a build, not at start
+
     pdf = render_pdf(package_continuity(draft, chains, request.people))
     files.append(member(mf.REPORT_PDF, pdf, "report"))
     instructions = verification_instructions(request.export_id, stamp, filename)
