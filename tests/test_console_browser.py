@@ -380,6 +380,15 @@ def test_forms_act_through_the_api_and_every_text_is_shown_as_text(stack: Stack)
     assert HOSTILE in page.inner_text("main")
     assert page.locator("img[src=x]").count() == 0
     assert page.evaluate("window.__pwned") is None
+    # The device handed to the member of staff added above, from its row: the row's field suggests
+    # from the page's one list of staff (whose names are markup, shown as text).
+    page.goto(stack.url + "/admin/devices")
+    assign = page.locator(f"tr[data-device={device.device_id}]")
+    assign.locator("input[name=staff_id]").fill("S-XSS")
+    assign.locator("button:text-is('Assign')").click()
+    page.wait_for_selector(f"tr[data-device={device.device_id}] td small:text-is('S-XSS')")
+    assert page.locator("#staff-choices option[value=S-XSS]").count() == 1
+    assert page.evaluate("window.__pwned") is None
     assert not [e for e in page.errors if not e.startswith("dialog")], page.errors
     page.context.close()
 

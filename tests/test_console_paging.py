@@ -91,6 +91,25 @@ def test_the_fleet_users_and_staff_pages_come_a_page_at_a_time(site: tuple[TestC
     assert client.get("/admin/devices?after=" + "x" * 65, headers=admin).status_code == 422
 
 
+def test_the_fleet_page_lists_the_staff_once_not_once_a_row(site: tuple[TestClient, Any]) -> None:
+    """Each row's assignment field suggests from one list: 500 staff and a page of devices must not
+    make a page of 500 options a row."""
+    client, services = site
+    with services.db.session() as session:
+        for n in range(COUNT):
+            session.add(StaffMember(id=f"S-{n:03d}", name=f"Porter {n}", site="NORTH"))
+            session.add(Device(id=f"LW-{n:03d}", kind="lone_worker", site="NORTH"))
+    page = client.get("/admin/devices", headers=cookie(services, "admin"))
+    assert page.status_code == 200
+    rows = re.search(r'<table class="list" id="fleet">(.*?)</table>', page.text, re.S)
+    assert rows is not None and len(re.findall(r"<tr data-device=", rows.group(1))) == PAGE
+    assert "<option" not in rows.group(1)
+    assert len(re.findall(r'list="staff-choices"', rows.group(1))) == PAGE
+    choices = re.search(r'<datalist id="staff-choices">(.*?)</datalist>', page.text, re.S)
+    assert choices is not None
+    assert re.findall(r'<option value="([^"]+)">', choices.group(1)) == [f"S-{n:03d}" for n in range(COUNT)]
+
+
 def test_the_subject_access_requests_page_comes_a_page_at_a_time(site: tuple[TestClient, Any]) -> None:
     client, services = site
     api = bearer(services, "admin")
