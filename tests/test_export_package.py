@@ -1243,13 +1243,35 @@ def private_seaweed(tmp_path: Path) -> Iterator[EmbeddedSeaweed]:
     store.kill()  # thrown away with tmp_path: no graceful stop (about 2 s)
 
 
+def _match_needle_checksum(seaweed: EmbeddedSeaweed, data: bytes, altered: bytes) -> None:
+    """Replace the CRC-32C of ``data`` kept after the needle holding ``altered`` with that of
+    ``altered`` (in whichever of SeaweedFS's two forms it is kept)."""
+    from tests.test_altered_evidence import _crc32c, _masked
+
+    old, new = _crc32c(data), _crc32c(altered)
+    done = False
+    for dat in Path(seaweed.data_dir).rglob("*.dat"):
+        with open(dat, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+            at = m.find(altered)
+            if at < 0:
+                continue
+            end = at + len(altered)
+            for form in (lambda c: c, _masked):
+                found = m.find(form(old).to_bytes(4, "big"), end, end + 1024)
+                if found >= 0:
+                    m[found : found + 4] = form(new).to_bytes(4, "big")
+                    done = True
+    assert done, "altered object bytes and their needle checksum not found on the volume"
+
+
 def test_object_altered_at_rest_under_a_package(tmp_path: Path, private_seaweed: EmbeddedSeaweed) -> None:
     """Bytes of a packaged item changed on the storage server's disk: no download completes."""
     from ingest.services import build_services
 
     s = build_services(make_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", private_seaweed))
     marker = b"EVIDENCE-UNDER-PACKAGE-" + uuid.uuid4().hex.encode()
-    item = put_evidence(s, marker + os.urandom(300_000), Provenance(kind="voice_memo", actor="test"))
+    data = marker + os.urandom(300_000)
+    item = put_evidence(s, data, Provenance(kind="voice_memo", actor="test"))
     result = export(s, [item.id])
     layout = layout_of(s, result.export_id)
     intact = b"".join(assemble(s.store, layout))
@@ -1269,6 +1291,12 @@ def test_object_altered_at_rest_under_a_package(tmp_path: Path, private_seaweed:
     # by the package's hash (test_altered_media_breaks_the_download_off). Either way, no whole zip.
     assert isinstance(broken.value, PackageAltered) or "InternalError" in str(broken.value)
     assert len(got) < len(intact)
+    # The needle's checksum made to match, as someone with the disk would: the store now serves the
+    # altered bytes (a second read failing the checksum would stall about 13 s in SeaweedFS's
+    # retries; a store that cannot read the object at all is tests/test_custody_tamper.py's).
+    altered = bytearray(data)
+    altered[len(marker) + 10] ^= 0x01
+    _match_needle_checksum(private_seaweed, data, bytes(altered))
     with s.db.session() as session:
         report = verify_service(session, s.store, s.key)
     # One finding for the item, and it names the package that can no longer be served whole.
