@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from fastapi import Depends, HTTPException, Request
@@ -42,6 +42,13 @@ def services(request: Request) -> CoreServices:
     return found
 
 
+async def services_here(request: Request) -> CoreServices:
+    """:func:`services` as a dependency resolved on the event loop: a plain function dependency is
+    run on a worker thread, and a request (each of a player's ranges) pays for every such hop before
+    its first byte. The sign-in and the custody checks of every request depend on this one."""
+    return services(request)
+
+
 def sign_in_throttle(request: Request) -> SignInThrottle:
     """The one sign-in throttle of this application, shared by the API's token and the console's form."""
     state = request.app.state
@@ -62,7 +69,7 @@ def client_address(request: Request) -> str:
 def current_user(
     request: Request,
     creds: HTTPAuthorizationCredentials | None = Depends(bearer),
-    s: CoreServices = Depends(services),
+    s: CoreServices = Depends(services_here),
 ) -> Principal:
     """The caller by bearer token or, from the console's pages, by session cookie (with CSRF checks);
     401 without either."""
@@ -80,12 +87,12 @@ def current_user(
     return principal
 
 
-def same_origin_read(request: Request, s: CoreServices = Depends(services)) -> None:
+async def same_origin_read(request: Request, s: CoreServices = Depends(services_here)) -> None:
     """A route dependency for every ``GET`` that writes custody (a read of evidence bytes, a report
     that is a read of each item, a search that is recorded): with the console's cookie it must come
     from our own pages (``browser.refuse_cross_site_read``), so no other page can write the custody
     record under a signed-in person's name. Resolved before the route's body, so a refused request
-    writes nothing."""
+    writes nothing. It reads headers only, so it runs on the event loop, not a worker thread."""
     refuse_cross_site_read(request, s.settings)
 
 
@@ -105,10 +112,11 @@ def still_signed_in(request: Request, s: CoreServices, user: Principal) -> bool:
     return now is not None and now.user_id == user.user_id and now.role == user.role
 
 
-def require_roles(*roles: str) -> Callable[..., Principal]:
-    """A dependency that admits only the given roles (403 otherwise)."""
+def require_roles(*roles: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that admits only the given roles (403 otherwise); the role's check runs on the
+    event loop (the sign-in it depends on takes the worker thread its database look-up needs)."""
 
-    def check(user: Principal = Depends(current_user)) -> Principal:
+    async def check(user: Principal = Depends(current_user)) -> Principal:
         if user.role not in roles:
             raise HTTPException(403, f"role {user.role} may not do this")
         return user

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accounts.access import WRITES_CUSTODY, require_roles, services
+from accounts.access import WRITES_CUSTODY, require_roles, services, services_here
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from chain_of_custody.ledger import TRAIL_PAGE, Ledger
@@ -261,7 +261,7 @@ async def content(
         "for, for the console's download and player, which cannot send the header",
     ),
     user: Principal = Depends(require_roles(*MEDIA_ROLES)),
-    s: CoreServices = Depends(services),
+    s: CoreServices = Depends(services_here),
 ) -> Response:
     """Stream the item's bytes (HTTP Range supported); the read is a custody entry before any byte
     leaves, and the bytes are checked against the recorded digest as they stream (cut off and the

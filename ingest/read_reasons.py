@@ -13,7 +13,7 @@ A header is sent as UTF-8 bytes (as browsers and HTTP libraries send non-ASCII),
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Header, Query
 
@@ -54,10 +54,12 @@ def one_reason(in_header: str | None, in_query: str | None, name: str) -> str | 
     return header if header is not None else in_query
 
 
-def stated(name: str, header: str, description: str, min_chars: int = MIN_CHARS) -> Callable[..., str | None]:
+def stated(
+    name: str, header: str, description: str, min_chars: int = MIN_CHARS
+) -> Callable[..., Awaitable[str | None]]:
     """A dependency giving the ``name`` reason of a read (``header`` or ``?name=``)."""
 
-    def dependency(
+    async def dependency(  # headers and query only: on the event loop, no worker thread
         in_query: str | None = Query(
             None,
             alias=name,
