@@ -35,9 +35,8 @@ its devices and grows by reconnecting or enrolling more; before each size is mea
 heartbeats pause until the service has handled everything queued. The whole run stops starting new
 sizes after 14 minutes. Writes bench/results/alarms.json and prints markdown tables.
 
-Run: ``.venv/bin/python bench/alarms.py [--quick]`` (``--help`` for the knobs).
-``--trace`` also splits the
-slowest steady SOS into their steps inside the service (``bench/sos_trace_report.py``).
+Run: ``.venv/bin/python bench/alarms.py [--quick]`` (``--help`` for the knobs). ``--trace`` also splits
+the slowest steady SOS into their steps inside the service (``bench/sos_trace_report.py``).
 """
 
 from __future__ import annotations
