@@ -35,7 +35,8 @@ its devices and grows by reconnecting or enrolling more; before each size is mea
 heartbeats pause until the service has handled everything queued. The whole run stops starting new
 sizes after 14 minutes. Writes bench/results/alarms.json and prints markdown tables.
 
-Run: ``.venv/bin/python bench/alarms.py [--quick]`` (``--help`` for the knobs).
+Run: ``.venv/bin/python bench/alarms.py [--quick]`` (``--help`` for the knobs). ``--trace`` also splits
+the slowest steady SOS into their steps inside the service (``bench/sos_trace_report.py``).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ from bench.common import (  # noqa: E402
     scratch,
     write_results,
 )
+from bench.sos_trace_report import breakdown  # noqa: E402
 from devices.broker_access import (  # noqa: E402
     BrokerAccount,
     BrokerProcess,
@@ -260,6 +262,16 @@ class RoundTripProbe:
             rtts = [self._received[s] - t for s, t in sent if s in self._received]
             lost = sum(1 for s, t in sent if s not in self._received and now - t > grace_s)
         return {**latency_summary(rtts), "unanswered": lost}
+
+    def pings(self, phase: str) -> list[tuple[float, float]]:
+        """(wall-clock send time, round trip seconds) of the answered pings sent during ``phase``."""
+        offset = time.time() - time.monotonic()
+        with self._lock:
+            return [
+                (t + offset, self._received[s] - t)
+                for s, (p, t) in self._sent.items()
+                if p == phase and s in self._received
+            ]
 
     def stop(self) -> None:
         self._stop.set()
@@ -965,6 +977,12 @@ def run_step(run: Run, size: int, *, first: bool, headers: dict[str, str], cpu: 
             phases[name] = phase_report(records, times, stored, rate)
             phases[name]["raw_round_trip"] = probe.results(f"{size}:{name}")
     step["raw_round_trip_heartbeats_only"] = probe.results(f"{size}:heartbeats")
+    if args.trace and first:
+        samples = [
+            {"device": r.device_id, "sent": r.wall_sent, "ack_s": r.ack_s, **times.get(r.event_id, {})}
+            for r in steady
+        ]
+        step["trace"] = breakdown(samples, run.work / "trace.log", probe.pings(f"{size}:steady"))
     step["phases"] = phases
     if calm and flooded:
         a, b = phases["unflooded"]["publish_to_ack"], phases["flooded"]["publish_to_ack"]
@@ -1110,6 +1128,11 @@ def main() -> None:
     parser.add_argument("--flood-sos", type=int, default=100, help="SOS in each of the flood's two phases")
     parser.add_argument("--first-only", action="store_true", help="measure the first fleet size only")
     parser.add_argument("--out", help="results name (default alarms, or alarms-quick)")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="trace the service (bench/sos_trace) and break the slowest steady SOS down by step",
+    )
     args = parser.parse_args()
     if args.echo_port:
         run_echo(args.echo_port)
@@ -1127,6 +1150,17 @@ def main() -> None:
         teardown(run)
     if results:
         report(results, args.quick, args.out)
+
+
+def trace_env(trace: bool, work: Path) -> dict[str, str]:
+    """The service's environment for ``--trace``: the tracing ``sitecustomize`` on its path."""
+    if not trace:
+        return {}
+    tracer = Path(__file__).resolve().parent / "sos_trace"
+    return {
+        "BENCH_SOS_TRACE": str(work / "trace.log"),
+        "PYTHONPATH": f"{Path(__file__).resolve().parents[1]}{os.pathsep}{tracer}",
+    }
 
 
 def execute(run: Run) -> dict[str, Any]:
@@ -1165,6 +1199,7 @@ def execute(run: Run) -> dict[str, Any]:
         # device-offline alarms for their open SOS three minutes later, in the middle of a phase.
         EVIDENCE_DEVICE_OFFLINE_AFTER_SECONDS="86400",
         EVIDENCE_MQTT_TELEMETRY_PROCESS="false" if run.single_process else "true",
+        **trace_env(args.trace, work),
     )
     run.svc.start()
     deadline = time.monotonic() + 30
