@@ -260,17 +260,22 @@ class UploadEngine:
                 pass
 
     def expire(self, now: datetime | None = None) -> int:
-        """Abort uploads past their expiry (they never became evidence); returns how many."""
+        """Abort uploads past their expiry (they never became evidence); returns how many. The store's
+        aborts come first with no transaction open, then one short transaction marks the uploads
+        (stopped between, the next pass aborts them again, which is a no-op, and marks them)."""
         now = now or datetime.now(UTC)
-        n = 0
+        past_expiry = and_(Upload.status == "open", Upload.expires_at <= now)
+        with self.s.db.reading() as session:
+            uploads = list(session.scalars(select(Upload).where(past_expiry)))
+            session.expunge_all()  # kept as read (the read's rollback would expire them)
+        if not uploads:
+            return 0
+        for upload in uploads:
+            self._discard(upload)
+        marking = update(Upload).where(Upload.id.in_([u.id for u in uploads]), past_expiry)
         with self.s.db.session() as session:
-            for upload in session.scalars(
-                select(Upload).where(Upload.status == "open", Upload.expires_at <= now)
-            ):
-                self._discard(upload)
-                upload.status = "expired"
-                n += 1
-        return n
+            result: Any = session.execute(marking.values(status="expired"))
+        return int(result.rowcount)
 
     # -- leases: one writer per upload across all replicas -----------------------------------
     def _acquire(self, dock: Device, upload_id: str) -> str:

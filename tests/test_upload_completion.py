@@ -1,10 +1,11 @@
-"""Completing a dock upload, over real HTTP and the real SeaweedFS, on both databases.
+"""Completing (and expiring) a dock upload, over real HTTP and the real SeaweedFS, on both databases.
 
 The store's round trips of a completion (reading and lengthening the object's lock) happen with no
 write transaction open: on SQLite one write transaction holds the database's only write lock, and
 sixteen docks finishing at once queued behind each other's round trips. The item is recorded in a
 short transaction of its own, which records one item however many requests complete the upload, and
-checks the camera key the clip was checked with is still the one enrolled.
+checks the camera key the clip was checked with is still the one enrolled. Expiring abandoned
+uploads aborts them in the store with no write transaction open either.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -111,14 +113,11 @@ class WriteTransactions:
         event.remove(self.engine, "rollback", self._end)
 
 
-def test_no_store_request_is_made_inside_a_write_transaction_of_a_dock_upload(
-    live: LiveServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every request to the store while a clip is uploaded in two PATCHes (a staged tail between) and
-    completed comes from a thread with no write transaction open; the completion's own requests
-    (the object's lock read) are among them."""
-    fleet = enrol(live.url, live.admin())
-    writes = WriteTransactions(live.services.db.engine)  # type: ignore[attr-defined]
+@contextmanager
+def store_requests(engine: Any) -> Iterator[list[tuple[str, str, bool]]]:
+    """Every request to the store meanwhile: method, URL, and whether its thread had a write
+    transaction open on ``engine``."""
+    writes = WriteTransactions(engine)
     seen: list[tuple[str, str, bool]] = []
     urlopen = urllib3.PoolManager.urlopen
 
@@ -126,16 +125,69 @@ def test_no_store_request_is_made_inside_a_write_transaction_of_a_dock_upload(
         seen.append((method, url, writes.held()))
         return urlopen(self, method, url, *args, **kw)
 
-    monkeypatch.setattr(urllib3.PoolManager, "urlopen", watched)
+    urllib3.PoolManager.urlopen = watched  # type: ignore[method-assign]
     try:
-        r = _upload(fleet, os.urandom(2 * PART + 4096), pieces=2)
+        yield seen
     finally:
-        monkeypatch.undo()
+        urllib3.PoolManager.urlopen = urlopen  # type: ignore[method-assign]
         writes.remove()
+
+
+def _inside(seen: list[tuple[str, str, bool]]) -> list[tuple[str, str]]:
+    return [(method, url.split("?")[0].rsplit("/", 1)[-1]) for method, url, held in seen if held]
+
+
+def test_no_store_request_is_made_inside_a_write_transaction_of_a_dock_upload(live: LiveServer) -> None:
+    """Every request to the store while a clip is uploaded in two PATCHes (a staged tail between) and
+    completed comes from a thread with no write transaction open; the completion's own requests
+    (the object's lock read) are among them."""
+    fleet = enrol(live.url, live.admin())
+    with store_requests(live.services.db.engine) as seen:  # type: ignore[attr-defined]
+        r = _upload(fleet, os.urandom(2 * PART + 4096), pieces=2)
     assert r.headers["evidence-status"] == "stored"
     assert any("legal-hold" in url for _, url, _ in seen), "the completion read the object's lock"
-    inside = [(method, url.split("?")[0].rsplit("/", 1)[-1]) for method, url, held in seen if held]
-    assert inside == [], f"store requests made inside a write transaction: {inside}"
+    assert _inside(seen) == [], "store requests made inside a write transaction"
+
+
+def test_expiring_uploads_aborts_them_with_no_write_transaction_open(live: LiveServer) -> None:
+    """Two abandoned uploads (one with a staged tail) past their expiry: the pass aborts both in the
+    store and marks both expired, and no store request comes from inside a write transaction."""
+    fleet = enrol(live.url, live.admin())
+    s = live.services  # type: ignore[attr-defined]
+    headers = fleet.dock_headers()
+    ids = []
+    for n in range(2):
+        data = os.urandom(PART + 4096)
+        r = httpx.post(
+            f"{fleet.url}/api/v1/dock/uploads",
+            headers={
+                **headers,
+                "Upload-Length": str(len(data)),
+                "Upload-Metadata": clip_metadata(fleet, sha256(data), len(data), filename=f"c{n}.mp4"),
+            },
+        )
+        assert r.status_code == 201, r.text
+        ids.append(r.headers["location"].rsplit("/", 1)[1])
+        if n == 0:
+            r = httpx.patch(
+                fleet.url + r.headers["location"],
+                content=data[:4096],
+                headers={**headers, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+            )
+            assert r.status_code == 204 and r.headers["upload-offset"] == "4096"
+    with s.db.session() as session:
+        for upload_id in ids:
+            row = session.get(Upload, upload_id)
+            assert row is not None
+            row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+
+    with store_requests(s.db.engine) as seen:
+        assert s.uploads.expire() == 2
+    assert _inside(seen) == [], "store requests made inside a write transaction"
+    assert sum(method == "DELETE" for method, _, _ in seen) == 3  # two aborts, one staged tail
+    with s.db.session() as session:
+        assert [session.get(Upload, i).status for i in ids] == ["expired", "expired"]  # type: ignore[union-attr]
+    assert s.uploads.expire() == 0
 
 
 def test_completing_an_upload_again_records_no_second_item(live: LiveServer) -> None:
