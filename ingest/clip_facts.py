@@ -1,14 +1,19 @@
-"""What a finished clip upload is recorded with: the manifest the camera signed, earlier quarantined
-copies of the same clip, and the object's lock as storage holds it."""
+"""What a finished clip upload is recorded with: the manifest the camera signed, what the checks of
+the camera's hash and signature found, earlier quarantined copies of the same clip, and the object's
+lock as storage holds it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from chain_of_custody.canonical import canonical_json
+from chain_of_custody.keys import load_public_key_b64, verify_signature
+from devices.models import Device
 from storage.objects import ObjectStore, StoredObject
 
 from .models import Upload
@@ -26,6 +31,39 @@ def clip_manifest(upload: Upload) -> dict[str, Any]:
         "v": 1,
         "wearer": upload.wearer,
     }
+
+
+@dataclass(frozen=True)
+class ClipChecks:
+    """What the end of an upload found, and the camera key it was checked with (None: not enrolled)."""
+
+    camera_key: str | None
+    signature_ok: bool
+    reasons: tuple[str, ...]
+
+
+def camera_key(session: Session, serial: str) -> str | None:
+    """The camera's enrolled public key (base64) as the session sees it; None if it has none."""
+    camera = session.get(Device, serial)
+    return camera.public_key if camera is not None else None
+
+
+def check_clip(upload: Upload, key: str | None, digest: str) -> ClipChecks:
+    """The camera's signature over the clip's manifest checked with ``key``, and the stored bytes'
+    SHA-256 against the one the camera reported."""
+    reasons: list[str] = []
+    signature_ok = False
+    if key is None:
+        reasons.append("camera no longer enrolled: signature cannot be checked")
+    else:
+        signature_ok = verify_signature(
+            load_public_key_b64(key), upload.signature, canonical_json(clip_manifest(upload))
+        )
+        if not signature_ok:
+            reasons.append("camera signature over the clip manifest does not verify")
+    if digest != upload.camera_sha256:
+        reasons.append(f"stored bytes hash to {digest}, the camera reported {upload.camera_sha256}")
+    return ClipChecks(key, signature_ok, tuple(reasons))
 
 
 def quarantined_copies(session: Session, upload: Upload) -> list[str]:

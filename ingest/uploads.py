@@ -49,7 +49,7 @@ from storage.embedded import EmbeddedSeaweed
 from storage.leases import Lease
 from storage.objects import StorageError, StoredObject
 
-from .clip_facts import clip_manifest, quarantined_copies, settle_lock
+from .clip_facts import camera_key, check_clip, clip_manifest, quarantined_copies, settle_lock
 from .dock_share import room_for_one_more
 from .metrics import UPLOAD_BYTES, UPLOADS_FINISHED
 from .models import Upload
@@ -260,17 +260,22 @@ class UploadEngine:
                 pass
 
     def expire(self, now: datetime | None = None) -> int:
-        """Abort uploads past their expiry (they never became evidence); returns how many."""
+        """Abort uploads past their expiry (they never became evidence); returns how many. The store's
+        aborts come first with no transaction open, then one short transaction marks the uploads
+        (stopped between, the next pass aborts them again, which is a no-op, and marks them)."""
         now = now or datetime.now(UTC)
-        n = 0
+        past_expiry = and_(Upload.status == "open", Upload.expires_at <= now)
+        with self.s.db.reading() as session:
+            uploads = list(session.scalars(select(Upload).where(past_expiry)))
+            session.expunge_all()  # kept as read (the read's rollback would expire them)
+        if not uploads:
+            return 0
+        for upload in uploads:
+            self._discard(upload)
+        marking = update(Upload).where(Upload.id.in_([u.id for u in uploads]), past_expiry)
         with self.s.db.session() as session:
-            for upload in session.scalars(
-                select(Upload).where(Upload.status == "open", Upload.expires_at <= now)
-            ):
-                self._discard(upload)
-                upload.status = "expired"
-                n += 1
-        return n
+            result: Any = session.execute(marking.values(status="expired"))
+        return int(result.rowcount)
 
     # -- leases: one writer per upload across all replicas -----------------------------------
     def _acquire(self, dock: Device, upload_id: str) -> str:
@@ -698,7 +703,16 @@ class _Disconnected(Exception):
 def complete_upload(
     engine: UploadEngine, upload: Upload, parts: list[list[object]], running: Digests | None
 ) -> UploadState:
-    """Finish the multipart object, check the camera's hash and signature, and record the evidence item."""
+    """Finish the multipart object, check the camera's hash and signature, and record the evidence item.
+
+    No store round trip happens inside a database transaction: on SQLite a write transaction holds
+    the one write lock from its first statement, and every other completion would wait behind this
+    one's round trips. The camera's key is read without the write lock, the object's lock is settled
+    with no transaction open, and the item is recorded in a short transaction that finds the same
+    key still enrolled (else the checks and the lock are done again with the key it finds), and
+    only if no other request recorded the upload meanwhile. Dying after the lock is settled leaves
+    what dying before the record did: no item and the upload open, which the dock's retry completes
+    (the store completes the same object again)."""
     s = engine.s
     version_id = s.store.complete_multipart(
         upload.object_key,
@@ -707,75 +721,71 @@ def complete_upload(
     )
     digest, blake3 = (running or s.store.digests_of(upload.object_key, version_id)).hexdigests()
     stored = StoredObject(s.store.bucket, upload.object_key, version_id, upload.length, digest, blake3)
-    manifest = clip_manifest(upload)
-    with s.db.session() as session:
-        camera = session.get(Device, upload.camera_serial)
-        reasons: list[str] = []
-        signature_ok = False
-        if camera is None or camera.public_key is None:
-            reasons.append("camera no longer enrolled: signature cannot be checked")
-        else:
-            signature_ok = verify_signature(
-                load_public_key_b64(camera.public_key), upload.signature, canonical_json(manifest)
-            )
-            if not signature_ok:
-                reasons.append("camera signature over the clip manifest does not verify")
-        if digest != upload.camera_sha256:
-            reasons.append(f"stored bytes hash to {digest}, the camera reported {upload.camera_sha256}")
-        # The same clip quarantined before (bytes damaged on the way, say): this item is its new copy.
-        resent_for = quarantined_copies(session, upload)
-        received: dict[str, Any] = {
-            "dock": upload.dock_id,
-            "upload": upload.id,
-            "bytes": upload.length,
-            "upload_started": rfc3339(upload.created_at),
-        }
-        if resent_for:
-            received["resent_for"] = resent_for
-        start = datetime.fromisoformat(upload.recorded_start.replace("Z", "+00:00"))
-        stop = datetime.fromisoformat(upload.recorded_stop.replace("Z", "+00:00"))
-        keep = timedelta(days=s.settings.retention_days)
-        basis = retention_basis(start, upload.created_at, keep, vouched=signature_ok)
+    start = datetime.fromisoformat(upload.recorded_start.replace("Z", "+00:00"))
+    stop = datetime.fromisoformat(upload.recorded_stop.replace("Z", "+00:00"))
+    keep = timedelta(days=s.settings.retention_days)
+    with s.db.reading() as session:
+        key = camera_key(session, upload.camera_serial)
+    while True:
+        checks = check_clip(upload, key, digest)
+        basis = retention_basis(start, upload.created_at, keep, vouched=checks.signature_ok)
         retain_until = settle_lock(s.store, stored, basis.retain_until(keep))
-        item = record_evidence(
-            session,
-            s.ledger,
-            stored,
-            Provenance(
-                kind="clip",
-                actor=f"dock:{upload.dock_id}",
-                source_device_id=upload.camera_serial,
-                wearer=upload.wearer,
-                captured_start=start,
-                captured_stop=stop,
-                filename=upload.filename,
-                content_type=upload.content_type,
-                retain_until=retain_until,
-                retention_basis=basis,
-            ),
-            captured={
-                "camera": upload.camera_serial,
-                "wearer": upload.wearer,
-                "recorded_start": upload.recorded_start,
-                "recorded_stop": upload.recorded_stop,
-                "manifest": manifest,
-                "camera_signature": upload.signature,
-                "camera_public_key": camera.public_key if camera else None,
-            },
-            received=received,
-            quarantine_reason="; ".join(reasons) or None,
-            verified={"camera_hash_matches": True, "camera_signature_valid": signature_ok},
-        )
-        row = session.get(Upload, upload.id)
-        assert row is not None
-        row.status = "complete"
-        row.offset = upload.length
-        row.committed = upload.length
-        row.evidence_item_id = item.id
-        row.evidence_status = item.status
-        for hook in s.clip_hooks:
-            hook(session, item)
-        state = _state(row)
+        with s.db.session() as session:
+            row = session.get(Upload, upload.id)
+            assert row is not None
+            if row.status == "complete":  # another request recorded it meanwhile: one item, not two
+                return _state(row)
+            key = camera_key(session, upload.camera_serial)
+            if key != checks.camera_key:
+                continue  # enrolled or re-keyed since it was read: check and settle again
+            # The same clip quarantined before (bytes damaged on the way, say): this item is its new copy.
+            resent_for = quarantined_copies(session, upload)
+            received: dict[str, Any] = {
+                "dock": upload.dock_id,
+                "upload": upload.id,
+                "bytes": upload.length,
+                "upload_started": rfc3339(upload.created_at),
+            }
+            if resent_for:
+                received["resent_for"] = resent_for
+            item = record_evidence(
+                session,
+                s.ledger,
+                stored,
+                Provenance(
+                    kind="clip",
+                    actor=f"dock:{upload.dock_id}",
+                    source_device_id=upload.camera_serial,
+                    wearer=upload.wearer,
+                    captured_start=start,
+                    captured_stop=stop,
+                    filename=upload.filename,
+                    content_type=upload.content_type,
+                    retain_until=retain_until,
+                    retention_basis=basis,
+                ),
+                captured={
+                    "camera": upload.camera_serial,
+                    "wearer": upload.wearer,
+                    "recorded_start": upload.recorded_start,
+                    "recorded_stop": upload.recorded_stop,
+                    "manifest": clip_manifest(upload),
+                    "camera_signature": upload.signature,
+                    "camera_public_key": key,
+                },
+                received=received,
+                quarantine_reason="; ".join(checks.reasons) or None,
+                verified={"camera_hash_matches": True, "camera_signature_valid": checks.signature_ok},
+            )
+            row.status = "complete"
+            row.offset = upload.length
+            row.committed = upload.length
+            row.evidence_item_id = item.id
+            row.evidence_status = item.status
+            for hook in s.clip_hooks:
+                hook(session, item)
+            state = _state(row)
+        break
     for segment in json.loads(upload.staged):
         try:
             s.store.stage_delete(_tail_key(upload.id, segment))
