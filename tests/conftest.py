@@ -135,7 +135,7 @@ def drop_pg_database(admin_url: str, name: str) -> None:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Each test using this runs on both databases."""
     if request.param == "sqlite":
-        yield migrated_sqlite(tmp_path / "evidence.db")
+        yield migrated_sqlite(request.getfixturevalue("sqlite_template"), tmp_path / "evidence.db")
         return
     admin = request.getfixturevalue("pg_server")
     url, name = fresh_pg_database(admin, request.getfixturevalue("pg_template"))
@@ -150,30 +150,26 @@ def pg_url(pg_server: str, pg_template: str) -> Iterator[str]:
     drop_pg_database(pg_server, name)
 
 
-_SQLITE_TEMPLATE: list[Path] = []
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _sqlite_template_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
-    _SQLITE_TEMPLATE[:] = [tmp_path_factory.mktemp("sqlite-template") / "migrated.db"]
-
-
-def migrated_sqlite(path: Path) -> str:
-    """The URL of a new SQLite database at ``path``, a copy of one migrated once per run (as
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated once per run, that each test's is copied from (as
     :func:`pg_template`, for SQLite)."""
-    import shutil
     import sqlite3
 
     from ingest.migrations_runner import upgrade_database
 
-    template = _SQLITE_TEMPLATE[0]
-    if not template.exists():
-        building = template.with_suffix(".building")
-        upgrade_database(f"sqlite:///{building}")
-        with sqlite3.connect(building) as conn:  # everything in the main file, none in a WAL
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.close()
-        building.rename(template)
+    template = tmp_path_factory.mktemp("sqlite-template") / "migrated.db"
+    upgrade_database(f"sqlite:///{template}")
+    with sqlite3.connect(template) as conn:  # everything in the main file, none in a WAL
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return template
+
+
+def migrated_sqlite(template: Path, path: Path) -> str:
+    """The URL of a new SQLite database at ``path``, a copy of ``template``."""
+    import shutil
+
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(template, path)
     return f"sqlite:///{path}"
@@ -219,11 +215,13 @@ def services(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def sqlite_services(tmp_path: Path, seaweed: EmbeddedSeaweed):  # type: ignore[no-untyped-def]
+def sqlite_services(tmp_path: Path, seaweed: EmbeddedSeaweed, sqlite_template: Path):  # type: ignore[no-untyped-def]
     """Services on SQLite only, for tests whose subject is not the database."""
     from ingest.services import build_services
 
-    s = build_services(make_settings(tmp_path, migrated_sqlite(tmp_path / "evidence.db"), seaweed))
+    s = build_services(
+        make_settings(tmp_path, migrated_sqlite(sqlite_template, tmp_path / "evidence.db"), seaweed)
+    )
     yield s
     s.db.dispose()
 

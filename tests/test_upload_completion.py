@@ -16,7 +16,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -30,28 +29,11 @@ from devices.models import Device
 from ingest.models import Upload
 from ingest.uploads import complete_upload
 from storage.db import READ_ONLY
-from storage.embedded import EmbeddedSeaweed
 from tests.clipkit import Fleet, clip_metadata, enrol, sha256
-from tests.conftest import ADMIN_PASSWORD, LiveServer, make_settings, start_server
+from tests.conftest import LiveServer
 
 MiB = 1024 * 1024
 PART = 5 * MiB
-
-
-@pytest.fixture
-def live(tmp_path: Path, database_url: str, seaweed: EmbeddedSeaweed) -> Iterator[LiveServer]:
-    from accounts.service import create_user
-    from ingest.services import build_services
-
-    s = build_services(make_settings(tmp_path, database_url, seaweed))
-    with s.db.session() as session:
-        create_user(session, "admin", ADMIN_PASSWORD, "admin")
-    server, thread, url = start_server(s)
-    token = httpx.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD})
-    yield LiveServer(url, s, token.json()["access_token"])
-    server.should_exit = True
-    thread.join(15)
-    s.db.dispose()
 
 
 def _upload(fleet: Fleet, data: bytes, *, pieces: int = 1, **meta: object) -> httpx.Response:
