@@ -357,12 +357,28 @@ def set_legal_hold(
     """Place a hold on an evidence item or an incident, or release every active hold on it.
 
     Each affected item gets a ``legal_hold`` custody entry naming the hold and whether its object is
-    now held (another hold may still keep it).
+    now held (another hold may still keep it). A hold placed again by the same person for the same
+    reason while it is active is that hold (the request sent again: a retry, a second click):
+    nothing is recorded twice. Checked under the ledger's lock, which every placing takes first.
     """
     if target_kind not in ("evidence", "incident"):
         raise ValueError("legal holds apply to evidence or incidents")
     lock_ledger(session)
     if on:
+        same = session.scalars(
+            select(LegalHold)
+            .where(
+                LegalHold.target_kind == target_kind,
+                LegalHold.target_id == target_id,
+                LegalHold.released_at.is_(None),
+                LegalHold.placed_by == actor,
+                LegalHold.reason == reason,
+            )
+            .order_by(LegalHold.id)
+            .limit(1)
+        ).first()
+        if same is not None:
+            return [same]
         holds = [
             LegalHold(
                 target_kind=target_kind, target_id=target_id, reason=reason, placed_by=actor, placed_at=now

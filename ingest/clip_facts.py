@@ -1,6 +1,6 @@
 """What a finished clip upload is recorded with: the manifest the camera signed, what the checks of
-the camera's hash and signature found, earlier quarantined copies of the same clip, and the object's
-lock as storage holds it."""
+the camera's hash and signature found, earlier quarantined copies of the same clip, a copy the dock
+stored already, and the object's lock as storage holds it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from chain_of_custody.canonical import canonical_json
+from chain_of_custody.canonical import canonical_json, rfc3339
 from chain_of_custody.keys import load_public_key_b64, verify_signature
 from devices.models import Device
 from storage.objects import ObjectStore, StoredObject
@@ -80,6 +80,57 @@ def quarantined_copies(session: Session, upload: Upload) -> list[str]:
         )
         if item_id
     )
+
+
+def received_details(session: Session, upload: Upload) -> dict[str, Any]:
+    """The ``received`` custody entry's details: the dock, the upload, and the items of the same clip
+    quarantined before (bytes damaged on the way, say) that this item is the new copy of."""
+    received: dict[str, Any] = {
+        "dock": upload.dock_id,
+        "upload": upload.id,
+        "bytes": upload.length,
+        "upload_started": rfc3339(upload.created_at),
+    }
+    resent_for = quarantined_copies(session, upload)
+    if resent_for:
+        received["resent_for"] = resent_for
+    return received
+
+
+def already_recorded(session: Session, upload: Upload, digest: str) -> tuple[Upload, bool]:
+    """The upload's row, locked, and whether the clip is evidence already: another request completed
+    this upload meanwhile, or this dock stored the same clip (the camera's hash, signature and
+    length) by another upload, which this one then names. A dock that created the upload again
+    before the first answered (a client that timed out and started over) sends a clip twice. A copy
+    whose bytes are not what the camera hashed is still recorded (quarantined), never dropped.
+
+    The dock's row is locked first, as a creation locks it, so that on PostgreSQL two completions
+    of one upload, or of two uploads of one clip, each see what the other recorded (SQLite's
+    recording transactions are serialised anyway)."""
+    session.get(Device, upload.dock_id, with_for_update=True)
+    row = session.get(Upload, upload.id, with_for_update=True)
+    assert row is not None
+    if row.status == "complete" or digest != upload.camera_sha256:
+        return row, row.status == "complete"
+    copy = session.scalar(
+        select(Upload)
+        .where(
+            Upload.dock_id == upload.dock_id,
+            Upload.camera_serial == upload.camera_serial,
+            Upload.camera_sha256 == upload.camera_sha256,
+            Upload.signature == upload.signature,
+            Upload.length == upload.length,
+            Upload.status == "complete",
+            Upload.evidence_status == "stored",
+            Upload.id != upload.id,
+        )
+        .limit(1)
+    )
+    if copy is None:
+        return row, False
+    row.status, row.offset, row.committed = "complete", upload.length, upload.length
+    row.evidence_item_id, row.evidence_status = copy.evidence_item_id, copy.evidence_status
+    return row, True
 
 
 def settle_lock(store: ObjectStore, stored: StoredObject, due: datetime) -> datetime:

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session
 
-from chain_of_custody.canonical import canonical_json, rfc3339
+from chain_of_custody.canonical import canonical_json
 from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import load_public_key_b64, verify_signature
@@ -49,7 +49,14 @@ from storage.embedded import EmbeddedSeaweed
 from storage.leases import Lease
 from storage.objects import StorageError, StoredObject
 
-from .clip_facts import camera_key, check_clip, clip_manifest, quarantined_copies, settle_lock
+from .clip_facts import (
+    already_recorded,
+    camera_key,
+    check_clip,
+    clip_manifest,
+    received_details,
+    settle_lock,
+)
 from .dock_share import room_for_one_more
 from .metrics import UPLOAD_BYTES, UPLOADS_FINISHED
 from .models import Upload
@@ -710,9 +717,10 @@ def complete_upload(
     one's round trips. The camera's key is read without the write lock, the object's lock is settled
     with no transaction open, and the item is recorded in a short transaction that finds the same
     key still enrolled (else the checks and the lock are done again with the key it finds), and
-    only if no other request recorded the upload meanwhile. Dying after the lock is settled leaves
-    what dying before the record did: no item and the upload open, which the dock's retry completes
-    (the store completes the same object again)."""
+    only if the clip is not evidence already (``already_recorded``: another request recorded the
+    upload meanwhile, or the dock's other upload of the same clip did). Dying after the lock is
+    settled leaves what dying before the record did: no item and the upload open, which the dock's
+    retry completes (the store completes the same object again)."""
     s = engine.s
     version_id = s.store.complete_multipart(
         upload.object_key,
@@ -726,28 +734,19 @@ def complete_upload(
     keep = timedelta(days=s.settings.retention_days)
     with s.db.reading() as session:
         key = camera_key(session, upload.camera_serial)
+    item: EvidenceItem | None = None
     while True:
         checks = check_clip(upload, key, digest)
         basis = retention_basis(start, upload.created_at, keep, vouched=checks.signature_ok)
         retain_until = settle_lock(s.store, stored, basis.retain_until(keep))
         with s.db.session() as session:
-            row = session.get(Upload, upload.id)
-            assert row is not None
-            if row.status == "complete":  # another request recorded it meanwhile: one item, not two
-                return _state(row)
+            row, recorded = already_recorded(session, upload, digest)
+            if recorded:  # by another request meanwhile, or the clip by another upload: one item, not two
+                state = _state(row)
+                break
             key = camera_key(session, upload.camera_serial)
             if key != checks.camera_key:
                 continue  # enrolled or re-keyed since it was read: check and settle again
-            # The same clip quarantined before (bytes damaged on the way, say): this item is its new copy.
-            resent_for = quarantined_copies(session, upload)
-            received: dict[str, Any] = {
-                "dock": upload.dock_id,
-                "upload": upload.id,
-                "bytes": upload.length,
-                "upload_started": rfc3339(upload.created_at),
-            }
-            if resent_for:
-                received["resent_for"] = resent_for
             item = record_evidence(
                 session,
                 s.ledger,
@@ -773,7 +772,7 @@ def complete_upload(
                     "camera_signature": upload.signature,
                     "camera_public_key": key,
                 },
-                received=received,
+                received=received_details(session, upload),
                 quarantine_reason="; ".join(checks.reasons) or None,
                 verified={"camera_hash_matches": True, "camera_signature_valid": checks.signature_ok},
             )
@@ -791,9 +790,10 @@ def complete_upload(
             s.store.stage_delete(_tail_key(upload.id, segment))
         except StorageError:
             pass
-    UPLOADS_FINISHED.labels(status=item.status).inc()
-    log.info(
-        "clip stored as evidence",
-        extra={"upload": upload.id, "item": item.id, "status": item.status, "sha256": digest},
-    )
+    if item is not None:
+        UPLOADS_FINISHED.labels(status=item.status).inc()
+        log.info(
+            "clip stored as evidence",
+            extra={"upload": upload.id, "item": item.id, "status": item.status, "sha256": digest},
+        )
     return state

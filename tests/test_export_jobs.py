@@ -9,7 +9,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
+
 from chain_of_custody.evidence import Provenance, record_evidence
+from chain_of_custody.models import CustodyEntry, EvidenceItem
+from incidents.export import jobs as jobs_module
 from incidents.export.jobs import ExportBuilds
 from incidents.export.models import ExportJob
 
@@ -109,3 +113,41 @@ def test_a_builder_whose_lease_was_taken_over_records_nothing(sqlite_services: A
     second.run(job_id)
     done = _status(s, job_id)
     assert done.status == "ready" and done.lease_owner is None
+
+
+def test_a_build_finished_twice_records_one_package(services: Any, monkeypatch: Any) -> None:
+    """The first builder records its package and, before it marks the job ready, its lease runs out
+    and a second builder claims the build and finishes it too: one package item, one ``exported``
+    entry on each item, and the job ready with the package recorded (not failed on the second
+    builder's clash with it)."""
+    s = services
+    item_id = _alarm_item(s)
+    job_id = _job(s, item_id)
+    first = ExportBuilds(s, name="host-a:1:exports")
+    second = ExportBuilds(s, name="host-b:2:exports")
+    later = datetime.now(UTC) + timedelta(seconds=s.settings.worker_lease_seconds + 1)
+    real = jobs_module.build_package
+    builds: list[str] = []
+
+    def build(*args: Any, **kw: Any) -> Any:
+        builds.append("built")
+        result = real(*args, **kw)
+        if len(builds) == 1:  # the first builder's package is recorded: it stalls, its lease runs out
+            if second.claim(later) == job_id:
+                second.run(job_id)
+        return result
+
+    monkeypatch.setattr(jobs_module, "build_package", build)
+    assert first.claim() == job_id
+    first.run(job_id)
+
+    done = _status(s, job_id)
+    assert (done.status, done.error) == ("ready", None)
+    with s.db.session() as session:
+        packages = list(session.scalars(select(EvidenceItem.id).where(EvidenceItem.kind == "export")))
+        exported = session.scalars(
+            select(CustodyEntry.item_id).where(CustodyEntry.action == "exported").order_by(CustodyEntry.seq)
+        )
+        assert packages == [job_id]
+        assert sorted(exported) == sorted([job_id, item_id])
+    assert json.loads(done.result or "{}")["included"] == [item_id]

@@ -30,7 +30,7 @@ from ingest.models import Upload
 from ingest.uploads import complete_upload
 from storage.db import READ_ONLY
 from tests.clipkit import Fleet, clip_metadata, enrol, sha256
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, wait_for
 
 MiB = 1024 * 1024
 PART = 5 * MiB
@@ -244,3 +244,123 @@ def test_a_camera_unenrolled_while_its_clip_completes_is_recorded_as_found(
     assert item.retain_until >= upload.created_at + timedelta(days=1)
     held = s.store.info(item.object_key, item.version_id).retain_until
     assert held == item.retain_until
+
+
+def test_a_clip_its_dock_sent_twice_is_recorded_once(live: LiveServer) -> None:
+    """A dock creates the upload of a clip again before the first one answered (a client that timed
+    out and started over): both uploads are sent whole. The second completion names the item the
+    first recorded and records neither an item nor a custody entry."""
+    fleet = enrol(live.url, live.admin())
+    s = live.services  # type: ignore[attr-defined]
+    data = os.urandom(PART + 4096)
+    headers = fleet.dock_headers()
+    meta = clip_metadata(fleet, sha256(data), len(data))
+    locations = []
+    for _ in range(2):
+        r = httpx.post(
+            f"{fleet.url}/api/v1/dock/uploads",
+            headers={**headers, "Upload-Length": str(len(data)), "Upload-Metadata": meta},
+        )
+        assert r.status_code == 201, r.text
+        locations.append(r.headers["location"])
+    assert locations[0] != locations[1]
+
+    def send(location: str) -> httpx.Response:
+        r = httpx.patch(
+            fleet.url + location,
+            content=data,
+            timeout=60,
+            headers={**headers, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+        )
+        assert r.status_code == 204, r.text
+        return r
+
+    first = send(locations[0])
+    item_id = first.headers["evidence-item-id"]
+    with s.db.session() as session:
+        entries = session.scalar(select(func.count()).select_from(CustodyEntry))
+    second = send(locations[1])
+
+    assert second.headers["evidence-item-id"] == item_id
+    assert second.headers["evidence-status"] == "stored"
+    head = httpx.head(fleet.url + locations[1], headers={**headers})
+    assert head.headers["upload-offset"] == str(len(data)) and head.headers["evidence-item-id"] == item_id
+    with s.db.session() as session:
+        items = list(session.scalars(select(EvidenceItem.id).where(EvidenceItem.sha256 == sha256(data))))
+        assert items == [item_id]
+        assert session.scalar(select(func.count()).select_from(CustodyEntry)) == entries
+
+
+def _waiting_on_a_lock(engine: Any) -> bool:
+    """A PostgreSQL backend of this database waits for a lock another transaction holds."""
+    with engine.connect() as conn:
+        waiting = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        ).scalar()
+    return bool(waiting)
+
+
+def test_two_completions_of_one_upload_at_once_record_one_item(
+    live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second completion of the upload (a request that got past the lease) enters its recording
+    transaction while the first is inside its own, before it recorded anything. On PostgreSQL the
+    second must wait for the first's commit and then find the upload recorded (it is let go once it
+    is seen waiting on a lock, or once it has got past where it would have had to wait); on SQLite
+    the second's transaction cannot begin until the first's ends. One item, one set of entries."""
+    from ingest import uploads
+
+    fleet = enrol(live.url, live.admin())
+    s = live.services  # type: ignore[attr-defined]
+    real_complete, real_key = uploads.complete_upload, uploads.camera_key
+    first_args: list[Any] = []
+    calls: dict[int, int] = {}
+    second_past_the_check = threading.Event()
+    second: list[Any] = []
+    errors: list[BaseException] = []
+
+    def complete(*args: Any) -> Any:
+        first_args.append(args)
+        return real_complete(*args)
+
+    def run_second() -> None:
+        try:
+            engine, upload, parts, _ = first_args[0]
+            second.append(real_complete(engine, upload, parts, None))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    other = threading.Thread(target=run_second, name="second-completion")
+
+    def key(session: Any, serial: str) -> Any:
+        me = threading.get_ident()
+        calls[me] = calls.get(me, 0) + 1
+        if calls[me] == 2 and me == other.ident:  # the second one's recording transaction got this far
+            second_past_the_check.set()
+        elif calls[me] == 2 and not other.is_alive() and not second:  # the first one's, before its record
+            other.start()
+            if s.db.is_postgres:
+                wait_for(
+                    lambda: second_past_the_check.is_set() or _waiting_on_a_lock(s.db.engine),
+                    30,
+                    what="the second completion to wait for the first or get past it",
+                )
+        return real_key(session, serial)
+
+    monkeypatch.setattr(uploads, "complete_upload", complete)
+    monkeypatch.setattr(uploads, "camera_key", key)
+    data = os.urandom(PART + 4096)
+    r = _upload(fleet, data)
+    monkeypatch.undo()
+    other.join(60)
+    assert not other.is_alive() and not errors, errors
+
+    item_id = r.headers["evidence-item-id"]
+    assert second and second[0].evidence_item_id == item_id
+    with s.db.session() as session:
+        items = list(session.scalars(select(EvidenceItem.id).where(EvidenceItem.sha256 == sha256(data))))
+        stored = session.scalar(
+            select(func.count()).select_from(CustodyEntry).where(CustodyEntry.action == "stored")
+        )
+    assert items == [item_id] and stored == 1

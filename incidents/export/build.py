@@ -403,6 +403,7 @@ def build_package(
     package_hash: bool = False,
     progress: Callable[[int], None] | None = None,
     fence: Callable[[Session], bool] | None = None,
+    finish: Callable[[Session, ExportResult], None] | None = None,
 ) -> ExportResult:
     """Make, store and record an export package of ``items`` (see ``gather_items``) for an incident.
 
@@ -412,7 +413,9 @@ def build_package(
     is computed only with ``package_hash`` (see ``compose_package``): the signed manifest's hash
     identifies the package either way. ``fence`` runs first in the recording transaction: when it
     says False (the build's lease was taken over), nothing is recorded and :class:`BuildTakenOver`
-    is raised.
+    is raised. ``finish`` runs last in the same transaction, so whoever keeps the build's state (an
+    export job) records it done with the package, never after it: a builder that took the build
+    over meanwhile finds it done, not still to record.
     """
     if request.originals is not None and not request.originals.reason.strip():
         raise ExportError("including originals needs a stated reason")
@@ -493,6 +496,18 @@ def build_package(
     included = [p.item.id for p in plan if p.include_media]
     withheld = {p.item.id: str(p.withheld_reason) for p in plan if not p.include_media}
     originals = request.originals
+    result = ExportResult(
+        export_id=request.export_id,
+        stored=layout_object,
+        filename=layout.filename,
+        manifest_sha256=layout.manifest_sha256,
+        package_sha256=layout.sha256,
+        package_size=layout.size,
+        key_fingerprint=key.fingerprint,
+        included=included,
+        withheld=withheld,
+        media_bytes=media_bytes,
+    )
     with db.session() as session:
         if fence is not None and not fence(session):
             raise BuildTakenOver(f"export {request.export_id} was taken over by another builder")
@@ -555,18 +570,9 @@ def build_package(
                     **({"chosen": p.chosen} if p.chosen is not None else {}),
                 },
             )
-    return ExportResult(
-        export_id=request.export_id,
-        stored=layout_object,
-        filename=layout.filename,
-        manifest_sha256=layout.manifest_sha256,
-        package_sha256=layout.sha256,
-        package_size=layout.size,
-        key_fingerprint=key.fingerprint,
-        included=included,
-        withheld=withheld,
-        media_bytes=media_bytes,
-    )
+        if finish is not None:
+            finish(session, result)
+    return result
 
 
 def _lock_for_package(

@@ -19,12 +19,13 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from chain_of_custody.core import CoreServices
 from chain_of_custody.models import EvidenceItem
 from storage.leases import Lease, claim, keep_renewed
 
-from .build import BuildTakenOver, build_package
+from .build import BuildTakenOver, ExportResult, build_package
 from .models import ExportJob
 from .plan import ExportError, ExportRequest, OriginalsPermission, Pin, gather_items, pin_redactions
 
@@ -142,7 +143,10 @@ class ExportBuilds:
                     pins=pins,
                 )
             # The whole zip's SHA-256 too: it is published (job, link page, signed custody entry) so that
-            # a recipient can check the file exactly as received.
+            # a recipient can check the file exactly as received. The job is marked ready in the
+            # transaction that records the package: marked after it, a builder that took the build
+            # over in between found it still building, recorded a second package (refused: the
+            # package's id is the job's) and marked the job failed over the package recorded.
             result = build_package(
                 s.db,
                 s.store,
@@ -153,28 +157,8 @@ class ExportBuilds:
                 package_hash=True,
                 progress=progress,
                 fence=lambda session: self._still_ours(session.get(ExportJob, job_id, with_for_update=True)),
+                finish=lambda session, result: self._ready(session, job_id, result),
             )
-            with s.db.session() as session:
-                job = session.get(ExportJob, job_id, with_for_update=True)
-                assert job is not None
-                if not self._still_ours(job):
-                    return
-                job.status = "ready"
-                job.media_bytes_done = job.media_bytes_total = result.media_bytes
-                job.package_sha256 = result.package_sha256
-                job.package_size = result.package_size
-                job.filename = result.filename
-                job.result = json.dumps(
-                    {
-                        "included": result.included,
-                        "withheld": result.withheld,
-                        "manifest_sha256": result.manifest_sha256,
-                        "key_fingerprint": result.key_fingerprint,
-                        "layout_sha256": result.stored.sha256,
-                    }
-                )
-                job.finished_at = datetime.now(UTC)
-                job.lease_owner = job.lease_until = None
             log.info("export ready", extra={"export": job_id, "bytes": result.package_size})
         except BuildTakenOver:
             return  # the newer builder's package is the export's; _still_ours said so in the log
@@ -190,6 +174,29 @@ class ExportBuilds:
                     job.lease_owner = job.lease_until = None
         finally:
             done.set()
+
+    @staticmethod
+    def _ready(session: Session, job_id: str, result: ExportResult) -> None:
+        """The job done with its package, in the transaction that records the package (its lease
+        checked by the fence, and the row locked, at that transaction's start)."""
+        job = session.get(ExportJob, job_id)
+        assert job is not None
+        job.status = "ready"
+        job.media_bytes_done = job.media_bytes_total = result.media_bytes
+        job.package_sha256 = result.package_sha256
+        job.package_size = result.package_size
+        job.filename = result.filename
+        job.result = json.dumps(
+            {
+                "included": result.included,
+                "withheld": result.withheld,
+                "manifest_sha256": result.manifest_sha256,
+                "key_fingerprint": result.key_fingerprint,
+                "layout_sha256": result.stored.sha256,
+            }
+        )
+        job.finished_at = datetime.now(UTC)
+        job.lease_owner = job.lease_until = None
 
     def _still_ours(self, job: ExportJob | None) -> bool:
         """The job is still building under this builder's lease: what it finished may be recorded. A
