@@ -1,14 +1,17 @@
-"""The lists that grow while people read them (alarms, evidence items, incidents) come a page at a
-time by cursor: each page starts right after the previous page's last row, in a total order (time,
-then a unique key, newest first), so rows arriving between two pages neither repeat one nor skip
-one, and a deep page costs no more than the first.
+"""The lists that grow while people read them (alarms, evidence items, incidents; the console's
+incident list and its exports index) come a page at a time by cursor: each page starts right after
+the previous page's last row, in a total order (time, then a unique key, newest first), so rows
+arriving between two pages neither repeat one nor skip one, and a deep page costs no more than the
+first.
 Access is the query's own: walking every page shows each row the caller may see exactly once and no
 other, whoever made the cursor. A cursor that is not one the list gave is a 400. On SQLite and on
 PostgreSQL (the reads compare times and texts in SQL)."""
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,10 +21,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+import console.export_pages
+import console.incident_pages
 from alarms.models import AlarmRecord
 from chain_of_custody.models import EvidenceItem
 from devices.models import Device, StaffMember
 from incidents.models import Incident
+from tests.test_cross_site_reads import cookie
 from tests.test_incidents_kit import bearer, user
 
 T0 = datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=UTC)
@@ -232,3 +238,61 @@ def test_the_next_link_keeps_the_filters(lists: Lists, which: str) -> None:
     assert query in r.headers["link"]
     north = [r for r in lists.rows[which] if r.site == "NORTH"]
     assert walk(lists.client, f"{path}?{query}&limit=2", lists.admin, key, 2) == newest_first(north)
+
+
+# --------------------------------------------------------------------------- the console
+
+
+def follow_pages(
+    client: TestClient, url: str, headers: dict[str, str], pager: str, rows: str, size: int | None = None
+) -> list[str]:
+    """Every row a console list shows, page after page by its pager's rel="next" link (each page
+    within ``size`` when given)."""
+    seen: list[str] = []
+    next_url: str | None = url
+    while next_url:
+        page = client.get(next_url, headers=headers)
+        assert page.status_code == 200, page.text
+        found = re.findall(rows, page.text)
+        assert found and (size is None or len(found) <= size), found
+        seen += found
+        links = re.search(rf'<p class="buttons pager" id="{pager}">(.*?)</p>', page.text, re.S)
+        nxt = re.search(r'<a href="([^"]+)" rel="next">', links.group(1)) if links else None
+        next_url = html.unescape(nxt.group(1)) if nxt else None
+    return seen
+
+
+def test_the_console_incident_list_pages_by_cursor(lists: Lists, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console.incident_pages, "PAGE", 3)
+    client, services = lists.client, lists.services
+    rows = lists.rows["incidents"]
+    admin, manager = cookie(services, "admin"), cookie(services, "manager")
+    pattern = r'<tr data-reference="([^"]+)">'
+    assert follow_pages(client, "/incidents", admin, "incident-pager", pattern, 3) == newest_first(rows)
+    north = [r for r in rows if r.site == "NORTH"]
+    assert follow_pages(client, "/incidents", manager, "incident-pager", pattern, 3) == newest_first(north)
+    # The filters stay on the next page's link; a row arriving meanwhile moves nothing.
+    first = client.get("/incidents?site=NORTH", headers=admin)
+    nxt = re.search(r'<a href="([^"]+)" rel="next">', first.text)
+    assert nxt is not None and "site=NORTH" in html.unescape(nxt.group(1))
+    add_row(services, "incidents", T0 + timedelta(seconds=5), "NORTH")
+    second = client.get(html.unescape(nxt.group(1)), headers=admin)
+    assert re.findall(pattern, first.text + second.text) == newest_first(north)[:6]
+    bad = client.get("/incidents?after=not-a-cursor", headers=admin)
+    assert bad.status_code == 400 and "first page" in bad.text
+
+
+def test_the_exports_index_reaches_every_incident_the_person_may_see(lists: Lists) -> None:
+    """It listed the 200 newest and no more."""
+    client, services = lists.client, lists.services
+    rows = lists.rows["incidents"] + populate(services, "incidents", 220)
+    pattern = r'<a href="/incidents/([^/"]+)/exports">'
+    admin, manager = cookie(services, "admin"), cookie(services, "manager")
+    everything = follow_pages(client, "/exports", admin, "export-incidents-pager", pattern)
+    assert len(everything) == len(rows) and everything == newest_first(rows)
+    north = [r for r in rows if r.site == "NORTH"]
+    own = follow_pages(client, "/exports", manager, "export-incidents-pager", pattern)
+    assert own == newest_first(north)
+    page = client.get("/exports", headers=admin)
+    assert len(re.findall(pattern, page.text)) == console.export_pages.INDEX_PAGE
+    assert client.get("/exports?after=AAAA", headers=admin).status_code == 400
