@@ -53,7 +53,7 @@ from starlette.requests import ClientDisconnect
 
 from accounts.access import WRITES_CUSTODY, require_roles, sees_site, services, sites_seen, still_signed_in
 from accounts.service import Principal
-from chain_of_custody.core import CoreServices
+from chain_of_custody.core import CoreServices, list_cursors
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reads import item_response
 from devices.lone_worker_wire import DEVICE_ID_PATTERN, EVENT_ID_PATTERN
@@ -61,7 +61,15 @@ from incidents.access import ALARM_READERS
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX, MAX_OFFSET
 from storage.errors import Refused
-from storage.paging import after_key, link_next, next_headers, page_limit
+from storage.paging import (
+    BadCursor,
+    after_key,
+    cursor_param,
+    link_next,
+    link_next_keeping,
+    next_headers,
+    page_limit,
+)
 from storage.slots import NoSlot
 
 from . import performance, rules
@@ -111,29 +119,54 @@ class ResolveIn(BaseModel):
     note: str = Field(default="", max_length=2000)
 
 
-@router.get("/alarms")
+ALARMS_PAGE = 100  # alarms in a page, unless the caller asks for fewer
+ALARMS_PAGE_MAX = 1000
+
+
+@router.get("/alarms", responses={**next_headers(), **error_responses(400)})
 def list_alarms(
+    request: Request,
+    response: Response,
     status: Annotated[
         list[rules.AlarmStatus] | None, Query(description="raised, acknowledged, escalated, resolved")
     ] = None,
     open: Annotated[bool, Query(description="only alarms not yet resolved")] = False,
     device_id: str | None = None,
     kind: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    after: str = cursor_param("alarms"),
+    limit: int = page_limit(ALARMS_PAGE, ALARMS_PAGE_MAX, "alarms"),
+    offset: Annotated[
+        int, Query(ge=0, le=MAX_OFFSET, description="kept for older clients: skip this many (use after)")
+    ] = 0,
     user: Principal = Depends(require_roles(*READERS)),
     alarms: AlarmService = Depends(alarm_service),
+    s: CoreServices = Depends(services),
 ) -> list[dict[str, Any]]:
-    """Alarms, newest first."""
-    return alarms.queries.list_alarms(
+    """Alarms, newest first (when raised, then id), a page at a time: ``limit``, then ``after`` as the
+    answer's ``X-Next-After`` (and its ``Link: <...>; rel="next"``, which keeps the filters) give it.
+    A page starts right after the previous one's last alarm, so alarms raised meanwhile never push
+    one onto two pages or past both. ``offset`` still skips rows for older clients; it cannot be
+    combined with ``after``."""
+    cursors = list_cursors(s)
+    position = cursors.read("alarms", after) if after else None
+    if position is not None and offset:
+        raise BadCursor("give after or offset, not both")
+    rows = alarms.queries.list_alarms(
         status=status or (),
         open_only=open,
         device_id=device_id,
         kind=kind,
-        limit=limit,
+        limit=limit + 1,
         offset=offset,
+        after=position,
         viewer=user,
     )
+    page = rows[:limit]
+    if len(rows) > limit:
+        last = page[-1]
+        at = datetime.fromisoformat(last["raised_at"])
+        link_next_keeping(response, request, cursors.make("alarms", at, last["id"]), limit)
+    return page
 
 
 @router.get("/alarms/performance", responses={200: {"content": {"text/csv": {}}}})

@@ -54,7 +54,7 @@ class AlarmRecord(Base):
     kind: Mapped[str] = mapped_column(String(20))
     severity: Mapped[str] = mapped_column(String(10))
     status: Mapped[str] = mapped_column(String(16))
-    raised_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    raised_at: Mapped[datetime] = mapped_column(UTCDateTime)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     source_event_id: Mapped[str | None] = mapped_column(String(36), default=None, unique=True)
     dedupe_key: Mapped[str | None] = mapped_column(String(200), default=None, unique=True)
@@ -96,6 +96,7 @@ class AlarmRecord(Base):
     __table_args__ = (
         Index("ix_alarms_device_status", "device_id", "status"),
         Index("ix_alarms_provisional", "provisional"),
+        Index("ix_alarms_raised_at_id", "raised_at", "id"),  # the list, newest first (``alarms.queries``)
     )
 
 

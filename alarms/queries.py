@@ -10,6 +10,7 @@ from sqlalchemy import func, select, true
 from accounts.access import SiteViewer, sees_site, site_scope
 from devices.models import Device, LoneWorkerState
 from storage.db import Database
+from storage.paging import Position, after_position
 
 from .feed import alarm_view
 from .lifecycle import AlarmNotFound
@@ -38,10 +39,13 @@ class AlarmQueries:
         kind: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        after: Position | None = None,
         viewer: SiteViewer | None = None,
     ) -> list[dict[str, Any]]:
-        """Alarms, newest first (the viewer's sites only)."""
-        q = select(AlarmRecord)
+        """Alarms, newest first (by when raised, then id: a total order), the viewer's sites only;
+        those after ``after`` (where the previous page ended: rows added or gone since move no other
+        row across pages) or, the older way, past the first ``offset``."""
+        q = select(AlarmRecord).where(after_position(AlarmRecord.raised_at, AlarmRecord.id, after))
         if viewer is not None:
             q = q.where(site_scope(viewer, AlarmRecord.site))
         statuses = list(status)
@@ -53,7 +57,7 @@ class AlarmQueries:
             q = q.where(AlarmRecord.device_id == device_id)
         if kind:
             q = q.where(AlarmRecord.kind == kind)
-        q = q.order_by(AlarmRecord.raised_at.desc(), AlarmRecord.id).limit(limit).offset(offset)
+        q = q.order_by(AlarmRecord.raised_at.desc(), AlarmRecord.id.desc()).limit(limit).offset(offset)
         with self.db.session() as session:
             return [alarm_view(r) for r in session.scalars(q)]
 

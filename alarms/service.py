@@ -32,6 +32,7 @@ from chain_of_custody.core import CoreServices
 from devices.models import Device, LoneWorkerState
 from storage.db import dialect_insert
 from storage.objects import StorageError
+from storage.paging import Position
 from storage.slots import Slots
 
 from . import rules
@@ -196,9 +197,16 @@ class AlarmService:
         kind: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        after: Position | None = None,
     ) -> list[dict[str, Any]]:
         return self.queries.list_alarms(
-            status=status, open_only=open_only, device_id=device_id, kind=kind, limit=limit, offset=offset
+            status=status,
+            open_only=open_only,
+            device_id=device_id,
+            kind=kind,
+            limit=limit,
+            offset=offset,
+            after=after,
         )
 
     def act(self, alarm_id: str, event: rules.Acknowledge | rules.Escalate | rules.Resolve) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from storage.db import Database
 from storage.objects import ObjectStore
+from storage.paging import Cursors
 from storage.settings import Settings
 
 from .keys import ServiceKey
@@ -24,3 +25,12 @@ class CoreServices(Protocol):
     store: ObjectStore
     key: ServiceKey
     ledger: Ledger
+
+
+CURSOR_SECRET = "list cursor"
+
+
+def list_cursors(s: CoreServices) -> Cursors:
+    """The cursors of the lists paged newest first: signed under a secret derived from the service
+    key, so every instance reads the cursors any other gave."""
+    return Cursors(s.key.derived_secret(CURSOR_SECRET))

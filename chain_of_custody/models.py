@@ -44,9 +44,12 @@ class EvidenceItem(Base):
     )
     retain_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    __table_args__ = (Index("ix_evidence_items_wearer_window", "wearer", "captured_start", "captured_stop"),)
+    __table_args__ = (
+        Index("ix_evidence_items_wearer_window", "wearer", "captured_start", "captured_stop"),
+        Index("ix_evidence_items_created_at_id", "created_at", "id"),  # the list, newest first
+    )
 
     @property
     def copy_type(self) -> str:

@@ -9,27 +9,31 @@ chosen items, follow its progress, give a recipient a link, revoke one.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accounts.access import services
+from chain_of_custody.core import list_cursors
 from chain_of_custody.keys import SIGNING_KEY_PATH
 from chain_of_custody.models import EvidenceItem
-from incidents.access import Viewer, incident_scope, visible_evidence_ids, visible_incident
+from incidents.access import Viewer, visible_evidence_ids, visible_incident
 from incidents.export.api import EXPORTERS, ORIGINALS_AUTHORISERS
 from incidents.export.disclosure import DISCLOSURE_PAGE, disclosure_page
 from incidents.export.plan import incident_export_scope
-from incidents.models import Incident
+from incidents.queries import IncidentFilter, search_incidents
 from storage.bounds import MAX_OFFSET
+from storage.paging import CURSOR_MAX
 
 from .api import render, signed_in
+from .incident_pages import next_cursor, page_position
 
 router = APIRouter(include_in_schema=False)
 
+INDEX_PAGE = 100  # incidents in a page of the index
 LOG_PAGE = DISCLOSURE_PAGE  # downloads in a page of the disclosure log, as the API's first page
 
 
@@ -54,17 +58,23 @@ def exportable_items(session: Session, viewer: Viewer, incident_id: str) -> list
 
 
 @router.get("/exports")
-def exports_index(request: Request) -> Response:
-    """The incidents the person may export from, newest first, each to its exports page."""
+def exports_index(request: Request, after: Annotated[str, Query(max_length=CURSOR_MAX)] = "") -> Response:
+    """The incidents the person may export from, a page at a time in the incident list's order (newest
+    first, ``after`` its cursor of the last one shown), each to its exports page: every incident
+    they may see is reached, however many."""
     who = signed_in(request, EXPORTERS)
+    cursors = list_cursors(services(request))
+    f = IncidentFilter(limit=INDEX_PAGE + 1, after=page_position(cursors, after))
     with services(request).db.session() as session:
-        incidents = session.execute(
-            select(Incident.id, Incident.reference, Incident.title, Incident.site, Incident.status)
-            .where(incident_scope(who.principal))
-            .order_by(Incident.created_at.desc())
-            .limit(200)
-        ).all()
-    return render(request, "exports_index.html", who, incidents=incidents)
+        found = search_incidents(session, who.principal, f)
+    return render(
+        request,
+        "exports_index.html",
+        who,
+        incidents=found[:INDEX_PAGE],
+        after=after,
+        next_after=next_cursor(cursors, found, INDEX_PAGE),
+    )
 
 
 @router.get("/incidents/{incident_id}/exports")

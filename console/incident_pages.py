@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from accounts.access import services
+from chain_of_custody.core import list_cursors
 from incidents.access import (
     INCIDENT_MANAGERS,
     INCIDENT_READERS,
@@ -25,11 +27,18 @@ from incidents.access import (
     visible_incident,
 )
 from incidents.history import AFTER_PATTERN, HISTORY_PAGE, history_page
-from incidents.models import CATEGORIES, INVOLVEMENTS, STATUSES
-from incidents.queries import IncidentFilter, incident_view, search_incidents
+from incidents.models import CATEGORIES, INVOLVEMENTS, STATUSES, Incident
+from incidents.queries import (
+    INCIDENT_LIST,
+    IncidentFilter,
+    incident_position,
+    incident_view,
+    search_incidents,
+)
+from storage.paging import CURSOR_MAX, BadCursor, Cursors, Position
 
 from . import workspace_sources as ws
-from .api import render, signed_in
+from .api import PageRefused, render, signed_in
 
 router = APIRouter(include_in_schema=False)
 PAGE = 100
@@ -45,6 +54,27 @@ def _day(text: str | None) -> datetime | None:
         return None
 
 
+def page_position(cursors: Cursors, after: str) -> Position | None:
+    """Where a page of incidents starts (``after``: the API's cursor of the last one the previous page
+    showed); a cursor altered or of another list is a 400 page."""
+    if not after:
+        return None
+    try:
+        return cursors.read(INCIDENT_LIST, after)
+    except BadCursor as refusal:
+        raise PageRefused(
+            400, "This page's link is not one the console gave: start again from the first page."
+        ) from refusal
+
+
+def next_cursor(cursors: Cursors, rows: list[Incident], size: int) -> str | None:
+    """The cursor of the page after the first ``size`` incidents of ``rows`` (read one beyond), if any."""
+    if len(rows) <= size:
+        return None
+    last = incident_position(rows[size - 1])
+    return cursors.make(INCIDENT_LIST, last.at, last.key)
+
+
 @router.get("/incidents")
 def incidents_page(
     request: Request,
@@ -56,10 +86,14 @@ def incidents_page(
     occurred_to: Annotated[str, Query(alias="to", max_length=10)] = "",
     investigator: Annotated[str, Query(max_length=12)] = "",
     wearer: Annotated[str, Query(max_length=64)] = "",
-    page: Annotated[int, Query(ge=1, le=1000)] = 1,
+    after: Annotated[str, Query(max_length=CURSOR_MAX)] = "",
 ) -> Response:
+    """The incidents a page at a time, as ``GET /api/v1/incidents`` pages them (``after``: its cursor
+    of the last one shown), so incidents opened meanwhile never move one onto two pages."""
     who = signed_in(request, INCIDENT_READERS)
     viewer = who.principal
+    cursors = list_cursors(services(request))
+    position = page_position(cursors, after)
     until = _day(occurred_to)
     f = IncidentFilter(
         status=[status] if status in STATUSES else [],
@@ -71,7 +105,7 @@ def incidents_page(
         assigned_to=int(investigator) if investigator.isdigit() and 0 < int(investigator) < 2**31 else None,
         wearer=wearer or None,
         limit=PAGE + 1,
-        offset=(page - 1) * PAGE,
+        after=position,
     )
     with services(request).db.session() as session:
         found = search_incidents(session, viewer, f)
@@ -88,15 +122,18 @@ def incidents_page(
         "investigator": investigator,
         "wearer": wearer,
     }
+    query = {k: v for k, v in filters.items() if v}
     return render(
         request,
         "incidents.html",
         who,
         incidents=found[:PAGE],
         more=len(found) > PAGE,
-        page=page,
+        after=after,
+        next_after=next_cursor(cursors, found, PAGE),
+        first_page="/incidents" + (f"?{urlencode(query)}" if query else ""),
         filters=filters,
-        query={k: v for k, v in filters.items() if v},
+        query=query,
         names=names,
         investigators=people,
         sites=sites,

@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field, StrictBool
 
 from accounts.access import require_roles, services, sites_seen
-from chain_of_custody.core import CoreServices
+from chain_of_custody.core import CoreServices, list_cursors
 from storage.api_schema import Timestamp, error_responses
 from storage.bounds import DB_INT_MAX, MAX_OFFSET, Patch
-from storage.paging import link_next, next_headers
+from storage.paging import BadCursor, cursor_param, link_next, link_next_keeping, next_headers, page_limit
 
 from .access import (
     INCIDENT_MANAGERS,
@@ -30,7 +30,7 @@ from .access import (
 )
 from .history import AFTER_PATTERN, HISTORY_PAGE, HISTORY_PAGE_MAX, HistoryPage, history_page, timeline_page
 from .models import CATEGORIES, INVOLVEMENTS, STATUSES, Incident
-from .queries import IncidentFilter, incident_view, search_incidents
+from .queries import INCIDENT_LIST, IncidentFilter, incident_position, incident_view, search_incidents
 from .retention import RetentionRules, set_legal_hold
 from .service import (
     IncidentDraft,
@@ -247,8 +247,18 @@ def open_incident(
         return incident_view(session, incident)
 
 
-@router.get("/incidents", response_model=list[IncidentSummary])
+INCIDENTS_PAGE = 100  # incidents in a page, unless the caller asks for fewer
+INCIDENTS_PAGE_MAX = 1000
+
+
+@router.get(
+    "/incidents",
+    response_model=list[IncidentSummary],
+    responses={**next_headers(), **error_responses(400)},
+)
 def find_incidents(
+    request: Request,
+    response: Response,
     status: list[Status] = Query(default_factory=list),
     category: list[Category] = Query(default_factory=list),
     site: str | None = None,
@@ -259,11 +269,23 @@ def find_incidents(
     wearer: str | None = None,
     staff_id: str | None = None,
     evidence_id: str | None = None,
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    after: str = cursor_param("incidents"),
+    limit: int = page_limit(INCIDENTS_PAGE, INCIDENTS_PAGE_MAX, "incidents"),
+    offset: int = Query(
+        0, ge=0, le=MAX_OFFSET, description="kept for older clients: skip this many (use after)"
+    ),
     user: Viewer = readers,
     s: CoreServices = Depends(services),
 ) -> list[Incident]:
+    """Incidents the caller may see, newest first (when it happened, then reference), a page at a
+    time: ``limit``, then ``after`` as the answer's ``X-Next-After`` (and its ``Link: <...>;
+    rel="next"``, which keeps the filters) give it. A page starts right after the previous one's last
+    incident, so incidents opened meanwhile never push one onto two pages or past both. ``offset``
+    still skips rows for older clients; it cannot be combined with ``after``."""
+    cursors = list_cursors(s)
+    position = cursors.read(INCIDENT_LIST, after) if after else None
+    if position is not None and offset:
+        raise BadCursor("give after or offset, not both")
     f = IncidentFilter(
         status=list(status),
         category=list(category),
@@ -275,11 +297,16 @@ def find_incidents(
         wearer=wearer,
         staff_id=staff_id,
         evidence_id=evidence_id,
-        limit=limit,
+        limit=limit + 1,
         offset=offset,
+        after=position,
     )
     with s.db.session() as session:
-        return search_incidents(session, user, f)
+        rows = search_incidents(session, user, f)
+    if len(rows) > limit:
+        last = incident_position(rows[limit - 1])
+        link_next_keeping(response, request, cursors.make(INCIDENT_LIST, last.at, last.key), limit)
+    return rows[:limit]
 
 
 @router.get("/incidents/{incident_id}", response_model=IncidentOut)

@@ -45,7 +45,7 @@ class Incident(Base):
     outcome: Mapped[str | None] = mapped_column(Text, default=None)
     title: Mapped[str] = mapped_column(String(200), default="")
     description: Mapped[str] = mapped_column(Text, default="")
-    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     site: Mapped[str] = mapped_column(String(64), index=True)
     ward: Mapped[str | None] = mapped_column(String(128), default=None)
     address: Mapped[str | None] = mapped_column(Text, default=None)
@@ -61,6 +61,7 @@ class Incident(Base):
     __table_args__ = (
         Index("ix_incidents_year_number", "year", "number", unique=True),
         Index("ix_incidents_wearer_window", "wearer", "window_start", "window_end"),
+        Index("ix_incidents_occurred_at_reference", "occurred_at", "reference"),  # the list, newest first
     )
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from accounts.models import User
 from devices.models import StaffMember
+from storage.paging import Position, after_position
 
 from .access import Viewer, incident_scope
 from .models import (
@@ -21,6 +22,8 @@ from .models import (
     IncidentStaff,
     LegalHold,
 )
+
+INCIDENT_LIST = "incidents"  # the list a cursor of search_incidents belongs to (API and console alike)
 
 
 @dataclass
@@ -37,11 +40,15 @@ class IncidentFilter:
     evidence_id: str | None = None
     limit: int = 100
     offset: int = 0
+    after: Position | None = None  # where the previous page ended (occurred_at, reference)
 
 
 def search_incidents(session: Session, viewer: Viewer, f: IncidentFilter) -> list[Incident]:
-    """Incidents the viewer may see that match every given filter, newest first."""
-    q = select(Incident).where(incident_scope(viewer))
+    """Incidents the viewer may see that match every given filter, newest first (when it happened,
+    then reference: a total order), those after ``f.after`` or past the first ``f.offset``."""
+    q = select(Incident).where(
+        incident_scope(viewer), after_position(Incident.occurred_at, Incident.reference, f.after)
+    )
     if f.status:
         q = q.where(Incident.status.in_(f.status))
     if f.category:
@@ -88,6 +95,11 @@ def search_incidents(session: Session, viewer: Viewer, f: IncidentFilter) -> lis
         )
     q = q.order_by(Incident.occurred_at.desc(), Incident.reference.desc()).limit(f.limit).offset(f.offset)
     return list(session.scalars(q))
+
+
+def incident_position(incident: Incident) -> Position:
+    """Where a page of :func:`search_incidents` that ends with ``incident`` ended."""
+    return Position(incident.occurred_at, incident.reference)
 
 
 def incident_view(session: Session, incident: Incident) -> dict[str, Any]:

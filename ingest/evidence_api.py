@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from accounts.access import WRITES_CUSTODY, require_roles, services, services_here
 from accounts.service import Principal
-from chain_of_custody.core import CoreServices
+from chain_of_custody.core import CoreServices, list_cursors
 from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reads import ReadRefused, item_response
@@ -46,7 +46,15 @@ from ingest import read_grants
 from ingest.read_reasons import ReasonRefused, deletion_reason, quarantine_review_reason, read_reason
 from storage.api_schema import error_responses
 from storage.bounds import MAX_OFFSET
-from storage.paging import link_next, next_headers
+from storage.paging import (
+    BadCursor,
+    after_position,
+    cursor_param,
+    link_next,
+    link_next_keeping,
+    next_headers,
+    page_limit,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
 
@@ -116,22 +124,44 @@ class CustodyEntryOut(BaseModel):
     )
 
 
-@router.get("/evidence", response_model=list[EvidenceItemOut])
+EVIDENCE_PAGE = 100  # items in a page, unless the caller asks for fewer
+EVIDENCE_PAGE_MAX = 1000
+
+
+@router.get(
+    "/evidence",
+    response_model=list[EvidenceItemOut],
+    responses={**next_headers(), **error_responses(400)},
+)
 def list_items(
+    request: Request,
+    response: Response,
     kind: str | None = None,
     status: str | None = None,
     wearer: str | None = None,
     device: str | None = None,
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    after: str = cursor_param("items"),
+    limit: int = page_limit(EVIDENCE_PAGE, EVIDENCE_PAGE_MAX, "items"),
+    offset: int = Query(
+        0, ge=0, le=MAX_OFFSET, description="kept for older clients: skip this many (use after)"
+    ),
     user: Principal = Depends(require_roles(*METADATA_ROLES)),
     s: CoreServices = Depends(services),
 ) -> list[dict[str, object]]:
+    """Items the caller may see, newest first (when stored, then id), a page at a time: ``limit``,
+    then ``after`` as the answer's ``X-Next-After`` (and its ``Link: <...>; rel="next"``, which keeps
+    the filters) give it. A page starts right after the previous one's last item, so clips stored
+    meanwhile never push one onto two pages or past both. ``offset`` still skips rows for older
+    clients; it cannot be combined with ``after``."""
+    cursors = list_cursors(s)
+    position = cursors.read("evidence", after) if after else None
+    if position is not None and offset:
+        raise BadCursor("give after or offset, not both")
     q = (
         select(EvidenceItem)
-        .where(evidence_scope(user))
-        .order_by(EvidenceItem.created_at.desc())
-        .limit(limit)
+        .where(evidence_scope(user), after_position(EvidenceItem.created_at, EvidenceItem.id, position))
+        .order_by(EvidenceItem.created_at.desc(), EvidenceItem.id.desc())
+        .limit(limit + 1)
         .offset(offset)
     )
     for col, val in (
@@ -143,7 +173,12 @@ def list_items(
         if val is not None:
             q = q.where(col == val)
     with s.db.session() as session:
-        return _out(session, user, list(session.scalars(q)))
+        rows = list(session.scalars(q))
+        page = _out(session, user, rows[:limit])
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        link_next_keeping(response, request, cursors.make("evidence", last.created_at, last.id), limit)
+    return page
 
 
 def _item(s: CoreServices, item_id: str, user: Principal) -> EvidenceItem:
