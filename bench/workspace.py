@@ -82,7 +82,7 @@ def populate(services: Any, items: int, investigator_id: int) -> tuple[str, str]
             IncidentDraft("physical_assault", now - timedelta(hours=6), "NORTH", title="Large incident"),
             "user:admin",
         )
-        assign_investigator(session, incident, investigator_id, "user:admin")
+        assign_investigator(session, services.ledger, incident, investigator_id, "user:admin")
         incident_id, reference = incident.id, incident.reference
     for n in range(items):
         start = now - timedelta(hours=6) + timedelta(seconds=30 * n)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.db import Base, UTCDateTime, utcnow
@@ -58,6 +58,11 @@ class EvidenceItem(Base):
         return "working copy" if self.derived_from_id else "master copy"
 
 
+# The actions that link an item to an incident and unlink it (a partial index's predicate: a query
+# that wants the index repeats this term as it is).
+LINK_STEPS = "action IN ('linked', 'unlinked')"
+
+
 class CustodyEntry(Base):
     """One signed, hash-chained line of the custody ledger. Never updated, never deleted."""
 
@@ -80,6 +85,14 @@ class CustodyEntry(Base):
     __table_args__ = (
         UniqueConstraint("item_id", "item_seq", name="uq_custody_entries_item_seq"),
         Index("ix_custody_entries_item", "item_id", "item_seq"),
+        # An item's link steps, found at every access a link grants (``incidents.access``).
+        Index(
+            "ix_custody_entries_link_steps",
+            "item_id",
+            "seq",
+            sqlite_where=text(LINK_STEPS),
+            postgresql_where=text(LINK_STEPS),
+        ),
     )
 
 

@@ -32,6 +32,7 @@ from .keys import ServiceKey
 from .ledger import Ledger
 from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .models import CustodyEntry, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
+from .row_checks import check_row_families
 from .signed_tree_head import TreeHead
 from .tree_heads import sample_tree_heads
 from .viewing import RANGE_CHAIN, chain_problem, seal_mismatch
@@ -194,6 +195,9 @@ def verify_service(
     check_tree_heads(store, key, entries, report, chain_known_broken, sample=options.tree_head_sample)
     say("checking viewings")
     check_viewings(session, entries, report, key.derived_secret(RANGE_CHAIN))
+    if not options.item_ids:  # one item's check reads its own rows only
+        say("checking links, legal holds, users, assignments and download links")
+        check_row_families(session, entries, report)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")

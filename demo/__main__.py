@@ -65,7 +65,10 @@ def ensure_admin(password: str) -> None:
             if session.query(User).filter_by(username="admin").first() is None:
                 create_user(session, "admin", password, "admin", full_name="Demo administrator")
                 services.ledger.append(
-                    session, "user_changed", "demo", details={"user": "admin", "created": True}
+                    session,
+                    "user_changed",
+                    "demo",
+                    details={"user": "admin", "created": True, "role": "admin", "site": None},
                 )
     finally:
         services.close()

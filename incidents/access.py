@@ -22,12 +22,27 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, String, and_, column, false, or_, select, table, true
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    and_,
+    cast,
+    column,
+    exists,
+    false,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    table,
+    true,
+)
 from sqlalchemy.orm import Session, aliased
 
 from accounts.access import sees_site, site_scope
 from chain_of_custody.entries import viewings_whole, withhold
-from chain_of_custody.models import EvidenceItem
+from chain_of_custody.models import CustodyEntry, EvidenceItem
 from devices.models import Device, StaffMember
 
 from .models import ExhibitReference, Incident, IncidentAssignment, IncidentLink
@@ -95,11 +110,44 @@ def visible_incident(
     return session.scalar(q)
 
 
+# ``LINK_STEPS`` as literals, so the partial index on an item's link steps serves the look-up.
+_STEP_ACTIONS: list[ColumnElement[Any]] = [literal_column("'linked'"), literal_column("'unlinked'")]
+
+
+def link_on_custody() -> ColumnElement[bool]:
+    """A WHERE clause on ``IncidentLink``: the ledger's latest ``linked``/``unlinked`` entry for the
+    link's incident and item is the ``linked`` entry naming this row. A link row put in the database
+    by hand (or a row un-unlinked, or moved to another incident) has none, and grants nothing.
+
+    One look-up a link, in the item's link steps (``ix_custody_entries_link_steps``). It reads the
+    entries' details as stored, without checking signatures: a forged entry to match a planted row
+    breaks the signed chain, which ``evidence verify`` names."""
+    step, last = aliased(CustodyEntry), aliased(CustodyEntry)
+    incident_named = literal('"incident_id":"') + IncidentLink.incident_id + literal('"')
+    link_named = literal('"link":') + cast(IncidentLink.id, String) + literal(",")
+    latest = (
+        select(func.max(step.seq))
+        .where(
+            step.item_id == IncidentLink.target_id,
+            step.action.in_(_STEP_ACTIONS),
+            step.details.contains(incident_named),
+        )
+        .correlate(IncidentLink)  # the link row of the query this clause is in, two levels out
+        .scalar_subquery()
+    )
+    return exists(
+        select(last.seq)
+        .where(last.seq == latest, last.action == "linked", last.details.contains(link_named))
+        .correlate(IncidentLink)
+    )
+
+
 def _own_evidence_scope(viewer: Viewer, item: type[EvidenceItem]) -> ColumnElement[bool]:
     linked = select(IncidentLink.target_id).where(
         IncidentLink.target_kind == "evidence",
         IncidentLink.unlinked_at.is_(None),
         IncidentLink.incident_id.in_(select(Incident.id).where(incident_scope(viewer))),
+        link_on_custody(),
     )
     clause: ColumnElement[bool] = item.id.in_(linked)
     if viewer.role == "security_manager" and viewer.site:

@@ -238,6 +238,7 @@ def open_incident(
             draft,
             user.actor,
             assign_user_id=user.user_id if user.role == "investigator" else None,
+            ledger=s.ledger,
             viewer=user,
         )
         if incident.wearer:
@@ -481,7 +482,7 @@ def assign(
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise _hidden()
-        assign_investigator(session, incident, user_id, user.actor)
+        assign_investigator(session, s.ledger, incident, user_id, user.actor)
         return incident_view(session, incident)
 
 
@@ -493,7 +494,7 @@ def unassign(
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise _hidden()
-        unassign_investigator(session, incident, user_id, user.actor)
+        unassign_investigator(session, s.ledger, incident, user_id, user.actor)
     return Response(status_code=204)
 
 

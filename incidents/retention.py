@@ -400,6 +400,7 @@ def set_legal_hold(
         for h in holds:
             h.released_at, h.released_by, h.release_reason = now, actor, reason
     session.flush()
+    recorded = False
     for item_id in _hold_items(session, target_kind, target_id):
         item = session.get(EvidenceItem, item_id, with_for_update=True)
         if item is None or item.status == "deleted":
@@ -426,6 +427,19 @@ def set_legal_hold(
                 "target": {"kind": target_kind, "id": target_id},
                 "reason": reason,
                 "object_held": item.legal_hold,
+            },
+        )
+        recorded = True
+    if not recorded:  # nothing linked yet (or all deleted): the hold itself is still on the ledger
+        ledger.append(
+            session,
+            "legal_hold",
+            actor,
+            details={
+                "on": on,
+                "holds": [h.id for h in holds],
+                "target": {"kind": target_kind, "id": target_id},
+                "reason": reason,
             },
         )
     return holds

@@ -192,10 +192,14 @@ def create_incident(
     *,
     now: datetime | None = None,
     assign_user_id: int | None = None,
+    ledger: Ledger | None = None,
     viewer: Viewer | None = None,
 ) -> Incident:
-    """Open an incident; ``viewer`` is the caller whose rights bound what it may follow (None: the service)."""
+    """Open an incident; ``viewer`` is the caller whose rights bound what it may follow (None: the
+    service). ``assign_user_id`` assigns an investigator, which ``ledger`` records."""
     now = _now(now)
+    if assign_user_id is not None and ledger is None:
+        raise ValueError("an assignment is recorded on the ledger: pass it")
     if draft.category not in CATEGORIES:
         raise IncidentRefused("bad_category", f"category is one of {', '.join(CATEGORIES)}")
     if not draft.site:
@@ -226,8 +230,8 @@ def create_incident(
     session.flush()
     _set_staff(session, incident, draft.staff)
     _event(session, incident, actor, "created", now, reference=reference, category=draft.category)
-    if assign_user_id is not None:
-        assign_investigator(session, incident, assign_user_id, actor, now=now)
+    if assign_user_id is not None and ledger is not None:
+        assign_investigator(session, ledger, incident, assign_user_id, actor, now=now)
     session.flush()
     return incident
 
@@ -313,8 +317,17 @@ def update_incident(
 
 
 def assign_investigator(
-    session: Session, incident: Incident, user_id: int, actor: str, *, now: datetime | None = None
+    session: Session,
+    ledger: Ledger,
+    incident: Incident,
+    user_id: int,
+    actor: str,
+    *,
+    now: datetime | None = None,
 ) -> IncidentAssignment:
+    """Assign an investigator (idempotent). An assignment lets them see the incident and everything
+    linked to it, so it is a custody entry too (``user_changed``, naming the incident and the row):
+    ``evidence verify`` names an assignment row the ledger does not hold."""
     now = _now(now)
     user = session.get(User, user_id)
     if user is None or not user.active:
@@ -334,11 +347,41 @@ def assign_investigator(
     session.add(row)
     _event(session, incident, actor, "assigned", now, investigator=user.username)
     session.flush()
+    _record_assignment(session, ledger, incident, user.username, row, actor, True)
     return row
 
 
+def _record_assignment(
+    session: Session,
+    ledger: Ledger,
+    incident: Incident,
+    username: str,
+    row: IncidentAssignment,
+    actor: str,
+    assigned: bool,
+) -> None:
+    ledger.append(
+        session,
+        "user_changed",
+        actor,
+        details={
+            "user": username,
+            "incident": incident.reference,
+            "incident_id": incident.id,
+            "assignment": row.id,
+            "assigned": assigned,
+        },
+    )
+
+
 def unassign_investigator(
-    session: Session, incident: Incident, user_id: int, actor: str, *, now: datetime | None = None
+    session: Session,
+    ledger: Ledger,
+    incident: Incident,
+    user_id: int,
+    actor: str,
+    *,
+    now: datetime | None = None,
 ) -> None:
     now = _now(now)
     row = session.scalar(
@@ -353,6 +396,8 @@ def unassign_investigator(
     row.unassigned_at, row.unassigned_by = now, actor
     user = session.get(User, user_id)
     _event(session, incident, actor, "unassigned", now, investigator=user.username if user else user_id)
+    session.flush()
+    _record_assignment(session, ledger, incident, user.username if user else str(user_id), row, actor, False)
 
 
 # -- links -------------------------------------------------------------------------------------
@@ -450,6 +495,19 @@ def link_target(
             },
         )
         _apply_retention(session, ledger, retention, item.id, now, actor, f"linked to {incident.reference}")
+    else:  # an alarm is no evidence item: its link is an entry of the ledger's own, naming it
+        ledger.append(
+            session,
+            "linked",
+            actor,
+            details={
+                "incident": incident.reference,
+                "incident_id": incident.id,
+                "alarm": target_id,
+                "link": link.id,
+                "reason": reason,
+            },
+        )
     return link, True
 
 
@@ -497,6 +555,19 @@ def unlink_target(
                 _apply_retention(
                     session, ledger, retention, item.id, now, actor, f"unlinked from {incident.reference}"
                 )
+    else:
+        ledger.append(
+            session,
+            "unlinked",
+            actor,
+            details={
+                "incident": incident.reference,
+                "incident_id": incident.id,
+                "alarm": target_id,
+                "link": link.id,
+                "reason": reason,
+            },
+        )
     return link
 
 

@@ -108,7 +108,10 @@ def user_add(
         with s.db.session() as session:
             create_user(session, username, password, role, full_name=full_name, site=site)
             s.ledger.append(
-                session, "user_changed", "cli", details={"user": username, "role": role, "created": True}
+                session,
+                "user_changed",
+                "cli",
+                details={"user": username, "role": role, "site": site, "created": True},
             )
     except AccountError as exc:
         console.print(f"[red]{exc}[/red]")

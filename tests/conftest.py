@@ -297,12 +297,27 @@ def start_server(services, app=None) -> tuple[_ThreadedServer, threading.Thread,
     return server, thread, url
 
 
-@pytest.fixture
-def live(services) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
+def recorded_user(  # type: ignore[no-untyped-def]
+    session, ledger, username: str, password: str, role: str, *, site: str | None = None, full_name: str = ""
+) -> int:
+    """A user created as the users route and ``evidence users add`` create one: the row and its
+    ``user_changed`` custody entry (``evidence verify`` names a user no entry created)."""
     from accounts.service import create_user
 
+    row = create_user(session, username, password, role, full_name=full_name, site=site)
+    ledger.append(
+        session,
+        "user_changed",
+        "test",
+        details={"user": username, "created": True, "role": role, "site": site},
+    )
+    return row.id
+
+
+@pytest.fixture
+def live(services) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
     with services.db.session() as session:
-        create_user(session, "admin", ADMIN_PASSWORD, "admin")
+        recorded_user(session, services.ledger, "admin", ADMIN_PASSWORD, "admin")
     server, thread, url = start_server(services)
     r = httpx.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD})
     r.raise_for_status()

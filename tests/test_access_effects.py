@@ -80,7 +80,7 @@ def _world(live: Any) -> World:
             )
             link_evidence(session, s.ledger, incident.id, items[4 * n], "user:seed", "seen")
             link_evidence(session, s.ledger, incident.id, items[4 * n + 3], "user:seed", "its copy only")
-            assign_investigator(session, incident, inv, "user:seed")
+            assign_investigator(session, s.ledger, incident, inv, "user:seed")
             incidents.append(incident.id)
     alarms = [raise_test_alarm(s, f"LW-{site}", site=site) for site in SITES]
     return World(live, items, incidents, alarms)
@@ -257,7 +257,7 @@ def test_no_action_reaches_what_its_caller_could_not_see(live: Any) -> None:
                 for n in assigned:
                     row = session.get(Incident, incidents[n % len(incidents)])
                     assert row is not None
-                    assign_investigator(session, row, uid, "user:seed")
+                    assign_investigator(session, s.ledger, row, uid, "user:seed")
         headers = bearer(s, name)
         actor = f"user:{name}"
         for step in steps:

@@ -27,7 +27,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from accounts.service import create_user
 from alarms.models import AlarmOutbox, AlarmRecord, LoneWorkerEvent
 from alarms.service import AlarmService
 from chain_of_custody.keys import verify_signature
@@ -39,7 +38,7 @@ from devices.service import broker_accounts
 from firmware_simulators.lone_worker import LoneWorkerDevice
 from ingest.services import build_services
 from tests.clipkit import canonical
-from tests.conftest import make_settings, start_server, wait_for
+from tests.conftest import make_settings, recorded_user, start_server, wait_for
 from tests.test_alarms_fuzz import FUZZ, build_mutated, mutated_batch
 from tests.test_alarms_kit import SERVICE_USER, DeviceKit, WebhookReceiver, raw_public, sse_events
 from tests.test_lone_worker_broker import SUBACK_REFUSED, Probe, hostile_subscriptions
@@ -144,7 +143,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, seaweed: Any) -> Iterator[St
     )
     services = build_services(settings_)
     with services.db.session() as session:
-        create_user(session, "admin", PASSWORD, "admin")
+        recorded_user(session, services.ledger, "admin", PASSWORD, "admin")
     server, thread, url = start_server(services)
     token = httpx.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": PASSWORD}).json()
     s = Stack(
@@ -656,7 +655,7 @@ def test_alarm_routes_by_role(stack: Stack) -> None:
     headers = {}
     with stack.services.db.session() as session:
         for role in ("operator", "auditor", "investigator"):
-            create_user(session, f"{role}-roles", PASSWORD, role)
+            recorded_user(session, stack.services.ledger, f"{role}-roles", PASSWORD, role)
     for role in ("operator", "auditor", "investigator"):
         r = httpx.post(
             f"{stack.url}/api/v1/auth/token", data={"username": f"{role}-roles", "password": PASSWORD}

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from accounts.service import create_user
+from tests.conftest import recorded_user
 
 CHROMIUM = os.environ.get("EVIDENCE_TEST_CHROMIUM", "/usr/bin/chromium")
 # Flags that work on these machines (no sandbox inside the container, no GPU, nothing phoned home).
@@ -41,7 +41,9 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 def add_users(services: Any) -> None:
     with services.db.session() as session:
         for name, role in ROLE_USERS.items():
-            create_user(session, name, PASSWORD, role, full_name=name.title(), site="NORTH")
+            recorded_user(
+                session, services.ledger, name, PASSWORD, role, full_name=name.title(), site="NORTH"
+            )
 
 
 def screenshot_dir(tmp: Path) -> Path:

@@ -77,7 +77,7 @@ def test_exhibits_reports_and_statements_through_the_api(live: Any) -> None:
 
         incident = session.get(Incident, ours_id)
         assert incident is not None
-        assign_investigator(session, incident, ids["inv"], "user:mgr")
+        assign_investigator(session, s.ledger, incident, ids["inv"], "user:mgr")
         link_evidence(session, s.ledger, theirs_id, second.id, "user:mgr", SECRET)  # not the investigator's
     mgr = httpx.Client(base_url=live.url, headers=bearer(s, "mgr"), timeout=30)
     inv = httpx.Client(base_url=live.url, headers=bearer(s, "inv"), timeout=30)

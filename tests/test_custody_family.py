@@ -38,7 +38,7 @@ def test_a_copys_trail_names_no_incident_of_its_family_the_reader_may_not_see(li
     with s.db.session() as session:
         theirs = _incident(session, "SOUTH")  # the original's incident, not the investigator's
         mine = _incident(session, "NORTH")
-        assign_investigator(session, mine, inv, "user:seed")
+        assign_investigator(session, s.ledger, mine, inv, "user:seed")
         link_evidence(session, s.ledger, theirs.id, original.id, "user:seed", "filmed at the scene")
         link_evidence(session, s.ledger, mine.id, copy.id, "user:seed", "the copy we were given")
         # The other incident's own business with the copy: an exhibit reference there, a package.

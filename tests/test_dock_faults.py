@@ -56,13 +56,12 @@ def _stored_bytes(services, item_id: str) -> tuple[str, int]:  # type: ignore[no
 
 @pytest.fixture
 def sqlite_live(tmp_path, seaweed):  # type: ignore[no-untyped-def]
-    from accounts.service import create_user
     from ingest.services import build_services
-    from tests.conftest import ADMIN_PASSWORD, LiveServer
+    from tests.conftest import ADMIN_PASSWORD, LiveServer, recorded_user
 
     s = build_services(make_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", seaweed))
     with s.db.session() as session:
-        create_user(session, "admin", ADMIN_PASSWORD, "admin")
+        recorded_user(session, s.ledger, "admin", ADMIN_PASSWORD, "admin")
     server, thread, url = start_server(s)
     token = httpx.post(
         f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}
@@ -277,13 +276,13 @@ def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]
 
 
 def test_service_killed_mid_upload_resumes_after_restart(tmp_path: Path, seaweed: EmbeddedSeaweed) -> None:
-    from accounts.service import create_user
     from ingest.services import build_services
+    from tests.conftest import recorded_user
 
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", seaweed, upload_lease_seconds=2)
     s = build_services(settings)
     with s.db.session() as session:
-        create_user(session, "admin", "correct horse battery staple", "admin")
+        recorded_user(session, s.ledger, "admin", "correct horse battery staple", "admin")
     env = settings_env(settings)
     port = free_port()
     url = f"http://127.0.0.1:{port}"

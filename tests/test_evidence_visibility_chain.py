@@ -48,7 +48,7 @@ def test_one_item_and_the_scope_clause_agree_along_derivation_chains(services) -
             IncidentDraft("physical_assault", datetime.now(UTC), "NORTH", title="chain"),
             "user:admin",
         )
-        assign_investigator(session, incident, inv, "user:admin")
+        assign_investigator(session, s.ledger, incident, inv, "user:admin")
         incident_id = incident.id
     for level in (None, *range(LENGTH)):  # which item of the chain is linked (None: none)
         chain = _chain(s, "S-S")

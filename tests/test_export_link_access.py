@@ -48,7 +48,7 @@ def test_a_link_stops_with_its_issuers_access_and_only_those_answerable_revoke(l
             session, IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"), "user:seed"
         )
         for name in ("inv1", "inv2"):
-            assign_investigator(session, incident, ids[name], "user:seed")
+            assign_investigator(session, s.ledger, incident, ids[name], "user:seed")
         link_evidence(session, s.ledger, incident.id, copy.id, "user:seed", "the redacted copy")
         incident_id = incident.id
     h = {name: bearer(s, name) for name in ("inv1", "inv2", "inv3", "mgr_north", "mgr_south")}
@@ -81,7 +81,7 @@ def test_a_link_stops_with_its_issuers_access_and_only_those_answerable_revoke(l
     with s.db.session() as session:
         row = session.get(Incident, incident_id)
         assert row is not None
-        unassign_investigator(session, row, ids["inv1"], "user:seed")
+        unassign_investigator(session, s.ledger, row, ids["inv1"], "user:seed")
     assert serves(first) == 410 and serves(third) == 200
     # ...and they may still take back what they handed out (recorded in custody, by them).
     assert revoke(second, "inv1") == 204
@@ -92,7 +92,7 @@ def test_a_link_stops_with_its_issuers_access_and_only_those_answerable_revoke(l
     with s.db.session() as session:
         row = session.get(Incident, incident_id)
         assert row is not None
-        assign_investigator(session, row, ids["inv1"], "user:seed")
+        assign_investigator(session, s.ledger, row, ids["inv1"], "user:seed")
     assert serves(first) == 200  # the issuer's access is back, and so is the link
     assert revoke(first, "mgr_north") == 204  # the incident's site's security manager
     assert serves(first) == 410
@@ -130,7 +130,7 @@ def test_a_link_row_edited_in_the_database_hands_out_nothing(live: Any) -> None:
         incident = create_incident(
             session, IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"), "user:seed"
         )
-        assign_investigator(session, incident, inv, "user:seed")
+        assign_investigator(session, s.ledger, incident, inv, "user:seed")
         link_evidence(session, s.ledger, incident.id, copy.id, "user:seed", "the redacted copy")
         incident_id = incident.id
     h = bearer(s, "inv1")
@@ -157,7 +157,7 @@ def test_a_link_row_edited_in_the_database_hands_out_nothing(live: Any) -> None:
     with s.db.session() as session:
         row = session.get(Incident, incident_id)
         assert row is not None
-        unassign_investigator(session, row, inv, "user:seed")  # the real issuer's access ends
+        unassign_investigator(session, s.ledger, row, inv, "user:seed")  # the real issuer's access ends
     got = httpx.get(f"{live.url}{handed['path']}")
     assert got.status_code == 410 and got.json()["reason"] == "link_gone", got.text
 
@@ -179,7 +179,7 @@ def test_an_exhibit_reference_edited_in_the_database_is_not_packaged(live: Any) 
         incident = create_incident(
             session, IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"), "user:seed"
         )
-        assign_investigator(session, incident, inv, "user:seed")
+        assign_investigator(session, s.ledger, incident, inv, "user:seed")
         for copy in copies:
             link_evidence(session, s.ledger, incident.id, copy.id, "user:seed", "the redacted copy")
         incident_id = incident.id

@@ -124,7 +124,7 @@ def test_the_timeline_comes_a_page_at_a_time(site: tuple[TestClient, Any, dict[s
         incident = session.get(Incident, incident_id)
         assert incident is not None
         for person in people:
-            assign_investigator(session, incident, person, "user:admin")
+            assign_investigator(session, services.ledger, incident, person, "user:admin")
     timeline = f"/api/v1/incidents/{incident_id}/timeline"
     whole = client.get(timeline, headers=admin).json()
     assert len(whole) >= 6  # happened, opened, two clips, three investigators

@@ -142,7 +142,7 @@ def test_the_window_audit_lists_and_withdraws_windows_set_before_the_rule(
         for incident_id, investigator in ((owned, owner), (old, snoop)):
             row = session.get(Incident, incident_id)
             assert row is not None
-            assign_investigator(session, row, investigator, "user:seed")
+            assign_investigator(session, s.ledger, row, investigator, "user:seed")
         link_evidence(session, s.ledger, owned, clip.id, "user:seed", "the owner's clip")
         snooped = session.get(Incident, old)
         assert snooped is not None
@@ -193,7 +193,7 @@ def test_a_package_is_handed_out_only_by_someone_who_may_see_all_it_holds(live: 
     with s.db.session() as session:
         row = session.get(Incident, incident)
         assert row is not None
-        assign_investigator(session, row, inv, "user:seed")
+        assign_investigator(session, s.ledger, row, inv, "user:seed")
     admin, investigator = live.admin(), bearer(s, "inv")
     link = {"kind": "evidence", "target_id": redacted.id, "reason": "the copy we were given"}
     assert httpx.post(f"{api}/incidents/{incident}/links", json=link, headers=admin).status_code == 201

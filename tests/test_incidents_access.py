@@ -37,7 +37,7 @@ def _setup(live):  # type: ignore[no-untyped-def]
             ),
             "user:north_mgr",
         )
-        assign_investigator(session, incident, ids["inv"], "user:north_mgr")
+        assign_investigator(session, s.ledger, incident, ids["inv"], "user:north_mgr")
         link_evidence(session, s.ledger, incident.id, linked.id, "user:north_mgr", "shows the assault")
         ref, incident_id = incident.reference, incident.id
     headers = {name: bearer(s, name) for name in ids}

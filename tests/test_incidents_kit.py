@@ -73,11 +73,18 @@ def _password_hash() -> str:
 
 
 def user(services, username: str, role: str, site: str | None = None) -> int:  # type: ignore[no-untyped-def]
-    """A user whose password is PASSWORD (login works as usual)."""
+    """A user whose password is PASSWORD (login works as usual), recorded on custody as the users
+    route records one (``evidence verify`` names a user no entry created)."""
     with services.db.session() as session:
         row = User(username=username, password_hash=_password_hash(), role=role, site=site)
         session.add(row)
         session.flush()
+        services.ledger.append(
+            session,
+            "user_changed",
+            "test",
+            details={"user": username, "created": True, "role": role, "site": site},
+        )
         return row.id
 
 

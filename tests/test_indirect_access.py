@@ -43,7 +43,7 @@ def _world(live: Any) -> tuple[Any, dict[str, int], dict[str, dict[str, str]], s
             IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH", title="Ward 7"),
             "user:north_mgr",
         )
-        assign_investigator(session, incident, ids["inv"], "user:north_mgr")
+        assign_investigator(session, s.ledger, incident, ids["inv"], "user:north_mgr")
         link_evidence(session, s.ledger, incident.id, clip.id, "user:north_mgr", "the assault")
         ref = incident.reference
     return s, ids, {n: bearer(s, n) for n in ids}, ref, clip

@@ -285,7 +285,11 @@ def _reassign(fx: Fixture) -> dict[str, str]:
 
     with fx.services.db.session() as session:
         assign_investigator(
-            session, session.get(Incident, fx.ids["incident"]), fx.ids["investigator2"], "test"
+            session,
+            fx.services.ledger,
+            session.get(Incident, fx.ids["incident"]),
+            fx.ids["investigator2"],
+            "test",
         )
     return {}
 
@@ -518,7 +522,7 @@ def fx(sqlite_services):  # type: ignore[no-untyped-def]
             IncidentDraft(category="physical_assault", occurred_at=datetime.now(UTC), site="NORTH"),
             "test",
         )
-        assign_investigator(session, incident, ids["investigator"], "test")
+        assign_investigator(session, s.ledger, incident, ids["investigator"], "test")
         ids["incident"] = incident.id
         request = receive_request(
             session,

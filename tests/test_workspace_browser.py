@@ -89,7 +89,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, seaweed: Any) -> Iterator[Wo
             "user:north_manager",
             now=now - timedelta(days=2),
         )
-        assign_investigator(session, earlier, ids["ivy"], "user:north_manager")
+        assign_investigator(session, services.ledger, earlier, ids["ivy"], "user:north_manager")
         for item in (clip.id, other.id):
             link_evidence(
                 session, services.ledger, earlier.id, item, "user:north_manager", "seen at reception"

@@ -98,6 +98,7 @@ def receive_request(
         viewer.actor,
         now=now,
         assign_user_id=viewer.user_id if viewer.role == "investigator" else None,
+        ledger=ledger,
         viewer=viewer,
     )
     sar = SubjectAccessRequest(

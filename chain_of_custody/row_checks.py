@@ -1,0 +1,138 @@
+"""The database reads behind ``row_replay``: links, legal holds, users, assignments, export jobs
+and download links as rows.
+
+The tables belong to other domains (incidents, accounts), which may not be imported here; they are
+named as plain tables, only the columns the comparison needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import column, select, table
+from sqlalchemy.orm import Session
+
+from .entries import ChainReport, SignedEntry
+from .models import EvidenceItem
+from .row_replay import (
+    AssignmentRow,
+    DownloadLinkRow,
+    ExportJobRow,
+    HoldRow,
+    LinkRow,
+    UserRow,
+    assignment_findings,
+    assignment_replay,
+    download_link_findings,
+    download_link_replay,
+    export_job_findings,
+    export_replay,
+    hold_findings,
+    hold_replay,
+    item_hold_findings,
+    item_hold_replay,
+    link_findings,
+    link_replay,
+    user_findings,
+    user_replay,
+    users_unchecked,
+)
+
+_LINKS = table(
+    "incident_links",
+    column("id"),
+    column("incident_id"),
+    column("target_kind"),
+    column("target_id"),
+    column("unlinked_at"),
+)
+_HOLDS = table("legal_holds", column("id"), column("target_kind"), column("target_id"), column("released_at"))
+_USERS = table("users", column("username"), column("role"), column("site"), column("active"))
+_ASSIGNMENTS = table(
+    "incident_assignments", column("id"), column("incident_id"), column("user_id"), column("unassigned_at")
+)
+_USER_IDS = table("users", column("id"), column("username"))
+_EXPORT_JOBS = table(
+    "export_jobs",
+    column("id"),
+    column("incident_id"),
+    column("requested_by"),
+    column("status"),
+    column("package_sha256"),
+    column("package_size"),
+)
+_DOWNLOAD_LINKS = table(
+    "export_links",
+    column("id"),
+    column("export_id"),
+    column("created_by"),
+    column("recipient"),
+    column("revoked_at"),
+)
+
+
+def link_rows(session: Session) -> list[LinkRow]:
+    q = select(_LINKS.c.id, _LINKS.c.incident_id, _LINKS.c.target_kind, _LINKS.c.target_id).where(
+        _LINKS.c.unlinked_at.is_(None)
+    )
+    return [LinkRow(int(i), str(inc), str(kind), str(target)) for i, inc, kind, target in session.execute(q)]
+
+
+def hold_rows(session: Session) -> list[HoldRow]:
+    q = select(_HOLDS.c.id, _HOLDS.c.target_kind, _HOLDS.c.target_id, _HOLDS.c.released_at)
+    return [HoldRow(int(i), str(k), str(t), released is None) for i, k, t, released in session.execute(q)]
+
+
+def user_rows(session: Session) -> list[UserRow]:
+    q = select(_USERS.c.username, _USERS.c.role, _USERS.c.site, _USERS.c.active)
+    return [UserRow(str(u), str(r), s, bool(a)) for u, r, s, a in session.execute(q)]
+
+
+def assignment_rows(session: Session) -> list[AssignmentRow]:
+    a, u = _ASSIGNMENTS.c, _USER_IDS.c
+    q = (
+        select(a.id, a.incident_id, u.username)
+        .select_from(_ASSIGNMENTS.outerjoin(_USER_IDS, u.id == a.user_id))
+        .where(a.unassigned_at.is_(None))
+    )
+    return [AssignmentRow(int(i), str(inc), str(name)) for i, inc, name in session.execute(q)]
+
+
+def export_job_rows(session: Session) -> list[ExportJobRow]:
+    c = _EXPORT_JOBS.c
+    q = select(c.id, c.incident_id, c.requested_by, c.status, c.package_sha256, c.package_size)
+    return [
+        ExportJobRow(str(i), str(inc), str(by), str(st), sha, None if size is None else int(size))
+        for i, inc, by, st, sha, size in session.execute(q)
+    ]
+
+
+def download_link_rows(session: Session) -> list[DownloadLinkRow]:
+    c = _DOWNLOAD_LINKS.c
+    q = select(c.id, c.export_id, c.created_by, c.recipient, c.revoked_at)
+    return [
+        DownloadLinkRow(str(i), str(e), str(b), str(r), rv is not None)
+        for i, e, b, r, rv in session.execute(q)
+    ]
+
+
+def check_row_families(session: Session, entries: Sequence[SignedEntry], report: ChainReport) -> None:
+    """Links, legal holds (and each item's hold flag), users, their incident assignments, export
+    jobs and download links against the ledger's replay (``row_replay``): one finding each
+    disagreement."""
+    report.problems.extend(link_findings(link_replay(entries), link_rows(session)))
+    report.problems.extend(hold_findings(hold_replay(entries), hold_rows(session)))
+    held = {i: bool(h) for i, h in session.execute(select(EvidenceItem.id, EvidenceItem.legal_hold))}
+    report.problems.extend(item_hold_findings(item_hold_replay(entries), held))
+    users = user_rows(session)
+    replay = user_replay(entries)
+    report.problems.extend(user_findings(replay, users))
+    unchecked = users_unchecked(replay, users)
+    if unchecked:
+        report.notes.append(
+            f"the site of {len(unchecked)} user(s) is not in their custody record, so not checked: "
+            + ", ".join(unchecked[:10])
+        )
+    report.problems.extend(assignment_findings(assignment_replay(entries), assignment_rows(session)))
+    report.problems.extend(export_job_findings(export_replay(entries), export_job_rows(session)))
+    report.problems.extend(download_link_findings(download_link_replay(entries), download_link_rows(session)))

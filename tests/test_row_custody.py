@@ -1,0 +1,448 @@
+"""Rows that widen access or keep evidence (incident links, legal holds, users' roles and sites,
+download links) are checked against the custody ledger, on both databases and the real store.
+
+Someone with write access to the database can plant a link to another investigator's footage,
+delete a legal hold so footage expires, or give themselves a role: ``evidence verify`` names each,
+and a planted link grants nothing."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import delete, insert, select, update
+
+from accounts.models import User
+from chain_of_custody.entries import EntryBody, SignedEntry
+from chain_of_custody.row_replay import (
+    AssignmentRow,
+    DownloadLinkRow,
+    ExportJobRow,
+    HoldRow,
+    LinkRow,
+    UserRow,
+    assignment_findings,
+    assignment_replay,
+    download_link_findings,
+    download_link_replay,
+    export_job_findings,
+    export_replay,
+    hold_findings,
+    hold_replay,
+    link_findings,
+    link_replay,
+    user_findings,
+    user_replay,
+)
+from chain_of_custody.verify import verify_service
+from incidents.export.models import ExportJob, ExportLink
+from incidents.models import IncidentAssignment, IncidentLink, LegalHold
+from incidents.retention import RetentionRules, set_legal_hold
+from incidents.service import (
+    IncidentDraft,
+    assign_investigator,
+    create_incident,
+    link_evidence,
+    link_target,
+    unlink_evidence,
+    unlink_target,
+)
+from tests.conftest import wait_for
+from tests.test_alarms_kit import raise_test_alarm
+from tests.test_incidents_kit import bearer, staff, store_item, user
+
+T0 = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
+
+
+# -- the comparison alone -------------------------------------------------------------------------
+
+
+def _entry(
+    seq: int, action: str, details: dict[str, Any], item_id: str | None = None, actor: str = "a"
+) -> SignedEntry:
+    body = EntryBody(seq, f"id{seq}", "t", action, actor, item_id, None, json.dumps(details), "p", None, "k")
+    return SignedEntry(body, body.digest(), "sig")
+
+
+def _kinds(problems: list[Any]) -> list[str]:
+    return sorted(p.kind for p in problems)
+
+
+def test_links_are_compared_with_the_latest_step_of_each_pair() -> None:
+    entries = [
+        _entry(1, "linked", {"incident_id": "I1", "link": 1}, "X"),
+        _entry(2, "linked", {"incident_id": "I1", "link": 2}, "Y"),
+        _entry(3, "unlinked", {"incident_id": "I1", "link": 2}, "Y"),
+        _entry(4, "linked", {"incident_id": "I2", "link": 3}, "X"),
+        _entry(5, "linked", {"incident_id": "I1", "alarm": "A", "link": 4}),
+        _entry(6, "unlinked", {"incident_id": "I1", "window_withdrawn": {}}),  # names no target
+    ]
+    replay = link_replay(entries)
+    rows = [
+        LinkRow(1, "I1", "evidence", "X"),
+        LinkRow(3, "I2", "evidence", "X"),
+        LinkRow(4, "I1", "alarm", "A"),
+    ]
+    assert link_findings(replay, rows) == []
+    planted = LinkRow(9, "I3", "evidence", "X")
+    revived = LinkRow(2, "I1", "evidence", "Y")
+    moved = LinkRow(7, "I2", "evidence", "X")
+    assert _kinds(link_findings(replay, [*rows, planted, revived])) == [
+        "link_unlinked_in_custody",
+        "link_unrecorded",
+    ]
+    assert _kinds(link_findings(replay, [rows[0], moved, rows[2]])) == ["link_row_altered"]
+    gone = link_findings(replay, rows[1:])
+    assert _kinds(gone) == ["link_row_missing"] and "incident I1 / evidence item X" in gone[0].where
+
+
+def test_holds_are_compared_with_the_entries_that_place_and_release_them() -> None:
+    entries = [
+        _entry(1, "legal_hold", {"on": True, "holds": [1], "target": {"kind": "evidence", "id": "X"}}, "X"),
+        _entry(2, "legal_hold", {"on": True, "holds": [2], "target": {"kind": "incident", "id": "I"}}),
+        _entry(3, "legal_hold", {"on": False, "holds": [2], "target": {"kind": "incident", "id": "I"}}),
+        _entry(4, "legal_hold", {"on": True, "holds": ["H"], "cause": "linked"}, "X"),  # an item's class
+    ]
+    replay = hold_replay(entries)
+    rows = [HoldRow(1, "evidence", "X", True), HoldRow(2, "incident", "I", False)]
+    assert hold_findings(replay, rows) == []
+    assert _kinds(hold_findings(replay, rows[1:])) == ["hold_row_missing"]
+    assert _kinds(hold_findings(replay, [HoldRow(1, "evidence", "X", False), rows[1]])) == [
+        "hold_released_unrecorded"
+    ]
+    assert _kinds(hold_findings(replay, [rows[0], HoldRow(2, "incident", "I", True)])) == ["hold_row_altered"]
+    assert _kinds(hold_findings(replay, [*rows, HoldRow(5, "evidence", "Y", True)])) == ["hold_unrecorded"]
+    assert _kinds(hold_findings(replay, [HoldRow(1, "evidence", "Z", True), rows[1]])) == ["hold_row_altered"]
+
+
+def test_users_are_compared_with_what_created_and_changed_them() -> None:
+    entries = [
+        _entry(1, "user_changed", {"user": "ann", "created": True, "role": "investigator", "site": None}),
+        _entry(2, "user_changed", {"user": "bob", "created": True, "role": "operator"}),  # site not recorded
+        _entry(3, "user_changed", {"user": "ann", "changes": {"site": "NORTH", "tokens_revoked": 0}}),
+        _entry(4, "user_changed", {"user": "eve", "changes": {"role": "admin"}}),  # never created
+    ]
+    replay = user_replay(entries)
+    rows = [UserRow("ann", "investigator", "NORTH", True), UserRow("bob", "operator", "SOUTH", True)]
+    assert user_findings(replay, rows) == []
+    assert _kinds(user_findings(replay, [UserRow("ann", "admin", "SOUTH", False)])) == [
+        "user_active_altered",
+        "user_role_altered",
+        "user_site_altered",
+    ]
+    assert _kinds(user_findings(replay, [UserRow("eve", "admin", None, True)])) == ["user_unrecorded"]
+
+
+def test_assignments_are_compared_with_the_latest_step_of_each_incident_and_user() -> None:
+    entries = [
+        _entry(1, "user_changed", {"user": "ann", "incident_id": "I1", "assignment": 1, "assigned": True}),
+        _entry(2, "user_changed", {"user": "bob", "incident_id": "I1", "assignment": 2, "assigned": True}),
+        _entry(3, "user_changed", {"user": "bob", "incident_id": "I1", "assignment": 2, "assigned": False}),
+        _entry(4, "user_changed", {"user": "ann", "changes": {"role": "admin"}}),  # no incident named
+    ]
+    replay = assignment_replay(entries)
+    rows = [AssignmentRow(1, "I1", "ann")]
+    assert assignment_findings(replay, rows) == []
+    assert _kinds(assignment_findings(replay, [*rows, AssignmentRow(2, "I1", "bob")])) == [
+        "assignment_ended_in_custody"
+    ]
+    assert _kinds(assignment_findings(replay, [*rows, AssignmentRow(5, "I2", "eve")])) == [
+        "assignment_unrecorded"
+    ]
+    assert _kinds(assignment_findings(replay, [AssignmentRow(6, "I1", "ann")])) == ["assignment_row_altered"]
+    assert _kinds(assignment_findings(replay, [])) == ["assignment_row_missing"]
+
+
+def test_ready_export_jobs_are_compared_with_their_packages_entry() -> None:
+    package = {"incident": {"id": "I1"}, "package_sha256": "ab", "package_size": 10}
+    entries = [
+        _entry(1, "exported", package, "E1", actor="user:m"),
+        _entry(2, "exported", {"export_id": "E1", "media_included": True}, "X", actor="user:m"),  # an item's
+    ]
+    replay = export_replay(entries)
+    rows = [
+        ExportJobRow("E1", "I1", "user:m", "ready", "ab", 10),
+        ExportJobRow("E2", "I1", "user:m", "building", None, None),
+    ]
+    assert export_job_findings(replay, rows) == []
+    moved = ExportJobRow("E1", "I2", "user:x", "ready", "cd", 10)
+    assert _kinds(export_job_findings(replay, [moved])) == ["export_job_altered"] * 3
+    assert _kinds(
+        export_job_findings(replay, [*rows, ExportJobRow("E3", "I1", "user:m", "ready", "ef", 1)])
+    ) == ["export_job_unrecorded"]
+    assert _kinds(export_job_findings(replay, rows[1:])) == ["export_job_row_missing"]
+
+
+def test_download_links_are_compared_with_their_issue_and_revocation() -> None:
+    entries = [
+        _entry(1, "link_issued", {"link": "L1", "recipient": "DC Jones"}, "E", actor="user:m"),
+        _entry(2, "link_issued", {"link": "L2", "recipient": "CPS"}, "E", actor="user:m"),
+        _entry(3, "link_revoked", {"link": "L2", "recipient": "CPS"}, "E", actor="user:m"),
+    ]
+    replay = download_link_replay(entries)
+    rows = [
+        DownloadLinkRow("L1", "E", "user:m", "DC Jones", False),
+        DownloadLinkRow("L2", "E", "user:m", "CPS", True),
+    ]
+    assert download_link_findings(replay, rows) == []
+    assert _kinds(
+        download_link_findings(replay, [rows[0], DownloadLinkRow("L2", "E", "user:m", "CPS", False)])
+    ) == ["download_link_altered"]
+    assert _kinds(
+        download_link_findings(replay, [*rows, DownloadLinkRow("L3", "E", "user:x", "me", False)])
+    ) == ["download_link_unrecorded"]
+    assert _kinds(download_link_findings(replay, rows[1:])) == ["download_link_row_missing"]
+    assert _kinds(
+        download_link_findings(replay, [DownloadLinkRow("L1", "E", "user:x", "me", False), rows[1]])
+    ) == ["download_link_altered"]
+
+
+# -- on the databases --------------------------------------------------------------------------
+
+
+def _problems(s: Any) -> list[Any]:
+    with s.db.session() as session:
+        return verify_service(session, s.store, s.key).problems
+
+
+def _world(s: Any) -> tuple[dict[str, int], Any, str, str]:
+    """A NORTH clip linked to an incident its investigator ``inv`` is assigned to, and a second
+    incident assigned to ``other_inv`` with nothing linked."""
+    staff(s, "S-N", "nurse", "NORTH")
+    ids = {name: user(s, name, "investigator") for name in ("inv", "other_inv")}
+    clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=5))
+    with s.db.session() as session:
+        first = create_incident(
+            session, IncidentDraft(category="theft", occurred_at=T0, site="NORTH", title="one"), "user:admin"
+        )
+        second = create_incident(
+            session, IncidentDraft(category="theft", occurred_at=T0, site="NORTH", title="two"), "user:admin"
+        )
+        assign_investigator(session, s.ledger, first, ids["inv"], "user:admin")
+        assign_investigator(session, s.ledger, second, ids["other_inv"], "user:admin")
+        link_evidence(session, s.ledger, first.id, clip.id, "user:admin", "the theft")
+        first_id, second_id = first.id, second.id
+    return ids, clip, first_id, second_id
+
+
+def test_a_planted_link_is_named_and_grants_nothing(live: Any) -> None:
+    s = live.services
+    ids, clip, _, second_id = _world(s)
+    api = f"{live.url}/api/v1"
+    h = bearer(s, "other_inv")
+    assert _problems(s) == []
+    with s.db.session() as session:
+        session.execute(
+            insert(IncidentLink).values(
+                incident_id=second_id,
+                target_kind="evidence",
+                target_id=clip.id,
+                linked_by="user:other_inv",
+                reason="planted",
+                linked_at=datetime.now(UTC),
+            )
+        )
+    found = [p for p in _problems(s) if p.kind == "link_unrecorded"]
+    assert len(found) == 1 and clip.id in found[0].where and second_id in found[0].where, found
+    # The second investigator sees nothing of it: not listed, not streamed, not exported.
+    listed = httpx.get(f"{api}/evidence", headers=h)
+    assert listed.status_code == 200 and clip.id not in listed.text
+    for suffix in ("", "/content", "/custody"):
+        assert httpx.get(f"{api}/evidence/{clip.id}{suffix}", headers=h).status_code == 404, suffix
+    r = httpx.post(f"{api}/incidents/{second_id}/exports", json={}, headers=h)
+    assert r.status_code == 202, r.text
+    export_id = r.json()["id"]
+
+    def finished() -> dict[str, Any] | None:
+        body = httpx.get(f"{api}/exports/{export_id}", headers=h).json()
+        return body if body["status"] in ("ready", "failed") else None
+
+    job = wait_for(finished, 60, 0.1, "the export to finish")
+    assert clip.id not in (job.get("included") or []), job
+    # The investigator the clip was linked for still sees it.
+    assert httpx.get(f"{api}/evidence/{clip.id}", headers=bearer(s, "inv")).status_code == 200
+
+
+def test_an_export_moved_or_a_download_link_revived_in_the_database_is_named(live: Any) -> None:
+    s = live.services
+    ids, clip, first_id, second_id = _world(s)
+    api = f"{live.url}/api/v1"
+    h = bearer(s, "inv")
+    r = httpx.post(f"{api}/incidents/{first_id}/exports", json={}, headers=h)
+    assert r.status_code == 202, r.text
+    export_id = r.json()["id"]
+
+    def ready() -> dict[str, Any] | None:
+        body = httpx.get(f"{api}/exports/{export_id}", headers=h).json()
+        assert body["status"] != "failed", body
+        return body if body["status"] == "ready" else None
+
+    wait_for(ready, 60, 0.1, "the export to be ready")
+    link = httpx.post(f"{api}/exports/{export_id}/links", json={"recipient": "DC Jones"}, headers=h)
+    assert link.status_code in (200, 201), link.text
+    r = httpx.delete(f"{api}/exports/{export_id}/links/{link.json()['id']}", headers=h)
+    assert r.status_code == 204, r.text
+    assert _problems(s) == []
+    with s.db.session() as session:
+        session.execute(update(ExportLink).values(revoked_at=None, revoked_by=None))
+        session.execute(update(ExportJob).values(incident_id=second_id))
+    found = {(p.kind, p.where.split(" of ")[0]) for p in _problems(s)}
+    assert found == {
+        ("download_link_altered", f"download link {link.json()['id']}"),
+        ("export_job_altered", f"export {export_id}"),
+    }, found
+
+
+def test_a_link_revived_or_moved_in_the_database_grants_nothing(services: Any) -> None:
+    s = services
+    ids, clip, first_id, second_id = _world(s)
+    with s.db.session() as session:
+        unlink_evidence(session, s.ledger, first_id, clip.id, "user:admin", "not this one")
+    with s.db.session() as session:  # the unlinked row made active again, then moved to the second
+        session.execute(update(IncidentLink).values(unlinked_at=None, unlinked_by=None, unlink_reason=None))
+    assert "link_unlinked_in_custody" in {p.kind for p in _problems(s)}
+    with s.db.session() as session:
+        session.execute(update(IncidentLink).values(incident_id=second_id))
+    kinds = {p.kind for p in _problems(s)}
+    assert {"link_unrecorded"} <= kinds, kinds
+    from incidents.access import visible_evidence_ids
+
+    class Who:
+        def __init__(self, user_id: int) -> None:
+            self.user_id, self.role, self.site, self.actor = user_id, "investigator", None, "x"
+
+    with s.db.session() as session:
+        assert visible_evidence_ids(session, Who(ids["other_inv"]), [clip.id]) == set()
+        assert visible_evidence_ids(session, Who(ids["inv"]), [clip.id]) == set()
+
+
+def test_a_deleted_legal_hold_is_named(services: Any) -> None:
+    s = services
+    _, clip, first_id, _ = _world(s)
+    rules = RetentionRules.from_settings(s.settings)
+    now = datetime.now(UTC)
+    with s.db.session() as session:
+        set_legal_hold(session, s.ledger, s.store, rules, "evidence", clip.id, True, "police", "user:m", now)
+        set_legal_hold(session, s.ledger, s.store, rules, "incident", first_id, True, "court", "user:m", now)
+    assert _problems(s) == []
+    with s.db.session() as session:
+        session.execute(delete(LegalHold).where(LegalHold.target_kind == "evidence"))
+    found = _problems(s)
+    assert [p.kind for p in found] == ["hold_row_missing"] and clip.id in found[0].where, found
+    with s.db.session() as session:  # the incident's hold released in the database alone
+        session.execute(update(LegalHold).values(released_at=now, released_by="x", release_reason="x"))
+    assert sorted(p.kind for p in _problems(s)) == ["hold_released_unrecorded", "hold_row_missing"]
+
+
+def test_a_hold_on_an_incident_with_nothing_linked_is_recorded(services: Any) -> None:
+    s = services
+    _, _, _, second_id = _world(s)
+    with s.db.session() as session:
+        set_legal_hold(
+            session,
+            s.ledger,
+            s.store,
+            RetentionRules.from_settings(s.settings),
+            "incident",
+            second_id,
+            True,
+            "before anything is linked",
+            "user:m",
+            datetime.now(UTC),
+        )
+    assert _problems(s) == []
+    with s.db.session() as session:
+        session.execute(delete(LegalHold))
+    assert [p.kind for p in _problems(s)] == ["hold_row_missing"]
+
+
+def test_a_role_or_a_user_given_by_sql_is_named(services: Any) -> None:
+    s = services
+    _world(s)
+    assert _problems(s) == []
+    with s.db.session() as session:
+        session.execute(update(User).where(User.username == "other_inv").values(role="admin", site="NORTH"))
+        session.execute(insert(User).values(username="mallory", password_hash="-", role="admin", active=True))
+    found = {(p.kind, p.where) for p in _problems(s)}
+    assert found == {
+        ("user_role_altered", "user other_inv"),
+        ("user_site_altered", "user other_inv"),
+        ("user_unrecorded", "user mallory"),
+    }, found
+
+
+def test_an_assignment_given_or_ended_by_sql_is_named(services: Any) -> None:
+    s = services
+    ids, _, first_id, second_id = _world(s)
+    with s.db.session() as session:
+        session.execute(
+            insert(IncidentAssignment).values(
+                incident_id=first_id,
+                user_id=ids["other_inv"],
+                assigned_by="user:x",
+                assigned_at=datetime.now(UTC),
+            )
+        )
+        session.execute(
+            update(IncidentAssignment)
+            .where(IncidentAssignment.incident_id == second_id)
+            .values(unassigned_at=datetime.now(UTC), unassigned_by="user:x")
+        )
+    found = {(p.kind, p.where) for p in _problems(s)}
+    assert found == {
+        ("assignment_unrecorded", f"incident {first_id} / investigator other_inv"),
+        ("assignment_row_missing", f"incident {second_id} / investigator other_inv"),
+    }, found
+
+
+def test_links_holds_and_roles_changed_through_the_service_verify_clean(live: Any) -> None:
+    s = live.services
+    api = f"{live.url}/api/v1"
+    ids, clip, first_id, second_id = _world(s)
+    alarm = raise_test_alarm(s, "LW-ROWS", site="NORTH")
+    admin = live.admin()
+    with s.db.session() as session:
+        link_evidence(session, s.ledger, second_id, clip.id, "user:admin", "also this")
+        link_target(session, s.ledger, second_id, "alarm", alarm, "user:admin", "the alarm")
+    with s.db.session() as session:
+        unlink_evidence(session, s.ledger, second_id, clip.id, "user:admin", "not this one")
+        unlink_target(session, s.ledger, second_id, "alarm", alarm, "user:admin", "not this one")
+    with s.db.session() as session:
+        link_evidence(session, s.ledger, second_id, clip.id, "user:admin", "after all")
+        link_target(session, s.ledger, first_id, "alarm", alarm, "user:admin", "the alarm, here")
+    # Linked to both incidents now: each one's investigator sees it.
+    for who in ("inv", "other_inv"):
+        assert httpx.get(f"{api}/evidence/{clip.id}", headers=bearer(s, who)).status_code == 200, who
+    for hold in (True, False, True):
+        r = httpx.put(
+            f"{api}/incidents/{first_id}/legal-hold", json={"hold": hold, "reason": "court"}, headers=admin
+        )
+        assert r.status_code == 200, r.text
+    r = httpx.put(f"{api}/incidents/{second_id}/investigators/{ids['inv']}", headers=admin)
+    assert r.status_code == 200, r.text
+    r = httpx.delete(f"{api}/incidents/{first_id}/investigators/{ids['inv']}", headers=admin)
+    assert r.status_code == 204, r.text
+    r = httpx.post(
+        f"{api}/incidents",
+        json={"category": "theft", "occurred_at": T0.isoformat(), "site": "NORTH"},
+        headers=bearer(s, "other_inv"),
+    )
+    assert r.status_code == 201, r.text  # its investigator is assigned to it
+    r = httpx.patch(
+        f"{api}/users/{ids['inv']}", json={"role": "security_manager", "site": "NORTH"}, headers=admin
+    )
+    assert r.status_code == 200, r.text
+    r = httpx.post(
+        f"{api}/users",
+        json={"username": "sam", "password": "a long enough password", "role": "operator", "site": "SOUTH"},
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    assert _problems(s) == []
+    with s.db.session() as session:
+        held = session.scalar(select(LegalHold.id).where(LegalHold.released_at.is_(None)))
+        assert held is not None
+    # The relinked clip is the second investigator's to see, as before.
+    assert httpx.get(f"{api}/evidence/{clip.id}", headers=bearer(s, "other_inv")).status_code == 200
