@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import load_average, write_results  # noqa: E402
-from bench.face_boxes import matched, photographs  # noqa: E402
+from bench.face_boxes import _night, matched, photographs  # noqa: E402
 from firmware_simulators.shots import faces_dev_dir  # noqa: E402
 from redaction.detector import CenterFaceDetector, Detection, face_boxes, nms  # noqa: E402
+from redaction.frames import Frame  # noqa: E402
 from redaction.geometry import Box, iou  # noqa: E402
 from redaction.pipeline import RedactionSettings  # noqa: E402
 
@@ -88,17 +89,32 @@ def as_frame(image: np.ndarray) -> tuple[np.ndarray, float, int, int]:
     return frame, s, x0, y0
 
 
-def calibration_blobs() -> Iterator[np.ndarray]:
+def _lit(frame: np.ndarray, light: str, rng: np.random.Generator) -> np.ndarray:
+    """The frame as it reaches the network in ``light``: as it is, or darkened as the clips' night
+    shots are (mean brightness 15, sensor noise) or burnt out as their glare shots, with its
+    contrast normalised as the pipeline does."""
+    if light == "day":
+        return frame
+    if light == "night":
+        return _night(frame, rng)
+    bright = np.clip(frame.astype(np.float32) * 2.2 + 40, 0, 255).astype(np.uint8)
+    settings = RedactionSettings()
+    return Frame.from_bgr(bright).bgr(None, None, (settings.dark_below, settings.bright_above))[0]
+
+
+def calibration_blobs(lights: tuple[str, ...] = ("day",)) -> Iterator[np.ndarray]:
     """Network inputs from the training photographs at the pipeline's sizes: each photograph as a
     frame at 640x352 and 1280x704, and also zoomed twice (faces twice as large), and a look of
-    128x128 around each face, the face scaled to about 48 px."""
+    128x128 around each face, the face scaled to about 48 px; in each of ``lights``."""
     notes = json.loads((faces_dev_dir() / "annotations.json").read_text())
     settings = RedactionSettings()
-    for name, note in sorted(notes.items()):
+    rng = np.random.default_rng(5)
+    for (name, note), light in ((item, light) for item in sorted(notes.items()) for light in lights):
         if note["split"] != "training":
             continue
         image = cv2.imread(str(faces_dev_dir() / name))
         frame, s, x0, y0 = as_frame(image)
+        frame = _lit(frame, light, rng)
         yield blob(frame, (640, 352))
         yield blob(frame, (1280, 704))
         h, w = frame.shape[:2]
@@ -114,7 +130,7 @@ def calibration_blobs() -> Iterator[np.ndarray]:
             yield blob(crop, (128, 128))
 
 
-def make(out: Path, source: Path) -> dict[str, Any]:
+def make(out: Path, source: Path, lights: tuple[str, ...] = ("day",)) -> dict[str, Any]:
     """Write ``fp32.onnx`` (size free, opset 13) and the int8 variants into ``out``."""
     import onnx
     from onnxruntime.quantization import (
@@ -133,7 +149,7 @@ def make(out: Path, source: Path) -> dict[str, Any]:
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter(calibration_blobs())
+            self.it = iter(calibration_blobs(lights))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             b = next(self.it, None)
@@ -152,8 +168,8 @@ def make(out: Path, source: Path) -> dict[str, Any]:
             weight_type=QuantType.QInt8,
         )
         made[variant] = {"path": str(path), "bytes": path.stat().st_size}
-    n = sum(1 for _ in calibration_blobs())
-    return {"calibration_inputs": n, "models": made}
+    n = sum(1 for _ in calibration_blobs(lights))
+    return {"calibration_inputs": n, "lights": list(lights), "models": made}
 
 
 class _OrtNet:
@@ -182,7 +198,10 @@ class _OrtNet:
 
 
 def detector(kind: str, models: Path, threshold: float) -> CenterFaceDetector:
-    """``fp32`` (the project's detector), ``ort-fp32``, ``ort-<variant>`` or ``cv2-<variant>``."""
+    """``fp32`` (the project's detector), ``int8`` (the project's int8 detector), ``ort-fp32``,
+    ``ort-<variant>`` or ``cv2-<variant>`` (the models in ``models``)."""
+    if kind == "int8":  # the project's own int8 detector, with the model it ships
+        return CenterFaceDetector(threshold=threshold, runtime="onnxruntime-int8")
     d = CenterFaceDetector(threshold=threshold)
     if kind == "fp32":
         return d
@@ -202,14 +221,19 @@ def _stats(v: list[float]) -> list[float]:
 def score(models: Path, kinds: list[str], threshold: float) -> dict[str, Any]:
     """Recall, box errors and unmatched detections per detector, per size band, on the testing
     photographs; the fp32 ``cv2.dnn`` detector is the reference each box is compared with."""
-    bands = {"full size (>=24 px)": (24, 1e9), "24-64 px": (24, 64)}
+    bands = {
+        "full size (>=24 px)": (24, 1e9, False),
+        "24-64 px": (24, 64, False),
+        "16-24 px": (16, 24, False),
+        "night, 24-64 px": (24, 64, True),
+    }
     out: dict[str, Any] = {}
-    for band, (lo, hi) in bands.items():
+    for band, (lo, hi, night) in bands.items():
         per_kind: dict[str, Any] = {}
         reference: list[dict[str, Any]] | None = None
         for kind in kinds:
             d = detector(kind, models, threshold)
-            rows = matched(d, "held_out", min_face=lo, max_face=hi)
+            rows = matched(d, "held_out", min_face=lo, max_face=hi, night=night)
             if kind == "fp32":
                 reference = rows
             found = [r for r in rows if r["raw"] is not None]
@@ -244,17 +268,18 @@ def score(models: Path, kinds: list[str], threshold: float) -> dict[str, Any]:
                 "w_over_truth": _stats(errs["w"]),
                 "h_over_truth": _stats(errs["h"]),
                 "centre_from_fp32": _stats(errs["vs_fp32_centre"]),
-                "false_detections": false_detections(d, lo, hi),
+                "false_detections": false_detections(d, lo, hi, night),
             }
         out[band] = per_kind
     return out
 
 
-def false_detections(d: CenterFaceDetector, lo: float, hi: float) -> dict[str, int]:
+def false_detections(d: CenterFaceDetector, lo: float, hi: float, night: bool = False) -> dict[str, int]:
     """Detections (after NMS) overlapping no annotated face, over the same scaled photographs as
     ``matched`` (faces the photographs leave unannotated count here too)."""
-    from bench.face_boxes import SCALES
+    from bench.face_boxes import SCALES, _night
 
+    rng = np.random.default_rng(3)
     total = unmatched = 0
     for _name, image, truth in photographs("held_out"):
         h, w = image.shape[:2]
@@ -262,7 +287,7 @@ def false_detections(d: CenterFaceDetector, lo: float, hi: float) -> dict[str, i
             if not [b for b in truth if lo <= min(b.w, b.h) * scale < hi]:
                 continue
             small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-            raw = d.raw(small)
+            raw = d.raw(_night(small, rng) if night else small)
             if raw is None:
                 continue
             found = [Detection(b, float(s)) for b, s in zip(face_boxes(raw), raw.score, strict=True)]
@@ -278,15 +303,17 @@ def main() -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("make")
     m.add_argument("--out", type=Path, default=ROOT / "var" / "int8")
+    m.add_argument("--lights", default="day", help="day,night,glare: the light of the calibration frames")
     s = sub.add_parser("score")
     s.add_argument("--models", type=Path, default=ROOT / "var" / "int8")
-    s.add_argument("--kinds", default="fp32,ort-fp32,ort-qdq,ort-qop,cv2-qdq,cv2-qop")
+    s.add_argument("--kinds", default="fp32,ort-fp32,ort-qdq,ort-qop,cv2-qdq,cv2-qop,int8")
+    s.add_argument("--label", default="", help="suffix of the results file's name")
     s.add_argument("--threshold", type=float, default=RedactionSettings().threshold)
     args = parser.parse_args()
     if args.cmd == "make":
         from redaction.detector import centerface_model_path
 
-        result = make(args.out, centerface_model_path())
+        result = make(args.out, centerface_model_path(), tuple(args.lights.split(",")))
         print(json.dumps(result, indent=2))
         return 0
     kinds = []
@@ -307,7 +334,8 @@ def main() -> int:
                 f"  |c| {v['abs_centre']}  w {v['w_over_truth']}  from fp32 {v['centre_from_fp32']}"
                 f"  false {v['false_detections']}"
             )
-    print(f"written to {write_results('centerface-int8-accuracy', data)}")
+    name = "centerface-int8-accuracy" + (f"-{args.label}" if args.label else "")
+    print(f"written to {write_results(name, data)}")
     return 0
 
 
