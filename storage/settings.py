@@ -12,6 +12,7 @@ import hashlib
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -450,6 +451,10 @@ class WorkerSettings(_Section):
     redaction_enabled: bool = Field(True, description="Queue an automatic redaction for every stored clip.")
     redaction_detect_width: int = Field(640, description="Width frames are scaled to for face detection.")
     redaction_threshold: float = Field(0.2, description="Face detector confidence threshold.")
+    redaction_detector: Literal["opencv", "onnxruntime-int8"] = Field(
+        "opencv",
+        description="How the face detector runs: opencv (the model in 32-bit floats through OpenCV) or onnxruntime-int8 (the model quantised to 8-bit integers, about three times faster on CPUs with VNNI; see docs/benchmarks.md).",
+    )
     redaction_stride: int = Field(
         5,
         description="Run the whole-frame detector at least every Nth frame (at once after a cut); faces are tracked and re-checked in between.",
