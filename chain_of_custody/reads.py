@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -19,6 +19,7 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import Counter
 from sqlalchemy.orm import Session
+from starlette.concurrency import iterate_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from storage.errors import Refused
@@ -180,18 +181,19 @@ def _first_of(blocks: Iterator[bytes]) -> bytes | None:
     return next(blocks, None)
 
 
-def _sent_from(first: bytes | None, blocks: Iterator[bytes]) -> Iterator[bytes]:
-    try:
-        if first is not None:
-            yield first
-        yield from blocks
-    finally:
-        blocks.close()  # type: ignore[attr-defined]
+async def _sent_from(first: bytes | None, blocks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """The first block, already read and checked, handed to the answer on the event loop (no hop to
+    a worker thread before the first byte); the rest one worker thread hop a block, as Starlette
+    would hand any blocking iterator over. Closing ``blocks`` is ``ClosedWithTheClient``'s."""
+    if first is not None:
+        yield first
+    async for block in iterate_in_threadpool(blocks):
+        yield block
 
 
 async def _range_after_record(
     blocks: Iterator[bytes], record: Callable[[], None], item: EvidenceItem
-) -> Iterator[bytes]:
+) -> AsyncIterator[bytes]:
     """A range of a viewing: its first block is read from the store and checked against its block
     digest while the range is recorded on custody (two worker threads), so the store's round trip
     overlaps the database's; nothing is handed back to be sent until the record is written. A first
@@ -222,17 +224,24 @@ class ClosedWithTheClient(StreamingResponse):
     being read and checked, and their store read and its connection are given back at once, not
     whenever the garbage collector comes by. No worker thread is inside the blocks then: the thread
     reading the next block is waited for when the answer is cancelled. Closing runs on a worker
-    thread (a whole read's reader thread is joined), never on the event loop."""
+    thread (a whole read's reader thread is joined), never on the event loop. ``blocks`` is what is
+    closed; ``sent`` (by default ``blocks`` itself) is what the answer sends, an asynchronous
+    iterator over ``blocks`` when the first of them is already in hand."""
 
-    def __init__(self, blocks: Iterator[bytes], **kwargs: Any) -> None:
-        super().__init__(blocks, **kwargs)
+    def __init__(
+        self, blocks: Iterator[bytes], sent: AsyncIterator[bytes] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(blocks if sent is None else sent, **kwargs)
         self._blocks = blocks
+        self._sent = sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
+                if self._sent is not None:
+                    await self._sent.aclose()  # type: ignore[attr-defined]
                 await anyio.to_thread.run_sync(_close, self._blocks)
 
 
@@ -363,21 +372,19 @@ async def item_response(
                 refuse(exc)
                 raise
 
+    sent: AsyncIterator[bytes] | None = None
     try:
         if in_viewing:
             assert byte_range is not None and digests is not None
-            blocks = await _range_after_record(
-                checked_blocks(
-                    s.store,
-                    item,
-                    digests,
-                    byte_range.start,
-                    byte_range.length,
-                    quarantine_hook(s.db, s.ledger, item.id, where),
-                ),
-                record_range_of_viewing,
+            blocks = checked_blocks(
+                s.store,
                 item,
+                digests,
+                byte_range.start,
+                byte_range.length,
+                quarantine_hook(s.db, s.ledger, item.id, where),
             )
+            sent = await _range_after_record(blocks, record_range_of_viewing, item)
         else:
             blocks = await asyncio.to_thread(start)
     except RecordUntrusted as exc:
@@ -391,7 +398,7 @@ async def item_response(
         headers["X-Evidence-SHA256"] = item.sha256
     if byte_range is None:
         headers["Content-Length"] = str(item.size)
-        return ClosedWithTheClient(blocks, media_type=item.content_type, headers=headers)
+        return ClosedWithTheClient(blocks, sent, media_type=item.content_type, headers=headers)
     headers["Content-Length"] = str(byte_range.length)
     headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{item.size}"
-    return ClosedWithTheClient(blocks, status_code=206, media_type=item.content_type, headers=headers)
+    return ClosedWithTheClient(blocks, sent, status_code=206, media_type=item.content_type, headers=headers)
