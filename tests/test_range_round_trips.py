@@ -5,13 +5,14 @@ that lay idle is still checked, and one the server dropped meanwhile is replaced
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import starlette.concurrency
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import event, text
 from starlette.types import Message, Receive, Scope, Send
 
 import storage.db
@@ -97,6 +98,34 @@ def test_the_first_block_is_sent_before_any_worker_thread_hop(client: Any) -> No
         assert r.status_code == 206 and r.content == data[5000:]
         assert events[0] == "byte", events
         assert "hop" in events  # the later blocks are still read on a worker thread
+
+
+def test_a_joined_range_takes_one_transaction_for_its_look_up_and_record(client: Any) -> None:
+    c, s, _ = client
+    user(s, "boss", "admin")
+    data = bytes(range(256)) * 3000
+    clip = store_item(s, data=data)
+    address = f"/api/v1/evidence/{clip.id}/content"
+    headers = bearer(s, "boss")
+    opened = c.get(address, params={"reason": REASON}, headers={**headers, "Range": "bytes=0-99"})
+    assert opened.headers["X-Custody-Viewing-State"] == "opened"
+    begun: list[str] = []
+
+    def begin(conn: Any) -> None:
+        begun.append(threading.current_thread().name)
+
+    event.listen(s.db.engine, "begin", begin)
+    try:
+        for start in (300, 300_000, 500_000, 7):
+            begun.clear()
+            r = c.get(address, params={"reason": REASON}, headers={**headers, "Range": f"bytes={start}-"})
+            assert r.status_code == 206 and r.content == data[start:]
+            assert r.headers["X-Custody-Viewing-State"] == "joined"
+            assert r.headers["X-Custody-Viewing"] == opened.headers["X-Custody-Viewing"]
+            # the sign-in's, then one for the item's look-up, its visibility and the range's record
+            assert len(begun) == 2, begun
+    finally:
+        event.remove(s.db.engine, "begin", begin)
 
 
 def test_an_idle_connection_dropped_by_the_server_is_replaced(
