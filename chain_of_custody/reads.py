@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -19,6 +21,7 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import Counter
 from sqlalchemy.orm import Session
+from starlette.concurrency import iterate_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from storage.errors import Refused
@@ -180,18 +183,19 @@ def _first_of(blocks: Iterator[bytes]) -> bytes | None:
     return next(blocks, None)
 
 
-def _sent_from(first: bytes | None, blocks: Iterator[bytes]) -> Iterator[bytes]:
-    try:
-        if first is not None:
-            yield first
-        yield from blocks
-    finally:
-        blocks.close()  # type: ignore[attr-defined]
+async def _sent_from(first: bytes | None, blocks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """The first block, already read and checked, handed to the answer on the event loop (no hop to
+    a worker thread before the first byte); the rest one worker thread hop a block, as Starlette
+    would hand any blocking iterator over. Closing ``blocks`` is ``ClosedWithTheClient``'s."""
+    if first is not None:
+        yield first
+    async for block in iterate_in_threadpool(blocks):
+        yield block
 
 
 async def _range_after_record(
     blocks: Iterator[bytes], record: Callable[[], None], item: EvidenceItem
-) -> Iterator[bytes]:
+) -> AsyncIterator[bytes]:
     """A range of a viewing: its first block is read from the store and checked against its block
     digest while the range is recorded on custody (two worker threads), so the store's round trip
     overlaps the database's; nothing is handed back to be sent until the record is written. A first
@@ -222,17 +226,24 @@ class ClosedWithTheClient(StreamingResponse):
     being read and checked, and their store read and its connection are given back at once, not
     whenever the garbage collector comes by. No worker thread is inside the blocks then: the thread
     reading the next block is waited for when the answer is cancelled. Closing runs on a worker
-    thread (a whole read's reader thread is joined), never on the event loop."""
+    thread (a whole read's reader thread is joined), never on the event loop. ``blocks`` is what is
+    closed; ``sent`` (by default ``blocks`` itself) is what the answer sends, an asynchronous
+    iterator over ``blocks`` when the first of them is already in hand."""
 
-    def __init__(self, blocks: Iterator[bytes], **kwargs: Any) -> None:
-        super().__init__(blocks, **kwargs)
+    def __init__(
+        self, blocks: Iterator[bytes], sent: AsyncIterator[bytes] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(blocks if sent is None else sent, **kwargs)
         self._blocks = blocks
+        self._sent = sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
+                if self._sent is not None:
+                    await self._sent.aclose()  # type: ignore[attr-defined]
                 await anyio.to_thread.run_sync(_close, self._blocks)
 
 
@@ -249,6 +260,98 @@ def _close(blocks: Iterator[bytes]) -> None:
 def _part(byte_range: ByteRange | None, size: int) -> bool:
     """A range short of the whole object (a whole read costs what it sends, checked as it streams)."""
     return byte_range is not None and byte_range.length < size
+
+
+@dataclass(frozen=True)
+class ReadOf:
+    """One read's particulars as :func:`item_response` takes them: the item, who reads it and why."""
+
+    item: EvidenceItem
+    actor: str
+    headers: dict[str, str]
+    purpose: str = "view"
+    review_reason: str | None = None
+    reason: str | None = None
+    sign_in: str = ""
+    admit: Callable[[Session], None] | None = None
+
+    @property
+    def where(self) -> str:
+        return f"serving it to {self.actor} ({self.purpose})"
+
+    @property
+    def details(self) -> dict[str, Any] | None:
+        reviewing = self.review_reason is not None
+        return {"reason": self.review_reason or self.reason} if (reviewing or self.reason) else None
+
+
+def _refuse(s: CoreServices, read: ReadOf, exc: RecordUntrusted) -> None:
+    """Quarantine an item whose record no longer checks (in a transaction of its own)."""
+    item = read.item
+    log.error("evidence read refused: record altered", extra={"item": item.id, "problem": str(exc)})
+    with s.db.session() as other:
+        quarantine(other, s.ledger, item.id, f"{exc}; found while {read.where}", {})
+
+
+def _record_range_of_viewing(
+    s: CoreServices, read: ReadOf, byte_range: ByteRange, within: Session | None = None
+) -> dict[str, str]:
+    """Record a range as part of its viewing (``viewings.record_range``; in ``within``, the range's
+    look-up transaction, when given), after checking the item's record and admitting the read; the
+    answer's custody headers. A record that no longer checks quarantines the item."""
+    item = read.item
+
+    def admitted(session: Session) -> None:
+        trusted_record(session, s.ledger, item, seen_row=True)
+        if read.admit is not None:
+            read.admit(session)
+
+    try:
+        viewed = record_range(
+            s.db,
+            s.ledger,
+            ViewingKey(item.id, read.actor, read.sign_in, read.purpose, read.reason),
+            item,
+            byte_range,
+            ViewingPolicy.from_settings(s.settings),
+            check=admitted,
+            details=read.details,
+            within=within,
+        )
+    except RecordUntrusted as exc:
+        if within is not None:
+            within.rollback()  # nothing of it is kept, and no lock of it held while quarantining
+        _refuse(s, read, exc)
+        raise
+    return {
+        "X-Custody-Entry": str(viewed.opened_seq),
+        "X-Custody-Viewing": viewed.viewing_id,
+        "X-Custody-Viewing-State": "opened" if viewed.opened else "joined",
+    }
+
+
+def _answer(
+    read: ReadOf,
+    byte_range: ByteRange | None,
+    blocks: Iterator[bytes],
+    sent: AsyncIterator[bytes] | None,
+    recorded: dict[str, str],
+) -> Response:
+    """The answer to a recorded read: its headers, then its blocks as they are checked."""
+    item = read.item
+    EVIDENCE_READS.inc()
+    headers = {"Accept-Ranges": "bytes", **read.headers, **recorded}
+    if read.review_reason is not None:
+        headers.pop("ETag", None)
+        headers["X-Evidence-Status"] = "quarantined"
+    else:
+        headers["X-Evidence-SHA256"] = item.sha256
+    if byte_range is None:
+        headers["Content-Length"] = str(item.size)
+        return ClosedWithTheClient(blocks, sent, media_type=item.content_type, headers=headers)
+    headers["Content-Length"] = str(byte_range.length)
+    headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{item.size}"
+    return ClosedWithTheClient(blocks, sent, status_code=206, media_type=item.content_type, headers=headers)
 
 
 async def item_response(
@@ -288,53 +391,28 @@ async def item_response(
     ``admit`` runs once the read is admitted (its range met, its checks done), in the transaction
     that records it, before the custody entry: what it raises refuses the read and records nothing
     (a download's read grant is used up there, so a read refused before that leaves it unused)."""
+    read = ReadOf(item, actor, headers, purpose, review_reason, reason, sign_in, admit)
     try:
         byte_range = parse_range(request.headers.get("range"), item.size)
     except ValueError:
         raise RangeRefused(item.size) from None
     reviewing = review_reason is not None
-    where = f"serving it to {actor} ({purpose})"
+    where = read.where
     digests = None
     if not reviewing and _part(byte_range, item.size):
         digests = await _block_digests(s, item, request, actor, where)
     elif not reviewing and byte_range is not None:
         _check_ahead(s, item, actor, where)
 
-    details = {"reason": review_reason or reason} if (reviewing or reason) else None
+    details = read.details
     # A range (not a quarantine review) is part of a viewing: one custody step for the player's many
     # ranges (``viewings``). A whole read is its own ``viewed`` entry, as is every review read.
     in_viewing = _part(byte_range, item.size) and not reviewing
     recorded: dict[str, str] = {}
 
-    def refuse(exc: RecordUntrusted) -> None:
-        log.error("evidence read refused: record altered", extra={"item": item.id, "problem": str(exc)})
-        with s.db.session() as other:
-            quarantine(other, s.ledger, item.id, f"{exc}; found while {where}", {})
-
-    def admitted(session: Session) -> None:
-        trusted_record(session, s.ledger, item, seen_row=True)
-        if admit is not None:
-            admit(session)
-
     def record_range_of_viewing() -> None:
         assert byte_range is not None
-        try:
-            viewed = record_range(
-                s.db,
-                s.ledger,
-                ViewingKey(item.id, actor, sign_in, purpose, reason),
-                item,
-                byte_range,
-                ViewingPolicy.from_settings(s.settings),
-                check=admitted,
-                details=details,
-            )
-        except RecordUntrusted as exc:
-            refuse(exc)
-            raise
-        recorded["X-Custody-Entry"] = str(viewed.opened_seq)
-        recorded["X-Custody-Viewing"] = viewed.viewing_id
-        recorded["X-Custody-Viewing-State"] = "opened" if viewed.opened else "joined"
+        recorded.update(_record_range_of_viewing(s, read, byte_range))
 
     def start() -> Iterator[bytes]:
         with s.db.session() as session:
@@ -360,38 +438,128 @@ async def item_response(
                 )
             except RecordUntrusted as exc:
                 session.rollback()
-                refuse(exc)
+                _refuse(s, read, exc)
                 raise
 
+    sent: AsyncIterator[bytes] | None = None
     try:
         if in_viewing:
             assert byte_range is not None and digests is not None
-            blocks = await _range_after_record(
-                checked_blocks(
-                    s.store,
-                    item,
-                    digests,
-                    byte_range.start,
-                    byte_range.length,
-                    quarantine_hook(s.db, s.ledger, item.id, where),
-                ),
-                record_range_of_viewing,
+            blocks = checked_blocks(
+                s.store,
                 item,
+                digests,
+                byte_range.start,
+                byte_range.length,
+                quarantine_hook(s.db, s.ledger, item.id, where),
             )
+            sent = await _range_after_record(blocks, record_range_of_viewing, item)
         else:
             blocks = await asyncio.to_thread(start)
     except RecordUntrusted as exc:
         raise ReadRefused("record_altered", f"the item cannot be served: {exc}") from None
-    EVIDENCE_READS.inc()
-    headers = {"Accept-Ranges": "bytes", **headers, **recorded}
-    if reviewing:
-        headers.pop("ETag", None)
-        headers["X-Evidence-Status"] = "quarantined"
-    else:
-        headers["X-Evidence-SHA256"] = item.sha256
-    if byte_range is None:
-        headers["Content-Length"] = str(item.size)
-        return ClosedWithTheClient(blocks, media_type=item.content_type, headers=headers)
-    headers["Content-Length"] = str(byte_range.length)
-    headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{item.size}"
-    return ClosedWithTheClient(blocks, status_code=206, media_type=item.content_type, headers=headers)
+    return _answer(read, byte_range, blocks, sent, recorded)
+
+
+# The first block of a range whose look-up and record share a worker thread is read beside them
+# on one of these (the event loop's own pool cannot be handed work from a worker thread).
+_FIRST_BLOCKS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="evidence-first-block")
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """A range looked up and recorded in one transaction, its first block being read."""
+
+    byte_range: ByteRange
+    blocks: Iterator[bytes]
+    first: Future[bytes | None]
+    headers: dict[str, str]
+
+
+def _kept_range(read: ReadOf, asked: str | None) -> tuple[ByteRange, tuple[bytes, ...]] | None:
+    """The range of a viewing asked for, and the object's block digests when they are kept; None
+    for every other read (a whole read, a review, a bad range, digests to wait for)."""
+    if read.review_reason is not None:
+        return None
+    try:
+        byte_range = parse_range(asked, read.item.size)
+    except ValueError:
+        return None
+    if byte_range is None or not _part(byte_range, read.item.size):
+        return None
+    digests = VERIFIED.digests(object_key(read.item))
+    return None if digests is None else (byte_range, digests)
+
+
+def _unserved(blocks: Iterator[bytes]) -> Callable[[Future[bytes | None]], None]:
+    def close(done: Future[bytes | None]) -> None:
+        if not done.cancelled():
+            done.exception()  # looked at: an altered block has been dealt with already
+        blocks.close()  # type: ignore[attr-defined]
+
+    return close
+
+
+def _look_up_and_record(
+    s: CoreServices, asked: str | None, look_up: Callable[[Session], ReadOf]
+) -> tuple[ReadOf, _Recorded | None]:
+    """On one worker thread, in one transaction: the item looked up and admitted (``look_up``), and,
+    for a range of a viewing whose block digests are kept, the range recorded, its first block read
+    and checked meanwhile on another thread. Otherwise only the look-up (None)."""
+    with s.db.session() as session:
+        read = look_up(session)
+        # Detached, as a look-up of its own would leave it: a rollback here expires nothing the
+        # first block's thread or the answer reads of it.
+        session.expunge(read.item)
+        kept = _kept_range(read, asked)
+        if kept is None:
+            return read, None
+        byte_range, digests = kept
+        item = read.item
+        blocks = checked_blocks(
+            s.store,
+            item,
+            digests,
+            byte_range.start,
+            byte_range.length,
+            quarantine_hook(s.db, s.ledger, item.id, read.where),
+        )
+        first = _FIRST_BLOCKS.submit(_first_of, blocks)
+        try:
+            headers = _record_range_of_viewing(s, read, byte_range, within=session)
+        except BaseException:
+            first.add_done_callback(_unserved(blocks))  # not served: closed once its read is done
+            raise
+        return read, _Recorded(byte_range, blocks, first, headers)
+
+
+async def looked_up_response(
+    s: CoreServices, request: Request, look_up: Callable[[Session], ReadOf]
+) -> Response:
+    """:func:`item_response` for an item found and admitted by ``look_up`` (it raises to refuse: no
+    such item, not visible, no reason), which runs in the transaction that records the read when
+    the read is a range of a viewing whose block digests are kept (a player's seeks, after the
+    first): one hop to a worker thread and one transaction for the look-up and the record, not one
+    each. Nothing is served before the record is written; every other read is ``item_response``'s."""
+    try:
+        read, done = await asyncio.to_thread(_look_up_and_record, s, request.headers.get("range"), look_up)
+    except RecordUntrusted as exc:
+        raise ReadRefused("record_altered", f"the item cannot be served: {exc}") from None
+    if done is None:
+        return await item_response(
+            s,
+            read.item,
+            request,
+            read.actor,
+            read.headers,
+            read.purpose,
+            review_reason=read.review_reason,
+            reason=read.reason,
+            sign_in=read.sign_in,
+            admit=read.admit,
+        )
+    try:
+        first = await asyncio.wrap_future(done.first)
+    except ObjectAltered:
+        raise _no_longer_matches(read.item) from None
+    return _answer(read, done.byte_range, done.blocks, _sent_from(first, done.blocks), done.headers)

@@ -32,6 +32,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -323,13 +324,16 @@ def record_range(
     check: Callable[[Session], None] | None = None,
     details: dict[str, Any] | None = None,
     now: datetime | None = None,
+    within: Session | None = None,
 ) -> Viewed:
     """Record one range of a viewing; returns once it may be served (its opening entry covered by a
     stored tree head). ``check`` runs first in the same transaction (the item's record still checks;
-    it raises to refuse). ``details`` go on the opening entry (a stated reason)."""
+    it raises to refuse). ``details`` go on the opening entry (a stated reason). ``within``: the
+    caller's transaction (the range's look-up), which the range joins its viewing in and which is
+    committed here; a range that opens a viewing opens it in a transaction of its own after that."""
     now = now or datetime.now(UTC)
     digest = key.digest()
-    with db.session() as session:
+    with nullcontext(within) if within is not None else db.session() as session:
         if check is not None:
             check(session)
         row, ended, _ = _live(session, ledger, key, policy, now)
@@ -338,6 +342,8 @@ def record_range(
             _add_range(session, ledger, row, byte_range, now)
             joined = Viewed(row.id, False, row.opened_seq)
             _commit_without_flush(db, session)
+        if within is not None:
+            within.commit()  # the viewing's row lock is released before another transaction takes it
     if joined is not None:
         SERVED.add(joined.viewing_id)
         _cover(db, ledger, joined.opened_seq)

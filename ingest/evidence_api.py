@@ -8,7 +8,6 @@ auditors see metadata and custody but never media. The routes sit in the applica
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from functools import partial
 from urllib.parse import quote
@@ -23,7 +22,7 @@ from accounts.service import Principal
 from chain_of_custody.core import CoreServices, list_cursors
 from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from chain_of_custody.models import EvidenceItem
-from chain_of_custody.reads import ReadRefused, item_response
+from chain_of_custody.reads import ReadOf, ReadRefused, looked_up_response
 from incidents.access import (
     EVIDENCE_DELETERS,
     EVIDENCE_HOLDERS,
@@ -307,46 +306,42 @@ async def content(
     if grant is not None and reason is not None:
         raise ReasonRefused("reason_conflict", "a read grant stands for its reason: state none beside it")
 
-    def look_up() -> tuple[EvidenceItem | None, list[str], read_grants.Granted | None]:
-        # One session, on a worker thread: the event loop serves every other request meanwhile.
-        with s.db.session() as session:
-            found = visible_evidence(session, user, item_id)
-            if found is None:
-                return None, [], None
-            granted = read_grants.check(session, user, found.id, grant) if grant is not None else None
-            return found, incident_refs(session, user, found), granted
-
-    found, refs, granted = await asyncio.to_thread(look_up)
-    if found is None:
-        raise HTTPException(404, "no such evidence item")
-    item = found
-    admit = None
-    if granted is not None:
-        reason = granted.reason
-        # A download's grant is used by the read it admits, not by a refused one (busy, a bad range).
-        admit = partial(read_grants.use_up, granted=granted, item_id=item.id)
-    if item.status == "deleted":
-        raise HTTPException(410, "evidence deleted under its retention class")
-    if item.status == "quarantined" and (user.role not in QUARANTINE_REVIEWERS or review_reason is None):
-        raise ReadRefused(
-            "quarantined",
-            f"evidence item {item.id} is quarantined ({item.quarantine_reason}); it is not served as "
-            "evidence (an administrator may read it for review, stating why)",
+    def look_up(session: Session) -> ReadOf:
+        # On a worker thread, in the transaction that records a player's range (``looked_up_response``):
+        # the event loop serves every other request meanwhile.
+        item = visible_evidence(session, user, item_id)
+        if item is None:
+            raise HTTPException(404, "no such evidence item")
+        granted = read_grants.check(session, user, item.id, grant) if grant is not None else None
+        refs = incident_refs(session, user, item)
+        stated, admit = reason, None
+        if granted is not None:
+            stated = granted.reason
+            # A download's grant is used by the read it admits, not by a refused one (busy, a bad range).
+            admit = partial(read_grants.use_up, granted=granted, item_id=item.id)
+        if item.status == "deleted":
+            raise HTTPException(410, "evidence deleted under its retention class")
+        reviewing = item.status == "quarantined"
+        if reviewing and (user.role not in QUARANTINE_REVIEWERS or review_reason is None):
+            raise ReadRefused(
+                "quarantined",
+                f"evidence item {item.id} is quarantined ({item.quarantine_reason}); it is not served as "
+                "evidence (an administrator may read it for review, stating why)",
+            )
+        require_reason(item, review_reason if reviewing else stated, user.actor, "content")
+        name = download_name(item, refs[0] if refs else None)
+        return ReadOf(
+            item,
+            user.actor,
+            {"ETag": f'"{item.sha256}"', "Content-Disposition": content_disposition(name, inline=False)},
+            "quarantine review" if reviewing else "view",
+            review_reason=review_reason if reviewing else None,
+            reason=stated,
+            sign_in=user.sign_in,
+            admit=admit,
         )
-    require_reason(item, review_reason if item.status == "quarantined" else reason, user.actor, "content")
-    name = download_name(item, refs[0] if refs else None)
-    return await item_response(
-        s,
-        item,
-        request,
-        user.actor,
-        {"ETag": f'"{item.sha256}"', "Content-Disposition": content_disposition(name, inline=False)},
-        "quarantine review" if item.status == "quarantined" else "view",
-        review_reason=review_reason if item.status == "quarantined" else None,
-        reason=reason,
-        sign_in=user.sign_in,
-        admit=admit,
-    )
+
+    return await looked_up_response(s, request, look_up)
 
 
 @router.get("/custody/public-key")
