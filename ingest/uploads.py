@@ -60,6 +60,7 @@ from .clip_facts import (
 from .dock_share import room_for_one_more
 from .metrics import UPLOAD_BYTES, UPLOADS_FINISHED
 from .models import Upload
+from .part_numbers import LeaseLost, issue_numbers, parts_for
 from .running_hashes import RunningHashes
 from .tus_protocol import ClipMetadata, TusRefusal, parse_checksum
 
@@ -85,24 +86,11 @@ class UploadBusy(Exception):
     """Another request is writing this upload, or the service is at capacity: 503 with Retry-After."""
 
 
-class LeaseLost(TusRefusal):
-    """This request's lease ran out and another request took the upload over: nothing more of it is kept."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            409, "lease_lost", "another request took this upload over; ask HEAD for the offset and resume"
-        )
-
-
 class Stalled(TusRefusal):
     """The request body stopped arriving: the request is ended, what arrived is kept, the upload is free."""
 
     def __init__(self, seconds: int) -> None:
         super().__init__(408, "stalled", f"the request body sent nothing for {seconds} s; resume from HEAD")
-
-
-# S3 numbers the parts of a multipart upload 1 to 10,000.
-MAX_PART_NUMBER = 10_000
 
 
 class UploadGone(Exception):
@@ -285,15 +273,27 @@ class UploadEngine:
         return int(result.rowcount)
 
     # -- leases: one writer per upload across all replicas -----------------------------------
-    def _acquire(self, dock: Device, upload_id: str) -> str:
-        """Take the upload's lease, only ever of this dock's own upload (another dock's is a 404)."""
+    def _acquire(
+        self, dock: Device, upload_id: str, offset: int, body_length: int | None
+    ) -> tuple[str, Upload, list[int]]:
+        """Take the upload's lease, only ever of this dock's own upload (another dock's is a 404), and
+        in the same transaction read the upload and take the part numbers a body of ``body_length``
+        bytes at ``offset`` fills (at most ``PART_NUMBER_BLOCK``; none if the body is not the next)."""
         lease = secrets.token_hex(8)
         with self.s.db.session() as session:
-            self._get(session, dock, upload_id)
+            upload = self._get(session, dock, upload_id)
             mine = and_(Upload.id == upload_id, Upload.dock_id == dock.id)
             if not WRITER.take(session, mine, lease, self.lease, datetime.now(UTC)):
                 raise UploadBusy("another request is writing this upload")
-        return lease
+            session.refresh(upload)
+            session.expunge(upload)
+            numbers: list[int] = []
+            if upload.status == "open" and offset == upload.offset and body_length is not None:
+                end = min(upload.offset + body_length, upload.length)
+                wanted = parts_for(upload.committed, end, upload.length, upload.part_size)
+                if wanted:
+                    numbers = issue_numbers(session, and_(mine, Upload.lease_id == lease), wanted, self.lease)
+        return lease, upload, numbers
 
     def _release(self, upload_id: str, lease: str) -> None:
         with self.s.db.session() as session:
@@ -307,7 +307,9 @@ class UploadEngine:
         offset: int,
         body: AsyncIterator[bytes],
         checksum_header: str | None,
+        body_length: int | None = None,
     ) -> UploadState:
+        """Append ``body`` at ``offset`` (``body_length``: its Content-Length, if the request said)."""
         checksum = parse_checksum(checksum_header)
         if self.active.locked():
             raise UploadBusy("too many uploads in progress")
@@ -317,9 +319,11 @@ class UploadEngine:
         self.per_dock[dock.id] = held + 1
         try:
             async with self.active:
-                lease = await asyncio.to_thread(self._acquire, dock, upload_id)
+                lease, upload, numbers = await asyncio.to_thread(
+                    self._acquire, dock, upload_id, offset, body_length
+                )
                 try:
-                    return await self._patch(dock, upload_id, offset, body, checksum, lease)
+                    return await self._patch(upload, offset, body, checksum, lease, numbers, body_length)
                 finally:
                     await asyncio.to_thread(self._release, upload_id, lease)
         finally:
@@ -329,20 +333,14 @@ class UploadEngine:
 
     async def _patch(
         self,
-        dock: Device,
-        upload_id: str,
+        upload: Upload,
         offset: int,
         body: AsyncIterator[bytes],
         checksum: tuple[str, bytes] | None,
         lease: str,
+        numbers: list[int],
+        body_length: int | None,
     ) -> UploadState:
-        def load() -> Upload:
-            with self.s.db.session() as session:
-                u = self._get(session, dock, upload_id)
-                session.expunge(u)
-                return u
-
-        upload = await asyncio.to_thread(load)
         if upload.status == "complete":
             if offset != upload.length:
                 raise TusRefusal(409, "offset_mismatch", f"upload is complete at offset {upload.length}")
@@ -353,7 +351,8 @@ class UploadEngine:
             )
         if self.storage_full():
             raise StorageFullError()
-        writer = _PartWriter(self, upload, lease, checksum)
+        end = None if body_length is None else min(offset + body_length, upload.length)
+        writer = _PartWriter(self, upload, lease, checksum, numbers, end)
         try:
             return await self._write(writer, body)
         finally:
@@ -423,12 +422,20 @@ class _PartWriter:
     """Fills parts from the request body, sends a few to S3 at once while the next fills, records progress."""
 
     def __init__(
-        self, engine: UploadEngine, upload: Upload, lease: str, checksum: tuple[str, bytes] | None
+        self,
+        engine: UploadEngine,
+        upload: Upload,
+        lease: str,
+        checksum: tuple[str, bytes] | None,
+        numbers: list[int],
+        end: int | None,
     ) -> None:
         self.e = engine
         self.u = upload
         self.lease = lease
         self.checksum = checksum
+        self.numbers = numbers  # part numbers taken under the lease, not yet used
+        self.end = end  # where the body ends if it all arrives (None: not said)
         self.body_hash = hashlib.new(checksum[0]) if checksum else None
         # The part being filled: preallocated and handed to S3 whole, so bytes are copied once on arrival.
         self.buffer = bytearray(upload.part_size)
@@ -494,7 +501,9 @@ class _PartWriter:
         next part while the earlier ones are still on their way.
         """
         await self._make_room()
-        number = await asyncio.to_thread(self._issue_number)
+        if not self.numbers:
+            self.numbers = await asyncio.to_thread(self._issue_numbers)
+        number = self.numbers.pop(0)
         self.sent += len(data)
         consumed = self.staged_len > 0
         self.consumed_staged = self.consumed_staged or consumed
@@ -576,22 +585,12 @@ class _PartWriter:
         """The upload's row while this request holds its lease: every write is fenced by it."""
         return and_(Upload.id == self.u.id, Upload.lease_id == self.lease)
 
-    def _issue_number(self) -> int:
-        """A part number nobody has used for this upload, handed out only while the lease is held."""
+    def _issue_numbers(self) -> list[int]:
+        """Part numbers for the parts still to come in this body (one if its length is not known)."""
+        size, length = self.u.part_size, self.u.length
+        wanted = 1 if self.end is None else max(1, parts_for(self.sent, self.end, length, size))
         with self.e.s.db.session() as session:
-            number = session.scalar(
-                update(Upload)
-                .where(self._mine())
-                .values(parts_issued=Upload.parts_issued + 1, lease_until=datetime.now(UTC) + self.e.lease)
-                .returning(Upload.parts_issued)
-            )
-        if number is None:
-            raise LeaseLost()
-        if number > MAX_PART_NUMBER:
-            raise TusRefusal(
-                410, "too_many_parts", "this upload has used every part number; start a new upload"
-            )
-        return int(number)
+            return issue_numbers(session, self._mine(), wanted, self.e.lease)
 
     def _record(self, committed: int, consumed_staged: bool) -> None:
         """Persist that ``committed`` bytes are in S3 parts (and drop tail segments those parts absorbed)."""
