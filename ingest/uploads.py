@@ -62,6 +62,7 @@ from .metrics import UPLOAD_BYTES, UPLOADS_FINISHED
 from .models import Upload
 from .part_numbers import LeaseLost, issue_numbers, parts_for
 from .running_hashes import RunningHashes
+from .stall_watch import StallWatch
 from .tus_protocol import ClipMetadata, TusRefusal, parse_checksum
 
 log = logging.getLogger(__name__)
@@ -363,12 +364,11 @@ class UploadEngine:
         disconnected = stalled = False
         chunks = body.__aiter__()
         stall = self.s.settings.upload_stall_seconds
+        watch = StallWatch(stall)
         try:
             while True:
                 try:
-                    # The body's end is a None: a StopAsyncIteration through wait_for would leave
-                    # its traceback, this frame and the writer in a cycle for the collector.
-                    chunk = await asyncio.wait_for(anext(chunks, None), stall)
+                    chunk = await watch.next(chunks)
                 except TimeoutError:
                     stalled = True
                     break
@@ -383,6 +383,8 @@ class UploadEngine:
             # before answering, so the offset HEAD reports is final once the refusal is sent.
             await writer.abandon()
             raise
+        finally:
+            watch.close()
         try:
             return await writer.finish(disconnected or stalled)
         except _Disconnected:
