@@ -152,7 +152,7 @@ class UploadEngine:
     def create(self, dock: Device, meta: ClipMetadata, length: int) -> tuple[UploadState, bool]:
         """Open an upload (or return the finished one for a replayed identical clip: ``(state, True)``)."""
         settings = self.s.settings
-        with self.s.db.session() as session:
+        with self.s.db.reading() as session:  # the checks before the store only read: no write lock
             camera = camera_for_clip(session, meta.camera_serial, meta.wearer)
             vouched = camera.public_key is not None and verify_signature(
                 load_public_key_b64(camera.public_key), meta.signature, canonical_json(meta.manifest(length))
@@ -176,7 +176,7 @@ class UploadEngine:
         if self.storage_full():
             raise StorageFullError()
         now = datetime.now(UTC)
-        with self.s.db.session() as session:
+        with self.s.db.reading() as session:
             room_for_one_more(session, dock.id, now, self.s.settings)
         upload_id = secrets.token_hex(16)
         key = f"clips/{now:%Y/%m/%d}/{upload_id}.bin"

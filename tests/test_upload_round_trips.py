@@ -20,6 +20,7 @@ from minio.datatypes import Object
 from sqlalchemy import event
 
 import ingest.dock_api
+import ingest.uploads
 from chain_of_custody.models import EvidenceItem
 from ingest.models import Upload
 from ingest.part_numbers import PART_NUMBER_BLOCK, parts_for
@@ -105,6 +106,34 @@ def test_a_docks_token_is_looked_up_without_the_write_lock(
     r = _upload(fleet, os.urandom(PART + 4096))
     assert r.headers["evidence-status"] == "stored"
     assert found == [True, True]  # the creation and the PATCH
+
+
+def test_a_creation_checks_the_camera_and_the_docks_room_without_the_write_lock(
+    live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening an upload reads the camera, a replay and the dock's open uploads in read-only
+    transactions; only the count under the dock's row lock, with the new row, writes."""
+    fleet = enrol(live.url, live.admin())
+    seen: dict[str, list[bool]] = {"camera": [], "room": []}
+
+    def read_only(session: Any) -> bool:
+        return bool(session.connection().get_execution_options().get(READ_ONLY))
+
+    camera_for_clip, room_for_one_more = ingest.uploads.camera_for_clip, ingest.uploads.room_for_one_more
+
+    def camera(session: Any, *args: Any) -> Any:
+        seen["camera"].append(read_only(session))
+        return camera_for_clip(session, *args)
+
+    def room(session: Any, *args: Any) -> None:
+        seen["room"].append(read_only(session))
+        room_for_one_more(session, *args)
+
+    monkeypatch.setattr(ingest.uploads, "camera_for_clip", camera)
+    monkeypatch.setattr(ingest.uploads, "room_for_one_more", room)
+    r = _upload(fleet, os.urandom(PART + 4096))
+    assert r.headers["evidence-status"] == "stored"
+    assert seen == {"camera": [True], "room": [True, False]}
 
 
 def test_the_completion_reads_the_objects_lock_in_one_request(live: LiveServer) -> None:
