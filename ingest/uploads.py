@@ -54,6 +54,7 @@ from .clip_facts import (
     camera_key,
     check_clip,
     clip_manifest,
+    end_lease,
     received_details,
     settle_lock,
 )
@@ -63,7 +64,7 @@ from .models import Upload
 from .part_numbers import LeaseLost, issue_numbers, parts_for
 from .running_hashes import RunningHashes
 from .stall_watch import StallWatch
-from .tus_protocol import ClipMetadata, TusRefusal, parse_checksum
+from .tus_protocol import ClipMetadata, TusRefusal, UploadState, parse_checksum
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +101,6 @@ class UploadGone(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class UploadState:
-    id: str
-    offset: int
-    length: int
-    expires_at: datetime
-    evidence_item_id: str | None
-    evidence_status: str | None
 
 
 def _state(u: Upload) -> UploadState:
@@ -310,7 +301,6 @@ class UploadEngine:
         checksum_header: str | None,
         body_length: int | None = None,
     ) -> UploadState:
-        """Append ``body`` at ``offset`` (``body_length``: its Content-Length, if the request said)."""
         checksum = parse_checksum(checksum_header)
         if self.active.locked():
             raise UploadBusy("too many uploads in progress")
@@ -326,7 +316,8 @@ class UploadEngine:
                 try:
                     return await self._patch(upload, offset, body, checksum, lease, numbers, body_length)
                 finally:
-                    await asyncio.to_thread(self._release, upload_id, lease)
+                    if upload.lease_id == lease:  # not given up in the transaction recording the clip
+                        await asyncio.to_thread(self._release, upload_id, lease)
         finally:
             left = self.per_dock.pop(dock.id, 1) - 1
             if left > 0:
@@ -743,6 +734,7 @@ def complete_upload(
         with s.db.session() as session:
             row, recorded = already_recorded(session, upload, digest)
             if recorded:  # by another request meanwhile, or the clip by another upload: one item, not two
+                end_lease(row, upload)
                 state = _state(row)
                 break
             key = camera_key(session, upload.camera_serial)
@@ -777,6 +769,7 @@ def complete_upload(
                 quarantine_reason="; ".join(checks.reasons) or None,
                 verified={"camera_hash_matches": True, "camera_signature_valid": checks.signature_ok},
             )
+            end_lease(row, upload)
             row.status = "complete"
             row.offset = upload.length
             row.committed = upload.length
@@ -786,6 +779,7 @@ def complete_upload(
                 hook(session, item)
             state = _state(row)
         break
+    upload.lease_id = None  # committed: the request that held it has nothing more to release
     for segment in json.loads(upload.staged):
         try:
             s.store.stage_delete(_tail_key(upload.id, segment))

@@ -24,6 +24,7 @@ import ingest.uploads
 from chain_of_custody.models import EvidenceItem
 from ingest.models import Upload
 from ingest.part_numbers import PART_NUMBER_BLOCK, parts_for
+from ingest.uploads import UploadEngine
 from storage.db import READ_ONLY
 from storage.objects import _lock_date
 from tests.clipkit import enrol
@@ -134,6 +135,30 @@ def test_a_creation_checks_the_camera_and_the_docks_room_without_the_write_lock(
     r = _upload(fleet, os.urandom(PART + 4096))
     assert r.headers["evidence-status"] == "stored"
     assert seen == {"camera": [True], "room": [True, False]}
+
+
+def test_the_patch_that_completes_a_clip_gives_its_lease_up_with_the_record(
+    live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clip in two PATCHes: the first gives its lease up on its own, the second in the transaction
+    that records the item (no write transaction of its own after it), and the upload is left free."""
+    fleet = enrol(live.url, live.admin())
+    released: list[str] = []
+    release = UploadEngine._release
+
+    def counted(self: UploadEngine, upload_id: str, lease: str) -> None:
+        released.append(upload_id)
+        release(self, upload_id, lease)
+
+    monkeypatch.setattr(UploadEngine, "_release", counted)
+    r = _upload(fleet, os.urandom(PART + 4096), pieces=2)
+    assert r.headers["evidence-status"] == "stored"
+    upload_id = r.url.path.rsplit("/", 1)[1]
+    assert released == [upload_id]  # the first PATCH's
+    with live.services.db.session() as session:  # type: ignore[attr-defined]
+        row = session.get(Upload, upload_id)
+        assert row is not None and row.status == "complete"
+        assert row.lease_id is None and row.lease_until is None
 
 
 def test_the_completion_reads_the_objects_lock_in_one_request(live: LiveServer) -> None:
