@@ -133,6 +133,13 @@ def already_recorded(session: Session, upload: Upload, digest: str) -> tuple[Upl
     return row, True
 
 
+def end_lease(row: Upload, upload: Upload) -> None:
+    """The completing writer's lease (``upload`` as it read it) ends in the transaction that records
+    the clip, so nothing is left to release after it; a lease taken over meanwhile is not touched."""
+    if upload.lease_id is not None and row.lease_id == upload.lease_id:
+        row.lease_id = row.lease_until = None
+
+
 def settle_lock(store: ObjectStore, stored: StoredObject, due: datetime) -> datetime:
     """The object's lock as storage holds it, lengthened to ``due`` if the upload began with a shorter one
     (the camera's signature was checked again at the end, and a lock can only move later)."""

@@ -76,7 +76,7 @@ def current_dock(request: Request, s: CoreServices = Depends(services)) -> Devic
         UPLOAD_REFUSALS.labels(reason="no_token").inc()
         raise DockRefused("no_token", "dock token required", 401, headers={"WWW-Authenticate": "Bearer"})
     try:
-        with s.db.session() as session:
+        with s.db.reading() as session:  # only reads: no write lock for every request of every dock
             dock = authenticate_dock(session, token.strip())
             session.expunge(dock)
             return dock
@@ -259,8 +259,14 @@ async def patch(
         if request.headers.get("content-type") != "application/offset+octet-stream":
             raise TusRefusal(415, "content_type", "Content-Type must be application/offset+octet-stream")
         offset = parse_offset(request.headers.get("upload-offset", ""))
+        length = request.headers.get("content-length", "")
         state = await uploads.patch(
-            dock, upload_id, offset, _body(request), request.headers.get("upload-checksum")
+            dock,
+            upload_id,
+            offset,
+            _body(request),
+            request.headers.get("upload-checksum"),
+            int(length) if length.isdigit() else None,
         )
     except _Disconnected:
         return Response(status_code=400)

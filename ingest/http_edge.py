@@ -83,6 +83,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._reading_headers = True
         self._header_bytes = 0
         self._counted: str | None = None
+        self._body_seen = 0.0  # when the request body's last bytes arrived (loop time)
         address = self.client[0] if self.client else None
         if address is not None and self.max_per_client:
             if self.per_client[address] >= self.max_per_client:
@@ -104,8 +105,9 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if not self._reading_headers:
-            if self._edge_timer is not None and self.cycle is not None and self.cycle.more_body:
-                self._arm(self.body_idle_timeout, self._body_idle)
+            # A body's bytes only note the time: the idle timer looks at it when it fires (one timer
+            # a timeout, not one for every read of a clip's megabytes).
+            self._body_seen = self.loop.time()
             super().data_received(data)
             return
         room = self.max_header_bytes - self._header_bytes
@@ -136,6 +138,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            self._body_seen = self.loop.time()
             self._arm(self.body_idle_timeout, self._body_idle)
 
     def on_message_complete(self) -> None:
@@ -168,6 +171,10 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         if self.flow.read_paused:  # we are not reading (back-pressure): the client is not idle
             self._arm(self.body_idle_timeout, self._body_idle)
+            return
+        quiet = self.loop.time() - self._body_seen
+        if quiet < self.body_idle_timeout:  # bytes came since the timer was set
+            self._arm(self.body_idle_timeout - quiet, self._body_idle)
             return
         log.info("connection closed: request body stalled", extra={"client": self._client_host()})
         self.transport.close()

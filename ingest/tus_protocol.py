@@ -199,3 +199,15 @@ def parse_checksum(header: str | None) -> tuple[str, bytes] | None:
         return alg, base64.b64decode(b64.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise TusRefusal(400, "bad_checksum", "Upload-Checksum digest is not base64") from None
+
+
+@dataclass(frozen=True)
+class UploadState:
+    """What a tus answer reports of an upload: how far it got, and the item it became."""
+
+    id: str
+    offset: int
+    length: int
+    expires_at: datetime
+    evidence_item_id: str | None
+    evidence_status: str | None

@@ -54,14 +54,17 @@ from .clip_facts import (
     camera_key,
     check_clip,
     clip_manifest,
+    end_lease,
     received_details,
     settle_lock,
 )
 from .dock_share import room_for_one_more
 from .metrics import UPLOAD_BYTES, UPLOADS_FINISHED
 from .models import Upload
+from .part_numbers import LeaseLost, issue_numbers, parts_for
 from .running_hashes import RunningHashes
-from .tus_protocol import ClipMetadata, TusRefusal, parse_checksum
+from .stall_watch import StallWatch
+from .tus_protocol import ClipMetadata, TusRefusal, UploadState, parse_checksum
 
 log = logging.getLogger(__name__)
 
@@ -85,24 +88,11 @@ class UploadBusy(Exception):
     """Another request is writing this upload, or the service is at capacity: 503 with Retry-After."""
 
 
-class LeaseLost(TusRefusal):
-    """This request's lease ran out and another request took the upload over: nothing more of it is kept."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            409, "lease_lost", "another request took this upload over; ask HEAD for the offset and resume"
-        )
-
-
 class Stalled(TusRefusal):
     """The request body stopped arriving: the request is ended, what arrived is kept, the upload is free."""
 
     def __init__(self, seconds: int) -> None:
         super().__init__(408, "stalled", f"the request body sent nothing for {seconds} s; resume from HEAD")
-
-
-# S3 numbers the parts of a multipart upload 1 to 10,000.
-MAX_PART_NUMBER = 10_000
 
 
 class UploadGone(Exception):
@@ -111,16 +101,6 @@ class UploadGone(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class UploadState:
-    id: str
-    offset: int
-    length: int
-    expires_at: datetime
-    evidence_item_id: str | None
-    evidence_status: str | None
 
 
 def _state(u: Upload) -> UploadState:
@@ -163,7 +143,7 @@ class UploadEngine:
     def create(self, dock: Device, meta: ClipMetadata, length: int) -> tuple[UploadState, bool]:
         """Open an upload (or return the finished one for a replayed identical clip: ``(state, True)``)."""
         settings = self.s.settings
-        with self.s.db.session() as session:
+        with self.s.db.reading() as session:  # the checks before the store only read: no write lock
             camera = camera_for_clip(session, meta.camera_serial, meta.wearer)
             vouched = camera.public_key is not None and verify_signature(
                 load_public_key_b64(camera.public_key), meta.signature, canonical_json(meta.manifest(length))
@@ -187,7 +167,7 @@ class UploadEngine:
         if self.storage_full():
             raise StorageFullError()
         now = datetime.now(UTC)
-        with self.s.db.session() as session:
+        with self.s.db.reading() as session:
             room_for_one_more(session, dock.id, now, self.s.settings)
         upload_id = secrets.token_hex(16)
         key = f"clips/{now:%Y/%m/%d}/{upload_id}.bin"
@@ -285,15 +265,27 @@ class UploadEngine:
         return int(result.rowcount)
 
     # -- leases: one writer per upload across all replicas -----------------------------------
-    def _acquire(self, dock: Device, upload_id: str) -> str:
-        """Take the upload's lease, only ever of this dock's own upload (another dock's is a 404)."""
+    def _acquire(
+        self, dock: Device, upload_id: str, offset: int, body_length: int | None
+    ) -> tuple[str, Upload, list[int]]:
+        """Take the upload's lease, only ever of this dock's own upload (another dock's is a 404), and
+        in the same transaction read the upload and take the part numbers a body of ``body_length``
+        bytes at ``offset`` fills (at most ``PART_NUMBER_BLOCK``; none if the body is not the next)."""
         lease = secrets.token_hex(8)
         with self.s.db.session() as session:
-            self._get(session, dock, upload_id)
+            upload = self._get(session, dock, upload_id)
             mine = and_(Upload.id == upload_id, Upload.dock_id == dock.id)
             if not WRITER.take(session, mine, lease, self.lease, datetime.now(UTC)):
                 raise UploadBusy("another request is writing this upload")
-        return lease
+            session.refresh(upload)
+            session.expunge(upload)
+            numbers: list[int] = []
+            if upload.status == "open" and offset == upload.offset and body_length is not None:
+                end = min(upload.offset + body_length, upload.length)
+                wanted = parts_for(upload.committed, end, upload.length, upload.part_size)
+                if wanted:
+                    numbers = issue_numbers(session, and_(mine, Upload.lease_id == lease), wanted, self.lease)
+        return lease, upload, numbers
 
     def _release(self, upload_id: str, lease: str) -> None:
         with self.s.db.session() as session:
@@ -307,6 +299,7 @@ class UploadEngine:
         offset: int,
         body: AsyncIterator[bytes],
         checksum_header: str | None,
+        body_length: int | None = None,
     ) -> UploadState:
         checksum = parse_checksum(checksum_header)
         if self.active.locked():
@@ -317,11 +310,14 @@ class UploadEngine:
         self.per_dock[dock.id] = held + 1
         try:
             async with self.active:
-                lease = await asyncio.to_thread(self._acquire, dock, upload_id)
+                lease, upload, numbers = await asyncio.to_thread(
+                    self._acquire, dock, upload_id, offset, body_length
+                )
                 try:
-                    return await self._patch(dock, upload_id, offset, body, checksum, lease)
+                    return await self._patch(upload, offset, body, checksum, lease, numbers, body_length)
                 finally:
-                    await asyncio.to_thread(self._release, upload_id, lease)
+                    if upload.lease_id == lease:  # not given up in the transaction recording the clip
+                        await asyncio.to_thread(self._release, upload_id, lease)
         finally:
             left = self.per_dock.pop(dock.id, 1) - 1
             if left > 0:
@@ -329,20 +325,14 @@ class UploadEngine:
 
     async def _patch(
         self,
-        dock: Device,
-        upload_id: str,
+        upload: Upload,
         offset: int,
         body: AsyncIterator[bytes],
         checksum: tuple[str, bytes] | None,
         lease: str,
+        numbers: list[int],
+        body_length: int | None,
     ) -> UploadState:
-        def load() -> Upload:
-            with self.s.db.session() as session:
-                u = self._get(session, dock, upload_id)
-                session.expunge(u)
-                return u
-
-        upload = await asyncio.to_thread(load)
         if upload.status == "complete":
             if offset != upload.length:
                 raise TusRefusal(409, "offset_mismatch", f"upload is complete at offset {upload.length}")
@@ -353,7 +343,8 @@ class UploadEngine:
             )
         if self.storage_full():
             raise StorageFullError()
-        writer = _PartWriter(self, upload, lease, checksum)
+        end = None if body_length is None else min(offset + body_length, upload.length)
+        writer = _PartWriter(self, upload, lease, checksum, numbers, end)
         try:
             return await self._write(writer, body)
         finally:
@@ -364,12 +355,11 @@ class UploadEngine:
         disconnected = stalled = False
         chunks = body.__aiter__()
         stall = self.s.settings.upload_stall_seconds
+        watch = StallWatch(stall)
         try:
             while True:
                 try:
-                    # The body's end is a None: a StopAsyncIteration through wait_for would leave
-                    # its traceback, this frame and the writer in a cycle for the collector.
-                    chunk = await asyncio.wait_for(anext(chunks, None), stall)
+                    chunk = await watch.next(chunks)
                 except TimeoutError:
                     stalled = True
                     break
@@ -384,6 +374,8 @@ class UploadEngine:
             # before answering, so the offset HEAD reports is final once the refusal is sent.
             await writer.abandon()
             raise
+        finally:
+            watch.close()
         try:
             return await writer.finish(disconnected or stalled)
         except _Disconnected:
@@ -423,12 +415,20 @@ class _PartWriter:
     """Fills parts from the request body, sends a few to S3 at once while the next fills, records progress."""
 
     def __init__(
-        self, engine: UploadEngine, upload: Upload, lease: str, checksum: tuple[str, bytes] | None
+        self,
+        engine: UploadEngine,
+        upload: Upload,
+        lease: str,
+        checksum: tuple[str, bytes] | None,
+        numbers: list[int],
+        end: int | None,
     ) -> None:
         self.e = engine
         self.u = upload
         self.lease = lease
         self.checksum = checksum
+        self.numbers = numbers  # part numbers taken under the lease, not yet used
+        self.end = end  # where the body ends if it all arrives (None: not said)
         self.body_hash = hashlib.new(checksum[0]) if checksum else None
         # The part being filled: preallocated and handed to S3 whole, so bytes are copied once on arrival.
         self.buffer = bytearray(upload.part_size)
@@ -494,7 +494,9 @@ class _PartWriter:
         next part while the earlier ones are still on their way.
         """
         await self._make_room()
-        number = await asyncio.to_thread(self._issue_number)
+        if not self.numbers:
+            self.numbers = await asyncio.to_thread(self._issue_numbers)
+        number = self.numbers.pop(0)
         self.sent += len(data)
         consumed = self.staged_len > 0
         self.consumed_staged = self.consumed_staged or consumed
@@ -576,22 +578,12 @@ class _PartWriter:
         """The upload's row while this request holds its lease: every write is fenced by it."""
         return and_(Upload.id == self.u.id, Upload.lease_id == self.lease)
 
-    def _issue_number(self) -> int:
-        """A part number nobody has used for this upload, handed out only while the lease is held."""
+    def _issue_numbers(self) -> list[int]:
+        """Part numbers for the parts still to come in this body (one if its length is not known)."""
+        size, length = self.u.part_size, self.u.length
+        wanted = 1 if self.end is None else max(1, parts_for(self.sent, self.end, length, size))
         with self.e.s.db.session() as session:
-            number = session.scalar(
-                update(Upload)
-                .where(self._mine())
-                .values(parts_issued=Upload.parts_issued + 1, lease_until=datetime.now(UTC) + self.e.lease)
-                .returning(Upload.parts_issued)
-            )
-        if number is None:
-            raise LeaseLost()
-        if number > MAX_PART_NUMBER:
-            raise TusRefusal(
-                410, "too_many_parts", "this upload has used every part number; start a new upload"
-            )
-        return int(number)
+            return issue_numbers(session, self._mine(), wanted, self.e.lease)
 
     def _record(self, committed: int, consumed_staged: bool) -> None:
         """Persist that ``committed`` bytes are in S3 parts (and drop tail segments those parts absorbed)."""
@@ -742,6 +734,7 @@ def complete_upload(
         with s.db.session() as session:
             row, recorded = already_recorded(session, upload, digest)
             if recorded:  # by another request meanwhile, or the clip by another upload: one item, not two
+                end_lease(row, upload)
                 state = _state(row)
                 break
             key = camera_key(session, upload.camera_serial)
@@ -776,6 +769,7 @@ def complete_upload(
                 quarantine_reason="; ".join(checks.reasons) or None,
                 verified={"camera_hash_matches": True, "camera_signature_valid": checks.signature_ok},
             )
+            end_lease(row, upload)
             row.status = "complete"
             row.offset = upload.length
             row.committed = upload.length
@@ -785,6 +779,7 @@ def complete_upload(
                 hook(session, item)
             state = _state(row)
         break
+    upload.lease_id = None  # committed: the request that held it has nothing more to release
     for segment in json.loads(upload.staged):
         try:
             s.store.stage_delete(_tail_key(upload.id, segment))

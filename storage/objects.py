@@ -22,6 +22,7 @@ from minio.datatypes import Part
 from minio.error import S3Error
 from minio.objectlockconfig import DAYS, ObjectLockConfig
 from minio.retention import Retention
+from minio.time import from_iso8601utc
 
 from .digests import Digests
 
@@ -61,6 +62,15 @@ class ObjectInfo:
     retention_mode: str | None
     retain_until: datetime | None
     legal_hold: bool
+
+
+def _lock_date(value: str | None) -> datetime | None:
+    """A HEAD's retain-until date (ISO 8601, UTC); None if absent or in a form not known here (the
+    retention is then asked for on its own)."""
+    try:
+        return from_iso8601utc(value)
+    except ValueError:
+        return None
 
 
 def _forget(exc: BaseException) -> None:
@@ -323,25 +333,38 @@ class ObjectStore:
         return d
 
     def info(self, key: str, version_id: str | None = None) -> ObjectInfo:
+        """The object's size, version and lock as storage holds them. S3 answers a HEAD with the
+        lock's mode, retain-until date and legal hold (``x-amz-object-lock-*``), so one request
+        does; only what the HEAD leaves out is asked for on its own (the retention, the legal hold:
+        two more round trips, the second answered with an error for every object without a hold)."""
         try:
             st = self.client.stat_object(self.bucket, key, version_id=version_id)
-            try:
-                ret = self.client.get_object_retention(self.bucket, key, version_id=version_id)
-            except S3Error as exc:
-                ret = None
-                _forget(exc)
-            try:
-                hold = self.client.is_object_legal_hold_enabled(self.bucket, key, version_id=version_id)
-            except S3Error as exc:  # an object without a legal hold answers with an error: every clip
-                hold = False
-                _forget(exc)
+            headers = st.metadata or {}
+            mode = headers.get("x-amz-object-lock-mode")
+            until = _lock_date(headers.get("x-amz-object-lock-retain-until-date"))
+            if mode is None or until is None:
+                try:
+                    ret = self.client.get_object_retention(self.bucket, key, version_id=version_id)
+                except S3Error as exc:
+                    ret = None
+                    _forget(exc)
+                mode, until = (ret.mode, ret.retain_until_date) if ret else (None, None)
+            held = headers.get("x-amz-object-lock-legal-hold")
+            if held is not None:
+                hold = held.upper() == "ON"
+            else:
+                try:
+                    hold = self.client.is_object_legal_hold_enabled(self.bucket, key, version_id=version_id)
+                except S3Error as exc:  # an object without a legal hold answers with an error
+                    hold = False
+                    _forget(exc)
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc) from exc
         return ObjectInfo(
             size=st.size or 0,
             version_id=st.version_id,
-            retention_mode=ret.mode if ret else None,
-            retain_until=ret.retain_until_date if ret else None,
+            retention_mode=mode,
+            retain_until=until,
             legal_hold=bool(hold),
         )
 

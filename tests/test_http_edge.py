@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,6 +162,39 @@ def test_a_stalled_body_is_closed_after_the_idle_timeout(edge: Edge) -> None:
         elapsed = time.monotonic() - t0
     assert BODY_TIMEOUT - 0.5 < elapsed < BODY_TIMEOUT + 5, elapsed
     assert _healthz(edge).startswith(b"HTTP/1.1 200")
+
+
+def test_a_body_read_in_many_pieces_sets_its_idle_timer_once(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that keeps coming, forty pieces over longer than the idle timeout, is read whole and
+    answered; its idle timer is set when the headers end, not again for each piece read (a clip's
+    megabytes arrive in thousands of reads)."""
+    from ingest.http_edge import EdgeProtocol
+
+    armed: list[str] = []
+    arm = EdgeProtocol._arm
+
+    def counted(self: EdgeProtocol, seconds: float, callback: Any) -> None:
+        armed.append(callback.__name__)
+        arm(self, seconds, callback)
+
+    monkeypatch.setattr(EdgeProtocol, "_arm", counted)
+    body = b"username=a&password=" + b"b" * 79
+    pieces = [body[i : i + 2] for i in range(20, len(body), 2)]
+    with _connect(edge) as s:
+        s.sendall(
+            b"POST /api/v1/auth/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:20]
+        )
+        for piece in pieces:  # 40 pieces, 75 ms apart: 3 s in all, each gap well inside the timeout
+            time.sleep(BODY_TIMEOUT * 0.0375)
+            s.sendall(piece)
+        answer = _read_all(s)
+    assert answer.startswith(b"HTTP/1.1 4"), answer[:200]  # read whole and answered, not cut off
+    assert armed.count("_body_idle") <= 2, armed  # set when the headers end (and once again at most)
+    monkeypatch.undo()
 
 
 def _rss_mb() -> float:
