@@ -10,23 +10,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 
 from chain_of_custody.ledger import TRAIL_PAGE
-from chain_of_custody.models import CustodyEntry
 from incidents.service import IncidentDraft, create_incident, link_evidence
-from tests.test_cross_site_reads import OUR_PAGE, cookie
+from tests.test_cross_site_reads import OUR_PAGE, cookie, entries
 from tests.test_incidents_kit import actions, bearer, store_item, user
-
-
-def entries_by(services: Any, actor: str) -> int:
-    """Custody entries made on ``actor``'s behalf: the application's own background work (its
-    workers, checkpoints and sweeps) appends under its own names while a request is answered."""
-    with services.db.session() as session:
-        return int(
-            session.scalar(select(func.count()).select_from(CustodyEntry).where(CustodyEntry.actor == actor))
-            or 0
-        )
 
 
 def read_many(services: Any, item_id: str, times: int) -> None:
@@ -111,16 +99,16 @@ def test_a_continuity_report_over_its_bounds_is_refused_and_records_nothing(
             (f"/api/v1/incidents/{incident_id}/continuity", "items", 2),
             (f"/api/v1/incidents/{incident_id}/continuity-statement", "items", 2),
         ]:
-            before = entries_by(services, "user:admin")
+            before = entries(services)
             r = client.get(path, headers=admin)
             assert r.status_code == 413, (path, r.text)
             body = r.json()
             assert body["reason"] == "report_too_large" and body["detail"]["cap"] == cap, body
             assert body["detail"]["limit"] == limit and str(limit) in body["error"]
-            assert entries_by(services, "user:admin") == before, f"{path}: recorded a read it did not make"
+            assert entries(services) == before, f"{path}: recorded a read it did not make"
         # Within its bounds a report is made (and is a read of each item).
-        before = entries_by(services, "user:admin")
+        before = entries(services)
         assert client.get(f"/api/v1/evidence/{quiet[0].id}/continuity", headers=admin).status_code == 200
-        assert entries_by(services, "user:admin") == before + 1
+        assert entries(services) == before + 1
     finally:
         settings.continuity_max_items, settings.continuity_max_entries = saved
