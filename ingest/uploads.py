@@ -225,8 +225,14 @@ class UploadEngine:
 
     # -- termination -----------------------------------------------------------------------------
     def terminate(self, dock: Device, upload_id: str) -> None:
+        """Discard an unfinished upload, under its writer lease as a PATCH is (never beside a request
+        completing it: the clip recorded and the upload marked terminated), status read again."""
         with self.s.db.session() as session:
             upload = self._get(session, dock, upload_id)
+            mine = and_(Upload.id == upload_id, Upload.dock_id == dock.id)
+            if not WRITER.take(session, mine, secrets.token_hex(8), self.lease, datetime.now(UTC)):
+                raise UploadBusy("another request is writing this upload")
+            session.refresh(upload)
             if upload.status == "complete":
                 raise TusRefusal(
                     403, "evidence_immutable", "a finished clip is evidence and cannot be deleted"
