@@ -253,11 +253,11 @@ class UploadEngine:
                 pass
 
     def expire(self, now: datetime | None = None) -> int:
-        """Abort uploads past their expiry (they never became evidence); returns how many. The store's
-        aborts come first with no transaction open, then one short transaction marks the uploads
-        (stopped between, the next pass aborts them again, which is a no-op, and marks them)."""
+        """Abort uploads past their expiry and not being written (a later pass takes those); returns
+        how many. The store's aborts come first with no transaction open, then one short transaction
+        marks them (stopped between, the next pass aborts them again, a no-op, and marks them)."""
         now = now or datetime.now(UTC)
-        past_expiry = and_(Upload.status == "open", Upload.expires_at <= now)
+        past_expiry = and_(Upload.status == "open", Upload.expires_at <= now, WRITER.free(now))
         with self.s.db.reading() as session:
             uploads = list(session.scalars(select(Upload).where(past_expiry)))
             session.expunge_all()  # kept as read (the read's rollback would expire them)
