@@ -18,6 +18,7 @@ from accounts.access import require_roles, services, sites_seen
 from chain_of_custody.core import CoreServices, list_cursors
 from storage.api_schema import Timestamp, error_responses
 from storage.bounds import DB_INT_MAX, MAX_OFFSET, Patch
+from storage.idempotency import KeyHeader, Once, json_body
 from storage.paging import BadCursor, cursor_param, link_next, link_next_keeping, next_headers, page_limit
 
 from .access import (
@@ -212,11 +213,18 @@ def retention(s: CoreServices) -> Retention:
     return Retention(s.store, RetentionRules.from_settings(s.settings))
 
 
-@router.post("/incidents", response_model=IncidentOut, status_code=201)
+@router.post(
+    "/incidents", response_model=IncidentOut, status_code=201, responses=error_responses(400, 409, 422)
+)
 def open_incident(
-    body: IncidentIn, user: Viewer = writers, s: CoreServices = Depends(services)
-) -> dict[str, Any]:
-    """Open an incident; a security manager opens them at their own site, an investigator is assigned to theirs."""
+    body: IncidentIn,
+    request: Request,
+    idempotency_key: KeyHeader = None,
+    user: Viewer = writers,
+    s: CoreServices = Depends(services),
+) -> Response:
+    """Open an incident; a security manager opens them at their own site, an investigator is assigned to
+    theirs. Sent again with the same ``Idempotency-Key``, it answers the first answer and opens nothing."""
     if user.role == "security_manager" and body.site != user.site:
         raise HTTPException(403, "a security manager opens incidents at their own site")
     draft = IncidentDraft(
@@ -232,7 +240,10 @@ def open_incident(
         window_start=body.window_start,
         window_end=body.window_end,
     )
+    retry = Once.of(request, idempotency_key, user.user_id, body, s.settings.idempotency_key_hours)
     with s.db.session() as session:
+        if (first := retry.claim(session)) is not None:
+            return first
         incident = create_incident(
             session,
             draft,
@@ -245,7 +256,7 @@ def open_incident(
             link_overlapping_clips(
                 session, s.ledger, incident, user.actor, retention=retention(s), viewer=user
             )
-        return incident_view(session, incident)
+        return retry.answer(session, 201, json_body(IncidentOut, incident_view(session, incident)))
 
 
 INCIDENTS_PAGE = 100  # incidents in a page, unless the caller asks for fewer
@@ -411,20 +422,29 @@ def history(
 
 
 @router.post(
-    "/incidents/{incident_id}/links", response_model=LinkOut, status_code=201, responses=error_responses(409)
+    "/incidents/{incident_id}/links",
+    response_model=LinkOut,
+    status_code=201,
+    responses=error_responses(400, 409, 422),
 )
 def link(
     incident_id: str,
     body: LinkIn,
-    response: Response,
+    request: Request,
+    idempotency_key: KeyHeader = None,
     user: Viewer = writers,
     s: CoreServices = Depends(services),
-) -> dict[str, Any]:
-    """Link an evidence item (which the caller must be able to see) or an alarm, with a reason."""
+) -> Response:
+    """Link an evidence item (which the caller must be able to see) or an alarm, with a reason. An item
+    already linked answers its link (200) and records nothing; sent again with the same
+    ``Idempotency-Key``, the request answers its first answer."""
+    retry = Once.of(request, idempotency_key, user.user_id, body, s.settings.idempotency_key_hours)
     with s.db.session() as session:
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise _hidden()
+        if (first := retry.claim(session)) is not None:
+            return first
         row, new = link_target(
             session,
             s.ledger,
@@ -436,9 +456,7 @@ def link(
             retention=retention(s),
             viewer=user,
         )
-        if not new:
-            response.status_code = 200
-        return {
+        out = {
             "id": row.id,
             "kind": row.target_kind,
             "target_id": row.target_id,
@@ -446,6 +464,7 @@ def link(
             "reason": row.reason,
             "linked_at": row.linked_at,
         }
+        return retry.answer(session, 201 if new else 200, json_body(LinkOut, out))
 
 
 @router.post("/incidents/{incident_id}/unlink", status_code=204)

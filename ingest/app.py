@@ -38,6 +38,7 @@ from incidents.export import downloads as export_downloads
 from incidents.retention import RetentionRules, retention_loop
 from incidents.subject_access import api as subject_access_api
 from ingest import read_grants
+from storage import idempotency
 from storage.objects import StorageError
 from storage.schedule import run_when_due
 from storage.settings import Settings
@@ -77,16 +78,17 @@ INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
 
 def forget_personal_data(services: Services, now: datetime) -> None:
     """Forget position trail points and console sessions past their retention (settings
-    ``position_trail_retention_days`` and ``ended_session_retention_days``), and expired read grants
-    with the reasons they held."""
+    ``position_trail_retention_days`` and ``ended_session_retention_days``), expired read grants
+    with the reasons they held, and expired idempotency keys with the answers they kept."""
     settings = services.settings
     with services.db.session() as session:
         points = forget_old_points(session, now - timedelta(days=settings.position_trail_retention_days))
         sessions = forget_sessions(session, now - timedelta(days=settings.ended_session_retention_days))
         grants = read_grants.forget_expired(session, now)
+        keys = idempotency.forget_expired(session, now)
     log.info(
         "old personal data forgotten",
-        extra={"trail_points": points, "sessions": sessions, "read_grants": grants},
+        extra={"trail_points": points, "sessions": sessions, "read_grants": grants, "idempotency_keys": keys},
     )
 
 

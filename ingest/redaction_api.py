@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
@@ -25,6 +25,7 @@ from redaction.spec import RedactionSpec, check_request
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX
 from storage.errors import Refused
+from storage.idempotency import KeyHeader, Once
 from storage.paging import link_next, next_headers
 
 router = APIRouter(prefix="/api/v1", tags=["redaction"])
@@ -102,20 +103,23 @@ def list_redactions(
     "/evidence/{item_id}/redactions",
     response_model=RedactionJobOut,
     status_code=202,
-    responses=error_responses(403, 429),
+    responses=error_responses(400, 403, 409, 422, 429),
 )
 def request_redaction(
     item_id: str,
     spec: RedactionSpec,
+    request: Request,
     based_on: str | None = Query(None),
+    idempotency_key: KeyHeader = None,
     user: Principal = Depends(require_roles(*EVIDENCE_MEDIA)),
     s: CoreServices = Depends(services),
-) -> RedactionJobOut:
+) -> Response:
     """Queue a new version with the investigator's manual regions, exclusions and audio edits.
 
     A version never hides less than the service's own settings (``redaction.spec.check_request``);
     leaving a person visible (an exclusion) needs a stated reason, recorded with who asked in the new
-    copy's custody; a package that holds such a copy needs the authority to export originals."""
+    copy's custody; a package that holds such a copy needs the authority to export originals. Sent
+    again with the same ``Idempotency-Key``, it answers the first version and queues no other."""
     _visible_clip(s, user, item_id)
     from redaction.pipeline import RedactionSettings  # here: it brings cv2 and numpy (35 MB) to the service
 
@@ -126,7 +130,10 @@ def request_redaction(
         actor=user.actor,
         may_leave_visible=EVIDENCE_MEDIA,
     )
+    retry = Once.of(request, idempotency_key, user.user_id, spec, s.settings.idempotency_key_hours)
     with s.db.session() as session:
+        if (first := retry.claim(session)) is not None:
+            return first  # before the queue is counted: the first version is in it already
         source = session.get(EvidenceItem, item_id)
         if source is not None and source.status != "stored":
             # A redacted copy is new evidence derived from its original: never from one that no
@@ -157,7 +164,7 @@ def request_redaction(
             based_on_job_id=based_on,
             max_attempts=s.settings.worker_max_attempts,
         )
-        return _out(job)
+        return retry.answer(session, 202, _out(job).model_dump_json())
 
 
 @router.get("/redaction-jobs/{job_id}", response_model=RedactionJobOut)

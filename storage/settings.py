@@ -243,6 +243,12 @@ class HttpSettings(_Section):
         description="Open connections and requests the server holds at once; more are answered 503 (0: no cap).",
     )
     token_ttl_minutes: int = Field(480, description="Lifetime of a user's bearer token.")
+    idempotency_key_hours: int = Field(
+        24,
+        ge=1,
+        le=24 * 30,
+        description="How long a POST's Idempotency-Key holds its first answer: the same request sent again with it within this time answers that answer and makes nothing new; after it the key is forgotten (with the answer) and free again.",
+    )
     login_free_failures: int = Field(
         3,
         ge=1,

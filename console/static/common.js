@@ -39,6 +39,21 @@ export function background(path) {
   return fetch(path, { credentials: "same-origin", redirect: "manual", headers: { "X-Console-Background": "1" } });
 }
 
+// The Idempotency-Key of each POST that has had no answer yet, by its path and body. A form sent
+// again (a second click, a retry after the network failed) carries the key of the first, so the
+// service answers with what the first made instead of making it twice. The session's CSRF token
+// cannot be the key: it is the same for every form of the session, so a second, deliberate request
+// with the same fields (another package of the same incident) would get the first one's answer, and
+// two different requests under it would be refused. A key is dropped once the request is settled:
+// what is sent after that is a new request, with a new key.
+const unanswered = new Map();
+
+function newKey() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes); // available without HTTPS, unlike crypto.randomUUID
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 /** Call the API as the signed-in person: the session cookie goes by itself, the CSRF token with it. */
 export async function api(method, path, body) {
   const headers = { "X-CSRF-Token": csrfToken(), Accept: "application/json" };
@@ -47,10 +62,19 @@ export async function api(method, path, body) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
+  const request = `${method} ${path}\n${init.body || ""}`;
+  if (method === "POST") {
+    if (!unanswered.has(request)) unanswered.set(request, newKey());
+    headers["Idempotency-Key"] = unanswered.get(request);
+  }
+  const response = await fetch(path, init); // a network failure throws here and keeps the key
   let data = null;
   const type = response.headers.get("content-type") || "";
   if (type.includes("json")) data = await response.json().catch(() => null);
+  // Kept for a retry: a failure of the service (it may have made the thing before failing) and the
+  // first request still being answered; any other answer settles the request.
+  const unsettled = response.status >= 500 || (data && data.reason === "idempotency_key_in_use");
+  if (!unsettled) unanswered.delete(request);
   if (!response.ok) {
     throw new ApiError(response.status, describeError(response.status, data), data);
   }

@@ -35,6 +35,7 @@ from chain_of_custody.models import CustodyEntry, EvidenceItem
 from storage.api_schema import error_responses
 from storage.bounds import MAX_OFFSET
 from storage.errors import Refused
+from storage.idempotency import KeyHeader, Once, json_body
 from storage.paging import after_key, link_next, next_headers, page_limit
 
 from ..access import (
@@ -307,17 +308,19 @@ def _may_release_left_visible(session: Session, user: Viewer, pins: dict[str, Pi
     "/incidents/{incident_id}/exports",
     response_model=ExportOut,
     status_code=202,
-    responses=error_responses(409, 429),
+    responses=error_responses(400, 409, 422, 429),
 )
 def request_export(
     incident_id: str,
     body: ExportIn,
-    response: Response,
+    request: Request,
+    idempotency_key: KeyHeader = None,
     user: Viewer = exporters,
     s: CoreServices = Depends(services),
     builds: ExportBuilds = Depends(export_builds),
-) -> dict[str, Any]:
-    """Start building the incident's evidence package; poll the returned export until it is ready."""
+) -> Response:
+    """Start building the incident's evidence package; poll the returned export until it is ready.
+    Sent again with the same ``Idempotency-Key``, it answers the first answer and builds nothing new."""
     reason = (body.reason or "").strip()
     if body.include_originals:
         if user.role not in ORIGINALS_AUTHORISERS:
@@ -326,7 +329,10 @@ def request_export(
             raise HTTPException(
                 422, "exporting original footage needs a stated reason (10 characters or more)"
             )
+    retry = Once.of(request, idempotency_key, user.user_id, body, s.settings.idempotency_key_hours)
     with s.db.session() as session:
+        if (first := retry.claim(session)) is not None:
+            return first  # before the share is counted: the first request is in it already
         hold_person(session, user.user_id)  # counted and inserted as one step (see ``_within_share``)
         _within_share(
             session,
@@ -387,10 +393,10 @@ def request_export(
         )
         session.add(job)
         session.flush()
-        out = _job_out(job, s.key)
+        location = {"Location": f"/api/v1/exports/{job.id}"}
+        answer = retry.answer(session, 202, json_body(ExportOut, _job_out(job, s.key)), location)
     builds.wake()
-    response.headers["Location"] = f"/api/v1/exports/{out['id']}"
-    return out
+    return answer
 
 
 def _within_share(
@@ -517,18 +523,28 @@ def get_export(
 
 
 @router.post(
-    "/exports/{export_id}/links", response_model=LinkOut, status_code=201, responses=error_responses(409, 429)
+    "/exports/{export_id}/links",
+    response_model=LinkOut,
+    status_code=201,
+    responses=error_responses(400, 409, 422, 429),
 )
 def create_link(
     export_id: str,
     body: LinkIn,
     request: Request,
+    idempotency_key: KeyHeader = None,
     user: Viewer = exporters,
     s: CoreServices = Depends(services),
-) -> dict[str, Any]:
-    """A download link for a named recipient, valid for ``expires_in_hours``."""
+) -> Response:
+    """A download link for a named recipient, valid for ``expires_in_hours``. Sent again with the same
+    ``Idempotency-Key``, it answers the first link and issues no other."""
     now = datetime.now(UTC).replace(microsecond=0)
+    retry = Once.of(request, idempotency_key, user.user_id, body, s.settings.idempotency_key_hours)
     with s.db.session() as session:
+        if (
+            first := retry.claim(session, restore=lambda kept: {LINK_TOKEN: _link_token(s, kept)})
+        ) is not None:
+            return first  # before the share is counted: the first link is in it already
         job = visible_job(session, user, export_id)
         if not may_hand_out(session, user, job):
             raise HTTPException(403, "this package holds evidence you may not hand out")
@@ -571,24 +587,37 @@ def create_link(
                 "package_sha256": package_sha256,
             },
         )
-    path = f"/api/v1/exports/download/{make_link_token(link_secret(s.key), link.id, job.id, link.expires_at)}"
+        token = make_link_token(link_secret(s.key), link.id, job.id, link.expires_at)
+        path = f"/api/v1/exports/download/{token}"
+        base = str(request.base_url).rstrip("/")
+        out = {
+            "id": link.id,
+            "export_id": job.id,
+            "recipient": link.recipient,
+            "purpose": link.purpose,
+            "created_by": link.created_by,
+            "expires_at": link.expires_at,
+            "url": base + path,
+            "path": path,
+            "about_url": base + path + "/about",
+            "filename": filename,
+            "package_sha256": package_sha256,
+            "package_size": package_size,
+            "key_fingerprint": fingerprint,
+        }
+        answer = retry.answer(session, 201, json_body(LinkOut, out), withheld={LINK_TOKEN: token})
     log.info("export link issued", extra={"export": job.id, "link": link.id, "by": user.actor})
-    base = str(request.base_url).rstrip("/")
-    return {
-        "id": link.id,
-        "export_id": job.id,
-        "recipient": link.recipient,
-        "purpose": link.purpose,
-        "created_by": link.created_by,
-        "expires_at": link.expires_at,
-        "url": base + path,
-        "path": path,
-        "about_url": base + path + "/about",
-        "filename": filename,
-        "package_sha256": package_sha256,
-        "package_size": package_size,
-        "key_fingerprint": fingerprint,
-    }
+    return answer
+
+
+LINK_TOKEN = "{link_token}"  # stands for a link's token in an answer kept under an Idempotency-Key
+
+
+def _link_token(s: CoreServices, kept: dict[str, Any]) -> str:
+    """The token of a link answered before, made again from its id, package and expiry (the
+    database keeps no link's token: whoever reads it could download the package)."""
+    expires_at = datetime.fromisoformat(str(kept["expires_at"]).replace("Z", "+00:00"))
+    return make_link_token(link_secret(s.key), str(kept["id"]), str(kept["export_id"]), expires_at)
 
 
 def may_revoke(session: Session, user: Viewer, job: ExportJob, link: ExportLink) -> bool:

@@ -11,13 +11,14 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from accounts.access import WRITES_CUSTODY, require_roles, services
 from chain_of_custody.core import CoreServices
 from storage.api_schema import CalendarDate, Timestamp, error_responses
+from storage.idempotency import KeyHeader, Once, json_body
 from storage.paging import after_key, link_next, next_headers, page_limit
 
 from ..access import INCIDENT_READERS, INCIDENT_WRITERS, Viewer
@@ -105,17 +106,32 @@ def _visible(session: Session, user: Viewer, request_id: str) -> SubjectAccessRe
     return sar
 
 
-@router.post("/subject-access-requests", response_model=RequestOut, status_code=201)
-def receive(body: RequestIn, user: Viewer = writers, s: CoreServices = Depends(services)) -> dict[str, Any]:
-    """Record a request; its due date is one calendar month after it was received."""
+@router.post(
+    "/subject-access-requests",
+    response_model=RequestOut,
+    status_code=201,
+    responses=error_responses(400, 409, 422),
+)
+def receive(
+    body: RequestIn,
+    request: Request,
+    idempotency_key: KeyHeader = None,
+    user: Viewer = writers,
+    s: CoreServices = Depends(services),
+) -> Response:
+    """Record a request; its due date is one calendar month after it was received. Sent again with the
+    same ``Idempotency-Key``, it answers the first answer and records nothing new."""
     if user.role == "security_manager" and body.site != user.site:
         raise HTTPException(403, "a security manager records requests for their own site")
     draft = RequestDraft(
         body.requester, body.contact, body.received_on, body.site, body.description, body.notes
     )
+    retry = Once.of(request, idempotency_key, user.user_id, body, s.settings.idempotency_key_hours)
     with s.db.session() as session:
+        if (first := retry.claim(session)) is not None:
+            return first
         sar = receive_request(session, s.ledger, user, draft)
-        return request_view(session, sar)
+        return retry.answer(session, 201, json_body(RequestOut, request_view(session, sar)))
 
 
 REQUESTS_PAGE = 200  # requests in a page, unless the caller asks for fewer
