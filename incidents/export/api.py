@@ -46,7 +46,7 @@ from ..access import (
 )
 from ..models import Incident, IncidentAssignment
 from .disclosure import DISCLOSURE_PAGE, DISCLOSURE_PAGE_MAX, DisclosurePage, csv_pages, disclosure_page
-from .jobs import ExportBuilds
+from .jobs import ExportBuilds, record_request
 from .links import link_secret, make_link_token
 from .models import ExportJob, ExportLink
 from .plan import (
@@ -387,6 +387,7 @@ def request_export(
         )
         session.add(job)
         session.flush()
+        record_request(session, s.ledger, job)
         out = _job_out(job, s.key)
     builds.wake()
     response.headers["Location"] = f"/api/v1/exports/{out['id']}"
