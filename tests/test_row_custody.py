@@ -636,3 +636,90 @@ def test_an_incident_moved_to_another_site_by_sql_is_named(services: Any) -> Non
     found = _problems(s)
     assert [(p.kind, p.where) for p in found] == [("incident_site_altered", f"incident {incident_id}")]
     assert "'SOUTH'" in found[0].detail and "'EAST'" in found[0].detail
+
+
+def test_rows_made_before_the_ledger_recorded_them_are_adopted_once(services: Any) -> None:
+    """An old link grants nothing and old rows are named until an administrator adopts them; once
+    adopted they verify, the link grants what it granted, and later changes are named as any."""
+    from chain_of_custody.backfill import backfill
+    from incidents.access import visible_evidence_ids
+
+    s = services
+    ids, clip, _, second_id = _world(s)
+    with s.db.session() as session:  # made before links, assignments and users were recorded
+        session.execute(
+            insert(IncidentLink).values(
+                incident_id=second_id,
+                target_kind="evidence",
+                target_id=clip.id,
+                linked_by="user:admin",
+                reason="old",
+                linked_at=T0,
+            )
+        )
+        session.execute(
+            insert(User).values(
+                username="old_admin", password_hash="$argon2id$old", role="admin", active=True
+            )
+        )
+
+    class Who:
+        user_id, role, site, actor = ids["other_inv"], "investigator", None, "user:other_inv"
+
+    with s.db.session() as session:
+        assert visible_evidence_ids(session, Who(), [clip.id]) == set()
+    assert {p.kind for p in _problems(s)} == {"link_unrecorded", "user_unrecorded"}
+    with s.db.session() as session:
+        listed = backfill(session, s.ledger, apply=False)
+    assert {(a, d.get("user") or d.get("incident_id")) for a, _, d in listed.entries} >= {
+        ("linked", second_id),
+        ("user_changed", "old_admin"),
+        ("incident_changed", second_id),
+    }
+    assert not any("$argon2id$old" in line for line in listed.lines())
+    assert {p.kind for p in _problems(s)} == {"link_unrecorded", "user_unrecorded"}  # nothing appended
+    with s.db.session() as session:
+        backfill(session, s.ledger, apply=True)
+    with s.db.session() as session:
+        report = verify_service(session, s.store, s.key)
+        assert report.problems == [] and not [n for n in report.notes if "incident" in n or "password" in n]
+        assert visible_evidence_ids(session, Who(), [clip.id]) == {clip.id}
+        assert backfill(session, s.ledger, apply=False).entries == []  # once
+    with s.db.session() as session:
+        session.execute(update(Incident).where(Incident.id == second_id).values(site="SOUTH"))
+        session.execute(
+            update(User).where(User.username == "old_admin").values(password_hash="$argon2id$new")
+        )
+    assert sorted(p.kind for p in _problems(s)) == ["incident_site_altered", "user_password_altered"]
+
+
+def test_the_backfill_command_lists_before_it_appends(tmp_path: Any, seaweed: Any, monkeypatch: Any) -> None:
+    from typer.testing import CliRunner
+
+    from ingest.cli import app
+    from ingest.services import build_services
+    from ingest.settings import get_settings
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'evidence.db'}", seaweed)
+    s = build_services(settings)
+    try:
+        with s.db.session() as session:
+            session.execute(
+                insert(User).values(username="old", password_hash="$argon2id$old", role="auditor")
+            )
+        for name in ("data_dir", "database_url", "s3_endpoint", "s3_access_key", "bucket", "staging_bucket"):
+            monkeypatch.setenv(f"EVIDENCE_{name.upper()}", str(getattr(settings, name)))
+        monkeypatch.setenv("EVIDENCE_S3_SECRET_KEY", settings.s3_secret_key.get_secret_value())
+        get_settings.cache_clear()
+        runner = CliRunner()
+        listed = runner.invoke(app, ["backfill-custody"])
+        assert listed.exit_code == 0 and "'user': 'old'" in listed.output, listed.output
+        assert "$argon2id$old" not in listed.output and "would be appended" in listed.output
+        assert [p.kind for p in _problems(s)] == ["user_unrecorded"]
+        done = runner.invoke(app, ["backfill-custody", "--yes"])
+        assert done.exit_code == 0 and "1 entries appended" in done.output, done.output
+        assert _problems(s) == []
+    finally:
+        get_settings.cache_clear()
+        s.db.dispose()
