@@ -21,7 +21,16 @@ from storage.paging import after_key, link_next, next_headers, page_limit
 
 from .access import client_address, require_roles, services, sign_in_throttle
 from .models import ROLES, User
-from .service import AccountError, Principal, create_user, issue_token, list_users, sign_in, update_user
+from .service import (
+    AccountError,
+    Principal,
+    create_user,
+    issue_token,
+    list_users,
+    password_record,
+    sign_in,
+    update_user,
+)
 from .throttle import SignInThrottle
 
 log = logging.getLogger(__name__)
@@ -93,7 +102,7 @@ def login(
     settings = s.settings
     try:
         with s.db.session() as session:
-            user = sign_in(session, form.username, form.password, client_address(request), throttle)
+            user = sign_in(session, form.username, form.password, client_address(request), throttle, s.ledger)
             token, expires = issue_token(session, user, timedelta(minutes=settings.token_ttl_minutes))
             role = user.role
     except AccountError as exc:
@@ -141,7 +150,13 @@ def add_user(
             session,
             "user_changed",
             user.actor,
-            details={"user": body.username, "created": True, "role": body.role, "site": body.site},
+            details={
+                "user": body.username,
+                "created": True,
+                "role": body.role,
+                "site": body.site,
+                **password_record(s.key, created),
+            },
         )
         return created
 
@@ -173,6 +188,8 @@ def change_user(
         if session.get(User, user_id) is None:
             raise HTTPException(404, "no such user")
         changed, done = update_user(session, user_id, changes)
+        if "password" in done:
+            done.update(password_record(s.key, changed))
         if done:
             s.ledger.append(
                 session,

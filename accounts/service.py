@@ -13,6 +13,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from chain_of_custody.keys import ServiceKey
+from chain_of_custody.ledger import Ledger
+from chain_of_custody.row_replay import PASSWORD_DIGESTS, password_digest
 from storage.errors import Refused
 
 from .models import ROLES, ApiToken, User, UserSession
@@ -109,7 +112,21 @@ def _refuse(account: str | None = None) -> SignInRefused:
     return SignInRefused(account)
 
 
-def sign_in(session: Session, username: str, password: str, client: str, throttle: SignInThrottle) -> User:
+def password_record(key: ServiceKey, user: User) -> dict[str, str]:
+    """What a ``user_changed`` entry records of the user's password as it now stands: its digest
+    (``chain_of_custody.row_replay.password_digest``), so that ``evidence verify`` names a password
+    hash set in the database. Never the hash, never the password."""
+    return {"password_digest": password_digest(key.derived_secret(PASSWORD_DIGESTS), user.password_hash)}
+
+
+def sign_in(
+    session: Session,
+    username: str,
+    password: str,
+    client: str,
+    throttle: SignInThrottle,
+    ledger: Ledger | None = None,
+) -> User:
     """Check a password, for the API's token and the console's session alike.
 
     Every refusal is the same :data:`DENIED` after the same work (one argon2 check), so neither
@@ -131,8 +148,19 @@ def sign_in(session: Session, username: str, password: str, client: str, throttl
         raise _refuse(account)
     assert user is not None
     throttle.succeeded(username, client)
-    if _hasher.check_needs_rehash(user.password_hash):
+    # A hash made with older parameters is made again, and recorded as any password change (custody
+    # holds the digest of the hash in use); without a ledger to record it the old hash stays.
+    if ledger is not None and _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
+        ledger.append(
+            session,
+            "user_changed",
+            "service",
+            details={
+                "user": user.username,
+                "changes": {"rehashed": True, **password_record(ledger.key, user)},
+            },
+        )
     return user
 
 

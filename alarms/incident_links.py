@@ -64,6 +64,7 @@ class IncidentLinks:
                 ),
                 SERVICE_ACTOR,
                 now=now,
+                ledger=self.ledger,
             )
         row.incident_id = incident.id
         reason = f"{row.kind} alarm from {row.device_id}"

@@ -28,6 +28,7 @@ class CustodyAction(StrEnum):
     VIEWING_CLOSED = "viewing_closed"  # a viewing sealed: its ranges counted and hashed
     QUARANTINED = "quarantined"
     REDACTED = "redacted"
+    EXPORT_REQUESTED = "export_requested"  # a package asked for: what its builder may build
     EXPORTED = "exported"
     LINK_ISSUED = "link_issued"  # a package's download link given to a named recipient
     LINK_REVOKED = "link_revoked"
@@ -42,6 +43,7 @@ class CustodyAction(StrEnum):
     DEVICE_ENROLLED = "device_enrolled"
     DEVICE_CHANGED = "device_changed"
     USER_CHANGED = "user_changed"
+    INCIDENT_CHANGED = "incident_changed"  # an incident opened, or its site changed: who sees it
     SUBJECT_ACCESS = "subject_access"  # a subject access request received, searched or answered
     CHECKPOINT = "checkpoint"
 

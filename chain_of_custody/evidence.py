@@ -21,6 +21,7 @@ from .ledger import Ledger
 from .models import CustodyEntry, EvidenceItem
 from .read_checks import checked_blocks
 from .retention_basis import RetentionBasis
+from .row_replay import ITEM_SCOPE, item_scope_mac
 from .verify import unrecorded
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ def record_evidence(
         details["retention_basis"] = provenance.retention_basis.as_details()
     if stored.blake3 is not None:
         details["blake3"] = stored.blake3
+    details["scope_mac"] = item_scope_mac(
+        ledger.key.derived_secret(ITEM_SCOPE), provenance.wearer, provenance.source_device_id
+    )
     ledger.append(session, "stored", "service", item_id=item.id, details=details)
     if quarantine_reason:
         ledger.append(

@@ -1,5 +1,5 @@
-"""The database reads behind ``row_replay``: links, legal holds, users, assignments, export jobs
-and download links as rows.
+"""The database reads behind ``row_replay``: links, legal holds, users, incidents' sites,
+assignments, export jobs and download links as rows.
 
 The tables belong to other domains (incidents, accounts), which may not be imported here; they are
 named as plain tables, only the columns the comparison needs.
@@ -7,6 +7,7 @@ named as plain tables, only the columns the comparison needs.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 from sqlalchemy import column, select, table
@@ -27,12 +28,19 @@ from .row_replay import (
     download_link_replay,
     export_job_findings,
     export_replay,
+    export_request_findings,
+    export_request_replay,
     hold_findings,
     hold_replay,
+    incident_site_findings,
+    incident_site_replay,
+    incidents_unchecked,
     item_hold_findings,
     item_hold_replay,
     link_findings,
     link_replay,
+    password_digest,
+    passwords_unchecked,
     user_findings,
     user_replay,
     users_unchecked,
@@ -47,11 +55,14 @@ _LINKS = table(
     column("unlinked_at"),
 )
 _HOLDS = table("legal_holds", column("id"), column("target_kind"), column("target_id"), column("released_at"))
-_USERS = table("users", column("username"), column("role"), column("site"), column("active"))
+_USERS = table(
+    "users", column("username"), column("role"), column("site"), column("active"), column("password_hash")
+)
 _ASSIGNMENTS = table(
     "incident_assignments", column("id"), column("incident_id"), column("user_id"), column("unassigned_at")
 )
 _USER_IDS = table("users", column("id"), column("username"))
+_INCIDENTS = table("incidents", column("id"), column("site"))
 _EXPORT_JOBS = table(
     "export_jobs",
     column("id"),
@@ -60,6 +71,10 @@ _EXPORT_JOBS = table(
     column("status"),
     column("package_sha256"),
     column("package_size"),
+    column("requester_role"),
+    column("include_originals"),
+    column("reason"),
+    column("scope"),
 )
 _DOWNLOAD_LINKS = table(
     "export_links",
@@ -83,9 +98,20 @@ def hold_rows(session: Session) -> list[HoldRow]:
     return [HoldRow(int(i), str(k), str(t), released is None) for i, k, t, released in session.execute(q)]
 
 
-def user_rows(session: Session) -> list[UserRow]:
-    q = select(_USERS.c.username, _USERS.c.role, _USERS.c.site, _USERS.c.active)
-    return [UserRow(str(u), str(r), s, bool(a)) for u, r, s, a in session.execute(q)]
+def user_rows(session: Session, password_secret: bytes | None = None) -> list[UserRow]:
+    """The users; with ``password_secret``, each with the digest of its password hash (the hash is
+    read here and goes no further)."""
+    q = select(_USERS.c.username, _USERS.c.role, _USERS.c.site, _USERS.c.active, _USERS.c.password_hash)
+    return [
+        UserRow(
+            str(u),
+            str(r),
+            s,
+            bool(a),
+            password_digest(password_secret, h) if password_secret is not None and h else None,
+        )
+        for u, r, s, a, h in session.execute(q)
+    ]
 
 
 def assignment_rows(session: Session) -> list[AssignmentRow]:
@@ -100,10 +126,32 @@ def assignment_rows(session: Session) -> list[AssignmentRow]:
 
 def export_job_rows(session: Session) -> list[ExportJobRow]:
     c = _EXPORT_JOBS.c
-    q = select(c.id, c.incident_id, c.requested_by, c.status, c.package_sha256, c.package_size)
+    q = select(
+        c.id,
+        c.incident_id,
+        c.requested_by,
+        c.status,
+        c.package_sha256,
+        c.package_size,
+        c.requester_role,
+        c.include_originals,
+        c.reason,
+        c.scope,
+    )
     return [
-        ExportJobRow(str(i), str(inc), str(by), str(st), sha, None if size is None else int(size))
-        for i, inc, by, st, sha, size in session.execute(q)
+        ExportJobRow(
+            str(i),
+            str(inc),
+            str(by),
+            str(st),
+            sha,
+            None if size is None else int(size),
+            role,
+            bool(originals),
+            reason,
+            hashlib.sha256(str(scope).encode()).hexdigest(),
+        )
+        for i, inc, by, st, sha, size, role, originals, reason, scope in session.execute(q)
     ]
 
 
@@ -116,15 +164,20 @@ def download_link_rows(session: Session) -> list[DownloadLinkRow]:
     ]
 
 
-def check_row_families(session: Session, entries: Sequence[SignedEntry], report: ChainReport) -> None:
-    """Links, legal holds (and each item's hold flag), users, their incident assignments, export
-    jobs and download links against the ledger's replay (``row_replay``): one finding each
-    disagreement."""
+def check_row_families(
+    session: Session,
+    entries: Sequence[SignedEntry],
+    report: ChainReport,
+    password_secret: bytes | None = None,
+) -> None:
+    """Links, legal holds (and each item's hold flag), users (and, given the service key's
+    ``PASSWORD_DIGESTS`` secret, their passwords), their incident assignments, export jobs and
+    download links against the ledger's replay (``row_replay``): one finding each disagreement."""
     report.problems.extend(link_findings(link_replay(entries), link_rows(session)))
     report.problems.extend(hold_findings(hold_replay(entries), hold_rows(session)))
     held = {i: bool(h) for i, h in session.execute(select(EvidenceItem.id, EvidenceItem.legal_hold))}
     report.problems.extend(item_hold_findings(item_hold_replay(entries), held))
-    users = user_rows(session)
+    users = user_rows(session, password_secret)
     replay = user_replay(entries)
     report.problems.extend(user_findings(replay, users))
     unchecked = users_unchecked(replay, users)
@@ -133,6 +186,23 @@ def check_row_families(session: Session, entries: Sequence[SignedEntry], report:
             f"the site of {len(unchecked)} user(s) is not in their custody record, so not checked: "
             + ", ".join(unchecked[:10])
         )
+    unchecked = passwords_unchecked(replay, users) if password_secret is not None else []
+    if unchecked:
+        report.notes.append(
+            f"the password of {len(unchecked)} user(s) is not in their custody record, so not checked: "
+            + ", ".join(unchecked[:10])
+        )
+    sites = {str(i): s for i, s in session.execute(select(_INCIDENTS.c.id, _INCIDENTS.c.site))}
+    recorded = incident_site_replay(entries)
+    report.problems.extend(incident_site_findings(recorded, sites))
+    unchecked = incidents_unchecked(recorded, sites)
+    if unchecked:
+        report.notes.append(
+            f"the site of {len(unchecked)} incident(s) is not in the custody record, so not checked: "
+            + ", ".join(unchecked[:10])
+        )
     report.problems.extend(assignment_findings(assignment_replay(entries), assignment_rows(session)))
-    report.problems.extend(export_job_findings(export_replay(entries), export_job_rows(session)))
+    jobs = export_job_rows(session)
+    report.problems.extend(export_job_findings(export_replay(entries), jobs))
+    report.problems.extend(export_request_findings(export_request_replay(entries), jobs))
     report.problems.extend(download_link_findings(download_link_replay(entries), download_link_rows(session)))

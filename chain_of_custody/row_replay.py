@@ -9,6 +9,8 @@ reads are in ``row_checks``; these functions compare and name each disagreement 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -254,9 +256,78 @@ def item_hold_findings(replay: Mapping[str, tuple[int, bool]], held: Mapping[str
     return problems
 
 
+# -- evidence items' scope -----------------------------------------------------------------------
+
+ITEM_SCOPE = "item scope v1"  # the label of the service key's secret an item's scope digest uses
+
+
+def item_scope_mac(secret: bytes, wearer: str | None, source_device_id: str | None) -> str:
+    """What an item's ``stored`` entry records of its wearer and recording device: a keyed digest.
+    They decide which site's security managers see the item (the wearer's site, the device's), so
+    a change in the database widens who sees it; keyed (``ServiceKey.derived_secret(ITEM_SCOPE)``)
+    rather than written out, because a package's custody chains travel to people from whom a
+    withheld item's wearer is kept (a staff number is guessed from a plain hash)."""
+    message = json.dumps([wearer, source_device_id], separators=(",", ":")).encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+# -- incidents' sites ------------------------------------------------------------------------------
+
+
+def incident_site_replay(entries: Iterable[SignedEntry]) -> dict[str, tuple[int, Any]]:
+    """The site each incident's latest ``incident_changed`` entry gives it, with that entry's seq."""
+    out: dict[str, tuple[int, Any]] = {}
+    for e in entries:
+        if e.body.action != "incident_changed":
+            continue
+        d = _details(e)
+        incident = d.get("incident_id")
+        if isinstance(incident, str) and "site" in d:
+            out[incident] = (e.body.seq, d["site"])
+    return out
+
+
+def incident_site_findings(
+    replay: Mapping[str, tuple[int, Any]], sites: Mapping[str, str | None]
+) -> list[Problem]:
+    """Each incident's site (``sites``: incident id -> its row's site) against the latest entry that
+    set it: a security manager sees the incidents of their site and everything linked to them, so
+    moving an incident to another site shows its evidence to that site's managers. An incident no
+    entry records (opened before sites were recorded) is not checked (``incidents_unchecked``)."""
+    problems: list[Problem] = []
+    for incident, site in sorted(sites.items()):
+        if incident not in replay:
+            continue
+        seq, recorded = replay[incident]
+        if site != recorded:
+            problems.append(
+                Problem(
+                    "incident_site_altered",
+                    f"incident {incident}",
+                    f"its site is {site!r} in the database but {recorded!r} in custody entry #{seq}",
+                )
+            )
+    return problems
+
+
+def incidents_unchecked(replay: Mapping[str, tuple[int, Any]], sites: Mapping[str, str | None]) -> list[str]:
+    """Incidents whose site no entry records: not checked."""
+    return sorted(i for i in sites if i not in replay)
+
+
 # -- users ---------------------------------------------------------------------------------------
 
 USER_FIELDS = ("role", "site", "active")
+PASSWORD_DIGESTS = "password hashes v1"  # the label of the service key's secret password digests use
+
+
+def password_digest(secret: bytes, password_hash: str) -> str:
+    """What custody records of a password: an HMAC of its stored hash under a secret derived from the
+    service key (``ServiceKey.derived_secret(PASSWORD_DIGESTS)``). Never the hash itself (an offline
+    guesser's target) nor anything from which one could test a guess: without the service key the
+    digest says nothing, with it ``evidence verify`` tells a hash set in the database from the last
+    one the service set."""
+    return hmac.new(secret, password_hash.encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -265,6 +336,7 @@ class UserRow:
     role: str
     site: str | None
     active: bool
+    password_digest: str | None = None  # None: not computed (no key), or no hash
 
 
 def user_replay(entries: Iterable[SignedEntry]) -> dict[str, dict[str, tuple[int, Any]]]:
@@ -285,10 +357,16 @@ def user_replay(entries: Iterable[SignedEntry]) -> dict[str, dict[str, tuple[int
             for f in ("role", "site"):
                 if f in d:
                     out[name][f] = (e.body.seq, d[f])
+            if "password_digest" in d:
+                out[name]["password"] = (e.body.seq, d["password_digest"])
         elif isinstance(changes, dict) and name in out:
             for f in USER_FIELDS:
                 if f in changes:
                     out[name][f] = (e.body.seq, changes[f])
+            if "password_digest" in changes:
+                out[name]["password"] = (e.body.seq, changes["password_digest"])
+            elif "password" in changes:  # changed before digests were recorded: unknown from here on
+                out[name].pop("password", None)
     return out
 
 
@@ -323,6 +401,17 @@ def user_findings(
                         f"its {f} is {kept!r} in the database but {recorded!r} in custody entry #{seq}",
                     )
                 )
+        if "password" in known and row.password_digest is not None:
+            seq, recorded = known["password"]
+            if row.password_digest != recorded:
+                problems.append(
+                    Problem(
+                        "user_password_altered",
+                        where,
+                        f"its password hash is not the one custody entry #{seq} records (a password set "
+                        "in the database: whoever set it can sign in as this user)",
+                    )
+                )
     return problems
 
 
@@ -331,6 +420,13 @@ def users_unchecked(
 ) -> list[str]:
     """Users whose site no entry recorded (created before sites were recorded): not checked."""
     return sorted(r.username for r in rows if r.username in replay and "site" not in replay[r.username])
+
+
+def passwords_unchecked(
+    replay: Mapping[str, Mapping[str, tuple[int, Any]]], rows: Iterable[UserRow]
+) -> list[str]:
+    """Users whose password no entry recorded a digest of (set before digests were): not checked."""
+    return sorted(r.username for r in rows if r.username in replay and "password" not in replay[r.username])
 
 
 # -- incident assignments ------------------------------------------------------------------------
@@ -416,7 +512,8 @@ def assignment_findings(
 @dataclass(frozen=True)
 class ExportJobRow:
     """A row of ``export_jobs``: whose incident it belongs to (that decides who may fetch its
-    package), who asked, and what it says the package is once ready."""
+    package), who asked, and what it says the package is once ready; and what the request fixed
+    (the requester's role, whether originals go in and why, the scope's SHA-256)."""
 
     id: str
     incident_id: str
@@ -424,6 +521,76 @@ class ExportJobRow:
     status: str
     package_sha256: str | None
     package_size: int | None
+    requester_role: str | None = None
+    include_originals: bool = False
+    reason: str | None = None
+    scope_sha256: str | None = None
+
+
+def export_request_details(row: ExportJobRow) -> dict[str, Any]:
+    """What the ``export_requested`` entry of a job records: everything the builder acts on. The
+    scope (incident summary, items, pinned redactions, items listed by hash only) by its SHA-256."""
+    return {
+        "export": row.id,
+        "incident_id": row.incident_id,
+        "role": row.requester_role,
+        "include_originals": row.include_originals,
+        "reason": row.reason,
+        "scope_sha256": row.scope_sha256,
+    }
+
+
+def export_request_disagreements(entry: SignedEntry, row: ExportJobRow) -> list[str]:
+    """Where a job row differs from its ``export_requested`` entry, one sentence a field: the builder
+    builds what the row says, so a row edited after the request (another incident, more items,
+    originals added) must not be built."""
+    said = _details(entry)
+    out = []
+    if entry.body.actor != row.requested_by:
+        out.append(f"its requester is {row.requested_by!r} but {entry.body.actor!r} asked for it")
+    for name, kept in export_request_details(row).items():
+        if said.get(name) != kept:
+            out.append(f"its {name} is {kept!r} but the request recorded {said.get(name)!r}")
+    return out
+
+
+def export_request_replay(entries: Iterable[SignedEntry]) -> dict[str, SignedEntry]:
+    """The ``export_requested`` entry of each job, by export id."""
+    out: dict[str, SignedEntry] = {}
+    for e in entries:
+        if e.body.action == "export_requested":
+            export = _details(e).get("export")
+            if isinstance(export, str):
+                out[export] = e
+    return out
+
+
+def export_request_findings(replay: Mapping[str, SignedEntry], rows: Iterable[ExportJobRow]) -> list[Problem]:
+    """Every job not yet ready (building, or failed) must be what its ``export_requested`` entry
+    says: a job row put in the database by hand would otherwise be built by a worker, a package of
+    footage nobody asked for (the builder refuses it too). A ready job answers to its package's
+    ``exported`` entry (``export_job_findings``); jobs asked for before requests were recorded have
+    none and are named here when not ready."""
+    problems: list[Problem] = []
+    for row in rows:
+        if row.status == "ready":
+            continue
+        where = f"export {row.id}"
+        entry = replay.get(row.id)
+        if entry is None:
+            problems.append(
+                Problem(
+                    "export_job_unrequested",
+                    where,
+                    f"{row.status}, but no 'export_requested' custody entry asks for it (row inserted)",
+                )
+            )
+            continue
+        for detail in export_request_disagreements(entry, row):
+            problems.append(
+                Problem("export_job_altered", where, f"{detail} (custody entry #{entry.body.seq})")
+            )
+    return problems
 
 
 def export_replay(entries: Iterable[SignedEntry]) -> dict[str, SignedEntry]:

@@ -33,6 +33,7 @@ from .ledger import Ledger
 from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .models import CustodyEntry, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
 from .row_checks import check_row_families
+from .row_replay import ITEM_SCOPE, PASSWORD_DIGESTS, item_scope_mac
 from .signed_tree_head import TreeHead
 from .tree_heads import sample_tree_heads
 from .viewing import RANGE_CHAIN, chain_problem, seal_mismatch
@@ -197,7 +198,7 @@ def verify_service(
     check_viewings(session, entries, report, key.derived_secret(RANGE_CHAIN))
     if not options.item_ids:  # one item's check reads its own rows only
         say("checking links, legal holds, users, assignments and download links")
-        check_row_families(session, entries, report)
+        check_row_families(session, entries, report, key.derived_secret(PASSWORD_DIGESTS))
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")
@@ -208,6 +209,7 @@ def verify_service(
     if options.item_ids:
         q = q.where(EvidenceItem.id.in_(options.item_ids))
     seen: set[str] = set()
+    scope_secret, unscoped = key.derived_secret(ITEM_SCOPE), 0
     packages: list[EvidenceItem] = []
     unsound: dict[str, Problem] = {}  # item id -> the one finding about its object
     for item in session.scalars(q):
@@ -221,6 +223,18 @@ def verify_service(
             continue
         for detail in row_disagreements(item, rec):
             report.problems.append(Problem("item_row_altered", where, detail))
+        if "scope_mac" not in rec:
+            unscoped += 1
+        elif rec["scope_mac"] != item_scope_mac(scope_secret, item.wearer, item.source_device_id):
+            report.problems.append(
+                Problem(
+                    "item_scope_altered",
+                    where,
+                    f"its wearer {item.wearer!r} or recording device {item.source_device_id!r} is not "
+                    "what its 'stored' custody entry records (changed in the database: which site's "
+                    "managers see an item follows them)",
+                )
+            )
         if item.id in quarantined and item.status not in ("quarantined", "deleted"):
             report.problems.append(
                 Problem(
@@ -277,6 +291,11 @@ def verify_service(
         if item_id in used_by:
             names = ", ".join(sorted(used_by[item_id]))
             problem.detail += f"; export packages assembled from it, which cannot be served whole: {names}"
+    if unscoped:
+        report.notes.append(
+            f"the wearer and recording device of {unscoped} item(s) stored before they were recorded "
+            "are not in their custody record, so not checked"
+        )
     if not options.item_ids:
         for item_id in records.keys() - seen:
             report.problems.append(

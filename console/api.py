@@ -178,7 +178,7 @@ def sign_in(
     client = client_address(request)
     try:
         with s.db.session() as session:
-            user = check_password(session, username, password, client, sign_in_throttle(request))
+            user = check_password(session, username, password, client, sign_in_throttle(request), s.ledger)
             secret, started = start_session(session, user, SessionPolicy.from_settings(settings))
     except AccountError as exc:
         account = getattr(exc, "account", None) or "(no such user)"

@@ -56,19 +56,25 @@ def admin_password(demo_dir: Path) -> str:
 
 def ensure_admin(password: str) -> None:
     from accounts.models import User
-    from accounts.service import create_user
+    from accounts.service import create_user, password_record
     from ingest.services import build_services
 
     services = build_services(get_settings())
     try:
         with services.db.session() as session:
             if session.query(User).filter_by(username="admin").first() is None:
-                create_user(session, "admin", password, "admin", full_name="Demo administrator")
+                created = create_user(session, "admin", password, "admin", full_name="Demo administrator")
                 services.ledger.append(
                     session,
                     "user_changed",
                     "demo",
-                    details={"user": "admin", "created": True, "role": "admin", "site": None},
+                    details={
+                        "user": "admin",
+                        "created": True,
+                        "role": "admin",
+                        "site": None,
+                        **password_record(services.key, created),
+                    },
                 )
     finally:
         services.close()

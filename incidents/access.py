@@ -82,7 +82,14 @@ class Viewer(Protocol):
 
 
 def incident_scope(viewer: Viewer) -> ColumnElement[bool]:
-    """A WHERE clause on ``Incident`` selecting the incidents the viewer may see."""
+    """A WHERE clause on ``Incident`` selecting the incidents the viewer may see.
+
+    A security manager's incidents are chosen by the row's site, not the ledger's: every list
+    filters incidents by site in SQL, and an ``incident_changed`` entry carries no item id to find
+    it by (a look-up a row would read every such entry's details), incidents opened before sites
+    were recorded have none, and the site reach of footage follows staff rows no entry records, so
+    the ledger's word here alone would close nothing. ``evidence verify`` names an incident whose
+    site differs from its latest entry (``incident_site_altered``)."""
     if viewer.role == "admin":
         return true()
     if viewer.role == "security_manager":
@@ -143,6 +150,12 @@ def link_on_custody() -> ColumnElement[bool]:
 
 
 def _own_evidence_scope(viewer: Viewer, item: type[EvidenceItem]) -> ColumnElement[bool]:
+    """Linked to an incident the viewer sees (the link as custody holds it), or, for a security
+    manager, worn or recorded at their site. The wearer and device are the row's: custody records
+    them as a keyed digest in the item's ``stored`` entry (``row_replay.item_scope_mac``), which SQL
+    cannot recompute, and the staff member's site that decides the reach is a row no entry records,
+    so the ledger could not decide it; ``evidence verify`` names an item whose wearer or device
+    differs from its entry (``item_scope_altered``)."""
     linked = select(IncidentLink.target_id).where(
         IncidentLink.target_kind == "evidence",
         IncidentLink.unlinked_at.is_(None),

@@ -36,9 +36,10 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody import package_layout
-from chain_of_custody.ledger import Ledger
+from chain_of_custody.ledger import Ledger, to_signed
 from chain_of_custody.models import CustodyEntry, EvidenceItem, LedgerHead
 from chain_of_custody.retention_basis import bounded_base
+from chain_of_custody.row_replay import item_hold_replay
 from storage.db import Database
 from storage.errors import Refused
 from storage.objects import ObjectLocked, ObjectStore, StorageError
@@ -448,6 +449,34 @@ def set_legal_hold(
 # -- deletion ----------------------------------------------------------------------------------
 
 
+def refuse_if_held_on_ledger(session: Session, item: EvidenceItem) -> None:
+    """Refuse to release or delete an item whose latest ``legal_hold`` custody entry says its object
+    is held, when no hold row keeps it any more: hold and link rows are database rows anyone with
+    write access can delete, and the sweeper would release (then delete) what they no longer hold.
+    Every release the service makes records the item's entry in the same transaction, so the ledger
+    says held only when rows were changed behind its back (``evidence verify`` names which).
+    One look-up in the item's own chain (indexed)."""
+    row = session.scalars(
+        select(CustodyEntry)
+        .where(CustodyEntry.item_id == item.id, CustodyEntry.action == "legal_hold")
+        .order_by(CustodyEntry.item_seq.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return
+    seq, held = item_hold_replay([to_signed(row)]).get(item.id, (None, False))
+    if held:
+        log.warning(
+            "retention refused: held on the ledger, not in the database",
+            extra={"reason": "held_on_ledger", "item": item.id, "entry": seq},
+        )
+        raise RetentionRefused(
+            "held_on_ledger",
+            f"custody entry #{seq} holds evidence item {item.id} but no active legal hold row does "
+            "(a hold or a link changed in the database): not released",
+        )
+
+
 def _tombstone(item: EvidenceItem, reason: str, extra: dict[str, Any]) -> dict[str, Any]:
     return {
         "reason": reason,
@@ -532,6 +561,7 @@ def delete_by_hand(
         raise RetentionRefused("linked", f"evidence is linked to {refs}; unlink it first")
     if active_holds(session, ids, []) or item.legal_hold:
         raise RetentionRefused("legal_hold", "evidence is under legal hold")
+    refuse_if_held_on_ledger(session, item)
     _refuse_if_packaged(session, item)
     _delete_object(store, item)
     item.status = "deleted"
@@ -631,6 +661,8 @@ def sweep(
                     item = session.get(EvidenceItem, item_id, with_for_update=True)
                     if item is None:
                         continue
+                    if item.legal_hold and not gather_facts(session, item).holds:
+                        refuse_if_held_on_ledger(session, item)  # a release no entry records
                     changes = apply_retention(
                         session,
                         ledger,
@@ -644,6 +676,8 @@ def sweep(
                     )
                 if changes:
                     report.renewed[item_id] = changes
+            except RetentionRefused as exc:
+                report.refused[item_id] = str(exc)
             except StorageError as exc:
                 report.errors[item_id] = str(exc)
         if len(ids) < batch:
@@ -664,6 +698,7 @@ def sweep(
                     d = decide(gather_facts(session, item), rules, now)
                     if not d.expired:
                         continue
+                    refuse_if_held_on_ledger(session, item)
                     _refuse_if_packaged(session, item)
                     _delete_object(store, item)
                     item.status = "deleted"

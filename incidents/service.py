@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from accounts.models import User
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from devices.models import StaffMember
-from storage.db import dialect_insert
 from storage.errors import Refused
 from storage.objects import ObjectStore, StorageError
 
@@ -37,6 +36,7 @@ from .access import (
     window_reach,
     within_window_reach,
 )
+from .identity import next_reference, record_site
 from .models import (
     CATEGORIES,
     INVOLVEMENTS,
@@ -44,7 +44,6 @@ from .models import (
     STATUSES,
     Incident,
     IncidentAssignment,
-    IncidentCounter,
     IncidentEvent,
     IncidentLink,
     IncidentStaff,
@@ -94,28 +93,6 @@ def _apply_retention(
         apply_to_family(session, ledger, retention.store, item_id, retention.rules, now, actor, cause)
     except StorageError as exc:
         log.warning("object lock update deferred to the sweeper", extra={"item": item_id, "error": str(exc)})
-
-
-def format_reference(year: int, number: int) -> str:
-    return f"INC-{year}-{number:06d}"
-
-
-def next_reference(session: Session, year: int) -> tuple[int, str]:
-    """The next number of the year: the counter row's lock serialises creators, and a rollback returns the number.
-
-    The first incident of a year inserts the counter row with ON CONFLICT DO NOTHING, so two creators
-    racing on New Year's Day do not fail; the UPDATE then takes the row lock until commit.
-    """
-    session.execute(
-        dialect_insert(session, IncidentCounter).values(year=year, last=0).on_conflict_do_nothing()
-    )
-    number = session.execute(
-        update(IncidentCounter)
-        .where(IncidentCounter.year == year)
-        .values(last=IncidentCounter.last + 1)
-        .returning(IncidentCounter.last)
-    ).scalar_one()
-    return number, format_reference(year, number)
 
 
 def _event(
@@ -230,6 +207,8 @@ def create_incident(
     session.flush()
     _set_staff(session, incident, draft.staff)
     _event(session, incident, actor, "created", now, reference=reference, category=draft.category)
+    if ledger is not None:
+        record_site(session, ledger, incident, actor, created=True)
     if assign_user_id is not None and ledger is not None:
         assign_investigator(session, ledger, incident, assign_user_id, actor, now=now)
     session.flush()
@@ -306,6 +285,8 @@ def update_incident(
         return incident
     incident.updated_at = now
     _event(session, incident, actor, "status_changed" if status_changed else "updated", now, changes=changed)
+    if "site" in changed:
+        record_site(session, ledger, incident, actor)
     session.flush()
     if status_changed and retention is not None:
         cause = f"{incident.reference} {'closed' if new_status == 'closed' else 'reopened as ' + new_status}"
@@ -785,6 +766,7 @@ def open_or_join_incident_for_wearer(
             ),
             actor,
             now=now,
+            ledger=ledger,
         )
     else:
         incident.window_start = min(incident.window_start or at - before, at - before)

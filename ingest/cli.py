@@ -101,17 +101,23 @@ def user_add(
     site: str | None = None,
 ) -> None:
     """Create a user (the first admin is created this way)."""
-    from accounts.service import AccountError, create_user
+    from accounts.service import AccountError, create_user, password_record
 
     s = _services()
     try:
         with s.db.session() as session:
-            create_user(session, username, password, role, full_name=full_name, site=site)
+            created = create_user(session, username, password, role, full_name=full_name, site=site)
             s.ledger.append(
                 session,
                 "user_changed",
                 "cli",
-                details={"user": username, "role": role, "site": site, "created": True},
+                details={
+                    "user": username,
+                    "role": role,
+                    "site": site,
+                    "created": True,
+                    **password_record(s.key, created),
+                },
             )
     except AccountError as exc:
         console.print(f"[red]{exc}[/red]")
@@ -562,6 +568,32 @@ async def _stop_with_parent(parent: int, task: asyncio.Task[None]) -> None:
         await asyncio.sleep(1.0)
     console.print("the service that started this process is gone; stopping")
     task.cancel()
+
+
+@app.command("backfill-custody")
+def backfill_custody(
+    yes: Annotated[
+        bool, typer.Option("--yes", help="append the entries (without it: only list them)")
+    ] = False,
+) -> None:
+    """Adopt rows made before the ledger recorded them (links, assignments, incidents' sites, users'
+    sites and passwords) as they stand now, with signed entries; run once, after `evidence verify`
+    shows nothing but the unrecorded rows to adopt (a planted row would be adopted too)."""
+    from chain_of_custody.backfill import backfill
+
+    s = _services(existing=True)
+    try:
+        with s.db.session() as session:
+            adoption = backfill(session, s.ledger, apply=yes)
+    finally:
+        s.close()
+    for line in adoption.lines():
+        out.print(line, markup=False, highlight=False)
+    n = len(adoption.entries)
+    if yes:
+        console.print(f"{n} entries appended")
+    else:
+        console.print(f"{n} entries would be appended: run again with --yes to append them")
 
 
 @app.command()

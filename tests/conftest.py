@@ -302,14 +302,20 @@ def recorded_user(  # type: ignore[no-untyped-def]
 ) -> int:
     """A user created as the users route and ``evidence users add`` create one: the row and its
     ``user_changed`` custody entry (``evidence verify`` names a user no entry created)."""
-    from accounts.service import create_user
+    from accounts.service import create_user, password_record
 
     row = create_user(session, username, password, role, full_name=full_name, site=site)
     ledger.append(
         session,
         "user_changed",
         "test",
-        details={"user": username, "created": True, "role": role, "site": site},
+        details={
+            "user": username,
+            "created": True,
+            "role": role,
+            "site": site,
+            **password_record(ledger.key, row),
+        },
     )
     return row.id
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from incidents.export import jobs as jobs_module
-from incidents.export.jobs import ExportBuilds
+from incidents.export.jobs import ExportBuilds, record_request
 from incidents.export.models import ExportJob
 
 INCIDENT = {"id": "inc-jobs", "reference": "INC-2026-000077", "title": "Ward 7", "site": "QEH"}
@@ -40,21 +40,22 @@ def _alarm_item(services: Any) -> str:
 def _job(services: Any, item_id: str, **values: Any) -> str:
     job_id = str(uuid.uuid4())
     with services.db.session() as session:
-        session.add(
-            ExportJob(
-                id=job_id,
-                incident_id=INCIDENT["id"],
-                requested_by="user:inv",
-                requester_role="investigator",
-                include_originals=False,
-                scope=json.dumps({"incident": INCIDENT, "item_ids": [item_id]}),
-                media_bytes_total=15,
-                status="building",
-                created_at=datetime.now(UTC),
-                heartbeat_at=datetime.now(UTC),
-                **values,
-            )
+        job = ExportJob(
+            id=job_id,
+            incident_id=INCIDENT["id"],
+            requested_by="user:inv",
+            requester_role="investigator",
+            include_originals=False,
+            scope=json.dumps({"incident": INCIDENT, "item_ids": [item_id]}),
+            media_bytes_total=15,
+            status="building",
+            created_at=datetime.now(UTC),
+            heartbeat_at=datetime.now(UTC),
+            **values,
         )
+        session.add(job)
+        session.flush()
+        record_request(session, services.ledger, job)  # as the route that asks for an export does
     return job_id
 
 

@@ -15,7 +15,7 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from accounts.models import User
-from accounts.service import issue_token
+from accounts.service import issue_token, password_record
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.models import EvidenceItem
 from devices.service import add_staff
@@ -83,7 +83,13 @@ def user(services, username: str, role: str, site: str | None = None) -> int:  #
             session,
             "user_changed",
             "test",
-            details={"user": username, "created": True, "role": role, "site": site},
+            details={
+                "user": username,
+                "created": True,
+                "role": role,
+                "site": site,
+                **password_record(services.key, row),
+            },
         )
         return row.id
 

@@ -11,10 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy import delete, update
 from typer.testing import CliRunner
 
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.verify import verify_service
+from incidents.models import IncidentLink, LegalHold
 from incidents.retention import RetentionRules, retention_loop, set_legal_hold, sweep
 from incidents.service import IncidentDraft, Retention, create_incident, link_evidence, update_incident
 from storage.objects import ObjectLocked, StorageError
@@ -143,6 +145,37 @@ def test_unlinked_goes_at_day_31_linked_and_held_stay(svc) -> None:  # type: ign
         what="the released clip to be swept once its short lock passed",
     )
     assert actions(s, held.id)[-3:] == ["legal_hold", "legal_hold", "deleted"]
+
+
+def test_a_hold_deleted_in_the_database_releases_nothing(svc) -> None:  # type: ignore[no-untyped-def]
+    """The sweeper acts on hold and link rows; before releasing or deleting it asks the ledger."""
+    s, rules = svc, _rules(svc)
+    t0 = datetime.now(UTC)
+    short = timedelta(seconds=4)
+    held = store_item(s, wearer="S-1", start=t0, stop=t0, lock=short)
+    via_incident = store_item(s, wearer="S-1", start=t0, stop=t0, lock=short)
+    incident = _incident(s)
+    with s.db.session() as session:
+        set_legal_hold(session, s.ledger, s.store, rules, "evidence", held.id, True, "police", "user:m", t0)
+        link_evidence(session, s.ledger, incident.id, via_incident.id, "user:m", "shows it")
+        set_legal_hold(
+            session, s.ledger, s.store, rules, "incident", incident.id, True, "court", "user:m", t0
+        )
+    with s.db.session() as session:  # the hold on one deleted, the other's link deleted
+        session.execute(delete(LegalHold).where(LegalHold.target_kind == "evidence"))
+        session.execute(delete(IncidentLink))
+    day31 = t0 + 31 * DAY + timedelta(seconds=1)
+    report = sweep(s.db, s.ledger, s.store, rules, lambda: day31)
+    for item in (held, via_incident):
+        assert "no active legal hold row" in report.refused[item.id], report
+        assert s.store.info(item.object_key, item.version_id).legal_hold, item.id
+    # Its row's hold flag cleared as well: the expiry pass asks the ledger before deleting.
+    with s.db.session() as session:
+        session.execute(update(EvidenceItem).values(legal_hold=False))
+    report = sweep(s.db, s.ledger, s.store, rules, lambda: t0 + 3650 * DAY)  # past every lock it got
+    assert report.deleted == [] and set(report.refused) == {held.id, via_incident.id}, report
+    for item in (held, via_incident):
+        assert _status(s, item.id) == "stored" and "deleted" not in actions(s, item.id)
 
 
 def test_closed_incident_keeps_evidence_for_the_period_after_closure(svc) -> None:  # type: ignore[no-untyped-def]

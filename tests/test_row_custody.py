@@ -8,14 +8,17 @@ and a planted link grants nothing."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from argon2 import PasswordHasher
 from sqlalchemy import delete, insert, select, update
 
 from accounts.models import User
 from chain_of_custody.entries import EntryBody, SignedEntry
+from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.row_replay import (
     AssignmentRow,
     DownloadLinkRow,
@@ -29,16 +32,25 @@ from chain_of_custody.row_replay import (
     download_link_replay,
     export_job_findings,
     export_replay,
+    export_request_details,
+    export_request_findings,
+    export_request_replay,
     hold_findings,
     hold_replay,
+    incident_site_findings,
+    incident_site_replay,
+    incidents_unchecked,
     link_findings,
     link_replay,
+    password_digest,
+    passwords_unchecked,
     user_findings,
     user_replay,
 )
 from chain_of_custody.verify import verify_service
+from incidents.export.jobs import ExportBuilds, record_request
 from incidents.export.models import ExportJob, ExportLink
-from incidents.models import IncidentAssignment, IncidentLink, LegalHold
+from incidents.models import Incident, IncidentAssignment, IncidentLink, LegalHold
 from incidents.retention import RetentionRules, set_legal_hold
 from incidents.service import (
     IncidentDraft,
@@ -48,6 +60,7 @@ from incidents.service import (
     link_target,
     unlink_evidence,
     unlink_target,
+    update_incident,
 )
 from tests.conftest import wait_for
 from tests.test_alarms_kit import raise_test_alarm
@@ -135,6 +148,48 @@ def test_users_are_compared_with_what_created_and_changed_them() -> None:
     assert _kinds(user_findings(replay, [UserRow("eve", "admin", None, True)])) == ["user_unrecorded"]
 
 
+def test_passwords_are_compared_with_the_digest_their_last_change_recorded() -> None:
+    secret = b"k" * 32
+    first, second, planted = (password_digest(secret, h) for h in ("$argon2$one", "$argon2$two", "$x"))
+    entries = [
+        _entry(
+            1, "user_changed", {"user": "ann", "created": True, "role": "admin", "password_digest": first}
+        ),
+        _entry(2, "user_changed", {"user": "bob", "created": True, "role": "admin"}),  # before digests
+        _entry(
+            3,
+            "user_changed",
+            {"user": "ann", "changes": {"password": "(changed)", "password_digest": second}},
+        ),
+        _entry(
+            4, "user_changed", {"user": "cat", "created": True, "role": "admin", "password_digest": first}
+        ),
+        _entry(5, "user_changed", {"user": "cat", "changes": {"password": "(changed)"}}),  # before digests
+    ]
+    replay = user_replay(entries)
+    rows = [UserRow(n, "admin", None, True, second) for n in ("ann", "bob", "cat")]
+    assert user_findings(replay, rows) == []
+    assert passwords_unchecked(replay, rows) == ["bob", "cat"]
+    found = user_findings(replay, [UserRow("ann", "admin", None, True, planted)])
+    assert _kinds(found) == ["user_password_altered"] and "#3" in found[0].detail
+    assert planted not in found[0].detail and second not in found[0].detail  # names no digest
+    assert user_findings(replay, [UserRow("ann", "admin", None, True, None)]) == []  # not computed
+
+
+def test_incident_sites_are_compared_with_the_entry_that_last_set_them() -> None:
+    entries = [
+        _entry(1, "incident_changed", {"incident_id": "I1", "site": "NORTH", "created": True}),
+        _entry(2, "incident_changed", {"incident_id": "I2", "site": "NORTH", "created": True}),
+        _entry(3, "incident_changed", {"incident_id": "I1", "site": "SOUTH"}),
+    ]
+    replay = incident_site_replay(entries)
+    sites = {"I1": "SOUTH", "I2": "NORTH", "I3": "EAST"}
+    assert incident_site_findings(replay, sites) == []
+    assert incidents_unchecked(replay, sites) == ["I3"]
+    moved = incident_site_findings(replay, {**sites, "I2": "SOUTH"})
+    assert _kinds(moved) == ["incident_site_altered"] and "#2" in moved[0].detail
+
+
 def test_assignments_are_compared_with_the_latest_step_of_each_incident_and_user() -> None:
     entries = [
         _entry(1, "user_changed", {"user": "ann", "incident_id": "I1", "assignment": 1, "assigned": True}),
@@ -173,6 +228,18 @@ def test_ready_export_jobs_are_compared_with_their_packages_entry() -> None:
         export_job_findings(replay, [*rows, ExportJobRow("E3", "I1", "user:m", "ready", "ef", 1)])
     ) == ["export_job_unrecorded"]
     assert _kinds(export_job_findings(replay, rows[1:])) == ["export_job_row_missing"]
+
+
+def test_export_jobs_not_ready_are_compared_with_their_request() -> None:
+    asked = ExportJobRow("E1", "I1", "user:m", "building", None, None, "investigator", False, None, "s1")
+    entries = [_entry(1, "export_requested", export_request_details(asked), actor="user:m")]
+    replay = export_request_replay(entries)
+    ready = ExportJobRow("E2", "I1", "user:m", "ready", "ab", 10)  # answers to its 'exported' entry
+    assert export_request_findings(replay, [asked, ready]) == []
+    planted = ExportJobRow("E3", "I2", "user:x", "building", None, None, "admin", True, "x" * 10, "s2")
+    assert _kinds(export_request_findings(replay, [planted])) == ["export_job_unrequested"]
+    grown = ExportJobRow("E1", "I1", "user:m", "failed", None, None, "investigator", True, "why" * 4, "s2")
+    assert _kinds(export_request_findings(replay, [grown])) == ["export_job_altered"] * 3
 
 
 def test_download_links_are_compared_with_their_issue_and_revocation() -> None:
@@ -446,3 +513,213 @@ def test_links_holds_and_roles_changed_through_the_service_verify_clean(live: An
         assert held is not None
     # The relinked clip is the second investigator's to see, as before.
     assert httpx.get(f"{api}/evidence/{clip.id}", headers=bearer(s, "other_inv")).status_code == 200
+
+
+def _job_status(s: Any, job_id: str) -> tuple[str, str]:
+    with s.db.session() as session:
+        job = session.get(ExportJob, job_id)
+        assert job is not None
+        return job.status, job.error or ""
+
+
+def test_a_planted_or_edited_export_job_is_not_built_and_is_named(services: Any) -> None:
+    s = services
+    _, clip, _, second_id = _world(s)
+    scope = json.dumps({"incident": {"id": second_id, "reference": "planted"}, "item_ids": [clip.id]})
+    planted, asked = str(uuid.uuid4()), str(uuid.uuid4())
+    with s.db.session() as session:  # a job nobody asked for, for an incident the clip is not linked to
+        session.add(
+            ExportJob(
+                id=planted,
+                incident_id=second_id,
+                requested_by="user:other_inv",
+                requester_role="investigator",
+                scope=scope,
+                status="building",
+                created_at=datetime.now(UTC) - timedelta(seconds=1),
+            )
+        )
+    assert {(p.kind, p.where) for p in _problems(s)} == {("export_job_unrequested", f"export {planted}")}
+    builds = ExportBuilds(s, name="rows:1:exports")
+    assert builds.claim() == planted
+    builds.run(planted)
+    status, error = _job_status(s, planted)
+    assert status == "failed" and "not built" in error, error
+    with s.db.session() as session:  # no package: neither its item nor any 'exported' entry
+        assert session.get(EvidenceItem, planted) is None
+        assert session.scalar(select(CustodyEntry.seq).where(CustodyEntry.action == "exported")) is None
+    # A job asked for properly, then given the clip and originals in the database.
+    with s.db.session() as session:
+        job = ExportJob(
+            id=asked,
+            incident_id=second_id,
+            requested_by="user:other_inv",
+            requester_role="investigator",
+            scope=json.dumps({"incident": {"id": second_id}, "item_ids": []}),
+            status="building",
+        )
+        session.add(job)
+        session.flush()
+        record_request(session, s.ledger, job)
+    assert {p.where for p in _problems(s)} == {f"export {planted}"}
+    with s.db.session() as session:
+        session.execute(
+            update(ExportJob).where(ExportJob.id == asked).values(scope=scope, include_originals=True)
+        )
+    edited = sorted(p.detail.split(" is ")[0] for p in _problems(s) if p.where == f"export {asked}")
+    assert edited == ["its include_originals", "its scope_sha256"], edited
+    assert builds.claim() == asked
+    builds.run(asked)
+    status, error = _job_status(s, asked)
+    assert status == "failed" and "not what was asked for" in error, error
+
+
+def test_a_password_set_by_sql_is_named_and_no_entry_carries_a_secret(live: Any) -> None:
+    s = live.services
+    ids, _, _, _ = _world(s)
+    api = f"{live.url}/api/v1"
+    new_password = "another long enough password"
+    r = httpx.patch(f"{api}/users/{ids['inv']}", json={"password": new_password}, headers=live.admin())
+    assert r.status_code == 200, r.text
+    r = httpx.post(f"{api}/auth/token", data={"username": "inv", "password": new_password})
+    assert r.status_code == 200, r.text
+    assert _problems(s) == []
+    with s.db.session() as session:
+        hashes = list(session.scalars(select(User.password_hash)))
+        text = "\n".join(session.scalars(select(CustodyEntry.details)))
+    assert new_password not in text and not any(h in text for h in hashes)
+    # Someone with write access to the database gives themselves the investigator's account.
+    taken = PasswordHasher().hash("the attacker's own password")
+    with s.db.session() as session:
+        session.execute(update(User).where(User.username == "other_inv").values(password_hash=taken))
+    found = [(p.kind, p.where) for p in _problems(s)]
+    assert found == [("user_password_altered", "user other_inv")], found
+
+
+def test_a_wearer_or_device_changed_by_sql_is_named(services: Any) -> None:
+    """An item's wearer and recording device decide which site's managers see it: moving a NORTH
+    clip to a SOUTH wearer shows it to SOUTH's managers."""
+    s = services
+    _, clip, _, _ = _world(s)
+    staff(s, "S-S", "porter", "SOUTH")
+    with s.db.session() as session:
+        stored = s.ledger.stored_entry(session, clip.id)
+        assert stored is not None and "S-N" not in stored.body.details  # a keyed digest, not the name
+    assert _problems(s) == []
+    with s.db.session() as session:
+        session.execute(update(EvidenceItem).where(EvidenceItem.id == clip.id).values(wearer="S-S"))
+    found = [(p.kind, p.where) for p in _problems(s)]
+    assert found == [("item_scope_altered", f"evidence item {clip.id}")], found
+    with s.db.session() as session:
+        session.execute(
+            update(EvidenceItem)
+            .where(EvidenceItem.id == clip.id)
+            .values(wearer="S-N", source_device_id="CAM-S")
+        )
+    assert [p.kind for p in _problems(s)] == ["item_scope_altered"]
+
+
+def test_an_incident_moved_to_another_site_by_sql_is_named(services: Any) -> None:
+    """A security manager sees the incidents of their site and everything linked to them."""
+    s = services
+    with s.db.session() as session:
+        draft = IncidentDraft(category="theft", occurred_at=T0, site="NORTH", title="recorded")
+        incident = create_incident(session, draft, "user:admin", ledger=s.ledger)
+        incident_id = incident.id
+    with s.db.session() as session:
+        row = session.get(Incident, incident_id)
+        assert row is not None
+        update_incident(session, s.ledger, row, {"site": "EAST"}, "user:admin")
+    assert _problems(s) == []
+    with s.db.session() as session:
+        session.execute(update(Incident).where(Incident.id == incident_id).values(site="SOUTH"))
+    found = _problems(s)
+    assert [(p.kind, p.where) for p in found] == [("incident_site_altered", f"incident {incident_id}")]
+    assert "'SOUTH'" in found[0].detail and "'EAST'" in found[0].detail
+
+
+def test_rows_made_before_the_ledger_recorded_them_are_adopted_once(services: Any) -> None:
+    """An old link grants nothing and old rows are named until an administrator adopts them; once
+    adopted they verify, the link grants what it granted, and later changes are named as any."""
+    from chain_of_custody.backfill import backfill
+    from incidents.access import visible_evidence_ids
+
+    s = services
+    ids, clip, _, second_id = _world(s)
+    with s.db.session() as session:  # made before links, assignments and users were recorded
+        session.execute(
+            insert(IncidentLink).values(
+                incident_id=second_id,
+                target_kind="evidence",
+                target_id=clip.id,
+                linked_by="user:admin",
+                reason="old",
+                linked_at=T0,
+            )
+        )
+        session.execute(
+            insert(User).values(
+                username="old_admin", password_hash="$argon2id$old", role="admin", active=True
+            )
+        )
+
+    class Who:
+        user_id, role, site, actor = ids["other_inv"], "investigator", None, "user:other_inv"
+
+    with s.db.session() as session:
+        assert visible_evidence_ids(session, Who(), [clip.id]) == set()
+    assert {p.kind for p in _problems(s)} == {"link_unrecorded", "user_unrecorded"}
+    with s.db.session() as session:
+        listed = backfill(session, s.ledger, apply=False)
+    assert {(a, d.get("user") or d.get("incident_id")) for a, _, d in listed.entries} >= {
+        ("linked", second_id),
+        ("user_changed", "old_admin"),
+        ("incident_changed", second_id),
+    }
+    assert not any("$argon2id$old" in line for line in listed.lines())
+    assert {p.kind for p in _problems(s)} == {"link_unrecorded", "user_unrecorded"}  # nothing appended
+    with s.db.session() as session:
+        backfill(session, s.ledger, apply=True)
+    with s.db.session() as session:
+        report = verify_service(session, s.store, s.key)
+        assert report.problems == [] and not [n for n in report.notes if "incident" in n or "password" in n]
+        assert visible_evidence_ids(session, Who(), [clip.id]) == {clip.id}
+        assert backfill(session, s.ledger, apply=False).entries == []  # once
+    with s.db.session() as session:
+        session.execute(update(Incident).where(Incident.id == second_id).values(site="SOUTH"))
+        session.execute(
+            update(User).where(User.username == "old_admin").values(password_hash="$argon2id$new")
+        )
+    assert sorted(p.kind for p in _problems(s)) == ["incident_site_altered", "user_password_altered"]
+
+
+def test_the_backfill_command_lists_before_it_appends(tmp_path: Any, seaweed: Any, monkeypatch: Any) -> None:
+    from typer.testing import CliRunner
+
+    from ingest.cli import app
+    from ingest.services import build_services
+    from ingest.settings import get_settings
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'evidence.db'}", seaweed)
+    s = build_services(settings)
+    try:
+        with s.db.session() as session:
+            session.execute(
+                insert(User).values(username="old", password_hash="$argon2id$old", role="auditor")
+            )
+        for name in ("data_dir", "database_url", "s3_endpoint", "s3_access_key", "bucket", "staging_bucket"):
+            monkeypatch.setenv(f"EVIDENCE_{name.upper()}", str(getattr(settings, name)))
+        monkeypatch.setenv("EVIDENCE_S3_SECRET_KEY", settings.s3_secret_key.get_secret_value())
+        get_settings.cache_clear()
+        runner = CliRunner()
+        listed = runner.invoke(app, ["backfill-custody"])
+        assert listed.exit_code == 0 and "'user': 'old'" in listed.output, listed.output
+        assert "$argon2id$old" not in listed.output and "would be appended" in listed.output
+        assert [p.kind for p in _problems(s)] == ["user_unrecorded"]
+        done = runner.invoke(app, ["backfill-custody", "--yes"])
+        assert done.exit_code == 0 and "1 entries appended" in done.output, done.output
+        assert _problems(s) == []
+    finally:
+        get_settings.cache_clear()
+        s.db.dispose()

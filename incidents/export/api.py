@@ -47,7 +47,7 @@ from ..access import (
 )
 from ..models import Incident, IncidentAssignment
 from .disclosure import DISCLOSURE_PAGE, DISCLOSURE_PAGE_MAX, DisclosurePage, csv_pages, disclosure_page
-from .jobs import ExportBuilds
+from .jobs import ExportBuilds, record_request
 from .links import link_secret, make_link_token
 from .models import ExportJob, ExportLink
 from .plan import (
@@ -393,6 +393,7 @@ def request_export(
         )
         session.add(job)
         session.flush()
+        record_request(session, s.ledger, job)
         location = {"Location": f"/api/v1/exports/{job.id}"}
         answer = retry.answer(session, 202, json_body(ExportOut, _job_out(job, s.key)), location)
     builds.wake()

@@ -11,6 +11,7 @@ interrupted ``max_attempts`` times is marked failed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +23,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.core import CoreServices
-from chain_of_custody.models import EvidenceItem
+from chain_of_custody.entries import check_entry
+from chain_of_custody.ledger import Ledger, to_signed
+from chain_of_custody.models import CustodyEntry, EvidenceItem
+from chain_of_custody.row_replay import ExportJobRow, export_request_details, export_request_disagreements
 from storage.leases import Lease, claim, keep_renewed
 
 from .build import BuildTakenOver, ExportResult, build_package
@@ -31,6 +35,11 @@ from .plan import ExportError, ExportRequest, OriginalsPermission, Pin, gather_i
 
 log = logging.getLogger(__name__)
 
+
+class UnrequestedExport(Exception):
+    """A job row the custody ledger does not ask for, as it stands: never built."""
+
+
 BUILDER = Lease(until=ExportJob.lease_until, holder=ExportJob.lease_owner)
 
 
@@ -38,6 +47,51 @@ def _retain_until(items: list[EvidenceItem], retention_days: int, now: datetime)
     """At least the default retention, and no shorter than any item the package holds."""
     floor = now + timedelta(days=max(1, retention_days))
     return max([floor] + [i.retain_until for i in items if i.retain_until is not None])
+
+
+def job_row(job: ExportJob) -> ExportJobRow:
+    """The job as the custody comparison sees it (``chain_of_custody.row_replay``)."""
+    return ExportJobRow(
+        job.id,
+        job.incident_id,
+        job.requested_by,
+        job.status,
+        job.package_sha256,
+        job.package_size,
+        job.requester_role,
+        bool(job.include_originals),
+        job.reason,
+        hashlib.sha256(job.scope.encode()).hexdigest(),
+    )
+
+
+def record_request(session: Session, ledger: Ledger, job: ExportJob) -> None:
+    """The ``export_requested`` custody entry of a new job, in the transaction that adds it: a
+    builder builds only a job whose request the ledger holds, as it stands (``request_refusal``)."""
+    ledger.append(session, "export_requested", job.requested_by, details=export_request_details(job_row(job)))
+
+
+def request_refusal(session: Session, ledger: Ledger, job: ExportJob) -> str | None:
+    """Why a job must not be built, or None: its ``export_requested`` entry is missing, fails its
+    signature, or differs from the row (another incident, more items, originals added). Anyone
+    with write access to the database can insert a job row; only the service key signs a request.
+    One look-up by action (indexed) and the job's id in the details."""
+    rows = session.scalars(
+        select(CustodyEntry)
+        .where(
+            CustodyEntry.action == "export_requested",
+            CustodyEntry.details.contains(f'"export":{json.dumps(job.id)}'),
+        )
+        .order_by(CustodyEntry.seq)
+    ).all()
+    if len(rows) != 1:
+        return f"{len(rows)} custody entries ask for export {job.id}, not one: not built"
+    entry = to_signed(rows[0])
+    broken = check_entry(entry, ledger.verifier)
+    if broken:
+        return f"the request of export {job.id} fails its check ({broken[0]}): not built"
+    differ = export_request_disagreements(entry, job_row(job))
+    return f"export {job.id} is not what was asked for: {differ[0]}; not built" if differ else None
 
 
 def builder_name() -> str:
@@ -118,6 +172,9 @@ class ExportBuilds:
             with s.db.session() as session:
                 job = session.get(ExportJob, job_id)
                 assert job is not None
+                refused = request_refusal(session, s.ledger, job)
+                if refused is not None:
+                    raise UnrequestedExport(refused)
                 scope = json.loads(job.scope)
                 items = gather_items(session, scope["item_ids"])
                 originals = (
@@ -163,8 +220,15 @@ class ExportBuilds:
         except BuildTakenOver:
             return  # the newer builder's package is the export's; _still_ours said so in the log
         except Exception as exc:  # noqa: BLE001 - recorded on the job for the requester to see
-            log.exception("export failed", extra={"export": job_id})
-            message = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, UnrequestedExport):
+                log.warning("export refused: " + str(exc), extra={"export": job_id, "reason": "unrequested"})
+            else:
+                log.exception("export failed", extra={"export": job_id})
+            message = (
+                str(exc)
+                if isinstance(exc, ExportError | UnrequestedExport)
+                else f"{type(exc).__name__}: {exc}"
+            )
             with s.db.session() as session:
                 job = session.get(ExportJob, job_id, with_for_update=True)
                 if job is not None and self._still_ours(job):
