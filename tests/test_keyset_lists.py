@@ -14,6 +14,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from alarms.models import AlarmRecord
 from chain_of_custody.models import EvidenceItem
 from devices.models import Device, StaffMember
 from incidents.models import Incident
+from tests.conftest import make_settings, migrated_sqlite
 from tests.test_cross_site_reads import cookie
 from tests.test_incidents_kit import bearer, user
 
@@ -120,8 +122,9 @@ def newest_first(rows: list[Row]) -> list[str]:
     return [r.key for r in sorted(rows, key=lambda r: (r.at, r.key), reverse=True)]
 
 
-@pytest.fixture
-def lists(services: Any) -> Iterator[Lists]:
+@contextmanager
+def open_lists(services: Any) -> Iterator[Lists]:
+    """The three lists filled, two readers and a client of the app over ``services``."""
     from ingest.app import create_app
 
     user(services, "admin", "admin")
@@ -133,6 +136,41 @@ def lists(services: Any) -> Iterator[Lists]:
     rows = {which: populate(services, which) for which in LISTS}
     with TestClient(create_app(services.settings, services)) as client:
         yield Lists(client, services, bearer(services, "admin"), bearer(services, "manager"), rows)
+
+
+@pytest.fixture
+def lists(services: Any) -> Iterator[Lists]:
+    """Lists of the test's own, for the tests that add rows."""
+    with open_lists(services) as filled:
+        yield filled
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def read_lists(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, seaweed: Any
+) -> Iterator[Lists]:
+    """Lists shared by the tests that only read them, on each database: reading changes no row
+    (their own set-up took most of this file's time)."""
+    from ingest.services import build_services
+
+    tmp = tmp_path_factory.mktemp(f"lists-{request.param}")
+    if request.param == "sqlite":
+        url, give_back = (
+            migrated_sqlite(request.getfixturevalue("sqlite_template"), tmp / "evidence.db"),
+            None,
+        )
+    else:
+        copies = request.getfixturevalue("pg_copies")
+        url, name = copies.take()
+        give_back = lambda: copies.give_back(name)  # noqa: E731
+    services = build_services(make_settings(tmp, url, seaweed))
+    try:
+        with open_lists(services) as filled:
+            yield filled
+    finally:
+        services.db.dispose()
+        if give_back:
+            give_back()
 
 
 def walk(client: TestClient, url: str, headers: dict[str, str], key: str, limit: int) -> list[str]:
@@ -152,17 +190,21 @@ def walk(client: TestClient, url: str, headers: dict[str, str], key: str, limit:
 
 
 @pytest.mark.parametrize("which", LISTS)
-def test_walking_every_page_shows_each_visible_row_once_and_no_other(lists: Lists, which: str) -> None:
+def test_walking_every_page_shows_each_visible_row_once_and_no_other(read_lists: Lists, which: str) -> None:
     path, _, key = LISTS[which]
-    rows = lists.rows[which]
+    rows = read_lists.rows[which]
     for headers, visible in (
-        (lists.admin, rows),
-        (lists.manager, [r for r in rows if r.site == "NORTH"]),
+        (read_lists.admin, rows),
+        (read_lists.manager, [r for r in rows if r.site == "NORTH"]),
     ):
-        for limit in (1, 2, 5):
-            assert walk(lists.client, f"{path}?limit={limit}", headers, key, limit) == newest_first(visible)
+        # One row a page meets every boundary, a tie's at each place and a last page exactly full;
+        # two rows a page take the cursor from a page's last row, not its first.
+        for limit in (1, 2):
+            assert walk(read_lists.client, f"{path}?limit={limit}", headers, key, limit) == newest_first(
+                visible
+            )
         # The first page without parameters is the whole list (it fits), in the same order.
-        whole = lists.client.get(path, headers=headers)
+        whole = read_lists.client.get(path, headers=headers)
         assert [x[key] for x in whole.json()] == newest_first(visible) and "link" not in whole.headers
 
 
@@ -191,14 +233,16 @@ def test_rows_arriving_between_two_pages_neither_repeat_nor_skip_one(lists: List
 
 
 @pytest.mark.parametrize("which", LISTS)
-def test_a_cursor_made_for_one_person_shows_another_only_their_own_rows(lists: Lists, which: str) -> None:
+def test_a_cursor_made_for_one_person_shows_another_only_their_own_rows(
+    read_lists: Lists, which: str
+) -> None:
     path, _, key = LISTS[which]
-    rows = lists.rows[which]
+    rows = read_lists.rows[which]
     order = newest_first(rows)
     for limit in range(1, 6):  # each place in the list, SOUTH rows included
-        page = lists.client.get(f"{path}?limit={limit}", headers=lists.admin)
+        page = read_lists.client.get(f"{path}?limit={limit}", headers=read_lists.admin)
         cursor = page.headers["x-next-after"]
-        theirs = lists.client.get(f"{path}?after={cursor}", headers=lists.manager)
+        theirs = read_lists.client.get(f"{path}?after={cursor}", headers=read_lists.manager)
         assert theirs.status_code == 200, theirs.text
         north = {r.key for r in rows if r.site == "NORTH"}
         assert [x[key] for x in theirs.json()] == [k for k in order[limit:] if k in north]
@@ -206,38 +250,40 @@ def test_a_cursor_made_for_one_person_shows_another_only_their_own_rows(lists: L
 
 @pytest.mark.parametrize("which", LISTS)
 def test_a_cursor_the_list_did_not_give_is_a_clear_400(
-    lists: Lists, which: str, caplog: pytest.LogCaptureFixture
+    read_lists: Lists, which: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     path, _, _ = LISTS[which]
-    cursor = lists.client.get(f"{path}?limit=2", headers=lists.admin).headers["x-next-after"]
+    cursor = read_lists.client.get(f"{path}?limit=2", headers=read_lists.admin).headers["x-next-after"]
     middle = len(cursor) // 2
     tampered = cursor[:middle] + ("A" if cursor[middle] != "A" else "B") + cursor[middle + 1 :]
     other_path = LISTS["alarms" if which != "alarms" else "evidence"][0]
-    another_list = lists.client.get(f"{other_path}?limit=2", headers=lists.admin).headers["x-next-after"]
+    another_list = read_lists.client.get(f"{other_path}?limit=2", headers=read_lists.admin).headers[
+        "x-next-after"
+    ]
     cut = [cursor[:-n] for n in (1, 2, 3)]  # one of them a length base64 cannot have
     for after in ("%%%", "not a cursor", "AAAA", "AAAAA", "A", tampered, *cut, "A" * 600, another_list):
         caplog.clear()
         with caplog.at_level(logging.INFO):
-            r = lists.client.get(f"{path}?limit=2", params={"after": after}, headers=lists.admin)
+            r = read_lists.client.get(f"{path}?limit=2", params={"after": after}, headers=read_lists.admin)
         assert r.status_code == 400, (after, r.status_code, r.text)
         body = r.json()
         assert body["reason"] == "bad_cursor" and set(body) == {"error", "reason", "detail"}, body
         assert any(rec.getMessage() == "cursor refused" for rec in caplog.records), after
-    both = lists.client.get(f"{path}?after={cursor}&offset=2", headers=lists.admin)
+    both = read_lists.client.get(f"{path}?after={cursor}&offset=2", headers=read_lists.admin)
     assert both.status_code == 400 and both.json()["reason"] == "bad_cursor"
     # offset alone still works for older clients, and its next page goes on by cursor.
-    old = lists.client.get(f"{path}?limit=2&offset=2", headers=lists.admin)
+    old = read_lists.client.get(f"{path}?limit=2&offset=2", headers=read_lists.admin)
     assert old.status_code == 200 and "offset" not in old.headers["link"]
 
 
 @pytest.mark.parametrize("which", LISTS)
-def test_the_next_link_keeps_the_filters(lists: Lists, which: str) -> None:
+def test_the_next_link_keeps_the_filters(read_lists: Lists, which: str) -> None:
     path, _, key = LISTS[which]
     query = {"alarms": "device_id=LW-NORTH", "evidence": "wearer=S-NORTH", "incidents": "site=NORTH"}[which]
-    r = lists.client.get(f"{path}?{query}&limit=2", headers=lists.admin)
+    r = read_lists.client.get(f"{path}?{query}&limit=2", headers=read_lists.admin)
     assert query in r.headers["link"]
-    north = [r for r in lists.rows[which] if r.site == "NORTH"]
-    assert walk(lists.client, f"{path}?{query}&limit=2", lists.admin, key, 2) == newest_first(north)
+    north = [r for r in read_lists.rows[which] if r.site == "NORTH"]
+    assert walk(read_lists.client, f"{path}?{query}&limit=2", read_lists.admin, key, 2) == newest_first(north)
 
 
 # --------------------------------------------------------------------------- the console
