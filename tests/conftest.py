@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from argon2 import PasswordHasher
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -303,6 +304,43 @@ def sqlite_services(tmp_path: Path, seaweed: EmbeddedSeaweed, sqlite_template: P
 
 
 ADMIN_PASSWORD = "correct horse battery staple"
+
+
+class _RememberingHasher(PasswordHasher):
+    """The service's argon2 hasher, that hashes each password once per run.
+
+    Hashing is deliberately slow (about 0.4 s on a loaded machine) and the tests create their users
+    with a handful of passwords, hundreds of times over. The hash handed out is a real one with the
+    service's parameters, so signing in checks it as always; only its salt repeats between users
+    that share a password. Checking a password (``verify``) is not touched: the sign-in tests time it."""
+
+    def __init__(self, like: PasswordHasher) -> None:
+        super().__init__(
+            time_cost=like.time_cost,
+            memory_cost=like.memory_cost,
+            parallelism=like.parallelism,
+            hash_len=like.hash_len,
+            salt_len=like.salt_len,
+            encoding=like.encoding,
+            type=like.type,
+        )
+        self._known: dict[str | bytes, str] = {}
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        if salt is not None:
+            return super().hash(password, salt=salt)
+        if password not in self._known:
+            self._known[password] = super().hash(password)
+        return self._known[password]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remembered_password_hashes() -> Iterator[None]:
+    import accounts.service
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(accounts.service, "_hasher", _RememberingHasher(accounts.service._hasher))
+        yield
 
 
 @dataclass
