@@ -1,7 +1,7 @@
 """Adopting rows made before the ledger recorded them: a one-off, signed like any entry.
 
-Links, investigator assignments, incidents' sites, and users' sites and passwords were rows alone
-before the ledger carried them, so ``evidence verify`` names the old ones as unrecorded (or notes
+Links, investigator assignments, incidents' sites, users' sites and passwords, staff and their
+sites, and devices' sites were rows alone before the ledger carried them, so ``evidence verify`` names the old ones as unrecorded (or notes
 them as not checked), and a link no entry records grants nobody anything. ``backfill`` appends,
 for each such row as it stands, the entry the service would have made (the same action and
 details, with ``"backfilled": true``), under the ledger's lock, in one transaction.
@@ -22,9 +22,11 @@ from typing import Any
 from sqlalchemy import column, select, table
 from sqlalchemy.orm import Session
 
+from .entries import SignedEntry
 from .ledger import Ledger
 from .models import LedgerHead
-from .row_checks import assignment_rows, link_rows, user_rows
+from .registry_replay import device_replay, staff_replay
+from .row_checks import assignment_rows, device_rows, link_rows, staff_rows, user_rows
 from .row_replay import (
     PASSWORD_DIGESTS,
     assignment_replay,
@@ -105,7 +107,32 @@ def plan(session: Session, ledger: Ledger) -> Adoption:
             changes.update(password)
         if changes:
             adoption.add("user_changed", None, {"user": u.username, "changes": changes})
+    _plan_registry(session, entries, adoption)
     return adoption
+
+
+def _plan_registry(session: Session, entries: list[SignedEntry], adoption: Adoption) -> None:
+    """Staff no entry adds, and devices no entry enrols or whose enrolment did not say their site or
+    assigned member of staff (``registry_replay``)."""
+    staff = staff_replay(entries)
+    for member in staff_rows(session):
+        if member.id not in staff:
+            adoption.add("staff_changed", None, {"staff": member.id, "created": True, "site": member.site})
+    devices = device_replay(entries)
+    for d in device_rows(session):
+        known = devices.get(d.id)
+        if known is None:
+            adoption.add(
+                "device_enrolled", None, {"device": d.id, "kind": d.kind, "site": d.site, "staff": d.staff}
+            )
+            continue
+        details: dict[str, Any] = {}
+        if "site" not in known:
+            details["site"] = d.site
+        if "staff" not in known:
+            details["assigned_to"] = d.staff
+        if details:
+            adoption.add("device_changed", None, {"device": d.id, **details})
 
 
 def backfill(session: Session, ledger: Ledger, *, apply: bool) -> Adoption:

@@ -1,7 +1,7 @@
-"""The database reads behind ``row_replay``: links, legal holds, users, incidents' sites,
-assignments, export jobs and download links as rows.
+"""The database reads behind ``row_replay`` and ``registry_replay``: links, legal holds, users,
+incidents' sites, assignments, export jobs, download links, staff and devices as rows.
 
-The tables belong to other domains (incidents, accounts), which may not be imported here; they are
+The tables belong to other domains (incidents, accounts, devices), which may not be imported here; they are
 named as plain tables, only the columns the comparison needs.
 """
 
@@ -15,6 +15,15 @@ from sqlalchemy.orm import Session
 
 from .entries import ChainReport, SignedEntry
 from .models import EvidenceItem
+from .registry_replay import (
+    DeviceRow,
+    StaffRow,
+    device_findings,
+    device_replay,
+    devices_unchecked,
+    staff_findings,
+    staff_replay,
+)
 from .row_replay import (
     AssignmentRow,
     DownloadLinkRow,
@@ -84,6 +93,9 @@ _DOWNLOAD_LINKS = table(
     column("recipient"),
     column("revoked_at"),
 )
+
+_STAFF = table("staff", column("id"), column("site"))
+_DEVICES = table("devices", column("id"), column("kind"), column("site"), column("assigned_staff_id"))
 
 
 def link_rows(session: Session) -> list[LinkRow]:
@@ -164,6 +176,31 @@ def download_link_rows(session: Session) -> list[DownloadLinkRow]:
     ]
 
 
+def staff_rows(session: Session) -> list[StaffRow]:
+    return [StaffRow(str(i), s) for i, s in session.execute(select(_STAFF.c.id, _STAFF.c.site))]
+
+
+def device_rows(session: Session) -> list[DeviceRow]:
+    c = _DEVICES.c
+    q = select(c.id, c.kind, c.site, c.assigned_staff_id)
+    return [DeviceRow(str(i), str(k), s, a) for i, k, s, a in session.execute(q)]
+
+
+def check_registry(session: Session, entries: Sequence[SignedEntry], report: ChainReport) -> None:
+    """Staff members' sites, and devices' sites and assigned staff, against the ledger's replay
+    (``registry_replay``): they decide which site's security managers see whose footage and alarms."""
+    report.problems.extend(staff_findings(staff_replay(entries), staff_rows(session)))
+    devices = device_rows(session)
+    replay = device_replay(entries)
+    report.problems.extend(device_findings(replay, devices))
+    unchecked = devices_unchecked(replay, devices)
+    if unchecked:
+        report.notes.append(
+            f"the site or assigned staff of {len(unchecked)} device(s) is not in their custody record, "
+            "so not checked: " + ", ".join(unchecked[:10])
+        )
+
+
 def check_row_families(
     session: Session,
     entries: Sequence[SignedEntry],
@@ -171,8 +208,8 @@ def check_row_families(
     password_secret: bytes | None = None,
 ) -> None:
     """Links, legal holds (and each item's hold flag), users (and, given the service key's
-    ``PASSWORD_DIGESTS`` secret, their passwords), their incident assignments, export jobs and
-    download links against the ledger's replay (``row_replay``): one finding each disagreement."""
+    ``PASSWORD_DIGESTS`` secret, their passwords), their incident assignments, export jobs, download
+    links, and the staff and devices of the registry against the ledger's replay (``row_replay``): one finding each disagreement."""
     report.problems.extend(link_findings(link_replay(entries), link_rows(session)))
     report.problems.extend(hold_findings(hold_replay(entries), hold_rows(session)))
     held = {i: bool(h) for i, h in session.execute(select(EvidenceItem.id, EvidenceItem.legal_hold))}
@@ -206,3 +243,4 @@ def check_row_families(
     report.problems.extend(export_job_findings(export_replay(entries), jobs))
     report.problems.extend(export_request_findings(export_request_replay(entries), jobs))
     report.problems.extend(download_link_findings(download_link_replay(entries), download_link_rows(session)))
+    check_registry(session, entries, report)
