@@ -1,8 +1,9 @@
 """Adopting rows made before the ledger recorded them: a one-off, signed like any entry.
 
 Links, investigator assignments, incidents' sites, users' sites and passwords, staff and their
-sites, and devices' sites were rows alone before the ledger carried them, so ``evidence verify`` names the old ones as unrecorded (or notes
-them as not checked), and a link no entry records grants nobody anything. ``backfill`` appends,
+sites, devices' sites and alarms' sites were rows alone before the ledger carried them, so
+``evidence verify`` names the old ones as unrecorded (or notes them as not checked), and a link no
+entry records grants nobody anything. ``backfill`` appends,
 for each such row as it stands, the entry the service would have made (the same action and
 details, with ``"backfilled": true``), under the ledger's lock, in one transaction.
 
@@ -25,8 +26,8 @@ from sqlalchemy.orm import Session
 from .entries import SignedEntry
 from .ledger import Ledger
 from .models import LedgerHead
-from .registry_replay import device_replay, staff_replay
-from .row_checks import assignment_rows, device_rows, link_rows, staff_rows, user_rows
+from .registry_replay import alarm_replay, device_replay, staff_replay
+from .row_checks import alarm_rows, assignment_rows, device_rows, link_rows, staff_rows, user_rows
 from .row_replay import (
     PASSWORD_DIGESTS,
     assignment_replay,
@@ -112,8 +113,8 @@ def plan(session: Session, ledger: Ledger) -> Adoption:
 
 
 def _plan_registry(session: Session, entries: list[SignedEntry], adoption: Adoption) -> None:
-    """Staff no entry adds, and devices no entry enrols or whose enrolment did not say their site or
-    assigned member of staff (``registry_replay``)."""
+    """Staff no entry adds, devices no entry enrols or whose enrolment did not say their site or
+    assigned member of staff, and alarms raised before their site was recorded (``registry_replay``)."""
     staff = staff_replay(entries)
     for member in staff_rows(session):
         if member.id not in staff:
@@ -133,6 +134,10 @@ def _plan_registry(session: Session, entries: list[SignedEntry], adoption: Adopt
             details["assigned_to"] = d.staff
         if details:
             adoption.add("device_changed", None, {"device": d.id, **details})
+    alarms = alarm_replay(entries)
+    for a in alarm_rows(session):
+        if not a.provisional and "site" not in alarms.get(a.id, {}):
+            adoption.add("alarm_changed", None, {"alarm_id": a.id, "site": a.site})
 
 
 def backfill(session: Session, ledger: Ledger, *, apply: bool) -> Adoption:

@@ -1,4 +1,5 @@
-"""The device registry's rows that decide reach, against the ledger's replay: pure comparison, no I/O.
+"""The device registry's rows that decide reach, and the alarms its devices raise, against the
+ledger's replay: pure comparison, no I/O.
 
 A security manager sees the footage worn by the staff of their site and recorded by its devices,
 and the alarms and lone-worker units of its devices: a member of staff's site and a device's site
@@ -7,6 +8,10 @@ whose clips a camera may deliver. Each is set by a signed custody entry (``staff
 staff; ``device_enrolled`` and ``device_changed`` for devices), so the latest entry for a row says
 what the row must say. The database reads are in ``row_checks``, as for the other row families
 (``row_replay``).
+
+An alarm takes its device's site when raised, and the control room of that site reads it and
+streams its voice memo: its ``alarm_raised``/``alarm_changed`` entries record the site, and the
+``alarm_changed`` entry of its memo names the memo's item.
 
 Entries about staff and devices carry no item id, so they travel in no package's custody chain:
 they name the staff number and the site as the registry does, and never a person's name.
@@ -176,3 +181,63 @@ def devices_unchecked(
 ) -> list[str]:
     """Devices whose site or assigned staff no entry recorded (enrolled before they were): not checked."""
     return sorted(r.id for r in rows if r.id in replay and not {"site", "staff"} <= set(replay[r.id]))
+
+
+# -- alarms ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlarmRow:
+    id: str
+    site: str | None
+    memo: str | None  # the voice memo's evidence item
+    provisional: bool = False  # raised but not yet whole: its first entry is still to come
+
+
+def alarm_replay(entries: Iterable[SignedEntry]) -> Recorded:
+    """What the ledger says of each alarm: the site its latest entry that records one gives it, and
+    the voice memo its latest memo entry attaches."""
+    out: Recorded = {}
+    for e in entries:
+        if e.body.action not in ("alarm_raised", "alarm_changed"):
+            continue
+        d = _details(e)
+        alarm = d.get("alarm_id")
+        if not isinstance(alarm, str):
+            continue
+        known = out.setdefault(alarm, {})
+        if "site" in d:
+            known["site"] = (e.body.seq, d["site"])
+        if "voice_memo" in d:
+            known["memo"] = (e.body.seq, d["voice_memo"])
+    return out
+
+
+def alarm_findings(
+    replay: Mapping[str, Mapping[str, tuple[int, Any]]], rows: Iterable[AlarmRow]
+) -> list[Problem]:
+    """Each alarm's site must be what its latest entry that records one says, and its voice memo the
+    item its latest memo entry attaches (none if no entry attaches one): the memo is streamed to
+    whoever reads the alarm, without asking whether they may see that item otherwise."""
+    problems: list[Problem] = []
+    for row in rows:
+        where = f"alarm {row.id}"
+        known = replay.get(row.id, {})
+        if "site" in known:
+            _compare(problems, "alarm", where, {"site": known["site"]}, row)
+        seq, memo = known.get("memo", (None, None))
+        if row.memo != memo:
+            said = (
+                f"custody entry #{seq} attaches {memo!r}"
+                if seq is not None
+                else "no custody entry attaches one"
+            )
+            problems.append(Problem("alarm_memo_altered", where, f"its voice memo is {row.memo!r}; {said}"))
+    return problems
+
+
+def alarms_unchecked(
+    replay: Mapping[str, Mapping[str, tuple[int, Any]]], rows: Iterable[AlarmRow]
+) -> list[str]:
+    """Alarms made whole whose site no entry recorded (raised before sites were): not checked."""
+    return sorted(r.id for r in rows if not r.provisional and "site" not in replay.get(r.id, {}))

@@ -16,8 +16,12 @@ from sqlalchemy.orm import Session
 from .entries import ChainReport, SignedEntry
 from .models import EvidenceItem
 from .registry_replay import (
+    AlarmRow,
     DeviceRow,
     StaffRow,
+    alarm_findings,
+    alarm_replay,
+    alarms_unchecked,
     device_findings,
     device_replay,
     devices_unchecked,
@@ -96,6 +100,7 @@ _DOWNLOAD_LINKS = table(
 
 _STAFF = table("staff", column("id"), column("site"))
 _DEVICES = table("devices", column("id"), column("kind"), column("site"), column("assigned_staff_id"))
+_ALARMS = table("alarms", column("id"), column("site"), column("voice_memo_item_id"), column("provisional"))
 
 
 def link_rows(session: Session) -> list[LinkRow]:
@@ -186,9 +191,16 @@ def device_rows(session: Session) -> list[DeviceRow]:
     return [DeviceRow(str(i), str(k), s, a) for i, k, s, a in session.execute(q)]
 
 
+def alarm_rows(session: Session) -> list[AlarmRow]:
+    c = _ALARMS.c
+    q = select(c.id, c.site, c.voice_memo_item_id, c.provisional)
+    return [AlarmRow(str(i), s, m, bool(p)) for i, s, m, p in session.execute(q)]
+
+
 def check_registry(session: Session, entries: Sequence[SignedEntry], report: ChainReport) -> None:
-    """Staff members' sites, and devices' sites and assigned staff, against the ledger's replay
-    (``registry_replay``): they decide which site's security managers see whose footage and alarms."""
+    """Staff members' sites, devices' sites and assigned staff, and alarms' sites and voice memos
+    against the ledger's replay (``registry_replay``): they decide which site's security managers
+    and control room see whose footage and alarms."""
     report.problems.extend(staff_findings(staff_replay(entries), staff_rows(session)))
     devices = device_rows(session)
     replay = device_replay(entries)
@@ -198,6 +210,15 @@ def check_registry(session: Session, entries: Sequence[SignedEntry], report: Cha
         report.notes.append(
             f"the site or assigned staff of {len(unchecked)} device(s) is not in their custody record, "
             "so not checked: " + ", ".join(unchecked[:10])
+        )
+    alarms = alarm_rows(session)
+    recorded = alarm_replay(entries)
+    report.problems.extend(alarm_findings(recorded, alarms))
+    unchecked = alarms_unchecked(recorded, alarms)
+    if unchecked:
+        report.notes.append(
+            f"the site of {len(unchecked)} alarm(s) is not in their custody record, so not checked: "
+            + ", ".join(unchecked[:10])
         )
 
 

@@ -827,6 +827,7 @@ def test_staff_and_devices_made_before_the_ledger_recorded_them_are_adopted_once
     """A member of staff or a device put in the database is named, and a device enrolled before its
     site (or a dock's assigned staff) was recorded is noted as not checked, until an administrator
     adopts them; then later changes are named as any."""
+    from alarms.models import AlarmRecord
     from chain_of_custody.backfill import backfill
     from devices.models import Device, StaffMember
 
@@ -843,6 +844,20 @@ def test_staff_and_devices_made_before_the_ledger_recorded_them_are_adopted_once
         s.ledger.append(
             session, "device_enrolled", "cli", details={"device": "CAM-OLD2", "kind": "camera", "staff": None}
         )
+        # An alarm raised before alarms' sites were recorded (its entry as it was then).
+        session.execute(
+            insert(AlarmRecord).values(
+                id="ALARM-OLD",
+                device_id="CAM-OLD2",
+                kind="sos",
+                severity="red",
+                status="resolved",
+                site="EAST",
+                raised_at=T0,
+                occurred_at=T0,
+            )
+        )
+        s.ledger.append(session, "alarm_raised", "device:CAM-OLD2", details={"alarm_id": "ALARM-OLD"})
     with s.db.session() as session:
         session.execute(update(Device).where(Device.id == "CAM-OLD").values(assigned_staff_id="S-OLD"))
     with s.db.session() as session:
@@ -854,11 +869,17 @@ def test_staff_and_devices_made_before_the_ledger_recorded_them_are_adopted_once
     ], found
     unchecked = "the site or assigned staff of 2 device(s) is not in their custody record, so not checked"
     assert [n for n in report.notes if "device" in n] == [f"{unchecked}: CAM-OLD2, DOCK-OLD"]
+    assert [n for n in report.notes if "alarm" in n] == [
+        "the site of 1 alarm(s) is not in their custody record, so not checked: ALARM-OLD"
+    ]
     with s.db.session() as session:
         listed = backfill(session, s.ledger, apply=False)
-    assert sorted(
-        (a, d.get("device") or d.get("staff"), d.get("site", "-")) for a, _, d in listed.entries
-    ) == [
+    named = (
+        (a, d.get("device") or d.get("staff") or d.get("alarm_id"), d.get("site", "-"))
+        for a, _, d in listed.entries
+    )
+    assert sorted(named) == [
+        ("alarm_changed", "ALARM-OLD", "EAST"),
         ("device_changed", "CAM-OLD2", "EAST"),
         ("device_changed", "DOCK-OLD", "-"),
         ("device_enrolled", "CAM-OLD", "NORTH"),
@@ -869,14 +890,46 @@ def test_staff_and_devices_made_before_the_ledger_recorded_them_are_adopted_once
         backfill(session, s.ledger, apply=True)
     with s.db.session() as session:
         report = verify_service(session, s.store, s.key)
-        assert report.problems == [] and not [n for n in report.notes if "device" in n], report
+        assert report.problems == [] and not [n for n in report.notes if "device" in n or "alarm" in n]
         assert backfill(session, s.ledger, apply=False).entries == []  # once
     with s.db.session() as session:
         session.execute(update(StaffMember).where(StaffMember.id == "S-OLD").values(site="SOUTH"))
         session.execute(update(Device).where(Device.id == "CAM-OLD").values(assigned_staff_id=None))
         session.execute(update(Device).where(Device.id == "DOCK-OLD").values(assigned_staff_id="S-OLD"))
+        session.execute(update(AlarmRecord).where(AlarmRecord.id == "ALARM-OLD").values(site="NORTH"))
     assert sorted(p.kind for p in _problems(s)) == [
+        "alarm_site_altered",
         "device_staff_altered",
         "device_staff_altered",
         "staff_site_altered",
     ]
+
+
+def test_an_alarm_moved_to_another_site_or_given_another_memo_by_sql_is_named(services: Any) -> None:
+    """The control room of an alarm's site reads it and streams its voice memo: moving an alarm to
+    another site, or pointing its memo at another item, hands that item to another site's readers."""
+    from alarms.models import AlarmRecord
+    from alarms.records import voice_memo_item
+
+    s = services
+    staff(s, "S-N", "nurse", "NORTH")
+    clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=5))
+    alarm = raise_test_alarm(s, "LW-MOVED", site="NORTH")
+
+    class SouthManager:
+        role, site = "security_manager", "SOUTH"
+
+    assert _problems(s) == []
+    with s.db.session() as session:
+        session.execute(
+            update(AlarmRecord)
+            .where(AlarmRecord.id == alarm)
+            .values(site="SOUTH", voice_memo_item_id=clip.id)
+        )
+    with s.db.session() as session:
+        memo = voice_memo_item(session, alarm, SouthManager())
+        assert memo is not None and memo.id == clip.id  # another site's clip, streamed as the memo
+    found = sorted((p.kind, p.where) for p in _problems(s))
+    assert found == [("alarm_memo_altered", f"alarm {alarm}"), ("alarm_site_altered", f"alarm {alarm}")], (
+        found
+    )
