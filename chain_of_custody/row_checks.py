@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import column, select, table
 from sqlalchemy.orm import Session
+
+from storage.db import UTCDateTime
 
 from .entries import ChainReport, SignedEntry
 from .models import EvidenceItem
@@ -58,6 +61,7 @@ from .row_replay import (
     user_replay,
     users_unchecked,
 )
+from .window_replay import window_findings, window_record, window_replay, windows_unchecked
 
 _LINKS = table(
     "incident_links",
@@ -76,6 +80,13 @@ _ASSIGNMENTS = table(
 )
 _USER_IDS = table("users", column("id"), column("username"))
 _INCIDENTS = table("incidents", column("id"), column("site"))
+_WINDOWS = table(
+    "incidents",
+    column("id"),
+    column("wearer"),
+    column("window_start", UTCDateTime),
+    column("window_end", UTCDateTime),
+)
 _EXPORT_JOBS = table(
     "export_jobs",
     column("id"),
@@ -181,6 +192,13 @@ def download_link_rows(session: Session) -> list[DownloadLinkRow]:
     ]
 
 
+def incident_windows(session: Session) -> dict[str, dict[str, Any]]:
+    """Each incident's footage window, as its ``incident_changed`` entry records one."""
+    c = _WINDOWS.c
+    q = select(c.id, c.wearer, c.window_start, c.window_end)
+    return {str(i): window_record(w, start, end) for i, w, start, end in session.execute(q)}
+
+
 def staff_rows(session: Session) -> list[StaffRow]:
     return [StaffRow(str(i), s) for i, s in session.execute(select(_STAFF.c.id, _STAFF.c.site))]
 
@@ -258,6 +276,15 @@ def check_row_families(
         report.notes.append(
             f"the site of {len(unchecked)} incident(s) is not in the custody record, so not checked: "
             + ", ".join(unchecked[:10])
+        )
+    windows = incident_windows(session)
+    recorded_windows = window_replay(entries)
+    report.problems.extend(window_findings(recorded_windows, windows))
+    unchecked = windows_unchecked(recorded_windows, windows)
+    if unchecked:
+        report.notes.append(
+            f"the footage window of {len(unchecked)} incident(s) is not in the custody record, so not "
+            "checked: " + ", ".join(unchecked[:10])
         )
     report.problems.extend(assignment_findings(assignment_replay(entries), assignment_rows(session)))
     jobs = export_job_rows(session)

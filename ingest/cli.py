@@ -577,8 +577,9 @@ def backfill_custody(
     ] = False,
 ) -> None:
     """Adopt rows made before the ledger recorded them (links, assignments, incidents' sites, users'
-    sites and passwords, staff and devices' sites) as they stand now, with signed entries; run once, after `evidence verify`
-    shows nothing but the unrecorded rows to adopt (a planted row would be adopted too)."""
+    sites and passwords, staff, devices' and alarms' sites, incidents' windows) as they stand
+    now, with signed entries; run once, after `evidence verify` shows nothing but the unrecorded
+    rows to adopt (a planted row would be adopted too)."""
     from chain_of_custody.backfill import backfill
 
     s = _services(existing=True)
