@@ -720,6 +720,13 @@ def test_the_backfill_command_lists_before_it_appends(tmp_path: Any, seaweed: An
         done = runner.invoke(app, ["backfill-custody", "--yes"])
         assert done.exit_code == 0 and "1 entries appended" in done.output, done.output
         assert _problems(s) == []
+        # A member of staff added on the command line is recorded as the route records one.
+        added = runner.invoke(app, ["device", "staff", "S-CLI", "Cli Nurse", "--site", "NORTH"])
+        assert added.exit_code == 0, added.output
+        assert _problems(s) == []
+        with s.db.session() as session:
+            entry = session.scalars(select(CustodyEntry).where(CustodyEntry.action == "staff_changed")).one()
+            assert json.loads(entry.details) == {"staff": "S-CLI", "created": True, "site": "NORTH"}
     finally:
         get_settings.cache_clear()
         s.db.dispose()
