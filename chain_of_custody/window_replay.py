@@ -11,7 +11,7 @@ no item id: it travels in no package's custody chain.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from .entries import Problem, SignedEntry
@@ -22,8 +22,8 @@ def window_record(wearer: str | None, start: datetime | None, end: datetime | No
     """What an ``incident_changed`` entry records of an incident's footage window (UTC, ISO 8601)."""
     return {
         "wearer": wearer,
-        "start": start.isoformat() if start is not None else None,
-        "end": end.isoformat() if end is not None else None,
+        "start": start.astimezone(UTC).isoformat() if start is not None else None,
+        "end": end.astimezone(UTC).isoformat() if end is not None else None,
     }
 
 

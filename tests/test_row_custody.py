@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -963,7 +963,8 @@ def test_an_incident_footage_window_set_by_sql_is_named(services: Any) -> None:
     with s.db.session() as session:
         row = session.get(Incident, incident_id)
         assert row is not None
-        update_incident(session, s.ledger, row, {"window_end": T0 + timedelta(minutes=20)}, "user:admin")
+        later = (T0 + timedelta(minutes=20)).astimezone(timezone(timedelta(hours=1)))  # given as BST
+        update_incident(session, s.ledger, row, {"window_end": later}, "user:admin")
     with s.db.session() as session:
         other = create_incident(
             session,
