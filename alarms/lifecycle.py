@@ -98,9 +98,12 @@ def store_rule(row: AlarmRecord, alarm: rules.Alarm) -> None:
 
 
 def custody_details(row: AlarmRecord, changes: list[str]) -> dict[str, Any]:
+    """What an alarm's custody entry records of it, its site among them: the control room of that
+    site reads the alarm and streams its voice memo (``evidence verify`` compares the row with it)."""
     return {
         "alarm_id": row.id,
         "device": row.device_id,
+        "site": row.site,
         "kind": row.kind,
         "severity": row.severity,
         "status": row.status,

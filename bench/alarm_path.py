@@ -87,7 +87,7 @@ THREAD_NAMES = ROOT / "bench" / "thread_names"
 
 # Run inside the tree under test (its own enrolment function, whichever package holds it).
 ENROL = r"""
-import base64, json, sys
+import base64, inspect, json, sys
 from ingest import cli
 try:
     services = cli._services(existing=True)
@@ -104,7 +104,11 @@ wanted = json.loads(sys.stdin.read())
 out = {"service_key": base64.b64encode(services.key.public_raw).decode(), "devices": {}}
 with services.db.session() as session:
     for n, (device_id, public_key) in enumerate(wanted):
-        staff = add_staff(session, f"S-{n:05d}", f"Nurse {n}", "nurse", "Community")
+        named = (f"S-{n:05d}", f"Nurse {n}", "nurse", "Community")
+        if "ledger" in inspect.signature(add_staff).parameters:  # staff recorded on custody
+            staff = add_staff(session, services.ledger, *named, actor="bench")
+        else:
+            staff = add_staff(session, *named)
         enrolled = enrol_lone_worker(
             session, context, device_id, public_key, "bench", staff_id=staff.id, site="Community"
         )

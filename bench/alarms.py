@@ -744,7 +744,9 @@ def enrol(run: Run, upto: int) -> float:
     for start in range(first, upto, 250):
         with services.db.session() as session:
             for i in range(start, min(upto, start + 250)):
-                staff = add_staff(session, f"S-{i:05d}", f"Nurse {i}", "nurse", "Community")
+                staff = add_staff(
+                    session, services.ledger, f"S-{i:05d}", f"Nurse {i}", "nurse", "Community", actor="bench"
+                )
                 key = Ed25519PrivateKey.generate()
                 public = key.public_key().public_bytes(
                     serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -769,7 +771,9 @@ def enrol_flooder(run: Run) -> Credentials:
     key = Ed25519PrivateKey.generate()
     public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     with services.db.session() as session:
-        staff = add_staff(session, "S-FLOOD", "Nurse Flood", "nurse", "Community")
+        staff = add_staff(
+            session, services.ledger, "S-FLOOD", "Nurse Flood", "nurse", "Community", actor="bench"
+        )
         enrolled = enrol_lone_worker(
             session, services.ledger, FLOODER, base64.b64encode(public).decode(), "bench",
             staff_id=staff.id, site="Community",

@@ -76,7 +76,7 @@ def populate(services: Any, items: int, investigator_id: int) -> tuple[str, str]
     """An incident at site NORTH with ``items`` clips linked to it; its id and reference."""
     now = datetime.now(UTC)
     with services.db.session() as session:
-        add_staff(session, "S-BENCH", "Bench Wearer", "nurse", "NORTH")
+        add_staff(session, services.ledger, "S-BENCH", "Bench Wearer", "nurse", "NORTH", actor="bench")
         incident = create_incident(
             session,
             IncidentDraft("physical_assault", now - timedelta(hours=6), "NORTH", title="Large incident"),

@@ -1,10 +1,11 @@
 """Adopting rows made before the ledger recorded them: a one-off, signed like any entry.
 
-Links, investigator assignments, incidents' sites, and users' sites and passwords were rows alone
-before the ledger carried them, so ``evidence verify`` names the old ones as unrecorded (or notes
-them as not checked), and a link no entry records grants nobody anything. ``backfill`` appends,
-for each such row as it stands, the entry the service would have made (the same action and
-details, with ``"backfilled": true``), under the ledger's lock, in one transaction.
+Links, investigator assignments, incidents' sites and footage windows, users' sites and
+passwords, staff and their sites, devices' sites and alarms' sites were rows alone before the
+ledger carried them, so ``evidence verify`` names the old ones as unrecorded (or notes them as not
+checked), and a link no entry records grants nobody anything. ``backfill`` appends, for each such
+row as it stands, the entry the service would have made (the same action and details, with
+``"backfilled": true``), under the ledger's lock, in one transaction.
 
 It is a decision of trust, taken once by an administrator: whatever the rows say at that moment
 becomes the record, planted rows included. So it lists what it would adopt first (``apply``
@@ -22,9 +23,19 @@ from typing import Any
 from sqlalchemy import column, select, table
 from sqlalchemy.orm import Session
 
+from .entries import SignedEntry
 from .ledger import Ledger
 from .models import LedgerHead
-from .row_checks import assignment_rows, link_rows, user_rows
+from .registry_replay import alarm_replay, device_replay, staff_replay
+from .row_checks import (
+    alarm_rows,
+    assignment_rows,
+    device_rows,
+    incident_windows,
+    link_rows,
+    staff_rows,
+    user_rows,
+)
 from .row_replay import (
     PASSWORD_DIGESTS,
     assignment_replay,
@@ -32,6 +43,7 @@ from .row_replay import (
     link_replay,
     user_replay,
 )
+from .window_replay import window_replay
 
 BACKFILLER = "cli:backfill"
 LINK_REASON = "linked before the ledger recorded links"
@@ -81,10 +93,15 @@ def plan(session: Session, ledger: Ledger) -> Adoption:
                 None,
                 {"user": a.username, "incident_id": a.incident_id, "assignment": a.id, "assigned": True},
             )
-    sites = incident_site_replay(entries)
+    sites, windows, kept = incident_site_replay(entries), window_replay(entries), incident_windows(session)
     for incident_id, site in session.execute(select(_INCIDENTS.c.id, _INCIDENTS.c.site)):
-        if str(incident_id) not in sites:
-            adoption.add("incident_changed", None, {"incident_id": str(incident_id), "site": site})
+        incident: dict[str, Any] = {"incident_id": str(incident_id)}
+        if incident["incident_id"] not in sites:
+            incident["site"] = site
+        if incident["incident_id"] not in windows and incident["incident_id"] in kept:
+            incident["window"] = kept[incident["incident_id"]]
+        if len(incident) > 1:
+            adoption.add("incident_changed", None, incident)
     users = user_replay(entries)
     for u in user_rows(session, ledger.key.derived_secret(PASSWORD_DIGESTS)):
         known = users.get(u.username)
@@ -105,7 +122,36 @@ def plan(session: Session, ledger: Ledger) -> Adoption:
             changes.update(password)
         if changes:
             adoption.add("user_changed", None, {"user": u.username, "changes": changes})
+    _plan_registry(session, entries, adoption)
     return adoption
+
+
+def _plan_registry(session: Session, entries: list[SignedEntry], adoption: Adoption) -> None:
+    """Staff no entry adds, devices no entry enrols or whose enrolment did not say their site or
+    assigned member of staff, and alarms raised before their site was recorded (``registry_replay``)."""
+    staff = staff_replay(entries)
+    for member in staff_rows(session):
+        if member.id not in staff:
+            adoption.add("staff_changed", None, {"staff": member.id, "created": True, "site": member.site})
+    devices = device_replay(entries)
+    for d in device_rows(session):
+        known = devices.get(d.id)
+        if known is None:
+            adoption.add(
+                "device_enrolled", None, {"device": d.id, "kind": d.kind, "site": d.site, "staff": d.staff}
+            )
+            continue
+        details: dict[str, Any] = {}
+        if "site" not in known:
+            details["site"] = d.site
+        if "staff" not in known:
+            details["assigned_to"] = d.staff
+        if details:
+            adoption.add("device_changed", None, {"device": d.id, **details})
+    alarms = alarm_replay(entries)
+    for a in alarm_rows(session):
+        if not a.provisional and "site" not in alarms.get(a.id, {}):
+            adoption.add("alarm_changed", None, {"alarm_id": a.id, "site": a.site})
 
 
 def backfill(session: Session, ledger: Ledger, *, apply: bool) -> Adoption:

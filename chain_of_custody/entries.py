@@ -43,6 +43,9 @@ class CustodyAction(StrEnum):
     DEVICE_ENROLLED = "device_enrolled"
     DEVICE_CHANGED = "device_changed"
     USER_CHANGED = "user_changed"
+    STAFF_CHANGED = (
+        "staff_changed"  # a member of staff added, or their site changed: whose footage a site sees
+    )
     INCIDENT_CHANGED = "incident_changed"  # an incident opened, or its site changed: who sees it
     SUBJECT_ACCESS = "subject_access"  # a subject access request received, searched or answered
     CHECKPOINT = "checkpoint"

@@ -1,7 +1,7 @@
-"""The database reads behind ``row_replay``: links, legal holds, users, incidents' sites,
-assignments, export jobs and download links as rows.
+"""The database reads behind ``row_replay`` and ``registry_replay``: links, legal holds, users,
+incidents' sites, assignments, export jobs, download links, staff and devices as rows.
 
-The tables belong to other domains (incidents, accounts), which may not be imported here; they are
+The tables belong to other domains (incidents, accounts, devices), which may not be imported here; they are
 named as plain tables, only the columns the comparison needs.
 """
 
@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import column, select, table
 from sqlalchemy.orm import Session
 
+from storage.db import UTCDateTime
+
 from .entries import ChainReport, SignedEntry
 from .models import EvidenceItem
+from .registry_replay import (
+    AlarmRow,
+    DeviceRow,
+    StaffRow,
+    alarm_findings,
+    alarm_replay,
+    alarms_unchecked,
+    device_findings,
+    device_replay,
+    devices_unchecked,
+    staff_findings,
+    staff_replay,
+)
 from .row_replay import (
     AssignmentRow,
     DownloadLinkRow,
@@ -45,6 +61,7 @@ from .row_replay import (
     user_replay,
     users_unchecked,
 )
+from .window_replay import window_findings, window_record, window_replay, windows_unchecked
 
 _LINKS = table(
     "incident_links",
@@ -63,6 +80,13 @@ _ASSIGNMENTS = table(
 )
 _USER_IDS = table("users", column("id"), column("username"))
 _INCIDENTS = table("incidents", column("id"), column("site"))
+_WINDOWS = table(
+    "incidents",
+    column("id"),
+    column("wearer"),
+    column("window_start", UTCDateTime),
+    column("window_end", UTCDateTime),
+)
 _EXPORT_JOBS = table(
     "export_jobs",
     column("id"),
@@ -84,6 +108,10 @@ _DOWNLOAD_LINKS = table(
     column("recipient"),
     column("revoked_at"),
 )
+
+_STAFF = table("staff", column("id"), column("site"))
+_DEVICES = table("devices", column("id"), column("kind"), column("site"), column("assigned_staff_id"))
+_ALARMS = table("alarms", column("id"), column("site"), column("voice_memo_item_id"), column("provisional"))
 
 
 def link_rows(session: Session) -> list[LinkRow]:
@@ -164,6 +192,54 @@ def download_link_rows(session: Session) -> list[DownloadLinkRow]:
     ]
 
 
+def incident_windows(session: Session) -> dict[str, dict[str, Any]]:
+    """Each incident's footage window, as its ``incident_changed`` entry records one."""
+    c = _WINDOWS.c
+    q = select(c.id, c.wearer, c.window_start, c.window_end)
+    return {str(i): window_record(w, start, end) for i, w, start, end in session.execute(q)}
+
+
+def staff_rows(session: Session) -> list[StaffRow]:
+    return [StaffRow(str(i), s) for i, s in session.execute(select(_STAFF.c.id, _STAFF.c.site))]
+
+
+def device_rows(session: Session) -> list[DeviceRow]:
+    c = _DEVICES.c
+    q = select(c.id, c.kind, c.site, c.assigned_staff_id)
+    return [DeviceRow(str(i), str(k), s, a) for i, k, s, a in session.execute(q)]
+
+
+def alarm_rows(session: Session) -> list[AlarmRow]:
+    c = _ALARMS.c
+    q = select(c.id, c.site, c.voice_memo_item_id, c.provisional)
+    return [AlarmRow(str(i), s, m, bool(p)) for i, s, m, p in session.execute(q)]
+
+
+def check_registry(session: Session, entries: Sequence[SignedEntry], report: ChainReport) -> None:
+    """Staff members' sites, devices' sites and assigned staff, and alarms' sites and voice memos
+    against the ledger's replay (``registry_replay``): they decide which site's security managers
+    and control room see whose footage and alarms."""
+    report.problems.extend(staff_findings(staff_replay(entries), staff_rows(session)))
+    devices = device_rows(session)
+    replay = device_replay(entries)
+    report.problems.extend(device_findings(replay, devices))
+    unchecked = devices_unchecked(replay, devices)
+    if unchecked:
+        report.notes.append(
+            f"the site or assigned staff of {len(unchecked)} device(s) is not in their custody record, "
+            "so not checked: " + ", ".join(unchecked[:10])
+        )
+    alarms = alarm_rows(session)
+    recorded = alarm_replay(entries)
+    report.problems.extend(alarm_findings(recorded, alarms))
+    unchecked = alarms_unchecked(recorded, alarms)
+    if unchecked:
+        report.notes.append(
+            f"the site of {len(unchecked)} alarm(s) is not in their custody record, so not checked: "
+            + ", ".join(unchecked[:10])
+        )
+
+
 def check_row_families(
     session: Session,
     entries: Sequence[SignedEntry],
@@ -171,8 +247,8 @@ def check_row_families(
     password_secret: bytes | None = None,
 ) -> None:
     """Links, legal holds (and each item's hold flag), users (and, given the service key's
-    ``PASSWORD_DIGESTS`` secret, their passwords), their incident assignments, export jobs and
-    download links against the ledger's replay (``row_replay``): one finding each disagreement."""
+    ``PASSWORD_DIGESTS`` secret, their passwords), their incident assignments, export jobs, download
+    links, and the staff and devices of the registry against the ledger's replay (``row_replay``): one finding each disagreement."""
     report.problems.extend(link_findings(link_replay(entries), link_rows(session)))
     report.problems.extend(hold_findings(hold_replay(entries), hold_rows(session)))
     held = {i: bool(h) for i, h in session.execute(select(EvidenceItem.id, EvidenceItem.legal_hold))}
@@ -201,8 +277,18 @@ def check_row_families(
             f"the site of {len(unchecked)} incident(s) is not in the custody record, so not checked: "
             + ", ".join(unchecked[:10])
         )
+    windows = incident_windows(session)
+    recorded_windows = window_replay(entries)
+    report.problems.extend(window_findings(recorded_windows, windows))
+    unchecked = windows_unchecked(recorded_windows, windows)
+    if unchecked:
+        report.notes.append(
+            f"the footage window of {len(unchecked)} incident(s) is not in the custody record, so not "
+            "checked: " + ", ".join(unchecked[:10])
+        )
     report.problems.extend(assignment_findings(assignment_replay(entries), assignment_rows(session)))
     jobs = export_job_rows(session)
     report.problems.extend(export_job_findings(export_replay(entries), jobs))
     report.problems.extend(export_request_findings(export_request_replay(entries), jobs))
     report.problems.extend(download_link_findings(download_link_replay(entries), download_link_rows(session)))
+    check_registry(session, entries, report)

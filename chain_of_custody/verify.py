@@ -197,7 +197,7 @@ def verify_service(
     say("checking viewings")
     check_viewings(session, entries, report, key.derived_secret(RANGE_CHAIN))
     if not options.item_ids:  # one item's check reads its own rows only
-        say("checking links, legal holds, users, assignments and download links")
+        say("checking links, legal holds, users, assignments, download links, staff and devices")
         check_row_families(session, entries, report, key.derived_secret(PASSWORD_DIGESTS))
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.

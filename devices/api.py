@@ -97,7 +97,7 @@ def add_staff(
         existing = session.get(StaffMember, body.id)
         if existing is not None and not sees_site(user, existing.site):
             raise DeviceRefused("id_in_use", f"staff number {body.id} belongs to another site", 409)
-        service.add_staff(session, body.id, body.name, body.group, site)
+        service.add_staff(session, s.ledger, body.id, body.name, body.group, site, actor=user.actor)
     return {"id": body.id}
 
 

@@ -1,4 +1,7 @@
-"""Enrolment, assignment and authentication of devices, with every change on the custody ledger."""
+"""Enrolment, assignment and authentication of devices, and the staff who carry them, with every
+change on the custody ledger: a device's site and assigned member of staff, and a member of staff's
+site, decide whose footage and alarms a site's security managers see
+(``chain_of_custody.registry_replay``)."""
 
 from __future__ import annotations
 
@@ -46,16 +49,32 @@ def _check_id(device_id: str) -> None:
 
 
 def add_staff(
-    session: Session, staff_id: str, name: str, group: str = "other", site: str | None = None
+    session: Session,
+    ledger: Ledger,
+    staff_id: str,
+    name: str,
+    group: str = "other",
+    site: str | None = None,
+    *,
+    actor: str,
 ) -> StaffMember:
+    """Add a member of staff or change one. Their site decides which site's security managers see
+    the footage they wear (``incidents.access``), so adding them and each change of site is a
+    ``staff_changed`` custody entry in the same transaction (``evidence verify`` compares the row
+    with it): the staff number and the site, never the name."""
     _check_id(staff_id)
     member = session.get(StaffMember, staff_id)
+    details: dict[str, object] | None
     if member is None:
         member = StaffMember(id=staff_id, name=name, staff_group=group, site=site)
         session.add(member)
+        details = {"staff": staff_id, "created": True, "site": site}
     else:
+        details = {"staff": staff_id, "changes": {"site": site}} if member.site != site else None
         member.name, member.staff_group, member.site = name, group, site
     session.flush()
+    if details is not None:
+        ledger.append(session, "staff_changed", actor, details=details)
     return member
 
 
@@ -75,7 +94,10 @@ def enrol_dock(
     dock.status = "active"
     session.flush()
     ledger.append(
-        session, "device_enrolled", actor, details={"device": dock_id, "kind": "dock", "site": site}
+        session,
+        "device_enrolled",
+        actor,
+        details={"device": dock_id, "kind": "dock", "site": dock.site, "staff": dock.assigned_staff_id},
     )
     return EnrolledDock(dock, f"{dock_id}.{secret}")
 
@@ -115,7 +137,13 @@ def enrol_keyed_device(
         session,
         "device_enrolled",
         actor,
-        details={"device": device_id, "kind": kind, "public_key": public_key_b64, "staff": staff_id},
+        details={
+            "device": device_id,
+            "kind": kind,
+            "public_key": public_key_b64,
+            "staff": staff_id,
+            "site": site,
+        },
     )
     return device
 

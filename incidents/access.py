@@ -153,9 +153,10 @@ def _own_evidence_scope(viewer: Viewer, item: type[EvidenceItem]) -> ColumnEleme
     """Linked to an incident the viewer sees (the link as custody holds it), or, for a security
     manager, worn or recorded at their site. The wearer and device are the row's: custody records
     them as a keyed digest in the item's ``stored`` entry (``row_replay.item_scope_mac``), which SQL
-    cannot recompute, and the staff member's site that decides the reach is a row no entry records,
-    so the ledger could not decide it; ``evidence verify`` names an item whose wearer or device
-    differs from its entry (``item_scope_altered``)."""
+    cannot recompute, and the staff member's and the device's sites that decide the reach are rows
+    too; ``evidence verify`` names an item whose wearer or device differs from its entry
+    (``item_scope_altered``), and a member of staff or a device whose site differs from its latest
+    entry (``staff_site_altered``, ``device_site_altered``: ``chain_of_custody.registry_replay``)."""
     linked = select(IncidentLink.target_id).where(
         IncidentLink.target_kind == "evidence",
         IncidentLink.unlinked_at.is_(None),

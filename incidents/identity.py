@@ -1,10 +1,12 @@
-"""What identifies an incident and decides who sees it: its reference number, and its site on the
-custody ledger.
+"""What identifies an incident and decides who sees it: its reference number, and its site and
+footage window on the custody ledger.
 
 A security manager sees the incidents of their site, and everything linked to them, so an incident's
 site is recorded as a custody entry (``incident_changed``) when the incident is opened and whenever
 it changes; ``evidence verify`` compares the row with the latest such entry
-(``chain_of_custody.row_replay.incident_site_findings``).
+(``chain_of_custody.row_replay.incident_site_findings``). Its footage window (a wearer and a span)
+has the service link that wearer's clips as they arrive, so the same entry records it, and every
+change of it is one (``chain_of_custody.window_replay``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from chain_of_custody.ledger import Ledger
+from chain_of_custody.window_replay import window_record
 from storage.db import dialect_insert
 
 from .models import Incident, IncidentCounter
@@ -43,8 +46,13 @@ def next_reference(session: Session, year: int) -> tuple[int, str]:
 def record_site(
     session: Session, ledger: Ledger, incident: Incident, actor: str, *, created: bool = False
 ) -> None:
-    """The ``incident_changed`` entry that says the incident's site, in the transaction that sets it."""
-    details: dict[str, object] = {"incident_id": incident.id, "site": incident.site}
+    """The ``incident_changed`` entry that says the incident's site and footage window, in the
+    transaction that sets either."""
+    details: dict[str, object] = {
+        "incident_id": incident.id,
+        "site": incident.site,
+        "window": window_record(incident.wearer, incident.window_start, incident.window_end),
+    }
     if created:
         details["created"] = True
     ledger.append(session, "incident_changed", actor, details=details)

@@ -285,7 +285,7 @@ def update_incident(
         return incident
     incident.updated_at = now
     _event(session, incident, actor, "status_changed" if status_changed else "updated", now, changes=changed)
-    if "site" in changed:
+    if {"site", "wearer", "window_start", "window_end"} & changed.keys():
         record_site(session, ledger, incident, actor)
     session.flush()
     if status_changed and retention is not None:
@@ -769,10 +769,13 @@ def open_or_join_incident_for_wearer(
             ledger=ledger,
         )
     else:
+        window = (incident.window_start, incident.window_end)
         incident.window_start = min(incident.window_start or at - before, at - before)
         incident.window_end = max(incident.window_end or at + after, at + after)
         incident.updated_at = now
         _event(session, incident, actor, "joined", now, at=at.isoformat(), category=category)
+        if (incident.window_start, incident.window_end) != window:
+            record_site(session, ledger, incident, actor)
         session.flush()
     link_overlapping_clips(session, ledger, incident, actor, retention=retention, now=now)
     return incident, opened

@@ -149,7 +149,7 @@ def staff_add(staff_id: str, name: str, group: str = "other", site: str | None =
     s = _services(existing=True)
     try:
         with s.db.session() as session:
-            add_staff(session, staff_id, name, group, site)
+            add_staff(session, s.ledger, staff_id, name, group, site, actor="cli")
     finally:
         s.close()
     console.print(f"staff {staff_id} saved")
@@ -577,8 +577,9 @@ def backfill_custody(
     ] = False,
 ) -> None:
     """Adopt rows made before the ledger recorded them (links, assignments, incidents' sites, users'
-    sites and passwords) as they stand now, with signed entries; run once, after `evidence verify`
-    shows nothing but the unrecorded rows to adopt (a planted row would be adopted too)."""
+    sites and passwords, staff, devices' and alarms' sites, incidents' windows) as they stand
+    now, with signed entries; run once, after `evidence verify` shows nothing but the unrecorded
+    rows to adopt (a planted row would be adopted too)."""
     from chain_of_custody.backfill import backfill
 
     s = _services(existing=True)

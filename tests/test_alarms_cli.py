@@ -74,7 +74,7 @@ def test_enrol_and_broker_access_commands(sqlite_services: Any, open_dir: Path) 
     s = sqlite_services
     assert run_consumer not in background_loops(s.settings)  # no broker login configured: no consumer
     with s.db.session() as session:
-        add_staff(session, "S-CLI", "Community nurse", "nurse")
+        add_staff(session, s.ledger, "S-CLI", "Community nurse", "nurse", actor="test")
     env = settings_env(s.settings)
     env.update(EVIDENCE_MQTT_USERNAME=SERVICE_USER, EVIDENCE_MQTT_PASSWORD="service-" + uuid.uuid4().hex)
     kits = [DeviceKit("LW-CLI-1"), DeviceKit("LW-CLI-2"), DeviceKit("LW-CLI-4")]

@@ -126,7 +126,7 @@ def enrol(
     kit = DeviceKit(device_id)
     with services.db.session() as session:
         if staff_id is not None:
-            add_staff(session, staff_id, f"Staff {staff_id}", "nurse", site)
+            add_staff(session, services.ledger, staff_id, f"Staff {staff_id}", "nurse", site, actor="test")
         enrolled = enrol_lone_worker(
             session, services.ledger, device_id, kit.public_b64, "test", staff_id=staff_id, site=site
         )

@@ -54,8 +54,8 @@ def _exhibits(client: httpx.Client, item_id: str) -> dict[str, str]:
 def test_exhibits_reports_and_statements_through_the_api(live: Any) -> None:
     s = live.services
     with s.db.session() as session:
-        add_staff(session, "S-JS", "Jane Smith", "nurse", "NORTH")
-        add_staff(session, "S-AB", "Amir Bashir", "porter", "NORTH")
+        add_staff(session, s.ledger, "S-JS", "Jane Smith", "nurse", "NORTH", actor="test")
+        add_staff(session, s.ledger, "S-AB", "Amir Bashir", "porter", "NORTH", actor="test")
     ids = {
         name: user(s, name, role, site)
         for name, role, site in (
@@ -237,7 +237,7 @@ def test_packages_name_each_exhibit_and_carry_the_report_as_pdf(services: Any, t
     PDF report is caught like any other member."""
     s = services
     with s.db.session() as session:
-        add_staff(session, "S-MO", "Mary-Anne O'Neil", "nurse", "NORTH")
+        add_staff(session, s.ledger, "S-MO", "Mary-Anne O'Neil", "nurse", "NORTH", actor="test")
     incident = _incident(s, "Ward 9")
     clip = store_item(s, wearer="S-MO", start=T0, stop=T0 + timedelta(minutes=1))
     redacted = store_item(s, kind="redacted_clip", derived_from=clip.id)
@@ -285,7 +285,7 @@ def test_two_packages_built_at_once_give_each_item_one_reference(services: Any) 
 
     s = services
     with s.db.session() as session:
-        add_staff(session, "S-RP", "Rosa Patel", "nurse", "NORTH")
+        add_staff(session, s.ledger, "S-RP", "Rosa Patel", "nurse", "NORTH", actor="test")
     incident = _incident(s, "Ward 2")
     clips = [store_item(s, wearer="S-RP", start=T0, stop=T0 + timedelta(minutes=1)) for _ in range(3)]
     start = threading.Barrier(4)

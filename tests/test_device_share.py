@@ -116,7 +116,7 @@ def test_the_flag_is_kept_on_the_devices_record_even_before_it_sent_anything_val
     """Both databases: a device whose every message was refused has no state row yet; flagging it
     makes one, unflagging clears it; an id the registry does not know is ignored."""
     with services.db.session() as session:
-        add_staff(session, "S-SHARE", "Nurse", "nurse")
+        add_staff(session, services.ledger, "S-SHARE", "Nurse", "nurse", actor="test")
         enrol_lone_worker(session, services.ledger, "LW-SHARE", DeviceKit("LW-SHARE").public_b64, "t")
 
     def flag() -> object:

@@ -80,7 +80,7 @@ def test_clip_becomes_locked_verified_evidence(live, tmp_path: Path) -> None:  #
     with s.db.session() as session:
         report = verify_service(session, s.store, s.key)
     assert report.ok, report.problems
-    assert report.entries_checked == 8  # the admin made + 2 enrolments + 4 intake + 1 read
+    assert report.entries_checked == 9  # the admin made + the wearer added + 2 enrolments + 4 intake + 1 read
 
 
 def test_every_read_endpoint_needs_a_token(live) -> None:  # type: ignore[no-untyped-def]

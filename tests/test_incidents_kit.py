@@ -63,7 +63,7 @@ def store_item(
 
 def staff(services, staff_id: str, group: str = "nurse", site: str | None = "NORTH") -> None:  # type: ignore[no-untyped-def]
     with services.db.session() as session:
-        add_staff(session, staff_id, f"Staff {staff_id}", group, site)
+        add_staff(session, services.ledger, staff_id, f"Staff {staff_id}", group, site, actor="test")
 
 
 @cache

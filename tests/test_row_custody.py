@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -720,6 +720,295 @@ def test_the_backfill_command_lists_before_it_appends(tmp_path: Any, seaweed: An
         done = runner.invoke(app, ["backfill-custody", "--yes"])
         assert done.exit_code == 0 and "1 entries appended" in done.output, done.output
         assert _problems(s) == []
+        # A member of staff added on the command line is recorded as the route records one.
+        added = runner.invoke(app, ["device", "staff", "S-CLI", "Cli Nurse", "--site", "NORTH"])
+        assert added.exit_code == 0, added.output
+        assert _problems(s) == []
+        with s.db.session() as session:
+            entry = session.scalars(select(CustodyEntry).where(CustodyEntry.action == "staff_changed")).one()
+            assert json.loads(entry.details) == {"staff": "S-CLI", "created": True, "site": "NORTH"}
     finally:
         get_settings.cache_clear()
         s.db.dispose()
+
+
+def _public_key() -> str:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    raw = (
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+    return base64.b64encode(raw).decode()
+
+
+def test_a_member_of_staff_or_a_device_moved_to_another_site_by_sql_is_named(services: Any) -> None:
+    """A security manager sees the footage worn by the staff of their site and recorded by its
+    cameras, and the alarms of its lone-worker devices: moving a member of staff or a device to
+    another site in the database puts their footage in that site's reach, and reassigning a camera
+    lets it deliver another wearer's clips."""
+    from devices.models import Device, StaffMember
+    from devices.service import enrol_dock, enrol_keyed_device
+    from incidents.access import visible_evidence_ids
+
+    s = services
+    staff(s, "S-N", "nurse", "NORTH")
+    staff(s, "S-E", "porter", "EAST")
+    with s.db.session() as session:
+        enrol_keyed_device(
+            session, s.ledger, "camera", "CAM-N", _public_key(), "user:admin", staff_id="S-N", site="NORTH"
+        )
+        enrol_dock(session, s.ledger, "DOCK-N", "user:admin", site="NORTH")
+    clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=5))
+
+    class SouthManager:
+        user_id, role, site, actor = 99, "security_manager", "SOUTH", "user:south"
+
+    with s.db.session() as session:
+        assert visible_evidence_ids(session, SouthManager(), [clip.id]) == set()
+    assert _problems(s) == []
+    with s.db.session() as session:
+        session.execute(update(StaffMember).where(StaffMember.id == "S-N").values(site="SOUTH"))
+        session.execute(update(Device).where(Device.id.in_(["CAM-N", "DOCK-N"])).values(site="SOUTH"))
+        session.execute(update(Device).where(Device.id == "CAM-N").values(assigned_staff_id="S-E"))
+    with s.db.session() as session:
+        assert visible_evidence_ids(session, SouthManager(), [clip.id]) == {clip.id}  # the reach widened
+    found = sorted((p.kind, p.where) for p in _problems(s))
+    assert found == [
+        ("device_site_altered", "device CAM-N"),
+        ("device_site_altered", "device DOCK-N"),
+        ("device_staff_altered", "device CAM-N"),
+        ("staff_site_altered", "member of staff S-N"),
+    ], found
+
+
+def test_staff_and_devices_are_compared_with_what_added_enrolled_and_changed_them() -> None:
+    from chain_of_custody.registry_replay import (
+        DeviceRow,
+        StaffRow,
+        device_findings,
+        device_replay,
+        devices_unchecked,
+        staff_findings,
+        staff_replay,
+    )
+
+    entries = [
+        _entry(1, "staff_changed", {"staff": "S-1", "created": True, "site": "NORTH"}),
+        _entry(2, "staff_changed", {"staff": "S-1", "changes": {"site": "EAST"}}),
+        _entry(3, "staff_changed", {"staff": "S-2", "created": True, "site": None}),
+        _entry(4, "device_enrolled", {"device": "C1", "kind": "camera", "staff": "S-1", "site": "EAST"}),
+        _entry(5, "device_changed", {"device": "C1", "assigned_from": "S-1", "assigned_to": "S-2"}),
+        _entry(6, "device_changed", {"device": "C1", "status": "disabled"}),
+        _entry(7, "device_enrolled", {"device": "D1", "kind": "dock", "site": "NORTH"}),  # older: no staff
+        _entry(8, "device_enrolled", {"device": "C2", "kind": "camera", "staff": None}),  # older: no site
+    ]
+    staff = staff_replay(entries)
+    members = [StaffRow("S-1", "EAST"), StaffRow("S-2", None)]
+    assert staff_findings(staff, members) == []
+    assert _kinds(staff_findings(staff, [StaffRow("S-1", "NORTH"), members[1]])) == ["staff_site_altered"]
+    assert _kinds(staff_findings(staff, [*members, StaffRow("S-9", "SOUTH")])) == ["staff_unrecorded"]
+    assert _kinds(staff_findings(staff, members[:1])) == ["staff_row_missing"]
+    devices = device_replay(entries)
+    rows = [DeviceRow("C1", "camera", "EAST", "S-2"), DeviceRow("D1", "dock", "NORTH", None)]
+    rows.append(DeviceRow("C2", "camera", "ANY", None))
+    assert device_findings(devices, rows) == []
+    assert devices_unchecked(devices, rows) == ["C2", "D1"]
+    moved = [DeviceRow("C1", "camera", "SOUTH", "S-1"), DeviceRow("D1", "dock", "EAST", None), rows[2]]
+    assert _kinds(device_findings(devices, moved)) == [
+        "device_site_altered",
+        "device_site_altered",
+        "device_staff_altered",
+    ]
+    assert _kinds(device_findings(devices, [*rows, DeviceRow("X", "dock", None, None)])) == [
+        "device_unrecorded"
+    ]
+    assert _kinds(device_findings(devices, rows[1:])) == ["device_row_missing"]
+
+
+def test_staff_and_devices_made_before_the_ledger_recorded_them_are_adopted_once(services: Any) -> None:
+    """A member of staff or a device put in the database is named, and a device enrolled before its
+    site (or a dock's assigned staff) was recorded is noted as not checked, until an administrator
+    adopts them; then later changes are named as any."""
+    from alarms.models import AlarmRecord
+    from chain_of_custody.backfill import backfill
+    from devices.models import Device, StaffMember
+
+    s = services
+    with s.db.session() as session:
+        session.execute(insert(StaffMember).values(id="S-OLD", name="Old Porter", site="NORTH"))
+        for device, kind, site in (("CAM-OLD", "camera", "NORTH"), ("DOCK-OLD", "dock", "EAST")):
+            session.execute(insert(Device).values(id=device, kind=kind, site=site, status="active"))
+        session.execute(insert(Device).values(id="CAM-OLD2", kind="camera", site="EAST", status="active"))
+        # Enrolments as they were recorded before: a dock's without its staff, a camera's without its site.
+        s.ledger.append(
+            session, "device_enrolled", "cli", details={"device": "DOCK-OLD", "kind": "dock", "site": "EAST"}
+        )
+        s.ledger.append(
+            session, "device_enrolled", "cli", details={"device": "CAM-OLD2", "kind": "camera", "staff": None}
+        )
+        # An alarm raised before alarms' sites were recorded (its entry as it was then).
+        session.execute(
+            insert(AlarmRecord).values(
+                id="ALARM-OLD",
+                device_id="CAM-OLD2",
+                kind="sos",
+                severity="red",
+                status="resolved",
+                site="EAST",
+                raised_at=T0,
+                occurred_at=T0,
+            )
+        )
+        s.ledger.append(session, "alarm_raised", "device:CAM-OLD2", details={"alarm_id": "ALARM-OLD"})
+    with s.db.session() as session:
+        session.execute(update(Device).where(Device.id == "CAM-OLD").values(assigned_staff_id="S-OLD"))
+    with s.db.session() as session:
+        report = verify_service(session, s.store, s.key)
+    found = sorted((p.kind, p.where) for p in report.problems)
+    assert found == [
+        ("device_unrecorded", "device CAM-OLD"),
+        ("staff_unrecorded", "member of staff S-OLD"),
+    ], found
+    unchecked = "the site or assigned staff of 2 device(s) is not in their custody record, so not checked"
+    assert [n for n in report.notes if "device" in n] == [f"{unchecked}: CAM-OLD2, DOCK-OLD"]
+    assert [n for n in report.notes if "alarm" in n] == [
+        "the site of 1 alarm(s) is not in their custody record, so not checked: ALARM-OLD"
+    ]
+    with s.db.session() as session:
+        listed = backfill(session, s.ledger, apply=False)
+    named = (
+        (a, d.get("device") or d.get("staff") or d.get("alarm_id"), d.get("site", "-"))
+        for a, _, d in listed.entries
+    )
+    assert sorted(named) == [
+        ("alarm_changed", "ALARM-OLD", "EAST"),
+        ("device_changed", "CAM-OLD2", "EAST"),
+        ("device_changed", "DOCK-OLD", "-"),
+        ("device_enrolled", "CAM-OLD", "NORTH"),
+        ("staff_changed", "S-OLD", "NORTH"),
+    ]
+    assert len(_problems(s)) == 2  # nothing appended
+    with s.db.session() as session:
+        backfill(session, s.ledger, apply=True)
+    with s.db.session() as session:
+        report = verify_service(session, s.store, s.key)
+        assert report.problems == [] and not [n for n in report.notes if "device" in n or "alarm" in n]
+        assert backfill(session, s.ledger, apply=False).entries == []  # once
+    with s.db.session() as session:
+        session.execute(update(StaffMember).where(StaffMember.id == "S-OLD").values(site="SOUTH"))
+        session.execute(update(Device).where(Device.id == "CAM-OLD").values(assigned_staff_id=None))
+        session.execute(update(Device).where(Device.id == "DOCK-OLD").values(assigned_staff_id="S-OLD"))
+        session.execute(update(AlarmRecord).where(AlarmRecord.id == "ALARM-OLD").values(site="NORTH"))
+    assert sorted(p.kind for p in _problems(s)) == [
+        "alarm_site_altered",
+        "device_staff_altered",
+        "device_staff_altered",
+        "staff_site_altered",
+    ]
+
+
+def test_an_alarm_moved_to_another_site_or_given_another_memo_by_sql_is_named(services: Any) -> None:
+    """The control room of an alarm's site reads it and streams its voice memo: moving an alarm to
+    another site, or pointing its memo at another item, hands that item to another site's readers."""
+    from alarms.models import AlarmRecord
+    from alarms.records import voice_memo_item
+
+    s = services
+    staff(s, "S-N", "nurse", "NORTH")
+    clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=5))
+    alarm = raise_test_alarm(s, "LW-MOVED", site="NORTH")
+
+    class SouthManager:
+        role, site = "security_manager", "SOUTH"
+
+    assert _problems(s) == []
+    with s.db.session() as session:
+        session.execute(
+            update(AlarmRecord)
+            .where(AlarmRecord.id == alarm)
+            .values(site="SOUTH", voice_memo_item_id=clip.id)
+        )
+    with s.db.session() as session:
+        memo = voice_memo_item(session, alarm, SouthManager())
+        assert memo is not None and memo.id == clip.id  # another site's clip, streamed as the memo
+    found = sorted((p.kind, p.where) for p in _problems(s))
+    assert found == [("alarm_memo_altered", f"alarm {alarm}"), ("alarm_site_altered", f"alarm {alarm}")], (
+        found
+    )
+
+
+def test_an_incident_footage_window_set_by_sql_is_named(services: Any) -> None:
+    """An incident's footage window (a wearer and a time span) has the service link that wearer's
+    clips to the incident, with signed entries, as they arrive: a window set in the database would
+    show an investigator of the incident footage nobody linked for them."""
+    s = services
+    staff(s, "S-N", "nurse", "NORTH")
+    staff(s, "S-W", "porter", "NORTH")
+    with s.db.session() as session:
+        draft = IncidentDraft(
+            category="theft",
+            occurred_at=T0,
+            site="NORTH",
+            title="window",
+            wearer="S-N",
+            window_start=T0,
+            window_end=T0 + timedelta(minutes=10),
+        )
+        incident_id = create_incident(session, draft, "user:admin", ledger=s.ledger).id
+    with s.db.session() as session:
+        row = session.get(Incident, incident_id)
+        assert row is not None
+        later = (T0 + timedelta(minutes=20)).astimezone(timezone(timedelta(hours=1)))  # given as BST
+        update_incident(session, s.ledger, row, {"window_end": later}, "user:admin")
+    with s.db.session() as session:
+        other = create_incident(
+            session,
+            IncidentDraft(category="theft", occurred_at=T0, site="NORTH", title="none"),
+            "user:admin",
+            ledger=s.ledger,
+        ).id
+    assert _problems(s) == []
+    with s.db.session() as session:
+        session.execute(update(Incident).where(Incident.id == incident_id).values(wearer="S-W"))
+        session.execute(
+            update(Incident)
+            .where(Incident.id == other)
+            .values(wearer="S-W", window_start=T0, window_end=T0 + timedelta(days=365))
+        )
+    found = sorted((p.kind, p.where) for p in _problems(s))
+    assert found == sorted(("incident_window_altered", f"incident {i}") for i in (incident_id, other)), found
+    # An incident whose window was set before windows were recorded is noted, then adopted once.
+    from chain_of_custody.backfill import backfill
+
+    with s.db.session() as session:
+        session.execute(update(Incident).where(Incident.id == incident_id).values(wearer="S-N"))
+        session.execute(
+            update(Incident)
+            .where(Incident.id == other)
+            .values(wearer=None, window_start=None, window_end=None)
+        )
+        old = create_incident(
+            session,
+            IncidentDraft(
+                "theft", T0, "NORTH", wearer="S-N", window_start=T0, window_end=T0 + timedelta(hours=1)
+            ),
+            "user:admin",
+        ).id
+    with s.db.session() as session:
+        report = verify_service(session, s.store, s.key)
+        assert report.problems == [], report.problems  # the two windows put back as recorded
+        assert (
+            f"the footage window of 1 incident(s) is not in the custody record, so not checked: {old}"
+            in report.notes
+        )
+    with s.db.session() as session:
+        listed = backfill(session, s.ledger, apply=True)
+        assert [d["incident_id"] for a, _, d in listed.entries if "window" in d] == [old]
+    with s.db.session() as session:
+        report = verify_service(session, s.store, s.key)
+        assert report.problems == [] and not [n for n in report.notes if "window" in n], report

@@ -35,8 +35,8 @@ def _pub() -> str:
 def site(services: Any) -> Iterator[tuple[str, Any]]:
     add_users(services)  # every console user of NORTH; "manager" is NORTH's security manager
     with services.db.session() as session:
-        add_staff(session, "N-1", "Nora North", "nurse", "NORTH")
-        add_staff(session, "S-1", "Sam South", "porter", "SOUTH")
+        add_staff(session, services.ledger, "N-1", "Nora North", "nurse", "NORTH", actor="test")
+        add_staff(session, services.ledger, "S-1", "Sam South", "porter", "SOUTH", actor="test")
         for serial, staff, where in (("CAM-N", "N-1", "NORTH"), ("CAM-S", "S-1", "SOUTH")):
             enrol_keyed_device(
                 session, services.ledger, "camera", serial, _pub(), "user:seed", staff_id=staff, site=where
