@@ -5,17 +5,20 @@ weights per channel, activations calibrated with min/max) in QDQ and QOperator f
 calibrated on frames made from the faces-dev *training* photographs at the sizes the pipeline
 feeds the network: whole 1280x720 frames scaled to 640x352 (the coarse pass), at 1280x704 (the
 fine pass), and 128x128 looks around each face scaled so it is about 48 px across.
+``--fp32 N`` keeps the first N convolutions (graph order), and all that comes before them, in fp32.
 
 ``score`` looks at the *testing* photographs (and the odd LFW faces of scikit-image) with the fp32
 model through ``cv2.dnn`` and with each int8 model through onnxruntime (and through ``cv2.dnn``
 where it loads), at the pipeline's threshold, at full size and scaled so the faces are 24-64 px,
 and reports for each: faces found (recall, IoU >= 0.3 with the hand-drawn box), the box's error
 against the hand-drawn box in face widths, the box's distance from fp32's box for the same face,
-and detections matching no annotated face.
+and detections matching no annotated face; and, in night frames, the faces found in the small
+looks the pipeline takes around a known face (``dark_looks``). ``--kinds int8:PATH`` scores
+another int8 model through the project's own int8 runtime.
 
 onnxruntime and onnx are not dependencies of the project: run this with them installed.
 
-    python bench/centerface_int8.py make --out var/int8
+    python bench/centerface_int8.py make --out var/int8 [--fp32 6] [--lights day,night] [--variants qdq]
     flock -s /tmp/bench.lock python bench/centerface_int8.py score --models var/int8
 """
 
