@@ -5,17 +5,20 @@ weights per channel, activations calibrated with min/max) in QDQ and QOperator f
 calibrated on frames made from the faces-dev *training* photographs at the sizes the pipeline
 feeds the network: whole 1280x720 frames scaled to 640x352 (the coarse pass), at 1280x704 (the
 fine pass), and 128x128 looks around each face scaled so it is about 48 px across.
+``--fp32 N`` keeps the first N convolutions (graph order), and all that comes before them, in fp32.
 
 ``score`` looks at the *testing* photographs (and the odd LFW faces of scikit-image) with the fp32
 model through ``cv2.dnn`` and with each int8 model through onnxruntime (and through ``cv2.dnn``
 where it loads), at the pipeline's threshold, at full size and scaled so the faces are 24-64 px,
 and reports for each: faces found (recall, IoU >= 0.3 with the hand-drawn box), the box's error
 against the hand-drawn box in face widths, the box's distance from fp32's box for the same face,
-and detections matching no annotated face.
+and detections matching no annotated face; and, in night frames, the faces found in the small
+looks the pipeline takes around a known face (``dark_looks``). ``--kinds int8:PATH`` scores
+another int8 model through the project's own int8 runtime.
 
 onnxruntime and onnx are not dependencies of the project: run this with them installed.
 
-    python bench/centerface_int8.py make --out var/int8
+    python bench/centerface_int8.py make --out var/int8 [--fp32 6] [--lights day,night] [--variants qdq]
     flock -s /tmp/bench.lock python bench/centerface_int8.py score --models var/int8
 """
 
@@ -36,12 +39,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import load_average, write_results  # noqa: E402
-from bench.face_boxes import _night, matched, photographs  # noqa: E402
+from bench.face_boxes import NIGHT, SCALES, _night, matched, photographs  # noqa: E402
 from firmware_simulators.shots import faces_dev_dir  # noqa: E402
 from redaction.detector import CenterFaceDetector, Detection, face_boxes, nms  # noqa: E402
 from redaction.frames import Frame  # noqa: E402
 from redaction.geometry import Box, iou  # noqa: E402
-from redaction.pipeline import RedactionSettings  # noqa: E402
+from redaction.pipeline import RedactionSettings, _look_around  # noqa: E402
 
 OUTPUTS = ["537", "538", "539", "540"]
 INPUT = "input.1"
@@ -130,8 +133,37 @@ def calibration_blobs(lights: tuple[str, ...] = ("day",)) -> Iterator[np.ndarray
             yield blob(crop, (128, 128))
 
 
-def make(out: Path, source: Path, lights: tuple[str, ...] = ("day",)) -> dict[str, Any]:
-    """Write ``fp32.onnx`` (size free, opset 13) and the int8 variants into ``out``."""
+def fp32_prefix(model: Any, convolutions: int) -> list[str]:
+    """Names every node a model's ``convolutions`` first convolutions (in graph order) need: the
+    nodes up to the last of them and the activations right after it, so that none of their
+    inputs or outputs is quantised. Unnamed nodes are named (``<op>_<index>``) in place."""
+    for n, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{n}"
+    if convolutions <= 0:
+        return []
+    convs = [n for n, node in enumerate(model.graph.node) if node.op_type == "Conv"]
+    last = convs[min(convolutions, len(convs)) - 1]
+    names = [node.name for node in model.graph.node[: last + 1]]
+    tail = set(model.graph.node[last].output)
+    for node in model.graph.node[last + 1 :]:
+        if node.op_type in ("Relu", "BatchNormalization") and set(node.input) & tail:
+            names.append(node.name)
+            tail |= set(node.output)
+    return names
+
+
+def make(
+    out: Path,
+    source: Path,
+    lights: tuple[str, ...] = ("day",),
+    fp32_convolutions: int = 0,
+    variants: tuple[str, ...] = VARIANTS,
+) -> dict[str, Any]:
+    """Write ``fp32.onnx`` (size free, opset 13) and the int8 variants into ``out``; with
+    ``fp32_convolutions`` the first that many convolutions (and what lies before them) stay in
+    fp32 (``nodes_to_exclude``): the first layers see the raw picture, where a dark face's few
+    grey levels are lost to 8-bit activations."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -146,6 +178,9 @@ def make(out: Path, source: Path, lights: tuple[str, ...] = ("day",)) -> dict[st
     onnx.save(free_model(source), str(fp32))
     pre = out / "fp32-pre.onnx"
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    pre_model = onnx.load(str(pre))
+    excluded = fp32_prefix(pre_model, fp32_convolutions)
+    onnx.save(pre_model, str(pre))
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -156,7 +191,8 @@ def make(out: Path, source: Path, lights: tuple[str, ...] = ("day",)) -> dict[st
             return None if b is None else {INPUT: b}
 
     made = {}
-    for variant, fmt in (("qdq", QuantFormat.QDQ), ("qop", QuantFormat.QOperator)):
+    formats = {"qdq": QuantFormat.QDQ, "qop": QuantFormat.QOperator}
+    for variant, fmt in ((v, formats[v]) for v in variants):
         path = out / f"int8-{variant}.onnx"
         quantize_static(
             str(pre),
@@ -166,10 +202,17 @@ def make(out: Path, source: Path, lights: tuple[str, ...] = ("day",)) -> dict[st
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
         )
         made[variant] = {"path": str(path), "bytes": path.stat().st_size}
     n = sum(1 for _ in calibration_blobs(lights))
-    return {"calibration_inputs": n, "lights": list(lights), "models": made}
+    return {
+        "calibration_inputs": n,
+        "lights": list(lights),
+        "fp32_convolutions": fp32_convolutions,
+        "fp32_nodes": excluded,
+        "models": made,
+    }
 
 
 class _OrtNet:
@@ -198,10 +241,13 @@ class _OrtNet:
 
 
 def detector(kind: str, models: Path, threshold: float) -> CenterFaceDetector:
-    """``fp32`` (the project's detector), ``int8`` (the project's int8 detector), ``ort-fp32``,
-    ``ort-<variant>`` or ``cv2-<variant>`` (the models in ``models``)."""
+    """``fp32`` (the project's detector), ``int8`` (the project's int8 detector), ``int8:PATH``
+    (the project's int8 detector with another model), ``ort-fp32``, ``ort-<variant>`` or
+    ``cv2-<variant>`` (the models in ``models``)."""
     if kind == "int8":  # the project's own int8 detector, with the model it ships
         return CenterFaceDetector(threshold=threshold, runtime="onnxruntime-int8")
+    if kind.startswith("int8:"):
+        return CenterFaceDetector(threshold=threshold, runtime="onnxruntime-int8", model_path=kind[5:])
     d = CenterFaceDetector(threshold=threshold)
     if kind == "fp32":
         return d
@@ -271,14 +317,46 @@ def score(models: Path, kinds: list[str], threshold: float) -> dict[str, Any]:
                 "false_detections": false_detections(d, lo, hi, night),
             }
         out[band] = per_kind
+    out["night looks, 24-64 px"] = {
+        kind: dark_looks(detector(kind, models, threshold), 24, 64) for kind in kinds
+    }
     return out
+
+
+def dark_looks(d: CenterFaceDetector, lo: float, hi: float) -> dict[str, int]:
+    """Faces found in the small looks the pipeline takes around a known face, in night frames:
+    each scaled photograph darkened to mean brightness ``NIGHT`` with sensor noise (not
+    normalised as a whole), then a look around each face of ``lo``-``hi`` px (the window and its
+    enlargement as ``redaction.pipeline._look_around`` takes them, its contrast normalised there
+    as the pipeline does); found when a detection overlaps the face by IoU >= 0.3."""
+    settings = RedactionSettings()
+    rng = np.random.default_rng(7)
+    faces = found = 0
+    for _name, image, truth in photographs("held_out"):
+        h, w = image.shape[:2]
+        for scale in SCALES:
+            boxes = [
+                Box(t.x * scale, t.y * scale, t.w * scale, t.h * scale)
+                for t in truth
+                if lo <= min(t.w, t.h) * scale < hi
+            ]
+            if not boxes:
+                continue
+            small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+            dark = small.astype(np.float32) * (NIGHT / max(1.0, float(small.mean())))
+            dark = np.clip(dark + rng.normal(0, 3, dark.shape), 0, 255).astype(np.uint8)
+            frame = Frame.from_bgr(
+                np.ascontiguousarray(dark[: dark.shape[0] // 2 * 2, : dark.shape[1] // 2 * 2])
+            )
+            for box in boxes:
+                faces += 1
+                found += any(iou(x.box, box) >= 0.3 for x in _look_around(d, frame, box, settings))
+    return {"faces": faces, "found": found}
 
 
 def false_detections(d: CenterFaceDetector, lo: float, hi: float, night: bool = False) -> dict[str, int]:
     """Detections (after NMS) overlapping no annotated face, over the same scaled photographs as
     ``matched`` (faces the photographs leave unannotated count here too)."""
-    from bench.face_boxes import SCALES, _night
-
     rng = np.random.default_rng(3)
     total = unmatched = 0
     for _name, image, truth in photographs("held_out"):
@@ -304,6 +382,10 @@ def main() -> int:
     m = sub.add_parser("make")
     m.add_argument("--out", type=Path, default=ROOT / "var" / "int8")
     m.add_argument("--lights", default="day", help="day,night,glare: the light of the calibration frames")
+    m.add_argument(
+        "--fp32", type=int, default=0, metavar="N", help="keep the first N convolutions in fp32 (graph order)"
+    )
+    m.add_argument("--variants", default=",".join(VARIANTS), help="qdq,qop: the int8 forms to write")
     s = sub.add_parser("score")
     s.add_argument("--models", type=Path, default=ROOT / "var" / "int8")
     s.add_argument("--kinds", default="fp32,ort-fp32,ort-qdq,ort-qop,cv2-qdq,cv2-qop,int8")
@@ -313,7 +395,13 @@ def main() -> int:
     if args.cmd == "make":
         from redaction.detector import centerface_model_path
 
-        result = make(args.out, centerface_model_path(), tuple(args.lights.split(",")))
+        result = make(
+            args.out,
+            centerface_model_path(),
+            tuple(args.lights.split(",")),
+            args.fp32,
+            tuple(args.variants.split(",")),
+        )
         print(json.dumps(result, indent=2))
         return 0
     kinds = []
@@ -329,6 +417,9 @@ def main() -> int:
     for band, by in result.items():
         print(band)
         for k, v in by.items():
+            if "recall" not in v:
+                print(f"  {k:>8}: found {v['found']}/{v['faces']}")
+                continue
             print(
                 f"  {k:>8}: found {v['found']}/{v['faces']} ({v['recall']:.3f})  dx {v['dx']}  dy {v['dy']}"
                 f"  |c| {v['abs_centre']}  w {v['w_over_truth']}  from fp32 {v['centre_from_fp32']}"

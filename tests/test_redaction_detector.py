@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from skimage import data
 
-from redaction.detector import CenterFaceDetector, RawFaces, face_boxes
+from firmware_simulators.scene import face_sources
+from redaction.detector import CenterFaceDetector, RawFaces, Runtime, face_boxes
+from redaction.frames import Frame
 from redaction.geometry import Box, iou
 from redaction.pipeline import RedactionSettings
 from storage.settings import WorkerSettings
@@ -140,3 +142,70 @@ def test_the_runtime_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert RedactionSettings.from_settings(WorkerSettings()).detector_runtime == "opencv"
     monkeypatch.setenv("EVIDENCE_REDACTION_DETECTOR", "onnxruntime-int8")
     assert RedactionSettings.from_settings(WorkerSettings()).detector_runtime == "onnxruntime-int8"
+
+
+def _night_crowd(parity: int, face: int) -> tuple[Frame, Box]:
+    """A night frame of small faces: the even or odd LFW faces of scikit-image in a grid on grey,
+    scaled so they are about 28 px, darkened to a mean brightness of 15 with sensor noise (as the
+    night shots of the clip benchmark), and the box of one of them."""
+    faces = [s for n, s in enumerate(face_sources()[:-1]) if n % 2 == parity]
+    cols, side, gap = 10, 100, 40
+    rows = (len(faces) + cols - 1) // cols
+    grid = np.full((rows * (side + gap) + gap, cols * (side + gap) + gap, 3), 140, np.uint8)
+    boxes = []
+    for n, src in enumerate(faces):
+        y, x = gap + (n // cols) * (side + gap), gap + (n % cols) * (side + gap)
+        alpha = src.alpha[:, :, None]
+        region = grid[y : y + side, x : x + side].astype(np.float32)
+        grid[y : y + side, x : x + side] = (region * (1 - alpha) + src.bgr * alpha).astype(np.uint8)
+        fx0, fy0, fx1, fy1 = src.box
+        boxes.append(Box(x + fx0 * side, y + fy0 * side, (fx1 - fx0) * side, (fy1 - fy0) * side))
+    scale = 0.35
+    h, w = grid.shape[:2]
+    small = cv2.resize(grid, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    dark = small.astype(np.float32) * (15 / float(small.mean()))
+    dark = np.clip(dark + np.random.default_rng(0).normal(0, 3, dark.shape), 0, 255).astype(np.uint8)
+    frame = Frame.from_bgr(np.ascontiguousarray(dark[: dark.shape[0] // 2 * 2, : dark.shape[1] // 2 * 2]))
+    b = boxes[face]
+    return frame, Box(b.x * scale, b.y * scale, b.w * scale, b.h * scale)
+
+
+def _found_in_a_close_look(runtime: Runtime, parity: int, index: int) -> float:
+    """The best overlap with a 28 px face in a night frame of the detections made in a look as
+    the pipeline takes one around a known face: a window of 2.5 faces, enlarged so the face is
+    about 48 px, its contrast normalised because it is dark."""
+    settings = RedactionSettings()
+    frame, face = _night_crowd(parity, index)
+    side = max(face.w, face.h) * settings.refresh_context
+    window = Box.from_center(face.cx, face.cy, side, side).clipped(frame.width, frame.height)
+    assert window is not None
+    x0, y0 = int(window.x), int(window.y)
+    x1, y1 = int(np.ceil(window.x + window.w)), int(np.ceil(window.y + window.h))
+    width = round((x1 - x0) * min(2.0, settings.refresh_face_px / max(face.w, face.h)))
+    image, ox, oy, sx, sy = frame.bgr((x0, y0, x1, y1), width, (settings.dark_below, settings.bright_above))
+    assert float(image.mean()) > 40  # normalised: it reaches the network brightened
+    found = [
+        Box(d.box.x / sx + ox, d.box.y / sy + oy, d.box.w / sx, d.box.h / sy)
+        for d in CenterFaceDetector(threshold=settings.threshold, runtime=runtime).detect(image)
+    ]
+    return max((iou(b, face) for b in found), default=0.0)
+
+
+# Two LFW faces (even 10, odd 23) that the fp32 model finds in a close look at night whatever
+# the sensor noise, and that the shipped int8 model never finds there.
+DARK_FACES = [(0, 10), (1, 23)]
+
+
+@pytest.mark.parametrize(("parity", "index"), DARK_FACES)
+def test_the_fp32_detector_finds_dark_small_faces_in_a_close_look(parity: int, index: int) -> None:
+    assert _found_in_a_close_look("opencv", parity, index) >= 0.3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped int8 model (every layer quantised) loses dark small faces in close looks "
+    "(#17); a model that keeps its first convolutions in fp32 finds them (docs/benchmarks.md)",
+)
+@pytest.mark.parametrize(("parity", "index"), DARK_FACES)
+def test_the_int8_detector_finds_dark_small_faces_in_a_close_look(parity: int, index: int) -> None:
+    assert _found_in_a_close_look("onnxruntime-int8", parity, index) >= 0.3
