@@ -14,6 +14,7 @@ import hashlib
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from sqlalchemy import insert, select, update
 
 from accounts.models import ApiToken, User, UserSession
 from accounts.seals import credential_seal_key, seal_tokens, unsealed_tokens
-from accounts.service import token_digest
+from accounts.service import resolve_token, token_digest
 from tests.conftest import ADMIN_PASSWORD, recorded_user
 
 OPERATOR_PASSWORD = "operator password 1"
@@ -156,3 +157,51 @@ def test_tokens_issued_before_seals_are_listed_then_sealed_once(live) -> None:  
     assert _me(live.url, headers=bearer).status_code == 200
     with live.services.db.session() as session:
         assert unsealed_tokens(session) == []
+
+
+def test_the_seal_tokens_command_lists_before_it_seals(tmp_path: Any, seaweed: Any, monkeypatch: Any) -> None:
+    from typer.testing import CliRunner
+
+    from ingest.cli import app
+    from ingest.services import build_services
+    from ingest.settings import get_settings
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'evidence.db'}", seaweed)
+    s = build_services(settings)
+    token = "evt_" + secrets.token_urlsafe(32)
+    try:
+        with s.db.session() as session:
+            user_id = recorded_user(session, s.ledger, "old-admin", ADMIN_PASSWORD, "admin")
+            session.execute(  # a token issued before seals: its row has none
+                insert(ApiToken.__table__).values(
+                    token_hash=token_digest(token),
+                    user_id=user_id,
+                    expires_at=datetime.now(UTC) + timedelta(hours=1),
+                    revoked=False,
+                    created_at=datetime.now(UTC),
+                )
+            )
+        key = credential_seal_key(s.key)
+        with s.db.session() as session:
+            assert resolve_token(session, token, key) is None
+        for name in ("data_dir", "database_url", "s3_endpoint", "s3_access_key", "bucket", "staging_bucket"):
+            monkeypatch.setenv(f"EVIDENCE_{name.upper()}", str(getattr(settings, name)))
+        monkeypatch.setenv("EVIDENCE_S3_SECRET_KEY", settings.s3_secret_key.get_secret_value())
+        get_settings.cache_clear()
+        runner = CliRunner()
+        listed = runner.invoke(app, ["seal-tokens"])
+        assert listed.exit_code == 0 and "token of old-admin" in listed.output, listed.output
+        assert token not in listed.output and "1 tokens would be sealed" in listed.output
+        with s.db.session() as session:
+            assert resolve_token(session, token, key) is None  # listing sealed nothing
+        done = runner.invoke(app, ["seal-tokens", "--yes"])
+        assert done.exit_code == 0 and "1 tokens sealed" in done.output, done.output
+        with s.db.session() as session:
+            found = resolve_token(session, token, key)
+            assert found is not None and found.username == "old-admin"
+        again = runner.invoke(app, ["seal-tokens"])
+        assert again.exit_code == 0 and "0 tokens would be sealed" in again.output, again.output
+    finally:
+        get_settings.cache_clear()
+        s.db.dispose()
