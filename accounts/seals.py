@@ -9,8 +9,8 @@ one moved to another user or given a later expiry) has no seal that holds, and i
 it as unknown. Ending a row (``revoked``, ``ended_at``) narrows what it grants, so it is not sealed.
 
 Tokens issued before seals existed have none: ``evidence seal-tokens`` lists them and, with
-``--yes``, seals them (as they stand: review the list first). Console sessions without a seal
-simply end; their people sign in again.
+``--yes``, seals them (as they stand: review the list first). Console sessions open at the upgrade
+end there (migration 0029); their people sign in again.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import insert, select, update
 
 from accounts.models import ApiToken, User, UserSession
@@ -205,3 +206,61 @@ def test_the_seal_tokens_command_lists_before_it_seals(tmp_path: Any, seaweed: A
     finally:
         get_settings.cache_clear()
         s.db.dispose()
+
+
+def test_sessions_open_at_the_upgrade_end_and_tokens_wait_for_their_seal(database_url: str) -> None:
+    from alembic import command
+
+    from ingest.migrations_runner import alembic_config, upgrade_database
+    from storage.db import Database
+
+    command.downgrade(alembic_config(database_url), "0028_idempotency_keys")  # just before the seals
+    now = datetime.now(UTC)
+    db = Database(database_url)
+    try:
+        with db.session() as session:  # rows as the service wrote them then: no seal column
+            session.execute(
+                insert(User.__table__).values(
+                    id=7,
+                    username="before",
+                    password_hash="-",
+                    role="admin",
+                    full_name="",
+                    active=True,
+                    failed_logins=0,
+                    created_at=now,
+                )
+            )
+            columns = ("token_hash", "user_id", "created_at", "last_seen_at", "expires_at", "ended_at")
+            sessions = sa.table("user_sessions", *(sa.column(c) for c in columns))
+            session.execute(
+                sessions.insert().values(
+                    token_hash="a" * 64,
+                    user_id=7,
+                    created_at=now,
+                    last_seen_at=now,
+                    expires_at=now + timedelta(hours=1),
+                    ended_at=None,
+                )
+            )
+            tokens = sa.table(
+                "api_tokens",
+                *(sa.column(c) for c in ("token_hash", "user_id", "expires_at", "revoked", "created_at")),
+            )
+            session.execute(
+                tokens.insert().values(
+                    token_hash="b" * 64,
+                    user_id=7,
+                    expires_at=now + timedelta(hours=1),
+                    revoked=False,
+                    created_at=now,
+                )
+            )
+        upgrade_database(database_url)
+        with db.session() as session:
+            ended = session.get(UserSession, "a" * 64)
+            assert ended is not None and ended.ended_at is not None and ended.seal is None
+            assert abs(ended.ended_at - datetime.now(UTC)) < timedelta(minutes=5)
+            assert [t.token_hash for t in unsealed_tokens(session)] == ["b" * 64]
+    finally:
+        db.dispose()
