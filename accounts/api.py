@@ -21,6 +21,7 @@ from storage.paging import after_key, link_next, next_headers, page_limit
 
 from .access import client_address, require_roles, services, sign_in_throttle
 from .models import ROLES, User
+from .seals import credential_seal_key
 from .service import (
     AccountError,
     Principal,
@@ -103,7 +104,8 @@ def login(
     try:
         with s.db.session() as session:
             user = sign_in(session, form.username, form.password, client_address(request), throttle, s.ledger)
-            token, expires = issue_token(session, user, timedelta(minutes=settings.token_ttl_minutes))
+            ttl = timedelta(minutes=settings.token_ttl_minutes)
+            token, expires = issue_token(session, user, ttl, credential_seal_key(s.key))
             role = user.role
     except AccountError as exc:
         account = getattr(exc, "account", None) or "(no such user)"

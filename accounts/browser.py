@@ -143,6 +143,7 @@ def browser_session(
     request: Request,
     session: Session,
     settings: ConsoleSettings,
+    seal_key: bytes,
     *,
     csrf: str | None = None,
     now: datetime | None = None,
@@ -154,7 +155,12 @@ def browser_session(
     if not secret:
         return None
     found = resolve_session(
-        session, secret, SessionPolicy.from_settings(settings), activity=not is_background(request), now=now
+        session,
+        secret,
+        SessionPolicy.from_settings(settings),
+        seal_key,
+        activity=not is_background(request),
+        now=now,
     )
     if found is None:
         return None

@@ -37,6 +37,8 @@ class ApiToken(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # HMAC under a secret the database does not hold, over the digest, user and expiry (``accounts.seals``).
+    seal: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class UserSession(Base):
@@ -52,6 +54,7 @@ class UserSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    seal: Mapped[str | None] = mapped_column(String(64), default=None)  # as ``ApiToken.seal``
 
     __table_args__ = (Index("ix_user_sessions_expires_at", "expires_at"),)  # forgotten by age
 

@@ -19,6 +19,7 @@ from chain_of_custody.row_replay import PASSWORD_DIGESTS, password_digest
 from storage.errors import Refused
 
 from .models import ROLES, ApiToken, User, UserSession
+from .seals import TOKEN, credential_seal, seal_holds
 from .throttle import SignInThrottle
 
 _hasher = PasswordHasher()
@@ -171,17 +172,26 @@ def _check(password_hash: str, password: str) -> bool:
         return False
 
 
-def issue_token(session: Session, user: User, ttl: timedelta) -> tuple[str, datetime]:
+def issue_token(session: Session, user: User, ttl: timedelta, seal_key: bytes) -> tuple[str, datetime]:
+    """A new bearer token for ``user``, its row sealed with ``seal_key`` (``accounts.seals``)."""
     token = "evt_" + secrets.token_urlsafe(32)
     expires = datetime.now(UTC) + ttl
-    session.add(ApiToken(token_hash=token_digest(token), user_id=user.id, expires_at=expires))
+    digest = token_digest(token)
+    seal = credential_seal(seal_key, TOKEN, digest, user.id, expires)
+    session.add(ApiToken(token_hash=digest, user_id=user.id, expires_at=expires, seal=seal))
     return token, expires
 
 
-def resolve_token(session: Session, token: str, now: datetime | None = None) -> Principal | None:
+def resolve_token(
+    session: Session, token: str, seal_key: bytes, now: datetime | None = None
+) -> Principal | None:
+    """Who a bearer token signs in, or None: unknown, revoked, expired, a row whose seal does not
+    hold (planted or altered in the database), or a user deactivated."""
     now = now or datetime.now(UTC)
     row = session.get(ApiToken, token_digest(token))
     if row is None or row.revoked or row.expires_at <= now:
+        return None
+    if not seal_holds(seal_key, TOKEN, row.token_hash, row.user_id, row.expires_at, row.seal):
         return None
     user = session.get(User, row.user_id)
     if user is None or not user.active:

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from storage.settings import ConsoleSettings
 
 from .models import User, UserSession
+from .seals import SESSION, credential_seal, seal_holds
 from .service import Principal, sign_in_mark
 
 # A session's last activity is written at most this often (a page and its data calls come together).
@@ -68,17 +69,20 @@ def csrf_matches(secret: str, presented: str | None) -> bool:
 
 
 def start_session(
-    session: Session, user: User, policy: SessionPolicy, now: datetime | None = None
+    session: Session, user: User, policy: SessionPolicy, seal_key: bytes, now: datetime | None = None
 ) -> tuple[str, BrowserSession]:
-    """A new session for a user who just proved their password; returns the cookie's secret."""
+    """A new session for a user who just proved their password, its row sealed with ``seal_key``
+    (``accounts.seals``); returns the cookie's secret."""
     now = now or datetime.now(UTC)
     secret = secrets.token_urlsafe(32)
+    digest, expires = _digest(secret), now + policy.absolute
     row = UserSession(
-        token_hash=_digest(secret),
+        token_hash=digest,
         user_id=user.id,
         created_at=now,
         last_seen_at=now,
-        expires_at=now + policy.absolute,
+        expires_at=expires,
+        seal=credential_seal(seal_key, SESSION, digest, user.id, expires),
     )
     session.add(row)
     session.flush()
@@ -94,11 +98,13 @@ def resolve_session(
     session: Session,
     secret: str,
     policy: SessionPolicy,
+    seal_key: bytes,
     *,
     activity: bool = True,
     now: datetime | None = None,
 ) -> BrowserSession | None:
-    """The live session a cookie names, or None (unknown, ended, idle too long, expired, user disabled).
+    """The live session a cookie names, or None (unknown, ended, idle too long, expired, user
+    disabled, or a row whose seal does not hold: planted or altered in the database).
 
     ``activity``: the request is something the person did, so the idle clock restarts. The live
     alarm stream is not: a board left open must still time out when nobody is at it.
@@ -108,6 +114,8 @@ def resolve_session(
         return None
     row = session.get(UserSession, _digest(secret))
     if row is None or row.ended_at is not None or row.expires_at <= now:
+        return None
+    if not seal_holds(seal_key, SESSION, row.token_hash, row.user_id, row.expires_at, row.seal):
         return None
     if row.last_seen_at + policy.idle <= now:
         row.ended_at = now

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from accounts.access import client_address, services, sign_in_throttle
 from accounts.browser import CSRF_HEADER, browser_session, cookie_name, same_origin, session_secret
+from accounts.seals import credential_seal_key
 from accounts.service import AccountError, Principal
 from accounts.service import sign_in as check_password
 from accounts.sessions import BrowserSession, SessionPolicy, end_session, start_session
@@ -75,7 +76,7 @@ NAV: list[tuple[str, str, tuple[str, ...]]] = [
 
 def _session(request: Request, s: CoreServices, csrf: str | None = None) -> BrowserSession | None:
     with s.db.session() as session:
-        return browser_session(request, session, s.settings, csrf=csrf)
+        return browser_session(request, session, s.settings, credential_seal_key(s.key), csrf=csrf)
 
 
 def signed_in(request: Request, roles: tuple[str, ...], csrf: str | None = None) -> BrowserSession:
@@ -179,7 +180,8 @@ def sign_in(
     try:
         with s.db.session() as session:
             user = check_password(session, username, password, client, sign_in_throttle(request), s.ledger)
-            secret, started = start_session(session, user, SessionPolicy.from_settings(settings))
+            policy = SessionPolicy.from_settings(settings)
+            secret, started = start_session(session, user, policy, credential_seal_key(s.key))
     except AccountError as exc:
         account = getattr(exc, "account", None) or "(no such user)"
         log.warning("console sign-in refused", extra={"username": account, "client": client})

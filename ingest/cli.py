@@ -597,6 +597,31 @@ def backfill_custody(
         console.print(f"{n} entries would be appended: run again with --yes to append them")
 
 
+@app.command("seal-tokens")
+def seal_tokens_command(
+    yes: Annotated[bool, typer.Option("--yes", help="seal them (without it: only list them)")] = False,
+) -> None:
+    """Seal the bearer tokens issued before tokens carried a seal (``accounts.seals``), which sign
+    nobody in until then; run once after upgrading. It seals them as they stand, a token planted in
+    the database too: read the list first."""
+    from accounts.seals import credential_seal_key, seal_tokens, unsealed_tokens
+
+    s = _services(existing=True)
+    try:
+        with s.db.session() as session:
+            listed = unsealed_tokens(session)
+            if yes:
+                seal_tokens(session, credential_seal_key(s.key))
+    finally:
+        s.close()
+    for token in listed:
+        out.print(token.line(), markup=False, highlight=False)
+    if yes:
+        console.print(f"{len(listed)} tokens sealed")
+    else:
+        console.print(f"{len(listed)} tokens would be sealed: run again with --yes to seal them")
+
+
 @app.command()
 def checkpoint() -> None:
     """Write a signed checkpoint of the ledger tip to write-once storage now."""

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from accounts.models import User
+from accounts.seals import credential_seal_key
 from accounts.service import Principal
 from accounts.sessions import SessionPolicy, start_session
 from chain_of_custody.models import CustodyEntry
@@ -44,7 +45,9 @@ def cookie(services: Any, username: str) -> dict[str, str]:
     with services.db.session() as session:
         row = session.scalar(select(User).where(User.username == username))
         assert row is not None
-        secret, _ = start_session(session, row, SessionPolicy.from_settings(services.settings))
+        secret, _ = start_session(
+            session, row, SessionPolicy.from_settings(services.settings), credential_seal_key(services.key)
+        )
     return {"Cookie": f"evidence_session={secret}"}
 
 

@@ -19,6 +19,7 @@ import uvicorn
 from sqlalchemy import select
 
 from accounts.models import User
+from accounts.seals import credential_seal_key
 from accounts.service import create_user, issue_token
 from chain_of_custody.evidence import Provenance
 from chain_of_custody.models import CustodyEntry
@@ -43,7 +44,9 @@ def server(services: Any) -> Iterator[Server]:
     with services.db.session() as session:
         for name, _, _ in USERS:
             user = session.scalar(select(User).where(User.username == name))
-            tokens[name], _ = issue_token(session, user, timedelta(hours=2))
+            tokens[name], _ = issue_token(
+                session, user, timedelta(hours=2), credential_seal_key(services.key)
+            )
     app = create_app(services.settings, services)
     srv = test_export_api._ThreadedServer(
         uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None, lifespan="on")

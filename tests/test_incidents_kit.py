@@ -15,6 +15,7 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from accounts.models import User
+from accounts.seals import credential_seal_key
 from accounts.service import issue_token, password_record
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.models import EvidenceItem
@@ -99,7 +100,7 @@ def bearer(services, username: str) -> dict[str, str]:  # type: ignore[no-untype
     with services.db.session() as session:
         row = session.scalar(select(User).where(User.username == username))
         assert row is not None
-        token, _ = issue_token(session, row, timedelta(hours=1))
+        token, _ = issue_token(session, row, timedelta(hours=1), credential_seal_key(services.key))
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from accounts.models import UserSession
+from accounts.seals import credential_seal_key
 from accounts.service import create_user
 from accounts.sessions import SessionPolicy, end_session, start_session
 from alarms.models import LoneWorkerPosition
@@ -31,13 +32,14 @@ def test_trail_points_and_sessions_past_their_retention_are_forgotten_by_one_ins
                 session.add(LoneWorkerPosition(device_id=device, at=at, lat=51.5, lon=-0.1, accuracy_m=5))
         user = create_user(session, "nurse-lead", "a long enough password", "operator")
         policy = SessionPolicy(idle=timedelta(minutes=15), absolute=timedelta(hours=12))
+        seal = credential_seal_key(s.key)
         long_ago = now - timedelta(days=s.settings.ended_session_retention_days + 1)
-        ended, _ = start_session(session, user, policy, now=long_ago)
+        ended, _ = start_session(session, user, policy, seal, now=long_ago)
         end_session(session, ended, now=long_ago)
-        start_session(session, user, policy, now=long_ago)  # expired long ago, never signed out
-        start_session(session, user, policy, now=now)  # in use
+        start_session(session, user, policy, seal, now=long_ago)  # expired long ago, never signed out
+        start_session(session, user, policy, seal, now=now)  # in use
         yesterday = now - timedelta(days=1)
-        recent_end, _ = start_session(session, user, policy, now=yesterday)
+        recent_end, _ = start_session(session, user, policy, seal, now=yesterday)
         end_session(session, recent_end, now=yesterday)
 
     assert forget_personal_data_when_due(s, now)

@@ -34,6 +34,7 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
 from accounts.models import User
+from accounts.seals import credential_seal_key
 from accounts.service import Principal, issue_token
 from devices.service import enrol_dock, enrol_keyed_device
 from incidents.service import (
@@ -510,7 +511,9 @@ def fx(sqlite_services):  # type: ignore[no-untyped-def]
     tokens: dict[str, str] = {}
     with s.db.session() as session:
         for name in USERS:
-            tokens[name], _ = issue_token(session, session.get(User, ids[name]), timedelta(hours=1))
+            tokens[name], _ = issue_token(
+                session, session.get(User, ids[name]), timedelta(hours=1), credential_seal_key(s.key)
+            )
         dock = enrol_dock(session, s.ledger, "DOCK-M", "test", site="NORTH")
         camera_key = Ed25519PrivateKey.generate()
         pub = base64.b64encode(
