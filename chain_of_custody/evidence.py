@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from storage.memo import BoundedMemo
 from storage.objects import ObjectStore, StoredObject
 from storage.streams import BlocksOnThread
 
+from .block_lists import digests_of, keep_block_list, list_problem
+from .entries import check_entry
 from .fixity import FixityCheck, checked_range
 from .ledger import Ledger
-from .models import CustodyEntry, EvidenceItem
+from .models import CustodyEntry, EvidenceBlockList, EvidenceItem
 from .read_checks import checked_blocks
 from .retention_basis import RetentionBasis
 from .row_replay import ITEM_SCOPE, item_scope_mac
@@ -55,8 +58,11 @@ def record_evidence(
     quarantine_reason: str | None = None,
     verified: dict[str, Any] | None = None,
     item_id: str | None = None,
+    block_list: bool = True,
 ) -> EvidenceItem:
-    """Create the item row and its first custody entries (captured, received, stored, verified or quarantined)."""
+    """Create the item row and its first custody entries (captured, received, stored, verified or
+    quarantined), and its block list when the store kept one (``block_lists``; ``block_list=False``
+    records none, as for an item stored before lists were kept)."""
     kwargs: dict[str, Any] = {"id": item_id} if item_id else {}
     item = EvidenceItem(
         kind=provenance.kind,
@@ -98,6 +104,8 @@ def record_evidence(
         details["retention_basis"] = provenance.retention_basis.as_details()
     if stored.blake3 is not None:
         details["blake3"] = stored.blake3
+    if block_list and stored.block_digests is not None:
+        details["blocks"] = keep_block_list(session, item.id, stored.block_digests)
     details["scope_mac"] = item_scope_mac(
         ledger.key.derived_secret(ITEM_SCOPE), provenance.wearer, provenance.source_device_id
     )
@@ -207,6 +215,27 @@ def trusted_record(session: Session, ledger: Ledger, item: EvidenceItem, *, seen
             raise RecordUntrusted(
                 f"evidence item {item.id} is quarantined on custody (entry #{seq}) but its row says {item.status!r}"
             )
+
+
+class BlockListAltered(RecordUntrusted):
+    """The item's block list no longer says what its signed ``stored`` entry commits to."""
+
+
+def listed_blocks(session: Session, ledger: Ledger, item: EvidenceItem) -> tuple[bytes, ...] | None:
+    """The item's block list (``block_lists``) once it is found to say what the item's signed
+    ``stored`` entry commits to (BlockListAltered otherwise); None for an item with none, or whose
+    entry fails its own check: its ranges are checked whole, and the read's check of its record
+    (``trusted_record``, before anything is served) refuses it."""
+    row = session.get(EvidenceBlockList, item.id)
+    if row is None:
+        return None
+    entry = Ledger.stored_entry(session, item.id)
+    if entry is None or check_entry(entry, ledger.verifier):
+        return None
+    problem = list_problem(row, json.loads(entry.body.details).get("blocks"), item.size)
+    if problem is not None:
+        raise BlockListAltered(f"evidence item {item.id}: {problem}")
+    return digests_of(row)
 
 
 def record_read(

@@ -5,7 +5,18 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.db import Base, UTCDateTime, utcnow
@@ -56,6 +67,21 @@ class EvidenceItem(Base):
         """As the Home Office Digital Imaging Procedure names them: the item as it arrived is the master
         copy; anything derived from it (a redacted video, its redaction record) is a working copy."""
         return "working copy" if self.derived_from_id else "master copy"
+
+
+class EvidenceBlockList(Base):
+    """The BLAKE3 digest of every block of an item's object (``storage.digests.BLOCK`` bytes, the
+    last perhaps shorter), taken in the pass that stored it: a ranged read checks only the blocks
+    its range lies in (``block_lists``). The item's signed ``stored`` entry commits to the list
+    (its block size, count and the BLAKE3 of the digests one after another), so an edited list is
+    found. Items stored before lists were kept have none, and ranges of them are checked whole."""
+
+    __tablename__ = "evidence_block_lists"
+
+    item_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    block_size: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(Integer)
+    digests: Mapped[bytes] = mapped_column(LargeBinary)  # ``count`` digests of 32 bytes, in order
 
 
 # The actions that link an item to an incident and unlink it (a partial index's predicate: a query

@@ -1,8 +1,10 @@
 """What a ranged read of evidence costs: the bytes it asks for, not a hash of the whole object each time.
 
-The recorded digests are of the whole object, so the first ranged read of an object reads and hashes
-all of it (:func:`verify_whole`), and on the way keeps a BLAKE3 digest of every ``BLOCK`` of it.
-Those block digests come from bytes that matched the signed record, so for a while
+An item stored with a block list (``block_lists``: the BLAKE3 of every ``BLOCK``, kept as it was
+stored and committed to by its signed ``stored`` entry) has its block digests from that list. For
+an item without one the recorded digests are of the whole object, so the first ranged read of it
+reads and hashes all of it (:func:`verify_whole`), and on the way keeps a BLAKE3 digest of every
+``BLOCK`` of it. Either way the block digests come from a signed record, so for a while
 (``KEEP_SECONDS``) a ranged read of that object reads only the blocks its range lies in and checks
 each against its block digest before any of it is sent (:func:`checked_blocks`): a changed byte in a
 block served is still never served; one outside it is found by the next whole read or check. The
@@ -28,13 +30,13 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
+from storage.digests import BLOCK as BLOCK
 from storage.objects import ObjectStore
 from storage.slots import Slots
 
 from .fixity import BLAKE3, FixityCheck, ObjectAltered
 from .models import EvidenceItem
 
-BLOCK = 256 * 1024  # a range's first byte waits for its first block to be read and checked
 KEEP_SECONDS = 15 * 60
 KEEP_OBJECTS = 512  # about 128 KiB of digests per GiB of object
 RECENT_BLOCKS = 64  # 16 MiB of blocks lately read and checked, for the range a player asks for next

@@ -29,8 +29,10 @@ from storage.slots import NoSlot
 
 from .core import CoreServices
 from .evidence import (
+    BlockListAltered,
     ByteRange,
     RecordUntrusted,
+    listed_blocks,
     parse_range,
     quarantine,
     quarantine_hook,
@@ -154,14 +156,39 @@ def _no_longer_matches(item: EvidenceItem) -> ReadRefused:
     )
 
 
+def _listed_blocks(s: CoreServices, session: Session, item: EvidenceItem) -> tuple[bytes, ...] | None:
+    """The item's block list, checked against its signed record and kept as its block digests
+    (``VERIFIED``), or None when it has none. An altered list is refused as an altered record is
+    (409 ``record_altered``); it says nothing of the stored bytes, so the item is not quarantined."""
+    try:
+        listed = listed_blocks(session, s.ledger, item)
+    except BlockListAltered as exc:
+        log.error("evidence read refused: block list altered", extra={"item": item.id, "problem": str(exc)})
+        raise
+    if listed is not None:
+        VERIFIED.keep(object_key(item), list(listed))
+    return listed
+
+
+def _listed_blocks_read(s: CoreServices, item: EvidenceItem) -> tuple[bytes, ...] | None:
+    with s.db.reading() as session:
+        return _listed_blocks(s, session, item)
+
+
 async def _block_digests(
     s: CoreServices, item: EvidenceItem, request: Request, actor: str, where: str
 ) -> tuple[bytes, ...]:
-    """The object's block digests, from a whole check of it lately, or from one this read starts or
-    joins (``read_checks``): refused at once when a new one finds no slot; a check whose every
+    """The object's block digests, from its block list or a whole check of it lately, or from one
+    this read starts or joins (``read_checks``): refused at once when a new one finds no slot; a check whose every
     reader went away stops. A check that finds the object altered quarantines the item (once)."""
     key = object_key(item)
     kept = VERIFIED.digests(key)
+    if kept is not None:
+        return kept
+    listed = await asyncio.to_thread(_listed_blocks_read, s, item)
+    if listed is not None:
+        return listed
+    kept = VERIFIED.digests(key)  # again: a whole check may have ended meanwhile
     if kept is not None:
         return kept
     check = VERIFIED.join(key, _whole_check_starter(s, item, actor, where))
@@ -177,6 +204,22 @@ async def _block_digests(
     if not isinstance(fixity, FixityCheck) or not fixity.ok:
         raise _no_longer_matches(item)
     return tuple(digests)
+
+
+AFTER_RECORD_WAIT_S = 30.0
+
+
+def _after(recorded: threading.Event, hook: Callable[[FixityCheck], None]) -> Callable[[FixityCheck], None]:
+    """``hook`` (quarantining the item) run once ``recorded`` is set: when a range's first block is
+    found altered while the range is being recorded, the quarantine waits for that transaction to
+    end. Both lock the item's row and the ledger's head, in turns of their own: on PostgreSQL the
+    two transactions would deadlock, and the range's record be lost to a 500."""
+
+    def altered(check: FixityCheck) -> None:
+        recorded.wait(AFTER_RECORD_WAIT_S)
+        hook(check)
+
+    return altered
 
 
 def _first_of(blocks: Iterator[bytes]) -> bytes | None:
@@ -445,15 +488,19 @@ async def item_response(
     try:
         if in_viewing:
             assert byte_range is not None and digests is not None
+            recorded_or_not = threading.Event()
             blocks = checked_blocks(
                 s.store,
                 item,
                 digests,
                 byte_range.start,
                 byte_range.length,
-                quarantine_hook(s.db, s.ledger, item.id, where),
+                _after(recorded_or_not, quarantine_hook(s.db, s.ledger, item.id, where)),
             )
-            sent = await _range_after_record(blocks, record_range_of_viewing, item)
+            try:
+                sent = await _range_after_record(blocks, record_range_of_viewing, item)
+            finally:
+                recorded_or_not.set()
         else:
             blocks = await asyncio.to_thread(start)
     except RecordUntrusted as exc:
@@ -476,19 +523,25 @@ class _Recorded:
     headers: dict[str, str]
 
 
-def _kept_range(read: ReadOf, asked: str | None) -> tuple[ByteRange, tuple[bytes, ...]] | None:
-    """The range of a viewing asked for, and the object's block digests when they are kept; None
-    for every other read (a whole read, a review, a bad range, digests to wait for)."""
+def _kept_range(
+    s: CoreServices, session: Session, read: ReadOf, asked: str | None
+) -> tuple[ByteRange, tuple[bytes, ...]] | None:
+    """The range of a viewing asked for, and the object's block digests when they are kept or its
+    block list has them (read in ``session`` and kept, for a player's first read, a range of every
+    byte, as well: its seeks find them); None for every other read (a whole read, a review, a bad
+    range, digests to wait for)."""
     if read.review_reason is not None:
         return None
     try:
         byte_range = parse_range(asked, read.item.size)
     except ValueError:
         return None
-    if byte_range is None or not _part(byte_range, read.item.size):
+    if byte_range is None:
         return None
-    digests = VERIFIED.digests(object_key(read.item))
-    return None if digests is None else (byte_range, digests)
+    digests = VERIFIED.digests(object_key(read.item)) or _listed_blocks(s, session, read.item)
+    if digests is None or not _part(byte_range, read.item.size):
+        return None
+    return byte_range, digests
 
 
 def _unserved(blocks: Iterator[bytes]) -> Callable[[Future[bytes | None]], None]:
@@ -506,31 +559,35 @@ def _look_up_and_record(
     """On one worker thread, in one transaction: the item looked up and admitted (``look_up``), and,
     for a range of a viewing whose block digests are kept, the range recorded, its first block read
     and checked meanwhile on another thread. Otherwise only the look-up (None)."""
-    with s.db.session() as session:
-        read = look_up(session)
-        # Detached, as a look-up of its own would leave it: a rollback here expires nothing the
-        # first block's thread or the answer reads of it.
-        session.expunge(read.item)
-        kept = _kept_range(read, asked)
-        if kept is None:
-            return read, None
-        byte_range, digests = kept
-        item = read.item
-        blocks = checked_blocks(
-            s.store,
-            item,
-            digests,
-            byte_range.start,
-            byte_range.length,
-            quarantine_hook(s.db, s.ledger, item.id, read.where),
-        )
-        first = _FIRST_BLOCKS.submit(_first_of, blocks)
-        try:
-            headers = _record_range_of_viewing(s, read, byte_range, within=session)
-        except BaseException:
-            first.add_done_callback(_unserved(blocks))  # not served: closed once its read is done
-            raise
-        return read, _Recorded(byte_range, blocks, first, headers)
+    recorded = threading.Event()
+    try:
+        with s.db.session() as session:
+            read = look_up(session)
+            # Detached, as a look-up of its own would leave it: a rollback here expires nothing the
+            # first block's thread or the answer reads of it.
+            session.expunge(read.item)
+            kept = _kept_range(s, session, read, asked)
+            if kept is None:
+                return read, None
+            byte_range, digests = kept
+            item = read.item
+            blocks = checked_blocks(
+                s.store,
+                item,
+                digests,
+                byte_range.start,
+                byte_range.length,
+                _after(recorded, quarantine_hook(s.db, s.ledger, item.id, read.where)),
+            )
+            first = _FIRST_BLOCKS.submit(_first_of, blocks)
+            try:
+                headers = _record_range_of_viewing(s, read, byte_range, within=session)
+            except BaseException:
+                first.add_done_callback(_unserved(blocks))  # not served: closed once its read is done
+                raise
+            return read, _Recorded(byte_range, blocks, first, headers)
+    finally:
+        recorded.set()
 
 
 async def looked_up_response(

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from storage.objects import ObjectStore, StorageError
 
 from . import package_layout
+from .block_lists import list_problem
 from .checkpoints import read_checkpoints
 from .entries import (
     ChainReport,
@@ -31,7 +32,7 @@ from .entries import (
 from .keys import ServiceKey
 from .ledger import Ledger
 from .merkle import MerkleTree, leaf_hash, verify_consistency
-from .models import CustodyEntry, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
+from .models import CustodyEntry, EvidenceBlockList, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
 from .row_checks import check_row_families
 from .row_replay import ITEM_SCOPE, PASSWORD_DIGESTS, item_scope_mac
 from .signed_tree_head import TreeHead
@@ -223,6 +224,14 @@ def verify_service(
             continue
         for detail in row_disagreements(item, rec):
             report.problems.append(Problem("item_row_altered", where, detail))
+        committed = rec.get("blocks")
+        listed = list_problem(
+            session.get(EvidenceBlockList, item.id),
+            committed if isinstance(committed, dict) else None,
+            item.size,
+        )
+        if listed is not None:
+            report.problems.append(Problem("block_list_altered", where, f"{listed}: its ranges are refused"))
         if "scope_mac" not in rec:
             unscoped += 1
         elif rec["scope_mac"] != item_scope_mac(scope_secret, item.wearer, item.source_device_id):

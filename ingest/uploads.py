@@ -725,8 +725,8 @@ def complete_upload(
         upload.s3_upload_id,
         [(int(n), str(etag)) for n, etag in parts],  # type: ignore[call-overload]
     )
-    digest, blake3 = (running or s.store.digests_of(upload.object_key, version_id)).hexdigests()
-    stored = StoredObject(s.store.bucket, upload.object_key, version_id, upload.length, digest, blake3)
+    hashed = running or s.store.digests_of(upload.object_key, version_id, block_list=True)
+    stored = StoredObject.hashed(s.store.bucket, upload.object_key, version_id, upload.length, hashed)
     start = datetime.fromisoformat(upload.recorded_start.replace("Z", "+00:00"))
     stop = datetime.fromisoformat(upload.recorded_stop.replace("Z", "+00:00"))
     keep = timedelta(days=s.settings.retention_days)
@@ -734,11 +734,11 @@ def complete_upload(
         key = camera_key(session, upload.camera_serial)
     item: EvidenceItem | None = None
     while True:
-        checks = check_clip(upload, key, digest)
+        checks = check_clip(upload, key, stored.sha256)
         basis = retention_basis(start, upload.created_at, keep, vouched=checks.signature_ok)
         retain_until = settle_lock(s.store, stored, basis.retain_until(keep))
         with s.db.session() as session:
-            row, recorded = already_recorded(session, upload, digest)
+            row, recorded = already_recorded(session, upload, stored.sha256)
             if recorded:  # by another request meanwhile, or the clip by another upload: one item, not two
                 end_lease(row, upload)
                 state = _state(row)
@@ -795,6 +795,6 @@ def complete_upload(
         UPLOADS_FINISHED.labels(status=item.status).inc()
         log.info(
             "clip stored as evidence",
-            extra={"upload": upload.id, "item": item.id, "status": item.status, "sha256": digest},
+            extra={"upload": upload.id, "item": item.id, "status": item.status, "sha256": stored.sha256},
         )
     return state

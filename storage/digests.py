@@ -4,6 +4,10 @@ SHA-256 is the evidence hash: custody entries, manifests and ``VERIFY.txt`` carr
 can check it with ``sha256sum``. BLAKE3 is a second 256-bit cryptographic digest of the same bytes,
 about four times cheaper to compute (5.7 against 1.4 GB/s on one core with SHA-NI), for the
 service's own re-checks of stored objects (``chain_of_custody.fixity``).
+
+The same pass can keep the BLAKE3 digest of every ``BLOCK`` of the bytes as well (the block list):
+a ranged read then checks only the blocks its range lies in (``chain_of_custody.block_lists``),
+with no read of the whole object first.
 """
 
 from __future__ import annotations
@@ -13,29 +17,57 @@ from typing import Any
 
 from blake3 import blake3
 
+BLOCK = 256 * 1024  # the blocks of a block list: a range's first byte waits for one to be read and checked
+
 
 class Digests:
-    """Running SHA-256 and BLAKE3 of a byte stream, and its length."""
+    """Running SHA-256 and BLAKE3 of a byte stream, and its length; with ``block_list``, the BLAKE3
+    of each ``BLOCK`` of it too."""
 
-    __slots__ = ("blake3", "sha256", "size")
+    __slots__ = ("_block", "blake3", "blocks", "sha256", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, block_list: bool = True) -> None:
         self.sha256: Any = hashlib.sha256()
         self.blake3: Any = blake3()
         self.size = 0
+        self.blocks: list[bytes] | None = [] if block_list else None
+        self._block: Any = blake3()  # the block being filled
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         self.sha256.update(data)
         self.blake3.update(data)
+        if self.blocks is not None:
+            self._update_blocks(memoryview(data))
         self.size += len(data)
 
+    def _update_blocks(self, data: memoryview) -> None:
+        assert self.blocks is not None
+        filled, pos = self.size % BLOCK, 0
+        while pos < len(data):
+            take = min(BLOCK - filled, len(data) - pos)
+            self._block.update(data[pos : pos + take])
+            pos, filled = pos + take, filled + take
+            if filled == BLOCK:
+                self.blocks.append(self._block.digest())
+                self._block, filled = blake3(), 0
+
     def copy(self) -> Digests:
-        other = Digests()
+        other = Digests(block_list=self.blocks is not None)
         other.sha256 = self.sha256.copy()
         other.blake3 = self.blake3.copy()
         other.size = self.size
+        other.blocks = None if self.blocks is None else list(self.blocks)
+        other._block = self._block.copy()
         return other
 
     def hexdigests(self) -> tuple[str, str]:
         """(SHA-256, BLAKE3) in lower-case hex."""
         return self.sha256.hexdigest(), self.blake3.hexdigest()
+
+    def block_digests(self) -> tuple[bytes, ...] | None:
+        """The BLAKE3 digest of every ``BLOCK`` so far, the last one perhaps shorter; None when no
+        block list is kept."""
+        if self.blocks is None:
+            return None
+        last = (self._block.digest(),) if self.size % BLOCK else ()
+        return (*self.blocks, *last)

@@ -53,6 +53,16 @@ class StoredObject:
     size: int
     sha256: str
     blake3: str | None = None  # recorded since BLAKE3 fixity checks; see storage.digests
+    # The BLAKE3 of every ``digests.BLOCK`` of it, taken in the pass that stored it (None: not kept).
+    block_digests: tuple[bytes, ...] | None = None
+
+    @classmethod
+    def hashed(
+        cls, bucket: str, key: str, version_id: str | None, size: int, digests: Digests
+    ) -> StoredObject:
+        """The object whose bytes ``digests`` took in (its block list too, when they kept one)."""
+        sha256, blake3 = digests.hexdigests()
+        return cls(bucket, key, version_id, size, sha256, blake3, digests.block_digests())
 
 
 @dataclass(frozen=True)
@@ -291,8 +301,7 @@ class ObjectStore:
             )
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc) from exc
-        sha256, blake3 = hashing.digests.hexdigests()
-        return StoredObject(self.bucket, key, result.version_id, hashing.digests.size, sha256, blake3)
+        return StoredObject.hashed(self.bucket, key, result.version_id, hashing.digests.size, hashing.digests)
 
     def put_bytes(self, key: str, data: bytes, *, retain_until: datetime, content_type: str) -> StoredObject:
         return self.put_stream(
@@ -324,10 +333,10 @@ class ObjectStore:
         d = self.digests_of(key, version_id)
         return d.hexdigests()[0], d.size
 
-    def digests_of(self, key: str, version_id: str | None = None) -> Digests:
+    def digests_of(self, key: str, version_id: str | None = None, block_list: bool = False) -> Digests:
         """Both digests of a stored object, read once (an upload whose running digests were lost,
-        a whole-store verification)."""
-        d = Digests()
+        a whole-store verification); with ``block_list``, its block digests too."""
+        d = Digests(block_list)
         for block in self.read(key, version_id, chunk=4 * 1024 * 1024):
             d.update(block)
         return d

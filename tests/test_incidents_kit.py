@@ -34,8 +34,10 @@ def store_item(
     lock: timedelta = timedelta(days=1),
     derived_from: str | None = None,
     data: bytes | None = None,
+    block_list: bool = True,
 ) -> EvidenceItem:
-    """A real object under COMPLIANCE retention for ``lock`` from now, recorded as evidence."""
+    """A real object under COMPLIANCE retention for ``lock`` from now, recorded as evidence (with its
+    block list, unless ``block_list=False``: as an item stored before lists were kept)."""
     data = data if data is not None else uuid.uuid4().bytes * 64
     retain_until = datetime.now(UTC) + lock
     stored = services.store.put_bytes(
@@ -59,6 +61,7 @@ def store_item(
             ),
             received={"by": "test"},
             verified={"ok": True},
+            block_list=block_list,
         )
 
 
