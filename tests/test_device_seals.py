@@ -22,6 +22,7 @@ from sqlalchemy import insert, select, update
 
 from alarms.models import AlarmRecord
 from alarms.service import AlarmService
+from alarms.voice_memos import VoiceMemoRefused
 from devices.models import Device
 from devices.seals import device_seal_key, seal_devices, unsealed_devices
 from devices.service import (
@@ -174,3 +175,61 @@ def test_devices_enrolled_before_seals_are_listed_then_sealed(services: Any) -> 
         assert unsealed_devices(session) == []
         assert [a.username for a in broker_accounts(session, secret)] == ["LW-1"]
     assert alarms.handle(*device.sos()).outcome == "accepted"
+
+
+def test_the_seal_devices_command_lists_before_it_seals(
+    tmp_path: Any, seaweed: Any, monkeypatch: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from ingest.cli import app
+    from ingest.services import build_services
+    from ingest.settings import get_settings
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'evidence.db'}", seaweed)
+    s = build_services(settings)
+    try:
+        kit = enrol(s, "LW-OLD", staff_id="S-1")
+        _set(s, "LW-OLD", seal=None)  # as enrolled before seals
+        for name in ("data_dir", "database_url", "s3_endpoint", "s3_access_key", "bucket", "staging_bucket"):
+            monkeypatch.setenv(f"EVIDENCE_{name.upper()}", str(getattr(settings, name)))
+        monkeypatch.setenv("EVIDENCE_S3_SECRET_KEY", settings.s3_secret_key.get_secret_value())
+        get_settings.cache_clear()
+        runner = CliRunner()
+        listed = runner.invoke(app, ["seal-devices"])
+        assert listed.exit_code == 0 and "lone_worker LW-OLD (active)" in listed.output, listed.output
+        assert kit.public_b64 not in listed.output and "1 devices would be sealed" in listed.output
+        with s.db.session() as session:
+            assert [d.device_id for d in unsealed_devices(session)] == ["LW-OLD"]  # listing sealed nothing
+        done = runner.invoke(app, ["seal-devices", "--yes"])
+        assert done.exit_code == 0 and "1 devices sealed" in done.output, done.output
+        with s.db.session() as session:
+            assert unsealed_devices(session) == []
+        assert AlarmService(s).handle(*kit.sos()).outcome == "accepted"
+        again = runner.invoke(app, ["seal-devices"])
+        assert again.exit_code == 0 and "0 devices would be sealed" in again.output, again.output
+    finally:
+        get_settings.cache_clear()
+        s.db.dispose()
+
+
+def test_a_voice_memo_signed_by_a_key_swapped_in_by_sql_is_refused(services: Any) -> None:
+    alarms = AlarmService(services)
+    genuine = enrol(services, "LW-1", staff_id="S-1")
+    raised = alarms.handle(*genuine.sos())
+    assert raised.outcome == "accepted" and raised.event_id
+    attacker = DeviceKit("LW-1")
+    _set(services, "LW-1", public_key=attacker.public_b64)
+    headers = attacker.voice_memo_headers(raised.event_id, b"OggS" + bytes(60))
+    with pytest.raises(VoiceMemoRefused) as refused:
+        alarms.voice_memos.admit(
+            "LW-1",
+            raised.event_id,
+            sha256=headers["X-Device-Content-SHA256"],
+            size=64,
+            content_type=headers["Content-Type"],
+            sent_at=headers["X-Device-Sent-At"],
+            signature=headers["X-Device-Signature"],
+        )
+    assert refused.value.reason == "unknown_device"
