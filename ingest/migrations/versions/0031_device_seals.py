@@ -5,15 +5,15 @@ over its id, kind, status, public key, token digest, broker password hash, site 
 staff; a row without a seal that holds is refused as an unknown device. Rows made before this
 have none: ``evidence seal-devices --yes`` seals them as they stand.
 
-Revision ID: 0030_device_seals
-Revises: 0029_credential_seals
+Revision ID: 0031_device_seals
+Revises: 0030_evidence_block_lists
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0030_device_seals"
-down_revision = "0029_credential_seals"
+revision = "0031_device_seals"
+down_revision = "0030_evidence_block_lists"
 branch_labels = None
 depends_on = None
 
