@@ -30,6 +30,7 @@ from devices.lone_worker_wire import (
     parse_topic,
 )
 from devices.models import Device, LoneWorkerState
+from devices.seals import DeviceSeals, SealedValues
 from storage.db import UTCDateTime, dialect_insert
 
 from .models import LoneWorkerEvent
@@ -56,9 +57,13 @@ class Snapshot:
     battery_low: bool
     offline_alarm_id: str | None
     active_visit_id: str | None
+    sealed: SealedValues  # what the row's seal covers, as read (``devices.seals``)
+    seal: str | None
 
-    def key(self) -> DeviceKey | None:
-        if self.kind != "lone_worker" or self.public_key is None:
+    def key(self, seals: DeviceSeals) -> DeviceKey | None:
+        """The device's key, or None for no lone-worker device: a row whose seal does not hold
+        (altered or planted in the database) is none (``seals`` keeps the verdict per row as read)."""
+        if self.kind != "lone_worker" or self.public_key is None or not seals.holds(self.sealed, self.seal):
             return None
         return DeviceKey(self.public_key, enabled=self.status == "active")
 
@@ -72,6 +77,9 @@ _SNAPSHOT = (
         _DEVICES.c.public_key,
         _DEVICES.c.assigned_staff_id,
         _DEVICES.c.site,
+        _DEVICES.c.token_hash,
+        _DEVICES.c.broker_password_hash,
+        _DEVICES.c.seal,
         _STATE.c.version,
         _STATE.c.replay_state,
         _STATE.c.session,
@@ -149,6 +157,17 @@ def _snapshot(device_id: str, row: Any) -> Snapshot:
         battery_low=bool(row.battery_low),
         offline_alarm_id=row.offline_alarm_id,
         active_visit_id=row.active_visit_id,
+        sealed=(
+            device_id,
+            row.kind,
+            row.status,
+            row.public_key,
+            row.token_hash,
+            row.broker_password_hash,
+            row.site,
+            row.assigned_staff_id,
+        ),
+        seal=row.seal,
     )
 
 

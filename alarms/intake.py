@@ -49,6 +49,7 @@ from devices.lone_worker_wire import (
     verify_device_message,
 )
 from devices.models import LoneWorkerState
+from devices.seals import DeviceSeals
 from storage.db import Database
 from storage.settings import Settings
 
@@ -144,8 +145,10 @@ class Intake:
         payloads: PayloadEvidence,
         visits: Visits,
         liveness: Liveness,
+        seals: DeviceSeals,
     ) -> None:
         self.db = db
+        self.seals = seals  # device rows' seals (``devices.seals``), their verdicts kept per row
         self.settings = settings
         self.policy = policy
         self.clock = clock
@@ -292,12 +295,13 @@ class Intake:
             result = self._write(session, snap, verdict, topic, raw, retained, now, outbox, deferred)
         return result
 
-    @staticmethod
-    def _lookup(session: Session, snapshot: dict[str, Snapshot | None], device_id: str) -> DeviceKey | None:
+    def _lookup(
+        self, session: Session, snapshot: dict[str, Snapshot | None], device_id: str
+    ) -> DeviceKey | None:
         if device_id not in snapshot:
             snapshot[device_id] = read_snapshot(session, device_id)
         snap = snapshot[device_id]
-        return snap.key() if snap is not None else None
+        return snap.key(self.seals) if snap is not None else None
 
     @staticmethod
     def _replay(snapshot: dict[str, Snapshot | None], device_id: str) -> ReplayState:

@@ -30,6 +30,7 @@ from sqlalchemy import select, update
 
 from chain_of_custody.core import CoreServices
 from devices.models import Device, LoneWorkerState
+from devices.seals import DeviceSeals, device_seal_key
 from storage.db import dialect_insert
 from storage.objects import StorageError
 from storage.paging import Position
@@ -83,6 +84,7 @@ class AlarmService:
             self.payloads,
             self.visits,
             liveness,
+            DeviceSeals(device_seal_key(core.key)),
         )
         self.timekeeper = Clock(
             core.db, self.policy, self.clock, self.outbox, self.lifecycle, self.visits, self.payloads

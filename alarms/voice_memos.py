@@ -28,6 +28,7 @@ from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.retention_basis import retention_basis
 from devices.lone_worker_wire import parse_time
 from devices.models import Device
+from devices.seals import DeviceSeals, device_seal_key, sealed_values
 from storage.errors import Refused
 
 from .feed import record_change
@@ -88,6 +89,7 @@ class VoiceMemos:
         self.core = core
         self.lifecycle = lifecycle
         self.clock = clock
+        self.seals = DeviceSeals(device_seal_key(core.key))  # device rows' seals (``devices.seals``)
 
     def admit(
         self,
@@ -108,7 +110,12 @@ class VoiceMemos:
         manifest = voice_memo_manifest(device_id, event_id, sha256, size, content_type, sent_at)
         with core.db.session() as session:
             device = session.get(Device, device_id)
-            if device is None or device.kind != "lone_worker" or not device.public_key:
+            if (
+                device is None
+                or device.kind != "lone_worker"
+                or not device.public_key
+                or not self.seals.holds(sealed_values(device), device.seal)
+            ):
                 raise VoiceMemoRefused("unknown_device", "device is not an enrolled lone-worker device", 401)
             public_key = raw_public_key(device.public_key)
             wearer = device.assigned_staff_id

@@ -43,6 +43,9 @@ class Device(Base):
         Text, default=None
     )  # lone-worker: mosquitto hash
     assigned_staff_id: Mapped[str | None] = mapped_column(ForeignKey("staff.id"), default=None, index=True)
+    # HMAC under a secret the database does not hold, over the id, kind, status, credentials, site
+    # and assigned staff (``devices.seals``): a row altered or planted by SQL is an unknown device.
+    seal: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

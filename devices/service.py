@@ -22,6 +22,7 @@ from storage.settings import Settings
 
 from .broker_access import BrokerAccount, generate_password, hash_password
 from .models import DEVICE_KINDS, Device, LoneWorkerState, StaffMember
+from .seals import device_seal_holds, seal_device, sealed_values
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -92,6 +93,7 @@ def enrol_dock(
         session.add(dock)
     dock.token_hash = _secret_digest(secret)
     dock.status = "active"
+    seal_device(dock, ledger.key)
     session.flush()
     ledger.append(
         session,
@@ -132,6 +134,7 @@ def enrol_keyed_device(
         session.add(device)
     device.public_key = public_key_b64
     device.name, device.site, device.assigned_staff_id, device.status = name, site, staff_id, "active"
+    seal_device(device, ledger.key)
     session.flush()
     ledger.append(
         session,
@@ -179,6 +182,7 @@ def enrol_lone_worker(
     )
     password = generate_password()
     device.broker_password_hash = hash_password(password)
+    seal_device(device, ledger.key)
     session.execute(
         update(LoneWorkerState)
         .where(LoneWorkerState.device_id == device_id)
@@ -188,8 +192,9 @@ def enrol_lone_worker(
     return EnrolledLoneWorker(device, password)
 
 
-def broker_accounts(session: Session) -> list[BrokerAccount]:
-    """Every active lone-worker device that has a broker password, for the Mosquitto files."""
+def broker_accounts(session: Session, seal_key: bytes | None = None) -> list[BrokerAccount]:
+    """Every active lone-worker device that has a broker password, for the Mosquitto files; with
+    ``seal_key`` (``devices.seals.device_seal_key``), only those whose row's seal holds."""
     rows = session.scalars(
         select(Device)
         .where(
@@ -197,7 +202,11 @@ def broker_accounts(session: Session) -> list[BrokerAccount]:
         )
         .order_by(Device.id)
     )
-    return [BrokerAccount(d.id, d.broker_password_hash or "") for d in rows]
+    return [
+        BrokerAccount(d.id, d.broker_password_hash or "")
+        for d in rows
+        if seal_key is None or device_seal_holds(seal_key, sealed_values(d), d.seal)
+    ]
 
 
 def service_account(settings: Settings) -> BrokerAccount:
@@ -217,6 +226,7 @@ def assign(session: Session, ledger: Ledger, device_id: str, staff_id: str | Non
         raise DeviceRefused("unknown_staff", f"no member of staff {staff_id}", 400)
     previous = device.assigned_staff_id
     device.assigned_staff_id = staff_id
+    seal_device(device, ledger.key)
     ledger.append(
         session,
         "device_changed",
@@ -233,6 +243,7 @@ def set_status(session: Session, ledger: Ledger, device_id: str, status: str, ac
     if device is None:
         raise DeviceRefused("unknown_device", f"no device {device_id}", 404)
     device.status = status
+    seal_device(device, ledger.key)
     ledger.append(session, "device_changed", actor, details={"device": device_id, "status": status})
     return device
 
@@ -247,14 +258,17 @@ def regenerate_broker_password(session: Session, ledger: Ledger, device_id: str,
         raise DeviceRefused("unknown_device", f"no lone-worker device {device_id}", 404)
     password = generate_password()
     device.broker_password_hash = hash_password(password)
+    seal_device(device, ledger.key)
     ledger.append(
         session, "device_changed", actor, details={"device": device_id, "broker_password": "regenerated"}
     )
     return password
 
 
-def authenticate_dock(session: Session, token: str) -> Device:
-    """The dock a bearer token belongs to; a refusal never says whether the id or the secret was wrong."""
+def authenticate_dock(session: Session, token: str, seal_key: bytes) -> Device:
+    """The dock a bearer token belongs to; a refusal never says whether the id or the secret was
+    wrong. A row whose seal does not hold (``devices.seals``: a token planted or a dock enabled
+    again in the database) is refused like an unknown dock."""
     dock_id, _, secret = token.partition(".")
     dock = session.get(Device, dock_id) if dock_id and secret else None
     valid = (
@@ -262,6 +276,7 @@ def authenticate_dock(session: Session, token: str) -> Device:
         and dock.kind == "dock"
         and dock.token_hash is not None
         and hmac.compare_digest(dock.token_hash, _secret_digest(secret))
+        and device_seal_holds(seal_key, sealed_values(dock), dock.seal)
     )
     if not valid or dock is None:
         raise DeviceRefused("bad_token", "dock token not recognised", 401)
@@ -270,10 +285,15 @@ def authenticate_dock(session: Session, token: str) -> Device:
     return dock
 
 
-def camera_for_clip(session: Session, serial: str, wearer: str) -> Device:
-    """The enrolled, active camera that may deliver a clip recorded by ``wearer``."""
+def camera_for_clip(session: Session, serial: str, wearer: str, seal_key: bytes) -> Device:
+    """The enrolled, active camera that may deliver a clip recorded by ``wearer``; a row whose seal
+    does not hold (``devices.seals``) is not enrolled."""
     camera = session.get(Device, serial)
-    if camera is None or camera.kind != "camera":
+    if (
+        camera is None
+        or camera.kind != "camera"
+        or not device_seal_holds(seal_key, sealed_values(camera), camera.seal)
+    ):
         raise DeviceRefused("unknown_camera", f"camera {serial} is not enrolled")
     if camera.status != "active":
         raise DeviceRefused("camera_disabled", f"camera {serial} is disabled")

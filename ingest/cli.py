@@ -470,10 +470,20 @@ def broker_access(
     from .migrations_runner import upgrade_database
 
     upgrade_database(settings.resolved_database_url)
+    from chain_of_custody.keys import ServiceKey
+    from devices.seals import device_seal_key
+
+    key_path = settings.resolved_service_key_path
+    if not key_path.exists():
+        console.print(
+            f"[red]no service key at {key_path}[/red]: the device registry's seals are checked with it"
+        )
+        raise typer.Exit(2)
+    seal_key = device_seal_key(ServiceKey.load_or_create(key_path))
     db = Database(settings.resolved_database_url)
     try:
         with db.session() as session:
-            devices_ = broker_accounts(session)
+            devices_ = broker_accounts(session, seal_key)  # a row altered in the database is left out
     finally:
         db.dispose()
     try:
@@ -595,6 +605,31 @@ def backfill_custody(
         console.print(f"{n} entries appended")
     else:
         console.print(f"{n} entries would be appended: run again with --yes to append them")
+
+
+@app.command("seal-devices")
+def seal_devices_command(
+    yes: Annotated[bool, typer.Option("--yes", help="seal them (without it: only list them)")] = False,
+) -> None:
+    """Seal the devices enrolled before device rows carried a seal (``devices.seals``), which are
+    refused as unknown until then; run once after upgrading. It seals them as they stand, a key
+    swapped or a device enabled in the database too: read the list first."""
+    from devices.seals import seal_devices, unsealed_devices
+
+    s = _services(existing=True)
+    try:
+        with s.db.session() as session:
+            listed = unsealed_devices(session)
+            if yes:
+                seal_devices(session, s.key)
+    finally:
+        s.close()
+    for device in listed:
+        out.print(device.line(), markup=False, highlight=False)
+    if yes:
+        console.print(f"{len(listed)} devices sealed")
+    else:
+        console.print(f"{len(listed)} devices would be sealed: run again with --yes to seal them")
 
 
 @app.command("seal-tokens")

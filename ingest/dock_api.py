@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect
 from accounts.access import services
 from chain_of_custody.core import CoreServices
 from devices.models import Device
+from devices.seals import device_seal_key
 from devices.service import DeviceRefused, authenticate_dock
 from storage.api_schema import error_responses
 from storage.errors import Refused
@@ -77,7 +78,7 @@ def current_dock(request: Request, s: CoreServices = Depends(services)) -> Devic
         raise DockRefused("no_token", "dock token required", 401, headers={"WWW-Authenticate": "Bearer"})
     try:
         with s.db.reading() as session:  # only reads: no write lock for every request of every dock
-            dock = authenticate_dock(session, token.strip())
+            dock = authenticate_dock(session, token.strip(), device_seal_key(s.key))
             session.expunge(dock)
             return dock
     except DeviceRefused as exc:

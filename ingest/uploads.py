@@ -43,6 +43,7 @@ from chain_of_custody.keys import load_public_key_b64, verify_signature
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.retention_basis import retention_basis
 from devices.models import Device
+from devices.seals import device_seal_key
 from devices.service import camera_for_clip
 from storage.digests import Digests
 from storage.embedded import EmbeddedSeaweed
@@ -144,7 +145,7 @@ class UploadEngine:
         """Open an upload (or return the finished one for a replayed identical clip: ``(state, True)``)."""
         settings = self.s.settings
         with self.s.db.reading() as session:  # the checks before the store only read: no write lock
-            camera = camera_for_clip(session, meta.camera_serial, meta.wearer)
+            camera = camera_for_clip(session, meta.camera_serial, meta.wearer, device_seal_key(self.s.key))
             vouched = camera.public_key is not None and verify_signature(
                 load_public_key_b64(camera.public_key), meta.signature, canonical_json(meta.manifest(length))
             )

@@ -99,9 +99,9 @@ def test_a_docks_token_is_looked_up_without_the_write_lock(
     found: list[bool] = []
     authenticate = ingest.dock_api.authenticate_dock
 
-    def watched(session: Any, token: str) -> Any:
+    def watched(session: Any, token: str, *rest: Any) -> Any:
         found.append(bool(session.connection().get_execution_options().get(READ_ONLY)))
-        return authenticate(session, token)
+        return authenticate(session, token, *rest)
 
     monkeypatch.setattr(ingest.dock_api, "authenticate_dock", watched)
     r = _upload(fleet, os.urandom(PART + 4096))
