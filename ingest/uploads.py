@@ -453,6 +453,7 @@ class _PartWriter:
         self.received = 0
         self.pending: list[_Pending] = []
         self.consumed_staged = False
+        self.completing = False  # the body is whole: its last part is recorded by the completion's fence
         self.renewed = time.monotonic()
 
     async def load_tail(self) -> None:
@@ -563,7 +564,7 @@ class _PartWriter:
             await part.hashed
         self.parts = [*self.parts, [part.number, etag]]
         self.committed += part.size
-        if self.checksum is None:
+        if self.checksum is None and not (self.completing and self.committed == self.u.length):
             await asyncio.to_thread(self._record, self.committed, part.consumed)
 
     async def _complete_oldest(self) -> None:
@@ -639,7 +640,7 @@ class _PartWriter:
             self.e.hashes.put(self.u.id, self.committed, self.running)
 
     async def finish(self, disconnected: bool) -> UploadState:
-        whole = self.offset == self.u.length and not disconnected
+        whole = self.completing = self.offset == self.u.length and not disconnected
         try:
             if whole and self.fill:
                 # The last, short part travels beside the ones still in flight.
@@ -661,7 +662,8 @@ class _PartWriter:
                 if disconnected:
                     raise _Disconnected()
                 raise TusRefusal(460, "checksum_mismatch", "Upload-Checksum does not match the request body")
-            await asyncio.to_thread(self._record, self.committed, self.consumed_staged)
+            if not whole:  # else recorded by the completion's fence
+                await asyncio.to_thread(self._record, self.committed, self.consumed_staged)
         if whole:
             return await asyncio.to_thread(self.e_complete)
         # Keep what arrived after the last full part as a new tail segment (unless nothing new came).
@@ -696,9 +698,7 @@ class _PartWriter:
         return UploadState(self.u.id, self.offset, self.u.length, self.u.expires_at, None, None)
 
     def e_complete(self) -> UploadState:
-        with self.e.s.db.session() as session:  # the last fence before the parts become one object
-            if not WRITER.renew(session, Upload.id == self.u.id, self.lease, self.e.lease, datetime.now(UTC)):
-                raise LeaseLost()
+        self._record(self.committed, self.consumed_staged)  # the last fence, recording the last parts
         return complete_upload(self.e, self.u, self.parts, self.running)
 
 

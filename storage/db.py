@@ -1,7 +1,8 @@
 """Database engine and sessions, for SQLite (zero-config default) and PostgreSQL (production).
 
 SQLite transactions start with ``BEGIN IMMEDIATE`` so that two writers never deadlock on a lock
-upgrade; PostgreSQL uses ordinary transactions plus row locks where the ledger needs them.
+upgrade, and the threads of one process take their turns at it in order (``sqlite_writes``);
+PostgreSQL uses ordinary transactions plus row locks where the ledger needs them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from .sqlite_writes import begin_writing, connection_class, queue_for
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -70,6 +73,7 @@ def dialect_insert(session: Session, table: Any) -> Any:
 
 
 READ_ONLY = "evidence_read_only"  # an execution option: the transaction only reads
+SQLITE_BUSY_SECONDS = 30  # how long a SQLite write waits for the write lock before "database is locked"
 
 
 def make_engine(url: str) -> Engine:
@@ -80,7 +84,15 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        queue = queue_for(path, SQLITE_BUSY_SECONDS)
+        engine = create_engine(
+            url,
+            connect_args={
+                "check_same_thread": False,
+                "timeout": SQLITE_BUSY_SECONDS,
+                "factory": connection_class(queue),
+            },
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -89,15 +101,19 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")  # other processes
             cur.close()
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
-            # A transaction that only reads (``Database.reading``) takes no write lock.
-            conn.exec_driver_sql(
-                "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
-            )
+            # A transaction that only reads (``Database.reading``) takes no write lock; one that
+            # writes waits for its turn among this process's threads first (``sqlite_writes``).
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                begin_writing(
+                    conn.connection.dbapi_connection, lambda: conn.exec_driver_sql("BEGIN IMMEDIATE")
+                )
 
         return engine
     engine = create_engine(url, pool_size=10, max_overflow=20, pool_use_lifo=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 
@@ -218,3 +219,29 @@ def test_an_objects_lock_is_asked_for_when_the_head_does_not_say(
     assert asked == told
     assert [method for method, _, _ in seen] == ["HEAD", "GET", "GET"]
     assert "retention" in seen[1][1] and "legal-hold" in seen[2][1]
+
+
+def test_a_completion_takes_the_write_lock_twice(live: LiveServer) -> None:
+    """A clip of one whole part and a short one in one PATCH: the lease and its part numbers, the
+    first part's record, then the completion in two write transactions: the last part is recorded
+    by the statement that fences the completion (not a record and a fence of its own), and the
+    item. On SQLite each write transaction queues for the one write lock, with sixteen docks
+    finishing at once."""
+    fleet = enrol(live.url, live.admin())
+    engine = live.services.db.engine  # type: ignore[attr-defined]
+    writes: list[str] = []
+
+    def begin(conn: Any) -> None:
+        if conn.get_execution_options().get(READ_ONLY):
+            return
+        here = [f.name for f in traceback.extract_stack() if f.filename.endswith("ingest/uploads.py")]
+        if here and here[0] != "create":
+            writes.append([name for name in here if name != "_get"][-1])  # the transaction's owner
+
+    event.listen(engine, "begin", begin)
+    try:
+        r = _upload(fleet, os.urandom(PART + 4096))
+    finally:
+        event.remove(engine, "begin", begin)
+    assert r.headers["evidence-status"] == "stored"
+    assert writes == ["_acquire", "_record", "_record", "complete_upload"], writes
