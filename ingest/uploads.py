@@ -74,8 +74,7 @@ ClipHook = Callable[[Session, EvidenceItem], None]
 
 
 class UploadParts(CoreServices, Protocol):
-    """What the upload engine needs of the running service: the core, the embedded store (whose
-    disk it watches, if the service started one) and what runs when a clip is recorded."""
+    """What the upload engine needs: the core, the embedded store (if any) and what runs on a clip."""
 
     embedded: EmbeddedSeaweed | None
     clip_hooks: list[ClipHook]
