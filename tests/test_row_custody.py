@@ -779,6 +779,8 @@ def test_a_member_of_staff_or_a_device_moved_to_another_site_by_sql_is_named(ser
         assert visible_evidence_ids(session, SouthManager(), [clip.id]) == {clip.id}  # the reach widened
     found = sorted((p.kind, p.where) for p in _problems(s))
     assert found == [
+        ("device_seal_broken", "device CAM-N"),  # what the service sealed was changed too
+        ("device_seal_broken", "device DOCK-N"),
         ("device_site_altered", "device CAM-N"),
         ("device_site_altered", "device DOCK-N"),
         ("device_staff_altered", "device CAM-N"),
