@@ -15,7 +15,6 @@ end there (migration 0029); their people sign in again.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 from dataclasses import dataclass
@@ -25,25 +24,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import ServiceKey
+from chain_of_custody.row_seals import CREDENTIAL_SEALS, TOKEN, credential_seal
+from chain_of_custody.row_seals import SESSION as SESSION  # re-exported for accounts.sessions
 
 from .models import ApiToken, User
 
 log = logging.getLogger(__name__)
 
-CREDENTIAL_SEALS = "credential seals v1"  # the label of the service key's secret for seals
-TOKEN, SESSION = "token", "session"
-
 
 def credential_seal_key(key: ServiceKey) -> bytes:
     """The secret seals are made with, derived from the service key for this purpose alone."""
     return key.derived_secret(CREDENTIAL_SEALS)
-
-
-def credential_seal(secret: bytes, kind: str, token_hash: str, user_id: int, expires_at: datetime) -> str:
-    """The seal of a ``kind`` (:data:`TOKEN` or :data:`SESSION`) row with these values, hex."""
-    expires = expires_at.astimezone(UTC).isoformat(timespec="microseconds")
-    message = f"{kind}\x00{token_hash}\x00{user_id}\x00{expires}".encode()
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
 def seal_holds(

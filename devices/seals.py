@@ -18,7 +18,6 @@ Devices enrolled before seals existed have none: ``evidence seal-devices`` lists
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 from dataclasses import dataclass
@@ -27,21 +26,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import ServiceKey
+from chain_of_custody.row_seals import DEVICE_SEALS, SealedValues, device_seal
 
 from .models import Device
 
 log = logging.getLogger(__name__)
 
-DEVICE_SEALS = "device seals v1"  # the label of the service key's secret for device seals
 _CACHE_MAX = 8192
 
 
 def device_seal_key(key: ServiceKey) -> bytes:
     """The secret device seals are made with, derived from the service key for this purpose alone."""
     return key.derived_secret(DEVICE_SEALS)
-
-
-SealedValues = tuple[str, str, str, str | None, str | None, str | None, str | None, str | None]
 
 
 def sealed_values(device: Device) -> SealedValues:
@@ -56,13 +52,6 @@ def sealed_values(device: Device) -> SealedValues:
         device.site,
         device.assigned_staff_id,
     )
-
-
-def device_seal(secret: bytes, values: SealedValues) -> str:
-    """The seal of a device row with these :func:`sealed_values`, hex."""
-    # None and "" differ: each value is marked present ("=") or absent ("-").
-    message = "\x00".join("-" if v is None else "=" + v for v in values).encode()
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
 def seal_device(device: Device, key: ServiceKey) -> None:

@@ -75,7 +75,7 @@ VIEWING_OPENED = (
 )
 HASH_KEYS = ("sha256", "blake3", "manifest_sha256", "package_sha256", "ranges_sha256")
 PLACE_KEYS = ("camera", "dock", "via", "bucket", "key", "version_id", "filename")
-SKIP_KEYS = {"manifest", "camera_signature", "camera_public_key", "media", "incident_id", "link"}
+SKIP_KEYS = {"manifest", "camera_signature", "camera_public_key", "media", "incident_id", "link", "blocks"}
 
 
 @dataclass(frozen=True)

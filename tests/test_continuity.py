@@ -308,3 +308,24 @@ def test_two_packages_built_at_once_give_each_item_one_reference(services: Any) 
     with s.db.session() as session:
         refs = exhibits.references(session, incident[0], [c.id for c in clips])
     assert sorted(refs.values()) == ["RP/1", "RP/2", "RP/3"], refs
+
+
+def test_a_stored_entrys_block_list_commitment_is_not_shown_as_a_fact() -> None:
+    from incidents.continuity import step_of
+
+    stored = {
+        "seq": 7,
+        "item_seq": 1,
+        "at": "2026-12-05T10:00:00+00:00",
+        "action": "stored",
+        "actor": "dock:D-1",
+        "details": {
+            "sha256": "a" * 64,
+            "blake3": "b" * 64,
+            "size": 10,
+            "blocks": {"count": 1, "blake3": "c" * 64},
+        },
+    }
+    step = step_of(stored, {})
+    assert not [f for f in step.facts if f.startswith("blocks")], step.facts
+    assert step.facts == ("size: 10",)

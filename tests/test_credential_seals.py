@@ -24,6 +24,7 @@ from sqlalchemy import insert, select, update
 from accounts.models import ApiToken, User, UserSession
 from accounts.seals import credential_seal_key, seal_tokens, unsealed_tokens
 from accounts.service import resolve_token, token_digest
+from chain_of_custody.verify import VerifyOptions, verify_service
 from tests.conftest import ADMIN_PASSWORD, recorded_user
 
 OPERATOR_PASSWORD = "operator password 1"
@@ -264,3 +265,55 @@ def test_sessions_open_at_the_upgrade_end_and_tokens_wait_for_their_seal(databas
             assert [t.token_hash for t in unsealed_tokens(session)] == ["b" * 64]
     finally:
         db.dispose()
+
+
+def test_verify_names_live_credentials_whose_seal_is_missing_or_wrong(live) -> None:  # type: ignore[no-untyped-def]
+    admin_id = _user_id(live, "admin")
+    planted = "evt_" + secrets.token_urlsafe(32)
+    now = datetime.now(UTC)
+    with live.services.db.session() as session:
+        values = {"user_id": admin_id, "created_at": now}
+        session.execute(  # planted for the administrator, no seal
+            insert(ApiToken.__table__).values(
+                token_hash=token_digest(planted), expires_at=now + timedelta(hours=1), revoked=False, **values
+            )
+        )
+        session.execute(  # revoked or expired rows grant nothing: not named
+            insert(ApiToken.__table__).values(
+                token_hash=token_digest(planted + "r"),
+                expires_at=now + timedelta(hours=1),
+                revoked=True,
+                **values,
+            )
+        )
+        session.execute(
+            insert(ApiToken.__table__).values(
+                token_hash=token_digest(planted + "e"),
+                expires_at=now - timedelta(hours=1),
+                revoked=False,
+                **values,
+            )
+        )
+        session.execute(  # a session row planted with a made-up seal
+            insert(UserSession.__table__).values(
+                token_hash=hashlib.sha256(planted.encode()).hexdigest(),
+                last_seen_at=now,
+                expires_at=now + timedelta(hours=1),
+                seal="0" * 64,
+                **values,
+            )
+        )
+    with live.services.db.session() as session:
+        report = verify_service(
+            session, live.services.store, live.services.key, VerifyOptions(check_objects=False)
+        )
+    broken = sorted(
+        (p.where, p.detail.split(":")[0]) for p in report.problems if p.kind == "credential_seal_broken"
+    )
+    assert broken == [
+        (f"bearer token of user id {admin_id}", "its row's seal is missing"),
+        (f"console session of user id {admin_id}", "its row's seal is wrong"),
+    ]
+    text = repr(report.problems) + repr(report.notes)  # never a token or its digest
+    assert planted not in text and token_digest(planted) not in text
+    assert hashlib.sha256(planted.encode()).hexdigest() not in text

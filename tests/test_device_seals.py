@@ -23,6 +23,7 @@ from sqlalchemy import insert, select, update
 from alarms.models import AlarmRecord
 from alarms.service import AlarmService
 from alarms.voice_memos import VoiceMemoRefused
+from chain_of_custody.verify import VerifyOptions, verify_service
 from devices.models import Device
 from devices.seals import device_seal_key, seal_devices, unsealed_devices
 from devices.service import (
@@ -233,3 +234,22 @@ def test_a_voice_memo_signed_by_a_key_swapped_in_by_sql_is_refused(services: Any
             signature=headers["X-Device-Signature"],
         )
     assert refused.value.reason == "unknown_device"
+
+
+def test_verify_names_a_device_row_altered_by_sql_and_counts_those_not_sealed(services: Any) -> None:
+    genuine = enrol(services, "LW-1", staff_id="S-1")
+    enrol(services, "LW-2", staff_id="S-2")
+    enrol(services, "LW-3", staff_id="S-3")
+    attacker = DeviceKit("LW-1", seq=genuine.seq)
+    _set(services, "LW-1", public_key=attacker.public_b64)
+    _set(services, "LW-3", seal=None)  # as enrolled before seals
+    with services.db.session() as session:
+        report = verify_service(session, services.store, services.key, VerifyOptions(check_objects=False))
+    broken = [p for p in report.problems if p.kind == "device_seal_broken"]
+    assert [p.where for p in broken] == ["device LW-1"]
+    assert [n for n in report.notes if "seal-devices" in n] == [
+        "1 device(s) have no seal yet (enrolled before seals), so not checked: "
+        "`evidence seal-devices` lists them and seals them"
+    ]
+    text = repr(report.problems) + repr(report.notes)  # names the device, never its keys
+    assert attacker.public_b64 not in text and genuine.public_b64 not in text
