@@ -274,17 +274,23 @@ def item_scope_mac(secret: bytes, wearer: str | None, source_device_id: str | No
 # -- incidents' sites ------------------------------------------------------------------------------
 
 
-def incident_site_replay(entries: Iterable[SignedEntry]) -> dict[str, tuple[int, Any]]:
-    """The site each incident's latest ``incident_changed`` entry gives it, with that entry's seq."""
+def incident_field_replay(entries: Iterable[SignedEntry], field: str) -> dict[str, tuple[int, Any]]:
+    """What each incident's latest ``incident_changed`` entry that records ``field`` gives it, with
+    that entry's seq."""
     out: dict[str, tuple[int, Any]] = {}
     for e in entries:
         if e.body.action != "incident_changed":
             continue
         d = _details(e)
         incident = d.get("incident_id")
-        if isinstance(incident, str) and "site" in d:
-            out[incident] = (e.body.seq, d["site"])
+        if isinstance(incident, str) and field in d:
+            out[incident] = (e.body.seq, d[field])
     return out
+
+
+def incident_site_replay(entries: Iterable[SignedEntry]) -> dict[str, tuple[int, Any]]:
+    """The site each incident's latest ``incident_changed`` entry gives it, with that entry's seq."""
+    return incident_field_replay(entries, "site")
 
 
 def incident_site_findings(

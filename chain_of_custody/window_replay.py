@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .entries import Problem, SignedEntry
-from .row_replay import _details
+from .row_replay import incident_field_replay
 
 
 def window_record(wearer: str | None, start: datetime | None, end: datetime | None) -> dict[str, Any]:
@@ -29,15 +29,7 @@ def window_record(wearer: str | None, start: datetime | None, end: datetime | No
 
 def window_replay(entries: Iterable[SignedEntry]) -> dict[str, tuple[int, Any]]:
     """The footage window each incident's latest ``incident_changed`` entry that records one gives it."""
-    out: dict[str, tuple[int, Any]] = {}
-    for e in entries:
-        if e.body.action != "incident_changed":
-            continue
-        d = _details(e)
-        incident = d.get("incident_id")
-        if isinstance(incident, str) and "window" in d:
-            out[incident] = (e.body.seq, d["window"])
-    return out
+    return incident_field_replay(entries, "window")
 
 
 def window_findings(
