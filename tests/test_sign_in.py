@@ -232,7 +232,7 @@ def test_two_service_processes_count_the_same_failures(
         s = build_services(make_settings(tmp_path / f"r{i}", database_url, seaweed))
         if i == 0:
             with s.db.session() as session:
-                create_user(session, "admin", ADMIN_PASSWORD, "admin")
+                create_user(session, "admin", ADMIN_PASSWORD, "admin", key=s.key)
         server, thread, url = start_server(s)
         replicas.append((s, server, thread, url))
     try:
