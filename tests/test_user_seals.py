@@ -284,3 +284,64 @@ def test_seal_users_adopts_rows_the_ledger_bears_out_and_refuses_the_rest(  # ty
     finally:
         get_settings.cache_clear()
         s.db.dispose()
+
+
+def test_what_a_person_did_on_their_own_authority_stops_when_their_row_is_altered(live) -> None:  # type: ignore[no-untyped-def]
+    """A download link serves on its issuer's authority, and only an investigator can be assigned to
+    an incident: neither may be widened by a row altered in the database (on main, the taken-off
+    investigator raised to administrator by SQL made their link serve again, and an auditor made an
+    investigator by SQL could be assigned)."""
+    from datetime import UTC, datetime, timedelta
+
+    from incidents.models import Incident
+    from incidents.service import (
+        IncidentDraft,
+        IncidentRefused,
+        assign_investigator,
+        create_incident,
+        link_evidence,
+        unassign_investigator,
+    )
+    from tests.conftest import wait_for
+    from tests.test_incidents_kit import bearer, staff, store_item, user
+
+    s, api = live.services, f"{live.url}/api/v1"
+    t0 = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
+    staff(s, "S-N", "nurse", "NORTH")
+    inv, aud = user(s, "inv1", "investigator"), user(s, "aud1", "auditor")
+    clip = store_item(s, wearer="S-N", start=t0, stop=t0 + timedelta(minutes=1))
+    copy = store_item(s, kind="redacted_clip", derived_from=clip.id)
+    with s.db.session() as session:
+        incident = create_incident(
+            session, IncidentDraft(category="physical_assault", occurred_at=t0, site="NORTH"), "user:seed"
+        )
+        assign_investigator(session, s.ledger, incident, inv, "user:seed")
+        link_evidence(session, s.ledger, incident.id, copy.id, "user:seed", "the redacted copy")
+        incident_id = incident.id
+    headers = bearer(s, "inv1")
+    r = httpx.post(f"{api}/incidents/{incident_id}/exports", json={}, headers=headers)
+    assert r.status_code == 202, r.text
+    export_id = r.json()["id"]
+    wait_for(
+        lambda: httpx.get(f"{api}/exports/{export_id}", headers=headers).json()["status"] == "ready",
+        60,
+        0.1,
+        "the export to be ready",
+    )
+    r = httpx.post(f"{api}/exports/{export_id}/links", json={"recipient": "DC Jones"}, headers=headers)
+    assert r.status_code == 201, r.text
+    path = r.json()["path"]
+    assert httpx.get(f"{live.url}{path}").status_code == 200
+    with s.db.session() as session:
+        row = session.get(Incident, incident_id)
+        assert row is not None
+        unassign_investigator(session, s.ledger, row, inv, "user:seed")
+    assert httpx.get(f"{live.url}{path}").status_code == 410
+    _set(s, "inv1", role="admin")  # an administrator sees every incident: the link would serve again
+    assert httpx.get(f"{live.url}{path}").status_code == 410
+    _set(s, "aud1", role="investigator")
+    with s.db.session() as session:
+        row = session.get(Incident, incident_id)
+        assert row is not None
+        with pytest.raises(IncidentRefused):
+            assign_investigator(session, s.ledger, row, aud, "user:seed")
