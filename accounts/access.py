@@ -28,7 +28,7 @@ from sqlalchemy import ColumnElement, false, true
 from chain_of_custody.core import CoreServices
 
 from .browser import browser_session, refuse_cross_site_read
-from .seals import credential_seal_key
+from .seals import SignInSeals
 from .service import Principal, resolve_token
 from .throttle import SignInThrottle, ThrottlePolicy
 
@@ -76,12 +76,12 @@ def current_user(
     401 without either."""
     if creds is None:
         with s.db.session() as session:
-            browser = browser_session(request, session, s.settings, credential_seal_key(s.key))
+            browser = browser_session(request, session, s.settings, SignInSeals.of(s.key))
         if browser is not None:
             return browser.principal
         raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
     with s.db.session() as session:
-        principal = resolve_token(session, creds.credentials, credential_seal_key(s.key))
+        principal = resolve_token(session, creds.credentials, SignInSeals.of(s.key))
     if principal is None:
         log.info("rejected user token")
         raise HTTPException(401, "invalid or expired token", headers={"WWW-Authenticate": "Bearer"})
@@ -104,12 +104,12 @@ def still_signed_in(request: Request, s: CoreServices, user: Principal) -> bool:
     """Whether the credentials a long-lived request (the live stream) opened with still hold: the
     token not revoked or expired, the browser session not ended, the role unchanged."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    seal_key = credential_seal_key(s.key)
+    seals = SignInSeals.of(s.key)
     with s.db.session() as session:
         if scheme.lower() == "bearer" and token:
-            now = resolve_token(session, token.strip(), seal_key)
+            now = resolve_token(session, token.strip(), seals)
         else:
-            browser = browser_session(request, session, s.settings, seal_key)
+            browser = browser_session(request, session, s.settings, seals)
             now = browser.principal if browser else None
     return now is not None and now.user_id == user.user_id and now.role == user.role
 

@@ -103,7 +103,9 @@ def login(
     settings = s.settings
     try:
         with s.db.session() as session:
-            user = sign_in(session, form.username, form.password, client_address(request), throttle, s.ledger)
+            user = sign_in(
+                session, form.username, form.password, client_address(request), throttle, s.key, s.ledger
+            )
             ttl = timedelta(minutes=settings.token_ttl_minutes)
             token, expires = issue_token(session, user, ttl, credential_seal_key(s.key))
             role = user.role
@@ -146,7 +148,13 @@ def add_user(
 ) -> User:
     with s.db.session() as session:
         created = create_user(
-            session, body.username, body.password, body.role, full_name=body.full_name, site=body.site
+            session,
+            body.username,
+            body.password,
+            body.role,
+            key=s.key,
+            full_name=body.full_name,
+            site=body.site,
         )
         s.ledger.append(
             session,
@@ -189,7 +197,7 @@ def change_user(
     with s.db.session() as session:
         if session.get(User, user_id) is None:
             raise HTTPException(404, "no such user")
-        changed, done = update_user(session, user_id, changes)
+        changed, done = update_user(session, user_id, changes, s.key)
         if "password" in done:
             done.update(password_record(s.key, changed))
         if done:

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from storage.errors import Refused
 from storage.settings import ConsoleSettings
 
+from .seals import SignInSeals
 from .sessions import BrowserSession, SessionPolicy, csrf_matches, resolve_session
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def browser_session(
     request: Request,
     session: Session,
     settings: ConsoleSettings,
-    seal_key: bytes,
+    seals: SignInSeals,
     *,
     csrf: str | None = None,
     now: datetime | None = None,
@@ -158,7 +159,7 @@ def browser_session(
         session,
         secret,
         SessionPolicy.from_settings(settings),
-        seal_key,
+        seals,
         activity=not is_background(request),
         now=now,
     )

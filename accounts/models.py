@@ -25,6 +25,9 @@ class User(Base):
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # HMAC under a secret the database does not hold, over what decides what the person may do
+    # (``accounts.seals``): a row without one that holds signs nobody in.
+    seal: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class ApiToken(Base):

@@ -1,5 +1,16 @@
-"""Seals on the rows that sign someone in: bearer tokens (``api_tokens``) and console sessions
-(``user_sessions``).
+"""Seals on the rows that sign someone in: users (``users``), bearer tokens (``api_tokens``) and
+console sessions (``user_sessions``).
+
+A user row's seal is an HMAC-SHA256, under a secret derived from the service key
+(``ServiceKey.derived_secret(USER_SEALS)``), over everything in it that decides what the person
+may do: id, username, role, site, password hash and whether the account is active
+(``chain_of_custody.row_seals.user_values``). The service seals it at every write of these
+(``accounts.service``: creation, a change by an administrator, a password made again at sign-in).
+A row written in the database by anyone else (an administrator planted with a hash of the
+planter's password, a role or site raised, a hash swapped, a genuine seal copied onto another row)
+has no seal that holds: no sign-in, token or console session reaches it, and nothing done on its
+authority (a download link it issued) stands. Users made before seals have none:
+``evidence seal-users`` seals those whose row the custody ledger bears out.
 
 A row's seal is an HMAC-SHA256, under a secret derived from the service key
 (``ServiceKey.derived_secret(CREDENTIAL_SEALS)``, which the database does not hold), over what the
@@ -24,7 +35,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import ServiceKey
-from chain_of_custody.row_seals import CREDENTIAL_SEALS, TOKEN, credential_seal
+from chain_of_custody.ledger import Ledger
+from chain_of_custody.row_replay import PASSWORD_DIGESTS, UserRow, password_digest, user_findings, user_replay
+from chain_of_custody.row_seals import (
+    CREDENTIAL_SEALS,
+    TOKEN,
+    USER_SEALS,
+    UserValues,
+    credential_seal,
+    user_seal,
+    user_values,
+)
 from chain_of_custody.row_seals import SESSION as SESSION  # re-exported for accounts.sessions
 
 from .models import ApiToken, User
@@ -35,6 +56,48 @@ log = logging.getLogger(__name__)
 def credential_seal_key(key: ServiceKey) -> bytes:
     """The secret seals are made with, derived from the service key for this purpose alone."""
     return key.derived_secret(CREDENTIAL_SEALS)
+
+
+def user_seal_key(key: ServiceKey) -> bytes:
+    """The secret user seals are made with, derived from the service key for this purpose alone."""
+    return key.derived_secret(USER_SEALS)
+
+
+@dataclass(frozen=True)
+class SignInSeals:
+    """The secrets a look-up of a sign-in checks seals with: the credential's row (a bearer token, a
+    console session) and the row of the user it names."""
+
+    credentials: bytes
+    users: bytes
+
+    @classmethod
+    def of(cls, key: ServiceKey) -> SignInSeals:
+        return cls(credential_seal_key(key), user_seal_key(key))
+
+
+def sealed_values(user: User) -> UserValues:
+    """What a user row's seal covers, in order."""
+    return user_values(user.id, user.username, user.role, user.site, user.password_hash, user.active)
+
+
+def seal_user(user: User, key: ServiceKey) -> None:
+    """Seal ``user`` as it now stands (flushed: its id is the database's). Every write of what
+    :func:`sealed_values` covers calls this in the same transaction."""
+    user.seal = user_seal(user_seal_key(key), sealed_values(user))
+
+
+def user_seal_holds(secret: bytes, user: User) -> bool:
+    """Whether a user row's seal is the one the service made for its values; a warning (naming the
+    user id only, never the password hash) when it is not."""
+    if user.seal and hmac.compare_digest(user_seal(secret, sealed_values(user)), user.seal):
+        return True
+    log.warning(
+        "user refused: its row's seal is %s",
+        "missing" if not user.seal else "wrong",
+        extra={"user_id": user.id},
+    )
+    return False
 
 
 def seal_holds(
@@ -88,3 +151,90 @@ def seal_tokens(session: Session, secret: bytes, now: datetime | None = None) ->
         assert row is not None
         row.seal = credential_seal(secret, TOKEN, row.token_hash, row.user_id, row.expires_at)
     return len(listed)
+
+
+# -- users made before seals --------------------------------------------------------------------
+
+# What a user row must agree with the ledger on before it is sealed as it stands.
+_ADOPTED_FIELDS = ("role", "site", "active", "password")
+
+
+@dataclass(frozen=True)
+class UnsealedUser:
+    """A user row without a seal, as ``evidence seal-users`` lists it: what the row says, what the
+    custody ledger says, and why it is not sealed (``refused``), if it is not."""
+
+    user_id: int
+    username: str
+    role: str
+    site: str | None
+    active: bool
+    recorded: str
+    refused: str | None
+
+    def line(self) -> str:
+        verdict = f"REFUSED: {self.refused}" if self.refused else "matches its custody record"
+        return (
+            f"user {self.username} (id {self.user_id}): role {self.role}, site {self.site or '-'}, "
+            f"{'active' if self.active else 'inactive'}; custody: {self.recorded}; {verdict}"
+        )
+
+
+def _recorded(known: dict[str, tuple[int, object]] | None) -> str:
+    if known is None:
+        return "no entry creates this user"
+    shown = [
+        f"{f} {'(its digest)' if f == 'password' else repr(known[f][1])} (#{known[f][0]})"
+        for f in _ADOPTED_FIELDS
+        if f in known
+    ]
+    return ", ".join(shown) or "nothing"
+
+
+def _disagreement(known: dict[str, tuple[int, object]] | None, row: UserRow) -> str | None:
+    """Why the ledger does not bear the row out, or None when it records the row's role, site,
+    active state and password (digest) exactly as they stand."""
+    found = user_findings({row.username: known} if known is not None else {}, [row])
+    if found:
+        return "; ".join(p.detail for p in found)
+    assert known is not None
+    missing = [f for f in _ADOPTED_FIELDS if f not in known]
+    if missing:
+        return (
+            f"custody does not record its {', '.join(missing)} (made before the ledger did): "
+            "`evidence backfill-custody` adopts that first"
+        )
+    return None
+
+
+def unsealed_users(session: Session, ledger: Ledger, *, lock: bool = False) -> list[UnsealedUser]:
+    """Every user without a seal (made before seals), by id, each against the ledger's replay;
+    ``lock``: their rows are locked for the rest of the transaction, so what is judged is sealed."""
+    q = select(User).where(User.seal.is_(None)).order_by(User.id)
+    rows = list(session.scalars(q.with_for_update().execution_options(populate_existing=True) if lock else q))
+    if not rows:
+        return []
+    replay = user_replay(ledger.all_entries(session))
+    secret = ledger.key.derived_secret(PASSWORD_DIGESTS)
+    out = []
+    for u in rows:
+        row = UserRow(u.username, u.role, u.site, u.active, password_digest(secret, u.password_hash))
+        known = replay.get(u.username)
+        out.append(
+            UnsealedUser(
+                u.id, u.username, u.role, u.site, u.active, _recorded(known), _disagreement(known, row)
+            )
+        )
+    return out
+
+
+def seal_users(session: Session, ledger: Ledger) -> list[UnsealedUser]:
+    """Seal the users :func:`unsealed_users` lists whose row the ledger bears out, as they stand
+    (read under lock: no change slips in between the judgement and the seal); all it listed, those
+    not sealed with the reason (``refused``)."""
+    listed = unsealed_users(session, ledger, lock=True)
+    for found in listed:
+        row = session.get(User, found.user_id)
+        if not found.refused and row is not None:
+            seal_user(row, ledger.key)
+    return listed

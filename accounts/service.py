@@ -19,7 +19,7 @@ from chain_of_custody.row_replay import PASSWORD_DIGESTS, password_digest
 from storage.errors import Refused
 
 from .models import ROLES, ApiToken, User, UserSession
-from .seals import TOKEN, credential_seal, seal_holds
+from .seals import TOKEN, SignInSeals, credential_seal, seal_holds, seal_user, user_seal_holds, user_seal_key
 from .throttle import SignInThrottle
 
 _hasher = PasswordHasher()
@@ -58,13 +58,14 @@ def hold_person(session: Session, user_id: int) -> None:
     session.execute(select(User.id).where(User.id == user_id).with_for_update())
 
 
-def principal_of(session: Session, actor: str) -> Principal | None:
+def principal_of(session: Session, actor: str, key: ServiceKey) -> Principal | None:
     """The person an actor string (``user:<name>``) names, as they are now: None when it names no
-    user, or one who is deactivated (what they did on their own authority stops with it)."""
+    user, one who is deactivated (what they did on their own authority stops with it), or a row
+    whose seal does not hold (``accounts.seals``: written outside the service)."""
     if not actor.startswith("user:"):
         return None
     user = session.scalar(select(User).where(User.username == actor.removeprefix("user:")))
-    if user is None or not user.active:
+    if user is None or not user.active or not user_seal_holds(user_seal_key(key), user):
         return None
     return Principal(user.id, user.username, user.role, user.site)
 
@@ -74,8 +75,16 @@ def token_digest(token: str) -> str:
 
 
 def create_user(
-    session: Session, username: str, password: str, role: str, *, full_name: str = "", site: str | None = None
+    session: Session,
+    username: str,
+    password: str,
+    role: str,
+    *,
+    key: ServiceKey,
+    full_name: str = "",
+    site: str | None = None,
 ) -> User:
+    """A new user, its row sealed with ``key`` (``accounts.seals``); the caller records it on custody."""
     if role not in ROLES:
         raise AccountError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
     if len(password) < 12:
@@ -87,6 +96,7 @@ def create_user(
     )
     session.add(user)
     session.flush()
+    seal_user(user, key)
     return user
 
 
@@ -126,13 +136,15 @@ def sign_in(
     password: str,
     client: str,
     throttle: SignInThrottle,
+    key: ServiceKey,
     ledger: Ledger | None = None,
 ) -> User:
     """Check a password, for the API's token and the console's session alike.
 
     Every refusal is the same :data:`DENIED` after the same work (one argon2 check), so neither
     the answer nor its timing tells an unknown user from a wrong password or a throttled try.
-    Throttling (``accounts.throttle``) slows a guesser and never locks the account.
+    Throttling (``accounts.throttle``) slows a guesser and never locks the account. A user row
+    whose seal does not hold (``accounts.seals``) is refused as an unknown user.
     """
     # The throttle keeps its state in transactions of its own (every replica shares it, and a refusal
     # must not roll its count back), so this session's read is ended before the throttle writes:
@@ -143,7 +155,7 @@ def sign_in(
     if not throttle.allowed(username, client):
         _check(_decoy_hash(), password)
         raise _refuse(account)
-    known = user is not None and user.active
+    known = user is not None and user.active and user_seal_holds(user_seal_key(key), user)
     if not _check(user.password_hash if user is not None and known else _decoy_hash(), password) or not known:
         throttle.failed(username, client)
         raise _refuse(account)
@@ -153,6 +165,7 @@ def sign_in(
     # holds the digest of the hash in use); without a ledger to record it the old hash stays.
     if ledger is not None and _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
+        seal_user(user, key)
         ledger.append(
             session,
             "user_changed",
@@ -183,18 +196,18 @@ def issue_token(session: Session, user: User, ttl: timedelta, seal_key: bytes) -
 
 
 def resolve_token(
-    session: Session, token: str, seal_key: bytes, now: datetime | None = None
+    session: Session, token: str, seals: SignInSeals, now: datetime | None = None
 ) -> Principal | None:
-    """Who a bearer token signs in, or None: unknown, revoked, expired, a row whose seal does not
-    hold (planted or altered in the database), or a user deactivated."""
+    """Who a bearer token signs in, or None: unknown, revoked, expired, a token's or user's row
+    whose seal does not hold (planted or altered in the database), or a user deactivated."""
     now = now or datetime.now(UTC)
     row = session.get(ApiToken, token_digest(token))
     if row is None or row.revoked or row.expires_at <= now:
         return None
-    if not seal_holds(seal_key, TOKEN, row.token_hash, row.user_id, row.expires_at, row.seal):
+    if not seal_holds(seals.credentials, TOKEN, row.token_hash, row.user_id, row.expires_at, row.seal):
         return None
     user = session.get(User, row.user_id)
-    if user is None or not user.active:
+    if user is None or not user.active or not user_seal_holds(seals.users, user):
         return None
     return Principal(user.id, user.username, user.role, user.site, sign_in_mark("token", row.token_hash))
 
@@ -238,15 +251,22 @@ def end_sessions_of(session: Session, user_id: int, now: datetime | None = None)
     return int(getattr(result, "rowcount", 0) or 0)  # an UPDATE's result has a row count
 
 
-def _active_admins(session: Session) -> int:
-    return len(list(session.scalars(select(User.id).where(User.role == "admin", User.active.is_(True)))))
+def _active_admins(session: Session, secret: bytes) -> int:
+    """The administrators who can sign in: active, and their row's seal holds (a planted one does not count)."""
+    admins = session.scalars(select(User).where(User.role == "admin", User.active.is_(True)))
+    return sum(1 for admin in admins if user_seal_holds(secret, admin))
 
 
-def update_user(session: Session, user_id: int, changes: dict[str, object]) -> tuple[User, dict[str, object]]:
-    """Change a user; returns the user and what changed (passwords shown as ``"(changed)"``).
+def update_user(
+    session: Session, user_id: int, changes: dict[str, object], key: ServiceKey
+) -> tuple[User, dict[str, object]]:
+    """Change a user; returns the user and what changed (passwords shown as ``"(changed)"``); the row
+    is sealed again with ``key`` (``accounts.seals``).
 
     A new password, a new role or deactivation revokes the user's tokens and ends their browser
     sessions, so the change takes effect at once. The last active administrator cannot be demoted or deactivated.
+    A row whose seal does not hold is not changed: sealing it again would make whatever was written
+    into it outside the service (a raised role, a planted password) the service's own.
     """
     unknown = set(changes) - set(EDITABLE)
     if unknown:
@@ -254,6 +274,14 @@ def update_user(session: Session, user_id: int, changes: dict[str, object]) -> t
     user = session.get(User, user_id, with_for_update=True)
     if user is None:
         raise AccountError("no such user")
+    secret = user_seal_key(key)
+    if not user_seal_holds(secret, user):
+        raise AccountError(
+            "this user's row was written outside the service (its seal does not hold): `evidence verify` "
+            "names what differs from the custody record, `evidence seal-users` adopts a row it bears out",
+            "user_seal_broken",
+            409,
+        )
     done: dict[str, object] = {}
     role = changes.get("role", user.role)
     if role not in ROLES:
@@ -263,7 +291,7 @@ def update_user(session: Session, user_id: int, changes: dict[str, object]) -> t
         user.role == "admin"
         and user.active
         and (role != "admin" or not active)
-        and _active_admins(session) <= 1
+        and _active_admins(session, secret) <= 1
     ):
         raise AccountError("the last active administrator cannot be demoted or deactivated")
     for name in ("full_name", "role", "site", "active"):
@@ -283,5 +311,6 @@ def update_user(session: Session, user_id: int, changes: dict[str, object]) -> t
     if {"password", "role", "active"} & done.keys():
         done["tokens_revoked"] = revoke_tokens(session, user.id)
         done["sessions_ended"] = end_sessions_of(session, user.id)
+    seal_user(user, key)
     session.flush()
     return user, done

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from storage.settings import ConsoleSettings
 
 from .models import User, UserSession
-from .seals import SESSION, credential_seal, seal_holds
+from .seals import SESSION, SignInSeals, credential_seal, seal_holds, user_seal_holds
 from .service import Principal, sign_in_mark
 
 # A session's last activity is written at most this often (a page and its data calls come together).
@@ -98,13 +98,14 @@ def resolve_session(
     session: Session,
     secret: str,
     policy: SessionPolicy,
-    seal_key: bytes,
+    seals: SignInSeals,
     *,
     activity: bool = True,
     now: datetime | None = None,
 ) -> BrowserSession | None:
     """The live session a cookie names, or None (unknown, ended, idle too long, expired, user
-    disabled, or a row whose seal does not hold: planted or altered in the database).
+    disabled, or a session's or user's row whose seal does not hold: planted or altered in the
+    database).
 
     ``activity``: the request is something the person did, so the idle clock restarts. The live
     alarm stream is not: a board left open must still time out when nobody is at it.
@@ -115,13 +116,13 @@ def resolve_session(
     row = session.get(UserSession, _digest(secret))
     if row is None or row.ended_at is not None or row.expires_at <= now:
         return None
-    if not seal_holds(seal_key, SESSION, row.token_hash, row.user_id, row.expires_at, row.seal):
+    if not seal_holds(seals.credentials, SESSION, row.token_hash, row.user_id, row.expires_at, row.seal):
         return None
     if row.last_seen_at + policy.idle <= now:
         row.ended_at = now
         return None
     user = session.get(User, row.user_id)
-    if user is None or not user.active:
+    if user is None or not user.active or not user_seal_holds(seals.users, user):
         return None
     if activity and now - row.last_seen_at >= TOUCH_EVERY:
         row.last_seen_at = now

@@ -40,6 +40,7 @@ from isal.isal_zlib import crc32  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from accounts.models import User  # noqa: E402
+from accounts.seals import seal_user  # noqa: E402
 from bench.common import PeakRSS, scratch, write_results  # noqa: E402
 from chain_of_custody.evidence import Provenance, record_evidence  # noqa: E402
 from chain_of_custody.models import EvidenceItem  # noqa: E402
@@ -168,7 +169,10 @@ def download_link(s: Services, result: ExportResult) -> str:
         # A link serves only while its issuer may still hand the package out: an administrator, and
         # a real incident of the package.
         if session.scalar(select(User).where(User.username == "bench")) is None:
-            session.add(User(username="bench", password_hash="-", role="admin"))
+            issuer = User(username="bench", password_hash="-", role="admin")
+            session.add(issuer)
+            session.flush()
+            seal_user(issuer, s.key)
         draft = IncidentDraft(category="physical_assault", occurred_at=now, site="BENCH")
         incident_id = create_incident(session, draft, "user:bench").id
         session.add(

@@ -1,11 +1,12 @@
 """The seals the service puts on rows that speak for a device or sign someone in, and their check
 in ``evidence verify``.
 
-A device row's seal (``devices.seals``) and a bearer token's or console session's seal
-(``accounts.seals``) are HMAC-SHA256s under secrets derived from the service key. How they are made
-lives here, below both domains, so the verifier recomputes them without importing either; the
-tables are read as plain tables, only the columns a seal covers. Findings name the row (a device
-id, or a credential's kind and user), never a token, digest or key.
+A device row's seal (``devices.seals``), a user row's seal and a bearer token's or console
+session's seal (``accounts.seals``) are HMAC-SHA256s under secrets derived from the service key,
+one label each. How they are made lives here, below both domains, so the verifier recomputes them
+without importing either; the tables are read as plain tables, only the columns a seal covers.
+Findings name the row (a device id, a user id, or a credential's kind and user), never a token,
+digest, password hash or key.
 """
 
 from __future__ import annotations
@@ -20,20 +21,42 @@ from sqlalchemy.orm import Session
 from storage.db import UTCDateTime
 
 from .entries import ChainReport, Problem
+from .keys import ServiceKey
 
 DEVICE_SEALS = "device seals v1"  # the label of the service key's secret for device seals
 CREDENTIAL_SEALS = "credential seals v1"  # the label of the service key's secret for credential seals
+USER_SEALS = "user seals v1"  # the label of the service key's secret for user seals
 TOKEN, SESSION = "token", "session"
 
 SealedValues = tuple[str, str, str, str | None, str | None, str | None, str | None, str | None]
+# A user row's: id, username, role, site, password hash, and "active" or "inactive".
+UserValues = tuple[str, str, str, str | None, str, str]
+
+
+def row_seal(secret: bytes, values: tuple[str | None, ...]) -> str:
+    """The seal of a row with these values, in order, hex."""
+    # None and "" differ: each value is marked present ("=") or absent ("-").
+    message = "\x00".join("-" if v is None else "=" + v for v in values).encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
 def device_seal(secret: bytes, values: SealedValues) -> str:
     """The seal of a device row with these values (id, kind, status, public key, token digest,
     broker password hash, site, assigned staff), hex."""
-    # None and "" differ: each value is marked present ("=") or absent ("-").
-    message = "\x00".join("-" if v is None else "=" + v for v in values).encode()
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+    return row_seal(secret, values)
+
+
+def user_values(
+    user_id: int, username: str, role: str, site: str | None, password_hash: str, active: bool
+) -> UserValues:
+    """What a user row's seal covers, in order: everything that decides what the person may do
+    (who they are, their role and site, the password that proves them, whether they may at all)."""
+    return (str(user_id), username, role, site, password_hash, "active" if active else "inactive")
+
+
+def user_seal(secret: bytes, values: UserValues) -> str:
+    """The seal of a user row with these values (:func:`user_values`), hex."""
+    return row_seal(secret, values)
 
 
 def credential_seal(secret: bytes, kind: str, token_hash: str, user_id: int, expires_at: datetime) -> str:
@@ -53,6 +76,16 @@ _DEVICES = table(
     column("broker_password_hash"),
     column("site"),
     column("assigned_staff_id"),
+    column("seal"),
+)
+_USERS = table(
+    "users",
+    column("id"),
+    column("username"),
+    column("role"),
+    column("site"),
+    column("password_hash"),
+    column("active"),
     column("seal"),
 )
 _TOKENS = table(
@@ -112,6 +145,33 @@ def check_device_seals(session: Session, report: ChainReport, secret: bytes) -> 
         )
 
 
+def check_user_seals(session: Session, report: ChainReport, secret: bytes) -> None:
+    """A finding for each user row whose seal does not hold (named by id and username, never its
+    password hash); a note counting those not sealed yet."""
+    c = _USERS.c
+    q = select(c.id, c.username, c.role, c.site, c.password_hash, c.active, c.seal).order_by(c.id)
+    unsealed = 0
+    for user_id, username, role, site, password_hash, active, seal in session.execute(q):
+        if not seal:
+            unsealed += 1
+            continue
+        values = user_values(int(user_id), str(username), str(role), site, str(password_hash), bool(active))
+        if not _holds(user_seal(secret, values), seal):
+            report.problems.append(
+                Problem(
+                    "user_seal_broken",
+                    f"user id {user_id} ({username})",
+                    "its row's seal does not hold: its name, role, site, password or active state were "
+                    "written by someone other than the service (it signs nobody in)",
+                )
+            )
+    if unsealed:
+        report.notes.append(
+            f"{unsealed} user(s) have no seal yet (made before seals), so they sign nobody in and are "
+            "not checked: `evidence seal-users` lists them and seals those the custody record bears out"
+        )
+
+
 def check_credential_seals(session: Session, report: ChainReport, secret: bytes, now: datetime) -> None:
     """A finding for each bearer token or console session, not revoked or ended and not expired,
     whose seal is missing or wrong; named by its kind and user only."""
@@ -136,9 +196,8 @@ def check_credential_seals(session: Session, report: ChainReport, secret: bytes,
             )
 
 
-def check_row_seals(
-    session: Session, report: ChainReport, device_secret: bytes, credential_secret: bytes
-) -> None:
-    """Device rows', bearer tokens' and console sessions' seals (see the module's docstring)."""
-    check_device_seals(session, report, device_secret)
-    check_credential_seals(session, report, credential_secret, datetime.now(UTC))
+def check_row_seals(session: Session, report: ChainReport, key: ServiceKey) -> None:
+    """Device rows', users', bearer tokens' and console sessions' seals (see the module's docstring)."""
+    check_device_seals(session, report, key.derived_secret(DEVICE_SEALS))
+    check_user_seals(session, report, key.derived_secret(USER_SEALS))
+    check_credential_seals(session, report, key.derived_secret(CREDENTIAL_SEALS), datetime.now(UTC))

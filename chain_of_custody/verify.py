@@ -35,7 +35,7 @@ from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .models import CustodyEntry, EvidenceBlockList, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
 from .row_checks import check_row_families
 from .row_replay import ITEM_SCOPE, PASSWORD_DIGESTS, item_scope_mac
-from .row_seals import CREDENTIAL_SEALS, DEVICE_SEALS, check_row_seals
+from .row_seals import check_row_seals
 from .signed_tree_head import TreeHead
 from .tree_heads import sample_tree_heads
 from .viewing import RANGE_CHAIN, chain_problem, seal_mismatch
@@ -201,10 +201,8 @@ def verify_service(
     if not options.item_ids:  # one item's check reads its own rows only
         say("checking links, legal holds, users, assignments, download links, staff and devices")
         check_row_families(session, entries, report, key.derived_secret(PASSWORD_DIGESTS))
-        say("checking the seals of devices, bearer tokens and console sessions")
-        check_row_seals(
-            session, report, key.derived_secret(DEVICE_SEALS), key.derived_secret(CREDENTIAL_SEALS)
-        )
+        say("checking the seals of devices, users, bearer tokens and console sessions")
+        check_row_seals(session, report, key)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from accounts.access import client_address, services, sign_in_throttle
 from accounts.browser import CSRF_HEADER, browser_session, cookie_name, same_origin, session_secret
-from accounts.seals import credential_seal_key
+from accounts.seals import SignInSeals, credential_seal_key
 from accounts.service import AccountError, Principal
 from accounts.service import sign_in as check_password
 from accounts.sessions import BrowserSession, SessionPolicy, end_session, start_session
@@ -76,7 +76,7 @@ NAV: list[tuple[str, str, tuple[str, ...]]] = [
 
 def _session(request: Request, s: CoreServices, csrf: str | None = None) -> BrowserSession | None:
     with s.db.session() as session:
-        return browser_session(request, session, s.settings, credential_seal_key(s.key), csrf=csrf)
+        return browser_session(request, session, s.settings, SignInSeals.of(s.key), csrf=csrf)
 
 
 def signed_in(request: Request, roles: tuple[str, ...], csrf: str | None = None) -> BrowserSession:
@@ -179,7 +179,9 @@ def sign_in(
     client = client_address(request)
     try:
         with s.db.session() as session:
-            user = check_password(session, username, password, client, sign_in_throttle(request), s.ledger)
+            user = check_password(
+                session, username, password, client, sign_in_throttle(request), s.key, s.ledger
+            )
             policy = SessionPolicy.from_settings(settings)
             secret, started = start_session(session, user, policy, credential_seal_key(s.key))
     except AccountError as exc:

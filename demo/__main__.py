@@ -56,6 +56,7 @@ def admin_password(demo_dir: Path) -> str:
 
 def ensure_admin(password: str) -> None:
     from accounts.models import User
+    from accounts.seals import seal_users
     from accounts.service import create_user, password_record
     from ingest.services import build_services
 
@@ -63,7 +64,9 @@ def ensure_admin(password: str) -> None:
     try:
         with services.db.session() as session:
             if session.query(User).filter_by(username="admin").first() is None:
-                created = create_user(session, "admin", password, "admin", full_name="Demo administrator")
+                created = create_user(
+                    session, "admin", password, "admin", key=services.key, full_name="Demo administrator"
+                )
                 services.ledger.append(
                     session,
                     "user_changed",
@@ -76,6 +79,8 @@ def ensure_admin(password: str) -> None:
                         **password_record(services.key, created),
                     },
                 )
+            else:  # demo data from before user seals: its users are sealed as their custody record bears out
+                seal_users(session, services.ledger)
     finally:
         services.close()
 

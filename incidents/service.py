@@ -20,6 +20,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from accounts.models import User
+from accounts.seals import user_seal_holds, user_seal_key
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from devices.models import StaffMember
@@ -311,7 +312,7 @@ def assign_investigator(
     ``evidence verify`` names an assignment row the ledger does not hold."""
     now = _now(now)
     user = session.get(User, user_id)
-    if user is None or not user.active:
+    if user is None or not user.active or not user_seal_holds(user_seal_key(ledger.key), user):
         raise IncidentRefused("unknown_user", f"no active user {user_id}", 404)
     if user.role != "investigator":
         raise IncidentRefused("not_investigator", f"{user.username} is not an investigator")

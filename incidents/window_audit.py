@@ -23,8 +23,8 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from accounts.models import User
-from accounts.service import Principal
+from accounts.service import Principal, principal_of
+from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from devices.models import Device, StaffMember
@@ -76,16 +76,6 @@ def window_setter(session: Session, incident: Incident) -> str:
     return incident.opened_by
 
 
-def _person(session: Session, actor: str) -> Principal | None:
-    """The person behind ``user:<name>`` as they are now (None for a service, or someone gone)."""
-    if not actor.startswith("user:"):
-        return None
-    row = session.scalar(select(User).where(User.username == actor.removeprefix("user:")))
-    if row is None or not row.active:
-        return None
-    return Principal(user_id=row.id, username=row.username, role=row.role, site=row.site)
-
-
 def _window_links(session: Session, incident: Incident) -> list[str]:
     """The incident's live links that its window made (their reason says so)."""
     prefix = f"recorded by {incident.wearer} during the alarm window of {incident.reference}"
@@ -127,7 +117,7 @@ def _seen_elsewhere(
     return seen
 
 
-def audit_windows(session: Session) -> list[WindowFinding]:
+def audit_windows(session: Session, key: ServiceKey) -> list[WindowFinding]:
     """Every standing window whose setter today's rule would refuse (``access.may_follow_wearer``:
     someone who may not see all of the wearer's footage, or who no longer signs in), with the links
     it made to items that setter does not see by any other way."""
@@ -142,7 +132,7 @@ def audit_windows(session: Session) -> list[WindowFinding]:
         setter = window_setter(session, incident)
         if not setter.startswith("user:"):
             continue  # the service's own windows (an alarm's): bounded by ``access.window_reach``
-        person = _person(session, setter)
+        person = principal_of(session, setter, key)  # None: a service, someone gone, a row altered
         if person is None:
             why = f"set by {setter}, who no longer signs in"
         elif not may_follow_wearer(session, person, wearer):

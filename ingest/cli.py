@@ -6,8 +6,9 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 from rich.console import Console
@@ -18,6 +19,8 @@ from redaction.cli import redact as redact_command
 from .settings import get_settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from chain_of_custody.entries import ChainReport
     from chain_of_custody.package_verify import PackageReport
 
@@ -106,7 +109,9 @@ def user_add(
     s = _services()
     try:
         with s.db.session() as session:
-            created = create_user(session, username, password, role, full_name=full_name, site=site)
+            created = create_user(
+                session, username, password, role, key=s.key, full_name=full_name, site=site
+            )
             s.ledger.append(
                 session,
                 "user_changed",
@@ -339,7 +344,7 @@ def incident_windows(
     s = _services(existing=True)
     try:
         with s.db.session() as session:
-            findings = audit_windows(session)
+            findings = audit_windows(session, s.key)
             if apply:
                 retention = Retention(s.store, RetentionRules.from_settings(s.settings))
                 for finding in findings:
@@ -607,54 +612,84 @@ def backfill_custody(
         console.print(f"{n} entries would be appended: run again with --yes to append them")
 
 
+class _Listed(Protocol):
+    """A row a seal command lists: one line for the administrator; ``refused`` when it is not sealed."""
+
+    def line(self) -> str: ...
+
+
+def _seal_rows(noun: str, yes: bool, run: Callable[[Session, Services, bool], Sequence[_Listed]]) -> None:
+    """The shape of every ``seal-*`` command: list the rows made before their table carried a seal
+    and, with ``yes``, seal them in one transaction (``run`` does both); rows it refuses to seal
+    are listed with the reason, and make the command exit 1 after ``--yes``."""
+    s = _services(existing=True)
+    try:
+        with s.db.session() as session:
+            listed = run(session, s, yes)
+    finally:
+        s.close()
+    for row in listed:
+        out.print(row.line(), markup=False, highlight=False, soft_wrap=True)  # a row a line
+    refused = sum(1 for row in listed if getattr(row, "refused", None))
+    ready = len(listed) - refused
+    if yes:
+        console.print(f"{ready} {noun} sealed")
+    else:
+        console.print(f"{ready} {noun} would be sealed: run again with --yes to seal them")
+    if refused:
+        console.print(f"[yellow]{refused} {noun} refused: the reason is on each line[/yellow]")
+        if yes:
+            raise typer.Exit(1)
+
+
+_YES = typer.Option("--yes", help="seal them (without it: only list them)")
+
+
 @app.command("seal-devices")
-def seal_devices_command(
-    yes: Annotated[bool, typer.Option("--yes", help="seal them (without it: only list them)")] = False,
-) -> None:
+def seal_devices_command(yes: Annotated[bool, _YES] = False) -> None:
     """Seal the devices enrolled before device rows carried a seal (``devices.seals``), which are
     refused as unknown until then; run once after upgrading. It seals them as they stand, a key
     swapped or a device enabled in the database too: read the list first."""
     from devices.seals import seal_devices, unsealed_devices
 
-    s = _services(existing=True)
-    try:
-        with s.db.session() as session:
-            listed = unsealed_devices(session)
-            if yes:
-                seal_devices(session, s.key)
-    finally:
-        s.close()
-    for device in listed:
-        out.print(device.line(), markup=False, highlight=False)
-    if yes:
-        console.print(f"{len(listed)} devices sealed")
-    else:
-        console.print(f"{len(listed)} devices would be sealed: run again with --yes to seal them")
+    def run(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+        listed = unsealed_devices(session)
+        if yes:
+            seal_devices(session, s.key)
+        return listed
+
+    _seal_rows("devices", yes, run)
 
 
 @app.command("seal-tokens")
-def seal_tokens_command(
-    yes: Annotated[bool, typer.Option("--yes", help="seal them (without it: only list them)")] = False,
-) -> None:
+def seal_tokens_command(yes: Annotated[bool, _YES] = False) -> None:
     """Seal the bearer tokens issued before tokens carried a seal (``accounts.seals``), which sign
     nobody in until then; run once after upgrading. It seals them as they stand, a token planted in
     the database too: read the list first."""
     from accounts.seals import credential_seal_key, seal_tokens, unsealed_tokens
 
-    s = _services(existing=True)
-    try:
-        with s.db.session() as session:
-            listed = unsealed_tokens(session)
-            if yes:
-                seal_tokens(session, credential_seal_key(s.key))
-    finally:
-        s.close()
-    for token in listed:
-        out.print(token.line(), markup=False, highlight=False)
-    if yes:
-        console.print(f"{len(listed)} tokens sealed")
-    else:
-        console.print(f"{len(listed)} tokens would be sealed: run again with --yes to seal them")
+    def run(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+        listed = unsealed_tokens(session)
+        if yes:
+            seal_tokens(session, credential_seal_key(s.key))
+        return listed
+
+    _seal_rows("tokens", yes, run)
+
+
+@app.command("seal-users")
+def seal_users_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the users made before user rows carried a seal (``accounts.seals``), who cannot sign in
+    until then; run once after upgrading (after `evidence backfill-custody` for users older than
+    the custody record of their site or password). Only a row whose role, site, active state and
+    password are what the custody ledger last recorded is sealed; every other is listed as refused,
+    with what differs."""
+    from accounts.seals import seal_users, unsealed_users
+
+    def run(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+        return seal_users(session, s.ledger) if yes else unsealed_users(session, s.ledger)
+
+    _seal_rows("users", yes, run)
 
 
 @app.command()

@@ -418,7 +418,7 @@ def recorded_user(  # type: ignore[no-untyped-def]
     ``user_changed`` custody entry (``evidence verify`` names a user no entry created)."""
     from accounts.service import create_user, password_record
 
-    row = create_user(session, username, password, role, full_name=full_name, site=site)
+    row = create_user(session, username, password, role, full_name=full_name, site=site, key=ledger.key)
     ledger.append(
         session,
         "user_changed",

@@ -82,7 +82,7 @@ def start_serve(stack: dict[str, Any], port: int, log_path: Path) -> subprocess.
 def test_telemetry_in_a_companion_process(burst_env: dict[str, Any]) -> None:  # noqa: F811
     services, broker, tmp = burst_env["services"], burst_env["broker"], burst_env["tmp"]
     with services.db.session() as session:
-        create_user(session, "admin", ADMIN_PASSWORD, "admin")
+        create_user(session, "admin", ADMIN_PASSWORD, "admin", key=services.key)
     port = free_port()
     log_path = tmp / "serve.log"
     process = start_serve(burst_env, port, log_path)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from accounts.browser import CSRF_HEADER
 from accounts.models import User, UserSession
-from accounts.seals import credential_seal_key
+from accounts.seals import SignInSeals, credential_seal_key
 from accounts.service import update_user
 from accounts.sessions import SessionPolicy, resolve_session, start_session
 from chain_of_custody.models import CustodyEntry
@@ -173,6 +173,7 @@ def test_sessions_end_when_idle_at_their_limit_at_sign_out_and_when_the_account_
     url, services = site
     policy = SessionPolicy(idle=timedelta(minutes=30), absolute=timedelta(hours=12))
     seal = credential_seal_key(services.key)
+    seals = SignInSeals.of(services.key)
     t0 = datetime.now(UTC)
     with services.db.session() as session:
         user = session.scalar(select(User).where(User.username == "operator"))
@@ -180,14 +181,14 @@ def test_sessions_end_when_idle_at_their_limit_at_sign_out_and_when_the_account_
     assert started.idle_ends_at == t0 + timedelta(minutes=30)
     with services.db.session() as session:
         # Activity moves the idle clock; the live stream (activity=False) does not.
-        assert resolve_session(session, secret, policy, seal, activity=False, now=t0 + timedelta(minutes=20))
-        assert resolve_session(session, secret, policy, seal, now=t0 + timedelta(minutes=29))
-        assert resolve_session(session, secret, policy, seal, now=t0 + timedelta(minutes=58))
-        assert resolve_session(session, secret, policy, seal, activity=False, now=t0 + timedelta(minutes=87))
+        assert resolve_session(session, secret, policy, seals, activity=False, now=t0 + timedelta(minutes=20))
+        assert resolve_session(session, secret, policy, seals, now=t0 + timedelta(minutes=29))
+        assert resolve_session(session, secret, policy, seals, now=t0 + timedelta(minutes=58))
+        assert resolve_session(session, secret, policy, seals, activity=False, now=t0 + timedelta(minutes=87))
     with services.db.session() as session:
-        assert resolve_session(session, secret, policy, seal, now=t0 + timedelta(minutes=89)) is None
+        assert resolve_session(session, secret, policy, seals, now=t0 + timedelta(minutes=89)) is None
     with services.db.session() as session:  # and once ended it stays ended
-        assert resolve_session(session, secret, policy, seal, now=t0 + timedelta(minutes=60)) is None
+        assert resolve_session(session, secret, policy, seals, now=t0 + timedelta(minutes=60)) is None
     # Over HTTP: a page's own refreshes (marked as background) do not count as the person being there.
     client, _ = session_client(url, "auditor")
     with services.db.session() as session:
@@ -207,8 +208,10 @@ def test_sessions_end_when_idle_at_their_limit_at_sign_out_and_when_the_account_
         secret, _ = start_session(session, user, policy, seal, now=t0)
     with services.db.session() as session:
         for minutes in range(25, 12 * 60, 25):
-            assert resolve_session(session, secret, policy, seal, now=t0 + timedelta(minutes=minutes))
-        assert resolve_session(session, secret, policy, seal, now=t0 + timedelta(hours=12, seconds=1)) is None
+            assert resolve_session(session, secret, policy, seals, now=t0 + timedelta(minutes=minutes))
+        assert (
+            resolve_session(session, secret, policy, seals, now=t0 + timedelta(hours=12, seconds=1)) is None
+        )
     # Sign-out ends it on the server: the old cookie opens nothing afterwards.
     client, csrf = session_client(url, "operator")
     old = dict(client.cookies)
@@ -223,12 +226,14 @@ def test_sessions_end_when_idle_at_their_limit_at_sign_out_and_when_the_account_
         assert client.get("/api/v1/me").status_code == 200
         with services.db.session() as session:
             uid = session.scalar(select(User.id).where(User.username == "operator2"))
-            _, done = update_user(session, uid, change)
+            _, done = update_user(session, uid, change, services.key)
         assert done["sessions_ended"] == 1, done
         assert client.get("/api/v1/me").status_code == 401
         assert client.get("/board").status_code == 303
         with services.db.session() as session:
-            update_user(session, uid, {"password": PASSWORD, "role": "operator", "active": True})
+            update_user(
+                session, uid, {"password": PASSWORD, "role": "operator", "active": True}, services.key
+            )
 
 
 def _state_changing_user_routes() -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import insert, select, update
 
 from accounts.models import ApiToken, User, UserSession
-from accounts.seals import credential_seal_key, seal_tokens, unsealed_tokens
+from accounts.seals import SignInSeals, credential_seal_key, seal_tokens, unsealed_tokens
 from accounts.service import resolve_token, token_digest
 from chain_of_custody.verify import VerifyOptions, verify_service
 from tests.conftest import ADMIN_PASSWORD, recorded_user
@@ -184,7 +184,7 @@ def test_the_seal_tokens_command_lists_before_it_seals(tmp_path: Any, seaweed: A
                     created_at=datetime.now(UTC),
                 )
             )
-        key = credential_seal_key(s.key)
+        key = SignInSeals.of(s.key)
         with s.db.session() as session:
             assert resolve_token(session, token, key) is None
         for name in ("data_dir", "database_url", "s3_endpoint", "s3_access_key", "bucket", "staging_bucket"):

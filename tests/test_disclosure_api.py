@@ -39,7 +39,14 @@ def server(services: Any) -> Iterator[Server]:
 
     with services.db.session() as session:
         for name, role, site in USERS:
-            create_user(session, name, ADMIN_PASSWORD if name == "admin" else PASSWORD, role, site=site)
+            create_user(
+                session,
+                name,
+                ADMIN_PASSWORD if name == "admin" else PASSWORD,
+                role,
+                site=site,
+                key=services.key,
+            )
     tokens = {}
     with services.db.session() as session:
         for name, _, _ in USERS:

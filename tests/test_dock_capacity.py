@@ -18,7 +18,7 @@ def _live(tmp_path: Path, seaweed, **overrides):  # type: ignore[no-untyped-def]
 
     s = build_services(make_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", seaweed, **overrides))
     with s.db.session() as session:
-        create_user(session, "admin", ADMIN_PASSWORD, "admin")
+        create_user(session, "admin", ADMIN_PASSWORD, "admin", key=s.key)
     server, thread, url = start_server(s)
     token = httpx.post(
         f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}

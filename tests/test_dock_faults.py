@@ -383,7 +383,7 @@ def test_storage_outage_answers_503_and_the_clip_completes_later(tmp_path: Path)
     store.start()
     s = build_services(make_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", store))
     with s.db.session() as session:
-        create_user(session, "admin", ADMIN_PASSWORD, "admin")
+        create_user(session, "admin", ADMIN_PASSWORD, "admin", key=s.key)
     server, thread, url = start_server(s)
     try:
         token = httpx.post(

@@ -79,8 +79,8 @@ def _serve_with_failing_route(services):  # type: ignore[no-untyped-def]
 
 def test_every_error_path_logs_briefly_and_no_secret_reaches_the_log(services, captured) -> None:  # type: ignore[no-untyped-def]
     with services.db.session() as session:
-        create_user(session, "admin", ADMIN_PASSWORD, "admin")
-        create_user(session, "nurse", "a long enough test password", "operator")
+        create_user(session, "admin", ADMIN_PASSWORD, "admin", key=services.key)
+        create_user(session, "nurse", "a long enough test password", "operator", key=services.key)
     server, thread, url = _serve_with_failing_route(services)
     secrets: list[str] = [ADMIN_PASSWORD, "a long enough test password"]
     try:

@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 
 import incidents.export.media as export_module
 from accounts.models import User
+from accounts.seals import seal_user
 from accounts.service import create_user
 from chain_of_custody.evidence import Provenance
 from chain_of_custody.models import CustodyEntry, EvidenceItem
@@ -64,11 +65,11 @@ def server(services) -> Iterator[Server]:  # type: ignore[no-untyped-def]
     from ingest.app import create_app
 
     with services.db.session() as session:
-        create_user(session, "admin", ADMIN_PASSWORD, "admin")
-        create_user(session, "inv", PASSWORD, "investigator")
-        create_user(session, "other_inv", PASSWORD, "investigator")
-        create_user(session, "boss", PASSWORD, "security_manager", site="QEH")
-        create_user(session, "audit", PASSWORD, "auditor")
+        create_user(session, "admin", ADMIN_PASSWORD, "admin", key=services.key)
+        create_user(session, "inv", PASSWORD, "investigator", key=services.key)
+        create_user(session, "other_inv", PASSWORD, "investigator", key=services.key)
+        create_user(session, "boss", PASSWORD, "security_manager", site="QEH", key=services.key)
+        create_user(session, "audit", PASSWORD, "auditor", key=services.key)
     app = create_app(services.settings, services)
     port = free_port()
     srv = _ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
@@ -370,7 +371,10 @@ def link_issuer(s, username: str) -> str:  # type: ignore[no-untyped-def]
     API issues it: a link serves only while its issuer may still hand the package out; the incident's id."""
     with s.db.session() as session:
         if session.scalar(select(User).where(User.username == username)) is None:
-            session.add(User(username=username, password_hash="-", role="admin"))
+            issuer = User(username=username, password_hash="-", role="admin")
+            session.add(issuer)
+            session.flush()
+            seal_user(issuer, s.key)
         draft = IncidentDraft(category="physical_assault", occurred_at=datetime.now(UTC), site="NORTH")
         return create_incident(session, draft, f"user:{username}").id
 

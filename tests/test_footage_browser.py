@@ -332,7 +332,15 @@ def test_the_original_needs_a_reason_and_a_role_allowed_pictures(footage: Footag
     copy = clients["investigator"].get(f"/footage/{f.v1['result_item_id']}")
     assert copy.status_code == 303 and copy.headers["location"] == f"/footage/{f.clip_id}"
     with f.services.db.session() as session:
-        create_user(session, "outsider", PASSWORD, "investigator", full_name="Outsider", site="NORTH")
+        create_user(
+            session,
+            "outsider",
+            PASSWORD,
+            "investigator",
+            full_name="Outsider",
+            site="NORTH",
+            key=f.services.key,
+        )
     outsider = session_client(f.url, "outsider")[0]
     assert outsider.get(f"/footage/{f.clip_id}").status_code == 404
     assert (

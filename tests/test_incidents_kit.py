@@ -15,7 +15,7 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from accounts.models import User
-from accounts.seals import credential_seal_key
+from accounts.seals import credential_seal_key, seal_user
 from accounts.service import issue_token, password_record
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.models import EvidenceItem
@@ -83,6 +83,7 @@ def user(services, username: str, role: str, site: str | None = None) -> int:  #
         row = User(username=username, password_hash=_password_hash(), role=role, site=site)
         session.add(row)
         session.flush()
+        seal_user(row, services.key)
         services.ledger.append(
             session,
             "user_changed",

@@ -82,7 +82,7 @@ def test_the_api_answers_as_its_openapi_document_says(tmp_path: Path, seaweed: E
 
     s = build_services(make_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", seaweed))
     with s.db.session() as session:
-        create_user(session, "admin", ADMIN_PASSWORD, "admin")
+        create_user(session, "admin", ADMIN_PASSWORD, "admin", key=s.key)
     server, thread, url = start_server(s)
     try:
         login = {"username": "admin", "password": ADMIN_PASSWORD}

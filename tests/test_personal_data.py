@@ -30,7 +30,7 @@ def test_trail_points_and_sessions_past_their_retention_are_forgotten_by_one_ins
         for device in (quiet.device_id, busy.device_id):
             for at in (old, recent):
                 session.add(LoneWorkerPosition(device_id=device, at=at, lat=51.5, lon=-0.1, accuracy_m=5))
-        user = create_user(session, "nurse-lead", "a long enough password", "operator")
+        user = create_user(session, "nurse-lead", "a long enough password", "operator", key=s.key)
         policy = SessionPolicy(idle=timedelta(minutes=15), absolute=timedelta(hours=12))
         seal = credential_seal_key(s.key)
         long_ago = now - timedelta(days=s.settings.ended_session_retention_days + 1)

@@ -427,16 +427,18 @@ def test_a_hold_on_an_incident_with_nothing_linked_is_recorded(services: Any) ->
 
 def test_a_role_or_a_user_given_by_sql_is_named(services: Any) -> None:
     s = services
-    _world(s)
+    ids, _, _, _ = _world(s)
     assert _problems(s) == []
     with s.db.session() as session:
         session.execute(update(User).where(User.username == "other_inv").values(role="admin", site="NORTH"))
         session.execute(insert(User).values(username="mallory", password_hash="-", role="admin", active=True))
     found = {(p.kind, p.where) for p in _problems(s)}
+    other_id = ids["other_inv"]
     assert found == {
         ("user_role_altered", "user other_inv"),
         ("user_site_altered", "user other_inv"),
         ("user_unrecorded", "user mallory"),
+        ("user_seal_broken", f"user id {other_id} (other_inv)"),  # (mallory has no seal: a note)
     }, found
 
 
@@ -593,7 +595,11 @@ def test_a_password_set_by_sql_is_named_and_no_entry_carries_a_secret(live: Any)
     with s.db.session() as session:
         session.execute(update(User).where(User.username == "other_inv").values(password_hash=taken))
     found = [(p.kind, p.where) for p in _problems(s)]
-    assert found == [("user_password_altered", "user other_inv")], found
+    other_id = ids["other_inv"]
+    assert found == [
+        ("user_password_altered", "user other_inv"),
+        ("user_seal_broken", f"user id {other_id} (other_inv)"),
+    ], found
 
 
 def test_a_wearer_or_device_changed_by_sql_is_named(services: Any) -> None:

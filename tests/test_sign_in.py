@@ -229,10 +229,14 @@ def test_two_service_processes_count_the_same_failures(
 
     replicas = []
     for i in range(2):
-        s = build_services(make_settings(tmp_path / f"r{i}", database_url, seaweed))
+        # Replicas share one service key (its signatures and seals must hold on every replica).
+        key_path = tmp_path / "service_ed25519.pem"
+        s = build_services(
+            make_settings(tmp_path / f"r{i}", database_url, seaweed, service_key_path=key_path)
+        )
         if i == 0:
             with s.db.session() as session:
-                create_user(session, "admin", ADMIN_PASSWORD, "admin")
+                create_user(session, "admin", ADMIN_PASSWORD, "admin", key=s.key)
         server, thread, url = start_server(s)
         replicas.append((s, server, thread, url))
     try:

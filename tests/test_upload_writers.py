@@ -40,7 +40,7 @@ def dock_live(
     overrides = dict(marker.kwargs) if marker else {}
     s = build_services(make_settings(tmp_path, database_url, seaweed, **overrides))
     with s.db.session() as session:
-        create_user(session, "admin", ADMIN_PASSWORD, "admin")
+        create_user(session, "admin", ADMIN_PASSWORD, "admin", key=s.key)
     server, thread, url = start_server(s)
     token = httpx.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD})
     yield LiveServer(url, s, token.json()["access_token"])

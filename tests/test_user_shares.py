@@ -37,7 +37,7 @@ def shared(tmp_path: Path, seaweed: EmbeddedSeaweed) -> Iterator[tuple[str, Any,
     )
     with s.db.session() as session:
         for name in ("ann", "bob"):
-            create_user(session, name, PASSWORD, "admin")
+            create_user(session, name, PASSWORD, "admin", key=s.key)
     server, thread, url = start_server(s)
     tokens = {}
     for name in ("ann", "bob"):

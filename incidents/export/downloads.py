@@ -28,7 +28,7 @@ from chain_of_custody import package_layout as pl
 from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import parse_range, quarantine, quarantine_hook
 from chain_of_custody.fixity import FixityCheck, checked_range
-from chain_of_custody.keys import SIGNING_KEY_PATH
+from chain_of_custody.keys import SIGNING_KEY_PATH, ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reads import RangeRefused
@@ -79,18 +79,18 @@ def _live_link(s: CoreServices, session: Session, token: str, now: datetime) -> 
     if link.expires_at <= now:
         raise LinkRefused(410, "this download link has expired")
     job = session.get(ExportJob, link.export_id)
-    if job is None or not issuer_still_may(session, job, link):
+    if job is None or not issuer_still_may(session, job, link, s.key):
         log.warning("download link refused: its issuer's access ended", extra={"link": link.id})
         raise LinkRefused(410, "this download link is no longer good: whoever issued it no longer has access")
     return link
 
 
-def issuer_still_may(session: Session, job: ExportJob, link: ExportLink) -> bool:
+def issuer_still_may(session: Session, job: ExportJob, link: ExportLink, key: ServiceKey) -> bool:
     """Whether the person who issued the link could issue it now: still an active user, who sees the
     incident and may hand out everything the package holds (``may_hand_out``). A link hands out the
     package on its issuer's authority, so it lasts no longer than that authority does (unassigned,
-    moved to another site, given another role, deactivated)."""
-    issuer = principal_of(session, link.created_by)
+    moved to another site, given another role, deactivated, or their row altered outside the service)."""
+    issuer = principal_of(session, link.created_by, key)
     if issuer is None or issuer.role not in EXPORTERS:
         return False
     if visible_incident(session, issuer, job.incident_id) is None:
