@@ -422,6 +422,8 @@ def _requests(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if timing.get("receiveHeadersEnd", -1) >= 0
                 else at
             )
+            if timing.get("sendStart", -1) >= 0:  # before it: waiting for a connection, connecting
+                r["send_at"] = (timing["requestTime"] + offset) * 1000 + timing["sendStart"]
             r["status"] = e["response"]["status"]
             r["server"] = _server_timing(headers.get("server-timing", ""))
         elif e["event"] == "Network.dataReceived":
@@ -463,6 +465,7 @@ def seek_breakdown(events: list[dict[str, Any]], seeks: list[dict[str, Any]]) ->
                     "range": r["range"],
                     "sent_ms": round(r["sent"] - t0, 1),
                     "ttfb_ms": round(r["headers_at"] - r["sent"], 1) if "headers_at" in r else None,
+                    "before_send_ms": round(r["send_at"] - r["sent"], 1) if "send_at" in r else None,
                     "server_ms": r.get("server") or None,
                     "first_byte_ms": round(before[0][0] - t0, 1) if before else None,
                     "bytes_before_frame": sum(n for _, n in before),
@@ -495,12 +498,14 @@ def breakdown_summary(breakdown: list[dict[str, Any]], first: int = 6) -> dict[s
             for name, ms in (r["server_ms"] or {}).items():
                 spans.setdefault(name, []).append(ms)
         ttfb = [r["ttfb_ms"] for r in reqs if r["ttfb_ms"] is not None]
+        before_send = [r["before_send_ms"] for r in reqs if r.get("before_send_ms") is not None]
         decode = [s["decode_ms"] for s in seeks if s["decode_ms"] is not None]
         return {
             "seeks": len(seeks),
             "frame_ms": latency_summary([s["frame_ms"] / 1000 for s in seeks if s["frame_ms"] is not None]),
             "ranges_per_seek": round(sum(s["ranges"] for s in seeks) / max(1, len(seeks)), 2),
             "range_ttfb_ms": latency_summary([t / 1000 for t in ttfb]),
+            "range_before_send_ms": latency_summary([t / 1000 for t in before_send]),
             "server_span_p50_ms": {k: round(_median(v), 1) for k, v in sorted(spans.items())},
             "server_span_counts": {k: len(v) for k, v in sorted(spans.items())},
             "decode_ms": latency_summary([d / 1000 for d in decode]),
