@@ -12,7 +12,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -48,7 +47,6 @@ from .read_checks import (
     BLOCK,
     VERIFIED,
     WHOLE_CHECKS,
-    Key,
     WholeCheck,
     checked_blocks,
     object_key,
@@ -583,84 +581,15 @@ def _unserved(blocks: Iterator[bytes]) -> Callable[[Future[bytes | None]], None]
     return close
 
 
-@dataclass
-class _Ahead:
-    """A range's first block, asked of the store as the range arrives, before its look-up: read and
-    checked against its block digest on a thread of ``_FIRST_BLOCKS``, served only once the look-up
-    has admitted the read for the same object and range and the range is recorded; otherwise closed
-    unsent (``drop``)."""
-
-    key: Key
-    byte_range: ByteRange
-    blocks: Iterator[bytes]
-    first: Future[bytes | None]
-    recorded: threading.Event
-
-    def drop(self) -> None:
-        self.recorded.set()
-        self.first.add_done_callback(_unserved(self.blocks))
-
-
-LATELY_READ = 256  # (person, item) pairs whose next range's first block is asked for at once
-_lately: OrderedDict[tuple[str, str], EvidenceItem] = OrderedDict()
-_lately_lock = threading.Lock()
-
-
-def _read_lately(actor: str, item: EvidenceItem) -> None:
-    """Note an item (detached) that ``actor`` was admitted to read, for their next range."""
-    with _lately_lock:
-        _lately[(actor, item.id)] = item
-        _lately.move_to_end((actor, item.id))
-        while len(_lately) > LATELY_READ:
-            _lately.popitem(last=False)
-
-
-def _read_ahead(
-    s: CoreServices, asked: str | None, actor: str, item_id: str, timing: ReadTiming
-) -> _Ahead | None:
-    """Start reading the first block of a range of an item this person was admitted to read lately,
-    whose block digests are kept, while the range is looked up (a player's next range): the store's
-    round trip then overlaps the look-up and the record instead of following the look-up. Nothing is
-    sent of it unless the look-up admits the read (``_look_up_and_record``); None otherwise."""
-    with _lately_lock:
-        item = _lately.get((actor, item_id))
-    if item is None:
-        return None
-    try:
-        byte_range = parse_range(asked, item.size)
-    except ValueError:
-        return None
-    key = object_key(item)
-    digests = VERIFIED.digests(key)
-    if byte_range is None or not _part(byte_range, item.size) or digests is None:
-        return None
-    recorded = threading.Event()
-    where = f"serving it to {actor} (view)"
-    blocks = checked_blocks(
-        s.store,
-        item,
-        digests,
-        byte_range.start,
-        byte_range.length,
-        _after(recorded, quarantine_hook(s.db, s.ledger, item.id, where)),
-        timing,
-    )
-    timing.add("ahead", 0.0)
-    return _Ahead(key, byte_range, blocks, _FIRST_BLOCKS.submit(_first_of, blocks), recorded)
-
-
 def _look_up_and_record(
     s: CoreServices,
     asked: str | None,
     look_up: Callable[[Session], ReadOf],
     timing: ReadTiming,
-    ahead: _Ahead | None = None,
 ) -> tuple[ReadOf, _Recorded | None]:
     """On one worker thread, in one transaction: the item looked up and admitted (``look_up``), and,
     for a range of a viewing whose block digests are kept, the range recorded, its first block read
-    and checked meanwhile on another thread (or already being read: ``ahead``, used only for the
-    same object and range as the look-up found; dropped unsent otherwise). Otherwise only the
-    look-up (None)."""
+    and checked meanwhile on another thread. Otherwise only the look-up (None)."""
     recorded = threading.Event()
     try:
         with s.db.session() as session:
@@ -675,32 +604,25 @@ def _look_up_and_record(
                 return read, None
             byte_range, digests = kept
             item = read.item
-            if ahead is not None and (ahead.key, ahead.byte_range) == (object_key(item), byte_range):
-                blocks, first, recorded, ahead = ahead.blocks, ahead.first, ahead.recorded, None
-            else:
-                blocks = checked_blocks(
-                    s.store,
-                    item,
-                    digests,
-                    byte_range.start,
-                    byte_range.length,
-                    _after(recorded, quarantine_hook(s.db, s.ledger, item.id, read.where)),
-                    timing,
-                )
-                first = _FIRST_BLOCKS.submit(_first_of, blocks)
+            blocks = checked_blocks(
+                s.store,
+                item,
+                digests,
+                byte_range.start,
+                byte_range.length,
+                _after(recorded, quarantine_hook(s.db, s.ledger, item.id, read.where)),
+                timing,
+            )
+            first = _FIRST_BLOCKS.submit(_first_of, blocks)
             try:
                 with timing.span("record"):
                     headers = _record_range_of_viewing(s, read, byte_range, within=session)
             except BaseException:
                 first.add_done_callback(_unserved(blocks))  # not served: closed once its read is done
                 raise
-            if read.purpose == "view":
-                _read_lately(read.actor, item)
             return read, _Recorded(byte_range, blocks, first, headers)
     finally:
         recorded.set()
-        if ahead is not None:
-            ahead.drop()
 
 
 async def looked_up_response(
@@ -708,24 +630,20 @@ async def looked_up_response(
     request: Request,
     look_up: Callable[[Session], ReadOf],
     timing: ReadTiming | None = None,
-    ahead_for: tuple[str, str] | None = None,
 ) -> Response:
     """:func:`item_response` for an item found and admitted by ``look_up`` (it raises to refuse: no
     such item, not visible, no reason), which runs in the transaction that records the read when
     the read is a range of a viewing whose block digests are kept (a player's seeks, after the
     first): one hop to a worker thread and one transaction for the look-up and the record, not one
     each. Nothing is served before the record is written; every other read is ``item_response``'s.
-    ``ahead_for`` (the person and the item id asked for, for a read that is no review): the range's
-    first block is asked of the store at once when that person read that item lately (``_read_ahead``).
     ``timing`` (started as the request was admitted) goes out as ``Server-Timing``."""
     if timing is None:
         timing = ReadTiming()
     else:
         timing.add("sign_in", time.perf_counter() - timing.started)  # the route's dependencies
     asked = request.headers.get("range")
-    ahead = _read_ahead(s, asked, *ahead_for, timing) if ahead_for is not None else None
     try:
-        read, done = await asyncio.to_thread(_look_up_and_record, s, asked, look_up, timing, ahead)
+        read, done = await asyncio.to_thread(_look_up_and_record, s, asked, look_up, timing)
     except RecordUntrusted as exc:
         raise ReadRefused("record_altered", f"the item cannot be served: {exc}") from None
     if done is None:

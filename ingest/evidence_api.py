@@ -349,8 +349,7 @@ async def content(
             admit=admit,
         )
 
-    ahead_for = (user.actor, item_id) if review_reason is None else None
-    return await looked_up_response(s, request, look_up, timing, ahead_for)
+    return await looked_up_response(s, request, look_up, timing)
 
 
 @router.get("/custody/public-key")

@@ -228,34 +228,3 @@ def test_a_range_says_where_its_wait_for_the_first_byte_went(served: Any) -> Non
     assert r.status_code == 206 and r.content == data[2 * BLOCK + 5 : 4 * BLOCK + 1]
     spans = _server_timing(r)
     assert {"look", "record", "held", "ready"} <= set(spans) and "store" not in spans, spans
-
-
-def test_a_persons_next_range_is_read_from_the_store_beside_its_look_up(own_store: Any) -> None:  # noqa: F811
-    s, seaweed, url = own_store
-    user(s, "boss", "admin")
-    user(s, "other", "admin")
-    admin, other = bearer(s, "boss"), bearer(s, "other")
-    data = b"READ-AHEAD-" + uuid.uuid4().hex.encode() + os.urandom(SIZE)
-    clip = store_item(s, data=data)
-    target = f"{url}/api/v1/evidence/{clip.id}/content"
-
-    def get(who: dict[str, str], lo: int, hi: int) -> httpx.Response:
-        return httpx.get(target, headers={**who, "Range": f"bytes={lo}-{hi}"}, params=READ, timeout=60)
-
-    r = get(admin, 0, 99)  # admitted once: the person's next range starts at once
-    assert r.status_code == 206 and "ahead" not in _server_timing(r)
-    r = get(admin, 4 * BLOCK + 7, 5 * BLOCK + 9)
-    assert r.status_code == 206 and r.content == data[4 * BLOCK + 7 : 5 * BLOCK + 10]
-    spans = _server_timing(r)
-    assert {"ahead", "store", "look", "record"} <= set(spans), spans
-    r = get(other, 6 * BLOCK, 6 * BLOCK + 99)  # someone who has not read it lately: after the look-up
-    assert r.status_code == 206 and r.content == data[6 * BLOCK : 6 * BLOCK + 100]
-    assert "ahead" not in _server_timing(r)
-    # A block read ahead that no longer matches its digest is never sent: refused, quarantined.
-    _alter_on_disk(seaweed, data, 2 * BLOCK + 1)
-    r = get(admin, 2 * BLOCK, 2 * BLOCK + 9)
-    assert r.status_code == 409 and r.json()["reason"] == "quarantined", r.text
-    assert _status(s, clip.id) == "quarantined"
-    # And a quarantined item's range read ahead is refused by its look-up, nothing of it sent.
-    r = get(admin, 7 * BLOCK, 7 * BLOCK + 9)
-    assert r.status_code == 409 and r.json()["reason"] == "quarantined", r.text
