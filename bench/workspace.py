@@ -316,6 +316,7 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
         },
     )
     net["cdp"].detach()
+    breakdown = seek_breakdown(net["events"], found["seeks"])
     if ctx["trace"] is not None:  # chromium's own timing of each range, beside each seek's wall time
         ctx["trace"].mkdir(exist_ok=True, parents=True)
         (ctx["trace"] / "network.json").write_text(json.dumps(net["events"]))
@@ -329,6 +330,7 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
             .where(ViewingSession.item_id == item.id)
         )
     plain = plain_seeks(page, clip, ctx["seeks"], ctx["preload"])
+    plain_breakdown = seek_breakdown(plain["events"], plain["seeks"])
     clip.unlink()
     plain_frames = [s["frame_ms"] / 1000 for s in plain["seeks"] if s["frame_ms"] is not None]
     rng = random.Random(7)
@@ -364,6 +366,11 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
         # Each seek in order (the first waits for the whole check the first range starts), both servers.
         "seeks_ms": [_round_ms(s["frame_ms"]) for s in found["seeks"]],
         "plain_server_seeks_ms": [_round_ms(s["frame_ms"]) for s in plain["seeks"]],
+        # Where each seek's time went, from chromium's network timing and the service's Server-Timing.
+        "seek_breakdown_summary": breakdown_summary(breakdown),
+        "plain_server_breakdown_summary": breakdown_summary(plain_breakdown),
+        "seek_breakdown": breakdown,
+        "plain_server_breakdown": plain_breakdown,
     }
 
 
@@ -383,6 +390,142 @@ def _network_log(page: Any) -> dict[str, Any]:
         cdp.on(name, lambda params, name=name: events.append({"event": name, **params}))
     cdp.send("Network.enable")
     return {"cdp": cdp, "events": events}
+
+
+def _requests(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each request of the network log on the wall clock (ms since the epoch): when it was sent, its
+    ``Range``, when its headers came (and its ``Server-Timing``), every chunk and how it ended."""
+    offset: float | None = None  # wall time minus chromium's monotonic timestamps, seconds
+    by_id: dict[str, dict[str, Any]] = {}
+    for e in events:
+        rid = e.get("requestId")
+        if e["event"] == "Network.requestWillBeSent":
+            if offset is None:
+                offset = e["wallTime"] - e["timestamp"]
+            headers = {k.lower(): v for k, v in e["request"]["headers"].items()}
+            by_id[rid] = {
+                "url": e["request"]["url"],
+                "range": headers.get("range"),
+                "sent": (e["timestamp"] + offset) * 1000,
+                "chunks": [],
+            }
+            continue
+        if rid not in by_id or offset is None:
+            continue
+        at = (e["timestamp"] + offset) * 1000
+        r = by_id[rid]
+        if e["event"] == "Network.responseReceived":
+            headers = {k.lower(): v for k, v in e["response"]["headers"].items()}
+            timing = e["response"].get("timing") or {}
+            r["headers_at"] = (
+                (timing["requestTime"] + offset) * 1000 + timing["receiveHeadersEnd"]
+                if timing.get("receiveHeadersEnd", -1) >= 0
+                else at
+            )
+            if timing.get("sendStart", -1) >= 0:  # before it: waiting for a connection, connecting
+                r["send_at"] = (timing["requestTime"] + offset) * 1000 + timing["sendStart"]
+            r["status"] = e["response"]["status"]
+            r["server"] = _server_timing(headers.get("server-timing", ""))
+        elif e["event"] == "Network.dataReceived":
+            r["chunks"].append((at, e["dataLength"]))
+        elif e["event"] in ("Network.loadingFinished", "Network.loadingFailed"):
+            r["ended"] = at
+            r["end"] = "canceled" if e.get("canceled") else e.get("errorText", "finished")
+    return sorted(by_id.values(), key=lambda r: r["sent"])
+
+
+def _server_timing(value: str) -> dict[str, float]:
+    spans = {}
+    for part in value.split(","):
+        name, _, rest = part.strip().partition(";dur=")
+        if name and rest:
+            spans[name] = float(rest)
+    return spans
+
+
+def seek_breakdown(events: list[dict[str, Any]], seeks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each seek's ranges (those chromium sent between setting ``currentTime`` and the frame shown):
+    their ``Range``, when each was sent and its headers came (time to first byte, and the service's
+    own spans), the bytes each had before the frame; bytes still arriving then on ranges of earlier
+    seeks; and the time from the seek's last byte before the frame to the frame (decoding)."""
+    requests = [r for r in _requests(events) if r["range"] is not None]
+    out = []
+    for i, seek in enumerate(seeks):
+        t0 = seek["wall"]
+        until = t0 + (seek["frame_ms"] if seek["frame_ms"] is not None else seek["seeked_ms"])
+        mine = [r for r in requests if t0 <= r["sent"] <= until]
+        earlier = [r for r in requests if r["sent"] < t0]
+        ranges, last = [], None
+        for r in mine:
+            before = [(at, n) for at, n in r["chunks"] if at <= until]
+            if before:
+                last = max(last or 0.0, before[-1][0])
+            ranges.append(
+                {
+                    "range": r["range"],
+                    "sent_ms": round(r["sent"] - t0, 1),
+                    "ttfb_ms": round(r["headers_at"] - r["sent"], 1) if "headers_at" in r else None,
+                    "before_send_ms": round(r["send_at"] - r["sent"], 1) if "send_at" in r else None,
+                    "server_ms": r.get("server") or None,
+                    "first_byte_ms": round(before[0][0] - t0, 1) if before else None,
+                    "bytes_before_frame": sum(n for _, n in before),
+                    "end": r.get("end"),
+                }
+            )
+        out.append(
+            {
+                "seek": i,
+                "frame_ms": _round_ms(seek["frame_ms"]),
+                "ranges": len(mine),
+                "requests": ranges,
+                "decode_ms": round(until - last, 1) if last is not None else None,
+                "earlier_ranges_bytes_in_seek": sum(
+                    n for r in earlier for at, n in r["chunks"] if t0 <= at <= until
+                ),
+            }
+        )
+    return out
+
+
+def breakdown_summary(breakdown: list[dict[str, Any]], first: int = 6) -> dict[str, Any]:
+    """The breakdown in short, for the first ``first`` seeks and the rest apart: ranges a seek, time
+    to first byte of a range, the service's spans (medians), decoding, and seeks by ranges asked."""
+
+    def part(seeks: list[dict[str, Any]]) -> dict[str, Any]:
+        reqs = [r for s in seeks for r in s["requests"]]
+        spans: dict[str, list[float]] = {}
+        for r in reqs:
+            for name, ms in (r["server_ms"] or {}).items():
+                spans.setdefault(name, []).append(ms)
+        ttfb = [r["ttfb_ms"] for r in reqs if r["ttfb_ms"] is not None]
+        before_send = [r["before_send_ms"] for r in reqs if r.get("before_send_ms") is not None]
+        decode = [s["decode_ms"] for s in seeks if s["decode_ms"] is not None]
+        return {
+            "seeks": len(seeks),
+            "frame_ms": latency_summary([s["frame_ms"] / 1000 for s in seeks if s["frame_ms"] is not None]),
+            "ranges_per_seek": round(sum(s["ranges"] for s in seeks) / max(1, len(seeks)), 2),
+            "range_ttfb_ms": latency_summary([t / 1000 for t in ttfb]),
+            "range_before_send_ms": latency_summary([t / 1000 for t in before_send]),
+            "server_span_p50_ms": {k: round(_median(v), 1) for k, v in sorted(spans.items())},
+            "server_span_counts": {k: len(v) for k, v in sorted(spans.items())},
+            "decode_ms": latency_summary([d / 1000 for d in decode]),
+            "kib_kept_per_range_p50": round(_median([r["bytes_before_frame"] / 1024 for r in reqs]), 1)
+            if reqs
+            else None,
+            "earlier_ranges_kib_in_seek": round(
+                sum(s["earlier_ranges_bytes_in_seek"] for s in seeks) / 1024, 1
+            ),
+        }
+
+    return {f"first_{first}": part(breakdown[:first]), "rest": part(breakdown[first:])}
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _round_ms(value: float | None) -> float | None:
@@ -420,9 +563,12 @@ def plain_seeks(page: Any, clip: Path, seeks: int, preload: str = "metadata") ->
                 raise RuntimeError("the plain file server did not start")
             time.sleep(0.05)
         page.goto(f"http://127.0.0.1:{port}/")
+        net = _network_log(page)
         found: dict[str, Any] = page.evaluate(
             SEEK_SCRIPT, {"src": "/clip.mp4", "seeks": seeks, "seed": 20261202, "preload": preload}
         )
+        net["cdp"].detach()
+        found["events"] = net["events"]
         return found
     finally:
         server.should_exit = True

@@ -36,6 +36,7 @@ from storage.slots import Slots
 
 from .fixity import BLAKE3, FixityCheck, ObjectAltered
 from .models import EvidenceItem
+from .read_timing import ReadTiming, timed
 
 KEEP_SECONDS = 15 * 60
 KEEP_OBJECTS = 512  # about 128 KiB of digests per GiB of object
@@ -210,6 +211,7 @@ def checked_blocks(
     lo: int,
     n: int,
     on_mismatch: Callable[[FixityCheck], None] | None = None,
+    timing: ReadTiming | None = None,
 ) -> Iterator[bytes]:
     """Bytes ``lo``..``lo+n`` of the object, reading only the blocks they lie in, each checked against
     its block digest before any of it is yielded. On a mismatch ``on_mismatch`` runs (log it,
@@ -218,7 +220,9 @@ def checked_blocks(
     Leading blocks that a range read and checked lately are served as they were checked, without
     the store's round trip (``VerifiedObjects.recent_block``): a player drops a range once it has
     what it wants and asks for the next from where it stopped, in a block the range before it read
-    and checked already. Every block read from the store here is held so, once it has matched."""
+    and checked already. Every block read from the store here is held so, once it has matched.
+    ``timing`` gets the first block's spans: ``held`` when it was held so, else ``store`` (from
+    asking the store to the block in hand) and ``check`` (its digest)."""
     key = object_key(item)
     first, last = lo // BLOCK, (lo + n - 1) // BLOCK
     end = min(item.size, (last + 1) * BLOCK)
@@ -227,16 +231,23 @@ def checked_blocks(
         held = VERIFIED.recent_block(key, index)
         if held is None:
             break
+        if timing is not None and index == first:
+            timing.add("held", 0.0)
         a, b = max(lo, pos), min(lo + n, pos + len(held))
         yield held if (a, b) == (pos, pos + len(held)) else held[a - pos : b - pos]
         index, pos = index + 1, pos + len(held)
     if pos >= end:
         return
+    timing = timing if index == first else None  # only a range's first block is timed
+    asked = time.perf_counter()
     chunks = store.read(item.object_key, item.version_id, offset=pos, length=end - pos, chunk=BLOCK)
     try:
         for block in blocks_of(chunks):
+            if timing is not None and index == first:
+                timing.add("store", time.perf_counter() - asked)
             expected = digests[index] if index < len(digests) else b""
-            found = blake3(block).digest()
+            with timed(timing if index == first else None, "check"):
+                found = blake3(block).digest()
             if found != expected:
                 check = FixityCheck("", expected.hex() or "(no block here)", min(BLOCK, item.size - pos))
                 check.update(block)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -42,7 +43,16 @@ from .evidence import (
 )
 from .fixity import FixityCheck, ObjectAltered
 from .models import EvidenceItem
-from .read_checks import BLOCK, VERIFIED, WHOLE_CHECKS, WholeCheck, checked_blocks, object_key, verify_whole
+from .read_checks import (
+    BLOCK,
+    VERIFIED,
+    WHOLE_CHECKS,
+    WholeCheck,
+    checked_blocks,
+    object_key,
+    verify_whole,
+)
+from .read_timing import ReadTiming, timed
 from .viewing import ViewingKey, ViewingPolicy
 from .viewings import record_range
 
@@ -176,7 +186,12 @@ def _listed_blocks_read(s: CoreServices, item: EvidenceItem) -> tuple[bytes, ...
 
 
 async def _block_digests(
-    s: CoreServices, item: EvidenceItem, request: Request, actor: str, where: str
+    s: CoreServices,
+    item: EvidenceItem,
+    request: Request,
+    actor: str,
+    where: str,
+    timing: ReadTiming | None = None,
 ) -> tuple[bytes, ...]:
     """The object's block digests, from its block list or a whole check of it lately, or from one
     this read starts or joins (``read_checks``): refused at once when a new one finds no slot; a check whose every
@@ -185,7 +200,8 @@ async def _block_digests(
     kept = VERIFIED.digests(key)
     if kept is not None:
         return kept
-    listed = await asyncio.to_thread(_listed_blocks_read, s, item)
+    with timed(timing, "list"):
+        listed = await asyncio.to_thread(_listed_blocks_read, s, item)
     if listed is not None:
         return listed
     kept = VERIFIED.digests(key)  # again: a whole check may have ended meanwhile
@@ -193,6 +209,7 @@ async def _block_digests(
         return kept
     check = VERIFIED.join(key, _whole_check_starter(s, item, actor, where))
     waiting = asyncio.wrap_future(check.result)
+    waited = time.perf_counter()
     try:
         while not waiting.done():
             await asyncio.wait({waiting}, timeout=0.25)
@@ -200,6 +217,8 @@ async def _block_digests(
                 raise ClientGone("client_gone", "the client went away")
     finally:
         VERIFIED.leave(check)
+        if timing is not None:
+            timing.add("whole", time.perf_counter() - waited)
     fixity, digests = waiting.result()
     if not isinstance(fixity, FixityCheck) or not fixity.ok:
         raise _no_longer_matches(item)
@@ -237,7 +256,7 @@ async def _sent_from(first: bytes | None, blocks: Iterator[bytes]) -> AsyncItera
 
 
 async def _range_after_record(
-    blocks: Iterator[bytes], record: Callable[[], None], item: EvidenceItem
+    blocks: Iterator[bytes], record: Callable[[], None], item: EvidenceItem, timing: ReadTiming | None = None
 ) -> AsyncIterator[bytes]:
     """A range of a viewing: its first block is read from the store and checked against its block
     digest while the range is recorded on custody (two worker threads), so the store's round trip
@@ -246,7 +265,8 @@ async def _range_after_record(
     loop = asyncio.get_running_loop()
     ahead = loop.run_in_executor(None, _first_of, blocks)
     try:
-        await asyncio.to_thread(record)
+        with timed(timing, "record"):
+            await asyncio.to_thread(record)
     except BaseException:
         # Not served: the generator is closed once its reading thread is done with it.
         def close(done: asyncio.Future[bytes | None]) -> None:
@@ -257,7 +277,8 @@ async def _range_after_record(
         ahead.add_done_callback(close)
         raise
     try:
-        first = await ahead
+        with timed(timing, "first"):
+            first = await ahead
     except ObjectAltered:
         raise _no_longer_matches(item) from None
     return _sent_from(first, blocks)
@@ -317,6 +338,7 @@ class ReadOf:
     reason: str | None = None
     sign_in: str = ""
     admit: Callable[[Session], None] | None = None
+    timing: ReadTiming | None = None
 
     @property
     def where(self) -> str:
@@ -384,6 +406,8 @@ def _answer(
     item = read.item
     EVIDENCE_READS.inc()
     headers = {"Accept-Ranges": "bytes", **read.headers, **recorded}
+    if read.timing is not None:
+        headers["Server-Timing"] = read.timing.header()
     if read.review_reason is not None:
         headers.pop("ETag", None)
         headers["X-Evidence-Status"] = "quarantined"
@@ -409,6 +433,7 @@ async def item_response(
     reason: str | None = None,
     sign_in: str = "",
     admit: Callable[[Session], None] | None = None,
+    timing: ReadTiming | None = None,
 ) -> Response:
     """An item's bytes (whole, or the one ``Range`` asked for), streamed after the read's custody
     entry is written, and checked against the recorded digest as they stream: bytes that no longer
@@ -433,8 +458,9 @@ async def item_response(
 
     ``admit`` runs once the read is admitted (its range met, its checks done), in the transaction
     that records it, before the custody entry: what it raises refuses the read and records nothing
-    (a download's read grant is used up there, so a read refused before that leaves it unused)."""
-    read = ReadOf(item, actor, headers, purpose, review_reason, reason, sign_in, admit)
+    (a download's read grant is used up there, so a read refused before that leaves it unused).
+    ``timing`` (``read_timing``) is told where the wait for the first byte went (``Server-Timing``)."""
+    read = ReadOf(item, actor, headers, purpose, review_reason, reason, sign_in, admit, timing)
     try:
         byte_range = parse_range(request.headers.get("range"), item.size)
     except ValueError:
@@ -443,7 +469,7 @@ async def item_response(
     where = read.where
     digests = None
     if not reviewing and _part(byte_range, item.size):
-        digests = await _block_digests(s, item, request, actor, where)
+        digests = await _block_digests(s, item, request, actor, where, timing)
     elif not reviewing and byte_range is not None:
         _check_ahead(s, item, actor, where)
 
@@ -496,13 +522,15 @@ async def item_response(
                 byte_range.start,
                 byte_range.length,
                 _after(recorded_or_not, quarantine_hook(s.db, s.ledger, item.id, where)),
+                timing,
             )
             try:
-                sent = await _range_after_record(blocks, record_range_of_viewing, item)
+                sent = await _range_after_record(blocks, record_range_of_viewing, item, timing)
             finally:
                 recorded_or_not.set()
         else:
-            blocks = await asyncio.to_thread(start)
+            with timed(timing, "record"):
+                blocks = await asyncio.to_thread(start)
     except RecordUntrusted as exc:
         raise ReadRefused("record_altered", f"the item cannot be served: {exc}") from None
     return _answer(read, byte_range, blocks, sent, recorded)
@@ -554,7 +582,10 @@ def _unserved(blocks: Iterator[bytes]) -> Callable[[Future[bytes | None]], None]
 
 
 def _look_up_and_record(
-    s: CoreServices, asked: str | None, look_up: Callable[[Session], ReadOf]
+    s: CoreServices,
+    asked: str | None,
+    look_up: Callable[[Session], ReadOf],
+    timing: ReadTiming,
 ) -> tuple[ReadOf, _Recorded | None]:
     """On one worker thread, in one transaction: the item looked up and admitted (``look_up``), and,
     for a range of a viewing whose block digests are kept, the range recorded, its first block read
@@ -562,11 +593,13 @@ def _look_up_and_record(
     recorded = threading.Event()
     try:
         with s.db.session() as session:
-            read = look_up(session)
+            with timing.span("look"):
+                read = replace(look_up(session), timing=timing)
             # Detached, as a look-up of its own would leave it: a rollback here expires nothing the
             # first block's thread or the answer reads of it.
             session.expunge(read.item)
-            kept = _kept_range(s, session, read, asked)
+            with timing.span("list"):
+                kept = _kept_range(s, session, read, asked)
             if kept is None:
                 return read, None
             byte_range, digests = kept
@@ -578,10 +611,12 @@ def _look_up_and_record(
                 byte_range.start,
                 byte_range.length,
                 _after(recorded, quarantine_hook(s.db, s.ledger, item.id, read.where)),
+                timing,
             )
             first = _FIRST_BLOCKS.submit(_first_of, blocks)
             try:
-                headers = _record_range_of_viewing(s, read, byte_range, within=session)
+                with timing.span("record"):
+                    headers = _record_range_of_viewing(s, read, byte_range, within=session)
             except BaseException:
                 first.add_done_callback(_unserved(blocks))  # not served: closed once its read is done
                 raise
@@ -591,15 +626,24 @@ def _look_up_and_record(
 
 
 async def looked_up_response(
-    s: CoreServices, request: Request, look_up: Callable[[Session], ReadOf]
+    s: CoreServices,
+    request: Request,
+    look_up: Callable[[Session], ReadOf],
+    timing: ReadTiming | None = None,
 ) -> Response:
     """:func:`item_response` for an item found and admitted by ``look_up`` (it raises to refuse: no
     such item, not visible, no reason), which runs in the transaction that records the read when
     the read is a range of a viewing whose block digests are kept (a player's seeks, after the
     first): one hop to a worker thread and one transaction for the look-up and the record, not one
-    each. Nothing is served before the record is written; every other read is ``item_response``'s."""
+    each. Nothing is served before the record is written; every other read is ``item_response``'s.
+    ``timing`` (started as the request was admitted) goes out as ``Server-Timing``."""
+    if timing is None:
+        timing = ReadTiming()
+    else:
+        timing.add("sign_in", time.perf_counter() - timing.started)  # the route's dependencies
+    asked = request.headers.get("range")
     try:
-        read, done = await asyncio.to_thread(_look_up_and_record, s, request.headers.get("range"), look_up)
+        read, done = await asyncio.to_thread(_look_up_and_record, s, asked, look_up, timing)
     except RecordUntrusted as exc:
         raise ReadRefused("record_altered", f"the item cannot be served: {exc}") from None
     if done is None:
@@ -614,9 +658,11 @@ async def looked_up_response(
             reason=read.reason,
             sign_in=read.sign_in,
             admit=read.admit,
+            timing=timing,
         )
     try:
-        first = await asyncio.wrap_future(done.first)
+        with timing.span("first"):
+            first = await asyncio.wrap_future(done.first)
     except ObjectAltered:
         raise _no_longer_matches(read.item) from None
     return _answer(read, done.byte_range, done.blocks, _sent_from(first, done.blocks), done.headers)

@@ -196,3 +196,35 @@ def test_a_dock_upload_keeps_its_block_list_across_its_requests(live: LiveServer
         assert entry is not None and json.loads(entry.body.details)["blocks"] == commitment(digests)
     again = s.store.digests_of(item.object_key, item.version_id, block_list=True)  # type: ignore[attr-defined]
     assert again.block_digests() == digests
+
+
+def _server_timing(answer: httpx.Response) -> dict[str, float]:
+    spans = {}
+    for part in answer.headers.get("server-timing", "").split(","):
+        name, _, ms = part.strip().partition(";dur=")
+        if name:
+            spans[name] = float(ms)
+    return spans
+
+
+def test_a_range_says_where_its_wait_for_the_first_byte_went(served: Any) -> None:  # noqa: F811
+    s, url = served
+    user(s, "boss", "admin")
+    admin = bearer(s, "boss")
+    data = os.urandom(SIZE)
+    clip = store_item(s, data=data)
+    target = f"{url}/api/v1/evidence/{clip.id}/content"
+    # The first range: its look-up, its block list loaded and checked, its record, the store's first
+    # block and its check, all within the wait for the answer (``ready``).
+    r = httpx.get(target, headers={**admin, "Range": f"bytes={BLOCK}-{3 * BLOCK - 1}"}, params=READ)
+    assert r.status_code == 206 and r.content == data[BLOCK : 3 * BLOCK]
+    spans = _server_timing(r)
+    assert {"list", "record", "store", "check", "ready"} <= set(spans), spans
+    assert "held" not in spans
+    assert all(ms >= 0 for ms in spans.values())
+    assert spans["ready"] >= max(spans["store"], spans["record"], spans["list"])
+    # The next, from where the player dropped the last: its first block was held as it was checked.
+    r = httpx.get(target, headers={**admin, "Range": f"bytes={2 * BLOCK + 5}-{4 * BLOCK}"}, params=READ)
+    assert r.status_code == 206 and r.content == data[2 * BLOCK + 5 : 4 * BLOCK + 1]
+    spans = _server_timing(r)
+    assert {"look", "record", "held", "ready"} <= set(spans) and "store" not in spans, spans
