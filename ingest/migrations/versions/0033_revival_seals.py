@@ -9,8 +9,8 @@ Each console session keeps its last activity with an HMAC (``user_sessions.activ
 ``accounts.sessions``), so its idle timeout cannot be undone by moving ``last_seen_at`` forward.
 Sessions open at the upgrade have none: they end here, and their people sign in again.
 
-Revision ID: 0032_revival_seals
-Revises: 0031_device_seals
+Revision ID: 0033_revival_seals
+Revises: 0032_user_seals
 """
 
 from datetime import UTC, datetime
@@ -20,8 +20,8 @@ from alembic import op
 
 import storage.db
 
-revision = "0032_revival_seals"
-down_revision = "0031_device_seals"
+revision = "0033_revival_seals"
+down_revision = "0032_user_seals"
 branch_labels = None
 depends_on = None
 
