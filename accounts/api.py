@@ -20,6 +20,7 @@ from storage.errors import Refused
 from storage.paging import after_key, link_next, next_headers, page_limit
 
 from .access import client_address, require_roles, services, sign_in_throttle
+from .ends import live_credentials, record_ends
 from .models import ROLES, User
 from .seals import credential_seal_key
 from .service import (
@@ -197,6 +198,7 @@ def change_user(
     with s.db.session() as session:
         if session.get(User, user_id) is None:
             raise HTTPException(404, "no such user")
+        live = live_credentials(session, user_id)
         changed, done = update_user(session, user_id, changes, s.key)
         if "password" in done:
             done.update(password_record(s.key, changed))
@@ -207,6 +209,16 @@ def change_user(
                 user.actor,
                 details={"user": changed.username, "changes": done},
             )
+        why = "account changed: " + ", ".join(sorted({"password", "role", "active"} & done.keys()))
+        record_ends(
+            session,
+            s.ledger,
+            credential_seal_key(s.key),
+            live,
+            username=changed.username,
+            actor=user.actor,
+            why=why,
+        )
     if body.unlock:  # after the commit: the throttle writes in a transaction of its own
         throttle.forgive(changed.username)
     return changed

@@ -58,6 +58,9 @@ class UserSession(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     seal: Mapped[str | None] = mapped_column(String(64), default=None)  # as ``ApiToken.seal``
+    # ``last_seen_at`` as the service last wrote it, with an HMAC (``accounts.sessions``): the idle
+    # timeout counts from it, so moving ``last_seen_at`` forward by SQL revives no idle session.
+    activity_seal: Mapped[str | None] = mapped_column(String(96), default=None)
 
     __table_args__ = (Index("ix_user_sessions_expires_at", "expires_at"),)  # forgotten by age
 

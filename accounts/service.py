@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,11 +19,13 @@ from chain_of_custody.ledger import Ledger
 from chain_of_custody.row_replay import PASSWORD_DIGESTS, password_digest
 from storage.errors import Refused
 
+from .ends import TOKEN_LOOKUP, lookup_params
 from .models import ROLES, ApiToken, User, UserSession
 from .seals import TOKEN, SignInSeals, credential_seal, seal_holds, seal_user, user_seal_holds, user_seal_key
 from .throttle import SignInThrottle
 
 _hasher = PasswordHasher()
+log = logging.getLogger(__name__)
 
 
 class AccountError(Refused):
@@ -198,11 +201,20 @@ def issue_token(session: Session, user: User, ttl: timedelta, seal_key: bytes) -
 def resolve_token(
     session: Session, token: str, seals: SignInSeals, now: datetime | None = None
 ) -> Principal | None:
-    """Who a bearer token signs in, or None: unknown, revoked, expired, a token's or user's row
-    whose seal does not hold (planted or altered in the database), or a user deactivated."""
+    """Who a bearer token signs in, or None: unknown, revoked (in its row or on custody: a row put
+    back in the database stays revoked, ``accounts.ends``), expired, a token's or user's row whose
+    seal does not hold (planted or altered in the database), or a user deactivated."""
     now = now or datetime.now(UTC)
-    row = session.get(ApiToken, token_digest(token))
+    digest = token_digest(token)
+    found = session.execute(TOKEN_LOOKUP, lookup_params(seals.credentials, TOKEN, digest)).first()
+    row = found[0] if found is not None else None
     if row is None or row.revoked or row.expires_at <= now:
+        return None
+    if found is not None and found[1] is not None:
+        log.warning(
+            "credential refused: custody says it was revoked",
+            extra={"credential": TOKEN, "user_id": row.user_id},
+        )
         return None
     if not seal_holds(seals.credentials, TOKEN, row.token_hash, row.user_id, row.expires_at, row.seal):
         return None

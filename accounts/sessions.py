@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,11 +21,15 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
+from chain_of_custody.row_seals import activity_mark, activity_of
 from storage.settings import ConsoleSettings
 
+from .ends import SESSION_LOOKUP, lookup_params
 from .models import User, UserSession
 from .seals import SESSION, SignInSeals, credential_seal, seal_holds, user_seal_holds
 from .service import Principal, sign_in_mark
+
+log = logging.getLogger(__name__)
 
 # A session's last activity is written at most this often (a page and its data calls come together).
 TOUCH_EVERY = timedelta(seconds=20)
@@ -83,6 +88,7 @@ def start_session(
         last_seen_at=now,
         expires_at=expires,
         seal=credential_seal(seal_key, SESSION, digest, user.id, expires),
+        activity_seal=activity_mark(seal_key, digest, now),
     )
     session.add(row)
     session.flush()
@@ -113,34 +119,51 @@ def resolve_session(
     now = now or datetime.now(UTC)
     if not secret or len(secret) > 128:
         return None
-    row = session.get(UserSession, _digest(secret))
+    digest = _digest(secret)
+    found = session.execute(SESSION_LOOKUP, lookup_params(seals.credentials, SESSION, digest)).first()
+    row = found[0] if found is not None else None
     if row is None or row.ended_at is not None or row.expires_at <= now:
+        return None
+    if found is not None and found[1] is not None:
+        log.warning(
+            "credential refused: custody says it was ended",
+            extra={"credential": SESSION, "user_id": row.user_id},
+        )
         return None
     if not seal_holds(seals.credentials, SESSION, row.token_hash, row.user_id, row.expires_at, row.seal):
         return None
-    if row.last_seen_at + policy.idle <= now:
+    # The idle clock runs from the last activity the service sealed (``activity_seal``), or from the
+    # row's own if that is earlier: a ``last_seen_at`` moved forward in the database revives nothing.
+    sealed_seen = activity_of(seals.credentials, row.token_hash, row.activity_seal)
+    if sealed_seen is None:
+        log.warning("credential refused: its last activity is not sealed", extra={"credential": SESSION})
+        return None
+    last_seen = min(row.last_seen_at, sealed_seen)
+    if last_seen + policy.idle <= now:
         row.ended_at = now
         return None
     user = session.get(User, row.user_id)
     if user is None or not user.active or not user_seal_holds(seals.users, user):
         return None
-    if activity and now - row.last_seen_at >= TOUCH_EVERY:
-        row.last_seen_at = now
+    if activity and now - last_seen >= TOUCH_EVERY:
+        row.last_seen_at = last_seen = now
+        row.activity_seal = activity_mark(seals.credentials, row.token_hash, now)
     principal = Principal(
         user.id, user.username, user.role, user.site, sign_in_mark("console", row.token_hash)
     )
-    idle_ends = min(row.last_seen_at + policy.idle, row.expires_at)
+    idle_ends = min(last_seen + policy.idle, row.expires_at)
     return BrowserSession(principal, csrf_token_for(secret), idle_ends, row.expires_at)
 
 
-def end_session(session: Session, secret: str, now: datetime | None = None) -> bool:
-    """Sign-out: the cookie's session ends at once (True if there was one to end)."""
+def end_session(session: Session, secret: str, now: datetime | None = None) -> str | None:
+    """Sign-out: the cookie's session ends at once; its digest if there was one to end (for its
+    ``credential_ended`` entry, ``accounts.ends``)."""
     now = now or datetime.now(UTC)
     row = session.get(UserSession, _digest(secret)) if secret else None
     if row is None or row.ended_at is not None:
-        return False
+        return None
     row.ended_at = now
-    return True
+    return row.token_hash
 
 
 def live_sessions(session: Session, user_id: int, now: datetime | None = None) -> int:

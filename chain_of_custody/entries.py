@@ -48,6 +48,9 @@ class CustodyAction(StrEnum):
     )
     INCIDENT_CHANGED = "incident_changed"  # an incident opened, or its site changed: who sees it
     SUBJECT_ACCESS = "subject_access"  # a subject access request received, searched or answered
+    # A bearer token revoked or a console session ended, named by a keyed digest (``row_seals``):
+    # the row can be put back in the database, this entry cannot, and it keeps the credential ended.
+    CREDENTIAL_ENDED = "credential_ended"
     CHECKPOINT = "checkpoint"
 
 

@@ -7,13 +7,21 @@ one label each. How they are made lives here, below both domains, so the verifie
 without importing either; the tables are read as plain tables, only the columns a seal covers.
 Findings name the row (a device id, a user id, or a credential's kind and user), never a token,
 digest, password hash or key.
+
+A seal covers what a row grants, not that it was ended: a copy of the row taken while it was live
+carries a seal that still fits. So ending a token or session is also a ``credential_ended`` custody
+entry whose subject (its ``item_id``) is :func:`credential_end_subject`, a keyed digest of the
+credential's digest: the ledger only grows, the sign-in refuses a credential it names, and
+``evidence verify`` names a live row it says was ended (``credential_end_undone``). Read grants
+(``ingest.read_grants``) are sealed over everything they stand for, their use left out: a download's
+grant lives a minute, and each read it admits is on custody with its reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import column, select, table
 from sqlalchemy.orm import Session
@@ -26,7 +34,11 @@ from .keys import ServiceKey
 DEVICE_SEALS = "device seals v1"  # the label of the service key's secret for device seals
 CREDENTIAL_SEALS = "credential seals v1"  # the label of the service key's secret for credential seals
 USER_SEALS = "user seals v1"  # the label of the service key's secret for user seals
+READ_GRANT_SEALS = "read grant seals v1"  # the label of the service key's secret for read grants
 TOKEN, SESSION = "token", "session"
+ENDED_PREFIX = "ended:"  # the subject of a ``credential_ended`` entry: this and 30 hex digits (36 characters)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 SealedValues = tuple[str, str, str, str | None, str | None, str | None, str | None, str | None]
 # A user row's: id, username, role, site, password hash, and "active" or "inactive".
@@ -66,6 +78,50 @@ def credential_seal(secret: bytes, kind: str, token_hash: str, user_id: int, exp
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
+def credential_end_subject(secret: bytes, kind: str, token_hash: str) -> str:
+    """The ``item_id`` of the custody entries that end the ``kind`` credential of this digest: keyed
+    with the credential seals' secret (a message no seal can have: a seal's starts with its kind), so
+    the ledger, which an export package may carry part of, never holds the digest a row is found by."""
+    mac = hmac.new(secret, f"ended\x00{kind}\x00{token_hash}".encode(), hashlib.sha256).hexdigest()
+    return ENDED_PREFIX + mac[:30]
+
+
+def _activity_mac(secret: bytes, token_hash: str, micros: int) -> str:
+    return hmac.new(secret, f"seen\x00{token_hash}\x00{micros}".encode(), hashlib.sha256).hexdigest()
+
+
+def activity_mark(secret: bytes, token_hash: str, at: datetime) -> str:
+    """A console session's last activity as the service wrote it (``accounts.sessions``): the time
+    in microseconds since 1970 and an HMAC over it (a message no seal or end can have), so the idle
+    timeout counts from a time the database cannot move forward."""
+    micros = (at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{_activity_mac(secret, token_hash, micros)}"
+
+
+def activity_of(secret: bytes, token_hash: str, mark: str | None) -> datetime | None:
+    """The time an :func:`activity_mark` holds, or None when it is missing or not the service's."""
+    micros, _, mac = (mark or "").partition(".")
+    if not micros.isdigit() or not _holds(_activity_mac(secret, token_hash, int(micros)), mac):
+        return None
+    return _EPOCH + timedelta(microseconds=int(micros))
+
+
+def read_grant_seal(
+    secret: bytes,
+    token_hash: str,
+    item_id: str,
+    user_id: int,
+    sign_in: str,
+    use: str,
+    reason: str,
+    expires_at: datetime,
+) -> str:
+    """The seal of a read grant with these values (``ingest.read_grants``), hex."""
+    expires = expires_at.astimezone(UTC).isoformat(timespec="microseconds")
+    values = (token_hash, item_id, str(user_id), sign_in, use, expires, reason)
+    return hmac.new(secret, "\x00".join(values).encode(), hashlib.sha256).hexdigest()
+
+
 _DEVICES = table(
     "devices",
     column("id"),
@@ -103,7 +159,21 @@ _SESSIONS = table(
     column("expires_at", UTCDateTime),
     column("ended_at"),
     column("seal"),
+    column("last_seen_at", UTCDateTime),
+    column("activity_seal"),
 )
+_GRANTS = table(
+    "read_grants",
+    column("token_hash"),
+    column("item_id"),
+    column("user_id"),
+    column("sign_in"),
+    column("use"),
+    column("reason"),
+    column("expires_at", UTCDateTime),
+    column("seal"),
+)
+_ENTRIES = table("custody_entries", column("seq"), column("action"), column("item_id"))
 
 
 def _holds(expected: str, seal: str | None) -> bool:
@@ -182,22 +252,88 @@ def check_credential_seals(session: Session, report: ChainReport, secret: bytes,
     sessions = select(s.token_hash, s.user_id, s.expires_at, s.seal).where(
         s.ended_at.is_(None), s.expires_at > now
     )
+    ended = dict(
+        session.execute(
+            select(_ENTRIES.c.item_id, _ENTRIES.c.seq).where(_ENTRIES.c.action == "credential_ended")
+        ).all()
+    )
     for kind, q in ((TOKEN, tokens), (SESSION, sessions)):
         for digest, user_id, expires_at, seal in session.execute(q):
+            name = f"{'bearer token' if kind == TOKEN else 'console session'} of user id {user_id}"
+            end = ended.get(credential_end_subject(secret, kind, str(digest)))
+            if end is not None:
+                report.problems.append(
+                    Problem(
+                        "credential_end_undone",
+                        name,
+                        f"custody entry #{end} ended it, but its row is live again: it was put back "
+                        "in the database, and signs nobody in",
+                    )
+                )
             if _holds(credential_seal(secret, kind, str(digest), int(user_id), expires_at), seal):
                 continue
             report.problems.append(
                 Problem(
                     "credential_seal_broken",
-                    f"{'bearer token' if kind == TOKEN else 'console session'} of user id {user_id}",
+                    name,
                     f"its row's seal is {'missing' if not seal else 'wrong'}: it was written or changed "
                     "by someone other than the service",
                 )
             )
 
 
+def check_session_activity(session: Session, report: ChainReport, secret: bytes, now: datetime) -> None:
+    """A finding for each live console session whose last activity is later than the one the
+    service sealed (moved forward in the database, to outlast the idle timeout), or whose seal of
+    it is missing or wrong; named by its user only."""
+    c = _SESSIONS.c
+    q = select(c.token_hash, c.user_id, c.last_seen_at, c.activity_seal).where(
+        c.ended_at.is_(None), c.expires_at > now
+    )
+    for digest, user_id, last_seen_at, mark in session.execute(q):
+        sealed = activity_of(secret, str(digest), mark)
+        if sealed is not None and last_seen_at <= sealed:
+            continue
+        report.problems.append(
+            Problem(
+                "session_activity_altered",
+                f"console session of user id {user_id}",
+                "its last activity's seal is missing or wrong"
+                if sealed is None
+                else f"its row's last activity is {last_seen_at.isoformat()}, later than the "
+                f"{sealed.isoformat()} the service sealed: the idle timeout was put off in the database",
+            )
+        )
+
+
+def check_read_grant_seals(session: Session, report: ChainReport, secret: bytes, now: datetime) -> None:
+    """A finding for each read grant not yet expired whose seal is missing or wrong (planted, or
+    widened: another item, person, sign-in, use, reason or a later expiry); named by its user only."""
+    c = _GRANTS.c
+    q = select(c.token_hash, c.item_id, c.user_id, c.sign_in, c.use, c.reason, c.expires_at, c.seal)
+    for digest, item_id, user_id, sign_in, use, reason, expires_at, seal in session.execute(
+        q.where(c.expires_at > now).order_by(c.expires_at)
+    ):
+        values = (str(digest), str(item_id), int(user_id), str(sign_in), str(use), str(reason))
+        if _holds(read_grant_seal(secret, *values, expires_at), seal):
+            continue
+        report.problems.append(
+            Problem(
+                "read_grant_seal_broken",
+                f"read grant of user id {user_id}",
+                f"its row's seal is {'missing' if not seal else 'wrong'}: it was written or changed by "
+                "someone other than the service, and stands for no read",
+            )
+        )
+
+
 def check_row_seals(session: Session, report: ChainReport, key: ServiceKey) -> None:
-    """Device rows', users', bearer tokens' and console sessions' seals (see the module's docstring)."""
+    """Device rows', users', bearer tokens', console sessions' and read grants' seals, sessions'
+    sealed last activity, and credentials whose end was undone (see the module's docstring)."""
+    now = datetime.now(UTC)
+    credentials = key.derived_secret(CREDENTIAL_SEALS)
     check_device_seals(session, report, key.derived_secret(DEVICE_SEALS))
     check_user_seals(session, report, key.derived_secret(USER_SEALS))
-    check_credential_seals(session, report, key.derived_secret(CREDENTIAL_SEALS), datetime.now(UTC))
+    check_credential_seals(session, report, credentials, now)
+    check_session_activity(session, report, credentials, now)
+    check_read_grant_seals(session, report, key.derived_secret(READ_GRANT_SEALS), now)

@@ -201,7 +201,7 @@ def verify_service(
     if not options.item_ids:  # one item's check reads its own rows only
         say("checking links, legal holds, users, assignments, download links, staff and devices")
         check_row_families(session, entries, report, key.derived_secret(PASSWORD_DIGESTS))
-        say("checking the seals of devices, users, bearer tokens and console sessions")
+        say("checking the seals of devices, users, bearer tokens, console sessions and read grants")
         check_row_seals(session, report, key)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.

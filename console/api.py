@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from accounts.access import client_address, services, sign_in_throttle
 from accounts.browser import CSRF_HEADER, browser_session, cookie_name, same_origin, session_secret
-from accounts.seals import SignInSeals, credential_seal_key
+from accounts.ends import record_ends
+from accounts.seals import SESSION, SignInSeals, credential_seal_key
 from accounts.service import AccountError, Principal
 from accounts.service import sign_in as check_password
 from accounts.sessions import BrowserSession, SessionPolicy, end_session, start_session
@@ -214,9 +215,20 @@ def sign_out(request: Request, csrf: Annotated[str, Form(max_length=128)] = "") 
     secure = s.settings.console_secure_cookie
     secret = session_secret(request, secure)
     if secret:
-        signed_in(request, sources.ROLES, csrf=csrf)  # only our page may sign someone out
+        who = signed_in(request, sources.ROLES, csrf=csrf)  # only our page may sign someone out
         with s.db.session() as session:
-            end_session(session, secret)
+            ended = end_session(session, secret)
+            if ended is not None:  # on custody too, so the row put back signs nobody in
+                seal_key = credential_seal_key(s.key)
+                record_ends(
+                    session,
+                    s.ledger,
+                    seal_key,
+                    [(SESSION, ended)],
+                    username=who.principal.username,
+                    actor=who.principal.actor,
+                    why="signed out",
+                )
     response = RedirectResponse("/sign-in", 303)
     response.delete_cookie(cookie_name(secure), path="/")
     return response

@@ -692,6 +692,33 @@ def seal_users_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows("users", yes, run)
 
 
+@app.command("record-credential-ends")
+def record_credential_ends_command(
+    yes: Annotated[bool, typer.Option("--yes", help="record them (without it: only list them)")] = False,
+) -> None:
+    """Record on custody the bearer tokens revoked and console sessions ended before ends were
+    recorded (``accounts.ends``), which a row put back in the database would revive until then; run
+    once after upgrading."""
+    from accounts.ends import record_unrecorded_ends, unrecorded_ends
+    from accounts.seals import credential_seal_key
+
+    s = _services(existing=True)
+    try:
+        secret = credential_seal_key(s.key)
+        with s.db.session() as session:
+            listed = unrecorded_ends(session, secret)
+            if yes:
+                record_unrecorded_ends(session, s.ledger, secret, "service")
+    finally:
+        s.close()
+    for end in listed:
+        out.print(end.line(), markup=False, highlight=False)
+    if yes:
+        console.print(f"{len(listed)} ends recorded")
+    else:
+        console.print(f"{len(listed)} ends would be recorded: run again with --yes to record them")
+
+
 @app.command()
 def checkpoint() -> None:
     """Write a signed checkpoint of the ledger tip to write-once storage now."""

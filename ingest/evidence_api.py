@@ -270,7 +270,9 @@ def grant_read(
     or recorded until the address is used: the read's custody entry carries the reason then."""
     item = _item(s, item_id, user)
     with s.db.session() as session:
-        issued = read_grants.issue(session, user, item.id, body.use, body.reason.strip())
+        issued = read_grants.issue(
+            session, user, item.id, body.use, body.reason.strip(), read_grants.grant_seal_key(s.key)
+        )
     return {
         "url": f"/api/v1/evidence/{quote(item.id)}/content?grant={issued.token}",
         "use": body.use,
@@ -320,7 +322,11 @@ async def content(
         item = visible_evidence(session, user, item_id)
         if item is None:
             raise HTTPException(404, "no such evidence item")
-        granted = read_grants.check(session, user, item.id, grant) if grant is not None else None
+        granted = (
+            read_grants.check(session, user, item.id, grant, read_grants.grant_seal_key(s.key))
+            if grant is not None
+            else None
+        )
         refs = incident_refs(session, user, item)
         stated, admit = reason, None
         if granted is not None:

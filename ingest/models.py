@@ -62,3 +62,5 @@ class ReadGrant(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # HMAC under a secret the database does not hold, over all but ``used_at`` (``read_grants``).
+    seal: Mapped[str | None] = mapped_column(String(64), default=None)

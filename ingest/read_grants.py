@@ -16,6 +16,12 @@ a grant: a random token, of which only the SHA-256 is kept, standing for that re
 A download's grant is used by the read it admits, in the transaction that records it: a read
 refused before that (busy, a range the item cannot meet) leaves the grant for the next try.
 
+A grant's row is sealed (``chain_of_custody.row_seals.read_grant_seal``, under a secret derived from
+the service key) over its item, person, sign-in, use, reason and expiry: one planted or widened in
+the database stands for nothing, and ``evidence verify`` names it. Its use is not sealed: a download's
+grant put back unused in the database serves the same person, sign-in, item and reason once more
+within its minute, and that read too is on custody with its reason.
+
 A refused grant answers 403 ``grant_refused`` and records nothing. The token in an address is
 never logged either (``logging_setup.scrub``).
 """
@@ -33,6 +39,8 @@ from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
 from accounts.service import Principal
+from chain_of_custody.keys import ServiceKey
+from chain_of_custody.row_seals import READ_GRANT_SEALS, read_grant_seal
 from storage.errors import Refused
 
 from .models import ReadGrant
@@ -62,21 +70,32 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue(session: Session, user: Principal, item_id: str, use: Use, reason: str) -> Issued:
-    """A new grant of ``reason`` for the caller's reads of ``item_id`` from this sign-in."""
+def grant_seal_key(key: ServiceKey) -> bytes:
+    """The secret grants are sealed with, derived from the service key for this purpose alone."""
+    return key.derived_secret(READ_GRANT_SEALS)
+
+
+def _seal(secret: bytes, row: ReadGrant) -> str:
+    return read_grant_seal(
+        secret, row.token_hash, row.item_id, row.user_id, row.sign_in, row.use, row.reason, row.expires_at
+    )
+
+
+def issue(session: Session, user: Principal, item_id: str, use: Use, reason: str, seal_key: bytes) -> Issued:
+    """A new grant of ``reason`` for the caller's reads of ``item_id`` from this sign-in, sealed."""
     token = secrets.token_urlsafe(32)
     expires = datetime.now(UTC) + timedelta(seconds=LIFETIME[use])
-    session.add(
-        ReadGrant(
-            token_hash=_digest(token),
-            item_id=item_id,
-            user_id=user.user_id,
-            sign_in=user.sign_in,
-            use=use,
-            reason=reason,
-            expires_at=expires,
-        )
+    row = ReadGrant(
+        token_hash=_digest(token),
+        item_id=item_id,
+        user_id=user.user_id,
+        sign_in=user.sign_in,
+        use=use,
+        reason=reason,
+        expires_at=expires,
     )
+    row.seal = _seal(seal_key, row)
+    session.add(row)
     return Issued(token, expires)
 
 
@@ -89,7 +108,7 @@ class Granted:
     reason: str
 
 
-def check(session: Session, user: Principal, item_id: str, token: str) -> Granted:
+def check(session: Session, user: Principal, item_id: str, token: str, seal_key: bytes) -> Granted:
     """The grant ``token`` names, if it stands for this read of ``item_id`` by ``user``: refused
     otherwise (a download's grant once used, too). Nothing is used up here: a download's grant is used
     by :func:`use_up`, once the read is admitted, so a read refused on the way (busy, a range beyond
@@ -102,6 +121,8 @@ def check(session: Session, user: Principal, item_id: str, token: str) -> Grante
         or row.user_id != user.user_id
         or not secrets.compare_digest(row.sign_in, user.sign_in)
         or row.expires_at <= now
+        or not row.seal
+        or not secrets.compare_digest(row.seal, _seal(seal_key, row))
     ):
         log.warning("read refused: a grant that does not stand for it", extra={"item_id": item_id})
         raise GrantRefused(
