@@ -19,7 +19,7 @@ scored the same way, from the pixels of its output:
   and frames with more than half the picture masked;
 - fps, and fps over the same run's x264 transcode fps.
 
-Timed runs are repeated (``--runs``); every run is kept. ``--face-boxes detector,landmarks`` runs
+Timed runs are repeated (``--runs``); every run is kept. ``--face-boxes track,detector,landmarks`` runs
 the redaction once for each way of turning the detector's output into a face box
 (``redaction.detector.face_boxes``); ``--margins 1.4,1.5,1.6`` also scores each first run's record
 with its masks grown about their centres to those scales (the same detections and tracks with
@@ -29,7 +29,7 @@ detector runs (``redaction.detector.Runtime``), in turn within each run, in the 
 ``flock /tmp/bench.lock``.
 
     .venv/bin/python bench/redaction.py [--seconds 30] [--runs 3] [--no-deface] [--sets tune,held_out]
-        [--face-boxes detector,landmarks] [--margins 1.4,1.5,1.6] [--runtimes opencv,onnxruntime-int8]
+        [--face-boxes track,detector,landmarks] [--margins 1.4,1.5,1.6] [--runtimes opencv,onnxruntime-int8]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import load_average, write_results  # noqa: E402
 from firmware_simulators.shots import ShotClip, render_shots  # noqa: E402
 from redaction.coverage import KnownFace, mask_shares, score, size_band  # noqa: E402
-from redaction.detector import CenterFaceDetector, Runtime  # noqa: E402
+from redaction.detector import CenterFaceDetector, FaceBox, Runtime  # noqa: E402
 from redaction.geometry import Box  # noqa: E402
 from redaction.media import ffmpeg_exe  # noqa: E402
 from redaction.pipeline import RedactionSettings, redact_clip  # noqa: E402
@@ -291,15 +291,17 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for spec in args.runtimes.split(","):
         runtime, _, model = spec.partition("=")
         for face_box in args.face_boxes.split(","):
-            name = "redaction" if face_box == "detector" else f"redaction_{face_box}"
+            name = "redaction" if face_box == RedactionSettings.face_box else f"redaction_{face_box}"
             name += "" if runtime == "opencv" else "_int8"
             name += f"_{Path(model).parent.name or Path(model).stem}" if model else ""
-            settings = replace(solid, detector_runtime=cast(Runtime, runtime))
+            settings = replace(
+                solid, detector_runtime=cast(Runtime, runtime), face_box=cast(FaceBox, face_box)
+            )
             variants[name] = (settings, face_box, Path(model) if model else None)
     if args.heads:
         variants["redaction_heads"] = (
             RedactionSettings(style="solid", colour=MAGENTA, cover="head"),
-            "detector",
+            RedactionSettings.face_box,
             None,
         )
     deface = None if args.no_deface else deface_command()
@@ -396,8 +398,8 @@ def main() -> int:
     parser.add_argument("--no-heads", dest="heads", action="store_false")
     parser.add_argument(
         "--face-boxes",
-        default="detector",
-        help="face box rules to run side by side (detector,landmarks: see redaction.detector.face_boxes)",
+        default=RedactionSettings.face_box,
+        help="face box rules to run side by side (track,detector,landmarks: see redaction.detector.face_boxes)",
     )
     parser.add_argument(
         "--margins", default="", help="also score the record at these mask scales, e.g. 1.4,1.5,1.6"

@@ -24,7 +24,7 @@ import numpy as np
 
 from redaction.audio import AudioEdit, audio_filter
 from redaction.cuts import CutDetector
-from redaction.detector import CenterFaceDetector, Detection, FaceDetector, Runtime, nms
+from redaction.detector import CenterFaceDetector, Detection, FaceBox, FaceDetector, Runtime, nms
 from redaction.frames import Frame
 from redaction.geometry import Box
 from redaction.media import EncodeOptions, FrameReader, FrameWriter, MediaError, VideoInfo, probe, rate_text
@@ -54,7 +54,10 @@ class RedactionSettings:
     scaled so the face is about ``refresh_face_px`` across (``refresh_below``: only faces
     smaller than this many pixels; None: all); the looks of one frame see at most
     ``look_budget`` of what a whole-frame pass sees, the neediest first. ``detector_runtime`` says
-    how the face detector runs (``redaction.detector.Runtime``) when none is given. Frames (or windows) darker than ``dark_below`` or
+    how the face detector runs (``redaction.detector.Runtime``) when none is given, and
+    ``face_box`` how it turns its output into face boxes (``redaction.detector.face_boxes``:
+    "track", the default, moves each face's boxes sideways by its landmarks' median lean, as a
+    turned face's features pull the detector's box off the face). Frames (or windows) darker than ``dark_below`` or
     brighter than ``bright_above`` (mean luma) get their contrast normalised (CLAHE) before the
     detector sees them.
 
@@ -81,6 +84,7 @@ class RedactionSettings:
     look_budget: float = 0.5
     threshold: float = 0.2
     detector_runtime: Runtime = "opencv"
+    face_box: FaceBox = "track"
     dark_below: int = 70
     bright_above: int = 185
     mask_scale: float = 1.5
@@ -254,7 +258,9 @@ def redact_clip(
     filt = audio_filter(list(audio_edits))
     if filt and not info.has_audio:
         raise MediaError("audio edits were asked for but the clip has no sound")
-    detector = detector or CenterFaceDetector(threshold=settings.threshold, runtime=settings.detector_runtime)
+    detector = detector or CenterFaceDetector(
+        threshold=settings.threshold, runtime=settings.detector_runtime, face_box=settings.face_box
+    )
     finder = _FaceFinder(info, settings, detector)
     follower = ManualRegionFollower(list(manual_regions), info.fps)
     renderer = _FrameRenderer(info, settings, finder.tracker, follower, list(exclusions))
@@ -458,7 +464,7 @@ def _detect_in(
     """Detect faces in a region of the frame (default: all of it) scaled to ``width``; frame coordinates out."""
     image, x0, y0, sx, sy = frame.bgr(region, width, (settings.dark_below, settings.bright_above))
     return [
-        Detection(Box(d.box.x / sx + x0, d.box.y / sy + y0, d.box.w / sx, d.box.h / sy), d.score)
+        d.moved(Box(d.box.x / sx + x0, d.box.y / sy + y0, d.box.w / sx, d.box.h / sy))
         for d in detector.detect(image)
     ]
 

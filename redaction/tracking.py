@@ -23,6 +23,7 @@ frame is final once detections up to ``horizon`` frames later have been given.
 from __future__ import annotations
 
 import bisect
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -48,7 +49,8 @@ class TrackingSettings:
     spread of a new track's speed as a share of its size a frame (capped at ``speed_cap`` px),
     ``accel`` the spread of its change per frame, ``measure`` the spread of a sighting's centre,
     both as shares of the face's size; ``gate`` the squared Mahalanobis distance a sighting may
-    lie from a track's prediction and still join it.
+    lie from a track's prediction and still join it. ``lean_span``: a face's boxes are moved by
+    the median lean (``Detection.lean``) of its sightings within this many frames either side.
     """
 
     max_gap: int = 30
@@ -63,6 +65,7 @@ class TrackingSettings:
     measure: float = 0.1
     gate: float = 16.0
     size_ratio: float = 1.8
+    lean_span: int = 15
 
     @property
     def horizon(self) -> int:
@@ -144,6 +147,7 @@ class _Track:
     frames: list[int] = field(default_factory=list)
     boxes: list[Box] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    leans: list[tuple[float, float] | None] = field(default_factory=list)
 
     @property
     def first(self) -> int:
@@ -226,7 +230,7 @@ class FaceTracker:
         self._last_frame = frame
         s = self.settings
         live = self._live(frame)
-        dets = [Detection(self._to_scene(frame, d.box), d.score) for d in detections]
+        dets = [d.moved(self._to_scene(frame, d.box)) for d in detections]
         pairs: list[tuple[float, int, int]] = []
         for ti, track in enumerate(live):
             dt = frame - track.last
@@ -256,6 +260,7 @@ class FaceTracker:
             track.frames.append(frame)
             track.boxes.append(det.box)
             track.scores.append(det.score)
+            track.leans.append(det.lean)
         started = []
         shot = self._shot_of(frame)
         for di, det in enumerate(dets):
@@ -266,6 +271,7 @@ class FaceTracker:
             track.frames.append(frame)
             track.boxes.append(b)
             track.scores.append(det.score)
+            track.leans.append(det.lean)
             self._next_id += 1
             self._tracks.append(track)
             started.append(track.id)
@@ -293,6 +299,7 @@ class FaceTracker:
         track.frames.insert(0, frame)
         track.boxes.insert(0, self._to_scene(frame, detection.box))
         track.scores.insert(0, detection.score)
+        track.leans.insert(0, detection.lean)
 
     def _find(self, track_id: int) -> _Track | None:
         for track in self._tracks:
@@ -378,10 +385,9 @@ class FaceTracker:
         """The k-th sighting smoothed over sightings within ``smooth`` frames either side: the
         centre from a straight line fitted through them (a plain average would drag a fast face's
         mask towards whichever side had more sightings), the size the largest seen (a face that
-        looks smaller for a frame or two, blurred or turning, keeps the larger mask)."""
-        s = self.settings.smooth
-        if s <= 0:
-            return track.boxes[k]
+        looks smaller for a frame or two, blurred or turning, keeps the larger mask); then moved by
+        the face's lean (``_lean``)."""
+        s = max(0, self.settings.smooth)
         f = track.frames[k]
         lo = bisect.bisect_left(track.frames, f - s)
         hi = bisect.bisect_right(track.frames, f + s)
@@ -393,7 +399,20 @@ class FaceTracker:
             xs = np.array([b.cx for b in boxes])
             ys = np.array([b.cy for b in boxes])
             (_, cx), (_, cy) = np.polyfit(t, xs, 1), np.polyfit(t, ys, 1)
-        return Box.from_center(float(cx), float(cy), max(b.w for b in boxes), max(b.h for b in boxes))
+        w, h = max(b.w for b in boxes), max(b.h for b in boxes)
+        return Box.from_center(float(cx) + self._lean(track, f) * w, float(cy), w, h)
+
+    def _lean(self, track: _Track, frame: int) -> float:
+        """The median sideways lean of a track's sightings within ``lean_span`` frames of
+        ``frame`` (none when no sighting there has one): a face's pose, without one frame's
+        landmark jitter. Only sideways: there the detector's box errs with a turned face's pose;
+        up and down the landmarks' centre is no nearer the hand-drawn boxes than the box's own
+        (faces-dev training photographs: spread 0.048 against 0.045 of a face)."""
+        span = self.settings.lean_span
+        lo = bisect.bisect_left(track.frames, frame - span)
+        hi = bisect.bisect_right(track.frames, frame + span)
+        leans = [ln[0] for ln in track.leans[lo:hi] if ln is not None]
+        return statistics.median(leans) if leans else 0.0
 
     def _velocity(self, track: _Track, end: int) -> tuple[float, float]:
         """Pixels a frame at one end of a track: from the sightings within ``span`` frames of that

@@ -142,3 +142,26 @@ def test_a_hold_after_a_lone_last_sighting_stays_where_it_was_seen() -> None:
     held = [tracker.boxes_at(f)[0] for f in range(23, 29)]
     assert all(b.kind == "extended" and b.box == Box(100, 100, 40, 40) for b in held)
     assert tracker.boxes_at(29) == []
+
+
+def test_a_face_is_moved_sideways_by_the_median_lean_of_its_nearby_sightings() -> None:
+    """A turned face's landmarks put it to one side of the detector's box; one frame's landmarks
+    jitter (noise, blur), so each box moves by the median lean of the face's nearby sightings,
+    sideways only, and a sighting without a lean (a profile) takes its neighbours'."""
+    tracker = FaceTracker(plain(lean_span=4))
+    leans: list[tuple[float, float] | None] = [(0.2, 0.3), (0.25, -0.3), (-0.5, 0.0), None, (0.2, 0.1)]
+    for frame, lean in enumerate(leans):
+        tracker.observe(frame, [Detection(Box(100, 100, 40, 40), 0.9, lean)])
+    for frame in range(5):
+        (box,) = tracker.boxes_at(frame)
+        assert box.box.cx == pytest.approx(120 + 0.2 * 40), frame
+        assert box.box.cy == pytest.approx(120), frame
+    (held,) = tracker.boxes_at(6)  # the hold after the last sighting keeps the face's lean
+    assert held.kind == "extended" and held.box.cx == pytest.approx(128)
+
+
+def test_sightings_without_a_lean_keep_the_detectors_box() -> None:
+    tracker = FaceTracker(plain())
+    for frame in range(3):
+        tracker.observe(frame, [det(100, 100)])
+    assert [b.box for b in tracker.boxes_at(1)] == [Box(100, 100, 40, 40)]
