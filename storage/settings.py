@@ -242,6 +242,11 @@ class HttpSettings(_Section):
         ge=0,
         description="Open connections and requests the server holds at once; more are answered 503 (0: no cap).",
     )
+    http_worker_threads: int = Field(
+        64,
+        ge=1,
+        description="Threads the event loop hands blocking steps to (database transactions, store requests). Python's default is the CPUs plus four: six on two cores made the seventh of sixteen docks opening uploads at once wait for a store round trip of one of the first six.",
+    )
     token_ttl_minutes: int = Field(480, description="Lifetime of a user's bearer token.")
     idempotency_key_hours: int = Field(
         24,
