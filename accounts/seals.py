@@ -26,7 +26,6 @@ end there (migration 0029); their people sign in again.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,10 +38,13 @@ from chain_of_custody.ledger import Ledger
 from chain_of_custody.row_replay import PASSWORD_DIGESTS, UserRow, password_digest, user_findings, user_replay
 from chain_of_custody.row_seals import (
     CREDENTIAL_SEALS,
+    GRANT_SEALS,
     TOKEN,
     USER_SEALS,
     UserValues,
     credential_seal,
+    seal_verdict,
+    sealed_assignments,
     user_seal,
     user_values,
 )
@@ -70,10 +72,19 @@ class SignInSeals:
 
     credentials: bytes
     users: bytes
+    grants: bytes = b""  # incident assignments' (``assignments_of``)
 
     @classmethod
     def of(cls, key: ServiceKey) -> SignInSeals:
-        return cls(credential_seal_key(key), user_seal_key(key))
+        return cls(credential_seal_key(key), user_seal_key(key), key.derived_secret(GRANT_SEALS))
+
+
+def assignments_of(session: Session, secret: bytes, user: User) -> frozenset[int]:
+    """An investigator's active incident assignments whose seal holds, as the access rules read
+    them (``Principal.assignments``): a row planted or changed in the database opens nothing."""
+    if user.role != "investigator":
+        return frozenset()
+    return sealed_assignments(session, secret, user.id, log)
 
 
 def sealed_values(user: User) -> UserValues:
@@ -90,14 +101,7 @@ def seal_user(user: User, key: ServiceKey) -> None:
 def user_seal_holds(secret: bytes, user: User) -> bool:
     """Whether a user row's seal is the one the service made for its values; a warning (naming the
     user id only, never the password hash) when it is not."""
-    if user.seal and hmac.compare_digest(user_seal(secret, sealed_values(user)), user.seal):
-        return True
-    log.warning(
-        "user refused: its row's seal is %s",
-        "missing" if not user.seal else "wrong",
-        extra={"user_id": user.id},
-    )
-    return False
+    return seal_verdict(user_seal(secret, sealed_values(user)), user.seal, log, "user", {"user_id": user.id})
 
 
 def seal_holds(
@@ -105,14 +109,8 @@ def seal_holds(
 ) -> bool:
     """Whether a row's seal is the one the service made for its values; a warning (naming the kind
     and user, never the credential or its digest) when it is not."""
-    if seal and hmac.compare_digest(credential_seal(secret, kind, token_hash, user_id, expires_at), seal):
-        return True
-    log.warning(
-        "credential refused: its row's seal is %s",
-        "missing" if not seal else "wrong",
-        extra={"credential": kind, "user_id": user_id},
-    )
-    return False
+    expected = credential_seal(secret, kind, token_hash, user_id, expires_at)
+    return seal_verdict(expected, seal, log, "credential", {"credential": kind, "user_id": user_id})
 
 
 @dataclass(frozen=True)

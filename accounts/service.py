@@ -17,11 +17,21 @@ from sqlalchemy.orm import Session
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.row_replay import PASSWORD_DIGESTS, password_digest
+from chain_of_custody.row_seals import GRANT_SEALS
 from storage.errors import Refused
 
 from .ends import TOKEN_LOOKUP, lookup_params
 from .models import ROLES, ApiToken, User, UserSession
-from .seals import TOKEN, SignInSeals, credential_seal, seal_holds, seal_user, user_seal_holds, user_seal_key
+from .seals import (
+    TOKEN,
+    SignInSeals,
+    assignments_of,
+    credential_seal,
+    seal_holds,
+    seal_user,
+    user_seal_holds,
+    user_seal_key,
+)
 from .throttle import SignInThrottle
 
 _hasher = PasswordHasher()
@@ -46,6 +56,9 @@ class Principal:
     # Which sign-in this request came by (a digest of the token's or console session's own digest,
     # ``sign_in_mark``): a viewing is kept to the sign-in that opened it. Not part of who they are.
     sign_in: str = field(default="", compare=False)
+    # An investigator's incident assignments whose seal holds (``accounts.seals.assignments_of``),
+    # read when they sign in for the request: only these open an incident to them.
+    assignments: frozenset[int] = field(default=frozenset(), compare=False)
 
     @property
     def actor(self) -> str:
@@ -70,7 +83,8 @@ def principal_of(session: Session, actor: str, key: ServiceKey) -> Principal | N
     user = session.scalar(select(User).where(User.username == actor.removeprefix("user:")))
     if user is None or not user.active or not user_seal_holds(user_seal_key(key), user):
         return None
-    return Principal(user.id, user.username, user.role, user.site)
+    grants = assignments_of(session, key.derived_secret(GRANT_SEALS), user)
+    return Principal(user.id, user.username, user.role, user.site, assignments=grants)
 
 
 def token_digest(token: str) -> str:
@@ -221,7 +235,8 @@ def resolve_token(
     user = session.get(User, row.user_id)
     if user is None or not user.active or not user_seal_holds(seals.users, user):
         return None
-    return Principal(user.id, user.username, user.role, user.site, sign_in_mark("token", row.token_hash))
+    mark, grants = sign_in_mark("token", row.token_hash), assignments_of(session, seals.grants, user)
+    return Principal(user.id, user.username, user.role, user.site, mark, grants)
 
 
 def sign_in_mark(kind: str, credential_digest: str) -> str:

@@ -26,7 +26,7 @@ from storage.settings import ConsoleSettings
 
 from .ends import SESSION_LOOKUP, lookup_params
 from .models import User, UserSession
-from .seals import SESSION, SignInSeals, credential_seal, seal_holds, user_seal_holds
+from .seals import SESSION, SignInSeals, assignments_of, credential_seal, seal_holds, user_seal_holds
 from .service import Principal, sign_in_mark
 
 log = logging.getLogger(__name__)
@@ -148,9 +148,8 @@ def resolve_session(
     if activity and now - last_seen >= TOUCH_EVERY:
         row.last_seen_at = last_seen = now
         row.activity_seal = activity_mark(seals.credentials, row.token_hash, now)
-    principal = Principal(
-        user.id, user.username, user.role, user.site, sign_in_mark("console", row.token_hash)
-    )
+    mark, grants = sign_in_mark("console", row.token_hash), assignments_of(session, seals.grants, user)
+    principal = Principal(user.id, user.username, user.role, user.site, mark, grants)
     idle_ends = min(last_seen + policy.idle, row.expires_at)
     return BrowserSession(principal, csrf_token_for(secret), idle_ends, row.expires_at)
 

@@ -49,6 +49,7 @@ from incidents.export.build import ExportResult, build_package  # noqa: E402
 from incidents.export.links import link_secret, make_link_token  # noqa: E402
 from incidents.export.models import ExportJob, ExportLink  # noqa: E402
 from incidents.export.plan import ExportRequest, OriginalsPermission, gather_items  # noqa: E402
+from incidents.grants import seal_export_job  # noqa: E402
 from incidents.service import IncidentDraft, create_incident  # noqa: E402
 from ingest.services import Services, build_services  # noqa: E402
 from storage.embedded import EmbeddedSeaweed  # noqa: E402
@@ -175,19 +176,19 @@ def download_link(s: Services, result: ExportResult) -> str:
             seal_user(issuer, s.key)
         draft = IncidentDraft(category="physical_assault", occurred_at=now, site="BENCH")
         incident_id = create_incident(session, draft, "user:bench").id
-        session.add(
-            ExportJob(
-                id=result.export_id,
-                incident_id=incident_id,
-                requested_by="bench",
-                requester_role="admin",
-                scope="{}",
-                status="ready",
-                package_sha256=result.package_sha256,
-                package_size=result.package_size,
-                filename=result.filename,
-            )
+        job = ExportJob(
+            id=result.export_id,
+            incident_id=incident_id,
+            requested_by="bench",
+            requester_role="admin",
+            scope="{}",
+            status="ready",
+            package_sha256=result.package_sha256,
+            package_size=result.package_size,
+            filename=result.filename,
         )
+        seal_export_job(job, s.key)  # as the route that asks for an export seals it
+        session.add(job)
         session.flush()
         link = ExportLink(
             id=str(uuid.uuid4()),

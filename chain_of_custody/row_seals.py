@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import column, select, table
@@ -35,6 +36,7 @@ DEVICE_SEALS = "device seals v1"  # the label of the service key's secret for de
 CREDENTIAL_SEALS = "credential seals v1"  # the label of the service key's secret for credential seals
 USER_SEALS = "user seals v1"  # the label of the service key's secret for user seals
 READ_GRANT_SEALS = "read grant seals v1"  # the label of the service key's secret for read grants
+GRANT_SEALS = "grant seals v1"  # the label of the service key's secret for assignment and export job seals
 TOKEN, SESSION = "token", "session"
 ENDED_PREFIX = "ended:"  # the subject of a ``credential_ended`` entry: this and 30 hex digits (36 characters)
 
@@ -50,6 +52,18 @@ def row_seal(secret: bytes, values: tuple[str | None, ...]) -> str:
     # None and "" differ: each value is marked present ("=") or absent ("-").
     message = "\x00".join("-" if v is None else "=" + v for v in values).encode()
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def seal_verdict(
+    expected: str, seal: str | None, log: logging.Logger, refused: str, ids: dict[str, object]
+) -> bool:
+    """Whether a row's ``seal`` is the ``expected`` one; when not, a warning on ``log`` that the
+    ``refused`` row (a device, a user, a credential, an assignment, an export job) was refused,
+    naming it by ``ids`` only (never a key, digest or password hash). Every seal check's verdict."""
+    if seal and hmac.compare_digest(expected, seal):
+        return True
+    log.warning("%s refused: its row's seal is %s", refused, "missing" if not seal else "wrong", extra=ids)
+    return False
 
 
 def device_seal(secret: bytes, values: SealedValues) -> str:
@@ -69,6 +83,22 @@ def user_values(
 def user_seal(secret: bytes, values: UserValues) -> str:
     """The seal of a user row with these values (:func:`user_values`), hex."""
     return row_seal(secret, values)
+
+
+def assignment_values(assignment_id: int, incident_id: str, user_id: int, active: bool) -> tuple[str, ...]:
+    """What an incident assignment's seal covers, in order: the row, the incident it opens, the
+    investigator it opens it to, and whether it still does (ending it is sealed too, so an ended
+    assignment cannot be made active again in the database)."""
+    return ("assignment", str(assignment_id), incident_id, str(user_id), "active" if active else "ended")
+
+
+def export_job_values(
+    job_id: str, incident_id: str, requested_by: str, requester_role: str, include_originals: bool, scope: str
+) -> tuple[str, ...]:
+    """What an export job's seal covers, in order: everything a download link of it hands out on
+    (``may_hand_out``): whose request, with which role, originals or not, and the items (its scope)."""
+    originals = "originals" if include_originals else "no originals"
+    return ("export job", job_id, incident_id, requested_by, requester_role, originals, scope)
 
 
 def credential_seal(secret: bytes, kind: str, token_hash: str, user_id: int, expires_at: datetime) -> str:
@@ -174,6 +204,88 @@ _GRANTS = table(
     column("seal"),
 )
 _ENTRIES = table("custody_entries", column("seq"), column("action"), column("item_id"))
+
+
+_ASSIGNMENTS = table(
+    "incident_assignments",
+    column("id"),
+    column("incident_id"),
+    column("user_id"),
+    column("unassigned_at"),
+    column("seal"),
+)
+_EXPORT_JOBS = table(
+    "export_jobs",
+    column("id"),
+    column("incident_id"),
+    column("requested_by"),
+    column("requester_role"),
+    column("include_originals"),
+    column("scope"),
+    column("seal"),
+)
+
+
+def sealed_assignments(session: Session, secret: bytes, user_id: int, log: logging.Logger) -> frozenset[int]:
+    """The ids of the person's active incident assignments whose seal holds: only these open an
+    incident to them (``incidents.access.incident_scope``); a warning on ``log`` for each other."""
+    c = _ASSIGNMENTS.c
+    q = select(c.id, c.incident_id, c.seal).where(c.user_id == user_id, c.unassigned_at.is_(None))
+    return frozenset(
+        int(row_id)
+        for row_id, incident_id, seal in session.execute(q)
+        if seal_verdict(
+            row_seal(secret, assignment_values(int(row_id), str(incident_id), user_id, True)),
+            seal,
+            log,
+            "incident assignment",
+            {"assignment": row_id, "incident_id": incident_id, "user_id": user_id},
+        )
+    )
+
+
+def check_grant_seals(session: Session, report: ChainReport, secret: bytes) -> None:
+    """A finding for each active incident assignment whose seal is missing or wrong (it opens
+    nothing), and for each export job whose seal does not hold (its links hand nothing out); named
+    by ids only. Jobs without a seal (asked for before seals) are counted in a note."""
+    a = _ASSIGNMENTS.c
+    for row_id, incident_id, user_id, seal in session.execute(
+        select(a.id, a.incident_id, a.user_id, a.seal).where(a.unassigned_at.is_(None)).order_by(a.id)
+    ):
+        values = assignment_values(int(row_id), str(incident_id), int(user_id), True)
+        if not _holds(row_seal(secret, values), seal):
+            report.problems.append(
+                Problem(
+                    "assignment_seal_broken",
+                    f"incident {incident_id} / user id {user_id}",
+                    f"assignment row #{row_id}'s seal is {'missing' if not seal else 'wrong'}: it was "
+                    "written or changed by someone other than the service (it opens nothing)",
+                )
+            )
+    j = _EXPORT_JOBS.c
+    unsealed = 0
+    q = select(j.id, j.incident_id, j.requested_by, j.requester_role, j.include_originals, j.scope, j.seal)
+    for job_id, incident_id, by, role, originals, scope, seal in session.execute(q.order_by(j.id)):
+        if not seal:
+            unsealed += 1
+            continue
+        values = export_job_values(
+            str(job_id), str(incident_id), str(by), str(role), bool(originals), str(scope)
+        )
+        if not _holds(row_seal(secret, values), seal):
+            report.problems.append(
+                Problem(
+                    "export_job_seal_broken",
+                    f"export {job_id}",
+                    "its row's seal does not hold: its requester, role, originals or items were written "
+                    "by someone other than the service (its links hand nothing out)",
+                )
+            )
+    if unsealed:
+        report.notes.append(
+            f"{unsealed} export job(s) have no seal yet (asked for before seals), so their links hand "
+            "nothing out: `evidence seal-grants` lists them and seals those the custody record bears out"
+        )
 
 
 def _holds(expected: str, seal: str | None) -> bool:
@@ -328,8 +440,9 @@ def check_read_grant_seals(session: Session, report: ChainReport, secret: bytes,
 
 
 def check_row_seals(session: Session, report: ChainReport, key: ServiceKey) -> None:
-    """Device rows', users', bearer tokens', console sessions' and read grants' seals, sessions'
-    sealed last activity, and credentials whose end was undone (see the module's docstring)."""
+    """Device rows', users', bearer tokens', console sessions', read grants', assignments' and
+    export jobs' seals, sessions' sealed last activity, and credentials whose end was undone (see
+    the module's docstring)."""
     now = datetime.now(UTC)
     credentials = key.derived_secret(CREDENTIAL_SEALS)
     check_device_seals(session, report, key.derived_secret(DEVICE_SEALS))
@@ -337,3 +450,4 @@ def check_row_seals(session: Session, report: ChainReport, key: ServiceKey) -> N
     check_credential_seals(session, report, credentials, now)
     check_session_activity(session, report, credentials, now)
     check_read_grant_seals(session, report, key.derived_secret(READ_GRANT_SEALS), now)
+    check_grant_seals(session, report, key.derived_secret(GRANT_SEALS))

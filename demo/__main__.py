@@ -58,6 +58,7 @@ def ensure_admin(password: str) -> None:
     from accounts.models import User
     from accounts.seals import seal_users
     from accounts.service import create_user, password_record
+    from incidents.grants import seal_grants
     from ingest.services import build_services
 
     services = build_services(get_settings())
@@ -81,6 +82,8 @@ def ensure_admin(password: str) -> None:
                 )
             else:  # demo data from before user seals: its users are sealed as their custody record bears out
                 seal_users(session, services.ledger)
+        with services.db.session() as session:  # and its assignments and export jobs, the same way
+            seal_grants(session, services.ledger)
     finally:
         services.close()
 

@@ -18,7 +18,6 @@ Devices enrolled before seals existed have none: ``evidence seal-devices`` lists
 
 from __future__ import annotations
 
-import hmac
 import logging
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import ServiceKey
-from chain_of_custody.row_seals import DEVICE_SEALS, SealedValues, device_seal
+from chain_of_custody.row_seals import DEVICE_SEALS, SealedValues, device_seal, seal_verdict
 
 from .models import Device
 
@@ -59,21 +58,10 @@ def seal_device(device: Device, key: ServiceKey) -> None:
     device.seal = device_seal(device_seal_key(key), sealed_values(device))
 
 
-def _refused(device_id: str, seal: str | None) -> None:
-    log.warning(
-        "device refused: its row's seal is %s",
-        "missing" if not seal else "wrong",
-        extra={"device": device_id},
-    )
-
-
 def device_seal_holds(secret: bytes, values: SealedValues, seal: str | None) -> bool:
     """Whether a row's seal is the one the service made for its values; a warning (naming the
     device id only, never its key or token digest) when it is not."""
-    if seal and hmac.compare_digest(device_seal(secret, values), seal):
-        return True
-    _refused(values[0], seal)
-    return False
+    return seal_verdict(device_seal(secret, values), seal, log, "device", {"device": values[0]})
 
 
 class DeviceSeals:

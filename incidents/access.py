@@ -80,6 +80,9 @@ class Viewer(Protocol):
     @property
     def actor(self) -> str: ...
 
+    @property
+    def assignments(self) -> frozenset[int]: ...
+
 
 def incident_scope(viewer: Viewer) -> ColumnElement[bool]:
     """A WHERE clause on ``Incident`` selecting the incidents the viewer may see.
@@ -89,7 +92,11 @@ def incident_scope(viewer: Viewer) -> ColumnElement[bool]:
     it by (a look-up a row would read every such entry's details), incidents opened before sites
     were recorded have none, and the site reach of footage follows staff rows no entry records, so
     the ledger's word here alone would close nothing. ``evidence verify`` names an incident whose
-    site differs from its latest entry (``incident_site_altered``)."""
+    site differs from its latest entry (``incident_site_altered``).
+
+    An investigator's incidents are those of their active assignments whose seal held when they
+    signed in for this request (``viewer.assignments``, ``accounts.seals.assignments_of``): a row
+    planted or changed in the database opens nothing, and one ended since is read as it is now."""
     if viewer.role == "admin":
         return true()
     if viewer.role == "security_manager":
@@ -97,7 +104,9 @@ def incident_scope(viewer: Viewer) -> ColumnElement[bool]:
     if viewer.role == "investigator":
         return Incident.id.in_(
             select(IncidentAssignment.incident_id).where(
-                IncidentAssignment.user_id == viewer.user_id, IncidentAssignment.unassigned_at.is_(None)
+                IncidentAssignment.user_id == viewer.user_id,
+                IncidentAssignment.unassigned_at.is_(None),
+                IncidentAssignment.id.in_(sorted(viewer.assignments)),
             )
         )
     return false()

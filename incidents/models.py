@@ -96,6 +96,8 @@ class IncidentAssignment(Base):
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     unassigned_by: Mapped[str | None] = mapped_column(String(128), default=None)
     unassigned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # HMAC over what it grants, under a secret the database does not hold (``incidents.grants``).
+    seal: Mapped[str | None] = mapped_column(String(64), default=None)
 
     __table_args__ = (
         Index(

@@ -37,6 +37,7 @@ from .access import (
     window_reach,
     within_window_reach,
 )
+from .grants import assignment_seal_holds, seal_assignment
 from .identity import next_reference, record_site
 from .models import (
     CATEGORIES,
@@ -323,12 +324,16 @@ def assign_investigator(
             IncidentAssignment.unassigned_at.is_(None),
         )
     )
-    if existing is not None:
+    if existing is not None and assignment_seal_holds(ledger.key, existing):
         return existing
+    if existing is not None:  # written outside the service: it granted nothing, and ends for this one
+        existing.unassigned_at, existing.unassigned_by = now, actor
+        session.flush()
     row = IncidentAssignment(incident_id=incident.id, user_id=user_id, assigned_by=actor, assigned_at=now)
     session.add(row)
     _event(session, incident, actor, "assigned", now, investigator=user.username)
     session.flush()
+    seal_assignment(row, ledger.key)
     _record_assignment(session, ledger, incident, user.username, row, actor, True)
     return row
 
@@ -376,6 +381,7 @@ def unassign_investigator(
     if row is None:
         raise IncidentRefused("not_assigned", "that investigator is not assigned", 404)
     row.unassigned_at, row.unassigned_by = now, actor
+    seal_assignment(row, ledger.key)
     user = session.get(User, user_id)
     _event(session, incident, actor, "unassigned", now, investigator=user.username if user else user_id)
     session.flush()

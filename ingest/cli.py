@@ -719,6 +719,21 @@ def record_credential_ends_command(
         console.print(f"{len(listed)} ends would be recorded: run again with --yes to record them")
 
 
+@app.command("seal-grants")
+def seal_grants_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the incident assignments and export jobs made before they carried a seal
+    (``incidents.grants``), which grant nothing until then; run once after upgrading (after
+    `evidence seal-users`). Only an active assignment the custody ledger's latest entry for it
+    assigns, and a job its ``export_requested`` entry records as it stands, is sealed; every other
+    is listed as refused, with why."""
+    from incidents.grants import seal_grants, unsealed_grants
+
+    def run(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+        return seal_grants(session, s.ledger) if yes else unsealed_grants(session, s.ledger)
+
+    _seal_rows("grants", yes, run)
+
+
 @app.command()
 def checkpoint() -> None:
     """Write a signed checkpoint of the ledger tip to write-once storage now."""

@@ -4,10 +4,11 @@ than the depth the rule follows, for each level a chain may be linked or filmed 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from incidents.access import DERIVATION_DEPTH, visible_evidence, visible_evidence_ids
+from incidents.grants import sealed_assignment_ids
 from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
 from tests.test_incidents_kit import staff, store_item, user
 
@@ -19,6 +20,7 @@ class _Viewer:
     user_id: int
     role: str
     site: str | None
+    assignments: frozenset[int] = frozenset()  # as the sign-in resolves them (``accounts.seals``)
 
 
 def _chain(services, wearer: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -50,6 +52,7 @@ def test_one_item_and_the_scope_clause_agree_along_derivation_chains(services) -
         )
         assign_investigator(session, s.ledger, incident, inv, "user:admin")
         incident_id = incident.id
+        viewers[0] = replace(viewers[0], assignments=sealed_assignment_ids(session, s.key, inv))
     for level in (None, *range(LENGTH)):  # which item of the chain is linked (None: none)
         chain = _chain(s, "S-S")
         if level is not None:

@@ -34,6 +34,7 @@ from incidents.export.build import build_package
 from incidents.export.links import LinkRefused, check_link_token, link_secret, make_link_token
 from incidents.export.models import ExportJob, ExportLink
 from incidents.export.plan import ExportRequest, gather_items
+from incidents.grants import seal_export_job
 from incidents.service import IncidentDraft, create_incident
 from storage.embedded import EmbeddedSeaweed
 from tests.clipkit import enrol
@@ -396,16 +397,16 @@ def package_with_link(s, item_ids: list[str], **kw: Any) -> tuple[Any, str]:  # 
     )
     incident_id = link_issuer(s, "inv")
     with s.db.session() as session:
-        session.add(
-            ExportJob(
-                id=export_id,
-                incident_id=incident_id,
-                requested_by="user:inv",
-                requester_role="investigator",
-                scope="{}",
-                status="ready",
-            )
+        job = ExportJob(
+            id=export_id,
+            incident_id=incident_id,
+            requested_by="user:inv",
+            requester_role="investigator",
+            scope="{}",
+            status="ready",
         )
+        seal_export_job(job, s.key)  # as the route that asks for an export seals it
+        session.add(job)
         session.flush()
         link = ExportLink(
             id=str(uuid.uuid4()),

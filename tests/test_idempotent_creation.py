@@ -22,6 +22,7 @@ from sqlalchemy import func, select, text
 
 from chain_of_custody.models import CustodyEntry
 from incidents.export.models import ExportJob, ExportLink
+from incidents.grants import seal_export_job
 from incidents.models import Incident, IncidentLink
 from incidents.service import IncidentDraft, create_incident, link_target
 from incidents.subject_access.models import SubjectAccessRequest
@@ -77,6 +78,7 @@ def world(services: Any) -> Iterator[World]:
             package_size=1,
             filename="package.zip",
         )
+        seal_export_job(job, s.key)  # as the route that asks for an export seals it
         session.add(job)
         incident_id, export_id = incident.id, job.id
     app = create_app(s.settings, s)

@@ -50,6 +50,7 @@ from chain_of_custody.row_replay import (
 from chain_of_custody.verify import verify_service
 from incidents.export.jobs import ExportBuilds, record_request
 from incidents.export.models import ExportJob, ExportLink
+from incidents.grants import sealed_assignment_ids
 from incidents.models import Incident, IncidentAssignment, IncidentLink, LegalHold
 from incidents.retention import RetentionRules, set_legal_hold
 from incidents.service import (
@@ -359,6 +360,7 @@ def test_an_export_moved_or_a_download_link_revived_in_the_database_is_named(liv
     assert found == {
         ("download_link_altered", f"download link {link.json()['id']}"),
         ("export_job_altered", f"export {export_id}"),
+        ("export_job_seal_broken", f"export {export_id}"),
     }, found
 
 
@@ -379,6 +381,8 @@ def test_a_link_revived_or_moved_in_the_database_grants_nothing(services: Any) -
     class Who:
         def __init__(self, user_id: int) -> None:
             self.user_id, self.role, self.site, self.actor = user_id, "investigator", None, "x"
+            with s.db.reading() as session:  # as the sign-in resolves them (``accounts.seals``)
+                self.assignments = sealed_assignment_ids(session, s.key, user_id)
 
     with s.db.session() as session:
         assert visible_evidence_ids(session, Who(ids["other_inv"]), [clip.id]) == set()
@@ -463,6 +467,7 @@ def test_an_assignment_given_or_ended_by_sql_is_named(services: Any) -> None:
     assert found == {
         ("assignment_unrecorded", f"incident {first_id} / investigator other_inv"),
         ("assignment_row_missing", f"incident {second_id} / investigator other_inv"),
+        ("assignment_seal_broken", f"incident {first_id} / user id {ids['other_inv']}"),
     }, found
 
 
@@ -671,6 +676,8 @@ def test_rows_made_before_the_ledger_recorded_them_are_adopted_once(services: An
 
     class Who:
         user_id, role, site, actor = ids["other_inv"], "investigator", None, "user:other_inv"
+        with s.db.reading() as session:  # as the sign-in resolves them (``accounts.seals``)
+            assignments = sealed_assignment_ids(session, s.key, ids["other_inv"])
 
     with s.db.session() as session:
         assert visible_evidence_ids(session, Who(), [clip.id]) == set()

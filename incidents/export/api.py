@@ -45,6 +45,7 @@ from ..access import (
     visible_evidence_ids,
     visible_incident,
 )
+from ..grants import export_job_seal_holds, seal_export_job
 from ..models import Incident, IncidentAssignment
 from .disclosure import DISCLOSURE_PAGE, DISCLOSURE_PAGE_MAX, DisclosurePage, csv_pages, disclosure_page
 from .jobs import ExportBuilds, record_request
@@ -230,12 +231,15 @@ def visible_job(session: Session, user: Viewer, export_id: str) -> ExportJob:
     return job
 
 
-def may_hand_out(session: Session, user: Viewer, job: ExportJob) -> bool:
+def may_hand_out(session: Session, user: Viewer, job: ExportJob, key: ServiceKey) -> bool:
     """Whether ``user`` may give the package to someone (a download link): a link hands out every
     byte of it, so only someone who may see every item it holds, and who may export original footage
     if it holds some. The package was fixed for its requester's access, not for everyone who sees
     the incident: another investigator of the incident would otherwise hand out (and download) the
-    original of a copy they see only redacted, or originals their role may not export."""
+    original of a copy they see only redacted, or originals their role may not export. Read from a
+    job whose seal holds only (``incidents.grants``): one changed in the database hands out nothing."""
+    if not export_job_seal_holds(key, job):
+        return False
     if job.include_originals and user.role not in ORIGINALS_AUTHORISERS:
         return False
     scope = json.loads(job.scope)
@@ -391,6 +395,7 @@ def request_export(
             created_at=asked_at,
             heartbeat_at=datetime.now(UTC),
         )
+        seal_export_job(job, s.key)
         session.add(job)
         session.flush()
         record_request(session, s.ledger, job)
@@ -547,7 +552,7 @@ def create_link(
         ) is not None:
             return first  # before the share is counted: the first link is in it already
         job = visible_job(session, user, export_id)
-        if not may_hand_out(session, user, job):
+        if not may_hand_out(session, user, job, s.key):
             raise HTTPException(403, "this package holds evidence you may not hand out")
         if job.status != "ready":
             raise HTTPException(409, f"the export is {job.status}, not ready")

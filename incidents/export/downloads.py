@@ -95,7 +95,7 @@ def issuer_still_may(session: Session, job: ExportJob, link: ExportLink, key: Se
         return False
     if visible_incident(session, issuer, job.incident_id) is None:
         return False
-    return may_hand_out(session, issuer, job)
+    return may_hand_out(session, issuer, job, key)
 
 
 @router.get("/exports/download/{token}/about", response_model=LinkPage)

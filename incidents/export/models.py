@@ -44,6 +44,8 @@ class ExportJob(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # HMAC over what its links hand out on, under a secret the database does not hold (``incidents.grants``).
+    seal: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class ExportLink(Base):

@@ -1,0 +1,175 @@
+"""Seals on the rows that grant access to evidence without signing anyone in: incident assignments
+(``incident_assignments``) and export jobs (``export_jobs``).
+
+An active assignment opens an incident, and everything linked to it, to an investigator; an export
+job decides what its download links hand out (originals or not, which items, on whose role:
+``export.api.may_hand_out``). Each row carries an HMAC-SHA256, under a secret derived from the
+service key (``GRANT_SEALS``, which the database does not hold), over what it grants
+(``chain_of_custody.row_seals.assignment_values`` and ``export_job_values``). The service seals a
+row in the transaction that writes it (assignment, unassignment, an export request). A row written
+in the database by anyone else (an assignment planted, an ended one made active again, a job's
+originals switched on or its items widened) has no seal that holds: the assignment opens nothing
+(``accounts.seals.assignments_of``) and the job's links hand nothing out. ``evidence verify`` names
+them (``assignment_seal_broken``, ``export_job_seal_broken``).
+
+Rows made before seals have none: ``evidence seal-grants`` lists them and seals those the custody
+ledger bears out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from accounts.models import User
+from chain_of_custody.keys import ServiceKey
+from chain_of_custody.ledger import Ledger
+from chain_of_custody.row_replay import AssignmentRow, assignment_findings, assignment_replay
+from chain_of_custody.row_seals import (
+    GRANT_SEALS,
+    assignment_values,
+    export_job_values,
+    row_seal,
+    seal_verdict,
+    sealed_assignments,
+)
+
+from .export.models import ExportJob
+from .models import IncidentAssignment
+
+log = logging.getLogger(__name__)
+
+
+def grant_seal_key(key: ServiceKey) -> bytes:
+    """The secret grant seals are made with, derived from the service key for this purpose alone."""
+    return key.derived_secret(GRANT_SEALS)
+
+
+def _assignment_seal(secret: bytes, row: IncidentAssignment) -> str:
+    return row_seal(
+        secret, assignment_values(row.id, row.incident_id, row.user_id, row.unassigned_at is None)
+    )
+
+
+def _job_seal(secret: bytes, job: ExportJob) -> str:
+    values = export_job_values(
+        job.id, job.incident_id, job.requested_by, job.requester_role, bool(job.include_originals), job.scope
+    )
+    return row_seal(secret, values)
+
+
+def seal_assignment(row: IncidentAssignment, key: ServiceKey) -> None:
+    """Seal an assignment as it now stands (flushed: its id is the database's); assigning and
+    ending an assignment call this in the same transaction."""
+    row.seal = _assignment_seal(grant_seal_key(key), row)
+
+
+def seal_export_job(job: ExportJob, key: ServiceKey) -> None:
+    """Seal an export job as it was asked for, in the transaction that adds it."""
+    job.seal = _job_seal(grant_seal_key(key), job)
+
+
+def sealed_assignment_ids(session: Session, key: ServiceKey, user_id: int) -> frozenset[int]:
+    """The person's active assignments whose seal holds (what ``accounts.seals.assignments_of``
+    resolves at sign-in), for a viewer made without signing in."""
+    return sealed_assignments(session, grant_seal_key(key), user_id, log)
+
+
+def assignment_seal_holds(key: ServiceKey, row: IncidentAssignment) -> bool:
+    """Whether the assignment's seal is the one the service made for it; a warning naming ids when not."""
+    ids = {"assignment": row.id, "incident_id": row.incident_id, "user_id": row.user_id}
+    expected = _assignment_seal(grant_seal_key(key), row)
+    return seal_verdict(expected, row.seal, log, "incident assignment", ids)
+
+
+def export_job_seal_holds(key: ServiceKey, job: ExportJob) -> bool:
+    """Whether the job's seal is the one the service made for it; a warning naming its id when not."""
+    return seal_verdict(_job_seal(grant_seal_key(key), job), job.seal, log, "export job", {"export": job.id})
+
+
+# -- rows made before seals ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnsealedGrant:
+    """An active assignment or an export job without a seal, as ``evidence seal-grants`` lists it,
+    with why it is not sealed (``refused``), if it is not."""
+
+    kind: str  # "assignment" | "export job"
+    row_id: str
+    what: str
+    refused: str | None
+
+    def line(self) -> str:
+        verdict = f"REFUSED: {self.refused}" if self.refused else "matches its custody record"
+        return f"{self.kind} {self.row_id}: {self.what}; {verdict}"
+
+
+def _unsealed_assignments(session: Session, ledger: Ledger, lock: bool) -> list[UnsealedGrant]:
+    q = (
+        select(IncidentAssignment, User.username)
+        .join(User, User.id == IncidentAssignment.user_id)
+        .where(IncidentAssignment.seal.is_(None), IncidentAssignment.unassigned_at.is_(None))
+        .order_by(IncidentAssignment.id)
+    )
+    if lock:
+        q = q.with_for_update(of=IncidentAssignment).execution_options(populate_existing=True)
+    rows = session.execute(q).all()
+    if not rows:
+        return []
+    replay = assignment_replay(ledger.all_entries(session))
+    out = []
+    for a, username in rows:
+        found = assignment_findings(replay, [AssignmentRow(a.id, a.incident_id, username)])
+        mine = [p.detail for p in found if f"#{a.id} " in p.detail]
+        out.append(
+            UnsealedGrant(
+                "assignment",
+                str(a.id),
+                f"incident {a.incident_id} to {username}",
+                "; ".join(mine) or None,
+            )
+        )
+    return out
+
+
+def _unsealed_jobs(session: Session, ledger: Ledger, lock: bool) -> list[UnsealedGrant]:
+    from .export.jobs import request_refusal  # the builder's own check of a job against its request
+
+    q = select(ExportJob).where(ExportJob.seal.is_(None)).order_by(ExportJob.created_at, ExportJob.id)
+    if lock:
+        q = q.with_for_update().execution_options(populate_existing=True)
+    out = []
+    for job in session.scalars(q):
+        originals = "with originals" if job.include_originals else "no originals"
+        what = f"incident {job.incident_id}, asked by {job.requested_by} ({job.requester_role}), {originals}"
+        out.append(UnsealedGrant("export job", job.id, what, request_refusal(session, ledger, job)))
+    return out
+
+
+def unsealed_grants(session: Session, ledger: Ledger, *, lock: bool = False) -> list[UnsealedGrant]:
+    """Every active assignment and every export job without a seal, each against the custody
+    ledger; ``lock``: their rows are locked for the rest of the transaction, so what is judged is
+    what is sealed."""
+    return _unsealed_assignments(session, ledger, lock) + _unsealed_jobs(session, ledger, lock)
+
+
+def seal_grants(session: Session, ledger: Ledger) -> list[UnsealedGrant]:
+    """Seal the rows :func:`unsealed_grants` lists that the ledger bears out, as they stand; all it
+    listed, those not sealed with the reason (``refused``)."""
+    listed = unsealed_grants(session, ledger, lock=True)
+    for found in listed:
+        if found.refused:
+            continue
+        if found.kind == "assignment":
+            row = session.get(IncidentAssignment, int(found.row_id))
+            if row is not None:
+                seal_assignment(row, ledger.key)
+        else:
+            job = session.get(ExportJob, found.row_id)
+            if job is not None:
+                seal_export_job(job, ledger.key)
+    return listed
