@@ -22,9 +22,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import column, select, table
+from sqlalchemy import ColumnElement, Select, column, select, table
 from sqlalchemy.orm import Session
 
 from storage.db import UTCDateTime
@@ -229,13 +231,28 @@ _EXPORT_JOBS = table(
 def sealed_assignments(session: Session, secret: bytes, user_id: int, log: logging.Logger) -> frozenset[int]:
     """The ids of the person's active incident assignments whose seal holds: only these open an
     incident to them (``incidents.access.incident_scope``); a warning on ``log`` for each other."""
+    return _sealed_assignments(session, secret, log, _ASSIGNMENTS.c.user_id == user_id)
+
+
+def sealed_assignments_on(
+    session: Session, secret: bytes, incident_ids: Select[Any] | Sequence[str], log: logging.Logger
+) -> frozenset[int]:
+    """The ids of the active assignments on these incidents (ids, or a select of them) whose seal
+    holds: only these show a person as assigned (an incident's investigators, who to filter by);
+    a warning on ``log`` for each other."""
+    return _sealed_assignments(session, secret, log, _ASSIGNMENTS.c.incident_id.in_(incident_ids))
+
+
+def _sealed_assignments(
+    session: Session, secret: bytes, log: logging.Logger, where: ColumnElement[bool]
+) -> frozenset[int]:
     c = _ASSIGNMENTS.c
-    q = select(c.id, c.incident_id, c.seal).where(c.user_id == user_id, c.unassigned_at.is_(None))
+    q = select(c.id, c.incident_id, c.user_id, c.seal).where(where, c.unassigned_at.is_(None))
     return frozenset(
         int(row_id)
-        for row_id, incident_id, seal in session.execute(q)
+        for row_id, incident_id, user_id, seal in session.execute(q)
         if seal_verdict(
-            row_seal(secret, assignment_values(int(row_id), str(incident_id), user_id, True)),
+            row_seal(secret, assignment_values(int(row_id), str(incident_id), int(user_id), True)),
             seal,
             log,
             "incident assignment",

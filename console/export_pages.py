@@ -66,7 +66,7 @@ def exports_index(request: Request, after: Annotated[str, Query(max_length=CURSO
     cursors = list_cursors(services(request))
     f = IncidentFilter(limit=INDEX_PAGE + 1, after=page_position(cursors, after))
     with services(request).db.session() as session:
-        found = search_incidents(session, who.principal, f)
+        found = search_incidents(session, who.principal, f, services(request).key)
     return render(
         request,
         "exports_index.html",

@@ -108,9 +108,11 @@ def incidents_page(
         after=position,
     )
     with services(request).db.session() as session:
-        found = search_incidents(session, viewer, f)
+        found = search_incidents(session, viewer, f, services(request).key)
         names = ws.staff_names(session, {i.wearer for i in found if i.wearer})
-        people = ws.investigators(session, viewer, everyone=viewer.role in INCIDENT_MANAGERS)
+        people = ws.investigators(
+            session, viewer, services(request).key, everyone=viewer.role in INCIDENT_MANAGERS
+        )
         sites = ws.sites(session, viewer)
     filters = {
         "q": q,
@@ -153,14 +155,14 @@ def incident_page(request: Request, key: str) -> Response:
         incident = visible_incident(session, viewer, key[:64])
         if incident is None:
             return render(request, "missing.html", who, 404, what="incident")
-        view = incident_view(session, incident)
+        view = incident_view(session, incident, services(request).key)
         items = ws.linked_items(session, viewer, view["links"])
         alarms = ws.linked_alarms(session, viewer, view["links"])
         can_write = viewer.role in INCIDENT_WRITERS
         candidates = ws.evidence_candidates(session, viewer, incident.id) if can_write else []
         alarm_choices = ws.alarm_candidates(session, viewer, incident.id) if can_write else []
         manager = viewer.role in INCIDENT_MANAGERS
-        people = ws.investigators(session, viewer, everyone=True) if manager else []
+        people = ws.investigators(session, viewer, services(request).key, everyone=True) if manager else []
         wearers = {i["wearer"] for i in [*items.values(), *candidates] if i["wearer"]}
         if incident.wearer:
             wearers.add(incident.wearer)

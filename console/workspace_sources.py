@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from accounts.access import site_scope
 from accounts.models import User
 from alarms.models import AlarmRecord
+from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import EvidenceItem
 from devices.models import StaffMember
 from incidents.access import (
@@ -27,22 +28,27 @@ from incidents.access import (
     readable_retention,
     reads_whole_trails,
 )
+from incidents.grants import sealed_assignment_ids_on
 from incidents.models import Incident, IncidentAssignment, IncidentLink, LegalHold
 from incidents.retention import RetentionRules, describe
 
 CANDIDATES = 300  # items and alarms offered for linking (newest first)
 
 
-def investigators(session: Session, viewer: Viewer, *, everyone: bool) -> list[dict[str, Any]]:
+def investigators(
+    session: Session, viewer: Viewer, key: ServiceKey, *, everyone: bool
+) -> list[dict[str, Any]]:
     """Investigators by name: every active one (for those who assign), else the ones on incidents
-    the viewer sees (to filter by)."""
+    the viewer sees (to filter by), by assignments whose seal holds only (a planted row names nobody)."""
     q = select(User.id, User.username, User.full_name).where(User.role == "investigator", User.active)
     if not everyone:
+        seen = select(Incident.id).where(incident_scope(viewer))
         q = q.where(
             User.id.in_(
                 select(IncidentAssignment.user_id).where(
                     IncidentAssignment.unassigned_at.is_(None),
-                    IncidentAssignment.incident_id.in_(select(Incident.id).where(incident_scope(viewer))),
+                    IncidentAssignment.incident_id.in_(seen),
+                    IncidentAssignment.id.in_(sorted(sealed_assignment_ids_on(session, key, seen))),
                 )
             )
         )

@@ -256,7 +256,7 @@ def open_incident(
             link_overlapping_clips(
                 session, s.ledger, incident, user.actor, retention=retention(s), viewer=user
             )
-        return retry.answer(session, 201, json_body(IncidentOut, incident_view(session, incident)))
+        return retry.answer(session, 201, json_body(IncidentOut, incident_view(session, incident, s.key)))
 
 
 INCIDENTS_PAGE = 100  # incidents in a page, unless the caller asks for fewer
@@ -314,7 +314,7 @@ def find_incidents(
         after=position,
     )
     with s.db.session() as session:
-        rows = search_incidents(session, user, f)
+        rows = search_incidents(session, user, f, s.key)
     if len(rows) > limit:
         last = incident_position(rows[limit - 1])
         link_next_keeping(response, request, cursors.make(INCIDENT_LIST, last.at, last.key), limit)
@@ -330,7 +330,7 @@ def get_incident(
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise _hidden()
-        return incident_view(session, incident)
+        return incident_view(session, incident, s.key)
 
 
 @router.patch("/incidents/{incident_id}", response_model=IncidentOut)
@@ -359,7 +359,7 @@ def change_incident(
             retention=retention(s),
             viewer=user,
         )
-        return incident_view(session, incident)
+        return incident_view(session, incident, s.key)
 
 
 def _paged(response: Response, what: str, incident: Incident, page: HistoryPage, limit: int) -> None:
@@ -502,7 +502,7 @@ def assign(
         if incident is None:
             raise _hidden()
         assign_investigator(session, s.ledger, incident, user_id, user.actor)
-        return incident_view(session, incident)
+        return incident_view(session, incident, s.key)
 
 
 @router.delete("/incidents/{incident_id}/investigators/{user_id}", status_code=204)
@@ -538,7 +538,7 @@ def incident_hold(
             user.actor,
             datetime.now(UTC),
         )
-        return incident_view(session, incident)
+        return incident_view(session, incident, s.key)
 
 
 @router.get("/statistics", response_model=None, responses={200: {"content": {"text/csv": {}}}})

@@ -9,7 +9,9 @@ service key (``GRANT_SEALS``, which the database does not hold), over what it gr
 row in the transaction that writes it (assignment, unassignment, an export request). A row written
 in the database by anyone else (an assignment planted, an ended one made active again, a job's
 originals switched on or its items widened) has no seal that holds: the assignment opens nothing
-(``accounts.seals.assignments_of``) and the job's links hand nothing out. ``evidence verify`` names
+(``accounts.seals.assignments_of``), names nobody as assigned (an incident's investigators, the
+search by assignee: :func:`sealed_assignment_ids_on`) and lets nobody revoke a link
+(``export.api.may_revoke``), and the job's links hand nothing out. ``evidence verify`` names
 them (``assignment_seal_broken``, ``export_job_seal_broken``).
 
 Rows made before seals have none: ``evidence seal-grants`` lists them and seals those the custody
@@ -19,9 +21,11 @@ ledger bears out.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from accounts.models import User
@@ -35,6 +39,7 @@ from chain_of_custody.row_seals import (
     row_seal,
     seal_verdict,
     sealed_assignments,
+    sealed_assignments_on,
 )
 
 from .export.models import ExportJob
@@ -76,6 +81,14 @@ def sealed_assignment_ids(session: Session, key: ServiceKey, user_id: int) -> fr
     """The person's active assignments whose seal holds (what ``accounts.seals.assignments_of``
     resolves at sign-in), for a viewer made without signing in."""
     return sealed_assignments(session, grant_seal_key(key), user_id, log)
+
+
+def sealed_assignment_ids_on(
+    session: Session, key: ServiceKey, incident_ids: Select[Any] | Sequence[str]
+) -> frozenset[int]:
+    """The active assignments on these incidents whose seal holds: only these name a person as
+    assigned (an incident's investigators, the search by assignee); a planted row shows nobody."""
+    return sealed_assignments_on(session, grant_seal_key(key), incident_ids, log)
 
 
 def assignment_seal_holds(key: ServiceKey, row: IncidentAssignment) -> bool:

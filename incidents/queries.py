@@ -10,10 +10,12 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from accounts.models import User
+from chain_of_custody.keys import ServiceKey
 from devices.models import StaffMember
 from storage.paging import Position, after_position
 
 from .access import Viewer, incident_scope
+from .grants import sealed_assignment_ids, sealed_assignment_ids_on
 from .models import (
     ExhibitReference,
     Incident,
@@ -43,9 +45,10 @@ class IncidentFilter:
     after: Position | None = None  # where the previous page ended (occurred_at, reference)
 
 
-def search_incidents(session: Session, viewer: Viewer, f: IncidentFilter) -> list[Incident]:
+def search_incidents(session: Session, viewer: Viewer, f: IncidentFilter, key: ServiceKey) -> list[Incident]:
     """Incidents the viewer may see that match every given filter, newest first (when it happened,
-    then reference: a total order), those after ``f.after`` or past the first ``f.offset``."""
+    then reference: a total order), those after ``f.after`` or past the first ``f.offset``. By
+    assignee, only assignments whose seal holds count (``incidents.grants``)."""
     q = select(Incident).where(
         incident_scope(viewer), after_position(Incident.occurred_at, Incident.reference, f.after)
     )
@@ -73,7 +76,9 @@ def search_incidents(session: Session, viewer: Viewer, f: IncidentFilter) -> lis
         q = q.where(
             Incident.id.in_(
                 select(IncidentAssignment.incident_id).where(
-                    IncidentAssignment.user_id == f.assigned_to, IncidentAssignment.unassigned_at.is_(None)
+                    IncidentAssignment.user_id == f.assigned_to,
+                    IncidentAssignment.unassigned_at.is_(None),
+                    IncidentAssignment.id.in_(sorted(sealed_assignment_ids(session, key, f.assigned_to))),
                 )
             )
         )
@@ -102,8 +107,9 @@ def incident_position(incident: Incident) -> Position:
     return Position(incident.occurred_at, incident.reference)
 
 
-def incident_view(session: Session, incident: Incident) -> dict[str, Any]:
-    """The incident with its staff, investigators, active links and holds, as the API returns it."""
+def incident_view(session: Session, incident: Incident, key: ServiceKey) -> dict[str, Any]:
+    """The incident with its staff, investigators, active links and holds, as the API returns it.
+    Its investigators are those of assignments whose seal holds: a planted row names nobody."""
     staff = session.execute(
         select(IncidentStaff.staff_id, IncidentStaff.involvement, StaffMember.staff_group)
         .join(StaffMember, StaffMember.id == IncidentStaff.staff_id)
@@ -113,7 +119,11 @@ def incident_view(session: Session, incident: Incident) -> dict[str, Any]:
     investigators = session.execute(
         select(User.id, User.username, User.full_name)
         .join(IncidentAssignment, IncidentAssignment.user_id == User.id)
-        .where(IncidentAssignment.incident_id == incident.id, IncidentAssignment.unassigned_at.is_(None))
+        .where(
+            IncidentAssignment.incident_id == incident.id,
+            IncidentAssignment.unassigned_at.is_(None),
+            IncidentAssignment.id.in_(sorted(sealed_assignment_ids_on(session, key, [incident.id]))),
+        )
         .order_by(User.username)
     )
     links = list(

@@ -25,7 +25,8 @@ from incidents.export.models import ExportJob
 from incidents.models import Incident, IncidentAssignment
 from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
 from tests.conftest import make_settings, wait_for
-from tests.test_incidents_kit import bearer, staff, store_item, user
+from tests.test_console_kit import session_client
+from tests.test_incidents_kit import PASSWORD, bearer, staff, store_item, user
 
 T0 = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
 READ = "?reason=checking+the+incident"
@@ -210,6 +211,55 @@ def test_a_job_widened_by_sql_hands_nothing_out(live) -> None:  # type: ignore[n
         session.execute(update(table).where(table.c.id == export_id).values(requester_role="admin"))
     assert httpx.get(f"{live.url}{path}").status_code == 410
     assert _seal_problems(s) == [("export_job_seal_broken", f"export {export_id}")]
+
+
+def test_a_planted_assignment_names_nobody_as_assigned_and_revokes_nothing(live) -> None:  # type: ignore[no-untyped-def]
+    """Who is shown as assigned (the incident's investigators, the search by assignee, the console's
+    filter of investigators) and who may revoke a link of the incident count sealed assignments
+    only: a row planted by SQL names nobody and lets nobody revoke."""
+    s, api = live.services, f"{live.url}/api/v1"
+    staff(s, "S-N", "nurse", "NORTH")
+    user(s, "north_mgr", "security_manager", "NORTH")
+    inv = user(s, "inv1", "investigator")
+    planted = user(s, "inv2", "investigator")
+    clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=1))
+    incident_id = _incident(s, clip.id)
+    mgr = bearer(s, "north_mgr")
+    assert httpx.put(f"{api}/incidents/{incident_id}/investigators/{inv}", headers=mgr).status_code == 200
+    with s.db.session() as session:
+        session.execute(
+            insert(IncidentAssignment.__table__).values(
+                incident_id=incident_id, user_id=planted, assigned_by="user:admin", assigned_at=T0
+            )
+        )
+    shown = httpx.get(f"{api}/incidents/{incident_id}", headers=mgr)
+    assert shown.status_code == 200, shown.text
+    assert [p["user_id"] for p in shown.json()["investigators"]] == [inv]
+    reference = shown.json()["reference"]
+
+    def found_by(assignee: int) -> list[str]:
+        r = httpx.get(f"{api}/incidents", params={"assigned_to": assignee}, headers=mgr)
+        assert r.status_code == 200, r.text
+        return [i["id"] for i in r.json()]
+
+    assert (found_by(inv), found_by(planted)) == ([incident_id], [])
+    client, _ = session_client(live.url, "inv1", PASSWORD)
+    try:
+        page = client.get("/incidents")
+        assert page.status_code == 200, page.text
+        assert 'value="' + str(inv) + '"' in page.text and "(inv1)" in page.text
+        assert "(inv2)" not in page.text
+        listed = client.get("/incidents", params={"investigator": str(planted)})
+        assert listed.status_code == 200 and reference not in listed.text
+        assert reference in client.get("/incidents", params={"investigator": str(inv)}).text
+    finally:
+        client.close()
+    export_id = _ready_export(s, api, incident_id, mgr, {})
+    link = httpx.post(f"{api}/exports/{export_id}/links", json={"recipient": "DC Jones"}, headers=mgr)
+    assert link.status_code == 201, link.text
+    revoke = f"{api}/exports/{export_id}/links/{link.json()['id']}"
+    assert httpx.delete(revoke, headers=bearer(s, "inv2")).status_code == 404
+    assert httpx.delete(revoke, headers=bearer(s, "inv1")).status_code == 204
 
 
 def test_seal_grants_adopts_rows_the_ledger_bears_out_and_refuses_the_rest(  # type: ignore[no-untyped-def]

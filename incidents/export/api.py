@@ -629,8 +629,9 @@ def _link_token(s: CoreServices, kept: dict[str, Any]) -> str:
 def may_revoke(session: Session, user: Viewer, job: ExportJob, link: ExportLink) -> bool:
     """Whether ``user`` may revoke the link: the person who issued it (even once they no longer see
     the incident: taking back what they handed out only narrows it), an investigator assigned to the
-    incident now, or an administrator or a security manager of the incident's site. Seeing the
-    incident is not enough on its own: the rule says who answers for the disclosure."""
+    incident now (by an assignment whose seal held at sign-in, ``Viewer.assignments``), or an
+    administrator or a security manager of the incident's site. Seeing the incident is not enough
+    on its own: the rule says who answers for the disclosure."""
     if user.actor == link.created_by:
         return True
     incident = session.get(Incident, job.incident_id)
@@ -646,6 +647,7 @@ def may_revoke(session: Session, user: Viewer, job: ExportJob, link: ExportLink)
                 IncidentAssignment.incident_id == incident.id,
                 IncidentAssignment.user_id == user.user_id,
                 IncidentAssignment.unassigned_at.is_(None),
+                IncidentAssignment.id.in_(sorted(user.assignments)),
             )
         )
         return assigned is not None
