@@ -10,18 +10,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from redaction.cli import redact as redact_command
 
+from . import seal_commands
+from .command_line import console, out
+from .command_line import services as _services
 from .settings import get_settings
 
 if TYPE_CHECKING:
     from chain_of_custody.entries import ChainReport
     from chain_of_custody.package_verify import PackageReport
 
-    from .services import Services
 
 app = typer.Typer(help="Body-worn camera and lone-worker evidence service.", no_args_is_help=True)
 users = typer.Typer(help="User accounts.", no_args_is_help=True)
@@ -29,32 +30,13 @@ devices = typer.Typer(help="Docks, cameras and lone-worker devices.", no_args_is
 app.add_typer(users, name="user")
 app.add_typer(devices, name="device")
 app.command("redact")(redact_command)
-console = Console(stderr=True)
-out = Console()
-
-
-def _services(*, existing: bool = False) -> Services:
-    """The service's parts; ``existing``: a command that works on the service's data, which must be
-    there already (rather than a fresh, empty service made in the current directory)."""
-    from .logging_setup import configure_logging
-    from .services import build_services
-
-    settings = get_settings()
-    configure_logging(settings.log_level, settings.log_json)
-    database = Path(settings.data_dir) / "evidence.db"
-    if settings.database_url is None and not database.exists():
-        where = Path(settings.data_dir).resolve()
-        if existing:
-            console.print(
-                f"[red]no service data at {where}[/red]: run this in the directory the service runs in, "
-                "or set EVIDENCE_DATA_DIR (or EVIDENCE_DATABASE_URL and EVIDENCE_S3_ENDPOINT) to the service's"
-            )
-            raise typer.Exit(2)
-        console.print(
-            f"[yellow]no service data at {where}: starting a new service's data there[/yellow] (to use an "
-            "existing service, run this in its directory or set EVIDENCE_DATA_DIR)"
-        )
-    return build_services(settings)
+# Run once after upgrading to sealed rows (``ingest.seal_commands``): each on its own, or all in order.
+app.command("seal-tokens")(seal_commands.seal_tokens_command)
+app.command("seal-devices")(seal_commands.seal_devices_command)
+app.command("seal-users")(seal_commands.seal_users_command)
+app.command("seal-grants")(seal_commands.seal_grants_command)
+app.command("record-credential-ends")(seal_commands.record_credential_ends_command)
+app.command("upgrade-seals")(seal_commands.upgrade_seals_command)
 
 
 @app.command()
@@ -661,7 +643,3 @@ def witness_command(
         f"[green]COUNTERSIGNED[/green] tree head of {record.head.tree_size} entries, root "
         f"{record.head.root_hash}{since}; witness key {record.witness_fingerprint}"
     )
-
-
-# The seal commands live in a module of their own, on this same app (imported last: it uses the above).
-from . import seal_commands as _seal_commands  # noqa: E402, F401

@@ -1,7 +1,8 @@
 """The commands run once after upgrading to a schema whose rows carry seals: ``evidence seal-tokens``,
 ``seal-devices``, ``seal-users``, ``seal-grants`` and ``record-credential-ends``, each on its own,
 and ``evidence upgrade-seals``, which runs them all in the order they must go (users before the
-grants made to them). Each lists what it would do, and does it only with ``--yes``."""
+grants made to them). Each lists what it would do, and does it only with ``--yes``; ``ingest.cli``
+puts them on the ``evidence`` command."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 
-from .cli import _services, app, console, out
+from .command_line import console, out
+from .command_line import services as _services
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -120,7 +122,6 @@ UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS)
 _YES = typer.Option("--yes", help="seal them (without it: only list them)")
 
 
-@app.command("seal-devices")
 def seal_devices_command(yes: Annotated[bool, _YES] = False) -> None:
     """Seal the devices enrolled before device rows carried a seal (``devices.seals``), which are
     refused as unknown until then; run once after upgrading. It seals them as they stand, a key
@@ -128,7 +129,6 @@ def seal_devices_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows(DEVICES, yes)
 
 
-@app.command("seal-tokens")
 def seal_tokens_command(yes: Annotated[bool, _YES] = False) -> None:
     """Seal the bearer tokens issued before tokens carried a seal (``accounts.seals``), which sign
     nobody in until then; run once after upgrading. It seals them as they stand, a token planted in
@@ -136,7 +136,6 @@ def seal_tokens_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows(TOKENS, yes)
 
 
-@app.command("seal-users")
 def seal_users_command(yes: Annotated[bool, _YES] = False) -> None:
     """Seal the users made before user rows carried a seal (``accounts.seals``), who cannot sign in
     until then; run once after upgrading (after `evidence backfill-custody` for users older than
@@ -146,7 +145,6 @@ def seal_users_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows(USERS, yes)
 
 
-@app.command("record-credential-ends")
 def record_credential_ends_command(
     yes: Annotated[bool, typer.Option("--yes", help="record them (without it: only list them)")] = False,
 ) -> None:
@@ -156,7 +154,6 @@ def record_credential_ends_command(
     _seal_rows(ENDS, yes)
 
 
-@app.command("seal-grants")
 def seal_grants_command(yes: Annotated[bool, _YES] = False) -> None:
     """Seal the incident assignments and export jobs made before they carried a seal
     (``incidents.grants``), which grant nothing until then; run once after upgrading (after
@@ -166,7 +163,6 @@ def seal_grants_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows(GRANTS, yes)
 
 
-@app.command("upgrade-seals")
 def upgrade_seals_command(
     yes: Annotated[bool, typer.Option("--yes", help="do every step (without it: only list them)")] = False,
 ) -> None:
