@@ -17,11 +17,12 @@ and sessions ended that could otherwise still be used and, with ``--yes``, recor
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import ScalarSelect, bindparam, select
+from sqlalchemy import ScalarSelect, Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.ledger import Ledger
@@ -29,7 +30,9 @@ from chain_of_custody.models import CustodyEntry
 from chain_of_custody.row_seals import SESSION, TOKEN, credential_end_subject
 
 from .models import ApiToken, User, UserSession
+from .seals import seal_holds
 
+log = logging.getLogger(__name__)
 Credential = tuple[str, str]  # (kind, digest): TOKEN or SESSION, and the row's ``token_hash``
 
 
@@ -45,6 +48,43 @@ SESSION_LOOKUP = select(UserSession, _ENDED).where(UserSession.token_hash == bin
 def lookup_params(secret: bytes, kind: str, token_hash: str) -> dict[str, str]:
     """The parameters of :data:`TOKEN_LOOKUP` or :data:`SESSION_LOOKUP` for this credential."""
     return {"digest": token_hash, "ended": credential_end_subject(secret, kind, token_hash)}
+
+
+CredentialRow = TypeVar("CredentialRow", ApiToken, UserSession)
+
+# What the warning says when custody ended a credential whose row reads live.
+_ENDED_ON_CUSTODY = {
+    TOKEN: "credential refused: custody says it was revoked",
+    SESSION: "credential refused: custody says it was ended",
+}
+
+
+def standing_row(
+    session: Session,
+    lookup: Select[tuple[CredentialRow, Any]],
+    kind: str,
+    token_hash: str,
+    secret: bytes,
+    now: datetime,
+) -> CredentialRow | None:
+    """The row of a token (:data:`TOKEN_LOOKUP`) or session (:data:`SESSION_LOOKUP`) if it may still
+    sign someone in as far as the row, custody and seal go, else None: unknown, ended in its row,
+    expired, ended on custody (a row put back in the database: a warning naming the kind and user),
+    or a seal that does not hold (planted or altered). The one sequence both sign-ins run, so
+    neither can skip a step the other takes."""
+    found = session.execute(lookup, lookup_params(secret, kind, token_hash)).first()
+    if found is None:
+        return None
+    row = found[0]
+    ended = row.revoked if isinstance(row, ApiToken) else row.ended_at is not None
+    if ended or row.expires_at <= now:
+        return None
+    if found[1] is not None:
+        log.warning(_ENDED_ON_CUSTODY[kind], extra={"credential": kind, "user_id": row.user_id})
+        return None
+    if not seal_holds(secret, kind, row.token_hash, row.user_id, row.expires_at, row.seal):
+        return None
+    return row
 
 
 def live_credentials(session: Session, user_id: int, now: datetime | None = None) -> list[Credential]:

@@ -20,14 +20,13 @@ from chain_of_custody.row_replay import PASSWORD_DIGESTS, password_digest
 from chain_of_custody.row_seals import GRANT_SEALS
 from storage.errors import Refused
 
-from .ends import TOKEN_LOOKUP, lookup_params
+from .ends import TOKEN_LOOKUP, standing_row
 from .models import ROLES, ApiToken, User, UserSession
 from .seals import (
     TOKEN,
     SignInSeals,
     assignments_of,
     credential_seal,
-    seal_holds,
     seal_user,
     user_seal_holds,
     user_seal_key,
@@ -220,17 +219,8 @@ def resolve_token(
     seal does not hold (planted or altered in the database), or a user deactivated."""
     now = now or datetime.now(UTC)
     digest = token_digest(token)
-    found = session.execute(TOKEN_LOOKUP, lookup_params(seals.credentials, TOKEN, digest)).first()
-    row = found[0] if found is not None else None
-    if row is None or row.revoked or row.expires_at <= now:
-        return None
-    if found is not None and found[1] is not None:
-        log.warning(
-            "credential refused: custody says it was revoked",
-            extra={"credential": TOKEN, "user_id": row.user_id},
-        )
-        return None
-    if not seal_holds(seals.credentials, TOKEN, row.token_hash, row.user_id, row.expires_at, row.seal):
+    row = standing_row(session, TOKEN_LOOKUP, TOKEN, digest, seals.credentials, now)
+    if row is None:
         return None
     user = session.get(User, row.user_id)
     if user is None or not user.active or not user_seal_holds(seals.users, user):

@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 from chain_of_custody.row_seals import activity_mark, activity_of
 from storage.settings import ConsoleSettings
 
-from .ends import SESSION_LOOKUP, lookup_params
+from .ends import SESSION_LOOKUP, standing_row
 from .models import User, UserSession
-from .seals import SESSION, SignInSeals, assignments_of, credential_seal, seal_holds, user_seal_holds
+from .seals import SESSION, SignInSeals, assignments_of, credential_seal, user_seal_holds
 from .service import Principal, sign_in_mark
 
 log = logging.getLogger(__name__)
@@ -120,17 +120,8 @@ def resolve_session(
     if not secret or len(secret) > 128:
         return None
     digest = _digest(secret)
-    found = session.execute(SESSION_LOOKUP, lookup_params(seals.credentials, SESSION, digest)).first()
-    row = found[0] if found is not None else None
-    if row is None or row.ended_at is not None or row.expires_at <= now:
-        return None
-    if found is not None and found[1] is not None:
-        log.warning(
-            "credential refused: custody says it was ended",
-            extra={"credential": SESSION, "user_id": row.user_id},
-        )
-        return None
-    if not seal_holds(seals.credentials, SESSION, row.token_hash, row.user_id, row.expires_at, row.seal):
+    row = standing_row(session, SESSION_LOOKUP, SESSION, digest, seals.credentials, now)
+    if row is None:
         return None
     # The idle clock runs from the last activity the service sealed (``activity_seal``), or from the
     # row's own if that is earlier: a ``last_seen_at`` moved forward in the database revives nothing.

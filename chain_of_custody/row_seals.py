@@ -60,8 +60,9 @@ def seal_verdict(
     expected: str, seal: str | None, log: logging.Logger, refused: str, ids: dict[str, object]
 ) -> bool:
     """Whether a row's ``seal`` is the ``expected`` one; when not, a warning on ``log`` that the
-    ``refused`` row (a device, a user, a credential, an assignment, an export job) was refused,
-    naming it by ``ids`` only (never a key, digest or password hash). Every seal check's verdict."""
+    ``refused`` row (a device, a user, a credential, an assignment, an export job, a read grant)
+    was refused, naming it by ``ids`` only (never a key, digest or password hash). Every seal
+    check's verdict."""
     if seal and hmac.compare_digest(expected, seal):
         return True
     log.warning("%s refused: its row's seal is %s", refused, "missing" if not seal else "wrong", extra=ids)

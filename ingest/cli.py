@@ -6,25 +6,23 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from redaction.cli import redact as redact_command
 
+from . import seal_commands
+from .command_line import console, out
+from .command_line import services as _services
 from .settings import get_settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from chain_of_custody.entries import ChainReport
     from chain_of_custody.package_verify import PackageReport
 
-    from .services import Services
 
 app = typer.Typer(help="Body-worn camera and lone-worker evidence service.", no_args_is_help=True)
 users = typer.Typer(help="User accounts.", no_args_is_help=True)
@@ -32,32 +30,13 @@ devices = typer.Typer(help="Docks, cameras and lone-worker devices.", no_args_is
 app.add_typer(users, name="user")
 app.add_typer(devices, name="device")
 app.command("redact")(redact_command)
-console = Console(stderr=True)
-out = Console()
-
-
-def _services(*, existing: bool = False) -> Services:
-    """The service's parts; ``existing``: a command that works on the service's data, which must be
-    there already (rather than a fresh, empty service made in the current directory)."""
-    from .logging_setup import configure_logging
-    from .services import build_services
-
-    settings = get_settings()
-    configure_logging(settings.log_level, settings.log_json)
-    database = Path(settings.data_dir) / "evidence.db"
-    if settings.database_url is None and not database.exists():
-        where = Path(settings.data_dir).resolve()
-        if existing:
-            console.print(
-                f"[red]no service data at {where}[/red]: run this in the directory the service runs in, "
-                "or set EVIDENCE_DATA_DIR (or EVIDENCE_DATABASE_URL and EVIDENCE_S3_ENDPOINT) to the service's"
-            )
-            raise typer.Exit(2)
-        console.print(
-            f"[yellow]no service data at {where}: starting a new service's data there[/yellow] (to use an "
-            "existing service, run this in its directory or set EVIDENCE_DATA_DIR)"
-        )
-    return build_services(settings)
+# Run once after upgrading to sealed rows (``ingest.seal_commands``): each on its own, or all in order.
+app.command("seal-tokens")(seal_commands.seal_tokens_command)
+app.command("seal-devices")(seal_commands.seal_devices_command)
+app.command("seal-users")(seal_commands.seal_users_command)
+app.command("seal-grants")(seal_commands.seal_grants_command)
+app.command("record-credential-ends")(seal_commands.record_credential_ends_command)
+app.command("upgrade-seals")(seal_commands.upgrade_seals_command)
 
 
 @app.command()
@@ -610,128 +589,6 @@ def backfill_custody(
         console.print(f"{n} entries appended")
     else:
         console.print(f"{n} entries would be appended: run again with --yes to append them")
-
-
-class _Listed(Protocol):
-    """A row a seal command lists: one line for the administrator; ``refused`` when it is not sealed."""
-
-    def line(self) -> str: ...
-
-
-def _seal_rows(noun: str, yes: bool, run: Callable[[Session, Services, bool], Sequence[_Listed]]) -> None:
-    """The shape of every ``seal-*`` command: list the rows made before their table carried a seal
-    and, with ``yes``, seal them in one transaction (``run`` does both); rows it refuses to seal
-    are listed with the reason, and make the command exit 1 after ``--yes``."""
-    s = _services(existing=True)
-    try:
-        with s.db.session() as session:
-            listed = run(session, s, yes)
-    finally:
-        s.close()
-    for row in listed:
-        out.print(row.line(), markup=False, highlight=False, soft_wrap=True)  # a row a line
-    refused = sum(1 for row in listed if getattr(row, "refused", None))
-    ready = len(listed) - refused
-    if yes:
-        console.print(f"{ready} {noun} sealed")
-    else:
-        console.print(f"{ready} {noun} would be sealed: run again with --yes to seal them")
-    if refused:
-        console.print(f"[yellow]{refused} {noun} refused: the reason is on each line[/yellow]")
-        if yes:
-            raise typer.Exit(1)
-
-
-_YES = typer.Option("--yes", help="seal them (without it: only list them)")
-
-
-@app.command("seal-devices")
-def seal_devices_command(yes: Annotated[bool, _YES] = False) -> None:
-    """Seal the devices enrolled before device rows carried a seal (``devices.seals``), which are
-    refused as unknown until then; run once after upgrading. It seals them as they stand, a key
-    swapped or a device enabled in the database too: read the list first."""
-    from devices.seals import seal_devices, unsealed_devices
-
-    def run(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
-        listed = unsealed_devices(session)
-        if yes:
-            seal_devices(session, s.key)
-        return listed
-
-    _seal_rows("devices", yes, run)
-
-
-@app.command("seal-tokens")
-def seal_tokens_command(yes: Annotated[bool, _YES] = False) -> None:
-    """Seal the bearer tokens issued before tokens carried a seal (``accounts.seals``), which sign
-    nobody in until then; run once after upgrading. It seals them as they stand, a token planted in
-    the database too: read the list first."""
-    from accounts.seals import credential_seal_key, seal_tokens, unsealed_tokens
-
-    def run(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
-        listed = unsealed_tokens(session)
-        if yes:
-            seal_tokens(session, credential_seal_key(s.key))
-        return listed
-
-    _seal_rows("tokens", yes, run)
-
-
-@app.command("seal-users")
-def seal_users_command(yes: Annotated[bool, _YES] = False) -> None:
-    """Seal the users made before user rows carried a seal (``accounts.seals``), who cannot sign in
-    until then; run once after upgrading (after `evidence backfill-custody` for users older than
-    the custody record of their site or password). Only a row whose role, site, active state and
-    password are what the custody ledger last recorded is sealed; every other is listed as refused,
-    with what differs."""
-    from accounts.seals import seal_users, unsealed_users
-
-    def run(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
-        return seal_users(session, s.ledger) if yes else unsealed_users(session, s.ledger)
-
-    _seal_rows("users", yes, run)
-
-
-@app.command("record-credential-ends")
-def record_credential_ends_command(
-    yes: Annotated[bool, typer.Option("--yes", help="record them (without it: only list them)")] = False,
-) -> None:
-    """Record on custody the bearer tokens revoked and console sessions ended before ends were
-    recorded (``accounts.ends``), which a row put back in the database would revive until then; run
-    once after upgrading."""
-    from accounts.ends import record_unrecorded_ends, unrecorded_ends
-    from accounts.seals import credential_seal_key
-
-    s = _services(existing=True)
-    try:
-        secret = credential_seal_key(s.key)
-        with s.db.session() as session:
-            listed = unrecorded_ends(session, secret)
-            if yes:
-                record_unrecorded_ends(session, s.ledger, secret, "service")
-    finally:
-        s.close()
-    for end in listed:
-        out.print(end.line(), markup=False, highlight=False)
-    if yes:
-        console.print(f"{len(listed)} ends recorded")
-    else:
-        console.print(f"{len(listed)} ends would be recorded: run again with --yes to record them")
-
-
-@app.command("seal-grants")
-def seal_grants_command(yes: Annotated[bool, _YES] = False) -> None:
-    """Seal the incident assignments and export jobs made before they carried a seal
-    (``incidents.grants``), which grant nothing until then; run once after upgrading (after
-    `evidence seal-users`). Only an active assignment the custody ledger's latest entry for it
-    assigns, and a job its ``export_requested`` entry records as it stands, is sealed; every other
-    is listed as refused, with why."""
-    from incidents.grants import seal_grants, unsealed_grants
-
-    def run(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
-        return seal_grants(session, s.ledger) if yes else unsealed_grants(session, s.ledger)
-
-    _seal_rows("grants", yes, run)
 
 
 @app.command()

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from accounts.service import Principal
 from chain_of_custody.keys import ServiceKey
-from chain_of_custody.row_seals import READ_GRANT_SEALS, read_grant_seal
+from chain_of_custody.row_seals import READ_GRANT_SEALS, read_grant_seal, seal_verdict
 from storage.errors import Refused
 
 from .models import ReadGrant
@@ -121,8 +121,7 @@ def check(session: Session, user: Principal, item_id: str, token: str, seal_key:
         or row.user_id != user.user_id
         or not secrets.compare_digest(row.sign_in, user.sign_in)
         or row.expires_at <= now
-        or not row.seal
-        or not secrets.compare_digest(row.seal, _seal(seal_key, row))
+        or not seal_verdict(_seal(seal_key, row), row.seal, log, "read grant", {"item_id": item_id})
     ):
         log.warning("read refused: a grant that does not stand for it", extra={"item_id": item_id})
         raise GrantRefused(

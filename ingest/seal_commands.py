@@ -1,0 +1,188 @@
+"""The commands run once after upgrading to a schema whose rows carry seals: ``evidence seal-tokens``,
+``seal-devices``, ``seal-users``, ``seal-grants`` and ``record-credential-ends``, each on its own,
+and ``evidence upgrade-seals``, which runs them all in the order they must go (users before the
+grants made to them). Each lists what it would do, and does it only with ``--yes``; ``ingest.cli``
+puts them on the ``evidence`` command."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Protocol
+
+import typer
+
+from .command_line import console, out
+from .command_line import services as _services
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from .services import Services
+
+
+class _Listed(Protocol):
+    """A row a seal command lists: one line for the administrator; ``refused`` when it is not sealed."""
+
+    def line(self) -> str: ...
+
+
+Run = Callable[["Session", "Services", bool], Sequence[_Listed]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One of the upgrade's commands: its name, what it lists, and what it does to them."""
+
+    command: str
+    noun: str
+    run: Run
+    verb: str = "seal"
+    done: str = "sealed"
+
+
+def _report(step: Step, listed: Sequence[_Listed], yes: bool) -> int:
+    """Print a step's rows, a line each, and what it did or would do; how many it refused."""
+    for row in listed:
+        out.print(row.line(), markup=False, highlight=False, soft_wrap=True)  # a row a line
+    refused = sum(1 for row in listed if getattr(row, "refused", None))
+    ready = len(listed) - refused
+    if yes:
+        console.print(f"{ready} {step.noun} {step.done}")
+    else:
+        console.print(f"{ready} {step.noun} would be {step.done}: run again with --yes to {step.verb} them")
+    if refused:
+        console.print(f"[yellow]{refused} {step.noun} refused: the reason is on each line[/yellow]")
+    return refused
+
+
+def _seal_rows(step: Step, yes: bool) -> None:
+    """The shape of every ``seal-*`` command: list the rows made before their table carried a seal
+    and, with ``yes``, seal them in one transaction (``run`` does both); rows it refuses to seal
+    are listed with the reason, and make the command exit 1 after ``--yes``."""
+    s = _services(existing=True)
+    try:
+        with s.db.session() as session:
+            listed = step.run(session, s, yes)
+    finally:
+        s.close()
+    if _report(step, listed, yes) and yes:
+        raise typer.Exit(1)
+
+
+def _devices(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from devices.seals import seal_devices, unsealed_devices
+
+    listed = unsealed_devices(session)
+    if yes:
+        seal_devices(session, s.key)
+    return listed
+
+
+def _tokens(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from accounts.seals import credential_seal_key, seal_tokens, unsealed_tokens
+
+    listed = unsealed_tokens(session)
+    if yes:
+        seal_tokens(session, credential_seal_key(s.key))
+    return listed
+
+
+def _users(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from accounts.seals import seal_users, unsealed_users
+
+    return seal_users(session, s.ledger) if yes else unsealed_users(session, s.ledger)
+
+
+def _grants(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from incidents.grants import seal_grants, unsealed_grants
+
+    return seal_grants(session, s.ledger) if yes else unsealed_grants(session, s.ledger)
+
+
+def _ends(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from accounts.ends import record_unrecorded_ends, unrecorded_ends
+    from accounts.seals import credential_seal_key
+
+    secret = credential_seal_key(s.key)
+    listed = unrecorded_ends(session, secret)
+    if yes:
+        record_unrecorded_ends(session, s.ledger, secret, "service")
+    return listed
+
+
+TOKENS = Step("seal-tokens", "tokens", _tokens)
+DEVICES = Step("seal-devices", "devices", _devices)
+USERS = Step("seal-users", "users", _users)
+GRANTS = Step("seal-grants", "grants", _grants)
+ENDS = Step("record-credential-ends", "ends", _ends, verb="record", done="recorded")
+# The upgrade's order: a grant is sealed only after the users it is made to (README, "Grant seals").
+UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS)
+
+_YES = typer.Option("--yes", help="seal them (without it: only list them)")
+
+
+def seal_devices_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the devices enrolled before device rows carried a seal (``devices.seals``), which are
+    refused as unknown until then; run once after upgrading. It seals them as they stand, a key
+    swapped or a device enabled in the database too: read the list first."""
+    _seal_rows(DEVICES, yes)
+
+
+def seal_tokens_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the bearer tokens issued before tokens carried a seal (``accounts.seals``), which sign
+    nobody in until then; run once after upgrading. It seals them as they stand, a token planted in
+    the database too: read the list first."""
+    _seal_rows(TOKENS, yes)
+
+
+def seal_users_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the users made before user rows carried a seal (``accounts.seals``), who cannot sign in
+    until then; run once after upgrading (after `evidence backfill-custody` for users older than
+    the custody record of their site or password). Only a row whose role, site, active state and
+    password are what the custody ledger last recorded is sealed; every other is listed as refused,
+    with what differs."""
+    _seal_rows(USERS, yes)
+
+
+def record_credential_ends_command(
+    yes: Annotated[bool, typer.Option("--yes", help="record them (without it: only list them)")] = False,
+) -> None:
+    """Record on custody the bearer tokens revoked and console sessions ended before ends were
+    recorded (``accounts.ends``), which a row put back in the database would revive until then; run
+    once after upgrading."""
+    _seal_rows(ENDS, yes)
+
+
+def seal_grants_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the incident assignments and export jobs made before they carried a seal
+    (``incidents.grants``), which grant nothing until then; run once after upgrading (after
+    `evidence seal-users`). Only an active assignment the custody ledger's latest entry for it
+    assigns, and a job its ``export_requested`` entry records as it stands, is sealed; every other
+    is listed as refused, with why."""
+    _seal_rows(GRANTS, yes)
+
+
+def upgrade_seals_command(
+    yes: Annotated[bool, typer.Option("--yes", help="do every step (without it: only list them)")] = False,
+) -> None:
+    """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
+    seal-users, seal-grants (after the users), record-credential-ends; each step lists its rows,
+    and with ``--yes`` does what it lists, in a transaction of its own. Rows a step refuses are
+    listed under it with why, the later steps still run, and the command exits 1 after ``--yes``
+    (run it again once they are put right, or leave them refused)."""
+    s = _services(existing=True)
+    refused: list[str] = []
+    try:
+        for step in UPGRADE:
+            out.print(f"== evidence {step.command}", markup=False, highlight=False)
+            with s.db.session() as session:
+                listed = step.run(session, s, yes)
+            if _report(step, listed, yes):
+                refused.append(step.command)
+    finally:
+        s.close()
+    if refused:
+        console.print(f"[yellow]steps with refused rows: {', '.join(refused)}[/yellow]")
+        if yes:
+            raise typer.Exit(1)
