@@ -14,6 +14,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, StrictBool
 
 from chain_of_custody.core import CoreServices
+from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX, Patch
 from storage.errors import Refused
@@ -22,11 +23,11 @@ from storage.paging import after_key, link_next, next_headers, page_limit
 from .access import client_address, require_roles, services, sign_in_throttle
 from .ends import live_credentials, record_ends
 from .models import ROLES, User
-from .seals import credential_seal_key
 from .service import (
     AccountError,
     Principal,
     create_user,
+    creation_record,
     issue_token,
     list_users,
     password_record,
@@ -108,7 +109,7 @@ def login(
                 session, form.username, form.password, client_address(request), throttle, s.key, s.ledger
             )
             ttl = timedelta(minutes=settings.token_ttl_minutes)
-            token, expires = issue_token(session, user, ttl, credential_seal_key(s.key))
+            token, expires = issue_token(session, user, ttl, s.key.derived_secret(CREDENTIAL_SEALS))
             role = user.role
     except AccountError as exc:
         account = getattr(exc, "account", None) or "(no such user)"
@@ -157,18 +158,7 @@ def add_user(
             full_name=body.full_name,
             site=body.site,
         )
-        s.ledger.append(
-            session,
-            "user_changed",
-            user.actor,
-            details={
-                "user": body.username,
-                "created": True,
-                "role": body.role,
-                "site": body.site,
-                **password_record(s.key, created),
-            },
-        )
+        s.ledger.append(session, "user_changed", user.actor, details=creation_record(s.key, created))
         return created
 
 
@@ -213,7 +203,7 @@ def change_user(
         record_ends(
             session,
             s.ledger,
-            credential_seal_key(s.key),
+            s.key.derived_secret(CREDENTIAL_SEALS),
             live,
             username=changed.username,
             actor=user.actor,

@@ -3,14 +3,18 @@ console sessions (``user_sessions``).
 
 A user row's seal is an HMAC-SHA256, under a secret derived from the service key
 (``ServiceKey.derived_secret(USER_SEALS)``), over everything in it that decides what the person
-may do: id, username, role, site, password hash and whether the account is active
-(``chain_of_custody.row_seals.user_values``). The service seals it at every write of these
-(``accounts.service``: creation, a change by an administrator, a password made again at sign-in).
+may do: id, username, role, site, password hash and whether the account is active, and the full
+name continuity reports and statements give them (``chain_of_custody.row_seals.user_values``). The
+service seals it at every write of these (``accounts.service``: creation, a change by an
+administrator, a password made again at sign-in).
 A row written in the database by anyone else (an administrator planted with a hash of the
 planter's password, a role or site raised, a hash swapped, a genuine seal copied onto another row)
 has no seal that holds: no sign-in, token or console session reaches it, and nothing done on its
-authority (a download link it issued) stands. Users made before seals have none:
-``evidence seal-users`` seals those whose row the custody ledger bears out.
+authority (a download link it issued) stands, and no report prints its name. Users made before
+seals have none, and users sealed before seals covered the name have a version 1 seal: ``evidence
+upgrade-seals`` (its ``seal-users`` step) seals those whose row the custody ledger, or for the
+second the old seal, bears out. A row that no longer holds is put back as the ledger last recorded
+it by ``evidence user repair`` (``accounts.repair``).
 
 A row's seal is an HMAC-SHA256, under a secret derived from the service key
 (``ServiceKey.derived_secret(CREDENTIAL_SEALS)``, which the database does not hold), over what the
@@ -26,6 +30,7 @@ end there (migration 0029); their people sign in again.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,11 +46,13 @@ from chain_of_custody.row_seals import (
     GRANT_SEALS,
     TOKEN,
     USER_SEALS,
+    USER_SEALS_V1,
     UserValues,
     credential_seal,
     seal_verdict,
     sealed_assignments,
     user_seal,
+    user_seal_v1,
     user_values,
 )
 from chain_of_custody.row_seals import SESSION as SESSION  # re-exported for accounts.sessions
@@ -53,16 +60,6 @@ from chain_of_custody.row_seals import SESSION as SESSION  # re-exported for acc
 from .models import ApiToken, User
 
 log = logging.getLogger(__name__)
-
-
-def credential_seal_key(key: ServiceKey) -> bytes:
-    """The secret seals are made with, derived from the service key for this purpose alone."""
-    return key.derived_secret(CREDENTIAL_SEALS)
-
-
-def user_seal_key(key: ServiceKey) -> bytes:
-    """The secret user seals are made with, derived from the service key for this purpose alone."""
-    return key.derived_secret(USER_SEALS)
 
 
 @dataclass(frozen=True)
@@ -76,7 +73,11 @@ class SignInSeals:
 
     @classmethod
     def of(cls, key: ServiceKey) -> SignInSeals:
-        return cls(credential_seal_key(key), user_seal_key(key), key.derived_secret(GRANT_SEALS))
+        return cls(
+            key.derived_secret(CREDENTIAL_SEALS),
+            key.derived_secret(USER_SEALS),
+            key.derived_secret(GRANT_SEALS),
+        )
 
 
 def assignments_of(session: Session, secret: bytes, user: User) -> frozenset[int]:
@@ -89,19 +90,30 @@ def assignments_of(session: Session, secret: bytes, user: User) -> frozenset[int
 
 def sealed_values(user: User) -> UserValues:
     """What a user row's seal covers, in order."""
-    return user_values(user.id, user.username, user.role, user.site, user.password_hash, user.active)
+    return user_values(
+        user.id, user.username, user.role, user.site, user.password_hash, user.active, user.full_name or ""
+    )
 
 
 def seal_user(user: User, key: ServiceKey) -> None:
     """Seal ``user`` as it now stands (flushed: its id is the database's). Every write of what
     :func:`sealed_values` covers calls this in the same transaction."""
-    user.seal = user_seal(user_seal_key(key), sealed_values(user))
+    user.seal = user_seal(key.derived_secret(USER_SEALS), sealed_values(user))
 
 
 def user_seal_holds(secret: bytes, user: User) -> bool:
     """Whether a user row's seal is the one the service made for its values; a warning (naming the
     user id only, never the password hash) when it is not."""
     return seal_verdict(user_seal(secret, sealed_values(user)), user.seal, log, "user", {"user_id": user.id})
+
+
+def name_of(secret: bytes, user: User | None) -> str | None:
+    """The full name a record may print for the person: the row's, only while its seal holds (a
+    name changed in the database is never printed as theirs); None when the row is missing or its
+    seal does not hold, "" when it holds and gives no name."""
+    if user is None or not user_seal_holds(secret, user):
+        return None
+    return user.full_name or ""
 
 
 def seal_holds(
@@ -155,6 +167,7 @@ def seal_tokens(session: Session, secret: bytes, now: datetime | None = None) ->
 
 # What a user row must agree with the ledger on before it is sealed as it stands.
 _ADOPTED_FIELDS = ("role", "site", "active", "password")
+OLD_SEAL = "sealed before seals covered the name"
 
 
 @dataclass(frozen=True)
@@ -169,12 +182,17 @@ class UnsealedUser:
     active: bool
     recorded: str
     refused: str | None
+    full_name: str = ""
+    old_seal: bool = False  # under a version 1 seal (``OLD_SEAL``): it vouches for all but the name
 
     def line(self) -> str:
         verdict = f"REFUSED: {self.refused}" if self.refused else "matches its custody record"
+        if self.old_seal and not self.refused:
+            verdict = f"{OLD_SEAL}, which holds: check the name"
         return (
-            f"user {self.username} (id {self.user_id}): role {self.role}, site {self.site or '-'}, "
-            f"{'active' if self.active else 'inactive'}; custody: {self.recorded}; {verdict}"
+            f"user {self.username} (id {self.user_id}): name {self.full_name!r}, role {self.role}, "
+            f"site {self.site or '-'}, {'active' if self.active else 'inactive'}; custody: {self.recorded}; "
+            f"{verdict}"
         )
 
 
@@ -183,18 +201,26 @@ def _recorded(known: dict[str, tuple[int, object]] | None) -> str:
         return "no entry creates this user"
     shown = [
         f"{f} {'(its digest)' if f == 'password' else repr(known[f][1])} (#{known[f][0]})"
-        for f in _ADOPTED_FIELDS
+        for f in (*_ADOPTED_FIELDS, "full_name")
         if f in known
     ]
     return ", ".join(shown) or "nothing"
 
 
-def _disagreement(known: dict[str, tuple[int, object]] | None, row: UserRow) -> str | None:
+def _disagreement(
+    known: dict[str, tuple[int, object]] | None, row: UserRow, *, old_seal: bool = False
+) -> str | None:
     """Why the ledger does not bear the row out, or None when it records the row's role, site,
-    active state and password (digest) exactly as they stand."""
+    active state and password (digest) exactly as they stand, and its name where it records one.
+    Under an ``old_seal`` that holds, only the name is the ledger's to judge: the seal vouches for
+    the rest."""
     found = user_findings({row.username: known} if known is not None else {}, [row])
+    if old_seal:
+        found = [p for p in found if p.kind == "user_full_name_altered"]
     if found:
         return "; ".join(p.detail for p in found)
+    if old_seal:
+        return None
     assert known is not None
     missing = [f for f in _ADOPTED_FIELDS if f not in known]
     if missing:
@@ -205,22 +231,41 @@ def _disagreement(known: dict[str, tuple[int, object]] | None, row: UserRow) -> 
     return None
 
 
+def _old_seal_holds(secret_v1: bytes, user: User) -> bool:
+    return bool(user.seal) and hmac.compare_digest(
+        user_seal_v1(secret_v1, sealed_values(user)), user.seal or ""
+    )
+
+
 def unsealed_users(session: Session, ledger: Ledger, *, lock: bool = False) -> list[UnsealedUser]:
-    """Every user without a seal (made before seals), by id, each against the ledger's replay;
-    ``lock``: their rows are locked for the rest of the transaction, so what is judged is sealed."""
-    q = select(User).where(User.seal.is_(None)).order_by(User.id)
-    rows = list(session.scalars(q.with_for_update().execution_options(populate_existing=True) if lock else q))
+    """Every user without a seal (made before seals) or under a version 1 seal that holds (sealed
+    before seals covered the name), by id, each against the ledger's replay; ``lock``: their rows
+    are locked for the rest of the transaction, so what is judged is sealed."""
+    q = select(User).order_by(User.id)
+    every = session.scalars(q.with_for_update().execution_options(populate_existing=True) if lock else q)
+    secret_v1 = ledger.key.derived_secret(USER_SEALS_V1)
+    rows = [(u, u.seal is not None) for u in every if u.seal is None or _old_seal_holds(secret_v1, u)]
     if not rows:
         return []
     replay = user_replay(ledger.all_entries(session))
     secret = ledger.key.derived_secret(PASSWORD_DIGESTS)
     out = []
-    for u in rows:
-        row = UserRow(u.username, u.role, u.site, u.active, password_digest(secret, u.password_hash))
+    for u, old in rows:
+        row = UserRow(
+            u.username, u.role, u.site, u.active, password_digest(secret, u.password_hash), u.full_name or ""
+        )
         known = replay.get(u.username)
         out.append(
             UnsealedUser(
-                u.id, u.username, u.role, u.site, u.active, _recorded(known), _disagreement(known, row)
+                u.id,
+                u.username,
+                u.role,
+                u.site,
+                u.active,
+                _recorded(known),
+                _disagreement(known, row, old_seal=old),
+                u.full_name or "",
+                old,
             )
         )
     return out

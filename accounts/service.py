@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.row_replay import PASSWORD_DIGESTS, password_digest
-from chain_of_custody.row_seals import GRANT_SEALS
+from chain_of_custody.row_seals import GRANT_SEALS, USER_SEALS
 from storage.errors import Refused
 
 from .ends import TOKEN_LOOKUP, standing_row
@@ -29,7 +29,6 @@ from .seals import (
     credential_seal,
     seal_user,
     user_seal_holds,
-    user_seal_key,
 )
 from .throttle import SignInThrottle
 
@@ -80,7 +79,7 @@ def principal_of(session: Session, actor: str, key: ServiceKey) -> Principal | N
     if not actor.startswith("user:"):
         return None
     user = session.scalar(select(User).where(User.username == actor.removeprefix("user:")))
-    if user is None or not user.active or not user_seal_holds(user_seal_key(key), user):
+    if user is None or not user.active or not user_seal_holds(key.derived_secret(USER_SEALS), user):
         return None
     grants = assignments_of(session, key.derived_secret(GRANT_SEALS), user)
     return Principal(user.id, user.username, user.role, user.site, assignments=grants)
@@ -88,6 +87,13 @@ def principal_of(session: Session, actor: str, key: ServiceKey) -> Principal | N
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_password_hash(password: str) -> str:
+    """The argon2 hash of a new password, refused (AccountError) when it is too short."""
+    if len(password) < 12:
+        raise AccountError("password must be at least 12 characters")
+    return _hasher.hash(password)
 
 
 def create_user(
@@ -103,13 +109,10 @@ def create_user(
     """A new user, its row sealed with ``key`` (``accounts.seals``); the caller records it on custody."""
     if role not in ROLES:
         raise AccountError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
-    if len(password) < 12:
-        raise AccountError("password must be at least 12 characters")
+    password_hash = new_password_hash(password)
     if session.scalar(select(User).where(User.username == username)):
         raise AccountError(f"user {username!r} exists", "user_exists", 409)
-    user = User(
-        username=username, password_hash=_hasher.hash(password), role=role, full_name=full_name, site=site
-    )
+    user = User(username=username, password_hash=password_hash, role=role, full_name=full_name, site=site)
     session.add(user)
     session.flush()
     seal_user(user, key)
@@ -146,6 +149,19 @@ def password_record(key: ServiceKey, user: User) -> dict[str, str]:
     return {"password_digest": password_digest(key.derived_secret(PASSWORD_DIGESTS), user.password_hash)}
 
 
+def creation_record(key: ServiceKey, user: User) -> dict[str, object]:
+    """What the ``user_changed`` entry that creates a user records: who, role, site, full name (a
+    repair puts the row back to these, ``accounts.repair``) and the password's digest."""
+    return {
+        "user": user.username,
+        "created": True,
+        "role": user.role,
+        "site": user.site,
+        "full_name": user.full_name or "",
+        **password_record(key, user),
+    }
+
+
 def sign_in(
     session: Session,
     username: str,
@@ -171,7 +187,7 @@ def sign_in(
     if not throttle.allowed(username, client):
         _check(_decoy_hash(), password)
         raise _refuse(account)
-    known = user is not None and user.active and user_seal_holds(user_seal_key(key), user)
+    known = user is not None and user.active and user_seal_holds(key.derived_secret(USER_SEALS), user)
     if not _check(user.password_hash if user is not None and known else _decoy_hash(), password) or not known:
         throttle.failed(username, client)
         raise _refuse(account)
@@ -291,11 +307,12 @@ def update_user(
     user = session.get(User, user_id, with_for_update=True)
     if user is None:
         raise AccountError("no such user")
-    secret = user_seal_key(key)
+    secret = key.derived_secret(USER_SEALS)
     if not user_seal_holds(secret, user):
         raise AccountError(
             "this user's row was written outside the service (its seal does not hold): `evidence verify` "
-            "names what differs from the custody record, `evidence seal-users` adopts a row it bears out",
+            "names what differs from the custody record, `evidence user repair USERNAME` puts it back as "
+            "custody last recorded it (with a new password)",
             "user_seal_broken",
             409,
         )
@@ -316,10 +333,7 @@ def update_user(
             setattr(user, name, changes[name])
             done[name] = changes[name]
     if changes.get("password") is not None:
-        password = str(changes["password"])
-        if len(password) < 12:
-            raise AccountError("password must be at least 12 characters")
-        user.password_hash = _hasher.hash(password)
+        user.password_hash = new_password_hash(str(changes["password"]))
         done["password"] = "(changed)"
     if changes.get("unlock"):
         user.locked_until = None

@@ -73,7 +73,13 @@ _LINKS = table(
 )
 _HOLDS = table("legal_holds", column("id"), column("target_kind"), column("target_id"), column("released_at"))
 _USERS = table(
-    "users", column("username"), column("role"), column("site"), column("active"), column("password_hash")
+    "users",
+    column("username"),
+    column("role"),
+    column("site"),
+    column("active"),
+    column("password_hash"),
+    column("full_name"),
 )
 _ASSIGNMENTS = table(
     "incident_assignments", column("id"), column("incident_id"), column("user_id"), column("unassigned_at")
@@ -129,7 +135,8 @@ def hold_rows(session: Session) -> list[HoldRow]:
 def user_rows(session: Session, password_secret: bytes | None = None) -> list[UserRow]:
     """The users; with ``password_secret``, each with the digest of its password hash (the hash is
     read here and goes no further)."""
-    q = select(_USERS.c.username, _USERS.c.role, _USERS.c.site, _USERS.c.active, _USERS.c.password_hash)
+    c = _USERS.c
+    q = select(c.username, c.role, c.site, c.active, c.password_hash, c.full_name)
     return [
         UserRow(
             str(u),
@@ -137,8 +144,9 @@ def user_rows(session: Session, password_secret: bytes | None = None) -> list[Us
             s,
             bool(a),
             password_digest(password_secret, h) if password_secret is not None and h else None,
+            str(n or ""),
         )
-        for u, r, s, a, h in session.execute(q)
+        for u, r, s, a, h, n in session.execute(q)
     ]
 
 

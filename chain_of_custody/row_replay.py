@@ -324,6 +324,7 @@ def incidents_unchecked(replay: Mapping[str, tuple[int, Any]], sites: Mapping[st
 # -- users ---------------------------------------------------------------------------------------
 
 USER_FIELDS = ("role", "site", "active")
+NAME = "full_name"  # recorded at creation and at every change since names were sealed; older: unknown
 PASSWORD_DIGESTS = "password hashes v1"  # the label of the service key's secret password digests use
 
 
@@ -343,12 +344,13 @@ class UserRow:
     site: str | None
     active: bool
     password_digest: str | None = None  # None: not computed (no key), or no hash
+    full_name: str | None = None  # None: not read
 
 
 def user_replay(entries: Iterable[SignedEntry]) -> dict[str, dict[str, tuple[int, Any]]]:
-    """What the ledger says of each user: for each of role, site and active, the entry that last set
-    it and its value. A field the creating entry did not record (older entries: a site given on the
-    command line) stays unknown until a change records it."""
+    """What the ledger says of each user: for each of role, site, active and full name, the entry
+    that last set it and its value. A field the creating entry did not record (older entries: a
+    site given on the command line, any name) stays unknown until a change records it."""
     out: dict[str, dict[str, tuple[int, Any]]] = {}
     for e in entries:
         if e.body.action != "user_changed":
@@ -360,13 +362,13 @@ def user_replay(entries: Iterable[SignedEntry]) -> dict[str, dict[str, tuple[int
         changes = d.get("changes")
         if d.get("created"):
             out[name] = {"active": (e.body.seq, True)}
-            for f in ("role", "site"):
+            for f in ("role", "site", NAME):
                 if f in d:
                     out[name][f] = (e.body.seq, d[f])
             if "password_digest" in d:
                 out[name]["password"] = (e.body.seq, d["password_digest"])
         elif isinstance(changes, dict) and name in out:
-            for f in USER_FIELDS:
+            for f in (*USER_FIELDS, NAME):
                 if f in changes:
                     out[name][f] = (e.body.seq, changes[f])
             if "password_digest" in changes:
@@ -380,7 +382,8 @@ def user_findings(
     replay: Mapping[str, Mapping[str, tuple[int, Any]]], rows: Iterable[UserRow]
 ) -> list[Problem]:
     """Each user's role, site and whether the account is active must be what the latest entry that
-    set it says: a role or a site is what access is decided by. A user no entry created is named."""
+    set it says: a role or a site is what access is decided by; so must the name, where an entry
+    records it and the row's was read (reports print it). A user no entry created is named."""
     problems: list[Problem] = []
     for row in rows:
         where = f"user {row.username}"
@@ -394,8 +397,8 @@ def user_findings(
                 )
             )
             continue
-        for f in USER_FIELDS:
-            if f not in known:
+        for f in (*USER_FIELDS, NAME):
+            if f not in known or getattr(row, f) is None:
                 continue
             seq, recorded = known[f]
             kept = getattr(row, f)

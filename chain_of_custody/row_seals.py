@@ -36,17 +36,23 @@ from .keys import ServiceKey
 
 DEVICE_SEALS = "device seals v1"  # the label of the service key's secret for device seals
 CREDENTIAL_SEALS = "credential seals v1"  # the label of the service key's secret for credential seals
-USER_SEALS = "user seals v1"  # the label of the service key's secret for user seals
+# The label of the service key's secret for user seals. Version 2 covers the person's full name too
+# (the name continuity reports and statements print); a row still under a version 1 seal signs nobody
+# in until ``evidence upgrade-seals`` adopts it (``accounts.seals.unsealed_users``).
+USER_SEALS = "user seals v2"
+USER_SEALS_V1 = "user seals v1"
 READ_GRANT_SEALS = "read grant seals v1"  # the label of the service key's secret for read grants
 GRANT_SEALS = "grant seals v1"  # the label of the service key's secret for assignment and export job seals
 TOKEN, SESSION = "token", "session"
+# What a note about rows not sealed yet points to: the one command an upgrade runs (its steps in order).
+UPGRADE_SEALS = "`evidence upgrade-seals`"
 ENDED_PREFIX = "ended:"  # the subject of a ``credential_ended`` entry: this and 30 hex digits (36 characters)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 SealedValues = tuple[str, str, str, str | None, str | None, str | None, str | None, str | None]
-# A user row's: id, username, role, site, password hash, and "active" or "inactive".
-UserValues = tuple[str, str, str, str | None, str, str]
+# A user row's: id, username, role, site, password hash, "active" or "inactive", and full name.
+UserValues = tuple[str, str, str, str | None, str, str, str]
 
 
 def row_seal(secret: bytes, values: tuple[str | None, ...]) -> str:
@@ -76,16 +82,23 @@ def device_seal(secret: bytes, values: SealedValues) -> str:
 
 
 def user_values(
-    user_id: int, username: str, role: str, site: str | None, password_hash: str, active: bool
+    user_id: int, username: str, role: str, site: str | None, password_hash: str, active: bool, full_name: str
 ) -> UserValues:
     """What a user row's seal covers, in order: everything that decides what the person may do
-    (who they are, their role and site, the password that proves them, whether they may at all)."""
-    return (str(user_id), username, role, site, password_hash, "active" if active else "inactive")
+    (who they are, their role and site, the password that proves them, whether they may at all),
+    and the name the record gives them (a continuity report says who did what by it)."""
+    return (str(user_id), username, role, site, password_hash, "active" if active else "inactive", full_name)
 
 
 def user_seal(secret: bytes, values: UserValues) -> str:
     """The seal of a user row with these values (:func:`user_values`), hex."""
     return row_seal(secret, values)
+
+
+def user_seal_v1(secret_v1: bytes, values: UserValues) -> str:
+    """The seal a row had before seals covered the full name (under the ``USER_SEALS_V1`` secret):
+    only an upgrade's adoption reads it, and it vouches for everything but the name."""
+    return row_seal(secret_v1, values[:6])
 
 
 def assignment_values(assignment_id: int, incident_id: str, user_id: int, active: bool) -> tuple[str, ...]:
@@ -175,6 +188,7 @@ _USERS = table(
     column("site"),
     column("password_hash"),
     column("active"),
+    column("full_name"),
     column("seal"),
 )
 _TOKENS = table(
@@ -302,7 +316,7 @@ def check_grant_seals(session: Session, report: ChainReport, secret: bytes) -> N
     if unsealed:
         report.notes.append(
             f"{unsealed} export job(s) have no seal yet (asked for before seals), so their links hand "
-            "nothing out: `evidence seal-grants` lists them and seals those the custody record bears out"
+            f"nothing out: {UPGRADE_SEALS} lists them and seals those the custody record bears out"
         )
 
 
@@ -341,34 +355,54 @@ def check_device_seals(session: Session, report: ChainReport, secret: bytes) -> 
     if unsealed:
         report.notes.append(
             f"{unsealed} device(s) have no seal yet (enrolled before seals), so not checked: "
-            "`evidence seal-devices` lists them and seals them"
+            f"{UPGRADE_SEALS} lists them and seals them"
         )
 
 
-def check_user_seals(session: Session, report: ChainReport, secret: bytes) -> None:
+def check_user_seals(session: Session, report: ChainReport, key: ServiceKey) -> None:
     """A finding for each user row whose seal does not hold (named by id and username, never its
-    password hash); a note counting those not sealed yet."""
+    password hash); a note counting those not sealed yet, or sealed before seals covered the name."""
     c = _USERS.c
-    q = select(c.id, c.username, c.role, c.site, c.password_hash, c.active, c.seal).order_by(c.id)
-    unsealed = 0
-    for user_id, username, role, site, password_hash, active, seal in session.execute(q):
+    q = select(c.id, c.username, c.role, c.site, c.password_hash, c.active, c.full_name, c.seal)
+    secret, secret_v1 = key.derived_secret(USER_SEALS), key.derived_secret(USER_SEALS_V1)
+    unsealed = older = 0
+    for user_id, username, role, site, password_hash, active, full_name, seal in session.execute(
+        q.order_by(c.id)
+    ):
         if not seal:
             unsealed += 1
             continue
-        values = user_values(int(user_id), str(username), str(role), site, str(password_hash), bool(active))
-        if not _holds(user_seal(secret, values), seal):
-            report.problems.append(
-                Problem(
-                    "user_seal_broken",
-                    f"user id {user_id} ({username})",
-                    "its row's seal does not hold: its name, role, site, password or active state were "
-                    "written by someone other than the service (it signs nobody in)",
-                )
+        values = user_values(
+            int(user_id),
+            str(username),
+            str(role),
+            site,
+            str(password_hash),
+            bool(active),
+            str(full_name or ""),
+        )
+        if _holds(user_seal(secret, values), seal):
+            continue
+        if _holds(user_seal_v1(secret_v1, values), seal):
+            older += 1
+            continue
+        report.problems.append(
+            Problem(
+                "user_seal_broken",
+                f"user id {user_id} ({username})",
+                "its row's seal does not hold: its name, role, site, password or active state were "
+                "written by someone other than the service (it signs nobody in)",
             )
+        )
     if unsealed:
         report.notes.append(
             f"{unsealed} user(s) have no seal yet (made before seals), so they sign nobody in and are "
-            "not checked: `evidence seal-users` lists them and seals those the custody record bears out"
+            f"not checked: {UPGRADE_SEALS} lists them and seals those the custody record bears out"
+        )
+    if older:
+        report.notes.append(
+            f"{older} user(s) are sealed without their full name (sealed before seals covered it), so "
+            f"they sign nobody in: {UPGRADE_SEALS} lists them with their name and seals them again"
         )
 
 
@@ -464,7 +498,7 @@ def check_row_seals(session: Session, report: ChainReport, key: ServiceKey) -> N
     now = datetime.now(UTC)
     credentials = key.derived_secret(CREDENTIAL_SEALS)
     check_device_seals(session, report, key.derived_secret(DEVICE_SEALS))
-    check_user_seals(session, report, key.derived_secret(USER_SEALS))
+    check_user_seals(session, report, key)
     check_credential_seals(session, report, credentials, now)
     check_session_activity(session, report, credentials, now)
     check_read_grant_seals(session, report, key.derived_secret(READ_GRANT_SEALS), now)

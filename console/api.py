@@ -24,11 +24,12 @@ from sqlalchemy.orm import Session
 from accounts.access import client_address, services, sign_in_throttle
 from accounts.browser import CSRF_HEADER, browser_session, cookie_name, same_origin, session_secret
 from accounts.ends import record_ends
-from accounts.seals import SESSION, SignInSeals, credential_seal_key
+from accounts.seals import SESSION, SignInSeals
 from accounts.service import AccountError, Principal
 from accounts.service import sign_in as check_password
 from accounts.sessions import BrowserSession, SessionPolicy, end_session, start_session
 from chain_of_custody.core import CoreServices
+from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, INCIDENT_READERS, STATISTICS_READERS
 from storage.settings import Settings
 
@@ -184,7 +185,7 @@ def sign_in(
                 session, username, password, client, sign_in_throttle(request), s.key, s.ledger
             )
             policy = SessionPolicy.from_settings(settings)
-            secret, started = start_session(session, user, policy, credential_seal_key(s.key))
+            secret, started = start_session(session, user, policy, s.key.derived_secret(CREDENTIAL_SEALS))
     except AccountError as exc:
         account = getattr(exc, "account", None) or "(no such user)"
         log.warning("console sign-in refused", extra={"username": account, "client": client})
@@ -219,7 +220,7 @@ def sign_out(request: Request, csrf: Annotated[str, Form(max_length=128)] = "") 
         with s.db.session() as session:
             ended = end_session(session, secret)
             if ended is not None:  # on custody too, so the row put back signs nobody in
-                seal_key = credential_seal_key(s.key)
+                seal_key = s.key.derived_secret(CREDENTIAL_SEALS)
                 record_ends(
                     session,
                     s.ledger,

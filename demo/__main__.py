@@ -57,7 +57,7 @@ def admin_password(demo_dir: Path) -> str:
 def ensure_admin(password: str) -> None:
     from accounts.models import User
     from accounts.seals import seal_users
-    from accounts.service import create_user, password_record
+    from accounts.service import create_user, creation_record
     from incidents.grants import seal_grants
     from ingest.services import build_services
 
@@ -69,16 +69,7 @@ def ensure_admin(password: str) -> None:
                     session, "admin", password, "admin", key=services.key, full_name="Demo administrator"
                 )
                 services.ledger.append(
-                    session,
-                    "user_changed",
-                    "demo",
-                    details={
-                        "user": "admin",
-                        "created": True,
-                        "role": "admin",
-                        "site": None,
-                        **password_record(services.key, created),
-                    },
+                    session, "user_changed", "demo", details=creation_record(services.key, created)
                 )
             else:  # demo data from before user seals: its users are sealed as their custody record bears out
                 seal_users(session, services.ledger)

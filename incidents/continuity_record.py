@@ -26,11 +26,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from accounts.models import User
+from accounts.seals import name_of
 from chain_of_custody.canonical import rfc3339
 from chain_of_custody.entries import SignedEntry, check_item_chain, withhold
+from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.merkle import leaf_hash, verify_inclusion
 from chain_of_custody.models import CustodyEntry, EvidenceItem
+from chain_of_custody.row_seals import USER_SEALS
 from chain_of_custody.verify import unrecorded
 from devices.models import StaffMember
 from storage.db import Database
@@ -105,14 +108,26 @@ def log_reads(db: Database, ledger: Ledger, viewer: Viewer, item_ids: Iterable[s
             ledger.append(session, "viewed", viewer.actor, item_id=item_id, details={"purpose": purpose})
 
 
-def people_names(session: Session, actors: Iterable[str]) -> dict[str, str]:
+ALTERED_ACCOUNT = "account record altered outside the service: name and role not shown"
+
+
+def people_names(session: Session, key: ServiceKey, actors: Iterable[str]) -> dict[str, str]:
+    """Actor -> "Name (role)" for a report's words, from the person's row only while its seal holds
+    (``accounts.seals.name_of``): a name or role changed in the database is never printed as theirs,
+    the username and :data:`ALTERED_ACCOUNT` are."""
     names = {a.removeprefix("user:") for a in actors if a.startswith("user:")}
     if not names:
         return {}
-    rows = session.execute(
-        select(User.username, User.full_name, User.role).where(User.username.in_(names))
-    ).all()
-    return {f"user:{u}": f"{full or u} ({role.replace('_', ' ')})" for u, full, role in rows}
+    secret = key.derived_secret(USER_SEALS)
+    out = {}
+    for user in session.scalars(select(User).where(User.username.in_(names))):
+        name = name_of(secret, user)
+        out[f"user:{user.username}"] = (
+            f"{user.username} ({ALTERED_ACCOUNT})"
+            if name is None
+            else f"{name or user.username} ({user.role.replace('_', ' ')})"
+        )
+    return out
 
 
 def _staff_name(session: Session, staff_id: str | None) -> str | None:
@@ -194,8 +209,8 @@ def _story(
     )
 
 
-def _viewer_words(session: Session, viewer: Viewer) -> str:
-    return people_names(session, [viewer.actor]).get(viewer.actor, viewer.actor)
+def _viewer_words(session: Session, ledger: Ledger, viewer: Viewer) -> str:
+    return people_names(session, ledger.key, [viewer.actor]).get(viewer.actor, viewer.actor)
 
 
 def item_continuity(
@@ -213,13 +228,13 @@ def item_continuity(
         entries = Ledger.item_entries(session, item_id)
         problems = check_record(ledger, item, entries)
         chain = readable_trail(session, viewer, item_id, [e.to_json() for e in entries])
-        people = people_names(session, [str(e.get("actor") or "") for e in chain])
+        people = people_names(session, ledger.key, [str(e.get("actor") or "") for e in chain])
         refs = exhibits.visible_exhibits(session, viewer, [item_id]).get(item_id, [])
         exhibit = "; ".join(f"{r['reference']} ({r['incident']})" for r in refs) or None
         origin = session.get(EvidenceItem, item.derived_from_id) if item.derived_from_id else None
         made_from = f"master copy {origin.id}, SHA-256 {origin.sha256}" if origin else None
         wearer = _staff_name(session, item.wearer)
-        generated_for = _viewer_words(session, viewer)
+        generated_for = _viewer_words(session, ledger, viewer)
     problems += check_logged(ledger, db, entries)
     return Continuity(
         title="Evidence continuity report",
@@ -276,9 +291,9 @@ def incident_continuity(
             assert item is not None
             entries = Ledger.item_entries(session, item_id)
             chain = _own(readable_trail(session, viewer, item_id, [e.to_json() for e in entries]), markers)
-            people = people_names(session, [str(e.get("actor") or "") for e in chain])
+            people = people_names(session, ledger.key, [str(e.get("actor") or "") for e in chain])
             read.append((item, entries, chain, people, _staff_name(session, item.wearer)))
-        generated_for = _viewer_words(session, viewer)
+        generated_for = _viewer_words(session, ledger, viewer)
     stories = []
     for item, entries, chain, people, wearer in read:
         problems = check_record(ledger, item, entries) + check_logged(ledger, db, entries)

@@ -22,8 +22,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from accounts.models import User
+from accounts.seals import name_of
+from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.row_seals import USER_SEALS
 from devices.models import StaffMember
 
 from .access import Viewer, incident_scope
@@ -72,9 +75,10 @@ class Producer:
     name: str
 
 
-def producer_of(session: Session, item: EvidenceItem, actor: str) -> Producer:
+def producer_of(session: Session, item: EvidenceItem, actor: str, key: ServiceKey) -> Producer:
     """Who produces the item as an exhibit: the wearer who recorded it (or recorded the master copy
-    it was made from), else the person whose action brought it into the incident."""
+    it was made from), else the person whose action brought it into the incident (by their full
+    name only while their row's seal holds, ``accounts.seals.name_of``; else their username)."""
     seen: set[str] = set()
     current: EvidenceItem | None = item
     while current is not None and current.id not in seen:
@@ -86,7 +90,7 @@ def producer_of(session: Session, item: EvidenceItem, actor: str) -> Producer:
     if actor.startswith("user:"):
         username = actor.removeprefix("user:")
         user = session.scalar(select(User).where(User.username == username))
-        return Producer("user", username, (user.full_name if user and user.full_name else username))
+        return Producer("user", username, name_of(key.derived_secret(USER_SEALS), user) or username)
     return Producer("service", actor, "Evidence Service")
 
 
@@ -121,7 +125,7 @@ def assign(
     found = _reference_of(session, incident, item)
     if found is not None:
         return found
-    producer = producer_of(session, item, actor)
+    producer = producer_of(session, item, actor, ledger.key)
     series = initials(producer.name) if "{initials}" in _pattern else ""
     last = session.scalar(
         select(func.max(ExhibitReference.number)).where(

@@ -48,11 +48,6 @@ from .models import IncidentAssignment
 log = logging.getLogger(__name__)
 
 
-def grant_seal_key(key: ServiceKey) -> bytes:
-    """The secret grant seals are made with, derived from the service key for this purpose alone."""
-    return key.derived_secret(GRANT_SEALS)
-
-
 def _assignment_seal(secret: bytes, row: IncidentAssignment) -> str:
     return row_seal(
         secret, assignment_values(row.id, row.incident_id, row.user_id, row.unassigned_at is None)
@@ -69,18 +64,18 @@ def _job_seal(secret: bytes, job: ExportJob) -> str:
 def seal_assignment(row: IncidentAssignment, key: ServiceKey) -> None:
     """Seal an assignment as it now stands (flushed: its id is the database's); assigning and
     ending an assignment call this in the same transaction."""
-    row.seal = _assignment_seal(grant_seal_key(key), row)
+    row.seal = _assignment_seal(key.derived_secret(GRANT_SEALS), row)
 
 
 def seal_export_job(job: ExportJob, key: ServiceKey) -> None:
     """Seal an export job as it was asked for, in the transaction that adds it."""
-    job.seal = _job_seal(grant_seal_key(key), job)
+    job.seal = _job_seal(key.derived_secret(GRANT_SEALS), job)
 
 
 def sealed_assignment_ids(session: Session, key: ServiceKey, user_id: int) -> frozenset[int]:
     """The person's active assignments whose seal holds (what ``accounts.seals.assignments_of``
     resolves at sign-in), for a viewer made without signing in."""
-    return sealed_assignments(session, grant_seal_key(key), user_id, log)
+    return sealed_assignments(session, key.derived_secret(GRANT_SEALS), user_id, log)
 
 
 def sealed_assignment_ids_on(
@@ -88,19 +83,21 @@ def sealed_assignment_ids_on(
 ) -> frozenset[int]:
     """The active assignments on these incidents whose seal holds: only these name a person as
     assigned (an incident's investigators, the search by assignee); a planted row shows nobody."""
-    return sealed_assignments_on(session, grant_seal_key(key), incident_ids, log)
+    return sealed_assignments_on(session, key.derived_secret(GRANT_SEALS), incident_ids, log)
 
 
 def assignment_seal_holds(key: ServiceKey, row: IncidentAssignment) -> bool:
     """Whether the assignment's seal is the one the service made for it; a warning naming ids when not."""
     ids = {"assignment": row.id, "incident_id": row.incident_id, "user_id": row.user_id}
-    expected = _assignment_seal(grant_seal_key(key), row)
+    expected = _assignment_seal(key.derived_secret(GRANT_SEALS), row)
     return seal_verdict(expected, row.seal, log, "incident assignment", ids)
 
 
 def export_job_seal_holds(key: ServiceKey, job: ExportJob) -> bool:
     """Whether the job's seal is the one the service made for it; a warning naming its id when not."""
-    return seal_verdict(_job_seal(grant_seal_key(key), job), job.seal, log, "export job", {"export": job.id})
+    return seal_verdict(
+        _job_seal(key.derived_secret(GRANT_SEALS), job), job.seal, log, "export job", {"export": job.id}
+    )
 
 
 # -- rows made before seals ---------------------------------------------------------------------

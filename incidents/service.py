@@ -20,9 +20,10 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from accounts.models import User
-from accounts.seals import user_seal_holds, user_seal_key
+from accounts.seals import user_seal_holds
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.row_seals import USER_SEALS
 from devices.models import StaffMember
 from storage.errors import Refused
 from storage.objects import ObjectStore, StorageError
@@ -313,7 +314,7 @@ def assign_investigator(
     ``evidence verify`` names an assignment row the ledger does not hold."""
     now = _now(now)
     user = session.get(User, user_id)
-    if user is None or not user.active or not user_seal_holds(user_seal_key(ledger.key), user):
+    if user is None or not user.active or not user_seal_holds(ledger.key.derived_secret(USER_SEALS), user):
         raise IncidentRefused("unknown_user", f"no active user {user_id}", 404)
     if user.role != "investigator":
         raise IncidentRefused("not_investigator", f"{user.username} is not an investigator")
@@ -370,6 +371,8 @@ def unassign_investigator(
     *,
     now: datetime | None = None,
 ) -> None:
+    """Take an investigator off an incident (an ``unassigned`` event and custody entry). A row whose
+    seal does not hold was written in the database and assigned nobody: refused (409), not recorded."""
     now = _now(now)
     row = session.scalar(
         select(IncidentAssignment).where(
@@ -380,6 +383,11 @@ def unassign_investigator(
     )
     if row is None:
         raise IncidentRefused("not_assigned", "that investigator is not assigned", 404)
+    if not assignment_seal_holds(ledger.key, row):
+        why = "the assignment row was written in the database (its seal does not hold) and grants nothing"
+        raise IncidentRefused(
+            "assignment_seal_broken", f"that investigator was never assigned by the service: {why}", 409
+        )
     row.unassigned_at, row.unassigned_by = now, actor
     seal_assignment(row, ledger.key)
     user = session.get(User, user_id)

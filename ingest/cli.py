@@ -15,7 +15,7 @@ from rich.table import Table
 from redaction.cli import redact as redact_command
 
 from . import seal_commands
-from .command_line import console, out
+from .command_line import console, out, refusing
 from .command_line import services as _services
 from .settings import get_settings
 
@@ -83,32 +83,50 @@ def user_add(
     site: str | None = None,
 ) -> None:
     """Create a user (the first admin is created this way)."""
-    from accounts.service import AccountError, create_user, password_record
+    from accounts.service import create_user, creation_record
 
-    s = _services()
-    try:
-        with s.db.session() as session:
-            created = create_user(
-                session, username, password, role, key=s.key, full_name=full_name, site=site
-            )
-            s.ledger.append(
-                session,
-                "user_changed",
-                "cli",
-                details={
-                    "user": username,
-                    "role": role,
-                    "site": site,
-                    "created": True,
-                    **password_record(s.key, created),
-                },
-            )
-    except AccountError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    finally:
-        s.close()
+    with refusing() as s, s.db.session() as session:
+        created = create_user(session, username, password, role, key=s.key, full_name=full_name, site=site)
+        s.ledger.append(session, "user_changed", "cli", details=creation_record(s.key, created))
     console.print(f"user {username} created with role {role}")
+
+
+@users.command("repair")
+def user_repair(
+    username: str,
+    by: Annotated[str, typer.Option("--by", help="the administrator doing the repair (their username)")],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="repair it (without it: only show the row and custody)")
+    ] = False,
+    password: Annotated[
+        str | None,
+        typer.Option(envvar="EVIDENCE_NEW_USER_PASSWORD", help="the new password (asked for when not given)"),
+    ] = None,
+) -> None:
+    """Show a user's row beside what the custody ledger last recorded of them (role, site, active,
+    name, and whether the password hash is the one custody holds a digest of), and with --yes put a
+    row whose seal does not hold (written in the database) back as custody records it, with a new
+    password; the repair is a custody entry in the name of the administrator given by --by."""
+    from accounts.repair import repair_plan, repair_user
+    from accounts.throttle import SignInThrottle, ThrottlePolicy
+
+    with refusing(existing=True) as s:
+        with s.db.session() as session:
+            plan = repair_plan(session, s.ledger, username)
+        for line in plan.lines():
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
+        if plan.refused:
+            raise typer.Exit(1)
+        if not yes:
+            console.print("run again with --yes to repair it")
+            return
+        if password is None:
+            password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+        with s.db.session() as session:
+            repair_user(session, s.ledger, username, password, by)
+        # The failed sign-ins against the broken row are forgotten, as an administrator's unlock does.
+        SignInThrottle(s.db, ThrottlePolicy.from_settings(s.settings)).forgive(username)
+    console.print(f"user {username} repaired: it signs in with the new password only")
 
 
 @app.command("create-admin")

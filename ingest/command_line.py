@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+
+from storage.errors import Refused
 
 from .settings import get_settings
 
@@ -39,3 +43,17 @@ def services(*, existing: bool = False) -> Services:
             "existing service, run this in its directory or set EVIDENCE_DATA_DIR)"
         )
     return build_services(settings)
+
+
+@contextmanager
+def refusing(*, existing: bool = False) -> Iterator[Services]:
+    """The service's parts for a command that may be refused (an account that exists, a repair the
+    ledger does not bear out): the refusal is printed and the command exits 2; the parts are closed."""
+    s = services(existing=existing)
+    try:
+        yield s
+    except Refused as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        s.close()

@@ -80,11 +80,12 @@ def _devices(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
 
 
 def _tokens(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
-    from accounts.seals import credential_seal_key, seal_tokens, unsealed_tokens
+    from accounts.seals import seal_tokens, unsealed_tokens
+    from chain_of_custody.row_seals import CREDENTIAL_SEALS
 
     listed = unsealed_tokens(session)
     if yes:
-        seal_tokens(session, credential_seal_key(s.key))
+        seal_tokens(session, s.key.derived_secret(CREDENTIAL_SEALS))
     return listed
 
 
@@ -102,9 +103,9 @@ def _grants(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
 
 def _ends(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     from accounts.ends import record_unrecorded_ends, unrecorded_ends
-    from accounts.seals import credential_seal_key
+    from chain_of_custody.row_seals import CREDENTIAL_SEALS
 
-    secret = credential_seal_key(s.key)
+    secret = s.key.derived_secret(CREDENTIAL_SEALS)
     listed = unrecorded_ends(session, secret)
     if yes:
         record_unrecorded_ends(session, s.ledger, secret, "service")
@@ -137,11 +138,12 @@ def seal_tokens_command(yes: Annotated[bool, _YES] = False) -> None:
 
 
 def seal_users_command(yes: Annotated[bool, _YES] = False) -> None:
-    """Seal the users made before user rows carried a seal (``accounts.seals``), who cannot sign in
-    until then; run once after upgrading (after `evidence backfill-custody` for users older than
-    the custody record of their site or password). Only a row whose role, site, active state and
-    password are what the custody ledger last recorded is sealed; every other is listed as refused,
-    with what differs."""
+    """Seal the users made before user rows carried a seal (``accounts.seals``), and those sealed
+    before seals covered the full name, who cannot sign in until then; run once after upgrading
+    (after `evidence backfill-custody` for users older than the custody record of their site or
+    password). Only a row whose role, site, active state and password are what the custody ledger
+    last recorded (or the old seal holds for them), and whose name is the one it records, if it
+    records one, is sealed; every other is listed as refused, with what differs."""
     _seal_rows(USERS, yes)
 
 

@@ -252,6 +252,17 @@ def migrated_sqlite(template: Path, path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def point_cli_at(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    """Point the ``evidence`` command (run by typer's CliRunner in this process) at ``settings``:
+    its environment, and no settings cached from before."""
+    from ingest.settings import get_settings
+
+    for name in ("data_dir", "database_url", "s3_endpoint", "s3_access_key", "bucket", "staging_bucket"):
+        monkeypatch.setenv(f"EVIDENCE_{name.upper()}", str(getattr(settings, name)))
+    monkeypatch.setenv("EVIDENCE_S3_SECRET_KEY", settings.s3_secret_key.get_secret_value())
+    get_settings.cache_clear()
+
+
 def make_settings(
     tmp_path: Path, database_url: str, seaweed: EmbeddedSeaweed, **overrides: object
 ) -> Settings:
@@ -270,6 +281,25 @@ def make_settings(
     )
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def cli_services(
+    tmp_path: Path, database_url: str, seaweed: EmbeddedSeaweed, monkeypatch: pytest.MonkeyPatch
+):  # type: ignore[no-untyped-def]
+    """The service's parts on a fresh store and database, and the ``evidence`` command (run by
+    typer's CliRunner in this process) pointed at the same."""
+    from ingest.services import build_services
+    from ingest.settings import get_settings
+
+    settings = make_settings(tmp_path, database_url, seaweed)
+    s = build_services(settings)
+    point_cli_at(monkeypatch, settings)
+    try:
+        yield s
+    finally:
+        get_settings.cache_clear()
+        s.db.dispose()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -416,21 +446,10 @@ def recorded_user(  # type: ignore[no-untyped-def]
 ) -> int:
     """A user created as the users route and ``evidence users add`` create one: the row and its
     ``user_changed`` custody entry (``evidence verify`` names a user no entry created)."""
-    from accounts.service import create_user, password_record
+    from accounts.service import create_user, creation_record
 
     row = create_user(session, username, password, role, full_name=full_name, site=site, key=ledger.key)
-    ledger.append(
-        session,
-        "user_changed",
-        "test",
-        details={
-            "user": username,
-            "created": True,
-            "role": role,
-            "site": site,
-            **password_record(ledger.key, row),
-        },
-    )
+    ledger.append(session, "user_changed", "test", details=creation_record(ledger.key, row))
     return row.id
 
 

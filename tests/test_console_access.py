@@ -18,10 +18,11 @@ from sqlalchemy import select
 
 from accounts.browser import CSRF_HEADER
 from accounts.models import User, UserSession
-from accounts.seals import SignInSeals, credential_seal_key
+from accounts.seals import SignInSeals
 from accounts.service import update_user
 from accounts.sessions import SessionPolicy, resolve_session, start_session
 from chain_of_custody.models import CustodyEntry
+from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from tests.conftest import start_server
 from tests.test_alarms_kit import raise_test_alarm
 from tests.test_console_kit import PASSWORD, ROLE_USERS, add_users, session_client
@@ -172,7 +173,7 @@ def test_sessions_end_when_idle_at_their_limit_at_sign_out_and_when_the_account_
 ) -> None:
     url, services = site
     policy = SessionPolicy(idle=timedelta(minutes=30), absolute=timedelta(hours=12))
-    seal = credential_seal_key(services.key)
+    seal = services.key.derived_secret(CREDENTIAL_SEALS)
     seals = SignInSeals.of(services.key)
     t0 = datetime.now(UTC)
     with services.db.session() as session:

@@ -19,8 +19,8 @@ import httpx
 from sqlalchemy import delete, insert, select, update
 
 from accounts.models import ApiToken, User, UserSession
-from accounts.seals import credential_seal_key
 from accounts.service import sign_in_mark, token_digest
+from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from chain_of_custody.verify import VerifyOptions, verify_service
 from tests.conftest import ADMIN_PASSWORD, recorded_user
 from tests.test_incidents_kit import store_item
@@ -136,7 +136,7 @@ def test_ends_from_before_the_ledger_recorded_them_are_recorded_once(live: Any) 
             .where(ApiToken.__table__.c.token_hash == token_digest(token))
             .values(revoked=True)
         )
-    key = credential_seal_key(live.services.key)
+    key = live.services.key.derived_secret(CREDENTIAL_SEALS)
     with live.services.db.session() as session:
         listed = unrecorded_ends(session, key)
     assert [(e.kind, e.username) for e in listed] == [("token", "admin")]
@@ -229,7 +229,7 @@ def test_the_record_credential_ends_command_lists_before_it_records(
 
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'evidence.db'}", seaweed)
     s = build_services(settings)
-    key = credential_seal_key(s.key)
+    key = s.key.derived_secret(CREDENTIAL_SEALS)
     try:
         with s.db.session() as session:
             user_id = recorded_user(session, s.ledger, "old-admin", ADMIN_PASSWORD, "admin")
@@ -273,7 +273,7 @@ def test_a_session_ended_by_its_idle_timeout_is_not_revived_by_moving_its_last_a
     assert _me(live.url, cookies=cookie).status_code == 200
     idle = SessionPolicy.from_settings(live.services.settings).idle
     left = datetime.now(UTC) - idle - timedelta(minutes=1)  # as if the service last saw them then
-    mark = activity_mark(credential_seal_key(live.services.key), digest, left)
+    mark = activity_mark(live.services.key.derived_secret(CREDENTIAL_SEALS), digest, left)
     table = UserSession.__table__
     with live.services.db.session() as session:
         session.execute(

@@ -22,8 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy import insert, select, update
 
 from accounts.models import ApiToken, User, UserSession
-from accounts.seals import SignInSeals, credential_seal_key, seal_tokens, unsealed_tokens
+from accounts.seals import SignInSeals, seal_tokens, unsealed_tokens
 from accounts.service import resolve_token, token_digest
+from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from chain_of_custody.verify import VerifyOptions, verify_service
 from tests.conftest import ADMIN_PASSWORD, recorded_user
 
@@ -150,7 +151,7 @@ def test_tokens_issued_before_seals_are_listed_then_sealed_once(live) -> None:  
             .values(seal=None)
         )
     assert _me(live.url, headers=bearer).status_code == 401
-    key = credential_seal_key(live.services.key)
+    key = live.services.key.derived_secret(CREDENTIAL_SEALS)
     with live.services.db.session() as session:
         listed = unsealed_tokens(session)
         assert [(t.username, t.token_hash) for t in listed] == [("admin", token_digest(token))]

@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from accounts.models import User
-from accounts.seals import credential_seal_key
 from accounts.service import Principal
 from accounts.sessions import SessionPolicy, start_session
 from chain_of_custody.models import CustodyEntry
+from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from incidents.service import IncidentDraft, create_incident
 from incidents.subject_access.service import RequestDraft, receive_request
 from tests.test_incidents_kit import bearer, store_item, user
@@ -46,7 +46,10 @@ def cookie(services: Any, username: str) -> dict[str, str]:
         row = session.scalar(select(User).where(User.username == username))
         assert row is not None
         secret, _ = start_session(
-            session, row, SessionPolicy.from_settings(services.settings), credential_seal_key(services.key)
+            session,
+            row,
+            SessionPolicy.from_settings(services.settings),
+            services.key.derived_secret(CREDENTIAL_SEALS),
         )
     return {"Cookie": f"evidence_session={secret}"}
 

@@ -247,9 +247,9 @@ def test_verify_names_a_device_row_altered_by_sql_and_counts_those_not_sealed(se
         report = verify_service(session, services.store, services.key, VerifyOptions(check_objects=False))
     broken = [p for p in report.problems if p.kind == "device_seal_broken"]
     assert [p.where for p in broken] == ["device LW-1"]
-    assert [n for n in report.notes if "seal-devices" in n] == [
+    assert [n for n in report.notes if "upgrade-seals" in n] == [
         "1 device(s) have no seal yet (enrolled before seals), so not checked: "
-        "`evidence seal-devices` lists them and seals them"
+        "`evidence upgrade-seals` lists them and seals them"
     ]
     text = repr(report.problems) + repr(report.notes)  # names the device, never its keys
     assert attacker.public_b64 not in text and genuine.public_b64 not in text

@@ -19,10 +19,10 @@ import uvicorn
 from sqlalchemy import select
 
 from accounts.models import User
-from accounts.seals import credential_seal_key
 from accounts.service import create_user, issue_token
 from chain_of_custody.evidence import Provenance
 from chain_of_custody.models import CustodyEntry
+from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from devices.models import StaffMember
 from incidents.subject_access.service import days_left, due_date
 from tests import test_export_api
@@ -52,7 +52,7 @@ def server(services: Any) -> Iterator[Server]:
         for name, _, _ in USERS:
             user = session.scalar(select(User).where(User.username == name))
             tokens[name], _ = issue_token(
-                session, user, timedelta(hours=2), credential_seal_key(services.key)
+                session, user, timedelta(hours=2), services.key.derived_secret(CREDENTIAL_SEALS)
             )
     app = create_app(services.settings, services)
     srv = test_export_api._ThreadedServer(

@@ -32,9 +32,8 @@ from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.package_verify import verify_package
 from incidents.export.build import build_package
 from incidents.export.links import LinkRefused, check_link_token, link_secret, make_link_token
-from incidents.export.models import ExportJob, ExportLink
+from incidents.export.models import ExportLink
 from incidents.export.plan import ExportRequest, gather_items
-from incidents.grants import seal_export_job
 from incidents.service import IncidentDraft, create_incident
 from storage.embedded import EmbeddedSeaweed
 from tests.clipkit import enrol
@@ -42,6 +41,7 @@ from tests.conftest import ADMIN_PASSWORD, free_base_port, free_port, make_setti
 from tests.media import make_test_clip
 from tests.test_dock_upload_e2e import tus_upload
 from tests.test_export_package import ffmpeg, put_evidence, put_mismatched
+from tests.test_incidents_kit import sealed_export_job
 
 PASSWORD = "export test password 123"
 
@@ -397,16 +397,7 @@ def package_with_link(s, item_ids: list[str], **kw: Any) -> tuple[Any, str]:  # 
     )
     incident_id = link_issuer(s, "inv")
     with s.db.session() as session:
-        job = ExportJob(
-            id=export_id,
-            incident_id=incident_id,
-            requested_by="user:inv",
-            requester_role="investigator",
-            scope="{}",
-            status="ready",
-        )
-        seal_export_job(job, s.key)  # as the route that asks for an export seals it
-        session.add(job)
+        sealed_export_job(s, session, export_id, incident_id, "user:inv", "investigator")
         session.flush()
         link = ExportLink(
             id=str(uuid.uuid4()),

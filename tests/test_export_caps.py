@@ -16,12 +16,10 @@ import httpx
 import pytest
 
 import ingest.app
-from incidents.export.models import ExportJob
-from incidents.grants import seal_export_job
 from incidents.service import IncidentDraft, create_incident, link_evidence
 from storage.embedded import EmbeddedSeaweed
 from tests.conftest import make_settings, start_server
-from tests.test_incidents_kit import bearer, store_item, user
+from tests.test_incidents_kit import bearer, sealed_export_job, store_item, user
 
 T0 = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
 CAP = 3
@@ -101,16 +99,7 @@ def test_download_links_issued_at_once_stop_at_the_cap(capped: tuple[Any, str]) 
     incident_id, _ = _incident_with_item(s)
     export_id = str(uuid.uuid4())
     with s.db.session() as session:  # a package ready to hand out (its bytes are not read here)
-        job = ExportJob(
-            id=export_id,
-            incident_id=incident_id,
-            requested_by="user:boss",
-            requester_role="admin",
-            scope="{}",
-            status="ready",
-        )
-        seal_export_job(job, s.key)  # as the route that asks for an export seals it
-        session.add(job)
+        sealed_export_job(s, session, export_id, incident_id, "user:boss", "admin")
     got = _at_once(
         lambda: httpx.post(
             f"{url}/api/v1/exports/{export_id}/links",

@@ -20,7 +20,7 @@ from incidents.service import (
     unassign_investigator,
 )
 from tests.conftest import wait_for
-from tests.test_incidents_kit import actions, bearer, staff, store_item, user
+from tests.test_incidents_kit import actions, assigned_incident, bearer, staff, store_item, user
 
 T0 = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
 
@@ -41,16 +41,7 @@ def test_a_link_stops_with_its_issuers_access_and_only_those_answerable_revoke(l
     ids = {name: user(s, name, "investigator") for name in ("inv1", "inv2", "inv3")}
     user(s, "mgr_north", "security_manager", "NORTH")
     user(s, "mgr_south", "security_manager", "SOUTH")
-    clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=1))
-    copy = store_item(s, kind="redacted_clip", derived_from=clip.id)
-    with s.db.session() as session:
-        incident = create_incident(
-            session, IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"), "user:seed"
-        )
-        for name in ("inv1", "inv2"):
-            assign_investigator(session, s.ledger, incident, ids[name], "user:seed")
-        link_evidence(session, s.ledger, incident.id, copy.id, "user:seed", "the redacted copy")
-        incident_id = incident.id
+    incident_id, copy = assigned_incident(s, T0, ids["inv1"], ids["inv2"])
     h = {name: bearer(s, name) for name in ("inv1", "inv2", "inv3", "mgr_north", "mgr_south")}
     r = httpx.post(f"{api}/incidents/{incident_id}/exports", json={}, headers=h["inv1"])
     assert r.status_code == 202, r.text
@@ -124,15 +115,7 @@ def test_a_link_row_edited_in_the_database_hands_out_nothing(live: Any) -> None:
     staff(s, "S-N", "nurse", "NORTH")
     inv = user(s, "inv1", "investigator")
     user(s, "mgr_north", "security_manager", "NORTH")
-    clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=1))
-    copy = store_item(s, kind="redacted_clip", derived_from=clip.id)
-    with s.db.session() as session:
-        incident = create_incident(
-            session, IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"), "user:seed"
-        )
-        assign_investigator(session, s.ledger, incident, inv, "user:seed")
-        link_evidence(session, s.ledger, incident.id, copy.id, "user:seed", "the redacted copy")
-        incident_id = incident.id
+    incident_id, copy = assigned_incident(s, T0, inv)
     h = bearer(s, "inv1")
     r = httpx.post(f"{api}/incidents/{incident_id}/exports", json={}, headers=h)
     assert r.status_code == 202, r.text

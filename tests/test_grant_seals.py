@@ -18,15 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import insert, update
+from sqlalchemy import update
 
 from chain_of_custody.verify import VerifyOptions, verify_service
 from incidents.export.models import ExportJob
 from incidents.models import Incident, IncidentAssignment
 from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
-from tests.conftest import make_settings, wait_for
+from tests.conftest import wait_for
 from tests.test_console_kit import session_client
-from tests.test_incidents_kit import PASSWORD, bearer, staff, store_item, user
+from tests.test_incidents_kit import PASSWORD, bearer, plant_assignment, staff, store_item, user
 
 T0 = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
 READ = "?reason=checking+the+incident"
@@ -79,12 +79,7 @@ def test_an_assignment_planted_by_sql_opens_nothing(live, caplog: pytest.LogCapt
     inv = user(s, "inv1", "investigator")
     clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=1))
     incident_id = _incident(s, clip.id)
-    with s.db.session() as session:
-        session.execute(
-            insert(IncidentAssignment.__table__).values(
-                incident_id=incident_id, user_id=inv, assigned_by="user:admin", assigned_at=T0
-            )
-        )
+    plant_assignment(s, incident_id, inv, T0)
     headers = bearer(s, "inv1")
     with caplog.at_level(logging.WARNING, logger="incidents"):
         assert _reach(api, headers, incident_id, clip.id) == NOTHING
@@ -226,12 +221,7 @@ def test_a_planted_assignment_names_nobody_as_assigned_and_revokes_nothing(live)
     incident_id = _incident(s, clip.id)
     mgr = bearer(s, "north_mgr")
     assert httpx.put(f"{api}/incidents/{incident_id}/investigators/{inv}", headers=mgr).status_code == 200
-    with s.db.session() as session:
-        session.execute(
-            insert(IncidentAssignment.__table__).values(
-                incident_id=incident_id, user_id=planted, assigned_by="user:admin", assigned_at=T0
-            )
-        )
+    plant_assignment(s, incident_id, planted, T0)
     shown = httpx.get(f"{api}/incidents/{incident_id}", headers=mgr)
     assert shown.status_code == 200, shown.text
     assert [p["user_id"] for p in shown.json()["investigators"]] == [inv]
@@ -263,58 +253,79 @@ def test_a_planted_assignment_names_nobody_as_assigned_and_revokes_nothing(live)
 
 
 def test_seal_grants_adopts_rows_the_ledger_bears_out_and_refuses_the_rest(  # type: ignore[no-untyped-def]
-    tmp_path: Any, database_url: str, seaweed: Any, monkeypatch: Any
+    cli_services: Any,
 ) -> None:
     from typer.testing import CliRunner
 
     from incidents.grants import unsealed_grants
     from ingest.cli import app
-    from ingest.services import build_services
-    from ingest.settings import get_settings
 
-    settings = make_settings(tmp_path, database_url, seaweed)
-    s = build_services(settings)
-    try:
-        staff(s, "S-N", "nurse", "NORTH")
-        inv, planted = user(s, "inv1", "investigator"), user(s, "inv2", "investigator")
-        clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=1))
-        incident_id = _incident(s, clip.id)
+    s = cli_services
+    staff(s, "S-N", "nurse", "NORTH")
+    inv, planted = user(s, "inv1", "investigator"), user(s, "inv2", "investigator")
+    clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=1))
+    incident_id = _incident(s, clip.id)
+    with s.db.session() as session:
+        row = assign_investigator(session, s.ledger, session.get_one(Incident, incident_id), inv, "user:seed")
+        genuine = row.id
+    plant_assignment(s, incident_id, planted, T0)
+    with s.db.session() as session:
+        session.execute(update(IncidentAssignment.__table__).values(seal=None))  # as rows made before seals
+    with s.db.session() as session:
+        listed = {g.row_id: g for g in unsealed_grants(session, s.ledger)}
+    assert listed.keys() == {str(genuine), str(genuine + 1)}
+    assert listed[str(genuine)].refused is None and listed[str(genuine + 1)].refused
+    runner = CliRunner()
+    shown = runner.invoke(app, ["seal-grants"])
+    assert shown.exit_code == 0, shown.output
+    assert "1 grants would be sealed" in shown.output and "1 grants refused" in shown.output, shown.output
+    with s.db.session() as session:  # listing sealed nothing
+        assert len(unsealed_grants(session, s.ledger)) == 2
+    done = runner.invoke(app, ["seal-grants", "--yes"])
+    assert done.exit_code == 1 and "1 grants sealed" in done.output, done.output
+    with s.db.session() as session:
+        assert [g.row_id for g in unsealed_grants(session, s.ledger)] == [str(genuine + 1)]
+        sealed = session.get_one(IncidentAssignment, genuine)
+        assert sealed.seal
+    assert _seal_problems(s) == [("assignment_seal_broken", f"incident {incident_id} / user id {planted}")]
+
+
+def test_taking_off_a_planted_assignment_is_refused_not_recorded(live) -> None:  # type: ignore[no-untyped-def]
+    """An assignment row inserted by SQL never assigned anyone: taking it off answers 409 with why,
+    and writes no "unassigned" event or custody entry (on main: 204 and a normal "unassigned" entry,
+    as if the service had assigned them). A sealed assignment is taken off as before."""
+    import json
+
+    from sqlalchemy import select
+
+    from chain_of_custody.models import CustodyEntry
+    from incidents.models import IncidentEvent
+
+    s, api = live.services, f"{live.url}/api/v1"
+    staff(s, "S-N", "nurse", "NORTH")
+    user(s, "north_mgr", "security_manager", "NORTH")
+    planted, inv = user(s, "inv2", "investigator"), user(s, "inv1", "investigator")
+    clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=1))
+    incident_id = _incident(s, clip.id)
+    plant_assignment(s, incident_id, planted, T0)
+    mgr = bearer(s, "north_mgr")
+
+    def recorded() -> tuple[list[str], list[str]]:
         with s.db.session() as session:
-            row = assign_investigator(
-                session, s.ledger, session.get_one(Incident, incident_id), inv, "user:seed"
+            events = session.scalars(
+                select(IncidentEvent.kind).where(IncidentEvent.incident_id == incident_id)
             )
-            genuine = row.id
-            session.execute(
-                insert(IncidentAssignment.__table__).values(
-                    incident_id=incident_id, user_id=planted, assigned_by="user:admin", assigned_at=T0
-                )
+            details = session.scalars(
+                select(CustodyEntry.details).where(CustodyEntry.action == "user_changed")
             )
-            session.execute(
-                update(IncidentAssignment.__table__).values(seal=None)
-            )  # as rows made before seals
-        with s.db.session() as session:
-            listed = {g.row_id: g for g in unsealed_grants(session, s.ledger)}
-        assert listed.keys() == {str(genuine), str(genuine + 1)}
-        assert listed[str(genuine)].refused is None and listed[str(genuine + 1)].refused
-        for name in ("data_dir", "database_url", "s3_endpoint", "s3_access_key", "bucket", "staging_bucket"):
-            monkeypatch.setenv(f"EVIDENCE_{name.upper()}", str(getattr(settings, name)))
-        monkeypatch.setenv("EVIDENCE_S3_SECRET_KEY", settings.s3_secret_key.get_secret_value())
-        get_settings.cache_clear()
-        runner = CliRunner()
-        shown = runner.invoke(app, ["seal-grants"])
-        assert shown.exit_code == 0, shown.output
-        assert "1 grants would be sealed" in shown.output and "1 grants refused" in shown.output, shown.output
-        with s.db.session() as session:  # listing sealed nothing
-            assert len(unsealed_grants(session, s.ledger)) == 2
-        done = runner.invoke(app, ["seal-grants", "--yes"])
-        assert done.exit_code == 1 and "1 grants sealed" in done.output, done.output
-        with s.db.session() as session:
-            assert [g.row_id for g in unsealed_grants(session, s.ledger)] == [str(genuine + 1)]
-            sealed = session.get_one(IncidentAssignment, genuine)
-            assert sealed.seal
-        assert _seal_problems(s) == [
-            ("assignment_seal_broken", f"incident {incident_id} / user id {planted}")
-        ]
-    finally:
-        get_settings.cache_clear()
-        s.db.dispose()
+            return list(events), [d for d in details if json.loads(d).get("assigned") is False]
+
+    before = recorded()
+    r = httpx.delete(f"{api}/incidents/{incident_id}/investigators/{planted}", headers=mgr)
+    assert r.status_code == 409 and r.json()["reason"] == "assignment_seal_broken", r.text
+    assert "written in the database" in r.json()["error"]
+    assert recorded() == before
+    assert _seal_problems(s) == [("assignment_seal_broken", f"incident {incident_id} / user id {planted}")]
+    assert httpx.put(f"{api}/incidents/{incident_id}/investigators/{inv}", headers=mgr).status_code == 200
+    assert httpx.delete(f"{api}/incidents/{incident_id}/investigators/{inv}", headers=mgr).status_code == 204
+    assert len(recorded()[1]) == 1

@@ -15,10 +15,11 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from accounts.models import User
-from accounts.seals import credential_seal_key, seal_user
-from accounts.service import issue_token, password_record
+from accounts.seals import seal_user
+from accounts.service import creation_record, issue_token
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from devices.service import add_staff
 
 PASSWORD = "a long enough test password"
@@ -76,26 +77,17 @@ def _password_hash() -> str:
     return PasswordHasher().hash(PASSWORD)
 
 
-def user(services, username: str, role: str, site: str | None = None) -> int:  # type: ignore[no-untyped-def]
+def user(services, username: str, role: str, site: str | None = None, full_name: str = "") -> int:  # type: ignore[no-untyped-def]
     """A user whose password is PASSWORD (login works as usual), recorded on custody as the users
     route records one (``evidence verify`` names a user no entry created)."""
     with services.db.session() as session:
-        row = User(username=username, password_hash=_password_hash(), role=role, site=site)
+        row = User(
+            username=username, password_hash=_password_hash(), role=role, site=site, full_name=full_name
+        )
         session.add(row)
         session.flush()
         seal_user(row, services.key)
-        services.ledger.append(
-            session,
-            "user_changed",
-            "test",
-            details={
-                "user": username,
-                "created": True,
-                "role": role,
-                "site": site,
-                **password_record(services.key, row),
-            },
-        )
+        services.ledger.append(session, "user_changed", "test", details=creation_record(services.key, row))
         return row.id
 
 
@@ -104,7 +96,9 @@ def bearer(services, username: str) -> dict[str, str]:  # type: ignore[no-untype
     with services.db.session() as session:
         row = session.scalar(select(User).where(User.username == username))
         assert row is not None
-        token, _ = issue_token(session, row, timedelta(hours=1), credential_seal_key(services.key))
+        token, _ = issue_token(
+            session, row, timedelta(hours=1), services.key.derived_secret(CREDENTIAL_SEALS)
+        )
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -119,3 +113,72 @@ def actions(services, item_id: str) -> list[str]:  # type: ignore[no-untyped-def
 
     with services.db.session() as session:
         return [e.body.action for e in Ledger.item_entries(session, item_id)]
+
+
+def plant_user(services, username: str, password_hash: str, role: str = "admin", **values: object) -> int:  # type: ignore[no-untyped-def]
+    """A user row inserted by SQL, as someone with the database but not the service key would:
+    no custody entry, and no seal unless ``values`` gives one; its id."""
+    from sqlalchemy import insert
+
+    row = {
+        "username": username,
+        "password_hash": password_hash,
+        "role": role,
+        "full_name": "",
+        "active": True,
+    }
+    with services.db.session() as session:
+        session.execute(insert(User.__table__).values(**{**row, **values}))
+        planted = session.scalar(select(User.id).where(User.username == username))
+    assert planted is not None
+    return planted
+
+
+def plant_assignment(services, incident_id: str, user_id: int, at: datetime) -> None:  # type: ignore[no-untyped-def]
+    """An active incident assignment inserted by SQL: no seal, no custody entry."""
+    from sqlalchemy import insert
+
+    from incidents.models import IncidentAssignment
+
+    with services.db.session() as session:
+        session.execute(
+            insert(IncidentAssignment.__table__).values(
+                incident_id=incident_id, user_id=user_id, assigned_by="user:admin", assigned_at=at
+            )
+        )
+
+
+def assigned_incident(services, at: datetime, *investigators: int) -> tuple[str, EvidenceItem]:  # type: ignore[no-untyped-def]
+    """A NORTH incident at ``at`` (of a clip member of staff S-N recorded) with ``investigators``
+    assigned and the clip's redacted copy linked; its id and the copy."""
+    from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
+
+    clip = store_item(services, wearer="S-N", start=at, stop=at + timedelta(minutes=1))
+    copy = store_item(services, kind="redacted_clip", derived_from=clip.id)
+    with services.db.session() as session:
+        incident = create_incident(
+            session, IncidentDraft(category="physical_assault", occurred_at=at, site="NORTH"), "user:seed"
+        )
+        for investigator in investigators:
+            assign_investigator(session, services.ledger, incident, investigator, "user:seed")
+        link_evidence(session, services.ledger, incident.id, copy.id, "user:seed", "the redacted copy")
+        return incident.id, copy
+
+
+def sealed_export_job(services, session, export_id: str, incident_id: str, requester: str, role: str):  # type: ignore[no-untyped-def]
+    """A ready export job row of ``requester`` (``user:<name>``) with ``role``, sealed as the route
+    that asks for an export seals it, added to ``session``."""
+    from incidents.export.models import ExportJob
+    from incidents.grants import seal_export_job
+
+    job = ExportJob(
+        id=export_id,
+        incident_id=incident_id,
+        requested_by=requester,
+        requester_role=role,
+        scope="{}",
+        status="ready",
+    )
+    seal_export_job(job, services.key)
+    session.add(job)
+    return job

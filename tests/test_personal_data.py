@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import select
 
 from accounts.models import UserSession
-from accounts.seals import credential_seal_key
 from accounts.service import create_user
 from accounts.sessions import SessionPolicy, end_session, start_session
 from alarms.models import LoneWorkerPosition
+from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from ingest.app import forget_personal_data_when_due
 from storage.schedule import run_when_due
 from tests.test_alarms_kit import enrol
@@ -32,7 +32,7 @@ def test_trail_points_and_sessions_past_their_retention_are_forgotten_by_one_ins
                 session.add(LoneWorkerPosition(device_id=device, at=at, lat=51.5, lon=-0.1, accuracy_m=5))
         user = create_user(session, "nurse-lead", "a long enough password", "operator", key=s.key)
         policy = SessionPolicy(idle=timedelta(minutes=15), absolute=timedelta(hours=12))
-        seal = credential_seal_key(s.key)
+        seal = s.key.derived_secret(CREDENTIAL_SEALS)
         long_ago = now - timedelta(days=s.settings.ended_session_retention_days + 1)
         ended, _ = start_session(session, user, policy, seal, now=long_ago)
         end_session(session, ended, now=long_ago)

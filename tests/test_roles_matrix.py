@@ -34,8 +34,8 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
 from accounts.models import User
-from accounts.seals import credential_seal_key
 from accounts.service import Principal, issue_token
+from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from devices.service import enrol_dock, enrol_keyed_device
 from incidents.service import (
     IncidentDraft,
@@ -512,7 +512,10 @@ def fx(sqlite_services):  # type: ignore[no-untyped-def]
     with s.db.session() as session:
         for name in USERS:
             tokens[name], _ = issue_token(
-                session, session.get(User, ids[name]), timedelta(hours=1), credential_seal_key(s.key)
+                session,
+                session.get(User, ids[name]),
+                timedelta(hours=1),
+                s.key.derived_secret(CREDENTIAL_SEALS),
             )
         dock = enrol_dock(session, s.ledger, "DOCK-M", "test", site="NORTH")
         camera_key = Ed25519PrivateKey.generate()

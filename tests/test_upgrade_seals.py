@@ -12,8 +12,9 @@ from sqlalchemy import insert, update
 
 from accounts.ends import unrecorded_ends
 from accounts.models import ApiToken, User
-from accounts.seals import SignInSeals, credential_seal_key, unsealed_users
+from accounts.seals import SignInSeals, unsealed_users
 from accounts.service import resolve_token, token_digest
+from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from devices.models import Device
 from devices.seals import unsealed_devices
 from incidents.grants import unsealed_grants
@@ -112,7 +113,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
             assert len(unsealed_devices(session)) == 1
             assert len(unsealed_users(session, s.ledger)) == 3
             assert len(unsealed_grants(session, s.ledger)) == 2
-            assert len(unrecorded_ends(session, credential_seal_key(s.key))) == 1
+            assert len(unrecorded_ends(session, s.key.derived_secret(CREDENTIAL_SEALS))) == 1
 
         done = runner.invoke(app, ["upgrade-seals", "--yes"])
         assert done.exit_code == 1, done.output
@@ -133,7 +134,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
             assert [u.username for u in unsealed_users(session, s.ledger)] == ["mallory"]
             assert [g.row_id for g in unsealed_grants(session, s.ledger)] == [str(genuine + 1)]
             assert session.get_one(IncidentAssignment, genuine).seal
-            assert unrecorded_ends(session, credential_seal_key(s.key)) == []
+            assert unrecorded_ends(session, s.key.derived_secret(CREDENTIAL_SEALS)) == []
     finally:
         get_settings.cache_clear()
         s.db.dispose()

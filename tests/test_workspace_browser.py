@@ -22,9 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
 
-from accounts.models import User
 from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
 from ingest.services import build_services
 from tests.conftest import make_settings, start_server
@@ -67,9 +65,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, seaweed: Any) -> Iterator[Wo
     services = build_services(make_settings(tmp, f"sqlite:///{tmp / 'evidence.db'}", seaweed))
     ids = {}
     for name, (role, site, full) in PEOPLE.items():
-        ids[name] = user(services, name, role, site)
-        with services.db.session() as session:
-            session.execute(update(User).where(User.id == ids[name]).values(full_name=full))
+        ids[name] = user(services, name, role, site, full)  # the name is sealed with the row
     staff(services, "S-100", "nurse", "NORTH")
     staff(services, "S-200", "porter", "SOUTH")
     now = datetime.now(UTC)
@@ -347,3 +343,64 @@ def test_oversight_statistics_retention_custody_and_verify(world: World, tmp_pat
     south.goto(world.url + "/retention")
     assert "Police request ref 4471" not in south.content()
     south.context.close()
+
+
+def _focus_by_tab(page: Any, start: str, target: str, most: int = 20) -> None:
+    """Tab from ``start`` until ``target`` (an element id) has the focus, as a keyboard user would
+    (a date field takes four stops in chromium: day, month, year and its calendar button)."""
+    page.focus(f"#{start}")
+    for _ in range(most):
+        if page.evaluate("document.activeElement.id") == target:
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"#{target} was not reached by Tab from #{start}")
+
+
+def test_the_incident_list_by_role_and_its_investigator_filter_by_keyboard(
+    world: World, tmp_path: Path
+) -> None:
+    """The incident list as an investigator, a security manager and an auditor (screenshots), and
+    the investigator filter used with the keyboard alone: Tab to it, choose with the arrows, Tab to
+    Search and press Enter; the list is then the incidents of the one chosen."""
+    out = screenshot_dir(tmp_path)
+    ivy = page_as(world, "ivy", "/incidents")
+    offered = ivy.locator("#f-investigator option").all_inner_texts()
+    assert offered[0] == "anyone" and "Ivy Hart (ivy)" in offered, offered
+    assert set(offered) <= {"anyone", "Ivy Hart (ivy)", "Ian Brook (ian)"}, offered  # investigators only
+    assert world.south_incident not in ivy.content()
+    _focus_by_tab(ivy, "f-q", "f-investigator")
+    ivy.keyboard.press("ArrowDown")
+    chosen = ivy.input_value("#f-investigator")
+    assert chosen == ivy.locator("#f-investigator option").nth(1).get_attribute("value")
+    ivy.screenshot(path=str(out / "incidents-filter-focus.png"), full_page=True)
+    for _ in range(4):  # on to the Search button
+        ivy.keyboard.press("Tab")
+        if ivy.evaluate("document.activeElement.type") == "submit":
+            break
+    ivy.keyboard.press("Enter")
+    ivy.wait_for_url(f"**/incidents?*investigator={chosen}*")
+    shown = set(
+        ivy.locator("#incident-rows tr[data-reference]").evaluate_all(
+            "rs => rs.map(r => r.dataset.reference)"
+        )
+    )
+    with world.api("ivy") as api:
+        theirs = {i["reference"] for i in api.get("/incidents", params={"assigned_to": chosen}).json()}
+    assert shown == theirs and shown, (shown, theirs)
+    ivy.goto(world.url + "/incidents")
+    ivy.screenshot(path=str(out / "incidents-investigator.png"), full_page=True)
+    assert not ivy.errors, ivy.errors
+    ivy.context.close()
+
+    manager = page_as(world, "north_manager", "/incidents")
+    offered = manager.locator("#f-investigator option").all_inner_texts()
+    assert {"Ivy Hart (ivy)", "Ian Brook (ian)"} <= set(offered) and not any("North" in o for o in offered)
+    assert world.south_incident not in manager.content()
+    manager.screenshot(path=str(out / "incidents-security-manager.png"), full_page=True)
+    manager.context.close()
+
+    auditor = page_as(world, "auditor", "/welcome")
+    r = auditor.goto(f"{world.url}/incidents")
+    assert r is not None and r.status == 403
+    auditor.screenshot(path=str(out / "incidents-auditor.png"), full_page=True)
+    auditor.context.close()

@@ -439,7 +439,7 @@ def build_package(
                 select(CustodyEntry.actor).where(CustodyEntry.item_id.in_([i.id for i in items])).distinct()
             )
         }
-        people = people_names(session, actors)
+        people = people_names(session, ledger.key, actors)
     request = replace(request, exhibits=refs, people=people)
     with db.session() as session:
         entries = {it.id: Ledger.item_entries(session, it.id) for it in items}
