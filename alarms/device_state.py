@@ -128,6 +128,7 @@ def device_of(topic: str) -> str:
 
 
 _SNAPSHOTS = (
+    # The single read's columns but its last (the status entry: a batch reads those in one more query).
     select(_DEVICES.c.id.label("device_id"), *list(_SNAPSHOT.selected_columns)[:-1])
     .outerjoin(_STATE, _STATE.c.device_id == _DEVICES.c.id)
     .where(_DEVICES.c.id.in_(bindparam("device_ids", expanding=True)))
