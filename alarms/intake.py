@@ -211,7 +211,7 @@ class Intake:
                     .order_by(_STATE.c.device_id)
                     .with_for_update()
                 )
-                snapshots = read_snapshots(session, devices)  # locked: nobody changes them now
+                snapshots = read_snapshots(session, devices, self.seals)  # locked: nobody changes them now
                 deferred: list[dict[str, Any]] = []
                 results = [
                     self._handle_in(session, topic, raw, retained, now, outboxes[i], snapshots, deferred)
@@ -299,7 +299,7 @@ class Intake:
         self, session: Session, snapshot: dict[str, Snapshot | None], device_id: str
     ) -> DeviceKey | None:
         if device_id not in snapshot:
-            snapshot[device_id] = read_snapshot(session, device_id)
+            snapshot[device_id] = read_snapshot(session, device_id, self.seals)
         snap = snapshot[device_id]
         return snap.key(self.seals) if snap is not None else None
 

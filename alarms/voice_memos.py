@@ -26,8 +26,8 @@ from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import raw_public_key, verify_signature
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.retention_basis import retention_basis
+from devices.ends import load_device
 from devices.lone_worker_wire import parse_time
-from devices.models import Device
 from devices.seals import DeviceSeals, device_seal_key, sealed_values
 from storage.errors import Refused
 
@@ -109,12 +109,12 @@ class VoiceMemos:
         now = now or self.clock()
         manifest = voice_memo_manifest(device_id, event_id, sha256, size, content_type, sent_at)
         with core.db.session() as session:
-            device = session.get(Device, device_id)
+            device, latest = load_device(session, self.seals.secret, device_id)
             if (
                 device is None
                 or device.kind != "lone_worker"
                 or not device.public_key
-                or not self.seals.holds(sealed_values(device), device.seal)
+                or not self.seals.holds(sealed_values(device), device.seal, latest)
             ):
                 raise VoiceMemoRefused("unknown_device", "device is not an enrolled lone-worker device", 401)
             public_key = raw_public_key(device.public_key)

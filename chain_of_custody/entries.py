@@ -48,9 +48,14 @@ class CustodyAction(StrEnum):
     )
     INCIDENT_CHANGED = "incident_changed"  # an incident opened, or its site changed: who sees it
     SUBJECT_ACCESS = "subject_access"  # a subject access request received, searched or answered
-    # A bearer token revoked or a console session ended, named by a keyed digest (``row_seals``):
-    # the row can be put back in the database, this entry cannot, and it keeps the credential ended.
+    # A bearer token revoked, a console session ended or a download's read grant used, named by a
+    # keyed digest (``row_seals``): the row can be put back in the database, this entry cannot, and
+    # it keeps the credential ended.
     CREDENTIAL_ENDED = "credential_ended"
+    # A device disabled or enabled again, named by a keyed digest of its id (``row_seals``): the
+    # latest decides whether it may speak, whatever its row says (``devices.ends``).
+    DEVICE_DISABLED = "device_disabled"
+    DEVICE_ENABLED = "device_enabled"
     CHECKPOINT = "checkpoint"
 
 

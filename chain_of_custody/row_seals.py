@@ -14,7 +14,9 @@ entry whose subject (its ``item_id``) is :func:`credential_end_subject`, a keyed
 credential's digest: the ledger only grows, the sign-in refuses a credential it names, and
 ``evidence verify`` names a live row it says was ended (``credential_end_undone``). Read grants
 (``ingest.read_grants``) are sealed over everything they stand for, their use left out: a download's
-grant lives a minute, and each read it admits is on custody with its reason.
+grant, once used, is ended by a ``credential_ended`` entry too (``read_grant_use_undone``). A
+device's disables and enables are ``device_disabled`` and ``device_enabled`` entries on a subject
+of its own (:func:`device_status_subject`): the latest decides (``device_disable_undone``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ TOKEN, SESSION = "token", "session"
 # What a note about rows not sealed yet points to: the one command an upgrade runs (its steps in order).
 UPGRADE_SEALS = "`evidence upgrade-seals`"
 ENDED_PREFIX = "ended:"  # the subject of a ``credential_ended`` entry: this and 30 hex digits (36 characters)
+DEVICE_PREFIX = "device:"  # the subject of a device's status entries: this and 29 hex digits (36 characters)
+GRANT = "read grant"  # the kind of a read grant's ``credential_ended`` entry (a download's, once used)
+ASSIGNMENT = "assignment"  # the kind of an incident assignment's ``credential_ended`` entry
+DISABLED, ENABLED = "device_disabled", "device_enabled"  # the actions of a device's status entries
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -130,6 +136,14 @@ def credential_end_subject(secret: bytes, kind: str, token_hash: str) -> str:
     the ledger, which an export package may carry part of, never holds the digest a row is found by."""
     mac = hmac.new(secret, f"ended\x00{kind}\x00{token_hash}".encode(), hashlib.sha256).hexdigest()
     return ENDED_PREFIX + mac[:30]
+
+
+def device_status_subject(secret: bytes, device_id: str) -> str:
+    """The ``item_id`` of a device's ``device_disabled`` and ``device_enabled`` custody entries (its
+    status changes, in order by ``item_seq``): keyed with the device seals' secret, 36 characters
+    whatever the id's length; the latest says whether the device may speak, whatever its row says."""
+    mac = hmac.new(secret, f"status\x00{device_id}".encode(), hashlib.sha256).hexdigest()
+    return DEVICE_PREFIX + mac[:29]
 
 
 def _activity_mac(secret: bytes, token_hash: str, micros: int) -> str:
@@ -219,6 +233,7 @@ _GRANTS = table(
     column("reason"),
     column("expires_at", UTCDateTime),
     column("seal"),
+    column("used_at"),
 )
 _ENTRIES = table("custody_entries", column("seq"), column("action"), column("item_id"))
 
@@ -258,13 +273,21 @@ def sealed_assignments_on(
     return _sealed_assignments(session, secret, log, _ASSIGNMENTS.c.incident_id.in_(incident_ids))
 
 
+def assignment_end_subject(secret: bytes, assignment_id: int) -> str:
+    """The subject of the ``credential_ended`` entry that ends an incident assignment (its row id,
+    keyed with the grant seals' secret)."""
+    return credential_end_subject(secret, ASSIGNMENT, str(assignment_id))
+
+
 def _sealed_assignments(
     session: Session, secret: bytes, log: logging.Logger, where: ColumnElement[bool]
 ) -> frozenset[int]:
+    """The active rows whose seal holds and that no ``credential_ended`` entry ended (a row from
+    before its end put back: its seal still fits), asked in one more query by the subjects' index."""
     c = _ASSIGNMENTS.c
     q = select(c.id, c.incident_id, c.user_id, c.seal).where(where, c.unassigned_at.is_(None))
-    return frozenset(
-        int(row_id)
+    sealed = {
+        assignment_end_subject(secret, int(row_id)): (int(row_id), incident_id, user_id)
         for row_id, incident_id, user_id, seal in session.execute(q)
         if seal_verdict(
             row_seal(secret, assignment_values(int(row_id), str(incident_id), int(user_id), True)),
@@ -273,7 +296,17 @@ def _sealed_assignments(
             "incident assignment",
             {"assignment": row_id, "incident_id": incident_id, "user_id": user_id},
         )
-    )
+    }
+    if not sealed:
+        return frozenset()
+    e = _ENTRIES.c
+    for subject in session.scalars(select(e.item_id).where(e.item_id.in_(list(sealed)))):
+        row_id, incident_id, user_id = sealed.pop(subject)
+        log.warning(
+            "incident assignment refused: custody says it was ended",
+            extra={"assignment": row_id, "incident_id": incident_id, "user_id": user_id},
+        )
+    return frozenset(row_id for row_id, _, _ in sealed.values())
 
 
 def check_grant_seals(session: Session, report: ChainReport, secret: bytes) -> None:
@@ -281,9 +314,20 @@ def check_grant_seals(session: Session, report: ChainReport, secret: bytes) -> N
     nothing), and for each export job whose seal does not hold (its links hand nothing out); named
     by ids only. Jobs without a seal (asked for before seals) are counted in a note."""
     a = _ASSIGNMENTS.c
+    ended = _ended_entries(session)
     for row_id, incident_id, user_id, seal in session.execute(
         select(a.id, a.incident_id, a.user_id, a.seal).where(a.unassigned_at.is_(None)).order_by(a.id)
     ):
+        end = ended.get(assignment_end_subject(secret, int(row_id)))
+        if end is not None:
+            report.problems.append(
+                Problem(
+                    "assignment_end_undone",
+                    f"incident {incident_id} / user id {user_id}",
+                    f"custody entry #{end} ended assignment row #{row_id}, but it is active again: it "
+                    "was put back in the database, and opens nothing",
+                )
+            )
         values = assignment_values(int(row_id), str(incident_id), int(user_id), True)
         if not _holds(row_seal(secret, values), seal):
             report.problems.append(
@@ -325,7 +369,8 @@ def _holds(expected: str, seal: str | None) -> bool:
 
 
 def check_device_seals(session: Session, report: ChainReport, secret: bytes) -> None:
-    """A finding for each device row whose seal does not hold; a note counting those not sealed yet."""
+    """A finding for each device row whose seal does not hold, and for each active one custody says
+    was disabled (a copy of its row from before put back); a note counting those not sealed yet."""
     c = _DEVICES.c
     q = select(
         c.id,
@@ -339,8 +384,19 @@ def check_device_seals(session: Session, report: ChainReport, secret: bytes) -> 
         c.seal,
     ).order_by(c.id)
     unsealed = 0
+    latest = _latest_status_entries(session)
     for *row, seal in session.execute(q):
         values: SealedValues = (str(row[0]), str(row[1]), str(row[2]), *row[3:])
+        status_entry = latest.get(device_status_subject(secret, values[0]))
+        if values[2] == "active" and status_entry is not None and status_entry[1] == DISABLED:
+            report.problems.append(
+                Problem(
+                    "device_disable_undone",
+                    f"device {values[0]}",
+                    f"custody entry #{status_entry[0]} disabled it, but its row is active again: it was "
+                    "put back in the database, and speaks for nobody",
+                )
+            )
         if not seal:
             unsealed += 1
         elif not _holds(device_seal(secret, values), seal):
@@ -357,6 +413,14 @@ def check_device_seals(session: Session, report: ChainReport, secret: bytes) -> 
             f"{unsealed} device(s) have no seal yet (enrolled before seals), so not checked: "
             f"{UPGRADE_SEALS} lists them and seals them"
         )
+
+
+def _latest_status_entries(session: Session) -> dict[str, tuple[int, str]]:
+    """Each device's latest status entry (``device_disabled``, ``device_enabled``), by subject: its
+    seq and action."""
+    e = _ENTRIES.c
+    q = select(e.item_id, e.seq, e.action).where(e.action.in_((DISABLED, ENABLED))).order_by(e.seq)
+    return {str(subject): (int(seq), str(action)) for subject, seq, action in session.execute(q)}
 
 
 def check_user_seals(session: Session, report: ChainReport, key: ServiceKey) -> None:
@@ -406,6 +470,12 @@ def check_user_seals(session: Session, report: ChainReport, key: ServiceKey) -> 
         )
 
 
+def _ended_entries(session: Session) -> dict[str, int]:
+    """The ``credential_ended`` entries' seqs, by subject."""
+    q = select(_ENTRIES.c.item_id, _ENTRIES.c.seq).where(_ENTRIES.c.action == "credential_ended")
+    return {str(subject): int(seq) for subject, seq in session.execute(q)}
+
+
 def check_credential_seals(session: Session, report: ChainReport, secret: bytes, now: datetime) -> None:
     """A finding for each bearer token or console session, not revoked or ended and not expired,
     whose seal is missing or wrong; named by its kind and user only."""
@@ -416,11 +486,7 @@ def check_credential_seals(session: Session, report: ChainReport, secret: bytes,
     sessions = select(s.token_hash, s.user_id, s.expires_at, s.seal).where(
         s.ended_at.is_(None), s.expires_at > now
     )
-    ended = dict(
-        session.execute(
-            select(_ENTRIES.c.item_id, _ENTRIES.c.seq).where(_ENTRIES.c.action == "credential_ended")
-        ).all()
-    )
+    ended = _ended_entries(session)
     for kind, q in ((TOKEN, tokens), (SESSION, sessions)):
         for digest, user_id, expires_at, seal in session.execute(q):
             name = f"{'bearer token' if kind == TOKEN else 'console session'} of user id {user_id}"
@@ -472,12 +538,27 @@ def check_session_activity(session: Session, report: ChainReport, secret: bytes,
 
 def check_read_grant_seals(session: Session, report: ChainReport, secret: bytes, now: datetime) -> None:
     """A finding for each read grant not yet expired whose seal is missing or wrong (planted, or
-    widened: another item, person, sign-in, use, reason or a later expiry); named by its user only."""
+    widened: another item, person, sign-in, use, reason or a later expiry), and for each download's
+    grant that reads unused while custody says it was used (put back in the database); named by its
+    user only."""
     c = _GRANTS.c
-    q = select(c.token_hash, c.item_id, c.user_id, c.sign_in, c.use, c.reason, c.expires_at, c.seal)
-    for digest, item_id, user_id, sign_in, use, reason, expires_at, seal in session.execute(
+    q = select(
+        c.token_hash, c.item_id, c.user_id, c.sign_in, c.use, c.reason, c.expires_at, c.seal, c.used_at
+    )
+    ended = _ended_entries(session)
+    for digest, item_id, user_id, sign_in, use, reason, expires_at, seal, used_at in session.execute(
         q.where(c.expires_at > now).order_by(c.expires_at)
     ):
+        end = ended.get(credential_end_subject(secret, GRANT, str(digest)))
+        if use == "download" and used_at is None and end is not None:
+            report.problems.append(
+                Problem(
+                    "read_grant_use_undone",
+                    f"read grant of user id {user_id}",
+                    f"custody entry #{end} used it, but its row reads unused: it was put back in the "
+                    "database, and stands for no read",
+                )
+            )
         values = (str(digest), str(item_id), int(user_id), str(sign_in), str(use), str(reason))
         if _holds(read_grant_seal(secret, *values, expires_at), seal):
             continue

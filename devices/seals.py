@@ -25,8 +25,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import ServiceKey
-from chain_of_custody.row_seals import DEVICE_SEALS, SealedValues, device_seal, seal_verdict
+from chain_of_custody.row_seals import (
+    DEVICE_SEALS,
+    SealedValues,
+    device_seal,
+    device_status_subject,
+    seal_verdict,
+)
 
+from .ends import disabled_on_custody
 from .models import Device
 
 log = logging.getLogger(__name__)
@@ -66,21 +73,43 @@ def device_seal_holds(secret: bytes, values: SealedValues, seal: str | None) -> 
 
 class DeviceSeals:
     """Checks device seals where every message of every device passes (``alarms.intake``): the
-    verdict is kept per row as read (its sealed values and seal), so a device's messages cost a
-    dictionary look-up each, and a row that changes (by the service or by anyone else) is checked
-    afresh, with one warning for a seal that does not hold."""
+    verdict is kept per row as read (its sealed values and seal, and the action of its latest status
+    entry, ``devices.ends``), so a device's messages cost a dictionary look-up each, and a row that
+    changes (by the service or by anyone else) is checked afresh, with one warning for a seal that
+    does not hold or a row custody says was disabled. Nothing else is kept: custody is read with the
+    row, by every message."""
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
-        self._verdicts: dict[tuple[SealedValues, str | None], bool] = {}
+        self._verdicts: dict[tuple[SealedValues, str | None, str | None], bool] = {}
+        self._subjects: dict[str, str] = {}
 
-    def holds(self, values: SealedValues, seal: str | None) -> bool:
-        found = self._verdicts.get((values, seal))
+    def holds(self, values: SealedValues, seal: str | None, latest: str | None = None) -> bool:
+        """Whether the row speaks for its device: its seal holds and, when ``latest`` (the action
+        of its latest status entry) is given, custody does not say it was disabled."""
+        found = self._verdicts.get((values, seal, latest))
         if found is None:
-            found = device_seal_holds(self._secret, values, seal)
+            found = device_seal_holds(self._secret, values, seal) and not disabled_on_custody(
+                values[0], values[2], latest
+            )
             if len(self._verdicts) >= _CACHE_MAX:
                 self._verdicts.clear()
-            self._verdicts[(values, seal)] = found
+            self._verdicts[(values, seal, latest)] = found
+        return found
+
+    @property
+    def secret(self) -> bytes:
+        """The secret the seals are made with (``device_seal_key``)."""
+        return self._secret
+
+    def status_subject(self, device_id: str) -> str:
+        """The subject of the device's status entries (``row_seals.device_status_subject``), kept."""
+        found = self._subjects.get(device_id)
+        if found is None:
+            found = device_status_subject(self._secret, device_id)
+            if len(self._subjects) >= _CACHE_MAX:
+                self._subjects.clear()
+            self._subjects[device_id] = found
         return found
 
 

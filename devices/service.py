@@ -21,8 +21,9 @@ from storage.errors import Refused
 from storage.settings import Settings
 
 from .broker_access import BrokerAccount, generate_password, hash_password
+from .ends import disabled_on_custody, latest_status_entry, load_device, record_status
 from .models import DEVICE_KINDS, Device, LoneWorkerState, StaffMember
-from .seals import device_seal_holds, seal_device, sealed_values
+from .seals import device_seal_holds, device_seal_key, seal_device, sealed_values
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -101,7 +102,15 @@ def enrol_dock(
         actor,
         details={"device": dock_id, "kind": "dock", "site": dock.site, "staff": dock.assigned_staff_id},
     )
+    _enabled_by_enrolment(session, ledger, dock, actor)
     return EnrolledDock(dock, f"{dock_id}.{secret}")
+
+
+def _enabled_by_enrolment(session: Session, ledger: Ledger, device: Device, actor: str) -> None:
+    """Enrolling a device custody says was disabled enables it again: recorded as such
+    (``devices.ends``), or it would stay refused."""
+    if latest_status_entry(session, device_seal_key(ledger.key), device.id) == "device_disabled":
+        record_status(session, ledger, device, actor, why="enrolled again")
 
 
 def enrol_keyed_device(
@@ -148,6 +157,7 @@ def enrol_keyed_device(
             "site": site,
         },
     )
+    _enabled_by_enrolment(session, ledger, device, actor)
     return device
 
 
@@ -194,7 +204,8 @@ def enrol_lone_worker(
 
 def broker_accounts(session: Session, seal_key: bytes | None = None) -> list[BrokerAccount]:
     """Every active lone-worker device that has a broker password, for the Mosquitto files; with
-    ``seal_key`` (``devices.seals.device_seal_key``), only those whose row's seal holds."""
+    ``seal_key`` (``devices.seals.device_seal_key``), only those whose row's seal holds and that
+    custody does not say were disabled (``devices.ends``: a row put back in the database)."""
     rows = session.scalars(
         select(Device)
         .where(
@@ -205,7 +216,11 @@ def broker_accounts(session: Session, seal_key: bytes | None = None) -> list[Bro
     return [
         BrokerAccount(d.id, d.broker_password_hash or "")
         for d in rows
-        if seal_key is None or device_seal_holds(seal_key, sealed_values(d), d.seal)
+        if seal_key is None
+        or (
+            device_seal_holds(seal_key, sealed_values(d), d.seal)
+            and not disabled_on_custody(d.id, d.status, latest_status_entry(session, seal_key, d.id))
+        )
     ]
 
 
@@ -237,6 +252,9 @@ def assign(session: Session, ledger: Ledger, device_id: str, staff_id: str | Non
 
 
 def set_status(session: Session, ledger: Ledger, device_id: str, status: str, actor: str) -> Device:
+    """Disable a device or enable it again: its row sealed as it now stands, and the change a
+    ``device_disabled`` or ``device_enabled`` custody entry (``devices.ends``), so a copy of the
+    row from before a disable, put back in the database, enables nothing."""
     if status not in ("active", "disabled"):
         raise DeviceRefused("bad_status", "status must be active or disabled", 400)
     device = session.get(Device, device_id)
@@ -244,7 +262,7 @@ def set_status(session: Session, ledger: Ledger, device_id: str, status: str, ac
         raise DeviceRefused("unknown_device", f"no device {device_id}", 404)
     device.status = status
     seal_device(device, ledger.key)
-    ledger.append(session, "device_changed", actor, details={"device": device_id, "status": status})
+    record_status(session, ledger, device, actor, why="set by " + actor)
     return device
 
 
@@ -268,15 +286,17 @@ def regenerate_broker_password(session: Session, ledger: Ledger, device_id: str,
 def authenticate_dock(session: Session, token: str, seal_key: bytes) -> Device:
     """The dock a bearer token belongs to; a refusal never says whether the id or the secret was
     wrong. A row whose seal does not hold (``devices.seals``: a token planted or a dock enabled
-    again in the database) is refused like an unknown dock."""
+    again in the database), or that custody says was disabled (``devices.ends``: a row from before
+    put back), is refused like an unknown dock."""
     dock_id, _, secret = token.partition(".")
-    dock = session.get(Device, dock_id) if dock_id and secret else None
+    dock, latest = load_device(session, seal_key, dock_id) if dock_id and secret else (None, None)
     valid = (
         dock is not None
         and dock.kind == "dock"
         and dock.token_hash is not None
         and hmac.compare_digest(dock.token_hash, _secret_digest(secret))
         and device_seal_holds(seal_key, sealed_values(dock), dock.seal)
+        and not disabled_on_custody(dock_id, dock.status, latest)
     )
     if not valid or dock is None:
         raise DeviceRefused("bad_token", "dock token not recognised", 401)
@@ -287,12 +307,14 @@ def authenticate_dock(session: Session, token: str, seal_key: bytes) -> Device:
 
 def camera_for_clip(session: Session, serial: str, wearer: str, seal_key: bytes) -> Device:
     """The enrolled, active camera that may deliver a clip recorded by ``wearer``; a row whose seal
-    does not hold (``devices.seals``) is not enrolled."""
-    camera = session.get(Device, serial)
+    does not hold (``devices.seals``), or that custody says was disabled (``devices.ends``), is not
+    enrolled."""
+    camera, latest = load_device(session, seal_key, serial)
     if (
         camera is None
         or camera.kind != "camera"
         or not device_seal_holds(seal_key, sealed_values(camera), camera.seal)
+        or disabled_on_custody(serial, camera.status, latest)
     ):
         raise DeviceRefused("unknown_camera", f"camera {serial} is not enrolled")
     if camera.status != "active":

@@ -31,9 +31,12 @@ from sqlalchemy.orm import Session
 from accounts.models import User
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
+from chain_of_custody.models import CustodyEntry
 from chain_of_custody.row_replay import AssignmentRow, assignment_findings, assignment_replay
 from chain_of_custody.row_seals import (
+    ASSIGNMENT,
     GRANT_SEALS,
+    assignment_end_subject,
     assignment_values,
     export_job_values,
     row_seal,
@@ -65,6 +68,22 @@ def seal_assignment(row: IncidentAssignment, key: ServiceKey) -> None:
     """Seal an assignment as it now stands (flushed: its id is the database's); assigning and
     ending an assignment call this in the same transaction."""
     row.seal = _assignment_seal(key.derived_secret(GRANT_SEALS), row)
+
+
+def record_assignment_end(session: Session, ledger: Ledger, row: IncidentAssignment, actor: str) -> None:
+    """End an assignment on custody too, in the transaction that ends its row: a
+    ``credential_ended`` entry (``row_seals.assignment_end_subject``). The ended row's seal says
+    ended, but a copy of the row from before carries a seal that still fits; put back, it opens
+    nothing while this entry stands (:func:`sealed_assignment_ids`, :func:`sealed_assignment_ids_on`)."""
+    _end_on_custody(session, ledger, ledger.key.derived_secret(GRANT_SEALS), row.id, row.incident_id, actor)
+
+
+def _end_on_custody(
+    session: Session, ledger: Ledger, secret: bytes, row_id: int, incident_id: str, actor: str
+) -> None:
+    details = {"credential": ASSIGNMENT, "incident_id": incident_id, "assignment": row_id}
+    item_id = assignment_end_subject(secret, row_id)
+    ledger.append(session, "credential_ended", actor, item_id=item_id, details=details)
 
 
 def seal_export_job(job: ExportJob, key: ServiceKey) -> None:
@@ -183,3 +202,41 @@ def seal_grants(session: Session, ledger: Ledger) -> list[UnsealedGrant]:
             if job is not None:
                 seal_export_job(job, ledger.key)
     return listed
+
+
+@dataclass(frozen=True)
+class UnrecordedAssignmentEnd:
+    """An ended assignment that no custody entry ends (ended before ends were recorded)."""
+
+    row_id: int
+    incident_id: str
+    user_id: int
+
+    def line(self) -> str:
+        return f"assignment {self.row_id} of incident {self.incident_id} to user id {self.user_id}, ended"
+
+
+def unrecorded_assignment_ends(session: Session, secret: bytes) -> list[UnrecordedAssignmentEnd]:
+    """The ended assignments that would open their incident again if their row were put back as it
+    was while active: no ``credential_ended`` entry ends them."""
+    rows = session.execute(
+        select(IncidentAssignment.id, IncidentAssignment.incident_id, IncidentAssignment.user_id)
+        .where(IncidentAssignment.unassigned_at.is_not(None))
+        .order_by(IncidentAssignment.id)
+    ).all()
+    recorded = set(
+        session.scalars(select(CustodyEntry.item_id).where(CustodyEntry.action == "credential_ended"))
+    )
+    return [
+        UnrecordedAssignmentEnd(row_id, incident_id, user_id)
+        for row_id, incident_id, user_id in rows
+        if assignment_end_subject(secret, row_id) not in recorded
+    ]
+
+
+def record_unrecorded_assignment_ends(session: Session, ledger: Ledger, secret: bytes, actor: str) -> int:
+    """Record every end :func:`unrecorded_assignment_ends` lists; how many."""
+    listed = unrecorded_assignment_ends(session, secret)
+    for end in listed:
+        _end_on_custody(session, ledger, secret, end.row_id, end.incident_id, actor)
+    return len(listed)

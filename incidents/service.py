@@ -38,7 +38,7 @@ from .access import (
     window_reach,
     within_window_reach,
 )
-from .grants import assignment_seal_holds, seal_assignment
+from .grants import assignment_seal_holds, record_assignment_end, seal_assignment, sealed_assignment_ids_on
 from .identity import next_reference, record_site
 from .models import (
     CATEGORIES,
@@ -325,9 +325,9 @@ def assign_investigator(
             IncidentAssignment.unassigned_at.is_(None),
         )
     )
-    if existing is not None and assignment_seal_holds(ledger.key, existing):
+    if existing is not None and existing.id in sealed_assignment_ids_on(session, ledger.key, [incident.id]):
         return existing
-    if existing is not None:  # written outside the service: it granted nothing, and ends for this one
+    if existing is not None:  # written or put back outside the service: it granted nothing; ends for this one
         existing.unassigned_at, existing.unassigned_by = now, actor
         session.flush()
     row = IncidentAssignment(incident_id=incident.id, user_id=user_id, assigned_by=actor, assigned_at=now)
@@ -390,6 +390,7 @@ def unassign_investigator(
         )
     row.unassigned_at, row.unassigned_by = now, actor
     seal_assignment(row, ledger.key)
+    record_assignment_end(session, ledger, row, actor)
     user = session.get(User, user_id)
     _event(session, incident, actor, "unassigned", now, investigator=user.username if user else user_id)
     session.flush()

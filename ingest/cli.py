@@ -36,6 +36,7 @@ app.command("seal-devices")(seal_commands.seal_devices_command)
 app.command("seal-users")(seal_commands.seal_users_command)
 app.command("seal-grants")(seal_commands.seal_grants_command)
 app.command("record-credential-ends")(seal_commands.record_credential_ends_command)
+app.command("record-access-ends")(seal_commands.record_access_ends_command)
 app.command("upgrade-seals")(seal_commands.upgrade_seals_command)
 
 

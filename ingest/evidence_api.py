@@ -332,7 +332,14 @@ async def content(
         if granted is not None:
             stated = granted.reason
             # A download's grant is used by the read it admits, not by a refused one (busy, a bad range).
-            admit = partial(read_grants.use_up, granted=granted, item_id=item.id)
+            admit = partial(
+                read_grants.use_up,
+                granted=granted,
+                item_id=item.id,
+                ledger=s.ledger,
+                seal_key=read_grants.grant_seal_key(s.key),
+                actor=user.actor,
+            )
         if item.status == "deleted":
             raise HTTPException(410, "evidence deleted under its retention class")
         reviewing = item.status == "quarantined"

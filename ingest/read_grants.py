@@ -18,9 +18,12 @@ refused before that (busy, a range the item cannot meet) leaves the grant for th
 
 A grant's row is sealed (``chain_of_custody.row_seals.read_grant_seal``, under a secret derived from
 the service key) over its item, person, sign-in, use, reason and expiry: one planted or widened in
-the database stands for nothing, and ``evidence verify`` names it. Its use is not sealed: a download's
-grant put back unused in the database serves the same person, sign-in, item and reason once more
-within its minute, and that read too is on custody with its reason.
+the database stands for nothing, and ``evidence verify`` names it. Its use cannot be sealed (the
+row as issued, unused, carries a seal that still fits), so using a download's grant also ends it on
+custody: a ``credential_ended`` entry, in the transaction of the read, whose subject is a keyed
+digest of the grant (``row_seals.credential_end_subject``, kind ``read grant``). The check asks for
+it in the statement that finds the row, so a grant put back unused in the database reads nothing
+more, and ``evidence verify`` names it (``read_grant_use_undone``).
 
 A refused grant answers 403 ``grant_refused`` and records nothing. The token in an address is
 never logged either (``logging_setup.scrub``).
@@ -35,12 +38,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, NoReturn
 
-from sqlalchemy import delete, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from accounts.service import Principal
 from chain_of_custody.keys import ServiceKey
-from chain_of_custody.row_seals import READ_GRANT_SEALS, read_grant_seal, seal_verdict
+from chain_of_custody.ledger import Ledger
+from chain_of_custody.models import CustodyEntry
+from chain_of_custody.row_seals import (
+    GRANT,
+    READ_GRANT_SEALS,
+    credential_end_subject,
+    read_grant_seal,
+    seal_verdict,
+)
 from storage.errors import Refused
 
 from .models import ReadGrant
@@ -68,6 +79,13 @@ class Issued:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# A grant's row beside the seq of a ``credential_ended`` entry for it (or NULL): one statement.
+_LOOKUP = select(
+    ReadGrant,
+    select(CustodyEntry.seq).where(CustodyEntry.item_id == bindparam("ended")).limit(1).scalar_subquery(),
+).where(ReadGrant.token_hash == bindparam("digest"))
 
 
 def grant_seal_key(key: ServiceKey) -> bytes:
@@ -114,7 +132,11 @@ def check(session: Session, user: Principal, item_id: str, token: str, seal_key:
     by :func:`use_up`, once the read is admitted, so a read refused on the way (busy, a range beyond
     the item) leaves it for the next try."""
     now = datetime.now(UTC)
-    row = session.get(ReadGrant, _digest(token))
+    digest = _digest(token)
+    found = session.execute(
+        _LOOKUP, {"digest": digest, "ended": credential_end_subject(seal_key, GRANT, digest)}
+    ).first()
+    row, ended = (None, None) if found is None else (found[0], found[1])
     if (
         row is None
         or row.item_id != item_id
@@ -128,15 +150,20 @@ def check(session: Session, user: Principal, item_id: str, token: str, seal_key:
             "grant_refused",
             "this address's grant has expired or is not yours for this item: state the reason again",
         )
-    if row.use == "download" and row.used_at is not None:
+    if row.use == "download" and (row.used_at is not None or ended is not None):
+        if row.used_at is None:
+            log.warning("read refused: custody says the grant was used", extra={"item_id": item_id})
         _used_twice(item_id)
     return Granted(row.token_hash, row.use, row.reason)
 
 
-def use_up(session: Session, granted: Granted, item_id: str) -> None:
+def use_up(
+    session: Session, granted: Granted, item_id: str, *, ledger: Ledger, seal_key: bytes, actor: str
+) -> None:
     """Use a download's grant, in the transaction that records the read it admits (atomically: of
-    two reads at once, one gets it; the other is refused and its transaction records nothing). A
-    player's grant serves until it expires."""
+    two reads at once, one gets it; the other is refused and its transaction records nothing), and
+    end it on custody (a ``credential_ended`` entry, see the module's docstring). A player's grant
+    serves until it expires."""
     if granted.use != "download":
         return
     used = session.execute(
@@ -146,6 +173,13 @@ def use_up(session: Session, granted: Granted, item_id: str) -> None:
     )
     if getattr(used, "rowcount", 0) != 1:
         _used_twice(item_id)
+    ledger.append(
+        session,
+        "credential_ended",
+        actor,
+        item_id=credential_end_subject(seal_key, GRANT, granted.token_hash),
+        details={"credential": GRANT, "why": "used"},
+    )
 
 
 def _used_twice(item_id: str) -> NoReturn:

@@ -1,5 +1,6 @@
 """The commands run once after upgrading to a schema whose rows carry seals: ``evidence seal-tokens``,
-``seal-devices``, ``seal-users``, ``seal-grants`` and ``record-credential-ends``, each on its own,
+``seal-devices``, ``seal-users``, ``seal-grants``, ``record-credential-ends`` and
+``record-access-ends``, each on its own,
 and ``evidence upgrade-seals``, which runs them all in the order they must go (users before the
 grants made to them). Each lists what it would do, and does it only with ``--yes``; ``ingest.cli``
 puts them on the ``evidence`` command."""
@@ -17,6 +18,8 @@ from .command_line import services as _services
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
+
+    from chain_of_custody.ledger import Ledger
 
     from .services import Services
 
@@ -101,15 +104,45 @@ def _grants(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     return seal_grants(session, s.ledger) if yes else unsealed_grants(session, s.ledger)
 
 
+def _record(
+    session: Session,
+    s: Services,
+    yes: bool,
+    secret: bytes,
+    listing: Callable[[Session, bytes], Sequence[_Listed]],
+    recording: Callable[[Session, Ledger, bytes, str], int],
+) -> Sequence[_Listed]:
+    """The shape of every ``record-*`` step: list the ends custody does not hold and, with ``yes``,
+    record them."""
+    listed = listing(session, secret)
+    if yes:
+        recording(session, s.ledger, secret, "service")
+    return listed
+
+
 def _ends(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     from accounts.ends import record_unrecorded_ends, unrecorded_ends
     from chain_of_custody.row_seals import CREDENTIAL_SEALS
 
-    secret = s.key.derived_secret(CREDENTIAL_SEALS)
-    listed = unrecorded_ends(session, secret)
-    if yes:
-        record_unrecorded_ends(session, s.ledger, secret, "service")
-    return listed
+    return _record(
+        session, s, yes, s.key.derived_secret(CREDENTIAL_SEALS), unrecorded_ends, record_unrecorded_ends
+    )
+
+
+def _access_ends(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from chain_of_custody.row_seals import GRANT_SEALS
+    from devices.ends import record_unrecorded_disables, unrecorded_disables
+    from devices.seals import device_seal_key
+    from incidents.grants import record_unrecorded_assignment_ends, unrecorded_assignment_ends
+
+    devices = _record(
+        session, s, yes, device_seal_key(s.key), unrecorded_disables, record_unrecorded_disables
+    )
+    secret = s.key.derived_secret(GRANT_SEALS)
+    return [
+        *devices,
+        *_record(session, s, yes, secret, unrecorded_assignment_ends, record_unrecorded_assignment_ends),
+    ]
 
 
 TOKENS = Step("seal-tokens", "tokens", _tokens)
@@ -117,8 +150,9 @@ DEVICES = Step("seal-devices", "devices", _devices)
 USERS = Step("seal-users", "users", _users)
 GRANTS = Step("seal-grants", "grants", _grants)
 ENDS = Step("record-credential-ends", "ends", _ends, verb="record", done="recorded")
+ACCESS_ENDS = Step("record-access-ends", "ends", _access_ends, verb="record", done="recorded")
 # The upgrade's order: a grant is sealed only after the users it is made to (README, "Grant seals").
-UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS)
+UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS)
 
 _YES = typer.Option("--yes", help="seal them (without it: only list them)")
 
@@ -156,6 +190,15 @@ def record_credential_ends_command(
     _seal_rows(ENDS, yes)
 
 
+def record_access_ends_command(
+    yes: Annotated[bool, typer.Option("--yes", help="record them (without it: only list them)")] = False,
+) -> None:
+    """Record on custody the devices disabled and incident assignments ended before these ends were
+    recorded (``devices.ends``, ``incidents.grants``), which a copy of their row from before, put
+    back in the database, would make active again until then; run once after upgrading."""
+    _seal_rows(ACCESS_ENDS, yes)
+
+
 def seal_grants_command(yes: Annotated[bool, _YES] = False) -> None:
     """Seal the incident assignments and export jobs made before they carried a seal
     (``incidents.grants``), which grant nothing until then; run once after upgrading (after
@@ -169,7 +212,8 @@ def upgrade_seals_command(
     yes: Annotated[bool, typer.Option("--yes", help="do every step (without it: only list them)")] = False,
 ) -> None:
     """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
-    seal-users, seal-grants (after the users), record-credential-ends; each step lists its rows,
+    seal-users, seal-grants (after the users), record-credential-ends, record-access-ends; each
+    step lists its rows,
     and with ``--yes`` does what it lists, in a transaction of its own. Rows a step refuses are
     listed under it with why, the later steps still run, and the command exits 1 after ``--yes``
     (run it again once they are put right, or leave them refused)."""

@@ -118,6 +118,19 @@ class DeviceKit:
             "X-Device-Signature": base64.b64encode(self.key.sign(manifest)).decode(),
         }
 
+    def admit_voice_memo(self, alarms: Any, event_id: str) -> Any:
+        """Ask the service to admit a small memo of this device's alarm, signed by this kit's key."""
+        headers = self.voice_memo_headers(event_id, b"OggS" + bytes(60))
+        return alarms.voice_memos.admit(
+            self.device_id,
+            event_id,
+            sha256=headers["X-Device-Content-SHA256"],
+            size=64,
+            content_type=headers["Content-Type"],
+            sent_at=headers["X-Device-Sent-At"],
+            signature=headers["X-Device-Signature"],
+        )
+
 
 def enrol(
     services: Any, device_id: str, staff_id: str | None = "S-1", site: str | None = "Ward 7"

@@ -1,4 +1,4 @@
-"""``evidence upgrade-seals``: the five commands an installation upgraded to sealed rows needs, run in
+"""``evidence upgrade-seals``: the six commands an installation upgraded to sealed rows needs, run in
 their order (users before the grants made to them) from one command; it lists what each would do,
 does it only with ``--yes``, and exits 1 when a step refused rows, each listed under its step."""
 
@@ -15,8 +15,9 @@ from accounts.models import ApiToken, User
 from accounts.seals import SignInSeals, unsealed_users
 from accounts.service import resolve_token, token_digest
 from chain_of_custody.row_seals import CREDENTIAL_SEALS
+from devices.ends import unrecorded_disables
 from devices.models import Device
-from devices.seals import unsealed_devices
+from devices.seals import device_seal_key, seal_device, unsealed_devices
 from incidents.grants import unsealed_grants
 from incidents.models import IncidentAssignment
 from incidents.service import IncidentDraft, assign_investigator, create_incident
@@ -24,7 +25,14 @@ from tests.conftest import ADMIN_PASSWORD, make_settings, recorded_user
 from tests.test_alarms_kit import enrol
 
 T0 = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
-STEPS = ("seal-tokens", "seal-devices", "seal-users", "seal-grants", "record-credential-ends")
+STEPS = (
+    "seal-tokens",
+    "seal-devices",
+    "seal-users",
+    "seal-grants",
+    "record-credential-ends",
+    "record-access-ends",
+)
 
 
 def _token(user_id: int, *, revoked: bool) -> tuple[str, dict[str, Any]]:
@@ -83,6 +91,11 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
             # As every row was before its table carried a seal.
             for table in (User, Device, IncidentAssignment):
                 session.execute(update(table.__table__).values(seal=None))
+        enrol(s, "LW-OFF", staff_id="S-2")
+        with s.db.session() as session:  # disabled as the service did before disables were recorded
+            off = session.get_one(Device, "LW-OFF")
+            off.status = "disabled"
+            seal_device(off, s.key)
         key = SignInSeals.of(s.key)
         for name in ("data_dir", "database_url", "s3_endpoint", "s3_access_key", "bucket", "staging_bucket"):
             monkeypatch.setenv(f"EVIDENCE_{name.upper()}", str(getattr(settings, name)))
@@ -107,6 +120,8 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
         grants = _under(listed.output, "seal-grants")
         assert "1 grants would be sealed" in grants and "1 grants refused" in grants, grants
         assert "1 ends would be recorded" in _under(listed.output, "record-credential-ends")
+        disables = _under(listed.output, "record-access-ends")
+        assert "lone_worker LW-OFF, disabled" in disables and "1 ends would be recorded" in disables
         assert "steps with refused rows: seal-users, seal-grants" in listed.output
         with s.db.session() as session:  # listing did nothing
             assert resolve_token(session, token, key) is None
@@ -114,6 +129,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
             assert len(unsealed_users(session, s.ledger)) == 3
             assert len(unsealed_grants(session, s.ledger)) == 2
             assert len(unrecorded_ends(session, s.key.derived_secret(CREDENTIAL_SEALS))) == 1
+            assert len(unrecorded_disables(session, device_seal_key(s.key))) == 1
 
         done = runner.invoke(app, ["upgrade-seals", "--yes"])
         assert done.exit_code == 1, done.output
@@ -126,6 +142,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
         ):
             assert said in done.output, (said, done.output)
         assert "steps with refused rows: seal-users, seal-grants" in done.output
+        assert "1 ends recorded" in _under(done.output, "record-access-ends")
         with s.db.session() as session:
             found = resolve_token(session, token, key)  # its token and its user both sealed
             assert found is not None and found.username == "old-admin"
@@ -135,6 +152,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
             assert [g.row_id for g in unsealed_grants(session, s.ledger)] == [str(genuine + 1)]
             assert session.get_one(IncidentAssignment, genuine).seal
             assert unrecorded_ends(session, s.key.derived_secret(CREDENTIAL_SEALS)) == []
+            assert unrecorded_disables(session, device_seal_key(s.key)) == []
     finally:
         get_settings.cache_clear()
         s.db.dispose()
