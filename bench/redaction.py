@@ -78,8 +78,11 @@ def magenta(image: np.ndarray) -> np.ndarray:
     return (b > 150) & (r > 150) & (g < 110) & (np.abs(b - r) < 90)
 
 
-def score_output(source: Path, output: Path, clip: ShotClip) -> dict[str, Any]:
-    """Score a redacted output against the clip's truth from its pixels (see the module doc)."""
+def score_output(
+    source: Path, output: Path, clip: ShotClip, shares: dict[tuple[int, int], float] | None = None
+) -> dict[str, Any]:
+    """Score a redacted output against the clip's truth from its pixels (see the module doc);
+    ``shares``, when given, gets the share of each scored face-frame (frame, face) hidden."""
     src = cv2.VideoCapture(str(source))
     out = cv2.VideoCapture(str(output))
     kinds = [k for _, k in clip.shots]
@@ -127,6 +130,8 @@ def score_output(source: Path, output: Path, clip: ShotClip) -> dict[str, Any]:
             x1, y1 = min(w, int(np.ceil(x + bw))), min(h, int(np.ceil(y + bh)))
             share = float(masked[y0:y1, x0:x1].mean()) if x1 > x0 and y1 > y0 else 1.0
             hidden = share >= NEEDED
+            if shares is not None:
+                shares[(index, f.track)] = share
             k = per_kind[kind]
             k["face_frames"] += 1
             k["hidden"] += hidden
@@ -216,6 +221,125 @@ def score_margins(
             "nonface_changed": round(changed / max(1, total), 4),
         }
     return out
+
+
+def miss_causes(
+    source: Path,
+    clip: ShotClip,
+    record: list[list[dict[str, Any]]],
+    settings: RedactionSettings,
+    shares: dict[tuple[int, int], float],
+    longer_than: int = 6,
+) -> dict[str, Any]:
+    """Each run of more than ``longer_than`` frames in which one face went uncovered (``shares``,
+    from ``score_output``'s pixels), frame by frame by cause: ``undersized box`` (a mask on the face
+    whose face box is under 0.9 of the face's width or height), ``off the face`` (a mask big enough
+    but not on it), ``cut`` (no mask, the face's shot had just begun or was about to end and the
+    face was found later or earlier in it), ``join`` (no mask, but the face was masked by a track
+    before and another after, within the tracker's gap), ``no detection`` (no mask at all); with the
+    face's size, its brightness in the source (mean luma of its box) and the masks' scores."""
+    starts = [s for s, _ in clip.shots] + [clip.frames]
+    faces = [
+        KnownFace(frame, f.track, Box(*f.box), f.size, f.visible)
+        for frame, fs in clip.faces.items()
+        for f in fs
+    ]
+    by_track: dict[int, list[KnownFace]] = defaultdict(list)
+    for f in faces:
+        if f.size >= MIN_SIZE and f.visible >= 0.5:
+            by_track[f.track].append(f)
+    runs: list[list[KnownFace]] = []
+    for seen in by_track.values():
+        seen.sort(key=lambda f: f.frame)
+        run: list[KnownFace] = []
+        for f in seen:
+            if shares.get((f.frame, f.track), 1.0) < NEEDED and (not run or run[-1].frame == f.frame - 1):
+                run.append(f)
+                continue
+            if len(run) > longer_than:
+                runs.append(run)
+            run = [f] if shares.get((f.frame, f.track), 1.0) < NEEDED else []
+        if len(run) > longer_than:
+            runs.append(run)
+    wanted = {f.frame for run in runs for f in run}
+    luma: dict[int, np.ndarray] = {}
+    cap = cv2.VideoCapture(str(source))
+    for index in range(clip.frames):
+        ok, image = cap.read()
+        if not ok:
+            break
+        if index in wanted:
+            luma[index] = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    cap.release()
+
+    def overlapping(frame: int, face: Box) -> list[dict[str, Any]]:
+        notes = record[frame] if frame < len(record) else []
+        return [n for n in notes if not n.get("excluded") and iou_any(Box(*n["box"]), face)]
+
+    out: list[dict[str, Any]] = []
+    totals: dict[str, int] = defaultdict(int)
+    for run in runs:
+        causes: dict[str, int] = defaultdict(int)
+        lumas, scores, ratios = [], [], []
+        for f in run:
+            shot = int(np.searchsorted(starts, f.frame, side="right")) - 1
+            on = overlapping(f.frame, f.box)
+            if f.frame in luma:
+                x0, y0, x1, y1 = _pixel_bounds(f.box, clip.width, clip.height)
+                lumas.append(float(luma[f.frame][y0:y1, x0:x1].mean()))
+            if on:
+                best = max(on, key=lambda n: _overlap(Box(*n["box"]), f.box))
+                face_box = Box(*best["box"]).scaled(1 / settings.mask_scale)
+                ratio = min(face_box.w / f.box.w, face_box.h / f.box.h)
+                ratios.append(ratio)
+                scores += [n["score"] for n in on if "score" in n]
+                causes["undersized box" if ratio < 0.9 else "off the face"] += 1
+                continue
+            masked_frames = [
+                g.frame
+                for g in by_track[f.track]
+                if overlapping(g.frame, g.box) and starts[shot] <= g.frame < starts[shot + 1]
+            ]
+            before = [g for g in masked_frames if g < f.frame]
+            after = [g for g in masked_frames if g > f.frame]
+            gap = settings.tracking.max_gap
+            if before and after and after[0] - before[-1] <= gap:
+                causes["join"] += 1
+            elif (
+                not before and f.frame - starts[shot] < settings.stride + settings.tracking.keep_before
+            ) or (not after and starts[shot + 1] - f.frame <= settings.tracking.keep_after):
+                causes["cut"] += 1
+            else:
+                causes["no detection"] += 1
+        for k, v in causes.items():
+            totals[k] += v
+        kind = clip.shots[int(np.searchsorted(starts, run[0].frame, side="right")) - 1][1]
+        out.append(
+            {
+                "track": run[0].track,
+                "frames": [run[0].frame, run[-1].frame],
+                "length": len(run),
+                "kind": kind,
+                "size": [round(min(f.size for f in run)), round(max(f.size for f in run))],
+                "luma": round(float(np.median(lumas)), 1) if lumas else None,
+                "box_to_face": round(float(np.median(ratios)), 2) if ratios else None,
+                "scores": [round(min(scores), 2), round(max(scores), 2)] if scores else None,
+                "causes": dict(causes),
+            }
+        )
+    out.sort(key=lambda r: -r["length"])
+    return {"runs": out, "frames_by_cause": dict(totals)}
+
+
+def iou_any(a: Box, b: Box) -> bool:
+    """Whether two boxes overlap at all."""
+    return a.x < b.x + b.w and b.x < a.x + a.w and a.y < b.y + b.h and b.y < a.y + a.h
+
+
+def _overlap(a: Box, b: Box) -> float:
+    w = min(a.x + a.w, b.x + b.w) - max(a.x, b.x)
+    h = min(a.y + a.h, b.y + b.h) - max(a.y, b.y)
+    return max(0.0, w) * max(0.0, h)
 
 
 def timed(frames: int, run: Any) -> tuple[dict[str, Any], Any]:
@@ -331,7 +455,8 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             )
             entry = {**stats, "vs_x264": round(stats["fps"] / base_fps, 3)}
             if n == 0 or args.score_every_run:
-                entry["score"] = score_output(clip_path, dst, clip)
+                shares: dict[tuple[int, int], float] = {}
+                entry["score"] = score_output(clip_path, dst, clip, shares)
                 entry["detection_frames"] = result.detection_frames
                 entry["looks"] = result.refresh_looks
                 entry["tracks"] = result.tracks
@@ -339,6 +464,8 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 if args.margins:
                     margins = [float(m) for m in args.margins.split(",")]
                     entry["margins"] = score_margins(result.record, clip, settings, margins)
+                if args.misses:
+                    entry["misses"] = miss_causes(clip_path, clip, result.record, settings, shares)
             run[name] = entry
         if deface and (n == 0 or args.deface_every_run):
             for name, extra in (("deface", []), ("deface_640x360", ["--scale", "640x360"])):
@@ -380,6 +507,15 @@ def print_run(split: str, run: dict[str, Any]) -> None:
             )
             print(f"      by kind (coverage/longest run/non-face): {kinds}")
             print("      by band: " + "  ".join(f"{b} {c * 100:.1f}%" for b, c in sc["by_band"].items()))
+        misses = v.get("misses")
+        if misses:
+            print(f"      uncovered runs > 6 frames, frames by cause: {misses['frames_by_cause']}")
+            for r in misses["runs"]:
+                print(
+                    f"        face {r['track']} {r['kind']} frames {r['frames'][0]}-{r['frames'][1]} ({r['length']}):"
+                    f" {r['size'][0]}-{r['size'][1]} px, luma {r['luma']}, face box {r['box_to_face']} of the face,"
+                    f" scores {r['scores']}: {r['causes']}"
+                )
         for m, r in v.get("margins", {}).items():
             print(
                 f"      record, ellipse {m}: {r['coverage'] * 100:.2f}% {r['longest_uncovered']}"
@@ -409,6 +545,11 @@ def main() -> int:
         default="opencv",
         help="detector runtimes to run side by side, in turn (opencv,onnxruntime-int8: see redaction.detector.Runtime;"
         " onnxruntime-int8=PATH: with another int8 model)",
+    )
+    parser.add_argument(
+        "--misses",
+        action="store_true",
+        help="break each first run's uncovered runs over 6 frames down by cause",
     )
     parser.add_argument("--score-every-run", action="store_true")
     parser.add_argument("--deface-every-run", action="store_true")

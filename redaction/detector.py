@@ -47,16 +47,24 @@ class Detection:
     ``lean``, when the landmarks describe a face seen from the front, is where they put the face's
     centre against the box's, in box widths and heights (see ``face_boxes``' "track" rule): the
     tracker moves a face's boxes by the median lean of its nearby sightings, as one frame's
-    landmarks jitter (noise, blur) while a face's pose changes slowly.
+    landmarks jitter (noise, blur) while a face's pose changes slowly. ``luma``, set by the
+    pipeline, is the frame's mean brightness under the box (``redaction.margins`` and the
+    tracker's holds treat faces found in the dark apart).
     """
 
     box: Box
     score: float
     lean: tuple[float, float] | None = None
+    luma: float | None = None
 
     def moved(self, box: Box) -> Detection:
         """The same sighting with its box in other coordinates (the lean is in face sizes)."""
-        return Detection(box, self.score, self.lean)
+        return Detection(box, self.score, self.lean, self.luma)
+
+    def lit(self, luma: float) -> Detection:
+        """The same sighting with the mean brightness (0-255) of the frame under its box, before
+        any contrast normalisation: how dark the face was where it was found."""
+        return Detection(self.box, self.score, self.lean, luma)
 
 
 class FaceDetector(Protocol):

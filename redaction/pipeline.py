@@ -27,6 +27,7 @@ from redaction.cuts import CutDetector
 from redaction.detector import CenterFaceDetector, Detection, FaceBox, FaceDetector, Runtime, nms
 from redaction.frames import Frame
 from redaction.geometry import Box
+from redaction.margins import MarginRule
 from redaction.media import EncodeOptions, FrameReader, FrameWriter, MediaError, VideoInfo, probe, rate_text
 from redaction.motion import CameraMotion
 from redaction.regions import Exclusion, ManualRegion, ManualRegionFollower
@@ -64,7 +65,9 @@ class RedactionSettings:
     The mask (``shape``: an ellipse by default, see ``redaction.render``) is the face box grown
     about its centre by ``mask_scale``: 1.5 is a stated margin of a quarter of the face on every
     side (an ellipse of 1.41 passes through the face box's corners; the rest is room for the
-    detector's error, about a tenth of a face, measured on the benchmark's tune split); ``cover``
+    detector's error, about a tenth of a face, measured on the benchmark's tune split), more for
+    small faces in the dark and less for large, confident, steady ones (``margins``, see
+    ``redaction.margins``); ``cover``
     "head" masks the whole head around each face instead (hair, ears, a profile turning away).
     ``stabilise`` measures the camera's own motion so faces are followed through shake between
     sightings; ``cuts`` finds hard cuts so no track or hold crosses one. ``auto`` false finds no
@@ -88,6 +91,7 @@ class RedactionSettings:
     dark_below: int = 70
     bright_above: int = 185
     mask_scale: float = 1.5
+    margins: MarginRule = field(default_factory=MarginRule)
     cover: Cover = "face"
     shape: Shape = "ellipse"
     style: Style = "blur"
@@ -131,13 +135,14 @@ class RedactionSettings:
     def mask_style(self) -> MaskStyle:
         return MaskStyle(self.style, self.blur_cells, self.pixel_cells, self.colour)
 
-    def mask_box(self, face: Box) -> Box:
-        """The region hidden for a face box: the face and its margin, or the whole head."""
+    def mask_box(self, face: Box, factor: float = 1.0) -> Box:
+        """The region hidden for a face box: the face and its margin (``factor`` times the stated
+        one, from ``margins``), or the whole head."""
         if self.cover == "head":
             # A head is about 1.5 face-boxes wide and 1.8 tall, its centre a little above the
             # face's (hair, ears and the back of the head when the face turns away).
             face = Box.from_center(face.cx, face.cy - 0.18 * face.h, face.w * 1.5, face.h * 1.8)
-        return face.scaled(self.mask_scale)
+        return face.scaled(self.mask_scale * factor)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -463,10 +468,20 @@ def _detect_in(
 ) -> list[Detection]:
     """Detect faces in a region of the frame (default: all of it) scaled to ``width``; frame coordinates out."""
     image, x0, y0, sx, sy = frame.bgr(region, width, (settings.dark_below, settings.bright_above))
-    return [
+    found = [
         d.moved(Box(d.box.x / sx + x0, d.box.y / sy + y0, d.box.w / sx, d.box.h / sy))
         for d in detector.detect(image)
     ]
+    return [d.lit(_luma_under(frame, d.box)) for d in found]
+
+
+def _luma_under(frame: Frame, box: Box) -> float:
+    """The mean brightness of the frame under a box (its source pixels, before normalisation)."""
+    x0, y0 = max(0, int(box.x)), max(0, int(box.y))
+    x1, y1 = min(frame.width, int(np.ceil(box.x + box.w))), min(frame.height, int(np.ceil(box.y + box.h)))
+    if x1 <= x0 or y1 <= y0:
+        return 255.0
+    return float(cv2.mean(frame.y[y0:y1, x0:x1])[0])
 
 
 def _look_window(
@@ -527,7 +542,10 @@ class _FrameRenderer:
         masks: list[Mask] = []
         notes: list[dict[str, Any]] = []
         for tracked in self.tracker.boxes_at(index):
-            box = s.mask_box(tracked.box)
+            size = max(tracked.box.w, tracked.box.h)
+            held = tracked.kind == "extended"
+            factor = s.margins.factor(size, tracked.confidence, tracked.luma, tracked.sightings, held)
+            box = s.mask_box(tracked.box, factor)
             if box.clipped(*self.info.frame_size) is None:
                 continue
             note: dict[str, Any] = {

@@ -7,7 +7,9 @@ fits (Mahalanobis distance within the filter's uncertainty), so a small face cro
 several face widths between looks stays one track; a young track starts with a wide uncertainty on
 its speed, which narrows as sightings come in. Between sightings the mask moves in a straight line
 (the sightings on both sides are known by the time a frame is drawn); before the first sighting and
-after the last it is held for a few frames along the track's velocity, at the face's own size.
+after the last it is held for a few frames along the track's velocity, at the face's own size; a
+face seen only once, in the dark, is held for fewer (a lone night detection is as likely noise as
+a face, and a large one held for a dozen frames hides much of the picture for nothing).
 
 Nothing crosses a cut (see ``redaction.cuts``): at a cut every track ends, and no track's hold
 reaches back before the first frame of its own shot or on past the last.
@@ -50,7 +52,10 @@ class TrackingSettings:
     ``accel`` the spread of its change per frame, ``measure`` the spread of a sighting's centre,
     both as shares of the face's size; ``gate`` the squared Mahalanobis distance a sighting may
     lie from a track's prediction and still join it. ``lean_span``: a face's boxes are moved by
-    the median lean (``Detection.lean``) of its sightings within this many frames either side.
+    the median lean (``Detection.lean``) of its sightings within this many frames either side
+    (and its confidence and brightness are taken over the same sightings, ``TrackedBox``).
+    ``keep_unconfirmed``: the hold before and after a track with a single sighting found darker
+    than ``unconfirmed_dark`` (``Detection.luma``), instead of ``keep_before``/``keep_after``.
     """
 
     max_gap: int = 30
@@ -66,6 +71,8 @@ class TrackingSettings:
     gate: float = 16.0
     size_ratio: float = 1.8
     lean_span: int = 15
+    keep_unconfirmed: int = 2
+    unconfirmed_dark: float = 40.0
 
     @property
     def horizon(self) -> int:
@@ -74,12 +81,17 @@ class TrackingSettings:
 
 @dataclass(frozen=True)
 class TrackedBox:
-    """A face box in one frame, from which track, and whether it was seen, filled in or extended."""
+    """A face box in one frame, from which track, and whether it was seen, filled in or extended;
+    ``confidence`` and ``luma`` are the medians of the face's sightings within ``lean_span``
+    frames (None: none there says), ``sightings`` how many there are."""
 
     track: int
     box: Box
     kind: BoxKind
     score: float | None = None
+    confidence: float | None = None
+    luma: float | None = None
+    sightings: int = 0
 
 
 @dataclass
@@ -148,6 +160,15 @@ class _Track:
     boxes: list[Box] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     leans: list[tuple[float, float] | None] = field(default_factory=list)
+    lumas: list[float | None] = field(default_factory=list)
+
+    def add(self, at: int, frame: int, box: Box, det: Detection) -> None:
+        """Put a sighting in place ``at`` of the track's lists."""
+        self.frames.insert(at, frame)
+        self.boxes.insert(at, box)
+        self.scores.insert(at, det.score)
+        self.leans.insert(at, det.lean)
+        self.lumas.insert(at, det.luma)
 
     @property
     def first(self) -> int:
@@ -257,10 +278,7 @@ class FaceTracker:
             used_dets.add(di)
             track, det = live[ti], dets[di]
             track.kalman.update(frame - track.last, track.size, det.box.cx, det.box.cy)
-            track.frames.append(frame)
-            track.boxes.append(det.box)
-            track.scores.append(det.score)
-            track.leans.append(det.lean)
+            track.add(len(track.frames), frame, det.box, det)
         started = []
         shot = self._shot_of(frame)
         for di, det in enumerate(dets):
@@ -268,10 +286,7 @@ class FaceTracker:
                 continue
             b = det.box
             track = _Track(self._next_id, shot, _Kalman(b.cx, b.cy, max(b.w, b.h), s))
-            track.frames.append(frame)
-            track.boxes.append(b)
-            track.scores.append(det.score)
-            track.leans.append(det.lean)
+            track.add(0, frame, b, det)
             self._next_id += 1
             self._tracks.append(track)
             started.append(track.id)
@@ -296,10 +311,7 @@ class FaceTracker:
             raise ValueError("an earlier sighting must come before the track's first")
         if self._shot_of(frame) != track.shot:
             raise ValueError("an earlier sighting must be in the track's own shot")
-        track.frames.insert(0, frame)
-        track.boxes.insert(0, self._to_scene(frame, detection.box))
-        track.scores.insert(0, detection.score)
-        track.leans.insert(0, detection.lean)
+        track.add(0, frame, self._to_scene(frame, detection.box), detection)
 
     def _find(self, track_id: int) -> _Track | None:
         for track in self._tracks:
@@ -343,12 +355,22 @@ class FaceTracker:
         for track in self._tracks:
             if track.shot != shot or len(track.frames) < s.min_hits:
                 continue
-            if frame < max(start, track.first - s.keep_before):
+            before, after = self._holds(track)
+            if frame < max(start, track.first - before):
                 continue
-            if frame > track.last + s.keep_after or (end is not None and frame > end):
+            if frame > track.last + after or (end is not None and frame > end):
                 continue
             out.append(self._box_at(track, frame))
         return [replace(t, box=self._to_frame(frame, t.box)) for t in out]
+
+    def _holds(self, track: _Track) -> tuple[int, int]:
+        """Frames a track is held before its first and after its last sighting: fewer for a face
+        seen once in the dark (``keep_unconfirmed``), which a second sighting would confirm."""
+        s = self.settings
+        luma = track.lumas[0]
+        if len(track.frames) == 1 and luma is not None and luma < s.unconfirmed_dark:
+            return min(s.keep_before, s.keep_unconfirmed), min(s.keep_after, s.keep_unconfirmed)
+        return s.keep_before, s.keep_after
 
     def forget_before(self, frame: int) -> None:
         """Drop tracks that can no longer touch ``frame`` or any later frame."""
@@ -365,21 +387,31 @@ class FaceTracker:
     def _box_at(self, track: _Track, frame: int) -> TrackedBox:
         frames = track.frames
         k = bisect.bisect_left(frames, frame)
+        near = self._nearby(track, frame)
         if k < len(frames) and frames[k] == frame:
-            return TrackedBox(track.id, self._smoothed(track, k), "detected", track.scores[k])
+            return TrackedBox(track.id, self._smoothed(track, k), "detected", track.scores[k], *near)
         if 0 < k < len(frames):
             a, b = self._smoothed(track, k - 1), self._smoothed(track, k)
             u = (frame - frames[k - 1]) / (frames[k] - frames[k - 1])
-            return TrackedBox(track.id, lerp(a, b, u), "interpolated")
+            return TrackedBox(track.id, lerp(a, b, u), "interpolated", None, *near)
         # Before the first or after the last sighting: carried along the track's motion, at the
         # face's own size (a hold is short; a mask that grows with it hides what is not a face).
         end = 0 if k == 0 else len(frames) - 1
         base = self._smoothed(track, end)
         vx, vy = self._velocity(track, end)
         dt = frame - frames[end]
-        return TrackedBox(
-            track.id, Box.from_center(base.cx + vx * dt, base.cy + vy * dt, base.w, base.h), "extended"
-        )
+        box = Box.from_center(base.cx + vx * dt, base.cy + vy * dt, base.w, base.h)
+        return TrackedBox(track.id, box, "extended", None, *near)
+
+    def _nearby(self, track: _Track, frame: int) -> tuple[float | None, float | None, int]:
+        """The median confidence and brightness of a track's sightings within ``lean_span``
+        frames of ``frame``, and how many there are (what ``redaction.margins`` sizes a mask by)."""
+        span = self.settings.lean_span
+        lo = bisect.bisect_left(track.frames, frame - span)
+        hi = bisect.bisect_right(track.frames, frame + span)
+        lumas = [v for v in track.lumas[lo:hi] if v is not None]
+        confidence = statistics.median(track.scores[lo:hi]) if hi > lo else None
+        return confidence, (statistics.median(lumas) if lumas else None), hi - lo
 
     def _smoothed(self, track: _Track, k: int) -> Box:
         """The k-th sighting smoothed over sightings within ``smooth`` frames either side: the
