@@ -120,12 +120,13 @@ print("BENCH-ENROLLED " + json.dumps(out), flush=True)
 class TreeService(BenchService):
     """The service of another source tree (or this one), its threads named for the CPU meter."""
 
-    def __init__(self, tree: Path, workdir: Path, **env: str) -> None:
+    def __init__(self, tree: Path, workdir: Path, site: Path = THREAD_NAMES, **env: str) -> None:
         super().__init__(workdir, **env)
         self.tree = tree
+        self.site = site  # the benchmark's sitecustomize directory
 
     def env(self) -> dict[str, str]:
-        return {**super().env(), "PYTHONPATH": f"{self.tree}{os.pathsep}{THREAD_NAMES}"}
+        return {**super().env(), "PYTHONPATH": f"{self.tree}{os.pathsep}{self.site}"}
 
     def _cli(self, *args: str, stdin: str | None = None) -> str:
         done = subprocess.run(
@@ -286,8 +287,10 @@ def _event_times(database_url: str, event_ids: list[str]) -> dict[str, dict[str,
 
 
 class Run:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, site: Path = THREAD_NAMES, **env: str) -> None:
         self.args = args
+        self.site = site  # the sitecustomize directory on the service's path
+        self.env = env  # more of the service's environment
         self.tree = Path(args.tree).resolve()
         self.work = scratch("bench-alarm-path-")
         self.pg: ScratchPostgres | None = None
@@ -340,9 +343,10 @@ def _sos_round(run: Run, device: LoneWorkerDevice, gap_s: float) -> dict[str, An
     return {"device": device.device_id, "event_id": event_id, "published": wall, "ack_s": ack, "rtt_s": rtt}
 
 
-def execute(run: Run) -> dict[str, Any]:
+def start(run: Run) -> str:
+    """The scratch database, broker, service, echo, probe and devices up and connected; the
+    database's URL."""
     args, work = run.args, run.work
-    loads: dict[str, list[float]] = {"start": load_average()}
     run.pg = ScratchPostgres(PG_ADMIN_URL, "evidence_bench_path")
     database_url = run.pg.create()
     service_pw, probe_pw, echo_pw = generate_password(), generate_password(), generate_password()
@@ -355,6 +359,8 @@ def execute(run: Run) -> dict[str, Any]:
     run.svc = TreeService(
         run.tree,
         work,
+        run.site,
+        **run.env,
         EVIDENCE_DATABASE_URL=database_url,
         EVIDENCE_MQTT_HOST="127.0.0.1",
         EVIDENCE_MQTT_PORT=str(run.broker.port),
@@ -408,7 +414,14 @@ def execute(run: Run) -> dict[str, Any]:
     for _ in range(50):  # the echo's subscription
         if run.probe.ping_wait(timeout=0.5) is not None:
             break
+    return database_url
 
+
+def execute(run: Run) -> dict[str, Any]:
+    args = run.args
+    loads: dict[str, list[float]] = {"start": load_average()}
+    database_url = start(run)
+    assert run.svc is not None and run.svc.proc is not None and run.pg is not None
     turn = 0
 
     def next_device() -> LoneWorkerDevice:
@@ -517,20 +530,28 @@ def report(results: dict[str, Any]) -> None:
             print(f"| {name} | {v['ms_per_sos']} | {v['ms_per_sos_gross']} | {v['idle_ms_per_s']} |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def harness_arguments(description: str, results: str, **defaults: Any) -> argparse.ArgumentParser:
+    """The arguments of this harness, shared by the benchmarks built on it; ``results`` names their
+    results file, ``defaults`` overrides what differs."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--tree", default=str(ROOT), help="source tree whose service is measured")
-    parser.add_argument("--label", default="run", help="names the results file: alarm-path-<label>.json")
+    parser.add_argument("--label", default="run", help=f"names the results file: {results}")
     parser.add_argument("--sos", type=int, default=300, help="measured SOS, one at a time")
     parser.add_argument("--warmup", type=int, default=30, help="unmeasured SOS first")
     parser.add_argument("--devices", type=int, default=20, help="devices taking turns")
     parser.add_argument("--gap-s", type=float, default=0.2, help="pause after each ping and each ack")
-    parser.add_argument("--settle-s", type=float, default=2.0, help="pause after the warm-up and the SOS")
+    parser.add_argument("--settle-s", type=float, default=2.0, help="pause after the warm-up and each SOS")
     parser.add_argument("--idle-s", type=float, default=30.0, help="idle phase length (0: the SOS phase's)")
-    parser.add_argument("--order", default="sos,idle", help="phases in order (sos, idle)")
     parser.add_argument("--ack-timeout-s", type=float, default=10.0)
     parser.add_argument("--single-process", action="store_true", help="no telemetry companion")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
+    parser.set_defaults(**defaults)
+    return parser
+
+
+def main() -> None:
+    parser = harness_arguments(__doc__.split("\n\n")[0], "alarm-path-<label>.json")
+    parser.add_argument("--order", default="sos,idle", help="phases in order (sos, idle)")
     args = parser.parse_args()
     run = Run(args)
     results: dict[str, Any] = {}

@@ -24,8 +24,7 @@ from sqlalchemy import column, select, table
 from sqlalchemy.orm import Session
 
 from .entries import SignedEntry
-from .ledger import Ledger
-from .models import LedgerHead
+from .ledger import Ledger, hold_head
 from .registry_replay import alarm_replay, device_replay, staff_replay
 from .row_checks import (
     alarm_rows,
@@ -156,7 +155,7 @@ def _plan_registry(session: Session, entries: list[SignedEntry], adoption: Adopt
 
 def backfill(session: Session, ledger: Ledger, *, apply: bool) -> Adoption:
     """Plan the adoption under the ledger's lock and, with ``apply``, append its entries."""
-    session.execute(select(LedgerHead.id).where(LedgerHead.id == 1).with_for_update())
+    hold_head(session)
     adoption = plan(session, ledger)
     if apply:
         for action, item_id, details in adoption.entries:

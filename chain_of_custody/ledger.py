@@ -4,17 +4,23 @@ Appends take a row lock on the single ``ledger_head`` row (PostgreSQL) or the da
 (SQLite, ``BEGIN IMMEDIATE``), so concurrent writers in any number of processes produce one chain.
 An append belongs to the caller's transaction: the business change and its custody entry commit
 together or not at all.
+
+A row lock lasts to the end of its transaction, so a transaction asks for the head row once
+(:func:`hold_head`): its later appends, and every writer that takes the lock first to order its own
+locks, use the row it holds, and each item's last entry appended in it is remembered. A rollback
+(to a savepoint, too, which gives back the locks taken after it) forgets both.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session, SessionTransaction
 
 from .canonical import canonical_json, rfc3339
 from .entries import GENESIS, CustodyAction, EntryBody, SignedEntry
@@ -30,6 +36,64 @@ def to_signed(row: CustodyEntry) -> SignedEntry:
 
 TRAIL_PAGE = 1000
 """Entries of one item's trail read at once by default (the API's page, the console's page)."""
+
+_HELD = "custody_ledger_head_held"
+_HELD_WATCHED = "custody_ledger_head_watched"
+
+
+@dataclass
+class _Held:
+    """The head row a transaction holds locked, and the last entry of each item it appended to."""
+
+    transaction: SessionTransaction
+    head: LedgerHead
+    items: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+def _forget(session: Session, *_: Any) -> None:
+    session.info.pop(_HELD, None)
+
+
+def _forget_at_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        _forget(session)
+
+
+def _held(session: Session) -> _Held | None:
+    held: _Held | None = session.info.get(_HELD)
+    if held is None or held.transaction is not session.get_transaction() or held.head not in session:
+        return None
+    return held
+
+
+def hold_head(session: Session) -> LedgerHead | None:
+    """The ledger head's row, locked for this transaction (``None`` before the first entry ever).
+
+    The database is asked once a transaction: the lock is held until it ends, so asking again would
+    change nothing but cost a round trip. Taken before other row locks, it also orders a writer's
+    locks after every other writer's."""
+    held = _held(session)
+    if held is not None:
+        return held.head
+    head = session.execute(
+        select(LedgerHead)
+        .where(LedgerHead.id == 1)
+        .with_for_update()
+        .execution_options(populate_existing=True)  # as it is now, under the lock
+    ).scalar_one_or_none()
+    if head is not None:
+        _remember(session, head)
+    return head
+
+
+def _remember(session: Session, head: LedgerHead) -> _Held:
+    if not session.info.get(_HELD_WATCHED):
+        session.info[_HELD_WATCHED] = True
+        event.listen(session, "after_soft_rollback", _forget)  # a savepoint's too
+        event.listen(session, "after_transaction_end", _forget_at_end)
+    held = _Held(session.get_transaction() or session.begin(), head)
+    session.info[_HELD] = held
+    return held
 
 
 class Ledger:
@@ -60,22 +124,24 @@ class Ledger:
             raise ValueError(f"unknown custody action {action!r}") from None
         if self.tree_heads is not None:  # before waiting for the head row: a head being stored waits for it
             self.tree_heads.opening(session)
-        head = session.execute(
-            select(LedgerHead).where(LedgerHead.id == 1).with_for_update()
-        ).scalar_one_or_none()
+        head = hold_head(session)
         if head is None:
             head = LedgerHead(id=1, last_seq=0, last_hash=GENESIS, checkpoint_seq=0)
             session.add(head)
             session.flush()
+        held = _held(session) or _remember(session, head)
         item_seq: int | None = None
         item_prev: str | None = None
         if item_id is not None:
-            last = session.execute(
-                select(CustodyEntry.item_seq, CustodyEntry.entry_hash)
-                .where(CustodyEntry.item_id == item_id)
-                .order_by(CustodyEntry.item_seq.desc())
-                .limit(1)
-            ).first()
+            last = (
+                held.items.get(item_id)
+                or session.execute(
+                    select(CustodyEntry.item_seq, CustodyEntry.entry_hash)
+                    .where(CustodyEntry.item_id == item_id)
+                    .order_by(CustodyEntry.item_seq.desc())
+                    .limit(1)
+                ).first()
+            )
             item_seq = (last[0] or 0) + 1 if last else 1
             item_prev = last[1] if last else None
         body = EntryBody(
@@ -112,6 +178,8 @@ class Ledger:
         head.last_seq = body.seq
         head.last_hash = entry_hash
         session.flush()
+        if item_id is not None and item_seq is not None:
+            held.items[item_id] = (item_seq, entry_hash)
         if self.tree_heads is not None:
             self.tree_heads.watch(session, body.seq, leaf_hash(canonical))
         return row

@@ -47,8 +47,8 @@ from storage.memo import BoundedMemo
 from .canonical import rfc3339
 from .entries import check_entry
 from .evidence import ByteRange
-from .ledger import Ledger, to_signed
-from .models import CustodyEntry, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
+from .ledger import Ledger, hold_head, to_signed
+from .models import CustodyEntry, EvidenceItem, ViewingRange, ViewingSession
 from .verify import kept_chain
 from .viewing import (
     RANGE_CHAIN,
@@ -108,7 +108,7 @@ SERVED = Served()
 def _hold_ledger(session: Session) -> None:
     """The ledger head's row lock (``Ledger.append`` takes it too): taken first, it orders this
     transaction's viewing-row locks after every other writer's."""
-    session.execute(select(LedgerHead.id).where(LedgerHead.id == 1).with_for_update())
+    hold_head(session)
 
 
 def _secret(ledger: Ledger) -> bytes:

@@ -36,8 +36,8 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody import package_layout
-from chain_of_custody.ledger import Ledger, to_signed
-from chain_of_custody.models import CustodyEntry, EvidenceItem, LedgerHead
+from chain_of_custody.ledger import Ledger, hold_head, to_signed
+from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.retention_basis import bounded_base
 from chain_of_custody.row_replay import item_hold_replay
 from storage.db import Database
@@ -128,7 +128,7 @@ def lock_ledger(session: Session) -> None:
     Every custody append takes this lock anyway; taking it first keeps one lock order (ledger, then
     evidence rows) and makes check-then-link decisions see each other's committed work on PostgreSQL.
     """
-    session.execute(select(LedgerHead.id).where(LedgerHead.id == 1).with_for_update())
+    hold_head(session)
 
 
 def lineage(session: Session, item: EvidenceItem) -> list[str]:
