@@ -228,3 +228,20 @@ def test_a_range_says_where_its_wait_for_the_first_byte_went(served: Any) -> Non
     assert r.status_code == 206 and r.content == data[2 * BLOCK + 5 : 4 * BLOCK + 1]
     spans = _server_timing(r)
     assert {"look", "record", "held", "ready"} <= set(spans) and "store" not in spans, spans
+
+
+def test_evidence_bytes_are_never_kept_in_a_browsers_cache(served: Any) -> None:  # noqa: F811
+    s, url = served
+    user(s, "boss", "admin")
+    admin = bearer(s, "boss")
+    data = os.urandom(SIZE)
+    clip = store_item(s, data=data)
+    target = f"{url}/api/v1/evidence/{clip.id}/content"
+    # A range of a viewing (recorded with its look-up), the player's first range of every byte, and
+    # a whole read: none of them may be stored by the browser, which would keep footage on a shared
+    # workstation outside custody.
+    for asked in (f"bytes={BLOCK}-{3 * BLOCK - 1}", f"bytes={2 * BLOCK}-{4 * BLOCK}", "bytes=0-", None):
+        headers = {**admin, "Range": asked} if asked else admin
+        r = httpx.get(target, headers=headers, params=READ)
+        assert r.status_code in (200, 206), r.text
+        assert r.headers.get("cache-control") == "no-store", (asked, r.headers)
