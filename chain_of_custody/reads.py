@@ -405,7 +405,9 @@ def _answer(
     """The answer to a recorded read: its headers, then its blocks as they are checked."""
     item = read.item
     EVIDENCE_READS.inc()
-    headers = {"Accept-Ranges": "bytes", **read.headers, **recorded}
+    # Evidence bytes are never kept in a browser's cache: a shared workstation would hold footage
+    # after its viewer signed out, read by no route and on no custody record.
+    headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store", **read.headers, **recorded}
     if read.timing is not None:
         headers["Server-Timing"] = read.timing.header()
     if read.review_reason is not None:

@@ -44,6 +44,7 @@ from incidents.footage import (
 from incidents.retention import RetentionRules, delete_by_hand, set_legal_hold
 from ingest import read_grants
 from ingest.read_reasons import ReasonRefused, deletion_reason, quarantine_review_reason, read_reason
+from ingest.viewing_admissions import AdmissionKey, viewing_admissions
 from storage.api_schema import error_responses
 from storage.bounds import MAX_OFFSET
 from storage.paging import (
@@ -316,9 +317,9 @@ async def content(
     if grant is not None and reason is not None:
         raise ReasonRefused("reason_conflict", "a read grant stands for its reason: state none beside it")
 
-    def look_up(session: Session) -> ReadOf:
+    def look_up(session: Session) -> tuple[ReadOf, datetime | None]:
         # On a worker thread, in the transaction that records a player's range (``looked_up_response``):
-        # the event loop serves every other request meanwhile.
+        # the event loop serves every other request meanwhile. With the read, when its grant expires.
         item = visible_evidence(session, user, item_id)
         if item is None:
             raise HTTPException(404, "no such evidence item")
@@ -351,7 +352,7 @@ async def content(
             )
         require_reason(item, review_reason if reviewing else stated, user.actor, "content")
         name = download_name(item, refs[0] if refs else None)
-        return ReadOf(
+        read = ReadOf(
             item,
             user.actor,
             {"ETag": f'"{item.sha256}"', "Content-Disposition": content_disposition(name, inline=False)},
@@ -361,8 +362,15 @@ async def content(
             sign_in=user.sign_in,
             admit=admit,
         )
+        return read, granted.expires_at if granted is not None else None
 
-    return await looked_up_response(s, request, look_up, timing)
+    if request.headers.get("range") is None or review_reason is not None:
+        return await looked_up_response(s, request, lambda session: look_up(session)[0], timing)
+    # A player's range: the look-up of this read by this sign-in, kept a moment for its next ranges
+    # (``viewing_admissions``); each range is still signed in, recorded and checked.
+    kept = viewing_admissions(request, s.settings)
+    key = AdmissionKey.of(user, item_id, reason, grant)
+    return await looked_up_response(s, request, kept.look_up(key, look_up), timing)
 
 
 @router.get("/custody/public-key")

@@ -124,6 +124,7 @@ class Granted:
     token_hash: str
     use: str
     reason: str
+    expires_at: datetime
 
 
 def check(session: Session, user: Principal, item_id: str, token: str, seal_key: bytes) -> Granted:
@@ -154,7 +155,7 @@ def check(session: Session, user: Principal, item_id: str, token: str, seal_key:
         if row.used_at is None:
             log.warning("read refused: custody says the grant was used", extra={"item_id": item_id})
         _used_twice(item_id)
-    return Granted(row.token_hash, row.use, row.reason)
+    return Granted(row.token_hash, row.use, row.reason, row.expires_at)
 
 
 def use_up(

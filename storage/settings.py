@@ -151,6 +151,12 @@ class ViewingSettings(_Section):
         description="A viewing is sealed this long after it opened however busy it is, so no range stays off "
         "the signed record for longer; the next read opens a new one.",
     )
+    viewing_admission_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=10,
+        description="A player's range is admitted (the item found among the person's incidents, a play grant checked) and the admission kept this long for the next ranges of the same read by the same sign-in; each range is still signed in, recorded on custody and checked. An item unlinked meanwhile stays playable to an open player at most this long (0: every range looked up afresh).",
+    )
     max_open_viewings_per_user: int = Field(
         20,
         ge=1,

@@ -49,6 +49,14 @@ def _status(s: Any, item_id: str) -> str:
         return row.status
 
 
+def _admin_and_clip(s: Any, url: str) -> tuple[dict[str, str], bytes, EvidenceItem, str]:
+    """An administrator's bearer headers, a stored clip's bytes and item, and its content address."""
+    user(s, "boss", "admin")
+    data = os.urandom(SIZE)
+    clip = store_item(s, data=data)
+    return bearer(s, "boss"), data, clip, f"{url}/api/v1/evidence/{clip.id}/content"
+
+
 def test_the_block_digests_are_taken_in_the_one_pass_however_the_bytes_arrive() -> None:
     data = os.urandom(3 * BLOCK + 1000)
     expected = tuple(blake3(data[i : i + BLOCK]).digest() for i in range(0, len(data), BLOCK))
@@ -126,11 +134,7 @@ def test_an_altered_block_is_cut_off_and_the_item_quarantined(own_store: Any) ->
 
 def test_an_altered_block_list_is_refused_and_verify_names_it(served: Any) -> None:  # noqa: F811
     s, url = served
-    user(s, "boss", "admin")
-    admin = bearer(s, "boss")
-    data = os.urandom(SIZE)
-    clip = store_item(s, data=data)
-    target = f"{url}/api/v1/evidence/{clip.id}/content"
+    admin, data, clip, target = _admin_and_clip(s, url)
     with s.db.session() as session:
         row = session.get(EvidenceBlockList, clip.id)
         assert row is not None and row.count == 9
@@ -209,11 +213,7 @@ def _server_timing(answer: httpx.Response) -> dict[str, float]:
 
 def test_a_range_says_where_its_wait_for_the_first_byte_went(served: Any) -> None:  # noqa: F811
     s, url = served
-    user(s, "boss", "admin")
-    admin = bearer(s, "boss")
-    data = os.urandom(SIZE)
-    clip = store_item(s, data=data)
-    target = f"{url}/api/v1/evidence/{clip.id}/content"
+    admin, data, clip, target = _admin_and_clip(s, url)
     # The first range: its look-up, its block list loaded and checked, its record, the store's first
     # block and its check, all within the wait for the answer (``ready``).
     r = httpx.get(target, headers={**admin, "Range": f"bytes={BLOCK}-{3 * BLOCK - 1}"}, params=READ)
@@ -228,3 +228,16 @@ def test_a_range_says_where_its_wait_for_the_first_byte_went(served: Any) -> Non
     assert r.status_code == 206 and r.content == data[2 * BLOCK + 5 : 4 * BLOCK + 1]
     spans = _server_timing(r)
     assert {"look", "record", "held", "ready"} <= set(spans) and "store" not in spans, spans
+
+
+def test_evidence_bytes_are_never_kept_in_a_browsers_cache(served: Any) -> None:  # noqa: F811
+    s, url = served
+    admin, data, clip, target = _admin_and_clip(s, url)
+    # A range of a viewing (recorded with its look-up), the player's first range of every byte, and
+    # a whole read: none of them may be stored by the browser, which would keep footage on a shared
+    # workstation outside custody.
+    for asked in (f"bytes={BLOCK}-{3 * BLOCK - 1}", f"bytes={2 * BLOCK}-{4 * BLOCK}", "bytes=0-", None):
+        headers = {**admin, "Range": asked} if asked else admin
+        r = httpx.get(target, headers=headers, params=READ)
+        assert r.status_code in (200, 206), r.text
+        assert r.headers.get("cache-control") == "no-store", (asked, r.headers)
