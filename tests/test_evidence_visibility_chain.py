@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from chain_of_custody.reach_seals import SiteReach, reach_secret, site_reach
 from incidents.access import DERIVATION_DEPTH, visible_evidence, visible_evidence_ids
 from incidents.grants import sealed_assignment_ids
 from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
@@ -21,6 +22,15 @@ class _Viewer:
     role: str
     site: str | None
     assignments: frozenset[int] = frozenset()  # as the sign-in resolves them (``accounts.seals``)
+    reach: SiteReach = SiteReach()  # as the sign-in resolves it (``accounts.seals.reach_of``)
+
+
+def _signed_in(services, viewer: _Viewer) -> _Viewer:  # type: ignore[no-untyped-def]
+    """The viewer with the reach their sign-in reads."""
+    if viewer.role != "security_manager":
+        return replace(viewer, reach=SiteReach(secret=reach_secret(services.key)))
+    with services.db.reading() as session:
+        return replace(viewer, reach=site_reach(session, services.key, viewer.site))
 
 
 def _chain(services, wearer: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -43,6 +53,7 @@ def test_one_item_and_the_scope_clause_agree_along_derivation_chains(services) -
         _Viewer(user(s, "aud", "auditor"), "auditor", None),
         _Viewer(user(s, "op", "operator"), "operator", None),
     ]
+    viewers = [_signed_in(s, v) for v in viewers]
     chains = {}
     with s.db.session() as session:
         incident = create_incident(
