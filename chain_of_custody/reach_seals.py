@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from .entries import ChainReport, Problem, SignedEntry
 from .keys import ServiceKey
+from .models import EvidenceItem
 from .registry_replay import staff_replay
 from .row_replay import ITEM_SCOPE, item_scope_mac
 from .row_seals import _DEVICES, DEVICE_SEALS, _holds, device_seal, row_seal, seal_verdict
@@ -84,6 +85,12 @@ class SiteReach:
         """Whether an item row's seal holds; a warning naming the item when it does not."""
         expected = item_seal(self.secret, item_id, wearer, device, original) if self.secret else ""
         return seal_verdict(expected, seal if expected else None, log, "evidence item", {"item": item_id})
+
+    def holds(self, item: EvidenceItem) -> bool:
+        """:meth:`item_holds` of an item's row."""
+        return self.item_holds(
+            item.id, item.wearer, item.source_device_id, item.derived_from_id, item.reach_seal
+        )
 
 
 log = logging.getLogger(__name__)

@@ -74,7 +74,13 @@ def add_staff(
         session.add(member)
         details = {"staff": staff_id, "created": True, "site": site}
     else:
-        details = {"staff": staff_id, "changes": {"site": site}} if member.site != site else None
+        # A row whose seal does not hold (written in the database) has its site recorded again, so
+        # the ledger says what the service now seals.
+        sealed = hmac.compare_digest(
+            member.seal or "", staff_seal(reach_secret(ledger.key), staff_id, member.site)
+        )
+        changed = member.site != site or not sealed
+        details = {"staff": staff_id, "changes": {"site": site}} if changed else None
         member.name, member.staff_group, member.site = name, group, site
     member.seal = staff_seal(reach_secret(ledger.key), staff_id, site)
     session.flush()

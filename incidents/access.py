@@ -181,15 +181,16 @@ def _own_evidence_scope(
     )
     clause: ColumnElement[bool] = item.id.in_(linked)
     if viewer.role == "security_manager" and viewer.site:
-        by_site = _of_reach(item, viewer.reach)
+        by_site = of_reach(item, viewer.reach)
         if distrusted:
             by_site = and_(by_site, item.id.not_in(sorted(distrusted)))
         clause = or_(clause, by_site)
     return clause
 
 
-def _of_reach(item: type[EvidenceItem], reach: SiteReach) -> ColumnElement[bool]:
-    """Worn by one of the reach's members of staff or recorded by one of its devices."""
+def of_reach(item: type[EvidenceItem], reach: SiteReach) -> ColumnElement[bool]:
+    """Worn by one of the reach's members of staff or recorded by one of its devices (the
+    wearer-and-camera rule; the item's own seal is checked on the rows returned)."""
     return or_(item.wearer.in_(sorted(reach.staff)), item.source_device_id.in_(sorted(reach.devices)))
 
 
@@ -239,11 +240,7 @@ def _distrusted(session: Session, reach: SiteReach, items: Sequence[EvidenceItem
         parents = list(session.scalars(select(EvidenceItem).where(EvidenceItem.id.in_(sorted(wanted)))))
         seen.update((p.id, p) for p in parents)
         frontier = [p for p in parents if p.derived_from_id]
-    return frozenset(
-        i.id
-        for i in seen.values()
-        if not reach.item_holds(i.id, i.wearer, i.source_device_id, i.derived_from_id, i.reach_seal)
-    )
+    return frozenset(i.id for i in seen.values() if not reach.holds(i))
 
 
 def reach_checked(session: Session, viewer: Viewer, items: Sequence[EvidenceItem]) -> list[EvidenceItem]:
@@ -292,7 +289,7 @@ def visible_evidence(session: Session, viewer: Viewer, item_id: str) -> Evidence
     chain, distrusted = [item], set[str]()
     while True:
         last = chain[-1]
-        if not _holds(viewer.reach, last):
+        if not viewer.reach.holds(last):
             distrusted.add(last.id)
             break  # its original is not the service's to follow
         if last.derived_from_id is None or len(chain) > DERIVATION_DEPTH:
@@ -306,12 +303,6 @@ def visible_evidence(session: Session, viewer: Viewer, item_id: str) -> Evidence
         select(EvidenceItem.id).where(EvidenceItem.id.in_([i.id for i in chain]), own).limit(1)
     )
     return item if within is not None else None
-
-
-def _holds(reach: SiteReach, item: EvidenceItem) -> bool:
-    return reach.item_holds(
-        item.id, item.wearer, item.source_device_id, item.derived_from_id, item.reach_seal
-    )
 
 
 def visible_evidence_ids(session: Session, viewer: Viewer, item_ids: Iterable[str]) -> set[str]:
@@ -369,7 +360,7 @@ def window_reach(session: Session, key: ServiceKey, site: str | None) -> ColumnE
             ~EvidenceItem.source_device_id.in_(select(Device.id)),
         ),
     )
-    return or_(_of_reach(EvidenceItem, reach), no_site)
+    return or_(of_reach(EvidenceItem, reach), no_site)
 
 
 def window_items(session: Session, key: ServiceKey, site: str | None, items: Iterable[str]) -> list[str]:
@@ -382,7 +373,7 @@ def window_items(session: Session, key: ServiceKey, site: str | None, items: Ite
     rows = session.scalars(
         select(EvidenceItem).where(EvidenceItem.id.in_(wanted), window_reach(session, key, site))
     )
-    kept = {i.id for i in rows if _holds(reach, i)}
+    kept = {i.id for i in rows if reach.holds(i)}
     return [i for i in wanted if i in kept]
 
 

@@ -50,7 +50,7 @@ class SouthManager:
     of it into a SOUTH incident (what an export packs)."""
 
     def __init__(self, live: Any) -> None:
-        self.api, self.s = f"{live.url}/api/v1", live.services
+        self.api, self.s, self.admin = f"{live.url}/api/v1", live.services, live.admin()
         self.headers = bearer(self.s, "south_mgr")
         body = {"category": "theft", "occurred_at": T0.isoformat(), "site": "SOUTH"}
         r = httpx.post(f"{self.api}/incidents", json=body, headers=self.headers)
@@ -236,3 +236,19 @@ class SouthManagerList:
         r = httpx.get(self.url, params={"limit": 1000}, headers=self.headers)
         assert r.status_code == 200, r.text
         return {i["id"] for i in r.json()}
+
+
+def test_a_manager_cannot_seal_again_a_member_of_staff_moved_to_their_site(south: SouthManager) -> None:
+    """Re-registering a nurse whose row was moved to SOUTH in the database would have the service
+    seal the move: refused like another site's staff number. An administrator who confirms the move
+    records the site on custody, so the ledger says what the service seals."""
+    clip = store_item(south.s, wearer="N-1", start=T0)
+    _sql(south.s, update(StaffMember).where(StaffMember.id == "N-1").values(site="SOUTH"))
+    body = {"id": "N-1", "name": "Staff N-1", "group": "nurse", "site": "SOUTH"}
+    r = httpx.post(f"{south.api}/staff", json=body, headers=south.headers)
+    assert r.status_code == 409, r.text
+    assert south.reaches(clip.id) == NOWHERE
+    assert httpx.post(f"{south.api}/staff", json=body, headers=south.admin).status_code == 201
+    _, output = _verify(south.s)
+    assert "staff_site_altered" not in output and "staff_seal_broken" not in output, output
+    assert south.reaches(clip.id)["stream"]  # moved by the service now: SOUTH's
