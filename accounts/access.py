@@ -28,6 +28,7 @@ from sqlalchemy import ColumnElement, false, true
 from chain_of_custody.core import CoreServices
 
 from .browser import browser_session, refuse_cross_site_read
+from .models import SITE_SCOPED_ROLES
 from .seals import SignInSeals
 from .service import Principal, resolve_token
 from .throttle import SignInThrottle, ThrottlePolicy
@@ -124,9 +125,6 @@ def require_roles(*roles: str) -> Callable[..., Awaitable[Principal]]:
         return user
 
     return check
-
-
-SITE_SCOPED_ROLES = ("security_manager",)
 
 
 class SiteViewer(Protocol):

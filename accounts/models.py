@@ -10,6 +10,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from storage.db import Base, UTCDateTime, utcnow
 
 ROLES = ("admin", "security_manager", "investigator", "operator", "auditor")
+# The roles that see only their own site's rows (``access.sites_seen``).
+SITE_SCOPED_ROLES = ("security_manager",)
 
 
 class User(Base):

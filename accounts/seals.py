@@ -40,9 +40,11 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
+from chain_of_custody.reach_seals import SiteReach, reach_secret, site_reach_by
 from chain_of_custody.row_replay import PASSWORD_DIGESTS, UserRow, password_digest, user_findings, user_replay
 from chain_of_custody.row_seals import (
     CREDENTIAL_SEALS,
+    DEVICE_SEALS,
     GRANT_SEALS,
     TOKEN,
     USER_SEALS,
@@ -57,7 +59,7 @@ from chain_of_custody.row_seals import (
 )
 from chain_of_custody.row_seals import SESSION as SESSION  # re-exported for accounts.sessions
 
-from .models import ApiToken, User
+from .models import SITE_SCOPED_ROLES, ApiToken, User
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ class SignInSeals:
     credentials: bytes
     users: bytes
     grants: bytes = b""  # incident assignments' (``assignments_of``)
+    reach: bytes = b""  # members of staff's and evidence items' (``reach_of``)
+    devices: bytes = b""  # devices' (``reach_of``: a device's site decides reach too)
 
     @classmethod
     def of(cls, key: ServiceKey) -> SignInSeals:
@@ -77,6 +81,8 @@ class SignInSeals:
             key.derived_secret(CREDENTIAL_SEALS),
             key.derived_secret(USER_SEALS),
             key.derived_secret(GRANT_SEALS),
+            reach_secret(key),
+            key.derived_secret(DEVICE_SEALS),
         )
 
 
@@ -86,6 +92,15 @@ def assignments_of(session: Session, secret: bytes, user: User) -> frozenset[int
     if user.role != "investigator":
         return frozenset()
     return sealed_assignments(session, secret, user.id, log)
+
+
+def reach_of(session: Session, seals: SignInSeals, user: User) -> SiteReach:
+    """What the person's reach by rows rests on (``Principal.reach``): for a security manager with a
+    site, the members of staff and devices of that site whose seal holds; for everyone, the secret
+    an evidence item's seal is checked with (``incidents.access.reach_checked``)."""
+    if user.role in SITE_SCOPED_ROLES and user.site:
+        return site_reach_by(session, seals.reach, seals.devices, user.site)
+    return SiteReach(secret=seals.reach)
 
 
 def sealed_values(user: User) -> UserValues:

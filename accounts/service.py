@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
+from chain_of_custody.reach_seals import SiteReach
 from chain_of_custody.row_replay import PASSWORD_DIGESTS, password_digest
-from chain_of_custody.row_seals import GRANT_SEALS, USER_SEALS
+from chain_of_custody.row_seals import USER_SEALS
 from storage.errors import Refused
 
 from .ends import TOKEN_LOOKUP, standing_row
@@ -27,6 +28,7 @@ from .seals import (
     SignInSeals,
     assignments_of,
     credential_seal,
+    reach_of,
     seal_user,
     user_seal_holds,
 )
@@ -57,6 +59,10 @@ class Principal:
     # An investigator's incident assignments whose seal holds (``accounts.seals.assignments_of``),
     # read when they sign in for the request: only these open an incident to them.
     assignments: frozenset[int] = field(default=frozenset(), compare=False)
+    # What their reach by rows rests on (``accounts.seals.reach_of``), read with the assignments: a
+    # security manager's site's members of staff and devices whose seal holds, and the secret an
+    # evidence item's seal is checked with. The default holds no seal: reach by links only.
+    reach: SiteReach = field(default=SiteReach(), compare=False, repr=False)
 
     @property
     def actor(self) -> str:
@@ -81,8 +87,9 @@ def principal_of(session: Session, actor: str, key: ServiceKey) -> Principal | N
     user = session.scalar(select(User).where(User.username == actor.removeprefix("user:")))
     if user is None or not user.active or not user_seal_holds(key.derived_secret(USER_SEALS), user):
         return None
-    grants = assignments_of(session, key.derived_secret(GRANT_SEALS), user)
-    return Principal(user.id, user.username, user.role, user.site, assignments=grants)
+    seals = SignInSeals.of(key)
+    grants, reach = assignments_of(session, seals.grants, user), reach_of(session, seals, user)
+    return Principal(user.id, user.username, user.role, user.site, assignments=grants, reach=reach)
 
 
 def token_digest(token: str) -> str:
@@ -242,7 +249,9 @@ def resolve_token(
     if user is None or not user.active or not user_seal_holds(seals.users, user):
         return None
     mark, grants = sign_in_mark("token", row.token_hash), assignments_of(session, seals.grants, user)
-    return Principal(user.id, user.username, user.role, user.site, mark, grants)
+    return Principal(
+        user.id, user.username, user.role, user.site, mark, grants, reach_of(session, seals, user)
+    )
 
 
 def sign_in_mark(kind: str, credential_digest: str) -> str:

@@ -26,7 +26,7 @@ from storage.settings import ConsoleSettings
 
 from .ends import SESSION_LOOKUP, standing_row
 from .models import User, UserSession
-from .seals import SESSION, SignInSeals, assignments_of, credential_seal, user_seal_holds
+from .seals import SESSION, SignInSeals, assignments_of, credential_seal, reach_of, user_seal_holds
 from .service import Principal, sign_in_mark
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,9 @@ def resolve_session(
         row.last_seen_at = last_seen = now
         row.activity_seal = activity_mark(seals.credentials, row.token_hash, now)
     mark, grants = sign_in_mark("console", row.token_hash), assignments_of(session, seals.grants, user)
-    principal = Principal(user.id, user.username, user.role, user.site, mark, grants)
+    principal = Principal(
+        user.id, user.username, user.role, user.site, mark, grants, reach_of(session, seals, user)
+    )
     idle_ends = min(last_seen + policy.idle, row.expires_at)
     return BrowserSession(principal, csrf_token_for(secret), idle_ends, row.expires_at)
 

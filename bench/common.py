@@ -114,6 +114,23 @@ class BenchService:
         )
         wait_healthy(self.url)
 
+    def services(self, database_url: str) -> Any:
+        """The service's parts in this process, on the same database and store as the running
+        service (already migrated): for filling it with rows faster than its API would."""
+        from ingest.services import build_services
+        from storage.settings import Settings
+
+        settings = Settings(
+            data_dir=self.workdir / "var",
+            database_url=database_url,
+            s3_endpoint=self.seaweed.endpoint,
+            s3_access_key=self.seaweed.credentials.access_key,
+            s3_secret_key=self.seaweed.credentials.secret_key,
+            min_free_bytes=0,
+            redaction_enabled=False,
+        )
+        return build_services(settings, migrate=False)
+
     def admin_headers(self) -> dict[str, str]:
         r = httpx.post(
             f"{self.url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}

@@ -58,8 +58,6 @@ from bench.common import (  # noqa: E402
 )
 from devices.broker_access import BrokerAccount, generate_password, hash_password, start_private_broker  # noqa: E402
 from devices.service import broker_accounts  # noqa: E402
-from ingest.services import build_services  # noqa: E402
-from storage.settings import Settings  # noqa: E402
 from tests.test_console_kit import chromium, new_page, sign_in  # noqa: E402
 
 OPERATOR = "bench-operator"
@@ -208,18 +206,7 @@ def main() -> None:
             headers=headers,
         )
         r.raise_for_status()
-        services = build_services(
-            Settings(
-                data_dir=work / "var",
-                database_url=database_url,
-                s3_endpoint=svc.seaweed.endpoint,
-                s3_access_key=svc.seaweed.credentials.access_key,
-                s3_secret_key=svc.seaweed.credentials.secret_key,
-                min_free_bytes=0,
-                redaction_enabled=False,
-            ),
-            migrate=False,
-        )
+        services = svc.services(database_url)
         assert args.devices <= fd_headroom(), "raise the open-files limit"
         run = SimpleNamespace(services=services, creds=[])
         t = time.perf_counter()

@@ -62,8 +62,6 @@ from chain_of_custody.evidence import Provenance, record_evidence  # noqa: E402
 from chain_of_custody.models import ViewingRange, ViewingSession  # noqa: E402
 from devices.service import add_staff  # noqa: E402
 from incidents.service import IncidentDraft, assign_investigator, create_incident, link_target  # noqa: E402
-from ingest.services import build_services  # noqa: E402
-from storage.settings import Settings  # noqa: E402
 from tests.test_console_kit import chromium, new_page, sign_in  # noqa: E402
 
 INVESTIGATOR = "bench_investigator"
@@ -622,18 +620,7 @@ def main() -> None:
         )
         r.raise_for_status()
         investigator_id = r.json()["id"]
-        services = build_services(
-            Settings(
-                data_dir=work / "var",
-                database_url=database_url,
-                s3_endpoint=svc.seaweed.endpoint,
-                s3_access_key=svc.seaweed.credentials.access_key,
-                s3_secret_key=svc.seaweed.credentials.secret_key,
-                min_free_bytes=0,
-                redaction_enabled=False,
-            ),
-            migrate=False,
-        )
+        services = svc.services(database_url)
         t = time.perf_counter()
         incident_id, reference = populate(services, args.items, investigator_id)
         print(

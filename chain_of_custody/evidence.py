@@ -22,6 +22,7 @@ from .entries import check_entry
 from .fixity import FixityCheck, checked_range
 from .ledger import Ledger
 from .models import CustodyEntry, EvidenceBlockList, EvidenceItem
+from .reach_seals import item_seal, reach_secret
 from .read_checks import checked_blocks
 from .retention_basis import RetentionBasis
 from .row_replay import ITEM_SCOPE, item_scope_mac
@@ -86,6 +87,9 @@ def record_evidence(
     )
     session.add(item)
     session.flush()
+    item.reach_seal = item_seal(
+        reach_secret(ledger.key), item.id, item.wearer, item.source_device_id, item.derived_from_id
+    )
     if captured is not None:
         ledger.append(session, "captured", provenance.actor, item_id=item.id, details=captured)
     if received is not None:

@@ -56,6 +56,9 @@ class EvidenceItem(Base):
     retain_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # HMAC under a secret the database does not hold, over the id, wearer, recording device and
+    # original (``reach_seals``): a row whose seal does not hold widens nobody's reach.
+    reach_seal: Mapped[str | None] = mapped_column(String(64), default=None)
 
     __table_args__ = (
         Index("ix_evidence_items_wearer_window", "wearer", "captured_start", "captured_stop"),

@@ -33,6 +33,7 @@ from .keys import ServiceKey
 from .ledger import Ledger
 from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .models import CustodyEntry, EvidenceBlockList, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
+from .reach_seals import check_reach_seals
 from .row_checks import check_row_families
 from .row_replay import ITEM_SCOPE, PASSWORD_DIGESTS, item_scope_mac
 from .row_seals import check_row_seals
@@ -203,6 +204,8 @@ def verify_service(
         check_row_families(session, entries, report, key.derived_secret(PASSWORD_DIGESTS))
         say("checking the seals of devices, users, bearer tokens, console sessions and read grants")
         check_row_seals(session, report, key)
+        say("checking the seals of members of staff and evidence items (who reaches them)")
+        check_reach_seals(session, report, key)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")

@@ -25,6 +25,7 @@ from incidents.access import (
     evidence_scope,
     incident_scope,
     may_link_alarm,
+    reach_checked,
     readable_retention,
     reads_whole_trails,
 )
@@ -76,9 +77,10 @@ def linked_items(session: Session, viewer: Viewer, links: list[dict[str, Any]]) 
     ids = [link["target_id"] for link in links if link["kind"] == "evidence"]
     out: dict[str, dict[str, Any]] = {}
     for start in range(0, len(ids), 500):
-        for item in session.scalars(
+        rows = session.scalars(
             select(EvidenceItem).where(EvidenceItem.id.in_(ids[start : start + 500]), evidence_scope(viewer))
-        ):
+        )
+        for item in reach_checked(session, viewer, list(rows)):
             out[item.id] = _item_facts(item)
     return out
 
@@ -117,7 +119,7 @@ def evidence_candidates(session: Session, viewer: Viewer, incident_id: str) -> l
         .order_by(EvidenceItem.created_at.desc())
         .limit(CANDIDATES)
     )
-    return [_item_facts(i) for i in rows]
+    return [_item_facts(i) for i in reach_checked(session, viewer, list(rows))]
 
 
 def alarm_candidates(session: Session, viewer: Viewer, incident_id: str) -> list[dict[str, Any]]:
@@ -181,8 +183,10 @@ def holds(session: Session, viewer: Viewer) -> list[dict[str, Any]]:
         .order_by(LegalHold.placed_at.desc())
     ).all()
     out: list[dict[str, Any]] = []
+    reached = {i.id for i in reach_checked(session, viewer, [item for _, item in evidence_holds])}
     for hold, item in evidence_holds:
-        out.append(_hold(hold, "evidence item", item.id, None))
+        if item.id in reached:
+            out.append(_hold(hold, "evidence item", item.id, None))
     for hold, incident in incident_holds:
         out.append(_hold(hold, "incident", incident.reference, incident.id))
     out.sort(key=lambda h: h["placed_at"], reverse=True)
@@ -218,7 +222,7 @@ def expiring(
         )
     )
     out = []
-    for item in items:
+    for item in reach_checked(session, viewer, items):
         d = readable_retention(session, viewer, describe(session, item, rules, now))
         d["kind"] = item.kind
         d["wearer"] = item.wearer

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy.orm import Session
 
-from accounts.access import require_roles, sees_site, services
+from accounts.access import require_roles, sees_site, services, sites_seen
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from storage.paging import after_key, link_next, next_headers, page_limit
@@ -91,11 +91,15 @@ def add_staff(
     body: StaffIn, user: Principal = Depends(require_roles(*ADMINS)), s: CoreServices = Depends(services)
 ) -> dict[str, str]:
     """Add a member of staff or change one; a security manager, of their own site only (a staff number of
-    another site is refused)."""
+    another site is refused, and so is one whose row's seal did not hold when they signed in: a row
+    moved to their site in the database is not theirs to seal again)."""
     with s.db.session() as session:
         site = service.site_for_write(user, body.site)
         existing = session.get(StaffMember, body.id)
-        if existing is not None and not sees_site(user, existing.site):
+        scoped = sites_seen(user) is not None
+        if existing is not None and (
+            not sees_site(user, existing.site) or (scoped and existing.id not in user.reach.staff)
+        ):
             raise DeviceRefused("id_in_use", f"staff number {body.id} belongs to another site", 409)
         service.add_staff(session, s.ledger, body.id, body.name, body.group, site, actor=user.actor)
     return {"id": body.id}

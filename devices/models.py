@@ -25,6 +25,9 @@ class StaffMember(Base):
     )  # nurse, porter, paramedic, security...
     site: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # HMAC under a secret the database does not hold, over the staff number and site
+    # (``chain_of_custody.reach_seals``): a row whose seal does not hold widens nobody's reach.
+    seal: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class Device(Base):

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from accounts.access import SiteViewer, sees_site, site_scope, sites_seen
 from chain_of_custody.keys import load_public_key_b64
 from chain_of_custody.ledger import Ledger
+from chain_of_custody.reach_seals import reach_secret, staff_seal
 from storage.errors import Refused
 from storage.settings import Settings
 
@@ -63,7 +64,8 @@ def add_staff(
     """Add a member of staff or change one. Their site decides which site's security managers see
     the footage they wear (``incidents.access``), so adding them and each change of site is a
     ``staff_changed`` custody entry in the same transaction (``evidence verify`` compares the row
-    with it): the staff number and the site, never the name."""
+    with it): the staff number and the site, never the name. The row is sealed over the same
+    (``chain_of_custody.reach_seals``): a site moved in the database reaches no site's managers."""
     _check_id(staff_id)
     member = session.get(StaffMember, staff_id)
     details: dict[str, object] | None
@@ -72,8 +74,15 @@ def add_staff(
         session.add(member)
         details = {"staff": staff_id, "created": True, "site": site}
     else:
-        details = {"staff": staff_id, "changes": {"site": site}} if member.site != site else None
+        # A row whose seal does not hold (written in the database) has its site recorded again, so
+        # the ledger says what the service now seals.
+        sealed = hmac.compare_digest(
+            member.seal or "", staff_seal(reach_secret(ledger.key), staff_id, member.site)
+        )
+        changed = member.site != site or not sealed
+        details = {"staff": staff_id, "changes": {"site": site}} if changed else None
         member.name, member.staff_group, member.site = name, group, site
+    member.seal = staff_seal(reach_secret(ledger.key), staff_id, site)
     session.flush()
     if details is not None:
         ledger.append(session, "staff_changed", actor, details=details)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -42,7 +41,9 @@ from sqlalchemy.orm import Session, aliased
 
 from accounts.access import sees_site, site_scope
 from chain_of_custody.entries import viewings_whole, withhold
+from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import CustodyEntry, EvidenceItem
+from chain_of_custody.reach_seals import SiteReach, reach_secret, site_reach
 from devices.models import Device, StaffMember
 
 from .models import ExhibitReference, Incident, IncidentAssignment, IncidentLink
@@ -82,6 +83,9 @@ class Viewer(Protocol):
 
     @property
     def assignments(self) -> frozenset[int]: ...
+
+    @property
+    def reach(self) -> SiteReach: ...
 
 
 def incident_scope(viewer: Viewer) -> ColumnElement[bool]:
@@ -158,14 +162,17 @@ def link_on_custody() -> ColumnElement[bool]:
     )
 
 
-def _own_evidence_scope(viewer: Viewer, item: type[EvidenceItem]) -> ColumnElement[bool]:
+def _own_evidence_scope(
+    viewer: Viewer, item: type[EvidenceItem], distrusted: frozenset[str] = frozenset()
+) -> ColumnElement[bool]:
     """Linked to an incident the viewer sees (the link as custody holds it), or, for a security
-    manager, worn or recorded at their site. The wearer and device are the row's: custody records
-    them as a keyed digest in the item's ``stored`` entry (``row_replay.item_scope_mac``), which SQL
-    cannot recompute, and the staff member's and the device's sites that decide the reach are rows
-    too; ``evidence verify`` names an item whose wearer or device differs from its entry
-    (``item_scope_altered``), and a member of staff or a device whose site differs from its latest
-    entry (``staff_site_altered``, ``device_site_altered``: ``chain_of_custody.registry_replay``)."""
+    manager, worn or recorded at their site: by a member of staff or a device of that site whose row's
+    seal held when they signed in (``viewer.reach``, ``chain_of_custody.reach_seals``), and an item
+    not in ``distrusted`` (items whose own seal does not hold: their wearer and device are not the
+    service's). SQL cannot check an item's seal: :func:`reach_checked` does, on the rows returned.
+    ``evidence verify`` also names a row that differs from its custody entry (``item_scope_altered``,
+    ``staff_site_altered``, ``device_site_altered``) and a broken seal (``item_seal_broken``,
+    ``staff_seal_broken``, ``device_seal_broken``)."""
     linked = select(IncidentLink.target_id).where(
         IncidentLink.target_kind == "evidence",
         IncidentLink.unlinked_at.is_(None),
@@ -174,23 +181,32 @@ def _own_evidence_scope(viewer: Viewer, item: type[EvidenceItem]) -> ColumnEleme
     )
     clause: ColumnElement[bool] = item.id.in_(linked)
     if viewer.role == "security_manager" and viewer.site:
-        clause = or_(
-            clause,
-            item.wearer.in_(select(StaffMember.id).where(StaffMember.site == viewer.site)),
-            item.source_device_id.in_(select(Device.id).where(Device.site == viewer.site)),
-        )
+        by_site = of_reach(item, viewer.reach)
+        if distrusted:
+            by_site = and_(by_site, item.id.not_in(sorted(distrusted)))
+        clause = or_(clause, by_site)
     return clause
 
 
-def _scope_with_ancestors(viewer: Viewer, item: type[EvidenceItem], depth: int) -> ColumnElement[bool]:
-    clause = _own_evidence_scope(viewer, item)
+def of_reach(item: type[EvidenceItem], reach: SiteReach) -> ColumnElement[bool]:
+    """Worn by one of the reach's members of staff or recorded by one of its devices (the
+    wearer-and-camera rule; the item's own seal is checked on the rows returned)."""
+    return or_(item.wearer.in_(sorted(reach.staff)), item.source_device_id.in_(sorted(reach.devices)))
+
+
+def _scope_with_ancestors(
+    viewer: Viewer, item: type[EvidenceItem], depth: int, distrusted: frozenset[str] = frozenset()
+) -> ColumnElement[bool]:
+    clause = _own_evidence_scope(viewer, item, distrusted)
     if depth == 0:
         return clause
     parent = aliased(EvidenceItem)
-    return or_(
-        clause,
-        item.derived_from_id.in_(select(parent.id).where(_scope_with_ancestors(viewer, parent, depth - 1))),
+    from_parent: ColumnElement[bool] = item.derived_from_id.in_(
+        select(parent.id).where(_scope_with_ancestors(viewer, parent, depth - 1, distrusted))
     )
+    if distrusted:  # an item whose seal does not hold has no original the service vouches for
+        from_parent = and_(from_parent, item.id.not_in(sorted(distrusted)))
+    return or_(clause, from_parent)
 
 
 def _role_scope(viewer: Viewer) -> bool | None:
@@ -204,18 +220,55 @@ def _role_scope(viewer: Viewer) -> bool | None:
 
 
 def evidence_scope(viewer: Viewer) -> ColumnElement[bool]:
-    """A WHERE clause on ``EvidenceItem`` selecting the items the viewer may see (metadata)."""
+    """A WHERE clause on ``EvidenceItem`` selecting the items the viewer may see (metadata), if every
+    returned item's seal holds: the rows it returns go through :func:`reach_checked` before use."""
     by_role = _role_scope(viewer)
     if by_role is not None:
         return true() if by_role else false()
     return _scope_with_ancestors(viewer, EvidenceItem, DERIVATION_DEPTH)
 
 
-def can_see_evidence(session: Session, viewer: Viewer, item_id: str) -> bool:
-    return (
-        session.scalar(select(EvidenceItem.id).where(EvidenceItem.id == item_id, evidence_scope(viewer)))
-        is not None
+def _distrusted(session: Session, reach: SiteReach, items: Sequence[EvidenceItem]) -> frozenset[str]:
+    """The ids, among the items and the originals they derive from (``DERIVATION_DEPTH`` up), of
+    those whose reach seal does not hold (a warning each)."""
+    seen: dict[str, EvidenceItem] = {i.id: i for i in items}
+    frontier = [i for i in items if i.derived_from_id]
+    for _ in range(DERIVATION_DEPTH):
+        wanted = {i.derived_from_id for i in frontier if i.derived_from_id and i.derived_from_id not in seen}
+        if not wanted:
+            break
+        parents = list(session.scalars(select(EvidenceItem).where(EvidenceItem.id.in_(sorted(wanted)))))
+        seen.update((p.id, p) for p in parents)
+        frontier = [p for p in parents if p.derived_from_id]
+    return frozenset(i.id for i in seen.values() if not reach.holds(i))
+
+
+def reach_checked(session: Session, viewer: Viewer, items: Sequence[EvidenceItem]) -> list[EvidenceItem]:
+    """The items, in order, that the viewer sees once each item's seal is checked: what an
+    :func:`evidence_scope` query returned, before it is used. SQL cannot check an HMAC, so the scope
+    trusts every row's wearer, device and original; here the seal of each item and of each original
+    it derives from is checked, and when one does not hold (a warning names it) the items are asked
+    again with the reach that row decides taken away, so only a link (on custody) still reaches it.
+    Admins and auditors see every item whatever its row says; no other role by rows."""
+    if _role_scope(viewer) is not None or not items:
+        return list(items)
+    distrusted = _distrusted(session, viewer.reach, items)
+    if not distrusted:
+        return list(items)
+    ids = [i.id for i in items]
+    kept = set(
+        session.scalars(
+            select(EvidenceItem.id).where(
+                EvidenceItem.id.in_(ids),
+                _scope_with_ancestors(viewer, EvidenceItem, DERIVATION_DEPTH, distrusted),
+            )
+        )
     )
+    return [i for i in items if i.id in kept]
+
+
+def can_see_evidence(session: Session, viewer: Viewer, item_id: str) -> bool:
+    return visible_evidence(session, viewer, item_id) is not None
 
 
 def visible_evidence(session: Session, viewer: Viewer, item_id: str) -> EvidenceItem | None:
@@ -223,26 +276,31 @@ def visible_evidence(session: Session, viewer: Viewer, item_id: str) -> Evidence
 
     The same rule as :func:`evidence_scope`, asked of one item the cheap way (every range a player
     asks for asks it): the item and the items it derives from (at most ``DERIVATION_DEPTH`` of them)
-    by primary key, then whether any of them is within the viewer's own scope, one query with a list
-    of at most four ids, where the scope's clause nests a query for each level of derivation."""
+    by primary key, their seals checked, then whether any of them is within the viewer's own scope,
+    one query with a list of at most four ids, where the scope's clause nests a query for each level
+    of derivation. An item whose seal does not hold is within it by a link only, and an original
+    is followed only from an item whose seal holds."""
     item = session.get(EvidenceItem, item_id)
     if item is None:
         return None
     by_role = _role_scope(viewer)
     if by_role is not None:
         return item if by_role else None
-    chain = [item.id]
-    parent_id = item.derived_from_id
-    while parent_id is not None and len(chain) <= DERIVATION_DEPTH:
-        parent = session.get(EvidenceItem, parent_id)
+    chain, distrusted = [item], set[str]()
+    while True:
+        last = chain[-1]
+        if not viewer.reach.holds(last):
+            distrusted.add(last.id)
+            break  # its original is not the service's to follow
+        if last.derived_from_id is None or len(chain) > DERIVATION_DEPTH:
+            break
+        parent = session.get(EvidenceItem, last.derived_from_id)
         if parent is None:
             break
-        chain.append(parent.id)
-        parent_id = parent.derived_from_id
+        chain.append(parent)
+    own = _own_evidence_scope(viewer, EvidenceItem, frozenset(distrusted))
     within = session.scalar(
-        select(EvidenceItem.id)
-        .where(EvidenceItem.id.in_(chain), _own_evidence_scope(viewer, EvidenceItem))
-        .limit(1)
+        select(EvidenceItem.id).where(EvidenceItem.id.in_([i.id for i in chain]), own).limit(1)
     )
     return item if within is not None else None
 
@@ -252,9 +310,10 @@ def visible_evidence_ids(session: Session, viewer: Viewer, item_ids: Iterable[st
     wanted = list(dict.fromkeys(item_ids))
     if not wanted:
         return set()
-    return set(
-        session.scalars(select(EvidenceItem.id).where(EvidenceItem.id.in_(wanted), evidence_scope(viewer)))
+    rows = list(
+        session.scalars(select(EvidenceItem).where(EvidenceItem.id.in_(wanted), evidence_scope(viewer)))
     )
+    return {i.id for i in reach_checked(session, viewer, rows)}
 
 
 def may_follow_wearer(session: Session, viewer: Viewer, wearer: str) -> bool:
@@ -263,62 +322,59 @@ def may_follow_wearer(session: Session, viewer: Viewer, wearer: str) -> bool:
     An incident's footage window (``wearer`` with ``window_start``/``window_end``) links that wearer's
     clips as they arrive, with no one asking again: only a caller who may see all of that wearer's
     footage may set it (an admin, or a security manager of the wearer's site, the same wearer rule as
-    ``_own_evidence_scope``). Anyone else would be reaching footage through the incident.
+    ``_own_evidence_scope``: a member of staff of their site whose row's seal holds). Anyone else
+    would be reaching footage through the incident.
     """
     if viewer.role == "admin":
         return True
     if viewer.role != "security_manager" or not viewer.site:
         return False
-    return (
-        session.scalar(
-            select(StaffMember.id).where(StaffMember.id == wearer, StaffMember.site == viewer.site)
-        )
-        is not None
-    )
+    return wearer in viewer.reach.staff
 
 
-@dataclass(frozen=True)
-class SiteManager:
-    """A security manager of one site, as the rules see one: what an incident's site sees."""
-
-    site: str | None
-    role: str = "security_manager"
-
-
-def window_reach(site: str | None) -> ColumnElement[bool]:
+def window_reach(session: Session, key: ServiceKey, site: str | None) -> ColumnElement[bool]:
     """A WHERE clause on ``EvidenceItem``: the clips an incident of ``site`` may take in through its
-    footage window (``wearer`` with ``window_start``/``window_end``).
+    footage window (``wearer`` with ``window_start``/``window_end``), if the item's seal holds
+    (:func:`window_items` checks it on the rows returned).
 
     The window names a wearer, and wearers move: a window set while the wearer worked at the
     incident's site must not keep following them to another one, where the footage belongs to that
     site. So a window takes in only what a security manager of the incident's site sees of the
-    wearer by the same wearer-and-camera rule as :func:`_own_evidence_scope` (the wearer of that
-    site now, or a camera of that site), or footage of no site at all (neither the wearer nor the
-    camera has one: nobody's site is widened). Footage of another site is never linked by the window,
-    whoever set it; it can still be linked by hand by someone who sees it.
+    wearer by the same wearer-and-camera rule as :func:`_own_evidence_scope` (a member of staff or a
+    camera of that site now, whose row's seal holds), or footage of no site at all (neither the
+    wearer nor the camera is a row with a site, or one whose seal holds without one: nobody's site
+    is widened). Footage of another site is never linked by the window, whoever set it; it can still
+    be linked by hand by someone who sees it.
     """
-    viewer = SiteManager(site)
-    of_site = or_(
-        EvidenceItem.wearer.in_(select(StaffMember.id).where(site_scope(viewer, StaffMember.site))),
-        EvidenceItem.source_device_id.in_(select(Device.id).where(site_scope(viewer, Device.site))),
-    )
+    reach = site_reach(session, key, site) if site else SiteReach()
+    unsited = site_reach(session, key, None)
     no_site = and_(
         or_(
             EvidenceItem.wearer.is_(None),
-            ~EvidenceItem.wearer.in_(select(StaffMember.id).where(StaffMember.site.is_not(None))),
+            EvidenceItem.wearer.in_(sorted(unsited.staff)),
+            ~EvidenceItem.wearer.in_(select(StaffMember.id)),
         ),
         or_(
             EvidenceItem.source_device_id.is_(None),
-            ~EvidenceItem.source_device_id.in_(select(Device.id).where(Device.site.is_not(None))),
+            EvidenceItem.source_device_id.in_(sorted(unsited.devices)),
+            ~EvidenceItem.source_device_id.in_(select(Device.id)),
         ),
     )
-    return or_(of_site, no_site)
+    return or_(of_reach(EvidenceItem, reach), no_site)
 
 
-def within_window_reach(session: Session, site: str | None, item_id: str) -> bool:
-    """Whether one item is within the reach of a window of an incident of ``site``."""
-    found = session.scalar(select(EvidenceItem.id).where(EvidenceItem.id == item_id, window_reach(site)))
-    return found is not None
+def window_items(session: Session, key: ServiceKey, site: str | None, items: Iterable[str]) -> list[str]:
+    """Which of the items (ids, in order) a window of an incident of ``site`` takes in: within
+    :func:`window_reach`, and their row's seal holds (a wearer moved in the database is not followed)."""
+    wanted = list(dict.fromkeys(items))
+    if not wanted:
+        return []
+    reach = SiteReach(secret=reach_secret(key))
+    rows = session.scalars(
+        select(EvidenceItem).where(EvidenceItem.id.in_(wanted), window_reach(session, key, site))
+    )
+    kept = {i.id for i in rows if reach.holds(i)}
+    return [i for i in wanted if i in kept]
 
 
 def may_link_alarm(viewer: Viewer) -> bool:

@@ -35,8 +35,7 @@ from .access import (
     may_link_alarm,
     sees_alarm,
     visible_evidence_ids,
-    window_reach,
-    within_window_reach,
+    window_items,
 )
 from .grants import assignment_seal_holds, record_assignment_end, seal_assignment, sealed_assignment_ids_on
 from .identity import next_reference, record_site
@@ -648,12 +647,11 @@ def link_overlapping_clips(
                 EvidenceItem.captured_stop >= incident.window_start,
                 EvidenceItem.captured_stop.is_(None) & (EvidenceItem.captured_start >= incident.window_start),
             ),
-            window_reach(incident.site),
         )
         .order_by(EvidenceItem.captured_start)
     )
     reason = f"recorded by {incident.wearer} during the alarm window of {incident.reference}"
-    found = list(clips)
+    found = window_items(session, ledger.key, incident.site, clips)
     if viewer is not None:
         allowed = visible_evidence_ids(session, viewer, found)
         found = [i for i in found if i in allowed]
@@ -701,7 +699,7 @@ def auto_link_clip(
     )
     out: list[IncidentLink] = []
     for incident in incidents:
-        if not within_window_reach(session, incident.site, item.id):
+        if not window_items(session, ledger.key, incident.site, [item.id]):
             continue  # the wearer is at another site now: their footage there is not this incident's
         reason = f"recorded by {item.wearer} during the alarm window of {incident.reference}"
         link, new = link_target(

@@ -20,16 +20,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accounts.service import Principal, principal_of
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
-from devices.models import Device, StaffMember
 
-from .access import incident_scope, may_follow_wearer
+from .access import incident_scope, may_follow_wearer, of_reach
 from .models import Incident, IncidentEvent, IncidentLink
 from .service import Retention, _event, unlink_target
 
@@ -109,11 +108,9 @@ def _seen_elsewhere(
     q = select(EvidenceItem.id).where(EvidenceItem.id.in_(items), EvidenceItem.id.in_(other))
     seen = set(session.scalars(q))
     if person.role == "security_manager" and person.site:
-        of_site = or_(
-            EvidenceItem.wearer.in_(select(StaffMember.id).where(StaffMember.site == person.site)),
-            EvidenceItem.source_device_id.in_(select(Device.id).where(Device.site == person.site)),
-        )
-        seen |= set(session.scalars(select(EvidenceItem.id).where(EvidenceItem.id.in_(items), of_site)))
+        of_site = of_reach(EvidenceItem, person.reach)
+        rows = list(session.scalars(select(EvidenceItem).where(EvidenceItem.id.in_(items), of_site)))
+        seen |= {i.id for i in rows if person.reach.holds(i)}
     return seen
 
 

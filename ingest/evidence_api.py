@@ -30,6 +30,7 @@ from incidents.access import (
     EVIDENCE_MEDIA,
     EVIDENCE_METADATA,
     evidence_scope,
+    reach_checked,
     readable_trail,
     visible_evidence,
 )
@@ -175,7 +176,9 @@ def list_items(
             q = q.where(col == val)
     with s.db.session() as session:
         rows = list(session.scalars(q))
-        page = _out(session, user, rows[:limit])
+        # A row whose reach seal does not hold is left out (``reach_checked``): the page may be
+        # short, and the next one still starts after the last row read.
+        page = _out(session, user, reach_checked(session, user, rows[:limit]))
     if len(rows) > limit:
         last = rows[limit - 1]
         link_next_keeping(response, request, cursors.make("evidence", last.created_at, last.id), limit)

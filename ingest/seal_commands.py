@@ -145,14 +145,22 @@ def _access_ends(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     ]
 
 
+def _reach(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from chain_of_custody.reach_seals import seal_reach, unsealed_reach
+
+    entries = s.ledger.all_entries(session)
+    return seal_reach(session, s.key, entries) if yes else unsealed_reach(session, s.key, entries)
+
+
 TOKENS = Step("seal-tokens", "tokens", _tokens)
 DEVICES = Step("seal-devices", "devices", _devices)
 USERS = Step("seal-users", "users", _users)
 GRANTS = Step("seal-grants", "grants", _grants)
 ENDS = Step("record-credential-ends", "ends", _ends, verb="record", done="recorded")
 ACCESS_ENDS = Step("record-access-ends", "ends", _access_ends, verb="record", done="recorded")
+REACH = Step("seal-reach", "members of staff and evidence items", _reach)
 # The upgrade's order: a grant is sealed only after the users it is made to (README, "Grant seals").
-UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS)
+UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS, REACH)
 
 _YES = typer.Option("--yes", help="seal them (without it: only list them)")
 
@@ -208,12 +216,21 @@ def seal_grants_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows(GRANTS, yes)
 
 
+def seal_reach_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the members of staff and evidence items made before they carried a reach seal
+    (``chain_of_custody.reach_seals``), which reach no site's managers by their row until then; run
+    once after upgrading (after `evidence backfill-custody` for staff older than their custody
+    record). Only a member of staff whose site, and an item whose wearer, device and original, are
+    what the custody ledger recorded is sealed; every other is listed as refused, with what differs."""
+    _seal_rows(REACH, yes)
+
+
 def upgrade_seals_command(
     yes: Annotated[bool, typer.Option("--yes", help="do every step (without it: only list them)")] = False,
 ) -> None:
     """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
-    seal-users, seal-grants (after the users), record-credential-ends, record-access-ends; each
-    step lists its rows,
+    seal-users, seal-grants (after the users), record-credential-ends, record-access-ends,
+    seal-reach; each step lists its rows,
     and with ``--yes`` does what it lists, in a transaction of its own. Rows a step refuses are
     listed under it with why, the later steps still run, and the command exits 1 after ``--yes``
     (run it again once they are put right, or leave them refused)."""

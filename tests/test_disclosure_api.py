@@ -22,6 +22,7 @@ from accounts.models import User
 from accounts.service import create_user, issue_token
 from chain_of_custody.evidence import Provenance
 from chain_of_custody.models import CustodyEntry
+from chain_of_custody.reach_seals import reach_secret, staff_seal
 from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from devices.models import StaffMember
 from incidents.subject_access.service import days_left, due_date
@@ -223,11 +224,12 @@ def test_subject_access_requests_by_days_left_and_only_visible_footage(server: S
     s = server.services
     base = f"{server.url}/api/v1/subject-access-requests"
     today = datetime.now(UTC).date()
+    reach = reach_secret(s.key)  # type: ignore[attr-defined]
     with s.db.session() as session:  # type: ignore[attr-defined]
-        session.add_all(
+        session.add_all(  # sealed as the service seals them (``chain_of_custody.reach_seals``)
             [
-                StaffMember(id="S-QEH", name="Porter", site="QEH"),
-                StaffMember(id="S-GEN", name="Nurse", site="GEN"),
+                StaffMember(id="S-QEH", name="Porter", site="QEH", seal=staff_seal(reach, "S-QEH", "QEH")),
+                StaffMember(id="S-GEN", name="Nurse", site="GEN", seal=staff_seal(reach, "S-GEN", "GEN")),
             ]
         )
     at = datetime(2026, 11, 20, 14, 0, tzinfo=UTC)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from chain_of_custody.reach_seals import SiteReach, reach_secret, site_reach
 from incidents.access import DERIVATION_DEPTH, visible_evidence, visible_evidence_ids
 from incidents.grants import sealed_assignment_ids
 from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
@@ -21,6 +22,15 @@ class _Viewer:
     role: str
     site: str | None
     assignments: frozenset[int] = frozenset()  # as the sign-in resolves them (``accounts.seals``)
+    reach: SiteReach = SiteReach()  # as the sign-in resolves it (``accounts.seals.reach_of``)
+
+
+def _signed_in(services, viewer: _Viewer) -> _Viewer:  # type: ignore[no-untyped-def]
+    """The viewer with the reach their sign-in reads."""
+    if viewer.role != "security_manager":
+        return replace(viewer, reach=SiteReach(secret=reach_secret(services.key)))
+    with services.db.reading() as session:
+        return replace(viewer, reach=site_reach(session, services.key, viewer.site))
 
 
 def _chain(services, wearer: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -43,6 +53,7 @@ def test_one_item_and_the_scope_clause_agree_along_derivation_chains(services) -
         _Viewer(user(s, "aud", "auditor"), "auditor", None),
         _Viewer(user(s, "op", "operator"), "operator", None),
     ]
+    viewers = [_signed_in(s, v) for v in viewers]
     chains = {}
     with s.db.session() as session:
         incident = create_incident(
@@ -80,3 +91,47 @@ def test_one_item_and_the_scope_clause_agree_along_derivation_chains(services) -
             for n, item_id in enumerate(chains[level]):
                 want = level <= n <= level + DERIVATION_DEPTH
                 assert (visible_evidence(session, viewers[0], item_id) is not None) == want, (level, n)
+
+
+def test_a_broken_seal_along_a_chain_cuts_the_reach_it_decides_alike_for_one_item_and_the_clause(  # type: ignore[no-untyped-def]
+    services,
+) -> None:
+    """An item whose reach seal does not hold (its row written in the database) is reached through a
+    link only: neither by its wearer's site nor through its original, and what derives from it
+    reaches no further through it. One item's answer and the clause's agree on every item."""
+    from sqlalchemy import update
+
+    from chain_of_custody.models import EvidenceItem
+
+    s = services
+    staff(s, "S-S", "porter", "SOUTH")
+    inv = user(s, "inv", "investigator")
+    with s.db.session() as session:
+        incident = create_incident(
+            session,
+            IncidentDraft("physical_assault", datetime.now(UTC), "SOUTH", title="chain"),
+            "user:admin",
+        )
+        assign_investigator(session, s.ledger, incident, inv, "user:admin")
+        incident_id = incident.id
+        assignments = sealed_assignment_ids(session, s.key, inv)
+    south = _signed_in(s, _Viewer(user(s, "south", "security_manager", "SOUTH"), "security_manager", "SOUTH"))
+    investigator = _signed_in(s, _Viewer(inv, "investigator", None, assignments))
+    for broken in range(3):  # which item of the chain is written in the database
+        chain = _chain(s, "S-S")
+        with s.db.session() as session:
+            link_evidence(session, s.ledger, incident_id, chain[0], "user:admin", "on the incident")
+            session.execute(
+                update(EvidenceItem).where(EvidenceItem.id == chain[broken]).values(reach_seal="0" * 64)
+            )
+        with s.db.session() as session:
+            for viewer in (south, investigator):
+                by_clause = visible_evidence_ids(session, viewer, chain)
+                for n, item_id in enumerate(chain):
+                    one = visible_evidence(session, viewer, item_id) is not None
+                    assert one == (item_id in by_clause), (viewer.role, broken, n)
+                    # The original is linked: it stays reached whatever its row says, and so do
+                    # its copies through it; from a copy whose row was written, nothing further
+                    # down is reached through it (nor the copy itself: it is linked nowhere).
+                    want = n == 0 or (not 1 <= broken <= n and n <= DERIVATION_DEPTH)
+                    assert one == want, (viewer.role, broken, n)

@@ -36,6 +36,7 @@ def store_item(
     derived_from: str | None = None,
     data: bytes | None = None,
     block_list: bool = True,
+    device: str | None = None,
 ) -> EvidenceItem:
     """A real object under COMPLIANCE retention for ``lock`` from now, recorded as evidence (with its
     block list, unless ``block_list=False``: as an item stored before lists were kept)."""
@@ -54,6 +55,7 @@ def store_item(
                 kind=kind,
                 actor="test",
                 wearer=wearer,
+                source_device_id=device,
                 captured_start=start,
                 captured_stop=stop,
                 content_type="video/mp4",

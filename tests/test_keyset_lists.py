@@ -26,6 +26,7 @@ import console.export_pages
 import console.incident_pages
 from alarms.models import AlarmRecord
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.reach_seals import item_seal, reach_secret, staff_seal
 from devices.models import Device, StaffMember
 from incidents.models import Incident
 from tests.conftest import make_settings, migrated_sqlite
@@ -90,6 +91,8 @@ def add_row(services: Any, which: str, at: datetime, site: str) -> Row:
                     size=1,
                     wearer=f"S-{site}",
                     created_at=at,
+                    # as the service seals what decides its reach (``chain_of_custody.reach_seals``)
+                    reach_seal=item_seal(reach_secret(services.key), key, f"S-{site}", None, None),
                 )
             )
         else:
@@ -132,7 +135,8 @@ def open_lists(services: Any) -> Iterator[Lists]:
     with services.db.session() as session:
         for site in ("NORTH", "SOUTH"):
             session.add(Device(id=f"LW-{site}", kind="lone_worker", site=site))
-            session.add(StaffMember(id=f"S-{site}", name=f"Porter {site}", site=site))
+            seal = staff_seal(reach_secret(services.key), f"S-{site}", site)
+            session.add(StaffMember(id=f"S-{site}", name=f"Porter {site}", site=site, seal=seal))
     rows = {which: populate(services, which) for which in LISTS}
     with TestClient(create_app(services.settings, services)) as client:
         yield Lists(client, services, bearer(services, "admin"), bearer(services, "manager"), rows)

@@ -19,6 +19,7 @@ from sqlalchemy import delete, insert, select, update
 from accounts.models import User
 from chain_of_custody.entries import EntryBody, SignedEntry
 from chain_of_custody.models import CustodyEntry, EvidenceItem
+from chain_of_custody.reach_seals import SiteReach, reach_secret, site_reach
 from chain_of_custody.row_replay import (
     AssignmentRow,
     DownloadLinkRow,
@@ -381,6 +382,7 @@ def test_a_link_revived_or_moved_in_the_database_grants_nothing(services: Any) -
     class Who:
         def __init__(self, user_id: int) -> None:
             self.user_id, self.role, self.site, self.actor = user_id, "investigator", None, "x"
+            self.reach = SiteReach(secret=reach_secret(s.key))
             with s.db.reading() as session:  # as the sign-in resolves them (``accounts.seals``)
                 self.assignments = sealed_assignment_ids(session, s.key, user_id)
 
@@ -620,14 +622,17 @@ def test_a_wearer_or_device_changed_by_sql_is_named(services: Any) -> None:
     with s.db.session() as session:
         session.execute(update(EvidenceItem).where(EvidenceItem.id == clip.id).values(wearer="S-S"))
     found = [(p.kind, p.where) for p in _problems(s)]
-    assert found == [("item_scope_altered", f"evidence item {clip.id}")], found
+    assert found == [
+        ("item_seal_broken", f"evidence item {clip.id}"),  # what the service sealed was changed too
+        ("item_scope_altered", f"evidence item {clip.id}"),
+    ], found
     with s.db.session() as session:
         session.execute(
             update(EvidenceItem)
             .where(EvidenceItem.id == clip.id)
             .values(wearer="S-N", source_device_id="CAM-S")
         )
-    assert [p.kind for p in _problems(s)] == ["item_scope_altered"]
+    assert [p.kind for p in _problems(s)] == ["item_seal_broken", "item_scope_altered"]
 
 
 def test_an_incident_moved_to_another_site_by_sql_is_named(services: Any) -> None:
@@ -676,6 +681,7 @@ def test_rows_made_before_the_ledger_recorded_them_are_adopted_once(services: An
 
     class Who:
         user_id, role, site, actor = ids["other_inv"], "investigator", None, "user:other_inv"
+        reach = SiteReach(secret=reach_secret(s.key))
         with s.db.reading() as session:  # as the sign-in resolves them (``accounts.seals``)
             assignments = sealed_assignment_ids(session, s.key, ids["other_inv"])
 
@@ -781,6 +787,10 @@ def test_a_member_of_staff_or_a_device_moved_to_another_site_by_sql_is_named(ser
     class SouthManager:
         user_id, role, site, actor = 99, "security_manager", "SOUTH", "user:south"
 
+        def __init__(self) -> None:
+            with s.db.reading() as session:  # as the sign-in resolves it (``accounts.seals.reach_of``)
+                self.reach = site_reach(session, s.key, "SOUTH")
+
     with s.db.session() as session:
         assert visible_evidence_ids(session, SouthManager(), [clip.id]) == set()
     assert _problems(s) == []
@@ -788,8 +798,8 @@ def test_a_member_of_staff_or_a_device_moved_to_another_site_by_sql_is_named(ser
         session.execute(update(StaffMember).where(StaffMember.id == "S-N").values(site="SOUTH"))
         session.execute(update(Device).where(Device.id.in_(["CAM-N", "DOCK-N"])).values(site="SOUTH"))
         session.execute(update(Device).where(Device.id == "CAM-N").values(assigned_staff_id="S-E"))
-    with s.db.session() as session:
-        assert visible_evidence_ids(session, SouthManager(), [clip.id]) == {clip.id}  # the reach widened
+    with s.db.session() as session:  # the rows' seals no longer hold: the reach did not widen
+        assert visible_evidence_ids(session, SouthManager(), [clip.id]) == set()
     found = sorted((p.kind, p.where) for p in _problems(s))
     assert found == [
         ("device_seal_broken", "device CAM-N"),  # what the service sealed was changed too
@@ -797,6 +807,7 @@ def test_a_member_of_staff_or_a_device_moved_to_another_site_by_sql_is_named(ser
         ("device_site_altered", "device CAM-N"),
         ("device_site_altered", "device DOCK-N"),
         ("device_staff_altered", "device CAM-N"),
+        ("staff_seal_broken", "member of staff S-N"),
         ("staff_site_altered", "member of staff S-N"),
     ], found
 

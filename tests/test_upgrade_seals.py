@@ -16,7 +16,7 @@ from accounts.seals import SignInSeals, unsealed_users
 from accounts.service import resolve_token, token_digest
 from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from devices.ends import unrecorded_disables
-from devices.models import Device
+from devices.models import Device, StaffMember
 from devices.seals import device_seal_key, seal_device, unsealed_devices
 from incidents.grants import unsealed_grants
 from incidents.models import IncidentAssignment
@@ -32,6 +32,7 @@ STEPS = (
     "seal-grants",
     "record-credential-ends",
     "record-access-ends",
+    "seal-reach",
 )
 
 
@@ -89,7 +90,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
                 )
             )
             # As every row was before its table carried a seal.
-            for table in (User, Device, IncidentAssignment):
+            for table in (User, Device, IncidentAssignment, StaffMember):
                 session.execute(update(table.__table__).values(seal=None))
         enrol(s, "LW-OFF", staff_id="S-2")
         with s.db.session() as session:  # disabled as the service did before disables were recorded
@@ -139,6 +140,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
             "2 users sealed",
             "1 grants sealed",
             "1 ends recorded",
+            "1 members of staff and evidence items sealed",
         ):
             assert said in done.output, (said, done.output)
         assert "steps with refused rows: seal-users, seal-grants" in done.output

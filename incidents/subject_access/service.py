@@ -21,7 +21,7 @@ from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from devices.models import Device, StaffMember
 
-from ..access import Viewer, evidence_scope, incident_scope
+from ..access import Viewer, evidence_scope, incident_scope, reach_checked
 from ..export.models import ExportJob
 from ..models import Incident
 from ..service import IncidentDraft, IncidentRefused, create_incident
@@ -236,7 +236,9 @@ def candidates(
                 EvidenceItem.source_device_id.in_(select(Device.id).where(Device.site == search.site)),
             )
         )
-    found = list(session.scalars(q.order_by(EvidenceItem.captured_start).limit(MAX_CANDIDATES)))
+    found = reach_checked(
+        session, viewer, list(session.scalars(q.order_by(EvidenceItem.captured_start).limit(MAX_CANDIDATES)))
+    )
     _custody(
         session,
         ledger,

@@ -1,0 +1,135 @@
+"""What a security manager's reach costs: ``GET /api/v1/evidence?limit=500`` as the manager of a site
+whose staff wear 500 clips (among as many of another site's), through the real service (its own
+process, SeaweedFS, a scratch PostgreSQL database or SQLite).
+
+A manager's list is scoped by the staff and devices of their site and by links on custody
+(``incidents.access``); their sign-in reads what their reach rests on, and the rows a list returns
+have their seals checked (``chain_of_custody.reach_seals``). Baselines, same run: the same page as
+an administrator (no scope, no seal checks), and ``GET /api/v1/me`` for each (what signing in costs
+the one and the other). Prints a table and writes bench/results/reach_list[-sqlite].json.
+Run it alone: ``flock -x /tmp/bench.lock .venv/bin/python -m bench.reach_list [--sqlite]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.alarms import PG_ADMIN_URL  # noqa: E402
+from bench.common import (  # noqa: E402
+    BenchService,
+    ScratchPostgres,
+    latency_summary,
+    load_average,
+    scratch,
+    write_results,
+)
+from bench.sign_in import timed  # noqa: E402
+from chain_of_custody.evidence import Provenance, record_evidence  # noqa: E402
+from devices.service import add_staff  # noqa: E402
+
+MANAGER, PASSWORD = "bench_south_manager", "bench manager password"
+
+
+def populate(services: object, items: int, staff: int) -> None:
+    """``staff`` members of staff at SOUTH and at NORTH, and ``items`` clips worn at each site."""
+    now = datetime.now(UTC)
+    with services.db.session() as session:  # type: ignore[attr-defined]
+        for site in ("SOUTH", "NORTH"):
+            for n in range(staff):
+                add_staff(
+                    session, services.ledger, f"{site[0]}-{n:04d}", "Bench", "porter", site, actor="bench"
+                )  # type: ignore[attr-defined]
+    for n in range(2 * items):
+        site = "SOUTH" if n % 2 else "NORTH"
+        stored = services.store.put_bytes(  # type: ignore[attr-defined]
+            f"bench/reach/{n:05d}",
+            n.to_bytes(4, "big") * 64,
+            retain_until=now + timedelta(days=1),
+            content_type="video/mp4",
+        )
+        start = now - timedelta(hours=6) + timedelta(seconds=30 * n)
+        with services.db.session() as session:  # type: ignore[attr-defined]
+            record_evidence(
+                session,
+                services.ledger,  # type: ignore[attr-defined]
+                stored,
+                Provenance(
+                    kind="clip",
+                    actor="bench",
+                    wearer=f"{site[0]}-{n % staff:04d}",
+                    captured_start=start,
+                    captured_stop=start + timedelta(seconds=25),
+                    content_type="video/mp4",
+                    retain_until=now + timedelta(days=1),
+                ),
+                received={"by": "bench"},
+                verified={"ok": True},
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sqlite", action="store_true", help="SQLite instead of a scratch PostgreSQL")
+    ap.add_argument("--items", type=int, default=500, help="clips at each of the two sites")
+    ap.add_argument("--staff", type=int, default=200, help="members of staff at each site")
+    ap.add_argument("-n", type=int, default=60, help="lists of each kind")
+    args = ap.parse_args()
+    work = scratch("bench-reach-")
+    pg = None if args.sqlite else ScratchPostgres(PG_ADMIN_URL, "evidence_bench_reach")
+    database_url = pg.create() if pg else f"sqlite:///{work / 'bench.db'}"
+    load_before = load_average()
+    svc = BenchService(work, EVIDENCE_DATABASE_URL=database_url)
+    try:
+        svc.start()
+        admin = svc.admin_headers()
+        user = {"username": MANAGER, "password": PASSWORD, "role": "security_manager", "site": "SOUTH"}
+        httpx.post(f"{svc.url}/api/v1/users", json=user, headers=admin).raise_for_status()
+        services = svc.services(database_url)
+        try:
+            populate(services, args.items, args.staff)
+        finally:
+            services.close()
+        token = httpx.post(
+            f"{svc.url}/api/v1/auth/token", data={"username": MANAGER, "password": PASSWORD}
+        ).json()["access_token"]
+        manager = {"Authorization": f"Bearer {token}"}
+        page = {"limit": args.items}
+        with httpx.Client(base_url=svc.url, timeout=60) as client:
+            seen = client.get("/api/v1/evidence", params=page, headers=manager).json()
+            if len(seen) != args.items:
+                raise RuntimeError(f"the manager sees {len(seen)} items, not {args.items}")
+            timed(client, "/api/v1/evidence", 5, params=page, headers=admin)  # warm up
+            runs = {
+                "admin /me": timed(client, "/api/v1/me", args.n, headers=admin),
+                "manager /me": timed(client, "/api/v1/me", args.n, headers=manager),
+                "admin list": timed(client, "/api/v1/evidence", args.n, params=page, headers=admin),
+                "manager list": timed(client, "/api/v1/evidence", args.n, params=page, headers=manager),
+            }
+    finally:
+        svc.stop()
+        if pg is not None:
+            pg.drop()
+    load_after = load_average()
+    figures = {name: latency_summary(xs) for name, xs in runs.items()}
+    db = "sqlite" if args.sqlite else "postgres"
+    print(f"| {db}, {args.items} of {2 * args.items} items | n | p50 ms | p95 ms | mean ms |")
+    print("|---|---|---|---|---|")
+    for name, f in figures.items():
+        print(f"| {name} | {f['n']} | {f['p50_ms']} | {f['p95_ms']} | {f['mean_ms']} |")
+    ratio = figures["manager list"]["p50_ms"] / figures["admin list"]["p50_ms"]
+    print(f"manager list / admin list (p50): {ratio:.2f}; load before {load_before}, after {load_after}")
+    write_results(
+        "reach_list" + ("-sqlite" if args.sqlite else ""),
+        {"db": db, "figures": figures, "ratio_p50": ratio, "load": [load_before, load_after]},
+    )
+
+
+if __name__ == "__main__":
+    main()
