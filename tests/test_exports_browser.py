@@ -25,6 +25,7 @@ from sqlalchemy import select
 from accounts.models import User
 from chain_of_custody.evidence import Provenance
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.reach_seals import reach_secret, staff_seal
 from devices.models import StaffMember
 from firmware_simulators.scene import render_clip
 from incidents.export.models import ExportJob
@@ -215,7 +216,11 @@ def test_subject_access_request_from_request_to_package(server: Server, browser:
     shots = screenshot_dir(tmp_path)
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=3)
     with s.db.session() as session:  # type: ignore[attr-defined]
-        session.add(StaffMember(id="S-QEH-7", name="Sam Porter", site="QEH"))
+        reach = reach_secret(s.key)  # type: ignore[attr-defined]
+        # sealed as the service seals them (``chain_of_custody.reach_seals``)
+        session.add(
+            StaffMember(id="S-QEH-7", name="Sam Porter", site="QEH", seal=staff_seal(reach, "S-QEH-7", "QEH"))
+        )
     render_clip(
         tmp_path / "faces.mp4",
         seconds=1.2,
