@@ -267,7 +267,7 @@ class Lifecycle:
             at=now,
         )
         if row.incident_requested and row.incident_id is None:
-            self.links.open_incident(session, row, now)
+            self.links.open_incident(session, row, now, self.sealed(row))
             record_change(session, row, "incident_linked", now)
 
     def make_whole_if_provisional(self, alarm_id: str, now: datetime | None = None) -> bool:
@@ -364,7 +364,7 @@ class Lifecycle:
             )
             for effect in transition.effects:
                 if isinstance(effect, rules.OpenOrJoinIncident):
-                    self.links.open_incident(session, row, now)
+                    self.links.open_incident(session, row, now, self.sealed(row))
         for effect in transition.effects:
             if isinstance(effect, rules.NotifyOperators):
                 record_change(session, row, effect.change.value, effect.at)

@@ -148,3 +148,30 @@ def test_upgrade_seals_adopts_the_alarms_the_ledger_bears_out(south: SouthReader
     assert f"alarm {moved}" in done.output and "REFUSED" in done.output
     assert south.reads(kept)["list"] and south.reads(kept)["alarm"]
     assert not south.reads(moved)["list"]
+
+
+def test_an_alarm_moved_in_the_database_opens_no_incident_of_that_site_with_its_memo(
+    south: SouthReader,
+) -> None:
+    """An amber alarm turning red opens an incident of its site and links its memo: an alarm moved to
+    SOUTH by SQL, its memo pointed at a NORTH nurse's clip, would put that clip in a SOUTH incident."""
+    from tests.test_alarms_kit import enrol, later
+
+    staff(south.s, "N-1", "nurse", "NORTH")
+    clip = store_item(south.s, wearer="N-1", start=T0)
+    device = enrol(south.s, "LW-AMBER", staff_id=None, site="NORTH")
+    now = datetime.now(UTC)
+    alarms = south.s.alarms
+    result = alarms.handle(*device.amber(60, sent_at=now), now=now)
+    _sql(
+        south.s,
+        update(AlarmRecord)
+        .where(AlarmRecord.id == result.alarm_id)
+        .values(site="SOUTH", voice_memo_item_id=clip.id),
+    )
+    assert alarms.fire_deadlines(later(61, now)) == 1  # red: an incident is opened
+    with south.s.db.session() as session:
+        alarm = session.get(AlarmRecord, result.alarm_id)
+        assert alarm is not None and alarm.incident_id is not None
+    r = httpx.get(f"{south.api}/evidence/{clip.id}", headers=south.headers)
+    assert r.status_code == 404, r.text
