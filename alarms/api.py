@@ -55,6 +55,7 @@ from accounts.access import WRITES_CUSTODY, require_roles, sees_site, services, 
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices, list_cursors
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.reach_seals import reach_secret
 from chain_of_custody.reads import item_response
 from devices.lone_worker_wire import DEVICE_ID_PATTERN, EVENT_ID_PATTERN
 from incidents.access import ALARM_READERS
@@ -75,6 +76,7 @@ from storage.slots import NoSlot
 from . import performance, rules
 from .feed import FeedWatcher, changes_after
 from .lifecycle import AlarmNotFound
+from .reach import change_body
 from .records import alarm_record, answer_summaries, voice_memo_item
 from .service import AlarmService
 from .voice_memos import VoiceMemoRefused
@@ -218,6 +220,7 @@ async def alarm_stream(
     sites the caller does not see are left out (their ids still move the cursor on).
     """
     scoped = sites_seen(user) is not None
+    secret = reach_secret(s.key)
     if last_event_id and last_event_id.strip().isdigit():
         cursor = int(last_event_id.strip())
     elif after is not None:
@@ -241,7 +244,10 @@ async def alarm_stream(
                     cursor = change_id
                     if scoped and not sees_site(user, json.loads(body)["alarm"].get("site")):
                         continue
-                    yield f"id: {change_id}\nevent: alarm\ndata: {body}\n\n"
+                    sent = change_body(secret, scoped, body)
+                    if sent is None:
+                        continue
+                    yield f"id: {change_id}\nevent: alarm\ndata: {sent}\n\n"
                     last_sent = time.monotonic()
                 if len(rows) == 200:
                     continue
@@ -310,7 +316,7 @@ def get_alarm_record(
     """The alarm with the device's messages (byte for byte, with their hashes), its position trail,
     and its signed payload and voice memo with their custody trails (metadata only)."""
     with s.db.session() as session:
-        record = alarm_record(session, alarm_id, datetime.now(UTC), user)
+        record = alarm_record(session, alarm_id, datetime.now(UTC), user, reach_secret(s.key))
     if record is None:
         raise AlarmNotFound(alarm_id)
     return record
@@ -332,7 +338,7 @@ async def play_voice_memo(
 
     def look_up() -> EvidenceItem | None:
         with s.db.session() as session:  # on a worker thread: never the event loop's
-            return voice_memo_item(session, alarm_id, user)
+            return voice_memo_item(session, alarm_id, user, reach_secret(s.key))
 
     item = await asyncio.to_thread(look_up)
     if item is None:

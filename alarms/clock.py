@@ -131,7 +131,9 @@ class Clock:
                 alarm = (
                     session.get(AlarmRecord, event.alarm_id, with_for_update=True) if event.alarm_id else None
                 )
-                item = self.payloads.record_later(session, event, stored, alarm.wearer if alarm else None)
+                # The payload's item takes the alarm's wearer only from a row the service sealed.
+                wearer = alarm.wearer if alarm is not None and self.lifecycle.sealed(alarm) else None
+                item = self.payloads.record_later(session, event, stored, wearer)
                 event.evidence_item_id = item.id
                 if alarm is not None:
                     if alarm.evidence_item_id is None and alarm.source_event_id == event.event_id:

@@ -78,6 +78,7 @@ def record_change(session: Session, row: AlarmRecord, change: str, at: datetime,
     """Announce a change of ``row`` on the feed, at the commit of the caller's transaction (``more``:
     what the change itself carries, such as the ``position`` of a ``moved`` alarm)."""
     body = {"change": change, "at": at.isoformat(), "alarm": alarm_view(row), **more}
+    body["seal"] = row.seal  # the stream checks it, and sends the change without it (``alarms.reach``)
     stage_feed(session, AlarmChange(alarm_id=row.id, change=change, at=at, body=json.dumps(body)))
 
 

@@ -36,19 +36,22 @@ class IncidentLinks:
         self.ledger = ledger
         self.join_window = join_window
 
-    def open_incident(self, session: Session, row: AlarmRecord, now: datetime) -> None:
-        """A red alarm opens an incident, or joins the wearer's recent one."""
+    def open_incident(self, session: Session, row: AlarmRecord, now: datetime, sealed: bool = True) -> None:
+        """A red alarm opens an incident, or joins the wearer's recent one. An alarm whose row the
+        service did not seal as it stands (``sealed`` False: moved by SQL) opens one of its own at no
+        site, with only its device's messages' items: its site, wearer and memo reach nobody."""
         if row.incident_id is not None:
             return
         at = min(row.occurred_at, row.raised_at)
-        if row.wearer:
+        wearer, site = (row.wearer, row.site) if sealed else (None, None)
+        if wearer:
             incident, _ = open_or_join_incident_for_wearer(
                 session,
                 self.ledger,
-                row.wearer,
+                wearer,
                 at,
                 INCIDENT_CATEGORY,
-                row.site,
+                site,
                 SERVICE_ACTOR,
                 self.join_window,
                 now=now,
@@ -59,7 +62,7 @@ class IncidentLinks:
                 IncidentDraft(
                     category=INCIDENT_CATEGORY,
                     occurred_at=at,
-                    site=row.site or "unknown",
+                    site=site or "unknown",
                     title=f"Lone-worker alarm from device {row.device_id}",
                 ),
                 SERVICE_ACTOR,
@@ -69,7 +72,7 @@ class IncidentLinks:
         row.incident_id = incident.id
         reason = f"{row.kind} alarm from {row.device_id}"
         link_alarm(session, self.ledger, incident.id, row.id, SERVICE_ACTOR, reason, now=now)
-        for item_id in _alarm_items(session, row):
+        for item_id in _alarm_items(session, row, sealed):
             self.link(session, row, item_id, "alarm evidence")
         log.info("alarm linked to incident", extra={"alarm": row.id, "incident": incident.reference})
 
@@ -87,8 +90,8 @@ class IncidentLinks:
         )
 
 
-def _alarm_items(session: Session, row: AlarmRecord) -> list[str]:
-    items = [row.evidence_item_id, row.voice_memo_item_id]
+def _alarm_items(session: Session, row: AlarmRecord, sealed: bool) -> list[str]:
+    items = [row.evidence_item_id, row.voice_memo_item_id if sealed else None]
     items += list(
         session.scalars(
             select(LoneWorkerEvent.evidence_item_id).where(

@@ -23,9 +23,11 @@ from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from chain_of_custody.alarm_seals import alarm_holds, alarm_seal
 from chain_of_custody.canonical import canonical_json, rfc3339
 from chain_of_custody.core import CoreServices
 from chain_of_custody.entries import CustodyAction
+from chain_of_custody.reach_seals import reach_secret
 from devices.broker_access import CONTROL_TOPIC_ROOT
 from devices.lone_worker_wire import AlarmMessage, CheckinMessage
 from storage.errors import Refused
@@ -98,12 +100,14 @@ def store_rule(row: AlarmRecord, alarm: rules.Alarm) -> None:
 
 
 def custody_details(row: AlarmRecord, changes: list[str]) -> dict[str, Any]:
-    """What an alarm's custody entry records of it, its site among them: the control room of that
-    site reads the alarm and streams its voice memo (``evidence verify`` compares the row with it)."""
+    """What an alarm's custody entry records of it, its site and wearer among them: the control room
+    of that site reads the alarm and streams its voice memo, and its payload's item is the wearer's
+    (``evidence verify`` compares the row with it)."""
     return {
         "alarm_id": row.id,
         "device": row.device_id,
         "site": row.site,
+        "wearer": row.wearer,
         "kind": row.kind,
         "severity": row.severity,
         "status": row.status,
@@ -133,6 +137,20 @@ class Lifecycle:
         self.outbox = outbox
         self.payloads = payloads
         self.links = links
+        self.seal_secret = reach_secret(core.key)  # alarm rows' seals (``chain_of_custody.alarm_seals``)
+
+    def seal(self, row: AlarmRecord) -> None:
+        """Seal the alarm's row as the service records it: its id, site, wearer, device and memo."""
+        row.seal = alarm_seal(
+            self.seal_secret, row.id, row.site, row.wearer, row.device_id, row.voice_memo_item_id
+        )
+
+    def sealed(self, row: AlarmRecord) -> bool:
+        """Whether the alarm's row is as the service sealed it (a warning names it when not): a row
+        whose seal does not hold lends nothing it decides (its wearer, its memo) to anything else."""
+        return alarm_holds(
+            self.seal_secret, row.id, row.site, row.wearer, row.device_id, row.voice_memo_item_id, row.seal
+        )
 
     # -- raising ---------------------------------------------------------------------------------
 
@@ -175,6 +193,7 @@ class Lifecycle:
         )
         row = AlarmRecord(
             id=transition.alarm.alarm_id,
+            device_id=device_id,
             wearer=wearer,
             site=site,
             dedupe_key=dedupe_key,
@@ -188,6 +207,7 @@ class Lifecycle:
                 row.lat, row.lon = message.position.lat, message.position.lon
                 row.accuracy_m = message.position.accuracy_m
             row.battery = message.battery
+        self.seal(row)
         if provisional:  # a provisional alarm is changed by nothing else before its commit
             stage(session, row)
         else:
@@ -229,7 +249,9 @@ class Lifecycle:
         if event is not None and event.evidence_item_id is None:
             stored = self.payloads.put(event)
             if stored is not None:
-                event.evidence_item_id = self.payloads.record_later(session, event, stored, row.wearer).id
+                # The payload's item takes the alarm's wearer only from a row the service sealed.
+                wearer = row.wearer if self.sealed(row) else None
+                event.evidence_item_id = self.payloads.record_later(session, event, stored, wearer).id
         if event is not None and row.evidence_item_id is None:
             row.evidence_item_id = event.evidence_item_id
         row.provisional = False
@@ -245,7 +267,7 @@ class Lifecycle:
             at=now,
         )
         if row.incident_requested and row.incident_id is None:
-            self.links.open_incident(session, row, now)
+            self.links.open_incident(session, row, now, self.sealed(row))
             record_change(session, row, "incident_linked", now)
 
     def make_whole_if_provisional(self, alarm_id: str, now: datetime | None = None) -> bool:
@@ -342,7 +364,7 @@ class Lifecycle:
             )
             for effect in transition.effects:
                 if isinstance(effect, rules.OpenOrJoinIncident):
-                    self.links.open_incident(session, row, now)
+                    self.links.open_incident(session, row, now, self.sealed(row))
         for effect in transition.effects:
             if isinstance(effect, rules.NotifyOperators):
                 record_change(session, row, effect.change.value, effect.at)

@@ -91,6 +91,9 @@ class AlarmRecord(Base):
     # evidence item, the ``alarm_raised`` custody entry and the incident are still to come (it is
     # made whole later, see ``alarms.lifecycle``).
     provisional: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The service's seal over id, site, wearer, device and voice memo (``chain_of_custody.alarm_seals``):
+    # an alarm whose seal does not hold reaches no site's readers, its memo nobody.
+    seal: Mapped[str | None] = mapped_column(String(64), default=None)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (

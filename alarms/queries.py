@@ -15,11 +15,13 @@ from storage.paging import Position, after_position
 from .feed import alarm_view
 from .lifecycle import AlarmNotFound
 from .models import AlarmRecord, LoneWorkerVisit
+from .reach import readable
 
 
 class AlarmQueries:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, secret: bytes) -> None:
         self.db = db
+        self.secret = secret  # alarm rows' seals are checked with it (``alarms.reach``)
 
     def get(self, alarm_id: str, viewer: SiteViewer | None = None) -> dict[str, Any]:
         """One alarm; :class:`AlarmNotFound` also when it is not the viewer's to see (``viewer`` None:
@@ -27,6 +29,8 @@ class AlarmQueries:
         with self.db.session() as session:
             row = session.get(AlarmRecord, alarm_id)
             if row is None or (viewer is not None and not sees_site(viewer, row.site)):
+                raise AlarmNotFound(alarm_id)
+            if not readable(self.secret, viewer, [row]):
                 raise AlarmNotFound(alarm_id)
             return alarm_view(row)
 
@@ -59,7 +63,7 @@ class AlarmQueries:
             q = q.where(AlarmRecord.kind == kind)
         q = q.order_by(AlarmRecord.raised_at.desc(), AlarmRecord.id.desc()).limit(limit).offset(offset)
         with self.db.session() as session:
-            return [alarm_view(r) for r in session.scalars(q)]
+            return [alarm_view(r) for r in readable(self.secret, viewer, session.scalars(q))]
 
     def lone_workers(
         self, viewer: SiteViewer | None = None, *, after: str = "", limit: int | None = None

@@ -28,6 +28,7 @@ from storage.db import is_postgres
 from .feed import alarm_view
 from .models import AlarmRecord, LoneWorkerEvent
 from .performance import PERIODS, TARGETS, Answer, Summary
+from .reach import alarm_sealed, by_site
 from .trails import trail_page
 
 log = logging.getLogger(__name__)
@@ -216,35 +217,46 @@ def _ranked(
     return max(0.0, int(micros or 0) / 1_000_000)
 
 
-def voice_memo_item(session: Session, alarm_id: str, viewer: SiteViewer | None) -> EvidenceItem | None:
-    """The alarm's voice memo, if it has one that is still stored and the alarm is the viewer's."""
-    row = visible_alarm(session, alarm_id, viewer)
+def voice_memo_item(
+    session: Session, alarm_id: str, viewer: SiteViewer | None, secret: bytes
+) -> EvidenceItem | None:
+    """The alarm's voice memo, if it has one that is still stored, the alarm is the viewer's, and its
+    row's seal vouches for the memo (an item pointed at by SQL is nobody's memo)."""
+    row = visible_alarm(session, alarm_id, viewer, secret)
     if row is None or row.voice_memo_item_id is None:
+        return None
+    if not by_site(viewer) and not alarm_sealed(secret, row):
         return None
     item = session.get(EvidenceItem, row.voice_memo_item_id)
     return item if item is not None and item.status == "stored" else None
 
 
-def visible_alarm(session: Session, alarm_id: str, viewer: SiteViewer | None) -> AlarmRecord | None:
-    """The alarm if the viewer may see it (its site is theirs, ``accounts.access``); None both when
-    missing and when hidden, so nobody learns that it exists. ``viewer`` None: the service itself."""
+def visible_alarm(
+    session: Session, alarm_id: str, viewer: SiteViewer | None, secret: bytes
+) -> AlarmRecord | None:
+    """The alarm if the viewer may see it (its site is theirs, ``accounts.access``, and a reader by
+    site only through a row the service sealed, ``alarms.reach``); None both when missing and when
+    hidden, so nobody learns that it exists. ``viewer`` None: the service itself."""
     row = session.get(AlarmRecord, alarm_id)
     if row is None or (viewer is not None and not sees_site(viewer, row.site)):
+        return None
+    if by_site(viewer) and not alarm_sealed(secret, row):
         return None
     return row
 
 
 def alarm_record(
-    session: Session, alarm_id: str, now: datetime, viewer: Viewer | None
+    session: Session, alarm_id: str, now: datetime, viewer: Viewer | None, secret: bytes
 ) -> dict[str, Any] | None:
     """Everything the control room may know of one alarm, JSON-ready; None when there is no such
     alarm or it is not the viewer's to see."""
-    row = visible_alarm(session, alarm_id, viewer)
+    row = visible_alarm(session, alarm_id, viewer, secret)
     if row is None:
         return None
     view = alarm_view(row)
     payload = item_record(session, view["evidence_item_id"], viewer)
-    memo = item_record(session, view["voice_memo_item_id"], viewer)
+    vouched = by_site(viewer) or alarm_sealed(secret, row)  # a memo pointed at by SQL is not its memo
+    memo = item_record(session, view["voice_memo_item_id"], viewer) if vouched else None
     messages, more_messages = alarm_messages(session, view)
     points, more_points = trail_page(session, view, now)
     if more_messages or more_points:

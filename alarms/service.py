@@ -96,7 +96,7 @@ class AlarmService:
         )
         # Live alarm streams open at once, per person (the process's whole is the HTTP edge's to bound).
         self.streams = Slots(1 << 30, core.settings.max_alarm_streams_per_user)
-        self.queries = AlarmQueries(core.db)
+        self.queries = AlarmQueries(core.db, self.lifecycle.seal_secret)
 
     # -- how effects leave this process ---------------------------------------------------------
 

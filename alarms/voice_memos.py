@@ -241,6 +241,7 @@ class VoiceMemos:
                 return row.voice_memo_item_id, False, winner.status if winner else "stored"
             if row.provisional:  # custody shows the raise before anything added to it
                 self.lifecycle.make_whole(session, row, datetime.now(UTC))
+            sealed = self.lifecycle.sealed(row)  # a row moved by SQL stays unsealed, memo and all
             item = record_evidence(
                 session,
                 core.ledger,
@@ -268,6 +269,8 @@ class VoiceMemos:
                 verified={"device_signature_valid": True, "sha256_matches": not reasons},
             )
             row.voice_memo_item_id = item.id
+            if sealed:
+                self.lifecycle.seal(row)
             row.updated_at = now
             details: dict[str, Any] = {"alarm_id": row.id, "voice_memo": item.id, "sha256": digest}
             if a.replaces:

@@ -192,11 +192,12 @@ class AlarmRow:
     site: str | None
     memo: str | None  # the voice memo's evidence item
     provisional: bool = False  # raised but not yet whole: its first entry is still to come
+    wearer: str | None = None  # the member of staff whose alarm it is (its payload's item is theirs)
 
 
 def alarm_replay(entries: Iterable[SignedEntry]) -> Recorded:
-    """What the ledger says of each alarm: the site its latest entry that records one gives it, and
-    the voice memo its latest memo entry attaches."""
+    """What the ledger says of each alarm: the site and wearer its latest entry that records one
+    gives it, and the voice memo its latest memo entry attaches."""
     out: Recorded = {}
     for e in entries:
         if e.body.action not in ("alarm_raised", "alarm_changed"):
@@ -208,6 +209,8 @@ def alarm_replay(entries: Iterable[SignedEntry]) -> Recorded:
         known = out.setdefault(alarm, {})
         if "site" in d:
             known["site"] = (e.body.seq, d["site"])
+        if "wearer" in d:
+            known["wearer"] = (e.body.seq, d["wearer"])
         if "voice_memo" in d:
             known["memo"] = (e.body.seq, d["voice_memo"])
     return out
@@ -216,15 +219,15 @@ def alarm_replay(entries: Iterable[SignedEntry]) -> Recorded:
 def alarm_findings(
     replay: Mapping[str, Mapping[str, tuple[int, Any]]], rows: Iterable[AlarmRow]
 ) -> list[Problem]:
-    """Each alarm's site must be what its latest entry that records one says, and its voice memo the
+    """Each alarm's site and wearer must be what its latest entry that records one says (an alarm
+    raised before its wearer was recorded is compared by its seal only), and its voice memo the
     item its latest memo entry attaches (none if no entry attaches one): the memo is streamed to
     whoever reads the alarm, without asking whether they may see that item otherwise."""
     problems: list[Problem] = []
     for row in rows:
         where = f"alarm {row.id}"
         known = replay.get(row.id, {})
-        if "site" in known:
-            _compare(problems, "alarm", where, {"site": known["site"]}, row)
+        _compare(problems, "alarm", where, {f: known[f] for f in ("site", "wearer") if f in known}, row)
         seq, memo = known.get("memo", (None, None))
         if row.memo != memo:
             said = (

@@ -117,7 +117,14 @@ _DOWNLOAD_LINKS = table(
 
 _STAFF = table("staff", column("id"), column("site"))
 _DEVICES = table("devices", column("id"), column("kind"), column("site"), column("assigned_staff_id"))
-_ALARMS = table("alarms", column("id"), column("site"), column("voice_memo_item_id"), column("provisional"))
+_ALARMS = table(
+    "alarms",
+    column("id"),
+    column("site"),
+    column("voice_memo_item_id"),
+    column("provisional"),
+    column("wearer"),
+)
 
 
 def link_rows(session: Session) -> list[LinkRow]:
@@ -219,8 +226,8 @@ def device_rows(session: Session) -> list[DeviceRow]:
 
 def alarm_rows(session: Session) -> list[AlarmRow]:
     c = _ALARMS.c
-    q = select(c.id, c.site, c.voice_memo_item_id, c.provisional)
-    return [AlarmRow(str(i), s, m, bool(p)) for i, s, m, p in session.execute(q)]
+    q = select(c.id, c.site, c.voice_memo_item_id, c.provisional, c.wearer)
+    return [AlarmRow(str(i), s, m, bool(p), w) for i, s, m, p, w in session.execute(q)]
 
 
 def check_registry(session: Session, entries: Sequence[SignedEntry], report: ChainReport) -> None:

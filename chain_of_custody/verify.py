@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from storage.objects import ObjectStore, StorageError
 
 from . import package_layout
+from .alarm_seals import check_alarm_seals
 from .block_lists import list_problem
 from .checkpoints import read_checkpoints
 from .entries import (
@@ -204,8 +205,9 @@ def verify_service(
         check_row_families(session, entries, report, key.derived_secret(PASSWORD_DIGESTS))
         say("checking the seals of devices, users, bearer tokens, console sessions and read grants")
         check_row_seals(session, report, key)
-        say("checking the seals of members of staff and evidence items (who reaches them)")
+        say("checking the seals of members of staff, evidence items and alarms (who reaches them)")
         check_reach_seals(session, report, key)
+        check_alarm_seals(session, report, key)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")

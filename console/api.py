@@ -29,6 +29,7 @@ from accounts.service import AccountError, Principal
 from accounts.service import sign_in as check_password
 from accounts.sessions import BrowserSession, SessionPolicy, end_session, start_session
 from chain_of_custody.core import CoreServices
+from chain_of_custody.reach_seals import reach_secret
 from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, INCIDENT_READERS, STATISTICS_READERS
 from storage.settings import Settings
@@ -262,7 +263,7 @@ def board(request: Request) -> Response:
     who = signed_in(request, sources.READERS)
     s = services(request)
     with s.db.session() as session:
-        snapshot = board_snapshot(session, s.settings, who.principal)
+        snapshot = board_snapshot(session, s.settings, who.principal, reach_secret(s.key))
     return render(
         request,
         "board.html",
@@ -273,9 +274,9 @@ def board(request: Request) -> Response:
     )
 
 
-def board_snapshot(session: Session, settings: Settings, viewer: Principal) -> dict[str, Any]:
+def board_snapshot(session: Session, settings: Settings, viewer: Principal, secret: bytes) -> dict[str, Any]:
     cursor = sources.latest_change(session)  # before the rows: the stream replays what follows
-    alarms = sources.open_alarms(session, viewer)
+    alarms = sources.open_alarms(session, viewer, secret)
     return {
         "cursor": cursor,
         "alarms": alarms,
@@ -310,7 +311,7 @@ def _map_data(s: CoreServices, viewer: Principal) -> dict[str, Any]:
     now = _now()
     with s.db.session() as session:
         cursor = sources.latest_change(session)
-        alarms = sources.open_alarms(session, viewer)
+        alarms = sources.open_alarms(session, viewer, reach_secret(s.key))
         return {
             "cursor": cursor,
             "alarms": alarms,
@@ -332,7 +333,7 @@ def alarm_page(request: Request, alarm_id: str) -> Response:
     who = signed_in(request, sources.READERS)
     s = services(request)
     with s.db.session() as session:
-        record = sources.alarm_record(session, alarm_id[:64], _now(), who.principal)
+        record = sources.alarm_record(session, alarm_id[:64], _now(), who.principal, reach_secret(s.key))
         if record is None:
             return render(request, "missing.html", who, 404, what="alarm")
         directory = sources.directory(session, [record["alarm"]["device_id"]], who.principal)

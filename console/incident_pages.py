@@ -19,6 +19,7 @@ from fastapi.responses import Response
 
 from accounts.access import services
 from chain_of_custody.core import list_cursors
+from chain_of_custody.reach_seals import reach_secret
 from incidents.access import (
     INCIDENT_MANAGERS,
     INCIDENT_READERS,
@@ -160,7 +161,11 @@ def incident_page(request: Request, key: str) -> Response:
         alarms = ws.linked_alarms(session, viewer, view["links"])
         can_write = viewer.role in INCIDENT_WRITERS
         candidates = ws.evidence_candidates(session, viewer, incident.id) if can_write else []
-        alarm_choices = ws.alarm_candidates(session, viewer, incident.id) if can_write else []
+        alarm_choices = (
+            ws.alarm_candidates(session, viewer, incident.id, reach_secret(services(request).key))
+            if can_write
+            else []
+        )
         manager = viewer.role in INCIDENT_MANAGERS
         people = ws.investigators(session, viewer, services(request).key, everyone=True) if manager else []
         wearers = {i["wearer"] for i in [*items.values(), *candidates] if i["wearer"]}

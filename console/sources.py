@@ -27,6 +27,7 @@ from alarms import performance
 from alarms.api import OPERATORS, READERS
 from alarms.feed import alarm_view
 from alarms.models import AlarmChange, AlarmRecord, LoneWorkerVisit
+from alarms.reach import readable
 from alarms.records import alarm_record, answer_summaries, answer_times
 from alarms.trails import TRAIL_POINTS, trail
 from devices.api import ADMINS as DEVICE_ADMINS
@@ -68,14 +69,18 @@ def latest_change(session: Session) -> int:
     return int(session.scalar(select(func.max(AlarmChange.id))) or 0)
 
 
-def open_alarms(session: Session, viewer: SiteViewer, limit: int = 2000) -> list[dict[str, Any]]:
+def open_alarms(
+    session: Session, viewer: SiteViewer, secret: bytes, limit: int = 2000
+) -> list[dict[str, Any]]:
+    """The open alarms of the viewer's sites, oldest first, each whose row the service sealed
+    (``alarms.reach``)."""
     rows = session.scalars(
         select(AlarmRecord)
         .where(AlarmRecord.status != "resolved", site_scope(viewer, AlarmRecord.site))
         .order_by(AlarmRecord.raised_at, AlarmRecord.id)
         .limit(limit)
     )
-    return [alarm_view(r) for r in rows]
+    return [alarm_view(r) for r in readable(secret, viewer, rows)]
 
 
 def directory(session: Session, device_ids: list[str] | None, viewer: SiteViewer) -> dict[str, Any]:

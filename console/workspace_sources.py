@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from accounts.access import site_scope
 from accounts.models import User
 from alarms.models import AlarmRecord
+from alarms.reach import readable
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import EvidenceItem
 from devices.models import StaffMember
@@ -122,8 +123,11 @@ def evidence_candidates(session: Session, viewer: Viewer, incident_id: str) -> l
     return [_item_facts(i) for i in reach_checked(session, viewer, list(rows))]
 
 
-def alarm_candidates(session: Session, viewer: Viewer, incident_id: str) -> list[dict[str, Any]]:
-    """Alarms of the viewer's sites (``GET /api/v1/alarms``'s rule), for a role that may link them."""
+def alarm_candidates(
+    session: Session, viewer: Viewer, incident_id: str, secret: bytes
+) -> list[dict[str, Any]]:
+    """Alarms of the viewer's sites (``GET /api/v1/alarms``'s rule, seals checked), for a role that
+    may link them."""
     if not may_link_alarm(viewer):
         return []
     linked = select(IncidentLink.target_id).where(
@@ -146,7 +150,7 @@ def alarm_candidates(session: Session, viewer: Viewer, incident_id: str) -> list
             "site": a.site,
             "raised_at": a.raised_at,
         }
-        for a in rows
+        for a in readable(secret, viewer, rows)
     ]
 
 

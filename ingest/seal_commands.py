@@ -146,10 +146,13 @@ def _access_ends(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
 
 
 def _reach(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from chain_of_custody.alarm_seals import seal_alarms, unsealed_alarms
     from chain_of_custody.reach_seals import seal_reach, unsealed_reach
 
     entries = s.ledger.all_entries(session)
-    return seal_reach(session, s.key, entries) if yes else unsealed_reach(session, s.key, entries)
+    if yes:
+        return [*seal_reach(session, s.key, entries), *seal_alarms(session, s.key, entries)]
+    return [*unsealed_reach(session, s.key, entries), *unsealed_alarms(session, entries)]
 
 
 TOKENS = Step("seal-tokens", "tokens", _tokens)
@@ -158,7 +161,7 @@ USERS = Step("seal-users", "users", _users)
 GRANTS = Step("seal-grants", "grants", _grants)
 ENDS = Step("record-credential-ends", "ends", _ends, verb="record", done="recorded")
 ACCESS_ENDS = Step("record-access-ends", "ends", _access_ends, verb="record", done="recorded")
-REACH = Step("seal-reach", "members of staff and evidence items", _reach)
+REACH = Step("seal-reach", "members of staff, evidence items and alarms", _reach)
 # The upgrade's order: a grant is sealed only after the users it is made to (README, "Grant seals").
 UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS, REACH)
 
@@ -217,11 +220,12 @@ def seal_grants_command(yes: Annotated[bool, _YES] = False) -> None:
 
 
 def seal_reach_command(yes: Annotated[bool, _YES] = False) -> None:
-    """Seal the members of staff and evidence items made before they carried a reach seal
-    (``chain_of_custody.reach_seals``), which reach no site's managers by their row until then; run
-    once after upgrading (after `evidence backfill-custody` for staff older than their custody
-    record). Only a member of staff whose site, and an item whose wearer, device and original, are
-    what the custody ledger recorded is sealed; every other is listed as refused, with what differs."""
+    """Seal the members of staff, evidence items and alarms made before they carried a reach seal
+    (``chain_of_custody.reach_seals``, ``chain_of_custody.alarm_seals``), which reach no site's
+    managers by their row until then; run once after upgrading (after `evidence backfill-custody`
+    for staff and alarms older than their custody record). Only a member of staff whose site, an
+    item whose wearer, device and original, and an alarm whose site and voice memo are what the
+    custody ledger recorded is sealed; every other is listed as refused, with what differs."""
     _seal_rows(REACH, yes)
 
 

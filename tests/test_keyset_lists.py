@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 import console.export_pages
 import console.incident_pages
 from alarms.models import AlarmRecord
+from chain_of_custody.alarm_seals import alarm_seal
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reach_seals import item_seal, reach_secret, staff_seal
 from devices.models import Device, StaffMember
@@ -77,6 +78,8 @@ def add_row(services: Any, which: str, at: datetime, site: str) -> Row:
                     status="raised",
                     raised_at=at,
                     occurred_at=at,
+                    # as the service seals what decides who reads it (``chain_of_custody.alarm_seals``)
+                    seal=alarm_seal(reach_secret(services.key), key, site, None, f"LW-{site}", None),
                 )
             )
         elif which == "evidence":

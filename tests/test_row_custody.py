@@ -906,8 +906,13 @@ def test_staff_and_devices_made_before_the_ledger_recorded_them_are_adopted_once
         "`evidence upgrade-seals` lists them and seals them"
     )
     assert [n for n in report.notes if "device" in n] == [f"{unchecked}: CAM-OLD2, DOCK-OLD", unsealed]
+    alarm_unsealed = (  # an alarm written outside the service carries no seal either
+        "1 alarm(s) have no seal yet (raised before seals), so they reach no site's readers by their "
+        "row: `evidence upgrade-seals` seals those the custody record bears out"
+    )
     assert [n for n in report.notes if "alarm" in n] == [
-        "the site of 1 alarm(s) is not in their custody record, so not checked: ALARM-OLD"
+        "the site of 1 alarm(s) is not in their custody record, so not checked: ALARM-OLD",
+        alarm_unsealed,
     ]
     with s.db.session() as session:
         listed = backfill(session, s.ledger, apply=False)
@@ -928,7 +933,8 @@ def test_staff_and_devices_made_before_the_ledger_recorded_them_are_adopted_once
     with s.db.session() as session:
         report = verify_service(session, s.store, s.key)
         assert report.problems == [] and [n for n in report.notes if "device" in n or "alarm" in n] == [
-            unsealed
+            unsealed,
+            alarm_unsealed,
         ]
         assert backfill(session, s.ledger, apply=False).entries == []  # once
     with s.db.session() as session:
@@ -966,12 +972,16 @@ def test_an_alarm_moved_to_another_site_or_given_another_memo_by_sql_is_named(se
             .values(site="SOUTH", voice_memo_item_id=clip.id)
         )
     with s.db.session() as session:
-        memo = voice_memo_item(session, alarm, SouthManager())
-        assert memo is not None and memo.id == clip.id  # another site's clip, streamed as the memo
+        # The row's seal no longer holds: the other site's clip is nobody's memo, SOUTH's least of all.
+        memo = voice_memo_item(session, alarm, SouthManager(), reach_secret(s.key))
+        assert memo is None
+        assert voice_memo_item(session, alarm, None, reach_secret(s.key)) is None
     found = sorted((p.kind, p.where) for p in _problems(s))
-    assert found == [("alarm_memo_altered", f"alarm {alarm}"), ("alarm_site_altered", f"alarm {alarm}")], (
-        found
-    )
+    assert found == [
+        ("alarm_memo_altered", f"alarm {alarm}"),
+        ("alarm_seal_broken", f"alarm {alarm}"),
+        ("alarm_site_altered", f"alarm {alarm}"),
+    ], found
 
 
 def test_an_incident_footage_window_set_by_sql_is_named(services: Any) -> None:

@@ -140,7 +140,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
             "2 users sealed",
             "1 grants sealed",
             "1 ends recorded",
-            "1 members of staff and evidence items sealed",
+            "1 members of staff, evidence items and alarms sealed",
         ):
             assert said in done.output, (said, done.output)
         assert "steps with refused rows: seal-users, seal-grants" in done.output
