@@ -57,6 +57,12 @@ def _user(live: Any, username: str, role: str, site: str | None = None) -> int:
         return recorded_user(session, live.services.ledger, username, PASSWORD, role, site=site)
 
 
+def _notes(services: Any, phrase: str) -> list[str]:
+    with services.db.session() as session:
+        report = verify_service(session, services.store, services.key, VerifyOptions(check_objects=False))
+    return [n for n in report.notes if phrase in n]
+
+
 def _broken(live: Any) -> list[str]:
     with live.services.db.session() as session:
         report = verify_service(
@@ -133,7 +139,7 @@ def test_rows_sealed_before_seals_were_bound_wait_for_upgrade_seals(cli_services
     back before the upgrade (active again where custody says deactivated) is refused."""
     from typer.testing import CliRunner
 
-    from accounts.seals import sealed_values
+    from accounts.seals import sealed_values, unsealed_users
     from accounts.service import principal_of
     from chain_of_custody.row_seals import USER_SEALS_V2, user_seal_v2
     from ingest.cli import app
@@ -151,19 +157,18 @@ def test_rows_sealed_before_seals_were_bound_wait_for_upgrade_seals(cli_services
             row.seal = user_seal_v2(s.key.derived_secret(USER_SEALS_V2), sealed_values(row))
     with s.db.session() as session:
         assert principal_of(session, "user:stays", s.key) is None
-        report = verify_service(session, s.store, s.key, VerifyOptions(check_objects=False))
-    assert [n for n in report.notes if "without their latest custody entry" in n] == [
+    assert _notes(s, "without their latest custody entry") == [
         "2 user(s) are sealed without their latest custody entry (sealed before seals were bound to "
         "it), so they sign nobody in: `evidence upgrade-seals` lists them and seals again those the "
         "custody record bears out"
     ]
-    runner = CliRunner()
-    listed = runner.invoke(app, ["upgrade-seals"])
-    lines = {line.split(" ")[1]: line for line in listed.output.splitlines() if line.startswith("user ")}
-    assert "matches its custody record" in lines["stays"] and "REFUSED" not in lines["stays"]
-    assert "REFUSED" in lines["leaver"]
-    done = runner.invoke(app, ["upgrade-seals", "--yes"])
-    assert done.exit_code == 1 and "1 users sealed" in done.output, done.output
+    with s.db.session() as session:
+        verdicts = {u.username: u for u in unsealed_users(session, s.ledger)}
+    assert verdicts["stays"].unbound and verdicts["stays"].refused is None
+    assert "which holds and matches its custody record" in verdicts["stays"].line()
+    assert verdicts["leaver"].refused is not None and "active" in verdicts["leaver"].refused
+    upgraded = CliRunner().invoke(app, ["upgrade-seals", "--yes"])
+    assert "1 users sealed" in upgraded.output, upgraded.output
     with s.db.session() as session:
         adopted = principal_of(session, "user:stays", s.key)
         assert adopted is not None and adopted.role == "investigator"
