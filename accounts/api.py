@@ -23,6 +23,7 @@ from storage.paging import after_key, link_next, next_headers, page_limit
 from .access import client_address, require_roles, services, sign_in_throttle
 from .ends import live_credentials, record_ends
 from .models import ROLES, User
+from .seals import record_user
 from .service import (
     AccountError,
     Principal,
@@ -158,7 +159,7 @@ def add_user(
             full_name=body.full_name,
             site=body.site,
         )
-        s.ledger.append(session, "user_changed", user.actor, details=creation_record(s.key, created))
+        record_user(session, s.ledger, created, user.actor, creation_record(s.key, created))
         return created
 
 
@@ -193,12 +194,7 @@ def change_user(
         if "password" in done:
             done.update(password_record(s.key, changed))
         if done:
-            s.ledger.append(
-                session,
-                "user_changed",
-                user.actor,
-                details={"user": changed.username, "changes": done},
-            )
+            record_user(session, s.ledger, changed, user.actor, {"user": changed.username, "changes": done})
         why = "account changed: " + ", ".join(sorted({"password", "role", "active"} & done.keys()))
         record_ends(
             session,

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, column_property, mapped_column
 
+from chain_of_custody.models import CustodyEntry
+from chain_of_custody.row_seals import latest_user_entry
 from storage.db import Base, UTCDateTime, utcnow
 
 ROLES = ("admin", "security_manager", "investigator", "operator", "auditor")
@@ -30,6 +32,10 @@ class User(Base):
     # HMAC under a secret the database does not hold, over what decides what the person may do
     # (``accounts.seals``): a row without one that holds signs nobody in.
     seal: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The seq of the latest custody entry about the user (``chain_of_custody.row_seals.user_subject``),
+    # read in every statement that loads the row: the seal covers it, so a copy of the row taken
+    # before a later change (a deactivation, a lower role, a new password) no longer fits.
+    custody_seq: Mapped[int | None] = column_property(latest_user_entry(CustodyEntry.__table__, id))
 
 
 class ApiToken(Base):

@@ -24,7 +24,7 @@ from chain_of_custody.row_seals import CREDENTIAL_SEALS, USER_SEALS
 
 from .ends import live_credentials, record_ends
 from .models import User
-from .seals import seal_user, user_seal_holds
+from .seals import record_user, user_seal_holds
 from .service import AccountError, end_sessions_of, new_password_hash, password_record, revoke_tokens
 
 RESTORED = ("role", "site", "active", NAME)  # what a repair puts back from the ledger
@@ -151,10 +151,8 @@ def repair_user(
         "tokens_revoked": revoke_tokens(session, user.id),
         "sessions_ended": end_sessions_of(session, user.id),
     }
-    seal_user(user, ledger.key)
-    session.flush()
     actor = f"user:{by.username}"
-    ledger.append(session, "user_changed", actor, details={"user": user.username, "changes": changes})
+    record_user(session, ledger, user, actor, {"user": user.username, "changes": changes})
     record_ends(
         session,
         ledger,

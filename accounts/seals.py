@@ -7,13 +7,18 @@ may do: id, username, role, site, password hash and whether the account is activ
 name continuity reports and statements give them (``chain_of_custody.row_seals.user_values``). The
 service seals it at every write of these (``accounts.service``: creation, a change by an
 administrator, a password made again at sign-in).
-A row written in the database by anyone else (an administrator planted with a hash of the
-planter's password, a role or site raised, a hash swapped, a genuine seal copied onto another row)
-has no seal that holds: no sign-in, token or console session reaches it, and nothing done on its
+The seal also covers the seq of the latest custody entry about the user (``user_changed`` entries
+whose subject is ``chain_of_custody.row_seals.user_subject``: :func:`record_user` writes each and
+seals the row again bound to it), read in the statement that loads the row (``User.custody_seq``,
+one indexed sub-select). A row written in the database by anyone else (an administrator planted
+with a hash of the planter's password, a role or site raised, a hash swapped, a genuine seal copied
+onto another row, or a copy of the whole row from before a deactivation, a lower role, a site move
+or a new password, put back with the seal that fitted then) has no seal that holds: no sign-in, token or console session reaches it, and nothing done on its
 authority (a download link it issued) stands, and no report prints its name. Users made before
-seals have none, and users sealed before seals covered the name have a version 1 seal: ``evidence
-upgrade-seals`` (its ``seal-users`` step) seals those whose row the custody ledger, or for the
-second the old seal, bears out. A row that no longer holds is put back as the ledger last recorded
+seals have none, users sealed before seals covered the name have a version 1 seal, and those
+sealed before seals were bound to custody a version 2 seal: ``evidence upgrade-seals`` (its
+``seal-users`` step) seals those whose row the custody ledger (and the old seal, for what the
+ledger does not record) bears out, each bound to a new entry. A row that no longer holds is put back as the ledger last recorded
 it by ``evidence user repair`` (``accounts.repair``).
 
 A row's seal is an HMAC-SHA256, under a secret derived from the service key
@@ -37,9 +42,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
+from chain_of_custody.models import CustodyEntry
 from chain_of_custody.reach_seals import SiteReach, reach_secret, site_reach_by
 from chain_of_custody.row_replay import PASSWORD_DIGESTS, UserRow, password_digest, user_findings, user_replay
 from chain_of_custody.row_seals import (
@@ -49,12 +56,15 @@ from chain_of_custody.row_seals import (
     TOKEN,
     USER_SEALS,
     USER_SEALS_V1,
+    USER_SEALS_V2,
     UserValues,
     credential_seal,
     seal_verdict,
     sealed_assignments,
     user_seal,
     user_seal_v1,
+    user_seal_v2,
+    user_subject,
     user_values,
 )
 from chain_of_custody.row_seals import SESSION as SESSION  # re-exported for accounts.sessions
@@ -111,15 +121,33 @@ def sealed_values(user: User) -> UserValues:
 
 
 def seal_user(user: User, key: ServiceKey) -> None:
-    """Seal ``user`` as it now stands (flushed: its id is the database's). Every write of what
-    :func:`sealed_values` covers calls this in the same transaction."""
-    user.seal = user_seal(key.derived_secret(USER_SEALS), sealed_values(user))
+    """Seal ``user`` as it now stands (flushed: its id is the database's), bound to its latest
+    custody entry as last read (``User.custody_seq``). Every write of what :func:`sealed_values`
+    covers calls this in the same transaction, and :func:`record_user` again once the change is
+    recorded."""
+    user.seal = user_seal(key.derived_secret(USER_SEALS), sealed_values(user), user.custody_seq)
+
+
+def record_user(
+    session: Session, ledger: Ledger, user: User, actor: str, details: dict[str, object]
+) -> CustodyEntry:
+    """Record a change of ``user`` (a ``user_changed`` entry about :func:`user_subject`, in the
+    caller's transaction) and seal the row again bound to that entry: from now on only this row
+    fits, and a copy taken before the change (active again, its old role, its old password) has a
+    seal over an older entry and signs nobody in."""
+    session.flush()
+    entry = ledger.append(session, "user_changed", actor, item_id=user_subject(user.id), details=details)
+    set_committed_value(user, "custody_seq", entry.seq)
+    seal_user(user, ledger.key)
+    return entry
 
 
 def user_seal_holds(secret: bytes, user: User) -> bool:
-    """Whether a user row's seal is the one the service made for its values; a warning (naming the
-    user id only, never the password hash) when it is not."""
-    return seal_verdict(user_seal(secret, sealed_values(user)), user.seal, log, "user", {"user_id": user.id})
+    """Whether a user row's seal is the one the service made for its values and its latest custody
+    entry (read with the row); a warning (naming the user id only, never the password hash) when
+    it is not: planted, altered, or an older copy put back."""
+    expected = user_seal(secret, sealed_values(user), user.custody_seq)
+    return seal_verdict(expected, user.seal, log, "user", {"user_id": user.id})
 
 
 def name_of(secret: bytes, user: User | None) -> str | None:
@@ -183,6 +211,7 @@ def seal_tokens(session: Session, secret: bytes, now: datetime | None = None) ->
 # What a user row must agree with the ledger on before it is sealed as it stands.
 _ADOPTED_FIELDS = ("role", "site", "active", "password")
 OLD_SEAL = "sealed before seals covered the name"
+UNBOUND = "sealed before seals were bound to the latest custody entry"
 
 
 @dataclass(frozen=True)
@@ -199,11 +228,14 @@ class UnsealedUser:
     refused: str | None
     full_name: str = ""
     old_seal: bool = False  # under a version 1 seal (``OLD_SEAL``): it vouches for all but the name
+    unbound: bool = False  # under a version 2 seal (``UNBOUND``): not bound to its latest custody entry
 
     def line(self) -> str:
         verdict = f"REFUSED: {self.refused}" if self.refused else "matches its custody record"
         if self.old_seal and not self.refused:
             verdict = f"{OLD_SEAL}, which holds: check the name"
+        elif self.unbound and not self.refused:
+            verdict = f"{UNBOUND}, which holds and matches its custody record"
         return (
             f"user {self.username} (id {self.user_id}): name {self.full_name!r}, role {self.role}, "
             f"site {self.site or '-'}, {'active' if self.active else 'inactive'}; custody: {self.recorded}; "
@@ -223,18 +255,24 @@ def _recorded(known: dict[str, tuple[int, object]] | None) -> str:
 
 
 def _disagreement(
-    known: dict[str, tuple[int, object]] | None, row: UserRow, *, old_seal: bool = False
+    known: dict[str, tuple[int, object]] | None,
+    row: UserRow,
+    *,
+    old_seal: bool = False,
+    unbound: bool = False,
 ) -> str | None:
     """Why the ledger does not bear the row out, or None when it records the row's role, site,
     active state and password (digest) exactly as they stand, and its name where it records one.
     Under an ``old_seal`` that holds, only the name is the ledger's to judge: the seal vouches for
-    the rest."""
+    the rest. Under an ``unbound`` one (version 2, not bound to the latest entry) the seal vouches
+    only for what the ledger does not record: an older copy of the row put back carries a seal that
+    holds, so whatever the ledger records must be as the row stands."""
     found = user_findings({row.username: known} if known is not None else {}, [row])
     if old_seal:
         found = [p for p in found if p.kind == "user_full_name_altered"]
     if found:
         return "; ".join(p.detail for p in found)
-    if old_seal:
+    if old_seal or unbound:
         return None
     assert known is not None
     missing = [f for f in _ADOPTED_FIELDS if f not in known]
@@ -253,19 +291,24 @@ def _old_seal_holds(secret_v1: bytes, user: User) -> bool:
 
 
 def unsealed_users(session: Session, ledger: Ledger, *, lock: bool = False) -> list[UnsealedUser]:
-    """Every user without a seal (made before seals) or under a version 1 seal that holds (sealed
-    before seals covered the name), by id, each against the ledger's replay; ``lock``: their rows
+    """Every user without a seal (made before seals) or under a version 1 or 2 seal that holds
+    (sealed before seals covered the name, or before they were bound to custody), by id, each against the ledger's replay; ``lock``: their rows
     are locked for the rest of the transaction, so what is judged is sealed."""
     q = select(User).order_by(User.id)
     every = session.scalars(q.with_for_update().execution_options(populate_existing=True) if lock else q)
-    secret_v1 = ledger.key.derived_secret(USER_SEALS_V1)
-    rows = [(u, u.seal is not None) for u in every if u.seal is None or _old_seal_holds(secret_v1, u)]
+    secret_v1, secret_v2 = ledger.key.derived_secret(USER_SEALS_V1), ledger.key.derived_secret(USER_SEALS_V2)
+    rows = []
+    for u in every:
+        if u.seal is None or _old_seal_holds(secret_v1, u):
+            rows.append((u, u.seal is not None, False))
+        elif hmac.compare_digest(user_seal_v2(secret_v2, sealed_values(u)), u.seal):
+            rows.append((u, False, True))
     if not rows:
         return []
     replay = user_replay(ledger.all_entries(session))
     secret = ledger.key.derived_secret(PASSWORD_DIGESTS)
     out = []
-    for u, old in rows:
+    for u, old, unbound in rows:
         row = UserRow(
             u.username, u.role, u.site, u.active, password_digest(secret, u.password_hash), u.full_name or ""
         )
@@ -278,9 +321,10 @@ def unsealed_users(session: Session, ledger: Ledger, *, lock: bool = False) -> l
                 u.site,
                 u.active,
                 _recorded(known),
-                _disagreement(known, row, old_seal=old),
+                _disagreement(known, row, old_seal=old, unbound=unbound),
                 u.full_name or "",
                 old,
+                unbound,
             )
         )
     return out
@@ -294,5 +338,6 @@ def seal_users(session: Session, ledger: Ledger) -> list[UnsealedUser]:
     for found in listed:
         row = session.get(User, found.user_id)
         if not found.refused and row is not None:
-            seal_user(row, ledger.key)
+            why = UNBOUND if found.unbound else OLD_SEAL if found.old_seal else "made before seals"
+            record_user(session, ledger, row, "service", {"user": row.username, "changes": {"sealed": why}})
     return listed

@@ -29,6 +29,7 @@ from .seals import (
     assignments_of,
     credential_seal,
     reach_of,
+    record_user,
     seal_user,
     user_seal_holds,
 )
@@ -204,16 +205,8 @@ def sign_in(
     # holds the digest of the hash in use); without a ledger to record it the old hash stays.
     if ledger is not None and _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
-        seal_user(user, key)
-        ledger.append(
-            session,
-            "user_changed",
-            "service",
-            details={
-                "user": user.username,
-                "changes": {"rehashed": True, **password_record(ledger.key, user)},
-            },
-        )
+        changes = {"rehashed": True, **password_record(ledger.key, user)}
+        record_user(session, ledger, user, "service", {"user": user.username, "changes": changes})
     return user
 
 

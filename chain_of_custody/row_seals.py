@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, column, select, table
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, ScalarSelect, Select, String, cast, column, literal, select, table
+from sqlalchemy.orm import Mapped, Session
 
 from storage.db import UTCDateTime
 
@@ -39,10 +39,14 @@ from .keys import ServiceKey
 DEVICE_SEALS = "device seals v1"  # the label of the service key's secret for device seals
 CREDENTIAL_SEALS = "credential seals v1"  # the label of the service key's secret for credential seals
 # The label of the service key's secret for user seals. Version 2 covers the person's full name too
-# (the name continuity reports and statements print); a row still under a version 1 seal signs nobody
-# in until ``evidence upgrade-seals`` adopts it (``accounts.seals.unsealed_users``).
-USER_SEALS = "user seals v2"
+# (the name continuity reports and statements print); version 3 also the seq of the latest custody
+# entry about the user (:func:`user_subject`), so a copy of the row taken before a later change no
+# longer fits. A row still under a version 1 or 2 seal signs nobody in until ``evidence
+# upgrade-seals`` adopts it (``accounts.seals.unsealed_users``).
+USER_SEALS = "user seals v3"
+USER_SEALS_V2 = "user seals v2"
 USER_SEALS_V1 = "user seals v1"
+USER_PREFIX = "user:"  # the subject of the ``user_changed`` entries that change a user row: this and its id
 READ_GRANT_SEALS = "read grant seals v1"  # the label of the service key's secret for read grants
 GRANT_SEALS = "grant seals v1"  # the label of the service key's secret for assignment and export job seals
 TOKEN, SESSION = "token", "session"
@@ -96,9 +100,37 @@ def user_values(
     return (str(user_id), username, role, site, password_hash, "active" if active else "inactive", full_name)
 
 
-def user_seal(secret: bytes, values: UserValues) -> str:
-    """The seal of a user row with these values (:func:`user_values`), hex."""
-    return row_seal(secret, values)
+def user_subject(user_id: int) -> str:
+    """The ``item_id`` of the custody entries that change a user row, by which the row's latest is
+    found in one indexed look-up (``accounts.models.User.custody_seq``)."""
+    return f"{USER_PREFIX}{user_id}"
+
+
+def latest_user_entry(entries: Any, user_id: ColumnElement[Any] | Mapped[int]) -> ScalarSelect[Any]:
+    """The seq of the latest custody entry about the user whose id is ``user_id`` (a correlated
+    scalar sub-select on ``entries``, the custody entries' table: one indexed look-up by subject),
+    asked in the statement that loads the row."""
+    subject = literal(USER_PREFIX) + cast(user_id, String)
+    return (
+        select(entries.c.seq)
+        .where(entries.c.item_id == subject)
+        .order_by(entries.c.item_seq.desc())
+        .limit(1)
+        .correlate_except(entries)
+        .scalar_subquery()
+    )
+
+
+def user_seal(secret: bytes, values: UserValues, bound: int | None) -> str:
+    """The seal of a user row with these values (:func:`user_values`) whose latest custody entry
+    (about :func:`user_subject`) is ``bound`` (None: none yet), hex."""
+    return row_seal(secret, (*values, None if bound is None else str(bound)))
+
+
+def user_seal_v2(secret_v2: bytes, values: UserValues) -> str:
+    """The seal a row had before seals were bound to its latest custody entry (under the
+    ``USER_SEALS_V2`` secret): only an upgrade's adoption reads it."""
+    return row_seal(secret_v2, values)
 
 
 def user_seal_v1(secret_v1: bytes, values: UserValues) -> str:
@@ -235,7 +267,7 @@ _GRANTS = table(
     column("seal"),
     column("used_at"),
 )
-_ENTRIES = table("custody_entries", column("seq"), column("action"), column("item_id"))
+_ENTRIES = table("custody_entries", column("seq"), column("action"), column("item_id"), column("item_seq"))
 
 
 _ASSIGNMENTS = table(
@@ -427,10 +459,12 @@ def check_user_seals(session: Session, report: ChainReport, key: ServiceKey) -> 
     """A finding for each user row whose seal does not hold (named by id and username, never its
     password hash); a note counting those not sealed yet, or sealed before seals covered the name."""
     c = _USERS.c
-    q = select(c.id, c.username, c.role, c.site, c.password_hash, c.active, c.full_name, c.seal)
+    bound = latest_user_entry(_ENTRIES, c.id)
+    q = select(c.id, c.username, c.role, c.site, c.password_hash, c.active, c.full_name, c.seal, bound)
     secret, secret_v1 = key.derived_secret(USER_SEALS), key.derived_secret(USER_SEALS_V1)
-    unsealed = older = 0
-    for user_id, username, role, site, password_hash, active, full_name, seal in session.execute(
+    secret_v2 = key.derived_secret(USER_SEALS_V2)
+    unsealed = older = unbound = 0
+    for user_id, username, role, site, password_hash, active, full_name, seal, latest in session.execute(
         q.order_by(c.id)
     ):
         if not seal:
@@ -445,17 +479,21 @@ def check_user_seals(session: Session, report: ChainReport, key: ServiceKey) -> 
             bool(active),
             str(full_name or ""),
         )
-        if _holds(user_seal(secret, values), seal):
+        if _holds(user_seal(secret, values, None if latest is None else int(latest)), seal):
             continue
         if _holds(user_seal_v1(secret_v1, values), seal):
             older += 1
+            continue
+        if _holds(user_seal_v2(secret_v2, values), seal):
+            unbound += 1
             continue
         report.problems.append(
             Problem(
                 "user_seal_broken",
                 f"user id {user_id} ({username})",
                 "its row's seal does not hold: its name, role, site, password or active state were "
-                "written by someone other than the service (it signs nobody in)",
+                "written by someone other than the service, or an older copy of its row was put back "
+                "(it signs nobody in)",
             )
         )
     if unsealed:
@@ -467,6 +505,12 @@ def check_user_seals(session: Session, report: ChainReport, key: ServiceKey) -> 
         report.notes.append(
             f"{older} user(s) are sealed without their full name (sealed before seals covered it), so "
             f"they sign nobody in: {UPGRADE_SEALS} lists them with their name and seals them again"
+        )
+    if unbound:
+        report.notes.append(
+            f"{unbound} user(s) are sealed without their latest custody entry (sealed before seals were "
+            f"bound to it), so they sign nobody in: {UPGRADE_SEALS} lists them and seals again those "
+            "the custody record bears out"
         )
 
 

@@ -56,7 +56,7 @@ def admin_password(demo_dir: Path) -> str:
 
 def ensure_admin(password: str) -> None:
     from accounts.models import User
-    from accounts.seals import seal_users
+    from accounts.seals import record_user, seal_users
     from accounts.service import create_user, creation_record
     from incidents.grants import seal_grants
     from ingest.services import build_services
@@ -68,9 +68,7 @@ def ensure_admin(password: str) -> None:
                 created = create_user(
                     session, "admin", password, "admin", key=services.key, full_name="Demo administrator"
                 )
-                services.ledger.append(
-                    session, "user_changed", "demo", details=creation_record(services.key, created)
-                )
+                record_user(session, services.ledger, created, "demo", creation_record(services.key, created))
             else:  # demo data from before user seals: its users are sealed as their custody record bears out
                 seal_users(session, services.ledger)
         with services.db.session() as session:  # and its assignments and export jobs, the same way

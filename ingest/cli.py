@@ -85,11 +85,12 @@ def user_add(
     site: str | None = None,
 ) -> None:
     """Create a user (the first admin is created this way)."""
+    from accounts.seals import record_user
     from accounts.service import create_user, creation_record
 
     with refusing() as s, s.db.session() as session:
         created = create_user(session, username, password, role, key=s.key, full_name=full_name, site=site)
-        s.ledger.append(session, "user_changed", "cli", details=creation_record(s.key, created))
+        record_user(session, s.ledger, created, "cli", creation_record(s.key, created))
     console.print(f"user {username} created with role {role}")
 
 

@@ -446,10 +446,11 @@ def recorded_user(  # type: ignore[no-untyped-def]
 ) -> int:
     """A user created as the users route and ``evidence users add`` create one: the row and its
     ``user_changed`` custody entry (``evidence verify`` names a user no entry created)."""
+    from accounts.seals import record_user
     from accounts.service import create_user, creation_record
 
     row = create_user(session, username, password, role, full_name=full_name, site=site, key=ledger.key)
-    ledger.append(session, "user_changed", "test", details=creation_record(ledger.key, row))
+    record_user(session, ledger, row, "test", creation_record(ledger.key, row))
     return row.id
 
 
