@@ -13,7 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from alarms.models import AlarmRecord
+from chain_of_custody.alarm_seals import alarm_seal
 from chain_of_custody.ledger import TRAIL_PAGE
+from chain_of_custody.reach_seals import reach_secret
 from incidents.history import HISTORY_PAGE
 from incidents.models import Incident
 from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
@@ -74,6 +76,10 @@ def alarm_with_memo(services: Any, plays: int) -> str:
         alarm = session.get(AlarmRecord, alarm_id)
         assert alarm is not None
         alarm.voice_memo_item_id = memo.id
+        # re-sealed as the service seals an alarm when its memo is attached (``chain_of_custody.alarm_seals``)
+        alarm.seal = alarm_seal(
+            reach_secret(services.key), alarm.id, alarm.site, alarm.wearer, alarm.device_id, memo.id
+        )
     read_many(services, memo.id, plays)
     return alarm_id
 

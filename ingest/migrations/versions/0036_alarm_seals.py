@@ -7,14 +7,14 @@ Alarms raised before this have none: ``evidence upgrade-seals --yes`` (its ``sea
 seals those whose site and memo the custody ledger bears out. The migration seals nothing itself:
 it has no service key, and cannot tell a genuine row from a moved one.
 
-Revision ID: 0037_alarm_seals
+Revision ID: 0036_alarm_seals
 Revises: 0035_reach_seals
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0037_alarm_seals"
+revision = "0036_alarm_seals"
 down_revision = "0035_reach_seals"
 branch_labels = None
 depends_on = None
