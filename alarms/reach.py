@@ -21,6 +21,8 @@ from sqlalchemy.orm import Session
 
 from accounts.access import SiteViewer, site_scope, sites_seen
 from chain_of_custody.alarm_seals import alarm_holds
+from chain_of_custody.models import EvidenceItem
+from chain_of_custody.reach_seals import SiteReach
 
 from .models import AlarmRecord
 
@@ -73,6 +75,24 @@ def readable_scope(
     if unsealed:
         clauses.append(AlarmRecord.id.not_in(unsealed))
     return clauses
+
+
+def device_items(
+    session: Session, secret: bytes, device_id: str, item_ids: Iterable[str | None]
+) -> list[str]:
+    """Of the items an alarm's row (or its device's message rows) points at as its evidence, in order,
+    those its device recorded, by an item row whose reach seal holds (``chain_of_custody.reach_seals``):
+    those pointers are not under the alarm's seal, so an item pointed at by SQL (another site's clip)
+    is neither linked into the alarm's incident nor shown as its payload."""
+    wanted = list(dict.fromkeys(i for i in item_ids if i))
+    if not wanted:
+        return []
+    reach = SiteReach(secret=secret)
+    rows = session.scalars(
+        select(EvidenceItem).where(EvidenceItem.id.in_(wanted), EvidenceItem.source_device_id == device_id)
+    )
+    own = {i.id for i in rows if reach.holds(i)}
+    return [i for i in wanted if i in own]
 
 
 def change_body(secret: bytes, scoped: bool, body: str) -> str | None:

@@ -28,7 +28,7 @@ from storage.db import is_postgres
 from .feed import alarm_view
 from .models import AlarmRecord, LoneWorkerEvent
 from .performance import PERIODS, TARGETS, Answer, Summary
-from .reach import alarm_sealed, by_site, readable_scope
+from .reach import alarm_sealed, by_site, device_items, readable_scope
 from .trails import trail_page
 
 log = logging.getLogger(__name__)
@@ -261,8 +261,9 @@ def alarm_record(
     if row is None:
         return None
     view = alarm_view(row)
-    payload = item_record(session, view["evidence_item_id"], viewer)
     vouched = by_site(viewer) or alarm_sealed(secret, row)  # a memo pointed at by SQL is not its memo
+    payload_of = device_items(session, secret, row.device_id, [view["evidence_item_id"]]) if vouched else []
+    payload = item_record(session, payload_of[0], viewer) if payload_of else None  # nor another's clip
     memo = item_record(session, view["voice_memo_item_id"], viewer) if vouched else None
     messages, more_messages = alarm_messages(session, view)
     points, more_points = trail_page(session, view, now)

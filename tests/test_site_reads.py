@@ -21,9 +21,9 @@ from accounts.models import User
 from alarms.lifecycle import ESCALATION_TOPIC
 from alarms.models import AlarmRecord
 from devices.models import Device, StaffMember
-from tests.test_alarms_kit import DeviceKit, enrol, outbox
+from tests.test_alarms_kit import DeviceKit, enrol, later, outbox
 from tests.test_cross_site_reads import cookie
-from tests.test_incidents_kit import bearer, staff, user
+from tests.test_incidents_kit import bearer, staff, store_item, user
 
 T0 = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
 
@@ -246,3 +246,20 @@ def test_a_wearer_moved_in_the_database_opens_no_incident_at_that_site(south: So
     assert (incident["wearer"], incident["site"]) == ("N-3", "unknown"), incident
     r = httpx.get(f"{south.api}/incidents/{alarm['incident_id']}", headers=south.headers)
     assert r.status_code == 404, r.text
+
+
+def test_an_alarms_evidence_pointed_at_another_sites_clip_is_neither_linked_nor_shown(south: South) -> None:
+    """The alarm's payload pointer is not under its seal: a SOUTH amber alarm pointed by SQL at a
+    NORTH nurse's clip would link that clip into the SOUTH incident its turning red opens (and show
+    it as the payload in the alarm's record)."""
+    clip = store_item(south.s, wearer="N-1", start=T0)
+    now = datetime.now(UTC)
+    result = south.s.alarms.handle(*south.kits["LW-S"].amber(60, sent_at=now), now=now)
+    _sql(
+        south.s, update(AlarmRecord).where(AlarmRecord.id == result.alarm_id).values(evidence_item_id=clip.id)
+    )
+    assert south.s.alarms.fire_deadlines(later(61, now)) == 1  # red: an incident is opened
+    r = httpx.get(f"{south.api}/evidence/{clip.id}", headers=south.headers)
+    assert r.status_code == 404, r.text
+    record = south.get(f"/alarms/{result.alarm_id}/record")
+    assert record["payload"] is None, record["payload"]
