@@ -7,7 +7,9 @@ CSRF and same-origin checks (``accounts.browser``): one access implementation fo
 Which sites a caller sees (``sites_seen``, ``site_scope``) is decided here too, once, for the API's
 routes and the console's pages alike: a security manager sees their own site's alarms, devices'
 positions and incidents only (nothing without a site); every other role that may read them sees
-every site (the control room answers for all of them).
+every site (the control room answers for all of them). A site's devices and members of staff are
+those whose row's seal held when the manager signed in (``device_scope``, ``staff_scope``,
+``Principal.reach``): a row moved to their site by SQL is not theirs.
 
 Routes are flat module-level ``APIRouter``s in each domain's ``api.py``; they take
 ``s: CoreServices = Depends(services)`` and ``user: Principal = Depends(require_roles(...))``. The
@@ -23,9 +25,10 @@ from typing import Any, Protocol
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import ColumnElement, false, true
+from sqlalchemy import ColumnElement, and_, false, true
 
 from chain_of_custody.core import CoreServices
+from chain_of_custody.reach_seals import SiteReach
 
 from .browser import browser_session, refuse_cross_site_read
 from .models import SITE_SCOPED_ROLES
@@ -157,3 +160,37 @@ def site_scope(viewer: SiteViewer, column: Any) -> ColumnElement[bool]:
     if sites is None:
         return true()
     return column.in_(sorted(sites)) if sites else false()
+
+
+class ReachViewer(SiteViewer, Protocol):
+    """The caller with what their reach by rows rests on (an ``accounts`` principal satisfies this)."""
+
+    @property
+    def reach(self) -> SiteReach: ...
+
+
+def _sealed_scope(viewer: ReachViewer, site: Any, row_id: Any, sealed: frozenset[str]) -> ColumnElement[bool]:
+    clause = site_scope(viewer, site)
+    if sites_seen(viewer) is None:
+        return clause
+    return and_(clause, row_id.in_(sorted(sealed)))
+
+
+def device_scope(viewer: ReachViewer, device: Any) -> ColumnElement[bool]:
+    """A WHERE clause on ``devices`` (the class or an alias) selecting the devices the viewer sees:
+    :func:`site_scope` on its site and, for a viewer by site, only the devices of that site whose
+    row's seal held when they signed in (``viewer.reach.devices``): SQL cannot check an HMAC, and a
+    device moved to their site by SQL would show them another site's wearer, position and alarms."""
+    return _sealed_scope(viewer, device.site, device.id, viewer.reach.devices)
+
+
+def staff_scope(viewer: ReachViewer, member: Any) -> ColumnElement[bool]:
+    """A WHERE clause on ``staff`` selecting the members of staff the viewer sees: as
+    :func:`device_scope`, by the members whose row's seal held when they signed in."""
+    return _sealed_scope(viewer, member.site, member.id, viewer.reach.staff)
+
+
+def sees_sealed(viewer: ReachViewer, site: str | None, row_id: str, sealed: frozenset[str]) -> bool:
+    """The yes/no form of :func:`device_scope` and :func:`staff_scope` for one row: ``sealed`` is
+    ``viewer.reach.devices`` or ``viewer.reach.staff``."""
+    return sees_site(viewer, site) and (sites_seen(viewer) is None or row_id in sealed)

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.ledger import Ledger
+from chain_of_custody.reach_seals import reach_secret
 from incidents.service import (
     IncidentDraft,
     create_incident,
@@ -24,6 +25,7 @@ from incidents.service import (
 )
 
 from .models import AlarmRecord, LoneWorkerEvent
+from .reach import device_items
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class IncidentLinks:
     def __init__(self, ledger: Ledger, join_window: timedelta) -> None:
         self.ledger = ledger
         self.join_window = join_window
+        self.secret = reach_secret(ledger.key)  # evidence items' reach seals (``alarms.reach.device_items``)
 
     def open_incident(self, session: Session, row: AlarmRecord, now: datetime, sealed: bool = True) -> None:
         """A red alarm opens an incident, or joins the wearer's recent one. An alarm whose row the
@@ -72,7 +75,7 @@ class IncidentLinks:
         row.incident_id = incident.id
         reason = f"{row.kind} alarm from {row.device_id}"
         link_alarm(session, self.ledger, incident.id, row.id, SERVICE_ACTOR, reason, now=now)
-        for item_id in _alarm_items(session, row, sealed):
+        for item_id in _alarm_items(session, row, sealed, self.secret):
             self.link(session, row, item_id, "alarm evidence")
         log.info("alarm linked to incident", extra={"alarm": row.id, "incident": incident.reference})
 
@@ -90,7 +93,9 @@ class IncidentLinks:
         )
 
 
-def _alarm_items(session: Session, row: AlarmRecord, sealed: bool) -> list[str]:
+def _alarm_items(session: Session, row: AlarmRecord, sealed: bool, secret: bytes) -> list[str]:
+    """The alarm's evidence: its payload, its memo (from a sealed row) and its messages' items, those
+    its device recorded only (``alarms.reach.device_items``)."""
     items = [row.evidence_item_id, row.voice_memo_item_id if sealed else None]
     items += list(
         session.scalars(
@@ -99,4 +104,4 @@ def _alarm_items(session: Session, row: AlarmRecord, sealed: bool) -> list[str]:
             )
         )
     )
-    return list(dict.fromkeys(i for i in items if i))
+    return device_items(session, secret, row.device_id, items)

@@ -383,20 +383,24 @@ class Lifecycle:
         outbox: list[AlarmOutbox],
         now: datetime,
     ) -> None:
-        """An escalation goes to the control topic (other systems on the broker) and the webhook."""
+        """An escalation goes to the control topic (other systems on the broker) and the webhook,
+        signed by the service: it names the alarm's site and wearer only while its row's seal holds
+        (a receiver routing by site would hand a row moved by SQL to that site's people); it is
+        sent all the same, of no site, for the trust's control room to answer."""
         ALARM_ESCALATIONS.labels(reason=effect.reason.value).inc()
         log.warning(
             "alarm escalated",
             extra={"alarm": row.id, "device": row.device_id, "kind": row.kind, "reason": effect.reason.value},
         )
+        wearer, site = (row.wearer, row.site) if self.sealed(row) else (None, None)
         body = canonical_json(
             {
                 "v": 1,
                 "type": "alarm_escalated",
                 "alarm_id": row.id,
                 "device_id": row.device_id,
-                "wearer": row.wearer,
-                "site": row.site,
+                "wearer": wearer,
+                "site": site,
                 "kind": row.kind,
                 "severity": row.severity,
                 "reason": effect.reason.value,

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select, true
 
-from accounts.access import SiteViewer, sees_site, site_scope
+from accounts.access import ReachViewer, SiteViewer, device_scope, sees_site, site_scope
 from devices.models import Device, LoneWorkerState
 from storage.db import Database
 from storage.paging import Position, after_position
@@ -15,7 +15,7 @@ from storage.paging import Position, after_position
 from .feed import alarm_view
 from .lifecycle import AlarmNotFound
 from .models import AlarmRecord, LoneWorkerVisit
-from .reach import readable
+from .reach import readable, readable_scope
 
 
 class AlarmQueries:
@@ -66,24 +66,25 @@ class AlarmQueries:
             return [alarm_view(r) for r in readable(self.secret, viewer, session.scalars(q))]
 
     def lone_workers(
-        self, viewer: SiteViewer | None = None, *, after: str = "", limit: int | None = None
+        self, viewer: ReachViewer | None = None, *, after: str = "", limit: int | None = None
     ) -> list[dict[str, Any]]:
-        """The lone-worker devices of the viewer's sites by id, those after ``after``, at most
-        ``limit``: who carries it, presence, last seen, battery, position, open alarms."""
-        open_alarms = (
-            select(AlarmRecord.device_id, func.count().label("n"))
-            .where(AlarmRecord.status != "resolved")
-            .group_by(AlarmRecord.device_id)
-            .subquery()
-        )
+        """The lone-worker devices the viewer sees (``accounts.access.device_scope``) by id, those
+        after ``after``, at most ``limit``: who carries it, presence, last seen, battery, position,
+        and the open alarms the viewer reads (``alarms.reach.readable_scope``)."""
         S = LoneWorkerState
         with self.db.session() as session:
+            open_alarms = (
+                select(AlarmRecord.device_id, func.count().label("n"))
+                .where(*readable_scope(session, self.secret, viewer, AlarmRecord.status != "resolved"))
+                .group_by(AlarmRecord.device_id)
+                .subquery()
+            )
             rows = session.execute(
                 select(Device, S, open_alarms.c.n)
                 .outerjoin(S, S.device_id == Device.id)
                 .outerjoin(open_alarms, open_alarms.c.device_id == Device.id)
                 .where(Device.kind == "lone_worker")
-                .where(site_scope(viewer, Device.site) if viewer is not None else true())
+                .where(device_scope(viewer, Device) if viewer is not None else true())
                 .where(Device.id > after if after else true())
                 .order_by(Device.id)
                 .limit(limit)

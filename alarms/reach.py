@@ -6,6 +6,8 @@ the rows a site's query returns (and the changes the live stream sends) are chec
 the seal the service wrote (``chain_of_custody.alarm_seals``): an alarm whose seal does not hold
 reaches no site-scoped reader, and its memo nobody, with a warning naming it. Readers of every site
 still see the alarm (nothing is widened for them), but not a memo its row no longer vouches for.
+What is figured in SQL rather than listed (open alarms per device, the performance figures) leaves
+such a row out by id (:func:`readable_scope`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,13 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from accounts.access import SiteViewer, sites_seen
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
+
+from accounts.access import SiteViewer, site_scope, sites_seen
 from chain_of_custody.alarm_seals import alarm_holds
+from chain_of_custody.models import EvidenceItem
+from chain_of_custody.reach_seals import SiteReach
 
 from .models import AlarmRecord
 
@@ -36,6 +43,56 @@ def readable(secret: bytes, viewer: SiteViewer | None, rows: Iterable[AlarmRecor
     if not by_site(viewer):
         return list(rows)
     return [r for r in rows if alarm_sealed(secret, r)]
+
+
+_SEALED = (
+    AlarmRecord.id,
+    AlarmRecord.site,
+    AlarmRecord.wearer,
+    AlarmRecord.device_id,
+    AlarmRecord.voice_memo_item_id,
+    AlarmRecord.seal,
+)
+
+
+def readable_scope(
+    session: Session, secret: bytes, viewer: SiteViewer | None, *where: ColumnElement[bool]
+) -> list[ColumnElement[bool]]:
+    """WHERE clauses on ``alarms`` selecting, of the rows ``where`` selects, those the viewer reads:
+    of their sites and, for a reader by site, none whose seal does not hold. SQL cannot check an
+    HMAC, so for a reader by site the sealed columns of the rows ``where`` selects at their sites
+    are read once, streamed, and each row whose seal does not hold (a warning names it) is left out
+    by id: what a figure made in SQL (a count, the performance figures) needs, as :func:`readable`
+    is what a list needs. Nothing more is read for any other viewer."""
+    clauses = list(where)
+    if viewer is None:
+        return clauses
+    clauses.append(site_scope(viewer, AlarmRecord.site))
+    if not by_site(viewer):
+        return clauses
+    rows = session.execute(select(*_SEALED).where(*clauses).execution_options(yield_per=1000))
+    unsealed = [str(row[0]) for row in rows if not alarm_holds(secret, *row)]
+    if unsealed:
+        clauses.append(AlarmRecord.id.not_in(unsealed))
+    return clauses
+
+
+def device_items(
+    session: Session, secret: bytes, device_id: str, item_ids: Iterable[str | None]
+) -> list[str]:
+    """Of the items an alarm's row (or its device's message rows) points at as its evidence, in order,
+    those its device recorded, by an item row whose reach seal holds (``chain_of_custody.reach_seals``):
+    those pointers are not under the alarm's seal, so an item pointed at by SQL (another site's clip)
+    is neither linked into the alarm's incident nor shown as its payload."""
+    wanted = list(dict.fromkeys(i for i in item_ids if i))
+    if not wanted:
+        return []
+    reach = SiteReach(secret=secret)
+    rows = session.scalars(
+        select(EvidenceItem).where(EvidenceItem.id.in_(wanted), EvidenceItem.source_device_id == device_id)
+    )
+    own = {i.id for i in rows if reach.holds(i)}
+    return [i for i in wanted if i in own]
 
 
 def change_body(secret: bytes, scoped: bool, body: str) -> str | None:

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, and_, case, cast, extract, func, or_, select, true
+from sqlalchemy import BigInteger, Integer, and_, case, cast, extract, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from accounts.access import SiteViewer, sees_site, site_scope
+from accounts.access import SiteViewer, sees_site
 from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from chain_of_custody.models import EvidenceItem
 from incidents.access import Viewer, readable_trail
@@ -28,7 +28,7 @@ from storage.db import is_postgres
 from .feed import alarm_view
 from .models import AlarmRecord, LoneWorkerEvent
 from .performance import PERIODS, TARGETS, Answer, Summary
-from .reach import alarm_sealed, by_site
+from .reach import alarm_sealed, by_site, device_items, readable_scope
 from .trails import trail_page
 
 log = logging.getLogger(__name__)
@@ -120,16 +120,18 @@ def item_record(session: Session, item_id: str | None, viewer: Viewer | None = N
     )
 
 
-def answer_times(session: Session, since: datetime, viewer: SiteViewer | None) -> list[Answer]:
-    """Every alarm that turned red since ``since``: when it needed someone (SOS and man-down on
-    arrival, an amber alarm when its timer ran out) and when a person first took it (acknowledged,
-    or resolved by an operator without acknowledging first)."""
+def answer_times(session: Session, since: datetime, viewer: SiteViewer | None, secret: bytes) -> list[Answer]:
+    """Every alarm the viewer reads (``alarms.reach``) that turned red since ``since``: when it
+    needed someone (SOS and man-down on arrival, an amber alarm when its timer ran out) and when a
+    person first took it (acknowledged, or resolved by an operator without acknowledging first)."""
+    scope = readable_scope(
+        session, secret, viewer, AlarmRecord.red_at.is_not(None), AlarmRecord.red_at >= since
+    )
     rows = session.execute(
         select(
             AlarmRecord.red_at, AlarmRecord.acknowledged_at, AlarmRecord.resolved_at, AlarmRecord.resolved_by
         )
-        .where(AlarmRecord.red_at.is_not(None), AlarmRecord.red_at >= since)
-        .where(site_scope(viewer, AlarmRecord.site) if viewer is not None else true())
+        .where(*scope)
         .order_by(AlarmRecord.red_at)
     ).all()
     out: list[Answer] = []
@@ -163,19 +165,24 @@ def _micros_between(session: Session, start: Any, end: Any) -> ColumnElement[int
     return micros(end) - micros(start)
 
 
-def answer_summaries(session: Session, now: datetime, viewer: SiteViewer | None) -> list[Summary]:
+def answer_summaries(
+    session: Session, now: datetime, viewer: SiteViewer | None, secret: bytes
+) -> list[Summary]:
     """``performance.summaries`` of :func:`answer_times` over the last 30 days, figured in the
     database: one row of counts for the three periods, then each period's median and 95th
     percentile answer time as one row of its own (``ORDER BY ... OFFSET``), so the service never
-    holds the period's alarms, however many there were."""
+    holds the period's alarms, however many there were. A reader by site counts only the alarms
+    whose seal holds (``alarms.reach.readable_scope``: one more read, of the rows' seals)."""
     longest = timedelta(seconds=max(seconds for seconds, _ in TARGETS))
     answered = _answered()
     took = _micros_between(session, AlarmRecord.red_at, answered)
-    scope = [
+    scope = readable_scope(
+        session,
+        secret,
+        viewer,
         AlarmRecord.red_at.is_not(None),
         AlarmRecord.red_at >= now - max(PERIODS.values()),
-        site_scope(viewer, AlarmRecord.site) if viewer is not None else true(),
-    ]
+    )
 
     def count(*conditions: ColumnElement[bool]) -> ColumnElement[int]:
         return func.coalesce(func.sum(case((and_(*conditions), 1), else_=0)), 0)
@@ -254,8 +261,9 @@ def alarm_record(
     if row is None:
         return None
     view = alarm_view(row)
-    payload = item_record(session, view["evidence_item_id"], viewer)
     vouched = by_site(viewer) or alarm_sealed(secret, row)  # a memo pointed at by SQL is not its memo
+    payload_of = device_items(session, secret, row.device_id, [view["evidence_item_id"]]) if vouched else []
+    payload = item_record(session, payload_of[0], viewer) if payload_of else None  # nor another's clip
     memo = item_record(session, view["voice_memo_item_id"], viewer) if vouched else None
     messages, more_messages = alarm_messages(session, view)
     points, more_points = trail_page(session, view, now)

@@ -61,6 +61,12 @@ def staff_seal(secret: bytes, staff_id: str, site: str | None) -> str:
     return row_seal(secret, ("staff", staff_id, site))
 
 
+def staff_holds(secret: bytes, staff_id: str, site: str | None, seal: str | None) -> bool:
+    """Whether a member of staff's row's seal holds (their site is the service's); a warning naming
+    them when it does not."""
+    return seal_verdict(staff_seal(secret, staff_id, site), seal, log, "member of staff", {"staff": staff_id})
+
+
 def item_seal(
     secret: bytes, item_id: str, wearer: str | None, device: str | None, original: str | None
 ) -> str:
@@ -116,9 +122,7 @@ def site_reach_by(session: Session, secret: bytes, devices_secret: bytes, site: 
         for staff_id, seal in session.execute(
             select(s.id, s.seal).where(s.site.is_(None) if site is None else s.site == site)
         )
-        if seal_verdict(
-            staff_seal(secret, str(staff_id), site), seal, log, "member of staff", {"staff": staff_id}
-        )
+        if staff_holds(secret, str(staff_id), site, seal)
     )
     q = select(
         d.id,

@@ -391,7 +391,7 @@ def timeline(view: dict[str, Any], *items: dict[str, Any] | None) -> list[dict[s
 def _summaries(s: CoreServices, viewer: Principal) -> list[performance.Summary]:
     now = _now()
     with s.db.session() as session:
-        return sources.answer_summaries(session, now, viewer)
+        return sources.answer_summaries(session, now, viewer, reach_secret(s.key))
 
 
 @router.get("/performance")
@@ -420,9 +420,12 @@ def devices_page(request: Request, after: AfterKey = "") -> Response:
     """The fleet a page at a time (by id, ``after`` the last one shown), as ``GET /api/v1/devices``."""
     who = signed_in(request, sources.DEVICE_READERS)
     size = sources.LIST_PAGE
-    with services(request).db.session() as session:
+    s = services(request)
+    with s.db.session() as session:
         fleet, next_after = _page(
-            sources.fleet(session, who.principal, after=after, limit=size + 1), size, "id"
+            sources.fleet(session, who.principal, reach_secret(s.key), after=after, limit=size + 1),
+            size,
+            "id",
         )
         staff = [{"id": m.id, "name": m.name} for m in sources.staff(session, who.principal)]
     return render(

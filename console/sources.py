@@ -3,7 +3,8 @@
 The pages show what the API shows: the same role lists (imported from the modules that guard the
 API routes, never restated here) and the same views of the same rows (``alarm_view`` is the one the
 API and the live stream use), limited to the sites the person sees by the API's own rule
-(``accounts.access.site_scope``). Actions never come through here at all: the pages' scripts call the
+(``accounts.access.site_scope``; a site's devices and staff by ``device_scope`` and ``staff_scope``,
+alarms through ``alarms.reach``). Actions never come through here at all: the pages' scripts call the
 API routes themselves, with the session cookie and its CSRF token.
 
 Everything comes from the domain packages (``alarms``, ``devices``, ``accounts``); nothing of the
@@ -19,7 +20,7 @@ from typing import Any
 from sqlalchemy import func, select, true
 from sqlalchemy.orm import Session
 
-from accounts.access import SiteViewer, site_scope
+from accounts.access import ReachViewer, SiteViewer, device_scope, site_scope
 from accounts.api import USER_ADMINS, USERS_PAGE
 from accounts.models import ROLES, User
 from accounts.service import list_users
@@ -27,7 +28,7 @@ from alarms import performance
 from alarms.api import OPERATORS, READERS
 from alarms.feed import alarm_view
 from alarms.models import AlarmChange, AlarmRecord, LoneWorkerVisit
-from alarms.reach import readable
+from alarms.reach import readable, readable_scope
 from alarms.records import alarm_record, answer_summaries, answer_times
 from alarms.trails import TRAIL_POINTS, trail
 from devices.api import ADMINS as DEVICE_ADMINS
@@ -83,11 +84,11 @@ def open_alarms(
     return [alarm_view(r) for r in readable(secret, viewer, rows)]
 
 
-def directory(session: Session, device_ids: list[str] | None, viewer: SiteViewer) -> dict[str, Any]:
+def directory(session: Session, device_ids: list[str] | None, viewer: ReachViewer) -> dict[str, Any]:
     """Names behind the ids an alarm carries: the device, its wearer (name, staff group), the visit
-    under way (the address a community worker gave) and the device's last known state; devices of
-    the viewer's sites only."""
-    devices_q = select(Device).where(Device.kind == "lone_worker", site_scope(viewer, Device.site))
+    under way (the address a community worker gave) and the device's last known state; devices the
+    viewer sees only (``accounts.access.device_scope``)."""
+    devices_q = select(Device).where(Device.kind == "lone_worker", device_scope(viewer, Device))
     if device_ids is not None:
         devices_q = devices_q.where(Device.id.in_(device_ids[:1000]))
     devices = list(session.scalars(devices_q))
@@ -140,25 +141,16 @@ def state_view(st: LoneWorkerState) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- one alarm
-
-
-def alarm(session: Session, alarm_id: str) -> dict[str, Any] | None:
-    row = session.get(AlarmRecord, alarm_id)
-    return alarm_view(row) if row is not None else None
-
-
 # --------------------------------------------------------------------------- where people are
 
 
-def positions(session: Session, viewer: SiteViewer) -> list[dict[str, Any]]:
-    """Every lone-worker device's last known position (the map's layer of people), of the viewer's sites."""
+def positions(session: Session, viewer: ReachViewer) -> list[dict[str, Any]]:
+    """Every lone-worker device's last known position (the map's layer of people), of the devices
+    the viewer sees (``accounts.access.device_scope``)."""
     rows = session.execute(
         select(Device, LoneWorkerState)
         .join(LoneWorkerState, LoneWorkerState.device_id == Device.id)
-        .where(
-            Device.kind == "lone_worker", LoneWorkerState.lat.is_not(None), site_scope(viewer, Device.site)
-        )
+        .where(Device.kind == "lone_worker", LoneWorkerState.lat.is_not(None), device_scope(viewer, Device))
         .order_by(Device.id)
         .limit(20000)
     ).all()
@@ -178,13 +170,14 @@ def open_trails(
 
 
 def fleet(
-    session: Session, viewer: SiteViewer, *, after: str = "", limit: int | None = None
+    session: Session, viewer: ReachViewer, secret: bytes, *, after: str = "", limit: int | None = None
 ) -> list[dict[str, Any]]:
-    """The devices of the viewer's sites (the rows of ``GET /api/v1/devices``, by id, those after
-    ``after``, at most ``limit``), with their state."""
+    """The devices the viewer sees (the rows of ``GET /api/v1/devices``, by id, those after
+    ``after``, at most ``limit``), with their state and the open alarms the viewer reads
+    (``alarms.reach.readable_scope``)."""
     open_counts = (
         select(AlarmRecord.device_id, func.count().label("n"))
-        .where(AlarmRecord.status != "resolved", site_scope(viewer, AlarmRecord.site))
+        .where(*readable_scope(session, secret, viewer, AlarmRecord.status != "resolved"))
         .group_by(AlarmRecord.device_id)
         .subquery()
     )
@@ -193,7 +186,7 @@ def fleet(
         .outerjoin(LoneWorkerState, LoneWorkerState.device_id == Device.id)
         .outerjoin(StaffMember, StaffMember.id == Device.assigned_staff_id)
         .outerjoin(open_counts, open_counts.c.device_id == Device.id)
-        .where(site_scope(viewer, Device.site), Device.id > after if after else true())
+        .where(device_scope(viewer, Device), Device.id > after if after else true())
         .order_by(Device.id)
         .limit(limit)
     ).all()
@@ -217,10 +210,10 @@ def fleet(
 
 
 def staff(
-    session: Session, viewer: SiteViewer, *, after: str = "", limit: int | None = None
+    session: Session, viewer: ReachViewer, *, after: str = "", limit: int | None = None
 ) -> list[StaffMember]:
-    """The staff of the viewer's sites (the rows of ``GET /api/v1/staff``, by staff number, those
-    after ``after``, at most ``limit``)."""
+    """The staff the viewer sees (the rows of ``GET /api/v1/staff``, by staff number, those after
+    ``after``, at most ``limit``)."""
     return list_staff(session, viewer, after=after, limit=limit)
 
 

@@ -16,10 +16,12 @@ from sqlalchemy.orm import Session
 
 from accounts.access import site_scope
 from accounts.models import User
+from accounts.seals import name_of
 from alarms.models import AlarmRecord
 from alarms.reach import readable
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.row_seals import USER_SEALS
 from devices.models import StaffMember
 from incidents.access import (
     Viewer,
@@ -41,8 +43,10 @@ def investigators(
     session: Session, viewer: Viewer, key: ServiceKey, *, everyone: bool
 ) -> list[dict[str, Any]]:
     """Investigators by name: every active one (for those who assign), else the ones on incidents
-    the viewer sees (to filter by), by assignments whose seal holds only (a planted row names nobody)."""
-    q = select(User.id, User.username, User.full_name).where(User.role == "investigator", User.active)
+    the viewer sees (to filter by), by assignments whose seal holds only (a planted row names nobody),
+    and by a user row whose seal holds only (``accounts.seals.name_of``, as a continuity report
+    prints a name: a name, role or active flag written by SQL names nobody)."""
+    q = select(User).where(User.role == "investigator", User.active)
     if not everyone:
         seen = select(Incident.id).where(incident_scope(viewer))
         q = q.where(
@@ -54,8 +58,13 @@ def investigators(
                 )
             )
         )
-    rows = session.execute(q.order_by(User.full_name, User.username)).all()
-    return [{"id": i, "username": u, "name": f or u} for i, u, f in rows]
+    secret = key.derived_secret(USER_SEALS)
+    named = ((u, name_of(secret, u)) for u in session.scalars(q.order_by(User.full_name, User.username)))
+    return [
+        {"id": u.id, "username": u.username, "name": name or u.username}
+        for u, name in named
+        if name is not None
+    ]
 
 
 def sites(session: Session, viewer: Viewer) -> list[str]:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy.orm import Session
 
-from accounts.access import require_roles, sees_site, services, sites_seen
+from accounts.access import require_roles, sees_sealed, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
 from storage.paging import after_key, link_next, next_headers, page_limit
@@ -76,10 +76,12 @@ def _enrolment_site(
     session: Session, user: Principal, device_id: str, site: str | None, staff_id: str | None = None
 ) -> str | None:
     """The site an enrolment records, checked against the caller's sites: re-enrolling an existing
-    id of another site is refused, and a device is assigned only to staff the caller sees."""
+    id the caller does not see is refused (another site's, or for a manager one whose row's seal did
+    not hold when they signed in: enrolling it again would seal a row moved by SQL), and a device is
+    assigned only to staff the caller sees."""
     site = service.site_for_write(user, site)
     existing = session.get(Device, device_id)
-    if existing is not None and not sees_site(user, existing.site):
+    if existing is not None and not sees_sealed(user, existing.site, existing.id, user.reach.devices):
         raise DeviceRefused("id_in_use", f"{device_id} is enrolled at another site", 409)
     if staff_id is not None:
         service.seen_staff(session, user, staff_id)
@@ -96,10 +98,7 @@ def add_staff(
     with s.db.session() as session:
         site = service.site_for_write(user, body.site)
         existing = session.get(StaffMember, body.id)
-        scoped = sites_seen(user) is not None
-        if existing is not None and (
-            not sees_site(user, existing.site) or (scoped and existing.id not in user.reach.staff)
-        ):
+        if existing is not None and not sees_sealed(user, existing.site, existing.id, user.reach.staff):
             raise DeviceRefused("id_in_use", f"staff number {body.id} belongs to another site", 409)
         service.add_staff(session, s.ledger, body.id, body.name, body.group, site, actor=user.actor)
     return {"id": body.id}

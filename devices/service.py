@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from accounts.access import SiteViewer, sees_site, site_scope, sites_seen
+from accounts.access import ReachViewer, SiteViewer, device_scope, sees_sealed, sites_seen, staff_scope
 from chain_of_custody.keys import load_public_key_b64
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.reach_seals import reach_secret, staff_seal
@@ -334,14 +334,14 @@ def camera_for_clip(session: Session, serial: str, wearer: str, seal_key: bytes)
 
 
 def list_staff(
-    session: Session, viewer: SiteViewer | None, *, after: str = "", limit: int | None = None
+    session: Session, viewer: ReachViewer | None, *, after: str = "", limit: int | None = None
 ) -> list[StaffMember]:
-    """The staff of the sites ``viewer`` sees (``accounts.access.site_scope``, the rule of every
-    list), by staff number, those after ``after``, at most ``limit``; ``viewer`` None is the service
-    itself (the command line: everyone)."""
+    """The staff of the sites ``viewer`` sees (``accounts.access.staff_scope``: for a viewer by
+    site, those whose row's seal held when they signed in), by staff number, those after ``after``,
+    at most ``limit``; ``viewer`` None is the service itself (the command line: everyone)."""
     q = select(StaffMember).order_by(StaffMember.id)
     if viewer is not None:
-        q = q.where(site_scope(viewer, StaffMember.site))
+        q = q.where(staff_scope(viewer, StaffMember))
     if after:
         q = q.where(StaffMember.id > after)
     return list(session.scalars(q.limit(limit)))
@@ -349,17 +349,17 @@ def list_staff(
 
 def list_devices(
     session: Session,
-    viewer: SiteViewer | None,
+    viewer: ReachViewer | None,
     kind: str | None = None,
     *,
     after: str = "",
     limit: int | None = None,
 ) -> list[Device]:
-    """The devices of the sites ``viewer`` sees (None: the service itself, every device), by id,
-    those after ``after``, at most ``limit``."""
+    """The devices of the sites ``viewer`` sees (``accounts.access.device_scope``; None: the
+    service itself, every device), by id, those after ``after``, at most ``limit``."""
     q = select(Device).order_by(Device.id)
     if viewer is not None:
-        q = q.where(site_scope(viewer, Device.site))
+        q = q.where(device_scope(viewer, Device))
     if kind:
         q = q.where(Device.kind == kind)
     if after:
@@ -367,18 +367,20 @@ def list_devices(
     return list(session.scalars(q.limit(limit)))
 
 
-def seen_device(session: Session, viewer: SiteViewer, device_id: str, *, for_update: bool = False) -> Device:
-    """The device if ``viewer`` sees its site; another site's device answers as a missing one (404)."""
+def seen_device(session: Session, viewer: ReachViewer, device_id: str, *, for_update: bool = False) -> Device:
+    """The device if ``viewer`` sees it (its site, and for a viewer by site a row whose seal held when
+    they signed in: a change would seal a row moved by SQL again); another site's device answers as
+    a missing one (404)."""
     device = session.get(Device, device_id, with_for_update=for_update)
-    if device is None or not sees_site(viewer, device.site):
+    if device is None or not sees_sealed(viewer, device.site, device.id, viewer.reach.devices):
         raise DeviceRefused("unknown_device", f"no device {device_id}", 404)
     return device
 
 
-def seen_staff(session: Session, viewer: SiteViewer, staff_id: str) -> StaffMember:
-    """The member of staff if ``viewer`` sees their site; else refused as unknown (400)."""
+def seen_staff(session: Session, viewer: ReachViewer, staff_id: str) -> StaffMember:
+    """The member of staff if ``viewer`` sees them (as :func:`seen_device`); else refused as unknown (400)."""
     member = session.get(StaffMember, staff_id)
-    if member is None or not sees_site(viewer, member.site):
+    if member is None or not sees_sealed(viewer, member.site, member.id, viewer.reach.staff):
         raise DeviceRefused("unknown_staff", f"no member of staff {staff_id}", 400)
     return member
 

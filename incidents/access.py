@@ -39,11 +39,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
-from accounts.access import sees_site, site_scope
+from accounts.access import sees_site, site_scope, sites_seen
+from chain_of_custody.alarm_seals import alarm_holds
 from chain_of_custody.entries import viewings_whole, withhold
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import CustodyEntry, EvidenceItem
-from chain_of_custody.reach_seals import SiteReach, reach_secret, site_reach
+from chain_of_custody.reach_seals import SiteReach, reach_secret, site_reach, staff_holds
 from devices.models import Device, StaffMember
 
 from .models import ExhibitReference, Incident, IncidentAssignment, IncidentLink
@@ -332,6 +333,15 @@ def may_follow_wearer(session: Session, viewer: Viewer, wearer: str) -> bool:
     return wearer in viewer.reach.staff
 
 
+def sealed_staff_site(key: ServiceKey, member: StaffMember | None) -> str | None:
+    """A member of staff's site while their row's seal holds (``chain_of_custody.reach_seals``),
+    else None: what an incident of their footage is opened at when nothing else gives a site, so a
+    site moved by SQL opens nothing for that site's managers to read."""
+    if member is None or not member.site:
+        return None
+    return member.site if staff_holds(reach_secret(key), member.id, member.site, member.seal) else None
+
+
 def window_reach(session: Session, key: ServiceKey, site: str | None) -> ColumnElement[bool]:
     """A WHERE clause on ``EvidenceItem``: the clips an incident of ``site`` may take in through its
     footage window (``wearer`` with ``window_start``/``window_end``), if the item's seal holds
@@ -384,21 +394,36 @@ def may_link_alarm(viewer: Viewer) -> bool:
     return viewer.role in ALARM_READERS
 
 
-# The alarm domain's table, by name and only the two columns the rule needs: ``alarms`` sits above
-# ``incidents`` in the layers, so this side reads the row rather than importing its model.
-_ALARMS = table("alarms", column("id", String), column("site", String))
+# The alarm domain's table, by name and only the columns the rule needs (its site and what its seal
+# covers): ``alarms`` sits above ``incidents`` in the layers, so this side reads the row rather than
+# importing its model.
+_ALARMS = table(
+    "alarms",
+    column("id", String),
+    column("site", String),
+    column("wearer", String),
+    column("device_id", String),
+    column("voice_memo_item_id", String),
+    column("seal", String),
+)
 # Export packages, by name: ``incidents.export`` builds on this module, so the rule reads its rows.
 _EXPORTS = table("export_jobs", column("id", String), column("incident_id", String))
 
 
 def sees_alarm(session: Session, viewer: Viewer, alarm_id: str) -> bool:
     """Whether the alarm exists and is the viewer's to read: a role that reads alarms, and the
-    alarm's site among the viewer's (``accounts.access.sees_site``, the rule of the alarm routes).
-    What a manual link of an alarm checks: another site's alarm is refused like a missing one."""
+    alarm's site among the viewer's (``accounts.access.sees_site``, the rule of the alarm routes),
+    for a reader by site through a row whose seal holds (``alarms.reach``: a row moved to their site
+    by SQL is not theirs). What a manual link of an alarm checks: another site's alarm is refused
+    like a missing one."""
     if not may_link_alarm(viewer):
         return False
-    row = session.execute(select(_ALARMS.c.site).where(_ALARMS.c.id == alarm_id)).first()
-    return row is not None and sees_site(viewer, row.site)
+    a = _ALARMS.c
+    q = select(a.id, a.site, a.wearer, a.device_id, a.voice_memo_item_id, a.seal).where(a.id == alarm_id)
+    row = session.execute(q).first()
+    if row is None or not sees_site(viewer, row.site):
+        return False
+    return sites_seen(viewer) is None or alarm_holds(viewer.reach.secret, *row)
 
 
 def reads_whole_trails(viewer: Viewer) -> bool:

@@ -10,7 +10,9 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from accounts.models import User
+from accounts.seals import name_of
 from chain_of_custody.keys import ServiceKey
+from chain_of_custody.row_seals import USER_SEALS
 from devices.models import StaffMember
 from storage.paging import Position, after_position
 
@@ -109,15 +111,18 @@ def incident_position(incident: Incident) -> Position:
 
 def incident_view(session: Session, incident: Incident, key: ServiceKey) -> dict[str, Any]:
     """The incident with its staff, investigators, active links and holds, as the API returns it.
-    Its investigators are those of assignments whose seal holds: a planted row names nobody."""
+    Its investigators are those of assignments whose seal holds: a planted row names nobody; and
+    each one's full name is given only while their user row's seal holds (``accounts.seals.name_of``,
+    as a continuity report prints it): a name written by SQL is not printed as theirs."""
+    names = key.derived_secret(USER_SEALS)
     staff = session.execute(
         select(IncidentStaff.staff_id, IncidentStaff.involvement, StaffMember.staff_group)
         .join(StaffMember, StaffMember.id == IncidentStaff.staff_id)
         .where(IncidentStaff.incident_id == incident.id)
         .order_by(IncidentStaff.staff_id)
     )
-    investigators = session.execute(
-        select(User.id, User.username, User.full_name)
+    investigators = session.scalars(
+        select(User)
         .join(IncidentAssignment, IncidentAssignment.user_id == User.id)
         .where(
             IncidentAssignment.incident_id == incident.id,
@@ -167,7 +172,10 @@ def incident_view(session: Session, incident: Incident, key: ServiceKey) -> dict
         "updated_at": incident.updated_at,
         "closed_at": incident.closed_at,
         "staff": [{"staff_id": s, "involvement": i, "staff_group": g} for s, i, g in staff],
-        "investigators": [{"user_id": u, "username": n, "full_name": f} for u, n, f in investigators],
+        "investigators": [
+            {"user_id": u.id, "username": u.username, "full_name": name_of(names, u) or ""}
+            for u in investigators
+        ],
         "links": [
             {
                 "id": link.id,

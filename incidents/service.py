@@ -33,6 +33,7 @@ from .access import (
     Viewer,
     may_follow_wearer,
     may_link_alarm,
+    sealed_staff_site,
     sees_alarm,
     visible_evidence_ids,
     window_items,
@@ -771,7 +772,7 @@ def open_or_join_incident_for_wearer(
             IncidentDraft(
                 category=category,
                 occurred_at=at,
-                site=site or (member.site if member and member.site else "unknown"),
+                site=site or sealed_staff_site(ledger.key, member) or "unknown",
                 title=f"{category.replace('_', ' ').capitalize()}: {wearer}",
                 staff=((wearer, "wearer"),) if member else (),
                 wearer=wearer,

@@ -64,6 +64,7 @@ def test_day_week_and_month_and_the_csv() -> None:
 
 def test_answer_times_take_red_alarms_from_when_they_needed_someone(sqlite_services: Any) -> None:
     from alarms.rules import Acknowledge, Outcome, Resolve
+    from chain_of_custody.reach_seals import reach_secret
     from console.sources import answer_times
 
     s = sqlite_services
@@ -76,7 +77,7 @@ def test_answer_times_take_red_alarms_from_when_they_needed_someone(sqlite_servi
     svc.act(sos, Acknowledge(by="user:olivia", at=later))
     svc.act(low, Resolve(by="user:olivia", at=later, outcome=Outcome.TEST, note=""))
     with s.db.session() as session:
-        answers = answer_times(session, datetime.now(UTC) - timedelta(days=1), None)
+        answers = answer_times(session, datetime.now(UTC) - timedelta(days=1), None, reach_secret(s.key))
     assert len(answers) == 1  # the amber alert has not turned red; low battery is never red
     assert (answers[0].answered_at - answers[0].needed_from).total_seconds() == 7.0  # type: ignore[operator]
     assert amber
@@ -86,7 +87,6 @@ def test_the_trail_is_sampled_while_an_alarm_is_open_once_per_fix(sqlite_service
     from alarms.models import LoneWorkerPosition
     from alarms.rules import Outcome, Resolve
     from alarms.trails import trail
-    from console.sources import alarm
     from devices.models import LoneWorkerState
 
     s = sqlite_services
@@ -109,7 +109,7 @@ def test_the_trail_is_sampled_while_an_alarm_is_open_once_per_fix(sqlite_service
     moved(0.001)
     assert svc.sample_trails() == 1
     with s.db.session() as session:
-        view = alarm(session, alarm_id)
+        view = svc.queries.get(alarm_id)  # the service's own read
         points = trail(session, view, datetime.now(UTC) + timedelta(minutes=1))
         assert len(list(session.scalars(select(LoneWorkerPosition)))) == 3
     # The alarm's own fix once (sampled again from the state, not repeated), then two moves.

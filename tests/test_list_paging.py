@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from chain_of_custody.reach_seals import reach_secret, staff_seal
 from devices.models import Device, StaffMember
+from devices.seals import seal_devices as seal_as_enrolled
 from incidents.export.models import ExportJob
 from incidents.service import IncidentDraft, create_incident
 from redaction.models import RedactionJob
@@ -47,11 +49,14 @@ def _pages(client: TestClient, url: str, headers: dict[str, str], key: str = "id
 
 def test_staff_and_devices_come_a_page_at_a_time(site: tuple[TestClient, Any, dict[str, str]]) -> None:
     client, services, admin = site
+    reach = reach_secret(services.key)
     with services.db.session() as session:
         for n in range(COUNT):
-            session.add(StaffMember(id=f"S-{n:03d}", name=f"Porter {n}", site="NORTH"))
+            seal = staff_seal(reach, f"S-{n:03d}", "NORTH")
+            session.add(StaffMember(id=f"S-{n:03d}", name=f"Porter {n}", site="NORTH", seal=seal))
             session.add(Device(id=f"LW-{n:03d}", kind="lone_worker", site="NORTH"))
             session.add(Device(id=f"CAM-{n:03d}", kind="camera", site="NORTH"))
+        seal_as_enrolled(session, services.key)
     staff = _pages(client, "/api/v1/staff", admin)
     assert [s["id"] for s in staff] == [f"S-{n:03d}" for n in range(COUNT)]
     devices = _pages(client, "/api/v1/devices", admin)
@@ -125,6 +130,7 @@ def test_users_and_lone_workers_come_a_page_at_a_time(site: tuple[TestClient, An
         for n in range(COUNT):
             session.add(Device(id=f"LW-{n:03d}", kind="lone_worker", site="NORTH" if n % 2 else "SOUTH"))
             session.add(Device(id=f"CAM-{n:03d}", kind="camera", site="NORTH"))
+        seal_as_enrolled(session, services.key)
     users = _pages(client, "/api/v1/users", admin)
     assert [u["username"] for u in users] == ["admin", *(f"user-{n:02d}" for n in range(COUNT))]
     assert client.get("/api/v1/users?limit=0", headers=admin).status_code == 422

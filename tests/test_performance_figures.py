@@ -18,6 +18,8 @@ from sqlalchemy import event
 from alarms.models import AlarmRecord
 from alarms.performance import summaries
 from alarms.records import answer_summaries, answer_times
+from chain_of_custody.alarm_seals import alarm_seal
+from chain_of_custody.reach_seals import reach_secret
 from devices.models import Device
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -95,20 +97,26 @@ def known_alarms() -> list[AlarmRecord]:
 
 @pytest.fixture
 def alarms(services: Any) -> Iterator[Any]:
+    secret = reach_secret(services.key)
     with services.db.session() as session:
         for site in ("NORTH", "SOUTH"):
             session.add(Device(id=f"LW-{site}", kind="lone_worker", site=site))
         session.flush()
-        session.add_all(known_alarms())
+        rows = known_alarms()
+        for a in rows:  # sealed as the service seals an alarm it raises
+            a.seal = alarm_seal(secret, a.id, a.site, a.wearer, a.device_id, a.voice_memo_item_id)
+        session.add_all(rows)
     yield services
 
 
 def test_the_figures_from_the_database_are_the_figures_of_the_answer_times(alarms: Any) -> None:
+    secret = reach_secret(alarms.key)
     with alarms.db.session() as session:
         for viewer in (EVERYONE, NORTH, Seen("security_manager", "EAST")):
-            expected = summaries(answer_times(session, NOW - timedelta(days=30), viewer), NOW)
-            assert answer_summaries(session, NOW, viewer) == expected, viewer
-        day, week, month = answer_summaries(session, NOW, EVERYONE)
+            expected = summaries(answer_times(session, NOW - timedelta(days=30), viewer, secret), NOW)
+            assert answer_summaries(session, NOW, viewer, secret) == expected, viewer
+        assert answer_summaries(session, NOW, NORTH, secret)[2].alarms == 16 + 40 - 2  # all but SOUTH's
+        day, week, month = answer_summaries(session, NOW, EVERYONE, secret)
     # The day by hand: 11 decided (8 answered, 3 missed: 8, 9 and 11) and one pending (10).
     assert (day.alarms, day.pending) == (11, 1)
     assert day.within_10s == 5 / 11  # 1, 5, 6, 7, 12 (within 10 s to the microsecond; 5 early)
@@ -131,11 +139,15 @@ def test_the_figures_are_a_few_rows_however_many_alarms(alarms: Any) -> None:
     event.listen(engine, "before_cursor_execute", seen)
     try:
         with alarms.db.session() as session:
-            answer_summaries(session, NOW, EVERYONE)
+            answer_summaries(session, NOW, NORTH, reach_secret(alarms.key))
+            by_site, statements[:] = list(statements), []
+            answer_summaries(session, NOW, EVERYONE, reach_secret(alarms.key))
     finally:
         event.remove(engine, "before_cursor_execute", seen)
-    # One row of counts, then each period's median and 95th percentile: one row each, at most.
+    # One row of counts, then each period's median and 95th percentile: one row each, at most; for
+    # a reader by site, one read of the seals of their site's red alarms of the month before those.
     assert 1 <= len(statements) <= 1 + 2 * 3, statements
+    assert len(by_site) <= 1 + 1 + 2 * 3 and "seal" in by_site[0].lower(), by_site
     counts, *ranks = statements
     assert "sum(" in counts.lower()
     assert all("LIMIT" in r.upper() for r in ranks), ranks
