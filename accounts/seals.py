@@ -39,6 +39,7 @@ import hmac
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -99,18 +100,26 @@ class SignInSeals:
         )
 
 
-@dataclass(frozen=True)
 class OlderUserSeals:
     """The secrets of the user seals before the current version: never to let anyone in, only to
     tell a row that awaits ``evidence upgrade-seals`` from one written outside the service, so the
-    log of a refused sign-in says which (the person is refused the same either way)."""
+    log of a refused sign-in says which (the person is refused the same either way). Derived only
+    when a row's seal does not hold: a sign-in whose seal holds pays nothing for them."""
 
-    v2: bytes
-    v1: bytes
+    def __init__(self, key: ServiceKey) -> None:
+        self._key = key
 
     @classmethod
     def of(cls, key: ServiceKey) -> OlderUserSeals:
-        return cls(key.derived_secret(USER_SEALS_V2), key.derived_secret(USER_SEALS_V1))
+        return cls(key)
+
+    @cached_property
+    def v2(self) -> bytes:
+        return self._key.derived_secret(USER_SEALS_V2)
+
+    @cached_property
+    def v1(self) -> bytes:
+        return self._key.derived_secret(USER_SEALS_V1)
 
 
 def assignments_of(session: Session, secret: bytes, user: User) -> frozenset[int]:
@@ -159,12 +168,15 @@ def record_user(
     return entry
 
 
+MISSING = "missing (made before seals, or written outside the service)"
+
+
 def awaits_upgrade(user: User, older: OlderUserSeals | None) -> str | None:
     """Why the user's row awaits ``evidence upgrade-seals`` (no seal: made before seals; or the
     label of the older seal version that holds for it), or None when it does not (``older`` None:
     only a missing seal is told)."""
     if not user.seal:
-        return "no seal: made before seals, or written outside the service"
+        return MISSING
     if older is None:
         return None
     return older_user_seal(older.v2, older.v1, sealed_values(user), user.seal)
@@ -182,12 +194,10 @@ def user_seal_holds(secret: bytes, user: User, older: OlderUserSeals | None = No
     why = awaits_upgrade(user, older)
     if why is None:
         return seal_verdict(expected, user.seal, log, "user", {"user_id": user.id})
-    log.warning(
-        "user refused: its row awaits %s (%s)",
-        UPGRADE_SEALS,
-        why,
-        extra={"user_id": user.id, "seal": why, "awaiting": UPGRADE_COMMAND},
-    )
+    said = f"its row's seal is {why}: {UPGRADE_SEALS} adopts it if custody bears it out"
+    if why != MISSING:
+        said = f"its row awaits {UPGRADE_SEALS} (it is sealed under {why!r})"
+    log.warning(f"user refused: {said}", extra={"user_id": user.id, "seal": why, "awaiting": UPGRADE_COMMAND})
     return False
 
 

@@ -262,14 +262,20 @@ def test_start_up_warns_health_says_so_and_a_refusal_for_an_old_seal_is_logged_a
             assert (refused.status_code, refused.json()) == (401, unknown.json()), refused.text
             assert refused.headers.get("www-authenticate") == unknown.headers.get("www-authenticate")
         by_user = {line["username"]: line for line in service_log.lines("login refused")}
-        for name, seal in (("lead", USER_SEALS_V2), ("porter", USER_SEALS_V1), ("older", "no seal")):
+        for name, seal in (("lead", USER_SEALS_V2), ("porter", USER_SEALS_V1), ("older", "missing")):
             line = by_user[name]
             assert line["event"] == "login refused: the user's row awaits `evidence upgrade-seals`", line
             assert line["seal"].startswith(seal) and line["awaiting"] == COMMAND, line
         assert by_user["planted"]["event"] == "login refused" and "awaiting" not in by_user["planted"]
         assert by_user["(no such user)"]["event"] == "login refused"
         said = {line.get("user_id"): line["event"] for line in service_log.lines("user refused")}
-        assert said[_id(s, "lead")].startswith("user refused: its row awaits `evidence upgrade-seals`")
+        assert said[_id(s, "lead")] == (
+            "user refused: its row awaits `evidence upgrade-seals` (it is sealed under 'user seals v2')"
+        )
+        assert said[_id(s, "older")] == (
+            "user refused: its row's seal is missing (made before seals, or written outside the service): "
+            "`evidence upgrade-seals` adopts it if custody bears it out"
+        )
         assert said[_id(s, "planted")] == "user refused: its row's seal is wrong"
 
         done = _cli(s, "upgrade-seals", "--yes")
