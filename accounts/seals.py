@@ -168,7 +168,12 @@ def record_user(
     return entry
 
 
-MISSING = "missing (made before seals, or written outside the service)"
+MISSING = "missing: made before seals, or written outside the service"
+
+
+def awaiting_note(why: str) -> str:
+    """What a log line says of a row awaiting the upgrade (``why``: :func:`awaits_upgrade`'s)."""
+    return f"its seal is {why}" if why == MISSING else f"it is sealed under {why!r}"
 
 
 def awaits_upgrade(user: User, older: OlderUserSeals | None) -> str | None:
@@ -194,10 +199,10 @@ def user_seal_holds(secret: bytes, user: User, older: OlderUserSeals | None = No
     why = awaits_upgrade(user, older)
     if why is None:
         return seal_verdict(expected, user.seal, log, "user", {"user_id": user.id})
-    said = f"its row's seal is {why}: {UPGRADE_SEALS} adopts it if custody bears it out"
-    if why != MISSING:
-        said = f"its row awaits {UPGRADE_SEALS} (it is sealed under {why!r})"
-    log.warning(f"user refused: {said}", extra={"user_id": user.id, "seal": why, "awaiting": UPGRADE_COMMAND})
+    log.warning(
+        f"user refused: its row awaits {UPGRADE_SEALS} ({awaiting_note(why)})",
+        extra={"user_id": user.id, "seal": why, "awaiting": UPGRADE_COMMAND},
+    )
     return False
 
 

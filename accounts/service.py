@@ -28,6 +28,7 @@ from .seals import (
     OlderUserSeals,
     SignInSeals,
     assignments_of,
+    awaiting_note,
     awaits_upgrade,
     credential_seal,
     reach_of,
@@ -145,14 +146,17 @@ class SignInRefused(AccountError):
     the log only, that the user's row awaits ``evidence upgrade-seals`` (why: no seal, or the older
     seal version that holds for it). The client is told neither."""
 
-    def __init__(self, account: str | None, awaiting: str | None = None) -> None:
+    def __init__(self, account: str | None, awaiting: str | None = None, user_id: int | None = None) -> None:
         super().__init__(DENIED, "invalid_credentials", 401)
         self.account = account
         self.awaiting = awaiting
+        self.user_id = user_id
 
 
-def _refuse(account: str | None = None, awaiting: str | None = None) -> SignInRefused:
-    return SignInRefused(account, awaiting)
+def _refuse(
+    account: str | None = None, awaiting: str | None = None, user_id: int | None = None
+) -> SignInRefused:
+    return SignInRefused(account, awaiting, user_id)
 
 
 def refusal_log(exc: AccountError) -> tuple[str, dict[str, object]]:
@@ -162,8 +166,8 @@ def refusal_log(exc: AccountError) -> tuple[str, dict[str, object]]:
     fields: dict[str, object] = {"username": getattr(exc, "account", None) or "(no such user)"}
     awaiting = getattr(exc, "awaiting", None)
     if awaiting:
-        fields.update(seal=awaiting, awaiting=UPGRADE_COMMAND)
-        return f": the user's row awaits {UPGRADE_SEALS}", fields
+        fields.update(user_id=getattr(exc, "user_id", None), seal=awaiting, awaiting=UPGRADE_COMMAND)
+        return f": the user's row awaits {UPGRADE_SEALS} ({awaiting_note(awaiting)})", fields
     return "", fields
 
 
@@ -217,7 +221,7 @@ def sign_in(
     if not _check(user.password_hash if user is not None and known else _decoy_hash(), password) or not known:
         throttle.failed(username, client)
         awaiting = awaits_upgrade(user, older) if user is not None and user.active and not known else None
-        raise _refuse(account, awaiting)
+        raise _refuse(account, awaiting, user.id if user is not None and awaiting else None)
     assert user is not None
     throttle.succeeded(username, client)
     # A hash made with older parameters is made again, and recorded as any password change (custody

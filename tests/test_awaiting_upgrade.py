@@ -262,10 +262,15 @@ def test_start_up_warns_health_says_so_and_a_refusal_for_an_old_seal_is_logged_a
             assert (refused.status_code, refused.json()) == (401, unknown.json()), refused.text
             assert refused.headers.get("www-authenticate") == unknown.headers.get("www-authenticate")
         by_user = {line["username"]: line for line in service_log.lines("login refused")}
-        for name, seal in (("lead", USER_SEALS_V2), ("porter", USER_SEALS_V1), ("older", "missing")):
+        missing = "missing: made before seals, or written outside the service"
+        for name, seal, note in (
+            ("lead", USER_SEALS_V2, "it is sealed under 'user seals v2'"),
+            ("porter", USER_SEALS_V1, "it is sealed under 'user seals v1'"),
+            ("older", missing, f"its seal is {missing}"),
+        ):
             line = by_user[name]
-            assert line["event"] == "login refused: the user's row awaits `evidence upgrade-seals`", line
-            assert line["seal"].startswith(seal) and line["awaiting"] == COMMAND, line
+            assert line["event"] == f"login refused: the user's row awaits `evidence upgrade-seals` ({note})"
+            assert (line["seal"], line["awaiting"], line["user_id"]) == (seal, COMMAND, _id(s, name)), line
         assert by_user["planted"]["event"] == "login refused" and "awaiting" not in by_user["planted"]
         assert by_user["(no such user)"]["event"] == "login refused"
         said = {line.get("user_id"): line["event"] for line in service_log.lines("user refused")}
@@ -273,8 +278,7 @@ def test_start_up_warns_health_says_so_and_a_refusal_for_an_old_seal_is_logged_a
             "user refused: its row awaits `evidence upgrade-seals` (it is sealed under 'user seals v2')"
         )
         assert said[_id(s, "older")] == (
-            "user refused: its row's seal is missing (made before seals, or written outside the service): "
-            "`evidence upgrade-seals` adopts it if custody bears it out"
+            f"user refused: its row awaits `evidence upgrade-seals` (its seal is {missing})"
         )
         assert said[_id(s, "planted")] == "user refused: its row's seal is wrong"
 
@@ -317,7 +321,10 @@ def test_the_console_sign_in_refused_for_an_old_seal_is_logged_as_awaiting(
         shown = [re.sub(r'value="[^"]*"', "", a.text) for a in answers.values()]
         assert shown[0] == shown[1]  # the same page, but for its fresh form token
         (line,) = [x for x in service_log.lines("console sign-in refused") if x["username"] == "lead"]
-        assert line["event"] == "console sign-in refused: the user's row awaits `evidence upgrade-seals`"
+        assert line["event"] == (
+            "console sign-in refused: the user's row awaits `evidence upgrade-seals` "
+            "(it is sealed under 'user seals v2')"
+        )
         assert line["seal"] == USER_SEALS_V2 and line["awaiting"] == COMMAND
     finally:
         server.should_exit = True
