@@ -32,6 +32,7 @@ from .service import (
     issue_token,
     list_users,
     password_record,
+    refusal_log,
     sign_in,
     update_user,
 )
@@ -113,8 +114,8 @@ def login(
             token, expires = issue_token(session, user, ttl, s.key.derived_secret(CREDENTIAL_SEALS))
             role = user.role
     except AccountError as exc:
-        account = getattr(exc, "account", None) or "(no such user)"
-        log.warning("login refused", extra={"username": account, "client": client_address(request)})
+        why, fields = refusal_log(exc)
+        log.warning("login refused" + why, extra={**fields, "client": client_address(request)})
         raise LoginRefused(exc.reason, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     log.info("login", extra={"username": form.username})
     return TokenOut(access_token=token, expires_at=expires.isoformat(), role=role)

@@ -39,6 +39,7 @@ import hmac
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -54,16 +55,17 @@ from chain_of_custody.row_seals import (
     DEVICE_SEALS,
     GRANT_SEALS,
     TOKEN,
+    UPGRADE_COMMAND,
+    UPGRADE_SEALS,
     USER_SEALS,
     USER_SEALS_V1,
     USER_SEALS_V2,
     UserValues,
     credential_seal,
+    older_user_seal,
     seal_verdict,
     sealed_assignments,
     user_seal,
-    user_seal_v1,
-    user_seal_v2,
     user_subject,
     user_values,
 )
@@ -84,6 +86,7 @@ class SignInSeals:
     grants: bytes = b""  # incident assignments' (``assignments_of``)
     reach: bytes = b""  # members of staff's and evidence items' (``reach_of``)
     devices: bytes = b""  # devices' (``reach_of``: a device's site decides reach too)
+    older_users: OlderUserSeals | None = None  # to tell a row awaiting the upgrade in the log
 
     @classmethod
     def of(cls, key: ServiceKey) -> SignInSeals:
@@ -93,7 +96,30 @@ class SignInSeals:
             key.derived_secret(GRANT_SEALS),
             reach_secret(key),
             key.derived_secret(DEVICE_SEALS),
+            OlderUserSeals.of(key),
         )
+
+
+class OlderUserSeals:
+    """The secrets of the user seals before the current version: never to let anyone in, only to
+    tell a row that awaits ``evidence upgrade-seals`` from one written outside the service, so the
+    log of a refused sign-in says which (the person is refused the same either way). Derived only
+    when a row's seal does not hold: a sign-in whose seal holds pays nothing for them."""
+
+    def __init__(self, key: ServiceKey) -> None:
+        self._key = key
+
+    @classmethod
+    def of(cls, key: ServiceKey) -> OlderUserSeals:
+        return cls(key)
+
+    @cached_property
+    def v2(self) -> bytes:
+        return self._key.derived_secret(USER_SEALS_V2)
+
+    @cached_property
+    def v1(self) -> bytes:
+        return self._key.derived_secret(USER_SEALS_V1)
 
 
 def assignments_of(session: Session, secret: bytes, user: User) -> frozenset[int]:
@@ -142,12 +168,42 @@ def record_user(
     return entry
 
 
-def user_seal_holds(secret: bytes, user: User) -> bool:
+MISSING = "missing: made before seals, or written outside the service"
+
+
+def awaiting_note(why: str) -> str:
+    """What a log line says of a row awaiting the upgrade (``why``: :func:`awaits_upgrade`'s)."""
+    return f"its seal is {why}" if why == MISSING else f"it is sealed under {why!r}"
+
+
+def awaits_upgrade(user: User, older: OlderUserSeals | None) -> str | None:
+    """Why the user's row awaits ``evidence upgrade-seals`` (no seal: made before seals; or the
+    label of the older seal version that holds for it), or None when it does not (``older`` None:
+    only a missing seal is told)."""
+    if not user.seal:
+        return MISSING
+    if older is None:
+        return None
+    return older_user_seal(older.v2, older.v1, sealed_values(user), user.seal)
+
+
+def user_seal_holds(secret: bytes, user: User, older: OlderUserSeals | None = None) -> bool:
     """Whether a user row's seal is the one the service made for its values and its latest custody
     entry (read with the row); a warning (naming the user id only, never the password hash) when
-    it is not: planted, altered, or an older copy put back."""
+    it is not: planted, altered, or an older copy put back; or, told apart (with ``older``), a row
+    not sealed yet or under an older seal version, which awaits ``evidence upgrade-seals``: the
+    operator reading the log then knows the one command that lets the person in."""
     expected = user_seal(secret, sealed_values(user), user.custody_seq)
-    return seal_verdict(expected, user.seal, log, "user", {"user_id": user.id})
+    if user.seal and hmac.compare_digest(expected, user.seal):
+        return True
+    why = awaits_upgrade(user, older)
+    if why is None:
+        return seal_verdict(expected, user.seal, log, "user", {"user_id": user.id})
+    log.warning(
+        f"user refused: its row awaits {UPGRADE_SEALS} ({awaiting_note(why)})",
+        extra={"user_id": user.id, "seal": why, "awaiting": UPGRADE_COMMAND},
+    )
+    return False
 
 
 def name_of(secret: bytes, user: User | None) -> str | None:
@@ -284,12 +340,6 @@ def _disagreement(
     return None
 
 
-def _old_seal_holds(secret_v1: bytes, user: User) -> bool:
-    return bool(user.seal) and hmac.compare_digest(
-        user_seal_v1(secret_v1, sealed_values(user)), user.seal or ""
-    )
-
-
 def unsealed_users(session: Session, ledger: Ledger, *, lock: bool = False) -> list[UnsealedUser]:
     """Every user without a seal (made before seals) or under a version 1 or 2 seal that holds
     (sealed before seals covered the name, or before they were bound to custody), by id, each against the ledger's replay; ``lock``: their rows
@@ -299,10 +349,9 @@ def unsealed_users(session: Session, ledger: Ledger, *, lock: bool = False) -> l
     secret_v1, secret_v2 = ledger.key.derived_secret(USER_SEALS_V1), ledger.key.derived_secret(USER_SEALS_V2)
     rows = []
     for u in every:
-        if u.seal is None or _old_seal_holds(secret_v1, u):
-            rows.append((u, u.seal is not None, False))
-        elif hmac.compare_digest(user_seal_v2(secret_v2, sealed_values(u)), u.seal):
-            rows.append((u, False, True))
+        version = older_user_seal(secret_v2, secret_v1, sealed_values(u), u.seal)
+        if u.seal is None or version is not None:
+            rows.append((u, version == USER_SEALS_V1, version == USER_SEALS_V2))
     if not rows:
         return []
     replay = user_replay(ledger.all_entries(session))

@@ -18,15 +18,18 @@ from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.reach_seals import SiteReach
 from chain_of_custody.row_replay import PASSWORD_DIGESTS, password_digest
-from chain_of_custody.row_seals import USER_SEALS
+from chain_of_custody.row_seals import UPGRADE_COMMAND, UPGRADE_SEALS, USER_SEALS
 from storage.errors import Refused
 
 from .ends import TOKEN_LOOKUP, standing_row
 from .models import ROLES, ApiToken, User, UserSession
 from .seals import (
     TOKEN,
+    OlderUserSeals,
     SignInSeals,
     assignments_of,
+    awaiting_note,
+    awaits_upgrade,
     credential_seal,
     reach_of,
     record_user,
@@ -86,9 +89,9 @@ def principal_of(session: Session, actor: str, key: ServiceKey) -> Principal | N
     if not actor.startswith("user:"):
         return None
     user = session.scalar(select(User).where(User.username == actor.removeprefix("user:")))
-    if user is None or not user.active or not user_seal_holds(key.derived_secret(USER_SEALS), user):
-        return None
     seals = SignInSeals.of(key)
+    if user is None or not user.active or not user_seal_holds(seals.users, user, seals.older_users):
+        return None
     grants, reach = assignments_of(session, seals.grants, user), reach_of(session, seals, user)
     return Principal(user.id, user.username, user.role, user.site, assignments=grants, reach=reach)
 
@@ -139,15 +142,33 @@ def _decoy_hash() -> str:
 
 class SignInRefused(AccountError):
     """The one refusal of a sign-in; ``account`` names the user for the log only when one exists
-    (a password typed into the username field must not reach the log)."""
+    (a password typed into the username field must not reach the log), and ``awaiting`` says, for
+    the log only, that the user's row awaits ``evidence upgrade-seals`` (why: no seal, or the older
+    seal version that holds for it). The client is told neither."""
 
-    def __init__(self, account: str | None) -> None:
+    def __init__(self, account: str | None, awaiting: str | None = None, user_id: int | None = None) -> None:
         super().__init__(DENIED, "invalid_credentials", 401)
         self.account = account
+        self.awaiting = awaiting
+        self.user_id = user_id
 
 
-def _refuse(account: str | None = None) -> SignInRefused:
-    return SignInRefused(account)
+def _refuse(
+    account: str | None = None, awaiting: str | None = None, user_id: int | None = None
+) -> SignInRefused:
+    return SignInRefused(account, awaiting, user_id)
+
+
+def refusal_log(exc: AccountError) -> tuple[str, dict[str, object]]:
+    """What a refused sign-in adds to its log line: the account (or that there is none) and, when
+    the user's row awaits the upgrade, that and the command that adopts it, so an operator whose
+    people are refused after an upgrade sees why, and what to run."""
+    fields: dict[str, object] = {"username": getattr(exc, "account", None) or "(no such user)"}
+    awaiting = getattr(exc, "awaiting", None)
+    if awaiting:
+        fields.update(user_id=getattr(exc, "user_id", None), seal=awaiting, awaiting=UPGRADE_COMMAND)
+        return f": the user's row awaits {UPGRADE_SEALS} ({awaiting_note(awaiting)})", fields
+    return "", fields
 
 
 def password_record(key: ServiceKey, user: User) -> dict[str, str]:
@@ -195,10 +216,12 @@ def sign_in(
     if not throttle.allowed(username, client):
         _check(_decoy_hash(), password)
         raise _refuse(account)
-    known = user is not None and user.active and user_seal_holds(key.derived_secret(USER_SEALS), user)
+    older = OlderUserSeals.of(key)
+    known = user is not None and user.active and user_seal_holds(key.derived_secret(USER_SEALS), user, older)
     if not _check(user.password_hash if user is not None and known else _decoy_hash(), password) or not known:
         throttle.failed(username, client)
-        raise _refuse(account)
+        awaiting = awaits_upgrade(user, older) if user is not None and user.active and not known else None
+        raise _refuse(account, awaiting, user.id if user is not None and awaiting else None)
     assert user is not None
     throttle.succeeded(username, client)
     # A hash made with older parameters is made again, and recorded as any password change (custody
@@ -239,7 +262,7 @@ def resolve_token(
     if row is None:
         return None
     user = session.get(User, row.user_id)
-    if user is None or not user.active or not user_seal_holds(seals.users, user):
+    if user is None or not user.active or not user_seal_holds(seals.users, user, seals.older_users):
         return None
     mark, grants = sign_in_mark("token", row.token_hash), assignments_of(session, seals.grants, user)
     return Principal(

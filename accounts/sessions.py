@@ -134,7 +134,7 @@ def resolve_session(
         row.ended_at = now
         return None
     user = session.get(User, row.user_id)
-    if user is None or not user.active or not user_seal_holds(seals.users, user):
+    if user is None or not user.active or not user_seal_holds(seals.users, user, seals.older_users):
         return None
     if activity and now - last_seen >= TOUCH_EVERY:
         row.last_seen_at = last_seen = now

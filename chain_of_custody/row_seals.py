@@ -52,6 +52,7 @@ GRANT_SEALS = "grant seals v1"  # the label of the service key's secret for assi
 TOKEN, SESSION = "token", "session"
 # What a note about rows not sealed yet points to: the one command an upgrade runs (its steps in order).
 UPGRADE_SEALS = "`evidence upgrade-seals`"
+UPGRADE_COMMAND = "evidence upgrade-seals --yes"  # what an operator runs to adopt them all
 ENDED_PREFIX = "ended:"  # the subject of a ``credential_ended`` entry: this and 30 hex digits (36 characters)
 DEVICE_PREFIX = "device:"  # the subject of a device's status entries: this and 29 hex digits (36 characters)
 GRANT = "read grant"  # the kind of a read grant's ``credential_ended`` entry (a download's, once used)
@@ -137,6 +138,20 @@ def user_seal_v1(secret_v1: bytes, values: UserValues) -> str:
     """The seal a row had before seals covered the full name (under the ``USER_SEALS_V1`` secret):
     only an upgrade's adoption reads it, and it vouches for everything but the name."""
     return row_seal(secret_v1, values[:6])
+
+
+def older_user_seal(secret_v2: bytes, secret_v1: bytes, values: UserValues, seal: str | None) -> str | None:
+    """The label of the older seal version that holds for a user row with these values
+    (``USER_SEALS_V2``, ``USER_SEALS_V1``), or None: a row under one signs nobody in until
+    ``evidence upgrade-seals`` adopts it, which is not the same as a seal written outside the
+    service, and the log, ``evidence verify`` and the upgrade's counts each say which."""
+    if not seal:
+        return None
+    if _holds(user_seal_v2(secret_v2, values), seal):
+        return USER_SEALS_V2
+    if _holds(user_seal_v1(secret_v1, values), seal):
+        return USER_SEALS_V1
+    return None
 
 
 def assignment_values(assignment_id: int, incident_id: str, user_id: int, active: bool) -> tuple[str, ...]:
@@ -455,36 +470,41 @@ def _latest_status_entries(session: Session) -> dict[str, tuple[int, str]]:
     return {str(subject): (int(seq), str(action)) for subject, seq, action in session.execute(q)}
 
 
+# The users table's columns a user row's seal covers, in :func:`user_values` order.
+USER_VALUE_COLUMNS = tuple(
+    _USERS.c[name] for name in ("id", "username", "role", "site", "password_hash", "active", "full_name")
+)
+
+
+def row_user_values(row: Sequence[Any]) -> UserValues:
+    """What a user row's seal covers, from the values of :data:`USER_VALUE_COLUMNS` read as a plain row."""
+    user_id, username, role, site, password_hash, active, full_name = row
+    return user_values(
+        int(user_id), str(username), str(role), site, str(password_hash), bool(active), str(full_name or "")
+    )
+
+
 def check_user_seals(session: Session, report: ChainReport, key: ServiceKey) -> None:
     """A finding for each user row whose seal does not hold (named by id and username, never its
     password hash); a note counting those not sealed yet, or sealed before seals covered the name."""
     c = _USERS.c
-    bound = latest_user_entry(_ENTRIES, c.id)
-    q = select(c.id, c.username, c.role, c.site, c.password_hash, c.active, c.full_name, c.seal, bound)
+    q = select(*USER_VALUE_COLUMNS, c.seal, latest_user_entry(_ENTRIES, c.id))
     secret, secret_v1 = key.derived_secret(USER_SEALS), key.derived_secret(USER_SEALS_V1)
     secret_v2 = key.derived_secret(USER_SEALS_V2)
     unsealed = older = unbound = 0
-    for user_id, username, role, site, password_hash, active, full_name, seal, latest in session.execute(
-        q.order_by(c.id)
-    ):
+    for *row, seal, latest in session.execute(q.order_by(c.id)):
         if not seal:
             unsealed += 1
             continue
-        values = user_values(
-            int(user_id),
-            str(username),
-            str(role),
-            site,
-            str(password_hash),
-            bool(active),
-            str(full_name or ""),
-        )
+        values = row_user_values(row)
+        user_id, username = values[0], values[1]
         if _holds(user_seal(secret, values, None if latest is None else int(latest)), seal):
             continue
-        if _holds(user_seal_v1(secret_v1, values), seal):
+        version = older_user_seal(secret_v2, secret_v1, values, seal)
+        if version == USER_SEALS_V1:
             older += 1
             continue
-        if _holds(user_seal_v2(secret_v2, values), seal):
+        if version == USER_SEALS_V2:
             unbound += 1
             continue
         report.problems.append(

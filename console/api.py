@@ -25,12 +25,13 @@ from accounts.access import client_address, services, sign_in_throttle
 from accounts.browser import CSRF_HEADER, browser_session, cookie_name, same_origin, session_secret
 from accounts.ends import record_ends
 from accounts.seals import SESSION, SignInSeals
-from accounts.service import AccountError, Principal
+from accounts.service import AccountError, Principal, refusal_log
 from accounts.service import sign_in as check_password
 from accounts.sessions import BrowserSession, SessionPolicy, end_session, start_session
+from chain_of_custody.awaiting_upgrade import AwaitingUpgrade, UpgradeWatch
 from chain_of_custody.core import CoreServices
 from chain_of_custody.reach_seals import reach_secret
-from chain_of_custody.row_seals import CREDENTIAL_SEALS
+from chain_of_custody.row_seals import CREDENTIAL_SEALS, UPGRADE_COMMAND
 from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, INCIDENT_READERS, STATISTICS_READERS
 from storage.settings import Settings
 
@@ -95,6 +96,17 @@ def signed_in(request: Request, roles: tuple[str, ...], csrf: str | None = None)
     return who
 
 
+def seals_awaiting(request: Request, who: BrowserSession | None) -> AwaitingUpgrade | None:
+    """For an administrator, what awaits ``evidence upgrade-seals`` as the service last counted it
+    (``ingest.app`` keeps the count on the application; no query per page), when anything does:
+    the banner on every page of theirs, since the people and items it holds back say nothing."""
+    if who is None or who.principal.role != "admin":
+        return None
+    watch: UpgradeWatch | None = getattr(request.app.state, "awaiting_upgrade", None)
+    latest = watch.latest if watch is not None else None
+    return latest if latest else None
+
+
 def render(
     request: Request, name: str, who: BrowserSession | None, status: int = 200, **context: Any
 ) -> Response:
@@ -108,6 +120,8 @@ def render(
             "idle_ends_at": who.idle_ends_at.isoformat() if who else None,
             "nav": nav,
             "path": request.url.path,
+            "seals_awaiting": seals_awaiting(request, who),
+            "upgrade_command": UPGRADE_COMMAND,
             **context,
         },
         status_code=status,
@@ -188,8 +202,8 @@ def sign_in(
             policy = SessionPolicy.from_settings(settings)
             secret, started = start_session(session, user, policy, s.key.derived_secret(CREDENTIAL_SEALS))
     except AccountError as exc:
-        account = getattr(exc, "account", None) or "(no such user)"
-        log.warning("console sign-in refused", extra={"username": account, "client": client})
+        why, fields = refusal_log(exc)
+        log.warning("console sign-in refused" + why, extra={**fields, "client": client})
         fresh = secrets.token_urlsafe(24)
         response = render(
             request, "sign_in.html", None, 401, form_token=fresh, next=_safe_next(next) or "", error=str(exc)

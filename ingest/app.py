@@ -27,7 +27,9 @@ from accounts.sessions import forget_sessions
 from alarms import api as alarms_api
 from alarms.service import escalation_loop
 from alarms.trails import forget_old_points
+from chain_of_custody.awaiting_upgrade import AwaitingUpgrade
 from chain_of_custody.checkpoints import write_checkpoint
+from chain_of_custody.row_seals import UPGRADE_COMMAND
 from chain_of_custody.viewing import ViewingPolicy
 from chain_of_custody.viewings import open_viewings, seal_over, seal_served
 from console import install as install_console
@@ -117,6 +119,40 @@ def seal_viewings_at_shutdown(services: Services) -> None:
         log.info("viewings sealed at shutdown", extra={"viewings": sealed})
 
 
+def announce_seals_awaiting_upgrade(services: Services) -> AwaitingUpgrade | None:
+    """Count what awaits ``evidence upgrade-seals`` (``chain_of_custody.awaiting_upgrade``) as the
+    service starts and, when anything does, say so in one warning naming the counts and the command:
+    otherwise an operator who upgraded and forgot it sees people refused with no reason given.
+
+    The service starts and serves all the same, and ``/healthz`` stays a success: refusing to start,
+    or a probe that took the instance out of service, would stop every lone worker's alarm reaching
+    the control room, and an operator acknowledging them, for the sake of rows that only withhold
+    their own access until the command runs. A count that fails is logged and does not stop the
+    start either."""
+    try:
+        found = services.awaiting_upgrade.count()
+    except Exception:  # noqa: BLE001 - the start goes on; housekeeping counts again
+        log.exception("seals awaiting upgrade not counted")
+        return None
+    if found:
+        said = ", ".join(f"{n} {k.name}" for k, n in found.awaiting())
+        log.warning(
+            f"seals awaiting upgrade ({said}): until `{UPGRADE_COMMAND}` runs they sign nobody in "
+            "and reach nobody by their row",
+            extra={"awaiting_upgrade": found.fields(), "rows": found.total, "command": UPGRADE_COMMAND},
+        )
+    return found
+
+
+def recount_seals_awaiting_upgrade(services: Services) -> None:
+    """Count again while rows await the upgrade, so the health field and the console's banner clear
+    once the command has run; say so once they have."""
+    before = services.awaiting_upgrade.latest
+    found = services.awaiting_upgrade.recount_while_awaiting()
+    if before and found is not None and not found:
+        log.info("seals awaiting upgrade: none remain")
+
+
 def housekeeping_jobs(services: Services) -> list[tuple[str, Callable[[], object]]]:
     """The housekeeping pass's jobs, each run on its own (``housekeeping_pass``)."""
 
@@ -134,6 +170,7 @@ def housekeeping_jobs(services: Services) -> list[tuple[str, Callable[[], object
         ("expire uploads", services.uploads.expire),
         ("seal viewings", viewings),
         ("forget personal data", lambda: forget_personal_data_when_due(services)),
+        ("seals awaiting upgrade", lambda: recount_seals_awaiting_upgrade(services)),
     ]
 
 
@@ -259,6 +296,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if services is None:
             services = await asyncio.to_thread(build_services, settings)
         app.state.services = services
+        app.state.awaiting_upgrade = services.awaiting_upgrade  # the console's banner reads it
+        await asyncio.to_thread(announce_seals_awaiting_upgrade, services)
         tasks = []
         for loop in background_loops(services.settings):
             task = asyncio.create_task(loop(services), name=loop.__name__)
@@ -301,7 +340,17 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        """Liveness and readiness: ``ok`` while the service serves. ``seals`` says whether rows await
+        ``evidence upgrade-seals`` (as last counted: no query here), for a monitor to raise; it never
+        makes the probe fail, since an instance taken out of service would stop the alarms with it
+        (``announce_seals_awaiting_upgrade``). The counts stay off this unauthenticated answer: they
+        are in the log and on an administrator's console."""
+        latest = services.awaiting_upgrade.latest if services is not None else None
+        if latest is None:
+            return {"status": "ok", "seals": "not counted"}
+        if latest:
+            return {"status": "ok", "seals": "awaiting upgrade", "upgrade": UPGRADE_COMMAND}
+        return {"status": "ok", "seals": "current"}
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(user: Principal = Depends(require_roles("admin", "auditor"))) -> Response:

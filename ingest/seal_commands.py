@@ -19,6 +19,7 @@ from .command_line import services as _services
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from chain_of_custody.awaiting_upgrade import AwaitingUpgrade
     from chain_of_custody.ledger import Ledger
 
     from .services import Services
@@ -229,24 +230,48 @@ def seal_reach_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows(REACH, yes)
 
 
+def _print_awaiting(found: AwaitingUpgrade) -> None:
+    """The counts the service's start-up warning, ``/healthz`` and the console's banner give, a kind
+    a line, before the steps list their rows."""
+    out.print(found.summary(), markup=False, highlight=False, soft_wrap=True)
+    for line in found.lines():
+        out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+
 def upgrade_seals_command(
     yes: Annotated[bool, typer.Option("--yes", help="do every step (without it: only list them)")] = False,
 ) -> None:
     """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
     seal-users, seal-grants (after the users), record-credential-ends, record-access-ends,
-    seal-reach; each step lists its rows,
-    and with ``--yes`` does what it lists, in a transaction of its own. Rows a step refuses are
+    seal-reach. It first prints how many rows of each kind await it (as the service's start-up
+    warning, ``/healthz`` and the console's banner count them); each step lists its rows,
+    and with ``--yes`` does what it lists, in a transaction of its own, then prints what still awaits. Rows a step refuses are
     listed under it with why, the later steps still run, and the command exits 1 after ``--yes``
     (run it again once they are put right, or leave them refused)."""
+    from chain_of_custody.awaiting_upgrade import awaiting_upgrade
+
     s = _services(existing=True)
     refused: list[str] = []
     try:
+        with s.db.session() as session:
+            before = awaiting_upgrade(session, s.key)
+        _print_awaiting(before)
         for step in UPGRADE:
             out.print(f"== evidence {step.command}", markup=False, highlight=False)
             with s.db.session() as session:
                 listed = step.run(session, s, yes)
             if _report(step, listed, yes):
                 refused.append(step.command)
+        if yes and before:
+            with s.db.session() as session:
+                after = awaiting_upgrade(session, s.key)
+            left = "; ".join(after.lines())
+            said = (
+                f"still awaiting (refused above, with why): {left}"
+                if after
+                else "nothing awaits the upgrade now"
+            )
+            console.print(said, markup=False, highlight=False, soft_wrap=True)
     finally:
         s.close()
     if refused:

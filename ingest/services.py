@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from alarms.feed import FeedWatcher
 from alarms.service import AlarmService
+from chain_of_custody.awaiting_upgrade import UpgradeWatch
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
@@ -62,6 +63,7 @@ class Services:
     alarm_feed: FeedWatcher = field(init=False)
     exports: ExportBuilds = field(init=False)
     verifications: Verifications = field(init=False)
+    awaiting_upgrade: UpgradeWatch = field(init=False)  # what awaits ``evidence upgrade-seals``
     mqtt_consumer: AlarmConsumer | None = None  # set by the loop that runs it (``ingest.app``)
     telemetry_process: TelemetryProcess | None = None  # likewise
 
@@ -73,6 +75,7 @@ class Services:
         self.alarms.committed_listeners.append(self.alarm_feed.poke)
         self.exports = ExportBuilds(self)
         self.verifications = Verifications(self)
+        self.awaiting_upgrade = UpgradeWatch(self.db, self.key)
 
     def close(self) -> None:
         self.db.dispose()

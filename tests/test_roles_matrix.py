@@ -75,7 +75,7 @@ ALARM_HANDLERS = frozenset({"admin", "manager", "operator"})
 # Open without a token, and why.
 OPEN = {
     ("POST", "/api/v1/auth/token"): "the login itself",
-    ("GET", "/healthz"): "liveness probe, says nothing",
+    ("GET", "/healthz"): "liveness and readiness probe: says only whether seals await the upgrade",
     ("GET", "/openapi.json"): "API documentation (browsed at the console's /docs and /redoc)",
     (
         "GET",
