@@ -26,12 +26,14 @@ with its masks grown about their centres to those scales (the same detections an
 another ``mask_scale``); ``--runtimes opencv,onnxruntime-int8`` runs it once for each way the
 detector runs (``redaction.detector.Runtime``), in turn within each run, in the order given
 (``onnxruntime-int8=PATH`` runs the int8 runtime with another model, named after its folder);
-``--spill`` breaks the non-face pixels changed down by cause (``spill_causes``). Run under
+``--spill`` breaks the non-face pixels changed down by cause (``spill_causes``); ``--seed``,
+``--kinds`` and ``--darker`` make other clips (another draw, only some shot kinds, darker and
+noisier than the shots' own night) to try a rule on footage it was not chosen on. Run under
 ``flock /tmp/bench.lock``.
 
     .venv/bin/python bench/redaction.py [--seconds 30] [--runs 3] [--no-deface] [--sets tune,held_out]
         [--face-boxes track,detector,landmarks] [--margins 1.4,1.5,1.6] [--runtimes opencv,onnxruntime-int8]
-        [--misses] [--spill]
+        [--misses] [--spill] [--seed N] [--kinds night,night] [--darker 0.6,3]
 """
 
 from __future__ import annotations
@@ -446,8 +448,41 @@ def deface_backend() -> str:
         return "opencv"
 
 
+def darken(path: Path, gain: float, noise: float, seed: int) -> None:
+    """Make a rendered clip darker and noisier in place (every pixel times ``gain``, plus sensor
+    noise of ``noise`` grey levels): footage darker than the shots' own night, with the same
+    face boxes, to see a rule on light it was not chosen on."""
+    rng = np.random.default_rng(seed)
+    src = path.with_name(path.stem + "-bright.mp4")
+    path.rename(src)
+    cap = cv2.VideoCapture(str(src))
+    width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24"]
+    cmd += ["-s", f"{width}x{height}", "-r", f"{fps:g}", "-i", "pipe:0", "-c:v", "libx264"]
+    cmd += ["-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-g", "60", str(path)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        dark = image.astype(np.float32) * gain + rng.normal(0, noise, image.shape[:2])[:, :, None]
+        proc.stdin.write(np.clip(dark, 0, 255).astype(np.uint8).tobytes())
+    cap.release()
+    proc.stdin.close()
+    if proc.wait() != 0:
+        raise RuntimeError(f"ffmpeg failed darkening {path}")
+    src.unlink()
+
+
 def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    seed = args.seed if args.seed is not None else SEEDS[split]
+    kinds_wanted = tuple(args.kinds.split(",")) if args.kinds else None
     name = f"{split}-{args.seconds:g}s-{args.width}x{args.height}"
+    name += f"-seed{seed}" if args.seed is not None else ""
+    name += f"-{'+'.join(kinds_wanted)}" if kinds_wanted else ""
+    name += f"-darker{args.darker[0]:g}x{args.darker[1]:g}" if args.darker else ""
     clip_path = (args.clips or work) / f"{name}.mp4"
     truth_path = clip_path.with_suffix(".json")
     t0 = time.perf_counter()
@@ -456,8 +491,16 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     else:
         print(f"[{split}] rendering {args.seconds:g} s of shots ...", flush=True)
         clip = render_shots(
-            clip_path, args.seconds, split=split, seed=SEEDS[split], width=args.width, height=args.height
+            clip_path,
+            args.seconds,
+            split=split,
+            seed=seed,
+            width=args.width,
+            height=args.height,
+            kinds=kinds_wanted,
         )
+        if args.darker:
+            darken(clip_path, args.darker[0], args.darker[1], seed)
         clip.save(truth_path)
     kinds: dict[str, int] = defaultdict(int)
     for _, k in clip.shots:
@@ -465,7 +508,9 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {
         "clip": {
             "split": split,
-            "seed": SEEDS[split],
+            "seed": seed,
+            "kinds": list(kinds_wanted) if kinds_wanted else None,
+            "darker": list(args.darker) if args.darker else None,
             "frames": clip.frames,
             "size": [clip.width, clip.height],
             "fps": clip.fps,
@@ -630,6 +675,13 @@ def main() -> int:
         "--spill",
         action="store_true",
         help="break each first run's non-face pixels changed down by cause (margins, masks away from faces)",
+    )
+    parser.add_argument("--seed", type=int, help="draw every clip from this seed instead of its split's own")
+    parser.add_argument("--kinds", default="", help="only these shot kinds, one shot each, e.g. night,night")
+    parser.add_argument(
+        "--darker",
+        type=lambda v: tuple(float(x) for x in v.split(",")),
+        help="GAIN,NOISE: every pixel times GAIN plus sensor noise of NOISE grey levels, e.g. 0.6,3",
     )
     parser.add_argument("--score-every-run", action="store_true")
     parser.add_argument("--deface-every-run", action="store_true")
