@@ -1,12 +1,17 @@
 """The redaction bench's breakdown of non-face pixels changed (``bench/redaction.py --spill``) on a
-record written by hand: a mask drawn about an annotated face counts as margin and changes exactly
+record written by hand, and the darker clips it makes: a mask drawn about an annotated face counts as margin and changes exactly
 what the stated margin about the annotation would (the floor), a mask away from every face is
 counted apart, and a track that never scored 0.35 is named."""
 
 from __future__ import annotations
 
-from bench.redaction import spill_causes
-from firmware_simulators.shots import ShotClip, ShotFace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bench.redaction import darken, spill_causes
+from firmware_simulators.shots import ShotClip, ShotFace, render_shots
 from redaction.geometry import Box
 from redaction.pipeline import RedactionSettings
 
@@ -51,3 +56,28 @@ def test_margin_about_a_face_is_its_floor_and_masks_away_from_faces_are_counted_
     assert crowd["margin interpolated"] == crowd["floor"]
     # Track 3 was never detected: it has no score at all, so it never scored 0.35 either.
     assert crowd["away, never scored 0.35"] == crowd["away extended"] > 0
+
+
+def test_darker_clips_keep_their_frames_and_lose_their_light(tmp_path: Path) -> None:
+    """``--darker`` turns a rendered shot darker and noisier, frame for frame."""
+    path = tmp_path / "crowd.mp4"
+    render_shots(path, 1.0, split="tune", seed=101, width=320, height=180, kinds=("crowd",))
+    before = _frames(path)
+    darken(path, 0.5, 3.0, seed=1)
+    after = _frames(path)
+    assert len(after) == len(before) == 30
+    ratio = float(np.mean([a.mean() for a in after])) / float(np.mean([b.mean() for b in before]))
+    assert 0.45 < ratio < 0.6
+    assert not path.with_name("crowd-bright.mp4").exists()
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        out.append(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32))
+    cap.release()
+    return out
