@@ -25,11 +25,15 @@ the redaction once for each way of turning the detector's output into a face box
 with its masks grown about their centres to those scales (the same detections and tracks with
 another ``mask_scale``); ``--runtimes opencv,onnxruntime-int8`` runs it once for each way the
 detector runs (``redaction.detector.Runtime``), in turn within each run, in the order given
-(``onnxruntime-int8=PATH`` runs the int8 runtime with another model, named after its folder). Run under
+(``onnxruntime-int8=PATH`` runs the int8 runtime with another model, named after its folder);
+``--spill`` breaks the non-face pixels changed down by cause (``spill_causes``); ``--seed``,
+``--kinds`` and ``--darker`` make other clips (another draw, only some shot kinds, darker and
+noisier than the shots' own night) to try a rule on footage it was not chosen on. Run under
 ``flock /tmp/bench.lock``.
 
     .venv/bin/python bench/redaction.py [--seconds 30] [--runs 3] [--no-deface] [--sets tune,held_out]
         [--face-boxes track,detector,landmarks] [--margins 1.4,1.5,1.6] [--runtimes opencv,onnxruntime-int8]
+        [--misses] [--spill] [--seed N] [--kinds night,night] [--darker 0.6,3]
 """
 
 from __future__ import annotations
@@ -223,6 +227,72 @@ def score_margins(
     return out
 
 
+def spill_causes(
+    record: list[list[dict[str, Any]]], clip: ShotClip, settings: RedactionSettings, low_score: float = 0.35
+) -> dict[str, Any]:
+    """Where the masked non-face pixels come from, by shot kind, as shares of that kind's non-face
+    pixels (from the record's masks, as ``score_margins`` draws them): masks whose face box
+    touches an annotated face (``margin``: the stated margin and the box's error about a real
+    face) are counted first, then masks away from every annotated face (``away``: a false
+    detection, a face the photographs leave unannotated, or a mask carried off its face), each by
+    how the box came (detected, interpolated, extended), and the share of ``away`` pixels whose
+    track never scored ``low_score`` or more; ``floor`` is what masks of the stated margin drawn
+    about the annotated boxes themselves would change (a perfect detector's spill). Tells whether over-redaction is margins, holds or
+    detections in noise before any rule is changed."""
+    starts = [s for s, _ in clip.shots]
+    best: dict[int, float] = defaultdict(float)
+    for notes in record:
+        for n in notes:
+            if n.get("source") == "auto" and n.get("kind") == "detected":
+                best[n["track"]] = max(best[n["track"]], float(n.get("score", 1.0)))
+    shares: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for index, notes in enumerate(record[: clip.frames]):
+        kind = clip.shots[int(np.searchsorted(starts, index, side="right")) - 1][1]
+        claimed = np.zeros((clip.height, clip.width), bool)
+        faces = []
+        for f in clip.faces.get(index, []):
+            face = Box(*f.box)
+            faces.append(face)
+            x0, y0, x1, y1 = _pixel_bounds(face, clip.width, clip.height)
+            claimed[y0:y1, x0:x1] = True
+        shares[kind]["non-face pixels"] += int(np.count_nonzero(~claimed))
+        ideal = np.zeros_like(claimed)
+        for face in faces:
+            grown = face.scaled(settings.mask_scale)
+            x0, y0, x1, y1 = _pixel_bounds(grown, clip.width, clip.height)
+            if x1 > x0 and y1 > y0:
+                ideal[y0:y1, x0:x1] |= _ellipse(grown, x0, y0, x1, y1, _power(settings.shape))
+        shares[kind]["floor"] += int(np.count_nonzero(ideal & ~claimed))
+        masks = []
+        for n in notes:
+            if n.get("excluded") or n.get("source") != "auto":
+                continue
+            box = Box(*n["box"])
+            on = any(iou_any(box.scaled(1 / settings.mask_scale), face) for face in faces)
+            masks.append((not on, n, box))
+        for away, n, box in sorted(masks, key=lambda m: m[0]):
+            x0, y0, x1, y1 = _pixel_bounds(box, clip.width, clip.height)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            hit = np.zeros_like(claimed)
+            hit[y0:y1, x0:x1] = _ellipse(box, x0, y0, x1, y1, _power(n.get("shape", "ellipse")))
+            new = int(np.count_nonzero(hit & ~claimed))
+            claimed |= hit
+            shares[kind][f"{'away' if away else 'margin'} {n.get('kind', 'detected')}"] += new
+            if away and best.get(n.get("track", -1), 0.0) < low_score:
+                shares[kind][f"away, never scored {low_score}"] += new
+    out: dict[str, Any] = {}
+    for kind, counts in sorted(shares.items()):
+        total = max(1, counts.pop("non-face pixels"))
+        out[kind] = {cause: round(v / total, 4) for cause, v in sorted(counts.items(), key=lambda c: -c[1])}
+        floor = counts.pop("floor")
+        out[kind]["changed"] = round(
+            sum(v for c, v in counts.items() if not c.startswith("away,")) / total, 4
+        )
+        out[kind]["floor"] = round(floor / total, 4)
+    return out
+
+
 def miss_causes(
     source: Path,
     clip: ShotClip,
@@ -378,8 +448,41 @@ def deface_backend() -> str:
         return "opencv"
 
 
+def darken(path: Path, gain: float, noise: float, seed: int) -> None:
+    """Make a rendered clip darker and noisier in place (every pixel times ``gain``, plus sensor
+    noise of ``noise`` grey levels): footage darker than the shots' own night, with the same
+    face boxes, to see a rule on light it was not chosen on."""
+    rng = np.random.default_rng(seed)
+    src = path.with_name(path.stem + "-bright.mp4")
+    path.rename(src)
+    cap = cv2.VideoCapture(str(src))
+    width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24"]
+    cmd += ["-s", f"{width}x{height}", "-r", f"{fps:g}", "-i", "pipe:0", "-c:v", "libx264"]
+    cmd += ["-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-g", "60", str(path)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        dark = image.astype(np.float32) * gain + rng.normal(0, noise, image.shape[:2])[:, :, None]
+        proc.stdin.write(np.clip(dark, 0, 255).astype(np.uint8).tobytes())
+    cap.release()
+    proc.stdin.close()
+    if proc.wait() != 0:
+        raise RuntimeError(f"ffmpeg failed darkening {path}")
+    src.unlink()
+
+
 def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    seed = args.seed if args.seed is not None else SEEDS[split]
+    kinds_wanted = tuple(args.kinds.split(",")) if args.kinds else None
     name = f"{split}-{args.seconds:g}s-{args.width}x{args.height}"
+    name += f"-seed{seed}" if args.seed is not None else ""
+    name += f"-{'+'.join(kinds_wanted)}" if kinds_wanted else ""
+    name += f"-darker{args.darker[0]:g}x{args.darker[1]:g}" if args.darker else ""
     clip_path = (args.clips or work) / f"{name}.mp4"
     truth_path = clip_path.with_suffix(".json")
     t0 = time.perf_counter()
@@ -388,8 +491,16 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     else:
         print(f"[{split}] rendering {args.seconds:g} s of shots ...", flush=True)
         clip = render_shots(
-            clip_path, args.seconds, split=split, seed=SEEDS[split], width=args.width, height=args.height
+            clip_path,
+            args.seconds,
+            split=split,
+            seed=seed,
+            width=args.width,
+            height=args.height,
+            kinds=kinds_wanted,
         )
+        if args.darker:
+            darken(clip_path, args.darker[0], args.darker[1], seed)
         clip.save(truth_path)
     kinds: dict[str, int] = defaultdict(int)
     for _, k in clip.shots:
@@ -397,7 +508,9 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {
         "clip": {
             "split": split,
-            "seed": SEEDS[split],
+            "seed": seed,
+            "kinds": list(kinds_wanted) if kinds_wanted else None,
+            "darker": list(args.darker) if args.darker else None,
             "frames": clip.frames,
             "size": [clip.width, clip.height],
             "fps": clip.fps,
@@ -466,6 +579,8 @@ def run_set(split: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     entry["margins"] = score_margins(result.record, clip, settings, margins)
                 if args.misses:
                     entry["misses"] = miss_causes(clip_path, clip, result.record, settings, shares)
+                if args.spill:
+                    entry["spill"] = spill_causes(result.record, clip, settings)
             run[name] = entry
         if deface and (n == 0 or args.deface_every_run):
             for name, extra in (("deface", []), ("deface_640x360", ["--scale", "640x360"])):
@@ -516,6 +631,11 @@ def print_run(split: str, run: dict[str, Any]) -> None:
                     f" {r['size'][0]}-{r['size'][1]} px, luma {r['luma']}, face box {r['box_to_face']} of the face,"
                     f" scores {r['scores']}: {r['causes']}"
                 )
+        for kind, causes in v.get("spill", {}).items():
+            print(
+                f"      non-face changed, {kind}: "
+                + ", ".join(f"{c} {x * 100:.2f}%" for c, x in causes.items())
+            )
         for m, r in v.get("margins", {}).items():
             print(
                 f"      record, ellipse {m}: {r['coverage'] * 100:.2f}% {r['longest_uncovered']}"
@@ -550,6 +670,18 @@ def main() -> int:
         "--misses",
         action="store_true",
         help="break each first run's uncovered runs over 6 frames down by cause",
+    )
+    parser.add_argument(
+        "--spill",
+        action="store_true",
+        help="break each first run's non-face pixels changed down by cause (margins, masks away from faces)",
+    )
+    parser.add_argument("--seed", type=int, help="draw every clip from this seed instead of its split's own")
+    parser.add_argument("--kinds", default="", help="only these shot kinds, one shot each, e.g. night,night")
+    parser.add_argument(
+        "--darker",
+        type=lambda v: tuple(float(x) for x in v.split(",")),
+        help="GAIN,NOISE: every pixel times GAIN plus sensor noise of NOISE grey levels, e.g. 0.6,3",
     )
     parser.add_argument("--score-every-run", action="store_true")
     parser.add_argument("--deface-every-run", action="store_true")
