@@ -9,6 +9,7 @@ clip hook the application installs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -40,10 +41,18 @@ class IncidentLinks:
         self.join_window = join_window
         self.secret = reach_secret(ledger.key)  # evidence items' reach seals (``alarms.reach.device_items``)
 
-    def open_incident(self, session: Session, row: AlarmRecord, now: datetime, sealed: bool = True) -> None:
+    def open_incident(
+        self,
+        session: Session,
+        row: AlarmRecord,
+        now: datetime,
+        sealed: bool = True,
+        reseal: Callable[[AlarmRecord], None] | None = None,
+    ) -> None:
         """A red alarm opens an incident, or joins the wearer's recent one. An alarm whose row the
         service did not seal as it stands (``sealed`` False: moved by SQL) opens one of its own at no
-        site, with only its device's messages' items: its site, wearer and memo reach nobody."""
+        site, with only its device's messages' items: its site, wearer and memo reach nobody.
+        ``reseal`` seals the row over its incident as soon as it is set (one write of the row)."""
         if row.incident_id is not None:
             return
         at = min(row.occurred_at, row.raised_at)
@@ -74,6 +83,8 @@ class IncidentLinks:
                 ledger=self.ledger,
             )
         row.incident_id = incident.id
+        if reseal is not None:
+            reseal(row)
         reason = f"{row.kind} alarm from {row.device_id}"
         link_alarm(session, self.ledger, incident.id, row.id, SERVICE_ACTOR, reason, now=now)
         for item_id in _alarm_items(session, row, sealed, self.secret):

@@ -163,9 +163,7 @@ class Lifecycle:
         """Open or join the alarm's incident (``IncidentLinks.open_incident``, whose ``linked`` entry
         records it) and seal the row over it; a row whose seal did not hold stays unsealed."""
         sealed = self.sealed(row)
-        self.links.open_incident(session, row, now, sealed)
-        if sealed:
-            self.seal(row)
+        self.links.open_incident(session, row, now, sealed, self.seal if sealed else None)
 
     # -- raising ---------------------------------------------------------------------------------
 
