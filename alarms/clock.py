@@ -131,14 +131,16 @@ class Clock:
                 alarm = (
                     session.get(AlarmRecord, event.alarm_id, with_for_update=True) if event.alarm_id else None
                 )
-                # The payload's item takes the alarm's wearer only from a row the service sealed.
-                wearer = alarm.wearer if alarm is not None and self.lifecycle.sealed(alarm) else None
+                # The payload's item takes the alarm's wearer, and joins the alarm's incident, only
+                # from a row the service sealed.
+                sealed = alarm is not None and self.lifecycle.sealed(alarm)
+                wearer = alarm.wearer if alarm is not None and sealed else None
                 item = self.payloads.record_later(session, event, stored, wearer)
                 event.evidence_item_id = item.id
                 if alarm is not None:
                     if alarm.evidence_item_id is None and alarm.source_event_id == event.event_id:
                         alarm.evidence_item_id = item.id
-                    self.lifecycle.links.link(session, alarm, item.id, "alarm evidence")
+                    self.lifecycle.links.link(session, alarm, item.id, "alarm evidence", sealed)
                 done += 1
         return done
 

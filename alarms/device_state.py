@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Boolean, Float, Integer, Table, Text, bindparam, case, func, select, update
+from sqlalchemy import Boolean, Float, Integer, Table, Text, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import raw_public_key
@@ -100,6 +100,13 @@ _SNAPSHOT = (
     .outerjoin(_STATE, _STATE.c.device_id == _DEVICES.c.id)
     .where(_DEVICES.c.id == bindparam("device_id"))
 )
+# A position moves only to a fix the device took after the one kept: an older message (held by the
+# broker, or replayed once the replay state was rolled back in the database) never moves it back.
+_FIX_AT = bindparam("b_position_at", type_=UTCDateTime())
+_NEWER_FIX = and_(
+    bindparam("b_has_position", type_=Boolean()),
+    or_(_STATE.c.position_at.is_(None), _FIX_AT > _STATE.c.position_at),
+)
 CAS = (
     update(_STATE)
     .where(_STATE.c.device_id == bindparam("b_device"), _STATE.c.version == bindparam("b_version"))
@@ -110,13 +117,10 @@ CAS = (
         updated_at=bindparam("b_now", type_=UTCDateTime()),
         offline_due_at=bindparam("b_due", type_=UTCDateTime()),
         battery=func.coalesce(bindparam("b_battery", type_=Integer()), _STATE.c.battery),
-        lat=func.coalesce(bindparam("b_lat", type_=Float()), _STATE.c.lat),
-        lon=func.coalesce(bindparam("b_lon", type_=Float()), _STATE.c.lon),
-        accuracy_m=case(
-            (bindparam("b_has_position", type_=Boolean()), bindparam("b_accuracy", type_=Float())),
-            else_=_STATE.c.accuracy_m,
-        ),
-        position_at=func.coalesce(bindparam("b_position_at", type_=UTCDateTime()), _STATE.c.position_at),
+        lat=case((_NEWER_FIX, bindparam("b_lat", type_=Float())), else_=_STATE.c.lat),
+        lon=case((_NEWER_FIX, bindparam("b_lon", type_=Float())), else_=_STATE.c.lon),
+        accuracy_m=case((_NEWER_FIX, bindparam("b_accuracy", type_=Float())), else_=_STATE.c.accuracy_m),
+        position_at=case((_NEWER_FIX, _FIX_AT), else_=_STATE.c.position_at),
     )
 )
 

@@ -9,6 +9,7 @@ clip hook the application installs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.reach_seals import reach_secret
+from chain_of_custody.registry_replay import ALARM_SERVICE
 from incidents.service import (
     IncidentDraft,
     create_incident,
@@ -29,7 +31,7 @@ from .reach import device_items
 
 log = logging.getLogger(__name__)
 
-SERVICE_ACTOR = "service:alarms"
+SERVICE_ACTOR = ALARM_SERVICE  # the ledger's replay knows the alarm's own incident by it
 INCIDENT_CATEGORY = "lone_worker_alarm"
 
 
@@ -39,10 +41,18 @@ class IncidentLinks:
         self.join_window = join_window
         self.secret = reach_secret(ledger.key)  # evidence items' reach seals (``alarms.reach.device_items``)
 
-    def open_incident(self, session: Session, row: AlarmRecord, now: datetime, sealed: bool = True) -> None:
+    def open_incident(
+        self,
+        session: Session,
+        row: AlarmRecord,
+        now: datetime,
+        sealed: bool = True,
+        reseal: Callable[[AlarmRecord], None] | None = None,
+    ) -> None:
         """A red alarm opens an incident, or joins the wearer's recent one. An alarm whose row the
         service did not seal as it stands (``sealed`` False: moved by SQL) opens one of its own at no
-        site, with only its device's messages' items: its site, wearer and memo reach nobody."""
+        site, with only its device's messages' items: its site, wearer and memo reach nobody.
+        ``reseal`` seals the row over its incident as soon as it is set (one write of the row)."""
         if row.incident_id is not None:
             return
         at = min(row.occurred_at, row.raised_at)
@@ -73,15 +83,25 @@ class IncidentLinks:
                 ledger=self.ledger,
             )
         row.incident_id = incident.id
+        if reseal is not None:
+            reseal(row)
         reason = f"{row.kind} alarm from {row.device_id}"
         link_alarm(session, self.ledger, incident.id, row.id, SERVICE_ACTOR, reason, now=now)
         for item_id in _alarm_items(session, row, sealed, self.secret):
-            self.link(session, row, item_id, "alarm evidence")
+            self.link(session, row, item_id, "alarm evidence", sealed)
         log.info("alarm linked to incident", extra={"alarm": row.id, "incident": incident.reference})
 
-    def link(self, session: Session, row: AlarmRecord, item_id: str | None, what: str) -> None:
-        """Link one item of the alarm's evidence to its incident, if it has one."""
+    def link(self, session: Session, row: AlarmRecord, item_id: str | None, what: str, sealed: bool) -> None:
+        """Link one item of the alarm's evidence to its incident, if it has one, and only the incident
+        a row the service sealed names (``sealed``: its seal, which covers the incident, holds): a
+        row pointed at another incident by SQL links nothing anywhere."""
         if row.incident_id is None or item_id is None:
+            return
+        if not sealed:
+            log.warning(
+                "alarm evidence not linked: the alarm's row is not as the service sealed it",
+                extra={"alarm": row.id, "item": item_id},
+            )
             return
         link_evidence(
             session,

@@ -520,7 +520,9 @@ class Intake:
                     now,
                     actor=f"device:{snap.device_id}",
                 )
-                self.lifecycle.links.link(session, row, early_cancel.evidence_item_id, "alarm cancel")
+                self.lifecycle.links.link(
+                    session, row, early_cancel.evidence_item_id, "alarm cancel", self.lifecycle.sealed(row)
+                )
         elif target is not None:
             event.alarm_id = target.id
             session.add(event)
@@ -533,7 +535,9 @@ class Intake:
                 now,
                 actor=f"device:{snap.device_id}",
             )
-            self.lifecycle.links.link(session, target, event.evidence_item_id, "alarm cancel")
+            self.lifecycle.links.link(
+                session, target, event.evidence_item_id, "alarm cancel", self.lifecycle.sealed(target)
+            )
         else:
             # The alarm it cancels has not arrived yet: keep the cancel for it, tell the device we have it.
             session.add(event)

@@ -23,7 +23,7 @@ from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from chain_of_custody.alarm_seals import alarm_holds, alarm_seal
+from chain_of_custody.alarm_seals import alarm_seal
 from chain_of_custody.canonical import canonical_json, rfc3339
 from chain_of_custody.core import CoreServices
 from chain_of_custody.entries import CustodyAction
@@ -38,6 +38,7 @@ from .incident_links import SERVICE_ACTOR, IncidentLinks
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, new_id
 from .outbox import Outbox, mqtt_effects
 from .payloads import PayloadEvidence
+from .reach import alarm_sealed
 from .staging import stage
 
 log = logging.getLogger(__name__)
@@ -140,17 +141,29 @@ class Lifecycle:
         self.seal_secret = reach_secret(core.key)  # alarm rows' seals (``chain_of_custody.alarm_seals``)
 
     def seal(self, row: AlarmRecord) -> None:
-        """Seal the alarm's row as the service records it: its id, site, wearer, device and memo."""
+        """Seal the alarm's row as the service records it: its id, site, wearer, device, memo and
+        incident."""
         row.seal = alarm_seal(
-            self.seal_secret, row.id, row.site, row.wearer, row.device_id, row.voice_memo_item_id
+            self.seal_secret,
+            row.id,
+            row.site,
+            row.wearer,
+            row.device_id,
+            row.voice_memo_item_id,
+            row.incident_id,
         )
 
     def sealed(self, row: AlarmRecord) -> bool:
         """Whether the alarm's row is as the service sealed it (a warning names it when not): a row
-        whose seal does not hold lends nothing it decides (its wearer, its memo) to anything else."""
-        return alarm_holds(
-            self.seal_secret, row.id, row.site, row.wearer, row.device_id, row.voice_memo_item_id, row.seal
-        )
+        whose seal does not hold lends nothing it decides (its wearer, its memo, its incident) to
+        anything else."""
+        return alarm_sealed(self.seal_secret, row)
+
+    def open_incident(self, session: Session, row: AlarmRecord, now: datetime) -> None:
+        """Open or join the alarm's incident (``IncidentLinks.open_incident``, whose ``linked`` entry
+        records it) and seal the row over it; a row whose seal did not hold stays unsealed."""
+        sealed = self.sealed(row)
+        self.links.open_incident(session, row, now, sealed, self.seal if sealed else None)
 
     # -- raising ---------------------------------------------------------------------------------
 
@@ -267,7 +280,7 @@ class Lifecycle:
             at=now,
         )
         if row.incident_requested and row.incident_id is None:
-            self.links.open_incident(session, row, now, self.sealed(row))
+            self.open_incident(session, row, now)
             record_change(session, row, "incident_linked", now)
 
     def make_whole_if_provisional(self, alarm_id: str, now: datetime | None = None) -> bool:
@@ -364,7 +377,7 @@ class Lifecycle:
             )
             for effect in transition.effects:
                 if isinstance(effect, rules.OpenOrJoinIncident):
-                    self.links.open_incident(session, row, now, self.sealed(row))
+                    self.open_incident(session, row, now)
         for effect in transition.effects:
             if isinstance(effect, rules.NotifyOperators):
                 record_change(session, row, effect.change.value, effect.at)

@@ -1,9 +1,16 @@
 """What any device message says besides its own content: the device is alive (which clears an
-offline alarm) and how full its battery is (which raises or clears a low-battery alarm)."""
+offline alarm) and how full its battery is (which raises or clears a low-battery alarm).
+
+A message clears a condition only if the device sent it after the condition arose, by the time it
+signed (``sent_at``), not by when it reached us: a heartbeat from before the device fell silent,
+held by the broker or sent again once its replay state was rolled back in the database, says
+nothing about the device now, and must not close a safety alarm (with a custody entry saying the
+device is back) while it is still silent."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
@@ -42,17 +49,25 @@ class Liveness:
             list(session.scalars(select(AlarmRecord).where(AlarmRecord.id.in_(ids)).with_for_update()))
 
     def apply(
-        self, session: Session, snap: Snapshot, message: object, outbox: list[AlarmOutbox], now: datetime
+        self, session: Session, snap: Snapshot, message: Any, outbox: list[AlarmOutbox], now: datetime
     ) -> None:
         """The device is back (clears an offline alarm); its battery level."""
         actor = f"device:{snap.device_id}"
+        sent_at: datetime = message.sent_at
         if snap.offline_alarm_id:
             row = session.get(AlarmRecord, snap.offline_alarm_id, with_for_update=True)
-            if row is not None:
-                self.lifecycle.transition(
-                    session, row, rules.ConditionCleared(now, "device back online"), outbox, now, actor=actor
-                )
-            set_state(session, snap.device_id, offline_alarm_id=None)
+            # A message sent before the device fell silent proves nothing now (see the module).
+            if row is None or sent_after(sent_at, row):
+                if row is not None:
+                    self.lifecycle.transition(
+                        session,
+                        row,
+                        rules.ConditionCleared(now, "device back online"),
+                        outbox,
+                        now,
+                        actor=actor,
+                    )
+                set_state(session, snap.device_id, offline_alarm_id=None)
         battery = getattr(message, "battery", None)
         if battery is None:
             return
@@ -72,7 +87,10 @@ class Liveness:
             )
             set_state(session, snap.device_id, battery_low=True)
         elif snap.battery_low and rules.is_battery_recovered(battery, self.policy):
-            for row in session.scalars(select(AlarmRecord).where(*self._open_low_battery(snap.device_id))):
+            low = list(session.scalars(select(AlarmRecord).where(*self._open_low_battery(snap.device_id))))
+            if not all(sent_after(sent_at, row) for row in low):
+                return  # a reading from before the battery ran low
+            for row in low:
                 self.lifecycle.transition(
                     session,
                     row,
@@ -82,3 +100,8 @@ class Liveness:
                     actor=actor,
                 )
             set_state(session, snap.device_id, battery_low=False)
+
+
+def sent_after(sent_at: datetime, row: AlarmRecord) -> bool:
+    """Whether the device signed a message after the condition of ``row`` arose."""
+    return sent_at > min(row.occurred_at, row.raised_at)

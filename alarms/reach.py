@@ -29,7 +29,9 @@ from .models import AlarmRecord
 
 def alarm_sealed(secret: bytes, row: AlarmRecord) -> bool:
     """Whether the alarm's row is as the service sealed it; a warning names it when not."""
-    return alarm_holds(secret, row.id, row.site, row.wearer, row.device_id, row.voice_memo_item_id, row.seal)
+    return alarm_holds(
+        secret, row.id, row.site, row.wearer, row.device_id, row.voice_memo_item_id, row.seal, row.incident_id
+    )
 
 
 def by_site(viewer: SiteViewer | None) -> bool:
@@ -52,6 +54,7 @@ _SEALED = (
     AlarmRecord.device_id,
     AlarmRecord.voice_memo_item_id,
     AlarmRecord.seal,
+    AlarmRecord.incident_id,  # covered by the seal once the alarm has one (``alarm_seals``)
 )
 
 
@@ -111,6 +114,7 @@ def change_body(secret: bytes, scoped: bool, body: str) -> str | None:
             a.get("device_id"),
             a.get("voice_memo_item_id"),
             seal,
+            a.get("incident_id"),
         ):
             return None
     return json.dumps(change) if recorded else body

@@ -1,6 +1,11 @@
 """Lone visits and their check-ins: a start check-in opens a visit with an expected end, an end
 check-in closes it; a visit whose end is overdue by the grace period raises ``missed_checkin``
-(when, is the pure rule's to say: ``rules.missed_checkin_due_at``), and its end clears that alarm."""
+(when, is the pure rule's to say: ``rules.missed_checkin_due_at``), and its end clears that alarm.
+
+Each check-in is recorded on the custody ledger with the visit's wearer, and the row is sealed as
+the service opens it (``chain_of_custody.visit_seals``): its missed check-in takes its wearer, so
+a visit whose seal does not hold lends none (the alarm is raised all the same, with no wearer and a
+note) and clears no alarm."""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from chain_of_custody.canonical import rfc3339
+from chain_of_custody.entries import CustodyAction
+from chain_of_custody.visit_seals import visit_entry, visit_holds, visit_seal
 from devices.lone_worker_wire import AckStatus, CheckinMessage
 from devices.models import Device
 
@@ -18,6 +26,8 @@ from .lifecycle import Lifecycle
 from .liveness import Liveness
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
 from .outbox import Outbox
+
+UNVOUCHED_NOTE = "wearer unknown: the visit's record is not as the service sealed it"
 
 
 def as_rule(visit: LoneWorkerVisit) -> rules.Visit:
@@ -43,6 +53,19 @@ class Visits:
         self.lifecycle = lifecycle
         self.liveness = liveness
         self.outbox = outbox
+        self.secret = lifecycle.seal_secret  # visit rows' seals (``chain_of_custody.visit_seals``)
+
+    def seal(self, visit: LoneWorkerVisit) -> None:
+        """Seal the visit's row as the service records it: its device, id, wearer and missed alarm."""
+        visit.seal = visit_seal(
+            self.secret, visit.device_id, visit.visit_id, visit.wearer, visit.missed_alarm_id
+        )
+
+    def sealed(self, visit: LoneWorkerVisit) -> bool:
+        """Whether the visit's row is as the service sealed it (a warning names it when not)."""
+        return visit_holds(
+            self.secret, visit.device_id, visit.visit_id, visit.wearer, visit.missed_alarm_id, visit.seal
+        )
 
     def checkin(
         self,
@@ -60,13 +83,17 @@ class Visits:
             .where(LoneWorkerVisit.device_id == snap.device_id, LoneWorkerVisit.visit_id == body.visit_id)
             .with_for_update()
         ).first()
+        vouched = visit is None or self.sealed(visit)  # an altered row names no alarm to clear
         missed: AlarmRecord | None = None
-        if body.action == "end" and visit is not None and visit.missed_alarm_id:
+        if body.action == "end" and visit is not None and visit.missed_alarm_id and vouched:
             missed = session.get(AlarmRecord, visit.missed_alarm_id, with_for_update=True)
+            if missed is not None and missed.device_id != snap.device_id:
+                missed = None
         self.liveness.lock_rows(session, snap, message)
         session.add(event)
         if visit is None:  # a new visit, or the end of one whose start never reached us
             visit = LoneWorkerVisit(device_id=snap.device_id, visit_id=body.visit_id, wearer=snap.staff_id)
+            self.seal(visit)
             session.add(visit)
         if body.action == "start":
             assert body.expected_end is not None
@@ -93,6 +120,22 @@ class Visits:
                     )
             if snap.active_visit_id == body.visit_id:
                 set_state(session, snap.device_id, active_visit_id=None)
+        expected = rfc3339(visit.expected_end) if visit.expected_end else None
+        self.lifecycle.ledger.append(
+            session,
+            CustodyAction.VISIT_CHANGED,
+            f"device:{snap.device_id}",
+            details=visit_entry(
+                snap.device_id,
+                body.visit_id,
+                visit.wearer,
+                vouched,
+                checkin=body.action,
+                event_id=message.event_id,
+                expected_end=expected,
+            ),
+            at=now,
+        )
         self.outbox.queue_ack(
             session, outbox, snap.device_id, message.event_id, AckStatus.RECEIVED, None, now
         )
@@ -106,19 +149,26 @@ class Visits:
                 return  # raised already, or the grace period has grown since it was due
             visit.due_at = None
             device = session.get(Device, visit.device_id)
+            # A visit whose row the service did not seal as it stands lends no wearer: the alarm is
+            # raised all the same (a safety alarm is never dropped), nobody's, with why.
+            vouched = self.sealed(visit)
+            wearer = (visit.wearer or (device.assigned_staff_id if device else None)) if vouched else None
             row = self.lifecycle.raise_alarm(
                 session,
                 outbox,
                 now,
                 device_id=visit.device_id,
                 kind=rules.AlarmKind.MISSED_CHECKIN,
-                wearer=visit.wearer or (device.assigned_staff_id if device else None),
+                wearer=wearer,
                 site=device.site if device else None,
                 occurred_at=visit.expected_end,
                 visit_id=visit.visit_id,
                 dedupe_key=f"missed_checkin:{visit.device_id}:{visit.visit_id}",
+                note=None if vouched else UNVOUCHED_NOTE,
             )
             visit.missed_alarm_id = row.id
+            if vouched:  # a broken seal stays broken
+                self.seal(visit)
 
         due = (
             select(LoneWorkerVisit)

@@ -283,7 +283,7 @@ class VoiceMemos:
                 details=details,
                 at=now,
             )
-            self.lifecycle.links.link(session, row, item.id, "voice memo")
+            self.lifecycle.links.link(session, row, item.id, "voice memo", sealed)
             record_change(session, row, "voice_memo", now)
             item_id, status = item.id, item.status
         if reasons:

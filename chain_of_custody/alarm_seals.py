@@ -10,6 +10,9 @@ was shown and streamed to that site's readers until someone ran it. So the servi
 as it records it, an HMAC-SHA256 under the reach secret (``reach_seals.reach_secret``) over the
 alarm's id, site, wearer, device and voice memo item (``alarms.seal``), and where alarms are read
 a row whose seal does not hold reaches no site's readers, and its memo nobody, with a warning.
+Once the service opens or joins an incident for the alarm, the seal covers that incident too: a
+later voice memo or cancel is linked into the incident the row names, so a row pointed at another
+incident by SQL links nothing anywhere (``alarms.incident_links``).
 
 Alarms raised before seals have none: ``evidence upgrade-seals`` (its ``seal-reach`` step) seals
 those whose site and memo are what the ledger last recorded. Tables are read as plain tables: this
@@ -40,16 +43,25 @@ _ALARMS = table(
     column("wearer"),
     column("device_id"),
     column("voice_memo_item_id"),
+    column("incident_id"),
     column("seal"),
 )
 
 
 def alarm_seal(
-    secret: bytes, alarm_id: str, site: str | None, wearer: str | None, device: str | None, memo: str | None
+    secret: bytes,
+    alarm_id: str,
+    site: str | None,
+    wearer: str | None,
+    device: str | None,
+    memo: str | None,
+    incident: str | None = None,
 ) -> str:
-    """The seal of an alarm row over what decides who reads it and what its memo streams: its id,
-    site, wearer, device and voice memo item, hex."""
-    return row_seal(secret, ("alarm", alarm_id, site, wearer, device, memo))
+    """The seal of an alarm row over what decides who reads it, what its memo streams and where its
+    later evidence is linked: its id, site, wearer, device, voice memo item and, once it has one,
+    its incident (an alarm without one is sealed as before incidents were covered), hex."""
+    values = ("alarm", alarm_id, site, wearer, device, memo)
+    return row_seal(secret, values if incident is None else (*values, incident))
 
 
 def alarm_holds(
@@ -60,9 +72,10 @@ def alarm_holds(
     device: str | None,
     memo: str | None,
     seal: str | None,
+    incident: str | None = None,
 ) -> bool:
     """Whether an alarm row's seal holds; a warning naming the alarm when it does not."""
-    expected = alarm_seal(secret, alarm_id, site, wearer, device, memo)
+    expected = alarm_seal(secret, alarm_id, site, wearer, device, memo, incident)
     return seal_verdict(expected, seal, log, "alarm", {"alarm": alarm_id})
 
 
@@ -75,17 +88,18 @@ def check_alarm_seals(session: Session, report: ChainReport, key: ServiceKey) ->
     secret = reach_secret(key)
     a = _ALARMS.c
     unsealed = 0
-    q = select(a.id, a.site, a.wearer, a.device_id, a.voice_memo_item_id, a.seal).order_by(a.id)
-    for alarm_id, site, wearer, device, memo, seal in session.execute(q):
+    q = select(a.id, a.site, a.wearer, a.device_id, a.voice_memo_item_id, a.incident_id, a.seal)
+    for alarm_id, site, wearer, device, memo, incident, seal in session.execute(q.order_by(a.id)):
         if not seal:
             unsealed += 1
-        elif not _holds(alarm_seal(secret, str(alarm_id), site, wearer, device, memo), seal):
+        elif not _holds(alarm_seal(secret, str(alarm_id), site, wearer, device, memo, incident), seal):
             report.problems.append(
                 Problem(
                     "alarm_seal_broken",
                     f"alarm {alarm_id}",
-                    "its row's seal does not hold: its site, wearer, device or voice memo was written by "
-                    "someone other than the service (it reaches no site's readers, its memo nobody)",
+                    "its row's seal does not hold: its site, wearer, device, voice memo or incident was "
+                    "written by someone other than the service (it reaches no site's readers, its memo "
+                    "nobody, and nothing more is linked to its incident)",
                 )
             )
     if unsealed:
@@ -104,27 +118,30 @@ class UnsealedAlarm:
     (``refused``), if it is not."""
 
     alarm_id: str
-    values: tuple[str | None, str | None, str | None, str | None]  # site, wearer, device, memo
+    values: tuple[
+        str | None, str | None, str | None, str | None, str | None
+    ]  # site, wearer, device, memo, incident
     refused: str | None
 
     def line(self) -> str:
-        site, wearer, device, memo = self.values
+        site, wearer, device, memo, incident = self.values
         what = f"site {site or '-'}, wearer {wearer or '-'}, device {device or '-'}, voice memo {memo or '-'}"
+        what += f", incident {incident or '-'}"
         verdict = f"REFUSED: {self.refused}" if self.refused else "matches its custody record"
         return f"alarm {self.alarm_id}: {what}; {verdict}"
 
 
 def unsealed_alarms(session: Session, entries: Iterable[SignedEntry]) -> list[UnsealedAlarm]:
     """Every alarm without a seal, each against what the ledger last recorded of its site, wearer
-    (when recorded) and memo."""
+    (when recorded), memo and the incident the service linked it to."""
     a = _ALARMS.c
-    q = select(a.id, a.site, a.wearer, a.device_id, a.voice_memo_item_id).where(a.seal.is_(None))
-    rows = session.execute(q.order_by(a.id)).all()
+    q = select(a.id, a.site, a.wearer, a.device_id, a.voice_memo_item_id, a.incident_id)
+    rows = session.execute(q.where(a.seal.is_(None)).order_by(a.id)).all()
     if not rows:
         return []
     replay = alarm_replay(entries)
     out = []
-    for alarm_id, site, wearer, device, memo in rows:
+    for alarm_id, site, wearer, device, memo, incident in rows:
         known = replay.get(str(alarm_id), {})
         refused = None
         if "site" not in known:
@@ -135,7 +152,9 @@ def unsealed_alarms(session: Session, entries: Iterable[SignedEntry]) -> list[Un
             refused = f"its wearer is {wearer!r} but custody entry #{known['wearer'][0]} says {known['wearer'][1]!r}"
         elif known.get("memo", (None, None))[1] != memo:
             refused = f"its voice memo is {memo!r}, not the item its custody record attaches"
-        out.append(UnsealedAlarm(str(alarm_id), (site, wearer, device, memo), refused))
+        elif known.get("incident", (None, None))[1] != incident:
+            refused = f"its incident is {incident!r}, not the one its custody record links it to"
+        out.append(UnsealedAlarm(str(alarm_id), (site, wearer, device, memo, incident), refused))
     return out
 
 
@@ -148,7 +167,7 @@ def seal_alarms(session: Session, key: ServiceKey, entries: Iterable[SignedEntry
     for found in listed:
         if found.refused:
             continue
-        site, wearer, device, memo = found.values
+        site, wearer, device, memo, incident = found.values
         same = [
             c.is_(None) if v is None else c == v
             for c, v in (
@@ -156,9 +175,10 @@ def seal_alarms(session: Session, key: ServiceKey, entries: Iterable[SignedEntry
                 (a.wearer, wearer),
                 (a.device_id, device),
                 (a.voice_memo_item_id, memo),
+                (a.incident_id, incident),
             )
         ]
-        seal = alarm_seal(secret, found.alarm_id, site, wearer, device, memo)
+        seal = alarm_seal(secret, found.alarm_id, site, wearer, device, memo, incident)
         session.execute(
             update(_ALARMS).where(a.id == found.alarm_id, a.seal.is_(None), *same).values(seal=seal)
         )

@@ -56,6 +56,8 @@ class CustodyAction(StrEnum):
     # latest decides whether it may speak, whatever its row says (``devices.ends``).
     DEVICE_DISABLED = "device_disabled"
     DEVICE_ENABLED = "device_enabled"
+    # A lone visit opened, ended or sealed, with its wearer: whose missed check-in it raises.
+    VISIT_CHANGED = "visit_changed"
     CHECKPOINT = "checkpoint"
 
 

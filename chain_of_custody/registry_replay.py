@@ -193,13 +193,24 @@ class AlarmRow:
     memo: str | None  # the voice memo's evidence item
     provisional: bool = False  # raised but not yet whole: its first entry is still to come
     wearer: str | None = None  # the member of staff whose alarm it is (its payload's item is theirs)
+    incident: str | None = None  # the incident the service opened or joined for it
+
+
+ALARM_SERVICE = "service:alarms"  # who links an alarm to the incident it opens or joins
 
 
 def alarm_replay(entries: Iterable[SignedEntry]) -> Recorded:
     """What the ledger says of each alarm: the site and wearer its latest entry that records one
-    gives it, and the voice memo its latest memo entry attaches."""
+    gives it, the voice memo its latest memo entry attaches, and the incident the service linked
+    it to (a person's link of an alarm to another incident leaves the alarm's own incident as is)."""
     out: Recorded = {}
     for e in entries:
+        if e.body.action == "linked" and e.body.actor == ALARM_SERVICE:
+            d = _details(e)
+            alarm = d.get("alarm")
+            if isinstance(alarm, str) and "incident_id" in d:
+                out.setdefault(alarm, {})["incident"] = (e.body.seq, d["incident_id"])
+            continue
         if e.body.action not in ("alarm_raised", "alarm_changed"):
             continue
         d = _details(e)
@@ -227,7 +238,8 @@ def alarm_findings(
     for row in rows:
         where = f"alarm {row.id}"
         known = replay.get(row.id, {})
-        _compare(problems, "alarm", where, {f: known[f] for f in ("site", "wearer") if f in known}, row)
+        fields = ("site", "wearer", "incident")
+        _compare(problems, "alarm", where, {f: known[f] for f in fields if f in known}, row)
         seq, memo = known.get("memo", (None, None))
         if row.memo != memo:
             said = (

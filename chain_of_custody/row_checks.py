@@ -124,6 +124,7 @@ _ALARMS = table(
     column("voice_memo_item_id"),
     column("provisional"),
     column("wearer"),
+    column("incident_id"),
 )
 
 
@@ -226,8 +227,8 @@ def device_rows(session: Session) -> list[DeviceRow]:
 
 def alarm_rows(session: Session) -> list[AlarmRow]:
     c = _ALARMS.c
-    q = select(c.id, c.site, c.voice_memo_item_id, c.provisional, c.wearer)
-    return [AlarmRow(str(i), s, m, bool(p), w) for i, s, m, p, w in session.execute(q)]
+    q = select(c.id, c.site, c.voice_memo_item_id, c.provisional, c.wearer, c.incident_id)
+    return [AlarmRow(str(i), s, m, bool(p), w, n) for i, s, m, p, w, n in session.execute(q)]
 
 
 def check_registry(session: Session, entries: Sequence[SignedEntry], report: ChainReport) -> None:

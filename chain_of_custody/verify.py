@@ -41,6 +41,7 @@ from .row_seals import check_row_seals
 from .signed_tree_head import TreeHead
 from .tree_heads import sample_tree_heads
 from .viewing import RANGE_CHAIN, chain_problem, seal_mismatch
+from .visit_seals import check_visit_seals
 
 TREE_HEAD_SAMPLE = 32
 
@@ -205,9 +206,10 @@ def verify_service(
         check_row_families(session, entries, report, key.derived_secret(PASSWORD_DIGESTS))
         say("checking the seals of devices, users, bearer tokens, console sessions and read grants")
         check_row_seals(session, report, key)
-        say("checking the seals of members of staff, evidence items and alarms (who reaches them)")
+        say("checking the seals of members of staff, evidence items, alarms and visits (who reaches them)")
         check_reach_seals(session, report, key)
         check_alarm_seals(session, report, key)
+        check_visit_seals(session, report, key, entries)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")

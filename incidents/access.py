@@ -405,6 +405,7 @@ _ALARMS = table(
     column("device_id", String),
     column("voice_memo_item_id", String),
     column("seal", String),
+    column("incident_id", String),
 )
 # Export packages, by name: ``incidents.export`` builds on this module, so the rule reads its rows.
 _EXPORTS = table("export_jobs", column("id", String), column("incident_id", String))
@@ -419,7 +420,8 @@ def sees_alarm(session: Session, viewer: Viewer, alarm_id: str) -> bool:
     if not may_link_alarm(viewer):
         return False
     a = _ALARMS.c
-    q = select(a.id, a.site, a.wearer, a.device_id, a.voice_memo_item_id, a.seal).where(a.id == alarm_id)
+    q = select(a.id, a.site, a.wearer, a.device_id, a.voice_memo_item_id, a.seal, a.incident_id)
+    q = q.where(a.id == alarm_id)
     row = session.execute(q).first()
     if row is None or not sees_site(viewer, row.site):
         return False

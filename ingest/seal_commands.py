@@ -156,6 +156,14 @@ def _reach(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     return [*unsealed_reach(session, s.key, entries), *unsealed_alarms(session, entries)]
 
 
+def _visits(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from chain_of_custody.visit_seals import seal_visits, unsealed_visits
+
+    if yes:
+        return seal_visits(session, s.key, s.ledger)
+    return unsealed_visits(session, s.ledger.all_entries(session))
+
+
 TOKENS = Step("seal-tokens", "tokens", _tokens)
 DEVICES = Step("seal-devices", "devices", _devices)
 USERS = Step("seal-users", "users", _users)
@@ -163,8 +171,9 @@ GRANTS = Step("seal-grants", "grants", _grants)
 ENDS = Step("record-credential-ends", "ends", _ends, verb="record", done="recorded")
 ACCESS_ENDS = Step("record-access-ends", "ends", _access_ends, verb="record", done="recorded")
 REACH = Step("seal-reach", "members of staff, evidence items and alarms", _reach)
+VISITS = Step("seal-visits", "visits", _visits)
 # The upgrade's order: a grant is sealed only after the users it is made to (README, "Grant seals").
-UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS, REACH)
+UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS, REACH, VISITS)
 
 _YES = typer.Option("--yes", help="seal them (without it: only list them)")
 
@@ -238,12 +247,21 @@ def _print_awaiting(found: AwaitingUpgrade) -> None:
         out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
+def seal_visits_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the lone visits opened before visits carried a seal (``chain_of_custody.visit_seals``),
+    whose missed check-in takes no wearer from them until then; run once after upgrading. Only a
+    visit whose wearer is the one the custody ledger last recorded for it, or, for a visit it never
+    recorded, the member of staff it last assigned to its device, is sealed (and recorded); every
+    other is listed as refused, with what differs."""
+    _seal_rows(VISITS, yes)
+
+
 def upgrade_seals_command(
     yes: Annotated[bool, typer.Option("--yes", help="do every step (without it: only list them)")] = False,
 ) -> None:
     """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
     seal-users, seal-grants (after the users), record-credential-ends, record-access-ends,
-    seal-reach. It first prints how many rows of each kind await it (as the service's start-up
+    seal-reach, seal-visits. It first prints how many rows of each kind await it (as the service's start-up
     warning, ``/healthz`` and the console's banner count them); each step lists its rows,
     and with ``--yes`` does what it lists, in a transaction of its own, then prints what still awaits. Rows a step refuses are
     listed under it with why, the later steps still run, and the command exits 1 after ``--yes``

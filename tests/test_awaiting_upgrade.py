@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from accounts.models import ApiToken, User
 from accounts.seals import sealed_values
 from accounts.service import token_digest
-from alarms.models import AlarmRecord
+from alarms.models import AlarmRecord, LoneWorkerVisit
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.row_seals import USER_SEALS_V1, USER_SEALS_V2, user_seal_v1, user_seal_v2
 from devices.models import Device, StaffMember
@@ -111,6 +111,8 @@ def old_deployment(services: Any) -> dict[str, int]:
                 status="failed",
             )
         )
+        # a lone visit opened before visits were sealed, its wearer the one the device was issued to
+        session.add(LoneWorkerVisit(device_id="LW-OLD", visit_id="V-OLD", wearer="S-OLD", started_at=T0))
     _sql(
         services,
         update(Device).where(Device.id == "LW-OLD").values(seal=None),
@@ -128,6 +130,7 @@ def old_deployment(services: Any) -> dict[str, int]:
         "staff": 1,
         "evidence_items": 1,
         "alarms": 1,
+        "lone_worker_visits": 1,
     }
 
 
@@ -147,6 +150,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
     from chain_of_custody.alarm_seals import unsealed_alarms
     from chain_of_custody.awaiting_upgrade import awaiting_upgrade
     from chain_of_custody.reach_seals import unsealed_reach
+    from chain_of_custody.visit_seals import unsealed_visits
     from devices.seals import unsealed_devices
     from incidents.grants import unsealed_grants
 
@@ -168,16 +172,17 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
             "staff": reach.count("member of staff"),
             "evidence_items": reach.count("evidence item"),
             "alarms": len(unsealed_alarms(session, entries)),
+            "lone_worker_visits": len(unsealed_visits(session, entries)),
         }
     assert found.counts == expected == listed
-    assert found.total == 10
+    assert found.total == 11
 
     shown = _cli(s, "upgrade-seals")
     assert shown.exit_code == 0, shown.output
     head = shown.output.split("== evidence ", 1)[0]
     assert (
         "Seals awaiting upgrade: 3 users, 1 device, 1 bearer token, 1 incident assignment, "
-        "1 export job, 1 member of staff, 1 evidence item, 1 alarm. "
+        "1 export job, 1 member of staff, 1 evidence item, 1 alarm, 1 lone visit. "
         f"Run `{COMMAND}` to adopt them." in " ".join(head.split())
     ), head
     assert "3 users cannot sign in (its step: seal-users)" in head, head
@@ -370,6 +375,7 @@ def test_an_administrator_sees_the_counts_and_the_command_on_every_page(
                 "staff",
                 "evidence_items",
                 "alarms",
+                "lone_worker_visits",
             }
             page.screenshot(path=str(shots / "seals-awaiting-upgrade.png"))
             page.goto(f"{url}/board")

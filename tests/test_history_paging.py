@@ -76,9 +76,16 @@ def alarm_with_memo(services: Any, plays: int) -> str:
         alarm = session.get(AlarmRecord, alarm_id)
         assert alarm is not None
         alarm.voice_memo_item_id = memo.id
-        # re-sealed as the service seals an alarm when its memo is attached (``chain_of_custody.alarm_seals``)
+        # re-sealed as the service seals an alarm when its memo is attached (``chain_of_custody.alarm_seals``),
+        # over the incident the SOS opened too
         alarm.seal = alarm_seal(
-            reach_secret(services.key), alarm.id, alarm.site, alarm.wearer, alarm.device_id, memo.id
+            reach_secret(services.key),
+            alarm.id,
+            alarm.site,
+            alarm.wearer,
+            alarm.device_id,
+            memo.id,
+            alarm.incident_id,
         )
     read_many(services, memo.id, plays)
     return alarm_id

@@ -33,6 +33,7 @@ STEPS = (
     "record-credential-ends",
     "record-access-ends",
     "seal-reach",
+    "seal-visits",
 )
 
 
