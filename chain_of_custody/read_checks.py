@@ -43,8 +43,8 @@ KEEP_OBJECTS = 512  # about 128 KiB of digests per GiB of object
 RECENT_BLOCKS = 64  # 16 MiB of blocks lately read and checked, for the range a player asks for next
 RECENT_SECONDS = 30.0
 # A range is asked of the store this many bytes at a time (``ObjectStore.read``'s ``window``): a
-# player's open range names the rest of the object, keeps a megabyte or two and is dropped, and
-# SeaweedFS held the next range's first block up while it prepared the whole of the one before.
+# player's open range names the rest of the object, keeps a megabyte or two and is dropped, and a
+# GET naming the rest of a 2 GB clip held the store's answer to the next range's GET up (100-600 ms).
 STORE_WINDOW = 64 * BLOCK
 # Whole checks started by ranged reads: two at a time per person, four in all per process.
 WHOLE_CHECKS = Slots(total=4, per_key=2)

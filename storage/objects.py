@@ -351,10 +351,11 @@ class ObjectStore:
         a reader waiting for its first bytes can say where the wait went.
 
         ``window`` (bytes; with a ``length``) asks for the range a window at a time, the next only
-        once the last is read. SeaweedFS prepares the whole range a GET names before it answers, and
-        a GET of the same object sent meanwhile waits for it: a player's open range (the rest of a
-        2 GB clip, of which it keeps a megabyte) held the next range's first block up for 100-600 ms.
-        Where the object ends short of the range, the bytes stop there, as they would in one GET."""
+        once the last is read. A GET of an object sent in the first half second after a GET that
+        names the rest of a large object waited up to 0.6 s for its answer's headers from SeaweedFS
+        (after one naming 16 MiB, as long as with none: 3-14 ms); a player's open range names the rest
+        of a 2 GB clip and keeps a megabyte of it. Where the object ends short of the range, the
+        bytes stop there, as they would in one GET."""
         if window <= 0 or length <= window:
             yield from self._read_once(key, version_id, offset, length, chunk, steps)
             return

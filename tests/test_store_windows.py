@@ -1,10 +1,10 @@
 """A player's range is asked of the store a window at a time, not as the rest of the object.
 
 Chromium asks for open ranges (``bytes=N-``), keeps a megabyte or two of each and drops it. Asked
-as one GET, such a range named the rest of a 2 GB clip, and SeaweedFS, which prepares the whole
-range a GET names before answering, held the next range's first block up meanwhile (100-600 ms in
-the first seeks). Each GET now names at most ``STORE_WINDOW`` bytes; the bytes served, their checks
-against the block digests and what an object cut short of its record does are as before.
+as one GET, such a range named the rest of a 2 GB clip, and SeaweedFS answered a GET of the same
+object sent in the next half second up to 0.6 s late (the next range's first block, in the first
+seeks). Each GET now names at most ``STORE_WINDOW`` bytes; the bytes served, their checks against
+the block digests and what an object cut short of its record does are as before.
 """
 
 from __future__ import annotations
