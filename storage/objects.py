@@ -350,18 +350,19 @@ class ObjectStore:
         ``steps`` is told ``sent`` (the request written) and ``headers`` (the answer's headers in), so
         a reader waiting for its first bytes can say where the wait went.
 
-        ``window`` (bytes; with a ``length``) asks for the range a window at a time, the next only
-        once the last is read. A GET of an object sent in the first half second after a GET that
-        names the rest of a large object waited up to 0.6 s for its answer's headers from SeaweedFS
-        (after one naming 16 MiB, as long as with none: 3-14 ms); a player's open range names the rest
-        of a 2 GB clip and keeps a megabyte of it. Where the object ends short of the range, the
-        bytes stop there, as they would in one GET."""
-        if window <= 0 or length <= window:
+        ``window`` (bytes) asks for the range a window at a time, the next only once the last is
+        read; without a ``length``, windows until the object ends, wherever that is (a whole read
+        still sees every byte the store holds). A GET of an object sent in the first half second
+        after a GET that names the rest of a large object waited up to 0.6 s for its answer's
+        headers from SeaweedFS (after one naming 16 MiB, as long as with none: 3-14 ms); a player's
+        open range names the rest of a 2 GB clip and keeps a megabyte of it. Where the object ends
+        short of the range, the bytes stop there, as they would in one GET."""
+        if window <= 0 or 0 < length <= window:
             yield from self._read_once(key, version_id, offset, length, chunk, steps)
             return
-        at, end = offset, offset + length
-        while at < end:
-            asked = min(window, end - at)
+        at, end = offset, offset + length if length else None
+        while end is None or at < end:
+            asked = window if end is None else min(window, end - at)
             got = 0
             try:
                 for block in self._read_once(
@@ -370,8 +371,8 @@ class ObjectStore:
                     got += len(block)
                     yield block
             except RangeNotInObject:
-                if at > offset:
-                    return  # the object ends where the last window did
+                if at > offset or (end is None and offset == 0):
+                    return  # the object ends where the last window did (or holds no byte at all)
                 raise
             if got < asked:
                 return  # the object ends within this window

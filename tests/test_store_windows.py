@@ -20,6 +20,7 @@ from blake3 import blake3
 
 from chain_of_custody import read_checks
 from chain_of_custody.evidence import Provenance, record_evidence
+from chain_of_custody.models import EvidenceItem
 from storage.digests import BLOCK, Digests
 from storage.objects import StoredObject
 from tests.test_altered_evidence import _cut_short
@@ -148,3 +149,84 @@ def test_an_object_cut_short_of_its_record_at_a_window_is_still_cut_off(
         )
     target = f"{url}/api/v1/evidence/{item.id}/content?reason=checking+the+footage"
     assert _cut_short(target, {**admin, "Range": f"bytes={BLOCK}-"}) <= 7 * BLOCK
+
+
+def test_a_whole_read_asks_a_window_at_a_time_and_still_reads_every_byte_held(served: Any) -> None:  # noqa: F811
+    s, _ = served
+    for size in (0, 1, 3000, 9000, 10 * 1024):
+        data = os.urandom(size)
+        stored = s.store.put_bytes(
+            f"test/{uuid.uuid4()}",
+            data,
+            retain_until=datetime.now(UTC) + timedelta(days=1),
+            content_type="video/mp4",
+        )
+        got = b"".join(s.store.read(stored.key, stored.version_id, chunk=1000, window=3000))
+        assert got == data, size
+
+
+def test_a_players_first_read_of_every_byte_asks_a_window_at_a_time(
+    served: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``<video>`` first asks for every byte (``bytes=0-``) and drops it once it has the index: that
+    read, checked whole as it streams, asks the store a window at a time too."""
+    s, url = served
+    monkeypatch.setattr(read_checks, "STORE_WINDOW", WINDOW, raising=False)
+    user(s, "boss", "admin")
+    admin = bearer(s, "boss")
+    size = 10 * BLOCK + 123
+    data = os.urandom(size)
+    clip = store_item(s, data=data)
+    asked = _store_gets(s)
+    r = httpx.get(
+        f"{url}/api/v1/evidence/{clip.id}/content",
+        headers={**admin, "Range": "bytes=0-"},
+        params=READ,
+        timeout=60,
+    )
+    assert r.status_code == 206 and r.content == data
+    # Before: one GET of the whole object, (0, 0).
+    assert asked == [(0, WINDOW), (WINDOW, WINDOW), (2 * WINDOW, WINDOW)], asked
+
+
+def test_an_object_longer_than_its_record_read_whole_is_still_cut_off_and_quarantined(
+    served: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The object holds 12 blocks, its signed record the first 8: read whole, the windows go on to
+    the object's end, so the check sees the 4 blocks more, and the answer is cut off short of its
+    last block with the item quarantined, as with one GET."""
+    s, url = served
+    monkeypatch.setattr(read_checks, "STORE_WINDOW", WINDOW, raising=False)
+    user(s, "boss", "admin")
+    admin = bearer(s, "boss")
+    recorded = os.urandom(8 * BLOCK)
+    put = s.store.put_bytes(
+        f"test/{uuid.uuid4()}",
+        recorded + os.urandom(4 * BLOCK),
+        retain_until=datetime.now(UTC) + timedelta(days=1),
+        content_type="video/mp4",
+    )
+    d = Digests()
+    d.update(recorded)
+    stored = StoredObject.hashed(put.bucket, put.key, put.version_id, len(recorded), d)
+    with s.db.session() as session:
+        item = record_evidence(
+            session,
+            s.ledger,
+            stored,
+            Provenance(
+                kind="clip",
+                actor="test",
+                content_type="video/mp4",
+                retain_until=datetime.now(UTC) + timedelta(days=1),
+            ),
+            received={"by": "test"},
+            verified={"ok": True},
+        )
+    target = f"{url}/api/v1/evidence/{item.id}/content?reason=checking+the+footage"
+    assert _cut_short(target, admin) < len(recorded)
+    with s.db.session() as session:
+        row = session.get(EvidenceItem, item.id)
+        assert row is not None and row.status == "quarantined"
