@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -601,6 +602,12 @@ def main() -> None:
         type=Path,
         help="write chromium's network timing of the player's ranges and each seek's wall time here",
     )
+    parser.add_argument(
+        "--service-trace",
+        type=Path,
+        help="have the service write what its threads do and its store reads' steps to this file "
+        "(bench/seek_trace)",
+    )
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of a scratch PostgreSQL")
     parser.add_argument("--out", default="workspace")
     args = parser.parse_args()
@@ -610,7 +617,14 @@ def main() -> None:
     load_at_start = load_average()
     svc = services = None
     try:
-        svc = BenchService(work, EVIDENCE_DATABASE_URL=database_url)
+        traced = {}
+        if args.service_trace is not None:  # bench-only: on the service's PYTHONPATH alone
+            tracer = Path(__file__).resolve().parent / "seek_trace"
+            traced = {
+                "PYTHONPATH": f"{Path(__file__).resolve().parents[1]}{os.pathsep}{tracer}",
+                "BENCH_SEEK_TRACE": str(args.service_trace.resolve()),
+            }
+        svc = BenchService(work, EVIDENCE_DATABASE_URL=database_url, **traced)
         svc.start()
         headers = svc.admin_headers()
         r = httpx.post(

@@ -17,6 +17,7 @@ from storage.memo import BoundedMemo
 from storage.objects import ObjectStore, StoredObject
 from storage.streams import BlocksOnThread
 
+from . import read_checks
 from .block_lists import digests_of, keep_block_list, list_problem
 from .entries import check_entry
 from .fixity import FixityCheck, checked_range
@@ -304,7 +305,12 @@ def read_item(
         return checked_blocks(store, item, block_digests, byte_range.start, byte_range.length, on_altered)
     check = FixityCheck(item.sha256, item.blake3, item.size)
     blocks = iter(
-        BlocksOnThread(store.read(item.object_key, item.version_id), 4, check.update, "evidence-read")
+        BlocksOnThread(  # a window at a time (``read_checks.STORE_WINDOW``): the whole is read all the same
+            store.read(item.object_key, item.version_id, window=read_checks.STORE_WINDOW),
+            4,
+            check.update,
+            "evidence-read",
+        )
     )
     lo, n = (0, item.size) if byte_range is None else (byte_range.start, byte_range.length)
     return checked_range(blocks, check, lo, n, on_altered)

@@ -42,6 +42,10 @@ KEEP_SECONDS = 15 * 60
 KEEP_OBJECTS = 512  # about 128 KiB of digests per GiB of object
 RECENT_BLOCKS = 64  # 16 MiB of blocks lately read and checked, for the range a player asks for next
 RECENT_SECONDS = 30.0
+# A range is asked of the store this many bytes at a time (``ObjectStore.read``'s ``window``): a
+# player's open range names the rest of the object, keeps a megabyte or two and is dropped, and a
+# GET naming the rest of a 2 GB clip held the store's answer to the next range's GET up (100-600 ms).
+STORE_WINDOW = 64 * BLOCK
 # Whole checks started by ranged reads: two at a time per person, four in all per process.
 WHOLE_CHECKS = Slots(total=4, per_key=2)
 
@@ -204,6 +208,23 @@ class VerifiedObjects:
 VERIFIED = VerifiedObjects()
 
 
+class _StoreSteps:
+    """A range's first store read, split where its wait went: ``store_send`` (asking until the
+    request is written: a connection, signing, sending), ``store_wait`` (until the answer's headers
+    are in), ``store_body`` (until the first block is in hand); ``store`` is the three together."""
+
+    NAMES = {"sent": "store_send", "headers": "store_wait", "body": "store_body"}
+
+    def __init__(self, timing: ReadTiming, asked: float) -> None:
+        self.timing = timing
+        self.last = asked
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        self.timing.add(self.NAMES[step], now - self.last)
+        self.last = now
+
+
 def checked_blocks(
     store: ObjectStore,
     item: EvidenceItem,
@@ -240,10 +261,20 @@ def checked_blocks(
         return
     timing = timing if index == first else None  # only a range's first block is timed
     asked = time.perf_counter()
-    chunks = store.read(item.object_key, item.version_id, offset=pos, length=end - pos, chunk=BLOCK)
+    steps = _StoreSteps(timing, asked) if timing is not None else None
+    chunks = store.read(
+        item.object_key,
+        item.version_id,
+        offset=pos,
+        length=end - pos,
+        chunk=BLOCK,
+        steps=steps,
+        window=STORE_WINDOW,
+    )
     try:
         for block in blocks_of(chunks):
-            if timing is not None and index == first:
+            if timing is not None and steps is not None and index == first:
+                steps("body")
                 timing.add("store", time.perf_counter() - asked)
             expected = digests[index] if index < len(digests) else b""
             with timed(timing if index == first else None, "check"):

@@ -40,10 +40,12 @@ def _count_store_reads(services: Any) -> list[int]:
     store = services.store
     original = store.read
 
-    def read(key: str, version_id: str | None = None, offset: int = 0, length: int = 0, chunk: int = BLOCK):  # type: ignore[no-untyped-def]
+    def read(
+        key: str, version_id: str | None = None, offset: int = 0, length: int = 0, chunk: int = BLOCK, **more
+    ):  # type: ignore[no-untyped-def]
         at = len(counted)
         counted.append(0)
-        for block in original(key, version_id, offset, length, chunk):
+        for block in original(key, version_id, offset, length, chunk, **more):
             counted[at] += len(block)
             yield block
 
@@ -221,10 +223,12 @@ def test_a_dropped_range_stops_its_stream_and_store_read_at_once(served: Any) ->
     opened: list[int] = []
     closed: list[int] = []
 
-    def read(key: str, version_id: str | None = None, offset: int = 0, length: int = 0, chunk: int = BLOCK):  # type: ignore[no-untyped-def]
+    def read(
+        key: str, version_id: str | None = None, offset: int = 0, length: int = 0, chunk: int = BLOCK, **more
+    ):  # type: ignore[no-untyped-def]
         opened.append(offset)
         try:
-            yield from original(key, version_id, offset, length, chunk)
+            yield from original(key, version_id, offset, length, chunk, **more)
         finally:
             closed.append(offset)
 
@@ -264,9 +268,11 @@ def test_the_next_range_from_where_a_player_stopped_reads_no_block_twice(served:
     offsets: list[int] = []
     original = s.store.read
 
-    def read(key: str, version_id: str | None = None, offset: int = 0, length: int = 0, chunk: int = BLOCK):  # type: ignore[no-untyped-def]
+    def read(
+        key: str, version_id: str | None = None, offset: int = 0, length: int = 0, chunk: int = BLOCK, **more
+    ):  # type: ignore[no-untyped-def]
         offsets.append(offset)
-        yield from original(key, version_id, offset, length, chunk)
+        yield from original(key, version_id, offset, length, chunk, **more)
 
     s.store.read = read
     try:
