@@ -242,7 +242,7 @@ def test_verify_names_a_device_row_altered_by_sql_and_counts_those_not_sealed(se
     assert [p.where for p in broken] == ["device LW-1"]
     assert [n for n in report.notes if "upgrade-seals" in n] == [
         "1 device(s) have no seal yet (enrolled before seals), so not checked: "
-        "`evidence upgrade-seals` lists them and seals them"
+        "`evidence upgrade-seals` lists them and seals those the custody record bears out"
     ]
     text = repr(report.problems) + repr(report.notes)  # names the device, never its keys
     assert attacker.public_b64 not in text and genuine.public_b64 not in text
