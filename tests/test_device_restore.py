@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select, update
 
 from alarms.service import AlarmService
+from chain_of_custody.awaiting_upgrade import awaiting_upgrade
 from chain_of_custody.reach_seals import site_reach
 from chain_of_custody.row_seals import device_seal_v1
 from chain_of_custody.verify import VerifyOptions, verify_service
@@ -208,6 +209,8 @@ def test_devices_sealed_before_seals_were_bound_are_adopted_only_as_custody_reco
     _sealed_v1(services, "LW-KEY", public_key=old_key.public_b64)  # an older copy: the old key
     _sealed_v1(services, "LW-OFF", status="active")  # an older copy: custody disabled it since
     assert alarms.handle(*kept.sos()).reason == "unknown_device"  # version 1: nobody until adopted
+    with services.db.session() as session:  # the service says they await the upgrade
+        assert awaiting_upgrade(session, services.key).counts["devices"] == 4
     assert _broken(services) == []
     assert any("sealed without their latest custody entry" in n for n in _notes(services))
     with services.db.session() as session:
