@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import raw_public_key
 from chain_of_custody.models import CustodyEntry
-from devices.ends import STATUS_ENTRY
+from devices.ends import LATEST_ENTRY
 from devices.lone_worker_wire import (
     Accepted,
     AlarmMessage,
@@ -61,16 +61,17 @@ class Snapshot:
     active_visit_id: str | None
     sealed: SealedValues  # what the row's seal covers, as read (``devices.seals``)
     seal: str | None
-    status_entry: str | None  # the action of its latest status entry on custody (``devices.ends``)
+    bound: int | None  # the seq of its latest custody entry (``devices.ends``): its seal's
 
     def key(self, seals: DeviceSeals) -> DeviceKey | None:
-        """The device's key, or None for no lone-worker device: a row whose seal does not hold
-        (altered or planted in the database), or that is active while custody says it was disabled
-        (put back in the database), is none (``seals`` keeps the verdict per row as read)."""
+        """The device's key, or None for no lone-worker device: a row whose seal does not hold for
+        its latest custody entry (altered or planted in the database, or an older copy put back: a
+        key since rotated, active again after a disable) is none (``seals`` keeps the verdict per
+        row as read)."""
         if (
             self.kind != "lone_worker"
             or self.public_key is None
-            or not seals.holds(self.sealed, self.seal, self.status_entry)
+            or not seals.holds(self.sealed, self.seal, self.bound)
         ):
             return None
         return DeviceKey(self.public_key, enabled=self.status == "active")
@@ -95,7 +96,7 @@ _SNAPSHOT = (
         _STATE.c.battery_low,
         _STATE.c.offline_alarm_id,
         _STATE.c.active_visit_id,
-        STATUS_ENTRY.label("status_entry"),  # one probe of the custody index, in the same statement
+        LATEST_ENTRY.label("bound"),  # one probe of the custody index, in the same statement
     )
     .outerjoin(_STATE, _STATE.c.device_id == _DEVICES.c.id)
     .where(_DEVICES.c.id == bindparam("device_id"))
@@ -132,15 +133,17 @@ def device_of(topic: str) -> str:
 
 
 _SNAPSHOTS = (
-    # The single read's columns but its last (the status entry: a batch reads those in one more query).
+    # The single read's columns but its last (the latest entry: a batch reads those in one more query).
     select(_DEVICES.c.id.label("device_id"), *list(_SNAPSHOT.selected_columns)[:-1])
     .outerjoin(_STATE, _STATE.c.device_id == _DEVICES.c.id)
     .where(_DEVICES.c.id.in_(bindparam("device_ids", expanding=True)))
 )
 _ENTRIES = cast(Table, CustodyEntry.__table__)
-# Every status entry of several devices (a few each): a batch's devices' latest, by subject.
-_STATUS_ENTRIES = select(_ENTRIES.c.item_id, _ENTRIES.c.item_seq, _ENTRIES.c.action).where(
-    _ENTRIES.c.item_id.in_(bindparam("subjects", expanding=True))
+# The latest entry of each of several devices, by subject: a batch's devices' seal bindings.
+_LATEST_ENTRIES = (
+    select(_ENTRIES.c.item_id, func.max(_ENTRIES.c.seq))
+    .where(_ENTRIES.c.item_id.in_(bindparam("subjects", expanding=True)))
+    .group_by(_ENTRIES.c.item_id)
 )
 
 
@@ -148,30 +151,27 @@ def read_snapshot(session: Session, device_id: str, seals: DeviceSeals) -> Snaps
     # Here and in the reads of a message up to the compare-and-set: rows that earlier messages of the
     # same batch added are none of this message's business, and left unflushed they go in one
     # INSERT per table.
-    params = {"device_id": device_id, "status_subject": seals.status_subject(device_id)}
+    params = {"device_id": device_id, "device_subject": seals.subject(device_id)}
     row = session.connection().execute(_SNAPSHOT, params).first()
-    return None if row is None else _snapshot(device_id, row, row.status_entry)
+    return None if row is None else _snapshot(device_id, row, row.bound)
 
 
 def read_snapshots(session: Session, device_ids: list[str], seals: DeviceSeals) -> dict[str, Snapshot | None]:
     """Several devices' snapshots in two queries (a batch's, read after its state rows are locked):
-    their rows, and their status entries on custody; ``None`` for an id that is not a device."""
+    their rows, and the seq of their latest entries on custody; ``None`` for an id that is not a
+    device."""
     found: dict[str, Snapshot | None] = dict.fromkeys(device_ids)
-    subjects = {seals.status_subject(d): d for d in device_ids}
-    latest: dict[str, tuple[int, str]] = {}
-    for subject, item_seq, action in session.connection().execute(
-        _STATUS_ENTRIES, {"subjects": list(subjects)}
-    ):
-        device_id = subjects[subject]
-        if device_id not in latest or latest[device_id][0] < item_seq:
-            latest[device_id] = (item_seq, action)
+    subjects = {seals.subject(d): d for d in device_ids}
+    latest = {
+        subjects[subject]: int(seq)
+        for subject, seq in session.connection().execute(_LATEST_ENTRIES, {"subjects": list(subjects)})
+    }
     for row in session.connection().execute(_SNAPSHOTS, {"device_ids": device_ids}):
-        entry = latest.get(row.device_id)
-        found[row.device_id] = _snapshot(row.device_id, row, entry[1] if entry else None)
+        found[row.device_id] = _snapshot(row.device_id, row, latest.get(row.device_id))
     return found
 
 
-def _snapshot(device_id: str, row: Any, status_entry: str | None) -> Snapshot:
+def _snapshot(device_id: str, row: Any, bound: int | None) -> Snapshot:
     return Snapshot(
         device_id=device_id,
         kind=row.kind,
@@ -197,7 +197,7 @@ def _snapshot(device_id: str, row: Any, status_entry: str | None) -> Snapshot:
             row.assigned_staff_id,
         ),
         seal=row.seal,
-        status_entry=status_entry,
+        bound=None if bound is None else int(bound),
     )
 
 

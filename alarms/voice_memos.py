@@ -109,12 +109,12 @@ class VoiceMemos:
         now = now or self.clock()
         manifest = voice_memo_manifest(device_id, event_id, sha256, size, content_type, sent_at)
         with core.db.session() as session:
-            device, latest = load_device(session, self.seals.secret, device_id)
+            device, bound = load_device(session, self.seals.secret, device_id)
             if (
                 device is None
                 or device.kind != "lone_worker"
                 or not device.public_key
-                or not self.seals.holds(sealed_values(device), device.seal, latest)
+                or not self.seals.holds(sealed_values(device), device.seal, bound)
             ):
                 raise VoiceMemoRefused("unknown_device", "device is not an enrolled lone-worker device", 401)
             public_key = raw_public_key(device.public_key)

@@ -9,9 +9,9 @@ any other), so the service says it where an operator looks: a warning when it st
 
 The counts are those of the upgrade's sealing steps, read as plain tables as ``evidence verify``
 reads them: live bearer tokens (``seal-tokens``), devices (``seal-devices``), users
-(``seal-users``: no seal, or a version 1 or 2 seal that still holds), active incident assignments
-and export jobs (``seal-grants``), members of staff, evidence items and alarms (``seal-reach``),
-lone visits (``seal-visits``).
+(``seal-users``: no seal, or a version 1 or 2 seal that still holds; ``seal-devices`` likewise,
+a version 1 seal), active incident assignments and export jobs (``seal-grants``), members of
+staff, evidence items and alarms (``seal-reach``), lone visits (``seal-visits``).
 Each is a ``COUNT`` over one table, but users, whose older seals are told apart by two HMACs each.
 A row the step would refuse is counted too: it awaits the command's judgement, and the command lists
 it with why. The ``record-*`` steps are not counted: the rows they list are ended already and
@@ -40,10 +40,13 @@ from .row_seals import (
     _EXPORT_JOBS,
     _TOKENS,
     _USERS,
+    DEVICE_SEALS,
     UPGRADE_COMMAND,
     USER_SEALS_V1,
     USER_SEALS_V2,
     USER_VALUE_COLUMNS,
+    _holds,
+    device_seal_v1,
     older_user_seal,
     row_user_values,
 )
@@ -162,6 +165,20 @@ def _users(session: Session, key: ServiceKey) -> int:
     return unsealed + older
 
 
+def _devices(session: Session, key: ServiceKey) -> int:
+    """Devices without a seal, and those under a version 1 seal that holds (one HMAC a row)."""
+    secret, d = key.derived_secret(DEVICE_SEALS), _DEVICES.c
+    columns = (d.id, d.kind, d.status, d.public_key, d.token_hash, d.broker_password_hash, d.site)
+    older = sum(
+        1
+        for *row, staff, sealed in session.execute(
+            select(*columns, d.assigned_staff_id, d.seal).where(d.seal.is_not(None))
+        )
+        if _holds(device_seal_v1(secret, (str(row[0]), str(row[1]), str(row[2]), *row[3:], staff)), sealed)
+    )
+    return _unsealed(session, _DEVICES, "seal") + older
+
+
 def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = None) -> AwaitingUpgrade:
     """Count, per kind, the rows ``evidence upgrade-seals`` would list in its sealing steps (read
     only: nothing is written)."""
@@ -169,7 +186,7 @@ def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = N
     t, a = _TOKENS.c, _ASSIGNMENTS.c
     counts = {
         "users": _users(session, key),
-        "devices": _unsealed(session, _DEVICES, "seal"),
+        "devices": _devices(session, key),
         "api_credentials": _unsealed(session, _TOKENS, "seal", t.revoked.is_(False), t.expires_at > now),
         "incident_assignments": _unsealed(session, _ASSIGNMENTS, "seal", a.unassigned_at.is_(None)),
         "export_jobs": _unsealed(session, _EXPORT_JOBS, "seal"),

@@ -40,7 +40,15 @@ from .keys import ServiceKey
 from .models import EvidenceItem
 from .registry_replay import staff_replay
 from .row_replay import ITEM_SCOPE, item_scope_mac
-from .row_seals import _DEVICES, DEVICE_SEALS, _holds, device_seal, row_seal, seal_verdict
+from .row_seals import (
+    _DEVICES,
+    DEVICE_SEALS,
+    _holds,
+    device_seal,
+    latest_device_entries,
+    row_seal,
+    seal_verdict,
+)
 
 REACH_SEALS = "reach seals v1"  # the label of the service key's secret for staff and evidence item seals
 
@@ -135,11 +143,15 @@ def site_reach_by(session: Session, secret: bytes, devices_secret: bytes, site: 
         d.assigned_staff_id,
         d.seal,
     ).where(d.site.is_(None) if site is None else d.site == site)
+    rows = session.execute(q).all()
+    bound = latest_device_entries(session, devices_secret, [str(r[0]) for r in rows]) if rows else {}
     devices = frozenset(
         str(row[0])
-        for *row, seal in session.execute(q)
+        for *row, seal in rows
         if seal_verdict(
-            device_seal(devices_secret, (str(row[0]), str(row[1]), str(row[2]), *row[3:])),
+            device_seal(
+                devices_secret, (str(row[0]), str(row[1]), str(row[2]), *row[3:]), bound.get(str(row[0]))
+            ),
             seal,
             log,
             "device",

@@ -13,8 +13,10 @@ An alarm takes its device's site when raised, and the control room of that site 
 streams its voice memo: its ``alarm_raised``/``alarm_changed`` entries record the site, and the
 ``alarm_changed`` entry of its memo names the memo's item.
 
-Entries about staff and devices carry no item id, so they travel in no package's custody chain:
-they name the staff number and the site as the registry does, and never a person's name.
+Entries about staff carry no item id, and those about a device a keyed digest of its id
+(``row_seals.device_subject``, which its row's seal is bound to), no evidence item's: neither
+travels in a package's custody chain. They name the staff number and the site as the registry
+does, and never a person's name.
 """
 
 from __future__ import annotations

@@ -14,13 +14,16 @@ entry whose subject (its ``item_id``) is :func:`credential_end_subject`, a keyed
 credential's digest: the ledger only grows, the sign-in refuses a credential it names, and
 ``evidence verify`` names a live row it says was ended (``credential_end_undone``). Read grants
 (``ingest.read_grants``) are sealed over everything they stand for, their use left out: a download's
-grant, once used, is ended by a ``credential_ended`` entry too (``read_grant_use_undone``). A
-device's disables and enables are ``device_disabled`` and ``device_enabled`` entries on a subject
-of its own (:func:`device_status_subject`): the latest decides (``device_disable_undone``).
+grant, once used, is ended by a ``credential_ended`` entry too (``read_grant_use_undone``). Every
+write of a device row is an entry on a subject of its own (:func:`device_subject`), and the row's
+seal is bound to the latest (``device_seal``): a copy from before a rotation, a move or a disable
+no longer fits (``device_seal_broken``); an active row the latest disable names is
+``device_disable_undone``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -28,7 +31,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, Select, String, cast, column, literal, select, table
+from sqlalchemy import ColumnElement, ScalarSelect, Select, String, cast, column, func, literal, select, table
 from sqlalchemy.orm import Mapped, Session
 
 from storage.db import UTCDateTime
@@ -36,7 +39,13 @@ from storage.db import UTCDateTime
 from .entries import ChainReport, Problem
 from .keys import ServiceKey
 
-DEVICE_SEALS = "device seals v1"  # the label of the service key's secret for device seals
+# The label of the service key's secret for device seals and their subjects (:func:`device_subject`).
+# Since version 2 a device seal also covers the seq of the latest custody entry on the device's
+# subject, under a secret derived from this one with ``DEVICE_SEALS_BOUND`` (``device_seal``), so a
+# copy of the row taken before a later change no longer fits; a row still under a version 1 seal
+# speaks for nobody until ``evidence upgrade-seals`` adopts it (``devices.seals.unsealed_devices``).
+DEVICE_SEALS = "device seals v1"
+DEVICE_SEALS_BOUND = "device seals v2: bound to the latest custody entry"
 CREDENTIAL_SEALS = "credential seals v1"  # the label of the service key's secret for credential seals
 # The label of the service key's secret for user seals. Version 2 covers the person's full name too
 # (the name continuity reports and statements print); version 3 also the seq of the latest custody
@@ -54,7 +63,7 @@ TOKEN, SESSION = "token", "session"
 UPGRADE_SEALS = "`evidence upgrade-seals`"
 UPGRADE_COMMAND = "evidence upgrade-seals --yes"  # what an operator runs to adopt them all
 ENDED_PREFIX = "ended:"  # the subject of a ``credential_ended`` entry: this and 30 hex digits (36 characters)
-DEVICE_PREFIX = "device:"  # the subject of a device's status entries: this and 29 hex digits (36 characters)
+DEVICE_PREFIX = "device:"  # the subject of a device's entries: this and 29 hex digits (36 characters)
 GRANT = "read grant"  # the kind of a read grant's ``credential_ended`` entry (a download's, once used)
 ASSIGNMENT = "assignment"  # the kind of an incident assignment's ``credential_ended`` entry
 DISABLED, ENABLED = "device_disabled", "device_enabled"  # the actions of a device's status entries
@@ -86,9 +95,23 @@ def seal_verdict(
     return False
 
 
-def device_seal(secret: bytes, values: SealedValues) -> str:
+def device_seal(secret: bytes, values: SealedValues, bound: int | None) -> str:
     """The seal of a device row with these values (id, kind, status, public key, token digest,
-    broker password hash, site, assigned staff), hex."""
+    broker password hash, site, assigned staff) whose latest custody entry on its subject
+    (:func:`device_subject`) is ``bound`` (None: none yet), hex: under a secret of its own, derived
+    from ``secret`` (the one :func:`device_subject` is keyed with), so no seal made before seals
+    were bound holds as one."""
+    return row_seal(_bound_device_secret(secret), (*values, None if bound is None else str(bound)))
+
+
+@functools.lru_cache(maxsize=8)
+def _bound_device_secret(secret: bytes) -> bytes:
+    return hmac.new(secret, DEVICE_SEALS_BOUND.encode(), hashlib.sha256).digest()
+
+
+def device_seal_v1(secret: bytes, values: SealedValues) -> str:
+    """The seal a device row had before seals were bound to its latest custody entry: only an
+    upgrade's adoption and ``evidence verify``'s note read it."""
     return row_seal(secret, values)
 
 
@@ -185,12 +208,28 @@ def credential_end_subject(secret: bytes, kind: str, token_hash: str) -> str:
     return ENDED_PREFIX + mac[:30]
 
 
-def device_status_subject(secret: bytes, device_id: str) -> str:
-    """The ``item_id`` of a device's ``device_disabled`` and ``device_enabled`` custody entries (its
-    status changes, in order by ``item_seq``): keyed with the device seals' secret, 36 characters
-    whatever the id's length; the latest says whether the device may speak, whatever its row says."""
+def device_subject(secret: bytes, device_id: str) -> str:
+    """The ``item_id`` of every custody entry that changes a device's row (its enrolments, changes,
+    disables and enables, in order by ``item_seq``): keyed with the device seals' secret, 36
+    characters whatever the id's length. The row's seal is bound to the latest (``device_seal``),
+    so only the row the service wrote with it fits, whatever an older copy says."""
     mac = hmac.new(secret, f"status\x00{device_id}".encode(), hashlib.sha256).hexdigest()
     return DEVICE_PREFIX + mac[:29]
+
+
+def latest_device_entries(session: Session, secret: bytes, device_ids: Sequence[str]) -> dict[str, int]:
+    """The seq of each device's latest custody entry on its subject (:func:`device_subject`), by
+    device id, for rows read in bulk (the broker's password file, a site's reach): one query per
+    500 devices, whatever their number. A device with none is left out."""
+    subjects = {device_subject(secret, d): d for d in device_ids}
+    found: dict[str, int] = {}
+    e = _ENTRIES.c
+    listed = list(subjects)
+    for start in range(0, len(listed), 500):
+        q = select(e.item_id, func.max(e.seq)).where(e.item_id.in_(listed[start : start + 500]))
+        for subject, seq in session.execute(q.group_by(e.item_id)):
+            found[subjects[str(subject)]] = int(seq)
+    return found
 
 
 def _activity_mac(secret: bytes, token_hash: str, micros: int) -> str:
@@ -416,8 +455,10 @@ def _holds(expected: str, seal: str | None) -> bool:
 
 
 def check_device_seals(session: Session, report: ChainReport, secret: bytes) -> None:
-    """A finding for each device row whose seal does not hold, and for each active one custody says
-    was disabled (a copy of its row from before put back); a note counting those not sealed yet."""
+    """A finding for each device row whose seal does not hold (altered, planted, or an older copy of
+    the row put back: its seal is bound to an older entry than its latest), and for each active one
+    custody says was disabled; a note counting those not sealed yet, or sealed before seals were
+    bound to custody."""
     c = _DEVICES.c
     q = select(
         c.id,
@@ -430,11 +471,12 @@ def check_device_seals(session: Session, report: ChainReport, secret: bytes) -> 
         c.assigned_staff_id,
         c.seal,
     ).order_by(c.id)
-    unsealed = 0
-    latest = _latest_status_entries(session)
+    unsealed = unbound = 0
+    status_entries, latest = _latest_device_entries(session)
     for *row, seal in session.execute(q):
         values: SealedValues = (str(row[0]), str(row[1]), str(row[2]), *row[3:])
-        status_entry = latest.get(device_status_subject(secret, values[0]))
+        subject = device_subject(secret, values[0])
+        status_entry = status_entries.get(subject)
         if values[2] == "active" and status_entry is not None and status_entry[1] == DISABLED:
             report.problems.append(
                 Problem(
@@ -446,28 +488,46 @@ def check_device_seals(session: Session, report: ChainReport, secret: bytes) -> 
             )
         if not seal:
             unsealed += 1
-        elif not _holds(device_seal(secret, values), seal):
+        elif _holds(device_seal(secret, values, latest.get(subject)), seal):
+            continue
+        elif _holds(device_seal_v1(secret, values), seal):
+            unbound += 1
+        else:
             report.problems.append(
                 Problem(
                     "device_seal_broken",
                     f"device {values[0]}",
                     "its row's seal does not hold: its credentials, status, site or assigned staff were "
-                    "written by someone other than the service",
+                    "written by someone other than the service, or an older copy of its row was put back "
+                    "(it speaks for nobody)",
                 )
             )
     if unsealed:
         report.notes.append(
             f"{unsealed} device(s) have no seal yet (enrolled before seals), so not checked: "
-            f"{UPGRADE_SEALS} lists them and seals them"
+            f"{UPGRADE_SEALS} lists them and seals those the custody record bears out"
+        )
+    if unbound:
+        report.notes.append(
+            f"{unbound} device(s) are sealed without their latest custody entry (sealed before seals were "
+            f"bound to it), so they speak for nobody: {UPGRADE_SEALS} lists them and seals again those "
+            "the custody record bears out"
         )
 
 
-def _latest_status_entries(session: Session) -> dict[str, tuple[int, str]]:
-    """Each device's latest status entry (``device_disabled``, ``device_enabled``), by subject: its
-    seq and action."""
+def _latest_device_entries(session: Session) -> tuple[dict[str, tuple[int, str]], dict[str, int]]:
+    """Each device's latest status entry (``device_disabled``, ``device_enabled``), by subject, with
+    its seq and action; and the seq of each device's latest entry of any kind (what its seal is
+    bound to), by subject."""
     e = _ENTRIES.c
-    q = select(e.item_id, e.seq, e.action).where(e.action.in_((DISABLED, ENABLED))).order_by(e.seq)
-    return {str(subject): (int(seq), str(action)) for subject, seq, action in session.execute(q)}
+    q = select(e.item_id, e.seq, e.action).where(e.item_id.like(f"{DEVICE_PREFIX}%")).order_by(e.seq)
+    status: dict[str, tuple[int, str]] = {}
+    latest: dict[str, int] = {}
+    for subject, seq, action in session.execute(q):
+        latest[str(subject)] = int(seq)
+        if action in (DISABLED, ENABLED):
+            status[str(subject)] = (int(seq), str(action))
+    return status, latest
 
 
 # The users table's columns a user row's seal covers, in :func:`user_values` order.

@@ -1,19 +1,19 @@
 """A disabled device stays disabled whatever is written in the database.
 
-A device row's seal (``devices.seals``) covers its status, but a copy of the row taken while the
-device was active carries a seal that still fits: whoever can write the database could put it back
-and the device's alarms, uploads and clips would be taken again. So every change of status the
-service makes (disabling, enabling again, enrolling a disabled device anew) is also a signed
-``device_disabled`` or ``device_enabled`` custody entry, in the same transaction, whose subject is
-a keyed digest of the device id (``chain_of_custody.row_seals.device_status_subject``); the entries
-of one device form its own chain (``item_seq``). The ledger only grows, so the latest of them says
-whether the device may speak: every use asks it (:data:`STATUS_ENTRY`, one probe of the index on
-``(item_id, item_seq)``), in the statement that loads the device where that matters for time (a
-lone-worker message, ``alarms.device_state``), and a device custody says was disabled is refused,
-however its row reads.
+A device row's seal (``devices.seals``) covers its status and is bound to the latest custody entry
+on the device's keyed subject (``chain_of_custody.row_seals.device_subject``), so a copy of the row
+taken while the device was active no longer fits once it is disabled: every change of status the
+service makes (disabling, enabling again, enrolling a disabled device anew) is a signed
+``device_disabled`` or ``device_enabled`` custody entry on that subject, in the same transaction,
+and the row is sealed bound to it (``devices.seals.record_device``). The ledger only grows: every
+use reads the seq of the device's latest entry (:data:`LATEST_ENTRY`, one probe of the index on
+``(item_id, item_seq)``) in the statement that loads the device (:data:`_LOOKUP`; a lone-worker
+message's, ``alarms.device_state``), and a row whose seal is bound to another is refused, however
+it reads. ``evidence verify`` names an active row custody last disabled
+(``device_disable_undone``).
 
 Devices disabled before these entries were recorded: ``evidence record-access-ends`` lists them
-and, with ``--yes``, records them.
+and, with ``--yes``, records them (and seals each row whose seal holds again, bound to its entry).
 """
 
 from __future__ import annotations
@@ -27,60 +27,56 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry
-from chain_of_custody.row_seals import DEVICE_SEALS, DISABLED, ENABLED, device_status_subject
+from chain_of_custody.row_seals import DISABLED, ENABLED, device_subject
 
 from .models import Device
+from .seals import device_seal_holds, record_device, sealed_values
 
 log = logging.getLogger(__name__)
 
-# The action of a device's latest status entry (``device_disabled``, ``device_enabled``), or NULL:
-# a column of the statement that loads the device, bound by ``status_subject``.
-STATUS_ENTRY: ScalarSelect[Any] = (
-    select(CustodyEntry.action)
-    .where(CustodyEntry.item_id == bindparam("status_subject"))
+_STATUS = (DISABLED, ENABLED)
+
+# The seq of a device's latest custody entry (what its seal is bound to), or NULL: a column of the
+# statement that loads the device, bound by ``device_subject``.
+LATEST_ENTRY: ScalarSelect[Any] = (
+    select(CustodyEntry.seq)
+    .where(CustodyEntry.item_id == bindparam("device_subject"))
     .order_by(CustodyEntry.item_seq.desc())
     .limit(1)
     .scalar_subquery()
 )
-_LOOKUP = select(Device, STATUS_ENTRY).where(Device.id == bindparam("device_id"))
+_LOOKUP = select(Device, LATEST_ENTRY).where(Device.id == bindparam("device_id"))
 
 
 def latest_status_entry(session: Session, secret: bytes, device_id: str) -> str | None:
-    """The action of the device's latest status entry, if custody holds one."""
+    """The action of the device's latest status entry (``device_disabled``, ``device_enabled``), if
+    custody holds one."""
     return session.scalar(
         select(CustodyEntry.action)
-        .where(CustodyEntry.item_id == device_status_subject(secret, device_id))
+        .where(CustodyEntry.item_id == device_subject(secret, device_id), CustodyEntry.action.in_(_STATUS))
         .order_by(CustodyEntry.item_seq.desc())
         .limit(1)
     )
 
 
-def disabled_on_custody(device_id: str, status: str, latest: str | None) -> bool:
-    """Whether a device whose row says ``status`` and whose latest status entry is ``latest`` is
-    refused as put back in the database: active in its row, disabled on custody (a warning naming
-    the device id)."""
-    if status == "active" and latest == DISABLED:
-        log.warning("device refused: custody says it was disabled", extra={"device": device_id})
-        return True
-    return False
-
-
-def load_device(session: Session, secret: bytes, device_id: str) -> tuple[Device | None, str | None]:
-    """The device's row and the action of its latest status entry, in one statement."""
-    params = {"device_id": device_id, "status_subject": device_status_subject(secret, device_id)}
+def load_device(session: Session, secret: bytes, device_id: str) -> tuple[Device | None, int | None]:
+    """The device's row and the seq of its latest custody entry (what its seal must be bound to),
+    in one statement."""
+    params = {"device_id": device_id, "device_subject": device_subject(secret, device_id)}
     found = session.execute(_LOOKUP, params).first()
     return (None, None) if found is None else (found[0], found[1])
 
 
 def record_status(session: Session, ledger: Ledger, device: Device, actor: str, *, why: str) -> None:
     """A ``device_disabled`` or ``device_enabled`` entry for the status ``device`` now has, in the
-    caller's transaction (the change and its entry commit together)."""
-    ledger.append(
+    caller's transaction (the change and its entry commit together), and the row sealed bound to it."""
+    record_device(
         session,
+        ledger,
+        device,
         DISABLED if device.status == "disabled" else ENABLED,
         actor,
-        item_id=device_status_subject(ledger.key.derived_secret(DEVICE_SEALS), device.id),
-        details={"device": device.id, "status": device.status, "why": why},
+        {"device": device.id, "status": device.status, "why": why},
     )
 
 
@@ -109,18 +105,21 @@ def unrecorded_disables(session: Session, secret: bytes) -> list[UnrecordedDisab
 
 
 def record_unrecorded_disables(session: Session, ledger: Ledger, secret: bytes, actor: str) -> int:
-    """Record every disable :func:`unrecorded_disables` lists; how many."""
+    """Record every disable :func:`unrecorded_disables` lists; how many. A row whose seal holds is
+    sealed again bound to its entry; one whose seal does not hold is left as it is (refused)."""
     listed = unrecorded_disables(session, secret)
     for found in listed:
-        ledger.append(
-            session,
-            DISABLED,
-            actor,
-            item_id=device_status_subject(secret, found.device_id),
-            details={
-                "device": found.device_id,
-                "status": "disabled",
-                "why": "disabled before it was recorded",
-            },
-        )
+        device, bound = load_device(session, secret, found.device_id)
+        assert device is not None
+        details: dict[str, object] = {
+            "device": found.device_id,
+            "status": "disabled",
+            "why": "disabled before it was recorded",
+        }
+        if device_seal_holds(secret, sealed_values(device), device.seal, bound):
+            record_device(session, ledger, device, DISABLED, actor, details)
+        else:
+            ledger.append(
+                session, DISABLED, actor, item_id=device_subject(secret, found.device_id), details=details
+            )
     return len(listed)

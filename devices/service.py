@@ -18,13 +18,14 @@ from accounts.access import ReachViewer, SiteViewer, device_scope, sees_sealed, 
 from chain_of_custody.keys import load_public_key_b64
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.reach_seals import reach_secret, staff_seal
+from chain_of_custody.row_seals import latest_device_entries
 from storage.errors import Refused
 from storage.settings import Settings
 
 from .broker_access import BrokerAccount, generate_password, hash_password
-from .ends import disabled_on_custody, latest_status_entry, load_device, record_status
+from .ends import latest_status_entry, load_device, record_status
 from .models import DEVICE_KINDS, Device, LoneWorkerState, StaffMember
-from .seals import device_seal_holds, device_seal_key, seal_device, sealed_values
+from .seals import device_seal_holds, device_seal_key, record_device, sealed_values
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -103,13 +104,13 @@ def enrol_dock(
         session.add(dock)
     dock.token_hash = _secret_digest(secret)
     dock.status = "active"
-    seal_device(dock, ledger.key)
-    session.flush()
-    ledger.append(
+    record_device(
         session,
+        ledger,
+        dock,
         "device_enrolled",
         actor,
-        details={"device": dock_id, "kind": "dock", "site": dock.site, "staff": dock.assigned_staff_id},
+        {"device": dock_id, "kind": "dock", "site": dock.site, "staff": dock.assigned_staff_id},
     )
     _enabled_by_enrolment(session, ledger, dock, actor)
     return EnrolledDock(dock, f"{dock_id}.{secret}")
@@ -133,8 +134,10 @@ def enrol_keyed_device(
     staff_id: str | None = None,
     name: str = "",
     site: str | None = None,
+    broker_password_hash: str | None = None,
 ) -> Device:
-    """Register a camera or lone-worker unit by its Ed25519 public key, optionally assigned to staff."""
+    """Register a camera or lone-worker unit by its Ed25519 public key, optionally assigned to staff
+    (and, for a lone-worker unit, with the hash of the broker password it is issued)."""
     if kind not in DEVICE_KINDS or kind == "dock":
         raise DeviceRefused("bad_kind", f"kind must be camera or lone_worker, not {kind!r}", 400)
     _check_id(device_id)
@@ -152,20 +155,17 @@ def enrol_keyed_device(
         session.add(device)
     device.public_key = public_key_b64
     device.name, device.site, device.assigned_staff_id, device.status = name, site, staff_id, "active"
-    seal_device(device, ledger.key)
-    session.flush()
-    ledger.append(
-        session,
-        "device_enrolled",
-        actor,
-        details={
-            "device": device_id,
-            "kind": kind,
-            "public_key": public_key_b64,
-            "staff": staff_id,
-            "site": site,
-        },
-    )
+    details: dict[str, object] = {
+        "device": device_id,
+        "kind": kind,
+        "public_key": public_key_b64,
+        "staff": staff_id,
+        "site": site,
+    }
+    if broker_password_hash is not None:
+        device.broker_password_hash = broker_password_hash
+        details["broker_password"] = "issued"
+    record_device(session, ledger, device, "device_enrolled", actor, details)
     _enabled_by_enrolment(session, ledger, device, actor)
     return device
 
@@ -188,6 +188,7 @@ def enrol_lone_worker(
     site: str | None = None,
 ) -> EnrolledLoneWorker:
     """Register a lone-worker device by its key, issue its broker password and start its sequence afresh."""
+    password = generate_password()
     device = enrol_keyed_device(
         session,
         ledger,
@@ -198,10 +199,8 @@ def enrol_lone_worker(
         staff_id=staff_id,
         name=name,
         site=site,
+        broker_password_hash=hash_password(password),
     )
-    password = generate_password()
-    device.broker_password_hash = hash_password(password)
-    seal_device(device, ledger.key)
     session.execute(
         update(LoneWorkerState)
         .where(LoneWorkerState.device_id == device_id)
@@ -213,23 +212,25 @@ def enrol_lone_worker(
 
 def broker_accounts(session: Session, seal_key: bytes | None = None) -> list[BrokerAccount]:
     """Every active lone-worker device that has a broker password, for the Mosquitto files; with
-    ``seal_key`` (``devices.seals.device_seal_key``), only those whose row's seal holds and that
-    custody does not say were disabled (``devices.ends``: a row put back in the database)."""
-    rows = session.scalars(
-        select(Device)
-        .where(
-            Device.kind == "lone_worker", Device.status == "active", Device.broker_password_hash.is_not(None)
+    ``seal_key`` (``devices.seals.device_seal_key``), only those whose row's seal holds for its
+    latest custody entry (read for them all in one more query: a row altered, or an older copy put
+    back in the database, is left out)."""
+    rows = list(
+        session.scalars(
+            select(Device)
+            .where(
+                Device.kind == "lone_worker",
+                Device.status == "active",
+                Device.broker_password_hash.is_not(None),
+            )
+            .order_by(Device.id)
         )
-        .order_by(Device.id)
     )
+    bound = latest_device_entries(session, seal_key, [d.id for d in rows]) if seal_key and rows else {}
     return [
         BrokerAccount(d.id, d.broker_password_hash or "")
         for d in rows
-        if seal_key is None
-        or (
-            device_seal_holds(seal_key, sealed_values(d), d.seal)
-            and not disabled_on_custody(d.id, d.status, latest_status_entry(session, seal_key, d.id))
-        )
+        if seal_key is None or device_seal_holds(seal_key, sealed_values(d), d.seal, bound.get(d.id))
     ]
 
 
@@ -250,12 +251,13 @@ def assign(session: Session, ledger: Ledger, device_id: str, staff_id: str | Non
         raise DeviceRefused("unknown_staff", f"no member of staff {staff_id}", 400)
     previous = device.assigned_staff_id
     device.assigned_staff_id = staff_id
-    seal_device(device, ledger.key)
-    ledger.append(
+    record_device(
         session,
+        ledger,
+        device,
         "device_changed",
         actor,
-        details={"device": device_id, "assigned_from": previous, "assigned_to": staff_id},
+        {"device": device_id, "assigned_from": previous, "assigned_to": staff_id},
     )
     return device
 
@@ -270,7 +272,6 @@ def set_status(session: Session, ledger: Ledger, device_id: str, status: str, ac
     if device is None:
         raise DeviceRefused("unknown_device", f"no device {device_id}", 404)
     device.status = status
-    seal_device(device, ledger.key)
     record_status(session, ledger, device, actor, why="set by " + actor)
     return device
 
@@ -285,27 +286,30 @@ def regenerate_broker_password(session: Session, ledger: Ledger, device_id: str,
         raise DeviceRefused("unknown_device", f"no lone-worker device {device_id}", 404)
     password = generate_password()
     device.broker_password_hash = hash_password(password)
-    seal_device(device, ledger.key)
-    ledger.append(
-        session, "device_changed", actor, details={"device": device_id, "broker_password": "regenerated"}
+    record_device(
+        session,
+        ledger,
+        device,
+        "device_changed",
+        actor,
+        {"device": device_id, "broker_password": "regenerated"},
     )
     return password
 
 
 def authenticate_dock(session: Session, token: str, seal_key: bytes) -> Device:
     """The dock a bearer token belongs to; a refusal never says whether the id or the secret was
-    wrong. A row whose seal does not hold (``devices.seals``: a token planted or a dock enabled
-    again in the database), or that custody says was disabled (``devices.ends``: a row from before
-    put back), is refused like an unknown dock."""
+    wrong. A row whose seal does not hold for its latest custody entry (``devices.seals``: a token
+    planted or a dock enabled again in the database, or an older copy of the row put back, with a
+    token since rotated or from before a disable) is refused like an unknown dock."""
     dock_id, _, secret = token.partition(".")
-    dock, latest = load_device(session, seal_key, dock_id) if dock_id and secret else (None, None)
+    dock, bound = load_device(session, seal_key, dock_id) if dock_id and secret else (None, None)
     valid = (
         dock is not None
         and dock.kind == "dock"
         and dock.token_hash is not None
         and hmac.compare_digest(dock.token_hash, _secret_digest(secret))
-        and device_seal_holds(seal_key, sealed_values(dock), dock.seal)
-        and not disabled_on_custody(dock_id, dock.status, latest)
+        and device_seal_holds(seal_key, sealed_values(dock), dock.seal, bound)
     )
     if not valid or dock is None:
         raise DeviceRefused("bad_token", "dock token not recognised", 401)
@@ -316,14 +320,13 @@ def authenticate_dock(session: Session, token: str, seal_key: bytes) -> Device:
 
 def camera_for_clip(session: Session, serial: str, wearer: str, seal_key: bytes) -> Device:
     """The enrolled, active camera that may deliver a clip recorded by ``wearer``; a row whose seal
-    does not hold (``devices.seals``), or that custody says was disabled (``devices.ends``), is not
-    enrolled."""
-    camera, latest = load_device(session, seal_key, serial)
+    does not hold for its latest custody entry (``devices.seals``: altered, or an older copy put
+    back, with a key since rotated, another wearer, or from before a disable) is not enrolled."""
+    camera, bound = load_device(session, seal_key, serial)
     if (
         camera is None
         or camera.kind != "camera"
-        or not device_seal_holds(seal_key, sealed_values(camera), camera.seal)
-        or disabled_on_custody(serial, camera.status, latest)
+        or not device_seal_holds(seal_key, sealed_values(camera), camera.seal, bound)
     ):
         raise DeviceRefused("unknown_camera", f"camera {serial} is not enrolled")
     if camera.status != "active":

@@ -77,10 +77,7 @@ def _seal_rows(step: Step, yes: bool) -> None:
 def _devices(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     from devices.seals import seal_devices, unsealed_devices
 
-    listed = unsealed_devices(session)
-    if yes:
-        seal_devices(session, s.key)
-    return listed
+    return seal_devices(session, s.ledger) if yes else unsealed_devices(session, s.ledger)
 
 
 def _tokens(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
@@ -179,9 +176,12 @@ _YES = typer.Option("--yes", help="seal them (without it: only list them)")
 
 
 def seal_devices_command(yes: Annotated[bool, _YES] = False) -> None:
-    """Seal the devices enrolled before device rows carried a seal (``devices.seals``), which are
-    refused as unknown until then; run once after upgrading. It seals them as they stand, a key
-    swapped or a device enabled in the database too: read the list first."""
+    """Seal the devices enrolled before device rows carried a seal (``devices.seals``), and those
+    sealed before seals were bound to their latest custody entry, which are refused as unknown until
+    then; run once after upgrading (after `evidence backfill-custody` for devices older than the
+    custody record). Only a row whose kind, site, assigned staff and public key are what the
+    custody ledger last recorded, and that is not active where custody last disabled it, is sealed,
+    bound to a new entry; every other is listed as refused, with what differs."""
     _seal_rows(DEVICES, yes)
 
 

@@ -132,6 +132,19 @@ class DeviceKit:
         )
 
 
+def seal_as_enrolled(session: Any, ledger: Any) -> int:
+    """Record and seal every device row planted without a seal, as the service's enrolment would
+    (a ``device_enrolled`` entry on its subject, the row sealed bound to it); how many."""
+    from devices.models import Device
+    from devices.seals import record_device
+
+    planted = list(session.scalars(select(Device).where(Device.seal.is_(None)).order_by(Device.id)))
+    for d in planted:
+        details = {"device": d.id, "kind": d.kind, "site": d.site, "staff": d.assigned_staff_id}
+        record_device(session, ledger, d, "device_enrolled", "test", details)
+    return len(planted)
+
+
 def enrol(
     services: Any, device_id: str, staff_id: str | None = "S-1", site: str | None = "Ward 7"
 ) -> DeviceKit:

@@ -165,7 +165,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
         reach = [r.kind for r in unsealed_reach(session, s.key, entries)]
         listed = {
             "users": len(unsealed_users(session, s.ledger)),
-            "devices": len(unsealed_devices(session)),
+            "devices": len(unsealed_devices(session, s.ledger)),
             "api_credentials": len(unsealed_tokens(session)),
             "incident_assignments": grants.count("assignment"),
             "export_jobs": grants.count("export job"),

@@ -18,7 +18,7 @@ import console.sources
 import console.subject_access_pages
 from chain_of_custody.reach_seals import reach_secret, staff_seal
 from devices.models import Device, StaffMember
-from devices.seals import seal_devices as seal_as_enrolled
+from tests.test_alarms_kit import seal_as_enrolled
 from tests.test_cross_site_reads import cookie
 from tests.test_incidents_kit import bearer, user
 
@@ -74,7 +74,7 @@ def test_the_fleet_users_and_staff_pages_come_a_page_at_a_time(site: tuple[TestC
             session.add(StaffMember(id=f"S-{n:03d}", name=f"Porter {n}", site=site_name, seal=seal))
             session.add(Device(id=f"LW-{n:03d}", kind="lone_worker", site=site_name))
             session.add(Device(id=f"CAM-{n:03d}", kind="camera", site="NORTH"))
-        seal_as_enrolled(session, services.key)
+        seal_as_enrolled(session, services.ledger)
     admin, manager = cookie(services, "admin"), cookie(services, "manager")
     fleet = _follow(client, "/admin/devices", admin, "fleet-pages", r'<tr data-device="([^"]+)">')
     assert fleet == sorted(fleet) and len(fleet) == 2 * COUNT  # by id, as GET /api/v1/devices

@@ -165,15 +165,15 @@ def test_devices_enrolled_before_seals_are_listed_then_sealed(services: Any) -> 
     _set(services, "LW-1", seal=None)  # as enrolled before seals
     secret = device_seal_key(services.key)
     with services.db.session() as session:
-        assert [d.device_id for d in unsealed_devices(session)] == ["LW-1"]
+        assert [d.device_id for d in unsealed_devices(session, services.ledger)] == ["LW-1"]
         assert broker_accounts(session, secret) == []  # the broker's files leave it out
         assert [a.username for a in broker_accounts(session)] == ["LW-1"]
     assert alarms.handle(*device.sos()).reason == "unknown_device"
 
     with services.db.session() as session:
-        assert seal_devices(session, services.key) == 1
+        assert [(d.device_id, d.refused) for d in seal_devices(session, services.ledger)] == [("LW-1", None)]
     with services.db.session() as session:
-        assert unsealed_devices(session) == []
+        assert unsealed_devices(session, services.ledger) == []
         assert [a.username for a in broker_accounts(session, secret)] == ["LW-1"]
     assert alarms.handle(*device.sos()).outcome == "accepted"
 
@@ -202,11 +202,13 @@ def test_the_seal_devices_command_lists_before_it_seals(
         assert listed.exit_code == 0 and "lone_worker LW-OLD (active)" in listed.output, listed.output
         assert kit.public_b64 not in listed.output and "1 devices would be sealed" in listed.output
         with s.db.session() as session:
-            assert [d.device_id for d in unsealed_devices(session)] == ["LW-OLD"]  # listing sealed nothing
+            assert [d.device_id for d in unsealed_devices(session, s.ledger)] == [
+                "LW-OLD"
+            ]  # listing sealed nothing
         done = runner.invoke(app, ["seal-devices", "--yes"])
         assert done.exit_code == 0 and "1 devices sealed" in done.output, done.output
         with s.db.session() as session:
-            assert unsealed_devices(session) == []
+            assert unsealed_devices(session, s.ledger) == []
         assert AlarmService(s).handle(*kit.sos()).outcome == "accepted"
         again = runner.invoke(app, ["seal-devices"])
         assert again.exit_code == 0 and "0 devices would be sealed" in again.output, again.output
@@ -240,7 +242,7 @@ def test_verify_names_a_device_row_altered_by_sql_and_counts_those_not_sealed(se
     assert [p.where for p in broken] == ["device LW-1"]
     assert [n for n in report.notes if "upgrade-seals" in n] == [
         "1 device(s) have no seal yet (enrolled before seals), so not checked: "
-        "`evidence upgrade-seals` lists them and seals them"
+        "`evidence upgrade-seals` lists them and seals those the custody record bears out"
     ]
     text = repr(report.problems) + repr(report.notes)  # names the device, never its keys
     assert attacker.public_b64 not in text and genuine.public_b64 not in text

@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 
 from chain_of_custody.reach_seals import reach_secret, staff_seal
 from devices.models import Device, StaffMember
-from devices.seals import seal_devices as seal_as_enrolled
 from incidents.export.models import ExportJob
 from incidents.service import IncidentDraft, create_incident
 from redaction.models import RedactionJob
+from tests.test_alarms_kit import seal_as_enrolled
 from tests.test_history_paging import follow
 from tests.test_incidents_kit import bearer, store_item, user
 
@@ -56,7 +56,7 @@ def test_staff_and_devices_come_a_page_at_a_time(site: tuple[TestClient, Any, di
             session.add(StaffMember(id=f"S-{n:03d}", name=f"Porter {n}", site="NORTH", seal=seal))
             session.add(Device(id=f"LW-{n:03d}", kind="lone_worker", site="NORTH"))
             session.add(Device(id=f"CAM-{n:03d}", kind="camera", site="NORTH"))
-        seal_as_enrolled(session, services.key)
+        seal_as_enrolled(session, services.ledger)
     staff = _pages(client, "/api/v1/staff", admin)
     assert [s["id"] for s in staff] == [f"S-{n:03d}" for n in range(COUNT)]
     devices = _pages(client, "/api/v1/devices", admin)
@@ -130,7 +130,7 @@ def test_users_and_lone_workers_come_a_page_at_a_time(site: tuple[TestClient, An
         for n in range(COUNT):
             session.add(Device(id=f"LW-{n:03d}", kind="lone_worker", site="NORTH" if n % 2 else "SOUTH"))
             session.add(Device(id=f"CAM-{n:03d}", kind="camera", site="NORTH"))
-        seal_as_enrolled(session, services.key)
+        seal_as_enrolled(session, services.ledger)
     users = _pages(client, "/api/v1/users", admin)
     assert [u["username"] for u in users] == ["admin", *(f"user-{n:02d}" for n in range(COUNT))]
     assert client.get("/api/v1/users?limit=0", headers=admin).status_code == 422

@@ -903,7 +903,7 @@ def test_staff_and_devices_made_before_the_ledger_recorded_them_are_adopted_once
     unchecked = "the site or assigned staff of 2 device(s) is not in their custody record, so not checked"
     unsealed = (  # rows written outside the service carry no seal either
         "3 device(s) have no seal yet (enrolled before seals), so not checked: "
-        "`evidence upgrade-seals` lists them and seals them"
+        "`evidence upgrade-seals` lists them and seals those the custody record bears out"
     )
     assert [n for n in report.notes if "device" in n] == [f"{unchecked}: CAM-OLD2, DOCK-OLD", unsealed]
     alarm_unsealed = (  # an alarm written outside the service carries no seal either

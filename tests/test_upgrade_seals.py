@@ -14,10 +14,10 @@ from accounts.ends import unrecorded_ends
 from accounts.models import ApiToken, User
 from accounts.seals import SignInSeals, unsealed_users
 from accounts.service import resolve_token, token_digest
-from chain_of_custody.row_seals import CREDENTIAL_SEALS
+from chain_of_custody.row_seals import CREDENTIAL_SEALS, device_seal_v1
 from devices.ends import unrecorded_disables
 from devices.models import Device, StaffMember
-from devices.seals import device_seal_key, seal_device, unsealed_devices
+from devices.seals import device_seal_key, sealed_values, unsealed_devices
 from incidents.grants import unsealed_grants
 from incidents.models import IncidentAssignment
 from incidents.service import IncidentDraft, assign_investigator, create_incident
@@ -97,7 +97,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
         with s.db.session() as session:  # disabled as the service did before disables were recorded
             off = session.get_one(Device, "LW-OFF")
             off.status = "disabled"
-            seal_device(off, s.key)
+            off.seal = device_seal_v1(device_seal_key(s.key), sealed_values(off))
         key = SignInSeals.of(s.key)
         for name in ("data_dir", "database_url", "s3_endpoint", "s3_access_key", "bucket", "staging_bucket"):
             monkeypatch.setenv(f"EVIDENCE_{name.upper()}", str(getattr(settings, name)))
@@ -113,9 +113,8 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
         assert tuple(headings) == STEPS
         assert "token of old-admin" in _under(listed.output, "seal-tokens")
         assert "1 tokens would be sealed" in listed.output and token not in listed.output
-        assert (
-            "LW-OLD" in _under(listed.output, "seal-devices") and "1 devices would be sealed" in listed.output
-        )
+        devices = _under(listed.output, "seal-devices")
+        assert "LW-OLD" in devices and "LW-OFF" in devices and "2 devices would be sealed" in devices, devices
         users = _under(listed.output, "seal-users")
         assert "2 users would be sealed" in users and "1 users refused" in users, users
         assert "REFUSED" in next(line for line in users.splitlines() if line.startswith("user mallory"))
@@ -127,7 +126,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
         assert "steps with refused rows: seal-users, seal-grants" in listed.output
         with s.db.session() as session:  # listing did nothing
             assert resolve_token(session, token, key) is None
-            assert len(unsealed_devices(session)) == 1
+            assert len(unsealed_devices(session, s.ledger)) == 2
             assert len(unsealed_users(session, s.ledger)) == 3
             assert len(unsealed_grants(session, s.ledger)) == 2
             assert len(unrecorded_ends(session, s.key.derived_secret(CREDENTIAL_SEALS))) == 1
@@ -137,7 +136,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
         assert done.exit_code == 1, done.output
         for said in (
             "1 tokens sealed",
-            "1 devices sealed",
+            "2 devices sealed",
             "2 users sealed",
             "1 grants sealed",
             "1 ends recorded",
@@ -150,7 +149,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
             found = resolve_token(session, token, key)  # its token and its user both sealed
             assert found is not None and found.username == "old-admin"
             assert resolve_token(session, revoked, key) is None
-            assert unsealed_devices(session) == []
+            assert unsealed_devices(session, s.ledger) == []
             assert [u.username for u in unsealed_users(session, s.ledger)] == ["mallory"]
             assert [g.row_id for g in unsealed_grants(session, s.ledger)] == [str(genuine + 1)]
             assert session.get_one(IncidentAssignment, genuine).seal
