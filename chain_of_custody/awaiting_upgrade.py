@@ -10,7 +10,8 @@ any other), so the service says it where an operator looks: a warning when it st
 The counts are those of the upgrade's sealing steps, read as plain tables as ``evidence verify``
 reads them: live bearer tokens (``seal-tokens``), devices (``seal-devices``), users
 (``seal-users``: no seal, or a version 1 or 2 seal that still holds), active incident assignments
-and export jobs (``seal-grants``), members of staff, evidence items and alarms (``seal-reach``).
+and export jobs (``seal-grants``), members of staff, evidence items and alarms (``seal-reach``),
+incidents (``seal-incidents``).
 Each is a ``COUNT`` over one table, but users, whose older seals are told apart by two HMACs each.
 A row the step would refuse is counted too: it awaits the command's judgement, and the command lists
 it with why. The ``record-*`` steps are not counted: the rows they list are ended already and
@@ -31,6 +32,7 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 
 from .alarm_seals import _ALARMS
+from .incident_seals import _INCIDENTS
 from .keys import ServiceKey
 from .reach_seals import _ITEMS, _STAFF
 from .row_seals import (
@@ -97,6 +99,13 @@ KINDS = (
         "can reach managers only through links",
     ),
     Kind("alarms", "alarm", "alarms", "seal-reach", "cannot reach their site's managers"),
+    Kind(
+        "incidents",
+        "incident",
+        "incidents",
+        "seal-incidents",
+        "cannot reach their site's managers nor link clips by their window",
+    ),
 )
 
 
@@ -167,6 +176,7 @@ def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = N
         "staff": _unsealed(session, _STAFF, "seal"),
         "evidence_items": _unsealed(session, _ITEMS, "reach_seal"),
         "alarms": _unsealed(session, _ALARMS, "seal"),
+        "incidents": _unsealed(session, _INCIDENTS, "seal"),
     }
     return AwaitingUpgrade(counts, now)
 
