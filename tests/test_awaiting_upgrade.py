@@ -33,7 +33,7 @@ from chain_of_custody.models import EvidenceItem
 from chain_of_custody.row_seals import USER_SEALS_V1, USER_SEALS_V2, user_seal_v1, user_seal_v2
 from devices.models import Device, StaffMember
 from incidents.export.models import ExportJob
-from incidents.models import IncidentAssignment
+from incidents.models import Incident, IncidentAssignment
 from incidents.service import IncidentDraft, assign_investigator, create_incident
 from ingest.cli import app
 from ingest.logging_setup import configure_logging, flush_logging
@@ -85,9 +85,13 @@ def old_deployment(services: Any) -> dict[str, int]:
     with services.db.session() as session:
         inv = recorded_user(session, services.ledger, "inv", ADMIN_PASSWORD, "investigator")
         incident = create_incident(
-            session, IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"), "user:admin"
+            session,
+            IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"),
+            "user:admin",
+            ledger=services.ledger,
         )
         assignment = assign_investigator(session, services.ledger, incident, inv, "user:admin").id
+        incident_id = incident.id
         admin = session.scalar(select(User.id).where(User.username == "admin"))
         now = datetime.now(UTC)
         live, revoked = (
@@ -118,6 +122,7 @@ def old_deployment(services: Any) -> dict[str, int]:
         update(AlarmRecord).where(AlarmRecord.id == alarm).values(seal=None),
         update(EvidenceItem).where(EvidenceItem.id == item.id).values(reach_seal=None),
         update(IncidentAssignment).where(IncidentAssignment.id == assignment).values(seal=None),
+        update(Incident).where(Incident.id == incident_id).values(seal=None),
     )
     return {
         "users": 3,
@@ -128,6 +133,7 @@ def old_deployment(services: Any) -> dict[str, int]:
         "staff": 1,
         "evidence_items": 1,
         "alarms": 1,
+        "incidents": 1,
     }
 
 
