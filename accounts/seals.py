@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 
@@ -45,6 +45,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from chain_of_custody.incident_seals import sealed_incidents
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry
@@ -132,11 +133,19 @@ def assignments_of(session: Session, secret: bytes, user: User) -> frozenset[int
 
 def reach_of(session: Session, seals: SignInSeals, user: User) -> SiteReach:
     """What the person's reach by rows rests on (``Principal.reach``): for a security manager with a
-    site, the members of staff and devices of that site whose seal holds; for everyone, the secret
-    an evidence item's seal is checked with (``incidents.access.reach_checked``)."""
+    site, the members of staff, devices and incidents of that site whose seal holds (an incident
+    moved to their site in the database is not theirs, ``incidents.access.incident_scope``); for
+    everyone, the secret an evidence item's seal is checked with (``incidents.access.reach_checked``)."""
     if user.role in SITE_SCOPED_ROLES and user.site:
-        return site_reach_by(session, seals.reach, seals.devices, user.site)
+        return manager_reach(session, seals, user.site)
     return SiteReach(secret=seals.reach)
+
+
+def manager_reach(session: Session, seals: SignInSeals, site: str) -> SiteReach:
+    """What a security manager of ``site`` reaches by rows: the members of staff, devices and
+    incidents of that site whose seal holds, each other one refused with a warning."""
+    reach = site_reach_by(session, seals.reach, seals.devices, site)
+    return replace(reach, incidents=sealed_incidents(session, seals.reach, site))
 
 
 def sealed_values(user: User) -> UserValues:

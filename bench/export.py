@@ -175,7 +175,7 @@ def download_link(s: Services, result: ExportResult) -> str:
             session.flush()
             seal_user(issuer, s.key)
         draft = IncidentDraft(category="physical_assault", occurred_at=now, site="BENCH")
-        incident_id = create_incident(session, draft, "user:bench").id
+        incident_id = create_incident(session, draft, "user:bench", ledger=s.ledger).id
         job = ExportJob(
             id=result.export_id,
             incident_id=incident_id,

@@ -80,6 +80,7 @@ def populate(services: Any, items: int, investigator_id: int) -> tuple[str, str]
             session,
             IncidentDraft("physical_assault", now - timedelta(hours=6), "NORTH", title="Large incident"),
             "user:admin",
+            ledger=services.ledger,
         )
         assign_investigator(session, services.ledger, incident, investigator_id, "user:admin")
         incident_id, reference = incident.id, incident.reference

@@ -11,7 +11,7 @@ The counts are those of the upgrade's sealing steps, read as plain tables as ``e
 reads them: live bearer tokens (``seal-tokens``), devices (``seal-devices``), users
 (``seal-users``: no seal, or a version 1 or 2 seal that still holds; ``seal-devices`` likewise,
 a version 1 seal), active incident assignments and export jobs (``seal-grants``), members of
-staff, evidence items and alarms (``seal-reach``), lone visits (``seal-visits``).
+staff, evidence items and alarms (``seal-reach``), incidents (``seal-incidents``), lone visits (``seal-visits``).
 Each is a ``COUNT`` over one table, but users, whose older seals are told apart by two HMACs each.
 A row the step would refuse is counted too: it awaits the command's judgement, and the command lists
 it with why. The ``record-*`` steps are not counted: the rows they list are ended already and
@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 
 from .alarm_seals import _ALARMS
+from .incident_seals import _INCIDENTS
 from .keys import ServiceKey
 from .reach_seals import _ITEMS, _STAFF
 from .row_seals import (
@@ -102,6 +103,13 @@ KINDS = (
         "can reach managers only through links",
     ),
     Kind("alarms", "alarm", "alarms", "seal-reach", "cannot reach their site's managers"),
+    Kind(
+        "incidents",
+        "incident",
+        "incidents",
+        "seal-incidents",
+        "cannot reach their site's managers nor link clips by their window",
+    ),
     Kind(
         "lone_worker_visits",
         "lone visit",
@@ -193,6 +201,7 @@ def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = N
         "staff": _unsealed(session, _STAFF, "seal"),
         "evidence_items": _unsealed(session, _ITEMS, "reach_seal"),
         "alarms": _unsealed(session, _ALARMS, "seal"),
+        "incidents": _unsealed(session, _INCIDENTS, "seal"),
         "lone_worker_visits": _unsealed(session, _VISITS, "seal"),
     }
     return AwaitingUpgrade(counts, now)

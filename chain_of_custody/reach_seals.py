@@ -85,13 +85,14 @@ def item_seal(
 
 @dataclass(frozen=True)
 class SiteReach:
-    """What a viewer's reach by site rests on, read when they sign in: the members of staff and the
-    devices of their site whose seal holds, and the secret an item's seal is checked with (an empty
-    one holds no seal: nothing reaches by a row)."""
+    """What a viewer's reach by site rests on, read when they sign in: the members of staff, the
+    devices and the incidents of their site whose seal holds (``incident_seals``), and the secret
+    an item's seal is checked with (an empty one holds no seal: nothing reaches by a row)."""
 
     staff: frozenset[str] = frozenset()
     devices: frozenset[str] = frozenset()
     secret: bytes = field(default=b"", repr=False)
+    incidents: frozenset[str] = frozenset()
 
     def item_holds(
         self, item_id: str, wearer: str | None, device: str | None, original: str | None, seal: str | None

@@ -30,6 +30,7 @@ from .entries import (
     check_global_chain,
     viewing_named,
 )
+from .incident_seals import check_incident_seals
 from .keys import ServiceKey
 from .ledger import Ledger
 from .merkle import MerkleTree, leaf_hash, verify_consistency
@@ -206,9 +207,12 @@ def verify_service(
         check_row_families(session, entries, report, key.derived_secret(PASSWORD_DIGESTS))
         say("checking the seals of devices, users, bearer tokens, console sessions and read grants")
         check_row_seals(session, report, key)
-        say("checking the seals of members of staff, evidence items, alarms and visits (who reaches them)")
+        say(
+            "checking the seals of members of staff, evidence items, alarms, incidents and visits (who reaches them)"
+        )
         check_reach_seals(session, report, key)
         check_alarm_seals(session, report, key)
+        check_incident_seals(session, report, key)
         check_visit_seals(session, report, key, entries)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.

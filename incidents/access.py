@@ -92,11 +92,11 @@ class Viewer(Protocol):
 def incident_scope(viewer: Viewer) -> ColumnElement[bool]:
     """A WHERE clause on ``Incident`` selecting the incidents the viewer may see.
 
-    A security manager's incidents are chosen by the row's site, not the ledger's: every list
-    filters incidents by site in SQL, and an ``incident_changed`` entry carries no item id to find
-    it by (a look-up a row would read every such entry's details), incidents opened before sites
-    were recorded have none, and the site reach of footage follows staff rows no entry records, so
-    the ledger's word here alone would close nothing. ``evidence verify`` names an incident whose
+    A security manager's incidents are those of their site whose row's seal held when they signed
+    in for this request (``viewer.reach.incidents``, ``chain_of_custody.incident_seals``): the
+    service seals an incident's site, wearer and window as it records them on custody, so an
+    incident moved to their site in the database (or one whose window was set there) is not
+    theirs. ``evidence verify`` names a broken seal (``incident_seal_broken``) and an incident whose
     site differs from its latest entry (``incident_site_altered``).
 
     An investigator's incidents are those of their active assignments whose seal held when they
@@ -105,7 +105,7 @@ def incident_scope(viewer: Viewer) -> ColumnElement[bool]:
     if viewer.role == "admin":
         return true()
     if viewer.role == "security_manager":
-        return site_scope(viewer, Incident.site)
+        return and_(site_scope(viewer, Incident.site), Incident.id.in_(sorted(viewer.reach.incidents)))
     if viewer.role == "investigator":
         return Incident.id.in_(
             select(IncidentAssignment.incident_id).where(

@@ -6,15 +6,24 @@ site is recorded as a custody entry (``incident_changed``) when the incident is 
 it changes; ``evidence verify`` compares the row with the latest such entry
 (``chain_of_custody.row_replay.incident_site_findings``). Its footage window (a wearer and a span)
 has the service link that wearer's clips as they arrive, so the same entry records it, and every
-change of it is one (``chain_of_custody.window_replay``).
+change of it is one (``chain_of_custody.window_replay``). The same write seals the row over what the
+entry records (``chain_of_custody.incident_seals``): where incidents are read and windows followed,
+a row whose seal does not hold (moved or given a window in the database) is read by no site's
+managers and links nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from chain_of_custody.incident_seals import incident_holds, incident_seal
+from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
+from chain_of_custody.reach_seals import reach_secret
 from chain_of_custody.window_replay import window_record
 from storage.db import dialect_insert
 
@@ -43,11 +52,58 @@ def next_reference(session: Session, year: int) -> tuple[int, str]:
     return number, format_reference(year, number)
 
 
+def seal_incident(incident: Incident, key: ServiceKey) -> None:
+    """Seal the incident row over its id, site, wearer and window as they now stand."""
+    incident.seal = incident_seal(
+        reach_secret(key),
+        incident.id,
+        incident.site,
+        incident.wearer,
+        incident.window_start,
+        incident.window_end,
+    )
+
+
+def incident_sealed(incident: Incident, key: ServiceKey) -> bool:
+    """Whether the incident row's seal holds (a warning naming it when not): its site, wearer and
+    window are the service's, so its window may link clips and its site's managers read it."""
+    return incident_holds(
+        reach_secret(key),
+        incident.id,
+        incident.site,
+        incident.wearer,
+        incident.window_start,
+        incident.window_end,
+        incident.seal,
+    )
+
+
+RESTATED = ("site", "wearer", "window_start", "window_end")
+BROKEN_SEAL = (
+    "the incident's site, wearer or footage window was written in the database (its seal does not "
+    "hold): an administrator restates site, wearer, window_start and window_end to seal it again"
+)
+
+
+def restates_site_and_window(role: str | None, changes: Mapping[str, Any]) -> bool:
+    """Whether a change of an incident whose seal does not hold may seal it again: an administrator
+    restating every field the seal covers (``RESTATED``), so what is sealed is what they said, not
+    what the database says. Anyone else's change of it is refused."""
+    return role == "admin" and set(RESTATED) <= changes.keys()
+
+
 def record_site(
-    session: Session, ledger: Ledger, incident: Incident, actor: str, *, created: bool = False
+    session: Session,
+    ledger: Ledger,
+    incident: Incident,
+    actor: str,
+    *,
+    created: bool = False,
+    resealed: bool = False,
 ) -> None:
     """The ``incident_changed`` entry that says the incident's site and footage window, in the
-    transaction that sets either."""
+    transaction that sets either, and the row's seal over them (``resealed``: an administrator
+    restated them over a row whose seal did not hold, and the entry says so)."""
     details: dict[str, object] = {
         "incident_id": incident.id,
         "site": incident.site,
@@ -55,4 +111,7 @@ def record_site(
     }
     if created:
         details["created"] = True
+    if resealed:
+        details["resealed"] = "site and window restated by an administrator over a broken seal"
     ledger.append(session, "incident_changed", actor, details=details)
+    seal_incident(incident, ledger.key)

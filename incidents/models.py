@@ -57,6 +57,9 @@ class Incident(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # The service's seal over id, site, wearer and window (``chain_of_custody.incident_seals``): an
+    # incident whose seal does not hold is read by no site's managers, and its window links nothing.
+    seal: Mapped[str | None] = mapped_column(String(64), default=None)
 
     __table_args__ = (
         Index("ix_incidents_year_number", "year", "number", unique=True),

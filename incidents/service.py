@@ -39,7 +39,7 @@ from .access import (
     window_items,
 )
 from .grants import assignment_seal_holds, record_assignment_end, seal_assignment, sealed_assignment_ids_on
-from .identity import next_reference, record_site
+from .identity import BROKEN_SEAL, incident_sealed, next_reference, record_site, restates_site_and_window
 from .models import (
     CATEGORIES,
     INVOLVEMENTS,
@@ -172,14 +172,13 @@ def create_incident(
     *,
     now: datetime | None = None,
     assign_user_id: int | None = None,
-    ledger: Ledger | None = None,
+    ledger: Ledger,
     viewer: Viewer | None = None,
 ) -> Incident:
     """Open an incident; ``viewer`` is the caller whose rights bound what it may follow (None: the
-    service). ``assign_user_id`` assigns an investigator, which ``ledger`` records."""
+    service). ``ledger`` records its site and window and seals the row over them (an incident
+    without a seal is read by no site's managers); ``assign_user_id`` assigns an investigator."""
     now = _now(now)
-    if assign_user_id is not None and ledger is None:
-        raise ValueError("an assignment is recorded on the ledger: pass it")
     if draft.category not in CATEGORIES:
         raise IncidentRefused("bad_category", f"category is one of {', '.join(CATEGORIES)}")
     if not draft.site:
@@ -210,9 +209,8 @@ def create_incident(
     session.flush()
     _set_staff(session, incident, draft.staff)
     _event(session, incident, actor, "created", now, reference=reference, category=draft.category)
-    if ledger is not None:
-        record_site(session, ledger, incident, actor, created=True)
-    if assign_user_id is not None and ledger is not None:
+    record_site(session, ledger, incident, actor, created=True)
+    if assign_user_id is not None:
         assign_investigator(session, ledger, incident, assign_user_id, actor, now=now)
     session.flush()
     return incident
@@ -249,7 +247,9 @@ def update_incident(
     """Apply field changes; closing needs an outcome; closing or reopening re-applies evidence retention.
 
     A change of the footage window (wearer, start or end) is the caller's to make only if they may
-    see all of the wearer's footage, and links only what they may see (``viewer`` None: the service)."""
+    see all of the wearer's footage, and links only what they may see (``viewer`` None: the service).
+    A row whose seal does not hold is refused (409) unless an administrator restates its site and
+    window (``identity.restates_site_and_window``): any other change would seal what SQL wrote."""
     now = _now(now)
     unknown = set(changes) - set(EDITABLE)
     if unknown:
@@ -263,6 +263,9 @@ def update_incident(
     lock_ledger(session)
     session.flush()
     session.refresh(incident)  # re-read under the lock: another writer may have changed it meanwhile
+    resealed = not incident_sealed(incident, ledger.key)
+    if resealed and not restates_site_and_window(viewer.role if viewer else None, changes):
+        raise IncidentRefused("incident_seal_broken", BROKEN_SEAL, 409)
     new_status = changes.get("status", incident.status)
     outcome = changes.get("outcome", incident.outcome)
     if new_status == "closed" and not (outcome or "").strip():
@@ -284,18 +287,19 @@ def update_incident(
     status_changed = "status" in changed
     if status_changed:
         incident.closed_at = now if new_status == "closed" else None
+    changed.update({"resealed": True} if resealed else {})
     if not changed:
         return incident
     incident.updated_at = now
     _event(session, incident, actor, "status_changed" if status_changed else "updated", now, changes=changed)
-    if {"site", "wearer", "window_start", "window_end"} & changed.keys():
-        record_site(session, ledger, incident, actor)
+    if {"site", "wearer", "window_start", "window_end", "resealed"} & changed.keys():
+        record_site(session, ledger, incident, actor, resealed=resealed)
     session.flush()
     if status_changed and retention is not None:
         cause = f"{incident.reference} {'closed' if new_status == 'closed' else 'reopened as ' + new_status}"
         for item_id in _linked_item_ids(session, incident.id):
             _apply_retention(session, ledger, retention, item_id, now, actor, cause)
-    if {"wearer", "window_start", "window_end"} & changed.keys():
+    if {"wearer", "window_start", "window_end", "resealed"} & changed.keys():
         link_overlapping_clips(session, ledger, incident, actor, retention=retention, now=now, viewer=viewer)
     return incident
 
@@ -632,10 +636,12 @@ def link_overlapping_clips(
 
     With ``viewer`` (a person's create or change) only the clips that person may already see are
     linked: a footage window never reaches beyond its caller's scope. Whoever set it, a window
-    never reaches footage of another site than the incident's (``access.window_reach``)."""
+    never reaches footage of another site than the incident's (``access.window_reach``), nor a broken seal's."""
     if incident.wearer is None or incident.window_start is None or incident.window_end is None:
         return []
     lock_ledger(session)
+    if not incident_sealed(incident, ledger.key):
+        return []
     clips = session.scalars(
         select(EvidenceItem.id)
         .where(
@@ -684,20 +690,17 @@ def auto_link_clip(
     now: datetime | None = None,
 ) -> list[IncidentLink]:
     """Link a newly stored clip to every incident of its wearer whose window overlaps its recording
-    and reaches it (``access.window_reach``: not once the wearer works at another site)."""
+    and reaches it (``access.window_reach``: not once the wearer works at another site), if its seal holds."""
     if item.kind != "clip" or item.wearer is None or item.captured_start is None:
         return []
     lock_ledger(session)
     stop = item.captured_stop or item.captured_start
-    incidents = list(
-        session.scalars(
-            select(Incident).where(
-                Incident.wearer == item.wearer,
-                Incident.window_start <= stop,
-                Incident.window_end >= item.captured_start,
-            )
-        )
+    windows = select(Incident).where(
+        Incident.wearer == item.wearer,
+        Incident.window_start <= stop,
+        Incident.window_end >= item.captured_start,
     )
+    incidents = [i for i in session.scalars(windows) if incident_sealed(i, ledger.key)]
     out: list[IncidentLink] = []
     for incident in incidents:
         if not window_items(session, ledger.key, incident.site, [item.id]):
@@ -747,13 +750,14 @@ def open_or_join_incident_for_wearer(
 
     The incident's footage window becomes ``[at - before, at + after]`` (both default to ``join_window``),
     widened on each join; clips of the wearer already stored in the window are linked at once, and clips
-    arriving later are linked by the clip hook. Returns the incident and whether it was opened now.
+    arriving later are linked by the clip hook; one whose seal does not hold is not joined. Returns
+    the incident and whether it was opened now.
     """
     now = _now(now)
     before = join_window if before is None else before
     after = join_window if after is None else after
     lock_ledger(session)
-    incident = session.scalar(
+    candidates = session.scalars(
         select(Incident)
         .where(
             Incident.wearer == wearer,
@@ -762,8 +766,8 @@ def open_or_join_incident_for_wearer(
             Incident.occurred_at <= at + join_window,
         )
         .order_by(Incident.occurred_at.desc())
-        .limit(1)
     )
+    incident = next((i for i in candidates if incident_sealed(i, ledger.key)), None)
     opened = incident is None
     if incident is None:
         member = session.get(StaffMember, wearer)

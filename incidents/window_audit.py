@@ -29,6 +29,7 @@ from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 
 from .access import incident_scope, may_follow_wearer, of_reach
+from .identity import incident_sealed, seal_incident
 from .models import Incident, IncidentEvent, IncidentLink
 from .service import Retention, _event, unlink_target
 
@@ -178,8 +179,11 @@ def withdraw(
         "window_start": incident.window_start.isoformat() if incident.window_start else None,
         "window_end": incident.window_end.isoformat() if incident.window_end else None,
     }
+    sealed = incident_sealed(incident, ledger.key)
     incident.wearer = incident.window_start = incident.window_end = None
     incident.updated_at = now
+    if sealed:  # the withdrawn window is the service's write; a broken seal is not mended by it
+        seal_incident(incident, ledger.key)
     _event(
         session, incident, AUDITOR_ACTOR, "updated", now, changes=dict.fromkeys(WINDOW_FIELDS), reason=reason
     )

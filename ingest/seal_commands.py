@@ -1,5 +1,6 @@
 """The commands run once after upgrading to a schema whose rows carry seals: ``evidence seal-tokens``,
-``seal-devices``, ``seal-users``, ``seal-grants``, ``record-credential-ends`` and
+``seal-devices``, ``seal-users``, ``seal-grants``, ``seal-reach``, ``seal-incidents``,
+``record-credential-ends`` and
 ``record-access-ends``, each on its own,
 and ``evidence upgrade-seals``, which runs them all in the order they must go (users before the
 grants made to them). Each lists what it would do, and does it only with ``--yes``; ``ingest.cli``
@@ -153,6 +154,13 @@ def _reach(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     return [*unsealed_reach(session, s.key, entries), *unsealed_alarms(session, entries)]
 
 
+def _incidents(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from chain_of_custody.incident_seals import seal_incidents, unsealed_incidents
+
+    entries = s.ledger.all_entries(session)
+    return seal_incidents(session, s.key, entries) if yes else unsealed_incidents(session, entries)
+
+
 def _visits(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     from chain_of_custody.visit_seals import seal_visits, unsealed_visits
 
@@ -168,9 +176,10 @@ GRANTS = Step("seal-grants", "grants", _grants)
 ENDS = Step("record-credential-ends", "ends", _ends, verb="record", done="recorded")
 ACCESS_ENDS = Step("record-access-ends", "ends", _access_ends, verb="record", done="recorded")
 REACH = Step("seal-reach", "members of staff, evidence items and alarms", _reach)
+INCIDENTS = Step("seal-incidents", "incidents", _incidents)
 VISITS = Step("seal-visits", "visits", _visits)
 # The upgrade's order: a grant is sealed only after the users it is made to (README, "Grant seals").
-UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS, REACH, VISITS)
+UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS, REACH, INCIDENTS, VISITS)
 
 _YES = typer.Option("--yes", help="seal them (without it: only list them)")
 
@@ -247,6 +256,16 @@ def _print_awaiting(found: AwaitingUpgrade) -> None:
         out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
+def seal_incidents_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the incidents opened before incident rows carried a seal
+    (``chain_of_custody.incident_seals``), which no site's managers read and whose windows link
+    nothing until then; run once after upgrading (after `evidence backfill-custody` for incidents
+    older than the custody record of their site). Only an incident whose site and footage window
+    are what the custody ledger last recorded is sealed; every other is listed as refused, with
+    what differs."""
+    _seal_rows(INCIDENTS, yes)
+
+
 def seal_visits_command(yes: Annotated[bool, _YES] = False) -> None:
     """Seal the lone visits opened before visits carried a seal (``chain_of_custody.visit_seals``),
     whose missed check-in takes no wearer from them until then; run once after upgrading. Only a
@@ -261,7 +280,7 @@ def upgrade_seals_command(
 ) -> None:
     """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
     seal-users, seal-grants (after the users), record-credential-ends, record-access-ends,
-    seal-reach, seal-visits. It first prints how many rows of each kind await it (as the service's start-up
+    seal-reach, seal-incidents, seal-visits. It first prints how many rows of each kind await it (as the service's start-up
     warning, ``/healthz`` and the console's banner count them); each step lists its rows,
     and with ``--yes`` does what it lists, in a transaction of its own, then prints what still awaits. Rows a step refuses are
     listed under it with why, the later steps still run, and the command exits 1 after ``--yes``

@@ -76,7 +76,10 @@ def _world(live: Any) -> World:
     with s.db.session() as session:
         for n, site in enumerate(SITES):
             incident = create_incident(
-                session, IncidentDraft(category="physical_assault", occurred_at=T0, site=site), "user:seed"
+                session,
+                IncidentDraft(category="physical_assault", occurred_at=T0, site=site),
+                "user:seed",
+                ledger=s.ledger,
             )
             link_evidence(session, s.ledger, incident.id, items[4 * n], "user:seed", "seen")
             link_evidence(session, s.ledger, incident.id, items[4 * n + 3], "user:seed", "its copy only")

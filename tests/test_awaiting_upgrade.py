@@ -33,7 +33,7 @@ from chain_of_custody.models import EvidenceItem
 from chain_of_custody.row_seals import USER_SEALS_V1, USER_SEALS_V2, user_seal_v1, user_seal_v2
 from devices.models import Device, StaffMember
 from incidents.export.models import ExportJob
-from incidents.models import IncidentAssignment
+from incidents.models import Incident, IncidentAssignment
 from incidents.service import IncidentDraft, assign_investigator, create_incident
 from ingest.cli import app
 from ingest.logging_setup import configure_logging, flush_logging
@@ -85,9 +85,13 @@ def old_deployment(services: Any) -> dict[str, int]:
     with services.db.session() as session:
         inv = recorded_user(session, services.ledger, "inv", ADMIN_PASSWORD, "investigator")
         incident = create_incident(
-            session, IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"), "user:admin"
+            session,
+            IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"),
+            "user:admin",
+            ledger=services.ledger,
         )
         assignment = assign_investigator(session, services.ledger, incident, inv, "user:admin").id
+        incident_id = incident.id
         admin = session.scalar(select(User.id).where(User.username == "admin"))
         now = datetime.now(UTC)
         live, revoked = (
@@ -120,6 +124,7 @@ def old_deployment(services: Any) -> dict[str, int]:
         update(AlarmRecord).where(AlarmRecord.id == alarm).values(seal=None),
         update(EvidenceItem).where(EvidenceItem.id == item.id).values(reach_seal=None),
         update(IncidentAssignment).where(IncidentAssignment.id == assignment).values(seal=None),
+        update(Incident).where(Incident.id == incident_id).values(seal=None),
     )
     return {
         "users": 3,
@@ -130,6 +135,7 @@ def old_deployment(services: Any) -> dict[str, int]:
         "staff": 1,
         "evidence_items": 1,
         "alarms": 1,
+        "incidents": 1,
         "lone_worker_visits": 1,
     }
 
@@ -149,6 +155,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
     from accounts.seals import unsealed_tokens, unsealed_users
     from chain_of_custody.alarm_seals import unsealed_alarms
     from chain_of_custody.awaiting_upgrade import awaiting_upgrade
+    from chain_of_custody.incident_seals import unsealed_incidents
     from chain_of_custody.reach_seals import unsealed_reach
     from chain_of_custody.visit_seals import unsealed_visits
     from devices.seals import unsealed_devices
@@ -172,17 +179,18 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
             "staff": reach.count("member of staff"),
             "evidence_items": reach.count("evidence item"),
             "alarms": len(unsealed_alarms(session, entries)),
+            "incidents": len(unsealed_incidents(session, entries)),
             "lone_worker_visits": len(unsealed_visits(session, entries)),
         }
     assert found.counts == expected == listed
-    assert found.total == 11
+    assert found.total == 12
 
     shown = _cli(s, "upgrade-seals")
     assert shown.exit_code == 0, shown.output
     head = shown.output.split("== evidence ", 1)[0]
     assert (
         "Seals awaiting upgrade: 3 users, 1 device, 1 bearer token, 1 incident assignment, "
-        "1 export job, 1 member of staff, 1 evidence item, 1 alarm, 1 lone visit. "
+        "1 export job, 1 member of staff, 1 evidence item, 1 alarm, 1 incident, 1 lone visit. "
         f"Run `{COMMAND}` to adopt them." in " ".join(head.split())
     ), head
     assert "3 users cannot sign in (its step: seal-users)" in head, head
@@ -375,6 +383,7 @@ def test_an_administrator_sees_the_counts_and_the_command_on_every_page(
                 "staff",
                 "evidence_items",
                 "alarms",
+                "incidents",
                 "lone_worker_visits",
             }
             page.screenshot(path=str(shots / "seals-awaiting-upgrade.png"))

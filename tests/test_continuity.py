@@ -41,6 +41,7 @@ def _incident(s: Any, title: str, site: str = "NORTH") -> tuple[str, str]:
             session,
             IncidentDraft(category="physical_assault", occurred_at=T0, site=site, title=title),
             "user:mgr",
+            ledger=s.ledger,
         )
         return incident.id, incident.reference
 

@@ -70,6 +70,7 @@ def site(sqlite_services: Any) -> Iterator[tuple[TestClient, Any, dict[str, str]
             session,
             IncidentDraft("physical_assault", datetime.now(UTC) - timedelta(hours=1), "NORTH"),
             "user:admin",
+            ledger=s.ledger,
         )
         sar = receive_request(
             session,

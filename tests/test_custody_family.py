@@ -21,9 +21,12 @@ from tests.test_incidents_kit import bearer, staff, store_item, user
 T0 = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
 
 
-def _incident(session: Any, site: str) -> Incident:
+def _incident(session: Any, ledger: Any, site: str) -> Incident:
     return create_incident(
-        session, IncidentDraft(category="physical_assault", occurred_at=T0, site=site), "user:seed"
+        session,
+        IncidentDraft(category="physical_assault", occurred_at=T0, site=site),
+        "user:seed",
+        ledger=ledger,
     )
 
 
@@ -36,8 +39,8 @@ def test_a_copys_trail_names_no_incident_of_its_family_the_reader_may_not_see(li
     record = store_item(s, kind="redaction_record", derived_from=copy.id)
     export_id = str(uuid.uuid4())
     with s.db.session() as session:
-        theirs = _incident(session, "SOUTH")  # the original's incident, not the investigator's
-        mine = _incident(session, "NORTH")
+        theirs = _incident(session, s.ledger, "SOUTH")  # the original's incident, not the investigator's
+        mine = _incident(session, s.ledger, "NORTH")
         assign_investigator(session, s.ledger, mine, inv, "user:seed")
         link_evidence(session, s.ledger, theirs.id, original.id, "user:seed", "filmed at the scene")
         link_evidence(session, s.ledger, mine.id, copy.id, "user:seed", "the copy we were given")

@@ -85,6 +85,7 @@ def test_a_continuity_report_over_its_bounds_is_refused_and_records_nothing(
             session,
             IncidentDraft("physical_assault", datetime.now(UTC) - timedelta(hours=1), "NORTH"),
             "user:admin",
+            ledger=services.ledger,
         )
         for item in quiet:
             link_evidence(session, services.ledger, incident.id, item.id, "user:admin", "in the corridor")

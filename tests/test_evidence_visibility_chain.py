@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from chain_of_custody.reach_seals import SiteReach, reach_secret, site_reach
+from accounts.seals import SignInSeals, manager_reach
+from chain_of_custody.reach_seals import SiteReach, reach_secret
 from incidents.access import DERIVATION_DEPTH, visible_evidence, visible_evidence_ids
 from incidents.grants import sealed_assignment_ids
 from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
@@ -30,7 +31,7 @@ def _signed_in(services, viewer: _Viewer) -> _Viewer:  # type: ignore[no-untyped
     if viewer.role != "security_manager":
         return replace(viewer, reach=SiteReach(secret=reach_secret(services.key)))
     with services.db.reading() as session:
-        return replace(viewer, reach=site_reach(session, services.key, viewer.site))
+        return replace(viewer, reach=manager_reach(session, SignInSeals.of(services.key), viewer.site))
 
 
 def _chain(services, wearer: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -60,6 +61,7 @@ def test_one_item_and_the_scope_clause_agree_along_derivation_chains(services) -
             session,
             IncidentDraft("physical_assault", datetime.now(UTC), "NORTH", title="chain"),
             "user:admin",
+            ledger=s.ledger,
         )
         assign_investigator(session, s.ledger, incident, inv, "user:admin")
         incident_id = incident.id
@@ -111,6 +113,7 @@ def test_a_broken_seal_along_a_chain_cuts_the_reach_it_decides_alike_for_one_ite
             session,
             IncidentDraft("physical_assault", datetime.now(UTC), "SOUTH", title="chain"),
             "user:admin",
+            ledger=s.ledger,
         )
         assign_investigator(session, s.ledger, incident, inv, "user:admin")
         incident_id = incident.id

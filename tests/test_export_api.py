@@ -377,7 +377,7 @@ def link_issuer(s, username: str) -> str:  # type: ignore[no-untyped-def]
             session.flush()
             seal_user(issuer, s.key)
         draft = IncidentDraft(category="physical_assault", occurred_at=datetime.now(UTC), site="NORTH")
-        return create_incident(session, draft, f"user:{username}").id
+        return create_incident(session, draft, f"user:{username}", ledger=s.ledger).id
 
 
 def package_with_link(s, item_ids: list[str], **kw: Any) -> tuple[Any, str]:  # type: ignore[no-untyped-def]

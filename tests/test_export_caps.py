@@ -73,7 +73,10 @@ def _incident_with_item(s: Any) -> tuple[str, str]:
     item = store_item(s, kind="redacted_clip", start=T0, stop=T0 + timedelta(minutes=1))
     with s.db.session() as session:
         incident = create_incident(
-            session, IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"), "user:seed"
+            session,
+            IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"),
+            "user:seed",
+            ledger=s.ledger,
         )
         link_evidence(session, s.ledger, incident.id, item.id, "user:seed", "filmed at the scene")
         return incident.id, item.id

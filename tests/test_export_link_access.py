@@ -160,7 +160,10 @@ def test_an_exhibit_reference_edited_in_the_database_is_not_packaged(live: Any) 
         copies.append(store_item(s, kind="redacted_clip", derived_from=clip.id))
     with s.db.session() as session:
         incident = create_incident(
-            session, IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"), "user:seed"
+            session,
+            IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"),
+            "user:seed",
+            ledger=s.ledger,
         )
         assign_investigator(session, s.ledger, incident, inv, "user:seed")
         for copy in copies:

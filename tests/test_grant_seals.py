@@ -35,7 +35,10 @@ READ = "?reason=checking+the+incident"
 def _incident(s: Any, *items: str) -> str:
     with s.db.session() as session:
         incident = create_incident(
-            session, IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"), "user:seed"
+            session,
+            IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"),
+            "user:seed",
+            ledger=s.ledger,
         )
         for item in items:
             link_evidence(session, s.ledger, incident.id, item, "user:seed", "shows it")

@@ -60,6 +60,7 @@ def busy_incident(services: Any, reads: int) -> tuple[str, str, str]:
             session,
             IncidentDraft("physical_assault", datetime.now(UTC) - timedelta(hours=1), "NORTH"),
             "user:admin",
+            ledger=services.ledger,
         )
         for item in (busy, quiet):
             link_evidence(session, services.ledger, incident.id, item.id, "user:admin", "in the corridor")

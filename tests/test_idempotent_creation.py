@@ -64,6 +64,7 @@ def world(services: Any) -> Iterator[World]:
             session,
             IncidentDraft("physical_assault", datetime.now(UTC) - timedelta(hours=1), "NORTH"),
             "test",
+            ledger=s.ledger,
         )
         link_target(session, s.ledger, incident.id, "evidence", linked.id, "test", "on the scene")
         job = ExportJob(

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from chain_of_custody.models import CustodyEntry, EvidenceItem
+from incidents.identity import incident_sealed
 from incidents.models import Incident, IncidentLink
 from incidents.service import (
     IncidentDraft,
@@ -62,6 +63,7 @@ def _incident(services: Any, site: str, actor: str = "user:seed", **window: Any)
             session,
             IncidentDraft(category="physical_assault", occurred_at=T0, site=site, title="Ward 7", **window),
             actor,
+            ledger=services.ledger,
         ).id
 
 
@@ -164,6 +166,7 @@ def test_the_window_audit_lists_and_withdraws_windows_set_before_the_rule(
     with s.db.session() as session:
         row = session.get(Incident, old)
         assert row is not None and row.wearer is None and row.window_start is None
+        assert incident_sealed(row, s.key)  # the service's own write: its site's managers still read it
         kept = session.get(Incident, fine)
         assert kept is not None and kept.wearer == "S-N"  # an administrator's window stands
         withdrawn = session.scalars(

@@ -36,6 +36,7 @@ def _setup(live):  # type: ignore[no-untyped-def]
                 category="physical_assault", occurred_at=datetime.now(UTC), site="NORTH", title="assault"
             ),
             "user:north_mgr",
+            ledger=s.ledger,
         )
         assign_investigator(session, s.ledger, incident, ids["inv"], "user:north_mgr")
         link_evidence(session, s.ledger, incident.id, linked.id, "user:north_mgr", "shows the assault")

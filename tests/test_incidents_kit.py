@@ -159,12 +159,52 @@ def assigned_incident(services, at: datetime, *investigators: int) -> tuple[str,
     copy = store_item(services, kind="redacted_clip", derived_from=clip.id)
     with services.db.session() as session:
         incident = create_incident(
-            session, IncidentDraft(category="physical_assault", occurred_at=at, site="NORTH"), "user:seed"
+            session,
+            IncidentDraft(category="physical_assault", occurred_at=at, site="NORTH"),
+            "user:seed",
+            ledger=services.ledger,
         )
         for investigator in investigators:
             assign_investigator(session, services.ledger, incident, investigator, "user:seed")
         link_evidence(session, services.ledger, incident.id, copy.id, "user:seed", "the redacted copy")
         return incident.id, copy
+
+
+def plant_incident(services, site: str = "NORTH", **values: object) -> str:  # type: ignore[no-untyped-def]
+    """An incident row inserted by SQL, as one opened before the ledger recorded incidents' sites
+    and windows: no custody entry and no seal (``evidence backfill-custody`` then ``upgrade-seals``
+    adopt it); its id."""
+    from sqlalchemy import func, insert
+
+    from incidents.models import Incident
+
+    incident_id = str(uuid.uuid4())
+    with services.db.session() as session:
+        number = (session.scalar(select(func.max(Incident.number)).where(Incident.year == 2025)) or 0) + 1
+        row = {
+            "id": incident_id,
+            "reference": f"INC-2025-{number:06d}",
+            "year": 2025,
+            "number": number,
+            "category": "theft",
+            "title": "opened before the ledger recorded incidents",
+            "site": site,
+            "occurred_at": datetime(2025, 6, 1, tzinfo=UTC),
+            "opened_by": "user:admin",
+        }
+        session.execute(insert(Incident.__table__).values(**{**row, **values}))
+    return incident_id
+
+
+def sealed_incident(services, incident):  # type: ignore[no-untyped-def]
+    """An incident row made in a test without the service, sealed as the service seals one when it
+    records its site and window (``incidents.identity.seal_incident``): its id is given now, as the
+    seal covers it. Only a sealed incident is read by its site's managers."""
+    from incidents.identity import seal_incident
+
+    incident.id = incident.id or str(uuid.uuid4())
+    seal_incident(incident, services.key)
+    return incident
 
 
 def sealed_export_job(services, session, export_id: str, incident_id: str, requester: str, role: str):  # type: ignore[no-untyped-def]

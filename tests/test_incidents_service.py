@@ -43,16 +43,21 @@ def test_references_are_sequential_per_year(services) -> None:  # type: ignore[n
     refs = []
     with services.db.session() as session:
         for _ in range(3):
-            refs.append(create_incident(session, _draft(), "test", now=T0).reference)
+            refs.append(create_incident(session, _draft(), "test", now=T0, ledger=services.ledger).reference)
         refs.append(
-            create_incident(session, _draft(), "test", now=datetime(2027, 1, 1, tzinfo=UTC)).reference
+            create_incident(
+                session, _draft(), "test", now=datetime(2027, 1, 1, tzinfo=UTC), ledger=services.ledger
+            ).reference
         )
     assert refs == ["INC-2026-000001", "INC-2026-000002", "INC-2026-000003", "INC-2027-000001"]
     with pytest.raises(IncidentRefused), services.db.session() as session:
-        create_incident(session, _draft(category="arson"), "test", now=T0)
+        create_incident(session, _draft(category="arson"), "test", now=T0, ledger=services.ledger)
     # A refused creation returns nothing to the counter: the next number follows on.
     with services.db.session() as session:
-        assert create_incident(session, _draft(), "test", now=T0).reference == "INC-2026-000004"
+        assert (
+            create_incident(session, _draft(), "test", now=T0, ledger=services.ledger).reference
+            == "INC-2026-000004"
+        )
 
 
 def test_concurrent_creation_on_postgres_is_gapless(pg_url, tmp_path, seaweed) -> None:  # type: ignore[no-untyped-def]
@@ -70,7 +75,9 @@ def test_concurrent_creation_on_postgres_is_gapless(pg_url, tmp_path, seaweed) -
                 barrier.wait(10)
                 for _ in range(5):
                     with s.db.session() as session:
-                        refs.append(create_incident(session, _draft(), "test", now=T0).reference)
+                        refs.append(
+                            create_incident(session, _draft(), "test", now=T0, ledger=s.ledger).reference
+                        )
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
@@ -89,7 +96,7 @@ def test_link_and_unlink_are_custody_entries_and_extend_the_lock(services) -> No
     item = store_item(services, wearer="S-1", start=T0, stop=T0 + timedelta(minutes=1))
     before = services.store.info(item.object_key, item.version_id).retain_until
     with services.db.session() as session:
-        incident = create_incident(session, _draft(), "user:alice")
+        incident = create_incident(session, _draft(), "user:alice", ledger=services.ledger)
         link = link_evidence(
             session,
             services.ledger,
@@ -212,7 +219,7 @@ def test_closing_needs_outcome_and_extends_retention_from_closure(services) -> N
     item = store_item(services, wearer="S-1", start=T0, stop=T0)
     r = _retention(services)
     with services.db.session() as session:
-        incident = create_incident(session, _draft(), "user:m")
+        incident = create_incident(session, _draft(), "user:m", ledger=services.ledger)
         link_evidence(session, services.ledger, incident.id, item.id, "user:m", "evidence", retention=r)
         with pytest.raises(IncidentRefused) as exc:
             update_incident(session, services.ledger, incident, {"status": "closed"}, "user:m", retention=r)

@@ -42,6 +42,7 @@ def _world(live: Any) -> tuple[Any, dict[str, int], dict[str, dict[str, str]], s
             session,
             IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH", title="Ward 7"),
             "user:north_mgr",
+            ledger=s.ledger,
         )
         assign_investigator(session, s.ledger, incident, ids["inv"], "user:north_mgr")
         link_evidence(session, s.ledger, incident.id, clip.id, "user:north_mgr", "the assault")
@@ -135,6 +136,7 @@ def test_an_export_packs_only_what_its_requester_may_see(live: Any) -> None:
             session,
             IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH", title="copy"),
             "user:admin",
+            ledger=s.ledger,
         )
         link_evidence(session, s.ledger, incident.id, redacted.id, "user:admin", "the copy we were given")
         incident_id = incident.id
@@ -178,6 +180,7 @@ def test_a_custody_trail_and_retention_name_only_incidents_the_caller_may_see(li
             session,
             IncidentDraft(category="theft", occurred_at=T0, site="SOUTH", title="other"),
             "user:admin",
+            ledger=s.ledger,
         )
         link_evidence(session, s.ledger, other.id, clip.id, "user:admin", secret)
         other_ref, other_id = other.reference, other.id

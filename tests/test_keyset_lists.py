@@ -32,7 +32,7 @@ from devices.models import Device, StaffMember
 from incidents.models import Incident
 from tests.conftest import make_settings, migrated_sqlite
 from tests.test_cross_site_reads import cookie
-from tests.test_incidents_kit import bearer, user
+from tests.test_incidents_kit import bearer, sealed_incident, user
 
 T0 = datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=UTC)
 ROWS = 13  # of each list; three at a time share a time, so the key alone orders them
@@ -101,18 +101,18 @@ def add_row(services: Any, which: str, at: datetime, site: str) -> Row:
         else:
             number = next(_numbers)
             key = f"INC-2026-{number:06d}"
-            session.add(
-                Incident(
-                    reference=key,
-                    year=2026,
-                    number=number,
-                    category="physical_assault",
-                    title=f"incident {number}",
-                    site=site,
-                    occurred_at=at,
-                    opened_by="user:test",
-                )
+            incident = Incident(
+                reference=key,
+                year=2026,
+                number=number,
+                category="physical_assault",
+                title=f"incident {number}",
+                site=site,
+                occurred_at=at,
+                opened_by="user:test",
             )
+            # as the service seals what decides who reads it (``chain_of_custody.incident_seals``)
+            session.add(sealed_incident(services, incident))
     return Row(key, at, site)
 
 

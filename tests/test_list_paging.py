@@ -99,7 +99,10 @@ def test_an_incidents_packages_come_a_page_at_a_time(site: tuple[TestClient, Any
     at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
     with services.db.session() as session:
         incident = create_incident(
-            session, IncidentDraft("physical_assault", at - timedelta(hours=1), "NORTH"), "user:admin"
+            session,
+            IncidentDraft("physical_assault", at - timedelta(hours=1), "NORTH"),
+            "user:admin",
+            ledger=services.ledger,
         )
         for n in range(COUNT):
             session.add(

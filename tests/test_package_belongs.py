@@ -33,6 +33,7 @@ def _incident(s: Any, title: str) -> tuple[str, str]:
                 category="physical_assault", occurred_at=datetime.now(UTC), site="NORTH", title=title
             ),
             "user:m",
+            ledger=s.ledger,
         )
         return incident.id, incident.reference
 

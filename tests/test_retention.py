@@ -53,7 +53,7 @@ def _incident(s, **kw):  # type: ignore[no-untyped-def]
     draft = dict(category="physical_assault", occurred_at=datetime.now(UTC), site="NORTH")
     draft.update(kw)
     with s.db.session() as session:
-        return create_incident(session, IncidentDraft(**draft), "user:m")  # type: ignore[arg-type]
+        return create_incident(session, IncidentDraft(**draft), "user:m", ledger=s.ledger)  # type: ignore[arg-type]
 
 
 def test_unlinked_goes_at_day_31_linked_and_held_stay(svc) -> None:  # type: ignore[no-untyped-def]

@@ -527,6 +527,7 @@ def fx(sqlite_services):  # type: ignore[no-untyped-def]
             session,
             IncidentDraft(category="physical_assault", occurred_at=datetime.now(UTC), site="NORTH"),
             "test",
+            ledger=s.ledger,
         )
         assign_investigator(session, s.ledger, incident, ids["investigator"], "test")
         ids["incident"] = incident.id

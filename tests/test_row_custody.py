@@ -18,6 +18,7 @@ from sqlalchemy import delete, insert, select, update
 
 from accounts.models import User
 from chain_of_custody.entries import EntryBody, SignedEntry
+from chain_of_custody.incident_seals import seal_incidents
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.reach_seals import SiteReach, reach_secret, site_reach
 from chain_of_custody.row_replay import (
@@ -66,7 +67,7 @@ from incidents.service import (
 )
 from tests.conftest import wait_for
 from tests.test_alarms_kit import raise_test_alarm
-from tests.test_incidents_kit import bearer, staff, store_item, user
+from tests.test_incidents_kit import bearer, plant_incident, staff, store_item, user
 
 T0 = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
 
@@ -284,10 +285,16 @@ def _world(s: Any) -> tuple[dict[str, int], Any, str, str]:
     clip = store_item(s, wearer="S-N", start=T0, stop=T0 + timedelta(minutes=5))
     with s.db.session() as session:
         first = create_incident(
-            session, IncidentDraft(category="theft", occurred_at=T0, site="NORTH", title="one"), "user:admin"
+            session,
+            IncidentDraft(category="theft", occurred_at=T0, site="NORTH", title="one"),
+            "user:admin",
+            ledger=s.ledger,
         )
         second = create_incident(
-            session, IncidentDraft(category="theft", occurred_at=T0, site="NORTH", title="two"), "user:admin"
+            session,
+            IncidentDraft(category="theft", occurred_at=T0, site="NORTH", title="two"),
+            "user:admin",
+            ledger=s.ledger,
         )
         assign_investigator(session, s.ledger, first, ids["inv"], "user:admin")
         assign_investigator(session, s.ledger, second, ids["other_inv"], "user:admin")
@@ -650,7 +657,10 @@ def test_an_incident_moved_to_another_site_by_sql_is_named(services: Any) -> Non
     with s.db.session() as session:
         session.execute(update(Incident).where(Incident.id == incident_id).values(site="SOUTH"))
     found = _problems(s)
-    assert [(p.kind, p.where) for p in found] == [("incident_site_altered", f"incident {incident_id}")]
+    assert [(p.kind, p.where) for p in found] == [
+        ("incident_site_altered", f"incident {incident_id}"),
+        ("incident_seal_broken", f"incident {incident_id}"),  # what the service sealed was changed too
+    ]
     assert "'SOUTH'" in found[0].detail and "'EAST'" in found[0].detail
 
 
@@ -662,6 +672,7 @@ def test_rows_made_before_the_ledger_recorded_them_are_adopted_once(services: An
 
     s = services
     ids, clip, _, second_id = _world(s)
+    old_incident = plant_incident(s)  # opened before incidents' sites were recorded
     with s.db.session() as session:  # made before links, assignments and users were recorded
         session.execute(
             insert(IncidentLink).values(
@@ -693,12 +704,19 @@ def test_rows_made_before_the_ledger_recorded_them_are_adopted_once(services: An
     assert {(a, d.get("user") or d.get("incident_id")) for a, _, d in listed.entries} >= {
         ("linked", second_id),
         ("user_changed", "old_admin"),
-        ("incident_changed", second_id),
+        ("incident_changed", old_incident),
     }
     assert not any("$argon2id$old" in line for line in listed.lines())
     assert {p.kind for p in _problems(s)} == {"link_unrecorded", "user_unrecorded"}  # nothing appended
     with s.db.session() as session:
         backfill(session, s.ledger, apply=True)
+    with s.db.session() as session:  # recorded now; its seal is the upgrade's next step
+        notes = verify_service(session, s.store, s.key).notes
+        assert [n for n in notes if "incident" in n] == [
+            "1 incident(s) have no seal yet (opened before seals), so no site's managers read them and "
+            "their windows link nothing: `evidence upgrade-seals` seals those the custody record bears out"
+        ], notes
+        seal_incidents(session, s.key, s.ledger.all_entries(session))
     with s.db.session() as session:
         report = verify_service(session, s.store, s.key)
         assert report.problems == [] and not [n for n in report.notes if "incident" in n or "password" in n]
@@ -709,7 +727,11 @@ def test_rows_made_before_the_ledger_recorded_them_are_adopted_once(services: An
         session.execute(
             update(User).where(User.username == "old_admin").values(password_hash="$argon2id$new")
         )
-    assert sorted(p.kind for p in _problems(s)) == ["incident_site_altered", "user_password_altered"]
+    assert sorted(p.kind for p in _problems(s)) == [
+        "incident_seal_broken",
+        "incident_site_altered",
+        "user_password_altered",
+    ]
 
 
 def test_the_backfill_command_lists_before_it_appends(tmp_path: Any, seaweed: Any, monkeypatch: Any) -> None:
@@ -1023,7 +1045,11 @@ def test_an_incident_footage_window_set_by_sql_is_named(services: Any) -> None:
             .values(wearer="S-W", window_start=T0, window_end=T0 + timedelta(days=365))
         )
     found = sorted((p.kind, p.where) for p in _problems(s))
-    assert found == sorted(("incident_window_altered", f"incident {i}") for i in (incident_id, other)), found
+    assert found == sorted(
+        (kind, f"incident {i}")
+        for i in (incident_id, other)
+        for kind in ("incident_window_altered", "incident_seal_broken")  # the seal covers the window
+    ), found
     # An incident whose window was set before windows were recorded is noted, then adopted once.
     from chain_of_custody.backfill import backfill
 
@@ -1034,13 +1060,7 @@ def test_an_incident_footage_window_set_by_sql_is_named(services: Any) -> None:
             .where(Incident.id == other)
             .values(wearer=None, window_start=None, window_end=None)
         )
-        old = create_incident(
-            session,
-            IncidentDraft(
-                "theft", T0, "NORTH", wearer="S-N", window_start=T0, window_end=T0 + timedelta(hours=1)
-            ),
-            "user:admin",
-        ).id
+    old = plant_incident(s, wearer="S-N", window_start=T0, window_end=T0 + timedelta(hours=1))
     with s.db.session() as session:
         report = verify_service(session, s.store, s.key)
         assert report.problems == [], report.problems  # the two windows put back as recorded
@@ -1051,6 +1071,10 @@ def test_an_incident_footage_window_set_by_sql_is_named(services: Any) -> None:
     with s.db.session() as session:
         listed = backfill(session, s.ledger, apply=True)
         assert [d["incident_id"] for a, _, d in listed.entries if "window" in d] == [old]
+    with s.db.session() as session:  # recorded now, and sealed by the upgrade's step as recorded
+        assert [found.refused for found in seal_incidents(session, s.key, s.ledger.all_entries(session))] == [
+            None
+        ]
     with s.db.session() as session:
         report = verify_service(session, s.store, s.key)
         assert report.problems == [] and not [n for n in report.notes if "window" in n], report

@@ -40,7 +40,9 @@ def test_a_table_covers_at_most_five_years(site: tuple[TestClient, Any, dict[str
     old = _month(now, -MAX_MONTHS - 12, zone) + timedelta(days=3, hours=12)
     with services.db.session() as session:
         for at in [recent] * 5 + [old] * 5:
-            create_incident(session, IncidentDraft("verbal_abuse", at, "NORTH"), "user:admin")
+            create_incident(
+                session, IncidentDraft("verbal_abuse", at, "NORTH"), "user:admin", ledger=services.ledger
+            )
 
     def table(**params: str) -> Any:
         r = client.get("/api/v1/statistics", params={"by": ["month"], **params}, headers=admin)

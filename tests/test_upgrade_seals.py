@@ -19,7 +19,7 @@ from devices.ends import unrecorded_disables
 from devices.models import Device, StaffMember
 from devices.seals import device_seal_key, sealed_values, unsealed_devices
 from incidents.grants import unsealed_grants
-from incidents.models import IncidentAssignment
+from incidents.models import Incident, IncidentAssignment
 from incidents.service import IncidentDraft, assign_investigator, create_incident
 from tests.conftest import ADMIN_PASSWORD, make_settings, recorded_user
 from tests.test_alarms_kit import enrol
@@ -33,6 +33,7 @@ STEPS = (
     "record-credential-ends",
     "record-access-ends",
     "seal-reach",
+    "seal-incidents",
     "seal-visits",
 )
 
@@ -82,16 +83,20 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
             revoked, revoked_row = _token(admin, revoked=True)
             session.execute(insert(ApiToken.__table__).values([live_row, revoked_row]))
             incident = create_incident(
-                session, IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"), "user:seed"
+                session,
+                IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH"),
+                "user:seed",
+                ledger=s.ledger,
             )
             genuine = assign_investigator(session, s.ledger, incident, inv, "user:seed").id
+            incident_id = incident.id
             session.execute(  # planted: no custody entry assigns it
                 insert(IncidentAssignment.__table__).values(
                     incident_id=incident.id, user_id=admin, assigned_by="user:admin", assigned_at=T0
                 )
             )
             # As every row was before its table carried a seal.
-            for table in (User, Device, IncidentAssignment, StaffMember):
+            for table in (User, Device, IncidentAssignment, StaffMember, Incident):
                 session.execute(update(table.__table__).values(seal=None))
         enrol(s, "LW-OFF", staff_id="S-2")
         with s.db.session() as session:  # disabled as the service did before disables were recorded
@@ -141,6 +146,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
             "1 grants sealed",
             "1 ends recorded",
             "1 members of staff, evidence items and alarms sealed",
+            "1 incidents sealed",
         ):
             assert said in done.output, (said, done.output)
         assert "steps with refused rows: seal-users, seal-grants" in done.output
@@ -153,6 +159,7 @@ def test_upgrade_seals_runs_every_step_in_order_and_refuses_what_the_ledger_does
             assert [u.username for u in unsealed_users(session, s.ledger)] == ["mallory"]
             assert [g.row_id for g in unsealed_grants(session, s.ledger)] == [str(genuine + 1)]
             assert session.get_one(IncidentAssignment, genuine).seal
+            assert session.get_one(Incident, incident_id).seal
             assert unrecorded_ends(session, s.key.derived_secret(CREDENTIAL_SEALS)) == []
             assert unrecorded_disables(session, device_seal_key(s.key)) == []
     finally:

@@ -60,6 +60,7 @@ def _playing(
             session,
             IncidentDraft(category="physical_assault", occurred_at=datetime.now(UTC), site="NORTH"),
             "user:admin",
+            ledger=s.ledger,
         )
         assign_investigator(session, s.ledger, incident, inv, "user:admin")
         link_evidence(session, s.ledger, incident.id, clip.id, "user:admin", "shows the assault")

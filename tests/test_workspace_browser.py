@@ -84,6 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, seaweed: Any) -> Iterator[Wo
             IncidentDraft("verbal_abuse", now - timedelta(days=2), "NORTH", title="Shouting at reception"),
             "user:north_manager",
             now=now - timedelta(days=2),
+            ledger=services.ledger,
         )
         assign_investigator(session, services.ledger, earlier, ids["ivy"], "user:north_manager")
         for item in (clip.id, other.id):
@@ -94,6 +95,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, seaweed: Any) -> Iterator[Wo
             session,
             IncidentDraft("theft", now - timedelta(days=1), "SOUTH", title="Wallet taken on ward 9"),
             "user:admin",
+            ledger=services.ledger,
         )
         link_evidence(session, services.ledger, south.id, other.id, "user:admin", "SECRET-south-reason")
         south_ref = south.reference
@@ -109,6 +111,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, seaweed: Any) -> Iterator[Wo
                     staff=(("S-100" if n % 2 == 0 else "S-200", "victim"),),
                 ),
                 "user:admin",
+                ledger=services.ledger,
             )
     server, thread, url = start_server(services)
     with chromium() as browser:
