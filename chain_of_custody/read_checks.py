@@ -295,5 +295,11 @@ def checked_blocks(
     finally:
         chunks.close()  # type: ignore[attr-defined]
     if pos < end:
+        # An object shorter than its record is altered as surely as a changed block: quarantined
+        # whichever read finds it (a whole read's check does the same at its end).
         VERIFIED.forget(key)
+        missing = digests[index].hex() if index < len(digests) else "(no block here)"
+        short = FixityCheck("", missing, min(BLOCK, item.size - pos))
+        if on_mismatch is not None:
+            on_mismatch(short)
         raise ObjectAltered(f"the object ends at byte {pos}, its record says {item.size}")

@@ -25,7 +25,7 @@ from storage.settings import Settings
 from .broker_access import BrokerAccount, generate_password, hash_password
 from .ends import latest_status_entry, load_device, record_status
 from .models import DEVICE_KINDS, Device, LoneWorkerState, StaffMember
-from .seals import device_seal_holds, device_seal_key, record_device, sealed_values
+from .seals import SealedValues, device_seal_holds, device_seal_key, record_device, sealed_values
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -243,10 +243,47 @@ def service_account(settings: Settings) -> BrokerAccount:
     return BrokerAccount(settings.mqtt_username, hash_password(settings.mqtt_password.get_secret_value()))
 
 
+def seal_held(session: Session, ledger: Ledger, device: Device, *, any_status: bool = False) -> bool:
+    """Whether ``device``'s row, as it stands before a change, carries the seal the service made for
+    it bound to its latest custody entry. A change seals the row as it then stands, so a change of a
+    row put back or edited by SQL would seal what SQL wrote (an old key, token, password, site or
+    wearer trusted again): such a row is changed only by re-enrolment, which restates every field.
+    ``any_status``: for a change that sets the status itself, a row whose status alone was changed
+    by SQL (every other value as sealed at its latest entry) holds too."""
+    secret = device_seal_key(ledger.key)
+    loaded, bound = load_device(session, secret, device.id)
+    if loaded is not device:
+        return False
+    values = sealed_values(device)
+    others = [s for s in ("active", "disabled") if any_status and s != device.status]
+    return any(
+        device_seal_holds(
+            secret, values if status == device.status else values_with(values, status), device.seal, bound
+        )
+        for status in (device.status, *others)
+    )
+
+
+def values_with(values: SealedValues, status: str) -> SealedValues:
+    """A row's sealed values with another status."""
+    return (values[0], values[1], status, *values[3:])
+
+
+def _refuse_unsealed(device: Device) -> None:
+    raise DeviceRefused(
+        "device_seal_broken",
+        f"device {device.id}'s record is not as the service sealed it: re-enrol it (or run "
+        "`evidence upgrade-seals` if it was sealed before the current version)",
+        409,
+    )
+
+
 def assign(session: Session, ledger: Ledger, device_id: str, staff_id: str | None, actor: str) -> Device:
     device = session.get(Device, device_id)
     if device is None:
         raise DeviceRefused("unknown_device", f"no device {device_id}", 404)
+    if not seal_held(session, ledger, device):
+        _refuse_unsealed(device)
     if staff_id is not None and session.get(StaffMember, staff_id) is None:
         raise DeviceRefused("unknown_staff", f"no member of staff {staff_id}", 400)
     previous = device.assigned_staff_id
@@ -271,8 +308,14 @@ def set_status(session: Session, ledger: Ledger, device_id: str, status: str, ac
     device = session.get(Device, device_id)
     if device is None:
         raise DeviceRefused("unknown_device", f"no device {device_id}", 404)
+    held = seal_held(session, ledger, device, any_status=True)
+    if not held and status == "active":
+        _refuse_unsealed(device)
+    before = device.seal
     device.status = status
     record_status(session, ledger, device, actor, why="set by " + actor)
+    if not held:  # disabling is always allowed, and recorded; the row is not sealed as SQL left it
+        device.seal = before
     return device
 
 
@@ -284,6 +327,8 @@ def regenerate_broker_password(session: Session, ledger: Ledger, device_id: str,
     device = session.get(Device, device_id, with_for_update=True)
     if device is None or device.kind != "lone_worker":
         raise DeviceRefused("unknown_device", f"no lone-worker device {device_id}", 404)
+    if not seal_held(session, ledger, device):
+        _refuse_unsealed(device)
     password = generate_password()
     device.broker_password_hash = hash_password(password)
     record_device(

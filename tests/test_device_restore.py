@@ -118,6 +118,33 @@ def test_a_lone_worker_key_rotated_then_put_back_raises_no_alarm_with_the_old_ke
     assert _broken(services) == ["device LW-1"]
 
 
+def test_an_administrators_change_of_a_put_back_row_does_not_seal_it_again(services: Any) -> None:
+    """A change seals the row as it then stands: made to a row put back from before a key rotation,
+    it would seal the leaked key (and the old site and wearer) bound to a new entry. Assigning,
+    enabling and a new broker password are refused (409); disabling is recorded and leaves the row
+    refused."""
+    alarms = AlarmService(services)
+    old = enrol(services, "LW-1", staff_id="S-1")
+    copy = _copy(services, "LW-1")
+    enrol(services, "LW-1", staff_id="S-1")  # a new key (the old one leaked)
+    _put_back(services, copy)
+    for change in (
+        lambda session: set_status(session, services.ledger, "LW-1", "active", "user:admin"),
+        lambda session: regenerate_broker_password(session, services.ledger, "LW-1", "user:admin"),
+    ):
+        with pytest.raises(DeviceRefused) as refused, services.db.session() as session:
+            change(session)
+        assert (refused.value.reason, refused.value.status) == ("device_seal_broken", 409)
+        assert alarms.handle(*old.sos()).reason == "unknown_device"
+    with services.db.session() as session:
+        set_status(session, services.ledger, "LW-1", "disabled", "user:admin")
+    with services.db.session() as session:
+        row = session.get(Device, "LW-1")
+        assert row is not None and row.status == "disabled"
+    assert alarms.handle(*old.sos()).reason == "unknown_device"
+    assert _broken(services) == ["device LW-1"]
+
+
 def test_a_broker_password_regenerated_then_put_back_is_left_out_of_the_broker_files(services: Any) -> None:
     kit = enrol(services, "LW-1", staff_id="S-1")
     enrol(services, "LW-2", staff_id="S-2")

@@ -89,7 +89,13 @@ def test_a_disabled_lone_worker_put_back_active_from_a_copy_of_its_row_raises_no
     # The seal is bound to the latest custody entry (the disable): the copy's is over an older one.
     assert _problems(services, "device_seal_broken") == ["device LW-1"]
 
-    _disable(services, "LW-1", "active")  # enabled again by the service: it speaks again
+    # Enabling the put-back row would seal what SQL wrote (its old key, password, site and wearer):
+    # refused; enrolled again by the service (a new key), it speaks again, and only with the new key.
+    with pytest.raises(DeviceRefused) as refused:
+        _disable(services, "LW-1", "active")
+    assert refused.value.reason == "device_seal_broken"
+    assert alarms.handle(*device.sos()).reason == "unknown_device"
+    device = enrol(services, "LW-1", staff_id="S-1")
     assert alarms.handle(*device.sos()).outcome == "accepted"
     assert _problems(services, "device_disable_undone") == []
     with services.db.session() as session:
@@ -153,8 +159,13 @@ def test_a_disabled_dock_put_back_active_uploads_nothing(live: Any) -> None:
     _put_back(services, copy)
     assert head() == 401
     assert _problems(services, "device_disable_undone") == ["device DOCK-1"]
+    # Enabling the put-back row would seal what SQL wrote: refused; enrolled again (a new token), it
+    # signs in with the new token only.
     r = httpx.patch(f"{live.url}/api/v1/devices/DOCK-1", json={"status": "active"}, headers=live.admin())
-    assert r.status_code == 200, r.text
+    assert r.status_code == 409 and r.json()["reason"] == "device_seal_broken", r.text
+    assert head() == 401
+    with services.db.session() as session:
+        token = enrol_dock(session, services.ledger, "DOCK-1", "test", site="NORTH").token
     assert head() == 404
 
 

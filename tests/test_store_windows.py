@@ -114,7 +114,8 @@ def test_an_object_cut_short_of_its_record_at_a_window_is_still_cut_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The object holds 8 blocks, its signed record 12: the third window finds nothing in the store,
-    and the stream stops short of its Content-Length after the bytes held, as one GET's would."""
+    and the stream stops short of its Content-Length after the bytes held, as one GET's would, with
+    the item quarantined: an object shorter than its record is altered, whichever read finds it."""
     s, url = served
     monkeypatch.setattr(read_checks, "STORE_WINDOW", WINDOW, raising=False)
     user(s, "boss", "admin")
@@ -149,6 +150,9 @@ def test_an_object_cut_short_of_its_record_at_a_window_is_still_cut_off(
         )
     target = f"{url}/api/v1/evidence/{item.id}/content?reason=checking+the+footage"
     assert _cut_short(target, {**admin, "Range": f"bytes={BLOCK}-"}) <= 7 * BLOCK
+    with s.db.session() as session:
+        row = session.get(EvidenceItem, item.id)
+        assert row is not None and row.status == "quarantined"
 
 
 def test_a_whole_read_asks_a_window_at_a_time_and_still_reads_every_byte_held(served: Any) -> None:  # noqa: F811
