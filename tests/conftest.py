@@ -459,7 +459,12 @@ def live(services) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
     with services.db.session() as session:
         recorded_user(session, services.ledger, "admin", ADMIN_PASSWORD, "admin")
     server, thread, url = start_server(services)
-    r = httpx.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD})
+    # The first request after start-up: an argon2 check while the start-up's own jobs (the upgrade
+    # count, the periodic passes) may hold SQLite's one writer; on a loaded machine this has taken
+    # over httpx's default 5 s once in a full suite, so it is given longer. Later requests are not.
+    r = httpx.post(
+        f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}, timeout=30
+    )
     r.raise_for_status()
     yield LiveServer(url, services, r.json()["access_token"])
     server.should_exit = True
