@@ -109,6 +109,24 @@ def test_windows_stop_where_the_object_ends(served: Any) -> None:  # noqa: F811
     assert read(2048, 15 * 1024, 0) == data[2048:]  # one GET, as before
 
 
+def _recorded(s: Any, stored: StoredObject) -> Any:
+    """A clip recorded as evidence of ``stored`` (its record as the test chose it)."""
+    with s.db.session() as session:
+        return record_evidence(
+            session,
+            s.ledger,
+            stored,
+            Provenance(
+                kind="clip",
+                actor="test",
+                content_type="video/mp4",
+                retain_until=datetime.now(UTC) + timedelta(days=1),
+            ),
+            received={"by": "test"},
+            verified={"ok": True},
+        )
+
+
 def test_an_object_cut_short_of_its_record_at_a_window_is_still_cut_off(
     served: Any,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
@@ -133,21 +151,7 @@ def test_an_object_cut_short_of_its_record_at_a_window_is_still_cut_off(
     assert d.block_digests() == tuple(
         blake3(recorded[i : i + BLOCK]).digest() for i in range(0, 12 * BLOCK, BLOCK)
     )
-    stored = StoredObject.hashed(put.bucket, put.key, put.version_id, len(recorded), d)
-    with s.db.session() as session:
-        item = record_evidence(
-            session,
-            s.ledger,
-            stored,
-            Provenance(
-                kind="clip",
-                actor="test",
-                content_type="video/mp4",
-                retain_until=datetime.now(UTC) + timedelta(days=1),
-            ),
-            received={"by": "test"},
-            verified={"ok": True},
-        )
+    item = _recorded(s, StoredObject.hashed(put.bucket, put.key, put.version_id, len(recorded), d))
     target = f"{url}/api/v1/evidence/{item.id}/content?reason=checking+the+footage"
     assert _cut_short(target, {**admin, "Range": f"bytes={BLOCK}-"}) <= 7 * BLOCK
     with s.db.session() as session:
@@ -214,21 +218,7 @@ def test_an_object_longer_than_its_record_read_whole_is_still_cut_off_and_quaran
     )
     d = Digests()
     d.update(recorded)
-    stored = StoredObject.hashed(put.bucket, put.key, put.version_id, len(recorded), d)
-    with s.db.session() as session:
-        item = record_evidence(
-            session,
-            s.ledger,
-            stored,
-            Provenance(
-                kind="clip",
-                actor="test",
-                content_type="video/mp4",
-                retain_until=datetime.now(UTC) + timedelta(days=1),
-            ),
-            received={"by": "test"},
-            verified={"ok": True},
-        )
+    item = _recorded(s, StoredObject.hashed(put.bucket, put.key, put.version_id, len(recorded), d))
     target = f"{url}/api/v1/evidence/{item.id}/content?reason=checking+the+footage"
     assert _cut_short(target, admin) < len(recorded)
     with s.db.session() as session:
