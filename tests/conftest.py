@@ -335,6 +335,11 @@ def sqlite_services(tmp_path: Path, seaweed: EmbeddedSeaweed, sqlite_template: P
 
 ADMIN_PASSWORD = "correct horse battery staple"
 
+# A sign-in is one argon2 check (about 0.4 s) and a few statements; a full suite on a loaded machine
+# has seen one take over httpx's default 5 s, the first after a server started (its start-up's own
+# passes run beside it), so the tests' sign-ins are given longer. Nothing else waits on this.
+SIGN_IN_TIMEOUT = 30
+
 
 class _RememberingHasher(PasswordHasher):
     """The service's argon2 hasher, that hashes each password once per run.
@@ -459,11 +464,10 @@ def live(services) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
     with services.db.session() as session:
         recorded_user(session, services.ledger, "admin", ADMIN_PASSWORD, "admin")
     server, thread, url = start_server(services)
-    # The first request after start-up: an argon2 check while the start-up's own jobs (the upgrade
-    # count, the periodic passes) may hold SQLite's one writer; on a loaded machine this has taken
-    # over httpx's default 5 s once in a full suite, so it is given longer. Later requests are not.
     r = httpx.post(
-        f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}, timeout=30
+        f"{url}/api/v1/auth/token",
+        data={"username": "admin", "password": ADMIN_PASSWORD},
+        timeout=SIGN_IN_TIMEOUT,
     )
     r.raise_for_status()
     yield LiveServer(url, services, r.json()["access_token"])

@@ -38,7 +38,7 @@ from devices.service import broker_accounts
 from firmware_simulators.lone_worker import LoneWorkerDevice
 from ingest.services import build_services
 from tests.clipkit import canonical
-from tests.conftest import make_settings, recorded_user, start_server, wait_for
+from tests.conftest import SIGN_IN_TIMEOUT, make_settings, recorded_user, start_server, wait_for
 from tests.test_alarms_fuzz import FUZZ, build_mutated, mutated_batch
 from tests.test_alarms_kit import SERVICE_USER, DeviceKit, WebhookReceiver, raw_public, sse_events
 from tests.test_lone_worker_broker import SUBACK_REFUSED, Probe, hostile_subscriptions
@@ -145,7 +145,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, seaweed: Any) -> Iterator[St
     with services.db.session() as session:
         recorded_user(session, services.ledger, "admin", PASSWORD, "admin")
     server, thread, url = start_server(services)
-    token = httpx.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": PASSWORD}).json()
+    token = httpx.post(
+        f"{url}/api/v1/auth/token", data={"username": "admin", "password": PASSWORD}, timeout=SIGN_IN_TIMEOUT
+    ).json()
     s = Stack(
         url,
         services,
@@ -658,7 +660,9 @@ def test_alarm_routes_by_role(stack: Stack) -> None:
             recorded_user(session, stack.services.ledger, f"{role}-roles", PASSWORD, role)
     for role in ("operator", "auditor", "investigator"):
         r = httpx.post(
-            f"{stack.url}/api/v1/auth/token", data={"username": f"{role}-roles", "password": PASSWORD}
+            f"{stack.url}/api/v1/auth/token",
+            data={"username": f"{role}-roles", "password": PASSWORD},
+            timeout=SIGN_IN_TIMEOUT,
         )
         headers[role] = {"Authorization": f"Bearer {r.json()['access_token']}"}
 

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from accounts.service import create_user
 from alarms.models import AlarmRecord
 from firmware_simulators.lone_worker import Fleet
-from tests.conftest import ADMIN_PASSWORD, free_port, wait_for
+from tests.conftest import ADMIN_PASSWORD, SIGN_IN_TIMEOUT, free_port, wait_for
 from tests.test_alarms_burst import burst_env, connected  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +101,9 @@ def test_telemetry_in_a_companion_process(burst_env: dict[str, Any]) -> None:  #
 
         url = f"http://127.0.0.1:{port}"
         token = httpx.post(
-            f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}
+            f"{url}/api/v1/auth/token",
+            data={"username": "admin", "password": ADMIN_PASSWORD},
+            timeout=SIGN_IN_TIMEOUT,
         ).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
 

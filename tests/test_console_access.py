@@ -23,7 +23,7 @@ from accounts.service import update_user
 from accounts.sessions import SessionPolicy, resolve_session, start_session
 from chain_of_custody.models import CustodyEntry
 from chain_of_custody.row_seals import CREDENTIAL_SEALS
-from tests.conftest import start_server
+from tests.conftest import SIGN_IN_TIMEOUT, start_server
 from tests.test_alarms_kit import raise_test_alarm
 from tests.test_console_kit import PASSWORD, ROLE_USERS, add_users, session_client
 from tests.test_roles_matrix import POLICY, console_routes
@@ -280,7 +280,9 @@ def test_every_state_changing_api_route_refuses_a_cookie_without_our_csrf_token(
     )
     assert r.status_code == 201, r.text
     # Bearer-token clients are not browsers: no CSRF token needed, as before.
-    token = httpx.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": PASSWORD}).json()
+    token = httpx.post(
+        f"{url}/api/v1/auth/token", data={"username": "admin", "password": PASSWORD}, timeout=SIGN_IN_TIMEOUT
+    ).json()
     r = httpx.post(
         f"{url}/api/v1/users",
         json={"username": "made-by-token", "password": "a long enough password", "role": "auditor"},

@@ -25,7 +25,7 @@ from devices.broker_access import BrokerAccount, BrokerProcess, hash_password, s
 from devices.service import broker_accounts
 from firmware_simulators.lone_worker import LoneWorkerDevice
 from ingest.services import build_services
-from tests.conftest import free_port, make_settings, wait_for
+from tests.conftest import SIGN_IN_TIMEOUT, free_port, make_settings, wait_for
 from tests.test_alarms_kit import SERVICE_USER, DeviceKit
 from tests.test_console_kit import PASSWORD, add_users, chromium, new_page, screenshot_dir, sign_in
 
@@ -98,7 +98,11 @@ class Stack:
         return self.service.services
 
     def admin_api(self) -> httpx.Client:
-        r = httpx.post(f"{self.url}/api/v1/auth/token", data={"username": "admin", "password": PASSWORD})
+        r = httpx.post(
+            f"{self.url}/api/v1/auth/token",
+            data={"username": "admin", "password": PASSWORD},
+            timeout=SIGN_IN_TIMEOUT,
+        )
         r.raise_for_status()
         return httpx.Client(
             base_url=f"{self.url}/api/v1",

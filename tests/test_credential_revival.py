@@ -22,7 +22,7 @@ from accounts.models import ApiToken, User, UserSession
 from accounts.service import sign_in_mark, token_digest
 from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from chain_of_custody.verify import VerifyOptions, verify_service
-from tests.conftest import ADMIN_PASSWORD, recorded_user
+from tests.conftest import ADMIN_PASSWORD, SIGN_IN_TIMEOUT, recorded_user
 from tests.test_incidents_kit import store_item
 
 OPERATOR_PASSWORD = "operator password 1"
@@ -61,7 +61,9 @@ def _operator(live: Any) -> int:
 def test_a_token_and_session_ended_by_a_password_change_stay_ended_when_put_back_by_sql(live: Any) -> None:
     operator_id = _operator(live)
     r = httpx.post(
-        f"{live.url}/api/v1/auth/token", data={"username": "operator", "password": OPERATOR_PASSWORD}
+        f"{live.url}/api/v1/auth/token",
+        data={"username": "operator", "password": OPERATOR_PASSWORD},
+        timeout=SIGN_IN_TIMEOUT,
     )
     token = r.json()["access_token"]
     bearer = {"Authorization": f"Bearer {token}"}
@@ -128,7 +130,11 @@ def test_ends_from_before_the_ledger_recorded_them_are_recorded_once(live: Any) 
     """A token revoked before ends were recorded: listed, then recorded, and it stays revoked."""
     from accounts.ends import record_unrecorded_ends, unrecorded_ends
 
-    r = httpx.post(f"{live.url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD})
+    r = httpx.post(
+        f"{live.url}/api/v1/auth/token",
+        data={"username": "admin", "password": ADMIN_PASSWORD},
+        timeout=SIGN_IN_TIMEOUT,
+    )
     token = r.json()["access_token"]
     with live.services.db.session() as session:  # revoked as the service did before
         session.execute(

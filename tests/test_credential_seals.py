@@ -26,7 +26,7 @@ from accounts.seals import SignInSeals, seal_tokens, unsealed_tokens
 from accounts.service import resolve_token, token_digest
 from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from chain_of_custody.verify import VerifyOptions, verify_service
-from tests.conftest import ADMIN_PASSWORD, recorded_user
+from tests.conftest import ADMIN_PASSWORD, SIGN_IN_TIMEOUT, recorded_user
 
 OPERATOR_PASSWORD = "operator password 1"
 
@@ -106,7 +106,9 @@ def test_a_genuine_token_moved_to_another_user_stops_working(live) -> None:  # t
     with live.services.db.session() as session:
         recorded_user(session, live.services.ledger, "operator", OPERATOR_PASSWORD, "operator")
     r = httpx.post(
-        f"{live.url}/api/v1/auth/token", data={"username": "operator", "password": OPERATOR_PASSWORD}
+        f"{live.url}/api/v1/auth/token",
+        data={"username": "operator", "password": OPERATOR_PASSWORD},
+        timeout=SIGN_IN_TIMEOUT,
     )
     token = r.json()["access_token"]
     bearer = {"Authorization": f"Bearer {token}"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from tests.clipkit import clip_metadata, enrol, sha256
-from tests.conftest import ADMIN_PASSWORD, make_settings, start_server, wait_for
+from tests.conftest import ADMIN_PASSWORD, SIGN_IN_TIMEOUT, make_settings, start_server, wait_for
 
 
 def _live(tmp_path: Path, seaweed, **overrides):  # type: ignore[no-untyped-def]
@@ -21,7 +21,9 @@ def _live(tmp_path: Path, seaweed, **overrides):  # type: ignore[no-untyped-def]
         create_user(session, "admin", ADMIN_PASSWORD, "admin", key=s.key)
     server, thread, url = start_server(s)
     token = httpx.post(
-        f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}
+        f"{url}/api/v1/auth/token",
+        data={"username": "admin", "password": ADMIN_PASSWORD},
+        timeout=SIGN_IN_TIMEOUT,
     ).json()
     return s, server, thread, url, {"Authorization": f"Bearer {token['access_token']}"}
 

@@ -23,7 +23,15 @@ from firmware_simulators.dock import Dock
 from firmware_simulators.tus import RetryPolicy, UploadRefused
 from storage.embedded import EmbeddedSeaweed
 from tests.clipkit import clip_metadata, sha256
-from tests.conftest import free_base_port, free_port, make_settings, settings_env, start_server, wait_for
+from tests.conftest import (
+    SIGN_IN_TIMEOUT,
+    free_base_port,
+    free_port,
+    make_settings,
+    settings_env,
+    start_server,
+    wait_for,
+)
 from tests.media import make_test_clip
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -64,7 +72,9 @@ def sqlite_live(tmp_path, seaweed):  # type: ignore[no-untyped-def]
         recorded_user(session, s.ledger, "admin", ADMIN_PASSWORD, "admin")
     server, thread, url = start_server(s)
     token = httpx.post(
-        f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}
+        f"{url}/api/v1/auth/token",
+        data={"username": "admin", "password": ADMIN_PASSWORD},
+        timeout=SIGN_IN_TIMEOUT,
     ).json()
     yield LiveServer(url, s, token["access_token"])
     server.should_exit = True
@@ -290,7 +300,9 @@ def test_service_killed_mid_upload_resumes_after_restart(tmp_path: Path, seaweed
     try:
         wait_for(lambda: _up(url), 30, 0.1, "service to start")
         token = httpx.post(
-            f"{url}/api/v1/auth/token", data={"username": "admin", "password": "correct horse battery staple"}
+            f"{url}/api/v1/auth/token",
+            data={"username": "admin", "password": "correct horse battery staple"},
+            timeout=SIGN_IN_TIMEOUT,
         ).json()["access_token"]
 
         class L:
@@ -387,7 +399,9 @@ def test_storage_outage_answers_503_and_the_clip_completes_later(tmp_path: Path)
     server, thread, url = start_server(s)
     try:
         token = httpx.post(
-            f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}
+            f"{url}/api/v1/auth/token",
+            data={"username": "admin", "password": ADMIN_PASSWORD},
+            timeout=SIGN_IN_TIMEOUT,
         ).json()
         live = LiveServer(url, s, token["access_token"])
         camera = _camera(live, "CAM-O", "S-O", tmp_path)

@@ -23,7 +23,7 @@ from fastapi import Request
 from accounts.models import User
 from accounts.service import create_user
 from ingest.logging_setup import configure_logging, flush_logging
-from tests.conftest import ADMIN_PASSWORD, start_server, wait_for
+from tests.conftest import ADMIN_PASSWORD, SIGN_IN_TIMEOUT, start_server, wait_for
 from tests.test_console_kit import session_client
 
 BIG = "x" * 200_000  # a large local variable: rendering locals would write and cost this much per frame
@@ -84,7 +84,11 @@ def test_every_error_path_logs_briefly_and_no_secret_reaches_the_log(services, c
     server, thread, url = _serve_with_failing_route(services)
     secrets: list[str] = [ADMIN_PASSWORD, "a long enough test password"]
     try:
-        r = httpx.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD})
+        r = httpx.post(
+            f"{url}/api/v1/auth/token",
+            data={"username": "admin", "password": ADMIN_PASSWORD},
+            timeout=SIGN_IN_TIMEOUT,
+        )
         token = r.json()["access_token"]
         secrets.append(token)
         admin = {"Authorization": f"Bearer {token}"}
@@ -93,12 +97,22 @@ def test_every_error_path_logs_briefly_and_no_secret_reaches_the_log(services, c
         # wrong passwords (each is a secret someone typed), unknown users, a wrong token
         for guess in ("wrong password one", "second wrong guess!"):
             secrets.append(guess)
-            httpx.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": guess})
-            httpx.post(f"{url}/api/v1/auth/token", data={"username": "nobody", "password": guess})
+            httpx.post(
+                f"{url}/api/v1/auth/token",
+                data={"username": "admin", "password": guess},
+                timeout=SIGN_IN_TIMEOUT,
+            )
+            httpx.post(
+                f"{url}/api/v1/auth/token",
+                data={"username": "nobody", "password": guess},
+                timeout=SIGN_IN_TIMEOUT,
+            )
         # a password typed into the username field is a secret too
         secrets.append("my-Password-in-the-name-box")
         httpx.post(
-            f"{url}/api/v1/auth/token", data={"username": "my-Password-in-the-name-box", "password": "x"}
+            f"{url}/api/v1/auth/token",
+            data={"username": "my-Password-in-the-name-box", "password": "x"},
+            timeout=SIGN_IN_TIMEOUT,
         )
         bogus = "evt_" + "Q" * 43
         secrets.append(bogus)

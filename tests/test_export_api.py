@@ -37,7 +37,15 @@ from incidents.export.plan import ExportRequest, gather_items
 from incidents.service import IncidentDraft, create_incident
 from storage.embedded import EmbeddedSeaweed
 from tests.clipkit import enrol
-from tests.conftest import ADMIN_PASSWORD, free_base_port, free_port, make_settings, start_server, wait_for
+from tests.conftest import (
+    ADMIN_PASSWORD,
+    SIGN_IN_TIMEOUT,
+    free_base_port,
+    free_port,
+    make_settings,
+    start_server,
+    wait_for,
+)
 from tests.media import make_test_clip
 from tests.test_dock_upload_e2e import tus_upload
 from tests.test_export_package import ffmpeg, put_evidence, put_mismatched
@@ -83,6 +91,7 @@ def server(services) -> Iterator[Server]:  # type: ignore[no-untyped-def]
         r = httpx.post(
             f"{url}/api/v1/auth/token",
             data={"username": name, "password": ADMIN_PASSWORD if name == "admin" else PASSWORD},
+            timeout=SIGN_IN_TIMEOUT,
         )
         r.raise_for_status()
         tokens[name] = r.json()["access_token"]

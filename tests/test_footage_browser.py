@@ -33,7 +33,7 @@ from firmware_simulators.scene import render_clip
 from ingest.services import build_services
 from redaction.media import ffmpeg_exe
 from redaction.worker import RedactionWorker
-from tests.conftest import make_settings, start_server, wait_for
+from tests.conftest import SIGN_IN_TIMEOUT, make_settings, start_server, wait_for
 from tests.test_console_kit import (
     PASSWORD,
     ROLE_USERS,
@@ -63,7 +63,9 @@ class Footage:
 
 
 def _token(url: str, user: str) -> dict[str, str]:
-    r = httpx.post(f"{url}/api/v1/auth/token", data={"username": user, "password": PASSWORD})
+    r = httpx.post(
+        f"{url}/api/v1/auth/token", data={"username": user, "password": PASSWORD}, timeout=SIGN_IN_TIMEOUT
+    )
     r.raise_for_status()
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from accounts.models import User
 from chain_of_custody.models import CustodyEntry
+from tests.conftest import SIGN_IN_TIMEOUT
 from tests.test_alarms_kit import raise_test_alarm
 from tests.test_incidents_kit import PASSWORD, actions, bearer, staff, store_item, user
 
@@ -18,7 +19,9 @@ T0 = datetime(2026, 11, 3, 9, 30, tzinfo=UTC)
 
 
 def login_as(url: str, username: str, password: str) -> dict[str, str]:
-    r = httpx.post(f"{url}/api/v1/auth/token", data={"username": username, "password": password})
+    r = httpx.post(
+        f"{url}/api/v1/auth/token", data={"username": username, "password": password}, timeout=SIGN_IN_TIMEOUT
+    )
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
@@ -276,7 +279,11 @@ def test_user_administration(live) -> None:  # type: ignore[no-untyped-def]
         httpx.patch(f"{api}/users/{jo_id}", headers=live.admin(), json={"active": False}).status_code == 200
     )
     assert (
-        httpx.post(f"{api}/auth/token", data={"username": "jo", "password": "twelve chars ok"}).status_code
+        httpx.post(
+            f"{api}/auth/token",
+            data={"username": "jo", "password": "twelve chars ok"},
+            timeout=SIGN_IN_TIMEOUT,
+        ).status_code
         == 401
     )
     # The last administrator cannot remove themselves.

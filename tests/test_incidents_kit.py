@@ -21,6 +21,7 @@ from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from devices.service import add_staff
+from tests.conftest import SIGN_IN_TIMEOUT
 
 PASSWORD = "a long enough test password"
 
@@ -105,7 +106,9 @@ def bearer(services, username: str) -> dict[str, str]:  # type: ignore[no-untype
 
 
 def login(url: str, username: str) -> dict[str, str]:
-    r = httpx.post(f"{url}/api/v1/auth/token", data={"username": username, "password": PASSWORD})
+    r = httpx.post(
+        f"{url}/api/v1/auth/token", data={"username": username, "password": PASSWORD}, timeout=SIGN_IN_TIMEOUT
+    )
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 

@@ -29,7 +29,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from storage.api_schema import Timestamp
 from storage.embedded import EmbeddedSeaweed
-from tests.conftest import ADMIN_PASSWORD, make_settings, start_server
+from tests.conftest import ADMIN_PASSWORD, SIGN_IN_TIMEOUT, make_settings, start_server
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 CHECKS = ",".join(
@@ -86,7 +86,9 @@ def test_the_api_answers_as_its_openapi_document_says(tmp_path: Path, seaweed: E
     server, thread, url = start_server(s)
     try:
         login = {"username": "admin", "password": ADMIN_PASSWORD}
-        admin = httpx.post(f"{url}/api/v1/auth/token", data=login).json()["access_token"]
+        admin = httpx.post(f"{url}/api/v1/auth/token", data=login, timeout=SIGN_IN_TIMEOUT).json()[
+            "access_token"
+        ]
         dock = httpx.post(
             f"{url}/api/v1/devices/docks",
             json={"id": "DOCK-API"},

@@ -65,7 +65,7 @@ from incidents.service import (
     unlink_target,
     update_incident,
 )
-from tests.conftest import wait_for
+from tests.conftest import SIGN_IN_TIMEOUT, wait_for
 from tests.test_alarms_kit import raise_test_alarm
 from tests.test_incidents_kit import bearer, plant_incident, staff, store_item, user
 
@@ -597,7 +597,9 @@ def test_a_password_set_by_sql_is_named_and_no_entry_carries_a_secret(live: Any)
     new_password = "another long enough password"
     r = httpx.patch(f"{api}/users/{ids['inv']}", json={"password": new_password}, headers=live.admin())
     assert r.status_code == 200, r.text
-    r = httpx.post(f"{api}/auth/token", data={"username": "inv", "password": new_password})
+    r = httpx.post(
+        f"{api}/auth/token", data={"username": "inv", "password": new_password}, timeout=SIGN_IN_TIMEOUT
+    )
     assert r.status_code == 200, r.text
     assert _problems(s) == []
     with s.db.session() as session:

@@ -22,7 +22,7 @@ from chain_of_custody.models import EvidenceItem
 from ingest.models import Upload
 from storage.embedded import EmbeddedSeaweed
 from tests.clipkit import Fleet, clip_metadata, enrol, sha256
-from tests.conftest import ADMIN_PASSWORD, LiveServer, make_settings, start_server, wait_for
+from tests.conftest import ADMIN_PASSWORD, SIGN_IN_TIMEOUT, LiveServer, make_settings, start_server, wait_for
 
 MiB = 1024 * 1024
 PART = 5 * MiB
@@ -42,7 +42,11 @@ def dock_live(
     with s.db.session() as session:
         create_user(session, "admin", ADMIN_PASSWORD, "admin", key=s.key)
     server, thread, url = start_server(s)
-    token = httpx.post(f"{url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD})
+    token = httpx.post(
+        f"{url}/api/v1/auth/token",
+        data={"username": "admin", "password": ADMIN_PASSWORD},
+        timeout=SIGN_IN_TIMEOUT,
+    )
     yield LiveServer(url, s, token.json()["access_token"])
     server.should_exit = True
     thread.join(15)

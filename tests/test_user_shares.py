@@ -16,7 +16,7 @@ import pytest
 from accounts.service import create_user
 from chain_of_custody.evidence import Provenance, record_evidence
 from storage.embedded import EmbeddedSeaweed
-from tests.conftest import make_settings, start_server, wait_for
+from tests.conftest import SIGN_IN_TIMEOUT, make_settings, start_server, wait_for
 
 PASSWORD = "shares test password 123"
 
@@ -41,7 +41,9 @@ def shared(tmp_path: Path, seaweed: EmbeddedSeaweed) -> Iterator[tuple[str, Any,
     server, thread, url = start_server(s)
     tokens = {}
     for name in ("ann", "bob"):
-        r = httpx.post(f"{url}/api/v1/auth/token", data={"username": name, "password": PASSWORD})
+        r = httpx.post(
+            f"{url}/api/v1/auth/token", data={"username": name, "password": PASSWORD}, timeout=SIGN_IN_TIMEOUT
+        )
         r.raise_for_status()
         tokens[name] = {"Authorization": f"Bearer {r.json()['access_token']}"}
     yield url, s, tokens
