@@ -22,13 +22,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import rfc3339
-from devices.models import Device, LoneWorkerState
+from devices.models import LoneWorkerState
 from storage.db import Database
 
 from . import rules
 from .feed import forget_old_changes
 from .incident_links import SERVICE_ACTOR
 from .lifecycle import Lifecycle
+from .liveness import own_offline_alarm
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
 from .outbox import Outbox
 from .payloads import PayloadEvidence
@@ -80,8 +81,13 @@ class Clock:
 
         def check(session: Session, state: LoneWorkerState, outbox: list[AlarmOutbox]) -> None:
             state.offline_due_at = None
-            if state.offline_alarm_id is not None or state.last_seen_at is None:
+            if state.last_seen_at is None:
                 return
+            if state.offline_alarm_id is not None:
+                # Raised already, if the state names the device's own offline alarm: an id written
+                # into the (unsealed) state row in the database silences nothing.
+                if own_offline_alarm(session, state.device_id, state.offline_alarm_id) is not None:
+                    return
             if not rules.is_device_offline(
                 state.last_seen_at,
                 at,
@@ -90,7 +96,7 @@ class Clock:
                 alarm_open=_alarm_open(session, state.device_id),
             ):
                 return
-            device = session.get(Device, state.device_id)
+            device, note = self.lifecycle.device_of(session, state.device_id)
             row = self.lifecycle.raise_alarm(
                 session,
                 outbox,
@@ -102,6 +108,7 @@ class Clock:
                 occurred_at=state.last_seen_at,
                 visit_id=state.active_visit_id,
                 dedupe_key=f"device_offline:{state.device_id}:{rfc3339(state.last_seen_at)}",
+                note=note,
             )
             state.offline_alarm_id = row.id
 

@@ -29,7 +29,10 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.entries import CustodyAction
 from chain_of_custody.reach_seals import reach_secret
 from devices.broker_access import CONTROL_TOPIC_ROOT
+from devices.ends import sealed_device
 from devices.lone_worker_wire import AlarmMessage, CheckinMessage
+from devices.models import Device
+from devices.seals import device_seal_key
 from storage.errors import Refused
 
 from . import rules
@@ -46,6 +49,10 @@ log = logging.getLogger(__name__)
 ESCALATION_TOPIC = f"{CONTROL_TOPIC_ROOT}/escalations"
 
 ALARMS_RAISED = Counter("evidence_alarms_raised_total", "Alarms raised, by kind", ["kind"])
+# An alarm the service raises on its own account (a timer's) whose device row is not as the service
+# sealed it: raised all the same, at no site and nobody's, with this note.
+DEVICE_UNVOUCHED_NOTE = "site and wearer unknown: the device's record is not as the service sealed it"
+
 ALARM_ESCALATIONS = Counter("evidence_alarm_escalations_total", "Alarms escalated, by reason", ["reason"])
 
 
@@ -139,6 +146,7 @@ class Lifecycle:
         self.payloads = payloads
         self.links = links
         self.seal_secret = reach_secret(core.key)  # alarm rows' seals (``chain_of_custody.alarm_seals``)
+        self.device_secret = device_seal_key(core.key)  # device rows' seals (``devices.seals``)
 
     def seal(self, row: AlarmRecord) -> None:
         """Seal the alarm's row as the service records it: its id, site, wearer, device, memo and
@@ -158,6 +166,22 @@ class Lifecycle:
         whose seal does not hold lends nothing it decides (its wearer, its memo, its incident) to
         anything else."""
         return alarm_sealed(self.seal_secret, row)
+
+    def device_of(self, session: Session, device_id: str) -> tuple[Device | None, str | None]:
+        """The device row an alarm the service raises on its own account (a timer's: offline, missed
+        check-in) takes its site and wearer from: only one whose seal holds for its latest custody
+        entry (``devices.ends.sealed_device``), as a device's own message is checked. A row altered
+        in the database (moved to another site, another wearer) lends neither: (None, a note for
+        the alarm), and a warning names the device; the alarm is raised all the same, at no site
+        and nobody's, so the readers of every site see it and no other site's control room does."""
+        device = sealed_device(session, self.device_secret, device_id)
+        if device is not None or session.get(Device, device_id) is None:
+            return device, None
+        log.warning(
+            "alarm takes no site or wearer from its device: its row's seal does not hold",
+            extra={"device": device_id},
+        )
+        return None, DEVICE_UNVOUCHED_NOTE
 
     def open_incident(self, session: Session, row: AlarmRecord, now: datetime) -> None:
         """Open or join the alarm's incident (``IncidentLinks.open_incident``, whose ``linked`` entry

@@ -5,10 +5,16 @@ A message clears a condition only if the device sent it after the condition aros
 signed (``sent_at``), not by when it reached us: a heartbeat from before the device fell silent,
 held by the broker or sent again once its replay state was rolled back in the database, says
 nothing about the device now, and must not close a safety alarm (with a custody entry saying the
-device is back) while it is still silent."""
+device is back) while it is still silent.
+
+The device's state row, which names its open offline alarm, is not sealed: an alarm id written into
+it in the database (another lone worker's offline alarm, an SOS) is not taken at its word. Only the
+device's own offline alarm is cleared by its messages (:func:`own_offline_alarm`), and the clock
+raises a new one for a device whose state names any other (``alarms.clock``)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +28,24 @@ from . import rules
 from .device_state import Snapshot, set_state
 from .lifecycle import Lifecycle
 from .models import AlarmOutbox, AlarmRecord
+
+log = logging.getLogger(__name__)
+
+
+def own_offline_alarm(
+    session: Session, device_id: str, alarm_id: str, *, lock: bool = False
+) -> AlarmRecord | None:
+    """The alarm a device's state row names as its offline alarm (``alarm_id``), if it is that
+    device's offline alarm; None, with a warning naming the device and the id, when it is no alarm
+    or some other alarm."""
+    row = session.get(AlarmRecord, alarm_id, with_for_update=lock)
+    if row is not None and row.device_id == device_id and row.kind == rules.AlarmKind.DEVICE_OFFLINE.value:
+        return row
+    log.warning(
+        "the device's state names an alarm that is not its offline alarm: not taken",
+        extra={"device": device_id, "alarm": alarm_id},
+    )
+    return None
 
 
 class Liveness:
@@ -46,7 +70,8 @@ class Liveness:
         if snap.battery_low and battery is not None and rules.is_battery_recovered(battery, self.policy):
             ids += session.scalars(select(AlarmRecord.id).where(*self._open_low_battery(snap.device_id)))
         if ids:
-            list(session.scalars(select(AlarmRecord).where(AlarmRecord.id.in_(ids)).with_for_update()))
+            own = (AlarmRecord.id.in_(ids), AlarmRecord.device_id == snap.device_id)
+            list(session.scalars(select(AlarmRecord).where(*own).with_for_update()))
 
     def apply(
         self, session: Session, snap: Snapshot, message: Any, outbox: list[AlarmOutbox], now: datetime
@@ -55,8 +80,9 @@ class Liveness:
         actor = f"device:{snap.device_id}"
         sent_at: datetime = message.sent_at
         if snap.offline_alarm_id:
-            row = session.get(AlarmRecord, snap.offline_alarm_id, with_for_update=True)
-            # A message sent before the device fell silent proves nothing now (see the module).
+            # Only the device's own offline alarm is its to clear, and a message sent before the
+            # device fell silent proves nothing now (see the module).
+            row = own_offline_alarm(session, snap.device_id, snap.offline_alarm_id, lock=True)
             if row is None or sent_after(sent_at, row):
                 if row is not None:
                     self.lifecycle.transition(

@@ -23,7 +23,8 @@ from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import raw_public_key
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.retention_basis import RetentionBasis, retention_basis
-from devices.models import Device
+from devices.ends import sealed_device
+from devices.seals import device_seal_key
 from storage.objects import StorageError, StoredObject
 
 from .models import AlarmRecord, LoneWorkerEvent
@@ -44,6 +45,7 @@ class PayloadEvidence:
 
     def __init__(self, core: CoreServices) -> None:
         self.core = core
+        self.device_secret = device_seal_key(core.key)  # device rows' seals (``devices.seals``)
 
     def basis(self, event: LoneWorkerEvent) -> RetentionBasis:
         """Retention runs from when the device says the alarm happened (signed), bounded by its arrival."""
@@ -128,8 +130,12 @@ class PayloadEvidence:
     ) -> EvidenceItem:
         """The evidence item of a payload stored after its message was handled, from the event row: the
         bytes, and the key the signature was verified with at accept (the registry's key for events
-        stored before the row kept it)."""
-        device = session.get(Device, event.device_id)
+        stored before the row kept it). The registry's key, and its wearer when ``wearer`` is None,
+        come only from a device row whose seal holds (``devices.ends.sealed_device``): a row
+        altered in the database lends neither (a warning names the device)."""
+        device = None
+        if wearer is None or not event.device_public_key:
+            device = sealed_device(session, self.device_secret, event.device_id)
         signature = json.loads(event.raw).get("sig")
         key_b64 = event.device_public_key or (device.public_key if device is not None else None)
         public_key = raw_public_key(key_b64) if key_b64 else None

@@ -9,6 +9,7 @@ note) and clears no alarm."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 
 from sqlalchemy import select
@@ -18,7 +19,6 @@ from chain_of_custody.canonical import rfc3339
 from chain_of_custody.entries import CustodyAction
 from chain_of_custody.visit_seals import visit_entry, visit_holds, visit_seal
 from devices.lone_worker_wire import AckStatus, CheckinMessage
-from devices.models import Device
 
 from . import rules
 from .device_state import Snapshot, set_state
@@ -102,7 +102,7 @@ class Visits:
                 visit.expected_end = body.expected_end
                 visit.start_event_id = message.event_id
                 visit.note = body.note
-                visit.due_at = rules.missed_checkin_due_at(as_rule(visit), self.policy)
+                visit.due_at = rules.missed_checkin_due_at(_as_rule(session, visit, vouched), self.policy)
                 set_state(session, snap.device_id, active_visit_id=body.visit_id)
         else:
             if visit.ended_at is None:
@@ -144,15 +144,18 @@ class Visits:
         """Visits whose end check-in is overdue by the grace period raise ``missed_checkin``."""
 
         def check(session: Session, visit: LoneWorkerVisit, outbox: list[AlarmOutbox]) -> None:
-            if not rules.is_checkin_missed(as_rule(visit), now, self.policy):
-                visit.due_at = rules.missed_checkin_due_at(as_rule(visit), self.policy)
+            vouched = self.sealed(visit)
+            rule = _as_rule(session, visit, vouched)
+            if not rules.is_checkin_missed(rule, now, self.policy):
+                visit.due_at = rules.missed_checkin_due_at(rule, self.policy)
                 return  # raised already, or the grace period has grown since it was due
             visit.due_at = None
-            device = session.get(Device, visit.device_id)
-            # A visit whose row the service did not seal as it stands lends no wearer: the alarm is
-            # raised all the same (a safety alarm is never dropped), nobody's, with why.
-            vouched = self.sealed(visit)
+            # A visit whose row the service did not seal as it stands lends no wearer, and a device
+            # whose row's seal does not hold neither site nor wearer: the alarm is raised all the
+            # same (a safety alarm is never dropped), with why.
+            device, unvouched = self.lifecycle.device_of(session, visit.device_id)
             wearer = (visit.wearer or (device.assigned_staff_id if device else None)) if vouched else None
+            notes = [n for n in (None if vouched else UNVOUCHED_NOTE, unvouched) if n]
             row = self.lifecycle.raise_alarm(
                 session,
                 outbox,
@@ -163,8 +166,8 @@ class Visits:
                 site=device.site if device else None,
                 occurred_at=visit.expected_end,
                 visit_id=visit.visit_id,
-                dedupe_key=f"missed_checkin:{visit.device_id}:{visit.visit_id}",
-                note=None if vouched else UNVOUCHED_NOTE,
+                dedupe_key=_missed_key(visit),
+                note="; ".join(notes) or None,
             )
             visit.missed_alarm_id = row.id
             if vouched:  # a broken seal stays broken
@@ -176,3 +179,26 @@ class Visits:
             .order_by(LoneWorkerVisit.due_at)
         )
         return self.outbox.claimed_pass(due, limit, check)
+
+
+def _as_rule(session: Session, visit: LoneWorkerVisit, vouched: bool) -> rules.Visit:
+    """The visit as the rules see it when deciding whether its missed check-in is due: a visit whose
+    seal does not hold names a missed check-in alarm only if the service raised one for it, so an
+    alarm id written into the row in the database silences nothing."""
+    rule = as_rule(visit)
+    if not vouched and visit.missed_alarm_id is not None and not _raised_for(session, visit):
+        rule = dataclasses.replace(rule, missed_alarm_id=None)
+    return rule
+
+
+def _missed_key(visit: LoneWorkerVisit) -> str:
+    """The dedupe key of the visit's missed check-in alarm: one per visit."""
+    return f"missed_checkin:{visit.device_id}:{visit.visit_id}"
+
+
+def _raised_for(session: Session, visit: LoneWorkerVisit) -> bool:
+    """Whether the service raised the visit's missed check-in alarm (by its dedupe key): what a visit
+    whose seal does not hold is taken at, rather than the alarm its row names."""
+    with session.no_autoflush:  # a check-in's batch flushes its rows together, later
+        found = session.scalar(select(AlarmRecord.id).where(AlarmRecord.dedupe_key == _missed_key(visit)))
+    return found is not None

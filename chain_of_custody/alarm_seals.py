@@ -15,8 +15,8 @@ later voice memo or cancel is linked into the incident the row names, so a row p
 incident by SQL links nothing anywhere (``alarms.incident_links``).
 
 Alarms raised before seals have none: ``evidence upgrade-seals`` (its ``seal-reach`` step) seals
-those whose site and memo are what the ledger last recorded. Tables are read as plain tables: this
-sits below ``alarms``.
+those whose every sealed column (site, device, wearer, memo, incident) is what the ledger last
+recorded of it. Tables are read as plain tables: this sits below ``alarms``.
 """
 
 from __future__ import annotations
@@ -132,8 +132,9 @@ class UnsealedAlarm:
 
 
 def unsealed_alarms(session: Session, entries: Iterable[SignedEntry]) -> list[UnsealedAlarm]:
-    """Every alarm without a seal, each against what the ledger last recorded of its site, wearer
-    (when recorded), memo and the incident the service linked it to."""
+    """Every alarm without a seal, each against what the ledger last recorded of every column its
+    seal covers: its site, device and wearer (each when recorded), memo and the incident the
+    service linked it to."""
     a = _ALARMS.c
     q = select(a.id, a.site, a.wearer, a.device_id, a.voice_memo_item_id, a.incident_id)
     rows = session.execute(q.where(a.seal.is_(None)).order_by(a.id)).all()
@@ -148,6 +149,8 @@ def unsealed_alarms(session: Session, entries: Iterable[SignedEntry]) -> list[Un
             refused = "no custody entry records its site (run `evidence backfill-custody` first)"
         elif known["site"][1] != site:
             refused = f"its site is {site!r} but custody entry #{known['site'][0]} says {known['site'][1]!r}"
+        elif "device" in known and known["device"][1] != device:
+            refused = f"its device is {device!r} but custody entry #{known['device'][0]} says {known['device'][1]!r}"
         elif "wearer" in known and known["wearer"][1] != wearer:
             refused = f"its wearer is {wearer!r} but custody entry #{known['wearer'][0]} says {known['wearer'][1]!r}"
         elif known.get("memo", (None, None))[1] != memo:

@@ -202,9 +202,10 @@ ALARM_SERVICE = "service:alarms"  # who links an alarm to the incident it opens 
 
 
 def alarm_replay(entries: Iterable[SignedEntry]) -> Recorded:
-    """What the ledger says of each alarm: the site and wearer its latest entry that records one
-    gives it, the voice memo its latest memo entry attaches, and the incident the service linked
-    it to (a person's link of an alarm to another incident leaves the alarm's own incident as is)."""
+    """What the ledger says of each alarm: the site, wearer, device and kind its latest entry that
+    records one gives it, the voice memo its latest memo entry attaches, and the incident the
+    service linked it to (a person's link of an alarm to another incident leaves the alarm's own
+    incident as is)."""
     out: Recorded = {}
     for e in entries:
         if e.body.action == "linked" and e.body.actor == ALARM_SERVICE:
@@ -224,6 +225,9 @@ def alarm_replay(entries: Iterable[SignedEntry]) -> Recorded:
             known["site"] = (e.body.seq, d["site"])
         if "wearer" in d:
             known["wearer"] = (e.body.seq, d["wearer"])
+        for said, field in (("device", "device"), ("kind", "kind")):
+            if said in d:
+                known[field] = (e.body.seq, d[said])
         if "voice_memo" in d:
             known["memo"] = (e.body.seq, d["voice_memo"])
     return out

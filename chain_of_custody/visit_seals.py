@@ -10,8 +10,9 @@ whose seal does not hold lends no wearer to its missed check-in (the alarm is st
 no wearer and a note why) and clears no alarm, and ``evidence verify`` names it.
 
 Visits opened before seals have none: ``evidence upgrade-seals`` (its ``seal-visits`` step) seals
-those whose wearer is the member of staff the custody ledger last assigned to their device, and
-records them on the ledger. Tables are read as plain tables: this sits below ``alarms``.
+those whose wearer is the member of staff the custody ledger last assigned to their device and
+whose missed check-in alarm, if they name one, is one the ledger records as their device's missed
+check-in and no other visit names, and records them on the ledger. Tables are read as plain tables: this sits below ``alarms``.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import column, select, table, update
+from sqlalchemy import column, func, select, table, update
 from sqlalchemy.orm import Session
 
 from .entries import ChainReport, CustodyAction, Problem, SignedEntry
 from .keys import ServiceKey
 from .ledger import Ledger
 from .reach_seals import reach_secret
-from .registry_replay import Recorded, device_replay
+from .registry_replay import Recorded, alarm_replay, device_replay
 from .row_replay import _details
 from .row_seals import _holds, row_seal, seal_verdict
 
@@ -152,15 +153,17 @@ class UnsealedVisit:
 
 
 def unsealed_visits(session: Session, entries: Iterable[SignedEntry]) -> list[UnsealedVisit]:
-    """Every visit without a seal, against what the ledger last recorded of its wearer, or, for a
-    visit it never recorded, of its device's assigned member of staff."""
+    """Every visit without a seal, against what the ledger last recorded of each column its seal
+    covers: its wearer (or, for a visit it never recorded, its device's assigned member of staff),
+    and its missed check-in alarm (:func:`_missed_refused`)."""
     v = _VISITS.c
     q = select(v.device_id, v.visit_id, v.wearer, v.missed_alarm_id).where(v.seal.is_(None))
     rows = session.execute(q.order_by(v.device_id, v.visit_id)).all()
     if not rows:
         return []
     entries = list(entries)
-    visits, devices = visit_replay(entries), device_replay(entries)
+    visits, devices, alarms = visit_replay(entries), device_replay(entries), alarm_replay(entries)
+    named = _visits_naming(session, {m for *_, m in rows if m is not None})
     out = []
     for device, visit_id, wearer, missed in rows:
         refused = None
@@ -175,8 +178,45 @@ def unsealed_visits(session: Session, entries: Iterable[SignedEntry]) -> list[Un
             refused = (
                 f"its wearer is {wearer!r} but custody entry #{staff[0]} assigns its device to {staff[1]!r}"
             )
+        refused = refused or _missed_refused(device, missed, alarms.get(missed or "", {}), named)
         out.append(UnsealedVisit(device, visit_id, wearer, missed, refused))
     return out
+
+
+def _visits_naming(session: Session, alarm_ids: set[str]) -> dict[tuple[str, str], int]:
+    """How many of each device's visits (sealed or not) name each of ``alarm_ids`` as their missed
+    check-in alarm, by (device, alarm)."""
+    if not alarm_ids:
+        return {}
+    v = _VISITS.c
+    q = (
+        select(v.device_id, v.missed_alarm_id, func.count())
+        .where(v.missed_alarm_id.in_(sorted(alarm_ids)))
+        .group_by(v.device_id, v.missed_alarm_id)
+    )
+    return {(str(device), str(alarm)): int(n) for device, alarm, n in session.execute(q)}
+
+
+def _missed_refused(
+    device: str, missed: str | None, recorded: dict[str, tuple[int, Any]], named: dict[tuple[str, str], int]
+) -> str | None:
+    """Why a visit's missed check-in alarm is not borne out, or None: it must be an alarm whose
+    custody record (``registry_replay.alarm_replay``) raises it as this device's missed check-in,
+    and no other visit of the device may name it (custody does not record which of the device's
+    visits it was raised for; a visit's end clears it, and a visit that names one raises none of
+    its own)."""
+    if missed is None:
+        return None
+    said_device = recorded.get("device", (None, None))
+    said_kind = recorded.get("kind", (None, None))
+    if said_device[1] != device or said_kind[1] != "missed_checkin":
+        return (
+            f"its missed check-in alarm {missed!r} is not one custody records as device {device}'s "
+            "missed check-in"
+        )
+    if named.get((device, missed), 0) > 1:
+        return f"its missed check-in alarm {missed!r} is named by another visit too"
+    return None
 
 
 def seal_visits(session: Session, key: ServiceKey, ledger: Ledger) -> list[UnsealedVisit]:

@@ -67,6 +67,17 @@ def load_device(session: Session, secret: bytes, device_id: str) -> tuple[Device
     return (None, None) if found is None else (found[0], found[1])
 
 
+def sealed_device(session: Session, secret: bytes, device_id: str) -> Device | None:
+    """The device's row if its seal holds for its latest custody entry (read in the same statement,
+    :func:`load_device`), else None: a row altered or planted in the database, or an older copy put
+    back, speaks for nobody, and lends nothing (a site, a wearer, a key) to what the service does
+    on its own account (a timer's alarm, an upload's end). A warning names the device."""
+    device, bound = load_device(session, secret, device_id)
+    if device is None or not device_seal_holds(secret, sealed_values(device), device.seal, bound):
+        return None
+    return device
+
+
 def record_status(session: Session, ledger: Ledger, device: Device, actor: str, *, why: str) -> None:
     """A ``device_disabled`` or ``device_enabled`` entry for the status ``device`` now has, in the
     caller's transaction (the change and its entry commit together), and the row sealed bound to it."""

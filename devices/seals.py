@@ -17,8 +17,12 @@ planted, a disabled device enabled again, a unit moved to another member of staf
 the whole row from before a rotation, a move or a disable put back with the seal that fitted then
 (its seal is bound to an older entry), has no seal that holds, and every use refuses it as an
 unknown device: a lone-worker message (``alarms.intake``), a dock's upload (``authenticate_dock``),
-a camera's clip (``camera_for_clip``), the broker's password file (``broker_accounts``), a site's
-reach (``chain_of_custody.reach_seals``).
+a camera's clip (``camera_for_clip``, and the key its signature is checked with when the upload
+ends, ``ingest.clip_facts.camera_key``), the broker's password file (``broker_accounts``), a
+site's reach (``chain_of_custody.reach_seals``); and what the service does on its own account with
+the row (``devices.ends.sealed_device``) takes nothing from it: a timer's alarm (offline, missed
+check-in) is raised at no site and nobody's, and a payload item recorded later takes neither its
+wearer nor its key (``alarms.lifecycle.Lifecycle.device_of``, ``alarms.payloads``).
 
 Devices enrolled before seals have none, and devices sealed before seals were bound to custody a
 version 1 seal: both speak for nobody until ``evidence upgrade-seals`` (its ``seal-devices`` step)

@@ -93,7 +93,9 @@ def add_staff(
 def enrol_dock(
     session: Session, ledger: Ledger, dock_id: str, actor: str, *, name: str = "", site: str | None = None
 ) -> EnrolledDock:
-    """Register a dock and issue its token ``<dock_id>.<secret>``; re-enrolling rotates the secret."""
+    """Register a dock and issue its token ``<dock_id>.<secret>``; re-enrolling rotates the secret.
+    Re-enrolling a dock whose row's seal does not hold (``seal_held``: moved to another site in the
+    database, say) restates its site as given here rather than seal what SQL wrote."""
     _check_id(dock_id)
     secret = secrets.token_urlsafe(32)
     dock = session.get(Device, dock_id)
@@ -102,6 +104,8 @@ def enrol_dock(
     if dock is None:
         dock = Device(id=dock_id, kind="dock", name=name, site=site)
         session.add(dock)
+    elif not seal_held(session, ledger, dock, any_status=True):
+        dock.site, dock.assigned_staff_id = site, None
     dock.token_hash = _secret_digest(secret)
     dock.status = "active"
     record_device(

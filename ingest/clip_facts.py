@@ -12,8 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import canonical_json, rfc3339
-from chain_of_custody.keys import load_public_key_b64, verify_signature
+from chain_of_custody.keys import ServiceKey, load_public_key_b64, verify_signature
+from devices.ends import sealed_device
 from devices.models import Device
+from devices.seals import device_seal_key
 from storage.objects import ObjectStore, StoredObject
 
 from .models import Upload
@@ -42,10 +44,13 @@ class ClipChecks:
     reasons: tuple[str, ...]
 
 
-def camera_key(session: Session, serial: str) -> str | None:
-    """The camera's enrolled public key (base64) as the session sees it; None if it has none."""
-    camera = session.get(Device, serial)
-    return camera.public_key if camera is not None else None
+def camera_key(session: Session, serial: str, key: ServiceKey) -> str | None:
+    """The camera's enrolled public key (base64) as the session sees it; None if it has none, or if
+    its row's seal does not hold for its latest custody entry (``devices.ends.sealed_device``: a
+    key swapped in the database after the upload began would otherwise vouch for a clip the
+    camera never signed; a warning names the camera)."""
+    camera = sealed_device(session, device_seal_key(key), serial)
+    return camera.public_key if camera is not None and camera.kind == "camera" else None
 
 
 def check_clip(upload: Upload, key: str | None, digest: str) -> ClipChecks:

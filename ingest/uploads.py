@@ -731,7 +731,7 @@ def complete_upload(
     stop = datetime.fromisoformat(upload.recorded_stop.replace("Z", "+00:00"))
     keep = timedelta(days=s.settings.retention_days)
     with s.db.reading() as session:
-        key = camera_key(session, upload.camera_serial)
+        key = camera_key(session, upload.camera_serial, s.key)
     item: EvidenceItem | None = None
     while True:
         checks = check_clip(upload, key, stored.sha256)
@@ -743,7 +743,7 @@ def complete_upload(
                 end_lease(row, upload)
                 state = _state(row)
                 break
-            key = camera_key(session, upload.camera_serial)
+            key = camera_key(session, upload.camera_serial, s.key)
             if key != checks.camera_key:
                 continue  # enrolled or re-keyed since it was read: check and settle again
             item = record_evidence(

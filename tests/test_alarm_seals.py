@@ -150,6 +150,22 @@ def test_upgrade_seals_adopts_the_alarms_the_ledger_bears_out(south: SouthReader
     assert not south.reads(moved)["list"]
 
 
+def test_upgrade_seals_refuses_an_alarm_whose_device_was_changed_in_the_database(south: SouthReader) -> None:
+    """An alarm's device is sealed with it (what it came from, whose messages' items join its
+    incident): one re-pointed by SQL at another device before the upgrade is not sealed in."""
+    kept = raise_test_alarm(south.s, "LW-S", site="SOUTH")
+    moved = raise_test_alarm(south.s, "LW-S2", site="SOUTH")
+    _sql(south.s, update(AlarmRecord).values(seal=None))
+    _sql(south.s, update(AlarmRecord).where(AlarmRecord.id == moved).values(device_id="LW-S"))
+    done = _cli(south.s, "upgrade-seals", "--yes")
+    assert done.exit_code == 1, done.output
+    lines = {line.split(":")[0]: line for line in done.output.splitlines() if line.startswith("alarm ")}
+    assert "matches its custody record" in lines[f"alarm {kept}"], done.output
+    assert "REFUSED" in lines[f"alarm {moved}"] and "its device is 'LW-S'" in lines[f"alarm {moved}"]
+    assert south.reads(kept)["list"]
+    assert not south.reads(moved)["list"]
+
+
 def test_an_alarm_moved_in_the_database_opens_no_incident_of_that_site_with_its_memo(
     south: SouthReader,
 ) -> None:

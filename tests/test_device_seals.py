@@ -142,6 +142,26 @@ def test_a_dock_token_planted_by_sql_does_not_authenticate(live) -> None:  # typ
     assert _head(live.url, genuine).status_code == 401
 
 
+def test_a_dock_moved_to_another_site_by_sql_is_not_sealed_there_by_its_re_enrolment(services: Any) -> None:
+    """Re-enrolling a dock (a new token) seals its row: one moved to SOUTH by SQL would be sealed at
+    SOUTH, and SOUTH's managers would list it and could issue themselves its token. The re-enrolment
+    restates the site it is given instead."""
+    with services.db.session() as session:
+        enrol_dock(session, services.ledger, "DOCK-7", "test", site="NORTH")
+    _set(services, "DOCK-7", site="SOUTH")
+    with services.db.session() as session:
+        enrol_dock(session, services.ledger, "DOCK-7", "test", site="NORTH")
+    with services.db.session() as session:
+        dock = session.get(Device, "DOCK-7")
+        assert dock is not None and dock.site == "NORTH", dock and dock.site
+    with services.db.session() as session:  # its row as the service sealed it: at NORTH
+        assert not unsealed_devices(session, services.ledger)
+        enrol_dock(session, services.ledger, "DOCK-7", "test")  # a sealed row keeps its site
+    with services.db.session() as session:
+        dock = session.get(Device, "DOCK-7")
+        assert dock is not None and dock.site == "NORTH"
+
+
 def test_a_camera_moved_to_another_wearer_by_sql_delivers_no_clip(services: Any) -> None:
     kit = DeviceKit("CAM-1")
     with services.db.session() as session:

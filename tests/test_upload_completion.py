@@ -333,7 +333,7 @@ def test_two_completions_of_one_upload_at_once_record_one_item(
 
     other = threading.Thread(target=run_second, name="second-completion")
 
-    def key(session: Any, serial: str) -> Any:
+    def key(session: Any, serial: str, *sealed_by: Any) -> Any:
         me = threading.get_ident()
         calls[me] = calls.get(me, 0) + 1
         if calls[me] == 2 and me == other.ident:  # the second one's recording transaction got this far
@@ -346,7 +346,7 @@ def test_two_completions_of_one_upload_at_once_record_one_item(
                     30,
                     what="the second completion to wait for the first or get past it",
                 )
-        return real_key(session, serial)
+        return real_key(session, serial, *sealed_by)
 
     monkeypatch.setattr(uploads, "complete_upload", complete)
     monkeypatch.setattr(uploads, "camera_key", key)

@@ -164,6 +164,59 @@ def test_upgrade_seals_adopts_the_visits_the_ledger_bears_out(services: Any) -> 
     assert _missed(services, "LW-V6").wearer is None
 
 
+def test_a_missed_alarm_written_into_a_visit_in_the_database_silences_no_missed_checkin(
+    services: Any,
+) -> None:
+    """A visit that names a missed check-in alarm raises none of its own: an id written into the row
+    by SQL (here, the device's earlier SOS) must not silence the lone worker's missed check-in."""
+    device = enrol(services, "LW-V7", staff_id="S-7", site="NORTH")
+    now = datetime.now(UTC)
+    sos = services.alarms.handle(*device.sos(sent_at=now), now=now)
+    assert sos.outcome == "accepted" and sos.alarm_id
+    _start(services, device, "V-7", now)
+    _sql(
+        services,
+        update(LoneWorkerVisit).where(LoneWorkerVisit.visit_id == "V-7").values(missed_alarm_id=sos.alarm_id),
+    )
+    assert services.alarms.raise_missed_checkins(later(36 * 60, now)) == 1
+    missed = _missed(services, "LW-V7")
+    assert (missed.wearer, missed.site, missed.note) == (None, "NORTH", UNVOUCHED_NOTE)
+    assert services.alarms.raise_missed_checkins(later(40 * 60, now)) == 0  # raised once
+
+
+def test_upgrade_seals_refuses_a_visit_whose_missed_alarm_was_changed_in_the_database(services: Any) -> None:
+    """A visit's missed check-in alarm is sealed with it, and a visit that names one raises none of
+    its own: one pointed by SQL, before the upgrade, at the missed check-in of another device's
+    visit, or of another visit of its own device, must not be sealed in (and so silenced)."""
+    own = enrol(services, "LW-V9", staff_id="S-9", site="NORTH")
+    other = enrol(services, "LW-V10", staff_id="S-10", site="NORTH")
+    control = enrol(services, "LW-V11", staff_id="S-11", site="NORTH")
+    now = datetime.now(UTC)
+    _start(services, own, "V-9", now)
+    _start(services, control, "V-11", now)
+    assert services.alarms.raise_missed_checkins(later(36 * 60, now)) == 2
+    theirs = _missed(services, "LW-V9").id
+    _start(services, own, "V-9B", later(60 * 60, now))
+    _start(services, other, "V-10", later(60 * 60, now))
+    _sql(services, update(LoneWorkerVisit).values(seal=None))
+    for visit_id in ("V-9B", "V-10"):
+        _sql(
+            services,
+            update(LoneWorkerVisit)
+            .where(LoneWorkerVisit.visit_id == visit_id)
+            .values(missed_alarm_id=theirs),
+        )
+    done = _cli(services, "upgrade-seals", "--yes")
+    assert done.exit_code == 1, done.output
+    lines = {line.split(":")[0]: line for line in done.output.splitlines() if line.startswith("visit ")}
+    assert "matches its custody record" in lines["visit V-11 of device LW-V11"], done.output
+    assert "REFUSED" in lines["visit V-10 of device LW-V10"], done.output
+    assert "REFUSED" in lines["visit V-9B of device LW-V9"], done.output
+    # Neither is silenced: each raises its own missed check-in when it runs over.
+    assert services.alarms.raise_missed_checkins(later(96 * 60, now)) == 2
+    assert _missed(services, "LW-V10").visit_id == "V-10"
+
+
 # -- an alarm's incident --------------------------------------------------------------------------
 
 
@@ -232,13 +285,13 @@ def _replay_state(services: Any, device_id: str) -> str:
         return state.replay_state
 
 
+def set_state_row(services: Any, device_id: str, **values: Any) -> None:
+    """A device's state row changed in the database behind the service's back."""
+    _sql(services, update(LoneWorkerState).where(LoneWorkerState.device_id == device_id).values(**values))
+
+
 def _roll_back(services: Any, device_id: str, replay_state: str) -> None:
-    _sql(
-        services,
-        update(LoneWorkerState)
-        .where(LoneWorkerState.device_id == device_id)
-        .values(replay_state=replay_state),
-    )
+    set_state_row(services, device_id, replay_state=replay_state)
 
 
 def test_a_heartbeat_replayed_after_the_replay_state_is_rolled_back_clears_no_offline_alarm(
