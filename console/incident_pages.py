@@ -158,14 +158,11 @@ def incident_page(request: Request, key: str) -> Response:
             return render(request, "missing.html", who, 404, what="incident")
         view = incident_view(session, incident, services(request).key)
         items = ws.linked_items(session, viewer, view["links"])
-        alarms = ws.linked_alarms(session, viewer, view["links"])
+        secret = reach_secret(services(request).key)  # alarm rows' seals (``alarms.reach``)
+        alarms = ws.linked_alarms(session, viewer, view["links"], secret)
         can_write = viewer.role in INCIDENT_WRITERS
         candidates = ws.evidence_candidates(session, viewer, incident.id) if can_write else []
-        alarm_choices = (
-            ws.alarm_candidates(session, viewer, incident.id, reach_secret(services(request).key))
-            if can_write
-            else []
-        )
+        alarm_choices = ws.alarm_candidates(session, viewer, incident.id, secret) if can_write else []
         manager = viewer.role in INCIDENT_MANAGERS
         people = ws.investigators(session, viewer, services(request).key, everyone=True) if manager else []
         wearers = {i["wearer"] for i in [*items.values(), *candidates] if i["wearer"]}

@@ -163,14 +163,19 @@ def alarm_candidates(
     ]
 
 
-def linked_alarms(session: Session, viewer: Viewer, links: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Facts of the linked alarms; the incident's readers see them through the link."""
+def linked_alarms(
+    session: Session, viewer: Viewer, links: list[dict[str, Any]], secret: bytes
+) -> dict[str, dict[str, Any]]:
+    """Facts of the linked alarms; the incident's readers see them through the link (``links`` as
+    ``incident_view`` gives them: those the custody record holds), a reader by site only of a row
+    whose seal holds (``alarms.reach.readable``: a wearer written by SQL is not shown as the alarm's)."""
     ids = [link["target_id"] for link in links if link["kind"] == "alarm"]
     if not ids:
         return {}
     rows = session.scalars(select(AlarmRecord).where(AlarmRecord.id.in_(ids)))
     return {
-        a.id: {"kind": a.kind, "status": a.status, "wearer": a.wearer, "raised_at": a.raised_at} for a in rows
+        a.id: {"kind": a.kind, "status": a.status, "wearer": a.wearer, "raised_at": a.raised_at}
+        for a in readable(secret, viewer, rows)
     }
 
 

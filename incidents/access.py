@@ -18,7 +18,7 @@ original.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -143,16 +143,41 @@ def link_on_custody() -> ColumnElement[bool]:
     One look-up a link, in the item's link steps (``ix_custody_entries_link_steps``). It reads the
     entries' details as stored, without checking signatures: a forged entry to match a planted row
     breaks the signed chain, which ``evidence verify`` names."""
+    return _latest_step_is_this_link(lambda step: step.item_id == IncidentLink.target_id)
+
+
+def alarm_link_on_custody() -> ColumnElement[bool]:
+    """:func:`link_on_custody` for a link of an alarm: an alarm is no evidence item, so its link
+    steps are the ledger's own entries (of no item) naming the alarm and the incident
+    (``service.link_target``). An alarm's link row moved to another incident by SQL (or planted
+    there) has none: the alarm, its kind, status and wearer are not shown on that incident. The
+    look-up reads the ledger's alarm link steps (the same partial index, its entries of no item)."""
+    alarm_named = literal('"alarm":"') + IncidentLink.target_id + literal('"')
+    return _latest_step_is_this_link(
+        lambda step: and_(step.item_id.is_(None), step.details.contains(alarm_named))
+    )
+
+
+def link_holds() -> ColumnElement[bool]:
+    """A WHERE clause on ``IncidentLink``: the link, of evidence or of an alarm, is as the ledger
+    recorded it (:func:`link_on_custody`, :func:`alarm_link_on_custody`). What an incident's view,
+    timeline and export summary list of its links: a row moved or planted by SQL is listed nowhere."""
+    return or_(
+        and_(IncidentLink.target_kind == "evidence", link_on_custody()),
+        and_(IncidentLink.target_kind == "alarm", alarm_link_on_custody()),
+    )
+
+
+def _latest_step_is_this_link(names_target: Callable[[Any], ColumnElement[bool]]) -> ColumnElement[bool]:
+    """Whether the latest link step (``linked``/``unlinked``) for the link's incident, among the
+    entries ``names_target`` selects (given an alias of ``CustodyEntry``), is the ``linked`` entry
+    naming this link row."""
     step, last = aliased(CustodyEntry), aliased(CustodyEntry)
     incident_named = literal('"incident_id":"') + IncidentLink.incident_id + literal('"')
     link_named = literal('"link":') + cast(IncidentLink.id, String) + literal(",")
     latest = (
         select(func.max(step.seq))
-        .where(
-            step.item_id == IncidentLink.target_id,
-            step.action.in_(_STEP_ACTIONS),
-            step.details.contains(incident_named),
-        )
+        .where(names_target(step), step.action.in_(_STEP_ACTIONS), step.details.contains(incident_named))
         .correlate(IncidentLink)  # the link row of the query this clause is in, two levels out
         .scalar_subquery()
     )

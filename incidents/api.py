@@ -27,6 +27,7 @@ from .access import (
     INCIDENT_WRITERS,
     STATISTICS_READERS,
     Viewer,
+    incident_scope,
     visible_incident,
 )
 from .history import AFTER_PATTERN, HISTORY_PAGE, HISTORY_PAGE_MAX, HistoryPage, history_page, timeline_page
@@ -555,7 +556,8 @@ def statistics(
 ) -> Any:
     """Anonymised incident counts over whole months: small counts are not listed, nor any that the
     totals would let be worked out, and the rest are rounded (see README). A security manager asks
-    about their own site only. A table covers at most five years (``period_too_long``, 422, beyond):
+    about their own site only, and counts only its incidents whose seal holds (``incident_scope``:
+    one moved to their site by SQL is not theirs). A table covers at most five years (``period_too_long``, 422, beyond):
     ``until`` is by default the end of this month and ``since`` five years before ``until``; the
     answer's ``period`` says which months it covers."""
     dims = list(dict.fromkeys(by))
@@ -571,7 +573,14 @@ def statistics(
         log.warning("statistics period refused", extra={"since": str(since), "until": str(until)})
         raise
     with s.db.session() as session:
-        facts = load_fact_counts(session, since=since, until=until, site=site, tz=s.settings.report_timezone)
+        facts = load_fact_counts(
+            session,
+            since=since,
+            until=until,
+            site=site,
+            tz=s.settings.report_timezone,
+            within=None if seen is None else incident_scope(user),  # the site's sealed incidents
+        )
     cells, total = count(facts, dims)
     disclosure = Disclosure(s.settings.statistics_min_count, s.settings.statistics_rounding)
     table = publish(cells, total, dims, disclosure, margins_of(facts, dims))

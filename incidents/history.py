@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from chain_of_custody.canonical import rfc3339
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 
-from .access import Viewer, readable_trails, visible_evidence_ids
+from .access import Viewer, alarm_link_on_custody, link_on_custody, readable_trails, visible_evidence_ids
 from .models import Incident, IncidentEvent, IncidentLink
 
 # The steps of an item's arrival other than "stored": its "stored" line (digest, size) tells the arrival.
@@ -142,6 +142,7 @@ def _own_lines(session: Session, incident: Incident, place: Place | None, n: int
             IncidentLink.incident_id == incident.id,
             IncidentLink.target_kind == "evidence",
             IncidentLink.unlinked_at.is_(None),
+            link_on_custody(),  # as custody holds it: a row moved here or planted by SQL tells nothing
             _after(recorded, IncidentLink.id, EVIDENCE, place),
         )
         .order_by(recorded, IncidentLink.id)
@@ -175,6 +176,7 @@ def _own_lines(session: Session, incident: Incident, place: Place | None, n: int
             IncidentLink.incident_id == incident.id,
             IncidentLink.target_kind == "alarm",
             IncidentLink.unlinked_at.is_(None),
+            alarm_link_on_custody(),
             _after(IncidentLink.linked_at, IncidentLink.id, ALARM, place),
         )
         .order_by(IncidentLink.linked_at, IncidentLink.id)

@@ -16,7 +16,7 @@ from chain_of_custody.row_seals import USER_SEALS
 from devices.models import StaffMember
 from storage.paging import Position, after_position
 
-from .access import Viewer, incident_scope
+from .access import Viewer, incident_scope, link_holds
 from .grants import sealed_assignment_ids, sealed_assignment_ids_on
 from .models import (
     ExhibitReference,
@@ -111,7 +111,8 @@ def incident_position(incident: Incident) -> Position:
 
 def incident_view(session: Session, incident: Incident, key: ServiceKey) -> dict[str, Any]:
     """The incident with its staff, investigators, active links and holds, as the API returns it.
-    Its investigators are those of assignments whose seal holds: a planted row names nobody; and
+    Its links are those the custody record holds (``access.link_holds``): a link row of evidence or
+    of an alarm moved to this incident by SQL, or planted, is not listed. Its investigators are those of assignments whose seal holds: a planted row names nobody; and
     each one's full name is given only while their user row's seal holds (``accounts.seals.name_of``,
     as a continuity report prints it): a name written by SQL is not printed as theirs."""
     names = key.derived_secret(USER_SEALS)
@@ -134,7 +135,7 @@ def incident_view(session: Session, incident: Incident, key: ServiceKey) -> dict
     links = list(
         session.scalars(
             select(IncidentLink)
-            .where(IncidentLink.incident_id == incident.id, IncidentLink.unlinked_at.is_(None))
+            .where(IncidentLink.incident_id == incident.id, IncidentLink.unlinked_at.is_(None), link_holds())
             .order_by(IncidentLink.linked_at, IncidentLink.id)
         )
     )

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from devices.models import StaffMember
@@ -77,10 +77,12 @@ def load_facts(
     until: datetime | None = None,
     site: str | None = None,
     tz: str = "Europe/London",
+    within: ColumnElement[bool] | None = None,
 ) -> list[IncidentFacts]:
     """Each incident's facts (one per incident): for small sets and tests; the service counts with
     :func:`load_fact_counts`, which never holds one per incident."""
-    return list(load_fact_counts(session, since=since, until=until, site=site, tz=tz).elements())
+    facts = load_fact_counts(session, since=since, until=until, site=site, tz=tz, within=within)
+    return list(facts.elements())
 
 
 def load_fact_counts(
@@ -91,9 +93,14 @@ def load_fact_counts(
     site: str | None = None,
     tz: str = "Europe/London",
     chunk: int = 500,
+    within: ColumnElement[bool] | None = None,
 ) -> Counter[IncidentFacts]:
     """How many incidents have each combination of facts: read a ``chunk`` at a time, so memory
-    grows with the table's combinations (months, sites, categories, groups), not with incidents."""
+    grows with the table's combinations (months, sites, categories, groups), not with incidents.
+
+    ``within`` (a WHERE clause on ``Incident``) counts only the incidents it selects: for a reader by
+    site, ``access.incident_scope``, so an incident moved to their site by SQL (its site no longer
+    the one the service sealed) is not counted there; ``site`` alone reads the column as it stands."""
     zone = ZoneInfo(tz)
     q = select(Incident.id, Incident.occurred_at, Incident.site, Incident.category)
     if since:
@@ -102,6 +109,8 @@ def load_fact_counts(
         q = q.where(Incident.occurred_at < until)
     if site:
         q = q.where(Incident.site == site)
+    if within is not None:
+        q = q.where(within)
     out: Counter[IncidentFacts] = Counter()
     for rows in session.execute(q.order_by(Incident.id).execution_options(yield_per=chunk)).partitions():
         groups: dict[str, set[str]] = {}

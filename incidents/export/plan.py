@@ -15,7 +15,7 @@ from chain_of_custody import manifest as mf
 from chain_of_custody.entries import viewings_whole, withhold
 from chain_of_custody.models import EvidenceItem
 
-from ..access import Viewer, visible_incident
+from ..access import Viewer, link_holds, visible_incident
 from ..models import Incident, IncidentLink
 
 ORIGINAL_VIDEO_KINDS = frozenset({"clip"})
@@ -268,14 +268,16 @@ def incident_export_scope(
 
     Raises LookupError when the incident does not exist or is outside the caller's scope (the two
     are not told apart). Alarms linked by their alarm id are listed in the summary; an alarm whose
-    record is an evidence item under the same id is packaged as that item.
+    record is an evidence item under the same id is packaged as that item. Only links the custody
+    record holds count (``access.link_holds``): a link row moved to this incident by SQL, or
+    planted, neither names its alarm nor brings its item (not even by hash).
     """
     incident = visible_incident(session, principal, incident_id)
     if incident is None:
         raise LookupError("no such incident")
     links = session.execute(
         select(IncidentLink.target_kind, IncidentLink.target_id)
-        .where(IncidentLink.incident_id == incident.id, IncidentLink.unlinked_at.is_(None))
+        .where(IncidentLink.incident_id == incident.id, IncidentLink.unlinked_at.is_(None), link_holds())
         .order_by(IncidentLink.linked_at, IncidentLink.id)
     ).all()
     evidence = [t for k, t in links if k == "evidence"]
