@@ -15,7 +15,7 @@ from storage.paging import Position, after_position
 from .feed import alarm_view
 from .lifecycle import AlarmNotFound
 from .models import AlarmRecord, LoneWorkerVisit
-from .reach import readable, readable_scope
+from .reach import readable, readable_scope, readable_visits
 
 
 class AlarmQueries:
@@ -96,10 +96,14 @@ class AlarmQueries:
                     "note": v.note,
                     "expected_end": v.expected_end.isoformat() if v.expected_end else None,
                 }
-                for v in session.scalars(
-                    select(LoneWorkerVisit).where(
-                        LoneWorkerVisit.ended_at.is_(None), LoneWorkerVisit.device_id.in_(ids)
-                    )
+                for v in readable_visits(
+                    self.secret,
+                    viewer,
+                    session.scalars(
+                        select(LoneWorkerVisit).where(
+                            LoneWorkerVisit.ended_at.is_(None), LoneWorkerVisit.device_id.in_(ids)
+                        )
+                    ),
                 )
             }
             return [_lone_worker(device, state, n, visits.get(device.id)) for device, state, n in rows]

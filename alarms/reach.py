@@ -23,8 +23,9 @@ from accounts.access import SiteViewer, site_scope, sites_seen
 from chain_of_custody.alarm_seals import alarm_holds
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reach_seals import SiteReach
+from chain_of_custody.visit_seals import visit_holds
 
-from .models import AlarmRecord
+from .models import AlarmRecord, LoneWorkerVisit
 
 
 def alarm_sealed(secret: bytes, row: AlarmRecord) -> bool:
@@ -45,6 +46,20 @@ def readable(secret: bytes, viewer: SiteViewer | None, rows: Iterable[AlarmRecor
     if not by_site(viewer):
         return list(rows)
     return [r for r in rows if alarm_sealed(secret, r)]
+
+
+def readable_visits(
+    secret: bytes, viewer: SiteViewer | None, visits: Iterable[LoneWorkerVisit]
+) -> list[LoneWorkerVisit]:
+    """The visits, in order, a viewer reads beside the devices they see: for a reader by site only
+    rows whose seal holds (``chain_of_custody.visit_seals``, over the visit's device among the rest),
+    so a visit moved by SQL to a device of their site (with the address a worker of another site
+    gave) is not shown there. A reader of every site reads them all, as :func:`readable`."""
+    if not by_site(viewer):
+        return list(visits)
+    return [
+        v for v in visits if visit_holds(secret, v.device_id, v.visit_id, v.wearer, v.missed_alarm_id, v.seal)
+    ]
 
 
 _SEALED = (

@@ -28,7 +28,7 @@ from alarms import performance
 from alarms.api import OPERATORS, READERS
 from alarms.feed import alarm_view
 from alarms.models import AlarmChange, AlarmRecord, LoneWorkerVisit
-from alarms.reach import readable, readable_scope
+from alarms.reach import readable, readable_scope, readable_visits
 from alarms.records import alarm_record, answer_summaries, answer_times
 from alarms.trails import TRAIL_POINTS, trail
 from devices.api import ADMINS as DEVICE_ADMINS
@@ -87,7 +87,8 @@ def open_alarms(
 def directory(session: Session, device_ids: list[str] | None, viewer: ReachViewer) -> dict[str, Any]:
     """Names behind the ids an alarm carries: the device, its wearer (name, staff group), the visit
     under way (the address a community worker gave) and the device's last known state; devices the
-    viewer sees only (``accounts.access.device_scope``)."""
+    viewer sees only (``accounts.access.device_scope``), and a visit a reader by site reads only from
+    a row whose seal holds (``alarms.reach.readable_visits``)."""
     devices_q = select(Device).where(Device.kind == "lone_worker", device_scope(viewer, Device))
     if device_ids is not None:
         devices_q = devices_q.where(Device.id.in_(device_ids[:1000]))
@@ -101,10 +102,14 @@ def directory(session: Session, device_ids: list[str] | None, viewer: ReachViewe
         session.scalars(select(LoneWorkerState).where(LoneWorkerState.device_id.in_(ids))) if ids else []
     )
     visits: Iterable[LoneWorkerVisit] = (
-        session.scalars(
-            select(LoneWorkerVisit).where(
-                LoneWorkerVisit.device_id.in_(ids), LoneWorkerVisit.ended_at.is_(None)
-            )
+        readable_visits(
+            viewer.reach.secret,
+            viewer,
+            session.scalars(
+                select(LoneWorkerVisit).where(
+                    LoneWorkerVisit.device_id.in_(ids), LoneWorkerVisit.ended_at.is_(None)
+                )
+            ),
         )
         if ids
         else []

@@ -14,7 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from alarms.models import AlarmRecord
+from alarms.models import AlarmRecord, LoneWorkerVisit
+from devices.lone_worker_wire import format_time
 from incidents.export.models import ExportJob
 from incidents.models import Incident, IncidentLink
 from incidents.service import link_evidence
@@ -130,3 +131,24 @@ def test_a_linked_alarms_wearer_changed_in_the_database_is_not_shown_on_the_inci
     _sql(south.s, update(AlarmRecord).where(AlarmRecord.id == alarm).values(wearer="N-1"))
     page = south.page(f"/incidents/{incident}")
     assert alarm in page and "N-1" not in page
+
+
+def test_a_visit_moved_in_the_database_to_another_sites_device_is_not_shown_there(south: South) -> None:
+    """A NORTH worker's visit (the address they gave) moved by SQL to SOUTH's device: the SOUTH
+    manager's list of lone workers and the board's directory show SOUTH's device with no visit."""
+    kit, end = south.kits["LW-N"], datetime.now(UTC) + timedelta(hours=2)
+    body = {
+        "action": "start",
+        "visit_id": "V-N",
+        "expected_end": format_time(end),
+        "note": "12 Acacia Avenue",
+    }
+    assert south.s.alarms.handle(*kit.message("checkin", body)).outcome == "accepted"
+    _sql(south.s, update(LoneWorkerVisit).where(LoneWorkerVisit.visit_id == "V-N").values(device_id="LW-S"))
+    lone = {d["id"]: d for d in south.get("/lone-workers")}
+    assert lone["LW-S"]["visit"] is None, lone["LW-S"]
+    board = json.loads(south.page("/board/directory.json", device=["LW-S"]))
+    assert board["devices"].keys() == {"LW-S"} and board["visits"] == {}, board
+    # The control: the administrator (every site) still reads the row, as alarms of every site.
+    r = httpx.get(f"{south.api}/lone-workers", headers=south.admin)
+    assert {d["id"]: d for d in r.json()}["LW-S"]["visit"]["note"] == "12 Acacia Avenue"
