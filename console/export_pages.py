@@ -21,7 +21,7 @@ from chain_of_custody.core import list_cursors
 from chain_of_custody.keys import SIGNING_KEY_PATH
 from chain_of_custody.models import EvidenceItem
 from incidents.access import Viewer, visible_evidence_ids, visible_incident
-from incidents.export.api import EXPORTERS, ORIGINALS_AUTHORISERS
+from incidents.export.api import EXPORTERS, ORIGINALS_AUTHORISERS, job_reader
 from incidents.export.disclosure import DISCLOSURE_PAGE, disclosure_page
 from incidents.export.plan import incident_export_scope
 from incidents.queries import IncidentFilter, search_incidents
@@ -88,7 +88,8 @@ def incident_exports_page(request: Request, incident_id: str, after: int = 0) ->
         if incident is None:
             return render(request, "missing.html", who, 404, what="incident")
         items = exportable_items(session, who.principal, incident.id)
-        page = disclosure_page(session, incident, max(0, min(after, MAX_OFFSET)), LOG_PAGE)
+        readable = job_reader(s.key, who.principal)
+        page = disclosure_page(session, incident, max(0, min(after, MAX_OFFSET)), LOG_PAGE, readable=readable)
         summary = {
             "id": incident.id,
             "reference": incident.reference,

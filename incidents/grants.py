@@ -119,6 +119,15 @@ def export_job_seal_holds(key: ServiceKey, job: ExportJob) -> bool:
     )
 
 
+def export_job_read_as_its_incidents(key: ServiceKey, role: str, job: ExportJob) -> bool:
+    """Whether a reader of ``role`` reads the job as a package of the incident its row names: an
+    administrator (who reads every incident) every job; anyone who reads incidents by scope only a
+    job whose seal holds (:func:`export_job_seal_holds`, over its incident among the rest), so a
+    package moved by SQL to an incident they see (its requester, reason, file name, hash and the
+    items it holds or withholds) is neither listed, opened nor in that incident's disclosure log."""
+    return role == "admin" or export_job_seal_holds(key, job)
+
+
 # -- rows made before seals ---------------------------------------------------------------------
 
 

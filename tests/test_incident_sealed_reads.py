@@ -19,7 +19,7 @@ from devices.lone_worker_wire import format_time
 from incidents.export.models import ExportJob
 from incidents.models import Incident, IncidentLink
 from incidents.service import link_evidence
-from tests.test_incident_seals import _incident
+from tests.test_incident_seals import SouthManager, _incident
 from tests.test_incidents_kit import bearer, store_item, user
 from tests.test_site_reads import South
 
@@ -152,3 +152,33 @@ def test_a_visit_moved_in_the_database_to_another_sites_device_is_not_shown_ther
     # The control: the administrator (every site) still reads the row, as alarms of every site.
     r = httpx.get(f"{south.api}/lone-workers", headers=south.admin)
     assert {d["id"]: d for d in r.json()}["LW-S"]["visit"]["note"] == "12 Acacia Avenue"
+
+
+def test_an_export_moved_in_the_database_to_another_sites_incident_is_not_shown_there(live: Any) -> None:
+    """A package of a NORTH incident (its requester, reason, file name and hash) moved by SQL to a
+    SOUTH incident: the SOUTH manager neither lists nor opens it there, nor finds it in that
+    incident's disclosure log (API or page); the administrator, who reads every incident, still does."""
+    from tests.test_cross_site_reads import cookie
+
+    north = SouthManager(live)
+    r = httpx.post(f"{north.api}/incidents/{north.incident}/exports", json={}, headers=north.admin)
+    assert r.status_code == 202, r.text
+    export_id = r.json()["id"]
+    mine = bearer(north.s, "south_mgr")
+    body = {"category": "theft", "occurred_at": T0.isoformat(), "site": "SOUTH"}
+    r = httpx.post(f"{north.api}/incidents", json=body, headers=mine)
+    assert r.status_code == 201, r.text
+    incident = r.json()["id"]
+    _sql(north.s, update(ExportJob).where(ExportJob.id == export_id).values(incident_id=incident))
+
+    listed = httpx.get(f"{north.api}/incidents/{incident}/exports", headers=mine)
+    assert listed.status_code == 200 and listed.json() == [], listed.text
+    assert httpx.get(f"{north.api}/exports/{export_id}", headers=mine).status_code == 404
+    log = httpx.get(f"{north.api}/incidents/{incident}/disclosures", headers=mine)
+    assert log.status_code == 200 and export_id not in log.text, log.text
+    csv = httpx.get(f"{north.api}/incidents/{incident}/disclosures", params={"format": "csv"}, headers=mine)
+    assert csv.status_code == 200 and export_id not in csv.text, csv.text
+    page = httpx.get(f"{live.url}/incidents/{incident}/exports", headers=cookie(north.s, "south_mgr"))
+    assert page.status_code == 200 and export_id not in page.text
+    admin = httpx.get(f"{north.api}/incidents/{incident}/exports", headers=north.admin)
+    assert [j["id"] for j in admin.json()] == [export_id], admin.text

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import quote
@@ -45,7 +45,7 @@ from ..access import (
     visible_evidence_ids,
     visible_incident,
 )
-from ..grants import export_job_seal_holds, seal_export_job
+from ..grants import export_job_read_as_its_incidents, export_job_seal_holds, seal_export_job
 from ..models import Incident, IncidentAssignment
 from .disclosure import DISCLOSURE_PAGE, DISCLOSURE_PAGE_MAX, DisclosurePage, csv_pages, disclosure_page
 from .jobs import ExportBuilds, record_request
@@ -224,9 +224,13 @@ def chosen_items(
     return list(dict.fromkeys(scope)), [i for i in choice if i in copies]
 
 
-def visible_job(session: Session, user: Viewer, export_id: str) -> ExportJob:
+def visible_job(session: Session, user: Viewer, export_id: str, key: ServiceKey) -> ExportJob:
+    """The package if ``user`` sees its incident and reads it as that incident's
+    (``grants.export_job_read_as_its_incidents``); 404 both when missing and when hidden."""
     job = session.get(ExportJob, export_id)
     if job is None or visible_incident(session, user, job.incident_id) is None:
+        raise HTTPException(404, "no such export")
+    if not export_job_read_as_its_incidents(key, user.role, job):
         raise HTTPException(404, "no such export")
     return job
 
@@ -454,7 +458,11 @@ def incident_exports(
         jobs = session.scalars(
             q.order_by(ExportJob.created_at.desc(), ExportJob.id.desc()).limit(limit + 1)
         ).all()
-        page = [_job_seen(session, user, visible_job(session, user, j.id), s.key) for j in jobs[:limit]]
+        page = [
+            _job_seen(session, user, j, s.key)
+            for j in jobs[:limit]
+            if export_job_read_as_its_incidents(s.key, user.role, j)
+        ]
         key = incident.id
     next_after = jobs[limit - 1].id if len(jobs) > limit else None
     link_next(response, f"/api/v1/incidents/{quote(key)}/exports", next_after, limit)
@@ -495,10 +503,10 @@ def incident_disclosures(
             raise HTTPException(404, "no such incident")
         reference, incident_key = incident.reference, incident.id
         if format == "json":
-            page = disclosure_page(session, incident, after, limit)
+            page = disclosure_page(session, incident, after, limit, readable=job_reader(s.key, user))
     if format == "csv":
         return StreamingResponse(
-            csv_pages(_disclosure_pages(s, incident_key, after)),
+            csv_pages(_disclosure_pages(s, user, incident_key, after)),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="disclosure-log-{reference}.csv"'},
         )
@@ -506,14 +514,24 @@ def incident_disclosures(
     return page.log
 
 
-def _disclosure_pages(s: CoreServices, incident_id: str, after: int) -> Iterator[DisclosurePage]:
+def job_reader(key: ServiceKey, user: Viewer) -> Callable[[ExportJob], bool]:
+    """Which packages whose row names an incident ``user`` reads as that incident's (its disclosure
+    log's, ``disclosure_page``'s ``readable``)."""
+    return lambda job: export_job_read_as_its_incidents(key, user.role, job)
+
+
+def _disclosure_pages(
+    s: CoreServices, user: Viewer, incident_id: str, after: int
+) -> Iterator[DisclosurePage]:
     """The log's pages from ``after`` to its end, each read in its own short transaction."""
     while True:
         with s.db.session() as session:
             incident = session.get(Incident, incident_id)
             if incident is None:
                 return
-            page = disclosure_page(session, incident, after, DISCLOSURE_PAGE_MAX)
+            page = disclosure_page(
+                session, incident, after, DISCLOSURE_PAGE_MAX, readable=job_reader(s.key, user)
+            )
         yield page
         if page.next_after is None:
             return
@@ -525,7 +543,7 @@ def get_export(
     export_id: str, user: Viewer = exporters, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
     with s.db.session() as session:
-        return _job_seen(session, user, visible_job(session, user, export_id), s.key)
+        return _job_seen(session, user, visible_job(session, user, export_id, s.key), s.key)
 
 
 @router.post(
@@ -551,7 +569,7 @@ def create_link(
             first := retry.claim(session, restore=lambda kept: {LINK_TOKEN: _link_token(s, kept)})
         ) is not None:
             return first  # before the share is counted: the first link is in it already
-        job = visible_job(session, user, export_id)
+        job = visible_job(session, user, export_id, s.key)
         if not may_hand_out(session, user, job, s.key):
             raise HTTPException(403, "this package holds evidence you may not hand out")
         if job.status != "ready":

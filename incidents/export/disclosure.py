@@ -14,7 +14,7 @@ import csv
 import io
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -214,18 +214,29 @@ class DisclosurePage:
 
 
 def disclosure_page(
-    session: Session, incident: Incident, after: int = 0, limit: int = DISCLOSURE_PAGE
+    session: Session,
+    incident: Incident,
+    after: int = 0,
+    limit: int = DISCLOSURE_PAGE,
+    *,
+    readable: Callable[[ExportJob], bool] | None = None,
 ) -> DisclosurePage:
     """A page of the incident's log: its packages and links (made by people, each a decision), with
     at most ``limit`` downloads (each link allows any number until it expires), those after custody
     entry ``after``. ``events`` are the page's downloads and the other steps between the previous
     page's last download and this page's last (to the end on the last page): the pages' events, one
-    after the other, are the whole log in order. Each link says how many downloads it had in all."""
-    jobs = session.scalars(
-        select(ExportJob)
-        .where(ExportJob.incident_id == incident.id)
-        .order_by(ExportJob.created_at, ExportJob.id)
-    ).all()
+    after the other, are the whole log in order. Each link says how many downloads it had in all.
+    ``readable`` says which of the packages whose row names the incident the reader reads as its
+    (``grants.export_job_read_as_its_incidents``); None: every one (the service itself)."""
+    jobs = [
+        job
+        for job in session.scalars(
+            select(ExportJob)
+            .where(ExportJob.incident_id == incident.id)
+            .order_by(ExportJob.created_at, ExportJob.id)
+        )
+        if readable is None or readable(job)
+    ]
     ids = [j.id for j in jobs]
     links: dict[str, list[ExportLink]] = defaultdict(list)
     downloads: dict[str, list[dict[str, Any]]] = {}
