@@ -327,6 +327,12 @@ def test_a_planted_link_is_named_and_grants_nothing(live: Any) -> None:
     assert listed.status_code == 200 and clip.id not in listed.text
     for suffix in ("", "/content", "/custody"):
         assert httpx.get(f"{api}/evidence/{clip.id}{suffix}", headers=h).status_code == 404, suffix
+    # A planted link is no link: the incident has nothing to export until something is linked.
+    r = httpx.post(f"{api}/incidents/{second_id}/exports", json={}, headers=h)
+    assert r.status_code == 409 and "nothing is linked" in r.text, r.text
+    own = store_item(s, wearer="S-N", start=T0 + timedelta(hours=1))
+    with s.db.session() as session:
+        link_evidence(session, s.ledger, second_id, own.id, "user:admin", "the second theft")
     r = httpx.post(f"{api}/incidents/{second_id}/exports", json={}, headers=h)
     assert r.status_code == 202, r.text
     export_id = r.json()["id"]
@@ -337,6 +343,7 @@ def test_a_planted_link_is_named_and_grants_nothing(live: Any) -> None:
 
     job = wait_for(finished, 60, 0.1, "the export to finish")
     assert clip.id not in (job.get("included") or []), job
+    assert clip.id not in json.dumps(job), job  # nor withheld, listed or hashed: not the incident's
     # The investigator the clip was linked for still sees it.
     assert httpx.get(f"{api}/evidence/{clip.id}", headers=bearer(s, "inv")).status_code == 200
 
