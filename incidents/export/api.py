@@ -224,12 +224,20 @@ def chosen_items(
     return list(dict.fromkeys(scope)), [i for i in choice if i in copies]
 
 
-def visible_job(session: Session, user: Viewer, export_id: str, key: ServiceKey) -> ExportJob:
-    """The package if ``user`` sees its incident and reads it as that incident's
-    (``grants.export_job_read_as_its_incidents``); 404 both when missing and when hidden."""
+def visible_job(session: Session, user: Viewer, export_id: str) -> ExportJob:
+    """The package if ``user`` sees the incident its row names; 404 both when missing and when hidden.
+    What it then hands out is checked against its seal (``may_hand_out``)."""
     job = session.get(ExportJob, export_id)
     if job is None or visible_incident(session, user, job.incident_id) is None:
         raise HTTPException(404, "no such export")
+    return job
+
+
+def readable_job(session: Session, user: Viewer, export_id: str, key: ServiceKey) -> ExportJob:
+    """:func:`visible_job`, read as that incident's package only while ``user`` may
+    (``grants.export_job_read_as_its_incidents``): a package moved by SQL to an incident they see
+    answers 404 there, as a missing one."""
+    job = visible_job(session, user, export_id)
     if not export_job_read_as_its_incidents(key, user.role, job):
         raise HTTPException(404, "no such export")
     return job
@@ -543,7 +551,7 @@ def get_export(
     export_id: str, user: Viewer = exporters, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
     with s.db.session() as session:
-        return _job_seen(session, user, visible_job(session, user, export_id, s.key), s.key)
+        return _job_seen(session, user, readable_job(session, user, export_id, s.key), s.key)
 
 
 @router.post(
@@ -569,7 +577,7 @@ def create_link(
             first := retry.claim(session, restore=lambda kept: {LINK_TOKEN: _link_token(s, kept)})
         ) is not None:
             return first  # before the share is counted: the first link is in it already
-        job = visible_job(session, user, export_id, s.key)
+        job = visible_job(session, user, export_id)
         if not may_hand_out(session, user, job, s.key):
             raise HTTPException(403, "this package holds evidence you may not hand out")
         if job.status != "ready":
