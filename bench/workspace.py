@@ -20,8 +20,11 @@ afresh several times:
   the first opens it with a ``viewed`` entry covered by a tree head, the rest are rows sealed later; and
   every read is checked against the recorded digest as it streams): from setting ``currentTime`` to the frame shown (``requestVideoFrameCallback``). Baselines,
   same run: the same clip, the same seeks in the same browser, from a plain file server on the same
-  machine (HTTP Range, no sign-in, no custody: what the browser and the machine alone take), and
-  1 MiB range reads at random offsets straight from storage and through the route. The ``<video>``
+  machine (HTTP Range, no sign-in, no custody: what the browser and the machine alone take); the
+  same bytes each seek took (its ranges, each from its start for the bytes it had by the frame) as
+  plain S3 ranged GETs straight from storage, one after another (``bench/raw_seeks.py``: what the
+  store alone takes, so each of p50/p95/p99 has a ratio); and 1 MiB range reads at random offsets
+  straight from storage and through the route. The ``<video>``
   has ``preload="metadata"`` (``--preload auto`` for the workspace player's own setting); ``--trace
   DIR`` writes chromium's network timing of every range beside each seek's wall time.
 
@@ -59,6 +62,7 @@ from bench.common import (  # noqa: E402
     scratch,
     write_results,
 )
+from bench.raw_seeks import over, raw_gets  # noqa: E402
 from chain_of_custody.evidence import Provenance, record_evidence  # noqa: E402
 from chain_of_custody.models import ViewingRange, ViewingSession  # noqa: E402
 from devices.service import add_staff  # noqa: E402
@@ -333,6 +337,8 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
     plain_breakdown = seek_breakdown(plain["events"], plain["seeks"])
     clip.unlink()
     plain_frames = [s["frame_ms"] / 1000 for s in plain["seeks"] if s["frame_ms"] is not None]
+    # The same bytes each seek took, asked of the store alone (plain ranged GETs, bench/raw_seeks.py).
+    raw_same = raw_gets(services.store, stored.key, stored.version_id, breakdown)
     rng = random.Random(7)
     raw, routed = [], []
     with httpx.Client(base_url=base, headers=ctx["token"], timeout=60) as client:
@@ -362,6 +368,11 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
         "baseline_plain_server_seek_to_frame": latency_summary(plain_frames),
         "plain_server_frames_missed": len(plain["seeks"]) - len(plain_frames),
         "baseline_raw_range_1mib": latency_summary(raw),
+        "baseline_raw_same_bytes": raw_same["summary"],
+        "raw_same_bytes": {k: v for k, v in raw_same.items() if k != "summary"},
+        "seek_over_raw_same_bytes": over(
+            [_round_ms(s["frame_ms"]) for s in found["seeks"]], raw_same["seeks_ms"]
+        ),
         "route_range_1mib": latency_summary(routed),
         # Each seek in order (the first waits for the whole check the first range starts), both servers.
         "seeks_ms": [_round_ms(s["frame_ms"]) for s in found["seeks"]],
@@ -697,6 +708,12 @@ def main() -> None:
                     "seek_p95_over_plain_server": _ratio(
                         seek["seek_to_frame"], seek["baseline_plain_server_seek_to_frame"], "p95_ms"
                     ),
+                    **{
+                        f"seek_{q}_over_raw_same_bytes": _ratio(
+                            seek["seek_to_frame"], seek["baseline_raw_same_bytes"], f"{q}_ms"
+                        )
+                        for q in ("p50", "p95", "p99")
+                    },
                     "route_over_raw_range_p50": _ratio(
                         seek["route_range_1mib"], seek["baseline_raw_range_1mib"]
                     ),
