@@ -297,10 +297,13 @@ def read_item(
         if verify:
             trusted_record(session, ledger, item)
         record_read(session, ledger, item, actor, byte_range, purpose, details)
-    if not verify:
+    if not verify:  # a window at a time too, as every read of evidence (``read_checks.STORE_WINDOW``)
+        window = read_checks.STORE_WINDOW
         if byte_range is None:
-            return store.read(item.object_key, item.version_id)
-        return store.read(item.object_key, item.version_id, offset=byte_range.start, length=byte_range.length)
+            return store.read(item.object_key, item.version_id, window=window)
+        return store.read(
+            item.object_key, item.version_id, offset=byte_range.start, length=byte_range.length, window=window
+        )
     if block_digests is not None and byte_range is not None:
         return checked_blocks(store, item, block_digests, byte_range.start, byte_range.length, on_altered)
     check = FixityCheck(item.sha256, item.blake3, item.size)

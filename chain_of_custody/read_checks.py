@@ -45,6 +45,7 @@ RECENT_SECONDS = 30.0
 # A range is asked of the store this many bytes at a time (``ObjectStore.read``'s ``window``): a
 # player's open range names the rest of the object, keeps a megabyte or two and is dropped, and a
 # GET naming the rest of a 2 GB clip held the store's answer to the next range's GET up (100-600 ms).
+# A whole check (an item without a block list) reads its object so too, to wherever it ends.
 STORE_WINDOW = 64 * BLOCK
 # Whole checks started by ranged reads: two at a time per person, four in all per process.
 WHOLE_CHECKS = Slots(total=4, per_key=2)
@@ -77,10 +78,13 @@ def verify_whole(
     store: ObjectStore, item: EvidenceItem, stop: threading.Event | None = None
 ) -> tuple[FixityCheck, list[bytes]]:
     """Read and hash the whole object against its record, keeping each block's digest; raises
-    :class:`Abandoned` when ``stop`` is set before the end."""
+    :class:`Abandoned` when ``stop`` is set before the end. The object is asked of the store a
+    window at a time (``STORE_WINDOW``) and read to wherever it ends, not where its record says:
+    a player's first read of an item without a block list starts this check, and its seeks' ranges
+    of the same object are asked while it runs (one GET naming all of it held those up)."""
     check = FixityCheck(item.sha256, item.blake3, item.size)
     digests: list[bytes] = []
-    chunks = store.read(item.object_key, item.version_id, chunk=BLOCK)
+    chunks = store.read(item.object_key, item.version_id, chunk=BLOCK, window=STORE_WINDOW)
     try:
         for block in blocks_of(chunks):
             if stop is not None and stop.is_set():

@@ -117,6 +117,9 @@ def _translate(exc: Exception) -> StorageError:
 
 
 _READ_STEPS = threading.local()
+# A whole object is read this many bytes a GET (``ObjectStore.read``'s ``window``): a GET naming
+# the rest of a 2 GB object held the store's answer to another GET of it up by 100-600 ms.
+WHOLE_READ_WINDOW = 16 * 1024 * 1024
 
 
 def _step(name: str) -> None:
@@ -409,9 +412,11 @@ class ObjectStore:
 
     def digests_of(self, key: str, version_id: str | None = None, block_list: bool = False) -> Digests:
         """Both digests of a stored object, read once (an upload whose running digests were lost,
-        a whole-store verification); with ``block_list``, its block digests too."""
+        a whole-store verification); with ``block_list``, its block digests too. Read a window at
+        a time to wherever the object ends (``WHOLE_READ_WINDOW``), so a player's ranges of the
+        same object meanwhile are not held up behind a GET naming all of it."""
         d = Digests(block_list)
-        for block in self.read(key, version_id, chunk=4 * 1024 * 1024):
+        for block in self.read(key, version_id, chunk=4 * 1024 * 1024, window=WHOLE_READ_WINDOW):
             d.update(block)
         return d
 
