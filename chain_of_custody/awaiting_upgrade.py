@@ -9,10 +9,11 @@ any other), so the service says it where an operator looks: a warning when it st
 
 The counts are those of the upgrade's sealing steps, read as plain tables as ``evidence verify``
 reads them: live bearer tokens (``seal-tokens``), devices (``seal-devices``), users
-(``seal-users``: no seal, or a version 1 or 2 seal that still holds; ``seal-devices`` likewise,
-a version 1 seal), active incident assignments and export jobs (``seal-grants``), members of
+(``seal-users``: no seal, or a version 1 or 2 seal that still holds; ``seal-devices`` and
+``seal-incidents`` likewise, a version 1 seal), active incident assignments and export jobs (``seal-grants``), members of
 staff, evidence items and alarms (``seal-reach``), incidents (``seal-incidents``), lone visits (``seal-visits``).
-Each is a ``COUNT`` over one table, but users, whose older seals are told apart by two HMACs each.
+Each is a ``COUNT`` over one table, but users, whose older seals are told apart by two HMACs each,
+and devices and incidents, by one.
 A row the step would refuse is counted too: it awaits the command's judgement, and the command lists
 it with why. The ``record-*`` steps are not counted: the rows they list are ended already and
 withhold nothing from anyone (recording them only guards against a copy put back), and counting them
@@ -32,9 +33,9 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 
 from .alarm_seals import _ALARMS
-from .incident_seals import _INCIDENTS
+from .incident_seals import older_incidents
 from .keys import ServiceKey
-from .reach_seals import _ITEMS, _STAFF
+from .reach_seals import _ITEMS, _STAFF, reach_secret
 from .row_seals import (
     _ASSIGNMENTS,
     _DEVICES,
@@ -201,7 +202,7 @@ def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = N
         "staff": _unsealed(session, _STAFF, "seal"),
         "evidence_items": _unsealed(session, _ITEMS, "reach_seal"),
         "alarms": _unsealed(session, _ALARMS, "seal"),
-        "incidents": _unsealed(session, _INCIDENTS, "seal"),
+        "incidents": len(older_incidents(session, reach_secret(key))),
         "lone_worker_visits": _unsealed(session, _VISITS, "seal"),
     }
     return AwaitingUpgrade(counts, now)

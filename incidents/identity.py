@@ -6,21 +6,29 @@ site is recorded as a custody entry (``incident_changed``) when the incident is 
 it changes; ``evidence verify`` compares the row with the latest such entry
 (``chain_of_custody.row_replay.incident_site_findings``). Its footage window (a wearer and a span)
 has the service link that wearer's clips as they arrive, so the same entry records it, and every
-change of it is one (``chain_of_custody.window_replay``). The same write seals the row over what the
-entry records (``chain_of_custody.incident_seals``): where incidents are read and windows followed,
-a row whose seal does not hold (moved or given a window in the database) is read by no site's
+change of it is one (``chain_of_custody.window_replay``). Each such entry is written on the
+incident's keyed subject (``incident_seals.incident_subject``), and the same write seals the row over
+what the entry records and that entry's seq (``chain_of_custody.incident_seals``): where incidents
+are read and windows followed, a row whose seal does not hold (moved or given a window in the
+database, or an older copy of the row put back with the seal that fitted then) is read by no site's
 managers and links nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from chain_of_custody.incident_seals import incident_holds, incident_seal
+from chain_of_custody.incident_seals import (
+    incident_holds,
+    incident_seal,
+    incident_subject,
+    latest_incident_entry,
+)
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.reach_seals import reach_secret
@@ -52,30 +60,21 @@ def next_reference(session: Session, year: int) -> tuple[int, str]:
     return number, format_reference(year, number)
 
 
-def seal_incident(incident: Incident, key: ServiceKey) -> None:
-    """Seal the incident row over its id, site, wearer and window as they now stand."""
-    incident.seal = incident_seal(
-        reach_secret(key),
-        incident.id,
-        incident.site,
-        incident.wearer,
-        incident.window_start,
-        incident.window_end,
-    )
+def incident_sealed(session: Session, incident: Incident, key: ServiceKey) -> bool:
+    """Whether the incident row's seal holds (a warning naming it when not) for its values and the
+    latest entry on its subject: its site, wearer and window are the service's latest, so its
+    window may link clips and its site's managers read it. Every writer that seals the row again
+    asks this first (or has an administrator restate what the seal covers)."""
+    secret = reach_secret(key)
+    bound = latest_incident_entry(session, secret, incident.id)
+    return incident_holds(secret, *_sealed_values(incident), incident.seal, bound)
 
 
-def incident_sealed(incident: Incident, key: ServiceKey) -> bool:
-    """Whether the incident row's seal holds (a warning naming it when not): its site, wearer and
-    window are the service's, so its window may link clips and its site's managers read it."""
-    return incident_holds(
-        reach_secret(key),
-        incident.id,
-        incident.site,
-        incident.wearer,
-        incident.window_start,
-        incident.window_end,
-        incident.seal,
-    )
+def _sealed_values(
+    incident: Incident,
+) -> tuple[str, str | None, str | None, datetime | None, datetime | None]:
+    """What an incident row's seal covers, in order (and its latest custody entry)."""
+    return (incident.id, incident.site, incident.wearer, incident.window_start, incident.window_end)
 
 
 RESTATED = ("site", "wearer", "window_start", "window_end")
@@ -102,8 +101,10 @@ def record_site(
     resealed: bool = False,
 ) -> None:
     """The ``incident_changed`` entry that says the incident's site and footage window, in the
-    transaction that sets either, and the row's seal over them (``resealed``: an administrator
-    restated them over a row whose seal did not hold, and the entry says so)."""
+    transaction that sets either, on the incident's subject, and the row's seal over them bound to
+    that entry (``resealed``: an administrator restated them over a row whose seal did not hold,
+    and the entry says so). The caller has checked the row's seal held (``incident_sealed``), or
+    opened it now, or had an administrator restate it."""
     details: dict[str, object] = {
         "incident_id": incident.id,
         "site": incident.site,
@@ -113,5 +114,17 @@ def record_site(
         details["created"] = True
     if resealed:
         details["resealed"] = "site and window restated by an administrator over a broken seal"
-    ledger.append(session, "incident_changed", actor, details=details)
-    seal_incident(incident, ledger.key)
+    secret = reach_secret(ledger.key)
+    subject = incident_subject(secret, incident.id)
+    entry = ledger.append(session, "incident_changed", actor, item_id=subject, details=details)
+    incident.seal = incident_seal(secret, *_sealed_values(incident), entry.seq)
+
+
+def record_window_withdrawn(session: Session, ledger: Ledger, incident: Incident, actor: str) -> None:
+    """The ``incident_changed`` entry that says an incident whose seal does not hold has no footage
+    window any more (the service withdrew it): custody agrees with the row's window, but nothing
+    the database says of its site is recorded, nor is the row sealed again."""
+    subject = incident_subject(reach_secret(ledger.key), incident.id)
+    window = window_record(None, None, None)
+    details: dict[str, object] = {"incident_id": incident.id, "window": window, "withdrawn": True}
+    ledger.append(session, "incident_changed", actor, item_id=subject, details=details)

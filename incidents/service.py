@@ -263,7 +263,7 @@ def update_incident(
     lock_ledger(session)
     session.flush()
     session.refresh(incident)  # re-read under the lock: another writer may have changed it meanwhile
-    resealed = not incident_sealed(incident, ledger.key)
+    resealed = not incident_sealed(session, incident, ledger.key)
     if resealed and not restates_site_and_window(viewer.role if viewer else None, changes):
         raise IncidentRefused("incident_seal_broken", BROKEN_SEAL, 409)
     new_status = changes.get("status", incident.status)
@@ -640,7 +640,7 @@ def link_overlapping_clips(
     if incident.wearer is None or incident.window_start is None or incident.window_end is None:
         return []
     lock_ledger(session)
-    if not incident_sealed(incident, ledger.key):
+    if not incident_sealed(session, incident, ledger.key):
         return []
     clips = session.scalars(
         select(EvidenceItem.id)
@@ -700,7 +700,7 @@ def auto_link_clip(
         Incident.window_start <= stop,
         Incident.window_end >= item.captured_start,
     )
-    incidents = [i for i in session.scalars(windows) if incident_sealed(i, ledger.key)]
+    incidents = [i for i in session.scalars(windows) if incident_sealed(session, i, ledger.key)]
     out: list[IncidentLink] = []
     for incident in incidents:
         if not window_items(session, ledger.key, incident.site, [item.id]):
@@ -767,7 +767,7 @@ def open_or_join_incident_for_wearer(
         )
         .order_by(Incident.occurred_at.desc())
     )
-    incident = next((i for i in candidates if incident_sealed(i, ledger.key)), None)
+    incident = next((i for i in candidates if incident_sealed(session, i, ledger.key)), None)
     opened = incident is None
     if incident is None:
         member = session.get(StaffMember, wearer)

@@ -29,7 +29,7 @@ from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 
 from .access import incident_scope, may_follow_wearer, of_reach
-from .identity import incident_sealed, seal_incident
+from .identity import incident_sealed, record_site, record_window_withdrawn
 from .models import Incident, IncidentEvent, IncidentLink
 from .service import Retention, _event, unlink_target
 
@@ -155,8 +155,9 @@ def withdraw(
     now: datetime | None = None,
 ) -> None:
     """Withdraw one window and the links it made beyond its reach: the window's end recorded on the
-    custody ledger (an ``unlinked`` entry for the incident) and in its history, each link's end on
-    its item's custody, as any unlink is."""
+    custody ledger (an ``incident_changed`` entry that says the window is gone, so a replay of
+    custody agrees with the row, and the row sealed again if its seal held; an ``unlinked`` entry
+    for the incident) and in its history, each link's end on its item's custody, as any unlink is."""
     now = now or datetime.now(UTC)
     incident = session.get(Incident, finding.incident_id, with_for_update=True)
     if incident is None:
@@ -179,11 +180,13 @@ def withdraw(
         "window_start": incident.window_start.isoformat() if incident.window_start else None,
         "window_end": incident.window_end.isoformat() if incident.window_end else None,
     }
-    sealed = incident_sealed(incident, ledger.key)
+    sealed = incident_sealed(session, incident, ledger.key)
     incident.wearer = incident.window_start = incident.window_end = None
     incident.updated_at = now
-    if sealed:  # the withdrawn window is the service's write; a broken seal is not mended by it
-        seal_incident(incident, ledger.key)
+    if sealed:  # the withdrawn window is the service's write, on custody and under the seal
+        record_site(session, ledger, incident, AUDITOR_ACTOR)
+    else:  # on custody too, but a broken seal is not mended by it (nor the row's site recorded)
+        record_window_withdrawn(session, ledger, incident, AUDITOR_ACTOR)
     _event(
         session, incident, AUDITOR_ACTOR, "updated", now, changes=dict.fromkeys(WINDOW_FIELDS), reason=reason
     )

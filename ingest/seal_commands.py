@@ -157,8 +157,9 @@ def _reach(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
 def _incidents(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     from chain_of_custody.incident_seals import seal_incidents, unsealed_incidents
 
-    entries = s.ledger.all_entries(session)
-    return seal_incidents(session, s.key, entries) if yes else unsealed_incidents(session, entries)
+    if yes:
+        return seal_incidents(session, s.ledger)
+    return unsealed_incidents(session, s.key, s.ledger.all_entries(session))
 
 
 def _visits(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:

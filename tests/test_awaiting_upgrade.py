@@ -179,7 +179,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
             "staff": reach.count("member of staff"),
             "evidence_items": reach.count("evidence item"),
             "alarms": len(unsealed_alarms(session, entries)),
-            "incidents": len(unsealed_incidents(session, entries)),
+            "incidents": len(unsealed_incidents(session, s.key, entries)),
             "lone_worker_visits": len(unsealed_visits(session, entries)),
         }
     assert found.counts == expected == listed
@@ -207,6 +207,33 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
         "step: seal-grants); "
         "1 alarm cannot reach their site's managers (its step: seal-reach)" in tail
     ), tail
+
+
+def test_an_incident_under_the_seal_made_before_seals_were_bound_awaits_the_upgrade(services: Any) -> None:
+    """An incident sealed before seals were bound to its latest custody entry reaches no site's
+    managers: it is counted (and listed) as awaiting ``seal-incidents``, which adopts it as custody
+    records it, bound to a new entry."""
+    from chain_of_custody.awaiting_upgrade import awaiting_upgrade
+    from chain_of_custody.incident_seals import incident_seal_v1, unsealed_incidents
+    from chain_of_custody.reach_seals import reach_secret
+
+    s = services
+    with s.db.session() as session:
+        draft = IncidentDraft(category="physical_assault", occurred_at=T0, site="NORTH")
+        incident = create_incident(session, draft, "user:admin", ledger=s.ledger)
+        older = incident_seal_v1(reach_secret(s.key), incident.id, "NORTH", None, None, None)
+        incident_id = incident.id
+    _sql(s, update(Incident).where(Incident.id == incident_id).values(seal=older))
+    with s.db.session() as session:
+        assert awaiting_upgrade(session, s.key).fields() == {"incidents": 1}
+        listed = unsealed_incidents(session, s.key, s.ledger.all_entries(session))
+        assert [(i.incident_id, i.refused) for i in listed] == [(incident_id, None)]
+    shown = _cli(s, "upgrade-seals")
+    assert "1 incident cannot reach their site's managers" in " ".join(shown.output.split()), shown.output
+    done = _cli(s, "upgrade-seals", "--yes")
+    assert done.exit_code == 0, done.output
+    with s.db.session() as session:
+        assert not awaiting_upgrade(session, s.key)
 
 
 class _Log(_Buffer):

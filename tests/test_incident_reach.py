@@ -166,7 +166,9 @@ def test_the_window_audit_lists_and_withdraws_windows_set_before_the_rule(
     with s.db.session() as session:
         row = session.get(Incident, old)
         assert row is not None and row.wearer is None and row.window_start is None
-        assert incident_sealed(row, s.key)  # the service's own write: its site's managers still read it
+        assert incident_sealed(
+            session, row, s.key
+        )  # the service's own write: its site's managers still read it
         kept = session.get(Incident, fine)
         assert kept is not None and kept.wearer == "S-N"  # an administrator's window stands
         withdrawn = session.scalars(

@@ -210,22 +210,28 @@ def test_a_wearer_set_in_the_database_is_not_followed(services: Any) -> None:
     assert _links(services, incident) == set()
 
 
-def test_an_alarm_does_not_join_an_incident_whose_window_was_set_in_the_database(services: Any) -> None:
-    """The alarm's own incident is opened instead, with the service's window: the clip is linked
-    there, never to the incident SQL pointed at the wearer."""
-    incident, clip = _windowed_by_sql(services)
+def alarm_for(services: Any, wearer: str) -> tuple[str, bool]:
+    """An alarm of ``wearer`` at NORTH a minute after T0 joins their open incident or opens one: its
+    id, and whether it was opened."""
     with services.db.session() as session:
         joined, opened = open_or_join_incident_for_wearer(
             session,
             services.ledger,
-            "S-N",
+            wearer,
             T0 + timedelta(minutes=1),
             "lone_worker_alarm",
             "NORTH",
             "service:alarms",
             timedelta(minutes=30),
         )
-        joined_id = joined.id
+        return joined.id, opened
+
+
+def test_an_alarm_does_not_join_an_incident_whose_window_was_set_in_the_database(services: Any) -> None:
+    """The alarm's own incident is opened instead, with the service's window: the clip is linked
+    there, never to the incident SQL pointed at the wearer."""
+    incident, clip = _windowed_by_sql(services)
+    joined_id, opened = alarm_for(services, "S-N")
     assert opened and joined_id != incident
     assert _links(services, incident) == set()
     assert _links(services, joined_id) == {clip.id}

@@ -201,12 +201,15 @@ def plant_incident(services, site: str = "NORTH", **values: object) -> str:  # t
 
 def sealed_incident(services, incident):  # type: ignore[no-untyped-def]
     """An incident row made in a test without the service, sealed as the service seals one when it
-    records its site and window (``incidents.identity.seal_incident``): its id is given now, as the
-    seal covers it. Only a sealed incident is read by its site's managers."""
-    from incidents.identity import seal_incident
+    records its site and window (``incidents.identity.record_site``), bound to no custody entry (it
+    has none): its id is given now, as the seal covers it. Only a sealed incident is read by its
+    site's managers."""
+    from chain_of_custody.incident_seals import incident_seal
+    from chain_of_custody.reach_seals import reach_secret
 
     incident.id = incident.id or str(uuid.uuid4())
-    seal_incident(incident, services.key)
+    window = (incident.wearer, incident.window_start, incident.window_end)
+    incident.seal = incident_seal(reach_secret(services.key), incident.id, incident.site, *window, None)
     return incident
 
 

@@ -725,7 +725,7 @@ def test_rows_made_before_the_ledger_recorded_them_are_adopted_once(services: An
             "1 incident(s) have no seal yet (opened before seals), so no site's managers read them and "
             "their windows link nothing: `evidence upgrade-seals` seals those the custody record bears out"
         ], notes
-        seal_incidents(session, s.key, s.ledger.all_entries(session))
+        seal_incidents(session, s.ledger)
     with s.db.session() as session:
         report = verify_service(session, s.store, s.key)
         assert report.problems == [] and not [n for n in report.notes if "incident" in n or "password" in n]
@@ -1081,9 +1081,7 @@ def test_an_incident_footage_window_set_by_sql_is_named(services: Any) -> None:
         listed = backfill(session, s.ledger, apply=True)
         assert [d["incident_id"] for a, _, d in listed.entries if "window" in d] == [old]
     with s.db.session() as session:  # recorded now, and sealed by the upgrade's step as recorded
-        assert [found.refused for found in seal_incidents(session, s.key, s.ledger.all_entries(session))] == [
-            None
-        ]
+        assert [found.refused for found in seal_incidents(session, s.ledger)] == [None]
     with s.db.session() as session:
         report = verify_service(session, s.store, s.key)
         assert report.problems == [] and not [n for n in report.notes if "window" in n], report
