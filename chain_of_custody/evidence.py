@@ -22,7 +22,7 @@ from .block_lists import digests_of, keep_block_list, list_problem
 from .entries import check_entry
 from .fixity import FixityCheck, checked_range
 from .ledger import Ledger
-from .models import CustodyEntry, EvidenceBlockList, EvidenceItem
+from .models import CustodyEntry, EvidenceBlockList, EvidenceItem, new_id
 from .reach_seals import item_seal, reach_secret
 from .read_checks import checked_blocks
 from .retention_basis import RetentionBasis
@@ -65,8 +65,12 @@ def record_evidence(
     """Create the item row and its first custody entries (captured, received, stored, verified or
     quarantined), and its block list when the store kept one (``block_lists``; ``block_list=False``
     records none, as for an item stored before lists were kept)."""
-    kwargs: dict[str, Any] = {"id": item_id} if item_id else {}
+    # The id is known before the row is written, so its reach seal goes in with it (one INSERT, no
+    # UPDATE after), and a new id has no custody entry yet: its first is not looked for.
+    new_item = not item_id
+    item_id = item_id or new_id()
     item = EvidenceItem(
+        id=item_id,
         kind=provenance.kind,
         status="quarantined" if quarantine_reason else "stored",
         quarantine_reason=quarantine_reason,
@@ -84,17 +88,24 @@ def record_evidence(
         captured_stop=provenance.captured_stop,
         derived_from_id=provenance.derived_from_id,
         retain_until=provenance.retain_until,
-        **kwargs,
+        reach_seal=item_seal(
+            reach_secret(ledger.key),
+            item_id,
+            provenance.wearer,
+            provenance.source_device_id,
+            provenance.derived_from_id,
+        ),
     )
     session.add(item)
     session.flush()
-    item.reach_seal = item_seal(
-        reach_secret(ledger.key), item.id, item.wearer, item.source_device_id, item.derived_from_id
-    )
     if captured is not None:
-        ledger.append(session, "captured", provenance.actor, item_id=item.id, details=captured)
+        ledger.append(
+            session, "captured", provenance.actor, item_id=item.id, details=captured, new_item=new_item
+        )
     if received is not None:
-        ledger.append(session, "received", provenance.actor, item_id=item.id, details=received)
+        ledger.append(
+            session, "received", provenance.actor, item_id=item.id, details=received, new_item=new_item
+        )
     details: dict[str, Any] = {
         "bucket": stored.bucket,
         "key": stored.key,
@@ -114,7 +125,7 @@ def record_evidence(
     details["scope_mac"] = item_scope_mac(
         ledger.key.derived_secret(ITEM_SCOPE), provenance.wearer, provenance.source_device_id
     )
-    ledger.append(session, "stored", "service", item_id=item.id, details=details)
+    ledger.append(session, "stored", "service", item_id=item.id, details=details, new_item=new_item)
     if quarantine_reason:
         ledger.append(
             session, "quarantined", "service", item_id=item.id, details={"reason": quarantine_reason}

@@ -86,6 +86,11 @@ def hold_head(session: Session) -> LedgerHead | None:
     return head
 
 
+def head_held(session: Session) -> bool:
+    """Whether this transaction holds the ledger head's row lock already (:func:`hold_head`)."""
+    return _held(session) is not None
+
+
 def _remember(session: Session, head: LedgerHead) -> _Held:
     if not session.info.get(_HELD_WATCHED):
         session.info[_HELD_WATCHED] = True
@@ -117,7 +122,12 @@ class Ledger:
         item_id: str | None = None,
         details: dict[str, Any] | None = None,
         at: datetime | None = None,
+        new_item: bool = False,
     ) -> CustodyEntry:
+        """Append one signed entry, chained to the ledger's last and to ``item_id``'s last.
+
+        ``new_item``: the item's row was made in this transaction under a new id, so it has no entry
+        yet and none is looked for (the unique ``(item_id, item_seq)`` index is the backstop)."""
         try:
             action = CustodyAction(action).value
         except ValueError:
@@ -133,16 +143,16 @@ class Ledger:
         item_seq: int | None = None
         item_prev: str | None = None
         if item_id is not None:
-            last = (
-                held.items.get(item_id)
-                or session.execute(
+            last = held.items.get(item_id)
+            if last is None and not new_item:
+                found = session.execute(
                     select(CustodyEntry.item_seq, CustodyEntry.entry_hash)
                     .where(CustodyEntry.item_id == item_id)
                     .order_by(CustodyEntry.item_seq.desc())
                     .limit(1)
                 ).first()
-            )
-            item_seq = (last[0] or 0) + 1 if last else 1
+                last = (found[0] or 0, found[1]) if found else None
+            item_seq = last[0] + 1 if last else 1
             item_prev = last[1] if last else None
         body = EntryBody(
             seq=head.last_seq + 1,

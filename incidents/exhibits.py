@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from accounts.models import User
 from accounts.seals import name_of
 from chain_of_custody.keys import ServiceKey
-from chain_of_custody.ledger import Ledger
+from chain_of_custody.ledger import Ledger, head_held
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.row_seals import USER_SEALS
 from devices.models import StaffMember
@@ -115,16 +115,19 @@ def assign(
     serialises numbering; the unique indexes are the backstop). A new reference is an
     ``exhibit_referenced`` custody entry, unless ``record`` is False: a link names it in its own
     ``linked`` entry instead (``details``)."""
-    found = _reference_of(session, incident, item)
-    if found is not None:
-        return found
     # Numbering is read-then-insert: take the ledger lock first (a link holds it already; an export or
     # a continuity report may not), so two at once number one after the other instead of colliding;
-    # then look again, as the one we waited for may have given this very item its reference.
-    lock_ledger(session)
+    # then look again, as the one we waited for may have given this very item its reference. A look
+    # made under the lock is final: it is made once.
+    locked = head_held(session)
     found = _reference_of(session, incident, item)
     if found is not None:
         return found
+    if not locked:
+        lock_ledger(session)
+        found = _reference_of(session, incident, item)
+        if found is not None:
+            return found
     producer = producer_of(session, item, actor, ledger.key)
     series = initials(producer.name) if "{initials}" in _pattern else ""
     last = session.scalar(
