@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import Response
+from fastapi.routing import iter_route_contexts
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from accounts import api as accounts_api
@@ -281,6 +283,19 @@ def _loop_ended(task: asyncio.Task[object]) -> None:
         log.error("background loop ended early", extra={"loop": task.get_name()})
 
 
+def build_routes(app: FastAPI) -> None:
+    """Build every route's request handling before the service reports ready, on a worker thread.
+
+    FastAPI builds a route's handling (its parameters' and answer's models) the first time a request
+    is matched through it, on the event loop: a process's first request built all 110 of them,
+    about 0.1 s on a quiet machine and seconds on a busy one, while every other request waited,
+    the alarm board's stream included. Built here, the first operator's request is as fast as the
+    rest."""
+    started = time.perf_counter()
+    routes = sum(1 for _ in iter_route_contexts(app.router.routes))
+    log.info("routes built", extra={"routes": routes, "seconds": round(time.perf_counter() - started, 3)})
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -298,6 +313,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.state.services = services
         app.state.awaiting_upgrade = services.awaiting_upgrade  # the console's banner reads it
         await asyncio.to_thread(announce_seals_awaiting_upgrade, services)
+        await asyncio.to_thread(build_routes, app)
         tasks = []
         for loop in background_loops(services.settings):
             task = asyncio.create_task(loop(services), name=loop.__name__)

@@ -78,6 +78,11 @@ class Services:
         self.awaiting_upgrade = UpgradeWatch(self.db, self.key)
 
     def close(self) -> None:
+        """Once nothing is served any more: the upload engine's hashing and part-sending threads end
+        (each waits for what it holds, so no accepted chunk is dropped), then the database and the
+        embedded store."""
+        self.uploads.hash_pool.shutdown(wait=True)
+        self.uploads.part_pool.shutdown(wait=True)
         self.db.dispose()
         if self.embedded is not None:
             self.embedded.stop()

@@ -300,7 +300,7 @@ def cli_services(
         yield s
     finally:
         get_settings.cache_clear()
-        s.db.dispose()
+        s.close()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -319,7 +319,7 @@ def services(settings: Settings):  # type: ignore[no-untyped-def]
 
     s = build_services(settings)
     yield s
-    s.db.dispose()
+    s.close()
 
 
 @pytest.fixture
@@ -331,7 +331,7 @@ def sqlite_services(tmp_path: Path, seaweed: EmbeddedSeaweed, sqlite_template: P
         make_settings(tmp_path, migrated_sqlite(sqlite_template, tmp_path / "evidence.db"), seaweed)
     )
     yield s
-    s.db.dispose()
+    s.close()
 
 
 ADMIN_PASSWORD = "correct horse battery staple"
