@@ -21,6 +21,7 @@ from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from devices.service import add_staff
+from storage.objects import StoredObject
 from tests.conftest import SIGN_IN_TIMEOUT
 
 PASSWORD = "a long enough test password"
@@ -38,15 +39,20 @@ def store_item(
     data: bytes | None = None,
     block_list: bool = True,
     device: str | None = None,
+    stored: StoredObject | None = None,
 ) -> EvidenceItem:
     """A real object under COMPLIANCE retention for ``lock`` from now, recorded as evidence (with its
-    block list, unless ``block_list=False``: as an item stored before lists were kept)."""
-    data = data if data is not None else uuid.uuid4().bytes * 64
+    block list, unless ``block_list=False``: as an item stored before lists were kept).
+
+    ``stored``: record this object, already in the store, instead of storing ``data`` (its record
+    as the test chose it, which may differ from what the store holds)."""
     retain_until = datetime.now(UTC) + lock
-    stored = services.store.put_bytes(
-        f"test/{uuid.uuid4()}", data, retain_until=retain_until, content_type="video/mp4"
-    )
-    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    if stored is None:
+        data = data if data is not None else uuid.uuid4().bytes * 64
+        stored = services.store.put_bytes(
+            f"test/{uuid.uuid4()}", data, retain_until=retain_until, content_type="video/mp4"
+        )
+        assert stored.sha256 == hashlib.sha256(data).hexdigest()
     with services.db.session() as session:
         return record_evidence(
             session,

@@ -21,7 +21,7 @@ import pytest
 from blake3 import blake3
 
 from chain_of_custody import read_checks
-from chain_of_custody.evidence import Provenance, quarantine, record_evidence
+from chain_of_custody.evidence import quarantine
 from chain_of_custody.models import EvidenceItem
 from storage import objects
 from storage.digests import BLOCK, Digests
@@ -131,26 +131,6 @@ def test_windows_stop_where_the_object_ends(served: Any) -> None:  # noqa: F811
     assert read(2048, 15 * 1024, 0) == data[2048:]  # one GET, as before
 
 
-def _recorded(s: Any, stored: StoredObject, block_list: bool = True) -> Any:
-    """A clip recorded as evidence of ``stored`` (its record as the test chose it; without its
-    block list when ``block_list`` is False, as an item stored before lists were kept)."""
-    with s.db.session() as session:
-        return record_evidence(
-            session,
-            s.ledger,
-            stored,
-            Provenance(
-                kind="clip",
-                actor="test",
-                content_type="video/mp4",
-                retain_until=datetime.now(UTC) + timedelta(days=1),
-            ),
-            received={"by": "test"},
-            verified={"ok": True},
-            block_list=block_list,
-        )
-
-
 def _status(s: Any, item_id: str) -> str | None:
     with s.db.session() as session:
         row = session.get(EvidenceItem, item_id)
@@ -168,9 +148,8 @@ def _longer_than_recorded(s: Any, recorded: bytes, block_list: bool) -> Any:
     )
     d = Digests(block_list)
     d.update(recorded)
-    return _recorded(
-        s, StoredObject.hashed(put.bucket, put.key, put.version_id, len(recorded), d), block_list
-    )
+    stored = StoredObject.hashed(put.bucket, put.key, put.version_id, len(recorded), d)
+    return store_item(s, stored=stored, block_list=block_list)
 
 
 def test_an_object_cut_short_of_its_record_at_a_window_is_still_cut_off(
@@ -197,7 +176,7 @@ def test_an_object_cut_short_of_its_record_at_a_window_is_still_cut_off(
     assert d.block_digests() == tuple(
         blake3(recorded[i : i + BLOCK]).digest() for i in range(0, 12 * BLOCK, BLOCK)
     )
-    item = _recorded(s, StoredObject.hashed(put.bucket, put.key, put.version_id, len(recorded), d))
+    item = store_item(s, stored=StoredObject.hashed(put.bucket, put.key, put.version_id, len(recorded), d))
     target = f"{url}/api/v1/evidence/{item.id}/content?reason=checking+the+footage"
     assert _cut_short(target, {**admin, "Range": f"bytes={BLOCK}-"}) <= 7 * BLOCK
     with s.db.session() as session:
