@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, or_
 from sqlalchemy.orm import Session
 
 from chain_of_custody.row_seals import activity_mark, activity_of
@@ -156,21 +156,6 @@ def end_session(session: Session, secret: str, now: datetime | None = None) -> s
         return None
     row.ended_at = now
     return row.token_hash
-
-
-def live_sessions(session: Session, user_id: int, now: datetime | None = None) -> int:
-    now = now or datetime.now(UTC)
-    return len(
-        list(
-            session.scalars(
-                select(UserSession.token_hash).where(
-                    UserSession.user_id == user_id,
-                    UserSession.ended_at.is_(None),
-                    UserSession.expires_at > now,
-                )
-            )
-        )
-    )
 
 
 def forget_sessions(session: Session, before: datetime) -> int:

@@ -57,7 +57,6 @@ from .viewing import (
     chain_problem,
     range_mac,
     seal_details,
-    seal_mismatch,
 )
 
 log = logging.getLogger(__name__)
@@ -492,18 +491,3 @@ def open_viewings(session: Session) -> int:
         )
         or 0
     )
-
-
-def sealed_mismatches(session: Session, ledger: Ledger) -> list[tuple[str, str]]:
-    """Sealed viewings whose kept ranges no longer agree with their seal: (viewing id, what)."""
-    found: list[tuple[str, str]] = []
-    rows = session.execute(
-        select(ViewingSession.id, CustodyEntry.details)
-        .join(CustodyEntry, CustodyEntry.seq == ViewingSession.closed_seq)
-        .where(ViewingSession.closed_seq.is_not(None))
-    )
-    for viewing_id, details in rows:
-        problem = seal_mismatch(json.loads(details), kept_ranges(session, viewing_id))
-        if problem is not None:
-            found.append((viewing_id, problem))
-    return found

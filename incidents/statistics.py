@@ -70,21 +70,6 @@ class IncidentFacts:
     staff_groups: tuple[str, ...]
 
 
-def load_facts(
-    session: Session,
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    site: str | None = None,
-    tz: str = "Europe/London",
-    within: ColumnElement[bool] | None = None,
-) -> list[IncidentFacts]:
-    """Each incident's facts (one per incident): for small sets and tests; the service counts with
-    :func:`load_fact_counts`, which never holds one per incident."""
-    facts = load_fact_counts(session, since=since, until=until, site=site, tz=tz, within=within)
-    return list(facts.elements())
-
-
 def load_fact_counts(
     session: Session,
     *,
