@@ -19,6 +19,7 @@ from chain_of_custody.ledger import Ledger
 from chain_of_custody.reach_seals import SiteReach
 from chain_of_custody.row_replay import PASSWORD_DIGESTS, password_digest
 from chain_of_custody.row_seals import UPGRADE_COMMAND, UPGRADE_SEALS, USER_SEALS
+from storage.digests import secret_digest as token_digest  # a token's, as the routes name it
 from storage.errors import Refused
 
 from .ends import TOKEN_LOOKUP, standing_row
@@ -94,10 +95,6 @@ def principal_of(session: Session, actor: str, key: ServiceKey) -> Principal | N
         return None
     grants, reach = assignments_of(session, seals.grants, user), reach_of(session, seals, user)
     return Principal(user.id, user.username, user.role, user.site, assignments=grants, reach=reach)
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def new_password_hash(password: str) -> str:

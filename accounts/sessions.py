@@ -22,6 +22,7 @@ from sqlalchemy import delete, or_
 from sqlalchemy.orm import Session
 
 from chain_of_custody.row_seals import activity_mark, activity_of
+from storage.digests import secret_digest
 from storage.settings import ConsoleSettings
 
 from .ends import SESSION_LOOKUP, standing_row
@@ -60,10 +61,6 @@ class BrowserSession:
     expires_at: datetime
 
 
-def _digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def csrf_token_for(secret: str) -> str:
     """The CSRF token of the session whose cookie holds ``secret``."""
     return hashlib.sha256(b"csrf\x00" + secret.encode()).hexdigest()
@@ -80,7 +77,7 @@ def start_session(
     (``accounts.seals``); returns the cookie's secret."""
     now = now or datetime.now(UTC)
     secret = secrets.token_urlsafe(32)
-    digest, expires = _digest(secret), now + policy.absolute
+    digest, expires = secret_digest(secret), now + policy.absolute
     row = UserSession(
         token_hash=digest,
         user_id=user.id,
@@ -119,7 +116,7 @@ def resolve_session(
     now = now or datetime.now(UTC)
     if not secret or len(secret) > 128:
         return None
-    digest = _digest(secret)
+    digest = secret_digest(secret)
     row = standing_row(session, SESSION_LOOKUP, SESSION, digest, seals.credentials, now)
     if row is None:
         return None
@@ -151,7 +148,7 @@ def end_session(session: Session, secret: str, now: datetime | None = None) -> s
     """Sign-out: the cookie's session ends at once; its digest if there was one to end (for its
     ``credential_ended`` entry, ``accounts.ends``)."""
     now = now or datetime.now(UTC)
-    row = session.get(UserSession, _digest(secret)) if secret else None
+    row = session.get(UserSession, secret_digest(secret)) if secret else None
     if row is None or row.ended_at is not None:
         return None
     row.ended_at = now

@@ -5,7 +5,6 @@ site, decide whose footage and alarms a site's security managers see
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import secrets
@@ -19,6 +18,7 @@ from chain_of_custody.keys import load_public_key_b64
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.reach_seals import reach_secret, staff_seal
 from chain_of_custody.row_seals import latest_device_entries
+from storage.digests import secret_digest
 from storage.errors import Refused
 from storage.settings import Settings
 
@@ -41,10 +41,6 @@ class DeviceRefused(Refused):
 class EnrolledDock:
     device: Device
     token: str  # shown once; only its hash is kept
-
-
-def _secret_digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _check_id(device_id: str) -> None:
@@ -106,7 +102,7 @@ def enrol_dock(
         session.add(dock)
     elif not seal_held(session, ledger, dock, any_status=True):
         dock.site, dock.assigned_staff_id = site, None
-    dock.token_hash = _secret_digest(secret)
+    dock.token_hash = secret_digest(secret)
     dock.status = "active"
     record_device(
         session,
@@ -357,7 +353,7 @@ def authenticate_dock(session: Session, token: str, seal_key: bytes) -> Device:
         dock is not None
         and dock.kind == "dock"
         and dock.token_hash is not None
-        and hmac.compare_digest(dock.token_hash, _secret_digest(secret))
+        and hmac.compare_digest(dock.token_hash, secret_digest(secret))
         and device_seal_holds(seal_key, sealed_values(dock), dock.seal, bound)
     )
     if not valid or dock is None:

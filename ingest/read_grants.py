@@ -31,7 +31,6 @@ never logged either (``logging_setup.scrub``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from chain_of_custody.row_seals import (
     read_grant_seal,
     seal_verdict,
 )
+from storage.digests import secret_digest
 from storage.errors import Refused
 
 from .models import ReadGrant
@@ -77,10 +77,6 @@ class Issued:
     expires_at: datetime
 
 
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 # A grant's row beside the seq of a ``credential_ended`` entry for it (or NULL): one statement.
 _LOOKUP = select(
     ReadGrant,
@@ -104,7 +100,7 @@ def issue(session: Session, user: Principal, item_id: str, use: Use, reason: str
     token = secrets.token_urlsafe(32)
     expires = datetime.now(UTC) + timedelta(seconds=LIFETIME[use])
     row = ReadGrant(
-        token_hash=_digest(token),
+        token_hash=secret_digest(token),
         item_id=item_id,
         user_id=user.user_id,
         sign_in=user.sign_in,
@@ -133,7 +129,7 @@ def check(session: Session, user: Principal, item_id: str, token: str, seal_key:
     by :func:`use_up`, once the read is admitted, so a read refused on the way (busy, a range beyond
     the item) leaves it for the next try."""
     now = datetime.now(UTC)
-    digest = _digest(token)
+    digest = secret_digest(token)
     found = session.execute(
         _LOOKUP, {"digest": digest, "ended": credential_end_subject(seal_key, GRANT, digest)}
     ).first()

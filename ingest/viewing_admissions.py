@@ -33,7 +33,6 @@ and each replica keeps its own.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -47,6 +46,7 @@ from sqlalchemy.orm import Session
 from accounts.service import Principal
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reads import ReadOf
+from storage.digests import secret_digest
 from storage.settings import Settings
 
 KEPT_AT_MOST = 4096  # admissions held at once (oldest dropped first): a few per person playing
@@ -68,7 +68,7 @@ class AdmissionKey:
 
     @classmethod
     def of(cls, user: Principal, item_id: str, reason: str | None, grant: str | None) -> AdmissionKey:
-        digest = hashlib.sha256(grant.encode()).hexdigest() if grant is not None else None
+        digest = secret_digest(grant) if grant is not None else None
         return cls(
             user.user_id, user.role, user.site, user.assignments, user.sign_in, item_id, reason, digest
         )

@@ -20,6 +20,13 @@ from blake3 import blake3
 BLOCK = 256 * 1024  # the blocks of a block list: a range's first byte waits for one to be read and checked
 
 
+def secret_digest(secret: str) -> str:
+    """What a row keeps of a bearer secret (an API token, a dock's token, a console session's cookie,
+    a read grant): its SHA-256 in hex, so the database never holds the secret itself. Rows already
+    stored hold this form, so it never changes."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 class Digests:
     """Running SHA-256 and BLAKE3 of a byte stream, and its length; with ``block_list``, the BLAKE3
     of each ``BLOCK`` of it too."""
