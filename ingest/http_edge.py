@@ -40,12 +40,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from storage.settings import Settings
 
+from .errors import envelope
+
 log = logging.getLogger(__name__)
 
 
 def _answer(status: str, message: str, reason: str, extra: bytes = b"") -> bytes:
     """A whole response in the service's error envelope, written before any application code runs."""
-    body = json.dumps({"error": message, "reason": reason, "detail": message}).encode()
+    body = json.dumps(envelope(message, reason)).encode()
     return b"".join(
         [
             b"HTTP/1.1 " + status.encode() + b"\r\n",
@@ -241,7 +243,7 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request body larger than {self.limit} bytes"
-        body = {"error": message, "reason": "body_too_large", "detail": message}
+        body = envelope(message, "body_too_large")
         await JSONResponse(body, status_code=413, headers={"connection": "close"})(scope, receive, send)
 
 

@@ -1,8 +1,10 @@
-"""The structure keeps its rules: no import circle anywhere, no product module too long to read, and
-the private ``minio`` calls the object store relies on are still there, with the same shape."""
+"""The structure keeps its rules: no import circle anywhere, no product module too long to read,
+the private ``minio`` calls the object store relies on are still there, with the same shape, and the
+error envelope is written in one place."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 from pathlib import Path
 
@@ -100,3 +102,22 @@ def test_private_minio_calls_keep_their_shape() -> None:
     assert found == expected
     pinned = [line for line in (ROOT / "pyproject.toml").read_text().splitlines() if '"minio' in line]
     assert pinned == ['  "minio==7.2.20",']
+
+
+ENVELOPE_HOMES = {"storage/errors.py", "ingest/errors.py"}
+
+
+def test_the_error_envelope_is_made_in_one_place() -> None:
+    """Every error answer is ``{"error", "reason", "detail"}``: a refusal makes it
+    (``storage.errors.Refused.envelope``) or the one handler does (``ingest.errors.envelope``), never
+    a dictionary of those keys written out again elsewhere, which would drift from them."""
+    written = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for package in PRODUCT
+        for path in (ROOT / package).rglob("*.py")
+        if str(path.relative_to(ROOT)) not in ENVELOPE_HOMES
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Dict)
+        and {"error", "reason", "detail"} <= {k.value for k in node.keys if isinstance(k, ast.Constant)}
+    ]
+    assert written == []
