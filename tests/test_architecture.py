@@ -1,11 +1,12 @@
 """The structure keeps its rules: no import circle anywhere, no product module too long to read,
-the private ``minio`` calls the object store relies on are still there, with the same shape, and the
-error envelope is written in one place."""
+the private ``minio`` calls the object store relies on are still there, with the same shape, the
+error envelope is written in one place, and the foundations are type-checked strictly."""
 
 from __future__ import annotations
 
 import ast
 import inspect
+import tomllib
 from pathlib import Path
 
 import grimp
@@ -121,3 +122,28 @@ def test_the_error_envelope_is_made_in_one_place() -> None:
         and {"error", "reason", "detail"} <= {k.value for k in node.keys if isinstance(k, ast.Constant)}
     ]
     assert written == []
+
+
+# mypy's ``--strict`` flags that may be set per module (``warn_unused_configs`` is global only).
+STRICT_FLAGS = {
+    "disallow_untyped_defs",
+    "disallow_incomplete_defs",
+    "disallow_untyped_calls",
+    "disallow_untyped_decorators",
+    "disallow_any_generics",
+    "disallow_subclassing_any",
+    "warn_return_any",
+    "no_implicit_reexport",
+    "strict_equality",
+    "extra_checks",
+}
+
+
+def test_the_foundations_and_the_alarm_rules_are_checked_strictly() -> None:
+    """``storage``, ``chain_of_custody`` and the pure alarm rules are held to every flag of mypy's
+    strict mode (the rest of the product to the global ones, which include ``check_untyped_defs``)."""
+    mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    strict = next(o for o in mypy["overrides"] if "storage.*" in o["module"])
+    assert {"storage.*", "chain_of_custody.*", "alarms.rules"} <= set(strict["module"])
+    assert {flag for flag in STRICT_FLAGS if strict.get(flag) is True} == STRICT_FLAGS
+    assert mypy["check_untyped_defs"] and mypy["warn_unused_ignores"] and mypy["warn_redundant_casts"]
