@@ -5,9 +5,9 @@ rather than the copy inside the package (which a forger would replace with their
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from accounts.access import require_roles, services
@@ -94,8 +94,10 @@ class VerificationOut(BaseModel):
     notes: list[str]
 
 
-def _verifications(s: CoreServices) -> Verifications:
-    return cast(Verifications, cast(Any, s).verifications)  # the application's, beside the core
+def verifications(request: Request) -> Verifications:
+    """The application's verification jobs (``ingest.services.Services``), beside the core services."""
+    found: Verifications = request.app.state.services.verifications
+    return found
 
 
 @router.post(
@@ -109,6 +111,7 @@ def verify(
     response: Response,
     user: Principal = Depends(require_roles(*VERIFIERS)),
     s: CoreServices = Depends(services),
+    jobs: Verifications = Depends(verifications),
 ) -> dict[str, Any]:
     """Start ``evidence verify`` as a job: the whole ledger chain, its checkpoints and tree heads, and
     every item's row and stored object (or one item's). It answers at once (202) with the job, to be
@@ -123,7 +126,7 @@ def verify(
         job, new = ask(session, user.actor, body.item_id, body.check_objects)
         out = job.to_json()
     if new:
-        _verifications(s).wake()
+        jobs.wake()
     response.headers["Location"] = f"/api/v1/custody/verify/{out['id']}"
     return out
 
