@@ -57,9 +57,7 @@ def readable_visits(
     gave) is not shown there. A reader of every site reads them all, as :func:`readable`."""
     if not by_site(viewer):
         return list(visits)
-    return [
-        v for v in visits if visit_holds(secret, v.device_id, v.visit_id, v.wearer, v.missed_alarm_id, v.seal)
-    ]
+    return [v for v in visits if visit_holds(secret, v, v.seal)]
 
 
 _SEALED = (

@@ -2,21 +2,28 @@
 check-in closes it; a visit whose end is overdue by the grace period raises ``missed_checkin``
 (when, is the pure rule's to say: ``rules.missed_checkin_due_at``), and its end clears that alarm.
 
-Each check-in is recorded on the custody ledger with the visit's wearer, and the row is sealed as
-the service opens it (``chain_of_custody.visit_seals``): its missed check-in takes its wearer, so
-a visit whose seal does not hold lends none (the alarm is raised all the same, with no wearer and a
-note) and clears no alarm."""
+Each check-in is recorded on the custody ledger with the visit's wearer and expected end, and the
+row is sealed as the service writes it (``chain_of_custody.visit_seals``, over its wearer, missed
+check-in alarm, expected end and end): its missed check-in takes its wearer, so a visit whose seal
+does not hold lends none (the alarm is raised all the same, with no wearer and a note) and clears
+no alarm, and is due by what its custody entries record (``chain_of_custody.visit_deadlines``),
+never by its row. ``due_at`` is not sealed: it only says when to look, and a sweep of the visits
+still open (:meth:`Visits.restore_deadlines`, at most every :data:`SWEEP_EVERY` of the clock) puts
+back one cleared or moved in the database, with a warning naming the visit, so a missed check-in is
+raised at most that late, never silenced."""
 
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+import logging
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import rfc3339
 from chain_of_custody.entries import CustodyAction
+from chain_of_custody.visit_deadlines import recorded_visit
 from chain_of_custody.visit_seals import visit_entry, visit_holds, visit_seal
 from devices.lone_worker_wire import AckStatus, CheckinMessage
 
@@ -27,7 +34,13 @@ from .liveness import Liveness
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
 from .outbox import Outbox
 
+log = logging.getLogger(__name__)
+
 UNVOUCHED_NOTE = "wearer unknown: the visit's record is not as the service sealed it"
+# How often the clock looks at every visit still open (or ended lately) for a deadline changed in
+# the database (:meth:`Visits.restore_deadlines`), and how far back an end is looked at.
+SWEEP_EVERY = timedelta(seconds=30)
+SWEEP_ENDED_WITHIN = timedelta(days=1)
 
 
 def as_rule(visit: LoneWorkerVisit) -> rules.Visit:
@@ -54,18 +67,16 @@ class Visits:
         self.liveness = liveness
         self.outbox = outbox
         self.secret = lifecycle.seal_secret  # visit rows' seals (``chain_of_custody.visit_seals``)
+        self.swept_at: datetime | None = None
 
     def seal(self, visit: LoneWorkerVisit) -> None:
-        """Seal the visit's row as the service records it: its device, id, wearer and missed alarm."""
-        visit.seal = visit_seal(
-            self.secret, visit.device_id, visit.visit_id, visit.wearer, visit.missed_alarm_id
-        )
+        """Seal the visit's row as the service records it: its device, id, wearer, missed alarm,
+        expected end and end."""
+        visit.seal = visit_seal(self.secret, visit)
 
     def sealed(self, visit: LoneWorkerVisit) -> bool:
         """Whether the visit's row is as the service sealed it (a warning names it when not)."""
-        return visit_holds(
-            self.secret, visit.device_id, visit.visit_id, visit.wearer, visit.missed_alarm_id, visit.seal
-        )
+        return visit_holds(self.secret, visit, visit.seal)
 
     def checkin(
         self,
@@ -120,6 +131,8 @@ class Visits:
                     )
             if snap.active_visit_id == body.visit_id:
                 set_state(session, snap.device_id, active_visit_id=None)
+        if vouched:  # a broken seal stays broken
+            self.seal(visit)
         expected = rfc3339(visit.expected_end) if visit.expected_end else None
         self.lifecycle.ledger.append(
             session,
@@ -141,7 +154,11 @@ class Visits:
         )
 
     def raise_missed_checkins(self, now: datetime, limit: int = 50) -> int:
-        """Visits whose end check-in is overdue by the grace period raise ``missed_checkin``."""
+        """Visits whose end check-in is overdue by the grace period raise ``missed_checkin`` (after
+        a sweep for deadlines changed in the database, when one is due)."""
+        if self.swept_at is None or not self.swept_at <= now < self.swept_at + SWEEP_EVERY:
+            self.restore_deadlines(now)
+            self.swept_at = now
 
         def check(session: Session, visit: LoneWorkerVisit, outbox: list[AlarmOutbox]) -> None:
             vouched = self.sealed(visit)
@@ -173,22 +190,53 @@ class Visits:
             if vouched:  # a broken seal stays broken
                 self.seal(visit)
 
-        due = (
-            select(LoneWorkerVisit)
-            .where(LoneWorkerVisit.due_at <= now, LoneWorkerVisit.ended_at.is_(None))
-            .order_by(LoneWorkerVisit.due_at)
-        )
+        # Not only open visits: one whose seal does not hold is due by what custody records, which
+        # may be open though its row says it ended (see :meth:`restore_deadlines`).
+        due = select(LoneWorkerVisit).where(LoneWorkerVisit.due_at <= now).order_by(LoneWorkerVisit.due_at)
         return self.outbox.claimed_pass(due, limit, check)
+
+    def restore_deadlines(self, now: datetime) -> int:
+        """Put back the deadline of every visit still open, or ended within
+        :data:`SWEEP_ENDED_WITHIN`, whose ``due_at`` is not the one its sealed row (or, when its
+        seal does not hold, its custody record) gives: cleared or moved in the database, it would
+        silence the missed check-in. A warning names each; how many."""
+        restored = 0
+
+        def check(session: Session, visit: LoneWorkerVisit, outbox: list[AlarmOutbox]) -> None:
+            nonlocal restored
+            due = rules.missed_checkin_due_at(_as_rule(session, visit, self.sealed(visit)), self.policy)
+            if due != visit.due_at:
+                log.warning(
+                    "a visit's missed check-in deadline is not the one its record gives: put back",
+                    extra={"device": visit.device_id, "visit": visit.visit_id},
+                )
+                visit.due_at = due
+                restored += 1
+
+        looked_at = select(LoneWorkerVisit).where(
+            or_(LoneWorkerVisit.ended_at.is_(None), LoneWorkerVisit.ended_at >= now - SWEEP_ENDED_WITHIN)
+        )
+        self.outbox.claimed_pass(looked_at, 100_000, check)
+        return restored
 
 
 def _as_rule(session: Session, visit: LoneWorkerVisit, vouched: bool) -> rules.Visit:
-    """The visit as the rules see it when deciding whether its missed check-in is due: a visit whose
+    """The visit as the rules see it when deciding whether its missed check-in is due. A visit whose
     seal does not hold names a missed check-in alarm only if the service raised one for it, so an
-    alarm id written into the row in the database silences nothing."""
+    alarm id written into the row in the database silences nothing; it has ended only if custody
+    records its end check-in, and it is due by the earlier of its row's expected end and the one
+    custody records (when in doubt, raise)."""
     rule = as_rule(visit)
-    if not vouched and visit.missed_alarm_id is not None and not _raised_for(session, visit):
+    if vouched:
+        return rule
+    if visit.missed_alarm_id is not None and not _raised_for(session, visit):
         rule = dataclasses.replace(rule, missed_alarm_id=None)
-    return rule
+    with session.no_autoflush:
+        found = recorded_visit(session, visit.device_id, visit.visit_id)
+    said = found.expected_at()
+    expected = min((t for t in (rule.expected_end, said) if t is not None), default=None)
+    ended = rule.ended_at if found.ended is not None else None
+    return dataclasses.replace(rule, expected_end=expected, ended_at=ended)
 
 
 def _missed_key(visit: LoneWorkerVisit) -> str:

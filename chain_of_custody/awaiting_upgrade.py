@@ -52,7 +52,7 @@ from .row_seals import (
     older_user_seal,
     row_user_values,
 )
-from .visit_seals import _VISITS
+from .visit_seals import older_visits
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = N
         "evidence_items": _unsealed(session, _ITEMS, "reach_seal"),
         "alarms": _unsealed(session, _ALARMS, "seal"),
         "incidents": len(older_incidents(session, reach_secret(key))),
-        "lone_worker_visits": _unsealed(session, _VISITS, "seal"),
+        "lone_worker_visits": len(older_visits(session, reach_secret(key))),
     }
     return AwaitingUpgrade(counts, now)
 

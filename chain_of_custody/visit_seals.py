@@ -1,18 +1,28 @@
-"""Seals on lone visits over what a missed check-in takes from them: whose alarm it is.
+"""Seals on lone visits over what a missed check-in takes from them: whose alarm it is, and when.
 
 A visit's missed check-in raises an alarm that takes the visit's wearer, and the service then seals
 that wearer into the alarm (``alarm_seals``): the wearer decides whose alarm it is, whose footage
 joins its incident and, through them, which site's manager follows it. A visit's end clears the
 alarm its row names as its missed check-in. So the service records each check-in of a visit on the
-custody ledger (``visit_changed``, with the wearer) and seals the row, an HMAC-SHA256 under the
-reach secret over the device, the visit's id, its wearer and its missed check-in alarm; a visit
-whose seal does not hold lends no wearer to its missed check-in (the alarm is still raised, with
-no wearer and a note why) and clears no alarm, and ``evidence verify`` names it.
+custody ledger (``visit_changed``, with the wearer and the expected end) and seals the row, an
+HMAC-SHA256 under the reach secret over the device, the visit's id, its wearer and its missed
+check-in alarm; a visit whose seal does not hold lends no wearer to its missed check-in (the alarm
+is still raised, with no wearer and a note why) and clears no alarm, and ``evidence verify`` names
+it.
 
-Visits opened before seals have none: ``evidence upgrade-seals`` (its ``seal-visits`` step) seals
-those whose wearer is the member of staff the custody ledger last assigned to their device and
-whose missed check-in alarm, if they name one, is one the ledger records as their device's missed
-check-in and no other visit names, and records them on the ledger. Tables are read as plain tables: this sits below ``alarms``.
+Since version 2 the seal also covers the visit's expected end and its end, which decide when its
+missed check-in is due (``lone_worker_visits.due_at`` is derived from them): an expected end moved
+on, or an end written, by SQL would otherwise silence the lone worker's alarm. A visit whose seal
+does not hold is taken at what its custody entries record (``visit_deadlines``), its missed
+check-in raised all the same, and ``evidence verify`` names a deadline that is not the recorded one
+(``visit_deadline_altered``).
+
+Visits opened before seals have none, and those sealed before version 2 a version 1 seal:
+``evidence upgrade-seals`` (its ``seal-visits`` step) seals those whose wearer is the member of
+staff the custody ledger last assigned to their device, whose expected end and end are the ones
+their check-ins recorded, and whose missed check-in alarm, if they name one, is one the ledger
+records as their device's missed check-in and no other visit names, and records them on the
+ledger. Tables are read as plain tables: this sits below ``alarms``.
 """
 
 from __future__ import annotations
@@ -20,11 +30,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy import column, func, select, table, update
 from sqlalchemy.orm import Session
 
+from storage.db import UTCDateTime
+
+from .canonical import rfc3339
 from .entries import ChainReport, CustodyAction, Problem, SignedEntry
 from .keys import ServiceKey
 from .ledger import Ledger
@@ -32,6 +46,7 @@ from .reach_seals import reach_secret
 from .registry_replay import Recorded, alarm_replay, device_replay
 from .row_replay import _details
 from .row_seals import _holds, row_seal, seal_verdict
+from .visit_deadlines import deadline_refused, deadline_replay
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +56,51 @@ _VISITS = table(
     column("visit_id"),
     column("wearer"),
     column("missed_alarm_id"),
+    column("expected_end", UTCDateTime),
+    column("ended_at", UTCDateTime),
     column("seal"),
 )
 
 
-def visit_seal(
+class VisitRow(Protocol):
+    """What a visit's seal covers, as a row (ORM or plain) holds it."""
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def visit_id(self) -> str: ...
+    @property
+    def wearer(self) -> str | None: ...
+    @property
+    def missed_alarm_id(self) -> str | None: ...
+    @property
+    def expected_end(self) -> datetime | None: ...
+    @property
+    def ended_at(self) -> datetime | None: ...
+
+
+def _at(moment: datetime | None) -> str | None:
+    return None if moment is None else rfc3339(moment)
+
+
+def visit_seal_v1(
     secret: bytes, device: str, visit_id: str, wearer: str | None, missed_alarm: str | None
 ) -> str:
-    """The seal of a visit row over whose missed check-in it raises and which alarm its end clears:
-    its device, id, wearer and missed check-in alarm, hex."""
+    """A version 1 seal (before deadlines were covered): device, id, wearer and missed alarm, hex."""
     return row_seal(secret, ("visit", device, visit_id, wearer, missed_alarm))
 
 
-def visit_holds(
-    secret: bytes, device: str, visit_id: str, wearer: str | None, missed_alarm: str | None, seal: str | None
-) -> bool:
+def visit_seal(secret: bytes, row: VisitRow) -> str:
+    """The seal of a visit row over whose missed check-in it raises, when, and which alarm its end
+    clears: its device, id, wearer, missed check-in alarm, expected end and end, hex."""
+    values = (row.device_id, row.visit_id, row.wearer, row.missed_alarm_id)
+    return row_seal(secret, ("visit", *values, "v2", _at(row.expected_end), _at(row.ended_at)))
+
+
+def visit_holds(secret: bytes, row: VisitRow, seal: str | None) -> bool:
     """Whether a visit row's seal holds; a warning naming the visit when it does not."""
-    expected = visit_seal(secret, device, visit_id, wearer, missed_alarm)
-    return seal_verdict(expected, seal, log, "visit", {"device": device, "visit": visit_id})
+    ids: dict[str, object] = {"device": row.device_id, "visit": row.visit_id}
+    return seal_verdict(visit_seal(secret, row), seal, log, "visit", ids)
 
 
 def visit_name(device: str, visit_id: str) -> str:
@@ -93,44 +135,74 @@ def visit_replay(entries: Iterable[SignedEntry]) -> Recorded:
 
 # -- evidence verify ------------------------------------------------------------------------------
 
+_COLUMNS = (
+    _VISITS.c.device_id,
+    _VISITS.c.visit_id,
+    _VISITS.c.wearer,
+    _VISITS.c.missed_alarm_id,
+    _VISITS.c.expected_end,
+    _VISITS.c.ended_at,
+    _VISITS.c.seal,
+)
+
 
 def check_visit_seals(
     session: Session, report: ChainReport, key: ServiceKey, entries: Sequence[SignedEntry]
 ) -> None:
-    """A finding for each visit whose seal is wrong, and for each whose wearer is not the one its
-    latest custody entry records; a note counting the visits not sealed yet."""
+    """A finding for each visit whose seal is wrong, for each whose wearer is not the one its
+    latest custody entry records, and for each whose expected end or end is not what its check-ins
+    recorded; a note counting the visits not sealed yet (or under a version 1 seal)."""
     secret = reach_secret(key)
-    recorded = visit_replay(entries)
+    recorded, deadlines = visit_replay(entries), deadline_replay(entries)
     v = _VISITS.c
-    unsealed = 0
-    q = select(v.device_id, v.visit_id, v.wearer, v.missed_alarm_id, v.seal).order_by(v.device_id, v.visit_id)
-    for device, visit_id, wearer, missed, seal in session.execute(q):
-        where = visit_name(device, visit_id)
-        if not seal:
-            unsealed += 1
-        elif not _holds(visit_seal(secret, device, visit_id, wearer, missed), seal):
+    older = 0
+    for row in session.execute(select(*_COLUMNS).order_by(v.device_id, v.visit_id)):
+        where = visit_name(row.device_id, row.visit_id)
+        if _older(secret, row):
+            older += 1
+        elif not _holds(visit_seal(secret, row), row.seal):
             report.problems.append(
                 Problem(
                     "visit_seal_broken",
                     where,
-                    "its row's seal does not hold: its wearer or missed check-in alarm was written by "
-                    "someone other than the service (its missed check-in takes no wearer from it)",
+                    "its row's seal does not hold: its wearer, missed check-in alarm, expected end or end "
+                    "was written by someone other than the service (its missed check-in takes no wearer "
+                    "from it, and is due by what its check-ins recorded)",
                 )
             )
-        seq, said = recorded.get(f"{device}/{visit_id}", {}).get("wearer", (None, wearer))
-        if said != wearer:
+        key_ = f"{row.device_id}/{row.visit_id}"
+        seq, said = recorded.get(key_, {}).get("wearer", (None, row.wearer))
+        if said != row.wearer:
             report.problems.append(
                 Problem(
                     "visit_wearer_altered",
                     where,
-                    f"its wearer is {wearer!r} in the database but {said!r} in custody entry #{seq}",
+                    f"its wearer is {row.wearer!r} in the database but {said!r} in custody entry #{seq}",
                 )
             )
-    if unsealed:
+        if key_ in deadlines and (why := deadline_refused(row.expected_end, row.ended_at, deadlines[key_])):
+            report.problems.append(Problem("visit_deadline_altered", where, why))
+    if older:
         report.notes.append(
-            f"{unsealed} visit(s) have no seal yet (opened before seals), so a missed check-in takes no "
-            "wearer from them: `evidence upgrade-seals` seals those the custody record bears out"
+            f"{older} visit(s) have no seal yet, or one from before deadlines were sealed, so a missed "
+            "check-in takes no wearer from them: `evidence upgrade-seals` seals those the custody "
+            "record bears out"
         )
+
+
+def _older(secret: bytes, row: Any) -> bool:
+    """Whether a visit awaits the upgrade: no seal, or a version 1 seal that holds."""
+    if not row.seal:
+        return True
+    v1 = visit_seal_v1(secret, row.device_id, row.visit_id, row.wearer, row.missed_alarm_id)
+    return _holds(v1, row.seal)
+
+
+def older_visits(session: Session, secret: bytes) -> list[Any]:
+    """The visits without a seal or under a version 1 seal that holds (what the upgrade lists)."""
+    v = _VISITS.c
+    rows = session.execute(select(*_COLUMNS).order_by(v.device_id, v.visit_id))
+    return [row for row in rows if _older(secret, row)]
 
 
 # -- rows made before seals -----------------------------------------------------------------------
@@ -138,34 +210,46 @@ def check_visit_seals(
 
 @dataclass(frozen=True)
 class UnsealedVisit:
-    """A visit without a seal, as ``evidence upgrade-seals`` lists it, with why it is not sealed
-    (``refused``), if it is not."""
+    """A visit without a seal or under a version 1 seal, as ``evidence upgrade-seals`` lists it,
+    with why it is not sealed (``refused``), if it is not."""
 
     device: str
     visit_id: str
     wearer: str | None
     missed_alarm: str | None
     refused: str | None
+    expected_end: datetime | None = None
+    ended_at: datetime | None = None
+    seal: str | None = None  # the version 1 seal it holds, if any
+
+    @property
+    def device_id(self) -> str:
+        return self.device
+
+    @property
+    def missed_alarm_id(self) -> str | None:
+        return self.missed_alarm
 
     def line(self) -> str:
         verdict = f"REFUSED: {self.refused}" if self.refused else "matches its custody record"
         return f"{visit_name(self.device, self.visit_id)}: wearer {self.wearer or '-'}; {verdict}"
 
 
-def unsealed_visits(session: Session, entries: Iterable[SignedEntry]) -> list[UnsealedVisit]:
-    """Every visit without a seal, against what the ledger last recorded of each column its seal
-    covers: its wearer (or, for a visit it never recorded, its device's assigned member of staff),
-    and its missed check-in alarm (:func:`_missed_refused`)."""
-    v = _VISITS.c
-    q = select(v.device_id, v.visit_id, v.wearer, v.missed_alarm_id).where(v.seal.is_(None))
-    rows = session.execute(q.order_by(v.device_id, v.visit_id)).all()
+def unsealed_visits(session: Session, key: ServiceKey, entries: Iterable[SignedEntry]) -> list[UnsealedVisit]:
+    """Every visit without a seal or under a version 1 seal, against what the ledger last recorded
+    of each column its seal covers: its wearer (or, for a visit it never recorded, its device's
+    assigned member of staff), its expected end and end (``visit_deadlines``), and its missed
+    check-in alarm (:func:`_missed_refused`)."""
+    rows = older_visits(session, reach_secret(key))
     if not rows:
         return []
     entries = list(entries)
     visits, devices, alarms = visit_replay(entries), device_replay(entries), alarm_replay(entries)
-    named = _visits_naming(session, {m for *_, m in rows if m is not None})
+    deadlines = deadline_replay(entries)
+    named = _visits_naming(session, {r.missed_alarm_id for r in rows if r.missed_alarm_id is not None})
     out = []
-    for device, visit_id, wearer, missed in rows:
+    for row in rows:
+        device, visit_id, wearer, missed = row.device_id, row.visit_id, row.wearer, row.missed_alarm_id
         refused = None
         said = visits.get(f"{device}/{visit_id}", {}).get("wearer")
         staff = devices.get(device, {}).get("staff")
@@ -178,8 +262,15 @@ def unsealed_visits(session: Session, entries: Iterable[SignedEntry]) -> list[Un
             refused = (
                 f"its wearer is {wearer!r} but custody entry #{staff[0]} assigns its device to {staff[1]!r}"
             )
+        recorded = deadlines.get(f"{device}/{visit_id}")
+        if recorded is not None:
+            refused = refused or deadline_refused(row.expected_end, row.ended_at, recorded)
+        elif row.expected_end is not None or row.ended_at is not None:
+            refused = refused or "no custody entry records its check-ins"
         refused = refused or _missed_refused(device, missed, alarms.get(missed or "", {}), named)
-        out.append(UnsealedVisit(device, visit_id, wearer, missed, refused))
+        out.append(
+            UnsealedVisit(device, visit_id, wearer, missed, refused, row.expected_end, row.ended_at, row.seal)
+        )
     return out
 
 
@@ -221,24 +312,32 @@ def _missed_refused(
 
 def seal_visits(session: Session, key: ServiceKey, ledger: Ledger) -> list[UnsealedVisit]:
     """Seal the visits :func:`unsealed_visits` lists that the ledger bears out, as they stand (a row
-    changed since it was read keeps no seal), each with a ``visit_changed`` entry; all it listed."""
+    changed since it was read keeps its seal, or none), each with a ``visit_changed`` entry that
+    records its expected end and whether it ended; all it listed."""
     secret = reach_secret(key)
-    listed = unsealed_visits(session, ledger.all_entries(session))
+    listed = unsealed_visits(session, key, ledger.all_entries(session))
     v = _VISITS.c
     for found in listed:
         if found.refused:
             continue
         same = [
             c.is_(None) if x is None else c == x
-            for c, x in ((v.wearer, found.wearer), (v.missed_alarm_id, found.missed_alarm))
+            for c, x in (
+                (v.wearer, found.wearer),
+                (v.missed_alarm_id, found.missed_alarm),
+                (v.expected_end, found.expected_end),
+                (v.ended_at, found.ended_at),
+                (v.seal, found.seal),
+            )
         ]
-        seal = visit_seal(secret, found.device, found.visit_id, found.wearer, found.missed_alarm)
         done = session.execute(
             update(_VISITS)
-            .where(v.device_id == found.device, v.visit_id == found.visit_id, v.seal.is_(None), *same)
-            .values(seal=seal)
+            .where(v.device_id == found.device, v.visit_id == found.visit_id, *same)
+            .values(seal=visit_seal(secret, found))
         )
         if getattr(done, "rowcount", 0):
-            details = visit_entry(found.device, found.visit_id, found.wearer, True, sealed="upgrade")
+            expected = None if found.expected_end is None else rfc3339(found.expected_end)
+            more = {"sealed": "upgrade", "expected_end": expected, "ended": found.ended_at is not None}
+            details = visit_entry(found.device, found.visit_id, found.wearer, True, **more)
             ledger.append(session, CustodyAction.VISIT_CHANGED, "service", details=details)
     return listed

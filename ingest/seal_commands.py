@@ -167,7 +167,7 @@ def _visits(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
 
     if yes:
         return seal_visits(session, s.key, s.ledger)
-    return unsealed_visits(session, s.ledger.all_entries(session))
+    return unsealed_visits(session, s.key, s.ledger.all_entries(session))
 
 
 TOKENS = Step("seal-tokens", "tokens", _tokens)

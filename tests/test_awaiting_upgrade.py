@@ -180,7 +180,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
             "evidence_items": reach.count("evidence item"),
             "alarms": len(unsealed_alarms(session, entries)),
             "incidents": len(unsealed_incidents(session, s.key, entries)),
-            "lone_worker_visits": len(unsealed_visits(session, entries)),
+            "lone_worker_visits": len(unsealed_visits(session, s.key, entries)),
         }
     assert found.counts == expected == listed
     assert found.total == 12
