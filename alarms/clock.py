@@ -7,6 +7,12 @@ Every deadline lives in the database (``alarms.next_deadline`` from ``rules.next
 anyway), so two instances never act on the same alarm. Rules fire each deadline at its own time, so
 how often the loop runs changes only how soon it is noticed, never the outcome.
 
+A deadline only says when to look, and a row is looked at only when it is due: one cleared or moved
+in the database would silence the alarm. So the clock sweeps the open alarms (and the visits, in
+``alarms.visits``) at most every ``SWEEP_EVERY`` of its time and puts back a ``next_deadline`` that
+is not the one the alarm's lifecycle columns give (``rules.next_deadline``), with a warning naming
+the alarm: an escalation is then at most that late, never silenced.
+
 Effects of an escalation (``alarms.lifecycle``): a change on the control room's live stream, a
 message on the MQTT control topic ``lw/v1/_control/escalations``, and, when
 ``EVIDENCE_ESCALATION_WEBHOOK_URL`` is set, a signed POST to it (``alarms.outbox``).
@@ -28,12 +34,12 @@ from storage.db import Database
 from . import rules
 from .feed import forget_old_changes
 from .incident_links import SERVICE_ACTOR
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, to_rule
 from .liveness import own_offline_alarm
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
 from .outbox import Outbox
 from .payloads import PayloadEvidence
-from .visits import Visits
+from .visits import Visits, sweep_due
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +65,15 @@ class Clock:
         self.lifecycle = lifecycle
         self.visits = visits
         self.payloads = payloads
+        self.swept_at: datetime | None = None
 
     def fire_deadlines(self, now: datetime | None = None, limit: int = 50) -> int:
-        """Amber timers that ran out and acknowledgements that are overdue."""
+        """Amber timers that ran out and acknowledgements that are overdue (after a sweep for
+        deadlines changed in the database, when one is due)."""
         at = now or self.now()
+        if sweep_due(self.swept_at, at):
+            self.restore_deadlines(at)
+            self.swept_at = at
 
         def fire(session: Session, row: AlarmRecord, outbox: list[AlarmOutbox]) -> None:
             self.lifecycle.transition(session, row, rules.Tick(at), outbox, at, actor=SERVICE_ACTOR)
@@ -71,6 +82,29 @@ class Clock:
 
         due = select(AlarmRecord).where(AlarmRecord.next_deadline <= at).order_by(AlarmRecord.next_deadline)
         return self.outbox.claimed_pass(due, limit, fire)
+
+    def restore_deadlines(self, now: datetime) -> int:
+        """Put back the ``next_deadline`` of every alarm not resolved whose stored one is not the one
+        its lifecycle columns give; a warning names each; how many."""
+        restored = 0
+
+        def check(session: Session, row: AlarmRecord, outbox: list[AlarmOutbox]) -> None:
+            nonlocal restored
+            try:
+                due = rules.next_deadline(to_rule(row))
+            except ValueError:  # a lifecycle column no rule knows: nothing to go by here
+                log.warning("an alarm's lifecycle columns are not the rules': left", extra={"alarm": row.id})
+                return
+            if due != row.next_deadline:
+                log.warning(
+                    "an alarm's deadline is not the one its lifecycle gives: put back",
+                    extra={"alarm": row.id},
+                )
+                row.next_deadline = due
+                restored += 1
+
+        self.outbox.claimed_pass(select(AlarmRecord).where(AlarmRecord.status != "resolved"), 100_000, check)
+        return restored
 
     def raise_missed_checkins(self, now: datetime | None = None, limit: int = 50) -> int:
         return self.visits.raise_missed_checkins(now or self.now(), limit)

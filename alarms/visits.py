@@ -156,7 +156,7 @@ class Visits:
     def raise_missed_checkins(self, now: datetime, limit: int = 50) -> int:
         """Visits whose end check-in is overdue by the grace period raise ``missed_checkin`` (after
         a sweep for deadlines changed in the database, when one is due)."""
-        if self.swept_at is None or not self.swept_at <= now < self.swept_at + SWEEP_EVERY:
+        if sweep_due(self.swept_at, now):
             self.restore_deadlines(now)
             self.swept_at = now
 
@@ -218,6 +218,12 @@ class Visits:
         )
         self.outbox.claimed_pass(looked_at, 100_000, check)
         return restored
+
+
+def sweep_due(swept_at: datetime | None, now: datetime) -> bool:
+    """Whether a sweep for deadlines changed in the database is due (none yet, :data:`SWEEP_EVERY`
+    since the last, or the clock went back)."""
+    return swept_at is None or not swept_at <= now < swept_at + SWEEP_EVERY
 
 
 def _as_rule(session: Session, visit: LoneWorkerVisit, vouched: bool) -> rules.Visit:

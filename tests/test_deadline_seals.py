@@ -133,19 +133,28 @@ def test_an_offline_deadline_changed_in_the_database_silences_no_offline_alarm(
     assert len(_alarms(services, "LW-D5", "device_offline")) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="alarms.next_deadline is not sealed yet (#13)")
-def test_an_escalation_deadline_cleared_in_the_database_silences_no_escalation(services: Any) -> None:
-    """An SOS nobody acknowledges escalates when its acknowledgement is overdue."""
+@pytest.mark.parametrize("deadline", [None, "a day on"])
+def test_an_escalation_deadline_changed_in_the_database_silences_no_escalation(
+    services: Any, deadline: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An SOS nobody acknowledges escalates when its acknowledgement is overdue: its
+    ``next_deadline`` cleared, or moved a day on, by SQL took it off the clock."""
     device = enrol(services, "LW-D7", staff_id="S-7", site="NORTH")
     now = datetime.now(UTC)
     sos = services.alarms.handle(*device.sos(sent_at=now), now=now)
     assert sos.outcome == "accepted" and sos.alarm_id
     services.alarms.make_whole(sos.alarm_id)
-    _sql(services, update(AlarmRecord).where(AlarmRecord.id == sos.alarm_id).values(next_deadline=None))
-    services.alarms.fire_deadlines(later(3600, now))
+    moved = None if deadline is None else later(86400, now)
+    _sql(services, update(AlarmRecord).where(AlarmRecord.id == sos.alarm_id).values(next_deadline=moved))
+    with caplog.at_level(logging.WARNING):
+        services.alarms.fire_deadlines(later(3600, now))
     with services.db.session() as session:
         row = session.get(AlarmRecord, sos.alarm_id)
         assert row is not None and row.escalated_at is not None, row.status
+        assert row.escalation_reason == "ack_timeout", row.escalation_reason
+    assert any(
+        getattr(r, "alarm", None) == sos.alarm_id and "deadline" in r.getMessage() for r in caplog.records
+    )
 
 
 def _seal_as_version_1(services: Any, visit_id: str) -> None:
