@@ -11,7 +11,8 @@ A deadline only says when to look, and a row is looked at only when it is due: o
 in the database would silence the alarm. So the clock sweeps the open alarms (and the visits, in
 ``alarms.visits``) at most every ``SWEEP_EVERY`` of its time and puts back a ``next_deadline`` that
 is not the one the alarm's lifecycle columns give (``rules.next_deadline``), with a warning naming
-the alarm: an escalation is then at most that late, never silenced.
+the alarm, and the devices silent on a visit or with an alarm open whose ``offline_due_at`` is not
+due (put back to now): an escalation or offline alarm is then at most that late, never silenced.
 
 Effects of an escalation (``alarms.lifecycle``): a change on the control room's live stream, a
 message on the MQTT control topic ``lw/v1/_control/escalations``, and, when
@@ -24,7 +25,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import rfc3339
@@ -66,6 +67,7 @@ class Clock:
         self.visits = visits
         self.payloads = payloads
         self.swept_at: datetime | None = None
+        self.offline_swept_at: datetime | None = None
 
     def fire_deadlines(self, now: datetime | None = None, limit: int = 50) -> int:
         """Amber timers that ran out and acknowledgements that are overdue (after a sweep for
@@ -110,8 +112,12 @@ class Clock:
         return self.visits.raise_missed_checkins(now or self.now(), limit)
 
     def raise_offline(self, now: datetime | None = None, limit: int = 50) -> int:
-        """A device silent for ``device_offline_after_seconds`` while on a visit or with an alarm open."""
+        """A device silent for ``device_offline_after_seconds`` while on a visit or with an alarm open
+        (after a sweep for deadlines changed in the database, when one is due)."""
         at = now or self.now()
+        if sweep_due(self.offline_swept_at, at):
+            self.restore_offline_deadlines(at)
+            self.offline_swept_at = at
 
         def check(session: Session, state: LoneWorkerState, outbox: list[AlarmOutbox]) -> None:
             state.offline_due_at = None
@@ -152,6 +158,34 @@ class Clock:
             .order_by(LoneWorkerState.offline_due_at)
         )
         return self.outbox.claimed_pass(due, limit, check)
+
+    def restore_offline_deadlines(self, now: datetime) -> int:
+        """Put back the ``offline_due_at`` of every device silent for longer than
+        ``device_offline_after_seconds`` while on a visit or with an alarm open that names no
+        offline alarm of its own and is not due by then (cleared or moved in the database, it
+        would silence the offline alarm); a warning names each device; how many."""
+        restored = 0
+
+        def check(session: Session, state: LoneWorkerState, outbox: list[AlarmOutbox]) -> None:
+            nonlocal restored
+            if state.offline_alarm_id and own_offline_alarm(session, state.device_id, state.offline_alarm_id):
+                return  # raised already
+            log.warning(
+                "a device's offline deadline is not the one its last message gives: put back",
+                extra={"device": state.device_id},
+            )
+            state.offline_due_at = now
+            restored += 1
+
+        s, v, a = LoneWorkerState, LoneWorkerVisit, AlarmRecord
+        watched = or_(
+            exists().where(v.device_id == s.device_id, v.ended_at.is_(None)),
+            exists().where(a.device_id == s.device_id, a.status != "resolved", a.kind.in_(WATCHED_KINDS)),
+        )
+        silent = s.last_seen_at <= now - timedelta(seconds=self.policy.offline_after_s)
+        late = or_(s.offline_due_at.is_(None), s.offline_due_at > now)
+        self.outbox.claimed_pass(select(s).where(silent, late, watched), 100_000, check)
+        return restored
 
     def store_deferred_evidence(self, now: datetime | None = None, limit: int = 20) -> int:
         """Alarm payloads that arrived while object storage was down become evidence now."""
