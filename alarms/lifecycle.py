@@ -110,8 +110,10 @@ def store_rule(row: AlarmRecord, alarm: rules.Alarm) -> None:
 def custody_details(row: AlarmRecord, changes: list[str]) -> dict[str, Any]:
     """What an alarm's custody entry records of it, its site and wearer among them: the control room
     of that site reads the alarm and streams its voice memo, and its payload's item is the wearer's
-    (``evidence verify`` compares the row with it)."""
+    (``evidence verify`` compares the row with it); and the deadline the clock then watches (when
+    it turns red or escalates unacknowledged), so the service's own record says when it was due."""
     return {
+        "deadline": rfc3339(row.next_deadline) if row.next_deadline else None,
         "alarm_id": row.id,
         "device": row.device_id,
         "site": row.site,

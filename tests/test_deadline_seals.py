@@ -12,6 +12,7 @@ explicit "now" (no sleeps), and a deadline cleared or moved by SQL must not sile
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,8 +20,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from alarms import rules
 from alarms.models import AlarmRecord, LoneWorkerVisit
 from alarms.visits import UNVOUCHED_NOTE
+from chain_of_custody.models import CustodyEntry
 from chain_of_custody.visit_seals import visit_seal_v1
 from tests.test_alarms_kit import DeviceKit, enrol, later
 from tests.test_visit_seals import _cli, _sql, set_state_row
@@ -199,3 +202,26 @@ def test_upgrade_seals_adopts_version_1_visits_whose_deadline_the_ledger_bears_o
     assert [(a.wearer, a.note) for a in _alarms(services, "LW-D9", "missed_checkin")] == [
         (None, UNVOUCHED_NOTE)
     ]
+
+
+def test_an_alarms_custody_entries_record_the_deadline_it_is_then_due_by(services: Any) -> None:
+    """The service's own record of when an alarm is due: an unacknowledged SOS's raise records its
+    acknowledgement deadline, and its acknowledgement records none."""
+    device = enrol(services, "LW-D10", staff_id="S-10", site="NORTH")
+    now = datetime.now(UTC)
+    sos = services.alarms.handle(*device.sos(sent_at=now), now=now)
+    assert sos.outcome == "accepted" and sos.alarm_id
+    services.alarms.make_whole(sos.alarm_id)
+    services.alarms.act(sos.alarm_id, rules.Acknowledge(by="user:op", at=later(5, now)))
+    with services.db.session() as session:
+        entries = session.scalars(
+            select(CustodyEntry)
+            .where(CustodyEntry.action.in_(("alarm_raised", "alarm_changed")))
+            .order_by(CustodyEntry.seq)
+        )
+        said = [json.loads(e.details) for e in entries]
+    said = [d for d in said if d.get("alarm_id") == sos.alarm_id]
+    raised = datetime.fromisoformat(said[0]["accepted_at"])
+    due = datetime.fromisoformat(said[0]["deadline"])
+    assert due == raised + timedelta(seconds=services.alarms.policy.ack_timeout_s), said[0]
+    assert said[-1]["deadline"] is None, said[-1]
