@@ -65,10 +65,19 @@ def webhook_backoff(attempts: int) -> timedelta:
 class Outbox:
     """Writes effects with their change, and hands them to whoever sends them."""
 
-    def __init__(self, db: Database, key: ServiceKey, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        key: ServiceKey,
+        clock: Callable[[], datetime],
+        webhook: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.db = db
         self.key = key
         self.clock = clock
+        # The escalation webhook configured now (``EVIDENCE_ESCALATION_WEBHOOK_URL``): the only
+        # address a webhook row is posted to, whatever its (unsealed) ``target`` says.
+        self.webhook = webhook
         # Set by an MQTT consumer in this process: effects are then published at once after commit
         # (the relay of any instance sends what is left behind).
         self.publisher: Callable[[list[Outgoing]], None] | None = None
@@ -224,10 +233,21 @@ class Outbox:
         rows = self.claim("webhook", now=now, limit=20, lease_s=60)
         sent: list[int] = []
         for row in rows:
+            url = self.webhook()
+            if row.target != url:
+                # A target written into the row in the database would hand the escalation, signed
+                # by the service, to whoever it names: it goes to the configured webhook, or nowhere.
+                log.warning(
+                    "escalation webhook row names another address: sent to the configured one",
+                    extra={"outbox": row.id, "alarm": row.alarm_id},
+                )
+            if not url:
+                self.mark_failed(row.id, "no escalation webhook configured", webhook_backoff(row.attempts))
+                continue
             signature = base64.b64encode(self.key.private.sign(row.payload)).decode()
             try:
                 response = http.post(
-                    row.target,
+                    url,
                     content=row.payload,
                     headers={
                         "Content-Type": "application/json",

@@ -17,11 +17,12 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select, update
 
 from alarms import rules
-from alarms.models import AlarmRecord, LoneWorkerVisit
+from alarms.models import AlarmOutbox, AlarmRecord, LoneWorkerVisit
 from alarms.visits import UNVOUCHED_NOTE
 from chain_of_custody.models import CustodyEntry
 from chain_of_custody.visit_seals import visit_seal_v1
@@ -225,3 +226,35 @@ def test_an_alarms_custody_entries_record_the_deadline_it_is_then_due_by(service
     due = datetime.fromisoformat(said[0]["deadline"])
     assert due == raised + timedelta(seconds=services.alarms.policy.ack_timeout_s), said[0]
     assert said[-1]["deadline"] is None, said[-1]
+
+
+def test_an_escalation_webhook_pointed_elsewhere_in_the_database_goes_to_the_configured_one(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Who is told: an escalation's webhook row re-pointed by SQL at another address would hand the
+    escalation, signed by the service, to whoever listens there, and the control room's webhook
+    would hear nothing."""
+    from tests.test_alarms_kit import WebhookReceiver
+
+    hook, elsewhere = WebhookReceiver(), WebhookReceiver()
+    try:
+        services.settings.escalation_webhook_url = hook.url
+        device = enrol(services, "LW-D11", staff_id="S-11", site="NORTH")
+        now = datetime.now(UTC)
+        sos = services.alarms.handle(*device.sos(sent_at=now), now=now)
+        assert sos.outcome == "accepted" and sos.alarm_id
+        services.alarms.fire_deadlines(later(3600, now))
+        _sql(
+            services, update(AlarmOutbox).where(AlarmOutbox.channel == "webhook").values(target=elsewhere.url)
+        )
+        with caplog.at_level(logging.WARNING), httpx.Client(timeout=5) as http:
+            assert services.alarms.outbox.send_webhooks(http, later(3600, now)) == 1
+        ((_, body),) = hook.wait(1)
+        assert json.loads(body)["alarm_id"] == sos.alarm_id
+        assert elsewhere.calls == []  # posted synchronously: nothing went there
+        assert any(
+            getattr(r, "alarm", None) == sos.alarm_id for r in caplog.records if r.levelno == logging.WARNING
+        )
+    finally:
+        hook.close()
+        elsewhere.close()
