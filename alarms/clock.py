@@ -40,7 +40,7 @@ from .liveness import own_offline_alarm
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
 from .outbox import Outbox
 from .payloads import PayloadEvidence
-from .visits import Visits, sweep_due
+from .visits import Visits, sweep_due, swept
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Clock:
         deadlines changed in the database, when one is due)."""
         at = now or self.now()
         if sweep_due(self.swept_at, at):
-            self.restore_deadlines(at)
+            swept(self.restore_deadlines, at)
             self.swept_at = at
 
         def fire(session: Session, row: AlarmRecord, outbox: list[AlarmOutbox]) -> None:
@@ -105,7 +105,8 @@ class Clock:
                 row.next_deadline = due
                 restored += 1
 
-        self.outbox.claimed_pass(select(AlarmRecord).where(AlarmRecord.status != "resolved"), 100_000, check)
+        open_alarms = select(AlarmRecord).where(AlarmRecord.status != "resolved")
+        self.outbox.claimed_pass(open_alarms, 100_000, check, isolate=False)
         return restored
 
     def raise_missed_checkins(self, now: datetime | None = None, limit: int = 50) -> int:
@@ -116,7 +117,7 @@ class Clock:
         (after a sweep for deadlines changed in the database, when one is due)."""
         at = now or self.now()
         if sweep_due(self.offline_swept_at, at):
-            self.restore_offline_deadlines(at)
+            swept(self.restore_offline_deadlines, at)
             self.offline_swept_at = at
 
         def check(session: Session, state: LoneWorkerState, outbox: list[AlarmOutbox]) -> None:
@@ -184,7 +185,7 @@ class Clock:
         )
         silent = s.last_seen_at <= now - timedelta(seconds=self.policy.offline_after_s)
         late = or_(s.offline_due_at.is_(None), s.offline_due_at > now)
-        self.outbox.claimed_pass(select(s).where(silent, late, watched), 100_000, check)
+        self.outbox.claimed_pass(select(s).where(silent, late, watched), 100_000, check, isolate=False)
         return restored
 
     def store_deferred_evidence(self, now: datetime | None = None, limit: int = 20) -> int:

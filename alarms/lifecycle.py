@@ -127,6 +127,24 @@ def custody_details(row: AlarmRecord, changes: list[str]) -> dict[str, Any]:
     }
 
 
+def _free_key(session: Session, key: str | None, alarm_id: str) -> str | None:
+    """The dedupe key a timer's alarm is raised under: its own, unless another row holds it already.
+    The key is unique and not sealed: one given by SQL to another alarm would make the raise fail,
+    pass after pass, and silence the alarm; it is raised under a key of its own instead, with a
+    warning naming it (its rows are claimed, so a timer never raises one twice anyway)."""
+    if key is None:
+        return None
+    with session.no_autoflush:
+        held = session.scalar(select(AlarmRecord.id).where(AlarmRecord.dedupe_key == key))
+    if held is None:
+        return key
+    log.warning(
+        "another alarm holds the key a timer's alarm is raised under: raised under its own",
+        extra={"alarm": alarm_id, "held_by": held},
+    )
+    return f"{key}:{alarm_id}"
+
+
 class Lifecycle:
     """Raises alarms and moves them through the rules, with their effects."""
 
@@ -235,7 +253,7 @@ class Lifecycle:
             device_id=device_id,
             wearer=wearer,
             site=site,
-            dedupe_key=dedupe_key,
+            dedupe_key=_free_key(session, dedupe_key, transition.alarm.alarm_id),
             note=note,
             late=late,
             evidence_item_id=evidence_item_id,

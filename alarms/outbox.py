@@ -212,9 +212,39 @@ class Outbox:
         query: Select[Any],
         limit: int,
         act: Callable[[Session, Any, list[AlarmOutbox]], None],
+        *,
+        isolate: bool = True,
     ) -> int:
         """Claim up to ``limit`` due rows of ``query`` (nobody else acts on them meanwhile), ``act`` on
-        each in one transaction, and publish the effects once it committed; how many were claimed."""
+        each in one transaction, and publish the effects once it committed; how many were claimed.
+
+        One row that cannot be acted on (garbled in the database: a status no rule knows, a key
+        another row holds) must not hold back every other row due with it, pass after pass: when the
+        batch fails, each row is acted on in a transaction of its own, and the failing ones are left
+        due, each named in the log (``isolate``; a row ``act`` leaves due, as a sweep does, cannot
+        be passed over one at a time)."""
+        try:
+            return self._claimed(query, limit, act)
+        except Exception:
+            if not isolate:
+                raise
+            log.exception("a batch of due rows failed: each acted on alone")
+        done = failed = 0
+        while done + failed < limit:
+            try:  # the rows that failed stay due, and first: passed over by their number
+                claimed = self._claimed(query.offset(failed), 1, act)
+            except Exception:  # noqa: BLE001 - left due, named; the others go on
+                log.exception("a due row could not be acted on: left due", extra={"offset": failed})
+                failed += 1
+                continue
+            if not claimed:
+                break
+            done += claimed
+        return done
+
+    def _claimed(
+        self, query: Select[Any], limit: int, act: Callable[[Session, Any, list[AlarmOutbox]], None]
+    ) -> int:
         outbox: list[AlarmOutbox] = []
         with self.db.session() as session:
             rows = claim(session, query, limit)

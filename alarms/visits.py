@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select
@@ -157,7 +158,7 @@ class Visits:
         """Visits whose end check-in is overdue by the grace period raise ``missed_checkin`` (after
         a sweep for deadlines changed in the database, when one is due)."""
         if sweep_due(self.swept_at, now):
-            self.restore_deadlines(now)
+            swept(self.restore_deadlines, now)
             self.swept_at = now
 
         def check(session: Session, visit: LoneWorkerVisit, outbox: list[AlarmOutbox]) -> None:
@@ -216,7 +217,7 @@ class Visits:
         looked_at = select(LoneWorkerVisit).where(
             or_(LoneWorkerVisit.ended_at.is_(None), LoneWorkerVisit.ended_at >= now - SWEEP_ENDED_WITHIN)
         )
-        self.outbox.claimed_pass(looked_at, 100_000, check)
+        self.outbox.claimed_pass(looked_at, 100_000, check, isolate=False)
         return restored
 
 
@@ -224,6 +225,15 @@ def sweep_due(swept_at: datetime | None, now: datetime) -> bool:
     """Whether a sweep for deadlines changed in the database is due (none yet, :data:`SWEEP_EVERY`
     since the last, or the clock went back)."""
     return swept_at is None or not swept_at <= now < swept_at + SWEEP_EVERY
+
+
+def swept(sweep: Callable[[datetime], int], now: datetime) -> None:
+    """Run a sweep for deadlines changed in the database; one that fails is logged and the pass it
+    comes before runs all the same (the sweep only puts deadlines back)."""
+    try:
+        sweep(now)
+    except Exception:  # noqa: BLE001 - the due rows must still be acted on
+        log.exception("a sweep for deadlines changed in the database failed")
 
 
 def _as_rule(session: Session, visit: LoneWorkerVisit, vouched: bool) -> rules.Visit:

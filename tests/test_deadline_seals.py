@@ -258,3 +258,48 @@ def test_an_escalation_webhook_pointed_elsewhere_in_the_database_goes_to_the_con
     finally:
         hook.close()
         elsewhere.close()
+
+
+# -- one row breaking the clock for every other -----------------------------------------------------
+
+
+def test_an_alarm_whose_status_is_garbled_in_the_database_silences_no_other_alarms_escalation(
+    services: Any,
+) -> None:
+    """The clock acts on due rows in batches: one alarm row garbled by SQL (a status no rule knows),
+    due first, made every pass fail, and no other lone worker's alarm escalated."""
+    garbled = enrol(services, "LW-D12", staff_id="S-12", site="NORTH")
+    other = enrol(services, "LW-D13", staff_id="S-13", site="NORTH")
+    now = datetime.now(UTC)
+    first = services.alarms.handle(*garbled.sos(sent_at=now), now=now)
+    second = services.alarms.handle(*other.sos(sent_at=later(1, now)), now=later(1, now))
+    assert first.alarm_id and second.alarm_id
+    _sql(services, update(AlarmRecord).where(AlarmRecord.id == first.alarm_id).values(status="bogus"))
+    try:
+        services.alarms.fire_deadlines(later(3600, now))
+    except Exception:  # noqa: BLE001 - the loop logs and carries on; what matters is the other alarm
+        pass
+    with services.db.session() as session:
+        row = session.get(AlarmRecord, second.alarm_id)
+        assert row is not None and row.escalated_at is not None, row.status
+
+
+def test_a_missed_checkin_key_planted_on_another_alarm_silences_no_missed_checkin(services: Any) -> None:
+    """A service-raised alarm's ``dedupe_key`` is unique and unsealed: another alarm given, by SQL,
+    the key a visit's missed check-in will take made raising it fail, every pass, and with it the
+    missed check-ins of the other visits due in the same batch."""
+    planted = enrol(services, "LW-D14", staff_id="S-14", site="NORTH")
+    other = enrol(services, "LW-D15", staff_id="S-15", site="NORTH")
+    now = datetime.now(UTC)
+    sos = services.alarms.handle(*planted.sos(sent_at=now), now=now)
+    assert sos.alarm_id
+    _start(services, planted, "V-D14", now)
+    _start(services, other, "V-D15", later(1, now))
+    key = "missed_checkin:LW-D14:V-D14"
+    _sql(services, update(AlarmRecord).where(AlarmRecord.id == sos.alarm_id).values(dedupe_key=key))
+    try:
+        services.alarms.raise_missed_checkins(later(36 * 60, now))
+    except Exception:  # noqa: BLE001 - the loop logs and carries on; what matters is the alarms
+        pass
+    assert [a.visit_id for a in _alarms(services, "LW-D15", "missed_checkin")] == ["V-D15"]
+    assert [a.visit_id for a in _alarms(services, "LW-D14", "missed_checkin")] == ["V-D14"]
