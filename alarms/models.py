@@ -152,8 +152,9 @@ class LoneWorkerVisit(Base):
     start_event_id: Mapped[str | None] = mapped_column(String(36), default=None)
     end_event_id: Mapped[str | None] = mapped_column(String(36), default=None)
     note: Mapped[str | None] = mapped_column(Text, default=None)
-    # The service's seal over device, visit id, wearer and missed check-in alarm
-    # (``chain_of_custody.visit_seals``): a visit whose seal does not hold lends no wearer.
+    # The service's seal over device, visit id, wearer, missed check-in alarm, expected end and end
+    # (``chain_of_custody.visit_seals``): a visit whose seal does not hold lends no wearer, and is
+    # due by its custody record.
     seal: Mapped[str | None] = mapped_column(String(64), default=None)
 
     __table_args__ = (UniqueConstraint("device_id", "visit_id", name="uq_lone_worker_visits_device_visit"),)

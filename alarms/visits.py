@@ -200,24 +200,29 @@ class Visits:
         """Put back the deadline of every visit still open, or ended within
         :data:`SWEEP_ENDED_WITHIN`, whose ``due_at`` is not the one its sealed row (or, when its
         seal does not hold, its custody record) gives: cleared or moved in the database, it would
-        silence the missed check-in. A warning names each; how many."""
+        silence the missed check-in. Read without locks; only the rows to put back are claimed
+        (and looked at again). A warning names each; how many."""
         restored = 0
+
+        def due(session: Session, visit: LoneWorkerVisit) -> datetime | None:
+            return rules.missed_checkin_due_at(_as_rule(session, visit, self.sealed(visit)), self.policy)
 
         def check(session: Session, visit: LoneWorkerVisit, outbox: list[AlarmOutbox]) -> None:
             nonlocal restored
-            due = rules.missed_checkin_due_at(_as_rule(session, visit, self.sealed(visit)), self.policy)
-            if due != visit.due_at:
+            if (put_back := due(session, visit)) != visit.due_at:
                 log.warning(
                     "a visit's missed check-in deadline is not the one its record gives: put back",
                     extra={"device": visit.device_id, "visit": visit.visit_id},
                 )
-                visit.due_at = due
+                visit.due_at = put_back
                 restored += 1
 
-        looked_at = select(LoneWorkerVisit).where(
-            or_(LoneWorkerVisit.ended_at.is_(None), LoneWorkerVisit.ended_at >= now - SWEEP_ENDED_WITHIN)
-        )
-        self.outbox.claimed_pass(looked_at, 100_000, check, isolate=False)
+        v = LoneWorkerVisit
+        looked_at = select(v).where(or_(v.ended_at.is_(None), v.ended_at >= now - SWEEP_ENDED_WITHIN))
+        with self.lifecycle.db.session() as session:
+            off = [visit.id for visit in session.scalars(looked_at) if due(session, visit) != visit.due_at]
+        if off:
+            self.outbox.claimed_pass(select(v).where(v.id.in_(off)), len(off), check, isolate=False)
         return restored
 
 
