@@ -404,6 +404,12 @@ def package_with_link(s, item_ids: list[str], **kw: Any) -> tuple[Any, str]:  # 
         ExportRequest(export_id, {"reference": "INC-1"}, "user:inv", now + timedelta(days=1)),
         **kw,
     )
+    return result, link_to(s, export_id)
+
+
+def link_to(s, export_id: str) -> str:  # type: ignore[no-untyped-def]
+    """A download link for package ``export_id`` with its job row, as the API would make them; its token."""
+    now = datetime.now(UTC)
     incident_id = link_issuer(s, "inv")
     with s.db.session() as session:
         sealed_export_job(s, session, export_id, incident_id, "user:inv", "investigator")
@@ -423,7 +429,7 @@ def package_with_link(s, item_ids: list[str], **kw: Any) -> tuple[Any, str]:  # 
             item_id=export_id,
             details={"link": link.id, "recipient": "DC Jones"},
         )
-    return result, make_link_token(link_secret(s.key), link.id, export_id, link.expires_at)
+    return make_link_token(link_secret(s.key), link.id, export_id, link.expires_at)
 
 
 def test_download_of_a_package_over_altered_media_fails_loudly(private_services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

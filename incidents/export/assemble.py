@@ -33,8 +33,8 @@ AlteredHook = Callable[[pl.MediaSegment, FixityCheck], None]
 def _media_piece(
     store: ObjectStore, seg: pl.MediaSegment, lo: int, n: int, on_altered: AlteredHook | None
 ) -> Iterator[bytes]:
-    """Bytes ``lo``..``lo+n`` of one media member, read whole so that it is checked against the
-    digests the package recorded; the last block sent waits for the check, so an altered object
+    """Bytes ``lo``..``lo+n`` of one media member, read whole (a window at a time) so that it is
+    checked against the digests the package recorded; the last block sent waits for the check, so an altered object
     never reaches the recipient complete."""
     check = FixityCheck(seg.sha256, seg.blake3, seg.length)
     blocks = media._media_blocks(store, seg.key, seg.version_id, tap=check.update)

@@ -36,9 +36,10 @@ from storage.api_schema import error_responses
 from storage.errors import Refused
 from storage.objects import StorageError
 from storage.slots import NoSlot, Slots
-from storage.streams import BlocksOnThread, blocks_in_thread
+from storage.streams import blocks_in_thread
 
 from ..access import visible_incident
+from . import media
 from .api import EXPORTERS, may_hand_out
 from .assemble import assemble, items_read, read_layout
 from .links import LinkRefused, check_link_token, link_secret, on_custody, parse_link_token
@@ -334,7 +335,9 @@ def _serve_download(
         body = guarded(assemble(s.store, layout, start, end, on_altered=altered))
     else:  # a package stored whole (an older form): checked against its own record as it streams
         check = FixityCheck(item.sha256, item.blake3, item.size)
-        whole = iter(BlocksOnThread(s.store.read(item.object_key, item.version_id), 2, check.update))
+        whole = media._media_blocks(
+            s.store, item.object_key, item.version_id, check.update
+        )  # a window at a time
         hook = quarantine_hook(s.db, s.ledger, item.id, f"serving it through link {link_id}")
         body = checked_range(whole, check, start, end - start + 1, hook)
     headers["Content-Length"] = str(end - start + 1)

@@ -1,5 +1,10 @@
 """The pass over an export's media: each object read ahead on a thread of its own, checked against the
-digests recorded when it was stored, and its CRC-32 computed for the zip."""
+digests recorded when it was stored, and its CRC-32 computed for the zip.
+
+Every media read (the build's pass, each download's) asks the store ``WHOLE_READ_WINDOW`` bytes a
+GET, to wherever the object ends: one GET naming all of a 2 GB clip held SeaweedFS's answers to a
+player's ranges of the same object up by 100-600 ms while it ran, and bytes past the record must
+still be read so that an object longer than its record fails its check."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from isal.isal_zlib import crc32
 from chain_of_custody.fixity import FixityCheck
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.verify import unrecorded as unrecorded  # the row checked against its signed record
+from storage import objects
 from storage.objects import ObjectStore
 from storage.streams import BlocksOnThread
 
@@ -45,9 +51,11 @@ class PackageAltered(Exception):
 def _media_blocks(
     store: ObjectStore, key: str, version_id: str | None, tap: Callable[[bytes], None] | None = None
 ) -> Iterator[bytes]:
-    return iter(
-        BlocksOnThread(store.read(key, version_id, chunk=CHUNK), READ_AHEAD_CHUNKS, tap, "export-read-ahead")
-    )
+    """The whole object to wherever it ends, read ahead a window at a time (``tap``, a hash update,
+    on the reading thread); a few chunks held at once, whatever the object's size."""
+    window = objects.WHOLE_READ_WINDOW
+    chunks = store.read(key, version_id, chunk=min(CHUNK, window), window=window)
+    return iter(BlocksOnThread(chunks, READ_AHEAD_CHUNKS, tap, "export-read-ahead"))
 
 
 class _MediaDigests:
@@ -116,7 +124,7 @@ def _check_media(
     counter: _Progress,
     stop: threading.Event | None = None,
 ) -> int:
-    """Read one media object whole, checking it against its record; its CRC-32."""
+    """Read one media object whole (a window at a time), checking it against its record; its CRC-32."""
     blocks = _media_blocks(store, it.object_key, it.version_id)
     with contextlib.closing(blocks):  # type: ignore[type-var]
         for block in blocks:
