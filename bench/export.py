@@ -79,6 +79,23 @@ class _Synthetic:
         return bytes(out)
 
 
+def private_services(work: Path, volume: str) -> tuple[EmbeddedSeaweed, Services]:
+    """A SeaweedFS of its own (volumes of ``volume``) under ``work``, started, and the services on
+    it with SQLite."""
+    seaweed = EmbeddedSeaweed(work / "s3", free_base_port(), volume)
+    seaweed.start()
+    settings = Settings(
+        data_dir=work / "var",
+        database_url=f"sqlite:///{work / 'bench.db'}",
+        s3_endpoint=seaweed.endpoint,
+        s3_access_key=seaweed.credentials.access_key,
+        s3_secret_key=seaweed.credentials.secret_key,  # type: ignore[arg-type]
+        retention_days=1,
+        min_free_bytes=0,
+    )
+    return seaweed, build_services(settings)
+
+
 def make_incident(s: Services, total: int, object_size: int) -> list[str]:
     """Clips of ``object_size`` bytes adding up to ``total``, stored and recorded as evidence."""
     retain = datetime.now(UTC) + timedelta(days=1)
@@ -242,18 +259,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = scratch("bench-export-")
-    seaweed = EmbeddedSeaweed(work / "s3", free_base_port(), "1GiB")
-    seaweed.start()
-    settings = Settings(
-        data_dir=work / "var",
-        database_url=f"sqlite:///{work / 'bench.db'}",
-        s3_endpoint=seaweed.endpoint,
-        s3_access_key=seaweed.credentials.access_key,
-        s3_secret_key=seaweed.credentials.secret_key,  # type: ignore[arg-type]
-        retention_days=1,
-        min_free_bytes=0,
-    )
-    s = build_services(settings)
+    seaweed, s = private_services(work, "1GiB")
     server, thread, base_url = start_server(s)
     cases = []
     try:
