@@ -303,6 +303,7 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
             ),
             received={"by": "bench"},
             verified={"ok": True},
+            block_list=ctx.get("block_list", True),
         )
         incident_id = ctx["incident_id"]
         link_target(
@@ -357,6 +358,7 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
             assert r.status_code == 206 and r.content == got
     return {
         "clip_bytes": size,
+        "block_list": ctx.get("block_list", True),
         "preload": ctx["preload"],
         "clip_seconds": found["duration"],
         "store_put_s": round(stored_s, 1),
@@ -620,6 +622,12 @@ def main() -> None:
         help="have the service write what its threads do and its store reads' steps to this file "
         "(bench/seek_trace)",
     )
+    parser.add_argument(
+        "--no-block-list",
+        action="store_true",
+        help="record the seek phase's clip without its block list, as an item stored before lists "
+        "were kept: its first range waits for the whole check of the object (the seek path's fallback)",
+    )
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of a scratch PostgreSQL")
     parser.add_argument("--out", default="workspace")
     args = parser.parse_args()
@@ -669,6 +677,7 @@ def main() -> None:
                 "services": services,
                 "work": work,
                 "seek_gb": args.seek_gb,
+                "block_list": not args.no_block_list,
                 "seeks": args.seeks,
                 "preload": args.preload,
                 "trace": args.trace,
