@@ -23,12 +23,13 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import ColumnElement, and_, false, true
 
 from chain_of_custody.core import CoreServices
 from chain_of_custody.reach_seals import SiteReach
+from storage.errors import NotPermitted, Unauthenticated
 
 from .browser import browser_session, refuse_cross_site_read
 from .models import SITE_SCOPED_ROLES
@@ -83,12 +84,12 @@ def current_user(
             browser = browser_session(request, session, s.settings, SignInSeals.of(s.key))
         if browser is not None:
             return browser.principal
-        raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthenticated("authentication required", headers={"WWW-Authenticate": "Bearer"})
     with s.db.session() as session:
         principal = resolve_token(session, creds.credentials, SignInSeals.of(s.key))
     if principal is None:
         log.info("rejected user token")
-        raise HTTPException(401, "invalid or expired token", headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthenticated("invalid or expired token", headers={"WWW-Authenticate": "Bearer"})
     return principal
 
 
@@ -124,7 +125,7 @@ def require_roles(*roles: str) -> Callable[..., Awaitable[Principal]]:
 
     async def check(user: Principal = Depends(current_user)) -> Principal:
         if user.role not in roles:
-            raise HTTPException(403, f"role {user.role} may not do this")
+            raise NotPermitted(f"role {user.role} may not do this")
         return user
 
     return check

@@ -9,7 +9,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, StrictBool
 
@@ -17,7 +17,7 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX, Patch
-from storage.errors import Refused
+from storage.errors import NotFound, Refused
 from storage.paging import after_key, link_next, next_headers, page_limit
 
 from .access import client_address, require_roles, services, sign_in_throttle
@@ -173,7 +173,7 @@ def get_user(
     with s.db.session() as session:
         found = session.get(User, user_id)
     if found is None:
-        raise HTTPException(404, "no such user")
+        raise NotFound("no such user")
     return found
 
 
@@ -189,7 +189,7 @@ def change_user(
     changes = {k: getattr(body, k) for k in body.model_fields_set}
     with s.db.session() as session:
         if session.get(User, user_id) is None:
-            raise HTTPException(404, "no such user")
+            raise NotFound("no such user")
         live = live_credentials(session, user_id)
         changed, done = update_user(session, user_id, changes, s.key)
         if "password" in done:

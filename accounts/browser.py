@@ -22,7 +22,7 @@ import logging
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from sqlalchemy.orm import Session
 
 from storage.errors import Refused
@@ -65,6 +65,14 @@ def same_origin(request: Request) -> bool:
 def _own_origin(request: Request, address: str) -> bool:
     parts = urlsplit(address)
     return parts.netloc == request.headers.get("host", "") and parts.scheme in ("http", "https")
+
+
+class ForgedRequest(Refused):
+    """A state-changing request that did not come from our page: another site's form or script, or
+    one without the session's CSRF token (403 ``cross_site`` or ``csrf``)."""
+
+    status = 403
+    structured = True
 
 
 class CrossSiteRead(Refused):
@@ -123,10 +131,10 @@ def check_csrf(request: Request, secret: str, presented: str | None) -> None:
     """Refuse (403) a state-changing request that did not come from our page."""
     if not same_origin(request):
         log.warning("cross-site request refused", extra={"path": request.url.path})
-        raise HTTPException(403, {"error": "cross-site request refused", "reason": "cross_site"})
+        raise ForgedRequest("cross_site", "cross-site request refused")
     if not csrf_matches(secret, presented):
         log.warning("CSRF token missing or wrong", extra={"path": request.url.path})
-        raise HTTPException(403, {"error": "CSRF token missing or wrong", "reason": "csrf"})
+        raise ForgedRequest("csrf", "CSRF token missing or wrong")
 
 
 BACKGROUND_HEADER = "X-Console-Background"

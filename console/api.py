@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
@@ -33,6 +33,7 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.reach_seals import reach_secret
 from chain_of_custody.row_seals import CREDENTIAL_SEALS, UPGRADE_COMMAND
 from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, INCIDENT_READERS, STATISTICS_READERS
+from storage.errors import NotFound, SignInFirst
 from storage.settings import Settings
 
 from . import assets, sources
@@ -89,7 +90,7 @@ def signed_in(request: Request, roles: tuple[str, ...], csrf: str | None = None)
     who = _session(request, s, csrf)
     if who is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        raise HTTPException(303, "sign in first", headers={"Location": "/sign-in?next=" + quote(target)})
+        raise SignInFirst("sign in first", headers={"Location": "/sign-in?next=" + quote(target)})
     if who.principal.role not in roles:
         log.info("page refused", extra={"path": request.url.path, "role": who.principal.role})
         raise PageRefused(403, "This page is not open to your role.")
@@ -515,7 +516,7 @@ def redoc(request: Request) -> Response:
 def static_file(prefix: str, name: str) -> Response:
     path = assets.resolve(prefix, name)
     if path is None:
-        raise HTTPException(404, "no such file")  # the one error envelope, as everywhere
+        raise NotFound("no such file")  # the one error envelope, as everywhere
     return FileResponse(
         path, media_type=assets.TYPES[path.suffix], headers={"Cache-Control": "public, max-age=86400"}
     )

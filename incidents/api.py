@@ -11,13 +11,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field, StrictBool
 
 from accounts.access import require_roles, services, sites_seen
 from chain_of_custody.core import CoreServices, list_cursors
 from storage.api_schema import Timestamp, error_responses
 from storage.bounds import DB_INT_MAX, MAX_OFFSET, Patch
+from storage.errors import NotFound, NotPermitted
 from storage.idempotency import KeyHeader, Once, json_body
 from storage.paging import BadCursor, cursor_param, link_next, link_next_keeping, next_headers, page_limit
 
@@ -199,8 +200,8 @@ class HoldIn(BaseModel):
     reason: str = Field(min_length=3, max_length=2000)
 
 
-def _hidden() -> HTTPException:
-    return HTTPException(404, "no such incident")
+def _hidden() -> NotFound:
+    return NotFound("no such incident")
 
 
 UserId = Annotated[int, Path(ge=1, le=DB_INT_MAX, description="a user's id")]
@@ -227,7 +228,7 @@ def open_incident(
     """Open an incident; a security manager opens them at their own site, an investigator is assigned to
     theirs. Sent again with the same ``Idempotency-Key``, it answers the first answer and opens nothing."""
     if user.role == "security_manager" and body.site != user.site:
-        raise HTTPException(403, "a security manager opens incidents at their own site")
+        raise NotPermitted("a security manager opens incidents at their own site")
     draft = IncidentDraft(
         category=body.category,
         occurred_at=body.occurred_at,
@@ -342,7 +343,7 @@ def change_incident(
     given = body.model_fields_set - {"staff"}
     changes = {k: getattr(body, k) for k in given}
     if "site" in changes and user.role != "admin":
-        raise HTTPException(403, "only an administrator moves an incident to another site")
+        raise NotPermitted("only an administrator moves an incident to another site")
     with s.db.session() as session:
         incident = visible_incident(session, user, incident_id)
         if incident is None:
@@ -564,7 +565,7 @@ def statistics(
     seen = sites_seen(user)  # the one site rule: a security manager, their own site
     if seen is not None:
         if len(seen) != 1 or (site is not None and site not in seen):
-            raise HTTPException(403, "a security manager asks for statistics of their own site")
+            raise NotPermitted("a security manager asks for statistics of their own site")
         site = next(iter(seen))
     check_period(since, until, s.settings.report_timezone)
     try:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from accounts.access import WRITES_CUSTODY, require_roles, services
 from chain_of_custody.core import CoreServices
 from storage.api_schema import error_responses
+from storage.errors import NotFound
 
 from .access import EVIDENCE_METADATA, INCIDENT_READERS, Viewer
 from .continuity import Continuity, render_html
@@ -59,14 +60,14 @@ def _bounds(s: CoreServices) -> ReportBounds:
 def _item(s: CoreServices, user: Viewer, item_id: str, purpose: str) -> Continuity:
     report = item_continuity(s.db, s.ledger, user, item_id, purpose, _bounds(s))
     if report is None:
-        raise HTTPException(404, "no such evidence item")
+        raise NotFound("no such evidence item")
     return report
 
 
 def _incident(s: CoreServices, user: Viewer, incident_id: str, purpose: str) -> Continuity:
     report = incident_continuity(s.db, s.ledger, user, incident_id, purpose, _bounds(s))
     if report is None:
-        raise HTTPException(404, "no such incident")
+        raise NotFound("no such incident")
     return report
 
 

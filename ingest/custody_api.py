@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from accounts.access import require_roles, services
@@ -19,6 +19,7 @@ from chain_of_custody.verify_jobs import CustodyVerification, Verifications, ask
 from incidents.access import VERIFIERS, visible_evidence
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX
+from storage.errors import Invalid, NotFound, Unavailable
 
 # Who may read the log's tree heads and proofs: a witness (another trust, the police) is given an
 # auditor's account; a proof costs the server work, so it is not open to anyone.
@@ -37,7 +38,7 @@ def signing_key(s: CoreServices = Depends(services)) -> dict[str, str]:
 def _log(s: CoreServices) -> TreeHeadLog:
     log = s.ledger.tree_heads
     if log is None:
-        raise HTTPException(503, "this service keeps no custody log")
+        raise Unavailable("this service keeps no custody log")
     return log
 
 
@@ -60,7 +61,7 @@ def consistency(
     try:
         path = _log(s).consistency(first, second, s.db.engine)
     except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise Invalid(str(exc)) from None
     return {"first": first, "second": second, "path": path}
 
 
@@ -121,7 +122,7 @@ def verify(
     if body.item_id is not None:
         with s.db.session() as session:
             if visible_evidence(session, user, body.item_id) is None:
-                raise HTTPException(404, "no such evidence item")
+                raise NotFound("no such evidence item")
     with s.db.session() as session:
         job, new = ask(session, user.actor, body.item_id, body.check_objects)
         out = job.to_json()
@@ -141,5 +142,5 @@ def verification(
     with s.db.session() as session:
         job = session.get(CustodyVerification, job_id)
         if job is None:
-            raise HTTPException(404, "no such verification")
+            raise NotFound("no such verification")
         return job.to_json()

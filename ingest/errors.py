@@ -28,26 +28,10 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from storage.errors import Refused
+from storage.errors import REASONS, Refused
 from storage.objects import StorageError, StorageFull
 
 log = logging.getLogger(__name__)
-
-REASONS = {
-    400: "bad_request",
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    410: "gone",
-    413: "too_large",
-    415: "unsupported_media_type",
-    422: "invalid_request",
-    431: "headers_too_large",
-    500: "internal_error",
-    503: "unavailable",
-}
 
 
 def envelope(message: str, reason: str, detail: Any = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from functools import partial
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -48,6 +48,7 @@ from ingest.read_reasons import ReasonRefused, deletion_reason, quarantine_revie
 from ingest.viewing_admissions import AdmissionKey, viewing_admissions
 from storage.api_schema import error_responses
 from storage.bounds import MAX_OFFSET
+from storage.errors import Gone, NotFound
 from storage.paging import (
     BadCursor,
     after_position,
@@ -190,7 +191,7 @@ def _item(s: CoreServices, item_id: str, user: Principal) -> EvidenceItem:
     with s.db.session() as session:
         item = visible_evidence(session, user, item_id)
     if item is None:
-        raise HTTPException(404, "no such evidence item")
+        raise NotFound("no such evidence item")
     return item
 
 
@@ -325,7 +326,7 @@ async def content(
         # the event loop serves every other request meanwhile. With the read, when its grant expires.
         item = visible_evidence(session, user, item_id)
         if item is None:
-            raise HTTPException(404, "no such evidence item")
+            raise NotFound("no such evidence item")
         granted = (
             read_grants.check(session, user, item.id, grant, read_grants.grant_seal_key(s.key))
             if grant is not None
@@ -345,7 +346,7 @@ async def content(
                 actor=user.actor,
             )
         if item.status == "deleted":
-            raise HTTPException(410, "evidence deleted under its retention class")
+            raise Gone("evidence deleted under its retention class")
         reviewing = item.status == "quarantined"
         if reviewing and (user.role not in QUARANTINE_REVIEWERS or review_reason is None):
             raise ReadRefused(
@@ -439,7 +440,7 @@ def legal_hold(
     """Place (``hold: true``) or release every legal hold on this item (and what is derived from it)."""
     item = _item(s, item_id, user)
     if item.status == "deleted":
-        raise HTTPException(410, "evidence deleted under its retention class")
+        raise Gone("evidence deleted under its retention class")
     now = datetime.now(UTC)
     with s.db.session() as session:
         set_legal_hold(

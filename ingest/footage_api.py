@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from accounts.access import WRITES_CUSTODY, require_roles, services
@@ -25,6 +25,7 @@ from incidents.footage import require_reason
 from ingest.read_reasons import read_reason
 from redaction.waveform import MAX_BUCKETS, waveform
 from storage.api_schema import error_responses
+from storage.errors import Busy, InConflict, Invalid, NotFound, Unavailable
 from storage.slots import NoSlot, Slots
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
@@ -70,11 +71,11 @@ async def item_waveform(
 
     item = await asyncio.to_thread(look_up)
     if item is None:
-        raise HTTPException(404, "no such evidence item")
+        raise NotFound("no such evidence item")
     if item.kind not in SOUND_KINDS:
-        raise HTTPException(422, f"a {item.kind.replace('_', ' ')} has no sound to draw")
+        raise Invalid(f"a {item.kind.replace('_', ' ')} has no sound to draw")
     if item.status != "stored":
-        raise HTTPException(409, f"evidence item {item.id} is {item.status}; it is not served")
+        raise InConflict(f"evidence item {item.id} is {item.status}; it is not served")
     require_reason(item, reason, user.actor, "waveform")
 
     def compute() -> dict[str, Any]:
@@ -105,8 +106,8 @@ async def item_waveform(
     except NoSlot as full:
         retry = {"Retry-After": str(s.settings.retry_after_seconds)}
         if full.mine:
-            raise HTTPException(429, "a waveform of yours is being drawn; try again", headers=retry) from None
-        raise HTTPException(503, "waveforms are being drawn for others; try again", headers=retry) from None
+            raise Busy("a waveform of yours is being drawn; try again", headers=retry) from None
+        raise Unavailable("waveforms are being drawn for others; try again", headers=retry) from None
     try:
         return {"item_id": item.id, **(await asyncio.to_thread(compute))}
     finally:

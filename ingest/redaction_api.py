@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
@@ -24,7 +24,7 @@ from redaction.models import RedactionJob
 from redaction.spec import RedactionSpec, check_request
 from storage.api_schema import error_responses
 from storage.bounds import DB_INT_MAX
-from storage.errors import Refused
+from storage.errors import InConflict, NotFound, Refused
 from storage.idempotency import KeyHeader, Once
 from storage.paging import link_next, next_headers
 
@@ -60,7 +60,7 @@ def _out(job: RedactionJob) -> RedactionJobOut:
 def _visible_clip(s: CoreServices, user: Principal, item_id: str) -> None:
     with s.db.session() as session:
         if visible_evidence(session, user, item_id) is None:
-            raise HTTPException(404, "no such evidence item")
+            raise NotFound("no such evidence item")
 
 
 REDACTIONS_PAGE = 100  # versions in a page, unless the caller asks for fewer (as an incident's exports)
@@ -138,7 +138,7 @@ def request_redaction(
         if source is not None and source.status != "stored":
             # A redacted copy is new evidence derived from its original: never from one that no
             # longer checks (quarantined) or is gone.
-            raise HTTPException(409, f"evidence item {item_id} is {source.status}; it cannot be redacted")
+            raise InConflict(f"evidence item {item_id} is {source.status}; it cannot be redacted")
         hold_person(session, user.user_id)  # counted and queued as one step: no race past the cap
         waiting = session.scalar(
             select(func.count()).where(
@@ -155,7 +155,7 @@ def request_redaction(
         if based_on is not None:
             base = session.get(RedactionJob, based_on)
             if base is None or base.source_item_id != item_id:
-                raise HTTPException(404, "no such redaction version of this clip")
+                raise NotFound("no such redaction version of this clip")
         job = enqueue(
             session,
             item_id,
@@ -176,7 +176,7 @@ def get_job(
     with s.db.session() as session:
         job = session.get(RedactionJob, job_id)
         if job is None or visible_evidence(session, user, job.source_item_id) is None:
-            raise HTTPException(404, "no such redaction job")
+            raise NotFound("no such redaction job")
         return _out(job)
 
 

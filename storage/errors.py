@@ -57,3 +57,89 @@ class Refused(Exception):
         if self.retry_after is not None:
             headers["Retry-After"] = str(self.retry_after)
         return headers
+
+
+# The machine code of each status where nothing more particular is said (a route's own refusal, or
+# one Starlette raises itself, such as 404 and 405 for a path or method no route answers).
+REASONS = {
+    303: "sign_in_first",
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    410: "gone",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+    431: "headers_too_large",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class _ByStatus(Refused):
+    """A refusal whose reason is the usual code of its status (:data:`REASONS`): what a route says
+    when the status tells the caller all there is to act on."""
+
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(REASONS[self.status], message, headers=headers, retry_after=retry_after)
+
+
+class Unauthenticated(_ByStatus):
+    """No credentials, or credentials that no longer hold (401)."""
+
+    status = 401
+
+
+class NotPermitted(_ByStatus):
+    """The caller is known but may not do this (403)."""
+
+    status = 403
+
+
+class NotFound(_ByStatus):
+    """Missing, or hidden from this caller: the two answer alike (404)."""
+
+    status = 404
+
+
+class InConflict(_ByStatus):
+    """The thing is not in a state that allows this now (409)."""
+
+    status = 409
+
+
+class Gone(_ByStatus):
+    """It existed and was deleted as the rules say (410)."""
+
+    status = 410
+
+
+class Invalid(_ByStatus):
+    """The request is well formed but asks for something that cannot be (422)."""
+
+    status = 422
+
+
+class Busy(_ByStatus):
+    """Too many of the caller's own requests at once (429); ``retry_after`` says when to try again."""
+
+    status = 429
+
+
+class Unavailable(_ByStatus):
+    """A part the answer needs is not available now (503)."""
+
+    status = 503
+
+
+class SignInFirst(_ByStatus):
+    """A console page asked for without a session: the browser is sent to sign in (303 with
+    ``Location``)."""
+
+    status = 303

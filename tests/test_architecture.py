@@ -124,6 +124,23 @@ def test_the_error_envelope_is_made_in_one_place() -> None:
     assert written == []
 
 
+def test_every_refusal_is_a_refused() -> None:
+    """A route refuses with a :class:`storage.errors.Refused` subclass (the generic ones by status,
+    ``NotFound``, ``NotPermitted``..., or a domain's own), never with FastAPI's ``HTTPException``:
+    one family, one handler, a machine code on every refusal. ``ingest/errors.py`` still answers
+    the ``HTTPException`` Starlette raises itself (no route for a path or method)."""
+    raised = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for package in PRODUCT
+        for path in (ROOT / package).rglob("*.py")
+        if str(path.relative_to(ROOT)) != "ingest/errors.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) == "HTTPException"
+    ]
+    assert raised == []
+
+
 # mypy's ``--strict`` flags that may be set per module (``warn_unused_configs`` is global only).
 STRICT_FLAGS = {
     "disallow_untyped_defs",

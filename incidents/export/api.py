@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import func, select
@@ -34,7 +34,7 @@ from chain_of_custody.keys import SIGNING_KEY_PATH, ServiceKey
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from storage.api_schema import error_responses
 from storage.bounds import MAX_OFFSET
-from storage.errors import Refused
+from storage.errors import InConflict, Invalid, NotFound, NotPermitted, Refused
 from storage.idempotency import KeyHeader, Once, json_body
 from storage.paging import after_key, link_next, next_headers, page_limit
 
@@ -200,7 +200,7 @@ def chosen_items(
     A copy named in place of its clip is packaged through its clip (its record and original go with it)."""
     choice = list(dict.fromkeys(wanted))
     if not choice:
-        raise HTTPException(422, "choose at least one item")
+        raise Invalid("choose at least one item")
     seen = visible_evidence_ids(session, user, choice)
     copies = {
         i.id: i
@@ -219,7 +219,7 @@ def chosen_items(
 
     refused = [i for i in choice if i not in seen or not of_incident(i)]
     if refused:
-        raise HTTPException(422, f"not items of this incident you may export: {', '.join(refused[:20])}")
+        raise Invalid(f"not items of this incident you may export: {', '.join(refused[:20])}")
     scope = [i if i in linked else str(copies[i].derived_from_id) for i in choice]
     return list(dict.fromkeys(scope)), [i for i in choice if i in copies]
 
@@ -229,7 +229,7 @@ def visible_job(session: Session, user: Viewer, export_id: str) -> ExportJob:
     What it then hands out is checked against its seal (``may_hand_out``)."""
     job = session.get(ExportJob, export_id)
     if job is None or visible_incident(session, user, job.incident_id) is None:
-        raise HTTPException(404, "no such export")
+        raise NotFound("no such export")
     return job
 
 
@@ -239,7 +239,7 @@ def readable_job(session: Session, user: Viewer, export_id: str, key: ServiceKey
     answers 404 there, as a missing one."""
     job = visible_job(session, user, export_id)
     if not export_job_read_as_its_incidents(key, user.role, job):
-        raise HTTPException(404, "no such export")
+        raise NotFound("no such export")
     return job
 
 
@@ -340,11 +340,9 @@ def request_export(
     reason = (body.reason or "").strip()
     if body.include_originals:
         if user.role not in ORIGINALS_AUTHORISERS:
-            raise HTTPException(403, f"role {user.role} may not export original footage")
+            raise NotPermitted(f"role {user.role} may not export original footage")
         if len(reason) < 10:
-            raise HTTPException(
-                422, "exporting original footage needs a stated reason (10 characters or more)"
-            )
+            raise Invalid("exporting original footage needs a stated reason (10 characters or more)")
     retry = Once.of(request, idempotency_key, user.user_id, body, s.settings.idempotency_key_hours)
     with s.db.session() as session:
         if (first := retry.claim(session)) is not None:
@@ -361,23 +359,23 @@ def request_export(
         try:
             summary, item_ids = incident_export_scope(session, user, incident_id)
         except LookupError:
-            raise HTTPException(404, "no such incident") from None
+            raise NotFound("no such incident") from None
         if not item_ids:
-            raise HTTPException(409, "nothing is linked to this incident yet")
+            raise InConflict("nothing is linked to this incident yet")
         chosen: list[str] = []
         if body.item_ids is not None:
             item_ids, chosen = chosen_items(session, user, item_ids, body.item_ids)
         try:
             items = gather_items(session, item_ids)
         except ExportError as exc:
-            raise HTTPException(409, str(exc)) from None
+            raise InConflict(str(exc)) from None
         # The one redaction of each clip the package holds, fixed now and kept on the job: what the
         # requester chose (or the latest there is now), never a version made after they asked.
         asked_at = datetime.now(UTC)
         try:
             pins = pin_redactions(items, chosen, asked_at)
         except ExportError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise Invalid(str(exc)) from None
         _may_release_left_visible(session, user, pins, reason)
         # What the scope gathers beyond the links (a linked copy's original) goes in only if the
         # requester may see it (the one access rule); otherwise it is listed by hash only.
@@ -453,12 +451,12 @@ def incident_exports(
     with s.db.session() as session:
         incident = visible_incident(session, user, incident_id)
         if incident is None:
-            raise HTTPException(404, "no such incident")
+            raise NotFound("no such incident")
         q = select(ExportJob).where(ExportJob.incident_id == incident.id)
         if after:
             last = session.get(ExportJob, after)
             if last is None or last.incident_id != incident.id:
-                raise HTTPException(422, "after names no package of this incident")
+                raise Invalid("after names no package of this incident")
             q = q.where(
                 (ExportJob.created_at < last.created_at)
                 | ((ExportJob.created_at == last.created_at) & (ExportJob.id < last.id))
@@ -508,7 +506,7 @@ def incident_disclosures(
     with s.db.session() as session:
         incident = visible_incident(session, user, incident_id)
         if incident is None:
-            raise HTTPException(404, "no such incident")
+            raise NotFound("no such incident")
         reference, incident_key = incident.reference, incident.id
         if format == "json":
             page = disclosure_page(session, incident, after, limit, readable=job_reader(s.key, user))
@@ -579,9 +577,9 @@ def create_link(
             return first  # before the share is counted: the first link is in it already
         job = visible_job(session, user, export_id)
         if not may_hand_out(session, user, job, s.key):
-            raise HTTPException(403, "this package holds evidence you may not hand out")
+            raise NotPermitted("this package holds evidence you may not hand out")
         if job.status != "ready":
-            raise HTTPException(409, f"the export is {job.status}, not ready")
+            raise InConflict(f"the export is {job.status}, not ready")
         hold_person(session, user.user_id)
         _within_share(
             session,
@@ -697,7 +695,7 @@ def revoke_link(
             or link.export_id != job.id
             or not may_revoke(session, user, job, link)
         ):
-            raise HTTPException(404, "no such link")
+            raise NotFound("no such link")
         if link.revoked_at is None:
             link.revoked_at = datetime.now(UTC)
             link.revoked_by = user.actor

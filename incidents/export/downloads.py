@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
@@ -33,7 +33,7 @@ from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reads import RangeRefused
 from storage.api_schema import error_responses
-from storage.errors import Refused
+from storage.errors import InConflict, Refused, Unavailable
 from storage.objects import StorageError
 from storage.slots import NoSlot, Slots
 from storage.streams import blocks_in_thread
@@ -204,16 +204,16 @@ def download(token: str, request: Request, s: CoreServices = Depends(services)) 
         recipient, created_by = link.recipient, link.created_by
     if problem is not None:
         log.error("export package record altered", extra={"export": item.id, "problem": problem})
-        raise HTTPException(409, f"the package cannot be served: {problem}")
+        raise InConflict(f"the package cannot be served: {problem}")
     layout = None
     if item.content_type == pl.CONTENT_TYPE:
         try:
             layout = read_layout(s.store, item)
         except PackageAltered as exc:
             log.error("export package altered", extra={"export": item.id, "problem": str(exc)})
-            raise HTTPException(409, f"the package cannot be served: {exc}") from None
+            raise InConflict(f"the package cannot be served: {exc}") from None
         except StorageError as exc:
-            raise HTTPException(503, "storage unavailable; try again", headers={"Retry-After": "5"}) from exc
+            raise Unavailable("storage unavailable; try again", headers={"Retry-After": "5"}) from exc
     size = layout.size if layout else item.size
     package_sha256 = layout.sha256 if layout else item.sha256
     try:

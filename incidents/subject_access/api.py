@@ -11,13 +11,14 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from accounts.access import WRITES_CUSTODY, require_roles, services
 from chain_of_custody.core import CoreServices
 from storage.api_schema import CalendarDate, Timestamp, error_responses
+from storage.errors import Invalid, NotFound, NotPermitted
 from storage.idempotency import KeyHeader, Once, json_body
 from storage.paging import after_key, link_next, next_headers, page_limit
 
@@ -102,7 +103,7 @@ def request_view(session: Session, sar: SubjectAccessRequest, today: date | None
 def _visible(session: Session, user: Viewer, request_id: str) -> SubjectAccessRequest:
     sar = visible_request(session, user, request_id)
     if sar is None:
-        raise HTTPException(404, "no such subject access request")
+        raise NotFound("no such subject access request")
     return sar
 
 
@@ -122,7 +123,7 @@ def receive(
     """Record a request; its due date is one calendar month after it was received. Sent again with the
     same ``Idempotency-Key``, it answers the first answer and records nothing new."""
     if user.role == "security_manager" and body.site != user.site:
-        raise HTTPException(403, "a security manager records requests for their own site")
+        raise NotPermitted("a security manager records requests for their own site")
     draft = RequestDraft(
         body.requester, body.contact, body.received_on, body.site, body.description, body.notes
     )
@@ -155,7 +156,7 @@ def list_requests(
         if after:
             last = visible_request(session, user, after)
             if last is None:
-                raise HTTPException(422, "after names no request you may see")
+                raise Invalid("after names no request you may see")
         rows = requests_for(session, user, status or SAR_STATUSES, after=last, limit=limit + 1)
         page = [request_view(session, r) for r in rows[:limit]]
     next_after = rows[limit - 1].id if len(rows) > limit else None
