@@ -47,6 +47,7 @@ from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.reach_seals import SiteReach, reach_secret, site_reach, staff_holds
 from devices.models import Device, StaffMember
 
+from .custody_links import ever_linked_on_custody
 from .models import ExhibitReference, Incident, IncidentAssignment, IncidentLink
 
 INCIDENT_READERS = ("admin", "security_manager", "investigator")
@@ -497,7 +498,8 @@ def hidden_incident_markers(session: Session, viewer: Viewer, item_ids: Iterable
     the items' family (``item_family``) was ever tied to that the viewer may not see, and the ids of
     those incidents' export packages (an ``exported`` entry names its package only).
 
-    An incident is tied to the family by a link (open or ended) of any member, an exhibit reference
+    An incident is tied to the family by a link (open or ended, by its row or by the member's
+    custody: a row deleted in the database hides nothing less), an exhibit reference
     of any member, or a package of any member (a package is an item too). Admins and auditors see
     every trail whole."""
     if reads_whole_trails(viewer):
@@ -513,8 +515,11 @@ def hidden_incident_markers(session: Session, viewer: Viewer, item_ids: Iterable
             select(_EXPORTS.c.incident_id).where(_EXPORTS.c.id.in_(family)),
         )
     )
+    on_custody = sorted(ever_linked_on_custody(session, family))  # a link row deleted by SQL still ties
     rows = session.execute(
-        select(Incident.id, Incident.reference).where(Incident.id.in_(tied), ~incident_scope(viewer))
+        select(Incident.id, Incident.reference).where(
+            or_(Incident.id.in_(tied), Incident.id.in_(on_custody)), ~incident_scope(viewer)
+        )
     ).all()
     markers = {m for row in rows for m in row}
     hidden_ids = [row.id for row in rows]

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from chain_of_custody.models import EvidenceItem
 from storage.errors import Refused
 
-from .access import Viewer, incident_scope, readable_retention
+from .access import Viewer, incident_scope, link_on_custody, readable_retention
 from .models import Incident, IncidentLink
 from .retention import RetentionRules, describe
 
@@ -70,6 +70,7 @@ def incident_refs(session: Session, viewer: Viewer | None, item: EvidenceItem) -
             IncidentLink.target_kind == "evidence",
             IncidentLink.target_id.in_(ids),
             IncidentLink.unlinked_at.is_(None),
+            link_on_custody(),  # as custody holds it: a row planted or moved by SQL shows no incident
         )
         .order_by(IncidentLink.linked_at, IncidentLink.id)
     )

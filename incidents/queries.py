@@ -16,7 +16,7 @@ from chain_of_custody.row_seals import USER_SEALS
 from devices.models import StaffMember
 from storage.paging import Position, after_position
 
-from .access import Viewer, incident_scope, link_holds
+from .access import Viewer, incident_scope, link_holds, link_on_custody
 from .grants import sealed_assignment_ids, sealed_assignment_ids_on
 from .models import (
     ExhibitReference,
@@ -97,6 +97,7 @@ def search_incidents(session: Session, viewer: Viewer, f: IncidentFilter, key: S
                     IncidentLink.target_kind == "evidence",
                     IncidentLink.target_id == f.evidence_id,
                     IncidentLink.unlinked_at.is_(None),
+                    link_on_custody(),  # a row planted, revived or moved by SQL names no incident
                 )
             )
         )

@@ -45,6 +45,7 @@ from storage.errors import Refused
 from storage.objects import ObjectLocked, ObjectStore, StorageError
 from storage.settings import RetentionSettings
 
+from .custody_links import items_on_custody, kept_by_links
 from .models import Incident, IncidentLink, LegalHold
 
 log = logging.getLogger(__name__)
@@ -157,18 +158,10 @@ def descendants(session: Session, item_id: str) -> list[str]:
 
 
 def active_link_incidents(session: Session, item_ids: Iterable[str]) -> list[Incident]:
-    return list(
-        session.scalars(
-            select(Incident)
-            .join(IncidentLink, IncidentLink.incident_id == Incident.id)
-            .where(
-                IncidentLink.target_kind == "evidence",
-                IncidentLink.target_id.in_(list(item_ids)),
-                IncidentLink.unlinked_at.is_(None),
-            )
-            .distinct()
-        )
-    )
+    """The incidents the items are linked to, by an active link row or by the ledger's latest link
+    step (``custody_links.kept_by_links``): a link deleted in the database still keeps its evidence."""
+    kept = kept_by_links(session, item_ids)
+    return list(session.scalars(select(Incident).where(Incident.id.in_(sorted(kept))))) if kept else []
 
 
 def active_holds(session: Session, item_ids: Iterable[str], incident_ids: Iterable[str]) -> list[LegalHold]:
@@ -330,13 +323,16 @@ class RetentionRefused(Refused):
 def _hold_items(session: Session, target_kind: str, target_id: str) -> list[str]:
     if target_kind == "evidence":
         return descendants(session, target_id)
-    linked = session.scalars(
-        select(IncidentLink.target_id).where(
-            IncidentLink.incident_id == target_id,
-            IncidentLink.target_kind == "evidence",
-            IncidentLink.unlinked_at.is_(None),
+    linked = list(
+        session.scalars(
+            select(IncidentLink.target_id).where(
+                IncidentLink.incident_id == target_id,
+                IncidentLink.target_kind == "evidence",
+                IncidentLink.unlinked_at.is_(None),
+            )
         )
     )
+    linked += [i for i in items_on_custody(session, target_id) if i not in linked]  # a row deleted by SQL
     out: list[str] = []
     for item_id in linked:
         out.extend(i for i in descendants(session, item_id) if i not in out)

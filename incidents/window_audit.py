@@ -28,7 +28,7 @@ from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 
-from .access import incident_scope, may_follow_wearer, of_reach
+from .access import incident_scope, link_on_custody, may_follow_wearer, of_reach
 from .identity import incident_sealed, record_site, record_window_withdrawn
 from .models import Incident, IncidentEvent, IncidentLink
 from .service import Retention, _event, unlink_target
@@ -105,6 +105,7 @@ def _seen_elsewhere(
         IncidentLink.unlinked_at.is_(None),
         IncidentLink.incident_id != incident.id,
         IncidentLink.incident_id.in_(select(Incident.id).where(incident_scope(person))),
+        link_on_custody(),  # a link planted by SQL is no other way in: the window's links stay named
     )
     q = select(EvidenceItem.id).where(EvidenceItem.id.in_(items), EvidenceItem.id.in_(other))
     seen = set(session.scalars(q))

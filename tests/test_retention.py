@@ -166,14 +166,17 @@ def test_a_hold_deleted_in_the_database_releases_nothing(svc) -> None:  # type: 
         session.execute(delete(IncidentLink))
     day31 = t0 + 31 * DAY + timedelta(seconds=1)
     report = sweep(s.db, s.ledger, s.store, rules, lambda: day31)
+    assert "no active legal hold row" in report.refused[held.id], report
+    # The link's custody entry still links the other to its incident, whose hold holds it: kept held.
+    assert via_incident.id not in report.refused and via_incident.id not in report.deleted, report
     for item in (held, via_incident):
-        assert "no active legal hold row" in report.refused[item.id], report
         assert s.store.info(item.object_key, item.version_id).legal_hold, item.id
     # Its row's hold flag cleared as well: the expiry pass asks the ledger before deleting.
     with s.db.session() as session:
         session.execute(update(EvidenceItem).values(legal_hold=False))
     report = sweep(s.db, s.ledger, s.store, rules, lambda: t0 + 3650 * DAY)  # past every lock it got
-    assert report.deleted == [] and set(report.refused) == {held.id, via_incident.id}, report
+    assert report.deleted == [] and set(report.refused) == {held.id}, report
+    assert s.store.info(via_incident.object_key, via_incident.version_id).legal_hold
     for item in (held, via_incident):
         assert _status(s, item.id) == "stored" and "deleted" not in actions(s, item.id)
 

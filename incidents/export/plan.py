@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody import manifest as mf
@@ -16,6 +16,7 @@ from chain_of_custody.entries import viewings_whole, withhold
 from chain_of_custody.models import EvidenceItem
 
 from ..access import Viewer, link_holds, visible_incident
+from ..custody_links import ever_linked_on_custody
 from ..models import Incident, IncidentLink
 
 ORIGINAL_VIDEO_KINDS = frozenset({"clip"})
@@ -303,10 +304,13 @@ def foreign_markers(session: Session, item_ids: Iterable[str], incident_id: str 
     """Ids and references of every incident the items were ever linked to, other than ``incident_id``,
     and of every other package that holds them: what marks a custody entry as not this package's."""
     ids = list(item_ids)
+    by_row = select(IncidentLink.incident_id).where(
+        IncidentLink.target_kind.in_(("evidence", "alarm")), IncidentLink.target_id.in_(ids)
+    )
+    on_custody = sorted(ever_linked_on_custody(session, ids))  # a link row deleted by SQL still marks
     rows = session.execute(
-        select(Incident.id, Incident.reference)
-        .join(IncidentLink, IncidentLink.incident_id == Incident.id)
-        .where(IncidentLink.target_kind.in_(("evidence", "alarm")), IncidentLink.target_id.in_(ids))
-        .distinct()
+        select(Incident.id, Incident.reference).where(
+            or_(Incident.id.in_(by_row), Incident.id.in_(on_custody))
+        )
     ).all()
     return {m for row in rows if row[0] != incident_id for m in row}

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
-from devices.models import Device, StaffMember
+from chain_of_custody.reach_seals import site_reach
 
-from ..access import Viewer, evidence_scope, incident_scope, reach_checked
+from ..access import Viewer, evidence_scope, incident_scope, of_reach, reach_checked
 from ..export.models import ExportJob
 from ..models import Incident
 from ..service import IncidentDraft, IncidentRefused, create_incident
@@ -229,16 +229,16 @@ def candidates(
     )
     if search.wearer:
         q = q.where(EvidenceItem.wearer == search.wearer)
-    if search.site:
-        q = q.where(
-            or_(
-                EvidenceItem.wearer.in_(select(StaffMember.id).where(StaffMember.site == search.site)),
-                EvidenceItem.source_device_id.in_(select(Device.id).where(Device.site == search.site)),
-            )
-        )
+    at_site = site_reach(session, ledger.key, search.site) if search.site else None
+    if at_site is not None:
+        # The site's staff and devices whose seal holds (``reach_seals``): a device or a member of
+        # staff moved to the site by SQL brings none of its footage into this search.
+        q = q.where(of_reach(EvidenceItem, at_site))
     found = reach_checked(
         session, viewer, list(session.scalars(q.order_by(EvidenceItem.captured_start).limit(MAX_CANDIDATES)))
     )
+    if at_site is not None:
+        found = [item for item in found if at_site.holds(item)]
     _custody(
         session,
         ledger,
