@@ -169,6 +169,12 @@ def link_holds() -> ColumnElement[bool]:
     )
 
 
+def link_recorded(session: Session, link_id: int) -> bool:
+    """Whether the link row is as the ledger recorded it (:func:`link_holds`): linking again over a
+    row planted or revived by SQL would otherwise report it linked while custody says it is not."""
+    return session.scalar(select(IncidentLink.id).where(IncidentLink.id == link_id, link_holds())) is not None
+
+
 def _latest_step_is_this_link(names_target: Callable[[Any], ColumnElement[bool]]) -> ColumnElement[bool]:
     """Whether the latest link step (``linked``/``unlinked``) for the link's incident, among the
     entries ``names_target`` selects (given an alias of ``CustodyEntry``), is the ``linked`` entry

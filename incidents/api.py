@@ -29,6 +29,7 @@ from .access import (
     STATISTICS_READERS,
     Viewer,
     incident_scope,
+    link_recorded,
     visible_incident,
 )
 from .history import AFTER_PATTERN, HISTORY_PAGE, HISTORY_PAGE_MAX, HistoryPage, history_page, timeline_page
@@ -37,6 +38,7 @@ from .queries import INCIDENT_LIST, IncidentFilter, incident_position, incident_
 from .retention import RetentionRules, set_legal_hold
 from .service import (
     IncidentDraft,
+    IncidentRefused,
     Retention,
     assign_investigator,
     create_incident,
@@ -458,6 +460,10 @@ def link(
             retention=retention(s),
             viewer=user,
         )
+        if not new and not link_recorded(session, row.id):  # a row planted or revived by SQL: not linked
+            raise IncidentRefused(
+                "link_unrecorded", f"link row #{row.id} is on no custody entry: verify", 409
+            )
         out = {
             "id": row.id,
             "kind": row.target_kind,

@@ -81,3 +81,18 @@ def items_on_custody(session: Session, incident_id: str) -> list[str]:
     )
     steps = link_replay(map(to_signed, rows))
     return [item for (incident, _, item), step in steps.items() if step.linked and incident == incident_id]
+
+
+def linked_items(session: Session, incident_id: str) -> list[str]:
+    """The evidence items that the incident keeps: an active link row, or linked on custody now
+    (:func:`items_on_custody`, a row deleted by SQL). What its hold, closing or reopening applies to."""
+    linked = list(
+        session.scalars(
+            select(IncidentLink.target_id).where(
+                IncidentLink.incident_id == incident_id,
+                IncidentLink.target_kind == "evidence",
+                IncidentLink.unlinked_at.is_(None),
+            )
+        )
+    )
+    return linked + [i for i in items_on_custody(session, incident_id) if i not in linked]

@@ -45,7 +45,7 @@ from storage.errors import Refused
 from storage.objects import ObjectLocked, ObjectStore, StorageError
 from storage.settings import RetentionSettings
 
-from .custody_links import items_on_custody, kept_by_links
+from .custody_links import kept_by_links, linked_items
 from .models import Incident, IncidentLink, LegalHold
 
 log = logging.getLogger(__name__)
@@ -323,18 +323,8 @@ class RetentionRefused(Refused):
 def _hold_items(session: Session, target_kind: str, target_id: str) -> list[str]:
     if target_kind == "evidence":
         return descendants(session, target_id)
-    linked = list(
-        session.scalars(
-            select(IncidentLink.target_id).where(
-                IncidentLink.incident_id == target_id,
-                IncidentLink.target_kind == "evidence",
-                IncidentLink.unlinked_at.is_(None),
-            )
-        )
-    )
-    linked += [i for i in items_on_custody(session, target_id) if i not in linked]  # a row deleted by SQL
     out: list[str] = []
-    for item_id in linked:
+    for item_id in linked_items(session, target_id):  # a row deleted by SQL still held
         out.extend(i for i in descendants(session, item_id) if i not in out)
     return out
 

@@ -38,6 +38,7 @@ from .access import (
     visible_evidence_ids,
     window_items,
 )
+from .custody_links import linked_items
 from .grants import assignment_seal_holds, record_assignment_end, seal_assignment, sealed_assignment_ids_on
 from .identity import BROKEN_SEAL, incident_sealed, next_reference, record_site, restates_site_and_window
 from .models import (
@@ -297,7 +298,7 @@ def update_incident(
     session.flush()
     if status_changed and retention is not None:
         cause = f"{incident.reference} {'closed' if new_status == 'closed' else 'reopened as ' + new_status}"
-        for item_id in _linked_item_ids(session, incident.id):
+        for item_id in linked_items(session, incident.id):  # a link row deleted by SQL as well
             _apply_retention(session, ledger, retention, item_id, now, actor, cause)
     if {"wearer", "window_start", "window_end", "resealed"} & changed.keys():
         link_overlapping_clips(session, ledger, incident, actor, retention=retention, now=now, viewer=viewer)
@@ -411,18 +412,6 @@ def _active_link(session: Session, incident_id: str, kind: str, target_id: str) 
             IncidentLink.target_kind == kind,
             IncidentLink.target_id == target_id,
             IncidentLink.unlinked_at.is_(None),
-        )
-    )
-
-
-def _linked_item_ids(session: Session, incident_id: str) -> list[str]:
-    return list(
-        session.scalars(
-            select(IncidentLink.target_id).where(
-                IncidentLink.incident_id == incident_id,
-                IncidentLink.target_kind == "evidence",
-                IncidentLink.unlinked_at.is_(None),
-            )
         )
     )
 

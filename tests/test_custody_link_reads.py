@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import delete, insert, update
 
@@ -33,7 +34,14 @@ from incidents.retention import (
     set_legal_hold,
     sweep,
 )
-from incidents.service import IncidentDraft, create_incident, link_evidence, unlink_evidence
+from incidents.service import (
+    IncidentDraft,
+    Retention,
+    create_incident,
+    link_evidence,
+    unlink_evidence,
+    update_incident,
+)
 from incidents.subject_access.service import RequestDraft, Search, candidates, receive_request
 from incidents.window_audit import _seen_elsewhere
 from tests.conftest import wait_for
@@ -225,3 +233,38 @@ def test_a_link_row_deleted_by_sql_still_marks_the_other_incidents_entries(servi
     with s.db.session() as session:
         assert {other, other_ref} <= hidden_incident_markers(session, manager, [clip.id])
         assert {other, other_ref} <= foreign_markers(session, [clip.id], own)
+
+
+def test_closing_an_incident_extends_the_lock_of_a_clip_whose_link_row_was_deleted(services: Any) -> None:
+    """Closing re-applies retention to every clip the incident keeps: one whose link row was deleted
+    by SQL gets its lock extended to the period after closure as well."""
+    s = services
+    t0 = datetime.now(UTC)
+    clip = store_item(s, wearer="S-1", start=t0, stop=t0)
+    incident, _ = _incident(s)
+    _link(s, incident, clip.id)
+    _sql(s, delete(IncidentLink).where(IncidentLink.target_id == clip.id))
+    closed = t0 + 10 * DAY
+    with s.db.session() as session:
+        row = session.get(Incident, incident)
+        assert row is not None
+        change = {"status": "closed", "outcome": "no further action"}
+        update_incident(
+            session, s.ledger, row, change, "user:m", retention=Retention(s.store, RULES), now=closed
+        )
+    lock = s.store.info(clip.object_key, clip.version_id).retain_until
+    assert lock is not None and lock >= closed + RULES.after_closure
+    assert actions(s, clip.id)[-1] == "retention_changed"
+
+
+def test_linking_over_a_row_planted_by_sql_is_refused_not_reported_linked(live: Any) -> None:
+    """An administrator links a clip to an incident at which a link row was planted by SQL: the
+    service does not answer the planted row (its author and reason) as the link, it says the row
+    is on no custody entry."""
+    s = live.services
+    clip = store_item(s, wearer="S-1", start=T0, stop=T0 + timedelta(minutes=1))
+    incident, _ = _incident(s)
+    _plant(s, incident, clip.id)
+    body = {"kind": "evidence", "target_id": clip.id, "reason": "seen on the ward, linked by hand"}
+    r = httpx.post(f"{live.url}/api/v1/incidents/{incident}/links", json=body, headers=live.admin())
+    assert r.status_code == 409 and r.json()["reason"] == "link_unrecorded", r.text
