@@ -160,14 +160,19 @@ def test_a_link_deleted_or_ended_by_sql_lets_nothing_expire(services: Any) -> No
             delete_by_hand(session, s.ledger, s.store, clip.id, "user:admin", "recorded by mistake", day31)
 
 
+def _row_deleted(services: Any) -> tuple[EvidenceItem, str]:
+    """A clip linked through the service to an open incident, its link row then deleted by SQL."""
+    clip = store_item(services, wearer="S-1", start=datetime.now(UTC), stop=datetime.now(UTC))
+    incident, _ = _incident(services)
+    _link(services, incident, clip.id)
+    _sql(services, delete(IncidentLink).where(IncidentLink.target_id == clip.id))
+    return clip, incident
+
+
 def test_a_hold_on_an_incident_holds_a_clip_whose_link_row_was_deleted(services: Any) -> None:
     """The hold covers every item the ledger links to the incident, not only those with a row."""
-    s = services
-    t0 = datetime.now(UTC)
-    clip = store_item(s, wearer="S-1", start=t0, stop=t0)
-    incident, _ = _incident(s)
-    _link(s, incident, clip.id)
-    _sql(s, delete(IncidentLink).where(IncidentLink.target_id == clip.id))
+    s, t0 = services, datetime.now(UTC)
+    clip, incident = _row_deleted(s)
     with s.db.session() as session:
         set_legal_hold(session, s.ledger, s.store, RULES, "incident", incident, True, "court", "user:m", t0)
     assert s.store.info(clip.object_key, clip.version_id).legal_hold
@@ -238,12 +243,8 @@ def test_a_link_row_deleted_by_sql_still_marks_the_other_incidents_entries(servi
 def test_closing_an_incident_extends_the_lock_of_a_clip_whose_link_row_was_deleted(services: Any) -> None:
     """Closing re-applies retention to every clip the incident keeps: one whose link row was deleted
     by SQL gets its lock extended to the period after closure as well."""
-    s = services
-    t0 = datetime.now(UTC)
-    clip = store_item(s, wearer="S-1", start=t0, stop=t0)
-    incident, _ = _incident(s)
-    _link(s, incident, clip.id)
-    _sql(s, delete(IncidentLink).where(IncidentLink.target_id == clip.id))
+    s, t0 = services, datetime.now(UTC)
+    clip, incident = _row_deleted(s)
     closed = t0 + 10 * DAY
     with s.db.session() as session:
         row = session.get(Incident, incident)
