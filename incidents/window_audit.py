@@ -24,9 +24,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accounts.service import Principal, principal_of
+from chain_of_custody.incident_seals import incident_subject
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
-from chain_of_custody.models import EvidenceItem
+from chain_of_custody.models import CustodyEntry, EvidenceItem
+from chain_of_custody.reach_seals import reach_secret
 
 from .access import incident_scope, link_on_custody, may_follow_wearer, of_reach
 from .identity import incident_sealed, record_site, record_window_withdrawn
@@ -60,8 +62,30 @@ class WindowFinding:
         }
 
 
-def window_setter(session: Session, incident: Incident) -> str:
-    """Who last named the incident's wearer or window (the actor of its history's last such change)."""
+def window_setter(session: Session, incident: Incident, key: ServiceKey) -> str:
+    """Who named the incident's wearer and window as they stand: the actor of the first of the
+    latest run of its ``incident_changed`` entries (on its subject's chain) that record this window.
+    Custody, not its history's rows: an event planted by SQL naming an administrator would otherwise
+    pass the window as theirs and hide it from this audit. An incident the ledger has no entry of
+    (made before it recorded them) falls back to its history."""
+    subject = incident_subject(reach_secret(key), incident.id)
+    entries = session.execute(
+        select(CustodyEntry.actor, CustodyEntry.details)
+        .where(CustodyEntry.item_id == subject, CustodyEntry.action == "incident_changed")
+        .order_by(CustodyEntry.item_seq.desc())
+    )
+    setter: str | None = None
+    standing: Any = None
+    for actor, details in entries:
+        window = json.loads(details or "{}").get("window")
+        if setter is not None and window != standing:
+            break
+        setter, standing = actor, window
+    return setter if setter is not None else _history_setter(session, incident)
+
+
+def _history_setter(session: Session, incident: Incident) -> str:
+    """Who last named the incident's wearer or window by its history (the actor of its last such change)."""
     events = session.scalars(
         select(IncidentEvent)
         .where(
@@ -128,7 +152,7 @@ def audit_windows(session: Session, key: ServiceKey) -> list[WindowFinding]:
     )
     for incident in incidents:
         wearer = incident.wearer or ""
-        setter = window_setter(session, incident)
+        setter = window_setter(session, incident, key)
         if not setter.startswith("user:"):
             continue  # the service's own windows (an alarm's): bounded by ``access.window_reach``
         person = principal_of(session, setter, key)  # None: a service, someone gone, a row altered

@@ -24,7 +24,7 @@ from devices.service import enrol_dock
 from incidents.access import hidden_incident_markers
 from incidents.export.plan import foreign_markers
 from incidents.footage import incident_refs
-from incidents.models import Incident, IncidentLink
+from incidents.models import Incident, IncidentEvent, IncidentLink
 from incidents.queries import IncidentFilter, search_incidents
 from incidents.retention import (
     RetentionRefused,
@@ -43,7 +43,7 @@ from incidents.service import (
     update_incident,
 )
 from incidents.subject_access.service import RequestDraft, Search, candidates, receive_request
-from incidents.window_audit import _seen_elsewhere
+from incidents.window_audit import _seen_elsewhere, audit_windows
 from tests.conftest import wait_for
 from tests.test_incidents_kit import actions, staff, store_item, user
 
@@ -269,3 +269,25 @@ def test_linking_over_a_row_planted_by_sql_is_refused_not_reported_linked(live: 
     body = {"kind": "evidence", "target_id": clip.id, "reason": "seen on the ward, linked by hand"}
     r = httpx.post(f"{live.url}/api/v1/incidents/{incident}/links", json=body, headers=live.admin())
     assert r.status_code == 409 and r.json()["reason"] == "link_unrecorded", r.text
+
+
+def test_a_history_event_planted_by_sql_does_not_pass_a_window_off_as_an_administrators(
+    services: Any,
+) -> None:
+    """A window set by someone who no longer signs in is listed by the window audit; an ``updated``
+    event planted in its history naming an administrator as its setter does not hide it."""
+    s = services
+    staff(s, "S-N", "nurse", "NORTH")
+    user(s, "boss", "admin")
+    window = {"wearer": "S-N", "window_start": T0 - timedelta(hours=1), "window_end": T0 + timedelta(hours=1)}
+    with s.db.session() as session:
+        draft = IncidentDraft(category="theft", occurred_at=T0, site="NORTH", title="Ward 7", **window)
+        incident = create_incident(session, draft, "user:gone", ledger=s.ledger).id
+    with s.db.session() as session:
+        assert [f.incident_id for f in audit_windows(session, s.key)] == [incident]
+    event = {"kind": "updated", "actor": "user:boss", "at": T0 + timedelta(days=1)}
+    details = '{"changes": {"wearer": "S-N"}}'
+    _sql(s, insert(IncidentEvent).values(incident_id=incident, details=details, **event))
+    with s.db.session() as session:
+        found = audit_windows(session, s.key)
+        assert [(f.incident_id, f.set_by) for f in found] == [(incident, "user:gone")], found
