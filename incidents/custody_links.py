@@ -51,6 +51,14 @@ def ever_linked_on_custody(session: Session, item_ids: Iterable[str]) -> set[str
     return {incident for incident, _, _ in _item_steps(session, ids)} if ids else set()
 
 
+def ever_linked_to(session: Session, incident_id: str, item_ids: Iterable[str]) -> set[str]:
+    """Which of the items custody ever linked to the incident (linked now or since unlinked): an
+    item whose link row to it was planted or moved there by SQL is not among them."""
+    ids = list(item_ids)
+    steps = _item_steps(session, ids) if ids else {}
+    return {item for incident, _, item in steps if incident == incident_id}
+
+
 def kept_by_links(session: Session, item_ids: Iterable[str]) -> set[str]:
     """The incidents that keep the items: an active link row, or the ledger's latest step linked."""
     ids = list(item_ids)

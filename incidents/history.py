@@ -36,6 +36,7 @@ from chain_of_custody.canonical import rfc3339
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 
 from .access import Viewer, alarm_link_on_custody, link_on_custody, readable_trails, visible_evidence_ids
+from .custody_links import ever_linked_to
 from .models import Incident, IncidentEvent, IncidentLink
 
 # The steps of an item's arrival other than "stored": its "stored" line (digest, size) tells the arrival.
@@ -278,7 +279,8 @@ def _custody_lines(
             )
         )
     )
-    root_of = _family(session, ever_linked)
+    on_custody = ever_linked_to(session, incident.id, ever_linked)  # a row planted or moved by SQL: not
+    root_of = _family(session, [i for i in ever_linked if i in on_custody])
     ids = list(root_of)
     if viewer is not None:
         allowed = visible_evidence_ids(session, viewer, ids)

@@ -10,6 +10,7 @@ in the staff and cameras of that site whose seals hold, not rows moved there by 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from devices.service import enrol_dock
 from incidents.access import hidden_incident_markers
 from incidents.export.plan import foreign_markers
 from incidents.footage import incident_refs
+from incidents.history import history_page
 from incidents.models import Incident, IncidentEvent, IncidentLink
 from incidents.queries import IncidentFilter, search_incidents
 from incidents.retention import (
@@ -291,3 +293,24 @@ def test_a_history_event_planted_by_sql_does_not_pass_a_window_off_as_an_adminis
     with s.db.session() as session:
         found = audit_windows(session, s.key)
         assert [(f.incident_id, f.set_by) for f in found] == [(incident, "user:gone")], found
+
+
+def test_a_link_row_planted_by_sql_brings_no_custody_into_an_incidents_history(services: Any) -> None:
+    """A clip linked through the service to one incident, a row planted for it at another: the
+    other's history (an administrator's) carries none of the clip's custody lines."""
+    s = services
+    user(s, "boss", "admin")
+    clip = store_item(s, wearer="S-1", start=T0, stop=T0 + timedelta(minutes=1))
+    (linked, _), (planted, _) = _incident(s), _incident(s)
+    _link(s, linked, clip.id)
+    _plant(s, planted, clip.id)
+    admin = _who(s, "boss")
+    with s.db.session() as session:
+        for incident_id, shown in ((linked, True), (planted, False)):
+            incident = session.get(Incident, incident_id)
+            assert incident is not None
+            page = history_page(session, admin, incident, "", 200)
+            custody = [
+                r for r in page.rows if r.get("item_id") == clip.id or clip.id in json.dumps(r, default=str)
+            ]
+            assert bool(custody) is shown, (incident_id, page.rows)
