@@ -45,7 +45,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from chain_of_custody.incident_seals import sealed_incidents
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry
@@ -71,6 +70,7 @@ from chain_of_custody.row_seals import (
     user_values,
 )
 from chain_of_custody.row_seals import SESSION as SESSION  # re-exported for accounts.sessions
+from chain_of_custody.site_incidents import SiteIncidents
 
 from .models import SITE_SCOPED_ROLES, ApiToken, User
 
@@ -134,7 +134,8 @@ def assignments_of(session: Session, secret: bytes, user: User) -> frozenset[int
 def reach_of(session: Session, seals: SignInSeals, user: User) -> SiteReach:
     """What the person's reach by rows rests on (``Principal.reach``): for a security manager with a
     site, the members of staff, devices and incidents of that site whose seal holds (an incident
-    moved to their site in the database is not theirs, ``incidents.access.incident_scope``); for
+    moved to their site in the database is not theirs, ``incidents.access.incident_scope``; the
+    incidents read when the request first asks); for
     everyone, the secret an evidence item's seal is checked with (``incidents.access.reach_checked``)."""
     if user.role in SITE_SCOPED_ROLES and user.site:
         return manager_reach(session, seals, user.site)
@@ -143,9 +144,11 @@ def reach_of(session: Session, seals: SignInSeals, user: User) -> SiteReach:
 
 def manager_reach(session: Session, seals: SignInSeals, site: str) -> SiteReach:
     """What a security manager of ``site`` reaches by rows: the members of staff, devices and
-    incidents of that site whose seal holds, each other one refused with a warning."""
+    incidents of that site whose seal holds, each other one refused with a warning. The incidents
+    are read when the request first asks for them (``SiteIncidents``): a request that reads no
+    incident pays nothing for however many the site has."""
     reach = site_reach_by(session, seals.reach, seals.devices, site)
-    return replace(reach, incidents=sealed_incidents(session, seals.reach, site))
+    return replace(reach, sealed_incidents=SiteIncidents(session.get_bind(), seals.reach, site))
 
 
 def sealed_values(user: User) -> UserValues:

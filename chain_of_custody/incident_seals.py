@@ -8,7 +8,8 @@ another site by SQL was listed, streamed and exported to that site's managers, a
 wearer set by SQL had the service link clips itself, until someone ran it. So the service seals
 the row as it records it, an HMAC-SHA256 under the reach secret (``reach_seals.reach_secret``) over
 the incident's id, site, wearer, window start and window end (``incidents.seal``): a manager's
-sign-in reads the sealed incidents of their site (``SiteReach.incidents``), and the window of an
+request reads the sealed incidents of their site when it first needs them (``SiteReach.incidents``,
+``site_incidents``), and the window of an
 incident whose seal does not hold links nothing.
 
 Since version 2 the seal also covers the seq of the latest ``incident_changed`` entry on the
@@ -189,7 +190,7 @@ def holding(session: Session, secret: bytes, rows: Iterable[Sequence[Any]]) -> s
 
 def sealed_incidents(session: Session, secret: bytes, site: str) -> frozenset[str]:
     """The ids of ``site``'s incidents whose seal holds (a warning for each other one): what a
-    security manager of that site reads (``SiteReach.incidents``, ``accounts.seals.reach_of``)."""
+    security manager of that site reads (``SiteReach.incidents``, ``site_incidents.SiteIncidents``)."""
     rows = session.execute(select(*SEALED_COLUMNS).where(_INCIDENTS.c.site == site))
     return frozenset(holding(session, secret, rows))
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,16 +83,26 @@ def item_seal(
     return row_seal(secret, ("evidence item", item_id, wearer, device, original))
 
 
+def _no_incidents() -> frozenset[str]:
+    return frozenset()
+
+
 @dataclass(frozen=True)
 class SiteReach:
-    """What a viewer's reach by site rests on, read when they sign in: the members of staff, the
-    devices and the incidents of their site whose seal holds (``incident_seals``), and the secret
-    an item's seal is checked with (an empty one holds no seal: nothing reaches by a row)."""
+    """What a viewer's reach by site rests on, read when they sign in: the members of staff and the
+    devices of their site whose seal holds, the secret an item's seal is checked with (an empty one
+    holds no seal: nothing reaches by a row), and how to read the incidents of their site whose
+    seal holds (``site_incidents``: read when the request first asks, not at sign-in)."""
 
     staff: frozenset[str] = frozenset()
     devices: frozenset[str] = frozenset()
     secret: bytes = field(default=b"", repr=False)
-    incidents: frozenset[str] = frozenset()
+    sealed_incidents: Callable[[], frozenset[str]] = field(default=_no_incidents, compare=False, repr=False)
+
+    @property
+    def incidents(self) -> frozenset[str]:
+        """The incidents of their site whose seal holds (``incident_seals``), read on first use."""
+        return self.sealed_incidents()
 
     def item_holds(
         self, item_id: str, wearer: str | None, device: str | None, original: str | None, seal: str | None

@@ -93,8 +93,8 @@ class Viewer(Protocol):
 def incident_scope(viewer: Viewer) -> ColumnElement[bool]:
     """A WHERE clause on ``Incident`` selecting the incidents the viewer may see.
 
-    A security manager's incidents are those of their site whose row's seal held when they signed
-    in for this request (``viewer.reach.incidents``, ``chain_of_custody.incident_seals``): the
+    A security manager's incidents are those of their site whose row's seal holds, read the first
+    time this request asks (``viewer.reach.incidents``, ``chain_of_custody.site_incidents``): the
     service seals an incident's site, wearer and window as it records them on custody, so an
     incident moved to their site in the database (or one whose window was set there) is not
     theirs. ``evidence verify`` names a broken seal (``incident_seal_broken``) and an incident whose

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,34 @@ def ping_after_idle(engine: Engine, idle_seconds: float) -> None:
 COMMIT_DUTY_FAILED = "commit_duty_failed"
 
 
+# The session a ``Database.session`` or ``Database.reading`` block is using in this context (thread,
+# task), for a read deferred until a query needs it (``chain_of_custody.site_incidents``): it goes
+# through the transaction the caller is in rather than a second connection. ``_OPEN`` is set in the
+# session's ``info`` for the life of the block, so a context copied out of it (a task it started)
+# never sees one that has ended.
+_IN_USE: ContextVar[Session | None] = ContextVar("evidence_session_in_use", default=None)
+_OPEN = "evidence_block_open"
+
+
+def session_in_use() -> Session | None:
+    """The session of the innermost ``Database`` block open in this context, or None."""
+    found = _IN_USE.get()
+    return found if found is not None and found.info.get(_OPEN) else None
+
+
+@contextmanager
+def _in_use(s: Session) -> Iterator[Session]:
+    outer = _IN_USE.get()
+    s.info[_OPEN] = True
+    _IN_USE.set(s)
+    try:
+        yield s
+    finally:
+        s.info.pop(_OPEN, None)
+        if _IN_USE.get() is s:  # set, not reset: a block may end in another context than it began
+            _IN_USE.set(outer)
+
+
 class Database:
     """Owns the engine and hands out sessions that commit on success and roll back on error."""
 
@@ -174,7 +203,7 @@ class Database:
         """A transaction that commits on success and rolls back on error. A duty that must be done
         once the commit is durable and before anyone is told (see ``COMMIT_DUTY_FAILED``) and that
         failed is raised here, after the commit, so the caller acknowledges nothing."""
-        with self.sessions() as s:
+        with self.sessions() as s, _in_use(s):
             try:
                 yield s
                 s.commit()
@@ -189,7 +218,10 @@ class Database:
     def reading(self) -> Iterator[Session]:
         """A transaction that only reads, rolled back at the end. On SQLite it begins without taking
         the write lock, so a long read (a whole verification) does not hold every writer off."""
-        with Session(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False) as s:
+        with (
+            Session(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False) as s,
+            _in_use(s),
+        ):
             try:
                 yield s
             finally:

@@ -654,8 +654,8 @@ def may_revoke(session: Session, user: Viewer, job: ExportJob, link: ExportLink)
     """Whether ``user`` may revoke the link: the person who issued it (even once they no longer see
     the incident: taking back what they handed out only narrows it), an investigator assigned to the
     incident now (by an assignment whose seal held at sign-in, ``Viewer.assignments``), or an
-    administrator or a security manager of the incident's site (an incident whose seal held at
-    sign-in, ``Viewer.reach.incidents``). Seeing the incident is not enough
+    administrator or a security manager of the incident's site (an incident whose seal holds,
+    ``Viewer.reach.incidents``, read once a request). Seeing the incident is not enough
     on its own: the rule says who answers for the disclosure."""
     if user.actor == link.created_by:
         return True
