@@ -13,8 +13,11 @@ import pytest
 from sqlalchemy import event, update
 
 import chain_of_custody.incident_seals as incident_seals
+from chain_of_custody.reach_seals import reach_secret
+from chain_of_custody.site_incidents import SiteIncidents
 from incidents.models import Incident
-from tests.test_incident_seals import _incident
+from incidents.service import IncidentDraft, create_incident
+from tests.test_incident_seals import T0, _incident
 from tests.test_incidents_kit import bearer, user
 
 
@@ -76,3 +79,25 @@ def test_me_checks_no_incident_seal_however_many_incidents_the_site_has(live: An
     listed, _, _ = costs.of(f"{api}/incidents", headers)
     assert north not in {i["id"] for i in listed}
     assert httpx.get(f"{api}/incidents/{north}", headers=headers).status_code == 404
+
+
+def test_the_sealed_incidents_are_read_in_the_transaction_in_use_and_kept(services: Any) -> None:
+    """Read inside a ``Database`` block, through its session (an incident opened in that transaction,
+    not committed yet, is among them); read once and kept; outside any block, through a read-only
+    session of their own."""
+    secret = reach_secret(services.key)
+    with services.db.session() as session:
+        opened = create_incident(
+            session,
+            IncidentDraft(category="theft", occurred_at=T0, site="SOUTH", title="Ward 2"),
+            "user:seed",
+            ledger=services.ledger,
+        ).id
+        inside = SiteIncidents(services.db.engine, secret, "SOUTH")
+        assert not inside.read
+        assert inside() == {opened} and inside.read
+        session.execute(update(Incident).where(Incident.id == opened).values(site="NORTH"))
+        assert inside() == {opened}, "read again within the request"
+    outside = SiteIncidents(services.db.engine, secret, "SOUTH")
+    assert outside() == frozenset()
+    assert SiteIncidents(services.db.engine, secret, "NORTH")() == frozenset(), "moved by SQL: its seal fails"
