@@ -44,7 +44,8 @@ class SiteIncidents:
             return self._read
 
     def _from(self, session: Session | None) -> frozenset[str]:
-        if session is not None and session.get_bind() is self._bind:
+        # The same database (a ``Database.reading`` block's engine carries options but shares the pool).
+        if session is not None and session.get_bind().engine.pool is self._bind.engine.pool:
             return sealed_incidents(session, self._secret, self._site)
         bind = (
             self._bind.execution_options(**{READ_ONLY: True})

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import event, select, update
 
 import chain_of_custody.incident_seals as incident_seals
 from chain_of_custody.reach_seals import reach_secret
@@ -101,3 +101,21 @@ def test_the_sealed_incidents_are_read_in_the_transaction_in_use_and_kept(servic
     outside = SiteIncidents(services.db.engine, secret, "SOUTH")
     assert outside() == frozenset()
     assert SiteIncidents(services.db.engine, secret, "NORTH")() == frozenset(), "moved by SQL: its seal fails"
+
+
+def test_a_read_only_block_is_read_through_too(services: Any) -> None:
+    """Inside a ``Database.reading`` block (its engine carries options of its own) the incidents are
+    read through that block's connection: no second one is taken from the pool."""
+    taken: list[object] = []
+
+    def checkout(*_: Any) -> None:
+        taken.append(object())
+
+    with services.db.reading() as session:
+        session.execute(select(1))
+        event.listen(services.db.engine, "checkout", checkout)
+        try:
+            assert SiteIncidents(services.db.engine, reach_secret(services.key), "SOUTH")() == frozenset()
+        finally:
+            event.remove(services.db.engine, "checkout", checkout)
+    assert taken == [], "a second connection was taken"
