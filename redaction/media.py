@@ -22,12 +22,12 @@ import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import IO, cast
+from typing import IO, Any, cast
 
 from redaction.frames import Frame
 
@@ -184,12 +184,23 @@ def exact_rate(printed: float) -> Fraction:
 
 
 class FrameReader:
-    """Decodes a clip's first video stream to ``Frame``s, one new buffer per frame."""
+    """Decodes a clip's first video stream to ``Frame``s, one new buffer per frame.
+
+    ``prepare``, when given, is called on the reading thread with each frame in order, before the
+    frame is handed over, and ``prepared()`` yields each frame with what it returned: per-frame
+    work that needs nothing but the pixels (cut detection, a thumbnail) then runs beside the
+    consumer's own instead of before it."""
 
     def __init__(
-        self, path: str | Path, info: VideoInfo, ffmpeg: str | None = None, queue_frames: int = 8
+        self,
+        path: str | Path,
+        info: VideoInfo,
+        ffmpeg: str | None = None,
+        queue_frames: int = 8,
+        prepare: Callable[[Frame], Any] | None = None,
     ) -> None:
         self.info = info
+        self._prepare = prepare
         self.width, self.height = info.frame_size
         self._frame_bytes = self.width * self.height * 3 // 2
         self._errors = tempfile.TemporaryFile()
@@ -199,7 +210,9 @@ class FrameReader:
             cmd += ["-vf", f"pad={self.width}:{self.height}"]
         cmd += ["-f", "rawvideo", "-pix_fmt", "yuv420p", "pipe:1"]
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._errors, bufsize=0)
-        self._queue: queue.Queue[Frame | None | BaseException] = queue.Queue(maxsize=max(1, queue_frames))
+        self._queue: queue.Queue[tuple[Frame, Any] | None | BaseException] = queue.Queue(
+            maxsize=max(1, queue_frames)
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="frame-reader", daemon=True)
         self._thread.start()
@@ -221,13 +234,13 @@ class FrameReader:
                     break
                 if got < self._frame_bytes:
                     raise MediaError(f"decoder stopped mid-frame ({got} of {self._frame_bytes} bytes)")
-                self._put(frame)
+                self._put((frame, self._prepare(frame) if self._prepare else None))
         except BaseException as exc:  # handed to the consuming thread
             self._put(exc)
             return
         self._put(None)
 
-    def _put(self, item: Frame | None | BaseException) -> None:
+    def _put(self, item: tuple[Frame, Any] | None | BaseException) -> None:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.2)
@@ -236,6 +249,11 @@ class FrameReader:
                 continue
 
     def __iter__(self) -> Iterator[Frame]:
+        for frame, _ in self.prepared():
+            yield frame
+
+    def prepared(self) -> Iterator[tuple[Frame, Any]]:
+        """Each frame in order with what ``prepare`` returned for it (None without one)."""
         while True:
             item = self._queue.get()
             if item is None:
@@ -311,7 +329,9 @@ class FrameWriter:
         cmd += ["-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", file_output(dst)]
         self.command = cmd
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._errors, bufsize=0)
-        self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=max(1, queue_frames))
+        self._queue: queue.Queue[tuple[Frame, Callable[[Frame], None] | None] | None] = queue.Queue(
+            maxsize=max(1, queue_frames)
+        )
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._pump, name="frame-writer", daemon=True)
         self._thread.start()
@@ -322,9 +342,12 @@ class FrameWriter:
         assert stdin is not None
         try:
             while True:
-                frame = self._queue.get()
-                if frame is None:
+                item = self._queue.get()
+                if item is None:
                     break
+                frame, finish = item
+                if finish is not None:
+                    finish(frame)
                 stdin.write(frame.buffer.data)
         except BaseException as exc:
             self._failure = exc
@@ -337,10 +360,13 @@ class FrameWriter:
             except OSError:
                 pass
 
-    def write(self, frame: Frame) -> None:
+    def write(self, frame: Frame, finish: Callable[[Frame], None] | None = None) -> None:
+        """Queue a frame for the encoder; ``finish``, when given, is done to it on the writing
+        thread just before it is encoded (drawing its masks there keeps that pixel work beside
+        the caller's, not in its way)."""
         if self._failure is not None:
             raise MediaError(f"encoding failed: {_tail(self._errors)}") from self._failure
-        self._queue.put(frame)
+        self._queue.put((frame, finish))
 
     def finish(self) -> None:
         """Flush and wait for the encoder; raises if it failed."""

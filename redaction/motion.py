@@ -37,13 +37,16 @@ class CameraMotion:
         self._scale = 1.0
         self.offset = (0.0, 0.0)
 
-    def update(self, luma: np.ndarray, moving: Iterable[Box] = ()) -> tuple[float, float]:
+    def update(
+        self, luma: np.ndarray, moving: Iterable[Box] = (), small: np.ndarray | None = None
+    ) -> tuple[float, float]:
         """Take the next frame's grey (Y) plane, and boxes (in the previous frame, full-frame
-        pixels) of things known to move on their own; return the picture's total shift so far."""
+        pixels) of things known to move on their own; return the picture's total shift so far.
+        ``small``: the plane's ``thumbnail`` at this ``width``, when it was made already."""
         h, w = luma.shape[:2]
         self._scale = min(1.0, self.width / w)
-        size = (max(16, round(w * self._scale)), max(16, round(h * self._scale)))
-        current = cv2.resize(luma, size, interpolation=cv2.INTER_AREA)
+        current = thumbnail(luma, self.width) if small is None else small
+        size = (current.shape[1], current.shape[0])
         previous = self._previous
         self._previous = current
         if previous is None or previous.shape != current.shape:
@@ -73,3 +76,12 @@ class CameraMotion:
             self.offset[1] + float(step[1]) / self._scale,
         )
         return self.offset
+
+
+def thumbnail(luma: np.ndarray, width: int) -> np.ndarray:
+    """The small grey copy of a frame that ``CameraMotion`` follows features on (``width`` across
+    at most): it needs the frame's pixels only, so it can be made ahead of the frame's turn."""
+    h, w = luma.shape[:2]
+    scale = min(1.0, width / w)
+    size = (max(16, round(w * scale)), max(16, round(h * scale)))
+    return cv2.resize(luma, size, interpolation=cv2.INTER_AREA)

@@ -12,6 +12,7 @@ settings.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ from redaction.frames import Frame
 from redaction.geometry import Box
 from redaction.margins import MarginRule
 from redaction.media import EncodeOptions, FrameReader, FrameWriter, MediaError, VideoInfo, probe, rate_text
-from redaction.motion import CameraMotion
+from redaction.motion import CameraMotion, thumbnail
 from redaction.regions import Exclusion, ManualRegion, ManualRegionFollower
 from redaction.render import Mask, MaskStyle, Shape, Style, apply_masks
 from redaction.tracking import FaceTracker, TrackingSettings, TrackState
@@ -273,15 +274,16 @@ def redact_clip(
     last_report = 0.0
     done = 0
     options = EncodeOptions(settings.crf, settings.preset, settings.audio_bitrate)
+    seen = _FrameSeen(settings)
     with (
-        FrameReader(src_path, info, ffmpeg, settings.queue_frames) as reader,
+        FrameReader(src_path, info, ffmpeg, settings.queue_frames, seen.see) as reader,
         FrameWriter(dst_path, info, src_path, options, filt, ffmpeg, settings.queue_frames) as writer,
     ):
         index = -1
-        for index, frame in enumerate(reader):
+        for index, (frame, pixels) in enumerate(reader.prepared()):
             follower.update(index, frame)
-            for ready in finder.take(index, frame):
-                writer.write(renderer.render(*ready))
+            for ready in finder.take(index, frame, pixels):
+                writer.write(*renderer.render(*ready))
                 done += 1
             if progress and time.perf_counter() - last_report >= 0.5:
                 last_report = time.perf_counter()
@@ -289,7 +291,7 @@ def redact_clip(
         if index < 0:
             raise MediaError("the clip has no video frames")
         for ready in finder.drain():
-            writer.write(renderer.render(*ready))
+            writer.write(*renderer.render(*ready))
             done += 1
         writer.finish()
     if progress:
@@ -317,6 +319,29 @@ def redact_clip(
     )
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """What is learnt from a frame's pixels alone, made on the decoding side ahead of its turn:
+    whether it starts a shot, and the camera-motion thumbnail (None where not asked for)."""
+
+    cut: bool
+    small: np.ndarray | None
+
+
+class _FrameSeen:
+    """Cut detection and the motion thumbnail, done on the frame reader's thread (in frame
+    order): they need nothing but the pixels, so they run beside detection rather than before it."""
+
+    def __init__(self, settings: RedactionSettings) -> None:
+        self.cuts = CutDetector() if settings.cuts else None
+        self.motion_width = settings.motion_width if settings.stabilise else None
+
+    def see(self, frame: Frame) -> _Seen:
+        cut = self.cuts.update(frame.y) if self.cuts is not None else False
+        small = thumbnail(frame.y, self.motion_width) if self.motion_width else None
+        return _Seen(cut, small)
+
+
 class _FaceFinder:
     """Runs detection and tracking over frames as they arrive and hands frames back, in order,
     once nothing later can change what is hidden in them.
@@ -333,7 +358,7 @@ class _FaceFinder:
         self.plan = DetectionPlan.for_clip(settings, info.frame_size[0])
         self.tracker = FaceTracker(settings.tracking)
         self.motion = CameraMotion(settings.motion_width) if settings.stabilise else None
-        self.cuts = CutDetector() if settings.cuts else None
+        self.seen = _FrameSeen(settings)
         self.pending: deque[tuple[int, Frame]] = deque()
         self.detection_frames = 0
         self.looks = 0
@@ -341,10 +366,12 @@ class _FaceFinder:
         self.last_coarse = -(10**9)
         self.camera_step = 0.0
 
-    def take(self, index: int, frame: Frame) -> list[tuple[int, Frame]]:
-        """Look at a newly decoded frame; return the held frames that are now ready to render."""
+    def take(self, index: int, frame: Frame, seen: _Seen | None = None) -> list[tuple[int, Frame]]:
+        """Look at a newly decoded frame (``seen``: what its pixels alone say, when that was
+        made already; else it is made here); return the held frames now ready to render."""
         s = self.settings
-        cut = self.cuts.update(frame.y) if self.cuts is not None else False
+        seen = seen or self.seen.see(frame)
+        cut = seen.cut
         if index == 0 or cut:
             if index > 0:
                 self.tracker.cut(index)
@@ -354,7 +381,7 @@ class _FaceFinder:
         if self.motion is not None:
             moving = [box for _, box in self.tracker.expected(index - 1, unseen_for=0)]
             before = self.motion.offset
-            after = self.motion.update(frame.y, moving)
+            after = self.motion.update(frame.y, moving, seen.small)
             self.tracker.move_camera(index, after)
             step = float(np.hypot(after[0] - before[0], after[1] - before[1]))
             self.camera_step = 0.7 * self.camera_step + 0.3 * step
@@ -537,7 +564,9 @@ class _FrameRenderer:
         self.exclusions = exclusions
         self.record: list[list[dict[str, Any]]] = []
 
-    def render(self, index: int, frame: Frame) -> Frame:
+    def render(self, index: int, frame: Frame) -> tuple[Frame, Callable[[Frame], None]]:
+        """Decide what is hidden in a frame and note it; return the frame and what draws the
+        masks on it (the writer does that on its own thread, just before encoding)."""
         s = self.settings
         masks: list[Mask] = []
         notes: list[dict[str, Any]] = []
@@ -565,8 +594,7 @@ class _FrameRenderer:
         for n, region, box in self.follower.boxes_at(index):
             masks.append(Mask(box, region.shape))
             notes.append({"source": "manual", "region": n, "box": box.rounded(), "shape": region.shape})
-        apply_masks(frame, masks, self.style)
         self.record.append(notes)
         self.tracker.forget_before(index)
         self.follower.forget_before(index)
-        return frame
+        return frame, functools.partial(apply_masks, masks=masks, style=self.style)
