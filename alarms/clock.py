@@ -29,6 +29,7 @@ from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import rfc3339
+from chain_of_custody.heard_seals import Heard, last_heard
 from devices.models import LoneWorkerState
 from storage.db import Database
 
@@ -122,21 +123,30 @@ class Clock:
 
         def check(session: Session, state: LoneWorkerState, outbox: list[AlarmOutbox]) -> None:
             state.offline_due_at = None
-            if state.last_seen_at is None:
+            heard = self.last_heard(state)
+            if heard.at is None:
                 return
             if state.offline_alarm_id is not None:
                 # Raised already, if the state names the device's own offline alarm: an id written
                 # into the (unsealed) state row in the database silences nothing.
                 if own_offline_alarm(session, state.device_id, state.offline_alarm_id) is not None:
                     return
+            # A row whose seal does not vouch for its time (none yet, or a wrong one) is not heard
+            # from since it is seen so: it is due, and no message of the device has sealed it since.
+            since = heard.at if heard.sealed else min(heard.at, at)
             if not rules.is_device_offline(
-                state.last_seen_at,
+                since if heard.sealed else at - timedelta(seconds=self.policy.offline_after_s),
                 at,
                 self.policy,
                 visit_active=_on_a_visit(session, state.device_id),
                 alarm_open=_alarm_open(session, state.device_id),
             ):
                 return
+            if not heard.sealed:
+                log.warning(
+                    "a device's last-heard time is not as the service sealed it: taken as silent",
+                    extra={"device": state.device_id},
+                )
             device, note = self.lifecycle.device_of(session, state.device_id)
             row = self.lifecycle.raise_alarm(
                 session,
@@ -146,9 +156,9 @@ class Clock:
                 kind=rules.AlarmKind.DEVICE_OFFLINE,
                 wearer=device.assigned_staff_id if device else None,
                 site=device.site if device else None,
-                occurred_at=state.last_seen_at,
+                occurred_at=since,
                 visit_id=state.active_visit_id,
-                dedupe_key=f"device_offline:{state.device_id}:{rfc3339(state.last_seen_at)}",
+                dedupe_key=f"device_offline:{state.device_id}:{rfc3339(since)}",
                 note=note,
             )
             state.offline_alarm_id = row.id
@@ -160,15 +170,34 @@ class Clock:
         )
         return self.outbox.claimed_pass(due, limit, check)
 
+    def last_heard(self, state: LoneWorkerState) -> Heard:
+        """When a device was last heard from, as far as its row's seal vouches."""
+        return last_heard(self.lifecycle.seal_secret, state.device_id, state.last_seen_at, state.heard_seal)
+
     def restore_offline_deadlines(self, now: datetime) -> int:
         """Put back the ``offline_due_at`` of every device silent for longer than
-        ``device_offline_after_seconds`` while on a visit or with an alarm open that names no
-        offline alarm of its own and is not due by then (cleared or moved in the database, it
-        would silence the offline alarm); a warning names each device; how many."""
+        ``device_offline_after_seconds`` (counted from when its row's seal vouches it was last
+        heard from, ``chain_of_custody.heard_seals``; a row whose seal is wrong counts as silent,
+        one with none yet by its row's time, or as silent when that is later than now) while on a
+        visit or with an alarm open that names no offline alarm of its own and is not due by then
+        (cleared or moved in the database, it would silence the offline alarm). Read without locks;
+        only the rows to put back are claimed (and looked at again). A warning names each device;
+        how many."""
         restored = 0
+        silent_since = now - timedelta(seconds=self.policy.offline_after_s)
+
+        def silent(state: LoneWorkerState) -> bool:
+            heard = self.last_heard(state)
+            if heard.at is None:
+                return False
+            if heard.sealed:
+                return heard.at <= silent_since
+            return state.heard_seal is not None or not silent_since < heard.at <= now
 
         def check(session: Session, state: LoneWorkerState, outbox: list[AlarmOutbox]) -> None:
             nonlocal restored
+            if not silent(state) or (state.offline_due_at is not None and state.offline_due_at <= now):
+                return  # heard from, or put back, since it was read
             if state.offline_alarm_id and own_offline_alarm(session, state.device_id, state.offline_alarm_id):
                 return  # raised already
             log.warning(
@@ -183,9 +212,12 @@ class Clock:
             exists().where(v.device_id == s.device_id, v.ended_at.is_(None)),
             exists().where(a.device_id == s.device_id, a.status != "resolved", a.kind.in_(WATCHED_KINDS)),
         )
-        silent = s.last_seen_at <= now - timedelta(seconds=self.policy.offline_after_s)
         late = or_(s.offline_due_at.is_(None), s.offline_due_at > now)
-        self.outbox.claimed_pass(select(s).where(silent, late, watched), 100_000, check, isolate=False)
+        looked_at = select(s).where(s.last_seen_at.is_not(None), late, watched)
+        with self.db.session() as session:
+            off = [state.device_id for state in session.scalars(looked_at) if silent(state)]
+        if off:
+            self.outbox.claimed_pass(select(s).where(s.device_id.in_(off)), len(off), check, isolate=False)
         return restored
 
     def store_deferred_evidence(self, now: datetime | None = None, limit: int = 20) -> int:

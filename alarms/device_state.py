@@ -115,6 +115,7 @@ CAS = (
         version=_STATE.c.version + 1,
         replay_state=bindparam("b_state", type_=Text()),
         last_seen_at=bindparam("b_now", type_=UTCDateTime()),
+        heard_seal=bindparam("b_heard", type_=Text()),
         updated_at=bindparam("b_now", type_=UTCDateTime()),
         offline_due_at=bindparam("b_due", type_=UTCDateTime()),
         battery=func.coalesce(bindparam("b_battery", type_=Integer()), _STATE.c.battery),
@@ -208,9 +209,11 @@ def compare_and_set(
     message: Any,
     now: datetime,
     offline_after: timedelta,
+    heard: str,
     deferred: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write the replay state (and what every message says about the device) if nobody else did.
+    """Write the replay state (and what every message says about the device) if nobody else did;
+    ``heard``: the seal of ``now`` as when it was last heard from (``chain_of_custody.heard_seals``).
 
     With ``deferred``, an update of an existing row is only added there, for :func:`write_deferred`
     to run with the rest of its batch in one round trip."""
@@ -220,6 +223,7 @@ def compare_and_set(
         values: dict[str, Any] = {
             "replay_state": state.to_json(),
             "last_seen_at": now,
+            "heard_seal": heard,
             "updated_at": now,
             "offline_due_at": due,
             "battery": message.battery,
@@ -245,6 +249,7 @@ def compare_and_set(
         "b_version": snap.version,
         "b_state": state.to_json(),
         "b_now": now,
+        "b_heard": heard,
         "b_due": due,
         "b_battery": message.battery,
         "b_lat": position.lat if position else None,
@@ -283,6 +288,7 @@ def record_presence(
     retained: bool,
     now: datetime,
     offline_after: timedelta,
+    heard: str,
 ) -> None:
     """Presence is a hint: an offline will of an older connection, or a retained copy of something
     older than what we know, changes nothing."""
@@ -300,6 +306,7 @@ def record_presence(
     }
     if state.state == "online" and not retained:
         values["last_seen_at"] = now
+        values["heard_seal"] = heard
         values["offline_due_at"] = now + offline_after
     if snap.version is None:
         session.execute(

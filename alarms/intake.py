@@ -30,6 +30,7 @@ from sqlalchemy import Table, and_, bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from chain_of_custody.heard_seals import heard_mark
 from chain_of_custody.models import EvidenceItem
 from devices.lone_worker_wire import (
     Accepted,
@@ -371,13 +372,15 @@ class Intake:
             event_id=message.event_id,
         )
         if isinstance(message, StatusMessage):
-            record_presence(session, snap, message, retained, now, self.offline_after)
+            heard = heard_mark(self.lifecycle.seal_secret, snap.device_id, now)
+            record_presence(session, snap, message, retained, now, self.offline_after, heard)
             return result
         # A heartbeat's or a location's row write may wait for the rest of its batch: nothing later in
         # the transaction reads the columns it sets.
         telemetry = isinstance(message, HeartbeatMessage | LocationMessage)
         later = deferred if telemetry else None
-        compare_and_set(session, snap, verdict.replay_state, message, now, self.offline_after, later)
+        heard = heard_mark(self.lifecycle.seal_secret, snap.device_id, now)
+        compare_and_set(session, snap, verdict.replay_state, message, now, self.offline_after, heard, later)
         if isinstance(verdict, Duplicate):
             self._duplicate(session, message, result, outbox, now)
         elif isinstance(message, AlarmMessage | CheckinMessage):

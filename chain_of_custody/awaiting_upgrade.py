@@ -11,7 +11,8 @@ The counts are those of the upgrade's sealing steps, read as plain tables as ``e
 reads them: live bearer tokens (``seal-tokens``), devices (``seal-devices``), users
 (``seal-users``: no seal, or a version 1 or 2 seal that still holds; ``seal-devices`` and
 ``seal-incidents`` likewise, a version 1 seal), active incident assignments and export jobs (``seal-grants``), members of
-staff, evidence items and alarms (``seal-reach``), incidents (``seal-incidents``), lone visits (``seal-visits``).
+staff, evidence items and alarms (``seal-reach``), incidents (``seal-incidents``), lone visits (``seal-visits``), devices' last-heard times
+(``seal-last-heard``).
 Each is a ``COUNT`` over one table, but users, whose older seals are told apart by two HMACs each,
 and devices and incidents, by one.
 A row the step would refuse is counted too: it awaits the command's judgement, and the command lists
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 
 from .alarm_seals import _ALARMS
+from .heard_seals import older_heard
 from .incident_seals import older_incidents
 from .keys import ServiceKey
 from .reach_seals import _ITEMS, _STAFF, reach_secret
@@ -117,6 +119,13 @@ KINDS = (
         "lone visits",
         "seal-visits",
         "lend no wearer to a missed check-in and clear no alarm at their end",
+    ),
+    Kind(
+        "lone_worker_states",
+        "device's last-heard time",
+        "devices' last-heard times",
+        "seal-last-heard",
+        "count as silent once due",
     ),
 )
 
@@ -204,6 +213,7 @@ def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = N
         "alarms": _unsealed(session, _ALARMS, "seal"),
         "incidents": len(older_incidents(session, reach_secret(key))),
         "lone_worker_visits": len(older_visits(session, reach_secret(key))),
+        "lone_worker_states": len(older_heard(session)),
     }
     return AwaitingUpgrade(counts, now)
 

@@ -232,24 +232,35 @@ def latest_device_entries(session: Session, secret: bytes, device_ids: Sequence[
     return found
 
 
-def _activity_mac(secret: bytes, token_hash: str, micros: int) -> str:
-    return hmac.new(secret, f"seen\x00{token_hash}\x00{micros}".encode(), hashlib.sha256).hexdigest()
+def _timed_mac(secret: bytes, label: str, subject: str, micros: int) -> str:
+    return hmac.new(secret, f"{label}\x00{subject}\x00{micros}".encode(), hashlib.sha256).hexdigest()
+
+
+def timed_mark(secret: bytes, label: str, subject: str, at: datetime) -> str:
+    """A time as the service wrote it for ``subject``: in microseconds since 1970 and an HMAC over
+    it (its message starts with ``label``, which no seal or end has), so the database cannot move
+    it."""
+    micros = (at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{_timed_mac(secret, label, subject, micros)}"
+
+
+def timed_of(secret: bytes, label: str, subject: str, mark: str | None) -> datetime | None:
+    """The time a :func:`timed_mark` holds, or None when it is missing or not the service's."""
+    micros, _, mac = (mark or "").partition(".")
+    if not micros.isdigit() or not _holds(_timed_mac(secret, label, subject, int(micros)), mac):
+        return None
+    return _EPOCH + timedelta(microseconds=int(micros))
 
 
 def activity_mark(secret: bytes, token_hash: str, at: datetime) -> str:
-    """A console session's last activity as the service wrote it (``accounts.sessions``): the time
-    in microseconds since 1970 and an HMAC over it (a message no seal or end can have), so the idle
-    timeout counts from a time the database cannot move forward."""
-    micros = (at - _EPOCH) // timedelta(microseconds=1)
-    return f"{micros}.{_activity_mac(secret, token_hash, micros)}"
+    """A console session's last activity as the service wrote it (``accounts.sessions``), so the
+    idle timeout counts from a time the database cannot move forward."""
+    return timed_mark(secret, "seen", token_hash, at)
 
 
 def activity_of(secret: bytes, token_hash: str, mark: str | None) -> datetime | None:
     """The time an :func:`activity_mark` holds, or None when it is missing or not the service's."""
-    micros, _, mac = (mark or "").partition(".")
-    if not micros.isdigit() or not _holds(_activity_mac(secret, token_hash, int(micros)), mac):
-        return None
-    return _EPOCH + timedelta(microseconds=int(micros))
+    return timed_of(secret, "seen", token_hash, mark)
 
 
 def read_grant_seal(

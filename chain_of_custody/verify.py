@@ -30,6 +30,7 @@ from .entries import (
     check_global_chain,
     viewing_named,
 )
+from .heard_seals import check_heard_seals
 from .incident_seals import check_incident_seals
 from .keys import ServiceKey
 from .ledger import Ledger
@@ -214,6 +215,7 @@ def verify_service(
         check_alarm_seals(session, report, key)
         check_incident_seals(session, report, key)
         check_visit_seals(session, report, key, entries)
+        check_heard_seals(session, report, key)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")

@@ -86,6 +86,10 @@ class LoneWorkerState(Base):
     # pruned without VACUUM and its primary key entry never multiplies. The clock scans for silent
     # devices instead.
     offline_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # ``last_seen_at`` as the service wrote it, with an HMAC (``chain_of_custody.heard_seals``), in
+    # the same statement: the offline alarm counts from it, so moving ``last_seen_at`` forward by
+    # SQL silences nothing.
+    heard_seal: Mapped[str | None] = mapped_column(String(96), default=None)
     # Since when the device has sent beyond its fair share of the alarm consumer (its rate or its
     # queue, ingest.device_share), None while it keeps to it: a device flooding the service.
     over_share_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

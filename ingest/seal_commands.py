@@ -170,6 +170,12 @@ def _visits(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     return unsealed_visits(session, s.key, s.ledger.all_entries(session))
 
 
+def _heard(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from chain_of_custody.heard_seals import seal_heard, unsealed_heard
+
+    return seal_heard(session, s.key) if yes else unsealed_heard(session)
+
+
 TOKENS = Step("seal-tokens", "tokens", _tokens)
 DEVICES = Step("seal-devices", "devices", _devices)
 USERS = Step("seal-users", "users", _users)
@@ -179,8 +185,9 @@ ACCESS_ENDS = Step("record-access-ends", "ends", _access_ends, verb="record", do
 REACH = Step("seal-reach", "members of staff, evidence items and alarms", _reach)
 INCIDENTS = Step("seal-incidents", "incidents", _incidents)
 VISITS = Step("seal-visits", "visits", _visits)
+HEARD = Step("seal-last-heard", "devices' last-heard times", _heard)
 # The upgrade's order: a grant is sealed only after the users it is made to (README, "Grant seals").
-UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS, REACH, INCIDENTS, VISITS)
+UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS, REACH, INCIDENTS, VISITS, HEARD)
 
 _YES = typer.Option("--yes", help="seal them (without it: only list them)")
 
@@ -276,12 +283,19 @@ def seal_visits_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows(VISITS, yes)
 
 
+def seal_last_heard_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal when each lone-worker device was last heard from, for state rows written before that
+    was sealed (``chain_of_custody.heard_seals``), which count as silent once due until then; run
+    once after upgrading. A time later than now is refused."""
+    _seal_rows(HEARD, yes)
+
+
 def upgrade_seals_command(
     yes: Annotated[bool, typer.Option("--yes", help="do every step (without it: only list them)")] = False,
 ) -> None:
     """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
     seal-users, seal-grants (after the users), record-credential-ends, record-access-ends,
-    seal-reach, seal-incidents, seal-visits. It first prints how many rows of each kind await it (as the service's start-up
+    seal-reach, seal-incidents, seal-visits, seal-last-heard. It first prints how many rows of each kind await it (as the service's start-up
     warning, ``/healthz`` and the console's banner count them); each step lists its rows,
     and with ``--yes`` does what it lists, in a transaction of its own, then prints what still awaits. Rows a step refuses are
     listed under it with why, the later steps still run, and the command exits 1 after ``--yes``

@@ -137,6 +137,7 @@ def old_deployment(services: Any) -> dict[str, int]:
         "alarms": 1,
         "incidents": 1,
         "lone_worker_visits": 1,
+        "lone_worker_states": 0,  # no device of it was heard from (counted in tests/test_heard_seals.py)
     }
 
 
@@ -155,6 +156,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
     from accounts.seals import unsealed_tokens, unsealed_users
     from chain_of_custody.alarm_seals import unsealed_alarms
     from chain_of_custody.awaiting_upgrade import awaiting_upgrade
+    from chain_of_custody.heard_seals import unsealed_heard
     from chain_of_custody.incident_seals import unsealed_incidents
     from chain_of_custody.reach_seals import unsealed_reach
     from chain_of_custody.visit_seals import unsealed_visits
@@ -181,6 +183,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
             "alarms": len(unsealed_alarms(session, entries)),
             "incidents": len(unsealed_incidents(session, s.key, entries)),
             "lone_worker_visits": len(unsealed_visits(session, s.key, entries)),
+            "lone_worker_states": len(unsealed_heard(session)),
         }
     assert found.counts == expected == listed
     assert found.total == 12

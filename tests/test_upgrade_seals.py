@@ -35,6 +35,7 @@ STEPS = (
     "seal-reach",
     "seal-incidents",
     "seal-visits",
+    "seal-last-heard",
 )
 
 
