@@ -52,6 +52,7 @@ from devices.lone_worker_wire import (
 from devices.models import LoneWorkerState
 from devices.seals import DeviceSeals
 from storage.db import Database
+from storage.retries import RetryError, after_first_failure, replay_changed
 from storage.settings import Settings
 
 from . import rules
@@ -79,6 +80,8 @@ from .visits import Visits
 log = logging.getLogger(__name__)
 
 MAX_CAS_ATTEMPTS = 50
+# Read again and decide again while another instance keeps writing the device's replay state first.
+REPLAY_CHANGED = replay_changed(CasConflict, IntegrityError, attempts=MAX_CAS_ATTEMPTS)
 
 MESSAGES = Counter(
     "evidence_lone_worker_messages_total",
@@ -175,14 +178,16 @@ class Intake:
         started = time.perf_counter()
         now = now or self.clock()
         try:
-            for _ in range(MAX_CAS_ATTEMPTS):
-                try:
-                    result = self._handle_once(topic, raw, retained, now)
-                except (CasConflict, IntegrityError):
-                    continue  # another instance got there first: read again and decide again
-                self._committed([result])
-                return result
-            raise RuntimeError(f"replay state of {topic} kept changing under us")
+            try:
+                result = self._handle_once(topic, raw, retained, now)
+            except (CasConflict, IntegrityError) as conflict:  # another instance got there first
+                result = after_first_failure(
+                    REPLAY_CHANGED, lambda: self._handle_once(topic, raw, retained, now), conflict
+                )
+            self._committed([result])
+            return result
+        except RetryError:
+            raise RuntimeError(f"replay state of {topic} kept changing under us") from None
         finally:
             HANDLE_SECONDS.observe(time.perf_counter() - started)
 

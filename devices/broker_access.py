@@ -44,6 +44,7 @@ from devices.broker_rules import (
     rules_for,
 )
 from devices.broker_rules import CONTROL_TOPIC_ROOT as CONTROL_TOPIC_ROOT  # the service's own topics
+from storage.retries import another_port
 
 DEFAULT_TEMPLATE = BROKER_TEMPLATE  # package data, so an installed service finds it
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default; device passwords are random 256-bit tokens
@@ -51,6 +52,7 @@ RULES_PLUGIN = "mosquitto_dynamic_security.so"
 _SALT_BYTES = 12
 # More rule changes than this reach a private broker by a restart rather than live.
 LIVE_CHANGES = 200
+BROKER_START_ATTEMPTS = 3  # a broker on a free port that was taken meanwhile: tries, one port each
 
 
 class BrokerFilesError(RuntimeError):
@@ -459,15 +461,13 @@ def start_private_broker(
     Runs the broker as the current user, so the files may live in a private directory.
     """
     run_as = pwd.getpwuid(os.geteuid()).pw_name
-    attempts = 1 if port is not None else 3
-    for attempt in range(attempts):
+
+    def start() -> BrokerProcess:
         chosen = port if port is not None else free_port(host)
         files = write_broker_files(
             directory, devices=devices, service=service, port=chosen, bind_address=host, run_as_user=run_as
         )
-        try:
-            return BrokerProcess(files, host=host).start(timeout)
-        except RuntimeError:
-            if attempt == attempts - 1:  # the free port may have been taken meanwhile: try another
-                raise
-    raise AssertionError("unreachable")
+        return BrokerProcess(files, host=host).start(timeout)
+
+    # The free port may have been taken meanwhile: another one (a port asked for is tried once).
+    return another_port(1 if port is not None else BROKER_START_ATTEMPTS)(start)

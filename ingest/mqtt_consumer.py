@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -45,13 +45,22 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import DBAPIError
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_never, wait_exponential
 
 from alarms.intake import MESSAGES, REJECTION_LOG, REJECTIONS
 from alarms.outbox import Outgoing
 from alarms.service import AlarmService
 from devices.lone_worker_wire import DEVICE_TOPICS, FirstLook, first_look, parse_topic, service_subscriptions
 from storage.objects import StorageError
+from storage.retries import (
+    TRANSIENT_BACKOFF,
+    RetryCallState,
+    Retrying,
+    after_first_failure,
+    faults_of_ours,
+    keeping_aside,
+    retry_if_exception_type,
+    stop_never,
+)
 from storage.settings import Settings
 
 from .device_share import Admission, FairShare
@@ -76,8 +85,6 @@ OVER_SHARE = Gauge(
 FLAGGED = Counter("evidence_lone_worker_devices_flagged_total", "Times a device was flagged for flooding")
 
 TRANSIENT = (DBAPIError, StorageError, OSError, TimeoutError)
-# How long a message waits for the database or the store to come back: 0.4 s, doubling, at most 10 s.
-TRANSIENT_BACKOFF = wait_exponential(multiplier=0.4, max=timedelta(seconds=10))
 BATCH_MAX = 64  # messages handled in one transaction when they have queued up
 # How long a worker taking heartbeats, locations and status messages waits for company: a batch
 # costs one transaction, one read of its devices and one pipelined write of their state rows, so at
@@ -504,35 +511,71 @@ class AlarmConsumer:
             )
 
     def _process(self, delivery: _Delivery) -> None:
-        failures = 0
-        while True:
-            if not self._running:
-                return  # left unacknowledged: the broker delivers it again
-            try:
-                result = self._handle_until_reachable(delivery)
-                if result.provisional:
-                    self._provisional_raised.set()
-                break
-            except _Stopping:
-                return
-            except Exception as exc:  # noqa: BLE001 - a fault of ours: retry a little, then keep it aside
-                CONSUMER_ERRORS.labels(kind="internal").inc()
-                failures += 1
-                log.exception("device message handling failed", extra={"topic": delivery.topic})
-                if failures >= self.max_attempts:
-                    try:
-                        self.alarms.dead_letter(
-                            delivery.topic, delivery.payload, f"{type(exc).__name__}: {exc}"
-                        )
-                        DEAD_LETTERS.inc()
-                    except Exception:  # noqa: BLE001 - cannot even keep it: leave it with the broker
-                        log.exception("could not keep the failed message; leaving it unacknowledged")
-                        if not self._sleep(5.0):
-                            return
-                        continue
-                    break
+        try:
+            result = self._handled_or_kept_aside(delivery)
+        except _Stopping:
+            return  # left unacknowledged: the broker delivers it again
+        if result is not None and result.provisional:
+            self._provisional_raised.set()
         self.handled += 1
         self._ack(delivery)
+
+    def _handled_or_kept_aside(self, delivery: _Delivery) -> Any:
+        """Handle one message (its result), or keep it aside in the dead-letter table (None).
+
+        A fault of ours is tried again at once (``faults_of_ours``: ``max_attempts`` tries in all),
+        then the message is kept aside; if even that fails, it is tried once more and kept aside
+        again after a pause (``keeping_aside``), until the consumer stops (:class:`_Stopping`).
+        The first try is a plain call, as in :meth:`_handle_until_reachable`."""
+        try:
+            return self._handle_once(delivery)
+        except _Stopping:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a fault of ours: retry a little, then keep it aside
+            first = exc
+        try:
+            return after_first_failure(
+                faults_of_ours(self.max_attempts, unless=_Stopping),
+                lambda: self._handle_once(delivery),
+                first,
+            )
+        except _Stopping:
+            raise
+        except Exception as exc:  # noqa: BLE001 - it keeps failing: keep it aside
+            last = exc
+
+        def once_more() -> Any:
+            try:
+                return self._handle_once(delivery)
+            except _Stopping:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                return self._keep_aside(delivery, exc)
+
+        try:
+            return self._keep_aside(delivery, last)
+        except Exception as exc:  # noqa: BLE001 - cannot even keep it: leave it with the broker, for now
+            return after_first_failure(keeping_aside(self._pause, unless=_Stopping), once_more, exc)
+
+    def _handle_once(self, delivery: _Delivery) -> Any:
+        if not self._running:
+            raise _Stopping()
+        try:
+            return self._handle_until_reachable(delivery)
+        except _Stopping:
+            raise
+        except Exception:
+            CONSUMER_ERRORS.labels(kind="internal").inc()
+            log.exception("device message handling failed", extra={"topic": delivery.topic})
+            raise
+
+    def _keep_aside(self, delivery: _Delivery, exc: BaseException) -> None:
+        try:
+            self.alarms.dead_letter(delivery.topic, delivery.payload, f"{type(exc).__name__}: {exc}")
+        except Exception:
+            log.exception("could not keep the failed message; leaving it unacknowledged")
+            raise
+        DEAD_LETTERS.inc()
 
     def _handle_until_reachable(self, delivery: _Delivery) -> Any:
         """Handle one message, waiting out faults of the database or the store (``TRANSIENT_BACKOFF``).

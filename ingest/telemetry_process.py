@@ -25,10 +25,15 @@ import sys
 import threading
 from pathlib import Path
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential
-
 from devices.lone_worker_wire import DEVICE_TOPICS
 from storage.embedded import EmbeddedSeaweed
+from storage.retries import (
+    RESTART_BACKOFF,
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+)
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,8 +42,6 @@ METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 URGENT_TYPES = frozenset({"alarm", "checkin"})
 TELEMETRY_TYPES = frozenset(DEVICE_TOPICS) - URGENT_TYPES
 RESTART_MIN_S = 1.0
-# How long a companion that keeps dying waits before its next start: 1 s, doubling, at most 30 s.
-RESTART_BACKOFF = wait_exponential(multiplier=1, min=1, max=30)
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from alarms.models import AlarmRecord
+from alarms.models import AlarmRecord, DeadLetter
 from ingest.mqtt_consumer import AlarmConsumer, _Delivery
 from tests.test_alarms_kit import acks, enrol
 
@@ -98,3 +98,94 @@ def test_a_fault_that_stays_is_retried_until_the_consumer_stops_and_left_with_th
     assert consumer.handled == 0, "left unacknowledged: the broker delivers it again"
     with services.db.session() as session:
         assert session.scalars(select(AlarmRecord).where(AlarmRecord.device_id == "LW-AWAY")).all() == []
+
+
+def _kept_aside(services: Any, topic: str) -> list[str]:
+    with services.db.session() as session:
+        return [d.error for d in session.scalars(select(DeadLetter).where(DeadLetter.topic == topic))]
+
+
+def test_a_fault_of_ours_is_tried_three_times_at_once_then_kept_aside_and_acknowledged(
+    services: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    delivery = _sos_delivery(services, "LW-ASIDE", "S-ASIDE")
+    consumer = AlarmConsumer(services, workers=1)
+    consumer._running = True
+    calls: list[float] = []
+
+    def broken(topic: str, raw: bytes, *, retained: bool = False) -> Any:
+        calls.append(time.monotonic())
+        raise ValueError(f"a fault of ours, try {len(calls)}")
+
+    monkeypatch.setattr(services.alarms, "handle", broken)
+    internal = REGISTRY.get_sample_value("evidence_mqtt_consumer_errors_total", {"kind": "internal"}) or 0.0
+    with caplog.at_level(logging.ERROR, logger="ingest.mqtt_consumer"):
+        consumer._process(delivery)
+    consumer._running = False
+
+    assert len(calls) == 3 and calls[2] - calls[0] < 0.3, "three tries in a row, no backoff"
+    assert (
+        REGISTRY.get_sample_value("evidence_mqtt_consumer_errors_total", {"kind": "internal"}) == internal + 3
+    )
+    failed = [r for r in caplog.records if r.getMessage() == "device message handling failed"]
+    assert len(failed) == 3 and all(r.exc_info for r in failed)
+    assert _kept_aside(services, delivery.topic) == ["ValueError: a fault of ours, try 3"]
+    assert consumer.handled == 1, "kept aside, then acknowledged"
+
+
+def _keeping_aside(
+    services: Any, monkeypatch: pytest.MonkeyPatch, device_id: str, *, kept_at: int | None, stops: bool
+) -> tuple[AlarmConsumer, _Delivery, list[str], list[float]]:
+    """A message whose handling always fails with a fault of ours, and whose keeping aside fails
+    until try ``kept_at`` (None: always); the pauses between are recorded, and end the consumer
+    if ``stops``. Returns what happened, in order."""
+    delivery = _sos_delivery(services, device_id, f"S-{device_id}")
+    consumer = AlarmConsumer(services, workers=1)
+    consumer._running = True
+    calls: list[str] = []
+    pauses: list[float] = []
+    keep = services.alarms.dead_letter
+
+    def broken(topic: str, raw: bytes, *, retained: bool = False) -> Any:
+        calls.append("handle")
+        raise ValueError("a fault of ours")
+
+    def dead_letter(topic: str, raw: bytes, error: str) -> None:
+        calls.append("keep")
+        if kept_at is None or calls.count("keep") < kept_at:
+            raise OSError("the database went away too")
+        keep(topic, raw, error)
+
+    def pause(seconds: float) -> bool:
+        calls.append("pause")
+        pauses.append(seconds)
+        consumer._running = not stops
+        return not stops
+
+    monkeypatch.setattr(services.alarms, "handle", broken)
+    monkeypatch.setattr(services.alarms, "dead_letter", dead_letter)
+    monkeypatch.setattr(consumer, "_sleep", pause)
+    consumer._process(delivery)
+    consumer._running = False
+    return consumer, delivery, calls, pauses
+
+
+def test_a_message_that_cannot_be_kept_aside_is_tried_again_after_a_pause_until_it_can(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer, delivery, calls, pauses = _keeping_aside(
+        services, monkeypatch, "LW-KEEP", kept_at=2, stops=False
+    )
+    assert calls == ["handle"] * 3 + ["keep", "pause", "handle", "keep"]
+    assert pauses == [5.0]
+    assert _kept_aside(services, delivery.topic) == ["ValueError: a fault of ours"]
+    assert consumer.handled == 1
+
+
+def test_a_message_that_cannot_be_kept_aside_is_left_with_the_broker_when_the_consumer_stops(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer, delivery, calls, _ = _keeping_aside(services, monkeypatch, "LW-LEFT", kept_at=None, stops=True)
+    assert calls == ["handle"] * 3 + ["keep", "pause"]
+    assert consumer.handled == 0, "left unacknowledged: the broker delivers it again"
+    assert _kept_aside(services, delivery.topic) == []

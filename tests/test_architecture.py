@@ -1,6 +1,7 @@
 """The structure keeps its rules: no import circle anywhere, no product module too long to read,
 the private ``minio`` calls the object store relies on are still there, with the same shape, the
-error envelope is written in one place, and the foundations are type-checked strictly."""
+error envelope is written in one place, every retry follows a named policy, and the foundations
+are type-checked strictly."""
 
 from __future__ import annotations
 
@@ -164,3 +165,21 @@ def test_the_foundations_and_the_alarm_rules_are_checked_strictly() -> None:
     assert {"storage.*", "chain_of_custody.*", "alarms.rules"} <= set(strict["module"])
     assert {flag for flag in STRICT_FLAGS if strict.get(flag) is True} == STRICT_FLAGS
     assert mypy["check_untyped_defs"] and mypy["warn_unused_ignores"] and mypy["warn_redundant_casts"]
+
+
+RETRY_HOME = "storage/retries.py"
+
+
+def test_every_retry_follows_a_named_policy_in_one_place() -> None:
+    """In-process retries use ``tenacity`` through the named policies of ``storage.retries`` (one a
+    purpose): no other product module builds its own from ``tenacity``."""
+    importing = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for package in PRODUCT
+        for path in (ROOT / package).rglob("*.py")
+        if str(path.relative_to(ROOT)) != RETRY_HOME
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tenacity")
+        or (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "tenacity" for a in node.names))
+    ]
+    assert importing == []
