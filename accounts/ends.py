@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ScalarSelect, Select, bindparam, select
 from sqlalchemy.orm import Session
 
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry
 from chain_of_custody.row_seals import SESSION, TOKEN, credential_end_subject
@@ -130,7 +131,7 @@ def record_ends(
             continue
         ledger.append(
             session,
-            "credential_ended",
+            CustodyAction.CREDENTIAL_ENDED,
             actor,
             item_id=credential_end_subject(secret, kind, token_hash),
             details={"credential": kind, "user": username, "why": why},
@@ -185,7 +186,7 @@ def record_unrecorded_ends(session: Session, ledger: Ledger, secret: bytes, acto
     for end in listed:
         ledger.append(
             session,
-            "credential_ended",
+            CustodyAction.CREDENTIAL_ENDED,
             actor,
             item_id=credential_end_subject(secret, end.kind, end.token_hash),
             details={"credential": end.kind, "user": end.username, "why": "ended before ends were recorded"},

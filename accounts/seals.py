@@ -45,6 +45,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry
@@ -174,7 +175,9 @@ def record_user(
     fits, and a copy taken before the change (active again, its old role, its old password) has a
     seal over an older entry and signs nobody in."""
     session.flush()
-    entry = ledger.append(session, "user_changed", actor, item_id=user_subject(user.id), details=details)
+    entry = ledger.append(
+        session, CustodyAction.USER_CHANGED, actor, item_id=user_subject(user.id), details=details
+    )
     set_committed_value(user, "custody_seq", entry.seq)
     seal_user(user, ledger.key)
     return entry

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import column, select, table
 from sqlalchemy.orm import Session
 
-from .entries import SignedEntry
+from .entries import CustodyAction, SignedEntry
 from .ledger import Ledger, hold_head
 from .registry_replay import alarm_replay, device_replay, staff_replay
 from .row_checks import (
@@ -54,9 +54,9 @@ _INCIDENTS = table("incidents", column("id"), column("site"))
 class Adoption:
     """The entries a backfill makes (or would make): action, item id, details."""
 
-    entries: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
+    entries: list[tuple[CustodyAction, str | None, dict[str, Any]]] = field(default_factory=list)
 
-    def add(self, action: str, item_id: str | None, details: dict[str, Any]) -> None:
+    def add(self, action: CustodyAction, item_id: str | None, details: dict[str, Any]) -> None:
         self.entries.append((action, item_id, {**details, "backfilled": True}))
 
     def lines(self) -> list[str]:
@@ -81,14 +81,14 @@ def plan(session: Session, ledger: Ledger) -> Adoption:
             continue
         details: dict[str, Any] = {"incident_id": row.incident_id, "link": row.id, "reason": LINK_REASON}
         if row.kind == "evidence":
-            adoption.add("linked", row.target_id, details)
+            adoption.add(CustodyAction.LINKED, row.target_id, details)
         else:
-            adoption.add("linked", None, {**details, "alarm": row.target_id})
+            adoption.add(CustodyAction.LINKED, None, {**details, "alarm": row.target_id})
     assignments = assignment_replay(entries)
     for a in assignment_rows(session):
         if (a.incident_id, a.username) not in assignments:
             adoption.add(
-                "user_changed",
+                CustodyAction.USER_CHANGED,
                 None,
                 {"user": a.username, "incident_id": a.incident_id, "assignment": a.id, "assigned": True},
             )
@@ -100,19 +100,21 @@ def plan(session: Session, ledger: Ledger) -> Adoption:
         if incident["incident_id"] not in windows and incident["incident_id"] in kept:
             incident["window"] = kept[incident["incident_id"]]
         if len(incident) > 1:
-            adoption.add("incident_changed", None, incident)
+            adoption.add(CustodyAction.INCIDENT_CHANGED, None, incident)
     users = user_replay(entries)
     for u in user_rows(session, ledger.key.derived_secret(PASSWORD_DIGESTS)):
         known = users.get(u.username)
         password = {"password_digest": u.password_digest} if u.password_digest else {}
         if known is None:
             adoption.add(
-                "user_changed",
+                CustodyAction.USER_CHANGED,
                 None,
                 {"user": u.username, "created": True, "role": u.role, "site": u.site, **password},
             )
             if not u.active:
-                adoption.add("user_changed", None, {"user": u.username, "changes": {"active": False}})
+                adoption.add(
+                    CustodyAction.USER_CHANGED, None, {"user": u.username, "changes": {"active": False}}
+                )
             continue
         changes: dict[str, Any] = {}
         if "site" not in known:
@@ -120,7 +122,7 @@ def plan(session: Session, ledger: Ledger) -> Adoption:
         if "password" not in known and password:
             changes.update(password)
         if changes:
-            adoption.add("user_changed", None, {"user": u.username, "changes": changes})
+            adoption.add(CustodyAction.USER_CHANGED, None, {"user": u.username, "changes": changes})
     _plan_registry(session, entries, adoption)
     return adoption
 
@@ -131,13 +133,17 @@ def _plan_registry(session: Session, entries: list[SignedEntry], adoption: Adopt
     staff = staff_replay(entries)
     for member in staff_rows(session):
         if member.id not in staff:
-            adoption.add("staff_changed", None, {"staff": member.id, "created": True, "site": member.site})
+            adoption.add(
+                CustodyAction.STAFF_CHANGED, None, {"staff": member.id, "created": True, "site": member.site}
+            )
     devices = device_replay(entries)
     for d in device_rows(session):
         known = devices.get(d.id)
         if known is None:
             adoption.add(
-                "device_enrolled", None, {"device": d.id, "kind": d.kind, "site": d.site, "staff": d.staff}
+                CustodyAction.DEVICE_ENROLLED,
+                None,
+                {"device": d.id, "kind": d.kind, "site": d.site, "staff": d.staff},
             )
             continue
         details: dict[str, Any] = {}
@@ -146,11 +152,11 @@ def _plan_registry(session: Session, entries: list[SignedEntry], adoption: Adopt
         if "staff" not in known:
             details["assigned_to"] = d.staff
         if details:
-            adoption.add("device_changed", None, {"device": d.id, **details})
+            adoption.add(CustodyAction.DEVICE_CHANGED, None, {"device": d.id, **details})
     alarms = alarm_replay(entries)
     for a in alarm_rows(session):
         if not a.provisional and "site" not in alarms.get(a.id, {}):
-            adoption.add("alarm_changed", None, {"alarm_id": a.id, "site": a.site})
+            adoption.add(CustodyAction.ALARM_CHANGED, None, {"alarm_id": a.id, "site": a.site})
 
 
 def backfill(session: Session, ledger: Ledger, *, apply: bool) -> Adoption:

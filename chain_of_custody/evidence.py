@@ -19,7 +19,7 @@ from storage.streams import BlocksOnThread
 
 from . import read_checks
 from .block_lists import digests_of, keep_block_list, list_problem
-from .entries import check_entry
+from .entries import CustodyAction, check_entry
 from .fixity import FixityCheck, checked_range
 from .ledger import Ledger
 from .models import CustodyEntry, EvidenceBlockList, EvidenceItem, new_id
@@ -100,11 +100,21 @@ def record_evidence(
     session.flush()
     if captured is not None:
         ledger.append(
-            session, "captured", provenance.actor, item_id=item.id, details=captured, new_item=new_item
+            session,
+            CustodyAction.CAPTURED,
+            provenance.actor,
+            item_id=item.id,
+            details=captured,
+            new_item=new_item,
         )
     if received is not None:
         ledger.append(
-            session, "received", provenance.actor, item_id=item.id, details=received, new_item=new_item
+            session,
+            CustodyAction.RECEIVED,
+            provenance.actor,
+            item_id=item.id,
+            details=received,
+            new_item=new_item,
         )
     details: dict[str, Any] = {
         "bucket": stored.bucket,
@@ -125,13 +135,19 @@ def record_evidence(
     details["scope_mac"] = item_scope_mac(
         ledger.key.derived_secret(ITEM_SCOPE), provenance.wearer, provenance.source_device_id
     )
-    ledger.append(session, "stored", "service", item_id=item.id, details=details, new_item=new_item)
+    ledger.append(
+        session, CustodyAction.STORED, "service", item_id=item.id, details=details, new_item=new_item
+    )
     if quarantine_reason:
         ledger.append(
-            session, "quarantined", "service", item_id=item.id, details={"reason": quarantine_reason}
+            session,
+            CustodyAction.QUARANTINED,
+            "service",
+            item_id=item.id,
+            details={"reason": quarantine_reason},
         )
     elif verified is not None:
-        ledger.append(session, "verified", "service", item_id=item.id, details=verified)
+        ledger.append(session, CustodyAction.VERIFIED, "service", item_id=item.id, details=verified)
     return item
 
 
@@ -173,7 +189,9 @@ def quarantine(session: Session, ledger: Ledger, item_id: str, reason: str, deta
     """Record that an item's stored bytes no longer match its record: a ``quarantined`` custody entry
     and the row's status, so that nothing serves or exports it as evidence again."""
     row = session.get(EvidenceItem, item_id, with_for_update=True)
-    ledger.append(session, "quarantined", "service", item_id=item_id, details={"reason": reason, **details})
+    ledger.append(
+        session, CustodyAction.QUARANTINED, "service", item_id=item_id, details={"reason": reason, **details}
+    )
     if row is not None and row.status != "deleted":
         row.status = "quarantined"
         row.quarantine_reason = reason
@@ -266,7 +284,7 @@ def record_read(
     """A read outside any viewing as its own ``viewed`` entry (in the caller's transaction)."""
     return ledger.append(
         session,
-        "viewed",
+        CustodyAction.VIEWED,
         actor,
         item_id=item.id,
         details={

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from storage.db import UTCDateTime
 
-from .entries import ChainReport, Problem, SignedEntry
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry
 from .keys import ServiceKey
 from .ledger import Ledger
 from .reach_seals import reach_secret
@@ -334,7 +334,9 @@ def seal_incidents(session: Session, ledger: Ledger) -> list[UnsealedIncident]:
             "sealed": UNBOUND if found.seal else UNSEALED,
         }
         subject = incident_subject(secret, found.incident_id)
-        entry = ledger.append(session, "incident_changed", "service", item_id=subject, details=details)
+        entry = ledger.append(
+            session, CustodyAction.INCIDENT_CHANGED, "service", item_id=subject, details=details
+        )
         seal = incident_seal(secret, found.incident_id, found.site, wearer, start, end, entry.seq)
         c = _INCIDENTS.c
         held = c.seal.is_(None) if found.seal is None else c.seal == found.seal

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Mapped, Session
 
 from storage.db import UTCDateTime
 
-from .entries import ChainReport, Problem
+from .entries import ChainReport, CustodyAction, Problem
 from .keys import ServiceKey
 
 # The label of the service key's secret for device seals and their subjects (:func:`device_subject`).
@@ -66,7 +66,7 @@ ENDED_PREFIX = "ended:"  # the subject of a ``credential_ended`` entry: this and
 DEVICE_PREFIX = "device:"  # the subject of a device's entries: this and 29 hex digits (36 characters)
 GRANT = "read grant"  # the kind of a read grant's ``credential_ended`` entry (a download's, once used)
 ASSIGNMENT = "assignment"  # the kind of an incident assignment's ``credential_ended`` entry
-DISABLED, ENABLED = "device_disabled", "device_enabled"  # the actions of a device's status entries
+DISABLED, ENABLED = CustodyAction.DEVICE_DISABLED, CustodyAction.DEVICE_ENABLED  # a device's status entries
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

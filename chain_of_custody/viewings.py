@@ -45,7 +45,7 @@ from storage.db import Database
 from storage.memo import BoundedMemo
 
 from .canonical import rfc3339
-from .entries import check_entry
+from .entries import CustodyAction, check_entry
 from .evidence import ByteRange
 from .ledger import Ledger, hold_head, to_signed
 from .models import CustodyEntry, EvidenceItem, ViewingRange, ViewingSession
@@ -255,7 +255,9 @@ def seal(session: Session, ledger: Ledger, row: ViewingSession, why: str, now: d
         ALTERED_AT_SEAL.inc()
     ranges = [(n, first, last, at) for n, first, last, at, _ in kept]
     details = seal_details(row.id, row.actor, row.purpose, ranges, why, altered)
-    entry = ledger.append(session, "viewing_closed", "service", item_id=row.item_id, details=details)
+    entry = ledger.append(
+        session, CustodyAction.VIEWING_CLOSED, "service", item_id=row.item_id, details=details
+    )
     row.open_key = None
     row.closed_at = now
     row.closed_seq = entry.seq
@@ -375,7 +377,7 @@ def record_range(
             session.flush()
             entry = ledger.append(
                 session,
-                "viewed",
+                CustodyAction.VIEWED,
                 key.actor,
                 item_id=item.id,
                 details={

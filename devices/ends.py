@@ -34,7 +34,7 @@ from .seals import device_seal_holds, record_device, sealed_values
 
 log = logging.getLogger(__name__)
 
-_STATUS = (DISABLED, ENABLED)
+_STATUS = (DISABLED.value, ENABLED.value)
 
 # The seq of a device's latest custody entry (what its seal is bound to), or NULL: a column of the
 # statement that loads the device, bound by ``device_subject``.

@@ -43,7 +43,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from chain_of_custody.entries import SignedEntry
+from chain_of_custody.entries import CustodyAction, SignedEntry
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry
@@ -88,7 +88,12 @@ def sealed_values(device: Device) -> SealedValues:
 
 
 def record_device(
-    session: Session, ledger: Ledger, device: Device, action: str, actor: str, details: dict[str, object]
+    session: Session,
+    ledger: Ledger,
+    device: Device,
+    action: CustodyAction,
+    actor: str,
+    details: dict[str, object],
 ) -> CustodyEntry:
     """Record a write of ``device`` (an ``action`` entry on its subject, in the caller's transaction)
     and seal the row as it now stands bound to that entry: from now on only this row fits, and a
@@ -262,7 +267,7 @@ def seal_devices(session: Session, ledger: Ledger) -> list[UnsealedDevice]:
                 session,
                 ledger,
                 row,
-                "device_changed",
+                CustodyAction.DEVICE_CHANGED,
                 "service",
                 {"device": row.id, "changes": {"sealed": why}},
             )

@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from accounts.access import ReachViewer, SiteViewer, device_scope, sees_sealed, sites_seen, staff_scope
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.keys import load_public_key_b64
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.reach_seals import reach_secret, staff_seal
@@ -82,7 +83,7 @@ def add_staff(
     member.seal = staff_seal(reach_secret(ledger.key), staff_id, site)
     session.flush()
     if details is not None:
-        ledger.append(session, "staff_changed", actor, details=details)
+        ledger.append(session, CustodyAction.STAFF_CHANGED, actor, details=details)
     return member
 
 
@@ -108,7 +109,7 @@ def enrol_dock(
         session,
         ledger,
         dock,
-        "device_enrolled",
+        CustodyAction.DEVICE_ENROLLED,
         actor,
         {"device": dock_id, "kind": "dock", "site": dock.site, "staff": dock.assigned_staff_id},
     )
@@ -165,7 +166,7 @@ def enrol_keyed_device(
     if broker_password_hash is not None:
         device.broker_password_hash = broker_password_hash
         details["broker_password"] = "issued"
-    record_device(session, ledger, device, "device_enrolled", actor, details)
+    record_device(session, ledger, device, CustodyAction.DEVICE_ENROLLED, actor, details)
     _enabled_by_enrolment(session, ledger, device, actor)
     return device
 
@@ -292,7 +293,7 @@ def assign(session: Session, ledger: Ledger, device_id: str, staff_id: str | Non
         session,
         ledger,
         device,
-        "device_changed",
+        CustodyAction.DEVICE_CHANGED,
         actor,
         {"device": device_id, "assigned_from": previous, "assigned_to": staff_id},
     )
@@ -335,7 +336,7 @@ def regenerate_broker_password(session: Session, ledger: Ledger, device_id: str,
         session,
         ledger,
         device,
-        "device_changed",
+        CustodyAction.DEVICE_CHANGED,
         actor,
         {"device": device_id, "broker_password": "regenerated"},
     )

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from accounts.models import User
 from accounts.seals import name_of
 from chain_of_custody.canonical import rfc3339
-from chain_of_custody.entries import SignedEntry, check_item_chain, withhold
+from chain_of_custody.entries import CustodyAction, SignedEntry, check_item_chain, withhold
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.merkle import leaf_hash, verify_inclusion
@@ -105,7 +105,9 @@ def log_reads(db: Database, ledger: Ledger, viewer: Viewer, item_ids: Iterable[s
     """One ``viewed`` entry per item, committed (and so covered by a tree head) before anything is read."""
     with db.session() as session:
         for item_id in item_ids:
-            ledger.append(session, "viewed", viewer.actor, item_id=item_id, details={"purpose": purpose})
+            ledger.append(
+                session, CustodyAction.VIEWED, viewer.actor, item_id=item_id, details={"purpose": purpose}
+            )
 
 
 ALTERED_ACCOUNT = "account record altered outside the service: name and role not shown"

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
+from chain_of_custody.entries import CustodyAction
+
 from .continuity import Continuity, ItemStory, Step
 
 DRAFT = "DRAFT - NOT A STATEMENT until its maker has checked, corrected, completed and signed it"
@@ -23,7 +25,7 @@ DECLARATION = (
 GAP = "[to be completed by the maker]"
 
 
-def _first(steps: Sequence[Step], action: str) -> Step | None:
+def _first(steps: Sequence[Step], action: CustodyAction) -> Step | None:
     return next((s for s in steps if s.action == action and not s.withheld), None)
 
 
@@ -48,24 +50,24 @@ def item_paragraphs(it: ItemStory) -> list[str]:
             f"{when[:1].upper()}{when[1:]} I was wearing {device}, which made a {it.kind.replace('_', ' ')} recording. {GAP}"
         )
     else:
-        made = _first(it.steps, "stored")
+        made = _first(it.steps, CustodyAction.STORED)
         out.append(
             f"A working copy ({it.kind.replace('_', ' ')}) was made by the evidence service"
             f"{' on ' + made.at if made else ''} from {it.made_from or 'the master copy'}; the master copy "
             "was not changed."
         )
-    received = _first(it.steps, "received")
+    received = _first(it.steps, CustodyAction.RECEIVED)
     if received is not None:
         out.append(
             f"The recording reached the evidence service at {received.at}"
             + (f" from {received.where}." if received.where else ".")
         )
-    stored = _first(it.steps, "stored")
+    stored = _first(it.steps, CustodyAction.STORED)
     if stored is not None:
         out.append(
             f"The service stored it write-once at {stored.at} and recorded its SHA-256 hash as {_hash(stored) or it.sha256}."
         )
-    verified = _first(it.steps, "verified")
+    verified = _first(it.steps, CustodyAction.VERIFIED)
     if verified is not None:
         out.append(f"At {verified.at} the service checked it against the camera's own hash and signature.")
     if it.status == "quarantined":

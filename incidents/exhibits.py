@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from accounts.models import User
 from accounts.seals import name_of
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger, head_held
 from chain_of_custody.models import EvidenceItem
@@ -155,7 +156,7 @@ def assign(
         return row
     ledger.append(
         session,
-        "exhibit_referenced",
+        CustodyAction.EXHIBIT_REFERENCED,
         actor,
         item_id=item.id,
         details={

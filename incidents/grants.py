@@ -29,6 +29,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from accounts.models import User
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry
@@ -83,7 +84,7 @@ def _end_on_custody(
 ) -> None:
     details = {"credential": ASSIGNMENT, "incident_id": incident_id, "assignment": row_id}
     item_id = assignment_end_subject(secret, row_id)
-    ledger.append(session, "credential_ended", actor, item_id=item_id, details=details)
+    ledger.append(session, CustodyAction.CREDENTIAL_ENDED, actor, item_id=item_id, details=details)
 
 
 def seal_export_job(job: ExportJob, key: ServiceKey) -> None:

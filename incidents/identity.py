@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.incident_seals import (
     incident_holds,
     incident_seal,
@@ -116,7 +117,7 @@ def record_site(
         details["resealed"] = "site and window restated by an administrator over a broken seal"
     secret = reach_secret(ledger.key)
     subject = incident_subject(secret, incident.id)
-    entry = ledger.append(session, "incident_changed", actor, item_id=subject, details=details)
+    entry = ledger.append(session, CustodyAction.INCIDENT_CHANGED, actor, item_id=subject, details=details)
     incident.seal = incident_seal(secret, *_sealed_values(incident), entry.seq)
 
 
@@ -127,4 +128,4 @@ def record_window_withdrawn(session: Session, ledger: Ledger, incident: Incident
     subject = incident_subject(reach_secret(ledger.key), incident.id)
     window = window_record(None, None, None)
     details: dict[str, object] = {"incident_id": incident.id, "window": window, "withdrawn": True}
-    ledger.append(session, "incident_changed", actor, item_id=subject, details=details)
+    ledger.append(session, CustodyAction.INCIDENT_CHANGED, actor, item_id=subject, details=details)

@@ -36,6 +36,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody import package_layout
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.ledger import Ledger, hold_head, to_signed
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.retention_basis import bounded_base
@@ -260,7 +261,7 @@ def apply_retention(
             target = info.retain_until
         ledger.append(
             session,
-            "retention_changed",
+            CustodyAction.RETENTION_CHANGED,
             actor,
             item_id=item.id,
             details={
@@ -281,7 +282,7 @@ def apply_retention(
         if d.hold != item.legal_hold and record_hold:
             ledger.append(
                 session,
-                "legal_hold",
+                CustodyAction.LEGAL_HOLD,
                 actor,
                 item_id=item.id,
                 details={"on": d.hold, "holds": list(facts.holds), "cause": cause},
@@ -405,7 +406,7 @@ def set_legal_hold(
         )
         ledger.append(
             session,
-            "legal_hold",
+            CustodyAction.LEGAL_HOLD,
             actor,
             item_id=item.id,
             details={
@@ -420,7 +421,7 @@ def set_legal_hold(
     if not recorded:  # nothing linked yet (or all deleted): the hold itself is still on the ledger
         ledger.append(
             session,
-            "legal_hold",
+            CustodyAction.LEGAL_HOLD,
             actor,
             details={
                 "on": on,
@@ -553,7 +554,7 @@ def delete_by_hand(
     item.status = "deleted"
     ledger.append(
         session,
-        "deleted",
+        CustodyAction.DELETED,
         actor,
         item_id=item.id,
         details=_tombstone(item, reason, {"by_hand": True, "at": _iso(now)}),
@@ -690,7 +691,7 @@ def sweep(
                     item.status = "deleted"
                     ledger.append(
                         session,
-                        "deleted",
+                        CustodyAction.DELETED,
                         actor,
                         item_id=item.id,
                         details=_tombstone(

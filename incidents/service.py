@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from accounts.models import User
 from accounts.seals import user_seal_holds
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.row_seals import USER_SEALS
@@ -355,7 +356,7 @@ def _record_assignment(
 ) -> None:
     ledger.append(
         session,
-        "user_changed",
+        CustodyAction.USER_CHANGED,
         actor,
         details={
             "user": username,
@@ -473,7 +474,7 @@ def link_target(
         exhibit = exhibits.assign(session, ledger, incident, item, actor, record=False)
         ledger.append(
             session,
-            "linked",
+            CustodyAction.LINKED,
             actor,
             item_id=item.id,
             details={
@@ -488,7 +489,7 @@ def link_target(
     else:  # an alarm is no evidence item: its link is an entry of the ledger's own, naming it
         ledger.append(
             session,
-            "linked",
+            CustodyAction.LINKED,
             actor,
             details={
                 "incident": incident.reference,
@@ -531,7 +532,7 @@ def unlink_target(
         if item is not None:
             ledger.append(
                 session,
-                "unlinked",
+                CustodyAction.UNLINKED,
                 actor,
                 item_id=item.id,
                 details={
@@ -548,7 +549,7 @@ def unlink_target(
     else:
         ledger.append(
             session,
-            "unlinked",
+            CustodyAction.UNLINKED,
             actor,
             details={
                 "incident": incident.reference,

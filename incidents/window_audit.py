@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accounts.service import Principal, principal_of
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.incident_seals import incident_subject
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
@@ -217,7 +218,7 @@ def withdraw(
     )
     ledger.append(
         session,
-        "unlinked",
+        CustodyAction.UNLINKED,
         AUDITOR_ACTOR,
         details={
             "incident": incident.reference,

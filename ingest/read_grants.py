@@ -41,6 +41,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from accounts.service import Principal
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import CustodyEntry
@@ -172,7 +173,7 @@ def use_up(
         _used_twice(item_id)
     ledger.append(
         session,
-        "credential_ended",
+        CustodyAction.CREDENTIAL_ENDED,
         actor,
         item_id=credential_end_subject(seal_key, GRANT, granted.token_hash),
         details={"credential": GRANT, "why": "used"},

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from accounts.access import require_roles, sees_site, services
 from accounts.service import hold_person
 from chain_of_custody.core import CoreServices
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.keys import SIGNING_KEY_PATH, ServiceKey
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from storage.api_schema import error_responses
@@ -606,7 +607,7 @@ def create_link(
         fingerprint = json.loads(job.result or "{}").get("key_fingerprint") or s.key.fingerprint
         s.ledger.append(
             session,
-            "link_issued",
+            CustodyAction.LINK_ISSUED,
             user.actor,
             item_id=job.id,
             details={
@@ -701,7 +702,7 @@ def revoke_link(
             link.revoked_by = user.actor
             s.ledger.append(
                 session,
-                "link_revoked",
+                CustodyAction.LINK_REVOKED,
                 user.actor,
                 item_id=job.id,
                 details={"link": link.id, "recipient": link.recipient},

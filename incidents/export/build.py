@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from chain_of_custody import manifest as mf
 from chain_of_custody import package_layout as pl
 from chain_of_custody.canonical import rfc3339
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.evidence import Provenance, quarantine, record_evidence
 from chain_of_custody.keys import FINGERPRINT_COMMAND, SIGNING_KEY_PATH, ServiceKey
 from chain_of_custody.ledger import Ledger
@@ -526,7 +527,7 @@ def build_package(
         )
         ledger.append(
             session,
-            "exported",
+            CustodyAction.EXPORTED,
             request.actor,
             item_id=request.export_id,
             details={
@@ -555,7 +556,7 @@ def build_package(
             original_footage = p.include_media and p.item.kind in ORIGINAL_VIDEO_KINDS
             ledger.append(
                 session,
-                "exported",
+                CustodyAction.EXPORTED,
                 request.actor,
                 item_id=p.item.id,
                 details={
@@ -593,7 +594,7 @@ def _lock_for_package(
         target = held
     ledger.append(
         session,
-        "retention_changed",
+        CustodyAction.RETENTION_CHANGED,
         "service:export",
         item_id=item.id,
         details={

@@ -26,6 +26,7 @@ from accounts.access import services
 from accounts.service import principal_of
 from chain_of_custody import package_layout as pl
 from chain_of_custody.core import CoreServices
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.evidence import parse_range, quarantine, quarantine_hook
 from chain_of_custody.fixity import FixityCheck, checked_range
 from chain_of_custody.keys import SIGNING_KEY_PATH, ServiceKey
@@ -280,7 +281,7 @@ def _serve_download(
     with s.db.session() as session:
         s.ledger.append(
             session,
-            "viewed",
+            CustodyAction.VIEWED,
             f"link:{link_id}",
             item_id=item.id,
             details={

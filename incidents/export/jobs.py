@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.core import CoreServices
-from chain_of_custody.entries import check_entry
+from chain_of_custody.entries import CustodyAction, check_entry
 from chain_of_custody.ledger import Ledger, to_signed
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.row_replay import ExportJobRow, export_request_details, export_request_disagreements
@@ -68,7 +68,12 @@ def job_row(job: ExportJob) -> ExportJobRow:
 def record_request(session: Session, ledger: Ledger, job: ExportJob) -> None:
     """The ``export_requested`` custody entry of a new job, in the transaction that adds it: a
     builder builds only a job whose request the ledger holds, as it stands (``request_refusal``)."""
-    ledger.append(session, "export_requested", job.requested_by, details=export_request_details(job_row(job)))
+    ledger.append(
+        session,
+        CustodyAction.EXPORT_REQUESTED,
+        job.requested_by,
+        details=export_request_details(job_row(job)),
+    )
 
 
 def request_refusal(session: Session, ledger: Ledger, job: ExportJob) -> str | None:

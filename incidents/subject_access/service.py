@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.reach_seals import site_reach
@@ -69,7 +70,7 @@ def _custody(
         "incident_id": sar.incident_id,
         **extra,
     }
-    ledger.append(session, "subject_access", actor, details=details)
+    ledger.append(session, CustodyAction.SUBJECT_ACCESS, actor, details=details)
 
 
 def receive_request(
