@@ -98,24 +98,9 @@ def record_evidence(
     )
     session.add(item)
     session.flush()
-    if captured is not None:
-        ledger.append(
-            session,
-            CustodyAction.CAPTURED,
-            provenance.actor,
-            item_id=item.id,
-            details=captured,
-            new_item=new_item,
-        )
-    if received is not None:
-        ledger.append(
-            session,
-            CustodyAction.RECEIVED,
-            provenance.actor,
-            item_id=item.id,
-            details=received,
-            new_item=new_item,
-        )
+    for action, said in ((CustodyAction.CAPTURED, captured), (CustodyAction.RECEIVED, received)):
+        if said is not None:
+            ledger.append(session, action, provenance.actor, item_id=item.id, details=said, new_item=new_item)
     details: dict[str, Any] = {
         "bucket": stored.bucket,
         "key": stored.key,
