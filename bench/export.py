@@ -22,6 +22,7 @@ Run: ``flock /tmp/team/bench.lock .venv/bin/python bench/export.py [--sizes-mb 5
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,24 @@ def private_services(work: Path, volume: str) -> tuple[EmbeddedSeaweed, Services
         min_free_bytes=0,
     )
     return seaweed, build_services(settings)
+
+
+@contextlib.contextmanager
+def served_privately(prefix: str, volume: str) -> Iterator[tuple[Services, str]]:
+    """A scratch directory (``prefix``), the services on a SeaweedFS of their own in it
+    (:func:`private_services`) and an HTTP server for them: the services and the server's base URL.
+    All stopped and removed on the way out, however it is left."""
+    work = scratch(prefix)
+    seaweed, s = private_services(work, volume)
+    server, thread, base_url = start_server(s)
+    try:
+        yield s, base_url
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        s.close()
+        seaweed.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def make_incident(s: Services, total: int, object_size: int) -> list[str]:
@@ -258,11 +278,8 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    work = scratch("bench-export-")
-    seaweed, s = private_services(work, "1GiB")
-    server, thread, base_url = start_server(s)
     cases = []
-    try:
+    with served_privately("bench-export-", "1GiB") as (s, base_url):
         # A small round first, so that one-time allocations (thread pools, the server's first
         # request, interpreter caches) do not count as growth of the first measured size.
         warm = make_incident(s, 64 * MB, 32 * MB)
@@ -390,12 +407,6 @@ def main() -> None:
             },
         )
         print(f"results: {out}")
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        s.close()
-        seaweed.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -41,12 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402
 
-from bench.common import PeakRSS, scratch, write_results  # noqa: E402
-from bench.export import build, download_link, http_download, private_services  # noqa: E402
+from bench.common import PeakRSS, write_results  # noqa: E402
+from bench.export import build, download_link, http_download, served_privately  # noqa: E402
 from chain_of_custody.evidence import Provenance, record_evidence  # noqa: E402
 from chain_of_custody.models import EvidenceItem  # noqa: E402
 from ingest.services import Services  # noqa: E402
-from tests.conftest import start_server  # noqa: E402
 from tests.media import make_test_clip  # noqa: E402
 
 MiB = 1024 * 1024
@@ -180,10 +178,7 @@ def main() -> None:
     args = ap.parse_args()
     load_start = os.getloadavg()
     uptime_start = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    work = scratch("bench-export-window-")
-    seaweed, s = private_services(work, "4GiB")
-    server, thread, base_url = start_server(s)
-    try:
+    with served_privately("bench-export-window-", "4GiB") as (s, base_url):
         warm = store_clip(s, 48 * MiB)  # one-time allocations (pools, the first request) out of the way
         raw_get(s, warm)
         http_download(base_url + download_link(s, build(s, [warm.id], False)))
@@ -221,12 +216,6 @@ def main() -> None:
         for name, p in phases.items():
             print(name, p, flush=True)
         print(f"results: {out}")
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        s.close()
-        seaweed.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,14 @@ def withhold(entry: dict[str, Any], reason: str) -> dict[str, Any]:
     return {**kept, "entry_hash": entry["entry_hash"], "withheld": reason}
 
 
+def details_name(entry: dict[str, Any], markers: Iterable[str]) -> bool:
+    """Whether the entry's details name any of ``markers`` (another incident's id or reference,
+    another package's id) anywhere in their text, as a free-text reason may: such an entry is
+    withheld from whoever may not see what it names."""
+    text = json.dumps(entry.get("details"), sort_keys=True, default=str)
+    return any(m in text for m in markers)
+
+
 def _viewing_of(entry: dict[str, Any]) -> str | None:
     details = entry.get("details") or {}
     if entry.get("action") in ("viewed", "viewing_closed") and isinstance(details, dict):

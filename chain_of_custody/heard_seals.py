@@ -29,10 +29,10 @@ from sqlalchemy.orm import Session
 
 from storage.db import UTCDateTime
 
-from .entries import ChainReport, Problem
+from .entries import ChainReport
 from .keys import ServiceKey
 from .reach_seals import reach_secret
-from .row_seals import timed_mark, timed_of
+from .row_seals import timed_finding, timed_mark, timed_of
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +86,17 @@ def check_heard_seals(session: Session, report: ChainReport, key: ServiceKey) ->
         if mark is None:
             older += 1
             continue
-        sealed = heard_of(secret, str(device_id), mark)
-        if sealed is not None and last_seen_at <= sealed:
-            continue
-        report.problems.append(
-            Problem(
-                "device_last_heard_altered",
-                f"device {device_id}",
-                "its last-heard time's seal is wrong (its offline alarm is raised once it is due)"
-                if sealed is None
-                else f"its row's last-heard time is {last_seen_at.isoformat()}, later than the "
-                f"{sealed.isoformat()} the service sealed: its offline alarm was put off in the database",
-            )
+        found = timed_finding(
+            "device_last_heard_altered",
+            f"device {device_id}",
+            last_seen_at,
+            heard_of(secret, str(device_id), mark),
+            what="last-heard time",
+            unsealed="its last-heard time's seal is wrong (its offline alarm is raised once it is due)",
+            effect="its offline alarm was put off in the database",
         )
+        if found is not None:
+            report.problems.append(found)
     if older:
         report.notes.append(
             f"{older} device(s) have no seal on when they were last heard from, so they count as "

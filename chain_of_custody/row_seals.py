@@ -252,6 +252,31 @@ def timed_of(secret: bytes, label: str, subject: str, mark: str | None) -> datet
     return _EPOCH + timedelta(microseconds=int(micros))
 
 
+def timed_finding(
+    code: str,
+    subject: str,
+    row_at: datetime,
+    sealed: datetime | None,
+    *,
+    what: str,
+    unsealed: str,
+    effect: str,
+) -> Problem | None:
+    """What ``evidence verify`` says of a row whose time ``what`` is ``row_at`` and whose seal holds
+    ``sealed`` (:func:`timed_of`): nothing while the row's time is no later than the sealed one;
+    ``unsealed`` when the seal is missing or wrong; else that the time was moved forward, ``effect``."""
+    if sealed is not None and row_at <= sealed:
+        return None
+    return Problem(
+        code,
+        subject,
+        unsealed
+        if sealed is None
+        else f"its row's {what} is {row_at.isoformat()}, later than the {sealed.isoformat()} the service "
+        f"sealed: {effect}",
+    )
+
+
 def activity_mark(secret: bytes, token_hash: str, at: datetime) -> str:
     """A console session's last activity as the service wrote it (``accounts.sessions``), so the
     idle timeout counts from a time the database cannot move forward."""
@@ -656,19 +681,17 @@ def check_session_activity(session: Session, report: ChainReport, secret: bytes,
         c.ended_at.is_(None), c.expires_at > now
     )
     for digest, user_id, last_seen_at, mark in session.execute(q):
-        sealed = activity_of(secret, str(digest), mark)
-        if sealed is not None and last_seen_at <= sealed:
-            continue
-        report.problems.append(
-            Problem(
-                "session_activity_altered",
-                f"console session of user id {user_id}",
-                "its last activity's seal is missing or wrong"
-                if sealed is None
-                else f"its row's last activity is {last_seen_at.isoformat()}, later than the "
-                f"{sealed.isoformat()} the service sealed: the idle timeout was put off in the database",
-            )
+        found = timed_finding(
+            "session_activity_altered",
+            f"console session of user id {user_id}",
+            last_seen_at,
+            activity_of(secret, str(digest), mark),
+            what="last activity",
+            unsealed="its last activity's seal is missing or wrong",
+            effect="the idle timeout was put off in the database",
         )
+        if found is not None:
+            report.problems.append(found)
 
 
 def check_read_grant_seals(session: Session, report: ChainReport, secret: bytes, now: datetime) -> None:

@@ -15,7 +15,6 @@ the report's first words (``continuity.check_words``); nothing is smoothed over.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from sqlalchemy.orm import Session
 from accounts.models import User
 from accounts.seals import name_of
 from chain_of_custody.canonical import rfc3339
-from chain_of_custody.entries import CustodyAction, SignedEntry, check_item_chain, withhold
+from chain_of_custody.entries import CustodyAction, SignedEntry, check_item_chain, details_name, withhold
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.merkle import leaf_hash, verify_inclusion
@@ -250,13 +249,9 @@ def item_continuity(
 
 
 def _own(chain: Sequence[dict[str, Any]], markers: set[str]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for e in chain:
-        text = json.dumps(e.get("details"), sort_keys=True, default=str)
-        out.append(
-            withhold(e, OTHER_INCIDENT) if "withheld" not in e and any(m in text for m in markers) else e
-        )
-    return out
+    return [
+        withhold(e, OTHER_INCIDENT) if "withheld" not in e and details_name(e, markers) else e for e in chain
+    ]
 
 
 def incident_items(

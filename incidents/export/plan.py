@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,7 +11,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody import manifest as mf
-from chain_of_custody.entries import viewings_whole, withhold
+from chain_of_custody.entries import details_name, viewings_whole, withhold
 from chain_of_custody.models import EvidenceItem
 
 from ..access import Viewer, link_holds, visible_incident
@@ -223,14 +222,13 @@ def own_chain(
     hidden = item_id in frozenset(outside)
     out: list[dict[str, Any]] = []
     for e in chain:
-        text = json.dumps(e.get("details"), sort_keys=True, default=str)
         other_export = e.get("action") == "exported" and (e.get("details") or {}).get("export_id") not in (
             None,
             export_id,
         )
         if hidden and e.get("action") != "stored":
             out.append(withhold(e, OUTSIDE_ENTRY))
-        elif other_export or any(m in text for m in markers):
+        elif other_export or details_name(e, markers):
             out.append(withhold(e, FOREIGN))
         else:
             out.append(dict(e))
