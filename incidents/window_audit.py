@@ -33,8 +33,8 @@ from chain_of_custody.reach_seals import reach_secret
 
 from .access import incident_scope, link_on_custody, may_follow_wearer, of_reach
 from .identity import incident_sealed, record_site, record_window_withdrawn
+from .links import Retention, _event, unlink_target
 from .models import Incident, IncidentEvent, IncidentLink
-from .service import Retention, _event, unlink_target
 
 AUDITOR_ACTOR = "service:window-audit"
 WINDOW_FIELDS = ("wearer", "window_start", "window_end")

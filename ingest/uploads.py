@@ -66,6 +66,8 @@ from .part_numbers import LeaseLost, issue_numbers, parts_for
 from .running_hashes import RunningHashes
 from .stall_watch import StallWatch
 from .tus_protocol import ClipMetadata, TusRefusal, UploadState, parse_checksum
+from .upload_refusals import ClientGone, Stalled, StorageFullError, UploadBusy, UploadGone, _Disconnected
+from .upload_tails import drop_tails, tail_key
 
 log = logging.getLogger(__name__)
 
@@ -84,33 +86,8 @@ class UploadParts(CoreServices, Protocol):
 WRITER = Lease(until=Upload.lease_until, holder=Upload.lease_id)
 
 
-class UploadBusy(Exception):
-    """Another request is writing this upload, or the service is at capacity: 503 with Retry-After."""
-
-
-class Stalled(TusRefusal):
-    """The request body stopped arriving: the request is ended, what arrived is kept, the upload is free."""
-
-    def __init__(self, seconds: int) -> None:
-        super().__init__(408, "stalled", f"the request body sent nothing for {seconds} s; resume from HEAD")
-
-
-class UploadGone(Exception):
-    """Expired (410) or unknown/terminated (404)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def _state(u: Upload) -> UploadState:
     return UploadState(u.id, u.offset, u.length, u.expires_at, u.evidence_item_id, u.evidence_status)
-
-
-def _tail_key(upload_id: str, segment: list[Any]) -> str:
-    """The staging key of a tail segment ``[offset, size, writer]`` (older rows have no writer)."""
-    writer = f"-{segment[2]}" if len(segment) > 2 else ""
-    return f"tails/{upload_id}/{int(segment[0]):015d}{writer}"
 
 
 class UploadEngine:
@@ -246,11 +223,7 @@ class UploadEngine:
             self.s.store.abort_multipart(upload.object_key, upload.s3_upload_id)
         except StorageError as exc:
             log.warning("abort of multipart upload failed", extra={"upload": upload.id, "error": str(exc)})
-        for segment in json.loads(upload.staged):
-            try:
-                self.s.store.stage_delete(_tail_key(upload.id, segment))
-            except StorageError:
-                pass
+        drop_tails(self.s.store, upload.id, json.loads(upload.staged))
 
     def expire(self, now: datetime | None = None) -> int:
         """Abort uploads past their expiry and not being written (a later pass takes those); returns
@@ -391,14 +364,6 @@ class UploadEngine:
             raise
 
 
-class StorageFullError(Exception):
-    """No room to store more footage: 507."""
-
-
-class ClientGone(Exception):
-    """Raised by the body iterator when the client disconnects mid-request."""
-
-
 @dataclass
 class _Pending:
     """A part on its way to S3, with the hashing of its bytes."""
@@ -457,7 +422,7 @@ class _PartWriter:
 
     async def load_tail(self) -> None:
         def read() -> bytes:
-            return b"".join(self.e.s.store.stage_get(_tail_key(self.u.id, seg)) for seg in self.staged)
+            return b"".join(self.e.s.store.stage_get(tail_key(self.u.id, seg)) for seg in self.staged)
 
         if self.staged:
             tail = await asyncio.to_thread(read)
@@ -611,11 +576,7 @@ class _PartWriter:
             )
             if result.rowcount != 1:
                 raise LeaseLost()
-        for segment in old:
-            try:
-                self.e.s.store.stage_delete(_tail_key(self.u.id, segment))
-            except StorageError:
-                pass
+        drop_tails(self.e.s.store, self.u.id, old)
 
     def _unsent_staged(self) -> int:
         return sum(int(seg[1]) for seg in self.staged)
@@ -672,7 +633,7 @@ class _PartWriter:
 
             def stage() -> None:
                 segment = [start, len(new), self.lease]
-                key = _tail_key(self.u.id, segment)
+                key = tail_key(self.u.id, segment)
                 self.e.s.store.stage_put(key, new)
                 with self.e.s.db.session() as session:
                     result: Any = session.execute(
@@ -699,10 +660,6 @@ class _PartWriter:
     def e_complete(self) -> UploadState:
         self._record(self.committed, self.consumed_staged)  # the last fence, recording the last parts
         return complete_upload(self.e, self.u, self.parts, self.running)
-
-
-class _Disconnected(Exception):
-    """The client went away; what it sent is kept (without a checksum) and nobody is left to answer."""
 
 
 def complete_upload(
@@ -786,11 +743,7 @@ def complete_upload(
             state = _state(row)
         break
     upload.lease_id = None  # committed: the request that held it has nothing more to release
-    for segment in json.loads(upload.staged):
-        try:
-            s.store.stage_delete(_tail_key(upload.id, segment))
-        except StorageError:
-            pass
+    drop_tails(s.store, upload.id, json.loads(upload.staged))
     if item is not None:
         UPLOADS_FINISHED.labels(status=item.status).inc()
         log.info(
