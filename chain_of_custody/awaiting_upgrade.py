@@ -3,7 +3,7 @@ kind, of the rows it adopts, cheap enough for every start of the service.
 
 Until the command runs, a user without a seal or under an older seal version cannot sign in, a device
 without one is refused as unknown, an item without one reaches managers only through links, and so
-on (README, "Upgrading in one command"). Nobody is told why at the door (a refusal says no more than
+on (docs/console.md, "Upgrading in one command"). Nobody is told why at the door (a refusal says no more than
 any other), so the service says it where an operator looks: a warning when it starts, a field of
 ``/healthz``, a banner on an administrator's console pages, and the command's own listing.
 

@@ -562,7 +562,7 @@ def statistics(
     s: CoreServices = Depends(services),
 ) -> Any:
     """Anonymised incident counts over whole months: small counts are not listed, nor any that the
-    totals would let be worked out, and the rest are rounded (see README). A security manager asks
+    totals would let be worked out, and the rest are rounded (see docs/api.md). A security manager asks
     about their own site only, and counts only its incidents whose seal holds (``incident_scope``:
     one moved to their site by SQL is not theirs). A table covers at most five years (``period_too_long``, 422, beyond):
     ``until`` is by default the end of this month and ``since`` five years before ``until``; the

@@ -186,7 +186,7 @@ REACH = Step("seal-reach", "members of staff, evidence items and alarms", _reach
 INCIDENTS = Step("seal-incidents", "incidents", _incidents)
 VISITS = Step("seal-visits", "visits", _visits)
 HEARD = Step("seal-last-heard", "devices' last-heard times", _heard)
-# The upgrade's order: a grant is sealed only after the users it is made to (README, "Grant seals").
+# The upgrade's order: a grant is sealed only after the users it is made to (docs/console.md, "Grant seals").
 UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS, REACH, INCIDENTS, VISITS, HEARD)
 
 _YES = typer.Option("--yes", help="seal them (without it: only list them)")
