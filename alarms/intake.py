@@ -520,38 +520,35 @@ class Intake:
                 set_state(session, snap.device_id, battery_low=True)
             if early_cancel is not None:
                 early_cancel.alarm_id = row.id
-                self.lifecycle.transition(
-                    session,
-                    row,
-                    rules.DeviceCancel(early_cancel.event_id, now),
-                    outbox,
-                    now,
-                    actor=f"device:{snap.device_id}",
-                )
-                self.lifecycle.links.link(
-                    session, row, early_cancel.evidence_item_id, "alarm cancel", self.lifecycle.sealed(row)
-                )
+                self._cancelled(session, row, early_cancel, snap.device_id, outbox, now)
         elif target is not None:
             event.alarm_id = target.id
             session.add(event)
             result.alarm_id = target.id
-            self.lifecycle.transition(
-                session,
-                target,
-                rules.DeviceCancel(message.event_id, now),
-                outbox,
-                now,
-                actor=f"device:{snap.device_id}",
-            )
-            self.lifecycle.links.link(
-                session, target, event.evidence_item_id, "alarm cancel", self.lifecycle.sealed(target)
-            )
+            self._cancelled(session, target, event, snap.device_id, outbox, now)
         else:
             # The alarm it cancels has not arrived yet: keep the cancel for it, tell the device we have it.
             session.add(event)
             self.outbox.queue_ack(
                 session, outbox, snap.device_id, message.event_id, AckStatus.RECEIVED, None, now
             )
+
+    def _cancelled(
+        self,
+        session: Session,
+        alarm: AlarmRecord,
+        cancel: LoneWorkerEvent,
+        device_id: str,
+        outbox: list[AlarmOutbox],
+        now: datetime,
+    ) -> None:
+        """The device's cancel applied to its alarm, and its payload linked to the alarm."""
+        self.lifecycle.transition(
+            session, alarm, rules.DeviceCancel(cancel.event_id, now), outbox, now, actor=f"device:{device_id}"
+        )
+        self.lifecycle.links.link(
+            session, alarm, cancel.evidence_item_id, "alarm cancel", self.lifecycle.sealed(alarm)
+        )
 
     def _store_payload(
         self, session: Session, snap: Snapshot, event: LoneWorkerEvent, message: AlarmMessage

@@ -522,6 +522,27 @@ def _delete_object(store: ObjectStore, item: EvidenceItem) -> None:
         ) from exc
 
 
+def _delete(
+    session: Session,
+    ledger: Ledger,
+    store: ObjectStore,
+    item: EvidenceItem,
+    actor: str,
+    reason: str,
+    facts: dict[str, Any],
+) -> None:
+    """The last steps of every deletion, by hand or by the sweeper: refused while the ledger holds
+    the item or a held package is assembled from it; else its object removed, its row marked and
+    its ``deleted`` entry (the tombstone, with ``reason`` and ``facts``) appended."""
+    refuse_if_held_on_ledger(session, item)
+    _refuse_if_packaged(session, item)
+    _delete_object(store, item)
+    item.status = "deleted"
+    ledger.append(
+        session, CustodyAction.DELETED, actor, item_id=item.id, details=_tombstone(item, reason, facts)
+    )
+
+
 def delete_by_hand(
     session: Session,
     ledger: Ledger,
@@ -548,17 +569,7 @@ def delete_by_hand(
         raise RetentionRefused("linked", f"evidence is linked to {refs}; unlink it first")
     if active_holds(session, ids, []) or item.legal_hold:
         raise RetentionRefused("legal_hold", "evidence is under legal hold")
-    refuse_if_held_on_ledger(session, item)
-    _refuse_if_packaged(session, item)
-    _delete_object(store, item)
-    item.status = "deleted"
-    ledger.append(
-        session,
-        CustodyAction.DELETED,
-        actor,
-        item_id=item.id,
-        details=_tombstone(item, reason, {"by_hand": True, "at": _iso(now)}),
-    )
+    _delete(session, ledger, store, item, actor, reason, {"by_hand": True, "at": _iso(now)})
     return item
 
 
@@ -685,19 +696,8 @@ def sweep(
                     d = decide(gather_facts(session, item), rules, now)
                     if not d.expired:
                         continue
-                    refuse_if_held_on_ledger(session, item)
-                    _refuse_if_packaged(session, item)
-                    _delete_object(store, item)
-                    item.status = "deleted"
-                    ledger.append(
-                        session,
-                        CustodyAction.DELETED,
-                        actor,
-                        item_id=item.id,
-                        details=_tombstone(
-                            item, "retention expired", {"class": d.klass, "keep_until": _iso(d.keep_until)}
-                        ),
-                    )
+                    facts = {"class": d.klass, "keep_until": _iso(d.keep_until)}
+                    _delete(session, ledger, store, item, actor, "retention expired", facts)
                 report.deleted.append(item_id)
             except RetentionRefused as exc:
                 report.refused[item_id] = str(exc)
