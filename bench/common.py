@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from storage.embedded import EmbeddedSeaweed  # noqa: E402
-from tests.conftest import free_base_port, free_port  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    PG_ADMIN_URL,
+    drop_pg_database,
+    ensure_postgres,
+    free_base_port,
+    free_port,
+    fresh_pg_database,
+)
 
 ADMIN_PASSWORD = "benchmark password 1234"
 
@@ -239,3 +248,45 @@ def wait_healthy(url: str, seconds: float = 60) -> None:
         except httpx.HTTPError:
             time.sleep(0.1)
     raise RuntimeError("service did not start")
+
+
+def private_store_settings(work: Path, seaweed: EmbeddedSeaweed, database_url: str) -> Any:
+    """Settings for the service's parts in this process, on ``seaweed`` (a store of the benchmark's
+    own) and ``database_url``, with its data under ``work``: a day's retention, no free-space floor."""
+    from storage.settings import Settings
+
+    return Settings(
+        data_dir=work / "var",
+        database_url=database_url,
+        s3_endpoint=seaweed.endpoint,
+        s3_access_key=seaweed.credentials.access_key,
+        s3_secret_key=seaweed.credentials.secret_key,
+        retention_days=1,
+        min_free_bytes=0,
+    )
+
+
+@contextlib.contextmanager
+def bench_services(prefix: str, database: str) -> Iterator[Any]:
+    """The service's parts in this process on a store of their own (under a scratch directory named
+    ``prefix``) and a fresh database (``postgres``: a database of its own on the test server, dropped
+    on the way out; ``sqlite``: a file beside the store). Closed and stopped however it is left."""
+    from ingest.services import build_services
+
+    work = scratch(prefix)
+    seaweed = EmbeddedSeaweed(work / "s3", free_base_port(), "1GiB")
+    seaweed.start()
+    pg_name = None
+    if database == "postgres":
+        ensure_postgres()
+        url, pg_name = fresh_pg_database(PG_ADMIN_URL)
+    else:
+        url = f"sqlite:///{work / 'bench.db'}"
+    s = build_services(private_store_settings(work, seaweed, url))
+    try:
+        yield s
+    finally:
+        s.close()
+        seaweed.stop()
+        if pg_name:
+            drop_pg_database(PG_ADMIN_URL, pg_name)

@@ -20,12 +20,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import latency_summary, scratch, write_results  # noqa: E402
+from bench.common import bench_services, latency_summary, write_results  # noqa: E402
 from chain_of_custody.ledger import Ledger  # noqa: E402
-from ingest.services import Services, build_services  # noqa: E402
-from ingest.settings import Settings  # noqa: E402
-from storage.embedded import EmbeddedSeaweed  # noqa: E402
-from tests.conftest import PG_ADMIN_URL, drop_pg_database, ensure_postgres, free_base_port, fresh_pg_database  # noqa: E402
+from ingest.services import Services  # noqa: E402
 
 
 def run_case(s: Services, ledger: Ledger, threads: int, commits: int) -> dict[str, Any]:
@@ -75,29 +72,10 @@ def main() -> None:
     ap.add_argument("--name", default="custody")
     args = ap.parse_args()
 
-    work = scratch("bench-custody-")
-    seaweed = EmbeddedSeaweed(work / "s3", free_base_port(), "1GiB")
-    seaweed.start()
-    pg_name = None
-    if args.database == "postgres":
-        ensure_postgres()
-        url, pg_name = fresh_pg_database(PG_ADMIN_URL)
-    else:
-        url = f"sqlite:///{work / 'bench.db'}"
-    settings = Settings(
-        data_dir=work / "var",
-        database_url=url,
-        s3_endpoint=seaweed.endpoint,
-        s3_access_key=seaweed.credentials.access_key,
-        s3_secret_key=seaweed.credentials.secret_key,  # type: ignore[arg-type]
-        retention_days=1,
-        min_free_bytes=0,
-    )
-    s = build_services(settings)
-    merkle = s.ledger  # with the tree-head log, as the service runs
-    old = Ledger(s.key)  # the hash chain alone, as before
-    cases = []
-    try:
+    with bench_services("bench-custody-", args.database) as s:
+        merkle = s.ledger  # with the tree-head log, as the service runs
+        old = Ledger(s.key)  # the hash chain alone, as before
+        cases = []
         run_case(s, merkle, 2, 20)  # warm: connections, the tree caught up, the first put
         for threads in args.threads:
             rounds: dict[str, list[dict[str, Any]]] = {"old_ledger": [], "merkle_log": []}
@@ -136,11 +114,6 @@ def main() -> None:
             },
         )
         print(f"results: {out}")
-    finally:
-        s.close()
-        seaweed.stop()
-        if pg_name:
-            drop_pg_database(PG_ADMIN_URL, pg_name)
 
 
 if __name__ == "__main__":

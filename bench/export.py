@@ -43,7 +43,7 @@ from sqlalchemy import select  # noqa: E402
 
 from accounts.models import User  # noqa: E402
 from accounts.seals import seal_user  # noqa: E402
-from bench.common import PeakRSS, scratch, write_results  # noqa: E402
+from bench.common import PeakRSS, private_store_settings, scratch, write_results  # noqa: E402
 from chain_of_custody.evidence import Provenance, record_evidence  # noqa: E402
 from chain_of_custody.models import EvidenceItem  # noqa: E402
 from incidents.export.assemble import assemble, read_layout  # noqa: E402
@@ -55,7 +55,6 @@ from incidents.grants import seal_export_job  # noqa: E402
 from incidents.service import IncidentDraft, create_incident  # noqa: E402
 from ingest.services import Services, build_services  # noqa: E402
 from storage.embedded import EmbeddedSeaweed  # noqa: E402
-from storage.settings import Settings  # noqa: E402
 from tests.conftest import free_base_port, start_server  # noqa: E402
 
 MB = 1024 * 1024
@@ -86,16 +85,7 @@ def private_services(work: Path, volume: str) -> tuple[EmbeddedSeaweed, Services
     it with SQLite."""
     seaweed = EmbeddedSeaweed(work / "s3", free_base_port(), volume)
     seaweed.start()
-    settings = Settings(
-        data_dir=work / "var",
-        database_url=f"sqlite:///{work / 'bench.db'}",
-        s3_endpoint=seaweed.endpoint,
-        s3_access_key=seaweed.credentials.access_key,
-        s3_secret_key=seaweed.credentials.secret_key,  # type: ignore[arg-type]
-        retention_days=1,
-        min_free_bytes=0,
-    )
-    return seaweed, build_services(settings)
+    return seaweed, build_services(private_store_settings(work, seaweed, f"sqlite:///{work / 'bench.db'}"))
 
 
 @contextlib.contextmanager

@@ -25,14 +25,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import scratch, write_results  # noqa: E402
+from bench.common import bench_services, write_results  # noqa: E402
 from chain_of_custody import tree_heads as th  # noqa: E402
 from chain_of_custody.ledger import Ledger  # noqa: E402
 from chain_of_custody.signed_tree_head import sign_tree_head  # noqa: E402
-from ingest.services import build_services  # noqa: E402
-from ingest.settings import Settings  # noqa: E402
-from storage.embedded import EmbeddedSeaweed  # noqa: E402
-from tests.conftest import PG_ADMIN_URL, drop_pg_database, ensure_postgres, free_base_port, fresh_pg_database  # noqa: E402
 
 Timings = dict[str, list[float]]
 
@@ -82,32 +78,12 @@ def main() -> None:
     ap.add_argument("--name", default="tree-head-steps")
     args = ap.parse_args()
 
-    work = scratch("bench-tree-head-steps-")
-    seaweed = EmbeddedSeaweed(work / "s3", free_base_port(), "1GiB")
-    seaweed.start()
-    pg_name = None
-    if args.database == "postgres":
-        ensure_postgres()
-        url, pg_name = fresh_pg_database(PG_ADMIN_URL)
-    else:
-        url = f"sqlite:///{work / 'bench.db'}"
-    s = build_services(
-        Settings(
-            data_dir=work / "var",
-            database_url=url,
-            s3_endpoint=seaweed.endpoint,
-            s3_access_key=seaweed.credentials.access_key,
-            s3_secret_key=seaweed.credentials.secret_key,  # type: ignore[arg-type]
-            retention_days=1,
-            min_free_bytes=0,
-        )
-    )
-    log = s.ledger.tree_heads
-    assert log is not None
-    old = Ledger(s.key)
-    t: Timings = defaultdict(list)
-    undo: list[Callable[[], None]] = []
-    try:
+    with bench_services("bench-tree-head-steps-", args.database) as s:
+        log = s.ledger.tree_heads
+        assert log is not None
+        old = Ledger(s.key)
+        t: Timings = defaultdict(list)
+        undo: list[Callable[[], None]] = []
 
         def commit(ledger: Ledger, name: str) -> None:
             with timed(t, name), s.db.session() as session:
@@ -233,11 +209,6 @@ def main() -> None:
             {"database": args.database, "steps": steps, "one_writer": one_writer, "eight_writers": eight},
         )
         print(f"results: {out}")
-    finally:
-        s.close()
-        seaweed.stop()
-        if pg_name:
-            drop_pg_database(PG_ADMIN_URL, pg_name)
 
 
 if __name__ == "__main__":
