@@ -13,6 +13,11 @@ in the database would silence the alarm. So the clock sweeps the open alarms (an
 is not the one the alarm's lifecycle columns give (``rules.next_deadline``), with a warning naming
 the alarm, and the devices silent on a visit or with an alarm open whose ``offline_due_at`` is not
 due (put back to now): an escalation or offline alarm is then at most that late, never silenced.
+The lifecycle columns themselves are sealed with the deadline (``chain_of_custody.lifecycle_seals``):
+the sweep looks at every alarm open by its row or by its custody record (followed by a cursor over
+the ledger's new entries, so a pass costs what the open alarms and the entries since the last pass
+cost, never what the resolved ones do), and one whose seal does not hold is put back to its custody
+record (``Lifecycle.rule_of``), so an alarm acknowledged, resolved or put off by SQL still escalates.
 
 Effects of an escalation (``alarms.lifecycle``): a change on the control room's live stream, a
 message on the MQTT control topic ``lw/v1/_control/escalations``, and, when
@@ -30,13 +35,14 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import rfc3339
 from chain_of_custody.heard_seals import Heard, last_heard
+from chain_of_custody.lifecycle_seals import OpenByCustody
 from devices.models import LoneWorkerState
 from storage.db import Database
 
 from . import rules
 from .feed import forget_old_changes
 from .incident_links import SERVICE_ACTOR
-from .lifecycle import Lifecycle, to_rule
+from .lifecycle import Lifecycle
 from .liveness import own_offline_alarm
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
 from .outbox import Outbox
@@ -69,6 +75,8 @@ class Clock:
         self.payloads = payloads
         self.swept_at: datetime | None = None
         self.offline_swept_at: datetime | None = None
+        self.open_by_custody = OpenByCustody()
+        self.looked_at = 0  # alarm rows the sweeps looked at, all told (what a pass costs, for the tests)
 
     def fire_deadlines(self, now: datetime | None = None, limit: int = 50) -> int:
         """Amber timers that ran out and acknowledgements that are overdue (after a sweep for
@@ -82,21 +90,31 @@ class Clock:
             self.lifecycle.transition(session, row, rules.Tick(at), outbox, at, actor=SERVICE_ACTOR)
             if row.next_deadline is not None and row.next_deadline <= at:  # never spin on one row
                 row.next_deadline = None
+                self.lifecycle.seal_lifecycle(row)
 
         due = select(AlarmRecord).where(AlarmRecord.next_deadline <= at).order_by(AlarmRecord.next_deadline)
         return self.outbox.claimed_pass(due, limit, fire)
 
     def restore_deadlines(self, now: datetime) -> int:
-        """Put back the ``next_deadline`` of every alarm not resolved whose stored one is not the one
-        its lifecycle columns give; a warning names each; how many."""
+        """Put back the lifecycle (``Lifecycle.rule_of``) and ``next_deadline`` of every alarm open
+        by its row or by its custody record whose stored ones are not as the service sealed them or
+        not the ones its lifecycle gives; a warning names each; how many."""
         restored = 0
+        with self.db.session() as session:
+            self.open_by_custody.advance(session)
+        by_custody = self.open_by_custody.open
 
         def check(session: Session, row: AlarmRecord, outbox: list[AlarmOutbox]) -> None:
             nonlocal restored
+            self.looked_at += 1
+            seal = row.lifecycle_seal
             try:
-                due = rules.next_deadline(to_rule(row))
+                due = rules.next_deadline(self.lifecycle.rule_of(session, row, now, by_custody.get(row.id)))
             except ValueError:  # a lifecycle column no rule knows: nothing to go by here
                 log.warning("an alarm's lifecycle columns are not the rules': left", extra={"alarm": row.id})
+                return
+            if row.lifecycle_seal != seal:  # put back to its custody record, sealed
+                restored += 1
                 return
             if due != row.next_deadline:
                 log.warning(
@@ -104,9 +122,12 @@ class Clock:
                     extra={"alarm": row.id},
                 )
                 row.next_deadline = due
+                self.lifecycle.seal_lifecycle(row)
                 restored += 1
 
-        open_alarms = select(AlarmRecord).where(AlarmRecord.status != "resolved")
+        open_alarms = select(AlarmRecord).where(
+            or_(AlarmRecord.status != "resolved", AlarmRecord.id.in_(sorted(by_custody)))
+        )
         self.outbox.claimed_pass(open_alarms, 100_000, check, isolate=False)
         return restored
 

@@ -27,6 +27,14 @@ from chain_of_custody.alarm_seals import alarm_seal
 from chain_of_custody.canonical import canonical_json, rfc3339
 from chain_of_custody.core import CoreServices
 from chain_of_custody.entries import CustodyAction
+from chain_of_custody.lifecycle_seals import (
+    LIFECYCLE_COLUMNS,
+    RecordedLifecycle,
+    lifecycle_holds,
+    lifecycle_seal,
+    lifecycle_values,
+    recorded_lifecycle,
+)
 from chain_of_custody.reach_seals import reach_secret
 from devices.broker_access import CONTROL_TOPIC_ROOT
 from devices.ends import sealed_device
@@ -64,38 +72,52 @@ class AlarmNotFound(Refused):
         super().__init__("unknown_alarm", f"no alarm {alarm_id}")
 
 
-_RULE_FIELDS = (
-    "device_id",
-    "kind",
-    "severity",
-    "status",
-    "raised_at",
-    "occurred_at",
-    "source_event_id",
-    "reason",
-    "visit_id",
-    "amber_deadline",
-    "red_at",
-    "ack_due_at",
-    "acknowledged_at",
-    "acknowledged_by",
-    "escalated_at",
-    "escalated_by",
-    "escalation_reason",
-    "cancel_requested_at",
-    "condition_cleared_at",
-    "resolved_at",
-    "resolved_by",
-    "outcome",
-    "resolution_note",
-    "incident_requested",
-)
+# The columns the pure rules read and write: those the lifecycle seal covers, but the deadline
+# the clock derives from them.
+_RULE_FIELDS = tuple(c for c in LIFECYCLE_COLUMNS if c != "next_deadline")
 
 
 def to_rule(row: AlarmRecord) -> rules.Alarm:
     """The stored alarm as the pure rules see it."""
     data = {name: getattr(row, name) for name in _RULE_FIELDS}
     data["alarm_id"] = row.id
+    return rules.Alarm.from_dict(data)
+
+
+def _known(enum: type[Any], value: Any) -> Any:
+    try:
+        return None if value is None else enum(value).value
+    except ValueError:
+        return None
+
+
+def as_recorded(row: AlarmRecord, said: RecordedLifecycle) -> rules.Alarm:
+    """The alarm as its custody record says it stands: its kind, status, severity and outcome as
+    recorded, due by the recorded deadline (an amber one's timer while it is amber, else its
+    acknowledgement; one recorded before deadlines were, unresolved, due now when it is
+    unacknowledged), and none of the columns of a later stage than its status (acknowledged,
+    escalated, resolved) the row may have been given. Columns no entry records are the row's, where
+    a rule knows them."""
+    data: dict[str, Any] = {name: getattr(row, name) for name in _RULE_FIELDS}
+    data["alarm_id"] = row.id
+    data["kind"] = _known(rules.AlarmKind, said.kind) or _known(rules.AlarmKind, row.kind) or "sos"
+    data["status"] = _known(rules.AlarmStatus, said.status) or rules.AlarmStatus.RAISED.value
+    kind, status = rules.AlarmKind(data["kind"]), rules.AlarmStatus(data["status"])
+    data["severity"] = _known(rules.Severity, said.severity) or rules.KIND_RULES[kind].severity.value
+    data["outcome"] = _known(rules.Outcome, said.outcome)
+    data["escalation_reason"] = _known(rules.EscalationReason, row.escalation_reason)
+    if status.rank < rules.AlarmStatus.ACKNOWLEDGED.rank:
+        data.update(acknowledged_at=None, acknowledged_by=None)
+    if status.rank < rules.AlarmStatus.ESCALATED.rank:
+        data.update(escalated_at=None, escalated_by=None, escalation_reason=None)
+    if status != rules.AlarmStatus.RESOLVED:
+        data.update(resolved_at=None, resolved_by=None, outcome=None, resolution_note=None)
+    deadline = said.deadline
+    if not said.deadline_known:
+        deadline = row.raised_at if status == rules.AlarmStatus.RAISED else None
+    amber = kind == rules.AlarmKind.AMBER and data["severity"] == rules.Severity.AMBER.value
+    data["amber_deadline"] = deadline if amber else row.amber_deadline
+    data["ack_due_at"] = None if amber else deadline
     return rules.Alarm.from_dict(data)
 
 
@@ -179,6 +201,63 @@ class Lifecycle:
             row.device_id,
             row.voice_memo_item_id,
             row.incident_id,
+        )
+
+    def seal_lifecycle(self, row: AlarmRecord) -> None:
+        """Seal the alarm's lifecycle columns and next deadline as they now stand: written with
+        them, in the same statement (``chain_of_custody.lifecycle_seals``)."""
+        row.lifecycle_seal = lifecycle_seal(self.seal_secret, row.id, lifecycle_values(row))
+
+    def rule_of(
+        self,
+        session: Session,
+        row: AlarmRecord,
+        now: datetime,
+        said: RecordedLifecycle | None = None,
+    ) -> rules.Alarm:
+        """The alarm as the rules must take it: as its row stands when its lifecycle seal holds (or
+        it has none yet and its row is what its custody record says); otherwise put back to its
+        custody record first (:meth:`put_back`; ``said``, when the caller read it already). An
+        alarm no entry records yet (provisional) is taken as its row stands."""
+        if lifecycle_holds(self.seal_secret, row):
+            return to_rule(row)
+        said = said or recorded_lifecycle(session, row.id)
+        if said is None or (
+            row.lifecycle_seal is None
+            and not row.provisional
+            and said.differs(row.status, row.severity, row.outcome, row.next_deadline) is None
+        ):
+            return to_rule(row)
+        self.put_back(session, row, said, now)
+        return to_rule(row)
+
+    def put_back(self, session: Session, row: AlarmRecord, said: RecordedLifecycle, now: datetime) -> None:
+        """Put an alarm whose lifecycle is not as the service sealed it back to what its custody
+        record says (:func:`as_recorded`), sealed, with a warning naming it and an entry that
+        records what was found and which entry it was put back to."""
+        found = {
+            "status": row.status,
+            "severity": row.severity,
+            "outcome": row.outcome,
+            "deadline": rfc3339(row.next_deadline) if row.next_deadline else None,
+        }
+        log.warning(
+            "an alarm's lifecycle or deadline is not as the service sealed it: put back to its custody record",
+            extra={"alarm": row.id, "entry": said.seq},
+        )
+        store_rule(row, as_recorded(row, said))
+        self.seal_lifecycle(row)
+        row.updated_at = now
+        session.flush()
+        details = custody_details(row, [])
+        details["put_back"] = {"to_entry": said.seq, "found": found}
+        self.ledger.append(
+            session,
+            CustodyAction.ALARM_CHANGED,
+            SERVICE_ACTOR,
+            item_id=row.evidence_item_id,
+            details=details,
+            at=now,
         )
 
     def sealed(self, row: AlarmRecord) -> bool:
@@ -381,7 +460,7 @@ class Lifecycle:
         *,
         actor: str,
     ) -> rules.Transition:
-        transition = rules.apply(to_rule(row), event, self.policy)
+        transition = rules.apply(self.rule_of(session, row, now), event, self.policy)
         self.apply(session, row, transition, outbox, now, actor=actor)
         return transition
 
@@ -405,6 +484,7 @@ class Lifecycle:
         provisional = raised and row.provisional
         before = (row.status, row.severity) if not raised else None
         store_rule(row, transition.alarm)
+        self.seal_lifecycle(row)
         row.updated_at = now
         changes = [e.change.value for e in transition.effects if isinstance(e, rules.NotifyOperators)]
         if not raised and not transition.effects and before == (row.status, row.severity):
@@ -488,11 +568,12 @@ class Lifecycle:
             row = session.get(AlarmRecord, alarm_id, with_for_update=True)
             if row is None:
                 raise AlarmNotFound(alarm_id)
+            alarm = self.rule_of(session, row, now)
             try:
-                transition = rules.apply(to_rule(row), event, self.policy)
+                transition = rules.apply(alarm, event, self.policy)
             except rules.AlarmTransitionError as exc:
                 error = exc
-                transition = exc.transition or rules.Transition(to_rule(row))
+                transition = exc.transition or rules.Transition(alarm)
             self.apply(session, row, transition, outbox, now, actor=event.by)
             session.flush()
             view = alarm_view(row)

@@ -94,6 +94,10 @@ class AlarmRecord(Base):
     # The service's seal over id, site, wearer, device and voice memo (``chain_of_custody.alarm_seals``):
     # an alarm whose seal does not hold reaches no site's readers, its memo nobody.
     seal: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The service's seal over the lifecycle columns and ``next_deadline``, written with them
+    # (``chain_of_custody.lifecycle_seals``): an alarm whose seal does not hold is taken at its
+    # custody record, so its escalation is not silenced.
+    lifecycle_seal: Mapped[str | None] = mapped_column(String(64), default=None)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (

@@ -12,7 +12,7 @@ reads them: live bearer tokens (``seal-tokens``), devices (``seal-devices``), us
 (``seal-users``: no seal, or a version 1 or 2 seal that still holds; ``seal-devices`` and
 ``seal-incidents`` likewise, a version 1 seal), active incident assignments and export jobs (``seal-grants``), members of
 staff, evidence items and alarms (``seal-reach``), incidents (``seal-incidents``), lone visits (``seal-visits``), devices' last-heard times
-(``seal-last-heard``).
+(``seal-last-heard``), alarms' lifecycles (``seal-lifecycle``).
 Each is a ``COUNT`` over one table, but users, whose older seals are told apart by two HMACs each,
 and devices and incidents, by one.
 A row the step would refuse is counted too: it awaits the command's judgement, and the command lists
@@ -37,6 +37,7 @@ from .alarm_seals import _ALARMS
 from .heard_seals import older_heard
 from .incident_seals import older_incidents
 from .keys import ServiceKey
+from .lifecycle_seals import _ALARMS as _LIFECYCLES
 from .reach_seals import _ITEMS, _STAFF, reach_secret
 from .row_seals import (
     _ASSIGNMENTS,
@@ -127,6 +128,13 @@ KINDS = (
         "seal-last-heard",
         "count as silent once due",
     ),
+    Kind(
+        "alarm_lifecycles",
+        "alarm's lifecycle",
+        "alarms' lifecycles",
+        "seal-lifecycle",
+        "are taken as they stand only while their custody record agrees",
+    ),
 )
 
 
@@ -214,6 +222,7 @@ def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = N
         "incidents": len(older_incidents(session, reach_secret(key))),
         "lone_worker_visits": len(older_visits(session, reach_secret(key))),
         "lone_worker_states": len(older_heard(session)),
+        "alarm_lifecycles": _unsealed(session, _LIFECYCLES, "lifecycle_seal"),
     }
     return AwaitingUpgrade(counts, now)
 

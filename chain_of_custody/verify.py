@@ -34,6 +34,7 @@ from .heard_seals import check_heard_seals
 from .incident_seals import check_incident_seals
 from .keys import ServiceKey
 from .ledger import Ledger
+from .lifecycle_seals import check_lifecycle_seals
 from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .models import CustodyEntry, EvidenceBlockList, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
 from .reach_seals import check_reach_seals
@@ -216,6 +217,7 @@ def verify_service(
         check_incident_seals(session, report, key)
         check_visit_seals(session, report, key, entries)
         check_heard_seals(session, report, key)
+        check_lifecycle_seals(session, report, key, entries)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")

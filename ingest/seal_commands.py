@@ -176,6 +176,13 @@ def _heard(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     return seal_heard(session, s.key) if yes else unsealed_heard(session)
 
 
+def _lifecycles(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from chain_of_custody.lifecycle_seals import seal_lifecycles, unsealed_lifecycles
+
+    entries = s.ledger.all_entries(session)
+    return seal_lifecycles(session, s.key, entries) if yes else unsealed_lifecycles(session, entries)
+
+
 TOKENS = Step("seal-tokens", "tokens", _tokens)
 DEVICES = Step("seal-devices", "devices", _devices)
 USERS = Step("seal-users", "users", _users)
@@ -186,8 +193,9 @@ REACH = Step("seal-reach", "members of staff, evidence items and alarms", _reach
 INCIDENTS = Step("seal-incidents", "incidents", _incidents)
 VISITS = Step("seal-visits", "visits", _visits)
 HEARD = Step("seal-last-heard", "devices' last-heard times", _heard)
+LIFECYCLES = Step("seal-lifecycle", "alarms' lifecycles", _lifecycles)
 # The upgrade's order: a grant is sealed only after the users it is made to (docs/console.md, "Grant seals").
-UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS, REACH, INCIDENTS, VISITS, HEARD)
+UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS, REACH, INCIDENTS, VISITS, HEARD, LIFECYCLES)
 
 _YES = typer.Option("--yes", help="seal them (without it: only list them)")
 
@@ -290,12 +298,21 @@ def seal_last_heard_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows(HEARD, yes)
 
 
+def seal_lifecycle_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the lifecycle of each alarm raised before it was sealed
+    (``chain_of_custody.lifecycle_seals``), taken as it stands until then only while its custody
+    record agrees; run once after upgrading. Only an alarm whose status, severity, outcome and
+    deadline are what its latest custody entry records is sealed; every other is listed as refused,
+    with what differs."""
+    _seal_rows(LIFECYCLES, yes)
+
+
 def upgrade_seals_command(
     yes: Annotated[bool, typer.Option("--yes", help="do every step (without it: only list them)")] = False,
 ) -> None:
     """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
     seal-users, seal-grants (after the users), record-credential-ends, record-access-ends,
-    seal-reach, seal-incidents, seal-visits, seal-last-heard. It first prints how many rows of each kind await it (as the service's start-up
+    seal-reach, seal-incidents, seal-visits, seal-last-heard, seal-lifecycle. It first prints how many rows of each kind await it (as the service's start-up
     warning, ``/healthz`` and the console's banner count them); each step lists its rows,
     and with ``--yes`` does what it lists, in a transaction of its own, then prints what still awaits. Rows a step refuses are
     listed under it with why, the later steps still run, and the command exits 1 after ``--yes``

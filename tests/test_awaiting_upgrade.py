@@ -138,6 +138,7 @@ def old_deployment(services: Any) -> dict[str, int]:
         "incidents": 1,
         "lone_worker_visits": 1,
         "lone_worker_states": 0,  # no device of it was heard from (counted in tests/test_heard_seals.py)
+        "alarm_lifecycles": 0,  # raised by this service: sealed (counted in tests/test_lifecycle_seals.py)
     }
 
 
@@ -158,6 +159,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
     from chain_of_custody.awaiting_upgrade import awaiting_upgrade
     from chain_of_custody.heard_seals import unsealed_heard
     from chain_of_custody.incident_seals import unsealed_incidents
+    from chain_of_custody.lifecycle_seals import unsealed_lifecycles
     from chain_of_custody.reach_seals import unsealed_reach
     from chain_of_custody.visit_seals import unsealed_visits
     from devices.seals import unsealed_devices
@@ -184,6 +186,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
             "incidents": len(unsealed_incidents(session, s.key, entries)),
             "lone_worker_visits": len(unsealed_visits(session, s.key, entries)),
             "lone_worker_states": len(unsealed_heard(session)),
+            "alarm_lifecycles": len(unsealed_lifecycles(session, entries)),
         }
     assert found.counts == expected == listed
     assert found.total == 12

@@ -161,17 +161,7 @@ def test_an_escalation_deadline_changed_in_the_database_silences_no_escalation(
     )
 
 
-_LIFECYCLE_UNSEALED = "an alarm's lifecycle columns are not sealed yet: the sweep recomputes from them"
-
-
-@pytest.mark.parametrize(
-    "altered",
-    [
-        pytest.param("acknowledged", marks=pytest.mark.xfail(strict=True, reason=_LIFECYCLE_UNSEALED)),
-        pytest.param("ack due a day on", marks=pytest.mark.xfail(strict=True, reason=_LIFECYCLE_UNSEALED)),
-        pytest.param("resolved", marks=pytest.mark.xfail(strict=True, reason=_LIFECYCLE_UNSEALED)),
-    ],
-)
+@pytest.mark.parametrize("altered", ["acknowledged", "ack due a day on", "resolved"])
 def test_an_alarms_lifecycle_changed_in_the_database_silences_no_escalation(
     services: Any, altered: str
 ) -> None:

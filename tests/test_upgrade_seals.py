@@ -36,6 +36,7 @@ STEPS = (
     "seal-incidents",
     "seal-visits",
     "seal-last-heard",
+    "seal-lifecycle",
 )
 
 

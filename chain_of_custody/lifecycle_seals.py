@@ -1,0 +1,362 @@
+"""Seals on an alarm's lifecycle: where it stands, and when the clock must look at it again.
+
+An alarm escalates when nobody acknowledges it in time (an amber one turns red when its timer runs
+out): the clock acts on ``alarms.next_deadline``, and its sweep put back a deadline from the
+lifecycle columns (status, acknowledgement due, acknowledged, resolved ...). Those columns set by
+SQL (acknowledged, due a day on, resolved) took the alarm off the clock, and the sweep, reading the
+same columns, could not tell. So every write of them also writes ``lifecycle_seal``, in the same
+statement: an HMAC-SHA256 under the reach secret over the alarm's id, every column the rules read
+(:data:`LIFECYCLE_COLUMNS`) and its next deadline (one HMAC per write, no statement more).
+
+Each change of an alarm's lifecycle appends its ``alarm_raised``/``alarm_changed`` custody entry
+with the status, severity, outcome and the deadline it is then due by. An alarm whose seal does
+not hold is taken at what its latest such entry records (:class:`RecordedLifecycle`), put back to
+it, with a warning naming it and an entry of its own (``put_back``), and escalates on time;
+``evidence verify`` names it (``alarm_lifecycle_altered``). What the sweep looks at is bounded by
+the open alarms, not by history: the alarms the custody record holds open are followed by a cursor
+over the ledger's new entries (:class:`OpenByCustody`), so one marked resolved by SQL is still
+looked at, and a resolved alarm is never read again.
+
+Alarms written before this have no seal: one whose status, severity, outcome and deadline are what
+its custody record says is taken as it stands (its next change seals it), and ``evidence
+upgrade-seals`` (its ``seal-lifecycle`` step) seals those. Tables are read as plain tables: this
+sits below ``alarms``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import column, select, table, update
+from sqlalchemy.orm import Session
+
+from storage.db import UTCDateTime
+
+from .canonical import rfc3339
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry
+from .keys import ServiceKey
+from .models import CustodyEntry
+from .reach_seals import reach_secret
+from .row_seals import _holds, row_seal
+
+log = logging.getLogger(__name__)
+
+# Every column of an alarm the lifecycle rules read or write (``alarms.lifecycle._RULE_FIELDS``)
+# and the deadline the clock acts on.
+LIFECYCLE_COLUMNS = (
+    "device_id",
+    "kind",
+    "severity",
+    "status",
+    "raised_at",
+    "occurred_at",
+    "source_event_id",
+    "reason",
+    "visit_id",
+    "amber_deadline",
+    "red_at",
+    "ack_due_at",
+    "acknowledged_at",
+    "acknowledged_by",
+    "escalated_at",
+    "escalated_by",
+    "escalation_reason",
+    "cancel_requested_at",
+    "condition_cleared_at",
+    "resolved_at",
+    "resolved_by",
+    "outcome",
+    "resolution_note",
+    "incident_requested",
+    "next_deadline",
+)
+_TIMES = frozenset(c for c in LIFECYCLE_COLUMNS if c.endswith("_at") or c.endswith("deadline"))
+
+_ALARMS = table(
+    "alarms",
+    column("id"),
+    column("provisional"),
+    column("lifecycle_seal"),
+    *(column(c, UTCDateTime) if c in _TIMES else column(c) for c in LIFECYCLE_COLUMNS),
+)
+_LIFECYCLE_ACTIONS = (CustodyAction.ALARM_RAISED.value, CustodyAction.ALARM_CHANGED.value)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, Enum):
+        return str(value.value)
+    return str(value)
+
+
+def lifecycle_seal(secret: bytes, alarm_id: str, values: Sequence[Any]) -> str:
+    """The seal of an alarm's lifecycle: its id and the values of :data:`LIFECYCLE_COLUMNS`, in
+    order (times to the microsecond), hex."""
+    return row_seal(secret, ("lifecycle", alarm_id, *(_text(v) for v in values)))
+
+
+def lifecycle_values(row: Any) -> tuple[Any, ...]:
+    """The values a row (ORM or plain) holds of :data:`LIFECYCLE_COLUMNS`, in order."""
+    return tuple(getattr(row, c) for c in LIFECYCLE_COLUMNS)
+
+
+def lifecycle_holds(secret: bytes, row: Any) -> bool:
+    """Whether an alarm row's lifecycle seal holds (no warning: the caller names what it does)."""
+    return _holds(lifecycle_seal(secret, str(row.id), lifecycle_values(row)), row.lifecycle_seal)
+
+
+# -- what custody records -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedLifecycle:
+    """An alarm's lifecycle as its latest custody entry that records one says (``seq``): its
+    kind, status, severity, outcome and the deadline it was then due by (``deadline_known``
+    False: an entry from before deadlines were recorded)."""
+
+    seq: int
+    kind: str | None
+    status: str
+    severity: str | None
+    outcome: str | None
+    deadline: datetime | None
+    deadline_known: bool = True
+
+    @property
+    def open(self) -> bool:
+        return self.status != "resolved"
+
+    def differs(self, status: Any, severity: Any, outcome: Any, next_deadline: datetime | None) -> str | None:
+        """Why a row with these values is not what this entry records, or None."""
+        for name, row, said in (
+            ("status", status, self.status),
+            ("severity", severity, self.severity),
+            ("outcome", outcome, self.outcome),
+        ):
+            if row != said:
+                return f"its {name} is {row!r} but custody entry #{self.seq} says {said!r}"
+        if self.deadline_known and next_deadline != self.deadline:
+            row_at = None if next_deadline is None else rfc3339(next_deadline)
+            said_at = None if self.deadline is None else rfc3339(self.deadline)
+            return f"it is due by {row_at!r} but custody entry #{self.seq} says {said_at!r}"
+        return None
+
+
+def recorded_of(seq: int, details: str) -> tuple[str, RecordedLifecycle | None, bool] | None:
+    """(alarm id, its recorded lifecycle or None, whether the entry records a put-back) of one
+    alarm entry's details; None when it is not an alarm's."""
+    try:
+        d = json.loads(details)
+    except ValueError:
+        return None
+    if not isinstance(d, dict) or not isinstance(d.get("alarm_id"), str):
+        return None
+    put_back = "put_back" in d
+    if not isinstance(d.get("status"), str):
+        return d["alarm_id"], None, put_back  # a voice memo's entry: no lifecycle
+    said = d.get("deadline")
+    try:
+        deadline = datetime.fromisoformat(said) if isinstance(said, str) else None
+    except ValueError:
+        deadline = None
+    kind, severity, outcome = d.get("kind"), d.get("severity"), d.get("outcome")
+    recorded = RecordedLifecycle(
+        seq,
+        kind if isinstance(kind, str) else None,
+        d["status"],
+        severity if isinstance(severity, str) else None,
+        outcome if isinstance(outcome, str) else None,
+        deadline,
+        "deadline" in d,
+    )
+    return d["alarm_id"], recorded, put_back
+
+
+def recorded_lifecycle(session: Session, alarm_id: str) -> RecordedLifecycle | None:
+    """What the ledger last recorded of one alarm's lifecycle, read for an alarm whose seal does not
+    hold that the cursor does not follow (rare: a scan of the alarm entries that mention it)."""
+    mention = json.dumps({"alarm_id": alarm_id}, separators=(",", ":"), ensure_ascii=False)[1:-1]
+    escaped = mention.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    q = (
+        select(CustodyEntry.seq, CustodyEntry.details)
+        .where(
+            CustodyEntry.action.in_(_LIFECYCLE_ACTIONS),
+            CustodyEntry.details.like(f"%{escaped}%", escape="\\"),
+        )
+        .order_by(CustodyEntry.seq)
+    )
+    found = None
+    for seq, details in session.execute(q):
+        got = recorded_of(int(seq), details)
+        if got is not None and got[0] == alarm_id and got[1] is not None:
+            found = got[1]
+    return found
+
+
+class OpenByCustody:
+    """The alarms the custody record holds open, with what it records of each, followed by a
+    cursor over the ledger: each :meth:`advance` reads only the alarm entries appended since the
+    last (the first reads them all, once), so what it costs is bounded by the alarms raised and
+    changed meanwhile, never by the alarms resolved before. The ledger is append-only and covered
+    by signed tree heads: an alarm marked resolved by SQL stays open here."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.open: dict[str, RecordedLifecycle] = {}
+        self.read = 0  # entries read, all told (what a pass costs, for the tests)
+
+    def advance(self, session: Session) -> None:
+        q = (
+            select(CustodyEntry.seq, CustodyEntry.details)
+            .where(CustodyEntry.seq > self.seq, CustodyEntry.action.in_(_LIFECYCLE_ACTIONS))
+            .order_by(CustodyEntry.seq)
+            .execution_options(yield_per=1000)
+        )
+        for seq, details in session.execute(q):
+            self.seq = max(self.seq, int(seq))
+            self.read += 1
+            got = recorded_of(int(seq), details)
+            recorded = None if got is None else got[1]
+            if got is None or recorded is None:
+                continue
+            alarm_id = got[0]
+            if recorded.open:
+                self.open[alarm_id] = recorded
+            else:
+                self.open.pop(alarm_id, None)
+
+
+def lifecycle_replay(entries: Iterable[SignedEntry]) -> tuple[dict[str, RecordedLifecycle], dict[str, int]]:
+    """What the ledger last recorded of each alarm's lifecycle, and the alarms it records as put
+    back after their lifecycle was found altered (with the entry's seq)."""
+    recorded: dict[str, RecordedLifecycle] = {}
+    put_back: dict[str, int] = {}
+    for e in entries:
+        if e.body.action not in _LIFECYCLE_ACTIONS:
+            continue
+        got = recorded_of(e.body.seq, e.body.details)
+        if got is None:
+            continue
+        alarm_id, said, was_put_back = got
+        if said is not None:
+            recorded[alarm_id] = said
+        if was_put_back:
+            put_back.setdefault(alarm_id, e.body.seq)
+    return recorded, put_back
+
+
+# -- evidence verify ------------------------------------------------------------------------------
+
+
+def _rows(session: Session, *where: Any) -> list[Any]:
+    a = _ALARMS.c
+    return list(session.execute(select(_ALARMS).where(*where).order_by(a.id)))
+
+
+def check_lifecycle_seals(
+    session: Session, report: ChainReport, key: ServiceKey, entries: Sequence[SignedEntry]
+) -> None:
+    """A finding for each alarm whose lifecycle seal does not hold, whose status, severity,
+    outcome or deadline is not what its latest custody entry records, or that the service found
+    altered and put back; a note counting the alarms whose lifecycle is not sealed yet."""
+    secret = reach_secret(key)
+    recorded, put_back = lifecycle_replay(entries)
+    unsealed = 0
+    for row in _rows(session):
+        where, said = f"alarm {row.id}", recorded.get(str(row.id))
+        why = None
+        if row.lifecycle_seal is None:
+            unsealed += 1
+        elif not lifecycle_holds(secret, row):
+            why = (
+                "its lifecycle's seal does not hold: its status, deadline, acknowledgement, resolution "
+                "or severity was written by someone other than the service (it is taken at its "
+                "custody record, and escalates by it)"
+            )
+        if why is None and said is not None and not row.provisional:
+            why = said.differs(row.status, row.severity, row.outcome, row.next_deadline)
+        if why is None and str(row.id) in put_back:
+            why = (
+                f"its lifecycle was found altered in the database and put back to its custody record "
+                f"(custody entry #{put_back[str(row.id)]})"
+            )
+        if why is not None:
+            report.problems.append(Problem("alarm_lifecycle_altered", where, why))
+    if unsealed:
+        report.notes.append(
+            f"{unsealed} alarm(s) have no seal on their lifecycle yet (raised before it was sealed): "
+            "`evidence upgrade-seals` seals those the custody record bears out"
+        )
+
+
+# -- rows made before seals -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnsealedLifecycle:
+    """An alarm without a lifecycle seal, as ``evidence upgrade-seals`` lists it, with why it is
+    not sealed (``refused``), if it is not."""
+
+    alarm_id: str
+    status: str
+    values: tuple[Any, ...]
+    refused: str | None
+
+    def line(self) -> str:
+        verdict = f"REFUSED: {self.refused}" if self.refused else "matches its custody record"
+        return f"alarm {self.alarm_id}: {self.status}; {verdict}"
+
+
+def unsealed_lifecycles(session: Session, entries: Iterable[SignedEntry]) -> list[UnsealedLifecycle]:
+    """Every alarm without a lifecycle seal, against what its latest custody entry records of its
+    status, severity, outcome and deadline."""
+    rows = _rows(session, _ALARMS.c.lifecycle_seal.is_(None))
+    if not rows:
+        return []
+    recorded, _ = lifecycle_replay(entries)
+    out = []
+    for row in rows:
+        said = recorded.get(str(row.id))
+        if row.provisional:
+            refused: str | None = "it is still provisional (made whole first: run this again)"
+        elif said is None:
+            refused = "no custody entry records its status (run `evidence backfill-custody` first)"
+        else:
+            refused = said.differs(row.status, row.severity, row.outcome, row.next_deadline)
+        out.append(UnsealedLifecycle(str(row.id), str(row.status), lifecycle_values(row), refused))
+    return out
+
+
+def seal_lifecycles(
+    session: Session, key: ServiceKey, entries: Iterable[SignedEntry]
+) -> list[UnsealedLifecycle]:
+    """Seal the lifecycles :func:`unsealed_lifecycles` lists that the ledger bears out, as they
+    stand (a row changed since it was read keeps none); all it listed."""
+    secret = reach_secret(key)
+    listed = unsealed_lifecycles(session, entries)
+    a = _ALARMS.c
+    for found in listed:
+        if found.refused:
+            continue
+        same = [
+            a[c].is_(None) if v is None else a[c] == v
+            for c, v in zip(LIFECYCLE_COLUMNS, found.values, strict=True)
+        ]
+        seal = lifecycle_seal(secret, found.alarm_id, found.values)
+        session.execute(
+            update(_ALARMS)
+            .where(a.id == found.alarm_id, a.lifecycle_seal.is_(None), *same)
+            .values(lifecycle_seal=seal)
+        )
+    return listed
