@@ -941,9 +941,14 @@ def test_staff_and_devices_made_before_the_ledger_recorded_them_are_adopted_once
         "1 alarm(s) have no seal yet (raised before seals), so they reach no site's readers by their "
         "row: `evidence upgrade-seals` seals those the custody record bears out"
     )
+    lifecycle_unsealed = (  # nor a seal on its lifecycle (``chain_of_custody.lifecycle_seals``)
+        "1 alarm(s) have no seal on their lifecycle yet (raised before it was sealed): "
+        "`evidence upgrade-seals` seals those the custody record bears out"
+    )
     assert [n for n in report.notes if "alarm" in n] == [
         "the site of 1 alarm(s) is not in their custody record, so not checked: ALARM-OLD",
         alarm_unsealed,
+        lifecycle_unsealed,
     ]
     with s.db.session() as session:
         listed = backfill(session, s.ledger, apply=False)
@@ -966,6 +971,7 @@ def test_staff_and_devices_made_before_the_ledger_recorded_them_are_adopted_once
         assert report.problems == [] and [n for n in report.notes if "device" in n or "alarm" in n] == [
             unsealed,
             alarm_unsealed,
+            lifecycle_unsealed,
         ]
         assert backfill(session, s.ledger, apply=False).entries == []  # once
     with s.db.session() as session:
