@@ -103,10 +103,12 @@ class Clock:
         with self.db.session() as session:
             self.open_by_custody.advance(session)
         by_custody = self.open_by_custody.open
+        seen: set[str] = set()
 
         def check(session: Session, row: AlarmRecord, outbox: list[AlarmOutbox]) -> None:
             nonlocal restored
             self.looked_at += 1
+            seen.add(row.id)
             seal = row.lifecycle_seal
             try:
                 due = rules.next_deadline(self.lifecycle.rule_of(session, row, now, by_custody.get(row.id)))
@@ -129,7 +131,21 @@ class Clock:
             or_(AlarmRecord.status != "resolved", AlarmRecord.id.in_(sorted(by_custody)))
         )
         self.outbox.claimed_pass(open_alarms, 100_000, check, isolate=False)
+        self._warn_of_missing(set(by_custody) - seen)
         return restored
+
+    def _warn_of_missing(self, unseen: set[str]) -> None:
+        """A warning naming each alarm its custody record holds open that has no row (deleted by
+        SQL: nothing can escalate it); those not seen because another instance held them are not."""
+        if not unseen:
+            return
+        with self.db.session() as session:
+            there = set(session.scalars(select(AlarmRecord.id).where(AlarmRecord.id.in_(sorted(unseen)))))
+        for alarm_id in sorted(unseen - there):
+            log.warning(
+                "an alarm its custody record holds open has no row: it was deleted in the database",
+                extra={"alarm": alarm_id},
+            )
 
     def raise_missed_checkins(self, now: datetime | None = None, limit: int = 50) -> int:
         return self.visits.raise_missed_checkins(now or self.now(), limit)

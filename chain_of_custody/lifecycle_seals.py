@@ -269,11 +269,13 @@ def check_lifecycle_seals(
 ) -> None:
     """A finding for each alarm whose lifecycle seal does not hold, whose status, severity,
     outcome or deadline is not what its latest custody entry records, or that the service found
-    altered and put back; a note counting the alarms whose lifecycle is not sealed yet."""
+    altered and put back, and for each alarm custody records whose row is gone; a note counting the
+    alarms whose lifecycle is not sealed yet."""
     secret = reach_secret(key)
     recorded, put_back = lifecycle_replay(entries)
     unsealed = 0
-    for row in _rows(session):
+    rows = _rows(session)
+    for row in rows:
         where, said = f"alarm {row.id}", recorded.get(str(row.id))
         why = None
         if row.lifecycle_seal is None:
@@ -293,6 +295,16 @@ def check_lifecycle_seals(
             )
         if why is not None:
             report.problems.append(Problem("alarm_lifecycle_altered", where, why))
+    for alarm_id in sorted(set(recorded) - {str(row.id) for row in rows}):
+        said = recorded[alarm_id]
+        report.problems.append(
+            Problem(
+                "alarm_row_missing",
+                f"alarm {alarm_id}",
+                f"custody entry #{said.seq} records it {said.status} but its row is gone (deleted in the "
+                "database: nothing escalates it)",
+            )
+        )
     if unsealed:
         report.notes.append(
             f"{unsealed} alarm(s) have no seal on their lifecycle yet (raised before it was sealed): "

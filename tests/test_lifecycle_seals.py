@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import delete, event, select, update
 
 import alarms.lifecycle
 from alarms import rules
@@ -177,3 +177,25 @@ def test_a_sweep_pass_costs_what_the_open_alarms_cost_not_the_resolved_ones(
     assert one_pass(400) == (1, 1, 0)
     with services.db.session() as session:
         assert session.scalar(select(AlarmRecord.status).where(AlarmRecord.id == open_id)) == "raised"
+
+
+def test_an_open_alarm_deleted_in_the_database_is_named_at_every_sweep(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unacknowledged SOS whose row was deleted by SQL cannot escalate: the sweep names it, as
+    its custody record still holds it open (``evidence verify`` names the missing row too)."""
+    device = enrol(services, "LW-L8", staff_id="S-L8", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos(services, device, now)
+    with services.db.session() as session:
+        session.execute(delete(AlarmRecord).where(AlarmRecord.id == alarm_id))
+    with caplog.at_level(logging.WARNING):
+        services.alarms.fire_deadlines(later(3600, now))
+    assert any(
+        getattr(r, "alarm", None) == alarm_id and "no row" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+    )
+    found = _cli(services, "verify", "--json")
+    assert found.exit_code != 0
+    assert f"alarm {alarm_id}" in found.output and "alarm_row_missing" in found.output, found.output
