@@ -97,6 +97,9 @@ class AlarmService:
         # Live alarm streams open at once, per person (the process's whole is the HTTP edge's to bound).
         self.streams = Slots(1 << 30, core.settings.max_alarm_streams_per_user)
         self.queries = AlarmQueries(core.db, self.lifecycle.seal_secret)
+        # Set by an MQTT consumer in this process: returns once it has no alarm waiting or being
+        # handled (or after a moment), and the clock's pass calls it before each piece of its work.
+        self.alarms_first: Callable[[], object] = wait_for_nothing
 
     # -- how effects leave this process ---------------------------------------------------------
 
@@ -280,9 +283,14 @@ class PassReport:
     trail_points: int = 0
 
 
-def _drain(step: Callable[[int], int], limit: int = 50) -> int:
+def wait_for_nothing() -> None:
+    """``AlarmService.alarms_first`` with no MQTT consumer in the process."""
+
+
+def _drain(step: Callable[[int], int], before: Callable[[], object], limit: int = 50) -> int:
     total = 0
     for _ in range(MAX_BATCHES):
+        before()
         done = step(limit)
         total += done
         if done < limit:
@@ -291,18 +299,28 @@ def _drain(step: Callable[[int], int], limit: int = 50) -> int:
 
 
 def run_pass(alarms: AlarmService, http: httpx.Client, now: datetime | None = None) -> PassReport:
-    """One pass over everything due now (also what tests call to move time along)."""
+    """One pass over everything due now (also what tests call to move time along).
+
+    Each piece of it (a transaction) first waits while this process's MQTT consumer has alarms in
+    hand (``AlarmService.alarms_first``, at most a moment): a pass is some ten transactions and about
+    10 ms of the interpreter's time, twice a second, and an SOS handled beside it waited for the
+    interpreter's lock at every one of its own database round trips."""
     report = PassReport()
-    report.deadlines = _drain(lambda limit: alarms.fire_deadlines(now, limit))
+    first = alarms.alarms_first
+    report.deadlines = _drain(lambda limit: alarms.fire_deadlines(now, limit), first)
     # Provisional alarms that the instance which acknowledged them did not make whole (it died, or
     # its worker for them is far behind): made whole here, after the deadlines (which never wait
     # for storage writes).
+    first()
     report.made_whole = alarms.make_provisional_alarms_whole(now, limit=50, older_than=PROVISIONAL_GRACE)
-    report.missed_checkins = _drain(lambda limit: alarms.raise_missed_checkins(now, limit))
-    report.offline = _drain(lambda limit: alarms.raise_offline(now, limit))
+    report.missed_checkins = _drain(lambda limit: alarms.raise_missed_checkins(now, limit), first)
+    report.offline = _drain(lambda limit: alarms.raise_offline(now, limit), first)
+    first()
     report.webhooks = alarms.outbox.send_webhooks(http, now)
+    first()
     report.trail_points = alarms.sample_trails(now)
     try:
+        first()
         report.evidence = alarms.store_deferred_evidence(now)
     except StorageError as exc:
         log.warning("deferred alarm evidence still waiting for object storage", extra={"error": str(exc)})

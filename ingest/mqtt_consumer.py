@@ -18,9 +18,10 @@
   waits behind heartbeats. A raised alarm is acknowledged as soon as its row is committed, and is
   provisional until a worker of its own makes it whole: stores its payload as evidence, appends its
   custody entry and opens or joins its incident (the clock's loop finishes any an instance left
-  behind). While alarms are waiting or being handled, the other workers pause at their next message (for at most
+  behind). While alarms are waiting or being handled, the other workers pause at their next message,
+  and the clock's pass in this process before its next transaction (each for at most
   ``PRIORITY_PAUSE_S``): Python threads share one interpreter lock, and an alarm's many short
-  database round trips would otherwise queue behind heartbeat work for the lock at every one.
+  database round trips would otherwise queue behind heartbeat or clock work for the lock at every one.
 - Effects (acks to devices, escalation messages) come from the outbox: published at once after the
   commit, marked sent when the broker has them, and resent by the outbox relay of any instance if
   this one failed to.
@@ -48,7 +49,7 @@ from sqlalchemy.exc import DBAPIError
 
 from alarms.intake import MESSAGES, REJECTION_LOG, REJECTIONS
 from alarms.outbox import Outgoing
-from alarms.service import AlarmService
+from alarms.service import AlarmService, wait_for_nothing
 from devices.lone_worker_wire import DEVICE_TOPICS, FirstLook, first_look, parse_topic, service_subscriptions
 from storage.objects import StorageError
 from storage.retries import (
@@ -217,8 +218,7 @@ class AlarmConsumer:
     def start(self) -> AlarmConsumer:
         """Connect in the background (retrying until the broker answers) and start the workers."""
         self._running = True
-        self.alarms.publisher = self.send
-        self.alarms.make_whole_inline = False
+        self._take_over_effects()
         # Process-wide: a thread doing CPU work hands the interpreter lock over after this long
         # (5 ms by default), which bounds what each of an alarm's database round trips can cost.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
@@ -273,13 +273,25 @@ class AlarmConsumer:
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
         self._flush_sent()
-        if self.alarms.publisher == self.send:
-            self.alarms.publisher = None
-            self.alarms.make_whole_inline = True
+        self._hand_back_effects()
         self.client.disconnect()
         self.client.loop_stop()
         CONNECTED.set(0)
         log.info("alarm consumer stopped", extra={"client_id": self.client_id, "handled": self.handled})
+
+    def _take_over_effects(self) -> None:
+        """Effects are published by this consumer, provisional alarms made whole by its worker, and
+        the clock's passes in this process go between its alarms (``alarms.service.run_pass``)."""
+        self.alarms.publisher = self.send
+        self.alarms.make_whole_inline = False
+        self.alarms.alarms_first = self._alarms_first
+
+    def _hand_back_effects(self) -> None:
+        if self.alarms.publisher == self.send:
+            self.alarms.publisher = None
+            self.alarms.make_whole_inline = True
+        if self.alarms.alarms_first == self._alarms_first:
+            self.alarms.alarms_first = wait_for_nothing
 
     @property
     def connected(self) -> bool:
