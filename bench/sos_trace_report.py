@@ -12,8 +12,10 @@ garbage collections) and the bench's own per-SOS times, and splits each SOS's pu
 - ``ack_out``: → the device has read the ack (paho's write, the broker hop back, the device's read);
 
 and, over the whole publish → ack span, how much of it overlapped a provisional alarm being made
-whole, a tree head's put, a payload's put, a telemetry batch, or a garbage collection (any process of
-the service), and the worst raw broker round trip of the probe pings sent meanwhile.
+whole, a tree head's put, a payload's put, a telemetry batch, a garbage collection (any process of
+the service), a pass of the clock, one of its 30 s sweeps or a housekeeping pass, and the worst raw
+broker round trip of the probe pings sent meanwhile. The slowest also name what else began or ended
+meanwhile (``meanwhile``: event counts by kind).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ OVERLAPS = {
     "payload_put": ("payload", "payloaded"),
     "telemetry_batch": ("batch", "batched"),
     "gc": ("gc", "gced"),
+    "clock_pass": ("pass", "passed"),
+    "clock_sweep": ("sweep", "swept"),
+    "housekeeping": ("house", "housed"),
 }
 
 
@@ -83,6 +88,16 @@ def _overlap(intervals: list[tuple[float, float, str]], a: float, b: float) -> f
     return sum(max(0.0, min(b, e) - max(a, s)) for s, e, _ in intervals)
 
 
+def _meanwhile(events: list[Event], a: float, b: float) -> dict[str, int]:
+    """How many of each kind of event (other than the SOS path's own) fell in ``[a, b]``."""
+    out: dict[str, int] = {}
+    for e in events:
+        if a <= e.at <= b and e.what not in ("recv", "handle", "handled", "publish"):
+            key = f"{e.what}:{e.detail}" if e.what in ("gc", "sweep") else e.what
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
 def breakdown(
     sos: list[dict[str, Any]], trace: Path, pings: list[tuple[float, float]], slowest_share: float = 0.02
 ) -> dict[str, Any]:
@@ -129,6 +144,8 @@ def breakdown(
         rows.append(row)
     rows.sort(key=lambda r: r["ack_ms"], reverse=True)
     slow = rows[: max(1, round(slowest_share * len(rows)))]
+    for r in slow:
+        r["meanwhile"] = _meanwhile(events, r["sent"], r["sent"] + r["ack_ms"] / 1000)
     rest = rows[len(slow) :]
     keys = [*SEGMENTS, "transaction_on_cpu", "transaction_waiting_for_cpu"]
     keys += [f"overlap_{n}" for n in OVERLAPS]
@@ -139,6 +156,7 @@ def breakdown(
     heads = intervals["tree_head_put"]
     return {
         "sos_traced": len(rows),
+        "ack_ms_by_overlap": _by_overlap(rows),
         "slowest": slow,
         "slowest_median": medians(slow),
         "others_median": medians(rest),
@@ -148,6 +166,11 @@ def breakdown(
             round(1000 * max((e - s for s, e, _ in heads), default=0.0), 2),
         ],
         "gc_longest_ms": round(1000 * max((e - s for s, e, _ in intervals["gc"]), default=0.0), 2),
+        "clock_sweeps_ms": [
+            [round(s, 3), d, round(1000 * (e - s), 2)] for s, e, d in intervals["clock_sweep"]
+        ],
+        "clock_pass_ms_p50_max": _p50_max(intervals["clock_pass"]),
+        "housekeeping_ms_p50_max": _p50_max(intervals["housekeeping"]),
         "making_whole_ms_p50_max": [
             round(1000 * statistics.median(e - s for s, e, _ in intervals["making_whole"]), 2)
             if intervals["making_whole"]
@@ -155,3 +178,28 @@ def breakdown(
             round(1000 * max((e - s for s, e, _ in intervals["making_whole"]), default=0.0), 2),
         ],
     }
+
+
+def _p50_max(spans: list[tuple[float, float, str]]) -> list[float | None]:
+    if not spans:
+        return [None, 0.0]
+    lengths = [e - s for s, e, _ in spans]
+    return [round(1000 * statistics.median(lengths), 2), round(1000 * max(lengths), 2)]
+
+
+def _by_overlap(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For each kind of other work: the SOS whose publish → ack overlapped it and those that did
+    not, how many and their ack p50 and worst (milliseconds)."""
+
+    def summary(acks: list[float]) -> dict[str, Any]:
+        return {"sos": len(acks), "p50": round(statistics.median(acks), 2) if acks else None,
+                "max": max(acks, default=None)}  # fmt: skip
+
+    out = {}
+    for name in OVERLAPS:
+        key = f"overlap_{name}"
+        out[name] = {
+            "overlapping": summary([r["ack_ms"] for r in rows if r[key] > 0]),
+            "not": summary([r["ack_ms"] for r in rows if r[key] == 0]),
+        }
+    return out

@@ -13,7 +13,12 @@ Events: ``recv`` (an alarm's message reached the network thread), ``handle``/``h
 worker's transaction and its end, after the commit), ``publish`` (the ack handed to paho),
 ``whole``/``wholed`` (a provisional alarm made whole), ``payload``/``payloaded`` (its payload's put),
 ``gather``/``gathered`` (a tree head waiting for company), ``head``/``headed`` (a tree head's put),
-``batch``/``batched`` (a batch of telemetry), ``gc``/``gced`` (a collection, with its generation).
+``batch``/``batched`` (a batch of telemetry), ``gc``/``gced`` (a collection, with its generation);
+and the service's periodic work: ``pass``/``passed`` (one pass of the clock, every 0.5 s) and
+``step``/``stepped`` (its pieces, named), ``sweep``/``swept`` (the clock's 30 s sweeps for deadlines
+changed in the database, named), ``house``/``housed`` (the 30 s housekeeping pass: checkpoint,
+uploads, viewings) and ``relay``/``relayed`` (the outbox relay marking sent what the broker took,
+every 0.2 s).
 """
 
 from __future__ import annotations
@@ -78,9 +83,13 @@ def _gc(phase: str, info: dict[str, Any]) -> None:
 
 
 def _install() -> None:
+    import alarms.service as alarm_service
+    from alarms.clock import Clock
     from alarms.intake import Intake
     from alarms.lifecycle import Lifecycle
+    from alarms.outbox import Outbox
     from alarms.payloads import PayloadEvidence
+    from alarms.visits import Visits
     from chain_of_custody.tree_heads import TreeHeadLog
     from ingest.mqtt_consumer import AlarmConsumer
 
@@ -109,16 +118,34 @@ def _install() -> None:
     _wrap(PayloadEvidence, "put", "payload", "payloaded")
     _wrap(TreeHeadLog, "_gather", "gather", "gathered")
     _wrap(TreeHeadLog, "_write", "head", "headed")
+    _wrap(alarm_service, "run_pass", "pass", "passed", sched=True)
+    _wrap(Clock, "restore_deadlines", "sweep", "swept", lambda *a, **k: "alarms", sched=True)
+    _wrap(Clock, "restore_offline_deadlines", "sweep", "swept", lambda *a, **k: "offline", sched=True)
+    _wrap(Visits, "restore_deadlines", "sweep", "swept", lambda *a, **k: "visits", sched=True)
+    _wrap(AlarmConsumer, "_flush_sent", "relay", "relayed")
+    for step in ("fire_deadlines", "raise_missed_checkins", "raise_offline", "store_deferred_evidence",
+                 "sample_trails"):  # fmt: skip
+        _wrap(alarm_service.AlarmService, step, "step", "stepped", lambda *a, _s=step, **k: _s, sched=True)
+    _wrap(Outbox, "send_webhooks", "step", "stepped", lambda *a, **k: "send_webhooks", sched=True)
     gc.callbacks.append(_gc)
+
+
+def _install_app() -> None:
+    import ingest.app as app
+
+    _wrap(app, "housekeeping_pass", "house", "housed", sched=True)
 
 
 class _AfterConsumer(importlib.abc.MetaPathFinder):
     """Installs the wrappers right after the service itself imports ``ingest.mqtt_consumer`` (which
-    imports everything wrapped): importing them here, first, would set up the service's metrics
-    before it has chosen how (its multiprocess directory)."""
+    imports everything wrapped; ``ingest.app``'s own after it): importing them here, first, would set
+    up the service's metrics before it has chosen how (its multiprocess directory)."""
+
+    def __init__(self, name: str, install: Any) -> None:
+        self.name, self.install = name, install
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "ingest.mqtt_consumer":
+        if name != self.name:
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
@@ -130,7 +157,7 @@ class _AfterConsumer(importlib.abc.MetaPathFinder):
         def exec_module(module: Any) -> None:
             run(module)
             try:
-                _install()
+                self.install()
             except Exception as exc:  # noqa: BLE001 - a trace never stops the service
                 emit("trace-not-installed", type(exc).__name__)
 
@@ -139,4 +166,5 @@ class _AfterConsumer(importlib.abc.MetaPathFinder):
 
 
 if _PATH is not None:
-    sys.meta_path.insert(0, _AfterConsumer())
+    sys.meta_path.insert(0, _AfterConsumer("ingest.mqtt_consumer", _install))
+    sys.meta_path.insert(0, _AfterConsumer("ingest.app", _install_app))
