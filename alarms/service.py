@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 PURGE_EVERY_S = 3600.0
 MAX_BATCHES = 20  # per kind of work per pass, so one pass stays short
 PROVISIONAL_GRACE = timedelta(seconds=5)  # a provisional alarm left this long is made whole by the clock
+PASS_WAITS_S = 0.5  # how long into a pass it still waits for a consumer's alarms before a transaction
 
 
 class AlarmService:
@@ -302,11 +303,17 @@ def run_pass(alarms: AlarmService, http: httpx.Client, now: datetime | None = No
     """One pass over everything due now (also what tests call to move time along).
 
     Each piece of it (a transaction) first waits while this process's MQTT consumer has alarms in
-    hand (``AlarmService.alarms_first``, at most a moment): a pass is some ten transactions and about
-    10 ms of the interpreter's time, twice a second, and an SOS handled beside it waited for the
-    interpreter's lock at every one of its own database round trips."""
+    hand (``AlarmService.alarms_first``): a pass is some ten transactions and about 10 ms of the
+    interpreter's time, twice a second, and an SOS handled beside it waited for the interpreter's
+    lock at every one of its own database round trips. A pass begins no wait after
+    ``PASS_WAITS_S`` (so under a stream of alarms its deadlines are at most about a second late)."""
     report = PassReport()
-    first = alarms.alarms_first
+    waits_until = time.monotonic() + PASS_WAITS_S
+
+    def first() -> None:
+        if time.monotonic() < waits_until:
+            alarms.alarms_first()
+
     report.deadlines = _drain(lambda limit: alarms.fire_deadlines(now, limit), first)
     # Provisional alarms that the instance which acknowledged them did not make whole (it died, or
     # its worker for them is far behind): made whole here, after the deadlines (which never wait

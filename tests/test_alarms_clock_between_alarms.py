@@ -93,3 +93,36 @@ def test_without_a_consumer_the_pass_waits_for_nothing(services: Any) -> None:
     assert services.alarms.alarms_first is wait_for_nothing
     with httpx.Client() as http:
         assert run_pass(services.alarms, http).deadlines == 0
+
+
+def test_under_a_stream_of_alarms_the_pass_stops_waiting_and_runs(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alarm always in hand: the pass waits before its first pieces only, then runs the rest."""
+    monkeypatch.setattr("ingest.mqtt_consumer.PRIORITY_PAUSE_S", 0.05)
+    monkeypatch.setattr("alarms.service.PASS_WAITS_S", 0.2)
+    consumer = AlarmConsumer(services, workers=1)
+    consumer._running = True
+    consumer._take_over_effects()
+    reached = threading.Event()
+    seen = _watch_pieces(services, monkeypatch, consumer, reached)
+    first = services.alarms.alarms_first
+    waits: list[object] = []
+
+    def counted() -> object:
+        waits.append(first())
+        return waits[-1]
+
+    monkeypatch.setattr(services.alarms, "alarms_first", counted)
+    kit = enrol(services, "LW-STREAM", staff_id="S-STREAM")
+    topic, raw = kit.sos()
+    consumer._urgent.enqueue(
+        "LW-STREAM", _Delivery(0, "LW-STREAM", topic, raw, 1, 0, False), urgent_raise=True
+    )
+    with httpx.Client() as http:
+        run_pass(services.alarms, http)
+    consumer._running = False
+
+    assert {name for name, _ in seen} == {*PIECES, "send_webhooks"}, "the whole pass ran"
+    assert all(in_hand for _, in_hand in seen)
+    assert 1 <= len(waits) <= 5, f"{len(waits)} waits of 0.05 s begun in a pass that stops after 0.2 s"
