@@ -5,7 +5,10 @@ turned head). Each face is a track with a constant-velocity Kalman filter: where
 fast it moves and how sure we are of both. A new sighting joins the track whose predicted place it
 fits (Mahalanobis distance within the filter's uncertainty), so a small face crossing the view at
 several face widths between looks stays one track; a young track starts with a wide uncertainty on
-its speed, which narrows as sightings come in. Between sightings the mask moves in a straight line
+its speed, which narrows as sightings come in. That uncertainty grows with the square of the gap,
+so a sighting must also lie within a bounded change of speed of the prediction (``join_speed``):
+a face seen once and gone is not joined to another face across the picture, its mask swept
+between them. Between sightings the mask moves in a straight line
 (the sightings on both sides are known by the time a frame is drawn); before the first sighting and
 after the last it is held for a few frames along the track's velocity, at the face's own size; a
 face seen only once, in the dark, is held for fewer (a lone night detection is as likely noise as
@@ -56,6 +59,11 @@ class TrackingSettings:
     (and its confidence and brightness are taken over the same sightings, ``TrackedBox``).
     ``keep_unconfirmed``: the hold before and after a track with a single sighting found darker
     than ``unconfirmed_dark`` (``Detection.luma``), instead of ``keep_before``/``keep_after``.
+    ``join_speed``: a sighting joins a track only if reaching it from the track's prediction takes
+    a change of speed of at most this many times a new track's speed spread (pixels a frame,
+    over the frames since the track's last sighting, beyond the sightings' own spread). The
+    statistical gate alone grows with the square of the gap for a track whose speed is not yet
+    known, so ten frames after a lone sighting it took a face anywhere in the picture for it.
     """
 
     max_gap: int = 30
@@ -73,6 +81,7 @@ class TrackingSettings:
     lean_span: int = 15
     keep_unconfirmed: int = 2
     unconfirmed_dark: float = 40.0
+    join_speed: float = 2.0
 
     @property
     def horizon(self) -> int:
@@ -112,6 +121,7 @@ class _Kalman:
     def __init__(self, cx: float, cy: float, size: float, s: TrackingSettings) -> None:
         self.s = s
         v = min(s.speed_cap, max(s.speed_min, s.speed_prior * size))
+        self.speed_spread = v
         r = s.measure * size + 1.0
         self.x = np.array([cx, cy, 0.0, 0.0])
         self.P = np.diag([r * r, r * r, v * v, v * v])
@@ -265,6 +275,8 @@ class FaceTracker:
                     continue
                 d2, _ = track.kalman.innovation(dt, size, det.box.cx, det.box.cy)
                 overlap = iou(predicted, det.box)
+                if not self._reachable(track, dt, predicted, det.box):
+                    continue
                 if d2 <= s.gate or overlap >= 0.3:
                     # Overlap first, then the statistical distance.
                     pairs.append((d2 - 100.0 * overlap, ti, di))
@@ -291,6 +303,14 @@ class FaceTracker:
             self._tracks.append(track)
             started.append(track.id)
         return started
+
+    def _reachable(self, track: _Track, dt: int, predicted: Box, found: Box) -> bool:
+        """Whether a sighting lies within the speed a track may change by (``join_speed``) of
+        where the track should be after ``dt`` frames."""
+        s = self.settings
+        off = float(np.hypot(found.cx - predicted.cx, found.cy - predicted.cy))
+        slack = 2.0 * (s.measure * track.size + 1.0)
+        return (off - slack) / max(1, dt) <= s.join_speed * track.kalman.speed_spread
 
     def earliest(self, track_id: int) -> tuple[int, Box] | None:
         """A track's first sighting: its frame and box (frame pixels), or None for an unknown track."""

@@ -263,3 +263,45 @@ def _frames(path: Path) -> list[bytes]:
 
     with FrameReader(path, probe(path)) as reader:
         return [hashlib.sha256(np.ascontiguousarray(f.buffer).data).digest() for f in reader]
+
+
+def test_a_face_seen_once_is_not_joined_to_another_face_across_the_picture(tmp_path: Path) -> None:
+    """Real faces on a wall: a face is in view for one frame only (it turns away), and ten
+    frames later another face comes into view 950 px to its right. A track seen once has no
+    speed yet, and its statistical gate grows with the square of the gap, so the two were joined
+    into one track: its mask swept across the empty wall between them (non-face pixels hidden)
+    and left where the first face was seen after one frame instead of being held there."""
+    from firmware_simulators.scene import face_sources
+    from firmware_simulators.shots import _paste, _wall
+    from redaction.media import ffmpeg_exe
+
+    width, height, fps = 1280, 720, 30
+    wall = _wall(width, height, seed=7)[:height, :width]
+    sources = face_sources()
+    first, second = sources[-1], sources[10]
+    src = tmp_path / "once.mp4"
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24"]
+    cmd += ["-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0", "-c:v", "libx264"]
+    cmd += ["-preset", "veryfast", "-crf", "16", "-pix_fmt", "yuv420p", str(src)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    boxes: dict[int, list[Box]] = {}
+    for index in range(30):
+        image = wall.copy()
+        if index == 0:
+            boxes.setdefault(index, []).append(Box(*_paste(image, first, 150, 360, 90)))
+        if index >= 10:
+            boxes.setdefault(index, []).append(Box(*_paste(image, second, 1100, 360, 90)))
+        proc.stdin.write(image.tobytes())
+    proc.stdin.close()
+    assert proc.wait() == 0
+    result = redact_clip(src, tmp_path / "out.mp4", SOLID)
+    seen = boxes[0][0]
+    assert covered(seen, masks_in(result.record[0]), width, height) >= 0.9
+    assert covered(boxes[10][0], masks_in(result.record[10]), width, height) >= 0.9
+    # Held where it was seen for the hold after a sighting, never swept across the wall.
+    for index in range(1, 1 + SOLID.tracking.keep_after):
+        assert covered(seen, masks_in(result.record[index]), width, height) >= 0.9, index
+    middle = Box(400, 0, 450, height)
+    for index in range(1, 10):
+        assert covered(middle, masks_in(result.record[index]), width, height) == 0, index

@@ -165,3 +165,26 @@ def test_sightings_without_a_lean_keep_the_detectors_box() -> None:
     for frame in range(3):
         tracker.observe(frame, [det(100, 100)])
     assert [b.box for b in tracker.boxes_at(1)] == [Box(100, 100, 40, 40)]
+
+
+def test_a_lone_sighting_does_not_join_a_face_far_across_the_picture_after_a_gap() -> None:
+    """A face seen once (its speed unknown) leaves the picture; ten frames later another face is
+    found 900 px away. The statistical gate of a track without a speed grows with the square of
+    the gap, so it took the new face for the old one and the mask flew across the picture between
+    them, leaving the first face bare right after its sighting."""
+    tracker = FaceTracker(plain(max_gap=30, keep_before=3, keep_after=4))
+    tracker.observe(0, [det(100, 300, size=99)])
+    tracker.observe(10, [det(1000, 300, size=99)])
+    assert tracker.track_count == 2
+    held = tracker.boxes_at(2)
+    assert [b.kind for b in held] == ["extended"]
+    assert held[0].box.x == pytest.approx(100)
+
+
+def test_a_fast_face_seen_again_after_a_gap_still_joins_its_track() -> None:
+    """A 26 px face crossing at 14 px a frame, seen at frames 0 and 6: one track (the bound on a
+    track's change of speed leaves a walker at a distance joined)."""
+    tracker = FaceTracker(plain(max_gap=30))
+    tracker.observe(0, [det(40, 200, size=26)])
+    tracker.observe(6, [det(40 + 14 * 6, 200, size=26)])
+    assert tracker.track_count == 1
