@@ -309,6 +309,16 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
         link_target(
             session, services.ledger, incident_id, "evidence", item.id, "user:admin", "the long recording"
         )
+    kept_later: dict[str, Any] = {}
+    if ctx.get("lists_kept_later"):  # as ``evidence keep-block-lists --yes`` does after an upgrade
+        from chain_of_custody.later_lists import keep_lists
+
+        t = time.perf_counter()
+        lines = keep_lists(services.db, services.ledger, services.store, yes=True)
+        kept_later = {
+            "keep_block_lists_s": round(time.perf_counter() - t, 2),
+            "kept": [x.line() for x in lines],
+        }
     page.goto(f"{base}/incidents")
     net = _network_log(page)
     found = page.evaluate(
@@ -359,6 +369,7 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
     return {
         "clip_bytes": size,
         "block_list": ctx.get("block_list", True),
+        "lists_kept_later": kept_later or None,
         "preload": ctx["preload"],
         "clip_seconds": found["duration"],
         "store_put_s": round(stored_s, 1),
@@ -628,6 +639,13 @@ def main() -> None:
         help="record the seek phase's clip without its block list, as an item stored before lists "
         "were kept: its first range waits for the whole check of the object (the seek path's fallback)",
     )
+    parser.add_argument(
+        "--lists-kept-later",
+        action="store_true",
+        help="with --no-block-list: give the clip its block list as `evidence keep-block-lists --yes` "
+        "does for items stored before lists were kept (a whole check, the list kept on custody) "
+        "before the player opens it",
+    )
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of a scratch PostgreSQL")
     parser.add_argument("--out", default="workspace")
     args = parser.parse_args()
@@ -678,6 +696,7 @@ def main() -> None:
                 "work": work,
                 "seek_gb": args.seek_gb,
                 "block_list": not args.no_block_list,
+                "lists_kept_later": args.lists_kept_later,
                 "seeks": args.seeks,
                 "preload": args.preload,
                 "trace": args.trace,

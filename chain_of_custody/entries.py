@@ -24,6 +24,9 @@ class CustodyAction(StrEnum):
     RECEIVED = "received"
     STORED = "stored"
     VERIFIED = "verified"
+    # An item stored before block lists were kept given its list, from a whole check of its object
+    # that matched its record (``later_lists``): the entry commits to the list.
+    BLOCKS_LISTED = "blocks_listed"
     VIEWED = "viewed"  # a read; a player's ranges open a viewing with it (``viewings``)
     VIEWING_CLOSED = "viewing_closed"  # a viewing sealed: its ranges counted and hashed
     QUARANTINED = "quarantined"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from storage.objects import ObjectStore, StoredObject
 from storage.streams import BlocksOnThread
 
 from . import read_checks
-from .block_lists import digests_of, keep_block_list, list_problem
+from .block_lists import commitment_entry, digests_of, entry_blocks, keep_block_list, list_problem
 from .entries import CustodyAction, check_entry
 from .fixity import FixityCheck, checked_range
 from .ledger import Ledger
@@ -237,21 +236,31 @@ def trusted_record(session: Session, ledger: Ledger, item: EvidenceItem, *, seen
 
 
 class BlockListAltered(RecordUntrusted):
-    """The item's block list no longer says what its signed ``stored`` entry commits to."""
+    """The item's block list no longer says what its signed custody record commits to."""
 
 
 def listed_blocks(session: Session, ledger: Ledger, item: EvidenceItem) -> tuple[bytes, ...] | None:
     """The item's block list (``block_lists``) once it is found to say what the item's signed
-    ``stored`` entry commits to (BlockListAltered otherwise); None for an item with none, or whose
-    entry fails its own check: its ranges are checked whole, and the read's check of its record
-    (``trusted_record``, before anything is served) refuses it."""
+    ``stored`` entry commits to, or its signed ``blocks_listed`` entry for a list kept after a whole
+    check (``later_lists``) (BlockListAltered otherwise); None for an item with none, or whose
+    ``stored`` entry fails its own check: its ranges are checked whole, and the read's check of its
+    record (``trusted_record``, before anything is served) refuses it."""
     row = session.get(EvidenceBlockList, item.id)
     if row is None:
         return None
-    entry = Ledger.stored_entry(session, item.id)
-    if entry is None or check_entry(entry, ledger.verifier):
+    entry = commitment_entry(session, item.id)
+    stored = (
+        entry
+        if entry is not None and entry.body.action == "stored"
+        else Ledger.stored_entry(session, item.id)
+    )
+    if stored is None or check_entry(stored, ledger.verifier):
         return None
-    problem = list_problem(row, json.loads(entry.body.details).get("blocks"), item.size)
+    if entry is not None and entry is not stored and check_entry(entry, ledger.verifier):
+        raise BlockListAltered(
+            f"evidence item {item.id}: the custody entry #{entry.body.seq} committing to its block list fails its check"
+        )
+    problem = list_problem(row, entry_blocks(entry, item.sha256, item.size), item.size)
     if problem is not None:
         raise BlockListAltered(f"evidence item {item.id}: {problem}")
     return digests_of(row)

@@ -42,6 +42,7 @@ from .evidence import (
     trusted_record,
 )
 from .fixity import FixityCheck, ObjectAltered
+from .later_lists import keep_checked_list
 from .models import EvidenceItem
 from .read_checks import (
     BLOCK,
@@ -102,7 +103,9 @@ def _whole_check_starter(
     """What starts a whole check of the item's object for ``VERIFIED.join``: it takes a slot of
     ``WHOLE_CHECKS`` (``ReadBusy`` when none is free: 429 when the caller's own share is taken, 503
     otherwise) and reads the object on a thread of its own, keeping its block digests when it
-    matches its record and quarantining the item (once) when it does not."""
+    matches its record and quarantining the item (once) when it does not. Once the reads waiting on
+    it have their answer, a check that matched keeps the item's block list in the database, with a
+    signed entry committing to it (``later_lists``), so no process checks it whole again."""
     key = object_key(item)
     on_altered = quarantine_hook(s.db, s.ledger, item.id, where)
 
@@ -135,10 +138,24 @@ def _whole_check_starter(
                 return
             WHOLE_CHECKS.give_back(actor)
             check.result.set_result((fixity, digests))
+            if fixity.ok:
+                _keep_list(s, item, digests)
 
         threading.Thread(target=run, name="evidence-whole-check", daemon=True).start()
 
     return start
+
+
+def _keep_list(s: CoreServices, item: EvidenceItem, digests: list[bytes]) -> None:
+    """Keep the block list a whole check took (``later_lists.keep_checked_list``); a failure to keep
+    it costs only the next process's whole check, so it is logged, not raised."""
+    try:
+        kept = keep_checked_list(s.db, s.ledger, item, digests, "a ranged read's whole check")
+    except Exception:  # noqa: BLE001 - on the check's own thread: nobody else would see it
+        log.exception("block list not kept after a whole check", extra={"item": item.id})
+        return
+    if kept:
+        log.info("block list kept after a whole check", extra={"item": item.id, "blocks": len(digests)})
 
 
 AHEAD_FROM_BYTES = 8 * BLOCK  # smaller objects are checked whole by their first range at little cost

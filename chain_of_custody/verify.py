@@ -19,7 +19,7 @@ from storage.objects import ObjectStore, StorageError
 
 from . import package_layout
 from .alarm_seals import check_alarm_seals
-from .block_lists import list_problem
+from .block_lists import LISTED, details_blocks, list_problem, listed_commitments
 from .checkpoints import read_checkpoints
 from .entries import (
     ChainReport,
@@ -222,6 +222,7 @@ def verify_service(
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")
     records = _stored_records(session)
+    listed_later = listed_commitments(session)  # lists kept after a whole check (``later_lists``)
     deleted = _deleted_items(session)
     quarantined = _quarantined_items(session)
     q = select(EvidenceItem)
@@ -243,6 +244,8 @@ def verify_service(
         for detail in row_disagreements(item, rec):
             report.problems.append(Problem("item_row_altered", where, detail))
         committed = rec.get("blocks")
+        if committed is None and item.id in listed_later:
+            committed = details_blocks(LISTED, listed_later[item.id], str(rec["sha256"]), item.size)
         listed = list_problem(
             session.get(EvidenceBlockList, item.id),
             committed if isinstance(committed, dict) else None,

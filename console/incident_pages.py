@@ -237,6 +237,7 @@ ACTIONS = {
     "custody:linked": "linked (custody)",
     "custody:unlinked": "unlinked (custody)",
     "custody:stored": "evidence stored",
+    "custody:blocks_listed": "checked whole, block digests kept",
     "custody:quarantined": "quarantined",
     "custody:deleted": "deleted",
 }

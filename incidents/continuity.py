@@ -32,6 +32,11 @@ WHAT = {
         "Checked against the device's own hash and signature",
         "the bytes stored are the bytes the device recorded",
     ),
+    "blocks_listed": (
+        "Checked whole and its block digests kept",
+        "the stored bytes were read whole and matched the recorded hash; the digest of each 256 KiB "
+        "block was kept so that later partial reads are checked block by block",
+    ),
     "quarantined": (
         "Quarantined",
         "the item did not check: it is kept, but not served or exported as evidence",

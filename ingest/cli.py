@@ -369,6 +369,36 @@ def incident_windows(
     raise typer.Exit(1 if findings and not apply else 0)
 
 
+@app.command("keep-block-lists")
+def keep_block_lists(
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", help="Read each one whole, check it and keep its list (without it: only list them)"
+        ),
+    ] = False,
+) -> None:
+    """Give every item stored before block lists were kept its list, once: its object read whole,
+    checked against its record, the list kept with a signed ``blocks_listed`` custody entry, so a
+    player's first seek into it no longer waits for a whole check. An object that no longer matches
+    is quarantined. Exits 1 when one was refused."""
+    from chain_of_custody.later_lists import keep_lists
+
+    s = _services(existing=True)
+    try:
+        lines = keep_lists(s.db, s.ledger, s.store, yes)
+    finally:
+        s.close()
+    for line in lines:
+        out.print(line.line(), markup=False, highlight=False, soft_wrap=True)
+    refused = sum(1 for line in lines if line.refused)
+    done = "kept" if yes else "to keep: run again with --yes to keep them"
+    console.print(f"{len(lines) - refused} block list(s) {done}")
+    if refused:
+        console.print(f"[yellow]{refused} item(s) refused: the reason is on each line[/yellow]")
+    raise typer.Exit(1 if refused else 0)
+
+
 @app.command()
 def sweep(
     as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON")] = False,

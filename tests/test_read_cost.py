@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from chain_of_custody.models import ViewingSession
+from chain_of_custody.models import EvidenceBlockList, ViewingSession
 from chain_of_custody.read_checks import BLOCK, VERIFIED, WHOLE_CHECKS, Abandoned, object_key, verify_whole
-from tests.conftest import start_server
+from tests.conftest import start_server, wait_for
 from tests.test_incidents_kit import bearer, store_item, user
 
 SIZE = 8 * BLOCK + 123
@@ -173,7 +173,6 @@ def test_a_players_first_read_checks_the_whole_ahead_of_its_seeks(served: Any) -
     """A player's first read (``Range: bytes=0-``, dropped once it has the index) starts the whole
     check its first seek would otherwise wait for, and it runs to its end with nobody waiting: the
     seek then reads only its blocks. A download (no ``Range``) and a small object start none."""
-    from tests.conftest import wait_for
 
     s, url = served
     user(s, "boss", "admin")
@@ -209,8 +208,6 @@ def test_a_dropped_range_stops_its_stream_and_store_read_at_once(served: Any) ->
     it never does: it is off), so no read keeps a store connection or a thread for a gone client."""
     import gc
 
-    from tests.conftest import wait_for
-
     s, url = served
     user(s, "boss", "admin")
     admin = bearer(s, "boss")
@@ -245,6 +242,11 @@ def test_a_dropped_range_stops_its_stream_and_store_read_at_once(served: Any) ->
     finally:
         gc.enable()
         store.read = original
+
+
+def _list_kept(s: Any, item_id: str) -> bool:
+    with s.db.reading() as session:
+        return session.get(EvidenceBlockList, item_id) is not None
 
 
 def test_the_next_range_from_where_a_player_stopped_reads_no_block_twice(served: Any) -> None:
@@ -284,7 +286,10 @@ def test_the_next_range_from_where_a_player_stopped_reads_no_block_twice(served:
         assert offsets == [BLOCK, 4 * BLOCK]
         VERIFIED.forget(object_key(clip))  # e.g. a block found altered: nothing held is served
         assert VERIFIED.recent_block(object_key(clip), 3) is None
+        wait_for(lambda: _list_kept(s, clip.id), what="the block list its whole check kept")
         assert ranged(3 * BLOCK, 3 * BLOCK + 99) == data[3 * BLOCK : 3 * BLOCK + 100]
-        assert offsets[-2:] == [0, 3 * BLOCK]  # checked whole again, then its block read
+        # Its block read from the store again, not served as held; its digests now come from the
+        # block list its first whole check kept (``later_lists``), not from a second whole check.
+        assert offsets == [BLOCK, 4 * BLOCK, 3 * BLOCK]
     finally:
         s.store.read = original

@@ -16,6 +16,7 @@ ACTION_WORDS = {
     "received": "Received by the service",
     "stored": "Stored write-once and hashed",
     "verified": "Integrity and device signature verified",
+    "blocks_listed": "Checked whole against its hash; its block digests kept for ranged reads",
     "quarantined": "Quarantined (did not check out on arrival)",
     "viewed": "Viewed or downloaded",
     "viewing_closed": "Viewing closed and sealed (its ranges counted and hashed)",
