@@ -189,3 +189,35 @@ def test_a_list_kept_later_then_edited_is_refused_and_one_removed_is_not_kept_ag
     found = _verify(s, edited.id, removed.id)
     assert sorted(kind for kind, _ in found) == ["block_list_altered", "block_list_altered"], found
     assert {edited.id in where for _, where in found} == {True, False}
+
+
+def test_the_command_lists_then_keeps_and_says_so(services: Any, tmp_path: Any) -> None:
+    """``evidence keep-block-lists`` (the installed command, on the service's own settings): without
+    ``--yes`` it lists and keeps nothing; with it, each list kept, a line each; exit 0."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import settings_env
+
+    s = services
+    item = store_item(s, data=os.urandom(3 * BLOCK), block_list=False)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "evidence"), "keep-block-lists", *args],
+            env=settings_env(s.settings),
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
+
+    listed = run()
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert f"{item.id} ({3 * BLOCK} bytes): would be read whole" in listed.stdout
+    assert _listed_entries(s, item.id) == []
+    kept = run("--yes")
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    assert f"{item.id} ({3 * BLOCK} bytes): block list kept (3 blocks)" in kept.stdout
+    assert len(_listed_entries(s, item.id)) == 1
