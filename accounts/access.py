@@ -85,7 +85,9 @@ def current_user(
         if browser is not None:
             return browser.principal
         raise Unauthenticated("authentication required", headers={"WWW-Authenticate": "Bearer"})
-    with s.db.session() as session:
+    # A token's sign-in only reads (a console session's may end or touch its row): on SQLite it
+    # waits for no writer, so a request that itself only reads answers while a long write runs.
+    with s.db.reading() as session:
         principal = resolve_token(session, creds.credentials, SignInSeals.of(s.key))
     if principal is None:
         log.info("rejected user token")

@@ -549,7 +549,7 @@ def _disclosure_pages(
 def get_export(
     export_id: str, user: Viewer = exporters, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
-    with s.db.session() as session:
+    with s.db.reading() as session:  # a status poll only reads: it never queues behind a build's writes
         return _job_seen(session, user, readable_job(session, user, export_id, s.key), s.key)
 
 

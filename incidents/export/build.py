@@ -442,7 +442,7 @@ def build_package(
         }
         people = people_names(session, ledger.key, actors)
     request = replace(request, exhibits=refs, people=people)
-    with db.session() as session:
+    with db.reading() as session:  # the reads take no write lock: other writers go on meanwhile
         entries = {it.id: Ledger.item_entries(session, it.id) for it in items}
         foreign = foreign_markers(session, entries, request.incident.get("id"))
     chains = {item_id: [e.to_json() for e in signed] for item_id, signed in entries.items()}
@@ -463,7 +463,7 @@ def build_package(
     shown = {
         i: own_chain(i, chain, request.export_id, foreign, request.outside) for i, chain in chains.items()
     }
-    with db.session() as session:
+    with db.reading() as session:
         ranges = viewing_range_lists(session, shown)
     log = (
         ledger.tree_heads.inclusion([e["seq"] for c in chains.values() for e in c], db.engine)
