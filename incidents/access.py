@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
+from functools import cache
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -43,7 +44,7 @@ from accounts.access import sees_site, site_scope, sites_seen
 from chain_of_custody.alarm_seals import alarm_holds
 from chain_of_custody.entries import viewings_whole, withhold
 from chain_of_custody.keys import ServiceKey
-from chain_of_custody.models import CustodyEntry, EvidenceItem
+from chain_of_custody.models import CustodyEntry, EvidenceItem, named_alarm
 from chain_of_custody.reach_seals import SiteReach, reach_secret, site_reach, staff_holds
 from devices.models import Device, StaffMember
 
@@ -136,6 +137,7 @@ def visible_incident(
 _STEP_ACTIONS: list[ColumnElement[Any]] = [literal_column("'linked'"), literal_column("'unlinked'")]
 
 
+@cache
 def link_on_custody() -> ColumnElement[bool]:
     """A WHERE clause on ``IncidentLink``: the ledger's latest ``linked``/``unlinked`` entry for the
     link's incident and item is the ``linked`` entry naming this row. A link row put in the database
@@ -147,18 +149,26 @@ def link_on_custody() -> ColumnElement[bool]:
     return _latest_step_is_this_link(lambda step: step.item_id == IncidentLink.target_id)
 
 
+@cache
 def alarm_link_on_custody() -> ColumnElement[bool]:
     """:func:`link_on_custody` for a link of an alarm: an alarm is no evidence item, so its link
     steps are the ledger's own entries (of no item) naming the alarm and the incident
     (``service.link_target``). An alarm's link row moved to another incident by SQL (or planted
     there) has none: the alarm, its kind, status and wearer are not shown on that incident. The
-    look-up reads the ledger's alarm link steps (the same partial index, its entries of no item)."""
+    look-up reads that alarm's link steps, by the alarm their details name at the top, as the
+    ledger's replay reads them (``ix_custody_entries_alarm_link_steps``): one search a link, not a
+    scan of every alarm's link steps."""
     alarm_named = literal('"alarm":"') + IncidentLink.target_id + literal('"')
     return _latest_step_is_this_link(
-        lambda step: and_(step.item_id.is_(None), step.details.contains(alarm_named))
+        lambda step: and_(
+            named_alarm(step.details) == IncidentLink.target_id,
+            step.item_id.is_(None),
+            step.details.contains(alarm_named),
+        )
     )
 
 
+@cache
 def link_holds() -> ColumnElement[bool]:
     """A WHERE clause on ``IncidentLink``: the link, of evidence or of an alarm, is as the ledger
     recorded it (:func:`link_on_custody`, :func:`alarm_link_on_custody`). What an incident's view,
@@ -178,7 +188,13 @@ def link_recorded(session: Session, link_id: int) -> bool:
 def _latest_step_is_this_link(names_target: Callable[[Any], ColumnElement[bool]]) -> ColumnElement[bool]:
     """Whether the latest link step (``linked``/``unlinked``) for the link's incident, among the
     entries ``names_target`` selects (given an alias of ``CustodyEntry``), is the ``linked`` entry
-    naming this link row."""
+    naming this link row.
+
+    The clause names no value of its own (it correlates with the link row of the query it is in),
+    so each rule that uses it is built once per process and shared (``functools.cache``): a clause
+    is immutable, and building its aliases and nested selects anew cost more than running it on an
+    incident's links. Sharing one in several places of a statement (a scope nested by derivation)
+    is as sound as several copies: each place correlates with its own enclosing link row."""
     step, last = aliased(CustodyEntry), aliased(CustodyEntry)
     incident_named = literal('"incident_id":"') + IncidentLink.incident_id + literal('"')
     link_named = literal('"link":') + cast(IncidentLink.id, String) + literal(",")
