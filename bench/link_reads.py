@@ -40,16 +40,37 @@ class Reader:
         self.reach = SiteReach()
 
 
+def bench_clip(session: Any, ledger: Any, n: int, now: datetime, prefix: str, wearers: int) -> Any:
+    """Clip ``n`` of a fill (its object named under ``prefix``, worn by one of ``wearers``), recorded
+    as the service records one, without its bytes in storage."""
+    from chain_of_custody.evidence import Provenance, record_evidence
+    from storage.objects import StoredObject
+
+    sha = hashlib.sha256(n.to_bytes(4, "big")).hexdigest()
+    return record_evidence(
+        session,
+        ledger,
+        StoredObject("evidence", f"{prefix}/{n:06d}", "v1", 1024, sha),
+        Provenance(
+            kind="clip",
+            actor="bench",
+            wearer=f"W-{n % wearers:03d}",
+            captured_start=now - timedelta(seconds=n),
+            captured_stop=now - timedelta(seconds=n - 30),
+            content_type="video/mp4",
+        ),
+        block_list=False,
+    )
+
+
 def fill(url: str, incidents: int, items: int, work: Path) -> None:
     """``incidents`` incidents and ``items`` clips, each clip linked to one incident, every fifth
     also linked to a second and unlinked from it again (the ledger's link steps and rows both)."""
-    from chain_of_custody.evidence import Provenance, record_evidence
     from chain_of_custody.keys import ServiceKey
     from chain_of_custody.ledger import Ledger
     from incidents.service import IncidentDraft, create_incident, link_evidence, unlink_evidence
     from ingest.migrations_runner import upgrade_database
     from storage.db import Database
-    from storage.objects import StoredObject
 
     upgrade_database(url)
     db, ledger = Database(url), Ledger(ServiceKey.load_or_create(work / "service.key"))
@@ -67,21 +88,7 @@ def fill(url: str, incidents: int, items: int, work: Path) -> None:
     for start in range(0, items, 500):
         with db.session() as session:
             for n in range(start, min(items, start + 500)):
-                sha = hashlib.sha256(n.to_bytes(4, "big")).hexdigest()
-                item = record_evidence(
-                    session,
-                    ledger,
-                    StoredObject("evidence", f"bench/{n:06d}", "v1", 1024, sha),
-                    Provenance(
-                        kind="clip",
-                        actor="bench",
-                        wearer=f"W-{n % 300:03d}",
-                        captured_start=now - timedelta(seconds=n),
-                        captured_stop=now - timedelta(seconds=n - 30),
-                        content_type="video/mp4",
-                    ),
-                    block_list=False,
-                )
+                item = bench_clip(session, ledger, n, now, "bench", 300)
                 link_evidence(session, ledger, ids[n % incidents], item.id, "user:bench", "bench")
                 if n % 5 == 0:
                     other = ids[(n + 1) % incidents]
