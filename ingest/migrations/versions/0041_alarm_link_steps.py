@@ -7,14 +7,14 @@ item, so the item index (``0027_custody_link_steps``) gave every alarm link of a
 every alarm's link steps in the ledger; this index makes it one search by alarm. The expression is
 the one ``chain_of_custody.models.named_alarm`` spells for each database.
 
-Revision ID: 0040_alarm_link_steps
-Revises: 0039_heard_seals
+Revision ID: 0041_alarm_link_steps
+Revises: 0040_lifecycle_seals
 """
 
 from alembic import op
 
-revision = "0040_alarm_link_steps"
-down_revision = "0039_heard_seals"
+revision = "0041_alarm_link_steps"
+down_revision = "0040_lifecycle_seals"
 branch_labels = None
 depends_on = None
 
