@@ -160,7 +160,9 @@ def unrecorded_ends(session: Session, secret: bytes, now: datetime | None = None
     recorded)."""
     now = now or datetime.now(UTC)
     recorded = set(
-        session.scalars(select(CustodyEntry.item_id).where(CustodyEntry.action == "credential_ended"))
+        session.scalars(
+            select(CustodyEntry.item_id).where(CustodyEntry.action == CustodyAction.CREDENTIAL_ENDED)
+        )
     )
     found: list[UnrecordedEnd] = []
     tokens = session.execute(

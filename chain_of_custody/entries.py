@@ -125,7 +125,9 @@ def details_name(entry: dict[str, Any], markers: Iterable[str]) -> bool:
 
 def _viewing_of(entry: dict[str, Any]) -> str | None:
     details = entry.get("details") or {}
-    if entry.get("action") in ("viewed", "viewing_closed") and isinstance(details, dict):
+    if entry.get("action") in (CustodyAction.VIEWED, CustodyAction.VIEWING_CLOSED) and isinstance(
+        details, dict
+    ):
         viewing = details.get("viewing")
         return None if viewing is None else str(viewing)
     return None
@@ -224,7 +226,7 @@ Verifier = Callable[[str, bytes], bool]  # (signature_b64, message) -> valid
 def viewing_named(entry: SignedEntry) -> str | None:
     """The viewing a ``viewed`` opening or a ``viewing_closed`` seal names (None for any other entry,
     a whole read, or details that are not a JSON object)."""
-    if entry.body.action not in ("viewed", "viewing_closed"):
+    if entry.body.action not in (CustodyAction.VIEWED, CustodyAction.VIEWING_CLOSED):
         return None
     try:
         details = json.loads(entry.body.details)

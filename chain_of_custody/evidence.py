@@ -251,7 +251,7 @@ def listed_blocks(session: Session, ledger: Ledger, item: EvidenceItem) -> tuple
     entry = commitment_entry(session, item.id)
     stored = (
         entry
-        if entry is not None and entry.body.action == "stored"
+        if entry is not None and entry.body.action == CustodyAction.STORED
         else Ledger.stored_entry(session, item.id)
     )
     if stored is None or check_entry(stored, ledger.verifier):

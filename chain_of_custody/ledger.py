@@ -116,7 +116,7 @@ class Ledger:
     def append(
         self,
         session: Session,
-        action: CustodyAction | str,
+        action: CustodyAction,
         actor: str,
         *,
         item_id: str | None = None,
@@ -129,7 +129,7 @@ class Ledger:
         ``new_item``: the item's row was made in this transaction under a new id, so it has no entry
         yet and none is looked for (the unique ``(item_id, item_seq)`` index is the backstop)."""
         try:
-            action = CustodyAction(action).value
+            name = CustodyAction(action).value  # the type says so; a caller without types may not
         except ValueError:
             raise ValueError(f"unknown custody action {action!r}") from None
         if self.tree_heads is not None:  # before waiting for the head row: a head being stored waits for it
@@ -158,7 +158,7 @@ class Ledger:
             seq=head.last_seq + 1,
             id=str(uuid.uuid4()),
             at=rfc3339(at or datetime.now(UTC)),
-            action=action,
+            action=name,
             actor=actor,
             item_id=item_id,
             item_seq=item_seq,
@@ -173,7 +173,7 @@ class Ledger:
             seq=body.seq,
             id=body.id,
             at=body.at,
-            action=action,
+            action=name,
             actor=actor,
             item_id=item_id,
             item_seq=item_seq,
@@ -218,7 +218,7 @@ class Ledger:
         """The item's ``stored`` entry: what its object is, as recorded when it arrived."""
         row = session.scalars(
             select(CustodyEntry)
-            .where(CustodyEntry.item_id == item_id, CustodyEntry.action == "stored")
+            .where(CustodyEntry.item_id == item_id, CustodyEntry.action == CustodyAction.STORED)
             .order_by(CustodyEntry.item_seq)
             .limit(1)
         ).first()
@@ -229,7 +229,7 @@ class Ledger:
         """The item's first ``quarantined`` entry, if custody holds one (nothing releases it)."""
         return session.scalar(
             select(func.min(CustodyEntry.seq)).where(
-                CustodyEntry.action == "quarantined", CustodyEntry.item_id == item_id
+                CustodyEntry.action == CustodyAction.QUARANTINED, CustodyEntry.item_id == item_id
             )
         )
 

@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .entries import CustodyAction
+
 FORMAT = "evidence-export/1"
 
 MANIFEST = "manifest.json"
@@ -243,7 +245,7 @@ def parse_sha256sums(text: bytes) -> list[tuple[str, str]]:
 def stored_details(entries: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     """The details of an item's 'stored' custody entry: what the ledger says the object is."""
     for e in entries:
-        if e.get("action") == "stored":
+        if e.get("action") == CustodyAction.STORED:
             details = e.get("details")
             return details if isinstance(details, dict) else None
     return None

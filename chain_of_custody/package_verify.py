@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .entries import ChainReport, Problem, SignedEntry, check_item_chain, viewing_named
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry, check_item_chain, viewing_named
 from .hashing import sha256_stream
 from .keys import public_key_fingerprint, verify_signature
 from .manifest import (
@@ -504,7 +504,7 @@ def _check_viewings(
         if viewing is None:
             continue
         where = f"custody entry #{e.body.seq} ({cpath})"
-        if e.body.action == "viewed":
+        if e.body.action == CustodyAction.VIEWED:
             if viewing in opens:
                 report.problems.append(
                     Problem(

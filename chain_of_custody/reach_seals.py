@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import column, select, table, update
 from sqlalchemy.orm import Session
 
-from .entries import ChainReport, Problem, SignedEntry
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry
 from .keys import ServiceKey
 from .models import EvidenceItem
 from .registry_replay import staff_replay
@@ -241,7 +241,7 @@ def _stored_details(session: Session, item_ids: list[str]) -> dict[str, dict[str
         chunk = item_ids[start : start + 500]
         for item_id, details in session.execute(
             select(entries.c.item_id, entries.c.details).where(
-                entries.c.action == "stored", entries.c.item_id.in_(chunk)
+                entries.c.action == CustodyAction.STORED, entries.c.item_id.in_(chunk)
             )
         ):
             out[str(item_id)] = json.loads(details)

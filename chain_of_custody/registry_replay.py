@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .entries import Problem, SignedEntry
+from .entries import CustodyAction, Problem, SignedEntry
 from .row_replay import _details
 
 Recorded = dict[str, dict[str, tuple[int, Any]]]  # row id -> field -> (seq, value)
@@ -50,7 +50,7 @@ def staff_replay(entries: Iterable[SignedEntry]) -> Recorded:
     set their site, with its value."""
     out: Recorded = {}
     for e in entries:
-        if e.body.action != "staff_changed":
+        if e.body.action != CustodyAction.STAFF_CHANGED:
             continue
         d = _details(e)
         staff = d.get("staff")
@@ -70,13 +70,13 @@ def device_replay(entries: Iterable[SignedEntry]) -> Recorded:
     leaves the site unknown until a change records it); a change of assignment sets the staff."""
     out: Recorded = {}
     for e in entries:
-        if e.body.action not in ("device_enrolled", "device_changed"):
+        if e.body.action not in (CustodyAction.DEVICE_ENROLLED, CustodyAction.DEVICE_CHANGED):
             continue
         d = _details(e)
         device = d.get("device")
         if not isinstance(device, str):
             continue
-        if e.body.action == "device_enrolled":
+        if e.body.action == CustodyAction.DEVICE_ENROLLED:
             known = out.setdefault(device, {})
             known.pop("site", None)
             known.pop("staff", None)
@@ -208,13 +208,13 @@ def alarm_replay(entries: Iterable[SignedEntry]) -> Recorded:
     incident as is)."""
     out: Recorded = {}
     for e in entries:
-        if e.body.action == "linked" and e.body.actor == ALARM_SERVICE:
+        if e.body.action == CustodyAction.LINKED and e.body.actor == ALARM_SERVICE:
             d = _details(e)
             alarm = d.get("alarm")
             if isinstance(alarm, str) and "incident_id" in d:
                 out.setdefault(alarm, {})["incident"] = (e.body.seq, d["incident_id"])
             continue
-        if e.body.action not in ("alarm_raised", "alarm_changed"):
+        if e.body.action not in (CustodyAction.ALARM_RAISED, CustodyAction.ALARM_CHANGED):
             continue
         d = _details(e)
         alarm = d.get("alarm_id")

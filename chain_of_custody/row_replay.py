@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .entries import Problem, SignedEntry
+from .entries import CustodyAction, Problem, SignedEntry
 
 
 def _details(entry: SignedEntry) -> dict[str, Any]:
@@ -55,7 +55,7 @@ LinkKey = tuple[str, str, str]  # incident id, target kind, target id
 def link_key(entry: SignedEntry) -> LinkKey | None:
     """Which incident and target a ``linked``/``unlinked`` entry is about (None: it does not say).
     An evidence link is an entry of the item's own chain; an alarm link names the alarm."""
-    if entry.body.action not in ("linked", "unlinked"):
+    if entry.body.action not in (CustodyAction.LINKED, CustodyAction.UNLINKED):
         return None
     d = _details(entry)
     incident = d.get("incident_id")
@@ -75,7 +75,9 @@ def link_replay(entries: Iterable[SignedEntry]) -> dict[LinkKey, LinkStep]:
         if key is None:
             continue
         link = _details(e).get("link")
-        out[key] = LinkStep(e.body.seq, e.body.action == "linked", link if isinstance(link, int) else None)
+        out[key] = LinkStep(
+            e.body.seq, e.body.action == CustodyAction.LINKED, link if isinstance(link, int) else None
+        )
     return out
 
 
@@ -160,7 +162,7 @@ def hold_replay(entries: Iterable[SignedEntry]) -> dict[int, HoldStep]:
     released name it (``holds`` and ``target``); entries that only follow an item's class do not."""
     out: dict[int, HoldStep] = {}
     for e in entries:
-        if e.body.action != "legal_hold":
+        if e.body.action != CustodyAction.LEGAL_HOLD:
             continue
         d = _details(e)
         target = d.get("target")
@@ -177,7 +179,7 @@ def item_hold_replay(entries: Iterable[SignedEntry]) -> dict[str, tuple[int, boo
     """Whether the ledger last said each item's object is held (its latest ``legal_hold`` entry)."""
     out: dict[str, tuple[int, bool]] = {}
     for e in entries:
-        if e.body.action != "legal_hold" or e.body.item_id is None:
+        if e.body.action != CustodyAction.LEGAL_HOLD or e.body.item_id is None:
             continue
         d = _details(e)
         held = d.get("object_held", d.get("on"))
@@ -279,7 +281,7 @@ def incident_field_replay(entries: Iterable[SignedEntry], field: str) -> dict[st
     that entry's seq."""
     out: dict[str, tuple[int, Any]] = {}
     for e in entries:
-        if e.body.action != "incident_changed":
+        if e.body.action != CustodyAction.INCIDENT_CHANGED:
             continue
         d = _details(e)
         incident = d.get("incident_id")
@@ -353,7 +355,7 @@ def user_replay(entries: Iterable[SignedEntry]) -> dict[str, dict[str, tuple[int
     site given on the command line, any name) stays unknown until a change records it."""
     out: dict[str, dict[str, tuple[int, Any]]] = {}
     for e in entries:
-        if e.body.action != "user_changed":
+        if e.body.action != CustodyAction.USER_CHANGED:
             continue
         d = _details(e)
         name = d.get("user")
@@ -455,7 +457,7 @@ def assignment_replay(entries: Iterable[SignedEntry]) -> dict[tuple[str, str], L
     incident and whether the user was assigned to it or taken off it."""
     out: dict[tuple[str, str], LinkStep] = {}
     for e in entries:
-        if e.body.action != "user_changed":
+        if e.body.action != CustodyAction.USER_CHANGED:
             continue
         d = _details(e)
         incident, name, assigned = d.get("incident_id"), d.get("user"), d.get("assigned")
@@ -567,7 +569,7 @@ def export_request_replay(entries: Iterable[SignedEntry]) -> dict[str, SignedEnt
     """The ``export_requested`` entry of each job, by export id."""
     out: dict[str, SignedEntry] = {}
     for e in entries:
-        if e.body.action == "export_requested":
+        if e.body.action == CustodyAction.EXPORT_REQUESTED:
             export = _details(e).get("export")
             if isinstance(export, str):
                 out[export] = e
@@ -606,7 +608,11 @@ def export_replay(entries: Iterable[SignedEntry]) -> dict[str, SignedEntry]:
     """The ``exported`` entry of each package (the package's own, naming its incident), by export id."""
     out: dict[str, SignedEntry] = {}
     for e in entries:
-        if e.body.action == "exported" and e.body.item_id and isinstance(_details(e).get("incident"), dict):
+        if (
+            e.body.action == CustodyAction.EXPORTED
+            and e.body.item_id
+            and isinstance(_details(e).get("incident"), dict)
+        ):
             out[e.body.item_id] = e
     return out
 
@@ -675,7 +681,7 @@ def download_link_replay(entries: Iterable[SignedEntry]) -> dict[str, list[Signe
     """Every ``link_issued`` and ``link_revoked`` entry, by the link it names."""
     out: dict[str, list[SignedEntry]] = {}
     for e in entries:
-        if e.body.action in ("link_issued", "link_revoked"):
+        if e.body.action in (CustodyAction.LINK_ISSUED, CustodyAction.LINK_REVOKED):
             link = _details(e).get("link")
             if isinstance(link, str):
                 out.setdefault(link, []).append(e)
@@ -694,8 +700,8 @@ def download_link_findings(
         seen.add(row.id)
         where = f"download link {row.id} of export {row.export_id}"
         steps = replay.get(row.id, [])
-        issued = [e for e in steps if e.body.action == "link_issued"]
-        revoked = [e for e in steps if e.body.action == "link_revoked"]
+        issued = [e for e in steps if e.body.action == CustodyAction.LINK_ISSUED]
+        revoked = [e for e in steps if e.body.action == CustodyAction.LINK_REVOKED]
         if len(issued) != 1:
             problems.append(
                 Problem(

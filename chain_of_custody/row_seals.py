@@ -632,7 +632,7 @@ def check_user_seals(session: Session, report: ChainReport, key: ServiceKey) -> 
 
 def _ended_entries(session: Session) -> dict[str, int]:
     """The ``credential_ended`` entries' seqs, by subject."""
-    q = select(_ENTRIES.c.item_id, _ENTRIES.c.seq).where(_ENTRIES.c.action == "credential_ended")
+    q = select(_ENTRIES.c.item_id, _ENTRIES.c.seq).where(_ENTRIES.c.action == CustodyAction.CREDENTIAL_ENDED)
     return {str(subject): int(seq) for subject, seq in session.execute(q)}
 
 

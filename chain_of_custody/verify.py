@@ -23,6 +23,7 @@ from .block_lists import LISTED, details_blocks, list_problem, listed_commitment
 from .checkpoints import read_checkpoints
 from .entries import (
     ChainReport,
+    CustodyAction,
     Problem,
     SignedEntry,
     Verifier,
@@ -98,7 +99,7 @@ def _stored_records(session: Session) -> dict[str, dict[str, object]]:
     """The 'stored' custody details of every item: what the ledger says each object is."""
     out: dict[str, dict[str, object]] = {}
     for item_id, details in session.execute(
-        select(CustodyEntry.item_id, CustodyEntry.details).where(CustodyEntry.action == "stored")
+        select(CustodyEntry.item_id, CustodyEntry.details).where(CustodyEntry.action == CustodyAction.STORED)
     ):
         if item_id:
             out[item_id] = json.loads(details)
@@ -108,7 +109,9 @@ def _stored_records(session: Session) -> dict[str, dict[str, object]]:
 def _quarantined_items(session: Session) -> set[str]:
     return {
         i
-        for (i,) in session.execute(select(CustodyEntry.item_id).where(CustodyEntry.action == "quarantined"))
+        for (i,) in session.execute(
+            select(CustodyEntry.item_id).where(CustodyEntry.action == CustodyAction.QUARANTINED)
+        )
         if i is not None
     }
 
@@ -116,7 +119,9 @@ def _quarantined_items(session: Session) -> set[str]:
 def _deleted_items(session: Session) -> set[str]:
     return {
         i
-        for (i,) in session.execute(select(CustodyEntry.item_id).where(CustodyEntry.action == "deleted"))
+        for (i,) in session.execute(
+            select(CustodyEntry.item_id).where(CustodyEntry.action == CustodyAction.DELETED)
+        )
         if i is not None
     }
 
@@ -365,7 +370,7 @@ def check_viewings(
         viewing = viewing_named(e)
         if viewing is None:
             continue  # not a viewing's step (a whole read is an entry of its own)
-        (opens if e.body.action == "viewed" else seals).setdefault(viewing, []).append(e)
+        (opens if e.body.action == CustodyAction.VIEWED else seals).setdefault(viewing, []).append(e)
     rows = {
         r.id: r
         for r in session.scalars(select(ViewingSession).order_by(ViewingSession.opened_at, ViewingSession.id))

@@ -196,7 +196,7 @@ def _recorded(entries: Iterable[SignedEntry], secret: bytes, device_ids: set[str
     out: dict[str, _Recorded] = {}
     for e in entries:
         d = _details(e)
-        if e.body.action == "device_enrolled" and d.get("device") in device_ids:
+        if e.body.action == CustodyAction.DEVICE_ENROLLED and d.get("device") in device_ids:
             found = _Recorded(e.body.seq, d.get("kind"), d.get("public_key"), "public_key" in d)
             previous = out.get(str(d["device"]))
             found.status = previous.status if previous else None

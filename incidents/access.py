@@ -17,7 +17,6 @@ original.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Any, Protocol
@@ -42,7 +41,7 @@ from sqlalchemy.orm import Session, aliased
 
 from accounts.access import sees_site, site_scope, sites_seen
 from chain_of_custody.alarm_seals import alarm_holds
-from chain_of_custody.entries import viewings_whole, withhold
+from chain_of_custody.entries import CustodyAction, details_name, viewings_whole, withhold
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import CustodyEntry, EvidenceItem, named_alarm
 from chain_of_custody.reach_seals import SiteReach, reach_secret, site_reach, staff_holds
@@ -206,7 +205,7 @@ def _latest_step_is_this_link(names_target: Callable[[Any], ColumnElement[bool]]
     )
     return exists(
         select(last.seq)
-        .where(last.seq == latest, last.action == "linked", last.details.contains(link_named))
+        .where(last.seq == latest, last.action == CustodyAction.LINKED, last.details.contains(link_named))
         .correlate(IncidentLink)
     )
 
@@ -600,8 +599,7 @@ def readable_trails(
 def _withhold_marked(entries: Sequence[dict[str, Any]], markers: set[str]) -> list[dict[str, Any]]:
     """Entries naming a marker withheld, and each viewing whole (``entries.viewings_whole``: within
     what is given, e.g. one page of a trail)."""
-    out: list[dict[str, Any]] = []
-    for entry in entries:
-        text = json.dumps(entry.get("details"), sort_keys=True, default=str)
-        out.append(withhold(entry, HIDDEN_ENTRY) if any(m in text for m in markers) else dict(entry))
+    out = [
+        withhold(entry, HIDDEN_ENTRY) if details_name(entry, markers) else dict(entry) for entry in entries
+    ]
     return viewings_whole(entries, out, HIDDEN_ENTRY)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
+from chain_of_custody.entries import CustodyAction
+
 WHAT = {
     "captured": (
         "Recorded by the camera or device",
@@ -182,7 +184,7 @@ def step_of(entry: Mapping[str, Any], people: Mapping[str, str]) -> Step:
     withheld = entry.get("withheld")
     details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
     assert isinstance(details, dict)
-    if action == "viewed" and details.get("viewing"):
+    if action == CustodyAction.VIEWED and details.get("viewing"):
         what, proves = VIEWING_OPENED
     hashes = tuple((k, str(details[k])) for k in HASH_KEYS if details.get(k))
     where = ", ".join(f"{k.replace('_', ' ')} {details[k]}" for k in PLACE_KEYS if details.get(k))
@@ -210,7 +212,11 @@ def step_of(entry: Mapping[str, Any], people: Mapping[str, str]) -> Step:
 def retention_words(chain: Sequence[Mapping[str, Any]]) -> str | None:
     """What the item's lock runs from, as its ``stored`` entry recorded it."""
     for e in chain:
-        basis = (e.get("details") or {}).get("retention_basis") if e.get("action") == "stored" else None
+        basis = (
+            (e.get("details") or {}).get("retention_basis")
+            if e.get("action") == CustodyAction.STORED
+            else None
+        )
         if isinstance(basis, dict):
             source = (
                 "the camera's recording time" if basis.get("from") == "capture" else "the time it arrived"

@@ -141,7 +141,7 @@ def _staff_name(session: Session, staff_id: str | None) -> str | None:
 def check_record(ledger: Ledger, item: EvidenceItem, entries: Sequence[SignedEntry]) -> list[str]:
     """Every finding about the item's record itself (nothing when it checks)."""
     problems = [str(p) for p in check_item_chain(item.id, list(entries), ledger.verifier)]
-    stored = next((e for e in entries if e.body.action == "stored"), None)
+    stored = next((e for e in entries if e.body.action == CustodyAction.STORED), None)
     differs = unrecorded(item, stored, ledger.verifier)
     if differs is not None:
         problems.append(differs)

@@ -73,7 +73,7 @@ def item_paragraphs(it: ItemStory) -> list[str]:
     if it.status == "quarantined":
         out.append("The service has marked this item as quarantined: it did not check. " + GAP)
     for st in it.steps:
-        if st.action == "exported" and not st.withheld:
+        if st.action == CustodyAction.EXPORTED and not st.withheld:
             package = _hash(st, "package_sha256") or _hash(st, "manifest_sha256")
             out.append(
                 f"At {st.at} it was included in an export package"

@@ -235,7 +235,9 @@ def unrecorded_assignment_ends(session: Session, secret: bytes) -> list[Unrecord
         .order_by(IncidentAssignment.id)
     ).all()
     recorded = set(
-        session.scalars(select(CustodyEntry.item_id).where(CustodyEntry.action == "credential_ended"))
+        session.scalars(
+            select(CustodyEntry.item_id).where(CustodyEntry.action == CustodyAction.CREDENTIAL_ENDED)
+        )
     )
     return [
         UnrecordedAssignmentEnd(row_id, incident_id, user_id)

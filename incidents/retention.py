@@ -445,7 +445,7 @@ def refuse_if_held_on_ledger(session: Session, item: EvidenceItem) -> None:
     One look-up in the item's own chain (indexed)."""
     row = session.scalars(
         select(CustodyEntry)
-        .where(CustodyEntry.item_id == item.id, CustodyEntry.action == "legal_hold")
+        .where(CustodyEntry.item_id == item.id, CustodyEntry.action == CustodyAction.LEGAL_HOLD)
         .order_by(CustodyEntry.item_seq.desc())
         .limit(1)
     ).first()
@@ -485,7 +485,9 @@ def held_packages(session: Session, item_id: str) -> list[str]:
     """
     ids = set()
     for details in session.scalars(
-        select(CustodyEntry.details).where(CustodyEntry.item_id == item_id, CustodyEntry.action == "exported")
+        select(CustodyEntry.details).where(
+            CustodyEntry.item_id == item_id, CustodyEntry.action == CustodyAction.EXPORTED
+        )
     ):
         d = json.loads(details)
         if d.get("media_included") and isinstance(d.get("export_id"), str):

@@ -72,7 +72,7 @@ def window_setter(session: Session, incident: Incident, key: ServiceKey) -> str:
     subject = incident_subject(reach_secret(key), incident.id)
     entries = session.execute(
         select(CustodyEntry.actor, CustodyEntry.details)
-        .where(CustodyEntry.item_id == subject, CustodyEntry.action == "incident_changed")
+        .where(CustodyEntry.item_id == subject, CustodyEntry.action == CustodyAction.INCIDENT_CHANGED)
         .order_by(CustodyEntry.item_seq.desc())
     )
     setter: str | None = None

@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.evidence import Provenance, quarantine_hook, read_item, record_evidence
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.models import EvidenceItem
@@ -213,8 +214,8 @@ class RedactionWorker:
                 "record_item": record_item.id,
                 "redacted_sha256": video.sha256,
             }
-            self.ledger.append(session, "redacted", actor, item_id=original.id, details=details)
-            self.ledger.append(session, "redacted", actor, item_id=video_item.id, details=details)
+            self.ledger.append(session, CustodyAction.REDACTED, actor, item_id=original.id, details=details)
+            self.ledger.append(session, CustodyAction.REDACTED, actor, item_id=video_item.id, details=details)
             if not jobs.finish(session, job.id, self.name, video_item.id, record_item.id):
                 raise LeaseLost()
         log.info(

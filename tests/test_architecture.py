@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import inspect
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import grimp
@@ -201,16 +202,21 @@ def _action_slots() -> dict[str, int]:
     return slots
 
 
+def _product_nodes() -> Iterator[tuple[Path, ast.AST]]:
+    """Every syntax node of the product's modules (migrations apart: they keep their history)."""
+    for package in PRODUCT:
+        for path in (ROOT / package).rglob("*.py"):
+            if "migrations" not in path.parts:
+                for node in ast.walk(ast.parse(path.read_text())):
+                    yield path, node
+
+
 def _literals(node: ast.expr) -> list[str]:
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
     if isinstance(node, ast.IfExp):
         return _literals(node.body) + _literals(node.orelse)
     return []
-
-
-# Being changed elsewhere at the moment; its calls move to the enum with that change.
-ACTION_LITERALS_PENDING = {"redaction/worker.py"}
 
 
 def test_custody_actions_are_named_by_the_enum() -> None:
@@ -222,10 +228,7 @@ def test_custody_actions_are_named_by_the_enum() -> None:
     assert {"append", "record_device", "add"} <= set(slots)
     bare = [
         f"{path.relative_to(ROOT)}:{node.lineno} {value!r}"
-        for package in PRODUCT
-        for path in (ROOT / package).rglob("*.py")
-        if "migrations" not in path.parts and str(path.relative_to(ROOT)) not in ACTION_LITERALS_PENDING
-        for node in ast.walk(ast.parse(path.read_text()))
+        for path, node in _product_nodes()
         if isinstance(node, ast.Call)
         and (name := getattr(node.func, "id", getattr(node.func, "attr", None))) in slots
         for arg in [
@@ -233,6 +236,41 @@ def test_custody_actions_are_named_by_the_enum() -> None:
             *(k.value for k in node.keywords if k.arg == "action"),
         ]
         for value in _literals(arg)
+        if value in actions
+    ]
+    assert bare == []
+
+
+def _names_an_action(node: ast.expr) -> bool:
+    """``x.action``, ``action``, ``entry.get("action")`` or ``entry["action"]``."""
+    if isinstance(node, ast.Attribute | ast.Name):
+        return getattr(node, "attr", getattr(node, "id", None)) == "action"
+    if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "get" and node.args:
+        return isinstance(node.args[0], ast.Constant) and node.args[0].value == "action"
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and node.slice.value == "action"
+    return False
+
+
+def _strings_in(node: ast.expr) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return [value for element in node.elts for value in _strings_in(element)]
+    return []
+
+
+def test_custody_actions_are_compared_by_the_enum() -> None:
+    """An entry's action is tested against a :class:`CustodyAction` member, never a bare string, so
+    a misspelt action in a replay, a check or a query fails where it is written instead of never
+    matching (the sibling of the rule above for reading entries back)."""
+    actions = {a.value for a in CustodyAction}
+    bare = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {value!r}"
+        for path, node in _product_nodes()
+        if isinstance(node, ast.Compare) and any(_names_an_action(s) for s in [node.left, *node.comparators])
+        for side in [node.left, *node.comparators]
+        for value in _strings_in(side)
         if value in actions
     ]
     assert bare == []

@@ -277,7 +277,7 @@ def _left_visible(session: Session, copy_ids: list[str]) -> list[str]:
         return []
     rows = session.execute(
         select(CustodyEntry.item_id, CustodyEntry.details).where(
-            CustodyEntry.item_id.in_(copy_ids), CustodyEntry.action == "redacted"
+            CustodyEntry.item_id.in_(copy_ids), CustodyEntry.action == CustodyAction.REDACTED
         )
     ).all()
     out: set[str] = set()

@@ -210,7 +210,12 @@ def _selection(p: PlannedItem, chain: list[dict[str, Any]]) -> dict[str, Any]:
     """Which redaction of its clip a packaged copy (or its record) is, as its custody says, who asked
     for it and whom it leaves visible, and why the package holds this version."""
     done = next(
-        (e.get("details") or {} for e in chain if e.get("action") == "redacted" and "withheld" not in e), {}
+        (
+            e.get("details") or {}
+            for e in chain
+            if e.get("action") == CustodyAction.REDACTED and "withheld" not in e
+        ),
+        {},
     )
     return {
         "why": p.chosen,
@@ -227,7 +232,7 @@ def recorded_reference(chain: Sequence[dict[str, Any]], incident_id: str, refere
     """Whether the item's custody gives it ``reference`` in the incident (the ``linked`` or
     ``exhibit_referenced`` entry that gave it)."""
     return any(
-        e.get("action") in ("linked", "exhibit_referenced")
+        e.get("action") in (CustodyAction.LINKED, CustodyAction.EXHIBIT_REFERENCED)
         and (e.get("details") or {}).get("exhibit") == reference
         and (e.get("details") or {}).get("incident_id") == incident_id
         for e in chain
@@ -241,7 +246,11 @@ def viewing_range_lists(session: Session, chains: dict[str, list[dict[str, Any]]
     for chain in chains.values():
         for e in chain:
             details = e.get("details") or {}
-            if e.get("action") != "viewing_closed" or "withheld" in e or not isinstance(details, dict):
+            if (
+                e.get("action") != CustodyAction.VIEWING_CLOSED
+                or "withheld" in e
+                or not isinstance(details, dict)
+            ):
                 continue
             viewing_id = str(details.get("viewing"))
             listed = b"".join(range_line(*r) for r in kept_ranges(session, viewing_id))
@@ -454,7 +463,7 @@ def build_package(
             )
     plan = plan_package(items, request.originals, redaction_records(chains), request.outside, request.pins)
     for p in plan:  # withheld items and originals too: the manifest names their SHA-256 as well
-        stored_entry = next((e for e in entries[p.item.id] if e.body.action == "stored"), None)
+        stored_entry = next((e for e in entries[p.item.id] if e.body.action == CustodyAction.STORED), None)
         problem = unrecorded(p.item, stored_entry, ledger.verifier)
         if problem is not None:
             raise ExportError(problem + ": not exported; run 'evidence verify'")

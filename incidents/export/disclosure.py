@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.models import CustodyEntry
 
 from ..models import Incident
@@ -291,7 +292,7 @@ def disclosure_page(
     )
 
 
-_LINK_DOWNLOAD = (CustodyEntry.action == "viewed", CustodyEntry.actor.like("link:%"))
+_LINK_DOWNLOAD = (CustodyEntry.action == CustodyAction.VIEWED, CustodyEntry.actor.like("link:%"))
 
 
 def _link_downloads() -> Any:

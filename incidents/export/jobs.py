@@ -84,7 +84,7 @@ def request_refusal(session: Session, ledger: Ledger, job: ExportJob) -> str | N
     rows = session.scalars(
         select(CustodyEntry)
         .where(
-            CustodyEntry.action == "export_requested",
+            CustodyEntry.action == CustodyAction.EXPORT_REQUESTED,
             CustodyEntry.details.contains(f'"export":{json.dumps(job.id)}'),
         )
         .order_by(CustodyEntry.seq)

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import CustodyEntry
 from storage.errors import Refused
@@ -90,7 +91,7 @@ def link_off_custody(session: Session, link: ExportLink) -> str | None:
         details = json.loads(raw)
         if details.get("link") != link.id:
             continue
-        if action == "link_revoked":
+        if action == CustodyAction.LINK_REVOKED:
             return f"link {link.id} was revoked on custody (by {actor}) but its row says it is not"
         issued.append((actor, details))
     if len(issued) != 1:

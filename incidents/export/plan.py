@@ -11,7 +11,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody import manifest as mf
-from chain_of_custody.entries import details_name, viewings_whole, withhold
+from chain_of_custody.entries import CustodyAction, details_name, viewings_whole, withhold
 from chain_of_custody.models import EvidenceItem
 
 from ..access import Viewer, link_holds, visible_incident
@@ -127,7 +127,7 @@ def redaction_records(chains: Mapping[str, list[dict[str, Any]]]) -> dict[str, s
     for item_id, chain in chains.items():
         for e in chain:
             describes = (e.get("details") or {}).get("describes")
-            if e.get("action") == "verified" and isinstance(describes, str):
+            if e.get("action") == CustodyAction.VERIFIED and isinstance(describes, str):
                 out[item_id] = describes
     return out
 
@@ -215,18 +215,20 @@ def own_chain(
     other_exports = {
         str((e.get("details") or {}).get("export_id"))
         for e in chain
-        if e.get("action") == "exported"
+        if e.get("action") == CustodyAction.EXPORTED
         and (e.get("details") or {}).get("export_id") not in (None, export_id)
     }
     markers = [m for m in (*foreign, *other_exports) if m]
     hidden = item_id in frozenset(outside)
     out: list[dict[str, Any]] = []
     for e in chain:
-        other_export = e.get("action") == "exported" and (e.get("details") or {}).get("export_id") not in (
+        other_export = e.get("action") == CustodyAction.EXPORTED and (e.get("details") or {}).get(
+            "export_id"
+        ) not in (
             None,
             export_id,
         )
-        if hidden and e.get("action") != "stored":
+        if hidden and e.get("action") != CustodyAction.STORED:
             out.append(withhold(e, OUTSIDE_ENTRY))
         elif other_export or details_name(e, markers):
             out.append(withhold(e, FOREIGN))
