@@ -184,6 +184,11 @@ class AlarmOutbox(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # What the message is, when it is due and when it was sent, as the service wrote them
+    # (``chain_of_custody.outbox_seals``): a row marked sent, put off or rewritten by SQL is found.
+    seal: Mapped[str | None] = mapped_column(String(64), default=None)
+    due_seal: Mapped[str | None] = mapped_column(String(96), default=None)
+    sent_seal: Mapped[str | None] = mapped_column(String(96), default=None)
 
     __table_args__ = (
         Index(

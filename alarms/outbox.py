@@ -9,6 +9,12 @@ was left behind (a crash between commit and publish). Rows are leased to a sende
 Webhook calls (escalations) are signed with the service key: ``X-Evidence-Signature`` is the
 Ed25519 signature over the body (public key at ``/api/v1/custody/public-key``); a refusal or a
 timeout is retried with backoff until the endpoint answers 2xx.
+
+Every row is sealed (``chain_of_custody.outbox_seals``): its message when queued, its due time by
+every claim and retry, its delivery by the statement that marks it sent, each in the statement that
+already writes it. A claimed row whose message is not as the service sealed it is withheld (nothing
+else records what it said), with an error naming it and a ledger entry; rows marked sent or put off
+by SQL are put back by the watch (``alarms.outbox_watch``) before a claim.
 """
 
 from __future__ import annotations
@@ -22,15 +28,19 @@ from typing import Any
 
 import httpx
 from prometheus_client import Counter
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import Select, case, delete, select, update
 from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import ServiceKey
+from chain_of_custody.ledger import Ledger
+from chain_of_custody.outbox_seals import content_holds, due_mark, outbox_seal, sent_mark, sent_of
+from chain_of_custody.reach_seals import reach_secret
 from devices.lone_worker_wire import AckStatus, build_ack, topic_for
 from storage.db import Database
 from storage.leases import Lease, claim
 
 from .models import AlarmOutbox
+from .outbox_watch import OutboxWatch
 from .staging import stage
 
 log = logging.getLogger(__name__)
@@ -40,6 +50,7 @@ WEBHOOK_CALLS = Counter(
 )
 # An outbox row's lease is its due time: claimed rows are due again after the sender's lease.
 LEASE = Lease(until=AlarmOutbox.next_attempt_at)
+WITHHELD = "withheld: its message is not as the service sealed it"
 
 
 @dataclass(frozen=True)
@@ -71,9 +82,12 @@ class Outbox:
         key: ServiceKey,
         clock: Callable[[], datetime],
         webhook: Callable[[], str | None] = lambda: None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.db = db
         self.key = key
+        self.secret = reach_secret(key)
+        self.watch = OutboxWatch(db, self.secret, ledger)
         self.clock = clock
         # The escalation webhook configured now (``EVIDENCE_ESCALATION_WEBHOOK_URL``): the only
         # address a webhook row is posted to, whatever its (unsealed) ``target`` says.
@@ -100,6 +114,8 @@ class Outbox:
         alarm_id: str | None,
     ) -> None:
         published_here = channel == "mqtt" and self.publisher is not None
+        due = now + self.relay_grace if published_here else now
+        seal = outbox_seal(self.secret, channel, target, 1, alarm_id, now, payload)
         row = AlarmOutbox(
             channel=channel,
             target=target,
@@ -107,8 +123,10 @@ class Outbox:
             qos=1,
             alarm_id=alarm_id,
             created_at=now,
-            next_attempt_at=now + self.relay_grace if published_here else now,
+            next_attempt_at=due,
             attempts=0,
+            seal=seal,
+            due_seal=due_mark(self.secret, seal, due),
         )
         stage(session, row)  # the outbox is read by the relay, in transactions of its own
         outbox.append(row)
@@ -169,8 +187,12 @@ class Outbox:
     def claim(
         self, channel: str, now: datetime | None = None, limit: int = 100, lease_s: float = 30
     ) -> list[AlarmOutbox]:
-        """Due unsent effects, leased to the caller for ``lease_s`` (another instance takes them after)."""
+        """Due unsent effects, leased to the caller for ``lease_s`` (another instance takes them after),
+        after the watch's sweep when one is due; a row whose message is not as the service sealed it
+        is withheld (:meth:`_withheld`)."""
         now = now or self.clock()
+        self.watch.sweep_if_due(now)
+        out: list[AlarmOutbox] = []
         with self.db.session() as session:
             rows = claim(
                 session,
@@ -181,30 +203,58 @@ class Outbox:
             )
             for row in rows:
                 row.attempts += 1
+                if self._withheld(session, row, now):
+                    continue
                 LEASE.grant(row, None, timedelta(seconds=lease_s), now)
+                row.due_seal = due_mark(self.secret, row.seal, row.next_attempt_at)
+                out.append(row)
             session.flush()
             for row in rows:
                 session.expunge(row)
-        return rows
+        return out
+
+    def _withheld(self, session: Session, row: AlarmOutbox, now: datetime) -> bool:
+        """Whether a claimed row is withheld: its seal does not hold for its message (or was removed
+        from a row queued after seals began), so what it says is nobody's the service knows. It is
+        tried again with backoff (an operator sees it each time); the first time, an error names it
+        and the ledger records it."""
+        if content_holds(self.secret, row) or self.watch.older(row):
+            return False
+        row.next_attempt_at = now + webhook_backoff(row.attempts)
+        row.due_seal = due_mark(self.secret, row.seal, row.next_attempt_at)
+        if row.last_error != WITHHELD:
+            row.last_error = WITHHELD
+            log.error(
+                "an alarm outbox row's message is not as the service sealed it: withheld",
+                extra={"outbox": row.id, "alarm": row.alarm_id},
+            )
+            self.watch.record(session, row, WITHHELD, now)
+        return True
 
     def mark_sent(self, ids: Iterable[int], now: datetime | None = None) -> None:
         ids = list(ids)
         if not ids:
             return
         now = now or self.clock()
+        marks = case({i: sent_mark(self.secret, i, now) for i in ids}, value=AlarmOutbox.id)
         with self.db.session() as session:
             session.execute(
                 update(AlarmOutbox)
                 .where(AlarmOutbox.id.in_(ids), AlarmOutbox.sent_at.is_(None))
-                .values(sent_at=now)
+                .values(sent_at=now, sent_seal=marks)
             )
 
-    def mark_failed(self, row_id: int, error: str, retry_in: timedelta) -> None:
+    def mark_failed(self, row: AlarmOutbox, error: str, retry_in: timedelta) -> None:
+        due = self.clock() + retry_in
         with self.db.session() as session:
             session.execute(
                 update(AlarmOutbox)
-                .where(AlarmOutbox.id == row_id)
-                .values(last_error=error[:1000], next_attempt_at=self.clock() + retry_in)
+                .where(AlarmOutbox.id == row.id)
+                .values(
+                    last_error=error[:1000],
+                    next_attempt_at=due,
+                    due_seal=due_mark(self.secret, row.seal, due),
+                )
             )
 
     def claimed_pass(
@@ -255,8 +305,13 @@ class Outbox:
         return len(rows)
 
     def forget_sent(self, session: Session, before: datetime) -> None:
-        """Sent rows are history once the alarms and custody keep it."""
-        session.execute(delete(AlarmOutbox).where(AlarmOutbox.sent_at < before))
+        """Sent rows are history once the alarms and custody keep it: those the service marked sent
+        (one marked sent by SQL is left for the watch to put back)."""
+        o = AlarmOutbox
+        old = session.execute(select(o.id, o.sent_seal).where(o.sent_at < before))
+        sent = [i for i, mark in old if sent_of(self.secret, i, mark) is not None]
+        for start in range(0, len(sent), 500):
+            session.execute(delete(o).where(o.id.in_(sent[start : start + 500])))
 
     def send_webhooks(self, http: httpx.Client, now: datetime | None = None) -> int:
         """POST due escalation webhooks; a refusal or timeout is retried later with backoff."""
@@ -272,7 +327,7 @@ class Outbox:
                     extra={"outbox": row.id, "alarm": row.alarm_id},
                 )
             if not url:
-                self.mark_failed(row.id, "no escalation webhook configured", webhook_backoff(row.attempts))
+                self.mark_failed(row, "no escalation webhook configured", webhook_backoff(row.attempts))
                 continue
             signature = base64.b64encode(self.key.private.sign(row.payload)).decode()
             try:
@@ -299,6 +354,6 @@ class Outbox:
                     "escalation webhook failed",
                     extra={"outbox": row.id, "error": error, "retry_in": str(retry)},
                 )
-                self.mark_failed(row.id, error or "failed", retry)
+                self.mark_failed(row, error or "failed", retry)
         self.mark_sent(sent, now)
         return len(sent)

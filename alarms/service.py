@@ -69,7 +69,9 @@ class AlarmService:
         bind(core.db.sessions)  # provisional alarms' rows are written at commit (alarms.staging)
         self.policy = rules.AlarmPolicy.from_settings(core.settings)
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.outbox = Outbox(core.db, core.key, self.clock, lambda: core.settings.escalation_webhook_url)
+        self.outbox = Outbox(
+            core.db, core.key, self.clock, lambda: core.settings.escalation_webhook_url, core.ledger
+        )
         self.payloads = PayloadEvidence(core)
         links = IncidentLinks(core.ledger, timedelta(minutes=core.settings.incident_join_minutes))
         self.lifecycle = Lifecycle(core, self.policy, self.clock, self.outbox, self.payloads, links)

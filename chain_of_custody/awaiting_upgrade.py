@@ -12,7 +12,7 @@ reads them: live bearer tokens (``seal-tokens``), devices (``seal-devices``), us
 (``seal-users``: no seal, or a version 1 or 2 seal that still holds; ``seal-devices`` and
 ``seal-incidents`` likewise, a version 1 seal), active incident assignments and export jobs (``seal-grants``), members of
 staff, evidence items and alarms (``seal-reach``), incidents (``seal-incidents``), lone visits (``seal-visits``), devices' last-heard times
-(``seal-last-heard``), alarms' lifecycles (``seal-lifecycle``).
+(``seal-last-heard``), alarms' lifecycles (``seal-lifecycle``), alarm outbox rows (``seal-outbox``).
 Each is a ``COUNT`` over one table, but users, whose older seals are told apart by two HMACs each,
 and devices and incidents, by one.
 A row the step would refuse is counted too: it awaits the command's judgement, and the command lists
@@ -38,6 +38,7 @@ from .heard_seals import older_heard
 from .incident_seals import older_incidents
 from .keys import ServiceKey
 from .lifecycle_seals import _ALARMS as _LIFECYCLES
+from .outbox_seals import _OUTBOX
 from .reach_seals import _ITEMS, _STAFF, reach_secret
 from .row_seals import (
     _ASSIGNMENTS,
@@ -135,6 +136,7 @@ KINDS = (
         "seal-lifecycle",
         "are taken as they stand only while their custody record agrees",
     ),
+    Kind("alarm_outbox", "alarm outbox row", "alarm outbox rows", "seal-outbox", "are taken as they stand"),
 )
 
 
@@ -223,6 +225,7 @@ def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = N
         "lone_worker_visits": len(older_visits(session, reach_secret(key))),
         "lone_worker_states": len(older_heard(session)),
         "alarm_lifecycles": _unsealed(session, _LIFECYCLES, "lifecycle_seal"),
+        "alarm_outbox": _unsealed(session, _OUTBOX, "seal"),
     }
     return AwaitingUpgrade(counts, now)
 

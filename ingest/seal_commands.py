@@ -183,6 +183,12 @@ def _lifecycles(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     return seal_lifecycles(session, s.key, entries) if yes else unsealed_lifecycles(session, entries)
 
 
+def _outbox(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from chain_of_custody.outbox_seals import seal_outbox, unsealed_outbox
+
+    return seal_outbox(session, s.key) if yes else unsealed_outbox(session)
+
+
 TOKENS = Step("seal-tokens", "tokens", _tokens)
 DEVICES = Step("seal-devices", "devices", _devices)
 USERS = Step("seal-users", "users", _users)
@@ -194,8 +200,22 @@ INCIDENTS = Step("seal-incidents", "incidents", _incidents)
 VISITS = Step("seal-visits", "visits", _visits)
 HEARD = Step("seal-last-heard", "devices' last-heard times", _heard)
 LIFECYCLES = Step("seal-lifecycle", "alarms' lifecycles", _lifecycles)
+OUTBOX = Step("seal-outbox", "alarm outbox rows", _outbox)
 # The upgrade's order: a grant is sealed only after the users it is made to (docs/console.md, "Grant seals").
-UPGRADE = (TOKENS, DEVICES, USERS, GRANTS, ENDS, ACCESS_ENDS, REACH, INCIDENTS, VISITS, HEARD, LIFECYCLES)
+UPGRADE = (
+    TOKENS,
+    DEVICES,
+    USERS,
+    GRANTS,
+    ENDS,
+    ACCESS_ENDS,
+    REACH,
+    INCIDENTS,
+    VISITS,
+    HEARD,
+    LIFECYCLES,
+    OUTBOX,
+)
 
 _YES = typer.Option("--yes", help="seal them (without it: only list them)")
 
@@ -307,12 +327,20 @@ def seal_lifecycle_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows(LIFECYCLES, yes)
 
 
+def seal_outbox_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the alarm outbox rows queued before messages were sealed
+    (``chain_of_custody.outbox_seals``), taken as they stand until then; run once after upgrading.
+    Nothing outside a row records its message, so each is sealed as it stands, due no later than
+    now."""
+    _seal_rows(OUTBOX, yes)
+
+
 def upgrade_seals_command(
     yes: Annotated[bool, typer.Option("--yes", help="do every step (without it: only list them)")] = False,
 ) -> None:
     """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
     seal-users, seal-grants (after the users), record-credential-ends, record-access-ends,
-    seal-reach, seal-incidents, seal-visits, seal-last-heard, seal-lifecycle. It first prints how many rows of each kind await it (as the service's start-up
+    seal-reach, seal-incidents, seal-visits, seal-last-heard, seal-lifecycle, seal-outbox. It first prints how many rows of each kind await it (as the service's start-up
     warning, ``/healthz`` and the console's banner count them); each step lists its rows,
     and with ``--yes`` does what it lists, in a transaction of its own, then prints what still awaits. Rows a step refuses are
     listed under it with why, the later steps still run, and the command exits 1 after ``--yes``

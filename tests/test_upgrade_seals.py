@@ -37,6 +37,7 @@ STEPS = (
     "seal-visits",
     "seal-last-heard",
     "seal-lifecycle",
+    "seal-outbox",
 )
 
 

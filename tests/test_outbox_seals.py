@@ -1,0 +1,159 @@
+"""The alarm outbox sealed (``chain_of_custody.outbox_seals``), on both databases, by its effects, the
+relay and the clock driven by an explicit "now" (no sleeps): an acknowledgement or escalation marked
+sent, put off or rewritten by SQL is still delivered as the service wrote it (or, rewritten,
+withheld rather than sent under the service's name), a warning names the row, the ledger records
+it, ``evidence verify`` names it, and ``evidence upgrade-seals`` seals rows queued before seals."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from alarms.models import AlarmOutbox
+from chain_of_custody.awaiting_upgrade import awaiting_upgrade
+from chain_of_custody.models import CustodyEntry
+from tests.test_alarms_kit import WebhookReceiver, enrol, later
+from tests.test_visit_seals import _cli, _sql
+
+
+def _sos(services: Any, device_id: str, now: datetime) -> str:
+    device = enrol(services, device_id, staff_id=f"S-{device_id}", site="NORTH")
+    sos = services.alarms.handle(*device.sos(sent_at=now), now=now)
+    assert sos.outcome == "accepted" and sos.alarm_id
+    return str(sos.alarm_id)
+
+
+def _rows(services: Any, channel: str, alarm_id: str) -> list[AlarmOutbox]:
+    with services.db.session() as session:
+        q = select(AlarmOutbox).where(AlarmOutbox.channel == channel, AlarmOutbox.alarm_id == alarm_id)
+        rows = list(session.scalars(q.order_by(AlarmOutbox.id)))
+        session.expunge_all()
+        return rows
+
+
+def _ack(services: Any, alarm_id: str) -> int:
+    (ack,) = [r for r in _rows(services, "mqtt", alarm_id) if r.target.endswith("/ack")]
+    return ack.id
+
+
+def _alter(services: Any, outbox_id: int, **values: Any) -> None:
+    _sql(services, update(AlarmOutbox).where(AlarmOutbox.id == outbox_id).values(**values))
+
+
+def _warned(caplog: pytest.LogCaptureFixture, outbox_id: int, level: int = logging.WARNING) -> bool:
+    return any(r.levelno >= level and getattr(r, "outbox", None) == outbox_id for r in caplog.records)
+
+
+def _named(services: Any, outbox_id: int) -> str:
+    found = _cli(services, "verify", "--json")
+    assert found.exit_code != 0, found.output
+    assert f"outbox row {outbox_id}" in found.output and "alarm_outbox_altered" in found.output, found.output
+    return str(found.output)
+
+
+def _recorded(services: Any, outbox_id: int) -> bool:
+    with services.db.session() as session:
+        details = session.scalars(select(CustodyEntry.details).where(CustodyEntry.action == "alarm_changed"))
+        return any(json.loads(d).get("outbox_put_back", {}).get("outbox") == outbox_id for d in details)
+
+
+def test_an_ack_marked_sent_in_the_database_is_still_sent(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lone worker's SOS acknowledgement, claimed once by the relay (not yet delivered) and then
+    marked sent by SQL, was never sent again: the device never heard its SOS was received."""
+    now = datetime.now(UTC)
+    alarm_id = _sos(services, "LW-O1", now)
+    ack = _ack(services, alarm_id)
+    assert ack in [r.id for r in services.alarms.claim_outbox("mqtt", now)]
+    _alter(services, ack, sent_at=later(1, now))
+    with caplog.at_level(logging.WARNING):  # (the command line below sets logging up afresh)
+        claimed = services.alarms.claim_outbox("mqtt", later(60, now))
+    assert ack in [r.id for r in claimed]
+    assert _warned(caplog, ack) and _recorded(services, ack)
+    services.alarms.mark_sent([ack], later(61, now))
+    assert "custody entry" in _named(services, ack)  # the record of what was found stays
+
+
+def test_an_ack_marked_sent_long_ago_in_the_database_is_not_purged_but_sent(services: Any) -> None:
+    """Marked sent a month ago by SQL, the row was deleted by the next purge, with nothing left to
+    find."""
+    now = datetime.now(UTC)
+    alarm_id = _sos(services, "LW-O2", now)
+    ack = _ack(services, alarm_id)
+    _alter(services, ack, sent_at=now - timedelta(days=30))
+    _named(services, ack)
+    services.alarms.purge(later(1, now))
+    assert ack in [r.id for r in services.alarms.claim_outbox("mqtt", later(2, now))]
+
+
+def test_an_escalation_put_off_in_the_database_is_due_by_its_seal(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The control room's escalation message, its due time pushed a year on by SQL, was held back
+    for a year."""
+    now = datetime.now(UTC)
+    alarm_id = _sos(services, "LW-O3", now)
+    services.alarms.make_whole(alarm_id)
+    services.alarms.fire_deadlines(later(3600, now))
+    (escalation,) = [r.id for r in _rows(services, "mqtt", alarm_id) if "escalations" in r.target]
+    _alter(services, escalation, next_attempt_at=later(365 * 86400, now))
+    with caplog.at_level(logging.WARNING):
+        claimed = services.alarms.claim_outbox("mqtt", later(3601, now))
+    assert escalation in [r.id for r in claimed]
+    assert _warned(caplog, escalation) and _recorded(services, escalation)
+    _named(services, escalation)
+
+
+def test_an_escalation_rewritten_in_the_database_is_not_sent_under_the_services_name(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An escalation webhook whose payload was rewritten by SQL was posted, signed by the service,
+    saying what someone else wrote (here: another alarm, nobody's site)."""
+    hook = WebhookReceiver()
+    try:
+        services.settings.escalation_webhook_url = hook.url
+        now = datetime.now(UTC)
+        alarm_id = _sos(services, "LW-O4", now)
+        services.alarms.make_whole(alarm_id)
+        services.alarms.fire_deadlines(later(3600, now))
+        (webhook,) = [r.id for r in _rows(services, "webhook", alarm_id)]
+        forged = json.dumps({"v": 1, "type": "alarm_escalated", "alarm_id": "someone-else"}).encode()
+        _alter(services, webhook, payload=forged)
+        with caplog.at_level(logging.WARNING), httpx.Client(timeout=5) as http:
+            assert services.alarms.outbox.send_webhooks(http, later(3601, now)) == 0
+        assert hook.calls == []  # posted synchronously: nothing went
+        assert _warned(caplog, webhook, logging.ERROR) and _recorded(services, webhook)
+        _named(services, webhook)
+    finally:
+        hook.close()
+
+
+def test_upgrade_seals_seals_outbox_rows_queued_before_seals(services: Any) -> None:
+    """Rows queued before seals (none) are taken as they stand, a delivered one is not sent again,
+    and ``upgrade-seals`` seals them; a seal removed from a row queued after seals began is found."""
+    now = datetime.now(UTC)
+    first = _ack(services, _sos(services, "LW-O5", now))
+    services.alarms.mark_sent([first], now)
+    second = _ack(services, _sos(services, "LW-O6", now))
+    for row in (first, second):
+        _alter(services, row, seal=None, due_seal=None, sent_seal=None)
+    with services.db.session() as session:
+        assert awaiting_upgrade(session, services.key).counts["alarm_outbox"] == 2
+    verified = _cli(services, "verify", "--json")
+    assert verified.exit_code == 0 and "no seal yet" in verified.output, verified.output
+    assert [r.id for r in services.alarms.claim_outbox("mqtt", later(1, now))] == [second]
+    upgraded = _cli(services, "upgrade-seals", "--yes")
+    assert upgraded.exit_code == 0 and f"outbox row {first}" in upgraded.output, upgraded.output
+    with services.db.session() as session:
+        assert awaiting_upgrade(session, services.key).counts["alarm_outbox"] == 0
+    assert _cli(services, "verify", "--json").exit_code == 0
+    third = _ack(services, _sos(services, "LW-O7", later(2, now)))
+    _alter(services, third, seal=None, sent_at=later(3, now))
+    _named(services, third)
