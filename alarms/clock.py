@@ -48,6 +48,7 @@ from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
 from .outbox import Outbox
 from .payloads import PayloadEvidence
 from .visits import Visits, sweep_due, swept
+from .watched import vouch
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ class Clock:
                     "a device's last-heard time is not as the service sealed it: taken as silent",
                     extra={"device": state.device_id},
                 )
+            vouch(session, self.lifecycle.seal_secret, state)  # the visit it names, as sealed
             device, note = self.lifecycle.device_of(session, state.device_id)
             row = self.lifecycle.raise_alarm(
                 session,

@@ -59,6 +59,7 @@ class Snapshot:
     battery_low: bool
     offline_alarm_id: str | None
     active_visit_id: str | None
+    watched_seal: str | None  # over ``battery_low`` and ``active_visit_id`` (``alarms.watched``)
     sealed: SealedValues  # what the row's seal covers, as read (``devices.seals``)
     seal: str | None
     bound: int | None  # the seq of its latest custody entry (``devices.ends``): its seal's
@@ -96,6 +97,7 @@ _SNAPSHOT = (
         _STATE.c.battery_low,
         _STATE.c.offline_alarm_id,
         _STATE.c.active_visit_id,
+        _STATE.c.watched_seal,
         LATEST_ENTRY.label("bound"),  # one probe of the custody index, in the same statement
     )
     .outerjoin(_STATE, _STATE.c.device_id == _DEVICES.c.id)
@@ -187,6 +189,7 @@ def _snapshot(device_id: str, row: Any, bound: int | None) -> Snapshot:
         battery_low=bool(row.battery_low),
         offline_alarm_id=row.offline_alarm_id,
         active_visit_id=row.active_visit_id,
+        watched_seal=row.watched_seal,
         sealed=(
             device_id,
             row.kind,

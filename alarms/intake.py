@@ -65,7 +65,6 @@ from .device_state import (
     read_snapshot,
     read_snapshots,
     record_presence,
-    set_state,
     write_deferred,
 )
 from .lifecycle import Lifecycle
@@ -76,6 +75,7 @@ from .payloads import PayloadEvidence
 from .rejection_log import RejectionLog
 from .staging import stage
 from .visits import Visits
+from .watched import set_watched, vouch
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +386,7 @@ class Intake:
         later = deferred if telemetry else None
         heard = heard_mark(self.lifecycle.seal_secret, snap.device_id, now)
         compare_and_set(session, snap, verdict.replay_state, message, now, self.offline_after, heard, later)
+        vouch(session, self.lifecycle.seal_secret, snap)  # its low battery and visit, as sealed
         if isinstance(verdict, Duplicate):
             self._duplicate(session, message, result, outbox, now)
         elif isinstance(message, AlarmMessage | CheckinMessage):
@@ -517,7 +518,7 @@ class Intake:
             result.alarm_id = row.id
             result.provisional = provisional
             if body.kind == "low_battery":
-                set_state(session, snap.device_id, battery_low=True)
+                set_watched(session, self.lifecycle.seal_secret, snap, battery_low=True)
             if early_cancel is not None:
                 early_cancel.alarm_id = row.id
                 self._cancelled(session, row, early_cancel, snap.device_id, outbox, now)

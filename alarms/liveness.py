@@ -28,6 +28,7 @@ from . import rules
 from .device_state import Snapshot, set_state
 from .lifecycle import Lifecycle
 from .models import AlarmOutbox, AlarmRecord
+from .watched import set_watched
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Liveness:
                 dedupe_key=f"low_battery:{snap.device_id}:{rfc3339(now)}",
                 message=message,
             )
-            set_state(session, snap.device_id, battery_low=True)
+            set_watched(session, self.lifecycle.seal_secret, snap, battery_low=True)
         elif snap.battery_low and rules.is_battery_recovered(battery, self.policy):
             low = list(session.scalars(select(AlarmRecord).where(*self._open_low_battery(snap.device_id))))
             if not all(sent_after(sent_at, row) for row in low):
@@ -125,7 +126,7 @@ class Liveness:
                     now,
                     actor=actor,
                 )
-            set_state(session, snap.device_id, battery_low=False)
+            set_watched(session, self.lifecycle.seal_secret, snap, battery_low=False)
 
 
 def sent_after(sent_at: datetime, row: AlarmRecord) -> bool:

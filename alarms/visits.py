@@ -29,11 +29,12 @@ from chain_of_custody.visit_seals import visit_entry, visit_holds, visit_seal
 from devices.lone_worker_wire import AckStatus, CheckinMessage
 
 from . import rules
-from .device_state import Snapshot, set_state
+from .device_state import Snapshot
 from .lifecycle import Lifecycle
 from .liveness import Liveness
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
 from .outbox import Outbox
+from .watched import set_watched
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class Visits:
                 visit.start_event_id = message.event_id
                 visit.note = body.note
                 visit.due_at = rules.missed_checkin_due_at(_as_rule(session, visit, vouched), self.policy)
-                set_state(session, snap.device_id, active_visit_id=body.visit_id)
+                set_watched(session, self.lifecycle.seal_secret, snap, active_visit_id=body.visit_id)
         else:
             if visit.ended_at is None:
                 visit.ended_at = now
@@ -131,7 +132,7 @@ class Visits:
                         actor=f"device:{snap.device_id}",
                     )
             if snap.active_visit_id == body.visit_id:
-                set_state(session, snap.device_id, active_visit_id=None)
+                set_watched(session, self.lifecycle.seal_secret, snap, active_visit_id=None)
         if vouched:  # a broken seal stays broken
             self.seal(visit)
         expected = rfc3339(visit.expected_end) if visit.expected_end else None

@@ -47,6 +47,7 @@ from .signed_tree_head import TreeHead
 from .tree_heads import sample_tree_heads
 from .viewing import RANGE_CHAIN, chain_problem, seal_mismatch
 from .visit_seals import check_visit_seals
+from .watched_seals import check_watched_seals
 
 TREE_HEAD_SAMPLE = 32
 
@@ -225,6 +226,7 @@ def verify_service(
         check_heard_seals(session, report, key)
         check_lifecycle_seals(session, report, key, entries)
         check_outbox_seals(session, report, key, entries)
+        check_watched_seals(session, report, key)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")

@@ -90,6 +90,9 @@ class LoneWorkerState(Base):
     # the same statement: the offline alarm counts from it, so moving ``last_seen_at`` forward by
     # SQL silences nothing.
     heard_seal: Mapped[str | None] = mapped_column(String(96), default=None)
+    # ``battery_low`` and ``active_visit_id`` as the service wrote them, with an HMAC
+    # (``chain_of_custody.watched_seals``): changed by SQL, they hide nothing.
+    watched_seal: Mapped[str | None] = mapped_column(String(64), default=None)
     # Since when the device has sent beyond its fair share of the alarm consumer (its rate or its
     # queue, ingest.device_share), None while it keeps to it: a device flooding the service.
     over_share_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
