@@ -20,6 +20,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sqlalchemy import event  # noqa: E402
+
 from bench.common import bench_services, latency_summary, write_results  # noqa: E402
 from chain_of_custody.ledger import Ledger  # noqa: E402
 from ingest.services import Services  # noqa: E402
@@ -63,6 +65,25 @@ def run_case(s: Services, ledger: Ledger, threads: int, commits: int) -> dict[st
     }
 
 
+def statements_per_append(s: Services, ledger: Ledger, commits: int = 20) -> dict[str, float]:
+    """The statements one writer's commit of one entry sends, by their first words (``before_cursor_
+    execute``; a commit is not a statement), averaged over ``commits``: what the database pays per
+    append, apart from time. Run alone, before or after the timed rounds, never during them."""
+    counted: dict[str, int] = {}
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        words = " ".join(statement.split()[:3])
+        counted[words] = counted.get(words, 0) + 1
+
+    run_case(s, ledger, 1, 1)  # the tree caught up with the other ledger's entries
+    event.listen(s.db.engine, "before_cursor_execute", note)
+    try:
+        run_case(s, ledger, 1, commits)
+    finally:
+        event.remove(s.db.engine, "before_cursor_execute", note)
+    return {k: round(v / commits, 2) for k, v in sorted(counted.items())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
@@ -77,6 +98,11 @@ def main() -> None:
         old = Ledger(s.key)  # the hash chain alone, as before
         cases = []
         run_case(s, merkle, 2, 20)  # warm: connections, the tree caught up, the first put
+        statements = {
+            "old_ledger": statements_per_append(s, old),
+            "merkle_log": statements_per_append(s, merkle),
+        }
+        print(f"statements per append: {statements}")
         for threads in args.threads:
             rounds: dict[str, list[dict[str, Any]]] = {"old_ledger": [], "merkle_log": []}
             for _ in range(args.rounds):
@@ -110,6 +136,7 @@ def main() -> None:
                 "database": args.database,
                 "commits_per_writer": args.commits,
                 "rounds": args.rounds,
+                "statements_per_append": statements,
                 "cases": cases,
             },
         )

@@ -128,3 +128,32 @@ def test_a_transaction_rolled_back_leaves_the_next_one_a_whole_chain(services: A
         services.ledger.append(session, "viewed", "user:a", item_id=item, details={"n": 2})
     mine = [e for e in whole_chain(services) if e.body.item_id == item]
     assert [e.body.details for e in mine] == ['{"n":0}', '{"n":2}']
+
+
+def test_the_merkle_log_adds_no_statement_to_an_append(services: Any) -> None:
+    """A commit covered by a signed tree head sends the statements of the hash chain alone: the
+    tree lives in the process (its leaves handed over by the commit), so no node, frontier or head
+    row is read or written per append, nor the entries read back; what the log adds is one
+    signature and one store put a head (shared by concurrent commits)."""
+    chain_alone = Ledger(services.ledger.key)
+    log = services.ledger.tree_heads
+
+    def three_commits(ledger: Ledger) -> list[list[str]]:
+        sent_each = []
+        for n in range(3):
+            with services.db.session() as session, statements(services) as sent:
+                ledger.append(session, "viewed", "user:a", item_id=str(uuid.uuid4()), details={"n": n})
+            sent_each.append(sent)
+        return sent_each
+
+    three_commits(chain_alone)
+    chain = three_commits(chain_alone)
+    with services.db.session() as session:  # the tree catches up with the chain's entries, once
+        services.ledger.append(session, "viewed", "user:a", details={"n": 0})
+    written = log.written
+    merkle = three_commits(services.ledger)
+    assert merkle == chain
+    for sent in merkle:  # the head row, the item's last entry, the entry, the head's update
+        assert sum(1 for s in sent if not s.startswith("BEGIN")) == 4, sent
+    assert log.written - written == 3
+    whole_chain(services)
