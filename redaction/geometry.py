@@ -34,6 +34,14 @@ class Box:
         """The box grown (or shrunk) about its centre."""
         return Box.from_center(self.cx, self.cy, self.w * factor, self.h * factor)
 
+    def squarer(self, aspect: float) -> Box:
+        """The box grown about its centre until neither side is under ``aspect`` of the other
+        (0: as it is). A face box is about as wide as it is tall; a detector's box much narrower
+        or flatter than that has come out short on that side, not found a face of that shape."""
+        if aspect <= 0:
+            return self
+        return Box.from_center(self.cx, self.cy, max(self.w, aspect * self.h), max(self.h, aspect * self.w))
+
     def clipped(self, width: int, height: int) -> Box | None:
         """The part inside a frame of the given size, or None when nothing is inside."""
         x0, y0 = max(0.0, self.x), max(0.0, self.y)
