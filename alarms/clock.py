@@ -285,8 +285,8 @@ class Clock:
                 item = self.payloads.record_later(session, event, stored, wearer)
                 event.evidence_item_id = item.id
                 if alarm is not None:
-                    if alarm.evidence_item_id is None and alarm.source_event_id == event.event_id:
-                        alarm.evidence_item_id = item.id
+                    if alarm.source_event_id == event.event_id:
+                        self.lifecycle.attach_payload(session, alarm, item.id, now)
                     self.lifecycle.links.link(session, alarm, item.id, "alarm evidence", sealed)
                 done += 1
         return done

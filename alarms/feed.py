@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from chain_of_custody.raise_seals import vouched_view
 from storage.db import Database
 
 from .models import AlarmChange, AlarmRecord
@@ -74,11 +75,18 @@ def alarm_view(row: AlarmRecord) -> dict[str, Any]:
     return out
 
 
+def shown_view(secret: bytes, row: AlarmRecord) -> dict[str, Any]:
+    """An alarm as a reader is shown it: its view, but no note, position or payload a row altered in
+    the database gives it (``chain_of_custody.raise_seals.vouched_view``)."""
+    return vouched_view(secret, alarm_view(row), row.provisional, row.raise_seal)
+
+
 def record_change(session: Session, row: AlarmRecord, change: str, at: datetime, **more: Any) -> None:
     """Announce a change of ``row`` on the feed, at the commit of the caller's transaction (``more``:
     what the change itself carries, such as the ``position`` of a ``moved`` alarm)."""
     body = {"change": change, "at": at.isoformat(), "alarm": alarm_view(row), **more}
     body["seal"] = row.seal  # the stream checks it, and sends the change without it (``alarms.reach``)
+    body["raise"] = {"seal": row.raise_seal, "provisional": row.provisional}  # likewise
     stage_feed(session, AlarmChange(alarm_id=row.id, change=change, at=at, body=json.dumps(body)))
 
 

@@ -35,6 +35,15 @@ from chain_of_custody.lifecycle_seals import (
     lifecycle_values,
     recorded_lifecycle,
 )
+from chain_of_custody.raise_seals import (
+    PUT_BACK,
+    RAISE_COLUMNS,
+    device_message,
+    raise_holds,
+    raise_seal,
+    raise_values,
+    recorded_raise,
+)
 from chain_of_custody.reach_seals import reach_secret
 from devices.broker_access import CONTROL_TOPIC_ROOT
 from devices.ends import sealed_device
@@ -132,8 +141,9 @@ def store_rule(row: AlarmRecord, alarm: rules.Alarm) -> None:
 def custody_details(row: AlarmRecord, changes: list[str]) -> dict[str, Any]:
     """What an alarm's custody entry records of it, its site and wearer among them: the control room
     of that site reads the alarm and streams its voice memo, and its payload's item is the wearer's
-    (``evidence verify`` compares the row with it); and the deadline the clock then watches (when
-    it turns red or escalates unacknowledged), so the service's own record says when it was due."""
+    (``evidence verify`` compares the row with it); the deadline the clock then watches (when
+    it turns red or escalates unacknowledged), so the service's own record says when it was due;
+    and the device's note and position, which an alarm altered in the database is put back to."""
     return {
         "deadline": rfc3339(row.next_deadline) if row.next_deadline else None,
         "alarm_id": row.id,
@@ -146,7 +156,20 @@ def custody_details(row: AlarmRecord, changes: list[str]) -> dict[str, Any]:
         "changes": changes,
         "outcome": row.outcome,
         "source_event_id": row.source_event_id,
+        **raise_details(row),
     }
+
+
+def lifecycle_found(row: AlarmRecord) -> dict[str, Any]:
+    """What an alarm put back was found with, as its put-back entry records it."""
+    deadline = rfc3339(row.next_deadline) if row.next_deadline else None
+    return {"status": row.status, "severity": row.severity, "outcome": row.outcome, "deadline": deadline}
+
+
+def raise_details(row: AlarmRecord) -> dict[str, Any]:
+    """The device's note and position, as an alarm's custody entries record them."""
+    position = {"lat": row.lat, "lon": row.lon, "accuracy_m": row.accuracy_m} if row.lat is not None else None
+    return {"note": row.note, "position": position}
 
 
 def _free_key(session: Session, key: str | None, alarm_id: str) -> str | None:
@@ -208,6 +231,63 @@ class Lifecycle:
         them, in the same statement (``chain_of_custody.lifecycle_seals``)."""
         row.lifecycle_seal = lifecycle_seal(self.seal_secret, row.id, lifecycle_values(row))
 
+    def seal_raise(self, row: AlarmRecord) -> None:
+        """Seal what the alarm was raised with (provisional, note, position, payload item) as it now
+        stands: written with them, in the same statement (``chain_of_custody.raise_seals``)."""
+        row.raise_seal = raise_seal(self.seal_secret, row.id, raise_values(row))
+
+    def put_back_raise(self, session: Session, row: AlarmRecord) -> dict[str, Any] | None:
+        """Put an alarm whose raise seal does not hold back to what its custody record (and, for a
+        note or position no entry records, its device's message) bears out, sealed, with a warning
+        naming it; what was found, for the entry that records it, or None when the seal holds (or
+        the alarm was raised before it, and is taken as it stands). One found no longer provisional
+        with no ``alarm_raised`` entry is provisional again, to be made whole."""
+        if row.raise_seal is None or raise_holds(self.seal_secret, row):
+            return None
+        said = recorded_raise(session, row.id)
+        found = dict(zip(RAISE_COLUMNS, raise_values(row), strict=True))
+        log.warning(
+            "an alarm's note, position, payload item or provisional flag is not as the service sealed "
+            "it: put back to its custody record",
+            extra={"alarm": row.id, "entry": said.seq},
+        )
+        for name, value in zip(
+            RAISE_COLUMNS, said.values(device_message(session, row.source_event_id)), strict=True
+        ):
+            setattr(row, name, value)
+        self.seal_raise(row)
+        return found
+
+    def attach_payload(self, session: Session, row: AlarmRecord, item_id: str, now: datetime) -> None:
+        """A payload stored after its alarm was made whole (object storage was down) becomes its
+        evidence item: sealed, and named by an entry of the alarm's (what an alarm altered later is
+        put back to; it records no site or wearer, which are not this change's to say)."""
+        self.vouch_raise(session, row, now)
+        if row.provisional or row.evidence_item_id is not None:
+            return
+        row.evidence_item_id = item_id
+        self.seal_raise(row)
+        row.updated_at = now
+        session.flush()
+        details = {"alarm_id": row.id, "payload": item_id, **raise_details(row)}
+        self.ledger.append(
+            session, CustodyAction.ALARM_CHANGED, SERVICE_ACTOR, item_id=item_id, details=details, at=now
+        )
+
+    def vouch_raise(self, session: Session, row: AlarmRecord, now: datetime) -> None:
+        """Before anything more is decided or recorded of an alarm, put back what it was raised with
+        when its seal does not hold (:meth:`put_back_raise`): recorded by an ``alarm_changed`` entry,
+        or, for one that is (again) provisional, by the ``alarm_raised`` entry of its making whole."""
+        found = self.put_back_raise(session, row)
+        if found is None:
+            return
+        if row.provisional:
+            self.make_whole(session, row, now, found)
+            return
+        row.updated_at = now
+        session.flush()
+        self._record_put_back(session, row, now, {PUT_BACK: {"found": found}})
+
     def rule_of(
         self,
         session: Session,
@@ -218,7 +298,12 @@ class Lifecycle:
         """The alarm as the rules must take it: as its row stands when its lifecycle seal holds (or
         it has none yet and its row is what its custody record says); otherwise put back to its
         custody record first (:meth:`put_back`; ``said``, when the caller read it already). An
-        alarm no entry records yet (provisional) is taken as its row stands."""
+        alarm no entry records yet (provisional) is made whole first when it was altered (see
+        :meth:`make_whole`). What it was raised with is put back first (:meth:`put_back_raise`)."""
+        self.vouch_raise(session, row, now)
+        if row.provisional and not lifecycle_holds(self.seal_secret, row):
+            self.make_whole(session, row, now)
+            return to_rule(row)
         if lifecycle_holds(self.seal_secret, row):
             return to_rule(row)
         said = said or recorded_lifecycle(session, row.id)
@@ -235,12 +320,7 @@ class Lifecycle:
         """Put an alarm whose lifecycle is not as the service sealed it back to what its custody
         record says (:func:`as_recorded`), sealed, with a warning naming it and an entry that
         records what was found and which entry it was put back to."""
-        found = {
-            "status": row.status,
-            "severity": row.severity,
-            "outcome": row.outcome,
-            "deadline": rfc3339(row.next_deadline) if row.next_deadline else None,
-        }
+        found = lifecycle_found(row)
         log.warning(
             "an alarm's lifecycle or deadline is not as the service sealed it: put back to its custody record",
             extra={"alarm": row.id, "entry": said.seq},
@@ -249,14 +329,18 @@ class Lifecycle:
         self.seal_lifecycle(row)
         row.updated_at = now
         session.flush()
-        details = custody_details(row, [])
-        details["put_back"] = {"to_entry": said.seq, "found": found}
+        self._record_put_back(session, row, now, {"put_back": {"to_entry": said.seq, "found": found}})
+
+    def _record_put_back(
+        self, session: Session, row: AlarmRecord, now: datetime, put_back: dict[str, Any]
+    ) -> None:
+        """The ``alarm_changed`` entry recording that an alarm was put back, and what was found."""
         self.ledger.append(
             session,
             CustodyAction.ALARM_CHANGED,
             SERVICE_ACTOR,
             item_id=row.evidence_item_id,
-            details=details,
+            details={**custody_details(row, []), **put_back},
             at=now,
         )
 
@@ -344,6 +428,7 @@ class Lifecycle:
                 row.accuracy_m = message.position.accuracy_m
             row.battery = message.battery
         self.seal(row)
+        self.seal_raise(row)
         if provisional:  # a provisional alarm is changed by nothing else before its commit
             stage(session, row)
         else:
@@ -376,12 +461,26 @@ class Lifecycle:
 
     # -- a provisional alarm made whole ------------------------------------------------------------
 
-    def make_whole(self, session: Session, row: AlarmRecord, now: datetime) -> None:
+    def make_whole(
+        self, session: Session, row: AlarmRecord, now: datetime, raise_found: dict[str, Any] | None = None
+    ) -> None:
         """Make a provisional alarm whole, in the order the whole path would have: the payload as an
         evidence item, the ``alarm_raised`` custody entry, then the incident a red alarm opens or
         joins. Runs before any other change to the alarm (see :meth:`apply`). The caller holds the
-        alarm's row lock."""
+        alarm's row lock.
+
+        Nothing in custody records a provisional alarm yet, so one altered in the database is not
+        recorded as it stands: what it was raised with is put back to its device's message
+        (:meth:`put_back_raise`, or ``raise_found`` when the caller did), and a lifecycle whose seal
+        does not hold to an unacknowledged alarm of its device's kind, due now (it turns red and
+        escalates at the clock's next look); its ``alarm_raised`` entry records what was found."""
+        if raise_found is None and row.raise_seal is not None and not raise_holds(self.seal_secret, row):
+            self.vouch_raise(session, row, now)  # whole again, or back to whole if it was whole
+            return
         event = session.get(LoneWorkerEvent, row.source_event_id) if row.source_event_id else None
+        lifecycle_found = None
+        if row.lifecycle_seal is not None and not lifecycle_holds(self.seal_secret, row):
+            lifecycle_found = self._put_back_as_raised(row, event, now)
         if event is not None and event.evidence_item_id is None:
             stored = self.payloads.put(event)
             if stored is not None:
@@ -391,9 +490,14 @@ class Lifecycle:
         if event is not None and row.evidence_item_id is None:
             row.evidence_item_id = event.evidence_item_id
         row.provisional = False
+        self.seal_raise(row)
         session.flush()
         details = custody_details(row, [rules.Change.RAISED.value])
         details["accepted_at"] = rfc3339(row.raised_at)
+        if raise_found is not None:
+            details[PUT_BACK] = {"found": raise_found}
+        if lifecycle_found is not None:
+            details["put_back"] = {"to_entry": None, "found": lifecycle_found}
         self.ledger.append(
             session,
             CustodyAction.ALARM_RAISED,
@@ -405,6 +509,22 @@ class Lifecycle:
         if row.incident_requested and row.incident_id is None:
             self.open_incident(session, row, now)
             record_change(session, row, "incident_linked", now)
+
+    def _put_back_as_raised(
+        self, row: AlarmRecord, event: LoneWorkerEvent | None, now: datetime
+    ) -> dict[str, Any]:
+        """Put a provisional alarm's altered lifecycle back to an unacknowledged alarm of the kind its
+        device raised, due now, sealed, with a warning naming it; what was found."""
+        found = lifecycle_found(row)
+        log.warning(
+            "a provisional alarm's lifecycle is not as the service sealed it: put back to its raise, due now",
+            extra={"alarm": row.id},
+        )
+        kind = event.kind if event is not None and event.kind else row.kind
+        raised = RecordedLifecycle(0, kind, rules.AlarmStatus.RAISED.value, None, None, now)
+        store_rule(row, as_recorded(row, raised))
+        self.seal_lifecycle(row)
+        return found
 
     def make_whole_if_provisional(self, alarm_id: str, now: datetime | None = None) -> bool:
         """Make one alarm whole if it is still provisional and nobody else is at it; True if done here.

@@ -98,6 +98,10 @@ class AlarmRecord(Base):
     # (``chain_of_custody.lifecycle_seals``): an alarm whose seal does not hold is taken at its
     # custody record, so its escalation is not silenced.
     lifecycle_seal: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The service's seal over ``provisional``, the note, the position and the payload's item
+    # (``chain_of_custody.raise_seals``): an alarm whose seal does not hold shows none of them and is
+    # put back to its custody record and its device's message.
+    raise_seal: Mapped[str | None] = mapped_column(String(64), default=None)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (

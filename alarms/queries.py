@@ -12,7 +12,7 @@ from devices.models import Device, LoneWorkerState
 from storage.db import Database
 from storage.paging import Position, after_position
 
-from .feed import alarm_view
+from .feed import shown_view
 from .lifecycle import AlarmNotFound
 from .models import AlarmRecord, LoneWorkerVisit
 from .reach import readable, readable_scope, readable_visits
@@ -32,7 +32,7 @@ class AlarmQueries:
                 raise AlarmNotFound(alarm_id)
             if not readable(self.secret, viewer, [row]):
                 raise AlarmNotFound(alarm_id)
-            return alarm_view(row)
+            return shown_view(self.secret, row)
 
     def list_alarms(
         self,
@@ -63,7 +63,7 @@ class AlarmQueries:
             q = q.where(AlarmRecord.kind == kind)
         q = q.order_by(AlarmRecord.raised_at.desc(), AlarmRecord.id.desc()).limit(limit).offset(offset)
         with self.db.session() as session:
-            return [alarm_view(r) for r in readable(self.secret, viewer, session.scalars(q))]
+            return [shown_view(self.secret, r) for r in readable(self.secret, viewer, session.scalars(q))]
 
     def lone_workers(
         self, viewer: ReachViewer | None = None, *, after: str = "", limit: int | None = None

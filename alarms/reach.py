@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from accounts.access import SiteViewer, site_scope, sites_seen
 from chain_of_custody.alarm_seals import alarm_holds
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.raise_seals import vouched_view
 from chain_of_custody.reach_seals import SiteReach
 from chain_of_custody.visit_seals import visit_holds
 
@@ -117,6 +118,11 @@ def change_body(secret: bytes, scoped: bool, body: str) -> str | None:
     change: dict[str, Any] = json.loads(body)
     recorded = "seal" in change  # changes recorded before seals carry none
     seal = change.pop("seal", None)
+    raised = change.pop("raise", None)
+    if isinstance(raised, dict):  # no note, position or payload a row altered in the database gave it
+        change["alarm"] = vouched_view(
+            secret, change["alarm"], bool(raised.get("provisional")), raised.get("seal")
+        )
     if scoped:
         a = change["alarm"]
         if not alarm_holds(

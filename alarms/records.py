@@ -25,7 +25,7 @@ from chain_of_custody.models import EvidenceItem
 from incidents.access import Viewer, readable_trail
 from storage.db import is_postgres
 
-from .feed import alarm_view
+from .feed import shown_view
 from .models import AlarmRecord, LoneWorkerEvent
 from .performance import PERIODS, TARGETS, Answer, Summary
 from .reach import alarm_sealed, by_site, device_items, readable_scope
@@ -260,7 +260,7 @@ def alarm_record(
     row = visible_alarm(session, alarm_id, viewer, secret)
     if row is None:
         return None
-    view = alarm_view(row)
+    view = shown_view(secret, row)
     vouched = by_site(viewer) or alarm_sealed(secret, row)  # a memo pointed at by SQL is not its memo
     payload_of = device_items(session, secret, row.device_id, [view["evidence_item_id"]]) if vouched else []
     payload = item_record(session, payload_of[0], viewer) if payload_of else None  # nor another's clip

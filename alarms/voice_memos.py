@@ -239,6 +239,7 @@ class VoiceMemos:
                 assert row.voice_memo_item_id is not None
                 winner = session.get(EvidenceItem, row.voice_memo_item_id)
                 return row.voice_memo_item_id, False, winner.status if winner else "stored"
+            self.lifecycle.vouch_raise(session, row, now)  # its payload item as the service sealed it
             if row.provisional:  # custody shows the raise before anything added to it
                 self.lifecycle.make_whole(session, row, datetime.now(UTC))
             sealed = self.lifecycle.sealed(row)  # a row moved by SQL stays unsealed, memo and all

@@ -12,7 +12,8 @@ reads them: live bearer tokens (``seal-tokens``), devices (``seal-devices``), us
 (``seal-users``: no seal, or a version 1 or 2 seal that still holds; ``seal-devices`` and
 ``seal-incidents`` likewise, a version 1 seal), active incident assignments and export jobs (``seal-grants``), members of
 staff, evidence items and alarms (``seal-reach``), incidents (``seal-incidents``), lone visits (``seal-visits``), devices' last-heard times
-(``seal-last-heard``), alarms' lifecycles (``seal-lifecycle``), alarm outbox rows (``seal-outbox``).
+(``seal-last-heard``), alarms' lifecycles (``seal-lifecycle``), alarm outbox rows (``seal-outbox``),
+alarms' notes, positions and payloads (``seal-raise``).
 Each is a ``COUNT`` over one table, but users, whose older seals are told apart by two HMACs each,
 and devices and incidents, by one.
 A row the step would refuse is counted too: it awaits the command's judgement, and the command lists
@@ -39,6 +40,7 @@ from .incident_seals import older_incidents
 from .keys import ServiceKey
 from .lifecycle_seals import _ALARMS as _LIFECYCLES
 from .outbox_seals import _OUTBOX
+from .raise_seals import _ALARMS as _RAISES
 from .reach_seals import _ITEMS, _STAFF, reach_secret
 from .row_seals import (
     _ASSIGNMENTS,
@@ -137,6 +139,13 @@ KINDS = (
         "are taken as they stand only while their custody record agrees",
     ),
     Kind("alarm_outbox", "alarm outbox row", "alarm outbox rows", "seal-outbox", "are taken as they stand"),
+    Kind(
+        "alarm_raises",
+        "alarm's note, position and payload",
+        "alarms' notes, positions and payloads",
+        "seal-raise",
+        "are shown as they stand",
+    ),
 )
 
 
@@ -226,6 +235,7 @@ def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = N
         "lone_worker_states": len(older_heard(session)),
         "alarm_lifecycles": _unsealed(session, _LIFECYCLES, "lifecycle_seal"),
         "alarm_outbox": _unsealed(session, _OUTBOX, "seal"),
+        "alarm_raises": _unsealed(session, _RAISES, "raise_seal"),
     }
     return AwaitingUpgrade(counts, now)
 

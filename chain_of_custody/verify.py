@@ -39,6 +39,7 @@ from .lifecycle_seals import check_lifecycle_seals
 from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .models import CustodyEntry, EvidenceBlockList, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
 from .outbox_seals import check_outbox_seals
+from .raise_seals import check_raise_seals
 from .reach_seals import check_reach_seals
 from .row_checks import check_row_families
 from .row_replay import ITEM_SCOPE, PASSWORD_DIGESTS, item_scope_mac
@@ -227,6 +228,7 @@ def verify_service(
         check_lifecycle_seals(session, report, key, entries)
         check_outbox_seals(session, report, key, entries)
         check_watched_seals(session, report, key)
+        check_raise_seals(session, report, key, entries)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")

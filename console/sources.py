@@ -1,7 +1,7 @@
 """Every read the console makes of the alarm, device and account domains, in one place.
 
 The pages show what the API shows: the same role lists (imported from the modules that guard the
-API routes, never restated here) and the same views of the same rows (``alarm_view`` is the one the
+API routes, never restated here) and the same views of the same rows (``shown_view`` is the one the
 API and the live stream use), limited to the sites the person sees by the API's own rule
 (``accounts.access.site_scope``; a site's devices and staff by ``device_scope`` and ``staff_scope``,
 alarms through ``alarms.reach``). Actions never come through here at all: the pages' scripts call the
@@ -26,7 +26,7 @@ from accounts.models import ROLES, User
 from accounts.service import list_users
 from alarms import performance
 from alarms.api import OPERATORS, READERS
-from alarms.feed import alarm_view
+from alarms.feed import shown_view
 from alarms.models import AlarmChange, AlarmRecord, LoneWorkerVisit
 from alarms.reach import readable, readable_scope, readable_visits
 from alarms.records import alarm_record, answer_summaries, answer_times
@@ -81,7 +81,7 @@ def open_alarms(
         .order_by(AlarmRecord.raised_at, AlarmRecord.id)
         .limit(limit)
     )
-    return [alarm_view(r) for r in readable(secret, viewer, rows)]
+    return [shown_view(secret, r) for r in readable(secret, viewer, rows)]
 
 
 def directory(session: Session, device_ids: list[str] | None, viewer: ReachViewer) -> dict[str, Any]:

@@ -189,6 +189,13 @@ def _outbox(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     return seal_outbox(session, s.key) if yes else unsealed_outbox(session)
 
 
+def _raises(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from chain_of_custody.raise_seals import seal_raises, unsealed_raises
+
+    entries = s.ledger.all_entries(session)
+    return seal_raises(session, s.key, entries) if yes else unsealed_raises(session, entries)
+
+
 TOKENS = Step("seal-tokens", "tokens", _tokens)
 DEVICES = Step("seal-devices", "devices", _devices)
 USERS = Step("seal-users", "users", _users)
@@ -201,6 +208,7 @@ VISITS = Step("seal-visits", "visits", _visits)
 HEARD = Step("seal-last-heard", "devices' last-heard times", _heard)
 LIFECYCLES = Step("seal-lifecycle", "alarms' lifecycles", _lifecycles)
 OUTBOX = Step("seal-outbox", "alarm outbox rows", _outbox)
+RAISES = Step("seal-raise", "alarms' notes, positions and payloads", _raises)
 # The upgrade's order: a grant is sealed only after the users it is made to (docs/console.md, "Grant seals").
 UPGRADE = (
     TOKENS,
@@ -215,6 +223,7 @@ UPGRADE = (
     HEARD,
     LIFECYCLES,
     OUTBOX,
+    RAISES,
 )
 
 _YES = typer.Option("--yes", help="seal them (without it: only list them)")
@@ -335,12 +344,21 @@ def seal_outbox_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows(OUTBOX, yes)
 
 
+def seal_raise_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the provisional flag, note, position and payload item of each alarm raised before they
+    were sealed (``chain_of_custody.raise_seals``), shown as they stand until then; run once after
+    upgrading. Only a whole alarm whose payload item is the one its custody entries name, and whose
+    note and position are what they (or the device's own message) record, is sealed; every other
+    is listed as refused, with what differs."""
+    _seal_rows(RAISES, yes)
+
+
 def upgrade_seals_command(
     yes: Annotated[bool, typer.Option("--yes", help="do every step (without it: only list them)")] = False,
 ) -> None:
     """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
     seal-users, seal-grants (after the users), record-credential-ends, record-access-ends,
-    seal-reach, seal-incidents, seal-visits, seal-last-heard, seal-lifecycle, seal-outbox. It first prints how many rows of each kind await it (as the service's start-up
+    seal-reach, seal-incidents, seal-visits, seal-last-heard, seal-lifecycle, seal-outbox, seal-raise. It first prints how many rows of each kind await it (as the service's start-up
     warning, ``/healthz`` and the console's banner count them); each step lists its rows,
     and with ``--yes`` does what it lists, in a transaction of its own, then prints what still awaits. Rows a step refuses are
     listed under it with why, the later steps still run, and the command exits 1 after ``--yes``

@@ -140,6 +140,7 @@ def old_deployment(services: Any) -> dict[str, int]:
         "lone_worker_states": 0,  # no device of it was heard from (counted in tests/test_heard_seals.py)
         "alarm_lifecycles": 0,  # raised by this service: sealed (counted in tests/test_lifecycle_seals.py)
         "alarm_outbox": 0,  # queued by this service: sealed (counted in tests/test_outbox_seals.py)
+        "alarm_raises": 0,  # raised by this service: sealed (counted in tests/test_raise_seals.py)
     }
 
 
@@ -162,6 +163,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
     from chain_of_custody.incident_seals import unsealed_incidents
     from chain_of_custody.lifecycle_seals import unsealed_lifecycles
     from chain_of_custody.outbox_seals import unsealed_outbox
+    from chain_of_custody.raise_seals import unsealed_raises
     from chain_of_custody.reach_seals import unsealed_reach
     from chain_of_custody.visit_seals import unsealed_visits
     from devices.seals import unsealed_devices
@@ -190,6 +192,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
             "lone_worker_states": len(unsealed_heard(session)),
             "alarm_lifecycles": len(unsealed_lifecycles(session, entries)),
             "alarm_outbox": len(unsealed_outbox(session)),
+            "alarm_raises": len(unsealed_raises(session, entries)),
         }
     assert found.counts == expected == listed
     assert found.total == 12

@@ -1,0 +1,299 @@
+"""Seals on what an alarm was raised with: whether it is still provisional, the device's note and
+position, and its payload's evidence item.
+
+None of these is a column the lifecycle rules read, so the lifecycle seal left them open: a
+position changed by SQL sent responders to the wrong place (the control room's list, the alarm's
+record and live stream, the escalation's body); a note changed put words in a worker's mouth; an
+``evidence_item_id`` pointed at another of the device's items showed that item (another wearer's,
+another site's) as the alarm's payload and linked it into the alarm's incident; a ``provisional``
+flag cleared left a raised alarm never made whole (no ``alarm_raised`` entry, no payload as
+evidence, no incident), and one set again made a whole alarm whole twice. So every write of them
+also writes ``raise_seal``, in the same statement: an HMAC-SHA256 under the reach secret over the
+alarm's id and :data:`RAISE_COLUMNS` (no statement more: the ack path leaves them as they are).
+
+Each alarm custody entry records the alarm's note and position (``alarms.lifecycle.custody_details``)
+and names its payload's item; ``alarm_raised`` records that it is whole. An alarm whose seal does
+not hold is put back to what they say (:func:`recorded_raise`); where no entry records its note or
+position (one still provisional, or recorded before they were), to what the device's own signed
+message says, whose bytes become the payload's evidence; with neither, to none: no place at all,
+rather than a wrong one. It is shown so until then (:func:`vouched_view`), and ``evidence verify``
+names it (``alarm_raise_altered``). Tables are read as plain tables: this sits below ``alarms``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Boolean, Float, column, select, table, update
+from sqlalchemy.orm import Session
+
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry
+from .keys import ServiceKey
+from .models import CustodyEntry
+from .reach_seals import reach_secret
+from .row_seals import _holds, row_seal
+
+RAISE_COLUMNS = ("provisional", "note", "lat", "lon", "accuracy_m", "evidence_item_id")
+POSITION = ("lat", "lon", "accuracy_m")
+# The key of the details of the custody entry that records an alarm put back to this record.
+PUT_BACK = "raise_put_back"
+
+_ALARMS = table(
+    "alarms",
+    column("id"),
+    column("source_event_id"),
+    column("raise_seal"),
+    column("provisional", Boolean),
+    column("note"),
+    *(column(c, Float) for c in POSITION),
+    column("evidence_item_id"),
+)
+_EVENTS = table("lone_worker_events", column("event_id"), column("raw"))
+_ALARM_ACTIONS = (CustodyAction.ALARM_RAISED.value, CustodyAction.ALARM_CHANGED.value)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def raise_seal(secret: bytes, alarm_id: str, values: Sequence[Any]) -> str:
+    """The seal of what an alarm was raised with: its id and the values of :data:`RAISE_COLUMNS`,
+    in order, hex."""
+    return row_seal(secret, ("raise", alarm_id, *(_text(v) for v in values)))
+
+
+def raise_values(row: Any) -> tuple[Any, ...]:
+    """The values a row (ORM or plain) holds of :data:`RAISE_COLUMNS`, in order."""
+    values = tuple(getattr(row, c) for c in RAISE_COLUMNS)
+    return (bool(values[0]), values[1], *(None if v is None else float(v) for v in values[2:5]), values[5])
+
+
+def raise_holds(secret: bytes, row: Any) -> bool:
+    """Whether an alarm row's raise seal holds (no warning: the caller names what it does)."""
+    return _holds(raise_seal(secret, str(row.id), raise_values(row)), row.raise_seal)
+
+
+def vouched_view(secret: bytes, view: dict[str, Any], provisional: bool, seal: str | None) -> dict[str, Any]:
+    """An alarm's view (``alarms.feed.alarm_view``) as it may be shown, checked against the row's
+    raise seal and provisional flag: one whose seal does not hold shows no note, no position and no
+    payload (not a wrong place, nor another's footage) until the service puts it back; an alarm
+    raised before the seal is shown as it stands."""
+    if seal is None:
+        return view
+    place = view.get("position") or {}
+    values = (bool(provisional), view.get("note"), *(_number(place.get(c)) for c in POSITION))
+    if _holds(raise_seal(secret, str(view["id"]), (*values, view.get("evidence_item_id"))), seal):
+        return view
+    return {**view, "note": None, "position": None, "evidence_item_id": None}
+
+
+# -- what custody (and the device) records --------------------------------------------------------
+
+
+def device_said(raw: bytes | None) -> tuple[Any, ...]:
+    """The note and position (lat, lon, accuracy) the device's signed message gave, or Nones."""
+    try:
+        message = json.loads(raw) if raw else {}
+    except ValueError:
+        message = {}
+    if not isinstance(message, dict):
+        message = {}
+    body, position = message.get("alarm"), message.get("position")
+    note = body.get("note") if isinstance(body, dict) else None
+    place = position if isinstance(position, dict) else {}
+    return (note if isinstance(note, str) else None, *(_number(place.get(c)) for c in POSITION))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass
+class RecordedRaise:
+    """What an alarm's custody entries record of its raise, folded in order (:meth:`take`)."""
+
+    whole: bool = False  # an ``alarm_raised`` entry records it
+    item: str | None = None  # the payload the latest entry naming one names
+    said: tuple[Any, ...] | None = None  # note and position, as the latest entry recording them
+    seq: int | None = None
+    put_back: int | None = None  # the first entry recording it put back
+
+    def take(self, seq: int, action: str, item_id: str | None, details: dict[str, Any]) -> None:
+        self.seq = seq
+        self.whole = self.whole or action == CustodyAction.ALARM_RAISED.value
+        self.item = item_id or self.item
+        if "position" in details and "note" in details:
+            place = details["position"] if isinstance(details["position"], dict) else {}
+            note = details["note"] if isinstance(details["note"], str) else None
+            self.said = (note, *(_number(place.get(c)) for c in POSITION))
+        if PUT_BACK in details and self.put_back is None:
+            self.put_back = seq
+
+    def values(self, message: bytes | None) -> tuple[Any, ...]:
+        """The values of :data:`RAISE_COLUMNS` this record bears out (the device's ``message`` for
+        the note and position no entry records)."""
+        said = self.said if self.said is not None else device_said(message)
+        return (not self.whole, *said, self.item if self.whole else None)
+
+    def differs(self, values: Sequence[Any], message: bytes | None) -> str | None:
+        """Why a row with these values is not what this record bears out, or None."""
+        for name, row, said in zip(RAISE_COLUMNS, values, self.values(message), strict=True):
+            if row != said:
+                return f"its {name} is {row!r} but its record says {said!r}"
+        return None
+
+
+def _details(text: str) -> dict[str, Any] | None:
+    try:
+        d = json.loads(text)
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) and isinstance(d.get("alarm_id"), str) else None
+
+
+def device_message(session: Session, source_event_id: str | None) -> bytes | None:
+    """The bytes of the device's message an alarm was raised by (None for the service's own)."""
+    if not source_event_id:
+        return None
+    raw = session.scalar(select(_EVENTS.c.raw).where(_EVENTS.c.event_id == source_event_id))
+    return bytes(raw) if raw is not None else None
+
+
+def recorded_raise(session: Session, alarm_id: str) -> RecordedRaise:
+    """What the ledger records of one alarm's raise, read for an alarm whose seal does not hold
+    (rare: a scan of the alarm entries that mention it)."""
+    mention = json.dumps({"alarm_id": alarm_id}, separators=(",", ":"), ensure_ascii=False)[1:-1]
+    escaped = mention.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    q = (
+        select(CustodyEntry.seq, CustodyEntry.action, CustodyEntry.item_id, CustodyEntry.details)
+        .where(
+            CustodyEntry.action.in_(_ALARM_ACTIONS), CustodyEntry.details.like(f"%{escaped}%", escape="\\")
+        )
+        .order_by(CustodyEntry.seq)
+    )
+    found = RecordedRaise()
+    for seq, action, item_id, details in session.execute(q):
+        d = _details(details)
+        if d is not None and d["alarm_id"] == alarm_id:
+            found.take(int(seq), action, item_id, d)
+    return found
+
+
+def raise_replay(entries: Iterable[SignedEntry]) -> dict[str, RecordedRaise]:
+    """What the ledger records of each alarm's raise."""
+    out: dict[str, RecordedRaise] = {}
+    for e in entries:
+        if e.body.action not in _ALARM_ACTIONS:
+            continue
+        d = _details(e.body.details)
+        if d is not None:
+            out.setdefault(d["alarm_id"], RecordedRaise()).take(e.body.seq, e.body.action, e.body.item_id, d)
+    return out
+
+
+# -- evidence verify ------------------------------------------------------------------------------
+
+
+def _rows(session: Session, *where: Any) -> list[Any]:
+    return list(session.execute(select(_ALARMS).where(*where).order_by(_ALARMS.c.id)))
+
+
+def check_raise_seals(
+    session: Session, report: ChainReport, key: ServiceKey, entries: Sequence[SignedEntry]
+) -> None:
+    """A finding for each alarm whose raise seal does not hold, or that the service found altered and
+    put back; a note counting the alarms whose raise is not sealed yet."""
+    secret = reach_secret(key)
+    recorded = raise_replay(entries)
+    unsealed = 0
+    for row in _rows(session):
+        said = recorded.get(str(row.id))
+        why = None
+        if row.raise_seal is None:
+            unsealed += 1
+        elif not raise_holds(secret, row):
+            why = (
+                "its raise's seal does not hold: its provisional flag, note, position or payload item was "
+                "written by someone other than the service (none of them is shown; it is put back to its "
+                "custody record and the device's message)"
+            )
+        if why is None and said is not None and said.put_back is not None:
+            why = (
+                "its provisional flag, note, position or payload item was found altered in the database "
+                f"and put back (custody entry #{said.put_back})"
+            )
+        if why is not None:
+            report.problems.append(Problem("alarm_raise_altered", f"alarm {row.id}", why))
+    if unsealed:
+        report.notes.append(
+            f"{unsealed} alarm(s) have no seal on their note, position and payload yet (raised before "
+            "they were sealed): `evidence upgrade-seals` seals those the custody record bears out"
+        )
+
+
+# -- rows made before seals -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnsealedRaise:
+    """An alarm without a raise seal, as ``evidence upgrade-seals`` lists it, with why it is not
+    sealed (``refused``), if it is not."""
+
+    alarm_id: str
+    values: tuple[Any, ...]
+    refused: str | None
+
+    def line(self) -> str:
+        verdict = f"REFUSED: {self.refused}" if self.refused else "matches its custody record"
+        return f"alarm {self.alarm_id}: note, position and payload; {verdict}"
+
+
+def unsealed_raises(session: Session, entries: Iterable[SignedEntry]) -> list[UnsealedRaise]:
+    """Every alarm without a raise seal, against what its custody entries record (and, for the note
+    and position no entry records, the device's own message)."""
+    rows = _rows(session, _ALARMS.c.raise_seal.is_(None))
+    if not rows:
+        return []
+    recorded = raise_replay(entries)
+    out = []
+    for row in rows:
+        said, values = recorded.get(str(row.id)), raise_values(row)
+        if row.provisional:
+            refused: str | None = "it is still provisional (made whole first: run this again)"
+        elif said is None or not said.whole:
+            refused = "no custody entry records its raise (run `evidence backfill-custody` first)"
+        else:
+            refused = said.differs(values, device_message(session, row.source_event_id))
+        out.append(UnsealedRaise(str(row.id), values, refused))
+    return out
+
+
+def seal_raises(session: Session, key: ServiceKey, entries: Iterable[SignedEntry]) -> list[UnsealedRaise]:
+    """Seal the raises :func:`unsealed_raises` lists that the ledger bears out, as they stand (a row
+    changed since it was read keeps none); all it listed."""
+    secret = reach_secret(key)
+    listed = unsealed_raises(session, entries)
+    a = _ALARMS.c
+    for found in listed:
+        if found.refused:
+            continue
+        same = [
+            a[c].is_(None) if v is None else a[c] == v
+            for c, v in zip(RAISE_COLUMNS, found.values, strict=True)
+        ]
+        seal = raise_seal(secret, found.alarm_id, found.values)
+        session.execute(
+            update(_ALARMS)
+            .where(a.id == found.alarm_id, a.raise_seal.is_(None), *same)
+            .values(raise_seal=seal)
+        )
+    return listed
