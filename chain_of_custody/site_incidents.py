@@ -18,7 +18,7 @@ import threading
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
-from storage.db import READ_ONLY, session_in_use
+from storage.db import read_only_engine, session_in_use
 
 from .incident_seals import sealed_incidents
 
@@ -47,11 +47,7 @@ class SiteIncidents:
         # The same database (a ``Database.reading`` block's engine carries options but shares the pool).
         if session is not None and session.get_bind().engine.pool is self._bind.engine.pool:
             return sealed_incidents(session, self._secret, self._site)
-        bind = (
-            self._bind.execution_options(**{READ_ONLY: True})
-            if isinstance(self._bind, Engine)
-            else self._bind
-        )
+        bind = read_only_engine(self._bind) if isinstance(self._bind, Engine) else self._bind
         with Session(bind) as own:
             try:
                 return sealed_incidents(own, self._secret, self._site)

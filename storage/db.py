@@ -19,7 +19,7 @@ from sqlalchemy import DateTime, Engine, MetaData, Table, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from .sqlite_writes import begin_writing, connection_class, queue_for
@@ -107,19 +107,74 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
-            # A transaction that only reads (``Database.reading``) takes no write lock; one that
-            # writes waits for its turn among this process's threads first (``sqlite_writes``).
-            if conn.get_execution_options().get(READ_ONLY):
+            # A transaction that only reads (``Database.reading``) takes no write lock, and SQLite
+            # refuses any write in it (``query_only``: a write would take the lock behind the
+            # queue's back); one that writes waits for its turn among this process's threads first
+            # (``sqlite_writes``).
+            reads = bool(conn.get_execution_options().get(READ_ONLY))
+            info = conn.connection.info
+            if info.get(_QUERY_ONLY, False) != reads:
+                conn.exec_driver_sql(f"PRAGMA query_only={int(reads)}")
+                info[_QUERY_ONLY] = reads
+            if reads:
                 conn.exec_driver_sql("BEGIN")
             else:
                 begin_writing(
                     conn.connection.dbapi_connection, lambda: conn.exec_driver_sql("BEGIN IMMEDIATE")
                 )
 
+        @event.listens_for(engine, "checkin")
+        def _sqlite_writable_again(dbapi_conn, record):  # type: ignore[no-untyped-def]
+            # A pooled connection is handed out writable, whatever its last transaction was.
+            if record is not None and record.info.pop(_QUERY_ONLY, False) and dbapi_conn is not None:
+                dbapi_conn.execute("PRAGMA query_only=0")
+
+        refuse_writes_clearly(engine)
         return engine
     engine = create_engine(url, pool_size=10, max_overflow=20, pool_use_lifo=True)
     ping_after_idle(engine, PING_AFTER_IDLE_SECONDS)
+    refuse_writes_clearly(engine)
     return engine
+
+
+_QUERY_ONLY = "evidence_query_only"  # a pooled SQLite connection's ``PRAGMA query_only`` as last set
+
+
+class WriteInReading(RuntimeError):
+    """A write attempted inside a ``Database.reading`` block. Such a block is rolled back at its
+    end, so the write would be lost without a word (PostgreSQL), or take SQLite's write lock
+    outside its queue: it is refused where it is made instead. Write in ``Database.session``."""
+
+
+def read_only_engine(engine: Engine) -> Engine:
+    """``engine`` for transactions that only read: no write lock on SQLite (``READ_ONLY``) and
+    ``BEGIN READ ONLY`` on PostgreSQL (no extra round trip: psycopg sends it with the ``BEGIN``),
+    so the database itself refuses a write. The connections are the engine's own (one pool)."""
+    options: dict[str, Any] = {READ_ONLY: True}
+    if engine.dialect.name == "postgresql":
+        options["postgresql_readonly"] = True
+    return engine.execution_options(**options)
+
+
+_REFUSED_BY_DATABASE = (
+    "attempt to write a readonly database",  # SQLite, ``PRAGMA query_only``
+    "read-only transaction",  # PostgreSQL: cannot execute UPDATE in a read-only transaction
+)
+
+
+def refuse_writes_clearly(engine: Engine) -> None:
+    """A write the database refused in a read-only transaction is raised as :class:`WriteInReading`
+    (a statement the session could not tell was a write: ``text()``, a raw connection)."""
+
+    @event.listens_for(engine, "handle_error")
+    def _write_in_reading(context: Any) -> WriteInReading | None:
+        conn = context.connection
+        if conn is None or not conn.get_execution_options().get(READ_ONLY):
+            return None
+        said = str(context.original_exception)
+        if not any(words in said for words in _REFUSED_BY_DATABASE):
+            return None
+        return WriteInReading(f"a write inside Database.reading, refused by the database: {said}")
 
 
 PING_AFTER_IDLE_SECONDS = 1.0
@@ -186,6 +241,30 @@ def _in_use(s: Session) -> Iterator[Session]:
             _IN_USE.set(outer)
 
 
+class ReadingSession(Session):
+    """The session of a ``Database.reading`` block: every write made through it is refused."""
+
+
+def _changes(s: Session) -> str | None:
+    """What the session would write at a flush, named for an error; None when nothing."""
+    changed = [*s.new, *s.deleted, *(o for o in s.dirty if s.is_modified(o))]
+    return ", ".join(sorted({type(o).__name__ for o in changed})) or None
+
+
+@event.listens_for(ReadingSession, "before_flush")
+def _no_flush_in_reading(s: Session, _context: Any, _instances: Any) -> None:
+    changed = _changes(s)
+    if changed:
+        raise WriteInReading(f"a flush of {changed} inside Database.reading: write in Database.session")
+
+
+@event.listens_for(ReadingSession, "do_orm_execute")
+def _no_write_statement_in_reading(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        what = type(state.statement).__name__.upper()
+        raise WriteInReading(f"{what} statement inside Database.reading: write in Database.session")
+
+
 class Database:
     """Owns the engine and hands out sessions that commit on success and roll back on error."""
 
@@ -193,6 +272,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.reads = read_only_engine(self.engine)  # made once: each one made adds a listener
 
     @property
     def is_postgres(self) -> bool:
@@ -217,13 +297,15 @@ class Database:
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A transaction that only reads, rolled back at the end. On SQLite it begins without taking
-        the write lock, so a long read (a whole verification) does not hold every writer off."""
-        with (
-            Session(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False) as s,
-            _in_use(s),
-        ):
+        the write lock, so a long read (a whole verification) does not hold every writer off. A
+        write made in it (a flush, an ``INSERT``/``UPDATE``/``DELETE``, an object changed and left
+        unflushed) raises :class:`WriteInReading` rather than being rolled back unseen."""
+        with ReadingSession(self.reads, expire_on_commit=False) as s, _in_use(s):
             try:
                 yield s
+                changed = _changes(s)
+                if changed:
+                    raise WriteInReading(f"{changed} changed inside Database.reading and never written")
             finally:
                 s.rollback()
 
