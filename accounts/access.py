@@ -80,13 +80,13 @@ def current_user(
     """The caller by bearer token or, from the console's pages, by session cookie (with CSRF checks);
     401 without either."""
     if creds is None:
-        with s.db.session() as session:
-            browser = browser_session(request, session, s.settings, SignInSeals.of(s.key))
+        # Read without the write lock too (``browser_session``): only a touch, rarely, writes.
+        browser = browser_session(request, s.db, s.settings, SignInSeals.of(s.key))
         if browser is not None:
             return browser.principal
         raise Unauthenticated("authentication required", headers={"WWW-Authenticate": "Bearer"})
-    # A token's sign-in only reads (a console session's may end or touch its row): on SQLite it
-    # waits for no writer, so a request that itself only reads answers while a long write runs.
+    # A token's sign-in only reads: on SQLite it waits for no writer, so a request that itself only
+    # reads answers while a long write runs.
     with s.db.reading() as session:
         principal = resolve_token(session, creds.credentials, SignInSeals.of(s.key))
     if principal is None:
@@ -112,12 +112,12 @@ def still_signed_in(request: Request, s: CoreServices, user: Principal) -> bool:
     token not revoked or expired, the browser session not ended, the role unchanged."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     seals = SignInSeals.of(s.key)
-    with s.db.session() as session:
-        if scheme.lower() == "bearer" and token:
+    if scheme.lower() == "bearer" and token:
+        with s.db.reading() as session:
             now = resolve_token(session, token.strip(), seals)
-        else:
-            browser = browser_session(request, session, s.settings, seals)
-            now = browser.principal if browser else None
+    else:
+        browser = browser_session(request, s.db, s.settings, seals)
+        now = browser.principal if browser else None
     return now is not None and now.user_id == user.user_id and now.role == user.role
 
 

@@ -23,13 +23,13 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from fastapi import Request
-from sqlalchemy.orm import Session
 
+from storage.db import Database
 from storage.errors import Refused
 from storage.settings import ConsoleSettings
 
 from .seals import SignInSeals
-from .sessions import BrowserSession, SessionPolicy, csrf_matches, resolve_session
+from .sessions import BrowserSession, SessionPolicy, csrf_matches, read_session, touch_or_end
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def is_background(request: Request) -> bool:
 
 def browser_session(
     request: Request,
-    session: Session,
+    db: Database,
     settings: ConsoleSettings,
     seals: SignInSeals,
     *,
@@ -158,21 +158,29 @@ def browser_session(
     now: datetime | None = None,
 ) -> BrowserSession | None:
     """The signed-in browser behind ``request``, or None; 403 for a state-changing request without
-    proof that our page sent it. ``csrf`` is a token found in a form body (else the header is used)."""
+    proof that our page sent it. ``csrf`` is a token found in a form body (else the header is used).
+
+    The session is looked up in a read (``Database.reading``): every request of a page (a poll of
+    an export's progress, a page of the board) signs in without waiting for the write lock, which a
+    long write (an export's recording) may hold for seconds. Only what must be written (the
+    person's activity, at most every ``TOUCH_EVERY``; the end of a session found idle) takes a short
+    write transaction of its own, after the read, once the request is known to be genuine."""
     secure = settings.console_secure_cookie
     secret = session_secret(request, secure)
     if not secret:
         return None
-    found = resolve_session(
-        session,
-        secret,
-        SessionPolicy.from_settings(settings),
-        seals,
-        activity=not is_background(request),
-        now=now,
-    )
-    if found is None:
-        return None
-    if request.method not in SAFE_METHODS:
+    with db.reading() as session:
+        found, change = read_session(
+            session,
+            secret,
+            SessionPolicy.from_settings(settings),
+            seals,
+            activity=not is_background(request),
+            now=now,
+        )
+    if found is not None and request.method not in SAFE_METHODS:
         check_csrf(request, secret, csrf if csrf is not None else request.headers.get(CSRF_HEADER))
+    if change is not None:
+        with db.session() as session:
+            touch_or_end(session, change, seals)
     return found

@@ -97,6 +97,77 @@ def start_session(
     )
 
 
+@dataclass(frozen=True)
+class SessionChange:
+    """What a sign-in by cookie found to write, made apart from the read (:func:`touch_or_end`): the
+    session's idle end, or the person's activity (at most every :data:`TOUCH_EVERY`)."""
+
+    token_hash: str
+    at: datetime
+    ended: bool  # ended by its idle timeout; else touched
+
+
+def read_session(
+    session: Session,
+    secret: str,
+    policy: SessionPolicy,
+    seals: SignInSeals,
+    *,
+    activity: bool = True,
+    now: datetime | None = None,
+) -> tuple[BrowserSession | None, SessionChange | None]:
+    """The live session a cookie names, or None (unknown, ended, idle too long, expired, user
+    disabled, or a session's or user's row whose seal does not hold: planted or altered in the
+    database), and what is to be written of it, or None. It only reads, so it runs in a
+    ``Database.reading`` block and a request waits for no writer to sign in.
+
+    ``activity``: the request is something the person did, so the idle clock restarts. The live
+    alarm stream is not: a board left open must still time out when nobody is at it.
+    """
+    now = now or datetime.now(UTC)
+    if not secret or len(secret) > 128:
+        return None, None
+    digest = secret_digest(secret)
+    row = standing_row(session, SESSION_LOOKUP, SESSION, digest, seals.credentials, now)
+    if row is None:
+        return None, None
+    # The idle clock runs from the last activity the service sealed (``activity_seal``), or from the
+    # row's own if that is earlier: a ``last_seen_at`` moved forward in the database revives nothing.
+    sealed_seen = activity_of(seals.credentials, row.token_hash, row.activity_seal)
+    if sealed_seen is None:
+        log.warning("credential refused: its last activity is not sealed", extra={"credential": SESSION})
+        return None, None
+    last_seen = min(row.last_seen_at, sealed_seen)
+    if last_seen + policy.idle <= now:
+        return None, SessionChange(row.token_hash, now, ended=True)
+    user = session.get(User, row.user_id)
+    if user is None or not user.active or not user_seal_holds(seals.users, user, seals.older_users):
+        return None, None
+    change = None
+    if activity and now - last_seen >= TOUCH_EVERY:
+        change, last_seen = SessionChange(row.token_hash, now, ended=False), now
+    mark, grants = sign_in_mark("console", row.token_hash), assignments_of(session, seals.grants, user)
+    principal = Principal(
+        user.id, user.username, user.role, user.site, mark, grants, reach_of(session, seals, user)
+    )
+    idle_ends = min(last_seen + policy.idle, row.expires_at)
+    return BrowserSession(principal, csrf_token_for(secret), idle_ends, row.expires_at), change
+
+
+def touch_or_end(session: Session, change: SessionChange, seals: SignInSeals) -> None:
+    """Write what :func:`read_session` found, in a write transaction: the idle end, or the activity
+    sealed again. A session ended meanwhile (sign-out, an account change) stays ended, and a touch
+    never moves the activity back (another request's later one stands)."""
+    row = session.get(UserSession, change.token_hash, with_for_update=True)
+    if row is None or row.ended_at is not None:
+        return
+    if change.ended:
+        row.ended_at = change.at
+    elif row.last_seen_at < change.at:
+        row.last_seen_at = change.at
+        row.activity_seal = activity_mark(seals.credentials, row.token_hash, change.at)
+
+
 def resolve_session(
     session: Session,
     secret: str,
@@ -106,42 +177,11 @@ def resolve_session(
     activity: bool = True,
     now: datetime | None = None,
 ) -> BrowserSession | None:
-    """The live session a cookie names, or None (unknown, ended, idle too long, expired, user
-    disabled, or a session's or user's row whose seal does not hold: planted or altered in the
-    database).
-
-    ``activity``: the request is something the person did, so the idle clock restarts. The live
-    alarm stream is not: a board left open must still time out when nobody is at it.
-    """
-    now = now or datetime.now(UTC)
-    if not secret or len(secret) > 128:
-        return None
-    digest = secret_digest(secret)
-    row = standing_row(session, SESSION_LOOKUP, SESSION, digest, seals.credentials, now)
-    if row is None:
-        return None
-    # The idle clock runs from the last activity the service sealed (``activity_seal``), or from the
-    # row's own if that is earlier: a ``last_seen_at`` moved forward in the database revives nothing.
-    sealed_seen = activity_of(seals.credentials, row.token_hash, row.activity_seal)
-    if sealed_seen is None:
-        log.warning("credential refused: its last activity is not sealed", extra={"credential": SESSION})
-        return None
-    last_seen = min(row.last_seen_at, sealed_seen)
-    if last_seen + policy.idle <= now:
-        row.ended_at = now
-        return None
-    user = session.get(User, row.user_id)
-    if user is None or not user.active or not user_seal_holds(seals.users, user, seals.older_users):
-        return None
-    if activity and now - last_seen >= TOUCH_EVERY:
-        row.last_seen_at = last_seen = now
-        row.activity_seal = activity_mark(seals.credentials, row.token_hash, now)
-    mark, grants = sign_in_mark("console", row.token_hash), assignments_of(session, seals.grants, user)
-    principal = Principal(
-        user.id, user.username, user.role, user.site, mark, grants, reach_of(session, seals, user)
-    )
-    idle_ends = min(last_seen + policy.idle, row.expires_at)
-    return BrowserSession(principal, csrf_token_for(secret), idle_ends, row.expires_at)
+    """:func:`read_session` and its write in one write transaction (``session``)."""
+    found, change = read_session(session, secret, policy, seals, activity=activity, now=now)
+    if change is not None:
+        touch_or_end(session, change, seals)
+    return found
 
 
 def end_session(session: Session, secret: str, now: datetime | None = None) -> str | None:

@@ -80,8 +80,7 @@ NAV: list[tuple[str, str, tuple[str, ...]]] = [
 
 
 def _session(request: Request, s: CoreServices, csrf: str | None = None) -> BrowserSession | None:
-    with s.db.session() as session:
-        return browser_session(request, session, s.settings, SignInSeals.of(s.key), csrf=csrf)
+    return browser_session(request, s.db, s.settings, SignInSeals.of(s.key), csrf=csrf)
 
 
 def signed_in(request: Request, roles: tuple[str, ...], csrf: str | None = None) -> BrowserSession:

@@ -1,30 +1,49 @@
 """An export's status answers while its build holds SQLite's write lock: asking how a build is
-going reads, and a read waits for no writer (both databases, through the real routes)."""
+going reads, and a read waits for no writer, whether the caller signs in by bearer token or, as the
+console's exports page does, by its session cookie (both databases, through the real routes)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
+import accounts.sessions
 from incidents.export.jobs import ExportBuilds
-from tests.test_incidents_kit import assigned_incident, bearer, staff, user
+from tests.test_console_kit import session_client
+from tests.test_incidents_kit import PASSWORD, assigned_incident, bearer, staff, user
 
 T0 = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)
 # A status read takes tens of milliseconds; one queued behind the held build waits until it is let go.
 ANSWER_WITHIN_S = 5.0
 
 
-def test_a_status_poll_answers_while_the_build_holds_the_writer(live: Any, monkeypatch: Any) -> None:
+def signed_in_client(live: Any, username: str, by: str, monkeypatch: pytest.MonkeyPatch) -> httpx.Client:
+    """A client of the API signed in as ``username`` by a bearer token or by the console's cookie
+    (sending the session's CSRF token, as the console's scripts do). With the cookie no touch of
+    the session falls due meanwhile (at most one every ``TOUCH_EVERY`` is written, apart)."""
+    if by == "bearer":
+        return httpx.Client(base_url=f"{live.url}/api/v1", headers=bearer(live.services, username))
+    monkeypatch.setattr(accounts.sessions, "TOUCH_EVERY", timedelta(hours=1))
+    client, csrf = session_client(live.url, username, PASSWORD)
+    client.base_url = httpx.URL(f"{live.url}/api/v1/")
+    client.headers["X-CSRF-Token"] = csrf
+    return client
+
+
+@pytest.mark.parametrize("by", ["bearer", "cookie"])
+def test_a_status_poll_answers_while_the_build_holds_the_writer(
+    live: Any, monkeypatch: pytest.MonkeyPatch, by: str
+) -> None:
     s = live.services
-    api = f"{live.url}/api/v1"
     staff(s, "S-N", "nurse", "NORTH")
     inv = user(s, "inv_poll", "investigator")
     incident_id, _ = assigned_incident(s, T0, inv)
-    headers = bearer(s, "inv_poll")
+    api = signed_in_client(live, "inv_poll", by, monkeypatch)
     held, let_go = threading.Event(), threading.Event()
     ready = ExportBuilds._ready
 
@@ -36,13 +55,13 @@ def test_a_status_poll_answers_while_the_build_holds_the_writer(live: Any, monke
 
     monkeypatch.setattr(ExportBuilds, "_ready", staticmethod(held_ready))
     try:
-        r = httpx.post(f"{api}/incidents/{incident_id}/exports", json={}, headers=headers)
+        r = api.post(f"incidents/{incident_id}/exports", json={})
         assert r.status_code == 202, r.text
         export_id = r.json()["id"]
         assert held.wait(60), "the build never reached its recording transaction"
         started = time.monotonic()
         try:
-            got = httpx.get(f"{api}/exports/{export_id}", headers=headers, timeout=ANSWER_WITHIN_S)
+            got = api.get(f"exports/{export_id}", timeout=ANSWER_WITHIN_S)
         except httpx.TimeoutException:
             raise AssertionError(f"no status within {ANSWER_WITHIN_S} s while the build was held") from None
         took = time.monotonic() - started
@@ -53,7 +72,7 @@ def test_a_status_poll_answers_while_the_build_holds_the_writer(live: Any, monke
         let_go.set()
 
     def finished() -> bool:
-        return bool(httpx.get(f"{api}/exports/{export_id}", headers=headers).json()["status"] == "ready")
+        return bool(api.get(f"exports/{export_id}").json()["status"] == "ready")
 
     from tests.conftest import wait_for
 
