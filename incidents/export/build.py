@@ -419,9 +419,10 @@ def build_package(
 
     The package's layout becomes evidence item ``request.export_id`` (kind ``export``); every item
     gets an ``exported`` entry naming the package and its hashes (and, for originals, who authorised
-    them and why), all in one transaction after the layout is safely stored. The whole zip's SHA-256
-    is computed only with ``package_hash`` (see ``compose_package``): the signed manifest's hash
-    identifies the package either way. ``fence`` runs first in the recording transaction: when it
+    them and why), all in one transaction after the layout is safely stored and the items' locks
+    extended in storage (:func:`lock_for_package`: no storage call in the transaction). The whole
+    zip's SHA-256 is computed only with ``package_hash`` (see ``compose_package``): the signed
+    manifest's hash identifies the package either way. ``fence`` runs first in the recording transaction: when it
     says False (the build's lease was taken over), nothing is recorded and :class:`BuildTakenOver`
     is raised. ``finish`` runs last in the same transaction, so whoever keeps the build's state (an
     export job) records it done with the package, never after it: a builder that took the build
@@ -518,6 +519,7 @@ def build_package(
         withheld=withheld,
         media_bytes=media_bytes,
     )
+    locked = lock_for_package(db, store, [p.item.id for p in plan if p.include_media], request)
     with db.session() as session:
         if fence is not None and not fence(session):
             raise BuildTakenOver(f"export {request.export_id} was taken over by another builder")
@@ -561,7 +563,7 @@ def build_package(
         )
         for p in plan:
             if p.include_media:
-                _lock_for_package(session, ledger, store, p.item.id, request)
+                _record_lock(session, ledger, store, p.item.id, request, locked)
             original_footage = p.include_media and p.item.kind in ORIGINAL_VIDEO_KINDS
             ledger.append(
                 session,
@@ -585,22 +587,60 @@ def build_package(
     return result
 
 
-def _lock_for_package(
-    session: Session, ledger: Ledger, store: ObjectStore, item_id: str, request: ExportRequest
-) -> None:
-    """Storage keeps a packaged item's object at least as long as the package (the retention sweeper
-    also refuses to delete it while the package is held); a ``retention_changed`` entry says why."""
-    item = session.get(EvidenceItem, item_id, with_for_update=True)
-    target = request.retain_until.replace(microsecond=0) + timedelta(seconds=1)
-    if item is None or (item.retain_until is not None and item.retain_until >= request.retain_until):
-        return
+def lock_for_package(
+    db: Database, store: ObjectStore, item_ids: list[str], request: ExportRequest
+) -> dict[str, datetime]:
+    """Storage keeps each packaged item's object at least as long as the package (the retention
+    sweeper also refuses to delete it while the package is held): the lock of each item whose
+    record says it ends sooner is extended here, before the recording transaction and outside any,
+    so the storage calls (one per item) hold no write lock. The lock is set first and recorded after
+    (``_record_lock``): COMPLIANCE retention can only be extended, so a crash or a failure between
+    leaves storage stricter than the record, never looser, and the next build finds it set (an
+    earlier date is refused and the later one held is adopted). The date storage holds, by item."""
+    if not item_ids:
+        return {}
+    with db.reading() as session:
+        rows = session.execute(
+            select(
+                EvidenceItem.id, EvidenceItem.object_key, EvidenceItem.version_id, EvidenceItem.retain_until
+            ).where(EvidenceItem.id.in_(item_ids))
+        ).all()
+    return {
+        item_id: _extend_lock(store, key, version, request.retain_until)
+        for item_id, key, version, until in rows
+        if until is None or until < request.retain_until
+    }
+
+
+def _extend_lock(store: ObjectStore, key: str, version_id: str | None, until: datetime) -> datetime:
+    """Lock the object until at least ``until``; the date storage now holds."""
+    target = until.replace(microsecond=0) + timedelta(seconds=1)
     try:
-        store.set_retention(item.object_key, item.version_id, target)
+        store.set_retention(key, version_id, target)
     except ObjectLocked:
-        held = store.info(item.object_key, item.version_id).retain_until  # already later in storage
-        if held is None or held < request.retain_until:
+        held = store.info(key, version_id).retain_until  # already later in storage
+        if held is None or held < until:
             raise
         target = held
+    return target
+
+
+def _record_lock(
+    session: Session,
+    ledger: Ledger,
+    store: ObjectStore,
+    item_id: str,
+    request: ExportRequest,
+    locked: dict[str, datetime],
+) -> None:
+    """The item's lock as the package needs it, recorded in the recording transaction with a
+    ``retention_changed`` entry saying why: the date :func:`lock_for_package` set in storage."""
+    item = session.get(EvidenceItem, item_id, with_for_update=True)
+    if item is None or (item.retain_until is not None and item.retain_until >= request.retain_until):
+        return
+    target = locked.get(item_id)
+    if target is None:  # the record ended sooner than when the locks were set: set this one now
+        target = _extend_lock(store, item.object_key, item.version_id, request.retain_until)
     ledger.append(
         session,
         CustodyAction.RETENTION_CHANGED,
