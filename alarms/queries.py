@@ -1,4 +1,7 @@
-"""What the control room reads: alarms, one alarm, and every lone-worker device with its state."""
+"""What the control room reads: alarms, one alarm, and every lone-worker device with its state.
+
+Each read is a ``Database.reading`` block: on SQLite it waits for no writer, so the board's and the
+map's reads answer while a long write (an export's recording, a burst of alarms) holds the lock."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ class AlarmQueries:
     def get(self, alarm_id: str, viewer: SiteViewer | None = None) -> dict[str, Any]:
         """One alarm; :class:`AlarmNotFound` also when it is not the viewer's to see (``viewer`` None:
         the service itself)."""
-        with self.db.session() as session:
+        with self.db.reading() as session:
             row = session.get(AlarmRecord, alarm_id)
             if row is None or (viewer is not None and not sees_site(viewer, row.site)):
                 raise AlarmNotFound(alarm_id)
@@ -62,7 +65,7 @@ class AlarmQueries:
         if kind:
             q = q.where(AlarmRecord.kind == kind)
         q = q.order_by(AlarmRecord.raised_at.desc(), AlarmRecord.id.desc()).limit(limit).offset(offset)
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return [shown_view(self.secret, r) for r in readable(self.secret, viewer, session.scalars(q))]
 
     def lone_workers(
@@ -72,7 +75,7 @@ class AlarmQueries:
         after ``after``, at most ``limit``: who carries it, presence, last seen, battery, position,
         and the open alarms the viewer reads (``alarms.reach.readable_scope``)."""
         S = LoneWorkerState
-        with self.db.session() as session:
+        with self.db.reading() as session:
             open_alarms = (
                 select(AlarmRecord.device_id, func.count().label("n"))
                 .where(*readable_scope(session, self.secret, viewer, AlarmRecord.status != "resolved"))

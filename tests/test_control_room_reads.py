@@ -1,0 +1,50 @@
+"""The control room's reads (the lone-worker list, the alarm list, one alarm) answer while another
+transaction holds SQLite's write lock: they read in ``Database.reading`` blocks and wait for no
+writer (both databases, the real routes; on PostgreSQL no write blocks a read anyway).
+
+CI saw ``GET /api/v1/lone-workers`` take 7.0 s: its list once began a write transaction, so it
+queued for the write lock behind whatever long write held it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import httpx
+from sqlalchemy import update
+
+from devices.models import Device
+from tests.test_incidents_kit import bearer, user
+
+ANSWER_WITHIN_S = 5.0  # each read takes tens of milliseconds; one queued behind the held writer waits for it
+
+
+def test_the_control_rooms_reads_answer_while_a_writer_holds_the_lock(live: Any) -> None:
+    s = live.services
+    user(s, "mgr_reads", "security_manager", "NORTH")  # a reader by site: seals checked, scope read
+    headers = bearer(s, "mgr_reads")
+    api = f"{live.url}/api/v1"
+    held, let_go = threading.Event(), threading.Event()
+
+    def hold_the_writer() -> None:
+        with s.db.session() as session:  # on SQLite: BEGIN IMMEDIATE, the one write lock
+            session.execute(update(Device).where(Device.id == "no-such-device").values(name="x"))
+            held.set()
+            let_go.wait(60)
+
+    writer = threading.Thread(target=hold_the_writer, name="held-writer")
+    writer.start()
+    try:
+        assert held.wait(30), "the writer never began"
+        for path, status in (("/lone-workers", 200), ("/alarms", 200), ("/alarms/no-such-alarm", 404)):
+            try:
+                got = httpx.get(f"{api}{path}", headers=headers, timeout=ANSWER_WITHIN_S)
+            except httpx.TimeoutException:
+                raise AssertionError(
+                    f"GET {path}: no answer within {ANSWER_WITHIN_S} s while a writer held"
+                ) from None
+            assert got.status_code == status, (path, got.text)
+    finally:
+        let_go.set()
+        writer.join(30)
