@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.evidence import Provenance
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from incidents.export.build import ExportResult, build_package
@@ -50,7 +51,7 @@ def _build(s: Any, item_ids: list[str], request: ExportRequest) -> ExportResult:
     return build_package(s.db, s.store, s.ledger, s.key, items, request)
 
 
-def _recorded(s: Any, item_ids: list[str], action: str) -> list[str]:
+def _recorded(s: Any, item_ids: list[str], action: CustodyAction) -> list[str]:
     with s.db.reading() as session:
         return list(
             session.scalars(
@@ -88,7 +89,7 @@ def test_another_write_completes_while_a_packaged_items_lock_is_being_set(
 
     def other_write() -> None:  # any write of the service appends custody: here, a check of another item
         with s.db.session() as session:
-            s.ledger.append(session, "verified", "test", item_id=other.id, details={"ok": True})
+            s.ledger.append(session, CustodyAction.VERIFIED, "test", item_id=other.id, details={"ok": True})
         wrote.set()
 
     builder = threading.Thread(target=build, name="export-build")
@@ -108,7 +109,7 @@ def test_another_write_completes_while_a_packaged_items_lock_is_being_set(
     assert not failed, failed
     # The package is recorded as before: both items locked as long as it, in storage and on record.
     (result,) = built
-    assert sorted(_recorded(s, [i.id for i in packaged], "retention_changed")) == sorted(
+    assert sorted(_recorded(s, [i.id for i in packaged], CustodyAction.RETENTION_CHANGED)) == sorted(
         i.id for i in packaged
     )
     with s.db.reading() as session:
@@ -150,8 +151,8 @@ def test_a_failed_lock_records_nothing_and_the_next_build_finds_storage_as_it_wa
     with s.db.reading() as session:
         assert session.get(EvidenceItem, request.export_id) is None
         assert {i: session.get(EvidenceItem, i).retain_until for i in ids} == before  # type: ignore[union-attr]
-    assert _recorded(s, ids + [request.export_id], "exported") == []
-    assert _recorded(s, ids, "retention_changed") == []
+    assert _recorded(s, ids + [request.export_id], CustodyAction.EXPORTED) == []
+    assert _recorded(s, ids, CustodyAction.RETENTION_CHANGED) == []
     for item in packaged:  # storage never looser than the record: the first one stricter already
         held = s.store.info(item.object_key, item.version_id).retain_until
         assert held is not None and (before[item.id] is None or held >= before[item.id])
@@ -167,4 +168,4 @@ def test_a_failed_lock_records_nothing_and_the_next_build_finds_storage_as_it_wa
                 row is not None and row.retain_until is not None and row.retain_until >= request.retain_until
             )
             assert s.store.info(item.object_key, item.version_id).retain_until == row.retain_until
-    assert sorted(_recorded(s, ids, "retention_changed")) == sorted(ids)
+    assert sorted(_recorded(s, ids, CustodyAction.RETENTION_CHANGED)) == sorted(ids)
