@@ -7,7 +7,10 @@ In one run against a private SeaweedFS, for one object of ``--object-mb``:
   object hashed with BLAKE3 as it streams, the last block held until it checks);
 - content, unchecked: the same route for an administrator reviewing a quarantined copy of the same
   object (``review_reason``): the stream as it was before reads were checked;
-- a 1 MiB range from the middle, checked (the whole object is read to check it) and unchecked.
+- a 1 MiB range from the middle, checked (the whole object is read to check it) and unchecked;
+- content, checked and listing: the first download of an object stored without a block list (as
+  before lists were kept), which takes the object's block digests as it streams and keeps them
+  (``chain_of_custody.later_lists``): a fresh such object for each repeat.
 
 Run: ``flock /tmp/bench.lock .venv/bin/python bench/evidence_read.py [--object-mb 256] [--repeat 3]``.
 """
@@ -61,7 +64,7 @@ def main() -> None:
         for _ in range(args.object_mb):
             f.write(os.urandom(1024 * 1024))
     items = []
-    for _ in range(2):
+    for n in range(2 + args.repeat):  # the last ``repeat`` of them without a block list
         with open(path, "rb") as f:
             stored = s.store.put_stream(
                 f"bench/{len(items)}",
@@ -72,7 +75,9 @@ def main() -> None:
             )
         with s.db.session() as session:
             items.append(
-                record_evidence(session, s.ledger, stored, Provenance(kind="clip", actor="bench")).id
+                record_evidence(
+                    session, s.ledger, stored, Provenance(kind="clip", actor="bench"), block_list=n < 2
+                ).id
             )
     with s.db.session() as session:
         quarantine(session, s.ledger, items[1], "bench: the unchecked path", {})
@@ -95,12 +100,14 @@ def main() -> None:
         n = sum(len(b) for b in s.store.read("bench/0"))
         assert n == size
 
+    unlisted = iter(items[2:])
     mid = size // 2
     rng = f"bytes={mid}-{mid + 1024 * 1024 - 1}"
     try:
         times = {
             "raw_read": _timed(raw, args.repeat),
             "content_checked": _timed(lambda: get(items[0]), args.repeat),
+            "content_checked_listing": _timed(lambda: get(next(unlisted)), args.repeat),
             "content_unchecked": _timed(lambda: get(items[1], review), args.repeat),
             "range_1mib_checked": _timed(lambda: get(items[0], rng=rng), args.repeat),
             "range_1mib_unchecked": _timed(lambda: get(items[1], review, rng), args.repeat),
@@ -120,6 +127,9 @@ def main() -> None:
         "ratios": {
             "content_checked_vs_raw_read": round(times["raw_read"] / times["content_checked"], 3),
             "content_checked_vs_unchecked": round(times["content_unchecked"] / times["content_checked"], 3),
+            "content_listing_vs_checked": round(
+                times["content_checked"] / times["content_checked_listing"], 3
+            ),
             "range_checked_vs_unchecked_time": round(
                 times["range_1mib_checked"] / times["range_1mib_unchecked"], 1
             ),

@@ -12,6 +12,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
 from storage.db import Database
+from storage.digests import BlockDigests
 from storage.memo import BoundedMemo
 from storage.objects import ObjectStore, StoredObject
 from storage.streams import BlocksOnThread
@@ -304,6 +305,7 @@ def read_item(
     details: dict[str, Any] | None = None,
     block_digests: tuple[bytes, ...] | None = None,
     recorded: bool = False,
+    keep_blocks: Callable[[list[bytes]], None] | None = None,
 ) -> Iterator[bytes]:
     """Record the read in the custody ledger (in the caller's transaction), then stream the bytes,
         checked against the recorded digest as they stream (``fixity.checked_range``).
@@ -315,7 +317,9 @@ def read_item(
     object lately, ``read_checks``) a range reads only the blocks it lies in, each checked against its
     digest before it is sent. ``verify=False`` is for reading an item already
         quarantined (for review), whose bytes are known not to be the evidence. ``recorded``: the caller
-    has already checked the record and put the read on custody (a range of a viewing, ``viewings``)."""
+    has already checked the record and put the read on custody (a range of a viewing, ``viewings``).
+    ``keep_blocks`` (a whole read of an item with no block list): the object's block digests, taken
+    as it streams, are handed to it once the whole has matched its record (``later_lists``)."""
     if not recorded:
         if verify:
             trusted_record(session, ledger, item)
@@ -330,13 +334,30 @@ def read_item(
     if block_digests is not None and byte_range is not None:
         return checked_blocks(store, item, block_digests, byte_range.start, byte_range.length, on_altered)
     check = FixityCheck(item.sha256, item.blake3, item.size)
+    listing = BlockDigests() if keep_blocks is not None else None
+
+    def tap(chunk: bytes) -> None:
+        check.update(chunk)
+        if listing is not None:
+            listing.update(chunk)
+
     blocks = iter(
         BlocksOnThread(  # a window at a time (``read_checks.STORE_WINDOW``): the whole is read all the same
             store.read(item.object_key, item.version_id, window=read_checks.STORE_WINDOW),
             4,
-            check.update,
+            tap,
             "evidence-read",
         )
     )
     lo, n = (0, item.size) if byte_range is None else (byte_range.start, byte_range.length)
-    return checked_range(blocks, check, lo, n, on_altered)
+    served = checked_range(blocks, check, lo, n, on_altered)
+    if keep_blocks is None or listing is None:
+        return served
+    return _then(served, lambda: keep_blocks(list(listing.digests())))
+
+
+def _then(blocks: Iterator[bytes], done: Callable[[], None]) -> Iterator[bytes]:
+    """``blocks``, then ``done`` once every one was taken (not when the reader stopped early, nor
+    when the check found the object altered: ``checked_range`` raises before its last block)."""
+    yield from blocks
+    done()

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 KEEPER = "cli:keep-block-lists"
 
 
-def _no_list(session: Session, item_id: str) -> bool:
+def no_list(session: Session, item_id: str) -> bool:
     """The item has no list row and nothing on custody commits to one."""
     if session.get(EvidenceBlockList, item_id) is not None:
         return False
@@ -68,7 +68,7 @@ def keep_checked_list(
             if row is None or row.status != "stored" or object_key(row) != object_key(item):
                 return False
             trusted_record(session, ledger, row)
-            if not _no_list(session, item.id):
+            if not no_list(session, item.id):
                 return False
             # A second keeper of the same list (another replica) meets this row's key: rolled back.
             blocks = keep_block_list(session, item.id, tuple(digests))

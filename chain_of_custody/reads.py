@@ -42,7 +42,7 @@ from .evidence import (
     trusted_record,
 )
 from .fixity import FixityCheck, ObjectAltered
-from .later_lists import keep_checked_list
+from .later_lists import keep_checked_list, no_list
 from .models import EvidenceItem
 from .read_checks import (
     BLOCK,
@@ -146,11 +146,13 @@ def _whole_check_starter(
     return start
 
 
-def _keep_list(s: CoreServices, item: EvidenceItem, digests: list[bytes]) -> None:
+def _keep_list(
+    s: CoreServices, item: EvidenceItem, digests: list[bytes], by: str = "a ranged read's whole check"
+) -> None:
     """Keep the block list a whole check took (``later_lists.keep_checked_list``); a failure to keep
     it costs only the next process's whole check, so it is logged, not raised."""
     try:
-        kept = keep_checked_list(s.db, s.ledger, item, digests, "a ranged read's whole check")
+        kept = keep_checked_list(s.db, s.ledger, item, digests, by)
     except Exception:  # noqa: BLE001 - on the check's own thread: nobody else would see it
         log.exception("block list not kept after a whole check", extra={"item": item.id})
         return
@@ -174,6 +176,29 @@ def _check_ahead(s: CoreServices, item: EvidenceItem, actor: str, where: str) ->
     except ReadBusy:
         return  # the first seek starts it, or is told to try again, as before
     check.result.add_done_callback(lambda _f: VERIFIED.leave(check))
+
+
+def _lists_as_it_streams(session: Session, item: EvidenceItem) -> bool:
+    """Whether a whole read of the item (a download, no ``Range``) takes its block digests as it
+    streams: only for an object big enough to be worth a list (``AHEAD_FROM_BYTES``) that has none
+    in memory or in the database, i.e. one stored before lists were kept (``later_lists``)."""
+    if item.size < AHEAD_FROM_BYTES or VERIFIED.digests(object_key(item)) is not None:
+        return False
+    return no_list(session, item.id)
+
+
+def _list_keeper(s: CoreServices, item: EvidenceItem) -> Callable[[list[bytes]], None]:
+    """What a whole read that matched its record does with the block digests it took: keeps them
+    in memory at once, and in the database with their ``blocks_listed`` entry on a thread of its
+    own (the download's last bytes do not wait for that transaction)."""
+
+    def keep(digests: list[bytes]) -> None:
+        VERIFIED.keep(object_key(item), digests)
+        threading.Thread(
+            target=_keep_list, args=(s, item, digests, "a whole read"), name="evidence-keep-list", daemon=True
+        ).start()
+
+    return keep
 
 
 def _no_longer_matches(item: EvidenceItem) -> ReadRefused:
@@ -511,6 +536,7 @@ async def item_response(
                     admit(session)
                 entry = record_read(session, s.ledger, item, actor, byte_range, purpose, details)
                 recorded["X-Custody-Entry"] = str(entry.seq)
+                listing = byte_range is None and not reviewing and _lists_as_it_streams(session, item)
                 return read_item(
                     session,
                     s.ledger,
@@ -523,6 +549,7 @@ async def item_response(
                     verify=not reviewing,
                     details=details,
                     recorded=True,
+                    keep_blocks=_list_keeper(s, item) if listing else None,
                 )
             except RecordUntrusted as exc:
                 session.rollback()

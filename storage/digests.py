@@ -27,44 +27,62 @@ def secret_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class BlockDigests:
+    """The BLAKE3 digest of every ``BLOCK`` of a byte stream fed in pieces of any size: what a block
+    list holds (``chain_of_custody.block_lists``)."""
+
+    __slots__ = ("_block", "_filled", "done")
+
+    def __init__(self) -> None:
+        self.done: list[bytes] = []
+        self._block: Any = blake3()  # the block being filled
+        self._filled = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view, pos = memoryview(data), 0
+        while pos < len(view):
+            take = min(BLOCK - self._filled, len(view) - pos)
+            self._block.update(view[pos : pos + take])
+            pos, self._filled = pos + take, self._filled + take
+            if self._filled == BLOCK:
+                self.done.append(self._block.digest())
+                self._block, self._filled = blake3(), 0
+
+    def copy(self) -> BlockDigests:
+        other = BlockDigests()
+        other.done, other._block, other._filled = list(self.done), self._block.copy(), self._filled
+        return other
+
+    def digests(self) -> tuple[bytes, ...]:
+        """Every block's digest so far, the last one perhaps shorter."""
+        return (*self.done, self._block.digest()) if self._filled else tuple(self.done)
+
+
 class Digests:
     """Running SHA-256 and BLAKE3 of a byte stream, and its length; with ``block_list``, the BLAKE3
     of each ``BLOCK`` of it too."""
 
-    __slots__ = ("_block", "blake3", "blocks", "sha256", "size")
+    __slots__ = ("blake3", "blocks", "sha256", "size")
 
     def __init__(self, block_list: bool = True) -> None:
         self.sha256: Any = hashlib.sha256()
         self.blake3: Any = blake3()
         self.size = 0
-        self.blocks: list[bytes] | None = [] if block_list else None
-        self._block: Any = blake3()  # the block being filled
+        self.blocks: BlockDigests | None = BlockDigests() if block_list else None
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         self.sha256.update(data)
         self.blake3.update(data)
         if self.blocks is not None:
-            self._update_blocks(memoryview(data))
+            self.blocks.update(data)
         self.size += len(data)
 
-    def _update_blocks(self, data: memoryview) -> None:
-        assert self.blocks is not None
-        filled, pos = self.size % BLOCK, 0
-        while pos < len(data):
-            take = min(BLOCK - filled, len(data) - pos)
-            self._block.update(data[pos : pos + take])
-            pos, filled = pos + take, filled + take
-            if filled == BLOCK:
-                self.blocks.append(self._block.digest())
-                self._block, filled = blake3(), 0
-
     def copy(self) -> Digests:
-        other = Digests(block_list=self.blocks is not None)
+        other = Digests(block_list=False)
         other.sha256 = self.sha256.copy()
         other.blake3 = self.blake3.copy()
         other.size = self.size
-        other.blocks = None if self.blocks is None else list(self.blocks)
-        other._block = self._block.copy()
+        other.blocks = None if self.blocks is None else self.blocks.copy()
         return other
 
     def hexdigests(self) -> tuple[str, str]:
@@ -74,7 +92,4 @@ class Digests:
     def block_digests(self) -> tuple[bytes, ...] | None:
         """The BLAKE3 digest of every ``BLOCK`` so far, the last one perhaps shorter; None when no
         block list is kept."""
-        if self.blocks is None:
-            return None
-        last = (self._block.digest(),) if self.size % BLOCK else ()
-        return (*self.blocks, *last)
+        return None if self.blocks is None else self.blocks.digests()

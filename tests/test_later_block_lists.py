@@ -221,3 +221,50 @@ def test_the_command_lists_then_keeps_and_says_so(services: Any, tmp_path: Any) 
     assert kept.returncode == 0, kept.stderr[-2000:]
     assert f"{item.id} ({3 * BLOCK} bytes): block list kept (3 blocks)" in kept.stdout
     assert len(_listed_entries(s, item.id)) == 1
+
+
+def test_a_whole_download_keeps_the_list_it_took_as_it_streamed(own_store: Any) -> None:  # noqa: F811
+    """A download of an older item (no ``Range``) takes its block digests as it streams and, once
+    the whole has matched its record, keeps them as a ranged read's whole check would: a later
+    process's first seek reads only its block. One whose object was altered is cut short and
+    quarantined, and keeps no list."""
+    s, seaweed, url = own_store
+    user(s, "boss", "admin")
+    admin = bearer(s, "boss")
+    data = os.urandom(SIZE)
+    clip = store_item(s, data=data, block_list=False)  # stored before lists were kept
+    target = f"{url}/api/v1/evidence/{clip.id}/content"
+    reads = _count_store_reads(s)
+    r = httpx.get(target, headers=admin, params=READ, timeout=60)
+    assert r.status_code == 200 and r.content == data
+    assert reads == [SIZE], reads  # the download's own read: no second one for the list
+    wait_for(lambda: _listed_entries(s, clip.id), what="the block list kept after the download")
+    [details] = _listed_entries(s, clip.id)
+    assert details["blocks"] == commitment(_digests(data)) and details["checked_by"] == "a whole read"
+    VERIFIED.clear()  # another process
+    reads.clear()
+    lo = 7 * BLOCK + 1
+    r = httpx.get(target, headers={**admin, "Range": f"bytes={lo}-{lo + 9}"}, params=READ, timeout=60)
+    assert r.status_code == 206 and r.content == data[lo : lo + 10]
+    assert reads == [BLOCK], reads
+    # A second download keeps no second list.
+    assert httpx.get(target, headers=admin, params=READ, timeout=60).content == data
+    assert len(_listed_entries(s, clip.id)) == 1
+    assert _verify(s, clip.id) == []
+
+    altered = b"ALTERED-" + uuid.uuid4().hex.encode() + os.urandom(SIZE)
+    item = store_item(s, data=altered, block_list=False)
+    _alter_on_disk(seaweed, altered, 4 * BLOCK + 5)
+    with httpx.stream("GET", f"{url}/api/v1/evidence/{item.id}/content", headers=admin, params=READ) as r:
+        assert r.status_code == 200
+        got = b""
+        try:
+            for chunk in r.iter_bytes():
+                got += chunk
+        except httpx.HTTPError:
+            pass  # cut short of its Content-Length
+    assert len(got) < len(altered)
+    wait_for(lambda: _status(s, item.id) == "quarantined", what="the altered item quarantined")
+    assert _listed_entries(s, item.id) == []
+    with s.db.session() as session:
+        assert session.get(EvidenceBlockList, item.id) is None

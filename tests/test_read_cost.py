@@ -172,22 +172,28 @@ def test_a_whole_check_nobody_waits_for_stops(services: Any) -> None:
 def test_a_players_first_read_checks_the_whole_ahead_of_its_seeks(served: Any) -> None:
     """A player's first read (``Range: bytes=0-``, dropped once it has the index) starts the whole
     check its first seek would otherwise wait for, and it runs to its end with nobody waiting: the
-    seek then reads only its blocks. A download (no ``Range``) and a small object start none."""
+    seek then reads only its blocks. A download (no ``Range``) and a small object start none: a
+    download takes its block digests from its own read as it streams (``later_lists``)."""
 
     s, url = served
     user(s, "boss", "admin")
     admin = bearer(s, "boss")
-    clip, small = (store_item(s, data=os.urandom(n), block_list=False) for n in (SIZE, 2 * BLOCK))
-    for item, headers in ((clip, {}), (small, {"Range": "bytes=0-"})):
+    clip, downloaded, small = (
+        store_item(s, data=os.urandom(n), block_list=False) for n in (SIZE, SIZE, 2 * BLOCK)
+    )
+    reads = _count_store_reads(s)
+    for item, headers in ((downloaded, {}), (small, {"Range": "bytes=0-"})):
         r = httpx.get(
             f"{url}/api/v1/evidence/{item.id}/content?reason=checking+the+footage",
             headers={**admin, **headers},
         )
         assert r.status_code in (200, 206) and len(r.content) == item.size
-        # Had a check started with the read, it would be running or kept by now.
-        assert VERIFIED.digests(object_key(item)) is None
         assert object_key(item) not in VERIFIED._running
-    reads = _count_store_reads(s)
+    assert reads == [SIZE, 2 * BLOCK], reads  # each read's own: no whole check beside either
+    # Had a check started with the small one's read, it would be running or kept by now.
+    assert VERIFIED.digests(object_key(small)) is None
+    assert VERIFIED.digests(object_key(downloaded)) is not None  # from the download's own read
+    reads.clear()
     target = f"{url}/api/v1/evidence/{clip.id}/content?reason=checking+the+footage"
     with httpx.stream("GET", target, headers={**admin, "Range": "bytes=0-"}) as resp:
         assert resp.status_code == 206
