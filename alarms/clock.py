@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import rfc3339
 from chain_of_custody.heard_seals import Heard, last_heard
-from chain_of_custody.lifecycle_seals import OpenByCustody
+from chain_of_custody.sweep_cursor import OpenByCustody
 from devices.models import LoneWorkerState
 from storage.db import Database
 
@@ -76,7 +76,7 @@ class Clock:
         self.payloads = payloads
         self.swept_at: datetime | None = None
         self.offline_swept_at: datetime | None = None
-        self.open_by_custody = OpenByCustody()
+        self.open_by_custody = OpenByCustody(lifecycle.core.key)
         self.looked_at = 0  # alarm rows the sweeps looked at, all told (what a pass costs, for the tests)
 
     def fire_deadlines(self, now: datetime | None = None, limit: int = 50) -> int:

@@ -212,6 +212,7 @@ class Lifecycle:
         self.links = links
         self.seal_secret = reach_secret(core.key)  # alarm rows' seals (``chain_of_custody.alarm_seals``)
         self.device_secret = device_seal_key(core.key)  # device rows' seals (``devices.seals``)
+        self.custody_public = core.key.public_raw  # custody entries' signatures
 
     def seal(self, row: AlarmRecord) -> None:
         """Seal the alarm's row as the service records it: its id, site, wearer, device, memo and
@@ -297,7 +298,8 @@ class Lifecycle:
     ) -> rules.Alarm:
         """The alarm as the rules must take it: as its row stands when its lifecycle seal holds (or
         it has none yet and its row is what its custody record says); otherwise put back to its
-        custody record first (:meth:`put_back`; ``said``, when the caller read it already). An
+        custody record first (:meth:`put_back`; ``said``, when the caller read it already), its
+        latest entry that holds (one written or edited in the database is named and passed over). An
         alarm no entry records yet (provisional) is made whole first when it was altered (see
         :meth:`make_whole`). What it was raised with is put back first (:meth:`put_back_raise`)."""
         self.vouch_raise(session, row, now)
@@ -306,7 +308,7 @@ class Lifecycle:
             return to_rule(row)
         if lifecycle_holds(self.seal_secret, row):
             return to_rule(row)
-        said = said or recorded_lifecycle(session, row.id)
+        said = said or recorded_lifecycle(session, row.id, self.custody_public)
         if said is None or (
             row.lifecycle_seal is None
             and not row.provisional

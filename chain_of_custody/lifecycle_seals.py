@@ -25,6 +25,8 @@ sits below ``alarms``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -40,10 +42,11 @@ from storage.db import UTCDateTime
 
 from .canonical import rfc3339
 from .entries import ChainReport, CustodyAction, Problem, SignedEntry
-from .keys import ServiceKey
+from .keys import ServiceKey, verify_signature
 from .models import CustodyEntry
 from .reach_seals import reach_secret
 from .row_seals import _holds, row_seal
+from .tree_heads import entry_body
 
 log = logging.getLogger(__name__)
 
@@ -183,58 +186,78 @@ def recorded_of(seq: int, details: str) -> tuple[str, RecordedLifecycle | None, 
     return d["alarm_id"], recorded, put_back
 
 
-def recorded_lifecycle(session: Session, alarm_id: str) -> RecordedLifecycle | None:
-    """What the ledger last recorded of one alarm's lifecycle, read for an alarm whose seal does not
-    hold that the cursor does not follow (rare: a scan of the alarm entries that mention it)."""
+ENTRY_COLUMNS = (
+    CustodyEntry.seq,
+    CustodyEntry.id,
+    CustodyEntry.at,
+    CustodyEntry.action,
+    CustodyEntry.actor,
+    CustodyEntry.item_id,
+    CustodyEntry.item_seq,
+    CustodyEntry.details,
+    CustodyEntry.prev_hash,
+    CustodyEntry.item_prev_hash,
+    CustodyEntry.key_id,
+    CustodyEntry.entry_hash,
+    CustodyEntry.signature,
+)
+"""What a decision reads of a custody entry: all it takes to check its hash and signature."""
+
+
+def entry_holds(public: bytes, row: Any) -> bool:
+    """Whether a ledger row (:data:`ENTRY_COLUMNS`) is as the service signed it: its hash is that of
+    its body and its signature the service key's over it. One written or edited by SQL is not (its
+    signer has no service key), and nothing it says decides anything."""
+    try:
+        canonical = entry_body(row).canonical()
+    except (ValueError, TypeError):
+        return False
+    digest = hashlib.sha256(canonical).hexdigest()
+    return hmac.compare_digest(digest, row.entry_hash or "") and verify_signature(
+        public, row.signature or "", canonical
+    )
+
+
+def unvouched(seq: int) -> RecordedLifecycle:
+    """What an alarm is taken at that entries name but none that holds records (the refused one is
+    ``seq``): raised, due at once, so it escalates unless its row's seal holds."""
+    return RecordedLifecycle(seq, None, "raised", None, None, None, deadline_known=False)
+
+
+def warn_of_entry(seq: int) -> None:
+    """A warning naming a custody entry a decision refused: it is not as the service signed it."""
+    log.warning(
+        "a custody entry is not as the service signed it (written or edited in the database): "
+        "ignored, the alarm is taken at its last entry that holds",
+        extra={"entry": seq},
+    )
+
+
+def recorded_lifecycle(session: Session, alarm_id: str, public: bytes) -> RecordedLifecycle | None:
+    """What the ledger last recorded of one alarm's lifecycle in an entry that holds
+    (:func:`entry_holds`; one that does not is named and passed over), read for an alarm whose seal
+    does not hold that the cursor does not follow (rare: a scan of the alarm entries that mention
+    it, newest first, until one holds). An alarm only refused entries record is :func:`unvouched`."""
     mention = json.dumps({"alarm_id": alarm_id}, separators=(",", ":"), ensure_ascii=False)[1:-1]
     escaped = mention.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     q = (
-        select(CustodyEntry.seq, CustodyEntry.details)
+        select(*ENTRY_COLUMNS)
         .where(
             CustodyEntry.action.in_(_LIFECYCLE_ACTIONS),
             CustodyEntry.details.like(f"%{escaped}%", escape="\\"),
         )
-        .order_by(CustodyEntry.seq)
+        .order_by(CustodyEntry.seq.desc())
     )
-    found = None
-    for seq, details in session.execute(q):
-        got = recorded_of(int(seq), details)
-        if got is not None and got[0] == alarm_id and got[1] is not None:
-            found = got[1]
-    return found
-
-
-class OpenByCustody:
-    """The alarms the custody record holds open, with what it records of each, followed by a
-    cursor over the ledger: each :meth:`advance` reads only the alarm entries appended since the
-    last (the first reads them all, once), so what it costs is bounded by the alarms raised and
-    changed meanwhile, never by the alarms resolved before. The ledger is append-only and covered
-    by signed tree heads: an alarm marked resolved by SQL stays open here."""
-
-    def __init__(self) -> None:
-        self.seq = 0
-        self.open: dict[str, RecordedLifecycle] = {}
-        self.read = 0  # entries read, all told (what a pass costs, for the tests)
-
-    def advance(self, session: Session) -> None:
-        q = (
-            select(CustodyEntry.seq, CustodyEntry.details)
-            .where(CustodyEntry.seq > self.seq, CustodyEntry.action.in_(_LIFECYCLE_ACTIONS))
-            .order_by(CustodyEntry.seq)
-            .execution_options(yield_per=1000)
-        )
-        for seq, details in session.execute(q):
-            self.seq = max(self.seq, int(seq))
-            self.read += 1
-            got = recorded_of(int(seq), details)
-            recorded = None if got is None else got[1]
-            if got is None or recorded is None:
-                continue
-            alarm_id = got[0]
-            if recorded.open:
-                self.open[alarm_id] = recorded
-            else:
-                self.open.pop(alarm_id, None)
+    refused = None
+    for row in session.execute(q):
+        got = recorded_of(int(row.seq), row.details)
+        if got is None or got[0] != alarm_id or got[1] is None:
+            continue
+        if entry_holds(public, row):
+            return got[1]
+        warn_of_entry(int(row.seq))
+        refused = refused or unvouched(int(row.seq))
+    return refused
 
 
 def lifecycle_replay(entries: Iterable[SignedEntry]) -> tuple[dict[str, RecordedLifecycle], dict[str, int]]:

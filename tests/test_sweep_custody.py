@@ -1,0 +1,213 @@
+"""The clock's sweep takes only custody entries as the service signed them, and starts from its sealed
+checkpoint (``chain_of_custody.sweep_cursor``), on both databases, the clock driven by an explicit
+"now" (no sleeps): an alarm marked resolved by SQL, with an entry written or edited in the database
+to say so, still escalates, a warning names the entry and ``evidence verify`` names it too; a new
+process reads only the entries after the checkpoint, and one whose checkpoint was altered reads
+the ledger whole."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import func, select, update
+
+import alarms.lifecycle
+from alarms import rules
+from chain_of_custody.canonical import canonical_json, rfc3339
+from chain_of_custody.entries import EntryBody
+from chain_of_custody.keys import ServiceKey
+from chain_of_custody.models import CustodyEntry, LedgerHead
+from tests.test_alarms_kit import enrol, later
+from tests.test_lifecycle_seals import _alter, _row, _sos
+from tests.test_visit_seals import _cli, _sql
+
+_LIFECYCLE = ("alarm_raised", "alarm_changed")
+_RESOLVED_BY_SQL = {"status": "resolved", "outcome": "test", "ack_due_at": None, "next_deadline": None}
+
+
+def _latest_entry(session: Any, alarm_id: str) -> CustodyEntry:
+    return session.scalars(
+        select(CustodyEntry)
+        .where(CustodyEntry.action.in_(_LIFECYCLE), CustodyEntry.details.contains(alarm_id))
+        .order_by(CustodyEntry.seq.desc())
+        .limit(1)
+    ).one()
+
+
+def _forge(services: Any, alarm_id: str, **said: Any) -> int:
+    """An ``alarm_changed`` entry written by SQL on the ledger's tip, hashed and chained as the
+    service would, signed with a key of the writer's own; the head row moved on to it."""
+    with services.db.session() as session:
+        head = session.get(LedgerHead, 1)
+        assert head is not None
+        details = {**json.loads(_latest_entry(session, alarm_id).details), **said}
+        body = EntryBody(
+            seq=head.last_seq + 1,
+            id=str(uuid.uuid4()),
+            at=rfc3339(datetime.now(UTC)),
+            action="alarm_changed",
+            actor="user:op",
+            item_id=None,
+            item_seq=None,
+            details=canonical_json(details).decode(),
+            prev_hash=head.last_hash,
+            item_prev_hash=None,
+            key_id=services.key.key_id,
+        )
+        forger = ServiceKey(Ed25519PrivateKey.generate())
+        row = CustodyEntry(**{k: getattr(body, k) for k in body.__dataclass_fields__})
+        row.entry_hash, row.signature = body.digest(), forger.sign(body.canonical())
+        session.add(row)
+        head.last_seq, head.last_hash = body.seq, row.entry_hash
+    return body.seq
+
+
+def _named(caplog: pytest.LogCaptureFixture, **extra: Any) -> bool:
+    return any(
+        all(getattr(r, k, None) == v for k, v in extra.items())
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+    )
+
+
+def test_an_alarm_resolved_by_a_forged_entry_still_escalates(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Marked resolved by SQL, with an ``alarm_changed`` entry saying so written on the ledger's tip:
+    the sweep names the entry, keeps the alarm open at its signed entry, puts it back and it
+    escalates on time; ``evidence verify`` names the entry."""
+    device = enrol(services, "LW-F1", staff_id="S-F1", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos(services, device, now)
+    services.alarms.fire_deadlines(later(1, now))  # a sweep: the cursor follows the alarm
+    forged = _forge(services, alarm_id, status="resolved", outcome="test", deadline=None)
+    _alter(services, alarm_id, resolved_at=later(5, now), **_RESOLVED_BY_SQL)
+    with caplog.at_level(logging.WARNING):
+        services.alarms.fire_deadlines(later(3600, now))
+    row = _row(services, alarm_id)
+    assert (row.status, row.escalation_reason, row.outcome) == ("escalated", "ack_timeout", None)
+    assert _named(caplog, entry=forged), [r.getMessage() for r in caplog.records]
+    found = _cli(services, "verify", "--json")
+    assert found.exit_code != 0 and f"custody entry #{forged}" in found.output, found.output
+
+
+def test_an_operators_action_takes_the_latest_signed_entry_not_a_forged_one(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An alarm the sweep does not follow, marked resolved by SQL with a forged entry saying so: the
+    operator's escalation acts on the alarm its signed entry holds open, not the forgery."""
+    device = enrol(services, "LW-F2", staff_id="S-F2", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos(services, device, now)
+    forged = _forge(services, alarm_id, status="resolved", outcome="test", deadline=None)
+    _alter(services, alarm_id, resolved_at=later(5, now), **_RESOLVED_BY_SQL)
+    with caplog.at_level(logging.WARNING):
+        view = services.alarms.act(alarm_id, rules.Escalate(by="user:op", at=later(10, now)))
+    assert view["status"] == "escalated", view
+    assert _named(caplog, entry=forged)
+
+
+def test_an_alarm_whose_only_entry_was_edited_in_the_database_escalates(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its ``alarm_raised`` entry edited to say resolved (no entry of it holds) and its row marked
+    resolved by SQL: a new process's sweep takes it as raised and due, and it escalates."""
+    device = enrol(services, "LW-F3", staff_id="S-F3", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos(services, device, now)
+    with services.db.session() as session:
+        entry = _latest_entry(session, alarm_id)
+        seq, details = entry.seq, {**json.loads(entry.details), "status": "resolved", "outcome": "test"}
+        entry.details = canonical_json(details).decode()
+    _alter(services, alarm_id, resolved_at=later(5, now), **_RESOLVED_BY_SQL)
+    with caplog.at_level(logging.WARNING):
+        services.alarms.fire_deadlines(later(3600, now))
+    assert _row(services, alarm_id).status == "escalated"
+    assert _named(caplog, entry=seq)
+
+
+def _counted_pass(services: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A sweep pass as a new process makes it: (alarm rows looked at, lifecycle seals checked,
+    custody entries read)."""
+    from chain_of_custody.sweep_cursor import OpenByCustody
+
+    checked: list[str] = []
+    holds = alarms.lifecycle.lifecycle_holds
+
+    def counted(secret: bytes, row: Any) -> bool:
+        checked.append(str(row.id))
+        return holds(secret, row)
+
+    monkeypatch.setattr(alarms.lifecycle, "lifecycle_holds", counted)
+    clock = services.alarms.timekeeper
+
+    def one_pass(at: datetime) -> tuple[int, int, int]:
+        clock.open_by_custody = OpenByCustody(services.key)  # a new process
+        checked.clear()
+        looked = clock.looked_at
+        clock.restore_deadlines(at)
+        return clock.looked_at - looked, len(checked), clock.open_by_custody.read
+
+    return one_pass
+
+
+def _alarm_entries(services: Any, after: int = 0) -> int:
+    with services.db.session() as session:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(CustodyEntry)
+                .where(CustodyEntry.action.in_(_LIFECYCLE), CustodyEntry.seq > after)
+            )
+        )
+
+
+def test_a_new_process_reads_only_the_entries_after_the_sweeps_checkpoint(
+    services: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1 open and 43 resolved: a new process's first pass looks at 1 row, checks 1 seal and reads 0
+    entries; with 3 resolved since, only theirs. A checkpoint altered in the database to leave the
+    open alarm out (which was marked resolved by SQL) is refused with a warning, the ledger is read
+    whole, the alarm still escalates, and a checkpoint the service sealed takes its place."""
+    from chain_of_custody.sweep_cursor import CHECKPOINT
+
+    device, other = enrol(services, "LW-F4", staff_id="S-F4"), enrol(services, "LW-F5", staff_id="S-F5")
+    now = datetime.now(UTC)
+    one_pass = _counted_pass(services, monkeypatch)
+
+    def resolved(n: int, start: int) -> None:
+        for i in range(n):
+            alarm_id = _sos(services, device, later(start + i, now))
+            services.alarms.act(
+                alarm_id, rules.Resolve(by="user:op", at=later(start + i, now), outcome="test")
+            )
+
+    open_id = _sos(services, other, now)
+    resolved(43, 1)
+    assert one_pass(later(100, now))[2] == _alarm_entries(services)  # no checkpoint yet: read whole
+    assert one_pass(later(130, now)) == (1, 1, 0)
+    with services.db.session() as session:
+        kept = int(session.scalar(select(CHECKPOINT.c.seq)))
+    resolved(3, 200)
+    since = _alarm_entries(services, kept)
+    assert 0 < since <= 3 * 3 and one_pass(later(300, now)) == (1, 1, since)
+
+    _sql(services, update(CHECKPOINT).values(open_alarms="{}"))
+    _alter(services, open_id, resolved_at=later(5, now), **_RESOLVED_BY_SQL)
+    whole = _alarm_entries(services)
+    with caplog.at_level(logging.WARNING):
+        looked, _, read = one_pass(later(400, now))
+    assert read == whole and looked == 1
+    assert any("checkpoint" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    with services.db.session() as session:
+        replaced = int(session.scalar(select(CHECKPOINT.c.seq)))
+    assert _alarm_entries(services, replaced) <= 1  # sealed anew: its put-back entry alone is after it
+    assert one_pass(later(401, now))[2] == _alarm_entries(services, replaced)
+    services.alarms.fire_deadlines(later(3600, now))
+    assert _row(services, open_id).status == "escalated"
