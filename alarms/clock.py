@@ -15,9 +15,12 @@ the alarm, and the devices silent on a visit or with an alarm open whose ``offli
 due (put back to now): an escalation or offline alarm is then at most that late, never silenced.
 The lifecycle columns themselves are sealed with the deadline (``chain_of_custody.lifecycle_seals``):
 the sweep looks at every alarm open by its row or by its custody record (followed by a cursor over
-the ledger's new entries, so a pass costs what the open alarms and the entries since the last pass
-cost, never what the resolved ones do), and one whose seal does not hold is put back to its custody
-record (``Lifecycle.rule_of``), so an alarm acknowledged, resolved or put off by SQL still escalates.
+the ledger's new entries, taking only those the service signed, and started in a new process from
+its sealed checkpoint, ``chain_of_custody.sweep_cursor``, so a pass costs what the open alarms and
+the entries since the last pass cost, never what the resolved ones do), and one whose seal does not
+hold is put back to its latest signed custody entry (``Lifecycle.rule_of``), so an alarm
+acknowledged, resolved or put off by SQL, with or without an entry written there to say so, still
+escalates.
 
 Effects of an escalation (``alarms.lifecycle``): a change on the control room's live stream, a
 message on the MQTT control topic ``lw/v1/_control/escalations``, and, when

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from storage.db import UTCDateTime
 
 from .canonical import canonical_json, rfc3339
+from .entries import ChainReport, Problem
 from .keys import ServiceKey
 from .lifecycle_seals import (
     _LIFECYCLE_ACTIONS,
@@ -76,6 +77,26 @@ def checkpoint_seal(secret: bytes, seq: int, entry_hash: str, open_alarms: str) 
     alarms as kept (canonical JSON text), hex."""
     message = canonical_json({"seq": seq, "entry_hash": entry_hash, "open": open_alarms})
     return hmac.new(secret, message, "sha256").hexdigest()
+
+
+def _kept(session: Session) -> Any:
+    c = CHECKPOINT.c
+    return session.execute(select(c.seq, c.entry_hash, c.open_alarms, c.seal).where(c.id == 1)).first()
+
+
+def check_sweep_checkpoint(session: Session, report: ChainReport, key: ServiceKey) -> None:
+    """A finding when the sweep's checkpoint is not one the service wrote, or the ledger does not
+    bear it out: written or edited in the database (the sweep refuses it and reads the ledger whole)."""
+    kept = _kept(session)
+    why = None if kept is None else OpenByCustody(key).refusal(session, kept)
+    if why is not None:
+        report.problems.append(
+            Problem(
+                "alarm_sweep_checkpoint_refused",
+                f"alarm sweep checkpoint at custody entry #{kept.seq}",
+                f"{why}: the sweep refuses it, reads the ledger's alarm entries whole and seals it anew",
+            )
+        )
 
 
 class OpenByCustody:
@@ -145,11 +166,10 @@ class OpenByCustody:
 
     def _resume(self, session: Session) -> None:
         """Start from the checkpoint when it is the service's and the ledger bears it out."""
-        c = CHECKPOINT.c
-        kept = session.execute(select(c.seq, c.entry_hash, c.open_alarms, c.seal).where(c.id == 1)).first()
+        kept = _kept(session)
         if kept is None:
             return
-        why = self._refusal(session, kept)
+        why = self.refusal(session, kept)
         if why is not None:
             log.warning(
                 "the alarm sweep's checkpoint is refused: the ledger's alarm entries are read whole",
@@ -161,7 +181,7 @@ class OpenByCustody:
         self.seq, self.entry_hash = int(kept.seq), str(kept.entry_hash)
         self.kept_seq = self.seq
 
-    def _refusal(self, session: Session, kept: Any) -> str | None:
+    def refusal(self, session: Session, kept: Any) -> str | None:
         """Why a kept checkpoint cannot be started from, or None."""
         seal = checkpoint_seal(self.secret, int(kept.seq), str(kept.entry_hash), str(kept.open_alarms))
         if not hmac.compare_digest(seal, str(kept.seal or "")):

@@ -45,6 +45,7 @@ from .row_checks import check_row_families
 from .row_replay import ITEM_SCOPE, PASSWORD_DIGESTS, item_scope_mac
 from .row_seals import check_row_seals
 from .signed_tree_head import TreeHead
+from .sweep_cursor import check_sweep_checkpoint
 from .tree_heads import sample_tree_heads
 from .viewing import RANGE_CHAIN, chain_problem, seal_mismatch
 from .visit_seals import check_visit_seals
@@ -229,6 +230,7 @@ def verify_service(
         check_outbox_seals(session, report, key, entries)
         check_watched_seals(session, report, key)
         check_raise_seals(session, report, key, entries)
+        check_sweep_checkpoint(session, report, key)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.
     say("checking evidence items")

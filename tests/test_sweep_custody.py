@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 import alarms.lifecycle
 from alarms import rules
 from chain_of_custody.canonical import canonical_json, rfc3339
-from chain_of_custody.entries import EntryBody
+from chain_of_custody.entries import ChainReport, EntryBody
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import CustodyEntry, LedgerHead
 from tests.test_alarms_kit import enrol, later
@@ -173,9 +173,9 @@ def test_a_new_process_reads_only_the_entries_after_the_sweeps_checkpoint(
 ) -> None:
     """1 open and 43 resolved: a new process's first pass looks at 1 row, checks 1 seal and reads 0
     entries; with 3 resolved since, only theirs. A checkpoint altered in the database to leave the
-    open alarm out (which was marked resolved by SQL) is refused with a warning, the ledger is read
-    whole, the alarm still escalates, and a checkpoint the service sealed takes its place."""
-    from chain_of_custody.sweep_cursor import CHECKPOINT
+    open alarm out (which was marked resolved by SQL) is named by ``evidence verify`` and refused
+    by the sweep with a warning, the ledger is read whole, the alarm still escalates, and a checkpoint the service sealed takes its place."""
+    from chain_of_custody.sweep_cursor import CHECKPOINT, check_sweep_checkpoint
 
     device, other = enrol(services, "LW-F4", staff_id="S-F4"), enrol(services, "LW-F5", staff_id="S-F5")
     now = datetime.now(UTC)
@@ -200,11 +200,16 @@ def test_a_new_process_reads_only_the_entries_after_the_sweeps_checkpoint(
 
     _sql(services, update(CHECKPOINT).values(open_alarms="{}"))
     _alter(services, open_id, resolved_at=later(5, now), **_RESOLVED_BY_SQL)
+    report = ChainReport()
+    with services.db.session() as session:
+        check_sweep_checkpoint(session, report, services.key)  # what ``evidence verify`` runs
+    seen_by_verify = [p.kind for p in report.problems]
     whole = _alarm_entries(services)
     with caplog.at_level(logging.WARNING):
         looked, _, read = one_pass(later(400, now))
     assert read == whole and looked == 1
     assert any("checkpoint" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "alarm_sweep_checkpoint_refused" in seen_by_verify, seen_by_verify
     with services.db.session() as session:
         replaced = int(session.scalar(select(CHECKPOINT.c.seq)))
     assert _alarm_entries(services, replaced) <= 1  # sealed anew: its put-back entry alone is after it
