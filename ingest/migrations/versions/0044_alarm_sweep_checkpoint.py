@@ -7,14 +7,14 @@ key (``chain_of_custody.sweep_cursor``): a process starts from it when its seal 
 bears it out, and reads the ledger whole otherwise. The migration writes no row: it has no key.
 
 Revision ID: 0044_alarm_sweep_checkpoint
-Revises: 0042_outbox_seals
+Revises: 0043_raise_seals
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0044_alarm_sweep_checkpoint"
-down_revision = "0042_outbox_seals"
+down_revision = "0043_raise_seals"
 branch_labels = None
 depends_on = None
 
