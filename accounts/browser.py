@@ -23,6 +23,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from fastapi import Request
+from sqlalchemy.exc import SQLAlchemyError
 
 from storage.db import Database
 from storage.errors import Refused
@@ -181,6 +182,11 @@ def browser_session(
     if found is not None and request.method not in SAFE_METHODS:
         check_csrf(request, secret, csrf if csrf is not None else request.headers.get(CSRF_HEADER))
     if change is not None:
-        with db.session() as session:
-            touch_or_end(session, change, seals)
+        try:
+            with db.session() as session:
+                touch_or_end(session, change, seals)
+        except SQLAlchemyError:
+            # Signed in already: an unwritten touch only brings the idle end sooner, and an unwritten
+            # end is found again by the next request's read. Neither is worth refusing this one.
+            log.warning("session activity not written", extra={"ended": change.ended}, exc_info=True)
     return found

@@ -68,3 +68,25 @@ def test_a_cookie_sign_in_reads_and_writes_only_a_due_touch_apart(
         assert sign_ins.take() == ["read"]
     finally:
         sign_ins.remove()
+
+
+def test_a_touch_that_cannot_be_written_does_not_refuse_the_request(
+    live: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A due touch whose write fails (the write lock held past its wait, the database busy) is
+    logged and the request answered: the person is signed in already, and an unwritten touch only
+    brings the idle end sooner."""
+    from sqlalchemy.exc import OperationalError
+
+    import accounts.browser
+
+    user(live.services, "aud_touch", "auditor")
+    client, _ = session_client(live.url, "aud_touch", PASSWORD)
+    monkeypatch.setattr(accounts.sessions, "TOUCH_EVERY", timedelta(0))  # every request touches
+
+    def busy(*_: Any) -> None:
+        raise OperationalError("UPDATE user_sessions", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(accounts.browser, "touch_or_end", busy)
+    r = client.get("/api/v1/me")
+    assert r.status_code == 200 and r.json()["username"] == "aud_touch", r.text
