@@ -945,10 +945,15 @@ def test_staff_and_devices_made_before_the_ledger_recorded_them_are_adopted_once
         "1 alarm(s) have no seal on their lifecycle yet (raised before it was sealed): "
         "`evidence upgrade-seals` seals those the custody record bears out"
     )
+    raise_unsealed = (  # nor on what it was raised with (``chain_of_custody.raise_seals``)
+        "1 alarm(s) have no seal on their note, position and payload yet (raised before they were "
+        "sealed): `evidence upgrade-seals` seals those the custody record bears out"
+    )
     assert [n for n in report.notes if "alarm" in n] == [
         "the site of 1 alarm(s) is not in their custody record, so not checked: ALARM-OLD",
         alarm_unsealed,
         lifecycle_unsealed,
+        raise_unsealed,
     ]
     with s.db.session() as session:
         listed = backfill(session, s.ledger, apply=False)
@@ -972,6 +977,7 @@ def test_staff_and_devices_made_before_the_ledger_recorded_them_are_adopted_once
             unsealed,
             alarm_unsealed,
             lifecycle_unsealed,
+            raise_unsealed,
         ]
         assert backfill(session, s.ledger, apply=False).entries == []  # once
     with s.db.session() as session:
