@@ -249,9 +249,10 @@ def test_a_wearer_moved_in_the_database_opens_no_incident_at_that_site(south: So
 
 
 def test_an_alarms_evidence_pointed_at_another_sites_clip_is_neither_linked_nor_shown(south: South) -> None:
-    """The alarm's payload pointer is not under its seal: a SOUTH amber alarm pointed by SQL at a
-    NORTH nurse's clip would link that clip into the SOUTH incident its turning red opens (and show
-    it as the payload in the alarm's record)."""
+    """A SOUTH amber alarm pointed by SQL at a NORTH nurse's clip would link that clip into the SOUTH
+    incident its turning red opens (and show it as the payload in the alarm's record). The pointer
+    is under the alarm's raise seal (``raise_seals``): the clip is neither linked nor shown, and the
+    alarm's record shows its own payload again, put back from its custody record."""
     clip = store_item(south.s, wearer="N-1", start=T0)
     now = datetime.now(UTC)
     result = south.s.alarms.handle(*south.kits["LW-S"].amber(60, sent_at=now), now=now)
@@ -262,4 +263,5 @@ def test_an_alarms_evidence_pointed_at_another_sites_clip_is_neither_linked_nor_
     r = httpx.get(f"{south.api}/evidence/{clip.id}", headers=south.headers)
     assert r.status_code == 404, r.text
     record = south.get(f"/alarms/{result.alarm_id}/record")
-    assert record["payload"] is None, record["payload"]
+    payload = record["payload"]
+    assert payload is not None and payload["id"] != clip.id and payload["kind"] == "alarm", payload
