@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import os
 import random
 import socket
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 import pytest
@@ -353,6 +354,63 @@ _SLOW_REQUESTS: list[str] = []
 _SLOW_DUMPS: list[Path] = []
 
 
+class _SlowRequestWatch:
+    """Writes every thread's stack when a request has run past SLOW_REQUEST_S, to show where it waits.
+
+    One watcher thread formats the stacks with ``sys._current_frames()`` while holding the GIL.
+    ``faulthandler.dump_traceback_later`` did this job before, but it walks other threads' frames
+    without the GIL, which can crash the interpreter when those threads are running (a segmentation
+    fault once ended a whole run)."""
+
+    def __init__(self, out: TextIO, after: float = SLOW_REQUEST_S) -> None:
+        self._out = out
+        self._after = after
+        self._due: dict[int, tuple[float, str]] = {}
+        self._next = 0
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._watch, name="slow-request-watch", daemon=True)
+        self._thread.start()
+
+    def start(self, label: str) -> int:
+        with self._cond:
+            self._next += 1
+            self._due[self._next] = (time.monotonic() + self._after, label)
+            self._cond.notify()
+            return self._next
+
+    def done(self, token: int) -> None:
+        with self._cond:
+            self._due.pop(token, None)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                late = [t for t, (due, _) in self._due.items() if due <= now]
+                for token in late:
+                    _, label = self._due.pop(token)
+                    self._dump(label)
+                soonest = min((due for due, _ in self._due.values()), default=now + 60.0)
+                self._cond.wait(timeout=max(0.05, soonest - now))
+
+    def _dump(self, label: str) -> None:
+        names = {t.ident: t.name for t in threading.enumerate()}
+        self._out.write(f"--- {label} still running after {self._after:g} s\n")
+        for ident, frame in sys._current_frames().items():
+            if ident == threading.get_ident():
+                continue
+            self._out.write(f"thread {names.get(ident, ident)}:\n")
+            self._out.write("".join(traceback.format_stack(frame)))
+        self._out.flush()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def patient_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     default = httpx._config.DEFAULT_TIMEOUT_CONFIG  # the object every default argument refers to
@@ -361,23 +419,25 @@ def patient_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     original = httpx.Client.send
     _SLOW_DUMPS.append(tmp_path_factory.getbasetemp() / "slow-requests.txt")
     dumps = _SLOW_DUMPS[0].open("w")
+    watch = _SlowRequestWatch(dumps)
 
     def send(self: httpx.Client, request: httpx.Request, **kwargs: object) -> httpx.Response:
         started = time.monotonic()
-        faulthandler.dump_traceback_later(SLOW_REQUEST_S, file=dumps)
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?")
+        token = watch.start(f"{request.method} {request.url.path} in {test}")
         try:
             return original(self, request, **kwargs)  # type: ignore[arg-type]
         finally:
-            faulthandler.cancel_dump_traceback_later()
+            watch.done(token)
             took = time.monotonic() - started
             if took > SLOW_REQUEST_S:
-                test = os.environ.get("PYTEST_CURRENT_TEST", "?")
                 _SLOW_REQUESTS.append(f"{took:.1f} s {request.method} {request.url.path} in {test}")
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(httpx.Client, "send", send)
         yield
     default.connect, default.read, default.write, default.pool = saved
+    watch.stop()
     dumps.close()
 
 
