@@ -218,7 +218,7 @@ class Outbox:
         from a row queued after seals began), so what it says is nobody's the service knows. It is
         tried again with backoff (an operator sees it each time); the first time, an error names it
         and the ledger records it."""
-        if content_holds(self.secret, row) or self.watch.older(row):
+        if content_holds(self.secret, row) or self.watch.older(session, row):
             return False
         row.next_attempt_at = now + webhook_backoff(row.attempts)
         row.due_seal = due_mark(self.secret, row.seal, row.next_attempt_at)
@@ -236,11 +236,16 @@ class Outbox:
         if not ids:
             return
         now = now or self.clock()
-        marks = case({i: sent_mark(self.secret, i, now) for i in ids}, value=AlarmOutbox.id)
+        o = AlarmOutbox
         with self.db.session() as session:
+            unsent = select(o.id, o.seal).where(o.id.in_(ids), o.sent_at.is_(None))
+            seals = {int(i): seal for i, seal in session.execute(unsent)}
+            if not seals:
+                return
+            marks = case({i: sent_mark(self.secret, i, seal, now) for i, seal in seals.items()}, value=o.id)
             session.execute(
-                update(AlarmOutbox)
-                .where(AlarmOutbox.id.in_(ids), AlarmOutbox.sent_at.is_(None))
+                update(o)
+                .where(o.id.in_(list(seals)), o.sent_at.is_(None))
                 .values(sent_at=now, sent_seal=marks)
             )
 
@@ -308,8 +313,8 @@ class Outbox:
         """Sent rows are history once the alarms and custody keep it: those the service marked sent
         (one marked sent by SQL is left for the watch to put back)."""
         o = AlarmOutbox
-        old = session.execute(select(o.id, o.sent_seal).where(o.sent_at < before))
-        sent = [i for i, mark in old if sent_of(self.secret, i, mark) is not None]
+        old = session.execute(select(o.id, o.seal, o.sent_seal).where(o.sent_at < before))
+        sent = [i for i, seal, mark in old if sent_of(self.secret, i, seal, mark) is not None]
         for start in range(0, len(sent), 500):
             session.execute(delete(o).where(o.id.in_(sent[start : start + 500])))
 

@@ -7,7 +7,10 @@ sealed time is put back to it; each with a warning naming the row and an ``alarm
 (``outbox_put_back``). What a pass reads is bounded by the rows still unsent and those queued
 since the last pass, never by the rows delivered before: a cursor follows the ids (lagging
 :data:`SETTLED` behind the newest, so a transaction that commits late is not passed over), and the
-rows last seen unsent are followed by id, so one marked sent by SQL is still looked at.
+rows last seen unsent are followed by id, so one marked sent by SQL is still looked at. The row
+the cursor stands on is read with them: gone, or another row under its id (SQLite gives an id
+again once the purge has emptied the top of the table), the ids were given again, and the watch
+starts over from the first row rather than pass the new rows over.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.entries import CustodyAction
 from chain_of_custody.ledger import Ledger
-from chain_of_custody.outbox_seals import Delivery, content_holds, delivery_of, due_mark, put_back_details
+from chain_of_custody.outbox_seals import (
+    Delivery,
+    SealsBegan,
+    content_holds,
+    delivery_of,
+    due_mark,
+    put_back_details,
+)
 from chain_of_custody.registry_replay import ALARM_SERVICE
 from storage.db import Database
 
@@ -52,15 +62,21 @@ class OutboxWatch:
     def __init__(self, db: Database, secret: bytes, ledger: Ledger | None) -> None:
         self.db, self.secret, self.ledger = db, secret, ledger
         self.after = 0  # every row up to this id was looked at, and is sent as sealed or followed
+        self.after_queued: datetime | None = None  # when the row the cursor stands on was queued
         self.unsent: set[int] = set()
-        self.first_sealed: int | None = None
+        self.began: SealsBegan | None = None
+        self.restarts = 0  # passes that found the cursor's row gone and started over (for the tests)
         self.swept_at: datetime | None = None
         self.looked_at = 0  # rows read, all told (what a pass costs, for the tests)
         self._lock = threading.Lock()
 
-    def older(self, row: Any) -> bool:
-        """Whether a row without a seal was queued before seals (below the first sealed row)."""
-        return row.seal is None and (self.first_sealed is None or row.id < self.first_sealed)
+    def older(self, session: Session, row: Any) -> bool:
+        """Whether a row without a seal was queued before seals began (``SealsBegan``)."""
+        if row.seal is not None:
+            return False
+        if self.began is None:
+            self.began = SealsBegan(self._first_sealed(session))
+        return self.began.removed(session, row) is None
 
     def sweep_if_due(self, now: datetime) -> None:
         """A pass, if none ran within :data:`SWEEP_EVERY` (or the clock went back) and no other
@@ -78,16 +94,24 @@ class OutboxWatch:
 
     def sweep(self, now: datetime) -> int:
         """Put back every row not yet delivered as the service sealed it; how many."""
-        o = AlarmOutbox
         with self.db.session() as session:
-            if self.first_sealed is None:
-                self.first_sealed = self._first_sealed(session)
-            looked = or_(o.id > self.after, o.id.in_(sorted(self.unsent)))
-            rows = list(session.execute(select(*_LOOKED_AT).where(looked).order_by(o.id)))
+            if self.began is None:
+                self.began = SealsBegan(self._first_sealed(session))
+            rows = self._rows(session, self.after, self.unsent)
+            if self.after and not self._cursor_stands(rows):
+                log.warning(
+                    "the alarm outbox's ids were given again: its watch starts over from the first row",
+                    extra={"outbox": self.after},
+                )
+                self.after, self.after_queued, self.unsent = 0, None, set()
+                self.restarts += 1
+                rows = self._rows(session, 0, set())
+            rows = [row for row in rows if row.id > self.after or row.id in self.unsent]
+            older = {row.id for row in rows if self.older(session, row)}
         self.looked_at += len(rows)
         put_back = 0
         for row in rows:
-            if self.older(row):
+            if row.id in older:
                 continue  # taken as it stands until the upgrade seals it
             delivery = delivery_of(self.secret, row, now)
             if delivery.due is None:
@@ -97,9 +121,21 @@ class OutboxWatch:
             if delivery.altered is not None and self._put_back(row, delivery, now):
                 put_back += 1
         young = [row.id for row in rows if row.created_at > now - SETTLED]
-        settled = [row.id for row in rows if not young or row.id < min(young)]
-        self.after = max([self.after, *settled])
+        settled = [row for row in rows if not young or row.id < min(young)]
+        cursor = max(settled, key=lambda row: row.id, default=None)
+        if cursor is not None and cursor.id > self.after:
+            self.after, self.after_queued = cursor.id, cursor.created_at
         return put_back
+
+    def _rows(self, session: Session, after: int, unsent: set[int]) -> list[Any]:
+        """The rows a pass reads: those above ``after``, those ``unsent`` and the cursor's own."""
+        o = AlarmOutbox
+        looked = or_(o.id > after, o.id.in_(sorted(unsent | {after})))
+        return list(session.execute(select(*_LOOKED_AT).where(looked).order_by(o.id)))
+
+    def _cursor_stands(self, rows: list[Any]) -> bool:
+        """Whether the row the cursor stands on is still the one it was (not gone, nor another)."""
+        return any(row.id == self.after and row.created_at == self.after_queued for row in rows)
 
     def _first_sealed(self, session: Session) -> int | None:
         q = select(AlarmOutbox).where(AlarmOutbox.seal.is_not(None)).order_by(AlarmOutbox.id).limit(20)

@@ -12,8 +12,9 @@ statement more):
   target is not covered: it goes to the webhook configured when it is sent);
 - ``due_seal``: when it is next due, a timed mark bound to ``seal`` (:func:`due_mark`), rewritten
   by every claim and retry;
-- ``sent_seal``: when it was delivered, a timed mark bound to the row's id (:func:`sent_mark`),
-  written by the statement that marks rows sent.
+- ``sent_seal``: when it was delivered, a timed mark bound to the row's id and ``seal``
+  (:func:`sent_mark`), written by the statement that marks rows sent: a mark copied onto another
+  row (one whose id was given again after the purge emptied the table) does not hold there.
 
 Nothing outside the row records an outbox message (custody records the alarm's changes, not each
 acknowledgement), so the seals are all there is to go by, and what is safest is chosen: a row
@@ -27,8 +28,14 @@ SQL leaves nothing to find: that stays out of reach.
 
 Rows queued before this have no seal: they are taken as they stand until ``evidence
 upgrade-seals`` (its ``seal-outbox`` step) seals them as they stand (nothing can bear them out),
-their due time no later than the upgrade. A row without a seal whose id is above that of a row
-whose seal holds was queued after seals began (its seal was removed): it is taken as altered.
+their due time no later than the upgrade. A row without a seal that was queued after seals began
+had its seal removed: it is taken as altered, withheld, named by ``evidence verify`` and refused by
+the upgrade (:class:`SealsBegan`). When seals began is read where SQL cannot move it: the signed
+custody ledger. Every alarm entry written since (from the raise seals on, which came with these)
+records the alarm's note and position (:data:`SEALED_ERA`), so a row queued after the first such
+entry, or for an alarm whose first entry is one, was queued sealed; so was a row above one whose
+seal holds. A row whose seal was removed and whose alarm, time and id were all rewritten to look
+older still passes for one queued before: nothing outside the row records each message.
 Tables are read as plain tables: this sits below ``alarms``.
 """
 
@@ -49,6 +56,8 @@ from storage.db import UTCDateTime
 from .canonical import rfc3339
 from .entries import ChainReport, CustodyAction, Problem, SignedEntry
 from .keys import ServiceKey
+from .models import CustodyEntry
+from .raise_seals import _ALARM_ACTIONS, alarm_entries
 from .reach_seals import reach_secret
 from .row_seals import _holds, row_seal, timed_mark, timed_of
 
@@ -98,14 +107,19 @@ def due_of(secret: bytes, seal: str | None, mark: str | None) -> datetime | None
     return timed_of(secret, "outbox due", seal or "", mark)
 
 
-def sent_mark(secret: bytes, outbox_id: int, at: datetime) -> str:
-    """When a message was delivered, as the service wrote it, bound to its row's id."""
-    return timed_mark(secret, "outbox sent", str(outbox_id), at)
+def _sent_subject(outbox_id: int, seal: str | None) -> str:
+    return f"{outbox_id} {seal or ''}"
 
 
-def sent_of(secret: bytes, outbox_id: int, mark: str | None) -> datetime | None:
-    """The time a :func:`sent_mark` holds, or None when it is missing or not the service's."""
-    return timed_of(secret, "outbox sent", str(outbox_id), mark)
+def sent_mark(secret: bytes, outbox_id: int, seal: str | None, at: datetime) -> str:
+    """When a message was delivered, as the service wrote it, bound to its row's id and ``seal``."""
+    return timed_mark(secret, "outbox sent", _sent_subject(outbox_id, seal), at)
+
+
+def sent_of(secret: bytes, outbox_id: int, seal: str | None, mark: str | None) -> datetime | None:
+    """The time a :func:`sent_mark` holds for this row, or None when it is missing, not the
+    service's, or another row's."""
+    return timed_of(secret, "outbox sent", _sent_subject(outbox_id, seal), mark)
 
 
 def content_holds(secret: bytes, row: Any) -> bool:
@@ -130,7 +144,7 @@ def delivery_of(secret: bytes, row: Any, now: datetime) -> Delivery:
     ``sent_at`` without the service's mark is not sent (due now); a due time later than the sealed
     one is due at the sealed one (now, if that mark is missing or wrong)."""
     if row.sent_at is not None:
-        if sent_of(secret, int(row.id), row.sent_seal) is not None:
+        if sent_of(secret, int(row.id), row.seal, row.sent_seal) is not None:
             return Delivery(None, None)
         return Delivery("it was marked sent without the service's seal", now)
     sealed = due_of(secret, row.seal, row.due_seal)
@@ -175,6 +189,61 @@ def first_sealed(secret: bytes, rows: Iterable[Any]) -> int | None:
     return next((int(r.id) for r in rows if r.seal is not None and content_holds(secret, r)), None)
 
 
+# An alarm entry's details record the alarm's note and position since the raise seals, which came
+# after these seals (``alarms.lifecycle.raise_details``): the first such entry was written sealed.
+_ERA_KEY = "position"
+SEALED_ERA = f'"{_ERA_KEY}":'
+
+
+class SealsBegan:
+    """When outbox seals began, as far as SQL cannot move it: a row without a seal queued after is
+    one whose seal was removed (see the module). The ledger is read only for such a row (rare), and
+    what it says of when seals began, once found, is kept."""
+
+    def __init__(self, first: int | None) -> None:
+        self.first = first  # the lowest id of a row whose seal holds (None: none found)
+        self.era: tuple[int, datetime] | None = None  # the first entry written since, and its time
+        self.alarms: dict[str, int] = {}  # alarms first recorded since: that entry's seq
+
+    def removed(self, session: Session, row: Any) -> str | None:
+        """Why a row without a seal was queued after seals began, or None (queued before, as far as
+        anything outside the row can tell)."""
+        if row.seal is not None:
+            return None
+        if self.first is not None and int(row.id) > self.first:
+            return f"it was queued after outbox row {self.first}, whose seal holds"
+        era = self._era(session)
+        if era is not None and row.created_at > era[1]:
+            return f"it was queued after custody entry #{era[0]}, written once messages were sealed"
+        seq = None if row.alarm_id is None else self._alarm(session, str(row.alarm_id))
+        if seq is not None:
+            return f"its alarm was first recorded by custody entry #{seq}, written once messages were sealed"
+        return None
+
+    def _era(self, session: Session) -> tuple[int, datetime] | None:
+        if self.era is None:
+            e = CustodyEntry
+            q = select(e.seq, e.at).where(e.action.in_(_ALARM_ACTIONS), e.details.like(f"%{SEALED_ERA}%"))
+            first = session.execute(q.order_by(e.seq).limit(1)).first()
+            if first is not None:
+                self.era = (int(first.seq), datetime.fromisoformat(first.at))
+        return self.era
+
+    def _alarm(self, session: Session, alarm_id: str) -> int | None:
+        if alarm_id not in self.alarms:
+            for seq, _action, _item, details, _at in session.execute(alarm_entries(alarm_id)):
+                try:
+                    said = json.loads(details)
+                except ValueError:
+                    continue
+                if isinstance(said, dict) and said.get("alarm_id") == alarm_id:
+                    if _ERA_KEY not in said:
+                        return None  # first recorded before: its messages may be older
+                    self.alarms[alarm_id] = int(seq)
+                    break
+        return self.alarms.get(alarm_id)
+
+
 def check_outbox_seals(
     session: Session, report: ChainReport, key: ServiceKey, entries: Sequence[SignedEntry]
 ) -> None:
@@ -183,14 +252,17 @@ def check_outbox_seals(
     seals."""
     secret = reach_secret(key)
     rows = _rows(session)
-    first = first_sealed(secret, rows)
+    began = SealsBegan(first_sealed(secret, rows))
     recorded = put_backs(entries)
     older = 0
     now = datetime.now(UTC)
     for row in rows:
         why = None
-        if row.seal is None and (first is None or int(row.id) < first):
+        removed = began.removed(session, row)
+        if row.seal is None and removed is None:
             older += 1
+        elif removed is not None:
+            why = f"its seal was removed: {removed} (it is withheld)"
         elif not content_holds(secret, row):
             why = (
                 "its message's seal does not hold: its payload, target, channel or alarm was written by "
@@ -215,8 +287,9 @@ def check_outbox_seals(
 
 @dataclass(frozen=True)
 class UnsealedOutbox:
-    """An outbox row without a seal, as ``evidence upgrade-seals`` lists it (none is refused:
-    nothing outside the row records a message, so it is sealed as it stands)."""
+    """An outbox row without a seal, as ``evidence upgrade-seals`` lists it: sealed as it stands
+    (nothing outside the row records a message), unless it was queued after seals began
+    (``refused`` says why: its seal was removed)."""
 
     outbox_id: int
     channel: str
@@ -225,6 +298,8 @@ class UnsealedOutbox:
 
     def line(self) -> str:
         state = "sent" if self.sent else "unsent"
+        if self.refused:
+            return f"outbox row {self.outbox_id} ({self.channel}, {state}): refused: its seal was removed ({self.refused})"
         return f"outbox row {self.outbox_id} ({self.channel}, {state}): sealed as it stands"
 
 
@@ -233,27 +308,40 @@ def older_outbox(session: Session) -> list[Any]:
     return _rows(session, _OUTBOX.c.seal.is_(None))
 
 
-def unsealed_outbox(session: Session) -> list[UnsealedOutbox]:
-    """Every row :func:`older_outbox` lists."""
-    return [UnsealedOutbox(int(r.id), str(r.channel), r.sent_at is not None) for r in older_outbox(session)]
+def _judged(session: Session, secret: bytes) -> list[tuple[Any, str | None]]:
+    """Each row :func:`older_outbox` lists, with why it is refused (None: sealed as it stands)."""
+    first = first_sealed(secret, _rows(session, _OUTBOX.c.seal.is_not(None)))
+    began = SealsBegan(first)
+    return [(row, began.removed(session, row)) for row in older_outbox(session)]
+
+
+def _listed(judged: Sequence[tuple[Any, str | None]]) -> list[UnsealedOutbox]:
+    return [UnsealedOutbox(int(r.id), str(r.channel), r.sent_at is not None, why) for r, why in judged]
+
+
+def unsealed_outbox(session: Session, key: ServiceKey) -> list[UnsealedOutbox]:
+    """Every row :func:`older_outbox` lists, those queued after seals began refused."""
+    return _listed(_judged(session, reach_secret(key)))
 
 
 def seal_outbox(session: Session, key: ServiceKey, now: datetime | None = None) -> list[UnsealedOutbox]:
-    """Seal the rows :func:`unsealed_outbox` lists as they stand, due no later than ``now`` (a row
-    changed since it was read keeps none); all it listed."""
+    """Seal the rows :func:`unsealed_outbox` does not refuse as they stand, due no later than
+    ``now`` (a row changed since it was read keeps none); all it listed."""
     now = now or datetime.now(UTC)
     secret, o = reach_secret(key), _OUTBOX.c
-    rows = older_outbox(session)
-    for row in rows:
+    judged = _judged(session, secret)
+    for row, refused in judged:
+        if refused is not None:
+            continue
         seal = outbox_seal(
             secret, row.channel, row.target, int(row.qos), row.alarm_id, row.created_at, bytes(row.payload)
         )
         due = min(now, row.next_attempt_at)
-        sent = None if row.sent_at is None else sent_mark(secret, int(row.id), row.sent_at)
+        sent = None if row.sent_at is None else sent_mark(secret, int(row.id), seal, row.sent_at)
         same = o.sent_at.is_(None) if row.sent_at is None else o.sent_at == row.sent_at
         session.execute(
             update(_OUTBOX)
             .where(o.id == row.id, o.seal.is_(None), same, o.next_attempt_at == row.next_attempt_at)
             .values(seal=seal, due_seal=due_mark(secret, seal, due), next_attempt_at=due, sent_seal=sent)
         )
-    return [UnsealedOutbox(int(r.id), str(r.channel), r.sent_at is not None) for r in rows]
+    return _listed(judged)

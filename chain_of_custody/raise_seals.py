@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, Float, column, select, table, update
+from sqlalchemy import Boolean, Float, Select, column, select, table, update
 from sqlalchemy.orm import Session
 
 from .entries import ChainReport, CustodyAction, Problem, SignedEntry
@@ -168,20 +168,24 @@ def device_message(session: Session, source_event_id: str | None) -> bytes | Non
     return bytes(raw) if raw is not None else None
 
 
+def alarm_entries(alarm_id: str) -> Select[int, str, str | None, str, str]:
+    """The alarm entries (seq, action, item, details, time) whose details may name one alarm, in
+    order: a scan of the ledger, for the rare row read alone (check each one's ``alarm_id``)."""
+    mention = json.dumps({"alarm_id": alarm_id}, separators=(",", ":"), ensure_ascii=False)[1:-1]
+    escaped = mention.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    e = CustodyEntry
+    return (
+        select(e.seq, e.action, e.item_id, e.details, e.at)
+        .where(e.action.in_(_ALARM_ACTIONS), e.details.like(f"%{escaped}%", escape="\\"))
+        .order_by(e.seq)
+    )
+
+
 def recorded_raise(session: Session, alarm_id: str) -> RecordedRaise:
     """What the ledger records of one alarm's raise, read for an alarm whose seal does not hold
     (rare: a scan of the alarm entries that mention it)."""
-    mention = json.dumps({"alarm_id": alarm_id}, separators=(",", ":"), ensure_ascii=False)[1:-1]
-    escaped = mention.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    q = (
-        select(CustodyEntry.seq, CustodyEntry.action, CustodyEntry.item_id, CustodyEntry.details)
-        .where(
-            CustodyEntry.action.in_(_ALARM_ACTIONS), CustodyEntry.details.like(f"%{escaped}%", escape="\\")
-        )
-        .order_by(CustodyEntry.seq)
-    )
     found = RecordedRaise()
-    for seq, action, item_id, details in session.execute(q):
+    for seq, action, item_id, details, _at in session.execute(alarm_entries(alarm_id)):
         d = _details(details)
         if d is not None and d["alarm_id"] == alarm_id:
             found.take(int(seq), action, item_id, d)

@@ -186,7 +186,7 @@ def _lifecycles(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
 def _outbox(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     from chain_of_custody.outbox_seals import seal_outbox, unsealed_outbox
 
-    return seal_outbox(session, s.key) if yes else unsealed_outbox(session)
+    return seal_outbox(session, s.key) if yes else unsealed_outbox(session, s.key)
 
 
 def _raises(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
@@ -340,7 +340,8 @@ def seal_outbox_command(yes: Annotated[bool, _YES] = False) -> None:
     """Seal the alarm outbox rows queued before messages were sealed
     (``chain_of_custody.outbox_seals``), taken as they stand until then; run once after upgrading.
     Nothing outside a row records its message, so each is sealed as it stands, due no later than
-    now."""
+    now; a row queued after seals began (by the custody ledger, or above a row whose seal holds)
+    had its seal removed, and is listed as refused."""
     _seal_rows(OUTBOX, yes)
 
 

@@ -191,7 +191,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
             "lone_worker_visits": len(unsealed_visits(session, s.key, entries)),
             "lone_worker_states": len(unsealed_heard(session)),
             "alarm_lifecycles": len(unsealed_lifecycles(session, entries)),
-            "alarm_outbox": len(unsealed_outbox(session)),
+            "alarm_outbox": len(unsealed_outbox(session, s.key)),
             "alarm_raises": len(unsealed_raises(session, entries)),
         }
     assert found.counts == expected == listed

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, insert, select, update
 
 from alarms.models import AlarmOutbox
 from chain_of_custody.awaiting_upgrade import awaiting_upgrade
@@ -135,15 +135,31 @@ def test_an_escalation_rewritten_in_the_database_is_not_sent_under_the_services_
         hook.close()
 
 
+def _queued_before_seals(services: Any, device_id: str, at: datetime, sent: datetime | None = None) -> int:
+    """An acknowledgement queued (and perhaps sent) before messages were sealed: no seal, no alarm
+    (an acknowledgement of a check-in), queued before the ledger's first alarm entry."""
+    values = {
+        "channel": "mqtt",
+        "target": f"lw/v1/{device_id}/ack",
+        "payload": json.dumps({"v": 1, "status": "accepted"}).encode(),
+        "qos": 1,
+        "alarm_id": None,
+        "created_at": at,
+        "next_attempt_at": at,
+        "attempts": 0,
+        "sent_at": sent,
+    }
+    _sql(services, insert(AlarmOutbox).values(**values))
+    with services.db.session() as session:
+        return int(session.scalar(select(AlarmOutbox.id).where(AlarmOutbox.target == values["target"])) or 0)
+
+
 def test_upgrade_seals_seals_outbox_rows_queued_before_seals(services: Any) -> None:
     """Rows queued before seals (none) are taken as they stand, a delivered one is not sent again,
     and ``upgrade-seals`` seals them; a seal removed from a row queued after seals began is found."""
     now = datetime.now(UTC)
-    first = _ack(services, _sos(services, "LW-O5", now))
-    services.alarms.mark_sent([first], now)
-    second = _ack(services, _sos(services, "LW-O6", now))
-    for row in (first, second):
-        _alter(services, row, seal=None, due_seal=None, sent_seal=None)
+    first = _queued_before_seals(services, "LW-O5", now - timedelta(hours=2), sent=now - timedelta(hours=2))
+    second = _queued_before_seals(services, "LW-O6", now - timedelta(hours=1))
     with services.db.session() as session:
         assert awaiting_upgrade(session, services.key).counts["alarm_outbox"] == 2
     verified = _cli(services, "verify", "--json")
@@ -157,3 +173,62 @@ def test_upgrade_seals_seals_outbox_rows_queued_before_seals(services: Any) -> N
     third = _ack(services, _sos(services, "LW-O7", later(2, now)))
     _alter(services, third, seal=None, sent_at=later(3, now))
     _named(services, third)
+
+
+@pytest.mark.parametrize("backdated", [False, True])
+def test_upgrade_refuses_a_row_whose_seal_was_removed_after_seals_began(
+    services: Any, backdated: bool
+) -> None:
+    """An escalation's seal set to NULL by SQL (its due and sent marks too, so nothing is left
+    above it to tell), then its payload rewritten: ``upgrade-seals`` sealed it as a row queued
+    before seals, and the relay then sent, under the service's name, what someone else wrote. Its
+    alarm's custody entries were written once messages were sealed, and the ledger cannot be moved:
+    it is refused, withheld, and named, even with its queueing time put back a year."""
+    now = datetime.now(UTC)
+    alarm_id = _sos(services, "LW-O8", now)
+    services.alarms.make_whole(alarm_id)
+    services.alarms.fire_deadlines(later(3600, now))
+    (escalation,) = [r.id for r in _rows(services, "mqtt", alarm_id) if "escalations" in r.target]
+    with services.db.session() as session:  # every seal removed: no row left whose seal holds
+        session.execute(update(AlarmOutbox).values(seal=None, due_seal=None, sent_seal=None))
+    forged = json.dumps({"v": 1, "type": "alarm_escalated", "alarm_id": "someone-else"}).encode()
+    _alter(services, escalation, payload=forged)
+    if backdated:
+        _alter(services, escalation, created_at=now - timedelta(days=365))
+    upgraded = _cli(services, "upgrade-seals", "--yes")
+    assert upgraded.exit_code == 1, upgraded.output
+    assert f"outbox row {escalation} (mqtt, unsent): refused" in upgraded.output, upgraded.output
+    (row,) = [r for r in _rows(services, "mqtt", alarm_id) if r.id == escalation]
+    assert row.seal is None
+    assert escalation not in [r.id for r in services.alarms.claim_outbox("mqtt", later(3601, now))]
+    assert "its seal was removed" in _named(services, escalation)
+
+
+def test_the_watch_sees_rows_queued_under_ids_given_again(services: Any) -> None:
+    """On SQLite the purge emptied the outbox and the next row took the id of the last one the
+    watch had passed: its cursor stood above it, so an acknowledgement then marked sent by SQL was
+    never looked at, and never sent."""
+    now = datetime.now(UTC)
+    first = _ack(services, _sos(services, "LW-O9", now))
+    services.alarms.mark_sent([first], now)
+    services.alarms.claim_outbox("mqtt", later(200, now))  # a sweep: its cursor passes the row
+    services.alarms.purge(later(200, now), keep=timedelta(0))
+    ack = _ack(services, _sos(services, "LW-O10", later(300, now)))  # (on SQLite: the same id)
+    _alter(services, ack, sent_at=later(301, now))
+    assert ack in [r.id for r in services.alarms.claim_outbox("mqtt", later(600, now))]
+
+
+def test_a_sent_mark_copied_onto_another_row_does_not_hold(services: Any) -> None:
+    """A delivered row deleted and its kept sent mark copied onto an undelivered one under its id
+    (as SQLite gives an id again once the purge has emptied the table): the mark was bound to the
+    id alone, so the new acknowledgement counted as delivered and was never sent."""
+    now = datetime.now(UTC)
+    alarm_id = _sos(services, "LW-O11", now)
+    first = _ack(services, alarm_id)
+    services.alarms.mark_sent([first], now)
+    (kept,) = [r for r in _rows(services, "mqtt", alarm_id) if r.id == first]
+    second = _ack(services, _sos(services, "LW-O12", later(1, now)))
+    _sql(services, delete(AlarmOutbox).where(AlarmOutbox.id == first))
+    _alter(services, second, id=first, sent_at=kept.sent_at, sent_seal=kept.sent_seal)
+    assert "marked sent without the service's seal" in _named(services, first)
+    assert first in [r.id for r in services.alarms.claim_outbox("mqtt", later(60, now))]
