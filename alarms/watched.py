@@ -1,20 +1,19 @@
 """What the alarm side watches of a lone-worker device (its low battery, its visit), as its state
 row's seal vouches for it (``chain_of_custody.watched_seals``): written sealed, and read through
 :func:`vouch`, which puts a row whose seal does not hold back to what the device's alarms and
-visits say, with a warning naming the device."""
+visits say (a visit only when its own seal holds), with a warning naming the device; a row written
+before seals is taken as it stands while they bear it out."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from chain_of_custody.watched_seals import watched_holds, watched_seal
+from chain_of_custody.watched_seals import borne_out, recorded_watch, watched_holds, watched_seal
 from devices.models import LoneWorkerState
-
-from .models import AlarmRecord, LoneWorkerVisit
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +34,14 @@ def set_watched(session: Session, secret: bytes, snap: Any, **values: Any) -> No
 
 def vouch(session: Session, secret: bytes, snap: Any) -> None:
     """Take a device's watched values as its row's seal vouches for them: as they stand when it
-    holds (no statement), else put back to what its alarms and visits say (see the module)."""
-    if watched_holds(secret, snap.device_id, bool(snap.battery_low), snap.active_visit_id, snap.watched_seal):
+    holds (no statement), or, for a row written before seals, while its alarms and visits bear
+    them out; else put back to what those say (see the module)."""
+    found = (bool(snap.battery_low), snap.active_visit_id)
+    if watched_holds(secret, snap.device_id, *found, snap.watched_seal):
         return
-    a, v = AlarmRecord, LoneWorkerVisit
-    low = session.scalar(
-        select(
-            exists().where(
-                a.device_id == snap.device_id,
-                a.kind == "low_battery",
-                a.status != "resolved",
-                a.condition_cleared_at.is_(None),
-            )
-        )
-    )
-    visit = session.scalar(
-        select(v.visit_id)
-        .where(v.device_id == snap.device_id, v.ended_at.is_(None))
-        .order_by(v.started_at.desc())
-        .limit(1)
-    )
+    low, visit = recorded = recorded_watch(session, secret, snap.device_id)
+    if snap.watched_seal is None and borne_out(found, recorded) is None:
+        return  # written before seals: taken as it stands until ``seal-watched`` seals it
     log.warning(
         "a device's low-battery flag or visit is not as the service sealed it: put back to its alarms and visits",
         extra={
@@ -62,4 +49,4 @@ def vouch(session: Session, secret: bytes, snap: Any) -> None:
             "found": {"battery_low": snap.battery_low, "visit": snap.active_visit_id},
         },
     )
-    set_watched(session, secret, snap, battery_low=bool(low), active_visit_id=visit)
+    set_watched(session, secret, snap, battery_low=low, active_visit_id=visit)

@@ -13,6 +13,7 @@ reads them: live bearer tokens (``seal-tokens``), devices (``seal-devices``), us
 ``seal-incidents`` likewise, a version 1 seal), active incident assignments and export jobs (``seal-grants``), members of
 staff, evidence items and alarms (``seal-reach``), incidents (``seal-incidents``), lone visits (``seal-visits``), devices' last-heard times
 (``seal-last-heard``), alarms' lifecycles (``seal-lifecycle``), alarm outbox rows (``seal-outbox``),
+devices' low-battery flags and visits written before their seal (``seal-watched``),
 alarms' notes, positions and payloads (``seal-raise``).
 Each is a ``COUNT`` over one table, but users, whose older seals are told apart by two HMACs each,
 and devices and incidents, by one.
@@ -59,6 +60,7 @@ from .row_seals import (
     row_user_values,
 )
 from .visit_seals import older_visits
+from .watched_seals import older_watched
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,13 @@ KINDS = (
         "are taken as they stand only while their custody record agrees",
     ),
     Kind("alarm_outbox", "alarm outbox row", "alarm outbox rows", "seal-outbox", "are taken as they stand"),
+    Kind(
+        "device_watches",
+        "device's low-battery flag and visit",
+        "devices' low-battery flags and visits",
+        "seal-watched",
+        "are taken as they stand only while their alarms and visits bear them out",
+    ),
     Kind(
         "alarm_raises",
         "alarm's note, position and payload",
@@ -235,6 +244,7 @@ def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = N
         "lone_worker_states": len(older_heard(session)),
         "alarm_lifecycles": _unsealed(session, _LIFECYCLES, "lifecycle_seal"),
         "alarm_outbox": _unsealed(session, _OUTBOX, "seal"),
+        "device_watches": len(older_watched(session)),
         "alarm_raises": _unsealed(session, _RAISES, "raise_seal"),
     }
     return AwaitingUpgrade(counts, now)

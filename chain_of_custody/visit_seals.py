@@ -59,6 +59,7 @@ _VISITS = table(
     column("expected_end", UTCDateTime),
     column("ended_at", UTCDateTime),
     column("seal"),
+    column("started_at", UTCDateTime),
 )
 
 

@@ -1,5 +1,5 @@
 """The commands run once after upgrading to a schema whose rows carry seals: ``evidence seal-tokens``,
-``seal-devices``, ``seal-users``, ``seal-grants``, ``seal-reach``, ``seal-incidents``,
+``seal-devices``, ``seal-users``, ``seal-grants``, ``seal-reach``, ``seal-incidents``, ``seal-watched``,
 ``record-credential-ends`` and
 ``record-access-ends``, each on its own,
 and ``evidence upgrade-seals``, which runs them all in the order they must go (users before the
@@ -189,6 +189,12 @@ def _outbox(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     return seal_outbox(session, s.key) if yes else unsealed_outbox(session, s.key)
 
 
+def _watched(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from chain_of_custody.watched_seals import seal_watched, unsealed_watched
+
+    return seal_watched(session, s.key) if yes else unsealed_watched(session, s.key)
+
+
 def _raises(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     from chain_of_custody.raise_seals import seal_raises, unsealed_raises
 
@@ -208,8 +214,10 @@ VISITS = Step("seal-visits", "visits", _visits)
 HEARD = Step("seal-last-heard", "devices' last-heard times", _heard)
 LIFECYCLES = Step("seal-lifecycle", "alarms' lifecycles", _lifecycles)
 OUTBOX = Step("seal-outbox", "alarm outbox rows", _outbox)
+WATCHED = Step("seal-watched", "devices' low-battery flags and visits", _watched)
 RAISES = Step("seal-raise", "alarms' notes, positions and payloads", _raises)
-# The upgrade's order: a grant is sealed only after the users it is made to (docs/console.md, "Grant seals").
+# The upgrade's order: a grant is sealed only after the users it is made to (docs/console.md, "Grant seals"),
+# a device's visit only after the visits (whose own seals bear it out).
 UPGRADE = (
     TOKENS,
     DEVICES,
@@ -223,6 +231,7 @@ UPGRADE = (
     HEARD,
     LIFECYCLES,
     OUTBOX,
+    WATCHED,
     RAISES,
 )
 
@@ -345,6 +354,16 @@ def seal_outbox_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows(OUTBOX, yes)
 
 
+def seal_watched_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the low-battery flag and visit of each lone-worker device whose state row was written
+    low or on a visit before they were sealed (``chain_of_custody.watched_seals``), taken as they
+    stand until then only while its alarms and visits bear them out; run once after upgrading
+    (after `evidence seal-visits`). Only a row that is low exactly while a low-battery alarm of the
+    device is open and its condition not cleared, and on the latest of its visits not ended whose
+    own seal holds, is sealed; every other is listed as refused, with what differs."""
+    _seal_rows(WATCHED, yes)
+
+
 def seal_raise_command(yes: Annotated[bool, _YES] = False) -> None:
     """Seal the provisional flag, note, position and payload item of each alarm raised before they
     were sealed (``chain_of_custody.raise_seals``), shown as they stand until then; run once after
@@ -359,7 +378,8 @@ def upgrade_seals_command(
 ) -> None:
     """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
     seal-users, seal-grants (after the users), record-credential-ends, record-access-ends,
-    seal-reach, seal-incidents, seal-visits, seal-last-heard, seal-lifecycle, seal-outbox, seal-raise. It first prints how many rows of each kind await it (as the service's start-up
+    seal-reach, seal-incidents, seal-visits, seal-last-heard, seal-lifecycle, seal-outbox, seal-watched,
+    seal-raise. It first prints how many rows of each kind await it (as the service's start-up
     warning, ``/healthz`` and the console's banner count them); each step lists its rows,
     and with ``--yes`` does what it lists, in a transaction of its own, then prints what still awaits. Rows a step refuses are
     listed under it with why, the later steps still run, and the command exits 1 after ``--yes``

@@ -38,6 +38,7 @@ STEPS = (
     "seal-last-heard",
     "seal-lifecycle",
     "seal-outbox",
+    "seal-watched",
     "seal-raise",
 )
 

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from alarms.models import AlarmRecord
+from alarms.models import AlarmRecord, LoneWorkerVisit
+from chain_of_custody.awaiting_upgrade import awaiting_upgrade
 from tests.test_alarms_kit import enrol, later
 from tests.test_heard_seals import _state
 from tests.test_heard_seals import _warned_of as _warned
+from tests.test_upgrade_seals import _under
 from tests.test_visit_seals import _cli, set_state_row
 
 
@@ -76,3 +78,83 @@ def test_a_visit_renamed_in_the_database_moves_no_offline_alarm(
     assert offline.visit_id == "V-W3"
     assert _warned(caplog, "LW-W3")
     assert _state(services, "LW-W3").active_visit_id == "V-W3"
+
+
+def _awaiting(services: Any) -> int:
+    with services.db.session() as session:
+        return awaiting_upgrade(session, services.key).counts["device_watches"]
+
+
+def test_a_device_written_low_before_seals_is_taken_as_it_stands_and_sealed_by_the_upgrade(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device flagged low on battery before the flag was sealed (no seal): on upgrade day its
+    next message put it back, with a warning that it was altered in the database, and ``evidence
+    verify`` named it, though its open low-battery alarm bears the flag out."""
+    device = enrol(services, "LW-W4", staff_id="S-W4", site="NORTH")
+    now = datetime.now(UTC)
+    services.alarms.handle(*device.heartbeat(battery=5, sent_at=now), now=now)
+    set_state_row(services, "LW-W4", watched_seal=None)  # as written before the seal
+    with caplog.at_level(logging.WARNING):
+        services.alarms.handle(*device.heartbeat(battery=5, sent_at=later(10, now)), now=later(10, now))
+    assert not _warned(caplog, "LW-W4")
+    assert _state(services, "LW-W4").battery_low is True
+    assert len(_alarms(services, "LW-W4", "low_battery")) == 1
+    verified = _cli(services, "verify", "--json")
+    assert verified.exit_code == 0 and "device_watch_altered" not in verified.output, verified.output
+    assert _awaiting(services) == 1
+    upgraded = _cli(services, "upgrade-seals", "--yes")
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "device LW-W4 (low, visit none): borne out" in _under(upgraded.output, "seal-watched")
+    assert _state(services, "LW-W4").watched_seal is not None and _awaiting(services) == 0
+
+
+def test_a_visit_written_before_seals_is_taken_while_the_visits_bear_it_out(services: Any) -> None:
+    """Two devices on a visit before the visit was sealed: one as its visits say, one on a visit
+    its visits do not name. The first was put back as altered; now it stands and the upgrade seals
+    it, and the other is refused (and put back when next read)."""
+    now = datetime.now(UTC)
+    for n in ("5", "6"):
+        device = enrol(services, f"LW-W{n}", staff_id=f"S-W{n}", site="NORTH")
+        start = device.checkin_start(f"V-W{n}", now + timedelta(minutes=30), sent_at=now)
+        assert services.alarms.handle(*start, now=now).outcome == "accepted"
+    set_state_row(services, "LW-W5", watched_seal=None)
+    set_state_row(services, "LW-W6", watched_seal=None, active_visit_id="V-ELSEWHERE")
+    found = _cli(services, "verify", "--json")
+    assert "device LW-W6" in found.output and "device LW-W5" not in found.output, found.output
+    assert _awaiting(services) == 2
+    upgraded = _cli(services, "upgrade-seals", "--yes")
+    assert upgraded.exit_code == 1, upgraded.output
+    listed = _under(upgraded.output, "seal-watched")
+    assert "device LW-W5 (not low, visit V-W5): borne out" in listed, listed
+    assert "device LW-W6 (not low, visit V-ELSEWHERE): refused" in listed, listed
+    assert _state(services, "LW-W5").watched_seal is not None
+    services.alarms.raise_offline(later(600, now))
+    assert {a.device_id: a.visit_id for a in _alarms(services, "LW-W5", "device_offline")} == {
+        "LW-W5": "V-W5"
+    }
+    assert [a.visit_id for a in _alarms(services, "LW-W6", "device_offline")] == ["V-W6"]
+
+
+def test_a_visit_row_written_in_the_database_lends_a_device_no_visit(services: Any) -> None:
+    """A visit row inserted by SQL, later than the device's own, and the device's visit pointed at
+    it: the put-back took the latest visit not ended, whatever its seal, so the offline alarm named
+    the forged visit."""
+    device = enrol(services, "LW-W7", staff_id="S-W7", site="NORTH")
+    now = datetime.now(UTC)
+    start = device.checkin_start("V-W7", now + timedelta(minutes=30), sent_at=now)
+    assert services.alarms.handle(*start, now=now).outcome == "accepted"
+    with services.db.session() as session:
+        forged = LoneWorkerVisit(
+            device_id="LW-W7",
+            visit_id="V-FORGED",
+            wearer="S-ELSE",
+            started_at=later(60, now),
+            expected_end=later(3600, now),
+        )
+        session.add(forged)
+    set_state_row(services, "LW-W7", active_visit_id="V-FORGED")
+    services.alarms.raise_offline(later(600, now))
+    (offline,) = _alarms(services, "LW-W7", "device_offline")
+    assert offline.visit_id == "V-W7"
+    assert _state(services, "LW-W7").active_visit_id == "V-W7"
