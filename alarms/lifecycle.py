@@ -38,11 +38,14 @@ from chain_of_custody.lifecycle_seals import (
 from chain_of_custody.raise_seals import (
     PUT_BACK,
     RAISE_COLUMNS,
+    checked_message,
     device_message,
+    message_kind,
     raise_holds,
     raise_seal,
     raise_values,
     recorded_raise,
+    unsealed_differs,
 )
 from chain_of_custody.reach_seals import reach_secret
 from devices.broker_access import CONTROL_TOPIC_ROOT
@@ -69,6 +72,14 @@ ALARMS_RAISED = Counter("evidence_alarms_raised_total", "Alarms raised, by kind"
 # An alarm the service raises on its own account (a timer's) whose device row is not as the service
 # sealed it: raised all the same, at no site and nobody's, with this note.
 DEVICE_UNVOUCHED_NOTE = "site and wearer unknown: the device's record is not as the service sealed it"
+
+# The key of the details of an ``alarm_raised`` entry whose device message's stored bytes are not as
+# the device signed them: nothing of them is stored as evidence (``Lifecycle.make_whole``).
+PAYLOAD_REFUSED = "payload_refused"
+PAYLOAD_REFUSED_WHY = (
+    "the stored bytes of the device's message are not as the device signed them (edited in the "
+    "database, or its device's row is not as the service sealed it): none of them is stored as evidence"
+)
 
 ALARM_ESCALATIONS = Counter("evidence_alarm_escalations_total", "Alarms escalated, by reason", ["reason"])
 
@@ -238,26 +249,34 @@ class Lifecycle:
         row.raise_seal = raise_seal(self.seal_secret, row.id, raise_values(row))
 
     def put_back_raise(self, session: Session, row: AlarmRecord) -> dict[str, Any] | None:
-        """Put an alarm whose raise seal does not hold back to what its custody record (and, for a
-        note or position no entry records, its device's message) bears out, sealed, with a warning
-        naming it; what was found, for the entry that records it, or None when the seal holds (or
-        the alarm was raised before it, and is taken as it stands). One found no longer provisional
-        with no ``alarm_raised`` entry is provisional again, to be made whole."""
-        if row.raise_seal is None or raise_holds(self.seal_secret, row):
+        """Put an alarm whose raise seal does not hold back to what its custody entries that hold
+        (and, for a note or position no entry records, its device's message, as the device signed
+        it) bear out, sealed, with a warning naming it; what was found, for the entry that records
+        it, or None when the seal holds. An alarm with no seal is held to its custody entries once
+        they record its note and position (``raise_seals.unsealed_differs``): put back when it is
+        not what they record, sealed as it stands when it is; one raised before they were recorded
+        is taken as it stands. One found no longer provisional with no ``alarm_raised`` entry is
+        provisional again, to be made whole."""
+        if row.raise_seal is not None and raise_holds(self.seal_secret, row):
             return None
-        said = recorded_raise(session, row.id)
-        found = dict(zip(RAISE_COLUMNS, raise_values(row), strict=True))
+        said = recorded_raise(session, row.id, self.custody_public)
+        values = raise_values(row)
+        if row.raise_seal is None and unsealed_differs(said, values) is None:
+            if said.said is not None:
+                self.seal_raise(row)  # its custody record bears it out
+            return None
         log.warning(
             "an alarm's note, position, payload item or provisional flag is not as the service sealed "
             "it: put back to its custody record",
-            extra={"alarm": row.id, "entry": said.seq},
+            extra={"alarm": row.id, "entry": said.seq, "unsealed": row.raise_seal is None},
         )
-        for name, value in zip(
-            RAISE_COLUMNS, said.values(device_message(session, row.source_event_id)), strict=True
-        ):
+        message = None
+        if said.said is None:  # only the note and position no entry records are the message's
+            message = device_message(session, self.device_secret, row.device_id, row.source_event_id)
+        for name, value in zip(RAISE_COLUMNS, said.values(message), strict=True):
             setattr(row, name, value)
         self.seal_raise(row)
-        return found
+        return dict(zip(RAISE_COLUMNS, values, strict=True))
 
     def attach_payload(self, session: Session, row: AlarmRecord, item_id: str, now: datetime) -> None:
         """A payload stored after its alarm was made whole (object storage was down) becomes its
@@ -475,15 +494,24 @@ class Lifecycle:
         recorded as it stands: what it was raised with is put back to its device's message
         (:meth:`put_back_raise`, or ``raise_found`` when the caller did), and a lifecycle whose seal
         does not hold to an unacknowledged alarm of its device's kind, due now (it turns red and
-        escalates at the clock's next look); its ``alarm_raised`` entry records what was found."""
+        escalates at the clock's next look); its ``alarm_raised`` entry records what was found.
+
+        The device's message is stored as the payload's evidence only when its stored bytes are as
+        the device signed them (``raise_seals.checked_message``): bytes edited in the database are
+        not stored, a warning names them and the entry records it (:data:`PAYLOAD_REFUSED`), and
+        they say nothing of the alarm's kind (an SOS)."""
         if raise_found is None and row.raise_seal is not None and not raise_holds(self.seal_secret, row):
             self.vouch_raise(session, row, now)  # whole again, or back to whole if it was whole
             return
         event = session.get(LoneWorkerEvent, row.source_event_id) if row.source_event_id else None
+        message = None
+        if event is not None:  # its bytes as the device signed them, or None (a warning names it)
+            message = checked_message(session, self.device_secret, row.device_id, event.event_id, event.raw)
         lifecycle_found = None
         if row.lifecycle_seal is not None and not lifecycle_holds(self.seal_secret, row):
-            lifecycle_found = self._put_back_as_raised(row, event, now)
-        if event is not None and event.evidence_item_id is None:
+            kind = row.kind if event is None else message_kind(message) or rules.AlarmKind.SOS.value
+            lifecycle_found = self._put_back_as_raised(row, kind, now)
+        if event is not None and event.evidence_item_id is None and message is not None:
             stored = self.payloads.put(event)
             if stored is not None:
                 # The payload's item takes the alarm's wearer only from a row the service sealed.
@@ -498,6 +526,8 @@ class Lifecycle:
         details["accepted_at"] = rfc3339(row.raised_at)
         if raise_found is not None:
             details[PUT_BACK] = {"found": raise_found}
+        if event is not None and message is None:
+            details[PAYLOAD_REFUSED] = {"event_id": event.event_id, "why": PAYLOAD_REFUSED_WHY}
         if lifecycle_found is not None:
             details["put_back"] = {"to_entry": None, "found": lifecycle_found}
         self.ledger.append(
@@ -512,17 +542,15 @@ class Lifecycle:
             self.open_incident(session, row, now)
             record_change(session, row, "incident_linked", now)
 
-    def _put_back_as_raised(
-        self, row: AlarmRecord, event: LoneWorkerEvent | None, now: datetime
-    ) -> dict[str, Any]:
+    def _put_back_as_raised(self, row: AlarmRecord, kind: str | None, now: datetime) -> dict[str, Any]:
         """Put a provisional alarm's altered lifecycle back to an unacknowledged alarm of the kind its
-        device raised, due now, sealed, with a warning naming it; what was found."""
+        device raised (``kind``: its signed message's; an SOS when that does not hold), due now,
+        sealed, with a warning naming it; what was found."""
         found = lifecycle_found(row)
         log.warning(
             "a provisional alarm's lifecycle is not as the service sealed it: put back to its raise, due now",
             extra={"alarm": row.id},
         )
-        kind = event.kind if event is not None and event.kind else row.kind
         raised = RecordedLifecycle(0, kind, rules.AlarmStatus.RAISED.value, None, None, now)
         store_rule(row, as_recorded(row, raised))
         self.seal_lifecycle(row)

@@ -22,6 +22,7 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import raw_public_key
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.raise_seals import checked_message
 from chain_of_custody.retention_basis import RetentionBasis, retention_basis
 from devices.ends import sealed_device
 from devices.seals import device_seal_key
@@ -163,9 +164,12 @@ class PayloadEvidence:
             )
 
     def fetch_for_storing(self, event_id: str) -> tuple[str, bytes, datetime] | None:
-        """(object key, bytes, retain until) of an event still waiting for its evidence item."""
+        """(object key, bytes, retain until) of an event still waiting for its evidence item, when
+        its bytes are as the device signed them (``raise_seals.checked_message``: bytes edited in
+        the database are not stored, and a warning names them each time they are passed over)."""
         with self.core.db.session() as session:
             event = session.get(LoneWorkerEvent, event_id)
             if event is None or event.evidence_item_id is not None:
                 return None
-            return object_key(event), event.raw, self.retain_until(event)
+            raw = checked_message(session, self.device_secret, event.device_id, event.event_id, event.raw)
+            return None if raw is None else (object_key(event), raw, self.retain_until(event))

@@ -15,6 +15,17 @@ def canonical_json(obj: Any) -> bytes:
     ).encode()
 
 
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members (``json.loads``' ``object_pairs_hook``), refusing one named twice:
+    bytes whose parse hides a member are not what their signer signed."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
 def rfc3339(moment: datetime, digits: int = 6) -> str:
     """RFC 3339 in UTC ending in ``Z``, with ``digits`` (6: microseconds, 3: milliseconds, 0: none) of
     the second's fraction. Custody records use microseconds; the device wire protocol milliseconds."""

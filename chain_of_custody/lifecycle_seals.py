@@ -35,7 +35,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import column, select, table, update
+from sqlalchemy import Select, column, select, table, update
 from sqlalchemy.orm import Session
 
 from storage.db import UTCDateTime
@@ -205,11 +205,12 @@ ENTRY_COLUMNS = (
 
 
 def entry_holds(public: bytes, row: Any) -> bool:
-    """Whether a ledger row (:data:`ENTRY_COLUMNS`) is as the service signed it: its hash is that of
-    its body and its signature the service key's over it. One written or edited by SQL is not (its
-    signer has no service key), and nothing it says decides anything."""
+    """Whether a ledger row (:data:`ENTRY_COLUMNS`, or a :class:`SignedEntry` as ``evidence verify``
+    reads them) is as the service signed it: its hash is that of its body and its signature the
+    service key's over it. One written or edited by SQL is not (its signer has no service key), and
+    nothing it says decides anything."""
     try:
-        canonical = entry_body(row).canonical()
+        canonical = (row.body if isinstance(row, SignedEntry) else entry_body(row)).canonical()
     except (ValueError, TypeError):
         return False
     digest = hashlib.sha256(canonical).hexdigest()
@@ -233,21 +234,23 @@ def warn_of_entry(seq: int) -> None:
     )
 
 
+def alarm_entries(alarm_id: str) -> Select[*tuple[Any, ...]]:
+    """The ``alarm_raised``/``alarm_changed`` entries whose details mention ``alarm_id``
+    (:data:`ENTRY_COLUMNS`; a scan, for the rare alarm whose seal does not hold: the caller checks
+    each entry's details name it and that it holds)."""
+    mention = json.dumps({"alarm_id": alarm_id}, separators=(",", ":"), ensure_ascii=False)[1:-1]
+    escaped = mention.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return select(*ENTRY_COLUMNS).where(
+        CustodyEntry.action.in_(_LIFECYCLE_ACTIONS), CustodyEntry.details.like(f"%{escaped}%", escape="\\")
+    )
+
+
 def recorded_lifecycle(session: Session, alarm_id: str, public: bytes) -> RecordedLifecycle | None:
     """What the ledger last recorded of one alarm's lifecycle in an entry that holds
     (:func:`entry_holds`; one that does not is named and passed over), read for an alarm whose seal
     does not hold that the cursor does not follow (rare: a scan of the alarm entries that mention
     it, newest first, until one holds). An alarm only refused entries record is :func:`unvouched`."""
-    mention = json.dumps({"alarm_id": alarm_id}, separators=(",", ":"), ensure_ascii=False)[1:-1]
-    escaped = mention.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    q = (
-        select(*ENTRY_COLUMNS)
-        .where(
-            CustodyEntry.action.in_(_LIFECYCLE_ACTIONS),
-            CustodyEntry.details.like(f"%{escaped}%", escape="\\"),
-        )
-        .order_by(CustodyEntry.seq.desc())
-    )
+    q = alarm_entries(alarm_id).order_by(CustodyEntry.seq.desc())
     refused = None
     for row in session.execute(q):
         got = recorded_of(int(row.seq), row.details)

@@ -56,8 +56,9 @@ from storage.db import UTCDateTime
 from .canonical import rfc3339
 from .entries import ChainReport, CustodyAction, Problem, SignedEntry
 from .keys import ServiceKey
+from .lifecycle_seals import alarm_entries
 from .models import CustodyEntry
-from .raise_seals import _ALARM_ACTIONS, alarm_entries
+from .raise_seals import _ALARM_ACTIONS
 from .reach_seals import reach_secret
 from .row_seals import _holds, row_seal, timed_mark, timed_of
 
@@ -231,15 +232,15 @@ class SealsBegan:
 
     def _alarm(self, session: Session, alarm_id: str) -> int | None:
         if alarm_id not in self.alarms:
-            for seq, _action, _item, details, _at in session.execute(alarm_entries(alarm_id)):
+            for entry in session.execute(alarm_entries(alarm_id).order_by(CustodyEntry.seq)):
                 try:
-                    said = json.loads(details)
+                    said = json.loads(entry.details)
                 except ValueError:
                     continue
                 if isinstance(said, dict) and said.get("alarm_id") == alarm_id:
                     if _ERA_KEY not in said:
                         return None  # first recorded before: its messages may be older
-                    self.alarms[alarm_id] = int(seq)
+                    self.alarms[alarm_id] = int(entry.seq)
                     break
         return self.alarms.get(alarm_id)
 

@@ -23,18 +23,32 @@ names it (``alarm_raise_altered``). Tables are read as plain tables: this sits b
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, Float, Select, column, select, table, update
+from sqlalchemy import Boolean, Float, column, select, table, update
 from sqlalchemy.orm import Session
 
+from .canonical import canonical_json, unique_keys
 from .entries import ChainReport, CustodyAction, Problem, SignedEntry
-from .keys import ServiceKey
+from .keys import ServiceKey, raw_public_key, verify_signature
+from .lifecycle_seals import alarm_entries, entry_holds, warn_of_entry
 from .models import CustodyEntry
 from .reach_seals import reach_secret
-from .row_seals import _holds, row_seal
+from .row_seals import (
+    _DEVICES,
+    _ENTRIES,
+    DEVICE_SEALS,
+    _holds,
+    device_seal,
+    device_subject,
+    row_seal,
+    seal_verdict,
+)
+
+log = logging.getLogger(__name__)
 
 RAISE_COLUMNS = ("provisional", "note", "lat", "lon", "accuracy_m", "evidence_item_id")
 POSITION = ("lat", "lon", "accuracy_m")
@@ -44,6 +58,7 @@ PUT_BACK = "raise_put_back"
 _ALARMS = table(
     "alarms",
     column("id"),
+    column("device_id"),
     column("source_event_id"),
     column("raise_seal"),
     column("provisional", Boolean),
@@ -85,10 +100,12 @@ def raise_holds(secret: bytes, row: Any) -> bool:
 def vouched_view(secret: bytes, view: dict[str, Any], provisional: bool, seal: str | None) -> dict[str, Any]:
     """An alarm's view (``alarms.feed.alarm_view``) as it may be shown, checked against the row's
     raise seal and provisional flag: one whose seal does not hold shows no note, no position and no
-    payload (not a wrong place, nor another's footage) until the service puts it back; an alarm
-    raised before the seal is shown as it stands."""
+    payload (not a wrong place, nor another's footage) until the service puts it back. Nor does one
+    with no seal: a reader cannot check it against its custody record (its seal set to NULL by SQL
+    is no licence to show values edited with it), so what it was raised with is shown once the
+    service has checked and sealed it (its next change, or ``evidence upgrade-seals``)."""
     if seal is None:
-        return view
+        return {**view, "note": None, "position": None, "evidence_item_id": None}
     place = view.get("position") or {}
     values = (bool(provisional), view.get("note"), *(_number(place.get(c)) for c in POSITION))
     if _holds(raise_seal(secret, str(view["id"]), (*values, view.get("evidence_item_id"))), seal):
@@ -160,48 +177,138 @@ def _details(text: str) -> dict[str, Any] | None:
     return d if isinstance(d, dict) and isinstance(d.get("alarm_id"), str) else None
 
 
-def device_message(session: Session, source_event_id: str | None) -> bytes | None:
-    """The bytes of the device's message an alarm was raised by (None for the service's own)."""
+# -- the device's own message, checked ----------------------------------------------------------
+
+
+def signed_by(raw: bytes, public_key_b64: str | None, device_id: str, event_id: str) -> bool:
+    """Whether ``raw`` is a message ``device_id`` signed, as it signed it, with the key
+    ``public_key_b64`` (its Ed25519 signature ``sig`` over the canonical JSON of the rest, as
+    ``devices.lone_worker_wire`` checks it on arrival), and is the message of ``event_id``."""
+    public = raw_public_key(public_key_b64) if public_key_b64 else None
+    try:
+        message = json.loads(bytes(raw).decode("utf-8"), object_pairs_hook=unique_keys)
+    except (ValueError, UnicodeError, RecursionError):
+        return False
+    if public is None or not isinstance(message, dict):
+        return False
+    signature = message.pop("sig", None)
+    if message.get("device_id") != device_id or message.get("event_id") != event_id:
+        return False
+    try:
+        body = canonical_json(message)
+    except (ValueError, TypeError, UnicodeEncodeError):
+        return False
+    return isinstance(signature, str) and verify_signature(public, signature, body)
+
+
+def sealed_device_key(session: Session, devices_secret: bytes, device_id: str) -> str | None:
+    """The public key (base64) of a device whose row's seal holds for its latest custody entry, read
+    with it in one statement (as ``devices.ends.load_device`` reads it); None for one unknown, or
+    written, planted or put back in the database (a warning names it)."""
+    d, e = _DEVICES.c, _ENTRIES.c
+    latest = (
+        select(e.seq)
+        .where(e.item_id == device_subject(devices_secret, device_id))
+        .order_by(e.item_seq.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    columns = (d.id, d.kind, d.status, d.public_key, d.token_hash, d.broker_password_hash, d.site)
+    row = session.execute(
+        select(*columns, d.assigned_staff_id, d.seal, latest).where(d.id == device_id)
+    ).first()
+    if row is None:
+        return None
+    values = (str(row[0]), str(row[1]), str(row[2]), *row[3:8])
+    bound = None if row[9] is None else int(row[9])
+    if not seal_verdict(
+        device_seal(devices_secret, values, bound), row[8], log, "device", {"device": device_id}
+    ):
+        return None
+    return None if row.public_key is None else str(row.public_key)
+
+
+def checked_message(
+    session: Session, devices_secret: bytes, device_id: str, event_id: str, raw: bytes | None
+) -> bytes | None:
+    """``raw``, the stored bytes of the message ``event_id`` of ``device_id``, when they are that
+    message as the device signed it, checked with the key of a device row whose own seal holds
+    (:func:`sealed_device_key`, :func:`signed_by`); else None, with a warning naming the event: bytes
+    edited in the database (another note, another place, another kind) say nothing and become no
+    evidence."""
+    if raw is None:
+        return None
+    if signed_by(raw, sealed_device_key(session, devices_secret, device_id), device_id, event_id):
+        return bytes(raw)
+    log.warning(
+        "a device's stored message is not as the device signed it (edited in the database, or its "
+        "device's row is not as the service sealed it): nothing is taken from it",
+        extra={"device": device_id, "event_id": event_id},
+    )
+    return None
+
+
+def device_message(
+    session: Session, devices_secret: bytes, device_id: str, source_event_id: str | None
+) -> bytes | None:
+    """The bytes of the device's message an alarm was raised by, when they hold
+    (:func:`checked_message`); None for the service's own alarms and for bytes that do not."""
     if not source_event_id:
         return None
     raw = session.scalar(select(_EVENTS.c.raw).where(_EVENTS.c.event_id == source_event_id))
-    return bytes(raw) if raw is not None else None
+    return checked_message(session, devices_secret, device_id, source_event_id, raw)
 
 
-def alarm_entries(alarm_id: str) -> Select[int, str, str | None, str, str]:
-    """The alarm entries (seq, action, item, details, time) whose details may name one alarm, in
-    order: a scan of the ledger, for the rare row read alone (check each one's ``alarm_id``)."""
-    mention = json.dumps({"alarm_id": alarm_id}, separators=(",", ":"), ensure_ascii=False)[1:-1]
-    escaped = mention.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    e = CustodyEntry
-    return (
-        select(e.seq, e.action, e.item_id, e.details, e.at)
-        .where(e.action.in_(_ALARM_ACTIONS), e.details.like(f"%{escaped}%", escape="\\"))
-        .order_by(e.seq)
-    )
+def message_kind(raw: bytes | None) -> str | None:
+    """The alarm kind a (checked) device message raised, or None."""
+    try:
+        message = json.loads(raw) if raw else {}
+    except ValueError:
+        return None
+    body = message.get("alarm") if isinstance(message, dict) else None
+    kind = body.get("kind") if isinstance(body, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
-def recorded_raise(session: Session, alarm_id: str) -> RecordedRaise:
-    """What the ledger records of one alarm's raise, read for an alarm whose seal does not hold
-    (rare: a scan of the alarm entries that mention it)."""
+# -- what custody records, in entries that hold -----------------------------------------------------
+
+
+def recorded_raise(session: Session, alarm_id: str, public: bytes) -> RecordedRaise:
+    """What the ledger records of one alarm's raise in entries that hold (:func:`entry_holds`: one
+    written or edited in the database is named in a warning and passed over), read for an alarm
+    whose seal does not hold or that has none (rare: a scan of the alarm entries that mention it)."""
     found = RecordedRaise()
-    for seq, action, item_id, details, _at in session.execute(alarm_entries(alarm_id)):
-        d = _details(details)
-        if d is not None and d["alarm_id"] == alarm_id:
-            found.take(int(seq), action, item_id, d)
+    for row in session.execute(alarm_entries(alarm_id).order_by(CustodyEntry.seq)):
+        d = _details(row.details)
+        if d is None or d["alarm_id"] != alarm_id:
+            continue
+        if not entry_holds(public, row):
+            warn_of_entry(int(row.seq))
+            continue
+        found.take(int(row.seq), row.action, row.item_id, d)
     return found
 
 
-def raise_replay(entries: Iterable[SignedEntry]) -> dict[str, RecordedRaise]:
-    """What the ledger records of each alarm's raise."""
+def raise_replay(entries: Iterable[SignedEntry], public: bytes) -> dict[str, RecordedRaise]:
+    """What the ledger records of each alarm's raise, in entries that hold (``evidence verify``
+    names the others)."""
     out: dict[str, RecordedRaise] = {}
     for e in entries:
         if e.body.action not in _ALARM_ACTIONS:
             continue
         d = _details(e.body.details)
-        if d is not None:
+        if d is not None and entry_holds(public, e):
             out.setdefault(d["alarm_id"], RecordedRaise()).take(e.body.seq, e.body.action, e.body.item_id, d)
     return out
+
+
+def unsealed_differs(said: RecordedRaise | None, values: Sequence[Any]) -> str | None:
+    """Why an alarm with no raise seal is altered, or None: once its custody entries record its note
+    and position (every entry since they were sealed does), its row must be what they record; one
+    whose entries do not (raised before) is not judged here."""
+    if said is None or said.said is None:
+        return None
+    return said.differs(values, None)
 
 
 # -- evidence verify ------------------------------------------------------------------------------
@@ -217,13 +324,21 @@ def check_raise_seals(
     """A finding for each alarm whose raise seal does not hold, or that the service found altered and
     put back; a note counting the alarms whose raise is not sealed yet."""
     secret = reach_secret(key)
-    recorded = raise_replay(entries)
+    recorded = raise_replay(entries, key.public_raw)
     unsealed = 0
     for row in _rows(session):
         said = recorded.get(str(row.id))
         why = None
         if row.raise_seal is None:
-            unsealed += 1
+            why = unsealed_differs(said, raise_values(row))
+            if why is not None:
+                why = (
+                    "it has no raise seal, and its provisional flag, note, position or payload item is not "
+                    f"what its custody entries record ({why}): written by someone other than the service "
+                    "(none of them is shown; it is put back to its custody record)"
+                )
+            else:
+                unsealed += 1
         elif not raise_holds(secret, row):
             why = (
                 "its raise's seal does not hold: its provisional flag, note, position or payload item was "
@@ -261,13 +376,14 @@ class UnsealedRaise:
         return f"alarm {self.alarm_id}: note, position and payload; {verdict}"
 
 
-def unsealed_raises(session: Session, entries: Iterable[SignedEntry]) -> list[UnsealedRaise]:
-    """Every alarm without a raise seal, against what its custody entries record (and, for the note
-    and position no entry records, the device's own message)."""
+def unsealed_raises(session: Session, entries: Iterable[SignedEntry], key: ServiceKey) -> list[UnsealedRaise]:
+    """Every alarm without a raise seal, against what its custody entries that hold record (and, for
+    the note and position no entry records, the device's own message, when it is as the device
+    signed it): one that disagrees is refused."""
     rows = _rows(session, _ALARMS.c.raise_seal.is_(None))
     if not rows:
         return []
-    recorded = raise_replay(entries)
+    recorded, devices_secret = raise_replay(entries, key.public_raw), key.derived_secret(DEVICE_SEALS)
     out = []
     for row in rows:
         said, values = recorded.get(str(row.id)), raise_values(row)
@@ -276,7 +392,10 @@ def unsealed_raises(session: Session, entries: Iterable[SignedEntry]) -> list[Un
         elif said is None or not said.whole:
             refused = "no custody entry records its raise (run `evidence backfill-custody` first)"
         else:
-            refused = said.differs(values, device_message(session, row.source_event_id))
+            message = None
+            if said.said is None:  # only the note and position no entry records are the message's
+                message = device_message(session, devices_secret, str(row.device_id), row.source_event_id)
+            refused = said.differs(values, message)
         out.append(UnsealedRaise(str(row.id), values, refused))
     return out
 
@@ -285,7 +404,7 @@ def seal_raises(session: Session, key: ServiceKey, entries: Iterable[SignedEntry
     """Seal the raises :func:`unsealed_raises` lists that the ledger bears out, as they stand (a row
     changed since it was read keeps none); all it listed."""
     secret = reach_secret(key)
-    listed = unsealed_raises(session, entries)
+    listed = unsealed_raises(session, entries, key)
     a = _ALARMS.c
     for found in listed:
         if found.refused:

@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from chain_of_custody.canonical import canonical_json, rfc3339
+from chain_of_custody.canonical import canonical_json, rfc3339, unique_keys
 from chain_of_custody.keys import verify_signature
 
 PROTOCOL_VERSION = 1
@@ -437,22 +437,13 @@ def first_look(raw: bytes, topic: str, max_bytes: int) -> FirstLook:
     return FirstLook(device, kind, None, urgent_raise)
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
-
-
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
 def _load_object(raw: bytes) -> dict[str, Any]:
     text = raw.decode("utf-8")
-    obj = json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_no_constants)
+    obj = json.loads(text, object_pairs_hook=unique_keys, parse_constant=_no_constants)
     if not isinstance(obj, dict):
         raise ValueError("payload is not a JSON object")
     canonical_json(obj)  # refuses lone surrogates and anything else that cannot be signed

@@ -199,7 +199,7 @@ def _raises(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     from chain_of_custody.raise_seals import seal_raises, unsealed_raises
 
     entries = s.ledger.all_entries(session)
-    return seal_raises(session, s.key, entries) if yes else unsealed_raises(session, entries)
+    return seal_raises(session, s.key, entries) if yes else unsealed_raises(session, entries, s.key)
 
 
 TOKENS = Step("seal-tokens", "tokens", _tokens)

@@ -195,7 +195,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
             "alarm_lifecycles": len(unsealed_lifecycles(session, entries)),
             "alarm_outbox": len(unsealed_outbox(session, s.key)),
             "device_watches": len(unsealed_watched(session, s.key)),
-            "alarm_raises": len(unsealed_raises(session, entries)),
+            "alarm_raises": len(unsealed_raises(session, entries, s.key)),
         }
     assert found.counts == expected == listed
     assert found.total == 12

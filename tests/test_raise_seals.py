@@ -8,22 +8,27 @@ and ``evidence upgrade-seals`` seals only what custody bears out."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from alarms import rules
+from alarms.feed import record_change
 from alarms.lifecycle import ESCALATION_TOPIC
-from alarms.models import AlarmOutbox
+from alarms.models import AlarmChange, AlarmOutbox, AlarmRecord, LoneWorkerEvent
+from alarms.reach import change_body
 from alarms.records import alarm_record
 from chain_of_custody.awaiting_upgrade import awaiting_upgrade
+from chain_of_custody.canonical import canonical_json
 from chain_of_custody.models import CustodyEntry
 from chain_of_custody.reach_seals import reach_secret
 from tests.test_alarms_kit import DeviceKit, enrol, later
 from tests.test_lifecycle_seals import _alter, _row, _sos
-from tests.test_visit_seals import _cli
+from tests.test_sweep_custody import _forge, _named
+from tests.test_visit_seals import _cli, _sql
 
 _PLACE = {"lat": 51.5072, "lon": -0.1276, "accuracy_m": 8.0}  # where the kit's device says it is
 _NOTE = "back stairwell, level 2"
@@ -153,13 +158,7 @@ def test_a_whole_alarm_marked_provisional_in_the_database_is_not_raised_twice(se
     assert "alarm_raise_altered" in _cli(services, "verify", "--json").output
 
 
-def test_an_alarm_acknowledged_in_the_database_while_provisional_still_escalates(services: Any) -> None:
-    """Marked acknowledged by SQL before it was made whole, an SOS was made whole as its row then
-    stood: custody recorded it acknowledged, and it never escalated. It is made whole as raised,
-    due now, and escalates at the clock's next look; ``evidence verify`` names it."""
-    device = enrol(services, "LW-RA", staff_id="S-RA", site="NORTH")
-    now = datetime.now(UTC)
-    alarm_id = _sos_with_note(services, device, now, whole=False)
+def _acknowledged_by_sql(services: Any, alarm_id: str, now: datetime) -> None:
     _alter(
         services,
         alarm_id,
@@ -169,6 +168,16 @@ def test_an_alarm_acknowledged_in_the_database_while_provisional_still_escalates
         ack_due_at=None,
         next_deadline=None,
     )
+
+
+def test_an_alarm_acknowledged_in_the_database_while_provisional_still_escalates(services: Any) -> None:
+    """Marked acknowledged by SQL before it was made whole, an SOS was made whole as its row then
+    stood: custody recorded it acknowledged, and it never escalated. It is made whole as raised,
+    due now, and escalates at the clock's next look; ``evidence verify`` names it."""
+    device = enrol(services, "LW-RA", staff_id="S-RA", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos_with_note(services, device, now, whole=False)
+    _acknowledged_by_sql(services, alarm_id, now)
     services.alarms.make_whole(alarm_id, later(2, now))
     raised = [d for a, d in _alarm_entries(services, alarm_id) if a == "alarm_raised"]
     assert [d["status"] for d in raised] == ["raised"], raised
@@ -218,3 +227,185 @@ def test_upgrade_seals_seals_raises_the_custody_record_bears_out(services: Any) 
     assert "matches its custody record" in verdicts[f"alarm {kept}"], done.output
     assert "REFUSED" in verdicts[f"alarm {moved}"] and "lat" in verdicts[f"alarm {moved}"], done.output
     assert _row(services, kept).raise_seal is not None and _row(services, moved).raise_seal is None
+
+
+# -- what the put-back takes: entries that hold, messages as the device signed them ---------------
+
+_ELSEWHERE = {"lat": 53.4808, "lon": -2.2426, "accuracy_m": 5.0}
+
+
+def _edit_message(services: Any, alarm_id: str, **said: Any) -> str:
+    """The stored bytes of the alarm's device message edited by SQL (its signature kept): ``note``
+    and ``kind`` into its alarm body, anything else at its top level; the event's id."""
+    row = _row(services, alarm_id)
+    with services.db.session() as session:
+        event = session.get(LoneWorkerEvent, row.source_event_id)
+        assert event is not None
+        message = json.loads(event.raw)
+        for name, value in said.items():
+            if name in ("note", "kind"):
+                message["alarm"][name] = value
+            else:
+                message[name] = value
+        raw = canonical_json(message)
+        event_id = event.event_id
+    values: dict[str, Any] = {"raw": raw}
+    if "kind" in said:
+        values["kind"] = said["kind"]
+    _sql(services, update(LoneWorkerEvent).where(LoneWorkerEvent.event_id == event_id).values(**values))
+    return str(event_id)
+
+
+def _acknowledged_and_put_back(
+    services: Any, caplog: pytest.LogCaptureFixture, alarm_id: str, own: str, now: datetime
+) -> AlarmRecord:
+    """An operator acknowledges the alarm; it is found put back to the note, place and payload its
+    device gave (``own``: its payload's item)."""
+    with caplog.at_level(logging.WARNING):
+        services.alarms.act(alarm_id, rules.Acknowledge(by="user:op", at=later(5, now)))
+    row = _row(services, alarm_id)
+    assert (row.lat, row.lon, row.accuracy_m, row.note) == (*_PLACE.values(), _NOTE)
+    assert row.evidence_item_id == own
+    return row
+
+
+def test_a_forged_entry_is_not_what_an_altered_alarm_is_put_back_to(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ``alarm_changed`` entry written by SQL (not signed by the service's key) recording another
+    place, another note and another wearer's payload, and the row changed to match: the alarm was
+    put back to the forgery and sealed over it. It is put back to its entries that hold, a warning
+    names the forged entry, and ``evidence verify`` names the alarm."""
+    device = enrol(services, "LW-RF1", staff_id="S-RF1", site="NORTH")
+    other = enrol(services, "LW-RF2", staff_id="S-RF2", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos_with_note(services, device, now)
+    own = _row(services, alarm_id).evidence_item_id
+    theirs = _row(services, _sos(services, other, now)).evidence_item_id
+    assert own and theirs and own != theirs
+    forged = _forge(services, alarm_id, item_id=theirs, note="false alarm, ignore", position=_ELSEWHERE)
+    _alter(services, alarm_id, note="false alarm, ignore", evidence_item_id=theirs, **_ELSEWHERE)
+    _acknowledged_and_put_back(services, caplog, alarm_id, own, now)
+    assert _named(caplog, entry=forged), [r.getMessage() for r in caplog.records]
+    found = _cli(services, "verify", "--json")
+    assert f"alarm {alarm_id}" in found.output and "alarm_raise_altered" in found.output, found.output
+
+
+def test_an_edited_device_message_lends_an_altered_provisional_alarm_nothing(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing in custody records a provisional alarm yet: its note and place changed by SQL, and its
+    device's stored message edited to say the same, the alarm was put back to the edited message.
+    The message is checked against its device's key: it does not hold, so the alarm is put back to
+    no note and no place (not a wrong one), a warning names the event, and nothing of it is stored
+    as evidence."""
+    device = enrol(services, "LW-RM", staff_id="S-RM", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos_with_note(services, device, now, whole=False)
+    event_id = _edit_message(services, alarm_id, note="false alarm, ignore", position=_ELSEWHERE)
+    _alter(services, alarm_id, note="false alarm, ignore", **_ELSEWHERE)
+    with caplog.at_level(logging.WARNING):
+        services.alarms.make_whole(alarm_id, later(2, now))
+    row = _row(services, alarm_id)
+    assert (row.note, row.lat, row.lon, row.accuracy_m, row.evidence_item_id) == (None,) * 5
+    assert _named(caplog, event_id=event_id), [r.getMessage() for r in caplog.records]
+    raised = [d for a, d in _alarm_entries(services, alarm_id) if a == "alarm_raised"]
+    assert [(d["note"], d["position"]) for d in raised] == [(None, None)], raised
+    assert raised[0]["payload_refused"]["event_id"] == event_id
+
+
+def test_an_edited_device_message_is_not_stored_as_the_alarms_evidence(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stored bytes of a provisional alarm's device message edited by SQL (another note) became
+    its payload's evidence when it was made whole, and later when stored late: they are stored
+    neither way, a warning names the event, and its ``alarm_raised`` entry records why."""
+    device = enrol(services, "LW-RE", staff_id="S-RE", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos_with_note(services, device, now, whole=False)
+    event_id = _edit_message(services, alarm_id, note="false alarm, ignore")
+    with caplog.at_level(logging.WARNING):
+        services.alarms.make_whole(alarm_id, later(2, now))
+        assert services.alarms.store_deferred_evidence(later(60, now)) == 0
+    row = _row(services, alarm_id)
+    assert (row.provisional, row.evidence_item_id, row.note) == (False, None, _NOTE)
+    with services.db.session() as session:
+        event = session.get(LoneWorkerEvent, event_id)
+        assert event is not None and event.evidence_item_id is None
+    assert _named(caplog, event_id=event_id), [r.getMessage() for r in caplog.records]
+    raised = [d for a, d in _alarm_entries(services, alarm_id) if a == "alarm_raised"]
+    assert raised[0]["payload_refused"]["event_id"] == event_id, raised
+
+
+def test_an_alarm_whose_device_message_was_edited_is_made_whole_as_an_sos(services: Any) -> None:
+    """A provisional SOS acknowledged by SQL, its event's kind and stored message edited to a low
+    battery warning (one that clears itself): it was made whole as the kind its event said, a
+    warning. The edited message does not hold and says nothing of its kind: it is made whole as an
+    SOS, red, and escalates."""
+    device = enrol(services, "LW-RK", staff_id="S-RK", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos_with_note(services, device, now, whole=False)
+    _edit_message(services, alarm_id, kind="low_battery")
+    _acknowledged_by_sql(services, alarm_id, now)
+    services.alarms.make_whole(alarm_id, later(2, now))
+    services.alarms.fire_deadlines(later(3600, now))
+    row = _row(services, alarm_id)
+    assert (row.kind, row.severity, row.status) == ("sos", "red", "escalated"), (row.kind, row.status)
+
+
+@pytest.mark.parametrize("changed", ["note", "position", "payload"])
+def test_an_alarm_whose_raise_seal_was_cleared_is_held_to_its_custody_record(
+    services: Any, caplog: pytest.LogCaptureFixture, changed: str
+) -> None:
+    """Its raise seal set to NULL by SQL and its note, place or payload changed with it, the alarm
+    counted as raised before seals: its changed values were shown, kept and sealed by the upgrade.
+    Its custody entries record what it was raised with, so it is treated as altered: not shown, put
+    back at the service's next look, with a warning, named by ``evidence verify``, and refused by
+    ``upgrade-seals``."""
+    device = enrol(services, f"LW-RN{changed}", staff_id=f"S-RN{changed}", site="NORTH")
+    other = enrol(services, f"LW-RO{changed}", staff_id=f"S-RO{changed}", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos_with_note(services, device, now)
+    own = _row(services, alarm_id).evidence_item_id
+    theirs = _row(services, _sos(services, other, now)).evidence_item_id
+    values = {
+        "note": {"note": "false alarm, ignore"},
+        "position": _ELSEWHERE,
+        "payload": {"evidence_item_id": theirs},
+    }
+    _alter(services, alarm_id, raise_seal=None, **values[changed])
+    shown = services.alarms.get(alarm_id)
+    assert shown["note"] in (None, _NOTE) and shown["position"] in (None, _PLACE), shown
+    assert shown["evidence_item_id"] in (None, own), shown
+    upgrade = _cli(services, "upgrade-seals", "--yes")
+    assert f"alarm {alarm_id}: note, position and payload; REFUSED" in upgrade.output, upgrade.output
+    assert _row(services, alarm_id).raise_seal is None
+    found = _cli(services, "verify", "--json")
+    assert f"alarm {alarm_id}" in found.output and "alarm_raise_altered" in found.output, found.output
+    logging.getLogger().addHandler(caplog.handler)  # the command set logging up afresh
+    row = _acknowledged_and_put_back(services, caplog, alarm_id, own, now)
+    assert row.raise_seal is not None
+    assert _named(caplog, alarm=alarm_id), [r.getMessage() for r in caplog.records]
+    put_back = [d for _, d in _alarm_entries(services, alarm_id) if "raise_put_back" in d]
+    assert len(put_back) == 1, put_back
+
+
+def test_the_live_stream_shows_no_unchecked_note_or_position(services: Any) -> None:
+    """A change on the stream of an alarm whose raise seal was set to NULL by SQL (its place changed
+    with it) carried the changed place: the stream cannot check it against custody, so it shows
+    none."""
+    device = enrol(services, "LW-RS", staff_id="S-RS", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos_with_note(services, device, now)
+    _alter(services, alarm_id, raise_seal=None, **_ELSEWHERE)
+    with services.db.session() as session:
+        row = session.get(AlarmRecord, alarm_id)
+        assert row is not None
+        record_change(session, row, "moved", later(3, now))
+    with services.db.session() as session:
+        bodies = session.scalars(
+            select(AlarmChange.body).where(AlarmChange.alarm_id == alarm_id).order_by(AlarmChange.id.desc())
+        ).all()
+    sent = change_body(reach_secret(services.key), False, bodies[0])
+    assert sent is not None
+    assert json.loads(sent)["alarm"]["position"] in (None, _PLACE), sent

@@ -40,24 +40,31 @@ def _latest_entry(session: Any, alarm_id: str) -> CustodyEntry:
     ).one()
 
 
-def _forge(services: Any, alarm_id: str, **said: Any) -> int:
-    """An ``alarm_changed`` entry written by SQL on the ledger's tip, hashed and chained as the
-    service would, signed with a key of the writer's own; the head row moved on to it."""
+def _forge(services: Any, alarm_id: str, item_id: str | None = None, **said: Any) -> int:
+    """An ``alarm_changed`` entry written by SQL on the ledger's tip (naming ``item_id``), hashed and
+    chained as the service would, signed with a key of the writer's own; the head row moved on to it."""
     with services.db.session() as session:
         head = session.get(LedgerHead, 1)
         assert head is not None
         details = {**json.loads(_latest_entry(session, alarm_id).details), **said}
+        last = None
+        if item_id is not None:  # chained on the item's entries too, as the service would
+            last = session.scalars(
+                select(CustodyEntry)
+                .where(CustodyEntry.item_id == item_id)
+                .order_by(CustodyEntry.item_seq.desc())
+            ).first()
         body = EntryBody(
             seq=head.last_seq + 1,
             id=str(uuid.uuid4()),
             at=rfc3339(datetime.now(UTC)),
             action="alarm_changed",
             actor="user:op",
-            item_id=None,
-            item_seq=None,
+            item_id=item_id,
+            item_seq=None if item_id is None else (last.item_seq or 0) + 1 if last else 1,
             details=canonical_json(details).decode(),
             prev_hash=head.last_hash,
-            item_prev_hash=None,
+            item_prev_hash=last.entry_hash if last else None,
             key_id=services.key.key_id,
         )
         forger = ServiceKey(Ed25519PrivateKey.generate())
