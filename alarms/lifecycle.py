@@ -272,7 +272,9 @@ class Lifecycle:
         )
         message = None
         if said.said is None:  # only the note and position no entry records are the message's
-            message = device_message(session, self.device_secret, row.device_id, row.source_event_id)
+            message = device_message(
+                session, self.device_secret, self.custody_public, row.device_id, row.source_event_id
+            )
         for name, value in zip(RAISE_COLUMNS, said.values(message), strict=True):
             setattr(row, name, value)
         self.seal_raise(row)
@@ -506,7 +508,9 @@ class Lifecycle:
         event = session.get(LoneWorkerEvent, row.source_event_id) if row.source_event_id else None
         message = None
         if event is not None:  # its bytes as the device signed them, or None (a warning names it)
-            message = checked_message(session, self.device_secret, row.device_id, event.event_id, event.raw)
+            message = checked_message(
+                session, self.device_secret, self.custody_public, row.device_id, event.event_id, event.raw
+            )
         lifecycle_found = None
         if row.lifecycle_seal is not None and not lifecycle_holds(self.seal_secret, row):
             kind = row.kind if event is None else message_kind(message) or rules.AlarmKind.SOS.value

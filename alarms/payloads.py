@@ -171,5 +171,12 @@ class PayloadEvidence:
             event = session.get(LoneWorkerEvent, event_id)
             if event is None or event.evidence_item_id is not None:
                 return None
-            raw = checked_message(session, self.device_secret, event.device_id, event.event_id, event.raw)
+            raw = checked_message(
+                session,
+                self.device_secret,
+                self.core.key.public_raw,
+                event.device_id,
+                event.event_id,
+                event.raw,
+            )
             return None if raw is None else (object_key(event), raw, self.retain_until(event))

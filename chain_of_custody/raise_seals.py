@@ -13,11 +13,22 @@ alarm's id and :data:`RAISE_COLUMNS` (no statement more: the ack path leaves the
 
 Each alarm custody entry records the alarm's note and position (``alarms.lifecycle.custody_details``)
 and names its payload's item; ``alarm_raised`` records that it is whole. An alarm whose seal does
-not hold is put back to what they say (:func:`recorded_raise`); where no entry records its note or
-position (one still provisional, or recorded before they were), to what the device's own signed
-message says, whose bytes become the payload's evidence; with neither, to none: no place at all,
-rather than a wrong one. It is shown so until then (:func:`vouched_view`), and ``evidence verify``
-names it (``alarm_raise_altered``). Tables are read as plain tables: this sits below ``alarms``.
+not hold is put back to what they say (:func:`recorded_raise`), only entries that hold taken (their
+hash is their body's and their signature the service key's, ``lifecycle_seals.entry_holds``: one
+written or edited in the database is named in a warning and ignored); where no entry records its
+note or position (one still provisional, or recorded before they were), to what the device's own
+message says when its stored bytes are as the device signed them, checked with the key of a device
+row whose own seal holds (:func:`checked_message`), whose bytes then become the payload's evidence;
+with neither, to none: no place at all, rather than a wrong one (and, for an alarm made whole, no
+kind but an SOS). It is shown so until then (:func:`vouched_view`), and ``evidence verify`` names
+it (``alarm_raise_altered``).
+
+A NULL seal is no way round this: once an alarm's custody entries record its note and position
+(every entry since they were sealed does), its row must be what they record, sealed or not
+(:func:`unsealed_differs`); one that is not is altered (put back, named by ``evidence verify``,
+refused by ``evidence upgrade-seals``), and readers are shown no note, position or payload of an
+alarm with no seal until the service has checked and sealed it. Tables are read as plain tables:
+this sits below ``alarms``.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from sqlalchemy.orm import Session
 from .canonical import canonical_json, unique_keys
 from .entries import ChainReport, CustodyAction, Problem, SignedEntry
 from .keys import ServiceKey, raw_public_key, verify_signature
-from .lifecycle_seals import alarm_entries, entry_holds, warn_of_entry
+from .lifecycle_seals import ENTRY_COLUMNS, alarm_entries, entry_holds, warn_of_entry
 from .models import CustodyEntry
 from .reach_seals import reach_secret
 from .row_seals import (
@@ -228,18 +239,46 @@ def sealed_device_key(session: Session, devices_secret: bytes, device_id: str) -
     return None if row.public_key is None else str(row.public_key)
 
 
+def recorded_device_keys(session: Session, devices_secret: bytes, public: bytes, device_id: str) -> list[str]:
+    """The public keys (base64) the device's enrolments record, newest first, in custody entries
+    that hold (:func:`entry_holds`): the keys it has signed with, whatever its row says now."""
+    q = (
+        select(*ENTRY_COLUMNS)
+        .where(
+            CustodyEntry.item_id == device_subject(devices_secret, device_id),
+            CustodyEntry.action == CustodyAction.DEVICE_ENROLLED.value,
+        )
+        .order_by(CustodyEntry.seq.desc())
+    )
+    keys = []
+    for row in session.execute(q):
+        try:
+            said = json.loads(row.details).get("public_key")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(said, str) and said not in keys and entry_holds(public, row):
+            keys.append(said)
+    return keys
+
+
 def checked_message(
-    session: Session, devices_secret: bytes, device_id: str, event_id: str, raw: bytes | None
+    session: Session, devices_secret: bytes, public: bytes, device_id: str, event_id: str, raw: bytes | None
 ) -> bytes | None:
     """``raw``, the stored bytes of the message ``event_id`` of ``device_id``, when they are that
-    message as the device signed it, checked with the key of a device row whose own seal holds
-    (:func:`sealed_device_key`, :func:`signed_by`); else None, with a warning naming the event: bytes
-    edited in the database (another note, another place, another kind) say nothing and become no
-    evidence."""
+    message as the device signed it (:func:`signed_by`), checked with the key of its device row
+    when that row's own seal holds (:func:`sealed_device_key`: one statement), else with a key its
+    enrolments record in custody entries that hold (:func:`recorded_device_keys`: a key rotated
+    since the message, or a row altered in the database); else None, with a warning naming the
+    event: bytes edited in the database (another note, another place, another kind) say nothing and
+    become no evidence."""
     if raw is None:
         return None
-    if signed_by(raw, sealed_device_key(session, devices_secret, device_id), device_id, event_id):
+    current = sealed_device_key(session, devices_secret, device_id)
+    if signed_by(raw, current, device_id, event_id):
         return bytes(raw)
+    for key in recorded_device_keys(session, devices_secret, public, device_id):
+        if key != current and signed_by(raw, key, device_id, event_id):
+            return bytes(raw)
     log.warning(
         "a device's stored message is not as the device signed it (edited in the database, or its "
         "device's row is not as the service sealed it): nothing is taken from it",
@@ -249,14 +288,14 @@ def checked_message(
 
 
 def device_message(
-    session: Session, devices_secret: bytes, device_id: str, source_event_id: str | None
+    session: Session, devices_secret: bytes, public: bytes, device_id: str, source_event_id: str | None
 ) -> bytes | None:
     """The bytes of the device's message an alarm was raised by, when they hold
     (:func:`checked_message`); None for the service's own alarms and for bytes that do not."""
     if not source_event_id:
         return None
     raw = session.scalar(select(_EVENTS.c.raw).where(_EVENTS.c.event_id == source_event_id))
-    return checked_message(session, devices_secret, device_id, source_event_id, raw)
+    return checked_message(session, devices_secret, public, device_id, source_event_id, raw)
 
 
 def message_kind(raw: bytes | None) -> str | None:
@@ -394,7 +433,9 @@ def unsealed_raises(session: Session, entries: Iterable[SignedEntry], key: Servi
         else:
             message = None
             if said.said is None:  # only the note and position no entry records are the message's
-                message = device_message(session, devices_secret, str(row.device_id), row.source_event_id)
+                message = device_message(
+                    session, devices_secret, key.public_raw, str(row.device_id), row.source_event_id
+                )
             refused = said.differs(values, message)
         out.append(UnsealedRaise(str(row.id), values, refused))
     return out
