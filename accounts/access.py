@@ -26,15 +26,23 @@ from typing import Any, Protocol
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import ColumnElement, and_, false, true
+from sqlalchemy.orm import Session
 
 from chain_of_custody.core import CoreServices
 from chain_of_custody.reach_seals import SiteReach
 from storage.errors import NotPermitted, Unauthenticated
 
-from .browser import browser_session, refuse_cross_site_read
+from .browser import (
+    browser_session,
+    read_browser_session,
+    refuse_cross_site_read,
+    session_secret,
+    write_session_change,
+)
 from .models import SITE_SCOPED_ROLES
 from .seals import SignInSeals
 from .service import Principal, resolve_token
+from .sessions import SessionChange
 from .throttle import SignInThrottle, ThrottlePolicy
 
 log = logging.getLogger(__name__)
@@ -126,11 +134,79 @@ def require_roles(*roles: str) -> Callable[..., Awaitable[Principal]]:
     event loop (the sign-in it depends on takes the worker thread its database look-up needs)."""
 
     async def check(user: Principal = Depends(current_user)) -> Principal:
-        if user.role not in roles:
-            raise NotPermitted(f"role {user.role} may not do this")
-        return user
+        return role_admitted(user, roles)
 
     return check
+
+
+def role_admitted(user: Principal, roles: tuple[str, ...]) -> Principal:
+    """``user`` if their role is one of ``roles``; 403 otherwise."""
+    if user.role not in roles:
+        raise NotPermitted(f"role {user.role} may not do this")
+    return user
+
+
+class SignInWithin:
+    """A request's sign-in made later, in the transaction and on the worker thread of the route's
+    own look-up (an evidence read: one hop to a thread and one transaction, not one each), with the
+    checks of ``require_roles``: the bearer token (``resolve_token``) or the console's session
+    (``browser.read_browser_session``: idle and absolute ends, the rows' seals, CSRF for a
+    state-changing request), then the role. A request with neither credential is refused (401)
+    before the route's body runs, as ``current_user`` refuses it.
+
+    What the session's read finds due to be written (the person's activity, at most every
+    ``TOUCH_EVERY``; the end of a session found idle) is not written in the look-up's transaction:
+    :meth:`write_due` writes it in a short write transaction of its own once that one has ended
+    (a failure is logged, not raised), whether the look-up answered or refused."""
+
+    def __init__(
+        self,
+        request: Request,
+        creds: HTTPAuthorizationCredentials | None,
+        s: CoreServices,
+        roles: tuple[str, ...],
+    ) -> None:
+        self.request = request
+        self.creds = creds
+        self.services = s
+        self.roles = roles
+        self.seals = SignInSeals.of(s.key)
+        self._due: SessionChange | None = None
+
+    def principal(self, session: Session) -> Principal:
+        """The caller, read in ``session`` (401 when not signed in, 403 for another role)."""
+        if self.creds is not None:
+            principal = resolve_token(session, self.creds.credentials, self.seals)
+            if principal is None:
+                log.info("rejected user token")
+                raise Unauthenticated("invalid or expired token", headers={"WWW-Authenticate": "Bearer"})
+            return role_admitted(principal, self.roles)
+        found, self._due = read_browser_session(self.request, session, self.services.settings, self.seals)
+        if found is None:
+            raise Unauthenticated("authentication required", headers={"WWW-Authenticate": "Bearer"})
+        return role_admitted(found.principal, self.roles)
+
+    def write_due(self) -> None:
+        """Write what the session's read found due, if anything (after the read's transaction)."""
+        due, self._due = self._due, None
+        if due is not None:
+            write_session_change(self.services.db, due, self.seals)
+
+
+def signs_in_within(*roles: str) -> Callable[..., Awaitable[SignInWithin]]:
+    """A dependency for a route that signs its caller in within its own look-up (:class:`SignInWithin`),
+    resolved on the event loop: it only sees whether the request carries a credential at all."""
+
+    async def deferred(
+        request: Request,
+        creds: HTTPAuthorizationCredentials | None = Depends(bearer),
+        s: CoreServices = Depends(services_here),
+    ) -> SignInWithin:
+        if creds is None and not session_secret(request, s.settings.console_secure_cookie):
+            raise Unauthenticated("authentication required", headers={"WWW-Authenticate": "Bearer"})
+        return SignInWithin(request, creds, s, roles)
+
+    return deferred
 
 
 class SiteViewer(Protocol):

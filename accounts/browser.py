@@ -24,13 +24,21 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from storage.db import Database
 from storage.errors import Refused
 from storage.settings import ConsoleSettings
 
 from .seals import SignInSeals
-from .sessions import BrowserSession, SessionPolicy, csrf_matches, read_session, touch_or_end
+from .sessions import (
+    BrowserSession,
+    SessionChange,
+    SessionPolicy,
+    csrf_matches,
+    read_session,
+    touch_or_end,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +157,47 @@ def is_background(request: Request) -> bool:
     )
 
 
+def read_browser_session(
+    request: Request,
+    session: Session,
+    settings: ConsoleSettings,
+    seals: SignInSeals,
+    *,
+    csrf: str | None = None,
+    now: datetime | None = None,
+) -> tuple[BrowserSession | None, SessionChange | None]:
+    """The signed-in browser behind ``request`` as ``session`` (a transaction that may only read)
+    finds it, or None, and what is due to be written of it (:func:`write_session_change`, after
+    the transaction); 403 for a state-changing request without proof that our page sent it, and
+    then nothing is to be written. ``csrf`` is a token found in a form body (else the header)."""
+    secure = settings.console_secure_cookie
+    secret = session_secret(request, secure)
+    if not secret:
+        return None, None
+    found, change = read_session(
+        session,
+        secret,
+        SessionPolicy.from_settings(settings),
+        seals,
+        activity=not is_background(request),
+        now=now,
+    )
+    if found is not None and request.method not in SAFE_METHODS:
+        check_csrf(request, secret, csrf if csrf is not None else request.headers.get(CSRF_HEADER))
+    return found, change
+
+
+def write_session_change(db: Database, change: SessionChange, seals: SignInSeals) -> None:
+    """Write what a session's read found due (``touch_or_end``) in a short write transaction of its
+    own. A failure is logged, not raised: the person is signed in already; an unwritten touch only
+    brings the idle end sooner, and an unwritten end is found again by the next request's read."""
+    try:
+        with db.session() as session:
+            touch_or_end(session, change, seals)
+    except SQLAlchemyError:
+        log.warning("session activity not written", extra={"ended": change.ended}, exc_info=True)
+
+
 def browser_session(
     request: Request,
     db: Database,
@@ -166,27 +215,8 @@ def browser_session(
     long write (an export's recording) may hold for seconds. Only what must be written (the
     person's activity, at most every ``TOUCH_EVERY``; the end of a session found idle) takes a short
     write transaction of its own, after the read, once the request is known to be genuine."""
-    secure = settings.console_secure_cookie
-    secret = session_secret(request, secure)
-    if not secret:
-        return None
     with db.reading() as session:
-        found, change = read_session(
-            session,
-            secret,
-            SessionPolicy.from_settings(settings),
-            seals,
-            activity=not is_background(request),
-            now=now,
-        )
-    if found is not None and request.method not in SAFE_METHODS:
-        check_csrf(request, secret, csrf if csrf is not None else request.headers.get(CSRF_HEADER))
+        found, change = read_browser_session(request, session, settings, seals, csrf=csrf, now=now)
     if change is not None:
-        try:
-            with db.session() as session:
-                touch_or_end(session, change, seals)
-        except SQLAlchemyError:
-            # Signed in already: an unwritten touch only brings the idle end sooner, and an unwritten
-            # end is found again by the next request's read. Neither is worth refusing this one.
-            log.warning("session activity not written", extra={"ended": change.ended}, exc_info=True)
+        write_session_change(db, change, seals)
     return found

@@ -168,22 +168,6 @@ def touch_or_end(session: Session, change: SessionChange, seals: SignInSeals) ->
         row.activity_seal = activity_mark(seals.credentials, row.token_hash, change.at)
 
 
-def resolve_session(
-    session: Session,
-    secret: str,
-    policy: SessionPolicy,
-    seals: SignInSeals,
-    *,
-    activity: bool = True,
-    now: datetime | None = None,
-) -> BrowserSession | None:
-    """:func:`read_session` and its write in one write transaction (``session``)."""
-    found, change = read_session(session, secret, policy, seals, activity=activity, now=now)
-    if change is not None:
-        touch_or_end(session, change, seals)
-    return found
-
-
 def end_session(session: Session, secret: str, now: datetime | None = None) -> str | None:
     """Sign-out: the cookie's session ends at once; its digest if there was one to end (for its
     ``credential_ended`` entry, ``accounts.ends``)."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from fastapi import Request, Response
@@ -627,20 +627,39 @@ def _unserved(blocks: Iterator[bytes]) -> Callable[[Future[bytes | None]], None]
     return close
 
 
+Caller = TypeVar("Caller")
+_Caller_co = TypeVar("_Caller_co", covariant=True)
+
+
+class SignsIn(Protocol[_Caller_co]):
+    """A read's sign-in made in its look-up's transaction (``accounts.access.SignInWithin``): the
+    caller, read in the session given (it raises to refuse), and then, once that transaction has
+    ended, what the read found due to be written of the sign-in, in a transaction of its own."""
+
+    def principal(self, session: Session) -> _Caller_co: ...
+
+    def write_due(self) -> None: ...
+
+
 def _look_up_and_record(
     s: CoreServices,
     asked: str | None,
-    look_up: Callable[[Session], ReadOf],
+    sign_in: SignsIn[Caller],
+    look_up: Callable[[Session, Caller], ReadOf],
     timing: ReadTiming,
 ) -> tuple[ReadOf, _Recorded | None]:
-    """On one worker thread, in one transaction: the item looked up and admitted (``look_up``), and,
-    for a range of a viewing whose block digests are kept, the range recorded, its first block read
-    and checked meanwhile on another thread. Otherwise only the look-up (None)."""
+    """On one worker thread, in one transaction: the caller signed in (``sign_in``), the item looked
+    up and admitted (``look_up``), and, for a range of a viewing whose block digests are kept, the
+    range recorded, its first block read and checked meanwhile on another thread. Otherwise only the
+    sign-in and the look-up (None). What the sign-in found due to be written (a session's touch or
+    end) is written after that transaction, on this thread, whether the read was admitted or not."""
     recorded = threading.Event()
     try:
         with s.db.session() as session:
+            with timing.span("sign_in"):
+                caller = sign_in.principal(session)
             with timing.span("look"):
-                read = replace(look_up(session), timing=timing)
+                read = replace(look_up(session, caller), timing=timing)
             # Detached, as a look-up of its own would leave it: a rollback here expires nothing the
             # first block's thread or the answer reads of it.
             session.expunge(read.item)
@@ -669,27 +688,30 @@ def _look_up_and_record(
             return read, _Recorded(byte_range, blocks, first, headers)
     finally:
         recorded.set()
+        sign_in.write_due()
 
 
 async def looked_up_response(
     s: CoreServices,
     request: Request,
-    look_up: Callable[[Session], ReadOf],
+    sign_in: SignsIn[Caller],
+    look_up: Callable[[Session, Caller], ReadOf],
     timing: ReadTiming | None = None,
 ) -> Response:
-    """:func:`item_response` for an item found and admitted by ``look_up`` (it raises to refuse: no
-    such item, not visible, no reason), which runs in the transaction that records the read when
-    the read is a range of a viewing whose block digests are kept (a player's seeks, after the
-    first): one hop to a worker thread and one transaction for the look-up and the record, not one
-    each. Nothing is served before the record is written; every other read is ``item_response``'s.
-    ``timing`` (started as the request was admitted) goes out as ``Server-Timing``."""
+    """:func:`item_response` for an item found and admitted by ``look_up`` for the caller that
+    ``sign_in`` finds (either raises to refuse: not signed in, no such item, not visible, no reason),
+    both in the transaction that records the read when the read is a range of a viewing whose block
+    digests are kept (a player's seeks, after the first): one hop to a worker thread and one
+    transaction for the sign-in, the look-up and the record, not one each. Nothing is served before
+    the record is written; every other read is ``item_response``'s. ``timing`` (started as the
+    request was admitted) goes out as ``Server-Timing``."""
     if timing is None:
         timing = ReadTiming()
     else:
         timing.add("sign_in", time.perf_counter() - timing.started)  # the route's dependencies
     asked = request.headers.get("range")
     try:
-        read, done = await asyncio.to_thread(_look_up_and_record, s, asked, look_up, timing)
+        read, done = await asyncio.to_thread(_look_up_and_record, s, asked, sign_in, look_up, timing)
     except RecordUntrusted as exc:
         raise ReadRefused("record_altered", f"the item cannot be served: {exc}") from None
     if done is None:

@@ -17,7 +17,14 @@ from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accounts.access import WRITES_CUSTODY, require_roles, services, services_here
+from accounts.access import (
+    WRITES_CUSTODY,
+    SignInWithin,
+    require_roles,
+    services,
+    services_here,
+    signs_in_within,
+)
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices, list_cursors
 from chain_of_custody.ledger import TRAIL_PAGE, Ledger
@@ -309,7 +316,7 @@ async def content(
         description="a read grant's token (``POST /evidence/{id}/read-grants``): the reason it stands "
         "for, for the console's download and player, which cannot send the header",
     ),
-    user: Principal = Depends(require_roles(*MEDIA_ROLES)),
+    sign_in: SignInWithin = Depends(signs_in_within(*MEDIA_ROLES)),
     s: CoreServices = Depends(services_here),
 ) -> Response:
     """Stream the item's bytes (HTTP Range supported); the read is a custody entry before any byte
@@ -317,11 +324,13 @@ async def content(
     item quarantined if they differ). A quarantined item is refused, except to an administrator
     reviewing it with a stated ``review_reason`` (recorded on its custody). An original is read only
     with a stated ``reason`` (422 ``reason_required`` otherwise). The download is named
-    for the incident, the capture time and what it is (``incidents.footage.download_name``)."""
-    if grant is not None and reason is not None:
-        raise ReasonRefused("reason_conflict", "a read grant stands for its reason: state none beside it")
+    for the incident, the capture time and what it is (``incidents.footage.download_name``).
 
-    def look_up(session: Session) -> tuple[ReadOf, datetime | None]:
+    The caller is signed in (token or console session, then the role) on the worker thread and in
+    the transaction of the read's look-up (``accounts.access.SignInWithin``), not on one of its own
+    first; a session's due touch is still a short write transaction of its own, after it."""
+
+    def look_up(session: Session, user: Principal) -> tuple[ReadOf, datetime | None]:
         # On a worker thread, in the transaction that records a player's range (``looked_up_response``):
         # the event loop serves every other request meanwhile. With the read, when its grant expires.
         item = visible_evidence(session, user, item_id)
@@ -368,13 +377,23 @@ async def content(
         )
         return read, granted.expires_at if granted is not None else None
 
-    if request.headers.get("range") is None or review_reason is not None:
-        return await looked_up_response(s, request, lambda session: look_up(session)[0], timing)
     # A player's range: the look-up of this read by this sign-in, kept a moment for its next ranges
     # (``viewing_admissions``); each range is still signed in, recorded and checked.
-    kept = viewing_admissions(request, s.settings)
-    key = AdmissionKey.of(user, item_id, reason, grant)
-    return await looked_up_response(s, request, kept.look_up(key, look_up), timing)
+    kept = (
+        viewing_admissions(request, s.settings)
+        if request.headers.get("range") is not None and review_reason is None
+        else None
+    )
+
+    def admitted(session: Session, user: Principal) -> ReadOf:
+        if grant is not None and reason is not None:
+            raise ReasonRefused("reason_conflict", "a read grant stands for its reason: state none beside it")
+        if kept is None:
+            return look_up(session, user)[0]
+        key = AdmissionKey.of(user, item_id, reason, grant)
+        return kept.look_up(key, partial(look_up, user=user))(session)
+
+    return await looked_up_response(s, request, sign_in, admitted, timing)
 
 
 @router.get("/custody/public-key")

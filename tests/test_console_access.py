@@ -20,7 +20,7 @@ from accounts.browser import CSRF_HEADER
 from accounts.models import User, UserSession
 from accounts.seals import SignInSeals
 from accounts.service import update_user
-from accounts.sessions import SessionPolicy, resolve_session, start_session
+from accounts.sessions import BrowserSession, SessionPolicy, read_session, start_session, touch_or_end
 from chain_of_custody.models import CustodyEntry
 from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from tests.conftest import SIGN_IN_TIMEOUT, start_server
@@ -168,6 +168,16 @@ def test_sign_in_sets_a_strict_httponly_cookie_and_refuses_what_our_form_did_not
         assert secret not in rows and len(rows) == 1
 
 
+def signed_in(
+    session: Any, secret: str, policy: SessionPolicy, seals: SignInSeals, **kw: Any
+) -> BrowserSession | None:
+    """The session a cookie names, as a request finds it: read, then what is due written."""
+    found, change = read_session(session, secret, policy, seals, **kw)
+    if change is not None:
+        touch_or_end(session, change, seals)
+    return found
+
+
 def test_sessions_end_when_idle_at_their_limit_at_sign_out_and_when_the_account_changes(
     site: tuple[str, Any],
 ) -> None:
@@ -182,14 +192,14 @@ def test_sessions_end_when_idle_at_their_limit_at_sign_out_and_when_the_account_
     assert started.idle_ends_at == t0 + timedelta(minutes=30)
     with services.db.session() as session:
         # Activity moves the idle clock; the live stream (activity=False) does not.
-        assert resolve_session(session, secret, policy, seals, activity=False, now=t0 + timedelta(minutes=20))
-        assert resolve_session(session, secret, policy, seals, now=t0 + timedelta(minutes=29))
-        assert resolve_session(session, secret, policy, seals, now=t0 + timedelta(minutes=58))
-        assert resolve_session(session, secret, policy, seals, activity=False, now=t0 + timedelta(minutes=87))
+        assert signed_in(session, secret, policy, seals, activity=False, now=t0 + timedelta(minutes=20))
+        assert signed_in(session, secret, policy, seals, now=t0 + timedelta(minutes=29))
+        assert signed_in(session, secret, policy, seals, now=t0 + timedelta(minutes=58))
+        assert signed_in(session, secret, policy, seals, activity=False, now=t0 + timedelta(minutes=87))
     with services.db.session() as session:
-        assert resolve_session(session, secret, policy, seals, now=t0 + timedelta(minutes=89)) is None
+        assert signed_in(session, secret, policy, seals, now=t0 + timedelta(minutes=89)) is None
     with services.db.session() as session:  # and once ended it stays ended
-        assert resolve_session(session, secret, policy, seals, now=t0 + timedelta(minutes=60)) is None
+        assert signed_in(session, secret, policy, seals, now=t0 + timedelta(minutes=60)) is None
     # Over HTTP: a page's own refreshes (marked as background) do not count as the person being there.
     client, _ = session_client(url, "auditor")
     with services.db.session() as session:
@@ -209,10 +219,8 @@ def test_sessions_end_when_idle_at_their_limit_at_sign_out_and_when_the_account_
         secret, _ = start_session(session, user, policy, seal, now=t0)
     with services.db.session() as session:
         for minutes in range(25, 12 * 60, 25):
-            assert resolve_session(session, secret, policy, seals, now=t0 + timedelta(minutes=minutes))
-        assert (
-            resolve_session(session, secret, policy, seals, now=t0 + timedelta(hours=12, seconds=1)) is None
-        )
+            assert signed_in(session, secret, policy, seals, now=t0 + timedelta(minutes=minutes))
+        assert signed_in(session, secret, policy, seals, now=t0 + timedelta(hours=12, seconds=1)) is None
     # Sign-out ends it on the server: the old cookie opens nothing afterwards.
     client, csrf = session_client(url, "operator")
     old = dict(client.cookies)
