@@ -230,6 +230,13 @@ def test_an_investigator_corrects_a_redaction_in_the_browser(footage: Footage, t
         # Turn the longest track off, with a reason.
         page.uncheck(f"#track-{track}")
         page.fill("#exclusion-reason", "the patient is the complainant")
+        # The reason reads whole: its field spans its panel, and what was typed is not cut off.
+        fits = page.evaluate(
+            """(() => { const i = document.getElementById('exclusion-reason');
+            const p = i.closest('.panel'); const pad = parseFloat(getComputedStyle(p).paddingLeft) * 2;
+            return [i.scrollWidth <= i.clientWidth, i.offsetWidth >= 0.9 * (p.clientWidth - pad)]; })()"""
+        )
+        assert fits == [True, True], fits
         # Draw a box over 0.4 s .. 1.2 s (dragged over the picture, then the range typed).
         page.click("#draw")
         box = page.locator("#overlay").bounding_box()
