@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from sqlalchemy import column, select, table, update
 from sqlalchemy.orm import Session
 
-from .entries import ChainReport, Problem, SignedEntry
+from .entries import ChainReport, Problem, SignedEntry, report_unsealed
 from .keys import ServiceKey
 from .reach_seals import reach_secret
 from .registry_replay import alarm_replay
@@ -102,11 +102,12 @@ def check_alarm_seals(session: Session, report: ChainReport, key: ServiceKey) ->
                     "nobody, and nothing more is linked to its incident)",
                 )
             )
-    if unsealed:
-        report.notes.append(
-            f"{unsealed} alarm(s) have no seal yet (raised before seals), so they reach no site's "
-            "readers by their row: `evidence upgrade-seals` seals those the custody record bears out"
-        )
+    report_unsealed(
+        report,
+        unsealed,
+        "alarm(s) have no seal yet (raised before seals), so they reach no site's "
+        "readers by their row: `evidence upgrade-seals` seals those the custody record bears out",
+    )
 
 
 # -- rows made before seals -----------------------------------------------------------------------

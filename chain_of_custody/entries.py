@@ -220,6 +220,13 @@ class ChainReport:
         return not self.problems
 
 
+def report_unsealed(report: ChainReport, count: int, what: str) -> None:
+    """A note on ``count`` rows a seal check could not hold to their seal (none yet, or one from
+    before seals covered what they do now): ``"<count> <what>"``, and nothing when there are none."""
+    if count:
+        report.notes.append(f"{count} {what}")
+
+
 Verifier = Callable[[str, bytes], bool]  # (signature_b64, message) -> valid
 
 

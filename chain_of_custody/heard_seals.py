@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from storage.db import UTCDateTime
 
-from .entries import ChainReport
+from .entries import ChainReport, report_unsealed
 from .keys import ServiceKey
 from .reach_seals import reach_secret
 from .row_seals import timed_finding, timed_mark, timed_of
@@ -97,11 +97,12 @@ def check_heard_seals(session: Session, report: ChainReport, key: ServiceKey) ->
         )
         if found is not None:
             report.problems.append(found)
-    if older:
-        report.notes.append(
-            f"{older} device(s) have no seal on when they were last heard from, so they count as "
-            "silent once due: `evidence upgrade-seals` seals them"
-        )
+    report_unsealed(
+        report,
+        older,
+        "device(s) have no seal on when they were last heard from, so they count as "
+        "silent once due: `evidence upgrade-seals` seals them",
+    )
 
 
 # -- rows made before seals -----------------------------------------------------------------------

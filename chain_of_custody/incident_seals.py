@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from storage.db import UTCDateTime
 
-from .entries import ChainReport, CustodyAction, Problem, SignedEntry
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry, report_unsealed
 from .keys import ServiceKey
 from .ledger import Ledger
 from .reach_seals import reach_secret
@@ -233,18 +233,20 @@ def check_incident_seals(session: Session, report: ChainReport, key: ServiceKey)
                     "site's managers read it, its window links nothing)",
                 )
             )
-    if unsealed:
-        report.notes.append(
-            f"{unsealed} incident(s) have no seal yet (opened before seals), so no site's managers read "
-            "them and their windows link nothing: `evidence upgrade-seals` seals those the custody "
-            "record bears out"
-        )
-    if older:
-        report.notes.append(
-            f"{older} incident(s) have a seal made before seals were bound to custody, so no site's "
-            "managers read them and their windows link nothing: `evidence upgrade-seals` seals those "
-            "the custody record bears out again"
-        )
+    report_unsealed(
+        report,
+        unsealed,
+        "incident(s) have no seal yet (opened before seals), so no site's managers read "
+        "them and their windows link nothing: `evidence upgrade-seals` seals those the custody "
+        "record bears out",
+    )
+    report_unsealed(
+        report,
+        older,
+        "incident(s) have a seal made before seals were bound to custody, so no site's "
+        "managers read them and their windows link nothing: `evidence upgrade-seals` seals those "
+        "the custody record bears out again",
+    )
 
 
 # -- rows made before seals, or sealed before seals were bound ------------------------------------

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 from storage.db import UTCDateTime
 
 from .canonical import rfc3339
-from .entries import ChainReport, CustodyAction, Problem, SignedEntry
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry, report_unsealed
 from .keys import ServiceKey, verify_signature
 from .models import CustodyEntry
 from .reach_seals import reach_secret
@@ -331,11 +331,12 @@ def check_lifecycle_seals(
                 "database: nothing escalates it)",
             )
         )
-    if unsealed:
-        report.notes.append(
-            f"{unsealed} alarm(s) have no seal on their lifecycle yet (raised before it was sealed): "
-            "`evidence upgrade-seals` seals those the custody record bears out"
-        )
+    report_unsealed(
+        report,
+        unsealed,
+        "alarm(s) have no seal on their lifecycle yet (raised before it was sealed): "
+        "`evidence upgrade-seals` seals those the custody record bears out",
+    )
 
 
 # -- rows made before seals -----------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import column, select, table, update
 from sqlalchemy.orm import Session
 
-from .entries import ChainReport, CustodyAction, Problem, SignedEntry
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry, report_unsealed
 from .keys import ServiceKey
 from .models import EvidenceItem
 from .registry_replay import staff_replay
@@ -207,12 +207,13 @@ def check_reach_seals(session: Session, report: ChainReport, key: ServiceKey) ->
                     "someone other than the service (it reaches nobody by them, only through a link)",
                 )
             )
-    if unsealed:
-        report.notes.append(
-            f"{unsealed} member(s) of staff or evidence item(s) have no reach seal yet (made before seals), "
-            "so they reach no site's managers by their row: `evidence upgrade-seals` seals those the "
-            "custody record bears out"
-        )
+    report_unsealed(
+        report,
+        unsealed,
+        "member(s) of staff or evidence item(s) have no reach seal yet (made before seals), "
+        "so they reach no site's managers by their row: `evidence upgrade-seals` seals those the "
+        "custody record bears out",
+    )
 
 
 # -- rows made before seals -----------------------------------------------------------------------

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Mapped, Session
 
 from storage.db import UTCDateTime
 
-from .entries import ChainReport, CustodyAction, Problem
+from .entries import ChainReport, CustodyAction, Problem, report_unsealed
 from .keys import ServiceKey
 
 # The label of the service key's secret for device seals and their subjects (:func:`device_subject`).
@@ -479,11 +479,12 @@ def check_grant_seals(session: Session, report: ChainReport, secret: bytes) -> N
                     "by someone other than the service (its links hand nothing out)",
                 )
             )
-    if unsealed:
-        report.notes.append(
-            f"{unsealed} export job(s) have no seal yet (asked for before seals), so their links hand "
-            f"nothing out: {UPGRADE_SEALS} lists them and seals those the custody record bears out"
-        )
+    report_unsealed(
+        report,
+        unsealed,
+        "export job(s) have no seal yet (asked for before seals), so their links hand "
+        f"nothing out: {UPGRADE_SEALS} lists them and seals those the custody record bears out",
+    )
 
 
 def _holds(expected: str, seal: str | None) -> bool:
@@ -538,17 +539,19 @@ def check_device_seals(session: Session, report: ChainReport, secret: bytes) -> 
                     "(it speaks for nobody)",
                 )
             )
-    if unsealed:
-        report.notes.append(
-            f"{unsealed} device(s) have no seal yet (enrolled before seals), so not checked: "
-            f"{UPGRADE_SEALS} lists them and seals those the custody record bears out"
-        )
-    if unbound:
-        report.notes.append(
-            f"{unbound} device(s) are sealed without their latest custody entry (sealed before seals were "
-            f"bound to it), so they speak for nobody: {UPGRADE_SEALS} lists them and seals again those "
-            "the custody record bears out"
-        )
+    report_unsealed(
+        report,
+        unsealed,
+        "device(s) have no seal yet (enrolled before seals), so not checked: "
+        f"{UPGRADE_SEALS} lists them and seals those the custody record bears out",
+    )
+    report_unsealed(
+        report,
+        unbound,
+        "device(s) are sealed without their latest custody entry (sealed before seals were "
+        f"bound to it), so they speak for nobody: {UPGRADE_SEALS} lists them and seals again those "
+        "the custody record bears out",
+    )
 
 
 def _latest_device_entries(session: Session) -> tuple[dict[str, tuple[int, str]], dict[str, int]]:
@@ -612,22 +615,25 @@ def check_user_seals(session: Session, report: ChainReport, key: ServiceKey) -> 
                 "(it signs nobody in)",
             )
         )
-    if unsealed:
-        report.notes.append(
-            f"{unsealed} user(s) have no seal yet (made before seals), so they sign nobody in and are "
-            f"not checked: {UPGRADE_SEALS} lists them and seals those the custody record bears out"
-        )
-    if older:
-        report.notes.append(
-            f"{older} user(s) are sealed without their full name (sealed before seals covered it), so "
-            f"they sign nobody in: {UPGRADE_SEALS} lists them with their name and seals them again"
-        )
-    if unbound:
-        report.notes.append(
-            f"{unbound} user(s) are sealed without their latest custody entry (sealed before seals were "
-            f"bound to it), so they sign nobody in: {UPGRADE_SEALS} lists them and seals again those "
-            "the custody record bears out"
-        )
+    report_unsealed(
+        report,
+        unsealed,
+        "user(s) have no seal yet (made before seals), so they sign nobody in and are "
+        f"not checked: {UPGRADE_SEALS} lists them and seals those the custody record bears out",
+    )
+    report_unsealed(
+        report,
+        older,
+        "user(s) are sealed without their full name (sealed before seals covered it), so "
+        f"they sign nobody in: {UPGRADE_SEALS} lists them with their name and seals them again",
+    )
+    report_unsealed(
+        report,
+        unbound,
+        "user(s) are sealed without their latest custody entry (sealed before seals were "
+        f"bound to it), so they sign nobody in: {UPGRADE_SEALS} lists them and seals again those "
+        "the custody record bears out",
+    )
 
 
 def _ended_entries(session: Session) -> dict[str, int]:

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from storage.db import UTCDateTime
 
 from .canonical import rfc3339
-from .entries import ChainReport, CustodyAction, Problem, SignedEntry
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry, report_unsealed
 from .keys import ServiceKey
 from .ledger import Ledger
 from .reach_seals import reach_secret
@@ -183,12 +183,13 @@ def check_visit_seals(
             )
         if key_ in deadlines and (why := deadline_refused(row.expected_end, row.ended_at, deadlines[key_])):
             report.problems.append(Problem("visit_deadline_altered", where, why))
-    if older:
-        report.notes.append(
-            f"{older} visit(s) have no seal yet, or one from before deadlines were sealed, so a missed "
-            "check-in takes no wearer from them: `evidence upgrade-seals` seals those the custody "
-            "record bears out"
-        )
+    report_unsealed(
+        report,
+        older,
+        "visit(s) have no seal yet, or one from before deadlines were sealed, so a missed "
+        "check-in takes no wearer from them: `evidence upgrade-seals` seals those the custody "
+        "record bears out",
+    )
 
 
 def _older(secret: bytes, row: Any) -> bool:
