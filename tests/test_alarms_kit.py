@@ -13,10 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
+import alarms.lifecycle
 from alarms.models import AlarmOutbox
 from chain_of_custody.models import CustodyEntry
 from devices.broker_access import BrokerAccount, BrokerProcess, hash_password, start_private_broker
@@ -277,3 +279,17 @@ def raise_test_alarm(services: Any, device_id: str = "LW-MATRIX", site: str = "N
     result = services.alarms.handle(*kit.sos())
     assert result.outcome == "accepted" and result.alarm_id, result
     return result.alarm_id
+
+
+def count_lifecycle_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the alarms whose lifecycle seal is checked from now on, in the order checked (the
+    list fills as the service checks them; clear it between passes)."""
+    checked: list[str] = []
+    holds = alarms.lifecycle.lifecycle_holds
+
+    def counted(secret: bytes, row: Any) -> bool:
+        checked.append(str(row.id))
+        return holds(secret, row)
+
+    monkeypatch.setattr(alarms.lifecycle, "lifecycle_holds", counted)
+    return checked

@@ -51,14 +51,19 @@ def _verify(s: Any, *item_ids: str) -> list[tuple[str, str]]:
     return [(p.kind, p.where) for p in report.problems]
 
 
-def test_a_first_whole_check_keeps_the_list_for_every_later_process(served: Any) -> None:  # noqa: F811
-    s, url = served
+def _older_clip(s: Any, url: str) -> tuple[dict[str, str], bytes, EvidenceItem, str, list[int]]:
+    """An admin's headers, and a clip stored as before lists were kept: its bytes, its row, its
+    content's address, and the store's reads counted from now on."""
     user(s, "boss", "admin")
     admin = bearer(s, "boss")
     data = os.urandom(SIZE)
     clip = store_item(s, data=data, block_list=False)  # stored before lists were kept
-    target = f"{url}/api/v1/evidence/{clip.id}/content"
-    reads = _count_store_reads(s)
+    return admin, data, clip, f"{url}/api/v1/evidence/{clip.id}/content", _count_store_reads(s)
+
+
+def test_a_first_whole_check_keeps_the_list_for_every_later_process(served: Any) -> None:  # noqa: F811
+    s, url = served
+    admin, data, clip, target, reads = _older_clip(s, url)
     r = httpx.get(target, headers={**admin, "Range": f"bytes={BLOCK}-{BLOCK + 99}"}, params=READ, timeout=60)
     assert r.status_code == 206 and r.content == data[BLOCK : BLOCK + 100]
     assert reads[0] == SIZE  # no list yet: the whole object checked first, as before
@@ -229,12 +234,7 @@ def test_a_whole_download_keeps_the_list_it_took_as_it_streamed(own_store: Any) 
     process's first seek reads only its block. One whose object was altered is cut short and
     quarantined, and keeps no list."""
     s, seaweed, url = own_store
-    user(s, "boss", "admin")
-    admin = bearer(s, "boss")
-    data = os.urandom(SIZE)
-    clip = store_item(s, data=data, block_list=False)  # stored before lists were kept
-    target = f"{url}/api/v1/evidence/{clip.id}/content"
-    reads = _count_store_reads(s)
+    admin, data, clip, target, reads = _older_clip(s, url)
     r = httpx.get(target, headers=admin, params=READ, timeout=60)
     assert r.status_code == 200 and r.content == data
     assert reads == [SIZE], reads  # the download's own read: no second one for the list

@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, event, select, update
 
-import alarms.lifecycle
 from alarms import rules
 from alarms.models import AlarmRecord
 from chain_of_custody.awaiting_upgrade import awaiting_upgrade
-from tests.test_alarms_kit import DeviceKit, enrol, later
+from tests.test_alarms_kit import DeviceKit, count_lifecycle_checks, enrol, later
 from tests.test_visit_seals import _cli, _sql
 
 _ACKNOWLEDGED_BY_SQL = {"status": "acknowledged", "ack_due_at": None, "next_deadline": None}
@@ -143,14 +142,7 @@ def test_a_sweep_pass_costs_what_the_open_alarms_cost_not_the_resolved_ones(
     pass, however many alarms were resolved before."""
     device, other = enrol(services, "LW-L6", staff_id="S-L6"), enrol(services, "LW-L7", staff_id="S-L7")
     now = datetime.now(UTC)
-    checked: list[str] = []
-    holds = alarms.lifecycle.lifecycle_holds
-
-    def counted(secret: bytes, row: Any) -> bool:
-        checked.append(str(row.id))
-        return holds(secret, row)
-
-    monkeypatch.setattr(alarms.lifecycle, "lifecycle_holds", counted)
+    checked = count_lifecycle_checks(monkeypatch)
     clock = services.alarms.timekeeper
 
     def resolved(n: int, start: int) -> None:

@@ -17,13 +17,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select, update
 
-import alarms.lifecycle
 from alarms import rules
 from chain_of_custody.canonical import canonical_json, rfc3339
 from chain_of_custody.entries import ChainReport, EntryBody
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import CustodyEntry, LedgerHead
-from tests.test_alarms_kit import enrol, later
+from tests.test_alarms_kit import count_lifecycle_checks, enrol, later
 from tests.test_lifecycle_seals import _alter, _row, _sos
 from tests.test_visit_seals import _cli, _sql
 
@@ -144,14 +143,7 @@ def _counted_pass(services: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     custody entries read)."""
     from chain_of_custody.sweep_cursor import OpenByCustody
 
-    checked: list[str] = []
-    holds = alarms.lifecycle.lifecycle_holds
-
-    def counted(secret: bytes, row: Any) -> bool:
-        checked.append(str(row.id))
-        return holds(secret, row)
-
-    monkeypatch.setattr(alarms.lifecycle, "lifecycle_holds", counted)
+    checked = count_lifecycle_checks(monkeypatch)
     clock = services.alarms.timekeeper
 
     def one_pass(at: datetime) -> tuple[int, int, int]:
