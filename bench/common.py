@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib
 import json
 import os
 import platform
@@ -11,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,11 +143,23 @@ class BenchService:
         return build_services(settings, migrate=False)
 
     def admin_headers(self) -> dict[str, str]:
-        r = httpx.post(
-            f"{self.url}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}
-        )
+        return self.headers_for("admin", ADMIN_PASSWORD)
+
+    def headers_for(self, username: str, password: str) -> dict[str, str]:
+        """A bearer token for the user, from the service's token route."""
+        r = httpx.post(f"{self.url}/api/v1/auth/token", data={"username": username, "password": password})
         r.raise_for_status()
         return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    def add_user(self, username: str, password: str, role: str) -> dict[str, Any]:
+        """A user made by the admin through the service's own route: the route's answer."""
+        r = httpx.post(
+            f"{self.url}/api/v1/users",
+            json={"username": username, "password": password, "role": role},
+            headers=self.admin_headers(),
+        )
+        r.raise_for_status()
+        return dict(r.json())
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -290,3 +304,69 @@ def bench_services(prefix: str, database: str) -> Iterator[Any]:
         seaweed.stop()
         if pg_name:
             drop_pg_database(PG_ADMIN_URL, pg_name)
+
+
+# A benchmark's fill: (its arguments, its scratch directory, the scratch databases' URLs by name)
+# -> what the fill prints besides ``work`` and ``fill_s`` (each database's URL, or an object
+# holding it as ``url``, under its name).
+Fill = Callable[[argparse.Namespace, Path, dict[str, str]], dict[str, Any]]
+# A benchmark's timing: (its arguments, what the fill printed) -> (its result JSON's own fields, the
+# lines it prints).
+Timing = Callable[[argparse.Namespace, dict[str, Any]], tuple[dict[str, Any], list[str]]]
+
+
+def paired_runs(
+    description: str,
+    name: str,
+    options: Callable[[argparse.ArgumentParser], None],
+    fill: Fill,
+    timing: Timing,
+    code: str,
+) -> None:
+    """The command of a benchmark timed on a scratch SQLite file and a scratch PostgreSQL database,
+    filled once and read by the code of each checkout in turn (``PYTHONPATH``): ``fill`` prints what
+    it made as JSON, ``time --fill <that file>`` times the running checkout (the machine's load before
+    and after, ``--out`` for the result JSON, ``--label`` for which checkout), ``drop`` drops the
+    PostgreSQL database. ``name`` names the scratch directory (``bench-<name>-``) and database;
+    ``options`` adds the benchmark's own (sizes, ``-n``); ``code``, a module of the product timed, names
+    the checkout in the result JSON."""
+    from bench.alarms import PG_ADMIN_URL
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("step", choices=("fill", "time", "drop"))
+    ap.add_argument("--fill", help="what the fill printed, as a file (time, drop)")
+    options(ap)
+    ap.add_argument("--out", help="result JSON (time)")
+    ap.add_argument("--label", default="", help="which checkout was timed")
+    args = ap.parse_args()
+    if args.step == "fill":
+        work = scratch(f"bench-{name}-")
+        pg = ScratchPostgres(PG_ADMIN_URL, f"evidence_bench_{name.replace('-', '_')}")
+        urls = {"sqlite": f"sqlite:///{work / 'bench.db'}", "postgres": pg.create()}
+        t = time.perf_counter()
+        made = fill(args, work, urls)
+        print(json.dumps({"work": str(work), "fill_s": round(time.perf_counter() - t, 1), **made}))
+        return
+    filled = json.loads(Path(args.fill).read_text())
+    if args.step == "drop":
+        made = filled["postgres"]
+        pg = ScratchPostgres(PG_ADMIN_URL)
+        pg.url = made if isinstance(made, str) else made["url"]
+        pg.name = pg.url.rsplit("/", 1)[1]
+        pg.drop()
+        return
+    load_before = load_average()
+    data, lines = timing(args, filled)
+    load_after = load_average()
+    for line in lines:
+        print(line)
+    print(f"load before {load_before}, after {load_after}")
+    if args.out:
+        out = {
+            "label": args.label,
+            "code": str(Path(importlib.import_module(code).__file__ or "").resolve().parents[1]),
+            **data,
+            "load": [load_before, load_after],
+            "machine": machine(),
+        }
+        Path(args.out).write_text(json.dumps(out, indent=2))

@@ -32,8 +32,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.alarms import (  # noqa: E402
@@ -199,13 +197,7 @@ def main() -> None:
             EVIDENCE_MQTT_TELEMETRY_PROCESS="true",
         )
         svc.start()
-        headers = svc.admin_headers()
-        r = httpx.post(
-            f"{svc.url}/api/v1/users",
-            json={"username": OPERATOR, "password": OPERATOR_PASSWORD, "role": "operator"},
-            headers=headers,
-        )
-        r.raise_for_status()
+        svc.add_user(OPERATOR, OPERATOR_PASSWORD, "operator")
         services = svc.services(database_url)
         assert args.devices <= fd_headroom(), "raise the open-files limit"
         run = SimpleNamespace(services=services, creds=[])

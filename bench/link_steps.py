@@ -21,9 +21,7 @@ drop::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -165,54 +163,33 @@ def _ratio(cases: dict[str, Any], of: str, to: str) -> float:
     return round(cases[of]["p50_ms"] / cases[to]["p50_ms"], 2)
 
 
-def main() -> None:
-    from bench.alarms import PG_ADMIN_URL
-    from bench.common import ScratchPostgres, load_average, machine, scratch
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=("fill", "time", "drop"))
-    ap.add_argument("--fill", help="what the fill printed, as a file (time, drop)")
+def _options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--items", type=int, default=300)
     ap.add_argument("--alarms", type=int, default=100)
     ap.add_argument("--cycles", type=int, default=4, help="link and unlink rounds before the link kept")
     ap.add_argument("--other-alarms", type=int, default=400)
     ap.add_argument("-n", type=int, default=40, help="reads of each kind")
-    ap.add_argument("--out", help="result JSON (time)")
-    ap.add_argument("--label", default="", help="which checkout was timed")
-    args = ap.parse_args()
-    if args.step == "fill":
-        work = scratch("bench-link-steps-")
-        pg = ScratchPostgres(PG_ADMIN_URL, "evidence_bench_link_steps")
-        urls = {"sqlite": f"sqlite:///{work / 'bench.db'}", "postgres": pg.create()}
-        t = time.perf_counter()
-        filled = {
-            db: {"url": url, "case": fill(url, work, args.items, args.alarms, args.cycles, args.other_alarms)}
-            for db, url in urls.items()
-        }
-        sizes = {
-            "items": args.items,
-            "alarms": args.alarms,
-            "cycles": args.cycles,
-            "other_alarms": args.other_alarms,
-        }
-        print(
-            json.dumps(
-                {"work": str(work), "fill_s": round(time.perf_counter() - t, 1), "sizes": sizes, **filled}
-            )
-        )
-        return
-    filled = json.loads(Path(args.fill).read_text())
-    if args.step == "drop":
-        pg = ScratchPostgres(PG_ADMIN_URL)
-        pg.name, pg.url = filled["postgres"]["url"].rsplit("/", 1)[1], filled["postgres"]["url"]
-        pg.drop()
-        return
-    load_before = load_average()
+
+
+def _fill(args: argparse.Namespace, work: Path, urls: dict[str, str]) -> dict[str, Any]:
+    filled = {
+        db: {"url": url, "case": fill(url, work, args.items, args.alarms, args.cycles, args.other_alarms)}
+        for db, url in urls.items()
+    }
+    sizes = {
+        "items": args.items,
+        "alarms": args.alarms,
+        "cycles": args.cycles,
+        "other_alarms": args.other_alarms,
+    }
+    return {"sizes": sizes, **filled}
+
+
+def _time(args: argparse.Namespace, filled: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     results: dict[str, Any] = {
         db: measure(filled[db]["url"], filled[db]["case"], args.n) for db in ("sqlite", "postgres")
     }
     results["construction"] = construction(args.n * 5)
-    load_after = load_average()
     ratios = {
         f"{db}: {what} / baseline": _ratio(
             results[db], f"{what} as custody holds them", f"{what}, plain (baseline)"
@@ -224,28 +201,20 @@ def main() -> None:
         ratios[f"construction: {what} / baseline"] = _ratio(
             results["construction"], what, "plain statement (baseline)"
         )
-    for group in ("sqlite", "postgres", "construction"):
-        for name, figures in results[group].items():
-            if "p50_ms" in figures:
-                print(
-                    f"| {args.label} | {group} | {name} | {figures['n']} | {figures['p50_ms']} | {figures['mean_ms']} |"
-                )
-    for name, ratio in ratios.items():
-        print(f"{args.label} {name}: {ratio}")
-    print(f"load before {load_before}, after {load_after}")
-    if args.out:
-        import incidents.access
+    lines = [
+        f"| {args.label} | {group} | {name} | {figures['n']} | {figures['p50_ms']} | {figures['mean_ms']} |"
+        for group in ("sqlite", "postgres", "construction")
+        for name, figures in results[group].items()
+        if "p50_ms" in figures
+    ]
+    lines += [f"{args.label} {name}: {ratio}" for name, ratio in ratios.items()]
+    return {"sizes": filled["sizes"], "results": results, "ratios_p50": ratios}, lines
 
-        data = {
-            "label": args.label,
-            "code": str(Path(incidents.access.__file__).resolve().parents[1]),
-            "sizes": filled["sizes"],
-            "results": results,
-            "ratios_p50": ratios,
-            "load": [load_before, load_after],
-            "machine": machine(),
-        }
-        Path(args.out).write_text(json.dumps(data, indent=2))
+
+def main() -> None:
+    from bench.common import paired_runs
+
+    paired_runs(__doc__.splitlines()[0], "link-steps", _options, _fill, _time, code="incidents.access")
 
 
 if __name__ == "__main__":

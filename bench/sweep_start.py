@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -106,57 +105,39 @@ def measure(url: str, key: Any, repeat: int) -> dict[str, Any]:
     return cases
 
 
-def main() -> None:
-    from bench.alarms import PG_ADMIN_URL
-    from bench.common import ScratchPostgres, load_average, machine, scratch
-
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("step", choices=("fill", "time", "drop"))
-    ap.add_argument("--fill", help="what the fill printed, as a file (time, drop)")
+def _options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--alarms", type=int, default=10_000, help="alarms raised and resolved (2 entries each)")
     ap.add_argument("-n", type=int, default=5, help="first passes of each kind")
-    ap.add_argument("--out", help="result JSON (time)")
-    ap.add_argument("--label", default="", help="which checkout was timed")
-    args = ap.parse_args()
-    if args.step == "fill":
-        work = scratch("bench-sweep-start-")
-        pg = ScratchPostgres(PG_ADMIN_URL, "evidence_bench_sweep_start")
-        urls = {"sqlite": f"sqlite:///{work / 'bench.db'}", "postgres": pg.create()}
-        t = time.perf_counter()
-        for url in urls.values():
-            fill(url, work, args.alarms)
-        took = round(time.perf_counter() - t, 1)
-        print(json.dumps({"work": str(work), "fill_s": took, "alarms": args.alarms, **urls}))
-        return
-    filled = json.loads(Path(args.fill).read_text())
-    if args.step == "drop":
-        pg = ScratchPostgres(PG_ADMIN_URL)
-        pg.name, pg.url = filled["postgres"].rsplit("/", 1)[1], filled["postgres"]
-        pg.drop()
-        return
+
+
+def _fill(args: argparse.Namespace, work: Path, urls: dict[str, str]) -> dict[str, Any]:
+    for url in urls.values():
+        fill(url, work, args.alarms)
+    return {"alarms": args.alarms, **urls}
+
+
+def _summary(figures: dict[str, Any]) -> str:
+    return f"p50 {figures['p50_ms']} ms, n {figures['n']}"
+
+
+def _time(args: argparse.Namespace, filled: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     from chain_of_custody.keys import ServiceKey
 
     key = ServiceKey.load_or_create(Path(filled["work"]) / "service.key")
-    load_before = load_average()
     results = {db: measure(filled[db], key, args.n) for db in ("sqlite", "postgres")}
-    load_after = load_average()
-    for db, cases in results.items():
-        for name, figures in cases.items():
-            shown = figures if isinstance(figures, int) else f"p50 {figures['p50_ms']} ms, n {figures['n']}"
-            print(f"{args.label} {db} {name}: {shown}")
-    print(f"load before {load_before}, after {load_after}")
-    if args.out:
-        import chain_of_custody.lifecycle_seals
+    lines = [
+        f"{args.label} {db} {name}: {figures if isinstance(figures, int) else _summary(figures)}"
+        for db, cases in results.items()
+        for name, figures in cases.items()
+    ]
+    return {"alarm_entries": 2 * filled["alarms"] + 1, "results": results}, lines
 
-        data = {
-            "label": args.label,
-            "code": str(Path(chain_of_custody.lifecycle_seals.__file__).resolve().parents[1]),
-            "alarm_entries": 2 * filled["alarms"] + 1,
-            "results": results,
-            "load": [load_before, load_after],
-            "machine": machine(),
-        }
-        Path(args.out).write_text(json.dumps(data, indent=2))
+
+def main() -> None:
+    from bench.common import paired_runs
+
+    description = (__doc__ or "").splitlines()[0]
+    paired_runs(description, "sweep-start", _options, _fill, _time, code="chain_of_custody.lifecycle_seals")
 
 
 if __name__ == "__main__":

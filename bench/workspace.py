@@ -664,14 +664,7 @@ def main() -> None:
             }
         svc = BenchService(work, EVIDENCE_DATABASE_URL=database_url, **traced)
         svc.start()
-        headers = svc.admin_headers()
-        r = httpx.post(
-            f"{svc.url}/api/v1/users",
-            json={"username": INVESTIGATOR, "password": PASSWORD, "role": "investigator"},
-            headers=headers,
-        )
-        r.raise_for_status()
-        investigator_id = r.json()["id"]
+        investigator_id = svc.add_user(INVESTIGATOR, PASSWORD, "investigator")["id"]
         services = svc.services(database_url)
         t = time.perf_counter()
         incident_id, reference = populate(services, args.items, investigator_id)
@@ -679,9 +672,7 @@ def main() -> None:
             f"{args.items} clips stored and linked to {reference} in {time.perf_counter() - t:.1f} s",
             flush=True,
         )
-        token = httpx.post(
-            f"{svc.url}/api/v1/auth/token", data={"username": INVESTIGATOR, "password": PASSWORD}
-        ).json()["access_token"]
+        investigator = svc.headers_for(INVESTIGATOR, PASSWORD)
         results: dict[str, Any] = {}
         with chromium() as browser:
             page = new_page(browser, 1366, 900)
@@ -700,7 +691,7 @@ def main() -> None:
                 "seeks": args.seeks,
                 "preload": args.preload,
                 "trace": args.trace,
-                "token": {"Authorization": f"Bearer {token}"},
+                "token": investigator,
             }
             for name in args.phase or list(PHASES):
                 print(f"phase {name}", flush=True)
