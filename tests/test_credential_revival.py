@@ -22,23 +22,15 @@ from accounts.models import ApiToken, User, UserSession
 from accounts.service import sign_in_mark, token_digest
 from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from chain_of_custody.verify import VerifyOptions, verify_service
-from tests.conftest import ADMIN_PASSWORD, SIGN_IN_TIMEOUT, recorded_user
+from tests.conftest import ADMIN_PASSWORD, recorded_user
+from tests.test_credential_seals import OPERATOR_PASSWORD, _console_client, _me, _token
 from tests.test_incidents_kit import store_item
 
-OPERATOR_PASSWORD = "operator password 1"
 REASON = "Complaint about the night shift, ward 7"
 
 
-def _me(url: str, **kwargs: object) -> httpx.Response:
-    return httpx.get(f"{url}/api/v1/me", timeout=15, **kwargs)  # type: ignore[arg-type]
-
-
 def _signed_in(url: str, username: str, password: str) -> tuple[httpx.Client, str]:
-    client = httpx.Client(base_url=url, timeout=15, follow_redirects=False)
-    form = client.get("/sign-in")
-    token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-    r = client.post("/sign-in", data={"csrf": token, "username": username, "password": password})
-    assert r.status_code == 303, r.text
+    client = _console_client(url, username, password)
     page = client.get("/welcome")
     csrf = page.text.split('data-csrf="', 1)[1].split('"', 1)[0]
     assert csrf, page.text
@@ -60,12 +52,7 @@ def _operator(live: Any) -> int:
 
 def test_a_token_and_session_ended_by_a_password_change_stay_ended_when_put_back_by_sql(live: Any) -> None:
     operator_id = _operator(live)
-    r = httpx.post(
-        f"{live.url}/api/v1/auth/token",
-        data={"username": "operator", "password": OPERATOR_PASSWORD},
-        timeout=SIGN_IN_TIMEOUT,
-    )
-    token = r.json()["access_token"]
+    token = _token(live.url, "operator", OPERATOR_PASSWORD)
     bearer = {"Authorization": f"Bearer {token}"}
     browser, _ = _signed_in(live.url, "operator", OPERATOR_PASSWORD)
     cookie = str(browser.cookies["evidence_session"])
@@ -130,12 +117,7 @@ def test_ends_from_before_the_ledger_recorded_them_are_recorded_once(live: Any) 
     """A token revoked before ends were recorded: listed, then recorded, and it stays revoked."""
     from accounts.ends import record_unrecorded_ends, unrecorded_ends
 
-    r = httpx.post(
-        f"{live.url}/api/v1/auth/token",
-        data={"username": "admin", "password": ADMIN_PASSWORD},
-        timeout=SIGN_IN_TIMEOUT,
-    )
-    token = r.json()["access_token"]
+    token = _token(live.url, "admin", ADMIN_PASSWORD)
     with live.services.db.session() as session:  # revoked as the service did before
         session.execute(
             update(ApiToken.__table__)

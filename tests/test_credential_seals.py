@@ -42,13 +42,28 @@ def _user_id(live, username: str) -> int:  # type: ignore[no-untyped-def]
     return int(found)
 
 
-def _console_cookie(url: str, username: str, password: str) -> str:
+def _token(url: str, username: str, password: str) -> str:
+    """A bearer token from the token route, as a script signs in."""
+    r = httpx.post(
+        f"{url}/api/v1/auth/token",
+        data={"username": username, "password": password},
+        timeout=SIGN_IN_TIMEOUT,
+    )
+    return str(r.json()["access_token"])
+
+
+def _console_client(url: str, username: str, password: str) -> httpx.Client:
+    """A client signed in to the console through its sign-in form."""
     client = httpx.Client(base_url=url, timeout=15, follow_redirects=False)
     form = client.get("/sign-in")
     token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
     r = client.post("/sign-in", data={"csrf": token, "username": username, "password": password})
     assert r.status_code == 303, r.text
-    return str(client.cookies["evidence_session"])
+    return client
+
+
+def _console_cookie(url: str, username: str, password: str) -> str:
+    return str(_console_client(url, username, password).cookies["evidence_session"])
 
 
 def test_a_session_row_planted_by_sql_signs_nobody_in(live, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
@@ -105,12 +120,7 @@ def test_an_api_token_row_planted_by_sql_does_not_authenticate(live) -> None:  #
 def test_a_genuine_token_moved_to_another_user_stops_working(live) -> None:  # type: ignore[no-untyped-def]
     with live.services.db.session() as session:
         recorded_user(session, live.services.ledger, "operator", OPERATOR_PASSWORD, "operator")
-    r = httpx.post(
-        f"{live.url}/api/v1/auth/token",
-        data={"username": "operator", "password": OPERATOR_PASSWORD},
-        timeout=SIGN_IN_TIMEOUT,
-    )
-    token = r.json()["access_token"]
+    token = _token(live.url, "operator", OPERATOR_PASSWORD)
     bearer = {"Authorization": f"Bearer {token}"}
     me = _me(live.url, headers=bearer)
     assert me.status_code == 200 and me.json()["role"] == "operator"

@@ -6,19 +6,16 @@ verifies and each withheld entry's hash is the ledger's own."""
 from __future__ import annotations
 
 import json
-import uuid
 import zipfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from chain_of_custody import manifest as mf
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.package_verify import verify_package
-from incidents.export.assemble import assemble, read_layout
-from incidents.export.build import build_package
-from incidents.export.plan import ExportRequest, gather_items
 from incidents.service import IncidentDraft, create_incident, link_evidence
+from tests.test_continuity import _package
 from tests.test_export_package import resign, rewrite
 from tests.test_incidents_kit import store_item
 
@@ -38,35 +35,6 @@ def _incident(s: Any, title: str) -> tuple[str, str]:
         return incident.id, incident.reference
 
 
-def _export(s: Any, incident_id: str, reference: str, item_ids: list[str], tmp_path: Path) -> Path:
-    with s.db.session() as session:
-        items = gather_items(session, item_ids)
-    result = build_package(
-        s.db,
-        s.store,
-        s.ledger,
-        s.key,
-        items,
-        ExportRequest(
-            export_id=str(uuid.uuid4()),
-            incident={"id": incident_id, "reference": reference},
-            actor="user:inv",
-            retain_until=datetime.now(UTC) + timedelta(days=1),
-        ),
-    )
-    with s.db.session() as session:
-        from chain_of_custody.models import EvidenceItem
-
-        row = session.get(EvidenceItem, result.export_id)
-        assert row is not None
-        session.expunge(row)
-    path = tmp_path / f"{result.export_id}.zip"
-    with open(path, "wb") as f:
-        for block in assemble(s.store, read_layout(s.store, row)):
-            f.write(block)
-    return path
-
-
 def test_a_package_withholds_other_incidents_and_still_verifies(services: Any, tmp_path: Path) -> None:
     s = services
     clip = store_item(s)
@@ -74,11 +42,13 @@ def test_a_package_withholds_other_incidents_and_still_verifies(services: Any, t
     theirs_id, theirs_ref = _incident(s, "theirs")
     with s.db.session() as session:
         link_evidence(session, s.ledger, theirs_id, clip.id, "user:other", SECRET)
-    earlier = _export(s, theirs_id, theirs_ref, [clip.id], tmp_path)  # their package, on the clip's custody
+    earlier = _package(
+        s, (theirs_id, theirs_ref), [clip.id], tmp_path
+    )  # their package, on the clip's custody
     with s.db.session() as session:
         link_evidence(session, s.ledger, ours_id, clip.id, "user:m", "shows the assault")
         ledger_hashes = {e.body.item_seq: e.entry_hash for e in Ledger.item_entries(session, clip.id)}
-    path = _export(s, ours_id, ours_ref, [clip.id], tmp_path)
+    path = _package(s, (ours_id, ours_ref), [clip.id], tmp_path)
     raw = path.read_bytes()
     with zipfile.ZipFile(path) as z:
         text = {n: z.read(n) for n in z.namelist()}
@@ -109,7 +79,7 @@ def test_withholding_an_entry_the_manifest_does_not_list_is_named(services: Any,
     with s.db.session() as session:
         link_evidence(session, s.ledger, theirs_id, clip.id, "user:other", SECRET)
         link_evidence(session, s.ledger, ours_id, clip.id, "user:m", "shows the assault")
-    path = _export(s, ours_id, ours_ref, [clip.id], tmp_path)
+    path = _package(s, (ours_id, ours_ref), [clip.id], tmp_path)
     with zipfile.ZipFile(path) as z:
         files = {n: z.read(n) for n in z.namelist()}
     cpath = mf.custody_path(clip.id)

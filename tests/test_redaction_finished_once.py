@@ -12,33 +12,19 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.verify import verify_service
 from firmware_simulators.scene import render_clip
 from redaction import jobs
 from redaction.models import RedactionJob
 from redaction.worker import LeaseLost, RedactionWorker
+from tests.test_redaction_jobs import _clip_item
 
 
 def _clip(s: Any, tmp_path: Path) -> str:
     path = tmp_path / "short.mp4"
     render_clip(path, seconds=1, width=320, height=180, fps=10, faces=1, seed=5)
-    with open(path, "rb") as f:
-        stored = s.store.put_stream(
-            f"clips/test/{path.name}",
-            f,
-            retain_until=datetime.now(UTC) + timedelta(days=1),
-            content_type="video/mp4",
-        )
-    with s.db.session() as session:
-        item = record_evidence(
-            session,
-            s.ledger,
-            stored,
-            Provenance(kind="clip", actor="test", wearer="S-R", content_type="video/mp4"),
-        )
-        return item.id
+    return str(_clip_item(s, path).id)
 
 
 def _claim(worker: RedactionWorker, now: datetime | None = None) -> jobs.ClaimedJob:
