@@ -90,6 +90,22 @@ def _alter_on_disk(seaweed: EmbeddedSeaweed, data: bytes, offset: int) -> None:
     assert done, "object bytes and their needle checksum not found on the volume"
 
 
+def flip_on_disk(seaweed: EmbeddedSeaweed, marker: bytes) -> None:
+    """Flip one bit of the object that starts with ``marker`` (ten bytes past it) in the storage
+    server's volume files, leaving the needle's checksum as it was (the store may refuse the bytes
+    itself)."""
+    flipped = False
+    for dat in Path(seaweed.data_dir).rglob("*.dat"):
+        if dat.stat().st_size < len(marker):
+            continue
+        with open(dat, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+            at = m.find(marker)
+            if at >= 0:
+                m[at + len(marker) + 10] ^= 0x01
+                flipped = True
+    assert flipped, "object bytes not found on the volume"
+
+
 READ = {"reason": "checking the footage"}  # an original is read with a stated reason
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import threading
 import uuid
@@ -22,6 +21,7 @@ from chain_of_custody.verify import verify_service
 from storage.db import Database
 from storage.embedded import EmbeddedSeaweed
 from tests.clipkit import sha256
+from tests.test_altered_evidence import flip_on_disk
 
 
 def _store_item(services, data: bytes, name: str) -> EvidenceItem:  # type: ignore[no-untyped-def]
@@ -183,16 +183,7 @@ def test_object_altered_at_rest_is_named(tmp_path: Path, own_seaweed) -> None:  
     marker = b"EVIDENCE-AT-REST-" + uuid.uuid4().hex.encode()
     data = marker + os.urandom(300_000)
     item = _store_item(services, data, "at-rest")
-    flipped = False
-    for dat in Path(seaweed.data_dir).rglob("*.dat"):
-        if dat.stat().st_size < len(data):
-            continue
-        with open(dat, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
-            at = m.find(marker)
-            if at >= 0:
-                m[at + len(marker) + 10] ^= 0x01
-                flipped = True
-    assert flipped, "object bytes not found on the volume"
+    flip_on_disk(seaweed, marker)
     with services.db.session() as session:
         report = verify_service(session, services.store, services.key)
     hits = [p for p in report.problems if item.id in p.where]

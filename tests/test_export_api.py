@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import threading
 import uuid
@@ -47,6 +46,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.media import make_test_clip
+from tests.test_altered_evidence import flip_on_disk
 from tests.test_dock_upload_e2e import tus_upload
 from tests.test_export_package import ffmpeg, put_evidence, put_mismatched
 from tests.test_incidents_kit import sealed_export_job
@@ -447,14 +447,7 @@ def test_download_of_a_package_over_altered_media_fails_loudly(private_services,
         # Built with the zip's own hash: the recipient can compare what arrived with it.
         assert whole.headers["x-evidence-sha256"] == hashlib.sha256(whole.content).hexdigest()
         assert whole.headers["etag"] == f'"{result.package_sha256}"'
-        flipped = False
-        for dat in Path(seaweed.data_dir).rglob("*.dat"):
-            with open(dat, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
-                at = m.find(marker)
-                if at >= 0:
-                    m[at + len(marker) + 10] ^= 0x01
-                    flipped = True
-        assert flipped, "object bytes not found on the volume"
+        flip_on_disk(seaweed, marker)
         got = bytearray()
         with pytest.raises(httpx.HTTPError):
             with httpx.stream("GET", target) as resp:

@@ -1284,6 +1284,7 @@ def _match_needle_checksum(seaweed: EmbeddedSeaweed, data: bytes, altered: bytes
 def test_object_altered_at_rest_under_a_package(tmp_path: Path, private_seaweed: EmbeddedSeaweed) -> None:
     """Bytes of a packaged item changed on the storage server's disk: no download completes."""
     from ingest.services import build_services
+    from tests.test_altered_evidence import flip_on_disk
 
     s = build_services(make_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", private_seaweed))
     marker = b"EVIDENCE-UNDER-PACKAGE-" + uuid.uuid4().hex.encode()
@@ -1292,14 +1293,7 @@ def test_object_altered_at_rest_under_a_package(tmp_path: Path, private_seaweed:
     result = export(s, [item.id])
     layout = layout_of(s, result.export_id)
     intact = b"".join(assemble(s.store, layout))
-    flipped = False
-    for dat in Path(private_seaweed.data_dir).rglob("*.dat"):
-        with open(dat, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
-            at = m.find(marker)
-            if at >= 0:
-                m[at + len(marker) + 10] ^= 0x01
-                flipped = True
-    assert flipped, "object bytes not found on the volume"
+    flip_on_disk(private_seaweed, marker)
     got = bytearray()
     with pytest.raises((PackageAltered, StorageError)) as broken:
         for block in assemble(s.store, layout):
