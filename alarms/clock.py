@@ -104,9 +104,10 @@ class Clock:
         by its row or by its custody record whose stored ones are not as the service sealed them or
         not the ones its lifecycle gives; a warning names each; how many."""
         restored = 0
+        cursor = self.open_by_custody
         with self.db.session() as session:
-            self.open_by_custody.advance(session)
-        by_custody = self.open_by_custody.open
+            cursor.advance(session)
+        by_custody = cursor.open
         seen: set[str] = set()
 
         def check(session: Session, row: AlarmRecord, outbox: list[AlarmOutbox]) -> None:
@@ -131,25 +132,31 @@ class Clock:
                 self.lifecycle.seal_lifecycle(row)
                 restored += 1
 
-        open_alarms = select(AlarmRecord).where(
-            or_(AlarmRecord.status != "resolved", AlarmRecord.id.in_(sorted(by_custody)))
-        )
+        open_alarms = select(AlarmRecord)
+        if not cursor.broke:  # after a break in the ledger's chain, every alarm is looked at once
+            open_alarms = open_alarms.where(
+                or_(AlarmRecord.status != "resolved", AlarmRecord.id.in_(sorted(by_custody)))
+            )
         self.outbox.claimed_pass(open_alarms, 100_000, check, isolate=False)
-        self._warn_of_missing(set(by_custody) - seen)
+        self._set_aside_missing(set(by_custody) - seen)
         return restored
 
-    def _warn_of_missing(self, unseen: set[str]) -> None:
+    def _set_aside_missing(self, unseen: set[str]) -> None:
         """A warning naming each alarm its custody record holds open that has no row (deleted by
-        SQL: nothing can escalate it); those not seen because another instance held them are not."""
+        SQL, or never an alarm's, named by an entry written there: nothing can escalate it), once:
+        the cursor sets it aside until a row of it is back (``OpenByCustody.leave``); those not
+        seen because another instance held them are not."""
         if not unseen:
             return
         with self.db.session() as session:
             there = set(session.scalars(select(AlarmRecord.id).where(AlarmRecord.id.in_(sorted(unseen)))))
-        for alarm_id in sorted(unseen - there):
-            log.warning(
-                "an alarm its custody record holds open has no row: it was deleted in the database",
-                extra={"alarm": alarm_id},
-            )
+            for alarm_id in sorted(unseen - there):
+                log.warning(
+                    "an alarm its custody record holds open has no row: it was deleted in the database, "
+                    "or an entry written there names it; set aside until a row of it is back",
+                    extra={"alarm": alarm_id},
+                )
+            self.open_by_custody.leave(session, unseen - there)
 
     def raise_missed_checkins(self, now: datetime | None = None, limit: int = 50) -> int:
         return self.visits.raise_missed_checkins(now or self.now(), limit)

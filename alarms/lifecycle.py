@@ -34,6 +34,7 @@ from chain_of_custody.lifecycle_seals import (
     lifecycle_seal,
     lifecycle_values,
     recorded_lifecycle,
+    unvouched,
 )
 from chain_of_custody.raise_seals import (
     PUT_BACK,
@@ -320,7 +321,8 @@ class Lifecycle:
         """The alarm as the rules must take it: as its row stands when its lifecycle seal holds (or
         it has none yet and its row is what its custody record says); otherwise put back to its
         custody record first (:meth:`put_back`; ``said``, when the caller read it already), its
-        latest entry that holds (one written or edited in the database is named and passed over). An
+        latest entry that holds (one written or edited in the database is named and passed over; one
+        sealed that no entry records any more, its entries deleted, is taken as raised and due). An
         alarm no entry records yet (provisional) is made whole first when it was altered (see
         :meth:`make_whole`). What it was raised with is put back first (:meth:`put_back_raise`)."""
         self.vouch_raise(session, row, now)
@@ -330,6 +332,8 @@ class Lifecycle:
         if lifecycle_holds(self.seal_secret, row):
             return to_rule(row)
         said = said or recorded_lifecycle(session, row.id, self.custody_public)
+        if said is None and row.lifecycle_seal is not None:  # sealed, and no entry of it is left
+            said = unvouched(0)
         if said is None or (
             row.lifecycle_seal is None
             and not row.provisional

@@ -7,10 +7,14 @@ hash is their body's and their signature the service key's, :func:`lifecycle_sea
 one inserted or edited by SQL (an ``alarm_changed`` saying resolved) is named in a warning and
 ignored, so the alarm stays open at its last entry that holds and escalates by it (one no entry
 that holds records is taken as raised and due at once); ``evidence verify`` names the entry too. A pass costs one signature check per new alarm entry, never the
-history.
+history. Between passes it follows the ledger's chain (seq and previous-hash link of every entry
+since the cursor, a comparison each): a gap or a broken link there (entries deleted or replaced) is
+named, and the alarm entries are read whole, checked, with the alarms it held open kept open unless
+an entry that holds closes them. An alarm custody holds open whose row is gone is named once by the
+sweep and set aside (:meth:`OpenByCustody.leave`), not looked at again until a row of it is back.
 
 Where the cursor stands (its last seq, the entry's hash and the open alarms with what custody
-records of each) is kept in ``alarm_sweep_checkpoint``, one row, sealed with an HMAC under a
+records of each, and those set aside) is kept in ``alarm_sweep_checkpoint``, one row, sealed with an HMAC under a
 secret derived from the service key, so a new process starts from it and reads only the entries
 after it. It is taken only when its seal holds and the ledger still holds the entry it names, with
 that hash, as the service signed it; otherwise a warning says so and the ledger is read whole. Any
@@ -59,6 +63,7 @@ CHECKPOINT = table(
     column("seal", String),
     column("written_at", UTCDateTime),
 )
+_ALARM_IDS = table("alarms", column("id", String))
 
 
 def _recorded_json(said: RecordedLifecycle) -> list[Any]:
@@ -70,6 +75,17 @@ def _recorded_from(value: list[Any]) -> RecordedLifecycle:
     seq, kind, status, severity, outcome, deadline, known = value
     at = None if deadline is None else datetime.fromisoformat(deadline)
     return RecordedLifecycle(int(seq), kind, str(status), severity, outcome, at, bool(known))
+
+
+def _open_from(text: str) -> tuple[dict[str, RecordedLifecycle], dict[str, RecordedLifecycle]]:
+    """The open and the set-aside alarms of a kept checkpoint's text (:meth:`OpenByCustody._open_text`)."""
+    held, gone = {}, {}
+    for alarm_id, value in json.loads(text).items():
+        if isinstance(value, dict):
+            gone[alarm_id] = _recorded_from(value["gone"])
+        else:
+            held[alarm_id] = _recorded_from(value)
+    return held, gone
 
 
 def checkpoint_seal(secret: bytes, seq: int, entry_hash: str, open_alarms: str) -> str:
@@ -101,68 +117,183 @@ def check_sweep_checkpoint(session: Session, report: ChainReport, key: ServiceKe
 
 class OpenByCustody:
     """The alarms the custody record holds open, with what it records of each, followed by a
-    cursor over the ledger: each :meth:`advance` reads only the alarm entries appended since the
-    last (the first only those after the sealed checkpoint, or all of them, once, without one), so
-    what it costs is bounded by the alarms raised and changed meanwhile, never by the alarms
-    resolved before. Only entries that hold are taken: an alarm marked resolved by SQL, in its row
-    or by an entry written in the database, stays open here."""
+    cursor over the ledger: each :meth:`advance` reads only the entries appended since the last
+    (the first only those after the sealed checkpoint, or every alarm entry, once, without one), so
+    what it costs is bounded by the entries written meanwhile, never by the alarms resolved before.
+    Only alarm entries that hold are taken: an alarm marked resolved by SQL, in its row or by an
+    entry written in the database, stays open here.
+
+    Between passes the cursor follows the ledger's chain itself: each entry read must be the next
+    seq and name the hash of the one before (the cursor's own, first). A gap or a broken link since
+    the cursor (entries deleted or replaced there) is named in a warning and the alarm entries are
+    read whole, checked, once; an alarm the cursor held open that no entry still there closes stays
+    open, and :attr:`broke` tells the sweep to look at every alarm's row this pass.
+
+    An alarm custody holds open whose row is gone (deleted in the database, or an id no alarm ever
+    had, named by an entry written there) is named once by the sweep and set aside (:meth:`leave`):
+    out of the open set and the checkpoint's, kept in :attr:`gone`, and back in the open set as soon
+    as a row of that id is there again, so deleting a row and writing it back never takes an alarm
+    off the sweep."""
 
     def __init__(self, key: ServiceKey) -> None:
         self.public = key.public_raw
         self.secret = key.derived_secret(CHECKPOINT_SECRET)
-        self.seq = 0
+        self.seq = 0  # the entry the cursor stands on: one that holds, the chain checked up to it
         self.entry_hash = ""
         self.open: dict[str, RecordedLifecycle] = {}
-        self.read = 0  # entries read, all told (what a pass costs, for the tests)
+        self.gone: dict[str, RecordedLifecycle] = {}  # held open by custody, with no row (set aside)
+        self.read = 0  # alarm entries read, all told (what a pass costs, for the tests)
+        self.passed = 0  # other entries read for their place in the chain, all told
         self.started = False
         self.kept_seq = 0  # the seq of the checkpoint as this process last read or wrote it
         self.refused: set[int] = set()  # entries found not to hold, named once each
         self.replace = False  # the kept checkpoint was refused: the next one written replaces it
+        self.changed = False  # the open or set-aside alarms changed since the checkpoint was kept
+        self.broke = False  # the last advance found the chain broken since the cursor
+        self.breaks: set[int] = set()  # entries found after a gap or a broken link, named once each
 
     def advance(self, session: Session) -> None:
         if not self.started:
             self.started = True
             self._resume(session)
+        self.broke = False
+        if self.seq:
+            self._read_since(session)
+        else:
+            self._read_whole(session)
+        if self.gone:
+            self._back(session)
+        if self.seq > self.kept_seq or self.changed:
+            self._keep(session)
+
+    def _read_since(self, session: Session) -> None:
+        """Every entry after the cursor, in order, each the next in the chain: alarm entries are
+        taken, the others only passed (the cursor moves onto the last when it holds)."""
+        q = select(*ENTRY_COLUMNS).where(CustodyEntry.seq > self.seq).order_by(CustodyEntry.seq)
+        seq, link, last = self.seq, self.entry_hash, None
+        before = dict(self.open)
+        for row in session.execute(q.execution_options(yield_per=1000)):
+            if (row.seq != seq + 1 or row.prev_hash != link) and int(row.seq) not in self.breaks:
+                self.breaks.add(int(row.seq))
+                self._broken(session, seq, row, before)
+                return
+            seq, link = int(row.seq), row.entry_hash
+            if row.action in _LIFECYCLE_ACTIONS:
+                self.read += 1
+                self._take(row)
+                last = None
+            else:
+                self.passed += 1
+                last = row
+        if last is not None and entry_holds(self.public, last):
+            self.seq, self.entry_hash = int(last.seq), last.entry_hash
+
+    def _read_whole(self, session: Session, latest: dict[str, int] | None = None) -> None:
+        """Every alarm entry up to the ledger's last, each checked; the cursor then stands on the
+        last entry when it holds (on the last alarm entry that holds otherwise). ``latest``: the seq
+        of the last entry that holds of each alarm it names, filled in."""
+        tip = session.execute(select(*ENTRY_COLUMNS).order_by(CustodyEntry.seq.desc()).limit(1)).first()
+        if tip is None:
+            return
         q = (
             select(*ENTRY_COLUMNS)
-            .where(CustodyEntry.seq > self.seq, CustodyEntry.action.in_(_LIFECYCLE_ACTIONS))
+            .where(CustodyEntry.seq <= tip.seq, CustodyEntry.action.in_(_LIFECYCLE_ACTIONS))
             .order_by(CustodyEntry.seq)
             .execution_options(yield_per=1000)
         )
         for row in session.execute(q):
-            seq = int(row.seq)
             self.read += 1
-            if not entry_holds(self.public, row):
-                self._refuse(seq, row.details)
-                continue
-            self.seq, self.entry_hash = seq, row.entry_hash
-            got = recorded_of(seq, row.details)
-            recorded = None if got is None else got[1]
-            if got is None or recorded is None:
-                continue
-            if recorded.open:
-                self.open[got[0]] = recorded
-            else:
-                self.open.pop(got[0], None)
-        if self.seq > self.kept_seq:
-            self._keep(session)
+            self._take(row, latest)
+        if tip.seq > self.seq and tip.action not in _LIFECYCLE_ACTIONS and entry_holds(self.public, tip):
+            self.seq, self.entry_hash = int(tip.seq), tip.entry_hash
+
+    def _broken(self, session: Session, seq: int, row: Any, before: dict[str, RecordedLifecycle]) -> None:
+        """A gap or a broken link after the cursor's entry ``seq``: named, and the alarm entries read
+        whole; an alarm held open before that no entry that holds, at or after the one it was taken
+        at, closes now (its entries deleted or replaced) stays open as it was."""
+        gap = row.seq != seq + 1
+        log.warning(
+            "the custody ledger's chain is broken since the alarm sweep's cursor (entries deleted or "
+            "replaced in the database): the alarm entries are read whole and every alarm is looked at",
+            extra={"cursor": seq, "entry": int(row.seq), "why": "seq gap" if gap else "previous-hash link"},
+        )
+        gone = self.gone
+        self.broke, self.changed = True, True
+        self.seq, self.entry_hash, self.open, self.gone = 0, "", {}, {}
+        latest = dict.fromkeys((*before, *gone), -1)
+        self._read_whole(session, latest)
+        for alarm_id, said in (*before.items(), *gone.items()):
+            if alarm_id not in self.open and latest[alarm_id] < said.seq:
+                self.open[alarm_id] = said
+        for alarm_id in set(gone) & set(self.open):
+            self.gone[alarm_id] = self.open.pop(alarm_id)
+
+    def _take(self, row: Any, latest: dict[str, int] | None = None) -> None:
+        """One alarm entry: taken when it holds (and the cursor moves onto it), refused otherwise.
+        ``latest``: the alarms whose last entry that holds is noted, by seq."""
+        seq = int(row.seq)
+        if not entry_holds(self.public, row):
+            self._refuse(seq, row.details)
+            return
+        self.seq, self.entry_hash = seq, row.entry_hash
+        got = recorded_of(seq, row.details)
+        recorded = None if got is None else got[1]
+        if got is None or recorded is None:
+            return
+        alarm_id = got[0]
+        if latest is not None and alarm_id in latest:
+            latest[alarm_id] = seq
+        held = self.gone if alarm_id in self.gone else self.open
+        if recorded.open:
+            held[alarm_id] = recorded
+        else:
+            held.pop(alarm_id, None)
 
     def _refuse(self, seq: int, details: str) -> None:
         """An entry that does not hold: named, and not passed (one planted far ahead must not carry
         the cursor past the real ones). An alarm it names that no entry holds open is taken as
         raised and due (:func:`unvouched`): a planted or edited entry never closes one."""
-        if seq in self.refused:
-            return
-        self.refused.add(seq)
-        warn_of_entry(seq)
+        if seq not in self.refused:
+            self.refused.add(seq)
+            warn_of_entry(seq)
         got = recorded_of(seq, details)
-        if got is not None and got[0] not in self.open:
+        if got is not None and got[0] not in self.open and got[0] not in self.gone:
             self.open[got[0]] = unvouched(seq)
+
+    # -- alarms with no row ---------------------------------------------------------------------------
+
+    def leave(self, session: Session, alarm_ids: set[str]) -> None:
+        """Set aside alarms custody holds open whose row is gone (the sweep names each, once): out
+        of the open set and the checkpoint's, looked for again at each pass (:meth:`_back`)."""
+        for alarm_id in sorted(alarm_ids & set(self.open)):
+            self.gone[alarm_id] = self.open.pop(alarm_id)
+            self.changed = True
+        if self.changed and self.seq:
+            self._keep(session)
+
+    def _back(self, session: Session) -> None:
+        """Alarms set aside whose row is there again: back in the open set, each named."""
+        ids = sorted(self.gone)
+        for start in range(0, len(ids), 500):
+            there = session.scalars(
+                select(_ALARM_IDS.c.id).where(_ALARM_IDS.c.id.in_(ids[start : start + 500]))
+            )
+            for alarm_id in sorted(there):
+                log.warning(
+                    "an alarm its custody record holds open has a row again: it is looked at as before",
+                    extra={"alarm": alarm_id},
+                )
+                self.open[alarm_id] = self.gone.pop(alarm_id)
+                self.changed = True
 
     # -- the checkpoint -----------------------------------------------------------------------------
 
     def _open_text(self) -> str:
-        return canonical_json({a: _recorded_json(said) for a, said in self.open.items()}).decode()
+        """The open alarms as kept: each by its id, what custody records of it; one set aside
+        (:attr:`gone`) as ``{"gone": what custody records}``."""
+        kept: dict[str, Any] = {a: _recorded_json(said) for a, said in self.open.items()}
+        kept.update({a: {"gone": _recorded_json(said)} for a, said in self.gone.items()})
+        return canonical_json(kept).decode()
 
     def _resume(self, session: Session) -> None:
         """Start from the checkpoint when it is the service's and the ledger bears it out."""
@@ -177,7 +308,7 @@ class OpenByCustody:
             )
             self.replace = True
             return
-        self.open = {a: _recorded_from(v) for a, v in json.loads(kept.open_alarms).items()}
+        self.open, self.gone = _open_from(kept.open_alarms)
         self.seq, self.entry_hash = int(kept.seq), str(kept.entry_hash)
         self.kept_seq = self.seq
 
@@ -190,9 +321,8 @@ class OpenByCustody:
         if entry is None or entry.entry_hash != kept.entry_hash or not entry_holds(self.public, entry):
             return "the ledger does not hold the entry it names as the service signed it"
         try:
-            for value in json.loads(kept.open_alarms).values():
-                _recorded_from(value)
-        except (ValueError, TypeError, AttributeError):
+            _open_from(kept.open_alarms)
+        except (ValueError, TypeError, AttributeError, KeyError):
             return "its open alarms cannot be read"
         return None
 
@@ -208,7 +338,7 @@ class OpenByCustody:
             "seal": checkpoint_seal(self.secret, self.seq, self.entry_hash, text),
             "written_at": datetime.now(UTC),
         }
-        later = c.id == 1 if self.replace else c.seq < self.seq
+        later = c.id == 1 if self.replace else c.seq <= self.seq if self.changed else c.seq < self.seq
         done = session.execute(update(CHECKPOINT).where(c.id == 1, later).values(**values))
         if not getattr(done, "rowcount", 0) and session.scalar(select(c.id).where(c.id == 1)) is None:
             try:
@@ -216,4 +346,4 @@ class OpenByCustody:
                     session.execute(insert(CHECKPOINT).values(id=1, **values))
             except IntegrityError:  # another process wrote the first one meanwhile
                 pass
-        self.kept_seq, self.replace = self.seq, False
+        self.kept_seq, self.replace, self.changed = self.seq, False, False

@@ -171,11 +171,12 @@ def test_a_sweep_pass_costs_what_the_open_alarms_cost_not_the_resolved_ones(
         assert session.scalar(select(AlarmRecord.status).where(AlarmRecord.id == open_id)) == "raised"
 
 
-def test_an_open_alarm_deleted_in_the_database_is_named_at_every_sweep(
+def test_an_open_alarm_deleted_in_the_database_is_named_by_the_sweep(
     services: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An unacknowledged SOS whose row was deleted by SQL cannot escalate: the sweep names it, as
-    its custody record still holds it open (``evidence verify`` names the missing row too)."""
+    its custody record still holds it open (once: ``test_sweep_custody``; ``evidence verify`` names
+    the missing row too)."""
     device = enrol(services, "LW-L8", staff_id="S-L8", site="NORTH")
     now = datetime.now(UTC)
     alarm_id = _sos(services, device, now)

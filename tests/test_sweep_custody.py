@@ -17,9 +17,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select, update
 
+import alarms.lifecycle
+import alarms.models
 from alarms import rules
 from chain_of_custody.canonical import canonical_json, rfc3339
-from chain_of_custody.entries import ChainReport, EntryBody
+from chain_of_custody.entries import ChainReport, CustodyAction, EntryBody
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import CustodyEntry, LedgerHead
 from tests.test_alarms_kit import count_lifecycle_checks, enrol, later
@@ -39,7 +41,7 @@ def _latest_entry(session: Any, alarm_id: str) -> CustodyEntry:
     ).one()
 
 
-def _forge(services: Any, alarm_id: str, item_id: str | None = None, **said: Any) -> int:
+def _forge(services: Any, alarm_id: str, /, item_id: str | None = None, **said: Any) -> int:
     """An ``alarm_changed`` entry written by SQL on the ledger's tip (naming ``item_id``), hashed and
     chained as the service would, signed with a key of the writer's own; the head row moved on to it."""
     with services.db.session() as session:
@@ -215,3 +217,135 @@ def test_a_new_process_reads_only_the_entries_after_the_sweeps_checkpoint(
     assert one_pass(later(401, now))[2] == _alarm_entries(services, replaced)
     services.alarms.fire_deadlines(later(3600, now))
     assert _row(services, open_id).status == "escalated"
+
+
+def _signed(services: Any, **details: Any) -> int:
+    """An ``alarm_changed`` entry the service signed, with these details."""
+    with services.db.session() as session:
+        entry = services.ledger.append(session, CustodyAction.ALARM_CHANGED, "user:op", details=details)
+        return int(entry.seq)
+
+
+def _no_row(caplog: pytest.LogCaptureFixture, alarm_id: str) -> int:
+    """How many warnings named the alarm as one with no row."""
+    return sum(
+        1
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+        and getattr(r, "alarm", None) == alarm_id
+        and "no row" in r.getMessage()
+    )
+
+
+def test_an_entry_naming_no_alarm_is_named_once_and_leaves_the_open_set(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Entries naming an alarm id no row has, one written by SQL and one the service signed: the
+    sweep names each once, over three passes and a new process, and holds neither open (nor does its
+    checkpoint); a real alarm marked resolved by SQL with a forged entry saying so stays open and
+    escalates."""
+    from chain_of_custody.sweep_cursor import OpenByCustody
+
+    device = enrol(services, "LW-F6", staff_id="S-F6", site="NORTH")
+    now = datetime.now(UTC)
+    real = _sos(services, device, now)
+    forged_for, signed_for = f"AL-none-{uuid.uuid4()}", f"AL-none-{uuid.uuid4()}"
+    _forge(services, real, alarm_id=forged_for, status="raised")
+    _signed(services, alarm_id=signed_for, status="raised", kind="sos", severity="red", outcome=None)
+    _forge(services, real, status="resolved", outcome="test", deadline=None)
+    _alter(services, real, resolved_at=later(5, now), **_RESOLVED_BY_SQL)
+    clock = services.alarms.timekeeper
+    with caplog.at_level(logging.WARNING):
+        for at in (100, 200, 300):
+            services.alarms.fire_deadlines(later(at, now))
+        clock.open_by_custody = OpenByCustody(services.key)  # a new process, from the checkpoint
+        for at in (400, 500):
+            services.alarms.fire_deadlines(later(at, now))
+    for unknown in (forged_for, signed_for):
+        assert _no_row(caplog, unknown) == 1, [r.getMessage() for r in caplog.records]
+        assert unknown not in clock.open_by_custody.open
+    assert real in clock.open_by_custody.open
+    assert _row(services, real).status == "escalated"
+
+
+def test_an_open_alarm_deleted_and_written_back_resolved_is_named_once_and_escalates(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unacknowledged SOS whose row is deleted by SQL is named once by the sweep (not at every
+    pass, nor again by a new process) and set aside; written back by SQL marked resolved, it is
+    looked at again, put back to its custody record and escalates: deleting a row takes no alarm
+    off the sweep."""
+    from chain_of_custody.sweep_cursor import OpenByCustody
+
+    device = enrol(services, "LW-F7", staff_id="S-F7", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos(services, device, now)
+    table = alarms.models.AlarmRecord.__table__
+    with services.db.session() as session:
+        kept = dict(session.execute(select(table).where(table.c.id == alarm_id)).mappings().one())
+    _sql(services, table.delete().where(table.c.id == alarm_id))
+    clock = services.alarms.timekeeper
+    with caplog.at_level(logging.WARNING):
+        for at in (100, 200):
+            services.alarms.fire_deadlines(later(at, now))
+        clock.open_by_custody = OpenByCustody(services.key)  # a new process, from the checkpoint
+        services.alarms.fire_deadlines(later(300, now))
+    assert _no_row(caplog, alarm_id) == 1, [r.getMessage() for r in caplog.records]
+    assert alarm_id not in clock.open_by_custody.open
+    _sql(services, table.insert().values(**{**kept, **_RESOLVED_BY_SQL, "resolved_at": later(5, now)}))
+    services.alarms.fire_deadlines(later(400, now))
+    services.alarms.fire_deadlines(later(3600, now))
+    assert _row(services, alarm_id).status == "escalated"
+
+
+def _break(services: Any, alarm_id: str, how: str) -> None:
+    """Every alarm entry naming the alarm deleted by SQL, or replaced by another action's entry (its
+    hash that of its new body, so the next entry's link no longer holds)."""
+    with services.db.session() as session:
+        entries = session.scalars(
+            select(CustodyEntry).where(
+                CustodyEntry.action.in_(_LIFECYCLE), CustodyEntry.details.contains(alarm_id)
+            )
+        ).all()
+        assert entries
+        for entry in entries:
+            if how == "deleted":
+                session.delete(entry)
+                continue
+            fields = {k: getattr(entry, k) for k in EntryBody.__dataclass_fields__ if k != "action"}
+            entry.action, entry.entry_hash = "viewed", EntryBody(**fields, action="viewed").digest()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_entries_deleted_or_replaced_after_the_sweeps_cursor_are_named_and_the_alarm_escalates(
+    services: Any, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """An SOS raised after the sweep's last pass whose entries are then deleted or replaced by SQL
+    (another alarm's entries after it) and its row marked resolved: the next pass names the break
+    once, reads the alarm entries whole and looks at every alarm, and the SOS escalates; an alarm
+    the cursor held open whose entry before the cursor went too stays open and escalates."""
+    device = enrol(services, "LW-F8", staff_id="S-F8", site="NORTH")
+    other = enrol(services, "LW-F9", staff_id="S-F9", site="NORTH")
+    now = datetime.now(UTC)
+    held = _sos(services, other, now)
+    with caplog.at_level(logging.WARNING):
+        services.alarms.fire_deadlines(later(1, now))  # the cursor follows ``held``
+    assert not any("chain" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
+    alarm_id = _sos(services, device, later(2, now))
+    _sos(services, device, later(3, now))  # entries after it
+    _break(services, alarm_id, how)
+    _break(services, held, how)
+    for each in (alarm_id, held):
+        _alter(services, each, resolved_at=later(5, now), **_RESOLVED_BY_SQL)
+    with caplog.at_level(logging.WARNING):
+        services.alarms.fire_deadlines(later(100, now))
+        services.alarms.fire_deadlines(later(200, now))
+    broken = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "chain is broken" in r.getMessage()
+    ]
+    assert len(broken) == 1, [r.getMessage() for r in caplog.records]
+    services.alarms.fire_deadlines(later(3600, now))
+    assert _row(services, alarm_id).status == "escalated"
+    assert _row(services, held).status == "escalated"
