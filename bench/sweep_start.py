@@ -6,7 +6,10 @@ PostgreSQL database, filled once, by the code of whichever checkout runs this (`
 - ``first pass, whole ledger``: a new cursor that reads every alarm entry (on a checkout whose cursor
   checks each entry's hash and signature, that is its cost with no checkpoint, or a refused one);
 - ``first pass, from the checkpoint``: a new cursor as a new process starts it, from the sealed
-  checkpoint (a checkout without checkpoints has no such case).
+  checkpoint (a checkout without checkpoints has no such case);
+- ``next pass, after N reads``: the pass after one that stood on the open alarm's entry, with the
+  ``--reads`` evidence-read entries (``viewed``) appended since, as a busy service appends them
+  between two sweeps (a cursor that follows the chain reads them; one that does not skips them).
 
 Fill once, time each checkout in turn (run the script by its path so ``PYTHONPATH`` decides the
 code), drop::
@@ -26,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 
-def fill(url: str, work: Path, alarms: int) -> None:
-    """``alarms`` alarms raised and resolved (two entries each), then one raised and left open."""
+def fill(url: str, work: Path, alarms: int, reads: int) -> None:
+    """``alarms`` alarms raised and resolved (two entries each), then one raised and left open, then
+    ``reads`` evidence-read entries."""
     from chain_of_custody.canonical import rfc3339
     from chain_of_custody.entries import CustodyAction
     from chain_of_custody.keys import ServiceKey
@@ -60,6 +64,11 @@ def fill(url: str, work: Path, alarms: int) -> None:
                 entry(session, n, CustodyAction.ALARM_CHANGED, "resolved")
     with db.session() as session:
         entry(session, alarms, CustodyAction.ALARM_RAISED, "raised")
+    for start in range(0, reads, 500):
+        with db.session() as session:
+            for n in range(start, min(reads, start + 500)):
+                details = {"reason": "bench", "range": [0, 1 << 20], "viewer": f"user:{n % 20}"}
+                ledger.append(session, CustodyAction.VIEWED, "user:bench", details=details, at=now)
     db.dispose()
 
 
@@ -72,8 +81,21 @@ def _cursor(key: Any) -> Any:
     return OpenByCustody(key) if inspect.signature(OpenByCustody).parameters else OpenByCustody()
 
 
+def _held_open(db: Any, key: Any) -> dict[str, Any]:
+    """What a whole read holds open (the one alarm left open), as a cursor that read it holds it."""
+    cursor = _cursor(key)
+    if hasattr(cursor, "started"):
+        cursor.started = True
+    with db.session() as session:
+        cursor.advance(session)
+    return dict(cursor.open)
+
+
 def measure(url: str, key: Any, repeat: int) -> dict[str, Any]:
+    from sqlalchemy import func, select
+
     from bench.common import latency_summary
+    from chain_of_custody.models import CustodyEntry
     from storage.db import Database
 
     db = Database(url)
@@ -87,13 +109,38 @@ def measure(url: str, key: Any, repeat: int) -> dict[str, Any]:
             cursor.advance(session)
         return time.perf_counter() - t, cursor.read, len(cursor.open)
 
+    def next_pass(last_alarm: Any) -> tuple[float, int, int]:
+        """The pass after one that stood on the last alarm entry (the open alarm's raise)."""
+        cursor = _cursor(key)
+        cursor.started = True
+        cursor.seq, cursor.entry_hash = int(last_alarm.seq), last_alarm.entry_hash
+        cursor.open = dict(held)
+        t = time.perf_counter()
+        with db.session() as session:
+            cursor.advance(session)
+        return time.perf_counter() - t, cursor.read, len(cursor.open)
+
     first_pass(False)  # warm; on a checkout that keeps one, this writes the checkpoint
     checkpoints = hasattr(_cursor(key), "started")
+    held = _held_open(db, key)
+    with db.session() as session:
+        last_alarm = session.execute(
+            select(CustodyEntry.seq, CustodyEntry.entry_hash)
+            .where(CustodyEntry.action.in_(("alarm_raised", "alarm_changed")))
+            .order_by(CustodyEntry.seq.desc())
+            .limit(1)
+        ).one()
+        reads = session.scalar(
+            select(func.count()).select_from(CustodyEntry).where(CustodyEntry.seq > last_alarm.seq)
+        )
     cases: dict[str, Any] = {}
-    timings: dict[str, list[float]] = {"whole": [], "checkpoint": []}
-    for _ in range(repeat):  # the two cases alternate
-        for case in ("whole", "checkpoint") if checkpoints else ("whole",):
-            took, read, still_open = first_pass(case == "checkpoint")
+    timings: dict[str, list[float]] = {"whole": [], "checkpoint": [], "next": []}
+    for _ in range(repeat):  # the cases alternate
+        for case in ("whole", "checkpoint", "next") if checkpoints else ("whole", "next"):
+            if case == "next":
+                took, read, still_open = next_pass(last_alarm)
+            else:
+                took, read, still_open = first_pass(case == "checkpoint")
             if still_open != 1:
                 raise RuntimeError(f"the cursor holds {still_open} alarms open, not 1")
             timings[case].append(took)
@@ -101,19 +148,21 @@ def measure(url: str, key: Any, repeat: int) -> dict[str, Any]:
     cases["first pass, whole ledger"] = latency_summary(timings["whole"])
     if checkpoints:
         cases["first pass, from the checkpoint"] = latency_summary(timings["checkpoint"])
+    cases[f"next pass, after {reads} reads"] = latency_summary(timings["next"])
     db.dispose()
     return cases
 
 
 def _options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--alarms", type=int, default=10_000, help="alarms raised and resolved (2 entries each)")
+    ap.add_argument("--reads", type=int, default=2_000, help="evidence-read entries after the alarms")
     ap.add_argument("-n", type=int, default=5, help="first passes of each kind")
 
 
 def _fill(args: argparse.Namespace, work: Path, urls: dict[str, str]) -> dict[str, Any]:
     for url in urls.values():
-        fill(url, work, args.alarms)
-    return {"alarms": args.alarms, **urls}
+        fill(url, work, args.alarms, args.reads)
+    return {"alarms": args.alarms, "reads": args.reads, **urls}
 
 
 def _summary(figures: dict[str, Any]) -> str:
