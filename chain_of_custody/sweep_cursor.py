@@ -6,17 +6,19 @@ reads only the alarm entries appended since its last pass, and takes only those 
 hash is their body's and their signature the service key's, :func:`lifecycle_seals.entry_holds`):
 one inserted or edited by SQL (an ``alarm_changed`` saying resolved) is named in a warning and
 ignored, so the alarm stays open at its last entry that holds and escalates by it (one no entry
-that holds records is taken as raised and due at once); ``evidence verify`` names the entry too. A pass costs one signature check per new alarm entry, never the
-history. Between passes it follows the ledger's chain (seq and previous-hash link of every entry
-since the cursor, a comparison each): a gap or a broken link there (entries deleted or replaced) is
-named, and the alarm entries are read whole, checked, with the alarms it held open kept open unless
-an entry that holds closes them. An alarm custody holds open whose row is gone is named once by the
-sweep and set aside (:meth:`OpenByCustody.leave`), not looked at again until a row of it is back.
+that holds records is taken as raised and due at once); ``evidence verify`` names the entry too. A
+pass costs one signature check per new alarm entry, never the history. Between passes it follows
+the ledger's chain: each entry since the cursor must be the next seq and name the hash of the one
+before, compared in the database, which sends back only a break. A gap or a broken link there
+(entries deleted or replaced) is named, and the alarm entries are read whole, checked, with the
+alarms it held open kept open unless an entry that holds closes them. An alarm custody holds open
+whose row is gone is named once by the sweep and set aside (:meth:`OpenByCustody.leave`), not
+looked at again until a row of it is back.
 
 Where the cursor stands (its last seq, the entry's hash and the open alarms with what custody
-records of each, and those set aside) is kept in ``alarm_sweep_checkpoint``, one row, sealed with an HMAC under a
-secret derived from the service key, so a new process starts from it and reads only the entries
-after it. It is taken only when its seal holds and the ledger still holds the entry it names, with
+records of each, and those set aside) is kept in ``alarm_sweep_checkpoint``, one row, sealed with
+an HMAC under a secret derived from the service key, so a new process starts from it and reads only
+the entries after it. It is taken only when its seal holds and the ledger still holds the entry it names, with
 that hash, as the service signed it; otherwise a warning says so and the ledger is read whole. Any
 checkpoint the service wrote is a safe start (an older one put back only costs reading more): what
 SQL cannot do is write one that leaves an open alarm out. Tables are read as plain tables.
@@ -30,7 +32,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, String, Text, column, insert, select, table, update
+from sqlalchemy import BigInteger, String, Text, and_, column, func, insert, or_, select, table, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -143,7 +145,6 @@ class OpenByCustody:
         self.open: dict[str, RecordedLifecycle] = {}
         self.gone: dict[str, RecordedLifecycle] = {}  # held open by custody, with no row (set aside)
         self.read = 0  # alarm entries read, all told (what a pass costs, for the tests)
-        self.passed = 0  # other entries read for their place in the chain, all told
         self.started = False
         self.kept_seq = 0  # the seq of the checkpoint as this process last read or wrote it
         self.refused: set[int] = set()  # entries found not to hold, named once each
@@ -167,26 +168,52 @@ class OpenByCustody:
             self._keep(session)
 
     def _read_since(self, session: Session) -> None:
-        """Every entry after the cursor, in order, each the next in the chain: alarm entries are
-        taken, the others only passed (the cursor moves onto the last when it holds)."""
-        q = select(*ENTRY_COLUMNS).where(CustodyEntry.seq > self.seq).order_by(CustodyEntry.seq)
-        seq, link, last = self.seq, self.entry_hash, None
-        before = dict(self.open)
-        for row in session.execute(q.execution_options(yield_per=1000)):
-            if (row.seq != seq + 1 or row.prev_hash != link) and int(row.seq) not in self.breaks:
-                self.breaks.add(int(row.seq))
-                self._broken(session, seq, row, before)
-                return
-            seq, link = int(row.seq), row.entry_hash
-            if row.action in _LIFECYCLE_ACTIONS:
-                self.read += 1
-                self._take(row)
-                last = None
-            else:
-                self.passed += 1
-                last = row
-        if last is not None and entry_holds(self.public, last):
-            self.seq, self.entry_hash = int(last.seq), last.entry_hash
+        """Every entry after the cursor up to the ledger's last, each the next in the chain (checked
+        in the database: only a break comes back); the alarm entries among them taken, and the
+        cursor moved onto the last entry when it holds."""
+        tip = session.execute(select(*ENTRY_COLUMNS).order_by(CustodyEntry.seq.desc()).limit(1)).first()
+        if tip is None or tip.seq <= self.seq:
+            return
+        broken = session.execute(self._first_break(int(tip.seq))).first()
+        if broken is not None:
+            self.breaks.add(int(broken.seq))
+            self._broken(session, int(broken.seq_before or self.seq), broken, dict(self.open))
+            return
+        q = (
+            select(*ENTRY_COLUMNS)
+            .where(
+                CustodyEntry.seq > self.seq,
+                CustodyEntry.seq <= tip.seq,
+                CustodyEntry.action.in_(_LIFECYCLE_ACTIONS),
+            )
+            .order_by(CustodyEntry.seq)
+            .execution_options(yield_per=1000)
+        )
+        for row in session.execute(q):
+            self.read += 1
+            self._take(row)
+        if tip.seq > self.seq and tip.action not in _LIFECYCLE_ACTIONS and entry_holds(self.public, tip):
+            self.seq, self.entry_hash = int(tip.seq), tip.entry_hash
+
+    def _first_break(self, tip: int) -> Any:
+        """The first entry after the cursor, up to ``tip``, that is not the next seq or does not name
+        the hash of the entry before it (the cursor's own, first), and was not named already."""
+        e = CustodyEntry
+        linked = (
+            select(
+                e.seq,
+                e.prev_hash,
+                func.lag(e.seq, 1, self.seq).over(order_by=e.seq).label("seq_before"),
+                func.lag(e.entry_hash, 1, self.entry_hash).over(order_by=e.seq).label("hash_before"),
+            )
+            .where(e.seq > self.seq, e.seq <= tip)
+            .subquery()
+        )
+        c = linked.c
+        where = or_(c.seq != c.seq_before + 1, c.prev_hash != c.hash_before)
+        if self.breaks:
+            where = and_(where, c.seq.not_in(sorted(self.breaks)))
+        return select(c.seq, c.seq_before).where(where).order_by(c.seq).limit(1)
 
     def _read_whole(self, session: Session, latest: dict[str, int] | None = None) -> None:
         """Every alarm entry up to the ledger's last, each checked; the cursor then stands on the
