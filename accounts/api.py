@@ -140,8 +140,9 @@ def users(
 ) -> list[User]:
     """The users by username, a page at a time (``limit``, then ``after``): while more follow, the
     answer links the next page (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
-    with s.db.session() as session:
+    with s.db.reading() as session:  # only reads: waits for no writer
         rows = list_users(session, after=after, limit=limit + 1)
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     link_next(response, "/api/v1/users", rows[limit - 1].username if len(rows) > limit else None, limit)
     return rows[:limit]
 
@@ -170,8 +171,9 @@ def get_user(
     user: Principal = Depends(require_roles(*USER_ADMINS)),
     s: CoreServices = Depends(services),
 ) -> User:
-    with s.db.session() as session:
+    with s.db.reading() as session:
         found = session.get(User, user_id)
+        session.expunge_all()
     if found is None:
         raise NotFound("no such user")
     return found

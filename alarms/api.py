@@ -181,7 +181,7 @@ def answer_performance(
     acknowledged within 10 s and 40 s (BS 8484 targets 80 % and 98.5 %), median and 95th percentile
     time to acknowledge. A time that is an alarm nobody took is null, with ``…_missed`` true."""
     now = datetime.now(UTC)
-    with s.db.session() as session:
+    with s.db.reading() as session:  # only reads: waits for no writer
         rows = answer_summaries(session, now, user, reach_secret(s.key))  # figured in the database
     if format == "csv":
         return Response(
@@ -315,7 +315,7 @@ def get_alarm_record(
 ) -> dict[str, Any]:
     """The alarm with the device's messages (byte for byte, with their hashes), its position trail,
     and its signed payload and voice memo with their custody trails (metadata only)."""
-    with s.db.session() as session:
+    with s.db.reading() as session:
         record = alarm_record(session, alarm_id, datetime.now(UTC), user, reach_secret(s.key))
     if record is None:
         raise AlarmNotFound(alarm_id)

@@ -99,8 +99,9 @@ def forget_old_changes(session: Session, before: datetime) -> None:
 
 
 def changes_after(db: Database, cursor: int, limit: int) -> list[tuple[int, str]]:
-    """Feed rows after ``cursor``, oldest first: (id, JSON body)."""
-    with db.session() as session:
+    """Feed rows after ``cursor``, oldest first: (id, JSON body). Only reads: a live stream's poll
+    waits for no writer."""
+    with db.reading() as session:
         return [
             (row.id, row.body)
             for row in session.execute(
@@ -134,7 +135,7 @@ class FeedWatcher:
                 loop.call_soon_threadsafe(poked.set)
 
     def latest_id(self) -> int:
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return int(session.scalar(select(func.max(AlarmChange.id))) or 0)
 
     def join(self) -> None:

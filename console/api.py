@@ -276,7 +276,7 @@ def _now() -> datetime:
 def board(request: Request) -> Response:
     who = signed_in(request, sources.READERS)
     s = services(request)
-    with s.db.session() as session:
+    with s.db.reading() as session:  # the control room's reads wait for no writer
         snapshot = board_snapshot(session, s.settings, who.principal, reach_secret(s.key))
     return render(
         request,
@@ -304,7 +304,7 @@ def board_snapshot(session: Session, settings: Settings, viewer: Principal, secr
 def board_directory(request: Request, device: Annotated[list[str], Query(max_length=200)]) -> JSONResponse:
     """Names for devices the board has not seen yet (a device enrolled after the page was drawn)."""
     who = signed_in(request, sources.READERS)
-    with services(request).db.session() as session:
+    with services(request).db.reading() as session:
         return JSONResponse(sources.directory(session, [d[:64] for d in device], who.principal))
 
 
@@ -323,7 +323,7 @@ def map_page(request: Request) -> Response:
 
 def _map_data(s: CoreServices, viewer: Principal) -> dict[str, Any]:
     now = _now()
-    with s.db.session() as session:
+    with s.db.reading() as session:
         cursor = sources.latest_change(session)
         alarms = sources.open_alarms(session, viewer, reach_secret(s.key))
         return {
@@ -346,7 +346,7 @@ def map_data(request: Request) -> JSONResponse:
 def alarm_page(request: Request, alarm_id: str) -> Response:
     who = signed_in(request, sources.READERS)
     s = services(request)
-    with s.db.session() as session:
+    with s.db.reading() as session:
         record = sources.alarm_record(session, alarm_id[:64], _now(), who.principal, reach_secret(s.key))
         if record is None:
             return render(request, "missing.html", who, 404, what="alarm")
@@ -404,7 +404,7 @@ def timeline(view: dict[str, Any], *items: dict[str, Any] | None) -> list[dict[s
 
 def _summaries(s: CoreServices, viewer: Principal) -> list[performance.Summary]:
     now = _now()
-    with s.db.session() as session:
+    with s.db.reading() as session:
         return sources.answer_summaries(session, now, viewer, reach_secret(s.key))
 
 
@@ -435,13 +435,14 @@ def devices_page(request: Request, after: AfterKey = "") -> Response:
     who = signed_in(request, sources.DEVICE_READERS)
     size = sources.LIST_PAGE
     s = services(request)
-    with s.db.session() as session:
+    with s.db.reading() as session:  # only reads: waits for no writer
         fleet, next_after = _page(
             sources.fleet(session, who.principal, reach_secret(s.key), after=after, limit=size + 1),
             size,
             "id",
         )
         staff = [{"id": m.id, "name": m.name} for m in sources.staff(session, who.principal)]
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     return render(
         request,
         "devices.html",
@@ -461,7 +462,7 @@ def people_page(request: Request, users_after: AfterKey = "", staff_after: After
     who = signed_in(request, sources.DEVICE_ADMINS)
     users: list[Any] | None = None
     users_next = None
-    with services(request).db.session() as session:
+    with services(request).db.reading() as session:
         staff, staff_next = _page(
             sources.staff(session, who.principal, after=staff_after, limit=sources.LIST_PAGE + 1),
             sources.LIST_PAGE,
@@ -473,6 +474,7 @@ def people_page(request: Request, users_after: AfterKey = "", staff_after: After
                 sources.USERS_PAGE,
                 "username",
             )
+        session.expunge_all()
     return render(
         request,
         "people.html",

@@ -65,8 +65,9 @@ def exports_index(request: Request, after: Annotated[str, Query(max_length=CURSO
     who = signed_in(request, EXPORTERS)
     cursors = list_cursors(services(request))
     f = IncidentFilter(limit=INDEX_PAGE + 1, after=page_position(cursors, after))
-    with services(request).db.session() as session:
+    with services(request).db.reading() as session:
         found = search_incidents(session, who.principal, f, services(request).key)
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     return render(
         request,
         "exports_index.html",
@@ -83,7 +84,7 @@ def incident_exports_page(request: Request, incident_id: str, after: int = 0) ->
     pages it: ``after`` the custody entry its previous page ended with), with a link to the next."""
     who = signed_in(request, EXPORTERS)
     s = services(request)
-    with s.db.session() as session:
+    with s.db.reading() as session:
         incident = visible_incident(session, who.principal, incident_id[:64])
         if incident is None:
             return render(request, "missing.html", who, 404, what="incident")
@@ -96,6 +97,7 @@ def incident_exports_page(request: Request, incident_id: str, after: int = 0) ->
             "title": incident.title,
             "site": incident.site,
         }
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     return render(
         request,
         "exports.html",

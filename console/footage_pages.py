@@ -93,7 +93,7 @@ def _clip_or_redirect(session: Session, viewer: Any, item: EvidenceItem, suffix:
 def _page_data(request: Request, roles: tuple[str, ...], item_id: str, suffix: str) -> Any:
     who = signed_in(request, roles)
     s = services(request)
-    with s.db.session() as session:
+    with s.db.reading() as session:
         item = visible_evidence(session, who.principal, item_id[:64])
         if item is None:
             return who, render(request, "missing.html", who, 404, what="evidence item")
@@ -120,6 +120,7 @@ def _page_data(request: Request, roles: tuple[str, ...], item_id: str, suffix: s
             "custody_more": page[TRAIL_PAGE - 1].body.item_seq if len(page) > TRAIL_PAGE else None,
             "can_play": who.principal.role in EVIDENCE_MEDIA,
         }
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     return who, data
 
 

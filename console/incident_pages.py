@@ -108,13 +108,14 @@ def incidents_page(
         limit=PAGE + 1,
         after=position,
     )
-    with services(request).db.session() as session:
+    with services(request).db.reading() as session:
         found = search_incidents(session, viewer, f, services(request).key)
         names = ws.staff_names(session, {i.wearer for i in found if i.wearer})
         people = ws.investigators(
             session, viewer, services(request).key, everyone=viewer.role in INCIDENT_MANAGERS
         )
         sites = ws.sites(session, viewer)
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     filters = {
         "q": q,
         "status": status,
@@ -152,7 +153,7 @@ def incidents_page(
 def incident_page(request: Request, key: str) -> Response:
     who = signed_in(request, INCIDENT_READERS)
     viewer = who.principal
-    with services(request).db.session() as session:
+    with services(request).db.reading() as session:
         incident = visible_incident(session, viewer, key[:64])
         if incident is None:
             return render(request, "missing.html", who, 404, what="incident")
@@ -169,6 +170,7 @@ def incident_page(request: Request, key: str) -> Response:
         if incident.wearer:
             wearers.add(incident.wearer)
         names = ws.staff_names(session, wearers | {s["staff_id"] for s in view["staff"]})
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     assigned = {p["user_id"] for p in view["investigators"]}
     return render(
         request,
@@ -199,12 +201,13 @@ def incident_timeline_page(
     ``GET /api/v1/incidents/{id}/history`` pages it: an incident whose clip was read a few hundred
     thousand times is never set out in one page."""
     who = signed_in(request, INCIDENT_READERS)
-    with services(request).db.session() as session:
+    with services(request).db.reading() as session:
         incident = visible_incident(session, who.principal, key[:64])
         if incident is None:
             return render(request, "missing.html", who, 404, what="incident")
         view = {"id": incident.id, "reference": incident.reference, "title": incident.title}
         page = history_page(session, who.principal, incident, after, HISTORY_PAGE)
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     return render(
         request,
         "incident_timeline.html",

@@ -55,9 +55,10 @@ def retention_page(request: Request) -> Response:
     who = signed_in(request, EVIDENCE_METADATA)
     s = services(request)
     rules = RetentionRules.from_settings(s.settings)
-    with s.db.session() as session:
+    with s.db.reading() as session:
         holds = ws.holds(session, who.principal)
         items = ws.expiring(session, who.principal, rules)
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     return render(
         request, "retention.html", who, holds=holds, items=items, rules=rules, now=datetime.now(UTC)
     )
@@ -79,7 +80,7 @@ def custody_page(
     next_after = None
     retention = None
     if item:
-        with s.db.session() as session:
+        with s.db.reading() as session:
             found = visible_evidence(session, who.principal, item.strip())
             if found is not None:
                 page = Ledger.item_entries_page(session, found.id, after, TRAIL_PAGE + 1)
@@ -93,6 +94,7 @@ def custody_page(
                     who.principal,
                     describe(session, found, RetentionRules.from_settings(s.settings), datetime.now(UTC)),
                 )
+            session.expunge_all()  # kept as read (the read's rollback would expire them)
     return render(
         request,
         "custody.html",

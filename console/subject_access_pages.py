@@ -76,12 +76,13 @@ def requests_page(
     last one shown), as ``GET /api/v1/subject-access-requests`` pages them."""
     who = signed_in(request, INCIDENT_READERS)
     statuses = SAR_STATUSES if everything else ("open",)
-    with services(request).db.session() as session:
+    with services(request).db.reading() as session:
         last = visible_request(session, who.principal, after) if after else None
         if after and last is None:
             return render(request, "missing.html", who, 404, what="subject access request")
         found = requests_for(session, who.principal, statuses, after=last, limit=REQUESTS_PAGE + 1)
         rows = [request_view(session, r) for r in found[:REQUESTS_PAGE]]
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     next_after = found[REQUESTS_PAGE - 1].id if len(found) > REQUESTS_PAGE else None
     return render(
         request,
@@ -108,7 +109,7 @@ def _footage(request: Request, session: Session, viewer: Viewer, incident_id: st
 @router.get("/subject-access/{request_id}")
 def request_page(request: Request, request_id: str) -> Response:
     who = signed_in(request, INCIDENT_READERS)
-    with services(request).db.session() as session:
+    with services(request).db.reading() as session:
         sar = visible_request(session, who.principal, request_id[:64])
         if sar is None:
             return render(request, "missing.html", who, 404, what="subject access request")
@@ -118,6 +119,7 @@ def request_page(request: Request, request_id: str) -> Response:
         footage = _footage(request, session, who.principal, incident.id)
         job = session.get(ExportJob, sar.export_id) if sar.export_id else None
         packages = [package_view(job, [], {})] if job is not None and job.incident_id == incident.id else []
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     return render(
         request,
         "subject_access_request.html",

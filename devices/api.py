@@ -137,8 +137,9 @@ def list_staff(
     """Staff who wear cameras or carry alarms (the control room names the person behind an alarm), of
     the sites the caller sees, by staff number, a page at a time (``limit``, then ``after``): while
     more follow, the answer links the next page (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
-    with s.db.session() as session:
+    with s.db.reading() as session:  # only reads: waits for no writer
         rows = service.list_staff(session, user, after=after, limit=limit + 1)
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     return _paged(response, "/api/v1/staff", rows, limit)
 
 
@@ -232,8 +233,9 @@ def list_devices(
     """The fleet of the sites the caller sees, by id, a page at a time (``limit``, then ``after``):
     while more follow, the answer links the next page (``Link: <...>; rel="next"`` and
     ``X-Next-After``)."""
-    with s.db.session() as session:
+    with s.db.reading() as session:
         rows = service.list_devices(session, user, kind, after=after, limit=limit + 1)
+        session.expunge_all()
     return _paged(response, "/api/v1/devices", rows, limit, kind=kind or "")
 
 

@@ -317,8 +317,9 @@ def find_incidents(
         offset=offset,
         after=position,
     )
-    with s.db.session() as session:
+    with s.db.reading() as session:  # only reads: waits for no writer
         rows = search_incidents(session, user, f, s.key)
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     if len(rows) > limit:
         last = incident_position(rows[limit - 1])
         link_next_keeping(response, request, cursors.make(INCIDENT_LIST, last.at, last.key), limit)
@@ -330,7 +331,7 @@ def get_incident(
     incident_id: str, user: Viewer = readers, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
     """By id or by reference (``INC-2026-000123``)."""
-    with s.db.session() as session:
+    with s.db.reading() as session:
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise _hidden()
@@ -392,11 +393,12 @@ def incident_timeline(
     """The incident's own lines in time order (when it happened, changes, investigators, what is
     linked), a page at a time (``limit``, then ``after``): while more follow, the answer links the
     next page (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
-    with s.db.session() as session:
+    with s.db.reading() as session:
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise _hidden()
         page = timeline_page(session, incident, after, limit)
+        session.expunge_all()
     _paged(response, "timeline", incident, page, limit)
     return page.rows
 
@@ -416,11 +418,12 @@ def history(
     In time order, a page at a time (``limit``, then ``after``; an item read a few hundred thousand
     times has that many entries): while more follow, the answer links the next page (``Link: <...>;
     rel="next"`` and ``X-Next-After``)."""
-    with s.db.session() as session:
+    with s.db.reading() as session:
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise _hidden()
         page = history_page(session, user, incident, after, limit)
+        session.expunge_all()
     _paged(response, "history", incident, page, limit)
     return page.rows
 
@@ -579,7 +582,7 @@ def statistics(
     except PeriodRefused:
         log.warning("statistics period refused", extra={"since": str(since), "until": str(until)})
         raise
-    with s.db.session() as session:
+    with s.db.reading() as session:
         facts = load_fact_counts(
             session,
             since=since,

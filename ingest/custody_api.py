@@ -139,7 +139,7 @@ def verification(
     s: CoreServices = Depends(services),
 ) -> dict[str, Any]:
     """A verification asked for with ``POST /api/v1/custody/verify``: how it goes, and what it found."""
-    with s.db.session() as session:
+    with s.db.reading() as session:  # a status poll only reads: it never queues behind a writer
         job = session.get(CustodyVerification, job_id)
         if job is None:
             raise NotFound("no such verification")

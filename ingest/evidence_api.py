@@ -182,11 +182,12 @@ def list_items(
     ):
         if val is not None:
             q = q.where(col == val)
-    with s.db.session() as session:
+    with s.db.reading() as session:  # only reads: waits for no writer
         rows = list(session.scalars(q))
         # A row whose reach seal does not hold is left out (``reach_checked``): the page may be
         # short, and the next one still starts after the last row read.
         page = _out(session, user, reach_checked(session, user, rows[:limit]))
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     if len(rows) > limit:
         last = rows[limit - 1]
         link_next_keeping(response, request, cursors.make("evidence", last.created_at, last.id), limit)
@@ -195,8 +196,9 @@ def list_items(
 
 def _item(s: CoreServices, item_id: str, user: Principal) -> EvidenceItem:
     """The item if the caller may see it; 404 both when it is missing and when it is out of scope."""
-    with s.db.session() as session:
+    with s.db.reading() as session:
         item = visible_evidence(session, user, item_id)
+        session.expunge_all()
     if item is None:
         raise NotFound("no such evidence item")
     return item
@@ -209,7 +211,7 @@ def get_item(
     s: CoreServices = Depends(services),
 ) -> dict[str, object]:
     item = _item(s, item_id, user)
-    with s.db.session() as session:
+    with s.db.reading() as session:
         return _out(session, user, [item])[0]
 
 
@@ -242,7 +244,7 @@ def custody_trail(
     hold on it, a retention change it caused) keeps its place and hash but not its content, as in
     an export package."""
     item = _item(s, item_id, user)
-    with s.db.session() as session:
+    with s.db.reading() as session:
         page = Ledger.item_entries_page(session, item.id, after, limit + 1)
         trail = readable_trail(session, user, item.id, [e.to_json() for e in page[:limit]])
     last = page[limit - 1].body.item_seq if len(page) > limit else None
@@ -445,7 +447,7 @@ def retention(
 ) -> dict[str, object]:
     """The item's retention class, until when it is kept, its object lock and its legal holds."""
     item = _item(s, item_id, user)
-    with s.db.session() as session:
+    with s.db.reading() as session:
         return scoped_retention(session, user, item, _rules(s), datetime.now(UTC))
 
 

@@ -58,7 +58,7 @@ def _out(job: RedactionJob) -> RedactionJobOut:
 
 
 def _visible_clip(s: CoreServices, user: Principal, item_id: str) -> None:
-    with s.db.session() as session:
+    with s.db.reading() as session:
         if visible_evidence(session, user, item_id) is None:
             raise NotFound("no such evidence item")
 
@@ -88,12 +88,13 @@ def list_redactions(
     (``limit``, then ``after``): while more follow, the answer links the next page
     (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
     _visible_clip(s, user, item_id)
-    with s.db.session() as session:
+    with s.db.reading() as session:  # only reads: waits for no writer
         q = select(RedactionJob).where(RedactionJob.source_item_id == item_id)
         if after is not None:
             q = q.where(RedactionJob.version < after)
         jobs = list(session.scalars(q.order_by(RedactionJob.version.desc()).limit(limit + 1)))
         page = [_out(j) for j in jobs[:limit]]
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     next_after = jobs[limit - 1].version if len(jobs) > limit else None
     link_next(response, f"/api/v1/evidence/{quote(item_id)}/redactions", next_after, limit)
     return page
@@ -173,7 +174,7 @@ def get_job(
     user: Principal = Depends(require_roles(*EVIDENCE_METADATA)),
     s: CoreServices = Depends(services),
 ) -> RedactionJobOut:
-    with s.db.session() as session:
+    with s.db.reading() as session:
         job = session.get(RedactionJob, job_id)
         if job is None or visible_evidence(session, user, job.source_item_id) is None:
             raise NotFound("no such redaction job")
@@ -191,7 +192,7 @@ def queue(
     q = select(RedactionJob).order_by(RedactionJob.created_at.desc()).limit(limit)
     if status:
         q = q.where(RedactionJob.status == status)
-    with s.db.session() as session:
+    with s.db.reading() as session:
         jobs = [
             j for j in session.scalars(q) if visible_evidence(session, user, j.source_item_id) is not None
         ]

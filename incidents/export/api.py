@@ -449,7 +449,7 @@ def incident_exports(
 ) -> list[dict[str, Any]]:
     """The incident's packages, newest first, a page at a time (``limit``, then ``after``): while more
     follow, the answer links the next page (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
-    with s.db.session() as session:
+    with s.db.reading() as session:  # only reads: waits for no writer
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise NotFound("no such incident")
@@ -471,6 +471,7 @@ def incident_exports(
             if export_job_read_as_its_incidents(s.key, user.role, j)
         ]
         key = incident.id
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     next_after = jobs[limit - 1].id if len(jobs) > limit else None
     link_next(response, f"/api/v1/incidents/{quote(key)}/exports", next_after, limit)
     return page
@@ -504,7 +505,7 @@ def incident_disclosures(
     (``limit`` downloads, then ``after``): while more follow, the answer links the next page
     (``Link: <...>; rel="next"`` and ``X-Next-After``). ``?format=csv`` is the whole log as one row per
     event, streamed a page at a time as it is read."""
-    with s.db.session() as session:
+    with s.db.reading() as session:
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise NotFound("no such incident")
@@ -532,7 +533,7 @@ def _disclosure_pages(
 ) -> Iterator[DisclosurePage]:
     """The log's pages from ``after`` to its end, each read in its own short transaction."""
     while True:
-        with s.db.session() as session:
+        with s.db.reading() as session:
             incident = session.get(Incident, incident_id)
             if incident is None:
                 return

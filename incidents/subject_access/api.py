@@ -151,7 +151,7 @@ def list_requests(
     """The requests the caller may see (open ones by default), the fewest days left first, a page at
     a time (``limit``, then ``after``): while more follow, the answer links the next page
     (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
-    with s.db.session() as session:
+    with s.db.reading() as session:  # only reads: waits for no writer
         last = None
         if after:
             last = visible_request(session, user, after)
@@ -159,6 +159,7 @@ def list_requests(
                 raise Invalid("after names no request you may see")
         rows = requests_for(session, user, status or SAR_STATUSES, after=last, limit=limit + 1)
         page = [request_view(session, r) for r in rows[:limit]]
+        session.expunge_all()  # kept as read (the read's rollback would expire them)
     next_after = rows[limit - 1].id if len(rows) > limit else None
     link_next(response, "/api/v1/subject-access-requests", next_after, limit)
     return page
@@ -168,7 +169,7 @@ def list_requests(
 def get_request(
     request_id: str, user: Viewer = readers, s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
-    with s.db.session() as session:
+    with s.db.reading() as session:
         return request_view(session, _visible(session, user, request_id))
 
 
