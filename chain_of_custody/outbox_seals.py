@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session
 from storage.db import UTCDateTime
 
 from .canonical import rfc3339
-from .entries import ChainReport, CustodyAction, Problem, SignedEntry
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry, report_unsealed
 from .keys import ServiceKey
 from .lifecycle_seals import alarm_entries
 from .models import CustodyEntry
@@ -276,11 +276,12 @@ def check_outbox_seals(
             why = f"it was found altered in the database (custody entry #{recorded[int(row.id)]})"
         if why is not None:
             report.problems.append(Problem("alarm_outbox_altered", f"outbox row {row.id}", why))
-    if older:
-        report.notes.append(
-            f"{older} alarm outbox row(s) have no seal yet (queued before messages were sealed): "
-            "`evidence upgrade-seals` seals them"
-        )
+    report_unsealed(
+        report,
+        older,
+        "alarm outbox row(s) have no seal yet (queued before messages were sealed): "
+        "`evidence upgrade-seals` seals them",
+    )
 
 
 # -- rows made before seals -----------------------------------------------------------------------

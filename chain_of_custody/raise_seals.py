@@ -43,7 +43,7 @@ from sqlalchemy import Boolean, Float, column, select, table, update
 from sqlalchemy.orm import Session
 
 from .canonical import canonical_json, unique_keys
-from .entries import ChainReport, CustodyAction, Problem, SignedEntry
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry, report_unsealed
 from .keys import ServiceKey, raw_public_key, verify_signature
 from .lifecycle_seals import ENTRY_COLUMNS, alarm_entries, entry_holds, warn_of_entry
 from .models import CustodyEntry
@@ -391,11 +391,12 @@ def check_raise_seals(
             )
         if why is not None:
             report.problems.append(Problem("alarm_raise_altered", f"alarm {row.id}", why))
-    if unsealed:
-        report.notes.append(
-            f"{unsealed} alarm(s) have no seal on their note, position and payload yet (raised before "
-            "they were sealed): `evidence upgrade-seals` seals those the custody record bears out"
-        )
+    report_unsealed(
+        report,
+        unsealed,
+        "alarm(s) have no seal on their note, position and payload yet (raised before they were "
+        "sealed): `evidence upgrade-seals` seals those the custody record bears out",
+    )
 
 
 # -- rows made before seals -----------------------------------------------------------------------

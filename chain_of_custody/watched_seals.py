@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import column, exists, select, table, update
 from sqlalchemy.orm import Session
 
-from .entries import ChainReport, Problem
+from .entries import ChainReport, Problem, report_unsealed
 from .keys import ServiceKey
 from .reach_seals import reach_secret
 from .row_seals import _holds, row_seal
@@ -80,11 +80,12 @@ def check_watched_seals(session: Session, report: ChainReport, key: ServiceKey) 
             older += 1
         else:
             report.problems.append(_finding(row))
-    if older:
-        report.notes.append(
-            f"{older} device(s) were written low on battery or on a visit before that was sealed (their "
-            "alarms and visits bear it out): `evidence upgrade-seals` seals them"
-        )
+    report_unsealed(
+        report,
+        older,
+        "device(s) were written low on battery or on a visit before that was sealed (their alarms and "
+        "visits bear it out): `evidence upgrade-seals` seals them",
+    )
 
 
 def _finding(row: Any) -> Problem:
