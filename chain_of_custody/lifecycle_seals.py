@@ -29,13 +29,14 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
-from sqlalchemy import Select, column, select, table, update
+from sqlalchemy import Select, TableClause, column, select, table, update
 from sqlalchemy.orm import Session
 
 from storage.db import UTCDateTime
@@ -377,6 +378,45 @@ def unsealed_lifecycles(session: Session, entries: Iterable[SignedEntry]) -> lis
     return out
 
 
+class ListedAlarm(Protocol):
+    """An alarm an upgrade step lists: its id, the values of the columns it seals, and why it
+    is refused, if it is."""
+
+    @property
+    def alarm_id(self) -> str: ...
+
+    @property
+    def values(self) -> tuple[Any, ...]: ...
+
+    @property
+    def refused(self) -> str | None: ...
+
+
+def seal_as_listed(
+    session: Session,
+    alarms: TableClause,
+    seal_column: str,
+    columns: Sequence[str],
+    listed: Iterable[ListedAlarm],
+    seal_of: Callable[[str, Sequence[Any]], str],
+) -> None:
+    """Seal each alarm listed and not refused, in ``seal_column``, as it stands: one guarded
+    UPDATE each, so a row whose seal was set, or whose ``columns`` changed, since it was read
+    keeps none."""
+    a = alarms.c
+    for found in listed:
+        if found.refused:
+            continue
+        same = [
+            a[c].is_(None) if v is None else a[c] == v for c, v in zip(columns, found.values, strict=True)
+        ]
+        session.execute(
+            update(alarms)
+            .where(a.id == found.alarm_id, a[seal_column].is_(None), *same)
+            .values({seal_column: seal_of(found.alarm_id, found.values)})
+        )
+
+
 def seal_lifecycles(
     session: Session, key: ServiceKey, entries: Iterable[SignedEntry]
 ) -> list[UnsealedLifecycle]:
@@ -384,18 +424,7 @@ def seal_lifecycles(
     stand (a row changed since it was read keeps none); all it listed."""
     secret = reach_secret(key)
     listed = unsealed_lifecycles(session, entries)
-    a = _ALARMS.c
-    for found in listed:
-        if found.refused:
-            continue
-        same = [
-            a[c].is_(None) if v is None else a[c] == v
-            for c, v in zip(LIFECYCLE_COLUMNS, found.values, strict=True)
-        ]
-        seal = lifecycle_seal(secret, found.alarm_id, found.values)
-        session.execute(
-            update(_ALARMS)
-            .where(a.id == found.alarm_id, a.lifecycle_seal.is_(None), *same)
-            .values(lifecycle_seal=seal)
-        )
+    seal_as_listed(
+        session, _ALARMS, "lifecycle_seal", LIFECYCLE_COLUMNS, listed, partial(lifecycle_seal, secret)
+    )
     return listed

@@ -37,15 +37,16 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from sqlalchemy import Boolean, Float, column, select, table, update
+from sqlalchemy import Boolean, Float, column, select, table
 from sqlalchemy.orm import Session
 
 from .canonical import canonical_json, unique_keys
 from .entries import ChainReport, CustodyAction, Problem, SignedEntry, report_unsealed
 from .keys import ServiceKey, raw_public_key, verify_signature
-from .lifecycle_seals import ENTRY_COLUMNS, alarm_entries, entry_holds, warn_of_entry
+from .lifecycle_seals import ENTRY_COLUMNS, alarm_entries, entry_holds, seal_as_listed, warn_of_entry
 from .models import CustodyEntry
 from .reach_seals import reach_secret
 from .row_seals import (
@@ -447,18 +448,5 @@ def seal_raises(session: Session, key: ServiceKey, entries: Iterable[SignedEntry
     changed since it was read keeps none); all it listed."""
     secret = reach_secret(key)
     listed = unsealed_raises(session, entries, key)
-    a = _ALARMS.c
-    for found in listed:
-        if found.refused:
-            continue
-        same = [
-            a[c].is_(None) if v is None else a[c] == v
-            for c, v in zip(RAISE_COLUMNS, found.values, strict=True)
-        ]
-        seal = raise_seal(secret, found.alarm_id, found.values)
-        session.execute(
-            update(_ALARMS)
-            .where(a.id == found.alarm_id, a.raise_seal.is_(None), *same)
-            .values(raise_seal=seal)
-        )
+    seal_as_listed(session, _ALARMS, "raise_seal", RAISE_COLUMNS, listed, partial(raise_seal, secret))
     return listed
