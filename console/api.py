@@ -36,7 +36,7 @@ from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, INCIDENT_READERS
 from storage.errors import NotFound, SignInFirst
 from storage.settings import Settings
 
-from . import assets, sources
+from . import assets, sources, times
 from .security import content_security_policy
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ templates.env.globals["asset"] = assets.url
 performance = sources.performance
 templates.env.filters["share"] = performance.share_text
 templates.env.filters["seconds"] = performance.seconds_text
+templates.env.filters["when"] = times.when
 
 router = APIRouter(include_in_schema=False)
 
@@ -107,10 +108,31 @@ def seals_awaiting(request: Request, who: BrowserSession | None) -> AwaitingUpgr
     return latest if latest else None
 
 
+def current_section(path: str, hrefs: list[str]) -> str | None:
+    """The menu entry a page belongs to: the one whose address is the page's, or opens it, and whose
+    own name comes last among the page's segments, so ``/incidents/INC-1/exports`` is an export
+    page, not an incident page."""
+    segments = path.strip("/").split("/")
+    best: tuple[int, str] | None = None
+    for href in hrefs:
+        if (
+            path != href
+            and not path.startswith(href + "/")
+            and href.strip("/").split("/")[-1] not in segments
+        ):
+            continue
+        name = href.strip("/").split("/")[-1]
+        where = max(i for i, s in enumerate(segments) if s == name) if name in segments else -1
+        if best is None or where > best[0]:
+            best = (where, href)
+    return best[1] if best else None
+
+
 def render(
     request: Request, name: str, who: BrowserSession | None, status: int = 200, **context: Any
 ) -> Response:
     nav = [(label, href) for label, href, roles in NAV if who and who.principal.role in roles]
+    path = request.url.path
     return templates.TemplateResponse(
         request,
         name,
@@ -119,7 +141,8 @@ def render(
             "csrf": who.csrf_token if who else None,
             "idle_ends_at": who.idle_ends_at.isoformat() if who else None,
             "nav": nav,
-            "path": request.url.path,
+            "path": path,
+            "current": current_section(path, [href for _label, href in nav]),
             "seals_awaiting": seals_awaiting(request, who),
             "upgrade_command": UPGRADE_COMMAND,
             **context,
@@ -347,7 +370,9 @@ def alarm_page(request: Request, alarm_id: str) -> Response:
     who = signed_in(request, sources.READERS)
     s = services(request)
     with s.db.reading() as session:
-        record = sources.alarm_record(session, alarm_id[:64], _now(), who.principal, reach_secret(s.key))
+        record = sources.alarm_record(
+            session, alarm_id[:64], _now(), who.principal, reach_secret(s.key), sources.MessageKeys.of(s.key)
+        )
         if record is None:
             return render(request, "missing.html", who, 404, what="alarm")
         directory = sources.directory(session, [record["alarm"]["device_id"]], who.principal)

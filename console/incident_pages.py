@@ -27,6 +27,7 @@ from incidents.access import (
     may_link_alarm,
     visible_incident,
 )
+from incidents.exhibits import references as exhibit_references
 from incidents.history import AFTER_PATTERN, HISTORY_PAGE, history_page
 from incidents.models import CATEGORIES, INVOLVEMENTS, STATUSES, Incident
 from incidents.queries import (
@@ -159,6 +160,7 @@ def incident_page(request: Request, key: str) -> Response:
             return render(request, "missing.html", who, 404, what="incident")
         view = incident_view(session, incident, services(request).key)
         items = ws.linked_items(session, viewer, view["links"])
+        exhibit_refs = exhibit_references(session, incident.id, items)  # of the items the viewer sees
         secret = reach_secret(services(request).key)  # alarm rows' seals (``alarms.reach``)
         alarms = ws.linked_alarms(session, viewer, view["links"], secret)
         can_write = viewer.role in INCIDENT_WRITERS
@@ -178,6 +180,7 @@ def incident_page(request: Request, key: str) -> Response:
         who,
         incident=view,
         items=items,
+        exhibits=exhibit_refs,
         alarms=alarms,
         candidates=candidates,
         alarm_choices=alarm_choices,

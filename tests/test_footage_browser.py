@@ -13,6 +13,7 @@ The tests also take the README's screenshots (kept when ``EVIDENCE_SCREENSHOTS=d
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -463,3 +464,35 @@ def test_the_original_is_played_and_downloaded_without_its_reason_in_any_address
     trail = httpx.get(f"{f.url}/api/v1/evidence/{f.clip_id}/custody", headers=f.admin).json()
     reads = [e for e in trail if e["action"] == "viewed" and (e["details"] or {}).get("reason") == reason]
     assert reads and all(e["actor"] == "user:investigator" for e in reads)
+
+
+RAW_ISO = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}"  # a time as the API writes it, not as a page shows it
+
+
+def test_an_investigator_reaches_a_clip_from_its_incident_and_reads_every_time_one_way(
+    footage: Footage,
+) -> None:
+    """The incident lists the clip by its exhibit reference and opens its page; the clip's page, its
+    record and its trail write every moment as ``22 Nov 2026 10:00:00 UTC`` (the exact time kept in
+    the ``<time>`` element), and an incident's exports page is under Exports in the menu."""
+    f = footage
+    with chromium() as browser:
+        page = new_page(browser)
+        sign_in(page, f.url, "investigator", next_path=f"/incidents/{f.incident_ref}")
+        row = page.locator(f"#linked tr[data-target='{f.clip_id}']")
+        label = row.locator("th a").inner_text()
+        assert re.search(r"/1\b", label) and "clip" in label, label  # its exhibit reference, e.g. AB/1
+        assert "22 Nov 2026 10:00:00 UTC" in row.inner_text()
+        assert page.get_attribute("nav[aria-label=Main] [aria-current=page]", "href") == "/incidents"
+        row.locator("th a").click()
+        page.wait_for_url(f"**/footage/{f.clip_id}")
+        page.wait_for_selector("#custody")
+        shown = page.inner_text("main")
+        assert re.search(RAW_ISO, shown) is None, re.search(RAW_ISO, shown)
+        assert "22 Nov 2026 10:00:00 UTC to 22 Nov 2026 10:00:02 UTC" in page.inner_text(".facts")
+        first = page.locator("#custody time").first
+        assert re.fullmatch(r"\d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} UTC", first.inner_text())
+        assert re.match(RAW_ISO, first.get_attribute("datetime") or "")
+        page.goto(f"{f.url}/incidents/{f.incident_ref}/exports")
+        assert page.get_attribute("nav[aria-label=Main] [aria-current=page]", "href") == "/exports"
+        assert page.errors == []  # type: ignore[attr-defined]
