@@ -77,7 +77,7 @@ from . import performance, rules
 from .feed import FeedWatcher, changes_after
 from .lifecycle import AlarmNotFound
 from .reach import change_body
-from .records import alarm_record, answer_summaries, voice_memo_item
+from .records import MessageKeys, alarm_record, answer_summaries, voice_memo_item
 from .service import AlarmService
 from .voice_memos import VoiceMemoRefused
 
@@ -313,10 +313,13 @@ def get_alarm(
 def get_alarm_record(
     alarm_id: str, user: Principal = Depends(require_roles(*READERS)), s: CoreServices = Depends(services)
 ) -> dict[str, Any]:
-    """The alarm with the device's messages (byte for byte, with their hashes), its position trail,
-    and its signed payload and voice memo with their custody trails (metadata only)."""
+    """The alarm with the device's messages (byte for byte, with their hashes; one whose stored bytes
+    are not as the device signed them has ``holds`` false and no payload), its position trail, and
+    its signed payload and voice memo with their custody trails (metadata only)."""
     with s.db.reading() as session:
-        record = alarm_record(session, alarm_id, datetime.now(UTC), user, reach_secret(s.key))
+        record = alarm_record(
+            session, alarm_id, datetime.now(UTC), user, reach_secret(s.key), MessageKeys.of(s.key)
+        )
     if record is None:
         raise AlarmNotFound(alarm_id)
     return record

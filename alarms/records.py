@@ -20,8 +20,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from accounts.access import SiteViewer, sees_site
+from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.raise_seals import checked_message, sealed_device_key, signed_by
+from devices.seals import device_seal_key
 from incidents.access import Viewer, readable_trail
 from storage.db import is_postgres
 
@@ -41,9 +44,37 @@ def _iso(value: datetime | None) -> str | None:
 MESSAGES = 200  # the most of the device's messages an alarm's record holds
 
 
-def alarm_messages(session: Session, view: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+@dataclass(frozen=True)
+class MessageKeys:
+    """What a stored device message is checked with before a record shows it: the device rows'
+    seal secret and the custody key (``chain_of_custody.raise_seals.checked_message``)."""
+
+    device_secret: bytes
+    custody_public: bytes
+
+    @classmethod
+    def of(cls, key: ServiceKey) -> MessageKeys:
+        return cls(device_seal_key(key), key.public_raw)
+
+
+def _as_signed(session: Session, keys: MessageKeys, e: LoneWorkerEvent, current: str | None) -> bool:
+    """Whether the stored bytes are the message as the device signed it: with its sealed row's key
+    (read once a record), else any key its enrolments record (a key rotated since)."""
+    if signed_by(e.raw, current, e.device_id, e.event_id):
+        return True
+    return (
+        checked_message(session, keys.device_secret, keys.custody_public, e.device_id, e.event_id, e.raw)
+        is not None
+    )
+
+
+def alarm_messages(
+    session: Session, view: dict[str, Any], keys: MessageKeys
+) -> tuple[list[dict[str, Any]], bool]:
     """The device's messages about this alarm (its raise, cancels, the visit's check-ins), byte for
-    byte, the first ``MESSAGES`` of them; and whether there were more (a device may check in all day)."""
+    byte, the first ``MESSAGES`` of them; and whether there were more (a device may check in all day).
+    A message whose stored bytes are not as the device signed them (written or edited in the
+    database) is listed with ``holds`` false and no payload: its bytes are not the device's word."""
     clauses = [LoneWorkerEvent.alarm_id == view["id"]]
     if view.get("source_event_id"):
         clauses.append(LoneWorkerEvent.ref_event_id == view["source_event_id"])
@@ -60,11 +91,15 @@ def alarm_messages(session: Session, view: dict[str, Any]) -> tuple[list[dict[st
         )
     )
     out = []
+    current = sealed_device_key(session, keys.device_secret, view["device_id"]) if rows else None
     for e in rows[:MESSAGES]:
-        try:
-            payload = json.dumps(json.loads(e.raw), indent=1, sort_keys=True)
-        except ValueError:
-            payload = e.raw.decode("utf-8", "replace")
+        holds = _as_signed(session, keys, e, current if e.device_id == view["device_id"] else None)
+        payload: str | None = None
+        if holds:
+            try:
+                payload = json.dumps(json.loads(e.raw), indent=1, sort_keys=True)
+            except ValueError:
+                payload = e.raw.decode("utf-8", "replace")
         out.append(
             {
                 "event_id": e.event_id,
@@ -77,6 +112,7 @@ def alarm_messages(session: Session, view: dict[str, Any]) -> tuple[list[dict[st
                 "late": e.late,
                 "sha256": e.sha256,
                 "evidence_item_id": e.evidence_item_id,
+                "holds": holds,
                 "payload": payload,
             }
         )
@@ -253,10 +289,11 @@ def visible_alarm(
 
 
 def alarm_record(
-    session: Session, alarm_id: str, now: datetime, viewer: Viewer | None, secret: bytes
+    session: Session, alarm_id: str, now: datetime, viewer: Viewer | None, secret: bytes, keys: MessageKeys
 ) -> dict[str, Any] | None:
     """Everything the control room may know of one alarm, JSON-ready; None when there is no such
-    alarm or it is not the viewer's to see."""
+    alarm or it is not the viewer's to see. ``secret``: the rows' reach seals; ``keys``: what the
+    device's stored messages are checked with."""
     row = visible_alarm(session, alarm_id, viewer, secret)
     if row is None:
         return None
@@ -265,7 +302,7 @@ def alarm_record(
     payload_of = device_items(session, secret, row.device_id, [view["evidence_item_id"]]) if vouched else []
     payload = item_record(session, payload_of[0], viewer) if payload_of else None  # nor another's clip
     memo = item_record(session, view["voice_memo_item_id"], viewer) if vouched else None
-    messages, more_messages = alarm_messages(session, view)
+    messages, more_messages = alarm_messages(session, view, keys)
     points, more_points = trail_page(session, view, now)
     if more_messages or more_points:
         log.info(

@@ -29,7 +29,7 @@ from alarms.api import OPERATORS, READERS
 from alarms.feed import shown_view
 from alarms.models import AlarmChange, AlarmRecord, LoneWorkerVisit
 from alarms.reach import readable, readable_scope, readable_visits
-from alarms.records import alarm_record, answer_summaries, answer_times
+from alarms.records import MessageKeys, alarm_record, answer_summaries, answer_times
 from alarms.trails import TRAIL_POINTS, trail
 from devices.api import ADMINS as DEVICE_ADMINS
 from devices.api import LIST_PAGE
@@ -37,6 +37,7 @@ from devices.models import Device, LoneWorkerState, StaffMember
 from devices.service import list_staff
 
 __all__ = [
+    "MessageKeys",
     "alarm_record",
     "answer_summaries",
     "answer_times",
