@@ -256,13 +256,16 @@ class Lifecycle:
         it, or None when the seal holds. An alarm with no seal is held to its custody entries once
         they record its note and position (``raise_seals.unsealed_differs``): put back when it is
         not what they record, sealed as it stands when it is; one raised before they were recorded
-        is taken as it stands. One found no longer provisional with no ``alarm_raised`` entry is
-        provisional again, to be made whole."""
+        is taken as it stands; a provisional one with no seal never is (it was raised sealed). One
+        found no longer provisional with no ``alarm_raised`` entry is provisional again, to be made
+        whole."""
         if row.raise_seal is not None and raise_holds(self.seal_secret, row):
             return None
         said = recorded_raise(session, row.id, self.custody_public)
         values = raise_values(row)
-        if row.raise_seal is None and unsealed_differs(said, values) is None:
+        # Every alarm is raised sealed, and nothing records a provisional one yet: one with no seal
+        # is put back to its device's message, never taken as it stands.
+        if row.raise_seal is None and not row.provisional and unsealed_differs(said, values) is None:
             if said.said is not None:
                 self.seal_raise(row)  # its custody record bears it out
             return None
@@ -500,13 +503,14 @@ class Lifecycle:
         recorded as it stands: what it was raised with is put back to its device's message
         (:meth:`put_back_raise`, or ``raise_found`` when the caller did), and a lifecycle whose seal
         does not hold to an unacknowledged alarm of its device's kind, due now (it turns red and
-        escalates at the clock's next look); its ``alarm_raised`` entry records what was found.
+        escalates at the clock's next look); its ``alarm_raised`` entry records what was found. Every
+        alarm is raised with both seals, so one found with either seal cleared is altered too.
 
         The device's message is stored as the payload's evidence only when its stored bytes are as
         the device signed them (``raise_seals.checked_message``): bytes edited in the database are
         not stored, a warning names them and the entry records it (:data:`PAYLOAD_REFUSED`), and
         they say nothing of the alarm's kind (an SOS)."""
-        if raise_found is None and row.raise_seal is not None and not raise_holds(self.seal_secret, row):
+        if raise_found is None and (row.raise_seal is None or not raise_holds(self.seal_secret, row)):
             self.vouch_raise(session, row, now)  # whole again, or back to whole if it was whole
             return
         event = session.get(LoneWorkerEvent, row.source_event_id) if row.source_event_id else None
@@ -516,7 +520,7 @@ class Lifecycle:
                 session, self.device_secret, self.custody_public, row.device_id, event.event_id, event.raw
             )
         lifecycle_found = None
-        if row.lifecycle_seal is not None and not lifecycle_holds(self.seal_secret, row):
+        if row.lifecycle_seal is None or not lifecycle_holds(self.seal_secret, row):  # raised sealed
             kind = row.kind if event is None else message_kind(message) or rules.AlarmKind.SOS.value
             lifecycle_found = self._put_back_as_raised(row, kind, now)
         if event is not None and event.evidence_item_id is None and message is not None:

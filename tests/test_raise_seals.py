@@ -20,7 +20,7 @@ from alarms.feed import record_change
 from alarms.lifecycle import ESCALATION_TOPIC
 from alarms.models import AlarmChange, AlarmOutbox, AlarmRecord, LoneWorkerEvent
 from alarms.reach import change_body
-from alarms.records import alarm_record
+from alarms.records import MessageKeys, alarm_record
 from chain_of_custody.awaiting_upgrade import awaiting_upgrade
 from chain_of_custody.canonical import canonical_json
 from chain_of_custody.models import CustodyEntry
@@ -57,7 +57,9 @@ def _alarm_entries(services: Any, alarm_id: str) -> list[tuple[str, dict[str, An
 
 def _record(services: Any, alarm_id: str, now: datetime) -> dict[str, Any]:
     with services.db.session() as session:
-        record = alarm_record(session, alarm_id, now, None, reach_secret(services.key))
+        record = alarm_record(
+            session, alarm_id, now, None, reach_secret(services.key), MessageKeys.of(services.key)
+        )
     assert record is not None
     return record
 
@@ -409,3 +411,54 @@ def test_the_live_stream_shows_no_unchecked_note_or_position(services: Any) -> N
     sent = change_body(reach_secret(services.key), False, bodies[0])
     assert sent is not None
     assert json.loads(sent)["alarm"]["position"] in (None, _PLACE), sent
+
+
+def test_an_alarms_record_shows_no_device_message_edited_in_the_database(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An alarm's record showed the device's stored messages byte for byte, whatever wrote them: an
+    SOS's message edited by SQL to say "false alarm" was shown to the operator as the device's word.
+    It is now listed as not holding, with no payload, while a message as the device signed it is
+    shown as it came."""
+    device = enrol(services, "LW-RR", staff_id="S-RR", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos_with_note(services, device, now)
+    before = _record(services, alarm_id, now)["messages"]
+    assert [(m["holds"], _NOTE in (m["payload"] or "")) for m in before] == [(True, True)], before
+    event_id = _edit_message(services, alarm_id, note="false alarm, ignore")
+    with caplog.at_level(logging.WARNING):
+        after = _record(services, alarm_id, now)["messages"]
+    assert [(m["event_id"], m["holds"], m["payload"]) for m in after] == [(event_id, False, None)], after
+    assert _named(caplog, event_id=event_id), [r.getMessage() for r in caplog.records]
+
+
+def test_a_provisional_alarm_with_its_seals_cleared_is_not_made_whole_as_it_stands(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every alarm is raised with both seals. A provisional SOS whose seals were cleared by SQL, with
+    another note and place and marked resolved, was made whole as it stood: the forged values were
+    sealed and signed into its ``alarm_raised`` entry, and the SOS never escalated. It is now put back
+    to its device's message and made whole as raised, due now."""
+    device = enrol(services, "LW-RN", staff_id="S-RN", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos_with_note(services, device, now, whole=False)
+    _alter(
+        services,
+        alarm_id,
+        raise_seal=None,
+        lifecycle_seal=None,
+        note="false alarm, ignore",
+        status="resolved",
+        next_deadline=None,
+        **_ELSEWHERE,
+    )
+    with caplog.at_level(logging.WARNING):
+        services.alarms.make_whole(alarm_id, later(2, now))
+    row = _row(services, alarm_id)
+    assert row.provisional is False
+    assert (row.note, row.lat, row.lon, row.accuracy_m) == (_NOTE, *_PLACE.values())
+    assert row.status != "resolved" and row.next_deadline is not None
+    raised = [d for a, d in _alarm_entries(services, alarm_id) if a == "alarm_raised"]
+    assert len(raised) == 1 and raised[0]["note"] == _NOTE, raised
+    assert raised[0]["status"] != "resolved", raised
+    assert any("not as the service sealed" in r.getMessage() for r in caplog.records)
