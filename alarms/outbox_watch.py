@@ -75,7 +75,7 @@ class OutboxWatch:
         if row.seal is not None:
             return False
         if self.began is None:
-            self.began = SealsBegan(self._first_sealed(session))
+            self.began = SealsBegan(self._first_sealed(session), self._custody_public())
         return self.began.removed(session, row) is None
 
     def sweep_if_due(self, now: datetime) -> None:
@@ -96,7 +96,7 @@ class OutboxWatch:
         """Put back every row not yet delivered as the service sealed it; how many."""
         with self.db.session() as session:
             if self.began is None:
-                self.began = SealsBegan(self._first_sealed(session))
+                self.began = SealsBegan(self._first_sealed(session), self._custody_public())
             rows = self._rows(session, self.after, self.unsent)
             if self.after and not self._cursor_stands(rows):
                 log.warning(
@@ -136,6 +136,9 @@ class OutboxWatch:
     def _cursor_stands(self, rows: list[Any]) -> bool:
         """Whether the row the cursor stands on is still the one it was (not gone, nor another)."""
         return any(row.id == self.after and row.created_at == self.after_queued for row in rows)
+
+    def _custody_public(self) -> bytes | None:
+        return self.ledger.key.public_raw if self.ledger is not None else None
 
     def _first_sealed(self, session: Session) -> int | None:
         q = select(AlarmOutbox).where(AlarmOutbox.seal.is_not(None)).order_by(AlarmOutbox.id).limit(20)

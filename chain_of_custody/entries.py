@@ -62,6 +62,9 @@ class CustodyAction(StrEnum):
     # A lone visit opened, ended or sealed, with its wearer: whose missed check-in it raises.
     VISIT_CHANGED = "visit_changed"
     CHECKPOINT = "checkpoint"
+    # ``upgrade-seals`` sealed every alarm outbox row queued before messages were sealed: an unsealed
+    # row is nobody's the service knows from then on (``outbox_seals.SealsBegan``).
+    OUTBOX_SEALED = "outbox_sealed"
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,10 @@ the upgrade (:class:`SealsBegan`). When seals began is read where SQL cannot mov
 custody ledger. Every alarm entry written since (from the raise seals on, which came with these)
 records the alarm's note and position (:data:`SEALED_ERA`), so a row queued after the first such
 entry, or for an alarm whose first entry is one, was queued sealed; so was a row above one whose
-seal holds. A row whose seal was removed and whose alarm, time and id were all rewritten to look
-older still passes for one queued before: nothing outside the row records each message.
+seal holds. Once the upgrade has sealed the rows queued before, its ``outbox_sealed`` entry says
+so, and from then on no row without a seal passes for one queued before. Until then, a row whose
+seal was removed and whose alarm, time and id were all rewritten to look older still passes for
+one: nothing outside the row records each message.
 Tables are read as plain tables: this sits below ``alarms``.
 """
 
@@ -46,7 +48,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import column, select, table, update
 from sqlalchemy.orm import Session
@@ -56,11 +58,14 @@ from storage.db import UTCDateTime
 from .canonical import rfc3339
 from .entries import ChainReport, CustodyAction, Problem, SignedEntry, report_unsealed
 from .keys import ServiceKey
-from .lifecycle_seals import alarm_entries
+from .lifecycle_seals import ENTRY_COLUMNS, alarm_entries, entry_holds, warn_of_entry
 from .models import CustodyEntry
 from .raise_seals import _ALARM_ACTIONS
 from .reach_seals import reach_secret
 from .row_seals import _holds, row_seal, timed_mark, timed_of
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
 
 PUT_BACK = "outbox_put_back"  # the key of an ``alarm_changed`` entry's details that records one
 
@@ -199,10 +204,14 @@ SEALED_ERA = f'"{_ERA_KEY}":'
 class SealsBegan:
     """When outbox seals began, as far as SQL cannot move it: a row without a seal queued after is
     one whose seal was removed (see the module). The ledger is read only for such a row (rare), and
-    what it says of when seals began, once found, is kept."""
+    what it says of when seals began, once found, is kept. Once ``upgrade-seals`` has sealed the
+    rows queued before (an ``outbox_sealed`` entry that holds, checked with ``public``), no row
+    without a seal is one: whatever its id, time or alarm say, it was written in the database."""
 
-    def __init__(self, first: int | None) -> None:
+    def __init__(self, first: int | None, public: bytes | None = None) -> None:
         self.first = first  # the lowest id of a row whose seal holds (None: none found)
+        self.public = public  # the custody key (None: no upgrade entry is looked for)
+        self.upgraded: int | None = None  # the ``outbox_sealed`` entry that holds, once found
         self.era: tuple[int, datetime] | None = None  # the first entry written since, and its time
         self.alarms: dict[str, int] = {}  # alarms first recorded since: that entry's seq
 
@@ -213,6 +222,9 @@ class SealsBegan:
             return None
         if self.first is not None and int(row.id) > self.first:
             return f"it was queued after outbox row {self.first}, whose seal holds"
+        upgraded = self._upgraded(session)
+        if upgraded is not None:
+            return f"every row queued before seals was sealed by the upgrade (custody entry #{upgraded})"
         era = self._era(session)
         if era is not None and row.created_at > era[1]:
             return f"it was queued after custody entry #{era[0]}, written once messages were sealed"
@@ -220,6 +232,16 @@ class SealsBegan:
         if seq is not None:
             return f"its alarm was first recorded by custody entry #{seq}, written once messages were sealed"
         return None
+
+    def _upgraded(self, session: Session) -> int | None:
+        if self.upgraded is None and self.public is not None:
+            q = select(*ENTRY_COLUMNS).where(CustodyEntry.action == CustodyAction.OUTBOX_SEALED.value)
+            for entry in session.execute(q.order_by(CustodyEntry.seq)):
+                if entry_holds(self.public, entry):
+                    self.upgraded = int(entry.seq)
+                    break
+                warn_of_entry(int(entry.seq))
+        return self.upgraded
 
     def _era(self, session: Session) -> tuple[int, datetime] | None:
         if self.era is None:
@@ -253,7 +275,7 @@ def check_outbox_seals(
     seals."""
     secret = reach_secret(key)
     rows = _rows(session)
-    began = SealsBegan(first_sealed(secret, rows))
+    began = SealsBegan(first_sealed(secret, rows), key.public_raw)
     recorded = put_backs(entries)
     older = 0
     now = datetime.now(UTC)
@@ -310,10 +332,10 @@ def older_outbox(session: Session) -> list[Any]:
     return _rows(session, _OUTBOX.c.seal.is_(None))
 
 
-def _judged(session: Session, secret: bytes) -> list[tuple[Any, str | None]]:
+def _judged(session: Session, key: ServiceKey) -> list[tuple[Any, str | None]]:
     """Each row :func:`older_outbox` lists, with why it is refused (None: sealed as it stands)."""
-    first = first_sealed(secret, _rows(session, _OUTBOX.c.seal.is_not(None)))
-    began = SealsBegan(first)
+    first = first_sealed(reach_secret(key), _rows(session, _OUTBOX.c.seal.is_not(None)))
+    began = SealsBegan(first, key.public_raw)
     return [(row, began.removed(session, row)) for row in older_outbox(session)]
 
 
@@ -323,15 +345,18 @@ def _listed(judged: Sequence[tuple[Any, str | None]]) -> list[UnsealedOutbox]:
 
 def unsealed_outbox(session: Session, key: ServiceKey) -> list[UnsealedOutbox]:
     """Every row :func:`older_outbox` lists, those queued after seals began refused."""
-    return _listed(_judged(session, reach_secret(key)))
+    return _listed(_judged(session, key))
 
 
-def seal_outbox(session: Session, key: ServiceKey, now: datetime | None = None) -> list[UnsealedOutbox]:
+def seal_outbox(
+    session: Session, key: ServiceKey, ledger: Ledger, now: datetime | None = None
+) -> list[UnsealedOutbox]:
     """Seal the rows :func:`unsealed_outbox` does not refuse as they stand, due no later than
-    ``now`` (a row changed since it was read keeps none); all it listed."""
+    ``now`` (a row changed since it was read keeps none); all it listed. An ``outbox_sealed`` entry
+    records that it ran: from then on no row without a seal is taken as queued before seals."""
     now = now or datetime.now(UTC)
     secret, o = reach_secret(key), _OUTBOX.c
-    judged = _judged(session, secret)
+    judged = _judged(session, key)
     for row, refused in judged:
         if refused is not None:
             continue
@@ -346,4 +371,8 @@ def seal_outbox(session: Session, key: ServiceKey, now: datetime | None = None) 
             .where(o.id == row.id, o.seal.is_(None), same, o.next_attempt_at == row.next_attempt_at)
             .values(seal=seal, due_seal=due_mark(secret, seal, due), next_attempt_at=due, sent_seal=sent)
         )
-    return _listed(judged)
+    listed = _listed(judged)
+    sealed = sum(1 for found in listed if found.refused is None)
+    details = {"sealed": sealed, "refused": len(listed) - sealed}
+    ledger.append(session, CustodyAction.OUTBOX_SEALED, "service", details=details, at=now)
+    return listed

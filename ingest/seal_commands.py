@@ -186,7 +186,7 @@ def _lifecycles(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
 def _outbox(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     from chain_of_custody.outbox_seals import seal_outbox, unsealed_outbox
 
-    return seal_outbox(session, s.key) if yes else unsealed_outbox(session, s.key)
+    return seal_outbox(session, s.key, s.ledger) if yes else unsealed_outbox(session, s.key)
 
 
 def _watched(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:

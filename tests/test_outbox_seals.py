@@ -204,6 +204,41 @@ def test_upgrade_refuses_a_row_whose_seal_was_removed_after_seals_began(
     assert "its seal was removed" in _named(services, escalation)
 
 
+def test_after_the_upgrade_no_row_without_a_seal_passes_for_one_queued_before(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once ``upgrade-seals`` had sealed the rows queued before seals, a row written by SQL with no
+    seal, no alarm, a time long past and an id below every sealed row still passed for one queued
+    before seals: it was sent under the service's name ("stand down" to a device). The upgrade's
+    ``outbox_sealed`` entry, signed on the ledger, now says no such row is left: it is withheld,
+    warned of and named by ``evidence verify``."""
+    now = datetime.now(UTC)
+    older = _queued_before_seals(services, "LW-OA", now - timedelta(hours=1))
+    upgraded = _cli(services, "upgrade-seals", "--yes")
+    assert upgraded.exit_code == 0, upgraded.output
+    assert [r.id for r in services.alarms.claim_outbox("mqtt", later(1, now))] == [older]
+    services.alarms.outbox.mark_sent([older], later(1, now))
+    _ack(services, _sos(services, "LW-OB", later(2, now)))  # a sealed row above it
+    planted = {
+        "channel": "mqtt",
+        "target": "lw/v1/LW-OB/ack",
+        "payload": json.dumps({"v": 1, "status": "stand_down"}).encode(),
+        "qos": 1,
+        "alarm_id": None,
+        "created_at": now - timedelta(days=365),
+        "next_attempt_at": now - timedelta(days=365),
+        "attempts": 0,
+        "sent_at": None,
+    }
+    _sql(services, delete(AlarmOutbox).where(AlarmOutbox.id == older))  # purged: its id is free
+    _sql(services, insert(AlarmOutbox).values(id=older, **planted))
+    with caplog.at_level(logging.WARNING):
+        services.alarms.outbox.watch.sweep(later(3, now))
+        claimed = [r.id for r in services.alarms.claim_outbox("mqtt", later(4, now))]
+    assert older not in claimed, claimed
+    assert "sealed by the upgrade" in _named(services, older)
+
+
 def test_the_watch_sees_rows_queued_under_ids_given_again(services: Any) -> None:
     """On SQLite the purge emptied the outbox and the next row took the id of the last one the
     watch had passed: its cursor stood above it, so an acknowledgement then marked sent by SQL was
