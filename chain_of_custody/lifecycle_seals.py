@@ -89,6 +89,7 @@ _ALARMS = table(
     column("lifecycle_seal"),
     *(column(c, UTCDateTime) if c in _TIMES else column(c) for c in LIFECYCLE_COLUMNS),
 )
+ALARM_LIFECYCLES = _ALARMS  # the alarms table as a lifecycle seal reads it
 _LIFECYCLE_ACTIONS = (CustodyAction.ALARM_RAISED.value, CustodyAction.ALARM_CHANGED.value)
 
 
@@ -203,6 +204,16 @@ ENTRY_COLUMNS = (
     CustodyEntry.signature,
 )
 """What a decision reads of a custody entry: all it takes to check its hash and signature."""
+
+
+def entry_hashes(row: Any) -> bool:
+    """Whether a ledger row's stored hash is that of its body (no signature checked: the cheap half
+    of :func:`entry_holds`, for entries read only to see that nothing in them was edited)."""
+    try:
+        canonical = entry_body(row).canonical()
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(hashlib.sha256(canonical).hexdigest(), row.entry_hash or "")
 
 
 def entry_holds(public: bytes, row: Any) -> bool:

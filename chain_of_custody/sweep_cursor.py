@@ -45,6 +45,7 @@ from .lifecycle_seals import (
     _LIFECYCLE_ACTIONS,
     ENTRY_COLUMNS,
     RecordedLifecycle,
+    entry_hashes,
     entry_holds,
     recorded_of,
     unvouched,
@@ -169,8 +170,10 @@ class OpenByCustody:
 
     def _read_since(self, session: Session) -> None:
         """Every entry after the cursor up to the ledger's last, each the next in the chain (checked
-        in the database: only a break comes back); the alarm entries among them taken, and the
-        cursor moved onto the last entry when it holds."""
+        in the database: only a break comes back); the alarm entries among them taken, and the cursor
+        moved onto the last entry when it holds. Every other entry's hash is checked against its
+        body (no signature: cheap), so an alarm entry whose action was renamed in the database, its
+        hash kept, is refused and the alarm it names taken as raised and due, not passed over."""
         tip = session.execute(select(*ENTRY_COLUMNS).order_by(CustodyEntry.seq.desc()).limit(1)).first()
         if tip is None or tip.seq <= self.seq:
             return
@@ -181,17 +184,16 @@ class OpenByCustody:
             return
         q = (
             select(*ENTRY_COLUMNS)
-            .where(
-                CustodyEntry.seq > self.seq,
-                CustodyEntry.seq <= tip.seq,
-                CustodyEntry.action.in_(_LIFECYCLE_ACTIONS),
-            )
+            .where(CustodyEntry.seq > self.seq, CustodyEntry.seq <= tip.seq)
             .order_by(CustodyEntry.seq)
             .execution_options(yield_per=1000)
         )
         for row in session.execute(q):
-            self.read += 1
-            self._take(row)
+            if row.action in _LIFECYCLE_ACTIONS:
+                self.read += 1
+                self._take(row)
+            elif not entry_hashes(row):  # edited: an alarm it names is taken as raised and due
+                self._refuse(int(row.seq), row.details)
         if tip.seq > self.seq and tip.action not in _LIFECYCLE_ACTIONS and entry_holds(self.public, tip):
             self.seq, self.entry_hash = int(tip.seq), tip.entry_hash
 

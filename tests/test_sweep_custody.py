@@ -349,3 +349,35 @@ def test_entries_deleted_or_replaced_after_the_sweeps_cursor_are_named_and_the_a
     services.alarms.fire_deadlines(later(3600, now))
     assert _row(services, alarm_id).status == "escalated"
     assert _row(services, held).status == "escalated"
+
+
+def test_an_alarm_entry_renamed_in_the_database_with_its_hash_kept_still_escalates(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An SOS raised after the sweep's last pass whose entries' action was renamed by SQL (to
+    ``viewed``), their stored hashes kept so the chain still links, and its row marked resolved: the
+    sweep picked alarm entries by their action, so it never saw them, and the SOS never escalated.
+    Every entry after the cursor now has its hash checked against its body: the renamed ones are
+    named, and the SOS escalates."""
+    device = enrol(services, "LW-FA", staff_id="S-FA", site="NORTH")
+    now = datetime.now(UTC)
+    services.alarms.fire_deadlines(later(1, now))  # the cursor stands on the ledger's last entry
+    alarm_id = _sos(services, device, later(2, now))
+    with services.db.session() as session:
+        entries = session.scalars(
+            select(CustodyEntry).where(
+                CustodyEntry.action.in_(_LIFECYCLE), CustodyEntry.details.contains(alarm_id)
+            )
+        ).all()
+        assert entries
+        for entry in entries:
+            entry.action = "viewed"  # its hash, and so every link after it, kept
+    _alter(services, alarm_id, resolved_at=later(5, now), **_RESOLVED_BY_SQL)
+    with caplog.at_level(logging.WARNING):
+        services.alarms.fire_deadlines(later(100, now))
+        services.alarms.fire_deadlines(later(200, now))
+    assert any("not as the service signed it" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
+    services.alarms.fire_deadlines(later(3600, now))
+    assert _row(services, alarm_id).status == "escalated"
