@@ -26,11 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import column, exists, select, table, update
+from sqlalchemy import column, select, table, update
 from sqlalchemy.orm import Session
 
 from .entries import ChainReport, Problem, report_unsealed
 from .keys import ServiceKey
+from .lifecycle_seals import ALARM_LIFECYCLES, lifecycle_holds
 from .reach_seals import reach_secret
 from .row_seals import _holds, row_seal
 from .visit_seals import _COLUMNS as _VISIT_COLUMNS
@@ -43,9 +44,7 @@ _STATES = table(
     column("active_visit_id"),
     column("watched_seal"),
 )
-_ALARMS = table(
-    "alarms", column("device_id"), column("kind"), column("status"), column("condition_cleared_at")
-)
+_ALARMS = ALARM_LIFECYCLES  # what a low-battery alarm's lifecycle seal covers
 
 
 def watched_seal(secret: bytes, device_id: str, battery_low: bool, active_visit_id: str | None) -> str:
@@ -98,16 +97,17 @@ def _finding(row: Any) -> Problem:
 
 
 def recorded_watch(session: Session, secret: bytes, device_id: str) -> tuple[bool, str | None]:
-    """What a device's records say of it: whether a low-battery alarm of it is open whose condition
-    has not cleared, and the latest of its visits not ended whose own seal holds (None: none)."""
+    """What a device's records say of it: whether a low-battery alarm of it whose lifecycle seal
+    holds is open and its condition not cleared (one planted or edited in the database says
+    nothing), and the latest of its visits not ended whose own seal holds (None: none)."""
     a, v = _ALARMS.c, _VISITS.c
-    open_low = exists().where(
+    open_low = select(_ALARMS).where(
         a.device_id == device_id,
         a.kind == "low_battery",
         a.status != "resolved",
         a.condition_cleared_at.is_(None),
     )
-    low = bool(session.scalar(select(open_low)))
+    low = any(lifecycle_holds(secret, row) for row in session.execute(open_low))
     q = (
         select(*_VISIT_COLUMNS)
         .where(v.device_id == device_id, v.ended_at.is_(None))

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from alarms.models import AlarmRecord, LoneWorkerVisit
 from chain_of_custody.awaiting_upgrade import awaiting_upgrade
@@ -19,7 +19,7 @@ from tests.test_alarms_kit import enrol, later
 from tests.test_heard_seals import _state
 from tests.test_heard_seals import _warned_of as _warned
 from tests.test_upgrade_seals import _under
-from tests.test_visit_seals import _cli, set_state_row
+from tests.test_visit_seals import _cli, _sql, set_state_row
 
 
 def _alarms(services: Any, device_id: str, kind: str) -> list[AlarmRecord]:
@@ -158,3 +158,32 @@ def test_a_visit_row_written_in_the_database_lends_a_device_no_visit(services: A
     (offline,) = _alarms(services, "LW-W7", "device_offline")
     assert offline.visit_id == "V-W7"
     assert _state(services, "LW-W7").active_visit_id == "V-W7"
+
+
+def test_a_low_battery_alarm_planted_in_the_database_bears_out_no_flag(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device with a healthy battery, flagged low by SQL with its seal cleared, beside an open
+    low-battery alarm row planted by SQL: the planted row bore the flag out, so the flag passed for
+    one written before seals, and the device's battery then failing raised no alarm. A low-battery
+    alarm bears a flag out only when its own lifecycle seal holds."""
+    device = enrol(services, "LW-W6", staff_id="S-W6", site="NORTH")
+    now = datetime.now(UTC)
+    services.alarms.handle(*device.heartbeat(battery=80, sent_at=now), now=now)
+    planted = {
+        "id": "planted-low-battery",
+        "device_id": "LW-W6",
+        "kind": "low_battery",
+        "severity": "amber",
+        "status": "raised",
+        "raised_at": now,
+        "occurred_at": now,
+        "updated_at": now,
+    }
+    _sql(services, insert(AlarmRecord).values(**planted))
+    set_state_row(services, "LW-W6", battery_low=True, watched_seal=None)
+    with caplog.at_level(logging.WARNING):
+        services.alarms.handle(*device.heartbeat(battery=5, sent_at=later(10, now)), now=later(10, now))
+    assert _warned(caplog, "LW-W6")
+    raised = [a.id for a in _alarms(services, "LW-W6", "low_battery") if a.id != planted["id"]]
+    assert len(raised) == 1, raised
