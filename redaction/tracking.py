@@ -64,6 +64,10 @@ class TrackingSettings:
     over the frames since the track's last sighting, beyond the sightings' own spread). The
     statistical gate alone grows with the square of the gap for a track whose speed is not yet
     known, so ten frames after a lone sighting it took a face anywhere in the picture for it.
+    ``face_aspect``: a sighting's box flatter than this share of its width (or narrower than this
+    share of its height) does not place the face's centre up and down (or sideways) while the
+    face's other sightings nearby do (0: every box does). Faces are about as wide as they are tall;
+    the same share as the mask's rule (``RedactionSettings.face_aspect``), on the same measurement.
     """
 
     max_gap: int = 30
@@ -82,6 +86,7 @@ class TrackingSettings:
     keep_unconfirmed: int = 2
     unconfirmed_dark: float = 40.0
     join_speed: float = 2.0
+    face_aspect: float = 0.9
 
     @property
     def horizon(self) -> int:
@@ -436,23 +441,23 @@ class FaceTracker:
     def _smoothed(self, track: _Track, k: int) -> Box:
         """The k-th sighting smoothed over sightings within ``smooth`` frames either side: the
         centre from a straight line fitted through them (a plain average would drag a fast face's
-        mask towards whichever side had more sightings), the size the largest seen (a face that
-        looks smaller for a frame or two, blurred or turning, keeps the larger mask); then moved by
-        the face's lean (``_lean``)."""
+        mask towards whichever side had more sightings), on each axis through the sightings whose
+        box is not short on that axis where there are any (``face_aspect``: a box much flatter
+        than a face has lost part of its height, top or bottom, so its centre is off up or down
+        by up to half of what it lost); the size the largest seen (a face that looks smaller for a
+        frame or two, blurred or turning, keeps the larger mask); then moved by the face's lean
+        (``_lean``)."""
         s = max(0, self.settings.smooth)
+        q = self.settings.face_aspect
         f = track.frames[k]
         lo = bisect.bisect_left(track.frames, f - s)
         hi = bisect.bisect_right(track.frames, f + s)
         boxes = track.boxes[lo:hi]
-        if len(boxes) < 3:
-            cx, cy = track.boxes[k].cx, track.boxes[k].cy
-        else:
-            t = np.array(track.frames[lo:hi], float) - f
-            xs = np.array([b.cx for b in boxes])
-            ys = np.array([b.cy for b in boxes])
-            (_, cx), (_, cy) = np.polyfit(t, xs, 1), np.polyfit(t, ys, 1)
+        t = np.array(track.frames[lo:hi], float) - f
+        cx = _centre(t, np.array([b.cx for b in boxes]), np.array([b.w >= q * b.h for b in boxes]), k - lo)
+        cy = _centre(t, np.array([b.cy for b in boxes]), np.array([b.h >= q * b.w for b in boxes]), k - lo)
         w, h = max(b.w for b in boxes), max(b.h for b in boxes)
-        return Box.from_center(float(cx) + self._lean(track, f) * w, float(cy), w, h)
+        return Box.from_center(cx + self._lean(track, f) * w, cy, w, h)
 
     def _lean(self, track: _Track, frame: int) -> float:
         """The median sideways lean of a track's sightings within ``lean_span`` frames of
@@ -482,3 +487,17 @@ class FaceTracker:
             return 0.0, 0.0
         ba, bb = track.boxes[a], track.boxes[b]
         return (bb.cx - ba.cx) / dt, (bb.cy - ba.cy) / dt
+
+
+def _centre(t: np.ndarray, values: np.ndarray, whole: np.ndarray, own: int) -> float:
+    """A sighting's centre on one axis (``values[own]``, at ``t`` 0) from the sightings about it:
+    a straight line through those whose box is ``whole`` on that axis, when some are and some are
+    not (one alone: its centre); else, as ever, through all of them when there are three or more,
+    the sighting's own centre when fewer."""
+    if whole.any() and not whole.all():
+        if whole.sum() == 1:
+            return float(values[whole][0])
+        return float(np.polyfit(t[whole], values[whole], 1)[1])
+    if len(values) < 3:
+        return float(values[own])
+    return float(np.polyfit(t, values, 1)[1])

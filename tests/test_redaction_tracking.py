@@ -188,3 +188,21 @@ def test_a_fast_face_seen_again_after_a_gap_still_joins_its_track() -> None:
     tracker.observe(0, [det(40, 200, size=26)])
     tracker.observe(6, [det(40 + 14 * 6, 200, size=26)])
     assert tracker.track_count == 1
+
+
+def test_a_flat_box_does_not_pull_the_face_up_or_down_while_square_sightings_place_it() -> None:
+    """A 40 px face crossing at 4 px a frame, found whole at frames 0 and 5 and, between, as the
+    lower 0.62 of the face (what a look at a small face in a crowd sometimes returns: the box
+    cut off above the eyes). Fitting the centre through the flat boxes put the mask 6 px low on
+    the face for frames on end, its brow showing; their height says nothing about where the face
+    is up and down, while their width still places it sideways."""
+    tracker = FaceTracker(plain(smooth=2))
+    for frame in range(6):
+        x = 100 + 4 * frame
+        whole = frame in (0, 5)
+        tracker.observe(frame, [Detection(Box(x, 300, 40, 40) if whole else Box(x, 315, 40, 25), 0.9)])
+    for frame in range(1, 5):
+        (box,) = tracker.boxes_at(frame)
+        assert box.box.cy == pytest.approx(320, abs=0.5)
+        assert box.box.cx == pytest.approx(120 + 4 * frame, abs=0.5)
+        assert box.box.h == 40
