@@ -301,3 +301,17 @@ def test_a_count_of_rows_not_held_to_a_seal_is_noted_by_one_helper() -> None:
         and any(_counts_rows(arg) for arg in node.args)
     ]
     assert by_hand == []
+
+
+def test_settings_are_typed_wherever_they_are_passed() -> None:
+    """A parameter that takes the settings (``settings``, ``*_settings``) is annotated with a
+    ``Settings`` class, never ``Any`` or nothing, so mypy checks every field read from it."""
+    untyped = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name}({arg.arg})"
+        for path, node in _product_nodes()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        for arg in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+        if arg.arg == "settings" or arg.arg.endswith("_settings")
+        if arg.annotation is None or "Settings" not in ast.unparse(arg.annotation)
+    ]
+    assert untyped == []

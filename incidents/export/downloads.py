@@ -36,6 +36,7 @@ from chain_of_custody.reads import RangeRefused
 from storage.api_schema import error_responses
 from storage.errors import InConflict, Refused, Unavailable
 from storage.objects import StorageError
+from storage.settings import Settings
 from storage.slots import NoSlot, Slots
 from storage.streams import blocks_in_thread
 
@@ -142,7 +143,7 @@ _DOWNLOAD_SLOTS: dict[tuple[int, int], Slots] = {}
 _DOWNLOAD_SLOTS_MADE = threading.Lock()
 
 
-def download_slots(settings: Any) -> Slots:
+def download_slots(settings: Settings) -> Slots:
     """The process's package download slots (per link and in all), one set per pair of bounds."""
     bounds = (settings.max_download_streams, settings.max_download_streams_per_link)
     with _DOWNLOAD_SLOTS_MADE:
