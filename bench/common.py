@@ -151,13 +151,13 @@ class BenchService:
         r.raise_for_status()
         return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
-    def add_user(self, username: str, password: str, role: str) -> dict[str, Any]:
-        """A user made by the admin through the service's own route: the route's answer."""
-        r = httpx.post(
-            f"{self.url}/api/v1/users",
-            json={"username": username, "password": password, "role": role},
-            headers=self.admin_headers(),
-        )
+    def add_user(self, username: str, password: str, role: str, site: str | None = None) -> dict[str, Any]:
+        """A user made by the admin through the service's own route (of ``site``, when named): the
+        route's answer."""
+        user = {"username": username, "password": password, "role": role}
+        if site is not None:
+            user["site"] = site
+        r = httpx.post(f"{self.url}/api/v1/users", json=user, headers=self.admin_headers())
         r.raise_for_status()
         return dict(r.json())
 

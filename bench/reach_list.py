@@ -123,8 +123,7 @@ def main(argv: Sequence[str] | None = None, default_of: str = "evidence") -> Non
     try:
         svc.start()
         admin = svc.admin_headers()
-        user = {"username": MANAGER, "password": PASSWORD, "role": "security_manager", "site": "SOUTH"}
-        httpx.post(f"{svc.url}/api/v1/users", json=user, headers=admin).raise_for_status()
+        svc.add_user(MANAGER, PASSWORD, "security_manager", site="SOUTH")
         services = svc.services(database_url)
         try:
             if args.of == "incidents":
@@ -133,10 +132,7 @@ def main(argv: Sequence[str] | None = None, default_of: str = "evidence") -> Non
                 populate_items(services, args.items, args.staff)
         finally:
             services.close()
-        token = httpx.post(
-            f"{svc.url}/api/v1/auth/token", data={"username": MANAGER, "password": PASSWORD}
-        ).json()["access_token"]
-        manager = {"Authorization": f"Bearer {token}"}
+        manager = svc.headers_for(MANAGER, PASSWORD)
         page = {"limit": args.items}
         with httpx.Client(base_url=svc.url, timeout=60) as client:
             seen = client.get(route, params=page, headers=manager).json()

@@ -71,17 +71,9 @@ def main() -> None:
         svc.start()
         admin = svc.admin_headers()
         other_password = "another bench password 1"
-        r = httpx.post(
-            f"{svc.url}/api/v1/users",
-            json={"username": "other", "password": other_password, "role": "operator"},
-            headers=admin,
-        )
-        r.raise_for_status()
-        other_id = r.json()["id"]
+        other_id = svc.add_user("other", other_password, "operator")["id"]
         for _ in range(args.ended):
-            httpx.post(
-                f"{svc.url}/api/v1/auth/token", data={"username": "other", "password": other_password}
-            ).raise_for_status()
+            svc.headers_for("other", other_password)
         httpx.patch(
             f"{svc.url}/api/v1/users/{other_id}", json={"password": "a third bench password"}, headers=admin
         ).raise_for_status()
