@@ -20,7 +20,7 @@ Each round, strictly one thing in flight at a time:
    ``clock_timestamp()`` at COMMIT).
 
 CPU by thread: each Python thread of the service's processes names itself to the operating system
-(``bench/thread_names/sitecustomize.py``, on the service's ``PYTHONPATH`` only), and the harness reads
+(``bench/site/bench_thread_names.py``, ``bench/site`` on the service's ``PYTHONPATH`` only), and the harness reads
 ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds on a CPU) before and after an idle phase (no SOS,
 same length as the SOS phase) and the SOS phase. CPU per SOS is (SOS phase − idle phase) ÷ SOS, per
 thread name; the PostgreSQL backends of the scratch database and the broker are counted the same
@@ -83,7 +83,8 @@ from devices.broker_access import (  # noqa: E402
 from firmware_simulators.lone_worker import IoLoop, LoneWorkerDevice  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-THREAD_NAMES = ROOT / "bench" / "thread_names"
+SITE = ROOT / "bench" / "site"  # the benchmarks' sitecustomize, on the service's path
+THREAD_NAMES = {"BENCH_THREAD_NAMES": "1"}  # the hook it loads by default
 
 # Run inside the tree under test (its own enrolment function, whichever package holds it).
 ENROL = r"""
@@ -120,13 +121,12 @@ print("BENCH-ENROLLED " + json.dumps(out), flush=True)
 class TreeService(BenchService):
     """The service of another source tree (or this one), its threads named for the CPU meter."""
 
-    def __init__(self, tree: Path, workdir: Path, site: Path = THREAD_NAMES, **env: str) -> None:
-        super().__init__(workdir, **env)
+    def __init__(self, tree: Path, workdir: Path, hooks: dict[str, str] = THREAD_NAMES, **env: str) -> None:
+        super().__init__(workdir, **hooks, **env)
         self.tree = tree
-        self.site = site  # the benchmark's sitecustomize directory
 
     def env(self) -> dict[str, str]:
-        return {**super().env(), "PYTHONPATH": f"{self.tree}{os.pathsep}{self.site}"}
+        return {**super().env(), "PYTHONPATH": f"{self.tree}{os.pathsep}{SITE}"}
 
     def _cli(self, *args: str, stdin: str | None = None) -> str:
         done = subprocess.run(
@@ -287,9 +287,9 @@ def _event_times(database_url: str, event_ids: list[str]) -> dict[str, dict[str,
 
 
 class Run:
-    def __init__(self, args: argparse.Namespace, site: Path = THREAD_NAMES, **env: str) -> None:
+    def __init__(self, args: argparse.Namespace, hooks: dict[str, str] = THREAD_NAMES, **env: str) -> None:
         self.args = args
-        self.site = site  # the sitecustomize directory on the service's path
+        self.hooks = hooks  # the bench/site hooks the service loads (bench/site/sitecustomize.py)
         self.env = env  # more of the service's environment
         self.tree = Path(args.tree).resolve()
         self.work = scratch("bench-alarm-path-")
@@ -359,7 +359,7 @@ def start(run: Run) -> str:
     run.svc = TreeService(
         run.tree,
         work,
-        run.site,
+        run.hooks,
         **run.env,
         EVIDENCE_DATABASE_URL=database_url,
         EVIDENCE_MQTT_HOST="127.0.0.1",

@@ -1135,7 +1135,7 @@ def main() -> None:
     parser.add_argument(
         "--trace",
         action="store_true",
-        help="trace the service (bench/sos_trace) and break the slowest steady SOS down by step",
+        help="trace the service (bench/site/bench_sos_trace.py) and break the slowest steady SOS down by step",
     )
     args = parser.parse_args()
     if args.echo_port:
@@ -1157,10 +1157,11 @@ def main() -> None:
 
 
 def trace_env(trace: bool, work: Path) -> dict[str, str]:
-    """The service's environment for ``--trace``: the tracing ``sitecustomize`` on its path."""
+    """The service's environment for ``--trace``: the benchmarks' ``sitecustomize`` on its path, with
+    the SOS trace's hook (``bench/site/bench_sos_trace.py``)."""
     if not trace:
         return {}
-    tracer = Path(__file__).resolve().parent / "sos_trace"
+    tracer = Path(__file__).resolve().parent / "site"
     return {
         "BENCH_SOS_TRACE": str(work / "trace.log"),
         "PYTHONPATH": f"{Path(__file__).resolve().parents[1]}{os.pathsep}{tracer}",

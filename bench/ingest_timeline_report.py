@@ -1,4 +1,4 @@
-"""Summarise a timeline recorded by ``bench/ingest_timeline/sitecustomize.py`` over the timed round
+"""Summarise a timeline recorded by ``bench/site/bench_ingest_timeline.py`` over the timed round
 of ``bench/ingest.py`` (the last ``--uploads`` dock PATCHes): per step, calls, wall and CPU seconds,
 thread-pool queueing, write transactions, event-loop busy time and its slow callbacks, and each
 completion's steps from the end of its body to its answer.

@@ -2,7 +2,7 @@
 service makes for an SOS, by thread, for a given source tree.
 
 The same harness as ``bench/alarm_path.py`` (scratch PostgreSQL database, private Mosquitto, the
-tree's own service process and enrolment), with ``bench/sql_trace/sitecustomize.py`` on the
+tree's own service process and enrolment), with ``bench/site/bench_sql_trace.py`` on the
 service's path instead of the thread namer: it records each statement with its thread. After a
 warm-up, an idle window (what the service does with no SOS: its pollers) and then ``--sos`` SOS, one
 at a time, each followed by ``--settle-s`` for what it sets going after its ack (the provisional
@@ -30,7 +30,6 @@ from bench.alarm_path import Run, _git_commit, _sos_round, harness_arguments, st
 from bench.common import write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SQL_TRACE = ROOT / "bench" / "sql_trace"
 
 
 def _read(path: Path, since: float, until: float, pids: set[int]) -> list[dict[str, Any]]:
@@ -104,9 +103,9 @@ def main() -> None:
     )
     parser.add_argument("--print", default="last", choices=["last", "all", "none"], help="SOS listed")
     args = parser.parse_args()
-    run = Run(args, SQL_TRACE)
+    run = Run(args, hooks={})
     trace = run.work / "sql-trace.jsonl"
-    run.env["BENCH_SQL_TRACE"] = str(trace)
+    run.env["BENCH_SQL_TRACE"] = str(trace)  # the one hook of bench/site this bench loads
     results: dict[str, Any] = {}
     try:
         start(run)

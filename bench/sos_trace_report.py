@@ -1,6 +1,6 @@
 """Where the slowest SOS of a steady phase spent their time (``bench/alarms.py --trace``).
 
-Reads the service's trace (``bench/sos_trace/sitecustomize.py``: wall-clock events of its network
+Reads the service's trace (``bench/site/bench_sos_trace.py``: wall-clock events of its network
 thread, alarm worker, the worker making alarms whole, tree heads, payload puts, telemetry batches and
 garbage collections) and the bench's own per-SOS times, and splits each SOS's publish → ack into:
 

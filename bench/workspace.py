@@ -631,7 +631,7 @@ def main() -> None:
         "--service-trace",
         type=Path,
         help="have the service write what its threads do and its store reads' steps to this file "
-        "(bench/seek_trace)",
+        "(bench/site/bench_seek_trace.py)",
     )
     parser.add_argument(
         "--no-block-list",
@@ -657,7 +657,7 @@ def main() -> None:
     try:
         traced = {}
         if args.service_trace is not None:  # bench-only: on the service's PYTHONPATH alone
-            tracer = Path(__file__).resolve().parent / "seek_trace"
+            tracer = Path(__file__).resolve().parent / "site"
             traced = {
                 "PYTHONPATH": f"{Path(__file__).resolve().parents[1]}{os.pathsep}{tracer}",
                 "BENCH_SEEK_TRACE": str(args.service_trace.resolve()),

@@ -1,14 +1,15 @@
-"""Benchmark-only: a timeline of what the service does while docks upload (``bench/ingest_timeline.py``).
+"""Benchmark-only: a timeline of what the service does while docks upload (``bench/ingest.py``,
+read by ``bench/ingest_timeline_report.py``).
 
-A process started with this directory on ``PYTHONPATH`` and ``INGEST_TIMELINE_OUT`` set records, as
-JSON lines in that file: every call of the ingest steps named in ``STEPS`` (wall start and end on
+Loaded by ``bench/site/sitecustomize.py`` in a process whose ``INGEST_TIMELINE_OUT`` names a file, it
+records, as JSON lines in that file: every call of the ingest steps named in ``STEPS`` (wall start and end on
 ``time.perf_counter``, which is the system's monotonic clock in every process, and the calling
 thread's CPU time), every task run by a thread pool (queued, started, ended, CPU), every database
 transaction (its write-lock wait, begin to end) and every event-loop callback that ran longer than
 ``SLOW_CALLBACK_S``. Steps are looked up by name and patched after their module is imported, so
 older code that lacks one of them is still traced for the rest.
 
-Never on the service's own path: only this benchmark puts the directory on ``PYTHONPATH``.
+Never on the service's own path: only a benchmark run puts ``bench/site`` on ``PYTHONPATH``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Benchmark-only: what the service's threads do while a player seeks (``bench/workspace.py --service-trace``).
 
-A process started with this directory on ``PYTHONPATH`` and ``BENCH_SEEK_TRACE`` naming a file appends
+Loaded by ``bench/site/sitecustomize.py`` in a process whose ``BENCH_SEEK_TRACE`` names a file, it appends
 one line per event to it: the wall clock (``time.time()``), the thread, what happened and its details.
 
 - every object store read (``ObjectStore.read``): ``read`` (offset, length), ``sent`` (the request
@@ -13,19 +13,19 @@ one line per event to it: the wall clock (``time.time()``), the thread, what hap
   CPU, and each thread that is not idle with its innermost frames;
 - Python's garbage collections.
 
-Nothing here changes what the service does; only the bench puts this directory on ``PYTHONPATH``.
+Nothing here changes what the service does; only the bench puts ``bench/site`` on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
 import gc
-import importlib.abc
-import importlib.util
 import os
 import sys
 import threading
 import time
 from typing import Any
+
+from bench_trace_tools import after_import, schedstat
 
 _PATH = os.environ.get("BENCH_SEEK_TRACE")
 _EVERY = float(os.environ.get("BENCH_SEEK_TRACE_MS", "5")) / 1000
@@ -47,12 +47,7 @@ _IDLE = {
 
 
 def _schedstat() -> str:
-    try:
-        with open("/proc/thread-self/schedstat") as f:
-            on_cpu, waiting, _ = f.read().split()
-        return f"{on_cpu}:{waiting}"
-    except OSError:
-        return "-"
+    return schedstat(":", "-")
 
 
 def emit(what: str, detail: str = "") -> None:
@@ -171,29 +166,10 @@ def _install() -> None:
     threading.Thread(target=_sampler, name="seek-trace-sampler", daemon=True).start()
 
 
-class _AfterStore(importlib.abc.MetaPathFinder):
-    """Installs the wrappers once the service imports ``ingest.app`` (the store and urllib3 with it)."""
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "ingest.app":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        loader = spec.loader
-        run = loader.exec_module
-
-        def exec_module(module: Any) -> None:
-            run(module)
-            try:
-                _install()
-            except Exception as exc:  # noqa: BLE001 - a trace never stops the service
-                emit("trace-not-installed", f"{type(exc).__name__}:{exc}")
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
+def _not_installed(exc: Exception) -> None:
+    emit("trace-not-installed", f"{type(exc).__name__}:{exc}")
 
 
 if _PATH is not None:
-    sys.meta_path.insert(0, _AfterStore())
+    # Once the service imports ``ingest.app`` (the store and urllib3 with it).
+    after_import("ingest.app", _install, _not_installed)

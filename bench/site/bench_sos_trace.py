@@ -1,13 +1,13 @@
 """Benchmark-only: where an SOS's time goes inside the service (``bench/alarms.py --trace``).
 
-A process started with this directory on ``PYTHONPATH`` (and ``BENCH_SOS_TRACE`` naming a file: not
-an ``EVIDENCE_`` variable, which the telemetry companion would not inherit) wraps a few of the
+Loaded by ``bench/site/sitecustomize.py`` in a process whose ``BENCH_SOS_TRACE`` names a file (not
+an ``EVIDENCE_`` variable, which the telemetry companion would not inherit), it wraps a few of the
 service's own functions and appends one line per event to that file: the wall clock
 (``time.time()``, the clock the bench's devices stamp their sends with), the process, the thread,
 what happened, and, around an alarm's handling, the thread's own scheduler statistics
 (``/proc/thread-self/schedstat``: nanoseconds on a CPU and waiting on a run queue). Python's garbage
 collections are timed too. Nothing here changes what the service does; it is never on the service's
-own path (only the bench puts this directory on ``PYTHONPATH``).
+own path (only the bench puts ``bench/site`` on ``PYTHONPATH``).
 
 Events: ``recv`` (an alarm's message reached the network thread), ``handle``/``handled`` (the alarm
 worker's transaction and its end, after the commit), ``publish`` (the ack handed to paho),
@@ -24,13 +24,12 @@ every 0.2 s).
 from __future__ import annotations
 
 import gc
-import importlib.abc
-import importlib.util
 import os
-import sys
 import threading
 import time
 from typing import Any
+
+from bench_trace_tools import after_import, schedstat
 
 _PATH = os.environ.get("BENCH_SOS_TRACE")
 _FD: int | None = None
@@ -38,12 +37,7 @@ _PID = os.getpid()
 
 
 def _schedstat() -> str:
-    try:
-        with open("/proc/thread-self/schedstat") as f:
-            on_cpu, waiting, _ = f.read().split()
-        return f"{on_cpu} {waiting}"
-    except OSError:
-        return "- -"
+    return schedstat(" ", "- -")
 
 
 def emit(what: str, detail: str = "", sched: bool = False) -> None:
@@ -136,35 +130,12 @@ def _install_app() -> None:
     _wrap(app, "housekeeping_pass", "house", "housed", sched=True)
 
 
-class _AfterConsumer(importlib.abc.MetaPathFinder):
-    """Installs the wrappers right after the service itself imports ``ingest.mqtt_consumer`` (which
-    imports everything wrapped; ``ingest.app``'s own after it): importing them here, first, would set
-    up the service's metrics before it has chosen how (its multiprocess directory)."""
-
-    def __init__(self, name: str, install: Any) -> None:
-        self.name, self.install = name, install
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        loader = spec.loader
-        run = loader.exec_module
-
-        def exec_module(module: Any) -> None:
-            run(module)
-            try:
-                self.install()
-            except Exception as exc:  # noqa: BLE001 - a trace never stops the service
-                emit("trace-not-installed", type(exc).__name__)
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
+def _not_installed(exc: Exception) -> None:
+    emit("trace-not-installed", type(exc).__name__)
 
 
 if _PATH is not None:
-    sys.meta_path.insert(0, _AfterConsumer("ingest.mqtt_consumer", _install))
-    sys.meta_path.insert(0, _AfterConsumer("ingest.app", _install_app))
+    # Right after the service itself imports ``ingest.mqtt_consumer`` (which imports everything
+    # wrapped; ``ingest.app``'s own after it).
+    after_import("ingest.mqtt_consumer", _install, _not_installed)
+    after_import("ingest.app", _install_app, _not_installed)

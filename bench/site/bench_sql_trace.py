@@ -1,9 +1,9 @@
 """Benchmark-only: every SQL statement, transaction end and object-store request a process makes,
 one line each, for ``bench/sos_statements.py`` to list what one SOS costs.
 
-A process started with this directory on ``PYTHONPATH`` and ``BENCH_SQL_TRACE`` naming a file (not
-an ``EVIDENCE_`` variable, which the telemetry companion would not inherit) appends to that file, as
-JSON lines: the wall clock, the process, the thread, and what went to PostgreSQL (each cursor
+Loaded by ``bench/site/sitecustomize.py`` in a process whose ``BENCH_SQL_TRACE`` names a file (not
+an ``EVIDENCE_`` variable, which the telemetry companion would not inherit), it appends to that file,
+as JSON lines: the wall clock, the process, the thread, and what went to PostgreSQL (each cursor
 execution with its statement, ``executemany`` and its parameter sets; each BEGIN, COMMIT and
 ROLLBACK) or to the object store (each HTTP request's method and path). Listeners only: nothing here
 changes what the service does, and it is never on the service's own path.

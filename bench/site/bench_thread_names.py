@@ -1,8 +1,8 @@
-"""Benchmark-only: each Python thread of a process started with this directory on ``PYTHONPATH``
-gives its name to the operating system (``/proc/<pid>/task/<tid>/comm``, 15 characters), so a
+"""Benchmark-only: each Python thread of a process whose ``BENCH_THREAD_NAMES`` is set (loaded by
+``bench/site/sitecustomize.py``) gives its name to the operating system (``/proc/<pid>/task/<tid>/comm``, 15 characters), so a
 benchmark can read each thread's CPU time from outside the process (``bench/alarm_path.py``).
 
-Never on the service's own path: only benchmarks put this directory on ``PYTHONPATH``.
+Never on the service's own path: only benchmarks put ``bench/site`` on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
