@@ -8,7 +8,7 @@ import hashlib
 import json
 import threading
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -59,10 +59,16 @@ def alarms(services: Any) -> AlarmService:
     return AlarmService(services)
 
 
+class Lite(NamedTuple):
+    services: Any
+    alarms: AlarmService
+
+
 @pytest.fixture
-def lite_alarms(sqlite_services: Any) -> AlarmService:
-    """Most behaviour does not depend on the database: SQLite only, to keep the suite fast."""
-    return AlarmService(sqlite_services)
+def lite(sqlite_services: Any) -> Lite:
+    """Most behaviour does not depend on the database: SQLite only, to keep the suite fast. The
+    services and their alarm side, as ``services, alarms = lite``."""
+    return Lite(sqlite_services, AlarmService(sqlite_services))
 
 
 def test_sos_becomes_evidence_alarm_incident_and_ack(services: Any, alarms: AlarmService) -> None:
@@ -190,11 +196,8 @@ def test_a_burst_is_handled_in_one_transaction(services: Any) -> None:
     assert acks(services, "LW-B3") == []
 
 
-def test_resent_event_is_absorbed_and_acknowledged_again(
-    sqlite_services: Any, lite_alarms: AlarmService
-) -> None:
-    services = sqlite_services
-    alarms = lite_alarms
+def test_resent_event_is_absorbed_and_acknowledged_again(lite: Lite) -> None:
+    services, alarms = lite
     device = enrol(services, "LW-2")
     topic, raw = device.sos()
     first = alarms.handle(topic, raw)
@@ -243,9 +246,8 @@ def test_amber_turns_red_then_escalates_when_nobody_acknowledges(services: Any, 
     assert [a["status"] for a in acks(services, "LW-3")] == ["received", "escalated", "escalated"]
 
 
-def test_amber_cancelled_in_time_is_resolved(sqlite_services: Any, lite_alarms: AlarmService) -> None:
-    services = sqlite_services
-    alarms = lite_alarms
+def test_amber_cancelled_in_time_is_resolved(lite: Lite) -> None:
+    services, alarms = lite
     device = enrol(services, "LW-4")
     topic, raw = device.amber(120)
     raised = alarms.handle(topic, raw)
@@ -265,11 +267,8 @@ def test_amber_cancelled_in_time_is_resolved(sqlite_services: Any, lite_alarms: 
     assert items == 2
 
 
-def test_cancel_that_overtakes_its_alarm_is_applied_when_the_alarm_arrives(
-    sqlite_services: Any, lite_alarms: AlarmService
-) -> None:
-    services = sqlite_services
-    alarms = lite_alarms
+def test_cancel_that_overtakes_its_alarm_is_applied_when_the_alarm_arrives(lite: Lite) -> None:
+    services, alarms = lite
     device = enrol(services, "LW-5")
     raise_topic, raise_raw = device.amber(120)
     event_id = json.loads(raise_raw)["event_id"]
@@ -282,11 +281,8 @@ def test_cancel_that_overtakes_its_alarm_is_applied_when_the_alarm_arrives(
     assert (alarm.status, alarm.outcome) == ("resolved", "cancelled")
 
 
-def test_cancel_of_a_red_alarm_only_tells_the_operator(
-    sqlite_services: Any, lite_alarms: AlarmService
-) -> None:
-    services = sqlite_services
-    alarms = lite_alarms
+def test_cancel_of_a_red_alarm_only_tells_the_operator(lite: Lite) -> None:
+    services, alarms = lite
     device = enrol(services, "LW-6")
     topic, raw = device.sos()
     raised = alarms.handle(topic, raw)
@@ -347,11 +343,8 @@ def test_overdue_checkin_raises_an_alarm_that_the_end_checkin_clears(
     assert [a["status"] for a in acks(services, "LW-8")] == ["received", "received"]
 
 
-def test_device_silent_during_a_visit_raises_offline_until_it_is_heard_again(
-    sqlite_services: Any, lite_alarms: AlarmService
-) -> None:
-    services = sqlite_services
-    alarms = lite_alarms
+def test_device_silent_during_a_visit_raises_offline_until_it_is_heard_again(lite: Lite) -> None:
+    services, alarms = lite
     device = enrol(services, "LW-9")
     idle = enrol(services, "LW-10")
     now = datetime.now(UTC)
@@ -371,11 +364,8 @@ def test_device_silent_during_a_visit_raises_offline_until_it_is_heard_again(
         assert state is not None and state.offline_alarm_id is None and state.presence == "unknown"
 
 
-def test_low_battery_from_heartbeats_raises_and_clears(
-    sqlite_services: Any, lite_alarms: AlarmService
-) -> None:
-    services = sqlite_services
-    alarms = lite_alarms
+def test_low_battery_from_heartbeats_raises_and_clears(lite: Lite) -> None:
+    services, alarms = lite
     device = enrol(services, "LW-11")
     alarms.handle(*device.heartbeat(battery=40))
     alarms.handle(*device.heartbeat(battery=12))
@@ -391,11 +381,8 @@ def test_low_battery_from_heartbeats_raises_and_clears(
     )
 
 
-def test_presence_follows_status_and_a_stale_will_is_ignored(
-    sqlite_services: Any, lite_alarms: AlarmService
-) -> None:
-    services = sqlite_services
-    alarms = lite_alarms
+def test_presence_follows_status_and_a_stale_will_is_ignored(lite: Lite) -> None:
+    services, alarms = lite
     device = enrol(services, "LW-12")
     alarms.handle(*device.message("status", {"state": "online", "session": "s2"}, battery=None))
     will = canonical_json(
@@ -410,11 +397,8 @@ def test_presence_follows_status_and_a_stale_will_is_ignored(
         assert session.get(LoneWorkerState, "LW-12").presence == "offline"
 
 
-def test_every_rejection_reason_is_refused_and_counted(
-    sqlite_services: Any, lite_alarms: AlarmService
-) -> None:
-    services = sqlite_services
-    alarms = lite_alarms
+def test_every_rejection_reason_is_refused_and_counted(lite: Lite) -> None:
+    services, alarms = lite
     device = enrol(services, "LW-13")
     disabled = enrol(services, "LW-OFF")
     with services.db.session() as session:
@@ -453,12 +437,10 @@ def test_every_rejection_reason_is_refused_and_counted(
     assert len(alarms_of(services)) == 1
 
 
-def test_a_leaping_sequence_number_costs_one_message_and_enrolling_again_resyncs(
-    sqlite_services: Any, lite_alarms: AlarmService
-) -> None:
+def test_a_leaping_sequence_number_costs_one_message_and_enrolling_again_resyncs(lite: Lite) -> None:
     """A validly signed seq of 2^53 - 1 used to lock its device out until it was enrolled again; now
     only that message is refused (logged and counted) and the next SOS is taken as usual."""
-    services, alarms = sqlite_services, lite_alarms
+    services, alarms = lite
     device = enrol(services, "LW-SEQ", staff_id=None)
     assert alarms.handle(*device.sos()).outcome == "accepted"
     before = rejections("sequence_jump")
@@ -525,9 +507,8 @@ def test_alarm_goes_through_while_object_storage_is_down(sqlite_services: Any) -
     assert services.store.get_bytes(item.object_key, item.version_id) == raw
 
 
-def test_voice_memo_is_signed_stored_and_linked(sqlite_services: Any, lite_alarms: AlarmService) -> None:
-    services = sqlite_services
-    alarms = lite_alarms
+def test_voice_memo_is_signed_stored_and_linked(lite: Lite) -> None:
+    services, alarms = lite
     device = enrol(services, "LW-16")
     topic, raw = device.amber(600)
     event_id = json.loads(raw)["event_id"]
@@ -563,11 +544,9 @@ def test_voice_memo_is_signed_stored_and_linked(sqlite_services: Any, lite_alarm
     assert feed(services)[1] == (alarm.id, "voice_memo")
 
 
-def test_voice_memo_for_an_alarm_still_pending_follows_its_raise(
-    sqlite_services: Any, lite_alarms: AlarmService
-) -> None:
+def test_voice_memo_for_an_alarm_still_pending_follows_its_raise(lite: Lite) -> None:
     """A memo uploaded while the alarm is provisional: it is made whole first, so custody keeps its order."""
-    services, alarms = sqlite_services, lite_alarms
+    services, alarms = lite
     alarms.make_whole_inline = False
     device = enrol(services, "LW-17")
     topic, raw = device.sos()
@@ -646,10 +625,9 @@ def test_escalation_pass_calls_the_signed_webhook(sqlite_services: Any) -> None:
         hook.close()
 
 
-def test_payload_signed_over_other_fields_only(sqlite_services: Any, lite_alarms: AlarmService) -> None:
+def test_payload_signed_over_other_fields_only(lite: Lite) -> None:
     """A message signed correctly but carrying a field the protocol does not know is refused."""
-    services = sqlite_services
-    alarms = lite_alarms
+    services, alarms = lite
     device = enrol(services, "LW-19")
     payload = device.payload("alarm", {"kind": "sos", "action": "raise"}, sign=False)
     payload["extra"] = "x"
