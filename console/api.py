@@ -47,7 +47,7 @@ templates.env.globals["asset"] = assets.url
 performance = sources.performance
 templates.env.filters["share"] = performance.share_text
 templates.env.filters["seconds"] = performance.seconds_text
-templates.env.filters["when"] = times.when
+templates.env.filters.update(times.FILTERS)
 
 router = APIRouter(include_in_schema=False)
 

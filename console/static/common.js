@@ -112,6 +112,18 @@ export function clock(iso) {
   return d.toDateString() === today.toDateString() ? timeFormat.format(d) : dateTimeFormat.format(d);
 }
 
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const two = (n) => String(n).padStart(2, "0");
+
+/** A moment as the workspace's pages write it (console/times.py's ``when``): "22 Nov 2026 10:00:00 UTC",
+ * in a <time> that keeps the exact time; a dash for none. */
+export function moment(iso) {
+  const d = iso ? new Date(iso) : null;
+  if (!d || Number.isNaN(d.getTime())) return iso || "—";
+  const shown = `${two(d.getUTCDate())} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} ${two(d.getUTCHours())}:${two(d.getUTCMinutes())}:${two(d.getUTCSeconds())} UTC`;
+  return el("time", { datetime: d.toISOString() }, shown);
+}
+
 /** "4 s", "3 min 05 s", "2 h 10 min". */
 export function duration(ms) {
   const s = Math.max(0, Math.floor(ms / 1000));

@@ -1,7 +1,7 @@
 // The custody page's verification: asks for one with POST /api/v1/custody/verify as the signed-in
 // person (a job: the one already running, if any, is the answer), shows its progress while it runs
 // and what it found when done, finding by finding (text only, never parsed as HTML).
-import { ApiError, api, el } from "./common.js";
+import { ApiError, api, el, moment } from "./common.js";
 
 const result = document.getElementById("verify-result");
 
@@ -19,10 +19,10 @@ async function run(body, button) {
     }
     if (report.status === "failed") throw new ApiError(500, report.error || "the verification failed");
     const what = report.item_id ? `the ledger and item ${report.item_id}` : report.objects_checked ? "the ledger and every stored object" : "the ledger";
-    const when = new Date(report.finished_at).toLocaleString("en-GB");
+    const when = moment(report.finished_at);
     const head = report.ok
-      ? el("p", { class: "verified-ok" }, `Intact: ${what} verified (${report.entries_checked} custody entries) at ${when}.`)
-      : el("p", { class: "finding" }, `${report.problems.length} finding(s) in ${what} at ${when}:`);
+      ? el("p", { class: "verified-ok" }, `Intact: ${what} verified (${report.entries_checked} custody entries) at `, when, ".")
+      : el("p", { class: "finding" }, `${report.problems.length} finding(s) in ${what} at `, when, ":");
     const list = el("ul", { id: "verify-findings" }, report.problems.map((p) => el("li", { class: "finding" }, el("strong", {}, p.kind.replaceAll("_", " ")), ` at ${p.where}: ${p.detail}`)));
     result.replaceChildren(head, list);
     result.dataset.state = report.ok ? "ok" : "problems";

@@ -2,7 +2,7 @@
 // recipient a download link (its address is shown once, with the package's hash and the key's
 // fingerprint to pass on apart from it), revoke a link. Every action is an API call with the
 // session's CSRF token; the page is drawn again from the server after each change.
-import { ApiError, api, el } from "./common.js";
+import { ApiError, api, el, moment } from "./common.js";
 
 const say = (node, text, bad = false) => {
   node.textContent = text;
@@ -55,7 +55,7 @@ function shownOnce(form, link) {
   const box = el(
     "div",
     { class: "secret", role: "status" },
-    el("p", {}, el("strong", {}, `Link for ${link.recipient}, until ${link.expires_at.slice(0, 16).replace("T", " ")} UTC. Copy it now: it is shown once.`)),
+    el("p", {}, el("strong", {}, `Link for ${link.recipient}, until `, moment(link.expires_at), ". Copy it now: it is shown once.")),
     el("code", { class: "link-url" }, link.url),
     el("p", {}, "Package SHA-256 (the recipient checks the file with sha256sum):"),
     el("code", { class: "link-sha256" }, link.package_sha256 || ""),

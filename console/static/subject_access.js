@@ -1,7 +1,7 @@
 // One subject access request: search footage (only what the person may see), link a clip to the
 // request, make a redaction version that leaves only the requester visible (their tracks excluded,
 // other people's speech muted), and build the package. Every action is an API call.
-import { ApiError, api, el } from "./common.js";
+import { ApiError, api, el, moment } from "./common.js";
 
 const say = (node, text, bad = false) => {
   node.textContent = text;
@@ -10,7 +10,6 @@ const say = (node, text, bad = false) => {
 const failure = (error) => (error instanceof ApiError ? `Not done: ${error.message}` : "Not done: the service could not be reached.");
 const wait = (ms) => new Promise((resolve) => window.setTimeout(resolve, ms));
 const utc = (local) => (local ? `${local}${local.length === 16 ? ":00" : ""}Z` : "");
-const shortTime = (iso) => (iso ? `${iso.slice(0, 16).replace("T", " ")} UTC` : "–");
 
 const search = document.getElementById("search-form");
 if (search) {
@@ -32,7 +31,7 @@ if (search) {
             el("th", { scope: "row" }, clip.filename || clip.id, el("br"), el("small", {}, clip.id)),
             el("td", {}, clip.wearer || "–"),
             el("td", {}, clip.source_device_id || "–"),
-            el("td", {}, `${shortTime(clip.captured_start)} to ${shortTime(clip.captured_stop)}`),
+            el("td", {}, moment(clip.captured_start), " to ", moment(clip.captured_stop)),
             el("td", {}, el("button", { type: "button", class: "add-clip", dataset: { clip: clip.id } }, "Add to this request")),
           ),
         ),
