@@ -108,11 +108,21 @@ def seals_awaiting(request: Request, who: BrowserSession | None) -> AwaitingUpgr
     return latest if latest else None
 
 
+# Pages without a menu entry of their own, by their address's first segment, and the entries they sit
+# under, the first of them in the role's menu: a clip's pages (its record, its redaction review) are
+# reached from an incident, and by an auditor, who has no incidents, from the custody of evidence.
+SECTIONS_OF = {"footage": ("/incidents", "/custody")}
+
+
 def current_section(path: str, hrefs: list[str]) -> str | None:
     """The menu entry a page belongs to: the one whose address is the page's, or opens it, and whose
     own name comes last among the page's segments, so ``/incidents/INC-1/exports`` is an export
-    page, not an incident page."""
+    page, not an incident page; for a page with no entry of its own, the entry ``SECTIONS_OF`` puts
+    it under."""
     segments = path.strip("/").split("/")
+    for href in SECTIONS_OF.get(segments[0], ()):
+        if href in hrefs:
+            return href
     best: tuple[int, str] | None = None
     for href in hrefs:
         if (

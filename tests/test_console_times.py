@@ -1,6 +1,6 @@
 """The console writes every moment one way (``console.times``): no template formats a time by hand,
 the filters say the same words with UTC stated and the exact time in a ``<time datetime>``, and a
-rendered page shows them so."""
+rendered page shows them so. Also where a page without a menu entry of its own sits in the menu."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from console.api import current_section
 from console.times import day, when, when_text
 from incidents.service import IncidentDraft, create_incident, link_evidence
 from tests.conftest import start_server
@@ -83,3 +84,15 @@ def test_an_incident_and_its_timeline_write_every_time_with_the_filters(sqlite_s
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+def test_a_clips_pages_sit_under_incidents_or_for_an_auditor_under_custody() -> None:
+    investigator = ["/incidents", "/exports", "/subject-access", "/retention", "/custody", "/docs"]
+    auditor = ["/board", "/map", "/performance", "/admin/devices", "/statistics", "/retention", "/custody"]
+    assert current_section("/footage/abc", investigator) == "/incidents"
+    assert current_section("/footage/abc/review", investigator) == "/incidents"
+    assert current_section("/footage/abc", auditor) == "/custody"
+    assert current_section("/footage/abc", ["/docs"]) is None
+    # The rule that puts an incident's exports under Exports holds as before.
+    assert current_section("/incidents/INC-1/exports", investigator) == "/exports"
+    assert current_section("/incidents/INC-1", investigator) == "/incidents"

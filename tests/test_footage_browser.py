@@ -319,6 +319,8 @@ def test_the_original_needs_a_reason_and_a_role_allowed_pictures(footage: Footag
         auditor.wait_for_selector("#custody")
         assert auditor.locator("video").count() == 0 and auditor.locator("#source").count() == 0
         assert "not its pictures" in auditor.inner_text("main")
+        # An auditor has no incidents in the menu: the clip's record sits under Custody.
+        assert auditor.get_attribute("nav[aria-label=Main] [aria-current=page]", "href") == "/custody"
         auditor.screenshot(path=str(shots / "footage-auditor.png"), full_page=True)
         review = auditor.goto(f"{f.url}/footage/{f.clip_id}/review")
         assert review is not None and review.status == 403
@@ -487,6 +489,8 @@ def test_an_investigator_reaches_a_clip_from_its_incident_and_reads_every_time_o
         row.locator("th a").click()
         page.wait_for_url(f"**/footage/{f.clip_id}")
         page.wait_for_selector("#custody")
+        # The clip's page is under Incidents in the menu, where it was reached from; so is its review.
+        assert page.get_attribute("nav[aria-label=Main] [aria-current=page]", "href") == "/incidents"
         shown = page.inner_text("main")
         assert re.search(RAW_ISO, shown) is None, re.search(RAW_ISO, shown)
         assert "22 Nov 2026 10:00:00 UTC to 22 Nov 2026 10:00:02 UTC" in page.inner_text(".facts")
@@ -496,3 +500,4 @@ def test_an_investigator_reaches_a_clip_from_its_incident_and_reads_every_time_o
         page.goto(f"{f.url}/incidents/{f.incident_ref}/exports")
         assert page.get_attribute("nav[aria-label=Main] [aria-current=page]", "href") == "/exports"
         assert page.errors == []  # type: ignore[attr-defined]
+
