@@ -501,3 +501,44 @@ def test_an_investigator_reaches_a_clip_from_its_incident_and_reads_every_time_o
         assert page.get_attribute("nav[aria-label=Main] [aria-current=page]", "href") == "/exports"
         assert page.errors == []  # type: ignore[attr-defined]
 
+
+def test_a_box_at_the_top_edge_keeps_its_label_inside_the_picture(footage: Footage, tmp_path: Path) -> None:
+    """A box touching the top of the picture has no room above it for its label: the label goes just
+    inside the box, whole and clear of the box's edge, not cut off by the top of the picture."""
+    f = footage
+    with chromium() as browser:
+        page = new_page(browser, 1400, 1000)
+        sign_in(page, f.url, "investigator", next_path=f"/footage/{f.clip_id}/review")
+        page.wait_for_selector("#overlay[data-ready='1']")
+        assert page.get_attribute("nav[aria-label=Main] [aria-current=page]", "href") == "/incidents"
+        page.evaluate("(() => { const v = document.getElementById('video'); v.currentTime = 0.2; })()")
+        until(page, "document.getElementById('overlay').dataset.frame === '5'")
+        page.click("#draw")
+        box = page.locator("#overlay").bounding_box()
+        assert box is not None
+        page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + 1)  # on the top edge
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.3, steps=5)
+        page.mouse.up()
+        page.wait_for_selector("#box-form:not([hidden])")
+        page.fill("#box-start", "0")
+        page.fill("#box-end", "1.9")
+        page.click("#box-add")
+        page.wait_for_selector("#regions li[data-region='0']")
+        page.evaluate("(() => { const v = document.getElementById('video'); v.currentTime = 0.4; })()")
+        until(page, "document.getElementById('overlay').dataset.frame === '10'")
+        labels = page.evaluate("JSON.parse(document.getElementById('overlay').dataset.labels || 'null')")
+        width = page.evaluate("document.getElementById('overlay').width")
+        page.locator("#stage").screenshot(path=str(tmp_path / "review-label-top-edge.png"))
+        assert labels, "the overlay placed no label"
+        edge = [label for label in labels if label["text"].startswith("box 1")]
+        assert len(edge) == 1 and edge[0]["box_top"] < 4, labels
+        for label in labels:  # every label whole in the picture, and clear of its box's top edge
+            assert label["top"] >= 0 and label["left"] >= 0 and label["left"] + label["width"] <= width, label
+            below, above = (
+                label["top"] >= label["box_top"],
+                label["top"] + label["height"] <= label["box_top"],
+            )
+            assert below or above, label
+        assert edge[0]["top"] >= edge[0]["box_top"]  # inside the box, under its edge
+        assert page.errors == []  # type: ignore[attr-defined]

@@ -121,6 +121,29 @@ function regionBoxAt(region, t) {
   return ks[ks.length - 1].slice(1);
 }
 
+const LABEL_HEIGHT = 16; // a 12px label on a dark band, 2px each side
+
+// Where a box's label goes: above its top edge where the picture has room, else just inside it (a box
+// touching the top edge would otherwise have its label cut off), and never past the picture's sides.
+function labelPlace(x, y, textWidth, width) {
+  const top = y >= LABEL_HEIGHT ? y - LABEL_HEIGHT : Math.max(0, y) + 2;
+  const left = Math.max(0, Math.min(x, width - textWidth - 4));
+  return [left, top];
+}
+
+function drawLabel(ctx, text, x, y, placed) {
+  const colour = ctx.fillStyle;
+  const w = ctx.measureText(text).width;
+  const [left, top] = labelPlace(x, y, w, ctx.canvas.width);
+  placed.push({ text, left, top, width: w + 4, height: LABEL_HEIGHT - 2, box_top: y });
+  ctx.fillStyle = "rgba(0, 0, 0, 0.6)";
+  ctx.fillRect(left, top, w + 4, LABEL_HEIGHT - 2);
+  ctx.fillStyle = colour;
+  ctx.textBaseline = "top";
+  ctx.fillText(text, left + 2, top + 1);
+  ctx.textBaseline = "alphabetic";
+}
+
 function draw() {
   const ctx = overlay.getContext("2d");
   ctx.clearRect(0, 0, overlay.width, overlay.height);
@@ -131,6 +154,7 @@ function draw() {
   const preview = $("preview").checked;
   ctx.lineWidth = 2;
   ctx.font = "12px system-ui, sans-serif";
+  const placed = []; // where each label went, kept on the canvas for whoever checks the drawing
   for (const n of state.record.record[i] || []) {
     if (n.source !== "auto") continue;
     const [x, y, w, h] = n.box.map((v) => v * s);
@@ -143,8 +167,7 @@ function draw() {
     ctx.strokeStyle = off ? "#9aa5b1" : colour(n.track);
     ctx.strokeRect(x, y, w, h);
     ctx.fillStyle = ctx.strokeStyle;
-    const label = `track ${n.track}${off ? " (left visible)" : ""}${uncertain(n) ? " ?" : ""}`;
-    ctx.fillText(label, x + 2, Math.max(12, y - 4));
+    drawLabel(ctx, `track ${n.track}${off ? " (left visible)" : ""}${uncertain(n) ? " ?" : ""}`, x, y, placed);
   }
   ctx.setLineDash([]);
   state.regions.forEach((r, k) => {
@@ -158,7 +181,7 @@ function draw() {
     ctx.setLineDash([2, 3]);
     ctx.strokeRect(x, y, w, h);
     ctx.fillStyle = "#ffd32a";
-    ctx.fillText(`box ${k + 1}${r.follow ? " (followed)" : ""}`, x + 2, Math.max(12, y - 4));
+    drawLabel(ctx, `box ${k + 1}${r.follow ? " (followed)" : ""}`, x, y, placed);
   });
   ctx.setLineDash([]);
   if (state.drag && state.drag.w) {
@@ -173,6 +196,7 @@ function draw() {
   state.drawn += 1;
   overlay.dataset.frame = String(i);
   overlay.dataset.drawn = String(state.drawn);
+  overlay.dataset.labels = JSON.stringify(placed);
   $("frame-label").textContent = `frame ${i + 1} of ${state.record.frames} · ${t.toFixed(2)} s`;
   if (preview) video.muted = state.audio.some((a) => t >= a.start && t < a.end);
   drawTimeline();
