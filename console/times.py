@@ -49,7 +49,15 @@ def when(value: datetime | date | str | None) -> Markup:
 
 def day(value: datetime | date | str | None) -> Markup:
     """``<time datetime="ISO">06 Dec 2026</time>``: the day (in UTC) of a date kept to the day, such as
-    a retention or a closing date; the exact moment stays in the element."""
+    a retention or a closing date; the exact moment stays in the element, and a calendar date (a
+    subject access request's due date) keeps its own ``2026-12-06``."""
+    if isinstance(value, str) and len(value) == 10:
+        try:
+            value = date.fromisoformat(value)
+        except ValueError:
+            pass
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return Markup('<time datetime="{}">{}</time>').format(value.isoformat(), value.strftime(DAY_SHOWN))
     return _element(value, DAY_SHOWN)
 
 

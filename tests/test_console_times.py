@@ -18,8 +18,10 @@ from tests.test_incidents_kit import store_item
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "console" / "templates"
 # A time formatted in a template rather than by the filters: strftime or isoformat called, ISO text
-# cut to the minute, or a template's own ``when`` macro.
-BY_HAND = re.compile(r"strftime\s*\(|isoformat\s*\(|\[:1[0-9]\]\s*\|\s*replace\('T'|macro\s+when\b")
+# cut to the minute, a template's own ``when`` macro, or a <time> element written out by hand.
+BY_HAND = re.compile(
+    r"strftime\s*\(|isoformat\s*\(|\[:1[0-9]\]\s*\|\s*replace\('T'|macro\s+when\b|<time datetime=\"\{\{"
+)
 MOMENT = re.compile(
     r'<time datetime="(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[^"]*)">(\d{2} \w{3} \d{4}[^<]*)</time>'
 )
@@ -44,7 +46,8 @@ def test_the_filters_say_a_moment_one_way() -> None:
     assert when(None) == "—" and when("") == "—"
     assert when("<b>not a time</b>") == "&lt;b&gt;not a time&lt;/b&gt;"
     assert day(AT) == '<time datetime="2026-11-22T10:00:05+00:00">22 Nov 2026</time>'
-    assert day(date(2027, 1, 5)) == '<time datetime="2027-01-05T00:00:00+00:00">05 Jan 2027</time>'
+    assert day(date(2027, 1, 5)) == '<time datetime="2027-01-05">05 Jan 2027</time>'  # a calendar date
+    assert day("2027-01-05") == day(date(2027, 1, 5))
     assert when_text(AT) == "22 Nov 2026 10:00:05 UTC" and when_text(None) == "—"
 
 
