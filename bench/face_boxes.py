@@ -12,10 +12,12 @@ and the mask's area outside the face box (in face boxes).
 
 With ``--min-face``/``--max-face`` only faces of those sizes (after scaling) are scored; with
 ``--night`` every scaled photograph is first darkened as the clips' night shots are (mean
-brightness 15, sensor noise) and its contrast normalised as the pipeline does.
+brightness 15, sensor noise) and its contrast normalised as the pipeline does; with ``--glare``
+overexposed as their glare shots are (times 2, plus 30 grey levels, clipped), its contrast
+normalised where the pipeline would.
 
     .venv/bin/python -m bench.face_boxes [--rules detector,landmarks] [--threshold 0.2]
-        [--min-face 28] [--max-face 28] [--night]
+        [--min-face 28] [--max-face 28] [--night | --glare]
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from redaction.render import Mask, _ellipse, _pixel_bounds, covered  # noqa: E40
 SCALES = (1.0, 0.85, 0.7, 0.6, 0.5, 0.42, 0.35, 0.3, 0.25, 0.21, 0.18)
 MIN_FACE = 28
 NIGHT = 15  # mean brightness of a night frame, as the clips' night shots
+GLARE = (2.0, 30.0)  # gain and lift of a glare frame, the middle of the clips' glare shots
 MARGINS = (1.3, 1.4, 1.5, 1.6)
 
 
@@ -81,11 +84,13 @@ def matched(
     min_face: float = MIN_FACE,
     max_face: float = 1e9,
     night: bool = False,
+    glare: bool = False,
 ) -> list[dict[str, Any]]:
     """Every annotated face at every scale where it is ``min_face`` to ``max_face`` px, with the
     network's raw output for the detection matched to it (None: missed). ``night``: each scaled
     photograph darkened to a mean brightness of ``NIGHT`` with sensor noise, and its contrast
-    normalised as the pipeline does before detection."""
+    normalised as the pipeline does before detection; ``glare``: each overexposed as the glare
+    shots are (``GLARE``), normalised where the pipeline would."""
     out = []
     rng = np.random.default_rng(3)
     for name, image, truth in photographs(split):
@@ -97,6 +102,8 @@ def matched(
             small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
             if night:
                 small = _night(small, rng)
+            elif glare:
+                small = _glare(small)
             raw = detector.raw(small)
             kept: list[int] = []
             if raw is not None:
@@ -126,7 +133,18 @@ def matched(
 def _night(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     dark = image.astype(np.float32) * (NIGHT / max(1.0, float(image.mean())))
     dark = np.clip(dark + rng.normal(0, 3, dark.shape), 0, 255).astype(np.uint8)
-    frame = Frame.from_bgr(np.ascontiguousarray(dark[: dark.shape[0] // 2 * 2, : dark.shape[1] // 2 * 2]))
+    return _as_the_pipeline_sees(dark)
+
+
+def _glare(image: np.ndarray) -> np.ndarray:
+    gain, lift = GLARE
+    return _as_the_pipeline_sees(np.clip(image.astype(np.float32) * gain + lift, 0, 255).astype(np.uint8))
+
+
+def _as_the_pipeline_sees(image: np.ndarray) -> np.ndarray:
+    """An image as the detector gets it from the pipeline: its contrast normalised where its
+    brightness is beyond the pipeline's bounds (``Frame.bgr``)."""
+    frame = Frame.from_bgr(np.ascontiguousarray(image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]))
     settings = RedactionSettings()
     return frame.bgr(None, None, (settings.dark_below, settings.bright_above))[0]
 
@@ -214,6 +232,7 @@ def main() -> int:
     parser.add_argument("--min-face", type=float, default=MIN_FACE, help="smallest face (px) scored")
     parser.add_argument("--max-face", type=float, default=1e9, help="faces from this size (px) are left out")
     parser.add_argument("--night", action="store_true", help="darken the photographs as the night shots")
+    parser.add_argument("--glare", action="store_true", help="overexpose the photographs as the glare shots")
     args = parser.parse_args()
     detector = CenterFaceDetector(threshold=args.threshold)
     results: dict[str, Any] = {
@@ -221,6 +240,7 @@ def main() -> int:
         "min_face": args.min_face,
         "max_face": args.max_face,
         "night": args.night,
+        "glare": args.glare,
         "detector": detector.info(),
         "sets": {},
     }
@@ -228,7 +248,7 @@ def main() -> int:
         "  split    rule       group  faces, missed, dx/dy (face widths), w/h (of truth), masks: hidden/spill"
     )
     for split in args.sets.split(","):
-        faces = matched(detector, split, args.min_face, args.max_face, args.night)
+        faces = matched(detector, split, args.min_face, args.max_face, args.night, args.glare)
         results["sets"][split] = {}
         for rule in args.rules.split(","):
             r = errors(faces, rule)
