@@ -209,7 +209,7 @@ def incident_timeline_page(
         if incident is None:
             return render(request, "missing.html", who, 404, what="incident")
         view = {"id": incident.id, "reference": incident.reference, "title": incident.title}
-        page = history_page(session, who.principal, incident, after, HISTORY_PAGE)
+        page = history_page(session, who.principal, incident, after, HISTORY_PAGE, key=services(request).key)
         session.expunge_all()  # kept as read (the read's rollback would expire them)
     return render(
         request,
@@ -237,7 +237,9 @@ ACTIONS = {
     "custody:viewed": "viewed or downloaded",
     "custody:viewing_closed": "viewing closed (ranges sealed)",
     "custody:redacted": "redaction version made",
-    "custody:exported": "exported",
+    "custody:exported": "put in an export package",
+    "custody:link_issued": "download link issued",
+    "custody:link_revoked": "download link revoked",
     "custody:legal_hold": "legal hold",
     "custody:retention_changed": "retention changed",
     "custody:linked": "linked (custody)",
@@ -249,16 +251,59 @@ ACTIONS = {
 }
 
 
+def _short(value: object) -> str:
+    return str(value or "")[:8]
+
+
+def _package_line(kind: str, d: dict[str, Any], row: dict[str, Any]) -> tuple[str, str] | None:
+    """An export package's own custody line in words (built, link issued, downloaded, revoked)."""
+    if kind == "custody:exported":
+        originals = d.get("originals") or {}
+        bits = [
+            f"{len(d.get('included') or [])} item(s) you may see",
+            str(d.get("filename") or ""),
+            f"originals included: {originals.get('reason', '')}" if originals else "",
+            f"key {d.get('key_fingerprint', '')}" if d.get("key_fingerprint") else "",
+        ]
+        return "export package built", "; ".join(b for b in bits if b)
+    if kind == "custody:link_issued":
+        bits = [
+            f"to {d.get('recipient', '')}",
+            f"for {d['purpose']}" if d.get("purpose") else "",
+            f"expires {d['expires_at']}" if d.get("expires_at") else "",
+        ]
+        return "download link issued", "; ".join(b for b in bits if b)
+    if kind == "custody:link_revoked":
+        return "download link revoked", f"the link to {d.get('recipient', '')}"
+    if kind == "custody:viewed" and str(row.get("actor") or "").startswith("link:"):
+        part = f"bytes {d['range'][0]}-{d['range'][1]}" if d.get("range") else "the whole package"
+        return "export package downloaded", f"{part} from {d.get('client') or 'an unknown address'}"
+    return None
+
+
+def who(row: dict[str, Any]) -> str:
+    """Who did it: the actor, or for a package's download the recipient of the link it came through."""
+    actor = str(row.get("actor") or "")
+    if actor.startswith("link:") and row.get("recipient"):
+        return f"{row['recipient']} (link {_short(actor.removeprefix('link:'))})"
+    return actor
+
+
 def describe(row: dict[str, Any]) -> dict[str, str]:
-    """A timeline line in words: what happened, and the detail a reader wants (a reason, a change)."""
+    """A timeline line in words: what happened, who did it, and the detail a reader wants (a reason,
+    a change)."""
     kind: str = row["kind"]
     d = row.get("details") or {}
     what = ACTIONS.get(kind) or kind.replace("custody:", "").replace("evidence:", "evidence: ").replace(
         "_", " "
     )
     detail = ""
+    package = row.get("item_kind") == "export" and row.get("item_id") == row.get("root_id")
+    told = _package_line(kind, d, row) if package and not row.get("withheld") else None
     if row.get("withheld"):
         detail = f"withheld: {row['withheld']}"
+    elif told is not None:
+        what, detail = told
     elif kind in ("linked", "unlinked"):
         detail = f"{d.get('kind', '')} {d.get('target', '')} — reason: {d.get('reason', '')}"
     elif kind in ("assigned", "unassigned"):
@@ -270,6 +315,24 @@ def describe(row: dict[str, Any]) -> dict[str, str]:
         what = f"{kind.split(':', 1)[1]} recorded"
     elif kind == "alarm":
         detail = f"{d.get('alarm_id', '')} — {d.get('reason', '')}"
+    elif kind == "custody:legal_hold" and isinstance(d.get("on"), bool):
+        what = "legal hold placed" if d["on"] else "legal hold lifted"
+        detail = "; ".join(f"{k}: {d[k]}" for k in ("reason", "cause") if d.get(k))
+    elif kind == "custody:exported" and d.get("export_id"):
+        held = (
+            "media included"
+            if d.get("media_included")
+            else f"media withheld: {d.get('withheld_reason') or ''}"
+        )
+        detail = f"package {_short(d['export_id'])}; {held}"
+        if d.get("original_footage"):
+            detail += f"; original footage, reason: {d.get('reason') or ''}"
+    elif kind == "custody:redacted" and d.get("redacted_item"):
+        version = f"version {d['version']}: " if d.get("version") else ""
+        detail = f"{version}redacted copy {_short(d['redacted_item'])}"
+    elif kind == "custody:retention_changed":
+        bits = [f"{k}: {d[k]}" for k in ("class", "to", "cause") if d.get(k)]
+        detail = "; ".join(bits)
     elif kind.startswith("custody:"):
         bits = [
             f"{k}: {d[k]}"
@@ -293,4 +356,4 @@ def describe(row: dict[str, Any]) -> dict[str, str]:
             if d.get(k) not in (None, "", [])
         ]
         detail = "; ".join(bits)
-    return {"what": what, "detail": detail}
+    return {"what": what, "detail": detail, "who": who(row)}

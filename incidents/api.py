@@ -189,6 +189,9 @@ class HistoryEntry(TimelineEntry):
     root_id: str | None = Field(None, description="the linked item it belongs to (itself, or its original)")
     withheld: str | None = Field(None, description="why a custody line's content is left out")
     entry_hash: str | None = None
+    recipient: str | None = Field(
+        None, description="a package's download: the recipient named by the link it came through"
+    )
 
 
 class LinkIn(BaseModel):
@@ -413,8 +416,10 @@ def history(
     s: CoreServices = Depends(services),
 ) -> list[dict[str, Any]]:
     """The timeline with the custody of every item linked to the incident now or before, and of its
-    redacted copies: views and downloads, redactions, exports, legal holds, retention changes. Only
-    items the caller may see now are followed; an entry about an incident they may not see is withheld.
+    redacted copies: views and downloads, redactions, exports, legal holds, retention changes; and of
+    its export packages: built, download links issued, downloads through them, links revoked. Only
+    items the caller may see now are followed, and only packages they read as the incident's (as its
+    disclosure log); an entry about an incident they may not see is withheld.
     In time order, a page at a time (``limit``, then ``after``; an item read a few hundred thousand
     times has that many entries): while more follow, the answer links the next page (``Link: <...>;
     rel="next"`` and ``X-Next-After``)."""
@@ -422,7 +427,7 @@ def history(
         incident = visible_incident(session, user, incident_id)
         if incident is None:
             raise _hidden()
-        page = history_page(session, user, incident, after, limit)
+        page = history_page(session, user, incident, after, limit, key=s.key)
         session.expunge_all()
     _paged(response, "history", incident, page, limit)
     return page.rows

@@ -5,10 +5,14 @@ The incident's own timeline (:func:`timeline_page`: when it happened, created, c
 links and unlinks with their reasons, the evidence and alarms linked now) is joined with the custody
 entries of every evidence item linked to it now or before, and of the copies derived from them
 (redaction versions, redaction records): views and downloads, redactions, exports, legal holds,
-retention changes. Only items the reader may see now are followed (``access.visible_evidence_ids``:
+retention changes; and the custody of the incident's export packages (each an item of its own): the
+package built, each download link issued to its recipient, each download through a link, each link
+revoked. Only items the reader may see now are followed (``access.visible_evidence_ids``:
 an unlinked item an investigator no longer sees keeps its unlink line but shows nothing after it),
-and an entry that names an incident the reader may not see is withheld exactly as
-``GET /evidence/{id}/custody`` withholds it (``access.readable_trail``).
+only packages they read as the incident's (``grants.export_job_read_as_its_incidents``, as its
+disclosure log reads them; a package's list of items names only those they see), and an entry that
+names an incident the reader may not see is withheld exactly as ``GET /evidence/{id}/custody``
+withholds it (``access.readable_trail``).
 
 An item read a few hundred thousand times (ranged reads) has that many custody entries, so neither
 the history nor the timeline is ever read whole: each line has a place in one total order (its time,
@@ -33,15 +37,23 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import rfc3339
+from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 
 from .access import Viewer, alarm_link_on_custody, link_on_custody, readable_trails, visible_evidence_ids
 from .custody_links import ever_linked_to
+from .export.models import ExportJob, ExportLink
+from .grants import export_job_read_as_its_incidents
 from .models import Incident, IncidentEvent, IncidentLink
 
 # The steps of an item's arrival other than "stored": its "stored" line (digest, size) tells the arrival.
 ARRIVAL_STEPS = frozenset({"captured", "received", "verified"})
 OWN_EVENTS = frozenset({"linked", "unlinked"})  # of this incident: told by its own timeline
+# A package's arrival: its "exported" line (package built, with its hashes) tells it.
+PACKAGE_ARRIVAL = ARRIVAL_STEPS | {"stored"}
+# What in a package's "exported" entry names the items it holds or withholds (a list of ids, a list of
+# media each naming its item, ids to reasons): only the items the reader sees are named.
+PACKAGE_ITEM_LISTS = ("included", "media", "withheld")
 MAX_ITEMS = 5000  # items followed for one incident (links and the copies derived from them)
 HISTORY_PAGE = 1000
 """Lines of a history or timeline page by default (the API's page, the console's page)."""
@@ -265,10 +277,74 @@ def _entries_after(
     return found[:n]
 
 
+def _packages(session: Session, viewer: Viewer | None, key: ServiceKey, incident: Incident) -> list[str]:
+    """The incident's export packages the reader reads as its, as its disclosure log reads them
+    (``grants.export_job_read_as_its_incidents``: a package moved to it by SQL is not); every one
+    for the service itself. A package is an item with its job's id once built."""
+    jobs = session.scalars(
+        select(ExportJob)
+        .where(ExportJob.incident_id == incident.id)
+        .order_by(ExportJob.created_at, ExportJob.id)
+        .limit(MAX_ITEMS)
+    )
+    return [j.id for j in jobs if viewer is None or export_job_read_as_its_incidents(key, viewer.role, j)]
+
+
+def _item_named(entry: Any) -> str | None:
+    if isinstance(entry, dict):
+        item = entry.get("item")
+        return item if isinstance(item, str) else None
+    return entry if isinstance(entry, str) else None
+
+
+def _package_items_seen(session: Session, viewer: Viewer | None, details: dict[str, Any]) -> dict[str, Any]:
+    """A package's entry naming only the items the reader sees among those it holds or withholds (a
+    package was built for its requester's access, not every reader's), as ``GET /exports/{id}`` does."""
+    if viewer is None or not any(details.get(k) for k in PACKAGE_ITEM_LISTS):
+        return details
+    named = [
+        i
+        for k in PACKAGE_ITEM_LISTS
+        for i in (_item_named(e) for e in (details.get(k) or []))
+        if i is not None
+    ]
+    seen = visible_evidence_ids(session, viewer, named)
+    out = dict(details)
+    for k in PACKAGE_ITEM_LISTS:
+        value = details.get(k)
+        if isinstance(value, dict):
+            out[k] = {i: v for i, v in value.items() if i in seen}
+        elif isinstance(value, list):
+            out[k] = [e for e in value if _item_named(e) in seen]
+    return out
+
+
+def _recipients(session: Session, packages: set[str], rows: Sequence[CustodyEntry]) -> dict[str, str]:
+    """The recipient of each link that a package's downloads among ``rows`` came through (the download's
+    actor is ``link:<id>``), as the disclosure log names them: link id -> recipient."""
+    links = {
+        r.actor.removeprefix("link:") for r in rows if r.item_id in packages and r.actor.startswith("link:")
+    }
+    if not links:
+        return {}
+    found = session.execute(
+        select(ExportLink.id, ExportLink.recipient).where(
+            ExportLink.id.in_(sorted(links)), ExportLink.export_id.in_(sorted(packages))
+        )
+    )
+    return {link_id: recipient for link_id, recipient in found}
+
+
 def _custody_lines(
-    session: Session, viewer: Viewer | None, incident: Incident, place: Place | None, n: int
+    session: Session,
+    viewer: Viewer | None,
+    key: ServiceKey,
+    incident: Incident,
+    place: Place | None,
+    n: int,
 ) -> list[Line]:
-    """At most ``n`` custody lines of the incident's evidence (and its copies) after ``place``."""
+    """At most ``n`` custody lines of the incident's evidence (and its copies) and of its export
+    packages, after ``place``."""
     ever_linked = list(
         dict.fromkeys(
             session.scalars(
@@ -285,6 +361,10 @@ def _custody_lines(
     if viewer is not None:
         allowed = visible_evidence_ids(session, viewer, ids)
         ids = [i for i in ids if i in allowed]
+    packages = set(_packages(session, viewer, key, incident)) - set(ids)
+    for package in sorted(packages):
+        root_of[package] = package
+        ids.append(package)
     if not ids:
         return []
     kinds: dict[str, str] = {}
@@ -299,7 +379,10 @@ def _custody_lines(
         if not rows:
             break
         place = Place.of(_at(rows[-1].at), CUSTODY, rows[-1].seq)
-        told = [r for r in rows if r.action not in ARRIVAL_STEPS]
+        told = [
+            r for r in rows if r.action not in (PACKAGE_ARRIVAL if r.item_id in packages else ARRIVAL_STEPS)
+        ]
+        recipients = _recipients(session, packages, told)
         grouped: dict[str, list[dict[str, Any]]] = {}
         for row in told:
             grouped.setdefault(row.item_id or "", []).append(_entry(row))
@@ -311,19 +394,26 @@ def _custody_lines(
             action = entry.get("action") or ""
             if action in OWN_EVENTS and (entry.get("details") or {}).get("incident_id") == incident.id:
                 continue  # the incident's own "linked"/"unlinked" line says it already, with the reason
+            details = entry.get("details") or {}
+            if item_id in packages and not entry.get("withheld"):
+                details = _package_items_seen(session, viewer, details)
+            actor = entry.get("actor")
             lines.append(
                 (
                     Place.of(_at(row.at), CUSTODY, row.seq),
                     {
                         "at": _at(row.at),
                         "kind": f"custody:{action}" if action else "custody:withheld",
-                        "actor": entry.get("actor"),
-                        "details": entry.get("details") or {},
+                        "actor": actor,
+                        "details": details,
                         "item_id": item_id,
                         "item_kind": kinds.get(item_id),
                         "root_id": root_of[item_id],
                         "withheld": entry.get("withheld"),
                         "entry_hash": row.entry_hash,
+                        "recipient": recipients.get(str(actor or "").removeprefix("link:"))
+                        if item_id in packages and str(actor or "").startswith("link:")
+                        else None,
                     },
                 )
             )
@@ -352,15 +442,17 @@ def timeline_page(session: Session, incident: Incident, after: str, limit: int) 
 
 
 def history_page(
-    session: Session, viewer: Viewer | None, incident: Incident, after: str, limit: int
+    session: Session, viewer: Viewer | None, incident: Incident, after: str, limit: int, *, key: ServiceKey
 ) -> HistoryPage:
-    """The incident's own lines and its evidence's custody, oldest first, as ``viewer`` may read
-    them: the ``limit`` lines after ``after`` (a :attr:`Place.text`; empty: from the start).
+    """The incident's own lines and the custody of its evidence and its export packages, oldest
+    first, as ``viewer`` may read them: the ``limit`` lines after ``after`` (a :attr:`Place.text`;
+    empty: from the start). ``key`` checks each package's seal (``grants.export_job_seal_holds``).
 
     Each line: ``at``, ``kind`` (the incident event, or ``custody:<action>``), ``actor``, ``details``,
-    and for custody lines ``item_id``, ``root_id`` (the linked item it belongs to) and ``withheld``.
+    and for custody lines ``item_id``, ``root_id`` (the linked item it belongs to, or the package
+    itself), ``withheld``, and for a package's download the ``recipient`` of the link it came through.
     ``viewer`` None is the service itself (everything)."""
     place = Place.parse(after)
     lines = _own_lines(session, incident, place, limit + 1)
-    lines += _custody_lines(session, viewer, incident, place, limit + 1)
+    lines += _custody_lines(session, viewer, key, incident, place, limit + 1)
     return _page(lines, limit)

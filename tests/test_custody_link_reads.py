@@ -309,7 +309,7 @@ def test_a_link_row_planted_by_sql_brings_no_custody_into_an_incidents_history(s
         for incident_id, shown in ((linked, True), (planted, False)):
             incident = session.get(Incident, incident_id)
             assert incident is not None
-            page = history_page(session, admin, incident, "", 200)
+            page = history_page(session, admin, incident, "", 200, key=s.key)
             custody = [
                 r for r in page.rows if r.get("item_id") == clip.id or clip.id in json.dumps(r, default=str)
             ]
