@@ -65,14 +65,32 @@ CONSOLE_ROUTES = {
     ("GET", "/redoc"): "open: API documentation",
     ("GET", "/static/{prefix}/{name:path}"): "open: files, tested below",
     ("GET", "/exports"): "PAGE_ROLES",
-    ("GET", "/incidents/{incident_id}/exports"): "tests/test_exports_browser.py (role and incident scope)",
+    (
+        "GET",
+        "/incidents/{incident_id}/exports",
+    ): "tests/test_exports_browser.py (role and incident scope); every role, tests/test_pages_by_role.py",
     ("GET", "/subject-access"): "PAGE_ROLES",
-    ("GET", "/subject-access/{request_id}"): "tests/test_exports_browser.py (role and incident scope)",
-    ("GET", "/footage/{item_id}"): "tests/test_footage_browser.py, every role",
-    ("GET", "/footage/{item_id}/review"): "tests/test_footage_browser.py, every role",
+    (
+        "GET",
+        "/subject-access/{request_id}",
+    ): "tests/test_exports_browser.py (role and incident scope); every role, tests/test_pages_by_role.py",
+    (
+        "GET",
+        "/footage/{item_id}",
+    ): "tests/test_footage_browser.py, every role; every role, tests/test_pages_by_role.py",
+    (
+        "GET",
+        "/footage/{item_id}/review",
+    ): "tests/test_footage_browser.py, every role; every role, tests/test_pages_by_role.py",
     ("GET", "/incidents"): "PAGE_ROLES",
-    ("GET", "/incidents/{key}"): "incident scope, tests/test_workspace_browser.py",
-    ("GET", "/incidents/{key}/timeline"): "incident scope, tests/test_workspace_browser.py",
+    (
+        "GET",
+        "/incidents/{key}",
+    ): "incident scope, tests/test_workspace_browser.py; every role, tests/test_pages_by_role.py",
+    (
+        "GET",
+        "/incidents/{key}/timeline",
+    ): "incident scope, tests/test_workspace_browser.py; every role, tests/test_pages_by_role.py",
     ("GET", "/statistics"): "PAGE_ROLES",
     ("GET", "/retention"): "PAGE_ROLES",
     ("GET", "/custody"): "PAGE_ROLES; evidence scope, tests/test_workspace_browser.py",
@@ -328,22 +346,28 @@ def test_headers_no_inline_script_and_nothing_from_elsewhere(sqlite_site: tuple[
         f"/alarms/{alarm}",
     ]
     for path in pages + ["/docs", "/redoc", "/api/v1/me"]:
-        r = client.get(path)
-        assert r.status_code == 200, path
-        csp = r.headers["content-security-policy"]
-        script_src = re.search(r"script-src ([^;]+)", csp).group(1)  # type: ignore[union-attr]
-        assert script_src.strip() == "'self'", (path, csp)
-        assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp, path
-        assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
-        if path.startswith("/api"):
-            continue
-        assert r.headers.get("cache-control") == "no-store" or path in ("/docs", "/redoc"), path
-        parsed = _Scripts()
-        parsed.feed(r.text)
-        for script in parsed.scripts:
-            assert script.get("src") or script.get("type") == "application/json", (path, script)
-        assert not parsed.handlers, (path, parsed.handlers)
-        assert not parsed.urls, (path, parsed.urls)  # every asset from this service
+        assert_headers_and_no_inline_script(client, path)
+
+
+def assert_headers_and_no_inline_script(client: httpx.Client, path: str) -> None:
+    """The page at ``path`` answers 200 with the security headers, no inline script or handler, and
+    nothing from elsewhere (the workspace's pages are checked with it too, in tests/test_pages_by_role.py)."""
+    r = client.get(path)
+    assert r.status_code == 200, path
+    csp = r.headers["content-security-policy"]
+    script_src = re.search(r"script-src ([^;]+)", csp).group(1)  # type: ignore[union-attr]
+    assert script_src.strip() == "'self'", (path, csp)
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp, path
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
+    if path.startswith("/api"):
+        return
+    assert r.headers.get("cache-control") == "no-store" or path in ("/docs", "/redoc"), path
+    parsed = _Scripts()
+    parsed.feed(r.text)
+    for script in parsed.scripts:
+        assert script.get("src") or script.get("type") == "application/json", (path, script)
+    assert not parsed.handlers, (path, parsed.handlers)
+    assert not parsed.urls, (path, parsed.urls)  # every asset from this service
 
 
 def test_files_come_only_from_where_they_belong(sqlite_site: tuple[str, Any]) -> None:
