@@ -243,13 +243,25 @@ class SealsBegan:
                 warn_of_entry(int(entry.seq))
         return self.upgraded
 
+    def _holds(self, entry: Any) -> bool:
+        """Whether an entry may decide when seals began: it holds (:func:`entry_holds`), checked
+        with the custody key; one written or edited in the database is named and passed over, so a
+        forged entry can neither date seals back (withholding the messages queued before) nor say
+        an alarm was first recorded before them (passing a row whose seal was removed). Without the
+        key nothing is checked (none is given only where no decision is made)."""
+        if self.public is None or entry_holds(self.public, entry):
+            return True
+        warn_of_entry(int(entry.seq))
+        return False
+
     def _era(self, session: Session) -> tuple[int, datetime] | None:
         if self.era is None:
             e = CustodyEntry
-            q = select(e.seq, e.at).where(e.action.in_(_ALARM_ACTIONS), e.details.like(f"%{SEALED_ERA}%"))
-            first = session.execute(q.order_by(e.seq).limit(1)).first()
-            if first is not None:
-                self.era = (int(first.seq), datetime.fromisoformat(first.at))
+            q = select(*ENTRY_COLUMNS).where(e.action.in_(_ALARM_ACTIONS), e.details.like(f"%{SEALED_ERA}%"))
+            for entry in session.execute(q.order_by(e.seq)):
+                if self._holds(entry):
+                    self.era = (int(entry.seq), datetime.fromisoformat(entry.at))
+                    break
         return self.era
 
     def _alarm(self, session: Session, alarm_id: str) -> int | None:
@@ -259,7 +271,7 @@ class SealsBegan:
                     said = json.loads(entry.details)
                 except ValueError:
                     continue
-                if isinstance(said, dict) and said.get("alarm_id") == alarm_id:
+                if isinstance(said, dict) and said.get("alarm_id") == alarm_id and self._holds(entry):
                     if _ERA_KEY not in said:
                         return None  # first recorded before: its messages may be older
                     self.alarms[alarm_id] = int(entry.seq)

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, insert, select, update
 
 from alarms.models import AlarmOutbox
 from chain_of_custody.awaiting_upgrade import awaiting_upgrade
+from chain_of_custody.canonical import canonical_json, rfc3339
+from chain_of_custody.entries import EntryBody
+from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import CustodyEntry
 from tests.test_alarms_kit import WebhookReceiver, enrol, later
 from tests.test_visit_seals import _cli, _sql
@@ -267,3 +272,76 @@ def test_a_sent_mark_copied_onto_another_row_does_not_hold(services: Any) -> Non
     _alter(services, second, id=first, sent_at=kept.sent_at, sent_seal=kept.sent_seal)
     assert "marked sent without the service's seal" in _named(services, first)
     assert first in [r.id for r in services.alarms.claim_outbox("mqtt", later(60, now))]
+
+
+def _forged_below(services: Any, at: datetime, action: str, details: dict[str, Any]) -> int:
+    """A custody entry written by SQL below every entry the service wrote (seq 0, free), dated
+    ``at``, hashed as the service would and signed with a key of the writer's own."""
+    body = EntryBody(
+        seq=0,
+        id=str(uuid.uuid4()),
+        at=rfc3339(at),
+        action=action,
+        actor="service",
+        item_id=None,
+        item_seq=None,
+        details=canonical_json(details).decode(),
+        prev_hash="0" * 64,
+        item_prev_hash=None,
+        key_id=services.key.key_id,
+    )
+    row = CustodyEntry(**{k: getattr(body, k) for k in body.__dataclass_fields__})
+    row.entry_hash, row.signature = (
+        body.digest(),
+        ServiceKey(Ed25519PrivateKey.generate()).sign(body.canonical()),
+    )
+    with services.db.session() as session:
+        session.add(row)
+    return body.seq
+
+
+def test_a_forged_entry_dating_seals_back_withholds_no_message_queued_before(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An alarm entry recording a note and position, written by SQL below the ledger's entries and
+    dated before any message: when seals began was read from it, so the acknowledgements queued
+    before seals were taken as rows whose seal was removed, withheld and refused by the upgrade.
+    Only entries that hold say when seals began: it is named and passed over."""
+    now = datetime.now(UTC)
+    forged = _forged_below(
+        services,
+        now - timedelta(days=1),
+        "alarm_raised",
+        {"alarm_id": "A-forged", "note": None, "position": None, "status": "raised"},
+    )
+    older = _queued_before_seals(services, "LW-OC", now - timedelta(hours=1))
+    with caplog.at_level(logging.WARNING):
+        assert [r.id for r in services.alarms.claim_outbox("mqtt", later(1, now))] == [older]
+    assert any(getattr(r, "entry", None) == forged for r in caplog.records)
+    upgraded = _cli(services, "upgrade-seals", "--yes")
+    assert f"outbox row {older} (mqtt, unsent): sealed as it stands" in upgraded.output, upgraded.output
+
+
+def test_a_forged_first_entry_of_an_alarm_passes_no_row_whose_seal_was_removed(services: Any) -> None:
+    """An escalation's seals removed by SQL, its payload rewritten and its queueing time put back a
+    year, and an entry naming its alarm without a note or position written below the ledger's
+    entries: the alarm was taken as first recorded before seals, so the upgrade sealed the row as
+    it stood and the relay sent what someone else wrote. The forged entry holds nothing: the
+    alarm's first entry that holds was written once messages were sealed, and the row is refused."""
+    now = datetime.now(UTC)
+    alarm_id = _sos(services, "LW-OD", now)
+    services.alarms.make_whole(alarm_id)
+    services.alarms.fire_deadlines(later(3600, now))
+    (escalation,) = [r.id for r in _rows(services, "mqtt", alarm_id) if "escalations" in r.target]
+    with services.db.session() as session:
+        session.execute(update(AlarmOutbox).values(seal=None, due_seal=None, sent_seal=None))
+    forged = json.dumps({"v": 1, "type": "alarm_escalated", "alarm_id": "someone-else"}).encode()
+    _alter(services, escalation, payload=forged, created_at=now - timedelta(days=365))
+    _forged_below(
+        services, now - timedelta(days=400), "alarm_raised", {"alarm_id": alarm_id, "status": "raised"}
+    )
+    upgraded = _cli(services, "upgrade-seals", "--yes")
+    assert f"outbox row {escalation} (mqtt, unsent): refused" in upgraded.output, upgraded.output
+    (row,) = [r for r in _rows(services, "mqtt", alarm_id) if r.id == escalation]
+    assert row.seal is None
+    assert escalation not in [r.id for r in services.alarms.claim_outbox("mqtt", later(3601, now))]
