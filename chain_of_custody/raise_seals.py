@@ -37,6 +37,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -240,9 +241,21 @@ def sealed_device_key(session: Session, devices_secret: bytes, device_id: str) -
     return None if row.public_key is None else str(row.public_key)
 
 
-def recorded_device_keys(session: Session, devices_secret: bytes, public: bytes, device_id: str) -> list[str]:
+@dataclass(frozen=True)
+class EnrolledKey:
+    """A public key (base64) the device's enrolments record, and when the enrolment that replaced
+    it was recorded (``until``; None: the latest): a key vouches only for messages sent before."""
+
+    key: str
+    until: datetime | None
+
+
+def recorded_device_keys(
+    session: Session, devices_secret: bytes, public: bytes, device_id: str
+) -> list[EnrolledKey]:
     """The public keys (base64) the device's enrolments record, newest first, in custody entries
-    that hold (:func:`entry_holds`): the keys it has signed with, whatever its row says now."""
+    that hold (:func:`entry_holds`): the keys it has signed with, whatever its row says now, each
+    with the time of the enrolment that replaced it (an entry that holds naming another key)."""
     q = (
         select(*ENTRY_COLUMNS)
         .where(
@@ -251,15 +264,30 @@ def recorded_device_keys(session: Session, devices_secret: bytes, public: bytes,
         )
         .order_by(CustodyEntry.seq.desc())
     )
-    keys = []
+    keys: list[EnrolledKey] = []
+    replaced: datetime | None = None  # when the enrolment after this one was recorded
     for row in session.execute(q):
         try:
             said = json.loads(row.details).get("public_key")
         except (ValueError, AttributeError):
             continue
-        if isinstance(said, str) and said not in keys and entry_holds(public, row):
-            keys.append(said)
+        if not isinstance(said, str) or not entry_holds(public, row):
+            continue
+        if all(k.key != said for k in keys):
+            keys.append(EnrolledKey(said, replaced))
+        replaced = datetime.fromisoformat(row.at)
     return keys
+
+
+def dated_before(raw: bytes, until: datetime) -> bool:
+    """Whether a (signed) device message says it was sent, and its event occurred, before ``until``:
+    what a key the device no longer holds may still vouch for. One that gives no time does not."""
+    try:
+        message = json.loads(raw)
+        times = [datetime.fromisoformat(message[k]) for k in ("sent_at", "occurred_at") if k in message]
+        return bool(times) and all(t.tzinfo is not None and t < until for t in times)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return False
 
 
 def checked_message(
@@ -269,20 +297,24 @@ def checked_message(
     message as the device signed it (:func:`signed_by`), checked with the key of its device row
     when that row's own seal holds (:func:`sealed_device_key`: one statement), else with a key its
     enrolments record in custody entries that hold (:func:`recorded_device_keys`: a key rotated
-    since the message, or a row altered in the database); else None, with a warning naming the
-    event: bytes edited in the database (another note, another place, another kind) say nothing and
-    become no evidence."""
+    since the message, or a row altered in the database), a key since replaced only for a message
+    dated before the enrolment that replaced it (:func:`dated_before`: whoever still holds a retired
+    key speaks for the device no more); else None, with a warning naming the event: bytes edited in
+    the database (another note, another place, another kind) say nothing and become no evidence."""
     if raw is None:
         return None
     current = sealed_device_key(session, devices_secret, device_id)
     if signed_by(raw, current, device_id, event_id):
         return bytes(raw)
-    for key in recorded_device_keys(session, devices_secret, public, device_id):
-        if key != current and signed_by(raw, key, device_id, event_id):
+    for enrolled in recorded_device_keys(session, devices_secret, public, device_id):
+        if enrolled.key == current or not signed_by(raw, enrolled.key, device_id, event_id):
+            continue
+        if enrolled.until is None or dated_before(raw, enrolled.until):
             return bytes(raw)
     log.warning(
-        "a device's stored message is not as the device signed it (edited in the database, or its "
-        "device's row is not as the service sealed it): nothing is taken from it",
+        "a device's stored message is not as the device signed it (edited in the database, signed "
+        "with a key replaced before it was sent, or its device's row is not as the service sealed "
+        "it): nothing is taken from it",
         extra={"device": device_id, "event_id": event_id},
     )
     return None

@@ -25,6 +25,7 @@ from chain_of_custody.awaiting_upgrade import awaiting_upgrade
 from chain_of_custody.canonical import canonical_json
 from chain_of_custody.models import CustodyEntry
 from chain_of_custody.reach_seals import reach_secret
+from devices.service import enrol_lone_worker
 from tests.test_alarms_kit import DeviceKit, enrol, later
 from tests.test_lifecycle_seals import _alter, _row, _sos
 from tests.test_sweep_custody import _forge, _named
@@ -462,3 +463,40 @@ def test_a_provisional_alarm_with_its_seals_cleared_is_not_made_whole_as_it_stan
     assert len(raised) == 1 and raised[0]["note"] == _NOTE, raised
     assert raised[0]["status"] != "resolved", raised
     assert any("not as the service sealed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("dated_after_rotation", [False, True])
+def test_a_key_replaced_vouches_only_for_messages_dated_before_its_replacement(
+    services: Any, caplog: pytest.LogCaptureFixture, dated_after_rotation: bool
+) -> None:
+    """Every key a device was ever enrolled with vouched for its messages: after the device was
+    enrolled again with a new key, whoever kept the old one (a handset handed back, a key copied)
+    could sign a message in the device's name, dated after, write it over a provisional alarm's
+    stored bytes and its note and place over the alarm's, and it was put back to what they wrote. A
+    key since replaced now vouches only for a message dated before the enrolment that replaced it:
+    the device's own message from before still holds; one dated after says nothing."""
+    device = enrol(services, "LW-RK", staff_id="S-RK", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos_with_note(services, device, now, whole=False)
+    with services.db.session() as session:  # enrolled again with a new key (the old one kept)
+        enrol_lone_worker(
+            session, services.ledger, "LW-RK", DeviceKit("LW-RK").public_b64, "test", staff_id="S-RK"
+        )
+    event_id = str(_row(services, alarm_id).source_event_id)
+    if dated_after_rotation:  # signed with the old key, dated an hour on, saying something else
+        body = {"kind": "sos", "action": "raise", "note": "false alarm, ignore"}
+        forged = device.payload(
+            "alarm", body, event_id=event_id, seq=1, sent_at=later(3600, now), position=_ELSEWHERE
+        )
+        raw = canonical_json(forged)
+        _sql(services, update(LoneWorkerEvent).where(LoneWorkerEvent.event_id == event_id).values(raw=raw))
+    _alter(services, alarm_id, note="false alarm, ignore", **_ELSEWHERE)
+    with caplog.at_level(logging.WARNING):
+        services.alarms.make_whole(alarm_id, later(2, now))
+    row = _row(services, alarm_id)
+    if dated_after_rotation:
+        assert (row.note, row.lat, row.lon, row.evidence_item_id) == (None,) * 4
+        assert _named(caplog, event_id=event_id), [r.getMessage() for r in caplog.records]
+    else:
+        assert (row.note, row.lat, row.lon) == (_NOTE, _PLACE["lat"], _PLACE["lon"])
+        assert row.evidence_item_id is not None
