@@ -115,7 +115,9 @@ class Visits:
                 visit.expected_end = body.expected_end
                 visit.start_event_id = message.event_id
                 visit.note = body.note
-                visit.due_at = rules.missed_checkin_due_at(_as_rule(session, visit, vouched), self.policy)
+                visit.due_at = rules.missed_checkin_due_at(
+                    _as_rule(session, visit, vouched, self.lifecycle.custody_public), self.policy
+                )
                 set_watched(session, self.lifecycle.seal_secret, snap, active_visit_id=body.visit_id)
         else:
             if visit.ended_at is None:
@@ -164,7 +166,7 @@ class Visits:
 
         def check(session: Session, visit: LoneWorkerVisit, outbox: list[AlarmOutbox]) -> None:
             vouched = self.sealed(visit)
-            rule = _as_rule(session, visit, vouched)
+            rule = _as_rule(session, visit, vouched, self.lifecycle.custody_public)
             if not rules.is_checkin_missed(rule, now, self.policy):
                 visit.due_at = rules.missed_checkin_due_at(rule, self.policy)
                 return  # raised already, or the grace period has grown since it was due
@@ -206,7 +208,9 @@ class Visits:
         restored = 0
 
         def due(session: Session, visit: LoneWorkerVisit) -> datetime | None:
-            return rules.missed_checkin_due_at(_as_rule(session, visit, self.sealed(visit)), self.policy)
+            return rules.missed_checkin_due_at(
+                _as_rule(session, visit, self.sealed(visit), self.lifecycle.custody_public), self.policy
+            )
 
         def check(session: Session, visit: LoneWorkerVisit, outbox: list[AlarmOutbox]) -> None:
             nonlocal restored
@@ -242,7 +246,7 @@ def swept(sweep: Callable[[datetime], int], now: datetime) -> None:
         log.exception("a sweep for deadlines changed in the database failed")
 
 
-def _as_rule(session: Session, visit: LoneWorkerVisit, vouched: bool) -> rules.Visit:
+def _as_rule(session: Session, visit: LoneWorkerVisit, vouched: bool, public: bytes) -> rules.Visit:
     """The visit as the rules see it when deciding whether its missed check-in is due. A visit whose
     seal does not hold names a missed check-in alarm only if the service raised one for it, so an
     alarm id written into the row in the database silences nothing; it has ended only if custody
@@ -254,7 +258,7 @@ def _as_rule(session: Session, visit: LoneWorkerVisit, vouched: bool) -> rules.V
     if visit.missed_alarm_id is not None and not _raised_for(session, visit):
         rule = dataclasses.replace(rule, missed_alarm_id=None)
     with session.no_autoflush:
-        found = recorded_visit(session, visit.device_id, visit.visit_id)
+        found = recorded_visit(session, visit.device_id, visit.visit_id, public)
     said = found.expected_at()
     expected = min((t for t in (rule.expected_end, said) if t is not None), default=None)
     ended = rule.ended_at if found.ended is not None else None

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from .canonical import rfc3339
 from .entries import CustodyAction, SignedEntry
+from .lifecycle_seals import ENTRY_COLUMNS, entry_holds, warn_of_entry
 from .models import CustodyEntry
 
 
@@ -72,13 +73,16 @@ def deadline_replay(entries: Iterable[SignedEntry]) -> dict[str, RecordedDeadlin
     return out
 
 
-def recorded_visit(session: Session, device: str, visit_id: str) -> RecordedDeadline:
+def recorded_visit(session: Session, device: str, visit_id: str, public: bytes) -> RecordedDeadline:
     """What the ledger records of one visit's deadline, read for a visit whose seal does not hold
-    (rare: a scan of the ``visit_changed`` entries that mention it, by their canonical text)."""
+    (rare: a scan of the ``visit_changed`` entries that mention it, by their canonical text), in
+    entries that hold (:func:`lifecycle_seals.entry_holds`, checked with the custody key ``public``):
+    one written or edited in the database (an end check-in that never came) is named in a warning
+    and passed over, so it neither ends the visit nor moves its expected end."""
     mention = json.dumps({"visit": visit_id}, separators=(",", ":"), ensure_ascii=False)[1:-1]
     escaped = mention.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     q = (
-        select(CustodyEntry.seq, CustodyEntry.details)
+        select(*ENTRY_COLUMNS)
         .where(
             CustodyEntry.action == CustodyAction.VISIT_CHANGED.value,
             CustodyEntry.details.like(f"%{escaped}%", escape="\\"),
@@ -86,13 +90,17 @@ def recorded_visit(session: Session, device: str, visit_id: str) -> RecordedDead
         .order_by(CustodyEntry.seq)
     )
     found = RecordedDeadline()
-    for seq, details in session.execute(q):
+    for row in session.execute(q):
         try:
-            d = json.loads(details)
+            d = json.loads(row.details)
         except ValueError:
             continue
-        if isinstance(d, dict) and d.get("device") == device and d.get("visit") == visit_id:
-            found = _fold(found, int(seq), d)
+        if not isinstance(d, dict) or d.get("device") != device or d.get("visit") != visit_id:
+            continue
+        if entry_holds(public, row):
+            found = _fold(found, int(row.seq), d)
+        else:
+            warn_of_entry(int(row.seq))
     return found
 
 

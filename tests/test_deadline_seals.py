@@ -28,6 +28,7 @@ from alarms.visits import UNVOUCHED_NOTE
 from chain_of_custody.models import CustodyEntry
 from chain_of_custody.visit_seals import visit_seal_v1
 from tests.test_alarms_kit import DeviceKit, enrol, later
+from tests.test_outbox_seals import forged_below
 from tests.test_visit_seals import _cli, _sql, set_state_row
 
 
@@ -105,6 +106,25 @@ def test_a_visit_ended_in_the_database_silences_no_missed_checkin(services: Any)
     _sql(services, _visit("V-D3", ended_at=later(60, now), due_at=None))
     services.alarms.raise_missed_checkins(later(36 * 60, now))
     assert [a.visit_id for a in _alarms(services, "LW-D3", "missed_checkin")] == ["V-D3"]
+
+
+def test_a_visit_ended_in_the_database_with_a_forged_end_checkin_silences_no_missed_checkin(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``ended_at`` written by SQL, and a ``visit_changed`` entry recording an end check-in written
+    on the ledger by SQL (signed with a key of the writer's own): the visit whose seal did not hold
+    was taken as ended by what that entry said, and its missed check-in was never raised. Only
+    entries that hold record a visit's end: it is named and passed over, and the alarm is raised."""
+    device = enrol(services, "LW-D4", staff_id="S-4", site="NORTH")
+    now = datetime.now(UTC)
+    _start(services, device, "V-D4", now)
+    ended = {"visit": "V-D4", "device": "LW-D4", "checkin": "end", "unsealed": True}
+    forged = forged_below(services, later(60, now), "visit_changed", ended)
+    _sql(services, _visit("V-D4", ended_at=later(60, now), due_at=None))
+    with caplog.at_level(logging.WARNING):
+        services.alarms.raise_missed_checkins(later(36 * 60, now))
+    assert [a.visit_id for a in _alarms(services, "LW-D4", "missed_checkin")] == ["V-D4"]
+    assert any(getattr(r, "entry", None) == forged for r in caplog.records)
 
 
 def test_verify_names_a_visit_whose_deadline_was_moved_in_the_database(services: Any) -> None:

@@ -274,9 +274,10 @@ def test_a_sent_mark_copied_onto_another_row_does_not_hold(services: Any) -> Non
     assert first in [r.id for r in services.alarms.claim_outbox("mqtt", later(60, now))]
 
 
-def _forged_below(services: Any, at: datetime, action: str, details: dict[str, Any]) -> int:
+def forged_below(services: Any, at: datetime, action: str, details: dict[str, Any]) -> int:
     """A custody entry written by SQL below every entry the service wrote (seq 0, free), dated
-    ``at``, hashed as the service would and signed with a key of the writer's own."""
+    ``at``, hashed as the service would and signed with a key of the writer's own: read first by
+    every scan of the ledger in order."""
     body = EntryBody(
         seq=0,
         id=str(uuid.uuid4()),
@@ -308,7 +309,7 @@ def test_a_forged_entry_dating_seals_back_withholds_no_message_queued_before(
     before seals were taken as rows whose seal was removed, withheld and refused by the upgrade.
     Only entries that hold say when seals began: it is named and passed over."""
     now = datetime.now(UTC)
-    forged = _forged_below(
+    forged = forged_below(
         services,
         now - timedelta(days=1),
         "alarm_raised",
@@ -337,7 +338,7 @@ def test_a_forged_first_entry_of_an_alarm_passes_no_row_whose_seal_was_removed(s
         session.execute(update(AlarmOutbox).values(seal=None, due_seal=None, sent_seal=None))
     forged = json.dumps({"v": 1, "type": "alarm_escalated", "alarm_id": "someone-else"}).encode()
     _alter(services, escalation, payload=forged, created_at=now - timedelta(days=365))
-    _forged_below(
+    forged_below(
         services, now - timedelta(days=400), "alarm_raised", {"alarm_id": alarm_id, "status": "raised"}
     )
     upgraded = _cli(services, "upgrade-seals", "--yes")
