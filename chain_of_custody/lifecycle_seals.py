@@ -275,13 +275,18 @@ def recorded_lifecycle(session: Session, alarm_id: str, public: bytes) -> Record
     return refused
 
 
-def lifecycle_replay(entries: Iterable[SignedEntry]) -> tuple[dict[str, RecordedLifecycle], dict[str, int]]:
+def lifecycle_replay(
+    entries: Iterable[SignedEntry], public: bytes
+) -> tuple[dict[str, RecordedLifecycle], dict[str, int]]:
     """What the ledger last recorded of each alarm's lifecycle, and the alarms it records as put
-    back after their lifecycle was found altered (with the entry's seq)."""
+    back after their lifecycle was found altered (with the entry's seq), in entries that hold
+    (:func:`entry_holds`: ``evidence verify`` names the others), so an entry written in the
+    database that says an alarm was resolved neither bears out a row resolved by SQL nor gets it
+    sealed as it stands."""
     recorded: dict[str, RecordedLifecycle] = {}
     put_back: dict[str, int] = {}
     for e in entries:
-        if e.body.action not in _LIFECYCLE_ACTIONS:
+        if e.body.action not in _LIFECYCLE_ACTIONS or not entry_holds(public, e):
             continue
         got = recorded_of(e.body.seq, e.body.details)
         if got is None:
@@ -310,7 +315,7 @@ def check_lifecycle_seals(
     altered and put back, and for each alarm custody records whose row is gone; a note counting the
     alarms whose lifecycle is not sealed yet."""
     secret = reach_secret(key)
-    recorded, put_back = lifecycle_replay(entries)
+    recorded, put_back = lifecycle_replay(entries, key.public_raw)
     unsealed = 0
     rows = _rows(session)
     for row in rows:
@@ -369,13 +374,15 @@ class UnsealedLifecycle:
         return f"alarm {self.alarm_id}: {self.status}; {verdict}"
 
 
-def unsealed_lifecycles(session: Session, entries: Iterable[SignedEntry]) -> list[UnsealedLifecycle]:
-    """Every alarm without a lifecycle seal, against what its latest custody entry records of its
-    status, severity, outcome and deadline."""
+def unsealed_lifecycles(
+    session: Session, entries: Iterable[SignedEntry], key: ServiceKey
+) -> list[UnsealedLifecycle]:
+    """Every alarm without a lifecycle seal, against what its latest custody entry that holds
+    records of its status, severity, outcome and deadline."""
     rows = _rows(session, _ALARMS.c.lifecycle_seal.is_(None))
     if not rows:
         return []
-    recorded, _ = lifecycle_replay(entries)
+    recorded, _ = lifecycle_replay(entries, key.public_raw)
     out = []
     for row in rows:
         said = recorded.get(str(row.id))
@@ -434,7 +441,7 @@ def seal_lifecycles(
     """Seal the lifecycles :func:`unsealed_lifecycles` lists that the ledger bears out, as they
     stand (a row changed since it was read keeps none); all it listed."""
     secret = reach_secret(key)
-    listed = unsealed_lifecycles(session, entries)
+    listed = unsealed_lifecycles(session, entries, key)
     seal_as_listed(
         session, _ALARMS, "lifecycle_seal", LIFECYCLE_COLUMNS, listed, partial(lifecycle_seal, secret)
     )

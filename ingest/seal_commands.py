@@ -180,7 +180,7 @@ def _lifecycles(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     from chain_of_custody.lifecycle_seals import seal_lifecycles, unsealed_lifecycles
 
     entries = s.ledger.all_entries(session)
-    return seal_lifecycles(session, s.key, entries) if yes else unsealed_lifecycles(session, entries)
+    return seal_lifecycles(session, s.key, entries) if yes else unsealed_lifecycles(session, entries, s.key)
 
 
 def _outbox(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:

@@ -192,7 +192,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
             "incidents": len(unsealed_incidents(session, s.key, entries)),
             "lone_worker_visits": len(unsealed_visits(session, s.key, entries)),
             "lone_worker_states": len(unsealed_heard(session)),
-            "alarm_lifecycles": len(unsealed_lifecycles(session, entries)),
+            "alarm_lifecycles": len(unsealed_lifecycles(session, entries, s.key)),
             "alarm_outbox": len(unsealed_outbox(session, s.key)),
             "device_watches": len(unsealed_watched(session, s.key)),
             "alarm_raises": len(unsealed_raises(session, entries, s.key)),

@@ -192,3 +192,24 @@ def test_an_open_alarm_deleted_in_the_database_is_named_by_the_sweep(
     found = _cli(services, "verify", "--json")
     assert found.exit_code != 0
     assert f"alarm {alarm_id}" in found.output and "alarm_row_missing" in found.output, found.output
+
+
+def test_upgrade_seals_seals_no_lifecycle_a_forged_entry_bears_out(services: Any) -> None:
+    """An alarm's lifecycle seal cleared and its row marked resolved by SQL, with an ``alarm_changed``
+    entry saying so written on the ledger's tip (signed with a key of the writer's own):
+    ``upgrade-seals`` took the forged entry as its custody record and sealed the alarm resolved as
+    it stood. Only entries that hold bear a row out: it is refused, and still escalates."""
+    from tests.test_sweep_custody import _forge  # (it builds on this module's helpers)
+
+    device = enrol(services, "LW-L9", staff_id="S-L9", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos(services, device, now)
+    _forge(services, alarm_id, status="resolved", outcome="test", deadline=None)
+    resolved = {"status": "resolved", "outcome": "test", "ack_due_at": None, "next_deadline": None}
+    _alter(services, alarm_id, lifecycle_seal=None, resolved_at=later(5, now), **resolved)
+    done = _cli(services, "upgrade-seals", "--yes")
+    lines = {line.split(":")[0]: line for line in done.output.splitlines() if line.startswith("alarm ")}
+    assert "REFUSED" in lines[f"alarm {alarm_id}"], done.output
+    assert _row(services, alarm_id).lifecycle_seal is None
+    services.alarms.fire_deadlines(later(3600, now))
+    assert _row(services, alarm_id).escalation_reason == "ack_timeout"
