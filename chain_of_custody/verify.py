@@ -152,6 +152,18 @@ def verify_service(
             yield e
 
     tip = check_global_chain(collect(), ledger.verifier, report)  # type: ignore[arg-type]
+    # The chain starts at #1, so a walk of it never sees a row planted at #0 or below; code that takes
+    # "the earliest entry" would. Each is named, however it is signed.
+    for (seq,) in session.execute(
+        select(CustodyEntry.seq).where(CustodyEntry.seq < 1).order_by(CustodyEntry.seq)
+    ):
+        report.problems.append(
+            Problem(
+                "entry_outside_chain",
+                f"custody entry #{seq}",
+                "a row numbered before the ledger's first entry: no entry of the service is numbered so",
+            )
+        )
     by_seq = {e.body.seq: e for e in entries}
 
     # 2. Per-item chains.

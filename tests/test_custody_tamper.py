@@ -216,6 +216,53 @@ def test_entry_signed_by_another_key_is_named(services) -> None:  # type: ignore
     assert "bad_signature" in kinds
 
 
+@pytest.mark.parametrize("seq", [0, -7])
+def test_entry_planted_below_the_chain_is_named(services, seq: int) -> None:  # type: ignore[no-untyped-def]
+    """A row at seq 0 or below sits before the chain's first entry, where a walk of the chain from #1
+    never looks; code that takes "the earliest entry" would. Verification names it, however well it is
+    signed (here with the service's own key, as a copy of a genuine entry would be)."""
+    item = _store_item(services, b"j" * 1000, "j")
+    with services.db.session() as session:
+        row = session.scalars(
+            select(CustodyEntry).where(CustodyEntry.item_id == item.id, CustodyEntry.action == "received")
+        ).one()
+        body = EntryBody(
+            seq,
+            str(uuid.uuid4()),
+            "2020-01-01T00:00:00Z",
+            row.action,
+            row.actor,
+            None,
+            None,
+            row.details,
+            "0" * 64,
+            None,
+            row.key_id,
+        )
+        session.add(
+            CustodyEntry(
+                seq=seq,
+                id=body.id,
+                at=body.at,
+                action=body.action,
+                actor=body.actor,
+                item_id=None,
+                item_seq=None,
+                details=body.details,
+                prev_hash=body.prev_hash,
+                item_prev_hash=None,
+                key_id=body.key_id,
+                entry_hash=body.digest(),
+                signature=services.key.sign(body.canonical()),
+            )
+        )
+    with services.db.session() as session:
+        report = verify_service(session, services.store, services.key)
+    planted = [p for p in report.problems if p.kind == "entry_outside_chain"]
+    assert len(planted) == 1, [str(p) for p in report.problems]
+    assert f"#{seq}" in planted[0].where
+
+
 @pytest.mark.postgres
 def test_concurrent_appends_make_one_chain(pg_url: str, tmp_path: Path) -> None:
     """Eight threads in separate connections append at once; the chain has no gaps or forks."""
