@@ -242,13 +242,32 @@ def _in_use(s: Session) -> Iterator[Session]:
 
 
 class ReadingSession(Session):
-    """The session of a ``Database.reading`` block: every write made through it is refused."""
+    """The session of a ``Database.reading`` block: every write made through it is refused. An
+    object changed (or added, or deleted) and then expunged would leave the block with nothing for
+    its end to find, and the change would be dropped without a word: an expunge with any change
+    pending is refused as well, before anything is expunged."""
+
+    def expunge(self, instance: object) -> None:
+        _refuse_pending(self, "an expunge")
+        super().expunge(instance)
+
+    def expunge_all(self) -> None:
+        _refuse_pending(self, "expunge_all")
+        super().expunge_all()
 
 
 def _changes(s: Session) -> str | None:
     """What the session would write at a flush, named for an error; None when nothing."""
     changed = [*s.new, *s.deleted, *(o for o in s.dirty if s.is_modified(o))]
     return ", ".join(sorted({type(o).__name__ for o in changed})) or None
+
+
+def _refuse_pending(s: Session, what: str) -> None:
+    changed = _changes(s)
+    if changed:
+        raise WriteInReading(
+            f"{changed} changed inside Database.reading before {what}: write in Database.session"
+        )
 
 
 @event.listens_for(ReadingSession, "before_flush")

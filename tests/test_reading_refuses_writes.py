@@ -89,3 +89,53 @@ def test_the_connections_of_reading_blocks_write_again_afterwards(db: Database) 
         raw.close()
     with db.reading() as session:
         assert session.execute(select(User.role, User.full_name)).one() == ("investigator", "Read Er")
+
+
+def _changed_then_expunged_all(session: Session) -> None:
+    session.scalars(select(User)).one().role = "admin"
+    session.expunge_all()
+
+
+def _changed_then_expunged(session: Session) -> None:
+    found = session.scalars(select(User)).one()
+    found.role = "admin"
+    session.expunge(found)
+
+
+def _added_then_expunged(session: Session) -> None:
+    planted = User(username="planted", password_hash="x", role="admin", created_at=T0)
+    session.add(planted)
+    session.expunge(planted)
+
+
+def _deleted_then_expunged_all(session: Session) -> None:
+    session.delete(session.scalars(select(User)).one())
+    session.expunge_all()
+
+
+EXPUNGED: dict[str, Callable[[Session], object]] = {
+    "changed, then expunge_all": _changed_then_expunged_all,
+    "changed, then expunge": _changed_then_expunged,
+    "added, then expunge": _added_then_expunged,
+    "deleted, then expunge_all": _deleted_then_expunged_all,
+}
+
+
+@pytest.mark.parametrize("how", list(EXPUNGED))
+def test_a_change_expunged_inside_a_reading_block_is_refused_not_dropped(db: Database, how: str) -> None:
+    """An expunge leaves nothing for the block's end to find, so a change pending at one (a coding
+    error: the write belongs in ``Database.session``) is refused there rather than dropped unseen."""
+    with pytest.raises(WriteInReading, match=r"Database\.reading"), db.reading() as session:
+        EXPUNGED[how](session)
+    with db.reading() as session:
+        assert [(u.username, u.role) for u in session.scalars(select(User))] == [("reader", "auditor")]
+
+
+def test_what_a_reading_block_only_read_is_expunged_and_kept_as_read(db: Database) -> None:
+    """Read, then expunge (one object, then all), as the routes hand rows out of a reading block."""
+    with db.reading() as session:
+        found = session.scalars(select(User)).one()
+        session.expunge(found)
+        again = session.scalars(select(User)).one()
+        session.expunge_all()
+    assert (found.username, found.role, again.role) == ("reader", "auditor", "auditor")
