@@ -18,8 +18,11 @@ application (``ingest.app``) puts its services on ``app.state.services``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -146,6 +149,43 @@ def role_admitted(user: Principal, roles: tuple[str, ...]) -> Principal:
     return user
 
 
+VOUCHED_FOR_SECONDS = 60.0  # how long a credential that signed in is let straight into a write
+VOUCHED_AT_MOST = 4096  # credentials remembered so, the longest unseen forgotten first
+
+
+class RecentSignIns:
+    """The credentials (by digest) that signed in in this process within ``VOUCHED_FOR_SECONDS``.
+    Only a hint of which transaction a sign-in may be made in (:class:`SignInWithin`): each is still
+    checked in full, and one refused is forgotten at once. Nothing but a credential that signed in
+    gets in, so no stream of made-up ones can push the genuine ones out."""
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def vouches(self, digest: str) -> bool:
+        with self._lock:
+            at = self._seen.get(digest)
+            if at is not None and time.monotonic() - at > VOUCHED_FOR_SECONDS:
+                del self._seen[digest]
+                at = None
+        return at is not None
+
+    def signed_in(self, digest: str) -> None:
+        with self._lock:
+            self._seen[digest] = time.monotonic()
+            self._seen.move_to_end(digest)
+            while len(self._seen) > VOUCHED_AT_MOST:
+                self._seen.popitem(last=False)
+
+    def refused(self, digest: str) -> None:
+        with self._lock:
+            self._seen.pop(digest, None)
+
+
+RECENT_SIGN_INS = RecentSignIns()
+
+
 class SignInWithin:
     """A request's sign-in made later, in the transaction and on the worker thread of the route's
     own look-up (an evidence read: one hop to a thread and one transaction, not one each), with the
@@ -153,6 +193,12 @@ class SignInWithin:
     (``browser.read_browser_session``: idle and absolute ends, the rows' seals, CSRF for a
     state-changing request), then the role. A request with neither credential is refused (401)
     before the route's body runs, as ``current_user`` refuses it.
+
+    The look-up's transaction writes (it records a player's range), and on SQLite a write
+    transaction is the one writer lock: a credential that has not signed in here in the last
+    ``VOUCHED_FOR_SECONDS`` (:class:`RecentSignIns`) is signed in first in a transaction that only
+    reads (:meth:`before_writing`), so a made-up token or cookie is refused without ever taking or
+    waiting for the writer. A person's next ranges, a moment later, sign in within the look-up.
 
     What the session's read finds due to be written (the person's activity, at most every
     ``TOUCH_EVERY``; the end of a session found idle) is not written in the look-up's transaction:
@@ -172,19 +218,45 @@ class SignInWithin:
         self.roles = roles
         self.seals = SignInSeals.of(s.key)
         self._due: SessionChange | None = None
+        self._found: Principal | None = None
+        if creds is not None:
+            held = f"token\x00{creds.credentials}"
+        else:
+            held = f"session\x00{session_secret(request, s.settings.console_secure_cookie) or ''}"
+        self._digest = hashlib.sha256(held.encode()).hexdigest()
+
+    def before_writing(self) -> None:
+        """Sign in now, in a transaction that only reads, unless the credential signed in here a
+        moment ago: what is refused (401, 403) is refused before any write transaction begins."""
+        if self._found is None and not RECENT_SIGN_INS.vouches(self._digest):
+            with self.services.db.reading() as session:
+                self._found = self._signed_in(session)
 
     def principal(self, session: Session) -> Principal:
-        """The caller, read in ``session`` (401 when not signed in, 403 for another role)."""
+        """The caller, read in ``session`` (401 when not signed in, 403 for another role), or as
+        :meth:`before_writing` read them."""
+        return self._found if self._found is not None else self._signed_in(session)
+
+    def _signed_in(self, session: Session) -> Principal:
+        try:
+            found = role_admitted(self._read(session), self.roles)
+        except BaseException:
+            RECENT_SIGN_INS.refused(self._digest)
+            raise
+        RECENT_SIGN_INS.signed_in(self._digest)
+        return found
+
+    def _read(self, session: Session) -> Principal:
         if self.creds is not None:
             principal = resolve_token(session, self.creds.credentials, self.seals)
             if principal is None:
                 log.info("rejected user token")
                 raise Unauthenticated("invalid or expired token", headers={"WWW-Authenticate": "Bearer"})
-            return role_admitted(principal, self.roles)
+            return principal
         found, self._due = read_browser_session(self.request, session, self.services.settings, self.seals)
         if found is None:
             raise Unauthenticated("authentication required", headers={"WWW-Authenticate": "Bearer"})
-        return role_admitted(found.principal, self.roles)
+        return found.principal
 
     def write_due(self) -> None:
         """Write what the session's read found due, if anything (after the read's transaction)."""

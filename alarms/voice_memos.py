@@ -108,7 +108,9 @@ class VoiceMemos:
         core = self.core
         now = now or self.clock()
         manifest = voice_memo_manifest(device_id, event_id, sha256, size, content_type, sent_at)
-        with core.db.session() as session:
+        # Only read until the signature holds: a made-up device or signature is refused without
+        # taking or waiting for SQLite's one writer.
+        with core.db.reading() as session:
             device, bound = load_device(session, self.seals.secret, device_id)
             if (
                 device is None

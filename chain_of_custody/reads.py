@@ -632,9 +632,13 @@ _Caller_co = TypeVar("_Caller_co", covariant=True)
 
 
 class SignsIn(Protocol[_Caller_co]):
-    """A read's sign-in made in its look-up's transaction (``accounts.access.SignInWithin``): the
+    """A read's sign-in made in its look-up's transaction (``accounts.access.SignInWithin``): first,
+    before that transaction begins, a caller not known a moment ago signed in (or refused) in a
+    transaction that only reads, so no made-up credential takes or waits for the writer; then the
     caller, read in the session given (it raises to refuse), and then, once that transaction has
     ended, what the read found due to be written of the sign-in, in a transaction of its own."""
+
+    def before_writing(self) -> None: ...
 
     def principal(self, session: Session) -> _Caller_co: ...
 
@@ -651,10 +655,15 @@ def _look_up_and_record(
     """On one worker thread, in one transaction: the caller signed in (``sign_in``), the item looked
     up and admitted (``look_up``), and, for a range of a viewing whose block digests are kept, the
     range recorded, its first block read and checked meanwhile on another thread. Otherwise only the
-    sign-in and the look-up (None). What the sign-in found due to be written (a session's touch or
-    end) is written after that transaction, on this thread, whether the read was admitted or not."""
+    sign-in and the look-up (None). A caller whose credential has not signed in a moment ago is
+    signed in before that transaction, in one that only reads (``sign_in.before_writing``): one that
+    is refused never begins a write transaction. What the sign-in found due to be written (a
+    session's touch or end) is written after that transaction, on this thread, whether the read was
+    admitted or not."""
     recorded = threading.Event()
     try:
+        with timing.span("sign_in"):
+            sign_in.before_writing()  # a caller not yet known is refused before the writer is taken
         with s.db.session() as session:
             with timing.span("sign_in"):
                 caller = sign_in.principal(session)

@@ -105,8 +105,9 @@ def issuer_still_may(session: Session, job: ExportJob, link: ExportLink, key: Se
 def link_page(token: str, s: CoreServices = Depends(services)) -> dict[str, Any]:
     """The link's page: the package's own SHA-256 and the signing key's fingerprint, from the trust,
     so the recipient can check the file as received and the key that signed it (the token is the
-    credential, as for the download; reading this page reads no evidence)."""
-    with s.db.session() as session:
+    credential, as for the download; reading this page reads no evidence). Read without the write
+    lock: a made-up token is refused without taking or waiting for SQLite's one writer."""
+    with s.db.reading() as session:
         link = _live_link(s, session, token, datetime.now(UTC))
         job = session.get(ExportJob, link.export_id)
         if job is None:
@@ -195,7 +196,9 @@ def download(token: str, request: Request, s: CoreServices = Depends(services)) 
     downloads; every request is a ``viewed`` entry on the package naming the items it reads."""
     now = datetime.now(UTC)
     link_id, _, _ = parse_link_token(token)
-    with s.db.session() as session:
+    # The link is checked in a transaction that only reads: a made-up token is refused without
+    # taking or waiting for SQLite's one writer; the download's record is a write of its own after.
+    with s.db.reading() as session:
         link = _live_link(s, session, token, now)
         item = session.get(EvidenceItem, link.export_id)
         if item is None or item.status == "deleted":
