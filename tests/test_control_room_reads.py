@@ -9,6 +9,8 @@ queued for the write lock behind whatever long write held it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -20,10 +22,9 @@ from tests.test_incidents_kit import bearer, user
 ANSWER_WITHIN_S = 5.0  # each read takes tens of milliseconds; one queued behind the held writer waits for it
 
 
-def answers_while_a_writer_holds(live: Any, ask: list[tuple[httpx.Client, str, int]]) -> None:
-    """Each ``(client, path, status)`` asked, in turn, while another transaction holds the writer:
-    each answers within ``ANSWER_WITHIN_S`` with its status."""
-    s = live.services
+@contextmanager
+def writer_held(s: Any) -> Iterator[None]:
+    """Another transaction holds the writer meanwhile (on SQLite: ``BEGIN IMMEDIATE``, the one write lock)."""
     held, let_go = threading.Event(), threading.Event()
 
     def hold_the_writer() -> None:
@@ -36,6 +37,16 @@ def answers_while_a_writer_holds(live: Any, ask: list[tuple[httpx.Client, str, i
     writer.start()
     try:
         assert held.wait(30), "the writer never began"
+        yield
+    finally:
+        let_go.set()
+        writer.join(30)
+
+
+def answers_while_a_writer_holds(live: Any, ask: list[tuple[httpx.Client, str, int]]) -> None:
+    """Each ``(client, path, status)`` asked, in turn, while another transaction holds the writer:
+    each answers within ``ANSWER_WITHIN_S`` with its status."""
+    with writer_held(live.services):
         for client, path, status in ask:
             try:
                 got = client.get(path, timeout=ANSWER_WITHIN_S)
@@ -44,9 +55,6 @@ def answers_while_a_writer_holds(live: Any, ask: list[tuple[httpx.Client, str, i
                     f"GET {path}: no answer within {ANSWER_WITHIN_S} s while a writer held"
                 ) from None
             assert got.status_code == status, (path, got.status_code, got.text[:300])
-    finally:
-        let_go.set()
-        writer.join(30)
 
 
 def test_the_control_rooms_reads_answer_while_a_writer_holds_the_lock(live: Any) -> None:

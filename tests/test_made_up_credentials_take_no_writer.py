@@ -14,21 +14,18 @@ look-up's one transaction (``tests/test_range_sign_in.py``)."""
 from __future__ import annotations
 
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
 
 from accounts.service import revoke_tokens
-from devices.models import Device
 from tests.test_alarms_kit import DeviceKit, enrol
+from tests.test_control_room_reads import writer_held
 from tests.test_cross_site_reads import OUR_PAGE
 from tests.test_incidents_kit import bearer, store_item, user
 from tests.test_range_sign_in import REASON, Begun
@@ -75,27 +72,6 @@ def junk_requests(s: Any, route: str) -> list[tuple[str, str, dict[str, str], in
 
 
 ROUTES = ["content", "link", "memo"]
-
-
-@contextmanager
-def writer_held(s: Any) -> Iterator[None]:
-    """Another transaction holds the writer (on SQLite: ``BEGIN IMMEDIATE``, the one write lock)."""
-    held, let_go = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with s.db.session() as session:
-            session.execute(update(Device).where(Device.id == "no-such-device").values(name="x"))
-            held.set()
-            let_go.wait(120)
-
-    writer = threading.Thread(target=hold, name="held-writer")
-    writer.start()
-    try:
-        assert held.wait(30), "the writer never began"
-        yield
-    finally:
-        let_go.set()
-        writer.join(30)
 
 
 @pytest.mark.parametrize("route", ROUTES)
