@@ -41,6 +41,7 @@ from storage.paging import CURSOR_MAX, BadCursor, Cursors, Position
 
 from . import workspace_sources as ws
 from .api import PageRefused, render, signed_in
+from .times import as_moment, when_text
 
 router = APIRouter(include_in_schema=False)
 PAGE = 100
@@ -255,6 +256,14 @@ def _short(value: object) -> str:
     return str(value or "")[:8]
 
 
+def _said(key: str, value: object) -> str:
+    """``key: value`` for a line's detail, a moment in the ledger's ISO text written as every page
+    writes one (``console.times``), so a retention date or a link's expiry reads as the rest."""
+    if isinstance(value, str) and "T" in value and as_moment(value) is not None:
+        value = when_text(value)
+    return f"{key}: {value}"
+
+
 def _package_line(kind: str, d: dict[str, Any], row: dict[str, Any]) -> tuple[str, str] | None:
     """An export package's own custody line in words (built, link issued, downloaded, revoked)."""
     if kind == "custody:exported":
@@ -270,7 +279,7 @@ def _package_line(kind: str, d: dict[str, Any], row: dict[str, Any]) -> tuple[st
         bits = [
             f"to {d.get('recipient', '')}",
             f"for {d['purpose']}" if d.get("purpose") else "",
-            f"expires {d['expires_at']}" if d.get("expires_at") else "",
+            f"expires {when_text(d['expires_at'])}" if d.get("expires_at") else "",
         ]
         return "download link issued", "; ".join(b for b in bits if b)
     if kind == "custody:link_revoked":
@@ -331,11 +340,11 @@ def describe(row: dict[str, Any]) -> dict[str, str]:
         version = f"version {d['version']}: " if d.get("version") else ""
         detail = f"{version}redacted copy {_short(d['redacted_item'])}"
     elif kind == "custody:retention_changed":
-        bits = [f"{k}: {d[k]}" for k in ("class", "to", "cause") if d.get(k)]
+        bits = [_said(k, d[k]) for k in ("class", "to", "cause") if d.get(k)]
         detail = "; ".join(bits)
     elif kind.startswith("custody:"):
         bits = [
-            f"{k}: {d[k]}"
+            _said(k, d[k])
             for k in (
                 "incident",
                 "reason",
