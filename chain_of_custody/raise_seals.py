@@ -243,40 +243,65 @@ def sealed_device_key(session: Session, devices_secret: bytes, device_id: str) -
 
 @dataclass(frozen=True)
 class EnrolledKey:
-    """A public key (base64) the device's enrolments record, and when the enrolment that replaced
-    it was recorded (``until``; None: the latest): a key vouches only for messages sent before."""
+    """A public key (base64) the device's enrolments record, and until when it vouches (``until``;
+    None: the latest): a key vouches only for messages sent before."""
 
     key: str
     until: datetime | None
 
 
+def _enrolled_key(row: Any) -> str | None:
+    """The public key a (holding) ``device_enrolled`` entry records, or None."""
+    if row.action != CustodyAction.DEVICE_ENROLLED.value:
+        return None
+    try:
+        said = json.loads(row.details).get("public_key")
+    except (ValueError, AttributeError):
+        return None
+    return said if isinstance(said, str) else None
+
+
 def recorded_device_keys(
     session: Session, devices_secret: bytes, public: bytes, device_id: str
 ) -> list[EnrolledKey]:
-    """The public keys (base64) the device's enrolments record, newest first, in custody entries
-    that hold (:func:`entry_holds`): the keys it has signed with, whatever its row says now, each
-    with the time of the enrolment that replaced it (an entry that holds naming another key)."""
+    """The public keys (base64) the device's enrolments record in custody entries that hold
+    (:func:`entry_holds`), newest first: the keys it has signed with, whatever its row says now.
+    Its chain of entries is read in order, and a key's period ends at the next enrolment, at the
+    time that entry records; an entry that does not hold (named in a warning) may have been one,
+    so it ends the key's period too, at the last entry that holds before it (the time it records
+    is not to be trusted), and vouches for no key itself. A gap in the chain (an entry deleted)
+    leaves no key enrolled before it vouching for anything: nothing says when it was replaced."""
     q = (
         select(*ENTRY_COLUMNS)
-        .where(
-            CustodyEntry.item_id == device_subject(devices_secret, device_id),
-            CustodyEntry.action == CustodyAction.DEVICE_ENROLLED.value,
-        )
-        .order_by(CustodyEntry.seq.desc())
+        .where(CustodyEntry.item_id == device_subject(devices_secret, device_id))
+        .order_by(CustodyEntry.item_seq)
     )
     keys: list[EnrolledKey] = []
-    replaced: datetime | None = None  # when the enrolment after this one was recorded
+    key: str | None = None  # the key in force, enrolled by an entry that holds
+    seen: datetime | None = None  # the time of the last entry that holds while it was in force
+    expected = 1
     for row in session.execute(q):
-        try:
-            said = json.loads(row.details).get("public_key")
-        except (ValueError, AttributeError):
+        at_seq = -1 if row.item_seq is None else int(row.item_seq)  # (none: a gap)
+        if at_seq != expected:
+            keys.clear()
+            key = None
+        expected = at_seq + 1
+        if not entry_holds(public, row):
+            warn_of_entry(int(row.seq))
+            if key is not None and seen is not None:
+                keys.append(EnrolledKey(key, seen))
+            key = None
             continue
-        if not isinstance(said, str) or not entry_holds(public, row):
-            continue
-        if all(k.key != said for k in keys):
-            keys.append(EnrolledKey(said, replaced))
-        replaced = datetime.fromisoformat(row.at)
-    return keys
+        at = datetime.fromisoformat(row.at)
+        said = _enrolled_key(row)
+        if said is not None:
+            if key is not None:
+                keys.append(EnrolledKey(key, at))
+            key = said
+        seen = at
+    if key is not None:
+        keys.append(EnrolledKey(key, None))
+    return keys[::-1]
 
 
 def dated_before(raw: bytes, until: datetime) -> bool:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from alarms import rules
 from alarms.feed import record_change
@@ -25,7 +25,7 @@ from chain_of_custody.awaiting_upgrade import awaiting_upgrade
 from chain_of_custody.canonical import canonical_json
 from chain_of_custody.models import CustodyEntry
 from chain_of_custody.reach_seals import reach_secret
-from devices.service import enrol_lone_worker
+from devices.service import enrol_lone_worker, set_status
 from tests.test_alarms_kit import DeviceKit, enrol, later
 from tests.test_lifecycle_seals import _alter, _row, _sos
 from tests.test_sweep_custody import _forge, _named
@@ -500,3 +500,60 @@ def test_a_key_replaced_vouches_only_for_messages_dated_before_its_replacement(
     else:
         assert (row.note, row.lat, row.lon) == (_NOTE, _PLACE["lat"], _PLACE["lon"])
         assert row.evidence_item_id is not None
+
+
+@pytest.mark.parametrize("tampered", ["details", "at", "action", "deleted"])
+def test_a_key_replaced_by_an_enrolment_edited_in_the_database_vouches_for_no_later_message(
+    services: Any, caplog: pytest.LogCaptureFixture, tampered: str
+) -> None:
+    """An enrolment entry that did not hold was passed over as if it had never been written: whoever
+    kept a device's old key edited one byte of the entry that enrolled the new one (or its time,
+    or its action, or deleted it), the old key was taken as the device's latest and vouched for a
+    message of any date. The edited entry still ends the old key's period, at the last entry that
+    holds before it (and is named); a deleted one leaves the old key vouching for nothing: a
+    message signed with the old key, dated after the rotation, is not adopted."""
+    device = enrol(services, "LW-RE", staff_id="S-RE", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _sos_with_note(services, device, now, whole=False)
+    new_key = DeviceKit("LW-RE").public_b64
+    with services.db.session() as session:  # enrolled again with a new key (the old one kept)
+        enrol_lone_worker(session, services.ledger, "LW-RE", new_key, "test", staff_id="S-RE")
+    for status in ("disabled", "active"):  # entries after it: its deletion leaves a gap
+        with services.db.session() as session:
+            set_status(session, services.ledger, "LW-RE", status, "test")
+    with services.db.session() as session:
+        entries = session.execute(
+            select(CustodyEntry.seq, CustodyEntry.details).where(CustodyEntry.action == "device_enrolled")
+        ).all()
+    seq = next(s for s, d in entries if json.loads(d).get("public_key") == new_key)
+    edits = {
+        "details": {"details": json.dumps({"public_key": new_key, "note": "x"})},
+        "at": {"at": "2099-01-01T00:00:00+00:00"},
+        "action": {"action": "device_changed"},
+    }
+    entry = CustodyEntry.seq == seq
+    _sql(
+        services,
+        delete(CustodyEntry).where(entry)
+        if tampered == "deleted"
+        else update(CustodyEntry).where(entry).values(**edits[tampered]),
+    )
+    event_id = str(_row(services, alarm_id).source_event_id)
+    body = {"kind": "sos", "action": "raise", "note": "false alarm, ignore"}
+    forged = device.payload(
+        "alarm", body, event_id=event_id, seq=1, sent_at=later(3600, now), position=_ELSEWHERE
+    )
+    _sql(
+        services,
+        update(LoneWorkerEvent)
+        .where(LoneWorkerEvent.event_id == event_id)
+        .values(raw=canonical_json(forged)),
+    )
+    _alter(services, alarm_id, note="false alarm, ignore", **_ELSEWHERE)
+    with caplog.at_level(logging.WARNING):
+        services.alarms.make_whole(alarm_id, later(2, now))
+    row = _row(services, alarm_id)
+    assert (row.note, row.lat, row.lon, row.evidence_item_id) == (None,) * 4
+    assert _named(caplog, event_id=event_id), [r.getMessage() for r in caplog.records]
+    if tampered != "deleted":
+        assert _named(caplog, entry=seq), [r.getMessage() for r in caplog.records]
