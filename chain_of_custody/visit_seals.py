@@ -42,6 +42,7 @@ from .canonical import rfc3339
 from .entries import ChainReport, CustodyAction, Problem, SignedEntry, report_unsealed
 from .keys import ServiceKey
 from .ledger import Ledger
+from .lifecycle_seals import entry_holds
 from .reach_seals import reach_secret
 from .registry_replay import Recorded, alarm_replay, device_replay
 from .row_replay import _details
@@ -237,15 +238,31 @@ class UnsealedVisit:
         return f"{visit_name(self.device, self.visit_id)}: wearer {self.wearer or '-'}; {verdict}"
 
 
+_REPLAYED = frozenset(
+    a.value
+    for a in (
+        CustodyAction.VISIT_CHANGED,
+        CustodyAction.DEVICE_ENROLLED,
+        CustodyAction.DEVICE_CHANGED,
+        CustodyAction.ALARM_RAISED,
+        CustodyAction.ALARM_CHANGED,
+        CustodyAction.LINKED,
+    )
+)
+"""The actions of the entries the replays below read (the others are not checked)."""
+
+
 def unsealed_visits(session: Session, key: ServiceKey, entries: Iterable[SignedEntry]) -> list[UnsealedVisit]:
     """Every visit without a seal or under a version 1 seal, against what the ledger last recorded
     of each column its seal covers: its wearer (or, for a visit it never recorded, its device's
     assigned member of staff), its expected end and end (``visit_deadlines``), and its missed
-    check-in alarm (:func:`_missed_refused`)."""
+    check-in alarm (:func:`_missed_refused`), in entries that hold (:func:`entry_holds`: ``evidence
+    verify`` names the others), so an entry written in the database that records an end check-in
+    neither bears out a visit ended by SQL nor gets it sealed as it stands."""
     rows = older_visits(session, reach_secret(key))
     if not rows:
         return []
-    entries = list(entries)
+    entries = [e for e in entries if e.body.action in _REPLAYED and entry_holds(key.public_raw, e)]
     visits, devices, alarms = visit_replay(entries), device_replay(entries), alarm_replay(entries)
     deadlines = deadline_replay(entries)
     named = _visits_naming(session, {r.missed_alarm_id for r in rows if r.missed_alarm_id is not None})

@@ -29,6 +29,7 @@ from chain_of_custody.models import CustodyEntry
 from chain_of_custody.visit_seals import visit_seal_v1
 from tests.test_alarms_kit import DeviceKit, enrol, later
 from tests.test_outbox_seals import forged_below
+from tests.test_sweep_custody import forged_on_tip
 from tests.test_visit_seals import _cli, _sql, set_state_row
 
 
@@ -243,6 +244,27 @@ def test_upgrade_seals_adopts_version_1_visits_whose_deadline_the_ledger_bears_o
     assert [(a.wearer, a.note) for a in _alarms(services, "LW-D9", "missed_checkin")] == [
         (None, UNVOUCHED_NOTE)
     ]
+
+
+def test_upgrade_seals_seals_no_visit_a_forged_end_checkin_bears_out(services: Any) -> None:
+    """A visit's seal cleared and its row ended by SQL, with a ``visit_changed`` entry recording an
+    end check-in written on the ledger's tip (signed with a key of the writer's own):
+    ``upgrade-seals`` took the forged entry as its custody record and sealed the visit ended as it
+    stood, and its missed check-in was never raised. Only entries that hold bear a row out: it is
+    refused, left unsealed, and its missed check-in is raised."""
+    device = enrol(services, "LW-DF", staff_id="S-F", site="NORTH")
+    now = datetime.now(UTC)
+    _start(services, device, "V-DF", now)
+    forged_on_tip(services, "visit_changed", {"visit": "V-DF", "device": "LW-DF", "checkin": "end"})
+    _sql(services, _visit("V-DF", seal=None, ended_at=later(60, now), due_at=None))
+    done = _cli(services, "upgrade-seals", "--yes")
+    lines = {line.split(":")[0]: line for line in done.output.splitlines() if line.startswith("visit ")}
+    assert "REFUSED" in lines["visit V-DF of device LW-DF"], done.output
+    with services.db.session() as session:
+        q = select(LoneWorkerVisit.seal).where(LoneWorkerVisit.visit_id == "V-DF")
+        assert session.scalars(q).one() is None
+    services.alarms.raise_missed_checkins(later(36 * 60, now))
+    assert [a.visit_id for a in _alarms(services, "LW-DF", "missed_checkin")] == ["V-DF"]
 
 
 def test_an_alarms_custody_entries_record_the_deadline_it_is_then_due_by(services: Any) -> None:

@@ -42,12 +42,19 @@ def _latest_entry(session: Any, alarm_id: str) -> CustodyEntry:
 
 
 def _forge(services: Any, alarm_id: str, /, item_id: str | None = None, **said: Any) -> int:
-    """An ``alarm_changed`` entry written by SQL on the ledger's tip (naming ``item_id``), hashed and
-    chained as the service would, signed with a key of the writer's own; the head row moved on to it."""
+    """An ``alarm_changed`` entry written by SQL on the ledger's tip (naming ``item_id``), the
+    alarm's latest entry's details with ``said`` (:func:`forged_on_tip`)."""
+    with services.db.session() as session:
+        details = {**json.loads(_latest_entry(session, alarm_id).details), **said}
+    return forged_on_tip(services, "alarm_changed", details, item_id)
+
+
+def forged_on_tip(services: Any, action: str, details: dict[str, Any], item_id: str | None = None) -> int:
+    """A custody entry written by SQL on the ledger's tip (naming ``item_id``), hashed and chained
+    as the service would, signed with a key of the writer's own; the head row moved on to it."""
     with services.db.session() as session:
         head = session.get(LedgerHead, 1)
         assert head is not None
-        details = {**json.loads(_latest_entry(session, alarm_id).details), **said}
         last = None
         if item_id is not None:  # chained on the item's entries too, as the service would
             last = session.scalars(
@@ -59,7 +66,7 @@ def _forge(services: Any, alarm_id: str, /, item_id: str | None = None, **said: 
             seq=head.last_seq + 1,
             id=str(uuid.uuid4()),
             at=rfc3339(datetime.now(UTC)),
-            action="alarm_changed",
+            action=action,
             actor="user:op",
             item_id=item_id,
             item_seq=None if item_id is None else (last.item_seq or 0) + 1 if last else 1,
