@@ -51,9 +51,10 @@ ARRIVAL_STEPS = frozenset({"captured", "received", "verified"})
 OWN_EVENTS = frozenset({"linked", "unlinked"})  # of this incident: told by its own timeline
 # A package's arrival: its "exported" line (package built, with its hashes) tells it.
 PACKAGE_ARRIVAL = ARRIVAL_STEPS | {"stored"}
-# What in a package's "exported" entry names the items it holds or withholds (a list of ids, a list of
-# media each naming its item, ids to reasons): only the items the reader sees are named.
-PACKAGE_ITEM_LISTS = ("included", "media", "withheld")
+# What in a package's entries names the items it holds or withholds (a list of ids, a list of media
+# each naming its item, ids to reasons; a download's "viewed" entry lists the items its bytes held):
+# only the items the reader sees are named.
+PACKAGE_ITEM_LISTS = ("included", "media", "withheld", "items_read")
 MAX_ITEMS = 5000  # items followed for one incident (links and the copies derived from them)
 HISTORY_PAGE = 1000
 """Lines of a history or timeline page by default (the API's page, the console's page)."""
@@ -395,7 +396,7 @@ def _custody_lines(
             if action in OWN_EVENTS and (entry.get("details") or {}).get("incident_id") == incident.id:
                 continue  # the incident's own "linked"/"unlinked" line says it already, with the reason
             details = entry.get("details") or {}
-            if item_id in packages and not entry.get("withheld"):
+            if (item_id in packages or kinds.get(item_id) == "export") and not entry.get("withheld"):
                 details = _package_items_seen(session, viewer, details)
             actor = entry.get("actor")
             lines.append(

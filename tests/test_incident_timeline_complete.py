@@ -207,3 +207,42 @@ def test_every_kind_of_custody_event_is_a_line_of_the_timeline_and_only_for_its_
     assert page.status_code == 200
     for secret in (job["id"][:8], RECIPIENT, HOLD_REASON.replace("'", "&#39;"), reference):
         assert secret not in page.text, secret
+
+
+def test_a_package_download_line_names_no_item_the_reader_no_longer_sees(
+    server: Server, tmp_path: Path
+) -> None:
+    """A download's entry lists the items its bytes held (``items_read``); once a clip is unlinked
+    from the incident, its reader no longer sees it, and the timeline's download line names it no more
+    than the package's built line does (as ``GET /exports/{id}`` lists only what the reader sees)."""
+    s: Any = server.services
+    inv = server.as_("inv")
+    ev = make_incident_evidence(s, tmp_path)
+    incident = _incident(server)
+    incident_id = incident["id"]
+    _link(server, incident_id, ev.clip.id)
+    r = http.post(
+        f"{server.url}/api/v1/incidents/{incident_id}/exports", json={"item_ids": [ev.clip.id]}, headers=inv
+    )
+    assert r.status_code == 202, r.text
+    job = wait_ready(server, r.json()["id"])
+    r = http.post(
+        f"{server.url}/api/v1/exports/{job['id']}/links", json={"recipient": RECIPIENT}, headers=inv
+    )
+    assert r.status_code == 201, r.text
+    assert http.get(r.json()["url"]).status_code == 200
+    before = _one(_history(server, incident_id, "inv"), "custody:viewed", item_id=job["id"])
+    read = set(before["details"]["items_read"])
+    assert read and read <= {ev.clip.id, ev.redacted.id}, before["details"]
+
+    r = http.post(
+        f"{server.url}/api/v1/incidents/{incident_id}/unlink",
+        json={"kind": "evidence", "target_id": ev.clip.id, "reason": "another incident's footage"},
+        headers=server.as_("admin"),
+    )
+    assert r.status_code == 204, r.text
+    lines = _history(server, incident_id, "inv")
+    after = _one(lines, "custody:viewed", item_id=job["id"])
+    built = _one(lines, "custody:exported", item_id=job["id"])
+    assert not set(built["details"].get("included") or []) & read, built["details"]
+    assert not set(after["details"].get("items_read") or []) & read, after["details"]
