@@ -239,23 +239,9 @@ def test_entry_planted_below_the_chain_is_named(services, seq: int) -> None:  # 
             None,
             row.key_id,
         )
-        session.add(
-            CustodyEntry(
-                seq=seq,
-                id=body.id,
-                at=body.at,
-                action=body.action,
-                actor=body.actor,
-                item_id=None,
-                item_seq=None,
-                details=body.details,
-                prev_hash=body.prev_hash,
-                item_prev_hash=None,
-                key_id=body.key_id,
-                entry_hash=body.digest(),
-                signature=services.key.sign(body.canonical()),
-            )
-        )
+        planted_row = CustodyEntry(**{k: getattr(body, k) for k in body.__dataclass_fields__})
+        planted_row.entry_hash, planted_row.signature = body.digest(), services.key.sign(body.canonical())
+        session.add(planted_row)
     with services.db.session() as session:
         report = verify_service(session, services.store, services.key)
     planted = [p for p in report.problems if p.kind == "entry_outside_chain"]
