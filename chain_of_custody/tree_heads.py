@@ -28,6 +28,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -156,20 +157,36 @@ class LedgerContradicted(RuntimeError):
     looks into it; ``evidence verify`` names what differs."""
 
 
-def stored_heads_contradicting(store: ObjectStore, key: ServiceKey, tree: MerkleTree) -> str | None:
+def stored_heads_contradicting(
+    store: ObjectStore, key: ServiceKey, tree: MerkleTree, read_on: Callable[[], None] = lambda: None
+) -> str | None:
     """What, if anything, in storage contradicts a ledger whose tree is ``tree``, found without
     listing every head: any signed head of more entries than the ledger holds (a cut tail), and the
     newest head at or below the ledger's size must have the ledger's root at that size (a rewrite).
     Heads are named by their size, zero-padded, so both are a listing from one name on; only when
-    no head has the ledger's exact size (a crash between a commit and its head) is every name read."""
-    size = tree.size
-    for name in store.list_stored(PREFIX, start_after=f"{PREFIX}{size:015d}.")[0]:
-        head = _read_one(store, key, name)
-        if head is not None and head.tree_size > size:
+    no head has the ledger's exact size (a crash between a commit and its head) is every name read.
+
+    Other instances may be appending meanwhile, and each head is stored after the commit of what it
+    covers: a head of more entries than ``tree`` held when it was read may cover entries committed
+    since. ``read_on`` then grows ``tree`` with the entries committed now; only a head listed before
+    that read that still covers more than the ledger holds marks a cut."""
+    beyond = [
+        head
+        for head in (
+            _read_one(store, key, name)
+            for name in store.list_stored(PREFIX, start_after=f"{PREFIX}{tree.size:015d}.")[0]
+        )
+        if head is not None and head.tree_size > tree.size
+    ]
+    if beyond:
+        read_on()
+        largest = max(beyond, key=lambda h: h.tree_size)
+        if largest.tree_size > tree.size:
             return (
-                f"a signed tree head in storage covers {head.tree_size} custody entries; "
-                f"the ledger holds {size}"
+                f"a signed tree head in storage covers {largest.tree_size} custody entries; "
+                f"the ledger holds {tree.size}"
             )
+    size = tree.size
     names = store.list_stored(f"{PREFIX}{size:015d}-")[0] if size else []
     heads = [h for h in (_read_one(store, key, n) for n in names) if h is not None]
     if not heads:
@@ -199,7 +216,7 @@ class TreeHeadLog:
         self.published = 0
         self.latest: TreeHead | None = None
         self.written = 0  # tree heads this process wrote (group commit shares them)
-        self.ledger_reads = 0  # times the tree read entries back from the database
+        self.ledger_reads = 0  # times the tree caught up with entries read back from the database
         self._lock = threading.Lock()
         self._loaded = False  # the tree has been read from the database once (at start)
         self._handed: dict[int, bytes] = {}  # leaves committed in this process, not yet in the tree
@@ -293,6 +310,20 @@ class TreeHeadLog:
         if self.contradicted is not None:
             raise self.contradicted
         self.ledger_reads += 1
+        self._read_committed(engine)
+        if not self._loaded:
+            problem = stored_heads_contradicting(
+                self.store, self.key, self.tree, lambda: self._read_committed(engine)
+            )
+            if problem is not None:
+                self.contradicted = LedgerContradicted(problem)
+                log.critical("custody ledger contradicts the stored tree heads", extra={"problem": problem})
+                raise self.contradicted
+        self._loaded = True
+        self._settle_handed()
+
+    def _read_committed(self, engine: Engine) -> None:
+        """Add the entries committed now that the tree does not hold yet, in order."""
         with Session(engine) as session:
             while True:
                 rows = list(
@@ -309,14 +340,6 @@ class TreeHeadLog:
                     if row.seq != self.tree.size + 1:
                         raise RuntimeError(f"custody entry #{self.tree.size + 1} is missing from the ledger")
                     self.tree.append(entry_leaf(row))
-        if not self._loaded:
-            problem = stored_heads_contradicting(self.store, self.key, self.tree)
-            if problem is not None:
-                self.contradicted = LedgerContradicted(problem)
-                log.critical("custody ledger contradicts the stored tree heads", extra={"problem": problem})
-                raise self.contradicted
-        self._loaded = True
-        self._settle_handed()
 
     def _settle_handed(self) -> None:
         """Drop handed-over leaves the tree already holds (read from the database), each checked

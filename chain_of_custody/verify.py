@@ -20,7 +20,7 @@ from storage.objects import ObjectStore, StorageError
 from . import package_layout
 from .alarm_seals import check_alarm_seals
 from .block_lists import LISTED, details_blocks, list_problem, listed_commitments
-from .checkpoints import read_checkpoints
+from .checkpoints import Checkpoint, read_checkpoints
 from .entries import (
     ChainReport,
     CustodyAction,
@@ -99,6 +99,36 @@ class VerifyOptions:
     tree_head_sample: int | None = TREE_HEAD_SAMPLE
 
 
+Checkpoints = tuple[list[Checkpoint], list[str], list[str]]  # read_checkpoints: good, bad, hidden
+SampledHeads = tuple[list[TreeHead], list[str], int, list[str]]  # sample_tree_heads
+
+
+@dataclass(frozen=True)
+class StoredEnds:
+    """What write-once storage holds of the ledger's end, read before the ledger is (each item, or
+    the storage error that kept it from being read)."""
+
+    checkpoints: Checkpoints | StorageError
+    tree_heads: SampledHeads | StorageError
+
+
+def read_stored_ends(store: ObjectStore, key: ServiceKey, sample: int | None) -> StoredEnds:
+    """The checkpoints and the signed tree heads (``sample``: see ``VerifyOptions``) in storage now.
+    Each is written after the commit of what it covers, so read before the ledger's snapshot it
+    covers nothing the snapshot lacks: one that does marks a cut."""
+    checkpoints: Checkpoints | StorageError
+    heads: SampledHeads | StorageError
+    try:
+        checkpoints = read_checkpoints(store, key)
+    except StorageError as exc:
+        checkpoints = exc
+    try:
+        heads = sample_tree_heads(store, key, sample)
+    except StorageError as exc:
+        heads = exc
+    return StoredEnds(checkpoints, heads)
+
+
 def _stored_records(session: Session) -> dict[str, dict[str, object]]:
     """The 'stored' custody details of every item: what the ledger says each object is."""
     out: dict[str, dict[str, object]] = {}
@@ -137,10 +167,21 @@ def verify_service(
     options: VerifyOptions | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ChainReport:
+    """The whole service's evidence checked, each finding named (see the module's docstring).
+
+    It runs beside a working service. What storage holds of the ledger's end (the write-once
+    checkpoints and signed tree heads, each written after the commit it covers) is read before the
+    first statement in ``session``, and ``session`` is meant to read one moment of the database
+    (``Database.reading``: its snapshot starts at its first statement), so what is committed while
+    it runs (an alarm escalated, an item stored, a head written) is neither half seen nor taken for a
+    cut or an alteration: it is for the next run. Call it with a session that has read nothing yet."""
     options = options or VerifyOptions()
     report = ChainReport()
     ledger = Ledger(key)
     say = progress or (lambda _msg: None)
+
+    say("reading the checkpoints and signed tree heads in storage")
+    ends = read_stored_ends(store, key, options.tree_head_sample)
 
     # 1. The global chain: every entry intact, signed, linked, none missing.
     say("checking the custody ledger")
@@ -197,8 +238,10 @@ def verify_service(
             )
         )
     say("checking checkpoints")
-    try:
-        checkpoints, bad, hidden = read_checkpoints(store, key)
+    if isinstance(ends.checkpoints, StorageError):
+        report.problems.append(Problem("storage_unreachable", "checkpoints", str(ends.checkpoints)))
+    else:
+        checkpoints, bad, hidden = ends.checkpoints
         for name in bad:
             report.problems.append(Problem("bad_checkpoint", name, "checkpoint signature does not verify"))
         for name in hidden:
@@ -217,12 +260,10 @@ def verify_service(
                         "entry_altered", f"custody entry #{cp.seq}", "hash differs from the signed checkpoint"
                     )
                 )
-    except StorageError as exc:
-        report.problems.append(Problem("storage_unreachable", "checkpoints", str(exc)))
 
     say("checking signed tree heads")
     chain_known_broken = bool(report.problems)
-    check_tree_heads(store, key, entries, report, chain_known_broken, sample=options.tree_head_sample)
+    check_tree_heads(ends.tree_heads, entries, report, chain_known_broken)
     say("checking viewings")
     check_viewings(session, entries, report, key.derived_secret(RANGE_CHAIN))
     if not options.item_ids:  # one item's check reads its own rows only
@@ -498,13 +539,10 @@ def check_viewings(
 
 
 def check_tree_heads(
-    store: ObjectStore,
-    key: ServiceKey,
+    stored: SampledHeads | StorageError,
     entries: list[SignedEntry],
     report: ChainReport,
     chain_known_broken: bool = False,
-    *,
-    sample: int | None = None,
 ) -> int:
     """The ledger against every signed tree head in write-once storage: the newest must be covered
     (nothing cut off the end), each must be the root of the ledger's first entries as they are now
@@ -512,21 +550,21 @@ def check_tree_heads(
     (RFC 9162 section 2.1.4), checked with the proof the ledger gives. ``chain_known_broken``: an
     entry was already named as altered or missing, so a root that disagrees is not named again.
 
-    ``sample`` bounds what is read (``tree_heads.sample_tree_heads``: the newest, the oldest and that
-    many at random; None: all). Returns how many tree heads were read."""
-    try:
-        heads, bad, stored, hidden = sample_tree_heads(store, key, sample)
-    except StorageError as exc:
-        report.problems.append(Problem("storage_unreachable", "tree heads", str(exc)))
+    ``stored``: the heads read (``tree_heads.sample_tree_heads``: the newest, the oldest and a
+    sample at random, or all), before the ledger was (:func:`read_stored_ends`). Returns how many
+    tree heads were read."""
+    if isinstance(stored, StorageError):
+        report.problems.append(Problem("storage_unreachable", "tree heads", str(stored)))
         return 0
+    heads, bad, stored_count, hidden = stored
     for name in bad:
         report.problems.append(Problem("bad_tree_head", name, "not a tree head signed by the service key"))
     for name in hidden:
         report.problems.append(Problem("hidden_tree_head", name, HIDDEN))
     read = len(heads) + len(bad)
-    if read < stored:
+    if read < stored_count:
         report.notes.append(
-            f"read {read} of {stored} signed tree heads (the newest, the oldest and {read - 2} at "
+            f"read {read} of {stored_count} signed tree heads (the newest, the oldest and {read - 2} at "
             "random); --all-tree-heads reads every one"
         )
     if not heads:

@@ -288,7 +288,7 @@ def verify(
 
         s = _services(existing=True)
         try:
-            with s.db.session() as session:
+            with s.db.reading() as session:  # one moment of a service that may be running
                 report = verify_service(
                     session,
                     s.store,

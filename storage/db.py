@@ -148,11 +148,18 @@ class WriteInReading(RuntimeError):
 
 def read_only_engine(engine: Engine) -> Engine:
     """``engine`` for transactions that only read: no write lock on SQLite (``READ_ONLY``) and
-    ``BEGIN READ ONLY`` on PostgreSQL (no extra round trip: psycopg sends it with the ``BEGIN``),
-    so the database itself refuses a write. The connections are the engine's own (one pool)."""
+    ``BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`` on PostgreSQL (no extra round trip: psycopg
+    sends it with the ``BEGIN``), so the database itself refuses a write. The connections are the
+    engine's own (one pool).
+
+    Such a transaction reads one moment of the database on both: from its first statement on, it
+    sees nothing committed later (SQLite's read transactions do so anyway). A read of several
+    statements (a page, a verification) is never torn by a commit between two of them: the
+    ledger read before another transaction's commit and a row read after it never disagree."""
     options: dict[str, Any] = {READ_ONLY: True}
     if engine.dialect.name == "postgresql":
         options["postgresql_readonly"] = True
+        options["isolation_level"] = "REPEATABLE READ"
     return engine.execution_options(**options)
 
 

@@ -225,12 +225,8 @@ def test_burst_of_500_alarms_through_a_killed_instance_and_a_broker_restart(
     assert items == received == 500
     # svc-a: before the kill and after its restart; svc-b: before and after the broker restart
     assert connected(broker, "svc-a", times=2) and connected(broker, "svc-b", times=2)
-    with services.db.session() as session:
+    # The workers are still running (their clock escalates what nobody acknowledged within 30 s):
+    # verify reads one moment of the database, as `evidence verify` does beside a live service.
+    with services.db.reading() as session:
         report = verify_service(session, services.store, services.key, VerifyOptions(check_objects=False))
-    raced = [p for p in report.problems if p.kind == "alarm_lifecycle_altered"]
-    assert not [p for p in report.problems if p not in raced], report.problems
-    if raced:  # every other check above holds; this one names a known race, open in the notes
-        pytest.xfail(
-            f"{len(raced)} alarm(s) escalated whose last lifecycle entry says raised, as happens in some "
-            f"runs of this burst on two cores since before 7 Dec: {raced[0]}"
-        )
+    assert report.ok, report.problems
