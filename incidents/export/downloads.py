@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accounts.access import services
@@ -31,8 +32,8 @@ from chain_of_custody.evidence import parse_range, quarantine, quarantine_hook
 from chain_of_custody.fixity import FixityCheck, checked_range
 from chain_of_custody.keys import SIGNING_KEY_PATH, ServiceKey
 from chain_of_custody.ledger import Ledger
-from chain_of_custody.models import EvidenceItem
-from chain_of_custody.reads import RangeRefused
+from chain_of_custody.models import CustodyEntry, EvidenceItem
+from chain_of_custody.reads import RangeRefused, ReadRefused
 from storage.api_schema import error_responses
 from storage.errors import InConflict, Refused, Unavailable
 from storage.objects import StorageError
@@ -69,10 +70,13 @@ class LinkPage(BaseModel):
     how_to_check: list[str]
 
 
-def _live_link(s: CoreServices, session: Session, token: str, now: datetime) -> ExportLink:
-    """The link the token names, if it is ours, unexpired and not revoked (LinkRefused otherwise)."""
+def _live_link(
+    s: CoreServices, session: Session, token: str, now: datetime, *, lock: bool = False
+) -> ExportLink:
+    """The link the token names, if it is ours, unexpired and not revoked (LinkRefused otherwise).
+    ``lock``: its row is locked for the rest of the (write) transaction, so a revocation waits."""
     link_id, _, _ = parse_link_token(token)
-    link = session.get(ExportLink, link_id)
+    link = session.get(ExportLink, link_id, with_for_update=lock or None, populate_existing=lock)
     if link is None:
         raise LinkRefused(404, "no such download link")
     check_link_token(link_secret(s.key), token, link.export_id, now)
@@ -86,6 +90,64 @@ def _live_link(s: CoreServices, session: Session, token: str, now: datetime) -> 
         log.warning("download link refused: its issuer's access ended", extra={"link": link.id})
         raise LinkRefused(410, "this download link is no longer good: whoever issued it no longer has access")
     return link
+
+
+def _held_package(session: Session, link: ExportLink) -> EvidenceItem:
+    """The package's row, while it may be served: 410 when it is gone, 409 when it is quarantined."""
+    item = session.get(EvidenceItem, link.export_id)
+    if item is None or item.status == "deleted":
+        raise LinkRefused(410, "the package is no longer held")
+    if item.status == "quarantined" or Ledger.quarantined_seq(session, item.id) is not None:
+        raise ReadRefused("quarantined", f"the package cannot be served: it is quarantined ({item.id})")
+    return item
+
+
+def quarantined_among(session: Session, item_ids: list[str]) -> str | None:
+    """One of ``item_ids`` that is quarantined (by its row, or by a ``quarantined`` custody entry,
+    which nothing releases), or None."""
+    if not item_ids:
+        return None
+    by_row = session.scalar(
+        select(EvidenceItem.id)
+        .where(EvidenceItem.id.in_(item_ids), EvidenceItem.status == "quarantined")
+        .order_by(EvidenceItem.id)
+        .limit(1)
+    )
+    if by_row is not None:
+        return str(by_row)
+    by_custody = session.scalar(
+        select(CustodyEntry.item_id)
+        .where(CustodyEntry.item_id.in_(item_ids), CustodyEntry.action == CustodyAction.QUARANTINED)
+        .order_by(CustodyEntry.seq)
+        .limit(1)
+    )
+    return None if by_custody is None else str(by_custody)
+
+
+def still_serves(
+    s: CoreServices, session: Session, token: str, package_id: str, layout: pl.Layout | None
+) -> None:
+    """Check the link again in the transaction that records its download, its row locked (so a
+    revocation waits for the record, or the record sees it), at the time of the record: whatever
+    ended it since its first check (revoked, expired, its issuer's access ended, the package gone or
+    quarantined, or an item the package holds quarantined) refuses the download, and nothing is
+    recorded or streamed."""
+    link = _live_link(s, session, token, datetime.now(UTC), lock=True)
+    if link.export_id != package_id:
+        raise LinkRefused(410, "this download link is no longer good")
+    _held_package(session, link)
+    held = sorted({seg.item_id for seg in layout.media}) if layout is not None else []
+    quarantined = quarantined_among(session, held)
+    if quarantined is not None:
+        log.warning(
+            "export download refused: an item it holds is quarantined",
+            extra={"export": package_id, "item": quarantined},
+        )
+        raise ReadRefused(
+            "quarantined",
+            f"the package cannot be served: evidence item {quarantined} it holds no longer matches "
+            "its record and is quarantined",
+        )
 
 
 def issuer_still_may(session: Session, job: ExportJob, link: ExportLink, key: ServiceKey) -> bool:
@@ -197,12 +259,11 @@ def download(token: str, request: Request, s: CoreServices = Depends(services)) 
     now = datetime.now(UTC)
     link_id, _, _ = parse_link_token(token)
     # The link is checked in a transaction that only reads: a made-up token is refused without
-    # taking or waiting for SQLite's one writer; the download's record is a write of its own after.
+    # taking or waiting for SQLite's one writer; the download's record is a write of its own after,
+    # where the link is checked again (``still_serves``): it may have ended in between.
     with s.db.reading() as session:
         link = _live_link(s, session, token, now)
-        item = session.get(EvidenceItem, link.export_id)
-        if item is None or item.status == "deleted":
-            raise LinkRefused(410, "the package is no longer held")
+        item = _held_package(session, link)
         # The layout is found and checked by the package's row: it must be what was recorded.
         problem = unrecorded(item, Ledger.stored_entry(session, item.id), s.ledger.verifier)
         session.expunge(item)
@@ -251,6 +312,7 @@ def download(token: str, request: Request, s: CoreServices = Depends(services)) 
             request,
             item,
             layout,
+            token,
             link_id,
             recipient,
             created_by,
@@ -271,6 +333,7 @@ def _serve_download(
     request: Request,
     item: EvidenceItem,
     layout: pl.Layout | None,
+    token: str,
     link_id: str,
     recipient: str,
     created_by: str,
@@ -281,8 +344,10 @@ def _serve_download(
     end: int,
     release: Callable[[], None],
 ) -> Response:
-    """Record the download on the package's custody, then stream it (the slot held until it ends)."""
+    """Record the download on the package's custody, then stream it (the slot held until it ends).
+    The link is checked again where the download is recorded (``still_serves``)."""
     with s.db.session() as session:
+        still_serves(s, session, token, item.id, layout)
         s.ledger.append(
             session,
             CustodyAction.VIEWED,

@@ -1,0 +1,170 @@
+"""A download link is checked when the request arrives, then its download is recorded in a write
+transaction of its own. Whatever ends the link between the two (revoked, expired, its issuer's
+access ended, an item it holds quarantined) refuses the download: the link is read and checked again,
+locked, in the transaction that records it, and nothing is recorded or streamed (both databases;
+the change is made deterministically by a hook on what the download calls between the two)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select, update
+
+from accounts.models import User
+from chain_of_custody.evidence import Provenance, quarantine
+from chain_of_custody.models import CustodyEntry
+from incidents.export import downloads
+from incidents.export.models import ExportLink
+from tests.conftest import start_server
+from tests.test_export_api import package_with_link
+from tests.test_export_package import put_evidence
+
+
+def _viewed_by_link(s: Any, export_id: str, link_id: str) -> int:
+    with s.db.reading() as session:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(CustodyEntry)
+                .where(
+                    CustodyEntry.item_id == export_id,
+                    CustodyEntry.action == "viewed",
+                    CustodyEntry.actor == f"link:{link_id}",
+                )
+            )
+            or 0
+        )
+
+
+class Clock:
+    """``datetime`` as the download module sees it, moved on by ``passes``."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta(0)
+
+    def passes(self, by: timedelta) -> None:
+        self.ahead += by
+
+    def module(self) -> type[datetime]:
+        clock = self
+
+        class Moved(datetime):
+            @classmethod
+            def now(cls, tz: Any = None) -> Any:
+                return datetime.now(tz) + clock.ahead
+
+        return Moved
+
+
+def _revoke(s: Any, export_id: str, link_id: str, clock: Clock, item_id: str) -> None:
+    """As ``DELETE /exports/{id}/links/{link}`` does: the row and a ``link_revoked`` entry."""
+    with s.db.session() as session:
+        link = session.get(ExportLink, link_id)
+        assert link is not None
+        link.revoked_at = datetime.now(UTC)
+        link.revoked_by = "user:inv"
+        s.ledger.append(
+            session,
+            "link_revoked",
+            "user:inv",
+            item_id=export_id,
+            details={"link": link_id, "recipient": link.recipient},
+        )
+
+
+def _expire(s: Any, export_id: str, link_id: str, clock: Clock, item_id: str) -> None:
+    clock.passes(timedelta(hours=2))  # the link was issued for one
+
+
+def _issuer_gone(s: Any, export_id: str, link_id: str, clock: Clock, item_id: str) -> None:
+    with s.db.session() as session:
+        session.execute(update(User).where(User.username == "inv").values(active=False))
+
+
+def _quarantine(s: Any, export_id: str, link_id: str, clock: Clock, item_id: str) -> None:
+    with s.db.session() as session:
+        quarantine(session, s.ledger, item_id, "stored object altered (found by a read)", {})
+
+
+MEANWHILE: dict[str, tuple[Callable[..., None], int, str]] = {
+    "revoked": (_revoke, 410, "link_gone"),
+    "expired": (_expire, 410, "link_gone"),
+    "issuer_deactivated": (_issuer_gone, 410, "link_gone"),
+    "item_quarantined": (_quarantine, 409, "quarantined"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(MEANWHILE))
+def test_a_link_ended_after_its_check_and_before_its_record_serves_nothing(
+    services: Any, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    s = services
+    made, status, reason = MEANWHILE[change]
+    memo = put_evidence(s, os.urandom(50_000), Provenance(kind="voice_memo", actor="t"))
+    result, token = package_with_link(s, [memo.id])
+    link_id = token.split(".")[0]
+    clock = Clock()
+    monkeypatch.setattr(downloads, "datetime", clock.module())
+    slots = downloads.download_slots
+    hooked: list[str] = []
+
+    def meanwhile(settings: Any) -> Any:
+        """Called after the link's check and before the download's record: the link ends here."""
+        if hooked == ["armed"]:
+            hooked.append("done")
+            made(s, result.export_id, link_id, clock, memo.id)
+        return slots(settings)
+
+    monkeypatch.setattr(downloads, "download_slots", meanwhile)
+    server, thread, url = start_server(s)
+    try:
+        target = f"{url}/api/v1/exports/download/{token}"
+        assert httpx.get(target, timeout=60).status_code == 200  # the link serves
+        before = _viewed_by_link(s, result.export_id, link_id)
+        hooked.append("armed")
+        got = httpx.get(target, timeout=60)
+        assert hooked == ["armed", "done"]
+        assert got.status_code == status, (change, got.status_code, got.headers.get("content-type"))
+        assert got.json()["reason"] == reason, got.status_code
+        assert _viewed_by_link(s, result.export_id, link_id) == before, "a refused download was recorded"
+        # ...and it stays refused, now at its first check.
+        again = httpx.get(target, timeout=60)
+        assert again.status_code == status and again.json()["reason"] == reason, again.status_code
+        assert _viewed_by_link(s, result.export_id, link_id) == before
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def test_a_package_holding_a_quarantined_item_is_not_served(services: Any) -> None:
+    """An item found altered is quarantined so that nothing serves it as evidence again: a link to a
+    package that holds it is refused (409 ``quarantined``, naming the item) and nothing is recorded
+    (its page, which reads no evidence, still answers); another package's link still serves."""
+    s = services
+    memo = put_evidence(s, os.urandom(50_000), Provenance(kind="voice_memo", actor="t"))
+    other = put_evidence(s, os.urandom(50_000), Provenance(kind="voice_memo", actor="t"))
+    result, token = package_with_link(s, [memo.id])
+    _, other_token = package_with_link(s, [other.id])
+    with s.db.session() as session:
+        quarantine(session, s.ledger, memo.id, "stored object altered (found by a read)", {})
+    server, thread, url = start_server(s)
+    try:
+        link_id = token.split(".")[0]
+        got = httpx.get(f"{url}/api/v1/exports/download/{token}", timeout=60)
+        assert got.status_code == 409 and got.json()["reason"] == "quarantined", got.status_code
+        assert memo.id in got.json()["error"]
+        ranged = httpx.get(
+            f"{url}/api/v1/exports/download/{token}", headers={"Range": "bytes=0-99"}, timeout=60
+        )
+        assert ranged.status_code == 409 and ranged.json()["reason"] == "quarantined", ranged.status_code
+        assert _viewed_by_link(s, result.export_id, link_id) == 0
+        assert httpx.get(f"{url}/api/v1/exports/download/{token}/about", timeout=60).status_code == 200
+        assert httpx.get(f"{url}/api/v1/exports/download/{other_token}", timeout=60).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(15)
