@@ -18,11 +18,8 @@ application (``ingest.app``) puts its services on ``app.state.services``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -33,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.core import CoreServices
 from chain_of_custody.reach_seals import SiteReach
+from chain_of_custody.row_seals import SESSION, TOKEN
 from storage.errors import NotPermitted, Unauthenticated
 
 from .browser import (
@@ -43,6 +41,7 @@ from .browser import (
     write_session_change,
 )
 from .models import SITE_SCOPED_ROLES
+from .recent_sign_ins import RECENT_SIGN_INS, presented_key
 from .seals import SignInSeals
 from .service import Principal, resolve_token
 from .sessions import SessionChange
@@ -149,43 +148,6 @@ def role_admitted(user: Principal, roles: tuple[str, ...]) -> Principal:
     return user
 
 
-VOUCHED_FOR_SECONDS = 60.0  # how long a credential that signed in is let straight into a write
-VOUCHED_AT_MOST = 4096  # credentials remembered so, the longest unseen forgotten first
-
-
-class RecentSignIns:
-    """The credentials (by digest) that signed in in this process within ``VOUCHED_FOR_SECONDS``.
-    Only a hint of which transaction a sign-in may be made in (:class:`SignInWithin`): each is still
-    checked in full, and one refused is forgotten at once. Nothing but a credential that signed in
-    gets in, so no stream of made-up ones can push the genuine ones out."""
-
-    def __init__(self) -> None:
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def vouches(self, digest: str) -> bool:
-        with self._lock:
-            at = self._seen.get(digest)
-            if at is not None and time.monotonic() - at > VOUCHED_FOR_SECONDS:
-                del self._seen[digest]
-                at = None
-        return at is not None
-
-    def signed_in(self, digest: str) -> None:
-        with self._lock:
-            self._seen[digest] = time.monotonic()
-            self._seen.move_to_end(digest)
-            while len(self._seen) > VOUCHED_AT_MOST:
-                self._seen.popitem(last=False)
-
-    def refused(self, digest: str) -> None:
-        with self._lock:
-            self._seen.pop(digest, None)
-
-
-RECENT_SIGN_INS = RecentSignIns()
-
-
 class SignInWithin:
     """A request's sign-in made later, in the transaction and on the worker thread of the route's
     own look-up (an evidence read: one hop to a thread and one transaction, not one each), with the
@@ -196,9 +158,10 @@ class SignInWithin:
 
     The look-up's transaction writes (it records a player's range), and on SQLite a write
     transaction is the one writer lock: a credential that has not signed in here in the last
-    ``VOUCHED_FOR_SECONDS`` (:class:`RecentSignIns`) is signed in first in a transaction that only
-    reads (:meth:`before_writing`), so a made-up token or cookie is refused without ever taking or
-    waiting for the writer. A person's next ranges, a moment later, sign in within the look-up.
+    ``VOUCHED_FOR_SECONDS`` (``accounts.recent_sign_ins``) is signed in first in a transaction that
+    only reads (:meth:`before_writing`), so a made-up token or cookie is refused without ever taking
+    or waiting for the writer, and so is one the service has ended since (signed out, revoked: it is
+    forgotten as it ends). A person's next ranges, a moment later, sign in within the look-up.
 
     What the session's read finds due to be written (the person's activity, at most every
     ``TOUCH_EVERY``; the end of a session found idle) is not written in the look-up's transaction:
@@ -220,10 +183,10 @@ class SignInWithin:
         self._due: SessionChange | None = None
         self._found: Principal | None = None
         if creds is not None:
-            held = f"token\x00{creds.credentials}"
+            self._digest = presented_key(TOKEN, creds.credentials)
         else:
-            held = f"session\x00{session_secret(request, s.settings.console_secure_cookie) or ''}"
-        self._digest = hashlib.sha256(held.encode()).hexdigest()
+            secret = session_secret(request, s.settings.console_secure_cookie) or ""
+            self._digest = presented_key(SESSION, secret)
 
     def before_writing(self) -> None:
         """Sign in now, in a transaction that only reads, unless the credential signed in here a

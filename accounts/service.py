@@ -24,7 +24,9 @@ from storage.errors import Refused
 
 from .ends import TOKEN_LOOKUP, standing_row
 from .models import ROLES, ApiToken, User, UserSession
+from .recent_sign_ins import forget_ended
 from .seals import (
+    SESSION,
     TOKEN,
     OlderUserSeals,
     SignInSeals,
@@ -293,16 +295,15 @@ def revoke_tokens(session: Session, user_id: int) -> int:
     )
     for row in rows:
         row.revoked = True
+    forget_ended(session, TOKEN, [row.token_hash for row in rows])
     return len(rows)
 
 
 def end_sessions_of(session: Session, user_id: int, now: datetime | None = None) -> int:
     """End every live browser session of a user, as :func:`revoke_tokens` does for bearer tokens."""
-    result = session.execute(
-        update(UserSession)
-        .where(UserSession.user_id == user_id, UserSession.ended_at.is_(None))
-        .values(ended_at=now or datetime.now(UTC))
-    )
+    live = UserSession.user_id == user_id, UserSession.ended_at.is_(None)
+    forget_ended(session, SESSION, session.scalars(select(UserSession.token_hash).where(*live)))
+    result = session.execute(update(UserSession).where(*live).values(ended_at=now or datetime.now(UTC)))
     return int(getattr(result, "rowcount", 0) or 0)  # an UPDATE's result has a row count
 
 

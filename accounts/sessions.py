@@ -27,6 +27,7 @@ from storage.settings import ConsoleSettings
 
 from .ends import SESSION_LOOKUP, standing_row
 from .models import User, UserSession
+from .recent_sign_ins import forget_ended
 from .seals import SESSION, SignInSeals, assignments_of, credential_seal, reach_of, user_seal_holds
 from .service import Principal, sign_in_mark
 
@@ -176,6 +177,7 @@ def end_session(session: Session, secret: str, now: datetime | None = None) -> s
     if row is None or row.ended_at is not None:
         return None
     row.ended_at = now
+    forget_ended(session, SESSION, [row.token_hash])
     return row.token_hash
 
 
