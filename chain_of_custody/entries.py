@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -252,7 +252,17 @@ def check_entry(entry: SignedEntry, verify_sig: Verifier | None) -> list[Problem
     by the caller), so only the hash is checked rather than every entry called re-signed."""
     where = f"custody entry #{entry.body.seq}"
     problems: list[Problem] = []
-    if entry.body.digest() != entry.entry_hash:
+    try:
+        digest = entry.body.digest()
+    except (TypeError, ValueError) as exc:  # a column SQL filled with what no entry holds
+        return [
+            Problem(
+                "entry_altered",
+                where,
+                f"content cannot be read as an entry's ({type(exc).__name__}: {exc}): row edited",
+            )
+        ]
+    if digest != entry.entry_hash:
         problems.append(
             Problem("entry_altered", where, "content does not match its recorded hash (row edited)")
         )
@@ -267,13 +277,31 @@ def check_entry(entry: SignedEntry, verify_sig: Verifier | None) -> list[Problem
     return problems
 
 
-def check_global_chain(entries: Iterable[SignedEntry], verify_sig: Verifier, report: ChainReport) -> str:
-    """Walk the whole ledger in seq order; returns the tip hash. Gaps and broken links are named."""
+def check_global_chain(
+    entries: Iterable[SignedEntry],
+    verify_sig: Verifier,
+    report: ChainReport,
+    renumbered: Mapping[int, SignedEntry] | None = None,
+) -> str:
+    """Walk the whole ledger in seq order; returns the tip hash. Gaps and broken links are named.
+    ``renumbered``: entries whose number is not a whole number (named by the caller), by the place
+    their hash links give them: a gap they fill is not named again, and the walk links through them."""
     expected_seq = 1
     prev = GENESIS
+    placed = renumbered or {}
+
+    def through_renumbered(before: int | None) -> None:
+        nonlocal expected_seq, prev
+        while expected_seq in placed and (before is None or expected_seq < before):
+            if placed[expected_seq].body.prev_hash != prev:
+                return
+            prev = placed[expected_seq].entry_hash
+            expected_seq += 1
+
     for entry in entries:
         report.entries_checked += 1
         b = entry.body
+        through_renumbered(b.seq)
         if b.seq != expected_seq:
             missing = f"#{expected_seq}" if b.seq == expected_seq + 1 else f"#{expected_seq}..#{b.seq - 1}"
             report.problems.append(
@@ -292,6 +320,7 @@ def check_global_chain(entries: Iterable[SignedEntry], verify_sig: Verifier, rep
         report.problems.extend(check_entry(entry, verify_sig))
         prev = entry.entry_hash
         expected_seq = b.seq + 1
+    through_renumbered(None)
     return prev
 
 

@@ -6,13 +6,14 @@ signature) so that an auditor can act on it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.objects import ObjectStore, StorageError
@@ -22,6 +23,7 @@ from .alarm_seals import check_alarm_seals
 from .block_lists import LISTED, details_blocks, list_problem, listed_commitments
 from .checkpoints import Checkpoint, read_checkpoints
 from .entries import (
+    GENESIS,
     ChainReport,
     CustodyAction,
     Problem,
@@ -34,7 +36,7 @@ from .entries import (
 from .heard_seals import check_heard_seals
 from .incident_seals import check_incident_seals
 from .keys import ServiceKey
-from .ledger import Ledger
+from .ledger import Ledger, to_signed
 from .lifecycle_seals import check_lifecycle_seals
 from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .models import CustodyEntry, EvidenceBlockList, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
@@ -160,6 +162,92 @@ def _deleted_items(session: Session) -> set[str]:
     }
 
 
+def whole(value: object, *allowed: object) -> bool:
+    """Whether ``value`` is a whole number (or one of ``allowed``, such as None)."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or any(value is a for a in allowed)
+
+
+def check_entry_numbers(
+    session: Session, verify_sig: Verifier, report: ChainReport
+) -> dict[int, SignedEntry]:
+    """Name every ledger row whose ``seq`` or ``item_seq`` is not a whole number (text, a fraction,
+    bytes: SQLite keeps whatever SQL writes into a column; PostgreSQL's refuses it), as
+    ``entry_number_not_integer``. No entry of the service is numbered so, and code that does
+    arithmetic on the number would otherwise fail on it. Each is placed where its hash links put it
+    (after the entry its ``prev_hash`` names, in a gap of the chain) and said whether its content and
+    signature hold with that number, i.e. whether only its number was changed; the entries so
+    placed, by that number, for the chain's walk."""
+    if session.get_bind().dialect.name != "sqlite":
+        return {}
+    rows = list(
+        session.scalars(
+            select(CustodyEntry)
+            .where(
+                or_(
+                    func.typeof(CustodyEntry.seq) != "integer",
+                    and_(CustodyEntry.item_seq.is_not(None), func.typeof(CustodyEntry.item_seq) != "integer"),
+                )
+            )
+            .order_by(CustodyEntry.id)
+        )
+    )
+    entries = [to_signed(row) for row in rows]
+    renumbered = [e for e in entries if not whole(e.body.seq)]
+    # Placed where their links put them, after an entry whose number is whole or one already placed
+    # (two renumbered in a row), in a gap: as many passes as it takes.
+    placed: dict[int, SignedEntry] = {}
+    place_of: dict[str, int] = {}
+    left = list(renumbered)
+    while left:
+        for entry in left:
+            b = entry.body
+            before = place_of.get(b.prev_hash) if b.prev_hash != GENESIS else 0
+            if before is None:
+                before = session.scalar(
+                    select(CustodyEntry.seq).where(
+                        CustodyEntry.entry_hash == b.prev_hash, func.typeof(CustodyEntry.seq) == "integer"
+                    )
+                )
+            if before is None:
+                continue
+            place = int(before) + 1
+            if place in placed or session.get(CustodyEntry, place) is not None:
+                continue  # its place is taken: not a gap it fills
+            placed[place] = SignedEntry(replace(b, seq=place), entry.entry_hash, entry.signature)
+            place_of[entry.entry_hash] = place
+        still = [e for e in left if e.entry_hash not in place_of]
+        if len(still) == len(left):
+            break
+        left = still
+    for entry in entries:
+        b = entry.body
+        odd = [(c, v) for c, v in (("seq", b.seq), ("item_seq", b.item_seq)) if not whole(v, None)]
+        named = "; ".join(f"its {c} is {v!r} ({type(v).__name__})" for c, v in odd)
+        named += ", not a whole number: no entry of the service is numbered so"
+        if not whole(b.seq):
+            at = place_of.get(entry.entry_hash)
+            if at is None:
+                named += "; its hash links give it no free place in the chain"
+            else:
+                named += f"; its hash links put it at #{at}, " + (
+                    "where its hash and signature hold: only its number was changed"
+                    if _holds(placed[at], verify_sig)
+                    else "where its content does not match its recorded hash or signature (edited too)"
+                )
+        report.problems.append(Problem("entry_number_not_integer", f"custody entry {b.id}", named))
+    return placed
+
+
+def _holds(entry: SignedEntry, verify_sig: Verifier) -> bool:
+    """Whether the entry's hash and signature hold over its body as it stands."""
+    try:
+        canonical = entry.body.canonical()
+    except (TypeError, ValueError):
+        return False
+    digest = hashlib.sha256(canonical).hexdigest()
+    return digest == entry.entry_hash and verify_sig(entry.signature, canonical)
+
+
 def verify_service(
     session: Session,
     store: ObjectStore,
@@ -183,21 +271,29 @@ def verify_service(
     say("reading the checkpoints and signed tree heads in storage")
     ends = read_stored_ends(store, key, options.tree_head_sample)
 
-    # 1. The global chain: every entry intact, signed, linked, none missing.
+    # 1. The global chain: every entry intact, signed, linked, none missing. A row whose number is
+    # not a whole number (SQLite keeps what SQL writes) is named, and walked where its links put it.
     say("checking the custody ledger")
+    renumbered = check_entry_numbers(session, ledger.verifier, report)
     entries: list[SignedEntry] = []
 
     def collect() -> object:
         for e in ledger.all_entries(session):
+            if not whole(e.body.seq):
+                continue  # named above
             entries.append(e)
             yield e
 
-    tip = check_global_chain(collect(), ledger.verifier, report)  # type: ignore[arg-type]
+    tip = check_global_chain(collect(), ledger.verifier, report, renumbered)  # type: ignore[arg-type]
+    if renumbered:  # each in the place its links give it, as the rest of the checks read the ledger
+        entries = sorted([*entries, *renumbered.values()], key=lambda e: e.body.seq)
     # The chain starts at #1, so a walk of it never sees a row planted at #0 or below; code that takes
     # "the earliest entry" would. Each is named, however it is signed.
     for (seq,) in session.execute(
         select(CustodyEntry.seq).where(CustodyEntry.seq < 1).order_by(CustodyEntry.seq)
     ):
+        if not whole(seq):
+            continue  # named above
         report.problems.append(
             Problem(
                 "entry_outside_chain",
@@ -207,10 +303,12 @@ def verify_service(
         )
     by_seq = {e.body.seq: e for e in entries}
 
-    # 2. Per-item chains.
+    # 2. Per-item chains (an item with an entry whose number in it is not a whole number is named
+    # above, by that entry: its chain cannot be put in order).
     per_item: dict[str, list[SignedEntry]] = {}
+    misnumbered_items = {e.body.item_id for e in entries if not whole(e.body.item_seq, None)}
     for e in entries:
-        if e.body.item_id:
+        if e.body.item_id and e.body.item_id not in misnumbered_items:
             per_item.setdefault(e.body.item_id, []).append(e)
     for item_id, chain in per_item.items():
         prev = None
@@ -571,7 +669,11 @@ def check_tree_heads(
         return read
     tree = MerkleTree()
     for e in entries:
-        tree.append(leaf_hash(e.body.canonical()))
+        try:
+            leaf = leaf_hash(e.body.canonical())
+        except (TypeError, ValueError):  # a row that is no entry's content, named by the chain's walk
+            leaf = leaf_hash(b"unreadable entry " + e.entry_hash.encode())
+        tree.append(leaf)
     newest = heads[-1]
     if newest.tree_size > tree.size:
         detail = (
