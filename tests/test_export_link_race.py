@@ -7,6 +7,7 @@ the change is made deterministically by a hook on what the download calls betwee
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +21,7 @@ from chain_of_custody.evidence import Provenance, quarantine
 from chain_of_custody.models import CustodyEntry
 from incidents.export import downloads
 from incidents.export.models import ExportLink
-from tests.conftest import start_server
+from tests.conftest import start_server, wait_for
 from tests.test_export_api import package_with_link
 from tests.test_export_package import put_evidence
 
@@ -168,3 +169,74 @@ def test_a_package_holding_a_quarantined_item_is_not_served(services: Any) -> No
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_two_revocations_of_one_link_at_once_record_one(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two people revoke the same link at once (PostgreSQL, where two write transactions run side by
+    side): the link's row is locked where it is read, so the second waits for the first and finds it
+    revoked. One ``link_revoked`` entry, and the row names who revoked it first. The second is held
+    where it would read the link until it is seen waiting on a lock, or has read it (before)."""
+    from accounts.service import Principal
+    from incidents.export import api as export_api
+
+    s = services
+    memo = put_evidence(s, os.urandom(50_000), Provenance(kind="voice_memo", actor="t"))
+    result, token = package_with_link(s, [memo.id])
+    link_id = token.split(".")[0]
+    with s.db.reading() as session:
+        inv = session.scalar(select(User.id).where(User.username == "inv"))
+    revoker = Principal(int(inv), "inv", "admin", None)
+    first_in, second_in, go = threading.Event(), threading.Event(), threading.Event()
+    may_revoke = export_api.may_revoke
+    calls: list[str] = []
+
+    def held(*args: Any) -> bool:
+        calls.append(threading.current_thread().name)
+        if threading.current_thread().name == "first":
+            first_in.set()
+            assert go.wait(30)
+        else:
+            second_in.set()
+        return bool(may_revoke(*args))
+
+    monkeypatch.setattr(export_api, "may_revoke", held)
+    errors: list[BaseException] = []
+
+    def revoke() -> None:
+        try:
+            export_api.revoke_link(result.export_id, link_id, user=revoker, s=s)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    first = threading.Thread(target=revoke, name="first")
+    second = threading.Thread(target=revoke, name="second")
+    first.start()
+    assert first_in.wait(30)
+    second.start()
+
+    def waiting_on_a_lock() -> bool:
+        with s.db.engine.connect() as c:
+            return bool(
+                c.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND position('export_links' in query) > 0"
+                ).scalar()
+            )
+
+    wait_for(
+        lambda: second_in.is_set() or waiting_on_a_lock(), 30, what="the second revocation to read or wait"
+    )
+    go.set()
+    first.join(30)
+    second.join(30)
+    assert not errors, errors
+    with s.db.reading() as session:
+        revoked = session.scalar(
+            select(func.count())
+            .select_from(CustodyEntry)
+            .where(CustodyEntry.item_id == result.export_id, CustodyEntry.action == "link_revoked")
+        )
+    assert revoked == 1, f"{revoked} link_revoked entries for one link (revocations read it at once: {calls})"

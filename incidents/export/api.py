@@ -690,7 +690,9 @@ def revoke_link(
     (``may_revoke``); anyone else gets 404, as for a link they cannot see."""
     with s.db.session() as session:
         job = session.get(ExportJob, export_id)
-        link = session.get(ExportLink, link_id)
+        # Locked: a second revocation at once waits and finds it revoked (one entry, the first's),
+        # and a download being recorded (``downloads.still_serves``) is recorded before it or refused.
+        link = session.get(ExportLink, link_id, with_for_update=True)
         if (
             job is None
             or link is None
