@@ -49,10 +49,14 @@ class IncidentLinks:
         sealed: bool = True,
         reseal: Callable[[AlarmRecord], None] | None = None,
     ) -> None:
-        """A red alarm opens an incident, or joins the wearer's recent one. An alarm whose row the
-        service did not seal as it stands (``sealed`` False: moved by SQL) opens one of its own at no
-        site, with only its device's messages' items: its site, wearer and memo reach nobody.
-        ``reseal`` seals the row over its incident as soon as it is set (one write of the row)."""
+        """A red alarm opens an incident, or joins the wearer's recent one of the alarm's own site
+        (never another site's: its readers would see this alarm and its evidence, and this alarm's
+        readers that incident). An alarm of no site (its device's row lent none: its seal does not
+        hold) joins none: it opens one of its own, at its wearer's site as a device of no site's
+        alarm does. An alarm whose row the service did not seal as it stands (``sealed`` False:
+        moved by SQL) opens one of its own at no site, with only its device's messages' items: its
+        site, wearer and memo reach nobody. ``reseal`` seals the row over its incident as soon as it
+        is set (one write of the row)."""
         if row.incident_id is not None:
             return
         at = min(row.occurred_at, row.raised_at)
@@ -68,6 +72,7 @@ class IncidentLinks:
                 SERVICE_ACTOR,
                 self.join_window,
                 now=now,
+                join=site is not None,
             )
         else:  # a device nobody is assigned to: an incident of its own, nobody's footage to link
             incident = create_incident(

@@ -482,38 +482,50 @@ def open_or_join_incident_for_wearer(
     after: timedelta | None = None,
     retention: Retention | None = None,
     now: datetime | None = None,
+    join: bool = True,
 ) -> tuple[Incident, bool]:
-    """Join the wearer's open incident that occurred within ``join_window`` of ``at``, or open a new one.
+    """Join the wearer's open incident of the same site that occurred within ``join_window`` of
+    ``at``, or open a new one.
 
-    The incident's footage window becomes ``[at - before, at + after]`` (both default to ``join_window``),
-    widened on each join; clips of the wearer already stored in the window are linked at once, and clips
-    arriving later are linked by the clip hook; one whose seal does not hold is not joined. Returns
-    the incident and whether it was opened now.
+    The site is ``site``, else the wearer's while their row's seal holds, else none ("unknown"): the
+    incident opened is of that site, and only an incident of that site whose seal holds is joined,
+    so an alarm never joins another site's incident (its readers would see the alarm and its
+    evidence, and the alarm's readers the incident). ``join`` False joins none (an alarm of no site
+    of its own: ``alarms.incident_links``). The incident's footage window becomes ``[at - before,
+    at + after]`` (both default to ``join_window``), widened on each join; clips of the wearer
+    already stored in the window are linked at once, and clips arriving later are linked by the clip
+    hook. Returns the incident and whether it was opened now.
     """
     now = _now(now)
     before = join_window if before is None else before
     after = join_window if after is None else after
     lock_ledger(session)
-    candidates = session.scalars(
-        select(Incident)
-        .where(
-            Incident.wearer == wearer,
-            Incident.status != "closed",
-            Incident.occurred_at >= at - join_window,
-            Incident.occurred_at <= at + join_window,
+    member = session.get(StaffMember, wearer)
+    home = site or sealed_staff_site(ledger.key, member) or "unknown"
+    candidates = (
+        session.scalars(
+            select(Incident)
+            .where(
+                Incident.wearer == wearer,
+                Incident.site == home,
+                Incident.status != "closed",
+                Incident.occurred_at >= at - join_window,
+                Incident.occurred_at <= at + join_window,
+            )
+            .order_by(Incident.occurred_at.desc())
         )
-        .order_by(Incident.occurred_at.desc())
+        if join
+        else ()
     )
     incident = next((i for i in candidates if incident_sealed(session, i, ledger.key)), None)
     opened = incident is None
     if incident is None:
-        member = session.get(StaffMember, wearer)
         incident = create_incident(
             session,
             IncidentDraft(
                 category=category,
                 occurred_at=at,
-                site=site or sealed_staff_site(ledger.key, member) or "unknown",
+                site=home,
                 title=f"{category.replace('_', ' ').capitalize()}: {wearer}",
                 staff=((wearer, "wearer"),) if member else (),
                 wearer=wearer,

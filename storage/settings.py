@@ -443,7 +443,7 @@ class AlarmSettings(_Section):
     )
     incident_join_minutes: int = Field(
         30,
-        description="A red alarm joins the wearer's incident opened within this many minutes, else opens one.",
+        description="A red alarm joins the wearer's incident of its own site opened within this many minutes, else opens one.",
     )
 
 
