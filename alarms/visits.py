@@ -15,6 +15,7 @@ raised at most that late, never silenced."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import rfc3339
 from chain_of_custody.entries import CustodyAction
+from chain_of_custody.raise_seals import checked_message
 from chain_of_custody.visit_deadlines import recorded_visit
 from chain_of_custody.visit_seals import visit_entry, visit_holds, visit_seal
 from devices.lone_worker_wire import AckStatus, CheckinMessage
@@ -70,6 +72,8 @@ class Visits:
         self.outbox = outbox
         self.secret = lifecycle.seal_secret  # visit rows' seals (``chain_of_custody.visit_seals``)
         self.swept_at: datetime | None = None
+        grace = timedelta(seconds=policy.missed_checkin_grace_s)
+        self.keys = RecordKeys(lifecycle.custody_public, lifecycle.device_secret, grace)
 
     def seal(self, visit: LoneWorkerVisit) -> None:
         """Seal the visit's row as the service records it: its device, id, wearer, missed alarm,
@@ -116,7 +120,7 @@ class Visits:
                 visit.start_event_id = message.event_id
                 visit.note = body.note
                 visit.due_at = rules.missed_checkin_due_at(
-                    _as_rule(session, visit, vouched, self.lifecycle.custody_public), self.policy
+                    _as_rule(session, visit, vouched, self.keys, now), self.policy
                 )
                 set_watched(session, self.lifecycle.seal_secret, snap, active_visit_id=body.visit_id)
         else:
@@ -166,7 +170,7 @@ class Visits:
 
         def check(session: Session, visit: LoneWorkerVisit, outbox: list[AlarmOutbox]) -> None:
             vouched = self.sealed(visit)
-            rule = _as_rule(session, visit, vouched, self.lifecycle.custody_public)
+            rule = _as_rule(session, visit, vouched, self.keys, now)
             if not rules.is_checkin_missed(rule, now, self.policy):
                 visit.due_at = rules.missed_checkin_due_at(rule, self.policy)
                 return  # raised already, or the grace period has grown since it was due
@@ -209,7 +213,7 @@ class Visits:
 
         def due(session: Session, visit: LoneWorkerVisit) -> datetime | None:
             return rules.missed_checkin_due_at(
-                _as_rule(session, visit, self.sealed(visit), self.lifecycle.custody_public), self.policy
+                _as_rule(session, visit, self.sealed(visit), self.keys, now), self.policy
             )
 
         def check(session: Session, visit: LoneWorkerVisit, outbox: list[AlarmOutbox]) -> None:
@@ -246,23 +250,74 @@ def swept(sweep: Callable[[datetime], int], now: datetime) -> None:
         log.exception("a sweep for deadlines changed in the database failed")
 
 
-def _as_rule(session: Session, visit: LoneWorkerVisit, vouched: bool, public: bytes) -> rules.Visit:
+def _as_rule(
+    session: Session, visit: LoneWorkerVisit, vouched: bool, keys: RecordKeys, now: datetime
+) -> rules.Visit:
     """The visit as the rules see it when deciding whether its missed check-in is due. A visit whose
     seal does not hold names a missed check-in alarm only if the service raised one for it, so an
     alarm id written into the row in the database silences nothing; it has ended only if custody
     records its end check-in, and it is due by the earlier of its row's expected end and the one
-    custody records (when in doubt, raise)."""
+    custody records (when in doubt, raise). When custody records none (its start's entry deleted,
+    or edited so it does not hold), its row's says nothing either: it is due at once, with a
+    warning naming it, unless it has no seal and its device's own signed start check-in gives one
+    (a visit opened before seals, which no entry ever recorded: :func:`_signed_expected_end`)."""
     rule = as_rule(visit)
     if vouched:
         return rule
     if visit.missed_alarm_id is not None and not _raised_for(session, visit):
         rule = dataclasses.replace(rule, missed_alarm_id=None)
     with session.no_autoflush:
-        found = recorded_visit(session, visit.device_id, visit.visit_id, public)
-    said = found.expected_at()
-    expected = min((t for t in (rule.expected_end, said) if t is not None), default=None)
+        found = recorded_visit(session, visit.device_id, visit.visit_id, keys.custody_public)
+        said = found.expected_at()
+        if said is None and visit.seal is None:
+            said = _signed_expected_end(session, visit, keys)
     ended = rule.ended_at if found.ended is not None else None
+    if said is None and ended is None and rule.missed_alarm_id is None:
+        log.warning(
+            "a visit's expected end is recorded nowhere the service can go by: its missed check-in is due now",
+            extra={"device": visit.device_id, "visit": visit.visit_id},
+        )
+        said = now - keys.grace
+    expected = min((t for t in (rule.expected_end, said) if t is not None), default=None)
     return dataclasses.replace(rule, expected_end=expected, ended_at=ended)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordKeys:
+    """What a visit whose seal does not hold is checked against: the custody key (its entries), the
+    device rows' seal secret (its device's signed messages) and the grace period (due now)."""
+
+    custody_public: bytes
+    device_secret: bytes
+    grace: timedelta
+
+
+def _signed_expected_end(session: Session, visit: LoneWorkerVisit, keys: RecordKeys) -> datetime | None:
+    """The expected end of the visit's latest start check-in whose stored bytes are as its device
+    signed them (``raise_seals.checked_message``; bytes edited in the database are named in a
+    warning and say nothing), or None."""
+    e = LoneWorkerEvent
+    q = (
+        select(e.event_id, e.raw)
+        .where(e.device_id == visit.device_id, e.visit_id == visit.visit_id, e.action == "start")
+        .order_by(e.received_at.desc())
+    )
+    for event_id, raw in session.execute(q):
+        held = checked_message(
+            session, keys.device_secret, keys.custody_public, visit.device_id, event_id, raw
+        )
+        if held is None:
+            continue
+        try:
+            body = json.loads(held)["checkin"]
+            if body["visit_id"] != visit.visit_id or body["action"] != "start":
+                continue
+            said = datetime.fromisoformat(body["expected_end"])
+        except (ValueError, TypeError, KeyError):
+            continue
+        if said.tzinfo is not None:
+            return said
+    return None
 
 
 def _missed_key(visit: LoneWorkerVisit) -> str:

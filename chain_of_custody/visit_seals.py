@@ -47,7 +47,7 @@ from .reach_seals import reach_secret
 from .registry_replay import Recorded, alarm_replay, device_replay
 from .row_replay import _details
 from .row_seals import _holds, row_seal, seal_verdict
-from .visit_deadlines import deadline_refused, deadline_replay
+from .visit_deadlines import RecordedDeadline, deadline_refused, deadline_replay
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +155,14 @@ def check_visit_seals(
     latest custody entry records, and for each whose expected end or end is not what its check-ins
     recorded; a note counting the visits not sealed yet (or under a version 1 seal)."""
     secret = reach_secret(key)
-    recorded, deadlines = visit_replay(entries), deadline_replay(entries)
+    recorded = visit_replay(entries)
+    held = (e for e in entries if e.body.action == CustodyAction.VISIT_CHANGED.value)
+    deadlines = deadline_replay(e for e in held if entry_holds(key.public_raw, e))
     v = _VISITS.c
     older = 0
     for row in session.execute(select(*_COLUMNS).order_by(v.device_id, v.visit_id)):
         where = visit_name(row.device_id, row.visit_id)
+        key_ = f"{row.device_id}/{row.visit_id}"
         if _older(secret, row):
             older += 1
         elif not _holds(visit_seal(secret, row), row.seal):
@@ -172,7 +175,6 @@ def check_visit_seals(
                     "from it, and is due by what its check-ins recorded)",
                 )
             )
-        key_ = f"{row.device_id}/{row.visit_id}"
         seq, said = recorded.get(key_, {}).get("wearer", (None, row.wearer))
         if said != row.wearer:
             report.problems.append(
@@ -182,7 +184,12 @@ def check_visit_seals(
                     f"its wearer is {row.wearer!r} in the database but {said!r} in custody entry #{seq}",
                 )
             )
-        if key_ in deadlines and (why := deadline_refused(row.expected_end, row.ended_at, deadlines[key_])):
+        # A visit sealed since its check-ins were recorded has its start on the ledger: one no entry
+        # that holds records (deleted, or edited) is due by nothing its row says.
+        said_deadline = deadlines.get(key_, None if row.seal is None else RecordedDeadline())
+        if said_deadline is not None and (
+            why := deadline_refused(row.expected_end, row.ended_at, said_deadline)
+        ):
             report.problems.append(Problem("visit_deadline_altered", where, why))
     report_unsealed(
         report,
