@@ -214,6 +214,7 @@ class SealsBegan:
         self.upgraded: int | None = None  # the ``outbox_sealed`` entry that holds, once found
         self.era: tuple[int, datetime] | None = None  # the first entry written since, and its time
         self.alarms: dict[str, int] = {}  # alarms first recorded since: that entry's seq
+        self.refused: set[int] = set()  # of those, the first entries of alarms no entry holds for
 
     def removed(self, session: Session, row: Any) -> str | None:
         """Why a row without a seal was queued after seals began, or None (queued before, as far as
@@ -229,6 +230,11 @@ class SealsBegan:
         if era is not None and row.created_at > era[1]:
             return f"it was queued after custody entry #{era[0]}, written once messages were sealed"
         seq = None if row.alarm_id is None else self._alarm(session, str(row.alarm_id))
+        if seq is not None and seq in self.refused:
+            return (
+                f"its alarm's custody entries (from #{seq}) do not hold, so nothing vouches for its being "
+                "queued before seals"
+            )
         if seq is not None:
             return f"its alarm was first recorded by custody entry #{seq}, written once messages were sealed"
         return None
@@ -265,17 +271,29 @@ class SealsBegan:
         return self.era
 
     def _alarm(self, session: Session, alarm_id: str) -> int | None:
+        """The seq of the alarm's first entry that holds when it was written once messages were
+        sealed; None when it was written before (or no entry names the alarm). An alarm whose
+        entries name it but none holds (each edited in the database) is no older for that: its first
+        is taken, and kept among :attr:`refused` (nothing vouches for a row of it being older)."""
         if alarm_id not in self.alarms:
+            refused = None
             for entry in session.execute(alarm_entries(alarm_id).order_by(CustodyEntry.seq)):
                 try:
                     said = json.loads(entry.details)
                 except ValueError:
                     continue
-                if isinstance(said, dict) and said.get("alarm_id") == alarm_id and self._holds(entry):
+                if not isinstance(said, dict) or said.get("alarm_id") != alarm_id:
+                    continue
+                if self._holds(entry):
                     if _ERA_KEY not in said:
                         return None  # first recorded before: its messages may be older
                     self.alarms[alarm_id] = int(entry.seq)
                     break
+                refused = int(entry.seq) if refused is None else refused
+            else:
+                if refused is not None:
+                    self.alarms[alarm_id] = refused
+                    self.refused.add(refused)
         return self.alarms.get(alarm_id)
 
 

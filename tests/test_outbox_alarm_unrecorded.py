@@ -1,0 +1,60 @@
+"""An alarm outbox row whose seal was removed, against a change made in the database behind the
+service's back, on both databases, by its effects (``chain_of_custody.outbox_seals``): a row
+without a seal passes for one queued before seals only if nothing outside it says otherwise, and
+its alarm's custody entries are one such thing. When every entry of its alarm had been edited so
+that none holds, the alarm was taken as recorded nowhere, so the row passed for one queued before
+seals and the relay posted what someone else wrote, signed by the service. Entries that do not hold
+vouch for nothing, not even for the row being older: it is withheld."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from alarms.models import AlarmOutbox
+from chain_of_custody.models import CustodyEntry
+from tests.test_alarms_kit import WebhookReceiver, later
+from tests.test_outbox_seals import _alter, _named, _rows, _sos, _warned
+from tests.test_visit_seals import _sql
+
+
+def _unhold_entries_of(services: Any, alarm_id: str) -> None:
+    """Every custody entry naming the alarm edited (its time), so that none holds."""
+    names = CustodyEntry.details.like(f'%"alarm_id":"{alarm_id}"%')
+    _sql(services, update(CustodyEntry).where(names).values(at="2020-01-01T00:00:00Z"))
+
+
+@pytest.mark.parametrize("entries", ["held", "edited"])
+def test_an_escalation_whose_seal_was_removed_and_alarms_entries_edited_is_not_sent(
+    services: Any, caplog: pytest.LogCaptureFixture, entries: str
+) -> None:
+    """An escalation's seals removed by SQL (every row's, so none below it holds), its payload
+    rewritten and its queueing time put back a year: with its alarm's entries as the service wrote
+    them it is withheld (the control); with every one of them edited as well, it was posted."""
+    hook = WebhookReceiver()
+    try:
+        services.settings.escalation_webhook_url = hook.url
+        now = datetime.now(UTC)
+        _sos(services, "LW-OU0", now - timedelta(minutes=5))  # messages were sealed by then
+        alarm_id = _sos(services, "LW-OU1", now)
+        services.alarms.make_whole(alarm_id)
+        services.alarms.fire_deadlines(later(3600, now))
+        (webhook,) = [r.id for r in _rows(services, "webhook", alarm_id)]
+        _sql(services, update(AlarmOutbox).values(seal=None, due_seal=None, sent_seal=None))
+        forged = json.dumps({"v": 1, "type": "alarm_resolved", "alarm_id": alarm_id}).encode()
+        _alter(services, webhook, payload=forged, created_at=now - timedelta(days=365))
+        if entries == "edited":
+            _unhold_entries_of(services, alarm_id)
+        with caplog.at_level(logging.WARNING), httpx.Client(timeout=5) as http:
+            assert services.alarms.outbox.send_webhooks(http, later(3601, now)) == 0
+        assert hook.calls == []  # posted synchronously: nothing went
+        assert _warned(caplog, webhook, logging.ERROR)
+        assert "its seal was removed" in _named(services, webhook)
+    finally:
+        hook.close()
