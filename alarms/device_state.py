@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import raw_public_key
 from chain_of_custody.models import CustodyEntry
+from chain_of_custody.raise_seals import receipt_seal
 from devices.ends import LATEST_ENTRY
 from devices.lone_worker_wire import (
     Accepted,
@@ -327,11 +328,16 @@ def set_state(session: Session, device_id: str, **values: Any) -> None:
     session.execute(update(LoneWorkerState).where(LoneWorkerState.device_id == device_id).values(**values))
 
 
-def new_event(snap: Snapshot, verdict: Accepted, topic: str, raw: bytes, now: datetime) -> LoneWorkerEvent:
-    """The event row of an accepted alarm or check-in: the exact bytes, and the key they were verified with."""
+def new_event(
+    snap: Snapshot, verdict: Accepted, topic: str, raw: bytes, now: datetime, secret: bytes
+) -> LoneWorkerEvent:
+    """The event row of an accepted alarm or check-in: the exact bytes, the key they were verified
+    with, and the seal of their receipt under it (``raise_seals.receipt_seal``, under the device
+    rows' seal secret ``secret``): a key replaced since vouches only for what it sealed."""
     message = verdict.message
     assert isinstance(message, AlarmMessage | CheckinMessage)
     body = message.alarm if isinstance(message, AlarmMessage) else message.checkin
+    key_b64 = base64.b64encode(snap.public_key).decode() if snap.public_key else None
     return LoneWorkerEvent(
         event_id=message.event_id,
         device_id=snap.device_id,
@@ -346,5 +352,6 @@ def new_event(snap: Snapshot, verdict: Accepted, topic: str, raw: bytes, now: da
         raw=raw,
         sha256=hashlib.sha256(raw).hexdigest(),
         visit_id=getattr(body, "visit_id", None),
-        device_public_key=base64.b64encode(snap.public_key).decode() if snap.public_key else None,
+        device_public_key=key_b64,
+        receipt_seal=receipt_seal(secret, snap.device_id, message.event_id, raw, key_b64),
     )

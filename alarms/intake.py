@@ -412,7 +412,12 @@ class Intake:
             else:
                 assert isinstance(verdict, Accepted)
                 self.visits.checkin(
-                    session, snap, message, new_event(snap, verdict, topic, raw, now), outbox, now
+                    session,
+                    snap,
+                    message,
+                    new_event(snap, verdict, topic, raw, now, self.seals.secret),
+                    outbox,
+                    now,
                 )
         self.liveness.apply(session, snap, message, outbox, now)
         return result
@@ -475,7 +480,7 @@ class Intake:
                 early_cancel = session.get(LoneWorkerEvent, early_cancel_id)
         self.liveness.lock_rows(session, snap, message)
         # The event row is added once everything about it is known: one INSERT, no UPDATEs.
-        event = new_event(snap, verdict, topic, raw, now)
+        event = new_event(snap, verdict, topic, raw, now, self.seals.secret)
         event.kind = body.kind
         event.ref_event_id = body.ref_event_id
         # A raise is acknowledged as soon as the event and the alarm are committed (a provisional

@@ -141,6 +141,9 @@ class LoneWorkerEvent(Base):
     # The device's key (base64) the signature was verified with when the event was accepted: the
     # evidence item made later names this one, even if the device's key has changed since.
     device_public_key: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The service's seal over its receipt of these bytes under that key, the one then in force
+    # (``chain_of_custody.raise_seals.receipt_seal``): all a key since replaced vouches for.
+    receipt_seal: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class LoneWorkerVisit(Base):

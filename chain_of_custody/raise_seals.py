@@ -33,6 +33,7 @@ this sits below ``alarms``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -79,7 +80,9 @@ _ALARMS = table(
     *(column(c, Float) for c in POSITION),
     column("evidence_item_id"),
 )
-_EVENTS = table("lone_worker_events", column("event_id"), column("raw"))
+_EVENTS = table(
+    "lone_worker_events", column("event_id"), column("device_id"), column("raw"), column("receipt_seal")
+)
 _ALARM_ACTIONS = (CustodyAction.ALARM_RAISED.value, CustodyAction.ALARM_CHANGED.value)
 
 
@@ -304,15 +307,24 @@ def recorded_device_keys(
     return keys[::-1]
 
 
-def dated_before(raw: bytes, until: datetime) -> bool:
-    """Whether a (signed) device message says it was sent, and its event occurred, before ``until``:
-    what a key the device no longer holds may still vouch for. One that gives no time does not."""
-    try:
-        message = json.loads(raw)
-        times = [datetime.fromisoformat(message[k]) for k in ("sent_at", "occurred_at") if k in message]
-        return bool(times) and all(t.tzinfo is not None and t < until for t in times)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return False
+def receipt_seal(secret: bytes, device_id: str, event_id: str, raw: bytes, key_b64: str | None) -> str:
+    """The seal of a message's receipt: the service took these bytes (by their SHA-256) as the
+    device's message ``event_id``, verified with its key ``key_b64``, the one in force as it came
+    (``alarms.device_state.new_event``), hex, under the device rows' seal secret."""
+    digest = hashlib.sha256(bytes(raw)).hexdigest()
+    return row_seal(secret, ("receipt", device_id, event_id, digest, key_b64))
+
+
+def received_under(
+    session: Session, devices_secret: bytes, device_id: str, event_id: str, raw: bytes, key_b64: str
+) -> bool:
+    """Whether the service sealed the receipt of these bytes as message ``event_id`` of the device
+    while ``key_b64`` was its key in force (:func:`receipt_seal`, read from the event's row): what a
+    key since replaced vouches for. A message written into the database after (signed by whoever
+    kept the key, dated whenever they like) has no such seal."""
+    e = _EVENTS.c
+    found = session.scalar(select(e.receipt_seal).where(e.event_id == event_id, e.device_id == device_id))
+    return _holds(receipt_seal(devices_secret, device_id, event_id, raw, key_b64), found)
 
 
 def checked_message(
@@ -323,9 +335,10 @@ def checked_message(
     when that row's own seal holds (:func:`sealed_device_key`: one statement), else with a key its
     enrolments record in custody entries that hold (:func:`recorded_device_keys`: a key rotated
     since the message, or a row altered in the database), a key since replaced only for a message
-    dated before the enrolment that replaced it (:func:`dated_before`: whoever still holds a retired
-    key speaks for the device no more); else None, with a warning naming the event: bytes edited in
-    the database (another note, another place, another kind) say nothing and become no evidence."""
+    the service received while it was in force, as it sealed its receipt (:func:`received_under`:
+    whoever still holds a retired key speaks for the device no more, whatever date they sign); else
+    None, with a warning naming the event: bytes edited in the database (another note, another
+    place, another kind) say nothing and become no evidence."""
     if raw is None:
         return None
     current = sealed_device_key(session, devices_secret, device_id)
@@ -334,12 +347,14 @@ def checked_message(
     for enrolled in recorded_device_keys(session, devices_secret, public, device_id):
         if enrolled.key == current or not signed_by(raw, enrolled.key, device_id, event_id):
             continue
-        if enrolled.until is None or dated_before(raw, enrolled.until):
+        if enrolled.until is None or received_under(
+            session, devices_secret, device_id, event_id, raw, enrolled.key
+        ):
             return bytes(raw)
     log.warning(
         "a device's stored message is not as the device signed it (edited in the database, signed "
-        "with a key replaced before it was sent, or its device's row is not as the service sealed "
-        "it): nothing is taken from it",
+        "with a key replaced before it was received, or its device's row is not as the service "
+        "sealed it): nothing is taken from it",
         extra={"device": device_id, "event_id": event_id},
     )
     return None
