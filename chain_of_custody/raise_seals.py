@@ -159,6 +159,7 @@ class RecordedRaise:
     said: tuple[Any, ...] | None = None  # note and position, as the latest entry recording them
     seq: int | None = None
     put_back: int | None = None  # the first entry recording it put back
+    refused: int | None = None  # the first entry naming it that does not hold (read for one alarm)
 
     def take(self, seq: int, action: str, item_id: str | None, details: dict[str, Any]) -> None:
         self.seq = seq
@@ -396,6 +397,7 @@ def recorded_raise(session: Session, alarm_id: str, public: bytes) -> RecordedRa
             continue
         if not entry_holds(public, row):
             warn_of_entry(int(row.seq))
+            found.refused = found.refused or int(row.seq)
             continue
         found.take(int(row.seq), row.action, row.item_id, d)
     return found
@@ -417,7 +419,11 @@ def raise_replay(entries: Iterable[SignedEntry], public: bytes) -> dict[str, Rec
 def unsealed_differs(said: RecordedRaise | None, values: Sequence[Any]) -> str | None:
     """Why an alarm with no raise seal is altered, or None: once its custody entries record its note
     and position (every entry since they were sealed does), its row must be what they record; one
-    whose entries do not (raised before) is not judged here."""
+    whose entries do not (raised before) is not judged here. One whose entries name it but none
+    holds (each edited in the database) is no older for that: nothing vouches for its row, which
+    is altered (put back to its device's message)."""
+    if said is not None and said.seq is None and said.refused is not None:
+        return f"custody entries name it (from #{said.refused}) but none holds"
     if said is None or said.said is None:
         return None
     return said.differs(values, None)

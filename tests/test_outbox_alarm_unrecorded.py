@@ -17,10 +17,11 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from alarms.models import AlarmOutbox
+from alarms.models import AlarmOutbox, AlarmRecord
 from chain_of_custody.models import CustodyEntry
 from tests.test_alarms_kit import WebhookReceiver, later
 from tests.test_outbox_seals import _alter, _named, _rows, _sos, _warned
+from tests.test_raise_seals import _ELSEWHERE, _PLACE
 from tests.test_visit_seals import _sql
 
 
@@ -56,5 +57,34 @@ def test_an_escalation_whose_seal_was_removed_and_alarms_entries_edited_is_not_s
         assert hook.calls == []  # posted synchronously: nothing went
         assert _warned(caplog, webhook, logging.ERROR)
         assert "its seal was removed" in _named(services, webhook)
+    finally:
+        hook.close()
+
+
+@pytest.mark.parametrize("entries", ["held", "edited"])
+def test_an_escalation_of_an_alarm_moved_with_its_seal_removed_and_entries_edited_names_its_place(
+    services: Any, entries: str
+) -> None:
+    """The same class in what an alarm was raised with (``raise_seals``): an SOS's raise seal removed
+    by SQL and its place moved to Manchester, with every one of its custody entries edited so none
+    holds, was taken as raised before seals (its entries recording nothing), and its escalation,
+    signed by the service, sent responders to Manchester. Entries that do not hold vouch for no age:
+    it is put back to its device's own signed message, and the escalation names where it was."""
+    hook = WebhookReceiver()
+    try:
+        services.settings.escalation_webhook_url = hook.url
+        now = datetime.now(UTC)
+        alarm_id = _sos(services, f"LW-OP{entries}", now)
+        services.alarms.make_whole(alarm_id)
+        _sql(
+            services,
+            update(AlarmRecord).where(AlarmRecord.id == alarm_id).values(raise_seal=None, **_ELSEWHERE),
+        )
+        if entries == "edited":
+            _unhold_entries_of(services, alarm_id)
+        services.alarms.fire_deadlines(later(3600, now))
+        (webhook,) = _rows(services, "webhook", alarm_id)
+        place = json.loads(webhook.payload)["position"]
+        assert place is None or (place["lat"], place["lon"]) == (_PLACE["lat"], _PLACE["lon"]), place
     finally:
         hook.close()
