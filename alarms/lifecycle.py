@@ -112,11 +112,12 @@ def _known(enum: type[Any], value: Any) -> Any:
         return None
 
 
-def as_recorded(row: AlarmRecord, said: RecordedLifecycle) -> rules.Alarm:
+def as_recorded(row: AlarmRecord, said: RecordedLifecycle, now: datetime) -> rules.Alarm:
     """The alarm as its custody record says it stands: its kind, status, severity and outcome as
     recorded, due by the recorded deadline (an amber one's timer while it is amber, else its
-    acknowledgement; one recorded before deadlines were, unresolved, due now when it is
-    unacknowledged), and none of the columns of a later stage than its status (acknowledged,
+    acknowledgement; one recorded before deadlines were, or only by entries that do not hold,
+    unresolved, due now when it is unacknowledged: by its raise time only when that is past, a
+    raise time moved on by SQL putting off nothing), and none of the columns of a later stage than its status (acknowledged,
     escalated, resolved) the row may have been given. Columns no entry records are the row's, where
     a rule knows them."""
     data: dict[str, Any] = {name: getattr(row, name) for name in _RULE_FIELDS}
@@ -135,7 +136,7 @@ def as_recorded(row: AlarmRecord, said: RecordedLifecycle) -> rules.Alarm:
         data.update(resolved_at=None, resolved_by=None, outcome=None, resolution_note=None)
     deadline = said.deadline
     if not said.deadline_known:
-        deadline = row.raised_at if status == rules.AlarmStatus.RAISED else None
+        deadline = min(row.raised_at, now) if status == rules.AlarmStatus.RAISED else None
     amber = kind == rules.AlarmKind.AMBER and data["severity"] == rules.Severity.AMBER.value
     data["amber_deadline"] = deadline if amber else row.amber_deadline
     data["ack_due_at"] = None if amber else deadline
@@ -355,7 +356,7 @@ class Lifecycle:
             "an alarm's lifecycle or deadline is not as the service sealed it: put back to its custody record",
             extra={"alarm": row.id, "entry": said.seq},
         )
-        store_rule(row, as_recorded(row, said))
+        store_rule(row, as_recorded(row, said, now))
         self.seal_lifecycle(row)
         row.updated_at = now
         session.flush()
@@ -564,7 +565,7 @@ class Lifecycle:
             extra={"alarm": row.id},
         )
         raised = RecordedLifecycle(0, kind, rules.AlarmStatus.RAISED.value, None, None, now)
-        store_rule(row, as_recorded(row, raised))
+        store_rule(row, as_recorded(row, raised, now))
         self.seal_lifecycle(row)
         return found
 

@@ -88,3 +88,24 @@ def test_an_escalation_of_an_alarm_moved_with_its_seal_removed_and_entries_edite
         assert place is None or (place["lat"], place["lon"]) == (_PLACE["lat"], _PLACE["lon"]), place
     finally:
         hook.close()
+
+
+@pytest.mark.parametrize("entries", ["held", "edited"])
+def test_an_sos_moved_on_with_its_entries_edited_still_escalates(services: Any, entries: str) -> None:
+    """The same class in an alarm's lifecycle (``lifecycle_seals``): an unacknowledged SOS's raise
+    time and deadline moved a day on by SQL (its seal broken), with every one of its custody
+    entries edited so none holds, was due by its row's raise time, a day on: it never escalated."""
+    now = datetime.now(UTC)
+    alarm_id = _sos(services, f"LW-OL{entries}", now)
+    services.alarms.make_whole(alarm_id)
+    moved = later(86400, now)
+    _sql(
+        services,
+        update(AlarmRecord).where(AlarmRecord.id == alarm_id).values(raised_at=moved, next_deadline=moved),
+    )
+    if entries == "edited":
+        _unhold_entries_of(services, alarm_id)
+    services.alarms.fire_deadlines(later(3600, now))
+    with services.db.session() as session:
+        row = session.get(AlarmRecord, alarm_id)
+        assert row is not None and row.escalated_at is not None, (row.status, row.next_deadline)
