@@ -1,10 +1,12 @@
-"""An alarm outbox row whose seal was removed, against a change made in the database behind the
-service's back, on both databases, by its effects (``chain_of_custody.outbox_seals``): a row
-without a seal passes for one queued before seals only if nothing outside it says otherwise, and
-its alarm's custody entries are one such thing. When every entry of its alarm had been edited so
-that none holds, the alarm was taken as recorded nowhere, so the row passed for one queued before
-seals and the relay posted what someone else wrote, signed by the service. Entries that do not hold
-vouch for nothing, not even for the row being older: it is withheld."""
+"""Custody entries that do not hold vouch for nothing, not even for a row being older than seals, on
+both databases, by its effects (changes made by SQL behind the service's back, the clock driven by
+an explicit "now"). An alarm outbox row whose seal was removed passes for one queued before seals
+only if nothing outside it says otherwise, and its alarm's custody entries are one such thing: when
+every entry of its alarm had been edited so that none holds, the alarm was taken as recorded
+nowhere, the row passed for one queued before seals and the relay posted what someone else wrote,
+signed by the service. It is withheld. The same class in what an alarm was raised with (a place
+moved with its raise seal removed was taken as raised before seals) and in its lifecycle (an SOS
+recorded only by entries that do not hold was due by its row's raise time, moved a day on)."""
 
 from __future__ import annotations
 
