@@ -68,6 +68,48 @@ def _assign(server: Server, incident_id: str, username: str) -> None:
     assert r.status_code == 200, r.text
 
 
+def link_download_verify(
+    page: Any, job_id: str, package_sha: str, shown_fingerprint: str, package: Path, shot: Path
+) -> str:
+    """On an exports page: give DC Jones a 48-hour link to the package ``job_id`` (shown with the
+    package's hash and the key's fingerprint, pictured in ``shot``), download it through the link to
+    ``package`` and check it with ``evidence verify`` and the fingerprint shown (a wrong one fails).
+    The link's address."""
+    form = page.locator(f"form.link-form[data-export='{job_id}']")
+    form.locator("input[name=recipient]").fill("DC Jones, Metropolitan Police")
+    form.locator("input[name=purpose]").fill("charging decision, Op Kestrel")
+    form.locator("input[name=expires_in_hours]").fill("48")
+    form.locator("button[type=submit]").click()
+    page.wait_for_selector(".link-url")
+    url = page.locator(".link-url").inner_text().strip()
+    assert page.locator(".link-fingerprint").inner_text().strip() == shown_fingerprint
+    assert page.locator(".link-sha256").inner_text().strip() == package_sha
+    page.screenshot(path=str(shot), full_page=True)
+
+    # The recipient downloads it and checks it with the fingerprint passed on apart from it.
+    with http.stream("GET", url) as resp:
+        assert resp.status_code == 200
+        with open(package, "wb") as f:
+            for chunk in resp.iter_bytes():
+                f.write(chunk)
+    evidence = Path(sys.executable).parent / "evidence"
+    ok = subprocess.run(
+        [str(evidence), "verify", str(package), "--key-fingerprint", shown_fingerprint],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    wrong = subprocess.run(
+        [str(evidence), "verify", str(package), "--key-fingerprint", "0" * 64],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert wrong.returncode != 0
+    return url
+
+
 def test_export_link_download_verify_and_revoke_in_the_browser(
     server: Server, browser: Any, tmp_path: Path
 ) -> None:
@@ -139,39 +181,9 @@ def test_export_link_download_verify_and_revoke_in_the_browser(
         assert job is not None and memo.id not in (job.result or "")
         package_sha = job.package_sha256
 
-    form = page.locator(f"form.link-form[data-export='{job_id}']")
-    form.locator("input[name=recipient]").fill("DC Jones, Metropolitan Police")
-    form.locator("input[name=purpose]").fill("charging decision, Op Kestrel")
-    form.locator("input[name=expires_in_hours]").fill("48")
-    form.locator("button[type=submit]").click()
-    page.wait_for_selector(".link-url")
-    url = page.locator(".link-url").inner_text().strip()
-    assert page.locator(".link-fingerprint").inner_text().strip() == shown_fingerprint
-    assert page.locator(".link-sha256").inner_text().strip() == package_sha
-    page.screenshot(path=str(shots / "export-link.png"), full_page=True)
-
-    # The recipient downloads it and checks it with the fingerprint passed on apart from it.
-    package = tmp_path / "package.zip"
-    with http.stream("GET", url) as resp:
-        assert resp.status_code == 200
-        with open(package, "wb") as f:
-            for chunk in resp.iter_bytes():
-                f.write(chunk)
-    evidence = Path(sys.executable).parent / "evidence"
-    ok = subprocess.run(
-        [str(evidence), "verify", str(package), "--key-fingerprint", shown_fingerprint],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    url = link_download_verify(
+        page, job_id, package_sha, shown_fingerprint, tmp_path / "package.zip", shots / "export-link.png"
     )
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    wrong = subprocess.run(
-        [str(evidence), "verify", str(package), "--key-fingerprint", "0" * 64],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert wrong.returncode != 0
 
     # Revoked from the list (a second press confirms): the link is refused from then on.
     page.goto(f"{server.url}/incidents/{incident['reference']}/exports")

@@ -176,6 +176,112 @@ def _longest_track(record: dict[str, Any]) -> int:
     return max(counts, key=lambda t: counts[t])
 
 
+def correct_in_review(
+    page: Any, f: Footage, v1_record: dict[str, Any], track: int, shots: Path
+) -> tuple[str, float, float]:
+    """On the review page of the clip: play and seek (the overlay draws the frame it lands on), turn
+    ``track`` off with a reason, draw a box over 0.4 s .. 1.2 s, mute a range chosen on the waveform,
+    save as a new version and follow it to the end. The new job's id and the muted range."""
+    page.wait_for_selector("#overlay[data-ready='1']")
+    until(page, "document.getElementById('video').readyState >= 2")
+    # Play, then seek: the time moves and the overlay draws the frame it lands on.
+    page.evaluate("document.getElementById('video').play()")
+    until(page, "document.getElementById('video').currentTime > 0.3", 10)
+    page.evaluate("document.getElementById('video').pause()")
+    first = next(
+        i for i, notes in enumerate(v1_record["record"]) if any(n.get("track") == track for n in notes)
+    )
+    target = (first + 10) / 25
+    page.evaluate(f"(() => {{ const v = document.getElementById('video'); v.currentTime = {target}; }})()")
+    until(page, f"document.getElementById('overlay').dataset.frame === '{first + 10}'", 10)
+    assert abs(page.evaluate("document.getElementById('video').currentTime") - target) < 0.05
+    drew = page.evaluate(
+        """(() => { const v = document.getElementById('video'); const c = document.createElement('canvas');
+            c.width = 64; c.height = 36; const x = c.getContext('2d'); x.drawImage(v, 0, 0, 64, 36);
+            const d = x.getImageData(0, 0, 64, 36).data; let lo = 255, hi = 0;
+            for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
+            return hi - lo; })()"""
+    )
+    assert drew > 40, "no picture was drawn at the seek position"
+    overlay_pixels = page.evaluate(
+        """(() => { const c = document.getElementById('overlay'); const d = c.getContext('2d')
+            .getImageData(0, 0, c.width, c.height).data; let n = 0;
+            for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })()"""
+    )
+    assert overlay_pixels > 100, "the overlay drew no box over a frame with a face"
+    assert page.is_visible(f"#track-{track}")
+
+    # Turn the longest track off, with a reason.
+    page.uncheck(f"#track-{track}")
+    page.fill("#exclusion-reason", "the patient is the complainant")
+    # The reason reads whole: its field spans its panel, and what was typed is not cut off.
+    fits = page.evaluate(
+        """(() => { const i = document.getElementById('exclusion-reason');
+        const p = i.closest('.panel'); const pad = parseFloat(getComputedStyle(p).paddingLeft) * 2;
+        return [i.scrollWidth <= i.clientWidth, i.offsetWidth >= 0.9 * (p.clientWidth - pad)]; })()"""
+    )
+    assert fits == [True, True], fits
+    # Draw a box over 0.4 s .. 1.2 s (dragged over the picture, then the range typed).
+    page.click("#draw")
+    box = page.locator("#overlay").bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] * 0.05, box["y"] + box["height"] * 0.6)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.85, steps=5)
+    page.mouse.up()
+    page.wait_for_selector("#box-form:not([hidden])")
+    page.fill("#box-start", "0.4")
+    page.fill("#box-end", "1.2")
+    page.click("#box-add")
+    page.wait_for_selector("#regions li[data-region='0']")
+    # Mute a range chosen on the waveform.
+    page.wait_for_selector("#waveform[data-ready='1']")
+    page.locator("#waveform").scroll_into_view_if_needed()
+    wave = page.locator("#waveform").bounding_box()
+    assert wave is not None
+    page.mouse.move(wave["x"] + wave["width"] * 0.5, wave["y"] + wave["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(wave["x"] + wave["width"] * 0.8, wave["y"] + wave["height"] / 2, steps=5)
+    page.mouse.up()
+    start, end = float(page.input_value("#audio-start")), float(page.input_value("#audio-end"))
+    assert 0.9 < start < 1.1 and 1.5 < end < 1.7
+    page.select_option("#audio-mode", "mute")
+    page.click("#audio-add")
+    page.wait_for_selector("#audio-edits li[data-audio='0']")
+    page.check("#preview")
+    page.evaluate("(() => { const v = document.getElementById('video'); v.currentTime = 0.8; })()")
+    until(page, "document.getElementById('overlay').dataset.frame === '20'")
+    page.screenshot(path=str(shots / "redaction-review.png"), full_page=True)
+
+    page.fill("#note", "leave the complainant visible; hide the badge; mute the phone number")
+    page.click("#save")
+    page.wait_for_selector("#job-state[data-status='done']", timeout=90000)
+    job_id = page.get_attribute("#job-state", "data-job")
+    return str(job_id), start, end
+
+
+def check_correction(f: Footage, job_id: str, track: int, start: float, end: float) -> dict[str, Any]:
+    """The new version's per-frame record and sound: the box over 0.4 s .. 1.2 s only, ``track``
+    excluded wherever it is, the range muted (as version 1 is not). The job, as the API gives it."""
+    job = httpx.get(f"{f.url}/api/v1/redaction-jobs/{job_id}", headers=f.admin).json()
+    assert job["version"] == 2 and job["based_on_job_id"] == f.v1["id"]
+    assert job["result_item_id"] != f.v1["result_item_id"]  # a new version; version 1 is untouched
+    record = _record(f, job)
+    fps = 25
+    for i, notes in enumerate(record["record"]):
+        manual = [n for n in notes if n["source"] == "manual"]
+        inside = 0.4 * fps <= i < 1.2 * fps
+        assert bool(manual) == inside or (i in (int(0.4 * fps) - 1, int(1.2 * fps))), (i, manual)
+        for n in notes:
+            if n.get("track") == track:
+                assert n.get("excluded") is True, (i, n)
+    assert any(n.get("track") == track for notes in record["record"] for n in notes)
+    muted = _rms(f, job["result_item_id"], start + 0.05, end - 0.05)
+    before = _rms(f, f.v1["result_item_id"], start + 0.05, end - 0.05)
+    assert before > 0.01 and muted < 0.001, (before, muted)
+    return job  # type: ignore[no-any-return]
+
+
 def test_an_investigator_corrects_a_redaction_in_the_browser(footage: Footage, tmp_path: Path) -> None:
     f = footage
     shots = screenshot_dir(tmp_path)
@@ -197,104 +303,13 @@ def test_an_investigator_corrects_a_redaction_in_the_browser(footage: Footage, t
         page.screenshot(path=str(shots / "footage.png"), full_page=True)
 
         page.goto(f"{f.url}/footage/{f.clip_id}/review")
-        page.wait_for_selector("#overlay[data-ready='1']")
-        until(page, "document.getElementById('video').readyState >= 2")
-        # Play, then seek: the time moves and the overlay draws the frame it lands on.
-        page.evaluate("document.getElementById('video').play()")
-        until(page, "document.getElementById('video').currentTime > 0.3", 10)
-        page.evaluate("document.getElementById('video').pause()")
-        first = next(
-            i for i, notes in enumerate(v1_record["record"]) if any(n.get("track") == track for n in notes)
-        )
-        target = (first + 10) / 25
-        page.evaluate(
-            f"(() => {{ const v = document.getElementById('video'); v.currentTime = {target}; }})()"
-        )
-        until(page, f"document.getElementById('overlay').dataset.frame === '{first + 10}'", 10)
-        assert abs(page.evaluate("document.getElementById('video').currentTime") - target) < 0.05
-        drew = page.evaluate(
-            """(() => { const v = document.getElementById('video'); const c = document.createElement('canvas');
-                c.width = 64; c.height = 36; const x = c.getContext('2d'); x.drawImage(v, 0, 0, 64, 36);
-                const d = x.getImageData(0, 0, 64, 36).data; let lo = 255, hi = 0;
-                for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
-                return hi - lo; })()"""
-        )
-        assert drew > 40, "no picture was drawn at the seek position"
-        overlay_pixels = page.evaluate(
-            """(() => { const c = document.getElementById('overlay'); const d = c.getContext('2d')
-                .getImageData(0, 0, c.width, c.height).data; let n = 0;
-                for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })()"""
-        )
-        assert overlay_pixels > 100, "the overlay drew no box over a frame with a face"
-        assert page.is_visible(f"#track-{track}")
-
-        # Turn the longest track off, with a reason.
-        page.uncheck(f"#track-{track}")
-        page.fill("#exclusion-reason", "the patient is the complainant")
-        # The reason reads whole: its field spans its panel, and what was typed is not cut off.
-        fits = page.evaluate(
-            """(() => { const i = document.getElementById('exclusion-reason');
-            const p = i.closest('.panel'); const pad = parseFloat(getComputedStyle(p).paddingLeft) * 2;
-            return [i.scrollWidth <= i.clientWidth, i.offsetWidth >= 0.9 * (p.clientWidth - pad)]; })()"""
-        )
-        assert fits == [True, True], fits
-        # Draw a box over 0.4 s .. 1.2 s (dragged over the picture, then the range typed).
-        page.click("#draw")
-        box = page.locator("#overlay").bounding_box()
-        assert box is not None
-        page.mouse.move(box["x"] + box["width"] * 0.05, box["y"] + box["height"] * 0.6)
-        page.mouse.down()
-        page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.85, steps=5)
-        page.mouse.up()
-        page.wait_for_selector("#box-form:not([hidden])")
-        page.fill("#box-start", "0.4")
-        page.fill("#box-end", "1.2")
-        page.click("#box-add")
-        page.wait_for_selector("#regions li[data-region='0']")
-        # Mute a range chosen on the waveform.
-        page.wait_for_selector("#waveform[data-ready='1']")
-        page.locator("#waveform").scroll_into_view_if_needed()
-        wave = page.locator("#waveform").bounding_box()
-        assert wave is not None
-        page.mouse.move(wave["x"] + wave["width"] * 0.5, wave["y"] + wave["height"] / 2)
-        page.mouse.down()
-        page.mouse.move(wave["x"] + wave["width"] * 0.8, wave["y"] + wave["height"] / 2, steps=5)
-        page.mouse.up()
-        start, end = float(page.input_value("#audio-start")), float(page.input_value("#audio-end"))
-        assert 0.9 < start < 1.1 and 1.5 < end < 1.7
-        page.select_option("#audio-mode", "mute")
-        page.click("#audio-add")
-        page.wait_for_selector("#audio-edits li[data-audio='0']")
-        page.check("#preview")
-        page.evaluate("(() => { const v = document.getElementById('video'); v.currentTime = 0.8; })()")
-        until(page, "document.getElementById('overlay').dataset.frame === '20'")
-        page.screenshot(path=str(shots / "redaction-review.png"), full_page=True)
-
-        page.fill("#note", "leave the complainant visible; hide the badge; mute the phone number")
-        page.click("#save")
-        page.wait_for_selector("#job-state[data-status='done']", timeout=90000)
-        job_id = page.get_attribute("#job-state", "data-job")
+        job_id, start, end = correct_in_review(page, f, v1_record, track, shots)
         # Compare the two versions side by side.
         page.click("#compare")
         until(page, "document.getElementById('video-b').readyState >= 2")
         assert page.errors == [] and refused == []  # type: ignore[attr-defined]
 
-    job = httpx.get(f"{f.url}/api/v1/redaction-jobs/{job_id}", headers=f.admin).json()
-    assert job["version"] == 2 and job["based_on_job_id"] == f.v1["id"]
-    assert job["result_item_id"] != f.v1["result_item_id"]  # a new version; version 1 is untouched
-    record = _record(f, job)
-    fps = 25
-    for i, notes in enumerate(record["record"]):
-        manual = [n for n in notes if n["source"] == "manual"]
-        inside = 0.4 * fps <= i < 1.2 * fps
-        assert bool(manual) == inside or (i in (int(0.4 * fps) - 1, int(1.2 * fps))), (i, manual)
-        for n in notes:
-            if n.get("track") == track:
-                assert n.get("excluded") is True, (i, n)
-    assert any(n.get("track") == track for notes in record["record"] for n in notes)
-    muted = _rms(f, job["result_item_id"], start + 0.05, end - 0.05)
-    before = _rms(f, f.v1["result_item_id"], start + 0.05, end - 0.05)
-    assert before > 0.01 and muted < 0.001, (before, muted)
+    check_correction(f, job_id, track, start, end)
 
 
 def test_the_original_needs_a_reason_and_a_role_allowed_pictures(footage: Footage, tmp_path: Path) -> None:
