@@ -21,10 +21,11 @@ from chain_of_custody.core import list_cursors
 from chain_of_custody.keys import SIGNING_KEY_PATH
 from chain_of_custody.models import EvidenceItem
 from incidents.access import Viewer, visible_evidence_ids, visible_incident
-from incidents.export.api import EXPORTERS, ORIGINALS_AUTHORISERS, job_reader
+from incidents.export.api import EXPORTERS, ORIGINALS_AUTHORISERS, job_reader, left_visible
 from incidents.export.disclosure import DISCLOSURE_PAGE, disclosure_page
-from incidents.export.plan import incident_export_scope
+from incidents.export.plan import ORIGINAL_VIDEO_KINDS, REDACTED_VIDEO_KIND, incident_export_scope
 from incidents.queries import IncidentFilter, search_incidents
+from redaction.models import RedactionJob
 from storage.bounds import MAX_OFFSET
 from storage.paging import CURSOR_MAX
 
@@ -43,6 +44,9 @@ def exportable_items(session: Session, viewer: Viewer, incident_id: str) -> list
     seen = visible_evidence_ids(session, viewer, linked)
     rows = session.scalars(select(EvidenceItem).where(EvidenceItem.id.in_([i for i in linked if i in seen])))
     by_id = {i.id: i for i in rows}
+    versions = redaction_versions(
+        session, viewer, [i.id for i in by_id.values() if i.kind in ORIGINAL_VIDEO_KINDS]
+    )
     return [
         {
             "id": i.id,
@@ -52,9 +56,40 @@ def exportable_items(session: Session, viewer: Viewer, incident_id: str) -> list
             "captured_start": i.captured_start,
             "size": i.size,
             "status": i.status,
+            "versions": versions.get(i.id, []),
         }
         for i in (by_id[x] for x in linked if x in by_id)
     ]
+
+
+def redaction_versions(
+    session: Session, viewer: Viewer, clip_ids: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Clip -> its finished redactions the viewer may see, oldest first (``version``, the redacted copy
+    ``id``, ``left_visible``: a track turned off, so only a role that may release originals may hand
+    it out, with a reason): what the exporter chooses from, as the API takes a copy's id in place of
+    its clip's."""
+    if not clip_ids:
+        return {}
+    rows = session.execute(
+        select(RedactionJob.source_item_id, RedactionJob.version, EvidenceItem.id)
+        .join(EvidenceItem, EvidenceItem.id == RedactionJob.result_item_id)
+        .where(
+            RedactionJob.source_item_id.in_(clip_ids),
+            RedactionJob.status == "done",
+            EvidenceItem.kind == REDACTED_VIDEO_KIND,
+            EvidenceItem.derived_from_id == RedactionJob.source_item_id,
+            EvidenceItem.status != "deleted",
+        )
+        .order_by(RedactionJob.version)
+    ).all()
+    seen = visible_evidence_ids(session, viewer, [r[2] for r in rows])
+    showing = set(left_visible(session, [r[2] for r in rows if r[2] in seen]))
+    out: dict[str, list[dict[str, Any]]] = {}
+    for clip, version, copy in rows:
+        if copy in seen:
+            out.setdefault(clip, []).append({"version": version, "id": copy, "left_visible": copy in showing})
+    return out
 
 
 @router.get("/exports")

@@ -31,11 +31,15 @@ if (build) {
     event.preventDefault();
     const status = document.getElementById("build-status");
     const button = document.getElementById("build");
-    const items = [...build.querySelectorAll('input[name="item"]:checked')].map((box) => box.value);
+    // A clip goes in as the redacted copy chosen for it (its id in the clip's place), else its latest.
+    const version = (id) => build.querySelector(`select.version[data-clip="${CSS.escape(id)}"]`)?.value;
+    const items = [...build.querySelectorAll('input[name="item"]:checked')].map((box) => version(box.value) || box.value);
     if (!items.length) return say(status, "Choose at least one item.", true);
     const originals = document.getElementById("include-originals");
     const body = { item_ids: items, include_originals: Boolean(originals && originals.checked) };
-    if (body.include_originals) body.reason = document.getElementById("originals-reason").value;
+    // The reason covers original footage and any version that leaves someone visible.
+    const reason = document.getElementById("originals-reason");
+    if (reason && (body.include_originals || reason.value.trim())) body.reason = reason.value;
     button.disabled = true;
     say(status, "Asking for the package…");
     try {

@@ -267,10 +267,10 @@ def may_hand_out(session: Session, user: Viewer, job: ExportJob, key: ServiceKey
     pinned = [
         p["item"] for p in (scope.get("pinned") or {}).values() if isinstance(p, dict) and p.get("item")
     ]
-    return user.role in ORIGINALS_AUTHORISERS or not _left_visible(session, pinned)
+    return user.role in ORIGINALS_AUTHORISERS or not left_visible(session, pinned)
 
 
-def _left_visible(session: Session, copy_ids: list[str]) -> list[str]:
+def left_visible(session: Session, copy_ids: list[str]) -> list[str]:
     """The redacted copies among ``copy_ids`` that leave someone visible (a track turned off), as the
     ``redacted`` custody entry that made each one records."""
     if not copy_ids:
@@ -294,7 +294,7 @@ def _left_visible(session: Session, copy_ids: list[str]) -> list[str]:
 def _may_release_left_visible(session: Session, user: Viewer, pins: dict[str, Pin], reason: str) -> None:
     """A package that holds a redacted copy leaving someone visible hands out that person's face as an
     original would: the same roles and a stated reason (10 characters or more), else refused."""
-    visible = _left_visible(session, [p.item for p in pins.values() if p.item])
+    visible = left_visible(session, [p.item for p in pins.values() if p.item])
     if not visible:
         return
     if user.role not in ORIGINALS_AUTHORISERS:
