@@ -86,9 +86,9 @@ def test_an_investigator_corrects_a_clip_and_exports_that_version_verified(
     footage: Footage, tmp_path: Path
 ) -> None:
     f = footage
-    shots = screenshot_dir(tmp_path)
     v1_record = _record(f, f.v1)
-    track = _longest_track(v1_record)
+    track = _longest_track(v1_record)  # the face whose track the investigator turns off
+    shots = screenshot_dir(tmp_path)
     with chromium() as browser:
         page = new_page(browser, 1400, 1000)
         sign_in(page, f.url, "investigator", next_path="/incidents")
