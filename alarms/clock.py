@@ -196,15 +196,15 @@ class Clock:
                     extra={"device": state.device_id},
                 )
             vouch(session, self.lifecycle.seal_secret, state)  # the visit it names, as sealed
-            device, note = self.lifecycle.device_of(session, state.device_id)
+            site, wearer, note = self.offline_under(session, state)
             row = self.lifecycle.raise_alarm(
                 session,
                 outbox,
                 at,
                 device_id=state.device_id,
                 kind=rules.AlarmKind.DEVICE_OFFLINE,
-                wearer=device.assigned_staff_id if device else None,
-                site=device.site if device else None,
+                wearer=wearer,
+                site=site,
                 occurred_at=since,
                 visit_id=state.active_visit_id,
                 dedupe_key=f"device_offline:{state.device_id}:{rfc3339(since)}",
@@ -218,6 +218,43 @@ class Clock:
             .order_by(LoneWorkerState.offline_due_at)
         )
         return self.outbox.claimed_pass(due, limit, check)
+
+    def offline_under(
+        self, session: Session, state: LoneWorkerState
+    ) -> tuple[str | None, str | None, str | None]:
+        """The site and wearer a silent device's offline alarm is raised under, and a note: those of
+        what it is watched for when it falls silent, not its row's now (re-enrolled at another site
+        meanwhile, the old site's worker would lose the alarm, and the new site would read the
+        visit's record it carries). On a visit, the visit's (``Visits.raised_under``: the alarm names
+        it, and its record shows the visit's check-ins); else, with an alarm open, the latest such
+        alarm's, from a row the service sealed; else its device's (``Lifecycle.device_of``: a row
+        whose seal does not hold lends neither, and the alarm is of no site, as any)."""
+        device, note = self.lifecycle.device_of(session, state.device_id)
+        if device is None:
+            return None, None, note
+        if state.active_visit_id is not None:
+            visit = session.scalars(
+                select(LoneWorkerVisit).where(
+                    LoneWorkerVisit.device_id == state.device_id,
+                    LoneWorkerVisit.visit_id == state.active_visit_id,
+                )
+            ).first()
+            if visit is not None:
+                site, wearer, notes = self.visits.raised_under(session, visit, self.visits.sealed(visit))
+                return site, wearer, "; ".join(notes) or None
+        watched = session.scalars(
+            select(AlarmRecord)
+            .where(
+                AlarmRecord.device_id == state.device_id,
+                AlarmRecord.status != "resolved",
+                AlarmRecord.kind.in_(WATCHED_KINDS),
+            )
+            .order_by(AlarmRecord.raised_at.desc(), AlarmRecord.id)
+        )
+        for alarm in watched:
+            if self.lifecycle.sealed(alarm):
+                return alarm.site, alarm.wearer, None
+        return device.site, device.assigned_staff_id, None
 
     def last_heard(self, state: LoneWorkerState) -> Heard:
         """When a device was last heard from, as far as its row's seal vouches."""

@@ -155,6 +155,10 @@ class LoneWorkerVisit(Base):
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
     visit_id: Mapped[str] = mapped_column(String(64))
     wearer: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The site of its device when the visit began: its alarms (missed check-in, its device silent on
+    # it) are raised there, wherever the device is enrolled since. None for a device of no site, and
+    # for a visit begun before it was recorded (``alarms.visits``: taken from its custody record).
+    site: Mapped[str | None] = mapped_column(String(64), default=None)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     expected_end: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
@@ -163,9 +167,9 @@ class LoneWorkerVisit(Base):
     start_event_id: Mapped[str | None] = mapped_column(String(36), default=None)
     end_event_id: Mapped[str | None] = mapped_column(String(36), default=None)
     note: Mapped[str | None] = mapped_column(Text, default=None)
-    # The service's seal over device, visit id, wearer, missed check-in alarm, expected end and end
-    # (``chain_of_custody.visit_seals``): a visit whose seal does not hold lends no wearer, and is
-    # due by its custody record.
+    # The service's seal over device, visit id, wearer, missed check-in alarm, expected end, end and
+    # site (``chain_of_custody.visit_seals``): a visit whose seal does not hold lends no wearer nor
+    # site, and is due by its custody record.
     seal: Mapped[str | None] = mapped_column(String(64), default=None)
 
     __table_args__ = (UniqueConstraint("device_id", "visit_id", name="uq_lone_worker_visits_device_visit"),)

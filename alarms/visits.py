@@ -3,11 +3,13 @@ check-in closes it; a visit whose end is overdue by the grace period raises ``mi
 (when, is the pure rule's to say: ``rules.missed_checkin_due_at``), and its end clears that alarm.
 
 Each check-in is recorded on the custody ledger with the visit's wearer and expected end, and the
-row is sealed as the service writes it (``chain_of_custody.visit_seals``, over its wearer, missed
-check-in alarm, expected end and end): its missed check-in takes its wearer, so a visit whose seal
-does not hold lends none (the alarm is raised all the same, with no wearer and a note) and clears
-no alarm, and is due by what its custody entries record (``chain_of_custody.visit_deadlines``),
-never by its row. ``due_at`` is not sealed: it only says when to look, and a sweep of the visits
+row is sealed as the service writes it (``chain_of_custody.visit_seals``, over its wearer, site,
+missed check-in alarm, expected end and end): its missed check-in takes its wearer, so a visit whose
+seal does not hold lends none (the alarm is raised all the same, with no wearer and a note) and
+clears no alarm, and is due by what its custody entries record (``chain_of_custody.visit_deadlines``),
+never by its row. Its alarms are raised at the site it was begun under (:meth:`Visits.raised_under`),
+not its device's now: a device re-enrolled at another site during a visit takes neither the alarm
+nor the visit's record there. ``due_at`` is not sealed: it only says when to look, and a sweep of the visits
 still open (:meth:`Visits.restore_deadlines`, at most every :data:`SWEEP_EVERY` of the clock) puts
 back one cleared or moved in the database, with a warning naming the visit, so a missed check-in is
 raised at most that late, never silenced."""
@@ -28,6 +30,7 @@ from chain_of_custody.entries import CustodyAction
 from chain_of_custody.raise_seals import checked_message
 from chain_of_custody.visit_deadlines import recorded_visit
 from chain_of_custody.visit_seals import visit_entry, visit_holds, visit_seal
+from chain_of_custody.visit_sites import recorded_start
 from devices.lone_worker_wire import AckStatus, CheckinMessage
 
 from . import rules
@@ -77,7 +80,7 @@ class Visits:
 
     def seal(self, visit: LoneWorkerVisit) -> None:
         """Seal the visit's row as the service records it: its device, id, wearer, missed alarm,
-        expected end and end."""
+        expected end, end and site."""
         visit.seal = visit_seal(self.secret, visit)
 
     def sealed(self, visit: LoneWorkerVisit) -> bool:
@@ -108,8 +111,14 @@ class Visits:
                 missed = None
         self.liveness.lock_rows(session, snap, message)
         session.add(event)
+        opened = visit is None
         if visit is None:  # a new visit, or the end of one whose start never reached us
-            visit = LoneWorkerVisit(device_id=snap.device_id, visit_id=body.visit_id, wearer=snap.staff_id)
+            # Its wearer and site are those of its device now, as it begins (the message was taken
+            # only from a device row whose seal holds): its alarms are raised there, wherever the
+            # device is enrolled by the time they fall due.
+            visit = LoneWorkerVisit(
+                device_id=snap.device_id, visit_id=body.visit_id, wearer=snap.staff_id, site=snap.site
+            )
             self.seal(visit)
             session.add(visit)
         if body.action == "start":
@@ -151,6 +160,7 @@ class Visits:
                 body.visit_id,
                 visit.wearer,
                 vouched,
+                opened_at=(visit.site,) if opened else None,
                 checkin=body.action,
                 event_id=message.event_id,
                 expected_end=expected,
@@ -175,12 +185,7 @@ class Visits:
                 visit.due_at = rules.missed_checkin_due_at(rule, self.policy)
                 return  # raised already, or the grace period has grown since it was due
             visit.due_at = None
-            # A visit whose row the service did not seal as it stands lends no wearer, and a device
-            # whose row's seal does not hold neither site nor wearer: the alarm is raised all the
-            # same (a safety alarm is never dropped), with why.
-            device, unvouched = self.lifecycle.device_of(session, visit.device_id)
-            wearer = (visit.wearer or (device.assigned_staff_id if device else None)) if vouched else None
-            notes = [n for n in (None if vouched else UNVOUCHED_NOTE, unvouched) if n]
+            site, wearer, notes = self.raised_under(session, visit, vouched)
             row = self.lifecycle.raise_alarm(
                 session,
                 outbox,
@@ -188,7 +193,7 @@ class Visits:
                 device_id=visit.device_id,
                 kind=rules.AlarmKind.MISSED_CHECKIN,
                 wearer=wearer,
-                site=device.site if device else None,
+                site=site,
                 occurred_at=visit.expected_end,
                 visit_id=visit.visit_id,
                 dedupe_key=_missed_key(visit),
@@ -202,6 +207,47 @@ class Visits:
         # may be open though its row says it ended (see :meth:`restore_deadlines`).
         due = select(LoneWorkerVisit).where(LoneWorkerVisit.due_at <= now).order_by(LoneWorkerVisit.due_at)
         return self.outbox.claimed_pass(due, limit, check)
+
+    def raised_under(
+        self, session: Session, visit: LoneWorkerVisit, vouched: bool
+    ) -> tuple[str | None, str | None, list[str]]:
+        """The site and wearer an alarm the service raises for the visit (its missed check-in, its
+        device silent on it) is raised under, and notes saying why one is unknown: those the visit
+        was begun under, never those of its device's row now (re-enrolled at another site since,
+        the visit's record and its worker's note would go to that site's managers, and the alarm
+        to none of the worker's own). From its row when its seal holds (``vouched``) and it records
+        a site; else as its custody record has it (``chain_of_custody.visit_sites``), its wearer
+        only from a row the service sealed; when that records neither, as its device's row has
+        them, with a warning naming the visit. A device whose row's seal does not hold lends
+        neither, and raises at no site, as before: the alarm is raised all the same (a safety
+        alarm is never dropped), with why."""
+        device, unvouched = self.lifecycle.device_of(session, visit.device_id)
+        notes = [n for n in (None if vouched else UNVOUCHED_NOTE, unvouched) if n]
+        site: str | None
+        if vouched and visit.site is not None:
+            site, wearer = visit.site, visit.wearer
+        else:
+            with session.no_autoflush:
+                said = recorded_start(
+                    session,
+                    visit.device_id,
+                    visit.visit_id,
+                    self.keys.custody_public,
+                    self.keys.device_secret,
+                )
+            if said is not None:
+                site, wearer = said.site, visit.wearer or said.wearer
+            else:
+                log.warning(
+                    "a visit's site is recorded nowhere the service can go by: its alarm is raised at "
+                    "its device's site now",
+                    extra={"device": visit.device_id, "visit": visit.visit_id},
+                )
+                site = device.site if device else None
+                wearer = visit.wearer or (device.assigned_staff_id if device else None)
+        if device is None:
+            site = None
+        return site, wearer if vouched else None, notes
 
     def restore_deadlines(self, now: datetime) -> int:
         """Put back the deadline of every visit still open, or ended within

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from .canonical import rfc3339
@@ -79,18 +79,8 @@ def recorded_visit(session: Session, device: str, visit_id: str, public: bytes) 
     entries that hold (:func:`lifecycle_seals.entry_holds`, checked with the custody key ``public``):
     one written or edited in the database (an end check-in that never came) is named in a warning
     and passed over, so it neither ends the visit nor moves its expected end."""
-    mention = json.dumps({"visit": visit_id}, separators=(",", ":"), ensure_ascii=False)[1:-1]
-    escaped = mention.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    q = (
-        select(*ENTRY_COLUMNS)
-        .where(
-            CustodyEntry.action == CustodyAction.VISIT_CHANGED.value,
-            CustodyEntry.details.like(f"%{escaped}%", escape="\\"),
-        )
-        .order_by(CustodyEntry.seq)
-    )
     found = RecordedDeadline()
-    for row in session.execute(q):
+    for row in session.execute(visit_entries(visit_id)):
         try:
             d = json.loads(row.details)
         except ValueError:
@@ -102,6 +92,22 @@ def recorded_visit(session: Session, device: str, visit_id: str, public: bytes) 
         else:
             warn_of_entry(int(row.seq))
     return found
+
+
+def visit_entries(visit_id: str) -> Select[*tuple[Any, ...]]:
+    """The ``visit_changed`` entries whose details mention the visit ``visit_id``, in order
+    (:data:`ENTRY_COLUMNS`; a scan by their canonical text, for the rare visit its row says nothing
+    of: the caller checks each names the device and visit, and that it holds)."""
+    mention = json.dumps({"visit": visit_id}, separators=(",", ":"), ensure_ascii=False)[1:-1]
+    escaped = mention.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return (
+        select(*ENTRY_COLUMNS)
+        .where(
+            CustodyEntry.action == CustodyAction.VISIT_CHANGED.value,
+            CustodyEntry.details.like(f"%{escaped}%", escape="\\"),
+        )
+        .order_by(CustodyEntry.seq)
+    )
 
 
 def deadline_refused(

@@ -17,6 +17,12 @@ does not hold is taken at what its custody entries record (``visit_deadlines``),
 check-in raised all the same, and ``evidence verify`` names a deadline that is not the recorded one
 (``visit_deadline_altered``).
 
+A visit also records the site its device was enrolled at when it began, and its alarms are raised
+there (``visit_sites``): the entry that opens it records the site, and the seal covers it when it
+has one (a visit of no site is sealed as under version 2, so those sealed before sites were
+recorded hold as they stand); ``evidence verify`` names a site that is not the recorded one
+(``visit_site_altered``), and the upgrade below seals no visit whose site is not.
+
 Visits opened before seals have none, and those sealed before version 2 a version 1 seal:
 ``evidence upgrade-seals`` (its ``seal-visits`` step) seals those whose wearer is the member of
 staff the custody ledger last assigned to their device, whose expected end and end are the ones
@@ -61,6 +67,7 @@ _VISITS = table(
     column("ended_at", UTCDateTime),
     column("seal"),
     column("started_at", UTCDateTime),
+    column("site"),
 )
 
 
@@ -79,6 +86,8 @@ class VisitRow(Protocol):
     def expected_end(self) -> datetime | None: ...
     @property
     def ended_at(self) -> datetime | None: ...
+    @property
+    def site(self) -> str | None: ...
 
 
 def _at(moment: datetime | None) -> str | None:
@@ -93,10 +102,15 @@ def visit_seal_v1(
 
 
 def visit_seal(secret: bytes, row: VisitRow) -> str:
-    """The seal of a visit row over whose missed check-in it raises, when, and which alarm its end
-    clears: its device, id, wearer, missed check-in alarm, expected end and end, hex."""
+    """The seal of a visit row over whose missed check-in it raises, where, when, and which alarm
+    its end clears: its device, id, wearer, missed check-in alarm, expected end, end and, when it
+    records one, the site it was begun under, hex. A visit of no site is sealed as under version 2,
+    so the visits sealed before sites were recorded hold as they stand, and a site written into one,
+    or cleared from one, by SQL does not."""
     values = (row.device_id, row.visit_id, row.wearer, row.missed_alarm_id)
-    return row_seal(secret, ("visit", *values, "v2", _at(row.expected_end), _at(row.ended_at)))
+    deadline = ("v2", _at(row.expected_end), _at(row.ended_at))
+    site = () if row.site is None else ("site", row.site)
+    return row_seal(secret, ("visit", *values, *deadline, *site))
 
 
 def visit_holds(secret: bytes, row: VisitRow, seal: str | None) -> bool:
@@ -110,12 +124,19 @@ def visit_name(device: str, visit_id: str) -> str:
     return f"visit {visit_id} of device {device}"
 
 
-def visit_entry(device: str, visit_id: str, wearer: str | None, vouched: bool, **more: Any) -> dict[str, Any]:
+def visit_entry(
+    device: str, visit_id: str, wearer: str | None, vouched: bool, *, opened_at: Any = None, **more: Any
+) -> dict[str, Any]:
     """The details of a visit's ``visit_changed`` entry: its wearer only when its row vouches for one
-    (a visit whose seal does not hold has its wearer from nobody the ledger knows)."""
+    (a visit whose seal does not hold has its wearer from nobody the ledger knows); ``opened_at``,
+    on the entry of the check-in that opened the visit, a 1-tuple of the site it is begun under
+    (``(None,)``: no site), recorded as ``site`` (what a visit whose row records no site is raised
+    at, ``visit_sites``)."""
     details: dict[str, Any] = {"visit": visit_id, "device": device, **more}
     if vouched:
         details["wearer"] = wearer
+        if opened_at is not None:
+            details["site"] = opened_at[0]
     else:
         details["unsealed"] = True
     return details
@@ -123,7 +144,8 @@ def visit_entry(device: str, visit_id: str, wearer: str | None, vouched: bool, *
 
 def visit_replay(entries: Iterable[SignedEntry]) -> Recorded:
     """What the ledger says of each visit (keyed ``device/visit``): the wearer its latest entry that
-    records one gives it."""
+    records one gives it, and the site the entry that opened it records (none for a visit opened
+    before sites were recorded)."""
     out: Recorded = {}
     for e in entries:
         if e.body.action != CustodyAction.VISIT_CHANGED.value:
@@ -131,7 +153,10 @@ def visit_replay(entries: Iterable[SignedEntry]) -> Recorded:
         d = _details(e)
         device, visit = d.get("device"), d.get("visit")
         if isinstance(device, str) and isinstance(visit, str) and "wearer" in d:
-            out[f"{device}/{visit}"] = {"wearer": (e.body.seq, d["wearer"])}
+            known = out.setdefault(f"{device}/{visit}", {})
+            known["wearer"] = (e.body.seq, d["wearer"])
+            if "site" in d and "site" not in known:
+                known["site"] = (e.body.seq, d["site"])
     return out
 
 
@@ -145,6 +170,7 @@ _COLUMNS = (
     _VISITS.c.expected_end,
     _VISITS.c.ended_at,
     _VISITS.c.seal,
+    _VISITS.c.site,
 )
 
 
@@ -170,20 +196,22 @@ def check_visit_seals(
                 Problem(
                     "visit_seal_broken",
                     where,
-                    "its row's seal does not hold: its wearer, missed check-in alarm, expected end or end "
-                    "was written by someone other than the service (its missed check-in takes no wearer "
-                    "from it, and is due by what its check-ins recorded)",
+                    "its row's seal does not hold: its wearer, site, missed check-in alarm, expected end "
+                    "or end was written by someone other than the service (its missed check-in takes no "
+                    "wearer or site from it, and is due by what its check-ins recorded)",
                 )
             )
-        seq, said = recorded.get(key_, {}).get("wearer", (None, row.wearer))
-        if said != row.wearer:
-            report.problems.append(
-                Problem(
-                    "visit_wearer_altered",
-                    where,
-                    f"its wearer is {row.wearer!r} in the database but {said!r} in custody entry #{seq}",
+        for field in ("site", "wearer"):
+            kept = getattr(row, field)
+            seq, said = recorded.get(key_, {}).get(field, (None, kept))
+            if said != kept:
+                report.problems.append(
+                    Problem(
+                        f"visit_{field}_altered",
+                        where,
+                        f"its {field} is {kept!r} in the database but {said!r} in custody entry #{seq}",
+                    )
                 )
-            )
         # A visit sealed since its check-ins were recorded has its start on the ledger: one no entry
         # that holds records (deleted, or edited) is due by nothing its row says.
         said_deadline = deadlines.get(key_, None if row.seal is None else RecordedDeadline())
@@ -231,6 +259,7 @@ class UnsealedVisit:
     expected_end: datetime | None = None
     ended_at: datetime | None = None
     seal: str | None = None  # the version 1 seal it holds, if any
+    site: str | None = None
 
     @property
     def device_id(self) -> str:
@@ -288,6 +317,14 @@ def unsealed_visits(session: Session, key: ServiceKey, entries: Iterable[SignedE
             refused = (
                 f"its wearer is {wearer!r} but custody entry #{staff[0]} assigns its device to {staff[1]!r}"
             )
+        opened = visits.get(f"{device}/{visit_id}", {}).get("site")
+        if (opened is None and row.site is not None) or (opened is not None and opened[1] != row.site):
+            said_site = (
+                "no custody entry records one"
+                if opened is None
+                else f"custody entry #{opened[0]} says {opened[1]!r}"
+            )
+            refused = refused or f"its site is {row.site!r} but {said_site}"
         recorded = deadlines.get(f"{device}/{visit_id}")
         if recorded is not None:
             refused = refused or deadline_refused(row.expected_end, row.ended_at, recorded)
@@ -295,7 +332,9 @@ def unsealed_visits(session: Session, key: ServiceKey, entries: Iterable[SignedE
             refused = refused or "no custody entry records its check-ins"
         refused = refused or _missed_refused(device, missed, alarms.get(missed or "", {}), named)
         out.append(
-            UnsealedVisit(device, visit_id, wearer, missed, refused, row.expected_end, row.ended_at, row.seal)
+            UnsealedVisit(
+                device, visit_id, wearer, missed, refused, row.expected_end, row.ended_at, row.seal, row.site
+            )
         )
     return out
 
@@ -354,6 +393,7 @@ def seal_visits(session: Session, key: ServiceKey, ledger: Ledger) -> list[Unsea
                 (v.expected_end, found.expected_end),
                 (v.ended_at, found.ended_at),
                 (v.seal, found.seal),
+                (v.site, found.site),
             )
         ]
         done = session.execute(
