@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.heard_seals import heard_mark
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.waiting_cancels import cancel_holds, warn_of_cancel
 from devices.lone_worker_wire import (
     Accepted,
     AckStatus,
@@ -396,8 +397,9 @@ class Intake:
                     _RAISE_LOOKUP, {"event_id": message.event_id, "device_id": snap.device_id}
                 )
                 ids = [r.event_id for r in found]
-                early_cancel = next((i for i in ids if i != message.event_id), None)
                 known = message.event_id in ids
+                if not known:
+                    early_cancel = self._early_cancel(session, snap, message.event_id, ids)
             else:
                 known = True
             existing = None
@@ -538,6 +540,20 @@ class Intake:
             self.outbox.queue_ack(
                 session, outbox, snap.device_id, message.event_id, AckStatus.RECEIVED, None, now
             )
+
+    def _early_cancel(self, session: Session, snap: Snapshot, raise_id: str, ids: list[str]) -> str | None:
+        """Of the stored cancels found waiting for this raise (``ids``), the first that is its
+        device's cancel of it as the device signed it (``chain_of_custody.waiting_cancels``); each
+        other is named in a warning and not applied: its row is no device's word."""
+        for cancel_id in sorted(i for i in ids if i != raise_id):
+            with session.no_autoflush:  # see device_state.read_snapshot
+                row = session.get(LoneWorkerEvent, cancel_id)
+                if row is not None and cancel_holds(
+                    session, self.seals.secret, self.lifecycle.custody_public, snap.device_id, row, raise_id
+                ):
+                    return cancel_id
+            warn_of_cancel(snap.device_id, cancel_id, raise_id)
+        return None
 
     def _cancelled(
         self,

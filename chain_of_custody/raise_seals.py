@@ -332,26 +332,52 @@ def checked_message(
     session: Session, devices_secret: bytes, public: bytes, device_id: str, event_id: str, raw: bytes | None
 ) -> bytes | None:
     """``raw``, the stored bytes of the message ``event_id`` of ``device_id``, when they are that
-    message as the device signed it (:func:`signed_by`), checked with the key of its device row
-    when that row's own seal holds (:func:`sealed_device_key`: one statement), else with a key its
-    enrolments record in custody entries that hold (:func:`recorded_device_keys`: a key rotated
-    since the message, or a row altered in the database), a key since replaced only for a message
-    the service received while it was in force, as it sealed its receipt (:func:`received_under`:
-    whoever still holds a retired key speaks for the device no more, whatever date they sign); else
-    None, with a warning naming the event: bytes edited in the database (another note, another
-    place, another kind) say nothing and become no evidence."""
+    message as the device signed it (:func:`message_key`), else None, with a warning naming the
+    event: bytes edited in the database (another note, another place, another kind) say nothing and
+    become no evidence."""
+    key = message_key(session, devices_secret, public, device_id, event_id, raw)
+    return None if key is None or raw is None else bytes(raw)
+
+
+def message_key(
+    session: Session,
+    devices_secret: bytes,
+    public: bytes,
+    device_id: str,
+    event_id: str,
+    raw: bytes | None,
+    recorded: tuple[str | None, str | None] = (None, None),
+) -> str | None:
+    """The key (base64) that vouches for ``raw``, the stored bytes of the message ``event_id`` of
+    ``device_id``, as the device signed them (:func:`signed_by`), or None, with a warning naming the
+    event. ``recorded``: the row's ``device_public_key`` and ``receipt_seal``; the key it names
+    when the service's seal of its receipt holds over these bytes and it (:func:`receipt_seal`:
+    the key in force as they came, whatever has been written in that column since). Else the key
+    of its device row when that row's own seal holds (:func:`sealed_device_key`: one statement),
+    else a key its enrolments record in custody entries that hold (:func:`recorded_device_keys`: a
+    key rotated since the message, or a row altered in the database), a key since replaced only
+    for a message the service received while it was in force, as it sealed its receipt
+    (:func:`received_under`: whoever still holds a retired key speaks for the device no more,
+    whatever date they sign)."""
     if raw is None:
         return None
+    key_b64, seal = recorded
+    if (
+        key_b64 is not None
+        and _holds(receipt_seal(devices_secret, device_id, event_id, raw, key_b64), seal)
+        and signed_by(raw, key_b64, device_id, event_id)
+    ):
+        return key_b64
     current = sealed_device_key(session, devices_secret, device_id)
     if signed_by(raw, current, device_id, event_id):
-        return bytes(raw)
+        return current
     for enrolled in recorded_device_keys(session, devices_secret, public, device_id):
         if enrolled.key == current or not signed_by(raw, enrolled.key, device_id, event_id):
             continue
         if enrolled.until is None or received_under(
             session, devices_secret, device_id, event_id, raw, enrolled.key
         ):
-            return bytes(raw)
+            return enrolled.key
     log.warning(
         "a device's stored message is not as the device signed it (edited in the database, signed "
         "with a key replaced before it was received, or its device's row is not as the service "

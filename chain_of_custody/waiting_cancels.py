@@ -1,0 +1,116 @@
+"""Cancels that came before their raise, taken only as their device signed them.
+
+A cancel can overtake the raise it cancels (another instance handled it first): it waits in
+``lone_worker_events`` (``action`` ``cancel``, ``alarm_id`` empty, ``ref_event_id`` the raise's
+event id) and is applied when the raise arrives (``alarms.intake``). Its columns are no seal's: a
+row written there by SQL, naming a raise still to come (an event id guessed or watched for), or a
+genuine cancel of an earlier alarm pointed at it, resolved an amber alarm on arrival or told the
+control room that the worker had cancelled an SOS. So a waiting cancel is applied only when its
+stored bytes are the device's message as it signed it, vouched for by the key in force as the
+service received them (``raise_seals.message_key``: the key the service sealed their receipt
+under, ``receipt_seal``), and they cancel that raise; any other is named in a warning and ignored
+(the raise stands), and ``evidence verify`` names it (``device_cancel_altered``). Tables are read
+as plain tables: this sits below ``alarms``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from sqlalchemy import column, select, table
+from sqlalchemy.orm import Session
+
+from .entries import ChainReport, Problem
+from .keys import ServiceKey
+from .raise_seals import message_key
+from .row_seals import DEVICE_SEALS
+
+log = logging.getLogger(__name__)
+
+_EVENTS = table(
+    "lone_worker_events",
+    column("event_id"),
+    column("device_id"),
+    column("action"),
+    column("alarm_id"),
+    column("ref_event_id"),
+    column("raw"),
+    column("device_public_key"),
+    column("receipt_seal"),
+    column("received_at"),
+)
+
+
+def cancels(raw: bytes, raise_event_id: str | None) -> bool:
+    """Whether the (checked) bytes of a device message are a cancel of the raise ``raise_event_id``."""
+    try:
+        message = json.loads(raw)
+    except (ValueError, UnicodeError, RecursionError):
+        return False
+    body = message.get("alarm") if isinstance(message, dict) else None
+    return (
+        raise_event_id is not None
+        and message.get("type") == "alarm"
+        and isinstance(body, dict)
+        and body.get("action") == "cancel"
+        and body.get("ref_event_id") == raise_event_id
+    )
+
+
+def cancel_holds(
+    session: Session,
+    devices_secret: bytes,
+    public: bytes,
+    device_id: str,
+    row: Any,
+    raise_event_id: str | None,
+) -> bool:
+    """Whether ``row``, a stored cancel of the device's (its ``event_id``, ``raw``,
+    ``device_public_key`` and ``receipt_seal``), is the device's cancel of the raise
+    ``raise_event_id``, as it signed it: its bytes vouched for by a key of the device's
+    (``raise_seals.message_key``) and saying so. No warning: the caller names what it does."""
+    if row.raw is None:
+        return False
+    key = message_key(
+        session,
+        devices_secret,
+        public,
+        device_id,
+        str(row.event_id),
+        row.raw,
+        (row.device_public_key, row.receipt_seal),
+    )
+    return key is not None and cancels(bytes(row.raw), raise_event_id)
+
+
+def warn_of_cancel(device_id: str, event_id: str, raise_event_id: str | None) -> None:
+    """A warning naming a stored cancel that is not its device's cancel of the raise it waits for."""
+    log.warning(
+        "a stored cancel is not its device's cancel of the raise it waits for (written or edited in "
+        "the database): it is not applied, the raise stands",
+        extra={"device": device_id, "event_id": event_id, "raise": raise_event_id},
+    )
+
+
+def check_waiting_cancels(session: Session, report: ChainReport, key: ServiceKey) -> None:
+    """A finding for each stored cancel not applied to an alarm (one waiting for its raise, or one
+    the service refused when it came) that is not its device's cancel of the raise it names."""
+    e = _EVENTS.c
+    rows = session.execute(
+        select(_EVENTS).where(e.action == "cancel", e.alarm_id.is_(None)).order_by(e.received_at, e.event_id)
+    ).all()  # few: each waits only until its raise comes
+    secret = key.derived_secret(DEVICE_SEALS)
+    for row in rows:
+        if cancel_holds(session, secret, key.public_raw, str(row.device_id), row, row.ref_event_id):
+            continue
+        report.problems.append(
+            Problem(
+                "device_cancel_altered",
+                f"event {row.event_id}",
+                f"a cancel of device {row.device_id} waiting for raise {row.ref_event_id} is not the "
+                "device's cancel of it as the device signed it, received under its key then in force: "
+                "written or edited in the database (it cancels nothing)",
+            )
+        )
