@@ -314,7 +314,7 @@ class Clock:
             waiting = self.payloads.fetch_for_storing(event_id)
             if waiting is None:
                 continue
-            key, raw, retain_until = waiting
+            key, raw, retain_until, key_b64 = waiting
             stored = self.payloads.core.store.put_bytes(
                 key, raw, retain_until=retain_until, content_type="application/json"
             )
@@ -329,7 +329,7 @@ class Clock:
                 # from a row the service sealed.
                 sealed = alarm is not None and self.lifecycle.sealed(alarm)
                 wearer = alarm.wearer if alarm is not None and sealed else None
-                item = self.payloads.record_later(session, event, stored, wearer)
+                item = self.payloads.record_later(session, event, stored, wearer, key_b64)
                 event.evidence_item_id = item.id
                 if alarm is not None:
                     if alarm.source_event_id == event.event_id:

@@ -39,7 +39,6 @@ from chain_of_custody.lifecycle_seals import (
 from chain_of_custody.raise_seals import (
     PUT_BACK,
     RAISE_COLUMNS,
-    checked_message,
     device_message,
     message_kind,
     raise_holds,
@@ -508,18 +507,19 @@ class Lifecycle:
         alarm is raised with both seals, so one found with either seal cleared is altered too.
 
         The device's message is stored as the payload's evidence only when its stored bytes are as
-        the device signed them (``raise_seals.checked_message``): bytes edited in the database are
+        the device signed them (``raise_seals.message_key``): bytes edited in the database are
         not stored, a warning names them and the entry records it (:data:`PAYLOAD_REFUSED`), and
         they say nothing of the alarm's kind (an SOS)."""
         if raise_found is None and (row.raise_seal is None or not raise_holds(self.seal_secret, row)):
             self.vouch_raise(session, row, now)  # whole again, or back to whole if it was whole
             return
         event = session.get(LoneWorkerEvent, row.source_event_id) if row.source_event_id else None
-        message = None
-        if event is not None:  # its bytes as the device signed them, or None (a warning names it)
-            message = checked_message(
-                session, self.device_secret, self.custody_public, row.device_id, event.event_id, event.raw
-            )
+        message, key_b64 = None, None
+        if event is not None and event.device_id == row.device_id:
+            # its bytes as the device signed them and the key that vouches for them, or None (a
+            # warning names it)
+            key_b64 = self.payloads.vouched(session, event)
+            message = None if key_b64 is None else bytes(event.raw)
         lifecycle_found = None
         if row.lifecycle_seal is None or not lifecycle_holds(self.seal_secret, row):  # raised sealed
             kind = row.kind if event is None else message_kind(message) or rules.AlarmKind.SOS.value
@@ -529,7 +529,8 @@ class Lifecycle:
             if stored is not None:
                 # The payload's item takes the alarm's wearer only from a row the service sealed.
                 wearer = row.wearer if self.sealed(row) else None
-                event.evidence_item_id = self.payloads.record_later(session, event, stored, wearer).id
+                item = self.payloads.record_later(session, event, stored, wearer, key_b64)
+                event.evidence_item_id = item.id
         if event is not None and row.evidence_item_id is None:
             row.evidence_item_id = event.evidence_item_id
         row.provisional = False

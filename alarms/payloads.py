@@ -22,7 +22,7 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import raw_public_key
 from chain_of_custody.models import EvidenceItem
-from chain_of_custody.raise_seals import checked_message
+from chain_of_custody.raise_seals import message_key
 from chain_of_custody.retention_basis import RetentionBasis, retention_basis
 from devices.ends import sealed_device
 from devices.seals import device_seal_key
@@ -127,22 +127,42 @@ class PayloadEvidence:
         )
 
     def record_later(
-        self, session: Session, event: LoneWorkerEvent, stored: StoredObject, wearer: str | None
+        self,
+        session: Session,
+        event: LoneWorkerEvent,
+        stored: StoredObject,
+        wearer: str | None,
+        key_b64: str | None,
     ) -> EvidenceItem:
         """The evidence item of a payload stored after its message was handled, from the event row: the
-        bytes, and the key the signature was verified with at accept (the registry's key for events
-        stored before the row kept it). The registry's key, and its wearer when ``wearer`` is None,
-        come only from a device row whose seal holds (``devices.ends.sealed_device``): a row
-        altered in the database lends neither (a warning names the device)."""
-        device = None
-        if wearer is None or not event.device_public_key:
+        bytes, and ``key_b64``, the key that vouched for them when they were checked before storing
+        (:meth:`vouched`: the key the service sealed their receipt under, or a key of the device's
+        as the service sealed its row or recorded its enrolment), never the row's unsealed
+        ``device_public_key`` as it stands (a key written there by SQL, one the device never had, would
+        be named by a signed custody entry as the key its signature was verified with). Its wearer,
+        when ``wearer`` is None, comes only from a device row whose seal holds
+        (``devices.ends.sealed_device``): a row altered in the database lends none (a warning names
+        the device)."""
+        if wearer is None:
             device = sealed_device(session, self.device_secret, event.device_id)
+            wearer = device.assigned_staff_id if device is not None else None
         signature = json.loads(event.raw).get("sig")
-        key_b64 = event.device_public_key or (device.public_key if device is not None else None)
         public_key = raw_public_key(key_b64) if key_b64 else None
-        if wearer is None and device is not None:
-            wearer = device.assigned_staff_id
         return self.record(session, event, stored, wearer, signature, public_key)
+
+    def vouched(self, session: Session, event: LoneWorkerEvent) -> str | None:
+        """The key (base64) that vouches for the event's stored bytes as its device signed them
+        (``raise_seals.message_key``: the key its receipt was sealed under, else its device's as
+        sealed or enrolled), or None for bytes that are not (a warning names the event)."""
+        return message_key(
+            session,
+            self.device_secret,
+            self.core.key.public_raw,
+            event.device_id,
+            event.event_id,
+            event.raw,
+            (event.device_public_key, event.receipt_seal),
+        )
 
     def deferred(self, now: datetime, limit: int) -> list[str]:
         """Alarm events whose payload is not evidence yet and will not be stored by making a provisional alarm whole, oldest first."""
@@ -163,20 +183,16 @@ class PayloadEvidence:
                 )
             )
 
-    def fetch_for_storing(self, event_id: str) -> tuple[str, bytes, datetime] | None:
-        """(object key, bytes, retain until) of an event still waiting for its evidence item, when
-        its bytes are as the device signed them (``raise_seals.checked_message``: bytes edited in
-        the database are not stored, and a warning names them each time they are passed over)."""
+    def fetch_for_storing(self, event_id: str) -> tuple[str, bytes, datetime, str] | None:
+        """(object key, bytes, retain until, the key that vouches for them) of an event still
+        waiting for its evidence item, when its bytes are as the device signed them
+        (:meth:`vouched`: bytes edited in the database are not stored, and a warning names them
+        each time they are passed over)."""
         with self.core.db.session() as session:
             event = session.get(LoneWorkerEvent, event_id)
             if event is None or event.evidence_item_id is not None:
                 return None
-            raw = checked_message(
-                session,
-                self.device_secret,
-                self.core.key.public_raw,
-                event.device_id,
-                event.event_id,
-                event.raw,
-            )
-            return None if raw is None else (object_key(event), raw, self.retain_until(event))
+            key_b64 = self.vouched(session, event)
+            if key_b64 is None:
+                return None
+            return object_key(event), bytes(event.raw), self.retain_until(event), key_b64

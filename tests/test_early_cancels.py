@@ -5,21 +5,28 @@ were taken as the device's word: a cancel row written there by SQL (signed with 
 never had, or with one it no longer has), or a genuine cancel of an earlier alarm pointed at a
 raise still to come, resolved an amber alarm the moment it arrived, or told the control room a
 worker had cancelled an SOS. Such a row is now named in a warning and ignored (the raise stands)
-and ``evidence verify`` names it; the device's own early cancel is still applied."""
+and ``evidence verify`` names it; the device's own early cancel is still applied. Beside it, the
+evidence item of a payload stored late names the key the service sealed its receipt under, not
+whatever key the event row's column says."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from alarms.models import LoneWorkerEvent
-from tests.test_alarms_kit import DeviceKit, enrol, later
+from alarms.models import AlarmRecord, LoneWorkerEvent
+from alarms.service import AlarmService
+from chain_of_custody.models import EvidenceItem
+from storage.objects import ObjectStore
+from tests.test_alarms_kit import DeviceKit, custody, enrol, later, raw_public
 from tests.test_lifecycle_seals import _row
+from tests.test_raise_seals import _sos_with_note
 from tests.test_retired_keys import _planted, _reenrol
 from tests.test_sweep_custody import _named
 from tests.test_visit_seals import _cli, _sql
@@ -144,3 +151,71 @@ def test_the_devices_own_early_cancel_is_applied_beside_one_written_into_the_dat
         None,
     )
     _verify_names(services, planted)
+
+
+# -- the key a payload stored late names ------------------------------------------------------------
+
+
+def _named_key(services: Any, item_id: str | None) -> str | None:
+    """The device key the payload item's ``captured`` entry says its signature was verified with."""
+    assert item_id is not None
+    captured = custody(services, item_id)[0]
+    assert captured.action == "captured"
+    return json.loads(captured.details)["device_public_key"]
+
+
+def _set_key(services: Any, event_id: str, key_b64: str | None) -> None:
+    _sql(
+        services,
+        update(LoneWorkerEvent).where(LoneWorkerEvent.event_id == event_id).values(device_public_key=key_b64),
+    )
+
+
+_STRANGER = base64.b64encode(raw_public(DeviceKit("nobody").key)).decode()
+
+
+@pytest.mark.parametrize("how", ["stranger", "cleared"])
+def test_a_payload_made_whole_names_the_key_its_receipt_was_sealed_under(services: Any, how: str) -> None:
+    """A provisional SOS, its event row's ``device_public_key`` then set by SQL to a key the device
+    never had (or cleared, the device since enrolled again with a new key): the payload's evidence
+    item, made whole, named in a signed custody entry that key (or the new one, which never
+    verified it) as the key the device's signature was verified with. It names the key the service
+    sealed the message's receipt under."""
+    device_id = f"LW-EK{how}"
+    device = enrol(services, device_id, staff_id=f"S-EK{how}", site="NORTH")
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    alarm_id = _sos_with_note(services, device, now, whole=False)
+    event_id = str(_row(services, alarm_id).source_event_id)
+    if how == "cleared":
+        _reenrol(services, device_id, f"S-EK{how}")
+    _set_key(services, event_id, _STRANGER if how == "stranger" else None)
+    services.alarms.make_whole(alarm_id, later(2, now))
+    assert _named_key(services, _row(services, alarm_id).evidence_item_id) == device.public_b64
+
+
+def test_a_payload_stored_after_storage_was_down_names_the_key_its_receipt_was_sealed_under(
+    services: Any,
+) -> None:
+    """An SOS while object storage is down, its event row's ``device_public_key`` set by SQL to a
+    key the device never had before the payload is stored: the evidence item named that key. It
+    names the device's."""
+    real = services.store
+    services.store = ObjectStore(
+        "127.0.0.1:9", "x", "y", bucket=real.bucket, staging_bucket="s", timeout_seconds=1
+    )
+    try:
+        alarms = AlarmService(services)
+        device = enrol(services, "LW-EKD", staff_id="S-EKD", site="NORTH")
+        topic, raw = device.sos()
+        raised = alarms.handle(topic, raw)
+        assert raised.outcome == "accepted" and _row(services, raised.alarm_id).evidence_item_id is None
+    finally:
+        services.store = real
+    _set_key(services, _event_id(raw), _STRANGER)
+    assert alarms.store_deferred_evidence(later(5)) == 1
+    with services.db.session() as session:
+        item_id = session.scalar(
+            select(AlarmRecord.evidence_item_id).where(AlarmRecord.id == raised.alarm_id)
+        )
+        assert session.get(EvidenceItem, item_id) is not None
+    assert _named_key(services, item_id) == device.public_b64
