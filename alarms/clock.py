@@ -49,7 +49,7 @@ from .lifecycle import Lifecycle
 from .liveness import own_offline_alarm
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
 from .outbox import Outbox
-from .payloads import PayloadEvidence
+from .payloads import PayloadEvidence, raise_named
 from .visits import Visits, sweep_due, swept
 from .watched import vouch
 
@@ -322,8 +322,20 @@ class Clock:
                 event = session.get(LoneWorkerEvent, event_id, with_for_update=True)
                 if event is None or event.evidence_item_id is not None:
                     continue
+                # The alarm its (checked) bytes raise or cancel, of its device: not the row's
+                # ``alarm_id`` (no seal's), which SQL could point at another wearer's alarm, lending
+                # the payload that wearer and that alarm's incident.
+                source = raise_named(raw, event_id)
                 alarm = (
-                    session.get(AlarmRecord, event.alarm_id, with_for_update=True) if event.alarm_id else None
+                    session.scalars(
+                        select(AlarmRecord)
+                        .where(
+                            AlarmRecord.source_event_id == source, AlarmRecord.device_id == event.device_id
+                        )
+                        .with_for_update()
+                    ).first()
+                    if source is not None
+                    else None
                 )
                 # The payload's item takes the alarm's wearer, and joins the alarm's incident, only
                 # from a row the service sealed.

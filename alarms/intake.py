@@ -528,12 +528,13 @@ class Intake:
                 set_watched(session, self.lifecycle.seal_secret, snap, battery_low=True)
             if early_cancel is not None:
                 early_cancel.alarm_id = row.id
-                self._cancelled(session, row, early_cancel, snap.device_id, outbox, now)
+                item_id = self.payloads.own_item(session, early_cancel)
+                self._cancelled(session, row, early_cancel, snap.device_id, outbox, now, item_id)
         elif target is not None:
             event.alarm_id = target.id
             session.add(event)
             result.alarm_id = target.id
-            self._cancelled(session, target, event, snap.device_id, outbox, now)
+            self._cancelled(session, target, event, snap.device_id, outbox, now, event.evidence_item_id)
         else:
             # The alarm it cancels has not arrived yet: keep the cancel for it, tell the device we have it.
             session.add(event)
@@ -563,14 +564,14 @@ class Intake:
         device_id: str,
         outbox: list[AlarmOutbox],
         now: datetime,
+        item_id: str | None,
     ) -> None:
-        """The device's cancel applied to its alarm, and its payload linked to the alarm."""
+        """The device's cancel applied to its alarm, and its payload's item (``item_id``) linked to the
+        alarm."""
         self.lifecycle.transition(
             session, alarm, rules.DeviceCancel(cancel.event_id, now), outbox, now, actor=f"device:{device_id}"
         )
-        self.lifecycle.links.link(
-            session, alarm, cancel.evidence_item_id, "alarm cancel", self.lifecycle.sealed(alarm)
-        )
+        self.lifecycle.links.link(session, alarm, item_id, "alarm cancel", self.lifecycle.sealed(alarm))
 
     def _store_payload(
         self, session: Session, snap: Snapshot, event: LoneWorkerEvent, message: AlarmMessage

@@ -524,15 +524,18 @@ class Lifecycle:
         if row.lifecycle_seal is None or not lifecycle_holds(self.seal_secret, row):  # raised sealed
             kind = row.kind if event is None else message_kind(message) or rules.AlarmKind.SOS.value
             lifecycle_found = self._put_back_as_raised(row, kind, now)
-        if event is not None and event.evidence_item_id is None and message is not None:
+        # Its payload's item: the one its event row names only when it is the item of these bytes
+        # (the column is no seal's), else stored now.
+        own = self.payloads.own_item(session, event) if event is not None and message is not None else None
+        if event is not None and own is None and message is not None:
             stored = self.payloads.put(event)
             if stored is not None:
                 # The payload's item takes the alarm's wearer only from a row the service sealed.
                 wearer = row.wearer if self.sealed(row) else None
-                item = self.payloads.record_later(session, event, stored, wearer, key_b64)
-                event.evidence_item_id = item.id
+                own = self.payloads.record_later(session, event, stored, wearer, key_b64).id
+                event.evidence_item_id = own
         if event is not None and row.evidence_item_id is None:
-            row.evidence_item_id = event.evidence_item_id
+            row.evidence_item_id = own
         row.provisional = False
         self.seal_raise(row)
         session.flush()

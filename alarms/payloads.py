@@ -9,6 +9,7 @@ the signature was verified with when the message was accepted.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 from datetime import datetime, timedelta
@@ -23,12 +24,14 @@ from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import raw_public_key
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.raise_seals import message_key
+from chain_of_custody.reach_seals import reach_secret
 from chain_of_custody.retention_basis import RetentionBasis, retention_basis
 from devices.ends import sealed_device
 from devices.seals import device_seal_key
 from storage.objects import StorageError, StoredObject
 
 from .models import AlarmRecord, LoneWorkerEvent
+from .reach import device_items
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +44,28 @@ def object_key(event: LoneWorkerEvent) -> str:
     return f"lone-worker/{event.device_id}/{event.received_at:%Y/%m/%d}/{event.event_id}.json"
 
 
+def raise_named(raw: bytes, event_id: str) -> str | None:
+    """The event id of the raise a (checked) alarm message is or cancels: its own for a raise, the
+    one it names for a cancel; None for anything else."""
+    try:
+        message = json.loads(raw)
+    except (ValueError, UnicodeError, RecursionError):
+        return None
+    body = message.get("alarm") if isinstance(message, dict) else None
+    action = body.get("action") if isinstance(body, dict) else None
+    if action == "raise":
+        return event_id
+    ref = body.get("ref_event_id") if isinstance(body, dict) and action == "cancel" else None
+    return ref if isinstance(ref, str) else None
+
+
 class PayloadEvidence:
     """Puts payloads into locked storage and records them as evidence items."""
 
     def __init__(self, core: CoreServices) -> None:
         self.core = core
         self.device_secret = device_seal_key(core.key)  # device rows' seals (``devices.seals``)
+        self.reach_secret = reach_secret(core.key)  # evidence items' reach seals
 
     def basis(self, event: LoneWorkerEvent) -> RetentionBasis:
         """Retention runs from when the device says the alarm happened (signed), bounded by its arrival."""
@@ -163,6 +182,23 @@ class PayloadEvidence:
             event.raw,
             (event.device_public_key, event.receipt_seal),
         )
+
+    def own_item(self, session: Session, event: LoneWorkerEvent) -> str | None:
+        """The item the event row names as its payload (``evidence_item_id``), when it is its
+        device's item (``alarms.reach.device_items``) of the event's own bytes: the column is no
+        seal's, and an item pointed at by SQL (another wearer's clip, another alarm's payload) is
+        neither taken as the payload nor linked into an incident (a warning names it)."""
+        if event.evidence_item_id is None:
+            return None
+        own = device_items(session, self.reach_secret, event.device_id, [event.evidence_item_id])
+        item = session.get(EvidenceItem, own[0]) if own else None
+        if item is None or item.sha256 != hashlib.sha256(bytes(event.raw)).hexdigest():
+            log.warning(
+                "a device message's payload item is not its device's record of its bytes: not taken",
+                extra={"device": event.device_id, "event_id": event.event_id, "item": event.evidence_item_id},
+            )
+            return None
+        return item.id
 
     def deferred(self, now: datetime, limit: int) -> list[str]:
         """Alarm events whose payload is not evidence yet and will not be stored by making a provisional alarm whole, oldest first."""
