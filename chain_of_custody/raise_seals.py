@@ -33,6 +33,7 @@ this sits below ``alarms``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -311,9 +312,19 @@ def recorded_device_keys(
 def receipt_seal(secret: bytes, device_id: str, event_id: str, raw: bytes, key_b64: str | None) -> str:
     """The seal of a message's receipt: the service took these bytes (by their SHA-256) as the
     device's message ``event_id``, verified with its key ``key_b64``, the one in force as it came
-    (``alarms.device_state.new_event``), hex, under the device rows' seal secret."""
+    (``alarms.device_state.new_event``), hex, under the device rows' seal secret. The key is sealed
+    as the service writes it (:func:`written_key`), so a key its enrolment recorded written
+    otherwise is the same key here."""
     digest = hashlib.sha256(bytes(raw)).hexdigest()
-    return row_seal(secret, ("receipt", device_id, event_id, digest, key_b64))
+    return row_seal(secret, ("receipt", device_id, event_id, digest, written_key(key_b64)))
+
+
+def written_key(key_b64: str | None) -> str | None:
+    """A public key (base64) as the service writes it: the base64 of its 32 bytes. Base64 leaves two
+    bits of a 32-byte key's last character unused, so an enrolment may record the same key written
+    otherwise; anything that is not a key is as given."""
+    raw = raw_public_key(key_b64) if key_b64 else None
+    return key_b64 if raw is None else base64.b64encode(raw).decode()
 
 
 def received_under(
