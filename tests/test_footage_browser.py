@@ -211,8 +211,9 @@ def correct_in_review(
     assert overlay_pixels > 100, "the overlay drew no box over a frame with a face"
     assert page.is_visible(f"#track-{track}")
 
-    # Turn the longest track off, with a reason.
+    # Turn the longest track off, with a reason: the panel says what the version will do.
     page.uncheck(f"#track-{track}")
+    assert page.inner_text(f"label[for='track-{track}']") == f"Track {track}: left visible"
     page.fill("#exclusion-reason", "the patient is the complainant")
     # The reason reads whole: its field spans its panel, and what was typed is not cut off.
     fits = page.evaluate(
@@ -558,4 +559,49 @@ def test_a_box_at_the_top_edge_keeps_its_label_inside_the_picture(footage: Foota
             )
             assert below or above, label
         assert edge[0]["top"] >= edge[0]["box_top"]  # inside the box, under its edge
+        assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_the_tracks_panel_says_what_the_version_will_do_with_each_track(
+    footage: Footage, tmp_path: Path
+) -> None:
+    """A track unticked is left visible: its line in the panel says so at once, as the overlay's label
+    over that face does, and says "masked" again once it is ticked again. (Whichever version the page
+    opens: a track its spec already leaves visible reads so from the start.)"""
+    f = footage
+    shots = screenshot_dir(tmp_path)
+    v1_record = _record(f, f.v1)
+    track = _longest_track(v1_record)
+    seen = [i for i, notes in enumerate(v1_record["record"]) if any(n.get("track") == track for n in notes)]
+    frame = seen[len(seen) // 2]  # a frame that shows the face
+    label = f"label[for='track-{track}']"
+
+    def overlay_says() -> list[str]:
+        placed = page.evaluate("JSON.parse(document.getElementById('overlay').dataset.labels || '[]')")
+        return [x["text"] for x in placed if x["text"].startswith(f"track {track}")]
+
+    with chromium() as browser:
+        page = new_page(browser, 1400, 1000)
+        sign_in(page, f.url, "investigator", next_path=f"/footage/{f.clip_id}/review")
+        page.wait_for_selector("#overlay[data-ready='1']")
+        for box in page.locator("#tracks input[type=checkbox]").all():
+            n = box.get_attribute("data-track")
+            said = page.inner_text(f"label[for='track-{n}']")
+            assert said == f"Track {n}: {'masked' if box.is_checked() else 'left visible'}", said
+        page.evaluate(f"(() => {{ document.getElementById('video').currentTime = {frame / 25}; }})()")
+        until(page, f"document.getElementById('overlay').dataset.frame === '{frame}'")
+        page.check(f"#track-{track}")
+        assert page.inner_text(label) == f"Track {track}: masked"
+        assert wait_for(overlay_says, 10, 0.1, f"the overlay's label of track {track}")
+        assert not [text for text in overlay_says() if "left visible" in text], overlay_says()
+
+        page.uncheck(f"#track-{track}")
+        assert page.inner_text(label) == f"Track {track}: left visible"
+        assert [text for text in overlay_says() if "(left visible)" in text], overlay_says()
+        panel = page.locator("section[aria-labelledby='tracks-title']")
+        panel.screenshot(path=str(shots / "review-tracks.png"))
+        page.locator("#stage").screenshot(path=str(shots / "review-tracks-overlay.png"))
+
+        page.check(f"#track-{track}")
+        assert page.inner_text(label) == f"Track {track}: masked"
         assert page.errors == []  # type: ignore[attr-defined]

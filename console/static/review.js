@@ -270,15 +270,20 @@ timeline.addEventListener("click", (event) => {
 
 // ------------------------------------------------------------------ tracks on and off
 
+// What the version will do with a track, as the overlay says it: masked, or left visible (unticked).
+const trackSays = (id) => `Track ${id}: ${state.excluded.has(id) ? "left visible" : "masked"}`;
+
 function renderTracks() {
   const list = $("tracks");
   list.replaceChildren();
   for (const [id, t] of [...state.tracks.entries()].sort((a, b) => a[0] - b[0])) {
     const box = el("input", { type: "checkbox", id: `track-${id}`, "data-track": id });
     box.checked = !state.excluded.has(id);
+    const label = el("label", { for: `track-${id}` }, trackSays(id));
     box.addEventListener("change", () => {
       if (box.checked) state.excluded.delete(id);
       else state.excluded.set(id, null);
+      label.textContent = trackSays(id);
       draw();
     });
     const sw = el("span", { class: "swatch" });
@@ -290,7 +295,7 @@ function renderTracks() {
         {},
         box,
         sw,
-        el("label", { for: `track-${id}` }, `Track ${id}: masked`),
+        label,
         el(
           "small",
           {},
