@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from chain_of_custody import manifest as mf
@@ -57,10 +58,24 @@ def packages(page: Any) -> list[str]:
     )
 
 
+def choose_by_keyboard(page: Any, select: str, value: str) -> None:
+    """With the select focused, press the arrow keys (and nothing else) until it holds ``value``."""
+    assert page.evaluate(f"document.activeElement.matches({json.dumps(select)})")
+    options = page.locator(f"{select} option").evaluate_all("(o) => o.map((x) => x.value)")
+    assert value in options, options
+    for _ in range(len(options)):
+        now = page.input_value(select)
+        if now == value:
+            return
+        page.keyboard.press("ArrowDown" if options.index(now) < options.index(value) else "ArrowUp")
+    assert page.input_value(select) == value
+
+
 def test_an_investigator_reaches_the_incident_its_clip_and_its_export_by_keyboard(footage: Footage) -> None:
     """From the menu, with Tab and Enter only, each stop showing its focus ring: the incident, its clip,
-    the incident's exports and a package built (of the automatic redaction: this test runs before the
-    correction below, which makes a version only a security manager may hand out)."""
+    the incident's exports and a package built, of the automatic redaction chosen with the arrow keys
+    in its version's list (whichever versions the clip has by then: the correction below makes one
+    that leaves someone visible, which only a security manager may hand out)."""
     f = footage
     with chromium() as browser:
         page = new_page(browser)
@@ -76,10 +91,21 @@ def test_an_investigator_reaches_the_incident_its_clip_and_its_export_by_keyboar
             tab_to(page, selector)
             with page.expect_navigation(url=address):
                 page.keyboard.press("Enter")
+        automatic = f.v1["result_item_id"]
+        tab_to(page, f"#version-{f.clip_id}")
+        choose_by_keyboard(page, f"#version-{f.clip_id}", automatic)
+        earlier = packages(page)
         tab_to(page, "#build")
         page.keyboard.press("Enter")
-        page.wait_for_selector("article.package[data-status=ready]", timeout=60_000)
+        new = "article.package[data-status=ready]" + "".join(f":not([data-export='{e}'])" for e in earlier)
+        page.wait_for_selector(new, timeout=60_000)  # the page is drawn again once it is ready
         assert page.errors == []  # type: ignore[attr-defined]
+        export_id = page.locator(new).get_attribute("data-export")
+    built = httpx.get(f"{f.url}/api/v1/exports/{export_id}", headers=f.admin).json()
+    assert built["status"] == "ready" and automatic in built["included"], built
+    versions = httpx.get(f"{f.url}/api/v1/evidence/{f.clip_id}/redactions", headers=f.admin).json()
+    others = {v["result_item_id"] for v in versions if v["id"] != f.v1["id"]}
+    assert not others & set(built["included"]), built  # the automatic version, and no other
 
 
 def test_an_investigator_corrects_a_clip_and_exports_that_version_verified(
