@@ -238,6 +238,7 @@ ACTIONS = {
     "custody:viewed": "viewed or downloaded",
     "custody:viewing_closed": "viewing closed (ranges sealed)",
     "custody:redacted": "redaction version made",
+    "custody:export_requested": "export requested",
     "custody:exported": "put in an export package",
     "custody:link_issued": "download link issued",
     "custody:link_revoked": "download link revoked",
@@ -265,7 +266,16 @@ def _said(key: str, value: object) -> str:
 
 
 def _package_line(kind: str, d: dict[str, Any], row: dict[str, Any]) -> tuple[str, str] | None:
-    """An export package's own custody line in words (built, link issued, downloaded, revoked)."""
+    """An export package's own custody line in words (requested, built, link issued, downloaded,
+    revoked)."""
+    if kind == "custody:export_requested":
+        if d.get("include_originals"):
+            asked = f"original footage included: {d.get('reason') or ''}"
+        elif d.get("reason"):
+            asked = f"reason given: {d['reason']}"
+        else:
+            asked = "no original footage"
+        return "export requested", f"package {_short(row.get('item_id'))}; {asked}"
     if kind == "custody:exported":
         originals = d.get("originals") or {}
         bits = [

@@ -184,7 +184,11 @@ class TimelineEntry(BaseModel):
 
 
 class HistoryEntry(TimelineEntry):
-    item_id: str | None = Field(None, description="the evidence item a custody line is about")
+    item_id: str | None = Field(
+        None,
+        description="the evidence item a custody line is about; for an export package's lines (its "
+        "request, its build, its links and downloads) the package's id, which is the export's",
+    )
     item_kind: str | None = None
     root_id: str | None = Field(None, description="the linked item it belongs to (itself, or its original)")
     withheld: str | None = Field(None, description="why a custody line's content is left out")

@@ -6,7 +6,8 @@ links and unlinks with their reasons, the evidence and alarms linked now) is joi
 entries of every evidence item linked to it now or before, and of the copies derived from them
 (redaction versions, redaction records): views and downloads, redactions, exports, legal holds,
 retention changes; and the custody of the incident's export packages (each an item of its own): the
-package built, each download link issued to its recipient, each download through a link, each link
+package requested (its ``export_requested`` entry, of no item: the package is an item once built),
+built, each download link issued to its recipient, each download through a link, each link
 revoked. Only items the reader may see now are followed (``access.visible_evidence_ids``:
 an unlinked item an investigator no longer sees keeps its unlink line but shows nothing after it),
 only packages they read as the incident's (``grants.export_job_read_as_its_incidents``, as its
@@ -37,6 +38,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import rfc3339
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 
@@ -258,19 +260,19 @@ def _at(text: str) -> datetime:
 
 
 def _entries_after(
-    session: Session, item_ids: Sequence[str], place: Place | None, n: int
+    session: Session, item_ids: Sequence[str], place: Place | None, n: int, seqs: Sequence[int] = ()
 ) -> list[CustodyEntry]:
-    """At most ``n`` custody entries of ``item_ids`` after ``place``, in order (time, then ledger number).
-    A custody entry's time is RFC 3339 text of fixed width, so it orders and compares as text."""
+    """At most ``n`` custody entries of ``item_ids`` (and the entries numbered ``seqs``, of no item)
+    after ``place``, in order (time, then ledger number). A custody entry's time is RFC 3339 text of
+    fixed width, so it orders and compares as text."""
     when = rfc3339(place.at) if place is not None else None
+    chunks = [CustodyEntry.item_id.in_(item_ids[i : i + 500]) for i in range(0, len(item_ids), 500)]
+    chunks += [CustodyEntry.seq.in_(seqs[i : i + 500]) for i in range(0, len(seqs), 500)]
     found: list[CustodyEntry] = []
-    for start in range(0, len(item_ids), 500):
+    for chunk in chunks:
         found += session.scalars(
             select(CustodyEntry)
-            .where(
-                CustodyEntry.item_id.in_(item_ids[start : start + 500]),
-                _after(CustodyEntry.at, CustodyEntry.seq, CUSTODY, place, when),
-            )
+            .where(chunk, _after(CustodyEntry.at, CustodyEntry.seq, CUSTODY, place, when))
             .order_by(CustodyEntry.at, CustodyEntry.seq)
             .limit(n)
         )
@@ -289,6 +291,36 @@ def _packages(session: Session, viewer: Viewer | None, key: ServiceKey, incident
         .limit(MAX_ITEMS)
     )
     return [j.id for j in jobs if viewer is None or export_job_read_as_its_incidents(key, viewer.role, j)]
+
+
+def _requests(session: Session, incident: Incident, packages: set[str]) -> dict[int, str]:
+    """The ``export_requested`` custody entry of each of ``packages`` (an entry of no item: the package
+    is an item only once built), by its ledger number: seq -> the package's id. Found as the builder
+    finds it (``export.jobs.request_refusal``: by action, then the job's id in the details), and
+    kept only when it asks for that package for this incident."""
+    ordered = sorted(packages)
+    found: dict[int, str] = {}
+    for start in range(0, len(ordered), 100):
+        chunk = ordered[start : start + 100]
+        rows = session.execute(
+            select(CustodyEntry.seq, CustodyEntry.details).where(
+                CustodyEntry.action == CustodyAction.EXPORT_REQUESTED,
+                CustodyEntry.item_id.is_(None),
+                or_(*(CustodyEntry.details.contains(f'"export":{json.dumps(p)}') for p in chunk)),
+            )
+        )
+        for seq, text in rows:
+            try:
+                details = json.loads(text)
+            except ValueError:
+                continue
+            if (
+                isinstance(details, dict)
+                and details.get("export") in packages
+                and details.get("incident_id") == incident.id
+            ):
+                found[int(seq)] = str(details["export"])
+    return found
 
 
 def _item_named(entry: Any) -> str | None:
@@ -374,9 +406,14 @@ def _custody_lines(
             select(EvidenceItem.id, EvidenceItem.kind).where(EvidenceItem.id.in_(ids[start : start + 500]))
         ):
             kinds[item_id] = kind
+    for package in packages:
+        kinds.setdefault(package, "export")  # asked for, not built yet: no item of its own so far
+    # Each package's request (who asked for it, and when): an entry of no item, told as the package's.
+    requested = _requests(session, incident, packages)
+    request_seqs = sorted(requested)
     lines: list[Line] = []
     while len(lines) < n:
-        rows = _entries_after(session, ids, place, n)
+        rows = _entries_after(session, ids, place, n, request_seqs)
         if not rows:
             break
         place = Place.of(_at(rows[-1].at), CUSTODY, rows[-1].seq)
@@ -386,11 +423,11 @@ def _custody_lines(
         recipients = _recipients(session, packages, told)
         grouped: dict[str, list[dict[str, Any]]] = {}
         for row in told:
-            grouped.setdefault(row.item_id or "", []).append(_entry(row))
+            grouped.setdefault(row.item_id or requested.get(row.seq, ""), []).append(_entry(row))
         # Withheld entry by entry, in the order given (``readable_trails`` keeps each item's order).
         readable = {k: iter(v) for k, v in readable_trails(session, viewer, dict(grouped.items())).items()}
         for row in told:
-            item_id = row.item_id or ""
+            item_id = row.item_id or requested.get(row.seq, "")
             entry = next(readable[item_id])
             action = entry.get("action") or ""
             if action in OWN_EVENTS and (entry.get("details") or {}).get("incident_id") == incident.id:

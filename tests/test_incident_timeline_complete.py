@@ -9,7 +9,9 @@ package built and downloaded through the service."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,18 @@ def _history(server: Server, incident_id: str, who: str) -> list[dict[str, Any]]
     assert r.status_code == 200, r.text
     assert "link" not in r.headers  # the whole history in one page
     return r.json()  # type: ignore[no-any-return]
+
+
+def _page_rows(text: str, item_id: str) -> dict[str, list[list[str]]]:
+    """The timeline page's rows about ``item_id``, by kind: each row's cells (when, what, item, who,
+    detail) as the page writes them."""
+    rows: dict[str, list[list[str]]] = {}
+    for kind, body in re.findall(
+        rf'<tr data-kind="([^"]+)" data-item="{re.escape(item_id)}">(.*?)</tr>', text, flags=re.S
+    ):
+        cells = [c.strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", body, flags=re.S)]
+        rows.setdefault(kind, []).append(cells)
+    return rows
 
 
 def _one(lines: list[dict[str, Any]], kind: str, **where: Any) -> dict[str, Any]:
@@ -126,6 +140,12 @@ def test_every_kind_of_custody_event_is_a_line_of_the_timeline_and_only_for_its_
     revoked = _one(lines, "custody:link_revoked", item_id=job["id"])
     assert revoked["actor"] == "user:inv" and revoked["details"]["recipient"] == RECIPIENT
     assert issued["at"] <= downloaded["at"] <= revoked["at"]
+    # The request is a line of its own, before the build: who asked for the package, and when.
+    requested = _one(lines, "custody:export_requested", item_id=job["id"])
+    assert requested["actor"] == "user:inv" and requested["item_kind"] == "export"
+    assert requested["root_id"] == job["id"] and requested["entry_hash"]
+    assert requested["details"]["export"] == job["id"] and requested["details"]["incident_id"] == incident_id
+    assert requested["at"] <= built["at"] <= issued["at"]
     holds = [x for x in lines if x["kind"] == "custody:legal_hold" and x["item_id"] == ev.clip.id]
     assert [x["details"]["on"] for x in holds] == [True, False]
     assert {x["details"]["reason"] for x in holds} == {HOLD_REASON}
@@ -138,6 +158,8 @@ def test_every_kind_of_custody_event_is_a_line_of_the_timeline_and_only_for_its_
     page = http.get(f"{server.url}/incidents/{reference}/timeline", headers=browser)
     assert page.status_code == 200, page.text
     for words in (
+        "export requested",
+        f"package {job['id'][:8]}; no original footage",
         "linked",
         "seen on the footage",
         "alarm linked",
@@ -158,6 +180,19 @@ def test_every_kind_of_custody_event_is_a_line_of_the_timeline_and_only_for_its_
     for kind in ("custody:link_issued", "custody:link_revoked", "custody:viewed", "custody:legal_hold"):
         assert f'data-kind="{kind}"' in page.text, kind
     assert f'data-item="{job["id"]}"' in page.text
+    # The package's five lines on the page, each once, with when and who (the recipient for the download).
+    rows = _page_rows(page.text, job["id"])
+    for kind, what, by in (
+        ("custody:export_requested", "export requested", "user:inv"),
+        ("custody:exported", "export package built", "user:inv"),
+        ("custody:link_issued", "download link issued", "user:inv"),
+        ("custody:viewed", "export package downloaded", f"{RECIPIENT} (link {link['id'][:8]})"),
+        ("custody:link_revoked", "download link revoked", "user:inv"),
+    ):
+        assert len(rows.get(kind, [])) == 1, (kind, sorted(rows))
+        at, said, _item, who, _detail = rows[kind][0]
+        assert re.fullmatch(r'<time datetime="[^"]+">\d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} UTC</time>', at), at
+        assert (said, html.unescape(who)) == (what, by), kind
 
     # Nobody who may not see the incident sees any of it: a security manager of another site and an
     # investigator not assigned to it get neither the history nor the page.
