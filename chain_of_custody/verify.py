@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from storage.db import ReadingSession
 from storage.objects import ObjectStore, StorageError
 
 from . import package_layout
@@ -130,6 +131,15 @@ def read_stored_ends(store: ObjectStore, key: ServiceKey, sample: int | None) ->
     except StorageError as exc:
         heads = exc
     return StoredEnds(checkpoints, heads)
+
+
+def end_reading(session: Session) -> None:
+    """End a ``Database.reading`` session's transaction (its snapshot), keeping what it read: the
+    objects read stay usable, and a later read begins a new one. Any other session is left as it
+    is (its caller owns its transaction)."""
+    if isinstance(session, ReadingSession):
+        session.expunge_all()
+        session.rollback()
 
 
 def _stored_records(session: Session) -> dict[str, dict[str, object]]:
@@ -398,6 +408,7 @@ def verify_service(
     scope_secret, unscoped = key.derived_secret(ITEM_SCOPE), 0
     packages: list[EvidenceItem] = []
     unsound: dict[str, Problem] = {}  # item id -> the one finding about its object
+    to_hash: list[tuple[EvidenceItem, dict[str, object]]] = []  # checked against storage once read
     for item in session.scalars(q):
         seen.add(item.id)
         where = f"evidence item {item.id}"
@@ -445,8 +456,13 @@ def verify_service(
                     Problem("item_row_altered", where, "deletion status disagrees with ledger")
                 )
             continue
-        if not options.check_objects:
-            continue
+        if options.check_objects:
+            to_hash.append((item, rec))
+    # Every row is read: hashing the objects may take hours, and a snapshot held that long would keep
+    # PostgreSQL from clearing the rows the service rewrites all the time (devices' state, outbox).
+    end_reading(session)
+    for item, rec in to_hash:
+        where = f"evidence item {item.id}"
         try:
             # Both digests: exports re-check objects with the BLAKE3, so it must be right as well.
             found = store.digests_of(str(rec["key"]), rec.get("version_id"))  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from chain_of_custody.entries import CustodyAction
 from chain_of_custody.tree_heads import TreeHeadLog
 from chain_of_custody.verify import VerifyOptions, verify_service
 from tests.test_alarms_kit import enrol, later
+from tests.test_incidents_kit import store_item
 
 
 def test_an_escalation_committed_while_verify_runs_is_no_alteration(services: Any) -> None:
@@ -76,3 +77,23 @@ def test_an_instance_starting_while_another_appends_is_not_taken_for_a_cut(
     with services.db.reading() as session:  # and the ledger is whole
         report = verify_service(session, services.store, services.key, VerifyOptions(check_objects=False))
     assert report.ok, report.problems
+
+
+def test_verify_holds_no_snapshot_while_it_hashes_the_objects(services: Any, monkeypatch: Any) -> None:
+    """Re-hashing every stored object may take hours: the rows are all read first and the reading
+    transaction ended, so PostgreSQL is not kept from clearing the rows the service rewrites."""
+    for _ in range(3):
+        store_item(services)
+    hashed: list[bool] = []
+    digests_of = services.store.digests_of
+
+    with services.db.reading() as session:
+
+        def hashing(*args: Any, **kw: Any) -> Any:
+            hashed.append(session.in_transaction())
+            return digests_of(*args, **kw)
+
+        monkeypatch.setattr(services.store, "digests_of", hashing)
+        report = verify_service(session, services.store, services.key, VerifyOptions(check_objects=True))
+    assert report.ok, report.problems
+    assert len(hashed) == 3 and not any(hashed), hashed
