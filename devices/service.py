@@ -188,7 +188,14 @@ def enrol_lone_worker(
     name: str = "",
     site: str | None = None,
 ) -> EnrolledLoneWorker:
-    """Register a lone-worker device by its key, issue its broker password and start its sequence afresh."""
+    """Register a lone-worker device by its key, issue its broker password and start its sequence afresh.
+
+    The device's state row is locked first, before anything takes the ledger: the intake locks it
+    and then appends to the ledger, and an enrolment taking them the other way round beside one of
+    the device's messages would deadlock with it (PostgreSQL kills one of the two)."""
+    session.execute(
+        select(LoneWorkerState.device_id).where(LoneWorkerState.device_id == device_id).with_for_update()
+    )
     password = generate_password()
     device = enrol_keyed_device(
         session,
