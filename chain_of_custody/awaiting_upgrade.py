@@ -14,7 +14,8 @@ reads them: live bearer tokens (``seal-tokens``), devices (``seal-devices``), us
 staff, evidence items and alarms (``seal-reach``), incidents (``seal-incidents``), lone visits (``seal-visits``), devices' last-heard times
 (``seal-last-heard``), alarms' lifecycles (``seal-lifecycle``), alarm outbox rows (``seal-outbox``),
 devices' low-battery flags and visits written before their seal (``seal-watched``),
-alarms' notes, positions and payloads (``seal-raise``).
+alarms' notes, positions and payloads (``seal-raise``), device messages stored without a receipt seal
+(``seal-receipts``: none once it has run, as its ``receipts_sealed`` custody entry says).
 Each is a ``COUNT`` over one table, but users, whose older seals are told apart by two HMACs each,
 and devices and incidents, by one.
 A row the step would refuse is counted too: it awaits the command's judgement, and the command lists
@@ -43,6 +44,7 @@ from .lifecycle_seals import _ALARMS as _LIFECYCLES
 from .outbox_seals import _OUTBOX
 from .raise_seals import _ALARMS as _RAISES
 from .reach_seals import _ITEMS, _STAFF, reach_secret
+from .receipt_upgrade import awaiting_receipts
 from .row_seals import (
     _ASSIGNMENTS,
     _DEVICES,
@@ -149,6 +151,13 @@ KINDS = (
         "are taken as they stand only while their alarms and visits bear them out",
     ),
     Kind(
+        "device_receipts",
+        "device message stored before receipt seals",
+        "device messages stored before receipt seals",
+        "seal-receipts",
+        "are vouched for by no key replaced at re-enrolment since",
+    ),
+    Kind(
         "alarm_raises",
         "alarm's note, position and payload",
         "alarms' notes, positions and payloads",
@@ -246,6 +255,7 @@ def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = N
         "alarm_outbox": _unsealed(session, _OUTBOX, "seal"),
         "device_watches": len(older_watched(session)),
         "alarm_raises": _unsealed(session, _RAISES, "raise_seal"),
+        "device_receipts": awaiting_receipts(session, key.public_raw),
     }
     return AwaitingUpgrade(counts, now)
 

@@ -65,6 +65,10 @@ class CustodyAction(StrEnum):
     # ``upgrade-seals`` sealed every alarm outbox row queued before messages were sealed: an unsealed
     # row is nobody's the service knows from then on (``outbox_seals.SealsBegan``).
     OUTBOX_SEALED = "outbox_sealed"
+    # ``upgrade-seals`` sealed the receipt of every device message stored before receipt seals whose
+    # bytes the key then in force signed: an unsealed row is nobody's word from then on
+    # (``receipt_upgrade``).
+    RECEIPTS_SEALED = "receipts_sealed"
 
 
 @dataclass(frozen=True)

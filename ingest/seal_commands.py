@@ -195,6 +195,12 @@ def _watched(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     return seal_watched(session, s.key) if yes else unsealed_watched(session, s.key)
 
 
+def _receipts(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from chain_of_custody.receipt_upgrade import seal_receipts, unsealed_receipts
+
+    return seal_receipts(session, s.key, s.ledger) if yes else unsealed_receipts(session, s.key)
+
+
 def _raises(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     from chain_of_custody.raise_seals import seal_raises, unsealed_raises
 
@@ -215,9 +221,11 @@ HEARD = Step("seal-last-heard", "devices' last-heard times", _heard)
 LIFECYCLES = Step("seal-lifecycle", "alarms' lifecycles", _lifecycles)
 OUTBOX = Step("seal-outbox", "alarm outbox rows", _outbox)
 WATCHED = Step("seal-watched", "devices' low-battery flags and visits", _watched)
+RECEIPTS = Step("seal-receipts", "device messages' receipts", _receipts)
 RAISES = Step("seal-raise", "alarms' notes, positions and payloads", _raises)
 # The upgrade's order: a grant is sealed only after the users it is made to (docs/console.md, "Grant seals"),
-# a device's visit only after the visits (whose own seals bear it out).
+# a device's visit only after the visits (whose own seals bear it out), device messages' receipts
+# after the devices (whose keys vouch for them) and before every step that reads the messages.
 UPGRADE = (
     TOKENS,
     DEVICES,
@@ -225,6 +233,7 @@ UPGRADE = (
     GRANTS,
     ENDS,
     ACCESS_ENDS,
+    RECEIPTS,
     REACH,
     INCIDENTS,
     VISITS,
@@ -373,12 +382,23 @@ def seal_raise_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows(RAISES, yes)
 
 
+def seal_receipts_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal, once, the receipt of each lone-worker device message stored before receipts were sealed
+    (migration 0045, ``chain_of_custody.receipt_upgrade``), which no key replaced since vouches for
+    until then; run once after upgrading (after `evidence seal-devices`). Only a message whose
+    stored bytes the device signed with a key its custody record says it had at the message's date
+    (a key since replaced only for a message dated before its replacement) is sealed, under that
+    key; every other is listed as refused. Once it has run (its ``receipts_sealed`` custody entry),
+    no row without a receipt seal is sealed again: each is listed as refused."""
+    _seal_rows(RECEIPTS, yes)
+
+
 def upgrade_seals_command(
     yes: Annotated[bool, typer.Option("--yes", help="do every step (without it: only list them)")] = False,
 ) -> None:
     """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
     seal-users, seal-grants (after the users), record-credential-ends, record-access-ends,
-    seal-reach, seal-incidents, seal-visits, seal-last-heard, seal-lifecycle, seal-outbox, seal-watched,
+    seal-receipts, seal-reach, seal-incidents, seal-visits, seal-last-heard, seal-lifecycle, seal-outbox, seal-watched,
     seal-raise. It first prints how many rows of each kind await it (as the service's start-up
     warning, ``/healthz`` and the console's banner count them); each step lists its rows,
     and with ``--yes`` does what it lists, in a transaction of its own, then prints what still awaits. Rows a step refuses are

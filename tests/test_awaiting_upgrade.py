@@ -142,6 +142,7 @@ def old_deployment(services: Any) -> dict[str, int]:
         "alarm_outbox": 0,  # queued by this service: sealed (counted in tests/test_outbox_seals.py)
         "device_watches": 0,  # no device of it is low or on a visit (counted in tests/test_watched_seals.py)
         "alarm_raises": 0,  # raised by this service: sealed (counted in tests/test_raise_seals.py)
+        "device_receipts": 0,  # received by this service: sealed (counted in tests/test_receipt_seal_keys.py)
     }
 
 
@@ -166,6 +167,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
     from chain_of_custody.outbox_seals import unsealed_outbox
     from chain_of_custody.raise_seals import unsealed_raises
     from chain_of_custody.reach_seals import unsealed_reach
+    from chain_of_custody.receipt_upgrade import unsealed_receipts
     from chain_of_custody.visit_seals import unsealed_visits
     from chain_of_custody.watched_seals import unsealed_watched
     from devices.seals import unsealed_devices
@@ -196,6 +198,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
             "alarm_outbox": len(unsealed_outbox(session, s.key)),
             "device_watches": len(unsealed_watched(session, s.key)),
             "alarm_raises": len(unsealed_raises(session, entries, s.key)),
+            "device_receipts": len(unsealed_receipts(session, s.key)),
         }
     assert found.counts == expected == listed
     assert found.total == 12

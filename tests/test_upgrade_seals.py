@@ -32,6 +32,7 @@ STEPS = (
     "seal-grants",
     "record-credential-ends",
     "record-access-ends",
+    "seal-receipts",
     "seal-reach",
     "seal-incidents",
     "seal-visits",
