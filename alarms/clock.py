@@ -341,7 +341,8 @@ class Clock:
                 # from a row the service sealed.
                 sealed = alarm is not None and self.lifecycle.sealed(alarm)
                 wearer = alarm.wearer if alarm is not None and sealed else None
-                item = self.payloads.record_later(session, event, stored, wearer, key_b64)
+                site = alarm.site if alarm is not None and sealed else None
+                item = self.payloads.record_later(session, event, stored, wearer, key_b64, site)
                 event.evidence_item_id = item.id
                 if alarm is not None:
                     if alarm.source_event_id == event.event_id:

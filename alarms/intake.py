@@ -581,6 +581,8 @@ class Intake:
         stored = self.payloads.put(event)
         if stored is None:
             return None
-        item = self.payloads.record(session, event, stored, snap.staff_id, message.sig, snap.public_key)
+        item = self.payloads.record(
+            session, event, stored, snap.staff_id, message.sig, snap.public_key, snap.site
+        )
         event.evidence_item_id = item.id
         return item

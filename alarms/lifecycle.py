@@ -530,9 +530,10 @@ class Lifecycle:
         if event is not None and own is None and message is not None:
             stored = self.payloads.put(event)
             if stored is not None:
-                # The payload's item takes the alarm's wearer only from a row the service sealed.
-                wearer = row.wearer if self.sealed(row) else None
-                own = self.payloads.record_later(session, event, stored, wearer, key_b64).id
+                # The payload's item takes the alarm's wearer and site only from a row the service sealed.
+                sealed = self.sealed(row)
+                wearer, site = (row.wearer, row.site) if sealed else (None, None)
+                own = self.payloads.record_later(session, event, stored, wearer, key_b64, site).id
                 event.evidence_item_id = own
         if event is not None and row.evidence_item_id is None:
             row.evidence_item_id = own

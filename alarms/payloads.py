@@ -100,8 +100,10 @@ class PayloadEvidence:
         wearer: str | None,
         signature: str | None,
         public_key: bytes | None,
+        site: str | None = None,
     ) -> EvidenceItem:
-        """The evidence item of a stored payload, with its custody entries."""
+        """The evidence item of a stored payload, with its custody entries, kept with ``site``: the
+        site its alarm was raised at as the service sealed it (None: its reach follows its device)."""
         quarantine = None
         if stored.sha256 != event.sha256 or stored.size != len(event.raw):
             quarantine = f"object store holds {stored.sha256} ({stored.size} bytes), received {event.sha256}"
@@ -120,6 +122,7 @@ class PayloadEvidence:
                 content_type="application/json",
                 retain_until=self.retain_until(event),
                 retention_basis=self.basis(event),
+                site=site,
             ),
             captured={
                 "device": event.device_id,
@@ -152,6 +155,7 @@ class PayloadEvidence:
         stored: StoredObject,
         wearer: str | None,
         key_b64: str | None,
+        site: str | None = None,
     ) -> EvidenceItem:
         """The evidence item of a payload stored after its message was handled, from the event row: the
         bytes, and ``key_b64``, the key that vouched for them when they were checked before storing
@@ -167,7 +171,7 @@ class PayloadEvidence:
             wearer = device.assigned_staff_id if device is not None else None
         signature = json.loads(event.raw).get("sig")
         public_key = raw_public_key(key_b64) if key_b64 else None
-        return self.record(session, event, stored, wearer, signature, public_key)
+        return self.record(session, event, stored, wearer, signature, public_key, site)
 
     def vouched(self, session: Session, event: LoneWorkerEvent) -> str | None:
         """The key (base64) that vouches for the event's stored bytes as its device signed them

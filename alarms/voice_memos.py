@@ -259,6 +259,7 @@ class VoiceMemos:
                     content_type=a.content_type,
                     retain_until=retain_until,
                     retention_basis=basis,
+                    site=row.site if sealed else None,
                 ),
                 captured={
                     "device": a.device_id,

@@ -47,6 +47,9 @@ class Provenance:
     derived_from_id: str | None = None
     retain_until: datetime | None = None
     retention_basis: RetentionBasis | None = None  # what the lock runs from (capture or receipt), and why
+    # The site it was captured under (its device's then, as the service sealed it), whose managers see
+    # it by site whatever becomes of the device; None when nothing vouches for one.
+    site: str | None = None
 
 
 def record_evidence(
@@ -88,12 +91,14 @@ def record_evidence(
         captured_stop=provenance.captured_stop,
         derived_from_id=provenance.derived_from_id,
         retain_until=provenance.retain_until,
+        site=provenance.site,
         reach_seal=item_seal(
             reach_secret(ledger.key),
             item_id,
             provenance.wearer,
             provenance.source_device_id,
             provenance.derived_from_id,
+            provenance.site,
         ),
     )
     session.add(item)

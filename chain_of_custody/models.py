@@ -62,6 +62,10 @@ class EvidenceItem(Base):
     # HMAC under a secret the database does not hold, over the id, wearer, recording device and
     # original (``reach_seals``): a row whose seal does not hold widens nobody's reach.
     reach_seal: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The site whose managers see the item by site: the site its device was enrolled at when it was
+    # captured (an alarm's sealed site, a camera's at upload), or its original's; covered by the reach
+    # seal when present. None for items recorded before, whose reach by site follows their device now.
+    site: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
 
     __table_args__ = (
         Index("ix_evidence_items_wearer_window", "wearer", "captured_start", "captured_stop"),

@@ -60,6 +60,7 @@ _ITEMS = table(
     column("source_device_id"),
     column("derived_from_id"),
     column("reach_seal"),
+    column("site"),
 )
 
 
@@ -76,11 +77,18 @@ def staff_holds(secret: bytes, staff_id: str, site: str | None, seal: str | None
 
 
 def item_seal(
-    secret: bytes, item_id: str, wearer: str | None, device: str | None, original: str | None
+    secret: bytes,
+    item_id: str,
+    wearer: str | None,
+    device: str | None,
+    original: str | None,
+    site: str | None = None,
 ) -> str:
     """The seal of an evidence item's row over what decides who sees it: its id, wearer, recording
-    device and the item it was derived from, hex."""
-    return row_seal(secret, ("evidence item", item_id, wearer, device, original))
+    device and the item it was derived from, and its capture site when it has one (an item recorded
+    before sites were kept has none, and its seal is as it was made), hex."""
+    values: tuple[str | None, ...] = ("evidence item", item_id, wearer, device, original)
+    return row_seal(secret, values if site is None else (*values, site))
 
 
 def _no_incidents() -> frozenset[str]:
@@ -89,14 +97,15 @@ def _no_incidents() -> frozenset[str]:
 
 @dataclass(frozen=True)
 class SiteReach:
-    """What a viewer's reach by site rests on, read when they sign in: the members of staff and the
-    devices of their site whose seal holds, the secret an item's seal is checked with (an empty one
+    """What a viewer's reach by site rests on, read when they sign in: their site, the members of
+    staff and the devices of their site whose seal holds, the secret an item's seal is checked with (an empty one
     holds no seal: nothing reaches by a row), and how to read the incidents of their site whose
     seal holds (``site_incidents``: read when the request first asks, not at sign-in)."""
 
     staff: frozenset[str] = frozenset()
     devices: frozenset[str] = frozenset()
     secret: bytes = field(default=b"", repr=False)
+    site: str | None = None  # whose reach this is: an item captured there is theirs (``EvidenceItem.site``)
     sealed_incidents: Callable[[], frozenset[str]] = field(default=_no_incidents, compare=False, repr=False)
 
     @property
@@ -105,16 +114,22 @@ class SiteReach:
         return self.sealed_incidents()
 
     def item_holds(
-        self, item_id: str, wearer: str | None, device: str | None, original: str | None, seal: str | None
+        self,
+        item_id: str,
+        wearer: str | None,
+        device: str | None,
+        original: str | None,
+        seal: str | None,
+        site: str | None = None,
     ) -> bool:
         """Whether an item row's seal holds; a warning naming the item when it does not."""
-        expected = item_seal(self.secret, item_id, wearer, device, original) if self.secret else ""
+        expected = item_seal(self.secret, item_id, wearer, device, original, site) if self.secret else ""
         return seal_verdict(expected, seal if expected else None, log, "evidence item", {"item": item_id})
 
     def holds(self, item: EvidenceItem) -> bool:
         """:meth:`item_holds` of an item's row."""
         return self.item_holds(
-            item.id, item.wearer, item.source_device_id, item.derived_from_id, item.reach_seal
+            item.id, item.wearer, item.source_device_id, item.derived_from_id, item.reach_seal, item.site
         )
 
 
@@ -169,7 +184,7 @@ def site_reach_by(session: Session, secret: bytes, devices_secret: bytes, site: 
             {"device": row[0]},
         )
     )
-    return SiteReach(staff, devices, secret)
+    return SiteReach(staff, devices, secret, site)
 
 
 # -- evidence verify ------------------------------------------------------------------------------
@@ -194,16 +209,16 @@ def check_reach_seals(session: Session, report: ChainReport, key: ServiceKey) ->
                 )
             )
     i = _ITEMS.c
-    q = select(i.id, i.wearer, i.source_device_id, i.derived_from_id, i.reach_seal).order_by(i.id)
-    for item_id, wearer, device, original, seal in session.execute(q):
+    q = select(i.id, i.wearer, i.source_device_id, i.derived_from_id, i.reach_seal, i.site).order_by(i.id)
+    for item_id, wearer, device, original, seal, site in session.execute(q):
         if not seal:
             unsealed += 1
-        elif not _holds(item_seal(secret, str(item_id), wearer, device, original), seal):
+        elif not _holds(item_seal(secret, str(item_id), wearer, device, original, site), seal):
             report.problems.append(
                 Problem(
                     "item_seal_broken",
                     f"evidence item {item_id}",
-                    "its row's seal does not hold: its wearer, recording device or original was written by "
+                    "its row's seal does not hold: its wearer, recording device, original or site was written by "
                     "someone other than the service (it reaches nobody by them, only through a link)",
                 )
             )

@@ -237,9 +237,20 @@ def _own_evidence_scope(
 
 
 def of_reach(item: type[EvidenceItem], reach: SiteReach) -> ColumnElement[bool]:
-    """Worn by one of the reach's members of staff or recorded by one of its devices (the
-    wearer-and-camera rule; the item's own seal is checked on the rows returned)."""
-    return or_(item.wearer.in_(sorted(reach.staff)), item.source_device_id.in_(sorted(reach.devices)))
+    """Worn by one of the reach's members of staff, or captured at its site (the wearer-and-camera
+    rule; the item's own seal, which covers its site, is checked on the rows returned).
+
+    Where it was captured is the site the item recorded then (``EvidenceItem.site``: its device's
+    site at capture), not its device's site now: a device re-enrolled at another site takes none of
+    its past items there. An item recorded before sites were kept has none, and is of the site of
+    one of the reach's devices that recorded it, as before."""
+    by_device: ColumnElement[bool] = and_(
+        item.site.is_(None), item.source_device_id.in_(sorted(reach.devices))
+    )
+    clauses = [item.wearer.in_(sorted(reach.staff)), by_device]
+    if reach.site is not None:
+        clauses.append(item.site == reach.site)
+    return or_(*clauses)
 
 
 def _scope_with_ancestors(
@@ -397,15 +408,16 @@ def window_reach(session: Session, key: ServiceKey, site: str | None) -> ColumnE
     The window names a wearer, and wearers move: a window set while the wearer worked at the
     incident's site must not keep following them to another one, where the footage belongs to that
     site. So a window takes in only what a security manager of the incident's site sees of the
-    wearer by the same wearer-and-camera rule as :func:`_own_evidence_scope` (a member of staff or a
-    camera of that site now, whose row's seal holds), or footage of no site at all (neither the
-    wearer nor the camera is a row with a site, or one whose seal holds without one: nobody's site
-    is widened). Footage of another site is never linked by the window, whoever set it; it can still
+    wearer by the same wearer-and-camera rule as :func:`_own_evidence_scope` (a member of staff of
+    that site now, whose row's seal holds, or footage captured at that site: :func:`of_reach`), or
+    footage of no site at all (captured at none, and neither the wearer nor the camera is a row with
+    a site, or one whose seal holds without one: nobody's site is widened). Footage of another site is never linked by the window, whoever set it; it can still
     be linked by hand by someone who sees it.
     """
     reach = site_reach(session, key, site) if site else SiteReach()
     unsited = site_reach(session, key, None)
     no_site = and_(
+        EvidenceItem.site.is_(None),  # an item captured at a site is that site's
         or_(
             EvidenceItem.wearer.is_(None),
             EvidenceItem.wearer.in_(sorted(unsited.staff)),

@@ -44,6 +44,15 @@ class ClipChecks:
     reasons: tuple[str, ...]
 
 
+def camera_site(session: Session, serial: str, key: ServiceKey) -> str | None:
+    """The site the camera is enrolled at as the session sees it, where its clip is kept as captured
+    (``evidence_items.site``); None if it has none, or if its row's seal does not hold for its latest
+    custody entry (``devices.ends.sealed_device``, a warning names it): a site written in the
+    database lends the clip to no site's managers."""
+    camera = sealed_device(session, device_seal_key(key), serial)
+    return camera.site if camera is not None and camera.kind == "camera" else None
+
+
 def camera_key(session: Session, serial: str, key: ServiceKey) -> str | None:
     """The camera's enrolled public key (base64) as the session sees it; None if it has none, or if
     its row's seal does not hold for its latest custody entry (``devices.ends.sealed_device``: a

@@ -53,6 +53,7 @@ from storage.objects import StorageError, StoredObject
 from .clip_facts import (
     already_recorded,
     camera_key,
+    camera_site,
     check_clip,
     clip_manifest,
     end_lease,
@@ -703,6 +704,9 @@ def complete_upload(
             key = camera_key(session, upload.camera_serial, s.key)
             if key != checks.camera_key:
                 continue  # enrolled or re-keyed since it was read: check and settle again
+            # The site the camera was enrolled at as its clip is recorded: its site's managers keep it
+            # wherever the camera goes next.
+            site = camera_site(session, upload.camera_serial, s.key)
             item = record_evidence(
                 session,
                 s.ledger,
@@ -718,6 +722,7 @@ def complete_upload(
                     content_type=upload.content_type,
                     retain_until=retain_until,
                     retention_basis=basis,
+                    site=site,
                 ),
                 captured={
                     "camera": upload.camera_serial,

@@ -184,6 +184,7 @@ class RedactionWorker:
                 derived_from_id=original.id,
                 retain_until=retain,
                 retention_basis=basis,
+                site=original.site,
             )
             video_item = record_evidence(
                 session,

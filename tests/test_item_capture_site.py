@@ -16,7 +16,6 @@ from io import BytesIO
 from typing import Any
 
 import httpx
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -24,16 +23,10 @@ from tests.clipkit import Fleet
 from tests.test_alarm_incident_site import _package
 from tests.test_alarms_kit import enrol
 from tests.test_cross_site_reads import cookie
-from tests.test_incidents_kit import bearer, user
+from tests.test_incidents_kit import bearer, staff, store_item, user
 from tests.test_lifecycle_seals import _row
 from tests.test_upload_completion import _upload
 from tests.test_visit_site import _re_enrol_at_north
-
-# The finding (#13): access follows the device's site now, so a re-enrolled device takes every past
-# item of it to its new site. Strict: this must start failing the day the rule is fixed.
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="an item's reach follows its device's current site, not its capture site (#13)"
-)
 
 
 def _managers(s: Any) -> dict[str, dict[str, str]]:
@@ -67,6 +60,13 @@ def _north_reaches_nothing(live: Any, h: dict[str, dict[str, str]], item_id: str
     link = {"kind": "evidence", "target_id": item_id, "reason": "found on our device"}
     r = httpx.post(f"{api}/incidents/{incident}/links", json=link, headers=h["north_mgr"])
     assert r.status_code == 404, r.text
+    # The incident holds a NORTH item of its own (an incident with nothing linked is not packaged):
+    # its package carries that one and nothing of the SOUTH item.
+    staff(live.services, "N-OWN", site="NORTH")
+    own = store_item(live.services, wearer="N-OWN").id
+    link = {"kind": "evidence", "target_id": own, "reason": "our own footage"}
+    r = httpx.post(f"{api}/incidents/{incident}/links", json=link, headers=h["north_mgr"])
+    assert r.status_code in (200, 201), r.text
     package = _package(api, incident, h["north_mgr"], live.url)
     with zipfile.ZipFile(BytesIO(package)) as z:
         names = z.namelist()
