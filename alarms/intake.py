@@ -30,8 +30,10 @@ from sqlalchemy import Table, and_, bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from chain_of_custody.entries import CustodyAction
 from chain_of_custody.heard_seals import heard_mark
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.receipt_upgrade import received
 from chain_of_custody.waiting_cancels import cancel_holds, warn_of_cancel
 from devices.lone_worker_wire import (
     Accepted,
@@ -74,6 +76,7 @@ from .models import AlarmOutbox, AlarmRecord, DeadLetter, LoneWorkerEvent, new_i
 from .outbox import Outbox, Outgoing, mqtt_effects
 from .payloads import PayloadEvidence
 from .rejection_log import RejectionLog
+from .set_aside import set_aside
 from .staging import stage
 from .visits import Visits
 from .watched import set_watched, vouch
@@ -315,17 +318,29 @@ class Intake:
         snap = snapshot.get(device_id)
         return snap.replay if snap is not None else ReplayState()
 
-    @staticmethod
-    def _known_event(session: Session, verdict: Rejected) -> bool:
+    def _known_event(self, session: Session, verdict: Rejected) -> bool:
+        """Whether a message refused as a replay is one the service received (its row's receipt
+        seal holds: :meth:`_received`), so it is acknowledged again; a row written with its event
+        id by SQL makes it nothing of the kind (named in a warning; refused as any replay)."""
         message = verdict.message
         if verdict.reason != ReasonCode.REPLAY or message is None or message.type not in ("alarm", "checkin"):
             return False
-        found = session.scalar(
-            select(LoneWorkerEvent.event_id).where(
-                LoneWorkerEvent.event_id == message.event_id, LoneWorkerEvent.device_id == message.device_id
-            )
+        with session.no_autoflush:  # see device_state.read_snapshot
+            found = session.get(LoneWorkerEvent, message.event_id)
+        if found is None or found.device_id != message.device_id:
+            return False
+        if self._received(session, found):
+            return True
+        log.warning(
+            "a replayed device message's stored row is not the service's receipt of it: not acknowledged",
+            extra={"device": message.device_id, "event_id": message.event_id},
         )
-        return found is not None
+        return False
+
+    def _received(self, session: Session, row: LoneWorkerEvent) -> bool:
+        """Whether a row holding a message's event id is the service's receipt of its device's
+        message (``chain_of_custody.receipt_upgrade.received``), not a row written by SQL."""
+        return received(session, self.seals.secret, self.lifecycle.custody_public, row)
 
     def _rejected(self, verdict: Rejected, raw: bytes, topic: str, now: datetime) -> HandleResult:
         REJECTIONS.labels(reason=verdict.reason.value).inc()
@@ -388,27 +403,45 @@ class Intake:
         heard = heard_mark(self.lifecycle.seal_secret, snap.device_id, now)
         compare_and_set(session, snap, verdict.replay_state, message, now, self.offline_after, heard, later)
         vouch(session, self.lifecycle.seal_secret, snap)  # its low battery and visit, as sealed
+        aside: dict[str, Any] | None = None
         if isinstance(verdict, Duplicate):
             self._duplicate(session, message, result, outbox, now)
         elif isinstance(message, AlarmMessage | CheckinMessage):
             early_cancel: str | None = None
-            if isinstance(message, AlarmMessage) and message.alarm.action == "raise":
+            raising = isinstance(message, AlarmMessage) and message.alarm.action == "raise"
+            ids: list[str] = []
+            if raising:
                 found = session.connection().execute(
                     _RAISE_LOOKUP, {"event_id": message.event_id, "device_id": snap.device_id}
                 )
                 ids = [r.event_id for r in found]
                 known = message.event_id in ids
-                if not known:
-                    early_cancel = self._early_cancel(session, snap, message.event_id, ids)
             else:
                 known = True
             existing = None
             if known:
                 with session.no_autoflush:  # see device_state.read_snapshot
                     existing = session.get(LoneWorkerEvent, message.event_id)
+            if existing is not None and not self._received(session, existing):
+                # Not the service's receipt of this message (written by SQL with its event id): kept
+                # apart as evidence, and the message is acted on as the first it is.
+                aside = set_aside(session, existing, now)
+                existing = None
+            if raising and existing is None:
+                early_cancel = self._early_cancel(session, snap, message.event_id, ids)
+            restored = self._raised_already(session, snap, message) if aside is not None else None
             if existing is not None:  # accepted long ago (beyond the replay state's memory)
                 result.outcome = "duplicate"
-                self._duplicate(session, message, result, outbox, now, existing)
+                self._duplicate(session, message, result, outbox, now)
+            elif restored is not None:
+                # Its alarm was raised from it before the row holding it was altered: its row again,
+                # as received now, and the device told again that we have it.
+                assert isinstance(verdict, Accepted) and isinstance(message, AlarmMessage)
+                event = new_event(snap, verdict, topic, raw, now, self.seals.secret)
+                event.kind, event.alarm_id = message.alarm.kind, restored
+                session.add(event)
+                result.outcome = "duplicate"
+                self._duplicate(session, message, result, outbox, now)
             elif isinstance(message, AlarmMessage):
                 self._alarm_message(session, snap, verdict, topic, raw, result, outbox, now, early_cancel)
             else:
@@ -422,7 +455,23 @@ class Intake:
                     now,
                 )
         self.liveness.apply(session, snap, message, outbox, now)
+        if aside is not None:  # last: the ledger's head after every row this message locks
+            self.lifecycle.ledger.append(
+                session, CustodyAction.EVENT_SET_ASIDE, "service", details=aside, at=now
+            )
         return result
+
+    @staticmethod
+    def _raised_already(session: Session, snap: Snapshot, message: AnyDeviceMessage) -> str | None:
+        """The alarm of the device's that a raise's event id already raised (its row altered since),
+        or None: one event raises one alarm."""
+        if not isinstance(message, AlarmMessage) or message.alarm.action != "raise":
+            return None
+        return session.scalar(
+            select(AlarmRecord.id).where(
+                AlarmRecord.source_event_id == message.event_id, AlarmRecord.device_id == snap.device_id
+            )
+        )
 
     def _duplicate(
         self,
@@ -431,16 +480,22 @@ class Intake:
         result: HandleResult,
         outbox: list[AlarmOutbox],
         now: datetime,
-        existing: LoneWorkerEvent | None = None,
     ) -> None:
-        """Absorb a re-sent event: act on nothing, tell the device again that we have it."""
+        """Absorb a re-sent event: act on nothing, tell the device again that we have it, with the
+        alarm its message raised or cancels: found by what the device signed (its event id, or the
+        raise it names), never by the event row's ``alarm_id``, which is no seal's."""
         REJECTIONS.labels(reason=ReasonCode.DUPLICATE.value).inc()
         if message.type not in ("alarm", "checkin") or message.event_id is None:
             return
-        existing = existing or session.get(LoneWorkerEvent, message.event_id)
-        alarm_id = (
-            existing.alarm_id if existing is not None and existing.device_id == message.device_id else None
-        )
+        alarm_id = None
+        if isinstance(message, AlarmMessage):
+            body = message.alarm
+            raise_id = message.event_id if body.action == "raise" else body.ref_event_id
+            alarm_id = session.scalar(
+                select(AlarmRecord.id).where(
+                    AlarmRecord.source_event_id == raise_id, AlarmRecord.device_id == message.device_id
+                )
+            )
         result.alarm_id = alarm_id
         log.info(
             "duplicate lone-worker event absorbed",

@@ -146,6 +146,24 @@ class LoneWorkerEvent(Base):
     receipt_seal: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
+class LoneWorkerEventSetAside(Base):
+    """A row found in ``lone_worker_events`` holding a device message's event id that is not the
+    service's receipt of it (its receipt seal does not hold: written or edited behind the service's
+    back), moved here as it stood when the genuine message came (``alarms.set_aside``). Kept as
+    evidence of the tampering, never acted on; an ``event_set_aside`` custody entry names it."""
+
+    __tablename__ = "lone_worker_events_set_aside"
+
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36), index=True)  # the id it held
+    device_id: Mapped[str] = mapped_column(String(64))  # the device it named
+    set_aside_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))  # of ``raw`` as found
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    columns: Mapped[str] = mapped_column(Text)  # JSON: every other column, as found
+
+
 class LoneWorkerVisit(Base):
     """A lone visit between a start and an end check-in; ``due_at`` is when it counts as missed."""
 

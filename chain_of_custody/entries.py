@@ -69,6 +69,10 @@ class CustodyAction(StrEnum):
     # bytes the key then in force signed: an unsealed row is nobody's word from then on
     # (``receipt_upgrade``).
     RECEIPTS_SEALED = "receipts_sealed"
+    # A row of the device messages' table holding a message's event id that is not the service's
+    # receipt of it (written or edited by SQL) moved aside when the genuine message came, so it was
+    # acted on (``alarms.set_aside``): the entry names the row and its bytes' hash.
+    EVENT_SET_ASIDE = "event_set_aside"
 
 
 @dataclass(frozen=True)

@@ -319,6 +319,19 @@ def receipt_seal(secret: bytes, device_id: str, event_id: str, raw: bytes, key_b
     return row_seal(secret, ("receipt", device_id, event_id, digest, written_key(key_b64)))
 
 
+def receipt_holds(secret: bytes, row: Any) -> bool:
+    """Whether a stored event row (its ``event_id``, ``device_id``, ``raw``, ``device_public_key`` and
+    ``receipt_seal``) is the service's receipt of its bytes as that device's message, under the key
+    it names: the seal :func:`receipt_seal` writes holds over them (no warning: the caller names
+    what it does)."""
+    if row.raw is None or row.device_id is None or row.event_id is None:
+        return False
+    expected = receipt_seal(
+        secret, str(row.device_id), str(row.event_id), bytes(row.raw), row.device_public_key
+    )
+    return _holds(expected, row.receipt_seal)
+
+
 def written_key(key_b64: str | None) -> str | None:
     """A public key (base64) as the service writes it: the base64 of its 32 bytes. Base64 leaves two
     bits of a 32-byte key's last character unused, so an enrolment may record the same key written

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import column, func, select, table, update
 from sqlalchemy.orm import Session
@@ -37,7 +37,14 @@ from .entries import CustodyAction
 from .keys import ServiceKey
 from .lifecycle_seals import ENTRY_COLUMNS, entry_holds, warn_of_entry
 from .models import CustodyEntry
-from .raise_seals import EnrolledKey, receipt_seal, recorded_device_keys, sealed_device_key, signed_by
+from .raise_seals import (
+    EnrolledKey,
+    receipt_holds,
+    receipt_seal,
+    recorded_device_keys,
+    sealed_device_key,
+    signed_by,
+)
 from .row_seals import DEVICE_SEALS
 
 if TYPE_CHECKING:
@@ -109,6 +116,26 @@ def key_at_its_date(
         if enrolled.until is None or dated_before(raw, enrolled.until):
             return enrolled.key
     return None
+
+
+def received(session: Session, devices_secret: bytes, public: bytes, row: Any) -> bool:
+    """Whether a stored event row (``event_id``, ``device_id``, ``raw``, ``device_public_key``,
+    ``receipt_seal``) is the service's receipt of its device's message: the seal of its receipt
+    holds (``raise_seals.receipt_holds``); or it has none, this step has not run yet (no
+    ``receipts_sealed`` entry that holds), and its bytes are the device's message signed with a key
+    its custody record says it had at the message's date (:func:`key_at_its_date`: the rule that
+    judged rows before receipt seals, as this step does). Any other row (a wrong seal, or none
+    since the step ran) was written outside the service: it is not the device's word, and a message
+    whose event id it holds was never received. Cheap when the seal holds; the rest is read only
+    for a row without one."""
+    if receipt_holds(devices_secret, row):
+        return True
+    if row.receipt_seal is not None or row.raw is None or receipts_upgraded(session, public) is not None:
+        return False
+    device_id, event_id = str(row.device_id), str(row.event_id)
+    current = sealed_device_key(session, devices_secret, device_id)
+    keys = recorded_device_keys(session, devices_secret, public, device_id)
+    return key_at_its_date(bytes(row.raw), event_id, device_id, current, keys) is not None
 
 
 def _judged(session: Session, key: ServiceKey) -> list[UnsealedReceipt]:

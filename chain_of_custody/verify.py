@@ -52,7 +52,7 @@ from .sweep_cursor import check_sweep_checkpoint
 from .tree_heads import sample_tree_heads
 from .viewing import RANGE_CHAIN, chain_problem, seal_mismatch
 from .visit_seals import check_visit_seals
-from .waiting_cancels import check_waiting_cancels
+from .waiting_cancels import check_set_aside_events, check_waiting_cancels
 from .watched_seals import check_watched_seals
 
 TREE_HEAD_SAMPLE = 32
@@ -393,6 +393,7 @@ def verify_service(
         check_watched_seals(session, report, key)
         check_raise_seals(session, report, key, entries)
         check_waiting_cancels(session, report, key)
+        check_set_aside_events(session, report)
         check_sweep_checkpoint(session, report, key)
 
     # 4. Item rows against the ledger, and stored objects against their recorded hash.

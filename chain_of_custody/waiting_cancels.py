@@ -9,8 +9,10 @@ control room that the worker had cancelled an SOS. So a waiting cancel is applie
 stored bytes are the device's message as it signed it, vouched for by the key in force as the
 service received them (``raise_seals.message_key``: the key the service sealed their receipt
 under, ``receipt_seal``), and they cancel that raise; any other is named in a warning and ignored
-(the raise stands), and ``evidence verify`` names it (``device_cancel_altered``). Tables are read
-as plain tables: this sits below ``alarms``.
+(the raise stands), and ``evidence verify`` names it (``device_cancel_altered``), as it names each
+row the intake set aside for holding a message's event id without being the service's receipt of
+it (``device_event_set_aside``, ``alarms.set_aside``). Tables are read as plain tables: this sits
+below ``alarms``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ _EVENTS = table(
     column("device_public_key"),
     column("receipt_seal"),
     column("received_at"),
+)
+_SET_ASIDE = table(
+    "lone_worker_events_set_aside",
+    column("id"),
+    column("event_id"),
+    column("device_id"),
+    column("set_aside_at"),
+    column("sha256"),
 )
 
 
@@ -112,5 +122,24 @@ def check_waiting_cancels(session: Session, report: ChainReport, key: ServiceKey
                 f"a cancel of device {row.device_id} waiting for raise {row.ref_event_id} is not the "
                 "device's cancel of it as the device signed it, received under its key then in force: "
                 "written or edited in the database (it cancels nothing)",
+            )
+        )
+
+
+def check_set_aside_events(session: Session, report: ChainReport) -> None:
+    """A finding for each row of the device messages' table the intake set aside: it held the event
+    id of a message its device then sent, but was not the service's receipt of it (written or
+    edited in the database; ``alarms.set_aside``). Kept as evidence; it is acted on by nothing."""
+    s = _SET_ASIDE.c
+    rows = session.execute(select(_SET_ASIDE).order_by(s.id)).all()  # few: each is a tampering found
+    for row in rows:
+        report.problems.append(
+            Problem(
+                "device_event_set_aside",
+                f"event {row.event_id}",
+                f"a row naming device {row.device_id} held the event id of a message the device then "
+                "sent but was not the service's receipt of it (its receipt seal did not hold): written "
+                f"or edited in the database; set aside at {row.set_aside_at} (bytes sha256 {row.sha256}) "
+                "and the device's message acted on",
             )
         )
