@@ -8,16 +8,20 @@ clip hook the application installs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.ledger import Ledger
+from chain_of_custody.models import EvidenceItem
+from chain_of_custody.raise_seals import message_key
 from chain_of_custody.reach_seals import reach_secret
 from chain_of_custody.registry_replay import ALARM_SERVICE
+from devices.seals import device_seal_key
 from incidents.service import (
     IncidentDraft,
     create_incident,
@@ -27,6 +31,7 @@ from incidents.service import (
 )
 
 from .models import AlarmRecord, LoneWorkerEvent
+from .payloads import raise_named
 from .reach import device_items
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,8 @@ class IncidentLinks:
         self.ledger = ledger
         self.join_window = join_window
         self.secret = reach_secret(ledger.key)  # evidence items' reach seals (``alarms.reach.device_items``)
+        # What a device's stored message is checked with (``raise_seals.message_key``).
+        self.message_keys = (device_seal_key(ledger.key), ledger.key.public_raw)
 
     def open_incident(
         self,
@@ -92,7 +99,7 @@ class IncidentLinks:
             reseal(row)
         reason = f"{row.kind} alarm from {row.device_id}"
         link_alarm(session, self.ledger, incident.id, row.id, SERVICE_ACTOR, reason, now=now)
-        for item_id in _alarm_items(session, row, sealed, self.secret):
+        for item_id in _alarm_items(session, row, sealed, self.secret, self.message_keys):
             self.link(session, row, item_id, "alarm evidence", sealed)
         log.info("alarm linked to incident", extra={"alarm": row.id, "incident": incident.reference})
 
@@ -118,15 +125,46 @@ class IncidentLinks:
         )
 
 
-def _alarm_items(session: Session, row: AlarmRecord, sealed: bool, secret: bytes) -> list[str]:
+def _alarm_items(
+    session: Session, row: AlarmRecord, sealed: bool, secret: bytes, keys: tuple[bytes, bytes]
+) -> list[str]:
     """The alarm's evidence: its payload, its memo (from a sealed row) and its messages' items, those
-    its device recorded only (``alarms.reach.device_items``)."""
+    its device recorded only (``alarms.reach.device_items``). A message is the alarm's by what its
+    device signed, not by its row's ``alarm_id`` (no seal's: written by SQL, it could name any
+    alarm): a row of the alarm's device whose bytes, vouched for by the device's key
+    (``raise_seals.message_key``, ``keys``: the device rows' seal secret and the custody key), raise
+    or cancel the alarm's raise, and whose item is its device's record of those bytes."""
     items = [row.evidence_item_id, row.voice_memo_item_id if sealed else None]
-    items += list(
-        session.scalars(
-            select(LoneWorkerEvent.evidence_item_id).where(
-                LoneWorkerEvent.alarm_id == row.id, LoneWorkerEvent.evidence_item_id.is_not(None)
-            )
+    source = row.source_event_id
+    if source is None:  # the service's own alarm: no device message raised it
+        return device_items(session, secret, row.device_id, items)
+    e = LoneWorkerEvent
+    found = session.scalars(
+        select(e).where(
+            e.device_id == row.device_id,
+            or_(e.alarm_id == row.id, e.event_id == source, e.ref_event_id == source),
+            e.evidence_item_id.is_not(None),
         )
     )
+    for event in found:
+        if event.evidence_item_id in items or raise_named(bytes(event.raw), event.event_id) != source:
+            continue
+        own = device_items(session, secret, row.device_id, [event.evidence_item_id])
+        item = session.get(EvidenceItem, own[0]) if own else None
+        vouched = message_key(
+            session,
+            *keys,
+            row.device_id,
+            event.event_id,
+            event.raw,
+            (event.device_public_key, event.receipt_seal),
+        )
+        if item is None or vouched is None or item.sha256 != hashlib.sha256(bytes(event.raw)).hexdigest():
+            log.warning(
+                "a device message's row names an alarm its signed bytes are not about, or an item that is "
+                "not its record of them: its item is not linked",
+                extra={"alarm": row.id, "event_id": event.event_id, "item": event.evidence_item_id},
+            )
+            continue
+        items.append(item.id)
     return device_items(session, secret, row.device_id, items)

@@ -8,6 +8,7 @@ API gives the same person. The position trail is ``alarms.trails``'.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.raise_seals import checked_message, sealed_device_key, signed_by
+from devices.lone_worker_wire import parse_time
 from devices.seals import device_seal_key
 from incidents.access import Viewer, readable_trail
 from storage.db import is_postgres
@@ -68,24 +70,107 @@ def _as_signed(session: Session, keys: MessageKeys, e: LoneWorkerEvent, current:
     )
 
 
+def _signed_body(raw: bytes) -> dict[str, Any]:
+    """The (checked) bytes of a device message, parsed; empty when they are not a JSON object."""
+    try:
+        message = json.loads(raw)
+    except (ValueError, UnicodeError, RecursionError):
+        return {}
+    return message if isinstance(message, dict) else {}
+
+
+def _about(message: dict[str, Any], event_id: str, view: dict[str, Any]) -> bool:
+    """Whether a device message (as its device signed it) is about the alarm: it raised the alarm or
+    cancels it, or it is a check-in of the alarm's visit."""
+    source, visit = view.get("source_event_id"), view.get("visit_id")
+    body = message.get(str(message.get("type")))
+    body = body if isinstance(body, dict) else {}
+    if source and message.get("type") == "alarm":
+        if body.get("action") == "raise" and event_id == source:
+            return True
+        if body.get("action") == "cancel" and body.get("ref_event_id") == source:
+            return True
+    return bool(visit) and message.get("type") == "checkin" and body.get("visit_id") == visit
+
+
+def _signed_time(text: Any) -> str | None:
+    try:
+        return _iso(parse_time(text)) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+def _shown(session: Session, e: LoneWorkerEvent, message: dict[str, Any] | None) -> dict[str, Any]:
+    """A message as the record lists it: what it is (type, action, kind, sequence, time) as its
+    device signed it, and its payload item only when it is its device's record of these bytes;
+    for bytes that are not as signed (``message`` None), none of that, as none of it is the
+    device's word. When it came (``received_at``, ``late``) is the service's to say: its row's."""
+    raw = bytes(e.raw) if e.raw is not None else b""
+    out: dict[str, Any] = {
+        "event_id": e.event_id,
+        "type": None,
+        "action": None,
+        "kind": None,
+        "seq": None,
+        "occurred_at": None,
+        "received_at": _iso(e.received_at),
+        "late": e.late,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "evidence_item_id": None,
+        "holds": message is not None,
+        "payload": None,
+    }
+    if message is None:
+        return out
+    type_ = message.get("type")
+    body = message.get(str(type_))
+    body = body if isinstance(body, dict) else {}
+    item = None
+    if e.evidence_item_id is not None:
+        found = session.get(EvidenceItem, e.evidence_item_id)
+        ok = found is not None and found.source_device_id == e.device_id and found.sha256 == out["sha256"]
+        item = e.evidence_item_id if ok else None
+    try:
+        payload = json.dumps(json.loads(raw), indent=1, sort_keys=True)
+    except ValueError:
+        payload = raw.decode("utf-8", "replace")
+    occurred = message.get("occurred_at") or message.get("sent_at")
+    out.update(
+        type=type_ if isinstance(type_, str) else None,
+        action=body.get("action") if isinstance(body.get("action"), str) else None,
+        kind=body.get("kind") if isinstance(body.get("kind"), str) else None,
+        seq=message.get("seq") if isinstance(message.get("seq"), int) else None,
+        occurred_at=_signed_time(occurred),
+        evidence_item_id=item,
+        payload=payload,
+    )
+    return out
+
+
 def alarm_messages(
     session: Session, view: dict[str, Any], keys: MessageKeys
 ) -> tuple[list[dict[str, Any]], bool]:
     """The device's messages about this alarm (its raise, cancels, the visit's check-ins), byte for
     byte, the first ``MESSAGES`` of them; and whether there were more (a device may check in all day).
-    A message whose stored bytes are not as the device signed them (written or edited in the
-    database) is listed with ``holds`` false and no payload: its bytes are not the device's word."""
+
+    An event row's columns but its device, event id and bytes are no seal's (its receipt seal covers
+    those and the key), so a row is found by them (its ``alarm_id``, ``ref_event_id``,
+    ``visit_id``: written by SQL, they could name any alarm) only among the alarm's device's rows,
+    and listed only when its bytes, as the device signed them, are about this alarm
+    (:func:`_about`); what it says is shown from those bytes (:func:`_shown`), never its columns. A
+    message whose stored bytes are not as the device signed them (written or edited in the
+    database) is listed with ``holds`` false and nothing of what it says: its bytes are not the
+    device's word."""
     clauses = [LoneWorkerEvent.alarm_id == view["id"]]
     if view.get("source_event_id"):
+        clauses.append(LoneWorkerEvent.event_id == view["source_event_id"])
         clauses.append(LoneWorkerEvent.ref_event_id == view["source_event_id"])
     if view.get("visit_id"):
-        clauses.append(
-            (LoneWorkerEvent.visit_id == view["visit_id"]) & (LoneWorkerEvent.device_id == view["device_id"])
-        )
+        clauses.append(LoneWorkerEvent.visit_id == view["visit_id"])
     rows = list(
         session.scalars(
             select(LoneWorkerEvent)
-            .where(or_(*clauses))
+            .where(LoneWorkerEvent.device_id == view["device_id"], or_(*clauses))
             .order_by(LoneWorkerEvent.received_at)
             .limit(MESSAGES + 1)
         )
@@ -93,29 +178,14 @@ def alarm_messages(
     out = []
     current = sealed_device_key(session, keys.device_secret, view["device_id"]) if rows else None
     for e in rows[:MESSAGES]:
-        holds = _as_signed(session, keys, e, current if e.device_id == view["device_id"] else None)
-        payload: str | None = None
-        if holds:
-            try:
-                payload = json.dumps(json.loads(e.raw), indent=1, sort_keys=True)
-            except ValueError:
-                payload = e.raw.decode("utf-8", "replace")
-        out.append(
-            {
-                "event_id": e.event_id,
-                "type": e.type,
-                "action": e.action,
-                "kind": e.kind,
-                "seq": e.seq,
-                "occurred_at": _iso(e.occurred_at),
-                "received_at": _iso(e.received_at),
-                "late": e.late,
-                "sha256": e.sha256,
-                "evidence_item_id": e.evidence_item_id,
-                "holds": holds,
-                "payload": payload,
-            }
-        )
+        message = _signed_body(bytes(e.raw)) if _as_signed(session, keys, e, current) else None
+        if message is not None and not _about(message, e.event_id, view):
+            log.warning(
+                "a device message's row names an alarm its signed bytes are not about: not listed",
+                extra={"alarm": view["id"], "event_id": e.event_id},
+            )
+            continue
+        out.append(_shown(session, e, message))
     return out, len(rows) > MESSAGES
 
 
