@@ -367,7 +367,7 @@ class _FaceFinder:
         self.settings = settings
         self.detector = detector
         self.plan = DetectionPlan.for_clip(settings, info.frame_size[0])
-        self.tracker = FaceTracker(settings.tracking)
+        self.tracker = FaceTracker(settings.tracking, info.frame_size)
         self.motion = CameraMotion(settings.motion_width) if settings.stabilise else None
         self.seen = _FrameSeen(settings)
         self.pending: deque[tuple[int, Frame]] = deque()

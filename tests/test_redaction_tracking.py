@@ -206,3 +206,26 @@ def test_a_flat_box_does_not_pull_the_face_up_or_down_while_square_sightings_pla
         assert box.box.cy == pytest.approx(320, abs=0.5)
         assert box.box.cx == pytest.approx(120 + 4 * frame, abs=0.5)
         assert box.box.h == 40
+
+
+def test_a_face_whose_predicted_place_has_left_the_picture_is_not_joined_to_one_elsewhere() -> None:
+    """A still face on a wall the camera pans past (scene coordinates: it stays put): once the
+    camera has turned 400 px, its predicted box is out of the picture, and a face found 500 px of
+    the wall away is a new face, not the old one come back; the same face come back into view
+    (the camera turning back) is still joined."""
+    settings = plain(max_gap=30)
+    for back, tracks in ((False, 2), (True, 1)):
+        tracker = FaceTracker(settings, (640, 360))
+        for frame in range(0, 5):
+            tracker.move_camera(frame, (-20.0 * frame, 0.0))
+            tracker.observe(frame, [det(100 - 20 * frame, 100, size=60)])
+        tracker.move_camera(15, (-400.0 if not back else -20.0, 0.0))
+        tracker.observe(15, [det(200, 100, size=60) if not back else det(82, 100, size=60)])
+        assert tracker.track_count == tracks, back
+    unbounded = FaceTracker(settings)  # no picture size: joined by the gate alone, as before
+    for frame in range(0, 5):
+        unbounded.move_camera(frame, (-20.0 * frame, 0.0))
+        unbounded.observe(frame, [det(100 - 20 * frame, 100, size=60)])
+    unbounded.move_camera(15, (-400.0, 0.0))
+    unbounded.observe(15, [det(200, 100, size=60)])
+    assert unbounded.track_count == 1
