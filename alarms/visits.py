@@ -339,15 +339,20 @@ class RecordKeys:
 
 
 def _signed_expected_end(session: Session, visit: LoneWorkerVisit, keys: RecordKeys) -> datetime | None:
-    """The expected end of the visit's latest start check-in whose stored bytes are as its device
-    signed them (``raise_seals.checked_message``; bytes edited in the database are named in a
-    warning and say nothing), or None."""
+    """The expected end of the visit's start check-in its device sent last, of those whose stored
+    bytes are as the device signed them (``raise_seals.checked_message``; bytes edited in the
+    database are named in a warning and say nothing), or None. A later start moves the end (the
+    service takes each as it comes), and which one the device sent last is what it signed: its
+    sequence number, strictly increasing across its messages (docs/PROTOCOLS.md), not the time the
+    service received it, a column SQL can change (and messages of one device may be taken out of
+    order by several instances)."""
     e = LoneWorkerEvent
     q = (
         select(e.event_id, e.raw)
         .where(e.device_id == visit.device_id, e.visit_id == visit.visit_id, e.action == "start")
-        .order_by(e.received_at.desc())
+        .order_by(e.event_id)
     )
+    latest: tuple[int, datetime] | None = None
     for event_id, raw in session.execute(q):
         held = checked_message(
             session, keys.device_secret, keys.custody_public, visit.device_id, event_id, raw
@@ -355,15 +360,18 @@ def _signed_expected_end(session: Session, visit: LoneWorkerVisit, keys: RecordK
         if held is None:
             continue
         try:
-            body = json.loads(held)["checkin"]
+            message = json.loads(held)
+            body, seq = message["checkin"], message["seq"]
             if body["visit_id"] != visit.visit_id or body["action"] != "start":
                 continue
             said = datetime.fromisoformat(body["expected_end"])
         except (ValueError, TypeError, KeyError):
             continue
-        if said.tzinfo is not None:
-            return said
-    return None
+        if not isinstance(seq, int) or isinstance(seq, bool) or said.tzinfo is None:
+            continue
+        if latest is None or seq > latest[0]:
+            latest = (seq, said)
+    return None if latest is None else latest[1]
 
 
 def _missed_key(visit: LoneWorkerVisit) -> str:

@@ -9,6 +9,7 @@ for want of a record: it is due by the expected end of its device's own signed s
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -116,3 +117,31 @@ def test_a_visit_opened_before_seals_moved_on_in_the_database_silences_no_missed
     assert _missed(services, "LW-GM") == []
     services.alarms.raise_missed_checkins(later(36 * 60, now))
     assert [m.visit_id for m in _missed(services, "LW-GM")] == ["V-GM"]
+
+
+def test_a_visit_opened_before_seals_is_due_by_the_start_its_device_sent_last_not_by_received_at(
+    services: Any,
+) -> None:
+    """A visit's later start check-in moves its expected end (here, a worker who said three hours
+    and then thirty minutes). Opened before seals, it is due by its device's own signed start
+    check-in: the one the device sent last, by the sequence number it signed, not the one the
+    service received last by its ``received_at``, a column SQL can change. Set the three hours' to
+    look received last, with the row moved a day on, and its missed check-in was silenced for
+    hours past the thirty minutes the device said."""
+    device = enrol(services, "LW-GR", staff_id="S-GR", site="NORTH")
+    now = datetime.now(UTC)
+    first = device.checkin_start("V-GR", later(3 * 3600, now), sent_at=now)
+    assert services.alarms.handle(*first, now=now).outcome == "accepted"
+    second = device.checkin_start("V-GR", later(30 * 60, now), sent_at=later(1, now))
+    assert services.alarms.handle(*second, now=later(1, now)).outcome == "accepted"
+    _opened_before_seals(services, "V-GR")
+    _sql(services, _visit("V-GR", due_at=later(86400, now), expected_end=later(86400, now)))
+    first_id = json.loads(first[1])["event_id"]
+    _sql(
+        services,
+        update(LoneWorkerEvent)
+        .where(LoneWorkerEvent.event_id == first_id)
+        .values(received_at=later(60, now)),
+    )
+    services.alarms.raise_missed_checkins(later(36 * 60, now))
+    assert [m.visit_id for m in _missed(services, "LW-GR")] == ["V-GR"]
