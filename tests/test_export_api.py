@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import uuid
@@ -516,9 +517,11 @@ def test_download_stops_where_media_no_longer_match_the_package(private_services
         thread.join(15)
 
 
-def test_a_package_row_pointed_at_another_layout_is_not_served(private_services) -> None:  # type: ignore[no-untyped-def]
+def test_a_package_row_pointed_at_another_layout_is_not_served(private_services, caplog) -> None:  # type: ignore[no-untyped-def]
     """The package's row is how its layout is found and checked: pointed at another package's
-    layout (whose bytes match the edited row), the download refuses, naming the custody record."""
+    layout (whose bytes match the edited row), the download refuses; the service's log names the
+    custody record it disagrees with, and the answer to the link's holder (who has no account)
+    names no item or object of the service's."""
     s, _seaweed = private_services
     mine = put_evidence(s, os.urandom(100_000), Provenance(kind="voice_memo", actor="t"))
     other = put_evidence(s, os.urandom(100_000), Provenance(kind="voice_memo", actor="t"))
@@ -541,10 +544,22 @@ def test_a_package_row_pointed_at_another_layout_is_not_served(private_services)
                     size=forged.size,
                 )
             )
-        refused = httpx.get(target)
+        with caplog.at_level(logging.ERROR):
+            refused = httpx.get(target)
         assert refused.status_code == 409, refused.text[:300]
-        assert f"evidence item {result.export_id}: object_key is" in refused.json()["detail"]
-        assert "in the custody record" in refused.json()["detail"]
+        assert (
+            refused.json()["detail"]
+            == "the package cannot be served: evidence it holds no longer matches its record"
+        )
+        logged = [
+            str(getattr(r, "problem", ""))
+            for r in caplog.records
+            if getattr(r, "export", None) == result.export_id
+        ]
+        assert any(f"evidence item {result.export_id}: object_key is" in p for p in logged), logged
+        assert any("in the custody record" in p for p in logged), logged
+        for internal in (result.export_id, forged.object_key, forged.sha256):
+            assert internal not in refused.text
     finally:
         server.should_exit = True
         thread.join(15)

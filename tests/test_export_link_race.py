@@ -6,6 +6,7 @@ the change is made deterministically by a hook on what the download calls betwee
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from sqlalchemy import func, select, update
 
 from accounts.models import User
 from chain_of_custody.evidence import Provenance, quarantine
-from chain_of_custody.models import CustodyEntry
+from chain_of_custody.models import CustodyEntry, EvidenceItem
 from incidents.export import downloads
 from incidents.export.models import ExportLink
 from tests.conftest import start_server, wait_for
@@ -142,10 +143,13 @@ def test_a_link_ended_after_its_check_and_before_its_record_serves_nothing(
         thread.join(15)
 
 
-def test_a_package_holding_a_quarantined_item_is_not_served(services: Any) -> None:
+def test_a_package_holding_a_quarantined_item_is_not_served(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """An item found altered is quarantined so that nothing serves it as evidence again: a link to a
-    package that holds it is refused (409 ``quarantined``, naming the item) and nothing is recorded
-    (its page, which reads no evidence, still answers); another package's link still serves."""
+    package that holds it is refused (409 ``quarantined``) and nothing is recorded (its page, which
+    reads no evidence, still answers); another package's link still serves. The link's holder has
+    no account: the answer names no item of the service's (the log does, for its staff)."""
     s = services
     memo = put_evidence(s, os.urandom(50_000), Provenance(kind="voice_memo", actor="t"))
     other = put_evidence(s, os.urandom(50_000), Provenance(kind="voice_memo", actor="t"))
@@ -156,9 +160,11 @@ def test_a_package_holding_a_quarantined_item_is_not_served(services: Any) -> No
     server, thread, url = start_server(s)
     try:
         link_id = token.split(".")[0]
-        got = httpx.get(f"{url}/api/v1/exports/download/{token}", timeout=60)
+        with caplog.at_level(logging.WARNING):
+            got = httpx.get(f"{url}/api/v1/exports/download/{token}", timeout=60)
         assert got.status_code == 409 and got.json()["reason"] == "quarantined", got.status_code
-        assert memo.id in got.json()["error"]
+        assert memo.id not in got.text, got.text
+        assert any(getattr(r, "item", None) == memo.id for r in caplog.records)
         ranged = httpx.get(
             f"{url}/api/v1/exports/download/{token}", headers={"Range": "bytes=0-99"}, timeout=60
         )
@@ -240,3 +246,74 @@ def test_two_revocations_of_one_link_at_once_record_one(
             .where(CustodyEntry.item_id == result.export_id, CustodyEntry.action == "link_revoked")
         )
     assert revoked == 1, f"{revoked} link_revoked entries for one link (revocations read it at once: {calls})"
+
+
+def test_a_download_checks_its_link_once_where_it_is_recorded(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download's link is checked once, in the transaction that records it, so the check and the
+    record see one state: the read before it checks the token only (a made-up one takes no writer).
+    Its issuer's access and what custody says of the link were each looked up twice a download."""
+    s = services
+    memo = put_evidence(s, os.urandom(50_000), Provenance(kind="voice_memo", actor="t"))
+    result, token = package_with_link(s, [memo.id])
+    calls: list[str] = []
+    issuer_still_may, on_custody = downloads.issuer_still_may, downloads.on_custody
+
+    def counted_issuer(*args: Any) -> bool:
+        calls.append("issuer")
+        return issuer_still_may(*args)
+
+    def counted_custody(*args: Any) -> None:
+        calls.append("custody")
+        on_custody(*args)
+
+    monkeypatch.setattr(downloads, "issuer_still_may", counted_issuer)
+    monkeypatch.setattr(downloads, "on_custody", counted_custody)
+    server, thread, url = start_server(s)
+    try:
+        got = httpx.get(f"{url}/api/v1/exports/download/{token}", timeout=60)
+        assert got.status_code == 200, got.text
+        assert sorted(calls) == ["custody", "issuer"], calls
+        assert _viewed_by_link(s, result.export_id, token.split(".")[0]) == 1
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def test_a_package_whose_record_is_altered_is_refused_naming_nothing_internal(
+    services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A package whose row no longer says what its custody record does is refused (409); the link's
+    holder, who has no account, is told that much and no item id, object key or digest of the
+    service's: the log names them."""
+    s = services
+    memo = put_evidence(s, os.urandom(50_000), Provenance(kind="voice_memo", actor="t"))
+    result, token = package_with_link(s, [memo.id])
+    with s.db.session() as session:
+        package = session.get(EvidenceItem, result.export_id)
+        assert package is not None
+        recorded_key, recorded_sha = package.object_key, package.sha256
+    server, thread, url = start_server(s)
+    try:
+        for change in ({"size": 1}, {"sha256": "0" * 64}):
+            with s.db.session() as session:
+                session.execute(
+                    update(EvidenceItem).where(EvidenceItem.id == result.export_id).values(**change)
+                )
+            caplog.clear()
+            with caplog.at_level(logging.ERROR):
+                got = httpx.get(f"{url}/api/v1/exports/download/{token}", timeout=60)
+            assert got.status_code == 409, (change, got.status_code)
+            for internal in (result.export_id, memo.id, recorded_key, recorded_sha, "0" * 64):
+                assert internal not in got.text, (change, got.text)
+            assert any(getattr(r, "export", None) == result.export_id for r in caplog.records), change
+            with s.db.session() as session:  # put back for the next change
+                session.execute(
+                    update(EvidenceItem)
+                    .where(EvidenceItem.id == result.export_id)
+                    .values(size=package.size, sha256=recorded_sha)
+                )
+    finally:
+        server.should_exit = True
+        thread.join(15)

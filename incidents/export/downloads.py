@@ -70,16 +70,23 @@ class LinkPage(BaseModel):
     how_to_check: list[str]
 
 
-def _live_link(
+def _token_link(
     s: CoreServices, session: Session, token: str, now: datetime, *, lock: bool = False
 ) -> ExportLink:
-    """The link the token names, if it is ours, unexpired and not revoked (LinkRefused otherwise).
-    ``lock``: its row is locked for the rest of the (write) transaction, so a revocation waits."""
+    """The link the token names, if the token is ours for it and unexpired (LinkRefused 404 or 410
+    otherwise): the credential itself, nothing of the link's state. ``lock``: its row is locked for
+    the rest of the (write) transaction, so a revocation waits."""
     link_id, _, _ = parse_link_token(token)
     link = session.get(ExportLink, link_id, with_for_update=lock or None, populate_existing=lock)
     if link is None:
         raise LinkRefused(404, "no such download link")
     check_link_token(link_secret(s.key), token, link.export_id, now)
+    return link
+
+
+def _still_good(s: CoreServices, session: Session, link: ExportLink, now: datetime) -> None:
+    """LinkRefused (410) unless the link is still good at ``now``: not revoked, as custody records it,
+    unexpired, and its issuer still may hand the package out (``issuer_still_may``)."""
     if link.revoked_at is not None:
         raise LinkRefused(410, "this download link was revoked")
     on_custody(session, link)
@@ -89,7 +96,19 @@ def _live_link(
     if job is None or not issuer_still_may(session, job, link, s.key):
         log.warning("download link refused: its issuer's access ended", extra={"link": link.id})
         raise LinkRefused(410, "this download link is no longer good: whoever issued it no longer has access")
+
+
+def _live_link(s: CoreServices, session: Session, token: str, now: datetime) -> ExportLink:
+    """The link the token names, if it is ours, unexpired, not revoked and its issuer's access lasts
+    (LinkRefused otherwise)."""
+    link = _token_link(s, session, token, now)
+    _still_good(s, session, link, now)
     return link
+
+
+# What a link's anonymous holder is told when the package cannot be served: no item id, object or
+# digest of the service's (the log names them).
+NOT_SERVED = "the package cannot be served: evidence it holds no longer matches its record"
 
 
 def _held_package(session: Session, link: ExportLink) -> EvidenceItem:
@@ -98,7 +117,8 @@ def _held_package(session: Session, link: ExportLink) -> EvidenceItem:
     if item is None or item.status == "deleted":
         raise LinkRefused(410, "the package is no longer held")
     if item.status == "quarantined" or Ledger.quarantined_seq(session, item.id) is not None:
-        raise ReadRefused("quarantined", f"the package cannot be served: it is quarantined ({item.id})")
+        log.warning("export download refused: the package is quarantined", extra={"export": item.id})
+        raise ReadRefused("quarantined", NOT_SERVED)
     return item
 
 
@@ -127,14 +147,16 @@ def quarantined_among(session: Session, item_ids: list[str]) -> str | None:
 def still_serves(
     s: CoreServices, session: Session, token: str, package_id: str, layout: pl.Layout | None
 ) -> None:
-    """Check the link again in the transaction that records its download, its row locked (so a
-    revocation waits for the record, or the record sees it), at the time of the record: whatever
-    ended it since its first check (revoked, expired, its issuer's access ended, the package gone or
-    quarantined, or an item the package holds quarantined) refuses the download, and nothing is
-    recorded or streamed."""
-    link = _live_link(s, session, token, datetime.now(UTC), lock=True)
+    """The one check of the link's state, in the transaction that records its download, its row
+    locked (so a revocation waits for the record, or the record sees it), at the time of the record:
+    a link revoked, expired or whose issuer's access ended, its package gone or quarantined, or an
+    item the package holds quarantined, refuses the download, and nothing is recorded or streamed.
+    (The read before it checked the token only: the checks and the record see one state.)"""
+    now = datetime.now(UTC)
+    link = _token_link(s, session, token, now, lock=True)
     if link.export_id != package_id:
         raise LinkRefused(410, "this download link is no longer good")
+    _still_good(s, session, link, now)
     _held_package(session, link)
     held = sorted({seg.item_id for seg in layout.media}) if layout is not None else []
     quarantined = quarantined_among(session, held)
@@ -143,11 +165,7 @@ def still_serves(
             "export download refused: an item it holds is quarantined",
             extra={"export": package_id, "item": quarantined},
         )
-        raise ReadRefused(
-            "quarantined",
-            f"the package cannot be served: evidence item {quarantined} it holds no longer matches "
-            "its record and is quarantined",
-        )
+        raise ReadRefused("quarantined", NOT_SERVED)
 
 
 def issuer_still_may(session: Session, job: ExportJob, link: ExportLink, key: ServiceKey) -> bool:
@@ -258,26 +276,29 @@ def download(token: str, request: Request, s: CoreServices = Depends(services)) 
     downloads; every request is a ``viewed`` entry on the package naming the items it reads."""
     now = datetime.now(UTC)
     link_id, _, _ = parse_link_token(token)
-    # The link is checked in a transaction that only reads: a made-up token is refused without
-    # taking or waiting for SQLite's one writer; the download's record is a write of its own after,
-    # where the link is checked again (``still_serves``): it may have ended in between.
+    # The token is checked in a transaction that only reads: a made-up one is refused without taking
+    # or waiting for SQLite's one writer. The link's state (revoked, expired, its issuer's access, its
+    # package and what it holds quarantined) is checked once, where the download is recorded
+    # (``still_serves``), so the check and the record see the same state.
     with s.db.reading() as session:
-        link = _live_link(s, session, token, now)
-        item = _held_package(session, link)
+        link = _token_link(s, session, token, now)
+        item = session.get(EvidenceItem, link.export_id)
+        if item is None or item.status == "deleted":  # nothing to read (``still_serves`` says so too)
+            raise LinkRefused(410, "the package is no longer held")
         # The layout is found and checked by the package's row: it must be what was recorded.
         problem = unrecorded(item, Ledger.stored_entry(session, item.id), s.ledger.verifier)
         session.expunge(item)
         recipient, created_by = link.recipient, link.created_by
     if problem is not None:
         log.error("export package record altered", extra={"export": item.id, "problem": problem})
-        raise InConflict(f"the package cannot be served: {problem}")
+        raise InConflict(NOT_SERVED)
     layout = None
     if item.content_type == pl.CONTENT_TYPE:
         try:
             layout = read_layout(s.store, item)
         except PackageAltered as exc:
             log.error("export package altered", extra={"export": item.id, "problem": str(exc)})
-            raise InConflict(f"the package cannot be served: {exc}") from None
+            raise InConflict(NOT_SERVED) from None
         except StorageError as exc:
             raise Unavailable("storage unavailable; try again", headers={"Retry-After": "5"}) from exc
     size = layout.size if layout else item.size
