@@ -13,7 +13,6 @@ that matched their record keeps theirs, committed to by a signed ``blocks_listed
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from storage.digests import BLOCK
 
-from .entries import CustodyAction, SignedEntry
+from .entries import CustodyAction, SignedEntry, details_object
 from .ledger import Ledger, to_signed
 from .models import CustodyEntry, EvidenceBlockList
 
@@ -49,7 +48,7 @@ def commitment_entry(session: Session, item_id: str) -> SignedEntry | None:
     ``blocks``, else its first ``blocks_listed`` entry (``later_lists``); None when neither does.
     Its signature is the caller's to check."""
     stored = Ledger.stored_entry(session, item_id)
-    if stored is not None and "blocks" in json.loads(stored.body.details):
+    if stored is not None and "blocks" in (details_object(stored.body.details) or {}):
         return stored
     row = session.scalars(
         select(CustodyEntry)
@@ -65,7 +64,8 @@ def entry_blocks(entry: SignedEntry | None, sha256: str, size: int) -> dict[str,
     ``size``: a ``blocks_listed`` entry speaks only for the object whose digest and size it names."""
     if entry is None:
         return None
-    return details_blocks(entry.body.action, json.loads(entry.body.details), sha256, size)
+    details = details_object(entry.body.details)  # (not an object: edited, and named by verify)
+    return None if details is None else details_blocks(entry.body.action, details, sha256, size)
 
 
 def details_blocks(action: str, details: Mapping[str, Any], sha256: str, size: int) -> dict[str, Any] | None:
@@ -86,7 +86,8 @@ def listed_commitments(session: Session) -> dict[str, dict[str, Any]]:
     )
     for item_id, details in rows:
         if item_id is not None and item_id not in out:
-            out[item_id] = json.loads(details)
+            # Details that are not an object (edited, named by the chain's walk) commit to nothing.
+            out[item_id] = details_object(details) or {}
     return out
 
 

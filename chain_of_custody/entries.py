@@ -254,12 +254,49 @@ def viewing_named(entry: SignedEntry) -> str | None:
     return None if viewing is None else str(viewing)
 
 
+def details_object(text: Any) -> dict[str, Any] | None:
+    """A ledger row's ``details`` as the JSON object every entry of the service holds, or None for
+    what a database editor put there instead (text that is not JSON, JSON that is not an object):
+    such a row is named by the chain's walk (:func:`check_entry`), and a reader takes nothing from it."""
+    try:
+        d = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def entry_number(value: Any) -> int | None:
+    """A ledger row's ``seq`` or ``item_seq`` when it is a whole number, else None: SQLite keeps
+    whatever SQL writes into a column (``'5a'``, ``5.5``, bytes), and no entry of the service is
+    numbered so (``evidence verify`` names such a row: ``entry_number_not_integer``)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _details_shape(text: Any) -> str:
+    """What a row's ``details`` are instead of a JSON object, without repeating them (they may be
+    anything, a person's name included)."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return "not JSON at all" if isinstance(text, str) else f"not text but {type(text).__name__}"
+    return f"JSON, but {'null' if value is None else type(value).__name__}"
+
+
 def check_entry(entry: SignedEntry, verify_sig: Verifier | None) -> list[Problem]:
     """The entry's own integrity: its hash matches its content and its signature is the service's.
     ``verify_sig`` None: there is no key to check signatures with (a finding of its own, said once
     by the caller), so only the hash is checked rather than every entry called re-signed."""
     where = f"custody entry #{entry.body.seq}"
     problems: list[Problem] = []
+    if details_object(entry.body.details) is None:
+        return [
+            Problem(
+                "entry_altered",
+                where,
+                f"its details are not a JSON object, as every entry's are ({_details_shape(entry.body.details)}): "
+                "row edited",
+            )
+        ]
     try:
         digest = entry.body.digest()
     except (TypeError, ValueError) as exc:  # a column SQL filled with what no entry holds

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from storage.db import UTCDateTime
 
-from .entries import ChainReport, CustodyAction, Problem, SignedEntry, report_unsealed
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry, entry_number, report_unsealed
 from .keys import ServiceKey
 from .ledger import Ledger
 from .reach_seals import reach_secret
@@ -141,7 +141,7 @@ def latest_incident_entry(session: Session, secret: bytes, incident_id: str) -> 
         .order_by(_ENTRIES.c.item_seq.desc())
         .limit(1)
     )
-    return None if found is None else int(found)
+    return None if found is None else entry_number(found)  # (one SQL renumbered binds nothing)
 
 
 def latest_incident_entries(session: Session, secret: bytes, incident_ids: Sequence[str]) -> dict[str, int]:
@@ -153,7 +153,8 @@ def latest_incident_entries(session: Session, secret: bytes, incident_ids: Seque
     for start in range(0, len(listed), 500):
         q = select(e.item_id, func.max(e.seq)).where(e.item_id.in_(listed[start : start + 500]))
         for subject, seq in session.execute(q.group_by(e.item_id)):
-            found[subjects[str(subject)]] = int(seq)
+            if entry_number(seq) is not None:  # (one SQL renumbered binds nothing: verify names it)
+                found[subjects[str(subject)]] = seq
     return found
 
 
@@ -202,7 +203,8 @@ def _every_latest(session: Session) -> dict[str, int]:
     """The seq of the latest entry on every incident subject, by subject (one query)."""
     e = _ENTRIES.c
     q = select(e.item_id, func.max(e.seq)).where(e.item_id.like(f"{INCIDENT_PREFIX}%")).group_by(e.item_id)
-    return {str(subject): int(seq) for subject, seq in session.execute(q)}
+    # An entry SQL renumbered (SQLite keeps '5a') binds nothing: verify names it.
+    return {str(subject): seq for subject, seq in session.execute(q) if entry_number(seq) is not None}
 
 
 def check_incident_seals(session: Session, report: ChainReport, key: ServiceKey) -> None:

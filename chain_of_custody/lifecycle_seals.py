@@ -237,8 +237,9 @@ def unvouched(seq: int) -> RecordedLifecycle:
     return RecordedLifecycle(seq, None, "raised", None, None, None, deadline_known=False)
 
 
-def warn_of_entry(seq: int) -> None:
-    """A warning naming a custody entry a decision refused: it is not as the service signed it."""
+def warn_of_entry(seq: object) -> None:
+    """A warning naming a custody entry a decision refused: it is not as the service signed it
+    (``seq`` as its row has it, a whole number or not)."""
     log.warning(
         "a custody entry is not as the service signed it (written or edited in the database): "
         "ignored, the alarm is taken at its last entry that holds",
@@ -270,7 +271,7 @@ def recorded_lifecycle(session: Session, alarm_id: str, public: bytes) -> Record
             continue
         if entry_holds(public, row):
             return got[1]
-        warn_of_entry(int(row.seq))
+        warn_of_entry(row.seq)
         refused = refused or unvouched(int(row.seq))
     return refused
 

@@ -246,7 +246,7 @@ class SealsBegan:
                 if entry_holds(self.public, entry):
                     self.upgraded = int(entry.seq)
                     break
-                warn_of_entry(int(entry.seq))
+                warn_of_entry(entry.seq)
         return self.upgraded
 
     def _holds(self, entry: Any) -> bool:
@@ -257,7 +257,7 @@ class SealsBegan:
         key nothing is checked (none is given only where no decision is made)."""
         if self.public is None or entry_holds(self.public, entry):
             return True
-        warn_of_entry(int(entry.seq))
+        warn_of_entry(entry.seq)
         return False
 
     def _era(self, session: Session) -> tuple[int, datetime] | None:

@@ -47,7 +47,7 @@ from sqlalchemy import Boolean, Float, column, select, table
 from sqlalchemy.orm import Session
 
 from .canonical import canonical_json, unique_keys
-from .entries import ChainReport, CustodyAction, Problem, SignedEntry, report_unsealed
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry, entry_number, report_unsealed
 from .keys import ServiceKey, raw_public_key, verify_signature
 from .lifecycle_seals import ENTRY_COLUMNS, alarm_entries, entry_holds, seal_as_listed, warn_of_entry
 from .models import CustodyEntry
@@ -238,7 +238,13 @@ def sealed_device_key(session: Session, devices_secret: bytes, device_id: str) -
     if row is None:
         return None
     values = (str(row[0]), str(row[1]), str(row[2]), *row[3:8])
-    bound = None if row[9] is None else int(row[9])
+    bound = None if row[9] is None else entry_number(row[9])
+    if row[9] is not None and bound is None:  # its latest entry's number is no number: nothing binds
+        log.warning(
+            "a device's latest custody entry is not numbered as the service numbers them",
+            extra={"device": device_id},
+        )
+        return None
     if not seal_verdict(
         device_seal(devices_secret, values, bound), row[8], log, "device", {"device": device_id}
     ):
@@ -286,13 +292,13 @@ def recorded_device_keys(
     seen: datetime | None = None  # the time of the last entry that holds while it was in force
     expected = 1
     for row in session.execute(q):
-        at_seq = -1 if row.item_seq is None else int(row.item_seq)  # (none: a gap)
-        if at_seq != expected:
+        at_seq = entry_number(row.item_seq)  # none, or no whole number (SQL's): a gap
+        if at_seq is None or at_seq != expected:
             keys.clear()
             key = None
-        expected = at_seq + 1
+        expected = -1 if at_seq is None else at_seq + 1
         if not entry_holds(public, row):
-            warn_of_entry(int(row.seq))
+            warn_of_entry(row.seq)
             if key is not None and seen is not None:
                 keys.append(EnrolledKey(key, seen))
             key = None
@@ -446,7 +452,7 @@ def recorded_raise(session: Session, alarm_id: str, public: bytes) -> RecordedRa
         if d is None or d["alarm_id"] != alarm_id:
             continue
         if not entry_holds(public, row):
-            warn_of_entry(int(row.seq))
+            warn_of_entry(row.seq)
             found.refused = found.refused or int(row.seq)
             continue
         found.take(int(row.seq), row.action, row.item_id, d)

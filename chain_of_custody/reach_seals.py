@@ -26,7 +26,6 @@ sits below ``devices``.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from typing import Any
 from sqlalchemy import column, select, table, update
 from sqlalchemy.orm import Session
 
-from .entries import ChainReport, CustodyAction, Problem, SignedEntry, report_unsealed
+from .entries import ChainReport, CustodyAction, Problem, SignedEntry, details_object, report_unsealed
 from .keys import ServiceKey
 from .models import EvidenceItem
 from .registry_replay import staff_replay
@@ -250,9 +249,10 @@ class UnsealedReach:
         return f"{self.kind} {self.row_id}: {self.what}; {verdict}"
 
 
-def _stored_details(session: Session, item_ids: list[str]) -> dict[str, dict[str, Any]]:
+def _stored_details(session: Session, item_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+    """The 'stored' entry's details of each item (None: they are not a JSON object, edited by SQL)."""
     entries = table("custody_entries", column("item_id"), column("action"), column("details"))
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, Any] | None] = {}
     for start in range(0, len(item_ids), 500):
         chunk = item_ids[start : start + 500]
         for item_id, details in session.execute(
@@ -260,7 +260,7 @@ def _stored_details(session: Session, item_ids: list[str]) -> dict[str, dict[str
                 entries.c.action == CustodyAction.STORED, entries.c.item_id.in_(chunk)
             )
         ):
-            out[str(item_id)] = json.loads(details)
+            out[str(item_id)] = details_object(details)
     return out
 
 
@@ -290,8 +290,10 @@ def _unsealed_items(session: Session, scope_secret: bytes) -> Iterator[UnsealedR
         rec = stored.get(str(item_id))
         what = f"wearer {wearer or '-'}, device {device or '-'}, original {original or '-'}"
         refused = None
-        if rec is None:
+        if str(item_id) not in stored:
             refused = "no 'stored' custody entry records it"
+        elif rec is None:
+            refused = "its 'stored' custody entry cannot be read (its details are not a JSON object)"
         elif rec.get("derived_from") != original:
             refused = f"its original is {original!r} but its 'stored' entry says {rec.get('derived_from')!r}"
         elif "scope_mac" in rec and rec["scope_mac"] != item_scope_mac(scope_secret, wearer, device):

@@ -91,7 +91,7 @@ def receipts_upgraded(session: Session, public: bytes) -> int | None:
     for entry in session.execute(q.order_by(CustodyEntry.seq)):
         if entry_holds(public, entry):
             return int(entry.seq)
-        warn_of_entry(int(entry.seq))
+        warn_of_entry(entry.seq)
     return None
 
 

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Mapped, Session
 
 from storage.db import UTCDateTime
 
-from .entries import ChainReport, CustodyAction, Problem, report_unsealed
+from .entries import ChainReport, CustodyAction, Problem, entry_number, report_unsealed
 from .keys import ServiceKey
 
 # The label of the service key's secret for device seals and their subjects (:func:`device_subject`).
@@ -228,7 +228,8 @@ def latest_device_entries(session: Session, secret: bytes, device_ids: Sequence[
     for start in range(0, len(listed), 500):
         q = select(e.item_id, func.max(e.seq)).where(e.item_id.in_(listed[start : start + 500]))
         for subject, seq in session.execute(q.group_by(e.item_id)):
-            found[subjects[str(subject)]] = int(seq)
+            if entry_number(seq) is not None:  # (one SQL renumbered binds nothing: verify names it)
+                found[subjects[str(subject)]] = seq
     return found
 
 
@@ -563,9 +564,11 @@ def _latest_device_entries(session: Session) -> tuple[dict[str, tuple[int, str]]
     status: dict[str, tuple[int, str]] = {}
     latest: dict[str, int] = {}
     for subject, seq, action in session.execute(q):
-        latest[str(subject)] = int(seq)
+        if entry_number(seq) is None:  # renumbered by SQL (SQLite keeps '5a'): verify names it
+            continue
+        latest[str(subject)] = seq
         if action in (DISABLED, ENABLED):
-            status[str(subject)] = (int(seq), str(action))
+            status[str(subject)] = (seq, str(action))
     return status, latest
 
 
@@ -597,7 +600,7 @@ def check_user_seals(session: Session, report: ChainReport, key: ServiceKey) -> 
             continue
         values = row_user_values(row)
         user_id, username = values[0], values[1]
-        if _holds(user_seal(secret, values, None if latest is None else int(latest)), seal):
+        if _holds(user_seal(secret, values, None if latest is None else entry_number(latest)), seal):
             continue
         version = older_user_seal(secret_v2, secret_v1, values, seal)
         if version == USER_SEALS_V1:
@@ -636,10 +639,11 @@ def check_user_seals(session: Session, report: ChainReport, key: ServiceKey) -> 
     )
 
 
-def _ended_entries(session: Session) -> dict[str, int]:
-    """The ``credential_ended`` entries' seqs, by subject."""
+def _ended_entries(session: Session) -> dict[str, object]:
+    """The ``credential_ended`` entries' seqs, by subject (as their rows have them: one SQL
+    renumbered still ends what it names, and verify names it)."""
     q = select(_ENTRIES.c.item_id, _ENTRIES.c.seq).where(_ENTRIES.c.action == CustodyAction.CREDENTIAL_ENDED)
-    return {str(subject): int(seq) for subject, seq in session.execute(q)}
+    return {str(subject): seq for subject, seq in session.execute(q)}
 
 
 def check_credential_seals(session: Session, report: ChainReport, secret: bytes, now: datetime) -> None:

@@ -32,6 +32,7 @@ from .entries import (
     Verifier,
     check_entry,
     check_global_chain,
+    details_object,
     viewing_named,
 )
 from .heard_seals import check_heard_seals
@@ -142,14 +143,18 @@ def end_reading(session: Session) -> None:
         session.rollback()
 
 
-def _stored_records(session: Session) -> dict[str, dict[str, object]]:
-    """The 'stored' custody details of every item: what the ledger says each object is."""
-    out: dict[str, dict[str, object]] = {}
-    for item_id, details in session.execute(
-        select(CustodyEntry.item_id, CustodyEntry.details).where(CustodyEntry.action == CustodyAction.STORED)
+def _stored_records(session: Session) -> dict[str, dict[str, object] | int]:
+    """The 'stored' custody details of every item: what the ledger says each object is; for an item
+    whose entry's details are not a JSON object (edited by SQL), that entry's number instead."""
+    out: dict[str, dict[str, object] | int] = {}
+    for seq, item_id, details in session.execute(
+        select(CustodyEntry.seq, CustodyEntry.item_id, CustodyEntry.details).where(
+            CustodyEntry.action == CustodyAction.STORED
+        )
     ):
         if item_id:
-            out[item_id] = json.loads(details)
+            d = details_object(details)
+            out[item_id] = seq if d is None else d
     return out
 
 
@@ -417,6 +422,16 @@ def verify_service(
         if rec is None:
             report.problems.append(
                 Problem("item_unrecorded", where, "no 'stored' custody entry for this item")
+            )
+            continue
+        if not isinstance(rec, dict):
+            report.problems.append(
+                Problem(
+                    "item_unrecorded",
+                    where,
+                    f"its 'stored' custody entry #{rec} cannot be read (its details are not a JSON "
+                    "object): its row and object are not checked against it",
+                )
             )
             continue
         for detail in row_disagreements(item, rec):

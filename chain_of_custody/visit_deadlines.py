@@ -90,7 +90,7 @@ def recorded_visit(session: Session, device: str, visit_id: str, public: bytes) 
         if entry_holds(public, row):
             found = _fold(found, int(row.seq), d)
         else:
-            warn_of_entry(int(row.seq))
+            warn_of_entry(row.seq)
     return found
 
 

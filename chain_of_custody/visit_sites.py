@@ -61,7 +61,7 @@ def recorded_start(
         if d is None or d.get("device") != device or d.get("visit") != visit_id:
             continue
         if not entry_holds(public, row):
-            warn_of_entry(int(row.seq))
+            warn_of_entry(row.seq)
             continue
         opened = (int(row.seq), d)
         break
@@ -87,7 +87,7 @@ def recorded_start(
         if e is None or e.get("device") != device:
             continue
         if not entry_holds(public, row):
-            warn_of_entry(int(row.seq))
+            warn_of_entry(row.seq)
             continue
         if row.action == CustodyAction.DEVICE_ENROLLED.value:
             site = (int(row.seq), e["site"]) if "site" in e else None
