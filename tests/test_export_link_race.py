@@ -317,3 +317,30 @@ def test_a_package_whose_record_is_altered_is_refused_naming_nothing_internal(
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+def test_a_link_whose_packages_link_entry_cannot_be_read_is_refused_not_a_server_error(
+    services: Any,
+) -> None:
+    """A ``link_issued`` or ``link_revoked`` entry of the package whose details a database editor made
+    something other than JSON (one that may have revoked the link) ended the link's check in a
+    traceback (500) on its page and its download: the link is refused (410), as one whose row custody
+    does not bear out, and nothing is recorded."""
+    s = services
+    memo = put_evidence(s, os.urandom(50_000), Provenance(kind="voice_memo", actor="t"))
+    result, token = package_with_link(s, [memo.id])
+    with s.db.session() as session:
+        session.execute(
+            update(CustodyEntry)
+            .where(CustodyEntry.item_id == result.export_id, CustodyEntry.action == "link_issued")
+            .values(details="not json {")
+        )
+    server, thread, url = start_server(s)
+    try:
+        for path in (f"/api/v1/exports/download/{token}", f"/api/v1/exports/download/{token}/about"):
+            got = httpx.get(f"{url}{path}", timeout=60)
+            assert got.status_code == 410 and got.json()["reason"] == "link_gone", (path, got.status_code)
+        assert _viewed_by_link(s, result.export_id, token.split(".")[0]) == 0
+    finally:
+        server.should_exit = True
+        thread.join(15)

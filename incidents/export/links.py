@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import uuid
 from datetime import datetime
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from chain_of_custody.entries import CustodyAction
+from chain_of_custody.entries import CustodyAction, details_object
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import CustodyEntry
 from storage.errors import Refused
@@ -88,7 +87,12 @@ def link_off_custody(session: Session, link: ExportLink) -> str | None:
             CustodyEntry.action.in_(("link_issued", "link_revoked")),
         )
     ):
-        details = json.loads(raw)
+        details = details_object(raw)
+        if details is None:  # edited in the database: it may have revoked this link
+            return (
+                f"a {action} custody entry of package {link.export_id} cannot be read (its details "
+                "are not a JSON object)"
+            )
         if details.get("link") != link.id:
             continue
         if action == CustodyAction.LINK_REVOKED:
