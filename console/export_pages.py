@@ -8,6 +8,8 @@ chosen items, follow its progress, give a recipient a link, revoke one.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -21,8 +23,15 @@ from chain_of_custody.core import list_cursors
 from chain_of_custody.keys import SIGNING_KEY_PATH
 from chain_of_custody.models import EvidenceItem
 from incidents.access import Viewer, visible_evidence_ids, visible_incident
-from incidents.export.api import EXPORTERS, ORIGINALS_AUTHORISERS, job_reader, left_visible
+from incidents.export.api import (
+    EXPORTERS,
+    ORIGINALS_AUTHORISERS,
+    job_reader,
+    left_visible,
+    redaction_choices,
+)
 from incidents.export.disclosure import DISCLOSURE_PAGE, disclosure_page
+from incidents.export.models import ExportJob
 from incidents.export.plan import ORIGINAL_VIDEO_KINDS, REDACTED_VIDEO_KIND, incident_export_scope
 from incidents.queries import IncidentFilter, search_incidents
 from redaction.models import RedactionJob
@@ -92,6 +101,52 @@ def redaction_versions(
     return out
 
 
+def package_redactions(
+    session: Session, viewer: Viewer, packages: Sequence[dict[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Package -> the redacted copies it holds that the viewer may see, each with its clip's name,
+    the redaction version and the tracks it leaves visible, as the copy's ``redacted`` custody entry
+    records them (what the package's manifest says of each)."""
+    ids = [p["export_id"] for p in packages if p["status"] == "ready"]
+    if not ids:
+        return {}
+    held: dict[str, list[str]] = {}
+    for job_id, result in session.execute(
+        select(ExportJob.id, ExportJob.result).where(ExportJob.id.in_(ids))
+    ):
+        try:
+            held[job_id] = [str(i) for i in (json.loads(result or "{}").get("included") or [])]
+        except (ValueError, AttributeError):
+            continue
+    wanted = {i for items in held.values() for i in items}
+    seen = visible_evidence_ids(session, viewer, wanted)
+    copies = {
+        i.id: i
+        for i in session.scalars(
+            select(EvidenceItem).where(
+                EvidenceItem.id.in_([i for i in wanted if i in seen]),
+                EvidenceItem.kind == REDACTED_VIDEO_KIND,
+            )
+        )
+    }
+    made = redaction_choices(session, list(copies))
+    clips = {
+        i.id: i.filename or i.id
+        for i in session.scalars(
+            select(EvidenceItem).where(EvidenceItem.id.in_({c.derived_from_id for c in copies.values()}))
+        )
+    }
+    out: dict[str, list[dict[str, Any]]] = {}
+    for job_id, items in held.items():
+        for item_id in items:
+            if item_id in copies and item_id in made:
+                clip = copies[item_id].derived_from_id
+                out.setdefault(job_id, []).append(
+                    {"item_id": item_id, "clip": clips.get(clip or "", clip), **made[item_id]}
+                )
+    return out
+
+
 @router.get("/exports")
 def exports_index(request: Request, after: Annotated[str, Query(max_length=CURSOR_MAX)] = "") -> Response:
     """The incidents the person may export from, a page at a time in the incident list's order (newest
@@ -126,6 +181,7 @@ def incident_exports_page(request: Request, incident_id: str, after: int = 0) ->
         items = exportable_items(session, who.principal, incident.id)
         readable = job_reader(s.key, who.principal)
         page = disclosure_page(session, incident, max(0, min(after, MAX_OFFSET)), LOG_PAGE, readable=readable)
+        redactions = package_redactions(session, who.principal, page.log["packages"])
         summary = {
             "id": incident.id,
             "reference": incident.reference,
@@ -140,6 +196,7 @@ def incident_exports_page(request: Request, incident_id: str, after: int = 0) ->
         incident=summary,
         items=items,
         log=page.log,
+        redactions=redactions,
         log_after=after,
         log_next=page.next_after,
         can_originals=who.principal.role in ORIGINALS_AUTHORISERS,

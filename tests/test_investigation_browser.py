@@ -101,6 +101,10 @@ def test_an_investigator_reaches_the_incident_its_clip_and_its_export_by_keyboar
         page.wait_for_selector(new, timeout=60_000)  # the page is drawn again once it is ready
         assert page.errors == []  # type: ignore[attr-defined]
         export_id = page.locator(new).get_attribute("data-export")
+        # The package's card says which redaction of the clip it holds, as its manifest does.
+        held = page.locator(new).locator(".package-versions li")
+        assert held.count() == 1 and held.get_attribute("data-item") == automatic
+        assert "version 1, no track left visible" in held.inner_text(), held.inner_text()
     built = httpx.get(f"{f.url}/api/v1/exports/{export_id}", headers=f.admin).json()
     assert built["status"] == "ready" and automatic in built["included"], built
     versions = httpx.get(f"{f.url}/api/v1/evidence/{f.clip_id}/redactions", headers=f.admin).json()
@@ -160,6 +164,11 @@ def test_an_investigator_corrects_a_clip_and_exports_that_version_verified(
         export_id = article.get_attribute("data-export") or ""
         package_sha = article.locator(".package-sha256").inner_text().strip()
         assert article.locator(".release-reason").inner_text() == reason
+        # Its card says which redaction of the clip it holds, as its manifest does (below).
+        held = article.locator(".package-versions li")
+        assert held.count() == 1 and held.get_attribute("data-item") == copy
+        assert f"version 2, leaves track {track} visible" in held.inner_text(), held.inner_text()
+        article.screenshot(path=str(shots / "investigation-package-card.png"))
         package = tmp_path / "package.zip"
         link_download_verify(
             manager, export_id, package_sha, fingerprint, package, shots / "investigation-link.png"

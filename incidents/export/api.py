@@ -291,6 +291,30 @@ def left_visible(session: Session, copy_ids: list[str]) -> list[str]:
     return sorted(out)
 
 
+def redaction_choices(session: Session, copy_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Which redaction of its clip each redacted copy among ``copy_ids`` is, as the ``redacted``
+    custody entry that made it records (what a package's manifest says of it): its ``version`` and
+    the ``left_visible`` tracks."""
+    if not copy_ids:
+        return {}
+    rows = session.execute(
+        select(CustodyEntry.item_id, CustodyEntry.details)
+        .where(CustodyEntry.item_id.in_(copy_ids), CustodyEntry.action == CustodyAction.REDACTED)
+        .order_by(CustodyEntry.seq)
+    ).all()
+    out: dict[str, dict[str, Any]] = {}
+    for item_id, details in rows:
+        try:
+            done = json.loads(details) or {}
+            edits = done.get("edits") or {}
+            tracks = [e.get("track") for e in edits.get("exclusions") or [] if isinstance(e, dict)]
+        except (ValueError, AttributeError, TypeError):
+            continue
+        if str(item_id) not in out and isinstance(done.get("version"), int):
+            out[str(item_id)] = {"version": done["version"], "left_visible": tracks}
+    return out
+
+
 def _may_release_left_visible(session: Session, user: Viewer, pins: dict[str, Pin], reason: str) -> None:
     """A package that holds a redacted copy leaving someone visible hands out that person's face as an
     original would: the same roles and a stated reason (10 characters or more), else refused."""
