@@ -10,12 +10,15 @@ README's screenshots (kept when ``EVIDENCE_SCREENSHOTS=docs``).
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -478,7 +481,30 @@ def test_screenshots_of_the_board_the_map_and_an_alarm(stack: Stack, tmp_path: P
     for name in ("board.png", "board-large-display.png", "map.png", "alarm.png"):
         assert (out / name).stat().st_size > 10_000, name
     assert not page.errors, page.errors
+    alarm = page.url.removeprefix(stack.url)
     page.context.close()
+
+    # Times shown in the reader's own clock name its zone: the alarm and the board read in Berlin.
+    berlin = new_page(stack.browser, timezone="Europe/Berlin")
+    sign_in(berlin, stack.url, "operator", next_path=alarm)
+    berlin.wait_for_selector("#map[data-ready=yes]")
+    moments = berlin.locator("main time[datetime]")
+    assert moments.count() >= 3
+    for n in range(moments.count()):
+        moment = moments.nth(n)
+        local = datetime.fromisoformat(moment.get_attribute("datetime") or "").astimezone(
+            ZoneInfo("Europe/Berlin")
+        )
+        assert moment.inner_text().endswith(local.strftime("%H:%M:%S %Z")), moment.inner_text()
+        assert "Europe/Berlin" in (moment.get_attribute("title") or "")
+    berlin.goto(stack.url + "/board")
+    raised = row(berlin, "Priya Shah").locator(".since")
+    raised.wait_for()
+    zone = datetime.now(ZoneInfo("Europe/Berlin")).strftime("%Z")
+    assert re.search(rf"\(\d{{2}}:\d{{2}}:\d{{2}} {zone}\)$", raised.inner_text()), raised.inner_text()
+    berlin.screenshot(path=str(tmp_path / "board-local-time.png"))  # looked at, not the README's
+    assert not berlin.errors, berlin.errors
+    berlin.context.close()
 
 
 def _trail_points(stack: Stack, device_id: str) -> int:

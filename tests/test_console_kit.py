@@ -73,8 +73,10 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
-def new_page(browser: Any, width: int = 1366, height: int = 768) -> Any:
-    context = browser.new_context(viewport={"width": width, "height": height}, locale="en-GB")
+def new_page(browser: Any, width: int = 1366, height: int = 768, timezone: str | None = None) -> Any:
+    """A page of its own context (en-GB; the machine's time zone unless ``timezone`` names another)."""
+    zone = {"timezone_id": timezone} if timezone else {}
+    context = browser.new_context(viewport={"width": width, "height": height}, locale="en-GB", **zone)
     page = context.new_page()
     page.errors = []  # type: ignore[attr-defined]
     page.on("pageerror", lambda e: page.errors.append(str(e)))

@@ -92,10 +92,13 @@ function describeError(status, data) {
   return `The service answered ${status}.`;
 }
 
+// The reader's own clock, always with its zone's name ("14:02:03 GMT", "2 Dec, 15:02:03 CET",
+// "09:02:03 GMT-5"): a time shown in local time says so, beside pages that write UTC.
 const timeFormat = new Intl.DateTimeFormat("en-GB", {
   hour: "2-digit",
   minute: "2-digit",
   second: "2-digit",
+  timeZoneName: "short",
 });
 const dateTimeFormat = new Intl.DateTimeFormat("en-GB", {
   day: "numeric",
@@ -103,8 +106,13 @@ const dateTimeFormat = new Intl.DateTimeFormat("en-GB", {
   hour: "2-digit",
   minute: "2-digit",
   second: "2-digit",
+  timeZoneName: "short",
 });
 
+/** The reader's time zone by its name ("Europe/London"), as the browser has it. */
+export const localZone = () => timeFormat.resolvedOptions().timeZone || "local time";
+
+/** A moment in the reader's own clock with its zone's name: "14:02:03 GMT" today, else "2 Dec, 14:02:03 GMT". */
 export function clock(iso) {
   if (!iso) return "";
   const d = new Date(iso);
