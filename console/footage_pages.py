@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,10 +22,21 @@ from sqlalchemy.orm import Session
 from accounts.access import services
 from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from chain_of_custody.models import EvidenceItem
-from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, readable_trail, visible_evidence
+from incidents.access import (
+    EVIDENCE_MEDIA,
+    EVIDENCE_METADATA,
+    INCIDENT_WRITERS,
+    Viewer,
+    readable_trail,
+    visible_evidence,
+)
 from incidents.exhibits import visible_exhibits
+from incidents.export.plan import incident_export_scope
 from incidents.footage import download_name, incident_refs, is_original, scoped_retention
+from incidents.models import Incident
 from incidents.retention import RetentionRules
+from incidents.subject_access.models import OPEN
+from incidents.subject_access.service import visible_request
 from redaction.models import RedactionJob
 
 from .api import render, signed_in
@@ -133,10 +144,50 @@ def footage_page(request: Request, item_id: str) -> Response:
     return render(request, "footage.html", who, page=data)
 
 
+def subject_access(session: Session, viewer: Viewer, request_id: str, clip_id: str) -> dict[str, Any] | None:
+    """The open subject access request the review is for, when the viewer may see it and change it
+    (``visible_request``: its incident's scope) and the clip is footage of it (linked to its
+    incident); None otherwise, and the page is then the plain review, naming no request."""
+    if not request_id or viewer.role not in INCIDENT_WRITERS:
+        return None
+    sar = visible_request(session, viewer, request_id)
+    if sar is None or sar.status != OPEN:
+        return None
+    try:
+        _, linked = incident_export_scope(session, viewer, sar.incident_id)
+    except LookupError:
+        return None
+    if clip_id not in linked:
+        return None
+    incident = session.get(Incident, sar.incident_id)
+    reference = incident.reference if incident is not None else sar.incident_id
+    return {
+        "id": sar.id,
+        "requester": sar.requester,
+        "reference": reference,
+        # Recorded with each track left visible (the copy's custody and record): the request, by
+        # its incident's reference, never the requester's name (the ledger outlives the request).
+        "reason": f"the person who asked for this footage (subject access request, {reference})",
+        "note": f"Subject access request {reference}: every face but the requester's hidden",
+    }
+
+
 @router.get("/footage/{item_id}/review")
-def review_page(request: Request, item_id: str) -> Response:
-    """Redaction review and correction: only for the roles that may see pictures and ask for versions."""
+def review_page(
+    request: Request,
+    item_id: str,
+    subject_access_request: Annotated[str, Query(alias="subject-access", max_length=64)] = "",
+) -> Response:
+    """Redaction review and correction: only for the roles that may see pictures and ask for versions.
+    Opened for a subject access request (``?subject-access=<id>``, from the request's page) that
+    the person may act on, each track offers "this is the requester": that person left visible,
+    everyone else masked, the request named as the reason."""
     who, data = _page_data(request, EVIDENCE_MEDIA, item_id, "/review")
     if isinstance(data, Response):
         return data
+    with services(request).db.reading() as session:
+        data["subject_access"] = subject_access(
+            session, who.principal, subject_access_request, data["clip"]["id"]
+        )
+        session.expunge_all()
     return render(request, "review.html", who, page=data)

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.routing import NoMatchFound
 
 from accounts.access import services
 from incidents.access import INCIDENT_READERS, INCIDENT_WRITERS, Viewer, visible_incident
@@ -31,15 +32,15 @@ from .export_pages import exportable_items
 
 router = APIRouter(include_in_schema=False)
 
-REVIEW_PATH = "/footage/{item_id}/review"  # the redaction review screen, when the application has it
-
 
 def review_url(request: Request, item_id: str) -> str | None:
-    """The review screen of a clip, if this application serves one."""
-    for route in request.app.routes:
-        if getattr(route, "path", None) == REVIEW_PATH:
-            return REVIEW_PATH.replace("{item_id}", item_id)
-    return None
+    """The review screen of a clip, if this application serves one. Asked of the application by the
+    route's name: its list of routes holds an included router as one entry with no path of its own
+    (FastAPI 0.165), so looking for the path there never found it and the link was never shown."""
+    try:
+        return str(request.app.url_path_for("review_page", item_id=item_id))
+    except NoMatchFound:
+        return None
 
 
 def versions(session: Session, item_id: str) -> list[dict[str, Any]]:

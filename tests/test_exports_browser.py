@@ -5,7 +5,8 @@ An investigator builds a package of the items they choose, gives a named officer
 the package downloaded through it verifies with ``evidence verify`` and the fingerprint shown on the
 page, the link is revoked and then refused, and the disclosure log says all of it. A security
 manager takes a subject access request from the request to a package in which only the requester's
-face is left visible. The tests also take the README's screenshots.
+face is left visible, marking the requester's track in the redaction review ("this is the
+requester") and by its number on the request's page. The tests also take the README's screenshots.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -30,13 +32,14 @@ from devices.models import StaffMember
 from firmware_simulators.scene import render_clip
 from incidents.export.models import ExportJob
 from redaction.jobs import enqueue
+from redaction.media import ffmpeg_exe
 from redaction.models import RedactionJob
 from redaction.worker import RedactionWorker
 from tests import test_disclosure_api
 from tests.conftest import wait_for
 from tests.media import make_test_clip
 from tests.test_console_kit import chromium, new_page, screenshot_dir, sign_in
-from tests.test_export_api import PASSWORD, Server
+from tests.test_export_api import PASSWORD, Server, custody_of
 from tests.test_export_package import put_evidence
 
 pytestmark = pytest.mark.e2e
@@ -223,6 +226,21 @@ def _record(s: Any, item_id: str) -> dict[str, Any]:
     return json.loads(b"".join(s.store.read(key, version)))  # type: ignore[no-any-return]
 
 
+def _rms(s: Any, item_id: str, start: float, end: float) -> float:
+    """The loudness of an item's sound from ``start`` to ``end`` seconds."""
+    with s.db.session() as session:
+        item = session.get(EvidenceItem, item_id)
+        key, version = item.object_key, item.version_id
+    done = subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-i", "pipe:0", "-ss", str(start), "-t", str(end - start),
+         "-vn", "-ac", "1", "-ar", "16000", "-f", "s16le", "-"],
+        input=b"".join(s.store.read(key, version)), capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    samples = np.frombuffer(done.stdout, dtype="<i2").astype(np.float64) / 32768
+    assert len(samples) > 1000
+    return float(np.sqrt(np.mean(samples**2)))
+
+
 def test_subject_access_request_from_request_to_package(server: Server, browser: Any, tmp_path: Path) -> None:
     s = server.services
     shots = screenshot_dir(tmp_path)
@@ -293,6 +311,68 @@ def test_subject_access_request_from_request_to_package(server: Server, browser:
     page.screenshot(path=str(shots / "subject-access-search.png"), full_page=True)
     page.click(f"button.add-clip[data-clip='{clip.id}']")
     page.wait_for_selector(f"article.clip[data-clip='{clip.id}']")
+    request_url = page.url
+    sar_id = request_url.rsplit("/", 1)[1]
+    reference = page.locator("form.version-form").first.get_attribute("data-reference")
+
+    def made(number: int) -> tuple[dict[str, Any], str, str]:
+        """Version ``number`` of the clip, once the page has asked for it, made by the worker: its
+        spec, its redacted copy and its record."""
+
+        def asked() -> str | None:
+            with s.db.session() as session:  # type: ignore[attr-defined]
+                return session.scalar(  # type: ignore[no-any-return]
+                    select(RedactionJob.id).where(
+                        RedactionJob.source_item_id == clip.id, RedactionJob.version == number
+                    )
+                )
+
+        queued = wait_for(asked, 15, 0.1, f"version {number} to be asked for")
+        assert worker.run_once() == queued
+        with s.db.session() as session:  # type: ignore[attr-defined]
+            version = session.get(RedactionJob, queued)
+            return json.loads(version.spec), version.result_item_id, version.record_item_id
+
+    # In the redaction review, opened from the request: "this is the requester" on their track leaves
+    # them visible and masks every other face (one turned off before is masked again), the request
+    # the reason; other people's speech muted on the waveform's range.
+    page.click(f"article.clip[data-clip='{clip.id}'] a.review-link")
+    page.wait_for_url(f"**/footage/{clip.id}/review?subject-access={sar_id}")
+    page.wait_for_selector("#overlay[data-ready='1']")
+    assert "Alex Smith" in page.inner_text("#subject-access")
+    others = [t for t in tracks if t != requester_track]
+    page.uncheck(f"#track-{others[0]}")
+    page.click(f"#requester-{requester_track}")
+    assert page.inner_text(f"label[for='track-{requester_track}']") == (
+        f"Track {requester_track}: left visible (the requester)"
+    )
+    assert not page.is_checked(f"#track-{requester_track}")
+    assert all(page.is_checked(f"#track-{t}") for t in others)
+    assert page.inner_text(f"#requester-{requester_track}") == "Not the requester"
+    assert page.evaluate("document.activeElement.id") == f"requester-{requester_track}"
+    assert page.input_value("#audio-mode") == "mute"
+    page.fill("#audio-start", "0.6")
+    page.fill("#audio-end", "1")
+    page.click("#audio-add")
+    page.wait_for_selector("#audio-edits li[data-audio='0']")
+    assert reference and reference in page.input_value("#note")
+    page.screenshot(path=str(shots / "subject-access-review.png"), full_page=True)
+    page.click("#save")
+    spec, reviewed_copy, reviewed_record = made(2)
+    page.wait_for_selector("#job-state[data-status='done']", timeout=30_000)
+    reason = f"the person who asked for this footage (subject access request, {reference})"
+    assert spec["exclusions"] == [{"track": requester_track, "start": None, "end": None, "reason": reason}]
+    assert spec["audio_edits"] == [{"start": 0.6, "end": 1.0, "mode": "mute", "tone_hz": 1000.0}]
+    notes = [n for frame in _record(s, reviewed_record)["record"] for n in frame if n.get("source") == "auto"]
+    assert all(n.get("excluded") is True for n in notes if n["track"] == requester_track)
+    assert notes and not [n for n in notes if n["track"] != requester_track and n.get("excluded")]
+    assert _rms(s, reviewed_copy, 0.65, 0.95) < 0.001 < _rms(s, clip.id, 0.65, 0.95)
+    # The reason is recorded with the copy, in its custody.
+    [entry] = [e for e in custody_of(s, reviewed_copy) if e.action == "redacted"]
+    assert json.loads(entry.details)["edits"]["exclusions"][0]["reason"] == reason
+    page.click("a:text-is('Back to the request')")
+    page.wait_for_selector("tr[data-version='2'][data-status='done']")
+    assert page.locator("tr[data-version='2'] td").nth(2).inner_text() == str(requester_track)
 
     # A version that leaves only the requester visible, their track excluded, a second of speech muted.
     form = page.locator(f"form.version-form[data-clip='{clip.id}']")
@@ -300,21 +380,8 @@ def test_subject_access_request_from_request_to_package(server: Server, browser:
     form.locator("input[name=mute]").fill("0-0.6")
     form.locator("button[type=submit]").click()
 
-    def asked() -> str | None:
-        with s.db.session() as session:  # type: ignore[attr-defined]
-            return session.scalar(  # type: ignore[no-any-return]
-                select(RedactionJob.id).where(
-                    RedactionJob.source_item_id == clip.id, RedactionJob.version == 2
-                )
-            )
-
-    queued = wait_for(asked, 15, 0.1, "the version to be asked for")
-    assert worker.run_once() == queued
-    page.wait_for_selector("tr[data-version='2'][data-status='done']", timeout=30_000)
-    with s.db.session() as session:  # type: ignore[attr-defined]
-        version = session.get(RedactionJob, queued)
-        spec = json.loads(version.spec)
-        redacted_id, record2 = version.result_item_id, version.record_item_id
+    spec, redacted_id, record2 = made(3)
+    page.wait_for_selector("tr[data-version='3'][data-status='done']", timeout=30_000)
     assert [e["track"] for e in spec["exclusions"]] == [requester_track]
     assert spec["audio_edits"] == [{"start": 0.0, "end": 0.6, "mode": "mute", "tone_hz": 1000.0}]
     notes = [n for frame in _record(s, record2)["record"] for n in frame if n.get("source") == "auto"]
@@ -330,9 +397,20 @@ def test_subject_access_request_from_request_to_package(server: Server, browser:
         job = session.scalars(select(ExportJob).order_by(ExportJob.created_at.desc())).first()
         result = json.loads(job.result or "{}")
     assert redacted_id in result["included"] and clip.id in result["withheld"]
+    assert reviewed_copy not in result["included"]  # the newest version only
     sar = http.get(f"{server.url}/api/v1/subject-access-requests", headers=server.as_("boss")).json()[0]
     assert sar["export_id"] == job.id
     assert page.errors == []  # type: ignore[attr-defined]
+
+    # Once the request is answered, the review no longer acts for it.
+    http.patch(
+        f"{server.url}/api/v1/subject-access-requests/{sar_id}",
+        json={"status": "answered"},
+        headers=server.as_("boss"),
+    ).raise_for_status()
+    page.goto(f"{server.url}/footage/{clip.id}/review?subject-access={sar_id}")
+    page.wait_for_selector("#overlay[data-ready='1']")
+    assert page.locator("#subject-access, button.requester").count() == 0
 
     # An investigator not assigned to it sees no request.
     other = new_page(browser)
@@ -340,3 +418,25 @@ def test_subject_access_request_from_request_to_package(server: Server, browser:
     assert other.locator("#requests").count() == 0
     r = other.goto(f"{server.url}/subject-access/{sar['id']}")
     assert r is not None and r.status == 404
+    # Given the clip through an incident of theirs, they review it, but never for the request.
+    theirs = http.post(
+        f"{server.url}/api/v1/incidents",
+        json={"category": "other", "occurred_at": start.isoformat(), "site": "QEH", "title": "Waiting room"},
+        headers=server.as_("admin"),
+    ).json()
+    _assign(server, theirs["id"], "inv")
+    http.post(
+        f"{server.url}/api/v1/incidents/{theirs['id']}/links",
+        json={"kind": "evidence", "target_id": clip.id, "reason": "the same waiting room"},
+        headers=server.as_("admin"),
+    ).raise_for_status()
+    http.patch(
+        f"{server.url}/api/v1/subject-access-requests/{sar_id}",
+        json={"status": "open"},
+        headers=server.as_("boss"),
+    ).raise_for_status()
+    r = other.goto(f"{server.url}/footage/{clip.id}/review?subject-access={sar_id}")
+    assert r is not None and r.status == 200
+    other.wait_for_selector("#overlay[data-ready='1']")
+    assert other.locator("#subject-access, button.requester").count() == 0
+    assert "Alex Smith" not in other.content()

@@ -2,6 +2,8 @@
 // each frame (from the version's per-frame record, read through the API); a timeline of every
 // track; tracks turned off or on, boxes drawn over a time range, sound muted or toned on a waveform;
 // a preview; and the correction saved as a NEW version through the redaction API, followed to the end.
+// Opened for a subject access request, each track offers "this is the requester": that person left
+// visible with the request as the reason, every other face masked (the API's exclusions).
 import { api, el, pageData } from "./common.js";
 import { Player, contentUrl } from "./player.js";
 
@@ -21,6 +23,7 @@ const state = {
   fps: 25,
   tracks: new Map(), // id -> {frames: Int8Array (0 none, 1 masked, 2 uncertain), first, last}
   excluded: new Map(), // track -> reason (whole life)
+  requester: new Set(), // tracks marked as the subject access requester (left visible, the request the reason)
   regions: [], // {start, end, x, y, w, h, shape, follow, label}
   audio: [], // {start, end, mode}
   waveform: null,
@@ -64,6 +67,8 @@ async function loadBase(version) {
   indexTracks(rec);
   const spec = version.spec || {};
   state.excluded = new Map((spec.exclusions || []).map((e) => [e.track, e.reason]));
+  const sar = data.subject_access;
+  state.requester = new Set(sar ? [...state.excluded].filter(([, why]) => why === sar.reason).map(([t]) => t) : []);
   state.regions = (spec.manual_regions || []).map((r) => ({ ...r }));
   state.audio = (spec.audio_edits || []).map((a) => ({ start: a.start, end: a.end, mode: a.mode || "mute" }));
   $("note").value = "";
@@ -167,7 +172,8 @@ function draw() {
     ctx.strokeStyle = off ? "#9aa5b1" : colour(n.track);
     ctx.strokeRect(x, y, w, h);
     ctx.fillStyle = ctx.strokeStyle;
-    drawLabel(ctx, `track ${n.track}${off ? " (left visible)" : ""}${uncertain(n) ? " ?" : ""}`, x, y, placed);
+    const visible = state.requester.has(n.track) ? " (the requester, left visible)" : " (left visible)";
+    drawLabel(ctx, `track ${n.track}${off ? visible : ""}${uncertain(n) ? " ?" : ""}`, x, y, placed);
   }
   ctx.setLineDash([]);
   state.regions.forEach((r, k) => {
@@ -271,7 +277,35 @@ timeline.addEventListener("click", (event) => {
 // ------------------------------------------------------------------ tracks on and off
 
 // What the version will do with a track, as the overlay says it: masked, or left visible (unticked).
-const trackSays = (id) => `Track ${id}: ${state.excluded.has(id) ? "left visible" : "masked"}`;
+const trackSays = (id) =>
+  `Track ${id}: ${state.excluded.has(id) ? "left visible" : "masked"}${state.requester.has(id) ? " (the requester)" : ""}`;
+
+// "This is the requester": the first track marked masks every other (what the person who asked may
+// see is themselves only), each further one is the requester too (a face the tracker lost and found
+// again); "not the requester" masks it again. The request, by its incident's reference, is the
+// reason each is left visible, and the version's note says what it is for.
+function markRequester(id) {
+  const sar = data.subject_access;
+  if (state.requester.has(id)) {
+    state.requester.delete(id);
+    state.excluded.delete(id);
+    player.say(`Track ${id} is masked again.`);
+  } else {
+    if (!state.requester.size) state.excluded.clear();
+    state.requester.add(id);
+    state.excluded.set(id, sar.reason);
+    if (!$("note").value.trim()) $("note").value = sar.note;
+    $("audio-mode").value = "mute";
+    const others = state.tracks.size - state.requester.size;
+    player.say(
+      `Track ${id} is the requester: left visible; ${others} other track(s) masked. ` +
+        "Mute other people's speech on the waveform.",
+    );
+  }
+  renderTracks();
+  draw();
+  $(`requester-${id}`)?.focus(); // the list is drawn again: the focus stays on the track's button
+}
 
 function renderTracks() {
   const list = $("tracks");
@@ -281,6 +315,7 @@ function renderTracks() {
     box.checked = !state.excluded.has(id);
     const label = el("label", { for: `track-${id}` }, trackSays(id));
     box.addEventListener("change", () => {
+      state.requester.delete(id);
       if (box.checked) state.excluded.delete(id);
       else state.excluded.set(id, null);
       label.textContent = trackSays(id);
@@ -303,6 +338,13 @@ function renderTracks() {
             (uncertainFrames ? `, uncertain in ${uncertainFrames} frame(s)` : ""),
         ),
         el("button", { type: "button", class: "link", onclick: () => (video.currentTime = t.first / state.fps + 0.001) }, "go to"),
+        data.subject_access
+          ? el(
+              "button",
+              { type: "button", class: "requester", id: `requester-${id}`, "aria-pressed": state.requester.has(id) ? "true" : "false", onclick: () => markRequester(id) },
+              state.requester.has(id) ? "Not the requester" : "This is the requester",
+            )
+          : null,
       ),
     );
   }
