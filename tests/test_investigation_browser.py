@@ -183,7 +183,6 @@ def more_corrections(page: Any, v1_record: dict[str, Any], track: int, more: Mor
     page.fill("#box-start", f"{more.followed / FPS:.2f}")
     page.fill("#box-end", f"{(more.followed + FOLLOWED_FRAMES - 1) / FPS:.2f}")  # a step of the field
     page.check("#box-follow")
-    page.fill("#box-label", "followed")
     page.click("#box-add")
     page.wait_for_selector("#regions li[data-region='1']")
     assert "followed" in page.inner_text("#regions li[data-region='1']")
