@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol
 
 from fastapi import Depends, Request
@@ -31,6 +32,7 @@ from sqlalchemy.orm import Session
 from chain_of_custody.core import CoreServices
 from chain_of_custody.reach_seals import SiteReach
 from chain_of_custody.row_seals import SESSION, TOKEN
+from storage.db import act_for
 from storage.errors import NotPermitted, Unauthenticated
 
 from .browser import (
@@ -43,7 +45,7 @@ from .browser import (
 from .models import SITE_SCOPED_ROLES
 from .recent_sign_ins import RECENT_SIGN_INS, presented_key
 from .seals import SignInSeals
-from .service import Principal, resolve_token
+from .service import Principal, resolve_token, stands
 from .sessions import SessionChange
 from .throttle import SignInThrottle, ThrottlePolicy
 
@@ -133,10 +135,18 @@ def still_signed_in(request: Request, s: CoreServices, user: Principal) -> bool:
 
 def require_roles(*roles: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits only the given roles (403 otherwise); the role's check runs on the
-    event loop (the sign-in it depends on takes the worker thread its database look-up needs)."""
+    event loop (the sign-in it depends on takes the worker thread its database look-up needs).
+
+    The sign-in is read in a transaction of its own, before the route's; so every write transaction
+    the route then begins checks first, in itself, that the caller still stands as signed in
+    (``service.stands``, bound to the request by ``storage.db.act_for``): an account deactivated, a
+    role changed or a credential ended in between gets no further action, and on PostgreSQL such a
+    change waits for that transaction's commit instead of slipping in before it."""
 
     async def check(user: Principal = Depends(current_user)) -> Principal:
-        return role_admitted(user, roles)
+        admitted = role_admitted(user, roles)
+        act_for(partial(stands, principal=admitted))
+        return admitted
 
     return check
 
@@ -197,8 +207,12 @@ class SignInWithin:
 
     def principal(self, session: Session) -> Principal:
         """The caller, read in ``session`` (401 when not signed in, 403 for another role), or as
-        :meth:`before_writing` read them."""
-        return self._found if self._found is not None else self._signed_in(session)
+        :meth:`before_writing` read them: then checked again in ``session`` (``service.stands``), as
+        every write on a caller's authority is, since they were read in a transaction of their own."""
+        if self._found is None:
+            return self._signed_in(session)
+        stands(session, self._found)
+        return self._found
 
     def _signed_in(self, session: Session) -> Principal:
         try:

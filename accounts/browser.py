@@ -26,7 +26,7 @@ from fastapi import Request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from storage.db import Database
+from storage.db import Database, on_own_account
 from storage.errors import Refused
 from storage.settings import ConsoleSettings
 
@@ -192,7 +192,9 @@ def write_session_change(db: Database, change: SessionChange, seals: SignInSeals
     own. A failure is logged, not raised: the person is signed in already; an unwritten touch only
     brings the idle end sooner, and an unwritten end is found again by the next request's read."""
     try:
-        with db.session() as session:
+        # The service's own write, whoever's request it serves: no caller's check (``act_for``), which
+        # would hold the session's row for share and then update it.
+        with on_own_account(), db.session() as session:
             touch_or_end(session, change, seals)
     except SQLAlchemyError:
         log.warning("session activity not written", extra={"ended": change.ended}, exc_info=True)

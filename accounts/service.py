@@ -8,10 +8,11 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from chain_of_custody.keys import ServiceKey
@@ -19,11 +20,12 @@ from chain_of_custody.ledger import Ledger
 from chain_of_custody.reach_seals import SiteReach
 from chain_of_custody.row_replay import PASSWORD_DIGESTS, password_digest
 from chain_of_custody.row_seals import UPGRADE_COMMAND, UPGRADE_SEALS, USER_SEALS
+from storage.db import is_postgres
 from storage.digests import secret_digest as token_digest  # a token's, as the routes name it
-from storage.errors import Refused
+from storage.errors import NotPermitted, Refused, Unauthenticated
 
 from .ends import TOKEN_LOOKUP, standing_row
-from .models import ROLES, ApiToken, User, UserSession
+from .models import ROLES, SITE_SCOPED_ROLES, ApiToken, User, UserSession
 from .recent_sign_ins import forget_ended
 from .seals import (
     SESSION,
@@ -70,28 +72,97 @@ class Principal:
     # security manager's site's members of staff and devices whose seal holds, and the secret an
     # evidence item's seal is checked with. The default holds no seal: reach by links only.
     reach: SiteReach = field(default=SiteReach(), compare=False, repr=False)
+    # The credential they signed in with, as its kind (``TOKEN``, ``SESSION``) and stored digest, so
+    # a write made on their authority can check it still stands (:func:`stands`); None for a person
+    # named by an actor string (``principal_of``), whose user row alone is checked.
+    credential: tuple[str, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def actor(self) -> str:
         return f"user:{self.username}"
 
 
+class SignInEnded(Unauthenticated):
+    """The caller's account was deactivated, or the credential they signed in with revoked, ended or
+    expired, after this request signed them in: what it would have done is not done (401)."""
+
+
+def stands(session: Session, principal: Principal, now: datetime | None = None) -> None:
+    """Refuse what ``session``'s transaction would do on ``principal``'s authority unless that
+    authority still holds as the request's sign-in found it: the user's row active, with the same
+    role (and, for a role seeing one site, the same site), and the token or console session they
+    signed in with not revoked, ended or expired. 401 (:class:`SignInEnded`) when the sign-in no
+    longer stands; 403 when it stands with another role or site.
+
+    Run first in every write transaction made on a caller's authority (``storage.db.act_for``, set
+    by ``accounts.access.require_roles``), one statement. On PostgreSQL it locks the user's row and
+    the credential's for share (``FOR SHARE``) until the transaction ends: a deactivation, a role or
+    password change (``update_user`` locks the user's row for update, then ends their tokens and
+    sessions) or a sign-out (the session's row) made meanwhile waits for this commit, and one
+    committed before is seen by this read (``READ COMMITTED``), so none slips in between. The order
+    is the user's row, then the credential's, before anything else the transaction takes (the
+    ledger head): ``update_user``'s order. On SQLite a write transaction holds the one writer lock
+    from its start (``BEGIN IMMEDIATE``), so what is read here is what it commits against.
+
+    What else the sign-in checked (the rows' seals, custody's record of ended credentials, a console
+    session's idle end) is not read again: that is what the database held a moment ago; what this
+    guards against is the service's own changes to the account in the meantime."""
+    now = now or datetime.now(UTC)
+    columns: list[Any] = [User.active, User.role, User.site]
+    kind, digest = principal.credential or ("", "")
+    credential: Any = ApiToken if kind == TOKEN else UserSession if kind == SESSION else None
+    if credential is ApiToken:
+        columns += [ApiToken.revoked, ApiToken.expires_at]
+    elif credential is UserSession:
+        columns += [UserSession.ended_at.is_not(None), UserSession.expires_at]
+    query = select(*columns).where(User.id == principal.user_id)
+    if credential is not None:
+        query = query.join(credential, credential.user_id == User.id).where(credential.token_hash == digest)
+    found = session.execute(query.with_for_update(read=True)).first()
+    active, role, site, *ended = tuple(found) if found is not None else (False, "", None)
+    if not active or (ended and (ended[0] or ended[1] <= now)):
+        log.info(
+            "refused: the caller's sign-in ended after this request's", extra={"user_id": principal.user_id}
+        )
+        raise SignInEnded(
+            "your sign-in ended while this request was made: nothing was done",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if role != principal.role or (role in SITE_SCOPED_ROLES and site != principal.site):
+        log.info(
+            "refused: the caller's role changed after this request's sign-in",
+            extra={"user_id": principal.user_id},
+        )
+        raise NotPermitted("your role or site changed while this request was made: nothing was done")
+
+
+# The key (with the person's id) of the lock :func:`hold_person` takes on PostgreSQL.
+HOLD_PERSON_LOCK = 0x45564850
+
+
 def hold_person(session: Session, user_id: int) -> None:
-    """Take the person's row lock for the rest of the transaction, before counting what they hold
+    """Take the person's lock for the rest of the transaction, before counting what they hold
     against a per-person cap (exports building, download links, redactions queued): two requests of
     theirs at once then count one after the other, so the cap cannot be overshot by a race. On
-    PostgreSQL the row lock (``FOR UPDATE``); SQLite's writing transactions are serialised already
-    (``BEGIN IMMEDIATE``), so the same statement there is a plain read."""
-    session.execute(select(User.id).where(User.id == user_id).with_for_update())
+    PostgreSQL a transaction's advisory lock of their own (``HOLD_PERSON_LOCK``, their id), not
+    their row's: every write on their authority holds that row for share already (:func:`stands`),
+    and two of them raising it to an exclusive lock at once would wait for each other for ever.
+    SQLite's writing transactions are serialised already (``BEGIN IMMEDIATE``): nothing to take."""
+    if is_postgres(session):
+        session.execute(select(func.pg_advisory_xact_lock(HOLD_PERSON_LOCK, user_id)))
 
 
-def principal_of(session: Session, actor: str, key: ServiceKey) -> Principal | None:
+def principal_of(session: Session, actor: str, key: ServiceKey, *, hold: bool = False) -> Principal | None:
     """The person an actor string (``user:<name>``) names, as they are now: None when it names no
     user, one who is deactivated (what they did on their own authority stops with it), or a row
-    whose seal does not hold (``accounts.seals``: written outside the service)."""
+    whose seal does not hold (``accounts.seals``: written outside the service). ``hold``: in a write
+    transaction that acts on their authority, their row is held for share until it ends (on
+    PostgreSQL, as :func:`stands` holds a caller's), so a deactivation or a new role waits for its
+    commit rather than landing between this read and it."""
     if not actor.startswith("user:"):
         return None
-    user = session.scalar(select(User).where(User.username == actor.removeprefix("user:")))
+    query = select(User).where(User.username == actor.removeprefix("user:"))
+    user = session.scalar(query.with_for_update(read=True) if hold else query)
     seals = SignInSeals.of(key)
     if user is None or not user.active or not user_seal_holds(seals.users, user, seals.older_users):
         return None
@@ -263,9 +334,23 @@ def resolve_token(
     user = session.get(User, row.user_id)
     if user is None or not user.active or not user_seal_holds(seals.users, user, seals.older_users):
         return None
-    mark, grants = sign_in_mark("token", row.token_hash), assignments_of(session, seals.grants, user)
+    return signed_in_as(session, seals, user, sign_in_mark("token", row.token_hash), (TOKEN, row.token_hash))
+
+
+def signed_in_as(
+    session: Session, seals: SignInSeals, user: User, mark: str, credential: tuple[str, str]
+) -> Principal:
+    """Who ``user`` is for a request signed in by ``credential`` (its kind and stored digest), with
+    their assignments and reach as ``session`` reads them now."""
     return Principal(
-        user.id, user.username, user.role, user.site, mark, grants, reach_of(session, seals, user)
+        user.id,
+        user.username,
+        user.role,
+        user.site,
+        mark,
+        assignments_of(session, seals.grants, user),
+        reach_of(session, seals, user),
+        credential=credential,
     )
 
 

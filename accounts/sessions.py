@@ -28,8 +28,8 @@ from storage.settings import ConsoleSettings
 from .ends import SESSION_LOOKUP, standing_row
 from .models import User, UserSession
 from .recent_sign_ins import forget_ended
-from .seals import SESSION, SignInSeals, assignments_of, credential_seal, reach_of, user_seal_holds
-from .service import Principal, sign_in_mark
+from .seals import SESSION, SignInSeals, credential_seal, user_seal_holds
+from .service import Principal, sign_in_mark, signed_in_as
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,12 @@ def start_session(
     session.add(row)
     session.flush()
     principal = Principal(
-        user.id, user.username, user.role, user.site, sign_in_mark("console", row.token_hash)
+        user.id,
+        user.username,
+        user.role,
+        user.site,
+        sign_in_mark("console", row.token_hash),
+        credential=(SESSION, row.token_hash),
     )
     return secret, BrowserSession(
         principal, csrf_token_for(secret), min(now + policy.idle, row.expires_at), row.expires_at
@@ -147,10 +152,8 @@ def read_session(
     change = None
     if activity and now - last_seen >= TOUCH_EVERY:
         change, last_seen = SessionChange(row.token_hash, now, ended=False), now
-    mark, grants = sign_in_mark("console", row.token_hash), assignments_of(session, seals.grants, user)
-    principal = Principal(
-        user.id, user.username, user.role, user.site, mark, grants, reach_of(session, seals, user)
-    )
+    mark = sign_in_mark("console", row.token_hash)
+    principal = signed_in_as(session, seals, user, mark, (SESSION, row.token_hash))
     idle_ends = min(last_seen + policy.idle, row.expires_at)
     return BrowserSession(principal, csrf_token_for(secret), idle_ends, row.expires_at), change
 

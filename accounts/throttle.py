@@ -51,7 +51,7 @@ from typing import Any, cast
 from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from storage.db import Database, dialect_insert
+from storage.db import Database, dialect_insert, on_own_account
 from storage.settings import HttpSettings
 
 from .models import SignInBucket, SignInFailures
@@ -293,7 +293,9 @@ class SignInThrottle:
         waits is one reset in the database (:class:`WaitsSeen`), a newer row is not."""
         u = digest("username", username)
         self._waits.forget(u)
-        with self.db.session() as session:
+        # Bookkeeping after the change is committed (the route's caller's check ran in that one): an
+        # administrator who unlocked themselves beside a new password has no token by now.
+        with on_own_account(), self.db.session() as session:
             session.execute(
                 update(SignInFailures)
                 .where(SignInFailures.username_key == u)

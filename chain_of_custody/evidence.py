@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
-from storage.db import Database
+from storage.db import Database, on_own_account
 from storage.digests import BlockDigests
 from storage.memo import BoundedMemo
 from storage.objects import ObjectStore, StoredObject
@@ -203,7 +203,8 @@ def quarantine_hook(
             },
         )
         reason = f"stored object {check.mismatch()}; found while {where}"
-        with db.session() as session:
+        # The service's own write, whoever's read found it: refused to nobody (``act_for``).
+        with on_own_account(), db.session() as session:
             quarantine(session, ledger, item_id, reason, {"digest": check.algorithm, **details})
 
     return altered

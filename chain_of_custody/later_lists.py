@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage.db import Database
+from storage.db import Database, on_own_account
 from storage.digests import BLOCK
 from storage.objects import ObjectStore, StorageError
 
@@ -134,7 +134,7 @@ def keep_lists(db: Database, ledger: Ledger, store: ObjectStore, yes: bool) -> l
                 f"stored object hashes to SHA-256 {sha256} ({found.size} bytes), its record says "
                 f"{it.sha256} ({it.size} bytes); found while keeping its block list"
             )
-            with db.session() as session:
+            with on_own_account(), db.session() as session:  # the service's own (``act_for``)
                 quarantine(session, ledger, it.id, reason, {"digest": "sha256"})
             log.error("stored object altered: quarantined", extra={"item": it.id})
             out.append(ListLine(it.id, it.size, f"quarantined: {reason}", refused=True))

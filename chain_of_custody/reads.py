@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import iterate_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from storage.db import on_own_account
 from storage.errors import Refused
 from storage.slots import NoSlot
 
@@ -396,7 +397,7 @@ def _refuse(s: CoreServices, read: ReadOf, exc: RecordUntrusted) -> None:
     """Quarantine an item whose record no longer checks (in a transaction of its own)."""
     item = read.item
     log.error("evidence read refused: record altered", extra={"item": item.id, "problem": str(exc)})
-    with s.db.session() as other:
+    with on_own_account(), s.db.session() as other:  # the service's own: refused to nobody (``act_for``)
         quarantine(other, s.ledger, item.id, f"{exc}; found while {read.where}", {})
 
 

@@ -8,7 +8,7 @@ PostgreSQL uses ordinary transactions plus row locks where the ledger needs them
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -248,6 +248,33 @@ def _in_use(s: Session) -> Iterator[Session]:
             _IN_USE.set(outer)
 
 
+# The check that every write transaction begun in this context (a request's thread, a task it started)
+# runs first, on behalf of whoever the context acts for (``accounts.access.require_roles`` sets it to
+# "the caller still stands": active, same role, credential not ended). It runs in that transaction,
+# before its first statement of its own, so what the caller does is refused there and then when their
+# authority ended after the request's sign-in; and it may lock what it reads (the caller's row), so
+# an end made meanwhile waits for this transaction's commit. None: the service acts on its own.
+_ACTING_FOR: ContextVar[Callable[[Session], None] | None] = ContextVar("evidence_acting_for", default=None)
+
+
+def act_for(check: Callable[[Session], None]) -> None:
+    """Every ``Database.session`` block begun from now on in this context (a request's, and what it
+    runs on worker threads, which copy it) runs ``check`` first, in its transaction: it raises to
+    refuse whatever the block would write."""
+    _ACTING_FOR.set(check)
+
+
+@contextmanager
+def on_own_account() -> Iterator[None]:
+    """Within this block, write transactions run no caller's check (``act_for``): what the service
+    writes of its own (a browser session's activity) whoever's request it is serving."""
+    token = _ACTING_FOR.set(None)
+    try:
+        yield
+    finally:
+        _ACTING_FOR.reset(token)
+
+
 class ReadingSession(Session):
     """The session of a ``Database.reading`` block: every write made through it is refused. An
     object changed (or added, or deleted) and then expunged would leave the block with nothing for
@@ -308,9 +335,16 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A transaction that commits on success and rolls back on error. A duty that must be done
         once the commit is durable and before anyone is told (see ``COMMIT_DUTY_FAILED``) and that
-        failed is raised here, after the commit, so the caller acknowledges nothing."""
+        failed is raised here, after the commit, so the caller acknowledges nothing.
+
+        In a context that acts for someone (``act_for``: a request's caller) their check runs first,
+        in this transaction: what the block writes is refused, and nothing is written, when their
+        authority no longer stands."""
+        acting = _ACTING_FOR.get()
         with self.sessions() as s, _in_use(s):
             try:
+                if acting is not None:
+                    acting(s)
                 yield s
                 s.commit()
             except BaseException:

@@ -260,9 +260,9 @@ def test_a_download_checks_its_link_once_where_it_is_recorded(
     calls: list[str] = []
     issuer_still_may, on_custody = downloads.issuer_still_may, downloads.on_custody
 
-    def counted_issuer(*args: Any) -> bool:
+    def counted_issuer(*args: Any, **kwargs: Any) -> bool:
         calls.append("issuer")
-        return issuer_still_may(*args)
+        return issuer_still_may(*args, **kwargs)
 
     def counted_custody(*args: Any) -> None:
         calls.append("custody")

@@ -84,16 +84,19 @@ def _token_link(
     return link
 
 
-def _still_good(s: CoreServices, session: Session, link: ExportLink, now: datetime) -> None:
+def _still_good(
+    s: CoreServices, session: Session, link: ExportLink, now: datetime, *, lock: bool = False
+) -> None:
     """LinkRefused (410) unless the link is still good at ``now``: not revoked, as custody records it,
-    unexpired, and its issuer still may hand the package out (``issuer_still_may``)."""
+    unexpired, and its issuer still may hand the package out (``issuer_still_may``; with ``lock``,
+    the issuer's row held for share, so a deactivation waits for the transaction's commit)."""
     if link.revoked_at is not None:
         raise LinkRefused(410, "this download link was revoked")
     on_custody(session, link)
     if link.expires_at <= now:
         raise LinkRefused(410, "this download link has expired")
     job = session.get(ExportJob, link.export_id)
-    if job is None or not issuer_still_may(session, job, link, s.key):
+    if job is None or not issuer_still_may(session, job, link, s.key, hold=lock):
         log.warning("download link refused: its issuer's access ended", extra={"link": link.id})
         raise LinkRefused(410, "this download link is no longer good: whoever issued it no longer has access")
 
@@ -156,7 +159,7 @@ def still_serves(
     link = _token_link(s, session, token, now, lock=True)
     if link.export_id != package_id:
         raise LinkRefused(410, "this download link is no longer good")
-    _still_good(s, session, link, now)
+    _still_good(s, session, link, now, lock=True)
     _held_package(session, link)
     held = sorted({seg.item_id for seg in layout.media}) if layout is not None else []
     quarantined = quarantined_among(session, held)
@@ -168,12 +171,17 @@ def still_serves(
         raise ReadRefused("quarantined", NOT_SERVED)
 
 
-def issuer_still_may(session: Session, job: ExportJob, link: ExportLink, key: ServiceKey) -> bool:
+def issuer_still_may(
+    session: Session, job: ExportJob, link: ExportLink, key: ServiceKey, *, hold: bool = False
+) -> bool:
     """Whether the person who issued the link could issue it now: still an active user, who sees the
     incident and may hand out everything the package holds (``may_hand_out``). A link hands out the
     package on its issuer's authority, so it lasts no longer than that authority does (unassigned,
-    moved to another site, given another role, deactivated, or their row altered outside the service)."""
-    issuer = principal_of(session, link.created_by, key)
+    moved to another site, given another role, deactivated, or their row altered outside the service).
+    ``hold``: in the transaction that records a download, the issuer's row is held for share until
+    it commits (``principal_of``), so their deactivation waits for the record instead of landing
+    between this check and it."""
+    issuer = principal_of(session, link.created_by, key, hold=hold)
     if issuer is None or issuer.role not in EXPORTERS:
         return False
     if visible_incident(session, issuer, job.incident_id) is None:
