@@ -344,3 +344,80 @@ def test_a_link_whose_packages_link_entry_cannot_be_read_is_refused_not_a_server
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_an_issuers_deactivation_waits_for_a_download_checked_before_it(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL runs write transactions side by side: a download's record has checked the link's
+    issuer (still active) and is held inside its transaction; an administrator deactivates the
+    issuer meanwhile. The deactivation waits for the record's commit (the issuer's row is held for
+    share) rather than committing between the check and it, so the download is recorded before the
+    issuer is deactivated, in that order on the custody record."""
+    from accounts.seals import record_user
+    from accounts.service import update_user
+    from tests.conftest import ADMIN_PASSWORD, recorded_user
+    from tests.test_authority_race import waiting_on_users
+
+    s = services
+    memo = put_evidence(s, os.urandom(50_000), Provenance(kind="voice_memo", actor="t"))
+    result, token = package_with_link(s, [memo.id])
+    link_id = token.split(".")[0]
+    with s.db.session() as session:
+        recorded_user(session, s.ledger, "boss", ADMIN_PASSWORD, "admin")  # inv is not the last admin
+        inv = session.scalar(select(User.id).where(User.username == "inv"))
+    checked, go = threading.Event(), threading.Event()
+    among = downloads.quarantined_among
+
+    def held(*args: Any) -> Any:
+        if threading.current_thread().name != "deactivation":
+            checked.set()
+            assert go.wait(60)
+        return among(*args)
+
+    monkeypatch.setattr(downloads, "quarantined_among", held)
+    answers: dict[str, int] = {}
+
+    def deactivate() -> None:
+        with s.db.session() as session:
+            user, done = update_user(session, int(inv), {"active": False}, s.key)
+            record_user(session, s.ledger, user, "user:boss", {"user": "inv", "changes": done})
+        answers["deactivated"] = 1
+
+    server, thread, url = start_server(s)
+    try:
+        target = f"{url}/api/v1/exports/download/{token}"
+        download = threading.Thread(
+            target=lambda: answers.__setitem__("download", httpx.get(target, timeout=60).status_code)
+        )
+        download.start()
+        assert checked.wait(60)
+        other = threading.Thread(target=deactivate, name="deactivation")
+        other.start()
+
+        wait_for(
+            lambda: waiting_on_users(s) or "deactivated" in answers,
+            30,
+            what="the deactivation to wait or end",
+        )
+        assert "deactivated" not in answers, (
+            "the issuer was deactivated between the download's check and its record"
+        )
+        go.set()
+        download.join(60)
+        other.join(60)
+        assert answers == {"download": 200, "deactivated": 1}, answers
+        with s.db.reading() as session:
+            viewed = session.scalar(
+                select(func.max(CustodyEntry.seq)).where(CustodyEntry.actor == f"link:{link_id}")
+            )
+            ended = session.scalar(
+                select(func.max(CustodyEntry.seq)).where(CustodyEntry.action == "user_changed")
+            )
+        assert viewed is not None and ended is not None and viewed < ended, (viewed, ended)
+        assert httpx.get(target, timeout=60).status_code == 410  # and the link serves no more
+    finally:
+        go.set()
+        server.should_exit = True
+        thread.join(15)

@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
+from accounts.service import HOLD_PERSON_LOCK
 from chain_of_custody.models import CustodyEntry
 from incidents.export.models import ExportJob, ExportLink
 from incidents.grants import seal_export_job
@@ -241,14 +242,17 @@ def test_a_kept_download_link_answer_holds_no_token(world: World) -> None:
     assert world.post("ann", path, body, "link-1").content == first.content
 
 
+HELD_ANN = f"SELECT pg_advisory_xact_lock({HOLD_PERSON_LOCK}, (SELECT id FROM users WHERE username = 'ann'))"
 LOCKS: dict[str, str] = {
     # Something each route takes after it has claimed its key: the test holds it, so that both
     # requests are inside the route at once before either can finish.
     "incident": "SELECT year FROM incident_counters FOR UPDATE",
     "evidence link": "SELECT id FROM ledger_head WHERE id = 1 FOR UPDATE",
-    "export": "SELECT id FROM users WHERE username = 'ann' FOR UPDATE",
-    "download link": "SELECT id FROM users WHERE username = 'ann' FOR UPDATE",
-    "redaction": "SELECT id FROM users WHERE username = 'ann' FOR UPDATE",
+    # The person's own lock (``accounts.service.hold_person``), not their row: every write on their
+    # authority holds that for share first (``accounts.service.stands``), before the key is claimed.
+    "export": HELD_ANN,
+    "download link": HELD_ANN,
+    "redaction": HELD_ANN,
     "subject access request": "SELECT id FROM ledger_head WHERE id = 1 FOR UPDATE",
 }
 
