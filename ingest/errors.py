@@ -19,13 +19,16 @@ so the server never renders it again.
 from __future__ import annotations
 
 import logging
+import re
+from functools import lru_cache
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage.errors import REASONS, Refused
@@ -79,13 +82,20 @@ async def error_response(request: Request, exc: Exception) -> Response:
 
 def allowed_methods(request: Request) -> str:
     """Every method the request's path answers. Starlette names only the first route that matched the
-    path, so a path served by several routes (GET and POST of ``/users``) told of one method only."""
+    path, so a path served by several routes (GET and POST of ``/users``) told of one method only;
+    and the app's own list of routes holds each included router as one entry without methods, so
+    the routes are walked as FastAPI resolves them (``iter_route_contexts``), each by its full path."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        route_methods = getattr(route, "methods", None)
-        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+    for route in iter_route_contexts(request.app.router.routes):
+        route_methods, path = route.methods, route.path
+        if route_methods and path and _path_pattern(path).match(request.url.path):
             methods.update(route_methods)
     return ", ".join(sorted(methods))
+
+
+@lru_cache(maxsize=1024)
+def _path_pattern(path: str) -> re.Pattern[str]:
+    return compile_path(path)[0]
 
 
 def install(app: FastAPI) -> None:
