@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import socket
@@ -15,12 +16,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 
 import httpx
 import pytest
 import uvicorn
 from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -441,6 +443,59 @@ def patient_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     dumps.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_tls_context() -> Iterator[None]:
+    """Every ``httpx`` client the tests make shares one default TLS context.
+
+    httpx builds a new one for each client, loading the whole certificate bundle (about 0.1 s, more
+    on a loaded machine), and the tests make a client for nearly every request they send
+    (``httpx.post``), all of them to ``http://`` addresses that never use it. A client given its own
+    ``verify`` or ``cert`` still gets a context of its own."""
+    import ssl
+
+    import httpx._transports.default as transports
+
+    original = transports.create_ssl_context
+    shared: list[ssl.SSLContext] = []
+
+    def create_ssl_context(
+        verify: object = True, cert: object = None, trust_env: bool = True
+    ) -> ssl.SSLContext:
+        if verify is not True or cert is not None or not trust_env:
+            return original(verify=verify, cert=cert, trust_env=trust_env)  # type: ignore[arg-type]
+        if not shared:
+            shared.append(original())
+        return shared[0]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(transports, "create_ssl_context", create_ssl_context)
+        yield
+
+
+# The run's garbage collector: a young generation of 50,000 objects rather than 700 (the tests build
+# an app, its services and their caches many times over, in objects that live for one test) and an
+# old one looked at a quarter as often; what every test shares, imported before the first, is frozen out of
+# the collector's walks. A run of three HTTP-heavy modules spent 15 s of its 90 in collections, 3 s
+# after this.
+RUN_GC_THRESHOLDS = (50_000, 20, 40)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    import tempfile
+
+    from ingest.app import build_routes, create_app
+
+    with tempfile.TemporaryDirectory() as scratch:
+        # One app made and its routes built: FastAPI's and pydantic's caches of the service's
+        # models are filled once, and frozen with the rest.
+        build_routes(
+            create_app(Settings(data_dir=Path(scratch), database_url=f"sqlite:///{scratch}/warm.db"))
+        )
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*RUN_GC_THRESHOLDS)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _SLOW_REQUESTS:
         where = _SLOW_DUMPS[0] if _SLOW_DUMPS else "slow-requests.txt"
@@ -455,7 +510,13 @@ class _RememberingHasher(PasswordHasher):
     Hashing is deliberately slow (about 0.4 s on a loaded machine) and the tests create their users
     with a handful of passwords, hundreds of times over. The hash handed out is a real one with the
     service's parameters, so signing in checks it as always; only its salt repeats between users
-    that share a password. Checking a password (``verify``) is not touched: the sign-in tests time it."""
+    that share a password.
+
+    Checking a password (``verify``) is as slow, and the suite signs in thousands of times with
+    the same few hashes and passwords: each pair is checked for real once per run and its answer
+    (or its refusal) given again after that. A test that times or counts the checks themselves
+    (the sign-in tests: every refusal after the same work) is marked ``real_password_checks`` and
+    checks every password for real."""
 
     def __init__(self, like: PasswordHasher) -> None:
         super().__init__(
@@ -468,6 +529,8 @@ class _RememberingHasher(PasswordHasher):
             type=like.type,
         )
         self._known: dict[str | bytes, str] = {}
+        self._checked: dict[tuple[str | bytes, str | bytes], bool | Exception] = {}
+        self.remember_checks = True
 
     def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
         if salt is not None:
@@ -475,6 +538,20 @@ class _RememberingHasher(PasswordHasher):
         if password not in self._known:
             self._known[password] = super().hash(password)
         return self._known[password]
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        if not self.remember_checks:
+            return super().verify(hash, password)
+        key = (hash, password)
+        if key not in self._checked:
+            try:
+                self._checked[key] = super().verify(hash, password)
+            except (VerificationError, InvalidHashError) as refused:
+                self._checked[key] = refused
+        answer = self._checked[key]
+        if isinstance(answer, Exception):
+            raise type(answer)(*answer.args)
+        return True
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -484,6 +561,25 @@ def remembered_password_hashes() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(accounts.service, "_hasher", _RememberingHasher(accounts.service._hasher))
         yield
+
+
+@pytest.fixture(autouse=True)
+def real_password_checks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every password checked for real in a test marked ``real_password_checks``."""
+    import accounts.service
+
+    hasher = accounts.service._hasher
+    if (
+        not isinstance(hasher, _RememberingHasher)
+        or request.node.get_closest_marker("real_password_checks") is None
+    ):
+        yield
+        return
+    hasher.remember_checks = False
+    try:
+        yield
+    finally:
+        hasher.remember_checks = True
 
 
 @dataclass
@@ -526,6 +622,25 @@ def _note_sql_on_the_http_loop(*_: object) -> None:
     _SQL_ON_THE_LOOP.append(
         " <- ".join(f"{Path(f.filename).name}:{f.name}:{f.lineno}" for f in reversed(frames[-4:]))
     )
+
+
+@pytest.fixture(autouse=True)
+def nothing_kept_between_tests() -> Iterator[None]:
+    """FastAPI remembers, per dependency callable, whether it is a coroutine or a generator, in
+    caches of 4,096 entries; the service's dependencies are closures over its parts, so every
+    test's app, its services and its database engine stayed reachable from those caches for
+    hundreds of tests. The heap grew by about 15,000 objects a test, and each full collection of
+    the garbage collector walked all of them (seconds apiece late in a run). A process runs one
+    app, so the service itself is not affected."""
+    yield
+    from fastapi.dependencies import models
+
+    for cached in (
+        models._is_gen_callable_cached,
+        models._is_async_gen_callable_cached,
+        models._is_coroutine_callable_cached,
+    ):
+        cached.cache_clear()
 
 
 @pytest.fixture(autouse=True)

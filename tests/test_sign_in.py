@@ -39,6 +39,7 @@ def _token(client: httpx.Client, username: str, password: str) -> httpx.Response
     return client.post("/api/v1/auth/token", data={"username": username, "password": password})
 
 
+@pytest.mark.real_password_checks
 def test_every_refusal_is_the_same_answer_after_the_same_work(live) -> None:  # type: ignore[no-untyped-def]
     with _client(ATTACKER, live.url) as attacker:
         answers: dict[str, list[httpx.Response]] = {"unknown": [], "wrong": [], "throttled": []}
