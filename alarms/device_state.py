@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from chain_of_custody.keys import raw_public_key
 from chain_of_custody.models import CustodyEntry
 from chain_of_custody.raise_seals import receipt_seal
+from chain_of_custody.replay_seals import replay_seal
 from devices.ends import LATEST_ENTRY
 from devices.lone_worker_wire import (
     Accepted,
@@ -54,7 +55,8 @@ class Snapshot:
     staff_id: str | None
     site: str | None
     version: int | None  # None: no state row yet
-    replay: ReplayState
+    replay_text: str | None  # the replay state as stored, its seal not checked (``alarms.replay_state``)
+    replay_seal: str | None
     session: str | None
     presence_at: datetime | None
     battery_low: bool
@@ -64,6 +66,10 @@ class Snapshot:
     sealed: SealedValues  # what the row's seal covers, as read (``devices.seals``)
     seal: str | None
     bound: int | None  # the seq of its latest custody entry (``devices.ends``): its seal's
+    # The replay state its message is judged against, once its seal is checked, and the details of
+    # the custody entry recording it rebuilt when the stored one's seal was wrong.
+    replay: ReplayState | None = None
+    replay_rebuilt: dict[str, Any] | None = None
 
     def key(self, seals: DeviceSeals) -> DeviceKey | None:
         """The device's key, or None for no lone-worker device: a row whose seal does not hold for
@@ -93,6 +99,7 @@ _SNAPSHOT = (
         _DEVICES.c.seal,
         _STATE.c.version,
         _STATE.c.replay_state,
+        _STATE.c.replay_seal,
         _STATE.c.session,
         _STATE.c.presence_at,
         _STATE.c.battery_low,
@@ -117,6 +124,7 @@ CAS = (
     .values(
         version=_STATE.c.version + 1,
         replay_state=bindparam("b_state", type_=Text()),
+        replay_seal=bindparam("b_replay_seal", type_=Text()),
         last_seen_at=bindparam("b_now", type_=UTCDateTime()),
         heard_seal=bindparam("b_heard", type_=Text()),
         updated_at=bindparam("b_now", type_=UTCDateTime()),
@@ -184,7 +192,8 @@ def _snapshot(device_id: str, row: Any, bound: int | None) -> Snapshot:
         staff_id=row.assigned_staff_id,
         site=row.site,
         version=row.version,
-        replay=ReplayState.from_json(row.replay_state),
+        replay_text=row.replay_state,
+        replay_seal=row.replay_seal,
         session=row.session,
         presence_at=row.presence_at,
         battery_low=bool(row.battery_low),
@@ -215,17 +224,24 @@ def compare_and_set(
     offline_after: timedelta,
     heard: str,
     deferred: list[dict[str, Any]] | None = None,
+    *,
+    secret: bytes,
 ) -> None:
     """Write the replay state (and what every message says about the device) if nobody else did;
     ``heard``: the seal of ``now`` as when it was last heard from (``chain_of_custody.heard_seals``).
+    The state is written with its seal under ``secret`` (``chain_of_custody.replay_seals``), in the
+    same statement.
 
     With ``deferred``, an update of an existing row is only added there, for :func:`write_deferred`
     to run with the rest of its batch in one round trip."""
     due = now + offline_after
     position = message.position
+    text = state.to_json()
+    sealed = replay_seal(secret, snap.device_id, text)
     if snap.version is None:
         values: dict[str, Any] = {
-            "replay_state": state.to_json(),
+            "replay_state": text,
+            "replay_seal": sealed,
             "last_seen_at": now,
             "heard_seal": heard,
             "updated_at": now,
@@ -251,7 +267,8 @@ def compare_and_set(
     params = {
         "b_device": snap.device_id,
         "b_version": snap.version,
-        "b_state": state.to_json(),
+        "b_state": text,
+        "b_replay_seal": sealed,
         "b_now": now,
         "b_heard": heard,
         "b_due": due,

@@ -76,6 +76,7 @@ from .models import AlarmOutbox, AlarmRecord, DeadLetter, LoneWorkerEvent, new_i
 from .outbox import Outbox, Outgoing, mqtt_effects
 from .payloads import PayloadEvidence
 from .rejection_log import RejectionLog
+from .replay_state import vouched_replay
 from .set_aside import set_aside
 from .staging import stage
 from .visits import Visits
@@ -286,7 +287,7 @@ class Intake:
             now,
             self.settings.max_clock_skew_seconds,
             self.settings.max_payload_bytes,
-            partial(self._replay, snapshot),
+            partial(self._replay, session, snapshot),
         )
         if isinstance(verdict, Rejected):
             message = verdict.message
@@ -313,10 +314,22 @@ class Intake:
         snap = snapshot[device_id]
         return snap.key(self.seals) if snap is not None else None
 
-    @staticmethod
-    def _replay(snapshot: dict[str, Snapshot | None], device_id: str) -> ReplayState:
+    def _replay(self, session: Session, snapshot: dict[str, Snapshot | None], device_id: str) -> ReplayState:
+        """The device's replay state as its seal vouches for it (``alarms.replay_state``), checked
+        once per snapshot."""
         snap = snapshot.get(device_id)
-        return snap.replay if snap is not None else ReplayState()
+        if snap is None:
+            return ReplayState()
+        if snap.replay is None:
+            with session.no_autoflush:  # see device_state.read_snapshot
+                snap.replay, snap.replay_rebuilt = vouched_replay(
+                    session,
+                    self.lifecycle.seal_secret,
+                    self.seals.secret,
+                    self.lifecycle.custody_public,
+                    snap,
+                )
+        return snap.replay
 
     def _known_event(self, session: Session, verdict: Rejected) -> bool:
         """Whether a message refused as a replay is one the service received (its row's receipt
@@ -401,7 +414,17 @@ class Intake:
         telemetry = isinstance(message, HeartbeatMessage | LocationMessage)
         later = deferred if telemetry else None
         heard = heard_mark(self.lifecycle.seal_secret, snap.device_id, now)
-        compare_and_set(session, snap, verdict.replay_state, message, now, self.offline_after, heard, later)
+        compare_and_set(
+            session,
+            snap,
+            verdict.replay_state,
+            message,
+            now,
+            self.offline_after,
+            heard,
+            later,
+            secret=self.lifecycle.seal_secret,
+        )
         vouch(session, self.lifecycle.seal_secret, snap)  # its low battery and visit, as sealed
         aside: dict[str, Any] | None = None
         if isinstance(verdict, Duplicate):
@@ -459,6 +482,11 @@ class Intake:
             self.lifecycle.ledger.append(
                 session, CustodyAction.EVENT_SET_ASIDE, "service", details=aside, at=now
             )
+        if snap.replay_rebuilt is not None:  # its state written sealed above: recorded once
+            self.lifecycle.ledger.append(
+                session, CustodyAction.REPLAY_STATE_REBUILT, "service", details=snap.replay_rebuilt, at=now
+            )
+            snap.replay_rebuilt = None
         return result
 
     @staticmethod

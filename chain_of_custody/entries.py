@@ -73,6 +73,10 @@ class CustodyAction(StrEnum):
     # receipt of it (written or edited by SQL) moved aside when the genuine message came, so it was
     # acted on (``alarms.set_aside``): the entry names the row and its bytes' hash.
     EVENT_SET_ASIDE = "event_set_aside"
+    # A lone-worker device's replay state whose seal did not hold (written or edited by SQL), rebuilt
+    # from the device's received messages when its next message came (``alarms.replay_state``): the
+    # entry names the device, what the state said and what it was rebuilt to.
+    REPLAY_STATE_REBUILT = "replay_state_rebuilt"
 
 
 @dataclass(frozen=True)

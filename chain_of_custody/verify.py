@@ -45,6 +45,7 @@ from .models import CustodyEntry, EvidenceBlockList, EvidenceItem, LedgerHead, V
 from .outbox_seals import check_outbox_seals
 from .raise_seals import check_raise_seals
 from .reach_seals import check_reach_seals
+from .replay_seals import check_replay_seals
 from .row_checks import check_row_families
 from .row_replay import ITEM_SCOPE, PASSWORD_DIGESTS, item_scope_mac
 from .row_seals import check_row_seals
@@ -396,6 +397,7 @@ def verify_service(
         check_lifecycle_seals(session, report, key, entries)
         check_outbox_seals(session, report, key, entries)
         check_watched_seals(session, report, key)
+        check_replay_seals(session, report, key)
         check_raise_seals(session, report, key, entries)
         check_waiting_cancels(session, report, key)
         check_set_aside_events(session, report)

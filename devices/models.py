@@ -67,6 +67,9 @@ class LoneWorkerState(Base):
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger, default=0)
     replay_state: Mapped[str] = mapped_column(Text, default="")
+    # ``replay_state`` as the service wrote it, with an HMAC (``chain_of_custody.replay_seals``), in
+    # the same statement: an event id or a highest sequence written into it by SQL silences nothing.
+    replay_seal: Mapped[str | None] = mapped_column(String(64), default=None)
     presence: Mapped[str] = mapped_column(String(16), default="unknown")  # online | offline | unknown
     session: Mapped[str | None] = mapped_column(String(64), default=None)
     presence_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

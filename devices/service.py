@@ -212,7 +212,7 @@ def enrol_lone_worker(
     session.execute(
         update(LoneWorkerState)
         .where(LoneWorkerState.device_id == device_id)
-        .values(replay_state="", version=LoneWorkerState.version + 1, session=None)
+        .values(replay_state="", replay_seal=None, version=LoneWorkerState.version + 1, session=None)
     )
     session.flush()
     return EnrolledLoneWorker(device, password)
