@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -22,7 +23,6 @@ from sqlalchemy.orm import Session
 from chain_of_custody.keys import raw_public_key
 from chain_of_custody.models import CustodyEntry
 from chain_of_custody.raise_seals import receipt_seal
-from chain_of_custody.replay_seals import replay_seal
 from devices.ends import LATEST_ENTRY
 from devices.lone_worker_wire import (
     Accepted,
@@ -225,19 +225,19 @@ def compare_and_set(
     heard: str,
     deferred: list[dict[str, Any]] | None = None,
     *,
-    secret: bytes,
+    seal_state: Callable[[str, str], str],
 ) -> None:
     """Write the replay state (and what every message says about the device) if nobody else did;
     ``heard``: the seal of ``now`` as when it was last heard from (``chain_of_custody.heard_seals``).
-    The state is written with its seal under ``secret`` (``chain_of_custody.replay_seals``), in the
-    same statement.
+    The state is written with its seal, ``seal_state(device_id, text)``
+    (``alarms.replay_state.ReplaySeals.seal``), in the same statement.
 
     With ``deferred``, an update of an existing row is only added there, for :func:`write_deferred`
     to run with the rest of its batch in one round trip."""
     due = now + offline_after
     position = message.position
     text = state.to_json()
-    sealed = replay_seal(secret, snap.device_id, text)
+    sealed = seal_state(snap.device_id, text)
     if snap.version is None:
         values: dict[str, Any] = {
             "replay_state": text,

@@ -76,7 +76,7 @@ from .models import AlarmOutbox, AlarmRecord, DeadLetter, LoneWorkerEvent, new_i
 from .outbox import Outbox, Outgoing, mqtt_effects
 from .payloads import PayloadEvidence
 from .rejection_log import RejectionLog
-from .replay_state import vouched_replay
+from .replay_state import ReplaySeals, vouched_replay
 from .set_aside import set_aside
 from .staging import stage
 from .visits import Visits
@@ -167,6 +167,7 @@ class Intake:
         self.visits = visits
         self.liveness = liveness
         self.offline_after = timedelta(seconds=policy.offline_after_s)
+        self.replay_seals = ReplaySeals(lifecycle.seal_secret)  # devices' replay states' seals
         # A provisional alarm is made whole inline (right after the commit, in the caller's thread)
         # unless an MQTT consumer makes them whole on a worker of its own, so the next alarm is not kept waiting.
         self.make_whole_inline = True
@@ -324,7 +325,7 @@ class Intake:
             with session.no_autoflush:  # see device_state.read_snapshot
                 snap.replay, snap.replay_rebuilt = vouched_replay(
                     session,
-                    self.lifecycle.seal_secret,
+                    self.replay_seals,
                     self.seals.secret,
                     self.lifecycle.custody_public,
                     snap,
@@ -423,7 +424,7 @@ class Intake:
             self.offline_after,
             heard,
             later,
-            secret=self.lifecycle.seal_secret,
+            seal_state=self.replay_seals.seal,
         )
         vouch(session, self.lifecycle.seal_secret, snap)  # its low battery and visit, as sealed
         aside: dict[str, Any] | None = None

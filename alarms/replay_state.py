@@ -2,7 +2,8 @@
 
 The intake reads the state with the device (``alarms.device_state``) and checks its seal once, when
 the message's verification first asks for it (:func:`vouched_replay`): a state whose seal holds is
-taken as it stands (one HMAC). Any other is rebuilt from the device's rows of the device messages'
+taken as it stands (one HMAC, none for the state this process last wrote: :class:`ReplaySeals`).
+Any other is rebuilt from the device's rows of the device messages'
 table that are the service's receipt of its messages (``chain_of_custody.receipt_upgrade.received``:
 a row written by SQL lends it nothing), their sequence numbers and event ids read from the bytes the
 device signed, not from the rows' columns (:func:`rebuilt_state`); the message is judged against
@@ -16,15 +17,20 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
 
-from chain_of_custody.raise_seals import written_key
+from chain_of_custody.keys import ServiceKey
+from chain_of_custody.raise_seals import sealed_device_key, written_key
+from chain_of_custody.reach_seals import reach_secret
 from chain_of_custody.receipt_upgrade import received
-from chain_of_custody.replay_seals import replay_holds
+from chain_of_custody.replay_seals import older_replays, replay_holds, replay_seal
+from chain_of_custody.row_seals import DEVICE_SEALS
 from devices.lone_worker_wire import ReplayState
+from devices.models import LoneWorkerState
 
 from .models import LoneWorkerEvent
 
@@ -46,15 +52,15 @@ def _signed_seq(raw: bytes, event_id: str) -> int | None:
 
 
 def rebuilt_state(
-    session: Session, devices_secret: bytes, public: bytes, device_id: str, key: bytes | None
+    session: Session, devices_secret: bytes, public: bytes, device_id: str, key: str | None
 ) -> ReplayState:
     """The replay state the device's received messages bear out: the latest (by sequence) of its
-    alarms and check-ins under its key now (``key``: enrolment starts the sequence afresh, so a
+    alarms and check-ins under its key now (``key``, base64: enrolment starts the sequence afresh, so a
     message under a key replaced since says nothing of it) whose rows are the service's receipt of
     them, as many as the state remembers, with their sequence numbers marked seen. Heartbeats and
     locations leave no row: their sequence numbers are not remembered, and the device's next
     message moves the state on."""
-    current = written_key(base64.b64encode(key).decode()) if key else None
+    current = written_key(key)
     fresh = ReplayState()
     found: list[tuple[int, str]] = []
     rows = session.execute(
@@ -87,16 +93,43 @@ def rebuilt_state(
     return ReplayState(highest=highest, bits=bits, recent_events=tuple(e for _, e in found))
 
 
+class ReplaySeals:
+    """Seals devices' replay states as the intake writes them, one HMAC a message: the seal this
+    process last wrote for each device is kept, and a state read back as exactly that text with
+    exactly that seal holds without another (it is the service's own HMAC over that text); any
+    other read, another instance's write included, is checked with one."""
+
+    def __init__(self, secret: bytes, remembered: int = 100_000) -> None:
+        self.secret = secret
+        self._remembered = remembered
+        self._written: dict[str, tuple[str, str]] = {}
+
+    def seal(self, device_id: str, text: str) -> str:
+        """The seal of ``text`` as the device's stored state, remembered as written."""
+        sealed = replay_seal(self.secret, device_id, text)
+        if len(self._written) >= self._remembered:
+            self._written.clear()
+        self._written[device_id] = (text, sealed)
+        return sealed
+
+    def holds(self, device_id: str, text: str | None, seal: str | None) -> bool:
+        """Whether a stored state is as the service wrote it (``replay_seals.replay_holds``)."""
+        if seal is not None and self._written.get(device_id) == (text, seal):
+            return True
+        return replay_holds(self.secret, device_id, text, seal)
+
+
 def vouched_replay(
-    session: Session, secret: bytes, devices_secret: bytes, public: bytes, snap: Any
+    session: Session, seals: ReplaySeals, devices_secret: bytes, public: bytes, snap: Any
 ) -> tuple[ReplayState, dict[str, Any] | None]:
     """The replay state of the device ``snap`` (a ``device_state.Snapshot``) to judge its message
     against, and, for a state whose seal is wrong, the details of the custody entry that records
     it rebuilt (the caller appends it once the message is stored, in its lock order)."""
     text, seal = snap.replay_text, snap.replay_seal
-    if replay_holds(secret, snap.device_id, text, seal):
+    if seals.holds(snap.device_id, text, seal):
         return ReplayState.from_json(text), None
-    state = rebuilt_state(session, devices_secret, public, snap.device_id, snap.public_key)
+    key = base64.b64encode(snap.public_key).decode() if snap.public_key else None
+    state = rebuilt_state(session, devices_secret, public, snap.device_id, key)
     if seal is None:  # written before replay seals: taken as far as its received messages bear it out
         log.info("a device's replay state from before seals rebuilt", extra={"device": snap.device_id})
         return state, None
@@ -123,3 +156,57 @@ def _stored(text: str | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         return {"unreadable": True}
     return {"highest": data.get("highest"), "events": data.get("events")}
+
+
+# -- states stored before seals: ``evidence upgrade-seals`` (its ``seal-replay`` step) ------------
+
+
+@dataclass(frozen=True)
+class UnsealedReplay:
+    """A device's replay state stored before its seal, as the upgrade lists it: rebuilt from the
+    device's received messages and sealed (as the intake would at its next message)."""
+
+    device_id: str
+    stored: dict[str, Any]
+    rebuilt: ReplayState
+    text: str  # the state as it was read (a state changed since is left for the intake)
+
+    def line(self) -> str:
+        return (
+            f"device {self.device_id}: stored highest sequence {self.stored.get('highest')!r}; "
+            f"rebuilt from its received messages: highest {self.rebuilt.highest}, "
+            f"{len(self.rebuilt.recent_events)} event(s)"
+        )
+
+
+def unsealed_replays(session: Session, key: ServiceKey) -> list[UnsealedReplay]:
+    """Every state :func:`chain_of_custody.replay_seals.older_replays` lists, with the state the
+    device's received messages bear out (under its key now: a device whose row's seal does not hold
+    has none, and starts afresh)."""
+    devices_secret = key.derived_secret(DEVICE_SEALS)
+    listed = []
+    for device_id, text in older_replays(session):
+        device = str(device_id)
+        current = sealed_device_key(session, devices_secret, device)
+        state = rebuilt_state(session, devices_secret, key.public_raw, device, current)
+        listed.append(UnsealedReplay(device, _stored(text), state, str(text)))
+    return listed
+
+
+def seal_replays(session: Session, key: ServiceKey) -> list[UnsealedReplay]:
+    """Write, sealed, the state each row :func:`unsealed_replays` lists is rebuilt to (a row changed
+    since it was read is left as it is: the intake judges it); all it listed."""
+    secret, s = reach_secret(key), cast(Table, LoneWorkerState.__table__).c
+    listed = unsealed_replays(session, key)
+    for found in listed:
+        text = found.rebuilt.to_json()
+        session.execute(
+            update(LoneWorkerState)
+            .where(s.device_id == found.device_id, s.replay_seal.is_(None), s.replay_state == found.text)
+            .values(
+                replay_state=text,
+                replay_seal=replay_seal(secret, found.device_id, text),
+                version=s.version + 1,  # an instance that read it before writes again
+            )
+        )
+    return listed

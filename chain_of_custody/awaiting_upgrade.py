@@ -13,7 +13,8 @@ reads them: live bearer tokens (``seal-tokens``), devices (``seal-devices``), us
 ``seal-incidents`` likewise, a version 1 seal), active incident assignments and export jobs (``seal-grants``), members of
 staff, evidence items and alarms (``seal-reach``), incidents (``seal-incidents``), lone visits (``seal-visits``), devices' last-heard times
 (``seal-last-heard``), alarms' lifecycles (``seal-lifecycle``), alarm outbox rows (``seal-outbox``),
-devices' low-battery flags and visits written before their seal (``seal-watched``),
+devices' low-battery flags and visits written before their seal (``seal-watched``), devices' replay
+states stored before their seal (``seal-replay``),
 alarms' notes, positions and payloads (``seal-raise``), device messages stored without a receipt seal
 (``seal-receipts``: none once it has run, as its ``receipts_sealed`` custody entry says).
 Each is a ``COUNT`` over one table, but users, whose older seals are told apart by two HMACs each,
@@ -45,6 +46,7 @@ from .outbox_seals import _OUTBOX
 from .raise_seals import _ALARMS as _RAISES
 from .reach_seals import _ITEMS, _STAFF, reach_secret
 from .receipt_upgrade import awaiting_receipts
+from .replay_seals import older_replays
 from .row_seals import (
     _ASSIGNMENTS,
     _DEVICES,
@@ -151,6 +153,13 @@ KINDS = (
         "are taken as they stand only while their alarms and visits bear them out",
     ),
     Kind(
+        "device_replay_states",
+        "device's replay state stored before its seal",
+        "devices' replay states stored before their seal",
+        "seal-replay",
+        "are taken only as far as their device's received messages bear them out",
+    ),
+    Kind(
         "device_receipts",
         "device message stored before receipt seals",
         "device messages stored before receipt seals",
@@ -254,6 +263,7 @@ def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = N
         "alarm_lifecycles": _unsealed(session, _LIFECYCLES, "lifecycle_seal"),
         "alarm_outbox": _unsealed(session, _OUTBOX, "seal"),
         "device_watches": len(older_watched(session)),
+        "device_replay_states": len(older_replays(session)),
         "alarm_raises": _unsealed(session, _RAISES, "raise_seal"),
         "device_receipts": awaiting_receipts(session, key.public_raw),
     }

@@ -16,14 +16,17 @@ device's messages, its rows of the device messages' table whose receipt is the s
 the device (``alarms.replay_state``), and ``evidence verify`` names it
 (``device_replay_state_altered``).
 
-States written before this have no seal: they await ``evidence upgrade-seals``' judgement as others
-do, and until then the intake takes such a state only as far as the device's received messages
-bear it out, rebuilding it from them as above (no warning: nothing says it was altered) and sealing
-what it writes at the device's next message; ``evidence verify`` counts them in a note. Tables are
-read as plain tables: this sits below ``alarms``.
+States written before this have no seal: they await ``evidence upgrade-seals`` (its ``seal-replay``
+step, which writes each rebuilt from the device's received messages, sealed), and until then the
+intake takes such a state only as far as those messages bear it out, rebuilding it from them as
+above (no warning: nothing says it was altered) and sealing what it writes at the device's next
+message; ``evidence verify`` counts them in a note. Tables are read as plain tables: this sits
+below ``alarms``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import column, select, table
 from sqlalchemy.orm import Session
@@ -77,5 +80,14 @@ def check_replay_seals(session: Session, report: ChainReport, key: ServiceKey) -
         report,
         older,
         "device(s) have a replay state written before it was sealed: each is taken only as far as "
-        "its received messages bear it out, and sealed at its next message",
+        "its received messages bear it out, and sealed at its next message or by "
+        "`evidence upgrade-seals`",
     )
+
+
+def older_replays(session: Session) -> list[Any]:
+    """The states stored before seals (none, and not empty): ``(device_id, replay_state)``, what
+    the upgrade lists."""
+    s = _STATES.c
+    unsealed = s.replay_seal.is_(None) & s.replay_state.is_not(None) & (s.replay_state != "")
+    return list(session.execute(select(s.device_id, s.replay_state).where(unsealed).order_by(s.device_id)))

@@ -195,6 +195,12 @@ def _watched(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     return seal_watched(session, s.key) if yes else unsealed_watched(session, s.key)
 
 
+def _replays(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from alarms.replay_state import seal_replays, unsealed_replays
+
+    return seal_replays(session, s.key) if yes else unsealed_replays(session, s.key)
+
+
 def _receipts(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     from chain_of_custody.receipt_upgrade import seal_receipts, unsealed_receipts
 
@@ -221,11 +227,13 @@ HEARD = Step("seal-last-heard", "devices' last-heard times", _heard)
 LIFECYCLES = Step("seal-lifecycle", "alarms' lifecycles", _lifecycles)
 OUTBOX = Step("seal-outbox", "alarm outbox rows", _outbox)
 WATCHED = Step("seal-watched", "devices' low-battery flags and visits", _watched)
+REPLAYS = Step("seal-replay", "devices' replay states", _replays)
 RECEIPTS = Step("seal-receipts", "device messages' receipts", _receipts)
 RAISES = Step("seal-raise", "alarms' notes, positions and payloads", _raises)
 # The upgrade's order: a grant is sealed only after the users it is made to (docs/console.md, "Grant seals"),
 # a device's visit only after the visits (whose own seals bear it out), device messages' receipts
-# after the devices (whose keys vouch for them) and before every step that reads the messages.
+# after the devices (whose keys vouch for them) and before every step that reads the messages
+# (devices' replay states are rebuilt from them).
 UPGRADE = (
     TOKENS,
     DEVICES,
@@ -241,6 +249,7 @@ UPGRADE = (
     LIFECYCLES,
     OUTBOX,
     WATCHED,
+    REPLAYS,
     RAISES,
 )
 
@@ -373,6 +382,16 @@ def seal_watched_command(yes: Annotated[bool, _YES] = False) -> None:
     _seal_rows(WATCHED, yes)
 
 
+def seal_replay_command(yes: Annotated[bool, _YES] = False) -> None:
+    """Seal the replay state of each lone-worker device stored before it was sealed
+    (``chain_of_custody.replay_seals``), taken until then only as far as the device's received
+    messages bear it out; run once after upgrading (after `evidence seal-receipts`). Nothing
+    records a heartbeat's sequence number, so each is written as its received messages bear it out
+    (their latest event ids and sequence numbers, as the device signed them), sealed: what the
+    intake would write at the device's next message."""
+    _seal_rows(REPLAYS, yes)
+
+
 def seal_raise_command(yes: Annotated[bool, _YES] = False) -> None:
     """Seal the provisional flag, note, position and payload item of each alarm raised before they
     were sealed (``chain_of_custody.raise_seals``), shown as they stand until then; run once after
@@ -399,7 +418,7 @@ def upgrade_seals_command(
     """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
     seal-users, seal-grants (after the users), record-credential-ends, record-access-ends,
     seal-receipts, seal-reach, seal-incidents, seal-visits, seal-last-heard, seal-lifecycle, seal-outbox, seal-watched,
-    seal-raise. It first prints how many rows of each kind await it (as the service's start-up
+    seal-replay, seal-raise. It first prints how many rows of each kind await it (as the service's start-up
     warning, ``/healthz`` and the console's banner count them); each step lists its rows,
     and with ``--yes`` does what it lists, in a transaction of its own, then prints what still awaits. Rows a step refuses are
     listed under it with why, the later steps still run, and the command exits 1 after ``--yes``

@@ -141,6 +141,7 @@ def old_deployment(services: Any) -> dict[str, int]:
         "alarm_lifecycles": 0,  # raised by this service: sealed (counted in tests/test_lifecycle_seals.py)
         "alarm_outbox": 0,  # queued by this service: sealed (counted in tests/test_outbox_seals.py)
         "device_watches": 0,  # no device of it is low or on a visit (counted in tests/test_watched_seals.py)
+        "device_replay_states": 0,  # no device of it was heard from (counted in tests/test_replay_state_seals.py)
         "alarm_raises": 0,  # raised by this service: sealed (counted in tests/test_raise_seals.py)
         "device_receipts": 0,  # received by this service: sealed (counted in tests/test_receipt_seal_keys.py)
     }
@@ -159,6 +160,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
     row it would refuse too); ``upgrade-seals`` prints the counts first, and after ``--yes`` what
     still awaits (here the export job no custody entry records)."""
     from accounts.seals import unsealed_tokens, unsealed_users
+    from alarms.replay_state import unsealed_replays
     from chain_of_custody.alarm_seals import unsealed_alarms
     from chain_of_custody.awaiting_upgrade import awaiting_upgrade
     from chain_of_custody.heard_seals import unsealed_heard
@@ -197,6 +199,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
             "alarm_lifecycles": len(unsealed_lifecycles(session, entries, s.key)),
             "alarm_outbox": len(unsealed_outbox(session, s.key)),
             "device_watches": len(unsealed_watched(session, s.key)),
+            "device_replay_states": len(unsealed_replays(session, s.key)),
             "alarm_raises": len(unsealed_raises(session, entries, s.key)),
             "device_receipts": len(unsealed_receipts(session, s.key)),
         }

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select, update
 
 from alarms.models import AlarmRecord
+from chain_of_custody.awaiting_upgrade import awaiting_upgrade
 from chain_of_custody.models import CustodyEntry
 from devices.lone_worker_wire import MAX_SAFE_INTEGER
 from devices.models import LoneWorkerState
@@ -162,3 +163,34 @@ def test_a_state_stored_before_seals_is_taken_as_its_received_messages_bear_it_o
     assert (raised.outcome, raised.alarm_id is not None) == ("accepted", True), raised
     assert _rebuilt(services) == []
     assert _state(services, "LW-RS5").replay_seal is not None
+
+
+def test_evidence_upgrade_seals_writes_a_state_stored_before_seals_rebuilt_and_sealed(services: Any) -> None:
+    device = enrol(services, "LW-RS7", staff_id="S-RS7", site="NORTH")
+    now = datetime.now(UTC)
+    topic, raw = device.sos(sent_at=now)
+    assert services.alarms.handle(topic, raw, now=now).outcome == "accepted"
+    assert services.alarms.handle(*device.heartbeat(sent_at=now), now=now).outcome == "accepted"
+    _edit(services, "LW-RS7", highest=MAX_SAFE_INTEGER, bits="1", events=[])
+    _sql(
+        services,
+        update(LoneWorkerState).where(LoneWorkerState.device_id == "LW-RS7").values(replay_seal=None),
+    )
+    with services.db.session() as session:
+        assert awaiting_upgrade(session, services.key).counts["device_replay_states"] == 1
+    listed = _cli(services, "seal-replay")
+    assert "device LW-RS7" in listed.output and _state(services, "LW-RS7").replay_seal is None, listed.output
+    done = _cli(services, "seal-replay", "--yes")
+    assert done.exit_code == 0, done.output
+    state = _state(services, "LW-RS7")
+    said = json.loads(state.replay_state)
+    assert (said["highest"], said["events"]) == (1, [json.loads(raw)["event_id"]]), said
+    with services.db.session() as session:
+        assert awaiting_upgrade(session, services.key).counts["device_replay_states"] == 0
+    assert "device_replay_state" not in _cli(services, "verify", "--json").output
+    assert services.alarms.handle(topic, raw, now=later(1, now)).outcome == "duplicate"
+    assert (
+        services.alarms.handle(*device.heartbeat(sent_at=later(2, now)), now=later(2, now)).outcome
+        == "accepted"
+    )
+    assert _rebuilt(services) == []

@@ -40,6 +40,7 @@ STEPS = (
     "seal-lifecycle",
     "seal-outbox",
     "seal-watched",
+    "seal-replay",
     "seal-raise",
 )
 
