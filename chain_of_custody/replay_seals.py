@@ -14,7 +14,8 @@ A state whose seal does not hold is not taken: the intake rebuilds it from what 
 device's messages, its rows of the device messages' table whose receipt is the service's
 (``receipt_upgrade.received``), with a warning and a ``replay_state_rebuilt`` custody entry naming
 the device (``alarms.replay_state``), and ``evidence verify`` names it
-(``device_replay_state_altered``).
+(``device_replay_state_altered``), and, once it is rebuilt, its entry
+(``device_replay_state_rebuilt``).
 
 States written before this have no seal: they await ``evidence upgrade-seals`` (its ``seal-replay``
 step, which writes each rebuilt from the device's received messages, sealed), and until then the
@@ -26,19 +27,22 @@ below ``alarms``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import column, select, table
 from sqlalchemy.orm import Session
 
-from .entries import ChainReport, Problem, report_unsealed
+from .entries import ChainReport, CustodyAction, Problem, report_unsealed
 from .keys import ServiceKey
+from .models import CustodyEntry
 from .reach_seals import reach_secret
 from .row_seals import _holds, row_seal
 
 _STATES = table("lone_worker_states", column("device_id"), column("replay_state"), column("replay_seal"))
 
 ALTERED = "device_replay_state_altered"
+REBUILT = "device_replay_state_rebuilt"
 
 
 def replay_seal(secret: bytes, device_id: str, state: str) -> str:
@@ -55,8 +59,10 @@ def replay_holds(secret: bytes, device_id: str, state: str | None, seal: str | N
 
 
 def check_replay_seals(session: Session, report: ChainReport, key: ServiceKey) -> None:
-    """A finding for each device whose replay state is not as the service sealed it; a note
-    counting the states written before seals."""
+    """A finding for each device whose replay state is not as the service sealed it, and for each
+    state the intake found so and rebuilt (its ``replay_state_rebuilt`` entry: the state written
+    since is sealed, the tampering is not forgotten); a note counting the states written before
+    seals."""
     secret, s = reach_secret(key), _STATES.c
     older = 0
     for device_id, state, seal in session.execute(
@@ -76,6 +82,20 @@ def check_replay_seals(session: Session, report: ChainReport, key: ServiceKey) -
                 "state its received messages bear out)",
             )
         )
+    q = select(CustodyEntry.seq, CustodyEntry.details).where(
+        CustodyEntry.action == CustodyAction.REPLAY_STATE_REBUILT.value
+    )
+    for seq, details in session.execute(q.order_by(CustodyEntry.seq)):  # few: each is a tampering found
+        said = _details(details)
+        report.problems.append(
+            Problem(
+                REBUILT,
+                f"device {said.get('device')}",
+                f"its replay state was not as the service sealed it when its message came (written or "
+                f"edited in the database: highest {said.get('found_highest')!r}, events "
+                f"{said.get('found_events')!r}); rebuilt from its received messages, custody entry #{seq}",
+            )
+        )
     report_unsealed(
         report,
         older,
@@ -91,3 +111,11 @@ def older_replays(session: Session) -> list[Any]:
     s = _STATES.c
     unsealed = s.replay_seal.is_(None) & s.replay_state.is_not(None) & (s.replay_state != "")
     return list(session.execute(select(s.device_id, s.replay_state).where(unsealed).order_by(s.device_id)))
+
+
+def _details(text: str | None) -> dict[str, Any]:
+    try:
+        found = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}

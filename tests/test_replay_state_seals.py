@@ -74,6 +74,8 @@ def test_an_sos_event_id_written_into_the_replay_state_is_raised_and_acked_as_re
     # Written sealed again: verify finds nothing more to say of it, and the SOS sent again is a duplicate.
     found = _cli(services, "verify", "--json")
     assert "device_replay_state_altered" not in found.output, found.output
+    assert found.exit_code != 0 and "device_replay_state_rebuilt" in found.output, found.output
+    assert "device LW-RS1" in found.output and upcoming in found.output, found.output
     again = services.alarms.handle(topic, raw, now=later(2, now))
     assert again.outcome == "duplicate" and again.alarm_id == raised.alarm_id, again
     assert len(_rebuilt(services)) == 1
