@@ -427,13 +427,9 @@ def verify_service(
             )
             continue
         if not isinstance(rec, dict):
+            why = f"its 'stored' custody entry #{rec} cannot be read (its details are not a JSON object)"
             report.problems.append(
-                Problem(
-                    "item_unrecorded",
-                    where,
-                    f"its 'stored' custody entry #{rec} cannot be read (its details are not a JSON "
-                    "object): its row and object are not checked against it",
-                )
+                Problem("item_unrecorded", where, why + ": its row and object are not checked against it")
             )
             continue
         for detail in row_disagreements(item, rec):

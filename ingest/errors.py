@@ -84,12 +84,18 @@ def allowed_methods(request: Request) -> str:
     """Every method the request's path answers. Starlette names only the first route that matched the
     path, so a path served by several routes (GET and POST of ``/users``) told of one method only;
     and the app's own list of routes holds each included router as one entry without methods, so
-    the routes are walked as FastAPI resolves them (``iter_route_contexts``), each by its full path."""
-    methods: set[str] = set()
+    the routes are walked as FastAPI resolves them (``iter_route_contexts``), each by its full path.
+    Of the paths that match, the most literal wins (``/devices/cameras`` over ``/devices/{id}``), as
+    the API's document lists them."""
+    matching: dict[str, set[str]] = {}
     for route in iter_route_contexts(request.app.router.routes):
         route_methods, path = route.methods, route.path
         if route_methods and path and _path_pattern(path).match(request.url.path):
-            methods.update(route_methods)
+            matching.setdefault(path, set()).update(route_methods)
+    if not matching:
+        return ""
+    fewest = min(path.count("{") for path in matching)
+    methods = set().union(*(m for path, m in matching.items() if path.count("{") == fewest))
     return ", ".join(sorted(methods))
 
 
