@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# Worker processes of `make test` (pytest-xdist).
+TEST_WORKERS ?= 2
 
 .PHONY: run test bench check lint services clean
 
@@ -33,7 +35,7 @@ test: $(STAMP) services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider --durations=15
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=15
 
 bench: $(STAMP) services
 	$(BIN)/python bench/ingest.py

@@ -63,6 +63,19 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def backends_waiting_on_a_lock(engine: Engine, naming: str = "") -> int:
+    """How many PostgreSQL backends of ``engine``'s database wait on a lock, of those whose statement
+    names ``naming``: race tests let one transaction go once they see the other wait. Only the test's
+    own database counts, so that tests running beside it (in another worker) are never taken for it."""
+    with engine.connect() as conn:
+        waiting = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND position(%(naming)s in query) > 0",
+            {"naming": naming},
+        ).scalar()
+    return int(waiting or 0)
+
+
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSeaweed]:
     # Every test makes its own buckets, and each bucket takes volumes of its own: allow plenty.
@@ -496,9 +509,24 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.set_threshold(*RUN_GC_THRESHOLDS)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A worker of a parallel run hands its slow requests to the run that reports them."""
+    handed = getattr(session.config, "workeroutput", None)
+    if handed is not None:
+        handed["slow_requests"] = list(_SLOW_REQUESTS)
+        handed["slow_dumps"] = [str(path) for path in _SLOW_DUMPS]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    handed = getattr(node, "workeroutput", {})
+    _SLOW_REQUESTS.extend(handed.get("slow_requests", []))
+    _SLOW_DUMPS.extend(Path(path) for path in handed.get("slow_dumps", []))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _SLOW_REQUESTS:
-        where = _SLOW_DUMPS[0] if _SLOW_DUMPS else "slow-requests.txt"
+        where = ", ".join(map(str, _SLOW_DUMPS)) or "slow-requests.txt"
         terminalreporter.section(f"requests slower than {SLOW_REQUEST_S:.0f} s (threads at 5 s: {where})")
         for line in _SLOW_REQUESTS:
             terminalreporter.write_line(line)

@@ -29,7 +29,7 @@ from chain_of_custody.row_seals import CREDENTIAL_SEALS
 from incidents.export import api as export_api
 from incidents.export.models import ExportLink
 from incidents.models import Incident
-from tests.conftest import ADMIN_PASSWORD, recorded_user, start_server, wait_for
+from tests.conftest import ADMIN_PASSWORD, backends_waiting_on_a_lock, recorded_user, start_server, wait_for
 from tests.test_console_kit import session_client
 from tests.test_export_api import link_issuer
 from tests.test_incidents_kit import sealed_export_job
@@ -116,13 +116,7 @@ ROUTES: dict[str, Callable[[dict[str, Any]], tuple[str, str, dict[str, Any], str
 
 def waiting_on_users(s: Any) -> bool:
     """Whether a statement naming ``users`` waits on a lock (PostgreSQL)."""
-    with s.db.engine.connect() as conn:
-        return bool(
-            conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND position('users' in query) > 0"
-            ).scalar()
-        )
+    return bool(backends_waiting_on_a_lock(s.db.engine, "users"))
 
 
 def _armed_session(

@@ -15,7 +15,7 @@ from chain_of_custody.entries import CustodyAction
 from devices.models import LoneWorkerState
 from devices.service import enrol_lone_worker
 from ingest.services import build_services
-from tests.conftest import make_settings, wait_for
+from tests.conftest import backends_waiting_on_a_lock, make_settings, wait_for
 from tests.test_alarms_kit import DeviceKit, enrol
 
 
@@ -44,13 +44,7 @@ def test_an_enrolment_beside_the_intake_takes_its_locks_in_the_intakes_order(
                 errors.append(exc)
 
         def enrolment_waits() -> bool:
-            with services.db.engine.connect() as c:
-                return bool(
-                    c.exec_driver_sql(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND position('lone_worker_states' in query) > 0"
-                    ).scalar()
-                )
+            return bool(backends_waiting_on_a_lock(services.db.engine, "lone_worker_states"))
 
         again = threading.Thread(target=enrol_again)
         with services.db.session() as intake:  # a message of the device, as the intake handles it

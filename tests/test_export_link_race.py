@@ -22,7 +22,7 @@ from chain_of_custody.evidence import Provenance, quarantine
 from chain_of_custody.models import CustodyEntry, EvidenceItem
 from incidents.export import downloads
 from incidents.export.models import ExportLink
-from tests.conftest import start_server, wait_for
+from tests.conftest import backends_waiting_on_a_lock, start_server, wait_for
 from tests.test_export_api import package_with_link
 from tests.test_export_package import put_evidence
 
@@ -224,13 +224,7 @@ def test_two_revocations_of_one_link_at_once_record_one(
     second.start()
 
     def waiting_on_a_lock() -> bool:
-        with s.db.engine.connect() as c:
-            return bool(
-                c.exec_driver_sql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND position('export_links' in query) > 0"
-                ).scalar()
-            )
+        return bool(backends_waiting_on_a_lock(s.db.engine, "export_links"))
 
     wait_for(
         lambda: second_in.is_set() or waiting_on_a_lock(), 30, what="the second revocation to read or wait"

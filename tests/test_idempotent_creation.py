@@ -29,7 +29,7 @@ from incidents.service import IncidentDraft, create_incident, link_target
 from incidents.subject_access.models import SubjectAccessRequest
 from redaction.models import RedactionJob
 from storage.idempotency import HEADER, REPLAYED_HEADER, IdempotencyKey, forget_expired
-from tests.conftest import wait_for
+from tests.conftest import backends_waiting_on_a_lock, wait_for
 from tests.test_incidents_kit import bearer, store_item, user
 
 
@@ -276,14 +276,7 @@ def test_two_requests_at_once_under_one_key_make_one_thing(world: World, route: 
             t.start()
 
         def both_waiting() -> bool:
-            with s.db.engine.connect() as watch:
-                waiting = watch.execute(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock'"
-                    )
-                ).scalar()
-            return int(waiting or 0) >= 2
+            return backends_waiting_on_a_lock(s.db.engine) >= 2
 
         wait_for(both_waiting, 20, 0.02, "both requests to wait inside the route")
         holder.rollback()

@@ -26,7 +26,7 @@ from redaction import jobs
 from redaction.models import RedactionJob
 from redaction.worker import RedactionWorker
 from storage.db import Database
-from tests.conftest import settings_env, wait_for
+from tests.conftest import backends_waiting_on_a_lock, settings_env, wait_for
 
 START = datetime(2026, 11, 22, 11, 0, tzinfo=UTC)
 
@@ -181,7 +181,6 @@ def test_two_workers_never_take_the_same_job(pg_url: str, tmp_path: Path) -> Non
 def test_two_people_asking_for_a_version_at_once_get_the_next_two(pg_url: str) -> None:
     """The next version number is counted under the clip's row lock: the second request waits for
     the first and takes the number after it, where both once took the same and one failed."""
-    from sqlalchemy import text
 
     from ingest.migrations_runner import upgrade_database
 
@@ -207,15 +206,7 @@ def test_two_people_asking_for_a_version_at_once_get_the_next_two(pg_url: str) -
         other.start()
 
         def waiting() -> bool:
-            with db.session() as look:
-                return bool(
-                    look.scalar(
-                        text(
-                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                            "AND datname = current_database()"
-                        )
-                    )
-                )
+            return bool(backends_waiting_on_a_lock(db.engine))
 
         wait_for(waiting, 20, what="the second request to wait on the first")
     other.join(20)

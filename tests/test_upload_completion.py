@@ -30,7 +30,7 @@ from ingest.models import Upload
 from ingest.uploads import complete_upload
 from storage.db import READ_ONLY
 from tests.clipkit import Fleet, clip_metadata, enrol, sha256
-from tests.conftest import LiveServer, wait_for
+from tests.conftest import LiveServer, backends_waiting_on_a_lock, wait_for
 
 MiB = 1024 * 1024
 PART = 5 * MiB
@@ -291,16 +291,6 @@ def test_a_clip_its_dock_sent_twice_is_recorded_once(live: LiveServer) -> None:
         assert session.scalar(select(func.count()).select_from(CustodyEntry)) == entries
 
 
-def _waiting_on_a_lock(engine: Any) -> bool:
-    """A PostgreSQL backend of this database waits for a lock another transaction holds."""
-    with engine.connect() as conn:
-        waiting = conn.exec_driver_sql(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock'"
-        ).scalar()
-    return bool(waiting)
-
-
 def test_two_completions_of_one_upload_at_once_record_one_item(
     live: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -342,7 +332,7 @@ def test_two_completions_of_one_upload_at_once_record_one_item(
             other.start()
             if s.db.is_postgres:
                 wait_for(
-                    lambda: second_past_the_check.is_set() or _waiting_on_a_lock(s.db.engine),
+                    lambda: second_past_the_check.is_set() or backends_waiting_on_a_lock(s.db.engine),
                     30,
                     what="the second completion to wait for the first or get past it",
                 )
