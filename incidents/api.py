@@ -32,7 +32,7 @@ from .access import (
     link_recorded,
     visible_incident,
 )
-from .history import AFTER_PATTERN, HISTORY_PAGE, HISTORY_PAGE_MAX, HistoryPage, history_page, timeline_page
+from .history import AFTER_PATTERN, HISTORY_PAGE, HISTORY_PAGE_MAX, HistoryPage, history_page
 from .models import CATEGORIES, INVOLVEMENTS, STATUSES, Incident
 from .queries import INCIDENT_LIST, IncidentFilter, incident_position, incident_view, search_incidents
 from .retention import RetentionRules, set_legal_hold
@@ -176,14 +176,13 @@ class IncidentSummary(BaseModel):
     model_config = {"from_attributes": True}
 
 
-class TimelineEntry(BaseModel):
+class HistoryEntry(BaseModel):
+    """A line of an incident's history (``/history`` and ``/timeline`` alike)."""
+
     at: datetime
     kind: str
     actor: str | None
     details: dict[str, Any]
-
-
-class HistoryEntry(TimelineEntry):
     item_id: str | None = Field(
         None,
         description="the evidence item a custody line is about; for an export package's lines (its "
@@ -388,7 +387,21 @@ AFTER = Query(
 LIMIT = Query(HISTORY_PAGE, ge=1, le=HISTORY_PAGE_MAX, description="most lines in the page")
 
 
-@router.get("/incidents/{incident_id}/timeline", response_model=list[TimelineEntry], responses=next_headers())
+def _lines(
+    what: str, incident_id: str, response: Response, after: str, limit: int, user: Viewer, s: CoreServices
+) -> list[dict[str, Any]]:
+    """The incident's history as ``user`` may read it, a page at a time: what both routes answer."""
+    with s.db.reading() as session:
+        incident = visible_incident(session, user, incident_id)
+        if incident is None:
+            raise _hidden()
+        page = history_page(session, user, incident, after, limit, key=s.key)
+        session.expunge_all()
+    _paged(response, what, incident, page, limit)
+    return page.rows
+
+
+@router.get("/incidents/{incident_id}/timeline", response_model=list[HistoryEntry], responses=next_headers())
 def incident_timeline(
     incident_id: str,
     response: Response,
@@ -397,17 +410,9 @@ def incident_timeline(
     user: Viewer = readers,
     s: CoreServices = Depends(services),
 ) -> list[dict[str, Any]]:
-    """The incident's own lines in time order (when it happened, changes, investigators, what is
-    linked), a page at a time (``limit``, then ``after``): while more follow, the answer links the
-    next page (``Link: <...>; rel="next"`` and ``X-Next-After``)."""
-    with s.db.reading() as session:
-        incident = visible_incident(session, user, incident_id)
-        if incident is None:
-            raise _hidden()
-        page = timeline_page(session, incident, after, limit)
-        session.expunge_all()
-    _paged(response, "timeline", incident, page, limit)
-    return page.rows
+    """Everything that happened to the incident and its evidence, as ``/history`` tells it (the same
+    lines, read the same way, for the same reader): the console's timeline page reads it too."""
+    return _lines("timeline", incident_id, response, after, limit, user, s)
 
 
 @router.get("/incidents/{incident_id}/history", response_model=list[HistoryEntry], responses=next_headers())
@@ -419,22 +424,16 @@ def history(
     user: Viewer = readers,
     s: CoreServices = Depends(services),
 ) -> list[dict[str, Any]]:
-    """The timeline with the custody of every item linked to the incident now or before, and of its
-    redacted copies: views and downloads, redactions, exports, legal holds, retention changes; and of
-    its export packages: built, download links issued, downloads through them, links revoked. Only
-    items the caller may see now are followed, and only packages they read as the incident's (as its
-    disclosure log); an entry about an incident they may not see is withheld.
-    In time order, a page at a time (``limit``, then ``after``; an item read a few hundred thousand
-    times has that many entries): while more follow, the answer links the next page (``Link: <...>;
-    rel="next"`` and ``X-Next-After``)."""
-    with s.db.reading() as session:
-        incident = visible_incident(session, user, incident_id)
-        if incident is None:
-            raise _hidden()
-        page = history_page(session, user, incident, after, limit, key=s.key)
-        session.expunge_all()
-    _paged(response, "history", incident, page, limit)
-    return page.rows
+    """The incident's own lines (when it happened, changes, investigators, links and unlinks with their
+    reasons, the evidence and alarms linked) with the custody of every item linked to the incident
+    now or before, and of its redacted copies: views and downloads, redactions, exports, legal holds,
+    retention changes; and of its export packages: requested, built, download links issued, downloads
+    through them, links revoked. Only items the caller may see now are followed, and only packages
+    they read as the incident's (as its disclosure log); an entry about an incident they may not see
+    is withheld. In time order, a page at a time (``limit``, then ``after``; an item read a few
+    hundred thousand times has that many entries): while more follow, the answer links the next page
+    (``Link: <...>; rel="next"`` and ``X-Next-After``). ``/timeline`` answers the same."""
+    return _lines("history", incident_id, response, after, limit, user, s)
 
 
 @router.post(

@@ -1,8 +1,8 @@
 """An incident's whole history as one reader may see it: its own events and its evidence's custody,
 a page at a time.
 
-The incident's own timeline (:func:`timeline_page`: when it happened, created, changed, assigned,
-links and unlinks with their reasons, the evidence and alarms linked now) is joined with the custody
+The incident's own lines (when it happened, created, changed, assigned, links and unlinks with their
+reasons, the evidence and alarms linked now) are joined with the custody
 entries of every evidence item linked to it now or before, and of the copies derived from them
 (redaction versions, redaction records): views and downloads, redactions, exports, legal holds,
 retention changes; and the custody of the incident's export packages (each an item of its own): the
@@ -21,8 +21,8 @@ then its source, then its row's number), and a page is the ``limit`` lines after
 (``after``), read by keyset from each source and merged. The next page starts after the last line
 of this one (``Place.text``, the ``after=`` of the API's ``Link: ...; rel="next"``).
 
-The API (``GET /api/v1/incidents/{id}/history`` and ``/timeline``) and the console's timeline page
-all call :func:`history_page` or :func:`timeline_page`; there is no other reading of them.
+The API (``GET /api/v1/incidents/{id}/history`` and ``/timeline``, which answer the same) and the
+console's timeline page all call :func:`history_page`; there is no other reading of them.
 """
 
 from __future__ import annotations
@@ -472,11 +472,6 @@ def _page(lines: list[Line], limit: int) -> HistoryPage:
     lines.sort(key=lambda line: line[0])
     more = len(lines) > limit
     return HistoryPage([row for _, row in lines[:limit]], lines[limit - 1][0].text if more else None)
-
-
-def timeline_page(session: Session, incident: Incident, after: str, limit: int) -> HistoryPage:
-    """The incident's own lines (``GET /incidents/{id}/timeline``), ``limit`` after ``after``."""
-    return _page(_own_lines(session, incident, Place.parse(after), limit + 1), limit)
 
 
 def history_page(
