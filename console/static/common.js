@@ -112,6 +112,13 @@ const dateTimeFormat = new Intl.DateTimeFormat("en-GB", {
 /** The reader's time zone by its name ("Europe/London"), as the browser has it. */
 export const localZone = () => timeFormat.resolvedOptions().timeZone || "local time";
 
+/** The short name of the reader's zone at the moment ``d`` ("GMT", "BST", "CET", "GMT-5"): summer
+ * and winter differ, so a typed time is named by its own date's, not today's. */
+export function zoneNameAt(d) {
+  const part = timeFormat.formatToParts(d).find((p) => p.type === "timeZoneName");
+  return part ? part.value : localZone();
+}
+
 /** A moment in the reader's own clock with its zone's name: "14:02:03 GMT" today, else "2 Dec, 14:02:03 GMT". */
 export function clock(iso) {
   if (!iso) return "";
