@@ -27,12 +27,14 @@ import httpx
 import numpy as np
 import pytest
 
+from accounts.models import User
 from chain_of_custody import manifest as mf
 from tests import test_footage_browser
 from tests.test_console_kit import chromium, new_page, screenshot_dir, sign_in
 from tests.test_exports_browser import link_download_verify
 from tests.test_footage_browser import (
     SOUND_RATE,
+    START,
     Footage,
     _longest_track,
     _record,
@@ -441,3 +443,176 @@ def test_an_investigator_corrects_a_clip_and_exports_that_version_verified(
     assert [e["track"] for e in chosen["selection"]["left_visible"]] == [track]
     assert items[corrected["record_item_id"]]["path"] is not None
     assert items[f.v1["result_item_id"]]["path"] is None
+
+
+# Taps what the page plays through Web Audio: every node connected to the speakers is also connected
+# to an analyser the test reads (and the analyser, silenced, to the speakers, so it is pulled).
+HEAR_WEB_AUDIO = """
+(() => {
+  const connect = AudioNode.prototype.connect;
+  window.__heard = [];
+  AudioNode.prototype.connect = function (target, ...rest) {
+    if (target instanceof AudioDestinationNode) {
+      const analyser = this.context.createAnalyser();
+      analyser.fftSize = 4096;
+      const quiet = this.context.createGain();
+      quiet.gain.value = 0;
+      connect.call(this, analyser);
+      connect.call(analyser, quiet);
+      connect.call(quiet, target);
+      window.__heard.push(analyser);
+    }
+    return connect.call(this, target, ...rest);
+  };
+})();
+"""
+# What the page plays through Web Audio now: its level (RMS) and its loudest frequency (Hz).
+HEARD = """(() => { const a = (window.__heard || [])[0]; if (!a) return [0, 0];
+  const wave = new Float32Array(a.fftSize); a.getFloatTimeDomainData(wave);
+  const rms = Math.sqrt(wave.reduce((s, v) => s + v * v, 0) / wave.length);
+  const bins = new Float32Array(a.frequencyBinCount); a.getFloatFrequencyData(bins);
+  let top = 0; bins.forEach((v, i) => { if (v > bins[top]) top = i; });
+  return [rms, top * a.context.sampleRate / a.fftSize]; })()"""
+SAR_TONE = (1.65, 1.95)  # seconds of speech toned in the request's version (clear of the correction's)
+
+
+def _focused(page: Any) -> str:
+    """The focused element as the track list names it: its id, else its text."""
+    return page.evaluate(  # type: ignore[no-any-return]
+        "document.activeElement.id || document.activeElement.textContent.trim()"
+    )
+
+
+def test_the_requester_is_marked_by_keyboard_and_a_toned_range_is_previewed_as_a_tone(
+    footage: Footage, tmp_path: Path
+) -> None:
+    """Opened from an open subject access request, the review's "This is the requester" buttons are
+    reached with Tab in the track list's order (each track's box, its "go to", its button), each
+    showing its focus ring; Enter marks the requester (left visible, every other face masked), Space
+    on the same button ("Not the requester") masks them again and Space marks them once more. A range
+    of speech toned by keyboard is previewed as the tone the saved version plays (1 kHz at a fifth of
+    full scale), not as silence; saved by keyboard, the version records the requester's track alone
+    left visible, the request its reason, every other face masked, and the tone in its sound."""
+    f = footage
+    requester_of = {"requester": "Morgan Reed", "contact": "by post to the ward office"}
+    sar = httpx.post(
+        f"{f.url}/api/v1/subject-access-requests",
+        json={**requester_of, "received_on": START.date().isoformat(), "site": "NORTH"},
+        headers=f.admin,
+    )
+    sar.raise_for_status()
+    request = sar.json()
+    with f.services.db.session() as session:
+        investigator = session.query(User).filter_by(username="investigator").one().id
+    httpx.put(
+        f"{f.url}/api/v1/incidents/{request['incident_id']}/investigators/{investigator}", headers=f.admin
+    ).raise_for_status()
+    httpx.post(
+        f"{f.url}/api/v1/incidents/{request['incident_id']}/links",
+        json={"target_id": f.clip_id, "reason": "footage of the person who made this request"},
+        headers=f.admin,
+    ).raise_for_status()
+    v1_record = _record(f, f.v1)
+    tracks = sorted(_states(v1_record))
+    assert len(tracks) >= 2, tracks
+    requester, others = tracks[-1], tracks[:-1]  # the last in the list: reached after the others
+    shots = screenshot_dir(tmp_path)
+    with chromium() as browser:
+        page = new_page(browser, 1400, 1000)
+        page.add_init_script(HEAR_WEB_AUDIO)
+        sign_in(page, f.url, "investigator", next_path=f"/subject-access/{request['id']}")
+        tab_to(page, f"article.clip[data-clip='{f.clip_id}'] a.review-link")
+        with page.expect_navigation(url=f"**/footage/{f.clip_id}/review?subject-access={request['id']}"):
+            page.keyboard.press("Enter")
+        page.wait_for_selector("#overlay[data-ready='1']")
+
+        # The preview on, and other people's speech toned: the range typed, "tone" chosen by arrows.
+        tab_to(page, "#preview")
+        page.keyboard.press("Space")
+        assert page.is_checked("#preview")
+        tab_to(page, "#audio-start")
+        page.keyboard.type(str(SAR_TONE[0]))
+        page.keyboard.press("Tab")
+        assert _focused(page) == "audio-end"
+        page.keyboard.type(str(SAR_TONE[1]))
+        tab_to(page, "#audio-mode")
+        choose_by_keyboard(page, "#audio-mode", "tone")
+        tab_to(page, "#audio-add")
+        earlier = page.locator("#audio-edits li[data-audio]").count()  # the version reviewed may have some
+        page.keyboard.press("Enter")
+        added = f"#audio-edits li[data-audio='{earlier}']"
+        page.wait_for_selector(added)
+        assert page.inner_text(added).startswith("Sound toned: 1.65–1.95 s"), page.inner_text(added)
+
+        # The preview plays the tone there (and not the clip's own sound), as the saved version will;
+        # paused, nothing.
+        page.evaluate(
+            f"(() => {{ const v = document.getElementById('video'); v.playbackRate = 0.25;"
+            f" v.currentTime = {SAR_TONE[0] + 0.05}; v.play(); }})()"
+        )
+        until(page, "document.getElementById('video').dataset.previewSound === 'tone 1000 Hz'")
+        assert page.evaluate("document.getElementById('video').muted") is True
+        heard = until(
+            page, f"(() => {{ const [rms, hz] = {HEARD}; return rms > 0.1 ? [rms, hz] : null; }})()"
+        )
+        rms, hz = heard
+        assert abs(rms - 0.2 / np.sqrt(2)) < 0.02 and abs(hz - 1000) < 20, heard
+        page.evaluate("document.getElementById('video').pause()")
+        until(page, f"{HEARD}[0] < 0.001")
+
+        # The track list in focus order: each track's box, its "go to", its requester button. The
+        # first track's box turned over on the way (Space); the requester's mark masks it whatever it was.
+        tab_to(page, f"#track-{tracks[0]}")
+        was = page.is_checked(f"#track-{tracks[0]}")
+        page.keyboard.press("Space")
+        assert page.is_checked(f"#track-{tracks[0]}") is not was
+        order = [_focused(page)]
+        for _ in range(3 * len(tracks) - 1):
+            page.keyboard.press("Tab")
+            order.append(_focused(page))
+        assert order == [x for t in tracks for x in (f"track-{t}", "go to", f"requester-{t}")], order
+
+        def says(masked: list[int], marked: bool) -> None:
+            button = f"#requester-{requester}"
+            assert _focused(page) == f"requester-{requester}"  # the list drawn again keeps the focus
+            ring = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+            assert ring != "none", "the requester's button shows no focus ring"
+            assert page.inner_text(button) == ("Not the requester" if marked else "This is the requester")
+            assert page.get_attribute(button, "aria-pressed") == ("true" if marked else "false")
+            visible = f"Track {requester}: left visible (the requester)"
+            assert page.inner_text(f"label[for='track-{requester}']") == (
+                visible if marked else f"Track {requester}: masked"
+            )
+            assert [t for t in tracks if page.is_checked(f"#track-{t}")] == masked
+
+        page.keyboard.press("Enter")
+        says(others, True)
+        page.keyboard.press("Space")
+        says(tracks, False)
+        page.keyboard.press("Space")
+        says(others, True)
+        page.screenshot(path=str(shots / "subject-access-review-keyboard.png"), full_page=True)
+
+        tab_to(page, "#save")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#job-state[data-status='done']", timeout=90_000)
+        job_id = page.get_attribute("#job-state", "data-job")
+        assert page.errors == []  # type: ignore[attr-defined]
+
+    job = httpx.get(f"{f.url}/api/v1/redaction-jobs/{job_id}", headers=f.admin).json()
+    reason = (
+        f"the person who asked for this footage (subject access request, {request['incident_reference']})"
+    )
+    assert [(e["track"], e["reason"]) for e in job["spec"]["exclusions"]] == [(requester, reason)], job[
+        "spec"
+    ]
+    assert {"start": SAR_TONE[0], "end": SAR_TONE[1], "mode": "tone", "tone_hz": 1000.0} in job["spec"][
+        "audio_edits"
+    ]
+    notes = [n for frame in _record(f, job)["record"] for n in frame if n.get("source") == "auto"]
+    assert notes and all(n.get("excluded") is True for n in notes if n["track"] == requester)
+    assert not [n for n in notes if n["track"] != requester and n.get("excluded")]
+    samples = sound(f, job["result_item_id"], SAR_TONE[0] + 0.05, SAR_TONE[1] - 0.05)
+    power = np.abs(np.fft.rfft(samples)) ** 2
+    hz_of = np.fft.rfftfreq(len(samples), 1 / SOUND_RATE)
+    assert power[(hz_of > 900) & (hz_of < 1100)].sum() / power.sum() > 0.8

@@ -15,6 +15,10 @@ const timeline = $("timeline");
 const wave = $("waveform");
 const COLOURS = ["#4cc3ff", "#ff9f43", "#7bed9f", "#ff6b81", "#a29bfe", "#ffd32a", "#1dd1a1", "#f368e0"];
 const UNCERTAIN_SCORE = 0.5;
+// A toned range of the saved version is this sine at the edit's frequency, a mute silence, a mute
+// winning where both are (redaction/audio.py): the preview plays the same.
+const TONE_HZ = 1000;
+const TONE_LEVEL = 0.2;
 
 const done = data.versions.filter((v) => v.status === "done" && v.result && v.record);
 const state = {
@@ -25,7 +29,7 @@ const state = {
   excluded: new Map(), // track -> reason (whole life)
   requester: new Set(), // tracks marked as the subject access requester (left visible, the request the reason)
   regions: [], // {start, end, x, y, w, h, shape, follow, label}
-  audio: [], // {start, end, mode}
+  audio: [], // {start, end, mode, tone_hz}
   waveform: null,
   drawn: 0,
   drag: null,
@@ -70,7 +74,7 @@ async function loadBase(version) {
   const sar = data.subject_access;
   state.requester = new Set(sar ? [...state.excluded].filter(([, why]) => why === sar.reason).map(([t]) => t) : []);
   state.regions = (spec.manual_regions || []).map((r) => ({ ...r }));
-  state.audio = (spec.audio_edits || []).map((a) => ({ start: a.start, end: a.end, mode: a.mode || "mute" }));
+  state.audio = (spec.audio_edits || []).map((a) => ({ start: a.start, end: a.end, mode: a.mode || "mute", tone_hz: a.tone_hz || TONE_HZ }));
   $("note").value = "";
   renderTracks();
   renderEdits();
@@ -204,7 +208,7 @@ function draw() {
   overlay.dataset.drawn = String(state.drawn);
   overlay.dataset.labels = JSON.stringify(placed);
   $("frame-label").textContent = `frame ${i + 1} of ${state.record.frames} · ${t.toFixed(2)} s`;
-  if (preview) video.muted = state.audio.some((a) => t >= a.start && t < a.end);
+  if (preview) previewSound(t);
   drawTimeline();
   drawWave();
 }
@@ -219,9 +223,46 @@ for (const name of ["seeked", "timeupdate", "loadeddata", "pause"]) video.addEve
 window.addEventListener("resize", resize);
 video.addEventListener("loadedmetadata", resize);
 $("preview").addEventListener("change", () => {
-  if (!$("preview").checked) video.muted = false;
+  if (!$("preview").checked) {
+    video.muted = false;
+    playTone(null);
+  }
   draw();
 });
+for (const name of ["pause", "ended", "seeking"]) video.addEventListener(name, () => $("preview").checked && previewSound(video.currentTime));
+
+// ------------------------------------------------------------------ the preview's sound
+
+let toneOut = null; // {context, oscillator, gain}, made when first needed
+
+// The tone through Web Audio, silent until a toned range plays; the clip's own sound is muted there.
+function playTone(hz) {
+  if (hz === null && !toneOut) return;
+  if (!toneOut) {
+    const context = new AudioContext();
+    const oscillator = context.createOscillator();
+    const gain = context.createGain();
+    gain.gain.value = 0;
+    oscillator.connect(gain).connect(context.destination);
+    oscillator.start();
+    toneOut = { context, oscillator, gain };
+  }
+  const { context, oscillator, gain } = toneOut;
+  if (hz !== null) {
+    oscillator.frequency.setValueAtTime(hz, context.currentTime);
+    context.resume().catch(() => {});
+  }
+  gain.gain.setValueAtTime(hz === null ? 0 : TONE_LEVEL, context.currentTime);
+  video.dataset.previewSound = hz === null ? (video.muted ? "silent" : "clip") : `tone ${hz} Hz`;
+}
+
+// What the saved version plays at ``t``: the clip, silence (a mute, which beats a tone), or a tone.
+function previewSound(t) {
+  const inside = state.audio.filter((a) => t >= a.start && t < a.end);
+  video.muted = inside.length > 0;
+  const tone = inside.some((a) => a.mode !== "tone") ? null : inside[inside.length - 1];
+  playTone(tone && !video.paused && !video.seeking ? tone.tone_hz || TONE_HZ : null);
+}
 
 // ------------------------------------------------------------------ the timeline
 
@@ -502,7 +543,7 @@ $("audio-form").addEventListener("submit", (event) => {
   const start = Number($("audio-start").value);
   const end = Number($("audio-end").value);
   if (!(end > start)) return player.say("The sound range ends before it starts.");
-  state.audio.push({ start, end, mode: $("audio-mode").value });
+  state.audio.push({ start, end, mode: $("audio-mode").value, tone_hz: TONE_HZ });
   state.select = null;
   renderEdits();
   draw();
@@ -554,7 +595,7 @@ function spec() {
       start, end, x, y, w, h, shape: shape || "rect", follow: !!follow, keyframes: keyframes || [], label: label || null,
     })),
     exclusions,
-    audio_edits: state.audio.map(({ start, end, mode }) => ({ start, end, mode })),
+    audio_edits: state.audio.map(({ start, end, mode, tone_hz }) => ({ start, end, mode, ...(mode === "tone" ? { tone_hz } : {}) })),
     note: $("note").value.trim() || null,
   };
 }
