@@ -205,12 +205,30 @@ SEEK_SCRIPT = """async ({src, seeks, seed, preload}) => {
 }"""
 
 
-def make_big_clip(path: Path, target_bytes: int) -> Path:
+CLIP_RATE = 30
+
+
+def clip_keyframes(placed: str) -> list[str]:
+    """The x264 keyframe options of the seek phase's clip: ``1s`` a keyframe every second (a camera's
+    original as the bench has always made it); ``redaction`` where the redaction's writer places
+    them in a redacted copy, the copy the player shows first (``redaction.media.keyframe_args``;
+    a checkout whose writer has none passes x264 no option, as its writer did: 250 frames)."""
+    if placed == "1s":
+        return ["-g", str(CLIP_RATE)]
+    from redaction import media
+
+    args = getattr(media, "keyframe_args", None)
+    return [] if args is None else list(args(CLIP_RATE, media.EncodeOptions().keyframe_seconds))
+
+
+def make_big_clip(path: Path, target_bytes: int, keyframes: list[str] | None = None) -> Path:
     """An H.264 MP4 of at least ``target_bytes``: a minute of noisy 720p at 20 Mbit/s with a keyframe
-    every second, repeated by stream copy (no re-encoding) and written with its index first."""
+    every second (or as ``keyframes`` says), repeated by stream copy (no re-encoding) and written with
+    its index first."""
     from redaction.media import ffmpeg_exe
 
     ffmpeg = ffmpeg_exe()
+    keyframes = ["-g", str(CLIP_RATE)] if keyframes is None else keyframes
     segment = path.with_suffix(".segment.mp4")
     subprocess.run(
         [
@@ -222,7 +240,7 @@ def make_big_clip(path: Path, target_bytes: int) -> Path:
             "-f",
             "lavfi",
             "-i",
-            "testsrc2=size=1280x720:rate=30,noise=alls=30:allf=t",
+            f"testsrc2=size=1280x720:rate={CLIP_RATE},noise=alls=30:allf=t",
             "-t",
             "60",
             "-c:v",
@@ -235,8 +253,7 @@ def make_big_clip(path: Path, target_bytes: int) -> Path:
             "20M",
             "-bufsize",
             "40M",
-            "-g",
-            "30",
+            *keyframes,
             "-pix_fmt",
             "yuv420p",
             str(segment),
@@ -275,7 +292,8 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
     import random
 
     services, page, base = ctx["services"], ctx["page"], ctx["url"]
-    clip = make_big_clip(ctx["work"] / "big.mp4", int(ctx["seek_gb"] * 1e9))
+    keyframes = clip_keyframes(ctx.get("keyframes", "1s"))
+    clip = make_big_clip(ctx["work"] / "big.mp4", int(ctx["seek_gb"] * 1e9), keyframes)
     size = clip.stat().st_size
     now = datetime.now(UTC)
     t = time.perf_counter()
@@ -368,6 +386,7 @@ def phase_seek(ctx: dict[str, Any], loads: int) -> dict[str, Any]:
             assert r.status_code == 206 and r.content == got
     return {
         "clip_bytes": size,
+        "clip_keyframes": {"placed": ctx.get("keyframes", "1s"), "x264": keyframes},
         "block_list": ctx.get("block_list", True),
         "lists_kept_later": kept_later or None,
         "preload": ctx["preload"],
@@ -617,6 +636,13 @@ def main() -> None:
     parser.add_argument("--seek-gb", type=float, default=2.0, help="size of the clip the seek phase plays")
     parser.add_argument("--seeks", type=int, default=40)
     parser.add_argument(
+        "--keyframes",
+        choices=["1s", "redaction"],
+        default="1s",
+        help="the seek clip's keyframes: every second (a camera's original), or where the redaction's "
+        "writer places them in a redacted copy (the copy the workspace's player shows first)",
+    )
+    parser.add_argument(
         "--preload",
         choices=["metadata", "auto"],
         default="metadata",
@@ -689,6 +715,7 @@ def main() -> None:
                 "block_list": not args.no_block_list,
                 "lists_kept_later": args.lists_kept_later,
                 "seeks": args.seeks,
+                "keyframes": args.keyframes,
                 "preload": args.preload,
                 "trace": args.trace,
                 "token": investigator,

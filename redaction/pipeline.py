@@ -112,6 +112,7 @@ class RedactionSettings:
     crf: int = 20
     preset: str = "veryfast"
     audio_bitrate: str = "128k"
+    keyframe_seconds: float = 1.0
     threads: int = 0
     queue_frames: int = 8
 
@@ -130,6 +131,8 @@ class RedactionSettings:
             )
         if self.cover not in ("face", "head"):
             raise ValueError("cover is 'face' or 'head'")
+        if self.keyframe_seconds <= 0:
+            raise ValueError("keyframe_seconds must be above 0")
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings, **overrides: Any) -> RedactionSettings:
@@ -284,7 +287,7 @@ def redact_clip(
     expected = info.expected_frames
     last_report = 0.0
     done = 0
-    options = EncodeOptions(settings.crf, settings.preset, settings.audio_bitrate)
+    options = EncodeOptions(settings.crf, settings.preset, settings.audio_bitrate, settings.keyframe_seconds)
     seen = _FrameSeen(settings)
     with (
         FrameReader(src_path, info, ffmpeg, settings.queue_frames, seen.see) as reader,

@@ -8,6 +8,7 @@ and redacted with the default settings and one muted stretch of sound.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,29 @@ def test_output_is_h264_aac_with_the_original_frames_and_duration(redacted: Reda
         == redacted.truth.frames
         == redacted.result.frames
     )
+
+
+def keyframe_times(path: Path) -> list[float]:
+    """When each keyframe of the clip's video is shown (seconds), from ffmpeg decoding keyframes only."""
+    text = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-skip_frame", "nokey", "-i", str(path), "-map", "0:v:0"]
+        + ["-vf", "showinfo", "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    return [float(t) for t in re.findall(r"pts_time:\s*([0-9.]+)", text)]
+
+
+def test_a_seek_into_the_redacted_copy_finds_a_keyframe_within_a_second_before_it(redacted: Redacted) -> None:
+    # The player shows the redacted copy first; a seek decodes forward from the keyframe before the
+    # time asked, so the copy has one at least every second (x264's own limit is 250 frames: 10 s here).
+    duration = probe(redacted.dst).duration
+    assert duration is not None and duration > 3
+    keys = keyframe_times(redacted.dst)
+    assert keys and keys[0] == 0, keys
+    gaps = [b - a for a, b in zip(keys, [*keys[1:], duration], strict=True)]
+    assert max(gaps) <= 1.0 + 0.5 / float(probe(redacted.dst).fps), keys  # half a frame for rounding
 
 
 def test_sound_is_muted_exactly_where_asked_and_kept_elsewhere(redacted: Redacted) -> None:
