@@ -43,6 +43,7 @@ from devices.models import LoneWorkerState
 from storage.db import Database
 
 from . import rules
+from .alarm_keys import raised_from
 from .feed import forget_old_changes
 from .incident_links import SERVICE_ACTOR
 from .lifecycle import Lifecycle
@@ -337,6 +338,11 @@ class Clock:
                     if source is not None
                     else None
                 )
+                lifecycle = self.lifecycle  # and the row's key only as the service vouches for it
+                if alarm is not None and not raised_from(
+                    session, lifecycle.seal_secret, lifecycle.custody_public, alarm, str(source)
+                ):
+                    alarm = None
                 # The payload's item takes the alarm's wearer, and joins the alarm's incident, only
                 # from a row the service sealed.
                 sealed = alarm is not None and self.lifecycle.sealed(alarm)

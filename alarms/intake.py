@@ -59,6 +59,7 @@ from storage.retries import RetryError, after_first_failure, replay_changed
 from storage.settings import Settings
 
 from . import rules
+from .alarm_keys import free_key, raised_from
 from .device_state import (
     CasConflict,
     Snapshot,
@@ -428,6 +429,7 @@ class Intake:
         )
         vouch(session, self.lifecycle.seal_secret, snap)  # its low battery and visit, as sealed
         aside: dict[str, Any] | None = None
+        alarm_aside: dict[str, Any] | None = None
         if isinstance(verdict, Duplicate):
             self._duplicate(session, message, result, outbox, now)
         elif isinstance(message, AlarmMessage | CheckinMessage):
@@ -451,9 +453,15 @@ class Intake:
                 # apart as evidence, and the message is acted on as the first it is.
                 aside = set_aside(session, existing, now)
                 existing = None
+            restored: str | None = None
             if raising and existing is None:
                 early_cancel = self._early_cancel(session, snap, message.event_id, ids)
-            restored = self._raised_already(session, snap, message) if aside is not None else None
+                # One event raises one alarm: the alarm the service raised from it (its event row
+                # deleted or altered since) is told again; a row holding its id that the service did
+                # not raise from it is set aside (``alarms.alarm_keys``).
+                restored, alarm_aside = free_key(
+                    session, self.lifecycle.seal_secret, self.lifecycle.custody_public, message.event_id, now
+                )
             if existing is not None:  # accepted long ago (beyond the replay state's memory)
                 result.outcome = "duplicate"
                 self._duplicate(session, message, result, outbox, now)
@@ -483,24 +491,16 @@ class Intake:
             self.lifecycle.ledger.append(
                 session, CustodyAction.EVENT_SET_ASIDE, "service", details=aside, at=now
             )
+        if alarm_aside is not None:
+            self.lifecycle.ledger.append(
+                session, CustodyAction.ALARM_SET_ASIDE, "service", details=alarm_aside, at=now
+            )
         if snap.replay_rebuilt is not None:  # its state written sealed above: recorded once
             self.lifecycle.ledger.append(
                 session, CustodyAction.REPLAY_STATE_REBUILT, "service", details=snap.replay_rebuilt, at=now
             )
             snap.replay_rebuilt = None
         return result
-
-    @staticmethod
-    def _raised_already(session: Session, snap: Snapshot, message: AnyDeviceMessage) -> str | None:
-        """The alarm of the device's that a raise's event id already raised (its row altered since),
-        or None: one event raises one alarm."""
-        if not isinstance(message, AlarmMessage) or message.alarm.action != "raise":
-            return None
-        return session.scalar(
-            select(AlarmRecord.id).where(
-                AlarmRecord.source_event_id == message.event_id, AlarmRecord.device_id == snap.device_id
-            )
-        )
 
     def _duplicate(
         self,
@@ -561,6 +561,11 @@ class Intake:
                 )
                 .with_for_update()
             ).first()
+            lifecycle = self.lifecycle
+            if target is not None and not raised_from(
+                session, lifecycle.seal_secret, lifecycle.custody_public, target, str(body.ref_event_id)
+            ):
+                target = None
         elif early_cancel_id is not None:  # several instances share the stream (locked by _RAISE_LOOKUP)
             with session.no_autoflush:  # see device_state.read_snapshot
                 early_cancel = session.get(LoneWorkerEvent, early_cancel_id)

@@ -56,6 +56,7 @@ from devices.seals import device_seal_key
 from storage.errors import Refused
 
 from . import rules
+from .alarm_keys import NO_RAISE, put_back_keys, set_aside_alarm, unraised
 from .feed import alarm_view, record_change
 from .incident_links import SERVICE_ACTOR, IncidentLinks
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, new_id
@@ -168,6 +169,7 @@ def custody_details(row: AlarmRecord, changes: list[str]) -> dict[str, Any]:
         "changes": changes,
         "outcome": row.outcome,
         "source_event_id": row.source_event_id,
+        "visit_id": row.visit_id,  # with the device and source event: its keys (``alarm_keys``)
         **raise_details(row),
     }
 
@@ -350,7 +352,7 @@ class Lifecycle:
         """Put an alarm whose lifecycle is not as the service sealed it back to what its custody
         record says (:func:`as_recorded`), sealed, with a warning naming it and an entry that
         records what was found and which entry it was put back to."""
-        found = lifecycle_found(row)
+        found = lifecycle_found(row) | put_back_keys(session, self.custody_public, row)
         log.warning(
             "an alarm's lifecycle or deadline is not as the service sealed it: put back to its custody record",
             extra={"alarm": row.id, "entry": said.seq},
@@ -585,7 +587,14 @@ class Lifecycle:
             ).first()
             if row is None or not row.provisional:
                 return False
-            self.make_whole(session, row, now or self.clock())
+            at = now or self.clock()
+            if unraised(session, self.seal_secret, self.device_secret, self.custody_public, row):
+                aside = set_aside_alarm(session, self.seal_secret, row, None, at, NO_RAISE)  # not adopted
+                self.ledger.append(
+                    session, CustodyAction.ALARM_SET_ASIDE, SERVICE_ACTOR, details=aside, at=at
+                )
+                return False
+            self.make_whole(session, row, at)
         return True
 
     def provisional_alarms(self, limit: int = 50, raised_before: datetime | None = None) -> list[str]:

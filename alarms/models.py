@@ -164,6 +164,27 @@ class LoneWorkerEventSetAside(Base):
     columns: Mapped[str] = mapped_column(Text)  # JSON: every other column, as found
 
 
+class AlarmSetAside(Base):
+    """An alarm row found holding the event id of a device's raise that the service did not raise
+    from it (its keys are no seal's nor its custody record's: written or edited behind the service's
+    back), found when the raise came (``alarms.alarm_keys``). A row that is no alarm of the
+    service's is moved here as it stood (``moved``); one that is (its id sealed or recorded) stays
+    where it is with its key put back, and is copied here as it was found. Kept as evidence, never
+    acted on; an ``alarm_set_aside`` custody entry names it."""
+
+    __tablename__ = "alarms_set_aside"
+
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    alarm_id: Mapped[str] = mapped_column(String(36), index=True)  # the id it held
+    source_event_id: Mapped[str] = mapped_column(String(36))  # the device's event id it held
+    device_id: Mapped[str | None] = mapped_column(String(64), default=None)  # the device it named
+    moved: Mapped[bool] = mapped_column(Boolean)  # moved out of ``alarms`` (else its key put back)
+    set_aside_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))  # of ``columns`` as stored
+    columns: Mapped[str] = mapped_column(Text)  # JSON: every column, as found
+
+
 class LoneWorkerVisit(Base):
     """A lone visit between a start and an end check-in; ``due_at`` is when it counts as missed."""
 

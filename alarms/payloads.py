@@ -31,6 +31,7 @@ from devices.seals import device_seal_key
 from storage.objects import StorageError, StoredObject
 
 from .models import AlarmRecord, LoneWorkerEvent
+from .pages import DevicesWord, in_pages
 from .reach import device_items
 
 log = logging.getLogger(__name__)
@@ -205,23 +206,29 @@ class PayloadEvidence:
         return item.id
 
     def deferred(self, now: datetime, limit: int) -> list[str]:
-        """Alarm events whose payload is not evidence yet and will not be stored by making a provisional alarm whole, oldest first."""
+        """Alarm events whose payload is not evidence yet and will not be stored by making a
+        provisional alarm whole, oldest first: only rows that are their devices' word
+        (``alarms.pages.DevicesWord``; each is judged again as it is fetched), judged before any is
+        counted, so rows written in the database with early receipt times, passed over each time,
+        never keep the devices' payloads from being stored."""
+        e = LoneWorkerEvent
+        q = select(e.received_at, e.event_id, e.device_id, e.raw, e.device_public_key, e.receipt_seal).where(
+            e.type == "alarm",
+            e.evidence_item_id.is_(None),
+            e.received_at <= now - timedelta(seconds=2),
+            ~select(AlarmRecord.id)  # made whole, a provisional alarm stores its own
+            .where(AlarmRecord.id == e.alarm_id, AlarmRecord.provisional.is_(True))
+            .exists(),
+        )
+        out: list[str] = []
         with self.core.db.session() as session:
-            return list(
-                session.scalars(
-                    select(LoneWorkerEvent.event_id)
-                    .where(
-                        LoneWorkerEvent.type == "alarm",
-                        LoneWorkerEvent.evidence_item_id.is_(None),
-                        LoneWorkerEvent.received_at <= now - timedelta(seconds=2),
-                        ~select(AlarmRecord.id)  # made whole, a provisional alarm stores its own
-                        .where(AlarmRecord.id == LoneWorkerEvent.alarm_id, AlarmRecord.provisional.is_(True))
-                        .exists(),
-                    )
-                    .order_by(LoneWorkerEvent.received_at)
-                    .limit(limit)
-                )
-            )
+            devices_word = DevicesWord(session, self.device_secret, self.core.key.public_raw)
+            for row in in_pages(session, q, e.received_at, e.event_id):
+                if devices_word(row):
+                    out.append(row.event_id)
+                    if len(out) == limit:
+                        break
+        return out
 
     def fetch_for_storing(self, event_id: str) -> tuple[str, bytes, datetime, str] | None:
         """(object key, bytes, retain until, the key that vouches for them) of an event still

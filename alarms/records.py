@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,8 +31,10 @@ from devices.seals import device_seal_key
 from incidents.access import Viewer, readable_trail
 from storage.db import is_postgres
 
+from .alarm_keys import shown_keys
 from .feed import shown_view
 from .models import AlarmRecord, LoneWorkerEvent
+from .pages import DevicesWord, in_pages
 from .performance import PERIODS, TARGETS, Answer, Summary
 from .reach import alarm_sealed, by_site, device_items, readable_scope
 from .trails import trail_page
@@ -147,6 +150,19 @@ def _shown(session: Session, e: LoneWorkerEvent, message: dict[str, Any] | None)
     return out
 
 
+def _message_rows(session: Session, view: dict[str, Any]) -> Iterator[LoneWorkerEvent]:
+    """The alarm's device's rows that name the alarm or its keys, oldest received first, in pages
+    (``alarms.pages``: ``received_at`` is no seal's, so it orders, it never decides what is shown)."""
+    clauses = [LoneWorkerEvent.alarm_id == view["id"]]
+    if view.get("source_event_id"):
+        clauses.append(LoneWorkerEvent.event_id == view["source_event_id"])
+        clauses.append(LoneWorkerEvent.ref_event_id == view["source_event_id"])
+    if view.get("visit_id"):
+        clauses.append(LoneWorkerEvent.visit_id == view["visit_id"])
+    q = select(LoneWorkerEvent).where(LoneWorkerEvent.device_id == view["device_id"], or_(*clauses))
+    return in_pages(session, q, LoneWorkerEvent.received_at, LoneWorkerEvent.event_id, entities=True)
+
+
 def alarm_messages(
     session: Session, view: dict[str, Any], keys: MessageKeys
 ) -> tuple[list[dict[str, Any]], bool]:
@@ -157,36 +173,51 @@ def alarm_messages(
     those and the key), so a row is found by them (its ``alarm_id``, ``ref_event_id``,
     ``visit_id``: written by SQL, they could name any alarm) only among the alarm's device's rows,
     and listed only when its bytes, as the device signed them, are about this alarm
-    (:func:`_about`); what it says is shown from those bytes (:func:`_shown`), never its columns. A
-    message whose stored bytes are not as the device signed them (written or edited in the
-    database) is listed with ``holds`` false and nothing of what it says: its bytes are not the
-    device's word."""
-    clauses = [LoneWorkerEvent.alarm_id == view["id"]]
-    if view.get("source_event_id"):
-        clauses.append(LoneWorkerEvent.event_id == view["source_event_id"])
-        clauses.append(LoneWorkerEvent.ref_event_id == view["source_event_id"])
-    if view.get("visit_id"):
-        clauses.append(LoneWorkerEvent.visit_id == view["visit_id"])
-    rows = list(
-        session.scalars(
-            select(LoneWorkerEvent)
-            .where(LoneWorkerEvent.device_id == view["device_id"], or_(*clauses))
-            .order_by(LoneWorkerEvent.received_at)
-            .limit(MESSAGES + 1)
-        )
-    )
-    out = []
-    current = sealed_device_key(session, keys.device_secret, view["device_id"]) if rows else None
-    for e in rows[:MESSAGES]:
+    (:func:`_about`); what it says is shown from those bytes (:func:`_shown`), never its columns.
+    Rows are judged before any is counted: the device's word (``alarms.pages.DevicesWord``: the
+    service's receipts of its messages, or bytes its keys signed) comes first, up to ``MESSAGES``,
+    and only the places left are given to rows that are not (written or edited in the database,
+    listed with ``holds`` false and nothing of what they say), so rows written with early receipt
+    times cannot crowd the device's messages out of the record."""
+    current: str | None = None
+    devices_word = DevicesWord(session, keys.device_secret, keys.custody_public)
+    genuine: list[dict[str, Any]] = []
+    others: list[LoneWorkerEvent] = []
+    left_out = 0
+    for e in _message_rows(session, view):
+        if not genuine and not others:
+            current = sealed_device_key(session, keys.device_secret, view["device_id"])
+        if devices_word(e):
+            message = _signed_body(bytes(e.raw)) if _as_signed(session, keys, e, current) else None
+            if message is not None and not _about(message, e.event_id, view):
+                _not_about(view, e)
+            elif len(genuine) < MESSAGES:
+                genuine.append(_shown(session, e, message))
+            else:
+                left_out += 1
+                break
+        elif len(others) < 2 * MESSAGES:
+            others.append(e)
+        else:
+            left_out += 1
+    out = genuine
+    for i, e in enumerate(others):
+        if len(out) == MESSAGES:
+            left_out += len(others) - i
+            break
         message = _signed_body(bytes(e.raw)) if _as_signed(session, keys, e, current) else None
         if message is not None and not _about(message, e.event_id, view):
-            log.warning(
-                "a device message's row names an alarm its signed bytes are not about: not listed",
-                extra={"alarm": view["id"], "event_id": e.event_id},
-            )
+            _not_about(view, e)
             continue
         out.append(_shown(session, e, message))
-    return out, len(rows) > MESSAGES
+    return out, left_out > 0
+
+
+def _not_about(view: dict[str, Any], e: LoneWorkerEvent) -> None:
+    log.warning(
+        "a device message's row names an alarm its signed bytes are not about: not listed",
+        extra={"alarm": view["id"], "event_id": e.event_id},
+    )
 
 
 @dataclass(frozen=True)
@@ -372,7 +403,10 @@ def alarm_record(
     payload_of = device_items(session, secret, row.device_id, [view["evidence_item_id"]]) if vouched else []
     payload = item_record(session, payload_of[0], viewer) if payload_of else None  # nor another's clip
     memo = item_record(session, view["voice_memo_item_id"], viewer) if vouched else None
-    messages, more_messages = alarm_messages(session, view, keys)
+    # Found by the keys the service vouches for: a source event or visit written by SQL finds nothing.
+    keyed = dict(view)
+    shown_keys(session, secret, keys.custody_public, keyed, row)
+    messages, more_messages = alarm_messages(session, keyed, keys)
     points, more_points = trail_page(session, view, now)
     if more_messages or more_points:
         log.info(

@@ -37,7 +37,8 @@ NOT_RECEIVED = (
 )
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A column's value as JSON keeps it (times in ISO 8601, bytes in base64)."""
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, bytes | bytearray | memoryview):
@@ -52,7 +53,7 @@ def set_aside(
     transaction (its event id is then free for the genuine message); the details of the custody
     entry that records it (the caller appends it, in its lock order)."""
     columns = {
-        attr.key: _plain(getattr(row, attr.key))
+        attr.key: plain(getattr(row, attr.key))
         for attr in inspect(LoneWorkerEvent).column_attrs
         if attr.key != "raw"
     }

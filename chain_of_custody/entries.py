@@ -73,6 +73,10 @@ class CustodyAction(StrEnum):
     # receipt of it (written or edited by SQL) moved aside when the genuine message came, so it was
     # acted on (``alarms.set_aside``): the entry names the row and its bytes' hash.
     EVENT_SET_ASIDE = "event_set_aside"
+    # An alarm row holding the event id of a device's raise that the service did not raise from it
+    # (written or edited by SQL), set aside when the raise came so it was raised (``alarms.alarm_keys``):
+    # the entry names the row, whether it was moved or its key put back, and its columns' hash.
+    ALARM_SET_ASIDE = "alarm_set_aside"
     # A lone-worker device's replay state whose seal did not hold (written or edited by SQL), rebuilt
     # from the device's received messages when its next message came (``alarms.replay_state``): the
     # entry names the device, what the state said and what it was rebuilt to.

@@ -11,8 +11,9 @@ service received them (``raise_seals.message_key``: the key the service sealed t
 under, ``receipt_seal``), and they cancel that raise; any other is named in a warning and ignored
 (the raise stands), and ``evidence verify`` names it (``device_cancel_altered``), as it names each
 row the intake set aside for holding a message's event id without being the service's receipt of
-it (``device_event_set_aside``, ``alarms.set_aside``). Tables are read as plain tables: this sits
-below ``alarms``.
+it (``device_event_set_aside``, ``alarms.set_aside``) and each alarm row it set aside for holding
+the event id of a raise the service did not raise it from (``alarm_set_aside``,
+``alarms.alarm_keys``). Tables are read as plain tables: this sits below ``alarms``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,18 @@ _SET_ASIDE = table(
     column("id"),
     column("event_id"),
     column("device_id"),
+    column("set_aside_at"),
+    column("sha256"),
+)
+
+_ALARMS_SET_ASIDE = table(
+    "alarms_set_aside",
+    column("id"),
+    column("alarm_id"),
+    column("source_event_id"),
+    column("device_id"),
+    column("moved"),
+    column("reason"),
     column("set_aside_at"),
     column("sha256"),
 )
@@ -141,5 +154,26 @@ def check_set_aside_events(session: Session, report: ChainReport) -> None:
                 "sent but was not the service's receipt of it (its receipt seal did not hold): written "
                 f"or edited in the database; set aside at {row.set_aside_at} (bytes sha256 {row.sha256}) "
                 "and the device's message acted on",
+            )
+        )
+    _check_set_aside_alarms(session, report)
+
+
+def _check_set_aside_alarms(session: Session, report: ChainReport) -> None:
+    """A finding for each alarm row the intake set aside: it held the event id of a raise its device
+    then sent, but the service had not raised it from that message (``alarms.alarm_keys``)."""
+    a = _ALARMS_SET_ASIDE.c
+    for row in session.execute(select(_ALARMS_SET_ASIDE).order_by(a.id)).all():  # few: tamperings
+        done = (
+            "moved out of the alarms (no alarm of the service's)"
+            if row.moved
+            else "its key put back to its custody record (an alarm of the service's)"
+        )
+        report.problems.append(
+            Problem(
+                "alarm_set_aside",
+                f"alarm {row.alarm_id}",
+                f"a row naming device {row.device_id} and raise {row.source_event_id}: {row.reason}; set "
+                f"aside at {row.set_aside_at} (columns sha256 {row.sha256}), {done}",
             )
         )

@@ -28,6 +28,7 @@ from alarms import performance
 from alarms.api import OPERATORS, READERS
 from alarms.feed import shown_view
 from alarms.models import AlarmChange, AlarmRecord, LoneWorkerVisit
+from alarms.pages import in_pages
 from alarms.reach import readable, readable_scope, readable_visits
 from alarms.records import MessageKeys, alarm_record, answer_summaries, answer_times
 from alarms.trails import TRAIL_POINTS, trail
@@ -75,14 +76,17 @@ def open_alarms(
     session: Session, viewer: SiteViewer, secret: bytes, limit: int = 2000
 ) -> list[dict[str, Any]]:
     """The open alarms of the viewer's sites, oldest first, each whose row the service sealed
-    (``alarms.reach``)."""
-    rows = session.scalars(
-        select(AlarmRecord)
-        .where(AlarmRecord.status != "resolved", site_scope(viewer, AlarmRecord.site))
-        .order_by(AlarmRecord.raised_at, AlarmRecord.id)
-        .limit(limit)
-    )
-    return [shown_view(secret, r) for r in readable(secret, viewer, rows)]
+    (``alarms.reach``), the first ``limit`` of them. Each row is judged before it counts (in pages,
+    ``alarms.pages``): rows written in the database with early raise times would otherwise fill the
+    board's places and crowd the site's own alarms off it."""
+    q = select(AlarmRecord).where(AlarmRecord.status != "resolved", site_scope(viewer, AlarmRecord.site))
+    shown: list[dict[str, Any]] = []
+    for row in in_pages(session, q, AlarmRecord.raised_at, AlarmRecord.id, entities=True):
+        if readable(secret, viewer, [row]):
+            shown.append(shown_view(secret, row))
+            if len(shown) == limit:
+                break
+    return shown
 
 
 def directory(session: Session, device_ids: list[str] | None, viewer: ReachViewer) -> dict[str, Any]:
