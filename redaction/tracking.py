@@ -148,12 +148,13 @@ class _Kalman:
         q = (self.s.accel * size) ** 2
         return F @ self.x, F @ self.P @ F.T + q * noise
 
-    def innovation(self, dt: int, size: float, cx: float, cy: float) -> tuple[float, np.ndarray]:
+    def innovation(self, dt: int, size: float) -> tuple[np.ndarray, np.ndarray]:
+        """The predicted state after ``dt`` frames and the spread a sighting's centre has about
+        it (the prediction's and the measurement's): made once for every sighting it is weighed
+        against (``distance``)."""
         x, P = self.predicted(dt, size)
         r = (self.s.measure * size + 1.0) ** 2
-        S = P[:2, :2] + np.eye(2) * r
-        d = np.array([cx, cy]) - x[:2]
-        return float(d @ np.linalg.solve(S, d)), S
+        return x, P[:2, :2] + np.eye(2) * r
 
     def update(self, dt: int, size: float, cx: float, cy: float) -> None:
         x, P = self.predicted(dt, size)
@@ -162,6 +163,12 @@ class _Kalman:
         K = P[:, :2] @ np.linalg.inv(S)
         self.x = x + K @ (np.array([cx, cy]) - x[:2])
         self.P = (np.eye(4) - K[:, :2] @ np.eye(2, 4)) @ P
+
+
+def distance(x: np.ndarray, S: np.ndarray, cx: float, cy: float) -> float:
+    """The squared Mahalanobis distance of a sighting's centre from a prediction (``innovation``)."""
+    d = np.array([cx, cy]) - x[:2]
+    return float(d @ np.linalg.solve(S, d))
 
 
 @lru_cache(maxsize=128)
@@ -187,9 +194,13 @@ class _Track:
     scores: list[float] = field(default_factory=list)
     leans: list[tuple[float, float] | None] = field(default_factory=list)
     lumas: list[float | None] = field(default_factory=list)
+    # Smoothed boxes by sighting index (``FaceTracker._smoothed``), made again after any sighting
+    # is added: a frame between two sightings asks for the same two as its neighbours.
+    smoothed: dict[int, Box] = field(default_factory=dict)
 
     def add(self, at: int, frame: int, box: Box, det: Detection) -> None:
         """Put a sighting in place ``at`` of the track's lists."""
+        self.smoothed.clear()
         self.frames.insert(at, frame)
         self.boxes.insert(at, box)
         self.scores.insert(at, det.score)
@@ -288,19 +299,19 @@ class FaceTracker:
             dt = frame - track.last
             last = track.boxes[-1]
             size = track.size
-            x, _ = track.kalman.predicted(dt, size)
+            x, S = track.kalman.innovation(dt, size)
             predicted = Box.from_center(float(x[0]), float(x[1]), last.w, last.h)
             gone = self._left_picture(frame, predicted)
             for di, det in enumerate(dets):
                 ratio = max(det.box.w, det.box.h) / max(1e-6, size)
                 if not 1 / s.size_ratio <= ratio <= s.size_ratio:
                     continue
-                d2, _ = track.kalman.innovation(dt, size, det.box.cx, det.box.cy)
-                overlap = iou(predicted, det.box)
                 if not self._reachable(track, dt, predicted, det.box):
                     continue
                 if gone and not self._near(track, predicted, det.box):
                     continue
+                d2 = distance(x, S, det.box.cx, det.box.cy)
+                overlap = iou(predicted, det.box)
                 if d2 <= s.gate or overlap >= 0.3:
                     # Overlap first, then the statistical distance.
                     pairs.append((d2 - 100.0 * overlap, ti, di))
@@ -482,6 +493,12 @@ class FaceTracker:
         by up to half of what it lost); the size the largest seen (a face that looks smaller for a
         frame or two, blurred or turning, keeps the larger mask); then moved by the face's lean
         (``_lean``)."""
+        known = track.smoothed.get(k)
+        if known is None:
+            known = track.smoothed[k] = self._smooth(track, k)
+        return known
+
+    def _smooth(self, track: _Track, k: int) -> Box:
         s = max(0, self.settings.smooth)
         q = self.settings.face_aspect
         f = track.frames[k]
