@@ -16,7 +16,10 @@ staff, evidence items and alarms (``seal-reach``), incidents (``seal-incidents``
 devices' low-battery flags and visits written before their seal (``seal-watched``), devices' replay
 states stored before their seal (``seal-replay``),
 alarms' notes, positions and payloads (``seal-raise``), device messages stored without a receipt seal
-(``seal-receipts``: none once it has run, as its ``receipts_sealed`` custody entry says).
+(``seal-receipts``: none once it has run, as its ``receipts_sealed`` custody entry says), and evidence
+items without the site they were captured under (``seal-capture-sites``: items recorded before
+0047, counted until the step has run once, as its ``capture_sites_recorded`` entry says, and not
+after: an item whose device's site then the ledger never recorded would be counted for good).
 Each is a ``COUNT`` over one table, but users, whose older seals are told apart by two HMACs each,
 and devices and incidents, by one.
 A row the step would refuse is counted too: it awaits the command's judgement, and the command lists
@@ -38,6 +41,7 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 
 from .alarm_seals import _ALARMS
+from .capture_sites import awaiting_capture_sites
 from .heard_seals import older_heard
 from .incident_seals import older_incidents
 from .keys import ServiceKey
@@ -116,6 +120,13 @@ KINDS = (
         "can reach managers only through links",
     ),
     Kind("alarms", "alarm", "alarms", "seal-reach", "cannot reach their site's managers"),
+    Kind(
+        "item_capture_sites",
+        "evidence item recorded before capture sites",
+        "evidence items recorded before capture sites",
+        "seal-capture-sites",
+        "may reach the managers of whatever site their device is enrolled at now",
+    ),
     Kind(
         "incidents",
         "incident",
@@ -257,6 +268,7 @@ def awaiting_upgrade(session: Session, key: ServiceKey, now: datetime | None = N
         "staff": _unsealed(session, _STAFF, "seal"),
         "evidence_items": _unsealed(session, _ITEMS, "reach_seal"),
         "alarms": _unsealed(session, _ALARMS, "seal"),
+        "item_capture_sites": awaiting_capture_sites(session, key.public_raw),
         "incidents": len(older_incidents(session, reach_secret(key))),
         "lone_worker_visits": len(older_visits(session, reach_secret(key))),
         "lone_worker_states": len(older_heard(session)),

@@ -69,6 +69,9 @@ class CustodyAction(StrEnum):
     # bytes the key then in force signed: an unsealed row is nobody's word from then on
     # (``receipt_upgrade``).
     RECEIPTS_SEALED = "receipts_sealed"
+    # ``upgrade-seals`` gave the evidence items recorded before items kept their capture site the
+    # site the ledger bears out (``capture_sites``): from then on no item awaits it.
+    CAPTURE_SITES_RECORDED = "capture_sites_recorded"
     # A row of the device messages' table holding a message's event id that is not the service's
     # receipt of it (written or edited by SQL) moved aside when the genuine message came, so it was
     # acted on (``alarms.set_aside``): the entry names the row and its bytes' hash.

@@ -243,7 +243,8 @@ def of_reach(item: type[EvidenceItem], reach: SiteReach) -> ColumnElement[bool]:
     Where it was captured is the site the item recorded then (``EvidenceItem.site``: its device's
     site at capture), not its device's site now: a device re-enrolled at another site takes none of
     its past items there. An item recorded before sites were kept has none, and is of the site of
-    one of the reach's devices that recorded it, as before."""
+    one of the reach's devices that recorded it, as before, until ``evidence upgrade-seals`` records
+    its site (``chain_of_custody.capture_sites``)."""
     by_device: ColumnElement[bool] = and_(
         item.site.is_(None), item.source_device_id.in_(sorted(reach.devices))
     )

@@ -1,5 +1,6 @@
 """The commands run once after upgrading to a schema whose rows carry seals: ``evidence seal-tokens``,
-``seal-devices``, ``seal-users``, ``seal-grants``, ``seal-reach``, ``seal-incidents``, ``seal-watched``,
+``seal-devices``, ``seal-users``, ``seal-grants``, ``seal-reach``, ``seal-capture-sites``,
+``seal-incidents``, ``seal-watched``,
 ``record-credential-ends`` and
 ``record-access-ends``, each on its own,
 and ``evidence upgrade-seals``, which runs them all in the order they must go (users before the
@@ -154,6 +155,15 @@ def _reach(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     return [*unsealed_reach(session, s.key, entries), *unsealed_alarms(session, entries)]
 
 
+def _capture_sites(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
+    from chain_of_custody.capture_sites import record_capture_sites, unsited_items
+
+    entries = s.ledger.all_entries(session)
+    if yes:
+        return record_capture_sites(session, s.key, s.ledger, entries)
+    return unsited_items(session, s.key, entries)
+
+
 def _incidents(session: Session, s: Services, yes: bool) -> Sequence[_Listed]:
     from chain_of_custody.incident_seals import seal_incidents, unsealed_incidents
 
@@ -221,6 +231,9 @@ GRANTS = Step("seal-grants", "grants", _grants)
 ENDS = Step("record-credential-ends", "ends", _ends, verb="record", done="recorded")
 ACCESS_ENDS = Step("record-access-ends", "ends", _access_ends, verb="record", done="recorded")
 REACH = Step("seal-reach", "members of staff, evidence items and alarms", _reach)
+CAPTURE_SITES = Step(
+    "seal-capture-sites", "evidence items' capture sites", _capture_sites, verb="record", done="recorded"
+)
 INCIDENTS = Step("seal-incidents", "incidents", _incidents)
 VISITS = Step("seal-visits", "visits", _visits)
 HEARD = Step("seal-last-heard", "devices' last-heard times", _heard)
@@ -233,7 +246,8 @@ RAISES = Step("seal-raise", "alarms' notes, positions and payloads", _raises)
 # The upgrade's order: a grant is sealed only after the users it is made to (docs/console.md, "Grant seals"),
 # a device's visit only after the visits (whose own seals bear it out), device messages' receipts
 # after the devices (whose keys vouch for them) and before every step that reads the messages
-# (devices' replay states are rebuilt from them).
+# (devices' replay states are rebuilt from them), and items' capture sites after their reach seals
+# (only an item whose seal holds is given one, and sealed again over it).
 UPGRADE = (
     TOKENS,
     DEVICES,
@@ -243,6 +257,7 @@ UPGRADE = (
     ACCESS_ENDS,
     RECEIPTS,
     REACH,
+    CAPTURE_SITES,
     INCIDENTS,
     VISITS,
     HEARD,
@@ -318,6 +333,19 @@ def seal_reach_command(yes: Annotated[bool, _YES] = False) -> None:
     item whose wearer, device and original, and an alarm whose site and voice memo are what the
     custody ledger recorded is sealed; every other is listed as refused, with what differs."""
     _seal_rows(REACH, yes)
+
+
+def seal_capture_sites_command(
+    yes: Annotated[bool, typer.Option("--yes", help="record them (without it: only list them)")] = False,
+) -> None:
+    """Record the site each evidence item recorded before items kept one was captured under
+    (``chain_of_custody.capture_sites``), whose reach by device follows its device's site now until
+    then (a device re-enrolled at another site takes them there); run once after upgrading (after
+    `evidence seal-reach`). An item whose reach seal holds is given its device's site as the
+    custody ledger's device entries last set it before the item's 'stored' entry (an alarm's
+    payload or voice memo its alarm's recorded site, a redacted copy its original's), and sealed
+    again over it; every other is listed as refused, with why."""
+    _seal_rows(CAPTURE_SITES, yes)
 
 
 def _print_awaiting(found: AwaitingUpgrade) -> None:
@@ -417,8 +445,8 @@ def upgrade_seals_command(
 ) -> None:
     """Run every command the upgrade to sealed rows needs, in order: seal-tokens, seal-devices,
     seal-users, seal-grants (after the users), record-credential-ends, record-access-ends,
-    seal-receipts, seal-reach, seal-incidents, seal-visits, seal-last-heard, seal-lifecycle, seal-outbox, seal-watched,
-    seal-replay, seal-raise. It first prints how many rows of each kind await it (as the service's start-up
+    seal-receipts, seal-reach, seal-capture-sites (after the items' reach seals), seal-incidents,
+    seal-visits, seal-last-heard, seal-lifecycle, seal-outbox, seal-watched, seal-replay, seal-raise. It first prints how many rows of each kind await it (as the service's start-up
     warning, ``/healthz`` and the console's banner count them); each step lists its rows,
     and with ``--yes`` does what it lists, in a transaction of its own, then prints what still awaits. Rows a step refuses are
     listed under it with why, the later steps still run, and the command exits 1 after ``--yes``

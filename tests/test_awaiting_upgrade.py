@@ -135,6 +135,7 @@ def old_deployment(services: Any) -> dict[str, int]:
         "staff": 1,
         "evidence_items": 1,
         "alarms": 1,
+        "item_capture_sites": 0,  # no item of a device here (counted in tests/test_capture_site_upgrade.py)
         "incidents": 1,
         "lone_worker_visits": 1,
         "lone_worker_states": 0,  # no device of it was heard from (counted in tests/test_heard_seals.py)
@@ -163,6 +164,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
     from alarms.replay_state import unsealed_replays
     from chain_of_custody.alarm_seals import unsealed_alarms
     from chain_of_custody.awaiting_upgrade import awaiting_upgrade
+    from chain_of_custody.capture_sites import unsited_items
     from chain_of_custody.heard_seals import unsealed_heard
     from chain_of_custody.incident_seals import unsealed_incidents
     from chain_of_custody.lifecycle_seals import unsealed_lifecycles
@@ -193,6 +195,7 @@ def test_the_counts_are_what_the_upgrade_would_list_and_the_command_prints_them(
             "staff": reach.count("member of staff"),
             "evidence_items": reach.count("evidence item"),
             "alarms": len(unsealed_alarms(session, entries)),
+            "item_capture_sites": len(unsited_items(session, s.key, entries)),
             "incidents": len(unsealed_incidents(session, s.key, entries)),
             "lone_worker_visits": len(unsealed_visits(session, s.key, entries)),
             "lone_worker_states": len(unsealed_heard(session)),

@@ -34,6 +34,7 @@ STEPS = (
     "record-access-ends",
     "seal-receipts",
     "seal-reach",
+    "seal-capture-sites",
     "seal-incidents",
     "seal-visits",
     "seal-last-heard",
