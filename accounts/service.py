@@ -25,6 +25,7 @@ from storage.digests import secret_digest as token_digest  # a token's, as the r
 from storage.errors import NotPermitted, Refused, Unauthenticated
 
 from .ends import TOKEN_LOOKUP, standing_row
+from .held_reach import held_now, hold_in
 from .models import ROLES, SITE_SCOPED_ROLES, ApiToken, User, UserSession
 from .recent_sign_ins import forget_ended
 from .seals import (
@@ -66,12 +67,12 @@ class Principal:
     # ``sign_in_mark``): a viewing is kept to the sign-in that opened it. Not part of who they are.
     sign_in: str = field(default="", compare=False)
     # An investigator's incident assignments whose seal holds (``accounts.seals.assignments_of``),
-    # read when they sign in for the request: only these open an incident to them.
-    assignments: frozenset[int] = field(default=frozenset(), compare=False)
+    # read when they sign in for the request: only these open an incident to them (``assignments``).
+    signed_in_assignments: frozenset[int] = field(default=frozenset(), compare=False)
     # What their reach by rows rests on (``accounts.seals.reach_of``), read with the assignments: a
     # security manager's site's members of staff and devices whose seal holds, and the secret an
-    # evidence item's seal is checked with. The default holds no seal: reach by links only.
-    reach: SiteReach = field(default=SiteReach(), compare=False, repr=False)
+    # evidence item's seal is checked with. The default holds no seal: reach by links only (``reach``).
+    signed_in_reach: SiteReach = field(default=SiteReach(), compare=False, repr=False)
     # The credential they signed in with, as its kind (``TOKEN``, ``SESSION``) and stored digest, so
     # a write made on their authority can check it still stands (:func:`stands`); None for a person
     # named by an actor string (``principal_of``), whose user row alone is checked.
@@ -80,6 +81,20 @@ class Principal:
     @property
     def actor(self) -> str:
         return f"user:{self.username}"
+
+    @property
+    def assignments(self) -> frozenset[int]:
+        """The assignments that open incidents to them: in a write transaction acting for them,
+        those of the sign-in's still standing there (``held_reach``); else the sign-in's."""
+        held = held_now(self)
+        return self.signed_in_assignments if held is None else held.assignments
+
+    @property
+    def reach(self) -> SiteReach:
+        """Their reach by rows: in a write transaction acting for them, the sign-in's members of
+        staff and devices still of their site there (``held_reach``); else the sign-in's."""
+        held = held_now(self)
+        return self.signed_in_reach if held is None else held.reach
 
 
 class SignInEnded(Unauthenticated):
@@ -106,7 +121,10 @@ def stands(session: Session, principal: Principal, now: datetime | None = None) 
 
     What else the sign-in checked (the rows' seals, custody's record of ended credentials, a console
     session's idle end) is not read again: that is what the database held a moment ago; what this
-    guards against is the service's own changes to the account in the meantime."""
+    guards against is the service's own changes to the account in the meantime. Their item-level
+    authority (``Principal.assignments``, ``Principal.reach``) is read again in this transaction
+    when the access rules first ask for it (``held_reach``): an unassignment or a member of staff
+    moved meanwhile narrows what this transaction may touch."""
     now = now or datetime.now(UTC)
     columns: list[Any] = [User.active, User.role, User.site]
     kind, digest = principal.credential or ("", "")
@@ -134,6 +152,7 @@ def stands(session: Session, principal: Principal, now: datetime | None = None) 
             extra={"user_id": principal.user_id},
         )
         raise NotPermitted("your role or site changed while this request was made: nothing was done")
+    hold_in(session, principal)  # their assignments and reach, as the access rules ask them here
 
 
 # The key (with the person's id) of the lock :func:`hold_person` takes on PostgreSQL.
@@ -167,7 +186,9 @@ def principal_of(session: Session, actor: str, key: ServiceKey, *, hold: bool = 
     if user is None or not user.active or not user_seal_holds(seals.users, user, seals.older_users):
         return None
     grants, reach = assignments_of(session, seals.grants, user), reach_of(session, seals, user)
-    return Principal(user.id, user.username, user.role, user.site, assignments=grants, reach=reach)
+    return Principal(
+        user.id, user.username, user.role, user.site, signed_in_assignments=grants, signed_in_reach=reach
+    )
 
 
 def new_password_hash(password: str) -> str:

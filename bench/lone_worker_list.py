@@ -91,7 +91,9 @@ def manager(db: Any) -> Any:
 
     with db.session() as session:
         devices = frozenset(session.scalars(select(Device.id).where(Device.site == "SOUTH")))
-    return Principal(1, "bench_manager", "security_manager", "SOUTH", reach=SiteReach(devices=devices))
+    return Principal(
+        1, "bench_manager", "security_manager", "SOUTH", signed_in_reach=SiteReach(devices=devices)
+    )
 
 
 def timed(call: Callable[[], Any], runs: int) -> dict[str, float]:

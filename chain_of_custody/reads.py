@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -382,6 +382,10 @@ class ReadOf:
     sign_in: str = ""
     admit: Callable[[Session], None] | None = None
     timing: ReadTiming | None = None
+    # What the look-up decided, asked again where the read is recorded when that is a transaction
+    # after the look-up's (``looked_up_response``: a whole read, a viewing's first range): what the
+    # caller may see is decided where the read is recorded. It raises to refuse, as ``admit``.
+    again: Callable[[Session], None] | None = field(default=None, compare=False)
 
     @property
     def where(self) -> str:
@@ -701,6 +705,20 @@ def _look_up_and_record(
         sign_in.write_due()
 
 
+def _both(
+    first: Callable[[Session], None] | None, then: Callable[[Session], None] | None
+) -> Callable[[Session], None] | None:
+    """``first`` then ``then`` on one session, either of them None."""
+    if first is None or then is None:
+        return first or then
+
+    def both(session: Session) -> None:
+        first(session)
+        then(session)
+
+    return both
+
+
 async def looked_up_response(
     s: CoreServices,
     request: Request,
@@ -735,7 +753,7 @@ async def looked_up_response(
             review_reason=read.review_reason,
             reason=read.reason,
             sign_in=read.sign_in,
-            admit=read.admit,
+            admit=_both(read.again, read.admit),
             timing=timing,
         )
     try:

@@ -100,13 +100,16 @@ def check_bounds(session: Session, bounds: ReportBounds, item_ids: Sequence[str]
         )
 
 
-def log_reads(db: Database, ledger: Ledger, viewer: Viewer, item_ids: Iterable[str], purpose: str) -> None:
-    """One ``viewed`` entry per item, committed (and so covered by a tree head) before anything is read."""
-    with db.session() as session:
-        for item_id in item_ids:
-            ledger.append(
-                session, CustodyAction.VIEWED, viewer.actor, item_id=item_id, details={"purpose": purpose}
-            )
+def log_reads(
+    session: Session, ledger: Ledger, viewer: Viewer, item_ids: Iterable[str], purpose: str
+) -> None:
+    """One ``viewed`` entry per item, in the transaction that found the viewer may see them (so what
+    they may see is decided where the read is recorded, not a transaction before it), committed (and
+    so covered by a tree head) before anything is read."""
+    for item_id in item_ids:
+        ledger.append(
+            session, CustodyAction.VIEWED, viewer.actor, item_id=item_id, details={"purpose": purpose}
+        )
 
 
 ALTERED_ACCOUNT = "account record altered outside the service: name and role not shown"
@@ -222,7 +225,7 @@ def item_continuity(
         if visible_evidence(session, viewer, item_id) is None:
             return None
         check_bounds(session, bounds, [item_id], f"evidence item {item_id}")
-    log_reads(db, ledger, viewer, [item_id], purpose)
+        log_reads(session, ledger, viewer, [item_id], purpose)
     with db.session() as session:
         item = session.get(EvidenceItem, item_id)
         assert item is not None
@@ -276,8 +279,8 @@ def incident_continuity(
             return None
         check_bounds(session, bounds, [i.id for i in items], f"incident {summary['reference']}")
         exhibits.assign_all(session, ledger, summary["id"], [i.id for i in items], viewer.actor)
-    ids = [i.id for i in items]
-    log_reads(db, ledger, viewer, ids, f"{purpose} for {summary['reference']}")
+        ids = [i.id for i in items]
+        log_reads(session, ledger, viewer, ids, f"{purpose} for {summary['reference']}")
     read: list[tuple[EvidenceItem, list[SignedEntry], list[dict[str, Any]], dict[str, str], str | None]] = []
     with db.session() as session:
         refs = exhibits.references(session, summary["id"], ids)

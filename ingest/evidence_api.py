@@ -25,7 +25,7 @@ from accounts.access import (
     services_here,
     signs_in_within,
 )
-from accounts.service import Principal
+from accounts.service import Principal, stands
 from chain_of_custody.core import CoreServices, list_cursors
 from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from chain_of_custody.models import EvidenceItem
@@ -204,6 +204,23 @@ def _item(s: CoreServices, item_id: str, user: Principal) -> EvidenceItem:
     return item
 
 
+def _still_seen(session: Session, user: Principal, item_id: str) -> None:
+    """404 unless the caller still sees the item in ``session``, the write transaction that acts on
+    it: :func:`_item`'s read answers early, and what they may see is decided as it holds where the
+    write is made (``accounts.held_reach``: an unassignment or a move meanwhile narrows it)."""
+    if visible_evidence(session, user, item_id) is None:
+        raise NotFound("no such evidence item")
+
+
+def _still_reads(session: Session, user: Principal, item_id: str) -> None:
+    """A read looked up in one transaction and recorded in a later one (a whole read, a viewing's
+    first range: ``chain_of_custody.reads.looked_up_response``) is admitted again in the one that
+    records it: the caller still stands as signed in (``stands``, which also reads their assignments
+    and reach again there) and still sees the item."""
+    stands(session, user)
+    _still_seen(session, user, item_id)
+
+
 @router.get("/evidence/{item_id}", response_model=EvidenceItemOut)
 def get_item(
     item_id: str,
@@ -284,6 +301,7 @@ def grant_read(
     or recorded until the address is used: the read's custody entry carries the reason then."""
     item = _item(s, item_id, user)
     with s.db.session() as session:
+        _still_seen(session, user, item.id)
         issued = read_grants.issue(
             session, user, item.id, body.use, body.reason.strip(), read_grants.grant_seal_key(s.key)
         )
@@ -376,6 +394,7 @@ async def content(
             reason=stated,
             sign_in=user.sign_in,
             admit=admit,
+            again=partial(_still_reads, user=user, item_id=item.id),
         )
         return read, granted.expires_at if granted is not None else None
 
@@ -464,6 +483,7 @@ def legal_hold(
         raise Gone("evidence deleted under its retention class")
     now = datetime.now(UTC)
     with s.db.session() as session:
+        _still_seen(session, user, item.id)
         set_legal_hold(
             session,
             s.ledger,

@@ -66,8 +66,10 @@ async def item_waveform(
     ``reason`` (why an original is read: the console asks for one) goes on that entry."""
 
     def look_up() -> EvidenceItem | None:
-        with s.db.session() as session:  # on a worker thread: never the event loop's
-            return visible_evidence(session, user, item_id)
+        with s.db.reading() as session:  # on a worker thread: never the event loop's
+            found = visible_evidence(session, user, item_id)
+            session.expunge_all()  # kept as read (the read's rollback would expire it)
+            return found
 
     item = await asyncio.to_thread(look_up)
     if item is None:
@@ -82,11 +84,18 @@ async def item_waveform(
         with tempfile.TemporaryDirectory(prefix="waveform-") as scratch:
             path = Path(scratch) / "media"
             with s.db.session() as session:
+                # Asked again where the read is recorded: the look-up above only answers early, and
+                # what the caller may see is decided as it holds here (``accounts.held_reach``).
+                now = visible_evidence(session, user, item_id)
+                if now is None:
+                    raise NotFound("no such evidence item")
+                if now.status != "stored":
+                    raise InConflict(f"evidence item {now.id} is {now.status}; it is not served")
                 blocks = read_item(
                     session,
                     s.ledger,
                     s.store,
-                    item,
+                    now,
                     user.actor,
                     None,
                     "waveform",

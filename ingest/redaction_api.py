@@ -17,7 +17,6 @@ from sqlalchemy import func, select
 from accounts.access import require_roles, services
 from accounts.service import Principal, hold_person
 from chain_of_custody.core import CoreServices
-from chain_of_custody.models import EvidenceItem
 from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, visible_evidence
 from redaction.jobs import enqueue
 from redaction.models import RedactionJob
@@ -135,8 +134,12 @@ def request_redaction(
     with s.db.session() as session:
         if (first := retry.claim(session)) is not None:
             return first  # before the queue is counted: the first version is in it already
-        source = session.get(EvidenceItem, item_id)
-        if source is not None and source.status != "stored":
+        # Seen again in the transaction that queues the version (``_visible_clip`` above answers
+        # early only): an investigator taken off the clip's incident meanwhile queues nothing.
+        source = visible_evidence(session, user, item_id)
+        if source is None:
+            raise NotFound("no such evidence item")
+        if source.status != "stored":
             # A redacted copy is new evidence derived from its original: never from one that no
             # longer checks (quarantined) or is gone.
             raise InConflict(f"evidence item {item_id} is {source.status}; it cannot be redacted")
