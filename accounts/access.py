@@ -308,7 +308,8 @@ def device_scope(viewer: ReachViewer, device: Any) -> ColumnElement[bool]:
     """A WHERE clause on ``devices`` (the class or an alias) selecting the devices the viewer sees:
     :func:`site_scope` on its site and, for a viewer by site, only the devices of that site whose
     row's seal held when they signed in (``viewer.reach.devices``): SQL cannot check an HMAC, and a
-    device moved to their site by SQL would show them another site's wearer, position and alarms."""
+    device moved to their site by SQL would show them another site's wearer, position and alarms.
+    In a write transaction acting for them, those still of their site there (``held_reach``)."""
     return _sealed_scope(viewer, device.site, device.id, viewer.reach.devices)
 
 

@@ -32,16 +32,13 @@ two for a manager), not on reads, which decide by the sign-in a moment before.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import column, select, table
 from sqlalchemy.orm import Session
 
 from chain_of_custody.reach_seals import SiteReach
 from storage.db import is_postgres, session_in_use
-
-if TYPE_CHECKING:
-    from .service import Principal
 
 # The tables as plain tables: assignments belong to ``incidents`` and staff and devices to
 # ``devices``, both above ``accounts``.
@@ -51,13 +48,29 @@ _DEVICES = table("devices", column("id"), column("site"))
 _HELD = "evidence_held_reach"  # in a write transaction's ``Session.info``: the callers it acts for
 
 
+class Caller(Protocol):
+    """The caller as their sign-in read them (``accounts.service.Principal`` satisfies this)."""
+
+    @property
+    def user_id(self) -> int: ...
+
+    @property
+    def credential(self) -> tuple[str, str] | None: ...
+
+    @property
+    def signed_in_assignments(self) -> frozenset[int]: ...
+
+    @property
+    def signed_in_reach(self) -> SiteReach: ...
+
+
 @dataclass
 class HeldReach:
     """What one caller's item-level authority is in one write transaction: read on first use, kept
     for the rest of it (a transaction sees its own locks' rows unchanged)."""
 
     session: Session
-    principal: Principal
+    principal: Caller
     _assignments: frozenset[int] | None = field(default=None, repr=False)
     _reach: SiteReach | None = field(default=None, repr=False)
 
@@ -74,7 +87,7 @@ class HeldReach:
         return self._reach
 
 
-def hold_in(session: Session, principal: Principal) -> None:
+def hold_in(session: Session, principal: Caller) -> None:
     """Mark ``session``'s write transaction as acting for ``principal`` (``stands`` does, once it
     found them standing): the access rules asked in it decide by :func:`held_now`."""
     session.info.setdefault(_HELD, {})[(principal.user_id, principal.credential)] = HeldReach(
@@ -82,7 +95,7 @@ def hold_in(session: Session, principal: Principal) -> None:
     )
 
 
-def held_now(principal: Principal) -> HeldReach | None:
+def held_now(principal: Caller) -> HeldReach | None:
     """The caller's authority as the write transaction in use reads it, or None outside one that
     acts for them (a read, the service's own work): then the sign-in's is what holds."""
     session = session_in_use()
@@ -92,7 +105,7 @@ def held_now(principal: Principal) -> HeldReach | None:
     return held.get((principal.user_id, principal.credential)) if held else None
 
 
-def _still_assigned(session: Session, principal: Principal) -> frozenset[int]:
+def _still_assigned(session: Session, principal: Caller) -> frozenset[int]:
     """The sign-in's assignments not ended since (held for share on PostgreSQL)."""
     signed_in = principal.signed_in_assignments
     if not signed_in:

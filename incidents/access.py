@@ -102,7 +102,9 @@ def incident_scope(viewer: Viewer) -> ColumnElement[bool]:
 
     An investigator's incidents are those of their active assignments whose seal held when they
     signed in for this request (``viewer.assignments``, ``accounts.seals.assignments_of``): a row
-    planted or changed in the database opens nothing, and one ended since is read as it is now."""
+    planted or changed in the database opens nothing, and one ended since is read as it is now (in
+    a write transaction acting for them, ``viewer.assignments`` is read again there and held:
+    ``accounts.held_reach``)."""
     if viewer.role == "admin":
         return true()
     if viewer.role == "security_manager":
