@@ -25,7 +25,7 @@ from incidents import continuity_record
 from incidents.models import IncidentLink
 from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
 from redaction.models import RedactionJob
-from tests.conftest import start_server, wait_for
+from tests.conftest import backends_waiting_on_a_lock, start_server, wait_for
 from tests.test_authority_race import _armed_session
 from tests.test_incidents_kit import bearer, staff, store_item, user
 
@@ -150,17 +150,6 @@ def test_an_item_out_of_reach_after_the_sign_in_and_before_the_write_is_not_touc
         thread.join(15)
 
 
-def _waiting_on(s: Any, table: str) -> bool:
-    """Whether a statement naming ``table`` waits on a lock (PostgreSQL)."""
-    with s.db.engine.connect() as conn:
-        return bool(
-            conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                f"AND position('{table}' in query) > 0"
-            ).scalar()
-        )
-
-
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_an_unassignment_waits_for_a_report_checked_before_it(
     services: Any, monkeypatch: pytest.MonkeyPatch
@@ -196,7 +185,7 @@ def test_an_unassignment_waits_for_a_report_checked_before_it(
         assert checked.wait(60)
         change.start()
         wait_for(
-            lambda: _waiting_on(s, "incident_assignments") or "change" in answers,
+            lambda: backends_waiting_on_a_lock(s.db.engine, "incident_assignments") or "change" in answers,
             30,
             what="the unassignment to wait or end",
         )
