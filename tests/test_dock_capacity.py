@@ -62,7 +62,10 @@ def test_busy_service_answers_503_with_retry_after(tmp_path: Path, seaweed) -> N
             )
         )
         t.start()
-        first_sent.wait(10)
+        assert first_sent.wait(10)
+        # The client has sent part of the body; the 503 is due once the service holds its slot (asked
+        # before, the second PATCH would take the free slot and store its clip instead).
+        wait_for(s.uploads.active.locked, 10, what="the slow upload to hold the service's one slot")
         busy = wait_for(
             lambda: (
                 (
@@ -132,6 +135,9 @@ def test_one_dock_cannot_take_every_upload_slot(tmp_path: Path, seaweed) -> None
         )
         t.start()
         assert first_sent.wait(10)
+        wait_for(
+            lambda: sum(s.uploads.per_dock.values()) == 1, 10, what="the slow upload to hold its dock's slot"
+        )
         busy = wait_for(
             lambda: (
                 (r := httpx.patch(more[0], content=more[1], headers=patch(greedy), timeout=30)).status_code
