@@ -28,6 +28,7 @@ from incidents.access import (
     INCIDENT_WRITERS,
     Viewer,
     readable_trail,
+    reads_whole_trails,
     visible_evidence,
 )
 from incidents.exhibits import visible_exhibits
@@ -111,7 +112,9 @@ def _page_data(request: Request, roles: tuple[str, ...], item_id: str, suffix: s
         redirect = _clip_or_redirect(session, who.principal, item, suffix)
         if redirect is not None:
             return who, redirect
-        refs = incident_refs(session, who.principal, item)
+        # Whoever reads every trail whole (admins, auditors) reads every incident it names, as the
+        # exhibit line and the retention panel do.
+        refs = incident_refs(session, None if reads_whole_trails(who.principal) else who.principal, item)
         ref = refs[0] if refs else None
         # The trail's first page; the custody page goes on from there (``oversight_pages.custody_page``).
         page = Ledger.item_entries_page(session, item.id, 0, TRAIL_PAGE + 1)

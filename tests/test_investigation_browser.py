@@ -594,6 +594,7 @@ def test_the_requester_is_marked_by_keyboard_and_a_toned_range_is_previewed_as_a
 
         page.keyboard.press("Enter")
         says(others, True)
+        assert page.input_value("#audio-mode") == "tone"  # marking keeps what the reviewer chose to do
         page.keyboard.press("Space")
         says(tracks, False)
         page.keyboard.press("Space")

@@ -320,7 +320,12 @@ def pages(world: World) -> list[Page]:
         requests = {p: _of(world, key, "requester") for p in seen}
         out.append(Page(f"/subject-access/{site.request}", _status(READERS, seen=seen), requests))
         clip_seen = seen | ({"manager_a"} if key == "a" else {"manager_b"})
-        footage = {p: _of(world, key, "exhibit reference of its clip") for p in clip_seen | EVERY_ITEM}
+        # The item's incidents as its exhibit line names them: an auditor reads both, or neither.
+        incidents_row = f"<dt>Incidents</dt><dd>{site.reference}"
+        footage = {
+            p: [*_of(world, key, "exhibit reference of its clip"), incidents_row]
+            for p in clip_seen | EVERY_ITEM
+        }
         out.append(Page(f"/footage/{site.clip}", _status(METADATA, seen=clip_seen | EVERY_ITEM), footage))
         out.append(Page(f"/footage/{site.clip}/review", _status(MEDIA, seen=clip_seen)))
         trail = {p: _of(world, key, "link reason") for p in clip_seen | EVERY_ITEM}

@@ -336,7 +336,6 @@ function markRequester(id) {
     state.requester.add(id);
     state.excluded.set(id, sar.reason);
     if (!$("note").value.trim()) $("note").value = sar.note;
-    $("audio-mode").value = "mute";
     const others = state.tracks.size - state.requester.size;
     player.say(
       `Track ${id} is the requester: left visible; ${others} other track(s) masked. ` +
