@@ -191,6 +191,32 @@ def principal_of(session: Session, actor: str, key: ServiceKey, *, hold: bool = 
     )
 
 
+def acting_for(
+    session: Session,
+    actor: str,
+    key: ServiceKey,
+    roles: tuple[str, ...],
+    *,
+    role: str | None = None,
+    hold: bool = False,
+    acting: bool = False,
+) -> Principal | str:
+    """The person ``actor`` names as they are now (:func:`principal_of`), when work done later on
+    their authority (a package built, a redaction made, a link serving) may still be done for them;
+    else why not: no active user whose row's seal holds, or a role not among ``roles`` (or not
+    ``role``, the one they asked with). ``hold``: their row is held for share until the write
+    transaction ends; ``acting``: the transaction acts for them (``held_reach.hold_in``), so the
+    access rules asked in it read their assignments and reach again there, and hold them."""
+    person = principal_of(session, actor, key, hold=hold)
+    if person is None:
+        return f"{actor} no longer signs in (deactivated, or their account altered outside the service)"
+    if person.role not in roles or (role is not None and person.role != role):
+        return f"{actor} is now {person.role}, not {role or ' or '.join(roles)}"
+    if acting:
+        hold_in(session, person)
+    return person
+
+
 def new_password_hash(password: str) -> str:
     """The argon2 hash of a new password, refused (AccountError) when it is too short."""
     if len(password) < 12:

@@ -450,10 +450,8 @@ def worker(
 
 
 def _worker_main(once: bool) -> None:
-    from redaction.worker import RedactionWorker
-
     s = _services(existing=True)
-    w = RedactionWorker(s.db, s.store, s.ledger, s.settings)
+    w = s.redaction_worker()
     console.print(f"redaction worker {w.name} started")
     try:
         if once:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
@@ -37,10 +38,14 @@ from storage.embedded import EmbeddedSeaweed
 from storage.objects import ObjectStore
 from storage.settings import Settings
 
+from .job_authority import SERVICE, redaction_authority
 from .migrations_runner import upgrade_database
 from .mqtt_consumer import AlarmConsumer
 from .telemetry_process import TelemetryProcess
 from .uploads import ClipHook, UploadEngine
+
+if TYPE_CHECKING:
+    from redaction.worker import RedactionWorker
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,23 @@ class Services:
         self.exports = ExportBuilds(self)
         self.verifications = Verifications(self)
         self.awaiting_upgrade = UpgradeWatch(self.db, self.key)
+
+    def redaction_worker(
+        self, *, name: str | None = None, lease_seconds: int | None = None
+    ) -> RedactionWorker:
+        """A redaction worker on these services, asking the access rules for each job's requester
+        where it acts (``ingest.job_authority``)."""
+        from redaction.worker import RedactionWorker  # here: it brings cv2 and numpy to the service
+
+        return RedactionWorker(
+            self.db,
+            self.store,
+            self.ledger,
+            self.settings,
+            authority=redaction_authority(self.key),
+            name=name,
+            lease_seconds=lease_seconds,
+        )
 
     def close(self) -> None:
         """Once nothing is served any more: the upload engine's hashing and part-sending threads end
@@ -139,7 +161,7 @@ def clip_hooks(settings: Settings, store: ObjectStore, ledger: Ledger) -> list[C
 
         def queue_redaction(session: Session, item: EvidenceItem) -> None:
             if item.kind == "clip" and item.status == "stored":
-                enqueue(session, item.id, "service", {}, max_attempts=settings.worker_max_attempts)
+                enqueue(session, item.id, SERVICE, {}, max_attempts=settings.worker_max_attempts)
 
         hooks.append(queue_redaction)
     return hooks

@@ -157,15 +157,16 @@ def finish(session: Session, job_id: str, owner: str, result_item_id: str, recor
     return True
 
 
-def fail(session: Session, job_id: str, owner: str, error: str) -> str:
-    """Record a failed attempt: back to the queue while attempts remain, else failed for good."""
+def fail(session: Session, job_id: str, owner: str, error: str, *, final: bool = False) -> str:
+    """Record a failed attempt: back to the queue while attempts remain, else failed for good;
+    ``final``: failed for good now (a refusal, which another attempt would meet again)."""
     job = session.get(RedactionJob, job_id, with_for_update=True)
     if job is None or job.lease_owner != owner:
         return "lost"
     job.error = error[:4000]
     job.lease_owner = None
     job.lease_until = None
-    if job.attempts >= job.max_attempts:
+    if final or job.attempts >= job.max_attempts:
         job.status = "failed"
         job.finished_at = datetime.now(UTC)
     else:

@@ -3,6 +3,13 @@
 The original is streamed from storage to a private temporary file (reading it is a custody entry),
 redacted by the ffmpeg pipeline, and the result is stored write-once as a new evidence item derived
 from the original, beside a per-frame record of what was hidden. The original is never touched.
+
+A version asked for by a person is made on their authority as it holds when the worker acts, not
+as it held when they asked: the worker is given the rule (``authority``, from the application,
+which knows who sees what; ``redaction`` does not) and asks it first in each write transaction it
+makes for the job (the read of the original, the one before the copy is stored, the recording).
+When the requester no longer stands or no longer sees the clip, the job fails for good with the
+reason on it, a warning is logged, and nothing is read, stored or recorded for it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy.orm import Session
 
 from chain_of_custody.entries import CustodyAction
 from chain_of_custody.evidence import Provenance, quarantine_hook, read_item, record_evidence
@@ -39,6 +49,18 @@ class LeaseLost(Exception):
     """Another worker took the job over (our lease ran out): stop without storing anything."""
 
 
+class RequesterRefused(Exception):
+    """The person the job acts for may no longer have it made: nothing is read, stored or recorded."""
+
+
+class Authority(Protocol):
+    """Why a job asked for by ``requested_by`` may not act on ``item_id`` now, or None, asked in a
+    write transaction the job makes (``session``): the application's access rules, as they hold
+    there (``ingest.job_authority``)."""
+
+    def __call__(self, session: Session, requested_by: str, item_id: str) -> str | None: ...
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
 
@@ -53,10 +75,12 @@ class RedactionWorker:
         ledger: Ledger,
         settings: Settings,
         *,
+        authority: Authority,
         name: str | None = None,
         lease_seconds: int | None = None,
     ) -> None:
         self.db = db
+        self.authority = authority
         self.store = store
         self.ledger = ledger
         self.settings = settings
@@ -78,6 +102,13 @@ class RedactionWorker:
             self._run(job)
         except LeaseLost:
             log.warning("redaction job taken over by another worker", extra={"job": job.id})
+        except RequesterRefused as exc:
+            with self.db.session() as session:
+                state = jobs.fail(session, job.id, self.name, str(exc), final=True)
+            log.warning(
+                "redaction job refused: " + str(exc),
+                extra={"job": job.id, "reason": "requester", "requested_by": job.requested_by, "now": state},
+            )
         except Exception as exc:  # noqa: BLE001 - recorded on the job, retried or failed
             with self.db.session() as session:
                 state = jobs.fail(session, job.id, self.name, f"{type(exc).__name__}: {exc}")
@@ -91,6 +122,13 @@ class RedactionWorker:
                 stop.wait(idle_sleep)
 
     # -- one job -----------------------------------------------------------------------------
+    def _requester_stands(self, session: Session, job: jobs.ClaimedJob) -> None:
+        """Refuse what this write transaction would do for the job unless its requester may still
+        have it (``authority``); run first in it."""
+        why = self.authority(session, job.requested_by or "", job.source_item_id)
+        if why is not None:
+            raise RequesterRefused(f"refused: {why}; nothing was made for {job.requested_by}")
+
     def _run(self, job: jobs.ClaimedJob) -> None:
         spec = RedactionSpec.model_validate(job.spec)
         # However the job was queued, it never hides less than the service's settings.
@@ -108,6 +146,7 @@ class RedactionWorker:
     def _fetch(self, job: jobs.ClaimedJob, dest: Path) -> None:
         """Stream the original to a 0600 scratch file; the read is on the original's custody record."""
         with self.db.session() as session:
+            self._requester_stands(session, job)
             item = session.get(EvidenceItem, job.source_item_id)
             if item is None:
                 raise jobs.JobRefused("source evidence item is gone")
@@ -132,7 +171,8 @@ class RedactionWorker:
 
     def _store(self, job: jobs.ClaimedJob, spec: RedactionSpec, dst: Path, result: RedactionResult) -> None:
         now = datetime.now(UTC)
-        with self.db.session() as session:
+        with self.db.session() as session:  # checked before anything is stored
+            self._requester_stands(session, job)
             original = session.get(EvidenceItem, job.source_item_id)
             assert original is not None
             keep = timedelta(days=self.settings.retention_days)
@@ -170,6 +210,7 @@ class RedactionWorker:
             "original_sha256": None,
         }
         with self.db.session() as session:
+            self._requester_stands(session, job)
             original = session.get(EvidenceItem, job.source_item_id)
             assert original is not None
             how["original_sha256"] = original.sha256

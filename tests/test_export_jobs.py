@@ -1,6 +1,8 @@
 """Export builds are jobs that any builder claims under a lease: a build whose builder stopped (a
 restart, a crash) is claimed again once the lease runs out and finished by another, and one
-interrupted too often is marked failed."""
+interrupted too often is marked failed. Each job is asked for by ``inv``, an investigator assigned
+to a real incident the item is linked to: a build acts on its requester's authority as it holds
+when it is built (``tests.test_job_authority``)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from chain_of_custody.models import CustodyEntry, EvidenceItem
 from incidents.export import jobs as jobs_module
 from incidents.export.jobs import ExportBuilds, record_request
 from incidents.export.models import ExportJob
+from incidents.service import IncidentDraft, assign_investigator, create_incident, link_evidence
+from tests.test_incidents_kit import user
 
 INCIDENT = {"id": "inc-jobs", "reference": "INC-2026-000077", "title": "Ward 7", "site": "QEH"}
 
@@ -37,16 +41,28 @@ def _alarm_item(services: Any) -> str:
         return item.id
 
 
+def _asked_by_inv(services: Any, item_id: str) -> str:
+    """``inv``, an investigator, assigned to a new incident the item is linked to; its id."""
+    inv = user(services, "inv", "investigator")
+    with services.db.session() as session:
+        draft = IncidentDraft(category="physical_assault", occurred_at=datetime.now(UTC), site="QEH")
+        incident = create_incident(session, draft, "user:seed", ledger=services.ledger)
+        assign_investigator(session, services.ledger, incident, inv, "user:seed")
+        link_evidence(session, services.ledger, incident.id, item_id, "user:seed", "the alarm")
+        return incident.id
+
+
 def _job(services: Any, item_id: str, **values: Any) -> str:
     job_id = str(uuid.uuid4())
+    incident_id = _asked_by_inv(services, item_id)
     with services.db.session() as session:
         job = ExportJob(
             id=job_id,
-            incident_id=INCIDENT["id"],
+            incident_id=incident_id,
             requested_by="user:inv",
             requester_role="investigator",
             include_originals=False,
-            scope=json.dumps({"incident": INCIDENT, "item_ids": [item_id]}),
+            scope=json.dumps({"incident": {**INCIDENT, "id": incident_id}, "item_ids": [item_id]}),
             media_bytes_total=15,
             status="building",
             created_at=datetime.now(UTC),

@@ -34,7 +34,6 @@ from incidents.export.models import ExportJob
 from redaction.jobs import enqueue
 from redaction.media import ffmpeg_exe
 from redaction.models import RedactionJob
-from redaction.worker import RedactionWorker
 from tests import test_disclosure_api
 from tests.conftest import wait_for
 from tests.media import make_test_clip
@@ -276,7 +275,7 @@ def test_subject_access_request_from_request_to_package(server: Server, browser:
         ),
     )
     # The automatic redaction that every clip gets on arrival: it hides both faces (two tracks).
-    worker = RedactionWorker(s.db, s.store, s.ledger, s.settings)  # type: ignore[attr-defined]
+    worker = s.redaction_worker()  # type: ignore[attr-defined]
     with s.db.session() as session:  # type: ignore[attr-defined]
         first = enqueue(session, clip.id, "service", {}, max_attempts=3).id
     assert worker.run_once() == first

@@ -33,7 +33,6 @@ from firmware_simulators.dock import Dock
 from firmware_simulators.scene import render_clip
 from ingest.services import build_services
 from redaction.media import ffmpeg_exe
-from redaction.worker import RedactionWorker
 from tests.conftest import SIGN_IN_TIMEOUT, make_settings, start_server, wait_for
 from tests.test_console_kit import (
     PASSWORD,
@@ -79,7 +78,7 @@ def footage(tmp_path_factory: pytest.TempPathFactory, seaweed: Any) -> Iterator[
     server, thread, url = start_server(s)
     stop = threading.Event()
     worker = threading.Thread(
-        target=RedactionWorker(s.db, s.store, s.ledger, s.settings).run_forever,
+        target=s.redaction_worker().run_forever,
         kwargs={"idle_sleep": 0.2, "stop": stop},
         daemon=True,
     )

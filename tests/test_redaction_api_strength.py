@@ -18,7 +18,6 @@ from chain_of_custody.models import EvidenceItem
 from firmware_simulators.scene import render_clip
 from incidents.export.models import ExportJob
 from redaction.models import RedactionJob
-from redaction.worker import RedactionWorker
 from tests.test_disclosure_api import _incident, _link
 from tests.test_export_api import Server, custody_of, server, wait_ready  # noqa: F401 - the live-server fixture
 from tests.test_export_package import download, members, put_evidence
@@ -92,11 +91,11 @@ def test_a_redaction_may_not_hide_less_than_the_defaults_nor_hand_out_anyone_lef
     # Stronger than the defaults is fine for anyone who may redact; so is an authorised exclusion.
     r = ask("inv", {"settings": {"threshold": 0.1, "mask_scale": 2.0, "style": "solid", "cover": "head"}})
     assert r.status_code == 202, r.text
-    assert RedactionWorker(s.db, s.store, s.ledger, s.settings).run_once() == r.json()["id"]
+    assert s.redaction_worker().run_once() == r.json()["id"]
     r = ask("boss", visible)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
-    assert RedactionWorker(s.db, s.store, s.ledger, s.settings).run_once() == job_id
+    assert s.redaction_worker().run_once() == job_id
     with s.db.session() as session:
         job = session.get(RedactionJob, job_id)
         assert job.status == "done", job.error

@@ -68,9 +68,9 @@ def test_a_worker_whose_lease_was_taken_over_finishing_last_records_nothing(
     s = services
     clip_id = _clip(s, tmp_path)
     with s.db.session() as session:
-        job_id = jobs.enqueue(session, clip_id, "test").id
-    first = RedactionWorker(s.db, s.store, s.ledger, s.settings, name="host-a:1:1")
-    second = RedactionWorker(s.db, s.store, s.ledger, s.settings, name="host-b:2:1")
+        job_id = jobs.enqueue(session, clip_id, "service").id
+    first = s.redaction_worker(name="host-a:1:1")
+    second = s.redaction_worker(name="host-b:2:1")
     later = datetime.now(UTC) + timedelta(seconds=s.settings.worker_lease_seconds + 1)
     store = first._store
 
@@ -93,9 +93,9 @@ def test_a_worker_whose_lease_was_taken_over_finishing_first_records_nothing(
     s = services
     clip_id = _clip(s, tmp_path)
     with s.db.session() as session:
-        job_id = jobs.enqueue(session, clip_id, "test").id
-    first = RedactionWorker(s.db, s.store, s.ledger, s.settings, name="host-a:1:1")
-    second = RedactionWorker(s.db, s.store, s.ledger, s.settings, name="host-b:2:1")
+        job_id = jobs.enqueue(session, clip_id, "service").id
+    first = s.redaction_worker(name="host-a:1:1")
+    second = s.redaction_worker(name="host-b:2:1")
     mine = _claim(first)
     later = datetime.now(UTC) + timedelta(seconds=s.settings.worker_lease_seconds + 1)
     taken = _claim(second, later)

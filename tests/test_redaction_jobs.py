@@ -32,7 +32,7 @@ START = datetime(2026, 11, 22, 11, 0, tzinfo=UTC)
 
 
 def _worker(s, **kw) -> RedactionWorker:  # type: ignore[no-untyped-def]
-    return RedactionWorker(s.db, s.store, s.ledger, s.settings, **kw)
+    return s.redaction_worker(**kw)
 
 
 def _clip_item(s, path: Path) -> EvidenceItem:  # type: ignore[no-untyped-def]
@@ -221,7 +221,7 @@ def test_killed_worker_leaves_its_job_to_another(sqlite_services, tmp_path: Path
     render_clip(path, seconds=8, width=640, height=360, fps=25, faces=2, seed=3)
     item = _clip_item(s, path)
     with s.db.session() as session:
-        job_id = jobs.enqueue(session, item.id, "test").id
+        job_id = jobs.enqueue(session, item.id, "service").id
     env = settings_env(s.settings)
     env["EVIDENCE_WORKER_LEASE_SECONDS"] = "2"
     proc = subprocess.Popen(
@@ -268,7 +268,7 @@ def test_a_job_that_keeps_failing_is_marked_failed(sqlite_services, tmp_path: Pa
     bogus.write_bytes(os.urandom(50_000))
     item = _clip_item(s, bogus)
     with s.db.session() as session:
-        job_id = jobs.enqueue(session, item.id, "test", max_attempts=2).id
+        job_id = jobs.enqueue(session, item.id, "service", max_attempts=2).id
     w = _worker(s)
     assert w.run_once() == job_id
     with s.db.session() as session:

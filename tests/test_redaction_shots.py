@@ -28,7 +28,6 @@ from redaction.media import FrameReader, probe
 from redaction.pipeline import RedactionResult, RedactionSettings, redact_clip
 from redaction.render import Mask, covered
 from redaction.tracking import FaceTracker, TrackingSettings
-from redaction.worker import RedactionWorker
 from tests.conftest import settings_env
 
 SOLID = RedactionSettings(style="solid")
@@ -219,9 +218,9 @@ def test_command_line_redaction_gives_the_same_output_as_a_workers_job(
         item = record_evidence(
             session, s.ledger, stored, Provenance(kind="clip", actor="test", content_type="video/mp4")
         )
-        job = jobs.enqueue(session, item.id, "test", spec)
+        job = jobs.enqueue(session, item.id, "service", spec)
         job_id = job.id
-    assert RedactionWorker(s.db, s.store, s.ledger, s.settings).run_once() == job_id
+    assert s.redaction_worker().run_once() == job_id
     with s.db.session() as session:
         done = session.get(jobs.RedactionJob, job_id)
         assert done is not None and done.status == "done", done and done.error

@@ -40,14 +40,13 @@ from storage.idempotency import KeyHeader, Once, json_body
 from storage.paging import after_key, link_next, next_headers, page_limit
 
 from ..access import (
-    EVIDENCE_MEDIA,
-    ORIGINALS_RELEASERS,
     Viewer,
     visible_evidence_ids,
     visible_incident,
 )
 from ..grants import export_job_read_as_its_incidents, export_job_seal_holds, seal_export_job
 from ..models import Incident, IncidentAssignment
+from .authority import EXPORTERS, ORIGINALS_AUTHORISERS, holding_refusal, left_visible
 from .disclosure import DISCLOSURE_PAGE, DISCLOSURE_PAGE_MAX, DisclosurePage, csv_pages, disclosure_page
 from .jobs import ExportBuilds, record_request
 from .links import link_secret, make_link_token
@@ -64,10 +63,6 @@ from .plan import (
 )
 
 log = logging.getLogger(__name__)
-
-
-EXPORTERS = EVIDENCE_MEDIA
-ORIGINALS_AUTHORISERS = ORIGINALS_RELEASERS
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
@@ -247,48 +242,12 @@ def readable_job(session: Session, user: Viewer, export_id: str, key: ServiceKey
 def may_hand_out(session: Session, user: Viewer, job: ExportJob, key: ServiceKey) -> bool:
     """Whether ``user`` may give the package to someone (a download link): a link hands out every
     byte of it, so only someone who may see every item it holds, and who may export original footage
-    if it holds some. The package was fixed for its requester's access, not for everyone who sees
-    the incident: another investigator of the incident would otherwise hand out (and download) the
-    original of a copy they see only redacted, or originals their role may not export. Read from a
-    job whose seal holds only (``incidents.grants``): one changed in the database hands out nothing."""
-    if not export_job_seal_holds(key, job):
-        return False
-    if job.include_originals and user.role not in ORIGINALS_AUTHORISERS:
-        return False
-    scope = json.loads(job.scope)
-    try:
-        gathered = {i.id for i in gather_items(session, scope.get("item_ids", []))}
-    except ExportError:
-        return False
-    held = gathered - set(scope.get("outside", []))
-    if not held <= visible_evidence_ids(session, user, held):
-        return False
-    # A redacted copy that leaves someone visible hands out their face, as an original would.
-    pinned = [
-        p["item"] for p in (scope.get("pinned") or {}).values() if isinstance(p, dict) and p.get("item")
-    ]
-    return user.role in ORIGINALS_AUTHORISERS or not left_visible(session, pinned)
-
-
-def left_visible(session: Session, copy_ids: list[str]) -> list[str]:
-    """The redacted copies among ``copy_ids`` that leave someone visible (a track turned off), as the
-    ``redacted`` custody entry that made each one records."""
-    if not copy_ids:
-        return []
-    rows = session.execute(
-        select(CustodyEntry.item_id, CustodyEntry.details).where(
-            CustodyEntry.item_id.in_(copy_ids), CustodyEntry.action == CustodyAction.REDACTED
-        )
-    ).all()
-    out: set[str] = set()
-    for item_id, details in rows:
-        try:
-            edits = (json.loads(details) or {}).get("edits") or {}
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(edits, dict) and edits.get("exclusions"):
-            out.add(str(item_id))
-    return sorted(out)
+    if it holds some (``authority.holding_refusal``). The package was fixed for its requester's
+    access, not for everyone who sees the incident: another investigator of the incident would
+    otherwise hand out (and download) the original of a copy they see only redacted, or originals
+    their role may not export. Read from a job whose seal holds only (``incidents.grants``): one
+    changed in the database hands out nothing."""
+    return export_job_seal_holds(key, job) and holding_refusal(session, user, job) is None
 
 
 def redaction_choices(session: Session, copy_ids: list[str]) -> dict[str, dict[str, Any]]:

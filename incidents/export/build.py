@@ -414,6 +414,7 @@ def build_package(
     progress: Callable[[int], None] | None = None,
     fence: Callable[[Session], bool] | None = None,
     finish: Callable[[Session, ExportResult], None] | None = None,
+    authority: Callable[[Session], None] | None = None,
 ) -> ExportResult:
     """Make, store and record an export package of ``items`` (see ``gather_items``) for an incident.
 
@@ -426,13 +427,19 @@ def build_package(
     says False (the build's lease was taken over), nothing is recorded and :class:`BuildTakenOver`
     is raised. ``finish`` runs last in the same transaction, so whoever keeps the build's state (an
     export job) records it done with the package, never after it: a builder that took the build
-    over meanwhile finds it done, not still to record.
+    over meanwhile finds it done, not still to record. ``authority`` checks that the person the
+    package is built for may still have it, and raises (an ExportError) when not: run first in each
+    write transaction made on their authority (the exhibit references, the recording) and in one of
+    its own before anything is stored, so a refusal found during the media pass stores nothing and
+    one found at the end records nothing.
     """
     if request.originals is not None and not request.originals.reason.strip():
         raise ExportError("including originals needs a stated reason")
     request = replace(request, incident=json.loads(json.dumps(request.incident, default=str)))
     incident_id = request.incident.get("id")
     with db.session() as session:  # every item the requester may see gets its exhibit reference first
+        if authority is not None:
+            authority(session)
         refs = (
             exhibits.assign_all(
                 session,
@@ -498,6 +505,9 @@ def build_package(
             reason = f"stored object {exc.mismatch}; found while building export {request.export_id}"
             quarantine(session, ledger, exc.item_id, reason, {"export_id": request.export_id})
         raise
+    if authority is not None:  # what the media pass took: nothing is stored for someone refused now
+        with db.session() as session:
+            authority(session)
     layout_object = store.put_bytes(
         f"exports/{request.export_id}.layout",
         pl.encode(layout),
@@ -521,6 +531,8 @@ def build_package(
     )
     locked = lock_for_package(db, store, [p.item.id for p in plan if p.include_media], request)
     with db.session() as session:
+        if authority is not None:  # first: their row, then the job's (``fence``), then the ledger's
+            authority(session)
         if fence is not None and not fence(session):
             raise BuildTakenOver(f"export {request.export_id} was taken over by another builder")
         record_evidence(

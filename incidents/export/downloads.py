@@ -24,7 +24,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accounts.access import services
-from accounts.service import principal_of
 from chain_of_custody import package_layout as pl
 from chain_of_custody.core import CoreServices
 from chain_of_custody.entries import CustodyAction
@@ -41,10 +40,10 @@ from storage.settings import Settings
 from storage.slots import NoSlot, Slots
 from storage.streams import blocks_in_thread
 
-from ..access import visible_incident
+from ..grants import export_job_seal_holds
 from . import media
-from .api import EXPORTERS, may_hand_out
 from .assemble import assemble, items_read, read_layout
+from .authority import standing_refusal
 from .links import LinkRefused, check_link_token, link_secret, on_custody, parse_link_token
 from .media import PackageAltered, unrecorded
 from .models import ExportJob, ExportLink
@@ -181,12 +180,9 @@ def issuer_still_may(
     ``hold``: in the transaction that records a download, the issuer's row is held for share until
     it commits (``principal_of``), so their deactivation waits for the record instead of landing
     between this check and it."""
-    issuer = principal_of(session, link.created_by, key, hold=hold)
-    if issuer is None or issuer.role not in EXPORTERS:
+    if not export_job_seal_holds(key, job):
         return False
-    if visible_incident(session, issuer, job.incident_id) is None:
-        return False
-    return may_hand_out(session, issuer, job, key)
+    return standing_refusal(session, job, link.created_by, key, hold=hold) is None
 
 
 @router.get("/exports/download/{token}/about", response_model=LinkPage)

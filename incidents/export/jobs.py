@@ -6,6 +6,13 @@ builds (with the job's progress), and records the result. A builder that stops (
 crash) stops renewing; once the lease runs out another builder (or the same process, restarted)
 claims the build again and starts it afresh: nothing of a half-built package was recorded. A build
 interrupted ``max_attempts`` times is marked failed.
+
+A build acts on its requester's authority as it holds when the builder acts, not as it held when
+they asked: each write transaction of the build (the exhibit references, the recording) and a check
+before anything is stored ask again whether they still stand and may still see everything the
+package holds (``authority.requester_refusal``). When not, the job fails with the reason (its
+``error``, which whoever sees the incident's exports reads) and a warning is logged; nothing is
+stored or recorded for it, and it is never claimed again.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from chain_of_custody.models import CustodyEntry, EvidenceItem
 from chain_of_custody.row_replay import ExportJobRow, export_request_details, export_request_disagreements
 from storage.leases import Lease, claim, keep_renewed
 
+from .authority import RequesterRefused, requester_refusal
 from .build import BuildTakenOver, ExportResult, build_package
 from .models import ExportJob
 from .plan import ExportError, ExportRequest, OriginalsPermission, Pin, gather_items, pin_redactions
@@ -220,6 +228,7 @@ class ExportBuilds:
                 progress=progress,
                 fence=lambda session: self._still_ours(session.get(ExportJob, job_id, with_for_update=True)),
                 finish=lambda session, result: self._ready(session, job_id, result),
+                authority=lambda session: self._requester_stands(session, job_id),
             )
             log.info("export ready", extra={"export": job_id, "bytes": result.package_size})
         except BuildTakenOver:
@@ -227,6 +236,8 @@ class ExportBuilds:
         except Exception as exc:  # noqa: BLE001 - recorded on the job for the requester to see
             if isinstance(exc, UnrequestedExport):
                 log.warning("export refused: " + str(exc), extra={"export": job_id, "reason": "unrequested"})
+            elif isinstance(exc, RequesterRefused):
+                log.warning("export refused: " + str(exc), extra={"export": job_id, "reason": "requester"})
             else:
                 log.exception("export failed", extra={"export": job_id})
             message = (
@@ -243,6 +254,16 @@ class ExportBuilds:
                     job.lease_owner = job.lease_until = None
         finally:
             done.set()
+
+    def _requester_stands(self, session: Session, job_id: str) -> None:
+        """Refuse (:class:`RequesterRefused`) what this write transaction of the build would do unless
+        the requester still stands, with the role they asked with, and may still see the incident and
+        everything the package holds (``authority.requester_refusal``): the build acts on their
+        authority as it holds where it acts, not as it held when they asked."""
+        job = session.get(ExportJob, job_id)
+        why = "the export is gone" if job is None else requester_refusal(session, job, self.core.key)
+        if why is not None:
+            raise RequesterRefused(why)
 
     @staticmethod
     def _ready(session: Session, job_id: str, result: ExportResult) -> None:
