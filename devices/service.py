@@ -9,13 +9,15 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from accounts.access import ReachViewer, SiteViewer, device_scope, sees_sealed, sites_seen, staff_scope
+from chain_of_custody.device_holders import Held, device_holdings, held_at
 from chain_of_custody.entries import CustodyAction
-from chain_of_custody.keys import load_public_key_b64
+from chain_of_custody.keys import load_public_key_b64, verify_signature
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.reach_seals import reach_secret, staff_seal
 from chain_of_custody.row_seals import latest_device_entries
@@ -371,10 +373,30 @@ def authenticate_dock(session: Session, token: str, seal_key: bytes) -> Device:
     return dock
 
 
-def camera_for_clip(session: Session, serial: str, wearer: str, seal_key: bytes) -> Device:
+@dataclass(frozen=True)
+class ClipClaim:
+    """What a clip says of when it was recorded (``recorded``, the camera's ``recorded_start``), with
+    the manifest the camera signed and its signature, when the clip was received, and the custody
+    key its camera's entries are checked with."""
+
+    recorded: datetime
+    received: datetime
+    manifest: bytes
+    signature: str
+    custody_public: bytes
+
+
+def camera_for_clip(
+    session: Session, serial: str, wearer: str, seal_key: bytes, claim: ClipClaim | None = None
+) -> Device:
     """The enrolled, active camera that may deliver a clip recorded by ``wearer``; a row whose seal
     does not hold for its latest custody entry (``devices.seals``: altered, or an older copy put
-    back, with a key since rotated, another wearer, or from before a disable) is not enrolled."""
+    back, with a key since rotated, another wearer, or from before a disable) is not enrolled.
+
+    ``wearer`` must be the member of staff the camera was assigned to when the clip was recorded
+    (``claim``; without one, now): a clip recorded before the camera was handed to another wearer,
+    or re-enrolled elsewhere, and docked after, is its wearer's then, and is not refused
+    (:func:`clip_holder`, ``chain_of_custody.device_holders`` for the bounds on the camera's word)."""
     camera, bound = load_device(session, seal_key, serial)
     if (
         camera is None
@@ -384,9 +406,26 @@ def camera_for_clip(session: Session, serial: str, wearer: str, seal_key: bytes)
         raise DeviceRefused("unknown_camera", f"camera {serial} is not enrolled")
     if camera.status != "active":
         raise DeviceRefused("camera_disabled", f"camera {serial} is disabled")
-    if camera.assigned_staff_id != wearer:
-        raise DeviceRefused("camera_not_assigned", f"camera {serial} is not assigned to wearer {wearer}")
+    held = camera.assigned_staff_id if claim is None else clip_holder(session, seal_key, camera, claim).staff
+    if held != wearer:
+        when = "when the clip was recorded" if claim is not None else "now"
+        raise DeviceRefused(
+            "camera_not_assigned", f"camera {serial} was not assigned to wearer {wearer} {when}"
+        )
     return camera
+
+
+def clip_holder(session: Session, seal_key: bytes, camera: Device, claim: ClipClaim) -> Held:
+    """The wearer and site a clip of ``camera`` (its row's seal checked) is attributed to: those its
+    custody record gave it at the clip's recording time, when its current key's signature vouches
+    for that time and it is within the bounds ``chain_of_custody.device_holders`` sets; else those
+    it had when the clip was received."""
+    signed = camera.public_key is not None and verify_signature(
+        load_public_key_b64(camera.public_key), claim.signature, claim.manifest
+    )
+    holdings = device_holdings(session, seal_key, claim.custody_public, camera.id)
+    now = (camera.assigned_staff_id, camera.site, camera.public_key)
+    return held_at(holdings, now, claim.recorded if signed else None, claim.received)
 
 
 def list_staff(

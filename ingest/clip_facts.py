@@ -16,9 +16,11 @@ from chain_of_custody.keys import ServiceKey, load_public_key_b64, verify_signat
 from devices.ends import sealed_device
 from devices.models import Device
 from devices.seals import device_seal_key
+from devices.service import ClipClaim, clip_holder
 from storage.objects import ObjectStore, StoredObject
 
 from .models import Upload
+from .tus_protocol import parse_time
 
 
 def clip_manifest(upload: Upload) -> dict[str, Any]:
@@ -44,13 +46,30 @@ class ClipChecks:
     reasons: tuple[str, ...]
 
 
-def camera_site(session: Session, serial: str, key: ServiceKey) -> str | None:
-    """The site the camera is enrolled at as the session sees it, where its clip is kept as captured
-    (``evidence_items.site``); None if it has none, or if its row's seal does not hold for its latest
-    custody entry (``devices.ends.sealed_device``, a warning names it): a site written in the
-    database lends the clip to no site's managers."""
-    camera = sealed_device(session, device_seal_key(key), serial)
-    return camera.site if camera is not None and camera.kind == "camera" else None
+def camera_site(session: Session, upload: Upload, key: ServiceKey) -> str | None:
+    """The site the clip's camera was enrolled at when it recorded the clip, where its clip is kept
+    as captured (``evidence_items.site``): as its custody record has it at the clip's signed
+    recording time (``devices.service.clip_holder``: a camera re-enrolled at another site since
+    does not take the clip there), or at the upload's start when its signature does not vouch for
+    that time or it is out of bounds. None if it has none, or if its row's seal does not hold for
+    its latest custody entry (``devices.ends.sealed_device``, a warning names it): a site written
+    in the database lends the clip to no site's managers."""
+    secret = device_seal_key(key)
+    camera = sealed_device(session, secret, upload.camera_serial)
+    if camera is None or camera.kind != "camera":
+        return None
+    return clip_holder(session, secret, camera, clip_claim(upload, key)).site
+
+
+def clip_claim(upload: Upload, key: ServiceKey) -> ClipClaim:
+    """What the upload's clip says of when it was recorded, as its camera signed it."""
+    return ClipClaim(
+        parse_time("recorded_start", upload.recorded_start),
+        upload.created_at,
+        canonical_json(clip_manifest(upload)),
+        upload.signature,
+        key.public_raw,
+    )
 
 
 def camera_key(session: Session, serial: str, key: ServiceKey) -> str | None:

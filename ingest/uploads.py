@@ -44,7 +44,7 @@ from chain_of_custody.models import EvidenceItem
 from chain_of_custody.retention_basis import retention_basis
 from devices.models import Device
 from devices.seals import device_seal_key
-from devices.service import camera_for_clip
+from devices.service import ClipClaim, camera_for_clip
 from storage.digests import Digests
 from storage.embedded import EmbeddedSeaweed
 from storage.leases import Lease
@@ -122,7 +122,17 @@ class UploadEngine:
         """Open an upload (or return the finished one for a replayed identical clip: ``(state, True)``)."""
         settings = self.s.settings
         with self.s.db.reading() as session:  # the checks before the store only read: no write lock
-            camera = camera_for_clip(session, meta.camera_serial, meta.wearer, device_seal_key(self.s.key))
+            # The wearer the camera had when it recorded the clip, as its custody record says.
+            claim = ClipClaim(
+                meta.recorded_start,
+                datetime.now(UTC),
+                canonical_json(meta.manifest(length)),
+                meta.signature,
+                self.s.key.public_raw,
+            )
+            camera = camera_for_clip(
+                session, meta.camera_serial, meta.wearer, device_seal_key(self.s.key), claim
+            )
             vouched = camera.public_key is not None and verify_signature(
                 load_public_key_b64(camera.public_key), meta.signature, canonical_json(meta.manifest(length))
             )
@@ -704,9 +714,9 @@ def complete_upload(
             key = camera_key(session, upload.camera_serial, s.key)
             if key != checks.camera_key:
                 continue  # enrolled or re-keyed since it was read: check and settle again
-            # The site the camera was enrolled at as its clip is recorded: its site's managers keep it
-            # wherever the camera goes next.
-            site = camera_site(session, upload.camera_serial, s.key)
+            # The site the camera was enrolled at when it recorded the clip: its site's managers keep
+            # it wherever the camera went since, or goes next.
+            site = camera_site(session, upload, s.key)
             item = record_evidence(
                 session,
                 s.ledger,
