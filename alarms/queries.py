@@ -107,6 +107,7 @@ class AlarmQueries:
                             LoneWorkerVisit.ended_at.is_(None), LoneWorkerVisit.device_id.in_(ids)
                         )
                     ),
+                    {device.id: device for device, _, _ in rows},
                 )
             }
             return [_lone_worker(device, state, n, visits.get(device.id)) for device, state, n in rows]
@@ -133,7 +134,10 @@ def _lone_worker(
             if state and state.lat is not None
             else None
         ),
-        "active_visit_id": state.active_visit_id if state else None,
+        # The visit it is watched on, when it is its holder's now (a former holder's is theirs).
+        "active_visit_id": state.active_visit_id
+        if state and visit and visit["visit_id"] == state.active_visit_id
+        else None,
         "visit": visit,
         "open_alarms": int(n or 0),
         "over_share_since": (

@@ -13,7 +13,7 @@ such a row out by id (:func:`readable_scope`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import ColumnElement, select
@@ -25,6 +25,7 @@ from chain_of_custody.models import EvidenceItem
 from chain_of_custody.raise_seals import vouched_view
 from chain_of_custody.reach_seals import SiteReach
 from chain_of_custody.visit_seals import visit_holds
+from devices.models import Device
 
 from .models import AlarmRecord, LoneWorkerVisit
 
@@ -50,15 +51,38 @@ def readable(secret: bytes, viewer: SiteViewer | None, rows: Iterable[AlarmRecor
 
 
 def readable_visits(
-    secret: bytes, viewer: SiteViewer | None, visits: Iterable[LoneWorkerVisit]
+    secret: bytes,
+    viewer: SiteViewer | None,
+    visits: Iterable[LoneWorkerVisit],
+    devices: Mapping[str, Device] | None = None,
 ) -> list[LoneWorkerVisit]:
     """The visits, in order, a viewer reads beside the devices they see: for a reader by site only
     rows whose seal holds (``chain_of_custody.visit_seals``, over the visit's device among the rest),
     so a visit moved by SQL to a device of their site (with the address a worker of another site
-    gave) is not shown there. A reader of every site reads them all, as :func:`readable`."""
-    if not by_site(viewer):
-        return list(visits)
-    return [v for v in visits if visit_holds(secret, v, v.seal)]
+    gave) is not shown there. A reader of every site reads them all, as :func:`readable`. With
+    ``devices`` (the rows of the devices shown, by id), a visit whose seal holds is shown only
+    beside the device's holder now (:func:`held_now`), to every reader: one whose seal does not
+    hold says nothing of whose it is, and is read as above."""
+    site_reader, shown = by_site(viewer), []
+    for v in visits:
+        device = None if devices is None else devices.get(v.device_id)
+        former = device is not None and not held_now(v, device)
+        if former or site_reader:
+            sealed = visit_holds(secret, v, v.seal)
+            if (former and sealed) or (site_reader and not sealed):
+                continue
+        shown.append(v)
+    return shown
+
+
+def held_now(visit: LoneWorkerVisit, device: Device) -> bool:
+    """Whether ``visit`` was begun under its device's holder now: the member of staff it is assigned
+    to and, for a visit that records one, the site it is enrolled at. A visit of a former holder
+    (the device re-enrolled at another site, or handed to another worker, while it was open) is
+    still theirs (its missed check-in is raised for them, where it began: ``alarms.visits``), and is
+    not shown on the device's line as its new holder's, nor to its new site: its note is where the
+    former holder went."""
+    return visit.wearer == device.assigned_staff_id and visit.site in (None, device.site)
 
 
 _SEALED = (

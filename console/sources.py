@@ -93,7 +93,8 @@ def directory(session: Session, device_ids: list[str] | None, viewer: ReachViewe
     """Names behind the ids an alarm carries: the device, its wearer (name, staff group), the visit
     under way (the address a community worker gave) and the device's last known state; devices the
     viewer sees only (``accounts.access.device_scope``), and a visit a reader by site reads only from
-    a row whose seal holds (``alarms.reach.readable_visits``)."""
+    a row whose seal holds, and only one begun under the device's holder now
+    (``alarms.reach.readable_visits``: a former holder's visit is not shown as the new one's)."""
     devices_q = select(Device).where(Device.kind == "lone_worker", device_scope(viewer, Device))
     if device_ids is not None:
         devices_q = devices_q.where(Device.id.in_(device_ids[:1000]))
@@ -115,6 +116,7 @@ def directory(session: Session, device_ids: list[str] | None, viewer: ReachViewe
                     LoneWorkerVisit.device_id.in_(ids), LoneWorkerVisit.ended_at.is_(None)
                 )
             ),
+            {d.id: d for d in devices},
         )
         if ids
         else []
