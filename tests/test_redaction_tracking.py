@@ -76,6 +76,24 @@ def test_largest_size_in_the_smoothing_window_is_kept() -> None:
     assert tracker.boxes_at(1)[0].box.w == pytest.approx(40)
 
 
+def test_a_sighting_seen_smaller_takes_the_size_its_neighbours_a_few_frames_away_give_it() -> None:
+    tracker = FaceTracker(plain(max_gap=30, smooth=2, size_reach=8))
+    tracker.observe(0, [Detection(Box(100, 100, 40, 40), 0.9)])
+    tracker.observe(5, [Detection(Box(104, 104, 32, 32), 0.5)])  # one look gave a small box
+    tracker.observe(10, [Detection(Box(100, 100, 40, 40), 0.9)])
+    tracker.observe(30, [Detection(Box(102, 102, 32, 32), 0.9)])  # too far to be the same look's error
+    assert tracker.boxes_at(5)[0].box.w == pytest.approx(40)
+    assert tracker.boxes_at(7)[0].box.w == pytest.approx(40)
+    assert tracker.boxes_at(30)[0].box.w == pytest.approx(32)
+
+
+def test_a_face_coming_closer_keeps_its_own_size_between_smaller_and_larger_sightings() -> None:
+    tracker = FaceTracker(plain(max_gap=30, smooth=2, size_reach=8))
+    for frame, size in ((0, 40), (5, 44), (10, 48)):
+        tracker.observe(frame, [Detection(Box(100, 100, size, size), 0.9)])
+    assert tracker.boxes_at(5)[0].box.w == pytest.approx(44)
+
+
 def test_camera_shake_is_followed_between_sightings() -> None:
     """A face still in the scene, filmed by a shaking camera: interpolation follows the shake."""
     shake = {f: (8.0 * ((-1) ** f), 0.0) for f in range(21)}
