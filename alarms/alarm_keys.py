@@ -156,7 +156,7 @@ def holder(session: Session, event_id: str) -> AlarmRecord | None:
         ).first()
 
 
-def _ours(secret: bytes, row: AlarmRecord, keys: Keys | None) -> bool:
+def ours(secret: bytes, row: AlarmRecord, keys: Keys | None) -> bool:
     """Whether the row is an alarm of the service's whatever its key says: an entry records it, or a
     seal of its id holds (copied with its id, such a row is the alarm, moved or not)."""
     reach = alarm_seal(
@@ -171,7 +171,7 @@ def unraised(session: Session, secret: bytes, devices_secret: bytes, public: byt
     message (the intake stores the two in one transaction). Made whole, such a row would have the
     service seal it and record it in custody as an alarm its device raised, vouching for a key
     written by SQL; it is set aside instead (:func:`set_aside_alarm`)."""
-    if (row.lifecycle_seal is not None and lifecycle_holds(secret, row)) or _ours(secret, row, None):
+    if (row.lifecycle_seal is not None and lifecycle_holds(secret, row)) or ours(secret, row, None):
         return False
     with session.no_autoflush:
         event = session.get(LoneWorkerEvent, row.source_event_id) if row.source_event_id else None
@@ -199,7 +199,7 @@ def set_aside_alarm(
         {attr.key: plain(getattr(row, attr.key)) for attr in inspect(AlarmRecord).column_attrs},
         sort_keys=True,
     )
-    moved = not _ours(secret, row, keys)
+    moved = not ours(secret, row, keys)
     kept = AlarmSetAside(
         alarm_id=row.id,
         source_event_id=row.source_event_id,

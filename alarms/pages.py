@@ -9,8 +9,8 @@ and repeats nothing), and stops once it has N rows it kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -18,6 +18,8 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from chain_of_custody.raise_seals import receipt_holds, recorded_device_keys, sealed_device_key, signed_by
 
 PAGE = 500  # rows read at a time
+
+T = TypeVar("T")
 
 
 def in_pages(
@@ -28,19 +30,42 @@ def in_pages(
     *,
     entities: bool = False,
     page: int = PAGE,
+    newest_first: bool = False,
 ) -> Iterator[Any]:
     """The rows ``q`` selects, ordered by ``at`` then ``key`` (both among what each row holds, by
-    name; ``entities``: ``q`` selects one mapped class, whose objects are yielded), read ``page`` at
-    a time as the caller takes them."""
+    name; ``entities``: ``q`` selects one mapped class, whose objects are yielded; ``newest_first``:
+    both descending), read ``page`` at a time as the caller takes them."""
     current = q
+    order = (at.desc(), key.desc()) if newest_first else (at, key)
     while True:
-        result = session.execute(current.order_by(at, key).limit(page))
+        result = session.execute(current.order_by(*order).limit(page))
         rows = list(result.scalars() if entities else result)
         yield from rows
         if len(rows) < page:
             return
         last_at, last_key = getattr(rows[-1], at.key), getattr(rows[-1], key.key)
-        current = q.where(or_(at > last_at, and_(at == last_at, key > last_key)))
+        if newest_first:
+            current = q.where(and_(at <= last_at, or_(at < last_at, key < last_key)))
+        else:
+            current = q.where(or_(at > last_at, and_(at == last_at, key > last_key)))
+
+
+def first_kept(rows: Iterable[T], keep: Callable[[T], bool], limit: int, skip: int = 0) -> list[T]:
+    """The first ``limit`` of ``rows`` that ``keep`` keeps, past the first ``skip`` it keeps: every
+    row judged before it counts, and no more read than that takes (``rows`` from :func:`in_pages`)."""
+    out: list[T] = []
+    if limit <= 0:
+        return out
+    for row in rows:
+        if not keep(row):
+            continue
+        if skip > 0:
+            skip -= 1
+            continue
+        out.append(row)
+        if len(out) == limit:
+            break
+    return out
 
 
 class DevicesWord:

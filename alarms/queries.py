@@ -6,6 +6,7 @@ map's reads answer while a long write (an export's recording, a burst of alarms)
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, select, true
@@ -18,7 +19,8 @@ from storage.paging import Position, after_position
 from .feed import shown_view
 from .lifecycle import AlarmNotFound
 from .models import AlarmRecord, LoneWorkerVisit
-from .reach import readable, readable_scope, readable_visits
+from .pages import PAGE, first_kept, in_pages
+from .reach import alarm_sealed, by_site, readable, readable_scope, readable_visits
 
 
 class AlarmQueries:
@@ -51,7 +53,10 @@ class AlarmQueries:
     ) -> list[dict[str, Any]]:
         """Alarms, newest first (by when raised, then id: a total order), the viewer's sites only;
         those after ``after`` (where the previous page ended: rows added or gone since move no other
-        row across pages) or, the older way, past the first ``offset``."""
+        row across pages) or, the older way, past the first ``offset``. For a reader by site each
+        row's seal is checked before it counts (``alarms.reach``, read in pages, ``alarms.pages``):
+        rows written in the database, newer (they say) than the site's own, would otherwise fill the
+        page, which then came back short or empty, and its paging stopped before the site's alarms."""
         q = select(AlarmRecord).where(after_position(AlarmRecord.raised_at, AlarmRecord.id, after))
         if viewer is not None:
             q = q.where(site_scope(viewer, AlarmRecord.site))
@@ -64,9 +69,25 @@ class AlarmQueries:
             q = q.where(AlarmRecord.device_id == device_id)
         if kind:
             q = q.where(AlarmRecord.kind == kind)
-        q = q.order_by(AlarmRecord.raised_at.desc(), AlarmRecord.id.desc()).limit(limit).offset(offset)
         with self.db.reading() as session:
-            return [shown_view(self.secret, r) for r in readable(self.secret, viewer, session.scalars(q))]
+            if not by_site(viewer):  # every row counts: nothing to judge first
+                q = (
+                    q.order_by(AlarmRecord.raised_at.desc(), AlarmRecord.id.desc())
+                    .limit(limit)
+                    .offset(offset)
+                )
+                return [shown_view(self.secret, r) for r in session.scalars(q)]
+            rows = in_pages(
+                session,
+                q,
+                AlarmRecord.raised_at,
+                AlarmRecord.id,
+                entities=True,
+                page=max(1, min(limit + offset, PAGE)),
+                newest_first=True,
+            )
+            kept = first_kept(rows, partial(alarm_sealed, self.secret), limit, offset)
+            return [shown_view(self.secret, r) for r in kept]
 
     def lone_workers(
         self, viewer: ReachViewer | None = None, *, after: str = "", limit: int | None = None

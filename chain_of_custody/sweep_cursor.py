@@ -154,7 +154,9 @@ class OpenByCustody:
         self.broke = False  # the last advance found the chain broken since the cursor
         self.breaks: set[int] = set()  # entries found after a gap or a broken link, named once each
 
-    def advance(self, session: Session) -> None:
+    def advance(self, session: Session, keep: bool = True) -> None:
+        """Follow the ledger to its last entry; ``keep`` False: a reader's, which writes no
+        checkpoint (only the sweep keeps one)."""
         if not self.started:
             self.started = True
             self._resume(session)
@@ -165,7 +167,7 @@ class OpenByCustody:
             self._read_whole(session)
         if self.gone:
             self._back(session)
-        if self.seq > self.kept_seq or self.changed:
+        if keep and (self.seq > self.kept_seq or self.changed):
             self._keep(session)
 
     def _read_since(self, session: Session) -> None:

@@ -30,6 +30,7 @@ from accounts.service import sign_in as check_password
 from accounts.sessions import BrowserSession, SessionPolicy, end_session, start_session
 from chain_of_custody.awaiting_upgrade import AwaitingUpgrade, UpgradeWatch
 from chain_of_custody.core import CoreServices
+from chain_of_custody.keys import ServiceKey
 from chain_of_custody.reach_seals import reach_secret
 from chain_of_custody.row_seals import CREDENTIAL_SEALS, UPGRADE_COMMAND
 from incidents.access import EVIDENCE_MEDIA, EVIDENCE_METADATA, INCIDENT_READERS, STATISTICS_READERS
@@ -310,7 +311,7 @@ def board(request: Request) -> Response:
     who = signed_in(request, sources.READERS)
     s = services(request)
     with s.db.reading() as session:  # the control room's reads wait for no writer
-        snapshot = board_snapshot(session, s.settings, who.principal, reach_secret(s.key))
+        snapshot = board_snapshot(session, s.settings, who.principal, s.key)
     return render(
         request,
         "board.html",
@@ -321,9 +322,11 @@ def board(request: Request) -> Response:
     )
 
 
-def board_snapshot(session: Session, settings: Settings, viewer: Principal, secret: bytes) -> dict[str, Any]:
+def board_snapshot(
+    session: Session, settings: Settings, viewer: Principal, key: ServiceKey
+) -> dict[str, Any]:
     cursor = sources.latest_change(session)  # before the rows: the stream replays what follows
-    alarms = sources.open_alarms(session, viewer, secret)
+    alarms = sources.open_alarms(session, viewer, key)
     return {
         "cursor": cursor,
         "alarms": alarms,
@@ -358,7 +361,7 @@ def _map_data(s: CoreServices, viewer: Principal) -> dict[str, Any]:
     now = _now()
     with s.db.reading() as session:
         cursor = sources.latest_change(session)
-        alarms = sources.open_alarms(session, viewer, reach_secret(s.key))
+        alarms = sources.open_alarms(session, viewer, s.key)
         return {
             "cursor": cursor,
             "alarms": alarms,

@@ -14,7 +14,7 @@ console reaches into ``ingest``, the application that mounts it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, true
@@ -26,12 +26,13 @@ from accounts.models import ROLES, User
 from accounts.service import list_users
 from alarms import performance
 from alarms.api import OPERATORS, READERS
-from alarms.feed import shown_view
 from alarms.models import AlarmChange, AlarmRecord, LoneWorkerVisit
 from alarms.pages import in_pages
 from alarms.reach import readable, readable_scope, readable_visits
 from alarms.records import MessageKeys, alarm_record, answer_summaries, answer_times
+from alarms.standing import Standing
 from alarms.trails import TRAIL_POINTS, trail
+from chain_of_custody.keys import ServiceKey
 from devices.api import ADMINS as DEVICE_ADMINS
 from devices.api import LIST_PAGE
 from devices.models import Device, LoneWorkerState, StaffMember
@@ -73,17 +74,25 @@ def latest_change(session: Session) -> int:
 
 
 def open_alarms(
-    session: Session, viewer: SiteViewer, secret: bytes, limit: int = 2000
+    session: Session, viewer: SiteViewer, key: ServiceKey, limit: int = 2000, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     """The open alarms of the viewer's sites, oldest first, each whose row the service sealed
-    (``alarms.reach``), the first ``limit`` of them. Each row is judged before it counts (in pages,
+    (``alarms.reach``), the first ``limit`` of them, each open and shown as the service vouches
+    (``alarms.standing``: its lifecycle seal, or its custody record): an alarm marked resolved in
+    the database stays on the board as its record says it stands, and a row no seal nor entry of
+    the service's vouches for is not on it. Each row is judged before it counts (in pages,
     ``alarms.pages``): rows written in the database with early raise times would otherwise fill the
     board's places and crowd the site's own alarms off it."""
-    q = select(AlarmRecord).where(AlarmRecord.status != "resolved", site_scope(viewer, AlarmRecord.site))
+    standing = Standing(session, key, now or datetime.now(UTC))
+    secret = standing.secret
+    q = select(AlarmRecord).where(standing.where(), site_scope(viewer, AlarmRecord.site))
     shown: list[dict[str, Any]] = []
     for row in in_pages(session, q, AlarmRecord.raised_at, AlarmRecord.id, entities=True):
-        if readable(secret, viewer, [row]):
-            shown.append(shown_view(secret, row))
+        if not readable(secret, viewer, [row]):
+            continue
+        view = standing.view(row)
+        if view is not None:
+            shown.append(view)
             if len(shown) == limit:
                 break
     return shown

@@ -9,6 +9,7 @@ retention from ``incidents.retention.describe``. Nothing here decides who sees w
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import and_, or_, select, true
@@ -18,7 +19,8 @@ from accounts.access import site_scope
 from accounts.models import User
 from accounts.seals import name_of
 from alarms.models import AlarmRecord
-from alarms.reach import readable
+from alarms.pages import first_kept, in_pages
+from alarms.reach import alarm_sealed, by_site, readable
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.row_seals import USER_SEALS
@@ -136,7 +138,9 @@ def alarm_candidates(
     session: Session, viewer: Viewer, incident_id: str, secret: bytes
 ) -> list[dict[str, Any]]:
     """Alarms of the viewer's sites (``GET /api/v1/alarms``'s rule, seals checked), for a role that
-    may link them."""
+    may link them, newest first: for a reader by site each row's seal is checked before it counts,
+    so rows written in the database, newer (they say) than the site's own, do not fill the places
+    and leave the site's alarms off the list."""
     if not may_link_alarm(viewer):
         return []
     linked = select(IncidentLink.target_id).where(
@@ -144,12 +148,14 @@ def alarm_candidates(
         IncidentLink.target_kind == "alarm",
         IncidentLink.unlinked_at.is_(None),
     )
-    rows = session.scalars(
-        select(AlarmRecord)
-        .where(site_scope(viewer, AlarmRecord.site), AlarmRecord.id.not_in(linked))
-        .order_by(AlarmRecord.raised_at.desc())
-        .limit(CANDIDATES)
-    )
+    q = select(AlarmRecord).where(site_scope(viewer, AlarmRecord.site), AlarmRecord.id.not_in(linked))
+    if by_site(viewer):  # each row's seal checked before it counts (``alarms.pages``)
+        newest = in_pages(session, q, AlarmRecord.raised_at, AlarmRecord.id, entities=True, newest_first=True)
+        rows = first_kept(newest, partial(alarm_sealed, secret), CANDIDATES)
+    else:
+        rows = list(
+            session.scalars(q.order_by(AlarmRecord.raised_at.desc(), AlarmRecord.id.desc()).limit(CANDIDATES))
+        )
     return [
         {
             "id": a.id,
@@ -159,7 +165,7 @@ def alarm_candidates(
             "site": a.site,
             "raised_at": a.raised_at,
         }
-        for a in readable(secret, viewer, rows)
+        for a in rows
     ]
 
 

@@ -335,7 +335,6 @@ def test_alarm_rows_planted_with_early_raise_times_do_not_crowd_a_sites_board(se
     seal does not hold: rows written by SQL, raised (they say) before any other, filled its places
     and the site's own SOS was not on it. Rows are judged before they count."""
     from accounts.service import Principal
-    from chain_of_custody.reach_seals import reach_secret
     from console.sources import open_alarms
 
     device = enrol(services, "LW-AS", staff_id="S-AS", site="NORTH")
@@ -345,5 +344,5 @@ def test_alarm_rows_planted_with_early_raise_times_do_not_crowd_a_sites_board(se
         _plant_alarm(services, "LW-AS", str(uuid.uuid4()), status="raised", site="NORTH")
     manager = Principal(0, "sm", "security_manager", "NORTH")
     with services.db.session() as session:
-        board = open_alarms(session, manager, reach_secret(services.key), limit=3)
+        board = open_alarms(session, manager, services.key, limit=3)
     assert [a["id"] for a in board] == [sos.alarm_id], board

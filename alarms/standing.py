@@ -1,0 +1,107 @@
+"""Where an alarm stands as the service vouches for it, for the reads that show open alarms.
+
+An alarm's status is a column SQL can set: one marked resolved in the database dropped off the
+control room's board (the board asked for ``status != 'resolved'``) until the clock's sweep put it
+back to its custody record, and a resolved one marked raised came back onto it. Where it stands is
+what its lifecycle seal vouches for (``chain_of_custody.lifecycle_seals``), or, when that does not
+hold, what its latest custody entry that holds records: the alarms the custody record holds open
+are followed by the sweep's own cursor (``chain_of_custody.sweep_cursor.OpenByCustody``), started
+from its sealed checkpoint and read on to the ledger's last entry (what the reader costs: the
+alarm entries since the sweep's last pass, one signature each), and never kept by a reader.
+
+So an open-alarm read takes the rows open by their column or by their custody record
+(:meth:`Standing.where`) and shows each as :meth:`Standing.view` says: as it stands when its seal
+holds; as its custody record says when not (an alarm resolved by SQL is shown open, as it was,
+and one its record holds resolved is not shown); a provisional one (nothing in custody yet) whose
+seal does not hold, as raised, when it is the service's (``alarms.alarm_keys.ours``); a row no seal
+nor entry of the service's vouches for (written in the database), not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, or_
+from sqlalchemy.orm import Session
+
+from chain_of_custody.keys import ServiceKey
+from chain_of_custody.lifecycle_seals import RecordedLifecycle, lifecycle_holds
+from chain_of_custody.reach_seals import reach_secret
+from chain_of_custody.sweep_cursor import OpenByCustody
+
+from . import rules
+from .alarm_keys import ours, shown_keys
+from .feed import shown_view
+from .lifecycle import as_recorded
+from .models import AlarmRecord
+
+log = logging.getLogger(__name__)
+
+
+class Standing:
+    """The open alarms as the service vouches for them, read once per request."""
+
+    def __init__(self, session: Session, key: ServiceKey, now: datetime) -> None:
+        self.session, self.now = session, now
+        self.secret = reach_secret(key)
+        self.public = key.public_raw
+        cursor = OpenByCustody(key)
+        cursor.advance(session, keep=False)
+        self.open: dict[str, RecordedLifecycle] = cursor.open
+
+    def where(self) -> ColumnElement[bool]:
+        """The rows an open-alarm read looks at: open by their column, or by their custody record."""
+        if not self.open:
+            return AlarmRecord.status != "resolved"
+        return or_(AlarmRecord.status != "resolved", AlarmRecord.id.in_(sorted(self.open)))
+
+    def said(self, row: AlarmRecord) -> RecordedLifecycle | None:
+        """What the row is taken at when its lifecycle seal does not hold, or None when it is not
+        open as far as the service vouches."""
+        said = self.open.get(row.id)
+        if said is None:
+            if row.provisional and ours(self.secret, row, None):  # altered before it was made whole
+                return RecordedLifecycle(0, row.kind, rules.AlarmStatus.RAISED.value, None, None, self.now)
+            return None
+        if said.kind is None and not ours(self.secret, row, None):
+            return None  # only entries written in the database name it
+        return said
+
+    def view(self, row: AlarmRecord) -> dict[str, Any] | None:
+        """The alarm as an open-alarm read shows it, or None when it is not open as the service
+        vouches (a warning names a row shown otherwise than its columns say)."""
+        if row.lifecycle_seal is not None and lifecycle_holds(self.secret, row):
+            return shown_view(self.secret, row) if row.status != rules.AlarmStatus.RESOLVED.value else None
+        said = self.said(row)
+        if said is None:
+            return None
+        view = shown_view(self.secret, row)
+        unsealed_as_recorded = (
+            row.lifecycle_seal is None
+            and not row.provisional
+            and said.seq > 0
+            and said.differs(row.status, row.severity, row.outcome, row.next_deadline) is None
+        )
+        if unsealed_as_recorded:  # raised before lifecycles were sealed, and as its record says
+            return view
+        try:
+            alarm = as_recorded(row, said, self.now)
+        except ValueError:  # a column no rule knows
+            return None
+        log.warning(
+            "an alarm's lifecycle is not as the service sealed it: shown as its custody record says",
+            extra={"alarm": row.id, "entry": said.seq},
+        )
+        shown = alarm.to_dict()
+        for name in view:
+            if name in shown and name != "alarm_id":
+                view[name] = shown[name]
+        view["next_deadline"] = _iso(rules.next_deadline(alarm))
+        shown_keys(self.session, self.secret, self.public, view, row)
+        return view
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
