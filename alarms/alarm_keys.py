@@ -100,11 +100,23 @@ def vouched_keys(session: Session, secret: bytes, public: bytes, row: AlarmRecor
     return recorded_keys(session, row.id, public)
 
 
-def raised_from(session: Session, secret: bytes, public: bytes, row: AlarmRecord, event_id: str) -> bool:
-    """Whether the service vouches ``row`` was raised from the device's event ``event_id``; a warning
-    names it when not (a cancel of that raise then waits for it, as for one not yet arrived)."""
+def raised_from(
+    session: Session,
+    secret: bytes,
+    public: bytes,
+    row: AlarmRecord,
+    event_id: str,
+    device_id: str | None = None,
+) -> bool:
+    """Whether the service vouches ``row`` was raised from the device's event ``event_id`` (and, given
+    ``device_id``, by that device); a warning names it when not (a cancel of that raise then waits
+    for it, as for one not yet arrived)."""
     keys = vouched_keys(session, secret, public, row)
-    if keys is not None and keys.source_event_id == event_id:
+    if (
+        keys is not None
+        and keys.source_event_id == event_id
+        and (device_id is None or keys.device in (None, device_id))
+    ):
         return True
     log.warning(
         "an alarm row holds the event id of a raise it was not raised from: not taken as its alarm",

@@ -512,7 +512,8 @@ class Intake:
     ) -> None:
         """Absorb a re-sent event: act on nothing, tell the device again that we have it, with the
         alarm its message raised or cancels: found by what the device signed (its event id, or the
-        raise it names), never by the event row's ``alarm_id``, which is no seal's."""
+        raise it names), never by the event row's ``alarm_id``, which is no seal's, and only when
+        the service vouches the alarm was raised from that raise (``alarms.alarm_keys``)."""
         REJECTIONS.labels(reason=ReasonCode.DUPLICATE.value).inc()
         if message.type not in ("alarm", "checkin") or message.event_id is None:
             return
@@ -520,11 +521,19 @@ class Intake:
         if isinstance(message, AlarmMessage):
             body = message.alarm
             raise_id = message.event_id if body.action == "raise" else body.ref_event_id
-            alarm_id = session.scalar(
-                select(AlarmRecord.id).where(
-                    AlarmRecord.source_event_id == raise_id, AlarmRecord.device_id == message.device_id
-                )
-            )
+            with session.no_autoflush:  # see device_state.read_snapshot
+                row = session.scalars(
+                    select(AlarmRecord).where(
+                        AlarmRecord.source_event_id == raise_id, AlarmRecord.device_id == message.device_id
+                    )
+                ).first()
+            # Only the alarm the service vouches was raised from it: a row holding the raise's event
+            # id by SQL (the alarm's own key moved away) is not named to the device as its alarm.
+            lifecycle = self.lifecycle
+            if row is not None and raised_from(
+                session, lifecycle.seal_secret, lifecycle.custody_public, row, str(raise_id)
+            ):
+                alarm_id = row.id
         result.alarm_id = alarm_id
         log.info(
             "duplicate lone-worker event absorbed",

@@ -31,9 +31,11 @@ from devices.lone_worker_wire import parse_time
 from devices.seals import DeviceSeals, device_seal_key, sealed_values
 from storage.errors import Refused
 
+from .alarm_keys import raised_from
 from .feed import record_change
 from .lifecycle import Lifecycle
 from .models import AlarmRecord
+from .reach import alarm_sealed
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +135,18 @@ class VoiceMemos:
         if abs((moment - now).total_seconds()) > core.settings.max_clock_skew_seconds:
             raise VoiceMemoRefused("clock_skew", "sent_at is too far from the server clock; sign again", 401)
         with core.db.session() as session:
-            found = session.execute(
-                select(AlarmRecord.id, AlarmRecord.occurred_at, AlarmRecord.voice_memo_item_id).where(
+            found = session.scalars(
+                select(AlarmRecord).where(
                     AlarmRecord.source_event_id == event_id, AlarmRecord.device_id == device_id
                 )
             ).first()
-            if found is None:
+            if found is None or not self._raised_from(session, found, device_id, event_id):
+                # None, or a row holding the event id that the service did not raise from it (written
+                # or edited by SQL): the device sends again, as for an alarm not arrived yet.
                 raise VoiceMemoRefused(
                     "alarm_unknown", "no alarm of this device has that event id (yet)", 409
                 )
-            memo_id = found.voice_memo_item_id
+            memo_id = self._memo(found)
             current = session.get(EvidenceItem, memo_id) if memo_id else None
             admission = MemoAdmission(
                 device_id,
@@ -170,6 +174,18 @@ class VoiceMemos:
                     "stale_resend", "a memo sent again must be signed after the quarantined one", 409
                 )
             return replace(admission, replaces=current.id)
+
+    def _raised_from(self, session: Session, row: AlarmRecord, device_id: str, event_id: str) -> bool:
+        """Whether the service vouches ``row`` is the alarm the device raised by ``event_id``
+        (``alarms.alarm_keys``): a row holding it by SQL would take the device's memo, and the
+        service would record the memo as that row's."""
+        lifecycle = self.lifecycle
+        return raised_from(session, lifecycle.seal_secret, lifecycle.custody_public, row, event_id, device_id)
+
+    def _memo(self, row: AlarmRecord) -> str | None:
+        """The alarm's memo item, as far as its seal vouches (it covers the memo): one pointed at by
+        SQL neither refuses the device's memo as another nor is handed back as this one."""
+        return row.voice_memo_item_id if alarm_sealed(self.lifecycle.seal_secret, row) else None
 
     def attach(
         self,
@@ -236,11 +252,15 @@ class VoiceMemos:
             received["resent_for"] = [a.replaces]
         with core.db.session() as session:
             row = session.get(AlarmRecord, a.alarm_id, with_for_update=True)
-            assert row is not None
-            if row.voice_memo_item_id != a.replaces:  # a concurrent upload won
-                assert row.voice_memo_item_id is not None
-                winner = session.get(EvidenceItem, row.voice_memo_item_id)
-                return row.voice_memo_item_id, False, winner.status if winner else "stored"
+            if row is None or not self._raised_from(session, row, a.device_id, a.event_id):  # changed since
+                raise VoiceMemoRefused(
+                    "alarm_unknown", "no alarm of this device has that event id (yet)", 409
+                )
+            memo_id = self._memo(row)
+            if memo_id != a.replaces:  # a concurrent upload won
+                assert memo_id is not None
+                winner = session.get(EvidenceItem, memo_id)
+                return memo_id, False, winner.status if winner else "stored"
             self.lifecycle.vouch_raise(session, row, now)  # its payload item as the service sealed it
             if row.provisional:  # custody shows the raise before anything added to it
                 self.lifecycle.make_whole(session, row, datetime.now(UTC))

@@ -26,7 +26,7 @@ from alarms.models import AlarmRecord
 from tests.test_alarms_kit import enrol, later
 from tests.test_cross_site_reads import cookie
 from tests.test_incidents_kit import bearer, user
-from tests.test_planted_alarm_rows import _plant_alarm
+from tests.test_planted_alarm_rows import _event_id, _plant_alarm
 from tests.test_visit_seals import _sql
 
 _ALARMS = AlarmRecord.__table__
@@ -171,3 +171,53 @@ def test_an_alarm_row_planted_open_is_not_on_the_board_of_a_reader_of_every_site
     user(services, "admin", "admin")
     shown = [a["id"] for a in _board(services, "admin")]
     assert alarm_id in shown and planted[0] not in shown, shown
+
+
+# -- 3. a voice memo and a duplicate's acknowledgement -------------------------------------------
+
+
+def _key_moved_to_a_planted_row(services: Any, device_id: str, alarm_id: str, event_id: str) -> str:
+    """The alarm's own key moved away by SQL and a row planted holding it; the planted row's id."""
+    _sql(services, update(_ALARMS).where(_ALARMS.c.id == alarm_id).values(source_event_id=str(uuid.uuid4())))
+    return _plant_alarm(services, device_id, event_id, status="raised", site="NORTH")
+
+
+def test_a_voice_memo_does_not_go_to_a_row_planted_with_its_alarms_event_id(services: Any) -> None:
+    """The device's memo for its alarm went to whatever row held the alarm's event id: a planted one
+    took it, and the service recorded the memo as that row's. The memo is refused as for an alarm not
+    there yet (the device sends it again), until the service's own alarm holds its key again."""
+    from alarms.voice_memos import VoiceMemoRefused
+
+    device = enrol(services, "LW-VM", staff_id="S-VM", site="NORTH")
+    now = datetime.now(UTC)
+    topic, raw = device.sos(sent_at=now)
+    event_id = _event_id(raw)
+    sos = services.alarms.handle(topic, raw, now=now)
+    assert sos.alarm_id is not None
+    services.alarms.lifecycle.make_whole_if_provisional(sos.alarm_id, now)
+    planted = _key_moved_to_a_planted_row(services, "LW-VM", sos.alarm_id, event_id)
+    with pytest.raises(VoiceMemoRefused) as refused:
+        admission = device.admit_voice_memo(services.alarms, event_id)
+        assert admission.alarm_id != planted, admission
+    assert refused.value.reason == "alarm_unknown"
+
+
+def test_a_duplicate_raise_is_not_told_a_planted_row_is_its_alarm(services: Any) -> None:
+    """An SOS sent again was acknowledged as a duplicate with the id of whatever row held its event
+    id: a planted row, once the alarm's own key was moved away. It names no alarm the service does
+    not vouch for."""
+    from tests.test_alarms_kit import acks
+
+    device = enrol(services, "LW-DA", staff_id="S-DA", site="NORTH")
+    now = datetime.now(UTC)
+    topic, raw = device.sos(sent_at=now)
+    event_id = _event_id(raw)
+    sos = services.alarms.handle(topic, raw, now=now)
+    assert sos.alarm_id is not None
+    services.alarms.lifecycle.make_whole_if_provisional(sos.alarm_id, now)
+    planted = _key_moved_to_a_planted_row(services, "LW-DA", sos.alarm_id, event_id)
+    again = services.alarms.handle(topic, raw, now=later(2, now))
+    assert again.outcome == "duplicate", again
+    assert again.alarm_id != planted, again
+    told = [a["alarm_id"] for a in acks(services, "LW-DA") if a["event_id"] == event_id]
+    assert planted not in told, told
