@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
@@ -33,7 +33,14 @@ from sqlalchemy import Table, delete, inspect, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.alarm_seals import alarm_seal
-from chain_of_custody.lifecycle_seals import alarm_entries, entry_holds, lifecycle_holds, warn_of_entry
+from chain_of_custody.lifecycle_seals import (
+    RecordedKeys,
+    alarm_entries,
+    entry_holds,
+    keys_of,
+    lifecycle_holds,
+    warn_of_entry,
+)
 from chain_of_custody.models import CustodyEntry
 from chain_of_custody.raise_seals import raise_holds
 from chain_of_custody.receipt_upgrade import received
@@ -56,15 +63,9 @@ NO_RAISE = (
 )
 
 
-@dataclass(frozen=True)
-class Keys:
-    """What the service vouches an alarm was raised from: its device, the device's event id (None:
-    raised by the service) and its visit (``visit_known`` False: nothing vouches for one)."""
-
-    device: str | None
-    source_event_id: str | None
-    visit_id: str | None
-    visit_known: bool = True
+# What the service vouches an alarm was raised from: its device, the device's event id (None: raised
+# by the service) and its visit (``visit_known`` False: nothing vouches for one).
+Keys = RecordedKeys
 
 
 def recorded_keys(session: Session, alarm_id: str, public: bytes) -> Keys | None:
@@ -76,18 +77,13 @@ def recorded_keys(session: Session, alarm_id: str, public: bytes) -> Keys | None
             d = json.loads(row.details)
         except ValueError:
             continue
-        if not isinstance(d, dict) or d.get("alarm_id") != alarm_id or "source_event_id" not in d:
+        said = keys_of(d) if isinstance(d, dict) and d.get("alarm_id") == alarm_id else None
+        if said is None:
             continue
         if not entry_holds(public, row):
             warn_of_entry(row.seq)
             continue
-        source, device, visit = d["source_event_id"], d.get("device"), d.get("visit_id")
-        return Keys(
-            device if isinstance(device, str) else None,
-            source if isinstance(source, str) else None,
-            visit if isinstance(visit, str) else None,
-            visit_known="visit_id" in d or source is not None,  # a device's raise has no visit
-        )
+        return said
     return None
 
 
@@ -138,15 +134,22 @@ def shown_keys(
     view["visit_id"] = keys.visit_id if keys is not None else None
 
 
-def put_back_keys(session: Session, public: bytes, row: AlarmRecord) -> dict[str, Any]:
+def put_back_keys(
+    session: Session, public: bytes, row: AlarmRecord, free: Callable[[str], bool] | None = None
+) -> dict[str, Any]:
     """Put an alarm's keys back to what its custody record says, before its lifecycle is put back
     and sealed again (else the new seal would take keys written by SQL for the service's): what
     was found of those it changed. A visit no entry records (an alarm recorded before entries
-    named it) is left as it stands."""
+    named it) is left as it stands. ``free``: frees the source event id for it when another row
+    holds it (the key is unique: the put-back failed, pass after pass, and the alarm never
+    escalated); False leaves it as it stands."""
     keys = recorded_keys(session, row.id, public)
     if keys is None:
         return {}
-    said: dict[str, str | None] = {"source_event_id": keys.source_event_id}
+    said: dict[str, str | None] = {}
+    source = keys.source_event_id
+    if source == row.source_event_id or source is None or free is None or free(source):
+        said["source_event_id"] = source
     if keys.device is not None:
         said["device_id"] = keys.device
     if keys.visit_known:
@@ -157,6 +160,25 @@ def put_back_keys(session: Session, public: bytes, row: AlarmRecord) -> dict[str
     if found:
         log.warning("an alarm's keys are not as its custody record says: put back", extra={"alarm": row.id})
     return found
+
+
+def free_for(
+    session: Session, secret: bytes, public: bytes, row: AlarmRecord, event_id: str, now: datetime
+) -> tuple[bool, dict[str, Any] | None]:
+    """Before ``row`` is put back to hold ``event_id`` (its custody record's key): (whether it may,
+    the details of the custody entry of another row holding it, set aside). A row the service
+    vouches was raised from that event keeps it (two records cannot both say so: a warning)."""
+    other = holder(session, event_id)
+    if other is None or other.id == row.id:
+        return True, None
+    keys = vouched_keys(session, secret, public, other)
+    if keys is not None and keys.source_event_id == event_id:
+        log.warning(
+            "an alarm's custody record names a key another alarm is vouched for: left as it stands",
+            extra={"alarm": row.id, "held_by": other.id},
+        )
+        return False, None
+    return True, set_aside_alarm(session, secret, other, keys, now)
 
 
 def holder(session: Session, event_id: str) -> AlarmRecord | None:

@@ -92,7 +92,11 @@ class Clock:
             self.swept_at = at
 
         def fire(session: Session, row: AlarmRecord, outbox: list[AlarmOutbox]) -> None:
-            self.lifecycle.transition(session, row, rules.Tick(at), outbox, at, actor=SERVICE_ACTOR)
+            if (
+                self.lifecycle.transition(session, row, rules.Tick(at), outbox, at, actor=SERVICE_ACTOR)
+                is None
+            ):
+                return  # no alarm of the service's: set aside
             if row.next_deadline is not None and row.next_deadline <= at:  # never spin on one row
                 row.next_deadline = None
                 self.lifecycle.seal_lifecycle(row)
@@ -117,7 +121,10 @@ class Clock:
             seen.add(row.id)
             seal = row.lifecycle_seal
             try:
-                due = rules.next_deadline(self.lifecycle.rule_of(session, row, now, by_custody.get(row.id)))
+                alarm = self.lifecycle.rule_of(session, row, now, by_custody.get(row.id))
+                if alarm is None:  # a provisional row the service never raised: set aside
+                    return
+                due = rules.next_deadline(alarm)
             except ValueError:  # a lifecycle column no rule knows: nothing to go by here
                 log.warning("an alarm's lifecycle columns are not the rules': left", extra={"alarm": row.id})
                 return

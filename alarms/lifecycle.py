@@ -56,7 +56,7 @@ from devices.seals import device_seal_key
 from storage.errors import Refused
 
 from . import rules
-from .alarm_keys import NO_RAISE, put_back_keys, set_aside_alarm, unraised
+from .alarm_keys import NO_RAISE, free_for, put_back_keys, recorded_keys, set_aside_alarm, unraised
 from .feed import alarm_view, record_change
 from .incident_links import SERVICE_ACTOR, IncidentLinks
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, new_id
@@ -316,20 +316,39 @@ class Lifecycle:
         session.flush()
         self._record_put_back(session, row, now, {PUT_BACK: {"found": found}})
 
+    def set_aside_unraised(self, session: Session, row: AlarmRecord, now: datetime) -> bool:
+        """Whether ``row`` is a provisional alarm the service never raised (``alarm_keys.unraised``:
+        no seal of its holds and no receipt of the service's is behind it: written in the database),
+        now set aside (moved out as it stood, an ``alarm_set_aside`` entry naming it) rather than
+        made whole, which would seal it and record it in custody as its device's alarm. The caller
+        then leaves it: it is no alarm. One HMAC for a provisional row of the service's; nothing for
+        a whole one."""
+        if not row.provisional or not unraised(
+            session, self.seal_secret, self.device_secret, self.custody_public, row
+        ):
+            return False
+        aside = set_aside_alarm(session, self.seal_secret, row, None, now, NO_RAISE)  # not adopted
+        self.ledger.append(session, CustodyAction.ALARM_SET_ASIDE, SERVICE_ACTOR, details=aside, at=now)
+        return True
+
     def rule_of(
         self,
         session: Session,
         row: AlarmRecord,
         now: datetime,
         said: RecordedLifecycle | None = None,
-    ) -> rules.Alarm:
+    ) -> rules.Alarm | None:
         """The alarm as the rules must take it: as its row stands when its lifecycle seal holds (or
         it has none yet and its row is what its custody record says); otherwise put back to its
         custody record first (:meth:`put_back`; ``said``, when the caller read it already), its
         latest entry that holds (one written or edited in the database is named and passed over; one
         sealed that no entry records any more, its entries deleted, is taken as raised and due). An
         alarm no entry records yet (provisional) is made whole first when it was altered (see
-        :meth:`make_whole`). What it was raised with is put back first (:meth:`put_back_raise`)."""
+        :meth:`make_whole`). What it was raised with is put back first (:meth:`put_back_raise`).
+        None: the row was a provisional alarm the service never raised, set aside instead
+        (:meth:`set_aside_unraised`), and nothing is to be done with it."""
+        if self.set_aside_unraised(session, row, now):
+            return None
         self.vouch_raise(session, row, now)
         if row.provisional and not lifecycle_holds(self.seal_secret, row):
             self.make_whole(session, row, now)
@@ -343,16 +362,33 @@ class Lifecycle:
             row.lifecycle_seal is None
             and not row.provisional
             and said.differs(row.status, row.severity, row.outcome, row.next_deadline) is None
+            and self._keys_as_recorded(session, row)
         ):
             return to_rule(row)
         self.put_back(session, row, said, now)
         return to_rule(row)
 
+    def _keys_as_recorded(self, session: Session, row: AlarmRecord) -> bool:
+        """Whether an alarm with no lifecycle seal holds the keys its custody record says (or none
+        records them): taken as it stands, its next change seals them, and every reader then takes
+        them as the service's (``alarms.alarm_keys``). A rare scan: such alarms predate the seal."""
+        said = recorded_keys(session, row.id, self.custody_public)
+        return said is None or said.differs(row.device_id, row.source_event_id, row.visit_id) is None
+
     def put_back(self, session: Session, row: AlarmRecord, said: RecordedLifecycle, now: datetime) -> None:
         """Put an alarm whose lifecycle is not as the service sealed it back to what its custody
         record says (:func:`as_recorded`), sealed, with a warning naming it and an entry that
         records what was found and which entry it was put back to."""
-        found = lifecycle_found(row) | put_back_keys(session, self.custody_public, row)
+        aside: list[dict[str, Any]] = []
+
+        def free(event_id: str) -> bool:  # a row holding its key by SQL, set aside
+            may, details = free_for(session, self.seal_secret, self.custody_public, row, event_id, now)
+            aside.extend([details] if details is not None else [])
+            return may
+
+        found = lifecycle_found(row) | put_back_keys(session, self.custody_public, row, free)
+        for details in aside:
+            self.ledger.append(session, CustodyAction.ALARM_SET_ASIDE, SERVICE_ACTOR, details=details, at=now)
         log.warning(
             "an alarm's lifecycle or deadline is not as the service sealed it: put back to its custody record",
             extra={"alarm": row.id, "entry": said.seq},
@@ -588,11 +624,7 @@ class Lifecycle:
             if row is None or not row.provisional:
                 return False
             at = now or self.clock()
-            if unraised(session, self.seal_secret, self.device_secret, self.custody_public, row):
-                aside = set_aside_alarm(session, self.seal_secret, row, None, at, NO_RAISE)  # not adopted
-                self.ledger.append(
-                    session, CustodyAction.ALARM_SET_ASIDE, SERVICE_ACTOR, details=aside, at=at
-                )
+            if self.set_aside_unraised(session, row, at):
                 return False
             self.make_whole(session, row, at)
         return True
@@ -636,8 +668,13 @@ class Lifecycle:
         now: datetime,
         *,
         actor: str,
-    ) -> rules.Transition:
-        transition = rules.apply(self.rule_of(session, row, now), event, self.policy)
+    ) -> rules.Transition | None:
+        """The rules' answer to ``event``, stored with its effects; None when the row was no alarm
+        of the service's, set aside instead (:meth:`rule_of`)."""
+        alarm = self.rule_of(session, row, now)
+        if alarm is None:
+            return None
+        transition = rules.apply(alarm, event, self.policy)
         self.apply(session, row, transition, outbox, now, actor=actor)
         return transition
 
@@ -741,19 +778,23 @@ class Lifecycle:
         outbox: list[AlarmOutbox] = []
         error: rules.AlarmTransitionError | None = None
         now = event.at
+        view: dict[str, Any] | None = None
         with self.db.session() as session:
             row = session.get(AlarmRecord, alarm_id, with_for_update=True)
             if row is None:
                 raise AlarmNotFound(alarm_id)
             alarm = self.rule_of(session, row, now)
-            try:
-                transition = rules.apply(alarm, event, self.policy)
-            except rules.AlarmTransitionError as exc:
-                error = exc
-                transition = exc.transition or rules.Transition(alarm)
-            self.apply(session, row, transition, outbox, now, actor=event.by)
-            session.flush()
-            view = alarm_view(row)
+            if alarm is not None:  # else a planted provisional row, set aside (committed), refused below
+                try:
+                    transition = rules.apply(alarm, event, self.policy)
+                except rules.AlarmTransitionError as exc:
+                    error = exc
+                    transition = exc.transition or rules.Transition(alarm)
+                self.apply(session, row, transition, outbox, now, actor=event.by)
+                session.flush()
+                view = alarm_view(row)
+        if view is None:
+            raise AlarmNotFound(alarm_id)
         self.outbox.publish(mqtt_effects(outbox))
         if error is not None:
             raise error

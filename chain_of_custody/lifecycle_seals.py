@@ -158,6 +158,43 @@ class RecordedLifecycle:
         return None
 
 
+@dataclass(frozen=True)
+class RecordedKeys:
+    """An alarm's keys as a custody entry records them: its device, the device's event it was raised
+    from (None: raised by the service) and its visit (``visit_known`` False: the entry names none,
+    recorded before entries did)."""
+
+    device: str | None
+    source_event_id: str | None
+    visit_id: str | None
+    visit_known: bool = True
+
+    def differs(self, device: Any, source_event_id: Any, visit_id: Any) -> str | None:
+        """Why a row with these keys is not what this record says, or None."""
+        said: list[tuple[str, Any, Any]] = [("source event", source_event_id, self.source_event_id)]
+        if self.device is not None:
+            said.append(("device", device, self.device))
+        if self.visit_known:
+            said.append(("visit", visit_id, self.visit_id))
+        for name, row, recorded in said:
+            if row != recorded:
+                return f"its {name} is {row!r} but its custody record says {recorded!r}"
+        return None
+
+
+def keys_of(d: dict[str, Any]) -> RecordedKeys | None:
+    """The keys an alarm entry's details record, or None when they record none."""
+    if "source_event_id" not in d:
+        return None
+    source, device, visit = d["source_event_id"], d.get("device"), d.get("visit_id")
+    return RecordedKeys(
+        device if isinstance(device, str) else None,
+        source if isinstance(source, str) else None,
+        visit if isinstance(visit, str) else None,
+        visit_known="visit_id" in d or source is not None,  # a device's raise has no visit
+    )
+
+
 def recorded_of(seq: int, details: str) -> tuple[str, RecordedLifecycle | None, bool] | None:
     """(alarm id, its recorded lifecycle or None, whether the entry records a put-back) of one
     alarm entry's details; None when it is not an alarm's."""
@@ -277,13 +314,14 @@ def recorded_lifecycle(session: Session, alarm_id: str, public: bytes) -> Record
 
 
 def lifecycle_replay(
-    entries: Iterable[SignedEntry], public: bytes
+    entries: Iterable[SignedEntry], public: bytes, keys: dict[str, RecordedKeys] | None = None
 ) -> tuple[dict[str, RecordedLifecycle], dict[str, int]]:
     """What the ledger last recorded of each alarm's lifecycle, and the alarms it records as put
     back after their lifecycle was found altered (with the entry's seq), in entries that hold
     (:func:`entry_holds`: ``evidence verify`` names the others), so an entry written in the
     database that says an alarm was resolved neither bears out a row resolved by SQL nor gets it
-    sealed as it stands."""
+    sealed as it stands. ``keys``: filled with the keys each alarm's latest such entry that records
+    them says (:func:`keys_of`)."""
     recorded: dict[str, RecordedLifecycle] = {}
     put_back: dict[str, int] = {}
     for e in entries:
@@ -293,6 +331,10 @@ def lifecycle_replay(
         if got is None:
             continue
         alarm_id, said, was_put_back = got
+        if keys is not None:
+            said_keys = keys_of(json.loads(e.body.details))
+            if said_keys is not None:
+                keys[alarm_id] = said_keys
         if said is not None:
             recorded[alarm_id] = said
         if was_put_back:
@@ -379,20 +421,26 @@ def unsealed_lifecycles(
     session: Session, entries: Iterable[SignedEntry], key: ServiceKey
 ) -> list[UnsealedLifecycle]:
     """Every alarm without a lifecycle seal, against what its latest custody entry that holds
-    records of its status, severity, outcome and deadline."""
+    records of its status, severity, outcome and deadline, and of its keys (device, source event,
+    visit: the seal covers them, and a key written by SQL sealed would be vouched for, as the
+    service's, by every reader that takes an alarm's keys from its seal, ``alarms.alarm_keys``)."""
     rows = _rows(session, _ALARMS.c.lifecycle_seal.is_(None))
     if not rows:
         return []
-    recorded, _ = lifecycle_replay(entries, key.public_raw)
+    keys: dict[str, RecordedKeys] = {}
+    recorded, _ = lifecycle_replay(entries, key.public_raw, keys)
     out = []
     for row in rows:
         said = recorded.get(str(row.id))
+        said_keys = keys.get(str(row.id))
         if row.provisional:
             refused: str | None = "it is still provisional (made whole first: run this again)"
         elif said is None:
             refused = "no custody entry records its status (run `evidence backfill-custody` first)"
         else:
             refused = said.differs(row.status, row.severity, row.outcome, row.next_deadline)
+            if refused is None and said_keys is not None:
+                refused = said_keys.differs(row.device_id, row.source_event_id, row.visit_id)
         out.append(UnsealedLifecycle(str(row.id), str(row.status), lifecycle_values(row), refused))
     return out
 

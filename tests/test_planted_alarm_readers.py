@@ -26,7 +26,8 @@ from alarms.models import AlarmRecord
 from tests.test_alarms_kit import enrol, later
 from tests.test_cross_site_reads import cookie
 from tests.test_incidents_kit import bearer, user
-from tests.test_planted_alarm_rows import _event_id, _plant_alarm
+from tests.test_lifecycle_seals import _row
+from tests.test_planted_alarm_rows import _entries, _event_id, _plant_alarm, _set_aside
 from tests.test_visit_seals import _sql
 
 _ALARMS = AlarmRecord.__table__
@@ -176,10 +177,22 @@ def test_an_alarm_row_planted_open_is_not_on_the_board_of_a_reader_of_every_site
 # -- 3. a voice memo and a duplicate's acknowledgement -------------------------------------------
 
 
-def _key_moved_to_a_planted_row(services: Any, device_id: str, alarm_id: str, event_id: str) -> str:
-    """The alarm's own key moved away by SQL and a row planted holding it; the planted row's id."""
-    _sql(services, update(_ALARMS).where(_ALARMS.c.id == alarm_id).values(source_event_id=str(uuid.uuid4())))
-    return _plant_alarm(services, device_id, event_id, status="raised", site="NORTH")
+def _sos_with_its_key_planted(services: Any, device_id: str) -> tuple[Any, str, str, str, tuple[str, bytes]]:
+    """A device's whole SOS whose own key was moved away by SQL, and a row planted holding it:
+    (the device, the SOS's alarm id, its event id, the planted row's id, the SOS as sent)."""
+    device = enrol(services, device_id, staff_id=f"S-{device_id}", site="NORTH")
+    now = datetime.now(UTC)
+    topic, raw = device.sos(sent_at=now)
+    sos = services.alarms.handle(topic, raw, now=now)
+    assert sos.alarm_id is not None
+    services.alarms.lifecycle.make_whole_if_provisional(sos.alarm_id, now)
+    _sql(
+        services,
+        update(_ALARMS).where(_ALARMS.c.id == sos.alarm_id).values(source_event_id=str(uuid.uuid4())),
+    )
+    event_id = _event_id(raw)
+    planted = _plant_alarm(services, device_id, event_id, status="raised", site="NORTH")
+    return device, str(sos.alarm_id), event_id, planted, (topic, raw)
 
 
 def test_a_voice_memo_does_not_go_to_a_row_planted_with_its_alarms_event_id(services: Any) -> None:
@@ -188,14 +201,7 @@ def test_a_voice_memo_does_not_go_to_a_row_planted_with_its_alarms_event_id(serv
     there yet (the device sends it again), until the service's own alarm holds its key again."""
     from alarms.voice_memos import VoiceMemoRefused
 
-    device = enrol(services, "LW-VM", staff_id="S-VM", site="NORTH")
-    now = datetime.now(UTC)
-    topic, raw = device.sos(sent_at=now)
-    event_id = _event_id(raw)
-    sos = services.alarms.handle(topic, raw, now=now)
-    assert sos.alarm_id is not None
-    services.alarms.lifecycle.make_whole_if_provisional(sos.alarm_id, now)
-    planted = _key_moved_to_a_planted_row(services, "LW-VM", sos.alarm_id, event_id)
+    device, _, event_id, planted, _ = _sos_with_its_key_planted(services, "LW-VM")
     with pytest.raises(VoiceMemoRefused) as refused:
         admission = device.admit_voice_memo(services.alarms, event_id)
         assert admission.alarm_id != planted, admission
@@ -208,16 +214,136 @@ def test_a_duplicate_raise_is_not_told_a_planted_row_is_its_alarm(services: Any)
     not vouch for."""
     from tests.test_alarms_kit import acks
 
-    device = enrol(services, "LW-DA", staff_id="S-DA", site="NORTH")
+    _, _, event_id, planted, (topic, raw) = _sos_with_its_key_planted(services, "LW-DA")
     now = datetime.now(UTC)
-    topic, raw = device.sos(sent_at=now)
-    event_id = _event_id(raw)
-    sos = services.alarms.handle(topic, raw, now=now)
-    assert sos.alarm_id is not None
-    services.alarms.lifecycle.make_whole_if_provisional(sos.alarm_id, now)
-    planted = _key_moved_to_a_planted_row(services, "LW-DA", sos.alarm_id, event_id)
     again = services.alarms.handle(topic, raw, now=later(2, now))
     assert again.outcome == "duplicate", again
     assert again.alarm_id != planted, again
     told = [a["alarm_id"] for a in acks(services, "LW-DA") if a["event_id"] == event_id]
     assert planted not in told, told
+
+
+# -- 6. a planted provisional row is not made whole on the way to the rules -------------------------
+
+
+def _plant_provisional(services: Any, device_id: str, event_id: str, at: datetime) -> str:
+    return _plant_alarm(
+        services,
+        device_id,
+        event_id,
+        status="raised",
+        provisional=True,
+        site="NORTH",
+        raised_at=at,
+        occurred_at=at,
+        ack_due_at=at,
+        next_deadline=at,
+    )
+
+
+def _adopted(services: Any, alarm_id: str) -> list[str]:
+    """The custody entries that record the row as an alarm of the service's."""
+    return [
+        e["alarm_id"]
+        for action in ("alarm_raised", "alarm_changed")
+        for e in _entries(services, action)
+        if e.get("alarm_id") == alarm_id
+    ]
+
+
+@pytest.mark.parametrize("way", ["sweep", "deadline", "operator"])
+def test_a_planted_provisional_row_is_not_made_whole_by_the_clock_or_an_operator(
+    services: Any, way: str
+) -> None:
+    """A provisional row written by SQL holding an upcoming SOS's event id, due now: the clock's
+    sweep, its deadline pass, or an operator acting on it took it to the rules, which made it whole
+    first (sealed, recorded in custody as the device's alarm), so the service then vouched for it
+    and the SOS was absorbed as its duplicate. It is set aside instead, named by a custody entry,
+    and the SOS raised."""
+    from alarms.lifecycle import AlarmNotFound
+
+    device = enrol(services, "LW-PW", staff_id="S-PW", site="NORTH")
+    now = datetime.now(UTC)
+    topic, raw = device.sos(sent_at=later(30, now))
+    planted = _plant_provisional(services, "LW-PW", _event_id(raw), now)
+    if way == "sweep":
+        services.alarms.timekeeper.restore_deadlines(later(10, now))
+    elif way == "deadline":
+        services.alarms.fire_deadlines(later(10, now))
+    else:
+        with pytest.raises(AlarmNotFound):
+            services.alarms.act(planted, rules.Acknowledge("user:op", later(10, now)))
+    assert _adopted(services, planted) == []
+    assert [(k.alarm_id, k.moved) for k in _set_aside(services)] == [(planted, True)]
+    assert [e["alarm_id"] for e in _entries(services, "alarm_set_aside")] == [planted]
+    raised = services.alarms.handle(topic, raw, now=later(30, now))
+    assert raised.outcome == "accepted" and raised.alarm_id not in (None, planted), raised
+
+
+# -- 5. an alarm with no lifecycle seal is sealed, or acted on, only with the keys custody records ---
+
+
+def test_upgrade_seals_refuses_an_unsealed_alarm_whose_keys_are_not_its_custody_records(
+    services: Any,
+) -> None:
+    """``upgrade-seals`` (its seal-lifecycle step) sealed an alarm with no lifecycle seal once its
+    status, severity, outcome and deadline were what custody records, its device, source event and
+    visit as they stood: a visit written by SQL was then vouched for by the seal (an alarm's record
+    lists that visit's check-ins as its own). It refuses such an alarm, naming the key."""
+    from tests.test_visit_seals import _cli
+
+    device = enrol(services, "LW-UK", staff_id="S-UK", site="NORTH")
+    now = datetime.now(UTC)
+    kept, moved = _whole_sos(services, device, now), _whole_sos(services, device, later(5, now))
+    _sql(services, update(_ALARMS).where(_ALARMS.c.id.in_([kept, moved])).values(lifecycle_seal=None))
+    _sql(services, update(_ALARMS).where(_ALARMS.c.id == moved).values(visit_id="V-NOT-ITS"))
+    done = _cli(services, "upgrade-seals", "--yes")
+    lines = {line.split(":")[0]: line for line in done.output.splitlines() if line.startswith("alarm ")}
+    assert "matches its custody record" in lines[f"alarm {kept}"], done.output
+    assert "REFUSED" in lines[f"alarm {moved}"] and "visit" in lines[f"alarm {moved}"], done.output
+    assert _row(services, kept).lifecycle_seal is not None and _row(services, moved).lifecycle_seal is None
+
+
+def test_an_unsealed_alarm_acted_on_has_its_keys_put_back_not_sealed(services: Any) -> None:
+    """An alarm with no lifecycle seal whose status is what custody records was taken as it stood
+    when an operator acted on it, and sealed so, with a source event written by SQL (its record and
+    its incident's links then went by another raise's messages, and the custody entry of the action
+    recorded that key as the service's). Its keys are put back to its custody record first."""
+    device = enrol(services, "LW-UA", staff_id="S-UA", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _whole_sos(services, device, now)
+    source = _row(services, alarm_id).source_event_id
+    elsewhere = str(uuid.uuid4())
+    _sql(
+        services,
+        update(_ALARMS)
+        .where(_ALARMS.c.id == alarm_id)
+        .values(lifecycle_seal=None, source_event_id=elsewhere),
+    )
+    services.alarms.act(alarm_id, rules.Acknowledge("user:op", later(5, now)))
+    row = _row(services, alarm_id)
+    assert (row.source_event_id, row.status) == (source, "acknowledged"), row.source_event_id
+    recorded = [
+        e["source_event_id"] for e in _entries(services, "alarm_changed") if e["alarm_id"] == alarm_id
+    ]
+    assert elsewhere not in recorded, recorded
+
+
+# -- siblings: an alarm put back to its record while a planted row holds its key -----------------------
+
+
+def test_an_alarm_put_back_to_its_key_that_a_planted_row_holds_still_escalates(services: Any) -> None:
+    """An SOS's key moved away by SQL and a row planted holding it: putting the SOS back to its
+    custody record put its key back too, which the planted row held (the key is unique), so the
+    put-back failed, pass after pass, and the SOS never escalated. The planted row is set aside
+    (moved out as it stood, named by a custody entry), the key put back, and the SOS escalates."""
+    _, alarm_id, event_id, planted, _ = _sos_with_its_key_planted(services, "LW-KC")
+    now = datetime.now(UTC)
+    services.alarms.fire_deadlines(later(3600, now))
+    row = _row(services, alarm_id)
+    assert (row.source_event_id, row.escalation_reason) == (event_id, "ack_timeout"), (
+        row.source_event_id,
+        row.escalation_reason,
+    )
+    assert [(k.alarm_id, k.moved) for k in _set_aside(services)] == [(planted, True)]
+    assert [e["alarm_id"] for e in _entries(services, "alarm_set_aside")] == [planted]
