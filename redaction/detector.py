@@ -32,10 +32,13 @@ _BOX_DROP = 0.05
 FaceBox = Literal["detector", "landmarks", "track"]
 FACE_BOXES: tuple[FaceBox, ...] = ("detector", "landmarks", "track")
 _LANDMARK_MIN_PX = 12
-# "opencv": the model as shipped, in 32-bit floats, through cv2.dnn. "onnxruntime-int8": the same
-# model quantised to 8-bit integers (weights per channel, activations calibrated on photographs at
-# the pipeline's input sizes; ``bench/centerface_int8.py make`` rebuilds it), through onnxruntime,
-# about three times faster on CPUs with 8-bit dot-product instructions (AVX-512 VNNI, AVX-VNNI).
+# "onnxruntime-int8" (the service's default): the model quantised to 8-bit integers (weights per
+# channel, activations calibrated on photographs at the pipeline's input sizes) but for its first
+# six convolutions, kept in 32-bit floats because the first layers see the raw picture, where a
+# dark face's few grey levels are lost to 8-bit activations (``bench/centerface_int8.py make
+# --fp32 6 --variants qdq`` rebuilds it), through onnxruntime: the redaction's own CPU a frame
+# falls by 40-50 % on CPUs with 8-bit dot-product instructions (AVX-512 VNNI, AVX-VNNI).
+# "opencv": the model as shipped, in 32-bit floats, through cv2.dnn.
 Runtime = Literal["opencv", "onnxruntime-int8"]
 RUNTIMES: tuple[Runtime, ...] = ("opencv", "onnxruntime-int8")
 
@@ -96,8 +99,9 @@ def centerface_model_path() -> Path:
 
 
 def centerface_int8_path() -> Path:
-    """The int8 CenterFace model that ships with this package (made from ``centerface_model_path``)."""
-    return Path(__file__).resolve().parent / "weights" / "centerface-int8.onnx"
+    """The int8 CenterFace model that ships with this package (made from ``centerface_model_path``,
+    its first six convolutions in fp32)."""
+    return Path(__file__).resolve().parent / "weights" / "centerface-int8-fp6.onnx"
 
 
 class _OrtNet:

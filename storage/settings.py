@@ -469,8 +469,8 @@ class WorkerSettings(_Section):
     redaction_detect_width: int = Field(640, description="Width frames are scaled to for face detection.")
     redaction_threshold: float = Field(0.2, description="Face detector confidence threshold.")
     redaction_detector: Literal["opencv", "onnxruntime-int8"] = Field(
-        "opencv",
-        description="How the face detector runs: opencv (the model in 32-bit floats through OpenCV) or onnxruntime-int8 (the model quantised to 8-bit integers, about three times faster on CPUs with VNNI; see docs/benchmarks.md).",
+        "onnxruntime-int8",
+        description="How the face detector runs: onnxruntime-int8 (the model quantised to 8-bit integers but for its first six convolutions, kept in 32-bit floats, through onnxruntime: redaction 1.3-1.6 times as fast on two cores with VNNI, as many faces covered, a little more spill) or opencv (the whole model in 32-bit floats through OpenCV); see docs/benchmarks.md.",
     )
     redaction_stride: int = Field(
         5,

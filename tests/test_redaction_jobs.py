@@ -105,6 +105,7 @@ def test_uploaded_clip_is_redacted_into_derived_evidence(live, tmp_path: Path) -
         "details"
     ]
     assert details["detector"]["name"] and details["detector"]["model_sha256"] and details["settings"]
+    assert details["detector"]["runtime"].startswith("onnxruntime")  # the default: the int8 model
     rec = httpx.get(f"{live.url}/api/v1/evidence/{record.id}/content", headers=admin).json()
     assert len(rec["record"]) == 50 and any(frame for frame in rec["record"])
 

@@ -254,6 +254,10 @@ def test_command_line_redaction_gives_the_same_output_as_a_workers_job(
     cli_record = json.loads(rec.read_text())
     assert cli_record["record"] == worker_record["record"]
     assert cli_record["settings"] == worker_record["settings"]
+    # Both ran the service's default detector: the int8 model the package ships, through onnxruntime.
+    assert cli_record["detector"] == worker_record["detector"]
+    assert worker_record["detector"]["runtime"].startswith("onnxruntime")
+    assert worker_record["detector"]["model"] == "centerface-int8-fp6.onnx"
     assert any(n["source"] == "manual" for frame in cli_record["record"] for n in frame)
     assert _frames(out) == _frames(tmp_path / "worker.mp4")
 
