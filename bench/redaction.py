@@ -24,7 +24,7 @@ the redaction once for each way of turning the detector's output into a face box
 (``redaction.detector.face_boxes``); ``--margins 1.4,1.5,1.6`` also scores each first run's record
 with its masks grown about their centres to those scales (the same detections and tracks with
 another ``mask_scale``); ``--runtimes opencv,onnxruntime-int8`` runs it once for each way the
-detector runs (``redaction.detector.Runtime``), in turn within each run, in the order given
+detector runs (``redaction.detector.Runtime``; by default the one the service runs), in turn within each run, in the order given
 (``onnxruntime-int8=PATH`` runs the int8 runtime with another model, named after its folder);
 ``--spill`` breaks the non-face pixels changed down by cause (``spill_causes``); ``--seed``,
 ``--kinds`` and ``--darker`` make other clips (another draw, only some shot kinds, darker and
@@ -64,6 +64,7 @@ from redaction.geometry import Box  # noqa: E402
 from redaction.media import ffmpeg_exe  # noqa: E402
 from redaction.pipeline import RedactionSettings, redact_clip  # noqa: E402
 from redaction.render import _ellipse, _pixel_bounds, _power  # noqa: E402
+from storage.settings import WorkerSettings  # noqa: E402
 
 MAGENTA = (255, 0, 255)  # BGR fill of every run's masks
 MIN_SIZE = 24
@@ -662,7 +663,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--runtimes",
-        default="opencv",
+        default=WorkerSettings.model_fields["redaction_detector"].default,  # what the service runs
         help="detector runtimes to run side by side, in turn (opencv,onnxruntime-int8: see redaction.detector.Runtime;"
         " onnxruntime-int8=PATH: with another int8 model)",
     )
