@@ -317,12 +317,10 @@ class Lifecycle:
         self._record_put_back(session, row, now, {PUT_BACK: {"found": found}})
 
     def set_aside_unraised(self, session: Session, row: AlarmRecord, now: datetime) -> bool:
-        """Whether ``row`` is a provisional alarm the service never raised (``alarm_keys.unraised``:
-        no seal of its holds and no receipt of the service's is behind it: written in the database),
-        now set aside (moved out as it stood, an ``alarm_set_aside`` entry naming it) rather than
-        made whole, which would seal it and record it in custody as its device's alarm. The caller
-        then leaves it: it is no alarm. One HMAC for a provisional row of the service's; nothing for
-        a whole one."""
+        """Whether ``row`` is a provisional alarm the service never raised (``alarm_keys.unraised``: no
+        seal or receipt of the service's behind it), now set aside (moved out as it stood, with an
+        ``alarm_set_aside`` entry) rather than made whole, which would seal it and record it as its
+        device's alarm; the caller then leaves it. One HMAC for a provisional row; none for a whole one."""
         if not row.provisional or not unraised(
             session, self.seal_secret, self.device_secret, self.custody_public, row
         ):
