@@ -1,7 +1,10 @@
-"""A burst of 500 alarms from 20 devices into two service instances on PostgreSQL, sharing the stream
+"""A burst of alarms from 20 devices into two service instances on PostgreSQL, sharing the stream
 through an MQTT v5 shared subscription; mid-burst one instance is killed (SIGKILL) and later restarted
 with the same persistent session, and the broker itself is restarted. Every alarm is stored exactly
-once, and every device hears back about every alarm."""
+once, and every device hears back about every alarm.
+
+The suite sends 10 rounds (200 alarms); ``BURST_ROUNDS=25 .venv/bin/pytest tests/test_alarms_burst.py``
+is the 500-alarm soak, run outside the suite's time budget."""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from tests.conftest import make_settings, wait_for
 from tests.test_alarms_kit import SERVICE_USER, enrol, start_broker
 
 DEVICES = 20
-PER_DEVICE = 25
+PER_DEVICE = int(os.environ.get("BURST_ROUNDS", "10"))
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -152,7 +155,7 @@ def burst_env(tmp_path: Path, pg_url: str, seaweed: Any) -> Iterator[dict[str, A
     services.db.dispose()
 
 
-def test_burst_of_500_alarms_through_a_killed_instance_and_a_broker_restart(
+def test_burst_of_alarms_through_a_killed_instance_and_a_broker_restart(
     burst_env: dict[str, Any],
 ) -> None:
     services = burst_env["services"]
@@ -177,13 +180,13 @@ def test_burst_of_500_alarms_through_a_killed_instance_and_a_broker_restart(
         for round_ in range(PER_DEVICE):
             for device in fleet.devices:
                 events.append(device.sos())
-            if round_ == 6:  # instance A dies with alarms in hand
+            if round_ == PER_DEVICE // 4:  # instance A dies with alarms in hand
                 workers["svc-a"].kill()
-            if round_ == 12:  # the broker restarts (its persistence keeps the queued alarms)
+            if round_ == PER_DEVICE // 2:  # the broker restarts (its persistence keeps the queued alarms)
                 broker.stop()
                 broker.start()
                 wait_for_port("127.0.0.1", broker.port, 10)
-            if round_ == 16:  # A comes back with the same session and takes what was kept for it
+            if round_ == 2 * PER_DEVICE // 3:  # A comes back, same session, takes what was kept for it
                 workers["svc-a"].start()
             time.sleep(0.02)
 
@@ -220,9 +223,9 @@ def test_burst_of_500_alarms_through_a_killed_instance_and_a_broker_restart(
             select(func.count()).select_from(EvidenceItem).where(EvidenceItem.kind == "alarm")
         )
         received = session.scalar(select(func.count()).select_from(LoneWorkerEvent))
-    assert len(stored) == len(set(stored)) == 500  # exactly once
+    assert len(stored) == len(set(stored)) == DEVICES * PER_DEVICE  # exactly once
     assert set(stored) == set(events)
-    assert items == received == 500
+    assert items == received == DEVICES * PER_DEVICE
     # svc-a: before the kill and after its restart; svc-b: before and after the broker restart
     assert connected(broker, "svc-a", times=2) and connected(broker, "svc-b", times=2)
     # The workers are still running (their clock escalates what nobody acknowledged within 30 s):

@@ -71,11 +71,13 @@ def test_a_worker_whose_lease_was_taken_over_finishing_last_records_nothing(
         job_id = jobs.enqueue(session, clip_id, "service").id
     first = s.redaction_worker(name="host-a:1:1")
     second = s.redaction_worker(name="host-b:2:1")
-    later = datetime.now(UTC) + timedelta(seconds=s.settings.worker_lease_seconds + 1)
     store = first._store
 
     def taken_over_then_store(*args: Any) -> None:
-        taken = _claim(second, later)  # the first one stalled: its lease ran out
+        # The first one stalled: its lease, taken when it claimed the job, ran out (counted from
+        # now, after the claim, so a slow start cannot leave the lease still running).
+        later = datetime.now(UTC) + timedelta(seconds=s.settings.worker_lease_seconds + 1)
+        taken = _claim(second, later)
         assert (taken.id, taken.attempts) == (job_id, 2)
         second._run(taken)
         store(*args)
