@@ -84,6 +84,7 @@ class MemoAdmission:
     wearer: str | None
     stored_item: str | None = None
     replaces: str | None = None
+    review: str | None = None  # why it is kept quarantined for review (its device disabled)
 
 
 class VoiceMemos:
@@ -126,8 +127,9 @@ class VoiceMemos:
             active = device.status == "active"
         if public_key is None or not verify_signature(public_key, signature, manifest):
             raise VoiceMemoRefused("bad_signature", "signature does not verify with the device key", 401)
-        if not active:
-            raise VoiceMemoRefused("disabled_device", "device is disabled", 403)
+        # A disabled device's memo (reported lost after it raised the alarm, say) is evidence of an
+        # alarm the service took: kept, quarantined for review, never refused and lost.
+        review = None if active else f"device {device_id} was disabled when it sent the memo"
         try:
             moment = parse_time(sent_at)
         except ValueError:
@@ -159,9 +161,12 @@ class VoiceMemos:
                 alarm_id=found.id,
                 occurred_at=found.occurred_at,
                 wearer=wearer,
+                review=review,
             )
             if current is None:
                 return admission
+            if review is not None:  # one memo kept for review, not a store filled by a lost device
+                raise VoiceMemoRefused("disabled_device", "device is disabled", 403)
             if current.status != "quarantined":
                 if current.sha256 == sha256:
                     return replace(admission, stored_item=current.id)
@@ -226,6 +231,8 @@ class VoiceMemos:
         reasons = []
         if digest != a.sha256 or len(data) != a.size:
             reasons.append(f"received {len(data)} bytes hashing to {digest}; the device signed {a.sha256}")
+        if a.review:
+            reasons.append(a.review)
         # Retention runs from the alarm the memo belongs to (the device's signed time, bounded by now).
         keep = timedelta(days=core.settings.retention_days)
         basis = retention_basis(a.occurred_at, now, keep)
@@ -273,7 +280,9 @@ class VoiceMemos:
                     kind="voice_memo",
                     actor=f"device:{a.device_id}",
                     source_device_id=a.device_id,
-                    wearer=a.wearer,
+                    # The alarm's wearer (its device's when it raised it), not whoever holds the
+                    # device now: a memo sent after a re-enrolment is still the alarm's.
+                    wearer=row.wearer if sealed else a.wearer,
                     captured_start=row.occurred_at,
                     filename=name,
                     content_type=a.content_type,

@@ -20,8 +20,15 @@ custody record vouches for (:func:`held_at`):
   the holder's now anyway).
 
 A time outside those bounds is not gone by, and the thing is its holder's as it is received, as
-before. Only entries that hold (hash and service signature) are read, in an unbroken chain of
-the device's subject (``row_seals.device_subject``): an entry that does not hold, or a gap (an
+before; except that a signature by a key the device had before (a camera re-keyed since, its old
+key retired) vouches for a time within that key's own period, from its enrolment until the next
+key's (:func:`held_by_retired_key`). Such a thing is its holder's then, but held for review: a
+retired key may have been lost with the device, and whoever holds it can sign for any time in
+its period, never after it. So is one the device recorded while custody had it disabled, or
+delivers while it is disabled (reported lost): :attr:`Held.review` says why.
+
+Only entries that hold (hash and service signature) are read, in an unbroken chain of the device's
+subject (``row_seals.device_subject``): an entry that does not hold, or a gap (an
 entry deleted), hides what happened before it, so nothing before it is gone by; nor is anything
 when the latest holding is not what the device's sealed row says now. Tables are read as plain
 tables: this sits below ``devices``.
@@ -30,8 +37,8 @@ tables: this sits below ``devices``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -48,7 +55,8 @@ from .row_seals import device_subject
 @dataclass(frozen=True)
 class Holding:
     """A device's member of staff, site and key from the time the entry ``seq`` records (``since``)
-    until the next holding's; ``site_known`` False for an enrolment that recorded no site."""
+    until the next holding's; ``site_known`` False for an enrolment that recorded no site;
+    ``disabled`` while custody has the device disabled (a ``device_disabled`` entry)."""
 
     since: datetime
     seq: int
@@ -56,19 +64,24 @@ class Holding:
     site: str | None
     site_known: bool
     key: str | None
+    disabled: bool = False
 
 
 @dataclass(frozen=True)
 class Held:
     """Whose and where a thing a device recorded is: the member of staff and site, the time they
     were read at, the custody entry that says so (None: as the device's row stands), and why the
-    device's recording time was not gone by (None: it was)."""
+    device's recording time was not gone by (None: it was); ``review``: why the thing is to be held
+    for review rather than taken as good evidence (a retired key's signature, a disabled device),
+    and ``retired_key`` the retired key whose signature vouched for the time."""
 
     staff: str | None
     site: str | None
     at: datetime
     seq: int | None
     passed_over: str | None = None
+    review: tuple[str, ...] = ()
+    retired_key: str | None = None  # the retired key whose signature vouched for the time
 
 
 def _details(row: Any) -> dict[str, Any]:
@@ -117,7 +130,13 @@ def device_holdings(session: Session, devices_secret: bytes, public: bytes, devi
                 continue  # a new broker password, a seal: the same holder
             staff = _text(d["assigned_to"]) if "assigned_to" in d else current.staff
             site, known = (_text(d["site"]), True) if "site" in d else (current.site, current.site_known)
-            current = Holding(at, seq, staff, site, known, current.key)
+            current = Holding(at, seq, staff, site, known, current.key, current.disabled)
+        elif (
+            row.action in (CustodyAction.DEVICE_DISABLED.value, CustodyAction.DEVICE_ENABLED.value)
+            and current
+        ):
+            disabled = row.action == CustodyAction.DEVICE_DISABLED.value
+            current = replace(current, since=at, seq=seq, disabled=disabled)
         else:
             continue
         holdings.append(current)
@@ -134,17 +153,10 @@ def held_at(
     vouch for the time) and that was received at ``received`` is, by its ``holdings``; ``now`` is
     its sealed row's member of staff, site and key. Within the module's bounds, the holding of its
     recording time; else its holding when received, or its row as it stands."""
-    staff, site, key = now
-    latest = holdings[-1] if holdings else None
-    if (
-        latest is None
-        or (latest.staff, latest.site, latest.key) != (staff, site, key)
-        or not latest.site_known
-    ):
+    staff, site, _ = now
+    if not _bears_out(holdings, now):
         return Held(staff, site, received, None, "its custody record does not bear out its holder now")
-    first = len(holdings) - 1  # the first holding of the run its key (and a known site) held
-    while first > 0 and holdings[first - 1].key == key and holdings[first - 1].site_known:
-        first -= 1
+    first, _ = _key_runs(holdings)[-1]
     since = holdings[first].since
     why: str | None = None
     if recorded is None:
@@ -155,5 +167,61 @@ def held_at(
         why = f"its recording time {rfc3339(recorded)} is later than its receipt"
     at = received if why else recorded
     assert at is not None
-    found = next((h for h in reversed(holdings[first:]) if h.since <= at), latest)
-    return Held(found.staff, found.site, at, found.seq, why)
+    found = next((h for h in reversed(holdings[first:]) if h.since <= at), holdings[-1])
+    return Held(found.staff, found.site, at, found.seq, why, () if why else _disabled_then(found))
+
+
+def held_by_retired_key(
+    holdings: Sequence[Holding],
+    now: tuple[str | None, str | None, str | None],
+    recorded: datetime,
+    received: datetime,
+    vouches: Callable[[str], bool],
+) -> Held | None:
+    """Whose and where a thing is whose signature is not the device's current key's but a key it
+    had before (``vouches``: whether that key's signature holds), dated within that key's own
+    period (from its enrolment until the next key's, and not after the thing was received): its
+    holder then, held for review (``Held.review``). None when no retired key vouches for the time:
+    a key the device never had, or a retired key signing for a time after it was retired."""
+    if not _bears_out(holdings, now) or recorded > received:
+        return None
+    runs = _key_runs(holdings)
+    for (first, end), _ in zip(runs, runs[1:], strict=False):  # every run but the current key's
+        key, since, until = holdings[first].key, holdings[first].since, holdings[end].since
+        if key is None or not since <= recorded < until or not vouches(key):
+            continue
+        found = next(h for h in reversed(holdings[first:end]) if h.since <= recorded)
+        retired = (
+            f"signed by a retired key of the device (its key from {rfc3339(since)} until "
+            f"{rfc3339(until)}), not its current one"
+        )
+        review = (retired, *_disabled_then(found))
+        return Held(found.staff, found.site, recorded, found.seq, None, review, key)
+    return None
+
+
+def _bears_out(holdings: Sequence[Holding], now: tuple[str | None, str | None, str | None]) -> bool:
+    """Whether the latest holding is what the device's sealed row says now (with a known site): a
+    record that does not bear out the row vouches for no earlier holder."""
+    latest = holdings[-1] if holdings else None
+    return latest is not None and (latest.staff, latest.site, latest.key) == now and latest.site_known
+
+
+def _key_runs(holdings: Sequence[Holding]) -> list[tuple[int, int]]:
+    """The runs of holdings, oldest first, over which one key (and a known site) held, as (first,
+    end) indices: each key's period, from its enrolment until the next key's (or a holding whose
+    site is unknown, which starts a run of its own)."""
+    runs: list[tuple[int, int]] = []
+    for i, h in enumerate(holdings):
+        if runs and h.site_known and holdings[i - 1].site_known and holdings[i - 1].key == h.key:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _disabled_then(found: Holding) -> tuple[str, ...]:
+    """Why a thing recorded while custody had its device disabled (reported lost, say) is held for review."""
+    if not found.disabled:
+        return ()
+    return (f"recorded while the device was disabled (since {rfc3339(found.since)})",)

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from accounts.access import ReachViewer, SiteViewer, device_scope, sees_sealed, sites_seen, staff_scope
-from chain_of_custody.device_holders import Held, device_holdings, held_at
+from chain_of_custody.device_holders import Held, device_holdings, held_at, held_by_retired_key
 from chain_of_custody.entries import CustodyAction
 from chain_of_custody.keys import load_public_key_b64, verify_signature
 from chain_of_custody.ledger import Ledger
@@ -389,14 +389,16 @@ class ClipClaim:
 def camera_for_clip(
     session: Session, serial: str, wearer: str, seal_key: bytes, claim: ClipClaim | None = None
 ) -> Device:
-    """The enrolled, active camera that may deliver a clip recorded by ``wearer``; a row whose seal
-    does not hold for its latest custody entry (``devices.seals``: altered, or an older copy put
-    back, with a key since rotated, another wearer, or from before a disable) is not enrolled.
+    """The enrolled camera that may deliver a clip recorded by ``wearer``; a row whose seal does not
+    hold for its latest custody entry (``devices.seals``: altered, or an older copy put back, with a
+    key since rotated, another wearer, or from before a disable) is not enrolled.
 
     ``wearer`` must be the member of staff the camera was assigned to when the clip was recorded
     (``claim``; without one, now): a clip recorded before the camera was handed to another wearer,
-    or re-enrolled elsewhere, and docked after, is its wearer's then, and is not refused
-    (:func:`clip_holder`, ``chain_of_custody.device_holders`` for the bounds on the camera's word)."""
+    or re-enrolled elsewhere or with a new key, and docked after, is its wearer's then, and is not
+    refused (:func:`clip_holder`, ``chain_of_custody.device_holders`` for the bounds on the camera's
+    word). Nor is a disabled camera's clip (reported lost, then found and docked): evidence is never
+    refused for the camera's standing, it is stored held for review (``ingest.clip_facts``)."""
     camera, bound = load_device(session, seal_key, serial)
     if (
         camera is None
@@ -404,8 +406,6 @@ def camera_for_clip(
         or not device_seal_holds(seal_key, sealed_values(camera), camera.seal, bound)
     ):
         raise DeviceRefused("unknown_camera", f"camera {serial} is not enrolled")
-    if camera.status != "active":
-        raise DeviceRefused("camera_disabled", f"camera {serial} is disabled")
     held = camera.assigned_staff_id if claim is None else clip_holder(session, seal_key, camera, claim).staff
     if held != wearer:
         when = "when the clip was recorded" if claim is not None else "now"
@@ -418,14 +418,20 @@ def camera_for_clip(
 def clip_holder(session: Session, seal_key: bytes, camera: Device, claim: ClipClaim) -> Held:
     """The wearer and site a clip of ``camera`` (its row's seal checked) is attributed to: those its
     custody record gave it at the clip's recording time, when its current key's signature vouches
-    for that time and it is within the bounds ``chain_of_custody.device_holders`` sets; else those
-    it had when the clip was received."""
-    signed = camera.public_key is not None and verify_signature(
-        load_public_key_b64(camera.public_key), claim.signature, claim.manifest
-    )
+    for that time and it is within the bounds ``chain_of_custody.device_holders`` sets, or when a
+    key it had before signed it and the time is within that key's period (held for review: see
+    ``Held.review``); else those it had when the clip was received."""
+
+    def vouches(key: str) -> bool:
+        return verify_signature(load_public_key_b64(key), claim.signature, claim.manifest)
+
     holdings = device_holdings(session, seal_key, claim.custody_public, camera.id)
     now = (camera.assigned_staff_id, camera.site, camera.public_key)
-    return held_at(holdings, now, claim.recorded if signed else None, claim.received)
+    signed = camera.public_key is not None and vouches(camera.public_key)
+    held = held_at(holdings, now, claim.recorded if signed else None, claim.received)
+    if held.passed_over is None:
+        return held
+    return held_by_retired_key(holdings, now, claim.recorded, claim.received, vouches) or held
 
 
 def list_staff(

@@ -48,6 +48,11 @@ class CameraIdentity:
             raise ValueError(f"camera serial must be non-empty without whitespace: {serial!r}")
         return cls(serial=serial, private_key=Ed25519PrivateKey.generate())
 
+    def rekeyed(self) -> CameraIdentity:
+        """The same camera with a new key pair, as re-enrolment gives it (its old key lost, say);
+        clips it closed before keep their old signatures."""
+        return CameraIdentity.generate(self.serial)
+
     def public_key_raw(self) -> bytes:
         """The 32 raw public key bytes."""
         return self.private_key.public_key().public_bytes(

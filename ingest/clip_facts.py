@@ -22,6 +22,8 @@ from storage.objects import ObjectStore, StoredObject
 from .models import Upload
 from .tus_protocol import parse_time
 
+SIGNATURE_FAILS = "camera signature over the clip manifest does not verify"
+
 
 def clip_manifest(upload: Upload) -> dict[str, Any]:
     """The manifest the camera signed for this clip (protocol v1)."""
@@ -46,19 +48,41 @@ class ClipChecks:
     reasons: tuple[str, ...]
 
 
-def camera_site(session: Session, upload: Upload, key: ServiceKey) -> str | None:
-    """The site the clip's camera was enrolled at when it recorded the clip, where its clip is kept
-    as captured (``evidence_items.site``): as its custody record has it at the clip's signed
+@dataclass(frozen=True)
+class ClipStanding:
+    """Where a clip is kept and why it is held for review: the site the camera was enrolled at when
+    it recorded the clip, every reason the clip is quarantined (empty: good evidence), and the camera
+    key its signature holds for (a retired one, or the current one)."""
+
+    site: str | None
+    reasons: tuple[str, ...]
+    signed_by: str | None
+    review: tuple[str, ...] = ()
+
+
+def clip_standing(session: Session, upload: Upload, key: ServiceKey, checks: ClipChecks) -> ClipStanding:
+    """The clip's site: the one the camera was enrolled at when it recorded the clip, where its clip is
+    kept as captured (``evidence_items.site``), as its custody record has it at the clip's signed
     recording time (``devices.service.clip_holder``: a camera re-enrolled at another site since
     does not take the clip there), or at the upload's start when its signature does not vouch for
     that time or it is out of bounds. None if it has none, or if its row's seal does not hold for
     its latest custody entry (``devices.ends.sealed_device``, a warning names it): a site written
-    in the database lends the clip to no site's managers."""
+    in the database lends the clip to no site's managers.
+
+    And why it is held for review beside what ``checks`` found: a clip signed by a key the camera
+    had before (re-keyed since) within that key's period, recorded while custody had the camera
+    disabled, or delivered by a camera disabled now (reported lost) is kept, never refused, but
+    quarantined with the reason (``Held.review``), not taken as good evidence."""
     secret = device_seal_key(key)
     camera = sealed_device(session, secret, upload.camera_serial)
     if camera is None or camera.kind != "camera":
-        return None
-    return clip_holder(session, secret, camera, clip_claim(upload, key)).site
+        return ClipStanding(None, checks.reasons, checks.camera_key)
+    held = clip_holder(session, secret, camera, clip_claim(upload, key))
+    review = list(held.review)
+    if camera.status != "active":
+        review.append(f"camera {camera.id} was disabled (reported lost, say) when the clip was received")
+    found = [r for r in checks.reasons if held.retired_key is None or r != SIGNATURE_FAILS]
+    return ClipStanding(held.site, (*found, *review), held.retired_key or checks.camera_key, tuple(review))
 
 
 def clip_claim(upload: Upload, key: ServiceKey) -> ClipClaim:
@@ -93,7 +117,7 @@ def check_clip(upload: Upload, key: str | None, digest: str) -> ClipChecks:
             load_public_key_b64(key), upload.signature, canonical_json(clip_manifest(upload))
         )
         if not signature_ok:
-            reasons.append("camera signature over the clip manifest does not verify")
+            reasons.append(SIGNATURE_FAILS)
     if digest != upload.camera_sha256:
         reasons.append(f"stored bytes hash to {digest}, the camera reported {upload.camera_sha256}")
     return ClipChecks(key, signature_ok, tuple(reasons))

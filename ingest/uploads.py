@@ -53,9 +53,9 @@ from storage.objects import StorageError, StoredObject
 from .clip_facts import (
     already_recorded,
     camera_key,
-    camera_site,
     check_clip,
     clip_manifest,
+    clip_standing,
     end_lease,
     received_details,
     settle_lock,
@@ -715,8 +715,8 @@ def complete_upload(
             if key != checks.camera_key:
                 continue  # enrolled or re-keyed since it was read: check and settle again
             # The site the camera was enrolled at when it recorded the clip: its site's managers keep
-            # it wherever the camera went since, or goes next.
-            site = camera_site(session, upload, s.key)
+            # it wherever the camera went since, or goes next; and why it is held for review.
+            standing = clip_standing(session, upload, s.key, checks)
             item = record_evidence(
                 session,
                 s.ledger,
@@ -732,7 +732,7 @@ def complete_upload(
                     content_type=upload.content_type,
                     retain_until=retain_until,
                     retention_basis=basis,
-                    site=site,
+                    site=standing.site,
                 ),
                 captured={
                     "camera": upload.camera_serial,
@@ -741,10 +741,10 @@ def complete_upload(
                     "recorded_stop": upload.recorded_stop,
                     "manifest": clip_manifest(upload),
                     "camera_signature": upload.signature,
-                    "camera_public_key": key,
+                    "camera_public_key": standing.signed_by,
                 },
                 received=received_details(session, upload),
-                quarantine_reason="; ".join(checks.reasons) or None,
+                quarantine_reason="; ".join(standing.reasons) or None,
                 verified={"camera_hash_matches": True, "camera_signature_valid": checks.signature_ok},
             )
             end_lease(row, upload)
@@ -761,6 +761,8 @@ def complete_upload(
     drop_tails(s.store, upload.id, json.loads(upload.staged))
     if item is not None:
         UPLOADS_FINISHED.labels(status=item.status).inc()
+        if standing.review:
+            log.warning("clip kept for review", extra={"item": item.id, "review": "; ".join(standing.review)})
         log.info(
             "clip stored as evidence",
             extra={"upload": upload.id, "item": item.id, "status": item.status, "sha256": stored.sha256},
