@@ -55,7 +55,11 @@ class RedactionSettings:
     ``refresh_stride`` frames (0: no looks at all),
     scaled so the face is about ``refresh_face_px`` across (``refresh_below``: only faces
     smaller than this many pixels; None: all); the looks of one frame see at most
-    ``look_budget`` of what a whole-frame pass sees, the neediest first. ``detector_runtime`` says
+    ``look_budget`` of what a whole-frame pass sees, the neediest first. A new face is followed
+    back through the frames still held, and so is a known face sighted again more than
+    ``look_back_gap`` frames after its sighting before (back to that one): the looks between
+    missed it, so where it was meanwhile is found from where it is now, not drawn on a straight
+    line from where it was (``FaceTracker.resumed``). ``detector_runtime`` says
     how the face detector runs (``redaction.detector.Runtime``) when none is given, and
     ``face_box`` how it turns its output into face boxes (``redaction.detector.face_boxes``:
     "track", the default, moves each face's boxes sideways by its landmarks' median lean, as a
@@ -90,6 +94,7 @@ class RedactionSettings:
     refresh_context: float = 2.5
     max_looks: int = 24
     look_budget: float = 0.5
+    look_back_gap: int = 8
     threshold: float = 0.2
     detector_runtime: Runtime = "opencv"
     face_box: FaceBox = "track"
@@ -442,7 +447,16 @@ class _FaceFinder:
                 self.looks += len(windows)
                 started = self.tracker.observe(index, nms(found, 0.3))
         for track_id in started:
-            self._look_back(track_id)
+            first = self.tracker.earliest(track_id)
+            if first is not None:
+                self._look_back(track_id, *first)
+        for track_id, before, box in self.tracker.resumed(index, s.look_back_gap):
+            if not self._look_back(track_id, index, box, after=before):
+                continue
+            other = self.tracker.separate(track_id, before)
+            first = self.tracker.earliest(other) if other is not None else None
+            if other is not None and first is not None:
+                self._look_back(other, *first)
 
     def _due(self, st: TrackState, index: int) -> bool:
         """Whether a track needs a look this frame: every frame while it is young or uncertain,
@@ -463,17 +477,19 @@ class _FaceFinder:
         self.pending.clear()
         return ready
 
-    def _look_back(self, track_id: int) -> None:
-        """Follow a new face backwards through held frames (of its own shot) while it can be found."""
+    def _look_back(self, track_id: int, frame_no: int, box: Box, after: int | None = None) -> int:
+        """Follow a face backwards from its sighting in ``frame_no`` through held frames (of its
+        own shot, and after its track's sighting in ``after``, when given) while it can be found;
+        return how many earlier sightings were found."""
         s = self.settings
-        first = self.tracker.earliest(track_id)
-        if first is None or not self.pending:
-            return
-        frame_no, box = first
+        if not self.pending:
+            return 0
         oldest = self.pending[0][0]
         limit = max(oldest, self.tracker.shot_start(frame_no), frame_no - s.tracking.max_gap)
+        if after is not None:
+            limit = max(limit, after + 1)
         f = frame_no - 1
-        misses = 0
+        misses = added = 0
         while f >= limit:
             frame = self.pending[f - oldest][1]
             found = _look_around(self.detector, frame, box, s, 0.25 * max(box.w, box.h))
@@ -482,12 +498,14 @@ class _FaceFinder:
             if best is None or _closeness(best.box, box) <= 0:
                 misses += 1
                 if misses > 1:
-                    return
+                    break
             else:
                 misses = 0
                 self.tracker.observe_earlier(track_id, f, best)
+                added += 1
                 box = best.box
             f -= 1
+        return added
 
 
 def _closeness(found: Box, expected: Box) -> float:

@@ -348,12 +348,15 @@ class FaceTracker:
             started.append(track.id)
         return started
 
-    def _reachable(self, track: _Track, dt: int, predicted: Box, found: Box) -> bool:
+    def _reachable(
+        self, track: _Track, dt: int, predicted: Box, found: Box, size: float | None = None
+    ) -> bool:
         """Whether a sighting lies within the speed a track may change by (``join_speed``) of
-        where the track should be after ``dt`` frames."""
+        where the track should be after ``dt`` frames (``size``: the face's, when not the
+        track's latest)."""
         s = self.settings
         off = float(np.hypot(found.cx - predicted.cx, found.cy - predicted.cy))
-        slack = 2.0 * (s.measure * track.size + 1.0)
+        slack = 2.0 * (s.measure * (size or track.size) + 1.0)
         return (off - slack) / max(1, dt) <= s.join_speed * track.kalman.speed_spread
 
     def _left_picture(self, frame: int, predicted: Box) -> bool:
@@ -384,14 +387,67 @@ class FaceTracker:
         return self._cuts[self._shot_of(frame)]
 
     def observe_earlier(self, track_id: int, frame: int, detection: Detection) -> None:
-        """Add a sighting before a track's first one: the pipeline, on finding a new face, looks
-        back through the frames it still holds to see when that face really came into view."""
+        """Add a sighting in a frame before a track's latest where it has none: the pipeline, on
+        finding a new face, looks back through the frames it still holds to see when that face
+        really came into view, and on finding a face again after a gap (``resumed``), looks back
+        through the gap for where it was meanwhile."""
         track = self._find(track_id)
-        if track is None or frame >= track.first:
-            raise ValueError("an earlier sighting must come before the track's first")
+        if track is None or frame >= track.last:
+            raise ValueError("an earlier sighting must come before the track's latest")
+        at = bisect.bisect_left(track.frames, frame)
+        if track.frames[at] == frame:
+            raise ValueError("the track has a sighting in that frame already")
         if self._shot_of(frame) != track.shot:
             raise ValueError("an earlier sighting must be in the track's own shot")
-        track.add(0, frame, self._to_scene(frame, detection.box), detection)
+        track.add(at, frame, self._to_scene(frame, detection.box), detection)
+
+    def resumed(self, frame: int, after: int) -> list[tuple[int, int, Box]]:
+        """Tracks sighted in ``frame`` whose sighting before was more than ``after`` frames
+        earlier: each id, the frame of that earlier sighting and the new one's box (frame
+        pixels). A followed face is sighted every few frames; one found again after longer went
+        unseen at the looks between, and nothing says where it was meanwhile but a look back
+        from where it is now (the benchmark's seed 71 draw: an approaching face's first sighting
+        taken by a track gone 14 frames, the face bare all 11 frames before it, as a new track's
+        look back would have found it)."""
+        out = []
+        for track in self._tracks:
+            frames = track.frames
+            if len(frames) > 1 and frames[-1] == frame and frame - frames[-2] > after:
+                out.append((track.id, frames[-2], self._to_frame(frame, track.boxes[-1])))
+        return out
+
+    def separate(self, track_id: int, before: int) -> int | None:
+        """After a track found again (``resumed``) has been looked back through its gap: when its
+        first sighting after frame ``before`` lies beyond the change of speed a face may make
+        (``join_speed``) from its sighting in ``before``, what came after is another face, the
+        one the join took for it (a missed cut, or a face gone and another come): those
+        sightings become a track of their own, whose id is returned (None: one face after all).
+        A join is weighed on one sighting after a gap; the look back is the face's path."""
+        track = self._find(track_id)
+        if track is None or before not in track.frames:
+            return None
+        k = track.frames.index(before)
+        if k + 1 >= len(track.frames):
+            return None
+        last, found = track.boxes[k], track.boxes[k + 1]
+        dt = track.frames[k + 1] - before
+        vx, vy = self._velocity(track, k) if k > 0 else (0.0, 0.0)
+        predicted = Box.from_center(last.cx + vx * dt, last.cy + vy * dt, last.w, last.h)
+        if self._reachable(track, dt, predicted, found, max(last.w, last.h)):
+            return None
+        other = _Track(
+            self._next_id, track.shot, _Kalman(found.cx, found.cy, max(found.w, found.h), self.settings)
+        )
+        self._next_id += 1
+        for name in ("frames", "boxes", "scores", "leans", "lumas"):
+            kept: list = getattr(track, name)
+            setattr(other, name, kept[k + 1 :])
+            del kept[k + 1 :]
+        track.smoothed.clear()
+        for part in (track, other):
+            part.kalman = _replayed(part, self.settings)
+        self._tracks.append(other)
+        return other.id
 
     def _find(self, track_id: int) -> _Track | None:
         for track in self._tracks:
@@ -540,21 +596,32 @@ class FaceTracker:
         return statistics.median(leans) if leans else 0.0
 
     def _velocity(self, track: _Track, end: int) -> tuple[float, float]:
-        """Pixels a frame at one end of a track: from the sightings within ``span`` frames of that
-        end, or nothing when that end's sighting stands alone. A speed taken from a sighting long
-        before (a face, then a gap, then something else joined to it) carries a hold off across
-        the picture onto nothing."""
+        """Pixels a frame at one end of a track (``end`` 0: its first sighting; else up to its
+        ``end``-th): from the sightings within ``span`` frames of that end, or nothing when that
+        end's sighting stands alone. A speed taken from a sighting long before (a face, then a
+        gap, then something else joined to it) carries a hold off across the picture onto nothing."""
         frames = track.frames
         span = 12
         if end == 0:
             a, b = 0, bisect.bisect_right(frames, frames[0] + span) - 1
         else:
-            a, b = bisect.bisect_left(frames, frames[-1] - span), len(frames) - 1
+            a, b = bisect.bisect_left(frames, frames[end] - span), end
         dt = frames[b] - frames[a]
         if dt <= 0:
             return 0.0, 0.0
         ba, bb = track.boxes[a], track.boxes[b]
         return (bb.cx - ba.cx) / dt, (bb.cy - ba.cy) / dt
+
+
+def _replayed(track: _Track, s: TrackingSettings) -> _Kalman:
+    """A track's motion filter made again from its own sightings (after ``FaceTracker.separate``
+    parted them), as ``observe`` would have made it."""
+    first = track.boxes[0]
+    kalman = _Kalman(first.cx, first.cy, max(first.w, first.h), s)
+    for n in range(1, len(track.frames)):
+        b, size = track.boxes[n], max(track.boxes[n - 1].w, track.boxes[n - 1].h)
+        kalman.update(track.frames[n] - track.frames[n - 1], size, b.cx, b.cy)
+    return kalman
 
 
 def _centre(t: np.ndarray, values: np.ndarray, whole: np.ndarray, own: int) -> float:
