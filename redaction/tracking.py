@@ -17,6 +17,10 @@ after the last it is held for a few frames along the track's velocity, at the fa
 face seen only once, in the dark, is held for fewer (a lone night detection is as likely noise as
 a face, and a large one held for a dozen frames hides much of the picture for nothing).
 
+A join after a gap is weighed on one sighting; the pipeline looks back from it through the gap
+(``resumed``), and where that path does not lead back to the track's sighting before the gap, the
+sightings after it are another face and become a track of their own (``separate``).
+
 Nothing crosses a cut (see ``redaction.cuts``): at a cut every track ends, and no track's hold
 reaches back before the first frame of its own shot or on past the last.
 

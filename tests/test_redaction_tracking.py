@@ -247,3 +247,42 @@ def test_a_face_whose_predicted_place_has_left_the_picture_is_not_joined_to_one_
     unbounded.move_camera(15, (-400.0, 0.0))
     unbounded.observe(15, [det(200, 100, size=60)])
     assert unbounded.track_count == 1
+
+
+def test_a_face_found_again_after_a_gap_is_reported_and_stays_one_track_when_its_path_leads_back() -> None:
+    """A face walking right, sighted every 4 frames, then unseen for 12: its sighting after the gap
+    is reported (``resumed``), the look back's sightings fill the gap, and as they lead back to
+    where it was, it stays one track."""
+    tracker = FaceTracker(TrackingSettings())
+    for f in range(0, 24, 4):
+        tracker.observe(f, [det(100 + 6 * f, 200)])
+    tracker.observe(32, [det(100 + 6 * 32, 200)])
+    assert tracker.resumed(32, 8) == [(0, 20, Box(292, 200, 40, 40))]
+    assert tracker.resumed(32, 12) == []
+    for f in range(31, 22, -1):
+        tracker.observe_earlier(0, f, det(100 + 6 * f, 200))
+    assert tracker.separate(0, 20) is None
+    assert tracker.track_count == 1
+    assert [b.kind for b in tracker.boxes_at(26)] == ["detected"]
+
+
+def test_a_face_joined_to_a_track_gone_elsewhere_is_parted_from_it_by_its_path() -> None:
+    """A walker's track last sighted at frame 20; a face coming into view far ahead is sighted at
+    34 and joined to it (within the gate after 14 frames). The look back finds that face at 23-33,
+    a third of the picture from where the walker could be: it becomes a track of its own, so the
+    walker's mask is not drawn across the picture to it, and the face is masked where it was."""
+    tracker = FaceTracker(TrackingSettings(), (1280, 720))
+    for f in range(0, 21, 2):
+        tracker.observe(f, [det(400 + 11 * f, 280, 32)])
+    tracker.observe(34, [det(1000, 310, 45)])
+    assert tracker.track_count == 1  # the join
+    (resumed,) = tracker.resumed(34, 8)
+    assert resumed[:2] == (0, 20)
+    for f in range(33, 22, -1):
+        tracker.observe_earlier(0, f, det(1000 + 6 * (34 - f), 310, 45 - (34 - f)))
+    other = tracker.separate(0, 20)
+    assert other == 1
+    assert tracker.earliest(1) == (23, Box(1066, 310, 34, 34))
+    walker = [b for b in tracker.boxes_at(24) if b.track == 0]
+    assert walker and walker[0].kind == "extended" and walker[0].box.x < 700
+    assert [b.kind for b in tracker.boxes_at(28) if b.track == 1] == ["detected"]
