@@ -372,12 +372,13 @@ class FaceTracker:
         inside = box.clipped(*self.frame_size)
         return inside is None or inside.area < self.settings.out_of_view * box.area
 
-    def _near(self, track: _Track, predicted: Box, found: Box) -> bool:
-        """Whether a sighting lies within one face size of a track's predicted place (beyond the
-        sightings' own spread): how near a face that went out of view must come back to be taken
-        for the same one."""
+    def _near(self, track: _Track, predicted: Box, found: Box, k: int = -1) -> bool:
+        """Whether a sighting lies within one face size (the track's ``k``-th sighting's) of a
+        track's predicted place (beyond the sightings' own spread): how near a face that went
+        out of view must come back to be taken for the same one."""
         off = float(np.hypot(found.cx - predicted.cx, found.cy - predicted.cy))
-        return off <= track.size + 2.0 * (self.settings.measure * track.size + 1.0)
+        size = max(track.boxes[k].w, track.boxes[k].h)
+        return off <= size + 2.0 * (self.settings.measure * size + 1.0)
 
     def earliest(self, track_id: int) -> tuple[int, Box] | None:
         """A track's first sighting: its frame and box (frame pixels), or None for an unknown track."""
@@ -407,18 +408,31 @@ class FaceTracker:
 
     def resumed(self, frame: int, after: int) -> list[tuple[int, int, Box]]:
         """Tracks sighted in ``frame`` whose sighting before was more than ``after`` frames
-        earlier: each id, the frame of that earlier sighting and the new one's box (frame
-        pixels). A followed face is sighted every few frames; one found again after longer went
-        unseen at the looks between, and nothing says where it was meanwhile but a look back
-        from where it is now (the benchmark's seed 71 draw: an approaching face's first sighting
-        taken by a track gone 14 frames, the face bare all 11 frames before it, as a new track's
-        look back would have found it)."""
+        earlier and more than a face's size (``_near``) from where that sighting's motion puts
+        it now: each id, the frame of that earlier sighting and the new one's box (frame pixels).
+        A followed face is sighted every few frames; one found again after longer, away from
+        its line, was either somewhere else meanwhile or is another face the join took for it,
+        and only a look back from where it is now tells which (the benchmark's seed 71 draw: an
+        approaching face's first sighting taken by a walker's track gone 14 frames, the face
+        bare all 11 frames before it, which a new track's look back would have found). One found
+        again on its line needs no look: the mask between is drawn along that line."""
         out = []
         for track in self._tracks:
             frames = track.frames
-            if len(frames) > 1 and frames[-1] == frame and frame - frames[-2] > after:
-                out.append((track.id, frames[-2], self._to_frame(frame, track.boxes[-1])))
+            if len(frames) < 2 or frames[-1] != frame or frame - frames[-2] <= after:
+                continue
+            k = len(frames) - 2
+            if not self._near(track, self._carried(track, k, frame), track.boxes[-1], k):
+                out.append((track.id, frames[k], self._to_frame(frame, track.boxes[-1])))
         return out
+
+    def _carried(self, track: _Track, k: int, frame: int) -> Box:
+        """Where a track's ``k``-th sighting's motion (``_velocity``) puts the face in ``frame``
+        (scene pixels)."""
+        last = track.boxes[k]
+        vx, vy = self._velocity(track, k) if k > 0 else (0.0, 0.0)
+        dt = frame - track.frames[k]
+        return Box.from_center(last.cx + vx * dt, last.cy + vy * dt, last.w, last.h)
 
     def separate(self, track_id: int, before: int) -> int | None:
         """After a track found again (``resumed``) has been looked back through its gap: when its
@@ -435,8 +449,7 @@ class FaceTracker:
             return None
         last, found = track.boxes[k], track.boxes[k + 1]
         dt = track.frames[k + 1] - before
-        vx, vy = self._velocity(track, k) if k > 0 else (0.0, 0.0)
-        predicted = Box.from_center(last.cx + vx * dt, last.cy + vy * dt, last.w, last.h)
+        predicted = self._carried(track, k, track.frames[k + 1])
         if self._reachable(track, dt, predicted, found, max(last.w, last.h)):
             return None
         other = _Track(

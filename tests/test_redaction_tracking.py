@@ -249,21 +249,24 @@ def test_a_face_whose_predicted_place_has_left_the_picture_is_not_joined_to_one_
     assert unbounded.track_count == 1
 
 
-def test_a_face_found_again_after_a_gap_is_reported_and_stays_one_track_when_its_path_leads_back() -> None:
-    """A face walking right, sighted every 4 frames, then unseen for 12: its sighting after the gap
-    is reported (``resumed``), the look back's sightings fill the gap, and as they lead back to
-    where it was, it stays one track."""
+def test_a_face_found_again_on_its_line_after_a_gap_is_not_looked_back_for_and_stays_one_track() -> None:
+    """A face walking right, sighted every 4 frames, then unseen for 12 and found where its motion
+    puts it: not reported (``resumed``: the mask between is drawn along that line, no looks
+    spent); found a face's size off that line, it is; and a look back whose sightings lead back
+    to where it was leaves it one track."""
     tracker = FaceTracker(TrackingSettings())
     for f in range(0, 24, 4):
         tracker.observe(f, [det(100 + 6 * f, 200)])
     tracker.observe(32, [det(100 + 6 * 32, 200)])
-    assert tracker.resumed(32, 8) == [(0, 20, Box(292, 200, 40, 40))]
-    assert tracker.resumed(32, 12) == []
-    for f in range(31, 22, -1):
-        tracker.observe_earlier(0, f, det(100 + 6 * f, 200))
-    assert tracker.separate(0, 20) is None
+    assert tracker.resumed(32, 8) == []
+    tracker.observe(46, [det(100 + 6 * 46, 280)])
+    assert tracker.resumed(46, 8) == [(0, 32, Box(376, 280, 40, 40))]
+    assert tracker.resumed(46, 14) == []
+    for f in range(45, 35, -1):
+        tracker.observe_earlier(0, f, det(100 + 6 * f, 200 + 80 * (f - 32) / 14))
+    assert tracker.separate(0, 32) is None
     assert tracker.track_count == 1
-    assert [b.kind for b in tracker.boxes_at(26)] == ["detected"]
+    assert [b.kind for b in tracker.boxes_at(40)] == ["detected"]
 
 
 def test_a_face_joined_to_a_track_gone_elsewhere_is_parted_from_it_by_its_path() -> None:
