@@ -33,7 +33,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import ColumnElement, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import rfc3339
@@ -51,6 +51,7 @@ from .liveness import own_offline_alarm
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
 from .outbox import Outbox
 from .payloads import PayloadEvidence, raise_named
+from .standing import Standing
 from .visits import Visits, sweep_due, swept
 from .watched import vouch
 
@@ -195,7 +196,7 @@ class Clock:
                 at,
                 self.policy,
                 visit_active=_on_a_visit(session, state.device_id),
-                alarm_open=_alarm_open(session, state.device_id),
+                alarm_open=bool(self.watched_alarms(session, at, state.device_id)),
             ):
                 return
             if not heard.sealed:
@@ -204,7 +205,7 @@ class Clock:
                     extra={"device": state.device_id},
                 )
             vouch(session, self.lifecycle.seal_secret, state)  # the visit it names, as sealed
-            site, wearer, note = self.offline_under(session, state)
+            site, wearer, note = self.offline_under(session, state, at)
             row = self.lifecycle.raise_alarm(
                 session,
                 outbox,
@@ -228,15 +229,16 @@ class Clock:
         return self.outbox.claimed_pass(due, limit, check)
 
     def offline_under(
-        self, session: Session, state: LoneWorkerState
+        self, session: Session, state: LoneWorkerState, now: datetime
     ) -> tuple[str | None, str | None, str | None]:
         """The site and wearer a silent device's offline alarm is raised under, and a note: those of
         what it is watched for when it falls silent, not its row's now (re-enrolled at another site
         meanwhile, the old site's worker would lose the alarm, and the new site would read the
         visit's record it carries). On a visit, the visit's (``Visits.raised_under``: the alarm names
-        it, and its record shows the visit's check-ins); else, with an alarm open, the latest such
-        alarm's, from a row the service sealed; else its device's (``Lifecycle.device_of``: a row
-        whose seal does not hold lends neither, and the alarm is of no site, as any)."""
+        it, and its record shows the visit's check-ins); else, with an alarm open as the service
+        vouches (:meth:`watched_alarms`), the latest such alarm's, from a row the service sealed;
+        else its device's (``Lifecycle.device_of``: a row whose seal does not hold lends neither,
+        and the alarm is of no site, as any)."""
         device, note = self.lifecycle.device_of(session, state.device_id)
         if device is None:
             return None, None, note
@@ -250,19 +252,29 @@ class Clock:
             if visit is not None:
                 site, wearer, notes = self.visits.raised_under(session, visit, self.visits.sealed(visit))
                 return site, wearer, "; ".join(notes) or None
-        watched = session.scalars(
-            select(AlarmRecord)
-            .where(
-                AlarmRecord.device_id == state.device_id,
-                AlarmRecord.status != "resolved",
-                AlarmRecord.kind.in_(WATCHED_KINDS),
-            )
-            .order_by(AlarmRecord.raised_at.desc(), AlarmRecord.id)
-        )
-        for alarm in watched:
+        watched = self.watched_alarms(session, now, state.device_id)
+        for alarm in sorted(watched, key=lambda a: (-a.raised_at.timestamp(), a.id)):
             if self.lifecycle.sealed(alarm):
                 return alarm.site, alarm.wearer, None
         return device.site, device.assigned_staff_id, None
+
+    def standing(self, session: Session, now: datetime) -> Standing:
+        """The open alarms as the service vouches for them (``alarms.standing``), by the custody
+        record as the sweep's cursor last left it (every pass sweeps first, and an alarm raised
+        since is vouched for by its own seal): no ledger read of its own."""
+        return Standing(session, self.lifecycle.core.key, now, self.open_by_custody)
+
+    def watched_alarms(
+        self, session: Session, now: datetime, device_id: str | None = None
+    ) -> list[AlarmRecord]:
+        """The alarms open as the service vouches (:meth:`standing`) whose being open makes a silent
+        device worth an alarm, of ``device_id`` (None: every device's). By their status column, an
+        SOS resolved by SQL took its silent device off the watch, and its offline alarm was never
+        raised (for good, with the column set again after each sweep)."""
+        where: list[ColumnElement[bool]] = [AlarmRecord.kind.in_(WATCHED_KINDS)]
+        if device_id is not None:
+            where.append(AlarmRecord.device_id == device_id)
+        return self.standing(session, now).rows(*where)
 
     def last_heard(self, state: LoneWorkerState) -> Heard:
         """When a device was last heard from, as far as its row's seal vouches."""
@@ -301,14 +313,14 @@ class Clock:
             state.offline_due_at = now
             restored += 1
 
-        s, v, a = LoneWorkerState, LoneWorkerVisit, AlarmRecord
-        watched = or_(
-            exists().where(v.device_id == s.device_id, v.ended_at.is_(None)),
-            exists().where(a.device_id == s.device_id, a.status != "resolved", a.kind.in_(WATCHED_KINDS)),
-        )
+        s, v = LoneWorkerState, LoneWorkerVisit
         late = or_(s.offline_due_at.is_(None), s.offline_due_at > now)
-        looked_at = select(s).where(s.last_seen_at.is_not(None), late, watched)
         with self.db.session() as session:
+            alarmed = sorted({a.device_id for a in self.watched_alarms(session, now)})
+            watched = or_(
+                exists().where(v.device_id == s.device_id, v.ended_at.is_(None)), s.device_id.in_(alarmed)
+            )
+            looked_at = select(s).where(s.last_seen_at.is_not(None), late, watched)
             off = [state.device_id for state in session.scalars(looked_at) if silent(state)]
         if off:
             self.outbox.claimed_pass(select(s).where(s.device_id.in_(off)), len(off), check, isolate=False)
@@ -378,19 +390,5 @@ def _on_a_visit(session: Session, device_id: str) -> bool:
             select(func.count())
             .select_from(LoneWorkerVisit)
             .where(LoneWorkerVisit.device_id == device_id, LoneWorkerVisit.ended_at.is_(None))
-        )
-    )
-
-
-def _alarm_open(session: Session, device_id: str) -> bool:
-    return bool(
-        session.scalar(
-            select(func.count())
-            .select_from(AlarmRecord)
-            .where(
-                AlarmRecord.device_id == device_id,
-                AlarmRecord.status != "resolved",
-                AlarmRecord.kind.in_(WATCHED_KINDS),
-            )
         )
     )

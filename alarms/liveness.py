@@ -25,6 +25,7 @@ from chain_of_custody.canonical import rfc3339
 from devices.lone_worker_wire import AlarmMessage
 
 from . import rules
+from .alarm_keys import ours
 from .device_state import Snapshot, set_state
 from .lifecycle import Lifecycle
 from .models import AlarmOutbox, AlarmRecord
@@ -114,7 +115,13 @@ class Liveness:
             )
             set_watched(session, self.lifecycle.seal_secret, snap, battery_low=True)
         elif snap.battery_low and rules.is_battery_recovered(battery, self.policy):
-            low = list(session.scalars(select(AlarmRecord).where(*self._open_low_battery(snap.device_id))))
+            # Only the service's own (``alarm_keys.ours``): a row planted open, raised (it says) after
+            # this reading, kept the device's own alarm open for good, and was cleared as the device's.
+            secret = self.lifecycle.seal_secret
+            where = self._open_low_battery(snap.device_id)
+            low = [
+                row for row in session.scalars(select(AlarmRecord).where(*where)) if ours(secret, row, None)
+            ]
             if not all(sent_after(sent_at, row) for row in low):
                 return  # a reading from before the battery ran low
             for row in low:

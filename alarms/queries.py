@@ -5,13 +5,17 @@ map's reads answer while a long write (an export's recording, a burst of alarms)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import func, select, true
+from sqlalchemy import Select, select, true
+from sqlalchemy.orm import Session
 
 from accounts.access import ReachViewer, SiteViewer, device_scope, sees_site, site_scope
+from chain_of_custody.keys import ServiceKey
+from chain_of_custody.reach_seals import reach_secret
 from devices.models import Device, LoneWorkerState
 from storage.db import Database
 from storage.paging import Position, after_position
@@ -20,13 +24,15 @@ from .feed import shown_view
 from .lifecycle import AlarmNotFound
 from .models import AlarmRecord, LoneWorkerVisit
 from .pages import PAGE, first_kept, in_pages
-from .reach import alarm_sealed, by_site, readable, readable_scope, readable_visits
+from .reach import alarm_sealed, by_site, readable, readable_visits
+from .standing import Standing
 
 
 class AlarmQueries:
-    def __init__(self, db: Database, secret: bytes) -> None:
+    def __init__(self, db: Database, key: ServiceKey) -> None:
         self.db = db
-        self.secret = secret  # alarm rows' seals are checked with it (``alarms.reach``)
+        self.key = key  # where an open alarm stands is vouched for by it (``alarms.standing``)
+        self.secret = reach_secret(key)  # alarm rows' seals are checked with it (``alarms.reach``)
 
     def get(self, alarm_id: str, viewer: SiteViewer | None = None) -> dict[str, Any]:
         """One alarm; :class:`AlarmNotFound` also when it is not the viewer's to see (``viewer`` None:
@@ -56,20 +62,23 @@ class AlarmQueries:
         row across pages) or, the older way, past the first ``offset``. For a reader by site each
         row's seal is checked before it counts (``alarms.reach``, read in pages, ``alarms.pages``):
         rows written in the database, newer (they say) than the site's own, would otherwise fill the
-        page, which then came back short or empty, and its paging stopped before the site's alarms."""
+        page, which then came back short or empty, and its paging stopped before the site's alarms.
+        ``open_only``: the alarms open as the service vouches, each shown as it stands
+        (``alarms.standing``): by the status column, an SOS resolved by SQL was not among them, and
+        a row planted open was."""
         q = select(AlarmRecord).where(after_position(AlarmRecord.raised_at, AlarmRecord.id, after))
         if viewer is not None:
             q = q.where(site_scope(viewer, AlarmRecord.site))
         statuses = list(status)
         if statuses:
             q = q.where(AlarmRecord.status.in_(statuses))
-        if open_only:
-            q = q.where(AlarmRecord.status != "resolved")
         if device_id:
             q = q.where(AlarmRecord.device_id == device_id)
         if kind:
             q = q.where(AlarmRecord.kind == kind)
         with self.db.reading() as session:
+            if open_only:
+                return self._open(session, q, viewer, limit, offset)
             if not by_site(viewer):  # every row counts: nothing to judge first
                 q = (
                     q.order_by(AlarmRecord.raised_at.desc(), AlarmRecord.id.desc())
@@ -77,43 +86,68 @@ class AlarmQueries:
                     .offset(offset)
                 )
                 return [shown_view(self.secret, r) for r in session.scalars(q)]
-            rows = in_pages(
-                session,
-                q,
-                AlarmRecord.raised_at,
-                AlarmRecord.id,
-                entities=True,
-                page=max(1, min(limit + offset, PAGE)),
-                newest_first=True,
+            kept = first_kept(
+                self._pages(session, q, limit + offset), partial(alarm_sealed, self.secret), limit, offset
             )
-            kept = first_kept(rows, partial(alarm_sealed, self.secret), limit, offset)
             return [shown_view(self.secret, r) for r in kept]
+
+    @staticmethod
+    def _pages(session: Session, q: Select[AlarmRecord], wanted: int) -> Iterator[AlarmRecord]:
+        """The rows ``q`` selects, newest first, read in pages (``alarms.pages``)."""
+        return in_pages(
+            session,
+            q,
+            AlarmRecord.raised_at,
+            AlarmRecord.id,
+            entities=True,
+            page=max(1, min(wanted, PAGE)),
+            newest_first=True,
+        )
+
+    def _open(
+        self,
+        session: Session,
+        q: Select[AlarmRecord],
+        viewer: SiteViewer | None,
+        limit: int,
+        offset: int,
+    ) -> list[dict[str, Any]]:
+        """The alarms ``q`` selects that are open as the service vouches, shown as they stand, each
+        judged before it counts."""
+        standing = Standing(session, self.key, datetime.now(UTC))
+        shown: dict[str, dict[str, Any]] = {}
+
+        def keep(row: AlarmRecord) -> bool:
+            view = standing.view(row) if readable(self.secret, viewer, [row]) else None
+            if view is not None:
+                shown[row.id] = view
+            return view is not None
+
+        kept = first_kept(
+            self._pages(session, q.where(standing.where()), limit + offset), keep, limit, offset
+        )
+        return [shown[r.id] for r in kept]
 
     def lone_workers(
         self, viewer: ReachViewer | None = None, *, after: str = "", limit: int | None = None
     ) -> list[dict[str, Any]]:
         """The lone-worker devices the viewer sees (``accounts.access.device_scope``) by id, those
         after ``after``, at most ``limit``: who carries it, presence, last seen, battery, position,
-        and the open alarms the viewer reads (``alarms.reach.readable_scope``)."""
+        and how many alarms the viewer reads (``alarms.reach``) are open as the service vouches
+        (``alarms.standing``: an SOS resolved by SQL still counts, a row planted open does not)."""
         S = LoneWorkerState
         with self.db.reading() as session:
-            open_alarms = (
-                select(AlarmRecord.device_id, func.count().label("n"))
-                .where(*readable_scope(session, self.secret, viewer, AlarmRecord.status != "resolved"))
-                .group_by(AlarmRecord.device_id)
-                .subquery()
-            )
             rows = session.execute(
-                select(Device, S, open_alarms.c.n)
+                select(Device, S)
                 .outerjoin(S, S.device_id == Device.id)
-                .outerjoin(open_alarms, open_alarms.c.device_id == Device.id)
                 .where(Device.kind == "lone_worker")
                 .where(device_scope(viewer, Device) if viewer is not None else true())
                 .where(Device.id > after if after else true())
                 .order_by(Device.id)
                 .limit(limit)
             ).all()
-            ids = [device.id for device, _, _ in rows]
+            ids = [device.id for device, _ in rows]
+            counts = Standing(session, self.key, datetime.now(UTC)).counts(viewer, ids)
             visits = {
                 v.device_id: {
                     "visit_id": v.visit_id,
@@ -128,10 +162,13 @@ class AlarmQueries:
                             LoneWorkerVisit.ended_at.is_(None), LoneWorkerVisit.device_id.in_(ids)
                         )
                     ),
-                    {device.id: device for device, _, _ in rows},
+                    {device.id: device for device, _ in rows},
                 )
             }
-            return [_lone_worker(device, state, n, visits.get(device.id)) for device, state, n in rows]
+            return [
+                _lone_worker(device, state, counts.get(device.id), visits.get(device.id))
+                for device, state in rows
+            ]
 
 
 def _lone_worker(

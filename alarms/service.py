@@ -99,7 +99,7 @@ class AlarmService:
         )
         # Live alarm streams open at once, per person (the process's whole is the HTTP edge's to bound).
         self.streams = Slots(1 << 30, core.settings.max_alarm_streams_per_user)
-        self.queries = AlarmQueries(core.db, self.lifecycle.seal_secret)
+        self.queries = AlarmQueries(core.db, core.key)
         # Set by an MQTT consumer in this process: returns once it has no alarm waiting or being
         # handled (or after a moment), and the clock's pass calls it before each piece of its work.
         self.alarms_first: Callable[[], object] = wait_for_nothing
@@ -236,7 +236,8 @@ class AlarmService:
 
     def sample_trails(self, now: datetime | None = None) -> int:
         """Each device's newest position joins its trail while it has an alarm open (``alarms.trails``)."""
-        return sample_trails(self.db, now or self.clock())
+        at = now or self.clock()
+        return sample_trails(self.db, at, lambda session: self.timekeeper.standing(session, at))
 
     def purge(self, now: datetime | None = None, keep: timedelta = timedelta(days=7)) -> None:
         self.timekeeper.purge(now, keep)

@@ -20,12 +20,14 @@ nor entry of the service's vouches for (written in the database), not at all.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
+from accounts.access import SiteViewer, site_scope
 from chain_of_custody.keys import ServiceKey
 from chain_of_custody.lifecycle_seals import RecordedLifecycle, lifecycle_holds
 from chain_of_custody.reach_seals import reach_secret
@@ -36,6 +38,7 @@ from .alarm_keys import ours, shown_keys
 from .feed import shown_view
 from .lifecycle import as_recorded
 from .models import AlarmRecord
+from .reach import readable
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +46,17 @@ log = logging.getLogger(__name__)
 class Standing:
     """The open alarms as the service vouches for them, read once per request."""
 
-    def __init__(self, session: Session, key: ServiceKey, now: datetime) -> None:
+    def __init__(
+        self, session: Session, key: ServiceKey, now: datetime, cursor: OpenByCustody | None = None
+    ) -> None:
+        """``cursor``: one already followed to where it is taken (the clock's, as its sweep last
+        left it); else a reader's, followed to the ledger's last entry."""
         self.session, self.now = session, now
         self.secret = reach_secret(key)
         self.public = key.public_raw
-        cursor = OpenByCustody(key)
-        cursor.advance(session, keep=False)
+        if cursor is None:
+            cursor = OpenByCustody(key)
+            cursor.advance(session, keep=False)
         self.open: dict[str, RecordedLifecycle] = cursor.open
 
     def where(self) -> ColumnElement[bool]:
@@ -56,6 +64,31 @@ class Standing:
         if not self.open:
             return AlarmRecord.status != "resolved"
         return or_(AlarmRecord.status != "resolved", AlarmRecord.id.in_(sorted(self.open)))
+
+    def opened(self, row: AlarmRecord) -> bool:
+        """Whether the alarm is open as the service vouches: as its row says when its lifecycle seal
+        holds, else as :meth:`said` (cheap: one seal check, and a dict's look-up)."""
+        if row.lifecycle_seal is not None and lifecycle_holds(self.secret, row):
+            return row.status != rules.AlarmStatus.RESOLVED.value
+        return self.said(row) is not None
+
+    def rows(self, *where: ColumnElement[bool]) -> list[AlarmRecord]:
+        """The alarms ``where`` selects that are open as the service vouches (:meth:`opened`): for
+        the readers that act on an alarm being open (a silent device's offline alarm, a trail kept),
+        whom an SOS resolved by SQL would otherwise silence, and a row planted open would mislead."""
+        q = select(AlarmRecord).where(self.where(), *where)
+        return [row for row in self.session.scalars(q) if self.opened(row)]
+
+    def counts(self, viewer: SiteViewer | None, device_ids: list[str]) -> dict[str, int]:
+        """How many alarms of each device the viewer reads (``alarms.reach``) are open as the service
+        vouches (:meth:`rows`): by the status column, a lone worker whose SOS was resolved by SQL
+        was listed with none open (as safe), and one with a row planted open, with one."""
+        if not device_ids:
+            return {}
+        where: list[ColumnElement[bool]] = [AlarmRecord.device_id.in_(device_ids)]
+        if viewer is not None:
+            where.append(site_scope(viewer, AlarmRecord.site))
+        return dict(Counter(row.device_id for row in readable(self.secret, viewer, self.rows(*where))))
 
     def said(self, row: AlarmRecord) -> RecordedLifecycle | None:
         """What the row is taken at when its lifecycle seal does not hold, or None when it is not

@@ -9,6 +9,7 @@ board follow a moving alarm from the live stream.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,26 +20,29 @@ from devices.models import LoneWorkerState
 from storage.db import Database, dialect_insert
 
 from .feed import record_change
-from .models import AlarmRecord, LoneWorkerPosition
+from .models import LoneWorkerPosition
+from .standing import Standing
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def sample_trails(db: Database, now: datetime) -> int:
+def sample_trails(db: Database, now: datetime, standing: Callable[[Session], Standing]) -> int:
     """Add each device's newest position to its trail while it has an alarm open (once per fix), and
-    announce it as each of its open alarms having ``moved`` (unless it is the alarm's own fix)."""
+    announce it as each of its open alarms having ``moved`` (unless it is the alarm's own fix).
+    Open as the service vouches (``standing``, ``alarms.standing``): by the status column, an SOS
+    resolved by SQL lost the points of its trail while it stayed so, and the map stopped following
+    it; a row planted open had its device's whereabouts kept and announced."""
     S, P = LoneWorkerState, LoneWorkerPosition
     newest = select(P.device_id, func.max(P.at).label("at")).group_by(P.device_id).subquery("newest")
     with db.session() as session:
+        open_alarms = standing(session).rows()
         rows = session.execute(
             select(S.device_id, S.position_at, S.lat, S.lon, S.accuracy_m)
             .outerjoin(newest, newest.c.device_id == S.device_id)
             .where(
-                S.device_id.in_(
-                    select(AlarmRecord.device_id).where(AlarmRecord.status != "resolved").distinct()
-                ),
+                S.device_id.in_(sorted({a.device_id for a in open_alarms})),
                 S.position_at.is_not(None),
                 S.lat.is_not(None),
                 S.lon.is_not(None),
@@ -71,12 +75,7 @@ def sample_trails(db: Database, now: datetime) -> int:
                 }
                 for r in rows
             }
-            moving = session.scalars(
-                select(AlarmRecord).where(
-                    AlarmRecord.device_id.in_(list(points)), AlarmRecord.status != "resolved"
-                )
-            )
-            for alarm in moving:
+            for alarm in (a for a in open_alarms if a.device_id in points):
                 point = points[alarm.device_id]
                 if (alarm.lat, alarm.lon, alarm.accuracy_m) == (
                     point["lat"],
@@ -128,15 +127,14 @@ def trail_page(session: Session, view: dict[str, Any], now: datetime) -> tuple[l
     return points, more
 
 
-def forget_old_points(session: Session, before: datetime) -> int:
+def forget_old_points(session: Session, before: datetime, standing: Standing) -> int:
     """Delete trail points taken before ``before``, except those of devices with an alarm still open
-    (their trail is being followed); how many went."""
+    as the service vouches (``standing``: their trail is being followed; an SOS resolved by SQL
+    would otherwise have its trail erased, with no trace); how many went."""
+    following = sorted({a.device_id for a in standing.rows()})
     result = session.execute(
         delete(LoneWorkerPosition).where(
-            LoneWorkerPosition.at < before,
-            LoneWorkerPosition.device_id.not_in(
-                select(AlarmRecord.device_id).where(AlarmRecord.status != "resolved")
-            ),
+            LoneWorkerPosition.at < before, LoneWorkerPosition.device_id.not_in(following)
         )
     )
     return int(getattr(result, "rowcount", 0) or 0)

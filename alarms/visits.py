@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from chain_of_custody.canonical import rfc3339
 from chain_of_custody.entries import CustodyAction
+from chain_of_custody.lifecycle_seals import lifecycle_holds, recorded_lifecycle
 from chain_of_custody.raise_seals import checked_message
 from chain_of_custody.visit_deadlines import recorded_visit
 from chain_of_custody.visit_seals import visit_entry, visit_holds, visit_seal
@@ -34,6 +35,7 @@ from chain_of_custody.visit_sites import recorded_start
 from devices.lone_worker_wire import AckStatus, CheckinMessage
 
 from . import rules
+from .alarm_keys import vouched_keys
 from .device_state import Snapshot
 from .lifecycle import Lifecycle
 from .liveness import Liveness
@@ -76,7 +78,9 @@ class Visits:
         self.secret = lifecycle.seal_secret  # visit rows' seals (``chain_of_custody.visit_seals``)
         self.swept_at: datetime | None = None
         grace = timedelta(seconds=policy.missed_checkin_grace_s)
-        self.keys = RecordKeys(lifecycle.custody_public, lifecycle.device_secret, grace)
+        self.keys = RecordKeys(
+            lifecycle.custody_public, lifecycle.device_secret, grace, lifecycle.seal_secret
+        )
 
     def seal(self, visit: LoneWorkerVisit) -> None:
         """Seal the visit's row as the service records it: its device, id, wearer, missed alarm,
@@ -310,7 +314,7 @@ def _as_rule(
     rule = as_rule(visit)
     if vouched:
         return rule
-    if visit.missed_alarm_id is not None and not _raised_for(session, visit):
+    if visit.missed_alarm_id is not None and not _raised_for(session, visit, keys):
         rule = dataclasses.replace(rule, missed_alarm_id=None)
     with session.no_autoflush:
         found = recorded_visit(session, visit.device_id, visit.visit_id, keys.custody_public)
@@ -336,6 +340,7 @@ class RecordKeys:
     custody_public: bytes
     device_secret: bytes
     grace: timedelta
+    seal_secret: bytes  # alarm rows' seals (``Lifecycle.seal_secret``)
 
 
 def _signed_expected_end(session: Session, visit: LoneWorkerVisit, keys: RecordKeys) -> datetime | None:
@@ -379,9 +384,32 @@ def _missed_key(visit: LoneWorkerVisit) -> str:
     return f"missed_checkin:{visit.device_id}:{visit.visit_id}"
 
 
-def _raised_for(session: Session, visit: LoneWorkerVisit) -> bool:
-    """Whether the service raised the visit's missed check-in alarm (by its dedupe key): what a visit
-    whose seal does not hold is taken at, rather than the alarm its row names."""
+def _raised_for(session: Session, visit: LoneWorkerVisit, keys: RecordKeys) -> bool:
+    """Whether the service raised the visit's missed check-in alarm: what a visit whose seal does not
+    hold is taken at, rather than the alarm its row names. A row under its dedupe key (or the key of
+    its own a timer's alarm takes when another row holds that one, ``lifecycle._free_key``), or the
+    row the visit names, counts only when the service vouches it is its device's missed check-in on
+    that visit (its lifecycle seal, else its custody record): by the key alone, a row planted under
+    it, beside an alarm id written into the visit, silenced the missed check-in for good."""
+    key = _missed_key(visit)
+    q = select(AlarmRecord).where(
+        or_(
+            AlarmRecord.dedupe_key == key,
+            AlarmRecord.dedupe_key.startswith(f"{key}:", autoescape=True),
+            AlarmRecord.id == visit.missed_alarm_id,
+        )
+    )
     with session.no_autoflush:  # a check-in's batch flushes its rows together, later
-        found = session.scalar(select(AlarmRecord.id).where(AlarmRecord.dedupe_key == _missed_key(visit)))
-    return found is not None
+        for row in session.scalars(q):
+            said = vouched_keys(session, keys.seal_secret, keys.custody_public, row)
+            if said is None or said.device not in (None, visit.device_id):
+                continue
+            if said.visit_known and said.visit_id != visit.visit_id:
+                continue
+            kind: str | None = row.kind
+            if row.lifecycle_seal is None or not lifecycle_holds(keys.seal_secret, row):
+                recorded = recorded_lifecycle(session, row.id, keys.custody_public)
+                kind = recorded.kind if recorded is not None else None
+            if kind == rules.AlarmKind.MISSED_CHECKIN.value:
+                return True
+    return False

@@ -2,9 +2,10 @@
 compiling them and running them, beside the plain list of the same devices without the rule.
 
 A manager reads the lone-worker devices of their site whose seal holds, each with its count of open
-alarms they read (``alarms.queries.AlarmQueries.lone_workers``): ``alarms.reach.readable_scope``
-reads the sealed columns of the site's open alarms and checks each seal first, then one statement
-joins the devices, their states and the counts. Timed in this process on a scratch SQLite file,
+alarms they read (``alarms.queries.AlarmQueries.lone_workers``): one statement joins the devices
+and their states, then the open alarms of the page's devices are read and each counted as the
+service vouches it stands (``alarms.standing.Standing.counts``: its seals checked, the custody
+record's open alarms followed from the sweep's checkpoint). Timed in this process on a scratch SQLite file,
 filled once per run (``--devices`` lone-worker units at each of two sites, ``--alarms`` alarms at
 each, a third of them open, every row sealed as the service seals it):
 
@@ -35,11 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import load_average, scratch, write_results  # noqa: E402
 
-SECRET = b"bench lone-worker seal secret 32"
 SITES = ("SOUTH", "NORTH")
 
 
-def fill(db: Any, devices: int, alarms: int) -> None:
+def fill(db: Any, devices: int, alarms: int, secret: bytes) -> None:
     """``devices`` sealed lone-worker units with states and ``alarms`` sealed alarms at each site."""
     from sqlalchemy import insert
 
@@ -75,7 +75,7 @@ def fill(db: Any, devices: int, alarms: int) -> None:
                         "status": "raised" if n % 3 == 0 else "resolved",
                         "raised_at": now - timedelta(seconds=n),
                         "occurred_at": now - timedelta(seconds=n),
-                        "seal": alarm_seal(SECRET, alarm_id, site, None, device, None),
+                        "seal": alarm_seal(secret, alarm_id, site, None, device, None),
                     }
                 )
             session.execute(insert(AlarmRecord), rows)
@@ -106,23 +106,15 @@ def timed(call: Callable[[], Any], runs: int) -> dict[str, float]:
 
 
 def listing_statement(db: Any, viewer: Any) -> Any:
-    """The listing statement as ``lone_workers`` builds it (its scope read in a transaction)."""
-    from sqlalchemy import func, select
+    """The listing statement as ``lone_workers`` builds it (the counts are read after it)."""
+    from sqlalchemy import select
 
     from accounts.access import device_scope
-    from alarms.models import AlarmRecord
-    from alarms.reach import readable_scope
     from devices.models import Device, LoneWorkerState
 
-    with db.session() as session:
-        scope = readable_scope(session, SECRET, viewer, AlarmRecord.status != "resolved")
-    open_alarms = (
-        select(AlarmRecord.device_id, func.count().label("n")).where(*scope).group_by(AlarmRecord.device_id)
-    ).subquery()
     return (
-        select(Device, LoneWorkerState, open_alarms.c.n)
+        select(Device, LoneWorkerState)
         .outerjoin(LoneWorkerState, LoneWorkerState.device_id == Device.id)
-        .outerjoin(open_alarms, open_alarms.c.device_id == Device.id)
         .where(Device.kind == "lone_worker")
         .where(device_scope(viewer, Device))
         .order_by(Device.id)
@@ -141,6 +133,8 @@ def main() -> None:
     from sqlalchemy import event, select
 
     from alarms.queries import AlarmQueries
+    from chain_of_custody.keys import ServiceKey
+    from chain_of_custody.reach_seals import reach_secret
     from devices.models import Device, LoneWorkerState
     from ingest.migrations_runner import upgrade_database
     from storage.db import Database
@@ -149,9 +143,10 @@ def main() -> None:
     url = f"sqlite:///{work / 'evidence.db'}"
     upgrade_database(url)
     db = Database(url)
-    fill(db, args.devices, args.alarms)
+    key = ServiceKey.load_or_create(work / "service.key")
+    fill(db, args.devices, args.alarms, reach_secret(key))
     viewer = manager(db)
-    queries = AlarmQueries(db, SECRET)
+    queries = AlarmQueries(db, key)
 
     def plain() -> list[Any]:
         with db.session() as session:

@@ -475,7 +475,7 @@ def devices_page(request: Request, after: AfterKey = "") -> Response:
     s = services(request)
     with s.db.reading() as session:  # only reads: waits for no writer
         fleet, next_after = _page(
-            sources.fleet(session, who.principal, reach_secret(s.key), after=after, limit=size + 1),
+            sources.fleet(session, who.principal, s.key, after=after, limit=size + 1),
             size,
             "id",
         )

@@ -28,7 +28,7 @@ from alarms import performance
 from alarms.api import OPERATORS, READERS
 from alarms.models import AlarmChange, AlarmRecord, LoneWorkerVisit
 from alarms.pages import in_pages
-from alarms.reach import readable, readable_scope, readable_visits
+from alarms.reach import readable, readable_visits
 from alarms.records import MessageKeys, alarm_record, answer_summaries, answer_times
 from alarms.standing import Standing
 from alarms.trails import TRAIL_POINTS, trail
@@ -191,28 +191,24 @@ def open_trails(
 
 
 def fleet(
-    session: Session, viewer: ReachViewer, secret: bytes, *, after: str = "", limit: int | None = None
+    session: Session, viewer: ReachViewer, key: ServiceKey, *, after: str = "", limit: int | None = None
 ) -> list[dict[str, Any]]:
     """The devices the viewer sees (the rows of ``GET /api/v1/devices``, by id, those after
-    ``after``, at most ``limit``), with their state and the open alarms the viewer reads
-    (``alarms.reach.readable_scope``)."""
-    open_counts = (
-        select(AlarmRecord.device_id, func.count().label("n"))
-        .where(*readable_scope(session, secret, viewer, AlarmRecord.status != "resolved"))
-        .group_by(AlarmRecord.device_id)
-        .subquery()
-    )
+    ``after``, at most ``limit``), with their state and how many alarms the viewer reads are open
+    as the service vouches (``alarms.standing.Standing.counts``: an SOS resolved by SQL still
+    counts, a row planted open does not)."""
     rows = session.execute(
-        select(Device, LoneWorkerState, StaffMember, open_counts.c.n)
+        select(Device, LoneWorkerState, StaffMember)
         .outerjoin(LoneWorkerState, LoneWorkerState.device_id == Device.id)
         .outerjoin(StaffMember, StaffMember.id == Device.assigned_staff_id)
-        .outerjoin(open_counts, open_counts.c.device_id == Device.id)
         .where(device_scope(viewer, Device), Device.id > after if after else true())
         .order_by(Device.id)
         .limit(limit)
     ).all()
+    counts = Standing(session, key, datetime.now(UTC)).counts(viewer, [d.id for d, _, _ in rows])
     out = []
-    for d, st, member, n in rows:
+    for d, st, member in rows:
+        n = counts.get(d.id)
         out.append(
             {
                 "id": d.id,

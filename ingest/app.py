@@ -28,6 +28,7 @@ from accounts.service import Principal
 from accounts.sessions import forget_sessions
 from alarms import api as alarms_api
 from alarms.service import escalation_loop
+from alarms.standing import Standing
 from alarms.trails import forget_old_points
 from chain_of_custody.awaiting_upgrade import AwaitingUpgrade
 from chain_of_custody.checkpoints import write_checkpoint
@@ -87,7 +88,8 @@ def forget_personal_data(services: Services, now: datetime) -> None:
     with the reasons they held, and expired idempotency keys with the answers they kept."""
     settings = services.settings
     with services.db.session() as session:
-        points = forget_old_points(session, now - timedelta(days=settings.position_trail_retention_days))
+        before = now - timedelta(days=settings.position_trail_retention_days)
+        points = forget_old_points(session, before, Standing(session, services.key, now))
         sessions = forget_sessions(session, now - timedelta(days=settings.ended_session_retention_days))
         grants = read_grants.forget_expired(session, now)
         keys = idempotency.forget_expired(session, now)

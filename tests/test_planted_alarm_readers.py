@@ -347,3 +347,224 @@ def test_an_alarm_put_back_to_its_key_that_a_planted_row_holds_still_escalates(s
     )
     assert [(k.alarm_id, k.moved) for k in _set_aside(services)] == [(planted, True)]
     assert [e["alarm_id"] for e in _entries(services, "alarm_set_aside")] == [planted]
+
+
+# -- 7. the clock's readers: a silent device, a trail, a missed check-in ----------------------------
+
+
+def _resolve_by_sql(services: Any, alarm_id: str, at: datetime) -> None:
+    """The alarm marked resolved in the database (after the clock's sweep has looked at it)."""
+    _sql(
+        services,
+        update(_ALARMS)
+        .where(_ALARMS.c.id == alarm_id)
+        .values(status="resolved", resolved_at=at, resolved_by="user:nobody", outcome="false_alarm"),
+    )
+
+
+def _kinds(services: Any, device_id: str, kind: str) -> list[AlarmRecord]:
+    from sqlalchemy import select
+
+    with services.db.session() as session:
+        rows = list(
+            session.scalars(
+                select(AlarmRecord).where(AlarmRecord.device_id == device_id, AlarmRecord.kind == kind)
+            )
+        )
+        for row in rows:
+            session.expunge(row)
+        return rows
+
+
+@pytest.mark.parametrize("deadline", ["as it was", "cleared"])
+def test_an_sos_resolved_in_the_database_does_not_keep_its_silent_device_off_the_watch(
+    services: Any, deadline: str
+) -> None:
+    """A device with an SOS open falls silent: its offline alarm is due. The SOS marked resolved by
+    SQL between two sweeps of the clock (its ``offline_due_at`` left, or cleared too) took the device
+    off the watch, both when it fell due and when the sweep looked for a deadline cleared, so no
+    offline alarm was raised (for good, the column set again after each sweep). The SOS is open as
+    its custody record says: the offline alarm is raised."""
+    from tests.test_visit_seals import set_state_row
+
+    device = enrol(services, "LW-OW", staff_id="S-OW", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _whole_sos(services, device, now)
+    services.alarms.fire_deadlines(later(1, now))  # the sweep: custody holds the SOS open
+    _resolve_by_sql(services, alarm_id, later(2, now))
+    if deadline == "cleared":
+        set_state_row(services, "LW-OW", offline_due_at=None)
+    services.alarms.raise_offline(later(600, now))
+    (offline,) = _kinds(services, "LW-OW", "device_offline")
+    assert (offline.site, offline.wearer) == ("NORTH", "S-OW"), (offline.site, offline.wearer)
+
+
+def test_an_alarm_row_planted_open_does_not_put_a_silent_device_on_the_watch(services: Any) -> None:
+    """The other way: an SOS row written by SQL, open, made its silent device (on no visit, with no
+    alarm open) worth an offline alarm. No seal nor custody entry vouches for it: none is raised."""
+    device = enrol(services, "LW-OP", staff_id="S-OP", site="NORTH")
+    now = datetime.now(UTC)
+    services.alarms.handle(*device.heartbeat(sent_at=now), now=now)
+    _plant_newer(services, "LW-OP", "NORTH", 1)
+    services.alarms.fire_deadlines(later(1, now))
+    services.alarms.raise_offline(later(600, now))
+    assert _kinds(services, "LW-OP", "device_offline") == []
+
+
+def _moved(services: Any, device_id: str, dlat: float) -> None:
+    from devices.models import LoneWorkerState
+
+    with services.db.session() as session:
+        state = session.get(LoneWorkerState, device_id)
+        assert state is not None and state.lat is not None
+        state.lat += dlat
+        state.position_at = (state.position_at or datetime.now(UTC)) + timedelta(seconds=5)
+
+
+def _points(services: Any, device_id: str) -> int:
+    from sqlalchemy import func, select
+
+    from alarms.models import LoneWorkerPosition
+
+    with services.db.session() as session:
+        q = (
+            select(func.count())
+            .select_from(LoneWorkerPosition)
+            .where(LoneWorkerPosition.device_id == device_id)
+        )
+        return int(session.scalar(q) or 0)
+
+
+def test_an_sos_resolved_in_the_database_keeps_its_trail(services: Any) -> None:
+    """While an SOS is open the clock keeps where its wearer goes (its trail, and a ``moved`` change
+    the map follows). Marked resolved by SQL, the SOS's trail stopped: the points while it stayed so
+    were never kept. They are, as its custody record says it is open."""
+    device = enrol(services, "LW-TK", staff_id="S-TK", site="NORTH")
+    now = datetime.now(UTC)
+    services.alarms.handle(*device.heartbeat(sent_at=later(-5, now)), now=later(-5, now))  # where it is
+    alarm_id = _whole_sos(services, device, now)
+    services.alarms.fire_deadlines(later(1, now))
+    assert services.alarms.sample_trails(later(2, now)) == 1
+    _resolve_by_sql(services, alarm_id, later(3, now))
+    _moved(services, "LW-TK", 0.002)
+    assert services.alarms.sample_trails(later(4, now)) == 1
+    assert _points(services, "LW-TK") == 2
+
+
+def test_an_sos_resolved_in_the_database_does_not_have_its_trail_forgotten(services: Any) -> None:
+    """Trail points past their retention are forgotten, except those of a device with an alarm open:
+    an SOS marked resolved by SQL had its trail erased, with no trace. It is kept."""
+    from ingest.app import forget_personal_data
+
+    device = enrol(services, "LW-TF", staff_id="S-TF", site="NORTH")
+    now = datetime.now(UTC)
+    services.alarms.handle(*device.heartbeat(sent_at=later(-5, now)), now=later(-5, now))  # where it is
+    alarm_id = _whole_sos(services, device, now)
+    services.alarms.sample_trails(later(1, now))
+    assert _points(services, "LW-TF") == 1
+    _resolve_by_sql(services, alarm_id, later(2, now))
+    retention = timedelta(days=services.settings.position_trail_retention_days)
+    forget_personal_data(services, now + retention + timedelta(days=1))
+    assert _points(services, "LW-TF") == 1
+
+
+def test_a_row_planted_under_a_visits_missed_checkin_key_silences_no_missed_checkin(services: Any) -> None:
+    """A visit whose seal does not hold names a missed check-in only if the service raised one for
+    it, found by its dedupe key: a row written by SQL under that key, beside its id written into the
+    visit, was taken as raised, and the lone worker's missed check-in never came. It is raised once."""
+    from alarms.models import LoneWorkerVisit
+    from tests.test_visit_seals import _start
+
+    device = enrol(services, "LW-MK", staff_id="S-MK", site="NORTH")
+    now = datetime.now(UTC)
+    _start(services, device, "V-MK", now)
+    planted = _plant_alarm(
+        services,
+        "LW-MK",
+        None,
+        kind="missed_checkin",
+        severity="amber",
+        status="raised",
+        site="NORTH",
+        visit_id="V-MK",
+        dedupe_key="missed_checkin:LW-MK:V-MK",
+    )
+    _sql(
+        services,
+        update(LoneWorkerVisit).where(LoneWorkerVisit.visit_id == "V-MK").values(missed_alarm_id=planted),
+    )
+    assert services.alarms.raise_missed_checkins(later(36 * 60, now)) == 1
+    assert services.alarms.raise_missed_checkins(later(40 * 60, now)) == 0  # raised once
+    raised = [a.id for a in _kinds(services, "LW-MK", "missed_checkin") if a.id != planted]
+    assert len(raised) == 1, raised
+
+
+def test_a_lone_worker_whose_sos_was_resolved_in_the_database_is_not_listed_as_safe(services: Any) -> None:
+    """The lone workers' list and the console's fleet count each device's open alarms: by the status
+    column, a worker whose SOS was marked resolved by SQL was listed with none open (as safe), and a
+    worker with a row planted open, with one. Each counts the alarms open as the service vouches."""
+    from accounts.service import Principal
+    from console.sources import fleet
+
+    device = enrol(services, "LW-LS", staff_id="S-LS", site="NORTH")
+    enrol(services, "LW-LQ", staff_id="S-LQ", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _whole_sos(services, device, now)
+    services.alarms.fire_deadlines(later(1, now))
+    _resolve_by_sql(services, alarm_id, later(2, now))
+    _plant_newer(services, "LW-LQ", "NORTH", 1)
+    listed = {d["id"]: d["open_alarms"] for d in services.alarms.queries.lone_workers()}
+    assert (listed["LW-LS"], listed["LW-LQ"]) == (1, 0), listed
+    with services.db.session() as session:
+        shown = fleet(session, Principal(0, "ad", "admin", None), services.key)
+    counted = {d["id"]: d["open_alarms"] for d in shown}
+    assert (counted["LW-LS"], counted["LW-LQ"]) == (1, 0), counted
+
+
+def test_the_open_alarms_list_takes_an_alarm_as_the_service_vouches_it_stands(services: Any) -> None:
+    """``GET /api/v1/alarms?open=true`` went by the status column: an SOS marked resolved by SQL was
+    not among the open alarms, and a row planted open was. The SOS is listed, as its custody record
+    says it stands, and the planted row is not."""
+    from ingest.app import create_app
+
+    device = enrol(services, "LW-OL", staff_id="S-OL", site="NORTH")
+    now = datetime.now(UTC)
+    alarm_id = _whole_sos(services, device, now)
+    services.alarms.fire_deadlines(later(1, now))
+    _resolve_by_sql(services, alarm_id, later(2, now))
+    planted = _plant_newer(services, "LW-OL", "NORTH", 1)
+    user(services, "admin", "admin")
+    user(services, "north_mgr", "security_manager", "NORTH")
+    with TestClient(create_app(services.settings, services)) as client:
+        for who in ("admin", "north_mgr"):
+            r = client.get("/api/v1/alarms", params={"open": "true"}, headers=bearer(services, who))
+            assert r.status_code == 200, r.text
+            listed = {a["id"]: a["status"] for a in r.json()}
+            assert listed == {alarm_id: "raised"}, (who, listed, planted)
+
+
+def test_a_low_battery_row_planted_open_does_not_keep_the_devices_own_alarm_open(services: Any) -> None:
+    """A charged battery clears the device's low-battery alarm, unless a reading from before it ran
+    low: a row written by SQL, open, raised (it says) after the charge, made every reading look
+    early, so the device's own alarm stayed open for good (and the planted row was cleared as the
+    device's). The device's alarm is cleared; the planted row is left as it is."""
+    device = enrol(services, "LW-LB", staff_id="S-LB", site="NORTH")
+    now = datetime.now(UTC)
+    services.alarms.handle(*device.heartbeat(battery=5, sent_at=now), now=now)
+    (own,) = _kinds(services, "LW-LB", "low_battery")
+    ahead = later(3600, now)
+    planted = _plant_alarm(
+        services,
+        "LW-LB",
+        None,
+        kind="low_battery",
+        severity="warning",
+        status="raised",
+        site="NORTH",
+        raised_at=ahead,
+        occurred_at=ahead,
+    )
+    services.alarms.handle(*device.heartbeat(battery=95, sent_at=later(10, now)), now=later(10, now))
+    shown = {a.id: a.status for a in _kinds(services, "LW-LB", "low_battery")}
+    assert shown == {own.id: "resolved", planted: "raised"}, shown
+    assert _adopted(services, planted) == []
