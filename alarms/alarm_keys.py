@@ -35,14 +35,16 @@ from sqlalchemy.orm import Session
 from chain_of_custody.alarm_seals import alarm_seal
 from chain_of_custody.lifecycle_seals import (
     RecordedKeys,
+    RecordedLifecycle,
     alarm_entries,
     entry_holds,
     keys_of,
     lifecycle_holds,
+    recorded_lifecycle,
     warn_of_entry,
 )
 from chain_of_custody.models import CustodyEntry
-from chain_of_custody.raise_seals import raise_holds
+from chain_of_custody.raise_seals import raise_holds, raises_alarm
 from chain_of_custody.receipt_upgrade import received
 from chain_of_custody.row_seals import _holds
 
@@ -56,6 +58,11 @@ _ALARMS = cast(Table, AlarmRecord.__table__)
 NOT_RAISED = (
     "it held the event id of a raise its device then sent, but the service did not raise it from that "
     "message (no seal nor custody entry of the service's says so): written or edited in the database"
+)
+NOT_RECORDED = (
+    "a whole alarm no seal of the service's vouches for and no custody entry that holds records, "
+    "naming no raise the service received from its device: written in the database, never raised "
+    "(not sealed, not escalated)"
 )
 NO_RAISE = (
     "a provisional alarm no seal of the service's vouches for, naming a raise that is no receipt of the "
@@ -212,8 +219,32 @@ def unraised(session: Session, secret: bytes, devices_secret: bytes, public: byt
     return (
         event is None
         or event.device_id != row.device_id
+        or not raises_alarm(event.raw)  # a check-in or a cancel of its device's raised nothing
         or not received(session, devices_secret, public, event)
     )
+
+
+def unrecorded_whole(
+    session: Session,
+    secret: bytes,
+    devices_secret: bytes,
+    public: bytes,
+    row: AlarmRecord,
+    said: RecordedLifecycle | None,
+) -> bool:
+    """Whether an alarm row that says it is whole is none the service raised: its lifecycle seal
+    does not hold, no custody entry that holds records it (every whole alarm has its
+    ``alarm_raised`` entry; ``said``, when the caller's cursor read it) and, as for a provisional
+    row (:func:`unraised`), nothing else of the service's is behind it. Taken as it stood, the
+    clock sealed the deadline its lifecycle gives and then escalated it, recorded in custody as the
+    service's, and one entry written in the database naming it was enough to have it taken as
+    raised and due. A rare read: only a row whose lifecycle seal does not hold."""
+    if row.provisional or (row.lifecycle_seal is not None and lifecycle_holds(secret, row)):
+        return False
+    said = said or recorded_lifecycle(session, row.id, public)
+    if said is not None and said.vouched:
+        return False
+    return unraised(session, secret, devices_secret, public, row)
 
 
 def set_aside_alarm(
@@ -253,9 +284,10 @@ def set_aside_alarm(
     session.add(kept)
     session.flush()
     log.warning(
-        "an alarm row holds the event id of a device's raise it was not raised from: set aside, and the "
-        "raise acted on",
+        "an alarm row the service did not raise, or holding the event id of a raise it was not raised "
+        "from: set aside",
         extra={
+            "reason": reason,
             "alarm": kept.alarm_id,
             "event_id": kept.source_event_id,
             "moved": moved,

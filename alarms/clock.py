@@ -123,7 +123,7 @@ class Clock:
             seal = row.lifecycle_seal
             try:
                 alarm = self.lifecycle.rule_of(session, row, now, by_custody.get(row.id))
-                if alarm is None:  # a provisional row the service never raised: set aside
+                if alarm is None:  # a row the service never raised: set aside
                     return
                 due = rules.next_deadline(alarm)
             except ValueError:  # a lifecycle column no rule knows: nothing to go by here

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chain_of_custody.alarm_seals import alarm_seal
-from chain_of_custody.canonical import canonical_json, rfc3339
+from chain_of_custody.canonical import rfc3339
 from chain_of_custody.core import CoreServices
 from chain_of_custody.entries import CustodyAction
 from chain_of_custody.lifecycle_seals import (
@@ -48,7 +48,6 @@ from chain_of_custody.raise_seals import (
     unsealed_differs,
 )
 from chain_of_custody.reach_seals import reach_secret
-from devices.broker_access import CONTROL_TOPIC_ROOT
 from devices.ends import sealed_device
 from devices.lone_worker_wire import AlarmMessage, CheckinMessage
 from devices.models import Device
@@ -56,7 +55,17 @@ from devices.seals import device_seal_key
 from storage.errors import Refused
 
 from . import rules
-from .alarm_keys import NO_RAISE, free_for, put_back_keys, recorded_keys, set_aside_alarm, unraised
+from .alarm_keys import (
+    NO_RAISE,
+    NOT_RECORDED,
+    free_for,
+    put_back_keys,
+    recorded_keys,
+    set_aside_alarm,
+    unraised,
+    unrecorded_whole,
+)
+from .escalations import ALARM_ESCALATIONS, ESCALATION_TOPIC, escalation_message
 from .feed import alarm_view, record_change
 from .incident_links import SERVICE_ACTOR, IncidentLinks
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, new_id
@@ -66,8 +75,6 @@ from .reach import alarm_sealed
 from .staging import stage
 
 log = logging.getLogger(__name__)
-
-ESCALATION_TOPIC = f"{CONTROL_TOPIC_ROOT}/escalations"
 
 ALARMS_RAISED = Counter("evidence_alarms_raised_total", "Alarms raised, by kind", ["kind"])
 # An alarm the service raises on its own account (a timer's) whose device row is not as the service
@@ -81,8 +88,6 @@ PAYLOAD_REFUSED_WHY = (
     "the stored bytes of the device's message are not as the device signed them (edited in the "
     "database, or its device's row is not as the service sealed it): none of them is stored as evidence"
 )
-
-ALARM_ESCALATIONS = Counter("evidence_alarm_escalations_total", "Alarms escalated, by reason", ["reason"])
 
 
 class AlarmNotFound(Refused):
@@ -316,16 +321,19 @@ class Lifecycle:
         session.flush()
         self._record_put_back(session, row, now, {PUT_BACK: {"found": found}})
 
-    def set_aside_unraised(self, session: Session, row: AlarmRecord, now: datetime) -> bool:
-        """Whether ``row`` is a provisional alarm the service never raised (``alarm_keys.unraised``: no
-        seal or receipt of the service's behind it), now set aside (moved out as it stood, with an
-        ``alarm_set_aside`` entry) rather than made whole, which would seal it and record it as its
-        device's alarm; the caller then leaves it. One HMAC for a provisional row; none for a whole one."""
-        if not row.provisional or not unraised(
-            session, self.seal_secret, self.device_secret, self.custody_public, row
-        ):
+    def set_aside_unraised(
+        self, session: Session, row: AlarmRecord, now: datetime, said: RecordedLifecycle | None = None
+    ) -> bool:
+        """Whether ``row`` is an alarm the service never raised, now set aside (moved out as it stood,
+        with an ``alarm_set_aside`` entry); the caller then leaves it. A provisional one
+        (``alarm_keys.unraised``: no seal or receipt of the service's behind it) is not made whole,
+        which would seal it and record it as its device's alarm; a whole one no custody entry
+        records (``alarm_keys.unrecorded_whole``) is not sealed and escalated. A seal or two a row."""
+        keys = (session, self.seal_secret, self.device_secret, self.custody_public, row)
+        if not (unraised(*keys) if row.provisional else unrecorded_whole(*keys, said)):
             return False
-        aside = set_aside_alarm(session, self.seal_secret, row, None, now, NO_RAISE)  # not adopted
+        reason = NO_RAISE if row.provisional else NOT_RECORDED
+        aside = set_aside_alarm(session, self.seal_secret, row, None, now, reason)  # not adopted
         self.ledger.append(session, CustodyAction.ALARM_SET_ASIDE, SERVICE_ACTOR, details=aside, at=now)
         return True
 
@@ -343,9 +351,9 @@ class Lifecycle:
         sealed that no entry records any more, its entries deleted, is taken as raised and due). An
         alarm no entry records yet (provisional) is made whole first when it was altered (see
         :meth:`make_whole`). What it was raised with is put back first (:meth:`put_back_raise`).
-        None: the row was a provisional alarm the service never raised, set aside instead
+        None: the row was an alarm the service never raised, set aside instead
         (:meth:`set_aside_unraised`), and nothing is to be done with it."""
-        if self.set_aside_unraised(session, row, now):
+        if self.set_aside_unraised(session, row, now, said):
             return None
         self.vouch_raise(session, row, now)
         if row.provisional and not lifecycle_holds(self.seal_secret, row):
@@ -733,36 +741,13 @@ class Lifecycle:
         now: datetime,
     ) -> None:
         """An escalation goes to the control topic (other systems on the broker) and the webhook,
-        signed by the service: it names the alarm's site and wearer only while its row's seal holds
-        (a receiver routing by site would hand a row moved by SQL to that site's people); it is
-        sent all the same, of no site, for the trust's control room to answer."""
+        signed by the service (``alarms.escalations``)."""
         ALARM_ESCALATIONS.labels(reason=effect.reason.value).inc()
         log.warning(
             "alarm escalated",
             extra={"alarm": row.id, "device": row.device_id, "kind": row.kind, "reason": effect.reason.value},
         )
-        wearer, site = (row.wearer, row.site) if self.sealed(row) else (None, None)
-        body = canonical_json(
-            {
-                "v": 1,
-                "type": "alarm_escalated",
-                "alarm_id": row.id,
-                "device_id": row.device_id,
-                "wearer": wearer,
-                "site": site,
-                "kind": row.kind,
-                "severity": row.severity,
-                "reason": effect.reason.value,
-                "at": rfc3339(effect.at),
-                "raised_at": rfc3339(row.raised_at),
-                "position": (
-                    {"lat": row.lat, "lon": row.lon, "accuracy_m": row.accuracy_m}
-                    if row.lat is not None
-                    else None
-                ),
-                "incident_id": row.incident_id,
-            }
-        )
+        body = escalation_message(row, effect, self.sealed(row))
         self.outbox.queue(session, outbox, "mqtt", ESCALATION_TOPIC, body, now, row.id)
         webhook = self.core.settings.escalation_webhook_url
         if webhook:
@@ -782,7 +767,7 @@ class Lifecycle:
             if row is None:
                 raise AlarmNotFound(alarm_id)
             alarm = self.rule_of(session, row, now)
-            if alarm is not None:  # else a planted provisional row, set aside (committed), refused below
+            if alarm is not None:  # else a planted row, set aside (committed), refused below
                 try:
                     transition = rules.apply(alarm, event, self.policy)
                 except rules.AlarmTransitionError as exc:

@@ -176,7 +176,8 @@ class AlarmSetAside(Base):
 
     id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
     alarm_id: Mapped[str] = mapped_column(String(36), index=True)  # the id it held
-    source_event_id: Mapped[str] = mapped_column(String(36))  # the device's event id it held
+    # the device's event id it held; None for a row naming none (as the service's own timers' do)
+    source_event_id: Mapped[str | None] = mapped_column(String(36), default=None)
     device_id: Mapped[str | None] = mapped_column(String(64), default=None)  # the device it named
     moved: Mapped[bool] = mapped_column(Boolean)  # moved out of ``alarms`` (else its key put back)
     set_aside_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -137,6 +137,7 @@ class RecordedLifecycle:
     outcome: str | None
     deadline: datetime | None
     deadline_known: bool = True
+    vouched: bool = True  # False: only entries that do not hold name the alarm (:func:`unvouched`)
 
     @property
     def open(self) -> bool:
@@ -271,7 +272,7 @@ def entry_holds(public: bytes, row: Any) -> bool:
 def unvouched(seq: int) -> RecordedLifecycle:
     """What an alarm is taken at that entries name but none that holds records (the refused one is
     ``seq``): raised, due at once, so it escalates unless its row's seal holds."""
-    return RecordedLifecycle(seq, None, "raised", None, None, None, deadline_known=False)
+    return RecordedLifecycle(seq, None, "raised", None, None, None, deadline_known=False, vouched=False)
 
 
 def warn_of_entry(seq: object) -> None:

@@ -439,6 +439,19 @@ def message_kind(raw: bytes | None) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+def raises_alarm(raw: bytes | None) -> bool:
+    """Whether a device message raised an alarm (an ``alarm`` body whose action is ``raise``): a
+    check-in, a cancel (which names its alarm's kind) or a status message raised none."""
+    try:
+        message = json.loads(raw) if raw else {}
+    except (ValueError, UnicodeError, RecursionError):
+        return False
+    if not isinstance(message, dict) or message.get("type") != "alarm":
+        return False
+    body = message.get("alarm")
+    return isinstance(body, dict) and body.get("action") == "raise" and isinstance(body.get("kind"), str)
+
+
 # -- what custody records, in entries that hold -----------------------------------------------------
 
 

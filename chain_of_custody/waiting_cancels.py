@@ -66,6 +66,10 @@ _ALARMS_SET_ASIDE = table(
 )
 
 
+def _raise(event_id: str | None) -> str:
+    return "no raise" if event_id is None else f"raise {event_id}"
+
+
 def cancels(raw: bytes, raise_event_id: str | None) -> bool:
     """Whether the (checked) bytes of a device message are a cancel of the raise ``raise_event_id``."""
     try:
@@ -173,7 +177,7 @@ def _check_set_aside_alarms(session: Session, report: ChainReport) -> None:
             Problem(
                 "alarm_set_aside",
                 f"alarm {row.alarm_id}",
-                f"a row naming device {row.device_id} and raise {row.source_event_id}: {row.reason}; set "
+                f"a row naming device {row.device_id} and {_raise(row.source_event_id)}: {row.reason}; set "
                 f"aside at {row.set_aside_at} (columns sha256 {row.sha256}), {done}",
             )
         )

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import event, func, select
 
 from alarms import rules
-from alarms.lifecycle import ESCALATION_TOPIC
+from alarms.escalations import ESCALATION_TOPIC
 from alarms.models import AlarmChange, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
 from alarms.service import AlarmService, run_pass
 from alarms.voice_memos import VoiceMemoRefused

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from alarms import rules
+from alarms.escalations import ESCALATION_TOPIC
 from alarms.feed import record_change
-from alarms.lifecycle import ESCALATION_TOPIC
 from alarms.models import AlarmChange, AlarmOutbox, AlarmRecord, LoneWorkerEvent
 from alarms.reach import change_body
 from alarms.records import MessageKeys, alarm_record

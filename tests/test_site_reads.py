@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import update
 
 from accounts.models import User
-from alarms.lifecycle import ESCALATION_TOPIC
+from alarms.escalations import ESCALATION_TOPIC
 from alarms.models import AlarmRecord
 from devices.models import Device, StaffMember
 from tests.test_alarms_kit import DeviceKit, enrol, later, outbox
