@@ -71,6 +71,7 @@ from .device_state import (
     record_presence,
     write_deferred,
 )
+from .holders import holder_then
 from .lifecycle import Lifecycle
 from .liveness import Liveness
 from .models import AlarmOutbox, AlarmRecord, DeadLetter, LoneWorkerEvent, new_id
@@ -593,7 +594,11 @@ class Intake:
             and body.kind != rules.AlarmKind.LOW_BATTERY.value  # its own message may clear it (liveness)
             and not self.lifecycle.escalated_on_arrival(message, now)
         )
-        item = None if provisional else self._store_payload(session, snap, event, message)
+        lifecycle = self.lifecycle
+        holder = holder_then(
+            session, lifecycle.device_secret, lifecycle.custody_public, snap, message.occurred_at, now
+        )
+        item = None if provisional else self._store_payload(session, snap, event, message, holder)
         if body.action == "raise":
             event.alarm_id = new_id()
             if provisional:  # nothing in this transaction reads the event back
@@ -607,8 +612,8 @@ class Intake:
                 alarm_id=event.alarm_id,
                 device_id=snap.device_id,
                 kind=rules.AlarmKind(body.kind),
-                wearer=snap.staff_id,
-                site=snap.site,
+                wearer=holder[0],
+                site=holder[1],
                 occurred_at=message.occurred_at,
                 source_event_id=message.event_id,
                 amber_timeout_s=body.amber_timeout_s,
@@ -672,15 +677,20 @@ class Intake:
         self.lifecycle.links.link(session, alarm, item_id, "alarm cancel", self.lifecycle.sealed(alarm))
 
     def _store_payload(
-        self, session: Session, snap: Snapshot, event: LoneWorkerEvent, message: AlarmMessage
+        self,
+        session: Session,
+        snap: Snapshot,
+        event: LoneWorkerEvent,
+        message: AlarmMessage,
+        holder: tuple[str | None, str | None],
     ) -> EvidenceItem | None:
-        """The exact bytes received become a locked evidence item. If object storage is down the alarm
-        still goes through (the bytes wait in the event row) and the evidence is stored later."""
+        """The exact bytes received become a locked evidence item, its device's holder's when it
+        happened (``holder``: ``alarms.holders``). If object storage is down the alarm still goes
+        through (the bytes wait in the event row) and the evidence is stored later."""
         stored = self.payloads.put(event)
         if stored is None:
             return None
-        item = self.payloads.record(
-            session, event, stored, snap.staff_id, message.sig, snap.public_key, snap.site
-        )
+        wearer, site = holder
+        item = self.payloads.record(session, event, stored, wearer, message.sig, snap.public_key, site)
         event.evidence_item_id = item.id
         return item

@@ -37,6 +37,7 @@ from devices.lone_worker_wire import AckStatus, CheckinMessage
 from . import rules
 from .alarm_keys import vouched_keys
 from .device_state import Snapshot
+from .holders import holder_then
 from .lifecycle import Lifecycle
 from .liveness import Liveness
 from .models import AlarmOutbox, AlarmRecord, LoneWorkerEvent, LoneWorkerVisit
@@ -117,11 +118,16 @@ class Visits:
         session.add(event)
         opened = visit is None
         if visit is None:  # a new visit, or the end of one whose start never reached us
-            # Its wearer and site are those of its device now, as it begins (the message was taken
-            # only from a device row whose seal holds): its alarms are raised there, wherever the
-            # device is enrolled by the time they fall due.
+            # Its wearer and site are those of its device as it begins (the message was taken only
+            # from a device row whose seal holds; one delivered late is its holder's then:
+            # ``alarms.holders``): its alarms are raised there, wherever the device is enrolled by
+            # the time they fall due.
+            keys = self.keys
+            wearer, site = holder_then(
+                session, keys.device_secret, keys.custody_public, snap, message.occurred_at, now
+            )
             visit = LoneWorkerVisit(
-                device_id=snap.device_id, visit_id=body.visit_id, wearer=snap.staff_id, site=snap.site
+                device_id=snap.device_id, visit_id=body.visit_id, wearer=wearer, site=site
             )
             self.seal(visit)
             session.add(visit)
