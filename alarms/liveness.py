@@ -29,6 +29,7 @@ from .alarm_keys import ours
 from .device_state import Snapshot, set_state
 from .lifecycle import Lifecycle
 from .models import AlarmOutbox, AlarmRecord
+from .standing import Standing
 from .watched import set_watched
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,16 @@ class Liveness:
         self.lifecycle = lifecycle
         self.policy = policy
 
-    @staticmethod
-    def _open_low_battery(device_id: str) -> tuple[ColumnElement[bool], ...]:
-        return (
-            AlarmRecord.device_id == device_id,
-            AlarmRecord.kind == "low_battery",
-            AlarmRecord.status != "resolved",
-        )
+    def _open_low_battery(
+        self, session: Session, device_id: str
+    ) -> tuple[Standing, list[ColumnElement[bool]]]:
+        """The device's low-battery alarms that may be open as the service vouches (``alarms.standing``:
+        by the status column, one marked resolved by SQL as the battery was charged took the device
+        as no longer low, and once the clock's sweep put it back open no reading cleared it again).
+        Read on a charged battery's reading of a device that was low only: a custody cursor's pass."""
+        standing = Standing(session, self.lifecycle.core.key, self.lifecycle.clock())
+        where = [standing.where(), AlarmRecord.device_id == device_id, AlarmRecord.kind == "low_battery"]
+        return standing, where
 
     def lock_rows(self, session: Session, snap: Snapshot, message: object) -> None:
         """Lock the alarm rows :meth:`apply` may change, before the ledger lock is taken."""
@@ -70,7 +74,8 @@ class Liveness:
             ids.append(snap.offline_alarm_id)
         battery = getattr(message, "battery", None)
         if snap.battery_low and battery is not None and rules.is_battery_recovered(battery, self.policy):
-            ids += session.scalars(select(AlarmRecord.id).where(*self._open_low_battery(snap.device_id)))
+            _, where = self._open_low_battery(session, snap.device_id)
+            ids += session.scalars(select(AlarmRecord.id).where(*where))
         if ids:
             own = (AlarmRecord.id.in_(ids), AlarmRecord.device_id == snap.device_id)
             list(session.scalars(select(AlarmRecord).where(*own).with_for_update()))
@@ -118,9 +123,11 @@ class Liveness:
             # Only the service's own (``alarm_keys.ours``): a row planted open, raised (it says) after
             # this reading, kept the device's own alarm open for good, and was cleared as the device's.
             secret = self.lifecycle.seal_secret
-            where = self._open_low_battery(snap.device_id)
+            standing, where = self._open_low_battery(session, snap.device_id)
             low = [
-                row for row in session.scalars(select(AlarmRecord).where(*where)) if ours(secret, row, None)
+                row
+                for row in session.scalars(select(AlarmRecord).where(*where))
+                if ours(secret, row, None) and standing.opened(row)
             ]
             if not all(sent_after(sent_at, row) for row in low):
                 return  # a reading from before the battery ran low

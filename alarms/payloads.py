@@ -23,7 +23,7 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import raw_public_key
 from chain_of_custody.models import EvidenceItem
-from chain_of_custody.raise_seals import message_key
+from chain_of_custody.raise_seals import message_key, raise_holds
 from chain_of_custody.reach_seals import reach_secret
 from chain_of_custody.retention_basis import RetentionBasis, retention_basis
 from devices.ends import sealed_device
@@ -210,25 +210,38 @@ class PayloadEvidence:
         provisional alarm whole, oldest first: only rows that are their devices' word
         (``alarms.pages.DevicesWord``; each is judged again as it is fetched), judged before any is
         counted, so rows written in the database with early receipt times, passed over each time,
-        never keep the devices' payloads from being stored."""
+        never keep the devices' payloads from being stored. An event whose alarm is provisional is
+        left to its making whole, which stores its own, only when the alarm's raise seal (over the
+        flag) holds: a whole alarm set provisional by SQL kept its payload from being stored."""
         e = LoneWorkerEvent
-        q = select(e.received_at, e.event_id, e.device_id, e.raw, e.device_public_key, e.receipt_seal).where(
-            e.type == "alarm",
-            e.evidence_item_id.is_(None),
-            e.received_at <= now - timedelta(seconds=2),
-            ~select(AlarmRecord.id)  # made whole, a provisional alarm stores its own
+        provisional = (
+            select(AlarmRecord.id)
             .where(AlarmRecord.id == e.alarm_id, AlarmRecord.provisional.is_(True))
-            .exists(),
+            .exists()
+            .label("provisional")
         )
+        q = select(
+            e.received_at, e.event_id, e.device_id, e.raw, e.device_public_key, e.receipt_seal, e.alarm_id
+        ).where(e.type == "alarm", e.evidence_item_id.is_(None), e.received_at <= now - timedelta(seconds=2))
+        q = q.add_columns(provisional)
         out: list[str] = []
         with self.core.db.session() as session:
             devices_word = DevicesWord(session, self.device_secret, self.core.key.public_raw)
             for row in in_pages(session, q, e.received_at, e.event_id):
+                if row.provisional and self._held_provisional(session, row.alarm_id):
+                    continue
                 if devices_word(row):
                     out.append(row.event_id)
                     if len(out) == limit:
                         break
         return out
+
+    def _held_provisional(self, session: Session, alarm_id: str) -> bool:
+        """Whether the service holds the alarm provisional: its raise seal holds (one seal check, for
+        the few events of an alarm whose row says provisional). One that does not hold is stored
+        now, and the alarm put back by its raise's record as the payload is attached."""
+        row = session.get(AlarmRecord, alarm_id)
+        return row is not None and row.raise_seal is not None and raise_holds(self.reach_secret, row)
 
     def fetch_for_storing(self, event_id: str) -> tuple[str, bytes, datetime, str] | None:
         """(object key, bytes, retain until, the key that vouches for them) of an event still

@@ -24,12 +24,17 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from accounts.access import SiteViewer, site_scope
 from chain_of_custody.keys import ServiceKey
-from chain_of_custody.lifecycle_seals import RecordedLifecycle, lifecycle_holds
+from chain_of_custody.lifecycle_seals import (
+    RecordedLifecycle,
+    lifecycle_holds,
+    recorded_lifecycle,
+    recorded_raise_time,
+)
 from chain_of_custody.reach_seals import reach_secret
 from chain_of_custody.sweep_cursor import OpenByCustody
 
@@ -58,6 +63,7 @@ class Standing:
             cursor = OpenByCustody(key)
             cursor.advance(session, keep=False)
         self.open: dict[str, RecordedLifecycle] = cursor.open
+        self.altered: set[str] = set()  # the alarms :meth:`view` showed whose lifecycle seal does not hold
 
     def where(self) -> ColumnElement[bool]:
         """The rows an open-alarm read looks at: open by their column, or by their custody record."""
@@ -102,6 +108,46 @@ class Standing:
             return None  # only entries written in the database name it
         return said
 
+    def where_status(self, statuses: list[str]) -> ColumnElement[bool]:
+        """The rows a read by status looks at (each then judged, :meth:`shown`): those whose column
+        says one of ``statuses``, those the custody record holds open at one of them (an SOS marked
+        resolved by SQL) and, for ``resolved``, those whose column says open that the custody record
+        does not hold open (resolved as its record says, marked open again by SQL; or provisional)."""
+        held = sorted(a for a, said in self.open.items() if said.status in statuses)
+        clauses: list[ColumnElement[bool]] = [AlarmRecord.status.in_(statuses)]
+        if held:
+            clauses.append(AlarmRecord.id.in_(held))
+        if rules.AlarmStatus.RESOLVED.value in statuses:
+            unheld = AlarmRecord.status != rules.AlarmStatus.RESOLVED.value
+            clauses.append(and_(unheld, AlarmRecord.id.not_in(sorted(self.open))) if self.open else unheld)
+        return or_(*clauses)
+
+    def shown(self, row: AlarmRecord) -> dict[str, Any] | None:
+        """Any alarm, open or not, as a read by status shows it: as :meth:`view` when it is open as
+        the service vouches; as it stands when its lifecycle seal holds; when not, resolved as its
+        latest custody entry that holds says (a rare scan), its keys as recorded; None when nothing
+        of the service's vouches for it (written in the database). One seal check a row, as a rule."""
+        if row.lifecycle_seal is not None and lifecycle_holds(self.secret, row):
+            return shown_view(self.secret, row)
+        if self.said(row) is not None:
+            return self.view(row)
+        said = recorded_lifecycle(self.session, row.id, self.public)
+        if said is None or not said.vouched or said.open:
+            return None
+        view = shown_view(self.secret, row)
+        view.update(status=said.status, severity=said.severity, outcome=said.outcome, next_deadline=None)
+        shown_keys(self.session, self.secret, self.public, view, row)
+        return view
+
+    def raised_at(self, row: AlarmRecord) -> datetime:
+        """When the alarm was raised as the service vouches: its row's while its lifecycle seal (over
+        ``raised_at`` among the rest) holds; else as its ``alarm_raised`` custody entry that holds
+        records (a rare scan); else, for one no entry records yet (provisional), its row's, but not
+        later than now."""
+        if row.lifecycle_seal is not None and lifecycle_holds(self.secret, row):
+            return row.raised_at
+        return recorded_raise_time(self.session, row.id, self.public) or min(row.raised_at, self.now)
+
     def view(self, row: AlarmRecord) -> dict[str, Any] | None:
         """The alarm as an open-alarm read shows it, or None when it is not open as the service
         vouches (a warning names a row shown otherwise than its columns say)."""
@@ -110,6 +156,7 @@ class Standing:
         said = self.said(row)
         if said is None:
             return None
+        self.altered.add(row.id)
         view = shown_view(self.secret, row)
         unsealed_as_recorded = (
             row.lifecycle_seal is None

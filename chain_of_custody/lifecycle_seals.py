@@ -314,6 +314,31 @@ def recorded_lifecycle(session: Session, alarm_id: str, public: bytes) -> Record
     return refused
 
 
+def recorded_raise_time(session: Session, alarm_id: str, public: bytes) -> datetime | None:
+    """When the alarm's ``alarm_raised`` entry that holds (:func:`entry_holds`) says it was raised:
+    the time its raise was accepted (recorded when a provisional alarm is made whole), else the
+    entry's own (a whole alarm's raise is recorded as it is raised); None when no such entry holds.
+    For an alarm whose lifecycle seal (over ``raised_at``) does not hold: a scan, as
+    :func:`recorded_lifecycle`."""
+    q = alarm_entries(alarm_id).where(CustodyEntry.action == CustodyAction.ALARM_RAISED.value)
+    for row in session.execute(q.order_by(CustodyEntry.seq)):
+        try:
+            d = json.loads(row.details)
+        except ValueError:
+            continue
+        if not isinstance(d, dict) or d.get("alarm_id") != alarm_id:
+            continue
+        if not entry_holds(public, row):
+            warn_of_entry(row.seq)
+            continue
+        for said in [t for t in (d.get("accepted_at"), row.at) if isinstance(t, str)]:
+            try:
+                return datetime.fromisoformat(said)
+            except ValueError:  # not a time
+                continue
+    return None
+
+
 def lifecycle_replay(
     entries: Iterable[SignedEntry], public: bytes, keys: dict[str, RecordedKeys] | None = None
 ) -> tuple[dict[str, RecordedLifecycle], dict[str, int]]:

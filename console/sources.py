@@ -82,7 +82,9 @@ def open_alarms(
     the database stays on the board as its record says it stands, and a row no seal nor entry of
     the service's vouches for is not on it. Each row is judged before it counts (in pages,
     ``alarms.pages``): rows written in the database with early raise times would otherwise fill the
-    board's places and crowd the site's own alarms off it."""
+    board's places and crowd the site's own alarms off it. An alarm whose lifecycle seal (over its
+    raise time) does not hold is placed and shown by the raise time its custody record gives
+    (``Standing.raised_at``): one given another by SQL moved on the board, and said since when."""
     standing = Standing(session, key, now or datetime.now(UTC))
     secret = standing.secret
     q = select(AlarmRecord).where(standing.where(), site_scope(viewer, AlarmRecord.site))
@@ -92,10 +94,12 @@ def open_alarms(
             continue
         view = standing.view(row)
         if view is not None:
+            if row.id in standing.altered:
+                view["raised_at"] = standing.raised_at(row).isoformat()
             shown.append(view)
             if len(shown) == limit:
                 break
-    return shown
+    return sorted(shown, key=lambda a: (datetime.fromisoformat(a["raised_at"]), a["id"]))
 
 
 def directory(session: Session, device_ids: list[str] | None, viewer: ReachViewer) -> dict[str, Any]:

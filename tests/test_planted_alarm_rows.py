@@ -297,6 +297,25 @@ def test_a_provisional_alarm_row_planted_is_not_made_whole_and_adopted(services:
     assert raised.outcome == "accepted" and raised.alarm_id not in (None, planted), raised
 
 
+def _sos_while_storage_down(services: Any, device_id: str) -> tuple[Any, Any]:
+    """(an alarm service, the result of an SOS it took while object storage was down)."""
+    from alarms.service import AlarmService
+    from storage.objects import ObjectStore
+
+    real = services.store
+    services.store = ObjectStore(
+        "127.0.0.1:9", "x", "y", bucket=real.bucket, staging_bucket="s", timeout_seconds=1
+    )
+    try:
+        alarms = AlarmService(services)
+        device = enrol(services, device_id, staff_id=f"S-{device_id}", site="NORTH")
+        sos = alarms.handle(*device.sos())
+        assert sos.alarm_id is not None
+    finally:
+        services.store = real
+    return alarms, sos
+
+
 def test_rows_planted_with_early_receipt_times_do_not_keep_a_payload_from_being_stored(
     sqlite_services: Any,
 ) -> None:
@@ -304,21 +323,9 @@ def test_rows_planted_with_early_receipt_times_do_not_keep_a_payload_from_being_
     took the first 20 such rows by ``received_at`` and then passed over those that are not the
     service's receipt: 20 planted rows received (they say) a day before kept the SOS's payload
     waiting for ever. The pass counts only receipts of the service's."""
-    from alarms.service import AlarmService
-    from storage.objects import ObjectStore
-
     services = sqlite_services
-    real = services.store
-    services.store = ObjectStore(
-        "127.0.0.1:9", "x", "y", bucket=real.bucket, staging_bucket="s", timeout_seconds=1
-    )
-    try:
-        alarms = AlarmService(services)
-        device = enrol(services, "LW-AD", staff_id="S-AD", site="NORTH")
-        sos = alarms.handle(*device.sos())
-        assert sos.alarm_id is not None and _row(services, sos.alarm_id).evidence_item_id is None
-    finally:
-        services.store = real
+    alarms, sos = _sos_while_storage_down(services, "LW-AD")
+    assert _row(services, sos.alarm_id).evidence_item_id is None
     _plant_messages(services, sos.alarm_id, 20)
     with services.db.session() as session:  # each with a seal, not the service's
         session.execute(
