@@ -25,6 +25,7 @@ from chain_of_custody.entries import CustodyAction
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import raw_public_key, verify_signature
 from chain_of_custody.models import CustodyEntry, EvidenceItem
+from chain_of_custody.quarantines import review_only
 from chain_of_custody.retention_basis import retention_basis
 from devices.ends import load_device
 from devices.lone_worker_wire import parse_time
@@ -299,6 +300,7 @@ class VoiceMemos:
                 },
                 received=received,
                 quarantine_reason="; ".join(reasons) or None,
+                for_review=review_only(reasons, (a.review,) if a.review else ()),
                 verified={"device_signature_valid": True, "sha256_matches": not reasons},
             )
             row.voice_memo_item_id = item.id

@@ -30,6 +30,9 @@ class CustodyAction(StrEnum):
     VIEWED = "viewed"  # a read; a player's ranges open a viewing with it (``viewings``)
     VIEWING_CLOSED = "viewing_closed"  # a viewing sealed: its ranges counted and hashed
     QUARANTINED = "quarantined"
+    # A quarantine for review (not for integrity) released by a person with their reason, naming the
+    # ``quarantined`` entry it ends (``quarantines``): the item is evidence again.
+    QUARANTINE_RELEASED = "quarantine_released"
     REDACTED = "redacted"
     EXPORT_REQUESTED = "export_requested"  # a package asked for: what its builder may build
     EXPORTED = "exported"

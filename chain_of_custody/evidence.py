@@ -23,6 +23,7 @@ from .entries import CustodyAction, check_entry
 from .fixity import FixityCheck, checked_range
 from .ledger import Ledger
 from .models import CustodyEntry, EvidenceBlockList, EvidenceItem, new_id
+from .quarantines import quarantine_details, quarantine_standing
 from .reach_seals import item_seal, reach_secret
 from .read_checks import checked_blocks
 from .retention_basis import RetentionBasis
@@ -61,13 +62,15 @@ def record_evidence(
     captured: dict[str, Any] | None = None,
     received: dict[str, Any] | None = None,
     quarantine_reason: str | None = None,
+    for_review: bool = False,
     verified: dict[str, Any] | None = None,
     item_id: str | None = None,
     block_list: bool = True,
 ) -> EvidenceItem:
     """Create the item row and its first custody entries (captured, received, stored, verified or
     quarantined), and its block list when the store kept one (``block_lists``; ``block_list=False``
-    records none, as for an item stored before lists were kept)."""
+    records none, as for an item stored before lists were kept). ``for_review``: the quarantine is
+    for review alone (its standing, not its bytes), which a person may release (``quarantines``)."""
     # The id is known before the row is written, so its reach seal goes in with it (one INSERT, no
     # UPDATE after), and a new id has no custody entry yet: its first is not looked for.
     new_item = not item_id
@@ -134,7 +137,7 @@ def record_evidence(
             CustodyAction.QUARANTINED,
             "service",
             item_id=item.id,
-            details={"reason": quarantine_reason},
+            details=quarantine_details(quarantine_reason, for_review=for_review),
         )
     elif verified is not None:
         ledger.append(session, CustodyAction.VERIFIED, "service", item_id=item.id, details=verified)
@@ -177,10 +180,15 @@ class RecordUntrusted(Exception):
 
 def quarantine(session: Session, ledger: Ledger, item_id: str, reason: str, details: dict[str, Any]) -> None:
     """Record that an item's stored bytes no longer match its record: a ``quarantined`` custody entry
-    and the row's status, so that nothing serves or exports it as evidence again."""
+    (for integrity: nothing releases it, ``quarantines``) and the row's status, so that nothing
+    serves or exports it as evidence again."""
     row = session.get(EvidenceItem, item_id, with_for_update=True)
     ledger.append(
-        session, CustodyAction.QUARANTINED, "service", item_id=item_id, details={"reason": reason, **details}
+        session,
+        CustodyAction.QUARANTINED,
+        "service",
+        item_id=item_id,
+        details={**details, **quarantine_details(reason)},
     )
     if row is not None and row.status != "deleted":
         row.status = "quarantined"
@@ -223,10 +231,11 @@ def _row_key(item: EvidenceItem) -> str:
 
 def trusted_record(session: Session, ledger: Ledger, item: EvidenceItem, *, seen_row: bool = False) -> None:
     """Raise RecordUntrusted unless the item's row still says what its signed ``stored`` entry says,
-    and says quarantined when custody holds a ``quarantined`` entry for it (nothing releases one: a
-    row put back to ``stored`` in the database serves nothing). ``seen_row``: a row this process has
-    already found to match its entry, column for column, is not checked against it again
-    (``CHECKED_RECORDS``); whether custody holds a ``quarantined`` entry is asked every time."""
+    and says quarantined when custody holds a ``quarantined`` entry for it that no release holding
+    on custody ended (``quarantines``: a row put back to ``stored`` in the database, or beside a
+    forged release, serves nothing). ``seen_row``: a row this process has already found to match its
+    entry, column for column, is not checked against it again (``CHECKED_RECORDS``); whether a
+    quarantine stands on custody is asked every time."""
     key = _row_key(item) if seen_row else None
     if key is None or not CHECKED_RECORDS.get(key):
         problem = unrecorded(item, Ledger.stored_entry(session, item.id), ledger.verifier)
@@ -235,7 +244,7 @@ def trusted_record(session: Session, ledger: Ledger, item: EvidenceItem, *, seen
         if key is not None:
             CHECKED_RECORDS.put(key, True)
     if item.status not in ("quarantined", "deleted"):
-        seq = Ledger.quarantined_seq(session, item.id)
+        seq = quarantine_standing(session, ledger.verifier, item.id).first_seq
         if seq is not None:
             raise RecordUntrusted(
                 f"evidence item {item.id} is quarantined on custody (entry #{seq}) but its row says {item.status!r}"

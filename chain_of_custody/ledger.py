@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from .canonical import canonical_json, rfc3339
@@ -223,15 +223,6 @@ class Ledger:
             .limit(1)
         ).first()
         return None if row is None else to_signed(row)
-
-    @staticmethod
-    def quarantined_seq(session: Session, item_id: str) -> int | None:
-        """The item's first ``quarantined`` entry, if custody holds one (nothing releases it)."""
-        return session.scalar(
-            select(func.min(CustodyEntry.seq)).where(
-                CustodyEntry.action == CustodyAction.QUARANTINED, CustodyEntry.item_id == item_id
-            )
-        )
 
     @staticmethod
     def all_entries(session: Session, batch: int = 2000) -> Iterator[SignedEntry]:

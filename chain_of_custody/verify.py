@@ -43,6 +43,7 @@ from .lifecycle_seals import check_lifecycle_seals
 from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .models import CustodyEntry, EvidenceBlockList, EvidenceItem, LedgerHead, ViewingRange, ViewingSession
 from .outbox_seals import check_outbox_seals
+from .quarantines import check_releases, row_problem, standings
 from .raise_seals import check_raise_seals
 from .reach_seals import check_reach_seals
 from .replay_seals import check_replay_seals
@@ -157,16 +158,6 @@ def _stored_records(session: Session) -> dict[str, dict[str, object] | int]:
             d = details_object(details)
             out[item_id] = seq if d is None else d
     return out
-
-
-def _quarantined_items(session: Session) -> set[str]:
-    return {
-        i
-        for (i,) in session.execute(
-            select(CustodyEntry.item_id).where(CustodyEntry.action == CustodyAction.QUARANTINED)
-        )
-        if i is not None
-    }
 
 
 def _deleted_items(session: Session) -> set[str]:
@@ -408,7 +399,8 @@ def verify_service(
     records = _stored_records(session)
     listed_later = listed_commitments(session)  # lists kept after a whole check (``later_lists``)
     deleted = _deleted_items(session)
-    quarantined = _quarantined_items(session)
+    quarantines = standings(session, ledger.verifier, options.item_ids)
+    check_releases(quarantines, report)
     q = select(EvidenceItem)
     if options.item_ids:
         q = q.where(EvidenceItem.id.in_(options.item_ids))
@@ -456,14 +448,9 @@ def verify_service(
                     "managers see an item follows them)",
                 )
             )
-        if item.id in quarantined and item.status not in ("quarantined", "deleted"):
-            report.problems.append(
-                Problem(
-                    "item_row_altered",
-                    where,
-                    f"quarantined in the custody record but its row says {item.status!r} (nothing releases a quarantine)",
-                )
-            )
+        held = row_problem(item, quarantines.get(item.id))
+        if held is not None:
+            report.problems.append(Problem("item_row_altered", where, held))
         if item.status == "deleted" or item.id in deleted:
             if item.id not in deleted or item.status != "deleted":
                 report.problems.append(

@@ -249,6 +249,7 @@ ACTIONS = {
     "custody:stored": "evidence stored",
     "custody:blocks_listed": "checked whole, block digests kept",
     "custody:quarantined": "quarantined",
+    "custody:quarantine_released": "released from quarantine after review",
     "custody:deleted": "deleted",
 }
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from chain_of_custody.entries import CustodyAction
+from chain_of_custody.entries import CustodyAction, SignedEntry
+from chain_of_custody.quarantines import REVIEW, STEPS, kind_of, standing_of
 
 WHAT = {
     "captured": (
@@ -42,6 +43,11 @@ WHAT = {
     "quarantined": (
         "Quarantined",
         "the item did not check: it is kept, but not served or exported as evidence",
+    ),
+    "quarantine_released": (
+        "Released from quarantine after review",
+        "the person named reviewed the item, held for review when it arrived, and released it as "
+        "evidence for the reason given; its bytes are those stored and hashed above",
     ),
     "viewed": (
         "Viewed, downloaded or reported on",
@@ -75,6 +81,12 @@ WHAT = {
     "alarm_raised": ("Alarm raised", "the lone-worker device raised the alarm"),
     "alarm_changed": ("Alarm changed", "the alarm was acknowledged, escalated or resolved"),
 }
+HELD_FOR_REVIEW = (
+    "Quarantined for review",
+    "the bytes are what the device signed and hashed, but its standing was in doubt (a retired key "
+    "of the device, or the device disabled): kept, and not served or exported as evidence until a "
+    "person reviewed it",
+)
 VIEWING_OPENED = (
     "Viewing opened (played, ranges read)",
     "who began reading the item in a player, when and why (recorded before any byte left); the ranges "
@@ -121,6 +133,7 @@ class ItemStory:
     retain_until: str | None
     steps: tuple[Step, ...]
     problems: tuple[str, ...] = ()
+    quarantine: tuple[str, ...] = ()  # its quarantines and releases in words (``quarantine_words``)
 
 
 @dataclass(frozen=True)
@@ -186,6 +199,8 @@ def step_of(entry: Mapping[str, Any], people: Mapping[str, str]) -> Step:
     assert isinstance(details, dict)
     if action == CustodyAction.VIEWED and details.get("viewing"):
         what, proves = VIEWING_OPENED
+    if action == CustodyAction.QUARANTINED and not withheld and kind_of(details) == REVIEW:
+        what, proves = HELD_FOR_REVIEW
     hashes = tuple((k, str(details[k])) for k in HASH_KEYS if details.get(k))
     where = ", ".join(f"{k.replace('_', ' ')} {details[k]}" for k in PLACE_KEYS if details.get(k))
     facts = tuple(
@@ -207,6 +222,30 @@ def step_of(entry: Mapping[str, Any], people: Mapping[str, str]) -> Step:
         entry_hash=str(entry.get("entry_hash")),
         withheld=str(withheld) if withheld else None,
     )
+
+
+def quarantine_words(chain: Sequence[Mapping[str, Any]], people: Mapping[str, str]) -> tuple[str, ...]:
+    """The item's quarantines in words, as its custody record has them (``chain_of_custody.quarantines``):
+    each held for review and who released it, when and why; each still standing; and any entry
+    that claims a release but releases nothing. Entries' hashes are checked here, their signatures
+    by whoever checks the record (the report's first page, or the package's verifier)."""
+    entries = [
+        SignedEntry.from_json(dict(e)) for e in chain if e.get("action") in STEPS and not e.get("withheld")
+    ]
+    standing = standing_of(entries, None)
+    out = []
+    for q, r in standing.released:
+        out.append(
+            f"Quarantined for review at {q.at} (custody entry #{q.seq}): {q.reason}. Released from "
+            f"quarantine at {r.at} by {person(r.actor, people)} after review (custody entry #{r.seq}), "
+            f"stating: {r.reason}"
+        )
+    for q in standing.open:
+        why = "for review" if q.kind == REVIEW else "because it did not check"
+        out.append(f"Quarantined {why} at {q.at} (custody entry #{q.seq}): {q.reason}. Not released.")
+    for seq, why in standing.unheld:
+        out.append(f"Custody entry #{seq} claims a release from quarantine that releases nothing: {why}.")
+    return tuple(out)
 
 
 def retention_words(chain: Sequence[Mapping[str, Any]]) -> str | None:
@@ -280,6 +319,7 @@ def item_facts(it: ItemStory) -> list[tuple[str, object]]:
         ("Made from", it.made_from),
         ("Retention runs", it.retention_basis),
         ("Kept at least until", it.retain_until),
+        ("Quarantine", " ".join(it.quarantine)),
     ]
 
 
@@ -393,6 +433,7 @@ def package_continuity(
                 retain_until=None,
                 steps=tuple(step_of(e, people) for e in chain),
                 problems=(),
+                quarantine=quarantine_words(chain, people),
             )
         )
     return Continuity(

@@ -32,6 +32,7 @@ from chain_of_custody.keys import ServiceKey
 from chain_of_custody.ledger import Ledger
 from chain_of_custody.merkle import leaf_hash, verify_inclusion
 from chain_of_custody.models import CustodyEntry, EvidenceItem
+from chain_of_custody.quarantines import row_problem, standing_of
 from chain_of_custody.row_seals import USER_SEALS
 from chain_of_custody.verify import unrecorded
 from devices.models import StaffMember
@@ -40,7 +41,7 @@ from storage.errors import Refused
 
 from . import exhibits
 from .access import Viewer, readable_trail, visible_evidence, visible_evidence_ids
-from .continuity import Continuity, ItemStory, retention_words, step_of
+from .continuity import Continuity, ItemStory, quarantine_words, retention_words, step_of
 from .export.plan import foreign_markers, gather_items, incident_export_scope
 
 OTHER_INCIDENT = "belongs to another incident"
@@ -150,6 +151,14 @@ def check_record(ledger: Ledger, item: EvidenceItem, entries: Sequence[SignedEnt
         problems.append(differs)
     if item.status == "quarantined":
         problems.append(f"the item is quarantined: {item.quarantine_reason}")
+    standing = standing_of(entries, ledger.verifier)
+    held = row_problem(item, standing)
+    if held is not None:
+        problems.append(held)
+    problems += [
+        f"custody entry #{seq} claims a release from quarantine that releases nothing: {why}"
+        for seq, why in standing.unheld
+    ]
     return problems
 
 
@@ -210,6 +219,7 @@ def _story(
         retain_until=item.retain_until.isoformat() if item.retain_until else None,
         steps=tuple(step_of(e, people) for e in chain),
         problems=tuple(problems),
+        quarantine=quarantine_words(chain, people),
     )
 
 

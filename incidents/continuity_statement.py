@@ -70,6 +70,7 @@ def item_paragraphs(it: ItemStory) -> list[str]:
     verified = _first(it.steps, CustodyAction.VERIFIED)
     if verified is not None:
         out.append(f"At {verified.at} the service checked it against the camera's own hash and signature.")
+    out += [f"The service's custody record shows: {words}" for words in it.quarantine]
     if it.status == "quarantined":
         out.append("The service has marked this item as quarantined: it did not check. " + GAP)
     for st in it.steps:

@@ -49,7 +49,7 @@ from storage.objects import StorageError
 from storage.schedule import run_when_due
 from storage.settings import Settings
 
-from . import custody_api, dock_api, errors, evidence_api, footage_api, openapi, redaction_api
+from . import custody_api, dock_api, errors, evidence_api, footage_api, openapi, redaction_api, release_api
 from .http_edge import BodyLimit
 from .metrics import VIEWINGS_OPEN, exposition
 from .mqtt_consumer import AlarmConsumer, consumer_configured
@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 ROUTERS: list[APIRouter] = [
     dock_api.router,
     evidence_api.router,
+    release_api.router,
     accounts_api.router,
     devices_api.router,
     alarms_api.router,

@@ -41,6 +41,7 @@ from chain_of_custody.core import CoreServices
 from chain_of_custody.evidence import Provenance, record_evidence
 from chain_of_custody.keys import load_public_key_b64, verify_signature
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.quarantines import review_only
 from chain_of_custody.retention_basis import retention_basis
 from devices.models import Device
 from devices.seals import device_seal_key
@@ -745,6 +746,7 @@ def complete_upload(
                 },
                 received=received_details(session, upload),
                 quarantine_reason="; ".join(standing.reasons) or None,
+                for_review=review_only(standing.reasons, standing.review),
                 verified={"camera_hash_matches": True, "camera_signature_valid": checks.signature_ok},
             )
             end_lease(row, upload)

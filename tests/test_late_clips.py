@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -206,17 +207,31 @@ def test_the_simulated_camera_and_dock_deliver_a_re_keyed_and_a_disabled_cameras
         assert "retired" not in item.quarantine_reason and "does not verify" in item.quarantine_reason
 
 
+MEMO = b"OggS" + b"help, ward 7" * 200
+
+
+def memo_of_a_disabled_device(
+    live: Any, device_id: str
+) -> tuple[httpx.Response, Callable[[bytes], httpx.Response]]:
+    """A device of S-1 at SOUTH raises an amber alarm, is disabled (reported lost), then sends its
+    memo: the answer, and how to send another body for the same alarm."""
+    kit = enrol(live.services, device_id, staff_id="S-1", site="SOUTH")
+    topic, raw = kit.amber(600)
+    assert live.services.alarms.handle(topic, raw).outcome == "accepted"
+    event_id = str(json.loads(raw)["event_id"])
+    _disable(live, device_id)
+    url = f"{live.url}/api/v1/lone-worker/devices/{device_id}/alarms/{event_id}/voice-memo"
+
+    def send(body: bytes) -> httpx.Response:
+        return httpx.put(url, content=body, headers=kit.voice_memo_headers(event_id, body))
+
+    return send(MEMO), send
+
+
 def test_a_voice_memo_of_a_device_disabled_after_its_alarm_is_kept_for_review(live: Any) -> None:
     s = live.services
-    kit = enrol(s, "LW-LOST", staff_id="S-1", site="SOUTH")
-    topic, raw = kit.amber(600)
-    assert s.alarms.handle(topic, raw).outcome == "accepted"
-    event_id = str(json.loads(raw)["event_id"])
-    _disable(live, "LW-LOST")
-    url = f"{live.url}/api/v1/lone-worker/devices/LW-LOST/alarms/{event_id}/voice-memo"
-    memo = b"OggS" + b"help, ward 7" * 200
-
-    r = httpx.put(url, content=memo, headers=kit.voice_memo_headers(event_id, memo))
+    memo = MEMO
+    r, send = memo_of_a_disabled_device(live, "LW-LOST")
     assert (r.status_code, r.json()["status"]) == (201, "quarantined"), r.text  # 403 before: lost
     with s.db.session() as session:
         item = session.get(EvidenceItem, r.json()["evidence_item_id"])
@@ -225,6 +240,5 @@ def test_a_voice_memo_of_a_device_disabled_after_its_alarm_is_kept_for_review(li
         assert s.store.get_bytes(item.object_key, item.version_id) == memo
     assert _served(live, item.id) == 409
     # One memo kept for review: a disabled device does not fill the store with copies.
-    again = memo + b"again"
-    r = httpx.put(url, content=again, headers=kit.voice_memo_headers(event_id, again))
+    r = send(memo + b"again")
     assert (r.status_code, r.json()["reason"]) == (403, "disabled_device")

@@ -26,12 +26,13 @@ from sqlalchemy.orm import Session
 from accounts.access import services
 from chain_of_custody import package_layout as pl
 from chain_of_custody.core import CoreServices
-from chain_of_custody.entries import CustodyAction
+from chain_of_custody.entries import CustodyAction, Verifier
 from chain_of_custody.evidence import parse_range, quarantine, quarantine_hook
 from chain_of_custody.fixity import FixityCheck, checked_range
 from chain_of_custody.keys import SIGNING_KEY_PATH, ServiceKey
 from chain_of_custody.ledger import Ledger
-from chain_of_custody.models import CustodyEntry, EvidenceItem
+from chain_of_custody.models import EvidenceItem
+from chain_of_custody.quarantines import quarantine_standing, standings
 from chain_of_custody.reads import RangeRefused, ReadRefused
 from storage.api_schema import error_responses
 from storage.errors import InConflict, Refused, Unavailable
@@ -113,20 +114,20 @@ def _live_link(s: CoreServices, session: Session, token: str, now: datetime) -> 
 NOT_SERVED = "the package cannot be served: evidence it holds no longer matches its record"
 
 
-def _held_package(session: Session, link: ExportLink) -> EvidenceItem:
+def _held_package(session: Session, link: ExportLink, verify_sig: Verifier) -> EvidenceItem:
     """The package's row, while it may be served: 410 when it is gone, 409 when it is quarantined."""
     item = session.get(EvidenceItem, link.export_id)
     if item is None or item.status == "deleted":
         raise LinkRefused(410, "the package is no longer held")
-    if item.status == "quarantined" or Ledger.quarantined_seq(session, item.id) is not None:
+    if item.status == "quarantined" or quarantine_standing(session, verify_sig, item.id).quarantined:
         log.warning("export download refused: the package is quarantined", extra={"export": item.id})
         raise ReadRefused("quarantined", NOT_SERVED)
     return item
 
 
-def quarantined_among(session: Session, item_ids: list[str]) -> str | None:
-    """One of ``item_ids`` that is quarantined (by its row, or by a ``quarantined`` custody entry,
-    which nothing releases), or None."""
+def quarantined_among(session: Session, item_ids: list[str], verify_sig: Verifier) -> str | None:
+    """One of ``item_ids`` that is quarantined (by its row, or by a ``quarantined`` custody entry
+    that no release holding on custody ended, ``chain_of_custody.quarantines``), or None."""
     if not item_ids:
         return None
     by_row = session.scalar(
@@ -137,13 +138,8 @@ def quarantined_among(session: Session, item_ids: list[str]) -> str | None:
     )
     if by_row is not None:
         return str(by_row)
-    by_custody = session.scalar(
-        select(CustodyEntry.item_id)
-        .where(CustodyEntry.item_id.in_(item_ids), CustodyEntry.action == CustodyAction.QUARANTINED)
-        .order_by(CustodyEntry.seq)
-        .limit(1)
-    )
-    return None if by_custody is None else str(by_custody)
+    standing = standings(session, verify_sig, item_ids)
+    return next((i for i in sorted(standing) if standing[i].quarantined), None)
 
 
 def still_serves(
@@ -159,9 +155,9 @@ def still_serves(
     if link.export_id != package_id:
         raise LinkRefused(410, "this download link is no longer good")
     _still_good(s, session, link, now, lock=True)
-    _held_package(session, link)
+    _held_package(session, link, s.ledger.verifier)
     held = sorted({seg.item_id for seg in layout.media}) if layout is not None else []
-    quarantined = quarantined_among(session, held)
+    quarantined = quarantined_among(session, held, s.ledger.verifier)
     if quarantined is not None:
         log.warning(
             "export download refused: an item it holds is quarantined",

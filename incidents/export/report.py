@@ -11,13 +11,16 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+from ..continuity import quarantine_words
+
 ACTION_WORDS = {
     "captured": "Recorded by the device",
     "received": "Received by the service",
     "stored": "Stored write-once and hashed",
     "verified": "Integrity and device signature verified",
     "blocks_listed": "Checked whole against its hash; its block digests kept for ranged reads",
-    "quarantined": "Quarantined (did not check out on arrival)",
+    "quarantined": "Quarantined (held for review, or did not check)",
+    "quarantine_released": "Released from quarantine after review (by the person named, for the reason given)",
     "viewed": "Viewed or downloaded",
     "viewing_closed": "Viewing closed and sealed (its ranges counted and hashed)",
     "redacted": "Redacted copy made",
@@ -148,6 +151,7 @@ def render_continuity_report(draft: Mapping[str, Any], chains: Mapping[str, list
                     "Recorded from": it.get("captured_start"),
                     "Recorded to": it.get("captured_stop"),
                     "SHA-256": it["sha256"],
+                    "Quarantine": " ".join(quarantine_words(entries, {})),
                     "Custody file": f"custody/{it['item_id']}.json "
                     f"({len(entries)} {'entry' if len(entries) == 1 else 'entries'})",
                 }
