@@ -313,15 +313,22 @@ class Clock:
             state.offline_due_at = now
             restored += 1
 
-        s, v = LoneWorkerState, LoneWorkerVisit
+        s, v, a = LoneWorkerState, LoneWorkerVisit, AlarmRecord
         late = or_(s.offline_due_at.is_(None), s.offline_due_at > now)
         with self.db.session() as session:
-            alarmed = sorted({a.device_id for a in self.watched_alarms(session, now)})
-            watched = or_(
-                exists().where(v.device_id == s.device_id, v.ended_at.is_(None)), s.device_id.in_(alarmed)
+            # The silent devices are found first, and only their alarms judged (a seal check a row):
+            # judging every open alarm each sweep held the interpreter's lock from the intake.
+            standing = self.standing(session, now)
+            on_a_visit = exists().where(v.device_id == s.device_id, v.ended_at.is_(None))
+            alarmed = select(a.device_id).where(standing.where(), a.kind.in_(WATCHED_KINDS))
+            looked_at = select(s, on_a_visit).where(
+                s.last_seen_at.is_not(None), late, or_(on_a_visit, s.device_id.in_(alarmed))
             )
-            looked_at = select(s).where(s.last_seen_at.is_not(None), late, watched)
-            off = [state.device_id for state in session.scalars(looked_at) if silent(state)]
+            quiet = {state.device_id: visit for state, visit in session.execute(looked_at) if silent(state)}
+            held = [d for d, visit in quiet.items() if not visit]
+            vouched = standing.rows(a.kind.in_(WATCHED_KINDS), a.device_id.in_(held)) if held else []
+            with_alarm = {row.device_id for row in vouched}
+            off = [d for d, visit in quiet.items() if visit or d in with_alarm]
         if off:
             self.outbox.claimed_pass(select(s).where(s.device_id.in_(off)), len(off), check, isolate=False)
         return restored

@@ -20,7 +20,7 @@ from devices.models import LoneWorkerState
 from storage.db import Database, dialect_insert
 
 from .feed import record_change
-from .models import LoneWorkerPosition
+from .models import AlarmRecord, LoneWorkerPosition
 from .standing import Standing
 
 
@@ -37,18 +37,26 @@ def sample_trails(db: Database, now: datetime, standing: Callable[[Session], Sta
     S, P = LoneWorkerState, LoneWorkerPosition
     newest = select(P.device_id, func.max(P.at).label("at")).group_by(P.device_id).subquery("newest")
     with db.session() as session:
-        open_alarms = standing(session).rows()
-        rows = session.execute(
+        vouched = standing(session)
+        # Only the devices with a new fix have their alarms judged (``Standing.rows``, a seal check a
+        # row): this runs twice a second beside the intake, and judging every open alarm each time
+        # (hundreds, in a busy hour) held the interpreter's lock from the SOS being handled.
+        fixed = session.execute(
             select(S.device_id, S.position_at, S.lat, S.lon, S.accuracy_m)
             .outerjoin(newest, newest.c.device_id == S.device_id)
             .where(
-                S.device_id.in_(sorted({a.device_id for a in open_alarms})),
+                S.device_id.in_(select(AlarmRecord.device_id).where(vouched.where())),
                 S.position_at.is_not(None),
                 S.lat.is_not(None),
                 S.lon.is_not(None),
                 or_(newest.c.at.is_(None), S.position_at > newest.c.at),
             )
         ).all()
+        open_alarms = (
+            vouched.rows(AlarmRecord.device_id.in_(sorted({r.device_id for r in fixed}))) if fixed else []
+        )
+        following = {a.device_id for a in open_alarms}
+        rows = [r for r in fixed if r.device_id in following]
         if rows:
             session.execute(
                 dialect_insert(session, P)
