@@ -33,7 +33,7 @@ from redaction.media import EncodeOptions, FrameReader, FrameWriter, MediaError,
 from redaction.motion import CameraMotion, thumbnail
 from redaction.regions import Exclusion, ManualRegion, ManualRegionFollower
 from redaction.render import Mask, MaskStyle, Shape, Style, apply_masks
-from redaction.tracking import FaceTracker, TrackingSettings, TrackState
+from redaction.tracking import FaceTracker, TrackedBox, TrackingSettings, TrackState
 from storage.settings import WorkerSettings
 
 Progress = Callable[[int, int | None], None]
@@ -163,6 +163,17 @@ class RedactionSettings:
             # face's (hair, ears and the back of the head when the face turns away).
             face = Box.from_center(face.cx, face.cy - 0.18 * face.h, face.w * 1.5, face.h * 1.8)
         return face.scaled(self.mask_scale * factor)
+
+    def tracked_mask(self, tracked: TrackedBox) -> Box:
+        """The region hidden for a tracked face: its box with the margin ``margins`` gives it
+        there (the stated one while it is held before or after its sightings), widened where
+        ``margins`` says its boxes stray sideways."""
+        size = max(tracked.box.w, tracked.box.h)
+        held = tracked.kind == "extended"
+        factor = self.margins.factor(size, tracked.confidence, tracked.luma, tracked.sightings, held)
+        mask = self.mask_box(tracked.box, factor)
+        wider = self.margins.sideways(size, tracked.luma)
+        return Box.from_center(mask.cx, mask.cy, mask.w * wider, mask.h)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -603,10 +614,7 @@ class _FrameRenderer:
         masks: list[Mask] = []
         notes: list[dict[str, Any]] = []
         for tracked in self.tracker.boxes_at(index):
-            size = max(tracked.box.w, tracked.box.h)
-            held = tracked.kind == "extended"
-            factor = s.margins.factor(size, tracked.confidence, tracked.luma, tracked.sightings, held)
-            box = s.mask_box(tracked.box, factor)
+            box = s.tracked_mask(tracked)
             if box.clipped(*self.info.frame_size) is None:
                 continue
             note: dict[str, Any] = {
