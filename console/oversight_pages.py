@@ -35,6 +35,7 @@ from storage.bounds import MAX_OFFSET
 
 from . import workspace_sources as ws
 from .api import render, signed_in
+from .quarantine_review import HeldItem, held_for
 
 router = APIRouter(include_in_schema=False)
 
@@ -79,6 +80,7 @@ def custody_page(
     trail: list[dict[str, object]] = []
     next_after = None
     retention = None
+    held: HeldItem | None = None
     if item:
         with s.db.reading() as session:
             found = visible_evidence(session, who.principal, item.strip())
@@ -94,6 +96,7 @@ def custody_page(
                     who.principal,
                     describe(session, found, RetentionRules.from_settings(s.settings), datetime.now(UTC)),
                 )
+                held = held_for(session, s, who.principal, found)
             session.expunge_all()  # kept as read (the read's rollback would expire them)
     return render(
         request,
@@ -105,6 +108,7 @@ def custody_page(
         after=after,
         next_after=next_after,
         retention=retention,
+        held=held,
         can_verify=who.principal.role in VERIFIERS,
         can_play=who.principal.role in EVIDENCE_MEDIA,
     )

@@ -618,3 +618,21 @@ def _withhold_marked(entries: Sequence[dict[str, Any]], markers: set[str]) -> li
         withhold(entry, HIDDEN_ENTRY) if details_name(entry, markers) else dict(entry) for entry in entries
     ]
     return viewings_whole(entries, out, HIDDEN_ENTRY)
+
+
+QUARANTINE_RELEASERS = ("admin", "security_manager")
+
+
+def may_release(viewer: Viewer, item: EvidenceItem, key: ServiceKey) -> bool:
+    """Whether ``viewer`` may release the item's quarantine for review: an administrator, or a
+    security manager of the site the item was captured at, as its row's seal vouches (a site
+    written into the row by SQL lends it to no manager). ``chain_of_custody.quarantines`` says
+    which quarantines may be released at all."""
+    if viewer.role == "admin":
+        return True
+    return (
+        viewer.role == "security_manager"
+        and viewer.site is not None
+        and item.site == viewer.site
+        and SiteReach(secret=reach_secret(key)).holds(item)
+    )

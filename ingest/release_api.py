@@ -26,19 +26,14 @@ from pydantic import BaseModel, Field
 from accounts.access import require_roles, services
 from accounts.service import Principal
 from chain_of_custody.core import CoreServices
-from chain_of_custody.keys import ServiceKey
-from chain_of_custody.models import EvidenceItem
 from chain_of_custody.quarantines import REASON_MAX, REASON_MIN, ReleaseRefused, release
-from chain_of_custody.reach_seals import SiteReach, reach_secret
-from incidents.access import visible_evidence
+from incidents.access import QUARANTINE_RELEASERS, may_release, visible_evidence
 from storage.api_schema import error_responses
 from storage.errors import NotFound, NotPermitted
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
-
-QUARANTINE_RELEASERS = ("admin", "security_manager")
 
 
 class ReleaseIn(BaseModel):
@@ -55,19 +50,6 @@ class ReleaseOut(BaseModel):
     released_by: str
     releases: int = Field(description="the seq of the custody entry that quarantined the item")
     custody_entry: int = Field(description="the seq of the release's own custody entry")
-
-
-def may_release(user: Principal, item: EvidenceItem, key: ServiceKey) -> bool:
-    """An administrator, or a security manager of the site the item was captured at, as its row's
-    seal vouches (a site written into the row by SQL lends it to no manager)."""
-    if user.role == "admin":
-        return True
-    return (
-        user.role == "security_manager"
-        and user.site is not None
-        and item.site == user.site
-        and SiteReach(secret=reach_secret(key)).holds(item)
-    )
 
 
 @router.post(

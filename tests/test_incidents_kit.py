@@ -40,9 +40,13 @@ def store_item(
     block_list: bool = True,
     device: str | None = None,
     stored: StoredObject | None = None,
+    site: str | None = None,
+    quarantine_reason: str | None = None,
+    for_review: bool = False,
 ) -> EvidenceItem:
     """A real object under COMPLIANCE retention for ``lock`` from now, recorded as evidence (with its
-    block list, unless ``block_list=False``: as an item stored before lists were kept).
+    block list, unless ``block_list=False``: as an item stored before lists were kept), quarantined
+    when ``quarantine_reason`` is given (for review alone with ``for_review``).
 
     ``stored``: record this object, already in the store, instead of storing ``data`` (its record
     as the test chose it, which may differ from what the store holds)."""
@@ -68,9 +72,12 @@ def store_item(
                 content_type="video/mp4",
                 derived_from_id=derived_from,
                 retain_until=retain_until,
+                site=site,
             ),
             received={"by": "test"},
-            verified={"ok": True},
+            verified=None if quarantine_reason else {"ok": True},
+            quarantine_reason=quarantine_reason,
+            for_review=for_review,
             block_list=block_list,
         )
 

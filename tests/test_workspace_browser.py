@@ -407,3 +407,42 @@ def test_the_incident_list_by_role_and_its_investigator_filter_by_keyboard(
     assert r is not None and r.status == 403
     auditor.screenshot(path=str(out / "incidents-auditor.png"), full_page=True)
     auditor.context.close()
+
+
+def test_an_item_held_for_review_is_released_from_its_custody_page_with_a_reason(
+    world: World, tmp_path: Path
+) -> None:
+    """A clip of NORTH held for review (signed by a retired key of its camera): its custody page
+    says why; an investigator and the manager of another site are offered no release; NORTH's
+    manager releases it with a reason typed over two lines (kept as one) and the page shows it
+    stored, its trail the release. An item quarantined for integrity offers no release to anyone."""
+    out = screenshot_dir(tmp_path)
+    why = (
+        "signed by a retired key of the device (its key from 2026-11-01T09:00:00Z until "
+        "2026-12-01T09:00:00Z), not its current one"
+    )
+    held = store_item(world.services, wearer="S-100", site="NORTH", quarantine_reason=why, for_review=True)
+    broken = store_item(world.services, wearer="S-100", site="NORTH", quarantine_reason="sha256 mismatch")
+    for name in ("ivy", "south_manager"):
+        page = page_as(world, name, f"/custody?item={held.id}")
+        if page.locator("#item-title").count():  # an investigator not assigned may not see it at all
+            assert page.locator("#release-form").count() == 0
+        page.context.close()
+    page = page_as(world, "north_manager", f"/custody?item={broken.id}")
+    assert page.locator("#held[data-integrity=yes]").count() == 1
+    assert page.locator("#release-form").count() == 0
+    page.goto(f"{world.url}/custody?item={held.id}")
+    assert "retired key" in page.inner_text("#held-reasons")
+    assert page.locator("#held[data-integrity=no]").count() == 1
+    page.fill("#release-reason", "Reviewed with the camera's issue log:\nworn by S-100 on that shift.")
+    page.screenshot(path=str(out / "custody-held-for-review.png"), full_page=True)
+    page.click("#release-item")
+    page.wait_for_selector("#custody-trail tr[data-action=quarantine_released]", timeout=30000)
+    assert page.locator("#held").count() == 0
+    facts = page.inner_text("dl.facts")
+    assert "stored" in facts and "quarantined" not in facts.split("SHA-256")[0], facts
+    trail = page.inner_text("#custody-trail")
+    assert "Reviewed with the camera's issue log: worn by S-100 on that shift." in trail, trail
+    page.screenshot(path=str(out / "custody-released.png"), full_page=True)
+    assert not page.errors, page.errors
+    page.context.close()

@@ -1,6 +1,7 @@
 // The custody page's verification: asks for one with POST /api/v1/custody/verify as the signed-in
 // person (a job: the one already running, if any, is the answer), shows its progress while it runs
-// and what it found when done, finding by finding (text only, never parsed as HTML).
+// and what it found when done, finding by finding (text only, never parsed as HTML). And the release
+// of an item held for review, with the reader's reason (POST /api/v1/evidence/{id}/quarantine-release).
 import { ApiError, api, el, moment } from "./common.js";
 
 const result = document.getElementById("verify-result");
@@ -40,3 +41,26 @@ const all = document.getElementById("verify-all");
 if (all) all.addEventListener("click", () => run({ check_objects: true }, all));
 const ledger = document.getElementById("verify-ledger");
 if (ledger) ledger.addEventListener("click", () => run({ check_objects: false }, ledger));
+
+const releaseForm = document.getElementById("release-form");
+if (releaseForm) {
+  releaseForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const out = document.getElementById("release-result");
+    const button = document.getElementById("release-item");
+    // One line: a reason on the record holds no line breaks.
+    const reason = document.getElementById("release-reason").value.replace(/\s+/g, " ").trim();
+    button.disabled = true;
+    try {
+      const path = `/api/v1/evidence/${encodeURIComponent(releaseForm.dataset.item)}/quarantine-release`;
+      const done = await api("POST", path, { reason });
+      out.replaceChildren(el("p", { class: "verified-ok" }, `Released: custody entry #${done.custody_entry} records it.`));
+      out.dataset.state = "released";
+      window.location.reload();
+    } catch (error) {
+      out.replaceChildren(el("p", { class: "error" }, error instanceof ApiError ? `Not released: ${error.message}` : "Not released: the service could not be reached."));
+      out.dataset.state = "error";
+      button.disabled = false;
+    }
+  });
+}
