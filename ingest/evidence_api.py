@@ -29,6 +29,7 @@ from accounts.service import Principal, stands
 from chain_of_custody.core import CoreServices, list_cursors
 from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from chain_of_custody.models import EvidenceItem
+from chain_of_custody.quarantines import standings
 from chain_of_custody.read_timing import ReadTiming
 from chain_of_custody.reads import ReadOf, ReadRefused, looked_up_response
 from incidents.access import (
@@ -80,11 +81,22 @@ class ExhibitOut(BaseModel):
     assigned_at: datetime
 
 
+class QuarantineReleaseOut(BaseModel):
+    quarantined_entry: int = Field(description="the seq of the custody entry that held it for review")
+    quarantine_reason: str
+    released_by: str
+    released_at: str
+    reason: str = Field(description="the reason the person who released it gave")
+    custody_entry: int = Field(description="the seq of the release's own custody entry")
+
+
 class EvidenceItemOut(BaseModel):
     id: str
     kind: str
     status: str
-    quarantine_reason: str | None
+    quarantine_reason: str | None = Field(
+        description="why it is or was quarantined (a released item keeps it: see quarantine_releases)"
+    )
     sha256: str
     size: int
     content_type: str
@@ -102,15 +114,43 @@ class EvidenceItemOut(BaseModel):
         default_factory=list,
         description="its exhibit references, in the incidents the caller may see (given once, never reused)",
     )
+    quarantine_releases: list[QuarantineReleaseOut] = Field(
+        default_factory=list,
+        description="each quarantine for review a person released, as its custody record has it (a release that holds)",
+    )
 
     model_config = {"from_attributes": True}
 
 
-def _out(session: Session, user: Principal, items: list[EvidenceItem]) -> list[dict[str, object]]:
-    """The items as the API shows them, each with its exhibit references the caller may see."""
-    refs = visible_exhibits(session, user, [i.id for i in items])
+def _out(
+    session: Session, s: CoreServices, user: Principal, items: list[EvidenceItem]
+) -> list[dict[str, object]]:
+    """The items as the API shows them, each with its exhibit references the caller may see and the
+    releases from quarantine its custody record holds (one read for them all)."""
+    ids = [i.id for i in items]
+    refs = visible_exhibits(session, user, ids)
+    held = standings(session, s.ledger.verifier, ids)
+
+    def releases(item_id: str) -> list[dict[str, object]]:
+        done = held[item_id].released if item_id in held else ()
+        return [
+            {
+                "quarantined_entry": q.seq,
+                "quarantine_reason": q.reason,
+                "released_by": r.actor,
+                "released_at": r.at,
+                "reason": r.reason,
+                "custody_entry": r.seq,
+            }
+            for q, r in done
+        ]
+
     return [
-        {**EvidenceItemOut.model_validate(i).model_dump(exclude={"exhibits"}), "exhibits": refs.get(i.id, [])}
+        {
+            **EvidenceItemOut.model_validate(i).model_dump(exclude={"exhibits", "quarantine_releases"}),
+            "exhibits": refs.get(i.id, []),
+            "quarantine_releases": releases(i.id),
+        }
         for i in items
     ]
 
@@ -186,7 +226,7 @@ def list_items(
         rows = list(session.scalars(q))
         # A row whose reach seal does not hold is left out (``reach_checked``): the page may be
         # short, and the next one still starts after the last row read.
-        page = _out(session, user, reach_checked(session, user, rows[:limit]))
+        page = _out(session, s, user, reach_checked(session, user, rows[:limit]))
         session.expunge_all()  # kept as read (the read's rollback would expire them)
     if len(rows) > limit:
         last = rows[limit - 1]
@@ -229,7 +269,7 @@ def get_item(
 ) -> dict[str, object]:
     item = _item(s, item_id, user)
     with s.db.reading() as session:
-        return _out(session, user, [item])[0]
+        return _out(session, s, user, [item])[0]
 
 
 TRAIL_PAGE_MAX = 5000

@@ -162,6 +162,17 @@ def test_a_manager_of_the_site_releases_a_clip_held_for_review_and_it_is_evidenc
     assert released["details"]["releases"] == quarantined_at["seq"]
     assert _status(live, item.id) == "stored" and _served(live, item.id) == 200
     assert _problems(live) == []
+    shown = httpx.get(f"{live.url}/api/v1/evidence/{item.id}", headers=live.admin()).json()
+    assert shown["quarantine_releases"] == [
+        {
+            "quarantined_entry": quarantined_at["seq"],
+            "quarantine_reason": item.quarantine_reason,
+            "released_by": "user:south_boss",
+            "released_at": released["at"],
+            "reason": REASON,
+            "custody_entry": released["seq"],
+        }
+    ], shown
 
     # Exported as evidence, and the package tells a court it was held for review and released.
     got = _download(live, incident)

@@ -136,6 +136,9 @@ POLICY: dict[tuple[str, str], Rule] = {
         ok=frozenset({"admin", "manager"}), hidden=frozenset({"manager_other_site"})
     ),
     ("DELETE", "/api/v1/evidence/{item_id}"): Rule(ok=frozenset({"admin"})),
+    ("POST", "/api/v1/evidence/{item_id}/quarantine-release"): Rule(
+        ok=frozenset({"admin", "manager"}), hidden=frozenset({"manager_other_site"})
+    ),
     ("GET", "/api/v1/custody/public-key"): Rule(ok=EVERYONE),
     ("GET", "/api/v1/custody/tree-head"): Rule(ok=frozenset({"admin", "auditor"})),
     ("GET", "/api/v1/custody/consistency"): Rule(ok=frozenset({"admin", "auditor"})),
@@ -301,6 +304,19 @@ def _relink_alarm(fx: Fixture) -> dict[str, str]:
     return {}
 
 
+def _held_for_review(fx: Fixture) -> dict[str, str]:
+    """A NORTH clip of the incident, held for review (a retired key's signature): one for each call,
+    as a release is made once."""
+    why = (
+        "signed by a retired key of the device (its key from 2026-11-01T09:00:00Z until "
+        "2026-12-01T09:00:00Z), not its current one"
+    )
+    item = store_item(fx.services, wearer="S-N", site="NORTH", quarantine_reason=why, for_review=True)
+    with fx.services.db.session() as session:
+        link_evidence(session, fx.services.ledger, fx.ids["incident"], item.id, "test", "held for review")
+    return {"item_id": item.id}
+
+
 def _deletable(fx: Fixture) -> dict[str, str]:
     lock = fx.ids["deletable_lock"]
     wait_for(
@@ -342,6 +358,9 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ),
     ("DELETE", "/api/v1/evidence/{item_id}"): Sample(
         params={"reason": "recorded by mistake"}, path={"item_id": "deletable"}, prepare=_deletable
+    ),
+    ("POST", "/api/v1/evidence/{item_id}/quarantine-release"): Sample(
+        json=lambda fx, p: {"reason": "Reviewed with the camera's issue log"}, prepare=_held_for_review
     ),
     ("POST", "/api/v1/staff"): Sample(
         json=lambda fx, p: {"id": f"S-NEW-{p}", "name": "New Starter", "group": "porter"}
