@@ -37,6 +37,7 @@ from .models import AlarmRecord, LoneWorkerEvent
 from .pages import DevicesWord, in_pages
 from .performance import PERIODS, TARGETS, Answer, Summary
 from .reach import alarm_sealed, by_site, device_items, readable_scope
+from .standing import vouched_view
 from .trails import trail_page
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,11 @@ class MessageKeys:
 
     device_secret: bytes
     custody_public: bytes
+    key: ServiceKey | None = None  # the alarm's own standing is judged with it (``standing.vouched_view``)
 
     @classmethod
     def of(cls, key: ServiceKey) -> MessageKeys:
-        return cls(device_seal_key(key), key.public_raw)
+        return cls(device_seal_key(key), key.public_raw, key)
 
 
 def _as_signed(session: Session, keys: MessageKeys, e: LoneWorkerEvent, current: str | None) -> bool:
@@ -398,7 +400,9 @@ def alarm_record(
     row = visible_alarm(session, alarm_id, viewer, secret)
     if row is None:
         return None
-    view = shown_view(secret, row)
+    view = shown_view(secret, row) if keys.key is None else vouched_view(session, keys.key, row, now)
+    if view is None:  # a row nothing of the service's vouches for (written by SQL)
+        return None
     vouched = by_site(viewer) or alarm_sealed(secret, row)  # a memo pointed at by SQL is not its memo
     payload_of = device_items(session, secret, row.device_id, [view["evidence_item_id"]]) if vouched else []
     payload = item_record(session, payload_of[0], viewer) if payload_of else None  # nor another's clip

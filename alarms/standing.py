@@ -186,3 +186,15 @@ class Standing:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def vouched_view(session: Session, key: ServiceKey, row: AlarmRecord, now: datetime) -> dict[str, Any] | None:
+    """One alarm as a read of it alone shows it (its page, ``GET /alarms/{id}``): as it stands while
+    its lifecycle seal holds (one seal check); else as :meth:`Standing.shown` has it (its custody
+    record's; a read of the ledger's open alarms, rare), None when nothing of the service's vouches
+    for it. By its columns, an SOS resolved by SQL read as resolved on its own page while the board
+    showed it open."""
+    secret = reach_secret(key)
+    if row.lifecycle_seal is not None and lifecycle_holds(secret, row):
+        return shown_view(secret, row)
+    return Standing(session, key, now).shown(row)
