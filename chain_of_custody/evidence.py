@@ -21,7 +21,7 @@ from . import read_checks
 from .block_lists import commitment_entry, digests_of, entry_blocks, keep_block_list, list_problem
 from .entries import CustodyAction, check_entry
 from .fixity import FixityCheck, checked_range
-from .ledger import Ledger
+from .ledger import Ledger, hold_head
 from .models import CustodyEntry, EvidenceBlockList, EvidenceItem, new_id
 from .quarantines import quarantine_details, quarantine_standing
 from .reach_seals import item_seal, reach_secret
@@ -181,7 +181,10 @@ class RecordUntrusted(Exception):
 def quarantine(session: Session, ledger: Ledger, item_id: str, reason: str, details: dict[str, Any]) -> None:
     """Record that an item's stored bytes no longer match its record: a ``quarantined`` custody entry
     (for integrity: nothing releases it, ``quarantines``) and the row's status, so that nothing
-    serves or exports it as evidence again."""
+    serves or exports it as evidence again. The ledger's head is taken first, as every writer takes
+    it (a release takes it, then the row: the other way round, the two deadlocked on PostgreSQL and
+    the quarantine was lost)."""
+    hold_head(session)
     row = session.get(EvidenceItem, item_id, with_for_update=True)
     ledger.append(
         session,

@@ -27,6 +27,7 @@ from accounts.access import (
 )
 from accounts.service import Principal, stands
 from chain_of_custody.core import CoreServices, list_cursors
+from chain_of_custody.entries import details_name
 from chain_of_custody.ledger import TRAIL_PAGE, Ledger
 from chain_of_custody.models import EvidenceItem
 from chain_of_custody.quarantines import standings
@@ -37,7 +38,9 @@ from incidents.access import (
     EVIDENCE_HOLDERS,
     EVIDENCE_MEDIA,
     EVIDENCE_METADATA,
+    HIDDEN_ENTRY,
     evidence_scope,
+    hidden_incident_markers,
     reach_checked,
     readable_trail,
     visible_evidence,
@@ -130,20 +133,27 @@ def _out(
     ids = [i.id for i in items]
     refs = visible_exhibits(session, user, ids)
     held = standings(session, s.ledger.verifier, ids)
+    released = [i for i, standing in held.items() if standing.released]
+    # A reason naming an incident the reader may not see is withheld, as its entry is from the trail.
+    markers = hidden_incident_markers(session, user, released) if released else set()
 
     def releases(item_id: str) -> list[dict[str, object]]:
         done = held[item_id].released if item_id in held else ()
-        return [
-            {
-                "quarantined_entry": q.seq,
-                "quarantine_reason": q.reason,
-                "released_by": r.actor,
-                "released_at": r.at,
-                "reason": r.reason,
-                "custody_entry": r.seq,
-            }
-            for q, r in done
-        ]
+        out: list[dict[str, object]] = []
+        for q, r in done:
+            said = {"quarantine_reason": q.reason, "reason": r.reason}
+            if details_name({"details": said}, markers):
+                said = {"quarantine_reason": HIDDEN_ENTRY, "reason": HIDDEN_ENTRY}
+            out.append(
+                {
+                    "quarantined_entry": q.seq,
+                    "released_by": r.actor,
+                    "released_at": r.at,
+                    "custody_entry": r.seq,
+                    **said,
+                }
+            )
+        return out
 
     return [
         {
